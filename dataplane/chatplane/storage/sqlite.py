@@ -1,0 +1,438 @@
+"""Embedded storage on SQLite: the default backend of `chatplane up`.
+
+One writer thread owns every write. Appends queue up while a transaction
+commits and the next transaction takes them all at once (group commit), so
+durability costs one fsync per batch, not per message. Because the writer is
+the only one, it keeps conversation and inbox heads in memory: they are exact,
+and they are reloaded from the tables after any failed transaction.
+
+Reads run on a second connection in their own thread (WAL lets them proceed
+while the writer commits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chatplane.storage.base import (
+    DIRECT,
+    AppendResult,
+    Conversation,
+    ConversationNotFound,
+    InboxItem,
+    SendRequest,
+    StorageError,
+    StorageUnavailable,
+    StoredMessage,
+    direct_conversation_id,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+MAX_BATCH = 512
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    members TEXT NOT NULL,
+    head_seq INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    sender_device TEXT NOT NULL,
+    cid INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    content_type TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_cid
+    ON messages (conversation_id, sender, sender_device, cid);
+CREATE TABLE IF NOT EXISTS inbox (
+    user_id TEXT NOT NULL,
+    inbox_seq INTEGER NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, inbox_seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox_heads (user_id TEXT PRIMARY KEY, head INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+"""
+
+MESSAGE_COLUMNS = (
+    "conversation_id, seq, message_id, sender, sender_device, cid, text, sent_at_ms,"
+    " payload, content_type"
+)
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(
+        conversation_id=row[0],
+        seq=row[1],
+        message_id=row[2],
+        sender=row[3],
+        sender_device=row[4],
+        cid=row[5],
+        text=row[6],
+        sent_at_ms=row[7],
+        payload=bytes(row[8]),
+        content_type=row[9],
+    )
+
+
+def _conversation(row: Sequence[Any]) -> Conversation:
+    return Conversation(
+        conversation_id=row[0],
+        kind=row[1],
+        members=tuple(json.loads(row[2])),
+        head_seq=row[3],
+        created_at_ms=row[4],
+        extra=json.loads(row[5]),
+    )
+
+
+class _Writer:
+    """State owned by the writer thread only."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.conv_heads: dict[str, int] = {}
+        self.inbox_heads: dict[str, int] = {}
+
+    def forget(self) -> None:
+        self.conv_heads.clear()
+        self.inbox_heads.clear()
+
+    def conv_head(self, conversation_id: str) -> int:
+        head = self.conv_heads.get(conversation_id)
+        if head is None:
+            row = self.db.execute(
+                "SELECT head_seq FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            if row is None:
+                raise ConversationNotFound(conversation_id)
+            head = self.conv_heads[conversation_id] = row[0]
+        return head
+
+    def inbox_head(self, user_id: str) -> int:
+        head = self.inbox_heads.get(user_id)
+        if head is None:
+            row = self.db.execute(
+                "SELECT head FROM inbox_heads WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            head = self.inbox_heads[user_id] = row[0] if row else 0
+        return head
+
+    def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
+        db = self.db
+        head = self.conv_head(request.conversation_id)
+        row = db.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender = ?"
+            " AND sender_device = ? AND cid = ?",
+            (request.conversation_id, request.sender, request.sender_device, request.cid),
+        ).fetchone()
+        if row is not None:
+            return AppendResult(message=_message(row), duplicate=True)
+        seq = head + 1
+        message = StoredMessage(
+            conversation_id=request.conversation_id,
+            seq=seq,
+            message_id=request.message_id,
+            sender=request.sender,
+            sender_device=request.sender_device,
+            cid=request.cid,
+            text=request.text,
+            sent_at_ms=request.sent_at_ms,
+            payload=request.payload,
+            content_type=request.content_type,
+        )
+        db.execute(
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.conversation_id, seq, message.message_id, message.sender,
+                message.sender_device, message.cid, message.text, message.sent_at_ms,
+                message.payload, message.content_type,
+            ),
+        )
+        db.execute(
+            "UPDATE conversations SET head_seq = ? WHERE id = ?", (seq, request.conversation_id)
+        )
+        self.conv_heads[request.conversation_id] = seq
+        items = []
+        for user_id in recipients:
+            inbox_seq = self.inbox_head(user_id) + 1
+            db.execute(
+                "INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq) VALUES (?, ?, ?, ?)",
+                (user_id, inbox_seq, request.conversation_id, seq),
+            )
+            db.execute(
+                "INSERT INTO inbox_heads (user_id, head) VALUES (?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE SET head = excluded.head",
+                (user_id, inbox_seq),
+            )
+            self.inbox_heads[user_id] = inbox_seq
+            items.append(InboxItem(user_id=user_id, inbox_seq=inbox_seq, message=message))
+        return AppendResult(message=message, duplicate=False, inbox=tuple(items))
+
+
+_Job = tuple[Callable[[_Writer], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
+
+
+class SqliteStorage:
+    """The embedded backend. `synchronous` is SQLite's PRAGMA: FULL survives
+    power loss; NORMAL survives a process crash (kill -9) and is faster."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise StorageError(f"sqlite synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
+        self.path = Path(path)
+        self.synchronous = synchronous.upper()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            writer_db = self._connect()
+            writer_db.executescript(SCHEMA)
+            writer_db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            version = int(
+                writer_db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+            )
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path} has schema version {version}; this chatplane knows up to"
+                    f" {SCHEMA_VERSION}: upgrade chatplane"
+                )
+            self._reader = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        self._thread = threading.Thread(
+            target=self._run_writer, args=(writer_db,), name="sqlite-writer", daemon=True
+        )
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._thread = None
+        if self._reader is not None:
+            reader = self._reader
+            self._reader = None
+            await asyncio.get_running_loop().run_in_executor(self._read_pool, reader.close)
+        self._read_pool.shutdown(wait=False)
+
+    # -- the writer thread -------------------------------------------------
+
+    def _run_writer(self, db: sqlite3.Connection) -> None:
+        writer = _Writer(db)
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                db.close()
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._jobs.put(None)  # stop after this batch
+                    break
+                batch.append(job)
+            self._commit_batch(writer, batch)
+
+    def _commit_batch(self, writer: _Writer, batch: list[_Job]) -> None:
+        results: list[tuple[bool, Any]] = []
+        try:
+            writer.db.execute("BEGIN IMMEDIATE")
+            for fn, _, _ in batch:
+                writer.db.execute("SAVEPOINT job")
+                try:
+                    results.append((True, fn(writer)))
+                    writer.db.execute("RELEASE job")
+                except StorageError as exc:  # this job's own failure: the rest go on
+                    writer.db.execute("ROLLBACK TO job")
+                    writer.db.execute("RELEASE job")
+                    writer.forget()
+                    results.append((False, exc))
+            writer.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                writer.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            writer.forget()
+            failure = StorageUnavailable(f"sqlite write failed: {exc}")
+            results = [(False, failure)] * len(batch)
+        for (_, future, loop), (ok, value) in zip(batch, results, strict=True):
+            loop.call_soon_threadsafe(_settle, future, ok, value)
+
+    async def _write(self, fn: Callable[[_Writer], T]) -> T:
+        if self._thread is None:
+            raise StorageUnavailable("storage is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((fn, future, loop))
+        return await future
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        reader = self._reader
+        if reader is None:
+            raise StorageUnavailable("storage is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn, reader)
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"sqlite read failed: {exc}") from exc
+
+    # -- the Storage interface ---------------------------------------------
+
+    async def ensure_direct(self, a: str, b: str, now_ms: int) -> Conversation:
+        conversation_id = direct_conversation_id(a, b)
+        members = json.dumps(sorted({a, b}))
+
+        def create(writer: _Writer) -> None:
+            writer.db.execute(
+                "INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms)"
+                " VALUES (?, ?, ?, 0, ?)",
+                (conversation_id, DIRECT, members, now_ms),
+            )
+
+        existing = await self.conversation(conversation_id)
+        if existing is not None:
+            return existing
+        await self._write(create)
+        created = await self.conversation(conversation_id)
+        assert created is not None
+        return created
+
+    async def conversation(self, conversation_id: str) -> Conversation | None:
+        def read(db: sqlite3.Connection) -> Conversation | None:
+            row = db.execute(
+                "SELECT id, kind, members, head_seq, created_at_ms, extra FROM conversations"
+                " WHERE id = ?",
+                (conversation_id,),
+            ).fetchone()
+            return _conversation(row) if row else None
+
+        return await self._read(read)
+
+    async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
+        recipients = tuple(recipients)
+        return await self._write(lambda writer: writer.append(request, recipients))
+
+    async def inbox(self, user_id: str, after_seq: int, limit: int) -> list[InboxItem]:
+        columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
+
+        def read(db: sqlite3.Connection) -> list[InboxItem]:
+            rows = db.execute(
+                f"SELECT i.inbox_seq, {columns} FROM inbox i JOIN messages m"
+                " ON m.conversation_id = i.conversation_id AND m.seq = i.seq"
+                " WHERE i.user_id = ? AND i.inbox_seq > ? ORDER BY i.inbox_seq LIMIT ?",
+                (user_id, after_seq, limit),
+            ).fetchall()
+            return [InboxItem(user_id, row[0], _message(row[1:])) for row in rows]
+
+        return await self._read(read)
+
+    async def inbox_head(self, user_id: str) -> int:
+        def read(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT head FROM inbox_heads WHERE user_id = ?", (user_id,)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._read(read)
+
+    async def history(
+        self,
+        conversation_id: str,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 50,
+    ) -> list[StoredMessage]:
+        upper = before_seq if before_seq is not None else 2**63 - 1
+
+        def read(db: sqlite3.Connection) -> list[StoredMessage]:
+            if after_seq is not None:
+                rows = db.execute(
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"
+                    " AND seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                    (conversation_id, after_seq, upper, limit),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"
+                    " AND seq < ? ORDER BY seq DESC LIMIT ?",
+                    (conversation_id, upper, limit),
+                ).fetchall()
+                rows.reverse()
+            return [_message(row) for row in rows]
+
+        return await self._read(read)
+
+    async def put_user(self, user_id: str, display_name: str, now_ms: int) -> None:
+        def write(writer: _Writer) -> None:
+            writer.db.execute(
+                "INSERT INTO users (id, display_name, created_at_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name",
+                (user_id, display_name, now_ms),
+            )
+
+        await self._write(write)
+
+    async def get_user(self, user_id: str) -> dict[str, str] | None:
+        def read(db: sqlite3.Connection) -> dict[str, str] | None:
+            row = db.execute(
+                "SELECT id, display_name, created_at_ms FROM users WHERE id = ?", (user_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return {"user_id": row[0], "display_name": row[1], "created_at_ms": str(row[2])}
+
+        return await self._read(read)
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
