@@ -1,0 +1,269 @@
+"""Workload W1, one process: P sender/receiver pairs of 1:1 chat at an offered rate.
+
+Each pair is two SDK clients (one user per side) sharing one direct
+conversation. One pacing loop offers the total rate R: every millisecond or so
+it works out how many messages are due since the start and hands them out
+round-robin to the pairs' queues, each entry stamped with its intended send
+time. Each pair drains its queue with a small window of sender loops (so a slow
+ack does not cap a pair at one message per round trip), never one task per
+message. Every client, the sending one too, consumes its `messages()` stream
+into the `DeliveryChecker`; the receiver side also records the latency from the
+send call (a monotonic timestamp carried in the text) to receipt.
+
+After D seconds the pacing stops, what was due but not yet sent is dropped
+(counted as `unsent`), in-flight sends get `drain_timeout` seconds to be acked,
+and the run waits (within the same bound) for every acked message to reach both
+ends before closing the clients and asking the checker for its verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from chatplane.bench.latency import LatencyHistogram
+from chatplane.checker import DeliveryChecker
+
+DEVICE = "bench"
+_STOP = -1  # queue sentinel: the sender loop exits
+
+
+class ChatClient(Protocol):
+    """The part of `chatplane.client.Client` the bench drives."""
+
+    reconnects: int
+
+    async def connect(self) -> None: ...
+    async def direct(self, user_id: str) -> str: ...
+    async def send_text(self, conversation_id: str, text: str) -> Any: ...
+    def messages(self) -> AsyncIterator[Any]: ...
+    async def close(self) -> None: ...
+
+
+Connector = Callable[[str, str], ChatClient]  # (user, device) -> unconnected client
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class DirectConfig:
+    pairs: int = 100
+    rate: float = 2000.0  # offered msgs/s, all pairs together
+    duration: float = 20.0
+    size: int = 32  # text bytes per message (at least the timestamp header)
+    window: int = 32  # concurrent unacked sends per pair
+    drain_timeout: float = 10.0
+    connect_timeout: float = 60.0
+    connect_concurrency: int = 50
+    user_prefix: str = "w1"
+
+
+async def _no_gate() -> None:
+    return None
+
+
+@dataclass
+class _Pair:
+    index: int
+    sender_user: str
+    receiver_user: str
+    sender: ChatClient
+    receiver: ChatClient
+    conv: str = ""
+    due: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    counter: int = 0
+
+
+class DirectRun:
+    """State of one W1 run in this process; `run()` returns its result dict."""
+
+    def __init__(self, config: DirectConfig, connect: Connector, on_progress: Progress) -> None:
+        self.cfg = config
+        self.connector = connect
+        self.on_progress = on_progress
+        self.checker = DeliveryChecker()
+        self.hist = LatencyHistogram()
+        self.pairs: list[_Pair] = []
+        self.clients: list[ChatClient] = []  # every client made, for close()
+        self.sent = self.acked = self.failed = self.delivered = self.echoed = 0
+        self.unsent = self.unacked = 0
+        self.max_queue_delay_us = 0
+        self.t_start = 0.0
+        self.send_elapsed = 0.0
+        self.pad = "x" * max(0, config.size - 24)
+        self.errors: list[str] = []
+
+    # -- setup ---------------------------------------------------------------
+    async def _connect_pair(self, i: int, gate: asyncio.Semaphore) -> _Pair:
+        prefix = self.cfg.user_prefix
+        s_user, r_user = f"{prefix}s{i}", f"{prefix}r{i}"
+        async with gate:
+            sender = self.connector(s_user, DEVICE)
+            receiver = self.connector(r_user, DEVICE)
+            self.clients += (sender, receiver)
+            await asyncio.gather(sender.connect(), receiver.connect())
+            conv = await sender.direct(r_user)
+        for user in (s_user, r_user):
+            self.checker.add_member(conv, user)
+            self.checker.add_device(user, DEVICE)
+        return _Pair(i, s_user, r_user, sender, receiver, conv)
+
+    async def _connect_all(self) -> None:
+        gate = asyncio.Semaphore(self.cfg.connect_concurrency)
+        async with asyncio.timeout(self.cfg.connect_timeout):
+            self.pairs = list(
+                await asyncio.gather(*(self._connect_pair(i, gate) for i in range(self.cfg.pairs)))
+            )
+
+    # -- the loops -------------------------------------------------------------
+    async def _receive(self, client: ChatClient, user: str, is_receiver: bool) -> None:
+        record = self.checker.record_receipt
+        hist = self.hist
+        async for m in client.messages():
+            now = time.monotonic_ns()
+            record(user, DEVICE, m.conversation_id, m.seq, m.message_id)
+            if is_receiver:
+                self.delivered += 1
+                head = m.text.split(" ", 1)[0]
+                if head.isdigit():
+                    hist.record((now - int(head)) // 1000)
+            else:
+                self.echoed += 1
+
+    async def _send(self, pair: _Pair) -> None:
+        queue = pair.due
+        while True:
+            intended = await queue.get()
+            if intended == _STOP:
+                return
+            t0 = time.monotonic_ns()
+            late = (t0 - intended) // 1000
+            if late > self.max_queue_delay_us:
+                self.max_queue_delay_us = late
+            pair.counter += 1
+            text = f"{t0} {pair.index} {pair.counter} {self.pad}"
+            self.sent += 1
+            try:
+                ack = await pair.sender.send_text(pair.conv, text)
+            except Exception as exc:  # the SDK retries by itself; this is final
+                self.failed += 1
+                if len(self.errors) < 5:
+                    self.errors.append(f"send: {exc!r}")
+                continue
+            self.acked += 1
+            self.checker.record_ack(
+                pair.sender_user, DEVICE, ack.conversation_id, ack.seq, ack.message_id
+            )
+
+    async def _pace(self) -> None:
+        rate, pairs = self.cfg.rate, self.pairs
+        n_pairs = len(pairs)
+        step_ns = 1e9 / rate
+        start_ns = time.monotonic_ns()
+        self.t_start = time.monotonic()
+        end = self.t_start + self.cfg.duration
+        issued = 0
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                break
+            due = int((now - self.t_start) * rate) - issued
+            for _ in range(due):
+                pairs[issued % n_pairs].due.put_nowait(start_ns + int(issued * step_ns))
+                issued += 1
+            await asyncio.sleep(0.001)
+        self.send_elapsed = time.monotonic() - self.t_start
+
+    async def _report_progress(self) -> None:
+        last_delivered, last_t = 0, time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            rate = (self.delivered - last_delivered) / max(now - last_t, 1e-6)
+            last_delivered, last_t = self.delivered, now
+            self.on_progress(self.snapshot(rate))
+
+    def snapshot(self, rate: float) -> dict[str, Any]:
+        return {
+            "elapsed": round(time.monotonic() - self.t_start, 1) if self.t_start else 0.0,
+            "sent": self.sent,
+            "acked": self.acked,
+            "delivered": self.delivered,
+            "rate": round(rate, 1),
+            "p99_us": self.hist.percentile(99),
+            "latency": self.hist.to_dict(),
+        }
+
+    async def _wait_delivered(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if self.delivered >= self.acked and self.echoed >= self.acked:
+                return
+            await asyncio.sleep(0.05)
+
+    # -- the whole run ---------------------------------------------------------
+    async def run(self, start_gate: Callable[[], Awaitable[None]] = _no_gate) -> dict[str, Any]:
+        cfg = self.cfg
+        receivers: list[asyncio.Task[None]] = []
+        senders: list[asyncio.Task[None]] = []
+        progress: asyncio.Task[None] | None = None
+        try:
+            await self._connect_all()
+            for p in self.pairs:
+                receivers.append(
+                    asyncio.create_task(self._receive(p.receiver, p.receiver_user, True))
+                )
+                receivers.append(asyncio.create_task(self._receive(p.sender, p.sender_user, False)))
+                senders.extend(asyncio.create_task(self._send(p)) for _ in range(cfg.window))
+            await start_gate()
+            progress = asyncio.create_task(self._report_progress())
+            await self._pace()
+            for p in self.pairs:  # drop what was due but not sent, then stop the loops
+                while not p.due.empty():
+                    p.due.get_nowait()
+                    self.unsent += 1
+                for _ in range(cfg.window):
+                    p.due.put_nowait(_STOP)
+            deadline = time.monotonic() + cfg.drain_timeout
+            if senders:
+                _, pending = await asyncio.wait(senders, timeout=cfg.drain_timeout)
+                self.unacked = len(pending)
+            await self._wait_delivered(deadline)
+            self.on_progress(self.snapshot(0.0))
+        finally:
+            for task in [*senders, *receivers, *([progress] if progress else [])]:
+                task.cancel()
+            for task in [*senders, *receivers]:
+                with contextlib.suppress(BaseException):
+                    await task
+            await self._close_all()
+        return self.result()
+
+    async def _close_all(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+
+    def result(self) -> dict[str, Any]:
+        verdict = self.checker.verdict()
+        reconnects = sum(c.reconnects for c in self.clients)
+        return {
+            "pairs": len(self.pairs),
+            "offered_rate": self.cfg.rate,
+            "duration_s": round(self.send_elapsed, 3),
+            "sent": self.sent,
+            "acked": self.acked,
+            "send_errors": self.failed,
+            "unsent": self.unsent,
+            "unacked": self.unacked,
+            "delivered": self.delivered,
+            "echoed": self.echoed,
+            "max_queue_delay_us": self.max_queue_delay_us,
+            "reconnects": reconnects,
+            "errors": self.errors,
+            "latency": self.hist.to_dict(),
+            "verdict": verdict.to_dict(),
+            "verdict_summary": verdict.summary(),
+        }

@@ -1,0 +1,159 @@
+"""Bench results: merge per-process results, print the progress line and the table.
+
+A result is a plain JSON-ready dict (see `DirectRun.result`), so the results of
+several bench processes are merged here field by field: counters add up,
+latency histograms merge, verdicts add up (clean only if every part is clean).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from chatplane.bench.latency import LatencyHistogram
+from chatplane.checker import KINDS
+
+_SUMMED = (
+    "pairs",
+    "sent",
+    "acked",
+    "send_errors",
+    "unsent",
+    "unacked",
+    "delivered",
+    "echoed",
+    "reconnects",
+)
+
+
+def merge_verdicts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {
+        "ok": all(p.get("ok", False) for p in parts),
+        "acked": sum(p.get("acked", 0) for p in parts),
+        "received": sum(p.get("received", 0) for p in parts),
+        "same_order": all(p.get("same_order", False) for p in parts),
+        "devices": sum(p.get("devices", 0) for p in parts),
+        "failed_devices": [d for p in parts for d in p.get("failed_devices", [])][:20],
+    }
+    for kind in KINDS:
+        merged[kind] = sum(p.get(kind, 0) for p in parts)
+    return merged
+
+
+def verdict_line(v: dict[str, Any]) -> str:
+    state = "CLEAN" if v.get("ok") else "FAILED"
+    kinds = " ".join(f"{k}={v.get(k, 0)}" for k in KINDS)
+    same = "yes" if v.get("same_order") else "NO"
+    return (
+        f"{state}: acked={v.get('acked', 0)} received={v.get('received', 0)} {kinds} "
+        f"same_order={same} devices={v.get('devices', 0)}"
+    )
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result out of the results of disjoint slices of one run."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    out: dict[str, Any] = {k: sum(p.get(k, 0) for p in parts) for k in _SUMMED}
+    out["offered_rate"] = sum(p.get("offered_rate", 0) for p in parts)
+    out["duration_s"] = max(p.get("duration_s", 0) for p in parts)
+    out["max_queue_delay_us"] = max(p.get("max_queue_delay_us", 0) for p in parts)
+    out["errors"] = [e for p in parts for e in p.get("errors", [])][:10]
+    out["latency"] = merge_latency(p.get("latency", {}) for p in parts).to_dict()
+    out["verdict"] = merge_verdicts([p.get("verdict", {}) for p in parts])
+    out["verdict_summary"] = verdict_line(out["verdict"])
+    return out
+
+
+def merge_latency(parts: Iterable[dict[str, Any]]) -> LatencyHistogram:
+    total = LatencyHistogram()
+    for part in parts:
+        total.merge(LatencyHistogram.from_dict(part))
+    return total
+
+
+def finish(result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The published form: settings, counters, latency percentiles, verdict."""
+    hist = LatencyHistogram.from_dict(result.get("latency", {}))
+    duration = result.get("duration_s") or 0.0
+    out = {"workload": "W1 direct", **settings}
+    out.update({k: v for k, v in result.items() if k != "latency"})
+    out["latency_ms"] = hist.summary_ms()
+    out["send_rate"] = round(result.get("sent", 0) / duration, 1) if duration else 0.0
+    out["clean"] = bool(
+        result.get("verdict", {}).get("ok")
+        and not result.get("send_errors")
+        and not result.get("unacked")
+        and result.get("delivered", 0) >= result.get("acked", 0)
+    )
+    return out
+
+
+def progress_line(snap: dict[str, Any]) -> str:
+    p99 = snap.get("p99_us", 0) / 1000
+    return (
+        f"[{snap.get('elapsed', 0):6.1f}s] sent={snap.get('sent', 0)} "
+        f"acked={snap.get('acked', 0)} delivered={snap.get('delivered', 0)} "
+        f"rate={snap.get('rate', 0):.0f}/s p99={p99:.2f}ms"
+    )
+
+
+def merge_snapshots(snaps: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    snaps = list(snaps)
+    hist = merge_latency(s.get("latency", {}) for s in snaps)
+    return {
+        "elapsed": max((s.get("elapsed", 0) for s in snaps), default=0),
+        "sent": sum(s.get("sent", 0) for s in snaps),
+        "acked": sum(s.get("acked", 0) for s in snaps),
+        "delivered": sum(s.get("delivered", 0) for s in snaps),
+        "rate": sum(s.get("rate", 0) for s in snaps),
+        "p99_us": hist.percentile(99),
+    }
+
+
+def print_progress(snap: dict[str, Any], out: TextIO = sys.stderr) -> None:
+    out.write(progress_line(snap) + "\n")
+    out.flush()
+
+
+def table(pub: dict[str, Any]) -> str:
+    lat = pub["latency_ms"]
+    rows = [
+        (
+            "workload",
+            f"{pub['workload']}  transport={pub.get('transport')}  procs={pub.get('procs', 1)}",
+        ),
+        ("pairs", f"{pub.get('pairs')}"),
+        ("offered", f"{pub.get('offered_rate')} msgs/s for {pub.get('duration_s')} s"),
+        (
+            "sent",
+            f"{pub.get('sent')}  ({pub.get('send_rate')} msgs/s)  "
+            f"unsent={pub.get('unsent')}  send_errors={pub.get('send_errors')}",
+        ),
+        ("acked", f"{pub.get('acked')}  unacked_at_end={pub.get('unacked')}"),
+        ("delivered", f"{pub.get('delivered')}  (sender echoes {pub.get('echoed')})"),
+        (
+            "latency ms",
+            f"p50={lat['p50_ms']} p90={lat['p90_ms']} p99={lat['p99_ms']} "
+            f"p99.9={lat['p999_ms']} max={lat['max_ms']} mean={lat['mean_ms']}",
+        ),
+        (
+            "queue delay",
+            f"max {pub.get('max_queue_delay_us', 0) / 1000:.1f} ms "
+            "(due -> send call; large = the bench fell behind)",
+        ),
+        ("reconnects", f"{pub.get('reconnects')}"),
+        ("verdict", pub.get("verdict_summary", "")),
+        ("result", "CLEAN" if pub.get("clean") else "NOT CLEAN"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    for err in pub.get("errors", []):
+        lines.append(f"{'error'.ljust(width)}  {err}")
+    for dev in pub.get("verdict", {}).get("failed_devices", [])[:5]:
+        lines.append(
+            f"{'failed dev'.ljust(width)}  {dev.get('user')}/{dev.get('device')}: "
+            + "; ".join(dev.get("samples", []))
+        )
+    return "\n".join(lines)
