@@ -1,0 +1,435 @@
+"""The asyncio client SDK: `Client(url, token)`.
+
+The client keeps what must survive a reconnect — its inbox cursor, the sends
+not yet acked (with their cids) — and rebuilds everything else per connection:
+dispatch, connect, login with the cursor, sync the delta, resend what is
+pending, then live pushes. The delivery rules themselves are in
+chatplane.delivery (cursor, cids); this module only does I/O around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from chatplane.client.links import Link, LinkClosed, dispatch, open_link
+from chatplane.delivery.dedup import CidAllocator
+from chatplane.delivery.sync import InboxCursor
+from chatplane.protocol.errors import ErrorCode, RequestError
+from chatplane.v1 import frames_pb2 as pb
+
+log = logging.getLogger("chatplane.client")
+
+# Errors after which reconnecting cannot help.
+TERMINAL = {ErrorCode.AUTH_FAILED, ErrorCode.TOKEN_EXPIRED, ErrorCode.SESSION_REPLACED,
+            ErrorCode.UNSUPPORTED_VERSION}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    conversation_id: str
+    seq: int
+    inbox_seq: int
+    message_id: str
+    sender: str
+    sender_device: str
+    text: str
+    sent_at_ms: int
+    cid: int = 0
+    payload: bytes = b""
+    content_type: str = "text"
+
+    @classmethod
+    def from_pb(cls, m: pb.Message, inbox_seq: int = 0) -> Message:
+        return cls(m.conversation_id, m.seq, inbox_seq, m.message_id, m.sender, m.sender_device,
+                   m.text, m.sent_at_ms, m.cid, m.payload, m.content_type or "text")
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    conversation_id: str
+    seq: int
+    message_id: str
+    cid: int
+    duplicate: bool = False
+
+
+class ClientClosed(Exception):
+    pass
+
+
+class _Connection:
+    """Per-connection state: the link and the requests waiting on it."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.waiting: dict[int, asyncio.Future[pb.Frame]] = {}
+        self.last_frame = time.monotonic()
+        self.reconnect_delay_ms: int | None = None
+
+
+class Client:
+    def __init__(self, url: str, token: str, *, transport: str = "ws", inbox_seq: int = 0,
+                 max_frame_bytes: int = 64 * 1024, heartbeat_s: float | None = None,
+                 backoff_max_s: float = 10.0, sync_page: int = 500) -> None:
+        if transport not in ("ws", "tcp"):
+            raise ValueError("transport must be 'ws' or 'tcp'")
+        self.url = url
+        self.token = token
+        self.transport = transport
+        self.max_frame_bytes = max_frame_bytes
+        self.heartbeat_s = heartbeat_s
+        self.backoff_max_s = backoff_max_s
+        self.sync_page = sync_page
+        self.user_id = ""
+        self.device_id = ""
+        self.inbox_head = 0
+        self.reconnects = 0
+        self._cursor: InboxCursor[Message] = InboxCursor(inbox_seq)
+        self._cids = CidAllocator()
+        self._pending: dict[int, tuple[pb.Send, asyncio.Future[Ack]]] = {}
+        self._messages: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._conn: _Connection | None = None
+        self._connected = asyncio.Event()
+        self._next_id = 0
+        self._acked_sent = 0
+        self._sync_task: asyncio.Task[None] | None = None
+        self._resync = False
+        self._runner: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._first_login: asyncio.Future[None] | None = None
+
+    # -- public API ----------------------------------------------------------
+
+    @property
+    def inbox_seq(self) -> int:
+        """Everything up to here was delivered to messages(); pass it as
+        `inbox_seq=` to a new Client to resume without replays."""
+        return self._cursor.have
+
+    async def connect(self, timeout_s: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        self._http = aiohttp.ClientSession()
+        self._first_login = loop.create_future()
+        self._runner = loop.create_task(self._run())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._first_login), timeout_s)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.link.close()
+        if self._http is not None:
+            await self._http.close()
+        for _, future in self._pending.values():
+            if not future.done():
+                future.set_exception(ClientClosed("client closed"))
+        self._messages.put_nowait(None)
+
+    async def direct(self, user_id: str) -> str:
+        reply = await self._request(pb.Frame(open_direct=pb.OpenDirect(peer_user_id=user_id)))
+        return reply.open_direct_ack.conversation_id
+
+    async def send_text(self, conversation_id: str, text: str, *, payload: bytes = b"",
+                        content_type: str = "") -> Ack:
+        if self._closed:
+            raise ClientClosed("client closed")
+        cid = self._cids.next()
+        body = pb.Send(conversation_id=conversation_id, cid=cid, text=text, payload=payload,
+                       content_type=content_type)
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._pending[cid] = (body, future)
+        if self._connected.is_set() and self._conn is not None:
+            self._transmit_send(self._conn, cid)
+        return await future
+
+    async def messages(self) -> AsyncIterator[Message]:
+        while True:
+            message = await self._messages.get()
+            if message is None:
+                if self._failure is not None:
+                    raise self._failure
+                return
+            yield message
+
+    async def history(self, conversation_id: str, before_seq: int | None = None,
+                      limit: int = 50, after_seq: int | None = None) -> list[Message]:
+        reply = await self._request(pb.Frame(history=pb.HistoryRequest(
+            conversation_id=conversation_id, before_seq=before_seq or 0,
+            after_seq=after_seq or 0, limit=limit)))
+        return [Message.from_pb(m) for m in reply.history_response.messages]
+
+    def abort_connection(self) -> None:
+        """Cut the current connection abruptly (for tests and chaos drills);
+        the client reconnects by itself."""
+        if self._conn is not None:
+            self._conn.link.abort()
+
+    # -- requests ------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    async def _request(self, frame: pb.Frame, attempts: int = 8) -> pb.Frame:
+        """An idempotent request, retried across reconnects and retriable errors."""
+        delay = 0.05
+        for attempt in range(attempts):
+            if self._closed:
+                raise ClientClosed("client closed")
+            await self._connected.wait()
+            conn = self._conn
+            if conn is None:
+                continue
+            frame.id = self._new_id()
+            future: asyncio.Future[pb.Frame] = asyncio.get_running_loop().create_future()
+            conn.waiting[frame.id] = future
+            try:
+                await conn.link.send(frame.SerializeToString())
+                return await future
+            except (LinkClosed, ConnectionResetError):
+                pass  # reconnecting; try again on the next connection
+            except RequestError as exc:
+                if not exc.retriable or attempt == attempts - 1:
+                    raise
+            finally:
+                conn.waiting.pop(frame.id, None)
+            await asyncio.sleep(delay * random.random())
+            delay = min(delay * 2, 2.0)
+        raise RequestError(int(ErrorCode.UNAVAILABLE), "gave up after retries", True)
+
+    def _transmit_send(self, conn: _Connection, cid: int) -> None:
+        body, _ = self._pending[cid]
+        request_id = self._new_id()
+        reply: asyncio.Future[pb.Frame] = asyncio.get_running_loop().create_future()
+        conn.waiting[request_id] = reply
+        reply.add_done_callback(lambda r: self._on_send_reply(conn, cid, request_id, r))
+        frame = pb.Frame(id=request_id, send=body)
+        task = asyncio.get_running_loop().create_task(conn.link.send(frame.SerializeToString()))
+        task.add_done_callback(_ignore_result)
+
+    def _on_send_reply(self, conn: _Connection, cid: int, request_id: int,
+                       reply: asyncio.Future[pb.Frame]) -> None:
+        conn.waiting.pop(request_id, None)
+        entry = self._pending.get(cid)
+        if entry is None or reply.cancelled():
+            return
+        _, future = entry
+        exc = reply.exception()
+        if exc is None:
+            ack = reply.result().send_ack
+            del self._pending[cid]
+            if not future.done():
+                future.set_result(Ack(ack.conversation_id, ack.seq, ack.message_id, ack.cid,
+                                      ack.duplicate))
+        elif isinstance(exc, RequestError) and not exc.retriable:
+            del self._pending[cid]
+            if not future.done():
+                future.set_exception(exc)
+        elif isinstance(exc, RequestError):  # retriable: same cid, a little later
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05 + random.random() * 0.2, self._retry_send, cid)
+        # LinkClosed: the resend happens after the next login
+
+    def _retry_send(self, cid: int) -> None:
+        if cid in self._pending and self._connected.is_set() and self._conn is not None:
+            self._transmit_send(self._conn, cid)
+
+    # -- the connection loop -------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closed:
+            conn: _Connection | None = None
+            try:
+                conn = await self._open()
+                attempt = 0
+                await self._serve(conn)
+            except asyncio.CancelledError:
+                raise
+            except RequestError as exc:
+                if exc.code in TERMINAL:
+                    self._fail(exc)
+                    return
+                log.info("connection ended: %s", exc)
+            except (TimeoutError, LinkClosed, OSError, aiohttp.ClientError) as exc:
+                log.info("connection ended: %s", exc)
+            finally:
+                self._connected.clear()
+                if conn is not None:
+                    self._conn = None
+                    for future in conn.waiting.values():
+                        if not future.done():
+                            future.set_exception(LinkClosed("connection lost"))
+                    with contextlib.suppress(Exception):
+                        await conn.link.close()
+            if self._closed:
+                return
+            self.reconnects += 1
+            if conn is not None and conn.reconnect_delay_ms is not None:
+                delay = conn.reconnect_delay_ms / 1000 * (1 + random.random())
+            else:  # full jitter exponential backoff
+                attempt += 1
+                delay = random.uniform(0, min(self.backoff_max_s, 0.1 * 2 ** min(attempt, 10)))
+            await asyncio.sleep(delay)
+
+    async def _open(self) -> _Connection:
+        assert self._http is not None
+        uid = self.user_id or ""
+        endpoints = await dispatch(self._http, self.url, uid)
+        last: Exception | None = None
+        for endpoint in endpoints:
+            try:
+                link = await open_link(self._http, endpoint, self.transport, self.max_frame_bytes)
+                break
+            except (TimeoutError, OSError, aiohttp.ClientError, LinkClosed) as exc:
+                last = exc
+        else:
+            raise LinkClosed(f"no gateway reachable: {last}")
+        conn = _Connection(link)
+        login = pb.Frame(id=self._new_id(), login=pb.Login(
+            protocol_version=1, token=self.token, inbox_seq=self._cursor.have,
+            client_name="chatplane-python"))
+        await link.send(login.SerializeToString())
+        reply = pb.Frame()
+        reply.ParseFromString(await asyncio.wait_for(link.recv(), 10))
+        kind = reply.WhichOneof("body")
+        if kind == "error":
+            raise RequestError(reply.error.code, reply.error.message, reply.error.retriable)
+        if kind != "login_ack":
+            raise LinkClosed(f"expected login_ack, got {kind}")
+        ack = reply.login_ack
+        self._acked_sent = self._cursor.have  # the login told the server as much
+        self.user_id, self.device_id, self.inbox_head = ack.user_id, ack.device_id, ack.inbox_head
+        if self.heartbeat_s is None:
+            self.heartbeat_s = max(ack.heartbeat_interval_ms / 1000, 0.5)
+        return conn
+
+    async def _serve(self, conn: _Connection) -> None:
+        self._conn = conn
+        reader = asyncio.get_running_loop().create_task(self._read(conn))
+        self._connected.set()
+        if self._first_login is not None and not self._first_login.done():
+            self._first_login.set_result(None)
+        for cid in sorted(self._pending):  # resend in cid order, same cids
+            self._transmit_send(conn, cid)
+        self._start_sync()
+        try:
+            while not reader.done():
+                assert self.heartbeat_s is not None
+                done, _ = await asyncio.wait({reader}, timeout=self.heartbeat_s)
+                if done:
+                    break
+                if time.monotonic() - conn.last_frame > 3 * self.heartbeat_s:
+                    raise LinkClosed("server silent for three heartbeats")
+                heartbeat = pb.Frame(heartbeat=pb.Heartbeat(client_time_ms=int(time.time() * 1000)))
+                await conn.link.send(heartbeat.SerializeToString())
+            reader.result()  # raises what ended the connection
+        finally:
+            tasks = [t for t in (reader, self._sync_task) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._sync_task = None
+
+    async def _read(self, conn: _Connection) -> None:
+        while True:
+            data = await conn.link.recv()
+            conn.last_frame = time.monotonic()
+            frame = pb.Frame()
+            frame.ParseFromString(data)
+            kind = frame.WhichOneof("body")
+            if kind == "push":
+                self._accept(conn, frame.push.entries)
+            elif kind == "sync_hint":
+                self._start_sync()
+            elif kind == "reconnect":
+                conn.reconnect_delay_ms = frame.reconnect.delay_ms
+                raise LinkClosed(f"server asked to reconnect: {frame.reconnect.reason}")
+            elif kind == "error" and frame.id == 0:
+                error = RequestError(frame.error.code, frame.error.message, frame.error.retriable)
+                if frame.error.fatal:
+                    raise error
+                log.warning("server error: %s", error)
+            elif frame.id in conn.waiting:
+                future = conn.waiting.pop(frame.id)
+                if future.done():
+                    continue
+                if kind == "error":
+                    future.set_exception(RequestError(
+                        frame.error.code, frame.error.message, frame.error.retriable))
+                else:
+                    future.set_result(frame)
+            elif kind == "error":
+                error = RequestError(frame.error.code, frame.error.message, frame.error.retriable)
+                if frame.error.fatal:
+                    raise error
+
+    def _accept(self, conn: _Connection | None, entries: Any) -> None:
+        cursor = self._cursor
+        for entry in entries:
+            for message in cursor.accept(entry.inbox_seq,
+                                         Message.from_pb(entry.message, entry.inbox_seq)):
+                self._messages.put_nowait(message)
+        if conn is not None and cursor.have > self._acked_sent:
+            self._acked_sent = cursor.have
+            ack = pb.Frame(push_ack=pb.PushAck(inbox_seq=cursor.have))
+            task = asyncio.get_running_loop().create_task(conn.link.send(ack.SerializeToString()))
+            task.add_done_callback(_ignore_result)
+        if cursor.gap:
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        """Pull the inbox from the cursor; one sync at a time, re-run if
+        something new was asked for meanwhile."""
+        if self._sync_task is not None and not self._sync_task.done():
+            self._resync = True
+            return
+        self._sync_task = asyncio.get_running_loop().create_task(self._sync())
+        self._sync_task.add_done_callback(_ignore_result)
+
+    async def _sync(self) -> None:
+        while True:
+            self._resync = False
+            reply = await self._request(pb.Frame(sync=pb.SyncRequest(
+                after_inbox_seq=self._cursor.have, limit=self.sync_page)))
+            response = reply.sync_response
+            self.inbox_head = max(self.inbox_head, response.inbox_head)
+            self._accept(self._conn, response.entries)
+            if not response.has_more and not self._resync and not self._cursor.gap:
+                return
+            if not response.entries:
+                await asyncio.sleep(0.05)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        self._closed = True
+        if self._first_login is not None and not self._first_login.done():
+            self._first_login.set_exception(exc)
+        for _, future in self._pending.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._messages.put_nowait(None)
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,1 @@
+"""The gateway tier: long connections (WebSocket and raw TCP), login, pushes."""

@@ -1,0 +1,229 @@
+"""One client connection at the gateway: the session state machine, the
+downlink window, and the calls into the im and state tiers.
+
+Transport-agnostic: WebSocket and TCP hand it frame payloads and give it a
+`Transport` to write to. Requests that touch storage run as tasks so a slow
+one never blocks the connection's acks and heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from chatplane.auth import TokenError
+from chatplane.delivery.acks import DownlinkWindow, Verdict
+from chatplane.gateway import wire
+from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.protocol.session import Phase, Request, ServerSession
+from chatplane.storage.base import InboxItem
+from chatplane.v1 import frames_pb2 as pb
+
+if TYPE_CHECKING:
+    from chatplane.gateway.service import Gateway
+
+
+class Transport(Protocol):
+    def write(self, payloads: list[bytes]) -> None:
+        """Queue frame payloads, in order; never blocks."""
+
+    def close(self) -> None:
+        """Flush what is queued, then close."""
+
+
+def now_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+class Connection:
+    __slots__ = ("_tasks", "device_id", "gateway", "peer", "session", "transport", "user_id",
+                 "window")
+
+    def __init__(self, gateway: Gateway, transport: Transport, peer: str = "") -> None:
+        self.gateway = gateway
+        self.transport = transport
+        self.peer = peer
+        self.session = ServerSession(gateway.session_limits, now_ms())
+        self.window: DownlinkWindow[InboxItem] | None = None
+        self.user_id = ""
+        self.device_id = ""
+        self._tasks: set[asyncio.Task[None]] | None = None
+
+    # -- transport side ------------------------------------------------------
+
+    def on_payload(self, payload: bytes) -> None:
+        for request in self.session.receive(payload, now_ms()):
+            if request.kind == "push_ack":
+                assert isinstance(request.body, pb.PushAck)
+                if self.window is not None:
+                    self.window.ack(request.body.inbox_seq)
+                    if not self.window.unacked:
+                        self.gateway.retransmitting.discard(self)
+            else:
+                self._spawn(request)
+        self.flush()
+
+    def on_protocol_error(self, exc: ProtocolError) -> None:
+        self.session.fail(0, exc)
+        self.flush()
+
+    def on_closed(self) -> None:
+        """The transport is gone (either side closed it)."""
+        self.session.close()
+        self.gateway.forget(self)
+        if self._tasks:
+            for task in self._tasks:
+                task.cancel()
+
+    def flush(self) -> None:
+        out = self.session.data_to_send()
+        if out:
+            self.transport.write(out)
+        if self.session.closed:
+            self.transport.close()
+
+    def _spawn(self, request: Request) -> None:
+        if self._tasks is None:
+            self._tasks = set()
+        task = asyncio.get_running_loop().create_task(self._serve(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- serving requests ----------------------------------------------------
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            if request.kind == "login":
+                await self._login(request)
+            else:
+                reply = await self._answer(request)
+                self.session.send(reply)
+        except ProtocolError as exc:
+            if request.kind == "login":
+                self.session.reject_login(request.id, exc.code, exc.message)
+            elif exc.fatal:
+                self.session.fail(request.id, exc)
+            else:
+                self.session.error(request.id, exc.code, exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must cost one request, not the connection
+            self.gateway.log.exception("request %s failed", request.kind)
+            self.session.error(request.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        self.flush()
+
+    async def _login(self, request: Request) -> None:
+        login = request.body
+        assert isinstance(login, pb.Login)
+        try:
+            identity = self.gateway.signer.verify(login.token)
+        except TokenError as exc:
+            code = ErrorCode.TOKEN_EXPIRED if exc.reason == "expired" else ErrorCode.AUTH_FAILED
+            raise ProtocolError(code, str(exc)) from exc
+        if self.gateway.draining:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "gateway is draining; use dispatch")
+        head = await self.gateway.im.inbox_head(identity.user_id)
+        if self.session.closed:
+            return
+        # No await from here to the ack: a push can't slip between them.
+        self.user_id, self.device_id = identity.user_id, identity.device_id
+        delivery = self.gateway.settings.delivery
+        self.window = DownlinkWindow(
+            acked=login.inbox_seq,
+            head=head,
+            capacity=delivery.push_window,
+            rto_ms=delivery.retransmit_ms,
+            max_rto_ms=delivery.retransmit_max_ms,
+            max_attempts=delivery.retransmit_attempts,
+        )
+        self.gateway.state.register(self)
+        self.session.accept_login(
+            request.id,
+            identity.user_id,
+            identity.device_id,
+            pb.LoginAck(
+                user_id=identity.user_id,
+                device_id=identity.device_id,
+                inbox_head=head,
+                server_id=self.gateway.server_id,
+                max_inflight_sends=self.gateway.settings.limits.rate_limit_burst,
+            ),
+        )
+        self.gateway.logged_in(self)
+
+    async def _answer(self, request: Request) -> pb.Frame:
+        im = self.gateway.im
+        body = request.body
+        if isinstance(body, pb.Send):
+            result = await im.send(self.user_id, self.device_id, body.conversation_id, body.cid,
+                                   body.text, body.payload, body.content_type)
+            message = result.message
+            return pb.Frame(id=request.id, send_ack=pb.SendAck(
+                conversation_id=message.conversation_id, seq=message.seq,
+                message_id=message.message_id, cid=message.cid, sent_at_ms=message.sent_at_ms,
+                duplicate=result.duplicate))
+        if isinstance(body, pb.SyncRequest):
+            limit = body.limit or self.gateway.settings.limits.max_sync_page
+            items, head = await im.sync(self.user_id, body.after_inbox_seq, limit)
+            has_more = len(items) > limit
+            return pb.Frame(id=request.id, sync_response=pb.SyncResponse(
+                entries=[wire.inbox_entry(item) for item in items[:limit]],
+                inbox_head=head, has_more=has_more))
+        if isinstance(body, pb.HistoryRequest):
+            messages, head, has_more = await im.history(
+                self.user_id, body.conversation_id, body.before_seq, body.after_seq, body.limit)
+            return pb.Frame(id=request.id, history_response=pb.HistoryResponse(
+                conversation_id=body.conversation_id,
+                messages=[wire.message(m) for m in messages], head_seq=head, has_more=has_more))
+        if isinstance(body, pb.OpenDirect):
+            conversation = await im.open_direct(self.user_id, body.peer_user_id)
+            return pb.Frame(id=request.id, open_direct_ack=pb.OpenDirectAck(
+                conversation_id=conversation.conversation_id, head_seq=conversation.head_seq))
+        raise ProtocolError(ErrorCode.UNKNOWN_FRAME, f"{request.kind} is not served here")
+
+    # -- the state tier's side (DeviceLink) ----------------------------------
+
+    def push(self, items: Sequence[InboxItem]) -> None:
+        window = self.window
+        if window is None or self.session.phase is not Phase.ACTIVE:
+            return
+        now = now_ms()
+        ready = []
+        for item in items:
+            send, verdict = window.offer(item.inbox_seq, item, now)
+            if send:
+                ready.append(item)
+            elif verdict is Verdict.SYNC_HINT:
+                self.session.send(pb.Frame(sync_hint=pb.SyncHint(inbox_head=item.inbox_seq)))
+        if ready:
+            self.session.send_bytes(wire.push_frame(ready))
+            self.gateway.retransmitting.add(self)
+            self.gateway.metrics.pushed += len(ready)
+        self.flush()
+
+    def kick(self, reason: str) -> None:
+        self.session.fail(0, ProtocolError(ErrorCode.SESSION_REPLACED, reason), force_close=True)
+        self.flush()
+
+    def reconnect(self, delay_ms: int, reason: str) -> None:
+        """Ask the client to go elsewhere (drain), then close."""
+        self.session.send(pb.Frame(reconnect=pb.Reconnect(delay_ms=delay_ms, reason=reason)))
+        self.session.close()
+        self.flush()
+
+    def tick(self, now: float) -> None:
+        """Deadlines and retransmission; called by the gateway's sweeper."""
+        self.session.tick(now)
+        window = self.window
+        if window is not None and window.unacked and not self.session.closed:
+            items, verdict = window.due(now)
+            if verdict is Verdict.GIVE_UP:
+                self.session.fail(0, ProtocolError(
+                    ErrorCode.SLOW_CONSUMER, "pushes not acknowledged; resume with sync"))
+            elif items:
+                self.gateway.metrics.retransmitted += len(items)
+                for start in range(0, len(items), 256):
+                    self.session.send_bytes(wire.push_frame(items[start:start + 256]))
+        self.flush()

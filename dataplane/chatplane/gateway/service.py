@@ -1,0 +1,123 @@
+"""The gateway: its live connections, their timers, and drain.
+
+One sweeper task serves every connection's deadlines (login, heartbeat,
+retransmission), so an idle connection costs no task of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from chatplane.auth import TokenSigner
+from chatplane.gateway.connection import Connection, now_ms
+from chatplane.im.service import ImService
+from chatplane.metrics import Metrics
+from chatplane.protocol.session import SessionLimits
+from chatplane.settings import Settings
+from chatplane.state.service import StateService
+
+SWEEP_INTERVAL_S = 0.1
+DEADLINE_SWEEP_EVERY = 10  # heartbeat/login deadlines: once a second
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        im: ImService,
+        state: StateService,
+        signer: TokenSigner,
+        server_id: str,
+    ) -> None:
+        self.settings = settings
+        self.im = im
+        self.state = state
+        self.signer = signer
+        self.server_id = server_id
+        limits = settings.limits
+        self.session_limits = SessionLimits(
+            max_frame_bytes=limits.max_frame_bytes,
+            rate_per_s=limits.rate_limit_frames_per_s,
+            burst=limits.rate_limit_burst,
+            heartbeat_interval_ms=limits.heartbeat_interval_ms,
+            login_timeout_ms=limits.login_timeout_ms,
+        )
+        self.connections: set[Connection] = set()
+        self.retransmitting: set[Connection] = set()
+        self.metrics = Metrics()
+        self.metrics.gauge("chatplane_connections", "open client connections",
+                           lambda: len(self.connections))
+        self.metrics.gauge("chatplane_draining", "1 while the gateway drains",
+                           lambda: 1 if self.draining else 0)
+        self.log = logging.getLogger("chatplane.gateway")
+        self.draining = False
+        self._sweeper: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        for task in (self._sweeper, self._drain_task):
+            if task is not None:
+                task.cancel()
+        for conn in list(self.connections):
+            conn.session.close()
+            conn.flush()
+
+    def opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+
+    def logged_in(self, conn: Connection) -> None:
+        self.metrics.logins += 1
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.retransmitting.discard(conn)
+        if conn.user_id:
+            self.state.unregister(conn)
+        self.metrics.frames_in += conn.session.frames_in
+        self.metrics.frames_out += conn.session.frames_out
+        if conn.session.close_code is not None:
+            self.metrics.protocol_errors += 1
+
+    async def _sweep(self) -> None:
+        rounds = 0
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            rounds += 1
+            now = now_ms()
+            targets = self.connections if rounds % DEADLINE_SWEEP_EVERY == 0 else self.retransmitting
+            for conn in list(targets):
+                try:
+                    conn.tick(now)
+                except Exception:  # one broken connection must not stop the sweeper
+                    self.log.exception("tick failed for %s", conn.peer)
+
+    # -- drain ------------------------------------------------------------
+
+    def drain(self, rate: float, deadline_s: float) -> None:
+        """Stop taking logins and move every client elsewhere at `rate`
+        connections per second (with jitter), finishing by `deadline_s`."""
+        if self._drain_task is not None and not self._drain_task.done():
+            return
+        self.draining = True
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(rate, deadline_s))
+
+    async def _drain(self, rate: float, deadline_s: float) -> None:
+        deadline = time.monotonic() + deadline_s
+        delay_ms = self.settings.drain.reconnect_delay_ms
+        while self.connections and time.monotonic() < deadline:
+            conn = next(iter(self.connections))
+            conn.reconnect(random.randint(0, delay_ms), "gateway draining")
+            self.forget(conn)
+            await asyncio.sleep(random.uniform(0.5, 1.5) / rate)
+        for conn in list(self.connections):  # the deadline passed: the rest at once
+            conn.reconnect(random.randint(0, delay_ms), "gateway drain deadline")
+            self.forget(conn)
+
+    def drain_status(self) -> dict[str, object]:
+        return {"draining": self.draining, "connections": len(self.connections)}

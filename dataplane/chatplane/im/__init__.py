@@ -1,0 +1,1 @@
+"""The im tier: conversations, sending, sync and history."""

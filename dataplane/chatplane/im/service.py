@@ -1,0 +1,172 @@
+"""Business logic of messaging: who may send where, sequencing, fan-out, sync.
+
+The order of a send is what makes delivery exactly-once: check membership,
+append (sequence + store + inbox entries, durable, idempotent on cid), and
+only then ack the sender and hand the inbox entries to the state tier. A
+resend of an acked cid gets the original ack and delivers nothing twice.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.settings import Limits
+from chatplane.state.service import StateService
+from chatplane.storage.base import (
+    AppendResult,
+    Conversation,
+    ConversationNotFound,
+    InboxItem,
+    SendRequest,
+    Storage,
+    StorageUnavailable,
+    StoredMessage,
+    valid_id,
+)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _unavailable(exc: Exception) -> ProtocolError:
+    return ProtocolError(ErrorCode.UNAVAILABLE, f"storage unavailable, retry: {exc}")
+
+
+class ImService:
+    def __init__(
+        self,
+        storage: Storage,
+        state: StateService,
+        limits: Limits,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self.storage = storage
+        self.state = state
+        self.limits = limits
+        self.clock_ms = clock_ms
+        self._members: dict[str, tuple[str, ...]] = {}
+        self.sent = 0
+        self.duplicates = 0
+
+    async def _conversation_members(self, conversation_id: str) -> tuple[str, ...]:
+        members = self._members.get(conversation_id)
+        if members is None:
+            try:
+                conversation = await self.storage.conversation(conversation_id)
+            except StorageUnavailable as exc:
+                raise _unavailable(exc) from exc
+            if conversation is None:
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"no conversation {conversation_id!r}")
+            members = self._members[conversation_id] = conversation.members
+        return members
+
+    async def _require_member(self, user_id: str, conversation_id: str) -> tuple[str, ...]:
+        try:
+            members = await self._conversation_members(conversation_id)
+        except ProtocolError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:  # do not tell strangers what exists
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN, f"{user_id} is not a member of {conversation_id!r}"
+                ) from exc
+            raise
+        if user_id not in members:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"{user_id} is not a member of {conversation_id!r}"
+            )
+        return members
+
+    async def open_direct(self, user_id: str, peer_user_id: str) -> Conversation:
+        if not valid_id(peer_user_id):
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"invalid user id {peer_user_id!r}")
+        try:
+            conversation = await self.storage.ensure_direct(user_id, peer_user_id, self.clock_ms())
+        except StorageUnavailable as exc:
+            raise _unavailable(exc) from exc
+        self._members[conversation.conversation_id] = conversation.members
+        return conversation
+
+    async def send(
+        self,
+        user_id: str,
+        device_id: str,
+        conversation_id: str,
+        cid: int,
+        text: str,
+        payload: bytes = b"",
+        content_type: str = "",
+    ) -> AppendResult:
+        if cid <= 0:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "cid must be > 0")
+        if len(text.encode()) > self.limits.max_text_bytes:
+            raise ProtocolError(
+                ErrorCode.INVALID_ARGUMENT, f"text over {self.limits.max_text_bytes} bytes"
+            )
+        members = await self._require_member(user_id, conversation_id)
+        request = SendRequest(
+            conversation_id=conversation_id,
+            sender=user_id,
+            sender_device=device_id,
+            cid=cid,
+            text=text,
+            message_id=uuid.uuid4().hex,
+            sent_at_ms=self.clock_ms(),
+            payload=payload,
+            content_type=content_type or "text",
+        )
+        try:
+            result = await self.storage.append(request, members)
+        except ConversationNotFound as exc:
+            raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from exc
+        except StorageUnavailable as exc:
+            raise _unavailable(exc) from exc
+        if result.duplicate:
+            self.duplicates += 1
+        else:
+            self.sent += 1
+            self.state.deliver(result.inbox)
+        return result
+
+    async def sync(self, user_id: str, after_seq: int, limit: int) -> tuple[list[InboxItem], int]:
+        limit = max(1, min(limit or self.limits.max_sync_page, self.limits.max_sync_page))
+        try:
+            items = await self.storage.inbox(user_id, after_seq, limit + 1)
+            head = await self.storage.inbox_head(user_id)
+        except StorageUnavailable as exc:
+            raise _unavailable(exc) from exc
+        return items, head
+
+    async def inbox_head(self, user_id: str) -> int:
+        try:
+            return await self.storage.inbox_head(user_id)
+        except StorageUnavailable as exc:
+            raise _unavailable(exc) from exc
+
+    async def history(
+        self,
+        user_id: str,
+        conversation_id: str,
+        before_seq: int,
+        after_seq: int,
+        limit: int,
+    ) -> tuple[list[StoredMessage], int, bool]:
+        await self._require_member(user_id, conversation_id)
+        limit = max(1, min(limit or 50, self.limits.max_history_page))
+        try:
+            conversation = await self.storage.conversation(conversation_id)
+            messages = await self.storage.history(
+                conversation_id,
+                before_seq=before_seq or None,
+                after_seq=after_seq or None,
+                limit=limit + 1,
+            )
+        except StorageUnavailable as exc:
+            raise _unavailable(exc) from exc
+        head = conversation.head_seq if conversation else 0
+        has_more = len(messages) > limit
+        if has_more:
+            messages = messages[:limit] if after_seq else messages[1:]
+        return messages, head, has_more

@@ -1,0 +1,1 @@
+"""The ipconf tier: tells a client which gateways to connect to."""

@@ -1,0 +1,142 @@
+"""All four tiers in one process (`chatplane up`): ipconf, gateway, state, im.
+
+The tiers talk through their in-process interfaces here; `chatplane cluster
+up` runs the same services as separate processes. HTTP (dispatch, admin,
+WebSocket, health, metrics) shares one port; raw TCP has its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+from aiohttp import web
+
+from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
+from chatplane.gateway.service import Gateway
+from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
+from chatplane.im.admin import AdminApi
+from chatplane.im.service import ImService
+from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, make_handler
+from chatplane.settings import Settings
+from chatplane.state.service import StateService
+from chatplane.storage.base import Storage
+from chatplane.storage.factory import make_storage
+
+log = logging.getLogger("chatplane.node")
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        data_dir = Path(settings.storage.data_dir)
+        server = settings.server
+        self.signer = (
+            TokenSigner(server.token_secret) if server.token_secret
+            else TokenSigner.from_data_dir(data_dir)
+        )
+        self.admin_secret = server.admin_secret or read_or_create_secret(
+            data_dir / ADMIN_SECRET_FILE)
+        self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
+        self.storage: Storage = make_storage(settings)
+        self.state = StateService()
+        self.im = ImService(self.storage, self.state, settings.limits)
+        self.gateway = Gateway(settings, self.im, self.state, self.signer, self.server_id)
+        self.base_url = ""
+        self.ws_url = ""
+        self.tcp_address = ""
+        self._runner: web.AppRunner | None = None
+        self._tcp_server: asyncio.AbstractServer | None = None
+        self.ready = False
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024)
+        app[GATEWAY] = self.gateway
+        directory = LocalDirectory(self._local_gateways)
+        app.add_routes([
+            web.get("/ws", websocket_handler),
+            web.get("/v1/dispatch", make_handler(directory)),
+            web.get("/healthz", self._healthz),
+            web.get("/readyz", self._readyz),
+            web.get("/metrics", self._metrics),
+            web.post("/admin/drain", self._drain),
+            web.get("/admin/drain", self._drain_status),
+        ])
+        app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret).routes())
+        return app
+
+    def _local_gateways(self) -> list[GatewayInfo]:
+        return [GatewayInfo(
+            gateway_id=self.server_id, ws_url=self.ws_url, tcp_address=self.tcp_address,
+            connections=len(self.gateway.connections), load=0.0, draining=self.gateway.draining,
+        )]
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ok = self.ready and not self.gateway.draining
+        return web.json_response({"ready": ok, "draining": self.gateway.draining},
+                                 status=200 if ok else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.gateway.metrics.render(),
+                            content_type="text/plain", charset="utf-8")
+
+    def _authorized(self, request: web.Request) -> bool:
+        import hmac
+        given = request.headers.get("Authorization", "")
+        return given.startswith("Bearer ") and hmac.compare_digest(
+            given[7:].encode(), self.admin_secret.encode())
+
+    async def _drain(self, request: web.Request) -> web.Response:
+        if not self._authorized(request) and request.remote not in ("127.0.0.1", "::1"):
+            return web.json_response({"error": "admin secret required"}, status=401)
+        try:
+            body = await request.json() if request.can_read_body else {}
+            rate = float(body.get("rate", self.settings.drain.rate))
+            deadline = float(body.get("deadline_s", self.settings.drain.deadline_s))
+        except (ValueError, TypeError, AttributeError):
+            return web.json_response({"error": "body: {\"rate\": >0, \"deadline_s\": >0}"},
+                                     status=400)
+        if rate <= 0 or deadline <= 0:
+            return web.json_response({"error": "rate and deadline_s must be > 0"}, status=400)
+        self.gateway.drain(rate, deadline)
+        return web.json_response(self.gateway.drain_status(), status=202)
+
+    async def _drain_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.gateway.drain_status())
+
+    async def start(self) -> None:
+        server = self.settings.server
+        await self.storage.open()
+        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, server.host, server.http_port)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}"
+        self.ws_url = server.advertise_url or f"ws://{host}:{port}/ws"
+        if server.tcp_port:
+            loop = asyncio.get_running_loop()
+            self._tcp_server = await loop.create_server(
+                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port)
+            tcp_host, tcp_port = self._tcp_server.sockets[0].getsockname()[:2]
+            self.tcp_address = f"{tcp_host}:{tcp_port}"
+        self.gateway.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.gateway.draining = True
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for conn in list(self.gateway.connections):
+            conn.reconnect(500, "server stopping")
+        await asyncio.sleep(0.05)  # let the reconnect frames go out
+        await self.gateway.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.storage.close()

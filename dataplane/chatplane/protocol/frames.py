@@ -1,0 +1,99 @@
+"""Frame codec: protobuf `Frame` messages, and the 4-byte length prefix of raw TCP.
+
+Over WebSocket each binary message is one frame (`decode`). Over TCP the
+stream is cut by `FrameReader`, a generator-driven push parser: feed it bytes
+in any chunking, take whole frames out. Sizes are checked before a payload is
+buffered, so a peer cannot make us hold more than `max_frame_bytes`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Generator
+
+from google.protobuf.message import DecodeError
+
+from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.v1.frames_pb2 import Frame
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024
+LENGTH = struct.Struct(">I")
+
+
+def encode(frame: Frame) -> bytes:
+    return frame.SerializeToString()
+
+
+def encode_prefixed(frame: Frame) -> bytes:
+    body = frame.SerializeToString()
+    return LENGTH.pack(len(body)) + body
+
+
+def prefix(body: bytes) -> bytes:
+    return LENGTH.pack(len(body)) + body
+
+
+def decode(data: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:
+    """One frame from one WebSocket message (or one TCP payload)."""
+    if len(data) > max_frame_bytes:
+        raise ProtocolError(
+            ErrorCode.FRAME_TOO_LARGE, f"frame of {len(data)} bytes over the {max_frame_bytes} limit"
+        )
+    frame = Frame()
+    try:
+        frame.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"undecodable frame: {exc}") from exc
+    if frame.WhichOneof("body") is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_FRAME, "frame has no known body")
+    return frame
+
+
+class FrameReader:
+    """Cuts a TCP byte stream into frame payloads (length prefix removed).
+
+    `feed_data` returns the payloads completed by these bytes. After an error
+    the reader is broken for good: the connection must close.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+        self._ready: list[bytes] = []
+        self._error: ProtocolError | None = None
+        self._parser = self._parse()
+        next(self._parser)
+
+    def _read_exact(self, n: int) -> Generator[None, None, bytes]:
+        while len(self._buffer) < n:
+            yield
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    def _parse(self) -> Generator[None, None, None]:
+        while True:
+            (length,) = LENGTH.unpack((yield from self._read_exact(4)))
+            if length > self.max_frame_bytes:
+                raise ProtocolError(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"frame of {length} bytes over the {self.max_frame_bytes} limit",
+                )
+            self._ready.append((yield from self._read_exact(length)))
+
+    def feed_data(self, data: bytes) -> list[bytes]:
+        if self._error is not None:
+            raise self._error
+        self._buffer += data
+        try:
+            self._parser.send(None)
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+        ready, self._ready = self._ready, []
+        return ready
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)

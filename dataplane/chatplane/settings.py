@@ -1,0 +1,141 @@
+"""Settings: one tree of dataclasses, read once at start and passed down.
+
+Every field can come from the environment as CHATPLANE_<NAME> (the names the
+operator sets) and, for the common ones, from command-line flags. A bad value
+fails at start with one line that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+class SettingsError(Exception):
+    """Bad configuration: printed as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_frame_bytes: int = 64 * 1024
+    rate_limit_frames_per_s: float = 500.0
+    rate_limit_burst: int = 1000
+    heartbeat_interval_ms: int = 15_000
+    login_timeout_ms: int = 10_000
+    max_history_page: int = 200
+    max_sync_page: int = 500
+    max_text_bytes: int = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Delivery:
+    push_window: int = 512  # unacked pushes per device before it must sync
+    retransmit_ms: int = 1_000  # first retransmission timeout
+    retransmit_max_ms: int = 8_000
+    retransmit_attempts: int = 8  # then the device is closed as a slow consumer
+
+
+@dataclass(frozen=True)
+class Drain:
+    rate: float = 500.0  # connections told to reconnect per second
+    deadline_s: float = 60.0
+    reconnect_delay_ms: int = 200
+
+
+@dataclass(frozen=True)
+class Storage:
+    backend: str = "sqlite"
+    data_dir: str = "./chatplane-data"
+    sqlite_synchronous: str = "FULL"
+    cql_hosts: str = ""
+    keyspace: str = "chatplane"
+    cql_consistency: str = "LOCAL_QUORUM"
+    cql_datacenter: str = ""
+    redis_url: str = ""
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    tcp_port: int = 0  # 0: no raw TCP listener
+    region: str = "local"
+    server_id: str = ""
+    token_secret: str = ""  # empty: the data dir's key file
+    admin_secret: str = ""  # empty: the data dir's secret file
+    advertise_url: str = ""  # the ws URL dispatch hands out; derived when empty
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: Server = field(default_factory=Server)
+    storage: Storage = field(default_factory=Storage)
+    limits: Limits = field(default_factory=Limits)
+    delivery: Delivery = field(default_factory=Delivery)
+    drain: Drain = field(default_factory=Drain)
+
+
+# Environment names that differ from CHATPLANE_<FIELD>.
+ENV_ALIASES = {
+    ("server", "http_port"): "CHATPLANE_HTTP_PORT",
+    ("server", "advertise_url"): "CHATPLANE_GATEWAY_ADVERTISE_URL",
+    ("storage", "backend"): "CHATPLANE_STORAGE",
+    ("drain", "rate"): "CHATPLANE_DRAIN_RATE",
+    ("drain", "deadline_s"): "CHATPLANE_DRAIN_DEADLINE_S",
+}
+
+
+def env_name(section: str, name: str) -> str:
+    return ENV_ALIASES.get((section, name), f"CHATPLANE_{name.upper()}")
+
+
+def _convert(section: str, name: str, kind: Any, raw: str) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{section}.{name}: {raw!r} is not a valid {kind}") from None
+
+
+def load(overrides: dict[str, dict[str, Any]] | None = None,
+         environ: dict[str, str] | None = None) -> Settings:
+    """Defaults, then the environment, then explicit overrides (CLI flags)."""
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    sections: dict[str, Any] = {}
+    for section_field in fields(settings):
+        section = getattr(settings, section_field.name)
+        values: dict[str, Any] = {}
+        for f in fields(section):
+            raw = env.get(env_name(section_field.name, f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _convert(section_field.name, f.name, f.type, raw)
+        values.update((overrides or {}).get(section_field.name, {}))
+        sections[section_field.name] = replace(section, **values)
+    result = Settings(**sections)
+    validate(result)
+    return result
+
+
+def validate(s: Settings) -> None:
+    problems = []
+    if not 0 <= s.server.http_port < 65536:
+        problems.append(f"http port {s.server.http_port} out of range")
+    if not 0 <= s.server.tcp_port < 65536:
+        problems.append(f"tcp port {s.server.tcp_port} out of range")
+    if s.storage.backend not in ("sqlite", "scylla"):
+        problems.append(f"storage backend must be sqlite or scylla, not {s.storage.backend!r}")
+    if s.limits.max_frame_bytes < 1024:
+        problems.append("max_frame_bytes must be at least 1024")
+    if s.limits.rate_limit_frames_per_s <= 0 or s.limits.rate_limit_burst <= 0:
+        problems.append("rate limits must be positive")
+    if s.drain.rate <= 0:
+        problems.append("drain rate must be positive")
+    if s.delivery.push_window < 1:
+        problems.append("push_window must be at least 1")
+    if problems:
+        raise SettingsError("; ".join(problems))

@@ -1,0 +1,1 @@
+"""The state tier: which device is connected where, and delivery to it."""

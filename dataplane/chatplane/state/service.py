@@ -1,0 +1,70 @@
+"""Connection registry and downlink routing (the state tier, in process).
+
+Gateways register each logged-in device as a `DeviceLink`; the im tier hands
+sequenced inbox entries to `deliver`, which routes each to every connected
+device of its user. A second login of the same device replaces the first,
+which is kicked (the newest connection wins: the old one is usually a dead
+socket the client already gave up on).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from chatplane.storage.base import InboxItem
+
+
+class DeviceLink(Protocol):
+    """A logged-in device's connection, as the state tier sees it."""
+
+    user_id: str
+    device_id: str
+
+    def push(self, items: Sequence[InboxItem]) -> None:
+        """Queue entries for this device (in inbox_seq order); never blocks."""
+
+    def kick(self, reason: str) -> None:
+        """Close this connection: another one took the device over."""
+
+
+class StateService:
+    def __init__(self) -> None:
+        self._links: dict[str, dict[str, DeviceLink]] = defaultdict(dict)
+
+    def register(self, link: DeviceLink) -> None:
+        devices = self._links[link.user_id]
+        previous = devices.get(link.device_id)
+        devices[link.device_id] = link
+        if previous is not None and previous is not link:
+            previous.kick("the device logged in on another connection")
+
+    def unregister(self, link: DeviceLink) -> None:
+        devices = self._links.get(link.user_id)
+        if devices is None:
+            return
+        if devices.get(link.device_id) is link:
+            del devices[link.device_id]
+        if not devices:
+            del self._links[link.user_id]
+
+    def devices(self, user_id: str) -> list[str]:
+        return sorted(self._links.get(user_id, {}))
+
+    def online(self, user_id: str) -> bool:
+        return user_id in self._links
+
+    @property
+    def connections(self) -> int:
+        return sum(len(d) for d in self._links.values())
+
+    def deliver(self, items: Iterable[InboxItem]) -> int:
+        """Route entries to every connected device of their users; returns
+        how many device pushes were queued. Offline devices catch up by sync."""
+        pushed = 0
+        for item in items:
+            for link in tuple(self._links.get(item.user_id, {}).values()):
+                link.push((item,))
+                pushed += 1
+        return pushed
