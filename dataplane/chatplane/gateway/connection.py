@@ -55,15 +55,18 @@ class Connection:
 
     def on_payload(self, payload: bytes) -> None:
         for request in self.session.receive(payload, now_ms()):
-            if request.kind == "push_ack":
-                assert isinstance(request.body, pb.PushAck)
-                if self.window is not None:
-                    self.window.ack(request.body.inbox_seq)
-                    if not self.window.unacked:
-                        self.gateway.retransmitting.discard(self)
-            else:
-                self._spawn(request)
+            self._handle(request)
         self.flush()
+
+    def _handle(self, request: Request) -> None:
+        if request.kind == "push_ack":
+            assert isinstance(request.body, pb.PushAck)
+            if self.window is not None:
+                self.window.ack(request.body.inbox_seq)
+                if not self.window.unacked:
+                    self.gateway.retransmitting.discard(self)
+        else:
+            self._spawn(request)
 
     def on_protocol_error(self, exc: ProtocolError) -> None:
         self.session.fail(0, exc)
@@ -139,7 +142,7 @@ class Connection:
             max_attempts=delivery.retransmit_attempts,
         )
         self.gateway.state.register(self)
-        self.session.accept_login(
+        held = self.session.accept_login(
             request.id,
             identity.user_id,
             identity.device_id,
@@ -152,6 +155,8 @@ class Connection:
             ),
         )
         self.gateway.logged_in(self)
+        for pipelined in held:
+            self._handle(pipelined)
 
     async def _answer(self, request: Request) -> pb.Frame:
         im = self.gateway.im

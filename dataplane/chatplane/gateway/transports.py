@@ -42,6 +42,11 @@ class WebSocketTransport:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
+    async def drain(self) -> None:
+        """Wait until everything queued was written (before the handler ends)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
     async def _flush(self) -> None:
         try:
             while self._queue:
@@ -59,7 +64,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     # limit and that, our codec answers FRAME_TOO_LARGE with an Error frame.
     ws = web.WebSocketResponse(max_msg_size=2 * max_bytes, compress=False, autoping=True)
     await ws.prepare(request)
-    conn = Connection(gateway, WebSocketTransport(ws), peer=str(request.remote))
+    transport = WebSocketTransport(ws)
+    conn = Connection(gateway, transport, peer=str(request.remote))
     gateway.opened(conn)
     try:
         async for msg in ws:
@@ -75,6 +81,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         conn.on_closed()
+        if not ws.closed:
+            await transport.drain()
     return ws
 
 

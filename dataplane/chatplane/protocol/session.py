@@ -26,6 +26,9 @@ class Phase(Enum):
     CLOSED = "closed"
 
 
+# Frames a client may pipeline behind its Login before the LoginAck.
+MAX_HELD_DURING_LOGIN = 32
+
 # Frame kinds a client may send once logged in (each becomes a Request).
 CLIENT_REQUESTS = frozenset({"send", "push_ack", "sync", "history", "open_direct"})
 
@@ -62,6 +65,7 @@ class ServerSession:
         self._tokens = float(limits.burst)
         self._tokens_at = now_ms
         self._refusals = 0
+        self._held: list[pb.Frame] = []
         self.frames_in = 0
         self.frames_out = 0
 
@@ -108,6 +112,9 @@ class ServerSession:
                 return []
             self.phase = Phase.LOGGING_IN
             return [Request(frame.id, kind, frame.login)]
+        if self.phase is Phase.LOGGING_IN and len(self._held) < MAX_HELD_DURING_LOGIN:
+            self._held.append(frame)  # pipelined behind the login: served once it is accepted
+            return []
         if self.phase is not Phase.ACTIVE:
             self.fail(frame.id, ProtocolError(ErrorCode.NOT_LOGGED_IN, f"{kind} before login"))
             return []
@@ -137,17 +144,27 @@ class ServerSession:
 
     # -- decisions by the gateway ------------------------------------------
 
-    def accept_login(self, request_id: int, user_id: str, device_id: str, ack: pb.LoginAck) -> None:
+    def accept_login(self, request_id: int, user_id: str, device_id: str,
+                     ack: pb.LoginAck) -> list[Request]:
+        """Send the ack; returns the requests that were pipelined behind the login."""
         if self.phase is not Phase.LOGGING_IN:
-            return
+            return []
         self.phase = Phase.ACTIVE
         self.user_id = user_id
         self.device_id = device_id
         ack.heartbeat_interval_ms = self.limits.heartbeat_interval_ms
         ack.max_frame_bytes = self.limits.max_frame_bytes
         self.send(pb.Frame(id=request_id, login_ack=ack))
+        held, self._held = self._held, []
+        requests: list[Request] = []
+        for frame in held:
+            kind = frame.WhichOneof("body")
+            assert kind is not None
+            requests += self._dispatch(frame, kind)
+        return requests
 
     def reject_login(self, request_id: int, code: ErrorCode, message: str) -> None:
+        self._held = []
         self.fail(request_id, ProtocolError(code, message), force_close=True)
 
     # -- output --------------------------------------------------------------

@@ -1,0 +1,247 @@
+"""CQL plumbing for the ScyllaDB backend: settings, connecting, asyncio bridge.
+
+`CqlSettings` says where the cluster is and how to talk to it; `connect()`
+opens a `CqlSession` (token-aware, DC-aware routing; one consistency level for
+everything, LOCAL_QUORUM unless told otherwise; LOCAL_SERIAL for conditional
+writes). `CqlSession.run()` awaits a statement without blocking the event
+loop: the driver's `ResponseFuture` callbacks fire on the driver's I/O thread
+and are handed to the loop with `call_soon_threadsafe`.
+
+Retries: the driver never re-sends a write on its own (`NoBlindWriteRetries`).
+A write whose outcome is unknown surfaces here as `StorageUnavailable`; the
+backend re-sends only writes that are safe to repeat (conditional inserts at a
+fixed key, whose result tells whether the first attempt landed). So a timeout
+never turns one send into two messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cassandra import ConsistencyLevel, DriverException
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy, TokenAwarePolicy
+from cassandra.query import PreparedStatement, Statement, dict_factory
+
+from chatplane.storage.base import StorageError, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+KEYSPACE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CqlSettings:
+    """Where the CQL cluster is and how chatplane uses it.
+
+    replication: {"class": "SimpleStrategy", "replication_factor": "1"} for one
+    datacenter, or {"class": "NetworkTopologyStrategy", "dc1": "3", ...};
+    `parse_replication()` builds it from "1" or "dc1=3,dc2=3". It is applied by
+    `migrate()` (created, or altered when it differs), never by `open()`.
+    Bucket sizes bound partitions; they are fixed when the keyspace is created.
+    """
+
+    hosts: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 9042
+    keyspace: str = "chatplane"
+    consistency: str = "LOCAL_QUORUM"
+    serial_consistency: str = "LOCAL_SERIAL"
+    local_dc: str | None = None
+    replication: Mapping[str, str] = field(
+        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": "1"}
+    )
+    request_timeout_s: float = 5.0
+    connect_timeout_s: float = 5.0
+    message_bucket: int = 1000
+    inbox_bucket: int = 1000
+
+    @classmethod
+    def parse(cls, hosts: str, **kwargs: Any) -> CqlSettings:
+        """From "h1,h2:9043" (the port of the last host that names one wins)."""
+        names: list[str] = []
+        port = int(kwargs.pop("port", 9042))
+        for item in (part.strip() for part in hosts.split(",")):
+            if not item:
+                continue
+            host, sep, port_text = item.rpartition(":")
+            if sep and port_text.isdigit():
+                names.append(host)
+                port = int(port_text)
+            else:
+                names.append(item)
+        if not names:
+            raise StorageError("no CQL hosts given (e.g. --cql-hosts 10.0.0.1,10.0.0.2)")
+        return cls(hosts=tuple(names), port=port, **kwargs)
+
+
+def parse_replication(text: str) -> dict[str, str]:
+    """"3" -> SimpleStrategy RF 3; "dc1=3,dc2=2" -> NetworkTopologyStrategy."""
+    text = text.strip()
+    if text.isdigit():
+        return {"class": "SimpleStrategy", "replication_factor": text}
+    spec: dict[str, str] = {"class": "NetworkTopologyStrategy"}
+    for item in text.split(","):
+        dc, sep, factor = item.strip().partition("=")
+        if not sep or not dc.strip() or not factor.strip().isdigit():
+            raise StorageError(f"bad replication {text!r}: use N or dc1=N,dc2=M")
+        spec[dc.strip()] = factor.strip()
+    return spec
+
+
+def consistency_level(name: str) -> int:
+    """The driver's level for a name such as LOCAL_QUORUM, or StorageError."""
+    level = ConsistencyLevel.name_to_value.get(name.strip().upper())
+    if level is None:
+        known = ", ".join(sorted(ConsistencyLevel.name_to_value))
+        raise StorageError(f"unknown CQL consistency {name!r} (one of {known})")
+    return int(level)
+
+
+def check_keyspace_name(name: str) -> str:
+    if not KEYSPACE_PATTERN.match(name):
+        raise StorageError(f"bad keyspace name {name!r}: letters, digits and _, at most 48")
+    return name
+
+
+class NoBlindWriteRetries(RetryPolicy):
+    """Reads retry once; writes and unknown outcomes are never re-sent by the
+    driver (the backend decides, knowing which writes are safe to repeat)."""
+
+    def on_read_timeout(self, query: Any, consistency: Any, required_responses: int,
+                        received_responses: int, data_retrieved: bool,
+                        retry_num: int) -> tuple[int, Any]:
+        if retry_num == 0 and received_responses >= required_responses:
+            return self.RETRY, consistency
+        return self.RETHROW, None
+
+    def on_write_timeout(self, query: Any, consistency: Any, write_type: Any,
+                         required_responses: int, received_responses: int,
+                         retry_num: int) -> tuple[int, Any]:
+        return self.RETHROW, None
+
+    def on_unavailable(self, query: Any, consistency: Any, required_replicas: int,
+                       alive_replicas: int, retry_num: int) -> tuple[int, Any]:
+        # The coordinator refused before writing anything: another may accept.
+        if retry_num == 0:
+            return self.RETRY_NEXT_HOST, None
+        return self.RETHROW, None
+
+    def on_request_error(self, query: Any, consistency: Any, error: Exception,
+                         retry_num: int) -> tuple[int, Any]:
+        if retry_num == 0 and query is not None and getattr(query, "is_idempotent", False):
+            return self.RETRY_NEXT_HOST, None
+        return self.RETHROW, None
+
+
+class CqlSession:
+    """A connected session and the asyncio bridge to it."""
+
+    def __init__(self, cluster: Cluster, session: Session, settings: CqlSettings) -> None:
+        self.cluster = cluster
+        self.session = session
+        self.settings = settings
+        self.serial = consistency_level(settings.serial_consistency)
+
+    async def prepare(self, query: str, *, idempotent: bool = False) -> PreparedStatement:
+        try:
+            statement = await asyncio.to_thread(self.session.prepare, query)
+        except DriverException as exc:
+            raise StorageError(f"cannot prepare CQL {query.split('(')[0]!r}: {exc}") from exc
+        statement.is_idempotent = idempotent
+        return statement
+
+    async def run(self, statement: Statement | str, params: Sequence[Any] | None = None,
+                  *, serial_read: bool = False) -> list[Row]:
+        """Execute and return all rows (statements here are bounded by LIMIT,
+        so paging is off). Any driver failure becomes StorageUnavailable."""
+        if serial_read:
+            bound: Any = (statement.bind(params or ()) if isinstance(statement, PreparedStatement)
+                          else statement)
+            bound.consistency_level = self.serial
+            params = None if isinstance(statement, PreparedStatement) else params
+            statement = bound
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[list[Row]] = loop.create_future()
+
+        def done(rows: list[Row]) -> None:
+            loop.call_soon_threadsafe(_resolve, waiter, list(rows or ()), None)
+
+        def failed(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(_resolve, waiter, None, exc)
+
+        try:
+            future = self.session.execute_async(
+                statement, params, timeout=self.settings.request_timeout_s)
+            future.add_callbacks(done, failed)
+            return await waiter
+        except DriverException as exc:
+            raise StorageUnavailable(f"CQL request failed: {describe(exc)}") from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"CQL connection failed: {exc}") from exc
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.cluster.shutdown)
+
+
+def _resolve(waiter: asyncio.Future[list[Row]], rows: list[Row] | None,
+             exc: BaseException | None) -> None:
+    if waiter.done():
+        return
+    if exc is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(rows or [])
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a driver error (NoHostAvailable nests one per host)."""
+    if isinstance(exc, NoHostAvailable) and exc.errors:
+        host, error = next(iter(exc.errors.items()))
+        return f"{host}: {error}".splitlines()[0]
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def _build_cluster(settings: CqlSettings) -> Cluster:
+    level = consistency_level(settings.consistency)
+    serial = consistency_level(settings.serial_consistency)
+    if serial not in (ConsistencyLevel.SERIAL, ConsistencyLevel.LOCAL_SERIAL):
+        raise StorageError(f"serial consistency must be SERIAL or LOCAL_SERIAL, "
+                           f"not {settings.serial_consistency!r}")
+    routing = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_dc or None))
+    profile = ExecutionProfile(
+        load_balancing_policy=routing,
+        retry_policy=NoBlindWriteRetries(),
+        consistency_level=level,
+        serial_consistency_level=serial,
+        request_timeout=settings.request_timeout_s,
+        row_factory=dict_factory,
+    )
+    return Cluster(
+        list(settings.hosts),
+        port=settings.port,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        connect_timeout=settings.connect_timeout_s,
+        control_connection_timeout=settings.connect_timeout_s,
+        max_schema_agreement_wait=30,
+    )
+
+
+async def connect(settings: CqlSettings) -> CqlSession:
+    """Connect (in a thread: the driver's connect blocks) or raise StorageError
+    with one line naming the hosts and the reason."""
+    where = ", ".join(f"{host}:{settings.port}" for host in settings.hosts)
+    cluster = _build_cluster(settings)
+    try:
+        session = await asyncio.to_thread(cluster.connect)
+    except (DriverException, OSError) as exc:
+        await asyncio.to_thread(cluster.shutdown)
+        raise StorageError(f"cannot reach CQL hosts {where}: {describe(exc)}") from exc
+    session.default_fetch_size = None
+    return CqlSession(cluster, session, settings)

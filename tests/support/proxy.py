@@ -1,0 +1,64 @@
+"""A TCP proxy that can cut every connection through it at once, abruptly
+(both sides see a reset; bytes in flight are lost). Clients reach the server
+through it when the server advertises the proxy's address in dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class ChaosProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.cuts = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+
+    async def start(self, port: int = 0) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = (writer, up_writer)
+        self._pairs.add(pair)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer),
+                             return_exceptions=True)
+        self._pairs.discard(pair)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    @property
+    def connections(self) -> int:
+        return len(self._pairs)
+
+    def cut_all(self) -> int:
+        """Reset every connection now; returns how many were cut."""
+        pairs = list(self._pairs)
+        for a, b in pairs:
+            a.transport.abort()
+            b.transport.abort()
+        self.cuts += 1
+        return len(pairs)
+
+    async def stop(self) -> None:
+        self.cut_all()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()

@@ -1,0 +1,68 @@
+"""Traffic helpers for end-to-end tests: collect what each device receives,
+send with acks recorded, and judge it all with the delivery checker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from chatplane.checker import DeliveryChecker
+from chatplane.client import Client, Message
+
+
+class Device:
+    def __init__(self, client: Client, user: str, device: str, checker: DeliveryChecker) -> None:
+        self.client = client
+        self.user = user
+        self.device = device
+        self.checker = checker
+        self.received: list[Message] = []
+        self._task: asyncio.Task[None] | None = None
+        checker.add_device(user, device)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._collect())
+
+    async def _collect(self) -> None:
+        async for message in self.client.messages():
+            self.received.append(message)
+            self.checker.record_receipt(self.user, self.device, message.conversation_id,
+                                        message.seq, message.message_id)
+
+    async def stop(self) -> None:
+        await self.client.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def order(self, conversation_id: str) -> list[str]:
+        return [m.message_id for m in self.received if m.conversation_id == conversation_id]
+
+
+async def send_many(device: Device, conversation_id: str, count: int, prefix: str,
+                    in_flight: int = 10) -> list[int]:
+    """Send `count` messages, at most `in_flight` unacked at a time; returns seqs."""
+    seqs: list[int] = []
+    semaphore = asyncio.Semaphore(in_flight)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            ack = await device.client.send_text(conversation_id, f"{prefix}-{i}")
+            device.checker.record_ack(device.user, device.device, ack.conversation_id, ack.seq,
+                                      ack.message_id)
+            seqs.append(ack.seq)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return seqs
+
+
+async def wait_until_received(devices: list[Device], count: int, timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while any(len(d.received) < count for d in devices):
+        if loop.time() > deadline:
+            raise AssertionError(
+                "timed out: received " + ", ".join(f"{d.user}/{d.device}={len(d.received)}"
+                                                   for d in devices))
+        await asyncio.sleep(0.05)
