@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class DirectRun:
         self.max_queue_delay_us = 0
         self.t_start = 0.0
         self.send_elapsed = 0.0
+        self.cpu_s = 0.0  # this process's CPU time while offering load
         self.pad = "x" * max(0, config.size - 24)
         self.errors: list[str] = []
 
@@ -154,9 +156,7 @@ class DirectRun:
                     self.errors.append(f"send: {exc!r}")
                 continue
             self.acked += 1
-            self.checker.record_ack(
-                pair.sender_user, DEVICE, ack.conversation_id, ack.seq, ack.message_id
-            )
+            self.checker.record_ack(pair.sender_user, DEVICE, ack.conversation_id, ack.seq, ack.message_id)
 
     async def _pace(self) -> None:
         rate, pairs = self.cfg.rate, self.pairs
@@ -166,6 +166,7 @@ class DirectRun:
         self.t_start = time.monotonic()
         end = self.t_start + self.cfg.duration
         issued = 0
+        cpu0 = time.process_time()
         while True:
             now = time.monotonic()
             if now >= end:
@@ -176,6 +177,7 @@ class DirectRun:
                 issued += 1
             await asyncio.sleep(0.001)
         self.send_elapsed = time.monotonic() - self.t_start
+        self.cpu_s = time.process_time() - cpu0
 
     async def _report_progress(self) -> None:
         last_delivered, last_t = 0, time.monotonic()
@@ -209,12 +211,16 @@ class DirectRun:
         receivers: list[asyncio.Task[None]] = []
         senders: list[asyncio.Task[None]] = []
         progress: asyncio.Task[None] | None = None
+        thresholds = gc.get_threshold()
         try:
             await self._connect_all()
+            # Freeze what setup made and make young collections rarer: a
+            # collection pause stalls every client of this process at once.
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(20_000, 50, 100)
             for p in self.pairs:
-                receivers.append(
-                    asyncio.create_task(self._receive(p.receiver, p.receiver_user, True))
-                )
+                receivers.append(asyncio.create_task(self._receive(p.receiver, p.receiver_user, True)))
                 receivers.append(asyncio.create_task(self._receive(p.sender, p.sender_user, False)))
                 senders.extend(asyncio.create_task(self._send(p)) for _ in range(cfg.window))
             await start_gate()
@@ -233,6 +239,8 @@ class DirectRun:
             await self._wait_delivered(deadline)
             self.on_progress(self.snapshot(0.0))
         finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
             for task in [*senders, *receivers, *([progress] if progress else [])]:
                 task.cancel()
             for task in [*senders, *receivers]:
@@ -262,6 +270,7 @@ class DirectRun:
             "echoed": self.echoed,
             "max_queue_delay_us": self.max_queue_delay_us,
             "reconnects": reconnects,
+            "bench_cpu_s": round(self.cpu_s, 2),
             "errors": self.errors,
             "latency": self.hist.to_dict(),
             "verdict": verdict.to_dict(),

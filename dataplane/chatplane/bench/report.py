@@ -24,6 +24,7 @@ _SUMMED = (
     "delivered",
     "echoed",
     "reconnects",
+    "bench_cpu_s",
 )
 
 
@@ -80,6 +81,7 @@ def finish(result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     out = {"workload": "W1 direct", **settings}
     out.update({k: v for k, v in result.items() if k != "latency"})
     out["latency_ms"] = hist.summary_ms()
+    out["bench_cpu_pct"] = round(100 * result.get("bench_cpu_s", 0) / duration) if duration else 0
     out["send_rate"] = round(result.get("sent", 0) / duration, 1) if duration else 0.0
     out["clean"] = bool(
         result.get("verdict", {}).get("ok")
@@ -144,6 +146,11 @@ def table(pub: dict[str, Any]) -> str:
             "(due -> send call; large = the bench fell behind)",
         ),
         ("reconnects", f"{pub.get('reconnects')}"),
+        (
+            "bench cpu",
+            f"{pub.get('bench_cpu_s')} s over the run, all bench processes "
+            f"({pub.get('bench_cpu_pct')}% of one core)",
+        ),
         ("verdict", pub.get("verdict_summary", "")),
         ("result", "CLEAN" if pub.get("clean") else "NOT CLEAN"),
     ]
