@@ -1,0 +1,85 @@
+"""`chatplane bench direct` (W1) against a real `chatplane up`: a short small run is clean.
+
+The server is a real process (tests/support/server.py: temp data dir, free
+ports) and the bench runs as its own process through the CLI, exactly as a
+person would run it; the JSON result it writes is what is asserted on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.server import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+
+def _bench(server: ServerProcess, out: Path, *extra: str) -> tuple[int, str, dict[str, Any]]:
+    args = [
+        sys.executable, "-m", "chatplane.cli", "bench", "direct",
+        "--url", server.url, "--data-dir", str(server.data_dir),
+        "--json", str(out), "--drain-timeout", "5", *extra,
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    text = done.stdout + done.stderr
+    assert out.exists(), text
+    return done.returncode, text, json.loads(out.read_text())
+
+
+def _assert_clean(rc: int, text: str, result: dict[str, Any], expected: int) -> None:
+    assert rc == 0, text
+    assert result["clean"], text
+    verdict = result["verdict"]
+    assert verdict["ok"], text
+    assert verdict["same_order"]
+    for kind in ("lost", "duplicated", "reordered", "gaps", "conflicting", "foreign"):
+        assert verdict[kind] == 0, (kind, text)
+    # the pacing loop offered about rate x duration, and all of it arrived
+    assert result["sent"] >= expected * 0.9, text
+    assert result["acked"] == result["sent"]
+    assert result["delivered"] == result["acked"]
+    assert result["echoed"] == result["acked"]  # the sending device got its own sends
+    assert verdict["acked"] == result["acked"]
+    assert verdict["received"] == 2 * result["acked"]
+    lat = result["latency_ms"]
+    assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+
+
+def test_small_run_over_websocket_is_clean(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "w1.json"
+    rc, text, result = _bench(server, out, "--pairs", "5", "--rate", "200", "--duration", "3")
+    _assert_clean(rc, text, result, expected=600)
+    assert result["pairs"] == 5
+    assert result["transport"] == "ws"
+    assert result["verdict"]["devices"] == 10
+    # the human-readable table and the progress lines were printed too
+    assert "verdict" in text and "CLEAN" in text
+    assert "p99=" in text
+
+
+def test_spread_over_two_processes_over_tcp_is_clean(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "w1.json"
+    rc, text, result = _bench(
+        server, out, "--pairs", "4", "--rate", "200", "--duration", "2",
+        "--procs", "2", "--transport", "tcp",
+    )  # fmt: skip
+    _assert_clean(rc, text, result, expected=400)
+    assert result["procs"] == 2
+    assert result["pairs"] == 4
+    assert result["verdict"]["devices"] == 8
+
+
+def test_bad_arguments_exit_2(server: ServerProcess) -> None:
+    args = [
+        sys.executable, "-m", "chatplane.cli", "bench", "direct",
+        "--url", server.url, "--data-dir", str(server.data_dir), "--rate", "0",
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "must be positive" in done.stderr
