@@ -9,6 +9,7 @@ which of missing, malformed, forged or expired a token is.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -42,7 +43,8 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    padded = text + "=" * (-len(text) % 4)
+    return base64.b64decode(padded, altchars=b"-_", validate=True)
 
 
 def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
@@ -94,7 +96,7 @@ class TokenSigner:
             body, _, signature = token.partition(".")
             payload = _unb64(body)
             given = _unb64(signature)
-        except (ValueError, UnicodeError) as exc:
+        except (ValueError, UnicodeError, binascii.Error) as exc:
             raise TokenError("malformed", "token is not base64url") from exc
         if not hmac.compare_digest(given, self._sign(payload)):
             raise TokenError("forged", "token signature does not match")

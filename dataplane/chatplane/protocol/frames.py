@@ -80,7 +80,8 @@ class FrameReader:
                     ErrorCode.FRAME_TOO_LARGE,
                     f"frame of {length} bytes over the {self.max_frame_bytes} limit",
                 )
-            self._ready.append((yield from self._read_exact(length)))
+            payload = yield from self._read_exact(length)
+            self._ready.append(payload)  # not before the yield: feed_data swaps the list
 
     def feed_data(self, data: bytes) -> list[bytes]:
         if self._error is not None:
