@@ -1,0 +1,62 @@
+"""`python -m chatplane_operator`: run the operator (kopf) with its metrics endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from chatplane_operator import handlers, metrics
+from chatplane_operator.applying import Applier
+from chatplane_operator.reconciling import Reconciler
+
+
+def _api_client() -> k8s.ApiClient:
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    return k8s.ApiClient()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="chatplane-operator", description=__doc__)
+    p.add_argument("-n", "--namespace", action="append", default=[],
+                   help="watch only this namespace (repeatable); default: every namespace")
+    p.add_argument("--metrics-address", default=env("CHATPLANE_OPERATOR_METRICS_ADDRESS",
+                                                    "127.0.0.1"))
+    p.add_argument("--metrics-port", type=int,
+                   default=int(env("CHATPLANE_OPERATOR_METRICS_PORT", "9100")),
+                   help="Prometheus /metrics port; 0 disables it")
+    p.add_argument("--liveness", default=env("CHATPLANE_OPERATOR_LIVENESS", ""),
+                   help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--resync-seconds", type=float,
+                   default=float(env("CHATPLANE_OPERATOR_RESYNC_SECONDS", "300")))
+    p.add_argument("--log-level", default=env("CHATPLANE_OPERATOR_LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    runtime = handlers.Runtime(reconciler=Reconciler(Applier(_api_client())),
+                               resync=args.resync_seconds)
+    metrics.serve(args.metrics_address, args.metrics_port)
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness or None,
+        memo=kopf.Memo(runtime=runtime),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""The ChatCluster API: spec dataclasses with their defaults, condition vocabulary, validate().
+
+This module is the contract. `crd.py` generates the CustomResourceDefinition schema from the
+defaults and messages defined here, `specs/` builds manifests from a parsed `ChatCluster`, and
+`validate()` holds the rules that the CRD's CEL expressions enforce on the apiserver, with the
+same messages, so a spec is judged the same way in process and in the cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+GROUP = "chatplane.dev"
+VERSION = "v1alpha1"
+KIND = "ChatCluster"
+PLURAL = "chatclusters"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+TIERS: tuple[str, ...] = ("ipconf", "gateway", "state", "im")
+CONSISTENCIES: tuple[str, ...] = (
+    "ONE", "TWO", "THREE", "QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL", "LOCAL_ONE",
+)
+EXPOSE_TYPES: tuple[str, ...] = ("ClusterIP", "NodePort", "LoadBalancer")
+MAX_REGIONS = 16
+MAX_CLUSTER_NAME = 30
+MAX_REGION_NAME = 20
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+class ConditionType:
+    """Condition types, in the metav1.Condition format."""
+
+    READY = "Ready"
+    AVAILABLE = "Available"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+
+
+class Reason:
+    """Condition and Event reasons (CamelCase, as Kubernetes wants them)."""
+
+    ALL_READY = "AllTiersReady"
+    NOT_READY = "TiersNotReady"
+    AVAILABLE = "MinimumReplicasAvailable"
+    UNAVAILABLE = "TierUnavailable"
+    ROLLING_OUT = "RollingOut"
+    UP_TO_DATE = "UpToDate"
+    AS_EXPECTED = "AsExpected"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    APPLY_FAILED = "ApplyFailed"
+    INVALID_SPEC = "InvalidSpec"
+    REGION_DEGRADED = "RegionDegraded"
+    APPLIED = "Applied"
+    SECRET_GENERATED = "SecretGenerated"
+    RECOVERED = "Recovered"
+
+
+class Message:
+    """Human messages shared by `validate()` and the CRD's CEL rules."""
+
+    DUPLICATE_REGION = "region names must be unique within a ChatCluster"
+    DUPLICATE_DATACENTER = "region datacenters must be unique within a ChatCluster"
+    NO_REGION = "a ChatCluster needs at least one region"
+    RENAMED_REGION = (
+        "regions cannot be renamed in place: add the region under its new name, then "
+        "remove the old one"
+    )
+    KEYSPACE_IMMUTABLE = (
+        "storage.keyspace cannot be changed in place: the data lives in the old keyspace; "
+        "migrate it and create a new ChatCluster"
+    )
+    NO_GATEWAY = "a region needs at least one gateway replica (tiers.gateway.replicas >= 1)"
+    TIER_REPLICAS = "tier replicas must be >= 1: every region runs every tier"
+    DRAIN_RATE = "upgrade.drainRate must be > 0 connections per second"
+    DRAIN_DEADLINE = "upgrade.drainDeadlineSeconds must be between 1 and 3600"
+    CLUSTER_NAME = f"a ChatCluster name must be at most {MAX_CLUSTER_NAME} characters"
+    NO_CQL_HOSTS = "regions[].cql.hosts needs at least one CQL contact point"
+    REPLICATION = "regions[].cql.replicationFactor must be between 1 and 9"
+
+
+class SpecError(ValueError):
+    """A spec that the CRD's rules refuse; `messages` lists every broken rule."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    requests: dict[str, str] = dataclasses.field(default_factory=dict)
+    limits: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tier:
+    replicas: int = 2
+    resources: Resources = dataclasses.field(default_factory=Resources)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    region_label: str = "topology.kubernetes.io/region"
+    region_value: str = ""  # empty: the region's name
+    zone_label: str = "topology.kubernetes.io/zone"
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayExposure:
+    type: str = "LoadBalancer"
+    annotations: dict[str, str] = dataclasses.field(default_factory=dict)
+    advertise_url: str = ""  # empty: the pod's DNS name behind the headless Service
+
+
+@dataclasses.dataclass(frozen=True)
+class Cql:
+    hosts: tuple[str, ...] = ()
+    replication_factor: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    name: str
+    datacenter: str
+    placement: Placement
+    tiers: dict[str, Tier]
+    gateway: GatewayExposure
+    redis: SecretKeyRef
+    cql: Cql
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    repository: str = "ghcr.io/chatplane/chatplane"
+    version: str = "0.1.0"
+    pull_policy: str = "IfNotPresent"
+    pull_secrets: tuple[str, ...] = ()
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repository}:{self.version}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CqlCredentials:
+    name: str
+    username_key: str = "username"
+    password_key: str = "password"
+
+
+@dataclasses.dataclass(frozen=True)
+class Storage:
+    keyspace: str = "chatplane"
+    consistency: str = "LOCAL_QUORUM"
+    credentials: CqlCredentials | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    large_group_threshold: int = 500
+    max_frame_bytes: int = 65536
+    rate_limit_frames_per_second: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Upgrade:
+    drain_rate: int = 100
+    drain_deadline_seconds: int = 300
+    max_unavailable: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Ports:
+    http: int = 8080
+    tcp: int = 8081
+    grpc: int = 9090
+
+
+@dataclasses.dataclass(frozen=True)
+class Observability:
+    otlp_endpoint: str = ""
+    metrics: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatCluster:
+    """A parsed ChatCluster: metadata the builders need plus the defaulted spec."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    image: Image
+    regions: tuple[Region, ...]
+    storage: Storage
+    limits: Limits
+    upgrade: Upgrade
+    ports: Ports
+    observability: Observability
+    token_secret: SecretKeyRef | None = None  # None: a generated Secret holds it
+
+    def region(self, name: str) -> Region:
+        return next(r for r in self.regions if r.name == name)
+
+
+def _get(d: Mapping[str, Any], key: str, default: Any) -> Any:
+    value = d.get(key)
+    return default if value is None else value
+
+
+def _ref(d: Mapping[str, Any] | None, default_key: str) -> SecretKeyRef | None:
+    if not d:
+        return None
+    return SecretKeyRef(name=str(d["name"]), key=str(_get(d, "key", default_key)))
+
+
+def _tier(d: Mapping[str, Any], tier: str) -> Tier:
+    res = _get(d, "resources", {})
+    default = DEFAULT_REPLICAS[tier]
+    return Tier(
+        replicas=int(_get(d, "replicas", default)),
+        resources=Resources(
+            requests=dict(_get(res, "requests", {})), limits=dict(_get(res, "limits", {}))
+        ),
+    )
+
+
+DEFAULT_REPLICAS: dict[str, int] = {"ipconf": 2, "gateway": 3, "state": 2, "im": 2}
+
+
+def _region(d: Mapping[str, Any]) -> Region:
+    name = str(d["name"])
+    pl = _get(d, "placement", {})
+    gw = _get(d, "gateway", {})
+    expose = _get(gw, "expose", {})
+    cql = _get(d, "cql", {})
+    tiers = _get(d, "tiers", {})
+    redis = _ref(_get(d, "redis", {}).get("urlSecretRef"), "url")
+    return Region(
+        name=name,
+        datacenter=str(_get(d, "datacenter", name)),
+        placement=Placement(
+            region_label=str(_get(pl, "regionLabel", Placement.region_label)),
+            region_value=str(_get(pl, "regionValue", name)),
+            zone_label=str(_get(pl, "zoneLabel", Placement.zone_label)),
+        ),
+        tiers={t: _tier(_get(tiers, t, {}), t) for t in TIERS},
+        gateway=GatewayExposure(
+            type=str(_get(expose, "type", GatewayExposure.type)),
+            annotations=dict(_get(expose, "annotations", {})),
+            advertise_url=str(_get(gw, "advertiseURL", "")),
+        ),
+        redis=redis or SecretKeyRef(name="", key="url"),
+        cql=Cql(
+            hosts=tuple(str(h) for h in _get(cql, "hosts", [])),
+            replication_factor=int(_get(cql, "replicationFactor", Cql.replication_factor)),
+        ),
+    )
+
+
+def parse(body: Mapping[str, Any]) -> ChatCluster:
+    """Parse a ChatCluster object (as the apiserver returns it) and fill in the defaults."""
+    meta = body.get("metadata", {})
+    spec = body.get("spec", {})
+    image = _get(spec, "image", {})
+    storage = _get(spec, "storage", {})
+    creds = storage.get("credentialsSecretRef")
+    limits = _get(spec, "limits", {})
+    upgrade = _get(spec, "upgrade", {})
+    ports = _get(spec, "ports", {})
+    obs = _get(spec, "observability", {})
+    return ChatCluster(
+        name=str(meta.get("name", "")),
+        namespace=str(meta.get("namespace", "default")),
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation", 1)),
+        image=Image(
+            repository=str(_get(image, "repository", Image.repository)),
+            version=str(_get(image, "version", Image.version)),
+            pull_policy=str(_get(image, "pullPolicy", Image.pull_policy)),
+            pull_secrets=tuple(str(s) for s in _get(image, "pullSecrets", [])),
+        ),
+        regions=tuple(_region(r) for r in _get(spec, "regions", [])),
+        storage=Storage(
+            keyspace=str(_get(storage, "keyspace", Storage.keyspace)),
+            consistency=str(_get(storage, "consistency", Storage.consistency)),
+            credentials=CqlCredentials(
+                name=str(creds["name"]),
+                username_key=str(_get(creds, "usernameKey", "username")),
+                password_key=str(_get(creds, "passwordKey", "password")),
+            ) if creds else None,
+        ),
+        limits=Limits(
+            large_group_threshold=int(_get(limits, "largeGroupThreshold", 500)),
+            max_frame_bytes=int(_get(limits, "maxFrameBytes", 65536)),
+            rate_limit_frames_per_second=int(_get(limits, "rateLimitFramesPerSecond", 50)),
+        ),
+        upgrade=Upgrade(
+            drain_rate=int(_get(upgrade, "drainRate", Upgrade.drain_rate)),
+            drain_deadline_seconds=int(
+                _get(upgrade, "drainDeadlineSeconds", Upgrade.drain_deadline_seconds)
+            ),
+            max_unavailable=int(_get(upgrade, "maxUnavailable", Upgrade.max_unavailable)),
+        ),
+        ports=Ports(
+            http=int(_get(ports, "http", 8080)),
+            tcp=int(_get(ports, "tcp", 8081)),
+            grpc=int(_get(ports, "grpc", 9090)),
+        ),
+        observability=Observability(
+            otlp_endpoint=str(_get(obs, "otlpEndpoint", "")),
+            metrics=bool(_get(_get(obs, "metrics", {}), "enabled", True)),
+        ),
+        token_secret=_ref(_get(spec, "auth", {}).get("tokenSecretRef"), "token"),
+    )
+
+
+def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
+    """Raise `SpecError` listing every rule the spec breaks (the CRD's CEL rules, in Python).
+
+    `old` is the previous spec on an update, for the transition rules (no renames in place).
+    """
+    errors: list[str] = []
+    if len(cluster.name) > MAX_CLUSTER_NAME:
+        errors.append(Message.CLUSTER_NAME)
+    names = [r.name for r in cluster.regions]
+    if not names:
+        errors.append(Message.NO_REGION)
+    if len(set(names)) != len(names):
+        errors.append(Message.DUPLICATE_REGION)
+    dcs = [r.datacenter for r in cluster.regions]
+    if len(set(dcs)) != len(dcs):
+        errors.append(Message.DUPLICATE_DATACENTER)
+    for region in cluster.regions:
+        if region.tiers["gateway"].replicas < 1:
+            errors.append(Message.NO_GATEWAY)
+        if any(region.tiers[t].replicas < 1 for t in TIERS if t != "gateway"):
+            errors.append(Message.TIER_REPLICAS)
+        if not region.cql.hosts:
+            errors.append(Message.NO_CQL_HOSTS)
+        if not 1 <= region.cql.replication_factor <= 9:
+            errors.append(Message.REPLICATION)
+    if cluster.upgrade.drain_rate <= 0:
+        errors.append(Message.DRAIN_RATE)
+    if not 1 <= cluster.upgrade.drain_deadline_seconds <= 3600:
+        errors.append(Message.DRAIN_DEADLINE)
+    if old is not None:
+        if old.storage.keyspace != cluster.storage.keyspace:
+            errors.append(Message.KEYSPACE_IMMUTABLE)
+        old_names = {r.name for r in old.regions}
+        if len(old_names) == len(set(names)) and old_names != set(names):
+            errors.append(Message.RENAMED_REGION)
+    if errors:
+        raise SpecError(list(dict.fromkeys(errors)))

@@ -1,0 +1,278 @@
+"""The ChatCluster CustomResourceDefinition, generated from `api` (defaults, limits, messages).
+
+`python -m chatplane_operator.crd` prints it as YAML; `crds/` and `charts/chatplane/crds/`
+hold that output, and a test keeps them equal to it. The CEL rules here mirror
+`api.validate()` and use the same messages.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from chatplane_operator import api
+
+Schema = dict[str, Any]
+
+
+def _str(description: str, **extra: Any) -> Schema:
+    return {"type": "string", "description": description, **extra}
+
+
+def _int(description: str, default: int | None = None, **extra: Any) -> Schema:
+    out: Schema = {"type": "integer", "description": description, **extra}
+    if default is not None:
+        out["default"] = default
+    return out
+
+
+def _obj(description: str, props: dict[str, Schema], **extra: Any) -> Schema:
+    return {"type": "object", "description": description, "properties": props, **extra}
+
+
+def _filled(schema: Schema) -> Any:
+    """The default of `schema` with every nested default filled in (the apiserver checks
+    CEL rules against defaults as written, without defaulting inside them)."""
+    if schema.get("type") != "object" or "properties" not in schema:
+        return schema.get("default")
+    out = {}
+    for key, sub in schema["properties"].items():
+        if "default" in sub:
+            value = _filled(sub)
+            if value is not None:
+                out[key] = value
+    return out
+
+
+def _fill_defaults(schema: Schema) -> Schema:
+    """Replace every `default: {}` in the tree with its filled-in form."""
+    for sub in (schema.get("properties") or {}).values():
+        _fill_defaults(sub)
+    if isinstance(schema.get("items"), dict):
+        _fill_defaults(schema["items"])
+    if schema.get("default") == {} and "properties" in schema:
+        schema["default"] = _filled(schema)
+    return schema
+
+
+def _rule(rule: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"rule": rule, "message": message, **extra}
+
+
+def _secret_ref(description: str, default_key: str) -> Schema:
+    return _obj(description, {
+        "name": _str("Name of a Secret in the ChatCluster's namespace.", maxLength=253),
+        "key": _str("Key inside the Secret.", default=default_key, maxLength=253),
+    }, required=["name"])
+
+
+_QUANTITIES: Schema = {
+    "type": "object",
+    "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [
+        {"type": "integer"}, {"type": "string"}]},
+}
+
+
+def _tier(tier: str) -> Schema:
+    default = api.DEFAULT_REPLICAS[tier]
+    return _obj(f"The {tier} tier of this region.", {
+        "replicas": _int(f"Pods of the {tier} tier in this region.", default, minimum=0,
+                         maximum=1000),
+        "resources": _obj("Container resources (requests and limits, as in a Pod).", {
+            "requests": {**_QUANTITIES, "description": "Requested cpu and memory."},
+            "limits": {**_QUANTITIES, "description": "Limits on cpu and memory."},
+        }),
+    }, default={})
+
+
+def _region() -> Schema:
+    tier_rules = [
+        _rule("self.gateway.replicas >= 1", api.Message.NO_GATEWAY),
+        _rule("self.ipconf.replicas >= 1 && self.state.replicas >= 1 && self.im.replicas >= 1",
+              api.Message.TIER_REPLICAS),
+    ]
+    return _obj("One region: a full stack of every tier, with its own Redis and CQL datacenter.", {
+        "name": _str("Region name, a DNS label; part of every object's name. Immutable.",
+                     minLength=1, maxLength=api.MAX_REGION_NAME, pattern=api.DNS_LABEL.pattern),
+        "datacenter": _str("CQL datacenter of this region (default: the region name).",
+                           maxLength=63),
+        "placement": _obj("Where the region's pods run.", {
+            "regionLabel": _str("Node label that names the region; empty: no node selector.",
+                                default=api.Placement.region_label, maxLength=253),
+            "regionValue": _str("Value of regionLabel on this region's nodes (default: the "
+                                "region name).", maxLength=63),
+            "zoneLabel": _str("Node label pods are spread over (topology spread).",
+                              default=api.Placement.zone_label, maxLength=253),
+        }, default={}),
+        "tiers": _obj("Replicas and resources per tier.",
+                      {t: _tier(t) for t in api.TIERS}, default={},
+                      **{"x-kubernetes-validations": tier_rules}),
+        "gateway": _obj("How clients reach the gateways.", {
+            "expose": _obj("The Service in front of the gateways.", {
+                "type": _str("Service type.", enum=list(api.EXPOSE_TYPES),
+                             default=api.GatewayExposure.type),
+                "annotations": {"type": "object", "description": "Service annotations.",
+                                "additionalProperties": {"type": "string"}},
+            }, default={}),
+            "advertiseURL": _str("WebSocket URL that ipconf hands to clients for a gateway pod; "
+                                 "$(POD_NAME) expands to the pod name. Default: the pod's DNS "
+                                 "name behind the headless Service.", maxLength=512),
+        }, default={}),
+        "redis": _obj("This region's Redis.", {
+            "urlSecretRef": _secret_ref("Secret key holding the redis:// URL.", "url"),
+        }, required=["urlSecretRef"]),
+        "cql": _obj("This region's CQL (ScyllaDB) datacenter.", {
+            "hosts": {"type": "array", "description": "Contact points (host or host:port).",
+                      "items": {"type": "string", "maxLength": 253}, "maxItems": 32},
+            "replicationFactor": _int("Replicas of the keyspace in this datacenter.",
+                                      api.Cql.replication_factor),
+        }, **{"x-kubernetes-validations": [
+            _rule("has(self.hosts) && size(self.hosts) >= 1", api.Message.NO_CQL_HOSTS),
+            _rule("self.replicationFactor >= 1 && self.replicationFactor <= 9",
+                  api.Message.REPLICATION),
+        ]}),
+    }, required=["name", "redis", "cql"])
+
+
+def _spec() -> Schema:
+    regions = {
+        "type": "array", "description": "The regions; every region runs every tier.",
+        "items": _region(), "maxItems": api.MAX_REGIONS,
+        "x-kubernetes-validations": [
+            _rule("size(self) >= 1", api.Message.NO_REGION),
+            _rule("self.all(r, self.exists_one(o, o.name == r.name))",
+                  api.Message.DUPLICATE_REGION),
+            _rule("self.all(r, self.exists_one(o, (has(o.datacenter) ? o.datacenter : o.name)"
+                  " == (has(r.datacenter) ? r.datacenter : r.name)))",
+                  api.Message.DUPLICATE_DATACENTER),
+            _rule("size(self) != size(oldSelf) || self.all(r, oldSelf.exists(o, o.name == "
+                  "r.name))", api.Message.RENAMED_REGION),
+        ],
+    }
+    return _obj("Desired state of a chat cluster.", {
+        "image": _obj("The chatplane image every tier runs.", {
+            "repository": _str("Image repository.", default=api.Image.repository),
+            "version": _str("Image tag: the chatplane version.", default=api.Image.version),
+            "pullPolicy": _str("Image pull policy.", default=api.Image.pull_policy,
+                               enum=["Always", "IfNotPresent", "Never"]),
+            "pullSecrets": {"type": "array", "description": "Image pull Secret names.",
+                            "items": {"type": "string"}},
+        }, default={}),
+        "regions": regions,
+        "storage": _obj("The CQL keyspace shared by every region.", {
+            "keyspace": _str("Keyspace name. Immutable.", default=api.Storage.keyspace,
+                             pattern="^[a-z][a-z0-9_]{0,47}$", **{"x-kubernetes-validations": [
+                                 _rule("self == oldSelf", api.Message.KEYSPACE_IMMUTABLE)]}),
+            "consistency": _str("CQL consistency level.", default=api.Storage.consistency,
+                                enum=list(api.CONSISTENCIES)),
+            "credentialsSecretRef": _obj("Secret with CQL credentials (optional).", {
+                "name": _str("Secret name.", maxLength=253),
+                "usernameKey": _str("Key of the user name.", default="username"),
+                "passwordKey": _str("Key of the password.", default="password"),
+            }, required=["name"]),
+        }, default={}),
+        "auth": _obj("Token signing. Without tokenSecretRef a Secret is generated once.", {
+            "tokenSecretRef": _secret_ref("Secret key holding the token signing key, shared by "
+                                          "every region.", "token"),
+        }, default={}),
+        "limits": _obj("Data-plane limits.", {
+            "largeGroupThreshold": _int("Members above which a group uses read diffusion.",
+                                        api.Limits.large_group_threshold, minimum=2),
+            "maxFrameBytes": _int("Largest frame a gateway accepts.",
+                                  api.Limits.max_frame_bytes, minimum=1024),
+            "rateLimitFramesPerSecond": _int("Frames per second a connection may send.",
+                                             api.Limits.rate_limit_frames_per_second,
+                                             minimum=1),
+        }, default={}),
+        "upgrade": _obj("How gateways drain on upgrade and eviction.", {
+            "drainRate": _int("Connections per second a draining gateway sends away.",
+                              api.Upgrade.drain_rate),
+            "drainDeadlineSeconds": _int("Longest a drain may take; also sets the gateways' "
+                                         "termination grace period.",
+                                         api.Upgrade.drain_deadline_seconds),
+            "maxUnavailable": _int("Pods per tier that may be down at once (rollouts, PDBs).",
+                                   api.Upgrade.max_unavailable, minimum=1),
+        }, default={}, **{"x-kubernetes-validations": [
+            _rule("self.drainRate > 0", api.Message.DRAIN_RATE),
+            _rule("self.drainDeadlineSeconds >= 1 && self.drainDeadlineSeconds <= 3600",
+                  api.Message.DRAIN_DEADLINE),
+        ]}),
+        "ports": _obj("Container ports of the tiers.", {
+            "http": _int("HTTP: health, metrics, admin, gateway WebSocket.", api.Ports.http,
+                         minimum=1024, maximum=65535),
+            "tcp": _int("Gateway raw TCP.", api.Ports.tcp, minimum=1024, maximum=65535),
+            "grpc": _int("gRPC of state and im.", api.Ports.grpc, minimum=1024, maximum=65535),
+        }, default={}),
+        "observability": _obj("Traces and metrics.", {
+            "otlpEndpoint": _str("OpenTelemetry OTLP endpoint; empty: no traces."),
+            "metrics": _obj("Prometheus scraping.", {
+                "enabled": {"type": "boolean", "default": True,
+                            "description": "Annotate pods for Prometheus scraping."},
+            }, default={}),
+        }, default={}),
+    }, required=["regions"])
+
+
+def _status() -> Schema:
+    return {"type": "object", "description": "Observed state, written by the operator.",
+            "x-kubernetes-preserve-unknown-fields": True}
+
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Ready", "type": "string",
+     "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Regions", "type": "string", "jsonPath": ".status.readyRegions",
+     "description": "Ready regions / regions"},
+    {"name": "Gateways", "type": "string", "jsonPath": ".status.readyGateways",
+     "description": "Ready gateway pods / desired"},
+    {"name": "Connections", "type": "integer", "jsonPath": ".status.connections"},
+    {"name": "Version", "type": "string", "jsonPath": ".spec.image.version"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def build_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition `chatclusters.chatplane.dev`."""
+    root: Schema = {
+        "type": "object",
+        "properties": {
+            "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+            "metadata": {"type": "object"}, "spec": _fill_defaults(_spec()),
+            "status": _status(),
+        },
+        "required": ["spec"],
+        "x-kubernetes-validations": [
+            _rule(f"size(self.metadata.name) <= {api.MAX_CLUSTER_NAME}", api.Message.CLUSTER_NAME),
+        ],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{api.PLURAL}.{api.GROUP}",
+                     "labels": {"app.kubernetes.io/name": "chatplane",
+                                "app.kubernetes.io/part-of": "chatplane"}},
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {"plural": api.PLURAL, "singular": "chatcluster", "kind": api.KIND,
+                      "listKind": f"{api.KIND}List", "shortNames": ["chat", "cc"],
+                      "categories": ["chatplane"]},
+            "versions": [{
+                "name": api.VERSION, "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": root},
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+            }],
+        },
+    }
+
+
+def dump() -> str:
+    header = "# Generated by `python -m chatplane_operator.crd`; do not edit.\n"
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(dump())

@@ -1,0 +1,122 @@
+"""kopf handlers, and nothing else: watch events poke the work queue; the queue reconciles.
+
+No handler here changes anything by itself and none needs a finalizer: deleting a
+ChatCluster lets Kubernetes' garbage collector remove its children through their owner
+references, even while the operator is down. State shared by the handlers lives in the
+operator-wide `memo` (`Runtime`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+import kopf
+
+from chatplane_operator import api, metrics
+from chatplane_operator.queueing import Key, WorkQueue
+from chatplane_operator.reconciling import Reconciler
+from chatplane_operator.specs import naming
+
+log = logging.getLogger(__name__)
+MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
+CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("", "v1", "secrets"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+)
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What the handlers share; passed to kopf as the operator's memo."""
+
+    reconciler: Reconciler
+    queue: WorkQueue | None = None
+    resync: float = 300.0
+    task: asyncio.Task[None] | None = None
+    known: set[Key] = dataclasses.field(default_factory=set)
+
+
+async def _work(runtime: Runtime, key: Key) -> bool | None:
+    try:
+        outcome = await asyncio.to_thread(runtime.reconciler.reconcile, *key)
+    except Exception as exc:
+        metrics.failed(exc)
+        log.exception("reconcile of %s/%s failed", *key)
+        return False
+    if not outcome.found:
+        return None
+    metrics.observe(outcome)
+    log.info("reconciled %s/%s in %.3fs: created %d updated %d deleted %d errors %s",
+             key[0], key[1], outcome.seconds, outcome.created, outcome.updated,
+             outcome.deleted, outcome.errors or "none")
+    return outcome.ok
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime = memo.runtime
+    assert isinstance(runtime, Runtime)
+    return runtime
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    runtime = _runtime(memo)
+
+    async def work(key: Key) -> bool | None:
+        return await _work(runtime, key)
+
+    runtime.queue = WorkQueue(work, resync=runtime.resync)
+    runtime.task = asyncio.create_task(runtime.queue.serve())
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    runtime = _runtime(memo)
+    if runtime.task is not None:
+        runtime.task.cancel()
+        await asyncio.gather(runtime.task, return_exceptions=True)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def cluster_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """New, changed or (re)listed ChatCluster: reconcile; deleted: forget it."""
+    runtime = _runtime(memo)
+    key = (body.metadata.namespace or "", body.metadata.name or "")
+    if runtime.queue is None:
+        return
+    if event.get("type") == "DELETED":
+        runtime.queue.forget(key)
+        runtime.reconciler.forget(*key)
+        runtime.known.discard(key)
+        metrics.CLUSTERS.set(len(runtime.known))
+        return
+    runtime.known.add(key)
+    metrics.CLUSTERS.set(len(runtime.known))
+    observed = (body.get("status") or {}).get("observedGeneration")
+    if event.get("type") in (None, "ADDED") or observed != body.metadata.get("generation"):
+        runtime.queue.poke(key)
+
+
+def _child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A child changed or went away: reconcile its ChatCluster (repairs drift, refreshes
+    the status from the workloads' status)."""
+    runtime = _runtime(memo)
+    owner = (body.metadata.labels or {}).get(naming.CLUSTER_LABEL)
+    namespace = body.metadata.namespace
+    if runtime.queue is not None and owner and namespace:
+        runtime.queue.poke((namespace, owner))
+
+
+for _group, _version, _plural in CHILD_RESOURCES:
+    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"child-{_plural}")(
+        _child_changed)

@@ -1,0 +1,191 @@
+"""One reconcile pass of one ChatCluster: fetch, build, apply, prune, observe, report.
+
+Idempotent: every object is server-side applied from the pure builders, so a pass that
+finds nothing to change writes nothing (resourceVersions stay put), and a deleted or edited
+child is put back as specified. The generated Secret is created once and kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chatplane_operator import api, status
+from chatplane_operator.applying import KINDS, ApiError, Applier, secret_has_key
+from chatplane_operator.specs import bundle, config, naming
+
+log = logging.getLogger(__name__)
+R = api.Reason
+
+# Connection counting is a narrow interface: (cluster, region) -> live connections.
+ConnectionCounter = Callable[[api.ChatCluster, api.Region], int]
+
+
+def no_connections(cluster: api.ChatCluster, region: api.Region) -> int:
+    return 0
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a pass did; `ok` False means retry with backoff."""
+
+    ok: bool = True
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)  # "Reason: message"
+    seconds: float = 0.0
+    found: bool = True
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+def _missing_refs(applier: Applier, cluster: api.ChatCluster, region: api.Region,
+                  cache: dict[str, dict[str, Any] | None]) -> tuple[str, str] | None:
+    """(reason, message) for the first Secret key this region needs and cannot find."""
+    for ref in config.user_secret_refs(cluster, region):
+        if ref.name not in cache:
+            cache[ref.name] = applier.get("Secret", cluster.namespace, ref.name)
+        secret = cache[ref.name]
+        if secret is None:
+            return R.SECRET_NOT_FOUND, f"Secret {cluster.namespace}/{ref.name} not found"
+        if not secret_has_key(secret, ref.key):
+            return (R.SECRET_KEY_NOT_FOUND,
+                    f"Secret {cluster.namespace}/{ref.name} has no key {ref.key!r}")
+    return None
+
+
+class Reconciler:
+    """Runs passes; holds the API client and the connection counter, nothing per cluster."""
+
+    def __init__(self, applier: Applier, count: ConnectionCounter = no_connections) -> None:
+        self.applier = applier
+        self.count = count
+        self._last_errors: dict[tuple[str, str], set[str]] = {}
+
+    def _event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        try:
+            self.applier.event(body, kind, reason, message)
+        except ApiError as exc:  # events are best effort
+            log.warning("cannot post event %s: %s", reason, exc)
+
+    def _existing(self, cluster: api.ChatCluster) -> dict[tuple[str, str], dict[str, Any]]:
+        selector = (f"{naming.CLUSTER_LABEL}={cluster.name},"
+                    f"app.kubernetes.io/managed-by={naming.MANAGED_BY}")
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for kind in bundle.APPLIED_KINDS:
+            for obj in self.applier.list(kind, cluster.namespace, selector):
+                owners = obj.get("metadata", {}).get("ownerReferences") or []
+                if any(o.get("uid") == cluster.uid for o in owners):
+                    obj["kind"] = kind
+                    out[_key(obj)] = obj
+        return out
+
+    def _ensure_generated_secret(self, body: dict[str, Any], cluster: api.ChatCluster,
+                                 outcome: Outcome) -> None:
+        if self.applier.create_if_absent(config.build_generated_secret(cluster)):
+            outcome.created += 1
+            self._event(body, "Normal", R.SECRET_GENERATED,
+                        f"generated Secret {naming.generated_secret_name(cluster)}")
+
+    def reconcile(self, namespace: str, name: str) -> Outcome:
+        """One full pass for the ChatCluster `namespace/name`."""
+        started = time.monotonic()
+        outcome = Outcome()
+        body = self.applier.get(api.KIND, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            outcome.found = False
+            return outcome
+        cluster = api.parse(body)
+        observations: dict[str, status.RegionObservation] = {}
+        try:
+            api.validate(cluster)
+        except api.SpecError as exc:
+            outcome.ok = False
+            outcome.errors.append(f"{R.INVALID_SPEC}: {exc}")
+            err = (R.INVALID_SPEC, str(exc))
+            observations = {r.name: status.RegionObservation({}, error=err)
+                            for r in cluster.regions}
+        else:
+            self._apply_all(body, cluster, observations, outcome)
+        new_status = status.compute(cluster, observations, body.get("status"))
+        if new_status != (body.get("status") or {}):
+            self.applier.patch_status(namespace, name, new_status)
+        self._report(body, cluster, outcome)
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def _apply_all(self, body: dict[str, Any], cluster: api.ChatCluster,
+                   observations: dict[str, status.RegionObservation], outcome: Outcome) -> None:
+        self._ensure_generated_secret(body, cluster, outcome)
+        existing = self._existing(cluster)
+        desired: set[tuple[str, str]] = set()
+        secrets: dict[str, dict[str, Any] | None] = {}
+        for region in cluster.regions:
+            manifests = bundle.build_region(cluster, region)
+            desired.update(_key(m) for m in manifests)
+            error = _missing_refs(self.applier, cluster, region, secrets)
+            applied: dict[str, dict[str, Any]] = {}
+            if error is None:
+                error = self._apply_region(manifests, existing, applied, outcome)
+            if error is not None:
+                outcome.ok = False
+                outcome.errors.append(f"{error[0]}: region {region.name}: {error[1]}")
+            tiers = {
+                tier: status.WorkloadState.from_object(
+                    applied.get(tier) or existing.get(
+                        ("StatefulSet" if tier == "gateway" else "Deployment",
+                         naming.tier_name(cluster, region, tier))))
+                for tier in api.TIERS
+            }
+            connections = self.count(cluster, region) if error is None else 0
+            observations[region.name] = status.RegionObservation(tiers, connections, error)
+        for key in set(existing) - desired:
+            self.applier.delete(key[0], cluster.namespace, key[1])
+            outcome.deleted += 1
+
+    def _apply_region(self, manifests: list[dict[str, Any]],
+                      existing: dict[tuple[str, str], dict[str, Any]],
+                      applied: dict[str, dict[str, Any]], outcome: Outcome,
+                      ) -> tuple[str, str] | None:
+        for manifest in manifests:
+            before = existing.get(_key(manifest))
+            try:
+                after = self.applier.apply(manifest)
+            except ApiError as exc:
+                return R.APPLY_FAILED, f"apply {manifest['kind']}/{manifest['metadata']['name']}: {exc}"
+            if before is None:
+                outcome.created += 1
+            elif before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
+                outcome.updated += 1
+            component = manifest["metadata"]["labels"].get("app.kubernetes.io/component", "")
+            if manifest["kind"] in ("Deployment", "StatefulSet"):
+                applied[component] = after
+        return None
+
+    def _report(self, body: dict[str, Any], cluster: api.ChatCluster, outcome: Outcome) -> None:
+        """Events: one per pass that changed something, one per new or cleared failure."""
+        key = (cluster.namespace, cluster.name)
+        if outcome.created or outcome.updated or outcome.deleted:
+            self._event(body, "Normal", R.APPLIED,
+                        f"created {outcome.created}, updated {outcome.updated}, "
+                        f"deleted {outcome.deleted} objects (generation {cluster.generation})")
+        errors = set(outcome.errors)
+        before = self._last_errors.get(key, set())
+        for error in sorted(errors - before):
+            reason, _, message = error.partition(": ")
+            self._event(body, "Warning", reason, message)
+        if before and not errors:
+            self._event(body, "Normal", R.RECOVERED, "every region reconciled again")
+        self._last_errors[key] = errors
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._last_errors.pop((namespace, name), None)
+
+
+__all__ = ["KINDS", "ConnectionCounter", "Outcome", "Reconciler", "no_connections"]

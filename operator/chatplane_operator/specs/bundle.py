@@ -1,0 +1,28 @@
+"""Everything a ChatCluster owns, per region, in the order the reconciler applies it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatplane_operator import api
+from chatplane_operator.specs import config, services, workloads
+
+# The kinds the operator applies with server-side apply, in apply order.
+APPLIED_KINDS: tuple[str, ...] = (
+    "ConfigMap", "Service", "PodDisruptionBudget", "Deployment", "StatefulSet",
+)
+
+
+def build_region(cluster: api.ChatCluster, region: api.Region) -> list[dict[str, Any]]:
+    """ConfigMap first (pods read it), then Services, PDBs, workloads."""
+    return [
+        config.build_configmap(cluster, region),
+        *services.build_services(cluster, region),
+        *services.build_pdbs(cluster, region),
+        *workloads.build_workloads(cluster, region),
+    ]
+
+
+def build_all(cluster: api.ChatCluster) -> dict[str, list[dict[str, Any]]]:
+    """Region name -> its manifests (the generated Secret is separate: create-once)."""
+    return {region.name: build_region(cluster, region) for region in cluster.regions}

@@ -1,0 +1,134 @@
+"""The pod template every tier shares: security, probes, topology spread, env, drain hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatplane_operator import api
+from chatplane_operator.specs import config, naming
+
+RUN_AS = 10001
+DRAIN_MARGIN_S = 15  # beyond the drain deadline, for the process to flush and exit
+DEFAULT_GRACE_S = 30
+
+
+def grace_period(cluster: api.ChatCluster, tier: str) -> int:
+    """Gateways get the drain deadline plus a margin; other tiers the Kubernetes default."""
+    if tier == "gateway":
+        return cluster.upgrade.drain_deadline_seconds + DRAIN_MARGIN_S
+    return DEFAULT_GRACE_S
+
+
+def _ports(cluster: api.ChatCluster, tier: str) -> list[dict[str, Any]]:
+    ports = [{"name": "http", "containerPort": cluster.ports.http, "protocol": "TCP"}]
+    if tier == "gateway":
+        ports.append({"name": "tcp", "containerPort": cluster.ports.tcp, "protocol": "TCP"})
+    if tier in ("state", "im"):
+        ports.append({"name": "grpc", "containerPort": cluster.ports.grpc, "protocol": "TCP"})
+    return ports
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _advertise_url(cluster: api.ChatCluster, region: api.Region) -> str:
+    if region.gateway.advertise_url:
+        return region.gateway.advertise_url
+    headless = naming.tier_name(cluster, region, "gateway")
+    return f"ws://$(POD_NAME).{headless}.{cluster.namespace}.svc:{cluster.ports.http}/ws"
+
+
+def _env(cluster: api.ChatCluster, region: api.Region, tier: str) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    if tier == "gateway":
+        env.append({"name": "CHATPLANE_GATEWAY_ADVERTISE_URL",
+                    "value": _advertise_url(cluster, region)})
+    return env + config.secret_env(cluster, region)
+
+
+def _resources(tier: api.Tier) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if tier.resources.requests:
+        out["requests"] = dict(tier.resources.requests)
+    if tier.resources.limits:
+        out["limits"] = dict(tier.resources.limits)
+    return out
+
+
+def container(cluster: api.ChatCluster, region: api.Region, tier: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": tier,
+        "image": cluster.image.reference,
+        "imagePullPolicy": cluster.image.pull_policy,
+        "args": [tier],
+        "ports": _ports(cluster, tier),
+        "envFrom": [{"configMapRef": {"name": naming.config_name(cluster, region)}}],
+        "env": _env(cluster, region, tier),
+        "resources": _resources(region.tiers[tier]),
+        "startupProbe": _probe("/healthz", 2, 30),
+        "livenessProbe": _probe("/healthz", 10, 3),
+        "readinessProbe": _probe("/readyz", 5, 2),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if tier == "gateway":
+        drain = ["chatplane", "drain", "--url", f"http://127.0.0.1:{cluster.ports.http}", "--wait"]
+        out["lifecycle"] = {"preStop": {"exec": {"command": drain}}}
+    return out
+
+
+def _spread(cluster: api.ChatCluster, region: api.Region, tier: str) -> list[dict[str, Any]]:
+    select = {"matchLabels": naming.selector(cluster, region, tier)}
+    keys = [region.placement.zone_label, "kubernetes.io/hostname"]
+    return [
+        {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
+         "labelSelector": select}
+        for key in keys if key
+    ]
+
+
+def pod_template(cluster: api.ChatCluster, region: api.Region, tier: str) -> dict[str, Any]:
+    annotations = {naming.CONFIG_HASH: config.config_hash(cluster, region)}
+    if cluster.observability.metrics:
+        annotations.update({
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(cluster.ports.http),
+            "prometheus.io/path": "/metrics",
+        })
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": grace_period(cluster, tier),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container(cluster, region, tier)],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        "topologySpreadConstraints": _spread(cluster, region, tier),
+    }
+    if region.placement.region_label:
+        spec["nodeSelector"] = {region.placement.region_label: region.placement.region_value}
+    if cluster.image.pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in cluster.image.pull_secrets]
+    return {
+        "metadata": {"labels": naming.labels(cluster, region, tier), "annotations": annotations},
+        "spec": spec,
+    }

@@ -1,0 +1,175 @@
+"""Pure status computation: observed workloads in, the ChatCluster's `status` out.
+
+Conditions follow metav1.Condition (type, status, reason, message, lastTransitionTime,
+observedGeneration). Each region gets its own Available/Progressing/Degraded conditions and
+the cluster-level ones aggregate them (scylla-operator style); `Ready` is what
+`kubectl wait --for=condition=Ready` waits on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from chatplane_operator import api
+
+C = api.ConditionType
+R = api.Reason
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkloadState:
+    """What a Deployment or StatefulSet reports."""
+
+    replicas: int = 0
+    ready: int = 0
+    updated: int = 0
+    up_to_date: bool = False  # the controller has observed the latest generation
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any] | None) -> WorkloadState:
+        if not obj:
+            return cls()
+        status = obj.get("status") or {}
+        generation = int(obj.get("metadata", {}).get("generation") or 0)
+        return cls(
+            replicas=int(obj.get("spec", {}).get("replicas") or 0),
+            ready=int(status.get("readyReplicas") or 0),
+            updated=int(status.get("updatedReplicas") or 0),
+            up_to_date=int(status.get("observedGeneration") or 0) >= generation > 0,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionObservation:
+    tiers: Mapping[str, WorkloadState]
+    connections: int = 0
+    error: tuple[str, str] | None = None  # (reason, message) when reconciling failed
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(
+    ctype: str, ok: bool, reason: str, message: str, generation: int,
+    previous: Sequence[Mapping[str, Any]] = (), now: str | None = None,
+) -> dict[str, Any]:
+    """A metav1.Condition that keeps its lastTransitionTime while its status holds."""
+    status = "True" if ok else "False"
+    old = next((c for c in previous if c.get("type") == ctype), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == status else None
+    return {
+        "type": ctype, "status": status, "reason": reason, "message": message,
+        "observedGeneration": generation, "lastTransitionTime": since or now or _now(),
+    }
+
+
+def _region_conditions(
+    region: api.Region, obs: RegionObservation, generation: int,
+    previous: Sequence[Mapping[str, Any]], now: str | None,
+) -> list[dict[str, Any]]:
+    tiers = {t: obs.tiers.get(t, WorkloadState()) for t in api.TIERS}
+    down = [t for t, s in tiers.items() if s.ready < 1]
+    rolling = [t for t, s in tiers.items()
+               if not s.up_to_date or s.updated < region.tiers[t].replicas]
+    available = not down and obs.error is None
+    out = [
+        condition(C.AVAILABLE, available, R.AVAILABLE if available else R.UNAVAILABLE,
+                  "every tier has a ready pod" if available
+                  else f"no ready pod in: {', '.join(down) or 'n/a'}" if obs.error is None
+                  else obs.error[1], generation, previous, now),
+        condition(C.PROGRESSING, bool(rolling), R.ROLLING_OUT if rolling else R.UP_TO_DATE,
+                  f"rolling out: {', '.join(rolling)}" if rolling else "every tier is up to date",
+                  generation, previous, now),
+    ]
+    if obs.error is not None:
+        out.append(condition(C.DEGRADED, True, obs.error[0], obs.error[1], generation,
+                             previous, now))
+    else:
+        out.append(condition(C.DEGRADED, False, R.AS_EXPECTED, "reconciled", generation,
+                             previous, now))
+    return out
+
+
+def _is(conditions: Sequence[Mapping[str, Any]], ctype: str) -> bool:
+    return any(c["type"] == ctype and c["status"] == "True" for c in conditions)
+
+
+def region_ready(region: api.Region, obs: RegionObservation) -> bool:
+    return obs.error is None and all(
+        obs.tiers.get(t, WorkloadState()).ready >= region.tiers[t].replicas for t in api.TIERS
+    )
+
+
+def compute(
+    cluster: api.ChatCluster,
+    observations: Mapping[str, RegionObservation],
+    previous: Mapping[str, Any] | None = None,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """The full `status` for `cluster`, given what was observed in each region."""
+    previous = previous or {}
+    old_regions = {r.get("name"): r for r in previous.get("regions") or []}
+    gen = cluster.generation
+    regions: list[dict[str, Any]] = []
+    ready_regions = 0
+    for region in cluster.regions:
+        obs = observations.get(region.name) or RegionObservation(tiers={})
+        conds = _region_conditions(
+            region, obs, gen, old_regions.get(region.name, {}).get("conditions") or [], now)
+        ready = region_ready(region, obs)
+        ready_regions += ready
+        regions.append({
+            "name": region.name,
+            "datacenter": region.datacenter,
+            "ready": ready,
+            "connections": obs.connections,
+            "tiers": {
+                t: {"replicas": region.tiers[t].replicas,
+                    "readyReplicas": obs.tiers.get(t, WorkloadState()).ready,
+                    "updatedReplicas": obs.tiers.get(t, WorkloadState()).updated}
+                for t in api.TIERS
+            },
+            "conditions": conds,
+        })
+    prev = previous.get("conditions") or []
+    degraded = [r for r in regions if _is(r["conditions"], C.DEGRADED)]
+    unavailable = [r["name"] for r in regions if not _is(r["conditions"], C.AVAILABLE)]
+    progressing = [r["name"] for r in regions if _is(r["conditions"], C.PROGRESSING)]
+    not_ready = [r["name"] for r in regions if not r["ready"]]
+    deg_msg = "; ".join(
+        f"{r['name']}: " + next(c["message"] for c in r["conditions"] if c["type"] == C.DEGRADED)
+        for r in degraded
+    )
+    deg_reason = (next(c["reason"] for c in degraded[0]["conditions"] if c["type"] == C.DEGRADED)
+                  if len(degraded) == 1 else R.REGION_DEGRADED)
+    ready = not not_ready and not degraded and not progressing
+    conditions = [
+        condition(C.AVAILABLE, not unavailable, R.AVAILABLE if not unavailable else R.UNAVAILABLE,
+                  "every region serves" if not unavailable
+                  else f"regions not available: {', '.join(unavailable)}", gen, prev, now),
+        condition(C.PROGRESSING, bool(progressing),
+                  R.ROLLING_OUT if progressing else R.UP_TO_DATE,
+                  f"rolling out in: {', '.join(progressing)}" if progressing
+                  else "every region is up to date", gen, prev, now),
+        condition(C.DEGRADED, bool(degraded), deg_reason if degraded else R.AS_EXPECTED,
+                  deg_msg or "every region reconciled", gen, prev, now),
+        condition(C.READY, ready, R.ALL_READY if ready else R.NOT_READY,
+                  "every tier of every region is ready" if ready
+                  else f"regions not ready: {', '.join(not_ready or progressing)}",
+                  gen, prev, now),
+    ]
+    gateways_ready = sum(r["tiers"]["gateway"]["readyReplicas"] for r in regions)
+    gateways_wanted = sum(r["tiers"]["gateway"]["replicas"] for r in regions)
+    return {
+        "observedGeneration": gen,
+        "conditions": conditions,
+        "regions": regions,
+        "readyRegions": f"{ready_regions}/{len(regions)}",
+        "readyGateways": f"{gateways_ready}/{gateways_wanted}",
+        "connections": sum(int(r["connections"]) for r in regions),
+        "version": cluster.image.version,
+    }

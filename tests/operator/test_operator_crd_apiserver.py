@@ -1,0 +1,121 @@
+"""The CRD on a real kube-apiserver: it installs, defaults, and refuses bad ChatClusters with
+the CEL messages (the same ones `api.validate()` gives in process)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import cluster_body, region
+from kube_client import Kube, KubeError
+
+from chatplane_operator import api
+
+pytestmark = pytest.mark.kube
+M = api.Message
+
+
+def test_crd_is_established_with_short_names_and_columns(kube: Kube) -> None:
+    crd = kube.get("CustomResourceDefinition", None, "chatclusters.chatplane.dev")
+    assert kube.crd_established("chatclusters.chatplane.dev")
+    assert set(crd["spec"]["names"]["shortNames"]) == {"chat", "cc"}
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["Ready", "Regions", "Gateways", "Connections", "Version", "Age"]
+
+
+def test_apiserver_fills_in_the_schema_defaults(kube: Kube, namespace: str) -> None:
+    obj = cluster_body("defaults", namespace, ("eu",))
+    del obj["metadata"]["uid"], obj["metadata"]["generation"]
+    created = kube.create(obj)
+    spec = created["spec"]
+    assert spec["upgrade"] == {"drainRate": 100, "drainDeadlineSeconds": 300, "maxUnavailable": 1}
+    assert spec["regions"][0]["tiers"]["gateway"]["replicas"] == 3
+    assert spec["storage"]["keyspace"] == "chatplane"
+    # The Python defaults agree with the apiserver's.
+    parsed = api.parse(created)
+    assert parsed.upgrade == api.Upgrade()
+    assert parsed.regions[0].tiers["gateway"].replicas == 3
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(spec: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = spec
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        node[last] = value
+    return mutate
+
+
+INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("duplicate-region", lambda s: s["regions"].append(region("eu")), M.DUPLICATE_REGION),
+    ("duplicate-dc", lambda s: s["regions"].append(region("ap", datacenter="eu")),
+     M.DUPLICATE_DATACENTER),
+    ("no-region", _set("regions", []), M.NO_REGION),
+    ("zero-gateways", _set("regions.0.tiers", {"gateway": {"replicas": 0}}), M.NO_GATEWAY),
+    ("zero-im", _set("regions.0.tiers", {"im": {"replicas": 0}}), M.TIER_REPLICAS),
+    ("drain-rate-zero", _set("upgrade", {"drainRate": 0}), M.DRAIN_RATE),
+    ("drain-rate-negative", _set("upgrade", {"drainRate": -5}), M.DRAIN_RATE),
+    ("drain-deadline", _set("upgrade", {"drainDeadlineSeconds": 0}), M.DRAIN_DEADLINE),
+    ("no-cql-hosts", _set("regions.0.cql", {"hosts": []}), M.NO_CQL_HOSTS),
+    ("replication", _set("regions.0.cql.replicationFactor", 12), M.REPLICATION),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "message"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_cluster_is_refused_with_its_message(
+    kube: Kube, namespace: str, case: str, mutate: Callable[[dict[str, Any]], None],
+    message: str,
+) -> None:
+    obj = cluster_body(f"bad-{case}", namespace, ("eu",))
+    del obj["metadata"]["uid"], obj["metadata"]["generation"]
+    mutate(obj["spec"])
+    with pytest.raises(KubeError) as refused:
+        kube.create(obj)
+    assert refused.value.status == 422
+    assert message in refused.value.message
+    # api.validate() refuses the same spec with the same message.
+    with pytest.raises(api.SpecError) as local:
+        api.validate(api.parse(obj))
+    assert message in local.value.messages
+
+
+def test_long_cluster_name_is_refused(kube: Kube, namespace: str) -> None:
+    obj = cluster_body("c" * 31, namespace, ("eu",))
+    del obj["metadata"]["uid"], obj["metadata"]["generation"]
+    with pytest.raises(KubeError) as refused:
+        kube.create(obj)
+    assert M.CLUSTER_NAME in refused.value.message
+
+
+def _created(kube: Kube, namespace: str, name: str, regions: tuple[str, ...]) -> Any:
+    obj = cluster_body(name, namespace, regions)
+    del obj["metadata"]["uid"], obj["metadata"]["generation"]
+    return kube.create(obj)
+
+
+def test_keyspace_cannot_be_renamed_in_place(kube: Kube, namespace: str) -> None:
+    _created(kube, namespace, "ks", ("eu",))
+    with pytest.raises(KubeError) as refused:
+        kube.merge_patch("ChatCluster", namespace, "ks", {"spec": {"storage": {"keyspace": "x"}}})
+    assert M.KEYSPACE_IMMUTABLE in refused.value.message
+
+
+def test_region_cannot_be_renamed_in_place_but_can_be_added(kube: Kube, namespace: str) -> None:
+    created = _created(kube, namespace, "rn", ("eu", "us"))
+    renamed = copy.deepcopy(created["spec"]["regions"])
+    renamed[1]["name"] = "ap"
+    with pytest.raises(KubeError) as refused:
+        kube.merge_patch("ChatCluster", namespace, "rn", {"spec": {"regions": renamed}})
+    assert M.RENAMED_REGION in refused.value.message
+    added = [*created["spec"]["regions"], region("ap")]
+    updated = kube.merge_patch("ChatCluster", namespace, "rn", {"spec": {"regions": added}})
+    assert [r["name"] for r in updated["spec"]["regions"]] == ["eu", "us", "ap"]
+    old, new = api.parse(created), api.parse(updated)
+    api.validate(new, old)
+    with pytest.raises(api.SpecError):
+        api.validate(api.parse({**created, "spec": {**created["spec"], "regions": renamed}}), old)
