@@ -1,0 +1,237 @@
+"""The operator process against a real kube-apiserver: objects, owner references, scaling,
+drift repair, restarts, status, degraded input, and the reconcile-time/RSS targets."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+from conftest import OperatorProcess, secrets_for, wait_until
+from kube_client import Kube
+
+from chatplane_operator import api
+
+pytestmark = pytest.mark.kube
+
+CHILD_KINDS = ("ConfigMap", "Service", "PodDisruptionBudget", "Deployment", "StatefulSet")
+PER_REGION = {"ConfigMap": 1, "Service": 5, "PodDisruptionBudget": 4, "Deployment": 3,
+              "StatefulSet": 1}
+SELECTOR = "app.kubernetes.io/managed-by=chatplane-operator"
+
+
+def children(kube: Kube, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
+    out = {}
+    for kind in CHILD_KINDS:
+        for obj in kube.list(kind, namespace, SELECTOR):
+            out[(kind, obj["metadata"]["name"])] = obj
+    return out
+
+
+def expected_count(regions: int) -> int:
+    return regions * sum(PER_REGION.values())
+
+
+def wait_reconciled(kube: Kube, namespace: str, regions: int, timeout: float = 30) -> Any:
+    return wait_until(lambda: len(children(kube, namespace)) == expected_count(regions)
+                      and children(kube, namespace), timeout, "every child object")
+
+
+def cluster_status(kube: Kube, namespace: str, name: str = "chat") -> dict[str, Any]:
+    return (kube.get("ChatCluster", namespace, name) or {}).get("status") or {}
+
+
+def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == ctype), {})
+
+
+def test_two_regions_yield_every_object_with_owner_references(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    cluster = make_cluster(("eu", "us"))
+    objs = wait_reconciled(kube, namespace, 2)
+    uid = cluster["metadata"]["uid"]
+    for (kind, name), obj in objs.items():
+        owners = obj["metadata"]["ownerReferences"]
+        assert owners == [{"apiVersion": "chatplane.dev/v1alpha1", "kind": "ChatCluster",
+                           "name": "chat", "uid": uid, "controller": True,
+                           "blockOwnerDeletion": True}], (kind, name)
+    sts = objs[("StatefulSet", "chat-eu-gateway")]
+    assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 300 + 15
+    secret = wait_until(lambda: kube.get("Secret", namespace, "chat-generated"), 10,
+                        "generated Secret")
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert set(secret["data"]) == {"token", "admin"}
+    peers = objs[("ConfigMap", "chat-eu-config")]["data"]["CHATPLANE_PEERS"]
+    assert '"name": "us"' in peers and "chat-us-im" in peers
+
+
+def test_generated_secret_is_kept(kube: Kube, namespace: str, operator: OperatorProcess,
+                                  make_cluster: Any) -> None:
+    make_cluster(("eu",))
+    first = wait_until(lambda: kube.get("Secret", namespace, "chat-generated"), 20, "secret")
+    kube.merge_patch("ChatCluster", namespace, "chat",
+                     {"spec": {"limits": {"maxFrameBytes": 4096}}})
+    wait_until(lambda: kube.get("ConfigMap", namespace, "chat-eu-config")["data"]
+               ["CHATPLANE_MAX_FRAME_BYTES"] == "4096", 20, "config update")
+    again = kube.get("Secret", namespace, "chat-generated")
+    assert again["data"] == first["data"]
+    assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+
+
+def test_scaling_one_tier_patches_only_that_tier(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    make_cluster(("eu", "us"))
+    before = wait_reconciled(kube, namespace, 2)
+    wait_until(lambda: cluster_status(kube, namespace).get("observedGeneration") == 1, 20,
+               "status of generation 1")
+    cluster = kube.get("ChatCluster", namespace, "chat")
+    regions = cluster["spec"]["regions"]
+    regions[0]["tiers"]["im"]["replicas"] = 5
+    kube.merge_patch("ChatCluster", namespace, "chat", {"spec": {"regions": regions}})
+    wait_until(lambda: kube.get("Deployment", namespace, "chat-eu-im")["spec"]["replicas"] == 5,
+               20, "im scaled")
+    wait_until(lambda: cluster_status(kube, namespace).get("observedGeneration") == 2, 20,
+               "status of generation 2")
+    after = children(kube, namespace)
+    changed = sorted(key for key, obj in after.items()
+                     if obj["metadata"]["resourceVersion"]
+                     != before[key]["metadata"]["resourceVersion"])
+    assert changed == [("Deployment", "chat-eu-im")]
+
+
+def test_deleted_or_edited_child_is_repaired(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    make_cluster(("eu",))
+    before = wait_reconciled(kube, namespace, 1)
+    kube.delete("Service", namespace, "chat-eu-ipconf")
+    kube.merge_patch("Deployment", namespace, "chat-eu-state", {"spec": {"replicas": 7}})
+    kube.delete("ConfigMap", namespace, "chat-eu-config")
+    wait_until(lambda: kube.get("Service", namespace, "chat-eu-ipconf"), 20, "Service back")
+    wait_until(lambda: kube.get("ConfigMap", namespace, "chat-eu-config"), 20, "ConfigMap back")
+    wait_until(lambda: kube.get("Deployment", namespace, "chat-eu-state")["spec"]["replicas"]
+               == 2, 20, "replicas repaired")
+    svc = kube.get("Service", namespace, "chat-eu-ipconf")
+    assert svc["metadata"]["uid"] != before[("Service", "chat-eu-ipconf")]["metadata"]["uid"]
+    assert svc["spec"]["ports"] == before[("Service", "chat-eu-ipconf")]["spec"]["ports"]
+
+
+def test_operator_restart_changes_nothing(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    make_cluster(("eu", "us"))
+    wait_reconciled(kube, namespace, 2)
+    wait_until(lambda: condition(cluster_status(kube, namespace), "Ready"), 20, "status")
+    time.sleep(1.0)  # let the last status write settle
+    before = {**children(kube, namespace),
+              ("ChatCluster", "chat"): kube.get("ChatCluster", namespace, "chat"),
+              ("Secret", "chat-generated"): kube.get("Secret", namespace, "chat-generated")}
+    operator.stop()
+    offset = len(operator.log())
+    operator.start()
+    wait_until(lambda: "reconciled " + namespace + "/chat" in operator.log()[offset:], 30,
+               "a full pass after the restart")
+    time.sleep(2.0)
+    after = {**children(kube, namespace),
+             ("ChatCluster", "chat"): kube.get("ChatCluster", namespace, "chat"),
+             ("Secret", "chat-generated"): kube.get("Secret", namespace, "chat-generated")}
+    assert after.keys() == before.keys()
+    changed = [k for k in after if after[k]["metadata"]["resourceVersion"]
+               != before[k]["metadata"]["resourceVersion"]]
+    assert changed == []
+
+
+def test_status_reports_conditions_and_region_figures(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    make_cluster(("eu", "us"))
+    wait_reconciled(kube, namespace, 2)
+    status = wait_until(lambda: cluster_status(kube, namespace).get("regions") and
+                        cluster_status(kube, namespace), 20, "status")
+    assert status["observedGeneration"] == 1
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Available", "Progressing",
+                                                        "Degraded"}
+    assert condition(status, "Ready")["status"] == "False"
+    assert condition(status, "Degraded")["status"] == "False"
+    assert status["readyRegions"] == "0/2"
+    # No kubelet or controllers here: play their part by writing workload status.
+    for region in ("eu", "us"):
+        for tier in ("ipconf", "state", "im"):
+            dep = kube.get("Deployment", namespace, f"chat-{region}-{tier}")
+            n = dep["spec"]["replicas"]
+            kube.merge_patch("Deployment", namespace, dep["metadata"]["name"], {"status": {
+                "observedGeneration": dep["metadata"]["generation"], "replicas": n,
+                "readyReplicas": n, "updatedReplicas": n, "availableReplicas": n}}, sub="status")
+        sts = kube.get("StatefulSet", namespace, f"chat-{region}-gateway")
+        n = sts["spec"]["replicas"]
+        kube.merge_patch("StatefulSet", namespace, sts["metadata"]["name"], {"status": {
+            "observedGeneration": sts["metadata"]["generation"], "replicas": n,
+            "readyReplicas": n, "updatedReplicas": n, "availableReplicas": n,
+            "currentReplicas": n}}, sub="status")
+    status = wait_until(lambda: condition(cluster_status(kube, namespace), "Ready")
+                        .get("status") == "True" and cluster_status(kube, namespace), 20,
+                        "Ready=True")
+    assert status["readyRegions"] == "2/2"
+    assert status["readyGateways"] == "6/6"
+    eu = next(r for r in status["regions"] if r["name"] == "eu")
+    assert eu["tiers"]["gateway"] == {"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3}
+    assert all(c["observedGeneration"] == 1 for c in status["conditions"])
+    assert condition(status, "Available")["status"] == "True"
+    assert condition(status, "Progressing")["status"] == "False"
+
+
+def events(kube: Kube, namespace: str) -> list[dict[str, Any]]:
+    return kube.list("Event", namespace)
+
+
+def test_missing_secret_degrades_with_event_and_recovers(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    make_cluster(("eu",), secrets=False)
+    status = wait_until(lambda: condition(cluster_status(kube, namespace), "Degraded")
+                        .get("status") == "True" and cluster_status(kube, namespace), 20,
+                        "Degraded=True")
+    degraded = condition(status, "Degraded")
+    assert degraded["reason"] == api.Reason.SECRET_NOT_FOUND
+    assert f"Secret {namespace}/redis-eu not found" in degraded["message"]
+    warning = wait_until(lambda: [e for e in events(kube, namespace) if e["type"] == "Warning"
+                                  and e["reason"] == api.Reason.SECRET_NOT_FOUND], 10,
+                         "Warning event")
+    assert "redis-eu" in warning[0]["message"]
+    assert kube.get("Deployment", namespace, "chat-eu-im") is None
+    for secret in secrets_for(namespace, ("eu",)):
+        kube.create(secret)
+    wait_reconciled(kube, namespace, 1, timeout=30)  # retried with backoff (1, 2, 4 … s)
+    status = wait_until(lambda: condition(cluster_status(kube, namespace), "Degraded")
+                        .get("status") == "False" and cluster_status(kube, namespace), 20,
+                        "Degraded=False")
+    wait_until(lambda: [e for e in events(kube, namespace)
+                        if e["reason"] == api.Reason.RECOVERED], 10, "Recovered event")
+
+
+def test_three_regions_reconciled_fast_with_small_rss(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    wait_until(lambda: "chatclusters" in operator.log() or "Starting" in operator.log()
+               or len(operator.log()) > 0, 15, "operator started")
+    time.sleep(2.0)  # the operator is watching
+    started = time.monotonic()
+    make_cluster(("eu", "us", "ap"))
+    wait_until(lambda: len(children(kube, namespace)) == expected_count(3)
+               and kube.get("Secret", namespace, "chat-generated"), 10, "3 regions",
+               step=0.02)
+    elapsed = time.monotonic() - started
+    rss = operator.rss_mb()
+    print(f"3-region ChatCluster: every object present after {elapsed:.2f}s; "
+          f"operator RSS {rss:.1f} MB")
+    assert elapsed < 5.0
+    assert rss < 150.0
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics",
+                                timeout=5) as resp:
+        text = resp.read().decode()
+    assert "chatplane_operator_reconciles_total" in text
+    assert "process_resident_memory_bytes" in text
