@@ -49,7 +49,12 @@ class ChatSession:
         self.outbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
     def label(self, conversation_id: str) -> str:
-        return self.peers.get(conversation_id, conversation_id)
+        peer = self.peers.get(conversation_id)
+        if peer is None:  # a 1:1 id names both users ("d:alice:bob"); else show the id
+            kind, _, users = conversation_id.partition(":")
+            others = [u for u in users.split(":") if u != self.client.user_id]
+            peer = others[0] if kind == "d" and len(others) == 1 else conversation_id
+        return peer
 
     def format(self, m: Any) -> str:
         me = self.client.user_id
