@@ -25,8 +25,8 @@ CONSISTENCIES: tuple[str, ...] = (
 )
 EXPOSE_TYPES: tuple[str, ...] = ("ClusterIP", "NodePort", "LoadBalancer")
 MAX_REGIONS = 16
-MAX_CLUSTER_NAME = 30
-MAX_REGION_NAME = 20
+MAX_CLUSTER_NAME = 26  # StatefulSet names must stay <= 52 characters
+MAX_REGION_NAME = 16
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -78,6 +78,10 @@ class Message:
     DRAIN_RATE = "upgrade.drainRate must be > 0 connections per second"
     DRAIN_DEADLINE = "upgrade.drainDeadlineSeconds must be between 1 and 3600"
     CLUSTER_NAME = f"a ChatCluster name must be at most {MAX_CLUSTER_NAME} characters"
+    REGION_NAME = (
+        f"a region name must be a DNS label (a-z, 0-9, '-') of at most {MAX_REGION_NAME} "
+        "characters"
+    )
     NO_CQL_HOSTS = "regions[].cql.hosts needs at least one CQL contact point"
     REPLICATION = "regions[].cql.replicationFactor must be between 1 and 9"
 
@@ -342,6 +346,8 @@ def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
     if len(set(dcs)) != len(dcs):
         errors.append(Message.DUPLICATE_DATACENTER)
     for region in cluster.regions:
+        if len(region.name) > MAX_REGION_NAME or not DNS_LABEL.match(region.name):
+            errors.append(Message.REGION_NAME)
         if region.tiers["gateway"].replicas < 1:
             errors.append(Message.NO_GATEWAY)
         if any(region.tiers[t].replicas < 1 for t in TIERS if t != "gateway"):

@@ -85,7 +85,7 @@ def test_invalid_cluster_is_refused_with_its_message(
 
 
 def test_long_cluster_name_is_refused(kube: Kube, namespace: str) -> None:
-    obj = cluster_body("c" * 31, namespace, ("eu",))
+    obj = cluster_body("c" * 27, namespace, ("eu",))
     del obj["metadata"]["uid"], obj["metadata"]["generation"]
     with pytest.raises(KubeError) as refused:
         kube.create(obj)

@@ -1,0 +1,163 @@
+"""The pure builders: every manifest validates with kubernetes-validate --strict (1.29-1.33)
+and carries the properties the operator promises (security, probes, drain, spread, owners)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from conftest import cluster_body
+
+from chatplane_operator import api
+from chatplane_operator.specs import bundle, config, naming, pods, workloads
+
+K8S_VERSIONS = ("1.29", "1.30", "1.31", "1.32", "1.33")
+
+
+def manifests(body: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = api.parse(body)
+    out = [m for region in bundle.build_all(cluster).values() for m in region]
+    return [*out, config.build_generated_secret(cluster)]
+
+
+def by_name(objs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in objs}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_manifest_validates_strictly(version: str, body: dict[str, Any],
+                                           example: dict[str, Any]) -> None:
+    example["metadata"]["uid"] = "uid-example"
+    objs = manifests(body) + manifests(example)
+    assert len(objs) == 2 * (2 * 14 + 1)
+    for obj in objs:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_a_region_has_every_object(body: dict[str, Any]) -> None:
+    names = sorted(by_name(manifests(body)))
+    eu = [n for n in names if n[1].startswith("chat-eu-")]
+    assert eu == sorted([
+        ("ConfigMap", "chat-eu-config"),
+        ("Deployment", "chat-eu-im"), ("Deployment", "chat-eu-ipconf"),
+        ("Deployment", "chat-eu-state"),
+        ("PodDisruptionBudget", "chat-eu-gateway"), ("PodDisruptionBudget", "chat-eu-im"),
+        ("PodDisruptionBudget", "chat-eu-ipconf"), ("PodDisruptionBudget", "chat-eu-state"),
+        ("Service", "chat-eu-gateway"), ("Service", "chat-eu-gateway-public"),
+        ("Service", "chat-eu-im"), ("Service", "chat-eu-ipconf"), ("Service", "chat-eu-state"),
+        ("StatefulSet", "chat-eu-gateway"),
+    ])
+
+
+def test_everything_is_owned_and_labelled(body: dict[str, Any]) -> None:
+    for obj in manifests(body):
+        meta = obj["metadata"]
+        assert meta["ownerReferences"] == [naming.owner_reference(api.parse(body))]
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "chatplane-operator"
+        assert meta["labels"]["app.kubernetes.io/instance"] == "chat"
+        assert meta["namespace"] == "chat"
+
+
+def test_gateways_drain_before_they_go(body: dict[str, Any]) -> None:
+    body["spec"]["upgrade"] = {"drainDeadlineSeconds": 120, "drainRate": 50}
+    cluster = api.parse(body)
+    sts = workloads.build_gateway_sts(cluster, cluster.regions[0])
+    assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 120 + pods.DRAIN_MARGIN_S
+    hook = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook == ["chatplane", "drain", "--url", "http://127.0.0.1:8080", "--wait"]
+    data = config.config_data(cluster, cluster.regions[0])
+    assert data["CHATPLANE_DRAIN_RATE"] == "50"
+    assert data["CHATPLANE_DRAIN_DEADLINE_S"] == "120"
+
+
+def test_pods_are_non_root_read_only_and_probed(body: dict[str, Any]) -> None:
+    for obj in manifests(body):
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        (container,) = pod["containers"]
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["args"] == [obj["metadata"]["labels"]["app.kubernetes.io/component"]]
+        keys = [c["topologyKey"] for c in pod["topologySpreadConstraints"]]
+        assert keys == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        assert pod["nodeSelector"] == {
+            "topology.kubernetes.io/region": obj["metadata"]["labels"]["chatplane.dev/region"]}
+
+
+def test_env_contract(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    eu = cluster.regions[0]
+    data = config.config_data(cluster, eu)
+    assert data["CHATPLANE_REGION"] == "eu"
+    assert data["CHATPLANE_STATE_ADDRS"] == "chat-eu-state.chat.svc:9090"
+    assert data["CHATPLANE_IM_ADDRS"] == "chat-eu-im.chat.svc:9090"
+    assert data["CHATPLANE_CQL_HOSTS"] == "scylla-eu.scylla.svc"
+    assert json.loads(data["CHATPLANE_PEERS"]) == [
+        {"name": "us", "endpoint": "chat-us-im.chat.svc:9090", "datacenter": "us"}]
+    assert json.loads(data["CHATPLANE_CQL_REPLICATION"]) == {"eu": 3, "us": 3}
+    gateway = pods.container(cluster, eu, "gateway")
+    env = {e["name"]: e for e in gateway["env"]}
+    assert env["CHATPLANE_GATEWAY_ADVERTISE_URL"]["value"] == (
+        "ws://$(POD_NAME).chat-eu-gateway.chat.svc:8080/ws")
+    assert env["CHATPLANE_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "redis-eu", "key": "url"}
+    assert env["CHATPLANE_TOKEN_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "chat-generated", "key": "token"}
+    assert not any(k.startswith("CHATPLANE_") and "SECRET" in k for k in data)
+
+
+def test_scaling_changes_only_that_tier(body: dict[str, Any]) -> None:
+    before = by_name(manifests(body))
+    scaled = copy.deepcopy(body)
+    scaled["spec"]["regions"][1]["tiers"] = {"state": {"replicas": 4}}
+    after = by_name(manifests(scaled))
+    changed = sorted(k for k in before if k[0] != "Secret" and before[k] != after[k])
+    assert changed == [("Deployment", "chat-us-state")]
+
+
+def test_config_change_rolls_pods_through_the_hash(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    changed = copy.deepcopy(body)
+    changed["spec"]["limits"] = {"maxFrameBytes": 4096}
+    other = api.parse(changed)
+    for region, region2 in zip(cluster.regions, other.regions, strict=True):
+        assert config.config_hash(cluster, region) != config.config_hash(other, region2)
+
+
+def test_generated_secret_is_random_unless_given(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    a, b = config.build_generated_secret(cluster), config.build_generated_secret(cluster)
+    assert a["data"]["token"] != b["data"]["token"]
+    fixed = config.build_generated_secret(cluster, token=b"t", admin=b"a")
+    assert fixed["data"] == {"token": "dA==", "admin": "YQ=="}
+
+
+def test_longest_names_fit_kubernetes_limits() -> None:
+    body = cluster_body("c" * api.MAX_CLUSTER_NAME, "ns",
+                        ("r" * api.MAX_REGION_NAME, "s" * api.MAX_REGION_NAME))
+    cluster = api.parse(body)
+    api.validate(cluster)
+    for obj in manifests(body):
+        assert len(obj["metadata"]["name"]) <= 63
+        if obj["kind"] == "StatefulSet":
+            assert len(obj["metadata"]["name"]) <= 52  # controller-revision-hash label
+
+
+def test_token_secret_ref_replaces_the_generated_key(body: dict[str, Any]) -> None:
+    body["spec"]["auth"] = {"tokenSecretRef": {"name": "shared-token"}}
+    cluster = api.parse(body)
+    refs = config.user_secret_refs(cluster, cluster.regions[0])
+    assert api.SecretKeyRef("shared-token", "token") in refs
+    assert all(r.name != "chat-generated" for r in refs)

@@ -1,0 +1,105 @@
+"""Pure status computation: conditions in metav1.Condition form, per-region aggregation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatplane_operator import api, status
+
+NOW = "2026-01-01T00:00:00Z"
+LATER = "2026-01-01T00:05:00Z"
+
+
+def ready_tiers(cluster: api.ChatCluster, region: api.Region) -> dict[str, status.WorkloadState]:
+    return {t: status.WorkloadState(replicas=region.tiers[t].replicas,
+                                    ready=region.tiers[t].replicas,
+                                    updated=region.tiers[t].replicas, up_to_date=True)
+            for t in api.TIERS}
+
+
+def cond(st: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in st["conditions"] if c["type"] == ctype)
+
+
+def test_all_ready(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    obs = {r.name: status.RegionObservation(ready_tiers(cluster, r), connections=10)
+           for r in cluster.regions}
+    st = status.compute(cluster, obs, now=NOW)
+    assert st["observedGeneration"] == 1
+    assert {c["type"]: c["status"] for c in st["conditions"]} == {
+        "Ready": "True", "Available": "True", "Progressing": "False", "Degraded": "False"}
+    assert st["readyRegions"] == "2/2" and st["readyGateways"] == "6/6"
+    assert st["connections"] == 20
+    for c in st["conditions"]:
+        assert set(c) == {"type", "status", "reason", "message", "observedGeneration",
+                          "lastTransitionTime"}
+
+
+def test_nothing_observed_is_not_ready_nor_available(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    st = status.compute(cluster, {}, now=NOW)
+    assert cond(st, "Ready")["status"] == "False"
+    assert cond(st, "Available")["status"] == "False"
+    assert "eu" in cond(st, "Available")["message"]
+    assert st["readyRegions"] == "0/2"
+
+
+def test_one_degraded_region_degrades_the_cluster_with_its_reason(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    eu, us = cluster.regions
+    obs = {
+        "eu": status.RegionObservation(ready_tiers(cluster, eu)),
+        "us": status.RegionObservation({}, error=(api.Reason.SECRET_NOT_FOUND,
+                                                  "Secret chat/redis-us not found")),
+    }
+    st = status.compute(cluster, obs, now=NOW)
+    degraded = cond(st, "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == api.Reason.SECRET_NOT_FOUND
+    assert degraded["message"] == "us: Secret chat/redis-us not found"
+    us_status = next(r for r in st["regions"] if r["name"] == "us")
+    assert cond(us_status, "Degraded")["status"] == "True"
+    assert cond(st, "Ready")["status"] == "False"
+    assert st["readyRegions"] == "1/2"
+
+
+def test_two_degraded_regions_aggregate(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    err = status.RegionObservation({}, error=(api.Reason.APPLY_FAILED, "boom"))
+    st = status.compute(cluster, {"eu": err, "us": err}, now=NOW)
+    assert cond(st, "Degraded")["reason"] == api.Reason.REGION_DEGRADED
+    assert cond(st, "Degraded")["message"] == "eu: boom; us: boom"
+
+
+def test_rollout_in_progress(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    obs = {r.name: status.RegionObservation(ready_tiers(cluster, r)) for r in cluster.regions}
+    eu = dict(obs["eu"].tiers)
+    eu["gateway"] = status.WorkloadState(replicas=3, ready=3, updated=1, up_to_date=True)
+    obs["eu"] = status.RegionObservation(eu)
+    st = status.compute(cluster, obs, now=NOW)
+    assert cond(st, "Progressing")["status"] == "True"
+    assert "eu" in cond(st, "Progressing")["message"]
+    assert cond(st, "Available")["status"] == "True"
+    assert cond(st, "Ready")["status"] == "False"
+
+
+def test_transition_time_kept_while_status_holds(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    first = status.compute(cluster, {}, now=NOW)
+    again = status.compute(cluster, {}, previous=first, now=LATER)
+    assert again == first  # nothing changed: an identical status, so no write
+    obs = {r.name: status.RegionObservation(ready_tiers(cluster, r)) for r in cluster.regions}
+    ready = status.compute(cluster, obs, previous=first, now=LATER)
+    assert cond(ready, "Ready")["lastTransitionTime"] == LATER
+    assert cond(ready, "Degraded")["lastTransitionTime"] == NOW
+
+
+def test_workload_state_from_object() -> None:
+    obj = {"metadata": {"generation": 3}, "spec": {"replicas": 4},
+           "status": {"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 4}}
+    assert status.WorkloadState.from_object(obj) == status.WorkloadState(4, 2, 4, True)
+    stale = {**obj, "status": {**obj["status"], "observedGeneration": 2}}
+    assert status.WorkloadState.from_object(stale).up_to_date is False
+    assert status.WorkloadState.from_object(None) == status.WorkloadState()
