@@ -101,10 +101,14 @@ class Connection:
             if request.kind == "login":
                 await self._login(request)
             else:
+                started = now_ms()
                 reply = await self._answer(request)
                 self.session.send(reply)
+                if request.kind == "send":
+                    self.gateway.metrics.send_latency.observe(now_ms() - started)
         except ProtocolError as exc:
             if request.kind == "login":
+                self.gateway.metrics.login_failures += 1
                 self.session.reject_login(request.id, exc.code, exc.message)
             elif exc.fatal:
                 self.session.fail(request.id, exc)
