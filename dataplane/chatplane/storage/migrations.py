@@ -38,7 +38,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "users, conversations, timelines, send log, inboxes", (
         "CREATE TABLE IF NOT EXISTS {ks}.meta (key text PRIMARY KEY, value text)",
         """CREATE TABLE IF NOT EXISTS {ks}.users (
-            user_id text PRIMARY KEY, display_name text, updated_at_ms bigint)""",
+            user_id text PRIMARY KEY, display_name text, created_at_ms bigint)""",
         """CREATE TABLE IF NOT EXISTS {ks}.conversations (
             conversation_id text PRIMARY KEY, kind text, members list<text>,
             created_at_ms bigint, extra map<text, text>)""",

@@ -1,0 +1,277 @@
+"""Real backing services for tests: a redis-server and a CQL server (Cassandra).
+
+A pytest plugin (tests/conftest.py loads it with `pytest_plugins`). Two
+session-scoped fixtures start the real servers on 127.0.0.1, on free ports,
+with their data in a temporary folder, and stop them at the end:
+
+- `redis_server` -> RedisService (`.url`; `.restart_empty()` loses everything,
+  as a crashed Redis without persistence does);
+- `cql_server` -> CqlService (`.hosts`, `.port`; `.stop()` / `.start()` keep
+  the data, for storage-fault tests).
+
+Environment variables point them at external servers instead (nothing is
+started then): CHATPLANE_TEST_REDIS_URL=redis://host:port/db and
+CHATPLANE_TEST_CQL_HOSTS=host[:port][,host...]. Tests that use them are marked
+`@pytest.mark.redis` / `@pytest.mark.cql`. Every wait here is bounded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_CASSANDRA = ROOT / "scripts" / "cql" / "run-cassandra"
+REDIS_START_TIMEOUT_S = 15.0
+CQL_START_TIMEOUT_S = float(os.environ.get("CHATPLANE_TEST_CQL_START_TIMEOUT", "180"))
+STOP_TIMEOUT_S = 30.0
+
+_running: set[subprocess.Popen[bytes]] = set()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the process group, SIGKILL it after timeout_s."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout_s)
+        except ProcessLookupError:
+            pass
+    _running.discard(proc)
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for proc in list(_running):
+        _stop_process(proc, timeout_s=5.0)
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _running.add(proc)
+    return proc
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class RedisService:
+    """A redis-server started here, or an external one (then never restarted)."""
+
+    def __init__(self, workdir: Path | None, external_url: str | None = None) -> None:
+        self.workdir = workdir
+        self.external = external_url is not None
+        self.port = free_port() if external_url is None else 0
+        self.url = external_url or f"redis://127.0.0.1:{self.port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if self.external or self._proc is not None:
+            return
+        assert self.workdir is not None
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: run scripts/setup/10-redis.sh")
+        args = [
+            binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
+            "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+        ]
+        self._proc = _spawn(args, self.workdir / "redis.log")
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                pytest.fail(f"redis-server exited at start:\n{_tail(self.workdir / 'redis.log')}")
+            if self._ping():
+                return
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"redis-server did not answer PING within {REDIS_START_TIMEOUT_S}s")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop_process(self._proc)
+            self._proc = None
+
+    def restart_empty(self) -> None:
+        """Lose every key, like a Redis restart without persistence. An external
+        server is flushed instead (FLUSHALL) since it cannot be restarted here."""
+        if self.external:
+            import redis
+
+            client = redis.Redis.from_url(self.url, socket_timeout=5.0)
+            try:
+                client.flushall()
+            finally:
+                client.close()
+            return
+        self.stop()
+        self.start()
+
+
+class CqlService:
+    """A one-node Cassandra started here (scripts/cql/run-cassandra), or an
+    external CQL cluster (ScyllaDB or Cassandra) that is never stopped."""
+
+    def __init__(self, workdir: Path | None, external: str | None = None) -> None:
+        self.workdir = workdir
+        self.external = external is not None
+        if external is not None:
+            hosts, port = _parse_hosts(external)
+            self.hosts, self.port, self.storage_port = hosts, port, 0
+        else:
+            self.hosts, self.port, self.storage_port = ("127.0.0.1",), free_port(), free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.last_start_s = 0.0
+
+    @property
+    def contact_points(self) -> list[str]:
+        return [f"{host}:{self.port}" for host in self.hosts]
+
+    def start(self) -> None:
+        if self.external or self._proc is not None:
+            if self.external:
+                self._wait_cql(time.monotonic() + CQL_START_TIMEOUT_S)
+            return
+        assert self.workdir is not None
+        began = time.monotonic()
+        log = self.workdir / "run-cassandra.out"
+        args = [str(RUN_CASSANDRA), str(self.workdir / "node"), str(self.port),
+                str(self.storage_port)]
+        self._proc = _spawn(args, log)
+        self._wait_cql(began + CQL_START_TIMEOUT_S)
+        self.last_start_s = time.monotonic() - began
+
+    def _wait_cql(self, deadline: float) -> None:
+        from cassandra.cluster import Cluster
+
+        error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                self._proc = None
+                assert self.workdir is not None
+                pytest.fail(f"Cassandra exited at start:\n{_tail(self.workdir / 'run-cassandra.out')}")
+            if self._port_open():
+                cluster = Cluster(list(self.hosts), port=self.port, connect_timeout=5.0,
+                                  control_connection_timeout=5.0)
+                try:
+                    session = cluster.connect()
+                    session.execute("SELECT release_version FROM system.local", timeout=10.0)
+                    return
+                except Exception as exc:  # the server is still starting
+                    error = exc
+                finally:
+                    cluster.shutdown()
+            time.sleep(0.5)
+        self.stop()
+        pytest.fail(f"no CQL answer from {self.contact_points} in time: {error}")
+
+    def _port_open(self) -> bool:
+        try:
+            with socket.create_connection((self.hosts[0], self.port), timeout=1.0):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Stop the node (SIGTERM, then SIGKILL); its data stays for start()."""
+        if self._proc is not None:
+            _stop_process(self._proc)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the node, as a crash would; its data stays for start()."""
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _stop_process(self._proc)
+            self._proc = None
+
+
+def _parse_hosts(value: str) -> tuple[tuple[str, ...], int]:
+    hosts: list[str] = []
+    port = 9042
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port_text = item.rpartition(":")
+        if sep and port_text.isdigit():
+            hosts.append(host)
+            port = int(port_text)
+        else:
+            hosts.append(item)
+    if not hosts:
+        raise pytest.UsageError(f"CHATPLANE_TEST_CQL_HOSTS names no host: {value!r}")
+    return tuple(hosts), port
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisService]:
+    external = os.environ.get("CHATPLANE_TEST_REDIS_URL")
+    if external:
+        yield RedisService(None, external_url=external)
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="chatplane-redis-"))
+    service = RedisService(workdir)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cql_server() -> Iterator[CqlService]:
+    external = os.environ.get("CHATPLANE_TEST_CQL_HOSTS")
+    if external:
+        service = CqlService(None, external=external)
+        service.start()
+        yield service
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="chatplane-cql-"))
+    service = CqlService(workdir)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
