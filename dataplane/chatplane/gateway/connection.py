@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from chatplane.auth import TokenError
 from chatplane.delivery.acks import DownlinkWindow, Verdict
-from chatplane.gateway import wire
+from chatplane.protocol import wire
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.session import Phase, Request, ServerSession
 from chatplane.storage.base import InboxItem
@@ -163,34 +163,9 @@ class Connection:
             self._handle(pipelined)
 
     async def _answer(self, request: Request) -> pb.Frame:
-        im = self.gateway.im
-        body = request.body
-        if isinstance(body, pb.Send):
-            result = await im.send(self.user_id, self.device_id, body.conversation_id, body.cid,
-                                   body.text, body.payload, body.content_type)
-            message = result.message
-            return pb.Frame(id=request.id, send_ack=pb.SendAck(
-                conversation_id=message.conversation_id, seq=message.seq,
-                message_id=message.message_id, cid=message.cid, sent_at_ms=message.sent_at_ms,
-                duplicate=result.duplicate))
-        if isinstance(body, pb.SyncRequest):
-            limit = body.limit or self.gateway.settings.limits.max_sync_page
-            items, head = await im.sync(self.user_id, body.after_inbox_seq, limit)
-            has_more = len(items) > limit
-            return pb.Frame(id=request.id, sync_response=pb.SyncResponse(
-                entries=[wire.inbox_entry(item) for item in items[:limit]],
-                inbox_head=head, has_more=has_more))
-        if isinstance(body, pb.HistoryRequest):
-            messages, head, has_more = await im.history(
-                self.user_id, body.conversation_id, body.before_seq, body.after_seq, body.limit)
-            return pb.Frame(id=request.id, history_response=pb.HistoryResponse(
-                conversation_id=body.conversation_id,
-                messages=[wire.message(m) for m in messages], head_seq=head, has_more=has_more))
-        if isinstance(body, pb.OpenDirect):
-            conversation = await im.open_direct(self.user_id, body.peer_user_id)
-            return pb.Frame(id=request.id, open_direct_ack=pb.OpenDirectAck(
-                conversation_id=conversation.conversation_id, head_seq=conversation.head_seq))
-        raise ProtocolError(ErrorCode.UNKNOWN_FRAME, f"{request.kind} is not served here")
+        frame = pb.Frame(id=request.id)
+        getattr(frame, request.kind).CopyFrom(request.body)
+        return await self.gateway.im.handle(self.user_id, self.device_id, frame)
 
     # -- the state tier's side (DeviceLink) ----------------------------------
 

@@ -10,14 +10,32 @@ import asyncio
 import logging
 import random
 import time
+from typing import Protocol
 
 from chatplane.auth import TokenSigner
 from chatplane.gateway.connection import Connection, now_ms
-from chatplane.im.service import ImService
 from chatplane.metrics import Metrics
 from chatplane.protocol.session import SessionLimits
 from chatplane.settings import Settings
-from chatplane.state.service import StateService
+from chatplane.state.service import DeviceLink
+from chatplane.v1 import frames_pb2 as pb
+
+
+class ImApi(Protocol):
+    """What the gateway needs from the im tier (in process, or over gRPC)."""
+
+    async def inbox_head(self, user_id: str) -> int: ...
+
+    async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+        """A client request frame in, its reply or Error frame out."""
+
+
+class Registry(Protocol):
+    """What the gateway tells the state tier about its devices."""
+
+    def register(self, link: DeviceLink) -> None: ...
+
+    def unregister(self, link: DeviceLink) -> None: ...
 
 SWEEP_INTERVAL_S = 0.1
 DEADLINE_SWEEP_EVERY = 10  # heartbeat/login deadlines: once a second
@@ -27,8 +45,8 @@ class Gateway:
     def __init__(
         self,
         settings: Settings,
-        im: ImService,
-        state: StateService,
+        im: ImApi,
+        state: Registry,
         signer: TokenSigner,
         server_id: str,
     ) -> None:

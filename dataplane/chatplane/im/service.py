@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from chatplane.im import requests
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.settings import Limits
 from chatplane.state.service import StateService
@@ -26,6 +27,7 @@ from chatplane.storage.base import (
     StoredMessage,
     valid_id,
 )
+from chatplane.v1 import frames_pb2 as pb
 
 
 def _now_ms() -> int:
@@ -129,6 +131,10 @@ class ImService:
             self.sent += 1
             self.state.deliver(result.inbox)
         return result
+
+    async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+        """A client request frame in, its reply (or Error) frame out."""
+        return await requests.handle(self, user_id, device_id, frame)
 
     async def sync(self, user_id: str, after_seq: int, limit: int) -> tuple[list[InboxItem], int]:
         limit = max(1, min(limit or self.limits.max_sync_page, self.limits.max_sync_page))

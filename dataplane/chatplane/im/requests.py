@@ -1,0 +1,88 @@
+"""Client requests to the im tier, frame in, frame out.
+
+The gateway forwards every request it does not handle itself (login, acks and
+heartbeats stay at the gateway) as a `Frame`, and sends back the `Frame` this
+returns: a reply with the request's id, or an `Error` frame. Because the
+boundary is a frame, a new request kind needs a handler here and nothing in
+the gateway, and a remote im (gRPC) forwards bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from chatplane.protocol import wire
+from chatplane.protocol.errors import SPECS, ErrorCode, ProtocolError
+from chatplane.v1 import frames_pb2 as pb
+
+if TYPE_CHECKING:
+    from chatplane.im.service import ImService
+
+Handler = Callable[["ImService", str, str, pb.Frame], Awaitable[pb.Frame]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(kind: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+def error_frame(request_id: int, code: ErrorCode, message: str) -> pb.Frame:
+    spec = SPECS[code]
+    return pb.Frame(id=request_id, error=pb.Error(code=int(code), message=message,
+                                                  retriable=spec.retriable, fatal=False))
+
+
+async def handle(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    kind = frame.WhichOneof("body")
+    handler = HANDLERS.get(kind or "")
+    if handler is None:
+        return error_frame(frame.id, ErrorCode.UNKNOWN_FRAME, f"{kind} is not served by im")
+    try:
+        reply = await handler(im, user_id, device_id, frame)
+    except ProtocolError as exc:
+        return error_frame(frame.id, exc.code, exc.message)
+    reply.id = frame.id
+    return reply
+
+
+@handles("send")
+async def send(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    body = frame.send
+    result = await im.send(user_id, device_id, body.conversation_id, body.cid, body.text,
+                           body.payload, body.content_type)
+    m = result.message
+    return pb.Frame(send_ack=pb.SendAck(
+        conversation_id=m.conversation_id, seq=m.seq, message_id=m.message_id, cid=m.cid,
+        sent_at_ms=m.sent_at_ms, duplicate=result.duplicate))
+
+
+@handles("sync")
+async def sync(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    body = frame.sync
+    limit = max(1, min(body.limit or im.limits.max_sync_page, im.limits.max_sync_page))
+    items, head = await im.sync(user_id, body.after_inbox_seq, limit)
+    return pb.Frame(sync_response=pb.SyncResponse(
+        entries=[wire.inbox_entry(item) for item in items[:limit]], inbox_head=head,
+        has_more=len(items) > limit))
+
+
+@handles("history")
+async def history(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    body = frame.history
+    messages, head, has_more = await im.history(user_id, body.conversation_id, body.before_seq,
+                                                body.after_seq, body.limit)
+    return pb.Frame(history_response=pb.HistoryResponse(
+        conversation_id=body.conversation_id, messages=[wire.message(m) for m in messages],
+        head_seq=head, has_more=has_more))
+
+
+@handles("open_direct")
+async def open_direct(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    conversation = await im.open_direct(user_id, frame.open_direct.peer_user_id)
+    return pb.Frame(open_direct_ack=pb.OpenDirectAck(
+        conversation_id=conversation.conversation_id, head_seq=conversation.head_seq))
