@@ -48,6 +48,7 @@ class Storage:
     backend: str = "sqlite"
     data_dir: str = "./chatplane-data"
     sqlite_synchronous: str = "FULL"
+    sqlite_shared: int = 0  # 1: other processes write the same file (cluster up)
     cql_hosts: str = ""
     keyspace: str = "chatplane"
     cql_consistency: str = "LOCAL_QUORUM"

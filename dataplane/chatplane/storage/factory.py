@@ -14,7 +14,8 @@ def make_storage(settings: Settings) -> Storage:
         from chatplane.storage.sqlite import SqliteStorage
 
         return SqliteStorage(Path(config.data_dir) / "chatplane.db",
-                             synchronous=config.sqlite_synchronous)
+                             synchronous=config.sqlite_synchronous,
+                             shared=bool(config.sqlite_shared))
     if config.backend == "scylla":
         try:
             from chatplane.storage import scylla

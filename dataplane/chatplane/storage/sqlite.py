@@ -205,11 +205,15 @@ class SqliteStorage:
 
     name = "sqlite"
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", shared: bool = False) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise StorageError(f"sqlite synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
         self.synchronous = synchronous.upper()
+        # shared: other processes write this file too (`chatplane cluster up`
+        # with several im processes): heads are re-read in every transaction,
+        # which holds SQLite's write lock, so they stay exact.
+        self.shared = shared
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
@@ -283,6 +287,8 @@ class SqliteStorage:
         results: list[tuple[bool, Any]] = []
         try:
             writer.db.execute("BEGIN IMMEDIATE")
+            if self.shared:
+                writer.forget()
             for fn, _, _ in batch:
                 writer.db.execute("SAVEPOINT job")
                 try:
