@@ -95,6 +95,7 @@ class DirectRun:
         self.t_start = 0.0
         self.send_elapsed = 0.0
         self.cpu_s = 0.0  # this process's CPU time while offering load
+        self.loop_lag = LatencyHistogram()
         self.pad = "x" * max(0, config.size - 24)
         self.errors: list[str] = []
 
@@ -180,9 +181,15 @@ class DirectRun:
         self.cpu_s = time.process_time() - cpu0
 
     async def _report_progress(self) -> None:
+        """Each second a progress snapshot; meanwhile, every 5 ms, how late this
+        process's event loop wakes up (a stalled bench inflates latencies)."""
         last_delivered, last_t = 0, time.monotonic()
+        lag = self.loop_lag
         while True:
-            await asyncio.sleep(1.0)
+            for _ in range(200):
+                t0 = time.monotonic_ns()
+                await asyncio.sleep(0.005)
+                lag.record(max(0, (time.monotonic_ns() - t0) // 1000 - 5000))
             now = time.monotonic()
             rate = (self.delivered - last_delivered) / max(now - last_t, 1e-6)
             last_delivered, last_t = self.delivered, now
@@ -271,6 +278,7 @@ class DirectRun:
             "max_queue_delay_us": self.max_queue_delay_us,
             "reconnects": reconnects,
             "bench_cpu_s": round(self.cpu_s, 2),
+            "bench_loop_lag": self.loop_lag.to_dict(),
             "errors": self.errors,
             "latency": self.hist.to_dict(),
             "verdict": verdict.to_dict(),

@@ -62,6 +62,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out["max_queue_delay_us"] = max(p.get("max_queue_delay_us", 0) for p in parts)
     out["errors"] = [e for p in parts for e in p.get("errors", [])][:10]
     out["latency"] = merge_latency(p.get("latency", {}) for p in parts).to_dict()
+    out["bench_loop_lag"] = merge_latency(p.get("bench_loop_lag", {}) for p in parts).to_dict()
     out["verdict"] = merge_verdicts([p.get("verdict", {}) for p in parts])
     out["verdict_summary"] = verdict_line(out["verdict"])
     return out
@@ -79,8 +80,13 @@ def finish(result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     hist = LatencyHistogram.from_dict(result.get("latency", {}))
     duration = result.get("duration_s") or 0.0
     out = {"workload": "W1 direct", **settings}
-    out.update({k: v for k, v in result.items() if k != "latency"})
+    out.update({k: v for k, v in result.items() if k not in ("latency", "bench_loop_lag")})
     out["latency_ms"] = hist.summary_ms()
+    lag = LatencyHistogram.from_dict(result.get("bench_loop_lag", {}))
+    out["bench_loop_lag_ms"] = {
+        "p99_ms": round(lag.percentile(99) / 1000, 3),
+        "max_ms": round(lag.max_us / 1000, 3),
+    }
     out["bench_cpu_pct"] = round(100 * result.get("bench_cpu_s", 0) / duration) if duration else 0
     out["send_rate"] = round(result.get("sent", 0) / duration, 1) if duration else 0.0
     out["clean"] = bool(
@@ -144,6 +150,11 @@ def table(pub: dict[str, Any]) -> str:
             "queue delay",
             f"max {pub.get('max_queue_delay_us', 0) / 1000:.1f} ms "
             "(due -> send call; large = the bench fell behind)",
+        ),
+        (
+            "bench lag",
+            f"event loop woke late by p99 {pub['bench_loop_lag_ms']['p99_ms']} ms, "
+            f"max {pub['bench_loop_lag_ms']['max_ms']} ms (machine noise + bench load)",
         ),
         ("reconnects", f"{pub.get('reconnects')}"),
         (
