@@ -68,6 +68,9 @@ def _runtime(memo: Any) -> Runtime:
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING
+    # No scanning of CRDs and namespaces: the operator then needs no cluster-wide read of
+    # them (least privilege). The CRD must exist when it starts (Helm installs it first).
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     runtime = _runtime(memo)

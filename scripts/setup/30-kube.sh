@@ -67,8 +67,13 @@ if [ ! -x "$helm_dir/helm" ]; then
     log "building helm $HELM_VERSION"
     t0=$(date +%s)
     mkdir -p "$helm_dir"
+    # As helm's Makefile does: default Kubernetes version = its client-go minor (v0.37 -> 1.37).
+    kv=""
+    for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+        kv="$kv -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=37"
+    done
     (cd "$ROOT/scripts/kube" && GOBIN="$helm_dir" GOFLAGS=-mod=mod go install -trimpath \
-        -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+        -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $kv" \
         "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
     log "helm built in $(( $(date +%s) - t0 ))s"
 fi

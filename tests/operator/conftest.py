@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kube_chart
+import kube_controlplane as controlplane
 import pytest
 import yaml
-
-import kube_controlplane as controlplane
 from kube_client import Kube
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,11 +74,15 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlplane.Con
 
 @pytest.fixture(scope="session")
 def kube(plane: controlplane.ControlPlane) -> Kube:
+    """The control plane with the chart's CRD and the chart's RBAC for the operator."""
+    if kube_chart.helm() is None:
+        pytest.skip("helm not installed: run scripts/setup/30-kube.sh")
     client = Kube(plane)
-    from chatplane_operator import crd
-
-    client.apply(crd.build_crd())
-    client.wait_for(lambda: client.crd_established(crd.build_crd()["metadata"]["name"]),
+    rendered = kube_chart.render(namespace=controlplane.OPERATOR_NAMESPACE)
+    for obj in rendered:
+        if obj["kind"] in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+            client.apply(obj)
+    client.wait_for(lambda: client.crd_established("chatclusters.chatplane.dev"),
                     timeout=30, what="CRD Established")
     return client
 
@@ -109,7 +113,7 @@ class OperatorProcess:
 
     def start(self) -> None:
         self.metrics_port = controlplane.free_port()
-        env = {**self.plane.env(), "PYTHONPATH": f"{OPERATOR_SRC}{os.pathsep}{ROOT}"}
+        env = {**self.plane.operator_env(), "PYTHONPATH": f"{OPERATOR_SRC}{os.pathsep}{ROOT}"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "chatplane_operator", "--namespace", self.namespace,
@@ -148,6 +152,7 @@ def operator(plane: controlplane.ControlPlane, kube: Kube, namespace: str,
         yield proc
     finally:
         proc.stop()
+        print("---- operator log (tail) ----\n" + proc.log()[-6000:])  # shown on failure
 
 
 @pytest.fixture

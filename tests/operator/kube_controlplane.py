@@ -29,6 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 START_TIMEOUT_S = 90.0
+# The operator runs as the ServiceAccount the chart creates (release "chatplane" in this
+# namespace), with only the RBAC the chart grants it.
+OPERATOR_NAMESPACE = "chatplane-system"
+OPERATOR_SA = "chatplane-operator"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
 
 
 def kube_bin_dir() -> Path:
@@ -111,6 +116,10 @@ class ControlPlane:
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
+    def operator_env(self) -> dict[str, str]:
+        """Credentials of the chart's ServiceAccount, not of an admin."""
+        return {**os.environ, "KUBECONFIG": str(self.workdir / "kubeconfig-operator")}
+
 
 def _wait_ready(plane: ControlPlane, deadline: float) -> None:
     last = ""
@@ -152,12 +161,15 @@ def running(workdir: Path, etcd: str, apiserver: str) -> Iterator[ControlPlane]:
     (workdir / "sa.key").write_bytes(_pem_key(sa_key))
     (workdir / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    token = secrets.token_hex(16)
-    (workdir / "tokens.csv").write_text(f'{token},admin,admin-uid,"system:masters"\n')
+    token, op_token = secrets.token_hex(16), secrets.token_hex(16)
+    groups = f"system:serviceaccounts,system:serviceaccounts:{OPERATOR_NAMESPACE}"
+    (workdir / "tokens.csv").write_text(
+        f'{token},admin,admin-uid,"system:masters"\n'
+        f'{op_token},{OPERATOR_USER},operator-uid,"{groups}"\n')
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
-    etcd_log = open(workdir / "etcd.log", "wb")  # noqa: SIM115 - closed below
-    api_log = open(workdir / "apiserver.log", "wb")  # noqa: SIM115
+    etcd_log = open(workdir / "etcd.log", "wb")
+    api_log = open(workdir / "apiserver.log", "wb")
     try:
         procs.append(subprocess.Popen([
             etcd, "--name", "test", "--data-dir", str(workdir / "etcd"),
@@ -190,6 +202,7 @@ def running(workdir: Path, etcd: str, apiserver: str) -> Iterator[ControlPlane]:
         url = f"https://127.0.0.1:{api_port}"
         kubeconfig = workdir / "kubeconfig"
         _kubeconfig(kubeconfig, url, ca, token)
+        _kubeconfig(workdir / "kubeconfig-operator", url, ca, op_token)
         plane = ControlPlane(url, token, ca, kubeconfig, workdir, procs)
         _wait_ready(plane, time.monotonic() + START_TIMEOUT_S)
         yield plane

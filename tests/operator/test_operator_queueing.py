@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from chatplane_operator.queueing import Backoff, Key, WorkQueue
@@ -72,7 +73,7 @@ async def test_failures_back_off_and_success_resets() -> None:
     queue.poke(A)
     await _serve(queue, 0.6)
     assert len(times) == 3
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert 0.09 <= gaps[0] < 0.2 and 0.19 <= gaps[1] < 0.35
     assert queue.failures(A) == 0
 

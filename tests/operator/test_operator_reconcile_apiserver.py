@@ -8,10 +8,9 @@ import urllib.request
 from typing import Any
 
 import pytest
+from chatplane_operator import api
 from conftest import OperatorProcess, secrets_for, wait_until
 from kube_client import Kube
-
-from chatplane_operator import api
 
 pytestmark = pytest.mark.kube
 

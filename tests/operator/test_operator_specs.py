@@ -9,10 +9,9 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from conftest import cluster_body
-
 from chatplane_operator import api
 from chatplane_operator.specs import bundle, config, naming, pods, workloads
+from conftest import cluster_body
 
 K8S_VERSIONS = ("1.29", "1.30", "1.31", "1.32", "1.33")
 
