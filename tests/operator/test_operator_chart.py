@@ -1,0 +1,110 @@
+"""The Helm chart and the CRD files: helm lint, helm template for Kubernetes 1.29-1.33 with
+every rendered object validated strictly, labels, values schema, CRD files in sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kube_chart import CHART, helm, render, run
+
+from chatplane_operator import crd
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")
+needs_helm = pytest.mark.skipif(helm() is None, reason="helm not installed: run "
+                                "scripts/setup/30-kube.sh")
+
+
+def test_crd_files_are_generated_from_the_api() -> None:
+    generated = crd.dump()
+    assert (ROOT / "crds" / "chatclusters.chatplane.dev.yaml").read_text() == generated
+    assert (CHART / "crds" / "chatclusters.chatplane.dev.yaml").read_text() == generated
+
+
+@pytest.mark.parametrize("version", [v[:4] for v in VERSIONS])
+def test_crd_validates_strictly(version: str) -> None:
+    kubernetes_validate.validate(crd.build_crd(), version, strict=True)
+
+
+def test_example_matches_the_crd_schema(example: dict[str, Any]) -> None:
+    schema = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    jsonschema.validate(example, schema)
+
+
+@needs_helm
+def test_helm_lint_strict() -> None:
+    done = run("lint", "--strict", str(CHART))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+@needs_helm
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("sets", [(), ("watchNamespaces={chat,chat-staging}",)],
+                         ids=["clusterwide", "namespaced"])
+def test_rendered_objects_validate_strictly(version: str, sets: tuple[str, ...]) -> None:
+    objs = render(version, sets=sets)
+    kinds = sorted(o["kind"] for o in objs)
+    if sets:
+        assert kinds.count("Role") == 2 and "ClusterRole" not in kinds
+    else:
+        assert {"ClusterRole", "ClusterRoleBinding"} <= set(kinds)
+    assert {"CustomResourceDefinition", "ServiceAccount", "Deployment", "Service"} <= set(kinds)
+    for obj in objs:
+        kubernetes_validate.validate(obj, version[:4], strict=True)
+
+
+@needs_helm
+def test_rendered_objects_are_labelled() -> None:
+    for obj in render(crds=False):
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "chatplane"
+        assert labels["app.kubernetes.io/instance"] == "chatplane"
+        assert labels["app.kubernetes.io/component"] == "operator"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/part-of"] == "chatplane"
+
+
+@needs_helm
+def test_operator_pod_is_hardened_and_single() -> None:
+    (dep,) = [o for o in render(crds=False) if o["kind"] == "Deployment"]
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["command"] == ["python", "-m", "chatplane_operator"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+@needs_helm
+def test_rbac_is_least_privilege() -> None:
+    (role,) = [o for o in render(crds=False) if o["kind"] == "ClusterRole"]
+    verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"]
+             for g in rule["apiGroups"] for r in rule["resources"]}
+    assert verbs[("", "secrets")] == {"get", "create"}  # never list/watch every Secret
+    assert verbs[("chatplane.dev", "chatclusters")] == {"get", "list", "watch"}
+    assert all("*" not in v for v in verbs.values())
+    assert all(r not in ("pods/exec", "nodes", "namespaces") for _, r in verbs)
+
+
+@needs_helm
+@pytest.mark.parametrize("bad", ["replicaCount=2", "image.pullPolicy=Sometimes",
+                                 "watchNamespaces={Bad_Name}", "unknownKey=1"])
+def test_values_schema_refuses_bad_values(bad: str) -> None:
+    done = run("template", "x", str(CHART), "--kube-version", "1.33.0", "--set", bad)
+    assert done.returncode != 0
+    assert "values don't meet the specifications of the schema" in done.stderr
+
+
+def test_values_file_matches_its_schema() -> None:
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
