@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     drain.add_argument("--wait", action="store_true")
     drain.set_defaults(func=cmd_drain)
 
-    for module in ("chatplane.client.chat", "chatplane.bench"):
+    for module in ("chatplane.client.chat", "chatplane.bench", "chatplane.tiers"):
         try:
             registrar = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

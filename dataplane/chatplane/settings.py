@@ -37,6 +37,14 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Social:
+    direct_requires_friendship: int = 0  # 1: 1:1 chat only between friends
+    members_can_invite: int = 0  # 1: any member may invite, not only owner/admins
+    large_group_threshold: int = 500  # above: no per-read receipts (DESIGN §4)
+    max_group_members: int = 20_000
+
+
+@dataclass(frozen=True)
 class Drain:
     rate: float = 500.0  # connections told to reconnect per second
     deadline_s: float = 60.0
@@ -69,12 +77,28 @@ class Server:
 
 
 @dataclass(frozen=True)
+class Links:
+    """The tiers as separate services (`chatplane gateway|state|im|ipconf`)."""
+
+    grpc_port: int = 9090
+    grpc_advertise_host: str = ""  # the host peers dial; server.host when empty
+    state_addrs: str = ""  # host:port,...; empty: state instances from Redis
+    im_addrs: str = ""  # host:port,...; empty: im instances from Redis
+    rpc_deadline_s: float = 2.0
+    registry_ttl_s: float = 3.0  # an instance silent this long is dead
+    head_check_s: float = 5.0  # gateway: compare connected devices' inbox heads
+    otlp_endpoint: str = ""  # OTLP/gRPC collector; empty: no trace export
+
+
+@dataclass(frozen=True)
 class Settings:
     server: Server = field(default_factory=Server)
     storage: Storage = field(default_factory=Storage)
     limits: Limits = field(default_factory=Limits)
     delivery: Delivery = field(default_factory=Delivery)
     drain: Drain = field(default_factory=Drain)
+    social: Social = field(default_factory=Social)
+    links: Links = field(default_factory=Links)
 
 
 # Environment names that differ from CHATPLANE_<FIELD>.

@@ -38,8 +38,8 @@ def now_ms() -> float:
 
 
 class Connection:
-    __slots__ = ("_tasks", "device_id", "gateway", "peer", "session", "transport", "user_id",
-                 "window")
+    __slots__ = ("_tasks", "conn_id", "device_id", "gateway", "peer", "session", "transport",
+                 "user_id", "window")
 
     def __init__(self, gateway: Gateway, transport: Transport, peer: str = "") -> None:
         self.gateway = gateway
@@ -49,6 +49,7 @@ class Connection:
         self.window: DownlinkWindow[InboxItem] | None = None
         self.user_id = ""
         self.device_id = ""
+        self.conn_id = ""
         self._tasks: set[asyncio.Task[None]] | None = None
 
     # -- transport side ------------------------------------------------------
@@ -134,8 +135,10 @@ class Connection:
         head = await self.gateway.im.inbox_head(identity.user_id)
         if self.session.closed:
             return
-        # No await from here to the ack: a push can't slip between them.
+        # Pushes that arrive before the ack are dropped (see `push`): they were
+        # stored before the ack, so the device's own sync after it gets them.
         self.user_id, self.device_id = identity.user_id, identity.device_id
+        self.conn_id = self.gateway.new_conn_id()
         delivery = self.gateway.settings.delivery
         self.window = DownlinkWindow(
             acked=login.inbox_seq,
@@ -145,7 +148,10 @@ class Connection:
             max_rto_ms=delivery.retransmit_max_ms,
             max_attempts=delivery.retransmit_attempts,
         )
-        self.gateway.state.register(self)
+        self.gateway.attach(self)
+        await self.gateway.state.register(self)
+        if self.session.closed:
+            return
         held = self.session.accept_login(
             request.id,
             identity.user_id,
@@ -188,6 +194,8 @@ class Connection:
         self.flush()
 
     def kick(self, reason: str) -> None:
+        if self.session.closed:
+            return
         self.session.fail(0, ProtocolError(ErrorCode.SESSION_REPLACED, reason), force_close=True)
         self.flush()
 

@@ -1,7 +1,9 @@
 """The gateway: its live connections, their timers, and drain.
 
 One sweeper task serves every connection's deadlines (login, heartbeat,
-retransmission), so an idle connection costs no task of its own.
+retransmission), so an idle connection costs no task of its own. Logged-in
+connections are indexed by user and device, so pushes that arrive from the
+state tier over gRPC (`push_entries`) find them.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 from chatplane.auth import TokenSigner
@@ -17,7 +21,7 @@ from chatplane.gateway.connection import Connection, now_ms
 from chatplane.metrics import Metrics
 from chatplane.protocol.session import SessionLimits
 from chatplane.settings import Settings
-from chatplane.state.service import DeviceLink
+from chatplane.storage.base import InboxItem
 from chatplane.v1 import frames_pb2 as pb
 
 
@@ -31,11 +35,13 @@ class ImApi(Protocol):
 
 
 class Registry(Protocol):
-    """What the gateway tells the state tier about its devices."""
+    """What the gateway tells the state tier about its devices. `register`
+    completes before the login is answered (so whatever is stored after the
+    LoginAck is routed here); `unregister` never blocks."""
 
-    def register(self, link: DeviceLink) -> None: ...
+    async def register(self, link: Connection) -> None: ...
 
-    def unregister(self, link: DeviceLink) -> None: ...
+    def unregister(self, link: Connection) -> None: ...
 
 SWEEP_INTERVAL_S = 0.1
 DEADLINE_SWEEP_EVERY = 10  # heartbeat/login deadlines: once a second
@@ -64,6 +70,9 @@ class Gateway:
             login_timeout_ms=limits.login_timeout_ms,
         )
         self.connections: set[Connection] = set()
+        self.users: dict[str, dict[str, Connection]] = {}
+        self._boot = secrets.token_hex(3)
+        self._next_conn = 0
         self.retransmitting: set[Connection] = set()
         self.metrics = Metrics()
         self.metrics.gauge("chatplane_connections", "open client connections",
@@ -92,10 +101,50 @@ class Gateway:
     def logged_in(self, conn: Connection) -> None:
         self.metrics.logins += 1
 
+    def new_conn_id(self) -> str:
+        self._next_conn += 1
+        return f"{self._boot}-{self._next_conn}"
+
+    def attach(self, conn: Connection) -> None:
+        """Index a connection that is logging in; an older connection of the
+        same device here is replaced (kicked)."""
+        devices = self.users.setdefault(conn.user_id, {})
+        previous = devices.get(conn.device_id)
+        devices[conn.device_id] = conn
+        if previous is not None and previous is not conn:
+            previous.kick("the device logged in on another connection")
+
+    def _detach(self, conn: Connection) -> None:
+        devices = self.users.get(conn.user_id)
+        if devices is not None and devices.get(conn.device_id) is conn:
+            del devices[conn.device_id]
+            if not devices:
+                del self.users[conn.user_id]
+
+    def push_entries(self, items: Sequence[InboxItem]) -> int:
+        """Entries from the state tier: push each to every device of its user
+        connected here. Returns how many device pushes were queued."""
+        pushed = 0
+        for item in items:
+            for conn in tuple(self.users.get(item.user_id, {}).values()):
+                conn.push((item,))
+                pushed += 1
+        return pushed
+
+    def kick_route(self, user_id: str, device_id: str, conn_id: str, reason: str) -> bool:
+        conn = self.users.get(user_id, {}).get(device_id)
+        if conn is None or conn.conn_id != conn_id:
+            return False
+        conn.kick(reason)
+        return True
+
     def forget(self, conn: Connection) -> None:
+        if conn not in self.connections:
+            return
         self.connections.discard(conn)
         self.retransmitting.discard(conn)
         if conn.user_id:
+            self._detach(conn)
             self.state.unregister(conn)
         self.metrics.frames_in += conn.session.frames_in
         self.metrics.frames_out += conn.session.frames_out
@@ -136,6 +185,12 @@ class Gateway:
         for conn in list(self.connections):  # the deadline passed: the rest at once
             conn.reconnect(random.randint(0, delay_ms), "gateway drain deadline")
             self.forget(conn)
+
+    async def wait_drained(self) -> None:
+        """Return once a started drain has moved every client (or timed out)."""
+        while self._drain_task is None:
+            await asyncio.sleep(0.1)
+        await asyncio.gather(self._drain_task, return_exceptions=True)
 
     def drain_status(self) -> dict[str, object]:
         return {"draining": self.draining, "connections": len(self.connections)}

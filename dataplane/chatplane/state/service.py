@@ -33,7 +33,7 @@ class StateService:
     def __init__(self) -> None:
         self._links: dict[str, dict[str, DeviceLink]] = defaultdict(dict)
 
-    def register(self, link: DeviceLink) -> None:
+    async def register(self, link: DeviceLink) -> None:
         devices = self._links[link.user_id]
         previous = devices.get(link.device_id)
         devices[link.device_id] = link

@@ -1,0 +1,213 @@
+"""`chatplane gateway`: the gateway tier as its own process.
+
+Client connections on HTTP (`/ws`) and raw TCP; the `Gateway` gRPC service
+for the state tier; its entry `cp:gateway:<id>` in Redis (addresses, live
+connections, CPU load, draining), which ipconf ranks and state routes by.
+
+Drain (`POST /admin/drain`, or SIGTERM): readiness turns false and the
+registry entry says draining at once (dispatch stops listing it), clients get
+`Reconnect` at the drain rate with jitter, and the process exits when empty
+or at the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import socket
+import time
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
+from chatplane.gateway.heads import HeadChecker
+from chatplane.gateway.links import RemoteIm, RemoteRegistry
+from chatplane.gateway.rpc import GatewayServicer
+from chatplane.gateway.service import Gateway
+from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
+from chatplane.registry import instances as registry
+from chatplane.registry.routes import ROUTE_REFRESH_S
+from chatplane.rpc import serving
+from chatplane.rpc.peers import Peers, parse_addrs
+from chatplane.settings import Settings
+from chatplane.state.links import StateLinks
+from chatplane.v1 import services_pb2_grpc as sgrpc
+
+
+class CpuLoad:
+    """This process's CPU use since the last reading, 0..1 of one core."""
+
+    def __init__(self) -> None:
+        self._at = (time.monotonic(), time.process_time())
+        self.value = 0.0
+
+    def read(self) -> float:
+        now = (time.monotonic(), time.process_time())
+        wall, cpu = now[0] - self._at[0], now[1] - self._at[1]
+        if wall > 0.5:
+            self.value, self._at = min(1.0, cpu / wall), now
+        return self.value
+
+
+class GatewayApp:
+    kind = "gateway"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        server, links = settings.server, settings.links
+        if not settings.storage.redis_url:
+            raise ValueError("the gateway tier needs CHATPLANE_REDIS_URL")
+        data_dir = Path(settings.storage.data_dir)
+        signer = (TokenSigner(server.token_secret) if server.token_secret
+                  else TokenSigner.from_data_dir(data_dir))
+        self.admin_secret = server.admin_secret or read_or_create_secret(data_dir / ADMIN_SECRET_FILE)
+        self.instance_id = server.server_id or f"gw-{socket.gethostname()}"
+        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
+        self.instances = registry.Instances(self.redis, links.registry_ttl_s)
+        self.peers = Peers(links.rpc_deadline_s)
+        self.im = RemoteIm(self.peers, parse_addrs(links.im_addrs),
+                           registry.CachedInstances(self.instances, "im", 1.0))
+        self.routes = RemoteRegistry(StateLinks(
+            self.peers, parse_addrs(links.state_addrs),
+            registry.CachedInstances(self.instances, "state", 1.0)), self.instance_id)
+        self.gateway = Gateway(settings, self.im, self.routes, signer, self.instance_id)
+        self.heads = HeadChecker(self.gateway, self.im.inbox_heads, links.head_check_s)
+        self.cpu = CpuLoad()
+        self.ws_url = self.tcp_address = self.grpc_address = self.base_url = ""
+        self.publisher: serving.Publisher | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self._tcp: asyncio.AbstractServer | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self.finished = asyncio.Event()  # set when a drain has emptied the gateway
+
+    def _fields(self) -> dict[str, str | int | float]:
+        return {"ws": self.ws_url, "tcp": self.tcp_address, "grpc": self.grpc_address,
+                "http": self.base_url, "connections": len(self.gateway.connections),
+                "load": round(self.cpu.read(), 3), "draining": int(self.gateway.draining)}
+
+    def _ready(self) -> bool:
+        return (self.publisher is not None and self.publisher.healthy
+                and not self.gateway.draining)
+
+    def _metrics(self) -> str:
+        g = self.gateway
+        extra = [
+            ("chatplane_head_check_hints_total", "counter", "SyncHints sent by the head check",
+             self.heads.hints),
+            ("chatplane_im_failovers_total", "counter", "requests retried on another im",
+             self.im.failovers),
+            ("chatplane_route_failures_total", "counter", "failed route calls to state",
+             self.routes.failures),
+            ("chatplane_unacked_connections", "gauge", "connections with unacked pushes",
+             len(g.retransmitting)),
+        ]
+        lines = [g.metrics.render().rstrip("\n")]
+        for name, kind, help_text, value in extra:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+    async def _lost_routes(self) -> None:
+        """Redis lost its keys (or was unreachable): put our routes back, then
+        look for pushes that found no route meanwhile."""
+        await self.routes.refresh([c for c in self.gateway.connections if c.user_id])
+        self.heads.check_now()
+
+    async def _refresh_routes(self) -> None:
+        while True:
+            await asyncio.sleep(ROUTE_REFRESH_S)
+            try:
+                await self.routes.refresh([c for c in self.gateway.connections if c.user_id])
+            except grpc.aio.AioRpcError:
+                pass  # next round; the publisher's loss detection covers Redis restarts
+
+    async def _drain_handler(self, request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "")
+        authorized = given.startswith("Bearer ") and hmac.compare_digest(
+            given[7:].encode(), self.admin_secret.encode())
+        if not authorized and request.remote not in ("127.0.0.1", "::1"):
+            return web.json_response({"error": "admin secret required"}, status=401)
+        try:
+            body = await request.json() if request.can_read_body else {}
+            rate = float(body.get("rate", self.settings.drain.rate))
+            deadline = float(body.get("deadline_s", self.settings.drain.deadline_s))
+        except (ValueError, TypeError, AttributeError):
+            return web.json_response({"error": "body: {\"rate\": >0, \"deadline_s\": >0}"},
+                                     status=400)
+        if rate <= 0 or deadline <= 0:
+            return web.json_response({"error": "rate and deadline_s must be > 0"}, status=400)
+        self.drain(rate, deadline)
+        return web.json_response(self.gateway.drain_status(), status=202)
+
+    async def _drain_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.gateway.drain_status())
+
+    def drain(self, rate: float | None = None, deadline_s: float | None = None) -> None:
+        """Start the paced drain; `finished` is set when it is over."""
+        if self.gateway.draining:
+            return
+        self.gateway.drain(rate or self.settings.drain.rate,
+                           deadline_s or self.settings.drain.deadline_s)
+        if self.publisher is not None:
+            self.publisher.poke()  # tell dispatch now, not at the next refresh
+
+        async def exit_when_empty() -> None:
+            await self.gateway.wait_drained()
+            self.finished.set()
+
+        asyncio.get_running_loop().create_task(exit_when_empty())
+
+    async def start(self) -> None:
+        server, links = self.settings.server, self.settings.links
+        self._grpc, grpc_port = await serving.start_grpc(
+            server.host, links.grpc_port,
+            lambda s: sgrpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway), s))
+        self.grpc_address = f"{links.grpc_advertise_host or server.host}:{grpc_port}"
+        app = web.Application(client_max_size=1024 * 1024)
+        app[GATEWAY] = self.gateway
+        app.add_routes([web.get("/ws", websocket_handler),
+                        web.post("/admin/drain", self._drain_handler),
+                        web.get("/admin/drain", self._drain_status)])
+        app.add_routes(serving.probe_routes(self._ready, self._metrics,
+                                            lambda: {"draining": self.gateway.draining}))
+        self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
+        self.base_url = f"http://{server.host}:{http_port}"
+        self.ws_url = server.advertise_url or f"ws://{server.host}:{http_port}/ws"
+        if server.tcp_port:
+            self._tcp = await asyncio.get_running_loop().create_server(
+                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port)
+            tcp_host, tcp_port = self._tcp.sockets[0].getsockname()[:2]
+            self.tcp_address = f"{tcp_host}:{tcp_port}"
+        self.gateway.start()
+        self.heads.start()
+        self.publisher = serving.Publisher(self.instances, self.kind, self.instance_id,
+                                           self._fields, on_lost=self._lost_routes)
+        await self.publisher.publish_now()
+        self.publisher.start()
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_routes())
+
+    def ready_line(self) -> str:
+        tcp = f" tcp={self.tcp_address}" if self.tcp_address else ""
+        return (f"chatplane gateway ready id={self.instance_id} ws={self.ws_url}{tcp} "
+                f"grpc={self.grpc_address} http={self.base_url}")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self._tcp is not None:
+            self._tcp.close()
+        for conn in list(self.gateway.connections):  # what a drain did not move
+            conn.reconnect(self.settings.drain.reconnect_delay_ms, "gateway stopping")
+        await asyncio.sleep(0.05)
+        await self.heads.stop()
+        await self.gateway.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=0.5)
+        await self.peers.close()
+        await self.redis.aclose()

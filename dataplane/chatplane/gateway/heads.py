@@ -1,0 +1,90 @@
+"""The gateway's head check: the backstop that makes a lost push harmless.
+
+Pushes travel im -> state -> gateway, at least once while the outbox can
+reach a state instance. A push can still be lost: the im that stored a
+message is killed before handing it to state, Redis lost the routes, or a
+gateway push timed out. When no later message follows, the device would
+never learn of it. So every `interval_s` the gateway asks im for the inbox
+heads of the users connected here, and remembers them; a connection that,
+one round later, has still been pushed less than the head seen then is sent
+`SyncHint{inbox_head}` and pulls what it misses. Waiting a round keeps
+entries that are merely in flight from causing syncs. `check_now()` runs a
+round at once (after Redis lost the routes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from chatplane.v1 import frames_pb2 as pb
+
+if TYPE_CHECKING:
+    from chatplane.gateway.service import Gateway
+
+HeadSource = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
+log = logging.getLogger("chatplane.gateway.heads")
+BATCH = 500
+
+
+class HeadChecker:
+    def __init__(self, gateway: Gateway, heads: HeadSource, interval_s: float) -> None:
+        self.gateway = gateway
+        self.heads = heads
+        self.interval_s = interval_s
+        self.hints = 0
+        self.rounds = 0
+        self._seen: dict[tuple[str, str], int] = {}  # (user, conn_id) -> head a round ago
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        if self.interval_s > 0:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def check_now(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.round()
+            except Exception as exc:  # im down: try again next round
+                log.warning("head check failed: %s", exc)
+
+    async def round(self) -> None:
+        users = list(self.gateway.users)
+        heads: dict[str, int] = {}
+        for start in range(0, len(users), BATCH):
+            heads.update(await self.heads(users[start:start + BATCH]))
+        seen: dict[tuple[str, str], int] = {}
+        for user, devices in list(self.gateway.users.items()):
+            head = heads.get(user)
+            if head is None:
+                continue
+            for conn in list(devices.values()):
+                window = conn.window
+                if window is None or conn.session.closed:
+                    continue
+                key = (user, conn.conn_id)
+                earlier = self._seen.get(key, 0)
+                if max(window.pushed_head, window.acked) < earlier:
+                    window.pushed_head = max(window.pushed_head, earlier)
+                    conn.session.send(pb.Frame(sync_hint=pb.SyncHint(inbox_head=earlier)))
+                    conn.flush()
+                    self.hints += 1
+                seen[key] = head
+        self._seen = seen
+        self.rounds += 1

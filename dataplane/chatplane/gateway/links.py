@@ -1,0 +1,157 @@
+"""The gateway's links to the other tiers over gRPC.
+
+`RemoteIm` is the `ImApi` of a separate im tier. A request goes to the im
+instance that owns its key on the hash ring (the conversation for sends and
+history, else the user), and on a retriable failure to the next one on the
+ring: ownership moves with the first failed call, before the dead instance's
+registry TTL passes. The request frame is forwarded as bytes.
+
+`RemoteRegistry` is the `Registry` of a separate state tier: `register`
+completes before the login is answered; `unregister` is queued and sent in
+batches; `refresh` re-asserts every route (periodically, and at once after
+Redis lost them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import grpc
+
+from chatplane import tracing
+from chatplane.im.requests import error_frame
+from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.registry.instances import CachedInstances
+from chatplane.registry.ring import HashRing
+from chatplane.rpc.peers import Peers, first_answer, retriable
+from chatplane.state.links import StateLinks
+from chatplane.v1 import frames_pb2 as pb
+from chatplane.v1 import services_pb2 as spb
+from chatplane.v1 import services_pb2_grpc as sgrpc
+
+if TYPE_CHECKING:
+    from chatplane.gateway.connection import Connection
+
+log = logging.getLogger("chatplane.gateway.links")
+BY_CONVERSATION = frozenset({"send", "history"})  # routed by conversation owner
+
+
+class RemoteIm:
+    def __init__(self, peers: Peers, static: list[str], registry: CachedInstances | None) -> None:
+        self.peers = peers
+        self.static = static
+        self.registry = registry
+        self.ring = HashRing(static)
+        self._addresses: dict[str, str] = {a: a for a in static}
+        self.failovers = 0
+
+    async def _owners(self, key: str) -> list[str]:
+        if not self.static and self.registry is not None:
+            live = await self.registry.get()
+            self._addresses = {i: f["grpc"] for i, f in live.items() if f.get("grpc")}
+            self.ring.update(self._addresses)
+        return [self._addresses[i] for i in self.ring.owners(key) if i in self._addresses]
+
+    async def _call(self, key: str, request: spb.ClientRequest) -> spb.ClientReply:
+        owners = await self._owners(key)
+        if not owners and self.registry is not None:
+            self.registry.invalidate()
+            owners = await self._owners(key)
+        tried = 0
+
+        async def one(address: str) -> spb.ClientReply:
+            nonlocal tried
+            tried += 1
+            if tried > 1:
+                self.failovers += 1
+            reply: spb.ClientReply = await sgrpc.ImStub(self.peers.channel(address)).Handle(
+                request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
+            return reply
+
+        return await first_answer(owners, one, 2 * self.peers.deadline_s)
+
+    async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+        kind = frame.WhichOneof("body") or ""
+        key = getattr(frame, kind).conversation_id if kind in BY_CONVERSATION else user_id
+        request = spb.ClientRequest(user_id=user_id, device_id=device_id,
+                                    frame=frame.SerializeToString())
+        with tracing.span("gateway.request", kind=kind):
+            try:
+                reply = await self._call(key, request)
+            except grpc.aio.AioRpcError as exc:
+                code = ErrorCode.UNAVAILABLE if retriable(exc) else ErrorCode.INTERNAL
+                return error_frame(frame.id, code, f"im unavailable, retry: {exc.code().name}")
+        return pb.Frame.FromString(reply.frame)
+
+    async def inbox_heads(self, user_ids: Sequence[str]) -> dict[str, int]:
+        if not user_ids:
+            return {}
+        request = spb.InboxHeadsRequest(user_ids=list(user_ids))
+
+        async def one(address: str) -> spb.InboxHeadsReply:
+            reply: spb.InboxHeadsReply = await sgrpc.ImStub(self.peers.channel(address)).InboxHeads(
+                request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
+            return reply
+
+        reply = await first_answer(await self._owners(user_ids[0]), one, 2 * self.peers.deadline_s)
+        return dict(reply.heads)
+
+    async def inbox_head(self, user_id: str) -> int:
+        try:
+            return (await self.inbox_heads([user_id])).get(user_id, 0)
+        except grpc.aio.AioRpcError as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"im unavailable: {exc.code().name}") from exc
+
+
+def _route(gateway_id: str, conn: Connection) -> spb.Route:
+    return spb.Route(user_id=conn.user_id, device_id=conn.device_id, gateway_id=gateway_id,
+                     conn_id=conn.conn_id)
+
+
+class RemoteRegistry:
+    def __init__(self, links: StateLinks, gateway_id: str) -> None:
+        self.links = links
+        self.gateway_id = gateway_id
+        self._gone: list[spb.Route] = []
+        self._flush: asyncio.Task[None] | None = None
+        self.failures = 0
+
+    async def register(self, link: Connection) -> None:
+        request = spb.RegisterRequest(routes=[_route(self.gateway_id, link)])
+        try:
+            await self._call_state("Register", request)
+        except grpc.aio.AioRpcError as exc:
+            self.failures += 1
+            raise ProtocolError(ErrorCode.UNAVAILABLE,
+                                f"state unavailable: {exc.code().name}") from exc
+
+    def unregister(self, link: Connection) -> None:
+        self._gone.append(_route(self.gateway_id, link))
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.get_running_loop().create_task(self._send_gone())
+
+    async def _send_gone(self) -> None:
+        await asyncio.sleep(0.05)  # gather a batch (a drain closes many at once)
+        while self._gone:
+            batch, self._gone = self._gone[:1000], self._gone[1000:]
+            try:
+                await self._call_state("Unregister", spb.UnregisterRequest(routes=batch))
+            except grpc.aio.AioRpcError as exc:  # the routes expire by their TTL
+                self.failures += 1
+                log.warning("unregister of %d routes failed: %s", len(batch), exc.code().name)
+
+    async def refresh(self, conns: Sequence[Connection]) -> None:
+        for start in range(0, len(conns), 1000):
+            request = spb.RegisterRequest(refresh=True, routes=[
+                _route(self.gateway_id, c) for c in conns[start:start + 1000] if c.user_id])
+            await self._call_state("Register", request)
+
+    async def _call_state(self, method: str, request: object) -> object:
+        async def call(stub: sgrpc.StateStub) -> object:
+            return await getattr(stub, method)(request, timeout=self.links.peers.deadline_s,
+                                               metadata=tracing.outgoing())
+
+        return await self.links.call(call, 2 * self.links.peers.deadline_s)

@@ -1,0 +1,140 @@
+"""`chatplane im`: the im tier as its own process.
+
+A gRPC server with the client-request API (`Im.Handle`: a request frame in,
+the reply frame out — the gateway forwards bytes) and `Im.InboxHeads` (the
+gateways' head check), the admin API and probes on HTTP, a `DeliveryOutbox`
+towards state, and its entry in the Redis registry (`cp:im:<id>`), from
+which gateways build the hash ring that says which instance owns which
+conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import cast
+
+import grpc
+from aiohttp import web
+
+from chatplane import tracing
+from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
+from chatplane.im.admin import AdminApi
+from chatplane.im.service import ImService
+from chatplane.protocol.errors import ProtocolError
+from chatplane.registry import instances as registry
+from chatplane.rpc import serving
+from chatplane.rpc.peers import Peers, parse_addrs
+from chatplane.settings import Settings
+from chatplane.state.links import DeliveryOutbox, StateLinks
+from chatplane.state.service import StateService
+from chatplane.storage.factory import make_storage
+from chatplane.v1 import frames_pb2 as pb
+from chatplane.v1 import services_pb2 as spb
+from chatplane.v1 import services_pb2_grpc as sgrpc
+
+
+class ImServicer(sgrpc.ImServicer):
+    def __init__(self, im: ImService) -> None:
+        self.im = im
+
+    async def Handle(self, request: spb.ClientRequest,
+                     context: grpc.aio.ServicerContext) -> spb.ClientReply:
+        with tracing.serving("im.Handle", context.invocation_metadata()):
+            frame = pb.Frame.FromString(request.frame)
+            reply = await self.im.handle(request.user_id, request.device_id, frame)
+            return spb.ClientReply(frame=reply.SerializeToString())
+
+    async def InboxHeads(self, request: spb.InboxHeadsRequest,
+                         context: grpc.aio.ServicerContext) -> spb.InboxHeadsReply:
+        with tracing.serving("im.InboxHeads", context.invocation_metadata()):
+            users = list(dict.fromkeys(request.user_ids))
+            try:
+                heads = await asyncio.gather(*(self.im.inbox_head(u) for u in users))
+            except ProtocolError as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+                raise
+            return spb.InboxHeadsReply(heads=dict(zip(users, heads, strict=True)))
+
+
+class ImApp:
+    kind = "im"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        links = settings.links
+        server = settings.server
+        if not settings.storage.redis_url:
+            raise ValueError("the im tier needs CHATPLANE_REDIS_URL")
+        data_dir = Path(settings.storage.data_dir)
+        self.signer = (TokenSigner(server.token_secret) if server.token_secret
+                       else TokenSigner.from_data_dir(data_dir))
+        self.admin_secret = server.admin_secret or read_or_create_secret(data_dir / ADMIN_SECRET_FILE)
+        self.instance_id = server.server_id or f"im-{socket.gethostname()}"
+        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
+        self.instances = registry.Instances(self.redis, links.registry_ttl_s)
+        self.peers = Peers(links.rpc_deadline_s)
+        self.outbox = DeliveryOutbox(StateLinks(
+            self.peers, parse_addrs(links.state_addrs),
+            registry.CachedInstances(self.instances, "state", 1.0)))
+        self.storage = make_storage(settings)
+        # ImService calls only `deliver` on its state: the outbox has it.
+        self.im = ImService(self.storage, cast(StateService, self.outbox), settings.limits)
+        self.servicer = ImServicer(self.im)
+        self.grpc_address = ""
+        self.base_url = ""
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self.publisher: serving.Publisher | None = None
+
+    def _ready(self) -> bool:
+        return self.publisher is not None and self.publisher.healthy
+
+    def _metrics(self) -> str:
+        lines = []
+        for name, help_text, value in (
+            ("chatplane_im_sent_total", "messages stored", self.im.sent),
+            ("chatplane_im_duplicates_total", "resends answered with the original ack",
+             self.im.duplicates),
+            ("chatplane_im_delivered_total", "inbox entries handed to state", self.outbox.sent),
+            ("chatplane_im_deliver_retries_total", "Deliver calls retried", self.outbox.retried),
+            ("chatplane_im_deliver_given_up_total", "entries left to sync", self.outbox.given_up),
+            ("chatplane_im_outbox_depth", "entries waiting for state", self.outbox.depth),
+        ):
+            kind = "gauge" if name.endswith("depth") else "counter"
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+    async def start(self) -> None:
+        server, links = self.settings.server, self.settings.links
+        await self.storage.open()
+        self.outbox.start()
+        self._grpc, port = await serving.start_grpc(
+            server.host, links.grpc_port, lambda s: sgrpc.add_ImServicer_to_server(self.servicer, s))
+        self.grpc_address = f"{links.grpc_advertise_host or server.host}:{port}"
+        app = web.Application(client_max_size=1024 * 1024)
+        app.add_routes(serving.probe_routes(self._ready, self._metrics))
+        app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret).routes())
+        self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
+        self.base_url = f"http://{server.host}:{http_port}"
+        self.publisher = serving.Publisher(
+            self.instances, self.kind, self.instance_id,
+            lambda: {"grpc": self.grpc_address, "http": self.base_url})
+        await self.publisher.publish_now()
+        self.publisher.start()
+
+    def ready_line(self) -> str:
+        return f"chatplane im ready id={self.instance_id} grpc={self.grpc_address} http={self.base_url}"
+
+    async def stop(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()  # leave the ring first: gateways move on
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2.0)
+        await self.outbox.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.peers.close()
+        await self.storage.close()
+        await self.redis.aclose()

@@ -1,0 +1,100 @@
+"""`chatplane ipconf`: dispatch as its own process, ranking gateways from Redis.
+
+Gateways publish themselves (`cp:gateway:<id>`: addresses, connections, CPU
+load, draining) every third of the registry TTL. The directory here reads
+that list at most once a second (a window: a crowd of dispatch requests costs
+one Redis read, and every one of them is ranked on the same numbers, spread
+by `dispatch.rank`'s per-uid hash). If Redis does not answer, the last list
+is served (it ages out after a minute).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from chatplane.ipconf.dispatch import GatewayInfo, make_handler
+from chatplane.registry import instances as registry
+from chatplane.rpc import serving
+from chatplane.settings import Settings
+
+STALE_AFTER_S = 60.0
+
+
+def gateway_info(gateway_id: str, fields: dict[str, str]) -> GatewayInfo | None:
+    try:
+        return GatewayInfo(
+            gateway_id=gateway_id, ws_url=fields["ws"], tcp_address=fields.get("tcp", ""),
+            connections=int(fields.get("connections", "0")),
+            load=float(fields.get("load", "0")), draining=fields.get("draining", "0") == "1")
+    except (KeyError, ValueError):
+        return None
+
+
+class RedisDirectory:
+    def __init__(self, cache: registry.CachedInstances) -> None:
+        self.cache = cache
+        self.requests = 0
+        self._good_at = time.monotonic()
+
+    async def gateways(self) -> Sequence[GatewayInfo]:
+        self.requests += 1
+        failures = self.cache.failures
+        live = await self.cache.get()
+        if self.cache.failures == failures:
+            self._good_at = time.monotonic()
+        elif time.monotonic() - self._good_at > STALE_AFTER_S:
+            return []
+        found = (gateway_info(i, f) for i, f in live.items())
+        return [g for g in found if g is not None]
+
+
+class IpconfApp:
+    kind = "ipconf"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        if not settings.storage.redis_url:
+            raise ValueError("ipconf needs CHATPLANE_REDIS_URL")
+        self.instance_id = settings.server.server_id or f"ipconf-{socket.gethostname()}"
+        self.redis = registry.connect(settings.storage.redis_url,
+                                      timeout_s=settings.links.rpc_deadline_s / 2)
+        instances = registry.Instances(self.redis, settings.links.registry_ttl_s)
+        self.cache = registry.CachedInstances(instances, "gateway", 1.0)
+        self.directory = RedisDirectory(self.cache)
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+
+    def _ready(self) -> bool:
+        return self.cache.known > 0 or self.cache.failures == 0
+
+    def _metrics(self) -> str:
+        lines = []
+        for name, kind, text, value in (
+            ("chatplane_dispatch_requests_total", "counter", "dispatch requests",
+             self.directory.requests),
+            ("chatplane_dispatch_registry_failures_total", "counter", "failed registry reads",
+             self.cache.failures),
+            ("chatplane_dispatch_gateways", "gauge", "gateways known", self.cache.known),
+        ):
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+    async def start(self) -> None:
+        server = self.settings.server
+        app = web.Application()
+        app.add_routes([web.get("/v1/dispatch", make_handler(self.directory))])
+        app.add_routes(serving.probe_routes(self._ready, self._metrics))
+        self._runner, port = await serving.start_http(app, server.host, server.http_port)
+        self.base_url = f"http://{server.host}:{port}"
+
+    def ready_line(self) -> str:
+        return f"chatplane ipconf ready id={self.instance_id} http={self.base_url}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.redis.aclose()

@@ -1,0 +1,112 @@
+"""Live instances of each tier, published in Redis with a TTL.
+
+Each instance refreshes `cp:<kind>:<id>` (a hash of its fields) every third
+of the TTL and keeps its id in the index `cp:<kind>s` (a sorted set scored by
+expiry time). Readers drop ids whose score passed, so a `kill -9` leaves the
+set within one TTL. Redis is a cache here: after a restart that lost every
+key, the next refresh rebuilds everything, and `publish` says so (it returns
+False when the key was missing) so the caller can republish what hangs on it
+(a gateway re-registers its devices' routes).
+
+Redis keys (`kind` is gateway, im or state):
+  cp:<kind>:<id>   hash   fields of the instance (addresses, load, ...)   TTL
+  cp:<kind>s       zset   id -> expiry (unix ms)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("chatplane.registry")
+
+
+def instance_key(kind: str, instance_id: str) -> str:
+    return f"cp:{kind}:{instance_id}"
+
+
+def index_key(kind: str) -> str:
+    return f"cp:{kind}s"
+
+
+def connect(url: str, timeout_s: float = 1.0) -> aioredis.Redis:
+    """A client whose every command has a deadline (a dead Redis costs at
+    most `timeout_s` per call, never a hang)."""
+    return aioredis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        decode_responses=True, health_check_interval=5)
+
+
+class Instances:
+    def __init__(self, redis: aioredis.Redis, ttl_s: float) -> None:
+        self.redis = redis
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+
+    async def publish(self, kind: str, instance_id: str, fields: Mapping[str, str | int | float]) -> bool:
+        """Write or refresh one instance; True when it was already there."""
+        key = instance_key(kind, instance_id)
+        expiry = int(time.time() * 1000) + self.ttl_ms
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.exists(key)
+            pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
+            pipe.pexpire(key, self.ttl_ms)
+            pipe.zadd(index_key(kind), {instance_id: expiry})
+            existed, *_ = await pipe.execute()
+        return bool(existed)
+
+    async def remove(self, kind: str, instance_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(instance_key(kind, instance_id))
+            pipe.zrem(index_key(kind), instance_id)
+            await pipe.execute()
+
+    async def live(self, kind: str) -> dict[str, dict[str, str]]:
+        """id -> fields of every instance whose TTL has not passed."""
+        now = int(time.time() * 1000)
+        index = index_key(kind)
+        await self.redis.zremrangebyscore(index, 0, now)
+        ids = [str(i) for i in await self.redis.zrange(index, 0, -1)]
+        if not ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for instance_id in ids:
+                pipe.hgetall(instance_key(kind, instance_id))
+            rows = await pipe.execute()
+        return {i: row for i, row in zip(ids, rows, strict=True) if row}
+
+
+class CachedInstances:
+    """`live(kind)` read at most once per `max_age_s` (dispatch and routing
+    must not cost a Redis round trip per request). When Redis fails, the last
+    known list is kept: peers stay reachable while Redis restarts."""
+
+    def __init__(self, instances: Instances, kind: str, max_age_s: float = 1.0) -> None:
+        self.instances = instances
+        self.kind = kind
+        self.max_age_s = max_age_s
+        self._value: dict[str, dict[str, str]] = {}
+        self._read_at = -1e9
+        self.failures = 0
+
+    @property
+    def known(self) -> int:
+        return len(self._value)
+
+    def invalidate(self) -> None:
+        self._read_at = -1e9
+
+    async def get(self) -> dict[str, dict[str, str]]:
+        now = time.monotonic()
+        if now - self._read_at >= self.max_age_s:
+            self._read_at = now
+            try:
+                self._value = await self.instances.live(self.kind)
+            except (RedisError, OSError) as exc:
+                self.failures += 1
+                log.warning("registry read of %s failed (keeping %d known): %s",
+                            self.kind, len(self._value), exc)
+        return self._value

@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by the tiers: channels with deadlines, servers, health."""

@@ -1,0 +1,92 @@
+"""Client side of the gRPC links: one channel per peer address, reused.
+
+Channels reconnect by themselves with a short backoff (100 ms to 1 s), so a
+peer that restarts on the same address is reachable again within a second.
+Every call carries a deadline (`deadline_s`); `retriable` says which failures
+may be retried on the same or another instance (the calls are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+
+T = TypeVar("T")
+
+RETRIABLE = frozenset({
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+})
+
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.enable_retries", 0),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+def parse_addrs(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+def retriable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in RETRIABLE
+
+
+class Peers:
+    def __init__(self, deadline_s: float) -> None:
+        self.deadline_s = deadline_s
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(
+                address, options=CHANNEL_OPTIONS)
+        return channel
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close(grace=None)
+
+
+async def first_answer(
+    addresses: Sequence[str],
+    call: Callable[[str], Awaitable[T]],
+    total_s: float,
+) -> T:
+    """Try `call` on each address in turn, round after round with a short
+    jittered pause, until one answers or `total_s` passes (then the last
+    error is raised). Only retriable failures move on to the next address."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + total_s
+    pause = 0.05
+    last: BaseException = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+        details="no instance known")
+    while True:
+        for address in addresses:
+            try:
+                return await call(address)
+            except grpc.aio.AioRpcError as exc:
+                if not retriable(exc):
+                    raise
+                last = exc
+            if loop.time() >= deadline:
+                raise last
+        if loop.time() + pause >= deadline:
+            raise last
+        await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+        pause = min(pause * 2, 0.5)

@@ -1,0 +1,122 @@
+"""Server side shared by the tiers: the gRPC server, the HTTP probe endpoints,
+and the loop that keeps an instance published in the Redis registry.
+
+Every tier serves `/healthz` (the process runs), `/readyz` (it can do its job:
+its dependencies answered recently; a draining gateway is not ready) and
+`/metrics` (Prometheus text) on its HTTP port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import grpc
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from chatplane.registry.instances import Instances
+
+log = logging.getLogger("chatplane.rpc")
+
+
+async def start_grpc(host: str, port: int,
+                     register: Callable[[grpc.aio.Server], None]) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                      ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+    register(server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+    await server.start()
+    return server, bound
+
+
+def probe_routes(ready: Callable[[], bool], metrics: Callable[[], str],
+                 detail: Callable[[], Mapping[str, object]] | None = None) -> list[web.RouteDef]:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ok = ready()
+        body: dict[str, object] = {"ready": ok, **(detail() if detail else {})}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        return web.Response(text=metrics(), content_type="text/plain", charset="utf-8")
+
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz),
+            web.get("/metrics", metrics_handler)]
+
+
+async def start_http(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner, int(runner.addresses[0][1])
+
+
+class Publisher:
+    """Keeps one instance published (every third of the TTL). `on_lost` runs
+    when Redis had lost the instance's key (a restart without persistence),
+    so the caller republishes whatever else it keeps there. `healthy` is
+    False while Redis does not answer."""
+
+    def __init__(self, instances: Instances, kind: str, instance_id: str,
+                 fields: Callable[[], Mapping[str, str | int | float]],
+                 on_lost: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.instances = instances
+        self.kind = kind
+        self.instance_id = instance_id
+        self.fields = fields
+        self.on_lost = on_lost
+        self.healthy = False
+        self.failures = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def publish_now(self) -> None:
+        try:
+            existed = await self.instances.publish(self.kind, self.instance_id, self.fields())
+        except (RedisError, OSError) as exc:
+            if self.healthy:
+                log.warning("registry publish failed: %s", exc)
+            self.healthy = False
+            self.failures += 1
+            return
+        was_healthy, self.healthy = self.healthy, True
+        if (not existed or not was_healthy) and self.on_lost is not None:
+            try:
+                await self.on_lost()
+            except (RedisError, OSError, grpc.aio.AioRpcError) as exc:
+                log.warning("republish after registry loss failed: %s", exc)
+                self.healthy = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def poke(self) -> None:
+        """Publish now (e.g. the draining flag changed)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        period = self.instances.ttl_ms / 3000
+        while True:
+            await self.publish_now()
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), period)
+            except TimeoutError:
+                pass
+
+    async def stop(self, remove: bool = True) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if remove:
+            try:
+                await self.instances.remove(self.kind, self.instance_id)
+            except (RedisError, OSError):
+                pass

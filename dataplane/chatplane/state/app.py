@@ -1,0 +1,74 @@
+"""`chatplane state`: the state tier as its own process.
+
+A gRPC server (`StateServicer`), the HTTP probes, and its entry in the Redis
+registry (`cp:state:<id>` with its gRPC address), which is how gateways and
+im instances find state when `CHATPLANE_STATE_ADDRS` is not set.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import grpc
+from aiohttp import web
+
+from chatplane.registry import instances as registry
+from chatplane.registry.routes import Routes
+from chatplane.rpc import serving
+from chatplane.rpc.peers import Peers
+from chatplane.settings import Settings
+from chatplane.state.server import StateServicer
+from chatplane.v1 import services_pb2_grpc as sgrpc
+
+
+class StateApp:
+    kind = "state"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        links = settings.links
+        if not settings.storage.redis_url:
+            raise ValueError("the state tier needs CHATPLANE_REDIS_URL")
+        self.instance_id = settings.server.server_id or f"state-{socket.gethostname()}"
+        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
+        self.instances = registry.Instances(self.redis, links.registry_ttl_s)
+        self.peers = Peers(links.rpc_deadline_s)
+        self.servicer = StateServicer(
+            Routes(self.redis), registry.CachedInstances(self.instances, "gateway", 1.0), self.peers)
+        self.grpc_address = ""
+        self.base_url = ""
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self.publisher: serving.Publisher | None = None
+
+    def _ready(self) -> bool:
+        return self.publisher is not None and self.publisher.healthy
+
+    async def start(self) -> None:
+        server, links = self.settings.server, self.settings.links
+        self._grpc, port = await serving.start_grpc(
+            server.host, links.grpc_port,
+            lambda s: sgrpc.add_StateServicer_to_server(self.servicer, s))
+        self.grpc_address = f"{links.grpc_advertise_host or server.host}:{port}"
+        app = web.Application()
+        app.add_routes(serving.probe_routes(self._ready, self.servicer.render_metrics))
+        self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
+        self.base_url = f"http://{server.host}:{http_port}"
+        self.publisher = serving.Publisher(
+            self.instances, self.kind, self.instance_id,
+            lambda: {"grpc": self.grpc_address, "http": self.base_url})
+        await self.publisher.publish_now()
+        self.publisher.start()
+
+    def ready_line(self) -> str:
+        return f"chatplane state ready id={self.instance_id} grpc={self.grpc_address} http={self.base_url}"
+
+    async def stop(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.peers.close()
+        await self.redis.aclose()

@@ -1,0 +1,128 @@
+"""The state tier seen from its callers (gateways and im instances).
+
+`StateLinks` finds state instances (the static `CHATPLANE_STATE_ADDRS`, else
+the Redis registry) and makes a call on the first that answers.
+
+`DeliveryOutbox` is what an im instance hands sequenced inbox entries to
+(`deliver`, the same call as the in-process `StateService.deliver`). It sends
+them to state in batches, one batch in flight, in the order they were
+stored, and retries a batch on another instance until one accepts it or
+`give_up_s` passes: delivery im -> state -> gateway is at least once (the
+gateway drops what it already pushed). What is given up (state and Redis
+both down for long) still reaches clients: the gateway's head check sees the
+inbox head move past what it pushed and sends the device a `SyncHint`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+from chatplane import tracing
+from chatplane.registry.instances import CachedInstances
+from chatplane.rpc import convert
+from chatplane.rpc.peers import Peers, first_answer
+from chatplane.storage.base import InboxItem
+from chatplane.v1 import services_pb2 as spb
+from chatplane.v1 import services_pb2_grpc as sgrpc
+
+T = TypeVar("T")
+log = logging.getLogger("chatplane.state.links")
+
+
+class StateLinks:
+    def __init__(self, peers: Peers, static: list[str], registry: CachedInstances | None) -> None:
+        self.peers = peers
+        self.static = static
+        self.registry = registry
+
+    async def addresses(self) -> list[str]:
+        if self.static:
+            found = list(self.static)
+        elif self.registry is not None:
+            found = [f["grpc"] for f in (await self.registry.get()).values() if f.get("grpc")]
+        else:
+            found = []
+        random.shuffle(found)  # spread the load; any instance serves any call
+        return found
+
+    async def call(self, fn: Callable[[sgrpc.StateStub], Awaitable[T]], total_s: float) -> T:
+        addresses = await self.addresses()
+        if not addresses and self.registry is not None:
+            self.registry.invalidate()
+            addresses = await self.addresses()
+
+        async def one(address: str) -> T:
+            return await fn(sgrpc.StateStub(self.peers.channel(address)))
+
+        return await first_answer(addresses, one, total_s)
+
+
+class DeliveryOutbox:
+    def __init__(self, links: StateLinks, *, max_batch: int = 1024, give_up_s: float = 30.0) -> None:
+        self.links = links
+        self.max_batch = max_batch
+        self.give_up_s = give_up_s
+        self._queue: deque[InboxItem] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.retried = 0
+        self.given_up = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def deliver(self, items: Iterable[InboxItem]) -> int:
+        before = len(self._queue)
+        self._queue.extend(items)
+        self._wake.set()
+        return len(self._queue) - before
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self, flush_s: float = 2.0) -> None:
+        """Give what is queued `flush_s` to leave, then stop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + flush_s
+        while self._queue and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = [self._queue.popleft()
+                         for _ in range(min(self.max_batch, len(self._queue)))]
+                await self._send(batch)
+
+    async def _send(self, batch: list[InboxItem]) -> None:
+        request = spb.DeliverRequest(deliveries=convert.deliveries(batch))
+        attempts = 0
+
+        async def deliver(stub: sgrpc.StateStub) -> spb.DeliverReply:
+            nonlocal attempts
+            attempts += 1
+            with tracing.span("im.deliver", entries=len(batch)):
+                reply: spb.DeliverReply = await stub.Deliver(
+                    request, timeout=self.links.peers.deadline_s, metadata=tracing.outgoing())
+            return reply
+
+        try:
+            await self.links.call(deliver, self.give_up_s)
+            self.sent += len(batch)
+        except Exception as exc:  # never let the outbox die: heads catch up by sync
+            self.given_up += len(batch)
+            log.error("gave up delivering %d entries after %d attempts: %s",
+                      len(batch), attempts, exc)
+        self.retried += max(0, attempts - 1)

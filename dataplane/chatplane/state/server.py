@@ -1,0 +1,160 @@
+"""The state tier's gRPC service: routes, presence, and downlink routing.
+
+State keeps no connection state in its own memory: routes live in Redis
+(`registry.routes`), so any state instance serves any request, and one that
+is killed costs nothing but the calls in flight — their callers retry on
+another instance (every call here is idempotent).
+
+Deliver: look up the routes of the entries' users, group the entries by the
+gateway holding their devices, push to each gateway with a deadline. A
+gateway that does not answer is counted `unreachable`: its clients resume
+through dispatch and sync. When Redis cannot be read the call fails
+UNAVAILABLE, and the im's outbox retries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+import grpc
+from redis.exceptions import RedisError
+
+from chatplane import tracing
+from chatplane.metrics import Histogram, Metrics
+from chatplane.registry.instances import CachedInstances
+from chatplane.registry.routes import RouteEntry, Routes
+from chatplane.rpc.peers import Peers
+from chatplane.v1 import services_pb2 as spb
+from chatplane.v1 import services_pb2_grpc as sgrpc
+
+log = logging.getLogger("chatplane.state")
+
+
+def _entries(routes: list[spb.Route]) -> list[RouteEntry]:
+    return [RouteEntry(r.user_id, r.device_id, r.gateway_id, r.conn_id) for r in routes]
+
+
+class StateServicer(sgrpc.StateServicer):
+    def __init__(self, routes: Routes, gateways: CachedInstances, peers: Peers) -> None:
+        self.routes = routes
+        self.gateways = gateways
+        self.peers = peers
+        self.metrics = Metrics()
+        self.deliver_latency = Histogram("chatplane_state_deliver_ms",
+                                         "Deliver: routes lookup and gateway pushes")
+        self.unreachable = 0
+        self.redis_errors = 0
+        self.metrics.gauge("chatplane_state_unreachable_total",
+                           "device pushes whose gateway did not answer", lambda: self.unreachable)
+        self.metrics.gauge("chatplane_state_redis_errors_total", "failed Redis calls",
+                           lambda: self.redis_errors)
+
+    async def _redis_failed(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        self.redis_errors += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"route store unavailable: {exc}")
+
+    async def Register(self, request: spb.RegisterRequest,
+                       context: grpc.aio.ServicerContext) -> spb.RegisterReply:
+        with tracing.serving("state.Register", context.invocation_metadata()):
+            entries = _entries(list(request.routes))
+            try:
+                if request.refresh:
+                    await self.routes.refresh(entries)
+                    return spb.RegisterReply()
+                replaced = await self.routes.register(entries)
+            except (RedisError, OSError) as exc:
+                await self._redis_failed(context, exc)
+                raise
+            old = [r for r in replaced if r is not None]
+            if old:
+                await self._kick(old, "the device logged in on another connection")
+            return spb.RegisterReply()
+
+    async def Unregister(self, request: spb.UnregisterRequest,
+                         context: grpc.aio.ServicerContext) -> spb.UnregisterReply:
+        with tracing.serving("state.Unregister", context.invocation_metadata()):
+            try:
+                await self.routes.unregister(_entries(list(request.routes)))
+            except (RedisError, OSError) as exc:
+                await self._redis_failed(context, exc)
+                raise
+            return spb.UnregisterReply()
+
+    async def Presence(self, request: spb.PresenceRequest,
+                       context: grpc.aio.ServicerContext) -> spb.PresenceReply:
+        try:
+            found = await self.routes.lookup(list(request.user_ids))
+        except (RedisError, OSError) as exc:
+            await self._redis_failed(context, exc)
+            raise
+        return spb.PresenceReply(devices={u: len(r) for u, r in found.items()})
+
+    async def Deliver(self, request: spb.DeliverRequest,
+                      context: grpc.aio.ServicerContext) -> spb.DeliverReply:
+        with tracing.serving("state.Deliver", context.invocation_metadata()):
+            started = asyncio.get_running_loop().time()
+            by_user: dict[str, list[spb.Delivery]] = defaultdict(list)
+            for d in request.deliveries:
+                by_user[d.user_id].append(d)
+            try:
+                found = await self.routes.lookup(list(by_user))
+            except (RedisError, OSError) as exc:
+                await self._redis_failed(context, exc)
+                raise
+            per_gateway: dict[str, spb.PushRequest] = defaultdict(spb.PushRequest)
+            for uid, routes in found.items():
+                for gateway_id in {r.gateway_id for r in routes}:
+                    per_gateway[gateway_id].deliveries.extend(by_user[uid])
+            addresses = await self._addresses(per_gateway)
+            results = await asyncio.gather(*(
+                self._push(gateway_id, addresses.get(gateway_id, ""), push)
+                for gateway_id, push in per_gateway.items()))
+            pushed = sum(n for n, _ in results)
+            unreachable = sum(u for _, u in results)
+            self.unreachable += unreachable
+            self.metrics.pushed += pushed
+            self.deliver_latency.observe((asyncio.get_running_loop().time() - started) * 1000)
+            return spb.DeliverReply(pushed=pushed, unreachable=unreachable)
+
+    async def _addresses(self, gateway_ids: dict[str, spb.PushRequest]) -> dict[str, str]:
+        live = await self.gateways.get()
+        if any(g not in live for g in gateway_ids):
+            self.gateways.invalidate()  # a gateway that just started: read again once
+            live = await self.gateways.get()
+        return {g: live[g].get("grpc", "") for g in gateway_ids if g in live}
+
+    async def _push(self, gateway_id: str, address: str,
+                    push: spb.PushRequest) -> tuple[int, int]:
+        if not address:
+            return 0, len(push.deliveries)  # its TTL passed: dead or partitioned
+        stub = sgrpc.GatewayStub(self.peers.channel(address))
+        try:
+            reply = await stub.Push(push, timeout=self.peers.deadline_s,
+                                    metadata=tracing.outgoing())
+        except grpc.aio.AioRpcError as exc:
+            log.warning("push to gateway %s failed: %s", gateway_id, exc.code().name)
+            return 0, len(push.deliveries)
+        return reply.pushed, 0
+
+    async def _kick(self, routes: list[RouteEntry], reason: str) -> None:
+        live = await self.gateways.get()
+        by_gateway: dict[str, list[RouteEntry]] = defaultdict(list)
+        for r in routes:
+            by_gateway[r.gateway_id].append(r)
+        for gateway_id, entries in by_gateway.items():
+            address = live.get(gateway_id, {}).get("grpc", "")
+            if not address:
+                continue
+            request = spb.KickRequest(reason=reason, routes=[
+                spb.Route(user_id=r.user_id, device_id=r.device_id, gateway_id=r.gateway_id,
+                          conn_id=r.conn_id) for r in entries])
+            try:
+                await sgrpc.GatewayStub(self.peers.channel(address)).Kick(
+                    request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
+            except grpc.aio.AioRpcError as exc:
+                log.warning("kick on gateway %s failed: %s", gateway_id, exc.code().name)
+
+    def render_metrics(self) -> str:
+        return self.metrics.render() + "\n".join(self.deliver_latency.render()) + "\n"

@@ -1,0 +1,144 @@
+from chatplane.v1 import frames_pb2 as _frames_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Delivery(_message.Message):
+    __slots__ = ("user_id", "entry")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    entry: _frames_pb2.InboxEntry
+    def __init__(self, user_id: _Optional[str] = ..., entry: _Optional[_Union[_frames_pb2.InboxEntry, _Mapping]] = ...) -> None: ...
+
+class ClientRequest(_message.Message):
+    __slots__ = ("user_id", "device_id", "frame")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    device_id: str
+    frame: bytes
+    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., frame: _Optional[bytes] = ...) -> None: ...
+
+class ClientReply(_message.Message):
+    __slots__ = ("frame",)
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    frame: bytes
+    def __init__(self, frame: _Optional[bytes] = ...) -> None: ...
+
+class InboxHeadsRequest(_message.Message):
+    __slots__ = ("user_ids",)
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InboxHeadsReply(_message.Message):
+    __slots__ = ("heads",)
+    class HeadsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    heads: _containers.ScalarMap[str, int]
+    def __init__(self, heads: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("user_id", "device_id", "gateway_id", "conn_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    CONN_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    device_id: str
+    gateway_id: str
+    conn_id: str
+    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., gateway_id: _Optional[str] = ..., conn_id: _Optional[str] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("routes", "refresh")
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_FIELD_NUMBER: _ClassVar[int]
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    refresh: bool
+    def __init__(self, routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., refresh: _Optional[bool] = ...) -> None: ...
+
+class RegisterReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UnregisterRequest(_message.Message):
+    __slots__ = ("routes",)
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    def __init__(self, routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
+
+class UnregisterReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeliverRequest(_message.Message):
+    __slots__ = ("deliveries",)
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ...) -> None: ...
+
+class DeliverReply(_message.Message):
+    __slots__ = ("pushed", "unreachable")
+    PUSHED_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    pushed: int
+    unreachable: int
+    def __init__(self, pushed: _Optional[int] = ..., unreachable: _Optional[int] = ...) -> None: ...
+
+class PresenceRequest(_message.Message):
+    __slots__ = ("user_ids",)
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PresenceReply(_message.Message):
+    __slots__ = ("devices",)
+    class DevicesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.ScalarMap[str, int]
+    def __init__(self, devices: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class PushRequest(_message.Message):
+    __slots__ = ("deliveries",)
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ...) -> None: ...
+
+class PushReply(_message.Message):
+    __slots__ = ("pushed",)
+    PUSHED_FIELD_NUMBER: _ClassVar[int]
+    pushed: int
+    def __init__(self, pushed: _Optional[int] = ...) -> None: ...
+
+class KickRequest(_message.Message):
+    __slots__ = ("routes", "reason")
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    reason: str
+    def __init__(self, routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class KickReply(_message.Message):
+    __slots__ = ("kicked",)
+    KICKED_FIELD_NUMBER: _ClassVar[int]
+    kicked: int
+    def __init__(self, kicked: _Optional[int] = ...) -> None: ...
