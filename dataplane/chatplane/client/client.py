@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from chatplane.client.links import Link, LinkClosed, dispatch, open_link
+from chatplane.client.social import SocialApi
 from chatplane.delivery.dedup import CidAllocator
 from chatplane.delivery.sync import InboxCursor
 from chatplane.protocol.errors import ErrorCode, RequestError
@@ -76,7 +77,7 @@ class _Connection:
         self.reconnect_delay_ms: int | None = None
 
 
-class Client:
+class Client(SocialApi):
     def __init__(self, url: str, token: str, *, transport: str = "ws", inbox_seq: int = 0,
                  max_frame_bytes: int = 64 * 1024, heartbeat_s: float | None = None,
                  backoff_max_s: float = 10.0, sync_page: int = 500) -> None:
@@ -161,14 +162,23 @@ class Client:
             self._transmit_send(self._conn, cid)
         return await future
 
+    async def _next_item(self) -> Message | None:
+        message = await self._messages.get()
+        if message is None:
+            self._messages.put_nowait(None)  # every reader ends
+            if self._failure is not None:
+                raise self._failure
+        return message
+
     async def messages(self) -> AsyncIterator[Message]:
+        """Messages of your conversations (group changes included: they are
+        timeline entries); friend/read/receipt events are only in events()."""
         while True:
-            message = await self._messages.get()
+            message = await self._next_item()
             if message is None:
-                if self._failure is not None:
-                    raise self._failure
                 return
-            yield message
+            if not message.conversation_id.startswith("u:"):
+                yield message
 
     async def history(self, conversation_id: str, before_seq: int | None = None,
                       limit: int = 50, after_seq: int | None = None) -> list[Message]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from chatplane.im import social
 from chatplane.protocol import wire
 from chatplane.protocol.errors import SPECS, ErrorCode, ProtocolError
+from chatplane.storage.base import AppendResult, StorageUnavailable
 from chatplane.v1 import frames_pb2 as pb
 
 if TYPE_CHECKING:
@@ -86,3 +88,78 @@ async def open_direct(im: ImService, user_id: str, device_id: str, frame: pb.Fra
     conversation = await im.open_direct(user_id, frame.open_direct.peer_user_id)
     return pb.Frame(open_direct_ack=pb.OpenDirectAck(
         conversation_id=conversation.conversation_id, head_seq=conversation.head_seq))
+
+
+@handles("friend_op")
+async def friend_op(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    relation = await im.social.friend_op(user_id, frame.friend_op)
+    return pb.Frame(friend_op_ack=pb.FriendOpAck(
+        relation=social.relation_pb(frame.friend_op.user_id, relation)))
+
+
+@handles("friends")
+async def friends(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    return pb.Frame(friends_response=await im.social.friends(user_id))
+
+
+@handles("group_create")
+async def group_create(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    body = frame.group_create
+    result = await im.groups.create(user_id, device_id, body.name, list(body.members))
+    return pb.Frame(group_op_ack=pb.GroupOpAck(
+        conversation_id=result.message.conversation_id, seq=result.message.seq))
+
+
+@handles("group_op")
+async def group_op(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    body = frame.group_op
+    result: AppendResult | None
+    if body.action == pb.JOIN:
+        result = await im.groups.join(user_id, device_id, body.conversation_id)
+    else:
+        result = await im.groups.op(user_id, device_id, body)
+    return pb.Frame(group_op_ack=pb.GroupOpAck(
+        conversation_id=body.conversation_id, seq=result.message.seq if result else 0))
+
+
+@handles("members")
+async def members(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    body = frame.members
+    return pb.Frame(members_response=await im.groups.members(
+        user_id, body.conversation_id, body.after_user_id, body.limit))
+
+
+@handles("conversations")
+async def conversations(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    body = frame.conversations
+    limit = max(1, min(body.limit or 50, 200))
+    before = (body.before_activity_ms, body.before_id) if body.before_id else None
+    try:
+        rows = await im.storage.conversations_of(user_id, limit + 1, before)
+    except StorageUnavailable as exc:
+        raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+    response = pb.ConversationsResponse(has_more=len(rows) > limit)
+    for row in rows[:limit]:
+        item = response.conversations.add(
+            conversation_id=row.conversation_id, kind=row.kind, name=row.name,
+            unread=row.unread, read_seq=row.read_seq, head_seq=row.head_seq,
+            last_activity_ms=row.last_activity_ms, members=row.members)
+        if row.last_message is not None:
+            item.last_message.CopyFrom(wire.message(row.last_message))
+    return pb.Frame(conversations_response=response)
+
+
+@handles("mark_read")
+async def mark_read(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    body = frame.mark_read
+    read_seq = await im.social.mark_read(user_id, body.conversation_id, body.seq)
+    return pb.Frame(mark_read_ack=pb.MarkReadAck(conversation_id=body.conversation_id,
+                                                 read_seq=read_seq))
+
+
+@handles("receipts")
+async def receipts(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    body = frame.receipts
+    await im.conversation(body.conversation_id, fresh=True)  # current head for the seq check
+    return pb.Frame(receipts_response=await im.social.receipts(
+        user_id, body.conversation_id, body.seq, body.after_user_id, body.limit))

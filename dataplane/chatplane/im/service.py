@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
+from chatplane.delivery.dedup import CidAllocator
 from chatplane.im import requests
+from chatplane.im.groups import Groups
+from chatplane.im.social import Social
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.settings import Limits
-from chatplane.state.service import StateService
+from chatplane.settings import Social as SocialSettings
 from chatplane.storage.base import (
+    DIRECT,
+    EVENTS,
     AppendResult,
     Conversation,
     ConversationNotFound,
@@ -25,6 +31,7 @@ from chatplane.storage.base import (
     Storage,
     StorageUnavailable,
     StoredMessage,
+    events_conversation_id,
     valid_id,
 )
 from chatplane.v1 import frames_pb2 as pb
@@ -38,57 +45,111 @@ def _unavailable(exc: Exception) -> ProtocolError:
     return ProtocolError(ErrorCode.UNAVAILABLE, f"storage unavailable, retry: {exc}")
 
 
+class Deliverer(Protocol):
+    """Where sequenced inbox entries go: the state tier (in process or remote)."""
+
+    def deliver(self, items: Iterable[InboxItem]) -> int: ...
+
+
 class ImService:
     def __init__(
         self,
         storage: Storage,
-        state: StateService,
+        state: Deliverer,
         limits: Limits,
         clock_ms: Callable[[], int] = _now_ms,
+        social: SocialSettings | None = None,
+        server_id: str = "im",
     ) -> None:
         self.storage = storage
         self.state = state
         self.limits = limits
         self.clock_ms = clock_ms
-        self._members: dict[str, tuple[str, ...]] = {}
+        self.social_settings = social or SocialSettings()
+        self.server_id = server_id
+        self.social = Social(self)
+        self.groups = Groups(self)
+        self._conversations: dict[str, Conversation] = {}
+        self._events_ready: set[str] = set()
+        self._event_cids = CidAllocator()
         self.sent = 0
         self.duplicates = 0
 
-    async def _conversation_members(self, conversation_id: str) -> tuple[str, ...]:
-        members = self._members.get(conversation_id)
-        if members is None:
+    async def conversation(self, conversation_id: str, *, fresh: bool = False) -> Conversation:
+        """A conversation with its members; cached (members change only through
+        this service, which forgets the entry), re-read when `fresh`."""
+        conversation = None if fresh else self._conversations.get(conversation_id)
+        if conversation is None:
             try:
                 conversation = await self.storage.conversation(conversation_id)
             except StorageUnavailable as exc:
                 raise _unavailable(exc) from exc
             if conversation is None:
                 raise ProtocolError(ErrorCode.NOT_FOUND, f"no conversation {conversation_id!r}")
-            members = self._members[conversation_id] = conversation.members
-        return members
+            self._conversations[conversation_id] = conversation
+        return conversation
 
-    async def _require_member(self, user_id: str, conversation_id: str) -> tuple[str, ...]:
+    def forget_members(self, conversation_id: str) -> None:
+        self._conversations.pop(conversation_id, None)
+
+    async def require_member(self, user_id: str, conversation_id: str, *,
+                             fresh: bool = False) -> Conversation:
         try:
-            members = await self._conversation_members(conversation_id)
+            conversation = await self.conversation(conversation_id, fresh=fresh)
         except ProtocolError as exc:
             if exc.code is ErrorCode.NOT_FOUND:  # do not tell strangers what exists
                 raise ProtocolError(
                     ErrorCode.FORBIDDEN, f"{user_id} is not a member of {conversation_id!r}"
                 ) from exc
             raise
-        if user_id not in members:
+        if user_id not in conversation.members:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"{user_id} is not a member of {conversation_id!r}"
             )
-        return members
+        return conversation
+
+    async def _require_member(self, user_id: str, conversation_id: str) -> tuple[str, ...]:
+        return (await self.require_member(user_id, conversation_id)).members
+
+    def deliver(self, result: AppendResult) -> None:
+        if result.duplicate:
+            self.duplicates += 1
+        else:
+            self.sent += 1
+            self.state.deliver(result.inbox)
+
+    def next_event_cid(self) -> int:
+        return self._event_cids.next()
+
+    async def emit(self, user_id: str, event: pb.Event) -> None:
+        """Append an event to the user's event conversation (every device of
+        the user receives it through its inbox)."""
+        conversation_id = events_conversation_id(user_id)
+        try:
+            if user_id not in self._events_ready:
+                await self.storage.ensure_events(user_id, self.clock_ms())
+                self._events_ready.add(user_id)
+            result = await self.storage.append(SendRequest(
+                conversation_id=conversation_id, sender=user_id, sender_device=self.server_id,
+                cid=self.next_event_cid(), text="", message_id=uuid.uuid4().hex,
+                sent_at_ms=self.clock_ms(), payload=event.SerializeToString(),
+                content_type=f"event/{event.WhichOneof('kind')}"), (user_id,))
+        except StorageUnavailable as exc:
+            raise _unavailable(exc) from exc
+        self.deliver(result)
 
     async def open_direct(self, user_id: str, peer_user_id: str) -> Conversation:
         if not valid_id(peer_user_id):
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"invalid user id {peer_user_id!r}")
+        if self.social_settings.direct_requires_friendship and peer_user_id != user_id:
+            relation = await self.storage.relation(user_id, peer_user_id)
+            if not relation.friend:
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"{user_id} and {peer_user_id} are not friends")
         try:
             conversation = await self.storage.ensure_direct(user_id, peer_user_id, self.clock_ms())
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
-        self._members[conversation.conversation_id] = conversation.members
+        self._conversations[conversation.conversation_id] = conversation
         return conversation
 
     async def send(
@@ -107,7 +168,15 @@ class ImService:
             raise ProtocolError(
                 ErrorCode.INVALID_ARGUMENT, f"text over {self.limits.max_text_bytes} bytes"
             )
-        members = await self._require_member(user_id, conversation_id)
+        if content_type.startswith(("system/", "event/")):
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "system/ and event/ types are reserved")
+        conversation = await self.require_member(user_id, conversation_id)
+        if conversation.kind == EVENTS:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "the events conversation is read-only")
+        if conversation.kind == DIRECT:
+            await self.social.check_direct_allowed(user_id, conversation_id, conversation.members)
+        elif conversation.extra.get("dissolved"):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"group {conversation_id!r} is dissolved")
         request = SendRequest(
             conversation_id=conversation_id,
             sender=user_id,
@@ -120,16 +189,12 @@ class ImService:
             content_type=content_type or "text",
         )
         try:
-            result = await self.storage.append(request, members)
+            result = await self.storage.append(request, conversation.members)
         except ConversationNotFound as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from exc
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
-        if result.duplicate:
-            self.duplicates += 1
-        else:
-            self.sent += 1
-            self.state.deliver(result.inbox)
+        self.deliver(result)
         return result
 
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:

@@ -28,6 +28,7 @@ class ErrorCode(IntEnum):
     HEARTBEAT_TIMEOUT = 15
     SLOW_CONSUMER = 16  # the device stopped acking pushes; it should resync
     SESSION_REPLACED = 17  # the same device logged in on another connection
+    BLOCKED = 18  # one of the two users blocks the other
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ SPECS: dict[ErrorCode, ErrorSpec] = {
     ErrorCode.HEARTBEAT_TIMEOUT: ErrorSpec(retriable=True, fatal=True),
     ErrorCode.SLOW_CONSUMER: ErrorSpec(retriable=True, fatal=True),
     ErrorCode.SESSION_REPLACED: ErrorSpec(retriable=False, fatal=True),
+    ErrorCode.BLOCKED: ErrorSpec(retriable=False, fatal=False),
 }
 
 

@@ -30,7 +30,11 @@ class Phase(Enum):
 MAX_HELD_DURING_LOGIN = 32
 
 # Frame kinds a client may send once logged in (each becomes a Request).
-CLIENT_REQUESTS = frozenset({"send", "push_ack", "sync", "history", "open_direct"})
+CLIENT_REQUESTS = frozenset({
+    "send", "push_ack", "sync", "history", "open_direct",
+    "friend_op", "friends", "group_create", "group_op", "members", "conversations", "mark_read",
+    "receipts",
+})
 
 
 @dataclass(frozen=True, slots=True)

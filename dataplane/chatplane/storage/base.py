@@ -25,6 +25,12 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 DIRECT = "direct"
 GROUP = "group"
+EVENTS = "events"  # a user's own event conversation "u:<user>" (friends, reads, receipts)
+
+OWNER = "owner"
+ADMIN = "admin"
+MEMBER = "member"
+ROLES = (OWNER, ADMIN, MEMBER)
 
 
 class StorageError(Exception):
@@ -48,6 +54,10 @@ def direct_conversation_id(a: str, b: str) -> str:
     """The one 1:1 conversation between two users, whichever opens it."""
     lo, hi = sorted((a, b))
     return f"d:{lo}:{hi}"
+
+
+def events_conversation_id(user_id: str) -> str:
+    return f"u:{user_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +116,54 @@ class Conversation:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Member:
+    user_id: str
+    role: str
+    joined_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """A group change, applied atomically with the system message recording it.
+
+    `create` makes the conversation (kind group) first. Added users join at the
+    event's seq (they receive it and everything after); removed users receive
+    the event, then nothing more. `roles` sets roles of current members."""
+
+    create: bool = False
+    name: str | None = None
+    add: tuple[tuple[str, str], ...] = ()  # (user, role)
+    remove: tuple[str, ...] = ()
+    roles: tuple[tuple[str, str], ...] = ()
+    dissolve: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """How `user_id` stands with `other` (one direction of a pair)."""
+
+    friend: bool = False
+    request_sent: bool = False
+    request_received: bool = False
+    note: str = ""
+    blocked: bool = False  # user_id blocks other
+    updated_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    conversation_id: str
+    kind: str
+    name: str
+    members: int
+    head_seq: int
+    read_seq: int
+    unread: int
+    last_activity_ms: int
+    last_message: StoredMessage | None
+
+
 @runtime_checkable
 class Storage(Protocol):
     """What the tiers need from storage. All methods are coroutines and never
@@ -148,5 +206,48 @@ class Storage(Protocol):
         newest `limit` with seq < before_seq (or up to the head)."""
 
     async def put_user(self, user_id: str, display_name: str, now_ms: int) -> None: ...
+
+    # -- social layer --------------------------------------------------------
+
+    async def ensure_events(self, user_id: str, now_ms: int) -> Conversation:
+        """The user's own event conversation "u:<user>" (members: the user)."""
+
+    async def apply_membership(self, conversation_id: str, change: MembershipChange,
+                               event: SendRequest) -> AppendResult:
+        """Apply a group change and append `event` (a system message) atomically.
+        The event goes to the members before and after the change (a removed
+        member sees its removal). Idempotent on the event's cid like append.
+        Raises ConversationNotFound (no such group, unless change.create)."""
+
+    async def members(self, conversation_id: str) -> list[Member]:
+        """Current members, sorted by user id (empty for an unknown id)."""
+
+    async def mark_read(self, user_id: str, conversation_id: str, seq: int) -> tuple[int, int]:
+        """Move the user's read position forward to min(seq, head); returns
+        (previous, current). Never moves back."""
+
+    async def read_positions(self, conversation_id: str) -> dict[str, int]:
+        """user -> read_seq for the current members (0 when never read)."""
+
+    async def conversations_of(self, user_id: str, limit: int,
+                               before: tuple[int, str] | None = None) -> list[ConversationSummary]:
+        """The user's conversations (not its events conversation), most recent
+        activity first, after the (last_activity_ms, conversation_id) cursor.
+        `unread` counts messages after read_seq that are neither the user's
+        own nor system messages."""
+
+    async def relation(self, user_id: str, other: str) -> Relation: ...
+
+    async def put_relations(self, changes: Sequence[tuple[str, str, Relation]]) -> None:
+        """Write (user, other, relation) rows together."""
+
+    async def relations(self, user_id: str) -> list[tuple[str, Relation]]:
+        """Every non-empty relation of the user, sorted by the other's id."""
+
+    async def put_invitation(self, conversation_id: str, user_id: str, inviter: str,
+                             now_ms: int) -> None: ...
+
+    async def take_invitation(self, conversation_id: str, user_id: str) -> str | None:
+        """Remove a pending invitation; the inviter, or None if there was none."""
 
     async def get_user(self, user_id: str) -> dict[str, str] | None: ...

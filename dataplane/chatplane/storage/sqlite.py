@@ -22,22 +22,30 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chatplane.storage import sqlite_social as social
 from chatplane.storage.base import (
     DIRECT,
+    EVENTS,
+    GROUP,
     AppendResult,
     Conversation,
     ConversationNotFound,
+    ConversationSummary,
     InboxItem,
+    Member,
+    MembershipChange,
+    Relation,
     SendRequest,
     StorageError,
     StorageUnavailable,
     StoredMessage,
     direct_conversation_id,
+    events_conversation_id,
 )
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_BATCH = 512
 
 SCHEMA = """
@@ -101,14 +109,17 @@ def _message(row: Sequence[Any]) -> StoredMessage:
     )
 
 
-def _conversation(row: Sequence[Any]) -> Conversation:
+def _conversation(db: sqlite3.Connection, row: Sequence[Any]) -> Conversation:
+    extra = json.loads(row[5])
+    if row[6]:
+        extra["name"] = row[6]
     return Conversation(
         conversation_id=row[0],
         kind=row[1],
-        members=tuple(json.loads(row[2])),
+        members=social.member_ids(db, row[0]),
         head_seq=row[3],
         created_at_ms=row[4],
-        extra=json.loads(row[5]),
+        extra=extra,
     )
 
 
@@ -176,7 +187,14 @@ class _Writer:
             ),
         )
         db.execute(
-            "UPDATE conversations SET head_seq = ? WHERE id = ?", (seq, request.conversation_id)
+            "UPDATE conversations SET head_seq = ?, last_activity_ms = ? WHERE id = ?",
+            (seq, request.sent_at_ms, request.conversation_id),
+        )
+        # one's own message is read by definition: it never counts as unread
+        db.execute(
+            "UPDATE user_conversations SET read_seq = ? WHERE user_id = ? AND conversation_id = ?"
+            " AND read_seq < ?",
+            (seq, request.sender, request.conversation_id, seq),
         )
         self.conv_heads[request.conversation_id] = seq
         items = []
@@ -196,10 +214,111 @@ class _Writer:
         return AppendResult(message=message, duplicate=False, inbox=tuple(items))
 
 
+    def apply_membership(self, conversation_id: str, change: MembershipChange,
+                         event: SendRequest, now_ms: int) -> AppendResult:
+        db = self.db
+        if change.create:
+            db.execute(
+                "INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms,"
+                " last_activity_ms, name) VALUES (?, ?, '[]', 0, ?, ?, ?)",
+                (conversation_id, GROUP, now_ms, now_ms, change.name or ""))
+        head = self.conv_head(conversation_id)  # raises ConversationNotFound
+        row = db.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender = ?"
+            " AND sender_device = ? AND cid = ?",
+            (conversation_id, event.sender, event.sender_device, event.cid)).fetchone()
+        if row is not None:
+            return AppendResult(message=_message(row), duplicate=True)
+        before = set(social.member_ids(db, conversation_id))
+        social.apply_change(db, conversation_id, change, head + 1, now_ms)
+        after = set(social.member_ids(db, conversation_id))
+        return self.append(event, sorted(before | after))
+
+
 _Job = tuple[Callable[[_Writer], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
 
 
-class SqliteStorage:
+class _SocialMethods:
+    """The social half of the Storage interface (tables in sqlite_social)."""
+
+    _write: Any
+    _read: Any
+
+    async def ensure_events(self, user_id: str, now_ms: int) -> Conversation:
+        conversation_id = events_conversation_id(user_id)
+
+        def create(writer: _Writer) -> Conversation:
+            created = writer.db.execute(
+                "INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms,"
+                " last_activity_ms) VALUES (?, ?, '[]', 0, ?, ?)",
+                (conversation_id, EVENTS, now_ms, now_ms)).rowcount
+            if created:
+                social.add_member_rows(writer.db, conversation_id, user_id, "member", 0)
+            return Conversation(conversation_id, EVENTS, (user_id,), writer.conv_head(
+                conversation_id), now_ms)
+
+        result: Conversation = await self._write(create)
+        return result
+
+    async def apply_membership(self, conversation_id: str, change: MembershipChange,
+                               event: SendRequest) -> AppendResult:
+        result: AppendResult = await self._write(
+            lambda writer: writer.apply_membership(conversation_id, change, event,
+                                                   event.sent_at_ms))
+        return result
+
+    async def members(self, conversation_id: str) -> list[Member]:
+        result: list[Member] = await self._read(lambda db: social.members(db, conversation_id))
+        return result
+
+    async def mark_read(self, user_id: str, conversation_id: str, seq: int) -> tuple[int, int]:
+        result: tuple[int, int] = await self._write(
+            lambda writer: social.advance_read(writer.db, user_id, conversation_id, seq))
+        return result
+
+    async def read_positions(self, conversation_id: str) -> dict[str, int]:
+        result: dict[str, int] = await self._read(
+            lambda db: social.read_positions(db, conversation_id))
+        return result
+
+    async def conversations_of(self, user_id: str, limit: int,
+                               before: tuple[int, str] | None = None) -> list[ConversationSummary]:
+        result: list[ConversationSummary] = await self._read(
+            lambda db: social.conversations_of(db, user_id, limit, before, MESSAGE_COLUMNS,
+                                               _message))
+        return result
+
+    async def relation(self, user_id: str, other: str) -> Relation:
+        result: Relation = await self._read(lambda db: social.relation(db, user_id, other))
+        return result
+
+    async def put_relations(self, changes: Sequence[tuple[str, str, Relation]]) -> None:
+        rows = list(changes)
+        await self._write(lambda writer: social.put_relations(writer.db, rows))
+
+    async def relations(self, user_id: str) -> list[tuple[str, Relation]]:
+        result: list[tuple[str, Relation]] = await self._read(
+            lambda db: social.relations(db, user_id))
+        return result
+
+    async def put_invitation(self, conversation_id: str, user_id: str, inviter: str,
+                             now_ms: int) -> None:
+        await self._write(lambda writer: writer.db.execute(
+            "INSERT OR REPLACE INTO invitations (conversation_id, user_id, inviter, at_ms)"
+            " VALUES (?, ?, ?, ?)", (conversation_id, user_id, inviter, now_ms)))
+
+    async def take_invitation(self, conversation_id: str, user_id: str) -> str | None:
+        def take(writer: _Writer) -> str | None:
+            row = writer.db.execute(
+                "DELETE FROM invitations WHERE conversation_id = ? AND user_id = ? RETURNING inviter",
+                (conversation_id, user_id)).fetchone()
+            return str(row[0]) if row else None
+
+        result: str | None = await self._write(take)
+        return result
+
+
+class SqliteStorage(_SocialMethods):
     """The embedded backend. `synchronous` is SQLite's PRAGMA: FULL survives
     power loss; NORMAL survives a process crash (kill -9) and is faster."""
 
@@ -231,18 +350,20 @@ class SqliteStorage:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             writer_db = self._connect()
             writer_db.executescript(SCHEMA)
-            writer_db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-            version = int(
-                writer_db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-            )
+            writer_db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                              (str(SCHEMA_VERSION),))
+            row = writer_db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0])
             if version > SCHEMA_VERSION:
                 raise StorageError(
                     f"{self.path} has schema version {version}; this chatplane knows up to"
                     f" {SCHEMA_VERSION}: upgrade chatplane"
                 )
+            writer_db.execute("BEGIN IMMEDIATE")
+            social.migrate_to_v2(writer_db)  # idempotent: also completes a fresh v2 database
+            writer_db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                              (str(SCHEMA_VERSION),))
+            writer_db.execute("COMMIT")
             self._reader = self._connect()
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -335,11 +456,14 @@ class SqliteStorage:
         members = json.dumps(sorted({a, b}))
 
         def create(writer: _Writer) -> None:
-            writer.db.execute(
-                "INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms)"
-                " VALUES (?, ?, ?, 0, ?)",
-                (conversation_id, DIRECT, members, now_ms),
-            )
+            created = writer.db.execute(
+                "INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms,"
+                " last_activity_ms) VALUES (?, ?, ?, 0, ?, ?)",
+                (conversation_id, DIRECT, members, now_ms, now_ms),
+            ).rowcount
+            if created:
+                for user in sorted({a, b}):
+                    social.add_member_rows(writer.db, conversation_id, user, "member", 0)
 
         existing = await self.conversation(conversation_id)
         if existing is not None:
@@ -352,11 +476,11 @@ class SqliteStorage:
     async def conversation(self, conversation_id: str) -> Conversation | None:
         def read(db: sqlite3.Connection) -> Conversation | None:
             row = db.execute(
-                "SELECT id, kind, members, head_seq, created_at_ms, extra FROM conversations"
+                "SELECT id, kind, members, head_seq, created_at_ms, extra, name FROM conversations"
                 " WHERE id = ?",
                 (conversation_id,),
             ).fetchone()
-            return _conversation(row) if row else None
+            return _conversation(db, row) if row else None
 
         return await self._read(read)
 

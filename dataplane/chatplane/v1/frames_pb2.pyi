@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -6,8 +7,46 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FriendAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FRIEND_ACTION_UNSPECIFIED: _ClassVar[FriendAction]
+    REQUEST: _ClassVar[FriendAction]
+    ACCEPT: _ClassVar[FriendAction]
+    DECLINE: _ClassVar[FriendAction]
+    REMOVE: _ClassVar[FriendAction]
+    BLOCK: _ClassVar[FriendAction]
+    UNBLOCK: _ClassVar[FriendAction]
+
+class GroupAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GROUP_ACTION_UNSPECIFIED: _ClassVar[GroupAction]
+    INVITE: _ClassVar[GroupAction]
+    ADD: _ClassVar[GroupAction]
+    JOIN: _ClassVar[GroupAction]
+    LEAVE: _ClassVar[GroupAction]
+    KICK: _ClassVar[GroupAction]
+    SET_ROLE: _ClassVar[GroupAction]
+    RENAME: _ClassVar[GroupAction]
+    DISSOLVE: _ClassVar[GroupAction]
+FRIEND_ACTION_UNSPECIFIED: FriendAction
+REQUEST: FriendAction
+ACCEPT: FriendAction
+DECLINE: FriendAction
+REMOVE: FriendAction
+BLOCK: FriendAction
+UNBLOCK: FriendAction
+GROUP_ACTION_UNSPECIFIED: GroupAction
+INVITE: GroupAction
+ADD: GroupAction
+JOIN: GroupAction
+LEAVE: GroupAction
+KICK: GroupAction
+SET_ROLE: GroupAction
+RENAME: GroupAction
+DISSOLVE: GroupAction
+
 class Frame(_message.Message):
-    __slots__ = ("id", "login", "login_ack", "send", "send_ack", "push", "push_ack", "sync", "sync_response", "history", "history_response", "heartbeat", "heartbeat_ack", "error", "reconnect", "open_direct", "open_direct_ack", "sync_hint")
+    __slots__ = ("id", "login", "login_ack", "send", "send_ack", "push", "push_ack", "sync", "sync_response", "history", "history_response", "heartbeat", "heartbeat_ack", "error", "reconnect", "open_direct", "open_direct_ack", "sync_hint", "friend_op", "friend_op_ack", "friends", "friends_response", "group_create", "group_op", "group_op_ack", "members", "members_response", "conversations", "conversations_response", "mark_read", "mark_read_ack", "receipts", "receipts_response")
     ID_FIELD_NUMBER: _ClassVar[int]
     LOGIN_FIELD_NUMBER: _ClassVar[int]
     LOGIN_ACK_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +65,21 @@ class Frame(_message.Message):
     OPEN_DIRECT_FIELD_NUMBER: _ClassVar[int]
     OPEN_DIRECT_ACK_FIELD_NUMBER: _ClassVar[int]
     SYNC_HINT_FIELD_NUMBER: _ClassVar[int]
+    FRIEND_OP_FIELD_NUMBER: _ClassVar[int]
+    FRIEND_OP_ACK_FIELD_NUMBER: _ClassVar[int]
+    FRIENDS_FIELD_NUMBER: _ClassVar[int]
+    FRIENDS_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_CREATE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_OP_FIELD_NUMBER: _ClassVar[int]
+    GROUP_OP_ACK_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATIONS_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    MARK_READ_FIELD_NUMBER: _ClassVar[int]
+    MARK_READ_ACK_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     id: int
     login: Login
     login_ack: LoginAck
@@ -44,7 +98,22 @@ class Frame(_message.Message):
     open_direct: OpenDirect
     open_direct_ack: OpenDirectAck
     sync_hint: SyncHint
-    def __init__(self, id: _Optional[int] = ..., login: _Optional[_Union[Login, _Mapping]] = ..., login_ack: _Optional[_Union[LoginAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., push: _Optional[_Union[Push, _Mapping]] = ..., push_ack: _Optional[_Union[PushAck, _Mapping]] = ..., sync: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_response: _Optional[_Union[SyncResponse, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., history_response: _Optional[_Union[HistoryResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., reconnect: _Optional[_Union[Reconnect, _Mapping]] = ..., open_direct: _Optional[_Union[OpenDirect, _Mapping]] = ..., open_direct_ack: _Optional[_Union[OpenDirectAck, _Mapping]] = ..., sync_hint: _Optional[_Union[SyncHint, _Mapping]] = ...) -> None: ...
+    friend_op: FriendOp
+    friend_op_ack: FriendOpAck
+    friends: FriendsRequest
+    friends_response: FriendsResponse
+    group_create: GroupCreate
+    group_op: GroupOp
+    group_op_ack: GroupOpAck
+    members: MembersRequest
+    members_response: MembersResponse
+    conversations: ConversationsRequest
+    conversations_response: ConversationsResponse
+    mark_read: MarkRead
+    mark_read_ack: MarkReadAck
+    receipts: ReceiptsRequest
+    receipts_response: ReceiptsResponse
+    def __init__(self, id: _Optional[int] = ..., login: _Optional[_Union[Login, _Mapping]] = ..., login_ack: _Optional[_Union[LoginAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., push: _Optional[_Union[Push, _Mapping]] = ..., push_ack: _Optional[_Union[PushAck, _Mapping]] = ..., sync: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_response: _Optional[_Union[SyncResponse, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., history_response: _Optional[_Union[HistoryResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., reconnect: _Optional[_Union[Reconnect, _Mapping]] = ..., open_direct: _Optional[_Union[OpenDirect, _Mapping]] = ..., open_direct_ack: _Optional[_Union[OpenDirectAck, _Mapping]] = ..., sync_hint: _Optional[_Union[SyncHint, _Mapping]] = ..., friend_op: _Optional[_Union[FriendOp, _Mapping]] = ..., friend_op_ack: _Optional[_Union[FriendOpAck, _Mapping]] = ..., friends: _Optional[_Union[FriendsRequest, _Mapping]] = ..., friends_response: _Optional[_Union[FriendsResponse, _Mapping]] = ..., group_create: _Optional[_Union[GroupCreate, _Mapping]] = ..., group_op: _Optional[_Union[GroupOp, _Mapping]] = ..., group_op_ack: _Optional[_Union[GroupOpAck, _Mapping]] = ..., members: _Optional[_Union[MembersRequest, _Mapping]] = ..., members_response: _Optional[_Union[MembersResponse, _Mapping]] = ..., conversations: _Optional[_Union[ConversationsRequest, _Mapping]] = ..., conversations_response: _Optional[_Union[ConversationsResponse, _Mapping]] = ..., mark_read: _Optional[_Union[MarkRead, _Mapping]] = ..., mark_read_ack: _Optional[_Union[MarkReadAck, _Mapping]] = ..., receipts: _Optional[_Union[ReceiptsRequest, _Mapping]] = ..., receipts_response: _Optional[_Union[ReceiptsResponse, _Mapping]] = ...) -> None: ...
 
 class Login(_message.Message):
     __slots__ = ("protocol_version", "token", "inbox_seq", "client_name")
@@ -247,3 +316,257 @@ class OpenDirectAck(_message.Message):
     conversation_id: str
     head_seq: int
     def __init__(self, conversation_id: _Optional[str] = ..., head_seq: _Optional[int] = ...) -> None: ...
+
+class FriendOp(_message.Message):
+    __slots__ = ("action", "user_id", "note")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    action: FriendAction
+    user_id: str
+    note: str
+    def __init__(self, action: _Optional[_Union[FriendAction, str]] = ..., user_id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class FriendOpAck(_message.Message):
+    __slots__ = ("relation",)
+    RELATION_FIELD_NUMBER: _ClassVar[int]
+    relation: Relation
+    def __init__(self, relation: _Optional[_Union[Relation, _Mapping]] = ...) -> None: ...
+
+class Relation(_message.Message):
+    __slots__ = ("user_id", "friend", "request_sent", "request_received", "note", "blocked", "updated_at_ms")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    FRIEND_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_SENT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    friend: bool
+    request_sent: bool
+    request_received: bool
+    note: str
+    blocked: bool
+    updated_at_ms: int
+    def __init__(self, user_id: _Optional[str] = ..., friend: _Optional[bool] = ..., request_sent: _Optional[bool] = ..., request_received: _Optional[bool] = ..., note: _Optional[str] = ..., blocked: _Optional[bool] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class FriendsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FriendsResponse(_message.Message):
+    __slots__ = ("friends", "incoming", "outgoing", "blocked")
+    FRIENDS_FIELD_NUMBER: _ClassVar[int]
+    INCOMING_FIELD_NUMBER: _ClassVar[int]
+    OUTGOING_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    friends: _containers.RepeatedCompositeFieldContainer[Relation]
+    incoming: _containers.RepeatedCompositeFieldContainer[Relation]
+    outgoing: _containers.RepeatedCompositeFieldContainer[Relation]
+    blocked: _containers.RepeatedCompositeFieldContainer[Relation]
+    def __init__(self, friends: _Optional[_Iterable[_Union[Relation, _Mapping]]] = ..., incoming: _Optional[_Iterable[_Union[Relation, _Mapping]]] = ..., outgoing: _Optional[_Iterable[_Union[Relation, _Mapping]]] = ..., blocked: _Optional[_Iterable[_Union[Relation, _Mapping]]] = ...) -> None: ...
+
+class GroupCreate(_message.Message):
+    __slots__ = ("name", "members")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GroupOp(_message.Message):
+    __slots__ = ("conversation_id", "action", "user_ids", "role", "name")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    action: GroupAction
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    role: str
+    name: str
+    def __init__(self, conversation_id: _Optional[str] = ..., action: _Optional[_Union[GroupAction, str]] = ..., user_ids: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class GroupOpAck(_message.Message):
+    __slots__ = ("conversation_id", "seq")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    seq: int
+    def __init__(self, conversation_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("user_id", "role", "joined_seq")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    JOINED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    role: str
+    joined_seq: int
+    def __init__(self, user_id: _Optional[str] = ..., role: _Optional[str] = ..., joined_seq: _Optional[int] = ...) -> None: ...
+
+class MembersRequest(_message.Message):
+    __slots__ = ("conversation_id", "after_user_id", "limit")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    after_user_id: str
+    limit: int
+    def __init__(self, conversation_id: _Optional[str] = ..., after_user_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class MembersResponse(_message.Message):
+    __slots__ = ("members", "has_more", "total")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    has_more: bool
+    total: int
+    def __init__(self, members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., has_more: _Optional[bool] = ..., total: _Optional[int] = ...) -> None: ...
+
+class GroupEvent(_message.Message):
+    __slots__ = ("action", "actor", "user_ids", "role", "name")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    action: GroupAction
+    actor: str
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    role: str
+    name: str
+    def __init__(self, action: _Optional[_Union[GroupAction, str]] = ..., actor: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ConversationSummary(_message.Message):
+    __slots__ = ("conversation_id", "kind", "name", "last_message", "unread", "read_seq", "head_seq", "last_activity_ms", "members")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LAST_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_FIELD_NUMBER: _ClassVar[int]
+    READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVITY_MS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    kind: str
+    name: str
+    last_message: Message
+    unread: int
+    read_seq: int
+    head_seq: int
+    last_activity_ms: int
+    members: int
+    def __init__(self, conversation_id: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., last_message: _Optional[_Union[Message, _Mapping]] = ..., unread: _Optional[int] = ..., read_seq: _Optional[int] = ..., head_seq: _Optional[int] = ..., last_activity_ms: _Optional[int] = ..., members: _Optional[int] = ...) -> None: ...
+
+class ConversationsRequest(_message.Message):
+    __slots__ = ("before_activity_ms", "before_id", "limit")
+    BEFORE_ACTIVITY_MS_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    before_activity_ms: int
+    before_id: str
+    limit: int
+    def __init__(self, before_activity_ms: _Optional[int] = ..., before_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ConversationsResponse(_message.Message):
+    __slots__ = ("conversations", "has_more")
+    CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    conversations: _containers.RepeatedCompositeFieldContainer[ConversationSummary]
+    has_more: bool
+    def __init__(self, conversations: _Optional[_Iterable[_Union[ConversationSummary, _Mapping]]] = ..., has_more: _Optional[bool] = ...) -> None: ...
+
+class MarkRead(_message.Message):
+    __slots__ = ("conversation_id", "seq")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    seq: int
+    def __init__(self, conversation_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class MarkReadAck(_message.Message):
+    __slots__ = ("conversation_id", "read_seq")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    read_seq: int
+    def __init__(self, conversation_id: _Optional[str] = ..., read_seq: _Optional[int] = ...) -> None: ...
+
+class ReceiptsRequest(_message.Message):
+    __slots__ = ("conversation_id", "seq", "after_user_id", "limit")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AFTER_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    seq: int
+    after_user_id: str
+    limit: int
+    def __init__(self, conversation_id: _Optional[str] = ..., seq: _Optional[int] = ..., after_user_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ReceiptsResponse(_message.Message):
+    __slots__ = ("read", "unread", "has_more")
+    READ_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    read: _containers.RepeatedScalarFieldContainer[str]
+    unread: _containers.RepeatedScalarFieldContainer[str]
+    has_more: bool
+    def __init__(self, read: _Optional[_Iterable[str]] = ..., unread: _Optional[_Iterable[str]] = ..., has_more: _Optional[bool] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("friend", "read", "receipt", "invitation")
+    FRIEND_FIELD_NUMBER: _ClassVar[int]
+    READ_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    INVITATION_FIELD_NUMBER: _ClassVar[int]
+    friend: FriendEvent
+    read: ReadEvent
+    receipt: ReceiptEvent
+    invitation: InvitationEvent
+    def __init__(self, friend: _Optional[_Union[FriendEvent, _Mapping]] = ..., read: _Optional[_Union[ReadEvent, _Mapping]] = ..., receipt: _Optional[_Union[ReceiptEvent, _Mapping]] = ..., invitation: _Optional[_Union[InvitationEvent, _Mapping]] = ...) -> None: ...
+
+class FriendEvent(_message.Message):
+    __slots__ = ("action", "actor", "user_id", "note")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    action: FriendAction
+    actor: str
+    user_id: str
+    note: str
+    def __init__(self, action: _Optional[_Union[FriendAction, str]] = ..., actor: _Optional[str] = ..., user_id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class ReadEvent(_message.Message):
+    __slots__ = ("conversation_id", "read_seq")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    read_seq: int
+    def __init__(self, conversation_id: _Optional[str] = ..., read_seq: _Optional[int] = ...) -> None: ...
+
+class ReceiptEvent(_message.Message):
+    __slots__ = ("conversation_id", "reader", "read_seq")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
+    READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    reader: str
+    read_seq: int
+    def __init__(self, conversation_id: _Optional[str] = ..., reader: _Optional[str] = ..., read_seq: _Optional[int] = ...) -> None: ...
+
+class InvitationEvent(_message.Message):
+    __slots__ = ("conversation_id", "inviter", "name")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    INVITER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    inviter: str
+    name: str
+    def __init__(self, conversation_id: _Optional[str] = ..., inviter: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...

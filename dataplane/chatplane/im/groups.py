@@ -1,0 +1,190 @@
+"""Groups: create, invite/add/join, leave, kick, roles, rename, dissolve.
+
+Permissions are the ones chat apps have: owners and admins add, invite, kick
+and rename (members may invite too when the setting says so); only the owner
+changes roles, transfers ownership or dissolves; admins cannot kick admins;
+nobody kicks the owner, and the owner cannot leave without handing over.
+
+Each change is a system message in the group's own timeline (content_type
+"system/group", payload a GroupEvent), written atomically with the change, so
+every member's devices see membership in order with the messages, and a member
+sees exactly the messages from its join up to its leave.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.storage.base import (
+    ADMIN,
+    GROUP,
+    MEMBER,
+    OWNER,
+    AppendResult,
+    ConversationNotFound,
+    MembershipChange,
+    SendRequest,
+    StorageUnavailable,
+    valid_id,
+)
+from chatplane.v1 import frames_pb2 as pb
+
+if TYPE_CHECKING:
+    from chatplane.im.service import ImService
+
+SYSTEM_GROUP = "system/group"
+MAX_NAME = 128
+MAX_USERS_PER_OP = 1000
+
+
+class Groups:
+    def __init__(self, im: ImService) -> None:
+        self.im = im
+
+    async def create(self, user: str, device: str, name: str, members: list[str]) -> AppendResult:
+        _check_name(name)
+        others = _check_users(members, exclude=user)
+        if len(others) + 1 > self.im.social_settings.max_group_members:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "too many members")
+        change = MembershipChange(create=True, name=name,
+                                  add=((user, OWNER), *((m, MEMBER) for m in others)))
+        event = pb.GroupEvent(action=pb.GROUP_ACTION_UNSPECIFIED, actor=user, user_ids=others,
+                              name=name)
+        return await self._apply(f"g:{uuid.uuid4().hex}", user, device, change, event)
+
+    async def op(self, user: str, device: str, op: pb.GroupOp) -> AppendResult | None:
+        conversation_id = op.conversation_id
+        conversation = await self.im.require_member(user, conversation_id)
+        if conversation.kind != GROUP:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{conversation_id!r} is not a group")
+        if conversation.extra.get("dissolved"):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"group {conversation_id!r} is dissolved")
+        roles = {m.user_id: m.role for m in await self.im.storage.members(conversation_id)}
+        mine = roles.get(user, "")
+        manager = mine in (OWNER, ADMIN)
+        action = op.action
+        targets = _check_users(list(op.user_ids), exclude="")
+        event = pb.GroupEvent(action=action, actor=user, user_ids=targets)
+        if action == pb.INVITE:
+            if not (manager or self.im.social_settings.members_can_invite):
+                raise _forbidden(user, "invite")
+            for target in targets:
+                if target not in roles:
+                    await self.im.storage.put_invitation(conversation_id, target, user,
+                                                         self.im.clock_ms())
+                    await self.im.emit(target, pb.Event(invitation=pb.InvitationEvent(
+                        conversation_id=conversation_id, inviter=user,
+                        name=conversation.extra.get("name", ""))))
+            return None
+        if action == pb.ADD:
+            if not manager:
+                raise _forbidden(user, "add members")
+            new = [t for t in targets if t not in roles]
+            if len(roles) + len(new) > self.im.social_settings.max_group_members:
+                raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "too many members")
+            if not new:
+                return None
+            del event.user_ids[:]
+            event.user_ids.extend(new)
+            change = MembershipChange(add=tuple((t, MEMBER) for t in new))
+        elif action == pb.LEAVE:
+            if mine == OWNER and len(roles) > 1:
+                raise ProtocolError(ErrorCode.FORBIDDEN,
+                                    "the owner must transfer ownership (SET_ROLE owner) or dissolve")
+            del event.user_ids[:]
+            event.user_ids.append(user)
+            change = MembershipChange(remove=(user,))
+        elif action == pb.KICK:
+            if not manager:
+                raise _forbidden(user, "kick")
+            for target in targets:
+                if target not in roles:
+                    raise ProtocolError(ErrorCode.NOT_FOUND, f"{target} is not a member")
+                if roles[target] == OWNER or (roles[target] == ADMIN and mine != OWNER):
+                    raise _forbidden(user, f"kick {target} ({roles[target]})")
+            change = MembershipChange(remove=tuple(targets))
+        elif action == pb.SET_ROLE:
+            if mine != OWNER:
+                raise _forbidden(user, "change roles")
+            if len(targets) != 1 or targets[0] not in roles or targets[0] == user:
+                raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "name one other member")
+            if op.role not in (OWNER, ADMIN, MEMBER):
+                raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "role: owner, admin or member")
+            event.role = op.role
+            new_roles = [(targets[0], op.role)]
+            if op.role == OWNER:  # transfer: the old owner stays as admin
+                new_roles.append((user, ADMIN))
+            change = MembershipChange(roles=tuple(new_roles))
+        elif action == pb.RENAME:
+            if not manager:
+                raise _forbidden(user, "rename")
+            _check_name(op.name)
+            event.name = op.name
+            change = MembershipChange(name=op.name)
+        elif action == pb.DISSOLVE:
+            if mine != OWNER:
+                raise _forbidden(user, "dissolve")
+            change = MembershipChange(dissolve=True)
+        else:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "unknown group action")
+        return await self._apply(conversation_id, user, device, change, event)
+
+    async def join(self, user: str, device: str, conversation_id: str) -> AppendResult:
+        """Accept an invitation (the only way in that a member does not grant)."""
+        inviter = await self.im.storage.take_invitation(conversation_id, user)
+        if inviter is None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} has no invitation to {conversation_id!r}")
+        event = pb.GroupEvent(action=pb.JOIN, actor=user, user_ids=[user])
+        return await self._apply(conversation_id, user, device,
+                                 MembershipChange(add=((user, MEMBER),)), event)
+
+    async def _apply(self, conversation_id: str, user: str, device: str,
+                     change: MembershipChange, event: pb.GroupEvent) -> AppendResult:
+        request = SendRequest(
+            conversation_id=conversation_id, sender=user, sender_device=device,
+            cid=self.im.next_event_cid(), text="", message_id=uuid.uuid4().hex,
+            sent_at_ms=self.im.clock_ms(), payload=event.SerializeToString(),
+            content_type=SYSTEM_GROUP)
+        try:
+            result = await self.im.storage.apply_membership(conversation_id, change, request)
+        except ConversationNotFound as exc:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {conversation_id!r}") from exc
+        except StorageUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+        self.im.forget_members(conversation_id)
+        self.im.deliver(result)
+        return result
+
+    async def members(self, user: str, conversation_id: str, after: str,
+                      limit: int) -> pb.MembersResponse:
+        await self.im.require_member(user, conversation_id)
+        limit = max(1, min(limit or 500, 5000))
+        members = await self.im.storage.members(conversation_id)
+        page = [m for m in members if m.user_id > after]
+        return pb.MembersResponse(
+            members=[pb.Member(user_id=m.user_id, role=m.role, joined_seq=m.joined_seq)
+                     for m in page[:limit]],
+            has_more=len(page) > limit, total=len(members))
+
+
+def _forbidden(user: str, what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.FORBIDDEN, f"{user} may not {what} in this group")
+
+
+def _check_name(name: str) -> None:
+    if len(name) > MAX_NAME:
+        raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"name over {MAX_NAME} characters")
+
+
+def _check_users(users: list[str], exclude: str) -> list[str]:
+    if len(users) > MAX_USERS_PER_OP:
+        raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"at most {MAX_USERS_PER_OP} users at once")
+    result = []
+    for u in users:
+        if not valid_id(u):
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"invalid user id {u!r}")
+        if u != exclude and u not in result:
+            result.append(u)
+    return result

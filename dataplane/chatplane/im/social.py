@@ -1,0 +1,199 @@
+"""Friends and read state: who may talk to whom, and who read what.
+
+Every change is delivered like a message, so every device converges: a friend
+change is an event in both users' event conversations ("u:<user>"), a read is
+an event in the reader's own (its other devices clear their unread), and a
+receipt is an event to the senders whose messages the read covers (1:1 and
+groups up to the large-group threshold; larger groups compute lists on demand
+only, DESIGN §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.storage.base import DIRECT, EVENTS, GROUP, Relation, StorageUnavailable, valid_id
+from chatplane.v1 import frames_pb2 as pb
+
+if TYPE_CHECKING:
+    from chatplane.im.service import ImService
+
+MAX_NOTE = 256
+
+
+def relation_pb(user_id: str, r: Relation) -> pb.Relation:
+    return pb.Relation(user_id=user_id, friend=r.friend, request_sent=r.request_sent,
+                       request_received=r.request_received, note=r.note, blocked=r.blocked,
+                       updated_at_ms=r.updated_at_ms)
+
+
+class Social:
+    def __init__(self, im: ImService) -> None:
+        self.im = im
+
+    # -- friends ---------------------------------------------------------------
+
+    async def friend_op(self, user: str, op: pb.FriendOp) -> Relation:
+        other = op.user_id
+        if not valid_id(other) or other == user:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"invalid user id {other!r}")
+        if len(op.note) > MAX_NOTE:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"note over {MAX_NOTE} characters")
+        storage = self.im.storage
+        try:
+            mine = await storage.relation(user, other)
+            theirs = await storage.relation(other, user)
+        except StorageUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+        now = self.im.clock_ms()
+        action = op.action
+        notify_other = True
+        if action == pb.REQUEST:
+            if mine.blocked or theirs.blocked:
+                raise ProtocolError(ErrorCode.BLOCKED, f"{user} and {other} block each other")
+            if mine.friend:
+                return mine
+            if mine.request_received:  # they asked first: this is an accept
+                action = pb.ACCEPT
+                mine, theirs = _friends(mine, theirs, now)
+            else:
+                mine = replace(mine, request_sent=True, note=op.note, updated_at_ms=now)
+                theirs = replace(theirs, request_received=True, note=op.note, updated_at_ms=now)
+        elif action in (pb.ACCEPT, pb.DECLINE):
+            if not mine.request_received:
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"no friend request from {other}")
+            if action == pb.ACCEPT:
+                mine, theirs = _friends(mine, theirs, now)
+            else:
+                mine, theirs = _strangers(mine, theirs, now)
+        elif action == pb.REMOVE:
+            if not (mine.friend or mine.request_sent):
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"{other} is not a friend")
+            mine, theirs = _strangers(mine, theirs, now)
+        elif action == pb.BLOCK:
+            notify_other = mine.friend  # the blocked user only sees a friendship end
+            mine, theirs = _strangers(mine, theirs, now)
+            mine = replace(mine, blocked=True)
+        elif action == pb.UNBLOCK:
+            if not mine.blocked:
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"{other} is not blocked")
+            mine = replace(mine, blocked=False, updated_at_ms=now)
+            notify_other = False
+        else:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "unknown friend action")
+        try:
+            await storage.put_relations([(user, other, mine), (other, user, theirs)])
+        except StorageUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+        event = pb.Event(friend=pb.FriendEvent(action=action, actor=user, user_id=other,
+                                               note=op.note if action == pb.REQUEST else ""))
+        await self.im.emit(user, event)
+        if notify_other:
+            if op.action == pb.BLOCK:
+                event = pb.Event(friend=pb.FriendEvent(action=pb.REMOVE, actor=user, user_id=other))
+            await self.im.emit(other, event)
+        return mine
+
+    async def friends(self, user: str) -> pb.FriendsResponse:
+        response = pb.FriendsResponse()
+        try:
+            rows = await self.im.storage.relations(user)
+        except StorageUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+        for other, r in rows:
+            item = relation_pb(other, r)
+            if r.friend:
+                response.friends.append(item)
+            if r.request_received:
+                response.incoming.append(item)
+            if r.request_sent:
+                response.outgoing.append(item)
+            if r.blocked:
+                response.blocked.append(item)
+        return response
+
+    async def check_direct_allowed(self, user: str, conversation_id: str,
+                                   members: tuple[str, ...]) -> None:
+        """Blocks, and the friendship policy, for a send to a 1:1 conversation."""
+        others = [m for m in members if m != user]
+        if not others:
+            return
+        other = others[0]
+        mine = await self.im.storage.relation(user, other)
+        theirs = await self.im.storage.relation(other, user)
+        if theirs.blocked or mine.blocked:
+            raise ProtocolError(ErrorCode.BLOCKED, f"{user} and {other} block each other")
+        if self.im.social_settings.direct_requires_friendship and not mine.friend:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} and {other} are not friends")
+
+    # -- read state ----------------------------------------------------------
+
+    async def mark_read(self, user: str, conversation_id: str, seq: int) -> int:
+        conversation = await self.im.require_member(user, conversation_id)
+        if conversation.kind == EVENTS:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "events are not marked read")
+        try:
+            previous, current = await self.im.storage.mark_read(user, conversation_id, seq)
+        except StorageUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+        if current <= previous:
+            return current
+        await self.im.emit(user, pb.Event(read=pb.ReadEvent(conversation_id=conversation_id,
+                                                            read_seq=current)))
+        small = len(conversation.members) <= self.im.social_settings.large_group_threshold
+        if conversation.kind in (DIRECT, GROUP) and small:
+            senders = await self._senders_between(conversation_id, previous, current, user)
+            receipt = pb.Event(receipt=pb.ReceiptEvent(conversation_id=conversation_id,
+                                                       reader=user, read_seq=current))
+            for sender in sorted(senders):
+                await self.im.emit(sender, receipt)
+        return current
+
+    async def _senders_between(self, conversation_id: str, after: int, upto: int,
+                               reader: str) -> set[str]:
+        senders: set[str] = set()
+        cursor = after
+        while cursor < upto:
+            page = await self.im.storage.history(conversation_id, after_seq=cursor,
+                                                 before_seq=upto + 1, limit=500)
+            if not page:
+                break
+            senders.update(m.sender for m in page if not m.content_type.startswith("system/"))
+            cursor = page[-1].seq
+        senders.discard(reader)
+        return senders
+
+    async def receipts(self, user: str, conversation_id: str, seq: int, after_user: str,
+                       limit: int) -> pb.ReceiptsResponse:
+        conversation = await self.im.require_member(user, conversation_id)
+        if not 0 < seq <= conversation.head_seq:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT,
+                                f"seq {seq} outside 1..{conversation.head_seq}")
+        limit = max(1, min(limit or 1000, 5000))
+        try:
+            (message,) = await self.im.storage.history(conversation_id, after_seq=seq - 1,
+                                                       before_seq=seq + 1, limit=1)
+            members = await self.im.storage.members(conversation_id)
+            positions = await self.im.storage.read_positions(conversation_id)
+        except StorageUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+        candidates = [m for m in members
+                      if m.user_id > after_user and m.user_id != message.sender
+                      and m.joined_seq <= seq]
+        response = pb.ReceiptsResponse(has_more=len(candidates) > limit)
+        for member in candidates[:limit]:
+            target = response.read if positions.get(member.user_id, 0) >= seq else response.unread
+            target.append(member.user_id)
+        return response
+
+
+def _friends(mine: Relation, theirs: Relation, now: int) -> tuple[Relation, Relation]:
+    return (Relation(friend=True, blocked=mine.blocked, updated_at_ms=now),
+            Relation(friend=True, blocked=theirs.blocked, updated_at_ms=now))
+
+
+def _strangers(mine: Relation, theirs: Relation, now: int) -> tuple[Relation, Relation]:
+    return (Relation(blocked=mine.blocked, updated_at_ms=now),
+            Relation(blocked=theirs.blocked, updated_at_ms=now))
