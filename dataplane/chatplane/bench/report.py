@@ -95,6 +95,10 @@ def finish(result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
         and not result.get("unacked")
         and result.get("delivered", 0) >= result.get("acked", 0)
     )
+    # Did the server keep up with the offered rate? If acks come back slower
+    # than offered, every sender's window fills and due messages are dropped.
+    offered = result.get("offered_rate", 0) * duration
+    out["kept_up"] = bool(result.get("unsent", 0) == 0 and result.get("sent", 0) >= 0.97 * offered)
     return out
 
 
@@ -163,7 +167,15 @@ def table(pub: dict[str, Any]) -> str:
             f"({pub.get('bench_cpu_pct')}% of one core)",
         ),
         ("verdict", pub.get("verdict_summary", "")),
-        ("result", "CLEAN" if pub.get("clean") else "NOT CLEAN"),
+        (
+            "result",
+            ("CLEAN" if pub.get("clean") else "NOT CLEAN")
+            + (
+                "; kept up with the offered rate"
+                if pub.get("kept_up")
+                else f"; did NOT keep up: {pub.get('unsent')} due messages never sent"
+            ),
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
