@@ -42,7 +42,8 @@ class Node:
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
         self.storage: Storage = make_storage(settings)
         self.state = StateService()
-        self.im = ImService(self.storage, self.state, settings.limits)
+        self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
+                            server_id=self.server_id)
         self.gateway = Gateway(settings, self.im, self.state, self.signer, self.server_id)
         self.base_url = ""
         self.ws_url = ""
@@ -64,7 +65,7 @@ class Node:
             web.post("/admin/drain", self._drain),
             web.get("/admin/drain", self._drain_status),
         ])
-        app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret).routes())
+        app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im).routes())
         return app
 
     def _local_gateways(self) -> list[GatewayInfo]:

@@ -57,3 +57,39 @@ async def test_dispatch(server: ServerProcess) -> None:
             assert r.status == 400
     assert endpoints[0]["ws"].endswith("/ws")
     assert endpoints[0]["tcp"] == f"127.0.0.1:{server.tcp_port}"
+
+
+async def test_groups_from_the_admin_api(server: ServerProcess) -> None:
+    from chatplane.auth import TokenSigner
+
+    secret = (server.data_dir / "admin.secret").read_text().strip()
+    auth = {"Authorization": f"Bearer {secret}"}
+    signer = TokenSigner.from_data_dir(server.data_dir)
+    zed = Client(server.url, signer.mint("zed"))
+    await zed.connect()
+    async with aiohttp.ClientSession(server.url) as http:
+        async with http.post("/v1/admin/groups", headers=auth,
+                             json={"name": "ops", "owner": "yan", "members": ["zed"]}) as r:
+            assert r.status == 201
+            group = (await r.json())["conversation_id"]
+        async with http.post(f"/v1/admin/groups/{group}/members", headers=auth,
+                             json={"add": ["xia"], "remove": ["zed"]}) as r:
+            assert r.status == 200 and (await r.json())["seq"] == 3  # an add, then a kick
+        async with http.get(f"/v1/admin/groups/{group}/members", headers=auth) as r:
+            members = {m["user_id"]: m["role"] for m in (await r.json())["members"]}
+        assert members == {"yan": "owner", "xia": "member"}
+        async with http.post(f"/v1/admin/groups/{group}/members", headers=auth,
+                             json={"add": "xia"}) as r:
+            assert r.status == 400
+        async with http.delete(f"/v1/admin/groups/{group}", headers=auth) as r:
+            assert r.status == 200
+        async with http.get("/v1/admin/groups/g:nothing/members", headers=auth) as r:
+            assert r.status == 404
+    seen = []
+    async for event in zed.events():  # zed saw the group made, xia added, then its removal
+        seen.append((event.kind, event.detail.get("action"), event.detail.get("user_ids")))
+        if len(seen) == 3:
+            break
+    assert seen == [("group", "CREATED", ["zed"]), ("group", "ADD", ["xia"]),
+                    ("group", "KICK", ["zed"])]
+    await zed.close()

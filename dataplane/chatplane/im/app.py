@@ -80,7 +80,8 @@ class ImApp:
             registry.CachedInstances(self.instances, "state", 1.0)))
         self.storage = make_storage(settings)
         # ImService calls only `deliver` on its state: the outbox has it.
-        self.im = ImService(self.storage, cast(StateService, self.outbox), settings.limits)
+        self.im = ImService(self.storage, cast(StateService, self.outbox), settings.limits,
+                            social=settings.social, server_id=self.instance_id)
         self.servicer = ImServicer(self.im)
         self.grpc_address = ""
         self.base_url = ""
@@ -115,7 +116,7 @@ class ImApp:
         self.grpc_address = f"{links.grpc_advertise_host or server.host}:{port}"
         app = web.Application(client_max_size=1024 * 1024)
         app.add_routes(serving.probe_routes(self._ready, self._metrics))
-        app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret).routes())
+        app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im).routes())
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
         self.base_url = f"http://{server.host}:{http_port}"
         self.publisher = serving.Publisher(

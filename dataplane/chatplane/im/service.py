@@ -67,6 +67,10 @@ class ImService:
         self.clock_ms = clock_ms
         self.social_settings = social or SocialSettings()
         self.server_id = server_id
+        # Server-made entries (events, group changes by the admin API) are
+        # idempotent on (sender, device, cid): a device name unique to this
+        # process keeps two instances' cids from ever colliding.
+        self.event_device = f"{server_id}-{uuid.uuid4().hex[:8]}"
         self.social = Social(self)
         self.groups = Groups(self)
         self._conversations: dict[str, Conversation] = {}
@@ -130,7 +134,7 @@ class ImService:
                 await self.storage.ensure_events(user_id, self.clock_ms())
                 self._events_ready.add(user_id)
             result = await self.storage.append(SendRequest(
-                conversation_id=conversation_id, sender=user_id, sender_device=self.server_id,
+                conversation_id=conversation_id, sender=user_id, sender_device=self.event_device,
                 cid=self.next_event_cid(), text="", message_id=uuid.uuid4().hex,
                 sent_at_ms=self.clock_ms(), payload=event.SerializeToString(),
                 content_type=f"event/{event.WhichOneof('kind')}"), (user_id,))
