@@ -20,8 +20,27 @@ def python_blocks(page: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), re.S)
 
 
+def run_example(example: str, server: ServerProcess, tmp_path: Path) -> str:
+    # The page assumes `chatplane up --data-dir ./chatplane-data` on port 8080.
+    example = example.replace("http://127.0.0.1:8080", server.url)
+    if not (tmp_path / "chatplane-data").exists():
+        (tmp_path / "chatplane-data").symlink_to(server.data_dir)
+    (tmp_path / "example.py").write_text(example)
+    result = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_social_example_runs(server: ServerProcess, tmp_path: Path) -> None:
+    _, example = python_blocks("client.md")
+    out = run_example(example, server, tmp_path)
+    assert "[('lunch', 1)]" in out and "Receipts(read=['ben'], unread=[])" in out
+    assert "receipt {'conversation_id'" in out
+
+
 def test_client_example_runs(server: ServerProcess, tmp_path: Path) -> None:
-    (example,) = python_blocks("client.md")
+    example, _ = python_blocks("client.md")
     # The page assumes `chatplane up --data-dir ./chatplane-data` on port 8080.
     example = example.replace("http://127.0.0.1:8080", server.url)
     (tmp_path / "chatplane-data").symlink_to(server.data_dir)
