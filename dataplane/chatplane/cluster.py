@@ -24,11 +24,18 @@ from pathlib import Path
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on now, never the same one twice here."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass
@@ -149,11 +156,29 @@ class Cluster:
         if wait_s is not None:
             self.wait_ready([name], wait_s)
 
+    def _moved(self, m: Member) -> bool:
+        """A port of `m` was taken meanwhile (a client's ephemeral port):
+        give it new ones and start it again, once."""
+        log = (self.logs / f"{m.name}.log").read_text(errors="replace")
+        if "address already in use" not in log[-500:] or m.kind == "ipconf":
+            return False
+        m.http_port = free_port()
+        m.grpc_port = free_port() if m.grpc_port else 0
+        m.tcp_port = free_port() if m.tcp_port else 0
+        self.start_member(m.name, wait_s=None)
+        return True
+
     def wait_ready(self, names: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         for name in names:
             m = self.members[name]
+            moved = False
             while not m.ready.wait(0.05):
+                if not m.alive and not moved:
+                    m.proc.wait(5) if m.proc is not None else None
+                    moved = self._moved(m)
+                    if moved:
+                        continue
                 if not m.alive or time.monotonic() > deadline:
                     tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"{name} did not get ready:\n{tail}")

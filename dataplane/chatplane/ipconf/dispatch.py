@@ -8,6 +8,7 @@ how loaded they are; `rank` orders them (pure, so it is tested alone).
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,10 +37,11 @@ def rank(gateways: Sequence[GatewayInfo], uid: str, limit: int = 3) -> list[Gate
     ordered by a hash of the uid, so a crowd does not herd onto one."""
     live = [g for g in gateways if not g.draining]
 
-    def score(g: GatewayInfo) -> tuple[int, float, str]:
+    def score(g: GatewayInfo) -> tuple[int, int, str]:
         bucket = g.connections // 100  # windowed: 100 connections is "the same"
+        busy = int(g.load * 4)  # CPU in quarters of a core: noise is not a difference
         spread = hashlib.blake2b(f"{uid}/{g.gateway_id}".encode(), digest_size=4).hexdigest()
-        return (bucket, round(g.load, 1), spread)
+        return (bucket, busy, spread)
 
     return sorted(live, key=score)[:limit]
 
@@ -59,7 +61,8 @@ def make_handler(directory: GatewayDirectory) -> Callable[[web.Request], Awaitab
         uid = request.query.get("uid", "")
         if uid and not valid_id(uid):
             return web.json_response({"error": "invalid uid"}, status=400)
-        ranked = rank(await directory.gateways(), uid)
+        # No uid (a client before its first login): spread at random instead.
+        ranked = rank(await directory.gateways(), uid or secrets.token_hex(4))
         if not ranked:
             return web.json_response({"error": "no gateway available", "endpoints": []},
                                      status=503)
