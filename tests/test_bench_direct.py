@@ -83,3 +83,14 @@ def test_bad_arguments_exit_2(server: ServerProcess) -> None:
     done = subprocess.run(args, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "must be positive" in done.stderr
+
+
+def test_connections_cut_mid_run_lose_nothing(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "w1.json"
+    rc, text, result = _bench(
+        server, out, "--pairs", "4", "--rate", "200", "--duration", "3",
+        "--cut-every", "0.5", "--cut-fraction", "0.25",
+    )  # fmt: skip
+    _assert_clean(rc, text, result, expected=600)
+    assert result["cuts"] >= 8  # 2 of 8 clients, about 5 times
+    assert result["reconnects"] > 0  # a cut may hit a client already reconnecting

@@ -62,6 +62,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=10.0,
         help="seconds to wait for acks and deliveries after the run",
     )
+    direct.add_argument(
+        "--cut-every",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="chaos: every S seconds abruptly cut the connections of some clients",
+    )
+    direct.add_argument(
+        "--cut-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="share of all clients cut each time (default 0.1)",
+    )
     direct.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
     direct.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
     direct.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -85,6 +99,8 @@ def run_direct_command(args: argparse.Namespace) -> int:
         size=args.size,
         window=max(1, args.window),
         drain_timeout=args.drain_timeout,
+        cut_every=max(0.0, args.cut_every),
+        cut_fraction=min(1.0, max(0.0, args.cut_fraction)),
         user_prefix=f"w1{secrets.token_hex(3)}",  # fresh users: no history from earlier runs
     )
 
@@ -112,6 +128,7 @@ def run_direct_command(args: argparse.Namespace) -> int:
         "size": cfg.size,
         "requested_duration_s": cfg.duration,
         "uvloop": use_uvloop,
+        "cut_every_s": cfg.cut_every,
     }
     pub = report.finish(result, settings)
     print(report.table(pub))

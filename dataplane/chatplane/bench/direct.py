@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class ChatClient(Protocol):
     async def send_text(self, conversation_id: str, text: str) -> Any: ...
     def messages(self) -> AsyncIterator[Any]: ...
     async def close(self) -> None: ...
+    def abort_connection(self) -> None: ...
 
 
 Connector = Callable[[str, str], ChatClient]  # (user, device) -> unconnected client
@@ -59,6 +61,8 @@ class DirectConfig:
     drain_timeout: float = 10.0
     connect_timeout: float = 60.0
     connect_concurrency: int = 50
+    cut_every: float = 0.0  # > 0: every so many seconds, cut some clients' connections
+    cut_fraction: float = 0.1  # ... this share of all clients, picked at random
     user_prefix: str = "w1"
 
 
@@ -96,6 +100,7 @@ class DirectRun:
         self.send_elapsed = 0.0
         self.cpu_s = 0.0  # this process's CPU time while offering load
         self.loop_lag = LatencyHistogram()
+        self.cuts = 0
         self.pad = "x" * max(0, config.size - 24)
         self.errors: list[str] = []
 
@@ -206,6 +211,17 @@ class DirectRun:
             "latency": self.hist.to_dict(),
         }
 
+    async def _cut(self) -> None:
+        """Abruptly cut random clients' connections while load is offered; the
+        SDK must reconnect and resume with nothing lost, doubled or reordered."""
+        rng = random.Random()
+        count = max(1, round(len(self.clients) * self.cfg.cut_fraction))
+        while True:
+            await asyncio.sleep(self.cfg.cut_every)
+            for client in rng.sample(self.clients, min(count, len(self.clients))):
+                client.abort_connection()
+                self.cuts += 1
+
     async def _wait_delivered(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             if self.delivered >= self.acked and self.echoed >= self.acked:
@@ -232,7 +248,10 @@ class DirectRun:
                 senders.extend(asyncio.create_task(self._send(p)) for _ in range(cfg.window))
             await start_gate()
             progress = asyncio.create_task(self._report_progress())
+            chaos = asyncio.create_task(self._cut()) if cfg.cut_every > 0 else None
             await self._pace()
+            if chaos is not None:
+                chaos.cancel()
             for p in self.pairs:  # drop what was due but not sent, then stop the loops
                 while not p.due.empty():
                     p.due.get_nowait()
@@ -277,6 +296,7 @@ class DirectRun:
             "echoed": self.echoed,
             "max_queue_delay_us": self.max_queue_delay_us,
             "reconnects": reconnects,
+            "cuts": self.cuts,
             "bench_cpu_s": round(self.cpu_s, 2),
             "bench_loop_lag": self.loop_lag.to_dict(),
             "errors": self.errors,

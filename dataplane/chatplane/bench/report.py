@@ -24,6 +24,7 @@ _SUMMED = (
     "delivered",
     "echoed",
     "reconnects",
+    "cuts",
     "bench_cpu_s",
 )
 
@@ -160,7 +161,7 @@ def table(pub: dict[str, Any]) -> str:
             f"event loop woke late by p99 {pub['bench_loop_lag_ms']['p99_ms']} ms, "
             f"max {pub['bench_loop_lag_ms']['max_ms']} ms (machine noise + bench load)",
         ),
-        ("reconnects", f"{pub.get('reconnects')}"),
+        ("reconnects", f"{pub.get('reconnects')} (connections cut by the bench: {pub.get('cuts', 0)})"),
         (
             "bench cpu",
             f"{pub.get('bench_cpu_s')} s over the run, all bench processes "
