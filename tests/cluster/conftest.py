@@ -60,6 +60,14 @@ def connections(cluster: Cluster, name: str) -> int:
     return int(get_json(cluster.members[name].url + "/admin/drain")["connections"])  # type: ignore[call-overload]
 
 
+def metric(cluster: Cluster, name: str, metric_name: str) -> float:
+    with urllib.request.urlopen(cluster.members[name].url + "/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(metric_name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} has no metric {metric_name}")
+
+
 class Chat:
     """P pairs; each pair a 1:1 conversation; the second user of a pair has
     two devices. Every member device is watched by one checker."""

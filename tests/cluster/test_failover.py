@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis
 
-from tests.cluster.conftest import Chat, ClusterFactory, connections, get_json
+from tests.cluster.conftest import Chat, ClusterFactory, connections, get_json, metric
 from tests.services import RedisService
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -107,4 +108,47 @@ async def test_redis_restarted_empty(make_cluster: ClusterFactory,
     await chat.send(10, "after")
     await chat.settle(30)
     chat.assert_clean()
+    await chat.close()
+
+
+async def test_pushes_pending_while_state_is_down_arrive_after(
+        make_cluster: ClusterFactory) -> None:
+    """The last messages before a quiet period are sent while the only state
+    instance is dead: no later message will reveal a gap, so they must be
+    retransmitted (im outbox) once state is back. The head check is off here,
+    so this is the outbox's retry alone."""
+    cluster = make_cluster(gateways=2, ims=2, states=1, env={"CHATPLANE_HEAD_CHECK_S": "0"})
+    chat = Chat()
+    await chat.open(cluster, pairs=3, tag="p")
+    await chat.send(10, "before")
+    await chat.settle(30)
+    cluster.kill("state-1")
+    await chat.send(5, "while-down")  # acked: stored, but not deliverable now
+    await asyncio.sleep(1.0)
+    assert all(len(d.received) == 20 for d in chat.devices)  # nothing could be pushed
+    cluster.start_member("state-1")
+    await chat.settle(30)
+    chat.assert_clean()
+    await chat.close()
+
+
+async def test_head_check_repairs_a_lost_push(make_cluster: ClusterFactory,
+                                              redis_server: RedisService) -> None:
+    """Routes lost with Redis and no later message: the gateway's head check
+    sees inbox heads past what it pushed and tells the devices to sync."""
+    cluster = make_cluster(gateways=2, ims=2, states=1, env={"CHATPLANE_HEAD_CHECK_S": "1"})
+    chat = Chat()
+    await chat.open(cluster, pairs=3, tag="h")
+    await chat.send(5, "before")
+    await chat.settle(30)
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    for key in client.scan_iter("cp:route:*"):  # as if Redis lost only the routes
+        client.delete(key)
+    client.close()
+    await chat.send(3, "lost")  # stored and acked; state finds no route: not pushed
+    await chat.settle(30)
+    chat.assert_clean()
+    hints = sum(metric(cluster, name, "chatplane_head_check_hints_total")
+                for name in cluster.names("gateway"))
+    assert hints > 0
     await chat.close()
