@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-
 from chatplane.storage.base import (
     DIRECT,
     AppendResult,
@@ -22,6 +21,7 @@ from chatplane.storage.base import (
     StoredMessage,
     direct_conversation_id,
 )
+
 from tests.storage.conftest import Backend
 
 NOW = 1_700_000_000_000

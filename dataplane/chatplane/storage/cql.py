@@ -23,9 +23,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cassandra import ConsistencyLevel, DriverException
+from cassandra import ConsistencyLevel, DriverException, RequestValidationException
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.connection import ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy, TokenAwarePolicy
+from cassandra.protocol import ErrorMessage
 from cassandra.query import PreparedStatement, Statement, dict_factory
 
 from chatplane.storage.base import StorageError, StorageUnavailable
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 
 KEYSPACE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 Row = dict[str, Any]
+# Everything the driver raises: its own hierarchy is not rooted in one class.
+DRIVER_ERRORS = (DriverException, NoHostAvailable, ConnectionException, ErrorMessage, OSError)
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ class CqlSession:
     async def prepare(self, query: str, *, idempotent: bool = False) -> PreparedStatement:
         try:
             statement = await asyncio.to_thread(self.session.prepare, query)
-        except DriverException as exc:
+        except DRIVER_ERRORS as exc:
             raise StorageError(f"cannot prepare CQL {query.split('(')[0]!r}: {exc}") from exc
         statement.is_idempotent = idempotent
         return statement
@@ -180,10 +184,10 @@ class CqlSession:
                 statement, params, timeout=self.settings.request_timeout_s)
             future.add_callbacks(done, failed)
             return await waiter
-        except DriverException as exc:
+        except RequestValidationException as exc:  # schema or query wrong: not retriable
+            raise StorageError(f"CQL request rejected: {describe(exc)}") from exc
+        except DRIVER_ERRORS as exc:
             raise StorageUnavailable(f"CQL request failed: {describe(exc)}") from exc
-        except OSError as exc:
-            raise StorageUnavailable(f"CQL connection failed: {exc}") from exc
 
     async def close(self) -> None:
         await asyncio.to_thread(self.cluster.shutdown)
@@ -240,7 +244,7 @@ async def connect(settings: CqlSettings) -> CqlSession:
     cluster = _build_cluster(settings)
     try:
         session = await asyncio.to_thread(cluster.connect)
-    except (DriverException, OSError) as exc:
+    except DRIVER_ERRORS as exc:
         await asyncio.to_thread(cluster.shutdown)
         raise StorageError(f"cannot reach CQL hosts {where}: {describe(exc)}") from exc
     session.default_fetch_size = None
