@@ -41,7 +41,8 @@ class Node:
             data_dir / ADMIN_SECRET_FILE)
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
         self.storage: Storage = make_storage(settings)
-        self.state = StateService()
+        self.state = StateService(group_interval_ms=settings.social.group_push_interval_ms,
+                                  group_max_messages=settings.social.group_push_max_messages)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
                             server_id=self.server_id)
         self.gateway = Gateway(settings, self.im, self.state, self.signer, self.server_id)

@@ -42,6 +42,9 @@ class Social:
     members_can_invite: int = 0  # 1: any member may invite, not only owner/admins
     large_group_threshold: int = 500  # above: no per-read receipts (DESIGN §4)
     max_group_members: int = 20_000
+    group_push_interval_ms: int = 100  # a busy large group pushes one batch per interval
+    group_push_max_messages: int = 200  # past this a batch becomes a "pull up to N" notice
+    hot_cache_messages: int = 100_000  # recent messages kept in memory (0: off)
 
 
 @dataclass(frozen=True)

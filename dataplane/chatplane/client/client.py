@@ -23,7 +23,8 @@ import aiohttp
 from chatplane.client.links import Link, LinkClosed, dispatch, open_link
 from chatplane.client.social import SocialApi
 from chatplane.delivery.dedup import CidAllocator
-from chatplane.delivery.sync import InboxCursor
+from chatplane.delivery.sync import ConversationOrder, InboxCursor
+from chatplane.protocol import wire
 from chatplane.protocol.errors import ErrorCode, RequestError
 from chatplane.v1 import frames_pb2 as pb
 
@@ -94,7 +95,10 @@ class Client(SocialApi):
         self.device_id = ""
         self.inbox_head = 0
         self.reconnects = 0
+        self.requests = 0  # request frames sent (sends not counted)
         self._cursor: InboxCursor[Message] = InboxCursor(inbox_seq)
+        self._order: ConversationOrder[Message] = ConversationOrder()
+        self._pull_task: asyncio.Task[None] | None = None
         self._cids = CidAllocator()
         self._pending: dict[int, tuple[pb.Send, asyncio.Future[Ack]]] = {}
         self._messages: asyncio.Queue[Message | None] = asyncio.Queue()
@@ -210,6 +214,7 @@ class Client(SocialApi):
             if conn is None:
                 continue
             frame.id = self._new_id()
+            self.requests += 1
             future: asyncio.Future[pb.Frame] = asyncio.get_running_loop().create_future()
             conn.waiting[frame.id] = future
             try:
@@ -369,6 +374,10 @@ class Client(SocialApi):
             kind = frame.WhichOneof("body")
             if kind == "push":
                 self._accept(conn, frame.push.entries)
+            elif kind == "group_push":
+                push = frame.group_push
+                self._accept_group(push.conversation_id, push.head_seq,
+                                   wire.group_push_messages(push))
             elif kind == "sync_hint":
                 self._start_sync()
             elif kind == "reconnect":
@@ -398,7 +407,8 @@ class Client(SocialApi):
         for entry in entries:
             for message in cursor.accept(entry.inbox_seq,
                                          Message.from_pb(entry.message, entry.inbox_seq)):
-                self._messages.put_nowait(message)
+                self._emit(self._order.offer(message.conversation_id, message.seq, message,
+                                             from_inbox=True))
         if conn is not None and cursor.have > self._acked_sent:
             self._acked_sent = cursor.have
             ack = pb.Frame(push_ack=pb.PushAck(inbox_seq=cursor.have))
@@ -406,6 +416,39 @@ class Client(SocialApi):
             task.add_done_callback(_ignore_result)
         if cursor.gap:
             self._start_sync()
+
+    def _emit(self, messages: list[Message]) -> None:
+        for message in messages:
+            self._messages.put_nowait(message)
+        if self._order.wants:
+            self._start_pulls()
+
+    def _accept_group(self, conversation_id: str, head_seq: int, messages: list[pb.Message],
+                      joined_seq: int = 0) -> None:
+        """Large-group messages (a push or a sync delta: not from the inbox)."""
+        order = self._order
+        order.saw_head(conversation_id, head_seq)
+        if joined_seq:
+            self._emit(order.start(conversation_id, joined_seq - 1))
+        for m in messages:
+            self._emit(order.offer(conversation_id, m.seq, Message.from_pb(m), from_inbox=False))
+        order.saw_head(conversation_id, head_seq)
+        if order.wants:
+            self._start_pulls()
+
+    def _start_pulls(self) -> None:
+        if self._pull_task is None or self._pull_task.done():
+            self._pull_task = asyncio.get_running_loop().create_task(self._pull())
+            self._pull_task.add_done_callback(_ignore_result)
+
+    async def _pull(self) -> None:
+        """Fill per-conversation gaps from history, one conversation at a time."""
+        while self._order.wants:
+            conversation_id, after = next(iter(self._order.wants.items()))
+            reply = await self._request(pb.Frame(history=pb.HistoryRequest(
+                conversation_id=conversation_id, after_seq=after, limit=200)))
+            pulled = [(m.seq, Message.from_pb(m)) for m in reply.history_response.messages]
+            self._emit(self._order.pulled(conversation_id, pulled))
 
     def _start_sync(self) -> None:
         """Pull the inbox from the cursor; one sync at a time, re-run if
@@ -419,11 +462,16 @@ class Client(SocialApi):
     async def _sync(self) -> None:
         while True:
             self._resync = False
+            cursors = [pb.ConversationCursor(conversation_id=c, seq=self._order.last[c])
+                       for c in self._order.large if c in self._order.last]
             reply = await self._request(pb.Frame(sync=pb.SyncRequest(
-                after_inbox_seq=self._cursor.have, limit=self.sync_page)))
+                after_inbox_seq=self._cursor.have, limit=self.sync_page, conversations=cursors)))
             response = reply.sync_response
             self.inbox_head = max(self.inbox_head, response.inbox_head)
             self._accept(self._conn, response.entries)
+            for group in response.groups:
+                self._accept_group(group.conversation_id, group.head_seq, list(group.messages),
+                                   group.joined_seq)
             if not response.has_more and not self._resync and not self._cursor.gap:
                 return
             if not response.entries:

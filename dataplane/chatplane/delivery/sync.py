@@ -45,3 +45,104 @@ class InboxCursor(Generic[T]):
             self.have += 1
         # anything left at or below `have` cannot exist; entries above wait
         return ready
+
+
+class ConversationOrder(Generic[T]):
+    """Per-conversation order on top of the inbox: the second rule of the client.
+
+    Small conversations arrive complete through the inbox. Large groups (read
+    diffusion) arrive by pushes and pulls, and a group that changed mode or a
+    member that left and came back leaves seq ranges the inbox never carried.
+    So every message passes here: delivered when it is the next seq of its
+    conversation, dropped when already delivered, otherwise held while the
+    owner pulls the range (`wants`: conversation -> after_seq) from history.
+
+    Where a conversation starts for this device: the first message the inbox
+    brings (a join event, seq 1 of a 1:1), or a start the server named (sync
+    deltas: joined_seq - 1). Pushes alone never start a conversation.
+    """
+
+    def __init__(self, max_held: int = 10_000) -> None:
+        self.last: dict[str, int] = {}
+        self.heads: dict[str, int] = {}  # known heads of large groups
+        self.large: set[str] = set()
+        self.wants: dict[str, int] = {}  # conversation -> pull after this seq
+        self._held: dict[str, dict[int, T]] = {}
+        self.max_held = max_held
+        self.duplicates = 0
+
+    def start(self, conversation_id: str, before_seq: int) -> list[T]:
+        """The device starts the conversation after `before_seq` (if it has
+        not started it yet); returns what became deliverable."""
+        if conversation_id in self.last:
+            return []
+        self.last[conversation_id] = before_seq
+        return self._drain(conversation_id)
+
+    def offer(self, conversation_id: str, seq: int, item: T, *, from_inbox: bool) -> list[T]:
+        last = self.last.get(conversation_id)
+        if last is None:
+            if not from_inbox:
+                self._hold(conversation_id, seq, item)
+                return []
+            last = self.last[conversation_id] = seq - 1
+        if seq <= last:
+            self.duplicates += 1
+            return []
+        self._hold(conversation_id, seq, item)
+        return self._drain(conversation_id)
+
+    def saw_head(self, conversation_id: str, head_seq: int) -> None:
+        """A large group's head (push notice or sync): pull up to it."""
+        self.large.add(conversation_id)
+        self.heads[conversation_id] = max(self.heads.get(conversation_id, 0), head_seq)
+        last = self.last.get(conversation_id)
+        if last is not None and last < head_seq:
+            self.wants[conversation_id] = last
+
+    def pulled(self, conversation_id: str, seqs_and_items: list[tuple[int, T]]) -> list[T]:
+        """The result of pulling after wants[conversation_id] (ascending).
+        Seqs the server skipped are not visible to this member: jump them."""
+        after = self.wants.pop(conversation_id, None)
+        last = self.last.get(conversation_id)
+        if last is None:
+            return []
+        if seqs_and_items and seqs_and_items[0][0] > last + 1:
+            self.last[conversation_id] = last = seqs_and_items[0][0] - 1
+        elif not seqs_and_items:
+            held = self._held.get(conversation_id)
+            if held and after is not None and min(held) > last + 1:
+                self.last[conversation_id] = min(held) - 1
+        out: list[T] = []
+        for seq, item in seqs_and_items:
+            if seq > self.last[conversation_id]:
+                self._hold(conversation_id, seq, item)
+        out += self._drain(conversation_id)
+        head = self.heads.get(conversation_id, 0)
+        if seqs_and_items and self.last[conversation_id] < head:
+            self.wants[conversation_id] = self.last[conversation_id]
+        return out
+
+    def _hold(self, conversation_id: str, seq: int, item: T) -> None:
+        held = self._held.setdefault(conversation_id, {})
+        if len(held) < self.max_held or seq in held:
+            held[seq] = item
+
+    def _drain(self, conversation_id: str) -> list[T]:
+        held = self._held.get(conversation_id)
+        last = self.last[conversation_id]
+        out: list[T] = []
+        if not held:
+            return out
+        for seq in [s for s in held if s <= last]:
+            del held[seq]
+            self.duplicates += 1
+        while last + 1 in held:
+            last += 1
+            out.append(held.pop(last))
+        self.last[conversation_id] = last
+        if held:
+            self.wants[conversation_id] = last  # a gap below what is held: pull it
+        else:
+            del self._held[conversation_id]
+        return out

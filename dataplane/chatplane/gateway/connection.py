@@ -193,6 +193,13 @@ class Connection:
             self.gateway.metrics.pushed += len(ready)
         self.flush()
 
+    def push_raw(self, payload: bytes) -> None:
+        """An encoded frame shared by many devices (large-group pushes); no
+        ack window: the client pulls what it misses by seq."""
+        if self.session.phase is Phase.ACTIVE:
+            self.session.send_bytes(payload)
+            self.flush()
+
     def kick(self, reason: str) -> None:
         if self.session.closed:
             return

@@ -147,14 +147,26 @@ class Groups:
             cid=self.im.next_event_cid(), text="", message_id=uuid.uuid4().hex,
             sent_at_ms=self.im.clock_ms(), payload=event.SerializeToString(),
             content_type=SYSTEM_GROUP)
+        affected = {u for u, _ in change.add} | set(change.remove)
+        before: tuple[str, ...] = ()
+        if not change.create:
+            before = (await self.im.conversation(conversation_id, fresh=True)).members
+        after = (set(before) | {u for u, _ in change.add}) - set(change.remove)
+        # A large group (counted after the change) is read-diffused: only the
+        # users whose membership changed get the event in their inbox (so they
+        # learn where they start or stop); the others pull it like messages.
+        large = self.im.is_large(tuple(after))
+        recipients = sorted(affected) if large else None
         try:
-            result = await self.im.storage.apply_membership(conversation_id, change, request)
+            result = await self.im.storage.apply_membership(conversation_id, change, request,
+                                                            recipients)
         except ConversationNotFound as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {conversation_id!r}") from exc
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
         self.im.forget_members(conversation_id)
-        self.im.deliver(result)
+        self.im.forget_spans(conversation_id, affected)
+        self.im.deliver(result, tuple(sorted(after - affected)) if large else ())
         return result
 
     async def admin_change(self, conversation_id: str, add: list[str], remove: list[str],

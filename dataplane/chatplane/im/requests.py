@@ -68,9 +68,16 @@ async def sync(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> 
     body = frame.sync
     limit = max(1, min(body.limit or im.limits.max_sync_page, im.limits.max_sync_page))
     items, head = await im.sync(user_id, body.after_inbox_seq, limit)
-    return pb.Frame(sync_response=pb.SyncResponse(
-        entries=[wire.inbox_entry(item) for item in items[:limit]], inbox_head=head,
-        has_more=len(items) > limit))
+    response = pb.SyncResponse(entries=[wire.inbox_entry(item) for item in items[:limit]],
+                               inbox_head=head, has_more=len(items) > limit)
+    if not response.has_more:  # the last inbox page also brings the large groups' deltas
+        cursors = {c.conversation_id: c.seq for c in body.conversations}
+        for conversation_id, group_head, joined, page, more in await im.group_deltas(
+                user_id, cursors):
+            response.groups.add(conversation_id=conversation_id, head_seq=group_head,
+                                joined_seq=joined, messages=[wire.message(m) for m in page],
+                                has_more=more)
+    return pb.Frame(sync_response=response)
 
 
 @handles("history")

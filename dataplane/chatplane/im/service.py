@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from chatplane.delivery.dedup import CidAllocator
 from chatplane.im import requests
 from chatplane.im.groups import Groups
+from chatplane.im.hotcache import HotCache
 from chatplane.im.social import Social
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.settings import Limits
@@ -23,6 +24,7 @@ from chatplane.settings import Social as SocialSettings
 from chatplane.storage.base import (
     DIRECT,
     EVENTS,
+    GROUP,
     AppendResult,
     Conversation,
     ConversationNotFound,
@@ -39,6 +41,10 @@ from chatplane.v1 import frames_pb2 as pb
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _not_member(user_id: str, conversation_id: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.FORBIDDEN, f"{user_id} is not a member of {conversation_id!r}")
 
 
 def _unavailable(exc: Exception) -> ProtocolError:
@@ -75,6 +81,8 @@ class ImService:
         self.groups = Groups(self)
         self._conversations: dict[str, Conversation] = {}
         self._events_ready: set[str] = set()
+        self._spans: dict[tuple[str, str], tuple[int, int]] = {}
+        self.hot = HotCache(self.social_settings.hot_cache_messages)
         self._event_cids = CidAllocator()
         self.sent = 0
         self.duplicates = 0
@@ -115,12 +123,23 @@ class ImService:
     async def _require_member(self, user_id: str, conversation_id: str) -> tuple[str, ...]:
         return (await self.require_member(user_id, conversation_id)).members
 
-    def deliver(self, result: AppendResult) -> None:
+    def deliver(self, result: AppendResult, group_members: Sequence[str] = ()) -> None:
+        """Hand a new append to the state tier: its inbox entries, and for a
+        large group (read diffusion) the message for the online members."""
         if result.duplicate:
             self.duplicates += 1
-        else:
-            self.sent += 1
+            return
+        self.sent += 1
+        self.hot.add(result.message)
+        if result.inbox:
             self.state.deliver(result.inbox)
+        if group_members:
+            deliver_group = getattr(self.state, "deliver_group", None)
+            if deliver_group is not None:
+                deliver_group(result.message.conversation_id, group_members, result.message)
+
+    def is_large(self, members: Sequence[str]) -> bool:
+        return len(members) > self.social_settings.large_group_threshold
 
     def next_event_cid(self) -> int:
         return self._event_cids.next()
@@ -192,13 +211,15 @@ class ImService:
             payload=payload,
             content_type=content_type or "text",
         )
+        large = conversation.kind == GROUP and self.is_large(conversation.members)
         try:
-            result = await self.storage.append(request, conversation.members)
+            # a large group is read-diffused: the timeline only, no inbox entries
+            result = await self.storage.append(request, () if large else conversation.members)
         except ConversationNotFound as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from exc
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
-        self.deliver(result)
+        self.deliver(result, conversation.members if large else ())
         return result
 
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
@@ -220,6 +241,45 @@ class ImService:
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
 
+    async def visible_range(self, user_id: str, conversation_id: str) -> tuple[int, int]:
+        """The seqs the user may read: (lowest, highest or 0 for "up to the
+        head"). Group members see from their join; former members up to their
+        leave (so a removed member can still fetch what it missed before the
+        removal); strangers nothing (FORBIDDEN)."""
+        conversation = await self.conversation_or_forbidden(user_id, conversation_id)
+        if conversation.kind != GROUP:
+            if user_id not in conversation.members:
+                raise _not_member(user_id, conversation_id)
+            return 1, 0
+        key = (user_id, conversation_id)
+        span = self._spans.get(key)
+        if span is None:
+            try:
+                span = await self.storage.membership_span(user_id, conversation_id)
+            except StorageUnavailable as exc:
+                raise _unavailable(exc) from exc
+            if span is None:
+                raise _not_member(user_id, conversation_id)
+            self._spans[key] = span
+            while len(self._spans) > 200_000:
+                self._spans.pop(next(iter(self._spans)))
+        joined, left = span
+        if left == 0 and user_id not in conversation.members:
+            raise _not_member(user_id, conversation_id)
+        return max(joined, 1), left
+
+    def forget_spans(self, conversation_id: str, users: Iterable[str]) -> None:
+        for user in users:
+            self._spans.pop((user, conversation_id), None)
+
+    async def conversation_or_forbidden(self, user_id: str, conversation_id: str) -> Conversation:
+        try:
+            return await self.conversation(conversation_id)
+        except ProtocolError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                raise _not_member(user_id, conversation_id) from exc
+            raise
+
     async def history(
         self,
         user_id: str,
@@ -228,20 +288,62 @@ class ImService:
         after_seq: int,
         limit: int,
     ) -> tuple[list[StoredMessage], int, bool]:
-        await self._require_member(user_id, conversation_id)
+        lowest, highest = await self.visible_range(user_id, conversation_id)
         limit = max(1, min(limit or 50, self.limits.max_history_page))
-        try:
-            conversation = await self.storage.conversation(conversation_id)
-            messages = await self.storage.history(
-                conversation_id,
-                before_seq=before_seq or None,
-                after_seq=after_seq or None,
-                limit=limit + 1,
-            )
+        before = before_seq or None
+        if highest:
+            before = min(before or highest + 1, highest + 1)
+        head = self.hot.head(conversation_id)
+        cached = self._conversations.get(conversation_id)
+        if cached is not None:
+            head = max(head, cached.head_seq)
+        if after_seq:  # oldest first from a cursor: what clients pull to fill gaps
+            messages = await self._page_after(conversation_id, max(after_seq, lowest - 1),
+                                              limit + 1, before)
+            has_more = len(messages) > limit
+            return messages[:limit], max(head, messages[-1].seq if messages else 0), has_more
+        try:  # newest first below `before`, above the floor
+            messages = await self.storage.history(conversation_id, before_seq=before,
+                                                  after_seq=None, limit=limit + 1)
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
-        head = conversation.head_seq if conversation else 0
         has_more = len(messages) > limit
         if has_more:
-            messages = messages[:limit] if after_seq else messages[1:]
-        return messages, head, has_more
+            messages = messages[1:]
+        if lowest > 1 and messages and messages[0].seq <= lowest:
+            messages = [m for m in messages if m.seq >= lowest]
+            has_more = False
+        return messages, max(head, messages[-1].seq if messages else 0), has_more
+
+    async def _page_after(self, conversation_id: str, after: int, limit: int,
+                          before: int | None) -> list[StoredMessage]:
+        messages = self.hot.after(conversation_id, after, limit, before)
+        if messages:
+            return messages
+        try:  # a miss, or empty, which may mean "appended by another instance"
+            return await self.storage.history(conversation_id, before_seq=before, after_seq=after,
+                                              limit=limit)
+        except StorageUnavailable as exc:
+            raise _unavailable(exc) from exc
+
+    async def group_deltas(self, user_id: str,
+                           cursors: dict[str, int]) -> list[tuple[str, int, int, list[StoredMessage], bool]]:
+        """For sync: each large group of the user with the messages after the
+        client's cursor (or after joining), a bounded page each."""
+        threshold = self.social_settings.large_group_threshold
+        try:
+            groups = await self.storage.large_groups_of(user_id, threshold)
+        except StorageUnavailable as exc:
+            raise _unavailable(exc) from exc
+        deltas = []
+        budget = self.limits.max_sync_page
+        for conversation_id, head, joined in groups:
+            after = max(cursors.get(conversation_id, 0), joined - 1)
+            page: list[StoredMessage] = []
+            if after < head and budget > 0:
+                page = await self._page_after(conversation_id, after,
+                                              min(budget, self.limits.max_history_page), None)
+                budget -= len(page)
+            last = page[-1].seq if page else after
+            deltas.append((conversation_id, head, joined, page, last < head))
+        return deltas

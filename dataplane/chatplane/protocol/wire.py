@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 
 from chatplane.storage.base import InboxItem, StoredMessage
@@ -29,3 +30,22 @@ def inbox_entry(item: InboxItem) -> pb.InboxEntry:
 
 def push_frame(items: Sequence[InboxItem]) -> bytes:
     return pb.Frame(push=pb.Push(entries=[inbox_entry(i) for i in items])).SerializeToString()
+
+
+COMPRESS_OVER = 8  # messages: below, a plain list reads faster than it saves
+
+
+def group_push_frame(conversation_id: str, messages: Sequence[StoredMessage], head_seq: int) -> bytes:
+    push = pb.GroupPush(conversation_id=conversation_id, head_seq=head_seq)
+    if len(messages) > COMPRESS_OVER:
+        batch = pb.MessageBatch(messages=[message(m) for m in messages])
+        push.compressed = zlib.compress(batch.SerializeToString(), 1)
+    else:
+        push.messages.extend(message(m) for m in messages)
+    return pb.Frame(group_push=push).SerializeToString()
+
+
+def group_push_messages(push: pb.GroupPush) -> list[pb.Message]:
+    if push.compressed:
+        return list(pb.MessageBatch.FromString(zlib.decompress(push.compressed)).messages)
+    return list(push.messages)

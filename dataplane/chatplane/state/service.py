@@ -13,7 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from chatplane.storage.base import InboxItem
+from chatplane.state.groups import GroupFanout
+from chatplane.storage.base import InboxItem, StoredMessage
 
 
 class DeviceLink(Protocol):
@@ -28,10 +29,25 @@ class DeviceLink(Protocol):
     def kick(self, reason: str) -> None:
         """Close this connection: another one took the device over."""
 
+    def push_raw(self, payload: bytes) -> None:
+        """Queue an already encoded frame (large-group pushes)."""
+
 
 class StateService:
-    def __init__(self) -> None:
+    def __init__(self, *, group_interval_ms: float = 100, group_max_messages: int = 200) -> None:
         self._links: dict[str, dict[str, DeviceLink]] = defaultdict(dict)
+        self.groups = GroupFanout(self._links_of, interval_ms=group_interval_ms,
+                                  max_messages=group_max_messages)
+
+    def _links_of(self, user_id: str) -> Iterable[DeviceLink]:
+        devices = self._links.get(user_id)
+        return tuple(devices.values()) if devices else ()
+
+    def deliver_group(self, conversation_id: str, members: Sequence[str],
+                      message: StoredMessage) -> None:
+        """A large group's message (read diffusion: no inbox entries): pushed
+        to the online members, paced and batched per group."""
+        self.groups.offer(conversation_id, members, message)
 
     async def register(self, link: DeviceLink) -> None:
         devices = self._links[link.user_id]

@@ -213,11 +213,13 @@ class Storage(Protocol):
         """The user's own event conversation "u:<user>" (members: the user)."""
 
     async def apply_membership(self, conversation_id: str, change: MembershipChange,
-                               event: SendRequest) -> AppendResult:
+                               event: SendRequest,
+                               recipients: Sequence[str] | None = None) -> AppendResult:
         """Apply a group change and append `event` (a system message) atomically.
-        The event goes to the members before and after the change (a removed
-        member sees its removal). Idempotent on the event's cid like append.
-        Raises ConversationNotFound (no such group, unless change.create)."""
+        The event goes to the inboxes of `recipients`, by default the members
+        before and after the change (a removed member sees its removal).
+        Idempotent on the event's cid like append. Raises ConversationNotFound
+        (no such group, unless change.create)."""
 
     async def members(self, conversation_id: str) -> list[Member]:
         """Current members, sorted by user id (empty for an unknown id)."""
@@ -235,6 +237,14 @@ class Storage(Protocol):
         activity first, after the (last_activity_ms, conversation_id) cursor.
         `unread` counts messages after read_seq that are neither the user's
         own nor system messages."""
+
+    async def membership_span(self, user_id: str, conversation_id: str) -> tuple[int, int] | None:
+        """(joined_seq, left_seq) of the user in the conversation, left_seq 0
+        while a member; None if never a member."""
+
+    async def large_groups_of(self, user_id: str, threshold: int) -> list[tuple[str, int, int]]:
+        """(conversation_id, head_seq, joined_seq) of the groups the user is a
+        member of that have more than `threshold` members (read diffusion)."""
 
     async def relation(self, user_id: str, other: str) -> Relation: ...
 

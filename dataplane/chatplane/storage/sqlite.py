@@ -215,7 +215,8 @@ class _Writer:
 
 
     def apply_membership(self, conversation_id: str, change: MembershipChange,
-                         event: SendRequest, now_ms: int) -> AppendResult:
+                         event: SendRequest, now_ms: int,
+                         recipients: Sequence[str] | None) -> AppendResult:
         db = self.db
         if change.create:
             db.execute(
@@ -232,7 +233,7 @@ class _Writer:
         before = set(social.member_ids(db, conversation_id))
         social.apply_change(db, conversation_id, change, head + 1, now_ms)
         after = set(social.member_ids(db, conversation_id))
-        return self.append(event, sorted(before | after))
+        return self.append(event, sorted(before | after) if recipients is None else recipients)
 
 
 _Job = tuple[Callable[[_Writer], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
@@ -261,10 +262,12 @@ class _SocialMethods:
         return result
 
     async def apply_membership(self, conversation_id: str, change: MembershipChange,
-                               event: SendRequest) -> AppendResult:
+                               event: SendRequest,
+                               recipients: Sequence[str] | None = None) -> AppendResult:
+        chosen = None if recipients is None else tuple(recipients)
         result: AppendResult = await self._write(
             lambda writer: writer.apply_membership(conversation_id, change, event,
-                                                   event.sent_at_ms))
+                                                   event.sent_at_ms, chosen))
         return result
 
     async def members(self, conversation_id: str) -> list[Member]:
@@ -286,6 +289,27 @@ class _SocialMethods:
         result: list[ConversationSummary] = await self._read(
             lambda db: social.conversations_of(db, user_id, limit, before, MESSAGE_COLUMNS,
                                                _message))
+        return result
+
+    async def membership_span(self, user_id: str, conversation_id: str) -> tuple[int, int] | None:
+        def read(db: sqlite3.Connection) -> tuple[int, int] | None:
+            row = db.execute("SELECT joined_seq, left_seq FROM user_conversations WHERE user_id = ?"
+                             " AND conversation_id = ?", (user_id, conversation_id)).fetchone()
+            return (int(row[0]), int(row[1])) if row else None
+
+        result: tuple[int, int] | None = await self._read(read)
+        return result
+
+    async def large_groups_of(self, user_id: str, threshold: int) -> list[tuple[str, int, int]]:
+        def read(db: sqlite3.Connection) -> list[tuple[str, int, int]]:
+            return [(r[0], int(r[1]), int(r[2])) for r in db.execute(
+                "SELECT c.id, c.head_seq, uc.joined_seq FROM user_conversations uc"
+                " JOIN conversations c ON c.id = uc.conversation_id"
+                " WHERE uc.user_id = ? AND uc.left_seq = 0 AND c.kind = ?"
+                " AND (SELECT COUNT(*) FROM members m WHERE m.conversation_id = c.id) > ?",
+                (user_id, GROUP, threshold))]
+
+        result: list[tuple[str, int, int]] = await self._read(read)
         return result
 
     async def relation(self, user_id: str, other: str) -> Relation:

@@ -46,7 +46,7 @@ RENAME: GroupAction
 DISSOLVE: GroupAction
 
 class Frame(_message.Message):
-    __slots__ = ("id", "login", "login_ack", "send", "send_ack", "push", "push_ack", "sync", "sync_response", "history", "history_response", "heartbeat", "heartbeat_ack", "error", "reconnect", "open_direct", "open_direct_ack", "sync_hint", "friend_op", "friend_op_ack", "friends", "friends_response", "group_create", "group_op", "group_op_ack", "members", "members_response", "conversations", "conversations_response", "mark_read", "mark_read_ack", "receipts", "receipts_response")
+    __slots__ = ("id", "login", "login_ack", "send", "send_ack", "push", "push_ack", "sync", "sync_response", "history", "history_response", "heartbeat", "heartbeat_ack", "error", "reconnect", "open_direct", "open_direct_ack", "sync_hint", "friend_op", "friend_op_ack", "friends", "friends_response", "group_create", "group_op", "group_op_ack", "members", "members_response", "conversations", "conversations_response", "mark_read", "mark_read_ack", "receipts", "receipts_response", "group_push")
     ID_FIELD_NUMBER: _ClassVar[int]
     LOGIN_FIELD_NUMBER: _ClassVar[int]
     LOGIN_ACK_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class Frame(_message.Message):
     MARK_READ_ACK_FIELD_NUMBER: _ClassVar[int]
     RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     RECEIPTS_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_PUSH_FIELD_NUMBER: _ClassVar[int]
     id: int
     login: Login
     login_ack: LoginAck
@@ -113,7 +114,8 @@ class Frame(_message.Message):
     mark_read_ack: MarkReadAck
     receipts: ReceiptsRequest
     receipts_response: ReceiptsResponse
-    def __init__(self, id: _Optional[int] = ..., login: _Optional[_Union[Login, _Mapping]] = ..., login_ack: _Optional[_Union[LoginAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., push: _Optional[_Union[Push, _Mapping]] = ..., push_ack: _Optional[_Union[PushAck, _Mapping]] = ..., sync: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_response: _Optional[_Union[SyncResponse, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., history_response: _Optional[_Union[HistoryResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., reconnect: _Optional[_Union[Reconnect, _Mapping]] = ..., open_direct: _Optional[_Union[OpenDirect, _Mapping]] = ..., open_direct_ack: _Optional[_Union[OpenDirectAck, _Mapping]] = ..., sync_hint: _Optional[_Union[SyncHint, _Mapping]] = ..., friend_op: _Optional[_Union[FriendOp, _Mapping]] = ..., friend_op_ack: _Optional[_Union[FriendOpAck, _Mapping]] = ..., friends: _Optional[_Union[FriendsRequest, _Mapping]] = ..., friends_response: _Optional[_Union[FriendsResponse, _Mapping]] = ..., group_create: _Optional[_Union[GroupCreate, _Mapping]] = ..., group_op: _Optional[_Union[GroupOp, _Mapping]] = ..., group_op_ack: _Optional[_Union[GroupOpAck, _Mapping]] = ..., members: _Optional[_Union[MembersRequest, _Mapping]] = ..., members_response: _Optional[_Union[MembersResponse, _Mapping]] = ..., conversations: _Optional[_Union[ConversationsRequest, _Mapping]] = ..., conversations_response: _Optional[_Union[ConversationsResponse, _Mapping]] = ..., mark_read: _Optional[_Union[MarkRead, _Mapping]] = ..., mark_read_ack: _Optional[_Union[MarkReadAck, _Mapping]] = ..., receipts: _Optional[_Union[ReceiptsRequest, _Mapping]] = ..., receipts_response: _Optional[_Union[ReceiptsResponse, _Mapping]] = ...) -> None: ...
+    group_push: GroupPush
+    def __init__(self, id: _Optional[int] = ..., login: _Optional[_Union[Login, _Mapping]] = ..., login_ack: _Optional[_Union[LoginAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., push: _Optional[_Union[Push, _Mapping]] = ..., push_ack: _Optional[_Union[PushAck, _Mapping]] = ..., sync: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_response: _Optional[_Union[SyncResponse, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., history_response: _Optional[_Union[HistoryResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., reconnect: _Optional[_Union[Reconnect, _Mapping]] = ..., open_direct: _Optional[_Union[OpenDirect, _Mapping]] = ..., open_direct_ack: _Optional[_Union[OpenDirectAck, _Mapping]] = ..., sync_hint: _Optional[_Union[SyncHint, _Mapping]] = ..., friend_op: _Optional[_Union[FriendOp, _Mapping]] = ..., friend_op_ack: _Optional[_Union[FriendOpAck, _Mapping]] = ..., friends: _Optional[_Union[FriendsRequest, _Mapping]] = ..., friends_response: _Optional[_Union[FriendsResponse, _Mapping]] = ..., group_create: _Optional[_Union[GroupCreate, _Mapping]] = ..., group_op: _Optional[_Union[GroupOp, _Mapping]] = ..., group_op_ack: _Optional[_Union[GroupOpAck, _Mapping]] = ..., members: _Optional[_Union[MembersRequest, _Mapping]] = ..., members_response: _Optional[_Union[MembersResponse, _Mapping]] = ..., conversations: _Optional[_Union[ConversationsRequest, _Mapping]] = ..., conversations_response: _Optional[_Union[ConversationsResponse, _Mapping]] = ..., mark_read: _Optional[_Union[MarkRead, _Mapping]] = ..., mark_read_ack: _Optional[_Union[MarkReadAck, _Mapping]] = ..., receipts: _Optional[_Union[ReceiptsRequest, _Mapping]] = ..., receipts_response: _Optional[_Union[ReceiptsResponse, _Mapping]] = ..., group_push: _Optional[_Union[GroupPush, _Mapping]] = ...) -> None: ...
 
 class Login(_message.Message):
     __slots__ = ("protocol_version", "token", "inbox_seq", "client_name")
@@ -220,22 +222,66 @@ class PushAck(_message.Message):
     def __init__(self, inbox_seq: _Optional[int] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("after_inbox_seq", "limit")
+    __slots__ = ("after_inbox_seq", "limit", "conversations")
     AFTER_INBOX_SEQ_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
     after_inbox_seq: int
     limit: int
-    def __init__(self, after_inbox_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    conversations: _containers.RepeatedCompositeFieldContainer[ConversationCursor]
+    def __init__(self, after_inbox_seq: _Optional[int] = ..., limit: _Optional[int] = ..., conversations: _Optional[_Iterable[_Union[ConversationCursor, _Mapping]]] = ...) -> None: ...
+
+class ConversationCursor(_message.Message):
+    __slots__ = ("conversation_id", "seq")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    seq: int
+    def __init__(self, conversation_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class SyncResponse(_message.Message):
-    __slots__ = ("entries", "inbox_head", "has_more")
+    __slots__ = ("entries", "inbox_head", "has_more", "groups")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     INBOX_HEAD_FIELD_NUMBER: _ClassVar[int]
     HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[InboxEntry]
     inbox_head: int
     has_more: bool
-    def __init__(self, entries: _Optional[_Iterable[_Union[InboxEntry, _Mapping]]] = ..., inbox_head: _Optional[int] = ..., has_more: _Optional[bool] = ...) -> None: ...
+    groups: _containers.RepeatedCompositeFieldContainer[GroupDelta]
+    def __init__(self, entries: _Optional[_Iterable[_Union[InboxEntry, _Mapping]]] = ..., inbox_head: _Optional[int] = ..., has_more: _Optional[bool] = ..., groups: _Optional[_Iterable[_Union[GroupDelta, _Mapping]]] = ...) -> None: ...
+
+class GroupDelta(_message.Message):
+    __slots__ = ("conversation_id", "head_seq", "joined_seq", "messages", "has_more")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    JOINED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    head_seq: int
+    joined_seq: int
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    has_more: bool
+    def __init__(self, conversation_id: _Optional[str] = ..., head_seq: _Optional[int] = ..., joined_seq: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., has_more: _Optional[bool] = ...) -> None: ...
+
+class GroupPush(_message.Message):
+    __slots__ = ("conversation_id", "messages", "compressed", "head_seq")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    compressed: bytes
+    head_seq: int
+    def __init__(self, conversation_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., compressed: _Optional[bytes] = ..., head_seq: _Optional[int] = ...) -> None: ...
+
+class MessageBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
 
 class SyncHint(_message.Message):
     __slots__ = ("inbox_head",)

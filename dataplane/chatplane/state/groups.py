@@ -1,0 +1,100 @@
+"""Large-group fan-out (read diffusion) to the devices connected here.
+
+One `GroupBatcher` paces each group (delivery/fanout.py); each flush is encoded
+once and the same bytes go to every online member's devices. At most one
+fan-out runs per group at a time, and it yields to the event loop every
+`slice_size` members, so a 10,000-member group shares the process with every
+other conversation instead of starving it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from chatplane.delivery.fanout import Flush, GroupBatcher
+from chatplane.protocol import wire
+from chatplane.storage.base import StoredMessage
+
+log = logging.getLogger("chatplane.state.groups")
+
+
+class RawLink(Protocol):
+    def push_raw(self, payload: bytes) -> None:
+        """Queue an already encoded frame for this device."""
+
+
+@dataclass
+class _Group:
+    batcher: GroupBatcher[StoredMessage]
+    members: Sequence[str] = ()
+    flushes: deque[Flush[StoredMessage]] = field(default_factory=deque)
+    worker: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class GroupFanout:
+    def __init__(self, links_of: Callable[[str], Iterable[RawLink]], *, interval_ms: float = 100,
+                 max_messages: int = 200, slice_size: int = 1000) -> None:
+        self.links_of = links_of
+        self.interval_ms = interval_ms
+        self.max_messages = max_messages
+        self.slice_size = slice_size
+        self._groups: dict[str, _Group] = {}
+        self.frames_pushed = 0
+
+    def offer(self, conversation_id: str, members: Sequence[str], message: StoredMessage) -> None:
+        group = self._groups.get(conversation_id)
+        if group is None:
+            group = self._groups[conversation_id] = _Group(
+                GroupBatcher(interval_ms=self.interval_ms, max_messages=self.max_messages))
+        group.members = members
+        loop = asyncio.get_running_loop()
+        flush = group.batcher.offer(message.seq, message, loop.time() * 1000)
+        if flush is not None:
+            self._enqueue(conversation_id, group, flush)
+        else:
+            self._arm(conversation_id, group)
+
+    def _arm(self, conversation_id: str, group: _Group) -> None:
+        deadline = group.batcher.deadline()
+        if deadline is None or group.timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        group.timer = loop.call_at(deadline / 1000, self._tick, conversation_id)
+
+    def _tick(self, conversation_id: str) -> None:
+        group = self._groups.get(conversation_id)
+        if group is None:
+            return
+        group.timer = None
+        flush = group.batcher.due(asyncio.get_running_loop().time() * 1000)
+        if flush is not None:
+            self._enqueue(conversation_id, group, flush)
+        self._arm(conversation_id, group)
+
+    def _enqueue(self, conversation_id: str, group: _Group, flush: Flush[StoredMessage]) -> None:
+        group.flushes.append(flush)
+        if group.worker is None or group.worker.done():
+            group.worker = asyncio.get_running_loop().create_task(self._work(conversation_id, group))
+
+    async def _work(self, conversation_id: str, group: _Group) -> None:
+        while group.flushes:
+            flush = group.flushes.popleft()
+            payload = wire.group_push_frame(conversation_id, flush.messages, flush.head_seq)
+            members = group.members
+            for start in range(0, len(members), self.slice_size):
+                for user in members[start:start + self.slice_size]:
+                    for link in self.links_of(user):
+                        try:
+                            link.push_raw(payload)
+                            self.frames_pushed += 1
+                        except Exception:  # one broken connection must not stop the group
+                            log.exception("group push failed")
+                await asyncio.sleep(0)
+        if group.batcher.deadline() is None and group.timer is None:
+            self._groups.pop(conversation_id, None)
