@@ -12,6 +12,7 @@ from kubernetes import config as k8s_config
 
 from chatplane_operator import handlers, metrics
 from chatplane_operator.applying import Applier
+from chatplane_operator.counting import HttpConnectionCounter
 from chatplane_operator.reconciling import Reconciler
 
 
@@ -36,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--liveness", default=env("CHATPLANE_OPERATOR_LIVENESS", ""),
                    help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--resync-seconds", type=float,
-                   default=float(env("CHATPLANE_OPERATOR_RESYNC_SECONDS", "300")))
+                   default=float(env("CHATPLANE_OPERATOR_RESYNC_SECONDS", "60")),
+                   help="seconds between full passes (drift repair, connection counts)")
     p.add_argument("--log-level", default=env("CHATPLANE_OPERATOR_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
@@ -46,8 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    runtime = handlers.Runtime(reconciler=Reconciler(Applier(_api_client())),
-                               resync=args.resync_seconds)
+    applier = Applier(_api_client())
+    runtime = handlers.Runtime(
+        reconciler=Reconciler(applier, HttpConnectionCounter(applier)),
+        resync=args.resync_seconds)
     metrics.serve(args.metrics_address, args.metrics_port)
     kopf.run(
         standalone=True,

@@ -1,5 +1,8 @@
 """kopf handlers, and nothing else: watch events poke the work queue; the queue reconciles.
 
+Secrets are not watched (that would need list/watch on every Secret): a deleted generated
+Secret comes back on the next resync or the next event of the cluster.
+
 No handler here changes anything by itself and none needs a finalizer: deleting a
 ChatCluster lets Kubernetes' garbage collector remove its children through their owner
 references, even while the operator is down. State shared by the handlers lives in the
@@ -25,7 +28,6 @@ MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
 CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
     ("", "v1", "configmaps"),
     ("", "v1", "services"),
-    ("", "v1", "secrets"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("apps", "v1", "deployments"),
     ("apps", "v1", "statefulsets"),
@@ -38,7 +40,7 @@ class Runtime:
 
     reconciler: Reconciler
     queue: WorkQueue | None = None
-    resync: float = 300.0
+    resync: float = 60.0
     task: asyncio.Task[None] | None = None
     known: set[Key] = dataclasses.field(default_factory=set)
 

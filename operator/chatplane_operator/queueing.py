@@ -30,7 +30,7 @@ class Backoff:
 
 
 class WorkQueue:
-    def __init__(self, work: Work, *, resync: float = 300.0, debounce: float = 0.05,
+    def __init__(self, work: Work, *, resync: float = 60.0, debounce: float = 0.05,
                  concurrency: int = 4, backoff: Backoff | None = None) -> None:
         self._work = work
         self._resync = resync

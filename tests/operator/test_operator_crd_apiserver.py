@@ -11,6 +11,7 @@ import pytest
 from chatplane_operator import api
 from conftest import cluster_body, region
 from kube_client import Kube, KubeError
+from spec_cases import INVALID
 
 pytestmark = pytest.mark.kube
 M = api.Message
@@ -38,31 +39,6 @@ def test_apiserver_fills_in_the_schema_defaults(kube: Kube, namespace: str) -> N
     parsed = api.parse(created)
     assert parsed.upgrade == api.Upgrade()
     assert parsed.regions[0].tiers["gateway"].replicas == 3
-
-
-def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    def mutate(spec: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        node: Any = spec
-        for part in parents:
-            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
-        node[last] = value
-    return mutate
-
-
-INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
-    ("duplicate-region", lambda s: s["regions"].append(region("eu")), M.DUPLICATE_REGION),
-    ("duplicate-dc", lambda s: s["regions"].append(region("ap", datacenter="eu")),
-     M.DUPLICATE_DATACENTER),
-    ("no-region", _set("regions", []), M.NO_REGION),
-    ("zero-gateways", _set("regions.0.tiers", {"gateway": {"replicas": 0}}), M.NO_GATEWAY),
-    ("zero-im", _set("regions.0.tiers", {"im": {"replicas": 0}}), M.TIER_REPLICAS),
-    ("drain-rate-zero", _set("upgrade", {"drainRate": 0}), M.DRAIN_RATE),
-    ("drain-rate-negative", _set("upgrade", {"drainRate": -5}), M.DRAIN_RATE),
-    ("drain-deadline", _set("upgrade", {"drainDeadlineSeconds": 0}), M.DRAIN_DEADLINE),
-    ("no-cql-hosts", _set("regions.0.cql", {"hosts": []}), M.NO_CQL_HOSTS),
-    ("replication", _set("regions.0.cql.replicationFactor", 12), M.REPLICATION),
-]
 
 
 @pytest.mark.parametrize(("case", "mutate", "message"), INVALID, ids=[c[0] for c in INVALID])

@@ -3,6 +3,9 @@ drift repair, restarts, status, degraded input, and the reconcile-time/RSS targe
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -234,3 +237,57 @@ def test_three_regions_reconciled_fast_with_small_rss(
         text = resp.read().decode()
     assert "chatplane_operator_reconciles_total" in text
     assert "process_resident_memory_bytes" in text
+
+
+class _DrainStatus(http.server.BaseHTTPRequestHandler):
+    """Stands in for a gateway's `GET /admin/drain` (no kubelet runs pods here)."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"draining": False, "connections": 21}).encode()
+        self.send_response(200 if self.path == "/admin/drain" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _gateway_pod(namespace: str, name: str, ready: bool) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": name, "namespace": namespace, "labels": {
+            "app.kubernetes.io/name": "chatplane", "app.kubernetes.io/instance": "chat",
+            "chatplane.dev/region": "eu", "app.kubernetes.io/component": "gateway"}},
+        "spec": {"containers": [{"name": "gateway", "image": "chatplane:test"}]},
+        "ready": ready}
+
+
+def test_live_connections_are_counted_from_gateway_pods(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DrainStatus)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        make_cluster(("eu",), mutate=lambda o: o["spec"].update({"ports": {"http": port}}))
+        wait_reconciled(kube, namespace, 1)
+        for i, ready in enumerate((True, True, False)):
+            pod = _gateway_pod(namespace, f"chat-eu-gateway-{i}", ready)
+            ready_flag = pod.pop("ready")
+            kube.create(pod)
+            kube.merge_patch("Pod", namespace, pod["metadata"]["name"], {"status": {
+                "podIP": "127.0.0.1", "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True" if ready_flag else "False"}]},
+            }, sub="status")
+        # Play the StatefulSet controller: its status change wakes the operator up.
+        kube.merge_patch("StatefulSet", namespace, "chat-eu-gateway",
+                         {"status": {"replicas": 3, "readyReplicas": 2}}, sub="status")
+        status = wait_until(lambda: cluster_status(kube, namespace).get("connections") == 42
+                            and cluster_status(kube, namespace).get("readyGateways") == "2/3"
+                            and cluster_status(kube, namespace), 20, "42 connections")
+        assert status["regions"][0]["connections"] == 42
+        assert status["readyGateways"] == "2/3"
+    finally:
+        server.shutdown()
+        server.server_close()

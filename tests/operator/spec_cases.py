@@ -1,0 +1,38 @@
+"""Specs the CRD and `api.validate()` must both refuse, with the message each must give."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from chatplane_operator import api
+from conftest import region
+
+M = api.Message
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(spec: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = spec
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        node[last] = value
+    return mutate
+
+
+INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("duplicate-region", lambda s: s["regions"].append(region("eu")), M.DUPLICATE_REGION),
+    ("duplicate-dc", lambda s: s["regions"].append(region("ap", datacenter="eu")),
+     M.DUPLICATE_DATACENTER),
+    ("no-region", _set("regions", []), M.NO_REGION),
+    ("zero-gateways", _set("regions.0.tiers", {"gateway": {"replicas": 0}}), M.NO_GATEWAY),
+    ("zero-im", _set("regions.0.tiers", {"im": {"replicas": 0}}), M.TIER_REPLICAS),
+    ("drain-rate-zero", _set("upgrade", {"drainRate": 0}), M.DRAIN_RATE),
+    ("drain-rate-negative", _set("upgrade", {"drainRate": -5}), M.DRAIN_RATE),
+    ("drain-deadline", _set("upgrade", {"drainDeadlineSeconds": 0}), M.DRAIN_DEADLINE),
+    ("no-cql-hosts", _set("regions.0.cql", {"hosts": []}), M.NO_CQL_HOSTS),
+    ("replication", _set("regions.0.cql.replicationFactor", 12), M.REPLICATION),
+]
+
+
