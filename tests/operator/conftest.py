@@ -110,15 +110,18 @@ class OperatorProcess:
         self.plane, self.namespace, self.log_path = plane, namespace, log
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
+        self.health_port = 0
 
     def start(self) -> None:
         self.metrics_port = controlplane.free_port()
+        self.health_port = controlplane.free_port()
         env = {**self.plane.operator_env(), "PYTHONPATH": f"{OPERATOR_SRC}{os.pathsep}{ROOT}"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "chatplane_operator", "--namespace", self.namespace,
                  "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                 "--resync-seconds", "30"],
+                 "--resync-seconds", "30",
+                 "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
 
     def stop(self) -> None:

@@ -237,6 +237,25 @@ def test_three_regions_reconciled_fast_with_small_rss(
         text = resp.read().decode()
     assert "chatplane_operator_reconciles_total" in text
     assert "process_resident_memory_bytes" in text
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz",
+                                timeout=5) as resp:
+        assert resp.status == 200
+
+
+def test_removed_region_is_pruned(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    make_cluster(("eu", "us"))
+    wait_reconciled(kube, namespace, 2)
+    regions = kube.get("ChatCluster", namespace, "chat")["spec"]["regions"]
+    kube.merge_patch("ChatCluster", namespace, "chat", {"spec": {"regions": regions[:1]}})
+    objs = wait_reconciled(kube, namespace, 1)
+    assert all("-us-" not in name for _, name in objs)
+    status = wait_until(lambda: cluster_status(kube, namespace).get("observedGeneration") == 2
+                        and cluster_status(kube, namespace), 20, "status of generation 2")
+    assert [r["name"] for r in status["regions"]] == ["eu"]
+    peers = kube.get("ConfigMap", namespace, "chat-eu-config")["data"]["CHATPLANE_PEERS"]
+    assert peers == "[]"
 
 
 class _DrainStatus(http.server.BaseHTTPRequestHandler):
