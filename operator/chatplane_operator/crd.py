@@ -215,9 +215,46 @@ def _spec() -> Schema:
     }, required=["regions"])
 
 
+def _conditions() -> Schema:
+    return {
+        "type": "array", "description": "metav1.Condition list, one per type.",
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"],
+        "items": _obj("A condition in the Kubernetes format.", {
+            "type": _str("Condition type.", maxLength=316),
+            "status": _str("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+            "reason": _str("CamelCase reason.", maxLength=1024),
+            "message": _str("Human-readable details.", maxLength=32768),
+            "lastTransitionTime": _str("When status last changed.", format="date-time"),
+            "observedGeneration": _int("Generation the condition was computed for.",
+                                       minimum=0),
+        }, required=["type", "status", "lastTransitionTime", "reason", "message"]),
+    }
+
+
 def _status() -> Schema:
-    return {"type": "object", "description": "Observed state, written by the operator.",
-            "x-kubernetes-preserve-unknown-fields": True}
+    tier = _obj("Replicas of one tier.", {
+        "replicas": _int("Desired pods."),
+        "readyReplicas": _int("Ready pods."),
+        "updatedReplicas": _int("Pods at the current template."),
+    })
+    region = _obj("What one region reports.", {
+        "name": _str("Region name."),
+        "datacenter": _str("CQL datacenter."),
+        "ready": {"type": "boolean", "description": "Every tier fully ready."},
+        "connections": _int("Live client connections on the region's gateways."),
+        "tiers": _obj("Per tier.", {t: tier for t in api.TIERS}),
+        "conditions": _conditions(),
+    })
+    return _obj("Observed state, written by the operator.", {
+        "observedGeneration": _int("The spec generation this status describes.",
+                                   format="int64"),
+        "conditions": _conditions(),
+        "regions": {"type": "array", "description": "Per region.", "items": region},
+        "readyRegions": _str("Ready regions / regions."),
+        "readyGateways": _str("Ready gateway pods / desired gateway pods."),
+        "connections": _int("Live client connections, every region."),
+        "version": _str("The image version the spec asks for."),
+    })
 
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
