@@ -81,6 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     direct.add_argument("--quiet", action="store_true", help="no progress lines")
     direct.set_defaults(func=run_direct_command)
 
+    from chatplane.bench import idle, storm
+
+    idle.add_parser(workloads)
+    storm.add_parser(workloads)
+
 
 def run_direct_command(args: argparse.Namespace) -> int:
     from chatplane.bench import spread

@@ -33,6 +33,26 @@ async def start_grpc(host: str, port: int,
     return server, bound
 
 
+def process_metrics() -> str:
+    """RSS and CPU of this process, Prometheus text (Linux /proc)."""
+    import os
+    import resource
+
+    try:
+        with open("/proc/self/statm") as fh:
+            rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (
+        "# HELP chatplane_process_rss_bytes resident memory\n"
+        "# TYPE chatplane_process_rss_bytes gauge\n"
+        f"chatplane_process_rss_bytes {rss}\n"
+        "# HELP chatplane_process_cpu_seconds_total user+system CPU\n"
+        "# TYPE chatplane_process_cpu_seconds_total counter\n"
+        f"chatplane_process_cpu_seconds_total {usage.ru_utime + usage.ru_stime:.3f}\n")
+
+
 def probe_routes(ready: Callable[[], bool], metrics: Callable[[], str],
                  detail: Callable[[], Mapping[str, object]] | None = None) -> list[web.RouteDef]:
     async def healthz(request: web.Request) -> web.Response:
@@ -44,7 +64,8 @@ def probe_routes(ready: Callable[[], bool], metrics: Callable[[], str],
         return web.json_response(body, status=200 if ok else 503)
 
     async def metrics_handler(request: web.Request) -> web.Response:
-        return web.Response(text=metrics(), content_type="text/plain", charset="utf-8")
+        return web.Response(text=metrics() + process_metrics(), content_type="text/plain",
+                            charset="utf-8")
 
     return [web.get("/healthz", healthz), web.get("/readyz", readyz),
             web.get("/metrics", metrics_handler)]

@@ -1,0 +1,153 @@
+"""A lean protocol client for connection-count workloads (W3, storms).
+
+The SDK keeps a session, tasks and queues per client; ten thousand of them
+measure the load generator, not the server. A `RawClient` is one asyncio
+Protocol on raw TCP: dispatch, connect, Login with its inbox cursor, then it
+answers pushes with acks, heartbeats when asked by `heartbeat()`, and on a
+`Reconnect` frame or a lost connection goes through dispatch again (with the
+server's delay plus jitter, or a jittered backoff). `resumed` is set at each
+LoginAck; `logins` counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import urllib.parse
+from typing import cast
+
+import aiohttp
+
+from chatplane.protocol import frames
+from chatplane.v1 import frames_pb2 as pb
+
+
+class Dispatcher:
+    """One shared HTTP session for every client's dispatch call."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.http: aiohttp.ClientSession | None = None
+
+    async def endpoints(self, uid: str) -> list[dict[str, str]]:
+        if self.http is None:
+            self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        query = urllib.parse.urlencode({"uid": uid})
+        async with self.http.get(f"{self.url}/v1/dispatch?{query}",
+                                 timeout=aiohttp.ClientTimeout(total=10)) as response:
+            body = json.loads(await response.text())
+        return [e for e in body.get("endpoints", []) if e.get("tcp")]
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+
+class RawClient(asyncio.Protocol):
+    def __init__(self, dispatcher: Dispatcher, user: str, token: str) -> None:
+        self.dispatcher = dispatcher
+        self.user = user
+        self.token = token
+        self.inbox_seq = 0
+        self.logins = 0
+        self.gateway = ""
+        self.resumed = asyncio.Event()
+        self.connect_ms = 0.0
+        self.closed = False
+        self._reader = frames.FrameReader()
+        self._transport: asyncio.Transport | None = None
+        self._lost = asyncio.Event()
+        self._delay_ms: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self.closed:
+            began = time.monotonic()
+            try:
+                await self._connect()
+                attempt = 0
+                self.connect_ms = (time.monotonic() - began) * 1000
+                await self._lost.wait()
+            except (OSError, TimeoutError, aiohttp.ClientError, ValueError, LookupError):
+                pass
+            self.resumed.clear()
+            if self.closed:
+                return
+            if self._delay_ms is not None:
+                delay, self._delay_ms = self._delay_ms / 1000 * (1 + random.random()), None
+            else:
+                attempt += 1
+                delay = random.uniform(0, min(2.0, 0.1 * 2 ** min(attempt, 6)))
+            await asyncio.sleep(delay)
+
+    async def _connect(self) -> None:
+        endpoints = await self.dispatcher.endpoints(self.user)
+        if not endpoints:
+            raise LookupError("no gateway")
+        endpoint = endpoints[0]
+        host, _, port = endpoint["tcp"].rpartition(":")
+        self._lost.clear()
+        self._reader = frames.FrameReader()
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.create_connection(lambda: self, host, int(port)), 10)
+        self.gateway = endpoint.get("gateway_id", "")
+        self._send(pb.Frame(id=1, login=pb.Login(protocol_version=1, token=self.token,
+                                                 inbox_seq=self.inbox_seq)))
+        await asyncio.wait_for(self.resumed.wait(), 15)
+
+    def _send(self, frame: pb.Frame) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(frames.encode_prefixed(frame))
+
+    def heartbeat(self) -> None:
+        self._send(pb.Frame(heartbeat=pb.Heartbeat(client_time_ms=int(time.time() * 1000))))
+
+    def drop(self) -> None:
+        """Cut the connection (as a network failure would); it resumes by itself."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+        self._lost.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # -- asyncio.Protocol ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            payloads = self._reader.feed_data(data)
+        except Exception:
+            self.drop()
+            return
+        for payload in payloads:
+            frame = pb.Frame.FromString(payload)
+            kind = frame.WhichOneof("body")
+            if kind == "login_ack":
+                self.inbox_seq = max(self.inbox_seq, frame.login_ack.inbox_head)
+                self.logins += 1
+                self.resumed.set()
+            elif kind == "push" and frame.push.entries:
+                self.inbox_seq = max(self.inbox_seq, frame.push.entries[-1].inbox_seq)
+                self._send(pb.Frame(push_ack=pb.PushAck(inbox_seq=self.inbox_seq)))
+            elif kind == "reconnect":
+                self._delay_ms = frame.reconnect.delay_ms
+                self.drop()
+            elif kind == "error" and frame.error.fatal:
+                self.drop()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._lost.set()
