@@ -73,6 +73,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # No scanning of CRDs and namespaces: the operator then needs no cluster-wide read of
     # them (least privilege). The CRD must exist when it starts (Helm installs it first).
     settings.scanning.disabled = True
+    # Watch only the objects the operator manages, filtered by the apiserver (not in memory).
+    selector = ",".join(f"{k}={v}" for k, v in MANAGED.items())
+    for group, version, plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[group, version, plural] = selector
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     runtime = _runtime(memo)
