@@ -89,7 +89,7 @@ class Links:
     im_addrs: str = ""  # host:port,...; empty: im instances from Redis
     rpc_deadline_s: float = 2.0
     registry_ttl_s: float = 3.0  # an instance silent this long is dead
-    head_check_s: float = 5.0  # gateway: compare connected devices' inbox heads
+    head_check_s: float = 30.0  # gateway: compare connected devices' inbox heads (0: off)
     otlp_endpoint: str = ""  # OTLP/gRPC collector; empty: no trace export
 
 

@@ -74,6 +74,7 @@ class GatewayApp:
             registry.CachedInstances(self.instances, "state", 1.0)), self.instance_id)
         self.gateway = Gateway(settings, self.im, self.routes, signer, self.instance_id)
         self.heads = HeadChecker(self.gateway, self.im.inbox_heads, links.head_check_s)
+        self.im.on_failover = self.heads.check_soon
         self.cpu = CpuLoad()
         self.ws_url = self.tcp_address = self.grpc_address = self.base_url = ""
         self.publisher: serving.Publisher | None = None
@@ -113,7 +114,7 @@ class GatewayApp:
         """Redis lost its keys (or was unreachable): put our routes back, then
         look for pushes that found no route meanwhile."""
         await self.routes.refresh([c for c in self.gateway.connections if c.user_id])
-        self.heads.check_now()
+        self.heads.check_soon()
 
     async def _refresh_routes(self) -> None:
         while True:

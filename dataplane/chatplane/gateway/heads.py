@@ -8,8 +8,13 @@ never learn of it. So every `interval_s` the gateway asks im for the inbox
 heads of the users connected here, and remembers them; a connection that,
 one round later, has still been pushed less than the head seen then is sent
 `SyncHint{inbox_head}` and pulls what it misses. Waiting a round keeps
-entries that are merely in flight from causing syncs. `check_now()` runs a
-round at once (after Redis lost the routes).
+entries that are merely in flight from causing syncs.
+
+Each round costs one inbox-head read per connected user, so the periodic
+round is slow (`head_check_s`, 30 s by default). What can lose a push also
+triggers two quick rounds one second apart (`check_soon()`): a request that
+had to fail over to another im (the dead one may have stored messages it
+never delivered), and Redis losing the routes.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ if TYPE_CHECKING:
 HeadSource = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
 log = logging.getLogger("chatplane.gateway.heads")
 BATCH = 500
+QUICK_S = 1.0
 
 
 class HeadChecker:
@@ -39,26 +45,30 @@ class HeadChecker:
         self._seen: dict[tuple[str, str], int] = {}  # (user, conn_id) -> head a round ago
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._quick = 0  # quick rounds still to run
 
     def start(self) -> None:
-        if self.interval_s > 0:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def check_now(self) -> None:
+    def check_soon(self) -> None:
+        """Two rounds a second apart, starting now."""
+        self._quick = 2
         self._wake.set()
 
     async def _run(self) -> None:
         while True:
+            wait = QUICK_S if self._quick else (self.interval_s if self.interval_s > 0 else None)
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                await asyncio.wait_for(self._wake.wait(), wait)
             except TimeoutError:
                 pass
             self._wake.clear()
+            self._quick = max(0, self._quick - 1)
             try:
                 await self.round()
             except Exception as exc:  # im down: try again next round

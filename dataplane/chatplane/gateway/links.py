@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -47,6 +47,7 @@ class RemoteIm:
         self.ring = HashRing(static)
         self._addresses: dict[str, str] = {a: a for a in static}
         self.failovers = 0
+        self.on_failover: Callable[[], None] | None = None
 
     async def _owners(self, key: str) -> list[str]:
         if not self.static and self.registry is not None:
@@ -67,6 +68,8 @@ class RemoteIm:
             tried += 1
             if tried > 1:
                 self.failovers += 1
+                if self.on_failover is not None:
+                    self.on_failover()
             reply: spb.ClientReply = await sgrpc.ImStub(self.peers.channel(address)).Handle(
                 request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
             return reply
