@@ -31,6 +31,9 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    # (table, column, type): CQL has no portable ADD IF NOT EXISTS, so migrate
+    # adds a column only when system_schema does not list it yet.
+    add_columns: tuple[tuple[str, str, str], ...] = ()
 
 
 # Never edit a released migration: add the next one. {ks} is the keyspace.
@@ -64,6 +67,32 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) WITH CLUSTERING ORDER BY (inbox_seq ASC)""",
         """CREATE TABLE IF NOT EXISTS {ks}.inbox_heads (
             user_id text PRIMARY KEY, head bigint)""",
+    )),
+    Migration(2, "social layer: members, per-user conversations, reads, relations, invitations", (
+        # Membership rows are written USING TIMESTAMP <event seq>: a change
+        # re-applied after a crash, or applied late, never undoes a later one.
+        """CREATE TABLE IF NOT EXISTS {ks}.members (
+            conversation_id text, user_id text, role text, joined_seq bigint,
+            PRIMARY KEY (conversation_id, user_id))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.user_conversations (
+            user_id text, conversation_id text, kind text, joined_seq bigint, left_seq bigint,
+            PRIMARY KEY (user_id, conversation_id))""",
+        # read_seq is written USING TIMESTAMP <read_seq>, so it never moves back.
+        """CREATE TABLE IF NOT EXISTS {ks}.reads (
+            conversation_id text, user_id text, read_seq bigint,
+            PRIMARY KEY (conversation_id, user_id))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.relations (
+            user_id text, other text, friend boolean, request_sent boolean,
+            request_received boolean, note text, blocked boolean, updated_at_ms bigint,
+            PRIMARY KEY (user_id, other))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.invitations (
+            conversation_id text, user_id text, inviter text, at_ms bigint,
+            PRIMARY KEY (conversation_id, user_id))""",
+    ), add_columns=(
+        ("conversations", "name", "text"),
+        ("conversation_heads", "last_activity_ms", "bigint"),
+        ("conversation_heads", "member_count", "int"),
+        ("messages", "membership", "text"),
     )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -119,6 +148,11 @@ async def migrate(settings: cql.CqlSettings) -> list[int]:
                 continue
             for statement in migration.statements:
                 await db.run(statement.format(ks=keyspace))
+            for table, column, kind in migration.add_columns:
+                if not await db.run(
+                        "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s"
+                        " AND table_name = %s AND column_name = %s", (keyspace, table, column)):
+                    await db.run(f"ALTER TABLE {keyspace}.{table} ADD {column} {kind}")
             if migration.version == 1:
                 await _write_buckets(db, keyspace, settings)
             await db.run(

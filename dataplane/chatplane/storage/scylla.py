@@ -23,22 +23,29 @@ crash between the steps loses nothing and a resend finds the original.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from chatplane.storage import cql, migrations
+from chatplane.storage import scylla_social as social
 from chatplane.storage.base import (
     DIRECT,
+    EVENTS,
+    GROUP,
+    MEMBER,
     AppendResult,
     Conversation,
     ConversationNotFound,
     InboxItem,
+    MembershipChange,
     SendRequest,
     StorageError,
     StorageUnavailable,
     StoredMessage,
     direct_conversation_id,
+    events_conversation_id,
 )
 from chatplane.storage.scylla_heads import Heads
 from chatplane.storage.scylla_statements import Statements, message_from_row
@@ -53,7 +60,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class ScyllaStorage:
+class ScyllaStorage(social.SocialMethods):
     """`Storage` on a CQL cluster. `open()` needs a migrated keyspace."""
 
     name = "scylla"
@@ -94,31 +101,61 @@ class ScyllaStorage:
 
     # -- conversations -------------------------------------------------------
 
-    async def ensure_direct(self, a: str, b: str, now_ms: int) -> Conversation:
+    async def _create(self, conversation_id: str, kind: str, now_ms: int,
+                      members: Sequence[str]) -> bool:
+        """Create the conversation (identity by LWT), then its member rows and
+        facts at timestamp 0 (any later change, at its seq, wins). True if new."""
         db, st, _ = self._parts()
+        rows = await db.run(st.insert_conversation, (conversation_id, kind, now_ms))
+        created = bool(rows and rows[0].get("[applied]"))
+        if created or (members and not await social.member_ids(db, st, conversation_id)):
+            # new, or its creator died before writing the members: write them now
+            await asyncio.gather(*(social.add_member(db, st, conversation_id, kind, user,
+                                                     MEMBER, 0) for user in members))
+            await db.run(st.set_conversation_facts, (0, len(members), now_ms, conversation_id))
+        self._remember(conversation_id)
+        return created
+
+    async def ensure_direct(self, a: str, b: str, now_ms: int) -> Conversation:
         conversation_id = direct_conversation_id(a, b)
         members = sorted({a, b})
-        rows = await db.run(st.insert_conversation,
-                            (conversation_id, DIRECT, members, now_ms, {}))
-        self._remember(conversation_id)
-        if rows and rows[0].get("[applied]"):
+        if await self._create(conversation_id, DIRECT, now_ms, members):
             return Conversation(conversation_id, DIRECT, tuple(members), 0, now_ms, {})
+        return await self._must_exist(conversation_id)
+
+    async def ensure_events(self, user_id: str, now_ms: int) -> Conversation:
+        conversation_id = events_conversation_id(user_id)
+        if await self._create(conversation_id, EVENTS, now_ms, [user_id]):
+            return Conversation(conversation_id, EVENTS, (user_id,), 0, now_ms, {})
+        return await self._must_exist(conversation_id)
+
+    async def _must_exist(self, conversation_id: str) -> Conversation:
         found = await self.conversation(conversation_id)
         if found is None:  # the LWT that won has not reached a quorum we read from
-            raise StorageUnavailable(f"conversation {conversation_id} vanished after create")
+            raise StorageUnavailable(f"conversation {conversation_id} not readable yet")
         return found
 
     async def conversation(self, conversation_id: str) -> Conversation | None:
         db, st, heads = self._parts()
-        rows = await db.run(st.select_conversation, (conversation_id,))
+        rows, members, head = await asyncio.gather(
+            db.run(st.select_conversation, (conversation_id,)),
+            social.member_ids(db, st, conversation_id),
+            heads.conversation_head(conversation_id, serial=False))
         if not rows:
             return None
         row = rows[0]
-        head = await heads.conversation_head(conversation_id, serial=False)
+        extra = dict(row["extra"] or {})
+        if row["name"]:
+            extra["name"] = row["name"]
         return Conversation(
             conversation_id=conversation_id, kind=row["kind"] or DIRECT,
-            members=tuple(row["members"] or ()), head_seq=head,
-            created_at_ms=row["created_at_ms"] or 0, extra=dict(row["extra"] or {}))
+            members=tuple(members), head_seq=head,
+            created_at_ms=row["created_at_ms"] or 0, extra=extra)
+
+    async def _message_at(self, conversation_id: str, seq: int) -> StoredMessage | None:
+        _, _, heads = self._parts()
+        rows = await heads.read_message_rows(conversation_id, seq, serial=False)
+        return message_from_row(rows[0]) if rows else None
 
     def _remember(self, conversation_id: str) -> None:
         if len(self._known) > 100_000:
@@ -137,24 +174,48 @@ class ScyllaStorage:
     # -- append --------------------------------------------------------------
 
     async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
-        _, _, heads = self._parts()
-        state = heads.conversation_state(request.conversation_id)
+        return await self._sequence(request, recipients, None)
+
+    async def apply_membership(self, conversation_id: str, change: MembershipChange,
+                               event: SendRequest,
+                               recipients: Sequence[str] | None = None) -> AppendResult:
+        if event.conversation_id != conversation_id:
+            raise StorageError(f"event for {event.conversation_id} applied to {conversation_id}")
+        if change.create:
+            await self._create(conversation_id, GROUP, event.sent_at_ms, ())
+        return await self._sequence(event, recipients, change)
+
+    async def _sequence(self, request: SendRequest, recipients: Sequence[str] | None,
+                        change: MembershipChange | None) -> AppendResult:
+        db, st, heads = self._parts()
+        conversation_id = request.conversation_id
+        state = heads.conversation_state(conversation_id)
         async with state.lock:
             try:
                 if state.head is None:
-                    state.head = await heads.recover_conversation(request.conversation_id)
+                    state.head = await heads.recover_conversation(conversation_id)
                 original = await heads.find_send(request)
                 if original is not None:
                     return AppendResult(original, duplicate=True)
-                if not await self._exists(request.conversation_id):
-                    raise ConversationNotFound(request.conversation_id)
+                if not await self._exists(conversation_id):
+                    raise ConversationNotFound(conversation_id)
+                membership = None
+                if change is not None:
+                    membership = social.encode_change(change)
+                    if recipients is None:
+                        before = await social.member_ids(db, st, conversation_id)
+                        recipients = sorted(set(before) | set(social.members_after(before,
+                                                                                   change)))
+                users = list(recipients or ())
                 appended_at = _now_ms()
-                message = await self._claim_seq(request, list(recipients), appended_at,
-                                                state.head)
+                message = await self._claim_seq(request, users, appended_at, state.head,
+                                                membership)
                 state.head = message.seq
+                if change is not None:
+                    await social.apply_change(db, st, conversation_id, change, message.seq,
+                                              message.sent_at_ms)
                 await heads.record_send(message)
-                inbox = await heads.fan_out(message, list(recipients), appended_at,
-                                            resume=False)
+                inbox = await heads.fan_out(message, users, appended_at, resume=False)
                 await heads.finish(message)
                 return AppendResult(message, duplicate=False, inbox=tuple(inbox))
             except ConversationNotFound:
@@ -166,7 +227,7 @@ class ScyllaStorage:
                 raise
 
     async def _claim_seq(self, request: SendRequest, recipients: list[str],
-                         appended_at: int, head: int) -> StoredMessage:
+                         appended_at: int, head: int, membership: str | None) -> StoredMessage:
         db, st, heads = self._parts()
         seq = head + 1
         for _ in range(MAX_CLAIM_ATTEMPTS):
@@ -179,7 +240,7 @@ class ScyllaStorage:
             params = (message.conversation_id, heads.message_bucket_of(seq), seq,
                       message.message_id, message.sender, message.sender_device, message.cid,
                       message.text, message.sent_at_ms, message.payload, message.content_type,
-                      recipients, appended_at)
+                      recipients, appended_at, membership)
             try:
                 rows = await db.run(st.insert_message, params)
             except StorageUnavailable:

@@ -19,6 +19,7 @@ from typing import Any
 
 from chatplane.storage import cql
 from chatplane.storage.base import InboxItem, SendRequest, StorageUnavailable, StoredMessage
+from chatplane.storage.scylla_social import apply_change, decode_change
 from chatplane.storage.scylla_statements import Statements, message_from_row
 
 MAX_CLAIM_ATTEMPTS = 50
@@ -110,6 +111,10 @@ class Heads:
         for row in reversed(await self.timeline_rows_down(conversation_id, head, RECOVER_TAIL)):
             if not row["fanned_out"]:
                 message = message_from_row(row)
+                if row["membership"]:
+                    await apply_change(self.db, self.st, conversation_id,
+                                       decode_change(row["membership"]), message.seq,
+                                       message.sent_at_ms)
                 await self.record_send(message)
                 await self.fan_out(message, list(row["recipients"] or ()),
                                    int(row["appended_at_ms"] or 0), resume=True)
@@ -143,11 +148,15 @@ class Heads:
             message.cid // self.cid_bucket, message.cid, message.seq))
 
     async def finish(self, message: StoredMessage) -> None:
-        bucket = self.message_bucket_of(message.seq)
+        """Mark the message done; advance the head hint and the activity time,
+        and the sender's read position (one's own message is read)."""
+        seq, conversation_id = message.seq, message.conversation_id
         await asyncio.gather(
-            self.db.run(self.st.mark_fanned_out, (message.conversation_id, bucket, message.seq)),
+            self.db.run(self.st.mark_fanned_out,
+                        (conversation_id, self.message_bucket_of(seq), seq)),
             self.db.run(self.st.set_conversation_hint,
-                        (message.seq, message.seq, message.conversation_id)))
+                        (seq, seq, message.sent_at_ms, conversation_id)),
+            self.db.run(self.st.set_read, (seq, seq, conversation_id, message.sender)))
 
     # -- inboxes -------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from chatplane.storage import cql
 from chatplane.storage.base import StoredMessage
 
 MESSAGE_COLUMNS = ("conversation_id, seq, message_id, sender, sender_device, cid, text, "
-                   "sent_at_ms, payload, content_type, recipients, appended_at_ms, fanned_out")
+                   "sent_at_ms, payload, content_type, recipients, appended_at_ms, fanned_out, "
+                   "membership")
 
 
 def message_from_row(row: dict[str, Any]) -> StoredMessage:
@@ -56,25 +57,119 @@ class Statements:
     create_user: PreparedStatement
     upsert_user: PreparedStatement
     select_user: PreparedStatement
+    heads_in: PreparedStatement
+    set_conversation_facts: PreparedStatement
+    set_conversation_name: PreparedStatement
+    set_conversation_extra: PreparedStatement
+    timeline_senders: PreparedStatement
+    put_member: PreparedStatement
+    delete_member: PreparedStatement
+    set_role: PreparedStatement
+    select_members: PreparedStatement
+    join_conversation: PreparedStatement
+    leave_conversation: PreparedStatement
+    select_user_conversation: PreparedStatement
+    user_conversations: PreparedStatement
+    set_read: PreparedStatement
+    select_read: PreparedStatement
+    select_reads: PreparedStatement
+    put_relation: PreparedStatement
+    delete_relation: PreparedStatement
+    select_relation: PreparedStatement
+    select_relations: PreparedStatement
+    put_invitation: PreparedStatement
+    select_invitation: PreparedStatement
+    take_invitation: PreparedStatement
 
     @classmethod
     async def prepare(cls, db: cql.CqlSession, ks: str) -> Statements:
         m = f"{ks}.messages"
         queries: dict[str, tuple[str, bool]] = {
+            # Identity only: every other cell is written USING TIMESTAMP <seq>
+            # (a Paxos timestamp here would shadow those writes).
             "insert_conversation": (
-                f"INSERT INTO {ks}.conversations (conversation_id, kind, members, created_at_ms,"
-                " extra) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS", False),
+                f"INSERT INTO {ks}.conversations (conversation_id, kind, created_at_ms)"
+                " VALUES (?, ?, ?) IF NOT EXISTS", False),
             "select_conversation": (
                 f"SELECT * FROM {ks}.conversations WHERE conversation_id = ?", True),
             "conversation_hint": (
-                f"SELECT head_seq FROM {ks}.conversation_heads WHERE conversation_id = ?", True),
-            "set_conversation_hint": (
-                f"UPDATE {ks}.conversation_heads USING TIMESTAMP ? SET head_seq = ?"
+                f"SELECT head_seq, last_activity_ms, member_count FROM {ks}.conversation_heads"
                 " WHERE conversation_id = ?", True),
+            "set_conversation_hint": (
+                f"UPDATE {ks}.conversation_heads USING TIMESTAMP ? SET head_seq = ?,"
+                " last_activity_ms = ? WHERE conversation_id = ?", True),
+            "heads_in": (
+                f"SELECT conversation_id, head_seq, last_activity_ms, member_count"
+                f" FROM {ks}.conversation_heads WHERE conversation_id IN ?", True),
+            "set_conversation_facts": (
+                f"UPDATE {ks}.conversation_heads USING TIMESTAMP ? SET member_count = ?,"
+                " last_activity_ms = ? WHERE conversation_id = ?", True),
+            "set_conversation_name": (
+                f"UPDATE {ks}.conversations USING TIMESTAMP ? SET name = ?"
+                " WHERE conversation_id = ?", True),
+            "set_conversation_extra": (
+                f"UPDATE {ks}.conversations USING TIMESTAMP ? SET extra[?] = ?"
+                " WHERE conversation_id = ?", True),
+            "timeline_senders": (
+                f"SELECT seq, sender, content_type FROM {m} WHERE conversation_id = ?"
+                " AND bucket = ? AND seq >= ? AND seq <= ?", True),
+            "put_member": (
+                f"INSERT INTO {ks}.members (conversation_id, user_id, role, joined_seq)"
+                " VALUES (?, ?, ?, ?) USING TIMESTAMP ?", True),
+            "delete_member": (
+                f"DELETE FROM {ks}.members USING TIMESTAMP ? WHERE conversation_id = ?"
+                " AND user_id = ?", True),
+            "set_role": (
+                f"UPDATE {ks}.members USING TIMESTAMP ? SET role = ? WHERE conversation_id = ?"
+                " AND user_id = ?", True),
+            "select_members": (
+                f"SELECT user_id, role, joined_seq FROM {ks}.members WHERE conversation_id = ?",
+                True),
+            "join_conversation": (
+                f"UPDATE {ks}.user_conversations USING TIMESTAMP ? SET kind = ?, joined_seq = ?,"
+                " left_seq = 0 WHERE user_id = ? AND conversation_id = ?", True),
+            "leave_conversation": (
+                f"UPDATE {ks}.user_conversations USING TIMESTAMP ? SET left_seq = ?"
+                " WHERE user_id = ? AND conversation_id = ?", True),
+            "select_user_conversation": (
+                f"SELECT kind, joined_seq, left_seq FROM {ks}.user_conversations"
+                " WHERE user_id = ? AND conversation_id = ?", True),
+            "user_conversations": (
+                f"SELECT conversation_id, kind, joined_seq, left_seq FROM {ks}.user_conversations"
+                " WHERE user_id = ?", True),
+            "set_read": (
+                f"UPDATE {ks}.reads USING TIMESTAMP ? SET read_seq = ? WHERE conversation_id = ?"
+                " AND user_id = ?", True),
+            "select_read": (
+                f"SELECT read_seq FROM {ks}.reads WHERE conversation_id = ? AND user_id = ?", True),
+            "select_reads": (
+                f"SELECT user_id, read_seq FROM {ks}.reads WHERE conversation_id = ?", True),
+            "put_relation": (
+                f"INSERT INTO {ks}.relations (user_id, other, friend, request_sent,"
+                " request_received, note, blocked, updated_at_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", True),
+            "delete_relation": (
+                f"DELETE FROM {ks}.relations WHERE user_id = ? AND other = ?", True),
+            "select_relation": (
+                f"SELECT other, friend, request_sent, request_received, note, blocked,"
+                f" updated_at_ms FROM {ks}.relations WHERE user_id = ? AND other = ?", True),
+            "select_relations": (
+                f"SELECT other, friend, request_sent, request_received, note, blocked,"
+                f" updated_at_ms FROM {ks}.relations WHERE user_id = ?", True),
+            "put_invitation": (
+                f"INSERT INTO {ks}.invitations (conversation_id, user_id, inviter, at_ms)"
+                " VALUES (?, ?, ?, ?)", True),
+            "select_invitation": (
+                f"SELECT inviter FROM {ks}.invitations WHERE conversation_id = ? AND user_id = ?",
+                True),
+            "take_invitation": (
+                f"DELETE FROM {ks}.invitations WHERE conversation_id = ? AND user_id = ?"
+                " IF inviter = ?", False),
             "insert_message": (
                 f"INSERT INTO {m} (conversation_id, bucket, seq, message_id, sender,"
                 " sender_device, cid, text, sent_at_ms, payload, content_type, recipients,"
-                " appended_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                " appended_at_ms, membership) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " IF NOT EXISTS",
                 False),
             "select_message": (
                 f"SELECT {MESSAGE_COLUMNS} FROM {m} WHERE conversation_id = ? AND bucket = ?"
