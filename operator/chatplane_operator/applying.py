@@ -44,6 +44,7 @@ KINDS: dict[str, Kind] = {
     "PodDisruptionBudget": Kind("/apis/policy/v1", "poddisruptionbudgets"),
     "Deployment": Kind("/apis/apps/v1", "deployments"),
     "StatefulSet": Kind("/apis/apps/v1", "statefulsets"),
+    "Job": Kind("/apis/batch/v1", "jobs"),
     api.KIND: Kind(f"/apis/{api.API_VERSION}", api.PLURAL),
 }
 

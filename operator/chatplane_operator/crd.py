@@ -254,6 +254,10 @@ def _status() -> Schema:
         "readyGateways": _str("Ready gateway pods / desired gateway pods."),
         "connections": _int("Live client connections, every region."),
         "version": _str("The image version the spec asks for."),
+        "storage": _obj("The keyspace migration.", {
+            "migrationJob": _str("Name of the current `chatplane storage migrate` Job."),
+            "migrated": {"type": "boolean", "description": "That Job has succeeded."},
+        }),
     })
 
 

@@ -31,6 +31,7 @@ CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
     ("policy", "v1", "poddisruptionbudgets"),
     ("apps", "v1", "deployments"),
     ("apps", "v1", "statefulsets"),
+    ("batch", "v1", "jobs"),
 )
 
 

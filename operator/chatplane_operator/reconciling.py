@@ -15,7 +15,7 @@ from typing import Any
 
 from chatplane_operator import api, status
 from chatplane_operator.applying import KINDS, ApiError, Applier, secret_has_key
-from chatplane_operator.specs import bundle, config, naming
+from chatplane_operator.specs import bundle, config, jobs, naming
 
 log = logging.getLogger(__name__)
 R = api.Reason
@@ -103,6 +103,7 @@ class Reconciler:
             return outcome
         cluster = api.parse(body)
         observations: dict[str, status.RegionObservation] = {}
+        migration: dict[str, Any] | None = None
         try:
             api.validate(cluster)
         except api.SpecError as exc:
@@ -112,8 +113,9 @@ class Reconciler:
             observations = {r.name: status.RegionObservation({}, error=err)
                             for r in cluster.regions}
         else:
-            self._apply_all(body, cluster, observations, outcome)
-        new_status = status.compute(cluster, observations, body.get("status"))
+            migration = self._apply_all(body, cluster, observations, outcome)
+        new_status = status.compute(cluster, observations, body.get("status"),
+                                    migration=migration)
         if new_status != (body.get("status") or {}):
             self.applier.patch_status(namespace, name, new_status)
         self._report(body, cluster, outcome)
@@ -121,7 +123,10 @@ class Reconciler:
         return outcome
 
     def _apply_all(self, body: dict[str, Any], cluster: api.ChatCluster,
-                   observations: dict[str, status.RegionObservation], outcome: Outcome) -> None:
+                   observations: dict[str, status.RegionObservation], outcome: Outcome,
+                   ) -> dict[str, Any] | None:
+        """Apply every region, then the cluster-wide objects; prune; return the migration
+        status (None when the first region could not be applied)."""
         self._ensure_generated_secret(body, cluster, outcome)
         existing = self._existing(cluster)
         desired: set[tuple[str, str]] = set()
@@ -145,9 +150,31 @@ class Reconciler:
             }
             connections = self.count(cluster, region) if error is None else 0
             observations[region.name] = status.RegionObservation(tiers, connections, error)
+        migration = self._apply_cluster_wide(cluster, existing, desired, observations, outcome)
         for key in set(existing) - desired:
             self.applier.delete(key[0], cluster.namespace, key[1])
             outcome.deleted += 1
+        return migration
+
+    def _apply_cluster_wide(self, cluster: api.ChatCluster,
+                            existing: dict[tuple[str, str], dict[str, Any]],
+                            desired: set[tuple[str, str]],
+                            observations: dict[str, status.RegionObservation],
+                            outcome: Outcome) -> dict[str, Any] | None:
+        manifests = bundle.build_cluster(cluster)
+        desired.update(_key(m) for m in manifests)
+        first = cluster.regions[0].name if cluster.regions else None
+        if first is None or observations[first].error is not None:
+            return None  # the Job reads the first region's ConfigMap and Secrets
+        applied: dict[str, dict[str, Any]] = {}
+        error = self._apply_region(manifests, existing, applied, outcome)
+        if error is not None:
+            outcome.ok = False
+            outcome.errors.append(f"{error[0]}: cluster: {error[1]}")
+            observations[first] = dataclasses.replace(observations[first], error=error)
+            return None
+        name = jobs.migrate_job_name(cluster)
+        return {"migrationJob": name, "migrated": jobs.migrated(applied.get(jobs.COMPONENT))}
 
     def _apply_region(self, manifests: list[dict[str, Any]],
                       existing: dict[tuple[str, str], dict[str, Any]],
@@ -164,7 +191,7 @@ class Reconciler:
             elif before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
                 outcome.updated += 1
             component = manifest["metadata"]["labels"].get("app.kubernetes.io/component", "")
-            if manifest["kind"] in ("Deployment", "StatefulSet"):
+            if manifest["kind"] in ("Deployment", "StatefulSet", "Job"):
                 applied[component] = after
         return None
 

@@ -109,8 +109,10 @@ def compute(
     observations: Mapping[str, RegionObservation],
     previous: Mapping[str, Any] | None = None,
     now: str | None = None,
+    migration: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The full `status` for `cluster`, given what was observed in each region."""
+    """The full `status` for `cluster`, given what was observed in each region (and the
+    storage migration Job's name and outcome, when it was applied)."""
     previous = previous or {}
     old_regions = {r.get("name"): r for r in previous.get("regions") or []}
     gen = cluster.generation
@@ -164,7 +166,7 @@ def compute(
     ]
     gateways_ready = sum(r["tiers"]["gateway"]["readyReplicas"] for r in regions)
     gateways_wanted = sum(r["tiers"]["gateway"]["replicas"] for r in regions)
-    return {
+    out = {
         "observedGeneration": gen,
         "conditions": conditions,
         "regions": regions,
@@ -173,3 +175,8 @@ def compute(
         "connections": sum(int(r["connections"]) for r in regions),
         "version": cluster.image.version,
     }
+    if migration is not None:
+        out["storage"] = dict(migration)
+    elif previous.get("storage"):
+        out["storage"] = dict(previous["storage"])
+    return out

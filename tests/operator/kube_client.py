@@ -29,6 +29,7 @@ PATHS: dict[str, tuple[str, str, bool]] = {  # kind -> (prefix, plural, namespac
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
     "Deployment": ("/apis/apps/v1", "deployments", True),
     "StatefulSet": ("/apis/apps/v1", "statefulsets", True),
+    "Job": ("/apis/batch/v1", "jobs", True),
     "ChatCluster": ("/apis/chatplane.dev/v1alpha1", "chatclusters", True),
     "ClusterRole": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
     "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),

@@ -17,7 +17,8 @@ from kube_client import Kube
 
 pytestmark = pytest.mark.kube
 
-CHILD_KINDS = ("ConfigMap", "Service", "PodDisruptionBudget", "Deployment", "StatefulSet")
+CHILD_KINDS = ("ConfigMap", "Service", "PodDisruptionBudget", "Deployment", "StatefulSet",
+               "Job")
 PER_REGION = {"ConfigMap": 1, "Service": 5, "PodDisruptionBudget": 4, "Deployment": 3,
               "StatefulSet": 1}
 SELECTOR = "app.kubernetes.io/managed-by=chatplane-operator"
@@ -32,7 +33,7 @@ def children(kube: Kube, namespace: str) -> dict[tuple[str, str], dict[str, Any]
 
 
 def expected_count(regions: int) -> int:
-    return regions * sum(PER_REGION.values())
+    return regions * sum(PER_REGION.values()) + 1  # + the storage migration Job
 
 
 def wait_reconciled(kube: Kube, namespace: str, regions: int, timeout: float = 30) -> Any:
@@ -310,3 +311,31 @@ def test_live_connections_are_counted_from_gateway_pods(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_migration_job_follows_the_replication_map(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    cluster = make_cluster(("eu", "us"))
+    objs = wait_reconciled(kube, namespace, 2)
+    (first,) = [name for kind, name in objs if kind == "Job"]
+    job = objs[("Job", first)]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == cluster["metadata"]["uid"]
+    status = wait_until(lambda: cluster_status(kube, namespace).get("storage"), 20, "storage")
+    assert status == {"migrationJob": first, "migrated": False}
+    # Play the Job controller: the Job succeeded.
+    kube.merge_patch("Job", namespace, first, {"status": {
+        "succeeded": 1, "startTime": "2026-01-01T00:00:00Z",
+        "completionTime": "2026-01-01T00:01:00Z", "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True"},
+            {"type": "Complete", "status": "True"}]}}, sub="status")
+    wait_until(lambda: cluster_status(kube, namespace).get("storage", {}).get("migrated"), 20,
+               "migrated")
+    regions = kube.get("ChatCluster", namespace, "chat")["spec"]["regions"]
+    regions[1]["cql"]["replicationFactor"] = 5
+    kube.merge_patch("ChatCluster", namespace, "chat", {"spec": {"regions": regions}})
+    wait_until(lambda: kube.get("Job", namespace, first) is None, 20, "old Job pruned")
+    jobs_now = wait_until(lambda: kube.list("Job", namespace, SELECTOR), 20, "new Job")
+    assert [j["metadata"]["name"] for j in jobs_now] != [first]
+    config = kube.get("ConfigMap", namespace, "chat-eu-config")["data"]
+    assert json.loads(config["CHATPLANE_CQL_REPLICATION"]) == {"eu": 3, "us": 5}

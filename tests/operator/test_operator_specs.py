@@ -10,7 +10,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from chatplane_operator import api
-from chatplane_operator.specs import bundle, config, naming, pods, workloads
+from chatplane_operator.specs import bundle, config, jobs, naming, pods, workloads
 from conftest import cluster_body
 
 K8S_VERSIONS = ("1.29", "1.30", "1.31", "1.32", "1.33")
@@ -19,7 +19,7 @@ K8S_VERSIONS = ("1.29", "1.30", "1.31", "1.32", "1.33")
 def manifests(body: dict[str, Any]) -> list[dict[str, Any]]:
     cluster = api.parse(body)
     out = [m for region in bundle.build_all(cluster).values() for m in region]
-    return [*out, config.build_generated_secret(cluster)]
+    return [*out, *bundle.build_cluster(cluster), config.build_generated_secret(cluster)]
 
 
 def by_name(objs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -31,7 +31,7 @@ def test_every_manifest_validates_strictly(version: str, body: dict[str, Any],
                                            example: dict[str, Any]) -> None:
     example["metadata"]["uid"] = "uid-example"
     objs = manifests(body) + manifests(example)
-    assert len(objs) == 2 * (2 * 14 + 1)
+    assert len(objs) == 2 * (2 * 14 + 2)
     for obj in objs:
         kubernetes_validate.validate(obj, version, strict=True)
 
@@ -77,7 +77,7 @@ def test_gateways_drain_before_they_go(body: dict[str, Any]) -> None:
 def test_pods_are_non_root_read_only_and_probed(body: dict[str, Any]) -> None:
     for obj in manifests(body):
         if obj["kind"] not in ("Deployment", "StatefulSet"):
-            continue
+            continue  # the Job's pod: see test_migrate_job
         pod = obj["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
@@ -160,3 +160,33 @@ def test_token_secret_ref_replaces_the_generated_key(body: dict[str, Any]) -> No
     refs = config.user_secret_refs(cluster, cluster.regions[0])
     assert api.SecretKeyRef("shared-token", "token") in refs
     assert all(r.name != "chat-generated" for r in refs)
+
+
+def test_migrate_job(body: dict[str, Any]) -> None:
+    body["spec"]["storage"] = {"credentialsSecretRef": {"name": "scylla-auth"}}
+    cluster = api.parse(body)
+    job = jobs.build_migrate_job(cluster)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["storage", "migrate"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "chat-eu-config"}}]
+    assert {e["name"] for e in container["env"]} == {"CHATPLANE_CQL_USERNAME",
+                                                     "CHATPLANE_CQL_PASSWORD"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["restartPolicy"] == "OnFailure"
+    assert "ttlSecondsAfterFinished" not in job["spec"]
+
+
+def test_migrate_job_name_follows_what_it_migrates(body: dict[str, Any]) -> None:
+    name = jobs.migrate_job_name(api.parse(body))
+    assert name.startswith("chat-migrate-")
+    same = copy.deepcopy(body)
+    same["spec"]["limits"] = {"maxFrameBytes": 4096}
+    assert jobs.migrate_job_name(api.parse(same)) == name
+    rf = copy.deepcopy(body)
+    rf["spec"]["regions"][0]["cql"]["replicationFactor"] = 5
+    assert jobs.migrate_job_name(api.parse(rf)) != name
+    version = copy.deepcopy(body)
+    version["spec"]["image"]["version"] = "0.2.0"
+    assert jobs.migrate_job_name(api.parse(version)) != name

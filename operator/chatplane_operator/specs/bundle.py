@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from chatplane_operator import api
-from chatplane_operator.specs import config, services, workloads
+from chatplane_operator.specs import config, jobs, services, workloads
 
 # The kinds the operator applies with server-side apply, in apply order.
 APPLIED_KINDS: tuple[str, ...] = (
-    "ConfigMap", "Service", "PodDisruptionBudget", "Deployment", "StatefulSet",
+    "ConfigMap", "Service", "PodDisruptionBudget", "Deployment", "StatefulSet", "Job",
 )
 
 
@@ -26,3 +26,9 @@ def build_region(cluster: api.ChatCluster, region: api.Region) -> list[dict[str,
 def build_all(cluster: api.ChatCluster) -> dict[str, list[dict[str, Any]]]:
     """Region name -> its manifests (the generated Secret is separate: create-once)."""
     return {region.name: build_region(cluster, region) for region in cluster.regions}
+
+
+def build_cluster(cluster: api.ChatCluster) -> list[dict[str, Any]]:
+    """Objects of the whole cluster, applied after the first region's (they read its
+    ConfigMap): the storage migration Job."""
+    return [jobs.build_migrate_job(cluster)] if cluster.regions else []

@@ -19,6 +19,36 @@ def grace_period(cluster: api.ChatCluster, tier: str) -> int:
     return DEFAULT_GRACE_S
 
 
+def container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def pod_basics(cluster: api.ChatCluster, region: api.Region) -> dict[str, Any]:
+    """What every chatplane pod spec has: identity, security, /tmp, placement, pull secrets."""
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+    }
+    if region.placement.region_label:
+        spec["nodeSelector"] = {region.placement.region_label: region.placement.region_value}
+    if cluster.image.pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in cluster.image.pull_secrets]
+    return spec
+
+
 def _ports(cluster: api.ChatCluster, tier: str) -> list[dict[str, Any]]:
     ports = [{"name": "http", "containerPort": cluster.ports.http, "protocol": "TCP"}]
     if tier == "gateway":
@@ -77,12 +107,7 @@ def container(cluster: api.ChatCluster, region: api.Region, tier: str) -> dict[s
         "startupProbe": _probe("/healthz", 2, 30),
         "livenessProbe": _probe("/healthz", 10, 3),
         "readinessProbe": _probe("/readyz", 5, 2),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     if tier == "gateway":
@@ -110,24 +135,11 @@ def pod_template(cluster: api.ChatCluster, region: api.Region, tier: str) -> dic
             "prometheus.io/path": "/metrics",
         })
     spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
+        **pod_basics(cluster, region),
         "terminationGracePeriodSeconds": grace_period(cluster, tier),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
         "containers": [container(cluster, region, tier)],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
         "topologySpreadConstraints": _spread(cluster, region, tier),
     }
-    if region.placement.region_label:
-        spec["nodeSelector"] = {region.placement.region_label: region.placement.region_value}
-    if cluster.image.pull_secrets:
-        spec["imagePullSecrets"] = [{"name": s} for s in cluster.image.pull_secrets]
     return {
         "metadata": {"labels": naming.labels(cluster, region, tier), "annotations": annotations},
         "spec": spec,
