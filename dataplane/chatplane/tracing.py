@@ -28,12 +28,17 @@ except ImportError:  # optional dependency
 _enabled = False
 
 
-def setup(service: str, endpoint: str = "") -> None:
-    """Install the tracer provider for this process (once)."""
+def setup(service: str, endpoint: str = "", exporter: Any = None) -> None:
+    """Install the tracer provider for this process (once). Spans go to the
+    OTLP `endpoint` when set, and to `exporter` (a SpanExporter) when given."""
     global _enabled
     if trace is None or _enabled:
         return
     provider = TracerProvider(resource=Resource.create({"service.name": f"chatplane-{service}"}))
+    if exporter is not None:
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
-from typing import cast
 
 import grpc
 from aiohttp import web
@@ -28,7 +27,6 @@ from chatplane.rpc import serving
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.links import DeliveryOutbox, StateLinks
-from chatplane.state.service import StateService
 from chatplane.storage.factory import make_storage
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
@@ -79,8 +77,7 @@ class ImApp:
             self.peers, parse_addrs(links.state_addrs),
             registry.CachedInstances(self.instances, "state", 1.0)))
         self.storage = make_storage(settings)
-        # ImService calls only `deliver` on its state: the outbox has it.
-        self.im = ImService(self.storage, cast(StateService, self.outbox), settings.limits,
+        self.im = ImService(self.storage, self.outbox, settings.limits,
                             social=settings.social, server_id=self.instance_id)
         self.servicer = ImServicer(self.im)
         self.grpc_address = ""

@@ -1,0 +1,148 @@
+"""The pieces under the cluster, each against the real thing: instance
+registry and device routes on a real Redis, the hash ring, the SQLite
+shared-mode fence that keeps seqs unique with two writers, and trace
+context across a real gRPC hop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from chatplane import tracing
+from chatplane.im.app import ImServicer
+from chatplane.im.service import ImService
+from chatplane.registry.instances import Instances
+from chatplane.registry.ring import HashRing
+from chatplane.registry.routes import RouteEntry, Routes
+from chatplane.rpc import serving
+from chatplane.settings import Limits
+from chatplane.state.service import StateService
+from chatplane.storage.base import SendRequest
+from chatplane.storage.sqlite import SqliteStorage
+from chatplane.v1 import frames_pb2 as pb
+from chatplane.v1 import services_pb2 as spb
+from chatplane.v1 import services_pb2_grpc as sgrpc
+
+from tests.services import RedisService
+
+
+@pytest.fixture
+async def client(redis_server: RedisService) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=5)
+    await r.flushall()
+    yield r
+    await r.aclose()
+
+
+@pytest.mark.redis
+async def test_instances_expire_and_report_a_lost_key(client: aioredis.Redis) -> None:
+    instances = Instances(client, ttl_s=0.3)
+    assert await instances.publish("gateway", "gw-1", {"ws": "ws://a/ws"}) is False  # new
+    assert await instances.publish("gateway", "gw-1", {"ws": "ws://a/ws"}) is True
+    await instances.publish("gateway", "gw-2", {"ws": "ws://b/ws"})
+    assert set(await instances.live("gateway")) == {"gw-1", "gw-2"}
+    await asyncio.sleep(0.4)
+    await instances.publish("gateway", "gw-2", {"ws": "ws://b/ws"})
+    assert set(await instances.live("gateway")) == {"gw-2"}  # gw-1 stopped refreshing
+    await client.flushall()  # Redis restarted empty
+    assert await instances.publish("gateway", "gw-2", {"ws": "ws://b/ws"}) is False
+
+
+@pytest.mark.redis
+async def test_routes_replace_kick_and_never_steal(client: aioredis.Redis) -> None:
+    routes = Routes(client)
+    old = RouteEntry("u", "phone", "gw-1", "c1")
+    new = RouteEntry("u", "phone", "gw-2", "c9")
+    assert await routes.register([old]) == [None]
+    assert await routes.register([new]) == [old]  # the caller kicks old
+    await routes.refresh([old])  # gw-1's periodic refresh must not take it back
+    assert (await routes.lookup(["u"]))["u"] == [new]
+    await routes.unregister([old])  # the old connection closing erases nothing
+    assert (await routes.lookup(["u"]))["u"] == [new]
+    await routes.unregister([new])
+    assert await routes.lookup(["u"]) == {}
+    await routes.refresh([new])  # after a Redis loss, refresh puts it back
+    assert (await routes.lookup(["u"]))["u"] == [new]
+
+
+def test_ring_moves_only_the_keys_of_the_member_that_changed() -> None:
+    keys = [f"d:u{i}:v{i}" for i in range(3000)]
+    ring = HashRing(["im-1", "im-2", "im-3"])
+    before = {k: ring.owner(k) for k in keys}
+    assert set(before.values()) == {"im-1", "im-2", "im-3"}
+    ring.update(["im-1", "im-3"])  # im-2 died
+    after = {k: ring.owner(k) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(before[k] == "im-2" for k in moved)
+    assert len(moved) == sum(1 for v in before.values() if v == "im-2")
+    # the next owner on the ring is who takes over
+    ring3 = HashRing(["im-1", "im-2", "im-3"])
+    assert all(ring3.owners(k)[1] == after[k] for k in moved)
+
+
+async def test_sqlite_shared_mode_is_the_fence(tmp_path: Path) -> None:
+    """Two writers (as two im processes) append to one conversation at once:
+    the write lock and the heads re-read under it keep seqs 1..n exact."""
+    path = tmp_path / "chatplane.db"
+    one, two = SqliteStorage(path, shared=True), SqliteStorage(path, shared=True)
+    await one.open()
+    await two.open()
+    conv = (await one.ensure_direct("a", "b", 1)).conversation_id
+
+    async def send(storage: SqliteStorage, device: str, n: int) -> list[int]:
+        seqs = []
+        for cid in range(1, n + 1):
+            result = await storage.append(SendRequest(
+                conversation_id=conv, sender="a", sender_device=device, cid=cid, text="x",
+                message_id=f"{device}-{cid}", sent_at_ms=1), ["a", "b"])
+            seqs.append(result.message.seq)
+        return seqs
+
+    got = await asyncio.gather(*(send(s, f"d{i}", 60) for i, s in enumerate([one, two, one, two])))
+    everything = sorted(s for seqs in got for s in seqs)
+    assert everything == list(range(1, 241))
+    inbox = await two.inbox("b", 0, 500)
+    assert [i.inbox_seq for i in inbox] == list(range(1, 241))
+    assert [i.message.seq for i in inbox] == list(range(1, 241))  # inbox order = seq order
+    await one.close()
+    await two.close()
+
+
+async def test_trace_context_crosses_the_grpc_hop(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    tracing.setup("test", exporter=exporter)
+    storage = SqliteStorage(tmp_path / "t.db")
+    await storage.open()
+    servicer = ImServicer(ImService(storage, StateService(), Limits()))
+    server, port = await serving.start_grpc(
+        "127.0.0.1", 0, lambda s: sgrpc.add_ImServicer_to_server(servicer, s))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with tracing.span("gateway.request"):
+                client_trace = tracing.current_trace_id()
+                frame = pb.Frame(id=7, open_direct=pb.OpenDirect(peer_user_id="bob"))
+                reply = await sgrpc.ImStub(channel).Handle(
+                    spb.ClientRequest(user_id="alice", device_id="p",
+                                      frame=frame.SerializeToString()),
+                    timeout=5, metadata=tracing.outgoing())
+                line = tracing.JsonFormatter("gateway").format(
+                    logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None))
+        assert pb.Frame.FromString(reply.frame).open_direct_ack.conversation_id
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+        server_span, client_span = spans["im.Handle"], spans["gateway.request"]
+        assert format(server_span.context.trace_id, "032x") == client_trace
+        assert server_span.parent is not None
+        assert server_span.parent.span_id == client_span.context.span_id
+        assert json.loads(line)["trace_id"] == client_trace
+    finally:
+        await server.stop(None)
+        await storage.close()
