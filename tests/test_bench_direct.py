@@ -94,3 +94,14 @@ def test_connections_cut_mid_run_lose_nothing(server: ServerProcess, tmp_path: P
     _assert_clean(rc, text, result, expected=600)
     assert result["cuts"] >= 4  # 2 of 8 clients, about 5 times (fewer on a stalled machine)
     assert result["reconnects"] > 0  # a cut may hit a client already reconnecting
+
+
+def test_a_data_dir_without_the_servers_key_is_refused(server: ServerProcess, tmp_path: Path) -> None:
+    args = [
+        sys.executable, "-m", "chatplane.cli", "bench", "direct",
+        "--url", server.url, "--data-dir", str(tmp_path), "--duration", "1",
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "give the server's --data-dir" in done.stderr
+    assert not list(tmp_path.iterdir())  # and no key was made there

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from chatplane.bench import report
-from chatplane.bench.direct import DirectConfig
+from chatplane.bench.direct import DirectConfig, SetupError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -123,6 +123,9 @@ def run_direct_command(args: argparse.Namespace) -> int:
                 spread.run_spread(cfg, args.url, args.data_dir, args.transport, procs, use_uvloop),
                 use_uvloop,
             )
+    except SetupError as exc:
+        print(f"bench direct: {exc}", file=sys.stderr)
+        return 1
     except (OSError, RuntimeError, TimeoutError) as exc:
         print(f"bench direct: {exc!r}", file=sys.stderr)
         return 1

@@ -34,6 +34,10 @@ DEVICE = "bench"
 _STOP = -1  # queue sentinel: the sender loop exits
 
 
+class SetupError(RuntimeError):
+    """The run could not start: no server, a bad token key, a refused login."""
+
+
 class ChatClient(Protocol):
     """The part of `chatplane.client.Client` the bench drives."""
 
@@ -121,10 +125,13 @@ class DirectRun:
 
     async def _connect_all(self) -> None:
         gate = asyncio.Semaphore(self.cfg.connect_concurrency)
-        async with asyncio.timeout(self.cfg.connect_timeout):
-            self.pairs = list(
-                await asyncio.gather(*(self._connect_pair(i, gate) for i in range(self.cfg.pairs)))
-            )
+        try:
+            async with asyncio.timeout(self.cfg.connect_timeout):
+                self.pairs = list(
+                    await asyncio.gather(*(self._connect_pair(i, gate) for i in range(self.cfg.pairs)))
+                )
+        except Exception as exc:
+            raise SetupError(f"cannot connect the bench's clients: {exc!r}") from exc
 
     # -- the loops -------------------------------------------------------------
     async def _receive(self, client: ChatClient, user: str, is_receiver: bool) -> None:

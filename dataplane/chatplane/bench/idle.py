@@ -56,11 +56,13 @@ async def gateway_urls(dispatch_url: str) -> dict[str, str]:
         await dispatcher.close()
 
 
-async def connect_all(dispatch_url: str, signer: TokenSigner, count: int, rate: float,
-                      prefix: str, timeout_s: float) -> tuple[list[RawClient], Dispatcher, float]:
+async def connect_all(
+    dispatch_url: str, signer: TokenSigner, count: int, rate: float, prefix: str, timeout_s: float
+) -> tuple[list[RawClient], Dispatcher, float]:
     dispatcher = Dispatcher(dispatch_url)
-    clients = [RawClient(dispatcher, f"{prefix}{i}", signer.mint(f"{prefix}{i}", "idle"))
-               for i in range(count)]
+    clients = [
+        RawClient(dispatcher, f"{prefix}{i}", signer.mint(f"{prefix}{i}", "idle")) for i in range(count)
+    ]
     began = time.monotonic()
     for i, client in enumerate(clients):
         client.start()
@@ -83,7 +85,8 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     gateways = await gateway_urls(args.url)
     before = {g: scrape(u) for g, u in gateways.items()}
     clients, dispatcher, took = await connect_all(
-        args.url, signer, args.connections, args.rate, f"w3{secrets.token_hex(3)}-", args.timeout)
+        args.url, signer, args.connections, args.rate, f"w3{secrets.token_hex(3)}-", args.timeout
+    )
     beat = asyncio.get_running_loop().create_task(heartbeats(clients))
     await asyncio.sleep(args.hold)
     after = {g: scrape(u) for g, u in gateways.items()}
@@ -97,15 +100,20 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
             "rss_mib": round(after[g]["chatplane_process_rss_bytes"] / 2**20, 1),
             "rss_per_conn_kib": round(grown / gained / 1024, 2) if gained > 0 else None,
         }
-    gained_all = sum(after[g]["chatplane_connections"] - before[g]["chatplane_connections"]
-                     for g in gateways)
-    grown_all = sum(after[g]["chatplane_process_rss_bytes"] - before[g]["chatplane_process_rss_bytes"]
-                    for g in gateways)
+    gained_all = sum(after[g]["chatplane_connections"] - before[g]["chatplane_connections"] for g in gateways)
+    grown_all = sum(
+        after[g]["chatplane_process_rss_bytes"] - before[g]["chatplane_process_rss_bytes"] for g in gateways
+    )
     times = [c.connect_ms for c in clients]
     result = {
-        "connections": len(clients), "offered_rate": args.rate, "connect_all_s": round(took, 2),
-        "connect_ms": {"p50": round(percentile(times, 0.5), 1),
-                       "p99": round(percentile(times, 0.99), 1), "max": round(max(times), 1)},
+        "connections": len(clients),
+        "offered_rate": args.rate,
+        "connect_all_s": round(took, 2),
+        "connect_ms": {
+            "p50": round(percentile(times, 0.5), 1),
+            "p99": round(percentile(times, 0.99), 1),
+            "max": round(max(times), 1),
+        },
         "rss_per_conn_kib": round(grown_all / gained_all / 1024, 2) if gained_all else None,
         "gateways": per_gateway,
     }
@@ -131,8 +139,7 @@ def run_idle_command(args: argparse.Namespace) -> int:
 
 
 def add_parser(workloads: argparse._SubParsersAction) -> None:
-    idle = workloads.add_parser("idle", help="W3: C idle connections: RSS per connection, "
-                                "connect time")
+    idle = workloads.add_parser("idle", help="W3: C idle connections: RSS per connection, connect time")
     idle.add_argument("--url", required=True, help="dispatch base URL (http://H:P)")
     idle.add_argument("--data-dir", required=True, help="where the token key is")
     idle.add_argument("--connections", type=int, default=10_000)

@@ -35,8 +35,9 @@ class Dispatcher:
         if self.http is None:
             self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         query = urllib.parse.urlencode({"uid": uid})
-        async with self.http.get(f"{self.url}/v1/dispatch?{query}",
-                                 timeout=aiohttp.ClientTimeout(total=10)) as response:
+        async with self.http.get(
+            f"{self.url}/v1/dispatch?{query}", timeout=aiohttp.ClientTimeout(total=10)
+        ) as response:
             body = json.loads(await response.text())
         return [e for e in body.get("endpoints", []) if e.get("tcp")]
 
@@ -97,8 +98,9 @@ class RawClient(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         await asyncio.wait_for(loop.create_connection(lambda: self, host, int(port)), 10)
         self.gateway = endpoint.get("gateway_id", "")
-        self._send(pb.Frame(id=1, login=pb.Login(protocol_version=1, token=self.token,
-                                                 inbox_seq=self.inbox_seq)))
+        self._send(
+            pb.Frame(id=1, login=pb.Login(protocol_version=1, token=self.token, inbox_seq=self.inbox_seq))
+        )
         await asyncio.wait_for(self.resumed.wait(), 15)
 
     def _send(self, frame: pb.Frame) -> None:

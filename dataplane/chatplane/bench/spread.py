@@ -21,17 +21,24 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from chatplane.bench import report
-from chatplane.bench.direct import Connector, DirectConfig, DirectRun, Progress
+from chatplane.bench.direct import Connector, DirectConfig, DirectRun, Progress, SetupError
 
 T = TypeVar("T")
 
 
 def sdk_connector(url: str, data_dir: str, transport: str) -> Connector:
     """Clients of the real SDK, each with a token minted from the server's data dir."""
-    from chatplane.auth import TokenSigner
+    from pathlib import Path
+
+    from chatplane.auth import TOKEN_KEY_FILE, TokenSigner
     from chatplane.client import Client
 
-    signer = TokenSigner.from_data_dir(data_dir)
+    if not (Path(data_dir) / TOKEN_KEY_FILE).is_file():
+        raise SetupError(f"no {TOKEN_KEY_FILE} in {data_dir}: give the server's --data-dir")
+    try:
+        signer = TokenSigner.from_data_dir(data_dir)
+    except (OSError, ValueError) as exc:
+        raise SetupError(f"cannot read the token key of {data_dir}: {exc}") from exc
 
     def make(user: str, device: str) -> Any:
         return Client(url, signer.mint(user, device), transport=transport)
@@ -77,6 +84,7 @@ async def run_spread(
     cfg: DirectConfig, url: str, data_dir: str, transport: str, procs: int, use_uvloop: bool
 ) -> dict[str, Any]:
     """Run W1 over `procs` worker processes and merge what they report."""
+    sdk_connector(url, data_dir, transport)  # a bad --data-dir fails here, once
     workers = []
     for i in range(procs):
         spec = {
@@ -172,7 +180,11 @@ async def _worker(spec: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
-    run_loop(_worker(spec), bool(spec.get("uvloop", True)))
+    try:
+        run_loop(_worker(spec), bool(spec.get("uvloop", True)))
+    except SetupError as exc:
+        print(f"bench worker: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

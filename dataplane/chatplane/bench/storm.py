@@ -28,8 +28,7 @@ from chatplane.client import Client
 
 
 class Pair:
-    def __init__(self, url: str, signer: TokenSigner, prefix: str, i: int,
-                 checker: DeliveryChecker) -> None:
+    def __init__(self, url: str, signer: TokenSigner, prefix: str, i: int, checker: DeliveryChecker) -> None:
         self.a, self.b = f"{prefix}a{i}", f"{prefix}b{i}"
         self.sender = Client(url, signer.mint(self.a, "phone"))
         self.receiver = Client(url, signer.mint(self.b, "phone"))
@@ -63,9 +62,11 @@ class Pair:
 
 def post_drain(url: str, rate: float, deadline_s: float) -> None:
     request = urllib.request.Request(
-        url.rstrip("/") + "/admin/drain", method="POST",
+        url.rstrip("/") + "/admin/drain",
+        method="POST",
         data=json.dumps({"rate": rate, "deadline_s": deadline_s}).encode(),
-        headers={"Content-Type": "application/json"})
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10):
         pass
 
@@ -74,7 +75,8 @@ async def run_storm(args: argparse.Namespace) -> dict[str, Any]:
     signer = TokenSigner.from_data_dir(args.data_dir)
     prefix = f"st{secrets.token_hex(3)}-"
     clients, dispatcher, connect_s = await connect_all(
-        args.url, signer, args.clients, args.connect_rate, prefix, args.timeout)
+        args.url, signer, args.clients, args.connect_rate, prefix, args.timeout
+    )
     beat = asyncio.get_running_loop().create_task(heartbeats(clients))
     checker = DeliveryChecker()
     pairs = [Pair(args.url, signer, prefix, i, checker) for i in range(args.pairs)]
@@ -118,13 +120,18 @@ async def run_storm(args: argparse.Namespace) -> dict[str, Any]:
     beat.cancel()
     moved = sum(1 for c in moving if c.gateway != gateway_of[c])
     result = {
-        "clients": len(clients), "moved": len(moving), "changed_gateway": moved,
+        "clients": len(clients),
+        "moved": len(moving),
+        "changed_gateway": moved,
         "mode": f"drain at {args.drain_rate}/s" if args.drain else "drop all at once",
-        "connect_all_s": round(connect_s, 2), "all_resumed_s": round(all_s, 2),
+        "connect_all_s": round(connect_s, 2),
+        "all_resumed_s": round(all_s, 2),
         "resume_p50_s": round(sorted(times)[len(times) // 2], 2) if times else 0.0,
         "logins_per_s": round(len(moving) / all_s, 1) if all_s else None,
-        "chat_pairs": len(pairs), "chat_acked": sum(p.acked for p in pairs),
-        "chat_clean": verdict.ok, "verdict": verdict.summary(),
+        "chat_pairs": len(pairs),
+        "chat_acked": sum(p.acked for p in pairs),
+        "chat_clean": verdict.ok,
+        "verdict": verdict.summary(),
     }
     for p in pairs:
         await p.sender.close()
@@ -148,8 +155,10 @@ def run_storm_command(args: argparse.Namespace) -> int:
 
 
 def add_parser(workloads: argparse._SubParsersAction) -> None:
-    storm = workloads.add_parser("storm", help="reconnect storm: C clients dropped at once "
-                                 "(or a gateway drained); time to resume, lost/dup")
+    storm = workloads.add_parser(
+        "storm",
+        help="reconnect storm: C clients dropped at once (or a gateway drained); time to resume, lost/dup",
+    )
     storm.add_argument("--url", required=True, help="dispatch base URL (http://H:P)")
     storm.add_argument("--data-dir", required=True, help="where the token key is")
     storm.add_argument("--clients", type=int, default=10_000)

@@ -247,9 +247,20 @@ def chat_command(args: argparse.Namespace) -> int:
         if not (args.data_dir and args.user):
             print("chat: give --token, or --data-dir and --user", file=sys.stderr)
             return 2
-        from chatplane.auth import TokenSigner
+        from pathlib import Path
 
-        token = TokenSigner.from_data_dir(args.data_dir).mint(args.user, args.device)
+        from chatplane.auth import TOKEN_KEY_FILE, TokenSigner
+
+        if not (Path(args.data_dir) / TOKEN_KEY_FILE).is_file():
+            print(
+                f"chat: no {TOKEN_KEY_FILE} in {args.data_dir}: give the server's --data-dir", file=sys.stderr
+            )
+            return 2
+        try:
+            token = TokenSigner.from_data_dir(args.data_dir).mint(args.user, args.device)
+        except ValueError as exc:
+            print(f"chat: {exc}", file=sys.stderr)
+            return 2
     try:
         return asyncio.run(run_chat(args.url, token, args.transport))
     except KeyboardInterrupt:
