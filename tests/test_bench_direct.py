@@ -97,11 +97,13 @@ def test_connections_cut_mid_run_lose_nothing(server: ServerProcess, tmp_path: P
 
 
 def test_a_data_dir_without_the_servers_key_is_refused(server: ServerProcess, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     args = [
         sys.executable, "-m", "chatplane.cli", "bench", "direct",
-        "--url", server.url, "--data-dir", str(tmp_path), "--duration", "1",
+        "--url", server.url, "--data-dir", str(elsewhere), "--duration", "1",
     ]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert "give the server's --data-dir" in done.stderr
-    assert not list(tmp_path.iterdir())  # and no key was made there
+    assert not list(elsewhere.iterdir())  # and no key was made there
