@@ -34,6 +34,9 @@ HELP = """commands:
 anything else is sent to the current conversation"""
 
 
+REQUEST_TIMEOUT_S = 15.0  # /dm and /history give up after this; sends never do
+
+
 def _clock(ms: int) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) if ms else "--:--:--"
 
@@ -101,7 +104,11 @@ class ChatSession:
             self.write("usage: /dm USER")
             return
         try:
-            conv = await self.client.direct(user)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):  # the SDK waits out outages
+                conv = await self.client.direct(user)
+        except TimeoutError:
+            self.write(f"no answer in {REQUEST_TIMEOUT_S:.0f} s (is the server up?); try again")
+            return
         except Exception as exc:
             self.write(f"cannot open a conversation with {user}: {exc}")
             return
@@ -119,7 +126,11 @@ class ChatSession:
             self.write("usage: /history [N]")
             return
         try:
-            msgs = await self.client.history(self.current, limit=max(1, min(limit, 500)))
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                msgs = await self.client.history(self.current, limit=max(1, min(limit, 500)))
+        except TimeoutError:
+            self.write(f"no answer in {REQUEST_TIMEOUT_S:.0f} s (is the server up?); try again")
+            return
         except Exception as exc:
             self.write(f"history failed: {exc}")
             return
