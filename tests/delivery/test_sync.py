@@ -35,3 +35,37 @@ def test_buffer_is_bounded() -> None:
         cursor.accept(seq, seq)
     assert cursor.accept(1, 1) == [1, 2, 3, 4]  # the rest was dropped: sync brings it
     assert cursor.gap is False and cursor.have == 4
+
+
+def test_conversation_order_pushes_in_order_need_no_pull() -> None:
+    from chatplane.delivery.sync import ConversationOrder
+
+    order: ConversationOrder[int] = ConversationOrder()
+    assert order.offer("g", 5, 5, from_inbox=True) == [5]  # the join event starts it
+    for seq in (6, 7):
+        assert order.offer("g", seq, seq, from_inbox=False) == [seq]
+        order.saw_head("g", seq)
+        assert not order.wants
+    order.saw_head("g", 9)  # a notice: pull after 7
+    assert order.wants == {"g": 7}
+    assert order.pulled("g", [(8, 8), (9, 9)]) == [8, 9] and not order.wants
+
+
+def test_conversation_order_jumps_ranges_it_may_not_see() -> None:
+    from chatplane.delivery.sync import ConversationOrder
+
+    order: ConversationOrder[int] = ConversationOrder()
+    order.offer("g", 1, 1, from_inbox=True)
+    assert order.offer("g", 3, 3, from_inbox=False) == [] and order.wants == {"g": 1}
+    # seq 2 exists, but the server skips it for this member (left, then rejoined at 3)
+    assert order.pulled("g", [(3, 3), (4, 4)]) == [3, 4]
+    assert order.offer("g", 2, 2, from_inbox=False) == []  # stale: already past
+
+
+def test_pushes_before_the_start_wait_for_it() -> None:
+    from chatplane.delivery.sync import ConversationOrder
+
+    order: ConversationOrder[int] = ConversationOrder()
+    assert order.offer("g", 11, 11, from_inbox=False) == []  # where does it start?
+    assert order.start("g", 9) == [] and order.wants == {"g": 9}
+    assert order.pulled("g", [(10, 10), (11, 11)]) == [10, 11]

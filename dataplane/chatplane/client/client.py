@@ -81,7 +81,8 @@ class _Connection:
 class Client(SocialApi):
     def __init__(self, url: str, token: str, *, transport: str = "ws", inbox_seq: int = 0,
                  max_frame_bytes: int = 64 * 1024, heartbeat_s: float | None = None,
-                 backoff_max_s: float = 10.0, sync_page: int = 500) -> None:
+                 backoff_max_s: float = 10.0, sync_page: int = 500,
+                 http: aiohttp.ClientSession | None = None) -> None:
         if transport not in ("ws", "tcp"):
             raise ValueError("transport must be 'ws' or 'tcp'")
         self.url = url
@@ -109,7 +110,9 @@ class Client(SocialApi):
         self._sync_task: asyncio.Task[None] | None = None
         self._resync = False
         self._runner: asyncio.Task[None] | None = None
-        self._http: aiohttp.ClientSession | None = None
+        # an app with many clients (a bench) may share one HTTP session
+        self._http: aiohttp.ClientSession | None = http
+        self._own_http = http is None
         self._closed = False
         self._failure: BaseException | None = None
         self._first_login: asyncio.Future[None] | None = None
@@ -124,7 +127,8 @@ class Client(SocialApi):
 
     async def connect(self, timeout_s: float = 10.0) -> None:
         loop = asyncio.get_running_loop()
-        self._http = aiohttp.ClientSession()
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
         self._first_login = loop.create_future()
         self._runner = loop.create_task(self._run())
         try:
@@ -142,7 +146,7 @@ class Client(SocialApi):
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.link.close()
-        if self._http is not None:
+        if self._http is not None and self._own_http:
             await self._http.close()
         for _, future in self._pending.values():
             if not future.done():
@@ -427,7 +431,6 @@ class Client(SocialApi):
                       joined_seq: int = 0) -> None:
         """Large-group messages (a push or a sync delta: not from the inbox)."""
         order = self._order
-        order.saw_head(conversation_id, head_seq)
         if joined_seq:
             self._emit(order.start(conversation_id, joined_seq - 1))
         for m in messages:

@@ -97,7 +97,7 @@ class ConversationOrder(Generic[T]):
         self.large.add(conversation_id)
         self.heads[conversation_id] = max(self.heads.get(conversation_id, 0), head_seq)
         last = self.last.get(conversation_id)
-        if last is not None and last < head_seq:
+        if last is not None and last < self.heads[conversation_id]:
             self.wants[conversation_id] = last
 
     def pulled(self, conversation_id: str, seqs_and_items: list[tuple[int, T]]) -> list[T]:
@@ -133,6 +133,8 @@ class ConversationOrder(Generic[T]):
         last = self.last[conversation_id]
         out: list[T] = []
         if not held:
+            if last >= self.heads.get(conversation_id, 0):
+                self.wants.pop(conversation_id, None)
             return out
         for seq in [s for s in held if s <= last]:
             del held[seq]
@@ -145,4 +147,6 @@ class ConversationOrder(Generic[T]):
             self.wants[conversation_id] = last  # a gap below what is held: pull it
         else:
             del self._held[conversation_id]
+            if last >= self.heads.get(conversation_id, 0):
+                self.wants.pop(conversation_id, None)  # caught up: nothing to pull
         return out

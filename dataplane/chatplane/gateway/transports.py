@@ -7,7 +7,8 @@ the connection queued. Neither knows the protocol.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import struct
+from collections.abc import Callable
 from typing import cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -17,44 +18,79 @@ from chatplane.gateway.service import Gateway
 from chatplane.protocol import frames
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 
+# A peer that lets this much pile up unread is dropped (it resumes with sync).
+MAX_WRITE_BUFFER = 8 * 1024 * 1024
+
+_WS_LEN1 = struct.Struct("!BB")
+_WS_LEN2 = struct.Struct("!BBH")
+_WS_LEN3 = struct.Struct("!BBQ")
+
+
+def ws_binary_frame(payload: bytes) -> bytes:
+    """An unmasked, final, binary WebSocket frame (server to client)."""
+    n = len(payload)
+    if n < 126:
+        return _WS_LEN1.pack(0x82, n) + payload
+    if n < 65536:
+        return _WS_LEN2.pack(0x82, 126, n) + payload
+    return _WS_LEN3.pack(0x82, 127, n) + payload
+
+
+class _Shared:
+    """The framed form of the last payload written: a large-group push is the
+    same bytes for every member, so it is framed once, not once per member."""
+
+    def __init__(self, frame: Callable[[bytes], bytes]) -> None:
+        self.frame = frame
+        self.payload: bytes | None = None
+        self.framed = b""
+
+    def __call__(self, payload: bytes) -> bytes:
+        if payload is not self.payload:
+            self.payload, self.framed = payload, self.frame(payload)
+        return self.framed
+
+
+_ws_framed = _Shared(ws_binary_frame)
+_tcp_framed = _Shared(frames.prefix)
+
 
 class WebSocketTransport:
-    """Writes go through one short-lived flush task, so an idle connection
-    holds no task besides aiohttp's reader."""
+    """Frames go straight to the socket's transport, in order, with no task
+    per write: aiohttp writes each of its own frames (pongs, close) in one
+    call too, so frames never interleave. Only the close handshake is async."""
 
-    __slots__ = ("_closing", "_flusher", "_queue", "ws")
+    __slots__ = ("_closer", "transport", "ws")
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
         self.ws = ws
-        self._queue: deque[bytes] = deque()
-        self._flusher: asyncio.Task[None] | None = None
-        self._closing = False
+        self.transport = cast(asyncio.Transport | None, transport)
+        self._closer: asyncio.Task[None] | None = None
 
     def write(self, payloads: list[bytes]) -> None:
-        self._queue.extend(payloads)
-        self._kick()
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._closer is not None:
+            return
+        for payload in payloads:
+            transport.write(_ws_framed(payload))
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            transport.abort()
 
     def close(self) -> None:
-        self._closing = True
-        self._kick()
-
-    def _kick(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self._close())
 
     async def drain(self) -> None:
-        """Wait until everything queued was written (before the handler ends)."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
+        """Wait for the close handshake, if one started (before the handler ends)."""
+        if self._closer is not None:
+            await asyncio.shield(self._closer)
 
-    async def _flush(self) -> None:
+    async def _close(self) -> None:
         try:
-            while self._queue:
-                await self.ws.send_bytes(self._queue.popleft())
-            if self._closing and not self.ws.closed:
+            if not self.ws.closed:
                 await self.ws.close(code=WSCloseCode.POLICY_VIOLATION)
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
-            self._queue.clear()
+        except (ConnectionError, RuntimeError):
+            pass
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -64,7 +100,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     # limit and that, our codec answers FRAME_TOO_LARGE with an Error frame.
     ws = web.WebSocketResponse(max_msg_size=2 * max_bytes, compress=False, autoping=True)
     await ws.prepare(request)
-    transport = WebSocketTransport(ws)
+    transport = WebSocketTransport(ws, request.transport)
     conn = Connection(gateway, transport, peer=str(request.remote))
     gateway.opened(conn)
     try:
@@ -122,8 +158,15 @@ class TcpFrameProtocol(asyncio.Protocol):
 
     # Transport interface for the Connection
     def write(self, payloads: list[bytes]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(frames.prefix(p) for p in payloads))
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if len(payloads) == 1:
+            transport.write(_tcp_framed(payloads[0]))
+        else:
+            transport.write(b"".join(frames.prefix(p) for p in payloads))
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            transport.abort()
 
     def close(self) -> None:
         if self.transport is not None:

@@ -1,0 +1,81 @@
+"""A crowd of real SDK clients in a worker process, for large-group tests.
+
+Run as `python -m tests.support.crowd URL DATA_DIR FIRST COUNT CONVERSATION HEAD DEADLINE_S`:
+connects users crowd<FIRST>..crowd<FIRST+COUNT-1> (device "phone", TCP),
+prints `connected N`, then collects the conversation's messages until every
+client has seq HEAD (or the deadline) and prints one JSON line: how many
+clients did not get a contiguous run from where they joined up to HEAD, each
+exactly once and in order; where the clients started (seq -> clients); and
+for each seq the latest arrival time (time.time()) over the crowd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import aiohttp
+
+from chatplane.auth import TokenSigner
+from chatplane.client import Client
+
+
+async def run(url: str, data_dir: str, first: int, count: int, conversation_id: str,
+              expect: int, deadline_s: float) -> None:
+    signer = TokenSigner.from_data_dir(data_dir)
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    clients = [Client(url, signer.mint(f"crowd{first + i}", "phone"), transport="tcp", http=http,
+                      heartbeat_s=30) for i in range(count)]
+    gate = asyncio.Semaphore(100)
+
+    async def connect(client: Client) -> None:
+        async with gate:
+            await client.connect(timeout_s=60)
+
+    await asyncio.gather(*(connect(c) for c in clients))
+    print(f"connected {count}", flush=True)
+    last_arrival: dict[int, float] = {}
+    streams: list[list[int]] = [[] for _ in clients]
+    done = asyncio.Event()
+    finished = 0
+
+    async def collect(i: int, client: Client) -> None:
+        nonlocal finished
+        async for m in client.messages():
+            if m.conversation_id != conversation_id:
+                continue
+            streams[i].append(m.seq)
+            now = time.time()
+            if now > last_arrival.get(m.seq, 0):
+                last_arrival[m.seq] = now
+            if m.seq == expect:
+                finished += 1
+                if finished == len(clients):
+                    done.set()
+
+    tasks = [asyncio.create_task(collect(i, c)) for i, c in enumerate(clients)]
+    try:
+        await asyncio.wait_for(done.wait(), deadline_s)
+    except TimeoutError:
+        pass
+    await asyncio.sleep(0.5)  # a duplicate would arrive now
+    bad = [i for i, s in enumerate(streams) if not s or s != list(range(s[0], expect + 1))]
+    starts: dict[int, int] = {}
+    for stream in streams:
+        if stream:
+            starts[stream[0]] = starts.get(stream[0], 0) + 1
+    print(json.dumps({"clients": len(clients), "bad": len(bad), "starts": starts,
+                      "bad_samples": [streams[i][:5] + ["..."] + streams[i][-5:] for i in bad[:3]],
+                      "last_arrival": {str(k): v for k, v in sorted(last_arrival.items())}}),
+          flush=True)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    await http.close()
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    asyncio.run(run(a[0], a[1], int(a[2]), int(a[3]), a[4], int(a[5]), float(a[6])))
