@@ -84,7 +84,9 @@ class Node:
                                  status=200 if ok else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.gateway.metrics.render(),
+        from chatplane.rpc.serving import process_metrics
+
+        return web.Response(text=self.gateway.metrics.render() + process_metrics(),
                             content_type="text/plain", charset="utf-8")
 
     def _authorized(self, request: web.Request) -> bool:

@@ -194,3 +194,31 @@ async def test_crossing_the_threshold_both_ways_under_cuts(
     finally:
         await proxy.stop()
         server.stop()
+
+
+async def test_ten_thousand_members_all_online(tmp_path: Path) -> None:
+    """DESIGN's hardest case at full size: 10,000 members online (real SDK
+    clients in 4 worker processes), 20 messages from 5 senders: every device
+    gets every message exactly once, in seq order (bench group W2 reports the
+    latencies; this asserts only correctness)."""
+    import json
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServerProcess(data_dir)
+    server.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "chatplane.cli", "bench", "group", "--url", server.url,
+             "--data-dir", str(data_dir), "--members", "10000", "--senders", "5",
+             "--messages", "20", "--interval-ms", "100", "--procs", "4", "--deadline", "240",
+             "--json", str(tmp_path / "w2.json")],
+            capture_output=True, text=True, timeout=420)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        report = json.loads((tmp_path / "w2.json").read_text())
+        assert report["members"] == 10000 and report["members_not_clean"] == 0
+        assert report["missing_messages"] == 0
+    finally:
+        server.stop()

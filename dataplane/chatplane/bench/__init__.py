@@ -81,8 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     direct.add_argument("--quiet", action="store_true", help="no progress lines")
     direct.set_defaults(func=run_direct_command)
 
-    from chatplane.bench import idle, storm
+    from chatplane.bench import group, idle, storm
 
+    group.add_parser(workloads)
     idle.add_parser(workloads)
     storm.add_parser(workloads)
 

@@ -1,7 +1,9 @@
-"""A crowd of real SDK clients in a worker process, for large-group tests.
+"""A crowd of real SDK clients in one worker process (bench group, tests).
 
-Run as `python -m tests.support.crowd URL DATA_DIR FIRST COUNT CONVERSATION HEAD DEADLINE_S`:
-connects users crowd<FIRST>..crowd<FIRST+COUNT-1> (device "phone", TCP),
+Run as `python -m chatplane.bench.crowd URL DATA_DIR FIRST COUNT CONVERSATION HEAD
+DEADLINE_S [PREFIX [TRANSPORT]]`:
+connects users <PREFIX><FIRST>..<PREFIX><FIRST+COUNT-1> (PREFIX, an optional last
+argument, defaults to crowd) (device "phone"; TRANSPORT tcp by default, or ws),
 prints `connected N`, then collects the conversation's messages until every
 client has seq HEAD (or the deadline) and prints one JSON line: how many
 clients did not get a contiguous run from where they joined up to HEAD, each
@@ -23,11 +25,11 @@ from chatplane.client import Client
 
 
 async def run(url: str, data_dir: str, first: int, count: int, conversation_id: str,
-              expect: int, deadline_s: float) -> None:
+              expect: int, deadline_s: float, prefix: str = "crowd", transport: str = "tcp") -> None:
     signer = TokenSigner.from_data_dir(data_dir)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    clients = [Client(url, signer.mint(f"crowd{first + i}", "phone"), transport="tcp", http=http,
-                      heartbeat_s=30) for i in range(count)]
+    clients = [Client(url, signer.mint(f"{prefix}{first + i}", "phone"), transport=transport,
+                      http=http, heartbeat_s=30) for i in range(count)]
     gate = asyncio.Semaphore(100)
 
     async def connect(client: Client) -> None:
@@ -67,7 +69,7 @@ async def run(url: str, data_dir: str, first: int, count: int, conversation_id: 
         if stream:
             starts[stream[0]] = starts.get(stream[0], 0) + 1
     print(json.dumps({"clients": len(clients), "bad": len(bad), "starts": starts,
-                      "bad_samples": [streams[i][:5] + ["..."] + streams[i][-5:] for i in bad[:3]],
+                      "bad_samples": [[*streams[i][:5], "...", *streams[i][-5:]] for i in bad[:3]],
                       "last_arrival": {str(k): v for k, v in sorted(last_arrival.items())}}),
           flush=True)
     for t in tasks:
@@ -78,4 +80,5 @@ async def run(url: str, data_dir: str, first: int, count: int, conversation_id: 
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    asyncio.run(run(a[0], a[1], int(a[2]), int(a[3]), a[4], int(a[5]), float(a[6])))
+    asyncio.run(run(a[0], a[1], int(a[2]), int(a[3]), a[4], int(a[5]), float(a[6]),
+                    *a[7:9]))
