@@ -186,3 +186,18 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, step: float 
             return last
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def mark_workloads_ready(kube: Kube, namespace: str, regions: tuple[str, ...],
+                         cluster: str = "chat") -> None:
+    """Play the Deployment and StatefulSet controllers (none run here): every replica of
+    every tier is ready and up to date."""
+    for region in regions:
+        for kind, tier in [("Deployment", "ipconf"), ("Deployment", "state"),
+                           ("Deployment", "im"), ("StatefulSet", "gateway")]:
+            obj = kube.get(kind, namespace, f"{cluster}-{region}-{tier}")
+            n = obj["spec"]["replicas"]
+            kube.merge_patch(kind, namespace, obj["metadata"]["name"], {"status": {
+                "observedGeneration": obj["metadata"]["generation"], "replicas": n,
+                "readyReplicas": n, "updatedReplicas": n, "availableReplicas": n}},
+                sub="status")

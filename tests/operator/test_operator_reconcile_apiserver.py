@@ -12,42 +12,18 @@ from typing import Any
 
 import pytest
 from chatplane_operator import api
-from conftest import OperatorProcess, secrets_for, wait_until
+from conftest import OperatorProcess, mark_workloads_ready, secrets_for, wait_until
+from kube_children import (
+    SELECTOR,
+    children,
+    cluster_status,
+    condition,
+    expected_count,
+    wait_reconciled,
+)
 from kube_client import Kube
 
 pytestmark = pytest.mark.kube
-
-CHILD_KINDS = ("ConfigMap", "Service", "PodDisruptionBudget", "Deployment", "StatefulSet",
-               "Job")
-PER_REGION = {"ConfigMap": 1, "Service": 5, "PodDisruptionBudget": 4, "Deployment": 3,
-              "StatefulSet": 1}
-SELECTOR = "app.kubernetes.io/managed-by=chatplane-operator"
-
-
-def children(kube: Kube, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
-    out = {}
-    for kind in CHILD_KINDS:
-        for obj in kube.list(kind, namespace, SELECTOR):
-            out[(kind, obj["metadata"]["name"])] = obj
-    return out
-
-
-def expected_count(regions: int) -> int:
-    return regions * sum(PER_REGION.values()) + 1  # + the storage migration Job
-
-
-def wait_reconciled(kube: Kube, namespace: str, regions: int, timeout: float = 30) -> Any:
-    return wait_until(lambda: len(children(kube, namespace)) == expected_count(regions)
-                      and children(kube, namespace), timeout, "every child object")
-
-
-def cluster_status(kube: Kube, namespace: str, name: str = "chat") -> dict[str, Any]:
-    return (kube.get("ChatCluster", namespace, name) or {}).get("status") or {}
-
-
-def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c["type"] == ctype), {})
-
 
 def test_two_regions_yield_every_object_with_owner_references(
     kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
@@ -162,19 +138,7 @@ def test_status_reports_conditions_and_region_figures(
     assert condition(status, "Degraded")["status"] == "False"
     assert status["readyRegions"] == "0/2"
     # No kubelet or controllers here: play their part by writing workload status.
-    for region in ("eu", "us"):
-        for tier in ("ipconf", "state", "im"):
-            dep = kube.get("Deployment", namespace, f"chat-{region}-{tier}")
-            n = dep["spec"]["replicas"]
-            kube.merge_patch("Deployment", namespace, dep["metadata"]["name"], {"status": {
-                "observedGeneration": dep["metadata"]["generation"], "replicas": n,
-                "readyReplicas": n, "updatedReplicas": n, "availableReplicas": n}}, sub="status")
-        sts = kube.get("StatefulSet", namespace, f"chat-{region}-gateway")
-        n = sts["spec"]["replicas"]
-        kube.merge_patch("StatefulSet", namespace, sts["metadata"]["name"], {"status": {
-            "observedGeneration": sts["metadata"]["generation"], "replicas": n,
-            "readyReplicas": n, "updatedReplicas": n, "availableReplicas": n,
-            "currentReplicas": n}}, sub="status")
+    mark_workloads_ready(kube, namespace, ("eu", "us"))
     status = wait_until(lambda: condition(cluster_status(kube, namespace), "Ready")
                         .get("status") == "True" and cluster_status(kube, namespace), 20,
                         "Ready=True")
