@@ -4,7 +4,10 @@ One `GroupBatcher` paces each group (delivery/fanout.py); each flush is encoded
 once and the same bytes go to every online member's devices. At most one
 fan-out runs per group at a time, and it yields to the event loop every
 `slice_size` members, so a 10,000-member group shares the process with every
-other conversation instead of starving it.
+other conversation instead of starving it. The cap on a group's share is
+adaptive: after a fan-out that took T, the group's next flush waits at least
+T / `max_share`, so a busy group batches more (bigger, compressed frames)
+rather than taking more of the process.
 """
 
 from __future__ import annotations
@@ -39,11 +42,12 @@ class _Group:
 
 class GroupFanout:
     def __init__(self, links_of: Callable[[str], Iterable[RawLink]], *, interval_ms: float = 100,
-                 max_messages: int = 200, slice_size: int = 1000) -> None:
+                 max_messages: int = 200, slice_size: int = 250, max_share: float = 0.25) -> None:
         self.links_of = links_of
         self.interval_ms = interval_ms
         self.max_messages = max_messages
         self.slice_size = slice_size
+        self.max_share = max_share
         self._groups: dict[str, _Group] = {}
         self.frames_pushed = 0
 
@@ -83,8 +87,10 @@ class GroupFanout:
             group.worker = asyncio.get_running_loop().create_task(self._work(conversation_id, group))
 
     async def _work(self, conversation_id: str, group: _Group) -> None:
+        loop = asyncio.get_running_loop()
         while group.flushes:
             flush = group.flushes.popleft()
+            started = loop.time()
             payload = wire.group_push_frame(conversation_id, flush.messages, flush.head_seq)
             members = group.members
             for start in range(0, len(members), self.slice_size):
@@ -96,5 +102,7 @@ class GroupFanout:
                         except Exception:  # one broken connection must not stop the group
                             log.exception("group push failed")
                 await asyncio.sleep(0)
+            spent_ms = (loop.time() - started) * 1000
+            group.batcher.interval_ms = max(self.interval_ms, spent_ms / self.max_share)
         if group.batcher.deadline() is None and group.timer is None:
             self._groups.pop(conversation_id, None)
