@@ -6,6 +6,8 @@ gateways and ipconf, each a `chatplane <tier>` process with its own ports
 (kept across restarts) and a log file. `Cluster` is also what the cluster
 tests and benchmarks drive: `kill(name)` is kill -9, `start_member(name)`
 brings it back, `terminate(name)` sends SIGTERM (a gateway drains).
+`cluster up` starts a member that exits again (a drained gateway exits by
+design, like a pod being replaced) and stops everything on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -251,11 +253,20 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         print(f"chatplane cluster ready dispatch={cluster.dispatch_url} gateways={gws} "
               f"im={len(cluster.names('im'))} state={len(cluster.names('state'))} "
               f"redis={cluster.redis_url} data={cluster.data_dir} logs={cluster.logs}", flush=True)
+        restarts: dict[str, float] = {}
         while not stop.wait(0.5):
-            dead = [m.name for m in cluster.members.values() if not m.alive]
-            if dead:
-                print(f"chatplane cluster: {', '.join(dead)} exited; stopping", file=sys.stderr)
-                break
+            # a member that exits is replaced, as a Deployment would (a
+            # drained gateway exits by design); one that keeps dying stops all
+            for m in cluster.members.values():
+                if m.alive or stop.is_set():
+                    continue
+                code = m.proc.returncode if m.proc is not None else None
+                if time.monotonic() - restarts.get(m.name, -1e9) < 10.0:
+                    raise RuntimeError(f"{m.name} keeps exiting (code {code}); see {cluster.logs}")
+                print(f"chatplane cluster: {m.name} exited (code {code}); starting it again",
+                      flush=True)
+                restarts[m.name] = time.monotonic()
+                cluster.start_member(m.name, wait_s=None)
     except RuntimeError as exc:
         print(f"chatplane cluster: {exc}", file=sys.stderr)
         return 1

@@ -47,6 +47,9 @@ async def test_kill_9_one_of_two_im(make_cluster: ClusterFactory) -> None:
     await _kill_during(chat, 60, after_acks=120, action=lambda: cluster.kill("im-1"))
     await chat.settle(60)
     chat.assert_clean()
+    failovers = sum(metric(cluster, name, "chatplane_im_failovers_total")
+                    for name in cluster.names("gateway"))
+    assert failovers > 0, "requests to the dead im should have moved to the other one"
     ims = get_json(cluster.dispatch_url.replace(
         str(cluster.members["ipconf"].http_port), str(cluster.members["im-2"].http_port))
         + "/readyz")

@@ -60,6 +60,21 @@ class Pair:
             await asyncio.sleep(every_s)
 
 
+def drained(url: str) -> bool:
+    """The gateway has no connection left (or has exited, as it does then)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/admin/drain", timeout=2) as response:
+            return int(json.load(response).get("connections", 0)) == 0
+    except OSError:
+        return True
+
+
+async def time_drain(url: str, began: float) -> float:
+    while not await asyncio.to_thread(drained, url):
+        await asyncio.sleep(0.05)
+    return time.monotonic() - began
+
+
 def post_drain(url: str, rate: float, deadline_s: float) -> None:
     request = urllib.request.Request(
         url.rstrip("/") + "/admin/drain",
@@ -89,9 +104,11 @@ async def run_storm(args: argparse.Namespace) -> dict[str, Any]:
     gateway_of = {c: c.gateway for c in clients}
     logins_before = {c: c.logins for c in clients}
     began = time.monotonic()
+    drain_timer: asyncio.Task[float] | None = None
     if args.drain:
         moving = [c for c in clients if c.gateway == args.drain_id] if args.drain_id else clients
         await asyncio.to_thread(post_drain, args.drain, args.drain_rate, args.timeout)
+        drain_timer = asyncio.get_running_loop().create_task(time_drain(args.drain, began))
     else:
         moving = clients
         for c in clients:
@@ -107,6 +124,7 @@ async def run_storm(args: argparse.Namespace) -> dict[str, Any]:
 
     times = await asyncio.wait_for(asyncio.gather(*(resumed(c) for c in moving)), args.timeout)
     all_s = max(times) if times else 0.0
+    drain_s = await asyncio.wait_for(drain_timer, args.timeout) if drain_timer else None
     await asyncio.sleep(args.after)
     stop.set()
     loop = asyncio.get_running_loop()
@@ -125,6 +143,7 @@ async def run_storm(args: argparse.Namespace) -> dict[str, Any]:
         "changed_gateway": moved,
         "mode": f"drain at {args.drain_rate}/s" if args.drain else "drop all at once",
         "connect_all_s": round(connect_s, 2),
+        "gateway_emptied_s": round(drain_s, 2) if drain_s is not None else None,
         "all_resumed_s": round(all_s, 2),
         "resume_p50_s": round(sorted(times)[len(times) // 2], 2) if times else 0.0,
         "logins_per_s": round(len(moving) / all_s, 1) if all_s else None,
