@@ -32,7 +32,7 @@ def _bench(server: ServerProcess, out: Path, *extra: str) -> tuple[int, str, dic
     return done.returncode, text, json.loads(out.read_text())
 
 
-def _assert_clean(rc: int, text: str, result: dict[str, Any], expected: int) -> None:
+def _assert_clean(rc: int, text: str, result: dict[str, Any], expected: int, devices: int = 1) -> None:
     assert rc == 0, text
     assert result["clean"], text
     verdict = result["verdict"]
@@ -43,10 +43,10 @@ def _assert_clean(rc: int, text: str, result: dict[str, Any], expected: int) -> 
     # the pacing loop offered about rate x duration, and all of it arrived
     assert result["sent"] >= expected * 0.9, text
     assert result["acked"] == result["sent"]
-    assert result["delivered"] == result["acked"]
-    assert result["echoed"] == result["acked"]  # the sending device got its own sends
+    assert result["delivered"] == devices * result["acked"]  # on every receiving device
+    assert result["echoed"] == devices * result["acked"]  # and every sending-side device
     assert verdict["acked"] == result["acked"]
-    assert verdict["received"] == 2 * result["acked"]
+    assert verdict["received"] == 2 * devices * result["acked"]
     lat = result["latency_ms"]
     assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
 
@@ -85,14 +85,15 @@ def test_bad_arguments_exit_2(server: ServerProcess) -> None:
     assert "must be positive" in done.stderr
 
 
-def test_connections_cut_mid_run_lose_nothing(server: ServerProcess, tmp_path: Path) -> None:
+def test_connections_cut_mid_run_lose_nothing_on_any_device(server: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "w1.json"
     rc, text, result = _bench(
-        server, out, "--pairs", "4", "--rate", "200", "--duration", "3",
+        server, out, "--pairs", "4", "--rate", "200", "--duration", "3", "--devices", "2",
         "--cut-every", "0.5", "--cut-fraction", "0.25",
     )  # fmt: skip
-    _assert_clean(rc, text, result, expected=600)
-    assert result["cuts"] >= 4  # 2 of 8 clients, about 5 times (fewer on a stalled machine)
+    _assert_clean(rc, text, result, expected=600, devices=2)
+    assert result["verdict"]["devices"] == 16
+    assert result["cuts"] >= 8  # 4 of 16 clients, about 5 times (fewer on a stalled machine)
     assert result["reconnects"] > 0  # a cut may hit a client already reconnecting
 
 

@@ -63,6 +63,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds to wait for acks and deliveries after the run",
     )
     direct.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="D",
+        help="devices (clients) per user; all get every message, sends go from the first",
+    )
+    direct.add_argument(
         "--cut-every",
         type=float,
         default=0.0,
@@ -105,6 +112,7 @@ def run_direct_command(args: argparse.Namespace) -> int:
         size=args.size,
         window=max(1, args.window),
         drain_timeout=args.drain_timeout,
+        devices=max(1, args.devices),
         cut_every=max(0.0, args.cut_every),
         cut_fraction=min(1.0, max(0.0, args.cut_fraction)),
         user_prefix=f"w1{secrets.token_hex(3)}",  # fresh users: no history from earlier runs

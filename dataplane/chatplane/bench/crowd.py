@@ -24,12 +24,25 @@ from chatplane.auth import TokenSigner
 from chatplane.client import Client
 
 
-async def run(url: str, data_dir: str, first: int, count: int, conversation_id: str,
-              expect: int, deadline_s: float, prefix: str = "crowd", transport: str = "tcp") -> None:
+async def run(
+    url: str,
+    data_dir: str,
+    first: int,
+    count: int,
+    conversation_id: str,
+    expect: int,
+    deadline_s: float,
+    prefix: str = "crowd",
+    transport: str = "tcp",
+) -> None:
     signer = TokenSigner.from_data_dir(data_dir)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    clients = [Client(url, signer.mint(f"{prefix}{first + i}", "phone"), transport=transport,
-                      http=http, heartbeat_s=30) for i in range(count)]
+    clients = [
+        Client(
+            url, signer.mint(f"{prefix}{first + i}", "phone"), transport=transport, http=http, heartbeat_s=30
+        )
+        for i in range(count)
+    ]
     gate = asyncio.Semaphore(100)
 
     async def connect(client: Client) -> None:
@@ -68,10 +81,18 @@ async def run(url: str, data_dir: str, first: int, count: int, conversation_id: 
     for stream in streams:
         if stream:
             starts[stream[0]] = starts.get(stream[0], 0) + 1
-    print(json.dumps({"clients": len(clients), "bad": len(bad), "starts": starts,
-                      "bad_samples": [[*streams[i][:5], "...", *streams[i][-5:]] for i in bad[:3]],
-                      "last_arrival": {str(k): v for k, v in sorted(last_arrival.items())}}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "clients": len(clients),
+                "bad": len(bad),
+                "starts": starts,
+                "bad_samples": [[*streams[i][:5], "...", *streams[i][-5:]] for i in bad[:3]],
+                "last_arrival": {str(k): v for k, v in sorted(last_arrival.items())},
+            }
+        ),
+        flush=True,
+    )
     for t in tasks:
         t.cancel()
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
@@ -80,5 +101,4 @@ async def run(url: str, data_dir: str, first: int, count: int, conversation_id: 
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    asyncio.run(run(a[0], a[1], int(a[2]), int(a[3]), a[4], int(a[5]), float(a[6]),
-                    *a[7:9]))
+    asyncio.run(run(a[0], a[1], int(a[2]), int(a[3]), a[4], int(a[5]), float(a[6]), *a[7:9]))

@@ -68,6 +68,7 @@ class DirectConfig:
     cut_every: float = 0.0  # > 0: every so many seconds, cut some clients' connections
     cut_fraction: float = 0.1  # ... this share of all clients, picked at random
     user_prefix: str = "w1"
+    devices: int = 1  # devices per user; each must get every message (own sends too)
 
 
 async def _no_gate() -> None:
@@ -84,6 +85,8 @@ class _Pair:
     conv: str = ""
     due: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
     counter: int = 0
+    # every device as (user, device id, client, is the receiving side); [0], [1] above
+    devices: list[tuple[str, str, ChatClient, bool]] = field(default_factory=list)
 
 
 class DirectRun:
@@ -112,16 +115,21 @@ class DirectRun:
     async def _connect_pair(self, i: int, gate: asyncio.Semaphore) -> _Pair:
         prefix = self.cfg.user_prefix
         s_user, r_user = f"{prefix}s{i}", f"{prefix}r{i}"
+        devices: list[tuple[str, str, ChatClient, bool]] = []
         async with gate:
-            sender = self.connector(s_user, DEVICE)
-            receiver = self.connector(r_user, DEVICE)
-            self.clients += (sender, receiver)
-            await asyncio.gather(sender.connect(), receiver.connect())
+            for k in range(max(1, self.cfg.devices)):
+                device = DEVICE if k == 0 else f"{DEVICE}{k}"
+                for user, is_receiver in ((s_user, False), (r_user, True)):
+                    client = self.connector(user, device)
+                    self.clients.append(client)
+                    devices.append((user, device, client, is_receiver))
+            await asyncio.gather(*(d[2].connect() for d in devices))
+            sender, receiver = devices[0][2], devices[1][2]
             conv = await sender.direct(r_user)
-        for user in (s_user, r_user):
+        for user, device, _, _ in devices:
             self.checker.add_member(conv, user)
-            self.checker.add_device(user, DEVICE)
-        return _Pair(i, s_user, r_user, sender, receiver, conv)
+            self.checker.add_device(user, device)
+        return _Pair(i, s_user, r_user, sender, receiver, conv, devices=devices)
 
     async def _connect_all(self) -> None:
         gate = asyncio.Semaphore(self.cfg.connect_concurrency)
@@ -134,12 +142,12 @@ class DirectRun:
             raise SetupError(f"cannot connect the bench's clients: {exc!r}") from exc
 
     # -- the loops -------------------------------------------------------------
-    async def _receive(self, client: ChatClient, user: str, is_receiver: bool) -> None:
+    async def _receive(self, client: ChatClient, user: str, device: str, is_receiver: bool) -> None:
         record = self.checker.record_receipt
         hist = self.hist
         async for m in client.messages():
             now = time.monotonic_ns()
-            record(user, DEVICE, m.conversation_id, m.seq, m.message_id)
+            record(user, device, m.conversation_id, m.seq, m.message_id)
             if is_receiver:
                 self.delivered += 1
                 head = m.text.split(" ", 1)[0]
@@ -203,7 +211,8 @@ class DirectRun:
                 await asyncio.sleep(0.005)
                 lag.record(max(0, (time.monotonic_ns() - t0) // 1000 - 5000))
             now = time.monotonic()
-            rate = (self.delivered - last_delivered) / max(now - last_t, 1e-6)
+            per_message = max(1, self.cfg.devices)  # receipts per message
+            rate = (self.delivered - last_delivered) / per_message / max(now - last_t, 1e-6)
             last_delivered, last_t = self.delivered, now
             self.on_progress(self.snapshot(rate))
 
@@ -231,7 +240,8 @@ class DirectRun:
 
     async def _wait_delivered(self, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if self.delivered >= self.acked and self.echoed >= self.acked:
+            want = self.acked * max(1, self.cfg.devices)
+            if self.delivered >= want and self.echoed >= want:
                 return
             await asyncio.sleep(0.05)
 
@@ -250,8 +260,10 @@ class DirectRun:
             gc.freeze()
             gc.set_threshold(20_000, 50, 100)
             for p in self.pairs:
-                receivers.append(asyncio.create_task(self._receive(p.receiver, p.receiver_user, True)))
-                receivers.append(asyncio.create_task(self._receive(p.sender, p.sender_user, False)))
+                receivers.extend(
+                    asyncio.create_task(self._receive(client, user, device, is_receiver))
+                    for user, device, client, is_receiver in p.devices
+                )
                 senders.extend(asyncio.create_task(self._send(p)) for _ in range(cfg.window))
             await start_gate()
             progress = asyncio.create_task(self._report_progress())
@@ -292,6 +304,7 @@ class DirectRun:
         reconnects = sum(c.reconnects for c in self.clients)
         return {
             "pairs": len(self.pairs),
+            "devices_per_user": max(1, self.cfg.devices),
             "offered_rate": self.cfg.rate,
             "duration_s": round(self.send_elapsed, 3),
             "sent": self.sent,

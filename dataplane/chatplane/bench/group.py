@@ -30,18 +30,32 @@ BATCH = 1000  # the admin API adds at most this many users per call
 
 
 def add_parser(workloads: argparse._SubParsersAction) -> None:
-    group = workloads.add_parser("group", help="W2: one large group, every member online",
-                                 description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = workloads.add_parser(
+        "group",
+        help="W2: one large group, every member online",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     group.add_argument("--url", required=True)
     group.add_argument("--data-dir", required=True)
     group.add_argument("--members", type=int, default=10_000, help="M (default 10000)")
     group.add_argument("--senders", type=int, default=5, help="S (default 5)")
     group.add_argument("--messages", type=int, default=20, help="K (default 20)")
-    group.add_argument("--interval-ms", type=float, default=200.0,
-                       help="between two sends (default 200; 0: as fast as acked)")
+    group.add_argument(
+        "--interval-ms",
+        type=float,
+        default=200.0,
+        help="between two sends (default 200; 0: as fast as acked)",
+    )
     group.add_argument("--procs", type=int, default=4, help="client worker processes")
     group.add_argument("--deadline", type=float, default=120.0, help="seconds to wait")
+    group.add_argument(
+        "--receipts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then time N receipts() calls on the group (read/unread lists)",
+    )
     group.add_argument("--json", metavar="FILE")
     group.set_defaults(func=run_command)
 
@@ -69,16 +83,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     members = [f"w2m{run_id}x{i}" for i in range(args.members)]
     senders = [f"w2s{run_id}x{i}" for i in range(args.senders)]
     async with aiohttp.ClientSession() as http:
-        async with http.post(url + "/v1/admin/groups", headers=auth, json={
-                "name": "w2", "owner": senders[0],
-                "members": senders[1:] + members[:BATCH - len(senders)]}) as r:
+        async with http.post(
+            url + "/v1/admin/groups",
+            headers=auth,
+            json={
+                "name": "w2",
+                "owner": senders[0],
+                "members": senders[1:] + members[: BATCH - len(senders)],
+            },
+        ) as r:
             if r.status != 201:
                 raise SystemExit(f"cannot create the group: {r.status} {await r.text()}")
             group = (await r.json())["conversation_id"]
         head = 1
         for k in range(BATCH - len(senders), len(members), BATCH):
-            async with http.post(f"{url}/v1/admin/groups/{group}/members", headers=auth,
-                                 json={"add": members[k:k + BATCH]}) as r:
+            async with http.post(
+                f"{url}/v1/admin/groups/{group}/members", headers=auth, json={"add": members[k : k + BATCH]}
+            ) as r:
                 head = (await r.json())["seq"]
         signer = TokenSigner.from_data_dir(data_dir)
         clients = [Client(url, signer.mint(s, "bench")) for s in senders]
@@ -92,14 +113,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         workers = []
         for i in range(args.procs):
-            chunk = members[i * per:(i + 1) * per]
+            chunk = members[i * per : (i + 1) * per]
             if not chunk:
                 continue
             first = int(chunk[0].rsplit("x", 1)[1])
-            workers.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "chatplane.bench.crowd", url, str(data_dir), str(first),
-                str(len(chunk)), group, str(expect), str(args.deadline), f"w2m{run_id}x", transport,
-                stdout=subprocess.PIPE))
+            workers.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "chatplane.bench.crowd",
+                    url,
+                    str(data_dir),
+                    str(first),
+                    str(len(chunk)),
+                    group,
+                    str(expect),
+                    str(args.deadline),
+                    f"w2m{run_id}x",
+                    transport,
+                    stdout=subprocess.PIPE,
+                )
+            )
         for w in workers:
             assert w.stdout is not None
             await w.stdout.readline()
@@ -120,6 +154,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.wait_for(w.wait(), 30)
         elapsed = time.monotonic() - t0
         after = await _metrics(http, url)
+        receipts_ms = []
+        for i in range(args.receipts):
+            seq = sorted(sent)[i % len(sent)]
+            r0 = time.perf_counter()
+            answer = await clients[0].receipts(group, seq)
+            receipts_ms.append((time.perf_counter() - r0) * 1000)
+            assert len(answer.read) + len(answer.unread) >= args.members
         for c in clients:
             await c.close()
     latencies = []
@@ -128,17 +169,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         latencies.append((last - t) * 1000 if last else float("inf"))
     finite = sorted(x for x in latencies if x != float("inf"))
     cpu = after.get("chatplane_process_cpu_seconds_total", 0) - before.get(
-        "chatplane_process_cpu_seconds_total", 0)
+        "chatplane_process_cpu_seconds_total", 0
+    )
     return {
-        "workload": "W2 group", "members": args.members, "senders": args.senders,
-        "messages": args.messages, "interval_ms": args.interval_ms, "procs": args.procs,
+        "workload": "W2 group",
+        "members": args.members,
+        "senders": args.senders,
+        "messages": args.messages,
+        "interval_ms": args.interval_ms,
+        "procs": args.procs,
         "transport": transport,
         "connect_s": round(connect_s, 1),
         "last_member_ms": {
             "p50": round(statistics.median(finite), 1) if finite else None,
             "p90": round(finite[int(0.9 * (len(finite) - 1))], 1) if finite else None,
             "max": round(finite[-1], 1) if finite else None,
-            "all": [round(x, 1) for x in latencies]},
+            "all": [round(x, 1) for x in latencies],
+        },
         "deliveries": args.members * args.messages,
         "deliveries_per_s": round(args.members * args.messages / elapsed),
         "members_not_clean": sum(o["bad"] for o in outs),
@@ -146,6 +193,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_s": round(cpu, 2),
         "server_cpu_pct": round(100 * cpu / elapsed) if elapsed else None,
         "server_rss_mib": round(after.get("chatplane_process_rss_bytes", 0) / 2**20, 1),
+        "receipts_ms": {
+            "calls": len(receipts_ms),
+            "p50": round(statistics.median(receipts_ms), 1) if receipts_ms else None,
+            "p99": round(sorted(receipts_ms)[int(0.99 * (len(receipts_ms) - 1))], 1) if receipts_ms else None,
+        },
     }
 
 

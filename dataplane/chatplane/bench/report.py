@@ -59,6 +59,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         return dict(parts[0])
     out: dict[str, Any] = {k: sum(p.get(k, 0) for p in parts) for k in _SUMMED}
     out["offered_rate"] = sum(p.get("offered_rate", 0) for p in parts)
+    out["devices_per_user"] = parts[0].get("devices_per_user", 1)
     out["duration_s"] = max(p.get("duration_s", 0) for p in parts)
     out["max_queue_delay_us"] = max(p.get("max_queue_delay_us", 0) for p in parts)
     out["errors"] = [e for p in parts for e in p.get("errors", [])][:10]
@@ -94,7 +95,7 @@ def finish(result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
         result.get("verdict", {}).get("ok")
         and not result.get("send_errors")
         and not result.get("unacked")
-        and result.get("delivered", 0) >= result.get("acked", 0)
+        and result.get("delivered", 0) >= result.get("acked", 0) * result.get("devices_per_user", 1)
     )
     # Did the server keep up with the offered rate? If acks come back slower
     # than offered, every sender's window fills and due messages are dropped.
@@ -137,7 +138,7 @@ def table(pub: dict[str, Any]) -> str:
             "workload",
             f"{pub['workload']}  transport={pub.get('transport')}  procs={pub.get('procs', 1)}",
         ),
-        ("pairs", f"{pub.get('pairs')}"),
+        ("pairs", f"{pub.get('pairs')}  ({pub.get('devices_per_user', 1)} device(s) per user)"),
         ("offered", f"{pub.get('offered_rate')} msgs/s for {pub.get('duration_s')} s"),
         (
             "sent",
@@ -145,7 +146,11 @@ def table(pub: dict[str, Any]) -> str:
             f"unsent={pub.get('unsent')}  send_errors={pub.get('send_errors')}",
         ),
         ("acked", f"{pub.get('acked')}  unacked_at_end={pub.get('unacked')}"),
-        ("delivered", f"{pub.get('delivered')}  (sender echoes {pub.get('echoed')})"),
+        (
+            "delivered",
+            f"{pub.get('delivered')} to receiving devices  "
+            f"(echoes to the sender's devices {pub.get('echoed')})",
+        ),
         (
             "latency ms",
             f"p50={lat['p50_ms']} p90={lat['p90_ms']} p99={lat['p99_ms']} "
