@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.parse
-from typing import Protocol
+from collections import deque
+from typing import Protocol, cast
 
 import aiohttp
 
 from chatplane.protocol import frames
+from chatplane.protocol.errors import ProtocolError
 
 
 class LinkClosed(Exception):
@@ -56,41 +58,78 @@ class WebSocketLink:
             transport.abort()
 
 
+class _TcpFrames(asyncio.Protocol):
+    """Cuts the stream into frames as bytes arrive (no await per frame)."""
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.reader = frames.FrameReader(max_frame_bytes)
+        self.frames: deque[bytes] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.error: LinkClosed | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.frames.extend(self.reader.feed_data(data))
+        except ProtocolError as exc:
+            self.error = LinkClosed(f"bad frame from server: {exc.message}")
+            if self.transport is not None:
+                self.transport.abort()
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.error is None:
+            self.error = LinkClosed(f"tcp closed: {exc}" if exc else "tcp closed")
+        self.writable.set()
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
 class TcpLink:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 max_frame_bytes: int) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.max_frame_bytes = max_frame_bytes
+    def __init__(self, protocol: _TcpFrames) -> None:
+        self.protocol = protocol
 
     async def send(self, payload: bytes) -> None:
-        if self.writer.is_closing():
+        protocol = self.protocol
+        transport = protocol.transport
+        if protocol.error is not None or transport is None or transport.is_closing():
             raise LinkClosed("tcp closed")
-        self.writer.write(frames.prefix(payload))
-        try:
-            await self.writer.drain()
-        except ConnectionError as exc:
-            raise LinkClosed(str(exc)) from exc
+        transport.write(frames.prefix(payload))
+        if not protocol.writable.is_set():
+            await protocol.writable.wait()
+            if protocol.error is not None:
+                raise protocol.error
 
     async def recv(self) -> bytes:
-        try:
-            header = await self.reader.readexactly(4)
-            (length,) = frames.LENGTH.unpack(header)
-            if length > 4 * self.max_frame_bytes:
-                raise LinkClosed(f"server frame of {length} bytes")
-            return await self.reader.readexactly(length)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise LinkClosed(str(exc)) from exc
+        protocol = self.protocol
+        while not protocol.frames:
+            if protocol.error is not None:
+                raise protocol.error
+            protocol.waiter = asyncio.get_running_loop().create_future()
+            await protocol.waiter
+        return protocol.frames.popleft()
 
     async def close(self) -> None:
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        if self.protocol.transport is not None:
+            self.protocol.transport.close()
 
     def abort(self) -> None:
-        self.writer.transport.abort()
+        if self.protocol.transport is not None:
+            self.protocol.transport.abort()
 
 
 async def dispatch(http: aiohttp.ClientSession, base_url: str, uid: str) -> list[dict[str, str]]:
@@ -109,9 +148,11 @@ async def open_link(http: aiohttp.ClientSession, endpoint: dict[str, str], trans
         if not endpoint.get("tcp"):
             raise LinkClosed(f"gateway {endpoint.get('gateway_id')} has no TCP listener")
         host, _, port = endpoint["tcp"].rpartition(":")
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, int(port)), timeout_s)
-        return TcpLink(reader, writer, max_frame_bytes)
+        loop = asyncio.get_running_loop()
+        # the server's frames (pushes, sync pages) may exceed the client's own limit
+        _, protocol = await asyncio.wait_for(loop.create_connection(
+            lambda: _TcpFrames(16 * max_frame_bytes), host, int(port)), timeout_s)
+        return TcpLink(protocol)
     ws = await http.ws_connect(endpoint["ws"], timeout=aiohttp.ClientWSTimeout(ws_close=2),
                                max_msg_size=0, autoping=True, compress=0)
     return WebSocketLink(ws)

@@ -213,14 +213,22 @@ class SocialApi:
             conversation_id=conversation_id, seq=seq)))
         return reply.mark_read_ack.read_seq
 
-    async def receipts(self, conversation_id: str, seq: int, after_user_id: str = "",
-                       limit: int = 1000) -> Receipts:
-        """Who of the members has read message `seq`, and who has not."""
-        reply = await self._request(pb.Frame(receipts=pb.ReceiptsRequest(
-            conversation_id=conversation_id, seq=seq, after_user_id=after_user_id,
-            limit=limit)))
-        return Receipts(list(reply.receipts_response.read),
-                        list(reply.receipts_response.unread))
+    async def receipts(self, conversation_id: str, seq: int, page: int = 5000) -> Receipts:
+        """Who of the members has read message `seq`, and who has not (the
+        sender and members who joined later are in neither list). Fetches
+        every page of `page` members."""
+        read: list[str] = []
+        unread: list[str] = []
+        after = ""
+        while True:
+            reply = await self._request(pb.Frame(receipts=pb.ReceiptsRequest(
+                conversation_id=conversation_id, seq=seq, after_user_id=after, limit=page)))
+            response = reply.receipts_response
+            read += response.read
+            unread += response.unread
+            if not response.has_more or not (response.read or response.unread):
+                return Receipts(read, unread)
+            after = max(response.read[-1:] + response.unread[-1:])
 
     async def events(self) -> AsyncIterator[Event]:
         """Every change for this user, once, in inbox order: messages, group
