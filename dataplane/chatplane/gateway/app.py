@@ -23,8 +23,7 @@ from aiohttp import web
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.gateway.heads import HeadChecker
-from chatplane.gateway.links import RemoteIm, RemoteRegistry
-from chatplane.gateway.rpc import GatewayServicer
+from chatplane.gateway.links import GatewayServicer, RemoteIm, RemoteRegistry
 from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
 from chatplane.registry import instances as registry

@@ -10,6 +10,11 @@ registry TTL passes. The request frame is forwarded as bytes.
 completes before the login is answered; `unregister` is queued and sent in
 batches; `refresh` re-asserts every route (periodically, and at once after
 Redis lost them).
+
+`GatewayServicer` is the other direction, what state asks of the gateway:
+`Push` hands inbox entries to the devices of their users connected here
+(each connection's downlink window drops what it already pushed, so a
+retried Push is harmless); `Kick` closes a connection another login replaced.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from chatplane.im.requests import error_frame
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.registry.instances import CachedInstances
 from chatplane.registry.ring import HashRing
+from chatplane.rpc import convert
 from chatplane.rpc.peers import Peers, first_answer, retriable
 from chatplane.state.links import StateLinks
 from chatplane.v1 import frames_pb2 as pb
@@ -34,6 +40,7 @@ from chatplane.v1 import services_pb2_grpc as sgrpc
 
 if TYPE_CHECKING:
     from chatplane.gateway.connection import Connection
+    from chatplane.gateway.service import Gateway
 
 log = logging.getLogger("chatplane.gateway.links")
 BY_CONVERSATION = frozenset({"send", "history"})  # routed by conversation owner
@@ -158,3 +165,20 @@ class RemoteRegistry:
                                                metadata=tracing.outgoing())
 
         return await self.links.call(call, 2 * self.links.peers.deadline_s)
+
+
+class GatewayServicer(sgrpc.GatewayServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def Push(self, request: spb.PushRequest,
+                   context: grpc.aio.ServicerContext) -> spb.PushReply:
+        with tracing.serving("gateway.Push", context.invocation_metadata()):
+            items = [convert.inbox_item(d) for d in request.deliveries]
+            return spb.PushReply(pushed=self.gateway.push_entries(items))
+
+    async def Kick(self, request: spb.KickRequest,
+                   context: grpc.aio.ServicerContext) -> spb.KickReply:
+        kicked = sum(self.gateway.kick_route(r.user_id, r.device_id, r.conn_id, request.reason)
+                     for r in request.routes)
+        return spb.KickReply(kicked=kicked)
