@@ -10,6 +10,7 @@ only, DESIGN §4).
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -29,9 +30,27 @@ def relation_pb(user_id: str, r: Relation) -> pb.Relation:
                        updated_at_ms=r.updated_at_ms)
 
 
+# How long a relation read on the send path is trusted. Changes made through
+# this process invalidate at once; this bounds how long a change made through
+# another im instance takes to apply to sends here.
+RELATION_TTL_S = 2.0
+
+
 class Social:
     def __init__(self, im: ImService) -> None:
         self.im = im
+        self._relations: dict[tuple[str, str], tuple[float, Relation]] = {}
+
+    async def _relation(self, user: str, other: str) -> Relation:
+        now = time.monotonic()
+        cached = self._relations.get((user, other))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        relation = await self.im.storage.relation(user, other)
+        if len(self._relations) > 100_000:
+            self._relations.clear()
+        self._relations[(user, other)] = (now + RELATION_TTL_S, relation)
+        return relation
 
     # -- friends ---------------------------------------------------------------
 
@@ -87,6 +106,9 @@ class Social:
             await storage.put_relations([(user, other, mine), (other, user, theirs)])
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+        finally:
+            self._relations.pop((user, other), None)
+            self._relations.pop((other, user), None)
         event = pb.Event(friend=pb.FriendEvent(action=action, actor=user, user_id=other,
                                                note=op.note if action == pb.REQUEST else ""))
         await self.im.emit(user, event)
@@ -121,8 +143,11 @@ class Social:
         if not others:
             return
         other = others[0]
-        mine = await self.im.storage.relation(user, other)
-        theirs = await self.im.storage.relation(other, user)
+        try:
+            mine = await self._relation(user, other)
+            theirs = await self._relation(other, user)
+        except StorageUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
         if theirs.blocked or mine.blocked:
             raise ProtocolError(ErrorCode.BLOCKED, f"{user} and {other} block each other")
         if self.im.social_settings.direct_requires_friendship and not mine.friend:
