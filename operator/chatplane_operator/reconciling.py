@@ -113,7 +113,15 @@ class Reconciler:
             observations = {r.name: status.RegionObservation({}, error=err)
                             for r in cluster.regions}
         else:
-            migration = self._apply_all(body, cluster, observations, outcome)
+            try:
+                migration = self._apply_all(body, cluster, observations, outcome)
+            except ApiError as exc:  # the API failed mid-pass: say so, then retry later
+                outcome.ok = False
+                outcome.errors.append(f"{R.APPLY_FAILED}: {exc}")
+                for region in cluster.regions:
+                    if region.name not in observations:
+                        observations[region.name] = status.RegionObservation(
+                            {}, error=(R.APPLY_FAILED, str(exc)))
         new_status = status.compute(cluster, observations, body.get("status"),
                                     migration=migration)
         if new_status != (body.get("status") or {}):

@@ -53,8 +53,9 @@ def test_generated_secret_is_kept(kube: Kube, namespace: str, operator: Operator
     first = wait_until(lambda: kube.get("Secret", namespace, "chat-generated"), 20, "secret")
     kube.merge_patch("ChatCluster", namespace, "chat",
                      {"spec": {"limits": {"maxFrameBytes": 4096}}})
-    wait_until(lambda: kube.get("ConfigMap", namespace, "chat-eu-config")["data"]
-               ["CHATPLANE_MAX_FRAME_BYTES"] == "4096", 20, "config update")
+    wait_until(lambda: ((kube.get("ConfigMap", namespace, "chat-eu-config") or {})
+                        .get("data") or {}).get("CHATPLANE_MAX_FRAME_BYTES") == "4096", 20,
+               "config update")
     again = kube.get("Secret", namespace, "chat-generated")
     assert again["data"] == first["data"]
     assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
