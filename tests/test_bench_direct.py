@@ -47,6 +47,8 @@ def _assert_clean(rc: int, text: str, result: dict[str, Any], expected: int, dev
     assert result["echoed"] == devices * result["acked"]  # and every sending-side device
     assert verdict["acked"] == result["acked"]
     assert verdict["received"] == 2 * devices * result["acked"]
+    assert result["history_pages"] == result["pairs"]  # each receiver's last page matched
+    assert result["history_failed"] == 0
     lat = result["latency_ms"]
     assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
 

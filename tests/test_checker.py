@@ -232,3 +232,23 @@ def test_large_in_order_stream_is_cheap() -> None:
         c.record_ack("u", "d", "c", seq, str(seq))
         c.record_receipt("u", "d", "c", seq, str(seq))
     assert c.verdict().ok
+
+
+def test_history_page_that_matches_passes() -> None:
+    c = _setup()
+    _deliver_all(c, [1, 2, 3, 4, 5])
+    assert c.check_history("bob", "b1", CONV, [(s, f"m{s}") for s in (3, 4, 5)]) == 0
+    assert c.verdict().ok
+
+
+def test_history_hole_repeat_and_wrong_message_are_caught() -> None:
+    c = _setup()
+    _deliver_all(c, [1, 2, 3, 4, 5])
+    assert c.check_history("bob", "b1", CONV, [(1, "m1"), (2, "m2"), (4, "m4")]) == 1
+    assert c.check_history("bob", "b2", CONV, [(2, "m2"), (2, "m2")]) == 1
+    assert c.check_history("alice", "a1", CONV, [(4, "m4"), (5, "other")]) == 1
+    v = c.verdict()
+    assert v.totals["history"] == 3
+    assert not v.ok
+    (b1,) = [d for d in v.to_dict()["failed_devices"] if d["device"] == "b1"]
+    assert any("#4 after #2" in s for s in b1["samples"])

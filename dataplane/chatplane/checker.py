@@ -17,7 +17,10 @@ Per device the verdict counts, over the device's conversations:
   were never filled; an acked hole also counts as lost);
 - conflicting: a (conversation, seq) whose message id differs from the acked
   one or from what another device saw there (so the devices' orders differ);
-- foreign: receipts of conversations the device's user is not a member of.
+- foreign: receipts of conversations the device's user is not a member of;
+- history: problems in pages the device pulled with `history()`
+  (`check_history`): seqs not ascending and contiguous (a hole, a repeat),
+  or a seq whose message differs from the one acked or received there.
 `same_order` holds when no device reordered and no seq maps to two messages:
 then every device saw each conversation's messages in the same order.
 
@@ -127,6 +130,7 @@ class DeviceVerdict:
     gaps: int = 0
     conflicting: int = 0
     foreign: int = 0
+    history: int = 0
     samples: list[str] = field(default_factory=list)
 
     @property
@@ -138,10 +142,11 @@ class DeviceVerdict:
             or self.gaps
             or self.conflicting
             or self.foreign
+            or self.history
         )
 
 
-KINDS = ("lost", "duplicated", "reordered", "gaps", "conflicting", "foreign")
+KINDS = ("lost", "duplicated", "reordered", "gaps", "conflicting", "foreign", "history")
 
 
 @dataclass
@@ -237,9 +242,7 @@ class DeliveryChecker:
             self._ack_conflicts += 1
         self._acked[conversation_id].add(seq)
 
-    def record_receipt(
-        self, user: str, device: str, conversation_id: str, seq: int, message_id: str
-    ) -> None:
+    def record_receipt(self, user: str, device: str, conversation_id: str, seq: int, message_id: str) -> None:
         """Device (user, device) got message `message_id` at (conversation, seq)."""
         self.add_device(user, device)
         dv = self._devices[(user, device)]
@@ -264,6 +267,28 @@ class DeliveryChecker:
         if known != message_id:
             dv.conflicting += 1
             self._sample(dv, f"conflict {conversation_id}#{seq}: {message_id} != {known}")
+
+    def check_history(
+        self, user: str, device: str, conversation_id: str, page: Iterable[tuple[int, str]]
+    ) -> int:
+        """Judge one page of `history()` (seq, message id) as pulled by a device;
+        returns how many problems it had (also counted in the verdict)."""
+        self.add_device(user, device)
+        dv = self._devices[(user, device)]
+        ids = self._ids.get(conversation_id, {})
+        problems = 0
+        prev = 0
+        for seq, message_id in page:
+            if prev and seq != prev + 1:  # a hole, a repeat or a step back
+                problems += 1
+                self._sample(dv, f"history {conversation_id}: #{seq} after #{prev}")
+            known = ids.get(seq)
+            if known is not None and known != message_id:
+                problems += 1
+                self._sample(dv, f"history {conversation_id}#{seq}: {message_id} != {known}")
+            prev = max(prev, seq)
+        dv.history += problems
+        return problems
 
     @staticmethod
     def _sample(dv: DeviceVerdict, text: str) -> None:

@@ -32,6 +32,7 @@ from chatplane.checker import DeliveryChecker
 
 DEVICE = "bench"
 _STOP = -1  # queue sentinel: the sender loop exits
+HISTORY_PAGE = 50  # messages per conversation pulled back at the end
 
 
 class SetupError(RuntimeError):
@@ -47,6 +48,9 @@ class ChatClient(Protocol):
     async def direct(self, user_id: str) -> str: ...
     async def send_text(self, conversation_id: str, text: str) -> Any: ...
     def messages(self) -> AsyncIterator[Any]: ...
+    async def history(
+        self, conversation_id: str, before_seq: int | None = None, limit: int = 50
+    ) -> list[Any]: ...
     async def close(self) -> None: ...
     def abort_connection(self) -> None: ...
 
@@ -108,6 +112,7 @@ class DirectRun:
         self.cpu_s = 0.0  # this process's CPU time while offering load
         self.loop_lag = LatencyHistogram()
         self.cuts = 0
+        self.history_pages = self.history_failed = 0
         self.pad = "x" * max(0, config.size - 24)
         self.errors: list[str] = []
 
@@ -238,6 +243,25 @@ class DirectRun:
                 client.abort_connection()
                 self.cuts += 1
 
+    async def _check_history(self) -> None:
+        """Roaming: each receiver pulls the last page of its conversation, which
+        must hold exactly what was acked and delivered at those seqs."""
+
+        async def one(pair: _Pair) -> None:
+            page = await pair.receiver.history(pair.conv, limit=HISTORY_PAGE)
+            self.checker.check_history(
+                pair.receiver_user, DEVICE, pair.conv, [(m.seq, m.message_id) for m in page]
+            )
+            self.history_pages += 1
+
+        try:
+            async with asyncio.timeout(15):
+                await asyncio.gather(*(one(p) for p in self.pairs))
+        except Exception as exc:
+            self.history_failed = len(self.pairs) - self.history_pages
+            if len(self.errors) < 5:
+                self.errors.append(f"history: {exc!r}")
+
     async def _wait_delivered(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             want = self.acked * max(1, self.cfg.devices)
@@ -282,6 +306,7 @@ class DirectRun:
                 _, pending = await asyncio.wait(senders, timeout=cfg.drain_timeout)
                 self.unacked = len(pending)
             await self._wait_delivered(deadline)
+            await self._check_history()
             self.on_progress(self.snapshot(0.0))
         finally:
             gc.set_threshold(*thresholds)
@@ -317,6 +342,8 @@ class DirectRun:
             "max_queue_delay_us": self.max_queue_delay_us,
             "reconnects": reconnects,
             "cuts": self.cuts,
+            "history_pages": self.history_pages,
+            "history_failed": self.history_failed,
             "bench_cpu_s": round(self.cpu_s, 2),
             "bench_loop_lag": self.loop_lag.to_dict(),
             "errors": self.errors,

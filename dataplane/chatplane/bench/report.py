@@ -25,6 +25,8 @@ _SUMMED = (
     "echoed",
     "reconnects",
     "cuts",
+    "history_pages",
+    "history_failed",
     "bench_cpu_s",
 )
 
@@ -95,6 +97,7 @@ def finish(result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
         result.get("verdict", {}).get("ok")
         and not result.get("send_errors")
         and not result.get("unacked")
+        and not result.get("history_failed")
         and result.get("delivered", 0) >= result.get("acked", 0) * result.get("devices_per_user", 1)
     )
     # Did the server keep up with the offered rate? If acks come back slower
@@ -171,6 +174,11 @@ def table(pub: dict[str, Any]) -> str:
             "bench cpu",
             f"{pub.get('bench_cpu_s')} s over the run, all bench processes "
             f"({pub.get('bench_cpu_pct')}% of one core)",
+        ),
+        (
+            "history",
+            f"{pub.get('history_pages', 0)} pages pulled back and checked, "
+            f"{pub.get('history_failed', 0)} failed",
         ),
         ("verdict", pub.get("verdict_summary", "")),
         (
