@@ -26,6 +26,7 @@ PATHS: dict[str, tuple[str, str, bool]] = {  # kind -> (prefix, plural, namespac
     "Event": ("/api/v1", "events", True),
     "Pod": ("/api/v1", "pods", True),
     "ServiceAccount": ("/api/v1", "serviceaccounts", True),
+    "ResourceQuota": ("/api/v1", "resourcequotas", True),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
     "Deployment": ("/apis/apps/v1", "deployments", True),
     "StatefulSet": ("/apis/apps/v1", "statefulsets", True),

@@ -45,6 +45,10 @@ def test_two_regions_yield_every_object_with_owner_references(
     assert set(secret["data"]) == {"token", "admin"}
     peers = objs[("ConfigMap", "chat-eu-config")]["data"]["CHATPLANE_PEERS"]
     assert '"name": "us"' in peers and "chat-us-im" in peers
+    # No finalizer (deletion never waits for the operator), no kopf bookkeeping annotations.
+    meta = kube.get("ChatCluster", namespace, "chat")["metadata"]
+    assert not meta.get("finalizers")
+    assert not [a for a in meta.get("annotations") or {} if "kopf" in a]
 
 
 def test_generated_secret_is_kept(kube: Kube, namespace: str, operator: OperatorProcess,
@@ -304,3 +308,32 @@ def test_migration_job_follows_the_replication_map(
     assert [j["metadata"]["name"] for j in jobs_now] != [first]
     config = kube.get("ConfigMap", namespace, "chat-eu-config")["data"]
     assert json.loads(config["CHATPLANE_CQL_REPLICATION"]) == {"eu": 3, "us": 5}
+
+
+def test_apply_failure_degrades_and_recovers(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    """A quota that forbids PodDisruptionBudgets makes the apply fail (no quota controller
+    runs here: the test writes the quota's status itself)."""
+    hard = {"count/poddisruptionbudgets.policy": "0"}
+    kube.create({"apiVersion": "v1", "kind": "ResourceQuota",
+                 "metadata": {"name": "no-pdbs", "namespace": namespace},
+                 "spec": {"hard": hard}})
+    kube.merge_patch("ResourceQuota", namespace, "no-pdbs",
+                     {"status": {"hard": hard, "used": {"count/poddisruptionbudgets.policy": "0"}}},
+                     sub="status")
+    make_cluster(("eu",))
+    status = wait_until(lambda: condition(cluster_status(kube, namespace), "Degraded")
+                        .get("status") == "True" and cluster_status(kube, namespace), 20,
+                        "Degraded=True")
+    degraded = condition(status, "Degraded")
+    assert degraded["reason"] == api.Reason.APPLY_FAILED
+    assert "PodDisruptionBudget/chat-eu-ipconf" in degraded["message"]
+    assert "forbidden" in degraded["message"]
+    wait_until(lambda: [e for e in events(kube, namespace)
+                        if e["reason"] == api.Reason.APPLY_FAILED and e["type"] == "Warning"],
+               10, "Warning event")
+    kube.delete("ResourceQuota", namespace, "no-pdbs")
+    wait_reconciled(kube, namespace, 1, timeout=40)  # the backoff retries find it fixed
+    wait_until(lambda: condition(cluster_status(kube, namespace), "Degraded")
+               .get("status") == "False", 20, "Degraded=False")
