@@ -8,6 +8,7 @@ resend of an acked cid gets the original ack and delivers nothing twice.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -206,7 +207,7 @@ class ImService:
             sender_device=device_id,
             cid=cid,
             text=text,
-            message_id=uuid.uuid4().hex,
+            message_id=os.urandom(16).hex(),
             sent_at_ms=self.clock_ms(),
             payload=payload,
             content_type=content_type or "text",

@@ -130,8 +130,40 @@ class _Writer:
         self.db = db
         self.conv_heads: dict[str, int] = {}
         self.inbox_heads: dict[str, int] = {}
+        self.dirty_convs: dict[str, tuple[int, int]] = {}
+        self.dirty_reads: dict[tuple[str, str], int] = {}
+        self.dirty_inbox: dict[str, int] = {}
 
     def forget(self) -> None:
+        """Drop cached heads (they are re-read), after writing the pending ones:
+        the transaction still holds them."""
+        self.flush_heads()
+        self.conv_heads.clear()
+        self.inbox_heads.clear()
+
+    def flush_heads(self) -> None:
+        db = self.db
+        if self.dirty_convs:
+            db.executemany("UPDATE conversations SET head_seq = ?, last_activity_ms = ? WHERE id = ?",
+                           [(seq, at, cid) for cid, (seq, at) in self.dirty_convs.items()])
+            self.dirty_convs.clear()
+        if self.dirty_reads:
+            db.executemany(
+                "UPDATE user_conversations SET read_seq = ? WHERE user_id = ? AND"
+                " conversation_id = ? AND read_seq < ?",
+                [(seq, user, cid, seq) for (user, cid), seq in self.dirty_reads.items()])
+            self.dirty_reads.clear()
+        if self.dirty_inbox:
+            db.executemany("INSERT INTO inbox_heads (user_id, head) VALUES (?, ?)"
+                           " ON CONFLICT (user_id) DO UPDATE SET head = excluded.head",
+                           list(self.dirty_inbox.items()))
+            self.dirty_inbox.clear()
+
+    def discard(self) -> None:
+        """The transaction rolled back: nothing pending is true any more."""
+        self.dirty_convs.clear()
+        self.dirty_reads.clear()
+        self.dirty_inbox.clear()
         self.conv_heads.clear()
         self.inbox_heads.clear()
 
@@ -186,16 +218,11 @@ class _Writer:
                 message.payload, message.content_type,
             ),
         )
-        db.execute(
-            "UPDATE conversations SET head_seq = ?, last_activity_ms = ? WHERE id = ?",
-            (seq, request.sent_at_ms, request.conversation_id),
-        )
+        # heads, activity and the sender's read position are written once per
+        # batch (flush_heads), not once per message
+        self.dirty_convs[request.conversation_id] = (seq, request.sent_at_ms)
         # one's own message is read by definition: it never counts as unread
-        db.execute(
-            "UPDATE user_conversations SET read_seq = ? WHERE user_id = ? AND conversation_id = ?"
-            " AND read_seq < ?",
-            (seq, request.sender, request.conversation_id, seq),
-        )
+        self.dirty_reads[(request.sender, request.conversation_id)] = seq
         self.conv_heads[request.conversation_id] = seq
         items = []
         for user_id in recipients:
@@ -204,11 +231,7 @@ class _Writer:
                 "INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq) VALUES (?, ?, ?, ?)",
                 (user_id, inbox_seq, request.conversation_id, seq),
             )
-            db.execute(
-                "INSERT INTO inbox_heads (user_id, head) VALUES (?, ?)"
-                " ON CONFLICT (user_id) DO UPDATE SET head = excluded.head",
-                (user_id, inbox_seq),
-            )
+            self.dirty_inbox[user_id] = inbox_seq
             self.inbox_heads[user_id] = inbox_seq
             items.append(InboxItem(user_id=user_id, inbox_seq=inbox_seq, message=message))
         return AppendResult(message=message, duplicate=False, inbox=tuple(items))
@@ -255,8 +278,10 @@ class _SocialMethods:
                 (conversation_id, EVENTS, now_ms, now_ms)).rowcount
             if created:
                 social.add_member_rows(writer.db, conversation_id, user_id, "member", 0)
+            row = writer.db.execute("SELECT created_at_ms FROM conversations WHERE id = ?",
+                                    (conversation_id,)).fetchone()
             return Conversation(conversation_id, EVENTS, (user_id,), writer.conv_head(
-                conversation_id), now_ms)
+                conversation_id), int(row[0]))
 
         result: Conversation = await self._write(create)
         return result
@@ -275,8 +300,15 @@ class _SocialMethods:
         return result
 
     async def mark_read(self, user_id: str, conversation_id: str, seq: int) -> tuple[int, int]:
-        result: tuple[int, int] = await self._write(
-            lambda writer: social.advance_read(writer.db, user_id, conversation_id, seq))
+        def advance(writer: _Writer) -> tuple[int, int]:
+            try:  # the writer's head: the table's may be pending in this batch
+                head = writer.conv_head(conversation_id)
+            except ConversationNotFound:
+                return 0, 0
+            writer.flush_heads()  # pending own-send reads first: max() keeps the higher
+            return social.advance_read(writer.db, user_id, conversation_id, seq, head)
+
+        result: tuple[int, int] = await self._write(advance)
         return result
 
     async def read_positions(self, conversation_id: str) -> dict[str, int]:
@@ -444,13 +476,14 @@ class SqliteStorage(_SocialMethods):
                     writer.db.execute("RELEASE job")
                     writer.forget()
                     results.append((False, exc))
+            writer.flush_heads()
             writer.db.execute("COMMIT")
         except sqlite3.Error as exc:
             try:
                 writer.db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            writer.forget()
+            writer.discard()
             failure = StorageUnavailable(f"sqlite write failed: {exc}")
             results = [(False, failure)] * len(batch)
         for (_, future, loop), (ok, value) in zip(batch, results, strict=True):

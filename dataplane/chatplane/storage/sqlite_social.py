@@ -124,13 +124,13 @@ def apply_change(db: sqlite3.Connection, conversation_id: str, change: Membershi
                    (json.dumps(extra), conversation_id))
 
 
-def advance_read(db: sqlite3.Connection, user: str, conversation_id: str, seq: int) -> tuple[int, int]:
-    row = db.execute("SELECT uc.read_seq, c.head_seq FROM user_conversations uc JOIN conversations c"
-                     " ON c.id = uc.conversation_id WHERE uc.user_id = ? AND uc.conversation_id = ?",
-                     (user, conversation_id)).fetchone()
+def advance_read(db: sqlite3.Connection, user: str, conversation_id: str, seq: int,
+                 head: int) -> tuple[int, int]:
+    row = db.execute("SELECT read_seq FROM user_conversations WHERE user_id = ? AND"
+                     " conversation_id = ?", (user, conversation_id)).fetchone()
     if row is None:
         return 0, 0
-    previous, head = row
+    previous = row[0]
     current = max(previous, min(seq, head))
     if current != previous:
         db.execute("UPDATE user_conversations SET read_seq = ? WHERE user_id = ? AND"
