@@ -69,3 +69,32 @@ def test_pushes_before_the_start_wait_for_it() -> None:
     assert order.offer("g", 11, 11, from_inbox=False) == []  # where does it start?
     assert order.start("g", 9) == [] and order.wants == {"g": 9}
     assert order.pulled("g", [(10, 10), (11, 11)]) == [10, 11]
+
+
+@given(st.data())
+def test_conversation_order_any_interleaving_is_exactly_once_in_order(data: st.DataObject) -> None:
+    """A group of n messages reaches the client in any mix of pushes (any
+    order, duplicates, losses) and pull answers; with pulls served from the
+    truth, the client delivers seqs start..n exactly once, in order."""
+    from chatplane.delivery.sync import ConversationOrder
+
+    n = data.draw(st.integers(1, 40))
+    start = data.draw(st.integers(1, n))  # the member joined here (via the inbox)
+    order: ConversationOrder[int] = ConversationOrder()
+    delivered = order.offer("g", start, start, from_inbox=True)
+    pushes = data.draw(st.lists(st.integers(1, n), max_size=3 * n))
+    for seq in pushes:
+        delivered += order.offer("g", seq, seq, from_inbox=False)
+        if data.draw(st.booleans()):
+            order.saw_head("g", seq)
+        while order.wants and data.draw(st.booleans()):
+            after = order.wants["g"]
+            page = [(s, s) for s in range(max(after, start - 1) + 1, min(after + 5, n) + 1)]
+            delivered += order.pulled("g", page)
+    order.saw_head("g", n)  # the final notice always comes (the batcher's last flush)
+    for _ in range(2 * n + 2):
+        if not order.wants:
+            break
+        after = order.wants["g"]
+        delivered += order.pulled("g", [(s, s) for s in range(after + 1, min(after + 5, n) + 1)])
+    assert delivered == list(range(start, n + 1))
