@@ -107,3 +107,20 @@ def test_values_file_matches_its_schema() -> None:
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+
+
+@needs_helm
+def test_chart_args_are_understood_by_the_operator() -> None:
+    from chatplane_operator.__main__ import parse_args
+
+    sets = ("watchNamespaces={chat,chat-staging}", "operator.resyncSeconds=45")
+    (dep,) = [o for o in render(crds=False, sets=sets) if o["kind"] == "Deployment"]
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    args = parse_args(container["args"])
+    assert args.namespace == ["chat", "chat-staging"]
+    assert args.metrics_address == "0.0.0.0"
+    assert args.metrics_port == 9100
+    assert args.liveness == "http://0.0.0.0:8080/healthz"
+    assert args.resync_seconds == 45
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 9100, "health": 8080}
