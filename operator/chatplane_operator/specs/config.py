@@ -15,6 +15,7 @@ from typing import Any
 from chatplane_operator import api
 from chatplane_operator.specs import naming
 
+DATA_DIR = "/tmp/chatplane"
 TOKEN_KEY = "token"
 ADMIN_KEY = "admin"
 
@@ -42,6 +43,10 @@ def config_data(cluster: api.ChatCluster, region: api.Region) -> dict[str, str]:
     grpc = cluster.ports.grpc
     data = {
         "CHATPLANE_REGION": region.name,
+        # In a pod every tier listens on all interfaces; state lives in storage, and the
+        # root filesystem is read-only, so the data dir is the emptyDir /tmp.
+        "CHATPLANE_HOST": "0.0.0.0",
+        "CHATPLANE_DATA_DIR": DATA_DIR,
         "CHATPLANE_HTTP_PORT": str(cluster.ports.http),
         "CHATPLANE_TCP_PORT": str(cluster.ports.tcp),
         "CHATPLANE_GRPC_PORT": str(grpc),

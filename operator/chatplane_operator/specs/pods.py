@@ -78,6 +78,9 @@ def _env(cluster: api.ChatCluster, region: api.Region, tier: str) -> list[dict[s
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        # Each instance is named after its pod; peers dial it at the pod IP.
+        {"name": "CHATPLANE_SERVER_ID", "value": "$(POD_NAME)"},
+        {"name": "CHATPLANE_GRPC_ADVERTISE_HOST", "value": "$(POD_IP)"},
     ]
     if tier == "gateway":
         env.append({"name": "CHATPLANE_GATEWAY_ADVERTISE_URL",
