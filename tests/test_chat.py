@@ -115,3 +115,19 @@ def test_chat_needs_a_token_or_a_user(server: ServerProcess) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "--token" in done.stderr
+
+
+async def test_a_second_login_of_the_same_device_ends_the_first(server: ServerProcess) -> None:
+    first = await Chat.start(server, "gina")
+    second = await Chat.start(server, "gina")  # same user, same default device
+    try:
+        line = await first.expect("disconnected for good")
+        assert "SESSION_REPLACED" in line or "replaced" in line.lower(), line
+        await first.expect("bye")
+        assert await asyncio.wait_for(first.proc.wait(), 10) == 1
+        await second.type("/dm hank", "still here")
+        await second.expect("#1] you: still here")
+        assert await second.quit() == 0
+    finally:
+        first.kill()
+        second.kill()

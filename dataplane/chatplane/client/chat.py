@@ -214,26 +214,38 @@ async def run_chat(url: str, token: str, transport: str) -> int:
         return 1
     session = ChatSession(client, write)
     write(f"connected to {url} as {client.user_id}/{client.device_id}; /help for commands")
-    tasks = [asyncio.create_task(session.receive_loop()), asyncio.create_task(session.send_loop())]
+    receiving = asyncio.create_task(session.receive_loop())
+    sending = asyncio.create_task(session.send_loop())
+    typing = asyncio.create_task(_read_input(session))
+    code = 0
     try:
-        async for line in _stdin_lines():
-            if not await session.handle(line):
-                break
-        # let what was typed before /quit (or end of input) leave
-        async with asyncio.timeout(10):
-            await session.outbox.join()
-            await asyncio.sleep(0.2)  # and the echoes of the last ones print
+        await asyncio.wait({receiving, typing}, return_when=asyncio.FIRST_COMPLETED)
+        if receiving.done():  # the client ended for good: e.g. the same device logged in again
+            problem = None if receiving.cancelled() else receiving.exception()
+            write(f"disconnected for good: {problem or 'the message stream ended'}")
+            code = 1
+        else:
+            # let what was typed before /quit (or end of input) leave
+            async with asyncio.timeout(10):
+                await session.outbox.join()
+                await asyncio.sleep(0.2)  # and the echoes of the last ones print
     except TimeoutError:
         write("some messages were still unsent at exit")
     finally:
-        for task in tasks:
+        for task in (receiving, sending, typing):
             task.cancel()
-        for task in tasks:
+        for task in (receiving, sending, typing):
             with contextlib.suppress(BaseException):
                 await task
         await client.close()
         write("bye")
-    return 0
+    return code
+
+
+async def _read_input(session: ChatSession) -> None:
+    async for line in _stdin_lines():
+        if not await session.handle(line):
+            return
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
