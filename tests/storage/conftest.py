@@ -5,14 +5,15 @@ keyspace on the real CQL server of tests/services.py, marked `cql`, with tiny
 buckets so that a handful of messages crosses partition boundaries). A test
 calls `await backend.open()` for an opened Storage, and may open again (after
 closing, or alongside) to see the same data from a new instance, as a
-restarted process would. Everything opened is closed at the end (and the
-keyspace dropped, on an external cluster).
+restarted process would. Everything opened is closed at the end, and the
+keyspace emptied for the next test (keyspaces are pooled: creating one takes
+seconds); on an external cluster they are dropped when the session ends.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,15 +64,63 @@ def new_keyspace() -> str:
 
 
 async def drop_keyspace(cql_server: CqlService, keyspace: str) -> None:
-    """Drop a test keyspace from an external cluster. A server started here
-    keeps them: its folder goes at the end, and a DROP costs seconds."""
-    if not cql_server.external:
-        return
     from chatplane.storage import cql
 
     db = await cql.connect(scylla_settings(cql_server, keyspace))
     try:
-        await db.run(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        await db.run(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout_s=120)
+    finally:
+        await db.close()
+
+
+# Migrated keyspaces that a finished test emptied, for the next test: creating
+# one costs seconds, and hundreds of tables slow a small Cassandra down.
+_free_keyspaces: list[str] = []
+_pool_servers: dict[str, CqlService] = {}
+_KEEP = ("meta", "schema_migrations")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_pooled_keyspaces() -> Iterator[None]:
+    """At the end, drop the pooled keyspaces from an external cluster."""
+    import asyncio
+
+    yield
+    for keyspace in _free_keyspaces:
+        server = _pool_servers[keyspace]
+        if server.external:
+            asyncio.run(drop_keyspace(server, keyspace))
+    _free_keyspaces.clear()
+
+
+async def take_keyspace(cql_server: CqlService) -> str:
+    from chatplane.storage import migrations
+
+    if _free_keyspaces:
+        return _free_keyspaces.pop()
+    keyspace = new_keyspace()
+    await migrations.migrate(scylla_settings(cql_server, keyspace))
+    return keyspace
+
+
+async def give_back_keyspace(cql_server: CqlService, keyspace: str) -> None:
+    """Empty the data tables (in parallel: about 0.2 s) and pool the keyspace;
+    drop it if that fails."""
+    import asyncio
+
+    from chatplane.storage import cql
+    from chatplane.storage.base import StorageError
+
+    db = await cql.connect(scylla_settings(cql_server, keyspace))
+    try:
+        rows = await db.run("SELECT table_name FROM system_schema.tables "
+                            "WHERE keyspace_name = %s", (keyspace,))
+        await asyncio.gather(*(db.run(f"TRUNCATE {keyspace}.{row['table_name']}", timeout_s=60)
+                               for row in rows if row["table_name"] not in _KEEP))
+        _free_keyspaces.append(keyspace)
+        _pool_servers[keyspace] = cql_server
+    except StorageError:
+        await db.run(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout_s=120)
     finally:
         await db.close()
 
@@ -91,13 +140,11 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         await backend.close_all()
         return
 
-    from chatplane.storage import migrations
     from chatplane.storage.scylla import ScyllaStorage
 
     cql_server: CqlService = request.getfixturevalue("cql_server")
-    keyspace = new_keyspace()
+    keyspace = await take_keyspace(cql_server)
     settings = scylla_settings(cql_server, keyspace)
-    await migrations.migrate(settings)
 
     async def make_scylla() -> Storage:
         storage = ScyllaStorage(settings)
@@ -107,7 +154,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     backend = Backend("scylla", make_scylla)
     yield backend
     await backend.close_all()
-    await drop_keyspace(cql_server, keyspace)
+    await give_back_keyspace(cql_server, keyspace)
 
 
 @pytest.fixture

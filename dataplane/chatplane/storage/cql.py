@@ -161,7 +161,7 @@ class CqlSession:
         return statement
 
     async def run(self, statement: Statement | str, params: Sequence[Any] | None = None,
-                  *, serial_read: bool = False) -> list[Row]:
+                  *, serial_read: bool = False, timeout_s: float | None = None) -> list[Row]:
         """Execute and return all rows (statements here are bounded by LIMIT,
         so paging is off). Any driver failure becomes StorageUnavailable."""
         if serial_read:
@@ -181,7 +181,7 @@ class CqlSession:
 
         try:
             future = self.session.execute_async(
-                statement, params, timeout=self.settings.request_timeout_s)
+                statement, params, timeout=timeout_s or self.settings.request_timeout_s)
             future.add_callbacks(done, failed)
             return await waiter
         except RequestValidationException as exc:  # schema or query wrong: not retriable

@@ -24,6 +24,7 @@ from chatplane.storage import cql
 from chatplane.storage.base import StorageError
 
 CID_BUCKET = 100_000
+DDL_TIMEOUT_S = 120.0  # a schema change waits for every node to agree
 
 
 @dataclass(frozen=True)
@@ -135,11 +136,13 @@ async def migrate(settings: cql.CqlSettings) -> list[int]:
                             "WHERE keyspace_name = %s", (keyspace,))
         if not rows:
             await db.run(f"CREATE KEYSPACE IF NOT EXISTS {keyspace} "
-                         f"WITH replication = {clause} AND durable_writes = true")
+                         f"WITH replication = {clause} AND durable_writes = true",
+                         timeout_s=DDL_TIMEOUT_S)
         elif not _same_replication(dict(rows[0]["replication"]), wanted):
-            await db.run(f"ALTER KEYSPACE {keyspace} WITH replication = {clause}")
+            await db.run(f"ALTER KEYSPACE {keyspace} WITH replication = {clause}",
+                         timeout_s=DDL_TIMEOUT_S)
         await db.run(f"""CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (
-            version int PRIMARY KEY, name text, applied_at_ms bigint)""")
+            version int PRIMARY KEY, name text, applied_at_ms bigint)""", timeout_s=DDL_TIMEOUT_S)
         done = {row["version"] for row in
                 await db.run(f"SELECT version FROM {keyspace}.schema_migrations")}
         applied: list[int] = []
@@ -147,12 +150,13 @@ async def migrate(settings: cql.CqlSettings) -> list[int]:
             if migration.version in done:
                 continue
             for statement in migration.statements:
-                await db.run(statement.format(ks=keyspace))
+                await db.run(statement.format(ks=keyspace), timeout_s=DDL_TIMEOUT_S)
             for table, column, kind in migration.add_columns:
                 if not await db.run(
                         "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s"
                         " AND table_name = %s AND column_name = %s", (keyspace, table, column)):
-                    await db.run(f"ALTER TABLE {keyspace}.{table} ADD {column} {kind}")
+                    await db.run(f"ALTER TABLE {keyspace}.{table} ADD {column} {kind}",
+                                 timeout_s=DDL_TIMEOUT_S)
             if migration.version == 1:
                 await _write_buckets(db, keyspace, settings)
             await db.run(

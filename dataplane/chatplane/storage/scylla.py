@@ -214,9 +214,10 @@ class ScyllaStorage(social.SocialMethods):
                 if change is not None:
                     await social.apply_change(db, st, conversation_id, change, message.seq,
                                               message.sent_at_ms)
-                await heads.record_send(message)
-                inbox = await heads.fan_out(message, users, appended_at, resume=False)
-                await heads.finish(message)
+                _, inbox = await asyncio.gather(
+                    heads.record_send(message),
+                    heads.fan_out(message, users, appended_at, resume=False))
+                await heads.finish(message, inbox)
                 return AppendResult(message, duplicate=False, inbox=tuple(inbox))
             except ConversationNotFound:
                 raise
@@ -324,9 +325,18 @@ async def open_storage(settings: cql.CqlSettings) -> ScyllaStorage:
     return storage
 
 
+def cql_settings(settings: Settings) -> cql.CqlSettings:
+    """The CQL settings `chatplane.settings.Settings` describes (for open and
+    for `chatplane storage migrate`). Replication comes from an optional
+    `storage.cql_replication` ("1", or "dc1=3,dc2=3"); default RF 1."""
+    config = settings.storage
+    replication = str(getattr(config, "cql_replication", "") or "1")
+    return cql.CqlSettings.parse(
+        config.cql_hosts, keyspace=config.keyspace, consistency=config.cql_consistency,
+        local_dc=config.cql_datacenter or None,
+        replication=cql.parse_replication(replication))
+
+
 def from_settings(settings: Settings) -> ScyllaStorage:
     """The backend `chatplane.settings.Settings` describes (not opened yet)."""
-    config = settings.storage
-    return ScyllaStorage(cql.CqlSettings.parse(
-        config.cql_hosts, keyspace=config.keyspace, consistency=config.cql_consistency,
-        local_dc=config.cql_datacenter or None))
+    return ScyllaStorage(cql_settings(settings))

@@ -115,10 +115,11 @@ class Heads:
                     await apply_change(self.db, self.st, conversation_id,
                                        decode_change(row["membership"]), message.seq,
                                        message.sent_at_ms)
-                await self.record_send(message)
-                await self.fan_out(message, list(row["recipients"] or ()),
-                                   int(row["appended_at_ms"] or 0), resume=True)
-                await self.finish(message)
+                _, inbox = await asyncio.gather(
+                    self.record_send(message),
+                    self.fan_out(message, list(row["recipients"] or ()),
+                                 int(row["appended_at_ms"] or 0), resume=True))
+                await self.finish(message, inbox)
         return head
 
     # -- messages ------------------------------------------------------------
@@ -147,11 +148,14 @@ class Heads:
             message.conversation_id, message.sender, message.sender_device,
             message.cid // self.cid_bucket, message.cid, message.seq))
 
-    async def finish(self, message: StoredMessage) -> None:
-        """Mark the message done; advance the head hint and the activity time,
-        and the sender's read position (one's own message is read)."""
+    async def finish(self, message: StoredMessage, inbox: Sequence[InboxItem]) -> None:
+        """Mark the message done (its send log entry and inbox entries are
+        written); advance the head hints and the activity time, and the
+        sender's read position (one's own message is read)."""
         seq, conversation_id = message.seq, message.conversation_id
         await asyncio.gather(
+            *(self.db.run(self.st.set_inbox_hint, (item.inbox_seq, item.inbox_seq, item.user_id))
+              for item in {item.user_id: item for item in inbox}.values()),
             self.db.run(self.st.mark_fanned_out,
                         (conversation_id, self.message_bucket_of(seq), seq)),
             self.db.run(self.st.set_conversation_hint,
@@ -167,8 +171,6 @@ class Heads:
         users = list(dict.fromkeys(recipients))
         seqs = await asyncio.gather(
             *(self._claim_inbox(user, message, appended_at, resume) for user in users))
-        await asyncio.gather(*(self.db.run(self.st.set_inbox_hint, (n, n, user))
-                               for user, n in zip(users, seqs, strict=True)))
         by_user = dict(zip(users, seqs, strict=True))
         return [InboxItem(user, by_user[user], message) for user in recipients]
 
