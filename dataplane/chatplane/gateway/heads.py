@@ -6,9 +6,10 @@ message is killed before handing it to state, Redis lost the routes, or a
 gateway push timed out. When no later message follows, the device would
 never learn of it. So every `interval_s` the gateway asks im for the inbox
 heads of the users connected here, and remembers them; a connection that,
-one round later, has still been pushed less than the head seen then is sent
-`SyncHint{inbox_head}` and pulls what it misses. Waiting a round keeps
-entries that are merely in flight from causing syncs.
+one round later, has still not acked the head seen then is sent
+`SyncHint{inbox_head}` and pulls what it misses (again every round until it
+acks: a sync can fail too). Waiting a round keeps entries that are merely
+in flight from causing syncs.
 
 Each round costs one inbox-head read per connected user, so the periodic
 round is slow (`head_check_s`, 30 s by default). What can lose a push also
@@ -90,7 +91,9 @@ class HeadChecker:
                     continue
                 key = (user, conn.conn_id)
                 earlier = self._seen.get(key, 0)
-                if max(window.pushed_head, window.acked) < earlier:
+                # Acked is what counts: a hint whose sync failed, or a push
+                # unacked for a whole round, gets another hint next round.
+                if window.acked < earlier:
                     window.pushed_head = max(window.pushed_head, earlier)
                     conn.session.send(pb.Frame(sync_hint=pb.SyncHint(inbox_head=earlier)))
                     conn.flush()

@@ -81,15 +81,19 @@ class Instances:
 
 class CachedInstances:
     """`live(kind)` read at most once per `max_age_s` (dispatch and routing
-    must not cost a Redis round trip per request). When Redis fails, the last
-    known list is kept: peers stay reachable while Redis restarts."""
+    must not cost a Redis round trip per request). When Redis fails, or
+    answers with nothing (restarted empty, not refilled yet), the last known
+    list is kept for `grace_s`: peers stay reachable while Redis restarts."""
 
-    def __init__(self, instances: Instances, kind: str, max_age_s: float = 1.0) -> None:
+    def __init__(self, instances: Instances, kind: str, max_age_s: float = 1.0,
+                 grace_s: float = 5.0) -> None:
         self.instances = instances
         self.kind = kind
         self.max_age_s = max_age_s
+        self.grace_s = grace_s
         self._value: dict[str, dict[str, str]] = {}
         self._read_at = -1e9
+        self._found_at = -1e9
         self.failures = 0
 
     @property
@@ -104,7 +108,11 @@ class CachedInstances:
         if now - self._read_at >= self.max_age_s:
             self._read_at = now
             try:
-                self._value = await self.instances.live(self.kind)
+                fresh = await self.instances.live(self.kind)
+                if fresh or now - self._found_at > self.grace_s:
+                    self._value = fresh
+                if fresh:
+                    self._found_at = now
             except (RedisError, OSError) as exc:
                 self.failures += 1
                 log.warning("registry read of %s failed (keeping %d known): %s",
