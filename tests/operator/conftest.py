@@ -106,8 +106,9 @@ def secrets_for(namespace: str, regions: tuple[str, ...]) -> list[dict[str, Any]
 class OperatorProcess:
     """`python -m chatplane_operator` against the test apiserver, in one namespace."""
 
-    def __init__(self, plane: controlplane.ControlPlane, namespace: str, log: Path) -> None:
-        self.plane, self.namespace, self.log_path = plane, namespace, log
+    def __init__(self, plane: controlplane.ControlPlane, namespace: str, log: Path,
+                 user: str = "operator") -> None:
+        self.plane, self.namespace, self.log_path, self.user = plane, namespace, log, user
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         self.health_port = 0
@@ -115,7 +116,7 @@ class OperatorProcess:
     def start(self) -> None:
         self.metrics_port = controlplane.free_port()
         self.health_port = controlplane.free_port()
-        env = {**self.plane.operator_env(), "PYTHONPATH": f"{OPERATOR_SRC}{os.pathsep}{ROOT}"}
+        env = {**self.plane.operator_env(self.user), "PYTHONPATH": f"{OPERATOR_SRC}{os.pathsep}{ROOT}"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "chatplane_operator", "--namespace", self.namespace,

@@ -34,6 +34,9 @@ START_TIMEOUT_S = 90.0
 OPERATOR_NAMESPACE = "chatplane-system"
 OPERATOR_SA = "chatplane-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
+# The same for a release "scoped" installed with watchNamespaces (Roles only).
+SCOPED_SA = "scoped-chatplane-operator"
+SCOPED_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SCOPED_SA}"
 
 
 def kube_bin_dir() -> Path:
@@ -116,9 +119,10 @@ class ControlPlane:
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
-    def operator_env(self) -> dict[str, str]:
-        """Credentials of the chart's ServiceAccount, not of an admin."""
-        return {**os.environ, "KUBECONFIG": str(self.workdir / "kubeconfig-operator")}
+    def operator_env(self, user: str = "operator") -> dict[str, str]:
+        """Credentials of the chart's ServiceAccount (`operator`: the cluster-wide release,
+        `scoped`: the release limited to some namespaces), not of an admin."""
+        return {**os.environ, "KUBECONFIG": str(self.workdir / f"kubeconfig-{user}")}
 
 
 def _wait_ready(plane: ControlPlane, deadline: float) -> None:
@@ -161,11 +165,12 @@ def running(workdir: Path, etcd: str, apiserver: str) -> Iterator[ControlPlane]:
     (workdir / "sa.key").write_bytes(_pem_key(sa_key))
     (workdir / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    token, op_token = secrets.token_hex(16), secrets.token_hex(16)
+    token, op_token, scoped_token = (secrets.token_hex(16) for _ in range(3))
     groups = f"system:serviceaccounts,system:serviceaccounts:{OPERATOR_NAMESPACE}"
     (workdir / "tokens.csv").write_text(
         f'{token},admin,admin-uid,"system:masters"\n'
-        f'{op_token},{OPERATOR_USER},operator-uid,"{groups}"\n')
+        f'{op_token},{OPERATOR_USER},operator-uid,"{groups}"\n'
+        f'{scoped_token},{SCOPED_USER},scoped-uid,"{groups}"\n')
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     etcd_log = open(workdir / "etcd.log", "wb")
@@ -203,6 +208,7 @@ def running(workdir: Path, etcd: str, apiserver: str) -> Iterator[ControlPlane]:
         kubeconfig = workdir / "kubeconfig"
         _kubeconfig(kubeconfig, url, ca, token)
         _kubeconfig(workdir / "kubeconfig-operator", url, ca, op_token)
+        _kubeconfig(workdir / "kubeconfig-scoped", url, ca, scoped_token)
         plane = ControlPlane(url, token, ca, kubeconfig, workdir, procs)
         _wait_ready(plane, time.monotonic() + START_TIMEOUT_S)
         yield plane

@@ -337,3 +337,30 @@ def test_apply_failure_degrades_and_recovers(
     wait_reconciled(kube, namespace, 1, timeout=40)  # the backoff retries find it fixed
     wait_until(lambda: condition(cluster_status(kube, namespace), "Degraded")
                .get("status") == "False", 20, "Degraded=False")
+
+
+def test_namespaced_release_needs_no_cluster_permissions(
+    plane: Any, kube: Kube, namespace: str, make_cluster: Any, tmp_path: Any,
+) -> None:
+    """The chart with watchNamespaces grants Roles only; the operator works with them."""
+    import kube_chart
+    import kube_controlplane
+
+    rendered = kube_chart.render(release="scoped", crds=False,
+                                 namespace=kube_controlplane.OPERATOR_NAMESPACE,
+                                 sets=(f"watchNamespaces={{{namespace}}}",))
+    kinds = {o["kind"] for o in rendered}
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    for obj in rendered:
+        if obj["kind"] in ("Role", "RoleBinding"):
+            kube.apply(obj)
+    proc = OperatorProcess(plane, namespace, tmp_path / "scoped.log", user="scoped")
+    proc.start()
+    try:
+        make_cluster(("eu",))
+        wait_reconciled(kube, namespace, 1)
+        wait_until(lambda: cluster_status(kube, namespace).get("observedGeneration") == 1, 20,
+                   "status")
+        assert "Forbidden" not in proc.log()
+    finally:
+        proc.stop()
