@@ -2,8 +2,9 @@
 
 `register(subparsers)` adds the `bench` command; each workload is a
 subcommand whose `func` takes the parsed args and returns an exit code
-(0 when the run was clean). Today: `direct` (W1, 1:1 chat between pairs).
-`group`, `idle` and `storm` will sit next to it.
+(0 when the run was clean): `direct` (W1, 1:1 chat between pairs, defined
+here and in `direct.py`), `group` (W2), `idle` (W3) and `storm`, each of
+those three in its own module with an `add_parser(workloads)`.
 """
 
 from __future__ import annotations
