@@ -1,0 +1,65 @@
+"""`chatplane cluster up` as a user runs it: one ready line with the dispatch
+URL, a chat through it, and every process gone after Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from chatplane.auth import TokenSigner
+from chatplane.client import Client
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def _cluster_up(data_dir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "chatplane.cli", "cluster", "up", "--data-dir", str(data_dir),
+         "--gateways", "1", "--ims", "1", "--states", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+async def test_cluster_up_serves_and_stops_everything(tmp_path: Path) -> None:
+    proc = _cluster_up(tmp_path)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert line.startswith("chatplane cluster ready dispatch=http://127.0.0.1:"), line
+        dispatch = line.split("dispatch=")[1].split()[0]
+        children = _children(proc.pid)
+        assert len(children) == 5  # redis, state, im, gateway, ipconf
+        signer = TokenSigner.from_data_dir(tmp_path / "data")
+        alice = Client(dispatch, signer.mint("alice", "p"))
+        bob = Client(dispatch, signer.mint("bob", "p"))
+        await alice.connect()
+        await bob.connect()
+        conv = await alice.direct("bob")
+        ack = await alice.send_text(conv, "hello")
+        got = await asyncio.wait_for(anext(bob.messages()), 10)
+        assert (got.seq, got.text) == (ack.seq, "hello")
+        await alice.close()
+        await bob.close()
+        for path in ("/healthz", "/readyz", "/metrics"):
+            with urllib.request.urlopen(dispatch + path, timeout=5) as response:  # noqa: ASYNC210
+                assert response.status == 200
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        for pid in children:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
