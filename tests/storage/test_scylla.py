@@ -111,10 +111,14 @@ async def test_unreachable_hosts_fail_fast_with_one_line(keyspace: str) -> None:
     with pytest.raises(StorageError) as caught:
         await opened(settings)
     assert time.monotonic() - began < 20
-    assert f"cannot reach CQL hosts 127.0.0.1:{port}" in one_line(caught.value)
+    assert f"cannot reach CQL hosts 127.0.0.1:{port} (" in one_line(caught.value)
     with pytest.raises(StorageError) as caught:
         await migrations.migrate(settings)
     assert "cannot reach" in one_line(caught.value)
+    with pytest.raises(StorageError) as caught:
+        await opened(cql.CqlSettings(hosts=("no-such-host.invalid",), keyspace=keyspace))
+    assert "cannot resolve any of the CQL hosts no-such-host.invalid:9042" == one_line(
+        caught.value)
 
 
 async def test_bad_settings_are_storage_errors(cql_server: CqlService, keyspace: str) -> None:

@@ -23,7 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cassandra import ConsistencyLevel, DriverException, RequestValidationException
+from cassandra import (
+    ConsistencyLevel,
+    DriverException,
+    RequestValidationException,
+    UnresolvableContactPoints,
+)
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.connection import ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy, TokenAwarePolicy
@@ -212,6 +217,13 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+QUIET_WHILE_CONNECTING = ("cassandra.cluster", "cassandra.connection", "cassandra.pool")
+
+
+def _drop_all(record: logging.LogRecord) -> bool:
+    return False
+
+
 def _build_cluster(settings: CqlSettings) -> Cluster:
     level = consistency_level(settings.consistency)
     serial = consistency_level(settings.serial_consistency)
@@ -241,11 +253,24 @@ async def connect(settings: CqlSettings) -> CqlSession:
     """Connect (in a thread: the driver's connect blocks) or raise StorageError
     with one line naming the hosts and the reason."""
     where = ", ".join(f"{host}:{settings.port}" for host in settings.hosts)
-    cluster = _build_cluster(settings)
+    try:
+        cluster = _build_cluster(settings)
+    except UnresolvableContactPoints as exc:
+        raise StorageError(f"cannot resolve any of the CQL hosts {where}") from exc
+    except DRIVER_ERRORS as exc:
+        raise StorageError(f"bad CQL hosts {where}: {describe(exc)}") from exc
+    # The driver logs each failed attempt with a traceback; a failed connect is
+    # reported once, by the StorageError below, so keep those quiet meanwhile.
+    loggers = [logging.getLogger(name) for name in QUIET_WHILE_CONNECTING]
+    for logger in loggers:
+        logger.addFilter(_drop_all)
     try:
         session = await asyncio.to_thread(cluster.connect)
     except DRIVER_ERRORS as exc:
         await asyncio.to_thread(cluster.shutdown)
-        raise StorageError(f"cannot reach CQL hosts {where}: {describe(exc)}") from exc
+        raise StorageError(f"cannot reach CQL hosts {where} ({describe(exc)})") from exc
+    finally:
+        for logger in loggers:
+            logger.removeFilter(_drop_all)
     session.default_fetch_size = None
     return CqlSession(cluster, session, settings)
