@@ -1,8 +1,9 @@
 """`chatplane bench direct` (W1) against a real `chatplane up`: a short small run is clean.
 
 The server is a real process (tests/support/server.py: temp data dir, free
-ports) and the bench runs as its own process through the CLI, exactly as a
-person would run it; the JSON result it writes is what is asserted on.
+ports), one for the module (each run uses fresh users), and the bench runs as
+its own process through the CLI, exactly as a person would run it; the JSON
+result it writes is what is asserted on.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,16 @@ import pytest
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    data_dir = tmp_path_factory.mktemp("bench") / "data"
+    data_dir.mkdir()
+    proc = ServerProcess(data_dir)
+    proc.start()
+    yield proc
+    proc.stop()
 
 
 def _bench(server: ServerProcess, out: Path, *extra: str) -> tuple[int, str, dict[str, Any]]:
@@ -77,10 +89,10 @@ def test_spread_over_two_processes_over_tcp_is_clean(server: ServerProcess, tmp_
     assert result["verdict"]["devices"] == 8
 
 
-def test_bad_arguments_exit_2(server: ServerProcess) -> None:
+def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     args = [
         sys.executable, "-m", "chatplane.cli", "bench", "direct",
-        "--url", server.url, "--data-dir", str(server.data_dir), "--rate", "0",
+        "--url", "http://127.0.0.1:9", "--data-dir", str(tmp_path), "--rate", "0",
     ]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
@@ -104,7 +116,7 @@ def test_a_data_dir_without_the_servers_key_is_refused(server: ServerProcess, tm
     elsewhere.mkdir()
     args = [
         sys.executable, "-m", "chatplane.cli", "bench", "direct",
-        "--url", server.url, "--data-dir", str(elsewhere), "--duration", "1",
+        "--url", "http://127.0.0.1:9", "--data-dir", str(elsewhere), "--duration", "1",
     ]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
