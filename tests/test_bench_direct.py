@@ -61,6 +61,8 @@ def _assert_clean(rc: int, text: str, result: dict[str, Any], expected: int, dev
     assert verdict["received"] == 2 * devices * result["acked"]
     assert result["history_pages"] == result["pairs"]  # each receiver's last page matched
     assert result["history_failed"] == 0
+    assert result["server_cpu_s"] is not None  # read from the server's /metrics
+    assert result["server_cpu_s"] > 0
     lat = result["latency_ms"]
     assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
 

@@ -116,6 +116,7 @@ def run_direct_command(args: argparse.Namespace) -> int:
         devices=max(1, args.devices),
         cut_every=max(0.0, args.cut_every),
         cut_fraction=min(1.0, max(0.0, args.cut_fraction)),
+        metrics_url=args.url,
         user_prefix=f"w1{secrets.token_hex(3)}",  # fresh users: no history from earlier runs
     )
 

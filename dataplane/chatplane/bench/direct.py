@@ -27,11 +27,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
+
 from chatplane.bench.latency import LatencyHistogram
 from chatplane.checker import DeliveryChecker
 
 DEVICE = "bench"
 _STOP = -1  # queue sentinel: the sender loop exits
+CPU_METRIC = "chatplane_process_cpu_seconds_total"
 HISTORY_PAGE = 50  # messages per conversation pulled back at the end
 
 
@@ -72,10 +75,34 @@ class DirectConfig:
     cut_every: float = 0.0  # > 0: every so many seconds, cut some clients' connections
     cut_fraction: float = 0.1  # ... this share of all clients, picked at random
     user_prefix: str = "w1"
+    metrics_url: str = ""  # the server's base URL: read its CPU from /metrics around the run
     devices: int = 1  # devices per user; each must get every message (own sends too)
 
 
 async def _no_gate() -> None:
+    return None
+
+
+async def server_cpu(url: str) -> float | None:
+    """The CPU seconds of the process serving `url`, from its /metrics
+    (`chatplane_process_cpu_seconds_total`); None when not available."""
+    if not url:
+        return None
+    try:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(url.rstrip("/") + "/metrics") as reply,
+        ):
+            text = await reply.text()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+    for line in text.splitlines():
+        if line.startswith(CPU_METRIC + " "):
+            try:
+                return float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                return None
     return None
 
 
@@ -113,6 +140,7 @@ class DirectRun:
         self.loop_lag = LatencyHistogram()
         self.cuts = 0
         self.history_pages = self.history_failed = 0
+        self.server_cpu_s: float | None = None
         self.pad = "x" * max(0, config.size - 24)
         self.errors: list[str] = []
 
@@ -290,6 +318,7 @@ class DirectRun:
                 )
                 senders.extend(asyncio.create_task(self._send(p)) for _ in range(cfg.window))
             await start_gate()
+            cpu_before = await server_cpu(cfg.metrics_url)
             progress = asyncio.create_task(self._report_progress())
             chaos = asyncio.create_task(self._cut()) if cfg.cut_every > 0 else None
             await self._pace()
@@ -308,6 +337,9 @@ class DirectRun:
             await self._wait_delivered(deadline)
             await self._check_history()
             self.on_progress(self.snapshot(0.0))
+            cpu_after = await server_cpu(cfg.metrics_url)
+            if cpu_before is not None and cpu_after is not None:
+                self.server_cpu_s = cpu_after - cpu_before
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()
@@ -345,6 +377,7 @@ class DirectRun:
             "history_pages": self.history_pages,
             "history_failed": self.history_failed,
             "bench_cpu_s": round(self.cpu_s, 2),
+            "server_cpu_s": None if self.server_cpu_s is None else round(self.server_cpu_s, 3),
             "bench_loop_lag": self.loop_lag.to_dict(),
             "errors": self.errors,
             "latency": self.hist.to_dict(),

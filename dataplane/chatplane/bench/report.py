@@ -62,6 +62,8 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {k: sum(p.get(k, 0) for p in parts) for k in _SUMMED}
     out["offered_rate"] = sum(p.get("offered_rate", 0) for p in parts)
     out["devices_per_user"] = parts[0].get("devices_per_user", 1)
+    cpus = [p["server_cpu_s"] for p in parts if p.get("server_cpu_s") is not None]
+    out["server_cpu_s"] = cpus[0] if cpus else None  # only the first slice reads it
     out["duration_s"] = max(p.get("duration_s", 0) for p in parts)
     out["max_queue_delay_us"] = max(p.get("max_queue_delay_us", 0) for p in parts)
     out["errors"] = [e for p in parts for e in p.get("errors", [])][:10]
@@ -91,6 +93,11 @@ def finish(result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
         "p99_ms": round(lag.percentile(99) / 1000, 3),
         "max_ms": round(lag.max_us / 1000, 3),
     }
+    server_cpu = result.get("server_cpu_s")
+    acked = result.get("acked", 0)
+    out["server_cpu_us_per_msg"] = (
+        round(server_cpu * 1e6 / acked) if server_cpu is not None and acked else None
+    )
     out["bench_cpu_pct"] = round(100 * result.get("bench_cpu_s", 0) / duration) if duration else 0
     out["send_rate"] = round(result.get("sent", 0) / duration, 1) if duration else 0.0
     out["clean"] = bool(
@@ -174,6 +181,13 @@ def table(pub: dict[str, Any]) -> str:
             "bench cpu",
             f"{pub.get('bench_cpu_s')} s over the run, all bench processes "
             f"({pub.get('bench_cpu_pct')}% of one core)",
+        ),
+        (
+            "server cpu",
+            "not available (no chatplane_process_cpu_seconds_total at --url/metrics)"
+            if pub.get("server_cpu_s") is None
+            else f"{pub['server_cpu_s']} s over the run "
+            f"({pub.get('server_cpu_us_per_msg')} µs per acked message, fixed costs included)",
         ),
         (
             "history",

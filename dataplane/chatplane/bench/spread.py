@@ -77,6 +77,7 @@ def _slice(cfg: DirectConfig, index: int, count: int) -> DirectConfig:
         pairs=pairs,
         rate=cfg.rate * pairs / cfg.pairs,
         user_prefix=f"{cfg.user_prefix}p{index}",
+        metrics_url=cfg.metrics_url if index == 0 else "",  # one reading, not one per slice
     )
 
 
