@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
+import socket
 
 import kopf
 from kubernetes import client as k8s
@@ -13,6 +15,7 @@ from kubernetes import config as k8s_config
 from chatplane_operator import handlers, metrics
 from chatplane_operator.applying import Applier
 from chatplane_operator.counting import HttpConnectionCounter
+from chatplane_operator.peering import PeeringGate
 from chatplane_operator.reconciling import Reconciler
 
 
@@ -40,7 +43,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=float(env("CHATPLANE_OPERATOR_RESYNC_SECONDS", "60")),
                    help="seconds between full passes (drift repair, connection counts)")
     p.add_argument("--log-level", default=env("CHATPLANE_OPERATOR_LOG_LEVEL", "INFO"))
+    p.add_argument("--peering", default=env("CHATPLANE_OPERATOR_PEERING", ""),
+                   help="kopf peering object name: replicas elect one active operator; "
+                        "default: standalone (one replica)")
+    p.add_argument("--priority", type=int, default=None,
+                   help="peering priority (highest works, others pause); default: "
+                        "derived from POD_NAME, so replicas differ")
     return p.parse_args(argv)
+
+
+def priority(explicit: int | None, pod_name: str) -> int:
+    """A replica's peering priority: explicit, or a stable hash of its pod name (kopf
+    pauses every operator whose priority equals another's, so replicas must differ)."""
+    if explicit is not None:
+        return explicit
+    digest = hashlib.sha256(pod_name.encode()).digest()
+    return 1 + int.from_bytes(digest[:4], "big") % 1_000_000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,13 +71,15 @@ def main(argv: list[str] | None = None) -> None:
         reconciler=Reconciler(applier, HttpConnectionCounter(applier)),
         resync=args.resync_seconds)
     metrics.serve(args.metrics_address, args.metrics_port)
-    kopf.run(
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=args.liveness or None,
-        memo=kopf.Memo(runtime=runtime),
-    )
+    common = {"clusterwide": not args.namespace, "namespaces": args.namespace,
+              "liveness_endpoint": args.liveness or None, "memo": kopf.Memo(runtime=runtime)}
+    if args.peering:
+        pod = os.environ.get("POD_NAME") or socket.gethostname()
+        prio = priority(args.priority, pod)
+        runtime.gate = PeeringGate(applier, args.peering, prio, args.namespace)
+        kopf.run(peering_name=args.peering, priority=prio, **common)
+    else:
+        kopf.run(standalone=True, **common)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ KINDS: dict[str, Kind] = {
     "StatefulSet": Kind("/apis/apps/v1", "statefulsets"),
     "Job": Kind("/apis/batch/v1", "jobs"),
     api.KIND: Kind(f"/apis/{api.API_VERSION}", api.PLURAL),
+    "KopfPeering": Kind("/apis/kopf.dev/v1", "kopfpeerings"),
+    "ClusterKopfPeering": Kind("/apis/kopf.dev/v1", "clusterkopfpeerings"),
 }
 
 
@@ -95,6 +97,16 @@ class Applier:
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             result: dict[str, Any] = self._call("GET", KINDS[kind].path(namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    def get_cluster_scoped(self, kind: str, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self._call("GET", f"{KINDS[kind].prefix}/"
+                                                f"{KINDS[kind].plural}/{name}")
         except ApiError as exc:
             if exc.status == 404:
                 return None

@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 
 from chatplane_operator import api, metrics
+from chatplane_operator.peering import PeeringGate
 from chatplane_operator.queueing import Key, WorkQueue
 from chatplane_operator.reconciling import Reconciler
 from chatplane_operator.specs import naming
@@ -40,6 +41,7 @@ class Runtime:
     """What the handlers share; passed to kopf as the operator's memo."""
 
     reconciler: Reconciler
+    gate: PeeringGate | None = None  # None: standalone
     queue: WorkQueue | None = None
     resync: float = 60.0
     task: asyncio.Task[None] | None = None
@@ -47,6 +49,10 @@ class Runtime:
 
 
 async def _work(runtime: Runtime, key: Key) -> bool | None:
+    gate = runtime.gate
+    if gate is not None and not await asyncio.to_thread(gate.active):
+        log.debug("paused in favour of a higher-priority peer: skip %s/%s", *key)
+        return True  # come back after the resync interval
     try:
         outcome = await asyncio.to_thread(runtime.reconciler.reconcile, *key)
     except Exception as exc:

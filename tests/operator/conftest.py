@@ -107,8 +107,9 @@ class OperatorProcess:
     """`python -m chatplane_operator` against the test apiserver, in one namespace."""
 
     def __init__(self, plane: controlplane.ControlPlane, namespace: str, log: Path,
-                 user: str = "operator") -> None:
+                 user: str = "operator", extra: tuple[str, ...] = ()) -> None:
         self.plane, self.namespace, self.log_path, self.user = plane, namespace, log, user
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         self.health_port = 0
@@ -122,7 +123,8 @@ class OperatorProcess:
                 [sys.executable, "-m", "chatplane_operator", "--namespace", self.namespace,
                  "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
                  "--resync-seconds", "30",
-                 "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
+                 "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
+                 *self.extra],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
 
     def stop(self) -> None:

@@ -23,11 +23,26 @@ def test_crd_files_are_generated_from_the_api() -> None:
     generated = crd.dump()
     assert (ROOT / "crds" / "chatclusters.chatplane.dev.yaml").read_text() == generated
     assert (CHART / "crds" / "chatclusters.chatplane.dev.yaml").read_text() == generated
+    peering = crd.dump_peering()
+    assert (ROOT / "crds" / "kopfpeerings.kopf.dev.yaml").read_text() == peering
+    assert (CHART / "crds" / "kopfpeerings.kopf.dev.yaml").read_text() == peering
 
 
 @pytest.mark.parametrize("version", [v[:4] for v in VERSIONS])
 def test_crd_validates_strictly(version: str) -> None:
-    kubernetes_validate.validate(crd.build_crd(), version, strict=True)
+    for obj in [crd.build_crd(), *crd.build_peering_crds()]:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def _validate(obj: dict[str, Any], version: str) -> None:
+    """Built-in kinds by kubernetes-validate; kopf.dev peerings by their CRD's schema."""
+    if obj["apiVersion"] == "kopf.dev/v1":
+        (schema,) = [c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+                     for c in crd.build_peering_crds()
+                     if c["spec"]["names"]["kind"] == obj["kind"]]
+        jsonschema.validate(obj, schema)
+    else:
+        kubernetes_validate.validate(obj, version, strict=True)
 
 
 def test_example_matches_the_crd_schema(example: dict[str, Any]) -> None:
@@ -44,18 +59,25 @@ def test_helm_lint_strict() -> None:
 
 @needs_helm
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("sets", [(), ("watchNamespaces={chat,chat-staging}",)],
-                         ids=["clusterwide", "namespaced"])
+@pytest.mark.parametrize("sets", [
+    (), ("watchNamespaces={chat,chat-staging}",),
+    ("peering.enabled=true", "replicaCount=2"),
+    ("peering.enabled=true", "replicaCount=2", "watchNamespaces={chat}"),
+], ids=["clusterwide", "namespaced", "peered", "peered-namespaced"])
 def test_rendered_objects_validate_strictly(version: str, sets: tuple[str, ...]) -> None:
     objs = render(version, sets=sets)
     kinds = sorted(o["kind"] for o in objs)
-    if sets:
-        assert kinds.count("Role") == 2 and "ClusterRole" not in kinds
+    namespaces = [s for s in sets if s.startswith("watchNamespaces")]
+    if namespaces:
+        assert kinds.count("Role") == namespaces[0].count(",") + 1
+        assert "ClusterRole" not in kinds
     else:
         assert {"ClusterRole", "ClusterRoleBinding"} <= set(kinds)
+    if "peering.enabled=true" in sets:
+        assert ("KopfPeering" if namespaces else "ClusterKopfPeering") in kinds
     assert {"CustomResourceDefinition", "ServiceAccount", "Deployment", "Service"} <= set(kinds)
     for obj in objs:
-        kubernetes_validate.validate(obj, version[:4], strict=True)
+        _validate(obj, version[:4])
 
 
 @needs_helm
@@ -95,6 +117,7 @@ def test_rbac_is_least_privilege() -> None:
 
 @needs_helm
 @pytest.mark.parametrize("bad", ["replicaCount=2", "image.pullPolicy=Sometimes",
+                                 "peering.name=Not_A_Name",
                                  "watchNamespaces={Bad_Name}", "unknownKey=1"])
 def test_values_schema_refuses_bad_values(bad: str) -> None:
     done = run("template", "x", str(CHART), "--kube-version", "1.33.0", "--set", bad)
@@ -124,3 +147,17 @@ def test_chart_args_are_understood_by_the_operator() -> None:
     assert args.resync_seconds == 45
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 9100, "health": 8080}
+
+
+@needs_helm
+def test_peered_operator_rolls_and_may_patch_its_peering() -> None:
+    objs = render(crds=False, sets=("peering.enabled=true", "replicaCount=2"))
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--peering=chatplane" in container["args"]
+    assert container["env"][0]["name"] == "POD_NAME"
+    (role,) = [o for o in objs if o["kind"] == "ClusterRole"]
+    (rule,) = [r for r in role["rules"] if r["apiGroups"] == ["kopf.dev"]]
+    assert rule["resources"] == ["clusterkopfpeerings"]
