@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+import grpc
+
 from chatplane import tracing
 from chatplane.registry.instances import CachedInstances
 from chatplane.rpc import convert
@@ -118,11 +120,24 @@ class DeliveryOutbox:
                     request, timeout=self.links.peers.deadline_s, metadata=tracing.outgoing())
             return reply
 
-        try:
-            await self.links.call(deliver, self.give_up_s)
-            self.sent += len(batch)
-        except Exception as exc:  # never let the outbox die: heads catch up by sync
-            self.given_up += len(batch)
-            log.error("gave up delivering %d entries after %d attempts: %s",
-                      len(batch), attempts, exc)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.give_up_s
+        while True:
+            # each round reads the instances again: a state pod that came
+            # back elsewhere is found, not only the ones known at the start
+            remaining = deadline - loop.time()
+            try:
+                await self.links.call(deliver, min(remaining, 4 * self.links.peers.deadline_s))
+                self.sent += len(batch)
+                break
+            except Exception as exc:  # never let the outbox die: heads catch up by sync
+                if loop.time() < deadline and isinstance(exc, grpc.aio.AioRpcError):
+                    if self.links.registry is not None:
+                        self.links.registry.invalidate()
+                    await asyncio.sleep(0.1)
+                    continue
+                self.given_up += len(batch)
+                log.error("gave up delivering %d entries after %d attempts: %s",
+                          len(batch), attempts, exc)
+                break
         self.retried += max(0, attempts - 1)
