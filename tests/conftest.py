@@ -11,12 +11,7 @@ from chatplane.auth import TokenSigner
 from tests.support.proxy import ChaosProxy
 from tests.support.server import ServerProcess
 
-try:  # real Redis / CQL fixtures (tests/services.py), when present
-    import tests.services  # noqa: F401
-
-    pytest_plugins = ["tests.services"]
-except ModuleNotFoundError:
-    pass
+pytest_plugins = ["tests.services"]  # real Redis and CQL servers
 
 
 @pytest.fixture
