@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
+
 from tests.support.proxy import ChaosProxy
 from tests.support.server import ServerProcess
 from tests.support.traffic import Device
@@ -107,6 +107,18 @@ async def test_offline_member_catches_up_with_sync(large_server: ServerProcess,
     assert got == list(range(1, 1002))
     unread = {c.conversation_id: c.unread for c in await late.conversations()}
     assert unread[group] == 1000
+    # a later Client of the same device, resumed from its position, replays nothing
+    position = late.position()
+    await late.close()
+    await send_all(devices[1], group, 3, "after")
+    late = Client(large_server.url, signer.mint("m6", "phone"), resume=position)
+    await late.connect()
+    again = []
+    async for m in late.messages():
+        again.append(m.seq)
+        if len(again) == 3:
+            break
+    assert again == [1002, 1003, 1004]
     # one sync brought it, in bounded pages: a handful of requests, not one per message
     assert late.requests <= 2 + 1000 // 200 + 1, late.requests
     await late.close()
@@ -120,7 +132,7 @@ async def test_join_and_leave_bound_what_a_member_sees(large_server: ServerProce
     users = [f"j{i}" for i in range(8)]
     devices = await online(large_server, signer, checker, users)
     owner, sender, joiner, leaver = devices[0], devices[1], devices[6], devices[7]
-    group = await owner.client.create_group("big", users[1:6] + ["j7"])
+    group = await owner.client.create_group("big", [*users[1:6], "j7"])
 
     async def burst() -> None:
         for i in range(150):

@@ -82,7 +82,8 @@ class Client(SocialApi):
     def __init__(self, url: str, token: str, *, transport: str = "ws", inbox_seq: int = 0,
                  max_frame_bytes: int = 64 * 1024, heartbeat_s: float | None = None,
                  backoff_max_s: float = 10.0, sync_page: int = 500,
-                 http: aiohttp.ClientSession | None = None) -> None:
+                 http: aiohttp.ClientSession | None = None,
+                 resume: dict[str, Any] | None = None) -> None:
         if transport not in ("ws", "tcp"):
             raise ValueError("transport must be 'ws' or 'tcp'")
         self.url = url
@@ -99,6 +100,10 @@ class Client(SocialApi):
         self.requests = 0  # request frames sent (sends not counted)
         self._cursor: InboxCursor[Message] = InboxCursor(inbox_seq)
         self._order: ConversationOrder[Message] = ConversationOrder()
+        if resume:  # what position() returned before: continue without replays
+            self._cursor = InboxCursor(int(resume.get("inbox_seq", inbox_seq)))
+            self._order.last.update({c: int(s) for c, s in resume.get("conversations", {}).items()})
+            self._order.large.update(resume.get("large", ()))
         self._pull_task: asyncio.Task[None] | None = None
         self._cids = CidAllocator()
         self._pending: dict[int, tuple[pb.Send, asyncio.Future[Ack]]] = {}
@@ -124,6 +129,14 @@ class Client(SocialApi):
         """Everything up to here was delivered to messages(); pass it as
         `inbox_seq=` to a new Client to resume without replays."""
         return self._cursor.have
+
+    def position(self) -> dict[str, Any]:
+        """What this device has delivered: store it (JSON) and pass it as
+        `resume=` to a later Client of the same device to continue without
+        replaying anything (large groups included)."""
+        return {"inbox_seq": self._cursor.have,
+                "conversations": dict(self._order.last),
+                "large": sorted(self._order.large)}
 
     async def connect(self, timeout_s: float = 10.0) -> None:
         loop = asyncio.get_running_loop()
