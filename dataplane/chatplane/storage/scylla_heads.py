@@ -153,9 +153,12 @@ class Heads:
         written); advance the head hints and the activity time, and the
         sender's read position (one's own message is read)."""
         seq, conversation_id = message.seq, message.conversation_id
+        # An inbox hint only has to name the right bucket (the probe reads on
+        # from there), so it is written when an entry opens a bucket.
         await asyncio.gather(
             *(self.db.run(self.st.set_inbox_hint, (item.inbox_seq, item.inbox_seq, item.user_id))
-              for item in {item.user_id: item for item in inbox}.values()),
+              for item in {item.user_id: item for item in inbox}.values()
+              if (item.inbox_seq - 1) % self.inbox_bucket == 0),
             self.db.run(self.st.mark_fanned_out,
                         (conversation_id, self.message_bucket_of(seq), seq)),
             self.db.run(self.st.set_conversation_hint,
