@@ -208,7 +208,7 @@ async def test_crossing_the_threshold_both_ways_under_cuts(
         server.stop()
 
 
-async def test_ten_thousand_members_all_online(tmp_path: Path) -> None:
+def test_ten_thousand_members_all_online(tmp_path: Path) -> None:
     """DESIGN's hardest case at full size: 10,000 members online (real SDK
     clients in 4 worker processes), 20 messages from 5 senders: every device
     gets every message exactly once, in seq order (bench group W2 reports the
