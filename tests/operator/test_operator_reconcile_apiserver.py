@@ -364,3 +364,27 @@ def test_namespaced_release_needs_no_cluster_permissions(
         assert "Forbidden" not in proc.log()
     finally:
         proc.stop()
+
+
+def test_the_example_reconciles(
+    kube: Kube, namespace: str, operator: OperatorProcess, example: dict[str, Any],
+) -> None:
+    for name, data in (("redis-eu", {"url": "redis://redis-eu:6379/0"}),
+                       ("redis-us", {"url": "redis://redis-us:6379/0"}),
+                       ("scylla-auth", {"username": "chatplane", "password": "pw"})):
+        kube.create({"apiVersion": "v1", "kind": "Secret",
+                     "metadata": {"name": name, "namespace": namespace}, "stringData": data})
+    example["metadata"]["namespace"] = namespace
+    kube.create(example)
+    objs = wait_reconciled(kube, namespace, 2)
+    status = wait_until(lambda: cluster_status(kube, namespace).get("observedGeneration") == 1
+                        and cluster_status(kube, namespace), 20, "status")
+    assert condition(status, "Degraded")["status"] == "False"
+    sts = objs[("StatefulSet", "chat-eu-gateway")]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CHATPLANE_GATEWAY_ADVERTISE_URL"]["value"] == (
+        "wss://$(POD_NAME).eu.chat.example.com/ws")
+    assert env["CHATPLANE_CQL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "scylla-auth"
+    assert sts["spec"]["template"]["spec"]["nodeSelector"] == {
+        "topology.kubernetes.io/region": "europe-west1"}
