@@ -188,3 +188,19 @@ async def test_membership_survives_reopen(backend: Backend) -> None:
     result = await second.apply_membership(GROUP_ID, MembershipChange(add=(("carol", MEMBER),)),
                                            event("alice", 2))
     assert result.message.seq == 2
+
+
+async def test_a_big_group_in_one_change(storage: Storage) -> None:
+    """Hundreds of members added by one event (read diffusion: the event goes
+    to the inboxes the caller names, here the owner's only)."""
+    users = [f"user{n:04d}" for n in range(400)]
+    change = MembershipChange(create=True, name="Big",
+                              add=(("alice", OWNER), *((u, MEMBER) for u in users)))
+    result = await storage.apply_membership(GROUP_ID, change, event("alice", 1),
+                                            recipients=["alice"])
+    assert [i.user_id for i in result.inbox] == ["alice"]
+    members = await storage.members(GROUP_ID)
+    assert len(members) == 401 and members[0] == Member("alice", OWNER, 1)
+    assert await storage.large_groups_of("user0123", 400) == [(GROUP_ID, 1, 1)]
+    assert await storage.inbox_head("user0123") == 0
+    assert (await storage.conversations_of("user0399", 5))[0].members == 401

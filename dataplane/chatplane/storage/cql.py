@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cassandra import (
     ConsistencyLevel,
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 KEYSPACE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 Row = dict[str, Any]
+T = TypeVar("T")
+IN_FLIGHT = 128  # requests one batch of related work keeps in flight
 # Everything the driver raises: its own hierarchy is not rooted in one class.
 DRIVER_ERRORS = (DriverException, NoHostAvailable, ConnectionException, ErrorMessage, OSError)
 
@@ -196,6 +198,18 @@ class CqlSession:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.cluster.shutdown)
+
+
+async def gather_bounded(jobs: Iterable[Awaitable[T]], limit: int = IN_FLIGHT) -> list[T]:
+    """asyncio.gather with at most `limit` jobs in flight (a group of 10,000
+    members must not put 20,000 requests on the wire at once)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Awaitable[T]) -> T:
+        async with gate:
+            return await job
+
+    return list(await asyncio.gather(*(one(job) for job in jobs)))
 
 
 def _resolve(waiter: asyncio.Future[list[Row]], rows: list[Row] | None,

@@ -156,9 +156,10 @@ class Heads:
         # An inbox hint only has to name the right bucket (the probe reads on
         # from there), so it is written when an entry opens a bucket.
         await asyncio.gather(
-            *(self.db.run(self.st.set_inbox_hint, (item.inbox_seq, item.inbox_seq, item.user_id))
-              for item in {item.user_id: item for item in inbox}.values()
-              if (item.inbox_seq - 1) % self.inbox_bucket == 0),
+            cql.gather_bounded(
+                self.db.run(self.st.set_inbox_hint, (item.inbox_seq, item.inbox_seq, item.user_id))
+                for item in {item.user_id: item for item in inbox}.values()
+                if (item.inbox_seq - 1) % self.inbox_bucket == 0),
             self.db.run(self.st.mark_fanned_out,
                         (conversation_id, self.message_bucket_of(seq), seq)),
             self.db.run(self.st.set_conversation_hint,
@@ -172,8 +173,8 @@ class Heads:
         """One inbox entry per distinct recipient (in the order given). With
         resume, an entry an interrupted attempt already made is reused."""
         users = list(dict.fromkeys(recipients))
-        seqs = await asyncio.gather(
-            *(self._claim_inbox(user, message, appended_at, resume) for user in users))
+        seqs = await cql.gather_bounded(
+            self._claim_inbox(user, message, appended_at, resume) for user in users)
         by_user = dict(zip(users, seqs, strict=True))
         return [InboxItem(user, by_user[user], message) for user in recipients]
 
@@ -253,9 +254,9 @@ class Heads:
         groups: dict[tuple[str, int], list[int]] = {}
         for conversation_id, seq in refs:
             groups.setdefault((conversation_id, self.message_bucket_of(seq)), []).append(seq)
-        results = await asyncio.gather(*(
+        results = await cql.gather_bounded(
             self.db.run(self.st.messages_in, (conversation_id, bucket, sorted(set(seqs))))
-            for (conversation_id, bucket), seqs in groups.items()))
+            for (conversation_id, bucket), seqs in groups.items())
         return {(row["conversation_id"], int(row["seq"])): message_from_row(row)
                 for rows in results for row in rows}
 

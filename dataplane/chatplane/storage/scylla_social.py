@@ -80,10 +80,10 @@ async def apply_change(db: cql.CqlSession, st: Statements, conversation_id: str,
     if change.dissolve:
         jobs.append(db.run(st.set_conversation_extra,
                            (seq, "dissolved", str(now_ms), conversation_id)))
-    await asyncio.gather(*jobs)
+    await cql.gather_bounded(jobs)
     current = set(await member_ids(db, st, conversation_id))
-    await asyncio.gather(*(db.run(st.set_role, (seq, role, conversation_id, user))
-                           for user, role in change.roles if user in current))
+    await cql.gather_bounded(db.run(st.set_role, (seq, role, conversation_id, user))
+                             for user, role in change.roles if user in current)
     await db.run(st.set_conversation_facts, (seq, len(current), now_ms, conversation_id))
 
 
@@ -135,8 +135,8 @@ class SocialMethods:
     async def _facts(self, conversation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         db, st, _ = self._parts()
         ids = list(conversation_ids)
-        chunks = await asyncio.gather(*(db.run(st.heads_in, (ids[i:i + IN_CHUNK],))
-                                        for i in range(0, len(ids), IN_CHUNK)))
+        chunks = await cql.gather_bounded(db.run(st.heads_in, (ids[i:i + IN_CHUNK],))
+                                          for i in range(0, len(ids), IN_CHUNK))
         return {row["conversation_id"]: row for rows in chunks for row in rows}
 
     async def _current(self, user_id: str) -> list[dict[str, Any]]:
@@ -150,8 +150,8 @@ class SocialMethods:
         facts = await self._facts([r["conversation_id"] for r in rows])
         large = [r for r in rows
                  if int(facts.get(r["conversation_id"], {}).get("member_count") or 0) > threshold]
-        found = await asyncio.gather(*(heads.conversation_head(r["conversation_id"], serial=False)
-                                       for r in large))
+        found = await cql.gather_bounded(heads.conversation_head(r["conversation_id"],
+                                                                 serial=False) for r in large)
         return [(r["conversation_id"], head, int(r["joined_seq"]))
                 for r, head in zip(large, found, strict=True)]
 
@@ -168,9 +168,9 @@ class SocialMethods:
         if before is not None:
             ordered = [r for r in ordered if activity(r) < before]
         chosen = ordered[:max(limit, 0)]
-        return list(await asyncio.gather(*(
+        return await cql.gather_bounded(
             self._summary(user_id, r, activity(r)[0], facts.get(r["conversation_id"], {}))
-            for r in chosen)))
+            for r in chosen)
 
     async def _summary(self, user_id: str, row: dict[str, Any], last_activity: int,
                        fact: dict[str, Any]) -> ConversationSummary:
