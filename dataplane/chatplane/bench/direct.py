@@ -128,7 +128,8 @@ class DirectRun:
         self.connector = connect
         self.on_progress = on_progress
         self.checker = DeliveryChecker()
-        self.hist = LatencyHistogram()
+        self.hist = LatencyHistogram()  # send call -> receipt at the receiving side
+        self.ack_hist = LatencyHistogram()  # send call -> ack at the sender
         self.pairs: list[_Pair] = []
         self.clients: list[ChatClient] = []  # every client made, for close()
         self.sent = self.acked = self.failed = self.delivered = self.echoed = 0
@@ -210,6 +211,7 @@ class DirectRun:
                     self.errors.append(f"send: {exc!r}")
                 continue
             self.acked += 1
+            self.ack_hist.record((time.monotonic_ns() - t0) // 1000)
             self.checker.record_ack(pair.sender_user, DEVICE, ack.conversation_id, ack.seq, ack.message_id)
 
     async def _pace(self) -> None:
@@ -381,6 +383,7 @@ class DirectRun:
             "bench_loop_lag": self.loop_lag.to_dict(),
             "errors": self.errors,
             "latency": self.hist.to_dict(),
+            "ack_latency": self.ack_hist.to_dict(),
             "verdict": verdict.to_dict(),
             "verdict_summary": verdict.summary(),
         }

@@ -68,6 +68,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out["max_queue_delay_us"] = max(p.get("max_queue_delay_us", 0) for p in parts)
     out["errors"] = [e for p in parts for e in p.get("errors", [])][:10]
     out["latency"] = merge_latency(p.get("latency", {}) for p in parts).to_dict()
+    out["ack_latency"] = merge_latency(p.get("ack_latency", {}) for p in parts).to_dict()
     out["bench_loop_lag"] = merge_latency(p.get("bench_loop_lag", {}) for p in parts).to_dict()
     out["verdict"] = merge_verdicts([p.get("verdict", {}) for p in parts])
     out["verdict_summary"] = verdict_line(out["verdict"])
@@ -86,8 +87,10 @@ def finish(result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     hist = LatencyHistogram.from_dict(result.get("latency", {}))
     duration = result.get("duration_s") or 0.0
     out = {"workload": "W1 direct", **settings}
-    out.update({k: v for k, v in result.items() if k not in ("latency", "bench_loop_lag")})
+    hidden = ("latency", "ack_latency", "bench_loop_lag")
+    out.update({k: v for k, v in result.items() if k not in hidden})
     out["latency_ms"] = hist.summary_ms()
+    out["ack_latency_ms"] = LatencyHistogram.from_dict(result.get("ack_latency", {})).summary_ms()
     lag = LatencyHistogram.from_dict(result.get("bench_loop_lag", {}))
     out["bench_loop_lag_ms"] = {
         "p99_ms": round(lag.percentile(99) / 1000, 3),
@@ -143,6 +146,7 @@ def print_progress(snap: dict[str, Any], out: TextIO = sys.stderr) -> None:
 
 def table(pub: dict[str, Any]) -> str:
     lat = pub["latency_ms"]
+    ack = pub.get("ack_latency_ms") or LatencyHistogram().summary_ms()
     rows = [
         (
             "workload",
@@ -165,6 +169,10 @@ def table(pub: dict[str, Any]) -> str:
             "latency ms",
             f"p50={lat['p50_ms']} p90={lat['p90_ms']} p99={lat['p99_ms']} "
             f"p99.9={lat['p999_ms']} max={lat['max_ms']} mean={lat['mean_ms']}",
+        ),
+        (
+            "ack ms",
+            f"p50={ack['p50_ms']} p99={ack['p99_ms']} max={ack['max_ms']} (send call -> ack at the sender)",
         ),
         (
             "queue delay",
