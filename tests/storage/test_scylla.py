@@ -240,3 +240,71 @@ async def test_storage_fault_fails_sends_then_recovers(cql_server: CqlService,
 
 def test_direct_ids_match_base() -> None:
     assert direct_conversation_id("b", "a") == "d:a:b"
+
+
+class LostResponses:
+    """Fault injection at the CQL session: run the statement for real, then
+    lose the answer (raise StorageUnavailable) for the first `times` runs of
+    statements whose text contains `marker`, as a timeout after the write
+    landed would."""
+
+    def __init__(self, storage: ScyllaStorage, marker: str, times: int) -> None:
+        assert storage._db is not None
+        self.db, self.marker, self.left = storage._db, marker, times
+        self.real = storage._db.run
+        self.db.run = self.run  # type: ignore[method-assign]
+
+    async def run(self, statement: object, params: object = None, **kwargs: object) -> list:
+        rows = await self.real(statement, params, **kwargs)  # type: ignore[arg-type]
+        text = getattr(statement, "query_string", statement)
+        if self.left > 0 and isinstance(text, str) and self.marker in text:
+            self.left -= 1
+            raise StorageUnavailable("injected: response lost")
+        return rows
+
+
+async def test_lost_claim_answers_never_make_a_second_message(
+        cql_server: CqlService, keyspace: str) -> None:
+    settings = scylla_settings(cql_server, keyspace)
+    await migrations.migrate(settings)
+    storage = await opened(settings)
+    try:
+        conv = (await storage.ensure_direct("alice", "bob", NOW)).conversation_id
+        lost_claim = LostResponses(storage, "INTO " + keyspace + ".messages", 1)
+        lost_inbox = LostResponses(storage, "INTO " + keyspace + ".inbox ", 2)
+        result = await storage.append(send(conv, "alice", 1), ["alice", "bob"])
+        assert lost_claim.left == lost_inbox.left == 0, "the faults were injected"
+        assert (result.message.seq, result.duplicate) == (1, False)
+        assert [i.inbox_seq for i in result.inbox] == [1, 1]
+        assert [m.seq for m in await storage.history(conv)] == [1]
+        for user in ("alice", "bob"):
+            assert [i.inbox_seq for i in await storage.inbox(user, 0, 10)] == [1]
+        nxt = await storage.append(send(conv, "alice", 2), ["alice", "bob"])
+        assert nxt.message.seq == 2 and [i.inbox_seq for i in nxt.inbox] == [2, 2]
+    finally:
+        await storage.close()
+
+
+async def test_a_failed_append_is_finished_by_the_resend(cql_server: CqlService,
+                                                         keyspace: str) -> None:
+    """The send log write's answer is lost after the message and one inbox
+    entry landed: the append fails (no ack), the resend returns the original
+    and every recipient has it exactly once."""
+    settings = scylla_settings(cql_server, keyspace)
+    await migrations.migrate(settings)
+    storage = await opened(settings)
+    try:
+        conv = (await storage.ensure_direct("alice", "bob", NOW)).conversation_id
+        lost = LostResponses(storage, "INTO " + keyspace + ".sends", 1)
+        with pytest.raises(StorageUnavailable):
+            await storage.append(send(conv, "alice", 1), ["alice", "bob"])
+        assert lost.left == 0
+        again = await storage.append(send(conv, "alice", 1), ["alice", "bob"])
+        assert (again.message.seq, again.duplicate) == (1, True)
+        for user in ("alice", "bob"):
+            assert [(i.inbox_seq, i.message.cid) for i in await storage.inbox(user, 0, 10)] == [
+                (1, 1)]
+        nxt = await storage.append(send(conv, "bob", 1), ["alice", "bob"])
+        assert nxt.message.seq == 2 and [i.inbox_seq for i in nxt.inbox] == [2, 2]
+    finally:
+        await storage.close()
