@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if args.log_level.upper() != "DEBUG":  # one "succeeded" line per watch event is noise
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     applier = Applier(_api_client())
     runtime = handlers.Runtime(
         reconciler=Reconciler(applier, HttpConnectionCounter(applier)),
