@@ -293,10 +293,13 @@ class ScyllaStorage(social.SocialMethods):
         if after_seq is not None:
             top = before_seq - 1 if before_seq is not None else None
             return await heads.timeline_up(conversation_id, max(after_seq, 0) + 1, top, limit)
+        if before_seq is not None and before_seq <= 1:
+            return []
+        # Clamped to the head: walking down from a far bound would read every
+        # empty bucket on the way.
+        top = await heads.conversation_head(conversation_id, serial=False)
         if before_seq is not None:
-            top = before_seq - 1
-        else:
-            top = await heads.conversation_head(conversation_id, serial=False)
+            top = min(top, before_seq - 1)
         if top < 1:
             return []
         return await heads.timeline_down(conversation_id, top, limit)
