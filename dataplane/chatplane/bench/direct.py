@@ -338,7 +338,7 @@ class DirectRun:
                 self.unacked = len(pending)
             await self._wait_delivered(deadline)
             await self._check_history()
-            self.on_progress(self.snapshot(0.0))
+            self.on_progress({**self.snapshot(0.0), "final": True})
             cpu_after = await server_cpu(cfg.metrics_url)
             if cpu_before is not None and cpu_after is not None:
                 self.server_cpu_s = cpu_after - cpu_before

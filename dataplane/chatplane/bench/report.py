@@ -119,10 +119,11 @@ def finish(result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
 
 def progress_line(snap: dict[str, Any]) -> str:
     p99 = snap.get("p99_us", 0) / 1000
+    rate = "done" if snap.get("final") else f"rate={snap.get('rate', 0):.0f}/s"
     return (
         f"[{snap.get('elapsed', 0):6.1f}s] sent={snap.get('sent', 0)} "
         f"acked={snap.get('acked', 0)} delivered={snap.get('delivered', 0)} "
-        f"rate={snap.get('rate', 0):.0f}/s p99={p99:.2f}ms"
+        f"{rate} p99={p99:.2f}ms"
     )
 
 
@@ -136,6 +137,7 @@ def merge_snapshots(snaps: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "delivered": sum(s.get("delivered", 0) for s in snaps),
         "rate": sum(s.get("rate", 0) for s in snaps),
         "p99_us": hist.percentile(99),
+        "final": bool(snaps) and all(s.get("final") for s in snaps),
     }
 
 
