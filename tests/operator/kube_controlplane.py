@@ -130,8 +130,9 @@ def _wait_ready(plane: ControlPlane, deadline: float) -> None:
     while time.monotonic() < deadline:
         for proc in plane.processes:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}; "
-                                   f"see logs in {plane.workdir}")
+                which = "etcd" if proc is plane.processes[0] else "kube-apiserver"
+                raise RuntimeError(f"{which} exited with {proc.returncode}; "
+                                   f"see etcd.log and apiserver.log in {plane.workdir}")
         with contextlib.suppress(OSError):
             status, body = plane.get("/readyz")
             if status == 200:
