@@ -1,8 +1,9 @@
-"""Live connection counts, read from each ready gateway pod's `GET /admin/drain`.
+"""Live connection counts, read from each running gateway pod's `GET /admin/drain`.
 
 The gateway answers `{"draining": bool, "connections": N}` on its HTTP port without the admin
-secret. A pod that does not answer within the timeout counts as 0 and is logged; counting
-never fails a reconcile.
+secret. Running pods count whether ready or not: a draining gateway reports not-ready yet
+still holds the connections it is sending away. A pod that does not answer within the
+timeout counts as 0 and is logged; counting never fails a reconcile.
 """
 
 from __future__ import annotations
@@ -21,20 +22,18 @@ from chatplane_operator.specs import naming
 log = logging.getLogger(__name__)
 
 
-def ready_pod_ips(pods: list[dict[str, Any]]) -> list[str]:
-    """IPs of the pods that are Ready and have an IP."""
+def running_pod_ips(pods: list[dict[str, Any]]) -> list[str]:
+    """IPs of the pods that run (terminating ones too: they may be draining)."""
     out = []
     for pod in pods:
         status = pod.get("status") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in status.get("conditions") or [])
-        if ready and status.get("podIP") and not pod["metadata"].get("deletionTimestamp"):
+        if status.get("phase") == "Running" and status.get("podIP"):
             out.append(str(status["podIP"]))
     return out
 
 
 class HttpConnectionCounter:
-    """`ConnectionCounter` that asks every ready gateway pod of a region."""
+    """`ConnectionCounter` that asks every running gateway pod of a region."""
 
     def __init__(self, applier: Applier, timeout: float = 1.0, workers: int = 8) -> None:
         self._applier = applier
@@ -58,7 +57,7 @@ class HttpConnectionCounter:
         except ApiError as exc:
             log.warning("cannot list gateway pods of %s/%s: %s", cluster.name, region.name, exc)
             return 0
-        ips = ready_pod_ips(pods)
+        ips = running_pod_ips(pods)
         if not ips:
             return 0
         workers = min(self._workers, len(ips))

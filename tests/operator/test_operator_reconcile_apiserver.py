@@ -261,22 +261,26 @@ def test_live_connections_are_counted_from_gateway_pods(
         port = server.server_address[1]
         make_cluster(("eu",), mutate=lambda o: o["spec"].update({"ports": {"http": port}}))
         wait_reconciled(kube, namespace, 1)
-        for i, ready in enumerate((True, True, False)):
+        # Two running gateways (one draining: not ready, still connected), one pending.
+        for i, (phase, ready) in enumerate((("Running", True), ("Running", False),
+                                             ("Pending", False))):
             pod = _gateway_pod(namespace, f"chat-eu-gateway-{i}", ready)
             ready_flag = pod.pop("ready")
             kube.create(pod)
-            kube.merge_patch("Pod", namespace, pod["metadata"]["name"], {"status": {
-                "podIP": "127.0.0.1", "phase": "Running",
-                "conditions": [{"type": "Ready", "status": "True" if ready_flag else "False"}]},
-            }, sub="status")
+            status: dict[str, Any] = {"phase": phase, "conditions": [
+                {"type": "Ready", "status": "True" if ready_flag else "False"}]}
+            if phase == "Running":
+                status["podIP"] = "127.0.0.1"
+            kube.merge_patch("Pod", namespace, pod["metadata"]["name"], {"status": status},
+                             sub="status")
         # Play the StatefulSet controller: its status change wakes the operator up.
         kube.merge_patch("StatefulSet", namespace, "chat-eu-gateway",
                          {"status": {"replicas": 3, "readyReplicas": 2}}, sub="status")
-        status = wait_until(lambda: cluster_status(kube, namespace).get("connections") == 42
-                            and cluster_status(kube, namespace).get("readyGateways") == "2/3"
-                            and cluster_status(kube, namespace), 20, "42 connections")
-        assert status["regions"][0]["connections"] == 42
-        assert status["readyGateways"] == "2/3"
+        final = wait_until(lambda: cluster_status(kube, namespace).get("connections") == 42
+                           and cluster_status(kube, namespace).get("readyGateways") == "2/3"
+                           and cluster_status(kube, namespace), 20, "42 connections")
+        assert final["regions"][0]["connections"] == 42
+        assert final["readyGateways"] == "2/3"
     finally:
         server.shutdown()
         server.server_close()
