@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -146,3 +146,26 @@ async def test_trace_context_crosses_the_grpc_hop(tmp_path: Path,
     finally:
         await server.stop(None)
         await storage.close()
+
+
+async def test_coalescer_batches_concurrent_calls_and_shares_errors() -> None:
+    from chatplane.rpc.batching import Coalescer
+
+    batches: list[list[str]] = []
+    fail = False
+
+    async def heads(keys: Sequence[str]) -> dict[str, int]:
+        batches.append(list(keys))
+        await asyncio.sleep(0.01)
+        if fail:
+            raise RuntimeError("im down")
+        return {k: len(k) for k in keys}
+
+    coalescer: Coalescer[str, int] = Coalescer(heads, max_batch=50)
+    got = await asyncio.gather(*(coalescer.get(f"u{i}") for i in range(120)))
+    assert got == [len(f"u{i}") for i in range(120)]
+    assert [len(b) for b in batches] == [50, 50, 20]  # 120 asked at once: 3 calls
+    fail = True
+    results = await asyncio.gather(*(coalescer.get("x") for _ in range(3)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)

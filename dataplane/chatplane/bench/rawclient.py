@@ -62,6 +62,7 @@ class RawClient(asyncio.Protocol):
         self._lost = asyncio.Event()
         self._delay_ms: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._login_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -107,6 +108,14 @@ class RawClient(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(frames.encode_prefixed(frame))
 
+    async def logged_in_more_than(self, count: int) -> None:
+        """Return once this client has logged in more than `count` times."""
+        if self.logins > count:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._login_waiters.append((count, future))
+        await future
+
     def heartbeat(self) -> None:
         self._send(pb.Frame(heartbeat=pb.Heartbeat(client_time_ms=int(time.time() * 1000))))
 
@@ -141,6 +150,13 @@ class RawClient(asyncio.Protocol):
                 self.inbox_seq = max(self.inbox_seq, frame.login_ack.inbox_head)
                 self.logins += 1
                 self.resumed.set()
+                waiting, self._login_waiters = self._login_waiters, []
+                for count, future in waiting:
+                    if self.logins > count:
+                        if not future.done():
+                            future.set_result(None)
+                    else:
+                        self._login_waiters.append((count, future))
             elif kind == "push" and frame.push.entries:
                 self.inbox_seq = max(self.inbox_seq, frame.push.entries[-1].inbox_seq)
                 self._send(pb.Frame(push_ack=pb.PushAck(inbox_seq=self.inbox_seq)))

@@ -118,8 +118,7 @@ async def run_storm(args: argparse.Namespace) -> dict[str, Any]:
             p.receiver.abort_connection()
 
     async def resumed(c: RawClient) -> float:
-        while c.logins == logins_before[c] or not c.resumed.is_set():
-            await asyncio.sleep(0.02)
+        await c.logged_in_more_than(logins_before[c])
         return time.monotonic() - began
 
     times = await asyncio.wait_for(asyncio.gather(*(resumed(c) for c in moving)), args.timeout)

@@ -32,6 +32,7 @@ from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.registry.instances import CachedInstances
 from chatplane.registry.ring import HashRing
 from chatplane.rpc import convert
+from chatplane.rpc.batching import Coalescer
 from chatplane.rpc.peers import Peers, first_answer, retriable
 from chatplane.state.links import StateLinks
 from chatplane.v1 import frames_pb2 as pb
@@ -55,6 +56,7 @@ class RemoteIm:
         self._addresses: dict[str, str] = {a: a for a in static}
         self.failovers = 0
         self.on_failover: Callable[[], None] | None = None
+        self._heads: Coalescer[str, int] = Coalescer(self.inbox_heads)  # logins in a storm
 
     async def _owners(self, key: str) -> list[str]:
         if not self.static and self.registry is not None:
@@ -111,7 +113,7 @@ class RemoteIm:
 
     async def inbox_head(self, user_id: str) -> int:
         try:
-            return (await self.inbox_heads([user_id])).get(user_id, 0)
+            return await self._heads.get(user_id)
         except grpc.aio.AioRpcError as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"im unavailable: {exc.code().name}") from exc
 
@@ -128,11 +130,20 @@ class RemoteRegistry:
         self._gone: list[spb.Route] = []
         self._flush: asyncio.Task[None] | None = None
         self.failures = 0
+        self._register: Coalescer[tuple[str, str, str], bool] = Coalescer(self._register_batch)
+
+    async def _register_batch(self, keys: Sequence[tuple[str, str, str]]) -> dict[
+            tuple[str, str, str], bool]:
+        request = spb.RegisterRequest(routes=[
+            spb.Route(user_id=u, device_id=d, gateway_id=self.gateway_id, conn_id=c)
+            for u, d, c in keys])
+        await self._call_state("Register", request)
+        return dict.fromkeys(keys, True)
 
     async def register(self, link: Connection) -> None:
-        request = spb.RegisterRequest(routes=[_route(self.gateway_id, link)])
+        """Routes of logins arriving together go in one call."""
         try:
-            await self._call_state("Register", request)
+            await self._register.get((link.user_id, link.device_id, link.conn_id))
         except grpc.aio.AioRpcError as exc:
             self.failures += 1
             raise ProtocolError(ErrorCode.UNAVAILABLE,
