@@ -30,6 +30,9 @@ from chatplane.v1 import frames_pb2 as pb
 
 log = logging.getLogger("chatplane.client")
 
+# How long the client gathers pushes before it acks them (one ack for all).
+ACK_DELAY_S = 0.01
+
 # Errors after which reconnecting cannot help.
 TERMINAL = {ErrorCode.AUTH_FAILED, ErrorCode.TOKEN_EXPIRED, ErrorCode.SESSION_REPLACED,
             ErrorCode.UNSUPPORTED_VERSION}
@@ -112,6 +115,7 @@ class Client(SocialApi):
         self._connected = asyncio.Event()
         self._next_id = 0
         self._acked_sent = 0
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._resync = False
         self._runner: asyncio.Task[None] | None = None
@@ -426,13 +430,22 @@ class Client(SocialApi):
                                          Message.from_pb(entry.message, entry.inbox_seq)):
                 self._emit(self._order.offer(message.conversation_id, message.seq, message,
                                              from_inbox=True))
-        if conn is not None and cursor.have > self._acked_sent:
-            self._acked_sent = cursor.have
-            ack = pb.Frame(push_ack=pb.PushAck(inbox_seq=cursor.have))
-            task = asyncio.get_running_loop().create_task(conn.link.send(ack.SerializeToString()))
-            task.add_done_callback(_ignore_result)
+        if conn is not None and cursor.have > self._acked_sent and self._ack_timer is None:
+            # acks are cumulative: one per ACK_DELAY_S covers every push since
+            # (the server retransmits only after a second)
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._send_ack)
         if cursor.gap:
             self._start_sync()
+
+    def _send_ack(self) -> None:
+        self._ack_timer = None
+        conn, have = self._conn, self._cursor.have
+        if conn is None or have <= self._acked_sent:
+            return
+        self._acked_sent = have
+        ack = pb.Frame(push_ack=pb.PushAck(inbox_seq=have))
+        task = asyncio.get_running_loop().create_task(conn.link.send(ack.SerializeToString()))
+        task.add_done_callback(_ignore_result)
 
     def _emit(self, messages: list[Message]) -> None:
         for message in messages:
