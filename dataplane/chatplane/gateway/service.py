@@ -175,13 +175,20 @@ class Gateway:
         self._drain_task = asyncio.get_running_loop().create_task(self._drain(rate, deadline_s))
 
     async def _drain(self, rate: float, deadline_s: float) -> None:
-        deadline = time.monotonic() + deadline_s
+        # Paced by schedule, not by summed sleeps: connection i goes at
+        # start + i/rate (+- half a slot of jitter), so the rate holds even
+        # when each step or the loop's wakeups are slow.
+        start = time.monotonic()
+        deadline = start + deadline_s
         delay_ms = self.settings.drain.reconnect_delay_ms
+        sent = 0
         while self.connections and time.monotonic() < deadline:
             conn = next(iter(self.connections))
             conn.reconnect(random.randint(0, delay_ms), "gateway draining")
             self.forget(conn)
-            await asyncio.sleep(random.uniform(0.5, 1.5) / rate)
+            sent += 1
+            wait = start + (sent + random.uniform(-0.5, 0.5)) / rate - time.monotonic()
+            await asyncio.sleep(max(0.0, wait))
         for conn in list(self.connections):  # the deadline passed: the rest at once
             conn.reconnect(random.randint(0, delay_ms), "gateway drain deadline")
             self.forget(conn)
