@@ -161,10 +161,11 @@ class GatewayApp:
 
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links
+        host = serving.advertised_host(self.settings)
         self._grpc, grpc_port = await serving.start_grpc(
             server.host, links.grpc_port,
             lambda s: sgrpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway), s))
-        self.grpc_address = f"{links.grpc_advertise_host or server.host}:{grpc_port}"
+        self.grpc_address = f"{host}:{grpc_port}"
         app = web.Application(client_max_size=1024 * 1024)
         app[GATEWAY] = self.gateway
         app.add_routes([web.get("/ws", websocket_handler),
@@ -173,8 +174,8 @@ class GatewayApp:
         app.add_routes(serving.probe_routes(self._ready, self._metrics,
                                             lambda: {"draining": self.gateway.draining}))
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
-        self.base_url = f"http://{server.host}:{http_port}"
-        self.ws_url = server.advertise_url or f"ws://{server.host}:{http_port}/ws"
+        self.base_url = f"http://{host}:{http_port}"
+        self.ws_url = server.advertise_url or f"ws://{host}:{http_port}/ws"
         if server.tcp_port:
             self._tcp = await asyncio.get_running_loop().create_server(
                 lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port)

@@ -106,16 +106,17 @@ class ImApp:
 
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links
+        host = serving.advertised_host(self.settings)
         await self.storage.open()
         self.outbox.start()
         self._grpc, port = await serving.start_grpc(
             server.host, links.grpc_port, lambda s: sgrpc.add_ImServicer_to_server(self.servicer, s))
-        self.grpc_address = f"{links.grpc_advertise_host or server.host}:{port}"
+        self.grpc_address = f"{host}:{port}"
         app = web.Application(client_max_size=1024 * 1024)
         app.add_routes(serving.probe_routes(self._ready, self._metrics))
         app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im).routes())
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
-        self.base_url = f"http://{server.host}:{http_port}"
+        self.base_url = f"http://{host}:{http_port}"
         self.publisher = serving.Publisher(
             self.instances, self.kind, self.instance_id,
             lambda: {"grpc": self.grpc_address, "http": self.base_url})

@@ -89,7 +89,7 @@ class IpconfApp:
         app.add_routes([web.get("/v1/dispatch", make_handler(self.directory))])
         app.add_routes(serving.probe_routes(self._ready, self._metrics))
         self._runner, port = await serving.start_http(app, server.host, server.http_port)
-        self.base_url = f"http://{server.host}:{port}"
+        self.base_url = f"http://{serving.advertised_host(self.settings)}:{port}"
 
     def ready_line(self) -> str:
         return f"chatplane ipconf ready id={self.instance_id} http={self.base_url}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
@@ -17,8 +18,22 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from chatplane.registry.instances import Instances
+from chatplane.settings import Settings
 
 log = logging.getLogger("chatplane.rpc")
+
+
+def advertised_host(settings: Settings) -> str:
+    """The host peers dial to reach this instance: CHATPLANE_GRPC_ADVERTISE_HOST
+    (a pod sets it to its IP), else the listen host, else (listening on every
+    interface) this machine's address."""
+    host = settings.links.grpc_advertise_host or settings.server.host
+    if host in ("", "0.0.0.0", "::"):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return host
 
 
 async def start_grpc(host: str, port: int,

@@ -46,14 +46,15 @@ class StateApp:
 
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links
+        host = serving.advertised_host(self.settings)
         self._grpc, port = await serving.start_grpc(
             server.host, links.grpc_port,
             lambda s: sgrpc.add_StateServicer_to_server(self.servicer, s))
-        self.grpc_address = f"{links.grpc_advertise_host or server.host}:{port}"
+        self.grpc_address = f"{host}:{port}"
         app = web.Application()
         app.add_routes(serving.probe_routes(self._ready, self.servicer.render_metrics))
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
-        self.base_url = f"http://{server.host}:{http_port}"
+        self.base_url = f"http://{host}:{http_port}"
         self.publisher = serving.Publisher(
             self.instances, self.kind, self.instance_id,
             lambda: {"grpc": self.grpc_address, "http": self.base_url})
