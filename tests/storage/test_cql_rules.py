@@ -63,6 +63,11 @@ def test_replication_clauses() -> None:
         migrations.replication_clause({"class": "LocalStrategy"})
     with pytest.raises(StorageError, match="names no factor"):
         migrations.replication_clause({"class": "SimpleStrategy"})
+    assert cql.parse_replication('{"eu": 3, "us": 2}') == {
+        "class": "NetworkTopologyStrategy", "eu": "3", "us": "2"}
+    for bad in ('{"eu": "x"}', "{}", "{nope", "eu:3"):
+        with pytest.raises(StorageError, match="bad replication"):
+            cql.parse_replication(bad)
     with pytest.raises(StorageError, match="bad datacenter"):
         migrations.replication_clause({"class": "NetworkTopologyStrategy", "a'b": "1"})
 

@@ -17,6 +17,7 @@ never turns one send into two messages.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
@@ -29,6 +30,7 @@ from cassandra import (
     RequestValidationException,
     UnresolvableContactPoints,
 )
+from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.connection import ConnectionException
 from cassandra.policies import (
@@ -74,6 +76,8 @@ class CqlSettings:
     )
     request_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
+    username: str = ""  # with password: PasswordAuthenticator credentials
+    password: str = field(default="", repr=False)
     message_bucket: int = 1000
     inbox_bucket: int = 1000
 
@@ -97,11 +101,22 @@ class CqlSettings:
 
 
 def parse_replication(text: str) -> dict[str, str]:
-    """"3" -> SimpleStrategy RF 3; "dc1=3,dc2=2" -> NetworkTopologyStrategy."""
+    """"3" -> SimpleStrategy RF 3; "dc1=3,dc2=2" or the operator's JSON map
+    '{"dc1": 3, "dc2": 2}' -> NetworkTopologyStrategy."""
     text = text.strip()
     if text.isdigit():
         return {"class": "SimpleStrategy", "replication_factor": text}
     spec: dict[str, str] = {"class": "NetworkTopologyStrategy"}
+    if text.startswith("{"):
+        try:
+            factors = json.loads(text)
+        except ValueError as exc:
+            raise StorageError(f"bad replication {text!r}: {exc}") from exc
+        if not isinstance(factors, dict) or not factors or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for v in factors.values()):
+            raise StorageError(f"bad replication {text!r}: want {{\"dc\": factor, ...}}")
+        return spec | {str(dc): str(factor) for dc, factor in factors.items()}
     for item in text.split(","):
         dc, sep, factor = item.strip().partition("=")
         if not sep or not dc.strip() or not factor.strip().isdigit():
@@ -258,9 +273,12 @@ def _build_cluster(settings: CqlSettings) -> Cluster:
         request_timeout=settings.request_timeout_s,
         row_factory=dict_factory,
     )
+    auth = (PlainTextAuthProvider(username=settings.username, password=settings.password)
+            if settings.username else None)
     return Cluster(
         list(settings.hosts),
         port=settings.port,
+        auth_provider=auth,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=settings.connect_timeout_s,
         control_connection_timeout=settings.connect_timeout_s,

@@ -330,14 +330,17 @@ async def open_storage(settings: cql.CqlSettings) -> ScyllaStorage:
 
 def cql_settings(settings: Settings) -> cql.CqlSettings:
     """The CQL settings `chatplane.settings.Settings` describes (for open and
-    for `chatplane storage migrate`). Replication comes from an optional
-    `storage.cql_replication` ("1", or "dc1=3,dc2=3"); default RF 1."""
+    for `chatplane storage migrate`). Optional fields, read when the settings
+    have them: `storage.cql_replication` ("1", "dc1=3,dc2=3" or the operator's
+    JSON map; default RF 1), `storage.cql_username` / `storage.cql_password`."""
     config = settings.storage
     replication = str(getattr(config, "cql_replication", "") or "1")
     return cql.CqlSettings.parse(
         config.cql_hosts, keyspace=config.keyspace, consistency=config.cql_consistency,
         local_dc=config.cql_datacenter or None,
-        replication=cql.parse_replication(replication))
+        replication=cql.parse_replication(replication),
+        username=str(getattr(config, "cql_username", "") or ""),
+        password=str(getattr(config, "cql_password", "") or ""))
 
 
 def from_settings(settings: Settings) -> ScyllaStorage:
