@@ -126,6 +126,28 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the CQL keyspace and schema (a Kubernetes Job runs it)."""
+    overrides: dict[str, Any] = {"backend": "scylla"}
+    for name in ("cql_hosts", "keyspace", "cql_replication"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    try:
+        settings = settings_mod.load({"storage": overrides})
+        if not settings.storage.cql_hosts:
+            raise SettingsError("storage migrate needs --cql-hosts or CHATPLANE_CQL_HOSTS")
+        from chatplane.storage import migrations, scylla
+
+        applied = asyncio.run(migrations.migrate(scylla.cql_settings(settings)))
+    except (SettingsError, StorageError, ImportError) as exc:
+        print(f"chatplane: storage migrate failed: {exc}", file=sys.stderr)
+        return 2
+    print(f"keyspace {settings.storage.keyspace}: "
+          + (f"applied versions {applied}" if applied else "already current"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatplane", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
@@ -157,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     drain.add_argument("--admin-secret")
     drain.add_argument("--wait", action="store_true")
     drain.set_defaults(func=cmd_drain)
+
+    storage = sub.add_parser("storage", help="storage administration")
+    storage_sub = storage.add_subparsers(dest="storage_command", required=True)
+    migrate = storage_sub.add_parser("migrate", help="create or upgrade the CQL keyspace and schema")
+    migrate.add_argument("--cql-hosts", help="host[:port],... (CHATPLANE_CQL_HOSTS)")
+    migrate.add_argument("--keyspace", help="CHATPLANE_KEYSPACE (default chatplane)")
+    migrate.add_argument("--cql-replication",
+                         help='"3", "dc1=3,dc2=3" or a JSON map (CHATPLANE_CQL_REPLICATION)')
+    migrate.set_defaults(func=cmd_storage_migrate)
 
     for module in ("chatplane.client.chat", "chatplane.bench", "chatplane.tiers"):
         try:

@@ -64,6 +64,9 @@ class Storage:
     keyspace: str = "chatplane"
     cql_consistency: str = "LOCAL_QUORUM"
     cql_datacenter: str = ""
+    cql_replication: str = ""  # "3", "dc1=3,dc2=3" or a JSON map; applied by `storage migrate`
+    cql_username: str = ""
+    cql_password: str = ""
     redis_url: str = ""
 
 

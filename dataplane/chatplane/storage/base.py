@@ -184,8 +184,9 @@ class Storage(Protocol):
 
     async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
         """Sequence and store one message, and append it to each recipient's
-        inbox, atomically. Idempotent on (conversation, sender, device, cid).
-        Raises ConversationNotFound, StorageUnavailable."""
+        inbox, atomically. Recipients are distinct user ids (callers pass each
+        once). Idempotent on (conversation, sender, device, cid). Raises
+        ConversationNotFound, StorageUnavailable."""
 
     async def inbox(self, user_id: str, after_seq: int, limit: int) -> list[InboxItem]:
         """Inbox entries with inbox_seq > after_seq, ascending, at most limit."""

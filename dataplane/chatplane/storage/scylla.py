@@ -334,13 +334,12 @@ def cql_settings(settings: Settings) -> cql.CqlSettings:
     have them: `storage.cql_replication` ("1", "dc1=3,dc2=3" or the operator's
     JSON map; default RF 1), `storage.cql_username` / `storage.cql_password`."""
     config = settings.storage
-    replication = str(getattr(config, "cql_replication", "") or "1")
+    replication = config.cql_replication or "1"
     return cql.CqlSettings.parse(
         config.cql_hosts, keyspace=config.keyspace, consistency=config.cql_consistency,
         local_dc=config.cql_datacenter or None,
         replication=cql.parse_replication(replication),
-        username=str(getattr(config, "cql_username", "") or ""),
-        password=str(getattr(config, "cql_password", "") or ""))
+        username=config.cql_username, password=config.cql_password)
 
 
 def from_settings(settings: Settings) -> ScyllaStorage:
