@@ -1,8 +1,9 @@
 """Traces and structured logs for every tier.
 
-OpenTelemetry spans are made in every process (so every log line can carry
-the trace id), and exported over OTLP/gRPC only when an endpoint is set
-(`CHATPLANE_OTLP_ENDPOINT`). The context crosses gRPC hops in the call
+OpenTelemetry spans are made, and exported over OTLP/gRPC, only when an
+endpoint is set (`CHATPLANE_OTLP_ENDPOINT`): a span costs about 0.1 ms of
+CPU, a tenth of a message's path. Log lines carry the trace id when there
+is one. The context crosses gRPC hops in the call
 metadata (W3C `traceparent`): `outgoing()` gives the metadata for a call,
 `serving(name, context)` opens the server span under the caller's span.
 Without the opentelemetry packages everything here is a no-op.
@@ -26,13 +27,14 @@ except ImportError:  # optional dependency
     trace = None  # type: ignore[assignment]
 
 _enabled = False
+_tracer: Any = None
 
 
 def setup(service: str, endpoint: str = "", exporter: Any = None) -> None:
     """Install the tracer provider for this process (once). Spans go to the
     OTLP `endpoint` when set, and to `exporter` (a SpanExporter) when given."""
-    global _enabled
-    if trace is None or _enabled:
+    global _enabled, _tracer
+    if trace is None or _enabled or not (endpoint or exporter is not None):
         return
     provider = TracerProvider(resource=Resource.create({"service.name": f"chatplane-{service}"}))
     if exporter is not None:
@@ -45,6 +47,7 @@ def setup(service: str, endpoint: str = "", exporter: Any = None) -> None:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint,
                                                                         insecure=True)))
     trace.set_tracer_provider(provider)
+    _tracer = provider.get_tracer("chatplane")
     _enabled = True
 
 
@@ -53,8 +56,7 @@ def span(name: str, **attributes: str | int) -> Iterator[None]:
     if not _enabled:
         yield
         return
-    with trace.get_tracer("chatplane").start_as_current_span(
-            name, kind=trace.SpanKind.CLIENT, attributes=attributes):
+    with _tracer.start_as_current_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes):
         yield
 
 
@@ -75,8 +77,7 @@ def serving(name: str, metadata: Sequence[Any] | None) -> Iterator[None]:
         return
     carrier = {str(m[0]): str(m[1]) for m in (metadata or ())}
     ctx = propagate.extract(carrier)
-    with trace.get_tracer("chatplane").start_as_current_span(
-            name, context=ctx, kind=trace.SpanKind.SERVER):
+    with _tracer.start_as_current_span(name, context=ctx, kind=trace.SpanKind.SERVER):
         yield
 
 
