@@ -57,6 +57,9 @@ class Reason:
     APPLIED = "Applied"
     SECRET_GENERATED = "SecretGenerated"
     RECOVERED = "Recovered"
+    ROLLOUT_PAUSED = "RolloutPaused"
+    GATEWAY_DRAINING = "GatewayDraining"
+    GATEWAY_REPLACED = "GatewayReplaced"
 
 
 class Message:
@@ -181,6 +184,7 @@ class Upgrade:
     drain_rate: int = 100
     drain_deadline_seconds: int = 300
     max_unavailable: int = 1
+    ready_timeout_seconds: int = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,6 +319,8 @@ def parse(body: Mapping[str, Any]) -> ChatCluster:
                 _get(upgrade, "drainDeadlineSeconds", Upgrade.drain_deadline_seconds)
             ),
             max_unavailable=int(_get(upgrade, "maxUnavailable", Upgrade.max_unavailable)),
+            ready_timeout_seconds=int(
+                _get(upgrade, "readyTimeoutSeconds", Upgrade.ready_timeout_seconds)),
         ),
         ports=Ports(
             http=int(_get(ports, "http", 8080)),

@@ -137,6 +137,12 @@ class Applier:
             if exc.status != 404:
                 raise
 
+    def merge_patch(self, kind: str, namespace: str, name: str,
+                    patch: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("PATCH", KINDS[kind].path(namespace, name), patch,
+                                            content_type="application/merge-patch+json")
+        return result
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         path = KINDS[api.KIND].path(namespace, name, "status")
         self._call("PATCH", path, {"status": status},

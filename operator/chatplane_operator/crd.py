@@ -194,6 +194,11 @@ def _spec() -> Schema:
                                          api.Upgrade.drain_deadline_seconds),
             "maxUnavailable": _int("Pods per tier that may be down at once (rollouts, PDBs).",
                                    api.Upgrade.max_unavailable, minimum=1),
+            "readyTimeoutSeconds": _int("A new gateway pod not ready this long after it was "
+                                        "created pauses the drain rollout (Degraded, "
+                                        "RolloutPaused) until it is ready.",
+                                        api.Upgrade.ready_timeout_seconds, minimum=1,
+                                        maximum=86400),
         }, default={}, **{"x-kubernetes-validations": [
             _rule("self.drainRate > 0", api.Message.DRAIN_RATE),
             _rule("self.drainDeadlineSeconds >= 1 && self.drainDeadlineSeconds <= 3600",
@@ -244,6 +249,16 @@ def _status() -> Schema:
         "connections": _int("Live client connections on the region's gateways."),
         "tiers": _obj("Per tier.", {t: tier for t in api.TIERS}),
         "conditions": _conditions(),
+        "rollout": _obj("The gateways' paced drain rollout.", {
+            "targetVersion": _str("The image version being rolled out."),
+            "revision": _str("The gateway pod template revision being rolled out."),
+            "gatewaysUpdated": _str("Gateway pods ready at the revision / gateway pods."),
+            "draining": _str("The pod(s) draining now."),
+            "connectionsLeft": _int("Connections left on the draining pod(s)."),
+            "phase": _str("Draining, Waiting (for a new pod), Paused or Done.",
+                          enum=["Draining", "Waiting", "Paused", "Done"]),
+            "paused": _str("Why the rollout is paused (a new pod not ready)."),
+        }),
     })
     return _obj("Observed state, written by the operator.", {
         "observedGeneration": _int("The spec generation this status describes.",

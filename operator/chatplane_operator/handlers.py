@@ -48,7 +48,10 @@ class Runtime:
     known: set[Key] = dataclasses.field(default_factory=set)
 
 
-async def _work(runtime: Runtime, key: Key) -> bool | None:
+ROLLOUT_POLL_S = 1.0  # while gateways drain, a pass this often follows them
+
+
+async def _work(runtime: Runtime, key: Key) -> bool | float | None:
     gate = runtime.gate
     if gate is not None and not await asyncio.to_thread(gate.active):
         log.debug("paused in favour of a higher-priority peer: skip %s/%s", *key)
@@ -65,6 +68,8 @@ async def _work(runtime: Runtime, key: Key) -> bool | None:
     log.info("reconciled %s/%s in %.3fs: created %d updated %d deleted %d errors %s",
              key[0], key[1], outcome.seconds, outcome.created, outcome.updated,
              outcome.deleted, outcome.errors or "none")
+    if outcome.ok and outcome.rolling:
+        return ROLLOUT_POLL_S
     return outcome.ok
 
 
@@ -88,7 +93,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.client_timeout = 300
     runtime = _runtime(memo)
 
-    async def work(key: Key) -> bool | None:
+    async def work(key: Key) -> bool | float | None:
         return await _work(runtime, key)
 
     runtime.queue = WorkQueue(work, resync=runtime.resync)

@@ -16,7 +16,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 Key = tuple[str, str]  # (namespace, name)
-Work = Callable[[Key], Awaitable[bool | None]]  # True: success, None: the object is gone
+# True: success; a float: success, come back after that many seconds (a rollout under way);
+# False: failure (backoff); None: the object is gone
+Work = Callable[[Key], Awaitable[bool | float | None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,7 @@ class WorkQueue:
     async def _run(self, key: Key) -> None:
         try:
             async with self._slots:
-                ok: bool | None = False
+                ok: bool | float | None = False
                 try:
                     ok = await self._work(key)
                 finally:
@@ -74,7 +76,7 @@ class WorkQueue:
                     return
                 if ok:
                     self._failures.pop(key, None)
-                    delay = self._resync
+                    delay = self._resync if ok is True else min(self._resync, float(ok))
                 else:
                     self._failures[key] = self._failures.get(key, 0) + 1
                     delay = self._backoff.delay(self._failures[key])

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chatplane_operator import api, status
+from chatplane_operator import api, drain, fleet_kube, status
 from chatplane_operator.applying import KINDS, ApiError, Applier, secret_has_key
 from chatplane_operator.specs import bundle, config, jobs, naming
 
@@ -39,6 +39,7 @@ class Outcome:
     errors: list[str] = dataclasses.field(default_factory=list)  # "Reason: message"
     seconds: float = 0.0
     found: bool = True
+    rolling: bool = False  # a gateway rollout is under way: come back soon, not at resync
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
@@ -63,9 +64,11 @@ def _missing_refs(applier: Applier, cluster: api.ChatCluster, region: api.Region
 class Reconciler:
     """Runs passes; holds the API client and the connection counter, nothing per cluster."""
 
-    def __init__(self, applier: Applier, count: ConnectionCounter = no_connections) -> None:
+    def __init__(self, applier: Applier, count: ConnectionCounter = no_connections,
+                 admin: drain.GatewayAdmin | None = None) -> None:
         self.applier = applier
         self.count = count
+        self.admin = admin or drain.GatewayAdmin()
         self._last_errors: dict[tuple[str, str], set[str]] = {}
 
     def _event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -157,12 +160,30 @@ class Reconciler:
                 for tier in api.TIERS
             }
             connections = self.count(cluster, region) if error is None else 0
-            observations[region.name] = status.RegionObservation(tiers, connections, error)
+            rollout = None
+            if error is None and "gateway" in applied:
+                rollout = self._roll(body, cluster, region, applied["gateway"], outcome)
+            observations[region.name] = status.RegionObservation(tiers, connections, error,
+                                                                 rollout)
         migration = self._apply_cluster_wide(cluster, existing, desired, observations, outcome)
         for key in set(existing) - desired:
             self.applier.delete(key[0], cluster.namespace, key[1])
             outcome.deleted += 1
         return migration
+
+    def _roll(self, body: dict[str, Any], cluster: api.ChatCluster, region: api.Region,
+              sts: dict[str, Any], outcome: Outcome) -> dict[str, Any] | None:
+        """One drain-rollout step for the region's gateways; its status (None: no pods)."""
+        notes = sts["spec"]["template"]["metadata"].get("annotations") or {}
+        revision = str(notes.get(naming.REVISION, ""))
+        rolled = fleet_kube.step_region(self.applier, cluster, region, revision, self.admin)
+        if rolled is None or not rolled.progress.total:
+            return None
+        for reason, message in rolled.events:
+            self._event(body, "Normal", reason, f"region {region.name}: {message}")
+        if rolled.step.action not in ("done", "pause"):
+            outcome.rolling = True
+        return rolled.status(cluster.image.version)
 
     def _apply_cluster_wide(self, cluster: api.ChatCluster,
                             existing: dict[tuple[str, str], dict[str, Any]],

@@ -47,6 +47,7 @@ class RegionObservation:
     tiers: Mapping[str, WorkloadState]
     connections: int = 0
     error: tuple[str, str] | None = None  # (reason, message) when reconciling failed
+    rollout: Mapping[str, Any] | None = None  # the gateway drain rollout (fleet_kube)
 
 
 def _now() -> str:
@@ -75,6 +76,9 @@ def _region_conditions(
     down = [t for t, s in tiers.items() if s.ready < 1]
     rolling = [t for t, s in tiers.items()
                if not s.up_to_date or s.updated < region.tiers[t].replicas]
+    rollout = obs.rollout or {}
+    if rollout.get("phase") not in (None, "Done") and "gateway" not in rolling:
+        rolling.append("gateway")
     available = not down and obs.error is None
     out = [
         condition(C.AVAILABLE, available, R.AVAILABLE if available else R.UNAVAILABLE,
@@ -88,6 +92,9 @@ def _region_conditions(
     if obs.error is not None:
         out.append(condition(C.DEGRADED, True, obs.error[0], obs.error[1], generation,
                              previous, now))
+    elif rollout.get("paused"):
+        out.append(condition(C.DEGRADED, True, R.ROLLOUT_PAUSED, str(rollout["paused"]),
+                             generation, previous, now))
     else:
         out.append(condition(C.DEGRADED, False, R.AS_EXPECTED, "reconciled", generation,
                              previous, now))
@@ -136,6 +143,7 @@ def compute(
                 for t in api.TIERS
             },
             "conditions": conds,
+            **({"rollout": dict(obs.rollout)} if obs.rollout is not None else {}),
         })
     prev = previous.get("conditions") or []
     degraded = [r for r in regions if _is(r["conditions"], C.DEGRADED)]

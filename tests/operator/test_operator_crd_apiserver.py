@@ -32,7 +32,8 @@ def test_apiserver_fills_in_the_schema_defaults(kube: Kube, namespace: str) -> N
     del obj["metadata"]["uid"], obj["metadata"]["generation"]
     created = kube.create(obj)
     spec = created["spec"]
-    assert spec["upgrade"] == {"drainRate": 100, "drainDeadlineSeconds": 300, "maxUnavailable": 1}
+    assert spec["upgrade"] == {"drainRate": 100, "drainDeadlineSeconds": 300, "maxUnavailable": 1,
+                               "readyTimeoutSeconds": 300}
     assert spec["regions"][0]["tiers"]["gateway"]["replicas"] == 3
     assert spec["storage"]["keyspace"] == "chatplane"
     # The Python defaults agree with the apiserver's.

@@ -10,6 +10,10 @@ MANAGED_BY = "chatplane-operator"
 CLUSTER_LABEL = "chatplane.dev/cluster"
 REGION_LABEL = "chatplane.dev/region"
 CONFIG_HASH = "chatplane.dev/config-hash"
+# Gateway pods: the template revision they run (the drain rollout compares it with the
+# StatefulSet's) and, while the operator drains one, since when (epoch seconds).
+REVISION = "chatplane.dev/revision"
+DRAINING_SINCE = "chatplane.dev/draining-since"
 
 
 def region_name(cluster: api.ChatCluster, region: api.Region) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from chatplane_operator import api
@@ -143,7 +145,16 @@ def pod_template(cluster: api.ChatCluster, region: api.Region, tier: str) -> dic
         "containers": [container(cluster, region, tier)],
         "topologySpreadConstraints": _spread(cluster, region, tier),
     }
-    return {
+    template = {
         "metadata": {"labels": naming.labels(cluster, region, tier), "annotations": annotations},
         "spec": spec,
     }
+    if tier == "gateway":  # OnDelete: the drain rollout replaces pods of an older revision
+        annotations[naming.REVISION] = revision(cluster, template)
+    return template
+
+
+def revision(cluster: api.ChatCluster, template: dict[str, Any]) -> str:
+    """`<version>-<digest of the pod template>`: what a gateway pod runs."""
+    blob = json.dumps(template, sort_keys=True)
+    return f"{cluster.image.version}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
