@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from chatplane.auth import TokenSigner
 
+from chatplane.auth import TokenSigner
 from tests.support.proxy import ChaosProxy
 from tests.support.server import ServerProcess
 

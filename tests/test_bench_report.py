@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 
-from chatplane.bench import report
-from chatplane.bench.latency import LatencyHistogram, bucket_of, bucket_value
 from hypothesis import given
 from hypothesis import strategies as st
+
+from chatplane.bench import report
+from chatplane.bench.latency import LatencyHistogram, bucket_of, bucket_value
 
 
 @given(st.integers(min_value=0, max_value=10**12))

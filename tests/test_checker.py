@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from chatplane.checker import DeliveryChecker, SeqRanges, Verdict
 from hypothesis import given
 from hypothesis import strategies as st
+
+from chatplane.checker import DeliveryChecker, SeqRanges, Verdict
 
 CONV = "d:alice:bob"
 

@@ -3,6 +3,7 @@ CQL server: the production path from the command line."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,11 @@ async def test_migrate_then_up_on_scylla(cql_server: CqlService, tmp_path: Path)
     hosts = ",".join(cql_server.contact_points)
     migrate = [sys.executable, "-m", "chatplane.cli", "storage", "migrate", "--cql-hosts", hosts,
                "--keyspace", "cli_up_test", "--cql-replication", "1"]
-    first = subprocess.run(migrate, capture_output=True, text=True, timeout=180)
+    first = await asyncio.to_thread(subprocess.run, migrate, capture_output=True, text=True,
+                                    timeout=180)
     assert first.returncode == 0, first.stderr
-    again = subprocess.run(migrate, capture_output=True, text=True, timeout=180)
+    again = await asyncio.to_thread(subprocess.run, migrate, capture_output=True, text=True,
+                                    timeout=180)
     assert again.returncode == 0 and "already current" in again.stdout, again.stderr
     server = ServerProcess(tmp_path, extra_args=["--storage", "scylla", "--cql-hosts", hosts,
                                                  "--keyspace", "cli_up_test"])

@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+
 from chatplane.settings import Settings, SettingsError, env_name, load
 
 

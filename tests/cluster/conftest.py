@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
 from chatplane.cluster import Cluster
-
 from tests.services import RedisService
 from tests.support.traffic import Device, send_many
 

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from chatplane.auth import TokenSigner
 from chatplane.client import Client
 

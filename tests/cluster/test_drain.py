@@ -17,9 +17,9 @@ import urllib.error
 import urllib.request
 
 import pytest
+
 from chatplane.bench.idle import connect_all
 from chatplane.client import Client
-
 from tests.cluster.conftest import Chat, ClusterFactory, connections, get_json
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]

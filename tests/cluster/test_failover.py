@@ -9,8 +9,8 @@ import asyncio
 
 import pytest
 import redis
-from chatplane.registry.ring import HashRing
 
+from chatplane.registry.ring import HashRing
 from tests.cluster.conftest import Chat, ClusterFactory, connections, get_json, metric
 from tests.services import RedisService
 

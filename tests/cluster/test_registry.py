@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis.asyncio as aioredis
+
 from chatplane import tracing
 from chatplane.im.app import ImServicer
 from chatplane.im.service import ImService
@@ -28,7 +29,6 @@ from chatplane.storage.sqlite import SqliteStorage
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
-
 from tests.services import RedisService
 
 

@@ -9,10 +9,10 @@ from collections import defaultdict
 
 import grpc
 import pytest
-from chatplane.client import Client
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 
+from chatplane.client import Client
 from tests.cluster.conftest import ClusterFactory
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]

@@ -3,9 +3,10 @@ overflow becomes a head notice; the head always reaches the members."""
 
 from __future__ import annotations
 
-from chatplane.delivery.fanout import GroupBatcher
 from hypothesis import given
 from hypothesis import strategies as st
+
+from chatplane.delivery.fanout import GroupBatcher
 
 
 def test_quiet_group_pushes_each_message_at_once() -> None:

@@ -3,9 +3,10 @@ once, in order."""
 
 from __future__ import annotations
 
-from chatplane.delivery.sync import InboxCursor
 from hypothesis import given
 from hypothesis import strategies as st
+
+from chatplane.delivery.sync import InboxCursor
 
 
 @given(st.integers(1, 60).flatmap(

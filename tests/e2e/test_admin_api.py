@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from chatplane.client import Client
 
+from chatplane.client import Client
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow

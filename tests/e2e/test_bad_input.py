@@ -13,12 +13,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client, RequestError
 from chatplane.protocol.errors import ErrorCode
 from chatplane.v1 import frames_pb2 as pb
-
 from tests.support.server import ServerProcess
 from tests.support.traffic import Device, send_many, wait_until_received
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
-
 from tests.support.proxy import ChaosProxy
 from tests.support.server import ServerProcess
 from tests.support.traffic import Device, send_many, wait_until_received

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
-
 from tests.support.proxy import ChaosProxy
 from tests.support.server import ServerProcess
 from tests.support.traffic import Device

@@ -5,11 +5,12 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from chatplane.protocol import frames
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.v1 import frames_pb2 as pb
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def sample_frames() -> list[pb.Frame]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from chatplane.protocol.errors import ErrorCode
 from chatplane.protocol.session import Phase, ServerSession, SessionLimits
 from chatplane.v1 import frames_pb2 as pb
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 LIMITS = SessionLimits(rate_per_s=10, burst=5, heartbeat_interval_ms=1000,
                        login_timeout_ms=2000, max_refusals=3)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from chatplane.storage.base import Storage
 
+from chatplane.storage.base import Storage
 from tests.services import CqlService
 
 if TYPE_CHECKING:  # scylla-driver is an optional dependency

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+
 from chatplane.storage.base import (
     DIRECT,
     AppendResult,
@@ -21,7 +22,6 @@ from chatplane.storage.base import (
     StoredMessage,
     direct_conversation_id,
 )
-
 from tests.storage.conftest import Backend
 
 NOW = 1_700_000_000_000

@@ -8,6 +8,7 @@ move forward; the conversation list is ordered by activity and counts unread.
 from __future__ import annotations
 
 import pytest
+
 from chatplane.storage.base import (
     ADMIN,
     DIRECT,
@@ -23,7 +24,6 @@ from chatplane.storage.base import (
     Storage,
     events_conversation_id,
 )
-
 from tests.storage.conftest import Backend
 from tests.storage.test_conformance import NOW, send
 

@@ -12,6 +12,7 @@ pytest.importorskip("cassandra")
 from cassandra import ConsistencyLevel, WriteType
 from cassandra.policies import RetryPolicy
 from cassandra.query import SimpleStatement
+
 from chatplane.storage import cql, migrations
 from chatplane.storage.base import MEMBER, OWNER, MembershipChange, StorageError
 from chatplane.storage.scylla_social import decode_change, encode_change, members_after

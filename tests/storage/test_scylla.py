@@ -21,7 +21,6 @@ from chatplane.storage.base import (
     direct_conversation_id,
 )
 from chatplane.storage.scylla import ScyllaStorage
-
 from tests.services import CqlService, free_port
 from tests.storage.conftest import drop_keyspace, new_keyspace, scylla_settings
 from tests.storage.test_conformance import NOW, send
