@@ -34,6 +34,7 @@ class ConditionType:
     """Condition types, in the metav1.Condition format."""
 
     READY = "Ready"
+    REPLICATION_READY = "ReplicationReady"
     AVAILABLE = "Available"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
@@ -58,6 +59,9 @@ class Reason:
     SECRET_GENERATED = "SecretGenerated"
     RECOVERED = "Recovered"
     ROLLOUT_PAUSED = "RolloutPaused"
+    REPLICATION_WIRED = "ReplicationWired"
+    MIGRATION_PENDING = "MigrationPending"
+    REGION_NOT_WIRED = "RegionNotWired"
     GATEWAY_DRAINING = "GatewayDraining"
     GATEWAY_REPLACED = "GatewayReplaced"
 
@@ -86,7 +90,20 @@ class Message:
         "characters"
     )
     NO_CQL_HOSTS = "regions[].cql.hosts needs at least one CQL contact point"
-    REPLICATION = "regions[].cql.replicationFactor must be between 1 and 9"
+    REPLICATION = "regions[].cql.replicationFactor must be between 0 and 9"
+    PEER_REPLICATION = "peers[].replicationFactor must be between 0 and 9"
+    NO_REPLICAS = "at least one region or peer needs cql.replicationFactor >= 1"
+    PEER_NAME = "peer names must be unique and differ from every region name"
+    PEER_DATACENTER = "peer datacenters must be unique and differ from every region's"
+    PEERS_NEED_TOKEN_SECRET = (
+        "with peers (regions run by other ChatClusters) the token signing key must be shared: "
+        "set auth.tokenSecretRef to a Secret the platform provides in every cluster"
+    )
+    REMOVED_WITH_REPLICAS = (
+        "a region or peer cannot be removed while the keyspace keeps replicas in its "
+        "datacenter: set its replicationFactor to 0 first, wait until status.storage.migrated "
+        "is true, then remove it"
+    )
 
 
 class SpecError(ValueError):
@@ -144,6 +161,16 @@ class Region:
     gateway: GatewayExposure
     redis: SecretKeyRef
     cql: Cql
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """A region run by another ChatCluster: dialed cross-region, replicated to by CQL."""
+
+    name: str
+    endpoint: str
+    datacenter: str
+    replication_factor: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +243,7 @@ class ChatCluster:
     ports: Ports
     observability: Observability
     token_secret: SecretKeyRef | None = None  # None: a generated Secret holds it
+    peers: tuple[Peer, ...] = ()
 
     def region(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)
@@ -332,7 +360,31 @@ def parse(body: Mapping[str, Any]) -> ChatCluster:
             metrics=bool(_get(_get(obs, "metrics", {}), "enabled", True)),
         ),
         token_secret=_ref(_get(spec, "auth", {}).get("tokenSecretRef"), "token"),
+        peers=tuple(Peer(name=str(p["name"]), endpoint=str(p.get("endpoint", "")),
+                         datacenter=str(_get(p, "datacenter", p["name"])),
+                         replication_factor=int(_get(p, "replicationFactor", 3)))
+                    for p in _get(spec, "peers", [])),
     )
+
+
+def _peer_errors(cluster: ChatCluster) -> list[str]:
+    errors: list[str] = []
+    names = [r.name for r in cluster.regions]
+    dcs = [r.datacenter for r in cluster.regions]
+    peer_names = [p.name for p in cluster.peers]
+    peer_dcs = [p.datacenter for p in cluster.peers]
+    if len(set(peer_names)) != len(peer_names) or set(peer_names) & set(names):
+        errors.append(Message.PEER_NAME)
+    if len(set(peer_dcs)) != len(peer_dcs) or set(peer_dcs) & set(dcs):
+        errors.append(Message.PEER_DATACENTER)
+    if any(not 0 <= p.replication_factor <= 9 for p in cluster.peers):
+        errors.append(Message.PEER_REPLICATION)
+    if cluster.regions and not any(r.cql.replication_factor for r in cluster.regions) \
+            and not any(p.replication_factor for p in cluster.peers):
+        errors.append(Message.NO_REPLICAS)
+    if cluster.peers and cluster.token_secret is None:
+        errors.append(Message.PEERS_NEED_TOKEN_SECRET)
+    return errors
 
 
 def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
@@ -360,8 +412,9 @@ def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
             errors.append(Message.TIER_REPLICAS)
         if not region.cql.hosts:
             errors.append(Message.NO_CQL_HOSTS)
-        if not 1 <= region.cql.replication_factor <= 9:
+        if not 0 <= region.cql.replication_factor <= 9:
             errors.append(Message.REPLICATION)
+    errors += _peer_errors(cluster)
     if cluster.upgrade.drain_rate <= 0:
         errors.append(Message.DRAIN_RATE)
     if not 1 <= cluster.upgrade.drain_deadline_seconds <= 3600:
@@ -372,5 +425,11 @@ def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
         old_names = {r.name for r in old.regions}
         if len(old_names) == len(set(names)) and old_names != set(names):
             errors.append(Message.RENAMED_REGION)
+        # a region may become a peer (another cluster takes it over) and back
+        kept = set(names) | {p.name for p in cluster.peers}
+        held = [r.name for r in old.regions if r.cql.replication_factor > 0]
+        held += [p.name for p in old.peers if p.replication_factor > 0]
+        if any(name not in kept for name in held):
+            errors.append(Message.REMOVED_WITH_REPLICAS)
     if errors:
         raise SpecError(list(dict.fromkeys(errors)))

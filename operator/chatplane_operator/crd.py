@@ -130,7 +130,7 @@ def _region() -> Schema:
                                       api.Cql.replication_factor),
         }, **{"x-kubernetes-validations": [
             _rule("has(self.hosts) && size(self.hosts) >= 1", api.Message.NO_CQL_HOSTS),
-            _rule("self.replicationFactor >= 1 && self.replicationFactor <= 9",
+            _rule("self.replicationFactor >= 0 && self.replicationFactor <= 9",
                   api.Message.REPLICATION),
         ]}),
     }, required=["name", "redis", "cql"])
@@ -173,6 +173,7 @@ def _spec() -> Schema:
                 "passwordKey": _str("Key of the password.", default="password"),
             }, required=["name"]),
         }, default={}),
+        "peers": _peers(),
         "auth": _obj("Token signing. Without tokenSecretRef a Secret is generated once.", {
             "tokenSecretRef": _secret_ref("Secret key holding the token signing key, shared by "
                                           "every region.", "token"),
@@ -217,7 +218,49 @@ def _spec() -> Schema:
                             "description": "Annotate pods for Prometheus scraping."},
             }, default={}),
         }, default={}),
-    }, required=["regions"])
+    }, required=["regions"], **{"x-kubernetes-validations": _spec_rules()})
+
+
+_DC = "(has({0}.datacenter) ? {0}.datacenter : {0}.name)"
+_KEPT = ("self.regions.exists(r, r.name == o.name) || "
+         "(has(self.peers) && self.peers.exists(p, p.name == o.name))")
+
+
+def _peers() -> Schema:
+    return {
+        "type": "array", "maxItems": api.MAX_REGIONS,
+        "description": "Regions run by other ChatClusters (another Kubernetes cluster): every "
+                       "region here dials them and the keyspace replicates to them.",
+        "items": _obj("A region of another ChatCluster.", {
+            "name": _str("Its region name.", maxLength=api.MAX_REGION_NAME,
+                         pattern=api.DNS_LABEL.pattern),
+            "endpoint": _str("Its cross-region endpoint (host:port of its im tier).",
+                             maxLength=253),
+            "datacenter": _str("Its CQL datacenter (default: the name).", maxLength=63),
+            "replicationFactor": _int("Replicas of the keyspace in its datacenter.",
+                                      api.Peer.replication_factor),
+        }, required=["name", "endpoint"], **{"x-kubernetes-validations": [
+            _rule("self.replicationFactor >= 0 && self.replicationFactor <= 9",
+                  api.Message.PEER_REPLICATION)]}),
+    }
+
+
+def _spec_rules() -> list[dict[str, Any]]:
+    return [
+        _rule("size(self.regions) == 0 || self.regions.exists(r, r.cql.replicationFactor >= 1)"
+              " || (has(self.peers) && self.peers.exists(p, p.replicationFactor >= 1))",
+              api.Message.NO_REPLICAS),
+        _rule("!has(self.peers) || self.peers.all(p, self.peers.exists_one(q, q.name == p.name)"
+              " && !self.regions.exists(r, r.name == p.name))", api.Message.PEER_NAME),
+        _rule(f"!has(self.peers) || self.peers.all(p, self.peers.exists_one(q, {_DC.format('q')}"
+              f" == {_DC.format('p')}) && !self.regions.exists(r, {_DC.format('r')} == "
+              f"{_DC.format('p')}))", api.Message.PEER_DATACENTER),
+        _rule("!has(self.peers) || size(self.peers) == 0 || (has(self.auth) && "
+              "has(self.auth.tokenSecretRef))", api.Message.PEERS_NEED_TOKEN_SECRET),
+        _rule(f"oldSelf.regions.all(o, o.cql.replicationFactor == 0 || {_KEPT}) && "
+              f"(!has(oldSelf.peers) || oldSelf.peers.all(o, o.replicationFactor == 0 || "
+              f"{_KEPT}))", api.Message.REMOVED_WITH_REPLICAS),
+    ]
 
 
 def _conditions() -> Schema:

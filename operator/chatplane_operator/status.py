@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chatplane_operator import api
+from chatplane_operator.specs import config
 
 C = api.ConditionType
 R = api.Reason
@@ -172,6 +173,8 @@ def compute(
                   else f"regions not ready: {', '.join(not_ready or progressing)}",
                   gen, prev, now),
     ]
+    storage = dict(migration) if migration is not None else dict(previous.get("storage") or {})
+    conditions.append(_replication(cluster, observations, storage, gen, prev, now))
     gateways_ready = sum(r["tiers"]["gateway"]["readyReplicas"] for r in regions)
     gateways_wanted = sum(r["tiers"]["gateway"]["replicas"] for r in regions)
     out = {
@@ -183,8 +186,29 @@ def compute(
         "connections": sum(int(r["connections"]) for r in regions),
         "version": cluster.image.version,
     }
-    if migration is not None:
-        out["storage"] = dict(migration)
-    elif previous.get("storage"):
-        out["storage"] = dict(previous["storage"])
+    if storage:
+        out["storage"] = storage
     return out
+
+
+def _replication(cluster: api.ChatCluster, observations: Mapping[str, RegionObservation],
+                 storage: Mapping[str, Any], gen: int, prev: Sequence[Mapping[str, Any]],
+                 now: str | None) -> dict[str, Any]:
+    """ReplicationReady: every region was applied with its full peer list (the ConfigMap's
+    CHATPLANE_PEERS) and the migration Job for the current keyspace map has succeeded."""
+    unwired = [r.name for r in cluster.regions
+               if (observations.get(r.name) or RegionObservation({})).error is not None
+               or r.name not in observations]
+    keyspace = config.replication_map(cluster)
+    peers = len(cluster.regions) - 1 + len(cluster.peers)
+    if unwired:
+        return condition(C.REPLICATION_READY, False, R.REGION_NOT_WIRED,
+                         f"regions not given their peer list: {', '.join(unwired)}", gen, prev,
+                         now)
+    if not storage.get("migrated"):
+        return condition(C.REPLICATION_READY, False, R.MIGRATION_PENDING,
+                         f"keyspace replication {keyspace} waits for Job "
+                         f"{storage.get('migrationJob', '(not created)')}", gen, prev, now)
+    return condition(C.REPLICATION_READY, True, R.REPLICATION_WIRED,
+                     f"every region lists its {peers} peer(s); keyspace replication {keyspace} "
+                     f"applied by Job {storage.get('migrationJob')}", gen, prev, now)

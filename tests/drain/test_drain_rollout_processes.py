@@ -19,10 +19,10 @@ import os
 import time
 
 import pytest
+
 from chatplane.bench.idle import connect_all, heartbeats
 from chatplane.bench.rawclient import RawClient
 from chatplane_operator import drain
-
 from tests.cluster.conftest import Chat, ClusterFactory
 from tests.drain.fleet_cluster import ClusterFleet
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from chatplane_operator import api
 from conftest import region
+
+from chatplane_operator import api
 
 M = api.Message
 
@@ -33,6 +34,16 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("drain-deadline", _set("upgrade", {"drainDeadlineSeconds": 0}), M.DRAIN_DEADLINE),
     ("no-cql-hosts", _set("regions.0.cql", {"hosts": []}), M.NO_CQL_HOSTS),
     ("replication", _set("regions.0.cql.replicationFactor", 12), M.REPLICATION),
+    ("no-replicas", lambda s: [r["cql"].update(replicationFactor=0) for r in s["regions"]],
+     M.NO_REPLICAS),
+    ("peer-named-as-region", _set("peers", [{"name": "eu", "endpoint": "x:1", "datacenter": "x"}]),
+     M.PEER_NAME),
+    ("peer-dc-of-a-region", _set("peers", [{"name": "ap", "endpoint": "x:1", "datacenter": "eu"}]),
+     M.PEER_DATACENTER),
+    ("peer-replication", _set("peers", [{"name": "ap", "endpoint": "x:1",
+                                         "replicationFactor": 10}]), M.PEER_REPLICATION),
+    ("peers-without-token-secret", _set("peers", [{"name": "ap", "endpoint": "x:1"}]),
+     M.PEERS_NEED_TOKEN_SECRET),
 ]
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chatplane_operator import api, apidoc
 from spec_cases import INVALID
+
+from chatplane_operator import api, apidoc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +66,18 @@ def test_transition_rules(body: dict[str, Any]) -> None:
         api.validate(api.parse(keyspace), old)
     removed = copy.deepcopy(body)
     removed["spec"]["regions"].pop()
-    api.validate(api.parse(removed), old)
+    with pytest.raises(api.SpecError, match="cannot be removed while the keyspace keeps"):
+        api.validate(api.parse(removed), old)
+    # decommissioned first (replication factor 0), then removed
+    emptied = copy.deepcopy(body)
+    emptied["spec"]["regions"][1]["cql"]["replicationFactor"] = 0
+    api.validate(api.parse(emptied), old)
+    api.validate(api.parse(removed), api.parse(emptied))
+    # handed over to another cluster: it becomes a peer
+    handed = copy.deepcopy(removed)
+    handed["spec"]["peers"] = [{"name": "us", "endpoint": "im.us.example:9090"}]
+    handed["spec"]["auth"] = {"tokenSecretRef": {"name": "token"}}
+    api.validate(api.parse(handed), old)
 
 
 def test_bad_region_name(body: dict[str, Any]) -> None:

@@ -10,8 +10,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from chatplane_operator import crd
 from kube_chart import CHART, helm, render, run
+
+from chatplane_operator import crd
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from chatplane_operator import api
 from conftest import cluster_body, region
 from kube_client import Kube, KubeError
 from spec_cases import INVALID
+
+from chatplane_operator import api
 
 pytestmark = pytest.mark.kube
 M = api.Message

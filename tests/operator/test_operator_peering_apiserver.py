@@ -10,10 +10,11 @@ from typing import Any
 import kube_chart
 import kube_controlplane
 import pytest
-from chatplane_operator import peering
 from conftest import OperatorProcess, wait_until
 from kube_children import cluster_status, wait_reconciled
 from kube_client import Kube
+
+from chatplane_operator import peering
 
 pytestmark = pytest.mark.kube
 

@@ -11,7 +11,6 @@ import urllib.request
 from typing import Any
 
 import pytest
-from chatplane_operator import api
 from conftest import OperatorProcess, mark_workloads_ready, secrets_for, wait_until
 from kube_children import (
     SELECTOR,
@@ -22,6 +21,8 @@ from kube_children import (
     wait_reconciled,
 )
 from kube_client import Kube
+
+from chatplane_operator import api
 
 pytestmark = pytest.mark.kube
 
@@ -138,7 +139,7 @@ def test_status_reports_conditions_and_region_figures(
                         cluster_status(kube, namespace), 20, "status")
     assert status["observedGeneration"] == 1
     assert {c["type"] for c in status["conditions"]} == {"Ready", "Available", "Progressing",
-                                                        "Degraded"}
+                                                        "Degraded", "ReplicationReady"}
     assert condition(status, "Ready")["status"] == "False"
     assert condition(status, "Degraded")["status"] == "False"
     assert status["readyRegions"] == "0/2"
@@ -218,11 +219,13 @@ def test_removed_region_is_pruned(
     make_cluster(("eu", "us"))
     wait_reconciled(kube, namespace, 2)
     regions = kube.get("ChatCluster", namespace, "chat")["spec"]["regions"]
+    regions[1]["cql"]["replicationFactor"] = 0  # decommission first (the CRD insists)
+    kube.merge_patch("ChatCluster", namespace, "chat", {"spec": {"regions": regions}})
     kube.merge_patch("ChatCluster", namespace, "chat", {"spec": {"regions": regions[:1]}})
     objs = wait_reconciled(kube, namespace, 1)
     assert all("-us-" not in name for _, name in objs)
-    status = wait_until(lambda: cluster_status(kube, namespace).get("observedGeneration") == 2
-                        and cluster_status(kube, namespace), 20, "status of generation 2")
+    status = wait_until(lambda: cluster_status(kube, namespace).get("observedGeneration") == 3
+                        and cluster_status(kube, namespace), 20, "status of generation 3")
     assert [r["name"] for r in status["regions"]] == ["eu"]
     peers = kube.get("ConfigMap", namespace, "chat-eu-config")["data"]["CHATPLANE_PEERS"]
     assert peers == "[]"

@@ -9,9 +9,10 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+from conftest import cluster_body
+
 from chatplane_operator import api
 from chatplane_operator.specs import bundle, config, jobs, naming, pods, workloads
-from conftest import cluster_body
 
 K8S_VERSIONS = ("1.29", "1.30", "1.31", "1.32", "1.33")
 
@@ -221,3 +222,23 @@ def test_every_setting_is_one_the_data_plane_reads(body: dict[str, Any]) -> None
         ours |= {e["name"] for e in pods.container(cluster, region, tier)["env"]
                  if e["name"].startswith("CHATPLANE_")}
     assert ours - known <= PENDING_IN_DATA_PLANE, sorted(ours - known - PENDING_IN_DATA_PLANE)
+
+
+def test_peers_of_other_clusters_are_wired_into_every_region(body: dict[str, Any]) -> None:
+    body["spec"]["peers"] = [{"name": "ap", "endpoint": "im.ap.example:9090",
+                              "datacenter": "ap-south", "replicationFactor": 2}]
+    body["spec"]["auth"] = {"tokenSecretRef": {"name": "shared-token", "key": "token"}}
+    body["spec"]["regions"][1]["cql"]["replicationFactor"] = 0  # us: being decommissioned
+    cluster = api.parse(body)
+    api.validate(cluster)
+    for region in cluster.regions:
+        data = config.config_data(cluster, region)
+        peers = json.loads(data["CHATPLANE_PEERS"])
+        assert [p["name"] for p in peers] == [r.name for r in cluster.regions
+                                              if r.name != region.name] + ["ap"]
+        assert peers[-1] == {"name": "ap", "endpoint": "im.ap.example:9090",
+                             "datacenter": "ap-south"}
+        assert json.loads(data["CHATPLANE_CQL_REPLICATION"]) == {"eu": 3, "ap-south": 2}
+        env = {e["name"]: e for e in config.secret_env(cluster, region)}
+        assert env["CHATPLANE_TOKEN_SECRET"]["valueFrom"]["secretKeyRef"] == {
+            "name": "shared-token", "key": "token"}

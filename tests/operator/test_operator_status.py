@@ -28,12 +28,35 @@ def test_all_ready(body: dict[str, Any]) -> None:
     st = status.compute(cluster, obs, now=NOW)
     assert st["observedGeneration"] == 1
     assert {c["type"]: c["status"] for c in st["conditions"]} == {
-        "Ready": "True", "Available": "True", "Progressing": "False", "Degraded": "False"}
+        "Ready": "True", "Available": "True", "Progressing": "False", "Degraded": "False",
+        "ReplicationReady": "False"}  # no migration Job has succeeded yet
     assert st["readyRegions"] == "2/2" and st["readyGateways"] == "6/6"
     assert st["connections"] == 20
     for c in st["conditions"]:
         assert set(c) == {"type", "status", "reason", "message", "observedGeneration",
                           "lastTransitionTime"}
+
+
+def test_replication_ready_needs_every_region_wired_and_the_map_migrated(
+    body: dict[str, Any],
+) -> None:
+    body["spec"]["peers"] = [{"name": "ap", "endpoint": "im.ap.example:9090",
+                              "datacenter": "ap-south", "replicationFactor": 2}]
+    cluster = api.parse(body)
+    obs = {r.name: status.RegionObservation(ready_tiers(cluster, r)) for r in cluster.regions}
+    pending = status.compute(cluster, obs, now=NOW, migration={"migrationJob": "j",
+                                                               "migrated": False})
+    assert cond(pending, "ReplicationReady")["reason"] == "MigrationPending"
+    assert "{'eu': 3, 'us': 3, 'ap-south': 2}" in cond(pending, "ReplicationReady")["message"]
+    done = status.compute(cluster, obs, pending, now=LATER,
+                          migration={"migrationJob": "j", "migrated": True})
+    ready = cond(done, "ReplicationReady")
+    assert (ready["status"], ready["reason"]) == ("True", "ReplicationWired")
+    assert "every region lists its 2 peer(s)" in ready["message"]
+    obs["us"] = status.RegionObservation({}, error=("SecretNotFound", "no redis"))
+    broken = status.compute(cluster, obs, done, now=LATER)  # the Job status is kept
+    assert cond(broken, "ReplicationReady")["reason"] == "RegionNotWired"
+    assert broken["storage"] == {"migrationJob": "j", "migrated": True}
 
 
 def test_nothing_observed_is_not_ready_nor_available(body: dict[str, Any]) -> None:

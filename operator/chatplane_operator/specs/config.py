@@ -21,8 +21,9 @@ ADMIN_KEY = "admin"
 
 
 def peers(cluster: api.ChatCluster, region: api.Region) -> list[dict[str, str]]:
-    """The other regions of this cluster, as CHATPLANE_PEERS entries."""
-    return [
+    """Every other region, this cluster's and other clusters' (`spec.peers`), as
+    CHATPLANE_PEERS entries."""
+    own = [
         {
             "name": other.name,
             "endpoint": f"{naming.service_host(cluster, other, 'im')}:{cluster.ports.grpc}",
@@ -31,11 +32,17 @@ def peers(cluster: api.ChatCluster, region: api.Region) -> list[dict[str, str]]:
         for other in cluster.regions
         if other.name != region.name
     ]
+    return own + [{"name": p.name, "endpoint": p.endpoint, "datacenter": p.datacenter}
+                  for p in cluster.peers]
 
 
 def replication_map(cluster: api.ChatCluster) -> dict[str, int]:
-    """The keyspace's NetworkTopologyStrategy map: datacenter -> replication factor."""
-    return {r.datacenter: r.cql.replication_factor for r in cluster.regions}
+    """The keyspace's NetworkTopologyStrategy map: datacenter -> replication factor, over this
+    cluster's regions and its peers; a datacenter at 0 (being decommissioned) is left out, so
+    the migration Job drops it from the keyspace."""
+    out = {r.datacenter: r.cql.replication_factor for r in cluster.regions}
+    out.update({p.datacenter: p.replication_factor for p in cluster.peers})
+    return {dc: rf for dc, rf in out.items() if rf > 0}
 
 
 def config_data(cluster: api.ChatCluster, region: api.Region) -> dict[str, str]:
