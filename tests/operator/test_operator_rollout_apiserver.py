@@ -136,3 +136,33 @@ def test_a_new_pod_that_never_gets_ready_pauses_then_resumes(
                == "False", 20, "Degraded cleared")
     assert [name for name, rev in pods.created if rev == new] == [
         f"{STS}-2", f"{STS}-1", f"{STS}-0"]
+
+
+def test_an_operator_restart_mid_drain_follows_that_drain(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+) -> None:
+    """The rollout's state lives on the pods: a restarted operator follows the drain under
+    way (no second drain call to that pod) and finishes the rollout."""
+    slow = FakeDrainEndpoint(160)  # 4 s per pod at RATE
+    try:
+        _start(kube, namespace, make_cluster, slow)
+        with GatewayPods(kube, namespace, STS, slow) as pods:
+            _bump(kube, namespace, "0.4.0")
+            wait_until(lambda: _rollout(kube, namespace).get("draining") == f"{STS}-2", 30,
+                       "the first drain")
+            operator.stop()
+            assert len(slow.posts) == 1
+            pod = kube.get("Pod", namespace, f"{STS}-2")
+            assert "chatplane.dev/draining-since" in pod["metadata"]["annotations"]
+            operator.start()
+            wait_until(lambda: _rollout(kube, namespace).get("phase") == "Done"
+                       and _rollout(kube, namespace).get("targetVersion") == "0.4.0", 60,
+                       "the rollout finished by the restarted operator")
+            assert len(slow.posts) == 3
+            new = pods.revision()
+            assert [name for name, rev in pods.created if rev == new] == [
+                f"{STS}-2", f"{STS}-1", f"{STS}-0"]
+        replaced = _events(kube, namespace, "GatewayReplaced")
+        assert len(replaced) == 3 and all("(drained," in m for m in replaced), replaced
+    finally:
+        slow.close()
