@@ -10,10 +10,16 @@ message. Every client, the sending one too, consumes its `messages()` stream
 into the `DeliveryChecker`; the receiver side also records the latency from the
 send call (a monotonic timestamp carried in the text) to receipt.
 
+Options: several devices per user (each a client that must get every
+message), chaos (abruptly cut a random share of the connections every so many
+seconds while load is offered), and the server's CPU read from its /metrics
+around the run.
+
 After D seconds the pacing stops, what was due but not yet sent is dropped
 (counted as `unsent`), in-flight sends get `drain_timeout` seconds to be acked,
-and the run waits (within the same bound) for every acked message to reach both
-ends before closing the clients and asking the checker for its verdict.
+and the run waits (within the same bound) for every acked message to reach
+every device. Each receiver then pulls its conversation's last page with
+`history()` for the checker, and the clients close.
 """
 
 from __future__ import annotations
