@@ -86,7 +86,7 @@ class Client(SocialApi):
                  max_frame_bytes: int = 64 * 1024, heartbeat_s: float | None = None,
                  backoff_max_s: float = 10.0, sync_page: int = 500,
                  http: aiohttp.ClientSession | None = None,
-                 resume: dict[str, Any] | None = None) -> None:
+                 resume: dict[str, Any] | None = None, request_timeout_s: float = 30.0) -> None:
         if transport not in ("ws", "tcp"):
             raise ValueError("transport must be 'ws' or 'tcp'")
         self.url = url
@@ -115,6 +115,9 @@ class Client(SocialApi):
         self._connected = asyncio.Event()
         self._next_id = 0
         self._acked_sent = 0
+        self._server_max_frame = max_frame_bytes
+        self.request_timeout_s = request_timeout_s
+        self.store_resets = 0  # times the server's history was found behind this device
         self._ack_timer: asyncio.TimerHandle | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._resync = False
@@ -181,6 +184,12 @@ class Client(SocialApi):
         cid = self._cids.next()
         body = pb.Send(conversation_id=conversation_id, cid=cid, text=text, payload=payload,
                        content_type=content_type)
+        size = body.ByteSize() + 32  # the frame around it
+        if size > self._server_max_frame:
+            # refused here: queued, it would be resent (and refused) forever
+            raise RequestError(int(ErrorCode.FRAME_TOO_LARGE),
+                               f"message of about {size} bytes over the server's "
+                               f"{self._server_max_frame}-byte frame limit")
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._pending[cid] = (body, future)
         if self._connected.is_set() and self._conn is not None:
@@ -224,13 +233,22 @@ class Client(SocialApi):
         self._next_id += 1
         return self._next_id
 
-    async def _request(self, frame: pb.Frame, attempts: int = 8) -> pb.Frame:
-        """An idempotent request, retried across reconnects and retriable errors."""
+    async def _request(self, frame: pb.Frame, attempts: int = 8,
+                       timeout_s: float | None = None) -> pb.Frame:
+        """An idempotent request, retried across reconnects and retriable errors,
+        for at most `timeout_s` in all (then UNAVAILABLE)."""
         delay = 0.05
+        loop = asyncio.get_running_loop()
+        timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
+        deadline = loop.time() + timeout_s
         for attempt in range(attempts):
             if self._closed:
                 raise ClientClosed("client closed")
-            await self._connected.wait()
+            try:
+                await asyncio.wait_for(self._connected.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise RequestError(int(ErrorCode.UNAVAILABLE),
+                                   f"not connected for {timeout_s:.0f} s", True) from None
             conn = self._conn
             if conn is None:
                 continue
@@ -240,7 +258,10 @@ class Client(SocialApi):
             conn.waiting[frame.id] = future
             try:
                 await conn.link.send(frame.SerializeToString())
-                return await future
+                return await asyncio.wait_for(future, max(0.1, deadline - loop.time()))
+            except TimeoutError:
+                raise RequestError(int(ErrorCode.UNAVAILABLE),
+                                   f"no answer within {timeout_s:.0f} s", True) from None
             except (LinkClosed, ConnectionResetError):
                 pass  # reconnecting; try again on the next connection
             except RequestError as exc:
@@ -293,11 +314,16 @@ class Client(SocialApi):
 
     async def _run(self) -> None:
         attempt = 0
+        logins = 0
         while not self._closed:
             conn: _Connection | None = None
+            up_since = 0.0
             try:
                 conn = await self._open()
-                attempt = 0
+                logins += 1
+                if logins > 1:
+                    self.reconnects += 1
+                up_since = time.monotonic()
                 await self._serve(conn)
             except asyncio.CancelledError:
                 raise
@@ -319,7 +345,8 @@ class Client(SocialApi):
                         await conn.link.close()
             if self._closed:
                 return
-            self.reconnects += 1
+            if up_since and time.monotonic() - up_since > 2.0:
+                attempt = 0  # it stayed up: start the backoff over
             if conn is not None and conn.reconnect_delay_ms is not None:
                 delay = conn.reconnect_delay_ms / 1000 * (1 + random.random())
             else:  # full jitter exponential backoff
@@ -353,7 +380,17 @@ class Client(SocialApi):
         if kind != "login_ack":
             raise LinkClosed(f"expected login_ack, got {kind}")
         ack = reply.login_ack
-        self._acked_sent = self._cursor.have  # the login told the server as much
+        if ack.inbox_head < self._cursor.have:
+            # The server has less than this device holds: its storage lost
+            # history (restored from a backup, or wiped). Start over from what
+            # it has, or new messages would be taken for duplicates.
+            log.warning("server inbox head %d is behind this device (%d): resyncing from 0",
+                        ack.inbox_head, self._cursor.have)
+            self._cursor = InboxCursor(0)
+            self._order = ConversationOrder()
+            self.store_resets += 1
+        self._server_max_frame = ack.max_frame_bytes or self._server_max_frame
+        self._acked_sent = min(self._cursor.have, ack.inbox_head)
         self.user_id, self.device_id, self.inbox_head = ack.user_id, ack.device_id, ack.inbox_head
         if self.heartbeat_s is None:
             self.heartbeat_s = max(ack.heartbeat_interval_ms / 1000, 0.5)
@@ -404,6 +441,12 @@ class Client(SocialApi):
             elif kind == "reconnect":
                 conn.reconnect_delay_ms = frame.reconnect.delay_ms
                 raise LinkClosed(f"server asked to reconnect: {frame.reconnect.reason}")
+            elif kind == "error" and frame.error.fatal and frame.id in conn.waiting:
+                # the request that made the server close: fail it, then reconnect
+                future = conn.waiting.pop(frame.id)
+                if not future.done():
+                    future.set_exception(RequestError(frame.error.code, frame.error.message, False))
+                raise LinkClosed(f"server closed: {frame.error.message}")
             elif kind == "error" and frame.id == 0:
                 error = RequestError(frame.error.code, frame.error.message, frame.error.retriable)
                 if frame.error.fatal:

@@ -141,7 +141,9 @@ class Connection:
         self.conn_id = self.gateway.new_conn_id()
         delivery = self.gateway.settings.delivery
         self.window = DownlinkWindow(
-            acked=login.inbox_seq,
+            # a device that claims more than exists (the store lost history)
+            # is pushed everything past the real head
+            acked=min(login.inbox_seq, head),
             head=head,
             capacity=delivery.push_window,
             rto_ms=delivery.retransmit_ms,
