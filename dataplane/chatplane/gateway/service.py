@@ -175,20 +175,23 @@ class Gateway:
         self._drain_task = asyncio.get_running_loop().create_task(self._drain(rate, deadline_s))
 
     async def _drain(self, rate: float, deadline_s: float) -> None:
-        # Paced by schedule, not by summed sleeps: connection i goes at
-        # start + i/rate (+- half a slot of jitter), so the rate holds even
-        # when each step or the loop's wakeups are slow.
+        # Paced by schedule, not by summed sleeps: each connection goes one
+        # slot (1/rate, +- half a slot of jitter) after the previous one's
+        # slot, so slow steps do not lower the rate; but a stall earns no
+        # credit (the schedule never lags now by more than half a slot), so
+        # the loop never catches up in a burst above the rate.
         start = time.monotonic()
         deadline = start + deadline_s
         delay_ms = self.settings.drain.reconnect_delay_ms
-        sent = 0
+        slot = 1.0 / rate
+        due = start
         while self.connections and time.monotonic() < deadline:
             conn = next(iter(self.connections))
             conn.reconnect(random.randint(0, delay_ms), "gateway draining")
             self.forget(conn)
-            sent += 1
-            wait = start + (sent + random.uniform(-0.5, 0.5)) / rate - time.monotonic()
-            await asyncio.sleep(max(0.0, wait))
+            now = time.monotonic()
+            due = max(due + slot, now - slot / 2)
+            await asyncio.sleep(max(0.0, due + random.uniform(-0.5, 0.5) * slot - now))
         for conn in list(self.connections):  # the deadline passed: the rest at once
             conn.reconnect(random.randint(0, delay_ms), "gateway drain deadline")
             self.forget(conn)
