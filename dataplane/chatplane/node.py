@@ -86,7 +86,9 @@ class Node:
     async def _metrics(self, request: web.Request) -> web.Response:
         from chatplane.rpc.serving import process_metrics
 
-        return web.Response(text=self.gateway.metrics.render() + process_metrics(),
+        text = (self.gateway.metrics.render() + "\n".join(self.state.groups.fanout_ms.render())
+                + "\n" + process_metrics())
+        return web.Response(text=text,
                             content_type="text/plain", charset="utf-8")
 
     def _authorized(self, request: web.Request) -> bool:

@@ -193,12 +193,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_s": round(cpu, 2),
         "server_cpu_pct": round(100 * cpu / elapsed) if elapsed else None,
         "server_rss_mib": round(after.get("chatplane_process_rss_bytes", 0) / 2**20, 1),
+        # the server's own part: from a flush's start to the frame queued for
+        # the last member (the rest of last_member_ms is the network and clients)
+        "server_fanout_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_ms"),
         "receipts_ms": {
             "calls": len(receipts_ms),
             "p50": round(statistics.median(receipts_ms), 1) if receipts_ms else None,
             "p99": round(sorted(receipts_ms)[int(0.99 * (len(receipts_ms) - 1))], 1) if receipts_ms else None,
         },
     }
+
+
+def _mean_delta(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    total = after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)
+    return round(total / count, 1) if count else None
 
 
 def run_command(args: argparse.Namespace) -> int:

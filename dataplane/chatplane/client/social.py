@@ -213,7 +213,7 @@ class SocialApi:
             conversation_id=conversation_id, seq=seq)))
         return reply.mark_read_ack.read_seq
 
-    async def receipts(self, conversation_id: str, seq: int, page: int = 5000) -> Receipts:
+    async def receipts(self, conversation_id: str, seq: int, page: int = 10_000) -> Receipts:
         """Who of the members has read message `seq`, and who has not (the
         sender and members who joined later are in neither list). Fetches
         every page of `page` members."""

@@ -198,9 +198,9 @@ class Connection:
     def push_raw(self, payload: bytes) -> None:
         """An encoded frame shared by many devices (large-group pushes); no
         ack window: the client pulls what it misses by seq."""
-        if self.session.phase is Phase.ACTIVE:
-            self.session.send_bytes(payload)
-            self.flush()
+        if self.session.phase is Phase.ACTIVE:  # straight out: nothing else is queued here
+            self.session.frames_out += 1
+            self.transport.write([payload])
 
     def kick(self, reason: str) -> None:
         if self.session.closed:

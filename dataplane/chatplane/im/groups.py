@@ -61,7 +61,7 @@ class Groups:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{conversation_id!r} is not a group")
         if conversation.extra.get("dissolved"):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"group {conversation_id!r} is dissolved")
-        roles = {m.user_id: m.role for m in await self.im.storage.members(conversation_id)}
+        roles = {m.user_id: m.role for m in await self.im.member_list(conversation_id)}
         mine = roles.get(user, "")
         manager = mine in (OWNER, ADMIN)
         action = op.action
@@ -199,7 +199,7 @@ class Groups:
                       limit: int) -> pb.MembersResponse:
         await self.im.require_member(user, conversation_id)
         limit = max(1, min(limit or 500, 5000))
-        members = await self.im.storage.members(conversation_id)
+        members = await self.im.member_list(conversation_id)
         page = [m for m in members if m.user_id > after]
         return pb.MembersResponse(
             members=[pb.Member(user_id=m.user_id, role=m.role, joined_seq=m.joined_seq)

@@ -30,6 +30,7 @@ from chatplane.storage.base import (
     Conversation,
     ConversationNotFound,
     InboxItem,
+    Member,
     SendRequest,
     Storage,
     StorageUnavailable,
@@ -83,6 +84,7 @@ class ImService:
         self._conversations: dict[str, Conversation] = {}
         self._events_ready: set[str] = set()
         self._spans: dict[tuple[str, str], tuple[int, int]] = {}
+        self._member_lists: dict[str, list[Member]] = {}
         self.hot = HotCache(self.social_settings.hot_cache_messages)
         self._event_cids = CidAllocator()
         self.sent = 0
@@ -104,6 +106,17 @@ class ImService:
 
     def forget_members(self, conversation_id: str) -> None:
         self._conversations.pop(conversation_id, None)
+        self._member_lists.pop(conversation_id, None)
+
+    async def member_list(self, conversation_id: str) -> list[Member]:
+        """Members with roles and join seqs, cached like `conversation`."""
+        members = self._member_lists.get(conversation_id)
+        if members is None:
+            members = await self.storage.members(conversation_id)
+            if len(self._member_lists) > 1000:
+                self._member_lists.clear()
+            self._member_lists[conversation_id] = members
+        return members
 
     async def require_member(self, user_id: str, conversation_id: str, *,
                              fresh: bool = False) -> Conversation:

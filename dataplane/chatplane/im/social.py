@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from chatplane.im.service import ImService
 
 MAX_NOTE = 256
+MAX_RECEIPTS_PAGE = 10_000  # a 10,000-member group answers in one page
 
 
 def relation_pb(user_id: str, r: Relation) -> pb.Relation:
@@ -196,11 +197,11 @@ class Social:
         if not 0 < seq <= conversation.head_seq:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT,
                                 f"seq {seq} outside 1..{conversation.head_seq}")
-        limit = max(1, min(limit or 1000, 5000))
+        limit = max(1, min(limit or 1000, MAX_RECEIPTS_PAGE))
         try:
             (message,) = await self.im.storage.history(conversation_id, after_seq=seq - 1,
                                                        before_seq=seq + 1, limit=1)
-            members = await self.im.storage.members(conversation_id)
+            members = await self.im.member_list(conversation_id)
             positions = await self.im.storage.read_positions(conversation_id)
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from chatplane.delivery.fanout import Flush, GroupBatcher
+from chatplane.metrics import Histogram
 from chatplane.protocol import wire
 from chatplane.storage.base import StoredMessage
 
@@ -50,6 +51,9 @@ class GroupFanout:
         self.max_share = max_share
         self._groups: dict[str, _Group] = {}
         self.frames_pushed = 0
+        # from a flush's start until its frame is queued for the last member
+        self.fanout_ms = Histogram("chatplane_group_fanout_ms",
+                                   "large-group flush: time to queue the frame for every member")
 
     def offer(self, conversation_id: str, members: Sequence[str], message: StoredMessage) -> None:
         group = self._groups.get(conversation_id)
@@ -103,6 +107,7 @@ class GroupFanout:
                             log.exception("group push failed")
                 await asyncio.sleep(0)
             spent_ms = (loop.time() - started) * 1000
+            self.fanout_ms.observe(spent_ms)
             group.batcher.interval_ms = max(self.interval_ms, spent_ms / self.max_share)
         if group.batcher.deadline() is None and group.timer is None:
             self._groups.pop(conversation_id, None)
