@@ -131,3 +131,34 @@ async def test_a_second_login_of_the_same_device_ends_the_first(server: ServerPr
     finally:
         first.kill()
         second.kill()
+
+
+async def test_friends_groups_list_and_reads_from_the_terminal(server: ServerProcess) -> None:
+    ivy = await Chat.start(server, "ivy")
+    jon = await Chat.start(server, "jon")
+    try:
+        await ivy.type("/add jon lunch?")
+        await jon.expect("* friends: ivy request jon lunch?")
+        await jon.type("/accept ivy")
+        await jon.expect("ivy: friends")
+        await ivy.type("/friends")
+        await ivy.expect("friends: jon")
+        await ivy.type("/group lunch jon", "noon at the usual place")
+        await ivy.expect("group lunch")
+        await jon.expect("* ivy created jon lunch")
+        await jon.expect("ivy: noon at the usual place")
+        await jon.type("/list")
+        line = await jon.expect("unread 1")
+        group = line.split()[0]
+        await jon.type(f"/open {group}", "/read")
+        await jon.expect("read up to #2")
+        await ivy.expect("* jon read lunch up to #2")
+        await ivy.type("/receipts 2")
+        await ivy.expect("read: jon; not yet: -")
+        await ivy.type("/members")
+        await ivy.expect("ivy (owner), jon (member)")
+        assert await ivy.quit() == 0
+        assert await jon.quit() == 0
+    finally:
+        ivy.kill()
+        jon.kill()

@@ -25,13 +25,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from chatplane.client import chat_social
+
 HELP = """commands:
   /dm USER       open the 1:1 conversation with USER (it becomes the current one)
   /history [N]   the last N (default 20) messages of the current conversation
   /who           who you are, the current conversation, reconnects so far
+{social}
   /help          this text
   /quit          leave (end of input too)
 anything else is sent to the current conversation"""
+HELP = HELP.replace("{social}", chat_social.HELP)
 
 
 REQUEST_TIMEOUT_S = 15.0  # /dm and /history give up after this; sends never do
@@ -95,6 +99,8 @@ class ChatSession:
             )
         elif cmd == "/help":
             self.write(HELP)
+        elif cmd in chat_social.COMMANDS:
+            await chat_social.run(self, cmd, rest)
         else:
             self.write(f"unknown command {cmd}; /help lists them")
         return True
@@ -150,8 +156,11 @@ class ChatSession:
                 self.outbox.task_done()
 
     async def receive_loop(self) -> None:
-        async for m in self.client.messages():
-            self.write(self.format(m))
+        async for event in self.client.events():
+            line = (self.format(event.message) if event.kind == "message"
+                    else chat_social.describe(event, self))
+            if line:
+                self.write(line)
 
 
 async def _stdin_lines() -> AsyncIterator[str]:
