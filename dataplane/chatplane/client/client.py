@@ -371,13 +371,21 @@ class Client(SocialApi):
         login = pb.Frame(id=self._new_id(), login=pb.Login(
             protocol_version=1, token=self.token, inbox_seq=self._cursor.have,
             client_name="chatplane-python"))
-        await link.send(login.SerializeToString())
-        reply = pb.Frame()
-        reply.ParseFromString(await asyncio.wait_for(link.recv(), 10))
+        try:
+            await link.send(login.SerializeToString())
+            reply = pb.Frame()
+            reply.ParseFromString(await asyncio.wait_for(link.recv(), 10))
+        except BaseException:
+            # Drop the connection for good: left open, its login could still
+            # succeed later and replace (kick) the next, newer connection.
+            link.abort()
+            raise
         kind = reply.WhichOneof("body")
         if kind == "error":
+            link.abort()
             raise RequestError(reply.error.code, reply.error.message, reply.error.retriable)
         if kind != "login_ack":
+            link.abort()
             raise LinkClosed(f"expected login_ack, got {kind}")
         ack = reply.login_ack
         if ack.inbox_head < self._cursor.have:

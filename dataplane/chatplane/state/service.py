@@ -33,6 +33,11 @@ class DeviceLink(Protocol):
         """Queue an already encoded frame (large-group pushes)."""
 
 
+def _opened(link: DeviceLink) -> float:
+    session = getattr(link, "session", None)
+    return float(getattr(session, "opened_ms", 0.0))
+
+
 class StateService:
     def __init__(self, *, group_interval_ms: float = 100, group_max_messages: int = 200) -> None:
         self._links: dict[str, dict[str, DeviceLink]] = defaultdict(dict)
@@ -52,6 +57,11 @@ class StateService:
     async def register(self, link: DeviceLink) -> None:
         devices = self._links[link.user_id]
         previous = devices.get(link.device_id)
+        if previous is not None and previous is not link and _opened(previous) > _opened(link):
+            # a login that was slow to finish on an older connection must not
+            # replace the device's newer one: the older connection goes
+            link.kick("the device logged in on a newer connection")
+            return
         devices[link.device_id] = link
         if previous is not None and previous is not link:
             previous.kick("the device logged in on another connection")
