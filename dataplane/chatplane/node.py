@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
+from chatplane.gateway import drainapi
 from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
 from chatplane.im.admin import AdminApi
@@ -91,25 +92,11 @@ class Node:
         return web.Response(text=text,
                             content_type="text/plain", charset="utf-8")
 
-    def _authorized(self, request: web.Request) -> bool:
-        import hmac
-        given = request.headers.get("Authorization", "")
-        return given.startswith("Bearer ") and hmac.compare_digest(
-            given[7:].encode(), self.admin_secret.encode())
-
     async def _drain(self, request: web.Request) -> web.Response:
-        if not self._authorized(request) and request.remote not in ("127.0.0.1", "::1"):
-            return web.json_response({"error": "admin secret required"}, status=401)
-        try:
-            body = await request.json() if request.can_read_body else {}
-            rate = float(body.get("rate", self.settings.drain.rate))
-            deadline = float(body.get("deadline_s", self.settings.drain.deadline_s))
-        except (ValueError, TypeError, AttributeError):
-            return web.json_response({"error": "body: {\"rate\": >0, \"deadline_s\": >0}"},
-                                     status=400)
-        if rate <= 0 or deadline <= 0:
-            return web.json_response({"error": "rate and deadline_s must be > 0"}, status=400)
-        self.gateway.drain(rate, deadline)
+        asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain)
+        if isinstance(asked, web.Response):
+            return asked
+        self.gateway.drain(*asked)
         return web.json_response(self.gateway.drain_status(), status=202)
 
     async def _drain_status(self, request: web.Request) -> web.Response:

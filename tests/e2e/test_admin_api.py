@@ -93,3 +93,15 @@ async def test_groups_from_the_admin_api(server: ServerProcess) -> None:
     assert seen == [("group", "CREATED", ["zed"]), ("group", "ADD", ["xia"]),
                     ("group", "KICK", ["zed"])]
     await zed.close()
+
+
+async def test_drain_endpoint_of_up(server: ServerProcess) -> None:
+    async with aiohttp.ClientSession(server.url) as http:
+        async with http.post("/admin/drain", json={"rate": 0}) as r:
+            assert r.status == 400
+        async with http.post("/admin/drain", json={"rate": 100, "deadline_s": 5}) as r:
+            assert r.status == 202
+        async with http.get("/admin/drain") as r:
+            assert (await r.json())["draining"] is True
+        async with http.get("/readyz") as r:
+            assert r.status == 503

@@ -13,7 +13,6 @@ or at the deadline.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import socket
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import grpc
 from aiohttp import web
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
+from chatplane.gateway import drainapi
 from chatplane.gateway.heads import HeadChecker
 from chatplane.gateway.links import GatewayServicer, RemoteIm, RemoteRegistry
 from chatplane.gateway.service import Gateway
@@ -124,21 +124,10 @@ class GatewayApp:
                 pass  # next round; the publisher's loss detection covers Redis restarts
 
     async def _drain_handler(self, request: web.Request) -> web.Response:
-        given = request.headers.get("Authorization", "")
-        authorized = given.startswith("Bearer ") and hmac.compare_digest(
-            given[7:].encode(), self.admin_secret.encode())
-        if not authorized and request.remote not in ("127.0.0.1", "::1"):
-            return web.json_response({"error": "admin secret required"}, status=401)
-        try:
-            body = await request.json() if request.can_read_body else {}
-            rate = float(body.get("rate", self.settings.drain.rate))
-            deadline = float(body.get("deadline_s", self.settings.drain.deadline_s))
-        except (ValueError, TypeError, AttributeError):
-            return web.json_response({"error": "body: {\"rate\": >0, \"deadline_s\": >0}"},
-                                     status=400)
-        if rate <= 0 or deadline <= 0:
-            return web.json_response({"error": "rate and deadline_s must be > 0"}, status=400)
-        self.drain(rate, deadline)
+        asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain)
+        if isinstance(asked, web.Response):
+            return asked
+        self.drain(*asked)
         return web.json_response(self.gateway.drain_status(), status=202)
 
     async def _drain_status(self, request: web.Request) -> web.Response:
