@@ -21,6 +21,7 @@ from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_ha
 from chatplane.im.admin import AdminApi
 from chatplane.im.service import ImService
 from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, make_handler
+from chatplane.rpc import serving
 from chatplane.settings import Settings
 from chatplane.state.service import StateService
 from chatplane.storage.base import Storage
@@ -61,9 +62,9 @@ class Node:
         app.add_routes([
             web.get("/ws", websocket_handler),
             web.get("/v1/dispatch", make_handler(directory)),
-            web.get("/healthz", self._healthz),
-            web.get("/readyz", self._readyz),
-            web.get("/metrics", self._metrics),
+            *serving.probe_routes(lambda: self.ready and not self.gateway.draining,
+                                  self._metrics_text,
+                                  lambda: {"draining": self.gateway.draining}),
             web.post("/admin/drain", self._drain),
             web.get("/admin/drain", self._drain_status),
         ])
@@ -76,21 +77,9 @@ class Node:
             connections=len(self.gateway.connections), load=0.0, draining=self.gateway.draining,
         )]
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        ok = self.ready and not self.gateway.draining
-        return web.json_response({"ready": ok, "draining": self.gateway.draining},
-                                 status=200 if ok else 503)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        from chatplane.rpc.serving import process_metrics
-
-        text = (self.gateway.metrics.render() + "\n".join(self.state.groups.fanout_ms.render())
-                + "\n" + process_metrics())
-        return web.Response(text=text,
-                            content_type="text/plain", charset="utf-8")
+    def _metrics_text(self) -> str:
+        return (self.gateway.metrics.render()
+                + "\n".join(self.state.groups.fanout_ms.render()) + "\n")
 
     async def _drain(self, request: web.Request) -> web.Response:
         asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain)

@@ -174,8 +174,7 @@ class GatewayApp:
         self.heads.start()
         self.publisher = serving.Publisher(self.instances, self.kind, self.instance_id,
                                            self._fields, on_lost=self._lost_routes)
-        await self.publisher.publish_now()
-        self.publisher.start()
+        await self.publisher.begin()
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_routes())
 
     def ready_line(self) -> str:

@@ -52,6 +52,10 @@ class Connection:
         self.conn_id = ""
         self._tasks: set[asyncio.Task[None]] | None = None
 
+    @property
+    def opened_ms(self) -> float:
+        return self.session.opened_ms
+
     # -- transport side ------------------------------------------------------
 
     def on_payload(self, payload: bytes) -> None:

@@ -120,8 +120,7 @@ class ImApp:
         self.publisher = serving.Publisher(
             self.instances, self.kind, self.instance_id,
             lambda: {"grpc": self.grpc_address, "http": self.base_url})
-        await self.publisher.publish_now()
-        self.publisher.start()
+        await self.publisher.begin()
 
     def ready_line(self) -> str:
         return f"chatplane im ready id={self.instance_id} grpc={self.grpc_address} http={self.base_url}"

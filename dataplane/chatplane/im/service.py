@@ -134,9 +134,6 @@ class ImService:
             )
         return conversation
 
-    async def _require_member(self, user_id: str, conversation_id: str) -> tuple[str, ...]:
-        return (await self.require_member(user_id, conversation_id)).members
-
     def deliver(self, result: AppendResult, group_members: Sequence[str] = ()) -> None:
         """Hand a new append to the state tier: its inbox entries, and for a
         large group (read diffusion) the message for the online members."""

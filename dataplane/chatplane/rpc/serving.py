@@ -133,6 +133,12 @@ class Publisher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    async def begin(self) -> Publisher:
+        """Publish at once, then keep publishing; returns self."""
+        await self.publish_now()
+        self.start()
+        return self
+
     def poke(self) -> None:
         """Publish now (e.g. the draining flag changed)."""
         self._wake.set()

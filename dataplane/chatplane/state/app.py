@@ -58,8 +58,7 @@ class StateApp:
         self.publisher = serving.Publisher(
             self.instances, self.kind, self.instance_id,
             lambda: {"grpc": self.grpc_address, "http": self.base_url})
-        await self.publisher.publish_now()
-        self.publisher.start()
+        await self.publisher.begin()
 
     def ready_line(self) -> str:
         return f"chatplane state ready id={self.instance_id} grpc={self.grpc_address} http={self.base_url}"

@@ -23,6 +23,10 @@ class DeviceLink(Protocol):
     user_id: str
     device_id: str
 
+    @property
+    def opened_ms(self) -> float:
+        """When the connection was opened: of two, the newer one wins."""
+
     def push(self, items: Sequence[InboxItem]) -> None:
         """Queue entries for this device (in inbox_seq order); never blocks."""
 
@@ -31,11 +35,6 @@ class DeviceLink(Protocol):
 
     def push_raw(self, payload: bytes) -> None:
         """Queue an already encoded frame (large-group pushes)."""
-
-
-def _opened(link: DeviceLink) -> float:
-    session = getattr(link, "session", None)
-    return float(getattr(session, "opened_ms", 0.0))
 
 
 class StateService:
@@ -57,7 +56,7 @@ class StateService:
     async def register(self, link: DeviceLink) -> None:
         devices = self._links[link.user_id]
         previous = devices.get(link.device_id)
-        if previous is not None and previous is not link and _opened(previous) > _opened(link):
+        if previous is not None and previous is not link and previous.opened_ms > link.opened_ms:
             # a login that was slow to finish on an older connection must not
             # replace the device's newer one: the older connection goes
             link.kick("the device logged in on a newer connection")
@@ -74,12 +73,6 @@ class StateService:
             del devices[link.device_id]
         if not devices:
             del self._links[link.user_id]
-
-    def devices(self, user_id: str) -> list[str]:
-        return sorted(self._links.get(user_id, {}))
-
-    def online(self, user_id: str) -> bool:
-        return user_id in self._links
 
     @property
     def connections(self) -> int:
