@@ -37,3 +37,12 @@ def test_expired_and_foreign_key() -> None:
 def test_invalid_ids_are_refused() -> None:
     with pytest.raises(ValueError):
         TokenSigner("k" * 32).mint("a:b")
+
+
+def test_message_sent_at_is_utc() -> None:
+    from datetime import UTC, datetime
+
+    from chatplane.client import Message
+
+    m = Message("d:a:b", 1, 1, "m1", "a", "phone", "hi", 1_790_000_000_000)
+    assert m.sent_at == datetime.fromtimestamp(1_790_000_000, tz=UTC)

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -51,6 +52,11 @@ class Message:
     cid: int = 0
     payload: bytes = b""
     content_type: str = "text"
+
+    @property
+    def sent_at(self) -> datetime:
+        """When the server stored it (UTC)."""
+        return datetime.fromtimestamp(self.sent_at_ms / 1000, tz=UTC)
 
     @classmethod
     def from_pb(cls, m: pb.Message, inbox_seq: int = 0) -> Message:
