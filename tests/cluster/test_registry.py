@@ -71,6 +71,32 @@ async def test_routes_replace_kick_and_never_steal(client: aioredis.Redis) -> No
     assert (await routes.lookup(["u"]))["u"] == [new]
 
 
+@pytest.mark.redis
+async def test_a_late_login_on_an_older_connection_keeps_no_route(client: aioredis.Redis) -> None:
+    """The newer connection keeps the device, whichever login finishes last."""
+    routes = Routes(client)
+    newer = RouteEntry("u", "phone", "gw-2", "c9", opened_ms=2_000)
+    older = RouteEntry("u", "phone", "gw-1", "c1", opened_ms=1_000)
+    assert await routes.register([newer]) == [None]
+    assert await routes.register([older]) == [older]  # refused: the caller kicks it
+    assert (await routes.lookup(["u"]))["u"] == [newer]
+    await routes.refresh([older])
+    await routes.unregister([older])
+    assert (await routes.lookup(["u"]))["u"] == [newer]
+    newest = RouteEntry("u", "phone", "gw-1", "c2", opened_ms=3_000)
+    assert await routes.register([newest]) == [newer]  # a newer one still replaces
+
+
+@pytest.mark.redis
+async def test_racing_registrations_leave_the_newest_connection(client: aioredis.Redis) -> None:
+    routes = Routes(client)
+    entries = [RouteEntry("r", "phone", f"gw-{i % 3}", f"c{i}", opened_ms=1_000 + i)
+               for i in range(40)]
+    shuffled = entries[::-1][::2] + entries[::2]  # newest first, then interleaved
+    await asyncio.gather(*(routes.register([e]) for e in shuffled))
+    assert (await routes.lookup(["r"]))["r"] == [entries[-1]]
+
+
 def test_ring_moves_only_the_keys_of_the_member_that_changed() -> None:
     keys = [f"d:u{i}:v{i}" for i in range(3000)]
     ring = HashRing(["im-1", "im-2", "im-3"])

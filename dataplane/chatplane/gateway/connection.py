@@ -155,6 +155,8 @@ class Connection:
             max_attempts=delivery.retransmit_attempts,
         )
         self.gateway.attach(self)
+        if self.session.closed:  # a newer connection of the device is here
+            return
         await self.gateway.state.register(self)
         if self.session.closed:
             return

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
     from chatplane.gateway.service import Gateway
 
 log = logging.getLogger("chatplane.gateway.links")
+# Connections keep a monotonic open time; routes compare wall clocks across
+# gateways, so add this process's offset (fixed once: stable per connection).
+WALL_OFFSET_MS = time.time() * 1000 - time.monotonic() * 1000
 BY_CONVERSATION = frozenset({"send", "history"})  # routed by conversation owner
 
 
@@ -118,9 +122,13 @@ class RemoteIm:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"im unavailable: {exc.code().name}") from exc
 
 
+def opened_wall_ms(conn: Connection) -> int:
+    return int(conn.opened_ms + WALL_OFFSET_MS)
+
+
 def _route(gateway_id: str, conn: Connection) -> spb.Route:
     return spb.Route(user_id=conn.user_id, device_id=conn.device_id, gateway_id=gateway_id,
-                     conn_id=conn.conn_id)
+                     conn_id=conn.conn_id, opened_ms=opened_wall_ms(conn))
 
 
 class RemoteRegistry:
@@ -130,20 +138,23 @@ class RemoteRegistry:
         self._gone: list[spb.Route] = []
         self._flush: asyncio.Task[None] | None = None
         self.failures = 0
-        self._register: Coalescer[tuple[str, str, str], bool] = Coalescer(self._register_batch)
+        self._register: Coalescer[tuple[str, str, str, int], bool] = Coalescer(
+            self._register_batch)
 
-    async def _register_batch(self, keys: Sequence[tuple[str, str, str]]) -> dict[
-            tuple[str, str, str], bool]:
+    async def _register_batch(self, keys: Sequence[tuple[str, str, str, int]]) -> dict[
+            tuple[str, str, str, int], bool]:
         request = spb.RegisterRequest(routes=[
-            spb.Route(user_id=u, device_id=d, gateway_id=self.gateway_id, conn_id=c)
-            for u, d, c in keys])
+            spb.Route(user_id=u, device_id=d, gateway_id=self.gateway_id, conn_id=c, opened_ms=o)
+            for u, d, c, o in keys])
         await self._call_state("Register", request)
         return dict.fromkeys(keys, True)
 
     async def register(self, link: Connection) -> None:
-        """Routes of logins arriving together go in one call."""
+        """Routes of logins arriving together go in one call. A route a newer
+        connection of the device holds is refused, and state kicks this one."""
         try:
-            await self._register.get((link.user_id, link.device_id, link.conn_id))
+            await self._register.get((link.user_id, link.device_id, link.conn_id,
+                                      opened_wall_ms(link)))
         except grpc.aio.AioRpcError as exc:
             self.failures += 1
             raise ProtocolError(ErrorCode.UNAVAILABLE,

@@ -107,9 +107,13 @@ class Gateway:
 
     def attach(self, conn: Connection) -> None:
         """Index a connection that is logging in; an older connection of the
-        same device here is replaced (kicked)."""
+        same device here is replaced (kicked). A login that finishes late on
+        a connection older than the device's current one is kicked instead."""
         devices = self.users.setdefault(conn.user_id, {})
         previous = devices.get(conn.device_id)
+        if previous is not None and previous is not conn and previous.opened_ms > conn.opened_ms:
+            conn.kick("the device logged in on a newer connection")
+            return
         devices[conn.device_id] = conn
         if previous is not None and previous is not conn:
             previous.kick("the device logged in on another connection")

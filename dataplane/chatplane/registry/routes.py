@@ -1,6 +1,6 @@
 """Device routes and presence in Redis: which gateway connection holds a device.
 
-  cp:route:<uid>   hash   device -> "<gateway_id>|<conn_id>"   TTL ROUTE_TTL_S
+  cp:route:<uid>   hash   device -> "<gateway_id>|<conn_id>|<opened_ms>"   TTL ROUTE_TTL_S
 
 A user is online while the hash exists. Gateways register a device before
 answering its login and re-register all their devices every ROUTE_REFRESH_S
@@ -8,6 +8,12 @@ answering its login and re-register all their devices every ROUTE_REFRESH_S
 a Redis restart and the routes of a killed gateway expire. Unregister deletes
 a route only if it still names the same connection (a newer login of the
 device elsewhere must not be erased by the old connection's close).
+
+Of two connections of one device, the one opened later keeps the route
+(`opened_ms`, wall clock at the gateway), whichever login finishes last: a
+login that was slow on an older connection must not take the device from
+the newer one (the in-process state tier keeps the same rule). The check and
+the write are one Lua script, so two registrations cannot interleave.
 """
 
 from __future__ import annotations
@@ -20,9 +26,17 @@ import redis.asyncio as aioredis
 ROUTE_TTL_S = 60
 ROUTE_REFRESH_S = 20.0
 
-# KEYS[1] = route hash; ARGV[1] = device, ARGV[2] = expected value
-_DELETE_IF_SAME = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+# The connection part of a stored value ("<gateway>|<conn>|"), to compare.
+_CONN_OF = """
+local function conn_of(value)
+  return string.match(value, '^([^|]*|[^|]*)')
+end
+"""
+
+# KEYS[1] = route hash; ARGV[1] = device, ARGV[2] = this connection's value
+_DELETE_IF_SAME = _CONN_OF + """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and conn_of(cur) == conn_of(ARGV[2]) then
   return redis.call('HDEL', KEYS[1], ARGV[1])
 end
 return 0
@@ -35,10 +49,11 @@ class RouteEntry:
     device_id: str
     gateway_id: str
     conn_id: str
+    opened_ms: int = 0  # wall clock at the gateway: of two connections, the newer wins
 
     @property
     def value(self) -> str:
-        return f"{self.gateway_id}|{self.conn_id}"
+        return f"{self.gateway_id}|{self.conn_id}|{self.opened_ms}"
 
 
 def route_key(user_id: str) -> str:
@@ -46,18 +61,35 @@ def route_key(user_id: str) -> str:
 
 
 def _parse(user_id: str, device_id: str, value: str) -> RouteEntry:
-    gateway_id, _, conn_id = value.partition("|")
-    return RouteEntry(user_id, device_id, gateway_id, conn_id)
+    gateway_id, _, rest = value.partition("|")
+    conn_id, _, opened = rest.partition("|")
+    return RouteEntry(user_id, device_id, gateway_id, conn_id, int(opened or 0))
 
 
 # KEYS[1] = route hash; ARGV[1] = device, ARGV[2] = value, ARGV[3] = ttl
-_SET_IF_ABSENT_OR_SAME = """
+_SET_IF_ABSENT_OR_SAME = _CONN_OF + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur == false or cur == ARGV[2] then
+if cur == false or conn_of(cur) == conn_of(ARGV[2]) then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
+"""
+
+# KEYS[1] = route hash; ARGV[1] = device, ARGV[2] = value, ARGV[3] = opened_ms,
+# ARGV[4] = ttl. Returns {previous value or '', 1 when refused}: a route of a
+# connection opened later stays (a value without a time counts as oldest).
+_SET_IF_NEWER = _CONN_OF + """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and conn_of(cur) ~= conn_of(ARGV[2]) then
+  local opened = tonumber(string.match(cur, '^[^|]*|[^|]*|(%d+)$') or '0')
+  if opened > tonumber(ARGV[3]) then
+    return {cur, 1}
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return {cur or '', 0}
 """
 
 
@@ -66,6 +98,7 @@ class Routes:
         self.redis = redis
         self._delete_if_same = redis.register_script(_DELETE_IF_SAME)
         self._refresh = redis.register_script(_SET_IF_ABSENT_OR_SAME)
+        self._register = redis.register_script(_SET_IF_NEWER)
 
     async def refresh(self, routes: Sequence[RouteEntry]) -> None:
         """Re-assert routes (periodically, or after Redis lost them) without
@@ -77,23 +110,27 @@ class Routes:
             await pipe.execute()
 
     async def register(self, routes: Sequence[RouteEntry]) -> list[RouteEntry | None]:
-        """Set the routes; returns, per route, the one it replaced when that
-        was another connection (to be kicked)."""
+        """Set the routes, each unless a newer connection of its device holds
+        it; returns, per route, the connection to kick: the one it replaced,
+        or the route itself when it was refused (None: nothing to kick)."""
         if not routes:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for r in routes:
-                key = route_key(r.user_id)
-                pipe.hget(key, r.device_id)
-                pipe.hset(key, r.device_id, r.value)
-                pipe.expire(key, ROUTE_TTL_S)
+                await self._register(keys=[route_key(r.user_id)],
+                                     args=[r.device_id, r.value, r.opened_ms, ROUTE_TTL_S],
+                                     client=pipe)
             replies = await pipe.execute()
-        replaced: list[RouteEntry | None] = []
-        for i, r in enumerate(routes):
-            old = replies[3 * i]
-            replaced.append(_parse(r.user_id, r.device_id, old)
-                            if old and old != r.value else None)
-        return replaced
+        kicked: list[RouteEntry | None] = []
+        for r, (old, refused) in zip(routes, replies, strict=True):
+            if int(refused):
+                kicked.append(r)
+            else:
+                previous = _parse(r.user_id, r.device_id, old) if old else None
+                same = previous is not None and previous.conn_id == r.conn_id \
+                    and previous.gateway_id == r.gateway_id
+                kicked.append(None if previous is None or same else previous)
+        return kicked
 
     async def unregister(self, routes: Iterable[RouteEntry]) -> None:
         for r in routes:

@@ -33,7 +33,8 @@ log = logging.getLogger("chatplane.state")
 
 
 def _entries(routes: list[spb.Route]) -> list[RouteEntry]:
-    return [RouteEntry(r.user_id, r.device_id, r.gateway_id, r.conn_id) for r in routes]
+    return [RouteEntry(r.user_id, r.device_id, r.gateway_id, r.conn_id, r.opened_ms)
+            for r in routes]
 
 
 class StateServicer(sgrpc.StateServicer):
@@ -63,13 +64,18 @@ class StateServicer(sgrpc.StateServicer):
                 if request.refresh:
                     await self.routes.refresh(entries)
                     return spb.RegisterReply()
-                replaced = await self.routes.register(entries)
+                kicked = await self.routes.register(entries)
             except (RedisError, OSError) as exc:
                 await self._redis_failed(context, exc)
                 raise
-            old = [r for r in replaced if r is not None]
+            # the replaced older connections, and logins refused because a
+            # newer connection of the device holds the route
+            old = [k for k, e in zip(kicked, entries, strict=True) if k is not None and k != e]
+            refused = [k for k, e in zip(kicked, entries, strict=True) if k == e]
             if old:
                 await self._kick(old, "the device logged in on another connection")
+            if refused:
+                await self._kick(refused, "the device logged in on a newer connection")
             return spb.RegisterReply()
 
     async def Unregister(self, request: spb.UnregisterRequest,

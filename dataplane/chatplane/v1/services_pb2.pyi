@@ -50,17 +50,38 @@ class InboxHeadsReply(_message.Message):
     heads: _containers.ScalarMap[str, int]
     def __init__(self, heads: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
+class GroupHeadsRequest(_message.Message):
+    __slots__ = ("conversation_ids",)
+    CONVERSATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    conversation_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, conversation_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GroupHeadsReply(_message.Message):
+    __slots__ = ("heads",)
+    class HeadsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    heads: _containers.ScalarMap[str, int]
+    def __init__(self, heads: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
 class Route(_message.Message):
-    __slots__ = ("user_id", "device_id", "gateway_id", "conn_id")
+    __slots__ = ("user_id", "device_id", "gateway_id", "conn_id", "opened_ms")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     CONN_ID_FIELD_NUMBER: _ClassVar[int]
+    OPENED_MS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     device_id: str
     gateway_id: str
     conn_id: str
-    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., gateway_id: _Optional[str] = ..., conn_id: _Optional[str] = ...) -> None: ...
+    opened_ms: int
+    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., gateway_id: _Optional[str] = ..., conn_id: _Optional[str] = ..., opened_ms: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("routes", "refresh")
@@ -98,6 +119,28 @@ class DeliverReply(_message.Message):
     unreachable: int
     def __init__(self, pushed: _Optional[int] = ..., unreachable: _Optional[int] = ...) -> None: ...
 
+class GroupDelivery(_message.Message):
+    __slots__ = ("conversation_id", "messages", "members")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    messages: _containers.RepeatedCompositeFieldContainer[_frames_pb2.Message]
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, conversation_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_frames_pb2.Message, _Mapping]]] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeliverGroupRequest(_message.Message):
+    __slots__ = ("groups",)
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[GroupDelivery]
+    def __init__(self, groups: _Optional[_Iterable[_Union[GroupDelivery, _Mapping]]] = ...) -> None: ...
+
+class DeliverGroupReply(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    def __init__(self, accepted: _Optional[int] = ...) -> None: ...
+
 class PresenceRequest(_message.Message):
     __slots__ = ("user_ids",)
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +167,24 @@ class PushRequest(_message.Message):
     def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ...) -> None: ...
 
 class PushReply(_message.Message):
+    __slots__ = ("pushed",)
+    PUSHED_FIELD_NUMBER: _ClassVar[int]
+    pushed: int
+    def __init__(self, pushed: _Optional[int] = ...) -> None: ...
+
+class GroupPushRequest(_message.Message):
+    __slots__ = ("conversation_id", "head_seq", "frame", "user_ids")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    head_seq: int
+    frame: bytes
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, conversation_id: _Optional[str] = ..., head_seq: _Optional[int] = ..., frame: _Optional[bytes] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GroupPushReply(_message.Message):
     __slots__ = ("pushed",)
     PUSHED_FIELD_NUMBER: _ClassVar[int]
     pushed: int

@@ -44,6 +44,11 @@ class ImStub:
                 request_serializer=chatplane_dot_v1_dot_services__pb2.InboxHeadsRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.InboxHeadsReply.FromString,
                 _registered_method=True)
+        self.GroupHeads = channel.unary_unary(
+                '/chatplane.v1.Im/GroupHeads',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.GroupHeadsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.GroupHeadsReply.FromString,
+                _registered_method=True)
 
 
 class ImServicer:
@@ -61,6 +66,12 @@ class ImServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GroupHeads(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +84,11 @@ def add_ImServicer_to_server(servicer, server):
                     servicer.InboxHeads,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.InboxHeadsRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.InboxHeadsReply.SerializeToString,
+            ),
+            'GroupHeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.GroupHeads,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.GroupHeadsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.GroupHeadsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +155,33 @@ class Im:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GroupHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Im/GroupHeads',
+            chatplane_dot_v1_dot_services__pb2.GroupHeadsRequest.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.GroupHeadsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class StateStub:
     """Missing associated documentation comment in .proto file."""
@@ -163,6 +206,11 @@ class StateStub:
                 '/chatplane.v1.State/Deliver',
                 request_serializer=chatplane_dot_v1_dot_services__pb2.DeliverRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.DeliverReply.FromString,
+                _registered_method=True)
+        self.DeliverGroup = channel.unary_unary(
+                '/chatplane.v1.State/DeliverGroup',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.DeliverGroupRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.DeliverGroupReply.FromString,
                 _registered_method=True)
         self.Presence = channel.unary_unary(
                 '/chatplane.v1.State/Presence',
@@ -192,6 +240,12 @@ class StateServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Presence(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -215,6 +269,11 @@ def add_StateServicer_to_server(servicer, server):
                     servicer.Deliver,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.DeliverRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.DeliverReply.SerializeToString,
+            ),
+            'DeliverGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverGroup,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.DeliverGroupRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.DeliverGroupReply.SerializeToString,
             ),
             'Presence': grpc.unary_unary_rpc_method_handler(
                     servicer.Presence,
@@ -314,6 +373,33 @@ class State:
             _registered_method=True)
 
     @staticmethod
+    def DeliverGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.State/DeliverGroup',
+            chatplane_dot_v1_dot_services__pb2.DeliverGroupRequest.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.DeliverGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Presence(request,
             target,
             options=(),
@@ -355,6 +441,11 @@ class GatewayStub:
                 request_serializer=chatplane_dot_v1_dot_services__pb2.PushRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.PushReply.FromString,
                 _registered_method=True)
+        self.GroupPush = channel.unary_unary(
+                '/chatplane.v1.Gateway/GroupPush',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.GroupPushRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.GroupPushReply.FromString,
+                _registered_method=True)
         self.Kick = channel.unary_unary(
                 '/chatplane.v1.Gateway/Kick',
                 request_serializer=chatplane_dot_v1_dot_services__pb2.KickRequest.SerializeToString,
@@ -366,6 +457,12 @@ class GatewayServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Push(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GroupPush(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -384,6 +481,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Push,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.PushRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.PushReply.SerializeToString,
+            ),
+            'GroupPush': grpc.unary_unary_rpc_method_handler(
+                    servicer.GroupPush,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.GroupPushRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.GroupPushReply.SerializeToString,
             ),
             'Kick': grpc.unary_unary_rpc_method_handler(
                     servicer.Kick,
@@ -418,6 +520,33 @@ class Gateway:
             '/chatplane.v1.Gateway/Push',
             chatplane_dot_v1_dot_services__pb2.PushRequest.SerializeToString,
             chatplane_dot_v1_dot_services__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GroupPush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Gateway/GroupPush',
+            chatplane_dot_v1_dot_services__pb2.GroupPushRequest.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.GroupPushReply.FromString,
             options,
             channel_credentials,
             insecure,
