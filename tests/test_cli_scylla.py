@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 
 from chatplane.auth import TokenSigner
 from chatplane.client import Client
-from tests.services import CqlService
+from tests.services import CqlService, RedisService
 from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.cql, pytest.mark.slow]
@@ -59,11 +62,15 @@ def test_bad_cql_configuration_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
 
 
-async def test_kill_9_on_scylla_loses_nothing_acked(cql_server: CqlService, tmp_path: Path) -> None:
-    """`chatplane up --storage scylla` killed with -9 mid-traffic and started
-    again: every acked message is there, seqs continue with no repeat, and the
-    clients recover by themselves. (`up` keeps no counter anywhere but the CQL
-    store, so losing Redis too changes nothing here.)"""
+@pytest.mark.redis
+async def test_kill_9_and_empty_redis_lose_nothing_acked(cql_server: CqlService,
+                                                        redis_server: RedisService,
+                                                        tmp_path: Path) -> None:
+    """`chatplane up --storage scylla --redis-url` killed with -9 mid-traffic,
+    Redis restarted empty meanwhile, then `up` started again: every acked
+    message is there, seqs continue with no repeat, the clients recover by
+    themselves, and the registry entries in Redis come back. (`up` keeps no
+    counter anywhere but the CQL store.)"""
     from chatplane.checker import DeliveryChecker
     from tests.support.traffic import Device, send_many, wait_until_received
 
@@ -73,8 +80,10 @@ async def test_kill_9_on_scylla_loses_nothing_acked(cql_server: CqlService, tmp_
     done = await asyncio.to_thread(subprocess.run, migrate, capture_output=True, text=True,
                                    timeout=180)
     assert done.returncode == 0, done.stderr
-    server = ServerProcess(tmp_path, extra_args=["--storage", "scylla", "--cql-hosts", hosts,
-                                                 "--keyspace", "cli_kill_test"])
+    server = ServerProcess(tmp_path, env={"CHATPLANE_SERVER_ID": "kill-test"},
+                           extra_args=["--storage", "scylla", "--cql-hosts", hosts,
+                                       "--keyspace", "cli_kill_test",
+                                       "--redis-url", redis_server.url])
     server.start(timeout_s=60)
     try:
         signer = TokenSigner.from_data_dir(tmp_path)
@@ -94,7 +103,7 @@ async def test_kill_9_on_scylla_loses_nothing_acked(cql_server: CqlService, tmp_
             while checker.acks_by_sender["alice"] < 20:
                 await asyncio.sleep(0.01)
             server.kill()
-            await asyncio.sleep(0.5)
+            await asyncio.to_thread(redis_server.restart_empty)
             await asyncio.to_thread(server.start, 60)
 
         _, seqs = await asyncio.gather(killer(), send_many(devices[0], conversation, 60, "k",
@@ -103,7 +112,79 @@ async def test_kill_9_on_scylla_loses_nothing_acked(cql_server: CqlService, tmp_
         assert sorted(seqs) == list(range(1, 61))
         verdict = checker.verdict()
         assert verdict.ok, verdict.summary()
+        registry = redis.Redis.from_url(redis_server.url, socket_timeout=5, decode_responses=True)
+        try:  # rebuilt from the live connections by the restarted node
+            deadline = time.monotonic() + 10
+            while registry.hget("cp:gateway:kill-test", "connections") != "2":
+                assert time.monotonic() < deadline, registry.hgetall("cp:gateway:kill-test")
+                await asyncio.sleep(0.2)
+            assert registry.hgetall("cp:route:alice") and registry.hgetall("cp:route:bob")
+        finally:
+            registry.close()
         for device in devices:
             await device.stop()
     finally:
+        server.stop()
+
+
+async def test_storage_outage_is_a_retriable_error_then_resumes(cql_server: CqlService,
+                                                               tmp_path: Path) -> None:
+    """The CQL server killed under `chatplane up --storage scylla`: the server
+    answers sends with the retriable UNAVAILABLE (never an ack), stays up and
+    serves what needs no storage, and when the CQL server is back the SDK's
+    retries (same cid) land: one message each, seqs contiguous, delivered
+    exactly once."""
+    if cql_server.external:
+        pytest.skip("cannot stop an external CQL cluster")
+    from chatplane.protocol.errors import ErrorCode
+
+    hosts = ",".join(cql_server.contact_points)
+    migrate = [sys.executable, "-m", "chatplane.cli", "storage", "migrate", "--cql-hosts", hosts,
+               "--keyspace", "cli_fault_test", "--cql-replication", "1"]
+    done = await asyncio.to_thread(subprocess.run, migrate, capture_output=True, text=True,
+                                   timeout=180)
+    assert done.returncode == 0, done.stderr
+    server = ServerProcess(tmp_path, extra_args=["--storage", "scylla", "--cql-hosts", hosts,
+                                                 "--keyspace", "cli_fault_test"])
+    server.start(timeout_s=60)
+    signer = TokenSigner.from_data_dir(tmp_path)
+    alice = Client(server.url, signer.mint("alice"), transport="tcp")
+    bob = Client(server.url, signer.mint("bob"))
+    try:
+        await alice.connect()
+        await bob.connect()
+        conversation = await alice.direct("bob")
+        before = [(await alice.send_text(conversation, f"before-{i}")).seq for i in range(3)]
+        assert before == [1, 2, 3]
+
+        cql_server.kill()
+        during = [asyncio.create_task(alice.send_text(conversation, f"during-{i}"))
+                  for i in range(3)]
+        deadline = time.monotonic() + 60
+        while alice.send_retries < 3:  # each send refused at least once
+            assert time.monotonic() < deadline, "no retriable refusal while storage was down"
+            await asyncio.sleep(0.1)
+        error = alice.last_send_error
+        assert error is not None and error.code == ErrorCode.UNAVAILABLE and error.retriable
+        assert not any(task.done() for task in during), "a send was acked without storage"
+        health = await asyncio.to_thread(urllib.request.urlopen, server.url + "/healthz", timeout=5)
+        assert health.status == 200  # the server stays up
+        assert alice.reconnects == 0 and bob.reconnects == 0  # and keeps its connections
+
+        await asyncio.to_thread(cql_server.start)
+        acks = await asyncio.wait_for(asyncio.gather(*during), 120)
+        assert sorted(a.seq for a in acks) == [4, 5, 6]
+        assert not any(a.duplicate for a in acks)
+        got: list[tuple[int, str]] = []
+        async for message in bob.messages():
+            got.append((message.seq, message.text))
+            if len(got) == 6:
+                break
+        assert [seq for seq, _ in got] == [1, 2, 3, 4, 5, 6]
+        assert sorted(text for _, text in got[3:]) == ["during-0", "during-1", "during-2"]
+        history = await alice.history(conversation)
+        assert [m.seq for m in history] == [1, 2, 3, 4, 5, 6]
+    finally:
+        await alice.close()
+        await bob.close()
         server.stop()

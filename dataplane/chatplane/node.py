@@ -3,6 +3,12 @@
 The tiers talk through their in-process interfaces here; `chatplane cluster
 up` runs the same services as separate processes. HTTP (dispatch, admin,
 WebSocket, health, metrics) shares one port; raw TCP has its own.
+
+With a Redis URL the node also publishes itself in the registry the cluster
+tiers use (`cp:gateway:<id>`: addresses, connections, load, draining) and
+mirrors its device routes there. Memory and storage stay the authority:
+nothing here reads Redis back, so losing it (a restart, FLUSHALL) costs
+nothing but the registry entries, which come back by themselves.
 """
 
 from __future__ import annotations
@@ -13,14 +19,20 @@ import socket
 from pathlib import Path
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.gateway import drainapi
+from chatplane.gateway.app import CpuLoad
+from chatplane.gateway.connection import Connection
 from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
 from chatplane.im.admin import AdminApi
 from chatplane.im.service import ImService
 from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, make_handler
+from chatplane.registry import instances as registry
+from chatplane.registry.mirror import RouteMirror
+from chatplane.registry.routes import Routes
 from chatplane.rpc import serving
 from chatplane.settings import Settings
 from chatplane.state.service import StateService
@@ -28,6 +40,27 @@ from chatplane.storage.base import Storage
 from chatplane.storage.factory import make_storage
 
 log = logging.getLogger("chatplane.node")
+
+GATEWAY_KIND = "gateway"  # the registry kind dispatch ranks (cp:gateway:<id>)
+
+
+class MirroredState:
+    """The in-process state tier as the gateway's registry, each route it
+    holds also mirrored to Redis."""
+
+    def __init__(self, state: StateService, mirror: RouteMirror) -> None:
+        self.state = state
+        self.mirror = mirror
+
+    async def register(self, link: Connection) -> None:
+        await self.state.register(link)
+        if self.state.holds(link):  # not an older connection it refused
+            self.mirror.added(link)
+
+    def unregister(self, link: Connection) -> None:
+        if self.state.holds(link):
+            self.mirror.removed(link)
+        self.state.unregister(link)
 
 
 class Node:
@@ -47,7 +80,18 @@ class Node:
                                   group_max_messages=settings.social.group_push_max_messages)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
                             server_id=self.server_id)
-        self.gateway = Gateway(settings, self.im, self.state, self.signer, self.server_id)
+        self.redis = (registry.connect(settings.storage.redis_url)
+                      if settings.storage.redis_url else None)
+        self.mirror: RouteMirror | None = None
+        self.publisher: serving.Publisher | None = None
+        self.cpu = CpuLoad()
+        if self.redis is not None:
+            self.mirror = RouteMirror(Routes(self.redis), self.server_id,
+                                      lambda: list(self.gateway.connections))
+            routes: MirroredState | StateService = MirroredState(self.state, self.mirror)
+        else:
+            routes = self.state
+        self.gateway = Gateway(settings, self.im, routes, self.signer, self.server_id)
         self.base_url = ""
         self.ws_url = ""
         self.tcp_address = ""
@@ -64,7 +108,7 @@ class Node:
             web.get("/v1/dispatch", make_handler(directory)),
             *serving.probe_routes(lambda: self.ready and not self.gateway.draining,
                                   self._metrics_text,
-                                  lambda: {"draining": self.gateway.draining}),
+                                  self._probe_details),
             web.post("/admin/drain", self._drain),
             web.get("/admin/drain", self._drain_status),
         ])
@@ -77,6 +121,32 @@ class Node:
             connections=len(self.gateway.connections), load=0.0, draining=self.gateway.draining,
         )]
 
+    def _probe_details(self) -> dict[str, object]:
+        details: dict[str, object] = {"draining": self.gateway.draining}
+        if self.publisher is not None:
+            details["registry"] = "ok" if self.publisher.healthy else "unreachable"
+        return details
+
+    def _registry_fields(self) -> dict[str, str | int | float]:
+        return {"ws": self.ws_url, "tcp": self.tcp_address, "grpc": "", "http": self.base_url,
+                "connections": len(self.gateway.connections), "load": round(self.cpu.read(), 3),
+                "draining": int(self.gateway.draining)}
+
+    async def _start_registry(self) -> None:
+        """Fail at start when Redis is unreachable (a wrong URL is a
+        configuration error); later outages are only logged."""
+        if self.redis is None or self.mirror is None:
+            return
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise OSError(f"Redis at {self.settings.storage.redis_url} unreachable: {exc}") from exc
+        instances = registry.Instances(self.redis, self.settings.links.registry_ttl_s)
+        self.publisher = await serving.Publisher(instances, GATEWAY_KIND, self.server_id,
+                                                 self._registry_fields,
+                                                 on_lost=self.mirror.refresh).begin()
+        self.mirror.start()
+
     def _metrics_text(self) -> str:
         return (self.gateway.metrics.render()
                 + "\n".join(self.state.groups.fanout_ms.render()) + "\n")
@@ -86,6 +156,8 @@ class Node:
         if isinstance(asked, web.Response):
             return asked
         self.gateway.drain(*asked)
+        if self.publisher is not None:
+            self.publisher.poke()  # dispatch readers learn it now, not at the next refresh
         return web.json_response(self.gateway.drain_status(), status=202)
 
     async def _drain_status(self, request: web.Request) -> web.Response:
@@ -108,6 +180,7 @@ class Node:
             tcp_host, tcp_port = self._tcp_server.sockets[0].getsockname()[:2]
             self.tcp_address = f"{tcp_host}:{tcp_port}"
         self.gateway.start()
+        await self._start_registry()
         self.ready = True
 
     async def stop(self) -> None:
@@ -119,6 +192,12 @@ class Node:
             conn.reconnect(500, "server stopping")
         await asyncio.sleep(0.05)  # let the reconnect frames go out
         await self.gateway.stop()
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self.mirror is not None:
+            await self.mirror.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.storage.close()

@@ -168,5 +168,8 @@ def validate(s: Settings) -> None:
         problems.append("drain rate must be positive")
     if s.delivery.push_window < 1:
         problems.append("push_window must be at least 1")
+    redis_scheme = s.storage.redis_url.partition("://")[0]
+    if s.storage.redis_url and redis_scheme not in ("redis", "rediss", "unix"):
+        problems.append(f"redis_url must be redis://, rediss:// or unix://, not {s.storage.redis_url!r}")
     if problems:
         raise SettingsError("; ".join(problems))

@@ -124,6 +124,10 @@ class Client(SocialApi):
         self._server_max_frame = max_frame_bytes
         self.request_timeout_s = request_timeout_s
         self.store_resets = 0  # times the server's history was found behind this device
+        # sends the server refused with a retriable error (e.g. UNAVAILABLE while
+        # its storage is down); each is retried with its cid, never acked twice
+        self.send_retries = 0
+        self.last_send_error: RequestError | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._resync = False
@@ -308,6 +312,8 @@ class Client(SocialApi):
             if not future.done():
                 future.set_exception(exc)
         elif isinstance(exc, RequestError):  # retriable: same cid, a little later
+            self.send_retries += 1
+            self.last_send_error = exc
             loop = asyncio.get_running_loop()
             loop.call_later(0.05 + random.random() * 0.2, self._retry_send, cid)
         # LinkClosed: the resend happens after the next login

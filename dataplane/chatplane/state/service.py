@@ -65,6 +65,10 @@ class StateService:
         if previous is not None and previous is not link:
             previous.kick("the device logged in on another connection")
 
+    def holds(self, link: DeviceLink) -> bool:
+        """Whether `link` is its device's current connection here."""
+        return self._links.get(link.user_id, {}).get(link.device_id) is link
+
     def unregister(self, link: DeviceLink) -> None:
         devices = self._links.get(link.user_id)
         if devices is None:
