@@ -38,6 +38,9 @@ class RoutedLink(Protocol):
     @property
     def conn_id(self) -> str: ...
 
+    @property
+    def opened_ms(self) -> float: ...
+
 
 class RouteMirror:
     def __init__(self, routes: Routes, gateway_id: str,
@@ -52,7 +55,8 @@ class RouteMirror:
         self._refresher: asyncio.Task[None] | None = None
 
     def _entry(self, link: RoutedLink) -> RouteEntry:
-        return RouteEntry(link.user_id, link.device_id, self.gateway_id, link.conn_id)
+        return RouteEntry(link.user_id, link.device_id, self.gateway_id, link.conn_id,
+                          int(link.opened_ms))
 
     def added(self, link: RoutedLink) -> None:
         entry = self._entry(link)
