@@ -62,6 +62,17 @@ def test_bad_cql_configuration_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
 
 
+def test_wrong_keyspace_is_one_line(cql_server: CqlService, tmp_path: Path) -> None:
+    hosts = ",".join(cql_server.contact_points)
+    result = subprocess.run(
+        [sys.executable, "-m", "chatplane.cli", "up", "--data-dir", str(tmp_path), "--port", "0",
+         "--storage", "scylla", "--cql-hosts", hosts, "--keyspace", "never_migrated"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "never_migrated" in result.stderr and "migrate" in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
 @pytest.mark.redis
 async def test_kill_9_and_empty_redis_lose_nothing_acked(cql_server: CqlService,
                                                         redis_server: RedisService,
