@@ -22,6 +22,9 @@ from pathlib import Path
 from chatplane.storage.base import valid_id
 
 TOKEN_KEY_FILE = "token.key"
+# Prefix of what `peer_proof` signs: a token payload is JSON (starts with "{"), so a peer
+# proof can never be replayed as a token signature.
+PEER_PROOF_LABEL = b"chatplane-peer-proof-v1\x00"
 ADMIN_SECRET_FILE = "admin.secret"
 
 
@@ -77,6 +80,11 @@ class TokenSigner:
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
+
+    def peer_proof(self, challenge: bytes) -> bytes:
+        """An HMAC over a peer region's challenge: equal in two regions exactly when they
+        sign tokens with the same key, and says nothing else about the key."""
+        return hmac.new(self._key, PEER_PROOF_LABEL + challenge, hashlib.sha256).digest()
 
     def mint(self, user_id: str, device_id: str = "default", ttl_s: int = 86400) -> str:
         if not valid_id(user_id):

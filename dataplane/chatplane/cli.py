@@ -59,6 +59,7 @@ async def _run_up(settings: settings_mod.Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tcp = f" tcp={node.tcp_address}" if node.tcp_address else ""
+    tcp += f" grpc={node.grpc_address}" if node.grpc_address else ""
     print(f"chatplane ready at {node.base_url} (ws {node.ws_url}{tcp}; "
           f"storage {settings.storage.backend} in {settings.storage.data_dir})", flush=True)
     await stop.wait()

@@ -2,7 +2,10 @@
 
 The tiers talk through their in-process interfaces here; `chatplane cluster
 up` runs the same services as separate processes. HTTP (dispatch, admin,
-WebSocket, health, metrics) shares one port; raw TCP has its own.
+WebSocket, health, metrics, `/v1/peers`) shares one port; raw TCP has its own.
+With peers listed (`CHATPLANE_PEERS`) it also serves the cross-region link
+(`Region.Hello`) on the gRPC port and probes every peer; without, no gRPC port
+is opened (many single-machine nodes may share a host).
 
 With a Redis URL the node also publishes itself in the registry the cluster
 tiers use (`cp:gateway:<id>`: addresses, connections, load, draining) and
@@ -18,6 +21,7 @@ import logging
 import socket
 from pathlib import Path
 
+import grpc
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -30,6 +34,7 @@ from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_ha
 from chatplane.im.admin import AdminApi
 from chatplane.im.service import ImService
 from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, make_handler
+from chatplane.regions import links as region_links
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
 from chatplane.registry.routes import Routes
@@ -92,6 +97,9 @@ class Node:
         else:
             routes = self.state
         self.gateway = Gateway(settings, self.im, routes, self.signer, self.server_id)
+        self.prober = region_links.prober_for(settings, self.server_id, self.signer.peer_proof)
+        self.grpc_address = ""
+        self._grpc: grpc.aio.Server | None = None
         self.base_url = ""
         self.ws_url = ""
         self.tcp_address = ""
@@ -111,6 +119,7 @@ class Node:
                                   self._probe_details),
             web.post("/admin/drain", self._drain),
             web.get("/admin/drain", self._drain_status),
+            *self.prober.routes(),
         ])
         app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im).routes())
         return app
@@ -122,7 +131,8 @@ class Node:
         )]
 
     def _probe_details(self) -> dict[str, object]:
-        details: dict[str, object] = {"draining": self.gateway.draining}
+        details: dict[str, object] = {"draining": self.gateway.draining,
+                                      **self.prober.summary()}
         if self.publisher is not None:
             details["registry"] = "ok" if self.publisher.healthy else "unreachable"
         return details
@@ -147,9 +157,17 @@ class Node:
                                                  on_lost=self.mirror.refresh).begin()
         self.mirror.start()
 
+    async def _start_region_link(self) -> None:
+        """Serve `Region.Hello` on the gRPC port, then probe every peer."""
+        self._grpc, port = await serving.start_grpc(
+            self.settings.server.host, self.settings.links.grpc_port,
+            lambda server: region_links.add_to_server(self.prober, server))
+        self.grpc_address = f"{serving.advertised_host(self.settings)}:{port}"
+        self.prober.start()
+
     def _metrics_text(self) -> str:
         return (self.gateway.metrics.render()
-                + "\n".join(self.state.groups.fanout_ms.render()) + "\n")
+                + "\n".join(self.state.groups.fanout_ms.render()) + "\n" + self.prober.metrics())
 
     async def _drain(self, request: web.Request) -> web.Response:
         asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain)
@@ -179,6 +197,8 @@ class Node:
                 lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port)
             tcp_host, tcp_port = self._tcp_server.sockets[0].getsockname()[:2]
             self.tcp_address = f"{tcp_host}:{tcp_port}"
+        if self.prober.links:
+            await self._start_region_link()
         self.gateway.start()
         await self._start_registry()
         self.ready = True
@@ -192,6 +212,9 @@ class Node:
             conn.reconnect(500, "server stopping")
         await asyncio.sleep(0.05)  # let the reconnect frames go out
         await self.gateway.stop()
+        await self.prober.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
         if self.publisher is not None:
             await self.publisher.stop()
         if self.mirror is not None:

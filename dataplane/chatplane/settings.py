@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from chatplane.regions import peerlist
+
 
 class SettingsError(Exception):
     """Bad configuration: printed as one line, exit code 2."""
@@ -76,6 +78,7 @@ class Server:
     http_port: int = 8080
     tcp_port: int = 0  # 0: no raw TCP listener
     region: str = "local"
+    cluster: str = ""  # the deployment's id, told to peer regions (the operator: namespace/name)
     server_id: str = ""
     token_secret: str = ""  # empty: the data dir's key file
     admin_secret: str = ""  # empty: the data dir's secret file
@@ -94,6 +97,9 @@ class Links:
     registry_ttl_s: float = 3.0  # an instance silent this long is dead
     head_check_s: float = 30.0  # gateway: compare connected devices' inbox heads (0: off)
     otlp_endpoint: str = ""  # OTLP/gRPC collector; empty: no trace export
+    peers: str = ""  # JSON [{name, endpoint, datacenter}]: the other regions (regions.peerlist)
+    peer_probe_s: float = 2.0  # how often each peer gets a Hello
+    peer_timeout_s: float = 1.0  # the deadline of one Hello
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,12 @@ def validate(s: Settings) -> None:
         problems.append("drain rate must be positive")
     if s.delivery.push_window < 1:
         problems.append("push_window must be at least 1")
+    if s.links.peer_probe_s <= 0 or s.links.peer_timeout_s <= 0:
+        problems.append("peer_probe_s and peer_timeout_s must be positive")
+    try:
+        peerlist.parse(s.links.peers, s.server.region)
+    except peerlist.PeerListError as exc:
+        problems.append(f"CHATPLANE_PEERS: {exc}")
     redis_scheme = s.storage.redis_url.partition("://")[0]
     if s.storage.redis_url and redis_scheme not in ("redis", "rediss", "unix"):
         problems.append(f"redis_url must be redis://, rediss:// or unix://, not {s.storage.redis_url!r}")

@@ -1,0 +1,211 @@
+"""The cross-region link over gRPC: the `Region` service a region serves on its gRPC port,
+and the prober that says `Hello` to every peer on an interval, each call with a deadline.
+
+What the prober saw is served as `GET /v1/peers` (per peer: reachable, consistent, last
+success, round trip, last error, when the peer last said Hello to us), summarized in
+`/readyz` details, and exported as `chatplane_peer_*` gauges. A peer that cannot be
+reached never makes this region unready: regions serve on their own (active-active).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from chatplane.regions import hello, peerlist
+from chatplane.regions.peerlist import Peer
+from chatplane.rpc.peers import Peers
+from chatplane.settings import Settings
+from chatplane.v1 import regions_pb2 as rpb
+from chatplane.v1 import regions_pb2_grpc as rgrpc
+
+log = logging.getLogger("chatplane.regions")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who this region is, as Hello says it."""
+
+    region: str
+    cluster: str
+    server_id: str
+    prove: hello.Prover  # TokenSigner.peer_proof
+
+
+@dataclass
+class PeerLink:
+    """What the probes of one peer found so far (times are wall-clock seconds)."""
+
+    peer: Peer
+    reachable: bool = False
+    verdict: hello.Verdict | None = None
+    answered_as: tuple[str, str, int, str] = ("", "", 0, "")  # region, cluster, protocol, id
+    error: str = "not probed yet"
+    last_ok: float | None = None
+    last_probe: float | None = None
+    rtt_s: float | None = None
+    probes: int = 0
+    failures: int = 0
+    heard_at: float | None = None  # when the peer last said Hello to us
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable and self.verdict is not None and self.verdict.ok
+
+    def answered(self, reply: rpb.HelloReply, verdict: hello.Verdict, rtt_s: float,
+                 now: float) -> None:
+        self.reachable, self.verdict, self.rtt_s = True, verdict, rtt_s
+        self.answered_as = (reply.region, reply.cluster, reply.protocol, reply.server_id)
+        self.error = "; ".join(verdict.problems)
+        self.last_ok = now
+
+    def failed(self, error: str) -> None:
+        if self.reachable or error != self.error:
+            log.warning("peer %s (%s) unreachable: %s", self.peer.name, self.peer.endpoint, error)
+        self.reachable, self.error, self.rtt_s = False, error, None
+        self.failures += 1
+
+    def view(self, now: float) -> dict[str, Any]:
+        def ago(t: float | None) -> float | None:
+            return None if t is None else round(now - t, 3)
+
+        region, cluster, protocol, server_id = self.answered_as
+        return {
+            "name": self.peer.name, "endpoint": self.peer.endpoint,
+            "datacenter": self.peer.datacenter,
+            "reachable": self.reachable, "ok": self.ok, "error": self.error,
+            # what the last answered Hello said (also while the peer is unreachable now)
+            "last_answer": None if self.verdict is None else {
+                "region": region, "cluster": cluster, "protocol": protocol,
+                "server_id": server_id, "key_match": self.verdict.key_match},
+            "last_ok_s_ago": ago(self.last_ok), "last_probe_s_ago": ago(self.last_probe),
+            "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 3),
+            "probes": self.probes, "failures": self.failures,
+            "heard_from_s_ago": ago(self.heard_at),
+        }
+
+
+class RegionServicer(rgrpc.RegionServicer):
+    def __init__(self, me: Identity, prober: PeerProber) -> None:
+        self.me = me
+        self.prober = prober
+
+    async def Hello(self, request: rpb.HelloRequest,
+                    context: grpc.aio.ServicerContext) -> rpb.HelloReply:
+        self.prober.heard(request.region)
+        return rpb.HelloReply(
+            region=self.me.region, cluster=self.me.cluster, protocol=hello.PROTOCOL,
+            key_proof=hello.key_proof(self.me.prove, request.nonce, self.me.region),
+            server_id=self.me.server_id)
+
+
+class PeerProber:
+    """Probes every peer every `interval_s` (jittered), each Hello bounded by `timeout_s`."""
+
+    def __init__(self, me: Identity, peers: Sequence[Peer], interval_s: float,
+                 timeout_s: float) -> None:
+        self.me = me
+        self.links = {p.name: PeerLink(p) for p in peers}
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self._channels = Peers(timeout_s)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def heard(self, region: str) -> None:
+        link = self.links.get(region)
+        if link is not None:
+            link.heard_at = time.time()
+
+    async def probe(self, link: PeerLink) -> None:
+        stub = rgrpc.RegionStub(self._channels.channel(link.peer.endpoint))
+        nonce = hello.new_nonce()
+        request = rpb.HelloRequest(region=self.me.region, cluster=self.me.cluster,
+                                   protocol=hello.PROTOCOL, nonce=nonce)
+        started = time.monotonic()
+        link.probes += 1
+        link.last_probe = time.time()
+        try:
+            reply = await stub.Hello(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            link.failed(f"{exc.code().name}: {exc.details()}")
+            return
+        verdict = hello.judge(self.me.prove, link.peer.name, nonce, reply.region,
+                              reply.protocol, reply.key_proof)
+        if not verdict.ok and (link.verdict is None or link.verdict.ok):
+            log.warning("peer %s: %s", link.peer.name, "; ".join(verdict.problems))
+        link.answered(reply, verdict, time.monotonic() - started, time.time())
+
+    async def _run(self, link: PeerLink) -> None:
+        while True:
+            started = time.monotonic()
+            await self.probe(link)
+            pause = self.interval_s * random.uniform(0.9, 1.1) - (time.monotonic() - started)
+            await asyncio.sleep(max(0.0, pause))
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(link)) for link in self.links.values()]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self._channels.close()
+
+    # -- what the HTTP side shows ---------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        now = time.time()
+        return {"region": self.me.region, "cluster": self.me.cluster,
+                "protocol": hello.PROTOCOL, "server_id": self.me.server_id,
+                "interval_s": self.interval_s,
+                "peers": [link.view(now) for link in self.links.values()]}
+
+    def summary(self) -> dict[str, Any]:
+        """For /readyz: peer name -> whether it answers as expected."""
+        return {"peers": {name: link.ok for name, link in self.links.items()}}
+
+    def metrics(self) -> str:
+        lines: list[str] = []
+        for name, kind, help_text, read in (
+            ("chatplane_peer_reachable", "gauge", "1 when the peer's last Hello answered",
+             lambda k: int(k.reachable)),
+            ("chatplane_peer_ok", "gauge",
+             "1 when the peer answered as the expected region, protocol and token key",
+             lambda k: int(k.ok)),
+            ("chatplane_peer_rtt_seconds", "gauge", "round trip of the last answered Hello",
+             lambda k: k.rtt_s if k.reachable and k.rtt_s is not None else "NaN"),
+            ("chatplane_peer_last_ok_timestamp_seconds", "gauge",
+             "wall clock of the last answered Hello (0: never)", lambda k: k.last_ok or 0),
+            ("chatplane_peer_probe_failures_total", "counter", "Hellos that failed",
+             lambda k: k.failures),
+        ):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            lines += [f'{name}{{peer="{k.peer.name}"}} {read(k)}' for k in self.links.values()]
+        return "\n".join(lines) + "\n" if lines and self.links else ""
+
+    def routes(self) -> list[web.RouteDef]:
+        async def peers(request: web.Request) -> web.Response:
+            return web.json_response(self.report())
+
+        return [web.get("/v1/peers", peers)]
+
+
+def prober_for(settings: Settings, server_id: str, prove: hello.Prover) -> PeerProber:
+    """The prober of the peers in `settings` (already validated by `settings.load`)."""
+    me = Identity(settings.server.region, settings.server.cluster, server_id, prove)
+    peers = peerlist.parse(settings.links.peers, settings.server.region)
+    return PeerProber(me, peers, settings.links.peer_probe_s, settings.links.peer_timeout_s)
+
+
+def add_to_server(prober: PeerProber, server: grpc.aio.Server) -> None:
+    rgrpc.add_RegionServicer_to_server(RegionServicer(prober.me, prober), server)

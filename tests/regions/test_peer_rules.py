@@ -1,0 +1,62 @@
+"""The pure parts of the cross-region link: the peer list format the operator writes, and
+what a Hello reply says about a peer (no sockets)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chatplane.auth import TokenSigner
+from chatplane.regions import hello, peerlist
+
+
+def test_the_operators_peer_list_parses() -> None:
+    text = json.dumps([{"datacenter": "us-east", "endpoint": "chat-us-im.chat.svc:9090",
+                        "name": "us"},
+                       {"datacenter": "ap-south", "endpoint": "im.ap.example:9090",
+                        "name": "ap"}], sort_keys=True)
+    assert peerlist.parse(text, "eu") == [
+        peerlist.Peer("us", "chat-us-im.chat.svc:9090", "us-east"),
+        peerlist.Peer("ap", "im.ap.example:9090", "ap-south")]
+    assert peerlist.parse("", "eu") == [] and peerlist.parse("[]", "eu") == []
+
+
+@pytest.mark.parametrize("text, says", [
+    ('[{"name": "us", "endpoint": "h:0"}]', "endpoint 'h:0' is not host:port"),
+    ('[{"name": "us"}]', "entry 0 (us): endpoint missing"),
+    ('[{"endpoint": "h:1"}]', "entry 0: name None is not a region name"),
+    ('[{"name": "us", "endpoint": "h:1"}, {"name": "us", "endpoint": "h:2"}]',
+     "'us' is listed twice"),
+    ('["h:1"]', "entry 0: expected an object"),
+])
+def test_bad_peer_lists_name_the_entry(text: str, says: str) -> None:
+    with pytest.raises(peerlist.PeerListError) as exc:
+        peerlist.parse(text, "eu")
+    assert says in str(exc.value)
+
+
+def test_a_hello_proves_the_key_without_sending_it() -> None:
+    ours, same, other = (TokenSigner("k" * 32), TokenSigner("k" * 32), TokenSigner("x" * 32))
+    nonce = hello.new_nonce()
+    proof = hello.key_proof(same.peer_proof, nonce, "us")
+    assert b"k" * 16 not in proof
+    assert hello.judge(ours.peer_proof, "us", nonce, "us", hello.PROTOCOL, proof).ok
+    # a proof for another nonce or another region does not pass
+    stale = hello.key_proof(same.peer_proof, hello.new_nonce(), "us")
+    assert not hello.judge(ours.peer_proof, "us", nonce, "us", hello.PROTOCOL, stale).key_match
+    bad = hello.judge(ours.peer_proof, "us", nonce, "us", hello.PROTOCOL,
+                      hello.key_proof(other.peer_proof, nonce, "us"))
+    assert bad.problems == ("signs tokens with a different key",)
+
+
+def test_a_hello_from_the_wrong_region_or_protocol_is_not_ok() -> None:
+    signer = TokenSigner("k" * 32)
+    nonce = hello.new_nonce()
+    verdict = hello.judge(signer.peer_proof, "us", nonce, "ap", hello.PROTOCOL + 1,
+                          hello.key_proof(signer.peer_proof, nonce, "ap"))
+    assert verdict.key_match and not verdict.ok
+    assert verdict.problems == ("answers as region 'ap', not 'us'",
+                                f"speaks peer protocol {hello.PROTOCOL + 1}, this region "
+                                f"{hello.PROTOCOL}")
+

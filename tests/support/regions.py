@@ -1,0 +1,80 @@
+"""Regions for tests: real `chatplane up` processes configured as peers of each other
+(`CHATPLANE_REGION`, `CHATPLANE_PEERS`, a shared or a different token key), and reading
+what each reports on `GET /v1/peers`."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.support.server import ServerProcess, free_port
+
+SHARED_KEY = "a-token-key-every-region-shares"
+FAST_PROBES = {"CHATPLANE_PEER_PROBE_S": "0.2", "CHATPLANE_PEER_TIMEOUT_S": "0.5"}
+
+
+class RegionProcess(ServerProcess):
+    """`chatplane up` as region `name`, listening on `host` (any 127.x address), its
+    cross-region gRPC endpoint on `grpc_port`."""
+
+    def __init__(self, data_dir: Path, name: str, *, host: str = "127.0.0.1",
+                 http_port: int = 0, grpc_port: int = 0, key: str = SHARED_KEY,
+                 env: dict[str, str] | None = None) -> None:
+        self.name, self.host = name, host
+        self.grpc_port = grpc_port or free_port()
+        super().__init__(data_dir, tcp=False, extra_args=["--host", host], env={
+            "CHATPLANE_REGION": name, "CHATPLANE_GRPC_PORT": str(self.grpc_port),
+            "CHATPLANE_TOKEN_SECRET": key, **FAST_PROBES, **(env or {})})
+        if http_port:
+            self.port = http_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def set_peers(self, peers: list[dict[str, str]]) -> None:
+        self.env["CHATPLANE_PEERS"] = json.dumps(peers)
+
+    def set_key(self, key: str) -> None:
+        self.env["CHATPLANE_TOKEN_SECRET"] = key
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """The peers this region reports, by name."""
+        status, text = self.get("/v1/peers")
+        assert status == 200, text
+        return {p["name"]: p for p in json.loads(text)["peers"]}
+
+
+def peer_each_other(*regions: RegionProcess) -> None:
+    for region in regions:
+        region.set_peers([{"name": other.name, "endpoint": other.endpoint,
+                           "datacenter": f"dc-{other.name}"}
+                          for other in regions if other is not region])
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll until `check` returns something truthy (no timing is asserted)."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
