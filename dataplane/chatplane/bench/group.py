@@ -1,12 +1,19 @@
 """W2, `chatplane bench group`: one large group, every member online.
 
 Creates a group of M members through the admin API (the server's data dir
-holds its secret and the token key), brings every member online as a real
-SDK client spread over P worker processes (`chatplane.bench.crowd`), then S
-senders send K messages `--interval-ms` apart. Reports, per message, the time
-from the send call until the last member had it (p50, p90, max), deliveries
-per second, the members that did not get a contiguous run exactly once and in
-order, and the server's CPU and memory (from its /metrics).
+holds its secret and the token key), brings every member online, then S
+senders send K messages `--interval-ms` apart (on a schedule: a slow ack does
+not slow the rate). Reports, per message, the time from the send call until
+the last member had it (p50, p90, max), deliveries per second, the members
+that did not get a contiguous run exactly once and in order, and the
+server's CPU and memory (from its /metrics).
+
+The members are either real SDK clients spread over P worker processes
+(`--crowd sdk`, `chatplane.bench.crowd`) or lean Go protocol clients
+(`--crowd go`, `chatplane.bench.crowdgo`), which cost the machine a small
+fraction of what the server spends on them, so the figures are the
+server's. `--beside-direct` also runs `bench direct` alone, beside the
+sending group, and alone again (`chatplane.bench.beside`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -24,9 +32,12 @@ from typing import Any
 import aiohttp
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner
+from chatplane.bench import beside, crowdgo
 from chatplane.client import Client
 
 BATCH = 1000  # the admin API adds at most this many users per call
+WARMUP_S = 2.0  # --beside-direct: the group sends this long before 1:1 starts
+DIRECT_MARGIN_S = 10.0  # ... and goes on past bench direct's run (its setup and drain)
 
 
 def add_parser(workloads: argparse._SubParsersAction) -> None:
@@ -40,22 +51,24 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
     group.add_argument("--data-dir", required=True)
     group.add_argument("--members", type=int, default=10_000, help="M (default 10000)")
     group.add_argument("--senders", type=int, default=5, help="S (default 5)")
-    group.add_argument("--messages", type=int, default=20, help="K (default 20)")
-    group.add_argument(
-        "--interval-ms",
-        type=float,
-        default=200.0,
-        help="between two sends (default 200; 0: as fast as acked)",
-    )
-    group.add_argument("--procs", type=int, default=4, help="client worker processes")
+    group.add_argument("--messages", type=int, default=None,
+                       help="K (default 20; with --beside-direct: enough to outlast bench direct)")
+    group.add_argument("--interval-ms", type=float, default=200.0,
+                       help="between two sends (default 200; 0: each after the previous ack)")
+    group.add_argument("--crowd", choices=("sdk", "go"), default="sdk",
+                       help="the members: SDK clients, or lean Go clients (built on first use)")
+    group.add_argument("--procs", type=int, default=None,
+                       help="crowd worker processes (default: 4 for sdk, 1 for go)")
+    group.add_argument("--crowd-cores", type=int, default=1,
+                       help="--crowd go: cores each worker may use (GOMAXPROCS, default 1)")
     group.add_argument("--deadline", type=float, default=120.0, help="seconds to wait")
-    group.add_argument(
-        "--receipts",
-        type=int,
-        default=0,
-        metavar="N",
-        help="then time N receipts() calls on the group (read/unread lists)",
-    )
+    group.add_argument("--receipts", type=int, default=0, metavar="N",
+                       help="then time N receipts() calls on the group (read/unread lists)")
+    group.add_argument("--beside-direct", action="store_true",
+                       help="run bench direct alone, beside the sending group, and alone again")
+    group.add_argument("--direct-pairs", type=int, default=20)
+    group.add_argument("--direct-rate", type=float, default=200.0)
+    group.add_argument("--direct-duration", type=float, default=15.0)
     group.add_argument("--json", metavar="FILE")
     group.set_defaults(func=run_command)
 
@@ -74,79 +87,114 @@ async def _metrics(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
     return out
 
 
+async def _create_group(http: aiohttp.ClientSession, url: str, auth: dict[str, str],
+                        senders: list[str], members: list[str]) -> tuple[str, int]:
+    """The group, its members added in batches; its id and head seq."""
+    async with http.post(url + "/v1/admin/groups", headers=auth, json={
+            "name": "w2", "owner": senders[0],
+            "members": senders[1:] + members[: BATCH - len(senders)]}) as r:
+        if r.status != 201:
+            raise SystemExit(f"cannot create the group: {r.status} {await r.text()}")
+        group = (await r.json())["conversation_id"]
+    head = 1
+    for k in range(BATCH - len(senders), len(members), BATCH):
+        async with http.post(f"{url}/v1/admin/groups/{group}/members", headers=auth,
+                             json={"add": members[k: k + BATCH]}) as r:
+            head = (await r.json())["seq"]
+    return group, head
+
+
+async def _start_crowd(args: argparse.Namespace, url: str, members: list[str], prefix: str,
+                       group: str, expect: int, deadline_s: float,
+                       transport: str) -> list[asyncio.subprocess.Process]:
+    per = -(-len(members) // args.procs)
+    chunks = [members[i * per: (i + 1) * per] for i in range(args.procs)]
+    workers = []
+    for chunk in filter(None, chunks):
+        if args.crowd == "go":
+            signer = TokenSigner.from_data_dir(Path(args.data_dir))
+            tokens = [(m, signer.mint(m, "phone")) for m in chunk]
+            workers.append(await crowdgo.start(args.crowd_binary, url, tokens, group, expect,
+                                               deadline_s, args.crowd_cores))
+        else:
+            first = int(chunk[0].rsplit("x", 1)[1])
+            workers.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "chatplane.bench.crowd", url, str(args.data_dir),
+                str(first), str(len(chunk)), group, str(expect), str(deadline_s), prefix,
+                transport, stdout=subprocess.PIPE, limit=crowdgo.RESULT_LIMIT))
+    return workers
+
+
+async def _send(clients: list[Client], group: str, count: int, interval_ms: float) -> dict[int, float]:
+    """K sends on a schedule (or back to back when interval is 0); seq -> send time."""
+    sent: dict[int, float] = {}
+
+    async def one(i: int) -> None:
+        t = time.time()
+        ack = await clients[i % len(clients)].send_text(group, f"w2-{i}")
+        sent[ack.seq] = t
+
+    if not interval_ms:
+        for i in range(count):
+            await one(i)
+        return sent
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    for i in range(count):
+        delay = start + i * interval_ms / 1000 - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return sent
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     url = args.url.rstrip("/")
     data_dir = Path(args.data_dir)
     secret = (data_dir / ADMIN_SECRET_FILE).read_text().strip()
     auth = {"Authorization": f"Bearer {secret}"}
     run_id = f"{int(time.time()) % 100000}"
-    members = [f"w2m{run_id}x{i}" for i in range(args.members)]
+    prefix = f"w2m{run_id}x"
+    members = [f"{prefix}{i}" for i in range(args.members)]
     senders = [f"w2s{run_id}x{i}" for i in range(args.senders)]
+    plan = beside.DirectPlan(args.direct_pairs, args.direct_rate, args.direct_duration)
+    messages = args.messages
+    if messages is None:
+        messages = 20
+        if args.beside_direct and args.interval_ms:
+            span = WARMUP_S + plan.duration + DIRECT_MARGIN_S
+            messages = math.ceil(span * 1000 / args.interval_ms)
+    deadline_s = args.deadline + (2 * plan.duration + 30 if args.beside_direct else 0)
+    phases: dict[str, Any] = {}
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            url + "/v1/admin/groups",
-            headers=auth,
-            json={
-                "name": "w2",
-                "owner": senders[0],
-                "members": senders[1:] + members[: BATCH - len(senders)],
-            },
-        ) as r:
-            if r.status != 201:
-                raise SystemExit(f"cannot create the group: {r.status} {await r.text()}")
-            group = (await r.json())["conversation_id"]
-        head = 1
-        for k in range(BATCH - len(senders), len(members), BATCH):
-            async with http.post(
-                f"{url}/v1/admin/groups/{group}/members", headers=auth, json={"add": members[k : k + BATCH]}
-            ) as r:
-                head = (await r.json())["seq"]
+        group, head = await _create_group(http, url, auth, senders, members)
         signer = TokenSigner.from_data_dir(data_dir)
         clients = [Client(url, signer.mint(s, "bench")) for s in senders]
         for c in clients:
             await c.connect()
-        expect = head + args.messages
+        expect = head + messages
         async with http.get(url + "/v1/dispatch") as r:
             endpoints = (await r.json())["endpoints"]
         transport = "tcp" if endpoints and endpoints[0].get("tcp") else "ws"
-        per = -(-len(members) // args.procs)
         started = time.monotonic()
-        workers = []
-        for i in range(args.procs):
-            chunk = members[i * per : (i + 1) * per]
-            if not chunk:
-                continue
-            first = int(chunk[0].rsplit("x", 1)[1])
-            workers.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "chatplane.bench.crowd",
-                    url,
-                    str(data_dir),
-                    str(first),
-                    str(len(chunk)),
-                    group,
-                    str(expect),
-                    str(args.deadline),
-                    f"w2m{run_id}x",
-                    transport,
-                    stdout=subprocess.PIPE,
-                )
-            )
+        workers = await _start_crowd(args, url, members, prefix, group, expect, deadline_s, transport)
         for w in workers:
             assert w.stdout is not None
             await w.stdout.readline()
         connect_s = time.monotonic() - started
+        if args.beside_direct:
+            phases["alone_before"] = await beside.run_direct(url, str(data_dir), plan)
+        load_before = beside.load_average()
         before = await _metrics(http, url)
         t0 = time.monotonic()
-        sent: dict[int, float] = {}
-        for i in range(args.messages):
-            t = time.time()
-            ack = await clients[i % len(clients)].send_text(group, f"w2-{i}")
-            sent[ack.seq] = t
-            if args.interval_ms:
-                await asyncio.sleep(args.interval_ms / 1000)
+        sending = asyncio.create_task(_send(clients, group, messages, args.interval_ms))
+        if args.beside_direct:
+            await asyncio.sleep(WARMUP_S)
+            phases["beside_group"] = await beside.run_direct(url, str(data_dir), plan)
+        sent = await sending
+        send_s = time.monotonic() - t0
         outs = []
         for w in workers:
             assert w.stdout is not None
@@ -154,6 +202,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.wait_for(w.wait(), 30)
         elapsed = time.monotonic() - t0
         after = await _metrics(http, url)
+        load_after = beside.load_average()
+        if args.beside_direct:
+            phases["alone_after"] = await beside.run_direct(url, str(data_dir), plan)
         receipts_ms = []
         for i in range(args.receipts):
             seq = sorted(sent)[i % len(sent)]
@@ -169,25 +220,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         latencies.append((last - t) * 1000 if last else float("inf"))
     finite = sorted(x for x in latencies if x != float("inf"))
     cpu = after.get("chatplane_process_cpu_seconds_total", 0) - before.get(
-        "chatplane_process_cpu_seconds_total", 0
-    )
-    return {
+        "chatplane_process_cpu_seconds_total", 0)
+    result: dict[str, Any] = {
         "workload": "W2 group",
         "members": args.members,
         "senders": args.senders,
-        "messages": args.messages,
+        "messages": messages,
         "interval_ms": args.interval_ms,
+        "crowd": args.crowd,
         "procs": args.procs,
-        "transport": transport,
+        "transport": transport if args.crowd == "sdk" else "tcp",
         "connect_s": round(connect_s, 1),
-        "last_member_ms": {
-            "p50": round(statistics.median(finite), 1) if finite else None,
-            "p90": round(finite[int(0.9 * (len(finite) - 1))], 1) if finite else None,
-            "max": round(finite[-1], 1) if finite else None,
-            "all": [round(x, 1) for x in latencies],
-        },
-        "deliveries": args.members * args.messages,
-        "deliveries_per_s": round(args.members * args.messages / elapsed),
+        "send_rate": round(messages / send_s, 1) if send_s else None,
+        "last_member_ms": _distribution(finite, latencies),
+        "deliveries": args.members * messages,
+        "deliveries_per_s": round(args.members * messages / elapsed),
         "members_not_clean": sum(o["bad"] for o in outs),
         "missing_messages": sum(1 for x in latencies if x == float("inf")),
         "server_cpu_s": round(cpu, 2),
@@ -196,26 +243,76 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # the server's own part: from a flush's start to the frame queued for
         # the last member (the rest of last_member_ms is the network and clients)
         "server_fanout_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_ms"),
+        "server_fanouts": _delta(before, after, "chatplane_group_fanout_ms_count"),
+        "load_average": [load_before, load_after],
+        "crowd_stats": _crowd_stats(outs),
         "receipts_ms": {
             "calls": len(receipts_ms),
             "p50": round(statistics.median(receipts_ms), 1) if receipts_ms else None,
             "p99": round(sorted(receipts_ms)[int(0.99 * (len(receipts_ms) - 1))], 1) if receipts_ms else None,
         },
     }
+    if args.beside_direct:
+        result["direct"] = {"plan": vars(plan), **phases,
+                            **beside.verdict(phases["alone_before"], phases["beside_group"],
+                                             phases["alone_after"])}
+    return result
+
+
+def _distribution(finite: list[float], latencies: list[float]) -> dict[str, Any]:
+    def pick(q: float) -> float | None:
+        return round(finite[int(q * (len(finite) - 1))], 1) if finite else None
+
+    return {
+        "p50": round(statistics.median(finite), 1) if finite else None,
+        "p90": pick(0.9),
+        "max": round(finite[-1], 1) if finite else None,
+        "all": [round(x, 1) for x in latencies] if len(latencies) <= 100 else "omitted",
+    }
+
+
+def _crowd_stats(outs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' protocol counters summed (the Go crowd reports them), with
+    the crowd's own CPU; 'bad_samples' from the first worker that has some."""
+    skip = {"bad", "clients", "starts", "last_arrival", "bad_samples", "last_error", "crowd_elapsed_s"}
+    stats: dict[str, Any] = {}
+    for out in outs:
+        for key, value in out.items():
+            if key not in skip and isinstance(value, int | float):
+                stats[key] = round(stats.get(key, 0) + value, 2)
+        if out.get("bad_samples") and "bad_samples" not in stats:
+            stats["bad_samples"] = out["bad_samples"]
+        if out.get("last_error"):
+            stats["last_error"] = out["last_error"]
+    return stats
+
+
+def _delta(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    return after.get(name, 0) - before.get(name, 0)
 
 
 def _mean_delta(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
-    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
-    total = after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)
+    count = _delta(before, after, f"{name}_count")
+    total = _delta(before, after, f"{name}_sum")
     return round(total / count, 1) if count else None
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.procs is None:
+        args.procs = 1 if args.crowd == "go" else 4
+    if args.crowd == "go":
+        try:
+            args.crowd_binary = crowdgo.binary()
+        except crowdgo.CrowdUnavailable as exc:
+            print(f"bench group: {exc}", file=sys.stderr)
+            return 2
     result = asyncio.run(run(args))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
         Path(args.json).write_text(text)
     clean = result["members_not_clean"] == 0 and result["missing_messages"] == 0
+    if "direct" in result:
+        clean = clean and result["direct"]["all_clean"]
     print("result       " + ("CLEAN" if clean else "FAILED"))
     return 0 if clean else 1

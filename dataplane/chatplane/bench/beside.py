@@ -1,0 +1,84 @@
+"""`chatplane bench group --beside-direct`: 1:1 latency without and beside a
+busy large group (issue 6: the group must not push 1:1 p99 above 2x).
+
+`chatplane bench direct` runs as its own process (its clients do not share a
+loop with the group's senders) three times against the same server: alone
+(the group's members online, the group silent), beside the group while it
+sends, and alone again after it. Each phase reports the 1:1 latency
+percentiles, whether the run was clean, the server's CPU, and the load
+average; the ratio compares the p99 beside with each p99 alone, all from one
+run on one machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DirectPlan:
+    pairs: int = 20
+    rate: float = 200.0
+    duration: float = 15.0
+    transport: str = "ws"
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+async def run_direct(url: str, data_dir: str, plan: DirectPlan) -> dict[str, Any]:
+    """One `bench direct` run; its published result, trimmed to what compares."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "direct.json"
+        load_before = load_average()
+        began = time.time()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chatplane.cli", "bench", "direct", "--url", url,
+            "--data-dir", data_dir, "--pairs", str(plan.pairs), "--rate", str(plan.rate),
+            "--duration", str(plan.duration), "--transport", plan.transport, "--quiet",
+            "--json", str(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err = await proc.communicate()
+        if not out.exists():
+            raise RuntimeError(f"bench direct failed ({proc.returncode}): {err.decode()[-2000:]}")
+        pub = json.loads(out.read_text())
+    latency = pub.get("latency_ms", {})
+    return {
+        "clean": pub.get("clean"),
+        "kept_up": pub.get("kept_up"),
+        "acked": pub.get("acked"),
+        "p50_ms": latency.get("p50_ms"),
+        "p99_ms": latency.get("p99_ms"),
+        "max_ms": latency.get("max_ms"),
+        "server_cpu_us_per_msg": pub.get("server_cpu_us_per_msg"),
+        "bench_loop_lag_p99_ms": pub.get("bench_loop_lag_ms", {}).get("p99_ms"),
+        "window": [round(began, 3), round(time.time(), 3)],
+        "load_average": [load_before, load_average()],
+    }
+
+
+def verdict(alone: dict[str, Any], beside: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """p99 beside the group over p99 alone (before and after); the must-hold
+    is met when beside stays within 2x of both."""
+    def ratio(base: dict[str, Any]) -> float | None:
+        if not base.get("p99_ms") or beside.get("p99_ms") is None:
+            return None
+        return round(beside["p99_ms"] / base["p99_ms"], 2)
+
+    ratios = [ratio(alone), ratio(after)]
+    clean = all(phase.get("clean") for phase in (alone, beside, after))
+    return {
+        "p99_ratio_vs_before": ratios[0],
+        "p99_ratio_vs_after": ratios[1],
+        "all_clean": clean,
+        "within_2x": clean and all(r is not None and r <= 2.0 for r in ratios),
+    }
