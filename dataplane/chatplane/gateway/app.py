@@ -72,7 +72,8 @@ class GatewayApp:
             self.peers, parse_addrs(links.state_addrs),
             registry.CachedInstances(self.instances, "state", 1.0)), self.instance_id)
         self.gateway = Gateway(settings, self.im, self.routes, signer, self.instance_id)
-        self.heads = HeadChecker(self.gateway, self.im.inbox_heads, links.head_check_s)
+        self.heads = HeadChecker(self.gateway, self.im.inbox_heads, links.head_check_s,
+                                 self.im.group_heads)
         self.im.on_failover = self.heads.check_soon
         self.cpu = CpuLoad()
         self.ws_url = self.tcp_address = self.grpc_address = self.base_url = ""
@@ -97,6 +98,8 @@ class GatewayApp:
         extra = [
             ("chatplane_head_check_hints_total", "counter", "SyncHints sent by the head check",
              self.heads.hints),
+            ("chatplane_head_check_group_hints_total", "counter",
+             "SyncHints sent for a large group's head", self.heads.group_hints),
             ("chatplane_im_failovers_total", "counter", "requests retried on another im",
              self.im.failovers),
             ("chatplane_route_failures_total", "counter", "failed route calls to state",

@@ -38,8 +38,8 @@ def now_ms() -> float:
 
 
 class Connection:
-    __slots__ = ("_tasks", "conn_id", "device_id", "gateway", "peer", "session", "transport",
-                 "user_id", "window")
+    __slots__ = ("_tasks", "conn_id", "device_id", "gateway", "groups", "peer", "session",
+                 "transport", "user_id", "window")
 
     def __init__(self, gateway: Gateway, transport: Transport, peer: str = "") -> None:
         self.gateway = gateway
@@ -50,6 +50,9 @@ class Connection:
         self.user_id = ""
         self.device_id = ""
         self.conn_id = ""
+        # large group -> the highest head this device was told of (a push or
+        # a sync's GroupDelta); the head check compares it with the group's
+        self.groups: dict[str, int] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
 
     @property
@@ -108,6 +111,8 @@ class Connection:
             else:
                 started = now_ms()
                 reply = await self._answer(request)
+                if reply.WhichOneof("body") == "sync_response":
+                    self._told_by_sync(reply.sync_response)
                 self.session.send(reply)
                 if request.kind == "send":
                     self.gateway.metrics.send_latency.observe(now_ms() - started)
@@ -207,6 +212,28 @@ class Connection:
         if self.session.phase is Phase.ACTIVE:  # straight out: nothing else is queued here
             self.session.frames_out += 1
             self.transport.write([payload])
+
+    def push_group(self, conversation_id: str, head_seq: int, payload: bytes) -> bool:
+        """A large-group frame relayed by the state tier (cluster): written
+        like `push_raw`, and the device is now told of the group's head.
+        False when not logged in (nothing written)."""
+        if self.session.phase is not Phase.ACTIVE:
+            return False
+        self.push_raw(payload)
+        if self.groups is None:
+            self.groups = {}
+        if head_seq > self.groups.get(conversation_id, 0):
+            self.groups[conversation_id] = head_seq
+        return True
+
+    def _told_by_sync(self, response: pb.SyncResponse) -> None:
+        """The last page of a sync lists every large group of the user with
+        its head: the device now knows them; groups it left drop out."""
+        if response.has_more:
+            return
+        before = self.groups or {}
+        self.groups = {g.conversation_id: max(g.head_seq, before.get(g.conversation_id, 0))
+                       for g in response.groups} or None
 
     def kick(self, reason: str) -> None:
         if self.session.closed:

@@ -11,6 +11,12 @@ one round later, has still not acked the head seen then is sent
 acks: a sync can fail too). Waiting a round keeps entries that are merely
 in flight from causing syncs.
 
+Large groups (read diffusion) have no inbox entries, so the same round also
+reads the heads of the large groups the connected devices were told of
+(`Connection.groups`: from pushes and from their syncs' `GroupDelta`s), and
+a device that was not told of a group's head seen a round earlier gets the
+same `SyncHint`: its sync's `GroupDelta` brings what it missed.
+
 Each round costs one inbox-head read per connected user, so the periodic
 round is slow (`head_check_s`, 30 s by default). What can lose a push also
 triggers two quick rounds one second apart (`check_soon()`): a request that
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING
 from chatplane.v1 import frames_pb2 as pb
 
 if TYPE_CHECKING:
+    from chatplane.gateway.connection import Connection
     from chatplane.gateway.service import Gateway
 
 HeadSource = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
@@ -37,13 +44,17 @@ QUICK_S = 1.0
 
 
 class HeadChecker:
-    def __init__(self, gateway: Gateway, heads: HeadSource, interval_s: float) -> None:
+    def __init__(self, gateway: Gateway, heads: HeadSource, interval_s: float,
+                 group_heads: HeadSource) -> None:
         self.gateway = gateway
         self.heads = heads
+        self.group_heads = group_heads
         self.interval_s = interval_s
         self.hints = 0
+        self.group_hints = 0  # of `hints`, those for a large group
         self.rounds = 0
         self._seen: dict[tuple[str, str], int] = {}  # (user, conn_id) -> head a round ago
+        self._group_seen: dict[str, int] = {}  # large group -> its head a round ago
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._quick = 0  # quick rounds still to run
@@ -76,11 +87,22 @@ class HeadChecker:
                 log.warning("head check failed: %s", exc)
 
     async def round(self) -> None:
+        hinted = await self._inbox_round()
+        await self._group_round(hinted)
+        self.rounds += 1
+
+    def _hint(self, conn: Connection, inbox_head: int) -> None:
+        conn.session.send(pb.Frame(sync_hint=pb.SyncHint(inbox_head=inbox_head)))
+        conn.flush()
+        self.hints += 1
+
+    async def _inbox_round(self) -> set[Connection]:
         users = list(self.gateway.users)
         heads: dict[str, int] = {}
         for start in range(0, len(users), BATCH):
             heads.update(await self.heads(users[start:start + BATCH]))
         seen: dict[tuple[str, str], int] = {}
+        hinted: set[Connection] = set()
         for user, devices in list(self.gateway.users.items()):
             head = heads.get(user)
             if head is None:
@@ -95,9 +117,23 @@ class HeadChecker:
                 # unacked for a whole round, gets another hint next round.
                 if window.acked < earlier:
                     window.pushed_head = max(window.pushed_head, earlier)
-                    conn.session.send(pb.Frame(sync_hint=pb.SyncHint(inbox_head=earlier)))
-                    conn.flush()
-                    self.hints += 1
+                    self._hint(conn, earlier)
+                    hinted.add(conn)
                 seen[key] = head
         self._seen = seen
-        self.rounds += 1
+        return hinted
+
+    async def _group_round(self, hinted: set[Connection]) -> None:
+        """Devices not told of a large group's head seen a round ago sync."""
+        told = [c for c in self.gateway.connections if c.groups and c.window is not None]
+        groups = list({g for c in told for g in c.groups or ()})
+        heads: dict[str, int] = {}
+        for start in range(0, len(groups), BATCH):
+            heads.update(await self.group_heads(groups[start:start + BATCH]))
+        for conn in told:
+            if conn in hinted or conn.session.closed or conn.window is None:
+                continue
+            if any(head < self._group_seen.get(g, 0) for g, head in (conn.groups or {}).items()):
+                self._hint(conn, conn.window.pushed_head)
+                self.group_hints += 1
+        self._group_seen = heads

@@ -14,7 +14,9 @@ Redis lost them).
 `GatewayServicer` is the other direction, what state asks of the gateway:
 `Push` hands inbox entries to the devices of their users connected here
 (each connection's downlink window drops what it already pushed, so a
-retried Push is harmless); `Kick` closes a connection another login replaced.
+retried Push is harmless); `GroupPush` writes one large-group frame to the
+devices of the users it lists (a repeat is dropped by the client, by seq);
+`Kick` closes a connection another login replaced.
 """
 
 from __future__ import annotations
@@ -115,6 +117,20 @@ class RemoteIm:
         reply = await first_answer(await self._owners(user_ids[0]), one, 2 * self.peers.deadline_s)
         return dict(reply.heads)
 
+    async def group_heads(self, conversation_ids: Sequence[str]) -> dict[str, int]:
+        """The heads of large groups (any im reads them from storage)."""
+        if not conversation_ids:
+            return {}
+        request = spb.GroupHeadsRequest(conversation_ids=list(conversation_ids))
+
+        async def one(address: str) -> spb.GroupHeadsReply:
+            reply: spb.GroupHeadsReply = await sgrpc.ImStub(self.peers.channel(address)).GroupHeads(
+                request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
+            return reply
+
+        owners = await self._owners(conversation_ids[0])
+        return dict((await first_answer(owners, one, 2 * self.peers.deadline_s)).heads)
+
     async def inbox_head(self, user_id: str) -> int:
         try:
             return await self._heads.get(user_id)
@@ -198,6 +214,13 @@ class GatewayServicer(sgrpc.GatewayServicer):
         with tracing.serving("gateway.Push", context.invocation_metadata()):
             items = [convert.inbox_item(d) for d in request.deliveries]
             return spb.PushReply(pushed=self.gateway.push_entries(items))
+
+    async def GroupPush(self, request: spb.GroupPushRequest,
+                        context: grpc.aio.ServicerContext) -> spb.GroupPushReply:
+        with tracing.serving("gateway.GroupPush", context.invocation_metadata()):
+            pushed = await self.gateway.push_group(request.conversation_id, request.head_seq,
+                                                   request.frame, list(request.user_ids))
+            return spb.GroupPushReply(pushed=pushed)
 
     async def Kick(self, request: spb.KickRequest,
                    context: grpc.aio.ServicerContext) -> spb.KickReply:

@@ -34,7 +34,9 @@ class StateApp:
         self.instances = registry.Instances(self.redis, links.registry_ttl_s)
         self.peers = Peers(links.rpc_deadline_s)
         self.servicer = StateServicer(
-            Routes(self.redis), registry.CachedInstances(self.instances, "gateway", 1.0), self.peers)
+            Routes(self.redis), registry.CachedInstances(self.instances, "gateway", 1.0), self.peers,
+            group_interval_ms=settings.social.group_push_interval_ms,
+            group_max_messages=settings.social.group_push_max_messages)
         self.grpc_address = ""
         self.base_url = ""
         self._grpc: grpc.aio.Server | None = None

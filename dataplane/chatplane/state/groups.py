@@ -96,18 +96,26 @@ class GroupFanout:
             flush = group.flushes.popleft()
             started = loop.time()
             payload = wire.group_push_frame(conversation_id, flush.messages, flush.head_seq)
-            members = group.members
-            for start in range(0, len(members), self.slice_size):
-                for user in members[start:start + self.slice_size]:
-                    for link in self.links_of(user):
-                        try:
-                            link.push_raw(payload)
-                            self.frames_pushed += 1
-                        except Exception:  # one broken connection must not stop the group
-                            log.exception("group push failed")
-                await asyncio.sleep(0)
+            try:
+                await self._fan(conversation_id, flush.head_seq, payload, group.members)
+            except Exception:  # the group's next flushes must still go out
+                log.exception("group %s: fan-out failed", conversation_id)
             spent_ms = (loop.time() - started) * 1000
             self.fanout_ms.observe(spent_ms)
             group.batcher.interval_ms = max(self.interval_ms, spent_ms / self.max_share)
         if group.batcher.deadline() is None and group.timer is None:
             self._groups.pop(conversation_id, None)
+
+    async def _fan(self, conversation_id: str, head_seq: int, payload: bytes,
+                   members: Sequence[str]) -> None:
+        """Write one flush's frame to every online member's devices here (the
+        state tier of a cluster relays it to gateways instead: state/relay.py)."""
+        for start in range(0, len(members), self.slice_size):
+            for user in members[start:start + self.slice_size]:
+                for link in self.links_of(user):
+                    try:
+                        link.push_raw(payload)
+                        self.frames_pushed += 1
+                    except Exception:  # one broken connection must not stop the group
+                        log.exception("group push failed")
+            await asyncio.sleep(0)

@@ -11,6 +11,13 @@ stored, and retries a batch on another instance until one accepts it or
 gateway drops what it already pushed). What is given up (state and Redis
 both down for long) still reaches clients: the gateway's head check sees the
 inbox head move past what it pushed and sends the device a `SyncHint`.
+
+`GroupOutbox` does the same for large groups (read diffusion: no inbox
+entries): `deliver_group` queues a group's message with its member list,
+and each round sends every queued group, its messages in seq order with one
+member list, to the state instance that owns the conversation on the hash
+ring of state instances (so one instance paces a group). What cannot be
+delivered is caught by the gateway's head check of large groups.
 """
 
 from __future__ import annotations
@@ -19,16 +26,19 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
 
 from chatplane import tracing
+from chatplane.protocol import wire
 from chatplane.registry.instances import CachedInstances
+from chatplane.registry.ring import HashRing
 from chatplane.rpc import convert
 from chatplane.rpc.peers import Peers, first_answer
-from chatplane.storage.base import InboxItem
+from chatplane.storage.base import InboxItem, StoredMessage
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
@@ -41,6 +51,24 @@ class StateLinks:
         self.peers = peers
         self.static = static
         self.registry = registry
+        self.ring = HashRing(static)
+
+    async def _live(self) -> dict[str, str]:
+        """Instance id -> gRPC address (a static address is its own id)."""
+        if self.static:
+            return {a: a for a in self.static}
+        if self.registry is None:
+            return {}
+        return {i: f["grpc"] for i, f in (await self.registry.get()).items() if f.get("grpc")}
+
+    async def owners(self, key: str) -> list[str]:
+        """Addresses in ring order from the owner of `key`."""
+        live = await self._live()
+        if not live and self.registry is not None:
+            self.registry.invalidate()
+            live = await self._live()
+        self.ring.update(live)
+        return [live[i] for i in self.ring.owners(key) if i in live]
 
     async def addresses(self) -> list[str]:
         if self.static:
@@ -63,6 +91,14 @@ class StateLinks:
 
         return await first_answer(addresses, one, total_s)
 
+    async def call_keyed(self, key: str, fn: Callable[[sgrpc.StateStub], Awaitable[T]],
+                         total_s: float) -> T:
+        """Call the owner of `key`, and the next ones on the ring if it fails."""
+        async def one(address: str) -> T:
+            return await fn(sgrpc.StateStub(self.peers.channel(address)))
+
+        return await first_answer(await self.owners(key), one, total_s)
+
 
 class DeliveryOutbox:
     def __init__(self, links: StateLinks, *, max_batch: int = 1024, give_up_s: float = 30.0) -> None:
@@ -75,10 +111,16 @@ class DeliveryOutbox:
         self.sent = 0
         self.retried = 0
         self.given_up = 0
+        self.groups = GroupOutbox(links, give_up_s=give_up_s)
 
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    def deliver_group(self, conversation_id: str, members: Sequence[str],
+                      message: StoredMessage) -> None:
+        """A large group's message, for its online members (no inbox entries)."""
+        self.groups.deliver_group(conversation_id, members, message)
 
     def deliver(self, items: Iterable[InboxItem]) -> int:
         before = len(self._queue)
@@ -88,6 +130,7 @@ class DeliveryOutbox:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self.groups.start()
 
     async def stop(self, flush_s: float = 2.0) -> None:
         """Give what is queued `flush_s` to leave, then stop."""
@@ -95,6 +138,7 @@ class DeliveryOutbox:
         deadline = loop.time() + flush_s
         while self._queue and loop.time() < deadline:
             await asyncio.sleep(0.02)
+        await self.groups.stop(max(0.0, deadline - loop.time()))
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -139,5 +183,106 @@ class DeliveryOutbox:
                 self.given_up += len(batch)
                 log.error("gave up delivering %d entries after %d attempts: %s",
                           len(batch), attempts, exc)
+                break
+        self.retried += max(0, attempts - 1)
+
+
+@dataclass
+class _Pending:
+    members: Sequence[str]
+    messages: list[StoredMessage] = field(default_factory=list)
+
+
+class GroupOutbox:
+    def __init__(self, links: StateLinks, *, max_messages: int = 500,
+                 give_up_s: float = 30.0) -> None:
+        self.links = links
+        self.max_messages = max_messages  # per group and request; the rest waits a round
+        self.give_up_s = give_up_s
+        self._queue: dict[str, _Pending] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.retried = 0
+        self.given_up = 0
+
+    @property
+    def depth(self) -> int:
+        return sum(len(p.messages) for p in self._queue.values())
+
+    def deliver_group(self, conversation_id: str, members: Sequence[str],
+                      message: StoredMessage) -> None:
+        pending = self._queue.get(conversation_id)
+        if pending is None:
+            pending = self._queue[conversation_id] = _Pending(members)
+        pending.members = members  # the latest list: membership changes go with their event
+        pending.messages.append(message)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self, flush_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + flush_s
+        while self._queue and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _take(self) -> dict[str, _Pending]:
+        """Up to `max_messages` of each queued group, in seq order."""
+        taken: dict[str, _Pending] = {}
+        for conversation_id, pending in list(self._queue.items()):
+            pending.messages.sort(key=lambda m: m.seq)  # appends may finish out of order
+            head = pending.messages[:self.max_messages]
+            taken[conversation_id] = _Pending(pending.members, head)
+            del pending.messages[:len(head)]
+            if not pending.messages:
+                del self._queue[conversation_id]
+        return taken
+
+    async def _run(self) -> None:
+        # one round in flight: a group's next messages leave after the
+        # previous ones were accepted, so each group's order holds
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                await asyncio.gather(*(self._send(c, p) for c, p in self._take().items()))
+
+    async def _send(self, conversation_id: str, pending: _Pending) -> None:
+        request = spb.DeliverGroupRequest(groups=[spb.GroupDelivery(
+            conversation_id=conversation_id, members=list(pending.members),
+            messages=[wire.message(m) for m in pending.messages])])
+        attempts = 0
+
+        async def deliver(stub: sgrpc.StateStub) -> spb.DeliverGroupReply:
+            nonlocal attempts
+            attempts += 1
+            with tracing.span("im.deliver_group", messages=len(pending.messages)):
+                reply: spb.DeliverGroupReply = await stub.DeliverGroup(
+                    request, timeout=self.links.peers.deadline_s, metadata=tracing.outgoing())
+            return reply
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.give_up_s
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                await self.links.call_keyed(conversation_id, deliver,
+                                            min(remaining, 4 * self.links.peers.deadline_s))
+                self.sent += len(pending.messages)
+                break
+            except Exception as exc:  # never let the outbox die: the head check repairs
+                if loop.time() < deadline and isinstance(exc, grpc.aio.AioRpcError):
+                    if self.links.registry is not None:
+                        self.links.registry.invalidate()
+                    await asyncio.sleep(0.1)
+                    continue
+                self.given_up += len(pending.messages)
+                log.error("gave up delivering %d messages of %s after %d attempts: %s",
+                          len(pending.messages), conversation_id, attempts, exc)
                 break
         self.retried += max(0, attempts - 1)

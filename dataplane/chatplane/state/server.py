@@ -10,6 +10,10 @@ gateway holding their devices, push to each gateway with a deadline. A
 gateway that does not answer is counted `unreachable`: its clients resume
 through dispatch and sync. When Redis cannot be read the call fails
 UNAVAILABLE, and the im's outbox retries it.
+
+DeliverGroup: a large group's messages (read diffusion), queued for the
+group's paced fan-out to the gateways (`GroupRelay`, state/relay.py); the
+call returns once they are queued.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from chatplane import tracing
 from chatplane.metrics import Histogram, Metrics
 from chatplane.registry.instances import CachedInstances
 from chatplane.registry.routes import RouteEntry, Routes
+from chatplane.rpc import convert
 from chatplane.rpc.peers import Peers
+from chatplane.state.relay import GroupRelay
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
@@ -38,10 +44,13 @@ def _entries(routes: list[spb.Route]) -> list[RouteEntry]:
 
 
 class StateServicer(sgrpc.StateServicer):
-    def __init__(self, routes: Routes, gateways: CachedInstances, peers: Peers) -> None:
+    def __init__(self, routes: Routes, gateways: CachedInstances, peers: Peers, *,
+                 group_interval_ms: float = 100, group_max_messages: int = 200) -> None:
         self.routes = routes
         self.gateways = gateways
         self.peers = peers
+        self.groups = GroupRelay(routes, gateways, peers, interval_ms=group_interval_ms,
+                                 max_messages=group_max_messages)
         self.metrics = Metrics()
         self.deliver_latency = Histogram("chatplane_state_deliver_ms",
                                          "Deliver: routes lookup and gateway pushes")
@@ -51,6 +60,17 @@ class StateServicer(sgrpc.StateServicer):
                            "device pushes whose gateway did not answer", lambda: self.unreachable)
         self.metrics.gauge("chatplane_state_redis_errors_total", "failed Redis calls",
                            lambda: self.redis_errors)
+        self.group_messages = 0
+        self.metrics.gauge("chatplane_state_group_messages_total",
+                           "large-group messages accepted for fan-out", lambda: self.group_messages)
+        self.metrics.gauge("chatplane_state_group_flushes_total", "large-group flushes relayed",
+                           lambda: self.groups.flushes)
+        self.metrics.gauge("chatplane_state_group_pushes_total",
+                           "large-group device pushes gateways accepted",
+                           lambda: self.groups.frames_pushed)
+        self.metrics.gauge("chatplane_state_group_unreachable_total",
+                           "large-group pushes whose gateway did not answer",
+                           lambda: self.groups.unreachable)
 
     async def _redis_failed(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
         self.redis_errors += 1
@@ -124,6 +144,18 @@ class StateServicer(sgrpc.StateServicer):
             self.deliver_latency.observe((asyncio.get_running_loop().time() - started) * 1000)
             return spb.DeliverReply(pushed=pushed, unreachable=unreachable)
 
+    async def DeliverGroup(self, request: spb.DeliverGroupRequest,
+                           context: grpc.aio.ServicerContext) -> spb.DeliverGroupReply:
+        with tracing.serving("state.DeliverGroup", context.invocation_metadata()):
+            accepted = 0
+            for group in request.groups:
+                members = list(group.members)
+                for m in group.messages:
+                    self.groups.offer(group.conversation_id, members, convert.message(m))
+                    accepted += 1
+            self.group_messages += accepted
+            return spb.DeliverGroupReply(accepted=accepted)
+
     async def _addresses(self, gateway_ids: dict[str, spb.PushRequest]) -> dict[str, str]:
         live = await self.gateways.get()
         if any(g not in live for g in gateway_ids):
@@ -163,4 +195,5 @@ class StateServicer(sgrpc.StateServicer):
                 log.warning("kick on gateway %s failed: %s", gateway_id, exc.code().name)
 
     def render_metrics(self) -> str:
-        return self.metrics.render() + "\n".join(self.deliver_latency.render()) + "\n"
+        return (self.metrics.render() + "\n".join(self.deliver_latency.render()) + "\n"
+                + "\n".join(self.groups.fanout_ms.render()) + "\n")

@@ -1,0 +1,151 @@
+"""Large groups (read diffusion) on a real `cluster up`: the threshold is set
+low so a few clients make a large group, spread over two gateways. Pushes
+travel im -> state (DeliverGroup, the conversation's owner on the state
+ring) -> gateways (GroupPush); a lost push is repaired by the gateways' head
+check of large groups; a kill -9 of a gateway costs nothing but a resume."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from chatplane.checker import DeliveryChecker
+from chatplane.client import Client
+from chatplane.cluster import Cluster
+from tests.cluster.conftest import ClusterFactory, connections, metric
+from tests.services import RedisService
+from tests.support.traffic import Device, send_many
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+LARGE = {"CHATPLANE_LARGE_GROUP_THRESHOLD": "3"}
+
+
+async def _online(cluster: Cluster, checker: DeliveryChecker, users: list[str],
+                  devices_of: int = 1) -> list[Device]:
+    made = []
+    for user in users:
+        for name in ("phone", "tablet")[:devices_of]:
+            client = Client(cluster.dispatch_url, cluster.signer.mint(user, name))
+            await client.connect()
+            device = Device(client, user, name, checker, defer=True)
+            device.start()
+            made.append(device)
+    return made
+
+
+def _seqs(device: Device, group: str) -> list[int]:
+    return [m.seq for m in device.received if m.conversation_id == group]
+
+
+async def _until_all_have(devices: list[Device], group: str, head: int, timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while any(len(_seqs(d, group)) < head for d in devices):
+        if loop.time() > deadline:
+            raise AssertionError("not delivered: " + ", ".join(
+                f"{d.user}/{d.device}={len(_seqs(d, group))}" for d in devices))
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # a duplicate would arrive now
+
+
+def _assert_clean(checker: DeliveryChecker, devices: list[Device]) -> None:
+    for d in devices:
+        d.judge()
+    verdict = checker.verdict()
+    assert verdict.ok, verdict.summary() + str(verdict.to_dict()["failed_devices"])
+
+
+async def _group(devices: list[Device], checker: DeliveryChecker, users: list[str]) -> str:
+    group = await devices[0].client.create_group("big", users[1:])
+    for user in users:
+        checker.add_member(group, user)
+    await _until_all_have(devices, group, 1, 30)  # the creation, from each inbox
+    return group
+
+
+async def test_members_on_two_gateways_get_live_pushes(make_cluster: ClusterFactory) -> None:
+    """The head check is off, and nobody reconnects: nothing but pushes tells a
+    device of new messages (no inbox entries, no SyncHint)."""
+    cluster = make_cluster(gateways=2, ims=2, states=2,
+                           env={**LARGE, "CHATPLANE_HEAD_CHECK_S": "0"})
+    checker = DeliveryChecker()
+    users = [f"p{i}" for i in range(8)]
+    devices = await _online(cluster, checker, users)
+    assert connections(cluster, "gw-1") > 0 and connections(cluster, "gw-2") > 0
+    group = await _group(devices, checker, users)
+    await asyncio.gather(*(send_many(d, group, 20, d.user, in_flight=3) for d in devices[:3]))
+    await _until_all_have(devices, group, 61, 30)
+    _assert_clean(checker, devices)
+    for d in devices:
+        assert _seqs(d, group) == list(range(1, 62))
+        assert d.client.reconnects == 0
+    for gateway in ("gw-1", "gw-2"):
+        assert metric(cluster, gateway, "chatplane_group_pushed_total") > 0
+        assert metric(cluster, gateway, "chatplane_head_check_hints_total") == 0
+    for d in devices:
+        await d.stop()
+
+
+async def test_a_lost_push_is_repaired_by_the_head_check(make_cluster: ClusterFactory,
+                                                          redis_server: RedisService) -> None:
+    """Routes vanish from Redis (the gateways notice only at their next
+    refresh): the state tier finds no one online and the last message's push
+    is lost. No later message reveals the gap; the head check must."""
+    cluster = make_cluster(gateways=2, ims=1, states=1, env=LARGE)
+    checker = DeliveryChecker()
+    users = [f"l{i}" for i in range(6)]
+    devices = await _online(cluster, checker, users)
+    group = await _group(devices, checker, users)
+    await send_many(devices[1], group, 5, "before")
+    await _until_all_have(devices, group, 6, 30)
+    hints = sum(metric(cluster, g, "chatplane_head_check_group_hints_total")
+                for g in ("gw-1", "gw-2"))
+    client = redis.Redis.from_url(redis_server.url)
+    client.delete(*client.keys("cp:route:*"))
+    client.close()
+    await send_many(devices[1], group, 1, "lost")
+    await _until_all_have(devices, group, 7, 30)
+    _assert_clean(checker, devices)
+    assert sum(metric(cluster, g, "chatplane_head_check_group_hints_total")
+               for g in ("gw-1", "gw-2")) > hints
+    for d in devices:
+        await d.stop()
+
+
+async def test_kill_9_of_a_gateway_under_large_group_traffic(make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster(gateways=2, ims=2, states=1, env=LARGE)
+    checker = DeliveryChecker()
+    users = [f"k{i}" for i in range(6)]
+    devices = await _online(cluster, checker, users, devices_of=2)
+    on_gw1 = connections(cluster, "gw-1")
+    assert on_gw1 > 0 and connections(cluster, "gw-2") > 0
+    group = await _group(devices, checker, users)
+    senders = [d for d in devices if d.device == "phone"][:4]
+    acked = 0
+
+    async def send(device: Device) -> None:
+        nonlocal acked
+        for i in range(40):
+            ack = await device.client.send_text(group, f"{device.user}-{i}")
+            checker.record_ack(device.user, device.device, group, ack.seq, ack.message_id)
+            acked += 1
+
+    async def killer() -> None:
+        while acked < 50:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(cluster.kill, "gw-1")
+
+    await asyncio.wait_for(asyncio.gather(killer(), *(send(d) for d in senders)), 90)
+    head = 1 + 40 * len(senders)
+    await _until_all_have(devices, group, head, 60)
+    _assert_clean(checker, devices)
+    for d in devices:
+        assert _seqs(d, group) == list(range(1, head + 1)), f"{d.user}/{d.device}"
+    assert connections(cluster, "gw-2") == len(devices)
+    assert sum(d.client.reconnects for d in devices) >= on_gw1
+    assert metric(cluster, "gw-2", "chatplane_group_pushed_total") > 0
+    for d in devices:
+        await d.stop()
