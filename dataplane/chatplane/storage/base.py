@@ -46,6 +46,12 @@ class ConversationNotFound(StorageError):
     pass
 
 
+class Fenced(StorageError):
+    """The append carried a lease epoch that is no longer the conversation's:
+    another instance took the conversation over (`acquire`). Nothing was
+    written; the caller must stop sequencing the conversation."""
+
+
 def valid_id(value: str) -> bool:
     return bool(ID_PATTERN.match(value))
 
@@ -95,6 +101,9 @@ class SendRequest:
     sent_at_ms: int
     payload: bytes = b""
     content_type: str = "text"
+    # The sequencing lease epoch the caller holds (from `acquire`), checked
+    # where the seq is claimed; None: unfenced (one process owns everything).
+    fence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +191,19 @@ class Storage(Protocol):
 
     async def conversation(self, conversation_id: str) -> Conversation | None: ...
 
+    async def acquire(self, conversation_id: str, owner: str) -> int:
+        """Take the conversation's sequencing lease: raise its epoch by one
+        (a conditional write, so two takers get two epochs) and return it.
+        From then on an append fenced with an older epoch raises Fenced.
+        Works before the conversation exists (a group about to be created)."""
+
     async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
         """Sequence and store one message, and append it to each recipient's
         inbox, atomically. Recipients are distinct user ids (callers pass each
-        once). Idempotent on (conversation, sender, device, cid). Raises
-        ConversationNotFound, StorageUnavailable."""
+        once). Idempotent on (conversation, sender, device, cid). With
+        `request.fence`, the seq is claimed only while that epoch is the
+        conversation's lease epoch, in the same transaction (or LWT) as the
+        claim. Raises ConversationNotFound, StorageUnavailable, Fenced."""
 
     async def inbox(self, user_id: str, after_seq: int, limit: int) -> list[InboxItem]:
         """Inbox entries with inbox_seq > after_seq, ascending, at most limit."""

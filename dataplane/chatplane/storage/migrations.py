@@ -95,6 +95,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         ("conversation_heads", "member_count", "int"),
         ("messages", "membership", "text"),
     )),
+    Migration(3, "sequencing leases: an epoch per conversation, a fence per timeline partition", (
+        # Raised by conditional writes only (docs/storage.md, "Fencing").
+        """CREATE TABLE IF NOT EXISTS {ks}.conversation_leases (
+            conversation_id text PRIMARY KEY, epoch bigint, owner text)""",
+    ), add_columns=(
+        ("messages", "fence", "bigint static"),
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -38,6 +38,7 @@ from chatplane.storage.base import (
     AppendResult,
     Conversation,
     ConversationNotFound,
+    Fenced,
     InboxItem,
     MembershipChange,
     SendRequest,
@@ -58,6 +59,14 @@ MAX_CLAIM_ATTEMPTS = 50
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _message_at(request: SendRequest, seq: int) -> StoredMessage:
+    return StoredMessage(
+        conversation_id=request.conversation_id, seq=seq, message_id=request.message_id,
+        sender=request.sender, sender_device=request.sender_device, cid=request.cid,
+        text=request.text, sent_at_ms=request.sent_at_ms, payload=request.payload,
+        content_type=request.content_type)
 
 
 class ScyllaStorage(social.SocialMethods):
@@ -193,6 +202,8 @@ class ScyllaStorage(social.SocialMethods):
         async with state.lock:
             try:
                 if state.head is None:
+                    if request.fence is not None:  # a stale owner must not finish others' work
+                        await self._check_lease(conversation_id, request.fence)
                     state.head = await heads.recover_conversation(conversation_id)
                 original = await heads.find_send(request)
                 if original is not None:
@@ -232,12 +243,14 @@ class ScyllaStorage(social.SocialMethods):
         db, st, heads = self._parts()
         seq = head + 1
         for _ in range(MAX_CLAIM_ATTEMPTS):
-            message = StoredMessage(
-                conversation_id=request.conversation_id, seq=seq,
-                message_id=request.message_id, sender=request.sender,
-                sender_device=request.sender_device, cid=request.cid, text=request.text,
-                sent_at_ms=request.sent_at_ms, payload=request.payload,
-                content_type=request.content_type)
+            message = _message_at(request, seq)
+            if request.fence is not None:
+                claimed = await self._claim_fenced(message, request.fence, recipients,
+                                                   appended_at, membership)
+                if claimed:
+                    return message
+                seq = await heads.conversation_head(message.conversation_id, serial=True) + 1
+                continue
             params = (message.conversation_id, heads.message_bucket_of(seq), seq,
                       message.message_id, message.sender, message.sender_device, message.cid,
                       message.text, message.sent_at_ms, message.payload, message.content_type,
@@ -263,6 +276,110 @@ class ScyllaStorage(social.SocialMethods):
         raise StorageUnavailable(
             f"could not claim a seq in {request.conversation_id} after {MAX_CLAIM_ATTEMPTS} "
             "attempts (another writer keeps winning)")
+
+    async def _claim_fenced(self, message: StoredMessage, fence: int, recipients: list[str],
+                            appended_at: int, membership: str | None) -> bool:
+        """Claim the message's seq while the partition's fence is `fence`: True
+        when it is ours, False when another message holds the seq (catch up).
+        Raises Fenced when a newer epoch fences the partition."""
+        db, st, heads = self._parts()
+        conversation_id, seq = message.conversation_id, message.seq
+        bucket = heads.message_bucket_of(seq)
+        params = (message.message_id, message.sender, message.sender_device, message.cid,
+                  message.text, message.sent_at_ms, message.payload, message.content_type,
+                  recipients, appended_at, membership, conversation_id, bucket, seq, fence)
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            try:
+                rows = await db.run(st.claim_message_fenced, params)
+            except StorageUnavailable:
+                # Outcome unknown: a SERIAL read settles it (as in _claim_seq).
+                rows = await heads.read_message_rows(conversation_id, seq, serial=True)
+                if not rows:
+                    continue
+                return bool(rows[0]["message_id"] == message.message_id)
+            row = rows[0] if rows else {}
+            if row.get("[applied]"):
+                return True
+            if row.get("message_id") is not None:  # taken: ours (an earlier try) or not
+                return bool(row["message_id"] == message.message_id)
+            current = row.get("fence")
+            if current is not None and current > fence:
+                raise Fenced(f"{conversation_id}: lease epoch {fence} is stale (now {current})")
+            # A partition this epoch has not fenced yet: the next bucket.
+            await self._open_bucket(conversation_id, bucket, fence)
+        raise StorageUnavailable(f"could not claim {conversation_id}#{seq} under epoch {fence}")
+
+    # -- sequencing leases (docs/storage.md, "Fencing") -------------------------
+
+    async def acquire(self, conversation_id: str, owner: str) -> int:
+        _, _, heads = self._parts()
+        state = heads.conversation_state(conversation_id)
+        async with state.lock:
+            state.head = None  # the next append reloads the head (and finishes it)
+            epoch = await self._raise_lease(conversation_id, owner)
+            await self._fence_head(conversation_id, epoch)
+            return epoch
+
+    async def _check_lease(self, conversation_id: str, epoch: int) -> None:
+        db, st, _ = self._parts()
+        rows = await db.run(st.select_lease, (conversation_id,), serial_read=True)
+        current = rows[0]["epoch"] if rows else None
+        if current != epoch:
+            raise Fenced(f"{conversation_id}: lease epoch {epoch} is stale (now {current})")
+
+    async def _raise_lease(self, conversation_id: str, owner: str) -> int:
+        db, st, _ = self._parts()
+        rows = await db.run(st.select_lease, (conversation_id,), serial_read=True)
+        current = rows[0]["epoch"] if rows else None
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            epoch = (current or 0) + 1
+            rows = await db.run(st.set_lease, (epoch, owner, conversation_id, current))
+            if rows and rows[0].get("[applied]"):
+                return epoch
+            current = rows[0].get("epoch") if rows else None
+        raise StorageUnavailable(f"could not take the lease of {conversation_id}")
+
+    async def _fence_head(self, conversation_id: str, epoch: int) -> None:
+        """Fence the partition the next seq goes to; again if the head moved
+        on past it meanwhile (an older owner still appending)."""
+        _, _, heads = self._parts()
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            head = await heads.conversation_head(conversation_id, serial=True)
+            bucket = heads.message_bucket_of(head + 1)
+            await self._raise_fence(conversation_id, bucket, epoch)
+            head = await heads.conversation_head(conversation_id, serial=True)
+            if heads.message_bucket_of(head + 1) == bucket:
+                return
+        raise StorageUnavailable(f"could not fence {conversation_id}")
+
+    async def _open_bucket(self, conversation_id: str, bucket: int, epoch: int) -> None:
+        """Carry the fence into the next partition, only from a full one that
+        this epoch fences: a stale writer cannot open a partition ahead of the
+        owner (acquire fenced the partition its head was in)."""
+        db, st, _ = self._parts()
+        rows = (await db.run(st.select_fence, (conversation_id, bucket - 1), serial_read=True)
+                if bucket > 0 else [])
+        previous = rows[0]["fence"] if rows else None
+        if previous != epoch:
+            raise Fenced(f"{conversation_id}: lease epoch {epoch} does not fence bucket "
+                         f"{bucket - 1} (it has {previous})")
+        await self._raise_fence(conversation_id, bucket, epoch)
+
+    async def _raise_fence(self, conversation_id: str, bucket: int, epoch: int) -> None:
+        """Set a partition's fence to `epoch` by compare-and-set, unless a newer
+        epoch is already there (Fenced)."""
+        db, st, _ = self._parts()
+        expected = None
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            rows = await db.run(st.set_fence, (epoch, conversation_id, bucket, expected))
+            row = rows[0] if rows else {}
+            current = row.get("fence")
+            if row.get("[applied]") or current == epoch:
+                return
+            if current is not None and current > epoch:
+                raise Fenced(f"{conversation_id}: lease epoch {epoch} is stale (now {current})")
+            expected = current
+        raise StorageUnavailable(f"could not fence {conversation_id} bucket {bucket}")
 
     # -- reads ---------------------------------------------------------------
 

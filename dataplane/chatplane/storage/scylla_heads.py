@@ -84,9 +84,10 @@ class Heads:
         best = max(hint, 0)
         while True:
             rows = await self.db.run(top, (key, bucket), serial_read=serial)
-            if not rows:
+            top_seq = next(iter(rows[0].values())) if rows else None
+            if top_seq is None:  # empty, or only the fence (a static cell) is there
                 return best
-            seq = max(best, int(next(iter(rows[0].values()))))
+            seq = max(best, int(top_seq))
             best = seq
             if seq < (bucket + 1) * size:
                 return best

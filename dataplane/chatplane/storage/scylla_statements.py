@@ -80,6 +80,11 @@ class Statements:
     put_invitation: PreparedStatement
     select_invitation: PreparedStatement
     take_invitation: PreparedStatement
+    claim_message_fenced: PreparedStatement
+    select_fence: PreparedStatement
+    set_fence: PreparedStatement
+    select_lease: PreparedStatement
+    set_lease: PreparedStatement
 
     @classmethod
     async def prepare(cls, db: cql.CqlSession, ks: str) -> Statements:
@@ -171,6 +176,24 @@ class Statements:
                 " appended_at_ms, membership) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " IF NOT EXISTS",
                 False),
+            # The fenced claim: seq n is taken only while the partition's
+            # fence (a static column) is the writer's lease epoch, in one LWT.
+            "claim_message_fenced": (
+                f"UPDATE {m} SET message_id = ?, sender = ?, sender_device = ?, cid = ?,"
+                " text = ?, sent_at_ms = ?, payload = ?, content_type = ?, recipients = ?,"
+                " appended_at_ms = ?, membership = ? WHERE conversation_id = ? AND bucket = ?"
+                " AND seq = ? IF fence = ? AND message_id = null",
+                False),
+            "select_fence": (
+                f"SELECT fence FROM {m} WHERE conversation_id = ? AND bucket = ? LIMIT 1", True),
+            "set_fence": (
+                f"UPDATE {m} SET fence = ? WHERE conversation_id = ? AND bucket = ? IF fence = ?",
+                False),
+            "select_lease": (
+                f"SELECT epoch FROM {ks}.conversation_leases WHERE conversation_id = ?", True),
+            "set_lease": (
+                f"UPDATE {ks}.conversation_leases SET epoch = ?, owner = ? WHERE conversation_id = ?"
+                " IF epoch = ?", False),
             "select_message": (
                 f"SELECT {MESSAGE_COLUMNS} FROM {m} WHERE conversation_id = ? AND bucket = ?"
                 " AND seq = ?", True),

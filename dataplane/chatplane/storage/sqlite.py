@@ -31,6 +31,7 @@ from chatplane.storage.base import (
     Conversation,
     ConversationNotFound,
     ConversationSummary,
+    Fenced,
     InboxItem,
     Member,
     MembershipChange,
@@ -81,6 +82,13 @@ CREATE TABLE IF NOT EXISTS inbox (
     PRIMARY KEY (user_id, inbox_seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS inbox_heads (user_id TEXT PRIMARY KEY, head INTEGER NOT NULL);
+-- The sequencing lease of a conversation (docs/architecture.md, "Ownership"):
+-- a fenced append runs only while its epoch is the row's.
+CREATE TABLE IF NOT EXISTS leases (
+    conversation_id TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    owner TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY,
     display_name TEXT NOT NULL,
@@ -187,8 +195,29 @@ class _Writer:
             head = self.inbox_heads[user_id] = row[0] if row else 0
         return head
 
+    def check_fence(self, request: SendRequest) -> None:
+        """In the append's own transaction, under the write lock: a taker's
+        `acquire` either committed before (the epoch differs: refused) or
+        waits for this transaction."""
+        if request.fence is None:
+            return
+        row = self.db.execute("SELECT epoch FROM leases WHERE conversation_id = ?",
+                              (request.conversation_id,)).fetchone()
+        if row is None or row[0] != request.fence:
+            raise Fenced(f"{request.conversation_id}: lease epoch {request.fence} is stale"
+                         f" (now {row[0] if row else 'none'})")
+
+    def acquire(self, conversation_id: str, owner: str) -> int:
+        self.conv_heads.pop(conversation_id, None)  # the new owner starts from the table
+        row = self.db.execute(
+            "INSERT INTO leases (conversation_id, epoch, owner) VALUES (?, 1, ?)"
+            " ON CONFLICT (conversation_id) DO UPDATE SET epoch = epoch + 1, owner = excluded.owner"
+            " RETURNING epoch", (conversation_id, owner)).fetchone()
+        return int(row[0])
+
     def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
         db = self.db
+        self.check_fence(request)
         head = self.conv_head(request.conversation_id)
         row = db.execute(
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender = ?"
@@ -241,6 +270,7 @@ class _Writer:
                          event: SendRequest, now_ms: int,
                          recipients: Sequence[str] | None) -> AppendResult:
         db = self.db
+        self.check_fence(event)
         if change.create:
             db.execute(
                 "INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms,"
@@ -540,6 +570,10 @@ class SqliteStorage(_SocialMethods):
             return _conversation(db, row) if row else None
 
         return await self._read(read)
+
+    async def acquire(self, conversation_id: str, owner: str) -> int:
+        epoch: int = await self._write(lambda writer: writer.acquire(conversation_id, owner))
+        return epoch
 
     async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
         recipients = tuple(recipients)
