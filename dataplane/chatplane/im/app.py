@@ -20,6 +20,7 @@ from aiohttp import web
 from chatplane import tracing
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.im.admin import AdminApi
+from chatplane.im.leases import NotOwner
 from chatplane.im.service import ImService
 from chatplane.protocol.errors import ProtocolError
 from chatplane.registry import instances as registry
@@ -41,7 +42,11 @@ class ImServicer(sgrpc.ImServicer):
                      context: grpc.aio.ServicerContext) -> spb.ClientReply:
         with tracing.serving("im.Handle", context.invocation_metadata()):
             frame = pb.Frame.FromString(request.frame)
-            reply = await self.im.handle(request.user_id, request.device_id, frame)
+            try:
+                reply = await self.im.handle(request.user_id, request.device_id, frame)
+            except NotOwner as exc:  # the gateway tries the next instance: the new owner
+                await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+                raise
             return spb.ClientReply(frame=reply.SerializeToString())
 
     async def InboxHeads(self, request: spb.InboxHeadsRequest,
@@ -88,7 +93,7 @@ class ImApp:
             registry.CachedInstances(self.instances, "state", 1.0)))
         self.storage = make_storage(settings)
         self.im = ImService(self.storage, self.outbox, settings.limits,
-                            social=settings.social, server_id=self.instance_id)
+                            social=settings.social, server_id=self.instance_id, fenced=True)
         self.servicer = ImServicer(self.im)
         self.grpc_address = ""
         self.base_url = ""
@@ -109,6 +114,10 @@ class ImApp:
             ("chatplane_im_deliver_retries_total", "Deliver calls retried", self.outbox.retried),
             ("chatplane_im_deliver_given_up_total", "entries left to sync", self.outbox.given_up),
             ("chatplane_im_outbox_depth", "entries waiting for state", self.outbox.depth),
+            ("chatplane_im_leases_taken_total", "conversation leases taken",
+             self.im.leases.acquired),
+            ("chatplane_im_appends_fenced_total", "appends refused: lease taken over",
+             self.im.leases.lost),
             ("chatplane_im_group_delivered_total", "large-group messages handed to state",
              self.outbox.groups.sent),
             ("chatplane_im_group_given_up_total", "large-group messages left to the head check",

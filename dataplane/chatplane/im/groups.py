@@ -13,6 +13,7 @@ sees exactly the messages from its join up to its leave.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,8 @@ class Groups:
     async def op(self, user: str, device: str, op: pb.GroupOp) -> AppendResult | None:
         conversation_id = op.conversation_id
         conversation = await self.im.require_member(user, conversation_id)
+        if (await self.im.hold(conversation_id))[1]:  # just taken: roles may have changed
+            conversation = await self.im.require_member(user, conversation_id)
         if conversation.kind != GROUP:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{conversation_id!r} is not a group")
         if conversation.extra.get("dissolved"):
@@ -148,6 +151,7 @@ class Groups:
             sent_at_ms=self.im.clock_ms(), payload=event.SerializeToString(),
             content_type=SYSTEM_GROUP)
         affected = {u for u, _ in change.add} | set(change.remove)
+        await self.im.hold(conversation_id)  # taking it drops what is cached of the group
         before: tuple[str, ...] = ()
         if not change.create:
             before = (await self.im.conversation(conversation_id, fresh=True)).members
@@ -158,8 +162,10 @@ class Groups:
         large = self.im.is_large(tuple(after))
         recipients = sorted(affected) if large else None
         try:
-            result = await self.im.storage.apply_membership(conversation_id, change, request,
-                                                            recipients)
+            result = await self.im.sequenced(
+                conversation_id, lambda fence: self.im.storage.apply_membership(
+                    conversation_id, change, dataclasses.replace(request, fence=fence),
+                    recipients), take_back=True)
         except ConversationNotFound as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {conversation_id!r}") from exc
         except StorageUnavailable as exc:

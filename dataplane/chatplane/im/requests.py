@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from chatplane.im import social
+from chatplane.im.leases import NotOwner
 from chatplane.protocol import wire
 from chatplane.protocol.errors import SPECS, ErrorCode, ProtocolError
 from chatplane.storage.base import AppendResult, StorageUnavailable
@@ -46,6 +47,8 @@ async def handle(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -
         return error_frame(frame.id, ErrorCode.UNKNOWN_FRAME, f"{kind} is not served by im")
     try:
         reply = await handler(im, user_id, device_id, frame)
+    except NotOwner:
+        raise  # the im tier's server sends it back to the gateway, to try the new owner
     except ProtocolError as exc:
         return error_frame(frame.id, exc.code, exc.message)
     reply.id = frame.id

@@ -9,16 +9,18 @@ resend of an acked cid gets the original ack and delivers nothing twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from chatplane.delivery.dedup import CidAllocator
 from chatplane.im import requests
 from chatplane.im.groups import Groups
 from chatplane.im.hotcache import HotCache
+from chatplane.im.leases import Leases, NotOwner
 from chatplane.im.social import Social
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.settings import Limits
@@ -30,6 +32,7 @@ from chatplane.storage.base import (
     AppendResult,
     Conversation,
     ConversationNotFound,
+    Fenced,
     InboxItem,
     Member,
     SendRequest,
@@ -69,6 +72,7 @@ class ImService:
         clock_ms: Callable[[], int] = _now_ms,
         social: SocialSettings | None = None,
         server_id: str = "im",
+        fenced: bool = False,
     ) -> None:
         self.storage = storage
         self.state = state
@@ -88,6 +92,8 @@ class ImService:
         self._member_lists: dict[str, list[Member]] = {}
         self.hot = HotCache(self.social_settings.hot_cache_messages)
         self._event_cids = CidAllocator()
+        # fenced: one of several im instances (docs/cluster.md, "Ownership")
+        self.leases = Leases(storage, server_id, self._forget_conversation, enabled=fenced)
         self.sent = 0
         self.duplicates = 0
 
@@ -104,6 +110,40 @@ class ImService:
                 raise ProtocolError(ErrorCode.NOT_FOUND, f"no conversation {conversation_id!r}")
             self._conversations[conversation_id] = conversation
         return conversation
+
+    def _forget_conversation(self, conversation_id: str) -> None:
+        """Everything cached about one conversation (its lease moved)."""
+        self.forget_members(conversation_id)
+        self.hot.forget(conversation_id)
+        if not conversation_id.startswith(("d:", "u:")):  # spans are kept for groups only
+            for key in [k for k in self._spans if k[1] == conversation_id]:
+                del self._spans[key]
+
+    async def hold(self, conversation_id: str) -> tuple[int | None, bool]:
+        """This instance's lease of the conversation (taken if needed):
+        (epoch, taken just now). See im/leases.py."""
+        try:
+            return await self.leases.hold(conversation_id)
+        except StorageUnavailable as exc:
+            raise _unavailable(exc) from exc
+
+    async def sequenced(self, conversation_id: str,
+                        append: Callable[[int | None], Awaitable[AppendResult]], *,
+                        take_back: bool) -> AppendResult:
+        """`append(fence)` under this instance's lease. Refused (another
+        instance took the lease): with take_back, take it again and retry
+        (server-made entries, which any instance may write); else NotOwner
+        (a client's send, which the gateway retries on the new owner)."""
+        refused = NotOwner(conversation_id)
+        for _ in range(3):
+            fence, _ = await self.hold(conversation_id)
+            try:
+                return await append(fence)
+            except Fenced as exc:
+                refused = self.leases.lose(conversation_id, fence)
+                if not take_back:
+                    raise refused from exc
+        raise refused
 
     def forget_members(self, conversation_id: str) -> None:
         self._conversations.pop(conversation_id, None)
@@ -164,11 +204,14 @@ class ImService:
             if user_id not in self._events_ready:
                 await self.storage.ensure_events(user_id, self.clock_ms())
                 self._events_ready.add(user_id)
-            result = await self.storage.append(SendRequest(
-                conversation_id=conversation_id, sender=user_id, sender_device=self.event_device,
-                cid=self.next_event_cid(), text="", message_id=uuid.uuid4().hex,
-                sent_at_ms=self.clock_ms(), payload=event.SerializeToString(),
-                content_type=f"event/{event.WhichOneof('kind')}"), (user_id,))
+            result = await self.sequenced(conversation_id, lambda fence: self.storage.append(
+                SendRequest(
+                    conversation_id=conversation_id, sender=user_id,
+                    sender_device=self.event_device, cid=self.next_event_cid(), text="",
+                    message_id=uuid.uuid4().hex, sent_at_ms=self.clock_ms(),
+                    payload=event.SerializeToString(),
+                    content_type=f"event/{event.WhichOneof('kind')}", fence=fence),
+                (user_id,)), take_back=True)
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
         self.deliver(result)
@@ -206,6 +249,8 @@ class ImService:
         if content_type.startswith(("system/", "event/")):
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "system/ and event/ types are reserved")
         conversation = await self.require_member(user_id, conversation_id)
+        if (await self.hold(conversation_id))[1]:  # just taken: read it again, fresh
+            conversation = await self.require_member(user_id, conversation_id)
         if conversation.kind == EVENTS:
             raise ProtocolError(ErrorCode.FORBIDDEN, "the events conversation is read-only")
         if conversation.kind == DIRECT:
@@ -226,7 +271,9 @@ class ImService:
         large = conversation.kind == GROUP and self.is_large(conversation.members)
         try:
             # a large group is read-diffused: the timeline only, no inbox entries
-            result = await self.storage.append(request, () if large else conversation.members)
+            recipients = () if large else conversation.members
+            result = await self.sequenced(conversation_id, lambda fence: self.storage.append(
+                dataclasses.replace(request, fence=fence), recipients), take_back=False)
         except ConversationNotFound as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from exc
         except StorageUnavailable as exc:
