@@ -16,6 +16,7 @@ from chatplane_operator import handlers, metrics
 from chatplane_operator.applying import Applier
 from chatplane_operator.counting import HttpConnectionCounter
 from chatplane_operator.peering import PeeringGate
+from chatplane_operator.peerreports import HttpPeerReader
 from chatplane_operator.reconciling import Reconciler
 
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     applier = Applier(_api_client())
     runtime = handlers.Runtime(
-        reconciler=Reconciler(applier, HttpConnectionCounter(applier)),
+        reconciler=Reconciler(applier, HttpConnectionCounter(applier),
+                              read_peers=HttpPeerReader(applier)),
         resync=args.resync_seconds)
     metrics.serve(args.metrics_address, args.metrics_port)
     common = {"clusterwide": not args.namespace, "namespaces": args.namespace,

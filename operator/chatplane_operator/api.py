@@ -62,6 +62,10 @@ class Reason:
     REPLICATION_WIRED = "ReplicationWired"
     MIGRATION_PENDING = "MigrationPending"
     REGION_NOT_WIRED = "RegionNotWired"
+    PEERS_REACHABLE = "PeersReachable"
+    PEER_UNREACHABLE = "PeerUnreachable"
+    PEER_MISMATCH = "PeerMismatch"
+    PEER_REPORT_MISSING = "PeerReportMissing"
     GATEWAY_DRAINING = "GatewayDraining"
     GATEWAY_REPLACED = "GatewayReplaced"
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chatplane_operator import api, drain, fleet_kube, status
+from chatplane_operator import api, drain, fleet_kube, reachability, status
 from chatplane_operator.applying import KINDS, ApiError, Applier, secret_has_key
 from chatplane_operator.specs import bundle, config, jobs, naming
 
@@ -62,12 +62,15 @@ def _missing_refs(applier: Applier, cluster: api.ChatCluster, region: api.Region
 
 
 class Reconciler:
-    """Runs passes; holds the API client and the connection counter, nothing per cluster."""
+    """Runs passes; holds the API client and the readers of the data plane (connection
+    counts, peer reports), nothing per cluster."""
 
     def __init__(self, applier: Applier, count: ConnectionCounter = no_connections,
-                 admin: drain.GatewayAdmin | None = None) -> None:
+                 admin: drain.GatewayAdmin | None = None,
+                 read_peers: reachability.PeerReader = reachability.no_peer_reports) -> None:
         self.applier = applier
         self.count = count
+        self.read_peers = read_peers
         self.admin = admin or drain.GatewayAdmin()
         self._last_errors: dict[tuple[str, str], set[str]] = {}
 
@@ -160,11 +163,12 @@ class Reconciler:
                 for tier in api.TIERS
             }
             connections = self.count(cluster, region) if error is None else 0
+            peers = self.read_peers(cluster, region) if error is None else None
             rollout = None
             if error is None and "gateway" in applied:
                 rollout = self._roll(body, cluster, region, applied["gateway"], outcome)
             observations[region.name] = status.RegionObservation(tiers, connections, error,
-                                                                 rollout)
+                                                                 rollout, peers)
         migration = self._apply_cluster_wide(cluster, existing, desired, observations, outcome)
         for key in set(existing) - desired:
             self.applier.delete(key[0], cluster.namespace, key[1])

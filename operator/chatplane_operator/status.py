@@ -13,7 +13,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chatplane_operator import api
+from chatplane_operator import api, reachability
 from chatplane_operator.specs import config
 
 C = api.ConditionType
@@ -49,6 +49,7 @@ class RegionObservation:
     connections: int = 0
     error: tuple[str, str] | None = None  # (reason, message) when reconciling failed
     rollout: Mapping[str, Any] | None = None  # the gateway drain rollout (fleet_kube)
+    peers: reachability.RegionPeers | None = None  # what its im pods say of its peers
 
 
 def _now() -> str:
@@ -191,24 +192,43 @@ def compute(
     return out
 
 
+_PEER_REASONS = {reachability.UNREACHABLE: R.PEER_UNREACHABLE,
+                 reachability.MISMATCH: R.PEER_MISMATCH,
+                 reachability.MISSING: R.PEER_REPORT_MISSING}
+
+
 def _replication(cluster: api.ChatCluster, observations: Mapping[str, RegionObservation],
                  storage: Mapping[str, Any], gen: int, prev: Sequence[Mapping[str, Any]],
                  now: str | None) -> dict[str, Any]:
     """ReplicationReady: every region was applied with its full peer list (the ConfigMap's
-    CHATPLANE_PEERS) and the migration Job for the current keyspace map has succeeded."""
+    CHATPLANE_PEERS), the migration Job for the current keyspace map has succeeded, and
+    every region's data plane reports every peer reachable (and answering as expected)."""
+    def cond(ok: bool, reason: str, message: str) -> dict[str, Any]:
+        return condition(C.REPLICATION_READY, ok, reason, message, gen, prev, now)
+
     unwired = [r.name for r in cluster.regions
                if (observations.get(r.name) or RegionObservation({})).error is not None
                or r.name not in observations]
     keyspace = config.replication_map(cluster)
-    peers = len(cluster.regions) - 1 + len(cluster.peers)
     if unwired:
-        return condition(C.REPLICATION_READY, False, R.REGION_NOT_WIRED,
-                         f"regions not given their peer list: {', '.join(unwired)}", gen, prev,
-                         now)
+        return cond(False, R.REGION_NOT_WIRED,
+                    f"regions not given their peer list: {', '.join(unwired)}")
     if not storage.get("migrated"):
-        return condition(C.REPLICATION_READY, False, R.MIGRATION_PENDING,
-                         f"keyspace replication {keyspace} waits for Job "
-                         f"{storage.get('migrationJob', '(not created)')}", gen, prev, now)
-    return condition(C.REPLICATION_READY, True, R.REPLICATION_WIRED,
-                     f"every region lists its {peers} peer(s); keyspace replication {keyspace} "
-                     f"applied by Job {storage.get('migrationJob')}", gen, prev, now)
+        return cond(False, R.MIGRATION_PENDING,
+                    f"keyspace replication {keyspace} waits for Job "
+                    f"{storage.get('migrationJob', '(not created)')}")
+    applied = f"keyspace replication {keyspace} applied by Job {storage.get('migrationJob')}"
+    expected = {r.name: [p["name"] for p in config.peers(cluster, r)] for r in cluster.regions}
+    count = len(cluster.regions) - 1 + len(cluster.peers)
+    if not count:
+        return cond(True, R.REPLICATION_WIRED, f"a single region without peers; {applied}")
+    views = {name: (observations.get(name) or RegionObservation({})).peers for name in expected}
+    if not any(v is not None and v.answered for v in views.values()):
+        return cond(False, R.REPLICATION_WIRED,
+                    f"every region lists its {count} peer(s); {applied}; no region's data "
+                    "plane reports its peers yet")
+    found = reachability.problems(expected, views)
+    if found:
+        return cond(False, _PEER_REASONS[found[0][0]], "; ".join(m for _, m in found))
+    return cond(True, R.PEERS_REACHABLE,
+                f"every region's data plane reaches its {count} peer(s); {applied}")

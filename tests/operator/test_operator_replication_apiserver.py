@@ -1,7 +1,9 @@
 """Replication wiring on the real kube-apiserver: peer lists in every region, the keyspace
 map through the migration Job, `ReplicationReady`, and the CEL rule that refuses removing
 a region that still holds replicas. No Job controller runs here: the test marks a Job
-succeeded itself."""
+succeeded itself. No im pod runs either, so `ReplicationReady` stops at "wired"
+(`ReplicationWired`, False): whether regions reach each other is for
+test_operator_reachability_apiserver.py, with real data-plane processes."""
 
 from __future__ import annotations
 
@@ -56,10 +58,10 @@ def test_adding_a_region_rewires_every_region_and_the_keyspace(
                          == "MigrationPending" and _replication(kube, namespace), 20, "pending")
     assert pending["status"] == "False" and first in pending["message"]
     _succeed(kube, namespace, first)
-    ready = wait_until(lambda: _replication(kube, namespace).get("status") == "True"
-                       and _replication(kube, namespace), 20, "ReplicationReady")
-    assert ready["reason"] == "ReplicationWired"
-    assert "every region lists its 2 peer(s)" in ready["message"]
+    wired = wait_until(lambda: _replication(kube, namespace).get("reason") == "ReplicationWired"
+                       and _replication(kube, namespace), 20, "wired")
+    assert wired["status"] == "False"  # no data plane reports its peers here
+    assert "every region lists its 2 peer(s)" in wired["message"]
     for name in ("eu", "us"):
         config = _config(kube, namespace, name)
         assert json.loads(config["CHATPLANE_CQL_REPLICATION"]) == {
@@ -91,9 +93,9 @@ def test_adding_a_region_rewires_every_region_and_the_keyspace(
     assert wait_until(lambda: _replication(kube, namespace).get("reason") == "MigrationPending"
                       and _replication(kube, namespace), 20, "pending again")["status"] == "False"
     _succeed(kube, namespace, second)
-    ready = wait_until(lambda: _replication(kube, namespace).get("status") == "True"
-                       and _replication(kube, namespace), 20, "ReplicationReady again")
-    assert "every region lists its 3 peer(s)" in ready["message"]
+    wired = wait_until(lambda: _replication(kube, namespace).get("reason") == "ReplicationWired"
+                       and _replication(kube, namespace), 20, "wired again")
+    assert "every region lists its 3 peer(s)" in wired["message"]
 
 
 def test_removing_a_region_that_holds_replicas_is_refused(

@@ -199,9 +199,9 @@ def test_migrate_job_name_follows_what_it_migrates(body: dict[str, Any]) -> None
     assert jobs.migrate_job_name(api.parse(version)) != name
 
 
-# Settings the operator sets that the data plane does not read yet (issue 8 and the CQL
-# credentials / replication map of `chatplane storage migrate`).
-PENDING_IN_DATA_PLANE = {"CHATPLANE_PEERS", "CHATPLANE_CQL_REPLICATION",
+# Settings the operator sets that the data plane does not read yet (the CQL credentials /
+# replication map of `chatplane storage migrate`).
+PENDING_IN_DATA_PLANE = {"CHATPLANE_CQL_REPLICATION",
                          "CHATPLANE_CQL_USERNAME", "CHATPLANE_CQL_PASSWORD"}
 
 
@@ -242,3 +242,17 @@ def test_peers_of_other_clusters_are_wired_into_every_region(body: dict[str, Any
         env = {e["name"]: e for e in config.secret_env(cluster, region)}
         assert env["CHATPLANE_TOKEN_SECRET"]["valueFrom"]["secretKeyRef"] == {
             "name": "shared-token", "key": "token"}
+
+
+def test_the_data_plane_reads_the_peer_list_the_operator_writes(body: dict[str, Any]) -> None:
+    peerlist = pytest.importorskip("chatplane.regions.peerlist")
+    body["spec"]["peers"] = [{"name": "ap", "endpoint": "im.ap.example:9090",
+                              "datacenter": "ap-south", "replicationFactor": 2}]
+    body["spec"]["auth"] = {"tokenSecretRef": {"name": "shared-token", "key": "token"}}
+    cluster = api.parse(body)
+    for region in cluster.regions:
+        data = config.config_data(cluster, region)
+        peers = peerlist.parse(data["CHATPLANE_PEERS"], data["CHATPLANE_REGION"])
+        assert [(p.name, p.endpoint, p.datacenter) for p in peers] == [
+            (p["name"], p["endpoint"], p["datacenter"]) for p in config.peers(cluster, region)]
+        assert data["CHATPLANE_CLUSTER"] == f"{cluster.namespace}/{cluster.name}"

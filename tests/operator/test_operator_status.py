@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatplane_operator import api, status
+from chatplane_operator import api, reachability, status
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:05:00Z"
@@ -50,9 +50,10 @@ def test_replication_ready_needs_every_region_wired_and_the_map_migrated(
     assert "{'eu': 3, 'us': 3, 'ap-south': 2}" in cond(pending, "ReplicationReady")["message"]
     done = status.compute(cluster, obs, pending, now=LATER,
                           migration={"migrationJob": "j", "migrated": True})
-    ready = cond(done, "ReplicationReady")
-    assert (ready["status"], ready["reason"]) == ("True", "ReplicationWired")
-    assert "every region lists its 2 peer(s)" in ready["message"]
+    wired = cond(done, "ReplicationReady")  # wired, but no data plane says it reaches them
+    assert (wired["status"], wired["reason"]) == ("False", "ReplicationWired")
+    assert "every region lists its 2 peer(s)" in wired["message"]
+    assert "no region's data plane reports its peers yet" in wired["message"]
     obs["us"] = status.RegionObservation({}, error=("SecretNotFound", "no redis"))
     broken = status.compute(cluster, obs, done, now=LATER)  # the Job status is kept
     assert cond(broken, "ReplicationReady")["reason"] == "RegionNotWired"
@@ -126,3 +127,62 @@ def test_workload_state_from_object() -> None:
     stale = {**obj, "status": {**obj["status"], "observedGeneration": 2}}
     assert status.WorkloadState.from_object(stale).up_to_date is False
     assert status.WorkloadState.from_object(None) == status.WorkloadState()
+
+
+def _report(pod: str, **peers: dict[str, Any]) -> reachability.PodReport:
+    return reachability.PodReport(pod, {"peers": [{"name": n, **v} for n, v in peers.items()]})
+
+
+UP = {"reachable": True, "ok": True, "error": ""}
+DOWN = {"reachable": False, "ok": False, "error": "UNAVAILABLE: connection refused"}
+OTHER_KEY = {"reachable": True, "ok": False, "error": "signs tokens with a different key"}
+
+
+def _replication_with(body: dict[str, Any],
+                      views: dict[str, reachability.RegionPeers | None]) -> dict[str, Any]:
+    body["spec"]["peers"] = [{"name": "ap", "endpoint": "im.ap.example:9090",
+                              "datacenter": "ap-south", "replicationFactor": 2}]
+    cluster = api.parse(body)
+    obs = {r.name: status.RegionObservation(ready_tiers(cluster, r), peers=views.get(r.name))
+           for r in cluster.regions}
+    st = status.compute(cluster, obs, now=NOW, migration={"migrationJob": "j", "migrated": True})
+    return cond(st, "ReplicationReady")
+
+
+def test_replication_ready_when_every_region_reaches_every_peer(body: dict[str, Any]) -> None:
+    views = {"eu": reachability.summarize([_report("eu-im-0", us=UP, ap=UP),
+                                           _report("eu-im-1", us=UP, ap=UP)]),
+             "us": reachability.summarize([_report("us-im-0", eu=UP, ap=UP)])}
+    ready = _replication_with(body, views)
+    assert (ready["status"], ready["reason"]) == ("True", "PeersReachable")
+    assert "every region's data plane reaches its 2 peer(s)" in ready["message"]
+
+
+def test_one_pod_that_cannot_reach_a_peer_names_region_peer_and_pod(body: dict[str, Any]) -> None:
+    views = {"eu": reachability.summarize([_report("eu-im-0", us=UP, ap=UP),
+                                           _report("eu-im-1", us=DOWN, ap=UP)]),
+             "us": reachability.summarize([_report("us-im-0", eu=UP, ap=OTHER_KEY)])}
+    down = _replication_with(body, views)
+    assert (down["status"], down["reason"]) == ("False", "PeerUnreachable")
+    assert down["message"] == ("eu → us: UNAVAILABLE: connection refused (pod eu-im-1); "
+                               "us → ap: signs tokens with a different key (pod us-im-0)")
+    views["eu"] = reachability.summarize([_report("eu-im-0", us=UP, ap=UP)])
+    mismatch = _replication_with(body, views)
+    assert (mismatch["status"], mismatch["reason"]) == ("False", "PeerMismatch")
+
+
+def test_a_region_without_a_report_or_an_older_peer_list_is_missing(body: dict[str, Any]) -> None:
+    silent = reachability.summarize([reachability.PodReport("us-im-0", error="timed out")])
+    views = {"eu": reachability.summarize([_report("eu-im-0", us=UP)]), "us": silent}
+    missing = _replication_with(body, views)
+    assert (missing["status"], missing["reason"]) == ("False", "PeerReportMissing")
+    assert missing["message"] == ("eu → ap: not in its peer list yet; "
+                                  "us: no peer report (us-im-0: timed out)")
+
+
+def test_a_peer_listed_by_only_some_pods_is_not_seen_yet() -> None:
+    view = reachability.summarize([_report("a", us=UP, ap=UP), _report("b", us=UP)])
+    assert view.seen("us") == reachability.PeerSeen("ok")
+    assert view.seen("ap") == reachability.PeerSeen("unreachable",
+                                                    "not listed by every im pod yet")
+    assert view.seen("sa") is None and view.answered == ("a", "b")

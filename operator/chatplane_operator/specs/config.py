@@ -50,6 +50,7 @@ def config_data(cluster: api.ChatCluster, region: api.Region) -> dict[str, str]:
     grpc = cluster.ports.grpc
     data = {
         "CHATPLANE_REGION": region.name,
+        "CHATPLANE_CLUSTER": f"{cluster.namespace}/{cluster.name}",  # told to peer regions
         # In a pod every tier listens on all interfaces; state lives in storage, and the
         # root filesystem is read-only, so the data dir is the emptyDir /tmp.
         "CHATPLANE_HOST": "0.0.0.0",

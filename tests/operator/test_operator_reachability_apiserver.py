@@ -1,0 +1,135 @@
+"""`ReplicationReady` follows what the regions' data plane reports, on the real apiserver.
+
+No kubelet, Deployment controller or cluster DNS runs next to the test apiserver, so the
+test plays them, and nothing in the operator is overridden: each region's data plane is a
+real `chatplane up` process, run with that region's ConfigMap (`CHATPLANE_REGION`,
+`CHATPLANE_CLUSTER`, `CHATPLANE_PEERS`) and the shared token Secret, listening on its own
+loopback address (eu on 127.0.0.1, us on 127.0.0.2) at the cluster's HTTP and gRPC ports.
+The test creates one im pod per region whose `podIP` is that address, which is how the
+operator finds it (it reads `GET /v1/peers` on every running im pod, as in a cluster), and
+it resolves the peer endpoints of `CHATPLANE_PEERS` (`chat-us-im.<ns>.svc:<grpc>`) to those
+addresses, as the cluster DNS would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import OperatorProcess, wait_until
+from kube_children import SELECTOR, cluster_status, condition, wait_reconciled
+from kube_client import Kube
+
+from tests.support.regions import RegionProcess
+from tests.support.server import free_port
+
+pytestmark = [pytest.mark.kube, pytest.mark.slow]
+
+ADDRESSES = {"eu": "127.0.0.1", "us": "127.0.0.2"}
+KEY = "platform-provided-signing-key"
+
+
+def _replication(kube: Kube, namespace: str) -> dict[str, Any]:
+    return condition(cluster_status(kube, namespace), "ReplicationReady")
+
+
+def _succeed_migration(kube: Kube, namespace: str) -> None:
+    job = wait_until(lambda: kube.list("Job", namespace, SELECTOR), 20, "the migration Job")[0]
+    kube.merge_patch("Job", namespace, job["metadata"]["name"], {"status": {
+        "succeeded": 1, "startTime": "2026-01-01T00:00:00Z",
+        "completionTime": "2026-01-01T00:01:00Z", "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True"},
+            {"type": "Complete", "status": "True"}]}}, sub="status")
+
+
+def _im_pod(kube: Kube, namespace: str, region: str) -> None:
+    """Play the Deployment controller and the kubelet: one running im pod at the region's
+    address."""
+    template = kube.get("Deployment", namespace, f"chat-{region}-im")["spec"]["template"]
+    name = f"chat-{region}-im-0"
+    kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": name, "namespace": namespace, "labels": template["metadata"]["labels"]},
+        "spec": template["spec"]})
+    ip = ADDRESSES[region]
+    kube.merge_patch("Pod", namespace, name, {"status": {
+        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}]}}, sub="status")
+
+
+def _data_plane(kube: Kube, namespace: str, region: str, tmp_path: Path, http: int,
+                grpc: int) -> RegionProcess:
+    """`chatplane up` with the region's ConfigMap; peer hosts resolved as DNS would."""
+    config = kube.get("ConfigMap", namespace, f"chat-{region}-config")["data"]
+    peers = json.loads(config["CHATPLANE_PEERS"])
+    for peer in peers:
+        assert peer["endpoint"] == f"chat-{peer['name']}-im.{namespace}.svc:{grpc}"
+        peer["endpoint"] = f"{ADDRESSES[peer['name']]}:{grpc}"
+    proc = RegionProcess(tmp_path / region, config["CHATPLANE_REGION"],
+                         host=ADDRESSES[region], http_port=http, grpc_port=grpc, key=KEY,
+                         env={"CHATPLANE_CLUSTER": config["CHATPLANE_CLUSTER"]})
+    proc.set_peers(peers)
+    return proc
+
+
+@pytest.fixture
+def fast_operator(plane: Any, kube: Kube, namespace: str,
+                  tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator with a 1 s resync: pods are not watched, so each pass re-reads the
+    peer reports (60 s by default)."""
+    proc = OperatorProcess(plane, namespace, tmp_path / "operator.log",
+                           extra=("--resync-seconds", "1"))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print("---- operator log (tail) ----\n" + proc.log()[-6000:])
+
+
+def test_replication_ready_follows_the_data_planes_peer_reports(
+    kube: Kube, namespace: str, fast_operator: OperatorProcess, make_cluster: Any,
+    tmp_path: Path,
+) -> None:
+    http, grpc = free_port(), free_port()
+    kube.create({"apiVersion": "v1", "kind": "Secret",
+                 "metadata": {"name": "shared-token", "namespace": namespace},
+                 "stringData": {"token": KEY}})
+    make_cluster(("eu", "us"), mutate=lambda o: o["spec"].update({
+        "ports": {"http": http, "grpc": grpc},
+        "auth": {"tokenSecretRef": {"name": "shared-token"}}}))
+    wait_reconciled(kube, namespace, 2)
+    _succeed_migration(kube, namespace)
+    wired = wait_until(lambda: _replication(kube, namespace).get("reason") == "ReplicationWired"
+                       and _replication(kube, namespace), 20, "wired, nothing reported yet")
+    assert wired["status"] == "False"
+    assert "no region's data plane reports its peers yet" in wired["message"]
+
+    regions = {r: _data_plane(kube, namespace, r, tmp_path, http, grpc) for r in ADDRESSES}
+    try:
+        for region, proc in regions.items():
+            proc.start()
+            _im_pod(kube, namespace, region)
+        ready = wait_until(lambda: _replication(kube, namespace).get("status") == "True"
+                           and _replication(kube, namespace), 30, "ReplicationReady")
+        assert ready["reason"] == "PeersReachable"
+        assert "every region's data plane reaches its 1 peer(s)" in ready["message"]
+        assert regions["eu"].peers()["us"]["last_answer"]["cluster"] == f"{namespace}/chat"
+
+        regions["us"].kill()
+        down = wait_until(lambda: _replication(kube, namespace).get("reason") == "PeerUnreachable"
+                          and _replication(kube, namespace), 30, "PeerUnreachable")
+        assert down["status"] == "False"
+        assert "eu → us: UNAVAILABLE" in down["message"]
+        assert "(pod chat-eu-im-0)" in down["message"]
+        assert "us: no peer report (chat-us-im-0: GET http://127.0.0.2:" in down["message"]
+
+        regions["us"].start()
+        back = wait_until(lambda: _replication(kube, namespace).get("status") == "True"
+                          and _replication(kube, namespace), 30, "ReplicationReady again")
+        assert back["reason"] == "PeersReachable"
+    finally:
+        for proc in regions.values():
+            proc.stop()
