@@ -6,9 +6,10 @@ the keys next to its points move. `owners(key)` lists every instance in ring
 order from the owner, so a caller whose owner is unreachable tries the next
 one (the one that will own the key once the dead one's TTL passes).
 
-Ownership is an affinity, not the fence: the storage's atomic append
-(SQLite's write lock, Scylla's LWT) keeps seqs unique and contiguous even
-when two instances believe they own a conversation for a moment.
+The ring routes; it is not the fence. Rings disagree for a moment when an
+instance dies or joins, so the instance that appends takes the
+conversation's lease in storage first, and storage refuses appends fenced
+with an older epoch (im/leases.py, docs/cluster.md "Ownership").
 """
 
 from __future__ import annotations
