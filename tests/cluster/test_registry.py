@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 import redis.asyncio as aioredis
@@ -18,6 +19,7 @@ import redis.asyncio as aioredis
 from chatplane import tracing
 from chatplane.im.app import ImServicer
 from chatplane.im.service import ImService
+from chatplane.protocol.errors import ErrorCode
 from chatplane.registry.instances import Instances
 from chatplane.registry.ring import HashRing
 from chatplane.registry.routes import RouteEntry, Routes
@@ -29,6 +31,7 @@ from chatplane.storage.sqlite import SqliteStorage
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
+from tests.cluster.conftest import ClusterFactory
 from tests.services import RedisService
 
 
@@ -195,3 +198,40 @@ async def test_coalescer_batches_concurrent_calls_and_shares_errors() -> None:
     results = await asyncio.gather(*(coalescer.get("x") for _ in range(3)),
                                    return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def _frame(ws: aiohttp.ClientWebSocketResponse, timeout_s: float = 5) -> pb.Frame:
+    message = await ws.receive(timeout=timeout_s)
+    assert message.type == aiohttp.WSMsgType.BINARY, message
+    return pb.Frame.FromString(message.data)
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_a_late_login_on_an_older_connection_is_kicked_in_a_cluster(
+        make_cluster: ClusterFactory) -> None:
+    """Real processes: a device opens a connection on gw-1, then a newer one on
+    gw-2 that logs in; the older connection's login arrives last. The newer
+    connection keeps the device (its route, and it is not kicked)."""
+    cluster = make_cluster(gateways=2, ims=1, states=1)
+    r = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    ws_of = {g: str(await r.hget(f"cp:gateway:{g}", "ws")) for g in ("gw-1", "gw-2")}
+    token = cluster.signer.mint("late", "phone")
+    login = pb.Frame(id=1, login=pb.Login(protocol_version=1, token=token)).SerializeToString()
+    async with aiohttp.ClientSession() as http:
+        older = await http.ws_connect(ws_of["gw-1"])
+        await asyncio.sleep(0.05)  # opened earlier than the next one, for sure
+        newer = await http.ws_connect(ws_of["gw-2"])
+        await newer.send_bytes(login)
+        assert (await _frame(newer)).WhichOneof("body") == "login_ack"
+        await older.send_bytes(login)
+        refused = await _frame(older)
+        assert refused.WhichOneof("body") == "error"
+        assert refused.error.code == ErrorCode.SESSION_REPLACED
+        assert str(await r.hget("cp:route:late", "phone")).startswith("gw-2|")
+        beat = pb.Frame(id=2, heartbeat=pb.Heartbeat(client_time_ms=1)).SerializeToString()
+        await newer.send_bytes(beat)
+        assert (await _frame(newer)).WhichOneof("body") == "heartbeat_ack"  # still connected
+        await older.close()
+        await newer.close()
+    await r.aclose()
