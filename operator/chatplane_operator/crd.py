@@ -302,6 +302,15 @@ def _status() -> Schema:
                           enum=["Draining", "Waiting", "Paused", "Done"]),
             "paused": _str("Why the rollout is paused (a new pod not ready)."),
         }),
+        "peers": {"type": "array", "description": (
+            "What the region's im pods report of each peer (`GET /v1/peers`); absent while "
+            "none answers."), "items": _obj("One peer.", {
+                "name": _str("Peer region name."),
+                "state": _str("Reachable, Unreachable (no answer), Mismatch (another region, "
+                              "protocol or token key) or NotListed (pods on an older list).",
+                              enum=["Reachable", "Unreachable", "Mismatch", "NotListed"]),
+                "message": _str("The error, with the im pod that saw it."),
+            })},
     })
     return _obj("Observed state, written by the operator.", {
         "observedGeneration": _int("The spec generation this status describes.",

@@ -110,3 +110,20 @@ def problems(expected: Mapping[str, Sequence[str]],
             elif seen.state != OK:
                 out.append((seen.state, f"{region} → {peer}: {seen.detail}"))
     return sorted(out, key=lambda p: SEVERITY.index(p[0]))
+
+
+STATUS_STATES = {OK: "Reachable", UNREACHABLE: "Unreachable", MISMATCH: "Mismatch"}
+
+
+def status_rows(peers: Sequence[str], view: RegionPeers) -> list[dict[str, str]]:
+    """`status.regions[].peers`: what the region's im pods say of each peer it should see."""
+    rows = []
+    for peer in peers:
+        seen = view.seen(peer)
+        if seen is None:
+            rows.append({"name": peer, "state": "NotListed",
+                         "message": "no im pod lists this peer yet"})
+        else:
+            rows.append({"name": peer, "state": STATUS_STATES[seen.state],
+                         "message": seen.detail})
+    return rows

@@ -146,6 +146,9 @@ def compute(
             },
             "conditions": conds,
             **({"rollout": dict(obs.rollout)} if obs.rollout is not None else {}),
+            **({"peers": reachability.status_rows(
+                [p["name"] for p in config.peers(cluster, region)], obs.peers)}
+               if obs.peers is not None and obs.peers.answered else {}),
         })
     prev = previous.get("conditions") or []
     degraded = [r for r in regions if _is(r["conditions"], C.DEGRADED)]

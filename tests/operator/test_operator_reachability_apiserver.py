@@ -36,6 +36,12 @@ def _replication(kube: Kube, namespace: str) -> dict[str, Any]:
     return condition(cluster_status(kube, namespace), "ReplicationReady")
 
 
+def _region_peers(kube: Kube, namespace: str) -> dict[str, list[tuple[str, str]]]:
+    """`status.regions[].peers` as {region: [(peer, state)]}, regions that report only."""
+    return {r["name"]: [(p["name"], p["state"]) for p in r["peers"]]
+            for r in cluster_status(kube, namespace).get("regions") or [] if "peers" in r}
+
+
 def _succeed_migration(kube: Kube, namespace: str) -> None:
     job = wait_until(lambda: kube.list("Job", namespace, SELECTOR), 20, "the migration Job")[0]
     kube.merge_patch("Job", namespace, job["metadata"]["name"], {"status": {
@@ -117,6 +123,8 @@ def test_replication_ready_follows_the_data_planes_peer_reports(
         assert ready["reason"] == "PeersReachable"
         assert "every region's data plane reaches its 1 peer(s)" in ready["message"]
         assert regions["eu"].peers()["us"]["last_answer"]["cluster"] == f"{namespace}/chat"
+        assert _region_peers(kube, namespace) == {"eu": [("us", "Reachable")],
+                                                  "us": [("eu", "Reachable")]}
 
         regions["us"].kill()
         down = wait_until(lambda: _replication(kube, namespace).get("reason") == "PeerUnreachable"
@@ -125,6 +133,7 @@ def test_replication_ready_follows_the_data_planes_peer_reports(
         assert "eu → us: UNAVAILABLE" in down["message"]
         assert "(pod chat-eu-im-0)" in down["message"]
         assert "us: no peer report (chat-us-im-0: GET http://127.0.0.2:" in down["message"]
+        assert _region_peers(kube, namespace) == {"eu": [("us", "Unreachable")]}
 
         regions["us"].start()
         back = wait_until(lambda: _replication(kube, namespace).get("status") == "True"

@@ -166,6 +166,15 @@ def test_one_pod_that_cannot_reach_a_peer_names_region_peer_and_pod(body: dict[s
     assert (down["status"], down["reason"]) == ("False", "PeerUnreachable")
     assert down["message"] == ("eu → us: UNAVAILABLE: connection refused (pod eu-im-1); "
                                "us → ap: signs tokens with a different key (pod us-im-0)")
+    cluster = api.parse(body)
+    obs = {r.name: status.RegionObservation(ready_tiers(cluster, r), peers=views[r.name])
+           for r in cluster.regions}
+    regions = {r["name"]: r for r in status.compute(cluster, obs, now=NOW)["regions"]}
+    assert regions["eu"]["peers"] == [
+        {"name": "us", "state": "Unreachable",
+         "message": "UNAVAILABLE: connection refused (pod eu-im-1)"},
+        {"name": "ap", "state": "Reachable", "message": ""}]
+    assert regions["us"]["peers"][1]["state"] == "Mismatch"
     views["eu"] = reachability.summarize([_report("eu-im-0", us=UP, ap=UP)])
     mismatch = _replication_with(body, views)
     assert (mismatch["status"], mismatch["reason"]) == ("False", "PeerMismatch")
@@ -176,6 +185,8 @@ def test_a_region_without_a_report_or_an_older_peer_list_is_missing(body: dict[s
     views = {"eu": reachability.summarize([_report("eu-im-0", us=UP)]), "us": silent}
     missing = _replication_with(body, views)
     assert (missing["status"], missing["reason"]) == ("False", "PeerReportMissing")
+    assert reachability.status_rows(["us", "ap"], views["eu"])[1] == {
+        "name": "ap", "state": "NotListed", "message": "no im pod lists this peer yet"}
     assert missing["message"] == ("eu → ap: not in its peer list yet; "
                                   "us: no peer report (us-im-0: timed out)")
 
