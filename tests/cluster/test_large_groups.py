@@ -14,6 +14,7 @@ import redis
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
 from chatplane.cluster import Cluster
+from chatplane.registry.ring import HashRing
 from tests.cluster.conftest import ClusterFactory, connections, metric
 from tests.services import RedisService
 from tests.support.traffic import Device, send_many
@@ -147,5 +148,42 @@ async def test_kill_9_of_a_gateway_under_large_group_traffic(make_cluster: Clust
     assert connections(cluster, "gw-2") == len(devices)
     assert sum(d.client.reconnects for d in devices) >= on_gw1
     assert metric(cluster, "gw-2", "chatplane_group_pushed_total") > 0
+    for d in devices:
+        await d.stop()
+
+
+async def test_kill_9_of_the_state_instance_pacing_the_group(make_cluster: ClusterFactory) -> None:
+    """The group's owner on the state ring dies under traffic: the im's group
+    outbox moves to the next instance, and what the dead one held queued is
+    repaired by the head check."""
+    cluster = make_cluster(gateways=2, ims=1, states=2, env=LARGE)
+    checker = DeliveryChecker()
+    users = [f"s{i}" for i in range(6)]
+    devices = await _online(cluster, checker, users)
+    group = await _group(devices, checker, users)
+    owner = HashRing(cluster.names("state")).owner(group)
+    assert owner is not None
+    acked = 0
+
+    async def send(device: Device) -> None:
+        nonlocal acked
+        for i in range(40):
+            ack = await device.client.send_text(group, f"{device.user}-{i}")
+            checker.record_ack(device.user, device.device, group, ack.seq, ack.message_id)
+            acked += 1
+
+    async def killer() -> None:
+        while acked < 40:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(cluster.kill, owner)
+
+    await asyncio.wait_for(asyncio.gather(killer(), *(send(d) for d in devices[:3])), 90)
+    head = 1 + 40 * 3
+    await _until_all_have(devices, group, head, 60)
+    _assert_clean(checker, devices)
+    for d in devices:
+        assert _seqs(d, group) == list(range(1, head + 1)), f"{d.user}/{d.device}"
+    survivor = next(n for n in cluster.names("state") if n != owner)
+    assert metric(cluster, survivor, "chatplane_state_group_messages_total") > 0
     for d in devices:
         await d.stop()
