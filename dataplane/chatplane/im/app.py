@@ -2,7 +2,8 @@
 
 A gRPC server with the client-request API (`Im.Handle`: a request frame in,
 the reply frame out — the gateway forwards bytes) and `Im.InboxHeads` (the
-gateways' head check), the admin API and probes on HTTP, a `DeliveryOutbox`
+gateways' head check), `Region.Hello` for peer regions (`chatplane.regions`), the
+admin API, probes and `GET /v1/peers` on HTTP, a `DeliveryOutbox`
 towards state, and its entry in the Redis registry (`cp:im:<id>`), from
 which gateways build the hash ring that says which instance owns which
 conversation.
@@ -23,6 +24,7 @@ from chatplane.im.admin import AdminApi
 from chatplane.im.leases import NotOwner
 from chatplane.im.service import ImService
 from chatplane.protocol.errors import ProtocolError
+from chatplane.regions import links as region_links
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
 from chatplane.rpc.peers import Peers, parse_addrs
@@ -95,6 +97,7 @@ class ImApp:
         self.im = ImService(self.storage, self.outbox, settings.limits,
                             social=settings.social, server_id=self.instance_id, fenced=True)
         self.servicer = ImServicer(self.im)
+        self.prober = region_links.prober_for(settings, self.instance_id, self.signer.peer_proof)
         self.grpc_address = ""
         self.base_url = ""
         self._grpc: grpc.aio.Server | None = None
@@ -127,18 +130,24 @@ class ImApp:
         ):
             kind = "gauge" if name.endswith("depth") else "counter"
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.prober.metrics()
+
+    def _services(self, grpc_server: grpc.aio.Server) -> None:
+        """The client-request API for the gateways and the cross-region link for peers."""
+        sgrpc.add_ImServicer_to_server(self.servicer, grpc_server)
+        region_links.add_to_server(self.prober, grpc_server)
 
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links
         host = serving.advertised_host(self.settings)
         await self.storage.open()
         self.outbox.start()
-        self._grpc, port = await serving.start_grpc(
-            server.host, links.grpc_port, lambda s: sgrpc.add_ImServicer_to_server(self.servicer, s))
+        self._grpc, port = await serving.start_grpc(server.host, links.grpc_port, self._services)
         self.grpc_address = f"{host}:{port}"
+        self.prober.start()
         app = web.Application(client_max_size=1024 * 1024)
-        app.add_routes(serving.probe_routes(self._ready, self._metrics))
+        app.add_routes(serving.probe_routes(self._ready, self._metrics, self.prober.summary))
+        app.add_routes(self.prober.routes())
         app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im).routes())
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
         self.base_url = f"http://{host}:{http_port}"
@@ -153,6 +162,7 @@ class ImApp:
     async def stop(self) -> None:
         if self.publisher is not None:
             await self.publisher.stop()  # leave the ring first: gateways move on
+        await self.prober.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         await self.outbox.stop()
