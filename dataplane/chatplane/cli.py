@@ -32,16 +32,18 @@ def _install_uvloop() -> None:
 def _up_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     server: dict[str, Any] = {}
     storage: dict[str, Any] = {}
+    links: dict[str, Any] = {}
     for name, section, key in (
         ("host", server, "host"), ("port", server, "http_port"), ("tcp_port", server, "tcp_port"),
         ("data_dir", storage, "data_dir"), ("storage", storage, "backend"),
         ("cql_hosts", storage, "cql_hosts"), ("keyspace", storage, "keyspace"),
         ("redis_url", storage, "redis_url"), ("sync", storage, "sqlite_synchronous"),
+        ("region", server, "region"), ("peers", links, "peers"), ("grpc_port", links, "grpc_port"),
     ):
         value = getattr(args, name, None)
         if value is not None:
             section[key] = value
-    return {"server": server, "storage": storage}
+    return {"server": server, "storage": storage, "links": links}
 
 
 async def _run_up(settings: settings_mod.Settings) -> int:
@@ -164,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--keyspace")
     up.add_argument("--redis-url")
     up.add_argument("--sync", choices=("FULL", "NORMAL"), help="SQLite durability (default FULL)")
+    up.add_argument("--region", help="this region's name (CHATPLANE_REGION, default local)")
+    up.add_argument("--peers", help='peer regions, JSON [{"name", "endpoint", "datacenter"}] '
+                                    "(CHATPLANE_PEERS); with peers, up serves Region.Hello")
+    up.add_argument("--grpc-port", type=int,
+                    help="cross-region gRPC port, used with --peers (CHATPLANE_GRPC_PORT, 9090)")
     up.set_defaults(func=cmd_up)
 
     token = sub.add_parser("token", help="print a signed token per user")

@@ -4,6 +4,7 @@ signs tokens with another key from one that does not answer."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -106,12 +107,16 @@ def test_a_peer_answering_as_another_region_is_not_ok(tmp_path: Path) -> None:
     eu = RegionProcess(tmp_path / "eu", "eu")
     impostor = RegionProcess(tmp_path / "ap", "ap")
     eu.set_peers([{"name": "us", "endpoint": impostor.endpoint, "datacenter": "us"}])
-    impostor.set_peers([{"name": "eu", "endpoint": eu.endpoint, "datacenter": "eu"}])
+    # the same through the flags (they win over the environment)
+    impostor.extra_args += ["--region", "ap", "--grpc-port", str(impostor.grpc_port), "--peers",
+                            json.dumps([{"name": "eu", "endpoint": eu.endpoint}])]
+    impostor.env.pop("CHATPLANE_GRPC_PORT")
     eu.start()
     impostor.start()
     try:
         view = wait_for(lambda: (v := eu.peers()["us"])["reachable"] and v, 20, "an answer")
         assert not view["ok"] and "answers as region 'ap', not 'us'" in view["error"]
+        assert wait_for(lambda: impostor.peers()["eu"]["ok"], 20, "ap sees eu")
     finally:
         eu.stop()
         impostor.stop()
