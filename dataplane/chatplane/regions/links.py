@@ -146,7 +146,11 @@ class PeerProber:
     async def _run(self, link: PeerLink) -> None:
         while True:
             started = time.monotonic()
-            await self.probe(link)
+            try:
+                await self.probe(link)
+            except Exception as exc:  # a dead loop would freeze a stale "reachable"
+                log.exception("probe of peer %s failed", link.peer.name)
+                link.failed(f"probe failed: {exc!r}")
             pause = self.interval_s * random.uniform(0.9, 1.1) - (time.monotonic() - started)
             await asyncio.sleep(max(0.0, pause))
 
