@@ -11,6 +11,7 @@ from typing import Any
 from chatplane_operator import api
 
 OK, MISMATCH, UNREACHABLE = "ok", "mismatch", "unreachable"
+MISSING = "missing"  # a region without a report, or a peer not (yet) in every pod's list
 _WORSE = {OK: 0, MISMATCH: 1, UNREACHABLE: 2}
 
 
@@ -25,7 +26,7 @@ class PodReport:
 
 @dataclasses.dataclass(frozen=True)
 class PeerSeen:
-    state: str  # OK, MISMATCH or UNREACHABLE: the worst over the region's im pods
+    state: str  # OK, MISMATCH or UNREACHABLE: the worst over the region's im pods; MISSING
     detail: str = ""  # the error, with the pod that saw it
 
 
@@ -82,11 +83,10 @@ def summarize(reports: Sequence[PodReport]) -> RegionPeers:
                 peers[name] = seen
     for name, count in listed.items():  # listed by some answering pods only
         if count < len(answered) and peers[name].state == OK:
-            peers[name] = PeerSeen(UNREACHABLE, "not listed by every im pod yet")
+            peers[name] = PeerSeen(MISSING, "not listed by every im pod yet")
     return RegionPeers(tuple(answered), tuple(silent), peers)
 
 
-MISSING = "missing"  # a region without a report, or whose report lacks a peer
 SEVERITY = (UNREACHABLE, MISMATCH, MISSING)
 
 
@@ -112,7 +112,8 @@ def problems(expected: Mapping[str, Sequence[str]],
     return sorted(out, key=lambda p: SEVERITY.index(p[0]))
 
 
-STATUS_STATES = {OK: "Reachable", UNREACHABLE: "Unreachable", MISMATCH: "Mismatch"}
+STATUS_STATES = {OK: "Reachable", UNREACHABLE: "Unreachable", MISMATCH: "Mismatch",
+                 MISSING: "NotListed"}
 
 
 def status_rows(peers: Sequence[str], view: RegionPeers) -> list[dict[str, str]]:

@@ -194,6 +194,8 @@ def test_a_region_without_a_report_or_an_older_peer_list_is_missing(body: dict[s
 def test_a_peer_listed_by_only_some_pods_is_not_seen_yet() -> None:
     view = reachability.summarize([_report("a", us=UP, ap=UP), _report("b", us=UP)])
     assert view.seen("us") == reachability.PeerSeen("ok")
-    assert view.seen("ap") == reachability.PeerSeen("unreachable",
-                                                    "not listed by every im pod yet")
+    assert view.seen("ap") == reachability.PeerSeen("missing", "not listed by every im pod yet")
+    found = reachability.problems({"eu": ["us", "ap"]}, {"eu": view})
+    assert found == [("missing", "eu → ap: not listed by every im pod yet")]
+    assert reachability.status_rows(["ap"], view)[0]["state"] == "NotListed"
     assert view.seen("sa") is None and view.answered == ("a", "b")
