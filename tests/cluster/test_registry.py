@@ -115,9 +115,10 @@ def test_ring_moves_only_the_keys_of_the_member_that_changed() -> None:
     assert all(ring3.owners(k)[1] == after[k] for k in moved)
 
 
-async def test_sqlite_shared_mode_is_the_fence(tmp_path: Path) -> None:
-    """Two writers (as two im processes) append to one conversation at once:
-    the write lock and the heads re-read under it keep seqs 1..n exact."""
+async def test_sqlite_shared_mode_keeps_seqs_exact_even_unfenced(tmp_path: Path) -> None:
+    """Two writers (as two im processes) append to one conversation at once,
+    with no lease (the im tier fences its appends; see test_leases.py): the
+    write lock and the heads re-read under it still keep seqs 1..n exact."""
     path = tmp_path / "chatplane.db"
     one, two = SqliteStorage(path, shared=True), SqliteStorage(path, shared=True)
     await one.open()
