@@ -167,7 +167,7 @@ class Node:
 
     def _metrics_text(self) -> str:
         return (self.gateway.metrics.render()
-                + "\n".join(self.state.groups.fanout_ms.render()) + "\n" + self.prober.metrics())
+                + self.state.groups.render_metrics() + self.prober.metrics())
 
     async def _drain(self, request: web.Request) -> web.Response:
         asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain)

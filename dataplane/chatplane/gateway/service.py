@@ -21,6 +21,7 @@ from chatplane.gateway.connection import Connection, now_ms
 from chatplane.metrics import Metrics
 from chatplane.protocol.session import SessionLimits
 from chatplane.settings import Settings
+from chatplane.slicing import TimeSlice
 from chatplane.storage.base import InboxItem
 from chatplane.v1 import frames_pb2 as pb
 
@@ -44,7 +45,7 @@ class Registry(Protocol):
     def unregister(self, link: Connection) -> None: ...
 
 SWEEP_INTERVAL_S = 0.1
-PUSH_SLICE = 250  # large-group pushes yield to other work this often
+CHECK_EVERY = 16  # connections between two looks at the slice's clock
 DEADLINE_SWEEP_EVERY = 10  # heartbeat/login deadlines: once a second
 
 
@@ -144,13 +145,15 @@ class Gateway:
                          user_ids: Sequence[str]) -> int:
         """One large-group flush from the state tier: the same frame to every
         device of the listed users here, which are then known to be told of
-        the group's head (the head check compares). Yields every slice."""
+        the group's head (the head check compares). Yields after each time slice."""
         pushed = 0
-        for start in range(0, len(user_ids), PUSH_SLICE):
-            for user in user_ids[start:start + PUSH_SLICE]:
+        clock = TimeSlice()
+        for start in range(0, len(user_ids), CHECK_EVERY):
+            for user in user_ids[start:start + CHECK_EVERY]:
                 for conn in tuple(self.users.get(user, {}).values()):
                     pushed += conn.push_group(conversation_id, head_seq, payload)
-            await asyncio.sleep(0)
+            if clock.over():
+                await clock.pause()
         self.group_pushed += pushed
         return pushed
 
@@ -181,7 +184,13 @@ class Gateway:
             rounds += 1
             now = now_ms()
             targets = self.connections if rounds % DEADLINE_SWEEP_EVERY == 0 else self.retransmitting
-            for conn in list(targets):
+            # 10,000 connections take tens of ms: in slices, so no message waits that long
+            clock = TimeSlice()
+            for i, conn in enumerate(list(targets)):
+                if i % CHECK_EVERY == 0 and clock.over():
+                    await clock.pause()
+                if conn not in targets:  # gone while others ran
+                    continue
                 try:
                     conn.tick(now)
                 except Exception:  # one broken connection must not stop the sweeper

@@ -2,12 +2,13 @@
 
 One `GroupBatcher` paces each group (delivery/fanout.py); each flush is encoded
 once and the same bytes go to every online member's devices. At most one
-fan-out runs per group at a time, and it yields to the event loop every
-`slice_size` members, so a 10,000-member group shares the process with every
-other conversation instead of starving it. The cap on a group's share is
-adaptive: after a fan-out that took T, the group's next flush waits at least
-T / `max_share`, so a busy group batches more (bigger, compressed frames)
-rather than taking more of the process.
+fan-out runs per group at a time, and it holds the event loop for at most
+`slice_ms` at a stretch (the clock is read every `CHECK_EVERY` members), so
+a 1:1 message waits for at most one slice per hop, however large the group.
+The cap on a group's share is adaptive: after a fan-out that held the loop
+for B in all (its slices, not the time others ran between them), the
+group's next flush waits at least B / `max_share`, so a busy group batches
+more (bigger, compressed frames) rather than taking more of the process.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Protocol
 from chatplane.delivery.fanout import Flush, GroupBatcher
 from chatplane.metrics import Histogram
 from chatplane.protocol import wire
+from chatplane.slicing import DEFAULT_SLICE_MS, TimeSlice
 from chatplane.storage.base import StoredMessage
 
 log = logging.getLogger("chatplane.state.groups")
+CHECK_EVERY = 16  # members pushed between two looks at the clock (~0.2 ms)
 
 
 class RawLink(Protocol):
@@ -43,17 +46,22 @@ class _Group:
 
 class GroupFanout:
     def __init__(self, links_of: Callable[[str], Iterable[RawLink]], *, interval_ms: float = 100,
-                 max_messages: int = 200, slice_size: int = 250, max_share: float = 0.25) -> None:
+                 max_messages: int = 200, slice_ms: float = DEFAULT_SLICE_MS, max_share: float = 0.5) -> None:
         self.links_of = links_of
         self.interval_ms = interval_ms
         self.max_messages = max_messages
-        self.slice_size = slice_size
+        self.slice_ms = slice_ms
         self.max_share = max_share
         self._groups: dict[str, _Group] = {}
         self.frames_pushed = 0
         # from a flush's start until its frame is queued for the last member
         self.fanout_ms = Histogram("chatplane_group_fanout_ms",
                                    "large-group flush: time to queue the frame for every member")
+        self.held_ms = Histogram("chatplane_group_fanout_held_ms",
+                                 "large-group flush: time its slices held the event loop")
+
+    def render_metrics(self) -> str:
+        return "\n".join(self.fanout_ms.render() + self.held_ms.render()) + "\n"
 
     def offer(self, conversation_id: str, members: Sequence[str], message: StoredMessage) -> None:
         group = self._groups.get(conversation_id)
@@ -84,6 +92,23 @@ class GroupFanout:
         if flush is not None:
             self._enqueue(conversation_id, group, flush)
         self._arm(conversation_id, group)
+        self._forget_if_idle(conversation_id, group)
+
+    def _forget_if_idle(self, conversation_id: str, group: _Group) -> None:
+        """Drop an idle group's state, but only once its interval since the
+        last flush has passed: dropped sooner, its next message would go out
+        at once and the cap on its share would not hold."""
+        if group.timer is not None or group.flushes or group.batcher.deadline() is not None:
+            return
+        if group.worker is not None and not group.worker.done():
+            return
+        loop = asyncio.get_running_loop()
+        batcher = group.batcher
+        if loop.time() * 1000 - batcher.last_flush_ms >= batcher.interval_ms:
+            self._groups.pop(conversation_id, None)
+        else:
+            group.timer = loop.call_at((batcher.last_flush_ms + batcher.interval_ms) / 1000,
+                                       self._tick, conversation_id)
 
     def _enqueue(self, conversation_id: str, group: _Group, flush: Flush[StoredMessage]) -> None:
         group.flushes.append(flush)
@@ -96,26 +121,37 @@ class GroupFanout:
             flush = group.flushes.popleft()
             started = loop.time()
             payload = wire.group_push_frame(conversation_id, flush.messages, flush.head_seq)
+            busy_s: float | None = None
             try:
-                await self._fan(conversation_id, flush.head_seq, payload, group.members)
+                busy_s = await self._fan(conversation_id, flush.head_seq, payload, group.members)
             except Exception:  # the group's next flushes must still go out
                 log.exception("group %s: fan-out failed", conversation_id)
             spent_ms = (loop.time() - started) * 1000
             self.fanout_ms.observe(spent_ms)
-            group.batcher.interval_ms = max(self.interval_ms, spent_ms / self.max_share)
-        if group.batcher.deadline() is None and group.timer is None:
-            self._groups.pop(conversation_id, None)
+            held_ms = spent_ms if busy_s is None else busy_s * 1000
+            self.held_ms.observe(held_ms)
+            group.batcher.interval_ms = max(self.interval_ms, held_ms / self.max_share)
+        group.worker = None
+        self._forget_if_idle(conversation_id, group)
 
     async def _fan(self, conversation_id: str, head_seq: int, payload: bytes,
-                   members: Sequence[str]) -> None:
+                   members: Sequence[str]) -> float | None:
         """Write one flush's frame to every online member's devices here (the
-        state tier of a cluster relays it to gateways instead: state/relay.py)."""
-        for start in range(0, len(members), self.slice_size):
-            for user in members[start:start + self.slice_size]:
-                for link in self.links_of(user):
+        state tier of a cluster relays it to gateways instead: state/relay.py).
+        Returns how long it held the event loop (None: not measured, then the
+        flush's wall time counts)."""
+        clock = TimeSlice(self.slice_ms)
+        links_of = self.links_of
+        pushed = 0
+        for start in range(0, len(members), CHECK_EVERY):
+            for user in members[start:start + CHECK_EVERY]:
+                for link in links_of(user):
                     try:
                         link.push_raw(payload)
-                        self.frames_pushed += 1
+                        pushed += 1
                     except Exception:  # one broken connection must not stop the group
                         log.exception("group push failed")
-            await asyncio.sleep(0)
+            if clock.over():
+                await clock.pause()  # whatever else is ready runs now
+        self.frames_pushed += pushed
+        return clock.held()

@@ -1,0 +1,40 @@
+"""Cooperative time slices for long loops on the event loop.
+
+A loop over thousands of connections (a large group's fan-out, the gateway's
+deadline sweep) would hold the event loop for tens or hundreds of
+milliseconds, and every other message would wait that long. Such a loop looks
+at a `TimeSlice` every few items and, once it has held the loop for its slice,
+lets everything else that is ready run (`await pause()`), so other work waits
+at most one slice. `held()` is how long the loop ran itself, not counting the
+time others ran in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+DEFAULT_SLICE_MS = 1.0
+
+
+class TimeSlice:
+    __slots__ = ("_began", "_held", "limit_s")
+
+    def __init__(self, slice_ms: float = DEFAULT_SLICE_MS) -> None:
+        self.limit_s = slice_ms / 1000
+        self._held = 0.0
+        self._began = time.perf_counter()
+
+    def over(self) -> bool:
+        """The current slice is used up: `await pause()`."""
+        return time.perf_counter() - self._began >= self.limit_s
+
+    async def pause(self) -> None:
+        """Let whatever else is ready run, then start a new slice."""
+        self._held += time.perf_counter() - self._began
+        await asyncio.sleep(0)
+        self._began = time.perf_counter()
+
+    def held(self) -> float:
+        """Seconds this loop held the event loop so far."""
+        return self._held + time.perf_counter() - self._began
