@@ -3,12 +3,19 @@
 The im that stored a large group's message hands it, with the member list, to
 the state instance that owns the conversation on the ring of state instances
 (`State.DeliverGroup`), so one instance paces the group with the same
-`GroupFanout` rules as `chatplane up` (state/groups.py). Per flush, that
-instance reads the members' routes from Redis (pipelined, `LOOKUP_BATCH` users
-a call, yielding between calls), and sends each gateway holding some of them
-one `Gateway.GroupPush`: the frame, encoded once, and the users there. The
-flush's time includes the lookups and the pushes, so a group whose fan-out is
-slow batches more instead of taking more of the process.
+`GroupFanout` rules as `chatplane up` (state/groups.py). Per flush, the frame
+is encoded once and each gateway gets one `Gateway.GroupPush` with the users
+to write it to, found one of two ways:
+- with few gateways (up to `broadcast_max_gateways`, 16), every gateway gets
+  the whole member list and writes to the members connected there: a
+  10,000-member list is ~150 KB and a few ms of a gateway's time, far less
+  than reading 10,000 routes, and it needs no route (a Redis that lost them
+  loses no group push);
+- with more, the members' routes are read from Redis (one script call per
+  `LOOKUP_BATCH` users, yielding between calls) and each gateway gets only
+  its users, so the bytes sent do not grow with the number of gateways.
+The flush's time includes all of it, so a group whose fan-out is slow
+batches more instead of taking more of the process.
 
 A flush that is lost (this instance killed with it queued, Redis unreadable,
 a gateway push failing) is not retried here: the gateway's head check of
@@ -35,43 +42,49 @@ from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
 log = logging.getLogger("chatplane.state.relay")
-LOOKUP_BATCH = 1000  # routes read per Redis pipeline
+LOOKUP_BATCH = 1000  # users per route-reading script call
+BROADCAST_MAX_GATEWAYS = 16  # up to this many gateways, each gets the whole member list
 
 
 class GroupRelay(GroupFanout):
     def __init__(self, routes: Routes, gateways: CachedInstances, peers: Peers, *,
-                 interval_ms: float = 100, max_messages: int = 200) -> None:
+                 interval_ms: float = 100, max_messages: int = 200,
+                 broadcast_max_gateways: int = BROADCAST_MAX_GATEWAYS) -> None:
         super().__init__(lambda user: (), interval_ms=interval_ms, max_messages=max_messages)
         self.routes = routes
         self.gateways = gateways
         self.peers = peers
+        self.broadcast_max_gateways = broadcast_max_gateways
         self.flushes = 0
-        self.lost_flushes = 0  # Redis unreadable: left to the head check
-        self.unreachable = 0  # device pushes whose gateway did not answer
+        self.lost_flushes = 0  # routes unreadable: left to the head check
+        self.failed_pushes = 0  # GroupPush calls to a gateway that failed
 
     async def _users_by_gateway(self, members: Sequence[str]) -> dict[str, list[str]]:
         by_gateway: dict[str, list[str]] = defaultdict(list)
         for start in range(0, len(members), LOOKUP_BATCH):
-            found = await self.routes.lookup(members[start:start + LOOKUP_BATCH])
-            for user, routes in found.items():
-                for gateway_id in {r.gateway_id for r in routes}:
-                    by_gateway[gateway_id].append(user)
+            found = await self.routes.users_by_gateway(members[start:start + LOOKUP_BATCH])
+            for gateway_id, users in found.items():
+                by_gateway[gateway_id] += users
         return by_gateway
 
     async def _fan(self, conversation_id: str, head_seq: int, payload: bytes,
                    members: Sequence[str]) -> None:
         self.flushes += 1
         try:
-            by_gateway = await self._users_by_gateway(members)
+            live = await self.gateways.get()
+            if len(live) <= self.broadcast_max_gateways:
+                everyone = list(members)  # shared, read only
+                by_gateway = {gateway_id: everyone for gateway_id in live}
+            else:
+                by_gateway = await self._users_by_gateway(members)
+                if any(g not in live for g in by_gateway):
+                    self.gateways.invalidate()  # a gateway that just started: read again once
+                    live = await self.gateways.get()
         except (RedisError, OSError) as exc:
             self.lost_flushes += 1
-            log.warning("group %s: routes unreadable, flush up to %d left to the head check: %s",
+            log.warning("group %s: registry unreadable, flush up to %d left to the head check: %s",
                         conversation_id, head_seq, exc)
             return
-        live = await self.gateways.get()
-        if any(g not in live for g in by_gateway):
-            self.gateways.invalidate()  # a gateway that just started: read again once
-            live = await self.gateways.get()
         await asyncio.gather(*(
             self._push(gateway_id, live.get(gateway_id, {}).get("grpc", ""), spb.GroupPushRequest(
                 conversation_id=conversation_id, head_seq=head_seq, frame=payload, user_ids=users))
@@ -79,13 +92,13 @@ class GroupRelay(GroupFanout):
 
     async def _push(self, gateway_id: str, address: str, request: spb.GroupPushRequest) -> None:
         if not address:
-            self.unreachable += len(request.user_ids)  # its TTL passed: dead or partitioned
+            self.failed_pushes += 1  # its TTL passed: dead or partitioned
             return
         try:
             reply = await sgrpc.GatewayStub(self.peers.channel(address)).GroupPush(
                 request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
         except grpc.aio.AioRpcError as exc:
-            self.unreachable += len(request.user_ids)
+            self.failed_pushes += 1
             log.warning("group push to gateway %s failed: %s", gateway_id, exc.code().name)
             return
         self.frames_pushed += reply.pushed

@@ -68,9 +68,9 @@ class StateServicer(sgrpc.StateServicer):
         self.metrics.gauge("chatplane_state_group_pushes_total",
                            "large-group device pushes gateways accepted",
                            lambda: self.groups.frames_pushed)
-        self.metrics.gauge("chatplane_state_group_unreachable_total",
-                           "large-group pushes whose gateway did not answer",
-                           lambda: self.groups.unreachable)
+        self.metrics.gauge("chatplane_state_group_failed_pushes_total",
+                           "large-group GroupPush calls to a gateway that failed",
+                           lambda: self.groups.failed_pushes)
 
     async def _redis_failed(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
         self.redis_errors += 1
