@@ -14,6 +14,11 @@ The members are either real SDK clients spread over P worker processes
 fraction of what the server spends on them, so the figures are the
 server's. `--beside-direct` also runs `bench direct` alone, beside the
 sending group, and alone again (`chatplane.bench.beside`).
+
+Against `chatplane cluster up`, `--url` is the dispatch (ipconf) URL,
+`--admin-url` an im instance's HTTP URL (the admin API) and `--metrics-url`
+the process whose /metrics is read (the state instance: its
+`chatplane_group_fanout_ms` is the cluster's fan-out per flush).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
     )
     group.add_argument("--url", required=True)
     group.add_argument("--data-dir", required=True)
+    group.add_argument("--admin-url", default="", help="the admin API (default: --url)")
+    group.add_argument("--metrics-url", default="", help="/metrics read (default: --url)")
     group.add_argument("--members", type=int, default=10_000, help="M (default 10000)")
     group.add_argument("--senders", type=int, default=5, help="S (default 5)")
     group.add_argument("--messages", type=int, default=None,
@@ -152,6 +159,8 @@ async def _send(clients: list[Client], group: str, count: int, interval_ms: floa
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     url = args.url.rstrip("/")
+    admin_url = (args.admin_url or url).rstrip("/")
+    metrics_url = (args.metrics_url or url).rstrip("/")
     data_dir = Path(args.data_dir)
     secret = (data_dir / ADMIN_SECRET_FILE).read_text().strip()
     auth = {"Authorization": f"Bearer {secret}"}
@@ -169,7 +178,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     deadline_s = args.deadline + (2 * plan.duration + 30 if args.beside_direct else 0)
     phases: dict[str, Any] = {}
     async with aiohttp.ClientSession() as http:
-        group, head = await _create_group(http, url, auth, senders, members)
+        group, head = await _create_group(http, admin_url, auth, senders, members)
         signer = TokenSigner.from_data_dir(data_dir)
         clients = [Client(url, signer.mint(s, "bench")) for s in senders]
         for c in clients:
@@ -187,7 +196,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.beside_direct:
             phases["alone_before"] = await beside.run_direct(url, str(data_dir), plan)
         load_before = beside.load_average()
-        before = await _metrics(http, url)
+        before = await _metrics(http, metrics_url)
         t0 = time.monotonic()
         sending = asyncio.create_task(_send(clients, group, messages, args.interval_ms))
         if args.beside_direct:
@@ -201,7 +210,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             outs.append(json.loads(await w.stdout.readline()))
             await asyncio.wait_for(w.wait(), 30)
         elapsed = time.monotonic() - t0
-        after = await _metrics(http, url)
+        after = await _metrics(http, metrics_url)
         load_after = beside.load_average()
         if args.beside_direct:
             phases["alone_after"] = await beside.run_direct(url, str(data_dir), plan)
