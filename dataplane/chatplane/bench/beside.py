@@ -3,8 +3,8 @@ busy large group (issue 6: the group must not push 1:1 p99 above 2x).
 
 `chatplane bench direct` runs as its own process (its clients do not share a
 loop with the group's senders) three times against the same server: alone
-(the group's members online, the group silent), beside the group while it
-sends, and alone again after it. Each phase reports the 1:1 latency
+(before the group exists), beside the group while it sends to its members,
+all online, and alone again after the members went offline. Each phase reports the 1:1 latency
 percentiles, whether the run was clean, the server's CPU, and the load
 average; the ratio compares the p99 beside with each p99 alone, all from one
 run on one machine.

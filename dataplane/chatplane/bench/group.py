@@ -68,6 +68,10 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
                        help="crowd worker processes (default: 4 for sdk, 1 for go)")
     group.add_argument("--crowd-cores", type=int, default=1,
                        help="--crowd go: cores each worker may use (GOMAXPROCS, default 1)")
+    group.add_argument("--cut-every", type=float, default=0.0, metavar="S",
+                       help="--crowd go, chaos: every S seconds cut some members' connections")
+    group.add_argument("--cut-fraction", type=float, default=0.1, metavar="F",
+                       help="share of the members cut each time (default 0.1)")
     group.add_argument("--deadline", type=float, default=120.0, help="seconds to wait")
     group.add_argument("--receipts", type=int, default=0, metavar="N",
                        help="then time N receipts() calls on the group (read/unread lists)")
@@ -122,7 +126,8 @@ async def _start_crowd(args: argparse.Namespace, url: str, members: list[str], p
             signer = TokenSigner.from_data_dir(Path(args.data_dir))
             tokens = [(m, signer.mint(m, "phone")) for m in chunk]
             workers.append(await crowdgo.start(args.crowd_binary, url, tokens, group, expect,
-                                               deadline_s, args.crowd_cores))
+                                               deadline_s, args.crowd_cores, args.cut_every,
+                                               args.cut_fraction))
         else:
             first = int(chunk[0].rsplit("x", 1)[1])
             workers.append(await asyncio.create_subprocess_exec(
@@ -175,9 +180,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.beside_direct and args.interval_ms:
             span = WARMUP_S + plan.duration + DIRECT_MARGIN_S
             messages = math.ceil(span * 1000 / args.interval_ms)
-    deadline_s = args.deadline + (2 * plan.duration + 30 if args.beside_direct else 0)
     phases: dict[str, Any] = {}
     async with aiohttp.ClientSession() as http:
+        if args.beside_direct:  # before the group exists: 1:1 "without the group"
+            phases["alone_before"] = await beside.run_direct(url, str(data_dir), plan)
         group, head = await _create_group(http, admin_url, auth, senders, members)
         signer = TokenSigner.from_data_dir(data_dir)
         clients = [Client(url, signer.mint(s, "bench")) for s in senders]
@@ -188,15 +194,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             endpoints = (await r.json())["endpoints"]
         transport = "tcp" if endpoints and endpoints[0].get("tcp") else "ws"
         started = time.monotonic()
-        workers = await _start_crowd(args, url, members, prefix, group, expect, deadline_s, transport)
+        workers = await _start_crowd(args, url, members, prefix, group, expect, args.deadline,
+                                     transport)
         for w in workers:
             assert w.stdout is not None
             await w.stdout.readline()
         connect_s = time.monotonic() - started
-        if args.beside_direct:
-            phases["alone_before"] = await beside.run_direct(url, str(data_dir), plan)
+        print(f"{args.members} members online in {connect_s:.1f} s", file=sys.stderr, flush=True)
         load_before = beside.load_average()
         before = await _metrics(http, metrics_url)
+        print(f"sending {messages} messages", file=sys.stderr, flush=True)
         t0 = time.monotonic()
         sending = asyncio.create_task(_send(clients, group, messages, args.interval_ms))
         if args.beside_direct:
@@ -212,7 +219,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.monotonic() - t0
         after = await _metrics(http, metrics_url)
         load_after = beside.load_average()
-        if args.beside_direct:
+        if args.beside_direct:  # the members gone (the crowd exits after its report)
             phases["alone_after"] = await beside.run_direct(url, str(data_dir), plan)
         receipts_ms = []
         for i in range(args.receipts):
@@ -252,6 +259,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # the server's own part: from a flush's start to the frame queued for
         # the last member (the rest of last_member_ms is the network and clients)
         "server_fanout_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_ms"),
+        "server_fanout_held_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_held_ms"),
         "server_fanouts": _delta(before, after, "chatplane_group_fanout_ms_count"),
         "load_average": [load_before, load_after],
         "crowd_stats": _crowd_stats(outs),
@@ -309,6 +317,9 @@ def _mean_delta(before: dict[str, float], after: dict[str, float], name: str) ->
 def run_command(args: argparse.Namespace) -> int:
     if args.procs is None:
         args.procs = 1 if args.crowd == "go" else 4
+    if args.cut_every and args.crowd != "go":
+        print("bench group: --cut-every needs --crowd go", file=sys.stderr)
+        return 2
     if args.crowd == "go":
         try:
             args.crowd_binary = crowdgo.binary()

@@ -23,10 +23,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"hash/fnv"
+	"math/rand"
 	"net/http"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,7 +53,7 @@ type crowd struct {
 
 	groupPushes, batches, notices, inboxPushes atomic.Int64
 	pulls, syncs, requestErrors, sessionsLost  atomic.Int64
-	pushedAgain, conflicting, foreign          atomic.Int64
+	pushedAgain, conflicting, foreign, cuts    atomic.Int64
 	lastError                                  atomic.Value
 }
 
@@ -94,26 +95,45 @@ func (c *crowd) arrived(x msg) {
 			break
 		}
 	}
-	h := fnv.New64a()
-	h.Write([]byte(x.id))
-	sum := h.Sum64() | 1
+	sum := fnv64(x.id) | 1
 	if !c.ids[x.seq].CompareAndSwap(0, sum) && c.ids[x.seq].Load() != sum {
 		c.conflicting.Add(1)
 	}
 }
 
-// heartbeat: a member silent for half the server's interval sends one.
+// heartbeat: a member silent for half the server's interval sends one. The
+// members are looked at in slots, each once per half interval, so their
+// heartbeats spread over time (they logged in within seconds of each other).
 func (c *crowd) heartbeat() {
-	for !c.stopped.Load() {
-		time.Sleep(2 * time.Second)
+	const slots = 50
+	for tick := 0; !c.stopped.Load(); tick++ {
 		interval := c.heartbeatMs.Load()
 		if interval == 0 {
+			time.Sleep(100 * time.Millisecond)
 			continue
 		}
+		time.Sleep(time.Duration(interval/2/slots) * time.Millisecond)
 		now := time.Now().UnixMilli()
-		for _, m := range c.members {
-			if now-m.lastWrite.Load() > interval/2 {
+		for i := tick % slots; i < len(c.members); i += slots {
+			if m := c.members[i]; now-m.lastWrite.Load() > interval/2 {
 				_ = m.write(heartbeatFrame(now))
+			}
+		}
+	}
+}
+
+// cut: every period, abruptly close (RST) the connections of a random share
+// of the members, until the first member has the last message; each comes
+// back through dispatch, login with its cursor and sync.
+func (c *crowd) cut(period time.Duration, fraction float64) {
+	for !c.stopped.Load() {
+		time.Sleep(period)
+		if c.finished.Load() > 0 {
+			return
+		}
+		for _, i := range rand.Perm(len(c.members))[:int(fraction*float64(len(c.members)))] {
+			if c.members[i].abort() {
+				c.cuts.Add(1)
 			}
 		}
 	}
@@ -167,6 +187,9 @@ func main() {
 	deadline := flag.Float64("deadline", 120, "seconds to wait for that, after connecting")
 	connectS := flag.Float64("connect-timeout", 300, "seconds to wait for every member to connect")
 	logins := flag.Int("concurrency", 200, "logins in flight while connecting")
+	profile := flag.String("cpuprofile", "", "write the crowd's own CPU profile here (after connecting)")
+	cutEvery := flag.Float64("cut-every", 0, "chaos: every S seconds cut some members' connections")
+	cutFraction := flag.Float64("cut-fraction", 0.1, "the share of the members cut each time")
 	flag.Parse()
 	if *base == "" || *group == "" || *expect == 0 {
 		fmt.Fprintln(os.Stderr, "usage: chatplane-crowd -url URL -group ID -expect SEQ < 'USER TOKEN' lines")
@@ -200,6 +223,15 @@ func main() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	fmt.Printf("connected %d\n", c.connected.Load())
+	if *profile != "" {
+		if f, err := os.Create(*profile); err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
+	if *cutEvery > 0 {
+		go c.cut(time.Duration(*cutEvery*float64(time.Second)), *cutFraction)
+	}
 	cpu0 := cpuSeconds()
 	began := time.Now()
 	until = began.Add(time.Duration(*deadline * float64(time.Second)))
@@ -209,7 +241,6 @@ func main() {
 	time.Sleep(500 * time.Millisecond) // a duplicate would arrive now
 	c.report(cpuSeconds()-cpu0, time.Since(began).Seconds())
 	c.stopped.Store(true)
-	os.Exit(0)
 }
 
 func (c *crowd) report(cpu, elapsed float64) {
@@ -251,6 +282,7 @@ func (c *crowd) report(cpu, elapsed float64) {
 		"request_errors":  c.requestErrors.Load(),
 		"sessions_lost":   c.sessionsLost.Load(),
 		"pushed_again":    c.pushedAgain.Load(),
+		"cuts":            c.cuts.Load(),
 		"conflicting":     c.conflicting.Load(),
 		"foreign":         c.foreign.Load(),
 		"last_error":      lastError,
@@ -259,4 +291,14 @@ func (c *crowd) report(cpu, elapsed float64) {
 	}
 	text, _ := json.Marshal(out)
 	fmt.Println(string(text))
+}
+
+// fnv64 is FNV-1a of s.
+func fnv64(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
 }

@@ -106,9 +106,6 @@ func (m *member) session(gate chan struct{}) error {
 	if err != nil {
 		return err
 	}
-	m.wmu.Lock()
-	m.conn = conn
-	m.wmu.Unlock()
 	defer func() {
 		m.wmu.Lock()
 		m.conn = nil
@@ -120,9 +117,14 @@ func (m *member) session(gate chan struct{}) error {
 	id := m.newID()
 	have := m.inboxHave
 	m.mu.Unlock()
-	if err := m.write(loginFrame(id, m.token, have)); err != nil {
+	// the Login goes first: only then may anything else (a retry) write here
+	if _, err := conn.Write(loginFrame(id, m.token, have)); err != nil {
 		return err
 	}
+	m.lastWrite.Store(time.Now().UnixMilli())
+	m.wmu.Lock()
+	m.conn = conn
+	m.wmu.Unlock()
 	r := bufio.NewReaderSize(conn, 2048)
 	var buf []byte
 	_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
@@ -191,6 +193,20 @@ func (m *member) write(b []byte) error {
 	m.lastWrite.Store(time.Now().UnixMilli())
 	_, err := m.conn.Write(b)
 	return err
+}
+
+// abort closes the connection as a network failure would (a reset).
+func (m *member) abort() bool {
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	if m.conn == nil {
+		return false
+	}
+	if tcp, ok := m.conn.(*net.TCPConn); ok {
+		_ = tcp.SetLinger(0)
+	}
+	_ = m.conn.Close()
+	return true
 }
 
 func (m *member) newID() uint64 {
@@ -467,6 +483,14 @@ func (m *member) offer(x msg, fromInbox bool) {
 	}
 	if x.seq <= m.last {
 		return // delivered already
+	}
+	if x.seq == m.last+1 && len(m.held) == 0 { // the usual case: the next one
+		m.last = x.seq
+		m.deliver(x)
+		if m.last >= m.head {
+			m.want = false
+		}
+		return
 	}
 	m.hold(x)
 	m.drain()

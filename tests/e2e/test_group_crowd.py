@@ -1,0 +1,100 @@
+"""The Go crowd of `chatplane bench group --crowd go` against a real server.
+
+It must check for real: a clean run through every way a large group reaches
+its members (single pushes, compressed batches, head notices that need a
+pull, a sync after a cut connection), and a reported loss when members wait
+for a message that never comes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner
+from chatplane.bench import crowdgo
+from chatplane.client import Client
+from tests.support.server import ServerProcess
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain")]
+
+# a small group is large here, and a batch over 20 messages becomes a head notice
+ENV = {"CHATPLANE_LARGE_GROUP_THRESHOLD": "5", "CHATPLANE_GROUP_PUSH_MAX_MESSAGES": "20"}
+
+
+@pytest.fixture
+def large_server(data_dir: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(data_dir, env=ENV)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def bench(server: ServerProcess, tmp_path: Path, *extra: str) -> dict[str, Any]:
+    out = tmp_path / "w2.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "chatplane.cli", "bench", "group", "--url", server.url,
+         "--data-dir", str(server.data_dir), "--crowd", "go", "--senders", "2",
+         "--deadline", "60", "--json", str(out), *extra],
+        capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.read_text())
+    assert result["members_not_clean"] == 0 and result["missing_messages"] == 0
+    assert result["crowd_stats"]["conflicting"] == 0 and result["crowd_stats"]["foreign"] == 0
+    return result
+
+
+def test_batches_and_head_notices_arrive_exactly_once(large_server: ServerProcess,
+                                                      tmp_path: Path) -> None:
+    # ~10 messages per 100 ms flush: compressed batches
+    steady = bench(large_server, tmp_path, "--members", "200", "--messages", "150",
+                   "--interval-ms", "10")
+    assert steady["crowd_stats"]["batches"] > 0
+    # far more than 20 per flush: head notices, and every member pulls
+    burst = bench(large_server, tmp_path, "--members", "200", "--messages", "400",
+                  "--interval-ms", "1")
+    assert burst["crowd_stats"]["head_notices"] > 0
+    assert burst["crowd_stats"]["pulls"] >= 200
+
+
+def test_cut_members_resume_with_sync(large_server: ServerProcess, tmp_path: Path) -> None:
+    result = bench(large_server, tmp_path, "--members", "200", "--messages", "300",
+                   "--interval-ms", "10", "--cut-every", "0.5", "--cut-fraction", "0.3")
+    stats = result["crowd_stats"]
+    assert stats["cuts"] > 0 and stats["sessions_lost"] >= stats["cuts"]
+    # each came back through login with its cursor and a sync
+    assert stats["syncs"] >= 200 + stats["cuts"]
+
+
+async def test_a_message_that_never_comes_is_reported(large_server: ServerProcess) -> None:
+    members = [f"c{i}" for i in range(30)]
+    secret = (large_server.data_dir / ADMIN_SECRET_FILE).read_text().strip()
+    async with aiohttp.ClientSession() as http, http.post(
+            large_server.url + "/v1/admin/groups", headers={"Authorization": f"Bearer {secret}"},
+            json={"name": "g", "owner": "owner", "members": members}) as r:
+        assert r.status == 201
+        group = (await r.json())["conversation_id"]
+    signer = TokenSigner.from_data_dir(large_server.data_dir)
+    crowd = await crowdgo.start(crowdgo.binary(), large_server.url,
+                                [(m, signer.mint(m, "phone")) for m in members], group,
+                                expect=4, deadline_s=5)
+    assert crowd.stdout is not None
+    assert await crowd.stdout.readline() == b"connected 30\n"
+    owner = Client(large_server.url, signer.mint("owner", "phone"))
+    await owner.connect()
+    for text in ("one", "two"):  # seqs 2 and 3; the crowd waits for 4
+        await owner.send_text(group, text)
+    report = json.loads(await crowd.stdout.readline())
+    await crowd.wait()
+    await owner.close()
+    assert report["bad"] == 30
+    assert report["starts"] == {"1": 30}
+    assert sorted(report["last_arrival"]) == ["1", "2", "3"]
