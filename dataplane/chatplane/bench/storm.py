@@ -23,6 +23,7 @@ from typing import Any
 from chatplane.auth import TokenSigner
 from chatplane.bench.idle import connect_all, heartbeats
 from chatplane.bench.rawclient import RawClient
+from chatplane.bench.spread import run_loop
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
 
@@ -161,7 +162,7 @@ async def run_storm(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_storm_command(args: argparse.Namespace) -> int:
     try:
-        result = asyncio.run(run_storm(args))
+        result = run_loop(run_storm(args))  # uvloop: the crowd costs less
     except (OSError, TimeoutError) as exc:
         print(f"bench storm: {exc!r}", file=sys.stderr)
         return 1
