@@ -88,6 +88,14 @@ async def test_a_late_login_on_an_older_connection_keeps_no_route(client: aiored
     assert (await routes.lookup(["u"]))["u"] == [newer]
     newest = RouteEntry("u", "phone", "gw-1", "c2", opened_ms=3_000)
     assert await routes.register([newest]) == [newer]  # a newer one still replaces
+    await client.delete("cp:route:u")  # Redis lost the routes; both gateways refresh
+    await routes.refresh([newest])
+    await routes.refresh([older])
+    assert (await routes.lookup(["u"]))["u"] == [newest]
+    await client.delete("cp:route:u")
+    await routes.refresh([older])
+    await routes.refresh([newest])  # takes the device back from the older connection
+    assert (await routes.lookup(["u"]))["u"] == [newest]
 
 
 @pytest.mark.redis

@@ -66,10 +66,20 @@ def _parse(user_id: str, device_id: str, value: str) -> RouteEntry:
     return RouteEntry(user_id, device_id, gateway_id, conn_id, int(opened or 0))
 
 
-# KEYS[1] = route hash; ARGV[1] = device, ARGV[2] = value, ARGV[3] = ttl
-_SET_IF_ABSENT_OR_SAME = _CONN_OF + """
+# The open time in a stored value (0 when it has none: counts as oldest).
+_OPENED_OF = """
+local function opened_of(value)
+  return tonumber(string.match(value, '^[^|]*|[^|]*|(%d+)$') or '0')
+end
+"""
+
+# KEYS[1] = route hash; ARGV[1] = device, ARGV[2] = value, ARGV[3] = ttl,
+# ARGV[4] = opened_ms. Sets the route when absent, already this connection's,
+# or an older connection's (after a Redis loss the newest one wins again).
+_SET_IF_ABSENT_OR_SAME = _CONN_OF + _OPENED_OF + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur == false or conn_of(cur) == conn_of(ARGV[2]) then
+if cur == false or conn_of(cur) == conn_of(ARGV[2])
+    or opened_of(cur) < tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
@@ -79,13 +89,10 @@ return 1
 # KEYS[1] = route hash; ARGV[1] = device, ARGV[2] = value, ARGV[3] = opened_ms,
 # ARGV[4] = ttl. Returns {previous value or '', 1 when refused}: a route of a
 # connection opened later stays (a value without a time counts as oldest).
-_SET_IF_NEWER = _CONN_OF + """
+_SET_IF_NEWER = _CONN_OF + _OPENED_OF + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and conn_of(cur) ~= conn_of(ARGV[2]) then
-  local opened = tonumber(string.match(cur, '^[^|]*|[^|]*|(%d+)$') or '0')
-  if opened > tonumber(ARGV[3]) then
-    return {cur, 1}
-  end
+if cur and conn_of(cur) ~= conn_of(ARGV[2]) and opened_of(cur) > tonumber(ARGV[3]) then
+  return {cur, 1}
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
@@ -123,11 +130,12 @@ class Routes:
 
     async def refresh(self, routes: Sequence[RouteEntry]) -> None:
         """Re-assert routes (periodically, or after Redis lost them) without
-        taking a device from a newer connection."""
+        taking a device from a newer connection (from an older one, yes)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for r in routes:
                 await self._refresh(keys=[route_key(r.user_id)],
-                                    args=[r.device_id, r.value, ROUTE_TTL_S], client=pipe)
+                                    args=[r.device_id, r.value, ROUTE_TTL_S, r.opened_ms],
+                                    client=pipe)
             await pipe.execute()
 
     async def register(self, routes: Sequence[RouteEntry]) -> list[RouteEntry | None]:
