@@ -16,17 +16,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from chatplane import interpreter
 from chatplane import settings as settings_mod
 from chatplane.settings import SettingsError
 from chatplane.storage.base import StorageError
-
-
-def _install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:  # optional: plain asyncio works, a little slower
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _up_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -77,7 +70,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"chatplane: bad configuration: {exc}", file=sys.stderr)
         return 2
-    _install_uvloop()
+    interpreter.prepare()
     return asyncio.run(_run_up(settings))
 
 

@@ -17,8 +17,8 @@ import signal
 import sys
 from typing import Any, Protocol
 
+from chatplane import interpreter, tracing
 from chatplane import settings as settings_mod
-from chatplane import tracing
 from chatplane.settings import SettingsError
 from chatplane.storage.base import StorageError
 
@@ -98,11 +98,7 @@ def cmd_tier(args: argparse.Namespace) -> int:
         return 2
     tracing.configure_logging(args.tier, args.log_level)
     tracing.setup(args.tier, settings.links.otlp_endpoint)
-    try:
-        import uvloop
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
+    interpreter.prepare()
     return asyncio.run(_serve(args.tier, settings))
 
 
