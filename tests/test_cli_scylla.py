@@ -21,15 +21,20 @@ from tests.support.server import ServerProcess
 pytestmark = [pytest.mark.cql, pytest.mark.slow]
 
 
+async def _migrate(hosts: str, keyspace: str) -> subprocess.CompletedProcess[str]:
+    """`chatplane storage migrate` as an operator runs it (replication factor 1)."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "chatplane.cli", "storage", "migrate", "--cql-hosts", hosts,
+         "--keyspace", keyspace, "--cql-replication", "1"],
+        capture_output=True, text=True, timeout=180)
+
+
 async def test_migrate_then_up_on_scylla(cql_server: CqlService, tmp_path: Path) -> None:
     hosts = ",".join(cql_server.contact_points)
-    migrate = [sys.executable, "-m", "chatplane.cli", "storage", "migrate", "--cql-hosts", hosts,
-               "--keyspace", "cli_up_test", "--cql-replication", "1"]
-    first = await asyncio.to_thread(subprocess.run, migrate, capture_output=True, text=True,
-                                    timeout=180)
+    first = await _migrate(hosts, "cli_up_test")
     assert first.returncode == 0, first.stderr
-    again = await asyncio.to_thread(subprocess.run, migrate, capture_output=True, text=True,
-                                    timeout=180)
+    again = await _migrate(hosts, "cli_up_test")
     assert again.returncode == 0 and "already current" in again.stdout, again.stderr
     server = ServerProcess(tmp_path, extra_args=["--storage", "scylla", "--cql-hosts", hosts,
                                                  "--keyspace", "cli_up_test"])
@@ -86,10 +91,7 @@ async def test_kill_9_and_empty_redis_lose_nothing_acked(cql_server: CqlService,
     from tests.support.traffic import Device, send_many, wait_until_received
 
     hosts = ",".join(cql_server.contact_points)
-    migrate = [sys.executable, "-m", "chatplane.cli", "storage", "migrate", "--cql-hosts", hosts,
-               "--keyspace", "cli_kill_test", "--cql-replication", "1"]
-    done = await asyncio.to_thread(subprocess.run, migrate, capture_output=True, text=True,
-                                   timeout=180)
+    done = await _migrate(hosts, "cli_kill_test")
     assert done.returncode == 0, done.stderr
     server = ServerProcess(tmp_path, env={"CHATPLANE_SERVER_ID": "kill-test"},
                            extra_args=["--storage", "scylla", "--cql-hosts", hosts,
@@ -150,10 +152,7 @@ async def test_storage_outage_is_a_retriable_error_then_resumes(cql_server: CqlS
     from chatplane.protocol.errors import ErrorCode
 
     hosts = ",".join(cql_server.contact_points)
-    migrate = [sys.executable, "-m", "chatplane.cli", "storage", "migrate", "--cql-hosts", hosts,
-               "--keyspace", "cli_fault_test", "--cql-replication", "1"]
-    done = await asyncio.to_thread(subprocess.run, migrate, capture_output=True, text=True,
-                                   timeout=180)
+    done = await _migrate(hosts, "cli_fault_test")
     assert done.returncode == 0, done.stderr
     server = ServerProcess(tmp_path, extra_args=["--storage", "scylla", "--cql-hosts", hosts,
                                                  "--keyspace", "cli_fault_test"])
