@@ -99,6 +99,39 @@ class StateLinks:
 
         return await first_answer(await self.owners(key), one, total_s)
 
+    async def call_until(self, fn: Callable[[sgrpc.StateStub], Awaitable[T]], give_up_s: float,
+                         key: str | None = None) -> tuple[int, Exception | None]:
+        """An outbox's at-least-once call: retried on gRPC failures until one
+        attempt succeeds or `give_up_s` passes (to the owner of `key` and the
+        next ones on the ring, or to any instance). Returns how many attempts
+        were made and the error it gave up on (None: delivered)."""
+        attempts = 0
+
+        async def counted(stub: sgrpc.StateStub) -> T:
+            nonlocal attempts
+            attempts += 1
+            return await fn(stub)
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + give_up_s
+        while True:
+            # each round reads the instances again: a state pod that came
+            # back elsewhere is found, not only the ones known at the start
+            total_s = min(deadline - loop.time(), 4 * self.peers.deadline_s)
+            try:
+                if key is None:
+                    await self.call(counted, total_s)
+                else:
+                    await self.call_keyed(key, counted, total_s)
+                return attempts, None
+            except Exception as exc:  # never let an outbox die: heads catch up by sync
+                if loop.time() < deadline and isinstance(exc, grpc.aio.AioRpcError):
+                    if self.registry is not None:
+                        self.registry.invalidate()
+                    await asyncio.sleep(0.1)
+                    continue
+                return attempts, exc
+
 
 class DeliveryOutbox:
     def __init__(self, links: StateLinks, *, max_batch: int = 1024, give_up_s: float = 30.0) -> None:
@@ -154,36 +187,20 @@ class DeliveryOutbox:
 
     async def _send(self, batch: list[InboxItem]) -> None:
         request = spb.DeliverRequest(deliveries=convert.deliveries(batch))
-        attempts = 0
 
         async def deliver(stub: sgrpc.StateStub) -> spb.DeliverReply:
-            nonlocal attempts
-            attempts += 1
             with tracing.span("im.deliver", entries=len(batch)):
                 reply: spb.DeliverReply = await stub.Deliver(
                     request, timeout=self.links.peers.deadline_s, metadata=tracing.outgoing())
             return reply
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.give_up_s
-        while True:
-            # each round reads the instances again: a state pod that came
-            # back elsewhere is found, not only the ones known at the start
-            remaining = deadline - loop.time()
-            try:
-                await self.links.call(deliver, min(remaining, 4 * self.links.peers.deadline_s))
-                self.sent += len(batch)
-                break
-            except Exception as exc:  # never let the outbox die: heads catch up by sync
-                if loop.time() < deadline and isinstance(exc, grpc.aio.AioRpcError):
-                    if self.links.registry is not None:
-                        self.links.registry.invalidate()
-                    await asyncio.sleep(0.1)
-                    continue
-                self.given_up += len(batch)
-                log.error("gave up delivering %d entries after %d attempts: %s",
-                          len(batch), attempts, exc)
-                break
+        attempts, error = await self.links.call_until(deliver, self.give_up_s)
+        if error is None:
+            self.sent += len(batch)
+        else:
+            self.given_up += len(batch)
+            log.error("gave up delivering %d entries after %d attempts: %s",
+                      len(batch), attempts, error)
         self.retried += max(0, attempts - 1)
 
 
@@ -256,33 +273,19 @@ class GroupOutbox:
         request = spb.DeliverGroupRequest(groups=[spb.GroupDelivery(
             conversation_id=conversation_id, members=list(pending.members),
             messages=[wire.message(m) for m in pending.messages])])
-        attempts = 0
 
         async def deliver(stub: sgrpc.StateStub) -> spb.DeliverGroupReply:
-            nonlocal attempts
-            attempts += 1
             with tracing.span("im.deliver_group", messages=len(pending.messages)):
                 reply: spb.DeliverGroupReply = await stub.DeliverGroup(
                     request, timeout=self.links.peers.deadline_s, metadata=tracing.outgoing())
             return reply
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.give_up_s
-        while True:
-            remaining = deadline - loop.time()
-            try:
-                await self.links.call_keyed(conversation_id, deliver,
-                                            min(remaining, 4 * self.links.peers.deadline_s))
-                self.sent += len(pending.messages)
-                break
-            except Exception as exc:  # never let the outbox die: the head check repairs
-                if loop.time() < deadline and isinstance(exc, grpc.aio.AioRpcError):
-                    if self.links.registry is not None:
-                        self.links.registry.invalidate()
-                    await asyncio.sleep(0.1)
-                    continue
-                self.given_up += len(pending.messages)
-                log.error("gave up delivering %d messages of %s after %d attempts: %s",
-                          len(pending.messages), conversation_id, attempts, exc)
-                break
+        # a group that gives up is repaired by the gateways' head check
+        attempts, error = await self.links.call_until(deliver, self.give_up_s, key=conversation_id)
+        if error is None:
+            self.sent += len(pending.messages)
+        else:
+            self.given_up += len(pending.messages)
+            log.error("gave up delivering %d messages of %s after %d attempts: %s",
+                      len(pending.messages), conversation_id, attempts, error)
         self.retried += max(0, attempts - 1)
