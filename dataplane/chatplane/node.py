@@ -82,7 +82,8 @@ class Node:
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
         self.storage: Storage = make_storage(settings)
         self.state = StateService(group_interval_ms=settings.social.group_push_interval_ms,
-                                  group_max_messages=settings.social.group_push_max_messages)
+                                  group_max_messages=settings.social.group_push_max_messages,
+                                  group_max_share=settings.social.group_max_share)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
                             server_id=self.server_id)
         self.redis = (registry.connect(settings.storage.redis_url)

@@ -46,6 +46,7 @@ class Social:
     max_group_members: int = 20_000
     group_push_interval_ms: int = 100  # a busy large group pushes one batch per interval
     group_push_max_messages: int = 200  # past this a batch becomes a "pull up to N" notice
+    group_max_share: float = 0.5  # of the process a busy large group's fan-out may take
     hot_cache_messages: int = 100_000  # recent messages kept in memory (0: off)
 
 
@@ -174,6 +175,8 @@ def validate(s: Settings) -> None:
         problems.append("drain rate must be positive")
     if s.delivery.push_window < 1:
         problems.append("push_window must be at least 1")
+    if not 0 < s.social.group_max_share <= 1:
+        problems.append("group_max_share must be in (0, 1]")
     if s.links.peer_probe_s <= 0 or s.links.peer_timeout_s <= 0:
         problems.append("peer_probe_s and peer_timeout_s must be positive")
     try:

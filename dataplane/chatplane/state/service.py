@@ -38,10 +38,11 @@ class DeviceLink(Protocol):
 
 
 class StateService:
-    def __init__(self, *, group_interval_ms: float = 100, group_max_messages: int = 200) -> None:
+    def __init__(self, *, group_interval_ms: float = 100, group_max_messages: int = 200,
+                 group_max_share: float = 0.5) -> None:
         self._links: dict[str, dict[str, DeviceLink]] = defaultdict(dict)
         self.groups = GroupFanout(self._links_of, interval_ms=group_interval_ms,
-                                  max_messages=group_max_messages)
+                                  max_messages=group_max_messages, max_share=group_max_share)
 
     def _links_of(self, user_id: str) -> Iterable[DeviceLink]:
         devices = self._links.get(user_id)
