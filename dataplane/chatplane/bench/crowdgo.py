@@ -56,6 +56,9 @@ def binary() -> Path:
         partial.unlink(missing_ok=True)
         raise CrowdUnavailable(f"building the Go crowd failed:\n{built.stderr.strip()}")
     partial.replace(target)
+    for stale in cache.glob("crowd-*"):  # builds of older sources
+        if stale != target and not stale.name.endswith(".partial"):
+            stale.unlink(missing_ok=True)
     return target
 
 
