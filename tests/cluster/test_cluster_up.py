@@ -50,6 +50,8 @@ async def test_cluster_up_serves_and_stops_everything(tmp_path: Path) -> None:
         ack = await alice.send_text(conv, "hello")
         got = await asyncio.wait_for(anext(bob.messages()), 10)
         assert (got.seq, got.text) == (ack.seq, "hello")
+        # the store id reaches the login through the gateway's im link
+        assert alice.position()["store_id"] and alice.position()["store_id"] == bob.position()["store_id"]
         await alice.close()
         await bob.close()
         for path in ("/healthz", "/readyz", "/metrics"):

@@ -63,6 +63,47 @@ async def test_server_that_lost_history_is_resynced(server: ServerProcess,
     await bob.close()
 
 
+async def test_a_store_wiped_and_refilled_past_the_cursor_is_detected(
+        server: ServerProcess, signer: TokenSigner) -> None:
+    """The store is wiped and then gets more messages for bob than his cursor
+    counted in the old one, while bob is away: the inbox head alone cannot
+    tell, the store id does. Bob, back with his saved position, gets every
+    message of the new store, not only those past his old cursor."""
+    alice, bob = Client(server.url, signer.mint("alice")), Client(server.url, signer.mint("bob"))
+    await alice.connect()
+    await bob.connect()
+    conversation = await alice.direct("bob")
+    for i in range(5):
+        await alice.send_text(conversation, f"old-{i}")
+    got = []
+    async for m in bob.messages():
+        got.append(m.text)
+        if len(got) == 5:
+            break
+    position = bob.position()
+    assert position["store_id"] and position["inbox_seq"] == 5
+    await bob.close()
+    server.kill()
+    for path in server.data_dir.iterdir():  # only the token key survives
+        if path.name != TOKEN_KEY_FILE:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    server.start()
+    conversation = await alice.direct("bob")
+    for i in range(8):  # past bob's old cursor (5)
+        await asyncio.wait_for(alice.send_text(conversation, f"new-{i}"), 20)
+    bob = Client(server.url, signer.mint("bob"), resume=position)
+    await bob.connect()
+    fresh = []
+    async for m in bob.messages():
+        fresh.append(m.text)
+        if len(fresh) == 8:
+            break
+    assert fresh == [f"new-{i}" for i in range(8)] and bob.store_resets == 1
+    assert bob.position()["store_id"] != position["store_id"]
+    await alice.close()
+    await bob.close()
+
+
 async def test_requests_give_up_during_an_outage_and_reconnects_count_successes(
         server: ServerProcess, signer: TokenSigner) -> None:
     alice = Client(server.url, signer.mint("alice"), request_timeout_s=2.0)

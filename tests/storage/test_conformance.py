@@ -241,6 +241,17 @@ async def test_everything_survives_close_and_reopen(backend: Backend) -> None:
     assert (more.message.seq, [i.inbox_seq for i in more.inbox]) == (7, [7, 7])
 
 
+async def test_store_id_is_kept_with_the_data(backend: Backend) -> None:
+    first = await backend.open()
+    assert len(first.store_id) >= 16
+    second = await backend.open()  # another process on the same data
+    assert second.store_id == first.store_id
+    await first.close()
+    backend.opened.remove(first)
+    third = await backend.open()
+    assert third.store_id == first.store_id
+
+
 async def test_users(storage: Storage) -> None:
     assert await storage.get_user("alice") is None
     await storage.put_user("alice", "Alice", NOW)

@@ -109,7 +109,9 @@ class Client(SocialApi):
         self.requests = 0  # request frames sent (sends not counted)
         self._cursor: InboxCursor[Message] = InboxCursor(inbox_seq)
         self._order: ConversationOrder[Message] = ConversationOrder()
+        self._store_id = ""  # the server store the cursor counts in (LoginAck.store_id)
         if resume:  # what position() returned before: continue without replays
+            self._store_id = str(resume.get("store_id", ""))
             self._cursor = InboxCursor(int(resume.get("inbox_seq", inbox_seq)))
             self._order.last.update({c: int(s) for c, s in resume.get("conversations", {}).items()})
             self._order.large.update(resume.get("large", ()))
@@ -151,7 +153,7 @@ class Client(SocialApi):
         """What this device has delivered: store it (JSON) and pass it as
         `resume=` to a later Client of the same device to continue without
         replaying anything (large groups included)."""
-        return {"inbox_seq": self._cursor.have,
+        return {"store_id": self._store_id, "inbox_seq": self._cursor.have,
                 "conversations": dict(self._order.last),
                 "large": sorted(self._order.large)}
 
@@ -382,7 +384,7 @@ class Client(SocialApi):
         conn = _Connection(link)
         login = pb.Frame(id=self._new_id(), login=pb.Login(
             protocol_version=1, token=self.token, inbox_seq=self._cursor.have,
-            client_name="chatplane-python"))
+            store_id=self._store_id, client_name="chatplane-python"))
         try:
             await link.send(login.SerializeToString())
             reply = pb.Frame()
@@ -400,15 +402,19 @@ class Client(SocialApi):
             link.abort()
             raise LinkClosed(f"expected login_ack, got {kind}")
         ack = reply.login_ack
-        if ack.inbox_head < self._cursor.have:
-            # The server has less than this device holds: its storage lost
-            # history (restored from a backup, or wiped). Start over from what
-            # it has, or new messages would be taken for duplicates.
-            log.warning("server inbox head %d is behind this device (%d): resyncing from 0",
-                        ack.inbox_head, self._cursor.have)
+        other_store = bool(self._store_id and ack.store_id and ack.store_id != self._store_id)
+        if other_store or ack.inbox_head < self._cursor.have:
+            # What this device holds was counted in another store (the
+            # server's storage was wiped, or restored from elsewhere), or the
+            # server has less than the device: start over from what it has,
+            # or new messages would be taken for duplicates.
+            log.warning("server store %s (inbox head %d) is not the one this device counted "
+                        "in (%s, at %d): resyncing from 0", ack.store_id or "?", ack.inbox_head,
+                        self._store_id or "?", self._cursor.have)
             self._cursor = InboxCursor(0)
             self._order = ConversationOrder()
             self.store_resets += 1
+        self._store_id = ack.store_id or self._store_id
         self._server_max_frame = ack.max_frame_bytes or self._server_max_frame
         self._acked_sent = min(self._cursor.have, ack.inbox_head)
         self.user_id, self.device_id, self.inbox_head = ack.user_id, ack.device_id, ack.inbox_head

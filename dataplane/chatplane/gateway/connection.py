@@ -149,10 +149,15 @@ class Connection:
         self.user_id, self.device_id = identity.user_id, identity.device_id
         self.conn_id = self.gateway.new_conn_id()
         delivery = self.gateway.settings.delivery
+        store_id = self.gateway.im.store_id
+        # a cursor counted in another store (wiped, or restored from
+        # elsewhere) means nothing here: the device starts over from 0
+        claimed = (0 if login.store_id and store_id and login.store_id != store_id
+                   else login.inbox_seq)
         self.window = DownlinkWindow(
             # a device that claims more than exists (the store lost history)
             # is pushed everything past the real head
-            acked=min(login.inbox_seq, head),
+            acked=min(claimed, head),
             head=head,
             capacity=delivery.push_window,
             rto_ms=delivery.retransmit_ms,
@@ -173,6 +178,7 @@ class Connection:
                 user_id=identity.user_id,
                 device_id=identity.device_id,
                 inbox_head=head,
+                store_id=store_id,
                 server_id=self.gateway.server_id,
                 max_inflight_sends=self.gateway.settings.limits.rate_limit_burst,
             ),

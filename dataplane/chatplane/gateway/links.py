@@ -61,6 +61,7 @@ class RemoteIm:
         self.ring = HashRing(static)
         self._addresses: dict[str, str] = {a: a for a in static}
         self.failovers = 0
+        self.store_id = ""  # learnt from the heads replies (a login asks for its head first)
         self.on_failover: Callable[[], None] | None = None
         self._heads: Coalescer[str, int] = Coalescer(self.inbox_heads)  # logins in a storm
 
@@ -115,6 +116,8 @@ class RemoteIm:
             return reply
 
         reply = await first_answer(await self._owners(user_ids[0]), one, 2 * self.peers.deadline_s)
+        if reply.store_id:
+            self.store_id = reply.store_id  # every im answers for the same storage
         return dict(reply.heads)
 
     async def group_heads(self, conversation_ids: Sequence[str]) -> dict[str, int]:

@@ -31,6 +31,10 @@ class ImApi(Protocol):
 
     async def inbox_head(self, user_id: str) -> int: ...
 
+    @property
+    def store_id(self) -> str:
+        """The storage inbox heads count in ("" while unknown)."""
+
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
         """A client request frame in, its reply or Error frame out."""
 

@@ -60,7 +60,8 @@ class ImServicer(sgrpc.ImServicer):
             except ProtocolError as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
                 raise
-            return spb.InboxHeadsReply(heads=dict(zip(users, heads, strict=True)))
+            return spb.InboxHeadsReply(heads=dict(zip(users, heads, strict=True)),
+                                       store_id=self.im.store_id)
 
     async def GroupHeads(self, request: spb.GroupHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.GroupHeadsReply:

@@ -294,6 +294,11 @@ class ImService:
             raise _unavailable(exc) from exc
         return items, head
 
+    @property
+    def store_id(self) -> str:
+        """The storage's id (LoginAck.store_id): inbox seqs count in it."""
+        return self.storage.store_id
+
     async def inbox_head(self, user_id: str) -> int:
         try:
             return await self.storage.inbox_head(user_id)

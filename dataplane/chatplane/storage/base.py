@@ -179,6 +179,11 @@ class Storage(Protocol):
     block the event loop; every write is durable when it returns."""
 
     name: str
+    # Chosen at random when the store was created and kept with its data:
+    # inbox seqs count in one store, so a device whose cursor came from
+    # another store_id (the store was wiped, or restored from elsewhere)
+    # must start over. Set by open().
+    store_id: str
 
     async def open(self) -> None:
         """Connect and check the schema; raise StorageError with a clear

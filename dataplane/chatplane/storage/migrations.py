@@ -18,6 +18,7 @@ read from there ever after (changing them needs a data migration).
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 
 from chatplane.storage import cql
@@ -184,6 +185,20 @@ async def _write_buckets(db: cql.CqlSession, keyspace: str, settings: cql.CqlSet
             raise StorageError(f"{key} must be at least 1, not {value}")
         await db.run(f"INSERT INTO {keyspace}.meta (key, value) VALUES (%s, %s) IF NOT EXISTS",
                      (key, str(value)))
+
+
+async def store_id(db: cql.CqlSession, keyspace: str) -> str:
+    """The keyspace's store id (see `Storage.store_id`): chosen once, by the
+    first opener of a keyspace that has none (conditional insert, so two
+    openers agree), then only read."""
+    rows = await db.run(f"SELECT value FROM {keyspace}.meta WHERE key = 'store_id'")
+    if rows:
+        return str(rows[0]["value"])
+    mine = uuid.uuid4().hex
+    claim = await db.run(f"INSERT INTO {keyspace}.meta (key, value) VALUES ('store_id', %s) "
+                         "IF NOT EXISTS", (mine,))
+    # not applied: another opener was first, and the reply carries its value
+    return mine if claim[0]["[applied]"] else str(claim[0]["value"])
 
 
 async def check(db: cql.CqlSession, keyspace: str) -> dict[str, int]:

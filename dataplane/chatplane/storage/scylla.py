@@ -73,6 +73,7 @@ class ScyllaStorage(social.SocialMethods):
     """`Storage` on a CQL cluster. `open()` needs a migrated keyspace."""
 
     name = "scylla"
+    store_id = ""  # set by open()
 
     def __init__(self, settings: cql.CqlSettings) -> None:
         self.settings = settings
@@ -88,6 +89,7 @@ class ScyllaStorage(social.SocialMethods):
         try:
             buckets = await migrations.check(db, keyspace)
             st = await Statements.prepare(db, keyspace)
+            self.store_id = await migrations.store_id(db, keyspace)
         except StorageUnavailable as exc:
             await db.close()
             raise StorageError(f"CQL cluster {self.settings.hosts} unusable: {exc}") from exc

@@ -17,6 +17,7 @@ import json
 import queue
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -409,6 +410,7 @@ class SqliteStorage(_SocialMethods):
     power loss; NORMAL survives a process crash (kill -9) and is faster."""
 
     name = "sqlite"
+    store_id = ""  # set by open()
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", shared: bool = False) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
@@ -449,6 +451,10 @@ class SqliteStorage(_SocialMethods):
             social.migrate_to_v2(writer_db)  # idempotent: also completes a fresh v2 database
             writer_db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                               (str(SCHEMA_VERSION),))
+            writer_db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)",
+                              (uuid.uuid4().hex,))
+            self.store_id = writer_db.execute(
+                "SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
             writer_db.execute("COMMIT")
             self._reader = self._connect()
         except (sqlite3.Error, OSError) as exc:

@@ -118,19 +118,21 @@ class Frame(_message.Message):
     def __init__(self, id: _Optional[int] = ..., login: _Optional[_Union[Login, _Mapping]] = ..., login_ack: _Optional[_Union[LoginAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., push: _Optional[_Union[Push, _Mapping]] = ..., push_ack: _Optional[_Union[PushAck, _Mapping]] = ..., sync: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_response: _Optional[_Union[SyncResponse, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., history_response: _Optional[_Union[HistoryResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., reconnect: _Optional[_Union[Reconnect, _Mapping]] = ..., open_direct: _Optional[_Union[OpenDirect, _Mapping]] = ..., open_direct_ack: _Optional[_Union[OpenDirectAck, _Mapping]] = ..., sync_hint: _Optional[_Union[SyncHint, _Mapping]] = ..., friend_op: _Optional[_Union[FriendOp, _Mapping]] = ..., friend_op_ack: _Optional[_Union[FriendOpAck, _Mapping]] = ..., friends: _Optional[_Union[FriendsRequest, _Mapping]] = ..., friends_response: _Optional[_Union[FriendsResponse, _Mapping]] = ..., group_create: _Optional[_Union[GroupCreate, _Mapping]] = ..., group_op: _Optional[_Union[GroupOp, _Mapping]] = ..., group_op_ack: _Optional[_Union[GroupOpAck, _Mapping]] = ..., members: _Optional[_Union[MembersRequest, _Mapping]] = ..., members_response: _Optional[_Union[MembersResponse, _Mapping]] = ..., conversations: _Optional[_Union[ConversationsRequest, _Mapping]] = ..., conversations_response: _Optional[_Union[ConversationsResponse, _Mapping]] = ..., mark_read: _Optional[_Union[MarkRead, _Mapping]] = ..., mark_read_ack: _Optional[_Union[MarkReadAck, _Mapping]] = ..., receipts: _Optional[_Union[ReceiptsRequest, _Mapping]] = ..., receipts_response: _Optional[_Union[ReceiptsResponse, _Mapping]] = ..., group_push: _Optional[_Union[GroupPush, _Mapping]] = ...) -> None: ...
 
 class Login(_message.Message):
-    __slots__ = ("protocol_version", "token", "inbox_seq", "client_name")
+    __slots__ = ("protocol_version", "token", "inbox_seq", "client_name", "store_id")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     INBOX_SEQ_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     token: str
     inbox_seq: int
     client_name: str
-    def __init__(self, protocol_version: _Optional[int] = ..., token: _Optional[str] = ..., inbox_seq: _Optional[int] = ..., client_name: _Optional[str] = ...) -> None: ...
+    store_id: str
+    def __init__(self, protocol_version: _Optional[int] = ..., token: _Optional[str] = ..., inbox_seq: _Optional[int] = ..., client_name: _Optional[str] = ..., store_id: _Optional[str] = ...) -> None: ...
 
 class LoginAck(_message.Message):
-    __slots__ = ("user_id", "device_id", "inbox_head", "heartbeat_interval_ms", "max_frame_bytes", "server_id", "max_inflight_sends")
+    __slots__ = ("user_id", "device_id", "inbox_head", "heartbeat_interval_ms", "max_frame_bytes", "server_id", "max_inflight_sends", "store_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     INBOX_HEAD_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +140,7 @@ class LoginAck(_message.Message):
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_INFLIGHT_SENDS_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     device_id: str
     inbox_head: int
@@ -145,7 +148,8 @@ class LoginAck(_message.Message):
     max_frame_bytes: int
     server_id: str
     max_inflight_sends: int
-    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., inbox_head: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., server_id: _Optional[str] = ..., max_inflight_sends: _Optional[int] = ...) -> None: ...
+    store_id: str
+    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., inbox_head: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., server_id: _Optional[str] = ..., max_inflight_sends: _Optional[int] = ..., store_id: _Optional[str] = ...) -> None: ...
 
 class Send(_message.Message):
     __slots__ = ("conversation_id", "cid", "text", "payload", "content_type")

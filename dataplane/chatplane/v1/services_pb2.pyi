@@ -38,7 +38,7 @@ class InboxHeadsRequest(_message.Message):
     def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InboxHeadsReply(_message.Message):
-    __slots__ = ("heads",)
+    __slots__ = ("heads", "store_id")
     class HeadsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,8 +47,10 @@ class InboxHeadsReply(_message.Message):
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     HEADS_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
     heads: _containers.ScalarMap[str, int]
-    def __init__(self, heads: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    store_id: str
+    def __init__(self, heads: _Optional[_Mapping[str, int]] = ..., store_id: _Optional[str] = ...) -> None: ...
 
 class GroupHeadsRequest(_message.Message):
     __slots__ = ("conversation_ids",)
