@@ -260,6 +260,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # the last member (the rest of last_member_ms is the network and clients)
         "server_fanout_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_ms"),
         "server_fanout_held_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_held_ms"),
+        "server_fanout_cpu_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_cpu_ms"),
         "server_fanouts": _delta(before, after, "chatplane_group_fanout_ms_count"),
         "load_average": [load_before, load_after],
         "crowd_stats": _crowd_stats(outs),
