@@ -26,6 +26,16 @@ def test_busy_group_batches_per_interval() -> None:
     assert batcher.deadline() is None
 
 
+def test_messages_during_a_running_push_wait_for_one_batch() -> None:
+    batcher: GroupBatcher[int] = GroupBatcher(interval_ms=100)
+    assert batcher.offer(1, 1, 0) is not None
+    # the push of seq 1 is still going 500 ms later: nothing goes out on its own
+    assert batcher.offer(2, 2, 500, busy=True) is None
+    assert batcher.offer(3, 3, 510, busy=True) is None
+    flush = batcher.due(600)
+    assert flush is not None and flush.messages == [2, 3] and flush.head_seq == 3
+
+
 def test_overflow_becomes_a_head_notice() -> None:
     batcher: GroupBatcher[int] = GroupBatcher(interval_ms=100, max_messages=2)
     batcher.offer(1, 1, 0)

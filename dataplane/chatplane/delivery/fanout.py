@@ -31,11 +31,14 @@ class GroupBatcher(Generic[T]):
     overflowed: bool = False
     pending: list[T] = field(default_factory=list)
 
-    def offer(self, seq: int, message: T, now_ms: float) -> Flush[T] | None:
+    def offer(self, seq: int, message: T, now_ms: float, busy: bool = False) -> Flush[T] | None:
         """A new message: a flush to push now, or None (then call `due` at
-        `deadline()`)."""
+        `deadline()`). While the previous flush is still being pushed
+        (`busy`) it is held: what comes meanwhile goes out as one batch
+        after it, not as frames queued behind it."""
         self.head_seq = max(self.head_seq, seq)
-        if not self.pending and not self.overflowed and now_ms - self.last_flush_ms >= self.interval_ms:
+        if (not busy and not self.pending and not self.overflowed
+                and now_ms - self.last_flush_ms >= self.interval_ms):
             self.last_flush_ms = now_ms
             return Flush([message], self.head_seq)
         if len(self.pending) < self.max_messages:

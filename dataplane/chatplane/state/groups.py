@@ -73,7 +73,8 @@ class GroupFanout:
                 GroupBatcher(interval_ms=self.interval_ms, max_messages=self.max_messages))
         group.members = members
         loop = asyncio.get_running_loop()
-        flush = group.batcher.offer(message.seq, message, loop.time() * 1000)
+        flush = group.batcher.offer(message.seq, message, loop.time() * 1000,
+                                    busy=self._busy(group))
         if flush is not None:
             self._enqueue(conversation_id, group, flush)
         else:
@@ -86,11 +87,17 @@ class GroupFanout:
         loop = asyncio.get_running_loop()
         group.timer = loop.call_at(deadline / 1000, self._tick, conversation_id)
 
+    @staticmethod
+    def _busy(group: _Group) -> bool:
+        return group.worker is not None and not group.worker.done()
+
     def _tick(self, conversation_id: str) -> None:
         group = self._groups.get(conversation_id)
         if group is None:
             return
         group.timer = None
+        if self._busy(group):
+            return  # its fan-out, when done, takes what is due
         flush = group.batcher.due(asyncio.get_running_loop().time() * 1000)
         if flush is not None:
             self._enqueue(conversation_id, group, flush)
@@ -138,6 +145,7 @@ class GroupFanout:
             self.cpu_ms.observe(cost_ms)
             group.batcher.interval_ms = max(self.interval_ms, cost_ms / self.max_share)
         group.worker = None
+        self._arm(conversation_id, group)  # what came meanwhile: one batch, when due
         self._forget_if_idle(conversation_id, group)
 
     async def _fan(self, conversation_id: str, head_seq: int, payload: bytes,
