@@ -46,7 +46,7 @@ class Social:
     max_group_members: int = 20_000
     group_push_interval_ms: int = 100  # a busy large group pushes one batch per interval
     group_push_max_messages: int = 200  # past this a batch becomes a "pull up to N" notice
-    group_max_share: float = 0.5  # of the process a busy large group's fan-out may take
+    group_max_share: float = 1.0  # of the process a busy large group's fan-out may take
     hot_cache_messages: int = 100_000  # recent messages kept in memory (0: off)
 
 

@@ -5,10 +5,14 @@ once and the same bytes go to every online member's devices. At most one
 fan-out runs per group at a time, and it holds the event loop for at most
 `slice_ms` at a stretch (the clock is read every `CHECK_EVERY` members), so
 a 1:1 message waits for at most one slice per hop, however large the group.
-The cap on a group's share is adaptive: after a fan-out whose slices took
-C of CPU in all (not the time others ran between them), the group's next
-flush waits at least C / `max_share`, so a busy group batches more (bigger,
-compressed frames) rather than taking more of the process.
+Messages that come while a flush is being pushed wait for one batch after
+it, and after a fan-out whose slices took C of CPU in all (not the time
+others ran between them) the group's next flush waits at least
+C / `max_share`: a busy group batches more (bigger, compressed frames)
+rather than taking more of the process. With `max_share` 1 (the default)
+the group uses what the rest of the process leaves, since everything else
+runs first between two slices; lower values leave CPU idle for others at the
+price of the group's latency.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ class _Group:
 
 class GroupFanout:
     def __init__(self, links_of: Callable[[str], Iterable[RawLink]], *, interval_ms: float = 100,
-                 max_messages: int = 200, slice_ms: float = DEFAULT_SLICE_MS, max_share: float = 0.5) -> None:
+                 max_messages: int = 200, slice_ms: float = DEFAULT_SLICE_MS, max_share: float = 1.0) -> None:
         self.links_of = links_of
         self.interval_ms = interval_ms
         self.max_messages = max_messages

@@ -39,7 +39,7 @@ class DeviceLink(Protocol):
 
 class StateService:
     def __init__(self, *, group_interval_ms: float = 100, group_max_messages: int = 200,
-                 group_max_share: float = 0.5) -> None:
+                 group_max_share: float = 1.0) -> None:
         self._links: dict[str, dict[str, DeviceLink]] = defaultdict(dict)
         self.groups = GroupFanout(self._links_of, interval_ms=group_interval_ms,
                                   max_messages=group_max_messages, max_share=group_max_share)
