@@ -1,8 +1,8 @@
 """The gateway's links to the other tiers over gRPC.
 
 `RemoteIm` is the `ImApi` of a separate im tier. A request goes to the im
-instance that owns its key on the hash ring (the conversation for sends and
-history, else the user), and on a retriable failure to the next one on the
+instance that owns its key on the hash ring (the conversation for sends,
+history and group changes, else the user), and on a retriable failure to the next one on the
 ring: ownership moves with the first failed call, before the dead instance's
 registry TTL passes. The request frame is forwarded as bytes.
 
@@ -33,7 +33,7 @@ from chatplane import tracing
 from chatplane.im.requests import error_frame
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.registry.instances import CachedInstances
-from chatplane.registry.ring import HashRing
+from chatplane.registry.ring import HashRing, ring_key
 from chatplane.rpc import convert
 from chatplane.rpc.batching import Coalescer
 from chatplane.rpc.peers import Peers, first_answer, retriable
@@ -50,7 +50,10 @@ log = logging.getLogger("chatplane.gateway.links")
 # Connections keep a monotonic open time; routes compare wall clocks across
 # gateways, so add this process's offset (fixed once: stable per connection).
 WALL_OFFSET_MS = time.time() * 1000 - time.monotonic() * 1000
-BY_CONVERSATION = frozenset({"send", "history"})  # routed by conversation owner
+# Routed to the conversation's owner: the requests that append to, or read
+# what the owner caches of, the one conversation they name. The others go to
+# the user's owner, which also owns the user's event conversation.
+BY_CONVERSATION = frozenset({"send", "history", "group_op", "members", "receipts"})
 
 
 class RemoteIm:
@@ -94,7 +97,8 @@ class RemoteIm:
 
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
         kind = frame.WhichOneof("body") or ""
-        key = getattr(frame, kind).conversation_id if kind in BY_CONVERSATION else user_id
+        key = (ring_key(getattr(frame, kind).conversation_id) if kind in BY_CONVERSATION
+               else user_id)
         request = spb.ClientRequest(user_id=user_id, device_id=device_id,
                                     frame=frame.SerializeToString())
         with tracing.span("gateway.request", kind=kind):

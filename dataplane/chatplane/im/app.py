@@ -21,6 +21,7 @@ from aiohttp import web
 from chatplane import tracing
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.im.admin import AdminApi
+from chatplane.im.forward import ImRing
 from chatplane.im.leases import NotOwner
 from chatplane.im.service import ImService
 from chatplane.protocol.errors import ProtocolError
@@ -30,6 +31,7 @@ from chatplane.rpc import serving
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.links import DeliveryOutbox, StateLinks
+from chatplane.storage.base import SendRequest, events_conversation_id, valid_id
 from chatplane.storage.factory import make_storage
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
@@ -73,6 +75,27 @@ class ImServicer(sgrpc.ImServicer):
                 raise
             return spb.GroupHeadsReply(heads=heads)
 
+    async def AppendEvent(self, request: spb.AppendEventRequest,
+                          context: grpc.aio.ServicerContext) -> spb.AppendEventReply:
+        """An event another instance made for a user whose event conversation
+        this one owns (im/forward.py); appended here whatever this instance's
+        ring says, so a forward never bounces."""
+        with tracing.serving("im.AppendEvent", context.invocation_metadata()):
+            if not (valid_id(request.user_id) and request.content_type.startswith("event/")
+                    and request.cid > 0):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not an event")
+            event = SendRequest(
+                conversation_id=events_conversation_id(request.user_id), sender=request.user_id,
+                sender_device=request.device, cid=request.cid, text="",
+                message_id=request.message_id, sent_at_ms=request.sent_at_ms,
+                payload=request.payload, content_type=request.content_type)
+            try:
+                result = await self.im.append_event(event)
+            except ProtocolError as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+                raise
+            return spb.AppendEventReply(seq=result.message.seq, duplicate=result.duplicate)
+
 
 class ImApp:
     kind = "im"
@@ -95,8 +118,12 @@ class ImApp:
             self.peers, parse_addrs(links.state_addrs),
             registry.CachedInstances(self.instances, "state", 1.0)))
         self.storage = make_storage(settings)
+        # the same ring the gateways route by (the live im instances in Redis)
+        self.ring = ImRing(self.instance_id, self.peers,
+                           registry.CachedInstances(self.instances, "im", 1.0))
         self.im = ImService(self.storage, self.outbox, settings.limits,
-                            social=settings.social, server_id=self.instance_id, fenced=True)
+                            social=settings.social, server_id=self.instance_id, fenced=True,
+                            owners=self.ring)
         self.servicer = ImServicer(self.im)
         self.prober = region_links.prober_for(settings, self.instance_id, self.signer.peer_proof)
         self.grpc_address = ""
@@ -122,6 +149,12 @@ class ImApp:
              self.im.leases.acquired),
             ("chatplane_im_appends_fenced_total", "appends refused: lease taken over",
              self.im.leases.lost),
+            ("chatplane_im_events_forwarded_total",
+             "events appended by their conversation's owner at this instance's request",
+             self.ring.forwarded),
+            ("chatplane_im_events_kept_total",
+             "events for a conversation owned elsewhere appended here (its owner did not answer)",
+             self.ring.kept),
             ("chatplane_im_group_delivered_total", "large-group messages handed to state",
              self.outbox.groups.sent),
             ("chatplane_im_group_given_up_total", "large-group messages left to the head check",

@@ -53,7 +53,7 @@ class Groups:
                                   add=((user, OWNER), *((m, MEMBER) for m in others)))
         event = pb.GroupEvent(action=pb.GROUP_ACTION_UNSPECIFIED, actor=user, user_ids=others,
                               name=name)
-        return await self._apply(f"g:{uuid.uuid4().hex}", user, device, change, event)
+        return await self._apply(await self.im.new_group_id(), user, device, change, event)
 
     async def op(self, user: str, device: str, op: pb.GroupOp) -> AppendResult | None:
         conversation_id = op.conversation_id

@@ -63,6 +63,14 @@ class Deliverer(Protocol):
     def deliver(self, items: Iterable[InboxItem]) -> int: ...
 
 
+class Owners(Protocol):
+    """The im ring as this instance sees it (cluster only; im/forward.py)."""
+
+    async def owns(self, conversation_id: str) -> bool: ...
+
+    async def append_event(self, request: SendRequest) -> bool: ...
+
+
 class ImService:
     def __init__(
         self,
@@ -73,6 +81,7 @@ class ImService:
         social: SocialSettings | None = None,
         server_id: str = "im",
         fenced: bool = False,
+        owners: Owners | None = None,
     ) -> None:
         self.storage = storage
         self.state = state
@@ -94,6 +103,8 @@ class ImService:
         self._event_cids = CidAllocator()
         # fenced: one of several im instances (docs/cluster.md, "Ownership")
         self.leases = Leases(storage, server_id, self._forget_conversation, enabled=fenced)
+        # in a cluster, events for users served elsewhere go to their owner
+        self.owners = owners
         self.sent = 0
         self.duplicates = 0
 
@@ -170,6 +181,8 @@ class ImService:
                 ) from exc
             raise
         if user_id not in conversation.members:
+            if not fresh:  # cached before the user joined (through another instance)?
+                return await self.require_member(user_id, conversation_id, fresh=True)
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"{user_id} is not a member of {conversation_id!r}"
             )
@@ -198,23 +211,41 @@ class ImService:
 
     async def emit(self, user_id: str, event: pb.Event) -> None:
         """Append an event to the user's event conversation (every device of
-        the user receives it through its inbox)."""
-        conversation_id = events_conversation_id(user_id)
+        the user receives it through its inbox): here, or in a cluster by the
+        conversation's owner, so its lease does not move (im/forward.py)."""
+        request = SendRequest(
+            conversation_id=events_conversation_id(user_id), sender=user_id,
+            sender_device=self.event_device, cid=self.next_event_cid(), text="",
+            message_id=uuid.uuid4().hex, sent_at_ms=self.clock_ms(),
+            payload=event.SerializeToString(), content_type=f"event/{event.WhichOneof('kind')}")
+        if self.owners is not None and await self.owners.append_event(request):
+            return
+        await self.append_event(request)
+
+    async def append_event(self, request: SendRequest) -> AppendResult:
+        """Store and deliver one event (idempotent on its sender, device and
+        cid: a repeat is answered with the original and delivers nothing)."""
+        user_id = request.sender
         try:
             if user_id not in self._events_ready:
                 await self.storage.ensure_events(user_id, self.clock_ms())
                 self._events_ready.add(user_id)
-            result = await self.sequenced(conversation_id, lambda fence: self.storage.append(
-                SendRequest(
-                    conversation_id=conversation_id, sender=user_id,
-                    sender_device=self.event_device, cid=self.next_event_cid(), text="",
-                    message_id=uuid.uuid4().hex, sent_at_ms=self.clock_ms(),
-                    payload=event.SerializeToString(),
-                    content_type=f"event/{event.WhichOneof('kind')}", fence=fence),
-                (user_id,)), take_back=True)
+            result = await self.sequenced(request.conversation_id, lambda fence: self.storage.append(
+                dataclasses.replace(request, fence=fence), (user_id,)), take_back=True)
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
         self.deliver(result)
+        return result
+
+    async def new_group_id(self) -> str:
+        """A fresh group id that this instance owns on the ring, so the group's
+        first changes need no lease move (two tries on average with 2 ims)."""
+        conversation_id = f"g:{uuid.uuid4().hex}"
+        for _ in range(64):
+            if self.owners is None or await self.owners.owns(conversation_id):
+                break
+            conversation_id = f"g:{uuid.uuid4().hex}"
+        return conversation_id
 
     async def open_direct(self, user_id: str, peer_user_id: str) -> Conversation:
         if not valid_id(peer_user_id):

@@ -23,6 +23,13 @@ def _point(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
+def ring_key(conversation_id: str) -> str:
+    """A conversation's key on the ring. A user's event conversation
+    ("u:<user>") goes with the user: the instance serving the user's requests
+    owns it, so the events those requests make for the user stay local."""
+    return conversation_id[2:] if conversation_id.startswith("u:") else conversation_id
+
+
 class HashRing:
     def __init__(self, members: Iterable[str] = (), vnodes: int = 64) -> None:
         self.vnodes = vnodes

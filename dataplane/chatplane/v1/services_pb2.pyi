@@ -71,6 +71,32 @@ class GroupHeadsReply(_message.Message):
     heads: _containers.ScalarMap[str, int]
     def __init__(self, heads: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
+class AppendEventRequest(_message.Message):
+    __slots__ = ("user_id", "device", "cid", "message_id", "sent_at_ms", "content_type", "payload")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    device: str
+    cid: int
+    message_id: str
+    sent_at_ms: int
+    content_type: str
+    payload: bytes
+    def __init__(self, user_id: _Optional[str] = ..., device: _Optional[str] = ..., cid: _Optional[int] = ..., message_id: _Optional[str] = ..., sent_at_ms: _Optional[int] = ..., content_type: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class AppendEventReply(_message.Message):
+    __slots__ = ("seq", "duplicate")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    duplicate: bool
+    def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
 class Route(_message.Message):
     __slots__ = ("user_id", "device_id", "gateway_id", "conn_id", "opened_ms")
     USER_ID_FIELD_NUMBER: _ClassVar[int]

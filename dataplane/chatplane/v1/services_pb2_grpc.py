@@ -49,6 +49,11 @@ class ImStub:
                 request_serializer=chatplane_dot_v1_dot_services__pb2.GroupHeadsRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.GroupHeadsReply.FromString,
                 _registered_method=True)
+        self.AppendEvent = channel.unary_unary(
+                '/chatplane.v1.Im/AppendEvent',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.AppendEventRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.AppendEventReply.FromString,
+                _registered_method=True)
 
 
 class ImServicer:
@@ -72,6 +77,12 @@ class ImServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendEvent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_ImServicer_to_server(servicer, server):
                     servicer.GroupHeads,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.GroupHeadsRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.GroupHeadsReply.SerializeToString,
+            ),
+            'AppendEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendEvent,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.AppendEventRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.AppendEventReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class Im:
             '/chatplane.v1.Im/GroupHeads',
             chatplane_dot_v1_dot_services__pb2.GroupHeadsRequest.SerializeToString,
             chatplane_dot_v1_dot_services__pb2.GroupHeadsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Im/AppendEvent',
+            chatplane_dot_v1_dot_services__pb2.AppendEventRequest.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.AppendEventReply.FromString,
             options,
             channel_credentials,
             insecure,

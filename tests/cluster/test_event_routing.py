@@ -1,0 +1,211 @@
+"""Server-made appends on a real `cluster up` (two im processes, real Redis):
+friend requests, read receipts, invitations and group changes between users
+that different im instances serve. Group changes go to the group's owner on
+the ring, events for another user to the owner of that user's event
+conversation (`Im.AppendEvent`), so once every conversation's lease has been
+taken, more of the same traffic takes none and no append is fenced; every
+device gets every event once and in order, also when one im is killed -9 in
+the middle, and no event is stored twice by a retried forward."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+
+import pytest
+
+from chatplane.checker import DeliveryChecker
+from chatplane.client import Client, Event
+from chatplane.cluster import Cluster
+from chatplane.registry.ring import HashRing
+from tests.cluster.conftest import ClusterFactory, metric
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+TAKEN = "chatplane_im_leases_taken_total"
+FENCED = "chatplane_im_appends_fenced_total"
+FORWARDED = "chatplane_im_events_forwarded_total"
+KEPT = "chatplane_im_events_kept_total"
+IMS = ("im-1", "im-2")
+
+
+class User:
+    """One device of one user, keeping every event it gets (messages, group
+    changes, friend/read/receipt/invitation events) for the checker."""
+
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.name = name
+        self.client = Client(cluster.dispatch_url, cluster.signer.mint(name, "phone"))
+        self.watched = {f"u:{name}"}  # the conversations this device is judged in
+        self.events: list[Event] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.client.connect()
+        self._task = asyncio.get_running_loop().create_task(self._collect())
+
+    async def _collect(self) -> None:
+        async for event in self.client.events():
+            self.events.append(event)
+
+    def received(self, conversation_id: str) -> list[Event]:
+        return [e for e in self.events if e.message.conversation_id == conversation_id]
+
+    async def stored(self, conversation_id: str) -> list[tuple[int, str]]:
+        """(seq, message id) of the whole conversation, as storage has it."""
+        found: list[tuple[int, str]] = []
+        while True:
+            page = await self.client.history(conversation_id, after_seq=found[-1][0] if found
+                                             else 0, limit=100)
+            if not page:
+                return found
+            found += [(m.seq, m.message_id) for m in page]
+
+    async def stop(self) -> None:
+        await self.client.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+def served_by(ring: HashRing, instance: str, count: int, tag: str) -> list[str]:
+    """`count` user names whose requests the ring gives to `instance`."""
+    names = (f"{tag}{i}" for i in range(10_000))
+    return [n for n in names if ring.owner(n) == instance][:count]
+
+
+def leases(cluster: Cluster) -> dict[str, tuple[float, float]]:
+    return {im: (metric(cluster, im, TAKEN), metric(cluster, im, FENCED)) for im in IMS}
+
+
+async def settle(users: list[User], timeout_s: float) -> None:
+    """Wait until every device holds as many entries as storage has of each
+    conversation it watches, then judge: every stored entry received once,
+    in seq order (the delivery checker, stored entries counting as acked)."""
+    stored = {(u.name, c): await u.stored(c) for u in users for c in u.watched}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline and any(
+            len(u.received(c)) < len(stored[u.name, c]) for u in users for c in u.watched):
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)  # a duplicate would arrive now
+    checker = DeliveryChecker()
+    for user in users:
+        checker.add_device(user.name, "phone")
+        for conv in user.watched:
+            checker.add_member(conv, user.name)
+            for seq, message_id in stored[user.name, conv]:
+                checker.record_ack(user.name, "phone", conv, seq, message_id)
+    for user in users:
+        for event in user.events:
+            m = event.message
+            if m.conversation_id in user.watched:
+                checker.record_receipt(user.name, "phone", m.conversation_id, m.seq, m.message_id)
+    verdict = checker.verdict()
+    assert verdict.ok, verdict.summary() + str(verdict.to_dict()["failed_devices"])
+
+
+def kinds(user: User, kind: str) -> Counter[str]:
+    """The user's stored events of one kind, by content: a forward stored
+    twice would be the same content under two seqs."""
+    return Counter(repr(sorted(e.detail.items())) for e in user.events if e.kind == kind)
+
+
+async def social_round(pairs: list[tuple[User, User]], guest: User, group: str,
+                       direct: dict[str, str], round_no: int) -> None:
+    """Each pair befriends and unfriends (events in both users' event
+    conversations), writes and reads in their 1:1 (a read event and a
+    receipt), and the second of each pair renames the group; the guest is
+    invited, joins and leaves."""
+    async def pair(a: User, b: User) -> None:
+        await a.client.add_friend(b.name)
+        await b.client.accept_friend(a.name)
+        sent = await a.client.send_text(direct[a.name], f"r{round_no}")
+        await b.client.mark_read(direct[a.name], sent.seq)
+        await a.client.remove_friend(b.name)
+        await b.client.rename_group(group, f"{b.name}-{round_no}")
+
+    await asyncio.gather(*(pair(a, b) for a, b in pairs))
+    owner = pairs[0][0]
+    await owner.client.invite(group, [guest.name])
+    await guest.client.join(group)
+    await owner.client.send_text(group, f"welcome {round_no}")
+    await guest.client.leave(group)
+
+
+async def test_social_traffic_across_ims_keeps_leases_in_place(
+        make_cluster: ClusterFactory) -> None:
+    # a longer RPC deadline: a slow call must not fail over (that moves a lease)
+    cluster = make_cluster(gateways=1, ims=2, states=1, env={"CHATPLANE_RPC_DEADLINE_S": "3"})
+    ring = HashRing(cluster.names("im"))
+    firsts = served_by(ring, "im-1", 3, "ev")
+    seconds = served_by(ring, "im-2", 4, "ev")
+    users = {n: User(cluster, n) for n in firsts + seconds}
+    for user in users.values():
+        await user.start()
+    pairs = [(users[a], users[b]) for a, b in zip(firsts, seconds[:3], strict=True)]
+    guest = users[seconds[3]]
+
+    # a group of the first users' owner, every second user an admin in it
+    owner = pairs[0][0]
+    group = await owner.client.create_group("g", [b.name for _, b in pairs])
+    direct: dict[str, str] = {}
+    for a, b in pairs:
+        await owner.client.set_role(group, b.name, "admin")
+        await a.client.add_friend(b.name)
+        await b.client.accept_friend(a.name)
+        direct[a.name] = await a.client.direct(b.name)
+        await a.client.remove_friend(b.name)
+        a.watched.add(direct[a.name])
+        b.watched.add(direct[a.name])
+    for user in (owner, *(b for _, b in pairs)):
+        user.watched.add(group)
+
+    await social_round(pairs, guest, group, direct, 1)  # every lease taken once
+    warm = leases(cluster)
+    await social_round(pairs, guest, group, direct, 2)
+    await social_round(pairs, guest, group, direct, 3)
+    steady = leases(cluster)
+    assert steady == warm, f"leases moved: before {warm}, after {steady}"
+    assert all(fenced == 0 for _, fenced in steady.values()), steady
+    assert metric(cluster, "im-1", FORWARDED) > 0 and metric(cluster, "im-2", FORWARDED) > 0
+    await settle(list(users.values()), 30)
+    for a, b in pairs:  # stored once each: 4 rounds of request, accept, remove
+        for user in (a, b):
+            assert set(kinds(user, "friend").values()) == {4}, kinds(user, "friend")
+        assert len(kinds(b, "read")) == 3 and set(kinds(b, "read").values()) == {1}
+        assert set(kinds(a, "receipt").values()) == {1} and len(kinds(a, "receipt")) == 3
+    assert sum(kinds(guest, "invitation").values()) == 3
+
+    # kill -9 of im-2 while read receipts flow both ways: its users fail over
+    # to im-1, whose forwards to im-2 fail and are appended where they are
+    # (same cid: once); every event once, in order, on every device
+    async def reads(a: User, b: User, rounds: int) -> None:
+        for i in range(rounds):
+            for sender, reader in ((a, b), (b, a)):
+                sent = await sender.client.send_text(direct[a.name], f"k{i}")
+                await reader.client.mark_read(direct[a.name], sent.seq)
+
+    def forwarded() -> float:
+        return sum(metric(cluster, im, FORWARDED) for im in IMS)
+
+    before = forwarded()
+    traffic = asyncio.gather(*(reads(a, b, 12) for a, b in pairs))
+    while forwarded() < before + 20:  # 72 receipts in all, each forwarded
+        await asyncio.sleep(0.05)
+    assert not traffic.done(), "the kill should come mid-traffic"
+    cluster.kill("im-2")
+    await asyncio.wait_for(traffic, 120)
+    await settle(list(users.values()), 60)
+    for a, b in pairs:
+        for user in (a, b):
+            for kind in ("read", "receipt"):
+                assert set(kinds(user, kind).values()) == {1}, kinds(user, kind)
+        # im-1 served every read of a: none of their events went missing,
+        # those it forwarded to im-2 as it died included
+        assert len(kinds(a, "read")) == 12 and len(kinds(b, "receipt")) == 12
+    assert metric(cluster, "im-1", KEPT) > 0, "im-1 should have kept the events im-2 could not take"
+    for user in users.values():
+        await user.stop()
