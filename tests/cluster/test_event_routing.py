@@ -1,4 +1,5 @@
-"""Server-made appends on a real `cluster up` (two im processes, real Redis):
+"""Server-made appends on a real `cluster up` (two im processes on SQLite or
+the real CQL server, real Redis):
 friend requests, read receipts, invitations and group changes between users
 that different im instances serve. Group changes go to the group's owner on
 the ring, events for another user to the owner of that user's event
@@ -20,6 +21,7 @@ from chatplane.client import Client, Event
 from chatplane.cluster import Cluster
 from chatplane.registry.ring import HashRing
 from tests.cluster.conftest import ClusterFactory, metric
+from tests.services import CqlService
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -135,10 +137,24 @@ async def social_round(pairs: list[tuple[User, User]], guest: User, group: str,
     await guest.client.leave(group)
 
 
-async def test_social_traffic_across_ims_keeps_leases_in_place(
-        make_cluster: ClusterFactory) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("scylla", marks=pytest.mark.cql)])
+async def cluster(request: pytest.FixtureRequest, make_cluster: ClusterFactory) -> Cluster:
     # a longer RPC deadline: a slow call must not fail over (that moves a lease)
-    cluster = make_cluster(gateways=1, ims=2, states=1, env={"CHATPLANE_RPC_DEADLINE_S": "3"})
+    env = {"CHATPLANE_RPC_DEADLINE_S": "3"}
+    if request.param == "sqlite":
+        return make_cluster(gateways=1, ims=2, states=1, env=env)
+    from chatplane.storage import migrations
+    from tests.storage.conftest import new_keyspace, scylla_settings
+
+    cql_server: CqlService = request.getfixturevalue("cql_server")
+    keyspace = new_keyspace()
+    await migrations.migrate(scylla_settings(cql_server, keyspace))
+    return make_cluster(gateways=1, ims=2, states=1, storage="scylla", env={
+        **env, "CHATPLANE_CQL_HOSTS": ",".join(cql_server.contact_points),
+        "CHATPLANE_KEYSPACE": keyspace})
+
+
+async def test_social_traffic_across_ims_keeps_leases_in_place(cluster: Cluster) -> None:
     ring = HashRing(cluster.names("im"))
     firsts = served_by(ring, "im-1", 3, "ev")
     seconds = served_by(ring, "im-2", 4, "ev")
