@@ -101,6 +101,8 @@ async def test_read_positions_only_move_forward(storage: Storage) -> None:
     conv = (await storage.ensure_direct("alice", "bob", NOW)).conversation_id
     for n in range(1, 6):
         await storage.append(send(conv, "bob", n), ["alice", "bob"])
+    assert await storage.mark_read("alice", conv, 3, dry_run=True) == (0, 3)
+    assert await storage.mark_read("alice", conv, 3, dry_run=True) == (0, 3), "wrote nothing"
     assert await storage.mark_read("alice", conv, 3) == (0, 3)
     assert await storage.mark_read("alice", conv, 2) == (3, 3)
     assert await storage.mark_read("alice", conv, 99) == (3, 5), "clamped to the head"

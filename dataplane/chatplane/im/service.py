@@ -209,13 +209,17 @@ class ImService:
     def next_event_cid(self) -> int:
         return self._event_cids.next()
 
-    async def emit(self, user_id: str, event: pb.Event) -> None:
+    async def emit(self, user_id: str, event: pb.Event,
+                   once: tuple[str, int] | None = None) -> None:
         """Append an event to the user's event conversation (every device of
         the user receives it through its inbox): here, or in a cluster by the
-        conversation's owner, so its lease does not move (im/forward.py)."""
+        conversation's owner, so its lease does not move (im/forward.py).
+        `once` = (key, n): an event that a retried request emits again is
+        stored once (the append's idempotency on sender device and cid)."""
+        device, cid = once if once is not None else (self.event_device, self.next_event_cid())
         request = SendRequest(
             conversation_id=events_conversation_id(user_id), sender=user_id,
-            sender_device=self.event_device, cid=self.next_event_cid(), text="",
+            sender_device=device, cid=cid, text="",
             message_id=uuid.uuid4().hex, sent_at_ms=self.clock_ms(),
             payload=event.SerializeToString(), content_type=f"event/{event.WhichOneof('kind')}")
         if self.owners is not None and await self.owners.append_event(request):

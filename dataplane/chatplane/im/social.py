@@ -15,7 +15,15 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from chatplane.protocol.errors import ErrorCode, ProtocolError
-from chatplane.storage.base import DIRECT, EVENTS, GROUP, Relation, StorageUnavailable, valid_id
+from chatplane.storage.base import (
+    DIRECT,
+    EVENTS,
+    GROUP,
+    Conversation,
+    Relation,
+    StorageUnavailable,
+    valid_id,
+)
 from chatplane.v1 import frames_pb2 as pb
 
 if TYPE_CHECKING:
@@ -161,21 +169,34 @@ class Social:
         if conversation.kind == EVENTS:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "events are not marked read")
         try:
-            previous, current = await self.im.storage.mark_read(user, conversation_id, seq)
+            # Events first, then the position: each event is keyed by what it
+            # says (conversation, reader, read seq), so when a crash comes
+            # between them the client's retry emits them again and storage
+            # keeps one of each. (Position first, a retry would find nothing
+            # to do and the events would be lost.)
+            previous, target = await self.im.storage.mark_read(user, conversation_id, seq,
+                                                               dry_run=True)
+            if target > previous:
+                await self._emit_read(user, conversation, previous, target)
+            _, current = await self.im.storage.mark_read(user, conversation_id, seq)
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
-        if current <= previous:
-            return current
+        return current
+
+    async def _emit_read(self, user: str, conversation: Conversation, previous: int,
+                         target: int) -> None:
+        conversation_id = conversation.conversation_id
         await self.im.emit(user, pb.Event(read=pb.ReadEvent(conversation_id=conversation_id,
-                                                            read_seq=current)))
+                                                            read_seq=target)),
+                           once=(f"read/{conversation_id}", target))
         small = len(conversation.members) <= self.im.social_settings.large_group_threshold
         if conversation.kind in (DIRECT, GROUP) and small:
-            senders = await self._senders_between(conversation_id, previous, current, user)
+            senders = await self._senders_between(conversation_id, previous, target, user)
             receipt = pb.Event(receipt=pb.ReceiptEvent(conversation_id=conversation_id,
-                                                       reader=user, read_seq=current))
+                                                       reader=user, read_seq=target))
             for sender in sorted(senders):
-                await self.im.emit(sender, receipt)
-        return current
+                await self.im.emit(sender, receipt,
+                                   once=(f"receipt/{conversation_id}/{user}", target))
 
     async def _senders_between(self, conversation_id: str, after: int, upto: int,
                                reader: str) -> set[str]:

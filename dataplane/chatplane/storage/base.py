@@ -247,9 +247,11 @@ class Storage(Protocol):
     async def members(self, conversation_id: str) -> list[Member]:
         """Current members, sorted by user id (empty for an unknown id)."""
 
-    async def mark_read(self, user_id: str, conversation_id: str, seq: int) -> tuple[int, int]:
+    async def mark_read(self, user_id: str, conversation_id: str, seq: int,
+                        *, dry_run: bool = False) -> tuple[int, int]:
         """Move the user's read position forward to min(seq, head); returns
-        (previous, current). Never moves back."""
+        (previous, current). Never moves back. `dry_run`: what it would return,
+        writing nothing."""
 
     async def read_positions(self, conversation_id: str) -> dict[str, int]:
         """user -> read_seq for the current members (0 when never read)."""

@@ -105,7 +105,8 @@ class SocialMethods:
         return [Member(r["user_id"], r["role"] or "member", int(r["joined_seq"] or 0))
                 for r in rows]
 
-    async def mark_read(self, user_id: str, conversation_id: str, seq: int) -> tuple[int, int]:
+    async def mark_read(self, user_id: str, conversation_id: str, seq: int,
+                        *, dry_run: bool = False) -> tuple[int, int]:
         db, st, heads = self._parts()
         if not await db.run(st.select_user_conversation, (user_id, conversation_id)):
             return 0, 0
@@ -114,7 +115,7 @@ class SocialMethods:
             heads.conversation_head(conversation_id, serial=False))
         previous = int(rows[0]["read_seq"] or 0) if rows else 0
         current = max(previous, min(seq, head))
-        if current != previous:
+        if current != previous and not dry_run:
             await db.run(st.set_read, (current, current, conversation_id, user_id))
         return previous, current
 

@@ -330,14 +330,15 @@ class _SocialMethods:
         result: list[Member] = await self._read(lambda db: social.members(db, conversation_id))
         return result
 
-    async def mark_read(self, user_id: str, conversation_id: str, seq: int) -> tuple[int, int]:
+    async def mark_read(self, user_id: str, conversation_id: str, seq: int,
+                        *, dry_run: bool = False) -> tuple[int, int]:
         def advance(writer: _Writer) -> tuple[int, int]:
             try:  # the writer's head: the table's may be pending in this batch
                 head = writer.conv_head(conversation_id)
             except ConversationNotFound:
                 return 0, 0
             writer.flush_heads()  # pending own-send reads first: max() keeps the higher
-            return social.advance_read(writer.db, user_id, conversation_id, seq, head)
+            return social.advance_read(writer.db, user_id, conversation_id, seq, head, dry_run)
 
         result: tuple[int, int] = await self._write(advance)
         return result

@@ -125,14 +125,14 @@ def apply_change(db: sqlite3.Connection, conversation_id: str, change: Membershi
 
 
 def advance_read(db: sqlite3.Connection, user: str, conversation_id: str, seq: int,
-                 head: int) -> tuple[int, int]:
+                 head: int, dry_run: bool = False) -> tuple[int, int]:
     row = db.execute("SELECT read_seq FROM user_conversations WHERE user_id = ? AND"
                      " conversation_id = ?", (user, conversation_id)).fetchone()
     if row is None:
         return 0, 0
     previous = row[0]
     current = max(previous, min(seq, head))
-    if current != previous:
+    if current != previous and not dry_run:
         db.execute("UPDATE user_conversations SET read_seq = ? WHERE user_id = ? AND"
                    " conversation_id = ?", (current, user, conversation_id))
     return previous, current
