@@ -31,34 +31,43 @@ async def test_oversized_send_is_refused_and_later_sends_flow(server: ServerProc
     await alice.close()
 
 
-async def test_server_that_lost_history_is_resynced(server: ServerProcess,
-                                                    signer: TokenSigner) -> None:
+async def _texts(client: Client, count: int) -> list[str]:
+    """The next `count` message texts the client delivers."""
+    texts = []
+    async for m in client.messages():
+        texts.append(m.text)
+        if len(texts) == count:
+            break
+    return texts
+
+
+async def _chat_then_lose_the_store(server: ServerProcess, signer: TokenSigner
+                                    ) -> tuple[Client, Client]:
+    """alice sends bob 5 messages, bob gets them; then the server is killed
+    and its store lost (only the token key survives); the caller restarts it."""
     alice, bob = Client(server.url, signer.mint("alice")), Client(server.url, signer.mint("bob"))
     await alice.connect()
     await bob.connect()
     conversation = await alice.direct("bob")
     for i in range(5):
         await alice.send_text(conversation, f"old-{i}")
-    got = []
-    async for m in bob.messages():
-        got.append(m.text)
-        if len(got) == 5:
-            break
-    server.kill()  # the store is lost: only the token key survives
+    assert await _texts(bob, 5) == [f"old-{i}" for i in range(5)]
+    server.kill()
     for path in server.data_dir.iterdir():
         if path.name != TOKEN_KEY_FILE:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return alice, bob
+
+
+async def test_server_that_lost_history_is_resynced(server: ServerProcess,
+                                                    signer: TokenSigner) -> None:
+    alice, bob = await _chat_then_lose_the_store(server, signer)
     server.start()
     await asyncio.sleep(0.5)
     conversation = await alice.direct("bob")
     for i in range(3):
         await asyncio.wait_for(alice.send_text(conversation, f"new-{i}"), 20)
-    fresh = []
-    async for m in bob.messages():
-        fresh.append(m.text)
-        if len(fresh) == 3:
-            break
-    assert fresh == ["new-0", "new-1", "new-2"] and bob.store_resets == 1
+    assert await _texts(bob, 3) == ["new-0", "new-1", "new-2"] and bob.store_resets == 1
     await alice.close()
     await bob.close()
 
@@ -69,36 +78,17 @@ async def test_a_store_wiped_and_refilled_past_the_cursor_is_detected(
     counted in the old one, while bob is away: the inbox head alone cannot
     tell, the store id does. Bob, back with his saved position, gets every
     message of the new store, not only those past his old cursor."""
-    alice, bob = Client(server.url, signer.mint("alice")), Client(server.url, signer.mint("bob"))
-    await alice.connect()
-    await bob.connect()
-    conversation = await alice.direct("bob")
-    for i in range(5):
-        await alice.send_text(conversation, f"old-{i}")
-    got = []
-    async for m in bob.messages():
-        got.append(m.text)
-        if len(got) == 5:
-            break
+    alice, bob = await _chat_then_lose_the_store(server, signer)
     position = bob.position()
     assert position["store_id"] and position["inbox_seq"] == 5
     await bob.close()
-    server.kill()
-    for path in server.data_dir.iterdir():  # only the token key survives
-        if path.name != TOKEN_KEY_FILE:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
     server.start()
     conversation = await alice.direct("bob")
     for i in range(8):  # past bob's old cursor (5)
         await asyncio.wait_for(alice.send_text(conversation, f"new-{i}"), 20)
     bob = Client(server.url, signer.mint("bob"), resume=position)
     await bob.connect()
-    fresh = []
-    async for m in bob.messages():
-        fresh.append(m.text)
-        if len(fresh) == 8:
-            break
-    assert fresh == [f"new-{i}" for i in range(8)] and bob.store_resets == 1
+    assert await _texts(bob, 8) == [f"new-{i}" for i in range(8)] and bob.store_resets == 1
     assert bob.position()["store_id"] != position["store_id"]
     await alice.close()
     await bob.close()
