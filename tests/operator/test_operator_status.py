@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from chatplane_operator import api, reachability, status
@@ -138,15 +139,21 @@ DOWN = {"reachable": False, "ok": False, "error": "UNAVAILABLE: connection refus
 OTHER_KEY = {"reachable": True, "ok": False, "error": "signs tokens with a different key"}
 
 
-def _replication_with(body: dict[str, Any],
-                      views: dict[str, reachability.RegionPeers | None]) -> dict[str, Any]:
+def _status_with(body: dict[str, Any],
+                 views: Mapping[str, reachability.RegionPeers | None]) -> dict[str, Any]:
+    """The status of `body` with peer `ap` added, every tier ready and the peer views."""
     body["spec"]["peers"] = [{"name": "ap", "endpoint": "im.ap.example:9090",
                               "datacenter": "ap-south", "replicationFactor": 2}]
     cluster = api.parse(body)
     obs = {r.name: status.RegionObservation(ready_tiers(cluster, r), peers=views.get(r.name))
            for r in cluster.regions}
-    st = status.compute(cluster, obs, now=NOW, migration={"migrationJob": "j", "migrated": True})
-    return cond(st, "ReplicationReady")
+    return status.compute(cluster, obs, now=NOW,
+                          migration={"migrationJob": "j", "migrated": True})
+
+
+def _replication_with(body: dict[str, Any],
+                      views: Mapping[str, reachability.RegionPeers | None]) -> dict[str, Any]:
+    return cond(_status_with(body, views), "ReplicationReady")
 
 
 def test_replication_ready_when_every_region_reaches_every_peer(body: dict[str, Any]) -> None:
@@ -166,10 +173,7 @@ def test_one_pod_that_cannot_reach_a_peer_names_region_peer_and_pod(body: dict[s
     assert (down["status"], down["reason"]) == ("False", "PeerUnreachable")
     assert down["message"] == ("eu → us: UNAVAILABLE: connection refused (pod eu-im-1); "
                                "us → ap: signs tokens with a different key (pod us-im-0)")
-    cluster = api.parse(body)
-    obs = {r.name: status.RegionObservation(ready_tiers(cluster, r), peers=views[r.name])
-           for r in cluster.regions}
-    regions = {r["name"]: r for r in status.compute(cluster, obs, now=NOW)["regions"]}
+    regions = {r["name"]: r for r in _status_with(body, views)["regions"]}
     assert regions["eu"]["peers"] == [
         {"name": "us", "state": "Unreachable",
          "message": "UNAVAILABLE: connection refused (pod eu-im-1)"},
