@@ -57,6 +57,16 @@ async def wait_for(predicate: object, timeout_s: float = 30) -> None:
         await asyncio.sleep(0.05)
 
 
+async def first_seqs(client: Client, count: int) -> list[int]:
+    """The seqs of the first `count` messages the client yields."""
+    got: list[int] = []
+    async for m in client.messages():
+        got.append(m.seq)
+        if len(got) == count:
+            break
+    return got
+
+
 async def send_all(device: Device, conversation_id: str, count: int, tag: str) -> None:
     for i in range(count):
         ack = await device.client.send_text(conversation_id, f"{tag}-{i}")
@@ -99,29 +109,19 @@ async def test_offline_member_catches_up_with_sync(large_server: ServerProcess,
     await send_all(devices[1], group, 1000, "burst")
     late = Client(large_server.url, signer.mint("m6", "phone"))
     await late.connect()
-    got = []
-    async for m in late.messages():
-        got.append(m.seq)
-        if len(got) == 1001:
-            break
-    assert got == list(range(1, 1002))
+    assert await first_seqs(late, 1001) == list(range(1, 1002))
     unread = {c.conversation_id: c.unread for c in await late.conversations()}
     assert unread[group] == 1000
+    # one sync brought it, in bounded pages: a handful of requests, not one per message
+    assert late.requests <= 2 + 1000 // 200 + 1, late.requests
     # a later Client of the same device, resumed from its position, replays nothing
     position = late.position()
     await late.close()
     await send_all(devices[1], group, 3, "after")
-    late = Client(large_server.url, signer.mint("m6", "phone"), resume=position)
-    await late.connect()
-    again = []
-    async for m in late.messages():
-        again.append(m.seq)
-        if len(again) == 3:
-            break
-    assert again == [1002, 1003, 1004]
-    # one sync brought it, in bounded pages: a handful of requests, not one per message
-    assert late.requests <= 2 + 1000 // 200 + 1, late.requests
-    await late.close()
+    resumed = Client(large_server.url, signer.mint("m6", "phone"), resume=position)
+    await resumed.connect()
+    assert await first_seqs(resumed, 3) == [1002, 1003, 1004]
+    await resumed.close()
     for d in devices:
         await d.stop()
 
