@@ -65,6 +65,27 @@ async def _group(devices: list[Device], checker: DeliveryChecker, users: list[st
     return group
 
 
+async def _send_killing(cluster: Cluster, checker: DeliveryChecker, group: str,
+                        senders: list[Device], after: int, victim: str) -> None:
+    """40 messages from each sender, one at a time; kill -9 `victim` once
+    `after` of them are acked."""
+    acked = 0
+
+    async def send(device: Device) -> None:
+        nonlocal acked
+        for i in range(40):
+            ack = await device.client.send_text(group, f"{device.user}-{i}")
+            checker.record_ack(device.user, device.device, group, ack.seq, ack.message_id)
+            acked += 1
+
+    async def killer() -> None:
+        while acked < after:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(cluster.kill, victim)
+
+    await asyncio.wait_for(asyncio.gather(killer(), *(send(d) for d in senders)), 90)
+
+
 async def test_members_on_two_gateways_get_live_pushes(make_cluster: ClusterFactory) -> None:
     """The head check is off, and nobody reconnects: nothing but pushes tells a
     device of new messages (no inbox entries, no SyncHint)."""
@@ -128,21 +149,7 @@ async def test_kill_9_of_a_gateway_under_large_group_traffic(make_cluster: Clust
     assert on_gw1 > 0 and connections(cluster, "gw-2") > 0
     group = await _group(devices, checker, users)
     senders = [d for d in devices if d.device == "phone"][:4]
-    acked = 0
-
-    async def send(device: Device) -> None:
-        nonlocal acked
-        for i in range(40):
-            ack = await device.client.send_text(group, f"{device.user}-{i}")
-            checker.record_ack(device.user, device.device, group, ack.seq, ack.message_id)
-            acked += 1
-
-    async def killer() -> None:
-        while acked < 50:
-            await asyncio.sleep(0.01)
-        await asyncio.to_thread(cluster.kill, "gw-1")
-
-    await asyncio.wait_for(asyncio.gather(killer(), *(send(d) for d in senders)), 90)
+    await _send_killing(cluster, checker, group, senders, after=50, victim="gw-1")
     head = 1 + 40 * len(senders)
     await _until_all_have(devices, group, head, 60)
     _assert_clean(checker, devices)
@@ -166,21 +173,7 @@ async def test_kill_9_of_the_state_instance_pacing_the_group(make_cluster: Clust
     group = await _group(devices, checker, users)
     owner = HashRing(cluster.names("state")).owner(group)
     assert owner is not None
-    acked = 0
-
-    async def send(device: Device) -> None:
-        nonlocal acked
-        for i in range(40):
-            ack = await device.client.send_text(group, f"{device.user}-{i}")
-            checker.record_ack(device.user, device.device, group, ack.seq, ack.message_id)
-            acked += 1
-
-    async def killer() -> None:
-        while acked < 40:
-            await asyncio.sleep(0.01)
-        await asyncio.to_thread(cluster.kill, owner)
-
-    await asyncio.wait_for(asyncio.gather(killer(), *(send(d) for d in devices[:3])), 90)
+    await _send_killing(cluster, checker, group, devices[:3], after=40, victim=owner)
     head = 1 + 40 * 3
     await _until_all_have(devices, group, head, 60)
     _assert_clean(checker, devices)
