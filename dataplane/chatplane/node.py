@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.gateway import drainapi
-from chatplane.gateway.app import CpuLoad
+from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.connection import Connection
 from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
@@ -139,9 +139,8 @@ class Node:
         return details
 
     def _registry_fields(self) -> dict[str, str | int | float]:
-        return {"ws": self.ws_url, "tcp": self.tcp_address, "grpc": "", "http": self.base_url,
-                "connections": len(self.gateway.connections), "load": round(self.cpu.read(), 3),
-                "draining": int(self.gateway.draining)}
+        return registry_fields(self.gateway, self.cpu, ws=self.ws_url, tcp=self.tcp_address,
+                               grpc_address="", http=self.base_url)
 
     async def _start_registry(self) -> None:
         """Fail at start when Redis is unreachable (a wrong URL is a

@@ -50,6 +50,15 @@ class CpuLoad:
         return self.value
 
 
+def registry_fields(gateway: Gateway, cpu: CpuLoad, *, ws: str, tcp: str, grpc_address: str,
+                    http: str) -> dict[str, str | int | float]:
+    """A gateway's entry `cp:gateway:<id>`, what dispatch ranks by (the
+    gateway tier's, and `chatplane up`'s when it has a Redis URL)."""
+    return {"ws": ws, "tcp": tcp, "grpc": grpc_address, "http": http,
+            "connections": len(gateway.connections), "load": round(cpu.read(), 3),
+            "draining": int(gateway.draining)}
+
+
 class GatewayApp:
     kind = "gateway"
 
@@ -85,9 +94,8 @@ class GatewayApp:
         self.finished = asyncio.Event()  # set when a drain has emptied the gateway
 
     def _fields(self) -> dict[str, str | int | float]:
-        return {"ws": self.ws_url, "tcp": self.tcp_address, "grpc": self.grpc_address,
-                "http": self.base_url, "connections": len(self.gateway.connections),
-                "load": round(self.cpu.read(), 3), "draining": int(self.gateway.draining)}
+        return registry_fields(self.gateway, self.cpu, ws=self.ws_url, tcp=self.tcp_address,
+                               grpc_address=self.grpc_address, http=self.base_url)
 
     def _ready(self) -> bool:
         return (self.publisher is not None and self.publisher.healthy

@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from chatplane.gateway.service import Gateway
 
 log = logging.getLogger("chatplane.gateway.links")
+T = TypeVar("T")
 # Connections keep a monotonic open time; routes compare wall clocks across
 # gateways, so add this process's offset (fixed once: stable per connection).
 WALL_OFFSET_MS = time.time() * 1000 - time.monotonic() * 1000
@@ -109,17 +110,19 @@ class RemoteIm:
                 return error_frame(frame.id, code, f"im unavailable, retry: {exc.code().name}")
         return pb.Frame.FromString(reply.frame)
 
+    async def _read(self, key: str, call: Callable[[sgrpc.ImStub], Awaitable[T]]) -> T:
+        """A read-only call on the owner of `key`, or the next ones on the ring."""
+        async def one(address: str) -> T:
+            return await call(sgrpc.ImStub(self.peers.channel(address)))
+
+        return await first_answer(await self._owners(key), one, 2 * self.peers.deadline_s)
+
     async def inbox_heads(self, user_ids: Sequence[str]) -> dict[str, int]:
         if not user_ids:
             return {}
         request = spb.InboxHeadsRequest(user_ids=list(user_ids))
-
-        async def one(address: str) -> spb.InboxHeadsReply:
-            reply: spb.InboxHeadsReply = await sgrpc.ImStub(self.peers.channel(address)).InboxHeads(
-                request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
-            return reply
-
-        reply = await first_answer(await self._owners(user_ids[0]), one, 2 * self.peers.deadline_s)
+        reply: spb.InboxHeadsReply = await self._read(user_ids[0], lambda stub: stub.InboxHeads(
+            request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
         if reply.store_id:
             self.store_id = reply.store_id  # every im answers for the same storage
         return dict(reply.heads)
@@ -129,14 +132,9 @@ class RemoteIm:
         if not conversation_ids:
             return {}
         request = spb.GroupHeadsRequest(conversation_ids=list(conversation_ids))
-
-        async def one(address: str) -> spb.GroupHeadsReply:
-            reply: spb.GroupHeadsReply = await sgrpc.ImStub(self.peers.channel(address)).GroupHeads(
-                request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
-            return reply
-
-        owners = await self._owners(conversation_ids[0])
-        return dict((await first_answer(owners, one, 2 * self.peers.deadline_s)).heads)
+        reply: spb.GroupHeadsReply = await self._read(conversation_ids[0], lambda stub: stub.GroupHeads(
+            request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
+        return dict(reply.heads)
 
     async def inbox_head(self, user_id: str) -> int:
         try:
