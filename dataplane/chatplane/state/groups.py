@@ -114,7 +114,7 @@ class GroupFanout:
         at once and the cap on its share would not hold."""
         if group.timer is not None or group.flushes or group.batcher.deadline() is not None:
             return
-        if group.worker is not None and not group.worker.done():
+        if self._busy(group):
             return
         loop = asyncio.get_running_loop()
         batcher = group.batcher
