@@ -121,9 +121,9 @@ async def _start_crowd(args: argparse.Namespace, url: str, members: list[str], p
     per = -(-len(members) // args.procs)
     chunks = [members[i * per: (i + 1) * per] for i in range(args.procs)]
     workers = []
+    signer = TokenSigner.from_data_dir(Path(args.data_dir)) if args.crowd == "go" else None
     for chunk in filter(None, chunks):
-        if args.crowd == "go":
-            signer = TokenSigner.from_data_dir(Path(args.data_dir))
+        if signer is not None:
             tokens = [(m, signer.mint(m, "phone")) for m in chunk]
             workers.append(await crowdgo.start(args.crowd_binary, url, tokens, group, expect,
                                                deadline_s, args.crowd_cores, args.cut_every,
@@ -235,8 +235,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         last = max(o["last_arrival"].get(str(seq), 0.0) for o in outs)
         latencies.append((last - t) * 1000 if last else float("inf"))
     finite = sorted(x for x in latencies if x != float("inf"))
-    cpu = after.get("chatplane_process_cpu_seconds_total", 0) - before.get(
-        "chatplane_process_cpu_seconds_total", 0)
+    cpu = _delta(before, after, "chatplane_process_cpu_seconds_total")
     result: dict[str, Any] = {
         "workload": "W2 group",
         "members": args.members,
