@@ -22,14 +22,22 @@ from chatplane_operator.specs import naming
 log = logging.getLogger(__name__)
 
 
-def running_pod_ips(pods: list[dict[str, Any]]) -> list[str]:
-    """IPs of the pods that run (terminating ones too: they may be draining)."""
-    out = []
-    for pod in pods:
-        status = pod.get("status") or {}
-        if status.get("phase") == "Running" and status.get("podIP"):
-            out.append(str(status["podIP"]))
-    return out
+def tier_pods(applier: Applier, cluster: api.ChatCluster, region: api.Region,
+              tier: str) -> list[dict[str, Any]]:
+    """The pods of one tier of `region` (every phase)."""
+    sel = ",".join(f"{k}={v}" for k, v in naming.selector(cluster, region, tier).items())
+    return list(applier.list("Pod", cluster.namespace, sel))
+
+
+def running_url(pod: dict[str, Any], port: int) -> str | None:
+    """`http://<podIP>:<port>` of a running pod (terminating ones too: they may be
+    draining); None while it has no IP or does not run."""
+    status = pod.get("status") or {}
+    ip = status.get("podIP")
+    if not ip or status.get("phase") != "Running":
+        return None
+    host = f"[{ip}]" if ":" in str(ip) else ip
+    return f"http://{host}:{port}"
 
 
 class HttpConnectionCounter:
@@ -40,9 +48,8 @@ class HttpConnectionCounter:
         self._timeout = timeout
         self._workers = workers
 
-    def _one(self, ip: str, port: int) -> int:
-        host = f"[{ip}]" if ":" in ip else ip
-        url = f"http://{host}:{port}/admin/drain"
+    def _one(self, base: str) -> int:
+        url = f"{base}/admin/drain"
         try:
             with urllib.request.urlopen(url, timeout=self._timeout) as resp:
                 return int(json.load(resp).get("connections", 0))
@@ -51,15 +58,14 @@ class HttpConnectionCounter:
             return 0
 
     def __call__(self, cluster: api.ChatCluster, region: api.Region) -> int:
-        sel = ",".join(f"{k}={v}" for k, v in naming.selector(cluster, region, "gateway").items())
         try:
-            pods = self._applier.list("Pod", cluster.namespace, sel)
+            pods = tier_pods(self._applier, cluster, region, "gateway")
         except ApiError as exc:
             log.warning("cannot list gateway pods of %s/%s: %s", cluster.name, region.name, exc)
             return 0
-        ips = running_pod_ips(pods)
-        if not ips:
+        urls = [u for u in (running_url(p, cluster.ports.http) for p in pods) if u]
+        if not urls:
             return 0
-        workers = min(self._workers, len(ips))
+        workers = min(self._workers, len(urls))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            return sum(pool.map(lambda ip: self._one(ip, cluster.ports.http), ips))
+            return sum(pool.map(self._one, urls))

@@ -27,6 +27,7 @@ from typing import Any
 
 from chatplane_operator import api, drain
 from chatplane_operator.applying import ApiError, Applier
+from chatplane_operator.counting import running_url, tier_pods
 from chatplane_operator.specs import naming
 
 log = logging.getLogger(__name__)
@@ -63,16 +64,11 @@ class KubeFleet:
         self._pods: dict[str, dict[str, Any]] = {}
 
     def _url(self, pod: dict[str, Any]) -> str | None:
-        ip = (pod.get("status") or {}).get("podIP")
-        if not ip or (pod.get("status") or {}).get("phase") != "Running":
-            return None
-        host = f"[{ip}]" if ":" in str(ip) else ip
-        return f"http://{host}:{self.cluster.ports.http}"
+        return running_url(pod, self.cluster.ports.http)
 
     async def gateways(self) -> list[drain.Gateway]:
-        sel = ",".join(f"{k}={v}" for k, v in
-                       naming.selector(self.cluster, self.region, "gateway").items())
-        pods = await asyncio.to_thread(self.applier.list, "Pod", self.cluster.namespace, sel)
+        pods = await asyncio.to_thread(tier_pods, self.applier, self.cluster, self.region,
+                                       "gateway")
         self._pods = {p["metadata"]["name"]: p for p in pods}
         out = []
         for name, pod in sorted(self._pods.items()):

@@ -18,21 +18,17 @@ import urllib.request
 
 from chatplane_operator import api
 from chatplane_operator.applying import ApiError, Applier
+from chatplane_operator.counting import running_url, tier_pods
 from chatplane_operator.reachability import PodReport, RegionPeers, summarize
-from chatplane_operator.specs import naming
 
 log = logging.getLogger(__name__)
 
 
 def _pods(applier: Applier, cluster: api.ChatCluster, region: api.Region) -> list[tuple[str, str]]:
-    """(name, IP) of the region's running im pods."""
-    sel = ",".join(f"{k}={v}" for k, v in naming.selector(cluster, region, "im").items())
-    out = []
-    for pod in applier.list("Pod", cluster.namespace, sel):
-        status = pod.get("status") or {}
-        if status.get("phase") == "Running" and status.get("podIP"):
-            out.append((str(pod["metadata"]["name"]), str(status["podIP"])))
-    return out
+    """(name, base URL) of the region's running im pods."""
+    pods = tier_pods(applier, cluster, region, "im")
+    urls = ((str(p["metadata"]["name"]), running_url(p, cluster.ports.http)) for p in pods)
+    return [(name, url) for name, url in urls if url]
 
 
 class HttpPeerReader:
@@ -43,9 +39,8 @@ class HttpPeerReader:
         self._timeout = timeout
         self._workers = workers
 
-    def _one(self, pod: str, ip: str, port: int) -> PodReport:
-        host = f"[{ip}]" if ":" in ip else ip
-        url = f"http://{host}:{port}/v1/peers"
+    def _one(self, pod: str, base: str) -> PodReport:
+        url = f"{base}/v1/peers"
         try:
             with urllib.request.urlopen(url, timeout=self._timeout) as resp:
                 body = json.load(resp)
@@ -64,6 +59,5 @@ class HttpPeerReader:
         if not pods:
             return RegionPeers()
         with concurrent.futures.ThreadPoolExecutor(min(self._workers, len(pods))) as pool:
-            reports = list(pool.map(
-                lambda p: self._one(p[0], p[1], cluster.ports.http), pods))
+            reports = list(pool.map(lambda p: self._one(*p), pods))
         return summarize(reports)
