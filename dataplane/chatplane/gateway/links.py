@@ -32,8 +32,8 @@ import grpc
 from chatplane import tracing
 from chatplane.im.requests import error_frame
 from chatplane.protocol.errors import ErrorCode, ProtocolError
-from chatplane.registry.instances import CachedInstances
-from chatplane.registry.ring import HashRing, ring_key
+from chatplane.registry.instances import CachedInstances, LiveRing
+from chatplane.registry.ring import ring_key
 from chatplane.rpc import convert
 from chatplane.rpc.batching import Coalescer
 from chatplane.rpc.peers import Peers, first_answer, retriable
@@ -62,25 +62,17 @@ class RemoteIm:
         self.peers = peers
         self.static = static
         self.registry = registry
-        self.ring = HashRing(static)
-        self._addresses: dict[str, str] = {a: a for a in static}
+        self.ring = LiveRing(static, registry)
         self.failovers = 0
         self.store_id = ""  # learnt from the heads replies (a login asks for its head first)
         self.on_failover: Callable[[], None] | None = None
         self._heads: Coalescer[str, int] = Coalescer(self.inbox_heads)  # logins in a storm
 
     async def _owners(self, key: str) -> list[str]:
-        if not self.static and self.registry is not None:
-            live = await self.registry.get()
-            self._addresses = {i: f["grpc"] for i, f in live.items() if f.get("grpc")}
-            self.ring.update(self._addresses)
-        return [self._addresses[i] for i in self.ring.owners(key) if i in self._addresses]
+        return [address for _, address in await self.ring.owners(key)]
 
     async def _call(self, key: str, request: spb.ClientRequest) -> spb.ClientReply:
-        owners = await self._owners(key)
-        if not owners and self.registry is not None:
-            self.registry.invalidate()
-            owners = await self._owners(key)
+        owners = await self._owners(key)  # (an empty registry is read again once)
         tried = 0
 
         async def one(address: str) -> spb.ClientReply:

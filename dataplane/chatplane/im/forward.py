@@ -26,8 +26,8 @@ from __future__ import annotations
 import grpc
 
 from chatplane import tracing
-from chatplane.registry.instances import CachedInstances
-from chatplane.registry.ring import HashRing, ring_key
+from chatplane.registry.instances import CachedInstances, LiveRing
+from chatplane.registry.ring import ring_key
 from chatplane.rpc.peers import Peers
 from chatplane.storage.base import SendRequest
 from chatplane.v1 import services_pb2 as spb
@@ -40,23 +40,18 @@ class ImRing:
     def __init__(self, instance_id: str, peers: Peers, registry: CachedInstances) -> None:
         self.instance_id = instance_id
         self.peers = peers
-        self.registry = registry
-        self.ring = HashRing()
-        self._addresses: dict[str, str] = {}
+        self.ring = LiveRing((), registry)
         self.forwarded = 0  # events appended by their owner at this instance's request
         self.kept = 0  # events appended here: no owner before this one answered
 
     async def _ahead(self, conversation_id: str) -> list[str]:
         """Addresses of the instances before this one in the key's ring order
         (the owner first); empty when this instance owns it."""
-        live = await self.registry.get()
-        self._addresses = {i: f["grpc"] for i, f in live.items() if f.get("grpc")}
-        self.ring.update(self._addresses)
         ahead = []
-        for instance in self.ring.owners(ring_key(conversation_id)):
+        for instance, address in await self.ring.owners(ring_key(conversation_id)):
             if instance == self.instance_id:
                 break
-            ahead.append(self._addresses[instance])
+            ahead.append(address)
         return ahead
 
     async def owns(self, conversation_id: str) -> bool:

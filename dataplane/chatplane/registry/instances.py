@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from chatplane.registry.ring import HashRing
 
 log = logging.getLogger("chatplane.registry")
 
@@ -118,3 +120,35 @@ class CachedInstances:
                 log.warning("registry read of %s failed (keeping %d known): %s",
                             self.kind, len(self._value), exc)
         return self._value
+
+
+class LiveRing:
+    """The hash ring of one tier's live instances, read from a static address
+    list (each address its own id) or from the registry (each instance's
+    `grpc` field). Gateways route im requests, im instances forward events,
+    and im delivers to state through it."""
+
+    def __init__(self, static: Sequence[str], registry: CachedInstances | None) -> None:
+        self.static = list(static)
+        self.registry = registry
+        self.ring = HashRing(self.static)
+        self.addresses: dict[str, str] = {a: a for a in self.static}
+
+    async def _refresh(self) -> None:
+        if self.static or self.registry is None:
+            return
+        live = await self.registry.get()
+        if not live:  # restarted empty, or not refilled yet: read again once
+            self.registry.invalidate()
+            live = await self.registry.get()
+        self.addresses = {i: f["grpc"] for i, f in live.items() if f.get("grpc")}
+        self.ring.update(self.addresses)
+
+    @property
+    def members(self) -> frozenset[str]:
+        return self.ring.members
+
+    async def owners(self, key: str) -> list[tuple[str, str]]:
+        """(instance id, gRPC address) in ring order from the owner of `key`."""
+        await self._refresh()
+        return [(i, self.addresses[i]) for i in self.ring.owners(key) if i in self.addresses]

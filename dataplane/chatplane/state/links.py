@@ -34,8 +34,7 @@ import grpc
 
 from chatplane import tracing
 from chatplane.protocol import wire
-from chatplane.registry.instances import CachedInstances
-from chatplane.registry.ring import HashRing
+from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.rpc import convert
 from chatplane.rpc.peers import Peers, first_answer
 from chatplane.storage.base import InboxItem, StoredMessage
@@ -51,24 +50,11 @@ class StateLinks:
         self.peers = peers
         self.static = static
         self.registry = registry
-        self.ring = HashRing(static)
-
-    async def _live(self) -> dict[str, str]:
-        """Instance id -> gRPC address (a static address is its own id)."""
-        if self.static:
-            return {a: a for a in self.static}
-        if self.registry is None:
-            return {}
-        return {i: f["grpc"] for i, f in (await self.registry.get()).items() if f.get("grpc")}
+        self.ring = LiveRing(static, registry)
 
     async def owners(self, key: str) -> list[str]:
         """Addresses in ring order from the owner of `key`."""
-        live = await self._live()
-        if not live and self.registry is not None:
-            self.registry.invalidate()
-            live = await self._live()
-        self.ring.update(live)
-        return [live[i] for i in self.ring.owners(key) if i in live]
+        return [address for _, address in await self.ring.owners(key)]
 
     async def addresses(self) -> list[str]:
         if self.static:
