@@ -53,6 +53,7 @@ type crowd struct {
 
 	groupPushes, batches, notices, inboxPushes atomic.Int64
 	pulls, syncs, requestErrors, sessionsLost  atomic.Int64
+	logins                                     atomic.Int64
 	pushedAgain, conflicting, foreign, cuts    atomic.Int64
 	lastError                                  atomic.Value
 }
@@ -279,6 +280,7 @@ func (c *crowd) report(cpu, elapsed float64) {
 		"inbox_pushes":    c.inboxPushes.Load(),
 		"pulls":           c.pulls.Load(),
 		"syncs":           c.syncs.Load(),
+		"logins":          c.logins.Load(),
 		"request_errors":  c.requestErrors.Load(),
 		"sessions_lost":   c.sessionsLost.Load(),
 		"pushed_again":    c.pushedAgain.Load(),

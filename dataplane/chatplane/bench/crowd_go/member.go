@@ -135,6 +135,7 @@ func (m *member) session(gate chan struct{}) error {
 	if f.kind != fLoginAck {
 		return fmt.Errorf("login answered with frame %d: %s", f.kind, describe(f))
 	}
+	m.c.logins.Add(1)
 	_ = conn.SetReadDeadline(time.Time{})
 	_ = each(f.body, func(x field) {
 		if x.num == 4 && x.v > 0 {
