@@ -48,9 +48,10 @@ BROADCAST_MAX_GATEWAYS = 16  # up to this many gateways, each gets the whole mem
 
 class GroupRelay(GroupFanout):
     def __init__(self, routes: Routes, gateways: CachedInstances, peers: Peers, *,
-                 interval_ms: float = 100, max_messages: int = 200,
+                 interval_ms: float = 100, max_messages: int = 200, max_share: float = 1.0,
                  broadcast_max_gateways: int = BROADCAST_MAX_GATEWAYS) -> None:
-        super().__init__(lambda user: (), interval_ms=interval_ms, max_messages=max_messages)
+        super().__init__(lambda user: (), interval_ms=interval_ms, max_messages=max_messages,
+                         max_share=max_share)
         self.routes = routes
         self.gateways = gateways
         self.peers = peers
