@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
@@ -29,6 +30,15 @@ FAST = {
 }
 
 ClusterFactory = Callable[..., Cluster]
+
+
+@pytest.fixture
+async def client(redis_server: RedisService) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test Redis, emptied first."""
+    r = aioredis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=5)
+    await r.flushall()
+    yield r
+    await r.aclose()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ list; with more, each gets only the members that have a route there."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -21,7 +21,6 @@ from chatplane.storage.base import StoredMessage
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
-from tests.services import RedisService
 
 pytestmark = pytest.mark.redis
 
@@ -34,14 +33,6 @@ class RecordingGateway(sgrpc.GatewayServicer):
                         context: grpc.aio.ServicerContext) -> spb.GroupPushReply:
         self.pushes.append(request)
         return spb.GroupPushReply(pushed=len(request.user_ids))
-
-
-@pytest.fixture
-async def client(redis_server: RedisService) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=5)
-    await r.flushall()
-    yield r
-    await r.aclose()
 
 
 def _serving(recorder: RecordingGateway) -> Callable[[grpc.aio.Server], None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -32,15 +32,6 @@ from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 from tests.cluster.conftest import ClusterFactory
-from tests.services import RedisService
-
-
-@pytest.fixture
-async def client(redis_server: RedisService) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=5)
-    await r.flushall()
-    yield r
-    await r.aclose()
 
 
 @pytest.mark.redis
