@@ -94,24 +94,21 @@ class Applier:
             "PATCH", path, obj, query, content_type="application/apply-patch+yaml")
         return result
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def _get(self, path: str) -> dict[str, Any] | None:
+        """The object at `path`; None when there is none (404)."""
         try:
-            result: dict[str, Any] = self._call("GET", KINDS[kind].path(namespace, name))
+            result: dict[str, Any] = self._call("GET", path)
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
         return result
 
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(KINDS[kind].path(namespace, name))
+
     def get_cluster_scoped(self, kind: str, name: str) -> dict[str, Any] | None:
-        try:
-            result: dict[str, Any] = self._call("GET", f"{KINDS[kind].prefix}/"
-                                                f"{KINDS[kind].plural}/{name}")
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return result
+        return self._get(f"{KINDS[kind].prefix}/{KINDS[kind].plural}/{name}")
 
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
         result = self._call("GET", KINDS[kind].path(namespace), query=[("labelSelector", selector)])

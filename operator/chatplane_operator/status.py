@@ -210,8 +210,7 @@ def _replication(cluster: api.ChatCluster, observations: Mapping[str, RegionObse
         return condition(C.REPLICATION_READY, ok, reason, message, gen, prev, now)
 
     unwired = [r.name for r in cluster.regions
-               if (observations.get(r.name) or RegionObservation({})).error is not None
-               or r.name not in observations]
+               if r.name not in observations or observations[r.name].error is not None]
     keyspace = config.replication_map(cluster)
     if unwired:
         return cond(False, R.REGION_NOT_WIRED,
@@ -225,7 +224,7 @@ def _replication(cluster: api.ChatCluster, observations: Mapping[str, RegionObse
     count = len(cluster.regions) - 1 + len(cluster.peers)
     if not count:
         return cond(True, R.REPLICATION_WIRED, f"a single region without peers; {applied}")
-    views = {name: (observations.get(name) or RegionObservation({})).peers for name in expected}
+    views = {name: observations[name].peers for name in expected}  # all observed: wired
     if not any(v is not None and v.answered for v in views.values()):
         return cond(False, R.REPLICATION_WIRED,
                     f"every region lists its {count} peer(s); {applied}; no region's data "
