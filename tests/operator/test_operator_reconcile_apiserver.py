@@ -21,6 +21,7 @@ from kube_children import (
     wait_reconciled,
 )
 from kube_client import Kube
+from kube_gateways import REVISION
 
 from chatplane_operator import api
 
@@ -245,9 +246,11 @@ class _DrainStatus(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _gateway_pod(namespace: str, name: str, ready: bool) -> dict[str, Any]:
+def _gateway_pod(namespace: str, name: str, ready: bool, revision: str) -> dict[str, Any]:
+    # the StatefulSet template's revision, as its controller stamps it: a pod
+    # of another revision (and not ready) would be replaced by the rollout
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {
-        "name": name, "namespace": namespace, "labels": {
+        "name": name, "namespace": namespace, "annotations": {REVISION: revision}, "labels": {
             "app.kubernetes.io/name": "chatplane", "app.kubernetes.io/instance": "chat",
             "chatplane.dev/region": "eu", "app.kubernetes.io/component": "gateway"}},
         "spec": {"containers": [{"name": "gateway", "image": "chatplane:test"}]},
@@ -264,10 +267,12 @@ def test_live_connections_are_counted_from_gateway_pods(
         port = server.server_address[1]
         make_cluster(("eu",), mutate=lambda o: o["spec"].update({"ports": {"http": port}}))
         wait_reconciled(kube, namespace, 1)
+        sts = kube.get("StatefulSet", namespace, "chat-eu-gateway")
+        revision = sts["spec"]["template"]["metadata"]["annotations"][REVISION]
         # Two running gateways (one draining: not ready, still connected), one pending.
         for i, (phase, ready) in enumerate((("Running", True), ("Running", False),
                                              ("Pending", False))):
-            pod = _gateway_pod(namespace, f"chat-eu-gateway-{i}", ready)
+            pod = _gateway_pod(namespace, f"chat-eu-gateway-{i}", ready, revision)
             ready_flag = pod.pop("ready")
             kube.create(pod)
             status: dict[str, Any] = {"phase": phase, "conditions": [
