@@ -14,9 +14,8 @@ from kubernetes import config as k8s_config
 
 from chatplane_operator import handlers, metrics
 from chatplane_operator.applying import Applier
-from chatplane_operator.counting import HttpConnectionCounter
 from chatplane_operator.peering import PeeringGate
-from chatplane_operator.peerreports import HttpPeerReader
+from chatplane_operator.podreading import HttpReader
 from chatplane_operator.reconciling import Reconciler
 
 
@@ -43,6 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resync-seconds", type=float,
                    default=float(env("CHATPLANE_OPERATOR_RESYNC_SECONDS", "60")),
                    help="seconds between full passes (drift repair, connection counts)")
+    p.add_argument("--read-deadline-seconds", type=float,
+                   default=float(env("CHATPLANE_OPERATOR_READ_DEADLINE_SECONDS", "1")),
+                   help="how long a pass waits for the data plane's pods to answer (connection "
+                        "counts, peer reports): one deadline for all of them at once")
     p.add_argument("--log-level", default=env("CHATPLANE_OPERATOR_LOG_LEVEL", "INFO"))
     p.add_argument("--peering", default=env("CHATPLANE_OPERATOR_PEERING", ""),
                    help="kopf peering object name: replicas elect one active operator; "
@@ -71,8 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     applier = Applier(_api_client())
     runtime = handlers.Runtime(
-        reconciler=Reconciler(applier, HttpConnectionCounter(applier),
-                              read_peers=HttpPeerReader(applier)),
+        reconciler=Reconciler(applier, HttpReader(applier, args.read_deadline_seconds)),
         resync=args.resync_seconds)
     metrics.serve(args.metrics_address, args.metrics_port)
     common = {"clusterwide": not args.namespace, "namespaces": args.namespace,

@@ -11,9 +11,11 @@ so an operator restart resumes where the last one stopped:
   current template, at the new revision;
 - a new pod's readiness timeout counts from its `creationTimestamp`.
 
-Connections are read from each running pod's `GET /admin/drain` (`http://<podIP>:<http>`).
-Everything here is synchronous API I/O wrapped for the async `Fleet` protocol; the
-reconciler calls `step_region()` from its worker thread.
+The pods and their connection counts are the pass's reads (`podreading.RegionReads`):
+each running pod's `GET /admin/drain` was read once for the whole pass, with every other
+pod's, so the rollout step asks no gateway again. Drain calls and pod deletions are
+synchronous I/O wrapped for the async `Fleet` protocol; the reconciler calls
+`step_region()` from its worker thread.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import logging
 import time
 from typing import Any
 
-from chatplane_operator import api, drain
+from chatplane_operator import api, drain, podreading
 from chatplane_operator.applying import ApiError, Applier
-from chatplane_operator.counting import running_url, tier_pods
+from chatplane_operator.counting import running_url
 from chatplane_operator.specs import naming
 
 log = logging.getLogger(__name__)
@@ -53,28 +55,26 @@ def _ordinal(name: str) -> int:
 
 
 class KubeFleet:
-    """The gateway pods of `region`, driven through the API and their drain endpoints."""
+    """The gateway pods of `region` as this pass read them, driven through the API and
+    their drain endpoints."""
 
     def __init__(self, applier: Applier, cluster: api.ChatCluster, region: api.Region,
-                 admin: drain.GatewayAdmin) -> None:
+                 admin: drain.GatewayAdmin, reads: podreading.RegionReads) -> None:
         self.applier = applier
         self.cluster = cluster
         self.region = region
         self.admin = admin
-        self._pods: dict[str, dict[str, Any]] = {}
+        self.reads = reads
+        self._pods = {str(p["metadata"]["name"]): p for p in reads.gateways}
 
     def _url(self, pod: dict[str, Any]) -> str | None:
         return running_url(pod, self.cluster.ports.http)
 
     async def gateways(self) -> list[drain.Gateway]:
-        pods = await asyncio.to_thread(tier_pods, self.applier, self.cluster, self.region,
-                                       "gateway")
-        self._pods = {p["metadata"]["name"]: p for p in pods}
         out = []
         for name, pod in sorted(self._pods.items()):
             notes = pod["metadata"].get("annotations") or {}
-            url = self._url(pod)
-            count = await self.admin.connections(url) if url else None
+            count = self.reads.connections.get(name)  # None: not running, or no answer
             since = notes.get(naming.DRAINING_SINCE)
             out.append(drain.Gateway(
                 name=name, version=notes.get(naming.REVISION, ""), ready=_ready(pod),
@@ -131,10 +131,14 @@ def policy(cluster: api.ChatCluster) -> drain.Policy:
 
 
 def step_region(applier: Applier, cluster: api.ChatCluster, region: api.Region,
-                revision: str, admin: drain.GatewayAdmin) -> RegionRollout | None:
-    """One orchestrator tick for `region` towards `revision`; None when the API fails
-    (the pass goes on; the next one tries again)."""
-    fleet = KubeFleet(applier, cluster, region, admin)
+                revision: str, admin: drain.GatewayAdmin,
+                reads: podreading.RegionReads) -> RegionRollout | None:
+    """One orchestrator tick for `region` towards `revision`, on this pass's reads; None
+    when the API fails or the pods could not be listed (the pass goes on; the next one
+    tries again)."""
+    if not reads.listed:
+        return None
+    fleet = KubeFleet(applier, cluster, region, admin, reads)
     orchestrator = drain.Orchestrator(fleet, revision, policy(cluster))
     try:
         step, progress, events = asyncio.run(orchestrator.tick())

@@ -1,14 +1,12 @@
 """Whether a region's data plane reaches its peers, as its im pods report it (`GET
 /v1/peers`; the im tier probes every peer with `Region.Hello`). Pure: the pods' reports
-in, one `RegionPeers` out; `peerreports.py` fetches them."""
+in, one `RegionPeers` out; `podreading.py` fetches them."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-from chatplane_operator import api
 
 OK, MISMATCH, UNREACHABLE = "ok", "mismatch", "unreachable"
 MISSING = "missing"  # a region without a report, or a peer not (yet) in every pod's list
@@ -41,14 +39,6 @@ class RegionPeers:
     def seen(self, peer: str) -> PeerSeen | None:
         """None: no answering pod lists this peer (a pod not yet rolled to the new list)."""
         return self.peers.get(peer)
-
-
-# Reading reports is a narrow interface: (cluster, region) -> its view, None: not read.
-PeerReader = Callable[[api.ChatCluster, api.Region], RegionPeers | None]
-
-
-def no_peer_reports(cluster: api.ChatCluster, region: api.Region) -> RegionPeers | None:
-    return None
 
 
 def _state(view: Mapping[str, Any]) -> PeerSeen:

@@ -10,22 +10,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
-from chatplane_operator import api, drain, fleet_kube, reachability, status
+from chatplane_operator import api, drain, fleet_kube, podreading, status
 from chatplane_operator.applying import KINDS, ApiError, Applier, secret_has_key
 from chatplane_operator.specs import bundle, config, jobs, naming
 
 log = logging.getLogger(__name__)
 R = api.Reason
-
-# Connection counting is a narrow interface: (cluster, region) -> live connections.
-ConnectionCounter = Callable[[api.ChatCluster, api.Region], int]
-
-
-def no_connections(cluster: api.ChatCluster, region: api.Region) -> int:
-    return 0
 
 
 @dataclasses.dataclass
@@ -61,16 +53,24 @@ def _missing_refs(applier: Applier, cluster: api.ChatCluster, region: api.Region
     return None
 
 
-class Reconciler:
-    """Runs passes; holds the API client and the readers of the data plane (connection
-    counts, peer reports), nothing per cluster."""
+@dataclasses.dataclass
+class _Applied:
+    """One region after the apply phase of a pass, before its data plane is read."""
 
-    def __init__(self, applier: Applier, count: ConnectionCounter = no_connections,
-                 admin: drain.GatewayAdmin | None = None,
-                 read_peers: reachability.PeerReader = reachability.no_peer_reports) -> None:
+    region: api.Region
+    tiers: dict[str, status.WorkloadState]
+    gateway: dict[str, Any] | None  # the applied StatefulSet (None: not applied)
+    error: tuple[str, str] | None
+
+
+class Reconciler:
+    """Runs passes; holds the API client and the reader of the data plane (connection
+    counts and peer reports, read once per pod per pass), nothing per cluster."""
+
+    def __init__(self, applier: Applier, read: podreading.Reader | None = None,
+                 admin: drain.GatewayAdmin | None = None) -> None:
         self.applier = applier
-        self.count = count
-        self.read_peers = read_peers
+        self.read = read or podreading.HttpReader(applier)
         self.admin = admin or drain.GatewayAdmin()
         self._last_errors: dict[tuple[str, str], set[str]] = {}
 
@@ -145,42 +145,54 @@ class Reconciler:
         existing = self._existing(cluster)
         desired: set[tuple[str, str]] = set()
         secrets: dict[str, dict[str, Any] | None] = {}
-        for region in cluster.regions:
-            manifests = bundle.build_region(cluster, region)
-            desired.update(_key(m) for m in manifests)
-            error = _missing_refs(self.applier, cluster, region, secrets)
-            applied: dict[str, dict[str, Any]] = {}
-            if error is None:
-                error = self._apply_region(manifests, existing, applied, outcome)
-            if error is not None:
-                outcome.ok = False
-                outcome.errors.append(f"{error[0]}: region {region.name}: {error[1]}")
-            tiers = {
-                tier: status.WorkloadState.from_object(
-                    applied.get(tier) or existing.get(
-                        ("StatefulSet" if tier == "gateway" else "Deployment",
-                         naming.tier_name(cluster, region, tier))))
-                for tier in api.TIERS
-            }
-            connections = self.count(cluster, region) if error is None else 0
-            peers = self.read_peers(cluster, region) if error is None else None
+        done = [self._apply_one(cluster, region, existing, desired, secrets, outcome)
+                for region in cluster.regions]
+        # Every applied region's pods in one batch, under one deadline for the pass.
+        reads = self.read(cluster, [d.region for d in done if d.error is None])
+        for d in done:
+            got = reads.get(d.region.name) if d.error is None else None
             rollout = None
-            if error is None and "gateway" in applied:
-                rollout = self._roll(body, cluster, region, applied["gateway"], outcome)
-            observations[region.name] = status.RegionObservation(tiers, connections, error,
-                                                                 rollout, peers)
+            if got is not None and d.gateway is not None:
+                rollout = self._roll(body, cluster, d.region, d.gateway, got, outcome)
+            observations[d.region.name] = status.RegionObservation(
+                d.tiers, got.total if got else 0, d.error, rollout, got.peers if got else None)
         migration = self._apply_cluster_wide(cluster, existing, desired, observations, outcome)
         for key in set(existing) - desired:
             self.applier.delete(key[0], cluster.namespace, key[1])
             outcome.deleted += 1
         return migration
 
+    def _apply_one(self, cluster: api.ChatCluster, region: api.Region,
+                   existing: dict[tuple[str, str], dict[str, Any]],
+                   desired: set[tuple[str, str]], secrets: dict[str, dict[str, Any] | None],
+                   outcome: Outcome) -> _Applied:
+        """Apply one region's objects (unless a Secret it needs is missing)."""
+        manifests = bundle.build_region(cluster, region)
+        desired.update(_key(m) for m in manifests)
+        error = _missing_refs(self.applier, cluster, region, secrets)
+        applied: dict[str, dict[str, Any]] = {}
+        if error is None:
+            error = self._apply_region(manifests, existing, applied, outcome)
+        if error is not None:
+            outcome.ok = False
+            outcome.errors.append(f"{error[0]}: region {region.name}: {error[1]}")
+        tiers = {
+            tier: status.WorkloadState.from_object(
+                applied.get(tier) or existing.get(
+                    ("StatefulSet" if tier == "gateway" else "Deployment",
+                     naming.tier_name(cluster, region, tier))))
+            for tier in api.TIERS
+        }
+        return _Applied(region, tiers, applied.get("gateway"), error)
+
     def _roll(self, body: dict[str, Any], cluster: api.ChatCluster, region: api.Region,
-              sts: dict[str, Any], outcome: Outcome) -> dict[str, Any] | None:
+              sts: dict[str, Any], reads: podreading.RegionReads,
+              outcome: Outcome) -> dict[str, Any] | None:
         """One drain-rollout step for the region's gateways; its status (None: no pods)."""
         notes = sts["spec"]["template"]["metadata"].get("annotations") or {}
         revision = str(notes.get(naming.REVISION, ""))
-        rolled = fleet_kube.step_region(self.applier, cluster, region, revision, self.admin)
+        rolled = fleet_kube.step_region(self.applier, cluster, region, revision, self.admin,
+                                        reads)
         if rolled is None or not rolled.progress.total:
             return None
         for reason, message in rolled.events:
@@ -248,4 +260,4 @@ class Reconciler:
         self._last_errors.pop((namespace, name), None)
 
 
-__all__ = ["KINDS", "ConnectionCounter", "Outcome", "Reconciler", "no_connections"]
+__all__ = ["KINDS", "Outcome", "Reconciler"]
