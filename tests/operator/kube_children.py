@@ -37,3 +37,13 @@ def cluster_status(kube: Kube, namespace: str, name: str = "chat") -> dict[str, 
 
 def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == ctype), {})
+
+
+def succeed_migration(kube: Kube, namespace: str) -> None:
+    """Play the Job controller: the storage migration Job has succeeded."""
+    job = wait_until(lambda: kube.list("Job", namespace, SELECTOR), 20, "the migration Job")[0]
+    kube.merge_patch("Job", namespace, job["metadata"]["name"], {"status": {
+        "succeeded": 1, "startTime": "2026-01-01T00:00:00Z",
+        "completionTime": "2026-01-01T00:01:00Z", "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True"},
+            {"type": "Complete", "status": "True"}]}}, sub="status")

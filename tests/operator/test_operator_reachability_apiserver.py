@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import OperatorProcess, wait_until
-from kube_children import SELECTOR, cluster_status, condition, wait_reconciled
+from kube_children import cluster_status, condition, succeed_migration, wait_reconciled
 from kube_client import Kube
 
 from tests.support.regions import RegionProcess
@@ -40,15 +40,6 @@ def _region_peers(kube: Kube, namespace: str) -> dict[str, list[tuple[str, str]]
     """`status.regions[].peers` as {region: [(peer, state)]}, regions that report only."""
     return {r["name"]: [(p["name"], p["state"]) for p in r["peers"]]
             for r in cluster_status(kube, namespace).get("regions") or [] if "peers" in r}
-
-
-def _succeed_migration(kube: Kube, namespace: str) -> None:
-    job = wait_until(lambda: kube.list("Job", namespace, SELECTOR), 20, "the migration Job")[0]
-    kube.merge_patch("Job", namespace, job["metadata"]["name"], {"status": {
-        "succeeded": 1, "startTime": "2026-01-01T00:00:00Z",
-        "completionTime": "2026-01-01T00:01:00Z", "conditions": [
-            {"type": "SuccessCriteriaMet", "status": "True"},
-            {"type": "Complete", "status": "True"}]}}, sub="status")
 
 
 def _im_pod(kube: Kube, namespace: str, region: str) -> None:
@@ -107,7 +98,7 @@ def test_replication_ready_follows_the_data_planes_peer_reports(
         "ports": {"http": http, "grpc": grpc},
         "auth": {"tokenSecretRef": {"name": "shared-token"}}}))
     wait_reconciled(kube, namespace, 2)
-    _succeed_migration(kube, namespace)
+    succeed_migration(kube, namespace)
     wired = wait_until(lambda: _replication(kube, namespace).get("reason") == "ReplicationWired"
                        and _replication(kube, namespace), 20, "wired, nothing reported yet")
     assert wired["status"] == "False"
