@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.gateway import drainapi
 from chatplane.gateway.app import CpuLoad, registry_fields
+from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.connection import Connection
 from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
@@ -81,9 +82,12 @@ class Node:
             data_dir / ADMIN_SECRET_FILE)
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
         self.storage: Storage = make_storage(settings)
+        self.group_writer = (BulkWriter.create(nice=settings.social.group_writer_nice)
+                             if settings.social.group_writer else None)
         self.state = StateService(group_interval_ms=settings.social.group_push_interval_ms,
                                   group_max_messages=settings.social.group_push_max_messages,
-                                  group_max_share=settings.social.group_max_share)
+                                  group_max_share=settings.social.group_max_share,
+                                  group_writer=self.group_writer)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
                             server_id=self.server_id)
         self.redis = (registry.connect(settings.storage.redis_url)
@@ -212,6 +216,8 @@ class Node:
             conn.reconnect(500, "server stopping")
         await asyncio.sleep(0.05)  # let the reconnect frames go out
         await self.gateway.stop()
+        if self.group_writer is not None:
+            self.group_writer.stop()
         await self.prober.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_SLICE_MS = 1.0
 
@@ -40,10 +44,26 @@ class TimeSlice:
         self._began = time.perf_counter()
         self._cpu_began = time.thread_time()
 
+    async def wait(self, awaitable: Awaitable[T]) -> T:
+        """Await something done elsewhere (the group writer's thread): the
+        time waiting is not this loop's, and a new slice starts after."""
+        self._held += time.perf_counter() - self._began
+        self._cpu += time.thread_time() - self._cpu_began
+        try:
+            return await awaitable
+        finally:
+            self._began = time.perf_counter()
+            self._cpu_began = time.thread_time()
+
     def held(self) -> float:
         """Seconds this loop held the event loop so far."""
         return self._held + time.perf_counter() - self._began
 
+    def spent_elsewhere(self, cpu_s: float) -> None:
+        """CPU another thread spent on this loop's behalf: `cpu()` counts it."""
+        self._cpu += cpu_s
+
     def cpu(self) -> float:
-        """CPU seconds of this loop's slices so far."""
+        """CPU seconds of this loop's slices so far (and of work done for it
+        elsewhere, `spent_elsewhere`)."""
         return self._cpu + time.thread_time() - self._cpu_began

@@ -64,17 +64,20 @@ def binary() -> Path:
 
 async def start(executable: Path, url: str, tokens: Sequence[tuple[str, str]], group: str,
                 expect: int, deadline_s: float, cores: int = 1,
-                cut_every_s: float = 0.0, cut_fraction: float = 0.1) -> asyncio.subprocess.Process:
+                cut_every_s: float = 0.0, cut_fraction: float = 0.1,
+                nice: int = 0) -> asyncio.subprocess.Process:
     """One crowd process for these (user, token) members, on at most `cores`
     cores; with `cut_every_s`, it cuts that share of its members' connections
-    that often (they come back and sync). It prints `connected N`, then one
+    that often (they come back and sync); `nice` lowers its priority (it
+    stands for devices on other machines). It prints `connected N`, then one
     JSON line (see crowd_go/main.go)."""
     proc = await asyncio.create_subprocess_exec(
         str(executable), "-url", url, "-group", group, "-expect", str(expect),
         "-deadline", str(deadline_s), "-cut-every", str(cut_every_s),
         "-cut-fraction", str(cut_fraction),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=RESULT_LIMIT,
-        env={**os.environ, "GOMAXPROCS": str(max(1, cores))})
+        env={**os.environ, "GOMAXPROCS": str(max(1, cores))},
+        preexec_fn=(lambda: os.nice(nice)) if nice else None)
     assert proc.stdin is not None
     proc.stdin.write("".join(f"{user} {token}\n" for user, token in tokens).encode())
     await proc.stdin.drain()

@@ -68,6 +68,10 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
                        help="crowd worker processes (default: 4 for sdk, 1 for go)")
     group.add_argument("--crowd-cores", type=int, default=1,
                        help="--crowd go: cores each worker may use (GOMAXPROCS, default 1)")
+    group.add_argument("--crowd-nice", type=int, default=0, metavar="N",
+                       help="run the Go crowd at this nice value (it stands for devices on other "
+                            "machines: with --beside-direct, 10 or more keeps it from taking CPU "
+                            "from the server and the 1:1 clients)")
     group.add_argument("--cut-every", type=float, default=0.0, metavar="S",
                        help="--crowd go, chaos: every S seconds cut some members' connections")
     group.add_argument("--cut-fraction", type=float, default=0.1, metavar="F",
@@ -127,7 +131,7 @@ async def _start_crowd(args: argparse.Namespace, url: str, members: list[str], p
             tokens = [(m, signer.mint(m, "phone")) for m in chunk]
             workers.append(await crowdgo.start(args.crowd_binary, url, tokens, group, expect,
                                                deadline_s, args.crowd_cores, args.cut_every,
-                                               args.cut_fraction))
+                                               args.cut_fraction, args.crowd_nice))
         else:
             first = int(chunk[0].rsplit("x", 1)[1])
             workers.append(await asyncio.create_subprocess_exec(

@@ -22,6 +22,7 @@ from chatplane.storage.base import InboxItem
 from chatplane.v1 import frames_pb2 as pb
 
 if TYPE_CHECKING:
+    from chatplane.gateway.bulk import Lent
     from chatplane.gateway.service import Gateway
 
 
@@ -218,6 +219,20 @@ class Connection:
         if self.session.phase is Phase.ACTIVE:  # straight out: nothing else is queued here
             self.session.frames_out += 1
             self.transport.write([payload])
+
+    def push_or_lend(self, payload: bytes) -> Lent | None:
+        """`push_raw`, or, when the transport can lend its socket to the
+        group writer (gateway/bulk.py), the lent socket: the writer writes
+        the frame and gives it back."""
+        if self.session.phase is not Phase.ACTIVE:
+            return None
+        lend = getattr(self.transport, "lend", None)  # test transports may not lend
+        lent = lend(payload) if lend is not None else None
+        if lent is None:
+            self.push_raw(payload)
+        else:
+            self.session.frames_out += 1
+        return lent
 
     def push_group(self, conversation_id: str, head_seq: int, payload: bytes) -> bool:
         """A large-group frame relayed by the state tier (cluster): written

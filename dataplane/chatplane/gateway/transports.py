@@ -13,6 +13,7 @@ from typing import cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from chatplane.gateway.bulk import Lent, SocketLender
 from chatplane.gateway.connection import Connection
 from chatplane.gateway.service import Gateway
 from chatplane.protocol import frames
@@ -128,11 +129,12 @@ class TcpFrameProtocol(asyncio.Protocol):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.reader = frames.FrameReader(gateway.settings.limits.max_frame_bytes)
-        self.transport: asyncio.Transport | None = None
+        self.out: SocketLender | None = None
         self.conn: Connection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        # uvloop's transport is not an asyncio.Transport subclass
+        self.out = SocketLender(cast(asyncio.Transport, transport), MAX_WRITE_BUFFER)
         peer = transport.get_extra_info("peername")
         self.conn = Connection(self.gateway, self, peer=str(peer))
         self.gateway.opened(self.conn)
@@ -154,23 +156,23 @@ class TcpFrameProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
             self.conn.on_closed()
-        self.transport = None
+        if self.out is not None:
+            self.out.lost()
 
     # Transport interface for the Connection
     def write(self, payloads: list[bytes]) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if len(payloads) == 1:
-            transport.write(_tcp_framed(payloads[0]))
-        else:
-            transport.write(b"".join(frames.prefix(p) for p in payloads))
-        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            transport.abort()
+        if self.out is not None:
+            self.out.write(_tcp_framed(payloads[0]) if len(payloads) == 1
+                           else b"".join(frames.prefix(p) for p in payloads))
+
+    def lend(self, payload: bytes) -> Lent | None:
+        """The socket for the group writer (gateway/bulk.py), with `payload`
+        framed, when nothing is queued on it (else None: write it instead)."""
+        return self.out.lend(_tcp_framed(payload)) if self.out is not None else None
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        if self.out is not None:
+            self.out.close()
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from chatplane.delivery.fanout import Flush, GroupBatcher
+from chatplane.gateway.bulk import CHUNK, BulkWriter, Lent
 from chatplane.metrics import Histogram
 from chatplane.protocol import wire
 from chatplane.slicing import DEFAULT_SLICE_MS, TimeSlice
@@ -38,6 +39,9 @@ class RawLink(Protocol):
     def push_raw(self, payload: bytes) -> None:
         """Queue an already encoded frame for this device."""
 
+    def push_or_lend(self, payload: bytes) -> Lent | None:
+        """`push_raw`, or the device's socket lent to the group writer."""
+
 
 @dataclass
 class _Group:
@@ -50,8 +54,10 @@ class _Group:
 
 class GroupFanout:
     def __init__(self, links_of: Callable[[str], Iterable[RawLink]], *, interval_ms: float = 100,
-                 max_messages: int = 200, slice_ms: float = DEFAULT_SLICE_MS, max_share: float = 1.0) -> None:
+                 max_messages: int = 200, slice_ms: float = DEFAULT_SLICE_MS, max_share: float = 1.0,
+                 writer: BulkWriter | None = None) -> None:
         self.links_of = links_of
+        self.writer = writer  # None: the event loop writes every frame itself
         self.interval_ms = interval_ms
         self.max_messages = max_messages
         self.slice_ms = slice_ms
@@ -144,7 +150,7 @@ class GroupFanout:
             self.fanout_ms.observe(spent_ms)
             self.held_ms.observe(spent_ms if clock is None else clock.held() * 1000)
             # the share is of the CPU: time the machine took the process off
-            # it mid-slice was nobody's in this process
+            # it mid-slice was nobody's in this process; the writer thread's counts
             cost_ms = spent_ms if clock is None else clock.cpu() * 1000
             self.cpu_ms.observe(cost_ms)
             group.batcher.interval_ms = max(self.interval_ms, cost_ms / self.max_share)
@@ -160,16 +166,31 @@ class GroupFanout:
         time counts)."""
         clock = TimeSlice(self.slice_ms)
         links_of = self.links_of
+        writer = self.writer
+        lent: list[Lent] = []
         pushed = 0
         for start in range(0, len(members), CHECK_EVERY):
             for user in members[start:start + CHECK_EVERY]:
                 for link in links_of(user):
                     try:
-                        link.push_raw(payload)
+                        if writer is None:
+                            link.push_raw(payload)
+                        else:
+                            item = link.push_or_lend(payload)
+                            if item is not None:
+                                lent.append(item)
                         pushed += 1
                     except Exception:  # one broken connection must not stop the group
                         log.exception("group push failed")
-            if clock.over():
+            # lent sockets go to the writer before the loop runs anything else
+            # (BulkWriter.write); waiting for it is this flush's pause
+            if lent and (len(lent) >= CHUNK or clock.over()):
+                assert writer is not None
+                clock.spent_elsewhere(await clock.wait(writer.write(lent)))
+                lent = []
+            elif clock.over():
                 await clock.pause()  # whatever else is ready runs now
+        if writer is not None and lent:
+            clock.spent_elsewhere(await clock.wait(writer.write(lent)))
         self.frames_pushed += pushed
         return clock

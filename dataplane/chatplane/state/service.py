@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from chatplane.gateway.bulk import BulkWriter, Lent
 from chatplane.state.groups import GroupFanout
 from chatplane.storage.base import InboxItem, StoredMessage
 
@@ -36,13 +37,17 @@ class DeviceLink(Protocol):
     def push_raw(self, payload: bytes) -> None:
         """Queue an already encoded frame (large-group pushes)."""
 
+    def push_or_lend(self, payload: bytes) -> Lent | None:
+        """`push_raw`, or the socket lent to the group writer (gateway/bulk.py)."""
+
 
 class StateService:
     def __init__(self, *, group_interval_ms: float = 100, group_max_messages: int = 200,
-                 group_max_share: float = 1.0) -> None:
+                 group_max_share: float = 1.0, group_writer: BulkWriter | None = None) -> None:
         self._links: dict[str, dict[str, DeviceLink]] = defaultdict(dict)
         self.groups = GroupFanout(self._links_of, interval_ms=group_interval_ms,
-                                  max_messages=group_max_messages, max_share=group_max_share)
+                                  max_messages=group_max_messages, max_share=group_max_share,
+                                  writer=group_writer)
 
     def _links_of(self, user_id: str) -> Iterable[DeviceLink]:
         devices = self._links.get(user_id)

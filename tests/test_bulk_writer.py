@@ -1,0 +1,226 @@
+"""The group writer (gateway/bulk.py) on real TCP sockets and a real event
+loop (the servers' uvloop runs it in tests/e2e/test_group_crowd.py): a lent socket's byte stream stays whole —
+the frame first, then whatever the connection wrote meanwhile, in order,
+also when the kernel takes only part of the frame — a close waits for the
+socket to come back, and a connection closed while lent never has its fd
+number written to after it is reused."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from chatplane.gateway.bulk import BulkWriter, SocketLender
+from chatplane.protocol import wire
+from chatplane.state.groups import GroupFanout
+from chatplane.storage.base import StoredMessage
+
+pytestmark = pytest.mark.skipif(BulkWriter.create() is None,
+                                reason="chatplane._sendeach was not built (no C compiler)")
+
+
+class Sink(asyncio.Protocol):
+    """The server side of one connection, written to through a SocketLender."""
+
+    def __init__(self, accepted: asyncio.Queue[Sink]) -> None:
+        self.accepted = accepted
+        self.out: SocketLender | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+        self.received = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.out = SocketLender(transport, 64 * 1024 * 1024)  # type: ignore[arg-type]
+        self.accepted.put_nowait(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        assert self.out is not None
+        self.out.lost()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[int, asyncio.Queue[Sink]]]:
+    accepted: asyncio.Queue[Sink] = asyncio.Queue()
+    srv = await asyncio.get_running_loop().create_server(lambda: Sink(accepted), "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    yield port, accepted
+    srv.close()
+    await srv.wait_closed()
+
+
+@pytest.fixture
+async def writer() -> AsyncIterator[BulkWriter]:
+    bulk = BulkWriter.create(nice=0)
+    assert bulk is not None
+    yield bulk
+    bulk.stop()
+
+
+async def connect(server: tuple[int, asyncio.Queue[Sink]], rcvbuf: int = 0,
+                  ) -> tuple[socket.socket, Sink]:
+    port, accepted = server
+    client = socket.socket()
+    if rcvbuf:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    client.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
+    return client, await asyncio.wait_for(accepted.get(), 5)
+
+
+async def read_exactly(client: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    async with asyncio.timeout(10):
+        while len(data) < n:
+            chunk = await loop.sock_recv(client, n - len(data))
+            assert chunk, f"closed after {len(data)} of {n} bytes"
+            data += chunk
+    return data
+
+
+async def test_frames_reach_every_lent_socket(server: tuple[int, asyncio.Queue[Sink]],
+                                              writer: BulkWriter) -> None:
+    pairs = [await connect(server) for _ in range(40)]
+    frame = b"group frame " * 10
+    lent = []
+    for _, sink in pairs:
+        assert sink.out is not None
+        item = sink.out.lend(frame)
+        assert item is not None
+        lent.append(item)
+    await writer.write(lent)
+    for client, sink in pairs:
+        assert sink.out is not None and not sink.out.lent
+        assert await read_exactly(client, len(frame)) == frame
+        client.close()
+
+
+async def test_what_is_written_while_lent_follows_the_frame_in_order(
+        server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
+    client, sink = await connect(server)
+    out = sink.out
+    assert out is not None
+    item = out.lend(b"<frame>")
+    assert item is not None
+    assert out.lend(b"<again>") is None  # one lend at a time
+    out.write(b"<one>")
+    out.write(b"<two>")
+    pending = asyncio.ensure_future(writer.write([item]))
+    out.write(b"<three>")  # after the hand-off, before the socket is back
+    await pending
+    out.write(b"<four>")
+    expected = b"<frame><one><two><three><four>"
+    assert await read_exactly(client, len(expected)) == expected
+    client.close()
+
+
+async def test_a_frame_the_kernel_takes_only_part_of_is_finished_in_order(
+        server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
+    client, sink = await connect(server, rcvbuf=4096)
+    out = sink.out
+    assert out is not None
+    frame = bytes(range(256)) * 40_000  # 10 MB: far more than the socket buffers hold
+    item = out.lend(frame)
+    assert item is not None
+    out.write(b"after")
+    await writer.write([item])
+    # the writer could not send it all: the rest is queued on the transport, then "after"
+    assert not out.lent
+    assert out.transport is not None and out.transport.get_write_buffer_size() > 0
+    assert await read_exactly(client, len(frame) + 5) == frame + b"after"
+    client.close()
+
+
+async def test_a_socket_that_cannot_be_lent_is_refused(
+        server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
+    client, sink = await connect(server, rcvbuf=4096)
+    out = sink.out
+    assert out is not None and out.transport is not None
+    out.write(bytes(10_000_000))  # more than fits: the transport queues the rest
+    assert out.transport.get_write_buffer_size() > 0
+    assert out.lend(b"frame") is None  # would overtake the queued bytes
+    client.close()
+
+
+async def test_close_while_lent_waits_for_the_socket(
+        server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
+    client, sink = await connect(server)
+    out = sink.out
+    assert out is not None
+    item = out.lend(b"<frame>")
+    assert item is not None
+    out.write(b"<bye>")
+    out.close()
+    assert not sink.closed.done()
+    await writer.write([item])
+    assert await read_exactly(client, 12) == b"<frame><bye>"
+    await asyncio.wait_for(sink.closed, 5)
+    loop = asyncio.get_running_loop()
+    assert await asyncio.wait_for(loop.sock_recv(client, 10), 5) == b""  # then closed
+    client.close()
+
+
+async def test_a_connection_closed_while_lent_is_never_written_under_a_reused_fd(
+        server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
+    client, sink = await connect(server)
+    out = sink.out
+    assert out is not None and out.transport is not None
+    fd = out.fd
+    item = out.lend(b"stale frame")
+    assert item is not None
+    out.transport.abort()  # the peer reset: the loop closes the fd meanwhile
+    await asyncio.wait_for(sink.closed, 5)
+    newcomer, new_sink = await connect(server)
+    assert new_sink.out is not None
+    # the number is in use again (by the newcomer's end in this process)
+    assert fd in (newcomer.fileno(), new_sink.out.fd)
+    await writer.write([item])
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError):  # nothing reached the newcomer's client end...
+        await asyncio.wait_for(loop.sock_recv(newcomer, 100), 0.3)
+    assert new_sink.received == b""  # ...nor its server end
+    client.close()
+    newcomer.close()
+
+
+class Device:
+    def __init__(self, lender: SocketLender) -> None:
+        self.lender = lender
+
+    def push_raw(self, payload: bytes) -> None:
+        self.lender.write(payload)
+
+    def push_or_lend(self, payload: bytes):  # type: ignore[no-untyped-def]
+        item = self.lender.lend(payload)
+        if item is None:
+            self.lender.write(payload)
+        return item
+
+
+async def test_a_group_fanout_through_the_writer_reaches_every_member_once(
+        server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
+    pairs = [await connect(server) for _ in range(700)]  # more than one chunk
+    devices = {f"u{i}": Device(sink.out) for i, (_, sink) in enumerate(pairs) if sink.out}
+    fanout = GroupFanout(lambda user: (devices[user],), writer=writer)
+    message = StoredMessage(conversation_id="g", seq=1, message_id="m1", sender="s",
+                            sender_device="d", cid=1, text="hello", sent_at_ms=0)
+    fanout.offer("g", list(devices), message)
+    frame = wire.group_push_frame("g", [message], 1)
+    for client, _ in pairs:
+        assert await read_exactly(client, len(frame)) == frame
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    for client, _ in pairs[:50]:  # and only once
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(loop.sock_recv(client, 100), 0.01)
+        client.close()
+    for client, _ in pairs[50:]:
+        client.close()
+    assert writer.sockets_written == len(pairs)  # every one through the writer
