@@ -6,6 +6,10 @@
 ARG PYTHON=3.11
 
 FROM python:${PYTHON}-slim AS build
+# a C compiler for chatplane._sendeach (large-group frames written outside the GIL;
+# without it the build goes on and the event loop writes them itself)
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proto ./proto
