@@ -48,7 +48,7 @@ class Social:
     group_push_max_messages: int = 200  # past this a batch becomes a "pull up to N" notice
     group_max_share: float = 1.0  # of the process a busy large group's fan-out may take
     group_writer: int = 1  # 1: large-group frames written by a thread outside the GIL (gateway/bulk.py)
-    group_writer_nice: int = 10  # that thread's priority below the event loop's (0-19)
+    group_writer_nice: int = 5  # that thread's priority below the event loop's (0-19)
     hot_cache_messages: int = 100_000  # recent messages kept in memory (0: off)
 
 

@@ -7,7 +7,7 @@ busy at 100 msgs/s was 15-20x its value alone). Here the event loop only
 lends each member's socket — a `dup` of its fd, taken while nothing else is
 queued on it — and one `BulkWriter` thread writes the frame to a chunk of
 lent sockets in C with the GIL released (`chatplane._sendeach`), at a lower
-scheduling priority than the event loop (`nice`), so the loop goes on
+scheduling priority than the event loop (`nice`, `social.group_writer_nice`), so the loop goes on
 serving everyone else meanwhile, on the other core when there is one.
 
 Lending keeps each connection's byte stream whole: while lent, whatever the
@@ -79,7 +79,7 @@ class BulkWriter:
     """One thread writing shared frames to lent sockets. `write` hands it a
     chunk and resolves when every socket of it was given back."""
 
-    def __init__(self, *, nice: int = 10) -> None:
+    def __init__(self, *, nice: int = 5) -> None:
         self.nice = nice
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -87,7 +87,7 @@ class BulkWriter:
         self.sockets_failed = 0
 
     @classmethod
-    def create(cls, *, nice: int = 10) -> BulkWriter | None:
+    def create(cls, *, nice: int = 5) -> BulkWriter | None:
         """A writer, or None without the compiled module."""
         return cls(nice=nice) if _sendeach is not None else None
 
@@ -103,20 +103,22 @@ class BulkWriter:
             self._thread = None
 
     async def write(self, lent: list[Lent]) -> float:
-        """Write each lent socket's frame; every socket is given back (on the
-        loop) before this returns, even when the caller is cancelled. Call it
-        in the same stretch of the event loop as the `lend`s: each fd is
-        duplicated here, before anything else runs and could close it.
-        Returns the writer thread's CPU seconds for the chunk."""
+        """`submit`, then wait for it."""
+        return await self.submit(lent)
+
+    def submit(self, lent: list[Lent]) -> asyncio.Future[float]:
+        """Hand a chunk of lent sockets to the writer thread. Call it in the
+        same stretch of the event loop as the `lend`s (each fd is duplicated
+        here, before anything else runs and could close it). Every socket is
+        given back on the loop before the returned future resolves (to the
+        writer thread's CPU seconds for the chunk), whoever waits for it."""
         assert _sendeach is not None
         # a connection closed since its lend may have had its fd number reused: never dup that
         dups = _sendeach.dup_each([item.fd if item.owner.holds_socket() else -1 for item in lent])
         # one send_each per distinct frame (TCP and WebSocket frame it differently)
         batches: dict[int, tuple[bytes, list[int], list[int]]] = {}
-        failed: list[int] = []
         for i, (item, fd) in enumerate(zip(lent, dups, strict=True)):
             if fd < 0:
-                failed.append(i)
                 continue
             batch = batches.get(id(item.data))
             if batch is None:
@@ -131,7 +133,7 @@ class BulkWriter:
         else:
             self.start()
             self._jobs.put((list(batches.values()), results, lent, loop, done))
-        return await asyncio.shield(done)
+        return done
 
     def _run(self) -> None:
         try:
@@ -148,8 +150,11 @@ class BulkWriter:
             batches, results, lent, loop, done = job
             began = time.thread_time()
             for data, fds, where in batches:
-                for i, sent in zip(where, send_each(fds, data), strict=True):
-                    results[i] = sent
+                try:
+                    for i, sent in zip(where, send_each(fds, data), strict=True):
+                        results[i] = sent
+                except Exception:  # never keep sockets lent: their owners write the frame
+                    log.exception("group writer: send_each failed")
             cpu = time.thread_time() - began
             try:
                 loop.call_soon_threadsafe(self._give_back, lent, results, done, cpu)

@@ -168,6 +168,8 @@ class GroupFanout:
         links_of = self.links_of
         writer = self.writer
         lent: list[Lent] = []
+        # the writer sends one chunk while the loop lends the next
+        in_flight: asyncio.Future[float] | None = None
         pushed = 0
         for start in range(0, len(members), CHECK_EVERY):
             for user in members[start:start + CHECK_EVERY]:
@@ -183,14 +185,21 @@ class GroupFanout:
                     except Exception:  # one broken connection must not stop the group
                         log.exception("group push failed")
             # lent sockets go to the writer before the loop runs anything else
-            # (BulkWriter.write); waiting for it is this flush's pause
+            # (BulkWriter.submit); waiting for the chunk before is this flush's pause
             if lent and (len(lent) >= CHUNK or clock.over()):
                 assert writer is not None
-                clock.spent_elsewhere(await clock.wait(writer.write(lent)))
-                lent = []
+                chunk, lent = writer.submit(lent), []
+                if in_flight is not None:
+                    clock.spent_elsewhere(await clock.wait(in_flight))
+                in_flight = chunk
             elif clock.over():
                 await clock.pause()  # whatever else is ready runs now
         if writer is not None and lent:
-            clock.spent_elsewhere(await clock.wait(writer.write(lent)))
+            chunk = writer.submit(lent)
+            if in_flight is not None:
+                clock.spent_elsewhere(await clock.wait(in_flight))
+            in_flight = chunk
+        if in_flight is not None:
+            clock.spent_elsewhere(await clock.wait(in_flight))
         self.frames_pushed += pushed
         return clock
