@@ -102,6 +102,7 @@ class Node:
         else:
             routes = self.state
         self.gateway = Gateway(settings, self.im, routes, self.signer, self.server_id)
+        self.gateway.group_writer = self.group_writer  # its metrics; up's fan-out is state's
         self.prober = region_links.prober_for(settings, self.server_id, self.signer.peer_proof)
         self.grpc_address = ""
         self._grpc: grpc.aio.Server | None = None

@@ -25,9 +25,11 @@ LARGE = {"CHATPLANE_LARGE_GROUP_THRESHOLD": "3"}
 async def _online(cluster: Cluster, checker: DeliveryChecker, users: list[str],
                   devices_of: int = 1) -> list[Device]:
     made = []
-    for user in users:
+    for i, user in enumerate(users):
         for name in ("phone", "tablet")[:devices_of]:
-            client = Client(cluster.dispatch_url, cluster.signer.mint(user, name))
+            # TCP devices take the group writer's path (gateway/bulk.py), WebSocket the loop's
+            client = Client(cluster.dispatch_url, cluster.signer.mint(user, name),
+                            transport=("ws", "tcp")[i % 2])
             await client.connect()
             device = Device(client, user, name, checker, defer=True)
             device.start()
@@ -105,6 +107,8 @@ async def test_members_on_two_gateways_get_live_pushes(make_cluster: ClusterFact
     for gateway in ("gw-1", "gw-2"):
         assert metric(cluster, gateway, "chatplane_group_pushed_total") > 0
         assert metric(cluster, gateway, "chatplane_head_check_hints_total") == 0
+    assert sum(metric(cluster, gw, "chatplane_group_writer_sockets_total")
+               for gw in ("gw-1", "gw-2")) > 0
     for d in devices:
         await d.stop()
 

@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,16 @@ def test_batches_and_head_notices_arrive_exactly_once(large_server: ServerProces
                   "--interval-ms", "1")
     assert burst["crowd_stats"]["head_notices"] > 0
     assert burst["crowd_stats"]["pulls"] >= 200
+    # the crowd is on TCP: its frames went out through the group writer thread
+    assert writer_sockets(large_server) >= 200
+
+
+def writer_sockets(server: ServerProcess) -> float:
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("chatplane_group_writer_sockets_total "):
+                return float(line.split()[1])
+    raise AssertionError("no chatplane_group_writer_sockets_total in /metrics")
 
 
 def test_cut_members_resume_with_sync(large_server: ServerProcess, tmp_path: Path) -> None:

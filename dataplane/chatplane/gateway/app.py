@@ -22,6 +22,7 @@ from aiohttp import web
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.gateway import drainapi
+from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.heads import HeadChecker
 from chatplane.gateway.links import GatewayServicer, RemoteIm, RemoteRegistry
 from chatplane.gateway.service import Gateway
@@ -81,6 +82,8 @@ class GatewayApp:
             self.peers, parse_addrs(links.state_addrs),
             registry.CachedInstances(self.instances, "state", 1.0)), self.instance_id)
         self.gateway = Gateway(settings, self.im, self.routes, signer, self.instance_id)
+        if settings.social.group_writer:
+            self.gateway.group_writer = BulkWriter.create(nice=settings.social.group_writer_nice)
         self.heads = HeadChecker(self.gateway, self.im.inbox_heads, links.head_check_s,
                                  self.im.group_heads)
         self.im.on_failover = self.heads.check_soon
@@ -205,6 +208,8 @@ class GatewayApp:
         await asyncio.sleep(0.05)
         await self.heads.stop()
         await self.gateway.stop()
+        if self.gateway.group_writer is not None:
+            self.gateway.group_writer.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._grpc is not None:

@@ -32,6 +32,8 @@ import threading
 import time
 from typing import NamedTuple, Protocol
 
+from chatplane.slicing import TimeSlice
+
 log = logging.getLogger("chatplane.gateway.bulk")
 
 try:
@@ -173,6 +175,50 @@ class BulkWriter:
         self.sockets_written += len(lent)
         if not done.done():
             done.set_result(cpu)
+
+
+class Handoff:
+    """One fan-out's lent sockets, handed to the writer a chunk at a time:
+    the writer sends one chunk while the loop lends the next. A loop over
+    members `add`s what it lent, calls `step` where it would look at its
+    time slice, and `finish`es; at every pause nothing is left lent and not
+    handed off (a lent socket must reach the writer before the loop runs
+    anything that could close it)."""
+
+    __slots__ = ("clock", "in_flight", "lent", "writer")
+
+    def __init__(self, writer: BulkWriter, clock: TimeSlice) -> None:
+        self.writer = writer
+        self.clock = clock
+        self.lent: list[Lent] = []
+        self.in_flight: asyncio.Future[float] | None = None
+
+    def add(self, item: Lent) -> None:
+        self.lent.append(item)
+
+    async def step(self) -> None:
+        """Hand off a full chunk (or what there is once the slice is used
+        up); waiting for the chunk before is the loop's pause. Else pause
+        when the slice is used up."""
+        clock = self.clock
+        if self.lent and (len(self.lent) >= CHUNK or clock.over()):
+            chunk, self.lent = self.writer.submit(self.lent), []
+            await self._wait()
+            self.in_flight = chunk
+        elif clock.over():
+            await clock.pause()
+
+    async def finish(self) -> None:
+        if self.lent:
+            chunk, self.lent = self.writer.submit(self.lent), []
+            await self._wait()
+            self.in_flight = chunk
+        await self._wait()
+
+    async def _wait(self) -> None:
+        if self.in_flight is not None:
+            chunk, self.in_flight = self.in_flight, None
+            self.clock.spent_elsewhere(await self.clock.wait(chunk))
 
 
 class SocketLender:

@@ -22,7 +22,7 @@ from chatplane.storage.base import InboxItem
 from chatplane.v1 import frames_pb2 as pb
 
 if TYPE_CHECKING:
-    from chatplane.gateway.bulk import Lent
+    from chatplane.gateway.bulk import Handoff, Lent
     from chatplane.gateway.service import Gateway
 
 
@@ -234,13 +234,20 @@ class Connection:
             self.session.frames_out += 1
         return lent
 
-    def push_group(self, conversation_id: str, head_seq: int, payload: bytes) -> bool:
+    def push_group(self, conversation_id: str, head_seq: int, payload: bytes,
+                   handoff: Handoff | None = None) -> bool:
         """A large-group frame relayed by the state tier (cluster): written
-        like `push_raw`, and the device is now told of the group's head.
-        False when not logged in (nothing written)."""
+        like `push_raw` (or lent to the group writer through `handoff`), and
+        the device is now told of the group's head. False when not logged
+        in (nothing written)."""
         if self.session.phase is not Phase.ACTIVE:
             return False
-        self.push_raw(payload)
+        if handoff is None:
+            self.push_raw(payload)
+        else:
+            item = self.push_or_lend(payload)
+            if item is not None:
+                handoff.add(item)
         if self.groups is None:
             self.groups = {}
         if head_seq > self.groups.get(conversation_id, 0):

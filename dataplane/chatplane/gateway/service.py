@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from chatplane.auth import TokenSigner
+from chatplane.gateway.bulk import BulkWriter, Handoff
 from chatplane.gateway.connection import Connection, now_ms
 from chatplane.metrics import Metrics
 from chatplane.protocol.session import SessionLimits
@@ -65,6 +66,8 @@ class Gateway:
         self.settings = settings
         self.im = im
         self.state = state
+        # writes large-group frames outside the event loop (gateway/bulk.py); None: the loop does
+        self.group_writer: BulkWriter | None = None
         self.signer = signer
         self.server_id = server_id
         limits = settings.limits
@@ -89,6 +92,12 @@ class Gateway:
         self.metrics.gauge("chatplane_group_pushed_total",
                            "large-group frames pushed to devices from the state tier",
                            lambda: self.group_pushed)
+        self.metrics.gauge("chatplane_group_writer_sockets_total",
+                           "large-group frames the group writer thread wrote (gateway/bulk.py)",
+                           lambda: self.group_writer.sockets_written if self.group_writer else 0)
+        self.metrics.gauge("chatplane_group_writer_failed_total",
+                           "sockets that failed under the group writer (their connections closed)",
+                           lambda: self.group_writer.sockets_failed if self.group_writer else 0)
         self.log = logging.getLogger("chatplane.gateway")
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -152,12 +161,17 @@ class Gateway:
         the group's head (the head check compares). Yields after each time slice."""
         pushed = 0
         clock = TimeSlice()
+        handoff = Handoff(self.group_writer, clock) if self.group_writer is not None else None
         for start in range(0, len(user_ids), CHECK_EVERY):
             for user in user_ids[start:start + CHECK_EVERY]:
                 for conn in tuple(self.users.get(user, {}).values()):
-                    pushed += conn.push_group(conversation_id, head_seq, payload)
-            if clock.over():
+                    pushed += conn.push_group(conversation_id, head_seq, payload, handoff)
+            if handoff is not None:
+                await handoff.step()
+            elif clock.over():
                 await clock.pause()
+        if handoff is not None:
+            await handoff.finish()
         self.group_pushed += pushed
         return pushed
 

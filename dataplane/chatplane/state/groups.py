@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from chatplane.delivery.fanout import Flush, GroupBatcher
-from chatplane.gateway.bulk import CHUNK, BulkWriter, Lent
+from chatplane.gateway.bulk import BulkWriter, Handoff, Lent
 from chatplane.metrics import Histogram
 from chatplane.protocol import wire
 from chatplane.slicing import DEFAULT_SLICE_MS, TimeSlice
@@ -166,40 +166,26 @@ class GroupFanout:
         time counts)."""
         clock = TimeSlice(self.slice_ms)
         links_of = self.links_of
-        writer = self.writer
-        lent: list[Lent] = []
-        # the writer sends one chunk while the loop lends the next
-        in_flight: asyncio.Future[float] | None = None
+        handoff = Handoff(self.writer, clock) if self.writer is not None else None
         pushed = 0
         for start in range(0, len(members), CHECK_EVERY):
             for user in members[start:start + CHECK_EVERY]:
                 for link in links_of(user):
                     try:
-                        if writer is None:
+                        if handoff is None:
                             link.push_raw(payload)
                         else:
                             item = link.push_or_lend(payload)
                             if item is not None:
-                                lent.append(item)
+                                handoff.add(item)
                         pushed += 1
                     except Exception:  # one broken connection must not stop the group
                         log.exception("group push failed")
-            # lent sockets go to the writer before the loop runs anything else
-            # (BulkWriter.submit); waiting for the chunk before is this flush's pause
-            if lent and (len(lent) >= CHUNK or clock.over()):
-                assert writer is not None
-                chunk, lent = writer.submit(lent), []
-                if in_flight is not None:
-                    clock.spent_elsewhere(await clock.wait(in_flight))
-                in_flight = chunk
+            if handoff is not None:
+                await handoff.step()
             elif clock.over():
                 await clock.pause()  # whatever else is ready runs now
-        if writer is not None and lent:
-            chunk = writer.submit(lent)
-            if in_flight is not None:
-                clock.spent_elsewhere(await clock.wait(in_flight))
-            in_flight = chunk
-        if in_flight is not None:
-            clock.spent_elsewhere(await clock.wait(in_flight))
+        if handoff is not None:
+            await handoff.finish()
         self.frames_pushed += pushed
         return clock
