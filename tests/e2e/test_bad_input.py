@@ -212,3 +212,18 @@ async def test_others_keep_being_served_during_abuse(strict_server: ServerProces
     assert all(m.text.startswith("ok-") for m in history)
     for device in devices:
         await device.stop()
+
+
+async def test_websocket_pings_are_answered_and_close_frames_closed(
+        strict_server: ServerProcess) -> None:
+    """The server answers WebSocket pings itself (aiohttp's autoping is off
+    so nothing but the connection writes to a socket it may lend to the
+    group writer), and a client's close is answered with a close."""
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(strict_server.url + "/ws", autoping=False) as socket:
+            await socket.ping(b"are you there")
+            msg = await asyncio.wait_for(socket.receive(), 5)
+            assert msg.type is aiohttp.WSMsgType.PONG and msg.data == b"are you there"
+            await socket.close()
+            assert socket.closed
+            assert socket.close_code == aiohttp.WSCloseCode.OK

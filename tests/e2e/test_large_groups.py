@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from chatplane.auth import TokenSigner
@@ -94,6 +95,12 @@ async def test_read_diffusion_delivers_everyone_exactly_once(large_server: Serve
         assert seqs(d, group) == list(range(1, head + 1))
         # only the creation event came through the inbox: the rest was pushed or pulled
         assert [m.seq for m in d.received if m.inbox_seq] == [1]
+    # WebSocket devices: their frames went out through the group writer thread
+    async with aiohttp.ClientSession() as http, http.get(f"{large_server.url}/metrics") as resp:
+        metrics = await resp.text()
+    written = [line for line in metrics.splitlines()
+               if line.startswith("chatplane_group_writer_sockets_total ")]
+    assert written and float(written[0].split()[1]) > 0
     for d in devices:
         await d.stop()
 

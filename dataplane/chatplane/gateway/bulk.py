@@ -231,7 +231,9 @@ class SocketLender:
     def __init__(self, transport: asyncio.Transport, max_buffer: int) -> None:
         self.transport: asyncio.Transport | None = transport
         sock = transport.get_extra_info("socket")
-        self.fd = sock.fileno() if sock is not None else -1
+        # never lend a TLS connection: bytes written to its socket would skip the encryption
+        plain = transport.get_extra_info("sslcontext") is None
+        self.fd = sock.fileno() if sock is not None and plain else -1
         self.max_buffer = max_buffer  # a peer that lets this much pile up is dropped
         self._held: list[bytes] | None = None  # None: not lent
         self._close_on_return = False

@@ -27,6 +27,11 @@ _WS_LEN2 = struct.Struct("!BBH")
 _WS_LEN3 = struct.Struct("!BBQ")
 
 
+def ws_control_frame(opcode: int, data: bytes) -> bytes:
+    """An unmasked, final control frame (at most 125 bytes of data)."""
+    return _WS_LEN1.pack(opcode, len(data)) + data
+
+
 def ws_binary_frame(payload: bytes) -> bytes:
     """An unmasked, final, binary WebSocket frame (server to client)."""
     n = len(payload)
@@ -58,24 +63,36 @@ _tcp_framed = _Shared(frames.prefix)
 
 class WebSocketTransport:
     """Frames go straight to the socket's transport, in order, with no task
-    per write: aiohttp writes each of its own frames (pongs, close) in one
-    call too, so frames never interleave. Only the close handshake is async."""
+    per write. aiohttp writes nothing on its own while the connection is
+    open (pings are answered here, `autoping=False`), so the socket can be
+    lent to the group writer like a raw TCP one (gateway/bulk.py); the
+    close handshake, the one async part, waits until it is given back."""
 
-    __slots__ = ("_closer", "transport", "ws")
+    __slots__ = ("_closer", "out", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
         self.ws = ws
-        self.transport = cast(asyncio.Transport | None, transport)
+        # uvloop's transport is not an asyncio.Transport subclass
+        self.out = (SocketLender(cast(asyncio.Transport, transport), MAX_WRITE_BUFFER)
+                    if transport is not None else None)
         self._closer: asyncio.Task[None] | None = None
 
     def write(self, payloads: list[bytes]) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing() or self._closer is not None:
+        if self.out is None or self._closer is not None:
             return
-        for payload in payloads:
-            transport.write(_ws_framed(payload))
-        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            transport.abort()
+        self.out.write(_ws_framed(payloads[0]) if len(payloads) == 1
+                       else b"".join(ws_binary_frame(p) for p in payloads))
+
+    def lend(self, payload: bytes) -> Lent | None:
+        """The socket for the group writer, with `payload` framed, when
+        nothing is queued on it (else None: write it instead)."""
+        if self.out is None or self._closer is not None:
+            return None
+        return self.out.lend(_ws_framed(payload))
+
+    def pong(self, data: bytes) -> None:
+        if self.out is not None and self._closer is None:
+            self.out.write(ws_control_frame(0x8A, data))
 
     def close(self) -> None:
         if self._closer is None:
@@ -87,6 +104,8 @@ class WebSocketTransport:
             await asyncio.shield(self._closer)
 
     async def _close(self) -> None:
+        while self.out is not None and self.out.lent:  # aiohttp writes the close frame itself
+            await asyncio.sleep(0.001)
         try:
             if not self.ws.closed:
                 await self.ws.close(code=WSCloseCode.POLICY_VIOLATION)
@@ -99,7 +118,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     max_bytes = gateway.settings.limits.max_frame_bytes
     # aiohttp refuses (close 1009) what is over twice the limit; between the
     # limit and that, our codec answers FRAME_TOO_LARGE with an Error frame.
-    ws = web.WebSocketResponse(max_msg_size=2 * max_bytes, compress=False, autoping=True)
+    ws = web.WebSocketResponse(max_msg_size=2 * max_bytes, compress=False, autoping=False)
     await ws.prepare(request)
     transport = WebSocketTransport(ws, request.transport)
     conn = Connection(gateway, transport, peer=str(request.remote))
@@ -112,6 +131,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 conn.on_protocol_error(
                     ProtocolError(ErrorCode.BAD_FRAME, "text messages are not frames; send binary")
                 )
+            elif msg.type is WSMsgType.PING:
+                transport.pong(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                pass
             else:
                 break
             if conn.session.closed:
