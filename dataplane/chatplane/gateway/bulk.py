@@ -1,21 +1,23 @@
 """Large-group frames written by a thread of their own, outside the GIL.
 
 A flush to 10,000 members is 10,000 `send` calls of the same bytes, and on
-the event loop that is 130-165 ms of CPU per flush, ~80 % of it the kernel's
-send: every 1:1 message waited behind it (issue 6: 1:1 p99 beside a group
-busy at 100 msgs/s was 15-20x its value alone). Here the event loop only
-lends each member's socket — a `dup` of its fd, taken while nothing else is
-queued on it — and one `BulkWriter` thread writes the frame to a chunk of
-lent sockets in C with the GIL released (`chatplane._sendeach`), at a lower
-scheduling priority than the event loop (`nice`, `social.group_writer_nice`), so the loop goes on
+the event loop that was 130-165 ms of CPU per flush, most of it the kernel's
+send: every 1:1 message waited behind it (issue 6). Here the event loop only
+lends each member's socket, while nothing else is queued on it, and one
+`BulkWriter` thread writes the frame to a chunk of lent sockets in C with
+the GIL released (`chatplane._sendeach`), at a lower scheduling priority
+than the event loop (`social.group_writer_nice`), so the loop goes on
 serving everyone else meanwhile, on the other core when there is one.
+`Handoff` pipelines a fan-out: the writer sends one chunk while the loop
+lends the next.
 
 Lending keeps each connection's byte stream whole: while lent, whatever the
 connection writes is held back; on return the part of the frame the kernel
 did not take (a full socket buffer) goes first, then what was held back, in
-order, through the connection's own transport. The dup, closed by the writer
-after its send, means a connection closed meanwhile can never have its fd
-number reused under the writer.
+order, through the connection's own transport. The writer writes to a dup
+of the fd, taken on the loop while the connection's transport is still
+open, and closes it after its send: a connection closed meanwhile can never
+have its fd number, reused by a newcomer, written to.
 
 Without the compiled module (no C compiler at install) `BulkWriter.create`
 returns None and the event loop writes the frames itself, as before.
