@@ -72,6 +72,25 @@ async def test_authorization(server: ServerProcess, signer: TokenSigner) -> None
         await c.close()
 
 
+async def test_membership_of_a_group_above_the_scan_limit(server: ServerProcess,
+                                                           signer: TokenSigner) -> None:
+    """A group of more than `SCAN_MEMBERS` is checked through a set of its
+    members (ImService.is_member): it must follow joins and removals."""
+    from chatplane.im.service import SCAN_MEMBERS
+
+    others = [f"crowd{i}" for i in range(SCAN_MEMBERS + 36)]
+    owner, last, stranger = [await connect(server, signer, u) for u in ("oona", others[-1], "sid")]
+    group = await owner.create_group("many", others)
+    assert (await last.send_text(group, "a member")).seq > 0
+    await refused(ErrorCode.FORBIDDEN, stranger.send_text(group, "not one"))
+    await owner.add_members(group, ["sid"])
+    assert (await stranger.send_text(group, "one now")).seq > 0
+    await owner.kick(group, others[-1])
+    await refused(ErrorCode.FORBIDDEN, last.send_text(group, "removed"))
+    for c in (owner, last, stranger):
+        await c.close()
+
+
 def unread_of(conversations: list, conversation_id: str) -> int | None:  # type: ignore[type-arg]
     for c in conversations:
         if c.conversation_id == conversation_id:

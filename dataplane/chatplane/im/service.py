@@ -44,6 +44,8 @@ from chatplane.storage.base import (
 )
 from chatplane.v1 import frames_pb2 as pb
 
+SCAN_MEMBERS = 64  # above: membership is looked up in a set (ImService.is_member)
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -96,6 +98,8 @@ class ImService:
         self.social = Social(self)
         self.groups = Groups(self)
         self._conversations: dict[str, Conversation] = {}
+        # big groups' members as a set, keyed by the members tuple it was made from
+        self._member_sets: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
         self._events_ready: set[str] = set()
         self._spans: dict[tuple[str, str], tuple[int, int]] = {}
         self._member_lists: dict[str, list[Member]] = {}
@@ -156,9 +160,24 @@ class ImService:
                     raise refused from exc
         raise refused
 
+    def is_member(self, conversation: Conversation, user_id: str) -> bool:
+        """`user_id in conversation.members`, without scanning 10,000 ids at
+        every send into a large group (a set per members tuple: a re-read
+        conversation, with new members, gets a new one)."""
+        members = conversation.members
+        if len(members) <= SCAN_MEMBERS:
+            return user_id in members
+        cached = self._member_sets.get(conversation.conversation_id)
+        if cached is None or cached[0] is not members:
+            if len(self._member_sets) > 256:
+                self._member_sets.clear()
+            cached = self._member_sets[conversation.conversation_id] = (members, frozenset(members))
+        return user_id in cached[1]
+
     def forget_members(self, conversation_id: str) -> None:
         self._conversations.pop(conversation_id, None)
         self._member_lists.pop(conversation_id, None)
+        self._member_sets.pop(conversation_id, None)
 
     async def member_list(self, conversation_id: str) -> list[Member]:
         """Members with roles and join seqs, cached like `conversation`."""
@@ -180,7 +199,7 @@ class ImService:
                     ErrorCode.FORBIDDEN, f"{user_id} is not a member of {conversation_id!r}"
                 ) from exc
             raise
-        if user_id not in conversation.members:
+        if not self.is_member(conversation, user_id):
             if not fresh:  # cached before the user joined (through another instance)?
                 return await self.require_member(user_id, conversation_id, fresh=True)
             raise ProtocolError(
@@ -362,7 +381,7 @@ class ImService:
         removal); strangers nothing (FORBIDDEN)."""
         conversation = await self.conversation_or_forbidden(user_id, conversation_id)
         if conversation.kind != GROUP:
-            if user_id not in conversation.members:
+            if not self.is_member(conversation, user_id):
                 raise _not_member(user_id, conversation_id)
             return 1, 0
         key = (user_id, conversation_id)
@@ -378,7 +397,7 @@ class ImService:
             while len(self._spans) > 200_000:
                 self._spans.pop(next(iter(self._spans)))
         joined, left = span
-        if left == 0 and user_id not in conversation.members:
+        if left == 0 and not self.is_member(conversation, user_id):
             raise _not_member(user_id, conversation_id)
         return max(joined, 1), left
 
