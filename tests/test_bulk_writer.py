@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from chatplane.gateway.bulk import BulkWriter, SocketLender
+from chatplane.gateway.bulk import BulkWriter, Handoff, Lent, SocketLender
 from chatplane.protocol import wire
 from chatplane.state.groups import GroupFanout
 from chatplane.storage.base import StoredMessage
@@ -74,6 +74,16 @@ async def connect(server: tuple[int, asyncio.Queue[Sink]], rcvbuf: int = 0,
     return client, await asyncio.wait_for(accepted.get(), 5)
 
 
+async def lent_socket(server: tuple[int, asyncio.Queue[Sink]], frame: bytes, rcvbuf: int = 0,
+                      ) -> tuple[socket.socket, Sink, SocketLender, Lent]:
+    """A fresh connection whose socket is lent, to write `frame` to."""
+    client, sink = await connect(server, rcvbuf)
+    assert sink.out is not None
+    item = sink.out.lend(frame)
+    assert item is not None
+    return client, sink, sink.out, item
+
+
 async def read_exactly(client: socket.socket, n: int) -> bytes:
     loop = asyncio.get_running_loop()
     data = b""
@@ -95,7 +105,7 @@ async def test_frames_reach_every_lent_socket(server: tuple[int, asyncio.Queue[S
         item = sink.out.lend(frame)
         assert item is not None
         lent.append(item)
-    await writer.write(lent)
+    await writer.submit(lent)
     for client, sink in pairs:
         assert sink.out is not None and not sink.out.lent
         assert await read_exactly(client, len(frame)) == frame
@@ -104,15 +114,11 @@ async def test_frames_reach_every_lent_socket(server: tuple[int, asyncio.Queue[S
 
 async def test_what_is_written_while_lent_follows_the_frame_in_order(
         server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
-    client, sink = await connect(server)
-    out = sink.out
-    assert out is not None
-    item = out.lend(b"<frame>")
-    assert item is not None
+    client, _, out, item = await lent_socket(server, b"<frame>")
     assert out.lend(b"<again>") is None  # one lend at a time
     out.write(b"<one>")
     out.write(b"<two>")
-    pending = asyncio.ensure_future(writer.write([item]))
+    pending = writer.submit([item])
     out.write(b"<three>")  # after the hand-off, before the socket is back
     await pending
     out.write(b"<four>")
@@ -123,14 +129,10 @@ async def test_what_is_written_while_lent_follows_the_frame_in_order(
 
 async def test_a_frame_the_kernel_takes_only_part_of_is_finished_in_order(
         server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
-    client, sink = await connect(server, rcvbuf=4096)
-    out = sink.out
-    assert out is not None
     frame = bytes(range(256)) * 40_000  # 10 MB: far more than the socket buffers hold
-    item = out.lend(frame)
-    assert item is not None
+    client, _, out, item = await lent_socket(server, frame, rcvbuf=4096)
     out.write(b"after")
-    await writer.write([item])
+    await writer.submit([item])
     # the writer could not send it all: the rest is queued on the transport, then "after"
     assert not out.lent
     assert out.transport is not None and out.transport.get_write_buffer_size() > 0
@@ -151,15 +153,11 @@ async def test_a_socket_that_cannot_be_lent_is_refused(
 
 async def test_close_while_lent_waits_for_the_socket(
         server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
-    client, sink = await connect(server)
-    out = sink.out
-    assert out is not None
-    item = out.lend(b"<frame>")
-    assert item is not None
+    client, sink, out, item = await lent_socket(server, b"<frame>")
     out.write(b"<bye>")
     out.close()
     assert not sink.closed.done()
-    await writer.write([item])
+    await writer.submit([item])
     assert await read_exactly(client, 12) == b"<frame><bye>"
     await asyncio.wait_for(sink.closed, 5)
     loop = asyncio.get_running_loop()
@@ -169,19 +167,16 @@ async def test_close_while_lent_waits_for_the_socket(
 
 async def test_a_connection_closed_while_lent_is_never_written_under_a_reused_fd(
         server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
-    client, sink = await connect(server)
-    out = sink.out
-    assert out is not None and out.transport is not None
+    client, sink, out, item = await lent_socket(server, b"stale frame")
     fd = out.fd
-    item = out.lend(b"stale frame")
-    assert item is not None
+    assert out.transport is not None
     out.transport.abort()  # the peer reset: the loop closes the fd meanwhile
     await asyncio.wait_for(sink.closed, 5)
     newcomer, new_sink = await connect(server)
     assert new_sink.out is not None
     # the number is in use again (by the newcomer's end in this process)
     assert fd in (newcomer.fileno(), new_sink.out.fd)
-    await writer.write([item])
+    await writer.submit([item])
     loop = asyncio.get_running_loop()
     with pytest.raises(TimeoutError):  # nothing reached the newcomer's client end...
         await asyncio.wait_for(loop.sock_recv(newcomer, 100), 0.3)
@@ -191,17 +186,18 @@ async def test_a_connection_closed_while_lent_is_never_written_under_a_reused_fd
 
 
 class Device:
+    """A group member as `GroupFanout` sees it, written through a SocketLender
+    the way gateway/connection.py's `push_raw` does."""
+
     def __init__(self, lender: SocketLender) -> None:
         self.lender = lender
 
-    def push_raw(self, payload: bytes) -> None:
-        self.lender.write(payload)
-
-    def push_or_lend(self, payload: bytes):  # type: ignore[no-untyped-def]
-        item = self.lender.lend(payload)
+    def push_raw(self, payload: bytes, handoff: Handoff | None = None) -> None:
+        item = self.lender.lend(payload) if handoff is not None and handoff.lending else None
         if item is None:
             self.lender.write(payload)
-        return item
+        else:
+            handoff.add(item)  # type: ignore[union-attr]
 
 
 async def test_a_group_fanout_through_the_writer_reaches_every_member_once(

@@ -15,7 +15,7 @@ class Device:
         self.log = log
         self.frames: list[bytes] = []
 
-    def push_raw(self, payload: bytes) -> None:
+    def push_raw(self, payload: bytes, handoff: object = None) -> None:
         self.frames.append(payload)
         self.log.append("push")
 

@@ -82,8 +82,7 @@ class Node:
             data_dir / ADMIN_SECRET_FILE)
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
         self.storage: Storage = make_storage(settings)
-        self.group_writer = (BulkWriter.create(nice=settings.social.group_writer_nice)
-                             if settings.social.group_writer else None)
+        self.group_writer = BulkWriter.configured(settings.social)
         self.state = StateService(group_interval_ms=settings.social.group_push_interval_ms,
                                   group_max_messages=settings.social.group_push_max_messages,
                                   group_max_share=settings.social.group_max_share,
@@ -102,7 +101,8 @@ class Node:
         else:
             routes = self.state
         self.gateway = Gateway(settings, self.im, routes, self.signer, self.server_id)
-        self.gateway.group_writer = self.group_writer  # its metrics; up's fan-out is state's
+        # its metrics and its stop; up's fan-out is the state service's
+        self.gateway.group_writer = self.group_writer
         self.prober = region_links.prober_for(settings, self.server_id, self.signer.peer_proof)
         self.grpc_address = ""
         self._grpc: grpc.aio.Server | None = None
@@ -217,8 +217,6 @@ class Node:
             conn.reconnect(500, "server stopping")
         await asyncio.sleep(0.05)  # let the reconnect frames go out
         await self.gateway.stop()
-        if self.group_writer is not None:
-            self.group_writer.stop()
         await self.prober.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)

@@ -38,15 +38,11 @@ class TimeSlice:
 
     async def pause(self) -> None:
         """Let whatever else is ready run, then start a new slice."""
-        self._held += time.perf_counter() - self._began
-        self._cpu += time.thread_time() - self._cpu_began
-        await asyncio.sleep(0)
-        self._began = time.perf_counter()
-        self._cpu_began = time.thread_time()
+        await self.wait(asyncio.sleep(0))
 
     async def wait(self, awaitable: Awaitable[T]) -> T:
-        """Await something done elsewhere (the group writer's thread): the
-        time waiting is not this loop's, and a new slice starts after."""
+        """Await something (what else is ready; the group writer's thread):
+        the time waiting is not this loop's, and a new slice starts after."""
         self._held += time.perf_counter() - self._began
         self._cpu += time.thread_time() - self._cpu_began
         try:

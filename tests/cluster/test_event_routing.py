@@ -11,7 +11,6 @@ the middle, and no event is stored twice by a retried forward."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 
 import pytest
@@ -22,6 +21,7 @@ from chatplane.cluster import Cluster
 from chatplane.registry.ring import HashRing
 from tests.cluster.conftest import ClusterFactory, metric
 from tests.services import CqlService
+from tests.support.traffic import stop_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -65,11 +65,7 @@ class User:
             found += [(m.seq, m.message_id) for m in page]
 
     async def stop(self) -> None:
-        await self.client.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_client(self.client, self._task)
 
 
 def served_by(ring: HashRing, instance: str, count: int, tag: str) -> list[str]:

@@ -7,6 +7,7 @@ operator process watching only that namespace (`operator`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import subprocess
@@ -149,16 +150,25 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture
-def operator(plane: controlplane.ControlPlane, kube: Kube, namespace: str,
-             tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(plane, namespace, tmp_path / "operator.log")
+@contextlib.contextmanager
+def running_operator(plane: controlplane.ControlPlane, namespace: str, log: Path,
+                     extra: tuple[str, ...] = ()) -> Iterator[OperatorProcess]:
+    """An operator process for the length of the block; its log's tail is
+    printed after it (shown when the test fails)."""
+    proc = OperatorProcess(plane, namespace, log, extra=extra)
     proc.start()
     try:
         yield proc
     finally:
         proc.stop()
-        print("---- operator log (tail) ----\n" + proc.log()[-6000:])  # shown on failure
+        print("---- operator log (tail) ----\n" + proc.log()[-6000:])
+
+
+@pytest.fixture
+def operator(plane: controlplane.ControlPlane, kube: Kube, namespace: str,
+             tmp_path: Path) -> Iterator[OperatorProcess]:
+    with running_operator(plane, namespace, tmp_path / "operator.log") as proc:
+        yield proc
 
 
 @pytest.fixture

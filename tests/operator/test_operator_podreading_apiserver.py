@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OperatorProcess, mark_workloads_ready, wait_until
+from conftest import OperatorProcess, mark_workloads_ready, running_operator, wait_until
 from kube_children import cluster_status, condition, succeed_migration, wait_reconciled
 from kube_client import Kube
 from pod_servers import AnsweringPod, HangingPod, shared_port
@@ -37,14 +37,9 @@ HOSTS = [h for tier in (GATEWAYS, IMS) for pods in tier.values() for h in pods]
 def quiet_operator(plane: Any, kube: Kube, namespace: str,
                    tmp_path: Path) -> Iterator[OperatorProcess]:
     """The operator with no resync within the test: only the test's pokes cause passes."""
-    proc = OperatorProcess(plane, namespace, tmp_path / "operator.log", extra=(
-        "--resync-seconds", "600", "--read-deadline-seconds", str(DEADLINE_S)))
-    proc.start()
-    try:
+    with running_operator(plane, namespace, tmp_path / "operator.log", extra=(
+            "--resync-seconds", "600", "--read-deadline-seconds", str(DEADLINE_S))) as proc:
         yield proc
-    finally:
-        proc.stop()
-        print("---- operator log (tail) ----\n" + proc.log()[-6000:])
 
 
 @pytest.fixture

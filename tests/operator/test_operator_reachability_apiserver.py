@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OperatorProcess, wait_until
+from conftest import OperatorProcess, running_operator, wait_until
 from kube_children import cluster_status, condition, succeed_migration, wait_reconciled
 from kube_client import Kube
 
@@ -76,14 +76,9 @@ def fast_operator(plane: Any, kube: Kube, namespace: str,
                   tmp_path: Path) -> Iterator[OperatorProcess]:
     """The operator with a 1 s resync: pods are not watched, so each pass re-reads the
     peer reports (60 s by default)."""
-    proc = OperatorProcess(plane, namespace, tmp_path / "operator.log",
-                           extra=("--resync-seconds", "1"))
-    proc.start()
-    try:
+    with running_operator(plane, namespace, tmp_path / "operator.log",
+                          extra=("--resync-seconds", "1")) as proc:
         yield proc
-    finally:
-        proc.stop()
-        print("---- operator log (tail) ----\n" + proc.log()[-6000:])
 
 
 def test_replication_ready_follows_the_data_planes_peer_reports(

@@ -10,6 +10,15 @@ from chatplane.checker import DeliveryChecker
 from chatplane.client import Client, Message
 
 
+async def stop_client(client: Client, reader: asyncio.Task[None] | None) -> None:
+    """Close a client, then end the task that read its events."""
+    await client.close()
+    if reader is not None:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+
+
 class Device:
     def __init__(self, client: Client, user: str, device: str, checker: DeliveryChecker,
                  defer: bool = False) -> None:
@@ -41,11 +50,7 @@ class Device:
                                             m.message_id)
 
     async def stop(self) -> None:
-        await self.client.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_client(self.client, self._task)
 
     def order(self, conversation_id: str) -> list[str]:
         return [m.message_id for m in self.received if m.conversation_id == conversation_id]

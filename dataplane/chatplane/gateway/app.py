@@ -82,8 +82,7 @@ class GatewayApp:
             self.peers, parse_addrs(links.state_addrs),
             registry.CachedInstances(self.instances, "state", 1.0)), self.instance_id)
         self.gateway = Gateway(settings, self.im, self.routes, signer, self.instance_id)
-        if settings.social.group_writer:
-            self.gateway.group_writer = BulkWriter.create(nice=settings.social.group_writer_nice)
+        self.gateway.group_writer = BulkWriter.configured(settings.social)
         self.heads = HeadChecker(self.gateway, self.im.inbox_heads, links.head_check_s,
                                  self.im.group_heads)
         self.im.on_failover = self.heads.check_soon
@@ -208,8 +207,6 @@ class GatewayApp:
         await asyncio.sleep(0.05)
         await self.heads.stop()
         await self.gateway.stop()
-        if self.gateway.group_writer is not None:
-            self.gateway.group_writer.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._grpc is not None:

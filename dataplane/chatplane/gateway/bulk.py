@@ -34,6 +34,7 @@ import threading
 import time
 from typing import NamedTuple, Protocol
 
+from chatplane.settings import Social
 from chatplane.slicing import TimeSlice
 
 log = logging.getLogger("chatplane.gateway.bulk")
@@ -61,16 +62,17 @@ class Lent(NamedTuple):
     data: bytes  # the framed bytes to write
 
 
+def failed(sent: int) -> bool:
+    """The writer's result for a socket says the socket is dead (not merely full)."""
+    return sent < 0 and -sent not in (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
 def remainder(data: bytes, sent: int) -> bytes | None:
     """What the owner must still write after a lent write, or None when the
     socket failed (the connection is dead; it is closed)."""
-    if sent >= len(data):
-        return b""
-    if sent >= 0:
-        return data[sent:]
-    if -sent in (errno.EAGAIN, errno.EWOULDBLOCK):
-        return data
-    return None
+    if failed(sent):
+        return None
+    return data[max(sent, 0):] if sent < len(data) else b""
 
 
 # (frame, dup fds, their places in the chunk) per distinct frame; the results
@@ -80,8 +82,8 @@ _Job = tuple[list[tuple[bytes, list[int], list[int]]], list[int], list[Lent],
 
 
 class BulkWriter:
-    """One thread writing shared frames to lent sockets. `write` hands it a
-    chunk and resolves when every socket of it was given back."""
+    """One thread writing shared frames to lent sockets. `submit` hands it a
+    chunk; its future resolves when every socket of it was given back."""
 
     def __init__(self, *, nice: int = 5) -> None:
         self.nice = nice
@@ -95,6 +97,11 @@ class BulkWriter:
         """A writer, or None without the compiled module."""
         return cls(nice=nice) if _sendeach is not None else None
 
+    @classmethod
+    def configured(cls, social: Social) -> BulkWriter | None:
+        """The writer the settings ask for (`social.group_writer`), if any."""
+        return cls.create(nice=social.group_writer_nice) if social.group_writer else None
+
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="group-writer", daemon=True)
@@ -105,10 +112,6 @@ class BulkWriter:
             self._jobs.put(None)
             self._thread.join(timeout=5)
             self._thread = None
-
-    async def write(self, lent: list[Lent]) -> float:
-        """`submit`, then wait for it."""
-        return await self.submit(lent)
 
     def submit(self, lent: list[Lent]) -> asyncio.Future[float]:
         """Hand a chunk of lent sockets to the writer thread. Call it in the
@@ -168,7 +171,7 @@ class BulkWriter:
     def _give_back(self, lent: list[Lent], results: list[int], done: asyncio.Future[float],
                    cpu: float) -> None:
         for item, sent in zip(lent, results, strict=True):
-            if sent < 0 and -sent not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            if failed(sent):
                 self.sockets_failed += 1
             try:
                 item.owner.give_back(item.data, sent)
@@ -180,20 +183,25 @@ class BulkWriter:
 
 
 class Handoff:
-    """One fan-out's lent sockets, handed to the writer a chunk at a time:
-    the writer sends one chunk while the loop lends the next. A loop over
-    members `add`s what it lent, calls `step` where it would look at its
-    time slice, and `finish`es; at every pause nothing is left lent and not
-    handed off (a lent socket must reach the writer before the loop runs
-    anything that could close it)."""
+    """One fan-out's frames, lent sockets handed to the writer a chunk at a
+    time: the writer sends one chunk while the loop lends the next. A loop
+    over members gives it to each link's `push_raw`, calls `step` where it
+    would look at its time slice, and `finish`es; at every pause nothing is
+    left lent and not handed off (a lent socket must reach the writer before
+    the loop runs anything that could close it). With no writer, links
+    write themselves and `step` only pauses."""
 
     __slots__ = ("clock", "in_flight", "lent", "writer")
 
-    def __init__(self, writer: BulkWriter, clock: TimeSlice) -> None:
+    def __init__(self, writer: BulkWriter | None, clock: TimeSlice) -> None:
         self.writer = writer
         self.clock = clock
         self.lent: list[Lent] = []
         self.in_flight: asyncio.Future[float] | None = None
+
+    @property
+    def lending(self) -> bool:
+        return self.writer is not None
 
     def add(self, item: Lent) -> None:
         self.lent.append(item)
@@ -202,20 +210,21 @@ class Handoff:
         """Hand off a full chunk (or what there is once the slice is used
         up); waiting for the chunk before is the loop's pause. Else pause
         when the slice is used up."""
-        clock = self.clock
-        if self.lent and (len(self.lent) >= CHUNK or clock.over()):
-            chunk, self.lent = self.writer.submit(self.lent), []
-            await self._wait()
-            self.in_flight = chunk
-        elif clock.over():
-            await clock.pause()
+        if self.lent and (len(self.lent) >= CHUNK or self.clock.over()):
+            await self._hand_off()
+        elif self.clock.over():
+            await self.clock.pause()
 
     async def finish(self) -> None:
         if self.lent:
-            chunk, self.lent = self.writer.submit(self.lent), []
-            await self._wait()
-            self.in_flight = chunk
+            await self._hand_off()
         await self._wait()
+
+    async def _hand_off(self) -> None:
+        assert self.writer is not None
+        chunk, self.lent = self.writer.submit(self.lent), []
+        await self._wait()
+        self.in_flight = chunk
 
     async def _wait(self) -> None:
         if self.in_flight is not None:
@@ -256,9 +265,15 @@ class SocketLender:
         if self._held is not None:
             self._held.append(data)
             return
+        self._write_through(transport, data)
+
+    def _write_through(self, transport: asyncio.Transport, data: bytes) -> bool:
+        """False when the peer let too much pile up and was dropped."""
         transport.write(data)
         if transport.get_write_buffer_size() > self.max_buffer:
             transport.abort()
+            return False
+        return True
 
     def lend(self, data: bytes) -> Lent | None:
         """The socket, to write `data` to, when nothing is queued on it;
@@ -279,11 +294,8 @@ class SocketLender:
         if rest is None:  # the socket failed under the writer: the connection is dead
             transport.abort()
             return
-        if rest or held:
-            transport.write(rest + b"".join(held or ()))
-            if transport.get_write_buffer_size() > self.max_buffer:
-                transport.abort()
-                return
+        if (rest or held) and not self._write_through(transport, rest + b"".join(held or ())):
+            return
         if self._close_on_return:
             transport.close()
 

@@ -22,7 +22,7 @@ from chatplane.storage.base import InboxItem
 from chatplane.v1 import frames_pb2 as pb
 
 if TYPE_CHECKING:
-    from chatplane.gateway.bulk import Handoff, Lent
+    from chatplane.gateway.bulk import Handoff
     from chatplane.gateway.service import Gateway
 
 
@@ -213,26 +213,21 @@ class Connection:
             self.gateway.metrics.pushed += len(ready)
         self.flush()
 
-    def push_raw(self, payload: bytes) -> None:
+    def push_raw(self, payload: bytes, handoff: Handoff | None = None) -> None:
         """An encoded frame shared by many devices (large-group pushes); no
-        ack window: the client pulls what it misses by seq."""
-        if self.session.phase is Phase.ACTIVE:  # straight out: nothing else is queued here
-            self.session.frames_out += 1
-            self.transport.write([payload])
-
-    def push_or_lend(self, payload: bytes) -> Lent | None:
-        """`push_raw`, or, when the transport can lend its socket to the
-        group writer (gateway/bulk.py), the lent socket: the writer writes
-        the frame and gives it back."""
+        ack window: the client pulls what it misses by seq. With a lending
+        `handoff`, the socket goes to the group writer (gateway/bulk.py)
+        when the transport can lend it; else it is written here."""
         if self.session.phase is not Phase.ACTIVE:
-            return None
-        lend = getattr(self.transport, "lend", None)  # test transports may not lend
-        lent = lend(payload) if lend is not None else None
-        if lent is None:
-            self.push_raw(payload)
-        else:
-            self.session.frames_out += 1
-        return lent
+            return
+        self.session.frames_out += 1
+        if handoff is not None and handoff.lending:
+            lend = getattr(self.transport, "lend", None)  # test transports may not lend
+            item = lend(payload) if lend is not None else None
+            if item is not None:
+                handoff.add(item)
+                return
+        self.transport.write([payload])
 
     def push_group(self, conversation_id: str, head_seq: int, payload: bytes,
                    handoff: Handoff | None = None) -> bool:
@@ -242,12 +237,7 @@ class Connection:
         in (nothing written)."""
         if self.session.phase is not Phase.ACTIVE:
             return False
-        if handoff is None:
-            self.push_raw(payload)
-        else:
-            item = self.push_or_lend(payload)
-            if item is not None:
-                handoff.add(item)
+        self.push_raw(payload, handoff)
         if self.groups is None:
             self.groups = {}
         if head_seq > self.groups.get(conversation_id, 0):

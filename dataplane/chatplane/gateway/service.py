@@ -113,6 +113,8 @@ class Gateway:
         for conn in list(self.connections):
             conn.session.close()
             conn.flush()
+        if self.group_writer is not None:
+            self.group_writer.stop()
 
     def opened(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -161,17 +163,13 @@ class Gateway:
         the group's head (the head check compares). Yields after each time slice."""
         pushed = 0
         clock = TimeSlice()
-        handoff = Handoff(self.group_writer, clock) if self.group_writer is not None else None
+        handoff = Handoff(self.group_writer, clock)
         for start in range(0, len(user_ids), CHECK_EVERY):
             for user in user_ids[start:start + CHECK_EVERY]:
                 for conn in tuple(self.users.get(user, {}).values()):
                     pushed += conn.push_group(conversation_id, head_seq, payload, handoff)
-            if handoff is not None:
-                await handoff.step()
-            elif clock.over():
-                await clock.pause()
-        if handoff is not None:
-            await handoff.finish()
+            await handoff.step()
+        await handoff.finish()
         self.group_pushed += pushed
         return pushed
 

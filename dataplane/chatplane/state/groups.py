@@ -1,13 +1,15 @@
 """Large-group fan-out (read diffusion) to the devices connected here.
 
 One `GroupBatcher` paces each group (delivery/fanout.py); each flush is encoded
-once and the same bytes go to every online member's devices. At most one
+once and the same bytes go to every online member's devices, written by the
+group writer thread when there is one (`writer`, gateway/bulk.py: the loop
+only lends the sockets). At most one
 fan-out runs per group at a time, and it holds the event loop for at most
 `slice_ms` at a stretch (the clock is read every `CHECK_EVERY` members), so
 a 1:1 message waits for at most one slice per hop, however large the group.
 Messages that come while a flush is being pushed wait for one batch after
 it, and after a fan-out whose slices took C of CPU in all (not the time
-others ran between them) the group's next flush waits at least
+others ran between them; the writer thread's CPU counts) the group's next flush waits at least
 C / `max_share`: a busy group batches more (bigger, compressed frames)
 rather than taking more of the process. With `max_share` 1 (the default)
 the group uses what the rest of the process leaves, since everything else
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from chatplane.delivery.fanout import Flush, GroupBatcher
-from chatplane.gateway.bulk import BulkWriter, Handoff, Lent
+from chatplane.gateway.bulk import BulkWriter, Handoff
 from chatplane.metrics import Histogram
 from chatplane.protocol import wire
 from chatplane.slicing import DEFAULT_SLICE_MS, TimeSlice
@@ -36,11 +38,9 @@ CHECK_EVERY = 16  # members pushed between two looks at the clock (~0.2 ms)
 
 
 class RawLink(Protocol):
-    def push_raw(self, payload: bytes) -> None:
-        """Queue an already encoded frame for this device."""
-
-    def push_or_lend(self, payload: bytes) -> Lent | None:
-        """`push_raw`, or the device's socket lent to the group writer."""
+    def push_raw(self, payload: bytes, handoff: Handoff | None = None) -> None:
+        """Queue an already encoded frame for this device (or lend its
+        socket to the group writer through `handoff`)."""
 
 
 @dataclass
@@ -166,26 +166,17 @@ class GroupFanout:
         time counts)."""
         clock = TimeSlice(self.slice_ms)
         links_of = self.links_of
-        handoff = Handoff(self.writer, clock) if self.writer is not None else None
+        handoff = Handoff(self.writer, clock)
         pushed = 0
         for start in range(0, len(members), CHECK_EVERY):
             for user in members[start:start + CHECK_EVERY]:
                 for link in links_of(user):
                     try:
-                        if handoff is None:
-                            link.push_raw(payload)
-                        else:
-                            item = link.push_or_lend(payload)
-                            if item is not None:
-                                handoff.add(item)
+                        link.push_raw(payload, handoff)
                         pushed += 1
                     except Exception:  # one broken connection must not stop the group
                         log.exception("group push failed")
-            if handoff is not None:
-                await handoff.step()
-            elif clock.over():
-                await clock.pause()  # whatever else is ready runs now
-        if handoff is not None:
-            await handoff.finish()
+            await handoff.step()  # whatever else is ready runs when the slice is used up
+        await handoff.finish()
         self.frames_pushed += pushed
         return clock

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from chatplane.gateway.bulk import BulkWriter, Lent
+from chatplane.gateway.bulk import BulkWriter, Handoff
 from chatplane.state.groups import GroupFanout
 from chatplane.storage.base import InboxItem, StoredMessage
 
@@ -34,11 +34,9 @@ class DeviceLink(Protocol):
     def kick(self, reason: str) -> None:
         """Close this connection: another one took the device over."""
 
-    def push_raw(self, payload: bytes) -> None:
-        """Queue an already encoded frame (large-group pushes)."""
-
-    def push_or_lend(self, payload: bytes) -> Lent | None:
-        """`push_raw`, or the socket lent to the group writer (gateway/bulk.py)."""
+    def push_raw(self, payload: bytes, handoff: Handoff | None = None) -> None:
+        """Queue an already encoded frame (large-group pushes), or lend the
+        socket to the group writer through `handoff` (gateway/bulk.py)."""
 
 
 class StateService:
