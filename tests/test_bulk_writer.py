@@ -8,11 +8,15 @@ number written to after it is reused."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sys
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
+from chatplane.gateway import bulk
 from chatplane.gateway.bulk import BulkWriter, Handoff, Lent, SocketLender
 from chatplane.protocol import wire
 from chatplane.state.groups import GroupFanout
@@ -220,3 +224,110 @@ async def test_a_group_fanout_through_the_writer_reaches_every_member_once(
     for client, _ in pairs[50:]:
         client.close()
     assert writer.sockets_written == len(pairs)  # every one through the writer
+
+
+async def test_the_writer_sends_while_the_event_loop_holds_the_gil(
+        server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
+    """The writer thread takes no GIL: a thread that did would stall the
+    event loop whenever it was preempted holding it (it runs at a lower
+    priority), and here it could not even start before the loop let go."""
+    client, _, out, item = await lent_socket(server, b"written meanwhile")
+    done = writer.submit([item])
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(30.0)  # this thread keeps the GIL while it spins
+    try:
+        spin_until = time.perf_counter() + 0.5
+        while time.perf_counter() < spin_until:
+            pass
+        # MSG_DONTWAIT: what is already in the client's socket, without waiting
+        arrived = client.recv(100, socket.MSG_DONTWAIT)
+    finally:
+        sys.setswitchinterval(before)
+    assert arrived == b"written meanwhile"
+    await done
+    assert not out.lent
+    client.close()
+
+
+async def test_an_idle_priority_writer_still_writes(
+        server: tuple[int, asyncio.Queue[Sink]]) -> None:
+    """SCHED_IDLE (`social.group_writer_idle`): the thread runs when a core
+    would otherwise idle, and on a machine with idle time it writes as usual."""
+    idle = BulkWriter.create(idle=True)
+    assert idle is not None
+    try:
+        pairs = [await lent_socket(server, b"idle frame") for _ in range(5)]
+        await asyncio.wait_for(idle.submit([item for *_, item in pairs]), 10)
+        policies = {os.sched_getscheduler(int(tid)) for tid in os.listdir("/proc/self/task")}
+        assert os.SCHED_IDLE in policies  # the writer's thread
+        for client, *_ in pairs:
+            assert await read_exactly(client, 10) == b"idle frame"
+            client.close()
+    finally:
+        idle.stop()
+    assert idle.sockets_written == 5
+
+
+async def test_stop_sends_what_was_handed_over_and_gives_every_socket_back(
+        server: tuple[int, asyncio.Queue[Sink]]) -> None:
+    bulk = BulkWriter.create()
+    assert bulk is not None
+    pairs = [await lent_socket(server, b"last frame") for _ in range(3)]
+    done = bulk.submit([item for *_, item in pairs])
+    bulk.stop()  # right after: the chunk is sent and given back all the same
+    assert done.done()
+    for client, _, out, _ in pairs:
+        assert not out.lent
+        assert await read_exactly(client, 10) == b"last frame"
+        client.close()
+
+
+class Bystander:
+    """The owner of a socket that is not a connection's (a socket pair here)."""
+
+    def holds_socket(self) -> bool:
+        return True
+
+    def give_back(self, data: bytes, sent: int) -> None:
+        pass
+
+
+def busy_pairs(n: int = 20) -> list[tuple[socket.socket, socket.socket]]:
+    """Socket pairs whose senders take a 16 MB frame each: a job to them keeps
+    the writer thread copying for tens of ms (SO_SNDBUFFORCE needs root)."""
+    pairs = [socket.socketpair() for _ in range(n)]
+    for a, _ in pairs:
+        try:
+            a.setsockopt(socket.SOL_SOCKET, 32, 32 << 20)  # SO_SNDBUFFORCE
+        except PermissionError:
+            pytest.skip("SO_SNDBUFFORCE needs CAP_NET_ADMIN")
+    return pairs
+
+
+async def test_a_chunk_the_writer_has_not_started_in_time_is_written_by_the_loop(
+        server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer runs below the loop's priority; on a saturated machine a
+    lent socket would hold back its connection's other writes for as long as
+    the writer does not run. A chunk not started after RECLAIM_AFTER_S is
+    taken back, and the owners write the frame, then what they held back."""
+    client, _, out, item = await lent_socket(server, b"warm")
+    await writer.submit([item])  # the thread is up
+    assert await read_exactly(client, 4) == b"warm"
+    pairs = busy_pairs()
+    big = b"x" * (16 << 20)
+    busy = writer.submit([Lent(Bystander(), a.fileno(), big) for a, _ in pairs])
+    monkeypatch.setattr(bulk, "RECLAIM_AFTER_S", 0.0)
+    item = out.lend(b"<frame>")
+    assert item is not None
+    done = writer.submit([item])  # queued behind the busy job
+    out.write(b"<1:1 push>")  # held back while lent
+    await asyncio.wait_for(done, 10)
+    assert writer.sockets_reclaimed == 1
+    assert await read_exactly(client, 17) == b"<frame><1:1 push>"
+    assert not busy.done()  # still copying: the chunk behind it was reclaimed, not sent
+    await asyncio.wait_for(busy, 10)
+    for a, b in pairs:
+        a.close()
+        b.close()
+    client.close()

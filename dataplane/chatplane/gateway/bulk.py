@@ -4,10 +4,12 @@ A flush to 10,000 members is 10,000 `send` calls of the same bytes, and on
 the event loop that was 130-165 ms of CPU per flush, most of it the kernel's
 send: every 1:1 message waited behind it (issue 6). Here the event loop only
 lends each member's socket, while nothing else is queued on it, and one
-`BulkWriter` thread writes the frame to a chunk of lent sockets in C with
-the GIL released (`chatplane._sendeach`), at a lower scheduling priority
-than the event loop (`social.group_writer_nice`), so the loop goes on
-serving everyone else meanwhile, on the other core when there is one.
+`BulkWriter` thread, written in C and never taking the GIL
+(`chatplane._sendeach.Writer`), writes the frame to a chunk of lent sockets
+at a lower scheduling priority than the event loop
+(`social.group_writer_nice`, or SCHED_IDLE with `social.group_writer_idle`),
+so the loop goes on serving everyone else meanwhile, on the other core when
+there is one.
 `Handoff` pipelines a fan-out: the writer sends one chunk while the loop
 lends the next.
 
@@ -28,10 +30,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
-import queue
-import threading
-import time
 from typing import NamedTuple, Protocol
 
 from chatplane.settings import Social
@@ -44,7 +42,12 @@ try:
 except ImportError:  # built by `pip install` when a C compiler is there
     _sendeach = None  # type: ignore[assignment]
 
-CHUNK = 512  # sockets per hand-off: ~5 ms of sends, the longest a socket stays lent
+CHUNK = 512  # sockets per hand-off: ~5 ms of sends
+# A chunk the writer has not started this long after its hand-off is taken
+# back and written by the event loop: the writer runs below the loop's
+# priority, so on a saturated machine it may not run for a while, and a lent
+# socket holds back everything else its connection writes (1:1 pushes too).
+RECLAIM_AFTER_S = 0.05
 
 
 class Lender(Protocol):
@@ -75,43 +78,74 @@ def remainder(data: bytes, sent: int) -> bytes | None:
     return data[max(sent, 0):] if sent < len(data) else b""
 
 
-# (frame, dup fds, their places in the chunk) per distinct frame; the results
-# (bytes sent or -errno, per place); the chunk; its loop; its future
-_Job = tuple[list[tuple[bytes, list[int], list[int]]], list[int], list[Lent],
-             asyncio.AbstractEventLoop, "asyncio.Future[float]"]
+class _Chunk:
+    """Lent sockets handed to the writer together (one `submit`): given back
+    once every job of it (one per distinct frame) was sent."""
+
+    __slots__ = ("cpu", "done", "jobs", "lent", "pending", "reclaim", "results")
+
+    def __init__(self, lent: list[Lent], done: asyncio.Future[float]) -> None:
+        self.lent = lent
+        self.done = done
+        self.results = [0] * len(lent)  # a socket not written: its owner writes the whole frame
+        self.pending = 0
+        self.jobs: list[int] = []
+        self.reclaim: asyncio.TimerHandle | None = None
+        self.cpu = 0.0
 
 
 class BulkWriter:
     """One thread writing shared frames to lent sockets. `submit` hands it a
-    chunk; its future resolves when every socket of it was given back."""
+    chunk; its future resolves when every socket of it was given back.
 
-    def __init__(self, *, nice: int = 5) -> None:
+    The thread is C (`chatplane._sendeach.Writer`) and never takes the GIL:
+    it runs below the event loop's priority (`nice`, or SCHED_IDLE with
+    `idle`: only when a core would otherwise be idle), and a thread like that
+    must not hold the GIL when it is preempted, or the event loop waits for
+    it. Finished jobs come back through an eventfd the loop watches."""
+
+    def __init__(self, *, nice: int = 5, idle: bool = False) -> None:
         self.nice = nice
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self.idle = idle
+        self._writer: _sendeach.Writer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: dict[int, tuple[_Chunk, list[int]]] = {}
         self.sockets_written = 0
         self.sockets_failed = 0
+        self.sockets_reclaimed = 0
+        self._warned = False
 
     @classmethod
-    def create(cls, *, nice: int = 5) -> BulkWriter | None:
+    def create(cls, *, nice: int = 5, idle: bool = False) -> BulkWriter | None:
         """A writer, or None without the compiled module."""
-        return cls(nice=nice) if _sendeach is not None else None
+        return cls(nice=nice, idle=idle) if _sendeach is not None else None
 
     @classmethod
     def configured(cls, social: Social) -> BulkWriter | None:
         """The writer the settings ask for (`social.group_writer`), if any."""
-        return cls.create(nice=social.group_writer_nice) if social.group_writer else None
+        if not social.group_writer:
+            return None
+        return cls.create(nice=social.group_writer_nice, idle=bool(social.group_writer_idle))
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="group-writer", daemon=True)
-            self._thread.start()
+    def _started(self) -> _sendeach.Writer:
+        loop = asyncio.get_running_loop()
+        if self._writer is None:
+            assert _sendeach is not None
+            self._writer = _sendeach.Writer(nice=self.nice, idle=self.idle)
+            self._loop = loop
+            loop.add_reader(self._writer.fileno(), self._collect)
+        return self._writer
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join(timeout=5)
-            self._thread = None
+        """Stop the thread once what it was given is sent; every socket is
+        given back (call it on the loop)."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(writer.fileno())
+        writer.close()
+        self._collect(writer)
 
     def submit(self, lent: list[Lent]) -> asyncio.Future[float]:
         """Hand a chunk of lent sockets to the writer thread. Call it in the
@@ -119,67 +153,73 @@ class BulkWriter:
         here, before anything else runs and could close it). Every socket is
         given back on the loop before the returned future resolves (to the
         writer thread's CPU seconds for the chunk), whoever waits for it."""
-        assert _sendeach is not None
-        # a connection closed since its lend may have had its fd number reused: never dup that
-        dups = _sendeach.dup_each([item.fd if item.owner.holds_socket() else -1 for item in lent])
-        # one send_each per distinct frame (TCP and WebSocket frame it differently)
-        batches: dict[int, tuple[bytes, list[int], list[int]]] = {}
-        for i, (item, fd) in enumerate(zip(lent, dups, strict=True)):
-            if fd < 0:
-                continue
-            batch = batches.get(id(item.data))
-            if batch is None:
-                batch = batches[id(item.data)] = (item.data, [], [])
-            batch[1].append(fd)
-            batch[2].append(i)
-        results = [0] * len(lent)  # a socket not written: its owner writes the whole frame
+        writer = self._started()
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[float] = loop.create_future()
-        if not batches:
-            self._give_back(lent, results, done, 0.0)
-        else:
-            self.start()
-            self._jobs.put((list(batches.values()), results, lent, loop, done))
-        return done
-
-    def _run(self) -> None:
-        try:
-            # below the event loop: 1:1 traffic first, the group's frames with what is left
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-        except OSError:
-            log.warning("group writer: could not lower its priority (nice %d)", self.nice)
-        assert _sendeach is not None
-        send_each = _sendeach.send_each
-        while True:
-            job = self._jobs.get()
+        chunk = _Chunk(lent, loop.create_future())
+        # one job per distinct frame (TCP and WebSocket frame it differently);
+        # a connection closed since its lend may have had its fd number
+        # reused: never write that one (-1)
+        jobs: dict[int, tuple[bytes, list[int], list[int]]] = {}
+        for i, item in enumerate(lent):
+            if not item.owner.holds_socket():
+                continue
+            job = jobs.get(id(item.data))
             if job is None:
-                return
-            batches, results, lent, loop, done = job
-            began = time.thread_time()
-            for data, fds, where in batches:
-                try:
-                    for i, sent in zip(where, send_each(fds, data), strict=True):
-                        results[i] = sent
-                except Exception:  # never keep sockets lent: their owners write the frame
-                    log.exception("group writer: send_each failed")
-            cpu = time.thread_time() - began
-            try:
-                loop.call_soon_threadsafe(self._give_back, lent, results, done, cpu)
-            except RuntimeError:  # the loop is closed: the process is stopping
-                return
+                job = jobs[id(item.data)] = (item.data, [], [])
+            job[1].append(item.fd)
+            job[2].append(i)
+        for data, fds, where in jobs.values():
+            job = writer.submit(fds, data)
+            self._jobs[job] = (chunk, where)
+            chunk.jobs.append(job)
+            chunk.pending += 1
+        if chunk.pending:
+            chunk.reclaim = loop.call_later(RECLAIM_AFTER_S, self._reclaim, chunk)
+        else:
+            self._give_back(chunk)
+        return chunk.done
 
-    def _give_back(self, lent: list[Lent], results: list[int], done: asyncio.Future[float],
-                   cpu: float) -> None:
-        for item, sent in zip(lent, results, strict=True):
+    def _reclaim(self, chunk: _Chunk) -> None:
+        """The writer has not got to (part of) this chunk in time: what it has
+        not started comes back unwritten, and the owners write it."""
+        chunk.reclaim = None
+        if self._writer is None:
+            return
+        for job in chunk.jobs:
+            if job in self._jobs and self._writer.cancel(job):
+                self.sockets_reclaimed += len(self._jobs[job][1])
+
+    def _collect(self, writer: _sendeach.Writer | None = None) -> None:
+        """The writer's finished jobs (its eventfd is readable)."""
+        writer = writer or self._writer
+        if writer is None:
+            return
+        if writer.priority_failed and not self._warned:
+            self._warned = True
+            log.warning("group writer: could not lower its priority (%s)",
+                        "SCHED_IDLE" if self.idle else f"nice {self.nice}")
+        for job, sent, cpu in writer.take():
+            chunk, where = self._jobs.pop(job)
+            for i, n in zip(where, sent, strict=True):
+                chunk.results[i] = n
+            chunk.cpu += cpu
+            chunk.pending -= 1
+            if not chunk.pending:
+                self._give_back(chunk)
+
+    def _give_back(self, chunk: _Chunk) -> None:
+        if chunk.reclaim is not None:
+            chunk.reclaim.cancel()
+        for item, sent in zip(chunk.lent, chunk.results, strict=True):
             if failed(sent):
                 self.sockets_failed += 1
             try:
                 item.owner.give_back(item.data, sent)
             except Exception:  # one connection must not keep the others lent
                 log.exception("group writer: giving a socket back failed")
-        self.sockets_written += len(lent)
-        if not done.done():
-            done.set_result(cpu)
+        self.sockets_written += len(chunk.lent)
+        if not chunk.done.done():
+            chunk.done.set_result(chunk.cpu)
 
 
 class Handoff:

@@ -98,6 +98,10 @@ class Gateway:
         self.metrics.gauge("chatplane_group_writer_failed_total",
                            "sockets that failed under the group writer (their connections closed)",
                            lambda: self.group_writer.sockets_failed if self.group_writer else 0)
+        self.metrics.gauge("chatplane_group_writer_reclaimed_total",
+                           "lent sockets taken back from a group writer that had not got to them"
+                           " in time (the event loop wrote their frames)",
+                           lambda: self.group_writer.sockets_reclaimed if self.group_writer else 0)
         self.log = logging.getLogger("chatplane.gateway")
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
