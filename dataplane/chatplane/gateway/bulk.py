@@ -158,17 +158,17 @@ class BulkWriter:
         chunk = _Chunk(lent, loop.create_future())
         # one job per distinct frame (TCP and WebSocket frame it differently);
         # a connection closed since its lend may have had its fd number
-        # reused: never write that one (-1)
-        jobs: dict[int, tuple[bytes, list[int], list[int]]] = {}
+        # reused: never write that one
+        frames: dict[int, tuple[bytes, list[int], list[int]]] = {}
         for i, item in enumerate(lent):
             if not item.owner.holds_socket():
                 continue
-            job = jobs.get(id(item.data))
-            if job is None:
-                job = jobs[id(item.data)] = (item.data, [], [])
-            job[1].append(item.fd)
-            job[2].append(i)
-        for data, fds, where in jobs.values():
+            frame = frames.get(id(item.data))
+            if frame is None:
+                frame = frames[id(item.data)] = (item.data, [], [])
+            frame[1].append(item.fd)
+            frame[2].append(i)
+        for data, fds, where in frames.values():
             job = writer.submit(fds, data)
             self._jobs[job] = (chunk, where)
             chunk.jobs.append(job)
