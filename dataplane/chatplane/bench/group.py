@@ -265,6 +265,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_fanout_held_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_held_ms"),
         "server_fanout_cpu_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_cpu_ms"),
         "server_fanouts": _delta(before, after, "chatplane_group_fanout_ms_count"),
+        # sockets the group writer thread wrote, and those the loop took back from it
+        "server_writer_sockets": _delta(before, after, "chatplane_group_writer_sockets_total"),
+        "server_writer_reclaimed": _delta(before, after, "chatplane_group_writer_reclaimed_total"),
         "load_average": [load_before, load_after],
         "crowd_stats": _crowd_stats(outs),
         "receipts_ms": {

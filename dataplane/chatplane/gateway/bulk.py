@@ -211,7 +211,7 @@ class BulkWriter:
         if chunk.reclaim is not None:
             chunk.reclaim.cancel()
         for item, sent in zip(chunk.lent, chunk.results, strict=True):
-            if failed(sent):
+            if sent < 0 and failed(sent):
                 self.sockets_failed += 1
             try:
                 item.owner.give_back(item.data, sent)
@@ -327,6 +327,8 @@ class SocketLender:
 
     def give_back(self, data: bytes, sent: int) -> None:
         held, self._held = self._held, None
+        if sent == len(data) and not held and not self._close_on_return:
+            return  # the common case: all of it went, nothing waits
         transport = self.transport
         if transport is None or transport.is_closing():
             return
