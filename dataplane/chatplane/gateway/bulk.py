@@ -169,7 +169,11 @@ class BulkWriter:
             frame[1].append(item.fd)
             frame[2].append(i)
         for data, fds, where in frames.values():
-            job = writer.submit(fds, data)
+            try:
+                job = writer.submit(fds, data)
+            except (OSError, MemoryError, RuntimeError):  # never keep sockets lent: owners write
+                log.exception("group writer: a chunk could not be handed over")
+                continue
             self._jobs[job] = (chunk, where)
             chunk.jobs.append(job)
             chunk.pending += 1
