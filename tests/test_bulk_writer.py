@@ -201,7 +201,7 @@ class Device:
         if item is None:
             self.lender.write(payload)
         else:
-            handoff.add(item)  # type: ignore[union-attr]
+            handoff.lent.append(item)  # type: ignore[union-attr]
 
 
 async def test_a_group_fanout_through_the_writer_reaches_every_member_once(

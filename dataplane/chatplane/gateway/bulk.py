@@ -65,6 +65,10 @@ class Lent(NamedTuple):
     data: bytes  # the framed bytes to write
 
 
+# Lent(...) runs a Python-level __new__; 10,000 lends per flush make it count
+_new_lent = tuple.__new__
+
+
 def failed(sent: int) -> bool:
     """The writer's result for a socket says the socket is dead (not merely full)."""
     return sent < 0 and -sent not in (errno.EAGAIN, errno.EWOULDBLOCK)
@@ -235,20 +239,14 @@ class Handoff:
     the loop runs anything that could close it). With no writer, links
     write themselves and `step` only pauses."""
 
-    __slots__ = ("clock", "in_flight", "lent", "writer")
+    __slots__ = ("clock", "in_flight", "lending", "lent", "writer")
 
     def __init__(self, writer: BulkWriter | None, clock: TimeSlice) -> None:
         self.writer = writer
+        self.lending = writer is not None
         self.clock = clock
-        self.lent: list[Lent] = []
+        self.lent: list[Lent] = []  # links append theirs (a call per member costs)
         self.in_flight: asyncio.Future[float] | None = None
-
-    @property
-    def lending(self) -> bool:
-        return self.writer is not None
-
-    def add(self, item: Lent) -> None:
-        self.lent.append(item)
 
     async def step(self) -> None:
         """Hand off a full chunk (or what there is once the slice is used
@@ -327,7 +325,7 @@ class SocketLender:
                 or self.fd < 0 or transport.get_write_buffer_size()):
             return None
         self._held = []
-        return Lent(self, self.fd, data)
+        return _new_lent(Lent, (self, self.fd, data))
 
     def give_back(self, data: bytes, sent: int) -> None:
         held, self._held = self._held, None

@@ -225,7 +225,7 @@ class Connection:
             lend = getattr(self.transport, "lend", None)  # test transports may not lend
             item = lend(payload) if lend is not None else None
             if item is not None:
-                handoff.add(item)
+                handoff.lent.append(item)
                 return
         self.transport.write([payload])
 
