@@ -119,7 +119,8 @@ def test_rbac_is_least_privilege() -> None:
 @needs_helm
 @pytest.mark.parametrize("bad", ["replicaCount=2", "image.pullPolicy=Sometimes",
                                  "peering.name=Not_A_Name",
-                                 "watchNamespaces={Bad_Name}", "unknownKey=1"])
+                                 "watchNamespaces={Bad_Name}", "unknownKey=1",
+                                 "operator.readDeadlineSeconds=0", "operator.readDeadlineSeconds=soon"])
 def test_values_schema_refuses_bad_values(bad: str) -> None:
     done = run("template", "x", str(CHART), "--kube-version", "1.33.0", "--set", bad)
     assert done.returncode != 0
@@ -137,7 +138,8 @@ def test_values_file_matches_its_schema() -> None:
 def test_chart_args_are_understood_by_the_operator() -> None:
     from chatplane_operator.__main__ import parse_args
 
-    sets = ("watchNamespaces={chat,chat-staging}", "operator.resyncSeconds=45")
+    sets = ("watchNamespaces={chat,chat-staging}", "operator.resyncSeconds=45",
+            "operator.readDeadlineSeconds=2.5")
     (dep,) = [o for o in render(crds=False, sets=sets) if o["kind"] == "Deployment"]
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     args = parse_args(container["args"])
@@ -146,6 +148,7 @@ def test_chart_args_are_understood_by_the_operator() -> None:
     assert args.metrics_port == 9100
     assert args.liveness == "http://0.0.0.0:8080/healthz"
     assert args.resync_seconds == 45
+    assert args.read_deadline_seconds == 2.5
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 9100, "health": 8080}
 
