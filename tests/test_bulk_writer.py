@@ -331,3 +331,17 @@ async def test_a_chunk_the_writer_has_not_started_in_time_is_written_by_the_loop
         a.close()
         b.close()
     client.close()
+
+
+async def test_returned_waits_for_the_writer_to_give_the_socket_back(
+        server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
+    """What a WebSocket close waits for before aiohttp writes its close frame."""
+    client, _, out, item = await lent_socket(server, b"<frame>")
+    returned = out.returned()
+    await asyncio.sleep(0.01)
+    assert not returned.done()  # lent, and not handed to the writer yet
+    await writer.submit([item])
+    assert returned.done() and not out.lent
+    assert out.returned().done()  # not lent: at once
+    assert await read_exactly(client, 7) == b"<frame>"
+    client.close()

@@ -279,7 +279,7 @@ class SocketLender:
     lends the socket to the `BulkWriter` while nothing is queued on it and
     holds back what the connection writes until the socket is given back."""
 
-    __slots__ = ("_close_on_return", "_held", "fd", "max_buffer", "transport")
+    __slots__ = ("_close_on_return", "_held", "_waiter", "fd", "max_buffer", "transport")
 
     def __init__(self, transport: asyncio.Transport, max_buffer: int) -> None:
         self.transport: asyncio.Transport | None = transport
@@ -290,6 +290,7 @@ class SocketLender:
         self.max_buffer = max_buffer  # a peer that lets this much pile up is dropped
         self._held: list[bytes] | None = None  # None: not lent
         self._close_on_return = False
+        self._waiter: asyncio.Future[None] | None = None  # see `returned`
 
     @property
     def lent(self) -> bool:
@@ -327,10 +328,30 @@ class SocketLender:
         self._held = []
         return _new_lent(Lent, (self, self.fd, data))
 
+    def returned(self) -> asyncio.Future[None]:
+        """Done once the socket is not lent (at once when it is not): for
+        writes made by someone else than this lender, like aiohttp's close
+        frame, which must not land in the middle of the writer's."""
+        if self._held is None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
     def give_back(self, data: bytes, sent: int) -> None:
         held, self._held = self._held, None
-        if sent == len(data) and not held and not self._close_on_return:
+        if sent == len(data) and not held and not self._close_on_return and self._waiter is None:
             return  # the common case: all of it went, nothing waits
+        try:
+            self._finish(data, sent, held)
+        finally:
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _finish(self, data: bytes, sent: int, held: list[bytes] | None) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return

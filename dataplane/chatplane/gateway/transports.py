@@ -104,8 +104,8 @@ class WebSocketTransport:
             await asyncio.shield(self._closer)
 
     async def _close(self) -> None:
-        while self.out is not None and self.out.lent:  # aiohttp writes the close frame itself
-            await asyncio.sleep(0.001)
+        if self.out is not None:  # aiohttp writes the close frame itself
+            await self.out.returned()
         try:
             if not self.ws.closed:
                 await self.ws.close(code=WSCloseCode.POLICY_VIOLATION)
