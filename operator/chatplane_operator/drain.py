@@ -186,8 +186,12 @@ class Orchestrator:
         events: list[tuple[str, str]] = []
         by_name = {g.name: g for g in gateways}
         if step.action == "drain":
+            # all at once: each call waits for its gateway (up to the admin timeout when
+            # one does not answer), and max_unavailable may allow several
+            await asyncio.gather(*(self.fleet.start_drain(name, self.policy.rate,
+                                                          self.policy.deadline_s)
+                                   for name in step.names))
             for name in step.names:
-                await self.fleet.start_drain(name, self.policy.rate, self.policy.deadline_s)
                 events.append(("GatewayDraining", f"draining {name} "
                                f"({by_name[name].connections} connections at "
                                f"{self.policy.rate:g}/s) for version {self.target}"))

@@ -1,6 +1,12 @@
-"""The rollout planner (`drain.plan`): pure decisions on the fleet as it is now."""
+"""The rollout planner (`drain.plan`): pure decisions on the fleet as it is now; and the
+orchestrator telling the gateways of one step to drain at once."""
 
 from __future__ import annotations
+
+import contextlib
+import time
+
+from pod_servers import HangingPod, OpenConnections
 
 from chatplane_operator import drain
 
@@ -63,3 +69,46 @@ def test_done_when_every_gateway_is_at_the_target_and_ready() -> None:
     step = drain.plan(fleet, "v2", POLICY, 100)
     assert step.action == "done"
     assert drain.progress(fleet, "v2", step).done
+
+
+class HangingFleet:
+    """Three old gateways whose admin ports accept and never answer (real sockets, read
+    through the real `GatewayAdmin`); only the Kubernetes side is left out."""
+
+    def __init__(self, pods: list[HangingPod], admin: drain.GatewayAdmin) -> None:
+        self.pods = pods
+        self.admin = admin
+
+    async def gateways(self) -> list[drain.Gateway]:
+        return [gw(f"g-{i}") for i in range(len(self.pods))]
+
+    async def expected(self) -> int:
+        return len(self.pods)
+
+    async def start_drain(self, name: str, rate: float, deadline_s: float) -> None:
+        pod = self.pods[int(name.rsplit("-", 1)[1])]
+        with contextlib.suppress(OSError):  # no answer: the deadline replaces it
+            await self.admin.drain(f"http://127.0.0.1:{pod.port}", rate, deadline_s)
+
+    async def replace(self, name: str, version: str) -> None:
+        raise AssertionError("nothing is replaced in this pass")
+
+
+async def test_the_gateways_of_one_step_are_told_to_drain_at_once() -> None:
+    """With max_unavailable 3 and gateways that do not answer their drain call, a pass
+    waits for the admin timeout once, not once per gateway."""
+    open_now = OpenConnections()
+    pods = [HangingPod("127.0.0.1", 0, open_now) for _ in range(3)]
+    try:
+        fleet = HangingFleet(pods, drain.GatewayAdmin(timeout_s=0.5))
+        policy = drain.Policy(rate=100, deadline_s=60, max_unavailable=3)
+        began = time.monotonic()
+        step, _, events = await drain.Orchestrator(fleet, "v2", policy).tick()
+        took = time.monotonic() - began
+    finally:
+        for pod in pods:
+            pod.close()
+    assert step == drain.Step("drain", ("g-2", "g-1", "g-0"))
+    assert [reason for reason, _ in events] == ["GatewayDraining"] * 3
+    assert open_now.peak == 3  # the three calls were open together
+    assert took < 1.2  # one after another: 1.5 s
