@@ -380,26 +380,42 @@ Writer_take(WriterObject *w, PyObject *Py_UNUSED(ignored))
     ssize_t r = read(w->efd, &count, sizeof count); /* EAGAIN: nothing new */
     (void)r;
     pthread_mutex_lock(&w->lock);
-    job_t *j = w->done_head;
+    job_t *first = w->done_head, *last = w->done_tail;
     w->done_head = w->done_tail = NULL;
     pthread_mutex_unlock(&w->lock);
     PyObject *out = PyList_New(0);
-    while (j != NULL) {
-        job_t *next = j->next;
-        if (out != NULL) {
-            PyObject *sent = PyList_New(j->n);
-            for (Py_ssize_t i = 0; sent != NULL && i < j->n; i++) {
-                PyObject *v = PyLong_FromSsize_t(j->sent[i]);
-                if (v == NULL)
-                    Py_CLEAR(sent);
-                else
-                    PyList_SET_ITEM(sent, i, v);
-            }
-            PyObject *item = sent ? Py_BuildValue("(LNd)", j->id, sent, j->cpu) : NULL;
-            if (item == NULL || PyList_Append(out, item) < 0)
-                Py_CLEAR(out);
-            Py_XDECREF(item);
+    for (job_t *j = first; out != NULL && j != NULL; j = j->next) {
+        PyObject *sent = PyList_New(j->n);
+        for (Py_ssize_t i = 0; sent != NULL && i < j->n; i++) {
+            PyObject *v = PyLong_FromSsize_t(j->sent[i]);
+            if (v == NULL)
+                Py_CLEAR(sent);
+            else
+                PyList_SET_ITEM(sent, i, v);
         }
+        PyObject *item = sent ? Py_BuildValue("(LNd)", j->id, sent, j->cpu) : NULL;
+        if (item == NULL || PyList_Append(out, item) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(item);
+    }
+    if (out == NULL) {
+        /* no memory for the answer: keep every job for the next take(), or
+         * their sockets would stay lent */
+        if (first != NULL) {
+            pthread_mutex_lock(&w->lock);
+            last->next = w->done_head;
+            w->done_head = first;
+            if (w->done_tail == NULL)
+                w->done_tail = last;
+            uint64_t one = 1;
+            ssize_t wr = write(w->efd, &one, sizeof one);
+            (void)wr;
+            pthread_mutex_unlock(&w->lock);
+        }
+        return NULL;
+    }
+    for (job_t *j = first; j != NULL;) {
+        job_t *next = j->next;
         job_free(j);
         j = next;
     }
