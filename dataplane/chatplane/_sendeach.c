@@ -1,13 +1,14 @@
-/* chatplane._sendeach: write one buffer to many sockets without the GIL.
+/* chatplane._sendeach: write one buffer to many sockets from a thread that
+ * never takes the GIL (`Writer`).
  *
  * A large group's flush is the same frame for thousands of sockets; almost
  * all of its cost is the kernel's send (on loopback it also runs the
  * receiver's TCP stack). Done from Python each send holds the GIL and the
- * event loop; here the whole loop runs with the GIL released, so a thread of
- * its own (chatplane/gateway/bulk.py) writes while the event loop serves
- * everyone else. Each fd is a dup the caller made for this call and is
- * closed here: the connection's own fd may be closed (and its number reused)
- * by the event loop meanwhile, a dup cannot.
+ * event loop; here a thread of its own writes (chatplane/gateway/bulk.py)
+ * while the event loop serves everyone else. Each fd is a dup made when the
+ * job is submitted and is closed after its send: the connection's own fd
+ * may be closed (and its number reused) by the event loop meanwhile, a dup
+ * cannot.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -56,101 +57,10 @@ send_all(const int *fds, Py_ssize_t n, const char *buf, Py_ssize_t len, Py_ssize
     }
 }
 
-/* send_each(fds: list[int], data: bytes) -> list[int]
- * For each fd: the bytes the kernel took (possibly fewer than len(data)), or
- * -errno (EAGAIN: none, the socket's buffer is full). Every fd is closed. */
-static PyObject *
-send_each(PyObject *self, PyObject *args)
-{
-    PyObject *fds_obj;
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "O!y*:send_each", &PyList_Type, &fds_obj, &data))
-        return NULL;
-
-    Py_ssize_t n = PyList_GET_SIZE(fds_obj);
-    int *fds = PyMem_Malloc(sizeof(int) * (n ? n : 1));
-    Py_ssize_t *sent = PyMem_Malloc(sizeof(Py_ssize_t) * (n ? n : 1));
-    if (fds == NULL || sent == NULL) {
-        PyMem_Free(fds);
-        PyMem_Free(sent);
-        PyBuffer_Release(&data);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        long fd = PyLong_AsLong(PyList_GET_ITEM(fds_obj, i));
-        if (fd == -1 && PyErr_Occurred()) {
-            PyMem_Free(fds);
-            PyMem_Free(sent);
-            PyBuffer_Release(&data);
-            return NULL;
-        }
-        fds[i] = (int)fd;
-    }
-
-    for (Py_ssize_t i = 0; i < n; i++)
-        sent[i] = 0;
-    Py_BEGIN_ALLOW_THREADS
-    send_all(fds, n, data.buf, data.len, sent);
-    Py_END_ALLOW_THREADS
-
-    PyBuffer_Release(&data);
-    PyMem_Free(fds);
-    PyObject *out = PyList_New(n);
-    if (out != NULL) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *v = PyLong_FromSsize_t(sent[i]);
-            if (v == NULL) {
-                Py_CLEAR(out);
-                break;
-            }
-            PyList_SET_ITEM(out, i, v);
-        }
-    }
-    PyMem_Free(sent);
-    return out;
-}
-
-/* dup_each(fds: list[int]) -> list[int]
- * A close-on-exec dup of each fd (-errno where dup failed), with the GIL held:
- * many cheap syscalls, each of which would otherwise let another thread take
- * the GIL from the event loop. */
-static PyObject *
-dup_each(PyObject *self, PyObject *arg)
-{
-    if (!PyList_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "dup_each: a list of fds");
-        return NULL;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(arg);
-    PyObject *out = PyList_New(n);
-    if (out == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        long fd = PyLong_AsLong(PyList_GET_ITEM(arg, i));
-        if (fd == -1 && PyErr_Occurred()) {
-            for (Py_ssize_t j = 0; j < i; j++) { /* give back what was taken */
-                long d = PyLong_AsLong(PyList_GET_ITEM(out, j));
-                if (d >= 0)
-                    close((int)d);
-            }
-            Py_DECREF(out);
-            return NULL;
-        }
-        int d = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
-        PyObject *v = PyLong_FromLong(d >= 0 ? d : -errno);
-        if (v == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, i, v);
-    }
-    return out;
-}
-
 /* ---- Writer: a thread of its own that never takes the GIL ----------------
  *
- * A Python thread calling send_each still takes the GIL back between two
- * calls; preempted there (it runs at a lower priority than the event loop,
+ * A Python thread calling a C send loop still takes the GIL back between
+ * two calls; preempted there (it runs at a lower priority than the event loop,
  * on purpose), it holds the GIL off the CPU and the event loop waits for it
  * (a priority inversion: loop stalls of 10 ms and more were measured). This
  * thread touches no Python object: `submit` (on the event loop, GIL held)
@@ -519,17 +429,9 @@ static PyTypeObject WriterType = {
     .tp_getset = Writer_getset,
 };
 
-static PyMethodDef methods[] = {
-    {"dup_each", dup_each, METH_O,
-     "dup_each(fds) -> list of close-on-exec dups (or -errno), GIL held"},
-    {"send_each", send_each, METH_VARARGS,
-     "send_each(fds, data) -> list of bytes sent (or -errno) per fd; closes every fd"},
-    {NULL, NULL, 0, NULL},
-};
-
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "chatplane._sendeach",
-    "Write one buffer to many sockets with the GIL released.", -1, methods,
+    "Write one buffer to many sockets from a thread that never takes the GIL.", -1, NULL,
 };
 
 PyMODINIT_FUNC
