@@ -49,7 +49,7 @@ class Social:
     group_max_share: float = 1.0  # of the process a busy large group's fan-out may take
     group_writer: int = 1  # 1: large-group frames written by a thread outside the GIL (gateway/bulk.py)
     group_writer_nice: int = 5  # that thread's priority below the event loop's (0-19)
-    group_writer_idle: int = 1  # 1: that thread runs SCHED_IDLE (when a core would idle); 0: at nice
+    group_writer_idle: int = 0  # 1: that thread runs SCHED_IDLE (when a core would idle); 0: at nice
     hot_cache_messages: int = 100_000  # recent messages kept in memory (0: off)
 
 
