@@ -104,6 +104,39 @@ job_free(job_t *j)
     free(j);
 }
 
+/* Close the job's dups that are still open (it will send nothing). */
+static void
+job_close_fds(job_t *j)
+{
+    for (Py_ssize_t i = 0; i < j->n; i++) {
+        if (j->fds[i] >= 0)
+            close(j->fds[i]);
+        j->fds[i] = -1;
+    }
+}
+
+/* Bump the eventfd the event loop watches (the lock held). */
+static void
+wake_loop(WriterObject *w)
+{
+    uint64_t one = 1;
+    ssize_t r = write(w->efd, &one, sizeof one);
+    (void)r;
+}
+
+/* Put a job on the done list for `take` (the lock held). */
+static void
+job_done(WriterObject *w, job_t *j)
+{
+    j->next = NULL;
+    if (w->done_tail != NULL)
+        w->done_tail->next = j;
+    else
+        w->done_head = j;
+    w->done_tail = j;
+    wake_loop(w);
+}
+
 static double
 thread_cpu(void)
 {
@@ -139,17 +172,9 @@ writer_main(void *arg)
         double began = thread_cpu();
         send_all(j->fds, j->n, j->buf, j->len, j->sent);
         j->cpu = thread_cpu() - began;
-        j->next = NULL;
 
         pthread_mutex_lock(&w->lock);
-        if (w->done_tail != NULL)
-            w->done_tail->next = j;
-        else
-            w->done_head = j;
-        w->done_tail = j;
-        uint64_t one = 1;
-        ssize_t r = write(w->efd, &one, sizeof one); /* wakes the event loop */
-        (void)r;
+        job_done(w, j);
     }
     pthread_mutex_unlock(&w->lock);
     return NULL;
@@ -246,9 +271,8 @@ Writer_submit(WriterObject *w, PyObject *args)
     for (Py_ssize_t i = 0; i < n; i++) {
         long fd = PyLong_AsLong(PyList_GET_ITEM(fds_obj, i));
         if (fd == -1 && PyErr_Occurred()) {
-            for (Py_ssize_t k = 0; k < i; k++)
-                if (j->fds[k] >= 0)
-                    close(j->fds[k]);
+            j->n = i;
+            job_close_fds(j);
             job_free(j);
             return NULL;
         }
@@ -258,9 +282,7 @@ Writer_submit(WriterObject *w, PyObject *args)
     if (!w->started) {
         int err = pthread_create(&w->thread, NULL, writer_main, w);
         if (err != 0) {
-            for (Py_ssize_t k = 0; k < n; k++)
-                if (j->fds[k] >= 0)
-                    close(j->fds[k]);
+            job_close_fds(j);
             job_free(j);
             errno = err;
             return PyErr_SetFromErrno(PyExc_OSError);
@@ -317,9 +339,7 @@ Writer_take(WriterObject *w, PyObject *Py_UNUSED(ignored))
             w->done_head = first;
             if (w->done_tail == NULL)
                 w->done_tail = last;
-            uint64_t one = 1;
-            ssize_t wr = write(w->efd, &one, sizeof one);
-            (void)wr;
+            wake_loop(w);
             pthread_mutex_unlock(&w->lock);
         }
         return NULL;
@@ -357,18 +377,8 @@ Writer_cancel(WriterObject *w, PyObject *arg)
         break;
     }
     if (found != NULL) {
-        for (Py_ssize_t i = 0; i < found->n; i++)
-            if (found->fds[i] >= 0)
-                close(found->fds[i]);
-        found->next = NULL;
-        if (w->done_tail != NULL)
-            w->done_tail->next = found;
-        else
-            w->done_head = found;
-        w->done_tail = found;
-        uint64_t one = 1;
-        ssize_t r = write(w->efd, &one, sizeof one);
-        (void)r;
+        job_close_fds(found);
+        job_done(w, found);
     }
     pthread_mutex_unlock(&w->lock);
     return PyBool_FromLong(found != NULL);

@@ -22,7 +22,7 @@ from chatplane.storage.base import InboxItem
 from chatplane.v1 import frames_pb2 as pb
 
 if TYPE_CHECKING:
-    from chatplane.gateway.bulk import Handoff
+    from chatplane.gateway.bulk import Handoff, Lent
     from chatplane.gateway.service import Gateway
 
 
@@ -32,6 +32,10 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """Flush what is queued, then close."""
+
+    def lend(self, payload: bytes) -> Lent | None:
+        """The socket, with `payload` framed, for the group writer, when
+        nothing is queued on it (gateway/bulk.py); None: write it instead."""
 
 
 def now_ms() -> float:
@@ -222,8 +226,7 @@ class Connection:
             return
         self.session.frames_out += 1
         if handoff is not None and handoff.lending:
-            lend = getattr(self.transport, "lend", None)  # test transports may not lend
-            item = lend(payload) if lend is not None else None
+            item = self.transport.lend(payload)
             if item is not None:
                 handoff.lent.append(item)
                 return
