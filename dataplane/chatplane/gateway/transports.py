@@ -63,10 +63,11 @@ _tcp_framed = _Shared(frames.prefix)
 
 class WebSocketTransport:
     """Frames go straight to the socket's transport, in order, with no task
-    per write. aiohttp writes nothing on its own while the connection is
-    open (pings are answered here, `autoping=False`), so the socket can be
-    lent to the group writer like a raw TCP one (gateway/bulk.py); the
-    close handshake, the one async part, waits until it is given back."""
+    per write. aiohttp writes nothing on its own (pings and a client's
+    close are answered here: `autoping=False`, `autoclose=False`), so the
+    socket can be lent to the group writer like a raw TCP one
+    (gateway/bulk.py); the close handshake, the one async part, waits until
+    it is given back."""
 
     __slots__ = ("_closer", "out", "ws")
 
@@ -94,21 +95,23 @@ class WebSocketTransport:
         if self.out is not None and self._closer is None:
             self.out.write(ws_control_frame(0x8A, data))
 
-    def close(self) -> None:
+    def close(self, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
+        """Close the WebSocket (`code`: the server's reason; a client's close
+        is answered with OK)."""
         if self._closer is None:
-            self._closer = asyncio.get_running_loop().create_task(self._close())
+            self._closer = asyncio.get_running_loop().create_task(self._close(code))
 
     async def drain(self) -> None:
         """Wait for the close handshake, if one started (before the handler ends)."""
         if self._closer is not None:
             await asyncio.shield(self._closer)
 
-    async def _close(self) -> None:
+    async def _close(self, code: int) -> None:
         if self.out is not None:  # aiohttp writes the close frame itself
             await self.out.returned()
         try:
             if not self.ws.closed:
-                await self.ws.close(code=WSCloseCode.POLICY_VIOLATION)
+                await self.ws.close(code=code)
         except (ConnectionError, RuntimeError):
             pass
 
@@ -118,7 +121,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     max_bytes = gateway.settings.limits.max_frame_bytes
     # aiohttp refuses (close 1009) what is over twice the limit; between the
     # limit and that, our codec answers FRAME_TOO_LARGE with an Error frame.
-    ws = web.WebSocketResponse(max_msg_size=2 * max_bytes, compress=False, autoping=False)
+    # autoping and autoclose off: aiohttp would write pongs and close replies
+    # itself, possibly into the middle of a frame the group writer is sending
+    ws = web.WebSocketResponse(max_msg_size=2 * max_bytes, compress=False, autoping=False,
+                               autoclose=False)
     await ws.prepare(request)
     transport = WebSocketTransport(ws, request.transport)
     conn = Connection(gateway, transport, peer=str(request.remote))
@@ -136,6 +142,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             elif msg.type is WSMsgType.PONG:
                 pass
             else:
+                if msg.type is WSMsgType.CLOSE:  # answered once the socket is not lent
+                    transport.close(WSCloseCode.OK)
                 break
             if conn.session.closed:
                 break
