@@ -7,6 +7,7 @@ for a message that never comes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -69,11 +70,7 @@ def test_batches_and_head_notices_arrive_exactly_once(large_server: ServerProces
 
 
 def writer_sockets(server: ServerProcess) -> float:
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith("chatplane_group_writer_sockets_total "):
-                return float(line.split()[1])
-    raise AssertionError("no chatplane_group_writer_sockets_total in /metrics")
+    return metric(server, "chatplane_group_writer_sockets_total", required=True)
 
 
 def test_cut_members_resume_with_sync(large_server: ServerProcess, tmp_path: Path) -> None:
@@ -111,3 +108,50 @@ async def test_a_message_that_never_comes_is_reported(large_server: ServerProces
     assert report["bad"] == 30
     assert report["starts"] == {"1": 30}
     assert sorted(report["last_arrival"]) == ["1", "2", "3"]
+
+
+def test_beside_direct_with_a_bound_server(large_server: ServerProcess, tmp_path: Path) -> None:
+    """1:1 alone, beside the group and alone again on the group's server, and
+    alone and beside it on a second server that the group never touches."""
+    bound = ServerProcess(tmp_path / "bound")
+    bound.start()
+    try:
+        result = bench(large_server, tmp_path, "--members", "200", "--interval-ms", "20",
+                       "--beside-direct", "--direct-pairs", "4", "--direct-rate", "40",
+                       "--direct-duration", "2", "--bound-url", bound.url,
+                       "--bound-data-dir", str(bound.data_dir))
+        fanouts_on_bound = metric(bound, "chatplane_group_fanout_ms_count")
+    finally:
+        bound.stop()
+    direct = result["direct"]
+    phases = ("alone_before", "bound_alone", "beside_group", "beside_bound", "alone_after")
+    for phase in phases:
+        assert direct[phase]["clean"], (phase, direct[phase])
+        assert direct[phase]["acked"] > 0 and direct[phase]["p99_ms"] > 0
+    # the five phases ran one after another, the two beside ones while the group sent
+    windows = [direct[phase]["window"] for phase in phases]
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(windows))
+    assert direct["bound_p99_ratio"] == round(
+        direct["beside_bound"]["p99_ms"] / direct["bound_alone"]["p99_ms"], 2)
+    assert direct["all_clean"]
+    # the group's server flushed the group; the bound server had no part in it
+    assert metric(large_server, "chatplane_group_fanout_ms_count", required=True) > 0
+    assert fanouts_on_bound == 0
+
+
+def test_a_bound_url_without_its_data_dir_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "chatplane.cli", "bench", "group", "--url", "http://127.0.0.1:9",
+         "--data-dir", str(tmp_path), "--crowd", "go", "--beside-direct",
+         "--bound-url", "http://127.0.0.1:10"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--bound-url needs --beside-direct and --bound-data-dir" in done.stderr
+
+
+def metric(server: ServerProcess, name: str, *, required: bool = False) -> float:
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    assert not required, f"no {name} in /metrics"
+    return 0.0

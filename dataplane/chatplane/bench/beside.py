@@ -8,6 +8,12 @@ all online, and alone again after the members went offline. Each phase reports t
 percentiles, whether the run was clean, the server's CPU, and the load
 average; the ratio compares the p99 beside with each p99 alone, all from one
 run on one machine.
+
+With `--bound-url`, the same 1:1 run also goes, alone and beside the group,
+to a second server on the same machine that the group never touches: its
+ratio is what the machine leaves any server (the group's load generator and
+fan-out take the cores from everything on them), so the server's own ratio
+reads against it.
 """
 
 from __future__ import annotations
@@ -66,19 +72,25 @@ async def run_direct(url: str, data_dir: str, plan: DirectPlan) -> dict[str, Any
     }
 
 
-def verdict(alone: dict[str, Any], beside: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """p99 beside the group over p99 alone (before and after); the must-hold
-    is met when beside stays within 2x of both."""
-    def ratio(base: dict[str, Any]) -> float | None:
-        if not base.get("p99_ms") or beside.get("p99_ms") is None:
-            return None
-        return round(beside["p99_ms"] / base["p99_ms"], 2)
+def p99_ratio(beside: dict[str, Any], alone: dict[str, Any]) -> float | None:
+    if not alone.get("p99_ms") or beside.get("p99_ms") is None:
+        return None
+    return round(beside["p99_ms"] / alone["p99_ms"], 2)
 
-    ratios = [ratio(alone), ratio(after)]
-    clean = all(phase.get("clean") for phase in (alone, beside, after))
-    return {
+
+def verdict(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """p99 beside the group over p99 alone (before and after); the must-hold
+    is met when beside stays within 2x of both. With the bound phases, also
+    the second server's p99 beside the group over its p99 alone."""
+    beside = phases["beside_group"]
+    ratios = [p99_ratio(beside, phases["alone_before"]), p99_ratio(beside, phases["alone_after"])]
+    clean = all(phase.get("clean") for phase in phases.values())
+    out = {
         "p99_ratio_vs_before": ratios[0],
         "p99_ratio_vs_after": ratios[1],
         "all_clean": clean,
         "within_2x": clean and all(r is not None and r <= 2.0 for r in ratios),
     }
+    if "beside_bound" in phases:
+        out["bound_p99_ratio"] = p99_ratio(phases["beside_bound"], phases["bound_alone"])
+    return out

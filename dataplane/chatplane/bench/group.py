@@ -13,7 +13,9 @@ The members are either real SDK clients spread over P worker processes
 (`--crowd go`, `chatplane.bench.crowdgo`), which cost the machine a small
 fraction of what the server spends on them, so the figures are the
 server's. `--beside-direct` also runs `bench direct` alone, beside the
-sending group, and alone again (`chatplane.bench.beside`).
+sending group, and alone again (`chatplane.bench.beside`); with `--bound-url`
+also against a second server the group never touches, alone and beside it:
+what the machine itself leaves a server while the group sends.
 
 Against `chatplane cluster up`, `--url` is the dispatch (ipconf) URL,
 `--admin-url` an im instance's HTTP URL (the admin API) and `--metrics-url`
@@ -84,6 +86,11 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
     group.add_argument("--direct-pairs", type=int, default=20)
     group.add_argument("--direct-rate", type=float, default=200.0)
     group.add_argument("--direct-duration", type=float, default=15.0)
+    group.add_argument("--bound-url", default="", metavar="URL",
+                       help="with --beside-direct: a second server on this machine, not in the group; "
+                            "its 1:1 ratio beside the group is the machine's share of the server's")
+    group.add_argument("--bound-data-dir", default="", metavar="DIR",
+                       help="that server's data dir (its token key)")
     group.add_argument("--json", metavar="FILE")
     group.set_defaults(func=run_command)
 
@@ -178,16 +185,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     members = [f"{prefix}{i}" for i in range(args.members)]
     senders = [f"w2s{run_id}x{i}" for i in range(args.senders)]
     plan = beside.DirectPlan(args.direct_pairs, args.direct_rate, args.direct_duration)
+    bound_url = args.bound_url.rstrip("/")
     messages = args.messages
     if messages is None:
         messages = 20
         if args.beside_direct and args.interval_ms:
-            span = WARMUP_S + plan.duration + DIRECT_MARGIN_S
+            runs = 2 if bound_url else 1
+            span = WARMUP_S + runs * (plan.duration + DIRECT_MARGIN_S)
             messages = math.ceil(span * 1000 / args.interval_ms)
     phases: dict[str, Any] = {}
     async with aiohttp.ClientSession() as http:
         if args.beside_direct:  # before the group exists: 1:1 "without the group"
             phases["alone_before"] = await beside.run_direct(url, str(data_dir), plan)
+            if bound_url:
+                phases["bound_alone"] = await beside.run_direct(bound_url, args.bound_data_dir, plan)
         group, head = await _create_group(http, admin_url, auth, senders, members)
         signer = TokenSigner.from_data_dir(data_dir)
         clients = [Client(url, signer.mint(s, "bench")) for s in senders]
@@ -213,6 +224,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.beside_direct:
             await asyncio.sleep(WARMUP_S)
             phases["beside_group"] = await beside.run_direct(url, str(data_dir), plan)
+            if bound_url:
+                phases["beside_bound"] = await beside.run_direct(bound_url, args.bound_data_dir, plan)
         sent = await sending
         send_s = time.monotonic() - t0
         outs = []
@@ -277,9 +290,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     if args.beside_direct:
-        result["direct"] = {"plan": vars(plan), **phases,
-                            **beside.verdict(phases["alone_before"], phases["beside_group"],
-                                             phases["alone_after"])}
+        result["direct"] = {"plan": vars(plan), **phases, **beside.verdict(phases)}
     return result
 
 
@@ -326,6 +337,9 @@ def run_command(args: argparse.Namespace) -> int:
         args.procs = 1 if args.crowd == "go" else 4
     if args.cut_every and args.crowd != "go":
         print("bench group: --cut-every needs --crowd go", file=sys.stderr)
+        return 2
+    if args.bound_url and not (args.beside_direct and args.bound_data_dir):
+        print("bench group: --bound-url needs --beside-direct and --bound-data-dir", file=sys.stderr)
         return 2
     if args.crowd == "go":
         try:
