@@ -1,7 +1,9 @@
 """The gateway: its live connections, their timers, and drain.
 
 One sweeper task serves every connection's deadlines (login, heartbeat,
-retransmission), so an idle connection costs no task of its own. Logged-in
+retransmission), so an idle connection costs no task of its own, and it only
+looks at a connection when one of its deadlines could have passed
+(`gateway/deadlines.py`). Logged-in
 connections are indexed by user and device, so pushes that arrive from the
 state tier over gRPC (`push_entries`) find them.
 """
@@ -19,6 +21,7 @@ from typing import Protocol
 from chatplane.auth import TokenSigner
 from chatplane.gateway.bulk import BulkWriter, Handoff
 from chatplane.gateway.connection import Connection, now_ms
+from chatplane.gateway.deadlines import DeadlineBuckets
 from chatplane.metrics import Metrics
 from chatplane.protocol.session import SessionLimits
 from chatplane.settings import Settings
@@ -83,6 +86,7 @@ class Gateway:
         self._boot = secrets.token_hex(3)
         self._next_conn = 0
         self.retransmitting: set[Connection] = set()
+        self._deadlines: DeadlineBuckets[Connection] = DeadlineBuckets()
         self.metrics = Metrics()
         self.metrics.gauge("chatplane_connections", "open client connections",
                            lambda: len(self.connections))
@@ -122,6 +126,12 @@ class Gateway:
 
     def opened(self, conn: Connection) -> None:
         self.connections.add(conn)
+        self._look_again(conn)
+
+    def _look_again(self, conn: Connection) -> None:
+        due = conn.session.check_due_ms()
+        if due is not None:
+            self._deadlines.add(conn, due)
 
     def logged_in(self, conn: Connection) -> None:
         self.metrics.logins += 1
@@ -203,18 +213,21 @@ class Gateway:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             rounds += 1
             now = now_ms()
-            targets = self.connections if rounds % DEADLINE_SWEEP_EVERY == 0 else self.retransmitting
-            # 10,000 connections take tens of ms: in slices, so no message waits that long
+            deadlines = rounds % DEADLINE_SWEEP_EVERY == 0
+            targets = self._deadlines.pop_due(now) if deadlines else list(self.retransmitting)
+            # thousands of connections take tens of ms: in slices, so no message waits that long
             clock = TimeSlice()
-            for i, conn in enumerate(list(targets)):
+            for i, conn in enumerate(targets):
                 if i % CHECK_EVERY == 0 and clock.over():
                     await clock.pause()
-                if conn not in targets:  # gone while others ran
+                if conn not in self.connections:  # gone (meanwhile, or since it was put in a bucket)
                     continue
                 try:
                     conn.tick(now)
                 except Exception:  # one broken connection must not stop the sweeper
                     self.log.exception("tick failed for %s", conn.peer)
+                if deadlines:
+                    self._look_again(conn)
 
     # -- drain ------------------------------------------------------------
 

@@ -146,6 +146,17 @@ class ServerSession:
             if now_ms - self.last_seen_ms > 3 * self.limits.heartbeat_interval_ms:
                 self.fail(0, ProtocolError(ErrorCode.HEARTBEAT_TIMEOUT, "no frame for too long"))
 
+    def check_due_ms(self) -> float | None:
+        """No deadline of `tick` can pass before this time (None: closed, none
+        will). Before the login it is also the earliest a heartbeat deadline
+        could come once logged in, so a login never needs an earlier look."""
+        silent_ms = 3 * self.limits.heartbeat_interval_ms
+        if self.phase in (Phase.AWAITING_LOGIN, Phase.LOGGING_IN):
+            return self.opened_ms + min(self.limits.login_timeout_ms, silent_ms)
+        if self.phase is Phase.ACTIVE:
+            return self.last_seen_ms + silent_ms
+        return None
+
     # -- decisions by the gateway ------------------------------------------
 
     def accept_login(self, request_id: int, user_id: str, device_id: str,
