@@ -171,7 +171,7 @@ class Node:
         self.prober.start()
 
     def _metrics_text(self) -> str:
-        return (self.gateway.metrics.render()
+        return (self.gateway.metrics.render() + self.storage.metrics_text()
                 + self.state.groups.render_metrics() + self.prober.metrics())
 
     async def _drain(self, request: web.Request) -> web.Response:

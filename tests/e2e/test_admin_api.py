@@ -46,6 +46,9 @@ async def test_users_tokens_and_refusals(server: ServerProcess) -> None:
         async with http.get("/metrics") as r:
             text = await r.text()
     assert "chatplane_connections 1" in text and "chatplane_logins_total 1" in text
+    # the storage's own figures are there too (logging in wrote the user's events conversation)
+    commits = [line for line in text.splitlines() if line.startswith("chatplane_storage_commit_ms_count ")]
+    assert commits and float(commits[0].split()[1]) > 0, commits
     await client.close()
 
 

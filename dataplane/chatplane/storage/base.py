@@ -191,6 +191,9 @@ class Storage(Protocol):
 
     async def close(self) -> None: ...
 
+    def metrics_text(self) -> str:
+        """Prometheus text for the backend's own figures ('' when it keeps none)."""
+
     async def ensure_direct(self, a: str, b: str, now_ms: int) -> Conversation:
         """The 1:1 conversation of a and b, created on first use."""
 

@@ -17,12 +17,14 @@ import json
 import queue
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chatplane.metrics import Histogram
 from chatplane.storage import sqlite_social as social
 from chatplane.storage.base import (
     DIRECT,
@@ -290,7 +292,8 @@ class _Writer:
         return self.append(event, sorted(before | after) if recipients is None else recipients)
 
 
-_Job = tuple[Callable[[_Writer], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
+# a write, its future and loop, and when it was queued (time.perf_counter())
+_Job = tuple[Callable[[_Writer], Any], asyncio.Future[Any], asyncio.AbstractEventLoop, float]
 
 
 class _SocialMethods:
@@ -430,6 +433,15 @@ class SqliteStorage(_SocialMethods):
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
+        # filled by the writer thread, read by /metrics on the loop: under a lock,
+        # so a scrape never sees a histogram half updated
+        self._metrics_lock = threading.Lock()
+        self.write_wait_ms = Histogram(
+            "chatplane_storage_write_wait_ms",
+            "a write queued until its group commit began (SQLite writer thread)")
+        self.commit_ms = Histogram(
+            "chatplane_storage_commit_ms",
+            "a group commit: its statements and the fsync'd COMMIT (SQLite writer thread)")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -502,12 +514,13 @@ class SqliteStorage(_SocialMethods):
             self._commit_batch(writer, batch)
 
     def _commit_batch(self, writer: _Writer, batch: list[_Job]) -> None:
+        began = time.perf_counter()
         results: list[tuple[bool, Any]] = []
         try:
             writer.db.execute("BEGIN IMMEDIATE")
             if self.shared:
                 writer.forget()
-            for fn, _, _ in batch:
+            for fn, _, _, _ in batch:
                 writer.db.execute("SAVEPOINT job")
                 try:
                     results.append((True, fn(writer)))
@@ -527,15 +540,24 @@ class SqliteStorage(_SocialMethods):
             writer.discard()
             failure = StorageUnavailable(f"sqlite write failed: {exc}")
             results = [(False, failure)] * len(batch)
-        for (_, future, loop), (ok, value) in zip(batch, results, strict=True):
+        done = time.perf_counter()
+        with self._metrics_lock:
+            for _, _, _, queued in batch:
+                self.write_wait_ms.observe((began - queued) * 1000)
+            self.commit_ms.observe((done - began) * 1000)
+        for (_, future, loop, _), (ok, value) in zip(batch, results, strict=True):
             loop.call_soon_threadsafe(_settle, future, ok, value)
+
+    def metrics_text(self) -> str:
+        with self._metrics_lock:
+            return "\n".join(self.write_wait_ms.render() + self.commit_ms.render()) + "\n"
 
     async def _write(self, fn: Callable[[_Writer], T]) -> T:
         if self._thread is None:
             raise StorageUnavailable("storage is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((fn, future, loop))
+        self._jobs.put((fn, future, loop, time.perf_counter()))
         return await future
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
