@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatplane.bench import report
+from chatplane.bench import beside, report
 from chatplane.bench.latency import LatencyHistogram, bucket_of, bucket_value
 
 
@@ -101,3 +101,16 @@ def test_progress_line_and_snapshot_merge() -> None:
     assert merged["sent"] == 10
     line = report.progress_line(merged)
     assert "sent=10" in line and "p99=2.0" in line
+
+
+def test_storage_means_over_a_run() -> None:
+    before = {"chatplane_storage_commit_ms_sum": 10.0, "chatplane_storage_commit_ms_count": 4.0,
+              "chatplane_storage_write_wait_ms_sum": 3.0, "chatplane_storage_write_wait_ms_count": 6.0}
+    after = {"chatplane_storage_commit_ms_sum": 40.0, "chatplane_storage_commit_ms_count": 14.0,
+             "chatplane_storage_write_wait_ms_sum": 3.0, "chatplane_storage_write_wait_ms_count": 6.0}
+    assert beside.storage_means(before, after) == {
+        "server_storage_write_wait_ms_mean": None,  # no write in the run
+        "server_storage_commit_ms_mean": 3.0,
+    }
+    assert beside.storage_means({}, {}) == {  # a backend without them
+        "server_storage_write_wait_ms_mean": None, "server_storage_commit_ms_mean": None}

@@ -128,6 +128,9 @@ def test_beside_direct_with_a_bound_server(large_server: ServerProcess, tmp_path
     for phase in phases:
         assert direct[phase]["clean"], (phase, direct[phase])
         assert direct[phase]["acked"] > 0 and direct[phase]["p99_ms"] > 0
+        # where a send's time went in the server's SQLite writer, per phase
+        assert direct[phase]["server_storage_commit_ms_mean"] > 0, direct[phase]
+        assert direct[phase]["server_storage_write_wait_ms_mean"] >= 0, direct[phase]
     # the five phases ran one after another, the two beside ones while the group sent
     windows = [direct[phase]["window"] for phase in phases]
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(windows))

@@ -29,6 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+# the server's SQLite writer (on /metrics): how long a write waited for its
+# group commit, and how long the commits took, averaged over each run
+STORAGE_HISTOGRAMS = ("chatplane_storage_write_wait_ms", "chatplane_storage_commit_ms")
 
 @dataclass(frozen=True)
 class DirectPlan:
@@ -42,11 +47,40 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+async def storage_figures(url: str) -> dict[str, float]:
+    """The sums and counts of the server's storage histograms ({} when its
+    /metrics has none: another backend, or not reachable)."""
+    try:
+        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+                    http.get(url.rstrip("/") + "/metrics") as reply):
+            text = await reply.text()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return {}
+    wanted = {f"{name}_{part}" for name in STORAGE_HISTOGRAMS for part in ("sum", "count")}
+    figures = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            figures[name] = float(value)
+    return figures
+
+
+def storage_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    means: dict[str, float | None] = {}
+    for name in STORAGE_HISTOGRAMS:
+        key = "server_" + name.removeprefix("chatplane_") + "_mean"
+        count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+        total = after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0)
+        means[key] = round(total / count, 3) if count > 0 else None
+    return means
+
+
 async def run_direct(url: str, data_dir: str, plan: DirectPlan) -> dict[str, Any]:
     """One `bench direct` run; its published result, trimmed to what compares."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "direct.json"
         load_before = load_average()
+        storage_before = await storage_figures(url)
         began = time.time()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "chatplane.cli", "bench", "direct", "--url", url,
@@ -57,6 +91,7 @@ async def run_direct(url: str, data_dir: str, plan: DirectPlan) -> dict[str, Any
         if not out.exists():
             raise RuntimeError(f"bench direct failed ({proc.returncode}): {err.decode()[-2000:]}")
         pub = json.loads(out.read_text())
+        storage_after = await storage_figures(url)
     latency = pub.get("latency_ms", {})
     return {
         "clean": pub.get("clean"),
@@ -67,6 +102,7 @@ async def run_direct(url: str, data_dir: str, plan: DirectPlan) -> dict[str, Any
         "max_ms": latency.get("max_ms"),
         "server_cpu_us_per_msg": pub.get("server_cpu_us_per_msg"),
         "bench_loop_lag_p99_ms": pub.get("bench_loop_lag_ms", {}).get("p99_ms"),
+        **storage_means(storage_before, storage_after),
         "window": [round(began, 3), round(time.time(), 3)],
         "load_average": [load_before, load_average()],
     }
