@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+from chatplane.bench import scrape
 
 # the server's SQLite writer (on /metrics): how long a write waited for its
 # group commit, and how long the commits took, averaged over each run
 STORAGE_HISTOGRAMS = ("chatplane_storage_write_wait_ms", "chatplane_storage_commit_ms")
+
 
 @dataclass(frozen=True)
 class DirectPlan:
@@ -47,32 +48,9 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-async def storage_figures(url: str) -> dict[str, float]:
-    """The sums and counts of the server's storage histograms ({} when its
-    /metrics has none: another backend, or not reachable)."""
-    try:
-        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
-                    http.get(url.rstrip("/") + "/metrics") as reply):
-            text = await reply.text()
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return {}
-    wanted = {f"{name}_{part}" for name in STORAGE_HISTOGRAMS for part in ("sum", "count")}
-    figures = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in wanted:
-            figures[name] = float(value)
-    return figures
-
-
 def storage_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
-    means: dict[str, float | None] = {}
-    for name in STORAGE_HISTOGRAMS:
-        key = "server_" + name.removeprefix("chatplane_") + "_mean"
-        count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
-        total = after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0)
-        means[key] = round(total / count, 3) if count > 0 else None
-    return means
+    return {"server_" + name.removeprefix("chatplane_") + "_mean": scrape.mean(before, after, name, 3)
+            for name in STORAGE_HISTOGRAMS}
 
 
 async def run_direct(url: str, data_dir: str, plan: DirectPlan) -> dict[str, Any]:
@@ -80,7 +58,7 @@ async def run_direct(url: str, data_dir: str, plan: DirectPlan) -> dict[str, Any
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "direct.json"
         load_before = load_average()
-        storage_before = await storage_figures(url)
+        storage_before = await scrape.read(url)
         began = time.time()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "chatplane.cli", "bench", "direct", "--url", url,
@@ -91,7 +69,7 @@ async def run_direct(url: str, data_dir: str, plan: DirectPlan) -> dict[str, Any
         if not out.exists():
             raise RuntimeError(f"bench direct failed ({proc.returncode}): {err.decode()[-2000:]}")
         pub = json.loads(out.read_text())
-        storage_after = await storage_figures(url)
+        storage_after = await scrape.read(url)
     latency = pub.get("latency_ms", {})
     return {
         "clean": pub.get("clean"),

@@ -33,8 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
-
+from chatplane.bench import scrape
 from chatplane.bench.latency import LatencyHistogram
 from chatplane.checker import DeliveryChecker
 
@@ -92,24 +91,7 @@ async def _no_gate() -> None:
 async def server_cpu(url: str) -> float | None:
     """The CPU seconds of the process serving `url`, from its /metrics
     (`chatplane_process_cpu_seconds_total`); None when not available."""
-    if not url:
-        return None
-    try:
-        timeout = aiohttp.ClientTimeout(total=5)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as http,
-            http.get(url.rstrip("/") + "/metrics") as reply,
-        ):
-            text = await reply.text()
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return None
-    for line in text.splitlines():
-        if line.startswith(CPU_METRIC + " "):
-            try:
-                return float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                return None
-    return None
+    return (await scrape.read(url)).get(CPU_METRIC) if url else None
 
 
 @dataclass

@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner
-from chatplane.bench import beside, crowdgo
+from chatplane.bench import beside, crowdgo, scrape
 from chatplane.client import Client
 
 BATCH = 1000  # the admin API adds at most this many users per call
@@ -97,16 +97,7 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
 
 async def _metrics(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
     async with http.get(url + "/metrics") as r:
-        text = await r.text()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                pass
-    return out
+        return scrape.parse(await r.text())
 
 
 async def _create_group(http: aiohttp.ClientSession, url: str, auth: dict[str, str],
@@ -252,7 +243,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         last = max(o["last_arrival"].get(str(seq), 0.0) for o in outs)
         latencies.append((last - t) * 1000 if last else float("inf"))
     finite = sorted(x for x in latencies if x != float("inf"))
-    cpu = _delta(before, after, "chatplane_process_cpu_seconds_total")
+    cpu = scrape.delta(before, after, "chatplane_process_cpu_seconds_total")
     result: dict[str, Any] = {
         "workload": "W2 group",
         "members": args.members,
@@ -274,13 +265,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_rss_mib": round(after.get("chatplane_process_rss_bytes", 0) / 2**20, 1),
         # the server's own part: from a flush's start to the frame queued for
         # the last member (the rest of last_member_ms is the network and clients)
-        "server_fanout_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_ms"),
-        "server_fanout_held_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_held_ms"),
-        "server_fanout_cpu_ms_mean": _mean_delta(before, after, "chatplane_group_fanout_cpu_ms"),
-        "server_fanouts": _delta(before, after, "chatplane_group_fanout_ms_count"),
+        "server_fanout_ms_mean": scrape.mean(before, after, "chatplane_group_fanout_ms"),
+        "server_fanout_held_ms_mean": scrape.mean(before, after, "chatplane_group_fanout_held_ms"),
+        "server_fanout_cpu_ms_mean": scrape.mean(before, after, "chatplane_group_fanout_cpu_ms"),
+        "server_fanouts": scrape.delta(before, after, "chatplane_group_fanout_ms_count"),
         # sockets the group writer thread wrote, and those the loop took back from it
-        "server_writer_sockets": _delta(before, after, "chatplane_group_writer_sockets_total"),
-        "server_writer_reclaimed": _delta(before, after, "chatplane_group_writer_reclaimed_total"),
+        "server_writer_sockets": scrape.delta(before, after, "chatplane_group_writer_sockets_total"),
+        "server_writer_reclaimed": scrape.delta(before, after, "chatplane_group_writer_reclaimed_total"),
         "load_average": [load_before, load_after],
         "crowd_stats": _crowd_stats(outs),
         "receipts_ms": {
@@ -320,16 +311,6 @@ def _crowd_stats(outs: list[dict[str, Any]]) -> dict[str, Any]:
         if out.get("last_error"):
             stats["last_error"] = out["last_error"]
     return stats
-
-
-def _delta(before: dict[str, float], after: dict[str, float], name: str) -> float:
-    return after.get(name, 0) - before.get(name, 0)
-
-
-def _mean_delta(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
-    count = _delta(before, after, f"{name}_count")
-    total = _delta(before, after, f"{name}_sum")
-    return round(total / count, 1) if count else None
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 from chatplane.auth import TokenSigner
 from chatplane.bench.rawclient import Dispatcher, RawClient
+from chatplane.bench.scrape import parse
 from chatplane.bench.spread import run_loop
 
 
@@ -34,14 +35,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def scrape(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    found = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            if "{" not in name:
-                found[name] = float(value)
-    return found
+        return parse(response.read().decode())
 
 
 async def gateway_urls(dispatch_url: str) -> dict[str, str]:

@@ -219,7 +219,7 @@ class BulkWriter:
         if chunk.reclaim is not None:
             chunk.reclaim.cancel()
         for item, sent in zip(chunk.lent, chunk.results, strict=True):
-            if sent < 0 and failed(sent):
+            if failed(sent):
                 self.sockets_failed += 1
             try:
                 item.owner.give_back(item.data, sent)
