@@ -16,10 +16,11 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from chatplane import interpreter
+from chatplane import interpreter, supervision
 from chatplane import settings as settings_mod
 from chatplane.settings import SettingsError
 from chatplane.storage.base import StorageError
+from chatplane.storage.files import private_files
 
 
 def _up_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -57,9 +58,12 @@ async def _run_up(settings: settings_mod.Settings) -> int:
     tcp += f" grpc={node.grpc_address}" if node.grpc_address else ""
     print(f"chatplane ready at {node.base_url} (ws {node.ws_url}{tcp}; "
           f"storage {settings.storage.backend} in {settings.storage.data_dir})", flush=True)
-    await stop.wait()
+    fatal = await supervision.serve_until(stop, node.supervisor)
     print("chatplane stopping", flush=True)
     await node.stop()
+    if fatal:  # a task it could not keep running: exit non-zero, one line
+        print(f"chatplane: {fatal}", file=sys.stderr, flush=True)
+        return 1
     print("chatplane stopped", flush=True)
     return 0
 
@@ -71,6 +75,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"chatplane: bad configuration: {exc}", file=sys.stderr)
         return 2
     interpreter.prepare()
+    private_files(settings.storage.data_dir)
     return asyncio.run(_run_up(settings))
 
 

@@ -44,6 +44,7 @@ from chatplane.settings import Settings
 from chatplane.state.service import StateService
 from chatplane.storage.base import Storage
 from chatplane.storage.factory import make_storage
+from chatplane.supervision import Supervisor
 
 log = logging.getLogger("chatplane.node")
 
@@ -72,6 +73,7 @@ class MirroredState:
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.supervisor = Supervisor(settings.supervision)
         data_dir = Path(settings.storage.data_dir)
         server = settings.server
         self.signer = (
@@ -120,7 +122,8 @@ class Node:
         app.add_routes([
             web.get("/ws", websocket_handler),
             web.get("/v1/dispatch", make_handler(directory)),
-            *serving.probe_routes(lambda: self.ready and not self.gateway.draining,
+            *serving.probe_routes(lambda: (self.ready and not self.gateway.draining
+                                           and self.supervisor.ready()),
                                   self._metrics_text,
                                   self._probe_details),
             web.post("/admin/drain", self._drain),
@@ -138,7 +141,7 @@ class Node:
 
     def _probe_details(self) -> dict[str, object]:
         details: dict[str, object] = {"draining": self.gateway.draining,
-                                      **self.prober.summary()}
+                                      **self.prober.summary(), **self.supervisor.details()}
         if self.publisher is not None:
             details["registry"] = "ok" if self.publisher.healthy else "unreachable"
         return details
@@ -159,8 +162,9 @@ class Node:
         instances = registry.Instances(self.redis, self.settings.links.registry_ttl_s)
         self.publisher = await serving.Publisher(instances, GATEWAY_KIND, self.server_id,
                                                  self._registry_fields,
-                                                 on_lost=self.mirror.refresh).begin()
-        self.mirror.start()
+                                                 on_lost=self.mirror.refresh
+                                                 ).begin(self.supervisor)
+        self.mirror.start(self.supervisor)
 
     async def _start_region_link(self) -> None:
         """Serve `Region.Hello` on the gRPC port, then probe every peer."""
@@ -168,11 +172,12 @@ class Node:
             self.settings.server.host, self.settings.links.grpc_port,
             lambda server: region_links.add_to_server(self.prober, server))
         self.grpc_address = f"{serving.advertised_host(self.settings)}:{port}"
-        self.prober.start()
+        self.prober.start(self.supervisor)
 
     def _metrics_text(self) -> str:
         return (self.gateway.metrics.render() + self.storage.metrics_text()
-                + self.state.groups.render_metrics() + self.prober.metrics())
+                + self.state.groups.render_metrics() + self.prober.metrics()
+                + self.supervisor.metrics_text())
 
     async def _drain(self, request: web.Request) -> web.Response:
         asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain)
@@ -189,6 +194,7 @@ class Node:
     async def start(self) -> None:
         server = self.settings.server
         await self.storage.open()
+        self.supervisor.check("storage", self.storage.health)
         self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, server.host, server.http_port)
@@ -204,7 +210,7 @@ class Node:
             self.tcp_address = f"{tcp_host}:{tcp_port}"
         if self.prober.links:
             await self._start_region_link()
-        self.gateway.start()
+        self.gateway.start(self.supervisor)
         await self._start_registry()
         self.ready = True
 
@@ -228,4 +234,5 @@ class Node:
             await self.redis.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.supervisor.stop()
         await self.storage.close()

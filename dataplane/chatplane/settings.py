@@ -107,6 +107,16 @@ class Links:
 
 
 @dataclass(frozen=True)
+class Supervision:
+    """Long-lived tasks and the storage writer (chatplane.supervision)."""
+
+    wedge_s: float = 10.0  # a storage write queued longer than this: not ready
+    max_restarts: int = 5  # a task failing more often than this within restart_window_s
+    restart_window_s: float = 60.0  # ... makes the process exit non-zero
+    restart_backoff_s: float = 0.5  # first delay before a restart; doubles, up to 10 s
+
+
+@dataclass(frozen=True)
 class Settings:
     server: Server = field(default_factory=Server)
     storage: Storage = field(default_factory=Storage)
@@ -115,6 +125,7 @@ class Settings:
     drain: Drain = field(default_factory=Drain)
     social: Social = field(default_factory=Social)
     links: Links = field(default_factory=Links)
+    supervision: Supervision = field(default_factory=Supervision)
 
 
 # Environment names that differ from CHATPLANE_<FIELD>.
@@ -195,5 +206,10 @@ def validate(s: Settings) -> None:
     redis_scheme = s.storage.redis_url.partition("://")[0]
     if s.storage.redis_url and redis_scheme not in ("redis", "rediss", "unix"):
         problems.append(f"redis_url must be redis://, rediss:// or unix://, not {s.storage.redis_url!r}")
+    sup = s.supervision
+    if not (sup.wedge_s > 0 and sup.max_restarts >= 1 and sup.restart_window_s > 0
+            and sup.restart_backoff_s > 0):
+        problems.append("supervision: wedge_s, restart_window_s and restart_backoff_s must be"
+                        " positive, max_restarts at least 1")
     if problems:
         raise SettingsError("; ".join(problems))

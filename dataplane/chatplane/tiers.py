@@ -21,10 +21,13 @@ from chatplane import interpreter, tracing
 from chatplane import settings as settings_mod
 from chatplane.settings import SettingsError
 from chatplane.storage.base import StorageError
+from chatplane.storage.files import private_files
+from chatplane.supervision import Supervisor
 
 
 class TierApp(Protocol):
     kind: str
+    supervisor: Supervisor
 
     async def start(self) -> None: ...
 
@@ -63,7 +66,7 @@ async def _serve(kind: str, settings: settings_mod.Settings) -> int:
     else:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
     print(app.ready_line(), flush=True)
-    waits = [asyncio.create_task(stop.wait())]
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(app.supervisor.fatal())]
     if finished is not None:
         waits.append(asyncio.create_task(finished.wait()))
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -71,6 +74,9 @@ async def _serve(kind: str, settings: settings_mod.Settings) -> int:
         task.cancel()
     print(f"chatplane {kind} stopping", flush=True)
     await app.stop()
+    if app.supervisor.fatal_line:  # a task it could not keep running
+        print(f"chatplane {kind}: {app.supervisor.fatal_line}", file=sys.stderr, flush=True)
+        return 1
     print(f"chatplane {kind} stopped", flush=True)
     return 0
 
@@ -99,6 +105,7 @@ def cmd_tier(args: argparse.Namespace) -> int:
     tracing.configure_logging(args.tier, args.log_level)
     tracing.setup(args.tier, settings.links.otlp_endpoint)
     interpreter.prepare()
+    private_files(settings.storage.data_dir)
     return asyncio.run(_serve(args.tier, settings))
 
 

@@ -33,6 +33,7 @@ from chatplane.rpc import serving
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.links import StateLinks
+from chatplane.supervision import Supervisor
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
 
@@ -94,6 +95,7 @@ class GatewayApp:
         self._tcp: asyncio.AbstractServer | None = None
         self._refresher: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()  # set when a drain has emptied the gateway
+        self.supervisor = Supervisor(settings.supervision)
 
     def _fields(self) -> dict[str, str | int | float]:
         return registry_fields(self.gateway, self.cpu, ws=self.ws_url, tcp=self.tcp_address,
@@ -101,7 +103,7 @@ class GatewayApp:
 
     def _ready(self) -> bool:
         return (self.publisher is not None and self.publisher.healthy
-                and not self.gateway.draining)
+                and not self.gateway.draining and self.supervisor.ready())
 
     def _metrics(self) -> str:
         g = self.gateway
@@ -120,7 +122,7 @@ class GatewayApp:
         lines = [g.metrics.render().rstrip("\n")]
         for name, kind, help_text, value in extra:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.supervisor.metrics_text()
 
     async def _lost_routes(self) -> None:
         """Redis lost its keys (or was unreachable): put our routes back, then
@@ -183,12 +185,12 @@ class GatewayApp:
                 lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port)
             tcp_host, tcp_port = self._tcp.sockets[0].getsockname()[:2]
             self.tcp_address = f"{tcp_host}:{tcp_port}"
-        self.gateway.start()
-        self.heads.start()
+        self.gateway.start(self.supervisor)
+        self.heads.start(self.supervisor)
         self.publisher = serving.Publisher(self.instances, self.kind, self.instance_id,
                                            self._fields, on_lost=self._lost_routes)
-        await self.publisher.begin()
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_routes())
+        await self.publisher.begin(self.supervisor)
+        self._refresher = self.supervisor.spawn("gateway-route-refresh", self._refresh_routes)
 
     def ready_line(self) -> str:
         tcp = f" tcp={self.tcp_address}" if self.tcp_address else ""
@@ -212,4 +214,5 @@ class GatewayApp:
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
         await self.peers.close()
+        await self.supervisor.stop()
         await self.redis.aclose()

@@ -31,6 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from chatplane.supervision import Supervisor
 from chatplane.v1 import frames_pb2 as pb
 
 if TYPE_CHECKING:
@@ -59,8 +60,8 @@ class HeadChecker:
         self._wake = asyncio.Event()
         self._quick = 0  # quick rounds still to run
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+    def start(self, supervisor: Supervisor) -> None:
+        self._task = supervisor.spawn("gateway-head-check", self._run)
 
     async def stop(self) -> None:
         if self._task is not None:

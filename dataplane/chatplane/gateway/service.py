@@ -27,6 +27,7 @@ from chatplane.protocol.session import SessionLimits
 from chatplane.settings import Settings
 from chatplane.slicing import TimeSlice
 from chatplane.storage.base import InboxItem
+from chatplane.supervision import Supervisor
 from chatplane.v1 import frames_pb2 as pb
 
 
@@ -111,8 +112,8 @@ class Gateway:
         self._sweeper: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+    def start(self, supervisor: Supervisor) -> None:
+        self._sweeper = supervisor.spawn("gateway-deadline-sweep", self._sweep)
 
     async def stop(self) -> None:
         for task in (self._sweeper, self._drain_task):

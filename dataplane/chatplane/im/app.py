@@ -33,6 +33,7 @@ from chatplane.settings import Settings
 from chatplane.state.links import DeliveryOutbox, StateLinks
 from chatplane.storage.base import SendRequest, events_conversation_id, valid_id
 from chatplane.storage.factory import make_storage
+from chatplane.supervision import Supervisor
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
@@ -131,9 +132,13 @@ class ImApp:
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self.publisher: serving.Publisher | None = None
+        self.supervisor = Supervisor(settings.supervision)
 
     def _ready(self) -> bool:
-        return self.publisher is not None and self.publisher.healthy
+        return self.publisher is not None and self.publisher.healthy and self.supervisor.ready()
+
+    def _details(self) -> dict[str, object]:
+        return {**self.prober.summary(), **self.supervisor.details()}
 
     def _metrics(self) -> str:
         lines = []
@@ -164,7 +169,8 @@ class ImApp:
         ):
             kind = "gauge" if name.endswith("depth") else "counter"
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(lines) + "\n" + self.storage.metrics_text() + self.prober.metrics()
+        return ("\n".join(lines) + "\n" + self.storage.metrics_text() + self.prober.metrics()
+                + self.supervisor.metrics_text())
 
     def _services(self, grpc_server: grpc.aio.Server) -> None:
         """The client-request API for the gateways and the cross-region link for peers."""
@@ -175,12 +181,13 @@ class ImApp:
         server, links = self.settings.server, self.settings.links
         host = serving.advertised_host(self.settings)
         await self.storage.open()
-        self.outbox.start()
+        self.supervisor.check("storage", self.storage.health)
+        self.outbox.start(self.supervisor)
         self._grpc, port = await serving.start_grpc(server.host, links.grpc_port, self._services)
         self.grpc_address = f"{host}:{port}"
-        self.prober.start()
+        self.prober.start(self.supervisor)
         app = web.Application(client_max_size=1024 * 1024)
-        app.add_routes(serving.probe_routes(self._ready, self._metrics, self.prober.summary))
+        app.add_routes(serving.probe_routes(self._ready, self._metrics, self._details))
         app.add_routes(self.prober.routes())
         app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im).routes())
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
@@ -188,7 +195,7 @@ class ImApp:
         self.publisher = serving.Publisher(
             self.instances, self.kind, self.instance_id,
             lambda: {"grpc": self.grpc_address, "http": self.base_url})
-        await self.publisher.begin()
+        await self.publisher.begin(self.supervisor)
 
     def ready_line(self) -> str:
         return f"chatplane im ready id={self.instance_id} grpc={self.grpc_address} http={self.base_url}"
@@ -203,5 +210,6 @@ class ImApp:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.peers.close()
+        await self.supervisor.stop()
         await self.storage.close()
         await self.redis.aclose()

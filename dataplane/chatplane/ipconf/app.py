@@ -20,6 +20,7 @@ from chatplane.ipconf.dispatch import GatewayInfo, make_handler
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
 from chatplane.settings import Settings
+from chatplane.supervision import Supervisor
 
 STALE_AFTER_S = 60.0
 
@@ -67,6 +68,7 @@ class IpconfApp:
         self.directory = RedisDirectory(self.cache)
         self.base_url = ""
         self._runner: web.AppRunner | None = None
+        self.supervisor = Supervisor(settings.supervision)  # nothing long-lived here yet
 
     def _ready(self) -> bool:
         return self.cache.known > 0 or self.cache.failures == 0

@@ -10,6 +10,7 @@ reached never makes this region unready: regions serve on their own (active-acti
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -24,6 +25,7 @@ from chatplane.regions import hello, peerlist
 from chatplane.regions.peerlist import Peer
 from chatplane.rpc.peers import Peers
 from chatplane.settings import Settings
+from chatplane.supervision import Supervisor
 from chatplane.v1 import regions_pb2 as rpb
 from chatplane.v1 import regions_pb2_grpc as rgrpc
 
@@ -154,9 +156,9 @@ class PeerProber:
             pause = self.interval_s * random.uniform(0.9, 1.1) - (time.monotonic() - started)
             await asyncio.sleep(max(0.0, pause))
 
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run(link)) for link in self.links.values()]
+    def start(self, supervisor: Supervisor) -> None:
+        self._tasks = [supervisor.spawn(f"peer-probe:{name}", functools.partial(self._run, link))
+                       for name, link in self.links.items()]
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -22,6 +22,7 @@ from typing import Protocol
 from redis.exceptions import RedisError
 
 from chatplane.registry.routes import ROUTE_REFRESH_S, RouteEntry, Routes
+from chatplane.supervision import Supervisor
 
 log = logging.getLogger("chatplane.registry")
 
@@ -96,8 +97,8 @@ class RouteMirror:
         for start in range(0, len(entries), 1000):
             await self.routes.register(entries[start:start + 1000])
 
-    def start(self) -> None:
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+    def start(self, supervisor: Supervisor) -> None:
+        self._refresher = supervisor.spawn("route-mirror-refresh", self._refresh_forever)
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from chatplane.registry.instances import Instances
 from chatplane.settings import Settings
+from chatplane.supervision import Supervisor
 
 log = logging.getLogger("chatplane.rpc")
 
@@ -130,13 +131,13 @@ class Publisher:
                 log.warning("republish after registry loss failed: %s", exc)
                 self.healthy = False
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+    def start(self, supervisor: Supervisor) -> None:
+        self._task = supervisor.spawn("registry-heartbeat", self._run)
 
-    async def begin(self) -> Publisher:
+    async def begin(self, supervisor: Supervisor) -> Publisher:
         """Publish at once, then keep publishing; returns self."""
         await self.publish_now()
-        self.start()
+        self.start(supervisor)
         return self
 
     def poke(self) -> None:

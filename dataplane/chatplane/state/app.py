@@ -18,6 +18,7 @@ from chatplane.rpc import serving
 from chatplane.rpc.peers import Peers
 from chatplane.settings import Settings
 from chatplane.state.server import StateServicer
+from chatplane.supervision import Supervisor
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
 
@@ -43,9 +44,13 @@ class StateApp:
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self.publisher: serving.Publisher | None = None
+        self.supervisor = Supervisor(settings.supervision)
 
     def _ready(self) -> bool:
-        return self.publisher is not None and self.publisher.healthy
+        return self.publisher is not None and self.publisher.healthy and self.supervisor.ready()
+
+    def _metrics(self) -> str:
+        return self.servicer.render_metrics() + self.supervisor.metrics_text()
 
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links
@@ -55,13 +60,13 @@ class StateApp:
             lambda s: sgrpc.add_StateServicer_to_server(self.servicer, s))
         self.grpc_address = f"{host}:{port}"
         app = web.Application()
-        app.add_routes(serving.probe_routes(self._ready, self.servicer.render_metrics))
+        app.add_routes(serving.probe_routes(self._ready, self._metrics, self.supervisor.details))
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
         self.base_url = f"http://{host}:{http_port}"
         self.publisher = serving.Publisher(
             self.instances, self.kind, self.instance_id,
             lambda: {"grpc": self.grpc_address, "http": self.base_url})
-        await self.publisher.begin()
+        await self.publisher.begin(self.supervisor)
 
     def ready_line(self) -> str:
         return f"chatplane state ready id={self.instance_id} grpc={self.grpc_address} http={self.base_url}"
@@ -73,5 +78,6 @@ class StateApp:
             await self._grpc.stop(grace=1.0)
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.supervisor.stop()
         await self.peers.close()
         await self.redis.aclose()

@@ -38,6 +38,7 @@ from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.rpc import convert
 from chatplane.rpc.peers import Peers, first_answer
 from chatplane.storage.base import InboxItem, StoredMessage
+from chatplane.supervision import Supervisor
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
@@ -147,9 +148,9 @@ class DeliveryOutbox:
         self._wake.set()
         return len(self._queue) - before
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        self.groups.start()
+    def start(self, supervisor: Supervisor) -> None:
+        self._task = supervisor.spawn("im-delivery-outbox", self._run)
+        self.groups.start(supervisor)
 
     async def stop(self, flush_s: float = 2.0) -> None:
         """Give what is queued `flush_s` to leave, then stop."""
@@ -222,8 +223,8 @@ class GroupOutbox:
         pending.messages.append(message)
         self._wake.set()
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+    def start(self, supervisor: Supervisor) -> None:
+        self._task = supervisor.spawn("im-group-outbox", self._run)
 
     async def stop(self, flush_s: float) -> None:
         loop = asyncio.get_running_loop()

@@ -194,6 +194,10 @@ class Storage(Protocol):
     def metrics_text(self) -> str:
         """Prometheus text for the backend's own figures ('' when it keeps none)."""
 
+    def health(self) -> list[str]:
+        """What keeps the store from serving now, one line each ([] when fine):
+        /readyz lists them (chatplane.supervision)."""
+
     async def ensure_direct(self, a: str, b: str, now_ms: int) -> Conversation:
         """The 1:1 conversation of a and b, created on first use."""
 

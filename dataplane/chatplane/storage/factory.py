@@ -15,7 +15,8 @@ def make_storage(settings: Settings) -> Storage:
 
         return SqliteStorage(Path(config.data_dir) / "chatplane.db",
                              synchronous=config.sqlite_synchronous,
-                             shared=bool(config.sqlite_shared))
+                             shared=bool(config.sqlite_shared),
+                             wedge_s=settings.supervision.wedge_s)
     if config.backend == "scylla":
         try:
             from chatplane.storage import scylla

@@ -108,6 +108,9 @@ class ScyllaStorage(social.SocialMethods):
     def metrics_text(self) -> str:
         return ""  # the CQL server reports its own latencies
 
+    def health(self) -> list[str]:
+        return []  # a failing CQL call fails its request; the driver reconnects by itself
+
     def _parts(self) -> tuple[cql.CqlSession, Statements, Heads]:
         if self._db is None or self._st is None or self._heads is None:
             raise StorageUnavailable("storage is not open")

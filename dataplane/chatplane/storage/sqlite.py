@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -48,6 +49,7 @@ from chatplane.storage.base import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("chatplane.storage.sqlite")
 
 SCHEMA_VERSION = 2
 MAX_BATCH = 512
@@ -420,7 +422,8 @@ class SqliteStorage(_SocialMethods):
     name = "sqlite"
     store_id = ""  # set by open()
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", shared: bool = False) -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", shared: bool = False,
+                 wedge_s: float = 10.0) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise StorageError(f"sqlite synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
@@ -442,6 +445,10 @@ class SqliteStorage(_SocialMethods):
         self.commit_ms = Histogram(
             "chatplane_storage_commit_ms",
             "a group commit: its statements and the fsync'd COMMIT (SQLite writer thread)")
+        self.writer_errors = 0  # transactions or jobs that failed with an exception
+        self.oldest_in_batch = 0.0  # perf_counter() its oldest job was queued; 0: idle
+        self.corruption = ""  # the first "malformed" error seen (health())
+        self.wedge_s = wedge_s
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -454,6 +461,7 @@ class SqliteStorage(_SocialMethods):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             writer_db = self._connect()
+            check_integrity(writer_db, self.path)
             writer_db.executescript(SCHEMA)
             writer_db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                               (str(SCHEMA_VERSION),))
@@ -475,6 +483,8 @@ class SqliteStorage(_SocialMethods):
             writer_db.execute("COMMIT")
             self._reader = self._connect()
         except (sqlite3.Error, OSError) as exc:
+            if _corrupt(exc):
+                raise StorageError(damaged(self.path, str(exc))) from exc
             raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
         self._thread = threading.Thread(
             target=self._run_writer, args=(writer_db,), name="sqlite-writer", daemon=True
@@ -511,35 +521,35 @@ class SqliteStorage(_SocialMethods):
                     self._jobs.put(None)  # stop after this batch
                     break
                 batch.append(job)
-            self._commit_batch(writer, batch)
+            self.oldest_in_batch = first[3]  # what the wedge check (health) times
+            try:
+                self._commit_batch(writer, batch)
+            except Exception as exc:
+                log.exception("sqlite writer: batch of %d failed", len(batch))
+                self.writer_errors += 1
+                _rollback(writer)
+                failure = StorageUnavailable(f"sqlite write failed: {type(exc).__name__}: {exc}")
+                for _, future, loop, _ in batch:
+                    loop.call_soon_threadsafe(_settle, future, False, failure)
+            self.oldest_in_batch = 0.0
 
     def _commit_batch(self, writer: _Writer, batch: list[_Job]) -> None:
+        """One transaction for the batch, a savepoint per job: a job that
+        raises (anything: a StorageError, an int SQLite cannot hold, a bug)
+        fails alone. When the transaction itself fails, each job of a batch of
+        several is run again in its own transaction, so one bad job cannot
+        fail the good ones; only a fault of the store itself (busy, I/O,
+        disk full, corrupt: sqlite3.OperationalError, DatabaseError) fails all."""
         began = time.perf_counter()
-        results: list[tuple[bool, Any]] = []
         try:
-            writer.db.execute("BEGIN IMMEDIATE")
-            if self.shared:
-                writer.forget()
-            for fn, _, _, _ in batch:
-                writer.db.execute("SAVEPOINT job")
-                try:
-                    results.append((True, fn(writer)))
-                    writer.db.execute("RELEASE job")
-                except StorageError as exc:  # this job's own failure: the rest go on
-                    writer.db.execute("ROLLBACK TO job")
-                    writer.db.execute("RELEASE job")
-                    writer.forget()
-                    results.append((False, exc))
-            writer.flush_heads()
-            writer.db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            try:
-                writer.db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            writer.discard()
-            failure = StorageUnavailable(f"sqlite write failed: {exc}")
-            results = [(False, failure)] * len(batch)
+            results = self._transaction(writer, batch)
+        except Exception as exc:
+            _rollback(writer)
+            self._note(exc)
+            if len(batch) > 1 and not _store_fault(exc):
+                results = [self._alone(writer, job) for job in batch]
+            else:
+                results = [(False, _failure(exc))] * len(batch)
         done = time.perf_counter()
         with self._metrics_lock:
             for _, _, _, queued in batch:
@@ -548,9 +558,70 @@ class SqliteStorage(_SocialMethods):
         for (_, future, loop, _), (ok, value) in zip(batch, results, strict=True):
             loop.call_soon_threadsafe(_settle, future, ok, value)
 
+    def _transaction(self, writer: _Writer, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
+        writer.db.execute("BEGIN IMMEDIATE")
+        if self.shared:
+            writer.forget()
+        for fn, _, _, _ in batch:
+            writer.db.execute("SAVEPOINT job")
+            try:
+                results.append((True, fn(writer)))
+                writer.db.execute("RELEASE job")
+            except Exception as exc:
+                if _store_fault(exc):
+                    raise  # the store's own (I/O, full, busy, corrupt): the whole batch
+                writer.db.execute("ROLLBACK TO job")
+                writer.db.execute("RELEASE job")
+                writer.forget()  # heads it cached may be the rolled-back ones
+                if not isinstance(exc, StorageError):
+                    self.writer_errors += 1
+                    log.warning("sqlite writer: a write failed alone: %s: %s",
+                                type(exc).__name__, exc)
+                results.append((False, _failure(exc)))
+        writer.flush_heads()
+        writer.db.execute("COMMIT")
+        return results
+
+    def _alone(self, writer: _Writer, job: _Job) -> tuple[bool, Any]:
+        try:
+            return self._transaction(writer, [job])[0]
+        except Exception as exc:
+            _rollback(writer)
+            self._note(exc)
+            return False, _failure(exc)
+
+    def _note(self, exc: Exception) -> None:
+        """Count a failed transaction; remember a damaged store (health())."""
+        self.writer_errors += 1
+        if _corrupt(exc):
+            self.corruption = str(exc)
+        log.warning("sqlite writer: transaction failed: %s: %s", type(exc).__name__, exc)
+
+    def health(self) -> list[str]:
+        """What keeps this store from serving, for /readyz ([] when fine):
+        a writer thread that stopped, a batch older than `wedge_s`, or a
+        damaged file (SQLITE_CORRUPT / SQLITE_NOTADB seen by any statement)."""
+        problems = []
+        if self._thread is not None and not self._thread.is_alive():
+            problems.append("storage writer stopped")
+        oldest = self.oldest_in_batch
+        if oldest:
+            age = time.perf_counter() - oldest
+            if age > self.wedge_s:
+                problems.append(f"storage writer wedged: oldest job {age:.1f} s")
+        if self.corruption:
+            problems.append(f"storage corrupt: {self.corruption}")
+        return problems
+
     def metrics_text(self) -> str:
+        errors = "chatplane_storage_writer_errors_total"
         with self._metrics_lock:
-            return "\n".join(self.write_wait_ms.render() + self.commit_ms.render()) + "\n"
+            lines = self.write_wait_ms.render() + self.commit_ms.render()
+        lines += [f"# HELP {errors} SQLite writer jobs or transactions that failed with an"
+                  " exception (the writer went on)", f"# TYPE {errors} counter",
+                  f"{errors} {self.writer_errors}"]
+        return "\n".join(lines) + "\n"
 
     async def _write(self, fn: Callable[[_Writer], T]) -> T:
         if self._thread is None:
@@ -567,7 +638,11 @@ class SqliteStorage(_SocialMethods):
         try:
             return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn, reader)
         except sqlite3.Error as exc:
+            if _corrupt(exc):
+                self.corruption = str(exc)
             raise StorageUnavailable(f"sqlite read failed: {exc}") from exc
+        except (OverflowError, ValueError) as exc:  # a value SQLite cannot hold
+            raise StorageError(f"sqlite read refused: {type(exc).__name__}: {exc}") from exc
 
     # -- the Storage interface ---------------------------------------------
 
@@ -681,6 +756,52 @@ class SqliteStorage(_SocialMethods):
             return {"user_id": row[0], "display_name": row[1], "created_at_ms": str(row[2])}
 
         return await self._read(read)
+
+
+def damaged(path: Path, finding: str) -> str:
+    return (f"SQLite database {path} is damaged ({finding}): refusing to serve it;"
+            " restore a backup (chatplane storage restore, docs/operations.md)")
+
+
+def check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    """PRAGMA quick_check (every page and index entry is well formed, not that
+    indexes match their tables): a damaged store is refused at start rather
+    than served as UNAVAILABLE to every request."""
+    rows = db.execute("PRAGMA quick_check").fetchall()
+    if [tuple(r) for r in rows] != [("ok",)]:
+        raise StorageError(damaged(path, f"quick_check: {rows[0][0]}"
+                                         + (f" and {len(rows) - 1} more" if len(rows) > 1 else "")))
+
+
+def _rollback(writer: _Writer) -> None:
+    """End whatever transaction a failure left open; its cached heads go too."""
+    try:
+        if writer.db.in_transaction:
+            writer.db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+    writer.discard()
+
+
+def _corrupt(exc: BaseException) -> bool:
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in str(exc)
+
+
+def _store_fault(exc: BaseException) -> bool:
+    """A failure of the store itself, which running the jobs one by one cannot cure."""
+    return isinstance(exc, sqlite3.OperationalError) or _corrupt(exc)
+
+
+def _failure(exc: BaseException) -> StorageError:
+    """What the caller of a failed write gets: its own StorageError as is; a
+    store fault as StorageUnavailable (retriable); anything else (a value
+    SQLite cannot hold, a bug) as a StorageError naming it."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, sqlite3.Error) and _store_fault(exc):
+        return StorageUnavailable(f"sqlite write failed: {exc}")
+    return StorageError(f"write refused: {type(exc).__name__}: {exc}")
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
