@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--cql-replication",
                          help='"3", "dc1=3,dc2=3" or a JSON map (CHATPLANE_CQL_REPLICATION)')
     migrate.set_defaults(func=cmd_storage_migrate)
+    from chatplane.storage import backup as storage_backup
+    storage_backup.register(storage_sub)
 
     for module in ("chatplane.client.chat", "chatplane.bench", "chatplane.tiers"):
         try:
