@@ -38,7 +38,9 @@ from pathlib import Path
 
 from chatplane import settings as settings_mod
 from chatplane.auth import ADMIN_SECRET_FILE, TOKEN_KEY_FILE
+from chatplane.storage.base import StorageError
 from chatplane.storage.files import DIR_MODE, FILE_MODE, private_files
+from chatplane.storage.sqlite import check_integrity
 
 DB_FILE = "chatplane.db"
 KEY_FILES = (TOKEN_KEY_FILE, ADMIN_SECRET_FILE)
@@ -71,9 +73,10 @@ def _private_copy(source: Path, target: Path) -> None:
 
 
 def _quick_check(db: sqlite3.Connection, what: Path) -> None:
-    rows = db.execute("PRAGMA quick_check").fetchall()
-    if [tuple(r) for r in rows] != [("ok",)]:
-        raise BackupError(f"{what} is damaged (quick_check: {rows[0][0]})")
+    try:
+        check_integrity(db, what)
+    except StorageError as exc:
+        raise BackupError(str(exc)) from exc
 
 
 def _copy_database(source: Path, target: Path) -> dict[str, object]:

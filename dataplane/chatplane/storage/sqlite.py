@@ -769,8 +769,10 @@ def check_integrity(db: sqlite3.Connection, path: Path) -> None:
     than served as UNAVAILABLE to every request."""
     rows = db.execute("PRAGMA quick_check").fetchall()
     if [tuple(r) for r in rows] != [("ok",)]:
-        raise StorageError(damaged(path, f"quick_check: {rows[0][0]}"
-                                         + (f" and {len(rows) - 1} more" if len(rows) > 1 else "")))
+        findings = [line for row in rows for line in str(row[0]).splitlines()
+                    if line and not line.startswith("***")] or ["not ok"]
+        more = f" and {len(findings) - 1} more findings" if len(findings) > 1 else ""
+        raise StorageError(damaged(path, f"quick_check: {findings[0]}{more}"))
 
 
 def _rollback(writer: _Writer) -> None:
