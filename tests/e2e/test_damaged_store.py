@@ -33,8 +33,17 @@ async def fill(server: ServerProcess, signer: TokenSigner, count: int) -> None:
     await alice.close()
 
 
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
+def modes(data_dir: Path) -> dict[str, int]:
+    """name -> permission bits of the dir (".") and of each file in it."""
+    return {".": stat.S_IMODE(data_dir.stat().st_mode),
+            **{p.name: stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir()}}
+
+
+def loosen(data_dir: Path) -> None:
+    """The modes an older chatplane left: 0755 and 0644."""
+    data_dir.chmod(0o755)
+    for path in data_dir.iterdir():
+        path.chmod(0o644)
 
 
 def corrupt_messages_root(db_path: Path) -> None:
@@ -70,19 +79,15 @@ async def test_a_damaged_page_stops_the_start_with_one_line(data_dir: Path,
 
 
 async def test_data_files_and_keys_are_private(data_dir: Path, signer: TokenSigner) -> None:
-    # as an older chatplane left them
-    data_dir.chmod(0o755)
-    for key in data_dir.iterdir():
-        key.chmod(0o644)
+    loosen(data_dir)
     server = ServerProcess(data_dir, tcp=False)
     server.start()
     try:
         await fill(server, signer, 5)
-        assert mode(data_dir) == 0o700
-        names = {p.name for p in data_dir.iterdir()}
+        found = modes(data_dir)
+        assert found.pop(".") == 0o700
         assert {"chatplane.db", "chatplane.db-wal", "chatplane.db-shm", "token.key",
-                "admin.secret"} <= names
-        for path in data_dir.iterdir():
-            assert mode(path) == 0o600, path.name
+                "admin.secret"} <= set(found)
+        assert set(found.values()) == {0o600}, found
     finally:
         server.stop()

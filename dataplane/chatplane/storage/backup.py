@@ -139,6 +139,7 @@ def restore(source: Path, data_dir: Path, *, force: bool = False) -> dict[str, o
         raise BackupError(f"{backup_db} is not a usable database: {exc}") from exc
     finally:
         check.close()
+    data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     private_files(data_dir)
     target = data_dir / DB_FILE
     # a -wal left beside the old file would be replayed into the restored one

@@ -10,34 +10,39 @@ an older chatplane left there readable by others (0644) tightened to 0600.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
+
+log = logging.getLogger("chatplane.storage.files")
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
 def private_files(data_dir: str | Path) -> None:
-    """Umask 077 for this process; the data dir 0700 and its files 0600."""
+    """Umask 077 for this process; an existing data dir 0700 and its files 0600
+    (a missing one is created later, by whoever needs it, under the umask)."""
     os.umask(0o077)
     path = Path(data_dir)
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    tighten(path)
+    if path.is_dir():
+        tighten(path)
 
 
 def tighten(path: Path) -> None:
     """`path` 0700 and the regular files directly in it 0600, where this user
-    owns them (a dir shared with others' files is left to its owner)."""
+    owns them (others' files are left to their owner). A mode that cannot be
+    changed (a read-only volume) is logged, not fatal."""
     uid = os.getuid()
-    info = path.stat()
-    if info.st_uid == uid and stat.S_IMODE(info.st_mode) & 0o077:
-        path.chmod(DIR_MODE)
-    for child in path.iterdir():
+    for item in (path, *path.iterdir()):
         try:
-            child_info = child.lstat()
+            info = item.lstat()
+            wanted = DIR_MODE if item == path else FILE_MODE
+            if (info.st_uid == uid and stat.S_IMODE(info.st_mode) & 0o077
+                    and (item == path or stat.S_ISREG(info.st_mode))):
+                item.chmod(wanted)
         except FileNotFoundError:  # a -shm/-wal removed meanwhile
             continue
-        if (stat.S_ISREG(child_info.st_mode) and child_info.st_uid == uid
-                and stat.S_IMODE(child_info.st_mode) & 0o077):
-            child.chmod(FILE_MODE)
+        except OSError as exc:
+            log.warning("cannot make %s private: %s", item, exc)
