@@ -105,6 +105,7 @@ class Node:
         self.gateway = Gateway(settings, self.im, routes, self.signer, self.server_id)
         # its metrics and its stop; up's fan-out is the state service's
         self.gateway.group_writer = self.group_writer
+        self.state.groups.supervisor = self.supervisor
         self.prober = region_links.prober_for(settings, self.server_id, self.signer.peer_proof)
         self.grpc_address = ""
         self._grpc: grpc.aio.Server | None = None

@@ -45,6 +45,7 @@ class StateApp:
         self._runner: web.AppRunner | None = None
         self.publisher: serving.Publisher | None = None
         self.supervisor = Supervisor(settings.supervision)
+        self.servicer.groups.supervisor = self.supervisor  # the group relay's workers
 
     def _ready(self) -> bool:
         return self.publisher is not None and self.publisher.healthy and self.supervisor.ready()

@@ -20,6 +20,7 @@ price of the group's latency.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -30,8 +31,10 @@ from chatplane.delivery.fanout import Flush, GroupBatcher
 from chatplane.gateway.bulk import BulkWriter, Handoff
 from chatplane.metrics import Histogram
 from chatplane.protocol import wire
+from chatplane.settings import Supervision
 from chatplane.slicing import DEFAULT_SLICE_MS, TimeSlice
 from chatplane.storage.base import StoredMessage
+from chatplane.supervision import Supervisor
 
 log = logging.getLogger("chatplane.state.groups")
 CHECK_EVERY = 16  # members pushed between two looks at the clock (~0.2 ms)
@@ -63,6 +66,9 @@ class GroupFanout:
         self.slice_ms = slice_ms
         self.max_share = max_share
         self._groups: dict[str, _Group] = {}
+        # runs each group's worker; its process's own once the app sets it
+        # (a worker that raises is logged, counted and resumes its group's flushes)
+        self.supervisor = Supervisor(Supervision())
         self.frames_pushed = 0
         # from a flush's start until its frame is queued for the last member
         self.fanout_ms = Histogram("chatplane_group_fanout_ms",
@@ -133,7 +139,8 @@ class GroupFanout:
     def _enqueue(self, conversation_id: str, group: _Group, flush: Flush[StoredMessage]) -> None:
         group.flushes.append(flush)
         if group.worker is None or group.worker.done():
-            group.worker = asyncio.get_running_loop().create_task(self._work(conversation_id, group))
+            group.worker = self.supervisor.spawn(
+                "group-fanout", functools.partial(self._work, conversation_id, group))
 
     async def _work(self, conversation_id: str, group: _Group) -> None:
         loop = asyncio.get_running_loop()
