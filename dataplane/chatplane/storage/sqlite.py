@@ -528,10 +528,10 @@ class SqliteStorage(_SocialMethods):
                 log.exception("sqlite writer: batch of %d failed", len(batch))
                 self.writer_errors += 1
                 _rollback(writer)
+                self.oldest_in_batch = 0.0
                 failure = StorageUnavailable(f"sqlite write failed: {type(exc).__name__}: {exc}")
                 for _, future, loop, _ in batch:
                     loop.call_soon_threadsafe(_settle, future, False, failure)
-            self.oldest_in_batch = 0.0
 
     def _commit_batch(self, writer: _Writer, batch: list[_Job]) -> None:
         """One transaction for the batch, a savepoint per job: a job that
@@ -551,6 +551,7 @@ class SqliteStorage(_SocialMethods):
             else:
                 results = [(False, _failure(exc))] * len(batch)
         done = time.perf_counter()
+        self.oldest_in_batch = 0.0  # before any caller hears back: health() is current
         with self._metrics_lock:
             for _, _, _, queued in batch:
                 self.write_wait_ms.observe((began - queued) * 1000)
