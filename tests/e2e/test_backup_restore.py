@@ -91,7 +91,10 @@ async def test_backup_mid_traffic_restores_every_acked_message(tmp_path: Path) -
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in backup_dir.iterdir())
     await alice.close()
     await bob.close()
-    # the source keeps running untouched
+    # over the live data dir of a running server: refused, even with --force
+    live = await asyncio.to_thread(cli, "storage", "restore", str(backup_dir),
+                                   "--data-dir", str(data), "--force")
+    assert live.returncode == 2 and "a server is using" in live.stderr, live.stderr
     assert server.stop() == 0
 
     restored = tmp_path / "restored"
@@ -121,3 +124,16 @@ async def test_backup_mid_traffic_restores_every_acked_message(tmp_path: Path) -
         await alice.close()
     finally:
         assert second.stop() == 0
+    # stopped: --force replaces the database (and its WAL) with the backup's
+    forced = await asyncio.to_thread(cli, "storage", "restore", str(backup_dir),
+                                     "--data-dir", str(restored), "--force")
+    assert forced.returncode == 0, forced.stderr
+    third = ServerProcess(restored, tcp=False)
+    third.start()
+    try:
+        alice = Client(third.url, signer.mint("alice", "phone"))
+        await alice.connect()
+        assert max(await every_message(alice, conv)) == head  # the backup's, not the later 5
+        await alice.close()
+    finally:
+        assert third.stop() == 0

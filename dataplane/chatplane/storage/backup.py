@@ -18,7 +18,8 @@ replaces the database, its -wal/-shm files and the keys the backup holds)
 and gives the restored store a new `store_id`: the restored store's history
 ends at the backup, and devices whose inbox cursor counted past it must start
 over (the server tells them so at login: docs/protocol.md, `store_id`).
-Stop the server that uses the data dir before restoring into it.
+A data dir whose database a running server has open is refused (an
+exclusive lock on it is refused while any connection has it open).
 
 CQL (ScyllaDB/Cassandra) is backed up with the database's own snapshots:
 `backup` prints that procedure (docs/operations.md) and exits 2.
@@ -125,6 +126,23 @@ def backup(data_dir: Path, dest: Path, *, keys: bool = True) -> dict[str, object
     return manifest
 
 
+def _in_use(database: Path) -> bool:
+    """Whether another connection (a running server) has `database` open: an
+    exclusive lock is refused while any does, WAL or not."""
+    if not database.exists():
+        return False
+    db = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        db.execute("BEGIN EXCLUSIVE")
+        db.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        db.close()
+
+
 def restore(source: Path, data_dir: Path, *, force: bool = False) -> dict[str, object]:
     backup_db = source / DB_FILE if source.is_dir() else source
     if not backup_db.is_file():
@@ -139,9 +157,12 @@ def restore(source: Path, data_dir: Path, *, force: bool = False) -> dict[str, o
         raise BackupError(f"{backup_db} is not a usable database: {exc}") from exc
     finally:
         check.close()
+    target = data_dir / DB_FILE
+    if _in_use(target):
+        raise BackupError(f"refusing to restore into {data_dir}: a server is using"
+                          f" {target}; stop it first")
     data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     private_files(data_dir)
-    target = data_dir / DB_FILE
     # a -wal left beside the old file would be replayed into the restored one
     for stale in (target, Path(f"{target}-wal"), Path(f"{target}-shm"), Path(f"{target}.restoring")):
         stale.unlink(missing_ok=True)
