@@ -1,4 +1,5 @@
-"""The `chatplane` command: `up`, `token`, `chat`, `bench`, `drain`.
+"""The `chatplane` command: `up`, `token`, `chat`, `bench`, `drain`, `storage`
+(`migrate`, `backup`, `restore`).
 
 Bad configuration ends with one line on stderr and exit code 2, never a
 traceback.
