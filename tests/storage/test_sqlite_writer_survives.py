@@ -102,3 +102,34 @@ async def test_a_writer_held_up_by_a_lock_is_reported_wedged_then_recovers(tmp_p
     finally:
         blocker.close()
         await storage.close()
+
+
+async def test_a_write_failing_half_way_leaves_no_gap_in_seqs(tmp_path: Path) -> None:
+    """The message row is written, then an inbox row cannot be (a recipient id
+    SQLite cannot encode): the rolled-back message's seq must not stay
+    claimed, in memory or in the conversation's head."""
+    storage = SqliteStorage(tmp_path / "chat.db")
+    await storage.open()
+    try:
+        conv = (await storage.ensure_direct("ann", "bob", 1)).conversation_id
+        results = await asyncio.gather(
+            storage.append(send(conv, 1), ["ann", "bob"]),
+            storage.append(send(conv, 2), ["ann", "bob", "\udc80"]),
+            storage.append(send(conv, 3), ["ann", "bob"]),
+            return_exceptions=True)
+        assert isinstance(results[1], StorageError) and "UnicodeEncodeError" in str(results[1])
+        assert sorted(r.message.seq for r in results if not isinstance(r, BaseException)) == [1, 2]
+        assert (await storage.append(send(conv, 4), ["ann", "bob"])).message.seq == 3
+        assert [m.seq for m in await storage.history(conv)] == [1, 2, 3]
+        assert (await storage.conversation(conv)).head_seq == 3  # type: ignore[union-attr]
+        assert [i.inbox_seq for i in await storage.inbox("bob", 0, 10)] == [1, 2, 3]
+    finally:
+        await storage.close()
+    reopened = SqliteStorage(tmp_path / "chat.db")
+    await reopened.open()
+    try:
+        conv_row = await reopened.conversation(conv)
+        assert conv_row is not None and conv_row.head_seq == 3
+        assert (await reopened.append(send(conv, 5), ["ann", "bob"])).message.seq == 4
+    finally:
+        await reopened.close()

@@ -8,6 +8,14 @@ and they are reloaded from the tables after any failed transaction.
 
 Reads run on a second connection in their own thread (WAL lets them proceed
 while the writer commits).
+
+The writer survives whatever a write raises: each write runs in a savepoint
+and fails alone; a transaction that fails as a whole is rolled back and its
+writes run again one by one, unless the store itself is at fault (busy, I/O,
+full, corrupt: all fail, retriable). `health()` says when the writer stopped,
+is wedged on a write older than `wedge_s`, or met a damaged file; /readyz
+shows it (chatplane.supervision). The rules of a failure are in
+sqlite_writer.py.
 """
 
 from __future__ import annotations
@@ -35,7 +43,6 @@ from chatplane.storage.base import (
     Conversation,
     ConversationNotFound,
     ConversationSummary,
-    Fenced,
     InboxItem,
     Member,
     MembershipChange,
@@ -46,6 +53,19 @@ from chatplane.storage.base import (
     StoredMessage,
     direct_conversation_id,
     events_conversation_id,
+)
+from chatplane.storage.sqlite_writer import (
+    MESSAGE_COLUMNS,
+    Job,
+    Writer,
+    check_integrity,
+    corrupt,
+    damaged,
+    failure,
+    message_from_row,
+    rollback,
+    settle,
+    store_fault,
 )
 
 T = TypeVar("T")
@@ -101,27 +121,6 @@ CREATE TABLE IF NOT EXISTS users (
 );
 """
 
-MESSAGE_COLUMNS = (
-    "conversation_id, seq, message_id, sender, sender_device, cid, text, sent_at_ms,"
-    " payload, content_type"
-)
-
-
-def _message(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(
-        conversation_id=row[0],
-        seq=row[1],
-        message_id=row[2],
-        sender=row[3],
-        sender_device=row[4],
-        cid=row[5],
-        text=row[6],
-        sent_at_ms=row[7],
-        payload=bytes(row[8]),
-        content_type=row[9],
-    )
-
-
 def _conversation(db: sqlite3.Connection, row: Sequence[Any]) -> Conversation:
     extra = json.loads(row[5])
     if row[6]:
@@ -136,168 +135,6 @@ def _conversation(db: sqlite3.Connection, row: Sequence[Any]) -> Conversation:
     )
 
 
-class _Writer:
-    """State owned by the writer thread only."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self.conv_heads: dict[str, int] = {}
-        self.inbox_heads: dict[str, int] = {}
-        self.dirty_convs: dict[str, tuple[int, int]] = {}
-        self.dirty_reads: dict[tuple[str, str], int] = {}
-        self.dirty_inbox: dict[str, int] = {}
-
-    def forget(self) -> None:
-        """Drop cached heads (they are re-read), after writing the pending ones:
-        the transaction still holds them."""
-        self.flush_heads()
-        self.conv_heads.clear()
-        self.inbox_heads.clear()
-
-    def flush_heads(self) -> None:
-        db = self.db
-        if self.dirty_convs:
-            db.executemany("UPDATE conversations SET head_seq = ?, last_activity_ms = ? WHERE id = ?",
-                           [(seq, at, cid) for cid, (seq, at) in self.dirty_convs.items()])
-            self.dirty_convs.clear()
-        if self.dirty_reads:
-            db.executemany(
-                "UPDATE user_conversations SET read_seq = ? WHERE user_id = ? AND"
-                " conversation_id = ? AND read_seq < ?",
-                [(seq, user, cid, seq) for (user, cid), seq in self.dirty_reads.items()])
-            self.dirty_reads.clear()
-        if self.dirty_inbox:
-            db.executemany("INSERT INTO inbox_heads (user_id, head) VALUES (?, ?)"
-                           " ON CONFLICT (user_id) DO UPDATE SET head = excluded.head",
-                           list(self.dirty_inbox.items()))
-            self.dirty_inbox.clear()
-
-    def discard(self) -> None:
-        """The transaction rolled back: nothing pending is true any more."""
-        self.dirty_convs.clear()
-        self.dirty_reads.clear()
-        self.dirty_inbox.clear()
-        self.conv_heads.clear()
-        self.inbox_heads.clear()
-
-    def conv_head(self, conversation_id: str) -> int:
-        head = self.conv_heads.get(conversation_id)
-        if head is None:
-            row = self.db.execute(
-                "SELECT head_seq FROM conversations WHERE id = ?", (conversation_id,)
-            ).fetchone()
-            if row is None:
-                raise ConversationNotFound(conversation_id)
-            head = self.conv_heads[conversation_id] = row[0]
-        return head
-
-    def inbox_head(self, user_id: str) -> int:
-        head = self.inbox_heads.get(user_id)
-        if head is None:
-            row = self.db.execute(
-                "SELECT head FROM inbox_heads WHERE user_id = ?", (user_id,)
-            ).fetchone()
-            head = self.inbox_heads[user_id] = row[0] if row else 0
-        return head
-
-    def check_fence(self, request: SendRequest) -> None:
-        """In the append's own transaction, under the write lock: a taker's
-        `acquire` either committed before (the epoch differs: refused) or
-        waits for this transaction."""
-        if request.fence is None:
-            return
-        row = self.db.execute("SELECT epoch FROM leases WHERE conversation_id = ?",
-                              (request.conversation_id,)).fetchone()
-        if row is None or row[0] != request.fence:
-            raise Fenced(f"{request.conversation_id}: lease epoch {request.fence} is stale"
-                         f" (now {row[0] if row else 'none'})")
-
-    def acquire(self, conversation_id: str, owner: str) -> int:
-        self.conv_heads.pop(conversation_id, None)  # the new owner starts from the table
-        row = self.db.execute(
-            "INSERT INTO leases (conversation_id, epoch, owner) VALUES (?, 1, ?)"
-            " ON CONFLICT (conversation_id) DO UPDATE SET epoch = epoch + 1, owner = excluded.owner"
-            " RETURNING epoch", (conversation_id, owner)).fetchone()
-        return int(row[0])
-
-    def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
-        db = self.db
-        self.check_fence(request)
-        head = self.conv_head(request.conversation_id)
-        row = db.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender = ?"
-            " AND sender_device = ? AND cid = ?",
-            (request.conversation_id, request.sender, request.sender_device, request.cid),
-        ).fetchone()
-        if row is not None:
-            return AppendResult(message=_message(row), duplicate=True)
-        seq = head + 1
-        message = StoredMessage(
-            conversation_id=request.conversation_id,
-            seq=seq,
-            message_id=request.message_id,
-            sender=request.sender,
-            sender_device=request.sender_device,
-            cid=request.cid,
-            text=request.text,
-            sent_at_ms=request.sent_at_ms,
-            payload=request.payload,
-            content_type=request.content_type,
-        )
-        db.execute(
-            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                message.conversation_id, seq, message.message_id, message.sender,
-                message.sender_device, message.cid, message.text, message.sent_at_ms,
-                message.payload, message.content_type,
-            ),
-        )
-        # heads, activity and the sender's read position are written once per
-        # batch (flush_heads), not once per message
-        self.dirty_convs[request.conversation_id] = (seq, request.sent_at_ms)
-        # one's own message is read by definition: it never counts as unread
-        self.dirty_reads[(request.sender, request.conversation_id)] = seq
-        self.conv_heads[request.conversation_id] = seq
-        items = []
-        for user_id in recipients:
-            inbox_seq = self.inbox_head(user_id) + 1
-            db.execute(
-                "INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq) VALUES (?, ?, ?, ?)",
-                (user_id, inbox_seq, request.conversation_id, seq),
-            )
-            self.dirty_inbox[user_id] = inbox_seq
-            self.inbox_heads[user_id] = inbox_seq
-            items.append(InboxItem(user_id=user_id, inbox_seq=inbox_seq, message=message))
-        return AppendResult(message=message, duplicate=False, inbox=tuple(items))
-
-
-    def apply_membership(self, conversation_id: str, change: MembershipChange,
-                         event: SendRequest, now_ms: int,
-                         recipients: Sequence[str] | None) -> AppendResult:
-        db = self.db
-        self.check_fence(event)
-        if change.create:
-            db.execute(
-                "INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms,"
-                " last_activity_ms, name) VALUES (?, ?, '[]', 0, ?, ?, ?)",
-                (conversation_id, GROUP, now_ms, now_ms, change.name or ""))
-        head = self.conv_head(conversation_id)  # raises ConversationNotFound
-        row = db.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender = ?"
-            " AND sender_device = ? AND cid = ?",
-            (conversation_id, event.sender, event.sender_device, event.cid)).fetchone()
-        if row is not None:
-            return AppendResult(message=_message(row), duplicate=True)
-        before = set(social.member_ids(db, conversation_id))
-        social.apply_change(db, conversation_id, change, head + 1, now_ms)
-        after = set(social.member_ids(db, conversation_id))
-        return self.append(event, sorted(before | after) if recipients is None else recipients)
-
-
-# a write, its future and loop, and when it was queued (time.perf_counter())
-_Job = tuple[Callable[[_Writer], Any], asyncio.Future[Any], asyncio.AbstractEventLoop, float]
-
-
 class _SocialMethods:
     """The social half of the Storage interface (tables in sqlite_social)."""
 
@@ -307,7 +144,7 @@ class _SocialMethods:
     async def ensure_events(self, user_id: str, now_ms: int) -> Conversation:
         conversation_id = events_conversation_id(user_id)
 
-        def create(writer: _Writer) -> Conversation:
+        def create(writer: Writer) -> Conversation:
             created = writer.db.execute(
                 "INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms,"
                 " last_activity_ms) VALUES (?, ?, '[]', 0, ?, ?)",
@@ -337,7 +174,7 @@ class _SocialMethods:
 
     async def mark_read(self, user_id: str, conversation_id: str, seq: int,
                         *, dry_run: bool = False) -> tuple[int, int]:
-        def advance(writer: _Writer) -> tuple[int, int]:
+        def advance(writer: Writer) -> tuple[int, int]:
             try:  # the writer's head: the table's may be pending in this batch
                 head = writer.conv_head(conversation_id)
             except ConversationNotFound:
@@ -357,7 +194,7 @@ class _SocialMethods:
                                before: tuple[int, str] | None = None) -> list[ConversationSummary]:
         result: list[ConversationSummary] = await self._read(
             lambda db: social.conversations_of(db, user_id, limit, before, MESSAGE_COLUMNS,
-                                               _message))
+                                               message_from_row))
         return result
 
     async def membership_span(self, user_id: str, conversation_id: str) -> tuple[int, int] | None:
@@ -405,7 +242,7 @@ class _SocialMethods:
             " VALUES (?, ?, ?, ?)", (conversation_id, user_id, inviter, now_ms)))
 
     async def take_invitation(self, conversation_id: str, user_id: str) -> str | None:
-        def take(writer: _Writer) -> str | None:
+        def take(writer: Writer) -> str | None:
             row = writer.db.execute(
                 "DELETE FROM invitations WHERE conversation_id = ? AND user_id = ? RETURNING inviter",
                 (conversation_id, user_id)).fetchone()
@@ -432,7 +269,7 @@ class SqliteStorage(_SocialMethods):
         # with several im processes): heads are re-read in every transaction,
         # which holds SQLite's write lock, so they stay exact.
         self.shared = shared
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
@@ -483,7 +320,7 @@ class SqliteStorage(_SocialMethods):
             writer_db.execute("COMMIT")
             self._reader = self._connect()
         except (sqlite3.Error, OSError) as exc:
-            if _corrupt(exc):
+            if corrupt(exc):
                 raise StorageError(damaged(self.path, str(exc))) from exc
             raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
         self._thread = threading.Thread(
@@ -505,7 +342,7 @@ class SqliteStorage(_SocialMethods):
     # -- the writer thread -------------------------------------------------
 
     def _run_writer(self, db: sqlite3.Connection) -> None:
-        writer = _Writer(db)
+        writer = Writer(db)
         while True:
             first = self._jobs.get()
             if first is None:
@@ -527,13 +364,13 @@ class SqliteStorage(_SocialMethods):
             except Exception as exc:
                 log.exception("sqlite writer: batch of %d failed", len(batch))
                 self.writer_errors += 1
-                _rollback(writer)
+                rollback(writer)
                 self.oldest_in_batch = 0.0
                 failure = StorageUnavailable(f"sqlite write failed: {type(exc).__name__}: {exc}")
                 for _, future, loop, _ in batch:
-                    loop.call_soon_threadsafe(_settle, future, False, failure)
+                    loop.call_soon_threadsafe(settle, future, False, failure)
 
-    def _commit_batch(self, writer: _Writer, batch: list[_Job]) -> None:
+    def _commit_batch(self, writer: Writer, batch: list[Job]) -> None:
         """One transaction for the batch, a savepoint per job: a job that
         raises (anything: a StorageError, an int SQLite cannot hold, a bug)
         fails alone. When the transaction itself fails, each job of a batch of
@@ -544,12 +381,12 @@ class SqliteStorage(_SocialMethods):
         try:
             results = self._transaction(writer, batch)
         except Exception as exc:
-            _rollback(writer)
+            rollback(writer)
             self._note(exc)
-            if len(batch) > 1 and not _store_fault(exc):
+            if len(batch) > 1 and not store_fault(exc):
                 results = [self._alone(writer, job) for job in batch]
             else:
-                results = [(False, _failure(exc))] * len(batch)
+                results = [(False, failure(exc))] * len(batch)
         done = time.perf_counter()
         self.oldest_in_batch = 0.0  # before any caller hears back: health() is current
         with self._metrics_lock:
@@ -557,9 +394,9 @@ class SqliteStorage(_SocialMethods):
                 self.write_wait_ms.observe((began - queued) * 1000)
             self.commit_ms.observe((done - began) * 1000)
         for (_, future, loop, _), (ok, value) in zip(batch, results, strict=True):
-            loop.call_soon_threadsafe(_settle, future, ok, value)
+            loop.call_soon_threadsafe(settle, future, ok, value)
 
-    def _transaction(self, writer: _Writer, batch: list[_Job]) -> list[tuple[bool, Any]]:
+    def _transaction(self, writer: Writer, batch: list[Job]) -> list[tuple[bool, Any]]:
         results: list[tuple[bool, Any]] = []
         writer.db.execute("BEGIN IMMEDIATE")
         if self.shared:
@@ -570,32 +407,32 @@ class SqliteStorage(_SocialMethods):
                 results.append((True, fn(writer)))
                 writer.db.execute("RELEASE job")
             except Exception as exc:
-                if _store_fault(exc):
+                if store_fault(exc):
                     raise  # the store's own (I/O, full, busy, corrupt): the whole batch
                 writer.db.execute("ROLLBACK TO job")
                 writer.db.execute("RELEASE job")
-                writer.forget()  # heads it cached may be the rolled-back ones
+                writer.after_failed_job()  # heads it marked may be the rolled-back ones
                 if not isinstance(exc, StorageError):
                     self.writer_errors += 1
                     log.warning("sqlite writer: a write failed alone: %s: %s",
                                 type(exc).__name__, exc)
-                results.append((False, _failure(exc)))
+                results.append((False, failure(exc)))
         writer.flush_heads()
         writer.db.execute("COMMIT")
         return results
 
-    def _alone(self, writer: _Writer, job: _Job) -> tuple[bool, Any]:
+    def _alone(self, writer: Writer, job: Job) -> tuple[bool, Any]:
         try:
             return self._transaction(writer, [job])[0]
         except Exception as exc:
-            _rollback(writer)
+            rollback(writer)
             self._note(exc)
-            return False, _failure(exc)
+            return False, failure(exc)
 
     def _note(self, exc: Exception) -> None:
         """Count a failed transaction; remember a damaged store (health())."""
         self.writer_errors += 1
-        if _corrupt(exc):
+        if corrupt(exc):
             self.corruption = str(exc)
         log.warning("sqlite writer: transaction failed: %s: %s", type(exc).__name__, exc)
 
@@ -624,7 +461,7 @@ class SqliteStorage(_SocialMethods):
                   f"{errors} {self.writer_errors}"]
         return "\n".join(lines) + "\n"
 
-    async def _write(self, fn: Callable[[_Writer], T]) -> T:
+    async def _write(self, fn: Callable[[Writer], T]) -> T:
         if self._thread is None:
             raise StorageUnavailable("storage is closed")
         loop = asyncio.get_running_loop()
@@ -639,7 +476,7 @@ class SqliteStorage(_SocialMethods):
         try:
             return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn, reader)
         except sqlite3.Error as exc:
-            if _corrupt(exc):
+            if corrupt(exc):
                 self.corruption = str(exc)
             raise StorageUnavailable(f"sqlite read failed: {exc}") from exc
         except (OverflowError, ValueError) as exc:  # a value SQLite cannot hold
@@ -651,7 +488,7 @@ class SqliteStorage(_SocialMethods):
         conversation_id = direct_conversation_id(a, b)
         members = json.dumps(sorted({a, b}))
 
-        def create(writer: _Writer) -> None:
+        def create(writer: Writer) -> None:
             created = writer.db.execute(
                 "INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms,"
                 " last_activity_ms) VALUES (?, ?, ?, 0, ?, ?)",
@@ -698,7 +535,7 @@ class SqliteStorage(_SocialMethods):
                 " WHERE i.user_id = ? AND i.inbox_seq > ? ORDER BY i.inbox_seq LIMIT ?",
                 (user_id, after_seq, limit),
             ).fetchall()
-            return [InboxItem(user_id, row[0], _message(row[1:])) for row in rows]
+            return [InboxItem(user_id, row[0], message_from_row(row[1:])) for row in rows]
 
         return await self._read(read)
 
@@ -733,12 +570,12 @@ class SqliteStorage(_SocialMethods):
                     (conversation_id, upper, limit),
                 ).fetchall()
                 rows.reverse()
-            return [_message(row) for row in rows]
+            return [message_from_row(row) for row in rows]
 
         return await self._read(read)
 
     async def put_user(self, user_id: str, display_name: str, now_ms: int) -> None:
-        def write(writer: _Writer) -> None:
+        def write(writer: Writer) -> None:
             writer.db.execute(
                 "INSERT INTO users (id, display_name, created_at_ms) VALUES (?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name",
@@ -757,60 +594,3 @@ class SqliteStorage(_SocialMethods):
             return {"user_id": row[0], "display_name": row[1], "created_at_ms": str(row[2])}
 
         return await self._read(read)
-
-
-def damaged(path: Path, finding: str) -> str:
-    return (f"SQLite database {path} is damaged ({finding}): refusing to serve it;"
-            " restore a backup (chatplane storage restore, docs/operations.md)")
-
-
-def check_integrity(db: sqlite3.Connection, path: Path) -> None:
-    """PRAGMA quick_check (every page and index entry is well formed, not that
-    indexes match their tables): a damaged store is refused at start rather
-    than served as UNAVAILABLE to every request."""
-    rows = db.execute("PRAGMA quick_check").fetchall()
-    if [tuple(r) for r in rows] != [("ok",)]:
-        findings = [line for row in rows for line in str(row[0]).splitlines()
-                    if line and not line.startswith("***")] or ["not ok"]
-        more = f" and {len(findings) - 1} more findings" if len(findings) > 1 else ""
-        raise StorageError(damaged(path, f"quick_check: {findings[0]}{more}"))
-
-
-def _rollback(writer: _Writer) -> None:
-    """End whatever transaction a failure left open; its cached heads go too."""
-    try:
-        if writer.db.in_transaction:
-            writer.db.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass
-    writer.discard()
-
-
-def _corrupt(exc: BaseException) -> bool:
-    name = getattr(exc, "sqlite_errorname", "")
-    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in str(exc)
-
-
-def _store_fault(exc: BaseException) -> bool:
-    """A failure of the store itself, which running the jobs one by one cannot cure."""
-    return isinstance(exc, sqlite3.OperationalError) or _corrupt(exc)
-
-
-def _failure(exc: BaseException) -> StorageError:
-    """What the caller of a failed write gets: its own StorageError as is; a
-    store fault as StorageUnavailable (retriable); anything else (a value
-    SQLite cannot hold, a bug) as a StorageError naming it."""
-    if isinstance(exc, StorageError):
-        return exc
-    if isinstance(exc, sqlite3.Error) and _store_fault(exc):
-        return StorageUnavailable(f"sqlite write failed: {exc}")
-    return StorageError(f"write refused: {type(exc).__name__}: {exc}")
-
-
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)

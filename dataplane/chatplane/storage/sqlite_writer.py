@@ -1,0 +1,317 @@
+"""The SQLite writer thread's own state, and what a failed write does.
+
+`Writer` is owned by the writer thread only (storage/sqlite.py runs it): the
+conversation and inbox heads it caches, the head updates pending in the open
+transaction (written once per batch), and the write rules (fenced append,
+membership change, lease). The functions below decide what a failure costs:
+`failure` turns any exception into the StorageError its caller gets,
+`store_fault` tells a fault of the store itself (busy, I/O, full, corrupt)
+from a fault of one write, `rollback` ends a failed transaction and drops
+what the writer cached, and `check_integrity` refuses a damaged file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from chatplane.storage import sqlite_social as social
+from chatplane.storage.base import (
+    GROUP,
+    AppendResult,
+    ConversationNotFound,
+    Fenced,
+    InboxItem,
+    MembershipChange,
+    SendRequest,
+    StorageError,
+    StorageUnavailable,
+    StoredMessage,
+)
+
+MESSAGE_COLUMNS = (
+    "conversation_id, seq, message_id, sender, sender_device, cid, text, sent_at_ms,"
+    " payload, content_type"
+)
+
+
+def message_from_row(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(
+        conversation_id=row[0],
+        seq=row[1],
+        message_id=row[2],
+        sender=row[3],
+        sender_device=row[4],
+        cid=row[5],
+        text=row[6],
+        sent_at_ms=row[7],
+        payload=bytes(row[8]),
+        content_type=row[9],
+    )
+
+
+class Writer:
+    """State owned by the writer thread only."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.conv_heads: dict[str, int] = {}
+        self.inbox_heads: dict[str, int] = {}
+        self.dirty_convs: dict[str, tuple[int, int]] = {}
+        self.dirty_reads: dict[tuple[str, str], int] = {}
+        self.dirty_inbox: dict[str, int] = {}
+
+    def forget(self) -> None:
+        """Drop cached heads (they are re-read), after writing the pending ones:
+        the transaction still holds them."""
+        self.flush_heads()
+        self.conv_heads.clear()
+        self.inbox_heads.clear()
+
+    def flush_heads(self) -> None:
+        db = self.db
+        if self.dirty_convs:
+            db.executemany("UPDATE conversations SET head_seq = ?, last_activity_ms = ? WHERE id = ?",
+                           [(seq, at, cid) for cid, (seq, at) in self.dirty_convs.items()])
+            self.dirty_convs.clear()
+        if self.dirty_reads:
+            db.executemany(
+                "UPDATE user_conversations SET read_seq = ? WHERE user_id = ? AND"
+                " conversation_id = ? AND read_seq < ?",
+                [(seq, user, cid, seq) for (user, cid), seq in self.dirty_reads.items()])
+            self.dirty_reads.clear()
+        if self.dirty_inbox:
+            db.executemany("INSERT INTO inbox_heads (user_id, head) VALUES (?, ?)"
+                           " ON CONFLICT (user_id) DO UPDATE SET head = excluded.head",
+                           list(self.dirty_inbox.items()))
+            self.dirty_inbox.clear()
+
+    def after_failed_job(self) -> None:
+        """A job was rolled back to its savepoint, maybe half way: the head
+        marks it left point at rows that are gone, and a head kept from them
+        would leave a gap in the seqs. Each mark whose row is gone is taken
+        again from the rows that stay (earlier jobs of this transaction
+        included); then the marks are written and the cached heads forgotten."""
+        db = self.db
+        for conversation_id, (seq, _) in list(self.dirty_convs.items()):
+            if not _exists(db, "messages", "conversation_id", conversation_id, "seq", seq):
+                row = db.execute(
+                    "SELECT m.seq, m.sent_at_ms FROM messages m JOIN conversations c"
+                    " ON c.id = m.conversation_id WHERE m.conversation_id = ?"
+                    " AND m.seq > c.head_seq ORDER BY m.seq DESC LIMIT 1",
+                    (conversation_id,)).fetchone()
+                if row is None:
+                    del self.dirty_convs[conversation_id]
+                else:
+                    self.dirty_convs[conversation_id] = (int(row[0]), int(row[1]))
+        for user_id, inbox_seq in list(self.dirty_inbox.items()):
+            if not _exists(db, "inbox", "user_id", user_id, "inbox_seq", inbox_seq):
+                row = db.execute(
+                    "SELECT max(inbox_seq) FROM inbox WHERE user_id = ? AND inbox_seq >"
+                    " coalesce((SELECT head FROM inbox_heads WHERE user_id = ?), 0)",
+                    (user_id, user_id)).fetchone()
+                if row[0] is None:
+                    del self.dirty_inbox[user_id]
+                else:
+                    self.dirty_inbox[user_id] = int(row[0])
+        for (user_id, conversation_id), seq in list(self.dirty_reads.items()):
+            if not _exists(db, "messages", "conversation_id", conversation_id, "seq", seq):
+                row = db.execute("SELECT max(seq) FROM messages WHERE conversation_id = ?"
+                                 " AND sender = ?", (conversation_id, user_id)).fetchone()
+                if row[0] is None:
+                    del self.dirty_reads[(user_id, conversation_id)]
+                else:
+                    self.dirty_reads[(user_id, conversation_id)] = int(row[0])
+        self.forget()
+
+    def discard(self) -> None:
+        """The transaction rolled back: nothing pending is true any more."""
+        self.dirty_convs.clear()
+        self.dirty_reads.clear()
+        self.dirty_inbox.clear()
+        self.conv_heads.clear()
+        self.inbox_heads.clear()
+
+    def conv_head(self, conversation_id: str) -> int:
+        head = self.conv_heads.get(conversation_id)
+        if head is None:
+            row = self.db.execute(
+                "SELECT head_seq FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            if row is None:
+                raise ConversationNotFound(conversation_id)
+            head = self.conv_heads[conversation_id] = row[0]
+        return head
+
+    def inbox_head(self, user_id: str) -> int:
+        head = self.inbox_heads.get(user_id)
+        if head is None:
+            row = self.db.execute(
+                "SELECT head FROM inbox_heads WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            head = self.inbox_heads[user_id] = row[0] if row else 0
+        return head
+
+    def check_fence(self, request: SendRequest) -> None:
+        """In the append's own transaction, under the write lock: a taker's
+        `acquire` either committed before (the epoch differs: refused) or
+        waits for this transaction."""
+        if request.fence is None:
+            return
+        row = self.db.execute("SELECT epoch FROM leases WHERE conversation_id = ?",
+                              (request.conversation_id,)).fetchone()
+        if row is None or row[0] != request.fence:
+            raise Fenced(f"{request.conversation_id}: lease epoch {request.fence} is stale"
+                         f" (now {row[0] if row else 'none'})")
+
+    def acquire(self, conversation_id: str, owner: str) -> int:
+        self.conv_heads.pop(conversation_id, None)  # the new owner starts from the table
+        row = self.db.execute(
+            "INSERT INTO leases (conversation_id, epoch, owner) VALUES (?, 1, ?)"
+            " ON CONFLICT (conversation_id) DO UPDATE SET epoch = epoch + 1, owner = excluded.owner"
+            " RETURNING epoch", (conversation_id, owner)).fetchone()
+        return int(row[0])
+
+    def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
+        db = self.db
+        self.check_fence(request)
+        head = self.conv_head(request.conversation_id)
+        row = db.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender = ?"
+            " AND sender_device = ? AND cid = ?",
+            (request.conversation_id, request.sender, request.sender_device, request.cid),
+        ).fetchone()
+        if row is not None:
+            return AppendResult(message=message_from_row(row), duplicate=True)
+        seq = head + 1
+        message = StoredMessage(
+            conversation_id=request.conversation_id,
+            seq=seq,
+            message_id=request.message_id,
+            sender=request.sender,
+            sender_device=request.sender_device,
+            cid=request.cid,
+            text=request.text,
+            sent_at_ms=request.sent_at_ms,
+            payload=request.payload,
+            content_type=request.content_type,
+        )
+        db.execute(
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.conversation_id, seq, message.message_id, message.sender,
+                message.sender_device, message.cid, message.text, message.sent_at_ms,
+                message.payload, message.content_type,
+            ),
+        )
+        # heads, activity and the sender's read position are written once per
+        # batch (flush_heads), not once per message
+        self.dirty_convs[request.conversation_id] = (seq, request.sent_at_ms)
+        # one's own message is read by definition: it never counts as unread
+        self.dirty_reads[(request.sender, request.conversation_id)] = seq
+        self.conv_heads[request.conversation_id] = seq
+        items = []
+        for user_id in recipients:
+            inbox_seq = self.inbox_head(user_id) + 1
+            db.execute(
+                "INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq) VALUES (?, ?, ?, ?)",
+                (user_id, inbox_seq, request.conversation_id, seq),
+            )
+            self.dirty_inbox[user_id] = inbox_seq
+            self.inbox_heads[user_id] = inbox_seq
+            items.append(InboxItem(user_id=user_id, inbox_seq=inbox_seq, message=message))
+        return AppendResult(message=message, duplicate=False, inbox=tuple(items))
+
+
+    def apply_membership(self, conversation_id: str, change: MembershipChange,
+                         event: SendRequest, now_ms: int,
+                         recipients: Sequence[str] | None) -> AppendResult:
+        db = self.db
+        self.check_fence(event)
+        if change.create:
+            db.execute(
+                "INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms,"
+                " last_activity_ms, name) VALUES (?, ?, '[]', 0, ?, ?, ?)",
+                (conversation_id, GROUP, now_ms, now_ms, change.name or ""))
+        head = self.conv_head(conversation_id)  # raises ConversationNotFound
+        row = db.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender = ?"
+            " AND sender_device = ? AND cid = ?",
+            (conversation_id, event.sender, event.sender_device, event.cid)).fetchone()
+        if row is not None:
+            return AppendResult(message=message_from_row(row), duplicate=True)
+        before = set(social.member_ids(db, conversation_id))
+        social.apply_change(db, conversation_id, change, head + 1, now_ms)
+        after = set(social.member_ids(db, conversation_id))
+        return self.append(event, sorted(before | after) if recipients is None else recipients)
+
+
+# a write, its future and loop, and when it was queued (time.perf_counter())
+Job = tuple[Callable[[Writer], Any], asyncio.Future[Any], asyncio.AbstractEventLoop, float]
+
+
+
+def _exists(db: sqlite3.Connection, table: str, key: str, key_value: str, seq_column: str,
+            seq: int) -> bool:
+    return db.execute(f"SELECT 1 FROM {table} WHERE {key} = ? AND {seq_column} = ?",
+                      (key_value, seq)).fetchone() is not None
+
+
+def damaged(path: Path, finding: str) -> str:
+    return (f"SQLite database {path} is damaged ({finding}): refusing to serve it;"
+            " restore a backup (chatplane storage restore, docs/operations.md)")
+
+
+def check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    """PRAGMA quick_check (every page and index entry is well formed, not that
+    indexes match their tables): a damaged store is refused at start rather
+    than served as UNAVAILABLE to every request."""
+    rows = db.execute("PRAGMA quick_check").fetchall()
+    if [tuple(r) for r in rows] != [("ok",)]:
+        findings = [line for row in rows for line in str(row[0]).splitlines()
+                    if line and not line.startswith("***")] or ["not ok"]
+        more = f" and {len(findings) - 1} more findings" if len(findings) > 1 else ""
+        raise StorageError(damaged(path, f"quick_check: {findings[0]}{more}"))
+
+
+def rollback(writer: Writer) -> None:
+    """End whatever transaction a failure left open; its cached heads go too."""
+    try:
+        if writer.db.in_transaction:
+            writer.db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+    writer.discard()
+
+
+def corrupt(exc: BaseException) -> bool:
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in str(exc)
+
+
+def store_fault(exc: BaseException) -> bool:
+    """A failure of the store itself, which running the jobs one by one cannot cure."""
+    return isinstance(exc, sqlite3.OperationalError) or corrupt(exc)
+
+
+def failure(exc: BaseException) -> StorageError:
+    """What the caller of a failed write gets: its own StorageError as is; a
+    store fault as StorageUnavailable (retriable); anything else (a value
+    SQLite cannot hold, a bug) as a StorageError naming it."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, sqlite3.Error) and store_fault(exc):
+        return StorageUnavailable(f"sqlite write failed: {exc}")
+    return StorageError(f"write refused: {type(exc).__name__}: {exc}")
+
+
+def settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
