@@ -183,7 +183,7 @@ def judge(draft: frames.Draft, frame: pb.Frame, reply: pb.Frame) -> None:
         assert reply.error.code in harness.DOCUMENTED, (draft, reply)
     too_big = [name for name, value in draft.fields.items()
                if isinstance(value, int) and value > STORED_INT_MAX]
-    served = draft.kind in harness.REPLIES and draft.kind != "login" or draft.kind == "push_ack"
+    served = (draft.kind in harness.REPLIES and draft.kind != "login") or draft.kind == "push_ack"
     if too_big and served and reply.error.code != ErrorCode.FRAME_TOO_LARGE:
         assert reply.error.code == ErrorCode.INVALID_ARGUMENT, (draft, reply)
         assert reply.error.message.startswith(f"field {draft.kind}."), reply
