@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 from chatplane.checker import DeliveryChecker
+from chatplane.im import requests
 from chatplane.node import Node
 from chatplane.protocol.bounds import STORED_INT_MAX
 from chatplane.protocol.errors import ErrorCode
 from chatplane.v1 import frames_pb2 as pb
+from chatplane.v1 import services_pb2 as spb
 from tests.fuzz import frames, harness
 
 ATTACKERS = ("mallory", "trudy", "eve")
@@ -80,6 +82,28 @@ class FuzzRun:
         if peer is None or peer.closed:  # closed by a fatal error: log in again
             peer = self.attackers[name] = await self._peer(name, "d")
         return peer
+
+    def through_im(self, attacker: str, draft: frames.Draft) -> None:
+        """A frame as another tier hands it to im (`Im.Handle`: admitted by
+        `requests.admit`, then served), judged like one from a client."""
+        self.loop.run_until_complete(asyncio.wait_for(self._through_im(attacker, draft),
+                                                      harness.REPLY_TIMEOUT_S))
+
+    async def _through_im(self, attacker: str, draft: frames.Draft) -> None:
+        self.errors.records.clear()
+        frame = draft.build(self.known)
+        self.frames_sent += 1
+        frame.id = self.frames_sent
+        call = spb.ClientRequest(user_id=attacker, device_id="grpc", frame=frame.SerializeToString())
+        reply = requests.admit(call, self.node.im.bounds)
+        if reply.WhichOneof("body") != "error":
+            reply = await self.node.im.handle(attacker, "grpc", reply)
+        if draft.kind in ("push_ack", "heartbeat", "login"):  # the gateway's, not im's
+            assert reply.error.code in (ErrorCode.UNKNOWN_FRAME, ErrorCode.INVALID_ARGUMENT), reply
+        else:
+            judge(draft, frame, reply)
+        self._learn(reply)
+        assert not self.errors.records, self.errors.first()
 
     def step(self, batch: list[tuple[str, frames.Draft]], login: dict[str, object] | None = None,
              ordinary: bool = True) -> None:

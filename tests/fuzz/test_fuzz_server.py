@@ -56,13 +56,18 @@ def fuzz_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzRun]:
 
 
 def test_single_frames_of_every_kind(fuzz_run: FuzzRun) -> None:
-    """One frame per example from one attacker; every other example the pair
-    sends too (the cheap half of the cases)."""
+    """One frame per example from one attacker: through a gateway connection
+    (with or without the pair sending beside it), or handed to im as a peer
+    tier's `Im.Handle` would (the cheap part of the cases)."""
     @seeded
     @fuzz_settings(SINGLE_EXAMPLES)
-    @given(attacker=st.sampled_from(ATTACKERS), draft=frames.any_frame, ordinary=st.booleans())
-    def one_frame(attacker: str, draft: frames.Draft, ordinary: bool) -> None:
-        fuzz_run.step([(attacker, draft)], ordinary=ordinary)
+    @given(attacker=st.sampled_from(ATTACKERS), draft=frames.any_frame,
+           way=st.sampled_from(["gateway", "gateway+pair", "im"]))
+    def one_frame(attacker: str, draft: frames.Draft, way: str) -> None:
+        if way == "im":  # as another tier would call Im.Handle
+            fuzz_run.through_im(attacker, draft)
+        else:
+            fuzz_run.step([(attacker, draft)], ordinary=way == "gateway+pair")
 
     one_frame()
     fuzz_run.settle()
