@@ -7,6 +7,7 @@ fails at start with one line that names the setting.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -147,7 +148,10 @@ def _convert(section: str, name: str, kind: Any, raw: str) -> Any:
         if kind in (int, "int"):
             return int(raw)
         if kind in (float, "float"):
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):  # "nan", "inf": never a setting
+                raise ValueError(raw)
+            return value
         return raw
     except ValueError:
         raise SettingsError(f"{section}.{name}: {raw!r} is not a valid {kind}") from None
@@ -183,10 +187,16 @@ def validate(s: Settings) -> None:
         problems.append(f"storage backend must be sqlite or scylla, not {s.storage.backend!r}")
     if s.limits.max_frame_bytes < 1024:
         problems.append("max_frame_bytes must be at least 1024")
+    if s.limits.max_history_page < 200 or s.limits.max_sync_page < 500:
+        problems.append("max_history_page must be at least 200 and max_sync_page at least 500"
+                        " (the SDK's pages; a larger page is refused, not cut)")
+    if s.limits.max_text_bytes < 1:
+        problems.append("max_text_bytes must be at least 1")
     if s.limits.rate_limit_frames_per_s <= 0 or s.limits.rate_limit_burst <= 0:
         problems.append("rate limits must be positive")
-    if s.drain.rate <= 0:
-        problems.append("drain rate must be positive")
+    if not 0 < s.drain.rate <= 100_000 or not 0 < s.drain.deadline_s <= 86_400:
+        problems.append("drain rate must be in (0, 100000] and drain deadline_s in (0, 86400]"
+                        " (protocol/jsonbounds.py)")
     if s.delivery.push_window < 1:
         problems.append("push_window must be at least 1")
     if not 0 < s.social.group_max_share <= 1:

@@ -43,3 +43,15 @@ def test_overflow_asks_for_sync_and_resumes_after_catch_up() -> None:
     assert window.offer(5, 5, 0) == (False, Verdict.OK)  # still behind 4
     window.ack(5)  # the sync brought it to 5
     assert window.offer(6, 6, 0) == (True, Verdict.OK)
+
+
+def test_an_ack_past_every_entry_does_not_freeze_the_window() -> None:
+    """Found by tests/fuzz: a PushAck of 2^63-1 made every later true ack look
+    old, so the device's pushes were retransmitted until it was closed."""
+    window: DownlinkWindow[int] = DownlinkWindow(0, 0, rto_ms=10, max_rto_ms=10, max_attempts=2)
+    window.offer(1, 1, 0)
+    window.ack(2**63 - 1)
+    assert window.unacked == 0
+    assert window.offer(2, 2, 0) == (True, Verdict.OK)
+    window.ack(2)
+    assert window.unacked == 0 and window.due(100) == ([], Verdict.OK)

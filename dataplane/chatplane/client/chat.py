@@ -133,7 +133,8 @@ class ChatSession:
             return
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                msgs = await self.client.history(self.current, limit=max(1, min(limit, 500)))
+                # the server refuses a page over its max_history_page (200 by default)
+                msgs = await self.client.history(self.current, limit=max(1, min(limit, 200)))
         except TimeoutError:
             self.write(f"no answer in {REQUEST_TIMEOUT_S:.0f} s (is the server up?); try again")
             return

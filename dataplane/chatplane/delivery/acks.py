@@ -77,6 +77,12 @@ class DownlinkWindow(Generic[T]):
         return True, Verdict.OK
 
     def ack(self, seq: int) -> None:
+        # Past the last entry offered here is taken as that entry: a device
+        # that acks what does not exist (yet) would otherwise make its later,
+        # true acks look old, and its window would never clear (it would be
+        # closed as a slow consumer). A device that synced ahead of its pushes
+        # gets those again and drops them as duplicates.
+        seq = min(seq, self.pushed_head)
         if seq <= self.acked:
             return
         self.acked = seq

@@ -7,6 +7,8 @@ import hmac
 
 from aiohttp import web
 
+from chatplane.protocol import jsonbounds
+from chatplane.protocol.bounds import BoundsError
 from chatplane.settings import Drain
 
 LOOPBACK = ("127.0.0.1", "::1")
@@ -25,13 +27,13 @@ async def drain_request(request: web.Request, admin_secret: str,
     secret."""
     if not authorized(request, admin_secret) and request.remote not in LOOPBACK:
         return web.json_response({"error": "admin secret required"}, status=401)
-    try:
-        body = await request.json() if request.can_read_body else {}
-        rate = float(body.get("rate", defaults.rate))
-        deadline = float(body.get("deadline_s", defaults.deadline_s))
-    except (ValueError, TypeError, AttributeError):
-        return web.json_response({"error": "body: {\"rate\": >0, \"deadline_s\": >0}"},
-                                 status=400)
-    if rate <= 0 or deadline <= 0:
-        return web.json_response({"error": "rate and deadline_s must be > 0"}, status=400)
+    try:  # numbers only, finite, within bounds: "inf", NaN, true and 1e308 are refused
+        body = jsonbounds.parse_object(await request.text() if request.can_read_body else "")
+        rate = jsonbounds.number(body, "rate", jsonbounds.MAX_DRAIN_RATE, defaults.rate)
+        deadline = jsonbounds.number(body, "deadline_s", jsonbounds.MAX_DRAIN_DEADLINE_S,
+                                     defaults.deadline_s)
+    except UnicodeDecodeError:
+        return web.json_response({"error": "field body: not UTF-8"}, status=400)
+    except BoundsError as exc:
+        return web.json_response({"error": exc.message}, status=400)
     return rate, deadline

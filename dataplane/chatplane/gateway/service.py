@@ -23,6 +23,7 @@ from chatplane.gateway.bulk import BulkWriter, Handoff
 from chatplane.gateway.connection import Connection, now_ms
 from chatplane.gateway.deadlines import DeadlineBuckets
 from chatplane.metrics import Metrics
+from chatplane.protocol import bounds
 from chatplane.protocol.session import SessionLimits
 from chatplane.settings import Settings
 from chatplane.slicing import TimeSlice
@@ -81,6 +82,7 @@ class Gateway:
             burst=limits.rate_limit_burst,
             heartbeat_interval_ms=limits.heartbeat_interval_ms,
             login_timeout_ms=limits.login_timeout_ms,
+            bounds=bounds.Bounds.from_limits(limits),
         )
         self.connections: set[Connection] = set()
         self.users: dict[str, dict[str, Connection]] = {}

@@ -8,14 +8,15 @@
     POST /v1/admin/groups/{id}/members {"add"?: [...], "remove"?: [...]} -> 200 {"seq"}
     DELETE /v1/admin/groups/{id}                                    -> 200 {"seq"} (dissolves)
 
-Errors are JSON `{"error": text}` with 400 (bad input), 401 (no or wrong
-secret), 404, 503 (storage unavailable).
+Errors are JSON `{"error": text}` with 400 (bad input: the text names the
+field, "field ttl_s: an integer in 1 .. 2592000, not true"; the bounds are
+protocol/jsonbounds.py's), 401 (no or wrong secret), 404, 503 (storage
+unavailable).
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from chatplane.auth import TokenSigner
+from chatplane.protocol import jsonbounds
+from chatplane.protocol.bounds import MAX_CONVERSATION_ID_BYTES, MAX_GROUP_NAME_CHARS
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.storage.base import Storage, StorageUnavailable, valid_id
 
@@ -30,7 +33,6 @@ if TYPE_CHECKING:
     from chatplane.im.service import ImService
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-MAX_TTL_S = 30 * 86400
 
 
 def _error(status: int, text: str) -> web.Response:
@@ -81,71 +83,57 @@ class AdminApi:
     @staticmethod
     async def _json(request: web.Request) -> dict[str, Any]:
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": "body is not JSON"}), content_type="application/json"
-            ) from None
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": "body must be a JSON object"}),
-                content_type="application/json",
-            )
-        return body
+            text = await request.text()
+        except UnicodeDecodeError:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "field body: not UTF-8") from None
+        return jsonbounds.parse_object(text)
+
+    @staticmethod
+    def _group_id(request: web.Request) -> str:
+        group_id = request.match_info["group_id"]
+        if not 0 < len(group_id.encode()) <= MAX_CONVERSATION_ID_BYTES:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT,
+                                f"field group_id: 1 .. {MAX_CONVERSATION_ID_BYTES} bytes")
+        return group_id
 
     async def create_user(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
-        user_id = body.get("user_id")
-        if not isinstance(user_id, str) or not valid_id(user_id):
-            return _error(400, "user_id: 1-64 of A-Z a-z 0-9 _ . @ -")
-        display_name = body.get("display_name", user_id)
-        if not isinstance(display_name, str) or len(display_name) > 128:
-            return _error(400, "display_name: a string of at most 128 characters")
+        user_id = jsonbounds.user_id(body, "user_id")
+        display_name = jsonbounds.string(body, "display_name", jsonbounds.MAX_DISPLAY_NAME_CHARS,
+                                         user_id)
         await self.storage.put_user(user_id, display_name, int(time.time() * 1000))
         return web.json_response(await self.storage.get_user(user_id), status=201)
 
     async def get_user(self, request: web.Request) -> web.StreamResponse:
-        user = await self.storage.get_user(request.match_info["user_id"])
+        user_id = request.match_info["user_id"]
+        if not valid_id(user_id):
+            return _error(400, "field user_id: 1-64 of A-Z a-z 0-9 _ . @ -")
+        user = await self.storage.get_user(user_id)
         return web.json_response(user) if user else _error(404, "no such user")
 
     async def mint_token(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
-        user_id = body.get("user_id")
-        device_id = body.get("device_id", "default")
-        ttl_s = body.get("ttl_s", 86400)
-        if not isinstance(user_id, str) or not valid_id(user_id):
-            return _error(400, "user_id: 1-64 of A-Z a-z 0-9 _ . @ -")
-        if not isinstance(device_id, str) or not valid_id(device_id):
-            return _error(400, "device_id: 1-64 of A-Z a-z 0-9 _ . @ -")
-        if not isinstance(ttl_s, int) or not 0 < ttl_s <= MAX_TTL_S:
-            return _error(400, f"ttl_s: an integer in 1..{MAX_TTL_S}")
+        user_id = jsonbounds.user_id(body, "user_id")
+        device_id = jsonbounds.user_id(body, "device_id", "default")
+        ttl_s = jsonbounds.integer(body, "ttl_s", 1, jsonbounds.MAX_TTL_S, 86400)
         token = self.signer.mint(user_id, device_id, ttl_s)
         return web.json_response({"token": token, "expires_in": ttl_s})
 
     # -- groups ----------------------------------------------------------------
 
-    @staticmethod
-    def _users(body: dict[str, Any], key: str) -> list[str]:
-        users = body.get(key, [])
-        if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
-            raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{key}: a list of user ids")
-        return users
-
     async def create_group(self, request: web.Request) -> web.StreamResponse:
         assert self.im is not None
         body = await self._json(request)
-        owner, name = body.get("owner"), body.get("name", "")
-        if not isinstance(owner, str) or not valid_id(owner):
-            return _error(400, "owner: 1-64 of A-Z a-z 0-9 _ . @ -")
-        if not isinstance(name, str):
-            return _error(400, "name: a string")
-        result = await self.im.groups.create(owner, "admin-api", name, self._users(body, "members"))
+        owner = jsonbounds.user_id(body, "owner")
+        name = jsonbounds.string(body, "name", MAX_GROUP_NAME_CHARS, "")
+        result = await self.im.groups.create(owner, "admin-api", name,
+                                             jsonbounds.user_ids(body, "members"))
         return web.json_response({"conversation_id": result.message.conversation_id,
                                   "seq": result.message.seq}, status=201)
 
     async def group_members(self, request: web.Request) -> web.StreamResponse:
         assert self.im is not None
-        members = await self.storage.members(request.match_info["group_id"])
+        members = await self.storage.members(self._group_id(request))
         if not members:
             return _error(404, "no such group")
         return web.json_response({"members": [
@@ -155,11 +143,12 @@ class AdminApi:
         assert self.im is not None
         body = await self._json(request)
         result = await self.im.groups.admin_change(
-            request.match_info["group_id"], self._users(body, "add"), self._users(body, "remove"))
+            self._group_id(request), jsonbounds.user_ids(body, "add"),
+            jsonbounds.user_ids(body, "remove"))
         return web.json_response({"seq": result.message.seq if result else 0})
 
     async def dissolve_group(self, request: web.Request) -> web.StreamResponse:
         assert self.im is not None
-        result = await self.im.groups.admin_change(request.match_info["group_id"], [], [],
+        result = await self.im.groups.admin_change(self._group_id(request), [], [],
                                                    dissolve=True)
         return web.json_response({"seq": result.message.seq if result else 0})

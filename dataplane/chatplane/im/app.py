@@ -20,10 +20,12 @@ from aiohttp import web
 
 from chatplane import tracing
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
+from chatplane.im import requests
 from chatplane.im.admin import AdminApi
 from chatplane.im.forward import ImRing
 from chatplane.im.leases import NotOwner
 from chatplane.im.service import ImService
+from chatplane.protocol import bounds
 from chatplane.protocol.errors import ProtocolError
 from chatplane.regions import links as region_links
 from chatplane.registry import instances as registry
@@ -31,12 +33,19 @@ from chatplane.rpc import serving
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.links import DeliveryOutbox, StateLinks
-from chatplane.storage.base import SendRequest, events_conversation_id, valid_id
+from chatplane.storage.base import SendRequest, events_conversation_id
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
-from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
+
+
+async def _refuse_out_of_bounds(context: grpc.aio.ServicerContext, call: str,
+                                request: object) -> None:
+    """Abort a call whose fields are out of bounds (protocol/bounds.py)."""
+    out_of_bounds = bounds.call_problem(call, request)
+    if out_of_bounds is not None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
 
 
 class ImServicer(sgrpc.ImServicer):
@@ -46,7 +55,9 @@ class ImServicer(sgrpc.ImServicer):
     async def Handle(self, request: spb.ClientRequest,
                      context: grpc.aio.ServicerContext) -> spb.ClientReply:
         with tracing.serving("im.Handle", context.invocation_metadata()):
-            frame = pb.Frame.FromString(request.frame)
+            frame = requests.admit(request, self.im.bounds)
+            if frame.WhichOneof("body") == "error":
+                return spb.ClientReply(frame=frame.SerializeToString())
             try:
                 reply = await self.im.handle(request.user_id, request.device_id, frame)
             except NotOwner as exc:  # the gateway tries the next instance: the new owner
@@ -57,6 +68,7 @@ class ImServicer(sgrpc.ImServicer):
     async def InboxHeads(self, request: spb.InboxHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.InboxHeadsReply:
         with tracing.serving("im.InboxHeads", context.invocation_metadata()):
+            await _refuse_out_of_bounds(context, "inbox_heads", request)
             users = list(dict.fromkeys(request.user_ids))
             try:
                 heads = await asyncio.gather(*(self.im.inbox_head(u) for u in users))
@@ -69,6 +81,7 @@ class ImServicer(sgrpc.ImServicer):
     async def GroupHeads(self, request: spb.GroupHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.GroupHeadsReply:
         with tracing.serving("im.GroupHeads", context.invocation_metadata()):
+            await _refuse_out_of_bounds(context, "group_heads", request)
             try:
                 heads = await self.im.group_heads(list(request.conversation_ids))
             except ProtocolError as exc:
@@ -82,9 +95,10 @@ class ImServicer(sgrpc.ImServicer):
         this one owns (im/forward.py); appended here whatever this instance's
         ring says, so a forward never bounces."""
         with tracing.serving("im.AppendEvent", context.invocation_metadata()):
-            if not (valid_id(request.user_id) and request.content_type.startswith("event/")
-                    and request.cid > 0):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not an event")
+            out_of_bounds = bounds.call_problem("append_event", request)
+            if out_of_bounds is not None or not request.content_type.startswith("event/"):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    out_of_bounds or "not an event")
             event = SendRequest(
                 conversation_id=events_conversation_id(request.user_id), sender=request.user_id,
                 sender_device=request.device, cid=request.cid, text="",

@@ -17,6 +17,8 @@ import dataclasses
 import uuid
 from typing import TYPE_CHECKING
 
+from chatplane.protocol.bounds import MAX_GROUP_NAME_CHARS as MAX_NAME
+from chatplane.protocol.bounds import MAX_USERS_PER_OP
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.storage.base import (
     ADMIN,
@@ -36,8 +38,6 @@ if TYPE_CHECKING:
     from chatplane.im.service import ImService
 
 SYSTEM_GROUP = "system/group"
-MAX_NAME = 128
-MAX_USERS_PER_OP = 1000
 
 
 class Groups:
@@ -204,7 +204,7 @@ class Groups:
     async def members(self, user: str, conversation_id: str, after: str,
                       limit: int) -> pb.MembersResponse:
         await self.im.require_member(user, conversation_id)
-        limit = max(1, min(limit or 500, 5000))
+        limit = max(1, min(limit or 500, self.im.bounds.max_members_page))
         members = await self.im.member_list(conversation_id)
         page = [m for m in members if m.user_id > after]
         return pb.MembersResponse(
@@ -225,10 +225,7 @@ def _check_name(name: str) -> None:
 def _check_users(users: list[str], exclude: str) -> list[str]:
     if len(users) > MAX_USERS_PER_OP:
         raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"at most {MAX_USERS_PER_OP} users at once")
-    result = []
     for u in users:
         if not valid_id(u):
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"invalid user id {u!r}")
-        if u != exclude and u not in result:
-            result.append(u)
-    return result
+    return [u for u in dict.fromkeys(users) if u != exclude]

@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from google.protobuf.message import DecodeError
+
 from chatplane.im import social
 from chatplane.im.leases import NotOwner
-from chatplane.protocol import wire
+from chatplane.protocol import bounds, wire
 from chatplane.protocol.errors import SPECS, ErrorCode, ProtocolError
 from chatplane.storage.base import AppendResult, StorageUnavailable
 from chatplane.v1 import frames_pb2 as pb
+from chatplane.v1 import services_pb2 as spb
 
 if TYPE_CHECKING:
     from chatplane.im.service import ImService
@@ -38,6 +41,26 @@ def error_frame(request_id: int, code: ErrorCode, message: str) -> pb.Frame:
     spec = SPECS[code]
     return pb.Frame(id=request_id, error=pb.Error(code=int(code), message=message,
                                                   retriable=spec.retriable, fatal=False))
+
+
+def admit(request: spb.ClientRequest, limits: bounds.Bounds) -> pb.Frame:
+    """The frame of an `Im.Handle` call, decoded and held to the same bounds
+    as a client's frame at the gateway (a caller other than our gateway must
+    not get past them); an Error frame when it is refused."""
+    frame = pb.Frame()
+    try:
+        frame.ParseFromString(request.frame)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        return error_frame(0, ErrorCode.BAD_FRAME, f"undecodable frame: {exc}")
+    out_of_bounds = bounds.call_problem("handle", request)
+    kind = frame.WhichOneof("body") or ""
+    if out_of_bounds is None and kind not in HANDLERS:
+        return error_frame(frame.id, ErrorCode.UNKNOWN_FRAME, f"{kind} is not served by im")
+    if out_of_bounds is None:
+        out_of_bounds = bounds.problem(kind, getattr(frame, kind), limits)
+    if out_of_bounds is not None:
+        return error_frame(frame.id, ErrorCode.INVALID_ARGUMENT, out_of_bounds)
+    return frame
 
 
 async def handle(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
@@ -142,7 +165,7 @@ async def members(im: ImService, user_id: str, device_id: str, frame: pb.Frame) 
 @handles("conversations")
 async def conversations(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
     body = frame.conversations
-    limit = max(1, min(body.limit or 50, 200))
+    limit = max(1, min(body.limit or 50, im.bounds.max_conversations_page))
     before = (body.before_activity_ms, body.before_id) if body.before_id else None
     try:
         rows = await im.storage.conversations_of(user_id, limit + 1, before)

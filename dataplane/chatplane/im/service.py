@@ -22,6 +22,7 @@ from chatplane.im.groups import Groups
 from chatplane.im.hotcache import HotCache
 from chatplane.im.leases import Leases, NotOwner
 from chatplane.im.social import Social
+from chatplane.protocol.bounds import Bounds
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.settings import Limits
 from chatplane.settings import Social as SocialSettings
@@ -88,6 +89,7 @@ class ImService:
         self.storage = storage
         self.state = state
         self.limits = limits
+        self.bounds = Bounds.from_limits(limits)  # what a request field may hold
         self.clock_ms = clock_ms
         self.social_settings = social or SocialSettings()
         self.server_id = server_id

@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from chatplane.protocol.bounds import MAX_NOTE_CHARS as MAX_NOTE
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.storage.base import (
     DIRECT,
@@ -29,8 +30,6 @@ from chatplane.v1 import frames_pb2 as pb
 if TYPE_CHECKING:
     from chatplane.im.service import ImService
 
-MAX_NOTE = 256
-MAX_RECEIPTS_PAGE = 10_000  # a 10,000-member group answers in one page
 
 
 def relation_pb(user_id: str, r: Relation) -> pb.Relation:
@@ -218,7 +217,7 @@ class Social:
         if not 0 < seq <= conversation.head_seq:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT,
                                 f"seq {seq} outside 1..{conversation.head_seq}")
-        limit = max(1, min(limit or 1000, MAX_RECEIPTS_PAGE))
+        limit = max(1, min(limit or 1000, self.im.bounds.max_receipts_page))
         try:
             (message,) = await self.im.storage.history(conversation_id, after_seq=seq - 1,
                                                        before_seq=seq + 1, limit=1)

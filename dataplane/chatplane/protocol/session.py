@@ -9,12 +9,13 @@ the mapping of every violation to one error code and, when fatal, a close.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from google.protobuf.message import Message as PbMessage
 
 from chatplane.protocol import frames
+from chatplane.protocol.bounds import Bounds, problem
 from chatplane.protocol.errors import SPECS, ErrorCode, ProtocolError
 from chatplane.v1 import frames_pb2 as pb
 
@@ -54,6 +55,8 @@ class SessionLimits:
     # A client over the rate gets RATE_LIMITED for each refused frame; after
     # this many refusals in a row it is closed.
     max_refusals: int = 200
+    # what every request field may hold (protocol/bounds.py)
+    bounds: Bounds = field(default_factory=Bounds)
 
 
 class ServerSession:
@@ -114,6 +117,11 @@ class ServerSession:
                     ErrorCode.UNSUPPORTED_VERSION,
                     f"protocol version {frame.login.protocol_version} not supported; use 1"))
                 return []
+            out_of_bounds = problem(kind, frame.login, self.limits.bounds)
+            if out_of_bounds is not None:  # a login that cannot be served closes
+                self.fail(frame.id, ProtocolError(ErrorCode.INVALID_ARGUMENT, out_of_bounds),
+                          force_close=True)
+                return []
             self.phase = Phase.LOGGING_IN
             return [Request(frame.id, kind, frame.login)]
         if self.phase is Phase.LOGGING_IN and len(self._held) < MAX_HELD_DURING_LOGIN:
@@ -125,7 +133,12 @@ class ServerSession:
         if kind not in CLIENT_REQUESTS:
             self.error(frame.id, ErrorCode.UNKNOWN_FRAME, f"{kind} is not a client frame")
             return []
-        return [Request(frame.id, kind, getattr(frame, kind))]
+        body = getattr(frame, kind)
+        out_of_bounds = problem(kind, body, self.limits.bounds)
+        if out_of_bounds is not None:  # at the edge: im and storage never see the value
+            self.error(frame.id, ErrorCode.INVALID_ARGUMENT, out_of_bounds)
+            return []
+        return [Request(frame.id, kind, body)]
 
     def _take_token(self, now_ms: float) -> bool:
         elapsed = max(0.0, now_ms - self._tokens_at) / 1000.0

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from chatplane.protocol import bounds
 from chatplane.regions import hello, peerlist
 from chatplane.regions.peerlist import Peer
 from chatplane.rpc.peers import Peers
@@ -102,6 +103,9 @@ class RegionServicer(rgrpc.RegionServicer):
 
     async def Hello(self, request: rpb.HelloRequest,
                     context: grpc.aio.ServicerContext) -> rpb.HelloReply:
+        out_of_bounds = bounds.call_problem("hello", request)
+        if out_of_bounds is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
         self.prober.heard(request.region)
         return rpb.HelloReply(
             region=self.me.region, cluster=self.me.cluster, protocol=hello.PROTOCOL,

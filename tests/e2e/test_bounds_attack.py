@@ -1,0 +1,277 @@
+"""Must hold, with real processes: an attacker sending every frame kind with
+every uint64 field at 2^63 and 2^64-1 and every bounded field at its limit and
+one past it, over raw TCP to a real `chatplane up`, gets the documented error
+for each (INVALID_ARGUMENT naming the field; a close only where documented),
+while a pair chatting through the real SDK is unaffected: every message
+delivered exactly once, in order (the checker), new writes work, /readyz 200.
+
+The uint64 fields come from the protobuf descriptors, not from
+protocol/bounds.py, so a field the bounds table forgets fails here. The pair's
+delivery latency is measured alone and beside the attacker and printed
+(docs/benchmarks.md keeps the figures; timing is not asserted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from chatplane.auth import TokenSigner
+from chatplane.checker import DeliveryChecker
+from chatplane.client import Client
+from chatplane.protocol import bounds, frames
+from chatplane.protocol.errors import ErrorCode
+from chatplane.protocol.session import CLIENT_REQUESTS
+from chatplane.v1 import frames_pb2 as pb
+from tests.support.server import ServerProcess
+from tests.support.traffic import Device, wait_until_received
+
+pytestmark = pytest.mark.slow
+
+HUGE = (2**63, 2**64 - 1)
+UINT64 = 4  # FieldDescriptor.TYPE_UINT64
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    frame: pb.Frame
+    refused: str  # "" : must not be refused for a bound; else the field the error names
+
+
+def uint64_cases() -> Iterator[Case]:
+    """Every uint64 field of every client request, nested cursors included."""
+    for kind in sorted(CLIENT_REQUESTS):
+        body_type = type(getattr(pb.Frame(), kind))
+        for field in body_type.DESCRIPTOR.fields:
+            if field.type == UINT64:
+                for value in HUGE:
+                    frame = pb.Frame()
+                    body = getattr(frame, kind)
+                    body.SetInParent()
+                    setattr(body, field.name, value)
+                    if kind in ("send", "history", "mark_read", "receipts"):
+                        body.conversation_id = "d:alice:bob"
+                    yield Case(f"{kind}.{field.name}={value}", frame, f"{kind}.{field.name}")
+    for value in HUGE:
+        frame = pb.Frame(sync=pb.SyncRequest(conversations=[pb.ConversationCursor(
+            conversation_id="g:x", seq=value)]))
+        yield Case(f"sync.conversations.seq={value}", frame, "sync.conversations")
+
+
+def limit_cases(group: str) -> Iterator[Case]:
+    """Each bounded string, list, page size and enum at its limit and one past it."""
+    text_max = bounds.Bounds().max_text_bytes
+    at_and_over: list[tuple[str, str, object, object]] = [
+        ("send", "text", "x" * text_max, "x" * (text_max + 1)),
+        ("send", "conversation_id", "g" * bounds.MAX_CONVERSATION_ID_BYTES,
+         "g" * (bounds.MAX_CONVERSATION_ID_BYTES + 1)),
+        ("send", "content_type", "c" * bounds.MAX_CONTENT_TYPE_BYTES,
+         "c" * (bounds.MAX_CONTENT_TYPE_BYTES + 1)),
+        ("history", "limit", 200, 201), ("history", "limit", 200, 2**32 - 1),
+        ("sync", "limit", 500, 501),
+        ("members", "limit", 5000, 5001), ("members", "after_user_id", "a" * 64, "a" * 65),
+        ("conversations", "limit", 200, 201),
+        ("receipts", "limit", 10_000, 10_001),
+        ("open_direct", "peer_user_id", "p" * 64, "p" * 65),
+        ("friend_op", "note", "n" * bounds.MAX_NOTE_CHARS, "n" * (bounds.MAX_NOTE_CHARS + 1)),
+        ("friend_op", "action", 6, 7),
+        ("group_create", "name", "g" * bounds.MAX_GROUP_NAME_CHARS,
+         "g" * (bounds.MAX_GROUP_NAME_CHARS + 1)),
+        ("group_create", "members", [f"m{i}" for i in range(bounds.MAX_USERS_PER_OP)],
+         [f"m{i}" for i in range(bounds.MAX_USERS_PER_OP + 1)]),
+        ("group_op", "action", 8, 9), ("group_op", "role", "member", "god"),
+        ("group_op", "user_ids", ["m1"], [f"m{i}" for i in range(bounds.MAX_USERS_PER_OP + 1)]),
+    ]
+    for kind, name, ok, over in at_and_over:
+        for value, refused in ((ok, ""), (over, f"{kind}.{name}")):
+            frame = pb.Frame()
+            body = getattr(frame, kind)
+            body.SetInParent()
+            if "conversation_id" in type(body).DESCRIPTOR.fields_by_name and name != "conversation_id":
+                body.conversation_id = group
+            if kind == "friend_op" and name != "action":
+                body.action = pb.REQUEST
+            if kind in ("friend_op",) and name != "user_id":
+                body.user_id = "nobody"
+            if kind == "group_op" and name != "action":
+                body.action = pb.SET_ROLE if name == "role" else pb.INVITE
+            if kind == "send":
+                body.cid = 1
+            if kind == "receipts":
+                body.seq = 1
+            if isinstance(value, list):
+                getattr(body, name).extend(value)
+            else:
+                setattr(body, name, value)
+            yield Case(f"{kind}.{name} {'over' if refused else 'at limit'}", frame, refused)
+
+
+class RawTcp:
+    """One raw TCP connection: frames out, replies read by id."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.next_id = 0
+
+    @classmethod
+    async def open(cls, port: int, token: str, **login: object) -> tuple[RawTcp, pb.Frame]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = cls(reader, writer)
+        reply = await conn.call(pb.Frame(login=pb.Login(protocol_version=1, token=token,
+                                                        **login)))  # type: ignore[arg-type]
+        return conn, reply
+
+    async def read(self) -> pb.Frame | None:
+        try:
+            head = await asyncio.wait_for(self.reader.readexactly(4), 10)
+            (length,) = struct.unpack(">I", head)
+            return pb.Frame.FromString(await asyncio.wait_for(self.reader.readexactly(length), 10))
+        except asyncio.IncompleteReadError:
+            return None
+
+    async def call(self, frame: pb.Frame) -> pb.Frame:
+        self.next_id += 1
+        frame.id = self.next_id
+        self.writer.write(frames.encode_prefixed(frame))
+        while True:
+            reply = await self.read()
+            assert reply is not None, f"closed before the reply to {frame}"
+            if reply.id == frame.id or (reply.WhichOneof("body") == "error" and reply.error.fatal):
+                return reply
+
+    async def closed(self) -> bool:
+        while True:
+            try:
+                frame = await self.read()
+            except (TimeoutError, ConnectionError):
+                return False
+            if frame is None:
+                return True
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def check(case: Case, reply: pb.Frame) -> None:
+    body = reply.WhichOneof("body")
+    if case.refused:
+        assert body == "error" and reply.error.code == ErrorCode.INVALID_ARGUMENT, (case.name, reply)
+        assert reply.error.message.startswith(f"field {case.refused}"), (case.name, reply)
+        assert not reply.error.fatal and not reply.error.retriable
+    elif body == "error":  # served past the bounds: a business answer, never a bound or a bug
+        assert reply.error.code in (ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND,
+                                    ErrorCode.INVALID_ARGUMENT), (case.name, reply)
+        assert not reply.error.message.startswith("field ") and not reply.error.fatal, reply
+
+
+async def attack(port: int, token: str, stop: asyncio.Event | None = None) -> int:
+    """Every case over one connection (again and again until `stop`); each
+    reply checked. Returns the frames sent."""
+    conn, ack = await RawTcp.open(port, token)
+    assert ack.WhichOneof("body") == "login_ack", ack
+    created = await conn.call(pb.Frame(group_create=pb.GroupCreate(name="mine")))
+    group = created.group_op_ack.conversation_id
+    cases = [*uint64_cases(), *limit_cases(group)]
+    sent = 0
+    while True:
+        for case in cases:
+            frame = pb.Frame()
+            frame.CopyFrom(case.frame)
+            check(case, await conn.call(frame))  # push_ack too: refused, so answered
+            sent += 1
+        if stop is None or stop.is_set():
+            conn.close()
+            return sent
+
+
+async def login_cases(port: int, signer: TokenSigner) -> None:
+    """Login's own fields: past a bound, INVALID_ARGUMENT and a close (documented)."""
+    token = signer.mint("trudy", "t1")
+    for field, at_limit, over in (
+            ("inbox_seq", 2**63 - 1, 2**63), ("inbox_seq", 2**63 - 1, 2**64 - 1),
+            ("client_name", "c" * bounds.MAX_CLIENT_NAME_BYTES,
+             "c" * (bounds.MAX_CLIENT_NAME_BYTES + 1)),
+            ("store_id", "s" * bounds.MAX_STORE_ID_BYTES, "s" * (bounds.MAX_STORE_ID_BYTES + 1))):
+        conn, reply = await RawTcp.open(port, token, **{field: at_limit})
+        assert reply.WhichOneof("body") == "login_ack", (field, reply)
+        conn.close()
+        conn, reply = await RawTcp.open(port, token, **{field: over})
+        assert reply.error.code == ErrorCode.INVALID_ARGUMENT, (field, reply)
+        assert reply.error.message.startswith(f"field login.{field}") and reply.error.fatal
+        assert await conn.closed()
+    conn, reply = await RawTcp.open(port, "t" * (bounds.MAX_TOKEN_BYTES + 1))
+    assert reply.error.code == ErrorCode.INVALID_ARGUMENT and await conn.closed()
+
+
+async def chat(alice: Device, bob: Device, conversation: str, count: int,
+               latencies: list[float]) -> None:
+    """`count` messages alice -> bob at 25/s; each one's send-to-receipt time."""
+    for i in range(count):
+        began = time.monotonic()
+        ack = await alice.client.send_text(conversation, f"m{len(latencies)}-{i}")
+        alice.checker.record_ack("alice", "phone", conversation, ack.seq, ack.message_id)
+        while not any(m.seq == ack.seq for m in bob.received[-5:]):
+            await asyncio.sleep(0.001)
+        latencies.append((time.monotonic() - began) * 1000)
+        await asyncio.sleep(0.04)
+
+
+def summary(ms: list[float]) -> str:
+    q = statistics.quantiles(ms, n=100)
+    return f"p50 {q[49]:.2f} ms p99 {q[98]:.2f} ms (n={len(ms)})"
+
+
+async def test_attacker_with_extreme_values_cannot_hurt_a_chatting_pair(
+        server: ServerProcess, signer: TokenSigner) -> None:
+    checker = DeliveryChecker()
+    devices = []
+    for user, device in (("alice", "phone"), ("bob", "laptop")):
+        client = Client(server.url, signer.mint(user, device))
+        await client.connect()
+        devices.append(Device(client, user, device, checker))
+        devices[-1].start()
+    alice, bob = devices
+    conversation = await alice.client.direct("bob")
+    checker.add_member(conversation, "alice")
+    checker.add_member(conversation, "bob")
+
+    alone: list[float] = []
+    await chat(alice, bob, conversation, 100, alone)
+
+    await login_cases(server.tcp_port, signer)
+    assert await attack(server.tcp_port, signer.mint("mallory", "m0")) >= 50  # every case once
+
+    stop = asyncio.Event()
+    attackers = [asyncio.create_task(attack(server.tcp_port, signer.mint(f"mallory{i}", "m")
+                                            , stop)) for i in range(3)]
+    beside: list[float] = []
+    await chat(alice, bob, conversation, 100, beside)
+    stop.set()
+    sent = sum(await asyncio.gather(*attackers))
+
+    print(f"\npair alone: {summary(alone)}; beside 3 attackers ({sent} frames): {summary(beside)};"
+          f" p50 ratio {statistics.median(beside) / statistics.median(alone):.2f}")
+    total = len(alone) + len(beside)
+    await wait_until_received(devices, total, timeout_s=30)
+    last = await bob.client.send_text(conversation, "after the attack")  # writes still work
+    checker.record_ack("bob", "laptop", conversation, last.seq, last.message_id)
+    await wait_until_received(devices, total + 1, timeout_s=30)
+    verdict = checker.verdict()
+    assert verdict.ok, verdict.summary()
+    newest = await alice.client.history(conversation, limit=200)
+    history = await alice.client.history(conversation, before_seq=newest[0].seq) + newest
+    assert checker.check_history("alice", "phone", conversation,
+                                 [(m.seq, m.message_id) for m in history]) == 0
+    assert [m.seq for m in history] == list(range(1, total + 2))
+    async with aiohttp.ClientSession(server.url) as http, http.get("/readyz") as r:
+        assert r.status == 200
+    for device in devices:
+        await device.stop()
