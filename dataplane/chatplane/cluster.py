@@ -48,12 +48,17 @@ class Member:
     http_port: int
     grpc_port: int = 0
     tcp_port: int = 0
+    admin_port: int = 0  # admin API, /metrics, /admin/drain (rpc/adminport.py)
     proc: subprocess.Popen[bytes] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def alive(self) -> bool:
@@ -80,7 +85,7 @@ class Cluster:
                 port = ipconf_port if kind == "ipconf" and ipconf_port else free_port()
                 self.members[name] = Member(
                     name, kind, {}, port, grpc_port=free_port() if kind != "ipconf" else 0,
-                    tcp_port=free_port() if kind == "gateway" else 0)
+                    tcp_port=free_port() if kind == "gateway" else 0, admin_port=free_port())
 
     @property
     def dispatch_url(self) -> str:
@@ -135,6 +140,8 @@ class Cluster:
             env["CHATPLANE_GRPC_PORT"] = str(m.grpc_port)
         if m.tcp_port:
             env["CHATPLANE_TCP_PORT"] = str(m.tcp_port)
+        if m.admin_port:
+            env["CHATPLANE_ADMIN_PORT"] = str(m.admin_port)
         return env
 
     def start_member(self, name: str, wait_s: float | None = 30.0) -> None:
@@ -167,6 +174,7 @@ class Cluster:
         m.http_port = free_port()
         m.grpc_port = free_port() if m.grpc_port else 0
         m.tcp_port = free_port() if m.tcp_port else 0
+        m.admin_port = free_port()
         self.start_member(m.name, wait_s=None)
         return True
 
