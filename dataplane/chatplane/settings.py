@@ -119,7 +119,7 @@ class Tokens:
 class Admin:
     """The admin listener (docs/admin-api.md): admin API, /metrics, drain."""
 
-    port: int = -1  # -1: http_port + 1 (0 when http_port is 0: any free port)
+    port: int = -1  # -1: http_port + 1 (+ 2 if that is tcp_port; 0 when http_port is 0)
     audit_log: str = ""  # JSON lines of admin actions: a path, "-" or empty: stderr
 
 
@@ -151,10 +151,13 @@ ENV_ALIASES = {
 
 def admin_port(s: Settings) -> int:
     """The admin listener's port: CHATPLANE_ADMIN_PORT, else http_port + 1
-    (any free port when http_port is 0)."""
+    (+ 2 when the TCP port is http_port + 1; any free port when http_port is 0)."""
     if s.admin.port >= 0:
         return s.admin.port
-    return s.server.http_port + 1 if s.server.http_port else 0
+    if not s.server.http_port:
+        return 0
+    after = s.server.http_port + 1
+    return after + 1 if after == s.server.tcp_port else after
 
 
 def env_name(section: str, name: str) -> str:
