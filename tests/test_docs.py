@@ -33,7 +33,7 @@ def run_example(example: str, server: ServerProcess, tmp_path: Path) -> str:
 
 
 def test_social_example_runs(server: ServerProcess, tmp_path: Path) -> None:
-    example = python_blocks("client.md")[2]
+    example = python_blocks("client.md")[1]
     out = run_example(example, server, tmp_path)
     assert "[('lunch', 1)]" in out and "Receipts(read=['ben'], unread=[])" in out
     assert "receipt {'conversation_id'" in out
@@ -53,7 +53,7 @@ def test_client_example_runs(server: ServerProcess, tmp_path: Path) -> None:
 
 
 def test_token_refresh_example_runs(server: ServerProcess, tmp_path: Path) -> None:
-    out = run_example(python_blocks("client.md")[1], server, tmp_path)
+    out = run_example(python_blocks("client.md")[2], server, tmp_path)
     assert out.count("carol got ping") == 3
     fetched = int(out.rsplit("tokens fetched:", 1)[1])
     assert fetched >= 3  # the first token, then one per ~2 s of a 6 s session
