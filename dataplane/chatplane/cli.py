@@ -27,17 +27,19 @@ def _up_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     server: dict[str, Any] = {}
     storage: dict[str, Any] = {}
     links: dict[str, Any] = {}
+    admin: dict[str, Any] = {}
     for name, section, key in (
         ("host", server, "host"), ("port", server, "http_port"), ("tcp_port", server, "tcp_port"),
         ("data_dir", storage, "data_dir"), ("storage", storage, "backend"),
         ("cql_hosts", storage, "cql_hosts"), ("keyspace", storage, "keyspace"),
         ("redis_url", storage, "redis_url"), ("sync", storage, "sqlite_synchronous"),
         ("region", server, "region"), ("peers", links, "peers"), ("grpc_port", links, "grpc_port"),
+        ("admin_port", admin, "port"),
     ):
         value = getattr(args, name, None)
         if value is not None:
             section[key] = value
-    return {"server": server, "storage": storage, "links": links}
+    return {"server": server, "storage": storage, "links": links, "admin": admin}
 
 
 async def _run_up(settings: settings_mod.Settings) -> int:
@@ -231,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="listen address (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="HTTP/WebSocket port (default 8080; 0 = any)")
     up.add_argument("--tcp-port", type=int, help="raw TCP port (default: none)")
+    up.add_argument("--admin-port", type=int,
+                    help="admin API, /metrics, drain (CHATPLANE_ADMIN_PORT; default --port + 1)")
     up.add_argument("--storage", choices=("sqlite", "scylla"))
     up.add_argument("--cql-hosts")
     up.add_argument("--keyspace")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -52,8 +53,10 @@ class AuditLog:
         self._lock = threading.Lock()
         self._file: TextIO | None = None
         if target not in ("", "-"):
-            # opened at start: a path that cannot be written is bad configuration
-            self._file = open(target, "a", encoding="utf-8")
+            # opened at start: a path that cannot be written is bad configuration;
+            # 0600 when created: it names users and addresses
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._file = os.fdopen(fd, "a", encoding="utf-8")
 
     @classmethod
     def configured(cls, settings: Settings) -> AuditLog:
