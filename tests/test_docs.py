@@ -33,14 +33,14 @@ def run_example(example: str, server: ServerProcess, tmp_path: Path) -> str:
 
 
 def test_social_example_runs(server: ServerProcess, tmp_path: Path) -> None:
-    _, example = python_blocks("client.md")
+    example = python_blocks("client.md")[1]
     out = run_example(example, server, tmp_path)
     assert "[('lunch', 1)]" in out and "Receipts(read=['ben'], unread=[])" in out
     assert "receipt {'conversation_id'" in out
 
 
 def test_client_example_runs(server: ServerProcess, tmp_path: Path) -> None:
-    example, _ = python_blocks("client.md")
+    example = python_blocks("client.md")[0]
     # The page assumes `chatplane up --data-dir ./chatplane-data` on port 8080.
     example = example.replace("http://127.0.0.1:8080", server.url)
     (tmp_path / "chatplane-data").symlink_to(server.data_dir)
@@ -50,6 +50,13 @@ def test_client_example_runs(server: ServerProcess, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "stored as seq 1" in result.stdout
     assert "alice: hello bob" in result.stdout
+
+
+def test_token_refresh_example_runs(server: ServerProcess, tmp_path: Path) -> None:
+    out = run_example(python_blocks("client.md")[2], server, tmp_path)
+    assert out.count("carol got ping") == 3
+    fetched = int(out.rsplit("tokens fetched:", 1)[1])
+    assert fetched >= 3  # the first token, then one per ~2 s of a 6 s session
 
 
 def test_protocol_example_runs() -> None:

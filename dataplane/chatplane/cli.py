@@ -1,5 +1,5 @@
-"""The `chatplane` command: `up`, `token`, `chat`, `bench`, `drain`, `storage`
-(`migrate`, `backup`, `restore`).
+"""The `chatplane` command: `up`, `token` (mint; `token revoke`), `chat`,
+`bench`, `drain`, `storage` (`migrate`, `backup`, `restore`).
 
 Bad configuration ends with one line on stderr and exit code 2, never a
 traceback.
@@ -28,23 +28,29 @@ def _up_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     server: dict[str, Any] = {}
     storage: dict[str, Any] = {}
     links: dict[str, Any] = {}
+    admin: dict[str, Any] = {}
     for name, section, key in (
         ("host", server, "host"), ("port", server, "http_port"), ("tcp_port", server, "tcp_port"),
         ("data_dir", storage, "data_dir"), ("storage", storage, "backend"),
         ("cql_hosts", storage, "cql_hosts"), ("keyspace", storage, "keyspace"),
         ("redis_url", storage, "redis_url"), ("sync", storage, "sqlite_synchronous"),
         ("region", server, "region"), ("peers", links, "peers"), ("grpc_port", links, "grpc_port"),
+        ("admin_port", admin, "port"),
     ):
         value = getattr(args, name, None)
         if value is not None:
             section[key] = value
-    return {"server": server, "storage": storage, "links": links}
+    return {"server": server, "storage": storage, "links": links, "admin": admin}
 
 
 async def _run_up(settings: settings_mod.Settings) -> int:
     from chatplane.node import Node
 
-    node = Node(settings)
+    try:
+        node = Node(settings)
+    except (ValueError, OSError) as exc:
+        print(f"chatplane: cannot start: {exc}", file=sys.stderr)
+        return 2
     try:
         await node.start()
     except (StorageError, OSError) as exc:
@@ -57,7 +63,7 @@ async def _run_up(settings: settings_mod.Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     tcp = f" tcp={node.tcp_address}" if node.tcp_address else ""
     tcp += f" grpc={node.grpc_address}" if node.grpc_address else ""
-    print(f"chatplane ready at {node.base_url} (ws {node.ws_url}{tcp}; "
+    print(f"chatplane ready at {node.base_url} (ws {node.ws_url}{tcp}; admin {node.admin_url}; "
           f"storage {settings.storage.backend} in {settings.storage.data_dir})", flush=True)
     fatal = await supervision.serve_until(stop, node.supervisor)
     print("chatplane stopping", flush=True)
@@ -80,15 +86,89 @@ def cmd_up(args: argparse.Namespace) -> int:
     return asyncio.run(_run_up(settings))
 
 
+def admin_secret(args: argparse.Namespace) -> str:
+    """--admin-secret, else CHATPLANE_ADMIN_SECRET, else the data dir's secret
+    file (--data-dir, else CHATPLANE_DATA_DIR, else ./chatplane-data); "" if none."""
+    import os
+    from pathlib import Path
+
+    from chatplane.auth import ADMIN_SECRET_FILE
+
+    if getattr(args, "admin_secret", None):
+        return str(args.admin_secret)
+    if os.environ.get("CHATPLANE_ADMIN_SECRET"):
+        return os.environ["CHATPLANE_ADMIN_SECRET"]
+    data_dir = (getattr(args, "data_dir", None) or os.environ.get("CHATPLANE_DATA_DIR")
+                or settings_mod.Storage().data_dir)
+    try:
+        return (Path(data_dir) / ADMIN_SECRET_FILE).read_text().strip()
+    except OSError:
+        return ""
+
+
+def admin_call(url: str, secret: str, method: str = "GET",
+               body: dict[str, Any] | None = None) -> Any:
+    """One admin API call (JSON in, JSON out); raises urllib.error.URLError."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode() if body is not None else None, method=method,
+        headers={"Content-Type": "application/json",
+                 **({"Authorization": f"Bearer {secret}"} if secret else {})})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def _http_error(exc: urllib.error.HTTPError) -> str:
+    try:
+        return f"{exc.code} {json.loads(exc.read()).get('error', '')}"
+    except (ValueError, OSError, AttributeError):
+        return str(exc)
+
+
+def cmd_token_revoke(argv: list[str]) -> int:
+    """`chatplane token revoke --user U [--device D] [--before T] | --before T`."""
+    p = argparse.ArgumentParser(
+        prog="chatplane token revoke",
+        description="Revoke tokens through the admin API: one device, one user, or every "
+                    "token issued before a time. Live sessions close within session_check_s.")
+    p.add_argument("--url", default="http://127.0.0.1:8081", help="the admin port's URL")
+    p.add_argument("--user", help="the user whose tokens to revoke")
+    p.add_argument("--device", help="only this device of --user")
+    p.add_argument("--before", help="tokens issued before this (epoch seconds or ISO 8601 "
+                                    "with a zone); default now; alone: every user's")
+    p.add_argument("--admin-secret", help="else CHATPLANE_ADMIN_SECRET, else --data-dir's file")
+    p.add_argument("--data-dir")
+    args = p.parse_args(argv)
+    if args.device and not args.user:
+        p.error("--device needs --user")
+    if not args.user and not args.before:
+        p.error("give --user U [--device D], or --before T to revoke every user's tokens")
+    body: dict[str, Any] = {}
+    if args.user:
+        body["user_id"] = args.user
+    if args.device:
+        body["device_id"] = args.device
+    if args.before:
+        body["before"] = args.before
+    try:
+        result = admin_call(args.url.rstrip("/") + "/v1/admin/revocations", admin_secret(args),
+                            "POST", body)
+    except urllib.error.HTTPError as exc:
+        print(f"chatplane: revoke refused: {_http_error(exc)}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"chatplane: revoke failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from chatplane.auth import TokenSigner
 
     try:
         settings = settings_mod.load({"storage": {"data_dir": args.data_dir}}
                                      if args.data_dir else None)
-        secret = settings.server.token_secret
-        signer = TokenSigner(secret) if secret else TokenSigner.from_data_dir(
-            settings.storage.data_dir)
+        signer = TokenSigner.configured(settings)
         tokens = [signer.mint(user, args.device, args.ttl) for user in args.users]
     except (SettingsError, ValueError, OSError) as exc:
         print(f"chatplane: {exc}", file=sys.stderr)
@@ -107,21 +187,19 @@ def cmd_drain(args: argparse.Namespace) -> int:
         body["rate"] = args.rate
     if args.deadline is not None:
         body["deadline_s"] = args.deadline
-    request = urllib.request.Request(
-        args.url.rstrip("/") + "/admin/drain", data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json",
-                 **({"Authorization": f"Bearer {args.admin_secret}"} if args.admin_secret else {})},
-    )
+    secret = admin_secret(args)
+    url = args.url.rstrip("/") + "/admin/drain"
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            status = json.load(response)
+        status = admin_call(url, secret, "POST", body)
         print(json.dumps(status))
         while args.wait and status.get("connections", 0):
             time.sleep(0.5)
-            with urllib.request.urlopen(args.url.rstrip("/") + "/admin/drain", timeout=10) as r:
-                status = json.load(r)
+            status = admin_call(url, secret)
         if args.wait:
             print(json.dumps(status))
+    except urllib.error.HTTPError as exc:
+        print(f"chatplane: drain refused: {_http_error(exc)}", file=sys.stderr)
+        return 1
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"chatplane: drain failed: {exc}", file=sys.stderr)
         return 1
@@ -160,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="listen address (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="HTTP/WebSocket port (default 8080; 0 = any)")
     up.add_argument("--tcp-port", type=int, help="raw TCP port (default: none)")
+    up.add_argument("--admin-port", type=int,
+                    help="admin API, /metrics, drain (CHATPLANE_ADMIN_PORT; default --port + 1)")
     up.add_argument("--storage", choices=("sqlite", "scylla"))
     up.add_argument("--cql-hosts")
     up.add_argument("--keyspace")
@@ -172,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cross-region gRPC port, used with --peers (CHATPLANE_GRPC_PORT, 9090)")
     up.set_defaults(func=cmd_up)
 
-    token = sub.add_parser("token", help="print a signed token per user")
+    token = sub.add_parser(
+        "token", help="print a signed token per user; `token revoke --help`: revoke tokens")
     token.add_argument("users", nargs="+")
     token.add_argument("--device", default="default")
     token.add_argument("--data-dir")
@@ -180,10 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
 
     drain = sub.add_parser("drain", help="drain a gateway (paced reconnects)")
-    drain.add_argument("--url", default="http://127.0.0.1:8080")
+    drain.add_argument("--url", default="http://127.0.0.1:8081", help="the gateway's admin port")
     drain.add_argument("--rate", type=float)
     drain.add_argument("--deadline", type=float)
-    drain.add_argument("--admin-secret")
+    drain.add_argument("--admin-secret", help="else CHATPLANE_ADMIN_SECRET, else --data-dir's file")
+    drain.add_argument("--data-dir", help="where the admin secret file is")
     drain.add_argument("--wait", action="store_true")
     drain.set_defaults(func=cmd_drain)
 
@@ -210,7 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _token_revoke_args(argv: list[str]) -> list[str] | None:
+    """The options of `chatplane [--log-level L] token revoke ...`, else None
+    (`token` itself takes user ids, so `revoke` is routed here first)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 1 if "=" in argv[i] else 2
+    return argv[i + 2:] if argv[i:i + 2] == ["token", "revoke"] else None
+
+
 def main(argv: list[str] | None = None) -> int:
+    revoke = _token_revoke_args(sys.argv[1:] if argv is None else argv)
+    if revoke is not None:
+        return cmd_token_revoke(revoke)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -40,6 +40,22 @@ def free_port() -> int:
             return port
 
 
+def free_port_pair() -> int:
+    """A free port P whose P + 1 is free too: a member's HTTP and admin ports,
+    laid out as `chatplane up`'s (admin = HTTP + 1), which the benches assume."""
+    while True:
+        port = free_port()
+        if port + 1 in _handed_out or port + 1 > 65535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        _handed_out.add(port + 1)
+        return port
+
+
 @dataclass
 class Member:
     name: str
@@ -48,12 +64,17 @@ class Member:
     http_port: int
     grpc_port: int = 0
     tcp_port: int = 0
+    admin_port: int = 0  # admin API, /metrics, /admin/drain (rpc/adminport.py)
     proc: subprocess.Popen[bytes] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def alive(self) -> bool:
@@ -77,10 +98,12 @@ class Cluster:
         for kind, count in plan:
             for i in range(1, count + 1):
                 name = {"gateway": f"gw-{i}", "ipconf": "ipconf"}.get(kind, f"{kind}-{i}")
-                port = ipconf_port if kind == "ipconf" and ipconf_port else free_port()
+                fixed = kind == "ipconf" and ipconf_port  # --port: its admin port is any free one
+                port = ipconf_port if fixed else free_port_pair()
                 self.members[name] = Member(
                     name, kind, {}, port, grpc_port=free_port() if kind != "ipconf" else 0,
-                    tcp_port=free_port() if kind == "gateway" else 0)
+                    tcp_port=free_port() if kind == "gateway" else 0,
+                    admin_port=free_port() if fixed else port + 1)
 
     @property
     def dispatch_url(self) -> str:
@@ -135,6 +158,8 @@ class Cluster:
             env["CHATPLANE_GRPC_PORT"] = str(m.grpc_port)
         if m.tcp_port:
             env["CHATPLANE_TCP_PORT"] = str(m.tcp_port)
+        if m.admin_port:
+            env["CHATPLANE_ADMIN_PORT"] = str(m.admin_port)
         return env
 
     def start_member(self, name: str, wait_s: float | None = 30.0) -> None:
@@ -164,9 +189,10 @@ class Cluster:
         log = (self.logs / f"{m.name}.log").read_text(errors="replace")
         if "address already in use" not in log[-500:] or m.kind == "ipconf":
             return False
-        m.http_port = free_port()
+        m.http_port = free_port_pair()
         m.grpc_port = free_port() if m.grpc_port else 0
         m.tcp_port = free_port() if m.tcp_port else 0
+        m.admin_port = m.http_port + 1
         self.start_member(m.name, wait_s=None)
         return True
 
@@ -239,6 +265,12 @@ class Cluster:
     def signer(self) -> TokenSigner:
         return TokenSigner.from_data_dir(self.data_dir)
 
+    @property
+    def admin_secret(self) -> str:
+        """The members' admin secret (CHATPLANE_ADMIN_SECRET, else the data dir's file)."""
+        return (self.extra_env.get("CHATPLANE_ADMIN_SECRET")
+                or read_or_create_secret(self.data_dir / ADMIN_SECRET_FILE))
+
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     workdir = Path(args.data_dir).resolve()
@@ -250,9 +282,11 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         gws = ",".join(cluster.members[n].url for n in cluster.names("gateway"))
+        admins = ",".join(f"{m.name}={m.admin_url}" for m in cluster.members.values())
         print(f"chatplane cluster ready dispatch={cluster.dispatch_url} gateways={gws} "
               f"im={len(cluster.names('im'))} state={len(cluster.names('state'))} "
-              f"redis={cluster.redis_url} data={cluster.data_dir} logs={cluster.logs}", flush=True)
+              f"redis={cluster.redis_url} data={cluster.data_dir} logs={cluster.logs} "
+              f"admin={admins}", flush=True)
         restarts: dict[str, float] = {}
         while not stop.wait(0.5):
             # a member that exits is replaced, as a Deployment would (a

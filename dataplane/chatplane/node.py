@@ -1,8 +1,11 @@
 """All four tiers in one process (`chatplane up`): ipconf, gateway, state, im.
 
 The tiers talk through their in-process interfaces here; `chatplane cluster
-up` runs the same services as separate processes. HTTP (dispatch, admin,
-WebSocket, health, metrics, `/v1/peers`) shares one port; raw TCP has its own.
+up` runs the same services as separate processes. The public HTTP port serves
+WebSocket, dispatch and health; the admin port (default HTTP port + 1) the
+admin API, metrics, drain and `/v1/peers` (rpc/adminport.py); raw TCP has
+its own. Token revocations are read from storage every half
+`session_check_s` and close the sessions they revoke.
 With peers listed (`CHATPLANE_PEERS`) it also serves the cross-region link
 (`Region.Hello`) on the gRPC port and probes every peer; without, no gRPC port
 is opened (many single-machine nodes may share a host).
@@ -39,10 +42,12 @@ from chatplane.regions import links as region_links
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
 from chatplane.registry.routes import Routes
+from chatplane.revocations import RevocationWatcher
 from chatplane.rpc import serving
+from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.settings import Settings
 from chatplane.state.service import StateService
-from chatplane.storage.base import Storage
+from chatplane.storage.base import Revocation, Storage
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
 
@@ -76,10 +81,8 @@ class Node:
         self.supervisor = Supervisor(settings.supervision)
         data_dir = Path(settings.storage.data_dir)
         server = settings.server
-        self.signer = (
-            TokenSigner(server.token_secret) if server.token_secret
-            else TokenSigner.from_data_dir(data_dir)
-        )
+        self.signer = TokenSigner.configured(settings)
+        self.audit = AuditLog.configured(settings)
         self.admin_secret = server.admin_secret or read_or_create_secret(
             data_dir / ADMIN_SECRET_FILE)
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
@@ -107,7 +110,12 @@ class Node:
         self.gateway.group_writer = self.group_writer
         self.state.groups.supervisor = self.supervisor
         self.prober = region_links.prober_for(settings, self.server_id, self.signer.peer_proof)
+        self.revocation_watcher = RevocationWatcher(
+            self.gateway.revocations, self.storage.revocations,
+            settings.tokens.session_check_s / 2, self.gateway.apply_revocations)
         self.grpc_address = ""
+        self.admin_url = ""
+        self._admin_runner: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
         self.base_url = ""
         self.ws_url = ""
@@ -116,23 +124,40 @@ class Node:
         self._tcp_server: asyncio.AbstractServer | None = None
         self.ready = False
 
+    def _ready(self) -> bool:
+        return self.ready and not self.gateway.draining and self.supervisor.ready()
+
     def _app(self) -> web.Application:
+        """The public port: what clients and load balancers may reach."""
         app = web.Application(client_max_size=1024 * 1024)
         app[GATEWAY] = self.gateway
         directory = LocalDirectory(self._local_gateways)
         app.add_routes([
             web.get("/ws", websocket_handler),
             web.get("/v1/dispatch", make_handler(directory)),
-            *serving.probe_routes(lambda: (self.ready and not self.gateway.draining
-                                           and self.supervisor.ready()),
-                                  self._metrics_text,
-                                  self._probe_details),
+            *serving.probe_routes(self._ready, self._probe_details),
+        ])
+        return app
+
+    def _admin_app(self) -> web.Application:
+        """The admin port (rpc/adminport.py)."""
+        app = web.Application(client_max_size=1024 * 1024)
+        app.add_routes([
+            *serving.probe_routes(self._ready, self._probe_details),
+            *serving.metrics_routes(self._metrics_text),
             web.post("/admin/drain", self._drain),
             web.get("/admin/drain", self._drain_status),
             *self.prober.routes(),
         ])
-        app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im).routes())
+        app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im,
+                                audit=self.audit, on_revoked=self._revoked).routes())
         return app
+
+    async def _revoked(self, revocation: Revocation) -> None:
+        """A revocation made here closes its sessions now, not at the next poll."""
+        new = self.gateway.revocations.merge([revocation])
+        if new:
+            self.gateway.apply_revocations(new)
 
     def _local_gateways(self) -> list[GatewayInfo]:
         return [GatewayInfo(
@@ -181,7 +206,8 @@ class Node:
                 + self.supervisor.metrics_text())
 
     async def _drain(self, request: web.Request) -> web.Response:
-        asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain)
+        asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain,
+                                             self.audit)
         if isinstance(asked, web.Response):
             return asked
         self.gateway.drain(*asked)
@@ -196,6 +222,7 @@ class Node:
         server = self.settings.server
         await self.storage.open()
         self.supervisor.check("storage", self.storage.health)
+        await self.revocation_watcher.start(self.supervisor)  # before any login is taken
         self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, server.host, server.http_port)
@@ -203,6 +230,8 @@ class Node:
         host, port = self._runner.addresses[0][:2]
         self.base_url = f"http://{host}:{port}"
         self.ws_url = server.advertise_url or f"ws://{host}:{port}/ws"
+        self._admin_runner, admin_port = await start_admin(self._admin_app(), self.settings)
+        self.admin_url = f"http://{host}:{admin_port}"
         if server.tcp_port:
             loop = asyncio.get_running_loop()
             self._tcp_server = await loop.create_server(
@@ -224,6 +253,7 @@ class Node:
             conn.reconnect(500, "server stopping")
         await asyncio.sleep(0.05)  # let the reconnect frames go out
         await self.gateway.stop()
+        await self.revocation_watcher.stop()
         await self.prober.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
@@ -236,4 +266,7 @@ class Node:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.supervisor.stop()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         await self.storage.close()
+        self.audit.close()

@@ -115,6 +115,20 @@ class Supervision:
     max_restarts: int = 5  # a task failing more often than this within restart_window_s
     restart_window_s: float = 60.0  # ... makes the process exit non-zero
     restart_backoff_s: float = 0.5  # first delay before a restart; doubles, up to 10 s
+class Tokens:
+    """Token keys and live-session checks (docs/operations.md, "Token keys")."""
+
+    keys: str = ""  # "kid1:secret1,kid2:secret2": the first signs, all verify; empty: k0
+    keys_file: str = ""  # the same list in a file, re-read when it changes (wins over keys)
+    session_check_s: float = 5.0  # an expired or revoked session is closed within this
+
+
+@dataclass(frozen=True)
+class Admin:
+    """The admin listener (docs/admin-api.md): admin API, /metrics, drain."""
+
+    port: int = -1  # -1: http_port + 1 (+ 2 if that is tcp_port; 0 when http_port is 0)
+    audit_log: str = ""  # JSON lines of admin actions: a path, "-" or empty: stderr
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,8 @@ class Settings:
     social: Social = field(default_factory=Social)
     links: Links = field(default_factory=Links)
     supervision: Supervision = field(default_factory=Supervision)
+    tokens: Tokens = field(default_factory=Tokens)
+    admin: Admin = field(default_factory=Admin)
 
 
 # Environment names that differ from CHATPLANE_<FIELD>.
@@ -136,7 +152,21 @@ ENV_ALIASES = {
     ("storage", "backend"): "CHATPLANE_STORAGE",
     ("drain", "rate"): "CHATPLANE_DRAIN_RATE",
     ("drain", "deadline_s"): "CHATPLANE_DRAIN_DEADLINE_S",
+    ("tokens", "keys"): "CHATPLANE_TOKEN_KEYS",
+    ("tokens", "keys_file"): "CHATPLANE_TOKEN_KEYS_FILE",
+    ("admin", "port"): "CHATPLANE_ADMIN_PORT",
 }
+
+
+def admin_port(s: Settings) -> int:
+    """The admin listener's port: CHATPLANE_ADMIN_PORT, else http_port + 1
+    (+ 2 when the TCP port is http_port + 1; any free port when http_port is 0)."""
+    if s.admin.port >= 0:
+        return s.admin.port
+    if not s.server.http_port:
+        return 0
+    after = s.server.http_port + 1
+    return after + 1 if after == s.server.tcp_port else after
 
 
 def env_name(section: str, name: str) -> str:
@@ -221,5 +251,17 @@ def validate(s: Settings) -> None:
             and sup.restart_backoff_s > 0):
         problems.append("supervision: wedge_s, restart_window_s and restart_backoff_s must be"
                         " positive, max_restarts at least 1")
+    if not 0 < s.tokens.session_check_s <= 3600:
+        problems.append("session_check_s must be in (0, 3600]")
+    if s.tokens.keys and not s.tokens.keys_file:
+        from chatplane.auth import parse_keys
+        try:
+            parse_keys(s.tokens.keys)
+        except ValueError as exc:
+            problems.append(f"CHATPLANE_TOKEN_KEYS: {exc}")
+    if not -1 <= s.admin.port < 65536:
+        problems.append(f"admin port {s.admin.port} out of range")
+    elif s.admin.port > 0 and s.admin.port in (s.server.http_port, s.server.tcp_port):
+        problems.append(f"admin port {s.admin.port} must differ from the public ports")
     if problems:
         raise SettingsError("; ".join(problems))

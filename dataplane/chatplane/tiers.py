@@ -82,13 +82,14 @@ async def _serve(kind: str, settings: settings_mod.Settings) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {"server": {}, "storage": {}, "links": {}}
+    out: dict[str, dict[str, Any]] = {"server": {}, "storage": {}, "links": {}, "admin": {}}
     for name, section, key in (
         ("host", "server", "host"), ("port", "server", "http_port"),
         ("tcp_port", "server", "tcp_port"), ("id", "server", "server_id"),
         ("data_dir", "storage", "data_dir"), ("storage", "storage", "backend"),
         ("redis_url", "storage", "redis_url"), ("grpc_port", "links", "grpc_port"),
         ("state_addrs", "links", "state_addrs"), ("im_addrs", "links", "im_addrs"),
+        ("admin_port", "admin", "port"),
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -118,6 +119,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--id", help="instance id (CHATPLANE_SERVER_ID)")
         p.add_argument("--host", help="listen address (CHATPLANE_HOST)")
         p.add_argument("--port", type=int, help="HTTP port (CHATPLANE_HTTP_PORT; 0 = any)")
+        p.add_argument("--admin-port", type=int,
+                       help="admin port: /metrics, admin API, drain (CHATPLANE_ADMIN_PORT; "
+                            "default --port + 1)")
         p.add_argument("--redis-url", help="CHATPLANE_REDIS_URL")
         p.add_argument("--data-dir", help="keys (and SQLite storage for im)")
         if kind != "ipconf":

@@ -67,11 +67,11 @@ def get_json(url: str) -> dict[str, object]:
 
 
 def connections(cluster: Cluster, name: str) -> int:
-    return int(get_json(cluster.members[name].url + "/admin/drain")["connections"])  # type: ignore[call-overload]
+    return int(get_json(cluster.members[name].admin_url + "/admin/drain")["connections"])  # type: ignore[call-overload]
 
 
 def metric(cluster: Cluster, name: str, metric_name: str) -> float:
-    with urllib.request.urlopen(cluster.members[name].url + "/metrics", timeout=5) as response:
+    with urllib.request.urlopen(cluster.members[name].admin_url + "/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
             if line.startswith(metric_name + " "):
                 return float(line.split()[1])

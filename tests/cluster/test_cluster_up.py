@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -54,9 +55,12 @@ async def test_cluster_up_serves_and_stops_everything(tmp_path: Path) -> None:
         assert alice.position()["store_id"] and alice.position()["store_id"] == bob.position()["store_id"]
         await alice.close()
         await bob.close()
-        for path in ("/healthz", "/readyz", "/metrics"):
+        for path in ("/healthz", "/readyz"):
             with urllib.request.urlopen(dispatch + path, timeout=5) as response:  # noqa: ASYNC210
                 assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:  # /metrics: the admin port only
+            urllib.request.urlopen(dispatch + "/metrics", timeout=5)  # noqa: ASYNC210
+        assert refused.value.code == 404
         proc.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(proc.wait, 30) == 0
         for pid in children:

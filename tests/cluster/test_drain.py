@@ -28,10 +28,11 @@ IDLE = 2000
 RATE = 500.0
 
 
-def post_drain(url: str, rate: float, deadline_s: float) -> dict[str, object]:
+def post_drain(url: str, rate: float, deadline_s: float, secret: str) -> dict[str, object]:
     request = urllib.request.Request(
         url + "/admin/drain", data=json.dumps({"rate": rate, "deadline_s": deadline_s}).encode(),
-        method="POST", headers={"Content-Type": "application/json"})
+        method="POST", headers={"Content-Type": "application/json",
+                                "Authorization": f"Bearer {secret}"})
     with urllib.request.urlopen(request, timeout=5) as response:
         return dict(json.load(response))
 
@@ -70,7 +71,7 @@ async def test_drain_moves_clients_at_the_set_rate(make_cluster: ClusterFactory)
         await asyncio.sleep(0.3)
         gw1 = cluster.members["gw-1"]
         began = time.monotonic()
-        assert post_drain(gw1.url, RATE, 60)["draining"] is True
+        assert post_drain(gw1.admin_url, RATE, 60, cluster.admin_secret)["draining"] is True
         assert await asyncio.to_thread(http_status, gw1.url + "/readyz") == 503
         for _ in range(30):  # ipconf reads the registry at most once a second
             listed = get_json(cluster.dispatch_url + "/v1/dispatch?uid=someone")["endpoints"]

@@ -1,4 +1,5 @@
-"""The admin HTTP API and service endpoints of a real `chatplane up`."""
+"""The admin HTTP API and service endpoints of a real `chatplane up`: the
+admin API, /metrics and drain on the admin port only, health on both."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.slow
 async def test_users_tokens_and_refusals(server: ServerProcess) -> None:
     secret = (server.data_dir / "admin.secret").read_text().strip()
     auth = {"Authorization": f"Bearer {secret}"}
-    async with aiohttp.ClientSession(server.url) as http:
+    async with aiohttp.ClientSession(server.admin_url) as http:
         async with http.post("/v1/admin/users", json={"user_id": "ann", "display_name": "Ann"},
                              headers=auth) as r:
             assert r.status == 201 and (await r.json())["display_name"] == "Ann"
@@ -42,7 +43,7 @@ async def test_users_tokens_and_refusals(server: ServerProcess) -> None:
     client = Client(server.url, token)
     await client.connect()
     assert (client.user_id, client.device_id) == ("ann", "web")
-    async with aiohttp.ClientSession(server.url) as http:
+    async with aiohttp.ClientSession(server.admin_url) as http:
         async with http.get("/metrics") as r:
             text = await r.text()
     assert "chatplane_connections 1" in text and "chatplane_logins_total 1" in text
@@ -70,7 +71,7 @@ async def test_groups_from_the_admin_api(server: ServerProcess) -> None:
     signer = TokenSigner.from_data_dir(server.data_dir)
     zed = Client(server.url, signer.mint("zed"))
     await zed.connect()
-    async with aiohttp.ClientSession(server.url) as http:
+    async with aiohttp.ClientSession(server.admin_url) as http:
         async with http.post("/v1/admin/groups", headers=auth,
                              json={"name": "ops", "owner": "yan", "members": ["zed"]}) as r:
             assert r.status == 201
@@ -98,11 +99,31 @@ async def test_groups_from_the_admin_api(server: ServerProcess) -> None:
     await zed.close()
 
 
-async def test_drain_endpoint_of_up(server: ServerProcess) -> None:
+async def test_the_public_port_serves_no_admin_surface(server: ServerProcess) -> None:
+    auth = {"Authorization": f"Bearer {server.admin_secret}"}
     async with aiohttp.ClientSession(server.url) as http:
-        async with http.post("/admin/drain", json={"rate": 0}) as r:
+        for method, path in (("GET", "/metrics"), ("GET", "/admin/drain"),
+                             ("POST", "/admin/drain"), ("POST", "/v1/admin/tokens"),
+                             ("POST", "/v1/admin/revocations"), ("GET", "/v1/peers")):
+            async with http.request(method, path, headers=auth, json={"user_id": "a"}) as r:
+                assert r.status in (404, 405), (method, path, r.status)
+        async with http.get("/healthz") as r:
+            assert r.status == 200
+
+
+async def test_drain_endpoint_of_up(server: ServerProcess) -> None:
+    auth = {"Authorization": f"Bearer {server.admin_secret}"}
+    async with aiohttp.ClientSession(server.admin_url) as http:
+        # loopback is no credential: no secret, or a wrong one, is refused
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            async with http.post("/admin/drain", json={"rate": 100}, headers=headers) as r:
+                assert r.status == 401
+        async with http.get("/readyz") as r:
+            assert r.status == 200
+        async with http.post("/admin/drain", json={"rate": 0}, headers=auth) as r:
             assert r.status == 400
-        async with http.post("/admin/drain", json={"rate": 100, "deadline_s": 5}) as r:
+        async with http.post("/admin/drain", json={"rate": 100, "deadline_s": 5},
+                             headers=auth) as r:
             assert r.status == 202
         async with http.get("/admin/drain") as r:
             assert (await r.json())["draining"] is True

@@ -88,7 +88,7 @@ async def test_a_message_that_never_comes_is_reported(large_server: ServerProces
     members = [f"c{i}" for i in range(30)]
     secret = (large_server.data_dir / ADMIN_SECRET_FILE).read_text().strip()
     async with aiohttp.ClientSession() as http, http.post(
-            large_server.url + "/v1/admin/groups", headers={"Authorization": f"Bearer {secret}"},
+            large_server.admin_url + "/v1/admin/groups", headers={"Authorization": f"Bearer {secret}"},
             json={"name": "g", "owner": "owner", "members": members}) as r:
         assert r.status == 201
         group = (await r.json())["conversation_id"]
@@ -152,7 +152,7 @@ def test_a_bound_url_without_its_data_dir_is_refused(tmp_path: Path) -> None:
 
 
 def metric(server: ServerProcess, name: str, *, required: bool = False) -> float:
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"{server.admin_url}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])

@@ -96,7 +96,7 @@ async def test_read_diffusion_delivers_everyone_exactly_once(large_server: Serve
         # only the creation event came through the inbox: the rest was pushed or pulled
         assert [m.seq for m in d.received if m.inbox_seq] == [1]
     # WebSocket devices: their frames went out through the group writer thread
-    async with aiohttp.ClientSession() as http, http.get(f"{large_server.url}/metrics") as resp:
+    async with aiohttp.ClientSession() as http, http.get(f"{large_server.admin_url}/metrics") as resp:
         metrics = await resp.text()
     written = [line for line in metrics.splitlines()
                if line.startswith("chatplane_group_writer_sockets_total ")]

@@ -25,9 +25,10 @@ def _get(url: str) -> Any:
         return json.load(resp)
 
 
-def _start_im(tmp_path: Path, region: str, http: int, grpc: int, peer: tuple[str, int],
-              redis_url: str) -> subprocess.Popen[str]:
+def _start_im(tmp_path: Path, region: str, http: int, grpc: int, admin: int,
+              peer: tuple[str, int], redis_url: str) -> subprocess.Popen[str]:
     env = {**os.environ, **FAST_PROBES, "CHATPLANE_REGION": region,
+           "CHATPLANE_ADMIN_PORT": str(admin),
            "CHATPLANE_TOKEN_SECRET": SHARED_KEY,
            "CHATPLANE_PEERS": json.dumps([{"name": peer[0], "endpoint": f"127.0.0.1:{peer[1]}",
                                            "datacenter": peer[0]}])}
@@ -42,12 +43,12 @@ def _start_im(tmp_path: Path, region: str, http: int, grpc: int, peer: tuple[str
 
 def test_im_tier_regions_see_each_other(tmp_path: Path, redis_server: RedisService) -> None:
     redis_url = redis_server.url.rsplit("/", 1)[0] + "/9"  # away from other tests' registry
-    ports = {r: (free_port(), free_port()) for r in ("eu", "us")}
+    ports = {r: (free_port(), free_port(), free_port()) for r in ("eu", "us")}
     procs = [_start_im(tmp_path, "eu", *ports["eu"], ("us", ports["us"][1]), redis_url),
              _start_im(tmp_path, "us", *ports["us"], ("eu", ports["eu"][1]), redis_url)]
     try:
         for me, other in (("eu", "us"), ("us", "eu")):
-            url = f"http://127.0.0.1:{ports[me][0]}"
+            url = f"http://127.0.0.1:{ports[me][2]}"  # the admin port: /v1/peers
 
             def seen(url: str = url, other: str = other) -> dict[str, Any] | None:
                 try:

@@ -38,6 +38,10 @@ class RegionProcess(ServerProcess):
         return f"http://{self.host}:{self.port}"
 
     @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin_port}"
+
+    @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
@@ -48,8 +52,9 @@ class RegionProcess(ServerProcess):
         self.env["CHATPLANE_TOKEN_SECRET"] = key
 
     def get(self, path: str) -> tuple[int, str]:
+        """GET on the admin port (`/v1/peers`, `/metrics`)."""
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+            with urllib.request.urlopen(self.admin_url + path, timeout=5) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()

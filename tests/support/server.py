@@ -19,13 +19,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A free port P with P + 1 free too: HTTP and admin port, as `chatplane up`
+    lays them out (the benches find /metrics at port + 1)."""
+    while True:
+        port = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+
+
 class ServerProcess:
     def __init__(self, data_dir: Path, *, tcp: bool = True, env: dict[str, str] | None = None,
                  extra_args: list[str] | None = None) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = free_port_pair()
         self.tcp_port = free_port() if tcp else 0
-        self.env = {**os.environ, **(env or {})}
+        self.admin_port = self.port + 1  # admin API, /metrics, /admin/drain
+        self.env = {**os.environ, "CHATPLANE_ADMIN_PORT": str(self.admin_port), **(env or {})}
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
@@ -33,6 +47,14 @@ class ServerProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def admin_secret(self) -> str:
+        return (self.data_dir / "admin.secret").read_text().strip()
 
     def start(self, timeout_s: float = 20.0) -> None:
         args = [sys.executable, "-m", "chatplane.cli", "up", "--data-dir", str(self.data_dir),

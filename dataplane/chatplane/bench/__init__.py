@@ -15,7 +15,7 @@ import secrets
 import sys
 from typing import Any
 
-from chatplane.bench import report
+from chatplane.bench import report, scrape
 from chatplane.bench.direct import DirectConfig, SetupError
 
 
@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "then latency (send call to receipt) and the delivery checker's verdict.",
     )
     direct.add_argument("--url", required=True, help="the server's base URL (http://H:P)")
+    direct.add_argument("--admin-url", default="",
+                        help="its admin port, for /metrics (default: --url's port + 1)")
     direct.add_argument(
         "--data-dir", required=True, help="the server's data dir (tokens are minted with its key)"
     )
@@ -116,7 +118,7 @@ def run_direct_command(args: argparse.Namespace) -> int:
         devices=max(1, args.devices),
         cut_every=max(0.0, args.cut_every),
         cut_fraction=min(1.0, max(0.0, args.cut_fraction)),
-        metrics_url=args.url,
+        metrics_url=scrape.admin_url(args.url, args.admin_url),
         user_prefix=f"w1{secrets.token_hex(3)}",  # fresh users: no history from earlier runs
     )
 

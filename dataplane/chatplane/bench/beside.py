@@ -58,7 +58,7 @@ async def run_direct(url: str, data_dir: str, plan: DirectPlan) -> dict[str, Any
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "direct.json"
         load_before = load_average()
-        storage_before = await scrape.read(url)
+        storage_before = await scrape.read(scrape.admin_url(url))
         began = time.time()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "chatplane.cli", "bench", "direct", "--url", url,
@@ -69,7 +69,7 @@ async def run_direct(url: str, data_dir: str, plan: DirectPlan) -> dict[str, Any
         if not out.exists():
             raise RuntimeError(f"bench direct failed ({proc.returncode}): {err.decode()[-2000:]}")
         pub = json.loads(out.read_text())
-        storage_after = await scrape.read(url)
+        storage_after = await scrape.read(scrape.admin_url(url))
     latency = pub.get("latency_ms", {})
     return {
         "clean": pub.get("clean"),

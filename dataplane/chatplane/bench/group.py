@@ -18,8 +18,8 @@ also against a second server the group never touches, alone and beside it:
 what the machine itself leaves a server while the group sends.
 
 Against `chatplane cluster up`, `--url` is the dispatch (ipconf) URL,
-`--admin-url` an im instance's HTTP URL (the admin API) and `--metrics-url`
-the process whose /metrics is read (the state instance: its
+`--admin-url` an im instance's admin URL (the admin API) and `--metrics-url`
+the admin URL of the process whose /metrics is read (the state instance: its
 `chatplane_group_fanout_ms` is the cluster's fan-out per flush).
 """
 
@@ -56,8 +56,10 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
     )
     group.add_argument("--url", required=True)
     group.add_argument("--data-dir", required=True)
-    group.add_argument("--admin-url", default="", help="the admin API (default: --url)")
-    group.add_argument("--metrics-url", default="", help="/metrics read (default: --url)")
+    group.add_argument("--admin-url", default="",
+                       help="the admin API's base URL (default: --url's port + 1)")
+    group.add_argument("--metrics-url", default="",
+                       help="whose /metrics to read, an admin port (default: --admin-url)")
     group.add_argument("--members", type=int, default=10_000, help="M (default 10000)")
     group.add_argument("--senders", type=int, default=5, help="S (default 5)")
     group.add_argument("--messages", type=int, default=None,
@@ -166,8 +168,8 @@ async def _send(clients: list[Client], group: str, count: int, interval_ms: floa
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     url = args.url.rstrip("/")
-    admin_url = (args.admin_url or url).rstrip("/")
-    metrics_url = (args.metrics_url or url).rstrip("/")
+    admin_url = scrape.admin_url(url, args.admin_url)
+    metrics_url = scrape.admin_url(url, args.metrics_url or args.admin_url)
     data_dir = Path(args.data_dir)
     secret = (data_dir / ADMIN_SECRET_FILE).read_text().strip()
     auth = {"Authorization": f"Bearer {secret}"}

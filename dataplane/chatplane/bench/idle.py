@@ -22,7 +22,7 @@ from typing import Any
 
 from chatplane.auth import TokenSigner
 from chatplane.bench.rawclient import Dispatcher, RawClient
-from chatplane.bench.scrape import parse
+from chatplane.bench.scrape import admin_url, parse
 from chatplane.bench.spread import run_loop
 
 
@@ -34,7 +34,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+    """/metrics of the gateway at public base URL `url` (its admin port: port + 1)."""
+    with urllib.request.urlopen(admin_url(url) + "/metrics", timeout=5) as response:
         return parse(response.read().decode())
 
 

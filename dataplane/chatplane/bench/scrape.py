@@ -1,9 +1,25 @@
 """A server's /metrics as the benches read it: one parser, and the
-differences of counters and histograms between two reads around a run."""
+differences of counters and histograms between two reads around a run.
+/metrics is on the admin port (docs/admin-api.md): `admin_url` finds it."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 import aiohttp
+
+
+def admin_url(url: str, given: str = "") -> str:
+    """The admin port's base URL of the server at public base URL `url`:
+    `given` when set, else the same host at port + 1 (`chatplane up`'s and
+    `cluster up`'s layout)."""
+    if given:
+        return given.rstrip("/")
+    parts = urlsplit(url.rstrip("/"))
+    port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+    host = parts.hostname or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit((parts.scheme, f"{host}:{port + 1}", "", "", ""))
 
 
 def parse(text: str) -> dict[str, float]:
@@ -20,7 +36,7 @@ def parse(text: str) -> dict[str, float]:
 
 
 async def read(url: str) -> dict[str, float]:
-    """The server's /metrics at base URL `url`; {} when it cannot be read."""
+    """/metrics at admin base URL `url` (see `admin_url`); {} when it cannot be read."""
     try:
         async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
                     http.get(url.rstrip("/") + "/metrics") as reply):

@@ -18,9 +18,10 @@ import secrets
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
-from chatplane.auth import TokenSigner
+from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner
 from chatplane.bench.idle import connect_all, heartbeats
 from chatplane.bench.rawclient import RawClient
 from chatplane.bench.spread import run_loop
@@ -76,12 +77,12 @@ async def time_drain(url: str, began: float) -> float:
     return time.monotonic() - began
 
 
-def post_drain(url: str, rate: float, deadline_s: float) -> None:
+def post_drain(url: str, rate: float, deadline_s: float, secret: str) -> None:
     request = urllib.request.Request(
         url.rstrip("/") + "/admin/drain",
         method="POST",
         data=json.dumps({"rate": rate, "deadline_s": deadline_s}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {secret}"},
     )
     with urllib.request.urlopen(request, timeout=10):
         pass
@@ -108,7 +109,8 @@ async def run_storm(args: argparse.Namespace) -> dict[str, Any]:
     drain_timer: asyncio.Task[float] | None = None
     if args.drain:
         moving = [c for c in clients if c.gateway == args.drain_id] if args.drain_id else clients
-        await asyncio.to_thread(post_drain, args.drain, args.drain_rate, args.timeout)
+        secret = (Path(args.data_dir) / ADMIN_SECRET_FILE).read_text().strip()
+        await asyncio.to_thread(post_drain, args.drain, args.drain_rate, args.timeout, secret)
         drain_timer = asyncio.get_running_loop().create_task(time_drain(args.drain, began))
     else:
         moving = clients
@@ -183,7 +185,8 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
     storm.add_argument("--clients", type=int, default=10_000)
     storm.add_argument("--pairs", type=int, default=20, help="chatting SDK pairs (checked)")
     storm.add_argument("--connect-rate", type=float, default=1000.0)
-    storm.add_argument("--drain", metavar="GATEWAY_URL", help="drain this gateway instead")
+    storm.add_argument("--drain", metavar="GATEWAY_ADMIN_URL",
+                       help="drain this gateway instead (its admin port; the secret from --data-dir)")
     storm.add_argument("--drain-id", help="its gateway id (time only its clients)")
     storm.add_argument("--drain-rate", type=float, default=500.0)
     storm.add_argument("--after", type=float, default=1.0, help="traffic seconds after resume")

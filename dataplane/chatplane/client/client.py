@@ -1,4 +1,5 @@
-"""The asyncio client SDK: `Client(url, token)`.
+"""The asyncio client SDK: `Client(url, token)` or
+`Client(url, token_provider=fetch)` (client/tokens.py: fresh tokens before expiry).
 
 The client keeps what must survive a reconnect — its inbox cursor, the sends
 not yet acked (with their cids) — and rebuilds everything else per connection:
@@ -23,6 +24,7 @@ import aiohttp
 
 from chatplane.client.links import Link, LinkClosed, dispatch, open_link
 from chatplane.client.social import SocialApi
+from chatplane.client.tokens import TokenProvider, TokenSource
 from chatplane.delivery.dedup import CidAllocator
 from chatplane.delivery.sync import ConversationOrder, InboxCursor
 from chatplane.protocol import wire
@@ -36,7 +38,7 @@ ACK_DELAY_S = 0.01
 
 # Errors after which reconnecting cannot help.
 TERMINAL = {ErrorCode.AUTH_FAILED, ErrorCode.TOKEN_EXPIRED, ErrorCode.SESSION_REPLACED,
-            ErrorCode.UNSUPPORTED_VERSION}
+            ErrorCode.UNSUPPORTED_VERSION, ErrorCode.TOKEN_REVOKED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,8 @@ class _Connection:
 
 
 class Client(SocialApi):
-    def __init__(self, url: str, token: str, *, transport: str = "ws", inbox_seq: int = 0,
+    def __init__(self, url: str, token: str = "", *, token_provider: TokenProvider | None = None,
+                 transport: str = "ws", inbox_seq: int = 0,
                  max_frame_bytes: int = 64 * 1024, heartbeat_s: float | None = None,
                  backoff_max_s: float = 10.0, sync_page: int = 500,
                  http: aiohttp.ClientSession | None = None,
@@ -96,7 +99,7 @@ class Client(SocialApi):
         if transport not in ("ws", "tcp"):
             raise ValueError("transport must be 'ws' or 'tcp'")
         self.url = url
-        self.token = token
+        self.tokens = TokenSource(token, token_provider)
         self.transport = transport
         self.max_frame_bytes = max_frame_bytes
         self.heartbeat_s = heartbeat_s
@@ -142,6 +145,11 @@ class Client(SocialApi):
         self._first_login: asyncio.Future[None] | None = None
 
     # -- public API ----------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        """The token the client logs in with (the provider's latest)."""
+        return self.tokens.token
 
     @property
     def inbox_seq(self) -> int:
@@ -329,12 +337,14 @@ class Client(SocialApi):
     async def _run(self) -> None:
         attempt = 0
         logins = 0
+        logins_cured = 0  # fresh tokens fetched since the last accepted login
         while not self._closed:
             conn: _Connection | None = None
             up_since = 0.0
             try:
                 conn = await self._open()
                 logins += 1
+                logins_cured = 0
                 if logins > 1:
                     self.reconnects += 1
                 up_since = time.monotonic()
@@ -342,9 +352,17 @@ class Client(SocialApi):
             except asyncio.CancelledError:
                 raise
             except RequestError as exc:
-                if exc.code in TERMINAL:
+                if exc.code in TERMINAL and not (logins_cured < 1 and self.tokens.can_cure(exc.code)):
                     self._fail(exc)
                     return
+                if exc.code in TERMINAL:  # a fresh token may cure it, once in a row
+                    logins_cured += 1
+                    try:
+                        await self.tokens.refresh()
+                    except Exception as failure:  # the app's provider: anything
+                        self._fail(failure)
+                        return
+                    continue
                 log.info("connection ended: %s", exc)
             except (TimeoutError, LinkClosed, OSError, aiohttp.ClientError) as exc:
                 log.info("connection ended: %s", exc)
@@ -383,7 +401,7 @@ class Client(SocialApi):
             raise LinkClosed(f"no gateway reachable: {last}")
         conn = _Connection(link)
         login = pb.Frame(id=self._new_id(), login=pb.Login(
-            protocol_version=1, token=self.token, inbox_seq=self._cursor.have,
+            protocol_version=1, token=await self.tokens.current(), inbox_seq=self._cursor.have,
             store_id=self._store_id, client_name="chatplane-python"))
         try:
             await link.send(login.SerializeToString())
@@ -431,12 +449,25 @@ class Client(SocialApi):
         for cid in sorted(self._pending):  # resend in cid order, same cids
             self._transmit_send(conn, cid)
         self._start_sync()
+        refresh_at = self.tokens.refresh_at()
+        assert self.heartbeat_s is not None
+        next_beat = time.monotonic() + self.heartbeat_s
         try:
             while not reader.done():
-                assert self.heartbeat_s is not None
-                done, _ = await asyncio.wait({reader}, timeout=self.heartbeat_s)
+                wait = max(0.0, next_beat - time.monotonic())
+                if refresh_at is not None:
+                    wait = max(0.0, min(wait, refresh_at - time.time()))
+                done, _ = await asyncio.wait({reader}, timeout=wait)
                 if done:
                     break
+                if refresh_at is not None and time.time() >= refresh_at:
+                    if await self._refresh_token():
+                        conn.reconnect_delay_ms = 0
+                        raise LinkClosed("token refreshed: logging in again with it")
+                    refresh_at = time.time() + 1.0  # the provider failed: again in a second
+                if time.monotonic() < next_beat:
+                    continue  # woke for the token, not for the heartbeat
+                next_beat = time.monotonic() + self.heartbeat_s
                 if time.monotonic() - conn.last_frame > 3 * self.heartbeat_s:
                     raise LinkClosed("server silent for three heartbeats")
                 heartbeat = pb.Frame(heartbeat=pb.Heartbeat(client_time_ms=int(time.time() * 1000)))
@@ -448,6 +479,16 @@ class Client(SocialApi):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._sync_task = None
+
+    async def _refresh_token(self) -> bool:
+        """A fresh token from the provider (the caller then logs in again with
+        it, before the old one expires); False when the provider failed."""
+        try:
+            await self.tokens.refresh()
+        except Exception as exc:  # the app's provider: keep the session, try again soon
+            log.warning("token_provider failed: %s", exc)
+            return False
+        return True
 
     async def _read(self, conn: _Connection) -> None:
         while True:

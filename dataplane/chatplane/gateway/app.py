@@ -4,7 +4,11 @@ Client connections on HTTP (`/ws`) and raw TCP; the `Gateway` gRPC service
 for the state tier; its entry `cp:gateway:<id>` in Redis (addresses, live
 connections, CPU load, draining), which ipconf ranks and state routes by.
 
-Drain (`POST /admin/drain`, or SIGTERM): readiness turns false and the
+The public HTTP port serves `/ws` and health; the admin port (rpc/adminport.py)
+`/metrics`, `/admin/drain` and health. Token revocations come from Redis
+(`cp:revocations`, written by the im tier) every half `session_check_s`.
+
+Drain (`POST /admin/drain` with the admin secret, or SIGTERM): readiness turns false and the
 registry entry says draining at once (dispatch stops listing it), clients get
 `Reconnect` at the drain rate with jitter, and the process exits when empty
 or at the deadline.
@@ -20,6 +24,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from chatplane import revocations
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.gateway import drainapi
 from chatplane.gateway.bulk import BulkWriter
@@ -30,6 +35,7 @@ from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_ha
 from chatplane.registry import instances as registry
 from chatplane.registry.routes import ROUTE_REFRESH_S
 from chatplane.rpc import serving
+from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.links import StateLinks
@@ -70,8 +76,8 @@ class GatewayApp:
         if not settings.storage.redis_url:
             raise ValueError("the gateway tier needs CHATPLANE_REDIS_URL")
         data_dir = Path(settings.storage.data_dir)
-        signer = (TokenSigner(server.token_secret) if server.token_secret
-                  else TokenSigner.from_data_dir(data_dir))
+        signer = TokenSigner.configured(settings)
+        self.audit = AuditLog.configured(settings)
         self.admin_secret = server.admin_secret or read_or_create_secret(data_dir / ADMIN_SECRET_FILE)
         self.instance_id = server.server_id or f"gw-{socket.gethostname()}"
         self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
@@ -87,6 +93,11 @@ class GatewayApp:
         self.heads = HeadChecker(self.gateway, self.im.inbox_heads, links.head_check_s,
                                  self.im.group_heads)
         self.im.on_failover = self.heads.check_soon
+        self.revocation_watcher = revocations.RevocationWatcher(
+            self.gateway.revocations, lambda: revocations.read_redis(self.redis),
+            settings.tokens.session_check_s / 2, self.gateway.apply_revocations)
+        self.admin_url = ""
+        self._admin_runner: web.AppRunner | None = None
         self.cpu = CpuLoad()
         self.ws_url = self.tcp_address = self.grpc_address = self.base_url = ""
         self.publisher: serving.Publisher | None = None
@@ -104,6 +115,9 @@ class GatewayApp:
     def _ready(self) -> bool:
         return (self.publisher is not None and self.publisher.healthy
                 and not self.gateway.draining and self.supervisor.ready())
+
+    def _detail(self) -> dict[str, object]:
+        return {"draining": self.gateway.draining}
 
     def _metrics(self) -> str:
         g = self.gateway
@@ -139,7 +153,8 @@ class GatewayApp:
                 pass  # next round; the publisher's loss detection covers Redis restarts
 
     async def _drain_handler(self, request: web.Request) -> web.Response:
-        asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain)
+        asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain,
+                                             self.audit)
         if isinstance(asked, web.Response):
             return asked
         self.drain(*asked)
@@ -170,15 +185,20 @@ class GatewayApp:
             server.host, links.grpc_port,
             lambda s: sgrpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway), s))
         self.grpc_address = f"{host}:{grpc_port}"
+        await self.revocation_watcher.start(self.supervisor)  # before any login is taken
         app = web.Application(client_max_size=1024 * 1024)
         app[GATEWAY] = self.gateway
         app.add_routes([web.get("/ws", websocket_handler),
-                        web.post("/admin/drain", self._drain_handler),
-                        web.get("/admin/drain", self._drain_status)])
-        app.add_routes(serving.probe_routes(self._ready, self._metrics,
-                                            lambda: {"draining": self.gateway.draining}))
+                        *serving.probe_routes(self._ready, self._detail)])
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
         self.base_url = f"http://{host}:{http_port}"
+        admin = web.Application(client_max_size=1024 * 1024)
+        admin.add_routes([web.post("/admin/drain", self._drain_handler),
+                          web.get("/admin/drain", self._drain_status),
+                          *serving.probe_routes(self._ready, self._detail),
+                          *serving.metrics_routes(self._metrics)])
+        self._admin_runner, admin_port = await start_admin(admin, self.settings)
+        self.admin_url = f"http://{host}:{admin_port}"
         self.ws_url = server.advertise_url or f"ws://{host}:{http_port}/ws"
         if server.tcp_port:
             self._tcp = await asyncio.get_running_loop().create_server(
@@ -195,7 +215,7 @@ class GatewayApp:
     def ready_line(self) -> str:
         tcp = f" tcp={self.tcp_address}" if self.tcp_address else ""
         return (f"chatplane gateway ready id={self.instance_id} ws={self.ws_url}{tcp} "
-                f"grpc={self.grpc_address} http={self.base_url}")
+                f"grpc={self.grpc_address} http={self.base_url} admin={self.admin_url}")
 
     async def stop(self) -> None:
         if self._refresher is not None:
@@ -209,8 +229,12 @@ class GatewayApp:
         await asyncio.sleep(0.05)
         await self.heads.stop()
         await self.gateway.stop()
+        await self.revocation_watcher.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        self.audit.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
         await self.peers.close()

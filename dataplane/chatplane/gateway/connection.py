@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from chatplane.auth import TokenError
+from chatplane.auth import Identity, TokenError
 from chatplane.delivery.acks import DownlinkWindow, Verdict
 from chatplane.protocol import wire
 from chatplane.protocol.errors import ErrorCode, ProtocolError
@@ -44,7 +44,7 @@ def now_ms() -> float:
 
 class Connection:
     __slots__ = ("_tasks", "conn_id", "device_id", "gateway", "groups", "peer", "session",
-                 "transport", "user_id", "window")
+                 "token", "transport", "user_id", "window")
 
     def __init__(self, gateway: Gateway, transport: Transport, peer: str = "") -> None:
         self.gateway = gateway
@@ -55,6 +55,7 @@ class Connection:
         self.user_id = ""
         self.device_id = ""
         self.conn_id = ""
+        self.token: Identity | None = None  # what the login's token said (expiry, iat)
         # large group -> the highest head this device was told of (a push or
         # a sync's GroupDelta); the head check compares it with the group's
         self.groups: dict[str, int] | None = None
@@ -144,6 +145,8 @@ class Connection:
         except TokenError as exc:
             code = ErrorCode.TOKEN_EXPIRED if exc.reason == "expired" else ErrorCode.AUTH_FAILED
             raise ProtocolError(code, str(exc)) from exc
+        if self.gateway.revocations.revoked(identity):
+            raise ProtocolError(ErrorCode.TOKEN_REVOKED, "token revoked")
         if self.gateway.draining:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "gateway is draining; use dispatch")
         head = await self.gateway.im.inbox_head(identity.user_id)
@@ -152,6 +155,7 @@ class Connection:
         # Pushes that arrive before the ack are dropped (see `push`): they were
         # stored before the ack, so the device's own sync after it gets them.
         self.user_id, self.device_id = identity.user_id, identity.device_id
+        self.token = identity
         self.conn_id = self.gateway.new_conn_id()
         delivery = self.gateway.settings.delivery
         store_id = self.gateway.im.store_id
@@ -260,6 +264,14 @@ class Connection:
         if self.session.closed:
             return
         self.session.fail(0, ProtocolError(ErrorCode.SESSION_REPLACED, reason), force_close=True)
+        self.flush()
+
+    def end_session(self, code: ErrorCode, reason: str) -> None:
+        """Close a logged-in session whose token no longer holds (expired,
+        revoked): the error frame, then the close."""
+        if self.session.closed:
+            return
+        self.session.fail(0, ProtocolError(code, reason), force_close=True)
         self.flush()
 
     def reconnect(self, delay_ms: int, reason: str) -> None:

@@ -3,7 +3,10 @@
 One sweeper task serves every connection's deadlines (login, heartbeat,
 retransmission), so an idle connection costs no task of its own, and it only
 looks at a connection when one of its deadlines could have passed
-(`gateway/deadlines.py`). Logged-in
+(`gateway/deadlines.py`). The same sweep closes sessions whose token expired
+(buckets by the token's expiry second, TOKEN_EXPIRED), and a revocation
+learnt from the watcher closes the sessions it names (TOKEN_REVOKED): a look
+at the revoked user's devices, or at every connection for a global one. Logged-in
 connections are indexed by user and device, so pushes that arrive from the
 state tier over gRPC (`push_entries`) find them.
 """
@@ -24,10 +27,12 @@ from chatplane.gateway.connection import Connection, now_ms
 from chatplane.gateway.deadlines import DeadlineBuckets
 from chatplane.metrics import Metrics
 from chatplane.protocol import bounds
+from chatplane.protocol.errors import ErrorCode
 from chatplane.protocol.session import SessionLimits
+from chatplane.revocations import RevocationList
 from chatplane.settings import Settings
 from chatplane.slicing import TimeSlice
-from chatplane.storage.base import InboxItem
+from chatplane.storage.base import ANY, InboxItem, Revocation
 from chatplane.supervision import Supervisor
 from chatplane.v1 import frames_pb2 as pb
 
@@ -57,6 +62,7 @@ class Registry(Protocol):
 SWEEP_INTERVAL_S = 0.1
 CHECK_EVERY = 16  # connections between two looks at the slice's clock
 DEADLINE_SWEEP_EVERY = 10  # heartbeat/login deadlines: once a second
+EXPIRY_HORIZON_S = 300  # a live session's token expiry is looked at least this often
 
 
 class Gateway:
@@ -90,6 +96,11 @@ class Gateway:
         self._next_conn = 0
         self.retransmitting: set[Connection] = set()
         self._deadlines: DeadlineBuckets[Connection] = DeadlineBuckets()
+        # token expiries, by wall-clock second (a token's exp is wall-clock)
+        self._expiries: DeadlineBuckets[Connection] = DeadlineBuckets()
+        self.revocations = RevocationList()
+        self.sessions_expired = 0
+        self.sessions_revoked = 0
         self.metrics = Metrics()
         self.metrics.gauge("chatplane_connections", "open client connections",
                            lambda: len(self.connections))
@@ -109,6 +120,12 @@ class Gateway:
                            "lent sockets taken back from a group writer that had not got to them"
                            " in time (the event loop wrote their frames)",
                            lambda: self.group_writer.sockets_reclaimed if self.group_writer else 0)
+        self.metrics.gauge("chatplane_sessions_expired_total",
+                           "live sessions closed because their token expired",
+                           lambda: self.sessions_expired)
+        self.metrics.gauge("chatplane_sessions_revoked_total",
+                           "live sessions closed because their token was revoked",
+                           lambda: self.sessions_revoked)
         self.log = logging.getLogger("chatplane.gateway")
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -138,6 +155,43 @@ class Gateway:
 
     def logged_in(self, conn: Connection) -> None:
         self.metrics.logins += 1
+        self._watch_expiry(conn, time.time() * 1000)
+
+    def _watch_expiry(self, conn: Connection, wall_ms: float) -> None:
+        """Look at the connection the second after its token's exp (verify()
+        still accepts a token in its exp second), or within EXPIRY_HORIZON_S:
+        a bucket must not hold a closed connection for the token's whole life."""
+        if conn.token is not None:
+            due = min((conn.token.expires_at + 1) * 1000, wall_ms + EXPIRY_HORIZON_S * 1000)
+            self._expiries.add(conn, due)
+
+    def _close_expired(self) -> None:
+        wall_ms = time.time() * 1000
+        for conn in self._expiries.pop_due(wall_ms):
+            token = conn.token
+            if conn not in self.connections or token is None or conn.session.closed:
+                continue
+            if (token.expires_at + 1) * 1000 > wall_ms:  # not yet
+                self._watch_expiry(conn, wall_ms)
+                continue
+            self.sessions_expired += 1
+            conn.end_session(ErrorCode.TOKEN_EXPIRED, "token expired; log in with a new token")
+
+    def apply_revocations(self, rows: Sequence[Revocation]) -> int:
+        """New revocations (already merged into `revocations`): close the live
+        sessions they revoke. Returns how many were closed."""
+        if any(row.user_id == ANY for row in rows):
+            targets: Sequence[Connection] = list(self.connections)
+        else:
+            targets = [conn for user in {row.user_id for row in rows}
+                       for conn in self.users.get(user, {}).values()]
+        closed = 0
+        for conn in targets:
+            if conn.token is not None and self.revocations.revoked(conn.token):
+                conn.end_session(ErrorCode.TOKEN_REVOKED, "token revoked")
+                closed += 1
+        self.sessions_revoked += closed
+        return closed
 
     def new_conn_id(self) -> str:
         self._next_conn += 1
@@ -218,6 +272,11 @@ class Gateway:
             now = now_ms()
             deadlines = rounds % DEADLINE_SWEEP_EVERY == 0
             targets = self._deadlines.pop_due(now) if deadlines else list(self.retransmitting)
+            if deadlines:
+                try:
+                    self._close_expired()
+                except Exception:  # the sweep must go on
+                    self.log.exception("token expiry check failed")
             # thousands of connections take tens of ms: in slices, so no message waits that long
             clock = TimeSlice()
             for i, conn in enumerate(targets):

@@ -12,13 +12,15 @@ conversation.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from pathlib import Path
 
 import grpc
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from chatplane import tracing
+from chatplane import revocations, tracing
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.im import requests
 from chatplane.im.admin import AdminApi
@@ -30,14 +32,17 @@ from chatplane.protocol.errors import ProtocolError
 from chatplane.regions import links as region_links
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
+from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.links import DeliveryOutbox, StateLinks
-from chatplane.storage.base import SendRequest, events_conversation_id
+from chatplane.storage.base import Revocation, SendRequest, events_conversation_id
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
+
+log = logging.getLogger("chatplane.im")
 
 
 async def _refuse_out_of_bounds(context: grpc.aio.ServicerContext, call: str,
@@ -122,8 +127,8 @@ class ImApp:
         if not settings.storage.redis_url:
             raise ValueError("the im tier needs CHATPLANE_REDIS_URL")
         data_dir = Path(settings.storage.data_dir)
-        self.signer = (TokenSigner(server.token_secret) if server.token_secret
-                       else TokenSigner.from_data_dir(data_dir))
+        self.signer = TokenSigner.configured(settings)
+        self.audit = AuditLog.configured(settings)
         self.admin_secret = server.admin_secret or read_or_create_secret(data_dir / ADMIN_SECRET_FILE)
         self.instance_id = server.server_id or f"im-{socket.gethostname()}"
         self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
@@ -141,10 +146,17 @@ class ImApp:
                             owners=self.ring)
         self.servicer = ImServicer(self.im)
         self.prober = region_links.prober_for(settings, self.instance_id, self.signer.peer_proof)
+        # storage -> Redis `cp:revocations`, which the gateways poll (revocations.py)
+        self.revocation_mirror = revocations.RevocationWatcher(
+            revocations.RevocationList(), self.storage.revocations,
+            settings.tokens.session_check_s / 2, lambda new: None,
+            also=lambda rows: revocations.write_redis(self.redis, rows))
         self.grpc_address = ""
         self.base_url = ""
+        self.admin_url = ""
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
         self.publisher: serving.Publisher | None = None
         self.supervisor = Supervisor(settings.supervision)
 
@@ -200,19 +212,33 @@ class ImApp:
         self._grpc, port = await serving.start_grpc(server.host, links.grpc_port, self._services)
         self.grpc_address = f"{host}:{port}"
         self.prober.start(self.supervisor)
+        await self.revocation_mirror.start(self.supervisor)
         app = web.Application(client_max_size=1024 * 1024)
-        app.add_routes(serving.probe_routes(self._ready, self._metrics, self._details))
-        app.add_routes(self.prober.routes())
-        app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im).routes())
+        app.add_routes(serving.probe_routes(self._ready, self._details))
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
         self.base_url = f"http://{host}:{http_port}"
+        admin = web.Application(client_max_size=1024 * 1024)
+        admin.add_routes([*serving.probe_routes(self._ready, self._details),
+                          *serving.metrics_routes(self._metrics), *self.prober.routes()])
+        admin.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im,
+                                  audit=self.audit, on_revoked=self._revoked).routes())
+        self._admin_runner, admin_port = await start_admin(admin, self.settings)
+        self.admin_url = f"http://{host}:{admin_port}"
         self.publisher = serving.Publisher(
             self.instances, self.kind, self.instance_id,
             lambda: {"grpc": self.grpc_address, "http": self.base_url})
         await self.publisher.begin(self.supervisor)
 
+    async def _revoked(self, revocation: Revocation) -> None:
+        """Tell the gateways now (they poll Redis), not at the next mirror round."""
+        try:
+            await revocations.write_redis(self.redis, [revocation])
+        except (RedisError, OSError) as exc:  # stored: the mirror loop copies it later
+            log.warning("revocation not copied to Redis yet: %s", exc)
+
     def ready_line(self) -> str:
-        return f"chatplane im ready id={self.instance_id} grpc={self.grpc_address} http={self.base_url}"
+        return (f"chatplane im ready id={self.instance_id} grpc={self.grpc_address}"
+                f" http={self.base_url} admin={self.admin_url}")
 
     async def stop(self) -> None:
         if self.publisher is not None:
@@ -221,8 +247,12 @@ class ImApp:
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         await self.outbox.stop()
+        await self.revocation_mirror.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        self.audit.close()
         await self.peers.close()
         await self.supervisor.stop()
         await self.storage.close()

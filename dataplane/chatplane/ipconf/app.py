@@ -19,6 +19,7 @@ from aiohttp import web
 from chatplane.ipconf.dispatch import GatewayInfo, make_handler
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
+from chatplane.rpc.adminport import probes_app, start_admin
 from chatplane.settings import Settings
 from chatplane.supervision import Supervisor
 
@@ -69,6 +70,8 @@ class IpconfApp:
         self.base_url = ""
         self._runner: web.AppRunner | None = None
         self.supervisor = Supervisor(settings.supervision)  # nothing long-lived here yet
+        self._admin_runner: web.AppRunner | None = None
+        self.admin_url = ""
 
     def _ready(self) -> bool:
         return self.cache.known > 0 or self.cache.failures == 0
@@ -89,14 +92,21 @@ class IpconfApp:
         server = self.settings.server
         app = web.Application()
         app.add_routes([web.get("/v1/dispatch", make_handler(self.directory))])
-        app.add_routes(serving.probe_routes(self._ready, self._metrics))
+        app.add_routes(serving.probe_routes(self._ready, self.supervisor.details))
         self._runner, port = await serving.start_http(app, server.host, server.http_port)
-        self.base_url = f"http://{serving.advertised_host(self.settings)}:{port}"
+        host = serving.advertised_host(self.settings)
+        self.base_url = f"http://{host}:{port}"
+        self._admin_runner, admin_port = await start_admin(
+            probes_app(self._ready, self._metrics, self.supervisor.details), self.settings)
+        self.admin_url = f"http://{host}:{admin_port}"
 
     def ready_line(self) -> str:
-        return f"chatplane ipconf ready id={self.instance_id} http={self.base_url}"
+        return (f"chatplane ipconf ready id={self.instance_id} http={self.base_url}"
+                f" admin={self.admin_url}")
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         await self.redis.aclose()

@@ -29,6 +29,7 @@ class ErrorCode(IntEnum):
     SLOW_CONSUMER = 16  # the device stopped acking pushes; it should resync
     SESSION_REPLACED = 17  # the same device logged in on another connection
     BLOCKED = 18  # one of the two users blocks the other
+    TOKEN_REVOKED = 19  # the token (its device, its user, or all before a time) was revoked
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ SPECS: dict[ErrorCode, ErrorSpec] = {
     ErrorCode.SLOW_CONSUMER: ErrorSpec(retriable=True, fatal=True),
     ErrorCode.SESSION_REPLACED: ErrorSpec(retriable=False, fatal=True),
     ErrorCode.BLOCKED: ErrorSpec(retriable=False, fatal=False),
+    ErrorCode.TOKEN_REVOKED: ErrorSpec(retriable=False, fatal=True),
 }
 
 

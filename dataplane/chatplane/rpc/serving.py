@@ -1,9 +1,10 @@
 """Server side shared by the tiers: the gRPC server, the HTTP probe endpoints,
 and the loop that keeps an instance published in the Redis registry.
 
-Every tier serves `/healthz` (the process runs), `/readyz` (it can do its job:
-its dependencies answered recently; a draining gateway is not ready) and
-`/metrics` (Prometheus text) on its HTTP port.
+Every tier serves `/healthz` (the process runs) and `/readyz` (it can do its
+job: its dependencies answered recently; a draining gateway is not ready) on
+its HTTP port and its admin port, and `/metrics` (Prometheus text) on its
+admin port only (rpc/adminport.py).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def process_metrics() -> str:
         f"chatplane_process_cpu_seconds_total {usage.ru_utime + usage.ru_stime:.3f}\n")
 
 
-def probe_routes(ready: Callable[[], bool], metrics: Callable[[], str],
+def probe_routes(ready: Callable[[], bool],
                  detail: Callable[[], Mapping[str, object]] | None = None) -> list[web.RouteDef]:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -79,12 +80,16 @@ def probe_routes(ready: Callable[[], bool], metrics: Callable[[], str],
         body: dict[str, object] = {"ready": ok, **(detail() if detail else {})}
         return web.json_response(body, status=200 if ok else 503)
 
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+
+
+def metrics_routes(metrics: Callable[[], str]) -> list[web.RouteDef]:
+    """`/metrics`: for the admin port only."""
     async def metrics_handler(request: web.Request) -> web.Response:
         return web.Response(text=metrics() + process_metrics(), content_type="text/plain",
                             charset="utf-8")
 
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz),
-            web.get("/metrics", metrics_handler)]
+    return [web.get("/metrics", metrics_handler)]
 
 
 async def start_http(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:

@@ -1,6 +1,7 @@
 """`chatplane state`: the state tier as its own process.
 
-A gRPC server (`StateServicer`), the HTTP probes, and its entry in the Redis
+A gRPC server (`StateServicer`), the HTTP probes (and `/metrics` on the
+admin port), and its entry in the Redis
 registry (`cp:state:<id>` with its gRPC address), which is how gateways and
 im instances find state when `CHATPLANE_STATE_ADDRS` is not set.
 """
@@ -15,6 +16,7 @@ from aiohttp import web
 from chatplane.registry import instances as registry
 from chatplane.registry.routes import Routes
 from chatplane.rpc import serving
+from chatplane.rpc.adminport import probes_app, start_admin
 from chatplane.rpc.peers import Peers
 from chatplane.settings import Settings
 from chatplane.state.server import StateServicer
@@ -43,6 +45,8 @@ class StateApp:
         self.base_url = ""
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.admin_url = ""
         self.publisher: serving.Publisher | None = None
         self.supervisor = Supervisor(settings.supervision)
         self.servicer.groups.supervisor = self.supervisor  # the group relay's workers
@@ -61,16 +65,20 @@ class StateApp:
             lambda s: sgrpc.add_StateServicer_to_server(self.servicer, s))
         self.grpc_address = f"{host}:{port}"
         app = web.Application()
-        app.add_routes(serving.probe_routes(self._ready, self._metrics, self.supervisor.details))
+        app.add_routes(serving.probe_routes(self._ready, self.supervisor.details))
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
         self.base_url = f"http://{host}:{http_port}"
+        self._admin_runner, admin_port = await start_admin(
+            probes_app(self._ready, self._metrics, self.supervisor.details), self.settings)
+        self.admin_url = f"http://{host}:{admin_port}"
         self.publisher = serving.Publisher(
             self.instances, self.kind, self.instance_id,
             lambda: {"grpc": self.grpc_address, "http": self.base_url})
         await self.publisher.begin(self.supervisor)
 
     def ready_line(self) -> str:
-        return f"chatplane state ready id={self.instance_id} grpc={self.grpc_address} http={self.base_url}"
+        return (f"chatplane state ready id={self.instance_id} grpc={self.grpc_address}"
+                f" http={self.base_url} admin={self.admin_url}")
 
     async def stop(self) -> None:
         if self.publisher is not None:
@@ -80,5 +88,7 @@ class StateApp:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.supervisor.stop()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         await self.peers.close()
         await self.redis.aclose()

@@ -173,6 +173,19 @@ class ConversationSummary:
     last_message: StoredMessage | None
 
 
+ANY = "*"  # a revocation's user_id or device_id that matches every one
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """Tokens of `user_id` on `device_id` issued before `before_ms` are revoked
+    (`ANY` for every user or every device; auth.Identity.issued_at_ms)."""
+
+    user_id: str
+    device_id: str
+    before_ms: int
+
+
 @runtime_checkable
 class Storage(Protocol):
     """What the tiers need from storage. All methods are coroutines and never
@@ -293,3 +306,10 @@ class Storage(Protocol):
         """Remove a pending invitation; the inviter, or None if there was none."""
 
     async def get_user(self, user_id: str) -> dict[str, str] | None: ...
+
+    async def put_revocation(self, revocation: Revocation) -> None:
+        """Store a revocation; for the same (user, device) the latest
+        `before_ms` wins (an older one written late never lowers it)."""
+
+    async def revocations(self) -> list[Revocation]:
+        """Every stored revocation (few: one row per revoked user or device)."""

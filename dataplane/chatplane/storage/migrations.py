@@ -103,6 +103,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     ), add_columns=(
         ("messages", "fence", "bigint static"),
     )),
+    Migration(4, "token revocations", (
+        # One small partition ('all'); before_ms is written USING TIMESTAMP
+        # <before_ms * 1000>, so a later revocation never loses to an earlier one.
+        """CREATE TABLE IF NOT EXISTS {ks}.revocations (
+            scope text, user_id text, device_id text, before_ms bigint,
+            PRIMARY KEY (scope, user_id, device_id))""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

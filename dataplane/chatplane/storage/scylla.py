@@ -41,6 +41,7 @@ from chatplane.storage.base import (
     Fenced,
     InboxItem,
     MembershipChange,
+    Revocation,
     SendRequest,
     StorageError,
     StorageUnavailable,
@@ -444,6 +445,18 @@ class ScyllaStorage(social.SocialMethods):
         row = rows[0]
         return {"user_id": user_id, "display_name": row["display_name"] or "",
                 "created_at_ms": str(row["created_at_ms"] or 0)}
+
+    # -- token revocations ----------------------------------------------------
+
+    async def put_revocation(self, revocation: Revocation) -> None:
+        db, st, _ = self._parts()
+        await db.run(st.put_revocation, (revocation.before_ms * 1000, revocation.before_ms,
+                                         revocation.user_id, revocation.device_id))
+
+    async def revocations(self) -> list[Revocation]:
+        db, st, _ = self._parts()
+        rows = await db.run(st.select_revocations, ())
+        return [Revocation(r["user_id"], r["device_id"], r["before_ms"]) for r in rows]
 
 
 async def open_storage(settings: cql.CqlSettings) -> ScyllaStorage:

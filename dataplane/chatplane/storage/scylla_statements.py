@@ -85,6 +85,8 @@ class Statements:
     set_fence: PreparedStatement
     select_lease: PreparedStatement
     set_lease: PreparedStatement
+    put_revocation: PreparedStatement
+    select_revocations: PreparedStatement
 
     @classmethod
     async def prepare(cls, db: cql.CqlSession, ks: str) -> Statements:
@@ -245,6 +247,12 @@ class Statements:
                 f"UPDATE {ks}.users SET display_name = ? WHERE user_id = ?", True),
             "select_user": (
                 f"SELECT display_name, created_at_ms FROM {ks}.users WHERE user_id = ?", True),
+            "put_revocation": (
+                f"UPDATE {ks}.revocations USING TIMESTAMP ? SET before_ms = ?"
+                " WHERE scope = 'all' AND user_id = ? AND device_id = ?", True),
+            "select_revocations": (
+                f"SELECT user_id, device_id, before_ms FROM {ks}.revocations"
+                " WHERE scope = 'all'", True),
         }
         names = [f.name for f in fields(cls)]
         prepared = await asyncio.gather(

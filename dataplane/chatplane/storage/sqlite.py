@@ -47,6 +47,7 @@ from chatplane.storage.base import (
     Member,
     MembershipChange,
     Relation,
+    Revocation,
     SendRequest,
     StorageError,
     StorageUnavailable,
@@ -119,6 +120,14 @@ CREATE TABLE IF NOT EXISTS users (
     display_name TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL
 );
+-- Token revocations (auth.py): '*' matches every user or device. New in 2
+-- without a version bump: CREATE IF NOT EXISTS runs at every open.
+CREATE TABLE IF NOT EXISTS revocations (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    before_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
 """
 
 def _conversation(db: sqlite3.Connection, row: Sequence[Any]) -> Conversation:
@@ -594,3 +603,18 @@ class SqliteStorage(_SocialMethods):
             return {"user_id": row[0], "display_name": row[1], "created_at_ms": str(row[2])}
 
         return await self._read(read)
+
+    async def put_revocation(self, revocation: Revocation) -> None:
+        await self._write(lambda writer: writer.db.execute(
+            "INSERT INTO revocations (user_id, device_id, before_ms) VALUES (?, ?, ?)"
+            " ON CONFLICT (user_id, device_id) DO UPDATE SET"
+            " before_ms = max(before_ms, excluded.before_ms)",
+            (revocation.user_id, revocation.device_id, revocation.before_ms)))
+
+    async def revocations(self) -> list[Revocation]:
+        def read(db: sqlite3.Connection) -> list[Revocation]:
+            rows = db.execute("SELECT user_id, device_id, before_ms FROM revocations").fetchall()
+            return [Revocation(*row) for row in rows]
+
+        return await self._read(read)
+
