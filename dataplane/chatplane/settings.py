@@ -115,6 +115,9 @@ class Supervision:
     max_restarts: int = 5  # a task failing more often than this within restart_window_s
     restart_window_s: float = 60.0  # ... makes the process exit non-zero
     restart_backoff_s: float = 0.5  # first delay before a restart; doubles, up to 10 s
+
+
+@dataclass(frozen=True)
 class Tokens:
     """Token keys and live-session checks (docs/operations.md, "Token keys")."""
 
