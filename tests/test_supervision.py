@@ -112,7 +112,7 @@ async def test_up_node_reports_a_dead_task_on_readyz_and_metrics_then_gives_up(
                 body = await response.json()
             assert body["ready"] is False
             assert body["problems"] == ["task im-delivery-outbox failed: KeyError: 'lost'"]
-            async with http.get(node.base_url + "/metrics") as response:
+            async with http.get(node.admin_url + "/metrics") as response:
                 assert counter(await response.text(), "im-delivery-outbox") == 1
             # restarted once after 1 s, fails again: more than max_restarts, the runner stops
             line = await asyncio.wait_for(serve_until(asyncio.Event(), node.supervisor), 10)

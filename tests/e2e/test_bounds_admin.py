@@ -45,7 +45,7 @@ async def test_admin_and_drain_bodies_out_of_bounds_are_400_with_the_field(
         server: ServerProcess) -> None:
     secret = (server.data_dir / "admin.secret").read_text().strip()
     auth = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
-    async with aiohttp.ClientSession(server.url) as http:
+    async with aiohttp.ClientSession(server.admin_url) as http:
         for body, field in TOKEN_BODIES:
             async with http.post("/v1/admin/tokens", data=body, headers=auth) as r:
                 error = (await r.json())["error"]
