@@ -176,7 +176,8 @@ class GatewayApp:
                         web.post("/admin/drain", self._drain_handler),
                         web.get("/admin/drain", self._drain_status)])
         app.add_routes(serving.probe_routes(self._ready, self._metrics,
-                                            lambda: {"draining": self.gateway.draining}))
+                                            lambda: {"draining": self.gateway.draining,
+                                                     **self.supervisor.details()}))
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
         self.base_url = f"http://{host}:{http_port}"
         self.ws_url = server.advertise_url or f"ws://{host}:{http_port}/ws"

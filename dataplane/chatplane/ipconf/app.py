@@ -71,7 +71,7 @@ class IpconfApp:
         self.supervisor = Supervisor(settings.supervision)  # nothing long-lived here yet
 
     def _ready(self) -> bool:
-        return self.cache.known > 0 or self.cache.failures == 0
+        return (self.cache.known > 0 or self.cache.failures == 0) and self.supervisor.ready()
 
     def _metrics(self) -> str:
         lines = []
@@ -89,7 +89,7 @@ class IpconfApp:
         server = self.settings.server
         app = web.Application()
         app.add_routes([web.get("/v1/dispatch", make_handler(self.directory))])
-        app.add_routes(serving.probe_routes(self._ready, self._metrics))
+        app.add_routes(serving.probe_routes(self._ready, self._metrics, self.supervisor.details))
         self._runner, port = await serving.start_http(app, server.host, server.http_port)
         self.base_url = f"http://{serving.advertised_host(self.settings)}:{port}"
 
