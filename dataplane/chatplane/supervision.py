@@ -114,7 +114,8 @@ class Supervisor:
             return self.fatal_line
         if self._fatal is None:
             self._fatal = asyncio.get_running_loop().create_future()
-        return await self._fatal
+        # shielded: a waiter that is cancelled must not cancel it for the others
+        return await asyncio.shield(self._fatal)
 
     async def stop(self) -> None:
         """Cancel what is still supervised (each owner stops its own first)."""

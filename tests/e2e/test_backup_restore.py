@@ -137,3 +137,21 @@ async def test_backup_mid_traffic_restores_every_acked_message(tmp_path: Path) -
         await alice.close()
     finally:
         assert third.stop() == 0
+
+
+def test_backup_refusals_and_the_cql_procedure(tmp_path: Path) -> None:
+    cql = cli("storage", "backup", str(tmp_path / "b"), "--storage", "scylla")
+    assert cql.returncode == 2
+    assert "nodetool snapshot" in cql.stdout and "DESCRIBE KEYSPACE chatplane" in cql.stdout
+    assert "copies embedded (SQLite) storage only" in cql.stderr
+    assert not (tmp_path / "b").exists()
+    missing = cli("storage", "backup", str(tmp_path / "b"), "--data-dir", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "no SQLite database" in missing.stderr
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "chatplane.db").write_bytes(b"")
+    taken = cli("storage", "backup", str(tmp_path / "taken"), "--data-dir", str(tmp_path / "data"))
+    assert taken.returncode == 2 and "not an empty directory" in taken.stderr
+    nothing = cli("storage", "restore", str(tmp_path / "none"), "--data-dir", str(tmp_path / "r"))
+    assert nothing.returncode == 2 and "no backup at" in nothing.stderr

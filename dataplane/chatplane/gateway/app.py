@@ -117,7 +117,7 @@ class GatewayApp:
                 and not self.gateway.draining and self.supervisor.ready())
 
     def _detail(self) -> dict[str, object]:
-        return {"draining": self.gateway.draining}
+        return {"draining": self.gateway.draining, **self.supervisor.details()}
 
     def _metrics(self) -> str:
         g = self.gateway

@@ -74,7 +74,7 @@ class IpconfApp:
         self.admin_url = ""
 
     def _ready(self) -> bool:
-        return self.cache.known > 0 or self.cache.failures == 0
+        return (self.cache.known > 0 or self.cache.failures == 0) and self.supervisor.ready()
 
     def _metrics(self) -> str:
         lines = []

@@ -473,6 +473,8 @@ class SqliteStorage(_SocialMethods):
     async def _write(self, fn: Callable[[Writer], T]) -> T:
         if self._thread is None:
             raise StorageUnavailable("storage is closed")
+        if not self._thread.is_alive():  # never queue a write nobody will take
+            raise StorageUnavailable("storage writer stopped")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((fn, future, loop, time.perf_counter()))
