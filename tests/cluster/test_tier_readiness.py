@@ -36,10 +36,10 @@ async def test_each_tier_reports_problems_and_an_im_its_wedged_writer(
     for name, member in cluster.members.items():
         status, body = await asyncio.to_thread(readyz, member.url)
         assert status == 200 and body["problems"] == [], (name, body)
-    im_metrics = await asyncio.to_thread(metrics, cluster.members["im-1"].url)
+    im_metrics = await asyncio.to_thread(metrics, cluster.members["im-1"].admin_url)
     assert 'chatplane_task_failures_total{task="im-delivery-outbox"} 0' in im_metrics
     assert "chatplane_storage_writer_errors_total 0" in im_metrics
-    gateway_metrics = await asyncio.to_thread(metrics, cluster.members["gw-1"].url)
+    gateway_metrics = await asyncio.to_thread(metrics, cluster.members["gw-1"].admin_url)
     assert 'chatplane_task_failures_total{task="gateway-deadline-sweep"} 0' in gateway_metrics
 
     signer = cluster.signer
