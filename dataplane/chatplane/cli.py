@@ -26,17 +26,19 @@ def _up_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     server: dict[str, Any] = {}
     storage: dict[str, Any] = {}
     links: dict[str, Any] = {}
+    tls: dict[str, Any] = {}
     for name, section, key in (
         ("host", server, "host"), ("port", server, "http_port"), ("tcp_port", server, "tcp_port"),
         ("data_dir", storage, "data_dir"), ("storage", storage, "backend"),
         ("cql_hosts", storage, "cql_hosts"), ("keyspace", storage, "keyspace"),
         ("redis_url", storage, "redis_url"), ("sync", storage, "sqlite_synchronous"),
         ("region", server, "region"), ("peers", links, "peers"), ("grpc_port", links, "grpc_port"),
+        ("tls_cert", tls, "cert"), ("tls_key", tls, "key"),
     ):
         value = getattr(args, name, None)
         if value is not None:
             section[key] = value
-    return {"server": server, "storage": storage, "links": links}
+    return {"server": server, "storage": storage, "links": links, "tls": tls}
 
 
 async def _run_up(settings: settings_mod.Settings) -> int:
@@ -45,7 +47,7 @@ async def _run_up(settings: settings_mod.Settings) -> int:
     node = Node(settings)
     try:
         await node.start()
-    except (StorageError, OSError) as exc:
+    except (StorageError, OSError, SettingsError) as exc:
         print(f"chatplane: cannot start: {exc}", file=sys.stderr)
         await node.storage.close()
         return 2
@@ -164,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(CHATPLANE_PEERS); with peers, up serves Region.Hello")
     up.add_argument("--grpc-port", type=int,
                     help="cross-region gRPC port, used with --peers (CHATPLANE_GRPC_PORT, 9090)")
+    up.add_argument("--tls-cert", help="PEM certificate: HTTPS/WSS and TCP+TLS (CHATPLANE_TLS_CERT); "
+                                       "reloaded when the file changes")
+    up.add_argument("--tls-key", help="its PEM private key (CHATPLANE_TLS_KEY)")
     up.set_defaults(func=cmd_up)
 
     token = sub.add_parser("token", help="print a signed token per user")

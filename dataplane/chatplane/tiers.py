@@ -51,7 +51,7 @@ async def _serve(kind: str, settings: settings_mod.Settings) -> int:
     try:
         app = _make(kind, settings)
         await app.start()
-    except (StorageError, OSError, ValueError) as exc:
+    except (StorageError, OSError, ValueError, settings_mod.SettingsError) as exc:
         print(f"chatplane {kind}: cannot start: {exc}", file=sys.stderr)
         return 2
     stop = asyncio.Event()
@@ -76,13 +76,14 @@ async def _serve(kind: str, settings: settings_mod.Settings) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {"server": {}, "storage": {}, "links": {}}
+    out: dict[str, dict[str, Any]] = {"server": {}, "storage": {}, "links": {}, "tls": {}}
     for name, section, key in (
         ("host", "server", "host"), ("port", "server", "http_port"),
         ("tcp_port", "server", "tcp_port"), ("id", "server", "server_id"),
         ("data_dir", "storage", "data_dir"), ("storage", "storage", "backend"),
         ("redis_url", "storage", "redis_url"), ("grpc_port", "links", "grpc_port"),
         ("state_addrs", "links", "state_addrs"), ("im_addrs", "links", "im_addrs"),
+        ("tls_cert", "tls", "cert"), ("tls_key", "tls", "key"),
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -117,6 +118,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--grpc-port", type=int, help="CHATPLANE_GRPC_PORT (default 9090)")
         if kind == "gateway":
             p.add_argument("--tcp-port", type=int, help="raw TCP port (CHATPLANE_TCP_PORT)")
+            p.add_argument("--tls-cert", help="PEM cert for HTTPS/WSS and TCP+TLS (CHATPLANE_TLS_CERT)")
+            p.add_argument("--tls-key", help="its PEM key (CHATPLANE_TLS_KEY)")
         if kind in ("gateway", "im"):
             p.add_argument("--state-addrs", help="CHATPLANE_STATE_ADDRS (else from Redis)")
         if kind == "gateway":

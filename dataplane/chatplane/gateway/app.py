@@ -21,7 +21,7 @@ import grpc
 from aiohttp import web
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import drainapi
+from chatplane.gateway import certs, drainapi
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.heads import HeadChecker
 from chatplane.gateway.links import GatewayServicer, RemoteIm, RemoteRegistry
@@ -30,6 +30,7 @@ from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_ha
 from chatplane.registry import instances as registry
 from chatplane.registry.routes import ROUTE_REFRESH_S
 from chatplane.rpc import serving
+from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.links import StateLinks
@@ -75,7 +76,8 @@ class GatewayApp:
         self.instance_id = server.server_id or f"gw-{socket.gethostname()}"
         self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
         self.instances = registry.Instances(self.redis, links.registry_ttl_s)
-        self.peers = Peers(links.rpc_deadline_s)
+        self.security = LinkSecurity.from_settings(settings, "gateway")
+        self.peers = Peers(links.rpc_deadline_s, self.security)
         self.im = RemoteIm(self.peers, parse_addrs(links.im_addrs),
                            registry.CachedInstances(self.instances, "im", 1.0))
         self.routes = RemoteRegistry(StateLinks(
@@ -94,6 +96,7 @@ class GatewayApp:
         self._tcp: asyncio.AbstractServer | None = None
         self._refresher: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()  # set when a drain has emptied the gateway
+        self.certs: certs.ReloadingCert | None = None
 
     def _fields(self) -> dict[str, str | int | float]:
         return registry_fields(self.gateway, self.cpu, ws=self.ws_url, tcp=self.tcp_address,
@@ -120,7 +123,8 @@ class GatewayApp:
         lines = [g.metrics.render().rstrip("\n")]
         for name, kind, help_text, value in extra:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+        tls = self.certs.metrics() if self.certs is not None else ""
+        return "\n".join(lines) + "\n" + tls
 
     async def _lost_routes(self) -> None:
         """Redis lost its keys (or was unreachable): put our routes back, then
@@ -166,7 +170,8 @@ class GatewayApp:
         host = serving.advertised_host(self.settings)
         self._grpc, grpc_port = await serving.start_grpc(
             server.host, links.grpc_port,
-            lambda s: sgrpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway), s))
+            lambda s: sgrpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway), s),
+            self.security)
         self.grpc_address = f"{host}:{grpc_port}"
         app = web.Application(client_max_size=1024 * 1024)
         app[GATEWAY] = self.gateway
@@ -175,14 +180,17 @@ class GatewayApp:
                         web.get("/admin/drain", self._drain_status)])
         app.add_routes(serving.probe_routes(self._ready, self._metrics,
                                             lambda: {"draining": self.gateway.draining}))
-        self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
-        self.base_url = f"http://{host}:{http_port}"
-        self.ws_url = server.advertise_url or f"ws://{host}:{http_port}/ws"
+        self.certs = certs.from_settings(self.settings.tls.cert, self.settings.tls.key)
+        tls = self.certs.context if self.certs is not None else None
+        self._runner, http_port = await serving.start_http(app, server.host, server.http_port,
+                                                          ssl_context=tls)
+        self.base_url = f"{'https' if tls else 'http'}://{host}:{http_port}"
+        self.ws_url = server.advertise_url or f"{'wss' if tls else 'ws'}://{host}:{http_port}/ws"
         if server.tcp_port:
             self._tcp = await asyncio.get_running_loop().create_server(
-                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port)
+                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port, ssl=tls)
             tcp_host, tcp_port = self._tcp.sockets[0].getsockname()[:2]
-            self.tcp_address = f"{tcp_host}:{tcp_port}"
+            self.tcp_address = f"{'tcps://' if tls else ''}{tcp_host}:{tcp_port}"
         self.gateway.start()
         self.heads.start()
         self.publisher = serving.Publisher(self.instances, self.kind, self.instance_id,

@@ -28,6 +28,7 @@ from chatplane.protocol.errors import ProtocolError
 from chatplane.regions import links as region_links
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
+from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.links import DeliveryOutbox, StateLinks
@@ -113,7 +114,8 @@ class ImApp:
         self.instance_id = server.server_id or f"im-{socket.gethostname()}"
         self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
         self.instances = registry.Instances(self.redis, links.registry_ttl_s)
-        self.peers = Peers(links.rpc_deadline_s)
+        self.security = LinkSecurity.from_settings(settings, "im")
+        self.peers = Peers(links.rpc_deadline_s, self.security)
         self.outbox = DeliveryOutbox(StateLinks(
             self.peers, parse_addrs(links.state_addrs),
             registry.CachedInstances(self.instances, "state", 1.0)))
@@ -125,7 +127,8 @@ class ImApp:
                             social=settings.social, server_id=self.instance_id, fenced=True,
                             owners=self.ring)
         self.servicer = ImServicer(self.im)
-        self.prober = region_links.prober_for(settings, self.instance_id, self.signer.peer_proof)
+        self.prober = region_links.prober_for(settings, self.instance_id, self.signer.peer_proof,
+                                              self.security)
         self.grpc_address = ""
         self.base_url = ""
         self._grpc: grpc.aio.Server | None = None
@@ -176,7 +179,8 @@ class ImApp:
         host = serving.advertised_host(self.settings)
         await self.storage.open()
         self.outbox.start()
-        self._grpc, port = await serving.start_grpc(server.host, links.grpc_port, self._services)
+        self._grpc, port = await serving.start_grpc(server.host, links.grpc_port, self._services,
+                                                     self.security)
         self.grpc_address = f"{host}:{port}"
         self.prober.start()
         app = web.Application(client_max_size=1024 * 1024)

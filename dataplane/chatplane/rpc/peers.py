@@ -15,6 +15,8 @@ from typing import TypeVar
 
 import grpc
 
+from chatplane.rpc.linksecurity import LinkSecurity
+
 T = TypeVar("T")
 
 RETRIABLE = frozenset({
@@ -45,15 +47,20 @@ def retriable(exc: BaseException) -> bool:
 
 
 class Peers:
-    def __init__(self, deadline_s: float) -> None:
+    """The channels of one process; `security` makes them mTLS or adds the
+    per-role credential (rpc/linksecurity.py)."""
+
+    def __init__(self, deadline_s: float, security: LinkSecurity) -> None:
         self.deadline_s = deadline_s
+        self.security = security
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def channel(self, address: str) -> grpc.aio.Channel:
+    def channel(self, address: str, dials: str) -> grpc.aio.Channel:
+        """The channel to `address`, a `dials` role (`im`, `state`, `gateway`)."""
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=CHANNEL_OPTIONS)
+            channel = self._channels[address] = self.security.open_channel(
+                address, dials, CHANNEL_OPTIONS)
         return channel
 
     async def close(self) -> None:
