@@ -91,7 +91,7 @@ class Node:
                                   group_writer=self.group_writer)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
                             server_id=self.server_id)
-        self.redis = (registry.connect(settings.storage.redis_url)
+        self.redis = (registry.connect(settings.storage.redis_url, tls=settings.tls)
                       if settings.storage.redis_url else None)
         self.security = LinkSecurity.from_settings(settings, "im")  # up serves only Region
         self.mirror: RouteMirror | None = None

@@ -74,7 +74,8 @@ class GatewayApp:
                   else TokenSigner.from_data_dir(data_dir))
         self.admin_secret = server.admin_secret or read_or_create_secret(data_dir / ADMIN_SECRET_FILE)
         self.instance_id = server.server_id or f"gw-{socket.gethostname()}"
-        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
+        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2,
+                                      tls=settings.tls)
         self.instances = registry.Instances(self.redis, links.registry_ttl_s)
         self.security = LinkSecurity.from_settings(settings, "gateway")
         self.peers = Peers(links.rpc_deadline_s, self.security)

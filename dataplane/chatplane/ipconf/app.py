@@ -61,7 +61,8 @@ class IpconfApp:
             raise ValueError("ipconf needs CHATPLANE_REDIS_URL")
         self.instance_id = settings.server.server_id or f"ipconf-{socket.gethostname()}"
         self.redis = registry.connect(settings.storage.redis_url,
-                                      timeout_s=settings.links.rpc_deadline_s / 2)
+                                      timeout_s=settings.links.rpc_deadline_s / 2,
+                                      tls=settings.tls)
         instances = registry.Instances(self.redis, settings.links.registry_ttl_s)
         self.cache = registry.CachedInstances(instances, "gateway", 1.0)
         self.directory = RedisDirectory(self.cache)

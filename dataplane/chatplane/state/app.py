@@ -31,7 +31,8 @@ class StateApp:
         if not settings.storage.redis_url:
             raise ValueError("the state tier needs CHATPLANE_REDIS_URL")
         self.instance_id = settings.server.server_id or f"state-{socket.gethostname()}"
-        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
+        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2,
+                                      tls=settings.tls)
         self.instances = registry.Instances(self.redis, links.registry_ttl_s)
         self.security = LinkSecurity.from_settings(settings, "state")
         self.peers = Peers(links.rpc_deadline_s, self.security)
