@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import aiohttp
 
+from chatplane.client.links import tls_context
+
 
 def parse(text: str) -> dict[str, float]:
     """Prometheus text -> {name (with its labels, if any): value}."""
@@ -19,11 +21,13 @@ def parse(text: str) -> dict[str, float]:
     return found
 
 
-async def read(url: str) -> dict[str, float]:
-    """The server's /metrics at base URL `url`; {} when it cannot be read."""
+async def read(url: str, ca: str = "") -> dict[str, float]:
+    """The server's /metrics at base URL `url` (https: verified against `ca`, else
+    the system CAs); {} when it cannot be read."""
     try:
         async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
-                    http.get(url.rstrip("/") + "/metrics") as reply):
+                    http.get(url.rstrip("/") + "/metrics",
+                             ssl=tls_context(ca) if ca else True) as reply):
             return parse(await reply.text())
     except (aiohttp.ClientError, TimeoutError, OSError):
         return {}
