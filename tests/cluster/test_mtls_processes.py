@@ -1,26 +1,32 @@
 """Mutual TLS between real processes: a cluster whose tiers each hold their role's
-certificate (CHATPLANE_GRPC_TLS_*) chats exactly once, while its im refuses a caller
-that is not a gateway; and regions (`chatplane up` with peers) see each other over
-mTLS with a peer CA, and refuse a peer that presents another cluster's CA."""
+certificate (CHATPLANE_GRPC_TLS_*) and whose gateways serve clients WSS and TCP+TLS
+chats exactly once, while its im refuses a caller that is not a gateway; and
+regions (`chatplane up` with peers) see each other over mTLS with a peer CA, and
+refuse a peer that presents another cluster's CA."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 import redis
 
+from chatplane.checker import DeliveryChecker
+from chatplane.client import Client
 from chatplane.cluster import Cluster
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
-from tests.cluster.conftest import FAST, Chat
+from tests.cluster.conftest import FAST
 from tests.services import RedisService
 from tests.support.certs import TestCa
 from tests.support.regions import RegionProcess, peer_each_other, wait_for
+from tests.support.traffic import Device, send_many, wait_until_received
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -39,8 +45,12 @@ def mtls_cluster(tmp_path: Path, redis_server: RedisService) -> Iterator[tuple[C
     ca = TestCa(tmp_path / "pki", "cluster-ca")
     cluster = Cluster(tmp_path / "cluster", gateways=2, ims=2, redis_url=redis_server.url,
                       env=FAST)
+    web = ca.web()
     for member in cluster.members.values():
         member.env.update(_grpc_env(ca, member.kind))
+        if member.kind == "gateway":  # clients reach the gateways over WSS / TCP+TLS
+            member.env.update({"CHATPLANE_TLS_CERT": str(web.cert),
+                               "CHATPLANE_TLS_KEY": str(web.key)})
     try:
         cluster.start(timeout_s=60)
         yield cluster, ca
@@ -51,14 +61,37 @@ def mtls_cluster(tmp_path: Path, redis_server: RedisService) -> Iterator[tuple[C
 async def test_a_cluster_on_mtls_chats_exactly_once_and_its_im_refuses_strangers(
         mtls_cluster: tuple[Cluster, TestCa], tmp_path: Path) -> None:
     cluster, ca = mtls_cluster
-    chat = Chat()
+    checker = DeliveryChecker()
+    devices: list[Device] = []
     try:
-        await chat.open(cluster, pairs=3, tag="m")
-        await chat.send(per_sender=30, prefix="x")
-        await chat.settle(timeout_s=30)
-        chat.assert_clean()
+        seqs = []
+        for i, transport in enumerate(("ws", "tcp", "ws")):
+            pair = []
+            for user in (f"ma{i}", f"mb{i}"):
+                client = Client(cluster.dispatch_url, cluster.signer.mint(user, "phone"),
+                                transport=transport, ca=str(ca.path))
+                await client.connect()
+                pair.append(Device(client, user, "phone", checker))
+                pair[-1].start()
+            devices += pair
+            conv = await pair[0].client.direct(pair[1].user)
+            checker.add_member(conv, pair[0].user)
+            checker.add_member(conv, pair[1].user)
+            seqs += await asyncio.gather(send_many(pair[0], conv, 30, "a"),
+                                         send_many(pair[1], conv, 30, "b"))
+        await wait_until_received(devices, 60, timeout_s=30)
+        await asyncio.sleep(0.3)  # a duplicate would arrive now
+        assert all(sorted(a + b) == list(range(1, 61)) for a, b in zip(seqs[::2], seqs[1::2], strict=True))
+        verdict = checker.verdict()
+        assert verdict.ok, verdict.summary()
+        async with aiohttp.ClientSession() as http, http.get(
+                cluster.dispatch_url + "/v1/dispatch?uid=x") as reply:
+            endpoints = (await reply.json())["endpoints"]
+        assert len(endpoints) == 2 and all(
+            e["ws"].startswith("wss://") and e["tcp"].startswith("tcps://") for e in endpoints)
     finally:
-        await chat.close()
+        for d in devices:
+            await d.stop()
 
     im = cluster.members[cluster.names("im")[0]]
     address = f"127.0.0.1:{im.grpc_port}"
