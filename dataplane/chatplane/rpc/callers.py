@@ -123,6 +123,8 @@ class CallerGate(grpc.aio.ServerInterceptor):
         self.check = check
         self._proofs = {role_proof(secret, r): r for r in ROLES} if secret else {}
         self._by_cert: dict[bytes, frozenset[str]] = {}  # pem -> identities (certs repeat)
+        self._gated: dict[str, grpc.RpcMethodHandler] = {}
+        self._logged: set[tuple[str, str]] = set()
         self.refused = 0
 
     def identities(self, context: grpc.aio.ServicerContext) -> frozenset[str]:
@@ -146,26 +148,43 @@ class CallerGate(grpc.aio.ServerInterceptor):
             return frozenset({role})
         return frozenset()
 
+    def _refuse(self, method: str, who: str, context: grpc.aio.ServicerContext) -> None:
+        """Count it; log the first refusal of each kind (a flood must not flood the log)."""
+        self.refused += 1
+        kind = (method, who)
+        if kind not in self._logged and len(self._logged) < 256:
+            self._logged.add(kind)
+            log.warning("refused %s from %s (%s)", method, context.peer(), who)
+
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        method: str = details.method
+        gated = self._gated.get(method)
+        if gated is not None:
+            return gated
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler  # unknown method (gRPC answers UNIMPLEMENTED); no streams here
-        method: str = details.method
+        gated = self._gated[method] = self._wrap(method, handler)
+        return gated
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The method's handler behind the check (made once per method)."""
         inner = handler.unary_unary
 
         async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
             who = self.identities(context)
             if not who:
-                self.refused += 1
+                self._refuse(method, "no identity", context)
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                     f"{method}: caller has no tier identity")
             if not allowed(method, who, self.peers):
-                self.refused += 1
+                names = ", ".join(sorted(who))
+                self._refuse(method, names, context)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"{method}: not allowed for {', '.join(sorted(who))}")
+                                    f"{method}: not allowed for {names}")
             return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
