@@ -118,7 +118,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--grpc-port", type=int, help="CHATPLANE_GRPC_PORT (default 9090)")
         if kind == "gateway":
             p.add_argument("--tcp-port", type=int, help="raw TCP port (CHATPLANE_TCP_PORT)")
-            p.add_argument("--tls-cert", help="PEM cert for HTTPS/WSS and TCP+TLS (CHATPLANE_TLS_CERT)")
+        if kind in ("gateway", "ipconf"):
+            p.add_argument("--tls-cert", help="PEM cert for HTTPS (and the gateway's WSS and "
+                                              "TCP+TLS) (CHATPLANE_TLS_CERT)")
             p.add_argument("--tls-key", help="its PEM key (CHATPLANE_TLS_KEY)")
         if kind in ("gateway", "im"):
             p.add_argument("--state-addrs", help="CHATPLANE_STATE_ADDRS (else from Redis)")

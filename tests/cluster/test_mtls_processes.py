@@ -17,6 +17,7 @@ import redis
 
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
+from chatplane.client.links import tls_context
 from chatplane.cluster import Cluster
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.v1 import frames_pb2 as pb
@@ -48,7 +49,7 @@ def mtls_cluster(tmp_path: Path, redis_server: RedisService) -> Iterator[tuple[C
     web = ca.web()
     for member in cluster.members.values():
         member.env.update(_grpc_env(ca, member.kind))
-        if member.kind == "gateway":  # clients reach the gateways over WSS / TCP+TLS
+        if member.kind in ("gateway", "ipconf"):  # clients: HTTPS dispatch, WSS / TCP+TLS
             member.env.update({"CHATPLANE_TLS_CERT": str(web.cert),
                                "CHATPLANE_TLS_KEY": str(web.key)})
     try:
@@ -61,6 +62,7 @@ def mtls_cluster(tmp_path: Path, redis_server: RedisService) -> Iterator[tuple[C
 async def test_a_cluster_on_mtls_chats_exactly_once_and_its_im_refuses_strangers(
         mtls_cluster: tuple[Cluster, TestCa], tmp_path: Path) -> None:
     cluster, ca = mtls_cluster
+    dispatch = f"https://127.0.0.1:{cluster.members['ipconf'].http_port}"
     checker = DeliveryChecker()
     devices: list[Device] = []
     try:
@@ -68,7 +70,7 @@ async def test_a_cluster_on_mtls_chats_exactly_once_and_its_im_refuses_strangers
         for i, transport in enumerate(("ws", "tcp", "ws")):
             pair = []
             for user in (f"ma{i}", f"mb{i}"):
-                client = Client(cluster.dispatch_url, cluster.signer.mint(user, "phone"),
+                client = Client(dispatch, cluster.signer.mint(user, "phone"),
                                 transport=transport, ca=str(ca.path))
                 await client.connect()
                 pair.append(Device(client, user, "phone", checker))
@@ -85,7 +87,7 @@ async def test_a_cluster_on_mtls_chats_exactly_once_and_its_im_refuses_strangers
         verdict = checker.verdict()
         assert verdict.ok, verdict.summary()
         async with aiohttp.ClientSession() as http, http.get(
-                cluster.dispatch_url + "/v1/dispatch?uid=x") as reply:
+                dispatch + "/v1/dispatch?uid=x", ssl=tls_context(str(ca.path))) as reply:
             endpoints = (await reply.json())["endpoints"]
         assert len(endpoints) == 2 and all(
             e["ws"].startswith("wss://") and e["tcp"].startswith("tcps://") for e in endpoints)

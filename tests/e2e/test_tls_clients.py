@@ -6,6 +6,7 @@ while the sessions already open carry on."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import ssl
@@ -156,3 +157,24 @@ async def test_a_replaced_certificate_is_served_without_a_restart(
     finally:
         await alice.stop()
         await bob.stop()
+
+
+async def test_an_https_dispatch_offering_plain_gateways_is_refused(
+        tmp_path: Path, ca: TestCa, caplog: pytest.LogCaptureFixture) -> None:
+    """A rewritten (or misconfigured) dispatch answer must not make the SDK send its
+    token in clear: from an https:// dispatch only wss:// and tcps:// are used."""
+    pair = ca.web()
+    server = TlsServer(tmp_path / "data", tcp=False, extra_args=[
+        "--tls-cert", str(pair.cert), "--tls-key", str(pair.key)],
+        env={"CHATPLANE_GATEWAY_ADVERTISE_URL": "ws://127.0.0.1:1/ws"})
+    server.start()
+    try:
+        token = TokenSigner.from_data_dir(server.data_dir).mint("alice", "phone")
+        client = Client(server.url, token, ca=str(ca.path), backoff_max_s=0.2)
+        with caplog.at_level(logging.INFO, logger="chatplane.client"), \
+                pytest.raises(TimeoutError):
+            await client.connect(timeout_s=2)
+        await client.close()
+        assert "refused a plain-text gateway offered by an https dispatch" in caplog.text
+    finally:
+        server.stop()

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from chatplane.client.links import Link, LinkClosed, dispatch, open_link, tls_context
+from chatplane.client.links import TLS_TCP, Link, LinkClosed, dispatch, open_link, tls_context
 from chatplane.client.social import SocialApi
 from chatplane.delivery.dedup import CidAllocator
 from chatplane.delivery.sync import ConversationOrder, InboxCursor
@@ -382,6 +382,10 @@ class Client(SocialApi):
         uid = self.user_id or ""
         endpoints = await dispatch(self._http, self.url, uid, self.tls)
         last: Exception | None = None
+        if self.url.startswith("https://"):  # no downgrade: the token goes to the gateway
+            if any(not _is_tls(e, self.transport) for e in endpoints):
+                last = LinkClosed("refused a plain-text gateway offered by an https dispatch")
+            endpoints = [e for e in endpoints if _is_tls(e, self.transport)]
         for endpoint in endpoints:
             try:
                 link = await open_link(self._http, endpoint, self.transport, self.max_frame_bytes,
@@ -596,6 +600,12 @@ class Client(SocialApi):
             if not future.done():
                 future.set_exception(exc)
         self._messages.put_nowait(None)
+
+
+def _is_tls(endpoint: dict[str, str], transport: str) -> bool:
+    if transport == "tcp":
+        return endpoint.get("tcp", "").startswith(TLS_TCP)
+    return endpoint.get("ws", "").startswith("wss://")
 
 
 def _ignore_result(task: asyncio.Future[Any]) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from chatplane.gateway import certs
 from chatplane.ipconf.dispatch import GatewayInfo, make_handler
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
@@ -68,6 +69,7 @@ class IpconfApp:
         self.directory = RedisDirectory(self.cache)
         self.base_url = ""
         self._runner: web.AppRunner | None = None
+        self.certs: certs.ReloadingCert | None = None
 
     def _ready(self) -> bool:
         return self.cache.known > 0 or self.cache.failures == 0
@@ -89,8 +91,13 @@ class IpconfApp:
         app = web.Application()
         app.add_routes([web.get("/v1/dispatch", make_handler(self.directory))])
         app.add_routes(serving.probe_routes(self._ready, self._metrics))
-        self._runner, port = await serving.start_http(app, server.host, server.http_port)
-        self.base_url = f"http://{serving.advertised_host(self.settings)}:{port}"
+        # dispatch over HTTPS too: a rewritten answer could send clients' tokens elsewhere
+        self.certs = certs.from_settings(self.settings.tls.cert, self.settings.tls.key)
+        tls = self.certs.context if self.certs is not None else None
+        self._runner, port = await serving.start_http(app, server.host, server.http_port,
+                                                      ssl_context=tls)
+        scheme = "https" if tls else "http"
+        self.base_url = f"{scheme}://{serving.advertised_host(self.settings)}:{port}"
 
     def ready_line(self) -> str:
         return f"chatplane ipconf ready id={self.instance_id} http={self.base_url}"
