@@ -44,6 +44,7 @@ class ReloadingCert:
         self.reloads = 0
         self.failures = 0
         self._stamps = (_stamp(cert), _stamp(key))
+        self._bad_stamps: tuple[tuple[int, int], tuple[int, int]] | None = None
         self._checked = time.monotonic()
         # the listeners' context: the first pair, and the switch to the current one
         self.context = _load(cert, key)
@@ -69,11 +70,12 @@ class ReloadingCert:
         except OSError as exc:
             self._failed(f"cannot stat the certificate files: {exc}")
             return False
-        if stamps == self._stamps:
-            return False
+        if stamps in (self._stamps, self._bad_stamps):
+            return False  # unchanged, or the same files that failed to load last time
         try:
             fresh = _load(self.cert, self.key)
         except (OSError, ssl.SSLError) as exc:
+            self._bad_stamps = stamps
             self._failed(f"cannot load {self.cert} / {self.key}: {exc}")
             return False
         self._current, self._stamps = fresh, stamps
