@@ -178,3 +178,18 @@ async def test_an_https_dispatch_offering_plain_gateways_is_refused(
         assert "refused a plain-text gateway offered by an https dispatch" in caplog.text
     finally:
         server.stop()
+
+
+async def test_chatplane_chat_with_ca_over_https(tls_server: TlsServer, ca: TestCa) -> None:
+    from tests.test_chat import Chat
+
+    alice = await Chat.start(tls_server, "alice", "--ca", str(ca.path))
+    bob = await Chat.start(tls_server, "bob", "--ca", str(ca.path), "--transport", "tcp")
+    try:
+        await alice.type("/dm bob", "hi over tls")
+        await bob.expect("alice: hi over tls")
+        assert await alice.quit() == 0
+        assert await bob.quit() == 0
+    finally:
+        alice.kill()
+        bob.kill()
