@@ -42,11 +42,12 @@ async def start_grpc(host: str, port: int, register: Callable[[grpc.aio.Server],
                      security: LinkSecurity) -> tuple[grpc.aio.Server, int]:
     """The gRPC server of a tier: mTLS or not per `security`, every call gated by
     the caller table (rpc/callers.py)."""
+    gate = security.gate()
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
                                       ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
-                             interceptors=[security.gate()])
+                             interceptors=[gate])
     register(server)
-    creds = security.server_credentials()
+    creds = security.server_credentials(gate)
     bound = (server.add_secure_port(f"{host}:{port}", creds) if creds is not None
              else server.add_insecure_port(f"{host}:{port}"))
     if bound == 0:
