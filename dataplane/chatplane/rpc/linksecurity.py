@@ -5,9 +5,11 @@ With CHATPLANE_GRPC_TLS_CA/CERT/KEY set, every link is mutual TLS: the server
 requires a client certificate chained to the cluster CA (or, for the Region
 service, the peer CA), a client presents its own and checks the server's against
 the role it dials (`grpc.ssl_target_name_override` = that role, a SAN of every
-tier certificate). Without them, calls carry the per-role credential of
-rpc/callers.py, keyed by CHATPLANE_LINKS_SECRET or, when empty, a key derived
-from the admin secret every process of a deployment already shares.
+tier certificate). Renewed files are used without a restart (`CertWatch`: the
+server looks per new connection, the caller per call, at most once a second).
+Without them, calls carry the per-role credential of rpc/callers.py, keyed by
+CHATPLANE_LINKS_SECRET or, when empty, a key derived from the admin secret every
+process of a deployment already shares.
 """
 
 from __future__ import annotations
