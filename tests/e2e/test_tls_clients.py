@@ -193,3 +193,12 @@ async def test_chatplane_chat_with_ca_over_https(tls_server: TlsServer, ca: Test
     finally:
         alice.kill()
         bob.kill()
+
+
+async def test_bench_handshakes_counts_full_handshakes(tls_server: TlsServer, ca: TestCa) -> None:
+    from chatplane.bench import handshakes
+
+    for port_of in ("tcp", "http"):
+        result = await handshakes.run(tls_server.url, str(ca.path), 1.0, 2, port_of)
+        assert result["handshakes"] > 0 and result["failures"] == 0, result
+        assert result["server_cpu_us_per_handshake"] is not None
