@@ -29,6 +29,7 @@ def _up_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     storage: dict[str, Any] = {}
     links: dict[str, Any] = {}
     admin: dict[str, Any] = {}
+    tls: dict[str, Any] = {}
     for name, section, key in (
         ("host", server, "host"), ("port", server, "http_port"), ("tcp_port", server, "tcp_port"),
         ("data_dir", storage, "data_dir"), ("storage", storage, "backend"),
@@ -36,11 +37,12 @@ def _up_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("redis_url", storage, "redis_url"), ("sync", storage, "sqlite_synchronous"),
         ("region", server, "region"), ("peers", links, "peers"), ("grpc_port", links, "grpc_port"),
         ("admin_port", admin, "port"),
+        ("tls_cert", tls, "cert"), ("tls_key", tls, "key"),
     ):
         value = getattr(args, name, None)
         if value is not None:
             section[key] = value
-    return {"server": server, "storage": storage, "links": links, "admin": admin}
+    return {"server": server, "storage": storage, "links": links, "admin": admin, "tls": tls}
 
 
 async def _run_up(settings: settings_mod.Settings) -> int:
@@ -53,7 +55,7 @@ async def _run_up(settings: settings_mod.Settings) -> int:
         return 2
     try:
         await node.start()
-    except (StorageError, OSError) as exc:
+    except (StorageError, OSError, SettingsError) as exc:
         print(f"chatplane: cannot start: {exc}", file=sys.stderr)
         await node.storage.close()
         return 2
@@ -250,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(CHATPLANE_PEERS); with peers, up serves Region.Hello")
     up.add_argument("--grpc-port", type=int,
                     help="cross-region gRPC port, used with --peers (CHATPLANE_GRPC_PORT, 9090)")
+    up.add_argument("--tls-cert", help="PEM certificate: HTTPS/WSS and TCP+TLS (CHATPLANE_TLS_CERT); "
+                                       "reloaded when the file changes")
+    up.add_argument("--tls-key", help="its PEM private key (CHATPLANE_TLS_KEY)")
     up.set_defaults(func=cmd_up)
 
     token = sub.add_parser(

@@ -29,7 +29,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import drainapi
+from chatplane.gateway import certs, drainapi
 from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.connection import Connection
@@ -45,6 +45,7 @@ from chatplane.registry.routes import Routes
 from chatplane.revocations import RevocationWatcher
 from chatplane.rpc import serving
 from chatplane.rpc.adminport import AuditLog, start_admin
+from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.settings import Settings
 from chatplane.state.service import StateService
 from chatplane.storage.base import Revocation, Storage
@@ -87,6 +88,7 @@ class Node:
             data_dir / ADMIN_SECRET_FILE)
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
         self.storage: Storage = make_storage(settings)
+        self.certs: certs.ReloadingCert | None = None
         self.group_writer = BulkWriter.configured(settings.social)
         self.state = StateService(group_interval_ms=settings.social.group_push_interval_ms,
                                   group_max_messages=settings.social.group_push_max_messages,
@@ -94,8 +96,9 @@ class Node:
                                   group_writer=self.group_writer)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
                             server_id=self.server_id)
-        self.redis = (registry.connect(settings.storage.redis_url)
+        self.redis = (registry.connect(settings.storage.redis_url, tls=settings.tls)
                       if settings.storage.redis_url else None)
+        self.security = LinkSecurity.from_settings(settings, "im")  # up serves only Region
         self.mirror: RouteMirror | None = None
         self.publisher: serving.Publisher | None = None
         self.cpu = CpuLoad()
@@ -109,7 +112,8 @@ class Node:
         # its metrics and its stop; up's fan-out is the state service's
         self.gateway.group_writer = self.group_writer
         self.state.groups.supervisor = self.supervisor
-        self.prober = region_links.prober_for(settings, self.server_id, self.signer.peer_proof)
+        self.prober = region_links.prober_for(
+            settings, self.server_id, self.signer.peer_proof, self.security)
         self.revocation_watcher = RevocationWatcher(
             self.gateway.revocations, self.storage.revocations,
             settings.tokens.session_check_s / 2, self.gateway.apply_revocations)
@@ -196,14 +200,15 @@ class Node:
         """Serve `Region.Hello` on the gRPC port, then probe every peer."""
         self._grpc, port = await serving.start_grpc(
             self.settings.server.host, self.settings.links.grpc_port,
-            lambda server: region_links.add_to_server(self.prober, server))
+            lambda server: region_links.add_to_server(self.prober, server), self.security)
         self.grpc_address = f"{serving.advertised_host(self.settings)}:{port}"
         self.prober.start(self.supervisor)
 
     def _metrics_text(self) -> str:
         return (self.gateway.metrics.render() + self.storage.metrics_text()
                 + self.state.groups.render_metrics() + self.prober.metrics()
-                + self.supervisor.metrics_text())
+                + self.supervisor.metrics_text()
+                + (self.certs.metrics() if self.certs is not None else ""))
 
     async def _drain(self, request: web.Request) -> web.Response:
         asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain,
@@ -220,24 +225,27 @@ class Node:
 
     async def start(self) -> None:
         server = self.settings.server
+        self.certs = certs.from_settings(self.settings.tls.cert, self.settings.tls.key)
+        tls = self.certs.context if self.certs is not None else None
         await self.storage.open()
         self.supervisor.check("storage", self.storage.health)
         await self.revocation_watcher.start(self.supervisor)  # before any login is taken
         self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.http_port)
+        site = web.TCPSite(self._runner, server.host, server.http_port, ssl_context=tls)
         await site.start()
         host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
-        self.ws_url = server.advertise_url or f"ws://{host}:{port}/ws"
+        self.base_url = f"{'https' if tls else 'http'}://{host}:{port}"
+        self.ws_url = server.advertise_url or f"{'wss' if tls else 'ws'}://{host}:{port}/ws"
+        # the admin port is plain HTTP: cluster-internal, behind the admin secret
         self._admin_runner, admin_port = await start_admin(self._admin_app(), self.settings)
         self.admin_url = f"http://{host}:{admin_port}"
         if server.tcp_port:
             loop = asyncio.get_running_loop()
             self._tcp_server = await loop.create_server(
-                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port)
+                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port, ssl=tls)
             tcp_host, tcp_port = self._tcp_server.sockets[0].getsockname()[:2]
-            self.tcp_address = f"{tcp_host}:{tcp_port}"
+            self.tcp_address = f"{'tcps://' if tls else ''}{tcp_host}:{tcp_port}"
         if self.prober.links:
             await self._start_region_link()
         self.gateway.start(self.supervisor)

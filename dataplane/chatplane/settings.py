@@ -135,6 +135,25 @@ class Admin:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """TLS on every link (docs/operations.md "TLS"). Files are PEM paths."""
+
+    cert: str = ""  # client-facing cert (HTTPS/WSS and TCP+TLS); reloaded when the file changes
+    key: str = ""
+    grpc_ca: str = ""  # all three set: mutual TLS on every gRPC link between tiers
+    grpc_cert: str = ""  # subject CN = this process's role (rpc/callers.py)
+    grpc_key: str = ""
+    peer_ca: str = ""  # what peer regions' certs chain to; grpc_ca when empty
+    links_secret: str = ""  # without gRPC TLS: signs the per-role call credential; data dir file when empty
+    redis_ca: str = ""  # with rediss://
+    redis_cert: str = ""
+    redis_key: str = ""
+    cql_ca: str = ""  # set: the CQL driver connects over TLS (cert/key optional)
+    cql_cert: str = ""
+    cql_key: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: Server = field(default_factory=Server)
     storage: Storage = field(default_factory=Storage)
@@ -146,6 +165,7 @@ class Settings:
     supervision: Supervision = field(default_factory=Supervision)
     tokens: Tokens = field(default_factory=Tokens)
     admin: Admin = field(default_factory=Admin)
+    tls: Tls = field(default_factory=Tls)
 
 
 # Environment names that differ from CHATPLANE_<FIELD>.
@@ -158,6 +178,18 @@ ENV_ALIASES = {
     ("tokens", "keys"): "CHATPLANE_TOKEN_KEYS",
     ("tokens", "keys_file"): "CHATPLANE_TOKEN_KEYS_FILE",
     ("admin", "port"): "CHATPLANE_ADMIN_PORT",
+    ("tls", "cert"): "CHATPLANE_TLS_CERT",
+    ("tls", "key"): "CHATPLANE_TLS_KEY",
+    ("tls", "grpc_ca"): "CHATPLANE_GRPC_TLS_CA",
+    ("tls", "grpc_cert"): "CHATPLANE_GRPC_TLS_CERT",
+    ("tls", "grpc_key"): "CHATPLANE_GRPC_TLS_KEY",
+    ("tls", "peer_ca"): "CHATPLANE_PEER_TLS_CA",
+    ("tls", "redis_ca"): "CHATPLANE_REDIS_TLS_CA",
+    ("tls", "redis_cert"): "CHATPLANE_REDIS_TLS_CERT",
+    ("tls", "redis_key"): "CHATPLANE_REDIS_TLS_KEY",
+    ("tls", "cql_ca"): "CHATPLANE_CQL_TLS_CA",
+    ("tls", "cql_cert"): "CHATPLANE_CQL_TLS_CERT",
+    ("tls", "cql_key"): "CHATPLANE_CQL_TLS_KEY",
 }
 
 
@@ -266,5 +298,26 @@ def validate(s: Settings) -> None:
         problems.append(f"admin port {s.admin.port} out of range")
     elif s.admin.port > 0 and s.admin.port in (s.server.http_port, s.server.tcp_port):
         problems.append(f"admin port {s.admin.port} must differ from the public ports")
+    problems += _tls_problems(s.tls)
     if problems:
         raise SettingsError("; ".join(problems))
+
+
+def _tls_problems(t: Tls) -> list[str]:
+    """Pairs that must come together, and files that must be readable at start."""
+    problems = []
+    if bool(t.cert) != bool(t.key):
+        problems.append("tls: set both CHATPLANE_TLS_CERT and CHATPLANE_TLS_KEY, or neither")
+    grpc_set = [bool(t.grpc_ca), bool(t.grpc_cert), bool(t.grpc_key)]
+    if any(grpc_set) and not all(grpc_set):
+        problems.append("tls: set all of CHATPLANE_GRPC_TLS_CA, _CERT and _KEY, or none")
+    if t.peer_ca and not t.grpc_ca:
+        problems.append("tls: CHATPLANE_PEER_TLS_CA needs the CHATPLANE_GRPC_TLS_* files")
+    for pair, names in (((t.redis_cert, t.redis_key), "REDIS"), ((t.cql_cert, t.cql_key), "CQL")):
+        if bool(pair[0]) != bool(pair[1]):
+            problems.append(f"tls: set both CHATPLANE_{names}_TLS_CERT and _KEY, or neither")
+    for f in fields(t):
+        path = getattr(t, f.name)
+        if f.name != "links_secret" and path and not os.access(path, os.R_OK):
+            problems.append(f"tls: {env_name('tls', f.name)}={path!r} is not a readable file")
+    return problems

@@ -54,7 +54,7 @@ async def _serve(kind: str, settings: settings_mod.Settings) -> int:
     try:
         app = _make(kind, settings)
         await app.start()
-    except (StorageError, OSError, ValueError) as exc:
+    except (StorageError, OSError, ValueError, settings_mod.SettingsError) as exc:
         print(f"chatplane {kind}: cannot start: {exc}", file=sys.stderr)
         return 2
     stop = asyncio.Event()
@@ -82,7 +82,8 @@ async def _serve(kind: str, settings: settings_mod.Settings) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {"server": {}, "storage": {}, "links": {}, "admin": {}}
+    out: dict[str, dict[str, Any]] = {"server": {}, "storage": {}, "links": {}, "admin": {},
+                                      "tls": {}}
     for name, section, key in (
         ("host", "server", "host"), ("port", "server", "http_port"),
         ("tcp_port", "server", "tcp_port"), ("id", "server", "server_id"),
@@ -90,6 +91,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("redis_url", "storage", "redis_url"), ("grpc_port", "links", "grpc_port"),
         ("state_addrs", "links", "state_addrs"), ("im_addrs", "links", "im_addrs"),
         ("admin_port", "admin", "port"),
+        ("tls_cert", "tls", "cert"), ("tls_key", "tls", "key"),
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -128,6 +130,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--grpc-port", type=int, help="CHATPLANE_GRPC_PORT (default 9090)")
         if kind == "gateway":
             p.add_argument("--tcp-port", type=int, help="raw TCP port (CHATPLANE_TCP_PORT)")
+        if kind in ("gateway", "ipconf"):
+            p.add_argument("--tls-cert", help="PEM cert for HTTPS (and the gateway's WSS and "
+                                              "TCP+TLS) (CHATPLANE_TLS_CERT)")
+            p.add_argument("--tls-key", help="its PEM key (CHATPLANE_TLS_KEY)")
         if kind in ("gateway", "im"):
             p.add_argument("--state-addrs", help="CHATPLANE_STATE_ADDRS (else from Redis)")
         if kind == "gateway":

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from chatplane.registry.instances import CachedInstances, Instances
 from chatplane.registry.routes import RouteEntry, Routes
 from chatplane.rpc import serving
+from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
 from chatplane.state.relay import GroupRelay
 from chatplane.storage.base import StoredMessage
@@ -51,7 +52,8 @@ async def test_each_gateway_gets_the_flush_for_its_members(
     gateways = {name: RecordingGateway() for name in ("gw-1", "gw-2")}
     servers = []
     for name, recorder in gateways.items():
-        server, port = await serving.start_grpc("127.0.0.1", 0, _serving(recorder))
+        server, port = await serving.start_grpc("127.0.0.1", 0, _serving(recorder),
+                                                  LinkSecurity("gateway", secret="s"))
         servers.append(server)
         await instances.publish("gateway", name, {"grpc": f"127.0.0.1:{port}"})
     members = [f"u{i}" for i in range(2500)]  # more than one route-reading batch
@@ -60,7 +62,7 @@ async def test_each_gateway_gets_the_flush_for_its_members(
     for name, users in online.items():
         await routes.register([RouteEntry(u, "tablet" if name == "gw-2" else "phone", name,
                                            f"c-{u}", 1) for u in sorted(users)])
-    peers = Peers(2.0)
+    peers = Peers(2.0, LinkSecurity("state", secret="s"))
     relay = GroupRelay(routes, CachedInstances(instances, "gateway"), peers,
                        broadcast_max_gateways=broadcast_max_gateways)
     try:

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
-import grpc
 import pytest
 import redis.asyncio as aioredis
 
@@ -24,6 +23,7 @@ from chatplane.registry.instances import Instances
 from chatplane.registry.ring import HashRing
 from chatplane.registry.routes import RouteEntry, Routes
 from chatplane.rpc import serving
+from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.settings import Limits
 from chatplane.state.service import StateService
 from chatplane.storage.base import SendRequest
@@ -153,9 +153,11 @@ async def test_trace_context_crosses_the_grpc_hop(tmp_path: Path,
     await storage.open()
     servicer = ImServicer(ImService(storage, StateService(), Limits()))
     server, port = await serving.start_grpc(
-        "127.0.0.1", 0, lambda s: sgrpc.add_ImServicer_to_server(servicer, s))
+        "127.0.0.1", 0, lambda s: sgrpc.add_ImServicer_to_server(servicer, s),
+        LinkSecurity("im", secret="s"))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with LinkSecurity("gateway", secret="s").open_channel(
+                f"127.0.0.1:{port}", "im", []) as channel:
             with tracing.span("gateway.request"):
                 client_trace = tracing.current_trace_id()
                 frame = pb.Frame(id=7, open_direct=pb.OpenDirect(peer_user_id="bob"))

@@ -116,7 +116,9 @@ def test_a_peer_answering_as_another_region_is_not_ok(tmp_path: Path) -> None:
     try:
         view = wait_for(lambda: (v := eu.peers()["us"])["reachable"] and v, 20, "an answer")
         assert not view["ok"] and "answers as region 'ap', not 'us'" in view["error"]
-        assert wait_for(lambda: impostor.peers()["eu"]["ok"], 20, "ap sees eu")
+        # eu lists no region "ap": its Hello is refused (Region.* only from listed peers)
+        seen = wait_for(lambda: (v := impostor.peers()["eu"])["failures"] and v, 20, "ap refused")
+        assert not seen["ok"] and seen["error"].startswith("PERMISSION_DENIED"), seen
     finally:
         eu.stop()
         impostor.stop()

@@ -3,8 +3,9 @@
 `register(subparsers)` adds the `bench` command; each workload is a
 subcommand whose `func` takes the parsed args and returns an exit code
 (0 when the run was clean): `direct` (W1, 1:1 chat between pairs, defined
-here and in `direct.py`), `group` (W2), `idle` (W3) and `storm`, each of
-those three in its own module with an `add_parser(workloads)`.
+here and in `direct.py`), `group` (W2), `idle` (W3), `storm` and `handshakes`
+(TLS handshakes per second), each of those in its own module with an
+`add_parser(workloads)`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     direct.add_argument("--duration", type=float, default=20.0, help="D seconds (default 20)")
     direct.add_argument("--transport", choices=("ws", "tcp"), default="ws")
+    direct.add_argument("--ca", default="", help="PEM CA to verify an https:// --url with "
+                                                 "(TLS: wss:// or tcps://; default: system CAs)")
     direct.add_argument("--size", type=int, default=32, help="text bytes per message")
     direct.add_argument(
         "--window", type=int, default=32, help="concurrent unacked sends per pair (default 32)"
@@ -91,8 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     direct.add_argument("--quiet", action="store_true", help="no progress lines")
     direct.set_defaults(func=run_direct_command)
 
-    from chatplane.bench import group, idle, storm
+    from chatplane.bench import group, handshakes, idle, storm
 
+    handshakes.add_parser(workloads)
     group.add_parser(workloads)
     idle.add_parser(workloads)
     storm.add_parser(workloads)
@@ -119,6 +123,7 @@ def run_direct_command(args: argparse.Namespace) -> int:
         cut_every=max(0.0, args.cut_every),
         cut_fraction=min(1.0, max(0.0, args.cut_fraction)),
         metrics_url=scrape.admin_url(args.url, args.admin_url),
+        ca=args.ca,
         user_prefix=f"w1{secrets.token_hex(3)}",  # fresh users: no history from earlier runs
     )
 
@@ -129,7 +134,7 @@ def run_direct_command(args: argparse.Namespace) -> int:
     use_uvloop = not args.no_uvloop
     try:
         if procs == 1:
-            connector = spread.sdk_connector(args.url, args.data_dir, args.transport)
+            connector = spread.sdk_connector(args.url, args.data_dir, args.transport, args.ca)
             result = spread.run_loop(spread.run_local(cfg, connector, on_progress), use_uvloop)
         else:
             result = spread.run_loop(
@@ -150,6 +155,7 @@ def run_direct_command(args: argparse.Namespace) -> int:
         "requested_duration_s": cfg.duration,
         "uvloop": use_uvloop,
         "cut_every_s": cfg.cut_every,
+        "tls": args.url.startswith("https://"),
     }
     pub = report.finish(result, settings)
     print(report.table(pub))

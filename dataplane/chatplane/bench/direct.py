@@ -82,16 +82,17 @@ class DirectConfig:
     user_prefix: str = "w1"
     metrics_url: str = ""  # the server's base URL: read its CPU from /metrics around the run
     devices: int = 1  # devices per user; each must get every message (own sends too)
+    ca: str = ""  # PEM CA to verify an https:// server with (else the system CAs)
 
 
 async def _no_gate() -> None:
     return None
 
 
-async def server_cpu(url: str) -> float | None:
+async def server_cpu(url: str, ca: str = "") -> float | None:
     """The CPU seconds of the process serving `url`, from its /metrics
     (`chatplane_process_cpu_seconds_total`); None when not available."""
-    return (await scrape.read(url)).get(CPU_METRIC) if url else None
+    return (await scrape.read(url, ca)).get(CPU_METRIC) if url else None
 
 
 @dataclass
@@ -308,7 +309,7 @@ class DirectRun:
                 )
                 senders.extend(asyncio.create_task(self._send(p)) for _ in range(cfg.window))
             await start_gate()
-            cpu_before = await server_cpu(cfg.metrics_url)
+            cpu_before = await server_cpu(cfg.metrics_url, cfg.ca)
             progress = asyncio.create_task(self._report_progress())
             chaos = asyncio.create_task(self._cut()) if cfg.cut_every > 0 else None
             await self._pace()
@@ -327,7 +328,7 @@ class DirectRun:
             await self._wait_delivered(deadline)
             await self._check_history()
             self.on_progress({**self.snapshot(0.0), "final": True})
-            cpu_after = await server_cpu(cfg.metrics_url)
+            cpu_after = await server_cpu(cfg.metrics_url, cfg.ca)
             if cpu_before is not None and cpu_after is not None:
                 self.server_cpu_s = cpu_after - cpu_before
         finally:

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from chatplane.client.links import tls_context
+
 
 def admin_url(url: str, given: str = "") -> str:
     """The admin port's base URL of the server at public base URL `url`:
@@ -35,11 +37,13 @@ def parse(text: str) -> dict[str, float]:
     return found
 
 
-async def read(url: str) -> dict[str, float]:
-    """/metrics at admin base URL `url` (see `admin_url`); {} when it cannot be read."""
+async def read(url: str, ca: str = "") -> dict[str, float]:
+    """/metrics at admin base URL `url` (see `admin_url`; https: verified against
+    `ca`, else the system CAs); {} when it cannot be read."""
     try:
         async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
-                    http.get(url.rstrip("/") + "/metrics") as reply):
+                    http.get(url.rstrip("/") + "/metrics",
+                             ssl=tls_context(ca) if ca else True) as reply):
             return parse(await reply.text())
     except (aiohttp.ClientError, TimeoutError, OSError):
         return {}

@@ -26,7 +26,7 @@ from chatplane.bench.direct import Connector, DirectConfig, DirectRun, Progress,
 T = TypeVar("T")
 
 
-def sdk_connector(url: str, data_dir: str, transport: str) -> Connector:
+def sdk_connector(url: str, data_dir: str, transport: str, ca: str = "") -> Connector:
     """Clients of the real SDK, each with a token minted from the server's data dir."""
     from pathlib import Path
 
@@ -41,7 +41,7 @@ def sdk_connector(url: str, data_dir: str, transport: str) -> Connector:
         raise SetupError(f"cannot read the token key of {data_dir}: {exc}") from exc
 
     def make(user: str, device: str) -> Any:
-        return Client(url, signer.mint(user, device), transport=transport)
+        return Client(url, signer.mint(user, device), transport=transport, ca=ca or None)
 
     return make
 
@@ -167,7 +167,7 @@ def _emit(obj: dict[str, Any]) -> None:
 
 async def _worker(spec: dict[str, Any]) -> None:
     cfg = DirectConfig(**spec["config"])
-    connector = sdk_connector(spec["url"], spec["data_dir"], spec["transport"])
+    connector = sdk_connector(spec["url"], spec["data_dir"], spec["transport"], cfg.ca)
 
     async def gate() -> None:
         _emit({"ready": cfg.pairs})

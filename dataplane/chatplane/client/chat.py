@@ -209,11 +209,11 @@ def _printer(out: Any = sys.stdout) -> Callable[[str], None]:
     return write
 
 
-async def run_chat(url: str, token: str, transport: str) -> int:
+async def run_chat(url: str, token: str, transport: str, ca: str | None = None) -> int:
     from chatplane.client import Client
 
     write = _printer()
-    client = Client(url, token, transport=transport)
+    client = Client(url, token, transport=transport, ca=ca)
     try:
         async with asyncio.timeout(30):
             await client.connect()
@@ -271,6 +271,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chat.add_argument("--user", help="... for this user")
     chat.add_argument("--device", default="chat", help="device id when minting (default chat)")
     chat.add_argument("--transport", choices=("ws", "tcp"), default="ws")
+    chat.add_argument("--ca", help="PEM CA file to verify an https:// server with "
+                                   "(default: the system CAs)")
     chat.set_defaults(func=chat_command)
 
 
@@ -295,6 +297,6 @@ def chat_command(args: argparse.Namespace) -> int:
             print(f"chat: {exc}", file=sys.stderr)
             return 2
     try:
-        return asyncio.run(run_chat(args.url, token, args.transport))
+        return asyncio.run(run_chat(args.url, token, args.transport, args.ca))
     except KeyboardInterrupt:
         return 130

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl as ssl_lib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from chatplane.client.links import Link, LinkClosed, dispatch, open_link
+from chatplane.client.links import TLS_TCP, Link, LinkClosed, dispatch, open_link, tls_context
 from chatplane.client.social import SocialApi
 from chatplane.client.tokens import TokenProvider, TokenSource
 from chatplane.delivery.dedup import CidAllocator
@@ -95,11 +96,15 @@ class Client(SocialApi):
                  max_frame_bytes: int = 64 * 1024, heartbeat_s: float | None = None,
                  backoff_max_s: float = 10.0, sync_page: int = 500,
                  http: aiohttp.ClientSession | None = None,
-                 resume: dict[str, Any] | None = None, request_timeout_s: float = 30.0) -> None:
+                 resume: dict[str, Any] | None = None, request_timeout_s: float = 30.0,
+                 ca: str | None = None, ssl: ssl_lib.SSLContext | None = None) -> None:
         if transport not in ("ws", "tcp"):
             raise ValueError("transport must be 'ws' or 'tcp'")
         self.url = url
         self.tokens = TokenSource(token, token_provider)
+        # TLS (https://, wss://, tcps://) always verifies: `ssl` as given, else only
+        # `ca` (a PEM file), else the system CAs
+        self.tls = ssl if ssl is not None else tls_context(ca)
         self.transport = transport
         self.max_frame_bytes = max_frame_bytes
         self.heartbeat_s = heartbeat_s
@@ -364,6 +369,10 @@ class Client(SocialApi):
                         return
                     continue
                 log.info("connection ended: %s", exc)
+            except (ssl_lib.SSLCertVerificationError,
+                    aiohttp.ClientConnectorCertificateError) as exc:
+                self._fail(exc)  # a server we cannot verify: a retry would not change it
+                return
             except (TimeoutError, LinkClosed, OSError, aiohttp.ClientError) as exc:
                 log.info("connection ended: %s", exc)
             finally:
@@ -389,12 +398,19 @@ class Client(SocialApi):
     async def _open(self) -> _Connection:
         assert self._http is not None
         uid = self.user_id or ""
-        endpoints = await dispatch(self._http, self.url, uid)
+        endpoints = await dispatch(self._http, self.url, uid, self.tls)
         last: Exception | None = None
+        if self.url.startswith("https://"):  # no downgrade: the token goes to the gateway
+            if any(not _is_tls(e, self.transport) for e in endpoints):
+                last = LinkClosed("refused a plain-text gateway offered by an https dispatch")
+            endpoints = [e for e in endpoints if _is_tls(e, self.transport)]
         for endpoint in endpoints:
             try:
-                link = await open_link(self._http, endpoint, self.transport, self.max_frame_bytes)
+                link = await open_link(self._http, endpoint, self.transport, self.max_frame_bytes,
+                                       tls=self.tls)
                 break
+            except ssl_lib.SSLCertVerificationError:
+                raise
             except (TimeoutError, OSError, aiohttp.ClientError, LinkClosed) as exc:
                 last = exc
         else:
@@ -625,6 +641,12 @@ class Client(SocialApi):
             if not future.done():
                 future.set_exception(exc)
         self._messages.put_nowait(None)
+
+
+def _is_tls(endpoint: dict[str, str], transport: str) -> bool:
+    if transport == "tcp":
+        return endpoint.get("tcp", "").startswith(TLS_TCP)
+    return endpoint.get("ws", "").startswith("wss://")
 
 
 def _ignore_result(task: asyncio.Future[Any]) -> None:

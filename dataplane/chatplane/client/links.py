@@ -1,11 +1,17 @@
 """Client transports: one frame payload per WebSocket message, or length-prefixed
 frames over raw TCP. A link is one connection; the Client makes a new one on
-every reconnect."""
+every reconnect.
+
+TLS follows the URLs dispatch hands out: `wss://` for the WebSocket, a `tcps://`
+prefix on the TCP address (`tcps://host:port`; a bare `host:port` is plain TCP).
+`tls` is the context every TLS connection verifies the server with (docs/client.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import urllib.parse
 from collections import deque
 from typing import Protocol, cast
@@ -132,10 +138,20 @@ class TcpLink:
             self.protocol.transport.abort()
 
 
-async def dispatch(http: aiohttp.ClientSession, base_url: str, uid: str) -> list[dict[str, str]]:
+TLS_TCP = "tcps://"
+
+
+def tls_context(ca: str | None = None) -> ssl.SSLContext:
+    """What the SDK verifies servers with: the system CAs, or only `ca` (a PEM file)."""
+    return ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+
+
+async def dispatch(http: aiohttp.ClientSession, base_url: str, uid: str,
+                   tls: ssl.SSLContext | None = None) -> list[dict[str, str]]:
     """Ask ipconf where to connect; a ranked list of endpoints."""
     url = f"{base_url.rstrip('/')}/v1/dispatch?{urllib.parse.urlencode({'uid': uid})}"
-    async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+    async with http.get(url, timeout=aiohttp.ClientTimeout(total=5),
+                        ssl=tls if tls is not None else True) as response:
         body = json.loads(await response.text())
         if response.status != 200:
             raise LinkClosed(f"dispatch: {response.status} {body.get('error', '')}")
@@ -143,16 +159,23 @@ async def dispatch(http: aiohttp.ClientSession, base_url: str, uid: str) -> list
 
 
 async def open_link(http: aiohttp.ClientSession, endpoint: dict[str, str], transport: str,
-                    max_frame_bytes: int, timeout_s: float = 5.0) -> Link:
+                    max_frame_bytes: int, timeout_s: float = 5.0,
+                    tls: ssl.SSLContext | None = None) -> Link:
     if transport == "tcp":
-        if not endpoint.get("tcp"):
+        address = endpoint.get("tcp", "")
+        if not address:
             raise LinkClosed(f"gateway {endpoint.get('gateway_id')} has no TCP listener")
-        host, _, port = endpoint["tcp"].rpartition(":")
+        secure = address.startswith(TLS_TCP)
+        host, _, port = address.removeprefix(TLS_TCP).rpartition(":")
+        host = host.strip("[]")
         loop = asyncio.get_running_loop()
         # the server's frames (pushes, sync pages) may exceed the client's own limit
         _, protocol = await asyncio.wait_for(loop.create_connection(
-            lambda: _TcpFrames(16 * max_frame_bytes), host, int(port)), timeout_s)
+            lambda: _TcpFrames(16 * max_frame_bytes), host, int(port),
+            ssl=(tls or tls_context()) if secure else None,
+            server_hostname=host if secure else None), timeout_s)
         return TcpLink(protocol)
     ws = await http.ws_connect(endpoint["ws"], timeout=aiohttp.ClientWSTimeout(ws_close=2),
-                               max_msg_size=0, autoping=True, compress=0)
+                               max_msg_size=0, autoping=True, compress=0,
+                               ssl=tls if tls is not None else True)
     return WebSocketLink(ws)

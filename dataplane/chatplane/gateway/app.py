@@ -26,7 +26,7 @@ from aiohttp import web
 
 from chatplane import revocations
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import drainapi
+from chatplane.gateway import certs, drainapi
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.heads import HeadChecker
 from chatplane.gateway.links import GatewayServicer, RemoteIm, RemoteRegistry
@@ -36,6 +36,7 @@ from chatplane.registry import instances as registry
 from chatplane.registry.routes import ROUTE_REFRESH_S
 from chatplane.rpc import serving
 from chatplane.rpc.adminport import AuditLog, start_admin
+from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.links import StateLinks
@@ -80,9 +81,11 @@ class GatewayApp:
         self.audit = AuditLog.configured(settings)
         self.admin_secret = server.admin_secret or read_or_create_secret(data_dir / ADMIN_SECRET_FILE)
         self.instance_id = server.server_id or f"gw-{socket.gethostname()}"
-        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
+        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2,
+                                      tls=settings.tls)
         self.instances = registry.Instances(self.redis, links.registry_ttl_s)
-        self.peers = Peers(links.rpc_deadline_s)
+        self.security = LinkSecurity.from_settings(settings, "gateway")
+        self.peers = Peers(links.rpc_deadline_s, self.security)
         self.im = RemoteIm(self.peers, parse_addrs(links.im_addrs),
                            registry.CachedInstances(self.instances, "im", 1.0))
         self.routes = RemoteRegistry(StateLinks(
@@ -107,6 +110,7 @@ class GatewayApp:
         self._refresher: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()  # set when a drain has emptied the gateway
         self.supervisor = Supervisor(settings.supervision)
+        self.certs: certs.ReloadingCert | None = None
 
     def _fields(self) -> dict[str, str | int | float]:
         return registry_fields(self.gateway, self.cpu, ws=self.ws_url, tcp=self.tcp_address,
@@ -136,7 +140,8 @@ class GatewayApp:
         lines = [g.metrics.render().rstrip("\n")]
         for name, kind, help_text, value in extra:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(lines) + "\n" + self.supervisor.metrics_text()
+        tls = self.certs.metrics() if self.certs is not None else ""
+        return "\n".join(lines) + "\n" + tls + self.supervisor.metrics_text()
 
     async def _lost_routes(self) -> None:
         """Redis lost its keys (or was unreachable): put our routes back, then
@@ -183,15 +188,20 @@ class GatewayApp:
         host = serving.advertised_host(self.settings)
         self._grpc, grpc_port = await serving.start_grpc(
             server.host, links.grpc_port,
-            lambda s: sgrpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway), s))
+            lambda s: sgrpc.add_GatewayServicer_to_server(GatewayServicer(self.gateway), s),
+            self.security)
         self.grpc_address = f"{host}:{grpc_port}"
         await self.revocation_watcher.start(self.supervisor)  # before any login is taken
         app = web.Application(client_max_size=1024 * 1024)
         app[GATEWAY] = self.gateway
         app.add_routes([web.get("/ws", websocket_handler),
                         *serving.probe_routes(self._ready, self._detail)])
-        self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
-        self.base_url = f"http://{host}:{http_port}"
+        self.certs = certs.from_settings(self.settings.tls.cert, self.settings.tls.key)
+        tls = self.certs.context if self.certs is not None else None
+        self._runner, http_port = await serving.start_http(app, server.host, server.http_port,
+                                                          ssl_context=tls)
+        self.base_url = f"{'https' if tls else 'http'}://{host}:{http_port}"
+        # the admin port is plain HTTP: cluster-internal (NetworkPolicy), behind the admin secret
         admin = web.Application(client_max_size=1024 * 1024)
         admin.add_routes([web.post("/admin/drain", self._drain_handler),
                           web.get("/admin/drain", self._drain_status),
@@ -199,12 +209,12 @@ class GatewayApp:
                           *serving.metrics_routes(self._metrics)])
         self._admin_runner, admin_port = await start_admin(admin, self.settings)
         self.admin_url = f"http://{host}:{admin_port}"
-        self.ws_url = server.advertise_url or f"ws://{host}:{http_port}/ws"
+        self.ws_url = server.advertise_url or f"{'wss' if tls else 'ws'}://{host}:{http_port}/ws"
         if server.tcp_port:
             self._tcp = await asyncio.get_running_loop().create_server(
-                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port)
+                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port, ssl=tls)
             tcp_host, tcp_port = self._tcp.sockets[0].getsockname()[:2]
-            self.tcp_address = f"{tcp_host}:{tcp_port}"
+            self.tcp_address = f"{'tcps://' if tls else ''}{tcp_host}:{tcp_port}"
         self.gateway.start(self.supervisor)
         self.heads.start(self.supervisor)
         self.publisher = serving.Publisher(self.instances, self.kind, self.instance_id,

@@ -82,7 +82,7 @@ class RemoteIm:
                 self.failovers += 1
                 if self.on_failover is not None:
                     self.on_failover()
-            reply: spb.ClientReply = await sgrpc.ImStub(self.peers.channel(address)).Handle(
+            reply: spb.ClientReply = await sgrpc.ImStub(self.peers.channel(address, "im")).Handle(
                 request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
             return reply
 
@@ -105,7 +105,7 @@ class RemoteIm:
     async def _read(self, key: str, call: Callable[[sgrpc.ImStub], Awaitable[T]]) -> T:
         """A read-only call on the owner of `key`, or the next ones on the ring."""
         async def one(address: str) -> T:
-            return await call(sgrpc.ImStub(self.peers.channel(address)))
+            return await call(sgrpc.ImStub(self.peers.channel(address, "im")))
 
         return await first_answer(await self._owners(key), one, 2 * self.peers.deadline_s)
 

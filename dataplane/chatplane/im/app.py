@@ -33,6 +33,7 @@ from chatplane.regions import links as region_links
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
 from chatplane.rpc.adminport import AuditLog, start_admin
+from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.links import DeliveryOutbox, StateLinks
@@ -131,9 +132,11 @@ class ImApp:
         self.audit = AuditLog.configured(settings)
         self.admin_secret = server.admin_secret or read_or_create_secret(data_dir / ADMIN_SECRET_FILE)
         self.instance_id = server.server_id or f"im-{socket.gethostname()}"
-        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
+        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2,
+                                      tls=settings.tls)
         self.instances = registry.Instances(self.redis, links.registry_ttl_s)
-        self.peers = Peers(links.rpc_deadline_s)
+        self.security = LinkSecurity.from_settings(settings, "im")
+        self.peers = Peers(links.rpc_deadline_s, self.security)
         self.outbox = DeliveryOutbox(StateLinks(
             self.peers, parse_addrs(links.state_addrs),
             registry.CachedInstances(self.instances, "state", 1.0)))
@@ -145,7 +148,8 @@ class ImApp:
                             social=settings.social, server_id=self.instance_id, fenced=True,
                             owners=self.ring)
         self.servicer = ImServicer(self.im)
-        self.prober = region_links.prober_for(settings, self.instance_id, self.signer.peer_proof)
+        self.prober = region_links.prober_for(settings, self.instance_id, self.signer.peer_proof,
+                                              self.security)
         # storage -> Redis `cp:revocations`, which the gateways poll (revocations.py)
         self.revocation_mirror = revocations.RevocationWatcher(
             revocations.RevocationList(), self.storage.revocations,
@@ -209,7 +213,8 @@ class ImApp:
         await self.storage.open()
         self.supervisor.check("storage", self.storage.health)
         self.outbox.start(self.supervisor)
-        self._grpc, port = await serving.start_grpc(server.host, links.grpc_port, self._services)
+        self._grpc, port = await serving.start_grpc(server.host, links.grpc_port, self._services,
+                                                     self.security)
         self.grpc_address = f"{host}:{port}"
         self.prober.start(self.supervisor)
         await self.revocation_mirror.start(self.supervisor)

@@ -75,7 +75,7 @@ class ImRing:
 
         for address in ahead:
             try:
-                await sgrpc.ImStub(self.peers.channel(address)).AppendEvent(
+                await sgrpc.ImStub(self.peers.channel(address, "im")).AppendEvent(
                     rpc, timeout=self.peers.deadline_s / 4, metadata=tracing.outgoing())
             except grpc.aio.AioRpcError:
                 continue  # dead, stalled or refusing: the next one, or here

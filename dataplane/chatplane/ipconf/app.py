@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from chatplane.gateway import certs
 from chatplane.ipconf.dispatch import GatewayInfo, make_handler
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
@@ -63,7 +64,8 @@ class IpconfApp:
             raise ValueError("ipconf needs CHATPLANE_REDIS_URL")
         self.instance_id = settings.server.server_id or f"ipconf-{socket.gethostname()}"
         self.redis = registry.connect(settings.storage.redis_url,
-                                      timeout_s=settings.links.rpc_deadline_s / 2)
+                                      timeout_s=settings.links.rpc_deadline_s / 2,
+                                      tls=settings.tls)
         instances = registry.Instances(self.redis, settings.links.registry_ttl_s)
         self.cache = registry.CachedInstances(instances, "gateway", 1.0)
         self.directory = RedisDirectory(self.cache)
@@ -72,6 +74,7 @@ class IpconfApp:
         self.supervisor = Supervisor(settings.supervision)  # nothing long-lived here yet
         self._admin_runner: web.AppRunner | None = None
         self.admin_url = ""
+        self.certs: certs.ReloadingCert | None = None
 
     def _ready(self) -> bool:
         return (self.cache.known > 0 or self.cache.failures == 0) and self.supervisor.ready()
@@ -93,9 +96,13 @@ class IpconfApp:
         app = web.Application()
         app.add_routes([web.get("/v1/dispatch", make_handler(self.directory))])
         app.add_routes(serving.probe_routes(self._ready, self.supervisor.details))
-        self._runner, port = await serving.start_http(app, server.host, server.http_port)
+        # dispatch over HTTPS too: a rewritten answer could send clients' tokens elsewhere
+        self.certs = certs.from_settings(self.settings.tls.cert, self.settings.tls.key)
+        tls = self.certs.context if self.certs is not None else None
+        self._runner, port = await serving.start_http(app, server.host, server.http_port,
+                                                      ssl_context=tls)
         host = serving.advertised_host(self.settings)
-        self.base_url = f"http://{host}:{port}"
+        self.base_url = f"{'https' if tls else 'http'}://{host}:{port}"
         self._admin_runner, admin_port = await start_admin(
             probes_app(self._ready, self._metrics, self.supervisor.details), self.settings)
         self.admin_url = f"http://{host}:{admin_port}"

@@ -24,6 +24,7 @@ from aiohttp import web
 from chatplane.protocol import bounds
 from chatplane.regions import hello, peerlist
 from chatplane.regions.peerlist import Peer
+from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
 from chatplane.settings import Settings
 from chatplane.supervision import Supervisor
@@ -117,12 +118,12 @@ class PeerProber:
     """Probes every peer every `interval_s` (jittered), each Hello bounded by `timeout_s`."""
 
     def __init__(self, me: Identity, peers: Sequence[Peer], interval_s: float,
-                 timeout_s: float) -> None:
+                 timeout_s: float, security: LinkSecurity) -> None:
         self.me = me
         self.links = {p.name: PeerLink(p) for p in peers}
         self.interval_s = interval_s
         self.timeout_s = timeout_s
-        self._channels = Peers(timeout_s)
+        self._channels = Peers(timeout_s, security.for_peer_regions(me.region))
         self._tasks: list[asyncio.Task[None]] = []
 
     def heard(self, region: str) -> None:
@@ -131,7 +132,7 @@ class PeerProber:
             link.heard_at = time.time()
 
     async def probe(self, link: PeerLink) -> None:
-        stub = rgrpc.RegionStub(self._channels.channel(link.peer.endpoint))
+        stub = rgrpc.RegionStub(self._channels.channel(link.peer.endpoint, "im"))
         nonce = hello.new_nonce()
         request = rpb.HelloRequest(region=self.me.region, cluster=self.me.cluster,
                                    protocol=hello.PROTOCOL, nonce=nonce)
@@ -210,11 +211,13 @@ class PeerProber:
         return [web.get("/v1/peers", peers)]
 
 
-def prober_for(settings: Settings, server_id: str, prove: hello.Prover) -> PeerProber:
+def prober_for(settings: Settings, server_id: str, prove: hello.Prover,
+               security: LinkSecurity) -> PeerProber:
     """The prober of the peers in `settings` (already validated by `settings.load`)."""
     me = Identity(settings.server.region, settings.server.cluster, server_id, prove)
     peers = peerlist.parse(settings.links.peers, settings.server.region)
-    return PeerProber(me, peers, settings.links.peer_probe_s, settings.links.peer_timeout_s)
+    return PeerProber(me, peers, settings.links.peer_probe_s, settings.links.peer_timeout_s,
+                      security)
 
 
 def add_to_server(prober: PeerProber, server: grpc.aio.Server) -> None:

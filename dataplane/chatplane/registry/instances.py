@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from chatplane.registry.ring import HashRing
+from chatplane.settings import Tls
 
 log = logging.getLogger("chatplane.registry")
 
@@ -35,12 +37,25 @@ def index_key(kind: str) -> str:
     return f"cp:{kind}s"
 
 
-def connect(url: str, timeout_s: float = 1.0) -> aioredis.Redis:
+def connect(url: str, timeout_s: float = 1.0, tls: Tls | None = None) -> aioredis.Redis:
     """A client whose every command has a deadline (a dead Redis costs at
-    most `timeout_s` per call, never a hang)."""
+    most `timeout_s` per call, never a hang). A `rediss://` URL is TLS, the
+    server verified against CHATPLANE_REDIS_TLS_CA (else the system CAs), with
+    CHATPLANE_REDIS_TLS_CERT/KEY as the client certificate when set."""
     return aioredis.Redis.from_url(
         url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-        decode_responses=True, health_check_interval=5)
+        decode_responses=True, health_check_interval=5, **redis_tls_options(url, tls))
+
+
+def redis_tls_options(url: str, tls: Tls | None) -> dict[str, Any]:
+    if not url.startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if tls is not None and tls.redis_ca:
+        options["ssl_ca_certs"] = tls.redis_ca
+    if tls is not None and tls.redis_cert:
+        options["ssl_certfile"], options["ssl_keyfile"] = tls.redis_cert, tls.redis_key
+    return options
 
 
 class Instances:

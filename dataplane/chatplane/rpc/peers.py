@@ -15,6 +15,8 @@ from typing import TypeVar
 
 import grpc
 
+from chatplane.rpc.linksecurity import CertWatch, LinkSecurity
+
 T = TypeVar("T")
 
 RETRIABLE = frozenset({
@@ -36,6 +38,9 @@ CHANNEL_OPTIONS = [
 ]
 
 
+RETIRE_AFTER_S = 30.0  # longer than any call's deadline
+
+
 def parse_addrs(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()]
 
@@ -45,19 +50,45 @@ def retriable(exc: BaseException) -> bool:
 
 
 class Peers:
-    def __init__(self, deadline_s: float) -> None:
-        self.deadline_s = deadline_s
-        self._channels: dict[str, grpc.aio.Channel] = {}
+    """The channels of one process; `security` makes them mTLS or adds the
+    per-role credential (rpc/linksecurity.py)."""
 
-    def channel(self, address: str) -> grpc.aio.Channel:
+    def __init__(self, deadline_s: float, security: LinkSecurity) -> None:
+        self.deadline_s = deadline_s
+        self.security = security
+        self._watch = CertWatch(security)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._retiring: dict[asyncio.Task[None], list[grpc.aio.Channel]] = {}
+
+    def channel(self, address: str, dials: str) -> grpc.aio.Channel:
+        """The channel to `address`, a `dials` role (`im`, `state`, `gateway`)."""
+        fresh = self._watch.poll()  # renewed TLS files: new channels from now on
+        if fresh is not None:
+            self.security = fresh
+            self._retire(list(self._channels.values()))
+            self._channels = {}
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=CHANNEL_OPTIONS)
+            channel = self._channels[address] = self.security.open_channel(
+                address, dials, CHANNEL_OPTIONS)
         return channel
+
+    def _retire(self, channels: list[grpc.aio.Channel]) -> None:
+        """Close the channels of the previous certificate once their calls are done."""
+        async def later() -> None:
+            await asyncio.sleep(RETIRE_AFTER_S)
+            for channel in channels:
+                await channel.close(grace=None)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._retiring[task] = channels
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
+        for task, old in list(self._retiring.items()):
+            task.cancel()
+            channels += old
         for channel in channels:
             await channel.close(grace=None)
 

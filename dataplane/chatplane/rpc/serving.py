@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
@@ -19,6 +20,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from chatplane.registry.instances import Instances
+from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.settings import Settings
 from chatplane.supervision import Supervisor
 
@@ -38,12 +40,18 @@ def advertised_host(settings: Settings) -> str:
     return host
 
 
-async def start_grpc(host: str, port: int,
-                     register: Callable[[grpc.aio.Server], None]) -> tuple[grpc.aio.Server, int]:
+async def start_grpc(host: str, port: int, register: Callable[[grpc.aio.Server], None],
+                     security: LinkSecurity) -> tuple[grpc.aio.Server, int]:
+    """The gRPC server of a tier: mTLS or not per `security`, every call gated by
+    the caller table (rpc/callers.py)."""
+    gate = security.gate()
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
-                                      ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+                                      ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+                             interceptors=[gate])
     register(server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    creds = security.server_credentials(gate)
+    bound = (server.add_secure_port(f"{host}:{port}", creds) if creds is not None
+             else server.add_insecure_port(f"{host}:{port}"))
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")
     await server.start()
@@ -92,10 +100,11 @@ def metrics_routes(metrics: Callable[[], str]) -> list[web.RouteDef]:
     return [web.get("/metrics", metrics_handler)]
 
 
-async def start_http(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_http(app: web.Application, host: str, port: int,
+                     ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     return runner, int(runner.addresses[0][1])
 

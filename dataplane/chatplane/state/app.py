@@ -17,6 +17,7 @@ from chatplane.registry import instances as registry
 from chatplane.registry.routes import Routes
 from chatplane.rpc import serving
 from chatplane.rpc.adminport import probes_app, start_admin
+from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
 from chatplane.settings import Settings
 from chatplane.state.server import StateServicer
@@ -33,9 +34,11 @@ class StateApp:
         if not settings.storage.redis_url:
             raise ValueError("the state tier needs CHATPLANE_REDIS_URL")
         self.instance_id = settings.server.server_id or f"state-{socket.gethostname()}"
-        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2)
+        self.redis = registry.connect(settings.storage.redis_url, timeout_s=links.rpc_deadline_s / 2,
+                                      tls=settings.tls)
         self.instances = registry.Instances(self.redis, links.registry_ttl_s)
-        self.peers = Peers(links.rpc_deadline_s)
+        self.security = LinkSecurity.from_settings(settings, "state")
+        self.peers = Peers(links.rpc_deadline_s, self.security)
         self.servicer = StateServicer(
             Routes(self.redis), registry.CachedInstances(self.instances, "gateway", 1.0), self.peers,
             group_interval_ms=settings.social.group_push_interval_ms,
@@ -62,7 +65,7 @@ class StateApp:
         host = serving.advertised_host(self.settings)
         self._grpc, port = await serving.start_grpc(
             server.host, links.grpc_port,
-            lambda s: sgrpc.add_StateServicer_to_server(self.servicer, s))
+            lambda s: sgrpc.add_StateServicer_to_server(self.servicer, s), self.security)
         self.grpc_address = f"{host}:{port}"
         app = web.Application()
         app.add_routes(serving.probe_routes(self._ready, self.supervisor.details))

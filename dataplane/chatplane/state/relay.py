@@ -96,7 +96,7 @@ class GroupRelay(GroupFanout):
             self.failed_pushes += 1  # its TTL passed: dead or partitioned
             return
         try:
-            reply = await sgrpc.GatewayStub(self.peers.channel(address)).GroupPush(
+            reply = await sgrpc.GatewayStub(self.peers.channel(address, "gateway")).GroupPush(
                 request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
         except grpc.aio.AioRpcError as exc:
             self.failed_pushes += 1

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import re
+import ssl
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -80,6 +81,9 @@ class CqlSettings:
     password: str = field(default="", repr=False)
     message_bucket: int = 1000
     inbox_bucket: int = 1000
+    tls_ca: str = ""  # set: TLS to every node, verified against this CA (CHATPLANE_CQL_TLS_CA)
+    tls_cert: str = ""  # optional client certificate and key
+    tls_key: str = ""
 
     @classmethod
     def parse(cls, hosts: str, **kwargs: Any) -> CqlSettings:
@@ -254,6 +258,23 @@ def describe(exc: BaseException) -> str:
 QUIET_WHILE_CONNECTING = ("cassandra.cluster", "cassandra.connection", "cassandra.pool")
 
 
+def ssl_context(settings: CqlSettings) -> ssl.SSLContext | None:
+    """The driver's TLS context: None without a CA; else every node's certificate
+    must chain to it and name the address the node is dialed at (the driver passes
+    it as the server name), and the client certificate is presented when given."""
+    if not settings.tls_ca:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=settings.tls_ca)
+        if settings.tls_cert:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise StorageError(f"CQL TLS files {settings.tls_ca} / {settings.tls_cert or '-'}: "
+                           f"{exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 def _drop_all(record: logging.LogRecord) -> bool:
     return False
 
@@ -279,6 +300,7 @@ def _build_cluster(settings: CqlSettings) -> Cluster:
         list(settings.hosts),
         port=settings.port,
         auth_provider=auth,
+        ssl_context=ssl_context(settings),
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=settings.connect_timeout_s,
         control_connection_timeout=settings.connect_timeout_s,

@@ -477,7 +477,8 @@ def cql_settings(settings: Settings) -> cql.CqlSettings:
         config.cql_hosts, keyspace=config.keyspace, consistency=config.cql_consistency,
         local_dc=config.cql_datacenter or None,
         replication=cql.parse_replication(replication),
-        username=config.cql_username, password=config.cql_password)
+        username=config.cql_username, password=config.cql_password,
+        tls_ca=settings.tls.cql_ca, tls_cert=settings.tls.cql_cert, tls_key=settings.tls.cql_key)
 
 
 def from_settings(settings: Settings) -> ScyllaStorage:
