@@ -39,8 +39,9 @@ async def _target(url: str, ca: str, port_of: str) -> tuple[str, int]:
 
 
 async def run(url: str, ca: str, duration_s: float, concurrency: int,
-              port_of: str) -> dict[str, Any]:
+              port_of: str, admin_url: str = "") -> dict[str, Any]:
     host, port = await _target(url, ca, port_of)
+    metrics_url = scrape.admin_url(url, admin_url)
     context = tls_context(ca or None)
     latencies: list[float] = []
     failures = 0
@@ -60,11 +61,11 @@ async def run(url: str, ca: str, duration_s: float, concurrency: int,
             latencies.append(time.perf_counter() - started)
             writer.transport.abort()  # no close_notify wait: the handshake is what is measured
 
-    before = await scrape.read(url, ca)
+    before = await scrape.read(metrics_url, ca)
     began = loop.time()
     await asyncio.gather(*(one_loop() for _ in range(concurrency)))
     elapsed = loop.time() - began
-    after = await scrape.read(url, ca)
+    after = await scrape.read(metrics_url, ca)
     latencies.sort()
 
     def pct(p: float) -> float | None:
@@ -89,7 +90,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     try:
         result = asyncio.run(run(args.url, args.ca, args.duration, args.concurrency,
-                                 args.port_of))
+                                 args.port_of, args.admin_url))
     except (OSError, RuntimeError) as exc:
         print(f"bench handshakes: {exc}", file=sys.stderr)
         return 1
@@ -105,4 +106,6 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--port-of", choices=("tcp", "http"), default="tcp",
                    help="handshake on the TCP+TLS port (default) or the HTTPS port")
+    p.add_argument("--admin-url", default="",
+                   help="its admin port, for /metrics (default: --url's port + 1)")
     p.set_defaults(func=run_command)

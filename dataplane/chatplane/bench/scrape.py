@@ -21,7 +21,8 @@ def admin_url(url: str, given: str = "") -> str:
     port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
     host = parts.hostname or "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
-    return urlunsplit((parts.scheme, f"{host}:{port + 1}", "", "", ""))
+    # the admin port is plain HTTP even when the public port serves TLS
+    return urlunsplit(("http", f"{host}:{port + 1}", "", "", ""))
 
 
 def parse(text: str) -> dict[str, float]:
