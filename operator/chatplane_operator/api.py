@@ -9,6 +9,7 @@ same messages, so a spec is judged the same way in process and in the cluster.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,8 @@ MAX_REGIONS = 16
 MAX_CLUSTER_NAME = 26  # StatefulSet names must stay <= 52 characters
 MAX_REGION_NAME = 16
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")  # no ':' or ',': they separate CHATPLANE_TOKEN_KEYS
+ISSUER_KINDS: tuple[str, ...] = ("Issuer", "ClusterIssuer")
 
 
 class ConditionType:
@@ -68,6 +71,8 @@ class Reason:
     PEER_REPORT_MISSING = "PeerReportMissing"
     GATEWAY_DRAINING = "GatewayDraining"
     GATEWAY_REPLACED = "GatewayReplaced"
+    CERTIFICATE_ISSUED = "CertificateIssued"
+    TOKEN_KEYS_ROTATED = "TokenKeysRotated"
 
 
 class Message:
@@ -103,6 +108,18 @@ class Message:
         "with peers (regions run by other ChatClusters) the token signing key must be shared: "
         "set auth.tokenSecretRef to a Secret the platform provides in every cluster"
     )
+    PORTS_DISTINCT = "ports.http, ports.tcp, ports.grpc and ports.admin must all differ"
+    CERT_LIFETIME = "tls.certificateLifetimeHours must be between 24 and 87600"
+    ISSUER_WITHOUT_TLS = "tls.issuerRef needs tls.enabled: true"
+    SIGNING_KEY_ID = (
+        "auth.signingKeyId must be 1-32 characters of a-z, A-Z, 0-9, '_' or '-'"
+    )
+    SIGNING_KEY_WITH_SECRET_REF = (
+        "auth.signingKeyId (key rotation by the operator) cannot be combined with "
+        "auth.tokenSecretRef: the operator can only rotate keys it keeps itself"
+    )
+    TOKEN_TTL = "auth.tokenTTLSeconds must be between 60 and 2592000"
+    PEER_CIDR = "peers[].cidrs must be IP networks in CIDR form, e.g. 10.8.0.0/16"
     REMOVED_WITH_REPLICAS = (
         "a region or peer cannot be removed while the keyspace keeps replicas in its "
         "datacenter: set its replicationFactor to 0 first, wait until status.storage.migrated "
@@ -175,6 +192,7 @@ class Peer:
     endpoint: str
     datacenter: str
     replication_factor: int = 3
+    cidrs: tuple[str, ...] = ()  # where its pods dial from: allowed to the gRPC port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +241,51 @@ class Ports:
     http: int = 8080
     tcp: int = 8081
     grpc: int = 9090
+    admin: int = 9091  # admin API, /metrics, /admin/drain: never on the public Service
+
+
+@dataclasses.dataclass(frozen=True)
+class IssuerRef:
+    """A cert-manager issuer: with one, the operator emits `Certificate`s, not Secrets."""
+
+    name: str
+    kind: str = "Issuer"
+    group: str = "cert-manager.io"
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    """A Secret with a CA bundle and, optionally, a client certificate and key."""
+
+    secret_name: str
+    ca_key: str = "ca.crt"
+    cert_key: str = ""  # empty: no client certificate
+    key_key: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    enabled: bool = True
+    issuer: IssuerRef | None = None  # None: the operator's own CA per ChatCluster
+    client_secret_name: str = ""  # empty: the client-facing certificate is issued too
+    lifetime_hours: int = 2160  # of an issued certificate; renewed with 1/3 left
+    peer_ca: TlsFiles | None = None  # the CA of peer clusters' regions (default: ours)
+    redis: TlsFiles | None = None
+    cql: TlsFiles | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkPolicy:
+    enabled: bool = True
+    operator_namespace: str = "chatplane-system"
+    operator_labels: dict[str, str] = dataclasses.field(default_factory=lambda: {
+        "app.kubernetes.io/name": "chatplane", "app.kubernetes.io/component": "operator"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Auth:
+    signing_key_id: str = ""  # empty: one key (CHATPLANE_TOKEN_SECRET), no rotation
+    token_ttl_seconds: int = 86400  # how long an old key keeps verifying after a rotation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +311,12 @@ class ChatCluster:
     observability: Observability
     token_secret: SecretKeyRef | None = None  # None: a generated Secret holds it
     peers: tuple[Peer, ...] = ()
+    tls: Tls = dataclasses.field(default_factory=Tls)
+    network_policy: NetworkPolicy = dataclasses.field(default_factory=NetworkPolicy)
+    auth: Auth = dataclasses.field(default_factory=Auth)
+    # Not from the spec: the token key ids the key Secret holds now, first signs (filled in
+    # by the reconciler; they go into the config hash, so a key change rolls the pods).
+    token_kids: tuple[str, ...] = ()
 
     def region(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)
@@ -262,6 +331,37 @@ def _ref(d: Mapping[str, Any] | None, default_key: str) -> SecretKeyRef | None:
     if not d:
         return None
     return SecretKeyRef(name=str(d["name"]), key=str(_get(d, "key", default_key)))
+
+
+def _tls_files(d: Mapping[str, Any] | None) -> TlsFiles | None:
+    if not d:
+        return None
+    return TlsFiles(secret_name=str(d["secretName"]), ca_key=str(_get(d, "caKey", "ca.crt")),
+                    cert_key=str(_get(d, "certKey", "")), key_key=str(_get(d, "keyKey", "")))
+
+
+def _tls(d: Mapping[str, Any]) -> Tls:
+    issuer = d.get("issuerRef")
+    return Tls(
+        enabled=bool(_get(d, "enabled", True)),
+        issuer=IssuerRef(name=str(issuer["name"]), kind=str(_get(issuer, "kind", "Issuer")),
+                         group=str(_get(issuer, "group", "cert-manager.io")))
+        if issuer else None,
+        client_secret_name=str(_get(d, "clientSecretName", "")),
+        lifetime_hours=int(_get(d, "certificateLifetimeHours", Tls.lifetime_hours)),
+        peer_ca=_tls_files(d.get("peerCA")),
+        redis=_tls_files(d.get("redis")),
+        cql=_tls_files(d.get("cql")),
+    )
+
+
+def _network_policy(d: Mapping[str, Any]) -> NetworkPolicy:
+    default = NetworkPolicy()
+    return NetworkPolicy(
+        enabled=bool(_get(d, "enabled", True)),
+        operator_namespace=str(_get(d, "operatorNamespace", default.operator_namespace)),
+        operator_labels=dict(_get(d, "operatorPodLabels", default.operator_labels)),
+    )
 
 
 def _tier(d: Mapping[str, Any], tier: str) -> Tier:
@@ -358,6 +458,7 @@ def parse(body: Mapping[str, Any]) -> ChatCluster:
             http=int(_get(ports, "http", 8080)),
             tcp=int(_get(ports, "tcp", 8081)),
             grpc=int(_get(ports, "grpc", 9090)),
+            admin=int(_get(ports, "admin", Ports.admin)),
         ),
         observability=Observability(
             otlp_endpoint=str(_get(obs, "otlpEndpoint", "")),
@@ -366,8 +467,16 @@ def parse(body: Mapping[str, Any]) -> ChatCluster:
         token_secret=_ref(_get(spec, "auth", {}).get("tokenSecretRef"), "token"),
         peers=tuple(Peer(name=str(p["name"]), endpoint=str(p.get("endpoint", "")),
                          datacenter=str(_get(p, "datacenter", p["name"])),
-                         replication_factor=int(_get(p, "replicationFactor", 3)))
+                         replication_factor=int(_get(p, "replicationFactor", 3)),
+                         cidrs=tuple(str(c) for c in _get(p, "cidrs", [])))
                     for p in _get(spec, "peers", [])),
+        tls=_tls(_get(spec, "tls", {})),
+        network_policy=_network_policy(_get(spec, "networkPolicy", {})),
+        auth=Auth(
+            signing_key_id=str(_get(_get(spec, "auth", {}), "signingKeyId", "")),
+            token_ttl_seconds=int(_get(_get(spec, "auth", {}), "tokenTTLSeconds",
+                                       Auth.token_ttl_seconds)),
+        ),
     )
 
 
@@ -388,6 +497,32 @@ def _peer_errors(cluster: ChatCluster) -> list[str]:
         errors.append(Message.NO_REPLICAS)
     if cluster.peers and cluster.token_secret is None:
         errors.append(Message.PEERS_NEED_TOKEN_SECRET)
+    for peer in cluster.peers:
+        for cidr in peer.cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                errors.append(Message.PEER_CIDR)
+    return errors
+
+
+def _security_errors(cluster: ChatCluster) -> list[str]:
+    """Ports, TLS and token keys."""
+    errors: list[str] = []
+    p = cluster.ports
+    if len({p.http, p.tcp, p.grpc, p.admin}) != 4:
+        errors.append(Message.PORTS_DISTINCT)
+    if not 24 <= cluster.tls.lifetime_hours <= 87600:
+        errors.append(Message.CERT_LIFETIME)
+    if cluster.tls.issuer is not None and not cluster.tls.enabled:
+        errors.append(Message.ISSUER_WITHOUT_TLS)
+    kid = cluster.auth.signing_key_id
+    if kid and not KEY_ID.match(kid):
+        errors.append(Message.SIGNING_KEY_ID)
+    if kid and cluster.token_secret is not None:
+        errors.append(Message.SIGNING_KEY_WITH_SECRET_REF)
+    if not 60 <= cluster.auth.token_ttl_seconds <= 2592000:
+        errors.append(Message.TOKEN_TTL)
     return errors
 
 
@@ -419,6 +554,7 @@ def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
         if not 0 <= region.cql.replication_factor <= 9:
             errors.append(Message.REPLICATION)
     errors += _peer_errors(cluster)
+    errors += _security_errors(cluster)
     if cluster.upgrade.drain_rate <= 0:
         errors.append(Message.DRAIN_RATE)
     if not 1 <= cluster.upgrade.drain_deadline_seconds <= 3600:

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from chatplane_operator import api, drain, fleet_kube, podreading, status
+from chatplane_operator import api, counting, drain, fleet_kube, podreading, status
 from chatplane_operator.applying import KINDS, ApiError, Applier, secret_has_key
 from chatplane_operator.specs import bundle, config, jobs, naming
 
@@ -192,7 +192,7 @@ class Reconciler:
         notes = sts["spec"]["template"]["metadata"].get("annotations") or {}
         revision = str(notes.get(naming.REVISION, ""))
         rolled = fleet_kube.step_region(self.applier, cluster, region, revision, self.admin,
-                                        reads)
+                                        reads, counting.admin_access(self.applier, cluster))
         if rolled is None or not rolled.progress.total:
             return None
         for reason, message in rolled.events:

@@ -57,6 +57,8 @@ def _ports(cluster: api.ChatCluster, tier: str) -> list[dict[str, Any]]:
         ports.append({"name": "tcp", "containerPort": cluster.ports.tcp, "protocol": "TCP"})
     if tier in ("state", "im"):
         ports.append({"name": "grpc", "containerPort": cluster.ports.grpc, "protocol": "TCP"})
+    # admin API, /metrics, /admin/drain: reached by pod IP, never through the public Service
+    ports.append({"name": "admin", "containerPort": cluster.ports.admin, "protocol": "TCP"})
     return ports
 
 
@@ -116,7 +118,9 @@ def container(cluster: api.ChatCluster, region: api.Region, tier: str) -> dict[s
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     if tier == "gateway":
-        drain = ["chatplane", "drain", "--url", f"http://127.0.0.1:{cluster.ports.http}", "--wait"]
+        # CHATPLANE_ADMIN_SECRET is in the env: the drain call carries it
+        drain = ["chatplane", "drain", "--url", f"http://127.0.0.1:{cluster.ports.admin}",
+                 "--wait"]
         out["lifecycle"] = {"preStop": {"exec": {"command": drain}}}
     return out
 
@@ -136,7 +140,7 @@ def pod_template(cluster: api.ChatCluster, region: api.Region, tier: str) -> dic
     if cluster.observability.metrics:
         annotations.update({
             "prometheus.io/scrape": "true",
-            "prometheus.io/port": str(cluster.ports.http),
+            "prometheus.io/port": str(cluster.ports.admin),
             "prometheus.io/path": "/metrics",
         })
     spec: dict[str, Any] = {
