@@ -265,7 +265,7 @@ def test_live_connections_are_counted_from_gateway_pods(
     thread.start()
     try:
         port = server.server_address[1]
-        make_cluster(("eu",), mutate=lambda o: o["spec"].update({"ports": {"http": port}}))
+        make_cluster(("eu",), mutate=lambda o: o["spec"].update({"ports": {"admin": port}}))
         wait_reconciled(kube, namespace, 1)
         sts = kube.get("StatefulSet", namespace, "chat-eu-gateway")
         revision = sts["spec"]["template"]["metadata"]["annotations"][REVISION]
