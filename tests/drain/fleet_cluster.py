@@ -14,6 +14,7 @@ import asyncio
 import subprocess
 import time
 
+from chatplane.auth import ADMIN_SECRET_FILE, read_or_create_secret
 from chatplane.cluster import Cluster
 from chatplane_operator import drain
 
@@ -23,6 +24,10 @@ class ClusterFleet:
                  bad_versions: dict[str, dict[str, str]] | None = None) -> None:
         self.cluster = cluster
         self.admin = drain.GatewayAdmin()
+        # every member reads the admin secret from the shared data dir; the operator's
+        # calls carry it (a gateway trusts no address, loopback included)
+        self.access = drain.AdminAccess(
+            secret=read_or_create_secret(cluster.data_dir / ADMIN_SECRET_FILE))
         self.names = cluster.names("gateway")
         self.versions = dict.fromkeys(self.names, version)
         self.started = dict.fromkeys(self.names, time.time())
@@ -38,7 +43,7 @@ class ClusterFleet:
         out = []
         for i, name in enumerate(self.names):
             m = self.cluster.members[name]
-            count = await self.admin.connections(m.url) if m.alive else None
+            count = await self.admin.connections(m.url, self.access) if m.alive else None
             out.append(drain.Gateway(
                 name=name, version=self.versions[name],
                 ready=m.alive and m.ready.is_set() and name not in self.draining,
@@ -48,8 +53,8 @@ class ClusterFleet:
 
     async def start_drain(self, name: str, rate: float, deadline_s: float) -> None:
         m = self.cluster.members[name]
-        self.connections_at_drain[name] = await self.admin.connections(m.url) or 0
-        await self.admin.drain(m.url, rate, deadline_s)
+        self.connections_at_drain[name] = await self.admin.connections(m.url, self.access) or 0
+        await self.admin.drain(m.url, rate, deadline_s, self.access)
         self.draining[name] = time.time()
 
     async def replace(self, name: str, version: str) -> None:
