@@ -119,6 +119,10 @@ class Message:
         "auth.tokenSecretRef: the operator can only rotate keys it keeps itself"
     )
     TOKEN_TTL = "auth.tokenTTLSeconds must be between 60 and 2592000"
+    SIGNING_KEY_REMOVED = (
+        "auth.signingKeyId cannot be removed once set: tokens signed with the operator's keys "
+        "would stop verifying; rotate to another id instead"
+    )
     PEER_CIDR = "peers[].cidrs must be IP networks in CIDR form, e.g. 10.8.0.0/16"
     REMOVED_WITH_REPLICAS = (
         "a region or peer cannot be removed while the keyspace keeps replicas in its "
@@ -571,5 +575,7 @@ def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
         held += [p.name for p in old.peers if p.replication_factor > 0]
         if any(name not in kept for name in held):
             errors.append(Message.REMOVED_WITH_REPLICAS)
+        if old.auth.signing_key_id and not cluster.auth.signing_key_id:
+            errors.append(Message.SIGNING_KEY_REMOVED)
     if errors:
         raise SpecError(list(dict.fromkeys(errors)))

@@ -192,6 +192,9 @@ def _spec() -> Schema:
                   "!has(self.tokenSecretRef)", api.Message.SIGNING_KEY_WITH_SECRET_REF),
             _rule("self.tokenTTLSeconds >= 60 && self.tokenTTLSeconds <= 2592000",
                   api.Message.TOKEN_TTL),
+            _rule("!has(oldSelf.signingKeyId) || oldSelf.signingKeyId == '' || "
+                  "(has(self.signingKeyId) && self.signingKeyId != '')",
+                  api.Message.SIGNING_KEY_REMOVED),
         ]}),
         "limits": _obj("Data-plane limits.", {
             "largeGroupThreshold": _int("Members above which a group uses read diffusion.",
