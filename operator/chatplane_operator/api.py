@@ -14,6 +14,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from chatplane_operator import apisecurity
+from chatplane_operator.apisecurity import ISSUER_KINDS as ISSUER_KINDS
+from chatplane_operator.apisecurity import KEY_ID as KEY_ID
+from chatplane_operator.apisecurity import Auth as Auth
+from chatplane_operator.apisecurity import IssuerRef as IssuerRef
+from chatplane_operator.apisecurity import NetworkPolicy as NetworkPolicy
+from chatplane_operator.apisecurity import Tls as Tls
+from chatplane_operator.apisecurity import TlsFiles as TlsFiles
+
 GROUP = "chatplane.dev"
 VERSION = "v1alpha1"
 KIND = "ChatCluster"
@@ -29,8 +38,6 @@ MAX_REGIONS = 16
 MAX_CLUSTER_NAME = 26  # StatefulSet names must stay <= 52 characters
 MAX_REGION_NAME = 16
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")  # no ':' or ',': they separate CHATPLANE_TOKEN_KEYS
-ISSUER_KINDS: tuple[str, ...] = ("Issuer", "ClusterIssuer")
 
 
 class ConditionType:
@@ -249,50 +256,6 @@ class Ports:
 
 
 @dataclasses.dataclass(frozen=True)
-class IssuerRef:
-    """A cert-manager issuer: with one, the operator emits `Certificate`s, not Secrets."""
-
-    name: str
-    kind: str = "Issuer"
-    group: str = "cert-manager.io"
-
-
-@dataclasses.dataclass(frozen=True)
-class TlsFiles:
-    """A Secret with a CA bundle and, optionally, a client certificate and key."""
-
-    secret_name: str
-    ca_key: str = "ca.crt"
-    cert_key: str = ""  # empty: no client certificate
-    key_key: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Tls:
-    enabled: bool = True
-    issuer: IssuerRef | None = None  # None: the operator's own CA per ChatCluster
-    client_secret_name: str = ""  # empty: the client-facing certificate is issued too
-    lifetime_hours: int = 2160  # of an issued certificate; renewed with 1/3 left
-    peer_ca: TlsFiles | None = None  # the CA of peer clusters' regions (default: ours)
-    redis: TlsFiles | None = None
-    cql: TlsFiles | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class NetworkPolicy:
-    enabled: bool = True
-    operator_namespace: str = "chatplane-system"
-    operator_labels: dict[str, str] = dataclasses.field(default_factory=lambda: {
-        "app.kubernetes.io/name": "chatplane", "app.kubernetes.io/component": "operator"})
-
-
-@dataclasses.dataclass(frozen=True)
-class Auth:
-    signing_key_id: str = ""  # empty: one key (CHATPLANE_TOKEN_SECRET), no rotation
-    token_ttl_seconds: int = 86400  # how long an old key keeps verifying after a rotation
-
-
-@dataclasses.dataclass(frozen=True)
 class Observability:
     otlp_endpoint: str = ""
     metrics: bool = True
@@ -335,37 +298,6 @@ def _ref(d: Mapping[str, Any] | None, default_key: str) -> SecretKeyRef | None:
     if not d:
         return None
     return SecretKeyRef(name=str(d["name"]), key=str(_get(d, "key", default_key)))
-
-
-def _tls_files(d: Mapping[str, Any] | None) -> TlsFiles | None:
-    if not d:
-        return None
-    return TlsFiles(secret_name=str(d["secretName"]), ca_key=str(_get(d, "caKey", "ca.crt")),
-                    cert_key=str(_get(d, "certKey", "")), key_key=str(_get(d, "keyKey", "")))
-
-
-def _tls(d: Mapping[str, Any]) -> Tls:
-    issuer = d.get("issuerRef")
-    return Tls(
-        enabled=bool(_get(d, "enabled", True)),
-        issuer=IssuerRef(name=str(issuer["name"]), kind=str(_get(issuer, "kind", "Issuer")),
-                         group=str(_get(issuer, "group", "cert-manager.io")))
-        if issuer else None,
-        client_secret_name=str(_get(d, "clientSecretName", "")),
-        lifetime_hours=int(_get(d, "certificateLifetimeHours", Tls.lifetime_hours)),
-        peer_ca=_tls_files(d.get("peerCA")),
-        redis=_tls_files(d.get("redis")),
-        cql=_tls_files(d.get("cql")),
-    )
-
-
-def _network_policy(d: Mapping[str, Any]) -> NetworkPolicy:
-    default = NetworkPolicy()
-    return NetworkPolicy(
-        enabled=bool(_get(d, "enabled", True)),
-        operator_namespace=str(_get(d, "operatorNamespace", default.operator_namespace)),
-        operator_labels=dict(_get(d, "operatorPodLabels", default.operator_labels)),
-    )
 
 
 def _tier(d: Mapping[str, Any], tier: str) -> Tier:
@@ -474,13 +406,9 @@ def parse(body: Mapping[str, Any]) -> ChatCluster:
                          replication_factor=int(_get(p, "replicationFactor", 3)),
                          cidrs=tuple(str(c) for c in _get(p, "cidrs", [])))
                     for p in _get(spec, "peers", [])),
-        tls=_tls(_get(spec, "tls", {})),
-        network_policy=_network_policy(_get(spec, "networkPolicy", {})),
-        auth=Auth(
-            signing_key_id=str(_get(_get(spec, "auth", {}), "signingKeyId", "")),
-            token_ttl_seconds=int(_get(_get(spec, "auth", {}), "tokenTTLSeconds",
-                                       Auth.token_ttl_seconds)),
-        ),
+        tls=apisecurity.parse_tls(_get(spec, "tls", {})),
+        network_policy=apisecurity.parse_network_policy(_get(spec, "networkPolicy", {})),
+        auth=apisecurity.parse_auth(_get(spec, "auth", {})),
     )
 
 
