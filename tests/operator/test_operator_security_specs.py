@@ -239,3 +239,17 @@ def test_the_key_ids_roll_the_pods(body: dict[str, Any]) -> None:
     swapped = api.ChatCluster(**{**cluster.__dict__, "token_kids": ("k1", "k0")})
     assert config.config_hash(added, eu) != config.config_hash(swapped, eu)
     assert all(r.name != "chat-token-keys" for r in config.user_secret_refs(cluster, eu))
+
+
+def test_the_migration_job_dials_cql_over_tls_too(body: dict[str, Any]) -> None:
+    from chatplane_operator.specs import jobs
+
+    body["spec"]["tls"] = {"cql": {"secretName": "scylla-ca"}, "redis": {"secretName": "r"}}
+    job = jobs.build_migrate_job(api.parse(body))
+    kubernetes_validate.validate(job, "1.33", strict=True)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env == {"CHATPLANE_CQL_TLS_CA": "/etc/chatplane/tls/cql/ca.crt"}  # not Redis
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls-cql", "secret": {"secretName": "scylla-ca", "defaultMode": 0o440}} \
+        in volumes

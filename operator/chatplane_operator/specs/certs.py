@@ -182,6 +182,13 @@ def mounts(cluster: api.ChatCluster, region: api.Region, tier: str) -> list[Moun
         if tier == "gateway":
             out.append(Mount("tls-client", client_secret_name(cluster, region), {
                 "CHATPLANE_TLS_CERT": "tls.crt", "CHATPLANE_TLS_KEY": "tls.key"}))
+    return out + store_mounts(cluster)
+
+
+def store_mounts(cluster: api.ChatCluster) -> list[Mount]:
+    """Redis and CQL TLS files (also the storage migration Job's: it dials CQL)."""
+    tls = cluster.tls
+    out = []
     if tls.redis is not None:
         out.append(_files("tls-redis", tls.redis, "CHATPLANE_REDIS_TLS"))
     if tls.cql is not None:
