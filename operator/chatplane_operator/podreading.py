@@ -33,6 +33,10 @@ from chatplane_operator.peerreports import pod_report
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 PATHS = {"gateway": "/admin/drain", "im": "/v1/peers"}
+# The tiers read on the admin port (`ports.admin`, with the admin secret); the others on the
+# HTTP port. The data plane moves `/v1/peers` to the admin port too (issue 15, the admin
+# listener): then "im" belongs here as well.
+ADMIN_PORT_TIERS: frozenset[str] = frozenset({"gateway"})
 Pod = dict[str, Any]
 
 
@@ -106,8 +110,7 @@ def targets(cluster: api.ChatCluster, pods: Mapping[tuple[str, str], Sequence[Po
     out: dict[Key, str] = {}
     for (region, tier), listed in pods.items():
         for pod in listed:
-            # a gateway's count is on its admin port; an im's peer report on its HTTP port
-            port = cluster.ports.admin if tier == "gateway" else cluster.ports.http
+            port = cluster.ports.admin if tier in ADMIN_PORT_TIERS else cluster.ports.http
             base = running_url(pod, port)
             if base:
                 out[region, tier, str(pod["metadata"]["name"])] = base + PATHS[tier]
@@ -147,10 +150,9 @@ class HttpReader:
                  regions: Sequence[api.Region]) -> dict[str, RegionReads]:
         pods = {(r.name, tier): self._list(cluster, r, tier) for r in regions for tier in PATHS}
         urls = targets(cluster, {k: v for k, v in pods.items() if v is not None})
-        secret = admin_access(self._applier, cluster).headers() if any(
-            k[1] == "gateway" for k in urls) else {}
-        answers = read_all(urls, self.deadline_s,
-                           {k: secret for k in urls if k[1] == "gateway"})
+        admin = [k for k in urls if k[1] in ADMIN_PORT_TIERS]
+        secret = admin_access(self._applier, cluster).headers() if admin else {}
+        answers = read_all(urls, self.deadline_s, dict.fromkeys(admin, secret))
         failed = sorted(f"{k[2]} ({a.error})" for k, a in answers.items() if a.error)
         if failed:
             log.warning("%s: %d of %d pods did not answer: %s", cluster.name, len(failed),
