@@ -58,6 +58,7 @@ class NetworkPolicy:
     operator_namespace: str = "chatplane-system"
     operator_labels: dict[str, str] = dataclasses.field(default_factory=lambda: {
         "app.kubernetes.io/name": "chatplane", "app.kubernetes.io/component": "operator"})
+    metrics_namespaces: tuple[str, ...] = ()  # may scrape /metrics on the admin port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,7 @@ def parse_network_policy(d: Mapping[str, Any]) -> NetworkPolicy:
         enabled=bool(_get(d, "enabled", True)),
         operator_namespace=str(_get(d, "operatorNamespace", default.operator_namespace)),
         operator_labels=dict(_get(d, "operatorPodLabels", default.operator_labels)),
+        metrics_namespaces=tuple(str(n) for n in _get(d, "metricsNamespaces", [])),
     )
 
 

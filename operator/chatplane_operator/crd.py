@@ -325,6 +325,9 @@ def _network_policy() -> Schema:
         "operatorPodLabels": {"type": "object", "description": "Labels of the operator's pods.",
                               "additionalProperties": {"type": "string"},
                               "default": default.operator_labels},
+        "metricsNamespaces": {"type": "array", "maxItems": 16, "description": (
+            "Namespaces whose pods may reach the admin port for /metrics (Prometheus)."),
+            "items": {"type": "string", "maxLength": 63}},
     }, default={})
 
 

@@ -189,6 +189,12 @@ def test_the_network_policy_opens_client_ports_only(body: dict[str, Any], versio
     assert peers == {"from": [{"ipBlock": {"cidr": "10.8.0.0/16"}},
                               {"ipBlock": {"cidr": "fd00:8::/64"}}],
                      "ports": [{"protocol": "TCP", "port": 9090}]}
+    body["spec"]["networkPolicy"] = {"metricsNamespaces": ["monitoring"]}
+    scraped = api.parse(body)
+    scrape = netpol.build_network_policy(scraped, scraped.regions[0])["spec"]["ingress"][2]
+    assert scrape == {"from": [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}],
+        "ports": [{"protocol": "TCP", "port": 9091}]}
     body["spec"]["networkPolicy"] = {"enabled": False}
     off = api.parse(body)
     assert not [m for m in bundle.build_region(off, off.regions[0])

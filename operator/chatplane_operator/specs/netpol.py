@@ -9,7 +9,9 @@ One policy per region selects every pod of the region (all tiers) and allows, on
   operator's pods (`networkPolicy.operatorNamespace` + `operatorPodLabels`), which read
   the admin ports and call drains;
 - the gRPC port from the networks of the listed peer regions (`peers[].cidrs`): regions
-  run by other ChatClusters dial this region's im.
+  run by other ChatClusters dial this region's im;
+- the admin port from the namespaces in `networkPolicy.metricsNamespaces` (Prometheus:
+  `/metrics` is served there; the admin API itself still needs the admin secret).
 
 Everything else is refused once a CNI enforces NetworkPolicies. Off with
 `networkPolicy.enabled: false`.
@@ -44,6 +46,10 @@ def build_network_policy(cluster: api.ChatCluster, region: api.Region) -> dict[s
         {"ports": _ports(p.http, p.tcp)},  # no `from`: the world
         {"from": [own, operator], "ports": _ports(p.grpc, p.admin)},
     ]
+    if netpol.metrics_namespaces:  # Prometheus: /metrics is on the admin port
+        ingress.append({"from": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": ns}}} for ns in netpol.metrics_namespaces],
+            "ports": _ports(p.admin)})
     cidrs = sorted({c for peer in cluster.peers for c in peer.cidrs})
     if cidrs:
         ingress.append({"from": [{"ipBlock": {"cidr": c}} for c in cidrs],
