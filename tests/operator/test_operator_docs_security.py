@@ -46,3 +46,14 @@ def test_every_spec_example_is_valid(example: str) -> None:
     _merge(body["spec"], yaml.safe_load(example)["spec"])
     cluster = api.parse(body)
     api.validate(cluster)
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize("example", _examples())
+def test_the_apiserver_accepts_every_spec_example(kube: Any, namespace: str,
+                                                  example: str) -> None:
+    body = copy.deepcopy(cluster_body(f"doc-{abs(hash(example)) % 10**6}", namespace))
+    del body["metadata"]["uid"], body["metadata"]["generation"]
+    _merge(body["spec"], yaml.safe_load(example)["spec"])
+    created = kube.create(body)
+    api.validate(api.parse(created))  # with the CRD's defaults filled in
