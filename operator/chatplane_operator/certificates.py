@@ -113,6 +113,10 @@ def identity(cert_pem: bytes) -> Wanted:
     return Wanted(str(cns[0].value) if cns else "", names)
 
 
+def not_after(cert_pem: bytes) -> datetime.datetime:
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+
+
 def renew_at(cert_pem: bytes) -> datetime.datetime:
     """When `cert_pem` is due for renewal: a third of its lifetime before it expires."""
     cert = x509.load_pem_x509_certificate(cert_pem)

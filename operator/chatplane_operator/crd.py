@@ -407,6 +407,12 @@ def _status() -> Schema:
         "readyGateways": _str("Ready gateway pods / desired gateway pods."),
         "connections": _int("Live client connections, every region."),
         "version": _str("The image version the spec asks for."),
+        "certificates": _obj("The certificates issued from the operator's CA (absent with "
+                             "cert-manager or TLS off).", {
+            "notAfter": _str("When the first of them expires.", format="date-time"),
+            "renewAt": _str("When the first of them is renewed (a third of its lifetime "
+                            "before it expires).", format="date-time"),
+        }),
         "storage": _obj("The keyspace migration.", {
             "migrationJob": _str("Name of the current `chatplane storage migrate` Job."),
             "migrated": {"type": "boolean", "description": "That Job has succeeded."},

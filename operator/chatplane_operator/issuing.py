@@ -14,6 +14,7 @@ nothing. With cert-manager, Certificates are applied with the region's objects
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import logging
 from collections.abc import Callable
@@ -40,6 +41,22 @@ def ca_name(cluster: api.ChatCluster) -> str:
     return f"chatplane {cluster.namespace}/{cluster.name}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Issuance:
+    """What one pass did: the Secrets it wrote and the earliest expiry and renewal."""
+
+    done: list[str] = dataclasses.field(default_factory=list)
+    not_after: datetime.datetime | None = None
+    renew_at: datetime.datetime | None = None
+
+    def status(self) -> dict[str, str] | None:
+        """`status.certificates`, or None (no certificates of the operator's own CA)."""
+        if self.not_after is None or self.renew_at is None:
+            return None
+        return {"notAfter": self.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "renewAt": self.renew_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
 class Issuer:
     """Issues into Secrets from the cluster's CA; `clock` is injectable for the tests."""
 
@@ -61,24 +78,30 @@ class Issuer:
             raise ValueError(f"Secret {cluster.namespace}/{name} holds no CA (tls.crt, tls.key)")
         return certificates.Issued(cert, key), created
 
-    def ensure(self, cluster: api.ChatCluster) -> list[str]:
-        """Issue what is missing or due; one line per Secret written (for the Event)."""
+    def ensure(self, cluster: api.ChatCluster) -> Issuance:
+        """Issue what is missing or due; one line per Secret written (for the Event), and
+        when the first certificate expires and is renewed (for the status)."""
         if not cluster.tls.enabled or cluster.tls.issuer is not None:
-            return []
+            return Issuance()
         ca, created = self.ca(cluster)
         done = [f"created CA Secret {certs.ca_secret_name(cluster)}"] if created else []
         now = self.clock()
         lifetime = datetime.timedelta(hours=cluster.tls.lifetime_hours)
+        held: list[bytes] = []
         for spec in certs.wanted_certs(cluster):
             secret = self.applier.get("Secret", cluster.namespace, spec.secret_name)
-            why = certificates.why_reissue(_pem(secret, "tls.crt"), ca, spec.wanted, now)
+            pem = _pem(secret, "tls.crt")
+            why = certificates.why_reissue(pem, ca, spec.wanted, now)
             if not why and _pem(secret, certs.CA_KEY) != ca.cert:
                 why = "CA bundle changed"
             if not why:
+                held.append(pem or b"")
                 continue
             issued = certificates.issue(ca, spec.wanted, now, lifetime)
+            held.append(issued.cert)
             self.applier.apply(certs.build_cert_secret(cluster, spec, issued, ca.cert))
             log.info("%s/%s: issued %s (%s)", cluster.namespace, cluster.name,
                      spec.secret_name, why)
             done.append(f"issued {spec.secret_name} ({why})")
-        return done
+        return Issuance(done, min(certificates.not_after(c) for c in held),
+                        min(certificates.renew_at(c) for c in held))

@@ -41,6 +41,7 @@ class Outcome:
     seconds: float = 0.0
     found: bool = True
     rolling: bool = False  # a gateway rollout is under way: come back soon, not at resync
+    certificates: dict[str, str] | None = None  # status.certificates (own CA only)
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
@@ -166,6 +167,8 @@ class Reconciler:
                             {}, error=(R.APPLY_FAILED, str(exc)))
         new_status = status.compute(cluster, observations, body.get("status"),
                                     migration=migration)
+        if outcome.certificates is not None:
+            new_status["certificates"] = outcome.certificates
         if new_status != (body.get("status") or {}):
             self.applier.patch_status(namespace, name, new_status)
         self._report(body, cluster, outcome)
@@ -185,9 +188,10 @@ class Reconciler:
         if changed:
             self._event(body, "Normal", R.TOKEN_KEYS_ROTATED, changed)
         issued = self.issuer.ensure(cluster)
-        if issued:
-            outcome.updated += len(issued)
-            self._event(body, "Normal", R.CERTIFICATE_ISSUED, "; ".join(issued))
+        outcome.certificates = issued.status()
+        if issued.done:
+            outcome.updated += len(issued.done)
+            self._event(body, "Normal", R.CERTIFICATE_ISSUED, "; ".join(issued.done))
         desired: set[tuple[str, str]] = set()
         secrets: dict[str, dict[str, Any] | None] = {}
         done = [self._apply_one(cluster, region, existing, desired, secrets, outcome)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import OperatorProcess, mark_workloads_ready, wait_until
-from kube_children import wait_reconciled
+from kube_children import cluster_status, wait_reconciled
 from kube_client import Kube
 
 from chatplane_operator import certificates, tokenkeys
@@ -62,7 +62,7 @@ def test_a_ca_per_cluster_issues_every_tier_certificate_and_renews_them(
 ) -> None:
     make_cluster(("eu",))
     wait_reconciled(kube, namespace, 1)
-    wait_until(lambda: all(kube.get("Secret", namespace, n) for n in ALL_SECRETS), 20,
+    wait_until(lambda: all(kube.get("Secret", namespace, n) for n in ALL_SECRETS), 45,
                "every certificate Secret")
     ca_secret = kube.get("Secret", namespace, "chat-ca")
     assert ca_secret["type"] == "kubernetes.io/tls"
@@ -78,6 +78,13 @@ def test_a_ca_per_cluster_issues_every_tier_certificate_and_renews_them(
     assert {"im", f"chat-eu-im.{namespace}.svc", "region.eu"} <= set(im.dns_names)
     assert certificates.identity(_pem(kube, namespace, "chat-operator-tls")).common_name \
         == "operator"
+    shown = wait_until(lambda: cluster_status(kube, namespace).get("certificates"), 45,
+                       "status.certificates")
+    renew = datetime.datetime.fromisoformat(shown["renewAt"].replace("Z", "+00:00"))
+    expires = datetime.datetime.fromisoformat(shown["notAfter"].replace("Z", "+00:00"))
+    now = datetime.datetime.now(datetime.UTC)
+    assert abs((expires - now) - datetime.timedelta(days=90)) < datetime.timedelta(hours=1)
+    assert abs((renew - now) - datetime.timedelta(days=60)) < datetime.timedelta(hours=1)
     policy = kube.get("NetworkPolicy", namespace, "chat-eu-ingress")
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     versions = {n: kube.get("Secret", namespace, n)["metadata"]["resourceVersion"]
@@ -85,7 +92,7 @@ def test_a_ca_per_cluster_issues_every_tier_certificate_and_renews_them(
 
     # a pass over fresh certificates writes nothing
     _poke(kube, namespace, 1)
-    wait_until(lambda: (operator.log().count("reconciled") >= 3), 20, "another pass")
+    wait_until(lambda: (operator.log().count("reconciled") >= 3), 45, "another pass")
     assert {n: kube.get("Secret", namespace, n)["metadata"]["resourceVersion"]
             for n in versions} == versions
 
@@ -100,7 +107,7 @@ def test_a_ca_per_cluster_issues_every_tier_certificate_and_renews_them(
     kube.delete("Secret", namespace, "chat-eu-state-tls")
     _poke(kube, namespace, 2)
     wait_until(lambda: _fresh(kube, namespace, "chat-eu-im-tls")
-               and _fresh(kube, namespace, "chat-eu-state-tls"), 20, "renewed certificates")
+               and _fresh(kube, namespace, "chat-eu-state-tls"), 45, "renewed certificates")
     assert kube.get("Secret", namespace, "chat-ca")["metadata"]["resourceVersion"] \
         == versions["chat-ca"]  # the CA is never rewritten
     events = [e["message"] for e in kube.list("Event", namespace)
@@ -139,19 +146,19 @@ def test_token_key_rotation_adds_then_signs_then_drops(
     first = _hash(kube, namespace)
 
     _poke(kube, namespace, 1)  # pods not rolled yet: nothing moves
-    wait_until(lambda: operator.log().count("reconciled") >= 3, 20, "another pass")
+    wait_until(lambda: operator.log().count("reconciled") >= 3, 45, "another pass")
     assert _keys(kube, namespace)[0] == ["k0", "k1"]
 
     mark_workloads_ready(kube, namespace, ("eu",))  # every pod verifies k1 now
-    wait_until(lambda: _keys(kube, namespace)[0] == ["k1", "k0"], 20, "k1 signs")
-    wait_until(lambda: _hash(kube, namespace) != first, 20, "the pods roll to the new order")
+    wait_until(lambda: _keys(kube, namespace)[0] == ["k1", "k0"], 45, "k1 signs")
+    wait_until(lambda: _hash(kube, namespace) != first, 45, "the pods roll to the new order")
 
     mark_workloads_ready(kube, namespace, ("eu",))  # every pod signs with k1
 
     def retired() -> bool:
         notes = kube.get("Secret", namespace, "chat-token-keys")["metadata"]["annotations"]
         return any(k.get("retiredAt") for k in json.loads(notes[tokenkeys.STATE]))
-    wait_until(retired, 20, "k0's retirement clock started")
+    wait_until(retired, 45, "k0's retirement clock started")
     assert _keys(kube, namespace)[0] == ["k1", "k0"]  # k0 verifies for the token TTL
 
     secret = kube.get("Secret", namespace, "chat-token-keys")
@@ -160,7 +167,7 @@ def test_token_key_rotation_adds_then_signs_then_drops(
     kube.merge_patch("Secret", namespace, "chat-token-keys", {"metadata": {"annotations": {
         tokenkeys.STATE: json.dumps(state)}}})
     _poke(kube, namespace, 2)
-    wait_until(lambda: _keys(kube, namespace)[0] == ["k1"], 20, "k0 dropped")
+    wait_until(lambda: _keys(kube, namespace)[0] == ["k1"], 45, "k0 dropped")
     kids, rendered = _keys(kube, namespace)
     assert rendered.startswith("k1:") and "," not in rendered
     events = [e["message"] for e in kube.list("Event", namespace)
