@@ -250,3 +250,56 @@ def test_the_admin_access_comes_from_the_generated_secret() -> None:
     access = counting.admin_access(reader, cluster)  # type: ignore[arg-type]
     assert access.headers() == {"Authorization": "Bearer s3cret"}
     assert base64.b64decode(secret["data"]["admin"]) == b"s3cret"
+
+
+class PatchRecorder(SecretReader):
+    """The API calls `fleet_kube.KubeFleet` makes: the Secret read, the pod patches."""
+
+    def __init__(self, cluster: api.ChatCluster) -> None:
+        super().__init__(cluster)
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+
+    def merge_patch(self, kind: str, namespace: str, name: str,
+                    patch: dict[str, Any]) -> dict[str, Any]:
+        self.patches.append((name, patch))
+        return {}
+
+
+async def test_the_operators_kube_fleet_drains_a_pod_at_its_ip(
+    nodes: list[NamespaceNode],
+) -> None:
+    """The rollout's own code path (`KubeFleet.start_drain`, as a reconcile pass runs it):
+    the pod's IP and `ports.admin` make the URL, the generated Secret the credential."""
+    from chatplane_operator import fleet_kube, podreading
+
+    cluster = _cluster(nodes)
+    node = nodes[0]
+    pod = {"metadata": {"name": "chat-eu-gateway-0", "annotations": {}},
+           "status": {"phase": "Running", "podIP": node.ns.ip}}
+    reads = podreading.RegionReads(gateways=(pod,), connections={"chat-eu-gateway-0": 0})
+    dispatcher = NodeDispatcher(nodes)
+    clients = await _connect(nodes, dispatcher)
+    admin = drain.GatewayAdmin()
+    try:
+        held = await admin.connections(node.admin_url, drain.AdminAccess(ADMIN_SECRET))
+        assert held
+        api_calls = PatchRecorder(cluster)
+        refused = fleet_kube.KubeFleet(api_calls, cluster, cluster.regions[0],  # type: ignore[arg-type]
+                                       admin, reads, drain.AdminAccess("wrong"))
+        await refused.start_drain("chat-eu-gateway-0", RATE, DEADLINE_S)
+        assert await asyncio.to_thread(_ready, node)  # refused: not draining
+        access = counting.admin_access(api_calls, cluster)  # type: ignore[arg-type]
+        fleet = fleet_kube.KubeFleet(api_calls, cluster, cluster.regions[0],  # type: ignore[arg-type]
+                                     admin, reads, access)
+        dispatcher.draining.add(node.name)
+        await fleet.start_drain("chat-eu-gateway-0", RATE, DEADLINE_S)
+        began = time.monotonic()
+        while await admin.connections(node.admin_url, access):
+            assert time.monotonic() - began < 20, "the pod did not empty"
+            await asyncio.sleep(0.1)
+        took = time.monotonic() - began
+        assert took < held / RATE + 5
+        assert [name for name, _ in api_calls.patches] == ["chat-eu-gateway-0"] * 2
+        assert "chatplane.dev/draining-since" in api_calls.patches[-1][1]["metadata"]["annotations"]
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
