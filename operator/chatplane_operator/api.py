@@ -9,9 +9,19 @@ same messages, so a spec is judged the same way in process and in the cluster.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from chatplane_operator import apisecurity
+from chatplane_operator.apisecurity import ISSUER_KINDS as ISSUER_KINDS
+from chatplane_operator.apisecurity import KEY_ID as KEY_ID
+from chatplane_operator.apisecurity import Auth as Auth
+from chatplane_operator.apisecurity import IssuerRef as IssuerRef
+from chatplane_operator.apisecurity import NetworkPolicy as NetworkPolicy
+from chatplane_operator.apisecurity import Tls as Tls
+from chatplane_operator.apisecurity import TlsFiles as TlsFiles
 
 GROUP = "chatplane.dev"
 VERSION = "v1alpha1"
@@ -68,6 +78,8 @@ class Reason:
     PEER_REPORT_MISSING = "PeerReportMissing"
     GATEWAY_DRAINING = "GatewayDraining"
     GATEWAY_REPLACED = "GatewayReplaced"
+    CERTIFICATE_ISSUED = "CertificateIssued"
+    TOKEN_KEYS_ROTATED = "TokenKeysRotated"
 
 
 class Message:
@@ -103,6 +115,22 @@ class Message:
         "with peers (regions run by other ChatClusters) the token signing key must be shared: "
         "set auth.tokenSecretRef to a Secret the platform provides in every cluster"
     )
+    PORTS_DISTINCT = "ports.http, ports.tcp, ports.grpc and ports.admin must all differ"
+    CERT_LIFETIME = "tls.certificateLifetimeHours must be between 24 and 87600"
+    ISSUER_WITHOUT_TLS = "tls.issuerRef needs tls.enabled: true"
+    SIGNING_KEY_ID = (
+        "auth.signingKeyId must be 1-32 characters of a-z, A-Z, 0-9, '_' or '-'"
+    )
+    SIGNING_KEY_WITH_SECRET_REF = (
+        "auth.signingKeyId (key rotation by the operator) cannot be combined with "
+        "auth.tokenSecretRef: the operator can only rotate keys it keeps itself"
+    )
+    TOKEN_TTL = "auth.tokenTTLSeconds must be between 60 and 2592000"
+    SIGNING_KEY_REMOVED = (
+        "auth.signingKeyId cannot be removed once set: tokens signed with the operator's keys "
+        "would stop verifying; rotate to another id instead"
+    )
+    PEER_CIDR = "peers[].cidrs must be IP networks in CIDR form, e.g. 10.8.0.0/16"
     REMOVED_WITH_REPLICAS = (
         "a region or peer cannot be removed while the keyspace keeps replicas in its "
         "datacenter: set its replicationFactor to 0 first, wait until status.storage.migrated "
@@ -175,6 +203,7 @@ class Peer:
     endpoint: str
     datacenter: str
     replication_factor: int = 3
+    cidrs: tuple[str, ...] = ()  # where its pods dial from: allowed to the gRPC port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +252,7 @@ class Ports:
     http: int = 8080
     tcp: int = 8081
     grpc: int = 9090
+    admin: int = 9091  # admin API, /metrics, /admin/drain: never on the public Service
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +278,12 @@ class ChatCluster:
     observability: Observability
     token_secret: SecretKeyRef | None = None  # None: a generated Secret holds it
     peers: tuple[Peer, ...] = ()
+    tls: Tls = dataclasses.field(default_factory=Tls)
+    network_policy: NetworkPolicy = dataclasses.field(default_factory=NetworkPolicy)
+    auth: Auth = dataclasses.field(default_factory=Auth)
+    # Not from the spec: the token key ids the key Secret holds now, first signs (filled in
+    # by the reconciler; they go into the config hash, so a key change rolls the pods).
+    token_kids: tuple[str, ...] = ()
 
     def region(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)
@@ -358,6 +394,7 @@ def parse(body: Mapping[str, Any]) -> ChatCluster:
             http=int(_get(ports, "http", 8080)),
             tcp=int(_get(ports, "tcp", 8081)),
             grpc=int(_get(ports, "grpc", 9090)),
+            admin=int(_get(ports, "admin", Ports.admin)),
         ),
         observability=Observability(
             otlp_endpoint=str(_get(obs, "otlpEndpoint", "")),
@@ -366,8 +403,12 @@ def parse(body: Mapping[str, Any]) -> ChatCluster:
         token_secret=_ref(_get(spec, "auth", {}).get("tokenSecretRef"), "token"),
         peers=tuple(Peer(name=str(p["name"]), endpoint=str(p.get("endpoint", "")),
                          datacenter=str(_get(p, "datacenter", p["name"])),
-                         replication_factor=int(_get(p, "replicationFactor", 3)))
+                         replication_factor=int(_get(p, "replicationFactor", 3)),
+                         cidrs=tuple(str(c) for c in _get(p, "cidrs", [])))
                     for p in _get(spec, "peers", [])),
+        tls=apisecurity.parse_tls(_get(spec, "tls", {})),
+        network_policy=apisecurity.parse_network_policy(_get(spec, "networkPolicy", {})),
+        auth=apisecurity.parse_auth(_get(spec, "auth", {})),
     )
 
 
@@ -388,6 +429,32 @@ def _peer_errors(cluster: ChatCluster) -> list[str]:
         errors.append(Message.NO_REPLICAS)
     if cluster.peers and cluster.token_secret is None:
         errors.append(Message.PEERS_NEED_TOKEN_SECRET)
+    for peer in cluster.peers:
+        for cidr in peer.cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                errors.append(Message.PEER_CIDR)
+    return errors
+
+
+def _security_errors(cluster: ChatCluster) -> list[str]:
+    """Ports, TLS and token keys."""
+    errors: list[str] = []
+    p = cluster.ports
+    if len({p.http, p.tcp, p.grpc, p.admin}) != 4:
+        errors.append(Message.PORTS_DISTINCT)
+    if not 24 <= cluster.tls.lifetime_hours <= 87600:
+        errors.append(Message.CERT_LIFETIME)
+    if cluster.tls.issuer is not None and not cluster.tls.enabled:
+        errors.append(Message.ISSUER_WITHOUT_TLS)
+    kid = cluster.auth.signing_key_id
+    if kid and not KEY_ID.match(kid):
+        errors.append(Message.SIGNING_KEY_ID)
+    if kid and cluster.token_secret is not None:
+        errors.append(Message.SIGNING_KEY_WITH_SECRET_REF)
+    if not 60 <= cluster.auth.token_ttl_seconds <= 2592000:
+        errors.append(Message.TOKEN_TTL)
     return errors
 
 
@@ -419,6 +486,7 @@ def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
         if not 0 <= region.cql.replication_factor <= 9:
             errors.append(Message.REPLICATION)
     errors += _peer_errors(cluster)
+    errors += _security_errors(cluster)
     if cluster.upgrade.drain_rate <= 0:
         errors.append(Message.DRAIN_RATE)
     if not 1 <= cluster.upgrade.drain_deadline_seconds <= 3600:
@@ -435,5 +503,7 @@ def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
         held += [p.name for p in old.peers if p.replication_factor > 0]
         if any(name not in kept for name in held):
             errors.append(Message.REMOVED_WITH_REPLICAS)
+        if old.auth.signing_key_id and not cluster.auth.signing_key_id:
+            errors.append(Message.SIGNING_KEY_REMOVED)
     if errors:
         raise SpecError(list(dict.fromkeys(errors)))

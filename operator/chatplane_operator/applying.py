@@ -45,6 +45,8 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind("/apis/apps/v1", "deployments"),
     "StatefulSet": Kind("/apis/apps/v1", "statefulsets"),
     "Job": Kind("/apis/batch/v1", "jobs"),
+    "NetworkPolicy": Kind("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "Certificate": Kind("/apis/cert-manager.io/v1", "certificates"),
     api.KIND: Kind(f"/apis/{api.API_VERSION}", api.PLURAL),
     "KopfPeering": Kind("/apis/kopf.dev/v1", "kopfpeerings"),
     "ClusterKopfPeering": Kind("/apis/kopf.dev/v1", "clusterkopfpeerings"),

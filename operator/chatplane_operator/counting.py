@@ -1,19 +1,23 @@
 """The data plane's pods as the operator finds them, and what a gateway's count says.
 
 Connections are read from each running gateway pod's `GET /admin/drain`, which answers
-`{"draining": bool, "connections": N}` on its HTTP port without the admin secret
-(`podreading.py` does the reading, for every pod of a pass at once). Running pods count
-whether ready or not: a draining gateway reports not-ready yet still holds the connections
-it is sending away.
+`{"draining": bool, "connections": N}` on its admin port (`ports.admin`) to the admin
+secret (`admin_access()`; `podreading.py` does the reading, for every pod of a pass at
+once). Running pods count whether ready or not: a draining gateway reports not-ready yet
+still holds the connections it is sending away.
 """
 
 from __future__ import annotations
 
+import base64
+import logging
 from typing import Any
 
-from chatplane_operator import api
+from chatplane_operator import api, drain
 from chatplane_operator.applying import Applier
-from chatplane_operator.specs import naming
+from chatplane_operator.specs import config, naming
+
+log = logging.getLogger(__name__)
 
 
 def tier_pods(applier: Applier, cluster: api.ChatCluster, region: api.Region,
@@ -42,3 +46,16 @@ def connections_in(body: Any) -> int | None:
         return int(body.get("connections", 0))
     except (TypeError, ValueError):
         return None
+
+
+def admin_access(applier: Applier, cluster: api.ChatCluster) -> drain.AdminAccess:
+    """The admin secret of `cluster`'s pods, from its generated Secret (the pods read the
+    same key as CHATPLANE_ADMIN_SECRET); no secret when it cannot be read."""
+    ref = config.admin_ref(cluster)
+    secret = applier.get("Secret", cluster.namespace, ref.name)
+    data = (secret or {}).get("data") or {}
+    if ref.key not in data:
+        log.warning("no admin secret in Secret %s/%s: drain calls will be refused",
+                    cluster.namespace, ref.name)
+        return drain.AdminAccess()
+    return drain.AdminAccess(secret=base64.b64decode(data[ref.key]).decode())

@@ -177,7 +177,25 @@ def _spec() -> Schema:
         "auth": _obj("Token signing. Without tokenSecretRef a Secret is generated once.", {
             "tokenSecretRef": _secret_ref("Secret key holding the token signing key, shared by "
                                           "every region.", "token"),
-        }, default={}),
+            "signingKeyId": _str("Key id that signs tokens; changing it rotates the key without "
+                                 "logging anyone out: the new key verifies everywhere first, "
+                                 "then signs, and the old one is dropped after tokenTTLSeconds. "
+                                 "Empty: one key (k0), no rotation.", maxLength=32,
+                                 **{"x-kubernetes-validations": [_rule(
+                                     "self == '' || self.matches('^[A-Za-z0-9_-]{1,32}$')",
+                                     api.Message.SIGNING_KEY_ID)]}),
+            "tokenTTLSeconds": _int("How long an old key keeps verifying after a rotation: "
+                                    "at least the longest token lifetime.",
+                                    api.Auth.token_ttl_seconds),
+        }, default={}, **{"x-kubernetes-validations": [
+            _rule("!has(self.signingKeyId) || self.signingKeyId == '' || "
+                  "!has(self.tokenSecretRef)", api.Message.SIGNING_KEY_WITH_SECRET_REF),
+            _rule("self.tokenTTLSeconds >= 60 && self.tokenTTLSeconds <= 2592000",
+                  api.Message.TOKEN_TTL),
+            _rule("!has(oldSelf.signingKeyId) || oldSelf.signingKeyId == '' || "
+                  "(has(self.signingKeyId) && self.signingKeyId != '')",
+                  api.Message.SIGNING_KEY_REMOVED),
+        ]}),
         "limits": _obj("Data-plane limits.", {
             "largeGroupThreshold": _int("Members above which a group uses read diffusion.",
                                         api.Limits.large_group_threshold, minimum=2),
@@ -210,7 +228,15 @@ def _spec() -> Schema:
                          minimum=1024, maximum=65535),
             "tcp": _int("Gateway raw TCP.", api.Ports.tcp, minimum=1024, maximum=65535),
             "grpc": _int("gRPC of state and im.", api.Ports.grpc, minimum=1024, maximum=65535),
-        }, default={}),
+            "admin": _int("Admin API, /metrics and /admin/drain of every tier (needs the admin "
+                          "secret). Never on the public Service.", api.Ports.admin,
+                          minimum=1024, maximum=65535),
+        }, default={}, **{"x-kubernetes-validations": [
+            _rule("self.http != self.tcp && self.http != self.grpc && self.http != self.admin && "
+                  "self.tcp != self.grpc && self.tcp != self.admin && self.grpc != self.admin",
+                  api.Message.PORTS_DISTINCT)]}),
+        "tls": _tls(),
+        "networkPolicy": _network_policy(),
         "observability": _obj("Traces and metrics.", {
             "otlpEndpoint": _str("OpenTelemetry OTLP endpoint; empty: no traces."),
             "metrics": _obj("Prometheus scraping.", {
@@ -239,10 +265,70 @@ def _peers() -> Schema:
             "datacenter": _str("Its CQL datacenter (default: the name).", maxLength=63),
             "replicationFactor": _int("Replicas of the keyspace in its datacenter.",
                                       api.Peer.replication_factor),
+            "cidrs": {"type": "array", "maxItems": 32, "description": (
+                "Networks its pods dial from (CIDRs): the NetworkPolicy lets them reach the "
+                "gRPC port."), "items": {"type": "string", "maxLength": 64}},
         }, required=["name", "endpoint"], **{"x-kubernetes-validations": [
             _rule("self.replicationFactor >= 0 && self.replicationFactor <= 9",
-                  api.Message.PEER_REPLICATION)]}),
+                  api.Message.PEER_REPLICATION),
+            _rule("!has(self.cidrs) || self.cidrs.all(c, isCIDR(c))", api.Message.PEER_CIDR),
+        ]}),
     }
+
+
+def _tls_files(description: str, client: str) -> Schema:
+    return _obj(description, {
+        "secretName": _str("Secret in the ChatCluster's namespace.", maxLength=253),
+        "caKey": _str("Key of the CA bundle.", default="ca.crt", maxLength=253),
+        "certKey": _str(f"Key of the client certificate ({client}).", maxLength=253),
+        "keyKey": _str("Key of the client certificate's private key.", maxLength=253),
+    }, required=["secretName"])
+
+
+def _tls() -> Schema:
+    return _obj("TLS: mutual TLS between the tiers and across regions, the client-facing "
+                "certificate, Redis and CQL TLS.", {
+        "enabled": {"type": "boolean", "default": True, "description": (
+            "Issue certificates and turn TLS on for client connections and every gRPC "
+            "link.")},
+        "issuerRef": _obj("A cert-manager issuer: the operator emits cert-manager "
+                          "Certificates instead of issuing from its own CA.", {
+            "name": _str("Issuer name.", maxLength=253),
+            "kind": _str("Issuer or ClusterIssuer.", default="Issuer",
+                         enum=list(api.ISSUER_KINDS)),
+            "group": _str("API group.", default="cert-manager.io", maxLength=253),
+        }, required=["name"]),
+        "clientSecretName": _str("A kubernetes.io/tls Secret with the client-facing certificate "
+                                 "(WSS, TCP+TLS). Empty: issued for the gateway Services.",
+                                 maxLength=253),
+        "certificateLifetimeHours": _int("Lifetime of an issued certificate; it is renewed "
+                                         "when a third of it is left.", api.Tls.lifetime_hours,
+                                         minimum=24, maximum=87600),
+        "peerCA": _tls_files("CA bundle that peer regions' certificates chain to (other "
+                             "ChatClusters' CAs). Default: this cluster's CA.", "unused"),
+        "redis": _tls_files("Redis TLS (rediss://): the server's CA, optional client "
+                            "certificate.", "optional"),
+        "cql": _tls_files("CQL TLS: the server's CA, optional client certificate.",
+                          "optional"),
+    }, default={}, **{"x-kubernetes-validations": [
+        _rule("self.enabled || !has(self.issuerRef)", api.Message.ISSUER_WITHOUT_TLS)]})
+
+
+def _network_policy() -> Schema:
+    default = api.NetworkPolicy()
+    return _obj("A NetworkPolicy per region: client ports open to all; gRPC and admin ports "
+                "only from this cluster's pods, the operator and the peers' cidrs.", {
+        "enabled": {"type": "boolean", "default": True,
+                    "description": "Generate the NetworkPolicies."},
+        "operatorNamespace": _str("Namespace the operator runs in.",
+                                  default=default.operator_namespace, maxLength=63),
+        "operatorPodLabels": {"type": "object", "description": "Labels of the operator's pods.",
+                              "additionalProperties": {"type": "string"},
+                              "default": default.operator_labels},
+        "metricsNamespaces": {"type": "array", "maxItems": 16, "description": (
+            "Namespaces whose pods may reach the admin port for /metrics (Prometheus)."),
+            "items": {"type": "string", "maxLength": 63}},
+    }, default={})
 
 
 def _spec_rules() -> list[dict[str, Any]]:
@@ -321,6 +407,12 @@ def _status() -> Schema:
         "readyGateways": _str("Ready gateway pods / desired gateway pods."),
         "connections": _int("Live client connections, every region."),
         "version": _str("The image version the spec asks for."),
+        "certificates": _obj("The certificates issued from the operator's CA (absent with "
+                             "cert-manager or TLS off).", {
+            "notAfter": _str("When the first of them expires.", format="date-time"),
+            "renewAt": _str("When the first of them is renewed (a third of its lifetime "
+                            "before it expires).", format="date-time"),
+        }),
         "storage": _obj("The keyspace migration.", {
             "migrationJob": _str("Name of the current `chatplane storage migrate` Job."),
             "migrated": {"type": "boolean", "description": "That Job has succeeded."},

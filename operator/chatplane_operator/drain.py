@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -133,27 +134,57 @@ class Fleet(Protocol):
         """Remove the drained gateway; a new one at `version` takes its place."""
 
 
+@dataclasses.dataclass(frozen=True)
+class AdminAccess:
+    """How to reach a gateway's admin port: its admin secret (sent as `Authorization:
+    Bearer`) and, for https, the TLS context (our CA, the operator's client certificate)."""
+
+    secret: str = ""
+    ssl: ssl.SSLContext | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
+
+
+class AdminRefused(OSError):
+    """The gateway refused the call (401/403: a wrong or missing admin secret)."""
+
+
 class GatewayAdmin:
-    """A gateway's `POST /admin/drain {"rate","deadline_s"}` and `GET /admin/drain`."""
+    """A gateway's `POST /admin/drain {"rate","deadline_s"}` and `GET /admin/drain`, on its
+    admin port (`url` is `http(s)://<pod IP>:<ports.admin>`), with the admin secret."""
 
     def __init__(self, timeout_s: float = 2.0) -> None:
         self.timeout_s = timeout_s
 
-    def _call(self, url: str, body: dict[str, float] | None = None) -> dict[str, object]:
+    def _call(self, url: str, access: AdminAccess,
+              body: dict[str, float] | None = None) -> dict[str, object]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
             url.rstrip("/") + "/admin/drain", data=data, method="POST" if body else "GET",
-            headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return dict(json.load(response))
+            headers={"Content-Type": "application/json", **access.headers()})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s,
+                                        context=access.ssl) as response:
+                return dict(json.load(response))
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise AdminRefused(f"{request.method} {request.full_url}: HTTP {exc.code} "
+                                   f"(admin secret {'refused' if access.secret else 'missing'})"
+                                   ) from None
+            raise
 
-    async def drain(self, url: str, rate: float, deadline_s: float) -> None:
-        await asyncio.to_thread(self._call, url, {"rate": rate, "deadline_s": deadline_s})
+    async def drain(self, url: str, rate: float, deadline_s: float,
+                    access: AdminAccess = AdminAccess()) -> dict[str, object]:
+        """Start the drain; the gateway's answer. Raises `AdminRefused` on 401/403 and
+        OSError when it cannot be reached."""
+        return await asyncio.to_thread(self._call, url, access,
+                                       {"rate": rate, "deadline_s": deadline_s})
 
-    async def connections(self, url: str) -> int | None:
+    async def connections(self, url: str, access: AdminAccess = AdminAccess()) -> int | None:
         """Connections left, or None when the gateway does not answer (it has exited)."""
         try:
-            answer = await asyncio.to_thread(self._call, url)
+            answer = await asyncio.to_thread(self._call, url, access)
         except (urllib.error.URLError, OSError, ValueError):
             return None
         return int(answer.get("connections", 0))  # type: ignore[call-overload]

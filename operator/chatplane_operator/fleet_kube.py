@@ -5,6 +5,9 @@ pods carry the template's revision (`chatplane.dev/revision`), and a pod whose r
 not the StatefulSet's is replaced by the drain rollout. All rollout state lives on the pods,
 so an operator restart resumes where the last one stopped:
 
+Drain calls go to the pod's admin port (`ports.admin`) with the cluster's admin secret
+(`Authorization: Bearer`, from the generated Secret): a gateway refuses a drain without it.
+
 - *draining* is the pod annotation `chatplane.dev/draining-since` (epoch seconds), written
   before the drain call, so the drain is followed and never started twice;
 - *replacing* is deleting the pod: the StatefulSet controller creates it again from the
@@ -59,16 +62,18 @@ class KubeFleet:
     their drain endpoints."""
 
     def __init__(self, applier: Applier, cluster: api.ChatCluster, region: api.Region,
-                 admin: drain.GatewayAdmin, reads: podreading.RegionReads) -> None:
+                 admin: drain.GatewayAdmin, reads: podreading.RegionReads,
+                 access: drain.AdminAccess) -> None:
         self.applier = applier
         self.cluster = cluster
         self.region = region
         self.admin = admin
         self.reads = reads
+        self.access = access
         self._pods = {str(p["metadata"]["name"]): p for p in reads.gateways}
 
     def _url(self, pod: dict[str, Any]) -> str | None:
-        return running_url(pod, self.cluster.ports.http)
+        return running_url(pod, self.cluster.ports.admin)
 
     async def gateways(self) -> list[drain.Gateway]:
         out = []
@@ -93,7 +98,10 @@ class KubeFleet:
         if url is None:
             return  # not running: it holds nobody; the next pass replaces it
         try:
-            await self.admin.drain(url, rate, deadline_s)
+            await self.admin.drain(url, rate, deadline_s, self.access)
+        except drain.AdminRefused as exc:  # the admin secret is wrong: say so loudly
+            log.error("drain call to %s refused: %s; it is replaced at the drain deadline",
+                      name, exc)
         except OSError as exc:  # unreachable: it is replaced at the deadline at the latest
             log.warning("drain call to %s (%s) failed: %s", name, url, exc)
 
@@ -132,13 +140,14 @@ def policy(cluster: api.ChatCluster) -> drain.Policy:
 
 def step_region(applier: Applier, cluster: api.ChatCluster, region: api.Region,
                 revision: str, admin: drain.GatewayAdmin,
-                reads: podreading.RegionReads) -> RegionRollout | None:
+                reads: podreading.RegionReads, access: drain.AdminAccess,
+                ) -> RegionRollout | None:
     """One orchestrator tick for `region` towards `revision`, on this pass's reads; None
     when the API fails or the pods could not be listed (the pass goes on; the next one
     tries again)."""
     if not reads.listed:
         return None
-    fleet = KubeFleet(applier, cluster, region, admin, reads)
+    fleet = KubeFleet(applier, cluster, region, admin, reads, access)
     orchestrator = drain.Orchestrator(fleet, revision, policy(cluster))
     try:
         step, progress, events = asyncio.run(orchestrator.tick())
@@ -146,3 +155,4 @@ def step_region(applier: Applier, cluster: api.ChatCluster, region: api.Region,
         log.warning("rollout step in %s/%s failed: %s", cluster.name, region.name, exc)
         return None
     return RegionRollout(progress, step, events)
+

@@ -29,6 +29,7 @@ MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
 CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
     ("", "v1", "configmaps"),
     ("", "v1", "services"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("apps", "v1", "deployments"),
     ("apps", "v1", "statefulsets"),

@@ -1,7 +1,8 @@
 """What a reconcile pass reads from the data plane's pods, in one batch with one deadline.
 
 A pass reads two things over HTTP, from the running pods of every region it applied: each
-gateway's live connections (`GET /admin/drain`, `{"draining": bool, "connections": N}`)
+gateway's live connections (`GET /admin/drain` on its admin port, with the admin secret:
+`{"draining": bool, "connections": N}`)
 and each im pod's peer report (`GET /v1/peers`). Both are read here, once per pod per
 pass, every pod at once, under one deadline for the whole batch: a dead or hanging pod
 costs the pass that deadline once, however many pods are down, and a pod that has not
@@ -26,12 +27,16 @@ import aiohttp
 
 from chatplane_operator import api, reachability
 from chatplane_operator.applying import ApiError, Applier
-from chatplane_operator.counting import connections_in, running_url, tier_pods
+from chatplane_operator.counting import admin_access, connections_in, running_url, tier_pods
 from chatplane_operator.peerreports import pod_report
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 PATHS = {"gateway": "/admin/drain", "im": "/v1/peers"}
+# The tiers read on the admin port (`ports.admin`, with the admin secret); the others on the
+# HTTP port. The data plane moves `/v1/peers` to the admin port too (issue 15, the admin
+# listener): then "im" belongs here as well.
+ADMIN_PORT_TIERS: frozenset[str] = frozenset({"gateway", "im"})
 Pod = dict[str, Any]
 
 
@@ -43,24 +48,27 @@ class Answer:
     error: str = ""
 
 
-async def _get(session: aiohttp.ClientSession, url: str) -> Answer:
+async def _get(session: aiohttp.ClientSession, url: str, headers: Mapping[str, str]) -> Answer:
     try:
-        async with session.get(url) as response:
+        async with session.get(url, headers=headers) as response:
             response.raise_for_status()
             return Answer(await response.json(content_type=None))
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         return Answer(error=f"GET {url}: {exc or type(exc).__name__}")
 
 
-async def fetch_all(urls: Mapping[K, str], deadline_s: float) -> dict[K, Answer]:
-    """GET every URL at once; what has not answered within `deadline_s` is cancelled."""
+async def fetch_all(urls: Mapping[K, str], deadline_s: float,
+                    headers: Mapping[K, Mapping[str, str]] | None = None) -> dict[K, Answer]:
+    """GET every URL at once (with its `headers`, if any); what has not answered within
+    `deadline_s` is cancelled."""
     if not urls:
         return {}
     # No per-request timeout and no proxy from the environment: the deadline bounds them
     # all, and pod IPs are reached directly.
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        tasks = {key: asyncio.ensure_future(_get(session, url)) for key, url in urls.items()}
+        tasks = {key: asyncio.ensure_future(_get(session, url, (headers or {}).get(key, {})))
+                 for key, url in urls.items()}
         _, late = await asyncio.wait(tasks.values(), timeout=deadline_s)
         for task in late:
             task.cancel()
@@ -70,9 +78,10 @@ async def fetch_all(urls: Mapping[K, str], deadline_s: float) -> dict[K, Answer]
             else task.result() for key, task in tasks.items()}
 
 
-def read_all(urls: Mapping[K, str], deadline_s: float) -> dict[K, Answer]:
+def read_all(urls: Mapping[K, str], deadline_s: float,
+             headers: Mapping[K, Mapping[str, str]] | None = None) -> dict[K, Answer]:
     """`fetch_all` for the reconciler's worker thread (it runs no event loop)."""
-    return asyncio.run(fetch_all(urls, deadline_s))
+    return asyncio.run(fetch_all(urls, deadline_s, headers))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +110,8 @@ def targets(cluster: api.ChatCluster, pods: Mapping[tuple[str, str], Sequence[Po
     out: dict[Key, str] = {}
     for (region, tier), listed in pods.items():
         for pod in listed:
-            base = running_url(pod, cluster.ports.http)
+            port = cluster.ports.admin if tier in ADMIN_PORT_TIERS else cluster.ports.http
+            base = running_url(pod, port)
             if base:
                 out[region, tier, str(pod["metadata"]["name"])] = base + PATHS[tier]
     return out
@@ -140,7 +150,9 @@ class HttpReader:
                  regions: Sequence[api.Region]) -> dict[str, RegionReads]:
         pods = {(r.name, tier): self._list(cluster, r, tier) for r in regions for tier in PATHS}
         urls = targets(cluster, {k: v for k, v in pods.items() if v is not None})
-        answers = read_all(urls, self.deadline_s)
+        admin = [k for k in urls if k[1] in ADMIN_PORT_TIERS]
+        secret = admin_access(self._applier, cluster).headers() if admin else {}
+        answers = read_all(urls, self.deadline_s, dict.fromkeys(admin, secret))
         failed = sorted(f"{k[2]} ({a.error})" for k, a in answers.items() if a.error)
         if failed:
             log.warning("%s: %d of %d pods did not answer: %s", cluster.name, len(failed),

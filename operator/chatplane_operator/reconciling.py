@@ -12,7 +12,16 @@ import logging
 import time
 from typing import Any
 
-from chatplane_operator import api, drain, fleet_kube, podreading, status
+from chatplane_operator import (
+    api,
+    counting,
+    drain,
+    fleet_kube,
+    issuing,
+    podreading,
+    status,
+    tokenkeys,
+)
 from chatplane_operator.applying import KINDS, ApiError, Applier, secret_has_key
 from chatplane_operator.specs import bundle, config, jobs, naming
 
@@ -32,10 +41,37 @@ class Outcome:
     seconds: float = 0.0
     found: bool = True
     rolling: bool = False  # a gateway rollout is under way: come back soon, not at resync
+    certificates: dict[str, str] | None = None  # status.certificates (own CA only)
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
     return obj["kind"], obj["metadata"]["name"]
+
+
+def _complete(obj: dict[str, Any] | None, config_hash: str) -> bool:
+    """`obj` (a Deployment or StatefulSet as listed) runs the template with `config_hash`
+    on every replica, all ready."""
+    if obj is None:
+        return False
+    notes = obj["spec"]["template"]["metadata"].get("annotations") or {}
+    st = obj.get("status") or {}
+    want = int(obj["spec"].get("replicas", 1))
+    return (notes.get(naming.CONFIG_HASH) == config_hash
+            and int(st.get("observedGeneration") or 0) >= int(obj["metadata"]["generation"])
+            and int(st.get("updatedReplicas") or 0) == want
+            and int(st.get("readyReplicas") or 0) == want)
+
+
+def rolled_out(existing: dict[tuple[str, str], dict[str, Any]], cluster: api.ChatCluster) -> bool:
+    """Every pod of every region runs `cluster`'s configuration (config hash)."""
+    for region in cluster.regions:
+        digest = config.config_hash(cluster, region)
+        for tier in api.TIERS:
+            kind = "StatefulSet" if tier == "gateway" else "Deployment"
+            if not _complete(existing.get((kind, naming.tier_name(cluster, region, tier))),
+                             digest):
+                return False
+    return True
 
 
 def _missing_refs(applier: Applier, cluster: api.ChatCluster, region: api.Region,
@@ -72,6 +108,7 @@ class Reconciler:
         self.applier = applier
         self.read = read or podreading.HttpReader(applier)
         self.admin = admin or drain.GatewayAdmin()
+        self.issuer = issuing.Issuer(applier)
         self._last_errors: dict[tuple[str, str], set[str]] = {}
 
     def _event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -84,7 +121,7 @@ class Reconciler:
         selector = (f"{naming.CLUSTER_LABEL}={cluster.name},"
                     f"app.kubernetes.io/managed-by={naming.MANAGED_BY}")
         out: dict[tuple[str, str], dict[str, Any]] = {}
-        for kind in bundle.APPLIED_KINDS:
+        for kind in bundle.applied_kinds(cluster):
             for obj in self.applier.list(kind, cluster.namespace, selector):
                 owners = obj.get("metadata", {}).get("ownerReferences") or []
                 if any(o.get("uid") == cluster.uid for o in owners):
@@ -130,6 +167,8 @@ class Reconciler:
                             {}, error=(R.APPLY_FAILED, str(exc)))
         new_status = status.compute(cluster, observations, body.get("status"),
                                     migration=migration)
+        if outcome.certificates is not None:
+            new_status["certificates"] = outcome.certificates
         if new_status != (body.get("status") or {}):
             self.applier.patch_status(namespace, name, new_status)
         self._report(body, cluster, outcome)
@@ -143,6 +182,16 @@ class Reconciler:
         status (None when the first region could not be applied)."""
         self._ensure_generated_secret(body, cluster, outcome)
         existing = self._existing(cluster)
+        kids, changed = tokenkeys.ensure(self.applier, cluster,
+                                         lambda c: rolled_out(existing, c), time.time())
+        cluster = dataclasses.replace(cluster, token_kids=kids)
+        if changed:
+            self._event(body, "Normal", R.TOKEN_KEYS_ROTATED, changed)
+        issued = self.issuer.ensure(cluster)
+        outcome.certificates = issued.status()
+        if issued.done:
+            outcome.updated += len(issued.done)
+            self._event(body, "Normal", R.CERTIFICATE_ISSUED, "; ".join(issued.done))
         desired: set[tuple[str, str]] = set()
         secrets: dict[str, dict[str, Any] | None] = {}
         done = [self._apply_one(cluster, region, existing, desired, secrets, outcome)
@@ -192,7 +241,7 @@ class Reconciler:
         notes = sts["spec"]["template"]["metadata"].get("annotations") or {}
         revision = str(notes.get(naming.REVISION, ""))
         rolled = fleet_kube.step_region(self.applier, cluster, region, revision, self.admin,
-                                        reads)
+                                        reads, counting.admin_access(self.applier, cluster))
         if rolled is None or not rolled.progress.total:
             return None
         for reason, message in rolled.events:

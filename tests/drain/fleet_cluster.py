@@ -11,38 +11,21 @@ bookkeeping is the only thing this adapter adds.
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import time
-import urllib.request
 
 from chatplane.cluster import Cluster
 from chatplane_operator import drain
-
-
-class AuthorizedAdmin(drain.GatewayAdmin):
-    """The gateways' admin port needs the admin secret for a drain, from loopback too."""
-
-    def __init__(self, secret: str) -> None:
-        super().__init__()
-        self.secret = secret
-
-    def _call(self, url: str, body: dict[str, float] | None = None) -> dict[str, object]:
-        request = urllib.request.Request(
-            url.rstrip("/") + "/admin/drain",
-            data=json.dumps(body).encode() if body is not None else None,
-            method="POST" if body else "GET",
-            headers={"Content-Type": "application/json",
-                     "Authorization": f"Bearer {self.secret}"})
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return dict(json.load(response))
 
 
 class ClusterFleet:
     def __init__(self, cluster: Cluster, version: str,
                  bad_versions: dict[str, dict[str, str]] | None = None) -> None:
         self.cluster = cluster
-        self.admin = AuthorizedAdmin(cluster.admin_secret)
+        self.admin = drain.GatewayAdmin()
+        # the operator's calls carry the admin secret to the admin port (a gateway
+        # trusts no address, loopback included)
+        self.access = drain.AdminAccess(secret=cluster.admin_secret)
         self.names = cluster.names("gateway")
         self.versions = dict.fromkeys(self.names, version)
         self.started = dict.fromkeys(self.names, time.time())
@@ -58,7 +41,7 @@ class ClusterFleet:
         out = []
         for i, name in enumerate(self.names):
             m = self.cluster.members[name]
-            count = await self.admin.connections(m.admin_url) if m.alive else None
+            count = await self.admin.connections(m.admin_url, self.access) if m.alive else None
             out.append(drain.Gateway(
                 name=name, version=self.versions[name],
                 ready=m.alive and m.ready.is_set() and name not in self.draining,
@@ -68,8 +51,8 @@ class ClusterFleet:
 
     async def start_drain(self, name: str, rate: float, deadline_s: float) -> None:
         m = self.cluster.members[name]
-        self.connections_at_drain[name] = await self.admin.connections(m.admin_url) or 0
-        await self.admin.drain(m.admin_url, rate, deadline_s)
+        self.connections_at_drain[name] = await self.admin.connections(m.admin_url, self.access) or 0
+        await self.admin.drain(m.admin_url, rate, deadline_s, self.access)
         self.draining[name] = time.time()
 
     async def replace(self, name: str, version: str) -> None:

@@ -30,6 +30,7 @@ class FakeDrainEndpoint:
         self.started: float | None = None
         self.rate = 1.0
         self.posts: list[dict[str, Any]] = []
+        self.authorizations: list[str] = []  # the Authorization header of every call
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -42,10 +43,12 @@ class FakeDrainEndpoint:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
+                outer.authorizations.append(self.headers.get("Authorization", ""))
                 self._answer({"draining": outer.started is not None, "connections": outer.left()})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.authorizations.append(self.headers.get("Authorization", ""))
                 outer.posts.append(body)
                 outer.rate, outer.started = float(body["rate"]), time.monotonic()
                 self._answer({"draining": True, "connections": outer.left()})

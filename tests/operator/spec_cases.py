@@ -44,6 +44,17 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
                                          "replicationFactor": 10}]), M.PEER_REPLICATION),
     ("peers-without-token-secret", _set("peers", [{"name": "ap", "endpoint": "x:1"}]),
      M.PEERS_NEED_TOKEN_SECRET),
+    ("admin-port-is-http", _set("ports", {"admin": 8080}), M.PORTS_DISTINCT),
+    ("admin-port-is-grpc", _set("ports", {"admin": 7000, "grpc": 7000}), M.PORTS_DISTINCT),
+    ("issuer-without-tls", _set("tls", {"enabled": False, "issuerRef": {"name": "ca"}}),
+     M.ISSUER_WITHOUT_TLS),
+    ("signing-key-id", _set("auth", {"signingKeyId": "k1:x"}), M.SIGNING_KEY_ID),
+    ("signing-key-with-secret-ref", _set("auth", {"signingKeyId": "k1",
+                                                  "tokenSecretRef": {"name": "t"}}),
+     M.SIGNING_KEY_WITH_SECRET_REF),
+    ("token-ttl", _set("auth", {"tokenTTLSeconds": 5}), M.TOKEN_TTL),
+    ("peer-cidr", _set("peers", [{"name": "ap", "endpoint": "x:1", "cidrs": ["10.1.0.0/33"]}]),
+     M.PEER_CIDR),
 ]
 
 

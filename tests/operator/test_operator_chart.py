@@ -110,7 +110,9 @@ def test_rbac_is_least_privilege() -> None:
     (role,) = [o for o in render(crds=False) if o["kind"] == "ClusterRole"]
     verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"]
              for g in rule["apiGroups"] for r in rule["resources"]}
-    assert verbs[("", "secrets")] == {"get", "create"}  # never list/watch every Secret
+    # never list/watch every Secret; patch: renewed certificates, rotated token keys
+    assert verbs[("", "secrets")] == {"get", "create", "patch"}
+    assert ("cert-manager.io", "certificates") not in verbs  # only with certManager.enabled
     assert verbs[("chatplane.dev", "chatclusters")] == {"get", "list", "watch"}
     assert all("*" not in v for v in verbs.values())
     assert all(r not in ("pods/exec", "nodes", "namespaces") for _, r in verbs)
@@ -165,3 +167,23 @@ def test_peered_operator_rolls_and_may_patch_its_peering() -> None:
     (role,) = [o for o in objs if o["kind"] == "ClusterRole"]
     (rule,) = [r for r in role["rules"] if r["apiGroups"] == ["kopf.dev"]]
     assert rule["resources"] == ["clusterkopfpeerings"]
+
+
+@needs_helm
+def test_cert_manager_rbac_and_the_operators_network_policy() -> None:
+    (role,) = [o for o in render(crds=False, sets=("certManager.enabled=true",))
+               if o["kind"] == "ClusterRole"]
+    verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"]
+             for g in rule["apiGroups"] for r in rule["resources"]}
+    assert "create" in verbs[("cert-manager.io", "certificates")]
+    assert "list" in verbs[("networking.k8s.io", "networkpolicies")]
+    (policy,) = [o for o in render(crds=False) if o["kind"] == "NetworkPolicy"]
+    ports = sorted(p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"])
+    assert ports == [8080, 9100]  # health, metrics: nothing else reaches the operator
+    # the labels a ChatCluster's NetworkPolicy admits to its admin ports by default
+    from chatplane_operator import api
+
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert api.NetworkPolicy().operator_labels.items() <= selected.items()
+    assert not [o for o in render(crds=False, sets=("networkPolicy.enabled=false",))
+                if o["kind"] == "NetworkPolicy"]

@@ -96,3 +96,17 @@ def test_region_cannot_be_renamed_in_place_but_can_be_added(kube: Kube, namespac
     api.validate(new, old)
     with pytest.raises(api.SpecError):
         api.validate(api.parse({**created, "spec": {**created["spec"], "regions": renamed}}), old)
+
+
+def test_signing_key_id_cannot_be_removed_once_set(kube: Kube, namespace: str) -> None:
+    created = _created(kube, namespace, "sk", ("eu",))
+    rotated = kube.merge_patch("ChatCluster", namespace, "sk",
+                               {"spec": {"auth": {"signingKeyId": "k1"}}})
+    kube.merge_patch("ChatCluster", namespace, "sk", {"spec": {"auth": {"signingKeyId": "k2"}}})
+    with pytest.raises(KubeError) as refused:
+        kube.merge_patch("ChatCluster", namespace, "sk",
+                         {"spec": {"auth": {"signingKeyId": None}}})
+    assert M.SIGNING_KEY_REMOVED in refused.value.message
+    api.validate(api.parse(rotated), api.parse(created))  # setting it is fine
+    with pytest.raises(api.SpecError, match="cannot be removed once set"):
+        api.validate(api.parse(created), api.parse(rotated))

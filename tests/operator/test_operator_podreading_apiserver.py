@@ -43,17 +43,21 @@ def quiet_operator(plane: Any, kube: Kube, namespace: str,
 
 
 @pytest.fixture
-def pods() -> Iterator[tuple[int, dict[str, AnsweringPod | HangingPod]]]:
-    """The pods' HTTP ports, by address, all on one port (the cluster's)."""
+def pods() -> Iterator[tuple[int, int, dict[str, AnsweringPod | HangingPod]]]:
+    """The pods' ports, by address: the im pods' HTTP port and the gateways' admin port
+    (where the operator reads their counts), each the same on every pod (the cluster's)."""
     port = shared_port(HOSTS)
+    admin = port
+    while admin == port:
+        admin = shared_port(HOSTS)
     servers: dict[str, AnsweringPod | HangingPod] = {}
     for host, count in [(h, n) for region in GATEWAYS.values() for h, n in region.items()]:
-        servers[host] = (HangingPod(host, port) if count is None
-                         else AnsweringPod(host, port, {"/admin/drain": {"connections": count}}))
+        servers[host] = (HangingPod(host, admin) if count is None
+                         else AnsweringPod(host, admin, {"/admin/drain": {"connections": count}}))
     for host, peer in [(h, p) for region in IMS.values() for h, p in region.items()]:
         servers[host] = (HangingPod(host, port) if peer is None else AnsweringPod(
             host, port, {"/v1/peers": {"peers": [{"name": peer, "ok": True}]}}))
-    yield port, servers
+    yield port, admin, servers
     for server in servers.values():
         server.close()
 
@@ -103,8 +107,8 @@ def _run_pods(kube: Kube, namespace: str) -> None:
                     "conditions": [{"type": "Ready", "status": "True"}]}}, sub="status")
 
 
-def _layout(obj: dict[str, Any], port: int) -> None:
-    obj["spec"]["ports"] = {"http": port}
+def _layout(obj: dict[str, Any], port: int, admin: int) -> None:
+    obj["spec"]["ports"] = {"http": port, "admin": admin}
     for region in obj["spec"]["regions"]:
         region["tiers"] = {"gateway": {"replicas": len(GATEWAYS[region["name"]])},
                            "im": {"replicas": len(IMS[region["name"]])}}
@@ -118,10 +122,10 @@ def _poke(kube: Kube, namespace: str, n: int) -> None:
 
 def test_each_pod_is_read_once_per_pass_and_a_hanging_pod_does_not_hold_the_pass(
     kube: Kube, namespace: str, quiet_operator: OperatorProcess, make_cluster: Any,
-    pods: tuple[int, dict[str, AnsweringPod | HangingPod]],
+    pods: tuple[int, int, dict[str, AnsweringPod | HangingPod]],
 ) -> None:
-    port, servers = pods
-    make_cluster(("eu", "us"), mutate=lambda o: _layout(o, port))
+    port, admin, servers = pods
+    make_cluster(("eu", "us"), mutate=lambda o: _layout(o, port, admin))
     wait_reconciled(kube, namespace, 2)
     mark_workloads_ready(kube, namespace, ("eu", "us"))
     succeed_migration(kube, namespace)

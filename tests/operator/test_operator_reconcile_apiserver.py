@@ -265,7 +265,7 @@ def test_live_connections_are_counted_from_gateway_pods(
     thread.start()
     try:
         port = server.server_address[1]
-        make_cluster(("eu",), mutate=lambda o: o["spec"].update({"ports": {"http": port}}))
+        make_cluster(("eu",), mutate=lambda o: o["spec"].update({"ports": {"admin": port}}))
         wait_reconciled(kube, namespace, 1)
         sts = kube.get("StatefulSet", namespace, "chat-eu-gateway")
         revision = sts["spec"]["template"]["metadata"]["annotations"][REVISION]
@@ -381,9 +381,11 @@ def test_namespaced_release_needs_no_cluster_permissions(
 def test_the_example_reconciles(
     kube: Kube, namespace: str, operator: OperatorProcess, example: dict[str, Any],
 ) -> None:
-    for name, data in (("redis-eu", {"url": "redis://redis-eu:6379/0"}),
-                       ("redis-us", {"url": "redis://redis-us:6379/0"}),
-                       ("scylla-auth", {"username": "chatplane", "password": "pw"})):
+    for name, data in (("redis-eu", {"url": "rediss://redis-eu:6380/0"}),
+                       ("redis-us", {"url": "rediss://redis-us:6380/0"}),
+                       ("scylla-auth", {"username": "chatplane", "password": "pw"}),
+                       ("chat-public-tls", {"tls.crt": "cert", "tls.key": "key"}),
+                       ("redis-ca", {"ca.crt": "ca"})):
         kube.create({"apiVersion": "v1", "kind": "Secret",
                      "metadata": {"name": name, "namespace": namespace}, "stringData": data})
     example["metadata"]["namespace"] = namespace
@@ -398,5 +400,8 @@ def test_the_example_reconciles(
     assert env["CHATPLANE_GATEWAY_ADVERTISE_URL"]["value"] == (
         "wss://$(POD_NAME).eu.chat.example.com/ws")
     assert env["CHATPLANE_CQL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "scylla-auth"
+    assert env["CHATPLANE_REDIS_TLS_CA"]["value"] == "/etc/chatplane/tls/redis/ca.crt"
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls-client"]["secret"]["secretName"] == "chat-public-tls"
     assert sts["spec"]["template"]["spec"]["nodeSelector"] == {
         "topology.kubernetes.io/region": "europe-west1"}

@@ -9,6 +9,7 @@ gateway processes in `tests/drain/`.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -47,7 +48,7 @@ def _events(kube: Kube, namespace: str, reason: str) -> list[str]:
 def _start(kube: Kube, namespace: str, make_cluster: Any, endpoint: FakeDrainEndpoint,
            ready_timeout: int = 300) -> None:
     make_cluster(("eu",), mutate=lambda o: o["spec"].update({
-        "ports": {"http": endpoint.port},
+        "ports": {"admin": endpoint.port},  # the operator calls the admin port
         "upgrade": {"drainRate": RATE, "drainDeadlineSeconds": 30,
                     "readyTimeoutSeconds": ready_timeout}}))
     wait_reconciled(kube, namespace, 1)
@@ -92,6 +93,9 @@ def test_version_bump_drains_and_replaces_gateways_in_order(
     assert {r["gatewaysUpdated"] for r in seen} >= {"0/3", "1/3", "2/3", "3/3"}
     # the drain call carried the policy; one Event per pod drained and replaced
     assert endpoint.posts == [{"rate": RATE, "deadline_s": 30}] * 3
+    # every call (drains and counts) carried the admin secret of the generated Secret
+    admin = base64.b64decode(kube.get("Secret", namespace, "chat-generated")["data"]["admin"])
+    assert set(endpoint.authorizations) == {f"Bearer {admin.decode()}"}
     replaced = _events(kube, namespace, "GatewayReplaced")
     assert [m.split()[3] for m in replaced] == [f"{STS}-2", f"{STS}-1", f"{STS}-0"], replaced
     assert len(_events(kube, namespace, "GatewayDraining")) == 3

@@ -5,18 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 from chatplane_operator import api
-from chatplane_operator.specs import config, jobs, services, workloads
+from chatplane_operator.specs import certs, config, jobs, netpol, services, workloads
 
 # The kinds the operator applies with server-side apply, in apply order.
 APPLIED_KINDS: tuple[str, ...] = (
-    "ConfigMap", "Service", "PodDisruptionBudget", "Deployment", "StatefulSet", "Job",
+    "ConfigMap", "Certificate", "NetworkPolicy", "Service", "PodDisruptionBudget",
+    "Deployment", "StatefulSet", "Job",
 )
 
 
+def applied_kinds(cluster: api.ChatCluster) -> tuple[str, ...]:
+    """The kinds this cluster's objects may have: Certificates only with a cert-manager
+    issuer (without cert-manager installed the kind does not exist)."""
+    if cluster.tls.issuer is None:
+        return tuple(k for k in APPLIED_KINDS if k != "Certificate")
+    return APPLIED_KINDS
+
+
 def build_region(cluster: api.ChatCluster, region: api.Region) -> list[dict[str, Any]]:
-    """ConfigMap first (pods read it), then Services, PDBs, workloads."""
+    """ConfigMap first (pods read it), then Certificates (cert-manager mode), the
+    NetworkPolicy, Services, PDBs, workloads."""
     return [
         config.build_configmap(cluster, region),
+        *certs.build_certificates(cluster, region),
+        *netpol.build_network_policies(cluster, region),
         *services.build_services(cluster, region),
         *services.build_pdbs(cluster, region),
         *workloads.build_workloads(cluster, region),

@@ -13,11 +13,16 @@ import secrets
 from typing import Any
 
 from chatplane_operator import api
-from chatplane_operator.specs import naming
+from chatplane_operator.specs import certs, naming
 
 DATA_DIR = "/tmp/chatplane"
 TOKEN_KEY = "token"
 ADMIN_KEY = "admin"
+TOKEN_KEYS_KEY = "keys"  # in the token key Secret: CHATPLANE_TOKEN_KEYS, "kid:secret,..."
+
+
+def token_keys_secret_name(cluster: api.ChatCluster) -> str:
+    return f"{cluster.name}-token-keys"
 
 
 def peers(cluster: api.ChatCluster, region: api.Region) -> list[dict[str, str]]:
@@ -75,6 +80,7 @@ def config_data(cluster: api.ChatCluster, region: api.Region) -> dict[str, str]:
     }
     if cluster.observability.otlp_endpoint:
         data["CHATPLANE_OTLP_ENDPOINT"] = cluster.observability.otlp_endpoint
+    data["CHATPLANE_ADMIN_PORT"] = str(cluster.ports.admin)
     return data
 
 
@@ -104,6 +110,9 @@ def secret_refs(cluster: api.ChatCluster, region: api.Region) -> dict[str, api.S
         "CHATPLANE_TOKEN_SECRET": token_ref(cluster),
         "CHATPLANE_ADMIN_SECRET": admin_ref(cluster),
     }
+    if cluster.auth.signing_key_id:  # the key set the operator rotates (tokenkeys.py)
+        refs["CHATPLANE_TOKEN_KEYS"] = api.SecretKeyRef(token_keys_secret_name(cluster),
+                                                       TOKEN_KEYS_KEY)
     creds = cluster.storage.credentials
     if creds is not None:
         refs["CHATPLANE_CQL_USERNAME"] = api.SecretKeyRef(creds.name, creds.username_key)
@@ -112,9 +121,12 @@ def secret_refs(cluster: api.ChatCluster, region: api.Region) -> dict[str, api.S
 
 
 def user_secret_refs(cluster: api.ChatCluster, region: api.Region) -> list[api.SecretKeyRef]:
-    """The Secret keys the platform team must provide (not the generated one)."""
+    """The Secret keys the platform team must provide (not the generated ones): the env's
+    and the TLS files' (client certificate, peer CA, Redis and CQL TLS)."""
     generated = naming.generated_secret_name(cluster)
-    return [ref for ref in secret_refs(cluster, region).values() if ref.name != generated]
+    refs = [ref for ref in secret_refs(cluster, region).values()
+            if ref.name not in (generated, token_keys_secret_name(cluster))]
+    return refs + certs.user_secret_refs(cluster)
 
 
 def secret_env(cluster: api.ChatCluster, region: api.Region) -> list[dict[str, Any]]:
@@ -125,9 +137,11 @@ def secret_env(cluster: api.ChatCluster, region: api.Region) -> list[dict[str, A
 
 
 def config_hash(cluster: api.ChatCluster, region: api.Region) -> str:
-    """Changes whenever a region's configuration changes, to roll its pods."""
+    """Changes whenever a region's configuration changes, to roll its pods: the ConfigMap,
+    the Secret refs, and the token key ids in order (a rotation step rolls every pod)."""
     refs = {k: [v.name, v.key] for k, v in secret_refs(cluster, region).items()}
-    blob = json.dumps([config_data(cluster, region), refs], sort_keys=True)
+    blob = json.dumps([config_data(cluster, region), refs, list(cluster.token_kids)],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

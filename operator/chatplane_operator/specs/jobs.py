@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from chatplane_operator import api
-from chatplane_operator.specs import config, naming, pods
+from chatplane_operator.specs import certs, config, naming, pods
 
 COMPONENT = "migrate"
 
@@ -36,6 +36,8 @@ def build_migrate_job(cluster: api.ChatCluster) -> dict[str, Any]:
             {"name": "CHATPLANE_CQL_PASSWORD", "valueFrom": {"secretKeyRef": {
                 "name": creds.name, "key": creds.password_key}}},
         ]
+    cql_tls = [m for m in certs.store_mounts(cluster) if m.volume == "tls-cql"]
+    env += certs.env(cql_tls)
     container: dict[str, Any] = {
         "name": COMPONENT,
         "image": cluster.image.reference,
@@ -43,10 +45,12 @@ def build_migrate_job(cluster: api.ChatCluster) -> dict[str, Any]:
         "args": ["storage", "migrate"],
         "envFrom": [{"configMapRef": {"name": naming.config_name(cluster, region)}}],
         "securityContext": pods.container_security(),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *certs.volume_mounts(cql_tls)],
     }
     if env:
         container["env"] = env
+    basics = pods.pod_basics(cluster, region)
+    basics["volumes"] += certs.volumes(cql_tls)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -57,7 +61,7 @@ def build_migrate_job(cluster: api.ChatCluster) -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": naming.labels(cluster, None, COMPONENT)},
                 "spec": {
-                    **pods.pod_basics(cluster, region),
+                    **basics,
                     "restartPolicy": "OnFailure",
                     "containers": [container],
                 },

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from chatplane_operator import api
-from chatplane_operator.specs import config, naming
+from chatplane_operator.specs import certs, config, naming
 
 RUN_AS = 10001
 DRAIN_MARGIN_S = 15  # beyond the drain deadline, for the process to flush and exit
@@ -57,12 +57,17 @@ def _ports(cluster: api.ChatCluster, tier: str) -> list[dict[str, Any]]:
         ports.append({"name": "tcp", "containerPort": cluster.ports.tcp, "protocol": "TCP"})
     if tier in ("state", "im"):
         ports.append({"name": "grpc", "containerPort": cluster.ports.grpc, "protocol": "TCP"})
+    # admin API, /metrics, /admin/drain: reached by pod IP, never through the public Service
+    ports.append({"name": "admin", "containerPort": cluster.ports.admin, "protocol": "TCP"})
     return ports
 
 
-def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+def _probe(path: str, period: int, failures: int, https: bool = False) -> dict[str, Any]:
+    get: dict[str, Any] = {"path": path, "port": "http"}
+    if https:  # the gateway's client port speaks TLS (the kubelet does not verify it)
+        get["scheme"] = "HTTPS"
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": get,
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
@@ -73,7 +78,8 @@ def _advertise_url(cluster: api.ChatCluster, region: api.Region) -> str:
     if region.gateway.advertise_url:
         return region.gateway.advertise_url
     headless = naming.tier_name(cluster, region, "gateway")
-    return f"ws://$(POD_NAME).{headless}.{cluster.namespace}.svc:{cluster.ports.http}/ws"
+    scheme = "wss" if cluster.tls.enabled else "ws"
+    return f"{scheme}://$(POD_NAME).{headless}.{cluster.namespace}.svc:{cluster.ports.http}/ws"
 
 
 def _env(cluster: api.ChatCluster, region: api.Region, tier: str) -> list[dict[str, Any]]:
@@ -87,7 +93,8 @@ def _env(cluster: api.ChatCluster, region: api.Region, tier: str) -> list[dict[s
     if tier == "gateway":
         env.append({"name": "CHATPLANE_GATEWAY_ADVERTISE_URL",
                     "value": _advertise_url(cluster, region)})
-    return env + config.secret_env(cluster, region)
+    return (env + config.secret_env(cluster, region)
+            + certs.env(certs.mounts(cluster, region, tier)))
 
 
 def _resources(tier: api.Tier) -> dict[str, Any]:
@@ -100,6 +107,7 @@ def _resources(tier: api.Tier) -> dict[str, Any]:
 
 
 def container(cluster: api.ChatCluster, region: api.Region, tier: str) -> dict[str, Any]:
+    https = tier == "gateway" and cluster.tls.enabled
     out: dict[str, Any] = {
         "name": tier,
         "image": cluster.image.reference,
@@ -109,14 +117,17 @@ def container(cluster: api.ChatCluster, region: api.Region, tier: str) -> dict[s
         "envFrom": [{"configMapRef": {"name": naming.config_name(cluster, region)}}],
         "env": _env(cluster, region, tier),
         "resources": _resources(region.tiers[tier]),
-        "startupProbe": _probe("/healthz", 2, 30),
-        "livenessProbe": _probe("/healthz", 10, 3),
-        "readinessProbe": _probe("/readyz", 5, 2),
+        "startupProbe": _probe("/healthz", 2, 30, https),
+        "livenessProbe": _probe("/healthz", 10, 3, https),
+        "readinessProbe": _probe("/readyz", 5, 2, https),
         "securityContext": container_security(),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         *certs.volume_mounts(certs.mounts(cluster, region, tier))],
     }
     if tier == "gateway":
-        drain = ["chatplane", "drain", "--url", f"http://127.0.0.1:{cluster.ports.http}", "--wait"]
+        # CHATPLANE_ADMIN_SECRET is in the env: the drain call carries it
+        drain = ["chatplane", "drain", "--url", f"http://127.0.0.1:{cluster.ports.admin}",
+                 "--wait"]
         out["lifecycle"] = {"preStop": {"exec": {"command": drain}}}
     return out
 
@@ -136,11 +147,13 @@ def pod_template(cluster: api.ChatCluster, region: api.Region, tier: str) -> dic
     if cluster.observability.metrics:
         annotations.update({
             "prometheus.io/scrape": "true",
-            "prometheus.io/port": str(cluster.ports.http),
+            "prometheus.io/port": str(cluster.ports.admin),
             "prometheus.io/path": "/metrics",
         })
+    basics = pod_basics(cluster, region)
+    basics["volumes"] += certs.volumes(certs.mounts(cluster, region, tier))
     spec: dict[str, Any] = {
-        **pod_basics(cluster, region),
+        **basics,
         "terminationGracePeriodSeconds": grace_period(cluster, tier),
         "containers": [container(cluster, region, tier)],
         "topologySpreadConstraints": _spread(cluster, region, tier),

@@ -2,7 +2,8 @@
 
 Per region: a ClusterIP Service for ipconf (clients' entry point), headless Services for
 gateway (the StatefulSet's pod DNS), state and im (gRPC address lists), one public gateway
-Service whose type comes from `regions[].gateway.expose`, and one PDB per tier.
+Service whose type comes from `regions[].gateway.expose` and which exposes the client ports
+only (http, tcp: never the admin port or gRPC), and one PDB per tier.
 """
 
 from __future__ import annotations
@@ -17,12 +18,20 @@ def _port(name: str, port: int) -> dict[str, Any]:
     return {"name": name, "port": port, "targetPort": name, "protocol": "TCP"}
 
 
-def _tier_ports(cluster: api.ChatCluster, tier: str) -> list[dict[str, Any]]:
+def _client_ports(cluster: api.ChatCluster, tier: str) -> list[dict[str, Any]]:
     ports = [_port("http", cluster.ports.http)]
     if tier == "gateway":
         ports.append(_port("tcp", cluster.ports.tcp))
+    return ports
+
+
+def _tier_ports(cluster: api.ChatCluster, tier: str) -> list[dict[str, Any]]:
+    """Inside the cluster: the client ports, gRPC, and the admin port (the internal
+    Services only; the public one has the client ports alone)."""
+    ports = _client_ports(cluster, tier)
     if tier in ("state", "im"):
         ports.append(_port("grpc", cluster.ports.grpc))
+    ports.append(_port("admin", cluster.ports.admin))
     return ports
 
 
@@ -30,7 +39,9 @@ def build_tier_service(cluster: api.ChatCluster, region: api.Region, tier: str) 
     """ipconf: ClusterIP; gateway, state, im: headless (every pod is addressed)."""
     spec: dict[str, Any] = {
         "selector": naming.selector(cluster, region, tier),
-        "ports": _tier_ports(cluster, tier),
+        # ipconf's Service is the clients' entry point (often behind an Ingress): client
+        # port only; the operator reaches admin ports by pod IP
+        "ports": _client_ports(cluster, tier) if tier == "ipconf" else _tier_ports(cluster, tier),
     }
     if tier == "ipconf":
         spec["type"] = "ClusterIP"
@@ -50,7 +61,7 @@ def build_gateway_public_service(cluster: api.ChatCluster, region: api.Region) -
     spec: dict[str, Any] = {
         "type": expose.type,
         "selector": naming.selector(cluster, region, "gateway"),
-        "ports": _tier_ports(cluster, "gateway"),
+        "ports": _client_ports(cluster, "gateway"),  # never admin, never gRPC
     }
     if expose.type != "ClusterIP":
         spec["externalTrafficPolicy"] = "Local"
