@@ -34,8 +34,7 @@ log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 PATHS = {"gateway": "/admin/drain", "im": "/v1/peers"}
 # The tiers read on the admin port (`ports.admin`, with the admin secret); the others on the
-# HTTP port. The data plane moves `/v1/peers` to the admin port too (issue 15, the admin
-# listener): then "im" belongs here as well.
+# HTTP port.
 ADMIN_PORT_TIERS: frozenset[str] = frozenset({"gateway", "im"})
 Pod = dict[str, Any]
 

@@ -206,8 +206,6 @@ def test_migrate_job_name_follows_what_it_migrates(body: dict[str, Any]) -> None
 # replication map of `chatplane storage migrate`).
 PENDING_IN_DATA_PLANE = {"CHATPLANE_CQL_REPLICATION",
                          "CHATPLANE_CQL_USERNAME", "CHATPLANE_CQL_PASSWORD"}
-# Settings of issue 15 that the data plane's other branches add (CONTRACT.md): `tls`
-# (certificates), `tokens` (key sets) and `admin` (the admin port); empty once merged.
 
 
 def test_every_setting_is_one_the_data_plane_reads(body: dict[str, Any]) -> None:
