@@ -73,7 +73,7 @@ def _pod(name: str, ip: str | None, phase: str = "Running") -> dict[str, Any]:
 
 def test_region_reads_count_late_gateways_as_zero_and_late_im_pods_as_silent() -> None:
     cluster = api.parse(cluster_body(regions=("eu",)))
-    port, admin = cluster.ports.http, cluster.ports.admin
+    admin = cluster.ports.admin
     gateways = [_pod("gw-0", "10.0.0.1"), _pod("gw-1", "10.0.0.2"),
                 _pod("gw-2", None, "Pending")]
     ims = [_pod("im-0", "10.0.0.3"), _pod("im-1", "fd00::4")]
@@ -81,11 +81,11 @@ def test_region_reads_count_late_gateways_as_zero_and_late_im_pods_as_silent() -
 
     urls = podreading.targets(cluster, listed)
 
-    # a gateway's count is on its admin port, an im's peer report on its HTTP port
+    # a gateway's count and an im's peer report are both on the admin port
     assert urls == {("eu", "gateway", "gw-0"): f"http://10.0.0.1:{admin}/admin/drain",
                     ("eu", "gateway", "gw-1"): f"http://10.0.0.2:{admin}/admin/drain",
-                    ("eu", "im", "im-0"): f"http://10.0.0.3:{port}/v1/peers",
-                    ("eu", "im", "im-1"): f"http://[fd00::4]:{port}/v1/peers"}
+                    ("eu", "im", "im-0"): f"http://10.0.0.3:{admin}/v1/peers",
+                    ("eu", "im", "im-1"): f"http://[fd00::4]:{admin}/v1/peers"}
     late = podreading.Answer(error="GET x: no answer within 1s")
     answers = {("eu", "gateway", "gw-0"): podreading.Answer({"connections": 7}),
                ("eu", "gateway", "gw-1"): late,

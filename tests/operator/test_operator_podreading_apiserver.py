@@ -44,8 +44,9 @@ def quiet_operator(plane: Any, kube: Kube, namespace: str,
 
 @pytest.fixture
 def pods() -> Iterator[tuple[int, int, dict[str, AnsweringPod | HangingPod]]]:
-    """The pods' ports, by address: the im pods' HTTP port and the gateways' admin port
-    (where the operator reads their counts), each the same on every pod (the cluster's)."""
+    """The pods' ports, by address: the HTTP port (nothing read there) and the admin port,
+    where the operator reads the gateways' counts and the im pods' peer reports, each the
+    same on every pod (the cluster's)."""
     port = shared_port(HOSTS)
     admin = port
     while admin == port:
@@ -55,8 +56,8 @@ def pods() -> Iterator[tuple[int, int, dict[str, AnsweringPod | HangingPod]]]:
         servers[host] = (HangingPod(host, admin) if count is None
                          else AnsweringPod(host, admin, {"/admin/drain": {"connections": count}}))
     for host, peer in [(h, p) for region in IMS.values() for h, p in region.items()]:
-        servers[host] = (HangingPod(host, port) if peer is None else AnsweringPod(
-            host, port, {"/v1/peers": {"peers": [{"name": peer, "ok": True}]}}))
+        servers[host] = (HangingPod(host, admin) if peer is None else AnsweringPod(
+            host, admin, {"/v1/peers": {"peers": [{"name": peer, "ok": True}]}}))
     yield port, admin, servers
     for server in servers.values():
         server.close()
@@ -146,7 +147,7 @@ def test_each_pod_is_read_once_per_pass_and_a_hanging_pod_does_not_hold_the_pass
     regions = {r["name"]: r for r in status["regions"]}
     assert (regions["eu"]["connections"], regions["us"]["connections"]) == (12, 11)
     assert regions["eu"]["peers"] == [{"name": "us", "state": "Reachable", "message": ""}]
-    late = f"GET http://127.0.0.16:{port}/v1/peers: no answer within {DEADLINE_S}s"
+    late = f"GET http://127.0.0.16:{admin}/v1/peers: no answer within {DEADLINE_S}s"
     assert condition(status, "ReplicationReady")["message"] == \
         f"us: no peer report (chat-us-im-0: {late})"
     # the hanging gateway is ready at the current revision: counted as 0, not replaced

@@ -66,7 +66,9 @@ def _data_plane(kube: Kube, namespace: str, region: str, tmp_path: Path, http: i
         peer["endpoint"] = f"{ADDRESSES[peer['name']]}:{grpc}"
     proc = RegionProcess(tmp_path / region, config["CHATPLANE_REGION"],
                          host=ADDRESSES[region], http_port=http, grpc_port=grpc, key=KEY,
-                         env={"CHATPLANE_CLUSTER": config["CHATPLANE_CLUSTER"]})
+                         env={"CHATPLANE_CLUSTER": config["CHATPLANE_CLUSTER"],
+                              "CHATPLANE_ADMIN_PORT": config["CHATPLANE_ADMIN_PORT"]})
+    proc.admin_port = int(config["CHATPLANE_ADMIN_PORT"])  # where the operator reads /v1/peers
     proc.set_peers(peers)
     return proc
 
@@ -85,12 +87,12 @@ def test_replication_ready_follows_the_data_planes_peer_reports(
     kube: Kube, namespace: str, fast_operator: OperatorProcess, make_cluster: Any,
     tmp_path: Path,
 ) -> None:
-    http, grpc = free_port(), free_port()
+    http, grpc, admin = free_port(), free_port(), free_port()
     kube.create({"apiVersion": "v1", "kind": "Secret",
                  "metadata": {"name": "shared-token", "namespace": namespace},
                  "stringData": {"token": KEY}})
     make_cluster(("eu", "us"), mutate=lambda o: o["spec"].update({
-        "ports": {"http": http, "grpc": grpc},
+        "ports": {"http": http, "grpc": grpc, "admin": admin},
         "auth": {"tokenSecretRef": {"name": "shared-token"}}}))
     wait_reconciled(kube, namespace, 2)
     succeed_migration(kube, namespace)
