@@ -26,7 +26,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import drainapi
+from chatplane.gateway import admission, drainapi
 from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.connection import Connection
@@ -111,6 +111,7 @@ class Node:
         self.tcp_address = ""
         self._runner: web.AppRunner | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
+        self._http_server: asyncio.AbstractServer | None = None
         self.ready = False
 
     def _app(self) -> web.Application:
@@ -189,11 +190,10 @@ class Node:
     async def start(self) -> None:
         server = self.settings.server
         await self.storage.open()
-        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.http_port)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
+        self._runner, self._http_server, port = await admission.start_public_http(
+            self._app(), server.host, server.http_port, self.gateway.admission,
+            self.settings.abuse)
+        host = self._http_server.sockets[0].getsockname()[0]
         self.base_url = f"http://{host}:{port}"
         self.ws_url = server.advertise_url or f"ws://{host}:{port}/ws"
         if server.tcp_port:
@@ -226,6 +226,8 @@ class Node:
             await self.mirror.stop()
         if self.redis is not None:
             await self.redis.aclose()
+        if self._http_server is not None:
+            self._http_server.close()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.storage.close()

@@ -107,6 +107,20 @@ class Links:
 
 
 @dataclass(frozen=True)
+class Abuse:
+    """Limits that keep one client (or one address) from hurting the others
+    (docs/operations.md, "Abuse limits")."""
+
+    header_timeout_s: float = 10.0  # HTTP: accept -> complete request head (and idle keep-alive)
+    max_connections: int = 0  # both listeners; 0: the open-file limit less a reserve
+    max_connections_per_ip: int = 2_000  # one source address (a NAT'ed office fits)
+    send_rate_per_user_s: float = 50.0  # sends of one user (all its devices on a gateway)
+    send_burst_per_user: int = 200
+    max_inflight_sends: int = 128  # per connection; told in LoginAck
+    group_add_requires_consent: int = 1  # 1: non-friends added to a group get an invitation
+
+
+@dataclass(frozen=True)
 class Settings:
     server: Server = field(default_factory=Server)
     storage: Storage = field(default_factory=Storage)
@@ -115,6 +129,7 @@ class Settings:
     drain: Drain = field(default_factory=Drain)
     social: Social = field(default_factory=Social)
     links: Links = field(default_factory=Links)
+    abuse: Abuse = field(default_factory=Abuse)
 
 
 # Environment names that differ from CHATPLANE_<FIELD>.
@@ -192,6 +207,16 @@ def validate(s: Settings) -> None:
         peerlist.parse(s.links.peers, s.server.region)
     except peerlist.PeerListError as exc:
         problems.append(f"CHATPLANE_PEERS: {exc}")
+    a = s.abuse
+    if not a.header_timeout_s > 0 or a.header_timeout_s > 3600:
+        problems.append("abuse.header_timeout_s must be in (0, 3600]")
+    if a.max_connections < 0 or a.max_connections_per_ip < 1:
+        problems.append("abuse.max_connections must be >= 0 and max_connections_per_ip >= 1")
+    if not a.send_rate_per_user_s > 0 or a.send_burst_per_user < 1 or a.max_inflight_sends < 1:
+        problems.append("abuse.send_rate_per_user_s, send_burst_per_user and max_inflight_sends"
+                        " must be positive")
+    if a.group_add_requires_consent not in (0, 1):
+        problems.append("abuse.group_add_requires_consent must be 0 or 1")
     redis_scheme = s.storage.redis_url.partition("://")[0]
     if s.storage.redis_url and redis_scheme not in ("redis", "rediss", "unix"):
         problems.append(f"redis_url must be redis://, rediss:// or unix://, not {s.storage.redis_url!r}")

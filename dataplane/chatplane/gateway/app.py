@@ -21,7 +21,7 @@ import grpc
 from aiohttp import web
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import drainapi
+from chatplane.gateway import admission, drainapi
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.heads import HeadChecker
 from chatplane.gateway.links import GatewayServicer, RemoteIm, RemoteRegistry
@@ -92,6 +92,7 @@ class GatewayApp:
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._tcp: asyncio.AbstractServer | None = None
+        self._http: asyncio.AbstractServer | None = None
         self._refresher: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()  # set when a drain has emptied the gateway
 
@@ -175,7 +176,8 @@ class GatewayApp:
                         web.get("/admin/drain", self._drain_status)])
         app.add_routes(serving.probe_routes(self._ready, self._metrics,
                                             lambda: {"draining": self.gateway.draining}))
-        self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
+        self._runner, self._http, http_port = await admission.start_public_http(
+            app, server.host, server.http_port, self.gateway.admission, self.settings.abuse)
         self.base_url = f"http://{host}:{http_port}"
         self.ws_url = server.advertise_url or f"ws://{host}:{http_port}/ws"
         if server.tcp_port:
@@ -207,6 +209,8 @@ class GatewayApp:
         await asyncio.sleep(0.05)
         await self.heads.stop()
         await self.gateway.stop()
+        if self._http is not None:
+            self._http.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._grpc is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from chatplane.auth import TokenError
 from chatplane.delivery.acks import DownlinkWindow, Verdict
+from chatplane.gateway.pacing import SendGate
 from chatplane.protocol import wire
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.session import Phase, Request, ServerSession
@@ -43,8 +44,8 @@ def now_ms() -> float:
 
 
 class Connection:
-    __slots__ = ("_tasks", "conn_id", "device_id", "gateway", "groups", "peer", "session",
-                 "transport", "user_id", "window")
+    __slots__ = ("_tasks", "conn_id", "device_id", "gateway", "groups", "peer", "sends",
+                 "session", "transport", "user_id", "window")
 
     def __init__(self, gateway: Gateway, transport: Transport, peer: str = "") -> None:
         self.gateway = gateway
@@ -59,6 +60,7 @@ class Connection:
         # a sync's GroupDelta); the head check compares it with the group's
         self.groups: dict[str, int] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
+        self.sends = SendGate(gateway.settings.abuse.max_inflight_sends)
 
     @property
     def opened_ms(self) -> float:
@@ -78,6 +80,15 @@ class Connection:
                 self.window.ack(request.body.inbox_seq)
                 if not self.window.unacked:
                     self.gateway.retransmitting.discard(self)
+        elif request.kind == "send":
+            assert isinstance(request.body, pb.Send)
+            try:  # decided here, in arrival order (docs: gateway/pacing.py)
+                self.sends.admit(request.body.cid, self.user_id, self.gateway.user_rates,
+                                 now_ms())
+            except ProtocolError as exc:
+                self.session.error(request.id, exc.code, exc.message)
+                return
+            self._spawn(request)
         else:
             self._spawn(request)
 
@@ -134,6 +145,9 @@ class Connection:
         except Exception as exc:  # a bug must cost one request, not the connection
             self.gateway.log.exception("request %s failed", request.kind)
             self.session.error(request.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        finally:
+            if request.kind == "send":
+                self.sends.done()
         self.flush()
 
     async def _login(self, request: Request) -> None:
@@ -185,7 +199,7 @@ class Connection:
                 inbox_head=head,
                 store_id=store_id,
                 server_id=self.gateway.server_id,
-                max_inflight_sends=self.gateway.settings.limits.rate_limit_burst,
+                max_inflight_sends=self.gateway.settings.abuse.max_inflight_sends,
             ),
         )
         self.gateway.logged_in(self)

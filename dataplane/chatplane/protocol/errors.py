@@ -29,6 +29,8 @@ class ErrorCode(IntEnum):
     SLOW_CONSUMER = 16  # the device stopped acking pushes; it should resync
     SESSION_REPLACED = 17  # the same device logged in on another connection
     BLOCKED = 18  # one of the two users blocks the other
+    TOO_MANY_CONNECTIONS = 20  # the gateway's or this address's connection cap; retry later
+    TOO_MANY_INFLIGHT = 21  # more sends in flight than LoginAck.max_inflight_sends
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,8 @@ SPECS: dict[ErrorCode, ErrorSpec] = {
     ErrorCode.SLOW_CONSUMER: ErrorSpec(retriable=True, fatal=True),
     ErrorCode.SESSION_REPLACED: ErrorSpec(retriable=False, fatal=True),
     ErrorCode.BLOCKED: ErrorSpec(retriable=False, fatal=False),
+    ErrorCode.TOO_MANY_CONNECTIONS: ErrorSpec(retriable=True, fatal=True),
+    ErrorCode.TOO_MANY_INFLIGHT: ErrorSpec(retriable=True, fatal=False),
 }
 
 
