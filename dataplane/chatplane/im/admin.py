@@ -139,7 +139,8 @@ class AdminApi:
             return _error(400, "owner: 1-64 of A-Z a-z 0-9 _ . @ -")
         if not isinstance(name, str):
             return _error(400, "name: a string")
-        result = await self.im.groups.create(owner, "admin-api", name, self._users(body, "members"))
+        result, _ = await self.im.groups.create(owner, "admin-api", name,
+                                                self._users(body, "members"), by_admin=True)
         return web.json_response({"conversation_id": result.message.conversation_id,
                                   "seq": result.message.seq}, status=201)
 

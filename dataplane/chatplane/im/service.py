@@ -84,12 +84,15 @@ class ImService:
         server_id: str = "im",
         fenced: bool = False,
         owners: Owners | None = None,
+        group_consent: bool = True,
     ) -> None:
         self.storage = storage
         self.state = state
         self.limits = limits
         self.clock_ms = clock_ms
         self.social_settings = social or SocialSettings()
+        # abuse.group_add_requires_consent: non-friends added to a group are invited
+        self.group_consent = group_consent
         self.server_id = server_id
         # Server-made entries (events, group changes by the admin API) are
         # idempotent on (sender, device, cid): a device name unique to this

@@ -103,6 +103,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     ), add_columns=(
         ("messages", "fence", "bigint static"),
     )),
+    Migration(4, "a user's pending group invitations, listed by user", (
+        """CREATE TABLE IF NOT EXISTS {ks}.user_invitations (
+            user_id text, conversation_id text, inviter text, at_ms bigint,
+            PRIMARY KEY (user_id, conversation_id))""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
