@@ -165,6 +165,7 @@ async def test_social_traffic_across_ims_keeps_leases_in_place(cluster: Cluster)
     group = await owner.client.create_group("g", [b.name for _, b in pairs])
     direct: dict[str, str] = {}
     for a, b in pairs:
+        await b.client.join(group)  # not the owner's friends: invited by the create
         await owner.client.set_role(group, b.name, "admin")
         await a.client.add_friend(b.name)
         await b.client.accept_friend(a.name)

@@ -18,6 +18,7 @@ upgraded, is the session's business (login deadline, heartbeats).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import resource
 from collections.abc import Callable
@@ -46,9 +47,11 @@ def derived_max_connections(abuse: Abuse) -> int:
 class Admission:
     """Open client sockets, in total and per source address."""
 
-    def __init__(self, max_total: int, max_per_ip: int) -> None:
+    def __init__(self, max_total: int, max_per_ip: int, exempt: str = "") -> None:
         self.max_total = max_total
         self.max_per_ip = max_per_ip
+        self.exempt = [ipaddress.ip_network(n.strip()) for n in exempt.split(",") if n.strip()]
+        self._exempt_ips: dict[str, bool] = {}
         self.total = 0
         self.by_ip: dict[str, int] = {}
         self.refused = 0  # sockets refused at accept (a counter for /metrics)
@@ -56,7 +59,21 @@ class Admission:
 
     @classmethod
     def configured(cls, abuse: Abuse) -> Admission:
-        return cls(derived_max_connections(abuse), abuse.max_connections_per_ip)
+        return cls(derived_max_connections(abuse), abuse.max_connections_per_ip,
+                   abuse.per_ip_exempt)
+
+    def _is_exempt(self, ip: str) -> bool:
+        known = self._exempt_ips.get(ip)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(ip)
+                known = any(address in network for network in self.exempt)
+            except ValueError:
+                known = False
+            if len(self._exempt_ips) > 10_000:
+                self._exempt_ips.clear()
+            self._exempt_ips[ip] = known
+        return known
 
     def admit(self, ip: str) -> str:
         """'' when the socket may stay (and is counted: call `release`), else
@@ -65,7 +82,7 @@ class Admission:
             self.refused += 1
             return f"the gateway holds its maximum of {self.max_total} connections; retry later"
         held = self.by_ip.get(ip, 0)
-        if held >= self.max_per_ip:
+        if held >= self.max_per_ip and not self._is_exempt(ip):
             self.refused += 1
             return (f"{ip} holds the maximum of {self.max_per_ip} connections per address;"
                     " retry later")
