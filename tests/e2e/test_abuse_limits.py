@@ -175,6 +175,17 @@ async def test_sdk_over_the_user_rate_loses_and_reorders_nothing(paced: ServerPr
     await laptop.close()
 
 
+async def test_other_writes_share_the_user_budget(paced: ServerProcess) -> None:
+    signer = TokenSigner.from_data_dir(paced.data_dir)
+    reader, writer, _ = await raw_login(paced, signer.mint("marker", "phone"))
+    writer.write(b"".join(frame_bytes(pb.Frame(id=100 + n, friend_op=pb.FriendOp(
+        action=pb.REQUEST, user_id=f"friend{n}"))) for n in range(2 * RATE)))
+    replies = [await read_frame(reader) for _ in range(2 * RATE)]
+    codes = [f.error.code for f in replies if f.WhichOneof("body") == "error"]
+    assert len(codes) >= RATE // 2 and set(codes) == {ErrorCode.RATE_LIMITED}, codes
+    writer.close()
+
+
 async def test_sdk_refuses_a_frame_over_the_limit_without_sending_it(
         paced: ServerProcess) -> None:
     signer = TokenSigner.from_data_dir(paced.data_dir)

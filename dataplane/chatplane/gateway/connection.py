@@ -39,6 +39,11 @@ class Transport(Protocol):
         nothing is queued on it (gateway/bulk.py); None: write it instead."""
 
 
+# Requests besides sends that write to storage: they take from the same
+# per-user bucket as sends (gateway/pacing.py).
+WRITES = frozenset({"open_direct", "friend_op", "group_create", "group_op", "mark_read"})
+
+
 def now_ms() -> float:
     return time.monotonic() * 1000.0
 
@@ -89,6 +94,9 @@ class Connection:
                 self.session.error(request.id, exc.code, exc.message)
                 return
             self._spawn(request)
+        elif request.kind in WRITES and not self.gateway.user_rates.take(self.user_id, now_ms()):
+            self.session.error(request.id, ErrorCode.RATE_LIMITED,
+                               "over the user's write rate; retry later")
         else:
             self._spawn(request)
 
