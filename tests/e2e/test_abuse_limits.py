@@ -93,13 +93,20 @@ async def test_caps_per_address_and_in_total(capped: ServerProcess) -> None:
     await asyncio.sleep(0.2)
     body = await refused_http(capped.port, "127.0.0.9")
     assert "maximum of 14 connections" in str(body["message"]), body
-    # sockets that close free their places
-    for _, writer in held[:2]:
+    # the SDK backs off while the gateway is full, and gets in once places free
+    late = Client(capped.url, signer.mint("late", "phone"))
+    connecting = asyncio.create_task(late.connect(timeout_s=20))
+    await asyncio.sleep(1.0)
+    assert not connecting.done()
+    for _, writer in held[:4]:
         writer.close()
+    await connecting
+    assert (await late.send_text(await late.direct("ann"), "in")).seq == 1
+    await late.close()
     await asyncio.sleep(0.3)
     async with aiohttp.ClientSession() as http, http.get(capped.url + "/healthz") as r:
         assert r.status == 200
-    for _, writer in held[2:]:
+    for _, writer in held[4:]:
         writer.close()
 
 
