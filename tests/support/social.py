@@ -14,10 +14,14 @@ from chatplane.client import Client
 
 
 async def befriend(owner: Client, others: Sequence[Client]) -> None:
-    """Each of `others` asks `owner`, who accepts (two requests a pair)."""
+    """Each user of `others` asks `owner`, who accepts (two requests a pair;
+    the owner's own devices and a user's second device are skipped)."""
+    done = {owner.user_id}
     for other in others:
-        await other.add_friend(owner.user_id)
-        await owner.accept_friend(other.user_id)
+        if other.user_id not in done:
+            done.add(other.user_id)
+            await other.add_friend(owner.user_id)
+            await owner.accept_friend(other.user_id)
 
 
 async def admin_group(url: str, data_dir: Path, owner: str, name: str,
