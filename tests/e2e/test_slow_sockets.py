@@ -134,3 +134,15 @@ def test_refused_settings_fail_at_start(tmp_path: Path) -> None:
     proc = ServerProcess(tmp_path, env={"CHATPLANE_HEADER_TIMEOUT_S": "nan"})
     with pytest.raises(RuntimeError, match="header_timeout_s"):
         proc.start(timeout_s=10)
+
+
+async def test_a_logged_in_websocket_outlives_the_header_timeout(
+        slow_server: ServerProcess) -> None:
+    """The bounds are on saying who you are, not on how long you stay."""
+    signer = TokenSigner.from_data_dir(slow_server.data_dir)
+    client = Client(slow_server.url, signer.mint("stay", "phone"), heartbeat_s=0.5)
+    await client.connect()
+    await asyncio.sleep(TIMEOUT_S + SLACK_S)
+    assert (await client.send_text(await client.direct("ann"), "still here")).seq >= 1
+    assert client.reconnects == 0
+    await client.close()
