@@ -89,7 +89,7 @@ class Node:
                                   group_writer=self.group_writer)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
                             server_id=self.server_id,
-                            group_consent=bool(settings.abuse.group_add_requires_consent))
+                            abuse=settings.abuse)
         self.redis = (registry.connect(settings.storage.redis_url)
                       if settings.storage.redis_url else None)
         self.mirror: RouteMirror | None = None

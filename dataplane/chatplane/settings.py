@@ -121,6 +121,8 @@ class Abuse:
     send_burst_per_user: int = 500
     max_inflight_sends: int = 128  # per connection; told in LoginAck
     group_add_requires_consent: int = 1  # 1: non-friends added to a group get an invitation
+    invite_rate_per_user_s: float = 5.0  # group invitations one user sends (per im process)
+    invite_burst_per_user: int = 2_000
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,8 @@ def validate(s: Settings) -> None:
         [ipaddress.ip_network(n.strip()) for n in a.per_ip_exempt.split(",") if n.strip()]
     except ValueError as exc:
         problems.append(f"abuse.per_ip_exempt: {exc}")
+    if not a.invite_rate_per_user_s > 0 or a.invite_burst_per_user < 1:
+        problems.append("abuse.invite_rate_per_user_s and invite_burst_per_user must be positive")
     if a.group_add_requires_consent not in (0, 1):
         problems.append("abuse.group_add_requires_consent must be 0 or 1")
     redis_scheme = s.storage.redis_url.partition("://")[0]

@@ -111,3 +111,34 @@ async def test_long_member_lists_are_split_by_the_sdk(open_server: ServerProcess
     more = await owner.members(group, after_user_id=listed[-1].user_id, limit=5000)
     assert len(listed) + len(more) == 10_000
     await owner.close()
+
+
+@pytest.fixture(scope="module")
+def stingy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("stingy"), env={
+        "CHATPLANE_INVITE_BURST_PER_USER": "5", "CHATPLANE_INVITE_RATE_PER_USER_S": "1"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+async def test_invitations_are_paced_per_inviter(stingy_server: ServerProcess) -> None:
+    """A user cannot spray invitations at strangers: past the burst a request
+    that would invite more is refused whole (retriable), nothing invited."""
+    from chatplane.v1 import frames_pb2 as pb
+
+    signer = TokenSigner.from_data_dir(stingy_server.data_dir)
+    owner = await connect(stingy_server, signer, "spam")
+    group = await owner.create_group("ads", [f"target{i}" for i in range(4)])
+    assert len(owner.last_invited) == 4
+    with pytest.raises(RequestError) as err:
+        await owner._request(pb.Frame(group_op=pb.GroupOp(
+            conversation_id=group, action=pb.INVITE, user_ids=["t5", "t6", "t7"])), attempts=1)
+    assert err.value.code == ErrorCode.RATE_LIMITED and err.value.retriable
+    victim = await connect(stingy_server, signer, "t5")
+    assert await victim.invitations() == []
+    await asyncio.sleep(2.2)  # two more tokens
+    await owner.invite(group, ["t5", "t6"])
+    assert [i.conversation_id for i in await victim.invitations()] == [group]
+    await owner.close()
+    await victim.close()

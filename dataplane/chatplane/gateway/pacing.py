@@ -38,14 +38,15 @@ class UserRates:
         self._swept_ms = 0.0
         self.refused = 0
 
-    def take(self, user_id: str, now_ms: float) -> bool:
+    def take(self, user_id: str, now_ms: float, count: int = 1) -> bool:
+        """Take `count` tokens, or none (False) when there are fewer."""
         tokens, at = self._buckets.get(user_id, (self.burst, now_ms))
         tokens = min(self.burst, tokens + max(0.0, now_ms - at) / 1000.0 * self.rate_per_s)
-        if tokens < 1.0:
+        if tokens < count:
             self._buckets[user_id] = (tokens, now_ms)
             self.refused += 1
             return False
-        self._buckets[user_id] = (tokens - 1.0, now_ms)
+        self._buckets[user_id] = (tokens - count, now_ms)
         if now_ms - self._swept_ms > IDLE_DROP_MS:
             self._sweep(now_ms)
         return True

@@ -124,7 +124,7 @@ class ImApp:
         self.im = ImService(self.storage, self.outbox, settings.limits,
                             social=settings.social, server_id=self.instance_id, fenced=True,
                             owners=self.ring,
-                            group_consent=bool(settings.abuse.group_add_requires_consent))
+                            abuse=settings.abuse)
         self.servicer = ImServicer(self.im)
         self.prober = region_links.prober_for(settings, self.instance_id, self.signer.peer_proof)
         self.grpc_address = ""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,7 @@ class Groups:
         if len(others) + 1 > self.im.social_settings.max_group_members:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "too many members")
         added, invited = (others, []) if by_admin else await self._consenting(user, others)
+        self._charge_invitations(user, invited)
         change = MembershipChange(create=True, name=name,
                                   add=((user, OWNER), *((m, MEMBER) for m in added)))
         event = pb.GroupEvent(action=pb.GROUP_ACTION_UNSPECIFIED, actor=user, user_ids=added,
@@ -74,6 +76,15 @@ class Groups:
             return targets, []
         friends = {other for other, r in await self.im.storage.relations(user) if r.friend}
         return ([t for t in targets if t in friends], [t for t in targets if t not in friends])
+
+    def _charge_invitations(self, inviter: str, targets: list[str]) -> None:
+        """Take the invitations from the inviter's budget before anything is
+        done, or refuse the whole request (RATE_LIMITED, retriable)."""
+        if targets and not self.im.invite_rates.take(inviter, time.monotonic() * 1000.0,
+                                                     len(targets)):
+            raise ProtocolError(ErrorCode.RATE_LIMITED,
+                                f"over {self.im.invite_rates.rate_per_s:g} group invitations/s"
+                                " for this user; retry later")
 
     async def _invite(self, conversation_id: str, targets: list[str], inviter: str,
                       name: str) -> None:
@@ -134,6 +145,7 @@ class Groups:
             if not (manager or self.im.social_settings.members_can_invite):
                 raise _forbidden(user, "invite")
             invited = [t for t in targets if t not in roles]
+            self._charge_invitations(user, invited)
             await self._invite(conversation_id, invited, user, conversation.extra.get("name", ""))
             return None, invited
         if action == pb.ADD:
@@ -143,6 +155,7 @@ class Groups:
             if len(roles) + len(new) > self.im.social_settings.max_group_members:
                 raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "too many members")
             new, invited = await self._consenting(user, new)
+            self._charge_invitations(user, invited)
             await self._invite(conversation_id, invited, user, conversation.extra.get("name", ""))
             if not new:
                 return None, invited
