@@ -29,7 +29,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import certs, drainapi
+from chatplane.gateway import admission, certs, drainapi
 from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.connection import Connection
@@ -95,7 +95,7 @@ class Node:
                                   group_max_share=settings.social.group_max_share,
                                   group_writer=self.group_writer)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
-                            server_id=self.server_id)
+                            server_id=self.server_id, abuse=settings.abuse)
         self.redis = (registry.connect(settings.storage.redis_url, tls=settings.tls)
                       if settings.storage.redis_url else None)
         self.security = LinkSecurity.from_settings(settings, "im")  # up serves only Region
@@ -126,6 +126,7 @@ class Node:
         self.tcp_address = ""
         self._runner: web.AppRunner | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
+        self._http_server: asyncio.AbstractServer | None = None
         self.ready = False
 
     def _ready(self) -> bool:
@@ -230,11 +231,10 @@ class Node:
         await self.storage.open()
         self.supervisor.check("storage", self.storage.health)
         await self.revocation_watcher.start(self.supervisor)  # before any login is taken
-        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.http_port, ssl_context=tls)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
+        self._runner, self._http_server, port = await admission.start_public_http(
+            self._app(), server.host, server.http_port, self.gateway.admission,
+            self.settings.abuse, ssl_context=tls)
+        host = self._http_server.sockets[0].getsockname()[0]
         self.base_url = f"{'https' if tls else 'http'}://{host}:{port}"
         self.ws_url = server.advertise_url or f"{'wss' if tls else 'ws'}://{host}:{port}/ws"
         # the admin port is plain HTTP: cluster-internal, behind the admin secret
@@ -243,7 +243,8 @@ class Node:
         if server.tcp_port:
             loop = asyncio.get_running_loop()
             self._tcp_server = await loop.create_server(
-                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port, ssl=tls)
+                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port, ssl=tls,
+                ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None)
             tcp_host, tcp_port = self._tcp_server.sockets[0].getsockname()[:2]
             self.tcp_address = f"{'tcps://' if tls else ''}{tcp_host}:{tcp_port}"
         if self.prober.links:
@@ -271,6 +272,8 @@ class Node:
             await self.mirror.stop()
         if self.redis is not None:
             await self.redis.aclose()
+        if self._http_server is not None:
+            self._http_server.close()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.supervisor.stop()

@@ -7,6 +7,7 @@ fails at start with one line that names the setting.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from dataclasses import dataclass, field, fields, replace
@@ -154,6 +155,24 @@ class Tls:
 
 
 @dataclass(frozen=True)
+class Abuse:
+    """Limits that keep one client (or one address) from hurting the others
+    (docs/operations.md, "Abuse limits")."""
+
+    header_timeout_s: float = 10.0  # HTTP: accept -> complete request head (and idle keep-alive)
+    max_connections: int = 0  # both listeners; 0: the open-file limit less a reserve
+    max_connections_per_ip: int = 2_000  # one source address (a NAT'ed office fits)
+    # addresses the per-address cap skips (CIDRs): a local proxy or bench
+    per_ip_exempt: str = "127.0.0.1/32,::1/128"
+    send_rate_per_user_s: float = 100.0  # sends of one user (all its devices on a gateway)
+    send_burst_per_user: int = 500
+    max_inflight_sends: int = 128  # per connection; told in LoginAck
+    group_add_requires_consent: int = 1  # 1: non-friends added to a group get an invitation
+    invite_rate_per_user_s: float = 5.0  # group invitations one user sends (per im process)
+    invite_burst_per_user: int = 2_000
+
+
+@dataclass(frozen=True)
 class Settings:
     server: Server = field(default_factory=Server)
     storage: Storage = field(default_factory=Storage)
@@ -166,6 +185,7 @@ class Settings:
     tokens: Tokens = field(default_factory=Tokens)
     admin: Admin = field(default_factory=Admin)
     tls: Tls = field(default_factory=Tls)
+    abuse: Abuse = field(default_factory=Abuse)
 
 
 # Environment names that differ from CHATPLANE_<FIELD>.
@@ -278,6 +298,22 @@ def validate(s: Settings) -> None:
         peerlist.parse(s.links.peers, s.server.region)
     except peerlist.PeerListError as exc:
         problems.append(f"CHATPLANE_PEERS: {exc}")
+    a = s.abuse
+    if not a.header_timeout_s > 0 or a.header_timeout_s > 3600:
+        problems.append("abuse.header_timeout_s must be in (0, 3600]")
+    if a.max_connections < 0 or a.max_connections_per_ip < 1:
+        problems.append("abuse.max_connections must be >= 0 and max_connections_per_ip >= 1")
+    if not a.send_rate_per_user_s > 0 or a.send_burst_per_user < 1 or a.max_inflight_sends < 1:
+        problems.append("abuse.send_rate_per_user_s, send_burst_per_user and max_inflight_sends"
+                        " must be positive")
+    try:
+        [ipaddress.ip_network(n.strip()) for n in a.per_ip_exempt.split(",") if n.strip()]
+    except ValueError as exc:
+        problems.append(f"abuse.per_ip_exempt: {exc}")
+    if not a.invite_rate_per_user_s > 0 or a.invite_burst_per_user < 1:
+        problems.append("abuse.invite_rate_per_user_s and invite_burst_per_user must be positive")
+    if a.group_add_requires_consent not in (0, 1):
+        problems.append("abuse.group_add_requires_consent must be 0 or 1")
     redis_scheme = s.storage.redis_url.partition("://")[0]
     if s.storage.redis_url and redis_scheme not in ("redis", "rediss", "unix"):
         problems.append(f"redis_url must be redis://, rediss:// or unix://, not {s.storage.redis_url!r}")

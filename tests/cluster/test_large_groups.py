@@ -15,6 +15,7 @@ from chatplane.client import Client
 from chatplane.cluster import Cluster
 from chatplane.registry.ring import HashRing
 from tests.cluster.conftest import ClusterFactory, connections, metric
+from tests.support.social import befriend
 from tests.support.traffic import Device, send_many
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -60,6 +61,7 @@ def _assert_clean(checker: DeliveryChecker, devices: list[Device]) -> None:
 
 
 async def _group(devices: list[Device], checker: DeliveryChecker, users: list[str]) -> str:
+    await befriend(devices[0].client, [d.client for d in devices[1:]])
     group = await devices[0].client.create_group("big", users[1:])
     for user in users:
         checker.add_member(group, user)

@@ -17,6 +17,7 @@ from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
 from tests.support.proxy import ChaosProxy
 from tests.support.server import ServerProcess
+from tests.support.social import admin_group, befriend
 from tests.support.traffic import Device
 
 pytestmark = pytest.mark.slow
@@ -80,6 +81,7 @@ async def test_read_diffusion_delivers_everyone_exactly_once(large_server: Serve
     checker = DeliveryChecker()
     users = [f"u{i}" for i in range(9)]
     devices = await online(large_server, signer, checker, users)
+    await befriend(devices[0].client, [d.client for d in devices[1:]])
     group = await devices[0].client.create_group("big", users[1:])
     for user in users:
         checker.add_member(group, user)
@@ -110,7 +112,7 @@ async def test_offline_member_catches_up_with_sync(large_server: ServerProcess,
     checker = DeliveryChecker()
     users = [f"m{i}" for i in range(7)]
     devices = await online(large_server, signer, checker, users[:6])
-    group = await devices[0].client.create_group("big", users[1:])
+    group = await admin_group(large_server.url, large_server.data_dir, "m0", "big", users[1:])
     for user in users:
         checker.add_member(group, user)
     await send_all(devices[1], group, 1000, "burst")
@@ -139,6 +141,7 @@ async def test_join_and_leave_bound_what_a_member_sees(large_server: ServerProce
     users = [f"j{i}" for i in range(8)]
     devices = await online(large_server, signer, checker, users)
     owner, sender, joiner, leaver = devices[0], devices[1], devices[6], devices[7]
+    await befriend(owner.client, [d.client for d in devices[1:]])
     group = await owner.client.create_group("big", [*users[1:6], "j7"])
 
     async def burst() -> None:
@@ -176,6 +179,7 @@ async def test_crossing_the_threshold_both_ways_under_cuts(
         users = [f"x{i}" for i in range(8)]
         devices = await online(server, signer, checker, users)
         owner = devices[0]
+        await befriend(owner.client, [d.client for d in devices[1:]])
         group = await owner.client.create_group("grows", users[1:4])  # 4 members: small
         for user in users[:4]:
             checker.add_member(group, user)

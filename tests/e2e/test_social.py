@@ -14,6 +14,7 @@ from chatplane.checker import DeliveryChecker
 from chatplane.client import Client, ErrorCode, Event, RequestError
 from tests.support.proxy import ChaosProxy
 from tests.support.server import ServerProcess
+from tests.support.social import admin_group, befriend
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,7 @@ async def refused(code: ErrorCode, call: object) -> None:
 
 async def test_authorization(server: ServerProcess, signer: TokenSigner) -> None:
     owner, member, stranger = [await connect(server, signer, u) for u in ("olga", "mia", "sam")]
+    await befriend(owner, [member])
     group = await owner.create_group("team", ["mia"])
     first = await owner.send_text(group, "hello")
     await refused(ErrorCode.FORBIDDEN, stranger.send_text(group, "let me in"))
@@ -60,6 +62,7 @@ async def test_authorization(server: ServerProcess, signer: TokenSigner) -> None
     assert (await stranger.send_text(direct, "hi again")).seq == 1
     # roles: admins kick members, not admins; ownership moves
     await owner.set_role(group, "mia", "admin")
+    await befriend(owner, [stranger])
     await owner.add_members(group, ["sam"])
     await member.kick(group, "sam")
     await owner.set_role(group, "mia", "owner")
@@ -80,9 +83,10 @@ async def test_membership_of_a_group_above_the_scan_limit(server: ServerProcess,
 
     others = [f"crowd{i}" for i in range(SCAN_MEMBERS + 36)]
     owner, last, stranger = [await connect(server, signer, u) for u in ("oona", others[-1], "sid")]
-    group = await owner.create_group("many", others)
+    group = await admin_group(server.url, server.data_dir, "oona", "many", others)
     assert (await last.send_text(group, "a member")).seq > 0
     await refused(ErrorCode.FORBIDDEN, stranger.send_text(group, "not one"))
+    await befriend(owner, [stranger])
     await owner.add_members(group, ["sid"])
     assert (await stranger.send_text(group, "one now")).seq > 0
     await owner.kick(group, others[-1])
@@ -119,6 +123,7 @@ async def test_unread_counts(server: ServerProcess, signer: TokenSigner) -> None
     assert unread_of(await bob_laptop.conversations(), direct) == 0  # own send reads
     assert unread_of(await ann.conversations(), direct) == 1
 
+    await befriend(ann, [bob_phone, cat])
     group = await ann.create_group("g", ["bob", "cat"])
     await ann.send_text(group, "one")
     await ann.send_text(group, "two")
@@ -182,7 +187,8 @@ async def test_devices_converge_through_cuts(proxied_server: tuple[ServerProcess
             recorders.append(Recorder(client, user, device, checker))
     ada, ben, cy = (clients[(u, "phone")] for u in users)
     extras = [f"member{i}" for i in range(17)]
-    group = await ada.create_group("twenty", ["ben", "cy", *extras])
+    group = await admin_group(server.url, server.data_dir, "ada", "twenty",
+                              ["ben", "cy", *extras])
     for user in users:
         checker.add_member(group, user)
     directs = [await ada.direct("ben"), await ben.direct("cy"), await cy.direct("ada")]

@@ -178,6 +178,18 @@ async def test_invitations_are_taken_once(storage: Storage) -> None:
     assert await storage.take_invitation(GROUP_ID, "nobody") is None
 
 
+async def test_invitations_are_listed_by_user_newest_first(storage: Storage) -> None:
+    await storage.put_invitation("g:one", "bob", "alice", NOW)
+    await storage.put_invitation("g:two", "bob", "carol", NOW + 5)
+    await storage.put_invitation("g:two", "dave", "carol", NOW + 5)
+    assert await storage.invitations("bob") == [("g:two", "carol", NOW + 5),
+                                                ("g:one", "alice", NOW)]
+    assert await storage.take_invitation("g:two", "bob") == "carol"
+    assert await storage.invitations("bob") == [("g:one", "alice", NOW)]
+    assert await storage.invitations("dave") == [("g:two", "carol", NOW + 5)]
+    assert await storage.invitations("nobody") == []
+
+
 async def test_membership_survives_reopen(backend: Backend) -> None:
     first = await backend.open()
     await make_group(first, "bob")

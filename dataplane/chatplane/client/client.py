@@ -132,6 +132,11 @@ class Client(SocialApi):
         self._next_id = 0
         self._acked_sent = 0
         self._server_max_frame = max_frame_bytes
+        # LoginAck's bounds: sends in flight at once, user ids per group request
+        self.max_inflight_sends = 128
+        self.max_users_per_request = 1000
+        self._inflight: set[int] = set()  # cids sent on this connection, not answered
+        self._send_pause: asyncio.TimerHandle | None = None  # after a refused send
         self.request_timeout_s = request_timeout_s
         self.store_resets = 0  # times the server's history was found behind this device
         # sends the server refused with a retriable error (e.g. UNAVAILABLE while
@@ -209,16 +214,11 @@ class Client(SocialApi):
         cid = self._cids.next()
         body = pb.Send(conversation_id=conversation_id, cid=cid, text=text, payload=payload,
                        content_type=content_type)
-        size = body.ByteSize() + 32  # the frame around it
-        if size > self._server_max_frame:
-            # refused here: queued, it would be resent (and refused) forever
-            raise RequestError(int(ErrorCode.FRAME_TOO_LARGE),
-                               f"message of about {size} bytes over the server's "
-                               f"{self._server_max_frame}-byte frame limit")
+        # refused here: queued, it would be resent (and refused) forever
+        self._check_size(pb.Frame(id=2**63, send=body))
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._pending[cid] = (body, future)
-        if self._connected.is_set() and self._conn is not None:
-            self._transmit_send(self._conn, cid)
+        self._pump_sends()
         return await future
 
     async def _next_item(self) -> Message | None:
@@ -254,6 +254,15 @@ class Client(SocialApi):
 
     # -- requests ------------------------------------------------------------
 
+    def _check_size(self, frame: pb.Frame) -> None:
+        """FRAME_TOO_LARGE here, for a frame the server would refuse (and
+        close the connection for): a retry cannot fix it, so it is never sent."""
+        size = frame.ByteSize() + 11  # room for any request id
+        if size > self._server_max_frame:
+            raise RequestError(int(ErrorCode.FRAME_TOO_LARGE),
+                               f"request of {size} bytes over the server's "
+                               f"{self._server_max_frame}-byte frame limit; not sent")
+
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id
@@ -262,6 +271,7 @@ class Client(SocialApi):
                        timeout_s: float | None = None) -> pb.Frame:
         """An idempotent request, retried across reconnects and retriable errors,
         for at most `timeout_s` in all (then UNAVAILABLE)."""
+        self._check_size(frame)
         delay = 0.05
         loop = asyncio.get_running_loop()
         timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
@@ -298,7 +308,25 @@ class Client(SocialApi):
             delay = min(delay * 2, 2.0)
         raise RequestError(int(ErrorCode.UNAVAILABLE), "gave up after retries", True)
 
+    def _pump_sends(self) -> None:
+        """Send what is pending, in cid order, up to max_inflight_sends in
+        flight; nothing while paused after a refusal (the server takes sends
+        again from the refused cid: gateway/pacing.py)."""
+        conn = self._conn
+        if conn is None or not self._connected.is_set() or self._send_pause is not None:
+            return
+        for cid in self._pending:  # insertion order is cid order
+            if len(self._inflight) >= self.max_inflight_sends:
+                return
+            if cid not in self._inflight:
+                self._transmit_send(conn, cid)
+
+    def _resume_sends(self) -> None:
+        self._send_pause = None
+        self._pump_sends()
+
     def _transmit_send(self, conn: _Connection, cid: int) -> None:
+        self._inflight.add(cid)
         body, _ = self._pending[cid]
         request_id = self._new_id()
         reply: asyncio.Future[pb.Frame] = asyncio.get_running_loop().create_future()
@@ -311,8 +339,12 @@ class Client(SocialApi):
     def _on_send_reply(self, conn: _Connection, cid: int, request_id: int,
                        reply: asyncio.Future[pb.Frame]) -> None:
         conn.waiting.pop(request_id, None)
+        if conn is not self._conn:
+            return  # an old connection's: every pending send goes again on the new one
+        self._inflight.discard(cid)
         entry = self._pending.get(cid)
         if entry is None or reply.cancelled():
+            self._pump_sends()
             return
         _, future = entry
         exc = reply.exception()
@@ -326,16 +358,15 @@ class Client(SocialApi):
             del self._pending[cid]
             if not future.done():
                 future.set_exception(exc)
-        elif isinstance(exc, RequestError):  # retriable: same cid, a little later
+        elif isinstance(exc, RequestError):  # retriable: same cid, in order, a little later
             self.send_retries += 1
             self.last_send_error = exc
-            loop = asyncio.get_running_loop()
-            loop.call_later(0.05 + random.random() * 0.2, self._retry_send, cid)
+            if self._send_pause is None:
+                self._send_pause = asyncio.get_running_loop().call_later(
+                    0.05 + random.random() * 0.2, self._resume_sends)
+            return
         # LinkClosed: the resend happens after the next login
-
-    def _retry_send(self, cid: int) -> None:
-        if cid in self._pending and self._connected.is_set() and self._conn is not None:
-            self._transmit_send(self._conn, cid)
+        self._pump_sends()
 
     # -- the connection loop -------------------------------------------------
 
@@ -450,6 +481,8 @@ class Client(SocialApi):
             self.store_resets += 1
         self._store_id = ack.store_id or self._store_id
         self._server_max_frame = ack.max_frame_bytes or self._server_max_frame
+        self.max_inflight_sends = ack.max_inflight_sends or self.max_inflight_sends
+        self.max_users_per_request = ack.max_users_per_request or self.max_users_per_request
         self._acked_sent = min(self._cursor.have, ack.inbox_head)
         self.user_id, self.device_id, self.inbox_head = ack.user_id, ack.device_id, ack.inbox_head
         if self.heartbeat_s is None:
@@ -462,8 +495,11 @@ class Client(SocialApi):
         self._connected.set()
         if self._first_login is not None and not self._first_login.done():
             self._first_login.set_result(None)
-        for cid in sorted(self._pending):  # resend in cid order, same cids
-            self._transmit_send(conn, cid)
+        self._inflight.clear()  # resend in cid order, same cids
+        if self._send_pause is not None:
+            self._send_pause.cancel()
+            self._send_pause = None
+        self._pump_sends()
         self._start_sync()
         refresh_at = self.tokens.refresh_at()
         assert self.heartbeat_s is not None

@@ -86,13 +86,47 @@ class MemberInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Invitation:
+    conversation_id: str
+    inviter: str
+    name: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Receipts:
     read: list[str]
     unread: list[str]
 
 
+# Bytes of a group request besides its user ids (name, conversation id, tags).
+GROUP_REQUEST_OVERHEAD = 512
+
+
 class SocialApi:
     """Requires `_request(frame) -> frame` and `_next_item()` from Client."""
+
+    max_users_per_request: int  # from LoginAck (Client sets it)
+    _server_max_frame: int
+    # who of the last create_group / add_members got an invitation instead of
+    # being added (they are not your friends: docs/client.md, "Groups")
+    last_invited: list[str] = []
+
+    def _user_chunks(self, user_ids: list[str]) -> list[list[str]]:
+        """`user_ids` in requests the server takes: at most
+        max_users_per_request each, and under the frame limit."""
+        budget = self._server_max_frame - GROUP_REQUEST_OVERHEAD
+        chunks: list[list[str]] = []
+        current: list[str] = []
+        size = 0
+        for user in user_ids:
+            cost = len(user.encode()) + 3  # tag, length, id
+            if current and (len(current) >= self.max_users_per_request or size + cost > budget):
+                chunks.append(current)
+                current, size = [], 0
+            current.append(user)
+            size += cost
+        return [*chunks, current] if current else chunks
 
     async def _request(self, frame: pb.Frame, attempts: int = 8) -> pb.Frame:
         raise NotImplementedError
@@ -144,10 +178,24 @@ class SocialApi:
     # -- groups --------------------------------------------------------------
 
     async def create_group(self, name: str, members: list[str]) -> str:
-        """A new group with you as owner; returns its conversation id."""
+        """A new group with you as owner; returns its conversation id. Your
+        friends are added; others are invited (`last_invited`) unless the
+        server allows adding anyone. A long member list goes in several
+        requests (the first creates, the others add)."""
+        chunks = self._user_chunks(members) or [[]]
         reply = await self._request(pb.Frame(group_create=pb.GroupCreate(name=name,
-                                                                         members=members)))
-        return reply.group_op_ack.conversation_id
+                                                                         members=chunks[0])))
+        conversation_id = reply.group_op_ack.conversation_id
+        invited = list(reply.group_op_ack.invited)
+        for chunk in chunks[1:]:
+            invited += await self._add(conversation_id, chunk)
+        self.last_invited = invited
+        return conversation_id
+
+    async def _add(self, conversation_id: str, user_ids: list[str]) -> list[str]:
+        reply = await self._request(pb.Frame(group_op=pb.GroupOp(
+            conversation_id=conversation_id, action=pb.ADD, user_ids=user_ids)))
+        return list(reply.group_op_ack.invited)
 
     async def _group(self, conversation_id: str, action: int, user_ids: list[str] | None = None,
                      role: str = "", name: str = "") -> int:
@@ -161,10 +209,32 @@ class SocialApi:
         await self._group(conversation_id, pb.INVITE, user_ids)
 
     async def add_members(self, conversation_id: str, user_ids: list[str]) -> int:
-        return await self._group(conversation_id, pb.ADD, user_ids)
+        """Owner/admin: add your friends at once, invite the others
+        (`last_invited`); split into requests the server takes. Returns the
+        seq of the last change recorded (0: none)."""
+        seq = 0
+        invited: list[str] = []
+        for chunk in self._user_chunks(user_ids):
+            reply = await self._request(pb.Frame(group_op=pb.GroupOp(
+                conversation_id=conversation_id, action=pb.ADD, user_ids=chunk)))
+            seq = reply.group_op_ack.seq or seq
+            invited += reply.group_op_ack.invited
+        self.last_invited = invited
+        return seq
 
     async def join(self, conversation_id: str) -> int:
+        """Accept an invitation: you become a member."""
         return await self._group(conversation_id, pb.JOIN)
+
+    async def decline(self, conversation_id: str) -> None:
+        """Decline an invitation (NOT_FOUND when there is none)."""
+        await self._group(conversation_id, pb.DECLINE_INVITATION)
+
+    async def invitations(self) -> list[Invitation]:
+        """Your pending group invitations, newest first."""
+        reply = await self._request(pb.Frame(invitations=pb.InvitationsRequest()))
+        return [Invitation(i.conversation_id, i.inviter, i.name, i.at_ms)
+                for i in reply.invitations_response.invitations]
 
     async def leave(self, conversation_id: str) -> int:
         return await self._group(conversation_id, pb.LEAVE)

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from chatplane import revocations
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import certs, drainapi
+from chatplane.gateway import admission, certs, drainapi
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.heads import HeadChecker
 from chatplane.gateway.links import GatewayServicer, RemoteIm, RemoteRegistry
@@ -107,6 +107,7 @@ class GatewayApp:
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._tcp: asyncio.AbstractServer | None = None
+        self._http: asyncio.AbstractServer | None = None
         self._refresher: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()  # set when a drain has emptied the gateway
         self.supervisor = Supervisor(settings.supervision)
@@ -198,8 +199,9 @@ class GatewayApp:
                         *serving.probe_routes(self._ready, self._detail)])
         self.certs = certs.from_settings(self.settings.tls.cert, self.settings.tls.key)
         tls = self.certs.context if self.certs is not None else None
-        self._runner, http_port = await serving.start_http(app, server.host, server.http_port,
-                                                          ssl_context=tls)
+        self._runner, self._http, http_port = await admission.start_public_http(
+            app, server.host, server.http_port, self.gateway.admission, self.settings.abuse,
+            ssl_context=tls)
         self.base_url = f"{'https' if tls else 'http'}://{host}:{http_port}"
         # the admin port is plain HTTP: cluster-internal (NetworkPolicy), behind the admin secret
         admin = web.Application(client_max_size=1024 * 1024)
@@ -212,7 +214,8 @@ class GatewayApp:
         self.ws_url = server.advertise_url or f"{'wss' if tls else 'ws'}://{host}:{http_port}/ws"
         if server.tcp_port:
             self._tcp = await asyncio.get_running_loop().create_server(
-                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port, ssl=tls)
+                lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port, ssl=tls,
+                ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None)
             tcp_host, tcp_port = self._tcp.sockets[0].getsockname()[:2]
             self.tcp_address = f"{'tcps://' if tls else ''}{tcp_host}:{tcp_port}"
         self.gateway.start(self.supervisor)
@@ -240,6 +243,8 @@ class GatewayApp:
         await self.heads.stop()
         await self.gateway.stop()
         await self.revocation_watcher.stop()
+        if self._http is not None:
+            self._http.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._admin_runner is not None:

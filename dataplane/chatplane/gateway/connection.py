@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from chatplane.auth import Identity, TokenError
 from chatplane.delivery.acks import DownlinkWindow, Verdict
+from chatplane.gateway.pacing import SendGate
 from chatplane.protocol import wire
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.session import Phase, Request, ServerSession
@@ -38,13 +39,18 @@ class Transport(Protocol):
         nothing is queued on it (gateway/bulk.py); None: write it instead."""
 
 
+# Requests besides sends that write to storage: they take from the same
+# per-user bucket as sends (gateway/pacing.py).
+WRITES = frozenset({"open_direct", "friend_op", "group_create", "group_op", "mark_read"})
+
+
 def now_ms() -> float:
     return time.monotonic() * 1000.0
 
 
 class Connection:
-    __slots__ = ("_tasks", "conn_id", "device_id", "gateway", "groups", "peer", "session",
-                 "token", "transport", "user_id", "window")
+    __slots__ = ("_tasks", "conn_id", "device_id", "gateway", "groups", "peer", "sends",
+                 "session", "token", "transport", "user_id", "window")
 
     def __init__(self, gateway: Gateway, transport: Transport, peer: str = "") -> None:
         self.gateway = gateway
@@ -60,6 +66,7 @@ class Connection:
         # a sync's GroupDelta); the head check compares it with the group's
         self.groups: dict[str, int] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
+        self.sends = SendGate(gateway.settings.abuse.max_inflight_sends)
 
     @property
     def opened_ms(self) -> float:
@@ -79,6 +86,18 @@ class Connection:
                 self.window.ack(request.body.inbox_seq)
                 if not self.window.unacked:
                     self.gateway.retransmitting.discard(self)
+        elif request.kind == "send":
+            assert isinstance(request.body, pb.Send)
+            try:  # decided here, in arrival order (docs: gateway/pacing.py)
+                self.sends.admit(request.body.cid, self.user_id, self.gateway.user_rates,
+                                 now_ms())
+            except ProtocolError as exc:
+                self.session.error(request.id, exc.code, exc.message)
+                return
+            self._spawn(request)
+        elif request.kind in WRITES and not self.gateway.user_rates.take(self.user_id, now_ms()):
+            self.session.error(request.id, ErrorCode.RATE_LIMITED,
+                               "over the user's write rate; retry later")
         else:
             self._spawn(request)
 
@@ -135,6 +154,9 @@ class Connection:
         except Exception as exc:  # a bug must cost one request, not the connection
             self.gateway.log.exception("request %s failed", request.kind)
             self.session.error(request.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        finally:
+            if request.kind == "send":
+                self.sends.done()
         self.flush()
 
     async def _login(self, request: Request) -> None:
@@ -189,7 +211,7 @@ class Connection:
                 inbox_head=head,
                 store_id=store_id,
                 server_id=self.gateway.server_id,
-                max_inflight_sends=self.gateway.settings.limits.rate_limit_burst,
+                max_inflight_sends=self.gateway.settings.abuse.max_inflight_sends,
             ),
         )
         self.gateway.logged_in(self)

@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from chatplane.auth import TokenSigner
+from chatplane.gateway.admission import Admission
 from chatplane.gateway.bulk import BulkWriter, Handoff
 from chatplane.gateway.connection import Connection, now_ms
 from chatplane.gateway.deadlines import DeadlineBuckets
+from chatplane.gateway.pacing import UserRates
 from chatplane.metrics import Metrics
 from chatplane.protocol import bounds
 from chatplane.protocol.errors import ErrorCode
@@ -91,6 +93,10 @@ class Gateway:
             bounds=bounds.Bounds.from_limits(limits),
         )
         self.connections: set[Connection] = set()
+        # client sockets over both listeners, and sends per user (docs/operations.md)
+        self.admission = Admission.configured(settings.abuse)
+        self.user_rates = UserRates(settings.abuse.send_rate_per_user_s,
+                                    settings.abuse.send_burst_per_user)
         self.users: dict[str, dict[str, Connection]] = {}
         self._boot = secrets.token_hex(3)
         self._next_conn = 0
@@ -104,6 +110,15 @@ class Gateway:
         self.metrics = Metrics()
         self.metrics.gauge("chatplane_connections", "open client connections",
                            lambda: len(self.connections))
+        self.metrics.gauge("chatplane_connections_refused_total",
+                           "sockets refused at accept by the connection caps",
+                           lambda: self.admission.refused)
+        self.metrics.gauge("chatplane_header_timeouts_total",
+                           "HTTP sockets closed for not sending a request head in time",
+                           lambda: self.admission.timed_out)
+        self.metrics.gauge("chatplane_sends_rate_limited_total",
+                           "sends refused by the per-user send rate",
+                           lambda: self.user_rates.refused)
         self.metrics.gauge("chatplane_draining", "1 while the gateway drains",
                            lambda: 1 if self.draining else 0)
         self.group_pushed = 0  # large-group pushes from the state tier (cluster)

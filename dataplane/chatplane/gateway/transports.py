@@ -13,11 +13,13 @@ from typing import cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from chatplane.gateway import admission
 from chatplane.gateway.bulk import Lent, SocketLender
 from chatplane.gateway.connection import Connection
 from chatplane.gateway.service import Gateway
 from chatplane.protocol import frames
 from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.v1 import frames_pb2 as pb
 
 # A peer that lets this much pile up unread is dropped (it resumes with sync).
 MAX_WRITE_BUFFER = 8 * 1024 * 1024
@@ -162,8 +164,18 @@ class TcpFrameProtocol(asyncio.Protocol):
         self.reader = frames.FrameReader(gateway.settings.limits.max_frame_bytes)
         self.out: SocketLender | None = None
         self.conn: Connection | None = None
+        self.ip = ""  # counted in the gateway's admission while set
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ip = admission.peer_ip(transport)
+        reason = self.gateway.admission.admit(ip)
+        if reason:  # over a cap: one Error frame, closed; nothing is read
+            error = pb.Frame(error=pb.Error(code=int(ErrorCode.TOO_MANY_CONNECTIONS),
+                                            message=reason, retriable=True, fatal=True))
+            cast(asyncio.Transport, transport).write(frames.prefix(error.SerializeToString()))
+            transport.close()
+            return
+        self.ip = ip
         # uvloop's transport is not an asyncio.Transport subclass
         self.out = SocketLender(cast(asyncio.Transport, transport), MAX_WRITE_BUFFER)
         peer = transport.get_extra_info("peername")
@@ -185,6 +197,9 @@ class TcpFrameProtocol(asyncio.Protocol):
                 return
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.ip:
+            self.gateway.admission.release(self.ip)
+            self.ip = ""
         if self.conn is not None:
             self.conn.on_closed()
         if self.out is not None:

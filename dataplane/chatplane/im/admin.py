@@ -193,7 +193,7 @@ class AdminApi:
         name = jsonbounds.string(body, "name", MAX_GROUP_NAME_CHARS, "")
         members = jsonbounds.user_ids(body, "members")
         request[AUDIT_TARGET] = {"owner": owner, "name": name, "members": len(members)}
-        result = await self.im.groups.create(owner, "admin-api", name, members)
+        result, _ = await self.im.groups.create(owner, "admin-api", name, members, by_admin=True)
         return web.json_response({"conversation_id": result.message.conversation_id,
                                   "seq": result.message.seq}, status=201)
 

@@ -146,7 +146,8 @@ class ImApp:
                            registry.CachedInstances(self.instances, "im", 1.0))
         self.im = ImService(self.storage, self.outbox, settings.limits,
                             social=settings.social, server_id=self.instance_id, fenced=True,
-                            owners=self.ring)
+                            owners=self.ring,
+                            abuse=settings.abuse)
         self.servicer = ImServicer(self.im)
         self.prober = region_links.prober_for(settings, self.instance_id, self.signer.peer_proof,
                                               self.security)

@@ -5,6 +5,11 @@ and rename (members may invite too when the setting says so); only the owner
 changes roles, transfers ownership or dissolves; admins cannot kick admins;
 nobody kicks the owner, and the owner cannot leave without handing over.
 
+Consent (abuse.group_add_requires_consent, on by default): users a creator
+or an admin adds who are not their friends get an invitation instead (an
+"event/invitation" in their event conversation), which they accept with JOIN
+or decline; the admin API adds without asking.
+
 Each change is a system message in the group's own timeline (content_type
 "system/group", payload a GroupEvent), written atomically with the change, so
 every member's devices see membership in order with the messages, and a member
@@ -13,7 +18,9 @@ sees exactly the messages from its join up to its leave.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -44,18 +51,81 @@ class Groups:
     def __init__(self, im: ImService) -> None:
         self.im = im
 
-    async def create(self, user: str, device: str, name: str, members: list[str]) -> AppendResult:
+    async def create(self, user: str, device: str, name: str, members: list[str],
+                     by_admin: bool = False) -> tuple[AppendResult, list[str]]:
+        """The new group, and who was invited rather than added (nobody when
+        the admin API creates it)."""
         _check_name(name)
         others = _check_users(members, exclude=user)
         if len(others) + 1 > self.im.social_settings.max_group_members:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "too many members")
+        added, invited = (others, []) if by_admin else await self._consenting(user, others)
+        self._charge_invitations(user, invited)
         change = MembershipChange(create=True, name=name,
-                                  add=((user, OWNER), *((m, MEMBER) for m in others)))
-        event = pb.GroupEvent(action=pb.GROUP_ACTION_UNSPECIFIED, actor=user, user_ids=others,
+                                  add=((user, OWNER), *((m, MEMBER) for m in added)))
+        event = pb.GroupEvent(action=pb.GROUP_ACTION_UNSPECIFIED, actor=user, user_ids=added,
                               name=name)
-        return await self._apply(await self.im.new_group_id(), user, device, change, event)
+        result = await self._apply(await self.im.new_group_id(), user, device, change, event)
+        await self._invite(result.message.conversation_id, invited, user, name)
+        return result, invited
 
-    async def op(self, user: str, device: str, op: pb.GroupOp) -> AppendResult | None:
+    async def _consenting(self, user: str, targets: list[str]) -> tuple[list[str], list[str]]:
+        """(added, invited): with consent required, only the user's friends
+        are added; the others get an invitation."""
+        if not self.im.group_consent or not targets:
+            return targets, []
+        friends = {other for other, r in await self.im.storage.relations(user) if r.friend}
+        return ([t for t in targets if t in friends], [t for t in targets if t not in friends])
+
+    def _charge_invitations(self, inviter: str, targets: list[str]) -> None:
+        """Take the invitations from the inviter's budget before anything is
+        done, or refuse the whole request (RATE_LIMITED, retriable)."""
+        if targets and not self.im.invite_rates.take(inviter, time.monotonic() * 1000.0,
+                                                     len(targets)):
+            raise ProtocolError(ErrorCode.RATE_LIMITED,
+                                f"over {self.im.invite_rates.rate_per_s:g} group invitations/s"
+                                " for this user; retry later")
+
+    async def _invite(self, conversation_id: str, targets: list[str], inviter: str,
+                      name: str) -> None:
+        """A pending invitation and an "event/invitation" for each target; a
+        target who blocks the inviter is skipped without telling the inviter."""
+        if not targets:
+            return
+        blocking = {t for t in targets if (await self.im.storage.relation(t, inviter)).blocked}
+        now = self.im.clock_ms()
+
+        async def one(target: str) -> None:
+            await self.im.storage.put_invitation(conversation_id, target, inviter, now)
+            await self.im.emit(target, pb.Event(invitation=pb.InvitationEvent(
+                conversation_id=conversation_id, inviter=inviter, name=name)))
+
+        try:  # together: the SQLite writer commits them in a few groups
+            await asyncio.gather(*(one(t) for t in targets if t not in blocking))
+        except StorageUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+
+    async def decline(self, user: str, conversation_id: str) -> None:
+        if await self.im.storage.take_invitation(conversation_id, user) is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND,
+                                f"{user} has no invitation to {conversation_id!r}")
+
+    async def invitations(self, user: str) -> pb.InvitationsResponse:
+        response = pb.InvitationsResponse()
+        for conversation_id, inviter, at_ms in await self.im.storage.invitations(user):
+            try:
+                conversation = await self.im.conversation(conversation_id)
+            except ConversationNotFound:
+                continue
+            if conversation.extra.get("dissolved"):
+                continue
+            response.invitations.add(conversation_id=conversation_id, inviter=inviter,
+                                     name=conversation.extra.get("name", ""), at_ms=at_ms)
+        return response
+
+    async def op(self, user: str, device: str,
+                 op: pb.GroupOp) -> tuple[AppendResult | None, list[str]]:
+        """The change (None: nothing to record), and who was invited."""
         conversation_id = op.conversation_id
         conversation = await self.im.require_member(user, conversation_id)
         if (await self.im.hold(conversation_id))[1]:  # just taken: roles may have changed
@@ -70,25 +140,25 @@ class Groups:
         action = op.action
         targets = _check_users(list(op.user_ids), exclude="")
         event = pb.GroupEvent(action=action, actor=user, user_ids=targets)
+        invited: list[str] = []
         if action == pb.INVITE:
             if not (manager or self.im.social_settings.members_can_invite):
                 raise _forbidden(user, "invite")
-            for target in targets:
-                if target not in roles:
-                    await self.im.storage.put_invitation(conversation_id, target, user,
-                                                         self.im.clock_ms())
-                    await self.im.emit(target, pb.Event(invitation=pb.InvitationEvent(
-                        conversation_id=conversation_id, inviter=user,
-                        name=conversation.extra.get("name", ""))))
-            return None
+            invited = [t for t in targets if t not in roles]
+            self._charge_invitations(user, invited)
+            await self._invite(conversation_id, invited, user, conversation.extra.get("name", ""))
+            return None, invited
         if action == pb.ADD:
             if not manager:
                 raise _forbidden(user, "add members")
             new = [t for t in targets if t not in roles]
             if len(roles) + len(new) > self.im.social_settings.max_group_members:
                 raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "too many members")
+            new, invited = await self._consenting(user, new)
+            self._charge_invitations(user, invited)
+            await self._invite(conversation_id, invited, user, conversation.extra.get("name", ""))
             if not new:
-                return None
+                return None, invited
             del event.user_ids[:]
             event.user_ids.extend(new)
             change = MembershipChange(add=tuple((t, MEMBER) for t in new))
@@ -132,7 +202,7 @@ class Groups:
             change = MembershipChange(dissolve=True)
         else:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "unknown group action")
-        return await self._apply(conversation_id, user, device, change, event)
+        return await self._apply(conversation_id, user, device, change, event), invited
 
     async def join(self, user: str, device: str, conversation_id: str) -> AppendResult:
         """Accept an invitation (the only way in that a member does not grant)."""

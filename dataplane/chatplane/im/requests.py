@@ -138,21 +138,31 @@ async def friends(im: ImService, user_id: str, device_id: str, frame: pb.Frame) 
 @handles("group_create")
 async def group_create(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
     body = frame.group_create
-    result = await im.groups.create(user_id, device_id, body.name, list(body.members))
+    result, invited = await im.groups.create(user_id, device_id, body.name, list(body.members))
     return pb.Frame(group_op_ack=pb.GroupOpAck(
-        conversation_id=result.message.conversation_id, seq=result.message.seq))
+        conversation_id=result.message.conversation_id, seq=result.message.seq, invited=invited))
 
 
 @handles("group_op")
 async def group_op(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
     body = frame.group_op
     result: AppendResult | None
+    invited: list[str] = []
     if body.action == pb.JOIN:
         result = await im.groups.join(user_id, device_id, body.conversation_id)
+    elif body.action == pb.DECLINE_INVITATION:
+        await im.groups.decline(user_id, body.conversation_id)
+        result = None
     else:
-        result = await im.groups.op(user_id, device_id, body)
+        result, invited = await im.groups.op(user_id, device_id, body)
     return pb.Frame(group_op_ack=pb.GroupOpAck(
-        conversation_id=body.conversation_id, seq=result.message.seq if result else 0))
+        conversation_id=body.conversation_id, seq=result.message.seq if result else 0,
+        invited=invited))
+
+
+@handles("invitations")
+async def invitations(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
+    return pb.Frame(invitations_response=await im.groups.invitations(user_id))
 
 
 @handles("members")

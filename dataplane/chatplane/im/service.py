@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from chatplane.delivery.dedup import CidAllocator
+from chatplane.gateway.pacing import UserRates
 from chatplane.im import requests
 from chatplane.im.groups import Groups
 from chatplane.im.hotcache import HotCache
@@ -24,7 +25,7 @@ from chatplane.im.leases import Leases, NotOwner
 from chatplane.im.social import Social
 from chatplane.protocol.bounds import Bounds
 from chatplane.protocol.errors import ErrorCode, ProtocolError
-from chatplane.settings import Limits
+from chatplane.settings import Abuse, Limits
 from chatplane.settings import Social as SocialSettings
 from chatplane.storage.base import (
     DIRECT,
@@ -85,6 +86,7 @@ class ImService:
         server_id: str = "im",
         fenced: bool = False,
         owners: Owners | None = None,
+        abuse: Abuse | None = None,
     ) -> None:
         self.storage = storage
         self.state = state
@@ -92,6 +94,11 @@ class ImService:
         self.bounds = Bounds.from_limits(limits)  # what a request field may hold
         self.clock_ms = clock_ms
         self.social_settings = social or SocialSettings()
+        abuse = abuse or Abuse()
+        # abuse.group_add_requires_consent: non-friends added to a group are invited
+        self.group_consent = bool(abuse.group_add_requires_consent)
+        # group invitations per inviter, per process (docs/operations.md, "Abuse limits")
+        self.invite_rates = UserRates(abuse.invite_rate_per_user_s, abuse.invite_burst_per_user)
         self.server_id = server_id
         # Server-made entries (events, group changes by the admin API) are
         # idempotent on (sender, device, cid): a device name unique to this

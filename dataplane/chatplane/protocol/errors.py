@@ -30,6 +30,8 @@ class ErrorCode(IntEnum):
     SESSION_REPLACED = 17  # the same device logged in on another connection
     BLOCKED = 18  # one of the two users blocks the other
     TOKEN_REVOKED = 19  # the token (its device, its user, or all before a time) was revoked
+    TOO_MANY_CONNECTIONS = 20  # the gateway's or this address's connection cap; retry later
+    TOO_MANY_INFLIGHT = 21  # more sends in flight than LoginAck.max_inflight_sends
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ SPECS: dict[ErrorCode, ErrorSpec] = {
     ErrorCode.SESSION_REPLACED: ErrorSpec(retriable=False, fatal=True),
     ErrorCode.BLOCKED: ErrorSpec(retriable=False, fatal=False),
     ErrorCode.TOKEN_REVOKED: ErrorSpec(retriable=False, fatal=True),
+    ErrorCode.TOO_MANY_CONNECTIONS: ErrorSpec(retriable=True, fatal=True),
+    ErrorCode.TOO_MANY_INFLIGHT: ErrorSpec(retriable=True, fatal=False),
 }
 
 

@@ -34,7 +34,7 @@ MAX_HELD_DURING_LOGIN = 32
 CLIENT_REQUESTS = frozenset({
     "send", "push_ack", "sync", "history", "open_direct",
     "friend_op", "friends", "group_create", "group_op", "members", "conversations", "mark_read",
-    "receipts",
+    "receipts", "invitations",
 })
 
 

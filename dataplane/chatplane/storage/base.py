@@ -305,6 +305,10 @@ class Storage(Protocol):
     async def take_invitation(self, conversation_id: str, user_id: str) -> str | None:
         """Remove a pending invitation; the inviter, or None if there was none."""
 
+    async def invitations(self, user_id: str) -> list[tuple[str, str, int]]:
+        """The user's pending invitations as (conversation_id, inviter, at_ms),
+        newest first."""
+
     async def get_user(self, user_id: str) -> dict[str, str] | None: ...
 
     async def put_revocation(self, revocation: Revocation) -> None:

@@ -110,6 +110,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             scope text, user_id text, device_id text, before_ms bigint,
             PRIMARY KEY (scope, user_id, device_id))""",
     )),
+    Migration(5, "a user's pending group invitations, listed by user", (
+        """CREATE TABLE IF NOT EXISTS {ks}.user_invitations (
+            user_id text, conversation_id text, inviter text, at_ms bigint,
+            PRIMARY KEY (user_id, conversation_id))""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

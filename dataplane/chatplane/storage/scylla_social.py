@@ -232,7 +232,10 @@ class SocialMethods:
     async def put_invitation(self, conversation_id: str, user_id: str, inviter: str,
                              now_ms: int) -> None:
         db, st, _ = self._parts()
-        await db.run(st.put_invitation, (conversation_id, user_id, inviter, now_ms))
+        batch = BatchStatement(batch_type=BatchType.LOGGED)  # both rows, or eventually both
+        batch.add(st.put_invitation, (conversation_id, user_id, inviter, now_ms))
+        batch.add(st.put_user_invitation, (user_id, conversation_id, inviter, now_ms))
+        await db.run(batch)
 
     async def take_invitation(self, conversation_id: str, user_id: str) -> str | None:
         db, st, _ = self._parts()
@@ -241,4 +244,13 @@ class SocialMethods:
             return None
         inviter = str(rows[0]["inviter"])
         taken = await db.run(st.take_invitation, (conversation_id, user_id, inviter))
-        return inviter if taken and taken[0].get("[applied]") else None
+        if not (taken and taken[0].get("[applied]")):
+            return None
+        await db.run(st.delete_user_invitation, (user_id, conversation_id))
+        return inviter
+
+    async def invitations(self, user_id: str) -> list[tuple[str, str, int]]:
+        db, st, _ = self._parts()
+        rows = [(str(r["conversation_id"]), str(r["inviter"]), int(r["at_ms"] or 0))
+                for r in await db.run(st.select_user_invitations, (user_id,))]
+        return sorted(rows, key=lambda r: (-r[2], r[0]))

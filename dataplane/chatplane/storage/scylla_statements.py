@@ -80,6 +80,9 @@ class Statements:
     put_invitation: PreparedStatement
     select_invitation: PreparedStatement
     take_invitation: PreparedStatement
+    put_user_invitation: PreparedStatement
+    delete_user_invitation: PreparedStatement
+    select_user_invitations: PreparedStatement
     claim_message_fenced: PreparedStatement
     select_fence: PreparedStatement
     set_fence: PreparedStatement
@@ -172,6 +175,15 @@ class Statements:
             "take_invitation": (
                 f"DELETE FROM {ks}.invitations WHERE conversation_id = ? AND user_id = ?"
                 " IF inviter = ?", False),
+            "put_user_invitation": (
+                f"INSERT INTO {ks}.user_invitations (user_id, conversation_id, inviter, at_ms)"
+                " VALUES (?, ?, ?, ?)", True),
+            "delete_user_invitation": (
+                f"DELETE FROM {ks}.user_invitations WHERE user_id = ? AND conversation_id = ?",
+                True),
+            "select_user_invitations": (
+                f"SELECT conversation_id, inviter, at_ms FROM {ks}.user_invitations"
+                " WHERE user_id = ?", True),
             "insert_message": (
                 f"INSERT INTO {m} (conversation_id, bucket, seq, message_id, sender,"
                 " sender_device, cid, text, sent_at_ms, payload, content_type, recipients,"

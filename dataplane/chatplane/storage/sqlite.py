@@ -260,6 +260,13 @@ class _SocialMethods:
         result: str | None = await self._write(take)
         return result
 
+    async def invitations(self, user_id: str) -> list[tuple[str, str, int]]:
+        rows: list[tuple[str, str, int]] = await self._read(lambda db: [
+            (str(c), str(i), int(at)) for c, i, at in db.execute(
+                "SELECT conversation_id, inviter, at_ms FROM invitations WHERE user_id = ?"
+                " ORDER BY at_ms DESC, conversation_id", (user_id,))])
+        return rows
+
 
 class SqliteStorage(_SocialMethods):
     """The embedded backend. `synchronous` is SQLite's PRAGMA: FULL survives

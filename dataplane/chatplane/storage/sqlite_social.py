@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS invitations (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (conversation_id, user_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS invitations_by_user ON invitations (user_id, at_ms);
 """
 
 

@@ -28,6 +28,7 @@ class GroupAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SET_ROLE: _ClassVar[GroupAction]
     RENAME: _ClassVar[GroupAction]
     DISSOLVE: _ClassVar[GroupAction]
+    DECLINE_INVITATION: _ClassVar[GroupAction]
 FRIEND_ACTION_UNSPECIFIED: FriendAction
 REQUEST: FriendAction
 ACCEPT: FriendAction
@@ -44,9 +45,10 @@ KICK: GroupAction
 SET_ROLE: GroupAction
 RENAME: GroupAction
 DISSOLVE: GroupAction
+DECLINE_INVITATION: GroupAction
 
 class Frame(_message.Message):
-    __slots__ = ("id", "login", "login_ack", "send", "send_ack", "push", "push_ack", "sync", "sync_response", "history", "history_response", "heartbeat", "heartbeat_ack", "error", "reconnect", "open_direct", "open_direct_ack", "sync_hint", "friend_op", "friend_op_ack", "friends", "friends_response", "group_create", "group_op", "group_op_ack", "members", "members_response", "conversations", "conversations_response", "mark_read", "mark_read_ack", "receipts", "receipts_response", "group_push")
+    __slots__ = ("id", "login", "login_ack", "send", "send_ack", "push", "push_ack", "sync", "sync_response", "history", "history_response", "heartbeat", "heartbeat_ack", "error", "reconnect", "open_direct", "open_direct_ack", "sync_hint", "friend_op", "friend_op_ack", "friends", "friends_response", "group_create", "group_op", "group_op_ack", "members", "members_response", "conversations", "conversations_response", "mark_read", "mark_read_ack", "receipts", "receipts_response", "group_push", "invitations", "invitations_response")
     ID_FIELD_NUMBER: _ClassVar[int]
     LOGIN_FIELD_NUMBER: _ClassVar[int]
     LOGIN_ACK_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +83,8 @@ class Frame(_message.Message):
     RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     RECEIPTS_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     GROUP_PUSH_FIELD_NUMBER: _ClassVar[int]
+    INVITATIONS_FIELD_NUMBER: _ClassVar[int]
+    INVITATIONS_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     id: int
     login: Login
     login_ack: LoginAck
@@ -115,7 +119,9 @@ class Frame(_message.Message):
     receipts: ReceiptsRequest
     receipts_response: ReceiptsResponse
     group_push: GroupPush
-    def __init__(self, id: _Optional[int] = ..., login: _Optional[_Union[Login, _Mapping]] = ..., login_ack: _Optional[_Union[LoginAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., push: _Optional[_Union[Push, _Mapping]] = ..., push_ack: _Optional[_Union[PushAck, _Mapping]] = ..., sync: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_response: _Optional[_Union[SyncResponse, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., history_response: _Optional[_Union[HistoryResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., reconnect: _Optional[_Union[Reconnect, _Mapping]] = ..., open_direct: _Optional[_Union[OpenDirect, _Mapping]] = ..., open_direct_ack: _Optional[_Union[OpenDirectAck, _Mapping]] = ..., sync_hint: _Optional[_Union[SyncHint, _Mapping]] = ..., friend_op: _Optional[_Union[FriendOp, _Mapping]] = ..., friend_op_ack: _Optional[_Union[FriendOpAck, _Mapping]] = ..., friends: _Optional[_Union[FriendsRequest, _Mapping]] = ..., friends_response: _Optional[_Union[FriendsResponse, _Mapping]] = ..., group_create: _Optional[_Union[GroupCreate, _Mapping]] = ..., group_op: _Optional[_Union[GroupOp, _Mapping]] = ..., group_op_ack: _Optional[_Union[GroupOpAck, _Mapping]] = ..., members: _Optional[_Union[MembersRequest, _Mapping]] = ..., members_response: _Optional[_Union[MembersResponse, _Mapping]] = ..., conversations: _Optional[_Union[ConversationsRequest, _Mapping]] = ..., conversations_response: _Optional[_Union[ConversationsResponse, _Mapping]] = ..., mark_read: _Optional[_Union[MarkRead, _Mapping]] = ..., mark_read_ack: _Optional[_Union[MarkReadAck, _Mapping]] = ..., receipts: _Optional[_Union[ReceiptsRequest, _Mapping]] = ..., receipts_response: _Optional[_Union[ReceiptsResponse, _Mapping]] = ..., group_push: _Optional[_Union[GroupPush, _Mapping]] = ...) -> None: ...
+    invitations: InvitationsRequest
+    invitations_response: InvitationsResponse
+    def __init__(self, id: _Optional[int] = ..., login: _Optional[_Union[Login, _Mapping]] = ..., login_ack: _Optional[_Union[LoginAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., push: _Optional[_Union[Push, _Mapping]] = ..., push_ack: _Optional[_Union[PushAck, _Mapping]] = ..., sync: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_response: _Optional[_Union[SyncResponse, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., history_response: _Optional[_Union[HistoryResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., reconnect: _Optional[_Union[Reconnect, _Mapping]] = ..., open_direct: _Optional[_Union[OpenDirect, _Mapping]] = ..., open_direct_ack: _Optional[_Union[OpenDirectAck, _Mapping]] = ..., sync_hint: _Optional[_Union[SyncHint, _Mapping]] = ..., friend_op: _Optional[_Union[FriendOp, _Mapping]] = ..., friend_op_ack: _Optional[_Union[FriendOpAck, _Mapping]] = ..., friends: _Optional[_Union[FriendsRequest, _Mapping]] = ..., friends_response: _Optional[_Union[FriendsResponse, _Mapping]] = ..., group_create: _Optional[_Union[GroupCreate, _Mapping]] = ..., group_op: _Optional[_Union[GroupOp, _Mapping]] = ..., group_op_ack: _Optional[_Union[GroupOpAck, _Mapping]] = ..., members: _Optional[_Union[MembersRequest, _Mapping]] = ..., members_response: _Optional[_Union[MembersResponse, _Mapping]] = ..., conversations: _Optional[_Union[ConversationsRequest, _Mapping]] = ..., conversations_response: _Optional[_Union[ConversationsResponse, _Mapping]] = ..., mark_read: _Optional[_Union[MarkRead, _Mapping]] = ..., mark_read_ack: _Optional[_Union[MarkReadAck, _Mapping]] = ..., receipts: _Optional[_Union[ReceiptsRequest, _Mapping]] = ..., receipts_response: _Optional[_Union[ReceiptsResponse, _Mapping]] = ..., group_push: _Optional[_Union[GroupPush, _Mapping]] = ..., invitations: _Optional[_Union[InvitationsRequest, _Mapping]] = ..., invitations_response: _Optional[_Union[InvitationsResponse, _Mapping]] = ...) -> None: ...
 
 class Login(_message.Message):
     __slots__ = ("protocol_version", "token", "inbox_seq", "client_name", "store_id")
@@ -132,7 +138,7 @@ class Login(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., token: _Optional[str] = ..., inbox_seq: _Optional[int] = ..., client_name: _Optional[str] = ..., store_id: _Optional[str] = ...) -> None: ...
 
 class LoginAck(_message.Message):
-    __slots__ = ("user_id", "device_id", "inbox_head", "heartbeat_interval_ms", "max_frame_bytes", "server_id", "max_inflight_sends", "store_id")
+    __slots__ = ("user_id", "device_id", "inbox_head", "heartbeat_interval_ms", "max_frame_bytes", "server_id", "max_inflight_sends", "store_id", "max_users_per_request")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     INBOX_HEAD_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +147,7 @@ class LoginAck(_message.Message):
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_INFLIGHT_SENDS_FIELD_NUMBER: _ClassVar[int]
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_USERS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     device_id: str
     inbox_head: int
@@ -149,7 +156,8 @@ class LoginAck(_message.Message):
     server_id: str
     max_inflight_sends: int
     store_id: str
-    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., inbox_head: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., server_id: _Optional[str] = ..., max_inflight_sends: _Optional[int] = ..., store_id: _Optional[str] = ...) -> None: ...
+    max_users_per_request: int
+    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., inbox_head: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., server_id: _Optional[str] = ..., max_inflight_sends: _Optional[int] = ..., store_id: _Optional[str] = ..., max_users_per_request: _Optional[int] = ...) -> None: ...
 
 class Send(_message.Message):
     __slots__ = ("conversation_id", "cid", "text", "payload", "content_type")
@@ -440,12 +448,14 @@ class GroupOp(_message.Message):
     def __init__(self, conversation_id: _Optional[str] = ..., action: _Optional[_Union[GroupAction, str]] = ..., user_ids: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class GroupOpAck(_message.Message):
-    __slots__ = ("conversation_id", "seq")
+    __slots__ = ("conversation_id", "seq", "invited")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    INVITED_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     seq: int
-    def __init__(self, conversation_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+    invited: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, conversation_id: _Optional[str] = ..., seq: _Optional[int] = ..., invited: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("user_id", "role", "joined_seq")
@@ -620,3 +630,25 @@ class InvitationEvent(_message.Message):
     inviter: str
     name: str
     def __init__(self, conversation_id: _Optional[str] = ..., inviter: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class InvitationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Invitation(_message.Message):
+    __slots__ = ("conversation_id", "inviter", "name", "at_ms")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    INVITER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    inviter: str
+    name: str
+    at_ms: int
+    def __init__(self, conversation_id: _Optional[str] = ..., inviter: _Optional[str] = ..., name: _Optional[str] = ..., at_ms: _Optional[int] = ...) -> None: ...
+
+class InvitationsResponse(_message.Message):
+    __slots__ = ("invitations",)
+    INVITATIONS_FIELD_NUMBER: _ClassVar[int]
+    invitations: _containers.RepeatedCompositeFieldContainer[Invitation]
+    def __init__(self, invitations: _Optional[_Iterable[_Union[Invitation, _Mapping]]] = ...) -> None: ...
