@@ -14,8 +14,10 @@ delivery latency is measured alone and beside the attacker and printed
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from tests.support.traffic import Device, wait_until_received
 pytestmark = pytest.mark.slow
 
 HUGE = (2**63, 2**64 - 1)
+ATTACKERS = int(os.environ.get("CHATPLANE_ATTACKERS", "1"))  # connections beside the pair
 UINT64 = 4  # FieldDescriptor.TYPE_UINT64
 
 
@@ -172,9 +175,10 @@ def check(case: Case, reply: pb.Frame) -> None:
         assert not reply.error.message.startswith("field ") and not reply.error.fatal, reply
 
 
-async def attack(port: int, token: str, stop: asyncio.Event | None = None) -> int:
-    """Every case over one connection (again and again until `stop`); each
+async def attack(port: int, token: str, seconds: float = 0.0) -> int:
+    """Every case over one connection (again and again for `seconds`); each
     reply checked. Returns the frames sent."""
+    until = time.monotonic() + seconds
     conn, ack = await RawTcp.open(port, token)
     assert ack.WhichOneof("body") == "login_ack", ack
     created = await conn.call(pb.Frame(group_create=pb.GroupCreate(name="mine")))
@@ -187,9 +191,20 @@ async def attack(port: int, token: str, stop: asyncio.Event | None = None) -> in
             frame.CopyFrom(case.frame)
             check(case, await conn.call(frame))  # push_ack too: refused, so answered
             sent += 1
-        if stop is None or stop.is_set():
+        if time.monotonic() >= until:
             conn.close()
             return sent
+
+
+async def attackers_beside(port: int, signer: TokenSigner, count: int,
+                           seconds: float) -> asyncio.subprocess.Process:
+    """`count` attacker connections (users mallory0..) in a process of their
+    own, so their client work does not slow the pair's event loop here; it
+    prints the frames sent and fails (exit 1) on a wrong reply."""
+    tokens = [signer.mint(f"mallory{i}", "m") for i in range(count)]
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.e2e.test_bounds_attack", str(port), str(seconds), *tokens,
+        stdout=asyncio.subprocess.PIPE)
 
 
 async def login_cases(port: int, signer: TokenSigner) -> None:
@@ -249,15 +264,16 @@ async def test_attacker_with_extreme_values_cannot_hurt_a_chatting_pair(
     await login_cases(server.tcp_port, signer)
     assert await attack(server.tcp_port, signer.mint("mallory", "m0")) >= 50  # every case once
 
-    stop = asyncio.Event()
-    attackers = [asyncio.create_task(attack(server.tcp_port, signer.mint(f"mallory{i}", "m")
-                                            , stop)) for i in range(3)]
+    attackers = await attackers_beside(server.tcp_port, signer, ATTACKERS, 6.0)
+    await asyncio.sleep(1.0)  # the attackers are at full speed
     beside: list[float] = []
     await chat(alice, bob, conversation, 100, beside)
-    stop.set()
-    sent = sum(await asyncio.gather(*attackers))
+    out, _ = await attackers.communicate()
+    assert attackers.returncode == 0, "an attacker got a wrong reply (see its output)"
+    sent = int(out.decode().split()[-1])
 
-    print(f"\npair alone: {summary(alone)}; beside 3 attackers ({sent} frames): {summary(beside)};"
+    print(f"\npair alone: {summary(alone)}; beside {ATTACKERS} attacker connections ({sent} frames):"
+          f" {summary(beside)};"
           f" p50 ratio {statistics.median(beside) / statistics.median(alone):.2f}")
     total = len(alone) + len(beside)
     await wait_until_received(devices, total, timeout_s=30)
@@ -275,3 +291,12 @@ async def test_attacker_with_extreme_values_cannot_hurt_a_chatting_pair(
         assert r.status == 200
     for device in devices:
         await device.stop()
+
+
+async def _attackers_main(port: int, seconds: float, tokens: list[str]) -> None:
+    sent = await asyncio.gather(*(attack(port, token, seconds) for token in tokens))
+    print(sum(sent))
+
+
+if __name__ == "__main__":  # the attackers' process (attackers_beside)
+    asyncio.run(_attackers_main(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]))
