@@ -13,7 +13,9 @@ contiguous. Shared by the CI property tests and `scripts/fuzz`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
@@ -72,8 +74,12 @@ class FuzzRun:
         return peer
 
     def stop(self) -> None:
+        path = getattr(self.node.storage, "path", None)
         self.loop.run_until_complete(self.node.stop())
         logging.getLogger().removeHandler(self.errors)
+        if path is not None:  # the file itself, as SQLite sees it
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
     # -- one step ---------------------------------------------------------------
 
@@ -193,7 +199,25 @@ class FuzzRun:
         assert [seq for seq, _ in pulled] == list(range(1, expected + 1))
         await self.alice.send_ordinary(self.pair, "still writing")  # writes still work
         self.settled += 1
+        await self._check_storage()
         assert not self.errors.records, self.errors.first()
+
+
+    async def _check_storage(self) -> None:
+        """Storage as the attackers left it: every user's inbox and every
+        known conversation's timeline contiguous from 1 to its head."""
+        storage = self.node.storage
+        for user in ("alice", "bob", *ATTACKERS):
+            seqs = [i.inbox_seq for i in await storage.inbox(user, 0, 1_000_000)]
+            assert seqs == list(range(1, len(seqs) + 1)), f"{user}'s inbox: {seqs[:20]}..."
+            assert len(seqs) == await storage.inbox_head(user), user
+        for conversation_id in self.known:
+            conversation = await storage.conversation(conversation_id)
+            if conversation is None:
+                continue
+            seqs = [m.seq for m in await storage.history(conversation_id, before_seq=None,
+                                                         after_seq=0, limit=1_000_000)]
+            assert seqs == list(range(1, len(seqs) + 1)), f"{conversation_id}: {seqs[:20]}..."
 
 
 def judge(draft: frames.Draft, frame: pb.Frame, reply: pb.Frame) -> None:
