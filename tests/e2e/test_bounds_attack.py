@@ -237,8 +237,9 @@ async def chat(alice: Device, bob: Device, conversation: str, count: int,
         began = time.monotonic()
         ack = await alice.client.send_text(conversation, f"m{len(latencies)}-{i}")
         alice.checker.record_ack("alice", "phone", conversation, ack.seq, ack.message_id)
-        while not any(m.seq == ack.seq for m in bob.received[-5:]):
-            await asyncio.sleep(0.001)
+        async with asyncio.timeout(15):  # lost: fail here, not at the suite's timeout
+            while not any(m.seq == ack.seq for m in bob.received[-5:]):
+                await asyncio.sleep(0.001)
         latencies.append((time.monotonic() - began) * 1000)
         await asyncio.sleep(0.04)
 
