@@ -141,6 +141,17 @@ def test_the_protocol_doc_lists_every_bound() -> None:
     doc = (DOCS / "protocol.md").read_text()
     for field, bound in bounds.table(bounds.Bounds()):
         assert f"| `{field}` | {bound} |" in doc, field
+    for call, rules in bounds.CALL_RULES.items():
+        for rule in rules:
+            assert f"| `{call}.{rule.field}` | {rule.describe(bounds.Bounds())} |" in doc, call
+    examples = [
+        ("send", pb.Send(conversation_id="c", cid=2**64 - 1)),
+        ("history", pb.HistoryRequest(conversation_id="c", limit=201)),
+        ("group_create", pb.GroupCreate(members=[f"u{i}" for i in range(1001)])),
+        ("friend_op", pb.FriendOp(action=9, user_id="bob")),
+    ]
+    for kind, body in examples:  # the doc's sample messages are the real ones
+        assert bounds.problem(kind, body, bounds.Bounds()) in doc, kind
 
 
 # -- JSON bodies (admin API, drain) ------------------------------------------------

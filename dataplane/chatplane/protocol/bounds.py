@@ -233,7 +233,7 @@ class Repeated:
 
     def describe(self, bounds: Bounds) -> str:
         inner = "; ".join(f"`{r.field}` {r.describe(bounds)}" for r in self.rules)
-        return f"at most {self.high} items; each {inner}"
+        return f"at most {self.high} items" + (f"; each {inner}" if inner else "")
 
 
 # The FriendAction / GroupAction values a client may send (0 is "unspecified").
