@@ -183,9 +183,11 @@ class Peer:
             waiter.set_result(self.last_error or pb.Frame(error=pb.Error(code=0)))
             return waiter
         self._waiting[frame.id] = waiter
-        if frame.WhichOneof("body") == "push_ack":  # never answered: a heartbeat stands in
+        if frame.WhichOneof("body") == "push_ack":
+            # never answered (unless refused, at once): a request served
+            # after it stands in, one that is held behind a login like it
             self.feed(frame.SerializeToString())
-            frame = pb.Frame(id=frame.id, heartbeat=pb.Heartbeat())
+            frame = pb.Frame(id=frame.id, friends=pb.FriendsRequest())
         self.feed(frame.SerializeToString())
         return waiter
 

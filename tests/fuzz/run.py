@@ -13,7 +13,9 @@ contiguous. Shared by the CI property tests and `scripts/fuzz`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
@@ -72,8 +74,12 @@ class FuzzRun:
         return peer
 
     def stop(self) -> None:
+        path = getattr(self.node.storage, "path", None)
         self.loop.run_until_complete(self.node.stop())
         logging.getLogger().removeHandler(self.errors)
+        if path is not None:  # the file itself, as SQLite sees it
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
     # -- one step ---------------------------------------------------------------
 
@@ -105,12 +111,14 @@ class FuzzRun:
         self._learn(reply)
         assert not self.errors.records, self.errors.first()
 
-    def step(self, batch: list[tuple[str, frames.Draft]], login: dict[str, object] | None = None,
+    def step(self, batch: list[tuple[str, frames.Draft]],
+             login: tuple[dict[str, object], list[frames.Draft]] | None = None,
              ordinary: bool = True) -> None:
         self.loop.run_until_complete(asyncio.wait_for(self._step(batch, login, ordinary),
                                                       3 * harness.REPLY_TIMEOUT_S))
 
-    async def _step(self, batch: list[tuple[str, frames.Draft]], login: dict[str, object] | None,
+    async def _step(self, batch: list[tuple[str, frames.Draft]],
+                    login: tuple[dict[str, object], list[frames.Draft]] | None,
                     ordinary: bool) -> None:
         self.errors.records.clear()  # each example judged on its own (shrinking replays)
         pending = []
@@ -136,22 +144,33 @@ class FuzzRun:
             self._learn(reply)
         assert not self.errors.records, self.errors.first()
 
-    async def _fresh_login(self, fields: dict[str, object]) -> None:
-        """A new connection whose Login carries extreme values: accepted, or
-        refused with INVALID_ARGUMENT and closed."""
+    async def _fresh_login(self, login_case: tuple[dict[str, object], list[frames.Draft]]) -> None:
+        """A new connection whose Login carries extreme values, with frames
+        pipelined behind it: the login is accepted and the frames are served
+        after it (judged like any), or it is refused with INVALID_ARGUMENT and
+        closed, and the frames are dropped unanswered (docs/protocol.md)."""
+        fields, pipelined = login_case
         peer = harness.Peer(self.node, "trudy", "fresh")
         login = pb.Login(protocol_version=1, token=self.node.signer.mint("trudy", "fresh"),
                          **fields)  # type: ignore[arg-type]
-        reply = await asyncio.wait_for(peer.start(pb.Frame(login=login)), harness.REPLY_TIMEOUT_S)
-        if reply.WhichOneof("body") == "error":
-            assert reply.error.code == ErrorCode.INVALID_ARGUMENT, reply
-            assert reply.error.message.startswith("field login."), reply
+        accepted = peer.start(pb.Frame(login=login))
+        held = [(draft, frame, peer.start(frame))
+                for draft in pipelined for frame in [draft.build(self.known)]]
+        reply = await asyncio.wait_for(accepted, harness.REPLY_TIMEOUT_S)
+        if reply.WhichOneof("body") == "error":  # (or a pipelined frame was too large)
+            assert reply.error.code in (ErrorCode.INVALID_ARGUMENT, ErrorCode.FRAME_TOO_LARGE), reply
+            assert reply.error.code != ErrorCode.INVALID_ARGUMENT or reply.error.message.startswith(
+                "field login."), reply
             await asyncio.sleep(0)
             assert peer.closed, "a refused login closes"
-        else:
-            assert reply.WhichOneof("body") == "login_ack", reply
-            assert login.inbox_seq <= STORED_INT_MAX and len(login.client_name) <= 256
-            peer.conn.on_closed()
+            return
+        assert reply.WhichOneof("body") == "login_ack", reply
+        assert login.inbox_seq <= STORED_INT_MAX and len(login.client_name) <= 256
+        replies = await asyncio.wait_for(asyncio.gather(*(w for _, _, w in held)),
+                                         harness.REPLY_TIMEOUT_S)
+        for (draft, frame, _), answer in zip(held, replies, strict=True):
+            judge(draft, frame, answer)
+        peer.closed_by_server()  # as if the client went away
 
     def _learn(self, reply: pb.Frame) -> None:
         kind = reply.WhichOneof("body")
@@ -193,14 +212,32 @@ class FuzzRun:
         assert [seq for seq, _ in pulled] == list(range(1, expected + 1))
         await self.alice.send_ordinary(self.pair, "still writing")  # writes still work
         self.settled += 1
+        await self._check_storage()
         assert not self.errors.records, self.errors.first()
+
+
+    async def _check_storage(self) -> None:
+        """Storage as the attackers left it: every user's inbox and every
+        known conversation's timeline contiguous from 1 to its head."""
+        storage = self.node.storage
+        for user in ("alice", "bob", *ATTACKERS):
+            seqs = [i.inbox_seq for i in await storage.inbox(user, 0, 1_000_000)]
+            assert seqs == list(range(1, len(seqs) + 1)), f"{user}'s inbox: {seqs[:20]}..."
+            assert len(seqs) == await storage.inbox_head(user), user
+        for conversation_id in self.known:
+            conversation = await storage.conversation(conversation_id)
+            if conversation is None:
+                continue
+            seqs = [m.seq for m in await storage.history(conversation_id, before_seq=None,
+                                                         after_seq=0, limit=1_000_000)]
+            assert seqs == list(range(1, len(seqs) + 1)), f"{conversation_id}: {seqs[:20]}..."
 
 
 def judge(draft: frames.Draft, frame: pb.Frame, reply: pb.Frame) -> None:
     """One request's reply: its own kind's answer or a documented error."""
     assert reply.id == frame.id or reply.error.fatal, (draft, reply)
     body = reply.WhichOneof("body")
-    expected = "heartbeat_ack" if draft.kind == "push_ack" else harness.REPLIES.get(draft.kind)
+    expected = "friends_response" if draft.kind == "push_ack" else harness.REPLIES.get(draft.kind)
     if body != "error":
         assert body == expected and draft.kind != "login", (draft.kind, reply)
     else:

@@ -75,15 +75,17 @@ def test_single_frames_of_every_kind(fuzz_run: FuzzRun) -> None:
 
 def test_batches_from_several_users_at_once(fuzz_run: FuzzRun) -> None:
     """Up to six frames from the three attackers in flight together, sometimes
-    a fresh connection whose Login carries extreme values, and the pair's
-    two sends in the middle of it all."""
+    a fresh connection whose Login carries extreme values with up to three
+    frames pipelined behind it, and the pair's two sends in the middle of it
+    all."""
     @seeded
     @fuzz_settings(BATCH_EXAMPLES)
     @given(batch=st.lists(st.tuples(st.sampled_from(ATTACKERS), frames.any_frame),
                           min_size=1, max_size=6),
-           login=st.one_of(st.none(), frames.login_fields))
+           login=st.one_of(st.none(), st.tuples(frames.login_fields,
+                                                 st.lists(frames.any_frame, max_size=3))))
     def batch_of_frames(batch: list[tuple[str, frames.Draft]],
-                        login: dict[str, object] | None) -> None:
+                        login: tuple[dict[str, object], list[frames.Draft]] | None) -> None:
         fuzz_run.step(batch, login)
 
     batch_of_frames()

@@ -141,6 +141,17 @@ def test_the_protocol_doc_lists_every_bound() -> None:
     doc = (DOCS / "protocol.md").read_text()
     for field, bound in bounds.table(bounds.Bounds()):
         assert f"| `{field}` | {bound} |" in doc, field
+    for call, rules in bounds.CALL_RULES.items():
+        for rule in rules:
+            assert f"| `{call}.{rule.field}` | {rule.describe(bounds.Bounds())} |" in doc, call
+    examples = [
+        ("send", pb.Send(conversation_id="c", cid=2**64 - 1)),
+        ("history", pb.HistoryRequest(conversation_id="c", limit=201)),
+        ("group_create", pb.GroupCreate(members=[f"u{i}" for i in range(1001)])),
+        ("friend_op", pb.FriendOp(action=9, user_id="bob")),
+    ]
+    for kind, body in examples:  # the doc's sample messages are the real ones
+        assert bounds.problem(kind, body, bounds.Bounds()) in doc, kind
 
 
 # -- JSON bodies (admin API, drain) ------------------------------------------------
@@ -178,3 +189,19 @@ def test_drain_numbers_are_finite_positive_and_bounded(value: object) -> None:
         return
     assert not isinstance(value, bool | str) and math.isfinite(rate)
     assert 0 < rate <= jsonbounds.MAX_DRAIN_RATE
+
+
+@pytest.mark.parametrize(("environ", "says"), [
+    ({"CHATPLANE_DRAIN_RATE": "inf"}, "drain.rate"),
+    ({"CHATPLANE_DRAIN_DEADLINE_S": "nan"}, "drain.deadline_s"),
+    ({"CHATPLANE_DRAIN_RATE": "1e9"}, "drain rate must be in (0, 100000]"),
+    ({"CHATPLANE_MAX_HISTORY_PAGE": "50"}, "max_history_page must be at least 200"),
+    ({"CHATPLANE_MAX_SYNC_PAGE": "100"}, "max_sync_page at least 500"),
+])
+def test_settings_that_would_break_the_bounds_stop_the_start(environ: dict[str, str],
+                                                              says: str) -> None:
+    from chatplane import settings
+
+    with pytest.raises(settings.SettingsError) as err:
+        settings.load(environ=environ)
+    assert says in str(err.value)

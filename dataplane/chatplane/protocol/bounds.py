@@ -7,8 +7,10 @@ be able to ask for. `problem(kind, body, bounds)` checks one request body
 against `RULES` (the table docs/protocol.md prints) and names the first field
 out of bounds: "field send.cid: above 2^63-1". Callers turn that into
 `INVALID_ARGUMENT` (or a `BoundsError`) at the edge, before im or storage
-sees the value: the gateway's session (`protocol/session.py`) for clients,
-`Im.Handle` and `Im.AppendEvent` for frames that come from another tier.
+sees the value: the gateway's session (`protocol/session.py`) for clients;
+`Im.Handle` (`im.requests.admit`), `Im.AppendEvent`, `Im.InboxHeads`,
+`Im.GroupHeads` and `Region.Hello` for calls from another tier or region
+(`CALL_RULES`, `call_problem`).
 
 Limits that depend on settings (text size, page sizes) come from `Bounds`,
 built from `settings.Limits`; the rest are constants here, used by the
@@ -39,7 +41,6 @@ MAX_STORE_ID_BYTES = 64
 MAX_CONTENT_TYPE_BYTES = 128
 MAX_NOTE_CHARS = 256  # a friend request's note
 MAX_GROUP_NAME_CHARS = 128
-MAX_ROLE_BYTES = 16
 MAX_USERS_PER_OP = 1000  # members of one GroupCreate / user_ids of one GroupOp
 MAX_SYNC_CURSORS = 10_000  # large-group cursors in one SyncRequest
 MAX_HEADS_PER_CALL = 10_000  # ids in one Im.InboxHeads / Im.GroupHeads call
@@ -232,7 +233,7 @@ class Repeated:
 
     def describe(self, bounds: Bounds) -> str:
         inner = "; ".join(f"`{r.field}` {r.describe(bounds)}" for r in self.rules)
-        return f"at most {self.high} items; each {inner}"
+        return f"at most {self.high} items" + (f"; each {inner}" if inner else "")
 
 
 # The FriendAction / GroupAction values a client may send (0 is "unspecified").

@@ -81,12 +81,21 @@ def migrate_to_v2(db: sqlite3.Connection) -> None:
 
 def add_member_rows(db: sqlite3.Connection, conversation_id: str, user: str, role: str,
                     joined_seq: int) -> None:
-    db.execute("INSERT INTO members (conversation_id, user_id, role, joined_seq) VALUES (?,?,?,?)"
-               " ON CONFLICT DO UPDATE SET role = excluded.role, joined_seq = excluded.joined_seq",
-               (conversation_id, user, role, joined_seq))
-    db.execute("INSERT INTO user_conversations (user_id, conversation_id, joined_seq, left_seq)"
-               " VALUES (?,?,?,0) ON CONFLICT DO UPDATE SET joined_seq = excluded.joined_seq,"
-               " left_seq = 0", (user, conversation_id, joined_seq))
+    add_members(db, conversation_id, ((user, role),), joined_seq)
+
+
+def add_members(db: sqlite3.Connection, conversation_id: str, users: Sequence[tuple[str, str]],
+                joined_seq: int) -> None:
+    """Member rows for (user, role) pairs; one statement each for all of them,
+    so a 1,000-member group holds the writer as short as it can."""
+    db.executemany(
+        "INSERT INTO members (conversation_id, user_id, role, joined_seq) VALUES (?,?,?,?)"
+        " ON CONFLICT DO UPDATE SET role = excluded.role, joined_seq = excluded.joined_seq",
+        [(conversation_id, user, role, joined_seq) for user, role in users])
+    db.executemany(
+        "INSERT INTO user_conversations (user_id, conversation_id, joined_seq, left_seq)"
+        " VALUES (?,?,?,0) ON CONFLICT DO UPDATE SET joined_seq = excluded.joined_seq,"
+        " left_seq = 0", [(user, conversation_id, joined_seq) for user, _ in users])
 
 
 def member_ids(db: sqlite3.Connection, conversation_id: str) -> tuple[str, ...]:
@@ -106,8 +115,7 @@ def apply_change(db: sqlite3.Connection, conversation_id: str, change: Membershi
     """Everything of a group change but the event itself (sqlite.py appends it)."""
     if change.name is not None:
         db.execute("UPDATE conversations SET name = ? WHERE id = ?", (change.name, conversation_id))
-    for user, role in change.add:
-        add_member_rows(db, conversation_id, user, role, event_seq)
+    add_members(db, conversation_id, change.add, event_seq)
     for user in change.remove:
         db.execute("DELETE FROM members WHERE conversation_id = ? AND user_id = ?",
                    (conversation_id, user))
