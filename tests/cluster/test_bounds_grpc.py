@@ -1,13 +1,16 @@
-"""A caller that is not a gateway cannot get past the bounds: the im tier of a
-real `cluster up` answers out-of-bounds `Im.*` calls over gRPC itself
-(docs/protocol.md, "Bounds on every field"), and keeps serving."""
+"""A gateway's credential does not get a caller past the bounds: the im tier of
+a real `cluster up` answers out-of-bounds `Im.*` calls over gRPC itself
+(docs/protocol.md, "Bounds on every field"), and keeps serving. (Callers
+without a tier identity are refused before that: tests/cluster/test_link_security.py.)"""
 
 from __future__ import annotations
 
 import grpc
 import pytest
 
+from chatplane import settings as settings_mod
 from chatplane.protocol.errors import ErrorCode
+from chatplane.rpc.linksecurity import LinkSecurity, links_secret
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
@@ -16,10 +19,13 @@ from tests.cluster.conftest import ClusterFactory
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 
-async def test_im_refuses_out_of_bounds_calls_from_any_caller(make_cluster: ClusterFactory) -> None:
+async def test_im_refuses_out_of_bounds_calls_even_from_a_gateway(
+        make_cluster: ClusterFactory) -> None:
     cluster = make_cluster(gateways=1, ims=1, states=1)
     im = cluster.members[cluster.names("im")[0]]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{im.grpc_port}") as channel:
+    settings = settings_mod.load(environ={"CHATPLANE_ADMIN_SECRET": cluster.admin_secret})
+    gateway = LinkSecurity("gateway", secret=links_secret(settings))
+    async with gateway.open_channel(f"127.0.0.1:{im.grpc_port}", "im", []) as channel:
         stub = sgrpc.ImStub(channel)
 
         async def handle(frame: bytes, user: str = "mallory") -> pb.Frame:
