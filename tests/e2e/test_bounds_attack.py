@@ -159,6 +159,11 @@ class RawTcp:
         while True:
             reply = await self.read()
             assert reply is not None, f"closed before the reply to {frame}"
+            if reply.WhichOneof("body") == "push" and reply.push.entries:
+                # the attacker acks its pushes (its own group events), or it would
+                # be closed as a slow consumer: this test is about field values
+                self.writer.write(frames.encode_prefixed(pb.Frame(push_ack=pb.PushAck(
+                    inbox_seq=max(e.inbox_seq for e in reply.push.entries)))))
             if reply.id == frame.id or (reply.WhichOneof("body") == "error" and reply.error.fatal):
                 return reply
 
