@@ -88,7 +88,7 @@ async def test_strangers_are_invited_friends_are_added(server: ServerProcess,
     await owner.add_members(group, ["loner"])
     assert await loner.invitations() == []
     # the admin API adds without asking
-    built = await admin_group(server.url, server.data_dir, "ola", "ops", ["sten", "shy"])
+    built = await admin_group(server.admin_url, server.data_dir, "ola", "ops", ["sten", "shy"])
     assert [m.user_id for m in await owner.members(built)] == ["ola", "shy", "sten"]
     for c in (owner, friend, stranger, stranger_laptop, shy, late, loner):
         await c.close()

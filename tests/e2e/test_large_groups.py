@@ -112,7 +112,7 @@ async def test_offline_member_catches_up_with_sync(large_server: ServerProcess,
     checker = DeliveryChecker()
     users = [f"m{i}" for i in range(7)]
     devices = await online(large_server, signer, checker, users[:6])
-    group = await admin_group(large_server.url, large_server.data_dir, "m0", "big", users[1:])
+    group = await admin_group(large_server.admin_url, large_server.data_dir, "m0", "big", users[1:])
     for user in users:
         checker.add_member(group, user)
     await send_all(devices[1], group, 1000, "burst")

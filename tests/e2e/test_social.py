@@ -83,7 +83,7 @@ async def test_membership_of_a_group_above_the_scan_limit(server: ServerProcess,
 
     others = [f"crowd{i}" for i in range(SCAN_MEMBERS + 36)]
     owner, last, stranger = [await connect(server, signer, u) for u in ("oona", others[-1], "sid")]
-    group = await admin_group(server.url, server.data_dir, "oona", "many", others)
+    group = await admin_group(server.admin_url, server.data_dir, "oona", "many", others)
     assert (await last.send_text(group, "a member")).seq > 0
     await refused(ErrorCode.FORBIDDEN, stranger.send_text(group, "not one"))
     await befriend(owner, [stranger])
@@ -187,7 +187,7 @@ async def test_devices_converge_through_cuts(proxied_server: tuple[ServerProcess
             recorders.append(Recorder(client, user, device, checker))
     ada, ben, cy = (clients[(u, "phone")] for u in users)
     extras = [f"member{i}" for i in range(17)]
-    group = await admin_group(server.url, server.data_dir, "ada", "twenty",
+    group = await admin_group(server.admin_url, server.data_dir, "ada", "twenty",
                               ["ben", "cy", *extras])
     for user in users:
         checker.add_member(group, user)

@@ -202,8 +202,12 @@ class Peer:
     async def send_ordinary(self, conversation_id: str, text: str) -> pb.SendAck:
         """A plain send that must be acked; the ack goes to the checker."""
         self._cid += 1
-        reply = await self.request(pb.Frame(send=pb.Send(conversation_id=conversation_id,
-                                                         cid=self._cid, text=text)))
+        send = pb.Send(conversation_id=conversation_id, cid=self._cid, text=text)
+        reply = await self.request(pb.Frame(send=send))
+        # over the user's send rate (abuse limits): resent with the same cid, as the SDK does
+        while reply.WhichOneof("body") == "error" and reply.error.code == ErrorCode.RATE_LIMITED:
+            await asyncio.sleep(0.05)
+            reply = await self.request(pb.Frame(send=send))
         assert reply.WhichOneof("body") == "send_ack", f"{self.user}'s send: {reply}"
         ack = reply.send_ack
         if self.checker is not None:

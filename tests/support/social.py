@@ -26,8 +26,8 @@ async def befriend(owner: Client, others: Sequence[Client]) -> None:
 
 async def admin_group(url: str, data_dir: Path, owner: str, name: str,
                       members: Sequence[str]) -> str:
-    """A group made by the admin API (POST /v1/admin/groups): every member
-    added at once; returns its conversation id."""
+    """A group made by the admin API (POST /v1/admin/groups on the admin port
+    `url`): every member added at once; returns its conversation id."""
     secret = (data_dir / "admin.secret").read_text().strip()
     async with aiohttp.ClientSession() as http, http.post(
             url + "/v1/admin/groups", headers={"Authorization": f"Bearer {secret}"},

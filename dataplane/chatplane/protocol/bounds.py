@@ -238,7 +238,7 @@ class Repeated:
 
 # The FriendAction / GroupAction values a client may send (0 is "unspecified").
 FRIEND_ACTIONS = tuple(range(1, 7))
-GROUP_ACTIONS = tuple(range(1, 9))
+GROUP_ACTIONS = tuple(range(1, 10))
 
 # Every field of every frame a client sends, by the Frame oneof name. A kind
 # with no rules has no field a bound applies to (heartbeat: its int64 is echoed).
@@ -260,7 +260,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "friends": (),
     "group_create": (Text("name", MAX_GROUP_NAME_CHARS, chars=True), UserIds("members")),
     "group_op": (ConversationId("conversation_id"),
-                 OneOf("action", GROUP_ACTIONS, "INVITE .. DISSOLVE (1-8)"), UserIds("user_ids"),
+                 OneOf("action", GROUP_ACTIONS, "INVITE .. DECLINE_INVITATION (1-9)"), UserIds("user_ids"),
                  OneOf("role", ROLES, '"", "owner", "admin", "member"'),
                  Text("name", MAX_GROUP_NAME_CHARS, chars=True)),
     "members": (ConversationId("conversation_id"), Text("after_user_id", MAX_ID_BYTES),
@@ -270,6 +270,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "mark_read": (ConversationId("conversation_id"), Int("seq")),
     "receipts": (ConversationId("conversation_id"), Int("seq", low=1),
                  Text("after_user_id", MAX_ID_BYTES), Limit("limit", "max_receipts_page")),
+    "invitations": (),
 }
 
 
