@@ -284,6 +284,7 @@ class Client(SocialApi):
             except TimeoutError:
                 raise RequestError(int(ErrorCode.UNAVAILABLE),
                                    f"not connected for {timeout_s:.0f} s", True) from None
+            _stop_if_cancelled()
             conn = self._conn
             if conn is None:
                 continue
@@ -293,7 +294,9 @@ class Client(SocialApi):
             conn.waiting[frame.id] = future
             try:
                 await conn.link.send(frame.SerializeToString())
-                return await asyncio.wait_for(future, max(0.1, deadline - loop.time()))
+                reply = await asyncio.wait_for(future, max(0.1, deadline - loop.time()))
+                _stop_if_cancelled()
+                return reply
             except TimeoutError:
                 raise RequestError(int(ErrorCode.UNAVAILABLE),
                                    f"no answer within {timeout_s:.0f} s", True) from None
@@ -379,6 +382,7 @@ class Client(SocialApi):
             up_since = 0.0
             try:
                 conn = await self._open()
+                _stop_if_cancelled()
                 logins += 1
                 logins_cured = 0
                 if logins > 1:
@@ -677,6 +681,17 @@ class Client(SocialApi):
             if not future.done():
                 future.set_exception(exc)
         self._messages.put_nowait(None)
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError in a task told to stop. On Python 3.11
+    asyncio.wait_for returns the result instead of raising when the cancel
+    arrives as the awaited future completes: a sync task cancelled by close()
+    then sent its next request on a connection nobody read any more and held
+    close() for request_timeout_s (30 s)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _is_tls(endpoint: dict[str, str], transport: str) -> bool:
