@@ -32,6 +32,7 @@ def _up_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("cql_hosts", storage, "cql_hosts"), ("keyspace", storage, "keyspace"),
         ("redis_url", storage, "redis_url"), ("sync", storage, "sqlite_synchronous"),
         ("region", server, "region"), ("peers", links, "peers"), ("grpc_port", links, "grpc_port"),
+        ("dev_login", server, "dev_login"),
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -71,6 +72,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"chatplane: bad configuration: {exc}", file=sys.stderr)
         return 2
     interpreter.prepare()
+    if settings.server.dev_login:
+        print("chatplane: development login is on: the web app signs in any user id",
+              file=sys.stderr)
     return asyncio.run(_run_up(settings))
 
 
@@ -164,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(CHATPLANE_PEERS); with peers, up serves Region.Hello")
     up.add_argument("--grpc-port", type=int,
                     help="cross-region gRPC port, used with --peers (CHATPLANE_GRPC_PORT, 9090)")
+    up.add_argument("--dev-login", action="store_const", const=1,
+                    help="development only: the web app at / signs in any user id without a "
+                         "token (CHATPLANE_DEV_LOGIN; loopback hosts only)")
     up.set_defaults(func=cmd_up)
 
     token = sub.add_parser("token", help="print a signed token per user")

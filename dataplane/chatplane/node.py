@@ -26,7 +26,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import drainapi
+from chatplane.gateway import drainapi, webapp
 from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.connection import Connection
@@ -128,6 +128,7 @@ class Node:
             *self.prober.routes(),
         ])
         app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im).routes())
+        app.add_routes(webapp.routes(self.signer if self.settings.server.dev_login else None))
         return app
 
     def _local_gateways(self) -> list[GatewayInfo]:

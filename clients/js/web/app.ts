@@ -1,0 +1,401 @@
+// The chatplane web app: sign in with a token (kept in sessionStorage, sent
+// only in the Login frame), the conversation list with last message and
+// unread counts, 1:1 and group chats, history loaded as you scroll up, read
+// receipts, and a visible connection state. Everything comes through the SDK,
+// so the page shows each message once and in inbox order.
+import { ChatClient, decodeEvent, decodeGroupEvent, defaultCursorStore, type ConnectionState,
+  type Frame, type Message } from "../src/index.js";
+
+interface Conversation {
+  id: string;
+  kind: string;
+  name: string;
+  last: Message | null;
+  unread: number;
+  readSeq: number;
+  headSeq: number;
+  members: number;
+  messages: Map<number, Message>;
+  hasOlder: boolean;
+  peerRead: number;
+}
+
+const TOKEN_KEY = "chatplane.token";
+const PAGE = 50;
+const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
+
+let client: ChatClient | null = null;
+const conversations = new Map<string, Conversation>();
+let active: string | null = null;
+let loadingOlder = false;
+const pendingSends = new Map<number, string>(); // temporary id -> text, shown greyed
+let pendingCounter = 0;
+// Test and diagnostics hook: every message the SDK delivered, in order.
+const delivered: string[] = [];
+(window as unknown as { chatplane: object }).chatplane = {
+  delivered,
+  state: () => client?.state,
+  drop: () => (client as unknown as { socket: WebSocket | null })?.socket?.close(),
+};
+
+function tokenIdentity(token: string): { user: string; device: string } {
+  try {
+    const payload = token.split(".")[0].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(payload)) as { u?: string; d?: string };
+    return { user: claims.u ?? "", device: claims.d ?? "" };
+  } catch {
+    return { user: "", device: "" };
+  }
+}
+
+function conversation(id: string): Conversation {
+  let c = conversations.get(id);
+  if (c === undefined) {
+    c = { id, kind: id.startsWith("g:") ? "group" : "direct", name: id, last: null, unread: 0,
+          readSeq: 0, headSeq: 0, members: 0, messages: new Map(), hasOlder: true, peerRead: 0 };
+    if (id.startsWith("d:") && client) {
+      c.name = id.slice(2).split(":").find((u) => u !== client!.userId) ?? id;
+    }
+    conversations.set(id, c);
+  }
+  return c;
+}
+
+function describe(m: Message): string {
+  if (m.contentType === "system/group") {
+    const e = decodeGroupEvent(m.payload);
+    const who = (e.user_ids as string[]).join(", ");
+    const verbs: Record<string, string> = {
+      GROUP_ACTION_UNSPECIFIED: `created the group ${e.name}`, ADD: `added ${who}`,
+      INVITE: `invited ${who}`, JOIN: "joined", LEAVE: "left", KICK: `removed ${who}`,
+      SET_ROLE: `made ${who} ${e.role}`, RENAME: `renamed the group to ${e.name}`,
+      DISSOLVE: "dissolved the group" };
+    return `${e.actor} ${verbs[e.action as string] ?? String(e.action).toLowerCase()}`;
+  }
+  return m.text;
+}
+
+// -- incoming -------------------------------------------------------------
+
+function onMessage(m: Message): void {
+  delivered.push(`${m.conversationId}#${m.seq}`);
+  if (m.conversationId.startsWith("u:")) {
+    onEvent(m);
+    return;
+  }
+  const c = conversation(m.conversationId);
+  c.messages.set(m.seq, m);
+  c.headSeq = Math.max(c.headSeq, m.seq);
+  if (!c.last || m.seq >= c.last.seq) c.last = m;
+  const mine = m.sender === client?.userId;
+  if (mine) {
+    c.readSeq = Math.max(c.readSeq, m.seq);
+  } else if (active === c.id && document.visibilityState === "visible") {
+    markRead(c);
+  } else if (m.seq > c.readSeq) {
+    c.unread += 1;
+  }
+  renderList();
+  if (active === c.id) renderMessages(true);
+}
+
+function onEvent(m: Message): void {
+  const event = decodeEvent(m.payload);
+  if (event.kind === "read") {
+    const c = conversation(event.read.conversation_id);
+    c.readSeq = Math.max(c.readSeq, event.read.read_seq);
+    const unreadAbove = [...c.messages.values()].filter(
+      (x) => x.seq > c.readSeq && x.sender !== client?.userId).length;
+    c.unread = Math.min(c.unread, unreadAbove);
+    renderList();
+  } else if (event.kind === "receipt") {
+    const c = conversation(event.receipt.conversation_id);
+    c.peerRead = Math.max(c.peerRead, event.receipt.read_seq);
+    if (active === c.id) renderMessages(false);
+  } else if (event.kind === "invitation") {
+    const c = conversation(event.invitation.conversation_id);
+    c.name = `${event.invitation.name} (invited by ${event.invitation.inviter})`;
+    renderList();
+  }
+}
+
+function markRead(c: Conversation): void {
+  if (c.headSeq > c.readSeq) {
+    c.readSeq = c.headSeq;
+    client?.request({ mark_read: { conversation_id: c.id, seq: c.headSeq } }).catch(() => {});
+  }
+  c.unread = 0;
+}
+
+function onState(state: ConnectionState, detail?: string): void {
+  const status = $("status");
+  const text: Record<ConnectionState, string> = {
+    connecting: "Connecting…", online: "Online", reconnecting: "Reconnecting…",
+    closed: "Signed out", failed: `Signed out: ${detail ?? "refused"}` };
+  status.textContent = text[state];
+  status.className = `status ${state}`;
+  if (state === "online") void loadConversations();
+  if (state === "failed") {
+    sessionStorage.removeItem(TOKEN_KEY);
+    showSignin(detail ?? "sign-in refused");
+  }
+}
+
+// -- requests ---------------------------------------------------------------
+
+async function loadConversations(): Promise<void> {
+  if (!client) return;
+  const reply = await client.request({ conversations: { limit: 100 } });
+  for (const s of reply.conversations_response.conversations as Frame[]) {
+    const c = conversation(s.conversation_id);
+    c.kind = s.kind || c.kind;
+    c.name = s.name || c.name;
+    c.unread = s.unread;
+    c.readSeq = s.read_seq;
+    c.headSeq = Math.max(c.headSeq, s.head_seq);
+    c.members = s.members;
+    if (s.last_message && s.last_message.seq && (!c.last || s.last_message.seq > c.last.seq)) {
+      c.last = { conversationId: c.id, seq: s.last_message.seq, inboxSeq: 0,
+        messageId: s.last_message.message_id, sender: s.last_message.sender, senderDevice: "",
+        cid: 0, text: s.last_message.text, payload: s.last_message.payload,
+        contentType: s.last_message.content_type || "text", sentAtMs: s.last_message.sent_at_ms };
+    }
+  }
+  renderList();
+  if (active) await loadOlder(conversation(active), true);
+}
+
+async function loadOlder(c: Conversation, newest = false): Promise<void> {
+  if (!client || loadingOlder || (!c.hasOlder && !newest)) return;
+  loadingOlder = true;
+  try {
+    const seqs = [...c.messages.keys()];
+    const before = newest || seqs.length === 0 ? 0 : Math.min(...seqs);
+    if (before === 1) {
+      c.hasOlder = false;
+      return;
+    }
+    const reply = await client.request({ history: { conversation_id: c.id, before_seq: before,
+                                                    limit: PAGE } });
+    const page = reply.history_response;
+    for (const m of page.messages as Frame[]) {
+      if (!c.messages.has(m.seq)) {
+        c.messages.set(m.seq, { conversationId: c.id, seq: m.seq, inboxSeq: 0,
+          messageId: m.message_id, sender: m.sender, senderDevice: m.sender_device, cid: m.cid,
+          text: m.text, payload: m.payload, contentType: m.content_type || "text",
+          sentAtMs: m.sent_at_ms });
+      }
+    }
+    if (!newest || seqs.length === 0) c.hasOlder = page.has_more;
+    c.headSeq = Math.max(c.headSeq, page.head_seq);
+    if (active === c.id) renderMessages(newest, !newest);
+  } finally {
+    loadingOlder = false;
+  }
+}
+
+function open(id: string): void {
+  const c = conversation(id);
+  active = id;
+  $("app").classList.add("in-chat");
+  $("chat-title").textContent = c.name;
+  $("members").textContent = c.kind === "group" ? `group · ${c.members || "?"} members` : "";
+  ($("text") as HTMLInputElement).disabled = false;
+  ($("send") as HTMLButtonElement).disabled = false;
+  markRead(c);
+  renderList();
+  renderMessages(true);
+  void loadOlder(c, true).then(() => markRead(c));
+  $("text").focus();
+}
+
+// -- rendering --------------------------------------------------------------
+
+function renderList(): void {
+  const list = $("conversations");
+  const sorted = [...conversations.values()].filter((c) => !c.id.startsWith("u:"))
+    .sort((a, b) => (b.last?.sentAtMs ?? 0) - (a.last?.sentAtMs ?? 0));
+  list.replaceChildren(...sorted.map((c) => {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.conversation = c.id;
+    if (c.id === active) button.setAttribute("aria-current", "true");
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = c.name;
+    const last = document.createElement("span");
+    last.className = "last";
+    last.textContent = c.last ? `${c.last.sender}: ${describe(c.last)}` : "";
+    button.append(name, last);
+    let label = `${c.name}`;
+    if (c.unread > 0) {
+      const badge = document.createElement("span");
+      badge.className = "unread";
+      badge.textContent = String(c.unread);
+      button.append(badge);
+      label += `, ${c.unread} unread`;
+    }
+    button.setAttribute("aria-label", label);
+    button.addEventListener("click", () => open(c.id));
+    item.append(button);
+    return item;
+  }));
+}
+
+function renderMessages(stickToBottom: boolean, keepOffset = false): void {
+  const list = $("messages");
+  const c = active ? conversations.get(active) : undefined;
+  if (!c) return;
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  const mine = client?.userId;
+  const items = [...c.messages.values()].sort((a, b) => a.seq - b.seq).map((m) => {
+    const li = document.createElement("li");
+    li.dataset.seq = String(m.seq);
+    li.dataset.id = m.messageId;
+    const system = m.contentType.startsWith("system/");
+    li.className = system ? "system" : m.sender === mine ? "mine" : "theirs";
+    if (!system && m.sender !== mine && c.kind === "group") {
+      const from = document.createElement("span");
+      from.className = "from";
+      from.textContent = m.sender;
+      li.append(from);
+    }
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = describe(m);
+    const when = document.createElement("time");
+    when.className = "when";
+    when.dateTime = new Date(m.sentAtMs).toISOString();
+    when.textContent = new Date(m.sentAtMs).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    li.append(text, when);
+    if (m.sender === mine && c.kind === "direct" && m.seq <= c.peerRead) {
+      const receipt = document.createElement("span");
+      receipt.className = "receipt";
+      receipt.textContent = "✓✓";
+      receipt.title = "read";
+      li.append(receipt);
+    }
+    return li;
+  });
+  for (const [pid, text] of pendingSends) {
+    if (pid < 0) continue;
+    const li = document.createElement("li");
+    li.className = "mine pending";
+    li.dataset.pending = String(pid);
+    li.textContent = text.split("\u0000")[1] ?? "";
+    if (text.split("\u0000")[0] === c.id) items.push(li);
+  }
+  list.replaceChildren(...items);
+  if (keepOffset) list.scrollTop = list.scrollHeight - fromBottom;
+  else if (stickToBottom || atBottom) list.scrollTop = list.scrollHeight;
+}
+
+// -- sign in and out ------------------------------------------------------------
+
+function showSignin(error = ""): void {
+  $("app").hidden = true;
+  $("signin").hidden = false;
+  $("signin-error").textContent = error;
+  void fetch("/dev/login").then((r) => { $("dev-form").hidden = !r.ok; }).catch(() => {});
+}
+
+function start(token: string): void {
+  const { user, device } = tokenIdentity(token);
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("me").textContent = user ? `${user} · ${device}` : "";
+  client = new ChatClient({ url: location.origin, token, clientName: "chatplane-web",
+    store: defaultCursorStore(`${user}/${device}`), onMessage, onState });
+  client.start().catch(() => {});
+}
+
+function wire(): void {
+  $("signin-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = ($("token") as HTMLTextAreaElement).value.trim();
+    ($("token") as HTMLTextAreaElement).value = "";
+    sessionStorage.setItem(TOKEN_KEY, token);
+    start(token);
+  });
+  $("dev-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const user = ($("dev-user") as HTMLInputElement).value.trim();
+    const device = ($("dev-device") as HTMLInputElement).value.trim() || "web";
+    const reply = await fetch("/dev/login", { method: "POST",
+      headers: { "content-type": "application/json" }, body: JSON.stringify({ user, device }) });
+    const body = await reply.json() as { token?: string; error?: string };
+    if (!body.token) {
+      $("signin-error").textContent = body.error ?? "development login refused";
+      return;
+    }
+    sessionStorage.setItem(TOKEN_KEY, body.token);
+    start(body.token);
+  });
+  $("signout").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    client?.close();
+    location.reload();
+  });
+  $("back").addEventListener("click", () => {
+    active = null;
+    $("app").classList.remove("in-chat");
+    renderList();
+  });
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("text") as HTMLInputElement;
+    const text = input.value;
+    if (!text.trim() || !client || !active) return;
+    input.value = "";
+    const pid = ++pendingCounter;
+    const target = active;
+    pendingSends.set(pid, `${target}\u0000${text}`);
+    renderMessages(true);
+    client.send(target, text).then(() => undefined, (error: Error) => {
+      $("signin-error").textContent = error.message;
+    }).finally(() => {
+      pendingSends.delete(pid);
+      if (active === target) renderMessages(false);
+    });
+  });
+  $("messages").addEventListener("scroll", () => {
+    const c = active ? conversations.get(active) : undefined;
+    if (c && $("messages").scrollTop < 60) void loadOlder(c);
+  });
+  $("new-direct").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const peer = ($("peer") as HTMLInputElement).value.trim();
+    if (!client || !peer) return;
+    const reply = await client.request({ open_direct: { peer_user_id: peer } });
+    const c = conversation(reply.open_direct_ack.conversation_id);
+    c.name = peer;
+    ($("peer") as HTMLInputElement).value = "";
+    open(c.id);
+  });
+  $("new-group").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const name = ($("group-name") as HTMLInputElement).value.trim();
+    const members = ($("group-members") as HTMLInputElement).value.split(/[,\s]+/)
+      .filter(Boolean);
+    if (!client || !name) return;
+    const reply = await client.request({ group_create: { name, members } });
+    const c = conversation(reply.group_op_ack.conversation_id);
+    c.name = name;
+    c.kind = "group";
+    c.members = members.length + 1;
+    ($("group-name") as HTMLInputElement).value = "";
+    ($("group-members") as HTMLInputElement).value = "";
+    open(c.id);
+  });
+  document.addEventListener("visibilitychange", () => {
+    const c = active ? conversations.get(active) : undefined;
+    if (c && document.visibilityState === "visible") { markRead(c); renderList(); }
+  });
+}
+
+wire();
+const saved = sessionStorage.getItem(TOKEN_KEY);
+if (saved) start(saved);
+else showSignin();
