@@ -1,15 +1,13 @@
 // Frames on the wire: protobuf chatplane.v1.Frame (proto/chatplane/v1/
-// frames.proto, compiled to frames.json at build time). One frame per binary
+// frames.proto, compiled to static code at build time). One frame per binary
 // WebSocket message. Decoded frames are plain objects with numbers for 64-bit
 // fields (cids from the clock in microseconds stay below 2^53) and `body`
 // naming the oneof that is set.
-import protobuf from "protobufjs/light.js";
-import descriptor from "./frames.json";
+import { chatplane } from "./frames_pb.js";
 
-const root = protobuf.Root.fromJSON(descriptor as protobuf.INamespace);
-const FrameType = root.lookupType("chatplane.v1.Frame");
-const EventType = root.lookupType("chatplane.v1.Event");
-const GroupEventType = root.lookupType("chatplane.v1.GroupEvent");
+const FrameType = chatplane.v1.Frame;
+const EventType = chatplane.v1.Event;
+const GroupEventType = chatplane.v1.GroupEvent;
 
 // A frame as a plain object: `id`, `body` (the oneof's name) and that body.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any

@@ -1,0 +1,137 @@
+"""The web app in a real browser against a real `chatplane up`: two users in
+two contexts chat, a third context is the second user's second device; one
+device drops its connection while messages are sent, another goes offline and
+reloads. Every page must then show the conversation exactly once and in the
+same order. Screenshots land in docs/img/ (docs/web-client.md shows them)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chatplane.auth import TokenSigner
+from chatplane.storage.base import direct_conversation_id
+from tests.support.server import ServerProcess
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+if not os.path.exists(os.environ.get("CHATPLANE_CHROMIUM", "/usr/bin/chromium")):
+    pytest.skip("Debian's chromium is not installed (scripts/setup/40-web.sh)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="playwright is not installed (pip install .[test])")
+if not (Path(__file__).resolve().parents[2] / "dataplane/chatplane/web/static/app.js").exists():
+    pytest.skip("the web app is not built (scripts/setup/40-web.sh)", allow_module_level=True)
+
+from tests.web.pages import CHROMIUM, PHONE, Device, sign_in  # noqa: E402
+
+IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+
+
+@pytest.fixture
+def web_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    proc = ServerProcess(data_dir, tcp=False)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def check_same_conversation(devices: list[Device], sent: list[str]) -> list[tuple[int, str]]:
+    """Nothing missing, nothing twice, the same order everywhere."""
+    reference = devices[0].messages()
+    seqs = [seq for seq, _ in reference]
+    texts = [text for _, text in reference]
+    assert seqs == sorted(set(seqs)), f"{devices[0].name}: seqs out of order or twice: {seqs}"
+    assert sorted(texts) == sorted(sent), f"{devices[0].name}: shows {texts}, sent {sent}"
+    for device in devices[1:]:
+        assert device.messages() == reference, f"{device.name} differs from {devices[0].name}"
+    for device in devices:
+        delivered = device.delivered()
+        assert len(delivered) == len(set(delivered)), f"{device.name}: delivered twice {delivered}"
+    return reference
+
+
+def test_three_devices_chat_through_drops_and_reloads(web_server: ServerProcess) -> None:
+    signer = TokenSigner.from_data_dir(web_server.data_dir)
+    conversation = direct_conversation_id("alice", "bob")
+    IMG.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            signin = browser.new_page(viewport={"width": 900, "height": 560},
+                                      base_url=web_server.url)
+            signin.goto("/")
+            signin.screenshot(path=str(IMG / "web-signin.png"))
+            first_paint = signin.evaluate(
+                "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? -1")
+            signin.close()
+
+            alice = sign_in(browser, web_server.url, "alice", signer.mint("alice", "laptop"))
+            bob = sign_in(browser, web_server.url, "bob", signer.mint("bob", "phone"), PHONE)
+            bob2 = sign_in(browser, web_server.url, "bob2", signer.mint("bob", "tablet"))
+
+            alice.page.fill("#peer", "bob")
+            alice.page.press("#peer", "Enter")
+            alice.page.wait_for_selector(f'button[data-conversation="{conversation}"]')
+            sent = ["hi bob"]
+            alice.send(sent[0])
+            for device in (bob, bob2):
+                device.open_conversation(conversation)
+                device.wait_for_texts(sent)
+
+            for i in range(1, 6):  # interleaved, no waiting for acks
+                alice.send(f"alice {i}")
+                bob.send(f"bob {i}")
+                sent += [f"alice {i}", f"bob {i}"]
+            for device in (alice, bob, bob2):
+                device.wait_for_texts(sent)
+            check_same_conversation([alice, bob, bob2], sent)
+
+            # bob's tablet goes offline; alice's connection drops under her sends
+            bob2.context.set_offline(True)
+            bob2.page.evaluate("window.chatplane.drop()")
+            bob2.page.wait_for_function("() => window.chatplane.state() === 'reconnecting'")
+            for i in range(6, 9):
+                alice.send(f"alice {i}")
+                sent.append(f"alice {i}")
+            alice.page.evaluate("window.chatplane.drop()")  # the sends are resent, same cids
+            for i in range(6, 9):
+                bob.send(f"bob {i}")
+                sent.append(f"bob {i}")
+            bob2.page.screenshot(path=str(IMG / "web-reconnecting.png"))
+            alice.wait_online()
+            alice.wait_for_texts(sent)
+            bob.wait_for_texts(sent)
+
+            bob2.context.set_offline(False)
+            bob2.wait_online(timeout_ms=20_000)
+            bob2.wait_for_texts(sent)
+            check_same_conversation([alice, bob, bob2], sent)
+
+            # the tablet reloads: its cursor comes back from IndexedDB, the
+            # conversation from history, new messages from the inbox
+            bob2.page.reload()
+            bob2.wait_online()
+            bob2.open_conversation(conversation)
+            alice.send("after the reload")
+            sent.append("after the reload")
+            for device in (alice, bob, bob2):
+                device.wait_for_texts(sent)
+            shown = check_same_conversation([alice, bob, bob2], sent)
+            assert len(shown) == len(sent) == 18
+
+            # bob's phone reads: alice sees the receipt; the list shows no unread
+            bob.page.locator("#back").click()
+            bob.page.screenshot(path=str(IMG / "web-conversations-phone.png"))
+            bob.open_conversation(conversation)
+            alice.page.wait_for_selector("#messages li.mine .receipt")
+            bob.page.screenshot(path=str(IMG / "web-chat-phone.png"))
+            alice.page.screenshot(path=str(IMG / "web-chat-desktop.png"))
+            print(f"\nfirst contentful paint of the sign-in page: {first_paint:.0f} ms")
+        finally:
+            browser.close()
