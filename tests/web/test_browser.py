@@ -6,6 +6,7 @@ same order. Screenshots land in docs/img/ (docs/web-client.md shows them)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from chatplane.auth import TokenSigner
+from chatplane.client import Client
 from chatplane.storage.base import direct_conversation_id
 from tests.support.server import ServerProcess
 
@@ -133,5 +135,70 @@ def test_three_devices_chat_through_drops_and_reloads(web_server: ServerProcess)
             bob.page.screenshot(path=str(IMG / "web-chat-phone.png"))
             alice.page.screenshot(path=str(IMG / "web-chat-desktop.png"))
             print(f"\nfirst contentful paint of the sign-in page: {first_paint:.0f} ms")
+        finally:
+            browser.close()
+    log = "\n".join(web_server.output)
+    assert "eyJ" not in log  # no token (base64 JSON) in the server's output
+
+
+async def send_texts(url: str, token: str, peer: str, texts: list[str]) -> str:
+    client = Client(url, token)
+    await client.connect()
+    try:
+        conversation = await client.direct(peer)
+        await asyncio.gather(*(client.send_text(conversation, t) for t in texts))
+        return conversation
+    finally:
+        await client.close()
+
+
+def test_history_pages_on_scroll_up_and_a_group_made_in_the_page(
+        web_server: ServerProcess) -> None:
+    signer = TokenSigner.from_data_dir(web_server.data_dir)
+    texts = [f"note {i}" for i in range(1, 131)]
+    conversation = asyncio.run(send_texts(web_server.url, signer.mint("carol", "py"), "dave",
+                                          texts))
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            dave = sign_in(browser, web_server.url, "dave", signer.mint("dave", "web"), PHONE)
+            dave.page.wait_for_function(
+                "n => window.chatplane.delivered.length >= n", arg=len(texts))
+            # reloaded, the page holds nothing: the list comes from the server
+            # (last message, unread count), the messages from history pages
+            dave.page.reload()
+            dave.wait_online()
+            row = dave.page.locator(f'button[data-conversation="{conversation}"]')
+            sync_api.expect(row).to_contain_text("note 130")
+            sync_api.expect(row.locator(".unread")).to_have_text("130")
+            dave.open_conversation(conversation)
+            dave.wait_for_texts(["note 130"])
+            assert len(dave.messages()) < len(texts)  # one page, not everything
+            for _ in range(10):
+                if len(dave.messages()) == len(texts):
+                    break
+                dave.page.locator("#messages").evaluate("list => { list.scrollTop = 0; }")
+                dave.page.wait_for_timeout(300)
+            shown = dave.messages()
+            assert [seq for seq, _ in shown] == list(range(1, 131))  # contiguous, once each
+            assert sorted(t for _, t in shown) == sorted(texts)
+            dave.page.locator("#back").click()
+            sync_api.expect(row.locator(".unread")).to_have_count(0)
+
+            # a group made in the page reaches another member's page
+            erin = sign_in(browser, web_server.url, "erin", signer.mint("erin", "web"))
+            dave.page.fill("#group-name", "trio")
+            dave.page.fill("#group-members", "erin, carol")
+            dave.page.press("#group-members", "Enter")
+            sync_api.expect(dave.page.locator("#chat-title")).to_have_text("trio")
+            dave.send("welcome to trio")
+            group_row = erin.page.locator("#conversations button", has_text="trio")
+            group_row.click()
+            erin.wait_for_texts(["welcome to trio"])
+            erin.send("thanks dave")
+            dave.wait_for_texts(["thanks dave"])
+            assert erin.messages() == dave.messages()
+            assert [t for _, t in erin.messages()][-2:] == ["welcome to trio", "thanks dave"]
+            erin.page.screenshot(path=str(IMG / "web-group.png"))
         finally:
             browser.close()
