@@ -192,7 +192,7 @@ def test_history_pages_on_scroll_up_and_a_group_made_in_the_page(
             dave.page.press("#group-members", "Enter")
             sync_api.expect(dave.page.locator("#chat-title")).to_have_text("trio")
             dave.send("welcome to trio")
-            group_row = erin.page.locator("#conversations button", has_text="trio")
+            group_row = erin.page.locator("#conversations button .name", has_text="trio")
             group_row.click()
             erin.wait_for_texts(["welcome to trio"])
             erin.send("thanks dave")

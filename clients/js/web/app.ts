@@ -84,6 +84,7 @@ function onMessage(m: Message): void {
     return;
   }
   const c = conversation(m.conversationId);
+  applyGroupEvent(c, m);
   c.messages.set(m.seq, m);
   c.headSeq = Math.max(c.headSeq, m.seq);
   if (!c.last || m.seq >= c.last.seq) c.last = m;
@@ -97,6 +98,26 @@ function onMessage(m: Message): void {
   }
   renderList();
   if (active === c.id) renderMessages(true);
+}
+
+/** A group's name and size follow its system messages. */
+function applyGroupEvent(c: Conversation, m: Message): void {
+  if (m.contentType !== "system/group" || c.messages.has(m.seq)) return;
+  const e = decodeGroupEvent(m.payload);
+  c.kind = "group";
+  if (e.name && (e.action === "GROUP_ACTION_UNSPECIFIED" || e.action === "RENAME")) {
+    c.name = e.name;
+  }
+  const count = (e.user_ids as string[]).length;
+  if (e.action === "GROUP_ACTION_UNSPECIFIED") c.members = count + 1;
+  else if (c.members && e.action === "ADD") c.members += count;
+  else if (c.members && e.action === "JOIN") c.members += 1;
+  else if (c.members && e.action === "KICK") c.members -= count;
+  else if (c.members && e.action === "LEAVE") c.members -= 1;
+  if (active === c.id) {
+    $("chat-title").textContent = c.name;
+    $("members").textContent = `group · ${c.members || "?"} members`;
+  }
 }
 
 function onEvent(m: Message): void {
@@ -180,10 +201,12 @@ async function loadOlder(c: Conversation, newest = false): Promise<void> {
     const page = reply.history_response;
     for (const m of page.messages as Frame[]) {
       if (!c.messages.has(m.seq)) {
-        c.messages.set(m.seq, { conversationId: c.id, seq: m.seq, inboxSeq: 0,
+        const message: Message = { conversationId: c.id, seq: m.seq, inboxSeq: 0,
           messageId: m.message_id, sender: m.sender, senderDevice: m.sender_device, cid: m.cid,
           text: m.text, payload: m.payload, contentType: m.content_type || "text",
-          sentAtMs: m.sent_at_ms });
+          sentAtMs: m.sent_at_ms };
+        applyGroupEvent(c, message);
+        c.messages.set(m.seq, message);
       }
     }
     if (!newest || seqs.length === 0) c.hasOlder = page.has_more;
