@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chatplane.delivery.sync import InboxCursor, resume_cursor
+from chatplane.delivery.sync import ConversationOrder, InboxCursor, resume_cursor
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 
@@ -42,3 +42,23 @@ def test_resume_vector(case: dict[str, Any]) -> None:
     assert have == case["have_after"]
     assert (have == 0 and case["have"] > 0) == case["resync"]
     assert store == case["store"]
+
+
+@pytest.mark.parametrize("case", cases("conversation_order.json"), ids=lambda c: c["name"])
+def test_conversation_order_vector(case: dict[str, Any]) -> None:
+    order: ConversationOrder[int] = ConversationOrder()
+    for step in case["steps"]:
+        conv = step["conv"]
+        if step["op"] == "offer":
+            out = order.offer(conv, step["seq"], step["seq"], from_inbox=step["inbox"])
+        elif step["op"] == "start":
+            out = order.start(conv, step["before"])
+        elif step["op"] == "head":
+            order.saw_head(conv, step["head"])
+            out = []
+        else:
+            out = order.pulled(conv, [(s, s) for s in step["seqs"]])
+        assert out == step["delivered"], step
+        assert order.wants == step["wants"], step
+    if "duplicates" in case:
+        assert order.duplicates == case["duplicates"]

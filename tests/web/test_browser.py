@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,58 @@ def test_history_pages_on_scroll_up_and_a_group_made_in_the_page(
             erin.page.screenshot(path=str(IMG / "web-group.png"))
         finally:
             browser.close()
+
+
+async def large_group_traffic(url: str, signer: TokenSigner, texts: list[str],
+                              started: asyncio.Event | None = None) -> str:
+    client = Client(url, signer.mint("hal", "py"))
+    await client.connect()
+    try:
+        group = await client.create_group("big", ["fay", "gus"])
+        await asyncio.gather(*(client.send_text(group, t) for t in texts))
+        return group
+    finally:
+        await client.close()
+
+
+def test_large_group_by_group_pushes(tmp_path: Path) -> None:
+    """A group over the large-group threshold reaches pages by GroupPush (read
+    diffusion, batched and compressed when busy) and history pulls, not the
+    inbox; both members' pages still show it once each and in order."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServerProcess(data_dir, tcp=False, env={"CHATPLANE_LARGE_GROUP_THRESHOLD": "2"})
+    server.start()
+    signer = TokenSigner.from_data_dir(data_dir)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM)
+            try:
+                fay = sign_in(browser, server.url, "fay", signer.mint("fay", "web"))
+                gus = sign_in(browser, server.url, "gus", signer.mint("gus", "web"), PHONE)
+                first = [f"burst {i}" for i in range(1, 41)]
+                with ThreadPoolExecutor(1) as pool:  # playwright's loop runs in this thread
+                    group = pool.submit(asyncio.run, large_group_traffic(
+                        server.url, signer, first)).result(30)
+                for device in (fay, gus):
+                    device.page.wait_for_selector(f'button[data-conversation="{group}"]')
+                    device.open_conversation(group)
+                    device.wait_for_texts(first)
+                fay.send("fay here")
+                gus.send("gus here")
+                sent = [*first, "fay here", "gus here"]
+                for device in (fay, gus):
+                    device.wait_for_texts(sent)
+                shown = fay.messages()
+                assert gus.messages() == shown
+                assert [seq for seq, _ in shown] == list(range(1, len(shown) + 1))
+                assert sorted(t for _, t in shown if t in sent) == sorted(sent)
+                for device in (fay, gus):
+                    delivered = device.delivered()
+                    assert len(delivered) == len(set(delivered)), device.name
+                    received = device.page.evaluate("() => window.chatplane.received()")
+                    assert received.get("group_push", 0) > 0, received  # not the inbox
+            finally:
+                browser.close()
+    finally:
+        server.stop()

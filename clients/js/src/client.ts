@@ -2,8 +2,8 @@
 // inbox cursor, sync of the delta, live pushes acked cumulatively, sends with
 // increasing cids resent after a reconnect until acked, heartbeats, and
 // reconnect with backoff. The rules are in delivery.ts; this is the I/O.
-import { decodeFrame, encodeFrame, type Frame } from "./codec.js";
-import { Backoff, CidAllocator, InboxCursor, resumeCursor } from "./delivery.js";
+import { decodeFrame, decodeMessageBatch, encodeFrame, type Frame } from "./codec.js";
+import { Backoff, CidAllocator, ConversationOrder, InboxCursor, resumeCursor } from "./delivery.js";
 import { MemoryCursorStore, type CursorStore } from "./store.js";
 
 export interface Message {
@@ -75,6 +75,15 @@ export function toMessage(m: Frame, inboxSeq = 0): Message {
   };
 }
 
+/** A GroupPush's messages: listed, or a zlib-compressed MessageBatch. */
+export async function groupPushMessages(push: Frame): Promise<Frame[]> {
+  const compressed = push.compressed as Uint8Array | undefined;
+  if (!compressed || compressed.length === 0) return push.messages as Frame[];
+  const stream = new Blob([new Uint8Array(compressed)]).stream().pipeThrough(new DecompressionStream("deflate"));
+  const batch = new Uint8Array(await new Response(stream).arrayBuffer());
+  return decodeMessageBatch(batch).messages as Frame[];
+}
+
 export class ChatClient {
   userId = "";
   deviceId = "";
@@ -82,7 +91,11 @@ export class ChatClient {
   state: ConnectionState = "connecting";
   reconnects = 0;
   storeResets = 0;
+  /** Frames of each kind received, for diagnostics (e.g. `group_push`). */
+  readonly received = new Map<string, number>();
   private cursor = new InboxCursor<Message>(0);
+  private order = new ConversationOrder<Message>();
+  private pulling = false;
   private storeId = "";
   private readonly store: CursorStore;
   private readonly cids = new CidAllocator();
@@ -198,6 +211,8 @@ export class ChatClient {
       if (socket !== this.socket) return;
       this.lastFrameAt = Date.now();
       const frame = decodeFrame(new Uint8Array(event.data as ArrayBuffer));
+      const kind = frame.body ?? "";
+      this.received.set(kind, (this.received.get(kind) ?? 0) + 1);
       if (frame.id === loginId && frame.body === "login_ack") {
         upSince = Date.now();
         this.loggedIn(frame.login_ack);
@@ -236,6 +251,7 @@ export class ChatClient {
     const resumed = resumeCursor(this.cursor.have, this.storeId, ack.store_id, ack.inbox_head);
     if (resumed.have !== this.cursor.have) {
       this.cursor = new InboxCursor<Message>(resumed.have);
+      this.order = new ConversationOrder<Message>();
       this.storeResets += 1;
     }
     this.storeId = resumed.store;
@@ -278,6 +294,10 @@ export class ChatClient {
     const kind = frame.body;
     if (kind === "push") {
       this.accept(frame.push.entries);
+    } else if (kind === "group_push") {
+      const push = frame.group_push;
+      void groupPushMessages(push).then((messages) =>
+        this.acceptGroup(push.conversation_id, push.head_seq, messages, 0));
     } else if (kind === "sync_hint") {
       this.startSync();
     } else if (frame.id && this.waiting.has(frame.id)) {
@@ -318,7 +338,7 @@ export class ChatClient {
     for (const entry of entries) {
       for (const message of this.cursor.accept(entry.inbox_seq,
                                                toMessage(entry.message, entry.inbox_seq))) {
-        this.options.onMessage?.(message);
+        this.emit(this.order.offer(message.conversationId, message.seq, message, true));
       }
     }
     if (this.cursor.have > this.ackedSent && this.ackTimer === null) {
@@ -326,6 +346,40 @@ export class ChatClient {
       this.ackTimer = setTimeout(() => this.sendAck(), ACK_DELAY_MS);
     }
     if (this.cursor.gap) this.startSync();
+  }
+
+  private emit(messages: Message[]): void {
+    for (const message of messages) this.options.onMessage?.(message);
+    if (this.order.wants.size > 0) this.startPulls();
+  }
+
+  /** Large-group messages (a GroupPush or a sync delta: not from the inbox). */
+  private acceptGroup(conversationId: string, headSeq: number, messages: Frame[],
+                      joinedSeq: number): void {
+    if (joinedSeq) this.emit(this.order.start(conversationId, joinedSeq - 1));
+    for (const m of messages) {
+      this.emit(this.order.offer(conversationId, m.seq, toMessage(m), false));
+    }
+    this.order.sawHead(conversationId, headSeq);
+    if (this.order.wants.size > 0) this.startPulls();
+  }
+
+  private startPulls(): void {
+    if (this.pulling) return;
+    this.pulling = true;
+    void this.pull().catch(() => undefined).finally(() => { this.pulling = false; });
+  }
+
+  /** Fill per-conversation gaps from history, one conversation at a time. */
+  private async pull(): Promise<void> {
+    while (this.order.wants.size > 0) {
+      const [conversationId, after] = this.order.wants.entries().next().value as [string, number];
+      const reply = await this.request({ history: { conversation_id: conversationId,
+                                                    after_seq: after, limit: 200 } });
+      const pulled = (reply.history_response.messages as Frame[])
+        .map((m): [number, Message] => [m.seq, toMessage(m)]);
+      this.emit(this.order.pulled(conversationId, pulled));
+    }
   }
 
   private sendAck(): void {
@@ -350,11 +404,16 @@ export class ChatClient {
   private async sync(): Promise<void> {
     for (;;) {
       this.resync = false;
+      const conversations = [...this.order.large].filter((c) => this.order.last.has(c))
+        .map((c) => ({ conversation_id: c, seq: this.order.last.get(c) }));
       const reply = await this.request({ sync: { after_inbox_seq: this.cursor.have,
-                                                 limit: SYNC_PAGE } });
+                                                 limit: SYNC_PAGE, conversations } });
       const response = reply.sync_response;
       this.inboxHead = Math.max(this.inboxHead, response.inbox_head);
       this.accept(response.entries);
+      for (const group of response.groups as Frame[]) {
+        this.acceptGroup(group.conversation_id, group.head_seq, group.messages, group.joined_seq);
+      }
       if (!response.has_more && !this.resync && !this.cursor.gap) return;
       if (response.entries.length === 0) await new Promise((r) => setTimeout(r, 50));
     }

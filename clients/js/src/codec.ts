@@ -8,6 +8,7 @@ import { chatplane } from "./frames_pb.js";
 const FrameType = chatplane.v1.Frame;
 const EventType = chatplane.v1.Event;
 const GroupEventType = chatplane.v1.GroupEvent;
+const MessageBatchType = chatplane.v1.MessageBatch;
 
 // A frame as a plain object: `id`, `body` (the oneof's name) and that body.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -32,4 +33,9 @@ export function decodeEvent(payload: Uint8Array): Frame {
 /** The payload of a `system/group` message (GroupEvent). */
 export function decodeGroupEvent(payload: Uint8Array): Frame {
   return GroupEventType.toObject(GroupEventType.decode(payload), DECODE) as Frame;
+}
+
+/** A GroupPush's compressed batch, once inflated. */
+export function decodeMessageBatch(data: Uint8Array): Frame {
+  return MessageBatchType.toObject(MessageBatchType.decode(data), DECODE) as Frame;
 }

@@ -42,3 +42,15 @@ test("frames round-trip and match the Python encoding byte for byte", () => {
   assert.equal(send.send.cid, cid);
   assert.equal(send.send.text, "hé");
 });
+
+test("a compressed GroupPush inflates to its messages (zlib, as the server writes it)", async () => {
+  const { deflateSync } = await import("node:zlib");
+  const { groupPushMessages } = await import("../dist/chatplane.js");
+  // MessageBatch{messages: [Message{conversation_id: "g:1", seq: 1..3}]}, encoded by hand
+  const message = (seq) => [10, 7, 10, 3, ...Buffer.from("g:1"), 16, seq];
+  const batch = Uint8Array.from([1, 2, 3].flatMap(message));
+  const messages = await groupPushMessages({ compressed: deflateSync(batch, { level: 1 }) });
+  assert.deepEqual(messages.map((m) => [m.conversation_id, m.seq]), [["g:1", 1], ["g:1", 2], ["g:1", 3]]);
+  const listed = await groupPushMessages({ compressed: new Uint8Array(), messages: [{ seq: 4 }] });
+  assert.deepEqual(listed, [{ seq: 4 }]);
+});

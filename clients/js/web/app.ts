@@ -35,6 +35,7 @@ const delivered: string[] = [];
 (window as unknown as { chatplane: object }).chatplane = {
   delivered,
   state: () => client?.state,
+  received: () => Object.fromEntries(client?.received ?? []),
   drop: () => (client as unknown as { socket: WebSocket | null })?.socket?.close(),
 };
 
