@@ -75,6 +75,9 @@ async def test_dev_login_mints_a_working_token(dev_server: ServerProcess) -> Non
     try:
         await client.connect()
         assert client.user_id == "dana"
+        # a request first: closing a client within ms of its login stalls its
+        # close for 30 s (a Python SDK race, reported, not fixed here)
+        await client.direct("erin")
     finally:
         await client.close()
     assert token not in "\n".join(dev_server.output)
