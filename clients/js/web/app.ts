@@ -18,10 +18,14 @@ interface Conversation {
   messages: Map<number, Message>;
   hasOlder: boolean;
   peerRead: number;
+  shown: number; // how many of the newest messages the list renders
 }
 
 const TOKEN_KEY = "chatplane.token";
 const PAGE = 50;
+// The list renders at most this many of the newest messages (more as you
+// scroll up), so a conversation of 10,000 stays cheap to redraw.
+const WINDOW = 150;
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
 
 let client: ChatClient | null = null;
@@ -53,7 +57,8 @@ function conversation(id: string): Conversation {
   let c = conversations.get(id);
   if (c === undefined) {
     c = { id, kind: id.startsWith("g:") ? "group" : "direct", name: id, last: null, unread: 0,
-          readSeq: 0, headSeq: 0, members: 0, messages: new Map(), hasOlder: true, peerRead: 0 };
+          readSeq: 0, headSeq: 0, members: 0, messages: new Map(), hasOlder: true, peerRead: 0,
+          shown: WINDOW };
     if (id.startsWith("d:") && client) {
       c.name = id.slice(2).split(":").find((u) => u !== client!.userId) ?? id;
     }
@@ -97,8 +102,26 @@ function onMessage(m: Message): void {
   } else if (m.seq > c.readSeq) {
     c.unread += 1;
   }
-  renderList();
-  if (active === c.id) renderMessages(true);
+  if (active === c.id && !atBottom()) c.shown += 1; // reading above: keep the view still
+  scheduleRender();
+}
+
+let renderQueued = false;
+
+/** Redraw once per frame however many messages arrived in it. */
+function scheduleRender(): void {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    renderList();
+    renderMessages(false);
+  });
+}
+
+function atBottom(): boolean {
+  const list = $("messages");
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
 }
 
 /** A group's name and size follow its system messages. */
@@ -211,6 +234,7 @@ async function loadOlder(c: Conversation, newest = false): Promise<void> {
       }
     }
     if (!newest || seqs.length === 0) c.hasOlder = page.has_more;
+    if (!newest) c.shown += page.messages.length;
     c.headSeq = Math.max(c.headSeq, page.head_seq);
     if (active === c.id) renderMessages(newest, !newest);
   } finally {
@@ -271,10 +295,11 @@ function renderMessages(stickToBottom: boolean, keepOffset = false): void {
   const list = $("messages");
   const c = active ? conversations.get(active) : undefined;
   if (!c) return;
-  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  const follow = atBottom();
   const fromBottom = list.scrollHeight - list.scrollTop;
   const mine = client?.userId;
-  const items = [...c.messages.values()].sort((a, b) => a.seq - b.seq).map((m) => {
+  const sorted = [...c.messages.values()].sort((a, b) => a.seq - b.seq);
+  const items = sorted.slice(Math.max(0, sorted.length - c.shown)).map((m) => {
     const li = document.createElement("li");
     li.dataset.seq = String(m.seq);
     li.dataset.id = m.messageId;
@@ -313,7 +338,7 @@ function renderMessages(stickToBottom: boolean, keepOffset = false): void {
   }
   list.replaceChildren(...items);
   if (keepOffset) list.scrollTop = list.scrollHeight - fromBottom;
-  else if (stickToBottom || atBottom) list.scrollTop = list.scrollHeight;
+  else if (stickToBottom || follow) list.scrollTop = list.scrollHeight;
 }
 
 // -- sign in and out ------------------------------------------------------------
@@ -386,7 +411,13 @@ function wire(): void {
   });
   $("messages").addEventListener("scroll", () => {
     const c = active ? conversations.get(active) : undefined;
-    if (c && $("messages").scrollTop < 60) void loadOlder(c);
+    if (!c || $("messages").scrollTop >= 60) return;
+    if (c.messages.size > c.shown) { // held already: render more of it
+      c.shown += 100;
+      renderMessages(false, true);
+    } else {
+      void loadOlder(c);
+    }
   });
   $("new-direct").addEventListener("submit", async (event) => {
     event.preventDefault();
