@@ -56,8 +56,10 @@ class Device:
 
 
 def sign_in(browser: Browser, base_url: str, name: str, token: str,
-            viewport: dict[str, int] = DESKTOP) -> Device:
-    context = browser.new_context(base_url=base_url, viewport=viewport)  # type: ignore[arg-type]
+            viewport: dict[str, int] = DESKTOP, context: BrowserContext | None = None) -> Device:
+    """A new context (a device), or a new tab in `context` (the same device)."""
+    if context is None:
+        context = browser.new_context(base_url=base_url, viewport=viewport)  # type: ignore[arg-type]
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

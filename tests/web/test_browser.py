@@ -325,3 +325,44 @@ def test_ten_thousand_messages_stay_responsive(web_server: ServerProcess) -> Non
             assert frames["p95"] < 100
         finally:
             browser.close()
+
+
+def test_tabs_of_one_device_share_one_connection(web_server: ServerProcess) -> None:
+    """Two tabs signed in as the same device: one leads (holds the connection),
+    the other follows through it; neither kicks the other out; both show the
+    same conversation; when the leading tab closes the other takes over."""
+    signer = TokenSigner.from_data_dir(web_server.data_dir)
+    conversation = direct_conversation_id("kim", "lou")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            token = signer.mint("kim", "laptop")
+            tab1 = sign_in(browser, web_server.url, "tab1", token)
+            tab2 = sign_in(browser, web_server.url, "tab2", token, context=tab1.context)
+            lou = sign_in(browser, web_server.url, "lou", signer.mint("lou", "web"))
+            leads = [t.page.evaluate("() => window.chatplane.leads()") for t in (tab1, tab2)]
+            assert leads == [True, False]
+
+            lou.page.fill("#peer", "kim")
+            lou.page.press("#peer", "Enter")
+            lou.send("hello kim")
+            for tab in (tab1, tab2):
+                tab.page.wait_for_selector(f'button[data-conversation="{conversation}"]')
+                tab.open_conversation(conversation)
+            tab2.send("from the second tab")  # through the leading tab's connection
+            tab1.send("from the first tab")
+            sent = ["hello kim", "from the second tab", "from the first tab"]
+            for device in (tab1, tab2, lou):
+                device.wait_for_texts(sent)
+            check_same_conversation([tab1, tab2, lou], sent)
+
+            tab1.page.close()  # the leader goes: the follower takes the lock and connects
+            tab2.page.wait_for_function("() => window.chatplane.leads()")
+            tab2.wait_online()
+            lou.send("still there?")
+            sent.append("still there?")
+            tab2.wait_for_texts(sent)
+            check_same_conversation([tab2, lou], sent)
+            assert "failed" not in str(tab2.page.evaluate("() => window.chatplane.state()"))
+        finally:
+            browser.close()

@@ -6,3 +6,4 @@ export type { Frame } from "./codec.js";
 export { Backoff, CidAllocator, ConversationOrder, InboxCursor, resumeCursor } from "./delivery.js";
 export { defaultCursorStore, IndexedDbCursorStore, MemoryCursorStore } from "./store.js";
 export type { Cursor, CursorStore } from "./store.js";
+export { TabClient } from "./tabs.js";

@@ -3,7 +3,7 @@
 // unread counts, 1:1 and group chats, history loaded as you scroll up, read
 // receipts, and a visible connection state. Everything comes through the SDK,
 // so the page shows each message once and in inbox order.
-import { ChatClient, decodeEvent, decodeGroupEvent, defaultCursorStore, type ConnectionState,
+import { TabClient, decodeEvent, decodeGroupEvent, defaultCursorStore, type ConnectionState,
   type Frame, type Message } from "../src/index.js";
 
 interface Conversation {
@@ -28,7 +28,7 @@ const PAGE = 50;
 const WINDOW = 150;
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
 
-let client: ChatClient | null = null;
+let client: TabClient | null = null;
 const conversations = new Map<string, Conversation>();
 let active: string | null = null;
 let loadingOlder = false;
@@ -39,8 +39,9 @@ const delivered: string[] = [];
 (window as unknown as { chatplane: object }).chatplane = {
   delivered,
   state: () => client?.state,
-  received: () => Object.fromEntries(client?.received ?? []),
-  drop: () => (client as unknown as { socket: WebSocket | null })?.socket?.close(),
+  received: () => Object.fromEntries(client?.leader?.received ?? []),
+  leads: () => client?.isLeader ?? false,
+  drop: () => (client?.leader as unknown as { socket: WebSocket | null })?.socket?.close(),
 };
 
 function tokenIdentity(token: string): { user: string; device: string } {
@@ -355,8 +356,9 @@ function start(token: string): void {
   $("signin").hidden = true;
   $("app").hidden = false;
   $("me").textContent = user ? `${user} · ${device}` : "";
-  client = new ChatClient({ url: location.origin, token, clientName: "chatplane-web",
-    store: defaultCursorStore(`${user}/${device}`), onMessage, onState });
+  // tabs of one device share one connection (the leading tab's)
+  client = new TabClient({ url: location.origin, token, clientName: "chatplane-web",
+    store: defaultCursorStore(`${user}/${device}`), onMessage, onState }, `${user}/${device}`);
   client.start().catch(() => {});
 }
 
