@@ -366,3 +366,43 @@ def test_tabs_of_one_device_share_one_connection(web_server: ServerProcess) -> N
             assert "failed" not in str(tab2.page.evaluate("() => window.chatplane.state()"))
         finally:
             browser.close()
+
+
+def test_friends_group_roles_and_receipts(web_server: ServerProcess) -> None:
+    """Friend request and accept, a group's members with roles, and the read
+    and unread lists of a message, all through the page."""
+    signer = TokenSigner.from_data_dir(web_server.data_dir)
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            mia = sign_in(browser, web_server.url, "mia", signer.mint("mia", "web"))
+            ned = sign_in(browser, web_server.url, "ned", signer.mint("ned", "web"), PHONE)
+            mia.page.fill("#friend-id", "ned")
+            mia.page.press("#friend-id", "Enter")
+            expect(mia.page.locator("#friend-list")).to_contain_text("ned (asked)")
+            ned.page.get_by_role("button", name="Accept mia").click()
+            expect(mia.page.locator('#friend-list li[data-user="ned"]')).to_be_visible()
+
+            mia.page.fill("#group-name", "crew")
+            mia.page.fill("#group-members", "ned")
+            mia.page.press("#group-members", "Enter")
+            expect(mia.page.locator("#chat-title")).to_have_text("crew")
+            mia.page.get_by_role("button", name="Members").click()
+            expect(mia.page.locator('#member-list li[data-user="mia"]')).to_contain_text("owner")
+            mia.page.get_by_role("button", name="Make ned admin").click()
+            expect(mia.page.locator('#member-list li[data-user="ned"]')).to_contain_text("admin")
+            mia.page.screenshot(path=str(IMG / "web-members.png"))
+
+            mia.send("who reads this?")
+            ned.page.locator("#conversations button .name", has_text="crew").click()
+            ned.wait_for_texts(["who reads this?"])  # open and visible: ned has read it
+            mine = mia.page.locator("#messages li.mine", has_text="who reads this?")
+            for _ in range(20):
+                mine.click()
+                if "read by ned" in mia.page.locator("#receipts").inner_text():
+                    break
+                mia.page.wait_for_timeout(200)
+            expect(mia.page.locator("#receipts")).to_contain_text("read by ned")
+        finally:
+            browser.close()

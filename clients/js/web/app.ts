@@ -5,6 +5,7 @@
 // so the page shows each message once and in inbox order.
 import { TabClient, decodeEvent, decodeGroupEvent, defaultCursorStore, type ConnectionState,
   type Frame, type Message } from "../src/index.js";
+import { SocialPanels } from "./social.js";
 
 interface Conversation {
   id: string;
@@ -29,6 +30,16 @@ const WINDOW = 150;
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
 
 let client: TabClient | null = null;
+const social = new SocialPanels({
+  client: () => client,
+  openDirect: async (peer) => {
+    const reply = await client!.request({ open_direct: { peer_user_id: peer } });
+    const c = conversation(reply.open_direct_ack.conversation_id);
+    c.name = peer;
+    open(c.id);
+  },
+  activeGroup: () => (active && conversations.get(active)?.kind === "group" ? active : null),
+});
 const conversations = new Map<string, Conversation>();
 let active: string | null = null;
 let loadingOlder = false;
@@ -139,6 +150,7 @@ function applyGroupEvent(c: Conversation, m: Message): void {
   else if (c.members && e.action === "JOIN") c.members += 1;
   else if (c.members && e.action === "KICK") c.members -= count;
   else if (c.members && e.action === "LEAVE") c.members -= 1;
+  if (active === c.id && !$("members-panel").hidden) void social.refreshMembers();
   if (active === c.id) {
     $("chat-title").textContent = c.name;
     $("members").textContent = `group · ${c.members || "?"} members`;
@@ -154,6 +166,8 @@ function onEvent(m: Message): void {
       (x) => x.seq > c.readSeq && x.sender !== client?.userId).length;
     c.unread = Math.min(c.unread, unreadAbove);
     renderList();
+  } else if (event.kind === "friend") {
+    void social.refreshFriends();
   } else if (event.kind === "receipt") {
     const c = conversation(event.receipt.conversation_id);
     c.peerRead = Math.max(c.peerRead, event.receipt.read_seq);
@@ -180,7 +194,10 @@ function onState(state: ConnectionState, detail?: string): void {
     closed: "Signed out", failed: `Signed out: ${detail ?? "refused"}` };
   status.textContent = text[state];
   status.className = `status ${state}`;
-  if (state === "online") void loadConversations();
+  if (state === "online") {
+    void loadConversations();
+    void social.refreshFriends();
+  }
   if (state === "failed") {
     sessionStorage.removeItem(TOKEN_KEY);
     showSignin(detail ?? "sign-in refused");
@@ -249,6 +266,10 @@ function open(id: string): void {
   $("app").classList.add("in-chat");
   $("chat-title").textContent = c.name;
   $("members").textContent = c.kind === "group" ? `group · ${c.members || "?"} members` : "";
+  $("members-toggle").hidden = c.kind !== "group";
+  $("members-panel").hidden = true;
+  $("members-toggle").setAttribute("aria-expanded", "false");
+  $("receipts").textContent = "";
   ($("text") as HTMLInputElement).disabled = false;
   ($("send") as HTMLButtonElement).disabled = false;
   markRead(c);
@@ -320,6 +341,13 @@ function renderMessages(stickToBottom: boolean, keepOffset = false): void {
     when.dateTime = new Date(m.sentAtMs).toISOString();
     when.textContent = new Date(m.sentAtMs).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
     li.append(text, when);
+    if (m.sender === mine && !system) {
+      li.tabIndex = 0;
+      li.title = "Who has read this";
+      const show = () => void social.showReceipts(c.id, m.seq);
+      li.addEventListener("click", show);
+      li.addEventListener("keydown", (e) => { if (e.key === "Enter") show(); });
+    }
     if (m.sender === mine && c.kind === "direct" && m.seq <= c.peerRead) {
       const receipt = document.createElement("span");
       receipt.className = "receipt";
@@ -363,6 +391,7 @@ function start(token: string): void {
 }
 
 function wire(): void {
+  social.wire();
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const token = ($("token") as HTMLTextAreaElement).value.trim();
