@@ -35,10 +35,10 @@ from tests.web.pages import CHROMIUM, PHONE, Device, sign_in  # noqa: E402
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 
-@pytest.fixture
-def web_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module: every test uses users of its own."""
+    data_dir = tmp_path_factory.mktemp("web")
     proc = ServerProcess(data_dir, tcp=False)
     proc.start()
     yield proc
