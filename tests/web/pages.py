@@ -4,12 +4,16 @@ from its DOM: the open conversation's messages as (seq, text), in page order."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
+from playwright import sync_api
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from tests.web.readiness import CHROMIUM
+
+__all__ = ["CHROMIUM", "IMG", "PHONE", "Device", "check_same_conversation", "sign_in", "sync_api"]
+IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 PHONE = {"width": 390, "height": 780}
 DESKTOP = {"width": 1100, "height": 720}
 
@@ -70,3 +74,18 @@ def sign_in(browser: Browser, base_url: str, name: str, token: str,
     device.wait_online()
     assert not errors, f"{name}: page errors {errors}"
     return device
+
+
+def check_same_conversation(devices: list[Device], sent: list[str]) -> list[tuple[int, str]]:
+    """Nothing missing, nothing twice, the same order everywhere."""
+    reference = devices[0].messages()
+    seqs = [seq for seq, _ in reference]
+    texts = [text for _, text in reference]
+    assert seqs == sorted(set(seqs)), f"{devices[0].name}: seqs out of order or twice: {seqs}"
+    assert sorted(texts) == sorted(sent), f"{devices[0].name}: shows {texts}, sent {sent}"
+    for device in devices[1:]:
+        assert device.messages() == reference, f"{device.name} differs from {devices[0].name}"
+    for device in devices:
+        delivered = device.delivered()
+        assert len(delivered) == len(set(delivered)), f"{device.name}: delivered twice {delivered}"
+    return reference
