@@ -5,22 +5,8 @@
 // so the page shows each message once and in inbox order.
 import { TabClient, decodeEvent, decodeGroupEvent, defaultCursorStore, type ConnectionState,
   type Frame, type Message } from "../src/index.js";
+import { atBottom, describe, renderList, renderMessages, type Conversation } from "./render.js";
 import { SocialPanels } from "./social.js";
-
-interface Conversation {
-  id: string;
-  kind: string;
-  name: string;
-  last: Message | null;
-  unread: number;
-  readSeq: number;
-  headSeq: number;
-  members: number;
-  messages: Map<number, Message>;
-  hasOlder: boolean;
-  peerRead: number;
-  shown: number; // how many of the newest messages the list renders
-}
 
 const TOKEN_KEY = "chatplane.token";
 const PAGE = 50;
@@ -79,20 +65,6 @@ function conversation(id: string): Conversation {
   return c;
 }
 
-function describe(m: Message): string {
-  if (m.contentType === "system/group") {
-    const e = decodeGroupEvent(m.payload);
-    const who = (e.user_ids as string[]).join(", ");
-    const verbs: Record<string, string> = {
-      GROUP_ACTION_UNSPECIFIED: `created the group ${e.name}`, ADD: `added ${who}`,
-      INVITE: `invited ${who}`, JOIN: "joined", LEAVE: "left", KICK: `removed ${who}`,
-      SET_ROLE: `made ${who} ${e.role}`, RENAME: `renamed the group to ${e.name}`,
-      DISSOLVE: "dissolved the group" };
-    return `${e.actor} ${verbs[e.action as string] ?? String(e.action).toLowerCase()}`;
-  }
-  return m.text;
-}
-
 // -- incoming -------------------------------------------------------------
 
 function onMessage(m: Message): void {
@@ -126,14 +98,9 @@ function scheduleRender(): void {
   renderQueued = true;
   requestAnimationFrame(() => {
     renderQueued = false;
-    renderList();
-    renderMessages(false);
+    drawList();
+    drawMessages(false);
   });
-}
-
-function atBottom(): boolean {
-  const list = $("messages");
-  return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
 }
 
 /** A group's name and size follow its system messages. */
@@ -165,17 +132,17 @@ function onEvent(m: Message): void {
     const unreadAbove = [...c.messages.values()].filter(
       (x) => x.seq > c.readSeq && x.sender !== client?.userId).length;
     c.unread = Math.min(c.unread, unreadAbove);
-    renderList();
+    drawList();
   } else if (event.kind === "friend") {
     void social.refreshFriends();
   } else if (event.kind === "receipt") {
     const c = conversation(event.receipt.conversation_id);
     c.peerRead = Math.max(c.peerRead, event.receipt.read_seq);
-    if (active === c.id) renderMessages(false);
+    if (active === c.id) drawMessages(false);
   } else if (event.kind === "invitation") {
     const c = conversation(event.invitation.conversation_id);
     c.name = `${event.invitation.name} (invited by ${event.invitation.inviter})`;
-    renderList();
+    drawList();
   }
 }
 
@@ -224,7 +191,7 @@ async function loadConversations(): Promise<void> {
         contentType: s.last_message.content_type || "text", sentAtMs: s.last_message.sent_at_ms };
     }
   }
-  renderList();
+  drawList();
   if (active) await loadOlder(conversation(active), true);
 }
 
@@ -254,7 +221,7 @@ async function loadOlder(c: Conversation, newest = false): Promise<void> {
     if (!newest || seqs.length === 0) c.hasOlder = page.has_more;
     if (!newest) c.shown += page.messages.length;
     c.headSeq = Math.max(c.headSeq, page.head_seq);
-    if (active === c.id) renderMessages(newest, !newest);
+    if (active === c.id) drawMessages(newest, !newest);
   } finally {
     loadingOlder = false;
   }
@@ -273,101 +240,25 @@ function open(id: string): void {
   ($("text") as HTMLInputElement).disabled = false;
   ($("send") as HTMLButtonElement).disabled = false;
   markRead(c);
-  renderList();
-  renderMessages(true);
+  drawList();
+  drawMessages(true);
   void loadOlder(c, true).then(() => markRead(c));
   $("text").focus();
 }
 
 // -- rendering --------------------------------------------------------------
 
-function renderList(): void {
-  const list = $("conversations");
-  const sorted = [...conversations.values()].filter((c) => !c.id.startsWith("u:"))
-    .sort((a, b) => (b.last?.sentAtMs ?? 0) - (a.last?.sentAtMs ?? 0));
-  list.replaceChildren(...sorted.map((c) => {
-    const item = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.dataset.conversation = c.id;
-    if (c.id === active) button.setAttribute("aria-current", "true");
-    const name = document.createElement("span");
-    name.className = "name";
-    name.textContent = c.name;
-    const last = document.createElement("span");
-    last.className = "last";
-    last.textContent = c.last ? `${c.last.sender}: ${describe(c.last)}` : "";
-    button.append(name, last);
-    let label = `${c.name}`;
-    if (c.unread > 0) {
-      const badge = document.createElement("span");
-      badge.className = "unread";
-      badge.textContent = String(c.unread);
-      button.append(badge);
-      label += `, ${c.unread} unread`;
-    }
-    button.setAttribute("aria-label", label);
-    button.addEventListener("click", () => open(c.id));
-    item.append(button);
-    return item;
-  }));
+function drawList(): void {
+  renderList(conversations.values(), active, open);
 }
 
-function renderMessages(stickToBottom: boolean, keepOffset = false): void {
-  const list = $("messages");
+function drawMessages(stickToBottom: boolean, keepOffset = false): void {
   const c = active ? conversations.get(active) : undefined;
   if (!c) return;
-  const follow = atBottom();
-  const fromBottom = list.scrollHeight - list.scrollTop;
-  const mine = client?.userId;
-  const sorted = [...c.messages.values()].sort((a, b) => a.seq - b.seq);
-  const items = sorted.slice(Math.max(0, sorted.length - c.shown)).map((m) => {
-    const li = document.createElement("li");
-    li.dataset.seq = String(m.seq);
-    li.dataset.id = m.messageId;
-    const system = m.contentType.startsWith("system/");
-    li.className = system ? "system" : m.sender === mine ? "mine" : "theirs";
-    if (!system && m.sender !== mine && c.kind === "group") {
-      const from = document.createElement("span");
-      from.className = "from";
-      from.textContent = m.sender;
-      li.append(from);
-    }
-    const text = document.createElement("span");
-    text.className = "text";
-    text.textContent = describe(m);
-    const when = document.createElement("time");
-    when.className = "when";
-    when.dateTime = new Date(m.sentAtMs).toISOString();
-    when.textContent = new Date(m.sentAtMs).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    li.append(text, when);
-    if (m.sender === mine && !system) {
-      li.tabIndex = 0;
-      li.title = "Who has read this";
-      const show = () => void social.showReceipts(c.id, m.seq);
-      li.addEventListener("click", show);
-      li.addEventListener("keydown", (e) => { if (e.key === "Enter") show(); });
-    }
-    if (m.sender === mine && c.kind === "direct" && m.seq <= c.peerRead) {
-      const receipt = document.createElement("span");
-      receipt.className = "receipt";
-      receipt.textContent = "✓✓";
-      receipt.title = "read";
-      li.append(receipt);
-    }
-    return li;
-  });
-  for (const [pid, text] of pendingSends) {
-    if (pid < 0) continue;
-    const li = document.createElement("li");
-    li.className = "mine pending";
-    li.dataset.pending = String(pid);
-    li.textContent = text.split("\u0000")[1] ?? "";
-    if (text.split("\u0000")[0] === c.id) items.push(li);
-  }
-  list.replaceChildren(...items);
-  if (keepOffset) list.scrollTop = list.scrollHeight - fromBottom;
-  else if (stickToBottom || follow) list.scrollTop = list.scrollHeight;
+  const pending = [...pendingSends.values()].filter((v) => v.startsWith(`${c.id}\u0000`))
+    .map((v) => v.slice(c.id.length + 1));
+  renderMessages(c, client?.userId ?? "", pending, (seq) => void social.showReceipts(c.id, seq),
+                 stickToBottom, keepOffset);
 }
 
 // -- sign in and out ------------------------------------------------------------
@@ -421,7 +312,7 @@ function wire(): void {
   $("back").addEventListener("click", () => {
     active = null;
     $("app").classList.remove("in-chat");
-    renderList();
+    drawList();
   });
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -432,12 +323,12 @@ function wire(): void {
     const pid = ++pendingCounter;
     const target = active;
     pendingSends.set(pid, `${target}\u0000${text}`);
-    renderMessages(true);
+    drawMessages(true);
     client.send(target, text).then(() => undefined, (error: Error) => {
       $("signin-error").textContent = error.message;
     }).finally(() => {
       pendingSends.delete(pid);
-      if (active === target) renderMessages(false);
+      if (active === target) drawMessages(false);
     });
   });
   $("messages").addEventListener("scroll", () => {
@@ -445,7 +336,7 @@ function wire(): void {
     if (!c || $("messages").scrollTop >= 60) return;
     if (c.messages.size > c.shown) { // held already: render more of it
       c.shown += 100;
-      renderMessages(false, true);
+      drawMessages(false, true);
     } else {
       void loadOlder(c);
     }
@@ -477,7 +368,7 @@ function wire(): void {
   });
   document.addEventListener("visibilitychange", () => {
     const c = active ? conversations.get(active) : undefined;
-    if (c && document.visibilityState === "visible") { markRead(c); renderList(); }
+    if (c && document.visibilityState === "visible") { markRead(c); drawList(); }
   });
 }
 
