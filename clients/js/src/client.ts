@@ -2,41 +2,11 @@
 // inbox cursor, sync of the delta, live pushes acked cumulatively, sends with
 // increasing cids resent after a reconnect until acked, heartbeats, and
 // reconnect with backoff. The rules are in delivery.ts; this is the I/O.
-import { decodeFrame, decodeMessageBatch, encodeFrame, type Frame } from "./codec.js";
+import { decodeFrame, encodeFrame, type Frame } from "./codec.js";
+import { groupPushMessages, LinkClosed, RequestError, toMessage, type ConnectionState,
+  type Message, type SendAck } from "./messages.js";
 import { Backoff, CidAllocator, ConversationOrder, InboxCursor, resumeCursor } from "./delivery.js";
 import { MemoryCursorStore, type CursorStore } from "./store.js";
-
-export interface Message {
-  conversationId: string;
-  seq: number;
-  inboxSeq: number;
-  messageId: string;
-  sender: string;
-  senderDevice: string;
-  cid: number;
-  text: string;
-  payload: Uint8Array;
-  contentType: string;
-  sentAtMs: number;
-}
-
-export interface SendAck {
-  conversationId: string;
-  seq: number;
-  messageId: string;
-  cid: number;
-  duplicate: boolean;
-}
-
-export type ConnectionState = "connecting" | "online" | "reconnecting" | "closed" | "failed";
-
-export class RequestError extends Error {
-  constructor(readonly code: number, message: string, readonly retriable: boolean) {
-    super(message);
-  }
-}
-
-export class LinkClosed extends Error {}
 
 export interface ClientOptions {
   /** Base URL of a gateway or of `chatplane up` (http[s]://host:port). */
@@ -49,6 +19,9 @@ export interface ClientOptions {
   onMessage?: (message: Message) => void;
   onState?: (state: ConnectionState, detail?: string) => void;
 }
+
+export { groupPushMessages, LinkClosed, RequestError, toMessage };
+export type { ConnectionState, Message, SendAck };
 
 // Errors after which reconnecting cannot help (docs/protocol.md, error codes).
 const TERMINAL = new Set([5, 6, 13, 17]);
@@ -64,24 +37,6 @@ interface Pending {
 interface Waiting {
   resolve: (frame: Frame) => void;
   reject: (error: Error) => void;
-}
-
-export function toMessage(m: Frame, inboxSeq = 0): Message {
-  return {
-    conversationId: m.conversation_id, seq: m.seq, inboxSeq, messageId: m.message_id,
-    sender: m.sender, senderDevice: m.sender_device, cid: m.cid, text: m.text,
-    payload: m.payload instanceof Uint8Array ? m.payload : new Uint8Array(m.payload ?? []),
-    contentType: m.content_type || "text", sentAtMs: m.sent_at_ms,
-  };
-}
-
-/** A GroupPush's messages: listed, or a zlib-compressed MessageBatch. */
-export async function groupPushMessages(push: Frame): Promise<Frame[]> {
-  const compressed = push.compressed as Uint8Array | undefined;
-  if (!compressed || compressed.length === 0) return push.messages as Frame[];
-  const stream = new Blob([new Uint8Array(compressed)]).stream().pipeThrough(new DecompressionStream("deflate"));
-  const batch = new Uint8Array(await new Response(stream).arrayBuffer());
-  return decodeMessageBatch(batch).messages as Frame[];
 }
 
 export class ChatClient {
