@@ -241,3 +241,23 @@ def test_dev_login_form_only_when_enabled_and_every_field_labelled(
                 browser.close()
     finally:
         dev.stop()
+
+
+def test_a_replaced_session_signs_out_instead_of_fighting(web_server: ServerProcess) -> None:
+    """The same device signed in from another browser replaces this one
+    (SESSION_REPLACED): the first page stops and asks to sign in again rather
+    than reconnecting and kicking the other out in turn."""
+    signer = TokenSigner.from_data_dir(web_server.data_dir)
+    token = signer.mint("pia", "phone")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            first = sign_in(browser, web_server.url, "first", token)
+            second = sign_in(browser, web_server.url, "second", token)
+            sync_api.expect(first.page.locator("#signin-error")).to_contain_text(
+                "logged in on another connection", timeout=10_000)
+            sync_api.expect(first.page.locator("#signin-form")).to_be_visible()
+            second.page.wait_for_timeout(1500)  # longer than a reconnect's first backoff
+            sync_api.expect(second.page.locator("#status")).to_have_text("Online")
+        finally:
+            browser.close()

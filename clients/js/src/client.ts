@@ -171,7 +171,10 @@ export class ChatClient {
       if (frame.id === loginId && frame.body === "login_ack") {
         upSince = Date.now();
         this.loggedIn(frame.login_ack);
-      } else if (frame.id === loginId && frame.body === "error") {
+      } else if (frame.body === "error" && (frame.id === loginId || !frame.id)
+                 && (frame.id === loginId || frame.error.fatal)) {
+        // a refused login, or the server closing the connection (e.g.
+        // SESSION_REPLACED: another connection of this device took over)
         const { code, message, retriable } = frame.error;
         if (TERMINAL.has(code)) terminal = new RequestError(code, message, retriable);
         socket.close();
