@@ -77,8 +77,13 @@ class ChatView:
         thread = self.thread(message.conversation_id)
         if message.seq in thread.messages:
             return
-        self.session.format(message)  # learns the peer's name
-        thread.label = self.session.label(message.conversation_id)
+        if message.conversation_id.startswith("d:"):
+            self.session.format(message)  # learns the peer's name
+            thread.label = self.session.label(message.conversation_id)
+        elif message.content_type == "system/group":  # a group is called by its name
+            name = _as_event(message).detail.get("name")
+            if name:
+                thread.label = str(name)
         thread.messages[message.seq] = message
         if live:
             self.order.remove(thread.conversation_id)
