@@ -98,6 +98,11 @@ async def test_full_screen_chat(server: ServerProcess, signer: TokenSigner,
         await term.wait_for("carol: carol here")
         assert "(1)" not in term.screen()
 
+        group = await carol.create_group("team", ["alice"])
+        await carol.send_text(group, "standup in 5")
+        screen = await term.wait_for("* team (")  # a group is listed by its name
+        assert group not in screen
+
         term.keys("Up")  # input history: the last line typed comes back for editing
         await term.wait_for("hello bob")
         term.keys("C-u")
