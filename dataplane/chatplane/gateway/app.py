@@ -21,7 +21,7 @@ import grpc
 from aiohttp import web
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import drainapi
+from chatplane.gateway import drainapi, webapp
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.heads import HeadChecker
 from chatplane.gateway.links import GatewayServicer, RemoteIm, RemoteRegistry
@@ -175,6 +175,7 @@ class GatewayApp:
                         web.get("/admin/drain", self._drain_status)])
         app.add_routes(serving.probe_routes(self._ready, self._metrics,
                                             lambda: {"draining": self.gateway.draining}))
+        app.add_routes(webapp.routes())  # the web app at / (no dev login on a cluster)
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
         self.base_url = f"http://{host}:{http_port}"
         self.ws_url = server.advertise_url or f"ws://{host}:{http_port}/ws"
