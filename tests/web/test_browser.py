@@ -35,8 +35,10 @@ def test_three_devices_chat_through_drops_and_reloads(web_server: ServerProcess)
                                       base_url=web_server.url)
             signin.goto("/")
             signin.screenshot(path=str(IMG / "web-signin.png"))
+            signin.wait_for_function(
+                "() => performance.getEntriesByName('first-contentful-paint').length > 0")
             first_paint = signin.evaluate(
-                "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? -1")
+                "() => performance.getEntriesByName('first-contentful-paint')[0].startTime")
             signin.close()
 
             alice = sign_in(browser, web_server.url, "alice", signer.mint("alice", "laptop"))
