@@ -38,6 +38,7 @@ def _up_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("region", server, "region"), ("peers", links, "peers"), ("grpc_port", links, "grpc_port"),
         ("admin_port", admin, "port"),
         ("tls_cert", tls, "cert"), ("tls_key", tls, "key"),
+        ("dev_login", server, "dev_login"),
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -85,6 +86,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
     interpreter.prepare()
     private_files(settings.storage.data_dir)
+    if settings.server.dev_login:
+        print("chatplane: development login is on: the web app signs in any user id",
+              file=sys.stderr)
     return asyncio.run(_run_up(settings))
 
 
@@ -255,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tls-cert", help="PEM certificate: HTTPS/WSS and TCP+TLS (CHATPLANE_TLS_CERT); "
                                        "reloaded when the file changes")
     up.add_argument("--tls-key", help="its PEM private key (CHATPLANE_TLS_KEY)")
+    up.add_argument("--dev-login", action="store_const", const=1,
+                    help="development only: the web app at / signs in any user id without a "
+                         "token (CHATPLANE_DEV_LOGIN; loopback hosts only)")
     up.set_defaults(func=cmd_up)
 
     token = sub.add_parser(

@@ -29,7 +29,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import admission, certs, drainapi
+from chatplane.gateway import admission, certs, drainapi, webapp
 from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.connection import Connection
@@ -142,6 +142,7 @@ class Node:
             web.get("/v1/dispatch", make_handler(directory)),
             *serving.probe_routes(self._ready, self._probe_details),
         ])
+        app.add_routes(webapp.routes(self.signer if self.settings.server.dev_login else None))
         return app
 
     def _admin_app(self) -> web.Application:

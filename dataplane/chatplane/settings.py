@@ -89,6 +89,7 @@ class Server:
     token_secret: str = ""  # empty: the data dir's key file
     admin_secret: str = ""  # empty: the data dir's secret file
     advertise_url: str = ""  # the ws URL dispatch hands out; derived when empty
+    dev_login: int = 0  # 1: the web app offers a token for any user id (loopback hosts only)
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,10 @@ def validate(s: Settings) -> None:
         problems.append(f"http port {s.server.http_port} out of range")
     if not 0 <= s.server.tcp_port < 65536:
         problems.append(f"tcp port {s.server.tcp_port} out of range")
+    if s.server.dev_login not in (0, 1):
+        problems.append("dev_login must be 0 or 1")
+    if s.server.dev_login and s.server.host not in ("127.0.0.1", "localhost", "::1"):
+        problems.append(f"dev_login signs tokens for anyone: loopback hosts only, not {s.server.host!r}")
     if s.storage.backend not in ("sqlite", "scylla"):
         problems.append(f"storage backend must be sqlite or scylla, not {s.storage.backend!r}")
     if s.limits.max_frame_bytes < 1024:

@@ -4,6 +4,7 @@ URL, a chat through it, and every process gone after Ctrl-C."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -61,6 +62,12 @@ async def test_cluster_up_serves_and_stops_everything(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as refused:  # /metrics: the admin port only
             urllib.request.urlopen(dispatch + "/metrics", timeout=5)  # noqa: ASYNC210
         assert refused.value.code == 404
+        # the gateway serves the web app (docs/web-client.md) with its policy
+        with urllib.request.urlopen(dispatch + "/v1/dispatch?uid=alice", timeout=5) as response:  # noqa: ASYNC210
+            ws = json.load(response)["endpoints"][0]["ws"]
+        gateway = ws.replace("ws://", "http://").removesuffix("/ws")
+        with urllib.request.urlopen(gateway + "/", timeout=5) as response:  # noqa: ASYNC210
+            assert "default-src 'self'" in response.headers["Content-Security-Policy"]
         proc.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(proc.wait, 30) == 0
         for pid in children:

@@ -8,6 +8,9 @@ the current conversation; incoming messages (of every conversation, and your
 own from every device) print as they arrive; `/history [N]` shows the last N
 messages of the current conversation; `/help`; `/quit` (or end of input).
 
+On a terminal it runs full screen (chatplane.client.tui: conversations, unread
+markers, line editing); `--plain` or a pipe gives the line client below.
+
 Only asyncio and the SDK: stdin is watched by the event loop when it can be
 (a terminal or a pipe), else read line by line in a thread. Sends go through one
 queue, so they leave in the order typed while the prompt stays responsive
@@ -209,7 +212,8 @@ def _printer(out: Any = sys.stdout) -> Callable[[str], None]:
     return write
 
 
-async def run_chat(url: str, token: str, transport: str, ca: str | None = None) -> int:
+async def run_chat(url: str, token: str, transport: str, ca: str | None = None,
+                   full_screen: bool = False) -> int:
     from chatplane.client import Client
 
     write = _printer()
@@ -222,6 +226,14 @@ async def run_chat(url: str, token: str, transport: str, ca: str | None = None) 
         with contextlib.suppress(Exception):
             await client.close()
         return 1
+    if full_screen:
+        from chatplane.client.tui import ChatScreen
+
+        try:
+            await ChatScreen(client).run()
+        finally:
+            await client.close()
+        return 0
     session = ChatSession(client, write)
     write(f"connected to {url} as {client.user_id}/{client.device_id}; /help for commands")
     receiving = asyncio.create_task(session.receive_loop())
@@ -273,6 +285,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chat.add_argument("--transport", choices=("ws", "tcp"), default="ws")
     chat.add_argument("--ca", help="PEM CA file to verify an https:// server with "
                                    "(default: the system CAs)")
+    chat.add_argument("--plain", action="store_true",
+                      help="line by line even on a terminal (the full-screen client is the "
+                           "default when stdin and stdout are terminals)")
     chat.set_defaults(func=chat_command)
 
 
@@ -297,6 +312,7 @@ def chat_command(args: argparse.Namespace) -> int:
             print(f"chat: {exc}", file=sys.stderr)
             return 2
     try:
-        return asyncio.run(run_chat(args.url, token, args.transport, args.ca))
+        full_screen = not args.plain and sys.stdin.isatty() and sys.stdout.isatty()
+        return asyncio.run(run_chat(args.url, token, args.transport, args.ca, full_screen))
     except KeyboardInterrupt:
         return 130

@@ -150,3 +150,17 @@ class ConversationOrder(Generic[T]):
             if last >= self.heads.get(conversation_id, 0):
                 self.wants.pop(conversation_id, None)  # caught up: nothing to pull
         return out
+
+
+def resume_cursor(have: int, held_store: str, ack_store: str, inbox_head: int) -> tuple[int, str]:
+    """The resume decision after a LoginAck: (have to keep, store_id to keep).
+
+    `have` was counted in `held_store`. Another store named by the server
+    (wiped, or restored from elsewhere), or an inbox head below `have`, means
+    the cursor counts nothing there: start over from 0. Shared vectors:
+    tests/vectors/resume.json (the JS SDK passes the same).
+    """
+    other_store = bool(held_store and ack_store and ack_store != held_store)
+    if other_store or inbox_head < have:
+        have = 0
+    return have, ack_store or held_store

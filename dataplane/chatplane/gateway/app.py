@@ -26,7 +26,7 @@ from aiohttp import web
 
 from chatplane import revocations
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import admission, certs, drainapi
+from chatplane.gateway import admission, certs, drainapi, webapp
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.heads import HeadChecker
 from chatplane.gateway.links import GatewayServicer, RemoteIm, RemoteRegistry
@@ -197,6 +197,7 @@ class GatewayApp:
         app[GATEWAY] = self.gateway
         app.add_routes([web.get("/ws", websocket_handler),
                         *serving.probe_routes(self._ready, self._detail)])
+        app.add_routes(webapp.routes())  # the web app at / (no dev login on a cluster)
         self.certs = certs.from_settings(self.settings.tls.cert, self.settings.tls.key)
         tls = self.certs.context if self.certs is not None else None
         self._runner, self._http, http_port = await admission.start_public_http(

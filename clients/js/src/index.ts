@@ -1,0 +1,9 @@
+// chatplane JavaScript SDK: the client, its delivery rules and cursor stores.
+export { ChatClient, groupPushMessages, LinkClosed, RequestError, toMessage } from "./client.js";
+export type { ClientOptions, ConnectionState, Message, SendAck } from "./client.js";
+export { decodeEvent, decodeFrame, decodeGroupEvent, encodeFrame } from "./codec.js";
+export type { Frame } from "./codec.js";
+export { Backoff, CidAllocator, ConversationOrder, InboxCursor, resumeCursor } from "./delivery.js";
+export { defaultCursorStore, IndexedDbCursorStore, MemoryCursorStore } from "./store.js";
+export type { Cursor, CursorStore } from "./store.js";
+export { TabClient } from "./tabs.js";

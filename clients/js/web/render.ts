@@ -1,0 +1,127 @@
+// Drawing the web app's lists: conversations (last message, unread badge)
+// and the open conversation's messages (a window of the newest, in seq order,
+// with read marks). Pure DOM from the state app.ts keeps.
+import { decodeGroupEvent, type Message } from "../src/index.js";
+
+export interface Conversation {
+  id: string;
+  kind: string;
+  name: string;
+  last: Message | null;
+  unread: number;
+  readSeq: number;
+  headSeq: number;
+  members: number;
+  messages: Map<number, Message>;
+  hasOlder: boolean;
+  peerRead: number;
+  shown: number; // how many of the newest messages the list renders
+}
+
+const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
+
+export function describe(m: Message): string {
+  if (m.contentType === "system/group") {
+    const e = decodeGroupEvent(m.payload);
+    const who = (e.user_ids as string[]).join(", ");
+    const verbs: Record<string, string> = {
+      GROUP_ACTION_UNSPECIFIED: `created the group ${e.name}`, ADD: `added ${who}`,
+      INVITE: `invited ${who}`, JOIN: "joined", LEAVE: "left", KICK: `removed ${who}`,
+      SET_ROLE: `made ${who} ${e.role}`, RENAME: `renamed the group to ${e.name}`,
+      DISSOLVE: "dissolved the group" };
+    return `${e.actor} ${verbs[e.action as string] ?? String(e.action).toLowerCase()}`;
+  }
+  return m.text;
+}
+
+export function atBottom(): boolean {
+  const list = $("messages");
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+}
+
+export function renderList(conversations: Iterable<Conversation>, active: string | null,
+                           open: (id: string) => void): void {
+  const list = $("conversations");
+  const sorted = [...conversations].filter((c) => !c.id.startsWith("u:"))
+    .sort((a, b) => (b.last?.sentAtMs ?? 0) - (a.last?.sentAtMs ?? 0));
+  list.replaceChildren(...sorted.map((c) => {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.conversation = c.id;
+    if (c.id === active) button.setAttribute("aria-current", "true");
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = c.name;
+    const last = document.createElement("span");
+    last.className = "last";
+    last.textContent = c.last ? `${c.last.sender}: ${describe(c.last)}` : "";
+    button.append(name, last);
+    let label = `${c.name}`;
+    if (c.unread > 0) {
+      const badge = document.createElement("span");
+      badge.className = "unread";
+      badge.textContent = String(c.unread);
+      button.append(badge);
+      label += `, ${c.unread} unread`;
+    }
+    button.setAttribute("aria-label", label);
+    button.addEventListener("click", () => open(c.id));
+    item.append(button);
+    return item;
+  }));
+}
+
+export function renderMessages(c: Conversation, mine: string, pending: string[],
+                               onOwn: (seq: number) => void,
+                               stickToBottom: boolean, keepOffset: boolean): void {
+  const list = $("messages");
+  const follow = atBottom();
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  const sorted = [...c.messages.values()].sort((a, b) => a.seq - b.seq);
+  const items = sorted.slice(Math.max(0, sorted.length - c.shown)).map((m) => {
+    const li = document.createElement("li");
+    li.dataset.seq = String(m.seq);
+    li.dataset.id = m.messageId;
+    const system = m.contentType.startsWith("system/");
+    li.className = system ? "system" : m.sender === mine ? "mine" : "theirs";
+    if (!system && m.sender !== mine && c.kind === "group") {
+      const from = document.createElement("span");
+      from.className = "from";
+      from.textContent = m.sender;
+      li.append(from);
+    }
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = describe(m);
+    const when = document.createElement("time");
+    when.className = "when";
+    when.dateTime = new Date(m.sentAtMs).toISOString();
+    when.textContent = new Date(m.sentAtMs).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    li.append(text, when);
+    if (m.sender === mine && !system) {
+      li.tabIndex = 0;
+      li.title = "Who has read this";
+      const show = () => onOwn(m.seq);
+      li.addEventListener("click", show);
+      li.addEventListener("keydown", (e) => { if (e.key === "Enter") show(); });
+    }
+    if (m.sender === mine && c.kind === "direct" && m.seq <= c.peerRead) {
+      const receipt = document.createElement("span");
+      receipt.className = "receipt";
+      receipt.textContent = "✓✓";
+      receipt.title = "read";
+      li.append(receipt);
+    }
+    return li;
+  });
+  for (const text of pending) { // sent, not acked yet: shown greyed
+    const li = document.createElement("li");
+    li.className = "mine pending";
+    li.textContent = text;
+    items.push(li);
+  }
+  list.replaceChildren(...items);
+  if (keepOffset) list.scrollTop = list.scrollHeight - fromBottom;
+  else if (stickToBottom || follow) list.scrollTop = list.scrollHeight;
+}

@@ -1,0 +1,137 @@
+// The web app's social screens: friends and requests in the sidebar, a
+// group's members with roles (add, kick, make admin, leave), and who has read
+// one of your messages. Every change goes through protocol requests; the
+// resulting events (event/friend, system/group) refresh what is shown.
+import type { Frame, TabClient } from "../src/index.js";
+
+export interface SocialContext {
+  client: () => TabClient | null;
+  openDirect: (peer: string) => Promise<void>;
+  activeGroup: () => string | null;
+}
+
+const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
+
+function button(label: string, name: string, onClick: () => void): HTMLButtonElement {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.setAttribute("aria-label", name);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function person(who: string, ...extra: HTMLElement[]): HTMLLIElement {
+  const li = document.createElement("li");
+  li.dataset.user = who;
+  const name = document.createElement("span");
+  name.className = "who";
+  name.textContent = who;
+  li.append(name, ...extra);
+  return li;
+}
+
+export class SocialPanels {
+  constructor(private readonly ctx: SocialContext) {}
+
+  private async ask(frame: Frame): Promise<Frame | null> {
+    const client = this.ctx.client();
+    if (!client) return null;
+    try {
+      return await client.request(frame);
+    } catch (error) {
+      $("receipts").textContent = (error as Error).message;
+      return null;
+    }
+  }
+
+  async refreshFriends(): Promise<void> {
+    const reply = await this.ask({ friends: {} });
+    if (!reply) return;
+    const r = reply.friends_response;
+    const friendOp = (action: string, user: string) => async () => {
+      await this.ask({ friend_op: { action, user_id: user } });
+      await this.refreshFriends();
+    };
+    $("friend-requests").replaceChildren(...(r.incoming as Frame[]).map((f) => person(
+      `${f.user_id} wants to be friends`,
+      button("Accept", `Accept ${f.user_id}`, friendOp("ACCEPT", f.user_id)),
+      button("Decline", `Decline ${f.user_id}`, friendOp("DECLINE", f.user_id)))));
+    $("friend-list").replaceChildren(
+      ...(r.friends as Frame[]).map((f) => person(f.user_id,
+        button("Chat", `Chat with ${f.user_id}`, () => void this.ctx.openDirect(f.user_id)))),
+      ...(r.outgoing as Frame[]).map((f) => person(`${f.user_id} (asked)`)));
+  }
+
+  async refreshMembers(): Promise<void> {
+    const group = this.ctx.activeGroup();
+    if (!group) return;
+    const reply = await this.ask({ members: { conversation_id: group, limit: 200 } });
+    if (!reply) return;
+    const me = this.ctx.client()?.userId;
+    const members = reply.members_response.members as Frame[];
+    const myRole = members.find((m) => m.user_id === me)?.role ?? "member";
+    const manages = myRole === "owner" || myRole === "admin";
+    const op = (action: string, user: string, role = "") => async () => {
+      await this.ask({ group_op: { conversation_id: group, action, user_ids: [user], role } });
+      await this.refreshMembers();
+    };
+    $("member-list").replaceChildren(...members.map((m) => {
+      const role = document.createElement("span");
+      role.className = "role";
+      role.textContent = m.role;
+      const actions: HTMLElement[] = [role];
+      if (manages && m.user_id !== me && m.role !== "owner") {
+        if (myRole === "owner" && m.role === "member") {
+          actions.push(button("Make admin", `Make ${m.user_id} admin`,
+                              op("SET_ROLE", m.user_id, "admin")));
+        }
+        actions.push(button("Remove", `Remove ${m.user_id}`, op("KICK", m.user_id)));
+      }
+      return person(m.user_id, ...actions);
+    }));
+    $("add-member").hidden = !manages;
+  }
+
+  /** Who of the conversation has read message `seq`. */
+  async showReceipts(conversationId: string, seq: number): Promise<void> {
+    const reply = await this.ask({ receipts: { conversation_id: conversationId, seq, limit: 50 } });
+    if (!reply) return;
+    const r = reply.receipts_response;
+    const read = (r.read as string[]).join(", ") || "nobody yet";
+    const unread = (r.unread as string[]).join(", ") || "nobody";
+    $("receipts").textContent = `#${seq} read by ${read}; not yet: ${unread}`;
+  }
+
+  wire(): void {
+    $("add-friend").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const input = $("friend-id") as HTMLInputElement;
+      const user = input.value.trim();
+      if (!user) return;
+      input.value = "";
+      await this.ask({ friend_op: { action: "REQUEST", user_id: user } });
+      await this.refreshFriends();
+    });
+    $("members-toggle").addEventListener("click", () => {
+      const panel = $("members-panel");
+      panel.hidden = !panel.hidden;
+      $("members-toggle").setAttribute("aria-expanded", String(!panel.hidden));
+      if (!panel.hidden) void this.refreshMembers();
+    });
+    $("add-member").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const group = this.ctx.activeGroup();
+      const input = $("member-id") as HTMLInputElement;
+      const user = input.value.trim();
+      if (!group || !user) return;
+      input.value = "";
+      await this.ask({ group_op: { conversation_id: group, action: "ADD", user_ids: [user] } });
+      await this.refreshMembers();
+    });
+    $("leave-group").addEventListener("click", async () => {
+      const group = this.ctx.activeGroup();
+      if (group) await this.ask({ group_op: { conversation_id: group, action: "LEAVE" } });
+    });
+  }
+}
