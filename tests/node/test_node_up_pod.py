@@ -1,0 +1,113 @@
+"""`chatplane up` as a real pod: the image built here (scripts/image/build) runs on the
+single-node cluster as uid 10001 with a read-only root filesystem, embedded SQLite storage on
+an emptyDir, reached from outside the cluster through a NodePort Service by the real SDK.
+Every message sent arrives exactly once, in order. The pod's start time (apply to Ready) is
+printed for docs/kubernetes-node.md."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import pytest
+
+from chatplane.auth import TokenSigner
+from chatplane.client import Client
+from tests.node.kube_node import IMAGE, NODE_IP, Kubectl
+
+pytestmark = [pytest.mark.node, pytest.mark.slow]
+
+MESSAGES = 20
+
+
+def _manifest(namespace: str, token_key: str) -> str:
+    return f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: chat-keys, namespace: {namespace}}}
+stringData: {{token.key: "{token_key}"}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: chat
+  namespace: {namespace}
+  labels: {{app: chat}}
+spec:
+  securityContext: {{runAsNonRoot: true, runAsUser: 10001, runAsGroup: 10001, fsGroup: 10001}}
+  containers:
+  - name: up
+    image: {IMAGE}
+    imagePullPolicy: Never
+    args: [up, --host, 0.0.0.0, --port, "8080", --data-dir, /data]
+    ports: [{{containerPort: 8080, name: http}}]
+    readinessProbe:
+      httpGet: {{path: /readyz, port: http}}
+      periodSeconds: 1
+    securityContext:
+      readOnlyRootFilesystem: true
+      allowPrivilegeEscalation: false
+      capabilities: {{drop: [ALL]}}
+    volumeMounts:
+    - {{name: data, mountPath: /data}}
+    - {{name: tmp, mountPath: /tmp}}
+    - {{name: keys, mountPath: /data/token.key, subPath: token.key, readOnly: true}}
+  volumes:
+  - {{name: data, emptyDir: {{}}}}
+  - {{name: tmp, emptyDir: {{}}}}
+  - {{name: keys, secret: {{secretName: chat-keys}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: chat, namespace: {namespace}}}
+spec:
+  type: NodePort
+  selector: {{app: chat}}
+  ports: [{{name: http, port: 8080, targetPort: http}}]
+"""
+
+
+async def _chat_exactly_once(url: str, signer: TokenSigner) -> list[str]:
+    alice = Client(url, signer.mint("alice", "phone"))
+    bob = Client(url, signer.mint("bob", "laptop"))
+    await alice.connect()
+    await bob.connect()
+    try:
+        conversation = await alice.direct("bob")
+        sent = [f"hello {i}" for i in range(MESSAGES)]
+        last_seq = 0
+        for text in sent:
+            last_seq = (await asyncio.wait_for(alice.send_text(conversation, text), 10)).seq
+        received: list[str] = []
+
+        async def collect() -> None:
+            async for message in bob.messages():
+                if message.conversation_id == conversation:
+                    received.append(message.text)
+                    if message.seq >= last_seq:
+                        return
+
+        await asyncio.wait_for(collect(), 20)
+        # A few more seconds: a duplicate would arrive now.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(collect(), 2)
+        assert received == sent
+        return received
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_up_pod_chats_through_a_nodeport(node: Kubectl, node_namespace: str) -> None:
+    token_key = secrets.token_urlsafe(32)
+    started = time.monotonic()
+    node.apply(_manifest(node_namespace, token_key))
+    node.wait_ready(node_namespace, "app=chat", timeout_s=120)
+    start_s = time.monotonic() - started
+    pod = node.get("pod", "chat", "-n", node_namespace)
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    service = node.get("service", "chat", "-n", node_namespace)
+    node_port = service["spec"]["ports"][0]["nodePort"]
+    print(f"\npod start (apply to Ready): {start_s:.1f}s; NodePort {node_port}")
+    await _chat_exactly_once(f"http://{NODE_IP}:{node_port}", TokenSigner(token_key))
