@@ -4,6 +4,8 @@
 #   runc, containerd, CNI plugins, iptables, conntrack, mmdebstrap   Debian packages (apt)
 #   kubelet, kube-controller-manager, kube-scheduler, kube-proxy, kubectl
 #       built with Go from k8s.io/kubernetes at the apiserver's version (scripts/kube/go.mod)
+#   coredns  go install github.com/coredns/coredns@$COREDNS_VERSION (cluster DNS, run by
+#            scripts/node/up as a host process)
 #
 # Idempotent: binaries are cached under ${CHATPLANE_CACHE:-$HOME/.cache/chatplane}/kube/ and
 # linked into .../kube/bin/. Builds run one at a time (2 cores), niced, under the same lock.
@@ -11,6 +13,7 @@
 set -euo pipefail
 
 KUBE_VERSION=v1.33.13
+COREDNS_VERSION=v1.12.4
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${CHATPLANE_CACHE:-$HOME/.cache/chatplane}/kube"
 BIN="$CACHE/bin"
@@ -60,5 +63,16 @@ for cmd in kubelet kube-controller-manager kube-scheduler kube-proxy kubectl; do
     fi
     ln -sfn "$out" "$BIN/$cmd"
 done
+
+out="$CACHE/coredns-$COREDNS_VERSION"
+if [ ! -x "$out/coredns" ]; then
+    log "building coredns $COREDNS_VERSION"
+    t0=$(date +%s)
+    mkdir -p "$out"
+    GOBIN="$out" GOFLAGS=-mod=mod nice -n 19 go install -trimpath -ldflags "-s -w" \
+        "github.com/coredns/coredns@$COREDNS_VERSION"
+    log "coredns built in $(( $(date +%s) - t0 ))s"
+fi
+ln -sfn "$out/coredns" "$BIN/coredns"
 
 log "done in $(( $(date +%s) - started ))s"

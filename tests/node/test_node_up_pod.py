@@ -7,8 +7,10 @@ printed for docs/kubernetes-node.md."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
+import urllib.request
 
 import pytest
 
@@ -21,7 +23,21 @@ pytestmark = [pytest.mark.node, pytest.mark.slow]
 MESSAGES = 20
 
 
-def _manifest(namespace: str, token_key: str) -> str:
+def _service(namespace: str) -> str:
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: chat, namespace: {namespace}}}
+spec:
+  type: NodePort
+  selector: {{app: chat}}
+  ports: [{{name: http, port: 8080, targetPort: http}}]
+"""
+
+
+def _pod(namespace: str, token_key: str, advertise_url: str) -> str:
+    # Without CHATPLANE_GATEWAY_ADVERTISE_URL, dispatch hands out the listen address,
+    # ws://0.0.0.0:8080/ws, which no client outside the pod can reach.
     return f"""
 apiVersion: v1
 kind: Secret
@@ -41,6 +57,7 @@ spec:
     image: {IMAGE}
     imagePullPolicy: Never
     args: [up, --host, 0.0.0.0, --port, "8080", --data-dir, /data]
+    env: [{{name: CHATPLANE_GATEWAY_ADVERTISE_URL, value: "{advertise_url}"}}]
     ports: [{{containerPort: 8080, name: http}}]
     readinessProbe:
       httpGet: {{path: /readyz, port: http}}
@@ -57,14 +74,6 @@ spec:
   - {{name: data, emptyDir: {{}}}}
   - {{name: tmp, emptyDir: {{}}}}
   - {{name: keys, secret: {{secretName: chat-keys}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: chat, namespace: {namespace}}}
-spec:
-  type: NodePort
-  selector: {{app: chat}}
-  ports: [{{name: http, port: 8080, targetPort: http}}]
 """
 
 
@@ -101,13 +110,18 @@ async def _chat_exactly_once(url: str, signer: TokenSigner) -> list[str]:
 
 async def test_up_pod_chats_through_a_nodeport(node: Kubectl, node_namespace: str) -> None:
     token_key = secrets.token_urlsafe(32)
+    node.apply(_service(node_namespace))
+    service = node.get("service", "chat", "-n", node_namespace)
+    node_port = service["spec"]["ports"][0]["nodePort"]
+    base = f"{NODE_IP}:{node_port}"
     started = time.monotonic()
-    node.apply(_manifest(node_namespace, token_key))
+    node.apply(_pod(node_namespace, token_key, f"ws://{base}/ws"))
     node.wait_ready(node_namespace, "app=chat", timeout_s=120)
     start_s = time.monotonic() - started
     pod = node.get("pod", "chat", "-n", node_namespace)
     assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
-    service = node.get("service", "chat", "-n", node_namespace)
-    node_port = service["spec"]["ports"][0]["nodePort"]
     print(f"\npod start (apply to Ready): {start_s:.1f}s; NodePort {node_port}")
-    await _chat_exactly_once(f"http://{NODE_IP}:{node_port}", TokenSigner(token_key))
+    with urllib.request.urlopen(f"http://{base}/v1/dispatch?uid=alice", timeout=5) as reply:
+        endpoints = json.load(reply)["endpoints"]
+    assert [e["ws"] for e in endpoints] == [f"ws://{base}/ws"]
+    await _chat_exactly_once(f"http://{base}", TokenSigner(token_key))
