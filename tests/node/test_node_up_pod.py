@@ -77,6 +77,11 @@ spec:
 """
 
 
+def _dispatch(base_url: str) -> list[dict[str, str]]:
+    with urllib.request.urlopen(f"{base_url}/v1/dispatch?uid=alice", timeout=5) as reply:
+        return list(json.load(reply)["endpoints"])
+
+
 async def _chat_exactly_once(url: str, signer: TokenSigner) -> list[str]:
     alice = Client(url, signer.mint("alice", "phone"))
     bob = Client(url, signer.mint("bob", "laptop"))
@@ -121,7 +126,6 @@ async def test_up_pod_chats_through_a_nodeport(node: Kubectl, node_namespace: st
     pod = node.get("pod", "chat", "-n", node_namespace)
     assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
     print(f"\npod start (apply to Ready): {start_s:.1f}s; NodePort {node_port}")
-    with urllib.request.urlopen(f"http://{base}/v1/dispatch?uid=alice", timeout=5) as reply:
-        endpoints = json.load(reply)["endpoints"]
+    endpoints = await asyncio.to_thread(_dispatch, f"http://{base}")
     assert [e["ws"] for e in endpoints] == [f"ws://{base}/ws"]
     await _chat_exactly_once(f"http://{base}", TokenSigner(token_key))
