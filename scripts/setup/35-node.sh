@@ -4,6 +4,7 @@
 #   runc, containerd, CNI plugins, iptables, conntrack, mmdebstrap   Debian packages (apt)
 #   kubelet, kube-controller-manager, kube-scheduler, kube-proxy, kubectl
 #       built with Go from k8s.io/kubernetes at the apiserver's version (scripts/kube/go.mod)
+#   the chatplane image   scripts/image/build (mmdebstrap + wheels), cached by content
 #   coredns  go install github.com/coredns/coredns@$COREDNS_VERSION (cluster DNS, run by
 #            scripts/node/up as a host process)
 #
@@ -74,5 +75,8 @@ if [ ! -x "$out/coredns" ]; then
     log "coredns built in $(( $(date +%s) - t0 ))s"
 fi
 ln -sfn "$out/coredns" "$BIN/coredns"
+
+# The image the node tests run (rebuilt only when the project changed).
+"$ROOT/scripts/image/build" --no-import
 
 log "done in $(( $(date +%s) - started ))s"
