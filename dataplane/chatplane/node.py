@@ -195,13 +195,14 @@ class Node:
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.base_url = f"http://{host}:{port}"
-        self.ws_url = server.advertise_url or f"ws://{host}:{port}/ws"
+        public = serving.reachable_host(host, self.settings)
+        self.ws_url = server.advertise_url or f"ws://{public}:{port}/ws"
         if server.tcp_port:
             loop = asyncio.get_running_loop()
             self._tcp_server = await loop.create_server(
                 lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port)
             tcp_host, tcp_port = self._tcp_server.sockets[0].getsockname()[:2]
-            self.tcp_address = f"{tcp_host}:{tcp_port}"
+            self.tcp_address = f"{serving.reachable_host(tcp_host, self.settings)}:{tcp_port}"
         if self.prober.links:
             await self._start_region_link()
         self.gateway.start()

@@ -104,9 +104,13 @@ def _port_forward(node: Kubectl, target: str) -> Iterator[int]:
         proc.wait(timeout=10)
 
 
-def _dispatch_ws(base_url: str) -> list[str]:
+def _dispatch(base_url: str) -> list[dict[str, str]]:
     with urllib.request.urlopen(f"{base_url}/v1/dispatch?uid=alice", timeout=5) as reply:
-        return [e["ws"] for e in json.load(reply)["endpoints"]]
+        return list(json.load(reply)["endpoints"])
+
+
+def _dispatch_ws(base_url: str) -> list[str]:
+    return [e["ws"] for e in _dispatch(base_url)]
 
 
 async def test_helm_install_apply_ready_and_chat(node: Kubectl, backing: tuple[str, str],
@@ -144,6 +148,10 @@ async def test_helm_install_apply_ready_and_chat(node: Kubectl, backing: tuple[s
             while await asyncio.to_thread(_dispatch_ws, base) != [public]:
                 assert time.monotonic() < deadline, await asyncio.to_thread(_dispatch_ws, base)
                 await asyncio.sleep(1)
+            # The gateways listen on 0.0.0.0; their TCP endpoint is their pod's address.
+            gateway = node.get("pod", "chat-eu-gateway-0", "-n", NAMESPACE)
+            tcp = [e["tcp"] for e in await asyncio.to_thread(_dispatch, base)]
+            assert tcp == [f"{gateway['status']['podIP']}:8081"]
             await _chat_exactly_once(base, TokenSigner(token_key))
     finally:
         node.run("delete", "namespace", NAMESPACE, "--wait=false")

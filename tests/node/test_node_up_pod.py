@@ -56,7 +56,7 @@ spec:
   - name: up
     image: {IMAGE}
     imagePullPolicy: Never
-    args: [up, --host, 0.0.0.0, --port, "8080", --data-dir, /data]
+    args: [up, --host, 0.0.0.0, --port, "8080", --tcp-port, "8081", --data-dir, /data]
     env: [{{name: CHATPLANE_GATEWAY_ADVERTISE_URL, value: "{advertise_url}"}}]
     ports: [{{containerPort: 8080, name: http}}]
     readinessProbe:
@@ -78,6 +78,7 @@ spec:
 
 
 def _dispatch(base_url: str) -> list[dict[str, str]]:
+    """ipconf's answer for alice: the endpoints a client is told to use."""
     with urllib.request.urlopen(f"{base_url}/v1/dispatch?uid=alice", timeout=5) as reply:
         return list(json.load(reply)["endpoints"])
 
@@ -128,4 +129,6 @@ async def test_up_pod_chats_through_a_nodeport(node: Kubectl, node_namespace: st
     print(f"\npod start (apply to Ready): {start_s:.1f}s; NodePort {node_port}")
     endpoints = await asyncio.to_thread(_dispatch, f"http://{base}")
     assert [e["ws"] for e in endpoints] == [f"ws://{base}/ws"]
+    # Bound to 0.0.0.0, the TCP listener is advertised at the pod's address, not 0.0.0.0.
+    assert [e["tcp"] for e in endpoints] == [f"{pod['status']['podIP']}:8081"]
     await _chat_exactly_once(f"http://{base}", TokenSigner(token_key))

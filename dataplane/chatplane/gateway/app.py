@@ -182,7 +182,7 @@ class GatewayApp:
             self._tcp = await asyncio.get_running_loop().create_server(
                 lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port)
             tcp_host, tcp_port = self._tcp.sockets[0].getsockname()[:2]
-            self.tcp_address = f"{tcp_host}:{tcp_port}"
+            self.tcp_address = f"{serving.reachable_host(tcp_host, self.settings)}:{tcp_port}"
         self.gateway.start()
         self.heads.start()
         self.publisher = serving.Publisher(self.instances, self.kind, self.instance_id,
