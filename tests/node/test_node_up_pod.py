@@ -77,6 +77,14 @@ spec:
 """
 
 
+def _answers(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as reply:
+            return int(reply.status) == 200
+    except OSError:
+        return False
+
+
 def _dispatch(base_url: str) -> list[dict[str, str]]:
     """ipconf's answer for alice: the endpoints a client is told to use."""
     with urllib.request.urlopen(f"{base_url}/v1/dispatch?uid=alice", timeout=5) as reply:
@@ -127,6 +135,13 @@ async def test_up_pod_chats_through_a_nodeport(node: Kubectl, node_namespace: st
     pod = node.get("pod", "chat", "-n", node_namespace)
     assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
     print(f"\npod start (apply to Ready): {start_s:.1f}s; NodePort {node_port}")
+    # kube-proxy programs the NodePort's endpoint a moment after the pod is Ready (its
+    # iptables sync follows the EndpointSlice); until then the port rejects connections.
+    deadline = time.monotonic() + 30
+    while not await asyncio.to_thread(_answers, f"http://{base}"):
+        assert time.monotonic() < deadline, f"NodePort {node_port} never answered"
+        await asyncio.sleep(0.2)
+    print(f"NodePort answering {time.monotonic() - started:.1f}s after apply")
     endpoints = await asyncio.to_thread(_dispatch, f"http://{base}")
     assert [e["ws"] for e in endpoints] == [f"ws://{base}/ws"]
     # Bound to 0.0.0.0, the TCP listener is advertised at the pod's address, not 0.0.0.0.
