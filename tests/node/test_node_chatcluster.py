@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import time
@@ -68,7 +69,7 @@ def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
 def operator_release(node: Kubectl) -> Iterator[None]:
     if not HELM.exists():
         pytest.skip("helm not built: run scripts/setup/30-kube.sh")
-    env = {"KUBECONFIG": str(node.kubeconfig), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "KUBECONFIG": str(node.kubeconfig)}
     subprocess.run([str(HELM), "upgrade", "--install", "chatplane", str(ROOT / "charts" / "chatplane"),
                     "-n", "chatplane-system", "--create-namespace",
                     "--set", "image.pullPolicy=Never", "--wait", "--timeout", "180s"],
