@@ -237,7 +237,8 @@ class Node:
             self.settings.abuse, ssl_context=tls)
         host = self._http_server.sockets[0].getsockname()[0]
         self.base_url = f"{'https' if tls else 'http'}://{host}:{port}"
-        self.ws_url = server.advertise_url or f"{'wss' if tls else 'ws'}://{host}:{port}/ws"
+        public = serving.reachable_host(host, self.settings)
+        self.ws_url = server.advertise_url or f"{'wss' if tls else 'ws'}://{public}:{port}/ws"
         # the admin port is plain HTTP: cluster-internal, behind the admin secret
         self._admin_runner, admin_port = await start_admin(self._admin_app(), self.settings)
         self.admin_url = f"http://{host}:{admin_port}"
@@ -247,7 +248,8 @@ class Node:
                 lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port, ssl=tls,
                 ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None)
             tcp_host, tcp_port = self._tcp_server.sockets[0].getsockname()[:2]
-            self.tcp_address = f"{'tcps://' if tls else ''}{tcp_host}:{tcp_port}"
+            tcp_public = serving.reachable_host(tcp_host, self.settings)
+            self.tcp_address = f"{'tcps://' if tls else ''}{tcp_public}:{tcp_port}"
         if self.prober.links:
             await self._start_region_link()
         self.gateway.start(self.supervisor)

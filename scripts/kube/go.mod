@@ -1,5 +1,6 @@
 // Module kube pins the kube-apiserver that the operator tests run against.
-// scripts/setup/30-kube.sh builds k8s.io/kubernetes/cmd/kube-apiserver from it.
+// scripts/setup/30-kube.sh builds k8s.io/kubernetes/cmd/kube-apiserver from it, 35-node.sh
+// kubelet, kube-controller-manager, kube-scheduler, kube-proxy and kubectl.
 module chatplane.dev/kube
 
 go 1.24.0

@@ -218,7 +218,8 @@ class GatewayApp:
                 lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port, ssl=tls,
                 ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None)
             tcp_host, tcp_port = self._tcp.sockets[0].getsockname()[:2]
-            self.tcp_address = f"{'tcps://' if tls else ''}{tcp_host}:{tcp_port}"
+            public = serving.reachable_host(tcp_host, self.settings)
+            self.tcp_address = f"{'tcps://' if tls else ''}{public}:{tcp_port}"
         self.gateway.start(self.supervisor)
         self.heads.start(self.supervisor)
         self.publisher = serving.Publisher(self.instances, self.kind, self.instance_id,

@@ -40,6 +40,12 @@ def advertised_host(settings: Settings) -> str:
     return host
 
 
+def reachable_host(bound_host: str, settings: Settings) -> str:
+    """What to advertise for a socket bound to `bound_host`: itself, unless it is a wildcard
+    (0.0.0.0 in a pod), which no client can dial; then advertised_host()."""
+    return advertised_host(settings) if bound_host in ("", "0.0.0.0", "::") else bound_host
+
+
 async def start_grpc(host: str, port: int, register: Callable[[grpc.aio.Server], None],
                      security: LinkSecurity) -> tuple[grpc.aio.Server, int]:
     """The gRPC server of a tier: mTLS or not per `security`, every call gated by

@@ -248,9 +248,13 @@ def _resolve(waiter: asyncio.Future[list[Row]], rows: list[Row] | None,
 
 def describe(exc: BaseException) -> str:
     """One line for a driver error (NoHostAvailable nests one per host)."""
-    if isinstance(exc, NoHostAvailable) and exc.errors:
+    if isinstance(exc, NoHostAvailable) and isinstance(exc.errors, dict) and exc.errors:
         host, error = next(iter(exc.errors.items()))
         return f"{host}: {error}".splitlines()[0]
+    if isinstance(exc, NoHostAvailable) and exc.errors:
+        # After the control connection, the driver lists only the addresses it tried (the
+        # ones the server advertises as rpc_address, which may not be the contact points).
+        return f"NoHostAvailable: {exc.args[0]}: tried {', '.join(map(str, exc.errors))}"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return f"{type(exc).__name__}: {text}"
 

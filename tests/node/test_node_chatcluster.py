@@ -1,0 +1,158 @@
+"""As a platform team would, on real pods: `helm install` the chart (the operator runs from
+the image built here), `kubectl apply` a one-region ChatCluster, wait for Ready in its
+status, then reach ipconf through a port-forward and the gateway through its public NodePort
+Service, and chat through the SDK: every message arrives exactly once, in order.
+
+Redis and Cassandra are host processes the pods reach (tests/node/host_services.py). The
+time from apply to Ready is printed for docs/kubernetes-node.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chatplane.auth import TokenSigner
+from tests.node import host_services
+from tests.node.kube_node import CACHE, NODE_IP, ROOT, Kubectl
+from tests.node.test_node_up_pod import _chat_exactly_once
+
+pytestmark = [pytest.mark.node, pytest.mark.slow]
+
+HELM = CACHE / "kube" / "bin" / "helm"
+NAMESPACE = "chat"
+READY_TIMEOUT_S = 480.0  # tiers that start before the migration crash-loop, with back-off
+
+
+def _cluster(redis_secret: str, cql: str) -> str:
+    return f"""
+apiVersion: chatplane.dev/v1alpha1
+kind: ChatCluster
+metadata: {{name: chat, namespace: {NAMESPACE}}}
+spec:
+  image: {{repository: ghcr.io/chatplane/chatplane, version: "0.1.0"}}
+  storage: {{keyspace: chatplane, consistency: LOCAL_ONE}}
+  regions:
+    - name: eu
+      datacenter: datacenter1
+      tiers:
+        gateway: {{replicas: 1}}
+      gateway:
+        expose: {{type: NodePort}}
+      redis:
+        urlSecretRef: {{name: {redis_secret}, key: url}}
+      cql:
+        hosts: ["{cql}"]
+        replicationFactor: 1
+"""
+
+
+@pytest.fixture(scope="module")
+def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    workdir = tmp_path_factory.mktemp("node-backing")
+    with host_services.host_redis(workdir) as redis_url, host_services.host_cql(workdir) as cql:
+        yield redis_url, cql
+
+
+@pytest.fixture
+def operator_release(node: Kubectl) -> Iterator[None]:
+    if not HELM.exists():
+        pytest.skip("helm not built: run scripts/setup/30-kube.sh")
+    env = {**os.environ, "KUBECONFIG": str(node.kubeconfig)}
+    subprocess.run([str(HELM), "upgrade", "--install", "chatplane", str(ROOT / "charts" / "chatplane"),
+                    "-n", "chatplane-system", "--create-namespace",
+                    "--set", "image.pullPolicy=Never", "--wait", "--timeout", "180s"],
+                   check=True, env=env, capture_output=True, timeout=240)
+    try:
+        yield
+    finally:
+        subprocess.run([str(HELM), "uninstall", "chatplane", "-n", "chatplane-system"],
+                       check=False, env=env, capture_output=True, timeout=120)
+
+
+def _ready_status(node: Kubectl) -> bool:
+    conditions = node.get("chatcluster", "chat", "-n", NAMESPACE).get("status", {}).get(
+        "conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+@contextlib.contextmanager
+def _port_forward(node: Kubectl, target: str) -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proc = subprocess.Popen(["kubectl", f"--kubeconfig={node.kubeconfig}", "port-forward",
+                             "-n", NAMESPACE, target, f"{port}:8080"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert "Forwarding" in line, line
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _dispatch(base_url: str) -> list[dict[str, str]]:
+    with urllib.request.urlopen(f"{base_url}/v1/dispatch?uid=alice", timeout=5) as reply:
+        return list(json.load(reply)["endpoints"])
+
+
+def _dispatch_ws(base_url: str) -> list[str]:
+    return [e["ws"] for e in _dispatch(base_url)]
+
+
+async def test_helm_install_apply_ready_and_chat(node: Kubectl, backing: tuple[str, str],
+                                                 operator_release: None, tmp_path: Path) -> None:
+    redis_url, cql = backing
+    # The operator places each region's pods by topology.kubernetes.io/region; a cloud sets
+    # that label, this node does not.
+    node.run("label", "node", "chatplane-node", "topology.kubernetes.io/region=eu", "--overwrite")
+    node.run("create", "namespace", NAMESPACE)
+    try:
+        node.run("create", "secret", "generic", "redis-eu", "-n", NAMESPACE,
+                 f"--from-literal=url={redis_url}")
+        started = time.monotonic()
+        node.apply(_cluster("redis-eu", cql))
+        deadline = started + READY_TIMEOUT_S
+        while not await asyncio.to_thread(_ready_status, node):
+            assert time.monotonic() < deadline, node.run("get", "pods", "-n", NAMESPACE)
+            await asyncio.sleep(1)
+        ready_s = time.monotonic() - started
+        print(f"\nkubectl apply to Ready: {ready_s:.1f}s")
+
+        # The gateways advertise their in-cluster DNS name unless advertiseURL is set: point
+        # it at the public Service's NodePort, as a user outside the cluster needs.
+        service = node.get("service", "chat-eu-gateway-public", "-n", NAMESPACE)
+        node_port = next(p["nodePort"] for p in service["spec"]["ports"] if p["name"] == "http")
+        public = f"ws://{NODE_IP}:{node_port}/ws"
+        node.run("patch", "chatcluster", "chat", "-n", NAMESPACE, "--type", "json", "-p",
+                 json.dumps([{"op": "add", "path": "/spec/regions/0/gateway/advertiseURL",
+                              "value": public}]))
+        secret = node.get("secret", "chat-generated", "-n", NAMESPACE)
+        token_key = base64.b64decode(secret["data"]["token"]).decode()
+        with _port_forward(node, "svc/chat-eu-ipconf") as port:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while await asyncio.to_thread(_dispatch_ws, base) != [public]:
+                assert time.monotonic() < deadline, await asyncio.to_thread(_dispatch_ws, base)
+                await asyncio.sleep(1)
+            # The gateways listen on 0.0.0.0; their TCP endpoint is their pod's address.
+            gateway = node.get("pod", "chat-eu-gateway-0", "-n", NAMESPACE)
+            tcp = [e["tcp"] for e in await asyncio.to_thread(_dispatch, base)]
+            assert tcp == [f"{gateway['status']['podIP']}:8081"]
+            await _chat_exactly_once(base, TokenSigner(token_key))
+    finally:
+        node.run("delete", "namespace", NAMESPACE, "--wait=false")
