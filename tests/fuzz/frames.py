@@ -111,7 +111,7 @@ KINDS: dict[str, st.SearchStrategy[Draft]] = {
                        note=sized(MAX_NOTE_CHARS)),
     "friends": draft("friends"),
     "group_create": draft("group_create", name=sized(MAX_GROUP_NAME_CHARS, "g"), members=members),
-    "group_op": draft("group_op", conversation_id=conversation, action=st.integers(0, 10),
+    "group_op": draft("group_op", conversation_id=conversation, action=st.integers(0, 11),
                       user_ids=members,
                       role=st.sampled_from(["", "owner", "admin", "member", "god", "x" * 100]),
                       name=sized(MAX_GROUP_NAME_CHARS, "g")),
