@@ -98,12 +98,21 @@ async def test_full_screen_chat(server: ServerProcess, signer: TokenSigner,
         await term.wait_for("carol: carol here")
         assert "(1)" not in term.screen()
 
+        # alice and carol are not friends: carol's group invites alice, who joins from here
         group = await carol.create_group("team", ["alice"])
+        await term.wait_for(f"/join {group}")
+        term.type(f"/join {group}")
+        async with asyncio.timeout(10):
+            while "alice" not in [m.user_id for m in await carol.members(group)]:
+                await asyncio.sleep(0.1)
+        term.keys("Tab")  # back to another conversation, so the group's message is unread
         await carol.send_text(group, "standup in 5")
         screen = await term.wait_for("* team (")  # a group is listed by its name
-        assert group not in screen
+        # the list (left column) names it, never by its id
+        assert not any("g:" in line[:21] for line in screen.splitlines()), screen
 
-        term.keys("Up")  # input history: the last line typed comes back for editing
+        term.keys("Up")  # input history: the lines typed come back for editing, newest first
+        term.keys("Up")  # (the newest is the /join)
         await term.wait_for("hello bob")
         term.keys("C-u")
         term.keys("C-c")

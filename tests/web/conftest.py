@@ -12,7 +12,10 @@ from tests.support.server import ServerProcess
 
 @pytest.fixture(scope="module")
 def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("web"), tcp=False)
+    # the web app has no invitations view yet (docs/web-client.md): groups made in the page
+    # add their members at once, as `abuse.group_add_requires_consent=0` allows
+    proc = ServerProcess(tmp_path_factory.mktemp("web"), tcp=False,
+                         env={"CHATPLANE_GROUP_ADD_REQUIRES_CONSENT": "0"})
     proc.start()
     yield proc
     proc.stop()

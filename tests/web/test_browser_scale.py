@@ -43,7 +43,8 @@ def test_large_group_by_group_pushes(tmp_path: Path) -> None:
     inbox; both members' pages still show it once each and in order."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    server = ServerProcess(data_dir, tcp=False, env={"CHATPLANE_LARGE_GROUP_THRESHOLD": "2"})
+    server = ServerProcess(data_dir, tcp=False, env={"CHATPLANE_LARGE_GROUP_THRESHOLD": "2",
+                                                     "CHATPLANE_GROUP_ADD_REQUIRES_CONSENT": "0"})
     server.start()
     signer = TokenSigner.from_data_dir(data_dir)
     try:

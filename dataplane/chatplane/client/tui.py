@@ -259,6 +259,12 @@ class ChatScreen:
                 current = self.session.current
                 if current is not None and event.message.conversation_id == current:
                     self._spawn(self._mark_read(self.view.thread(current)))
+            elif event.kind == "invitation":  # a group's name before its timeline is visible
+                if event.detail.get("name"):
+                    invited = self.view.thread(str(event.detail.get("conversation_id")))
+                    invited.label = str(event.detail["name"])
+                if line := chat_social.describe(event, self.session):
+                    self._notice(line)
             elif event.kind == "read":  # read on another device: clear the marker
                 read = self.view.threads.get(str(event.detail.get("conversation_id")))
                 if read and int(event.detail.get("read_seq", 0)) >= max(read.messages, default=0):
