@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -93,7 +94,7 @@ def issue(ca: Issued, wanted: Wanted, now: datetime.datetime,
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                               ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName(n) for n in wanted.dns_names]), critical=False)
+            [_san(n) for n in wanted.dns_names]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
             ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -101,13 +102,33 @@ def issue(ca: Issued, wanted: Wanted, now: datetime.datetime,
     return Issued(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
 
 
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def _san(name: str) -> x509.GeneralName:
+    """An IP address (e.g. an advertiseURL's host) is an IP SAN: TLS clients match an IP
+    only against those, never against a DNS SAN spelling it."""
+    ip = _ip(name)
+    return x509.IPAddress(ip) if ip is not None else x509.DNSName(name)
+
+
+def split_names(names: tuple[str, ...] | list[str]) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses) of a Wanted's names, in order."""
+    return ([n for n in names if _ip(n) is None], [n for n in names if _ip(n) is not None])
+
+
 def identity(cert_pem: bytes) -> Wanted:
-    """The CN and SAN DNS names `cert_pem` carries."""
+    """The CN and SAN names (DNS names, then IP addresses) `cert_pem` carries."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        names = tuple(sans.value.get_values_for_type(x509.DNSName))
+        names = (*sans.value.get_values_for_type(x509.DNSName),
+                 *(str(ip) for ip in sans.value.get_values_for_type(x509.IPAddress)))
     except x509.ExtensionNotFound:
         names = ()
     return Wanted(str(cns[0].value) if cns else "", names)

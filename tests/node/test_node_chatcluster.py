@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,7 +112,14 @@ def _dispatch(base_url: str) -> list[dict[str, str]]:
 
 
 def _dispatch_ws(base_url: str) -> list[str]:
-    return [e["ws"] for e in _dispatch(base_url)]
+    """[] while no gateway is published: ipconf answers 503 then, as while the only gateway
+    rolls (it unregisters when it stops, and the new pod registers once it is ready)."""
+    try:
+        return [e["ws"] for e in _dispatch(base_url)]
+    except urllib.error.HTTPError as exc:
+        if exc.code != 503:
+            raise
+        return []
 
 
 async def test_helm_install_apply_ready_and_chat(node: Kubectl, backing: tuple[str, str],
@@ -134,25 +142,30 @@ async def test_helm_install_apply_ready_and_chat(node: Kubectl, backing: tuple[s
         print(f"\nkubectl apply to Ready: {ready_s:.1f}s")
 
         # The gateways advertise their in-cluster DNS name unless advertiseURL is set: point
-        # it at the public Service's NodePort, as a user outside the cluster needs.
+        # it at the public Service's NodePort, as a user outside the cluster needs. TLS is on
+        # by default: the gateways serve WSS, with a certificate from the cluster's CA that
+        # carries the advertised host (an IP here, so an IP SAN).
         service = node.get("service", "chat-eu-gateway-public", "-n", NAMESPACE)
         node_port = next(p["nodePort"] for p in service["spec"]["ports"] if p["name"] == "http")
-        public = f"ws://{NODE_IP}:{node_port}/ws"
+        public = f"wss://{NODE_IP}:{node_port}/ws"
         node.run("patch", "chatcluster", "chat", "-n", NAMESPACE, "--type", "json", "-p",
                  json.dumps([{"op": "add", "path": "/spec/regions/0/gateway/advertiseURL",
                               "value": public}]))
         secret = node.get("secret", "chat-generated", "-n", NAMESPACE)
         token_key = base64.b64decode(secret["data"]["token"]).decode()
+        ca = tmp_path / "ca.crt"
+        ca.write_bytes(base64.b64decode(
+            node.get("secret", "chat-ca", "-n", NAMESPACE)["data"]["ca.crt"]))
         with _port_forward(node, "svc/chat-eu-ipconf") as port:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
             while await asyncio.to_thread(_dispatch_ws, base) != [public]:
                 assert time.monotonic() < deadline, await asyncio.to_thread(_dispatch_ws, base)
                 await asyncio.sleep(1)
-            # The gateways listen on 0.0.0.0; their TCP endpoint is their pod's address.
+            # The gateways listen on 0.0.0.0; their TCP endpoint (TLS) is their pod's address.
             gateway = node.get("pod", "chat-eu-gateway-0", "-n", NAMESPACE)
             tcp = [e["tcp"] for e in await asyncio.to_thread(_dispatch, base)]
-            assert tcp == [f"{gateway['status']['podIP']}:8081"]
-            await _chat_exactly_once(base, TokenSigner(token_key))
+            assert tcp == [f"tcps://{gateway['status']['podIP']}:8081"]
+            await _chat_exactly_once(base, TokenSigner(token_key), ca=str(ca))
     finally:
         node.run("delete", "namespace", NAMESPACE, "--wait=false")

@@ -91,9 +91,9 @@ def _dispatch(base_url: str) -> list[dict[str, str]]:
         return list(json.load(reply)["endpoints"])
 
 
-async def _chat_exactly_once(url: str, signer: TokenSigner) -> list[str]:
-    alice = Client(url, signer.mint("alice", "phone"))
-    bob = Client(url, signer.mint("bob", "laptop"))
+async def _chat_exactly_once(url: str, signer: TokenSigner, ca: str | None = None) -> list[str]:
+    alice = Client(url, signer.mint("alice", "phone"), ca=ca)
+    bob = Client(url, signer.mint("bob", "laptop"), ca=ca)
     await alice.connect()
     await bob.connect()
     try:

@@ -67,6 +67,27 @@ def test_issued_tier_certificates_authenticate_both_ways(tmp_path: Path) -> None
         _handshake(tmp_path, ca, im, stranger, "im")  # another cluster's CA is refused
 
 
+def test_an_advertised_ip_is_an_ip_san_clients_verify(body: dict[str, Any],
+                                                      tmp_path: Path) -> None:
+    """advertiseURL wss://10.244.0.1:32598/ws (a NodePort, a load balancer's IP): TLS
+    clients match an IP only against IP SANs, so the client certificate carries it as one."""
+    body["spec"]["regions"][0]["gateway"] = {"advertiseURL": "wss://10.244.0.1:32598/ws"}
+    cluster = api.parse(body)
+    eu = cluster.regions[0]
+    wanted = certs.client_identity(cluster, eu)
+    assert "10.244.0.1" in wanted.dns_names
+    ca = certificates.make_ca("ca", NOW)
+    issued = certificates.issue(ca, wanted, NOW, DAY)
+    client = certificates.issue(ca, certs.tier_identity(cluster, eu, "ipconf"), NOW, DAY)
+    _handshake(tmp_path, ca, issued, client, "10.244.0.1")  # the hostname check passes
+    assert certificates.why_reissue(issued.cert, ca, wanted, NOW) == ""  # read back as wanted
+    body["spec"]["tls"] = {"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}
+    spec = next(s for s in certs.wanted_certs(api.parse(body)) if s.role == "client")
+    certificate = certs.build_certificate(api.parse(body), spec)["spec"]
+    assert certificate["ipAddresses"] == ["10.244.0.1"]
+    assert "10.244.0.1" not in certificate["dnsNames"]
+
+
 def test_renewal_is_due_with_a_third_of_the_lifetime_left() -> None:
     cluster = api.parse(cluster_body())
     wanted = certs.tier_identity(cluster, cluster.regions[0], "state")

@@ -19,7 +19,7 @@ import urllib.parse
 from typing import Any
 
 from chatplane_operator import api
-from chatplane_operator.certificates import Issued, Wanted
+from chatplane_operator.certificates import Issued, Wanted, split_names
 from chatplane_operator.specs import naming
 
 TLS_DIR = "/etc/chatplane/tls"
@@ -69,7 +69,8 @@ def tier_identity(cluster: api.ChatCluster, region: api.Region, tier: str) -> Wa
 
 def client_identity(cluster: api.ChatCluster, region: api.Region) -> Wanted:
     """What clients dial: the public Service, the pods' DNS names (the default advertised
-    URL) and the advertised URL's host (`$(POD_NAME)` becomes a wildcard)."""
+    URL) and the advertised URL's host (`$(POD_NAME)` becomes a wildcard; an IP address
+    becomes an IP SAN when issued, certificates.split_names)."""
     public = f"{naming.gateway_public_name(cluster, region)}.{cluster.namespace}.svc"
     pods = naming.service_host(cluster, region, "gateway")
     names = [*_service_names(public), f"*.{pods}", f"*.{pods}.cluster.local"]
@@ -122,13 +123,15 @@ def build_certificate(cluster: api.ChatCluster, spec: CertSpec) -> dict[str, Any
     assert issuer is not None
     hours = cluster.tls.lifetime_hours
     meta = naming.metadata(cluster, spec.secret_name, spec.region, spec.role)
+    dns, ips = split_names(spec.wanted.dns_names)
     return {
         "apiVersion": CERT_MANAGER_API, "kind": "Certificate", "metadata": meta,
         "spec": {
             "secretName": spec.secret_name,
             "secretTemplate": {"labels": naming.labels(cluster, spec.region, spec.role)},
             "commonName": spec.wanted.common_name,
-            "dnsNames": list(spec.wanted.dns_names),
+            "dnsNames": dns,
+            **({"ipAddresses": ips} if ips else {}),
             "duration": f"{hours}h",
             "renewBefore": f"{max(1, hours // 3)}h",
             "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
