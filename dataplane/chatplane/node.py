@@ -246,7 +246,8 @@ class Node:
             loop = asyncio.get_running_loop()
             self._tcp_server = await loop.create_server(
                 lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port, ssl=tls,
-                ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None)
+                ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None,
+                backlog=admission.LISTEN_BACKLOG)
             tcp_host, tcp_port = self._tcp_server.sockets[0].getsockname()[:2]
             tcp_public = serving.reachable_host(tcp_host, self.settings)
             self.tcp_address = f"{'tcps://' if tls else ''}{tcp_public}:{tcp_port}"

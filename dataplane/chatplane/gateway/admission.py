@@ -45,6 +45,13 @@ def derived_max_connections(abuse: Abuse) -> int:
     return max(64, soft - FD_RESERVE)
 
 
+# accepts waiting for the loop: a reconnect storm (a drained gateway's clients, a
+# region failing over) arrives in bursts; asyncio's default of 100 would make the
+# kernel drop the handshakes past it (clients then see a connection the server
+# never accepted)
+LISTEN_BACKLOG = 1024
+
+
 class Admission:
     """Open client sockets, in total and per source address."""
 
@@ -183,6 +190,6 @@ async def start_public_http(app: web.Application, host: str, port: int, admissio
     factory: Callable[[], Any] = runner.server  # type: ignore[assignment]
     server = await asyncio.get_running_loop().create_server(
         lambda: GuardedHttp(factory(), admission, abuse.header_timeout_s), host, port,
-        backlog=1024, ssl=ssl_context,
+        backlog=LISTEN_BACKLOG, ssl=ssl_context,
         ssl_handshake_timeout=abuse.header_timeout_s if ssl_context is not None else None)
     return runner, server, int(server.sockets[0].getsockname()[1])

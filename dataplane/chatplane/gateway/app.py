@@ -216,7 +216,8 @@ class GatewayApp:
         if server.tcp_port:
             self._tcp = await asyncio.get_running_loop().create_server(
                 lambda: TcpFrameProtocol(self.gateway), server.host, server.tcp_port, ssl=tls,
-                ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None)
+                ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None,
+                backlog=admission.LISTEN_BACKLOG)
             tcp_host, tcp_port = self._tcp.sockets[0].getsockname()[:2]
             public = serving.reachable_host(tcp_host, self.settings)
             self.tcp_address = f"{'tcps://' if tls else ''}{public}:{tcp_port}"
