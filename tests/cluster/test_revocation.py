@@ -18,6 +18,7 @@ from chatplane.client import Client
 from chatplane.protocol.errors import ErrorCode, RequestError
 from tests.cluster.conftest import ClusterFactory
 from tests.services import RedisService
+from tests.support.traffic import ended
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -29,17 +30,6 @@ def revoke(url: str, secret: str, body: dict[str, str]) -> dict[str, object]:
     with urllib.request.urlopen(request, timeout=5) as response:
         return dict(json.load(response))
 
-
-async def ended(client: Client, timeout_s: float) -> RequestError:
-    async def drain() -> RequestError:
-        try:
-            async for _ in client.messages():
-                pass
-        except RequestError as exc:
-            return exc
-        raise AssertionError("ended without an error")
-
-    return await asyncio.wait_for(drain(), timeout_s)
 
 
 async def test_a_revoked_device_is_closed_by_the_gateway_tier(

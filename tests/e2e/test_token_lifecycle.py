@@ -24,6 +24,7 @@ from chatplane.client import Client
 from chatplane.client.tokens import expires_at
 from chatplane.protocol.errors import ErrorCode, RequestError
 from tests.support.server import ServerProcess
+from tests.support.traffic import ended
 
 pytestmark = pytest.mark.slow
 
@@ -37,18 +38,6 @@ def audited(data_dir: Path) -> Iterator[ServerProcess]:
     yield proc
     proc.stop()
 
-
-async def ended(client: Client, timeout_s: float) -> RequestError:
-    """What closed the client's session for good (it must end within timeout_s)."""
-    async def drain() -> RequestError:
-        try:
-            async for _ in client.messages():
-                pass
-        except RequestError as exc:
-            return exc
-        raise AssertionError("the client ended without an error")
-
-    return await asyncio.wait_for(drain(), timeout_s)
 
 
 async def exchange(sender: Client, receiver: Client, conversation: str, text: str) -> None:

@@ -8,6 +8,7 @@ import contextlib
 
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client, Message
+from chatplane.protocol.errors import RequestError
 
 
 async def stop_client(client: Client, reader: asyncio.Task[None] | None) -> None:
@@ -82,3 +83,16 @@ async def wait_until_received(devices: list[Device], count: int, timeout_s: floa
                 "timed out: received " + ", ".join(f"{d.user}/{d.device}={len(d.received)}"
                                                    for d in devices))
         await asyncio.sleep(0.05)
+
+
+async def ended(client: Client, timeout_s: float) -> RequestError:
+    """What closed the client's session for good (it must end within timeout_s)."""
+    async def drain() -> RequestError:
+        try:
+            async for _ in client.messages():
+                pass
+        except RequestError as exc:
+            return exc
+        raise AssertionError("the client ended without an error")
+
+    return await asyncio.wait_for(drain(), timeout_s)
