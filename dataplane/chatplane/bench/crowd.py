@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
+from typing import Any
 
 import aiohttp
 
@@ -99,6 +101,26 @@ async def run(
     await http.close()
 
 
+# Connecting a worker's share of the crowd may take this long on a loaded machine.
+CONNECT_BUDGET_S = 600.0
+
+
+async def bounded(coro: Any, deadline_s: float) -> None:
+    """Run a worker, but never outlive the bench that started it: a worker
+    whose parent died (killed on a timeout) or that overran every budget
+    exits instead of reconnecting to a server that is gone."""
+    parent = os.getppid()
+    work = asyncio.ensure_future(coro)
+    give_up = time.monotonic() + CONNECT_BUDGET_S + deadline_s + 30
+    while not work.done():
+        await asyncio.wait({work}, timeout=1.0)
+        if os.getppid() != parent or time.monotonic() > give_up:
+            print("crowd: parent gone or budget spent, exiting", file=sys.stderr, flush=True)
+            os._exit(3)
+    work.result()
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
-    asyncio.run(run(a[0], a[1], int(a[2]), int(a[3]), a[4], int(a[5]), float(a[6]), *a[7:9]))
+    asyncio.run(bounded(run(a[0], a[1], int(a[2]), int(a[3]), a[4], int(a[5]), float(a[6]), *a[7:9]),
+                        float(a[6])))
