@@ -316,8 +316,8 @@ class DeliveryChecker:
         when it is a known device (else only to the totals). Returns the
         count not charged to a device."""
         unowned = 0
-        for dv in self._devices.values():
-            dv.cid_order = 0
+        for known in self._devices.values():
+            known.cid_order = 0
         for (sender, device, conv), by_cid in self._sent.items():
             dv = self._devices.get((sender, device))
             highest = highest_cid = 0

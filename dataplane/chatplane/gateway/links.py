@@ -71,20 +71,20 @@ class RemoteIm:
     async def _owners(self, key: str) -> list[str]:
         return [address for _, address in await self.ring.owners(key)]
 
-    async def _call(self, key: str, request: spb.ClientRequest) -> spb.ClientReply:
+    async def _call(self, key: str, invoke: Callable[[sgrpc.ImStub], Awaitable[T]]) -> T:
+        """`invoke` on the owner of `key`, or on the next ones on the ring
+        after a retriable failure (each move counted as a failover)."""
         owners = await self._owners(key)  # (an empty registry is read again once)
         tried = 0
 
-        async def one(address: str) -> spb.ClientReply:
+        async def one(address: str) -> T:
             nonlocal tried
             tried += 1
             if tried > 1:
                 self.failovers += 1
                 if self.on_failover is not None:
                     self.on_failover()
-            reply: spb.ClientReply = await sgrpc.ImStub(self.peers.channel(address, "im")).Handle(
-                request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
-            return reply
+            return await invoke(sgrpc.ImStub(self.peers.channel(address, "im")))
 
         return await first_answer(owners, one, 2 * self.peers.deadline_s)
 
@@ -96,11 +96,35 @@ class RemoteIm:
                                     frame=frame.SerializeToString())
         with tracing.span("gateway.request", kind=kind):
             try:
-                reply = await self._call(key, request)
+                reply: spb.ClientReply = await self._call(key, lambda stub: stub.Handle(
+                    request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
             except grpc.aio.AioRpcError as exc:
                 code = ErrorCode.UNAVAILABLE if retriable(exc) else ErrorCode.INTERNAL
                 return error_frame(frame.id, code, f"im unavailable, retry: {exc.code().name}")
         return pb.Frame.FromString(reply.frame)
+
+    async def handle_sends(self, user_id: str, device_id: str,
+                           frames: Sequence[pb.Frame]) -> list[pb.Frame]:
+        """One device's sends into one conversation, in cid order, in one call
+        to the conversation's owner (or, after a retriable failure, the whole
+        batch to the next one: what the first stored is answered there with
+        its original ack). A failed call answers every send UNAVAILABLE."""
+        conversation_id = frames[0].send.conversation_id
+        request = spb.ClientRequests(user_id=user_id, device_id=device_id,
+                                     frames=[f.SerializeToString() for f in frames])
+        with tracing.span("gateway.sends", count=len(frames)):
+            try:
+                reply: spb.ClientReplies = await self._call(
+                    ring_key(conversation_id), lambda stub: stub.HandleSends(
+                        request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
+            except grpc.aio.AioRpcError as exc:
+                code = ErrorCode.UNAVAILABLE if retriable(exc) else ErrorCode.INTERNAL
+                return [error_frame(f.id, code, f"im unavailable, retry: {exc.code().name}")
+                        for f in frames]
+        if len(reply.frames) != len(frames):
+            return [error_frame(f.id, ErrorCode.INTERNAL, "im answered another number of sends")
+                    for f in frames]
+        return [pb.Frame.FromString(r) for r in reply.frames]
 
     async def _read(self, key: str, call: Callable[[sgrpc.ImStub], Awaitable[T]]) -> T:
         """A read-only call on the owner of `key`, or the next ones on the ring."""

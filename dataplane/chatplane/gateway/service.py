@@ -51,6 +51,12 @@ class ImApi(Protocol):
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
         """A client request frame in, its reply or Error frame out."""
 
+    async def handle_sends(self, user_id: str, device_id: str,
+                           frames: Sequence[pb.Frame]) -> list[pb.Frame]:
+        """One device's send frames into one conversation, in cid order, in;
+        a reply per frame out, in order. Sequenced in that order; after a
+        retriable failure the later sends are refused unsent."""
+
 
 class Registry(Protocol):
     """What the gateway tells the state tier about its devices. `register`

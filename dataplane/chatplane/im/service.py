@@ -348,6 +348,12 @@ class ImService:
         """A client request frame in, its reply (or Error) frame out."""
         return await requests.handle(self, user_id, device_id, frame)
 
+    async def handle_sends(self, user_id: str, device_id: str,
+                           frames: Sequence[pb.Frame]) -> list[pb.Frame]:
+        """One device's send frames into one conversation, in cid order: the
+        replies, in the same order (im/requests.py, `handle_sends`)."""
+        return await requests.handle_sends(self, user_id, device_id, frames)
+
     async def sync(self, user_id: str, after_seq: int, limit: int) -> tuple[list[InboxItem], int]:
         limit = max(1, min(limit or self.limits.max_sync_page, self.limits.max_sync_page))
         try:
