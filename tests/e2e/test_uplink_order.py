@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
-from tests.support.server import ServerProcess
 from tests.support.pipelined import pipeline_into_fresh_conversations
+from tests.support.server import ServerProcess
 
 SENDERS, ROUNDS, WINDOW = 8, 6, 32
 
