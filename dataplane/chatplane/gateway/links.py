@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from chatplane import tracing
-from chatplane.im.requests import error_frame
 from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.protocol.wire import error_frame
 from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
 from chatplane.rpc import convert

@@ -17,7 +17,8 @@ from google.protobuf.message import DecodeError
 from chatplane.im import social
 from chatplane.im.leases import NotOwner
 from chatplane.protocol import bounds, wire
-from chatplane.protocol.errors import SPECS, ErrorCode, ProtocolError
+from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.protocol.wire import error_frame
 from chatplane.storage.base import AppendResult, StorageUnavailable
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
@@ -35,12 +36,6 @@ def handles(kind: str) -> Callable[[Handler], Handler]:
         return fn
 
     return register
-
-
-def error_frame(request_id: int, code: ErrorCode, message: str) -> pb.Frame:
-    spec = SPECS[code]
-    return pb.Frame(id=request_id, error=pb.Error(code=int(code), message=message,
-                                                  retriable=spec.retriable, fatal=False))
 
 
 def admit(request: spb.ClientRequest, limits: bounds.Bounds) -> pb.Frame:

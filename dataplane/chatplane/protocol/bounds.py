@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chatplane.protocol.errors import ErrorCode, ProtocolError
-from chatplane.storage.base import ID_PATTERN, valid_id
+from chatplane.protocol.records import ID_PATTERN, valid_id
 
 if TYPE_CHECKING:
     from chatplane.settings import Limits
