@@ -28,8 +28,9 @@ import grpc
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from chatplane import certs
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import admission, certs, drainapi, webapp
+from chatplane.gateway import admission, drainapi, webapp
 from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.connection import Connection

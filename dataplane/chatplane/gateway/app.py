@@ -24,9 +24,9 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
-from chatplane import revocations
+from chatplane import certs, revocations
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import admission, certs, drainapi, webapp
+from chatplane.gateway import admission, drainapi, webapp
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.heads import HeadChecker
 from chatplane.gateway.links import GatewayServicer, RemoteIm, RemoteRegistry

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from chatplane.delivery.dedup import CidAllocator
-from chatplane.gateway.pacing import UserRates
 from chatplane.im import requests
 from chatplane.im.groups import Groups
 from chatplane.im.hotcache import HotCache
@@ -25,6 +24,7 @@ from chatplane.im.leases import Leases, NotOwner
 from chatplane.im.social import Social
 from chatplane.protocol.bounds import Bounds
 from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.rates import UserRates
 from chatplane.settings import Abuse, Limits
 from chatplane.settings import Social as SocialSettings
 from chatplane.storage.base import (
