@@ -36,7 +36,7 @@ from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
-from chatplane.state.links import DeliveryOutbox, StateLinks
+from chatplane.state.client import DeliveryOutbox, StateLinks
 from chatplane.storage.base import Revocation, SendRequest, events_conversation_id
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
