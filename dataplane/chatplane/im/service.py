@@ -62,9 +62,15 @@ def _unavailable(exc: Exception) -> ProtocolError:
 
 
 class Deliverer(Protocol):
-    """Where sequenced inbox entries go: the state tier (in process or remote)."""
+    """Where sequenced messages go: the state tier (in process, state/service.py,
+    or remote, state/client.py)."""
 
-    def deliver(self, items: Iterable[InboxItem]) -> int: ...
+    def deliver(self, items: Iterable[InboxItem]) -> int:
+        """Inbox entries, for every connected device of their users."""
+
+    def deliver_group(self, conversation_id: str, members: Sequence[str],
+                      message: StoredMessage) -> None:
+        """A large group's message (no inbox entries), for its online members."""
 
 
 class Owners(Protocol):
@@ -227,9 +233,8 @@ class ImService:
         if result.inbox:
             self.state.deliver(result.inbox)
         if group_members:
-            deliver_group = getattr(self.state, "deliver_group", None)
-            if deliver_group is not None:
-                deliver_group(result.message.conversation_id, group_members, result.message)
+            self.state.deliver_group(result.message.conversation_id, group_members,
+                                     result.message)
 
     def is_large(self, members: Sequence[str]) -> bool:
         return len(members) > self.social_settings.large_group_threshold
