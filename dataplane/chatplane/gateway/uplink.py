@@ -94,6 +94,7 @@ class Uplink:
         now = _now_ms()
         batch: list[Request] = []
         size = 0
+        refused = False
         while lane and len(batch) < MAX_SENDS_PER_CALL and size < MAX_BATCH_BYTES:
             request = lane.popleft()
             assert isinstance(request.body, pb.Send)
@@ -101,10 +102,11 @@ class Uplink:
             if refusal is not None:
                 conn.session.error(request.id, refusal.code, refusal.message)
                 conn.sends.done()
+                refused = True
                 continue
             batch.append(request)
             size += request.body.ByteSize()
-        if len(batch) == 0:
+        if refused:
             conn.flush()
         return batch
 
