@@ -221,9 +221,7 @@ class Connection:
             self._handle(pipelined)
 
     async def _answer(self, request: Request) -> pb.Frame:
-        frame = pb.Frame(id=request.id)
-        getattr(frame, request.kind).CopyFrom(request.body)
-        return await self.gateway.im.handle(self.user_id, self.device_id, frame)
+        return await self.gateway.im.handle(self.user_id, self.device_id, request.frame)
 
     # -- the state tier's side (DeviceLink) ----------------------------------
 

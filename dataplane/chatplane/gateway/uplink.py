@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from chatplane.protocol.bounds import MAX_SENDS_PER_CALL
 from chatplane.protocol.errors import ErrorCode
@@ -70,7 +70,7 @@ class Uplink:
                 if not batch:
                     continue
                 started = _now_ms()
-                frames = [pb.Frame(id=r.id, send=cast(pb.Send, r.body)) for r in batch]
+                frames = [r.frame for r in batch]
                 try:
                     replies = await conn.gateway.im.handle_sends(conn.user_id, conn.device_id,
                                                                  frames)
