@@ -7,8 +7,10 @@ looks at a connection when one of its deadlines could have passed
 (buckets by the token's expiry second, TOKEN_EXPIRED), and a revocation
 learnt from the watcher closes the sessions it names (TOKEN_REVOKED): a look
 at the revoked user's devices, or at every connection for a global one. Logged-in
-connections are indexed by user and device, so pushes that arrive from the
-state tier over gRPC (`push_entries`) find them.
+connections are indexed by user and device (the gateway alone holds devices
+and sockets), so what the state tier routes here finds them: inbox entries
+(`push_entries`) and large-group flushes (`push_group`), called in process in
+`up` and through the `Gateway` gRPC service in a cluster.
 """
 
 from __future__ import annotations
