@@ -19,8 +19,8 @@ import pytest
 from chatplane.gateway import bulk
 from chatplane.gateway.bulk import BulkWriter, Handoff, Lent, SocketLender
 from chatplane.protocol import wire
-from chatplane.state.groups import GroupFanout
 from chatplane.storage.base import StoredMessage
+from tests.support.fanout import fanout_to
 
 pytestmark = pytest.mark.skipif(BulkWriter.create() is None,
                                 reason="chatplane._sendeach was not built (no C compiler)")
@@ -190,28 +190,30 @@ async def test_a_connection_closed_while_lent_is_never_written_under_a_reused_fd
 
 
 class Device:
-    """A group member as `GroupFanout` sees it, written through a SocketLender
-    the way gateway/connection.py's `push_raw` does."""
+    """A group member in the gateway's index, written through a SocketLender
+    the way gateway/connection.py's `push_group` does."""
 
     def __init__(self, lender: SocketLender) -> None:
         self.lender = lender
 
-    def push_raw(self, payload: bytes, handoff: Handoff | None = None) -> None:
+    def push_group(self, conversation_id: str, head_seq: int, payload: bytes,
+                   handoff: Handoff | None = None) -> bool:
         item = self.lender.lend(payload) if handoff is not None and handoff.lending else None
         if item is None:
             self.lender.write(payload)
         else:
             handoff.lent.append(item)  # type: ignore[union-attr]
+        return True
 
 
 async def test_a_group_fanout_through_the_writer_reaches_every_member_once(
         server: tuple[int, asyncio.Queue[Sink]], writer: BulkWriter) -> None:
     pairs = [await connect(server) for _ in range(700)]  # more than one chunk
     devices = {f"u{i}": Device(sink.out) for i, (_, sink) in enumerate(pairs) if sink.out}
-    fanout = GroupFanout(lambda user: (devices[user],), writer=writer)
+    fanout = fanout_to(devices, writer=writer)
     message = StoredMessage(conversation_id="g", seq=1, message_id="m1", sender="s",
                             sender_device="d", cid=1, text="hello", sent_at_ms=0)
-    fanout.offer("g", list(devices), message)
+    fanout.deliver_group("g", list(devices), message)
     frame = wire.group_push_frame("g", [message], 1)
     for client, _ in pairs:
         assert await read_exactly(client, len(frame)) == frame

@@ -1,4 +1,4 @@
-"""gateway/certs.py on its own: a renewal half written (a new certificate beside the
+"""certs.py on its own: a renewal half written (a new certificate beside the
 old key) keeps the previous pair in service and is counted once; the completed
 pair is loaded at the next look; a pair that never loads fails the start."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chatplane.gateway import certs
+from chatplane import certs
 from chatplane.settings import SettingsError
 from tests.support.certs import TestCa
 

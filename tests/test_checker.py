@@ -253,3 +253,28 @@ def test_history_hole_repeat_and_wrong_message_are_caught() -> None:
     assert not v.ok
     (b1,) = [d for d in v.to_dict()["failed_devices"] if d["device"] == "b1"]
     assert any("#4 after #2" in s for s in b1["samples"])
+
+
+def test_sends_sequenced_against_their_cid_order_are_counted_on_the_sender() -> None:
+    c = DeliveryChecker()
+    c.add_device("alice", "a1")
+    c.add_member(CONV, "alice")
+    # cids 1..4 got seqs 1, 3, 2, 4: cid 3 was sequenced before cid 2
+    for cid, seq in ((1, 1), (2, 3), (3, 2), (4, 4)):
+        c.record_ack("alice", "a1", CONV, seq, f"m{seq}", cid=cid)
+    for seq in range(1, 5):
+        c.record_receipt("alice", "a1", CONV, seq, f"m{seq}")
+    v = c.verdict()
+    assert v.totals["cid_order"] == 1 and not v.ok
+    assert v.same_order  # every device still saw one order: the server's
+    (device,) = v.devices
+    assert device.cid_order == 1 and "cid order" in device.samples[0]
+
+
+def test_a_resend_answered_with_its_original_ack_keeps_cid_order() -> None:
+    c = DeliveryChecker()
+    c.add_member(CONV, "alice")
+    for cid, seq in ((1, 1), (2, 2), (2, 2), (3, 3)):
+        c.record_ack("alice", "a1", CONV, seq, f"m{seq}", cid=cid)
+    c.record_ack("alice", "a2", CONV, 4, "m4", cid=1)  # another device numbers its own
+    assert c.verdict().totals["cid_order"] == 0

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chatplane.storage.base import valid_id
+from chatplane.protocol.records import valid_id
 
 if TYPE_CHECKING:
     from chatplane.settings import Settings

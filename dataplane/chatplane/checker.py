@@ -6,7 +6,8 @@ feed it and ask for a `Verdict` at the end. It is told three things:
 - who is in which conversation (`add_member`) and which devices each user has
   (`add_device`); a device is expected to receive every acked message of every
   conversation its user is a member of, its own sends included (DESIGN §3);
-- what each sender got acked (`record_ack`): (conversation, seq, message id);
+- what each sender got acked (`record_ack`): (conversation, seq, message id),
+  and the cid the device numbered the send with, when the feeder knows it;
 - what each device received, in arrival order (`record_receipt`).
 
 Per device the verdict counts, over the device's conversations:
@@ -21,6 +22,11 @@ Per device the verdict counts, over the device's conversations:
 - history: problems in pages the device pulled with `history()`
   (`check_history`): seqs not ascending and contiguous (a hole, a repeat),
   or a seq whose message differs from the one acked or received there.
+- cid_order (counted on the sending device): acks of one device into one
+  conversation whose seqs do not rise with their cids, i.e. the server
+  sequenced the device's sends in another order than it numbered them
+  (DESIGN §3: uplink order is the device's cid order). Only acks recorded
+  with a cid count.
 `same_order` holds when no device reordered and no seq maps to two messages:
 then every device saw each conversation's messages in the same order.
 
@@ -131,6 +137,7 @@ class DeviceVerdict:
     conflicting: int = 0
     foreign: int = 0
     history: int = 0
+    cid_order: int = 0
     samples: list[str] = field(default_factory=list)
 
     @property
@@ -143,10 +150,12 @@ class DeviceVerdict:
             or self.conflicting
             or self.foreign
             or self.history
+            or self.cid_order
         )
 
 
-KINDS = ("lost", "duplicated", "reordered", "gaps", "conflicting", "foreign", "history")
+KINDS = ("lost", "duplicated", "reordered", "gaps", "conflicting", "foreign", "history",
+         "cid_order")
 
 
 @dataclass
@@ -219,6 +228,8 @@ class DeliveryChecker:
         self._ids: dict[str, dict[int, str]] = defaultdict(dict)  # conv -> seq -> id
         self._ack_conflicts = 0
         self.acks_by_sender: dict[str, int] = defaultdict(int)
+        # (sender, device, conversation) -> cid -> seq, for acks recorded with a cid
+        self._sent: dict[tuple[str, str, str], dict[int, int]] = defaultdict(dict)
 
     def add_member(self, conversation_id: str, user: str) -> None:
         self._members[conversation_id].add(user)
@@ -231,10 +242,14 @@ class DeliveryChecker:
             self._streams[key] = {}
 
     def record_ack(
-        self, sender: str, sender_device: str, conversation_id: str, seq: int, message_id: str
+        self, sender: str, sender_device: str, conversation_id: str, seq: int, message_id: str,
+        cid: int = 0,
     ) -> None:
-        """The server acked a send: (conversation, seq) now holds `message_id`."""
+        """The server acked a send: (conversation, seq) now holds `message_id`;
+        with `cid`, the device numbered that send `cid` (checked for order)."""
         self.add_member(conversation_id, sender)
+        if cid:
+            self._sent[(sender, sender_device, conversation_id)][cid] = seq
         self.acks_by_sender[sender] += 1
         ids = self._ids[conversation_id]
         known = ids.setdefault(seq, message_id)
@@ -295,8 +310,33 @@ class DeliveryChecker:
         if len(dv.samples) < MAX_SAMPLES:
             dv.samples.append(text)
 
+    def _cid_order(self) -> int:
+        """Count, per sending device and conversation, the acks whose seq is
+        below that of an ack with a lower cid; charged to the sending device
+        when it is a known device (else only to the totals). Returns the
+        count not charged to a device."""
+        unowned = 0
+        for known in self._devices.values():
+            known.cid_order = 0
+        for (sender, device, conv), by_cid in self._sent.items():
+            dv = self._devices.get((sender, device))
+            highest = highest_cid = 0
+            for cid in sorted(by_cid):
+                seq = by_cid[cid]
+                if seq < highest:
+                    if dv is None:
+                        unowned += 1
+                    else:
+                        dv.cid_order += 1
+                        self._sample(dv, f"cid order {conv}: cid {cid} got #{seq},"
+                                         f" below cid {highest_cid}'s #{highest}")
+                else:
+                    highest, highest_cid = seq, cid
+        return unowned
+
     def verdict(self) -> Verdict:
         totals = dict.fromkeys(KINDS, 0)
+        totals["cid_order"] = self._cid_order()  # the devices' own counts add below
         devices: list[DeviceVerdict] = []
         received = 0
         for key, dv in self._devices.items():

@@ -28,8 +28,9 @@ import grpc
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from chatplane import certs
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import admission, certs, drainapi, webapp
+from chatplane.gateway import admission, drainapi, webapp
 from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.connection import Connection
@@ -57,23 +58,23 @@ log = logging.getLogger("chatplane.node")
 GATEWAY_KIND = "gateway"  # the registry kind dispatch ranks (cp:gateway:<id>)
 
 
-class MirroredState:
-    """The in-process state tier as the gateway's registry, each route it
-    holds also mirrored to Redis."""
+class LocalRoutes:
+    """The gateway's registry in `up`: every device is on the gateway in
+    process, which keeps its own device index, so a route needs writing
+    only to Redis, when there is one (`mirror`: for the tools and peers
+    that look there). The gateway registers a connection once it is its
+    device's current one, and unregisters only that one."""
 
-    def __init__(self, state: StateService, mirror: RouteMirror) -> None:
-        self.state = state
+    def __init__(self, mirror: RouteMirror | None) -> None:
         self.mirror = mirror
 
     async def register(self, link: Connection) -> None:
-        await self.state.register(link)
-        if self.state.holds(link):  # not an older connection it refused
+        if self.mirror is not None:
             self.mirror.added(link)
 
     def unregister(self, link: Connection) -> None:
-        if self.state.holds(link):
+        if self.mirror is not None:
             self.mirror.removed(link)
-        self.state.unregister(link)
 
 
 class Node:
@@ -89,11 +90,9 @@ class Node:
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
         self.storage: Storage = make_storage(settings)
         self.certs: certs.ReloadingCert | None = None
-        self.group_writer = BulkWriter.configured(settings.social)
         self.state = StateService(group_interval_ms=settings.social.group_push_interval_ms,
                                   group_max_messages=settings.social.group_push_max_messages,
-                                  group_max_share=settings.social.group_max_share,
-                                  group_writer=self.group_writer)
+                                  group_max_share=settings.social.group_max_share)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
                             server_id=self.server_id, abuse=settings.abuse)
         self.redis = (registry.connect(settings.storage.redis_url, tls=settings.tls)
@@ -105,12 +104,13 @@ class Node:
         if self.redis is not None:
             self.mirror = RouteMirror(Routes(self.redis), self.server_id,
                                       lambda: list(self.gateway.connections))
-            routes: MirroredState | StateService = MirroredState(self.state, self.mirror)
-        else:
-            routes = self.state
-        self.gateway = Gateway(settings, self.im, routes, self.signer, self.server_id)
-        # its metrics and its stop; up's fan-out is the state service's
-        self.gateway.group_writer = self.group_writer
+        # the tiers wired in process through the interfaces gRPC carries in a
+        # cluster: im -> state (Deliverer), state -> gateway (Downlink),
+        # gateway -> im (ImApi) and gateway -> state (Registry)
+        self.gateway = Gateway(settings, self.im, LocalRoutes(self.mirror), self.signer,
+                               self.server_id)
+        self.gateway.group_writer = BulkWriter.configured(settings.social)
+        self.state.downlink = self.gateway
         self.state.groups.supervisor = self.supervisor
         self.prober = region_links.prober_for(
             settings, self.server_id, self.signer.peer_proof, self.security)

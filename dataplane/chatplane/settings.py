@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from chatplane.regions import peerlist
+from chatplane import peerlist
 
 
 class SettingsError(Exception):
@@ -104,7 +104,7 @@ class Links:
     registry_ttl_s: float = 3.0  # an instance silent this long is dead
     head_check_s: float = 30.0  # gateway: compare connected devices' inbox heads (0: off)
     otlp_endpoint: str = ""  # OTLP/gRPC collector; empty: no trace export
-    peers: str = ""  # JSON [{name, endpoint, datacenter}]: the other regions (regions.peerlist)
+    peers: str = ""  # JSON [{name, endpoint, datacenter}]: the other regions (peerlist.py)
     peer_probe_s: float = 2.0  # how often each peer gets a Hello
     peer_timeout_s: float = 1.0  # the deadline of one Hello
 

@@ -18,13 +18,13 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 
 async def _kill_during(chat: Chat, per_sender: int, after_acks: int,
-                       action: object) -> None:
+                       action: object, in_flight: int = 5) -> None:
     async def killer() -> None:  # acks as they come (seqs are known per sender at its end)
         while sum(chat.checker.acks_by_sender.values()) < after_acks:
             await asyncio.sleep(0.01)
         await asyncio.to_thread(action)  # type: ignore[arg-type]
 
-    await asyncio.wait_for(asyncio.gather(killer(), chat.send(per_sender, "m")), 90)
+    await asyncio.wait_for(asyncio.gather(killer(), chat.send(per_sender, "m", in_flight)), 90)
 
 
 async def test_kill_9_one_of_two_gateways(make_cluster: ClusterFactory) -> None:
@@ -72,6 +72,23 @@ async def test_kill_9_one_of_two_im(make_cluster: ClusterFactory) -> None:
     await chat.send(10, "after")
     await chat.settle(30)
     chat.assert_clean()
+    await chat.close()
+
+
+@pytest.mark.parametrize("victim", ["im-1", "gw-1"])
+async def test_kill_9_with_32_sends_in_flight_keeps_each_senders_cid_order(
+        make_cluster: ClusterFactory, victim: str) -> None:
+    """Each sender pipelines 32 sends; an im (its sends fail over to the
+    next owner) or a gateway (its devices resend through another) dies
+    under them: every sender's acks still rise with its cids."""
+    cluster = make_cluster(gateways=2, ims=2, states=1)
+    chat = Chat()
+    await chat.open(cluster, pairs=4, tag="p")
+    await _kill_during(chat, 120, after_acks=200, action=lambda: cluster.kill(victim),
+                       in_flight=32)
+    await chat.settle(60)
+    chat.assert_clean()
+    assert chat.checker.verdict().totals["cid_order"] == 0
     await chat.close()
 
 

@@ -249,7 +249,7 @@ def test_peers_of_other_clusters_are_wired_into_every_region(body: dict[str, Any
 
 
 def test_the_data_plane_reads_the_peer_list_the_operator_writes(body: dict[str, Any]) -> None:
-    peerlist = pytest.importorskip("chatplane.regions.peerlist")
+    peerlist = pytest.importorskip("chatplane.peerlist")
     body["spec"]["peers"] = [{"name": "ap", "endpoint": "im.ap.example:9090",
                               "datacenter": "ap-south", "replicationFactor": 2}]
     body["spec"]["auth"] = {"tokenSecretRef": {"name": "shared-token", "key": "token"}}

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from chatplane import peerlist
 from chatplane.auth import TokenSigner
-from chatplane.regions import hello, peerlist
+from chatplane.regions import hello
 
 
 def test_the_operators_peer_list_parses() -> None:

@@ -59,7 +59,8 @@ class Device:
 
 async def send_many(device: Device, conversation_id: str, count: int, prefix: str,
                     in_flight: int = 10) -> list[int]:
-    """Send `count` messages, at most `in_flight` unacked at a time; returns seqs."""
+    """Send `count` messages, at most `in_flight` unacked at a time; returns
+    seqs. The checker gets each ack with its cid (so it checks cid order)."""
     seqs: list[int] = []
     semaphore = asyncio.Semaphore(in_flight)
 
@@ -67,7 +68,7 @@ async def send_many(device: Device, conversation_id: str, count: int, prefix: st
         async with semaphore:
             ack = await device.client.send_text(conversation_id, f"{prefix}-{i}")
             device.checker.record_ack(device.user, device.device, ack.conversation_id, ack.seq,
-                                      ack.message_id)
+                                      ack.message_id, cid=ack.cid)
             seqs.append(ack.seq)
 
     await asyncio.gather(*(one(i) for i in range(count)))

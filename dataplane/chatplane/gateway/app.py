@@ -24,14 +24,15 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
-from chatplane import revocations
+from chatplane import certs, revocations
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.gateway import admission, certs, drainapi, webapp
+from chatplane.gateway import admission, drainapi, webapp
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.heads import HeadChecker
-from chatplane.gateway.links import GatewayServicer, RemoteIm, RemoteRegistry
+from chatplane.gateway.links import GatewayServicer
 from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
+from chatplane.im.client import RemoteIm
 from chatplane.registry import instances as registry
 from chatplane.registry.routes import ROUTE_REFRESH_S
 from chatplane.rpc import serving
@@ -39,7 +40,7 @@ from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
-from chatplane.state.links import StateLinks
+from chatplane.state.client import RemoteRegistry, StateLinks
 from chatplane.supervision import Supervisor
 from chatplane.v1 import services_pb2_grpc as sgrpc
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from chatplane.auth import Identity, TokenError
 from chatplane.delivery.acks import DownlinkWindow, Verdict
 from chatplane.gateway.pacing import SendGate
+from chatplane.gateway.uplink import Uplink
 from chatplane.protocol import wire
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.session import Phase, Request, ServerSession
@@ -50,7 +51,7 @@ def now_ms() -> float:
 
 class Connection:
     __slots__ = ("_tasks", "conn_id", "device_id", "gateway", "groups", "peer", "sends",
-                 "session", "token", "transport", "user_id", "window")
+                 "session", "token", "transport", "uplink", "user_id", "window")
 
     def __init__(self, gateway: Gateway, transport: Transport, peer: str = "") -> None:
         self.gateway = gateway
@@ -67,6 +68,7 @@ class Connection:
         self.groups: dict[str, int] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
         self.sends = SendGate(gateway.settings.abuse.max_inflight_sends)
+        self.uplink: Uplink | None = None  # made at the first send (gateway/uplink.py)
 
     @property
     def opened_ms(self) -> float:
@@ -94,7 +96,9 @@ class Connection:
             except ProtocolError as exc:
                 self.session.error(request.id, exc.code, exc.message)
                 return
-            self._spawn(request)
+            if self.uplink is None:
+                self.uplink = Uplink(self)
+            self.uplink.submit(request)  # in cid order per conversation
         elif request.kind in WRITES and not self.gateway.user_rates.take(self.user_id, now_ms()):
             self.session.error(request.id, ErrorCode.RATE_LIMITED,
                                "over the user's write rate; retry later")
@@ -121,9 +125,13 @@ class Connection:
             self.transport.close()
 
     def _spawn(self, request: Request) -> None:
+        self.spawn(self._serve(request))
+
+    def spawn(self, work: Coroutine[object, object, None]) -> None:
+        """Run `work` as a task of this connection (cancelled when it closes)."""
         if self._tasks is None:
             self._tasks = set()
-        task = asyncio.get_running_loop().create_task(self._serve(request))
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -134,13 +142,10 @@ class Connection:
             if request.kind == "login":
                 await self._login(request)
             else:
-                started = now_ms()
                 reply = await self._answer(request)
                 if reply.WhichOneof("body") == "sync_response":
                     self._told_by_sync(reply.sync_response)
                 self.session.send(reply)
-                if request.kind == "send":
-                    self.gateway.metrics.send_latency.observe(now_ms() - started)
         except ProtocolError as exc:
             if request.kind == "login":
                 self.gateway.metrics.login_failures += 1
@@ -154,9 +159,6 @@ class Connection:
         except Exception as exc:  # a bug must cost one request, not the connection
             self.gateway.log.exception("request %s failed", request.kind)
             self.session.error(request.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
-        finally:
-            if request.kind == "send":
-                self.sends.done()
         self.flush()
 
     async def _login(self, request: Request) -> None:
@@ -219,9 +221,7 @@ class Connection:
             self._handle(pipelined)
 
     async def _answer(self, request: Request) -> pb.Frame:
-        frame = pb.Frame(id=request.id)
-        getattr(frame, request.kind).CopyFrom(request.body)
-        return await self.gateway.im.handle(self.user_id, self.device_id, frame)
+        return await self.gateway.im.handle(self.user_id, self.device_id, request.frame)
 
     # -- the state tier's side (DeviceLink) ----------------------------------
 

@@ -11,7 +11,8 @@ Where each limit holds (docs/operations.md, "Abuse limits"):
   by chance; the cap is still per device connection times k, not unbounded).
 
 A refused send is answered RATE_LIMITED or TOO_MANY_INFLIGHT (both
-retriable): nothing was stored. So that a refusal never lets a later send
+retriable): nothing was stored. A send im answered with a retriable error
+(UNAVAILABLE...) counts as refused too (gateway/uplink.py). So that a refusal never lets a later send
 overtake it, a connection that refused cid c refuses every send with a
 higher cid (the same code, "after a refused send") until c comes again; the
 SDK resends refused sends in cid order, so accepted sends keep the device's
@@ -22,43 +23,11 @@ BLOCK_LAPSE_MS (its own order is then its own business).
 from __future__ import annotations
 
 from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.rates import UserRates
 
-# Buckets of users idle this long are dropped (they are full again by then).
-IDLE_DROP_MS = 60_000.0
+__all__ = ["BLOCK_LAPSE_MS", "SendGate", "UserRates"]
+
 BLOCK_LAPSE_MS = 30_000.0
-
-
-class UserRates:
-    """Token buckets keyed by user id: `rate_per_s` refill, `burst` depth."""
-
-    def __init__(self, rate_per_s: float, burst: int) -> None:
-        self.rate_per_s = rate_per_s
-        self.burst = float(burst)
-        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, at_ms)
-        self._swept_ms = 0.0
-        self.refused = 0
-
-    def take(self, user_id: str, now_ms: float, count: int = 1) -> bool:
-        """Take `count` tokens, or none (False) when there are fewer."""
-        tokens, at = self._buckets.get(user_id, (self.burst, now_ms))
-        tokens = min(self.burst, tokens + max(0.0, now_ms - at) / 1000.0 * self.rate_per_s)
-        if tokens < count:
-            self._buckets[user_id] = (tokens, now_ms)
-            self.refused += 1
-            return False
-        self._buckets[user_id] = (tokens - count, now_ms)
-        if now_ms - self._swept_ms > IDLE_DROP_MS:
-            self._sweep(now_ms)
-        return True
-
-    def _sweep(self, now_ms: float) -> None:
-        self._swept_ms = now_ms
-        for user, (_, at) in list(self._buckets.items()):
-            if now_ms - at > IDLE_DROP_MS:
-                del self._buckets[user]
-
-    def __len__(self) -> int:
-        return len(self._buckets)
 
 
 class SendGate:
@@ -75,24 +44,35 @@ class SendGate:
 
     def admit(self, cid: int, user_id: str, rates: UserRates, now_ms: float) -> None:
         """Count the send in, or raise the refusal to answer it with."""
-        if self.blocked_cid and now_ms - self.blocked_at_ms > BLOCK_LAPSE_MS:
-            self.blocked_cid = 0
-        if self.blocked_cid and cid > self.blocked_cid:
-            raise ProtocolError(ErrorCode.RATE_LIMITED,
-                                f"after refused send cid {self.blocked_cid}; resend from it")
+        refusal = self.after_refused(cid, now_ms)
+        if refusal is not None:
+            raise refusal
         if self.inflight >= self.max_inflight:
-            self._block(cid, now_ms)
+            self.block(cid, now_ms)
             raise ProtocolError(ErrorCode.TOO_MANY_INFLIGHT,
                                 f"over {self.max_inflight} sends in flight; retry after an ack")
         if not rates.take(user_id, now_ms):
-            self._block(cid, now_ms)
+            self.block(cid, now_ms)
             raise ProtocolError(ErrorCode.RATE_LIMITED,
                                 f"over {rates.rate_per_s:g} sends/s for this user; retry later")
         if cid == self.blocked_cid:
             self.blocked_cid = 0  # the refused send came again and is in
         self.inflight += 1
 
-    def _block(self, cid: int, now_ms: float) -> None:
+    def after_refused(self, cid: int, now_ms: float) -> ProtocolError | None:
+        """The refusal of `cid` when a lower cid was refused and has not come
+        again (checked at arrival, and again before a queued send goes to im:
+        a send that failed meanwhile blocks the ones queued behind it)."""
+        if self.blocked_cid and now_ms - self.blocked_at_ms > BLOCK_LAPSE_MS:
+            self.blocked_cid = 0
+        if self.blocked_cid and cid > self.blocked_cid:
+            return ProtocolError(ErrorCode.RATE_LIMITED,
+                                 f"after refused send cid {self.blocked_cid}; resend from it")
+        return None
+
+    def block(self, cid: int, now_ms: float) -> None:
+        """`cid` was refused (here, or by im with a retriable error): refuse
+        every higher cid until it comes again."""
         if not self.blocked_cid or cid <= self.blocked_cid:
             self.blocked_cid, self.blocked_at_ms = cid, now_ms
 

@@ -7,8 +7,10 @@ looks at a connection when one of its deadlines could have passed
 (buckets by the token's expiry second, TOKEN_EXPIRED), and a revocation
 learnt from the watcher closes the sessions it names (TOKEN_REVOKED): a look
 at the revoked user's devices, or at every connection for a global one. Logged-in
-connections are indexed by user and device, so pushes that arrive from the
-state tier over gRPC (`push_entries`) find them.
+connections are indexed by user and device (the gateway alone holds devices
+and sockets), so what the state tier routes here finds them: inbox entries
+(`push_entries`) and large-group flushes (`push_group`), called in process in
+`up` and through the `Gateway` gRPC service in a cluster.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ class ImApi(Protocol):
 
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
         """A client request frame in, its reply or Error frame out."""
+
+    async def handle_sends(self, user_id: str, device_id: str,
+                           frames: Sequence[pb.Frame]) -> list[pb.Frame]:
+        """One device's send frames into one conversation, in cid order, in;
+        a reply per frame out, in order. Sequenced in that order; after a
+        retriable failure the later sends are refused unsent."""
 
 
 class Registry(Protocol):
@@ -225,12 +233,16 @@ class Gateway:
         if previous is not None and previous is not conn:
             previous.kick("the device logged in on another connection")
 
-    def _detach(self, conn: Connection) -> None:
+    def _detach(self, conn: Connection) -> bool:
+        """Drop `conn` from the device index; False when it was not its
+        device's current connection (replaced, or refused at login)."""
         devices = self.users.get(conn.user_id)
-        if devices is not None and devices.get(conn.device_id) is conn:
-            del devices[conn.device_id]
-            if not devices:
-                del self.users[conn.user_id]
+        if devices is None or devices.get(conn.device_id) is not conn:
+            return False
+        del devices[conn.device_id]
+        if not devices:
+            del self.users[conn.user_id]
+        return True
 
     def push_entries(self, items: Sequence[InboxItem]) -> int:
         """Entries from the state tier: push each to every device of its user
@@ -243,17 +255,22 @@ class Gateway:
         return pushed
 
     async def push_group(self, conversation_id: str, head_seq: int, payload: bytes,
-                         user_ids: Sequence[str]) -> int:
-        """One large-group flush from the state tier: the same frame to every
-        device of the listed users here, which are then known to be told of
-        the group's head (the head check compares). Yields after each time slice."""
+                         user_ids: Sequence[str], clock: TimeSlice | None = None) -> int:
+        """One large-group flush (state/groups.py: in process in `up`, over
+        `GroupPush` in a cluster): the same frame to every device of the
+        listed users here, which are then known to be told of the group's
+        head (the head check compares). Yields when `clock`'s slice is used
+        up; the group writer's CPU counts on it."""
         pushed = 0
-        clock = TimeSlice()
+        clock = clock or TimeSlice()
         handoff = Handoff(self.group_writer, clock)
         for start in range(0, len(user_ids), CHECK_EVERY):
             for user in user_ids[start:start + CHECK_EVERY]:
                 for conn in tuple(self.users.get(user, {}).values()):
-                    pushed += conn.push_group(conversation_id, head_seq, payload, handoff)
+                    try:
+                        pushed += conn.push_group(conversation_id, head_seq, payload, handoff)
+                    except Exception:  # one broken connection must not stop the group
+                        self.log.exception("group push failed")
             await handoff.step()
         await handoff.finish()
         self.group_pushed += pushed
@@ -271,9 +288,8 @@ class Gateway:
             return
         self.connections.discard(conn)
         self.retransmitting.discard(conn)
-        if conn.user_id:
-            self._detach(conn)
-            self.state.unregister(conn)
+        if conn.user_id and self._detach(conn):
+            self.state.unregister(conn)  # the route of a replaced connection is the newer one's
         self.metrics.frames_in += conn.session.frames_in
         self.metrics.frames_out += conn.session.frames_out
         if conn.session.close_code is not None:

@@ -36,7 +36,7 @@ from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
-from chatplane.state.links import DeliveryOutbox, StateLinks
+from chatplane.state.client import DeliveryOutbox, StateLinks
 from chatplane.storage.base import Revocation, SendRequest, events_conversation_id
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
@@ -70,6 +70,23 @@ class ImServicer(sgrpc.ImServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
                 raise
             return spb.ClientReply(frame=reply.SerializeToString())
+
+    async def HandleSends(self, request: spb.ClientRequests,
+                          context: grpc.aio.ServicerContext) -> spb.ClientReplies:
+        """A gateway's batch of one device's sends, in cid order: handled in
+        that order (a resend of the whole batch, after a failover, is
+        answered with the original acks of what was already stored)."""
+        with tracing.serving("im.HandleSends", context.invocation_metadata()):
+            await _refuse_out_of_bounds(context, "handle_sends", request)
+            frames = [requests.admit(spb.ClientRequest(user_id=request.user_id,
+                                                       device_id=request.device_id, frame=f),
+                                     self.im.bounds) for f in request.frames]
+            try:
+                replies = await self.im.handle_sends(request.user_id, request.device_id, frames)
+            except NotOwner as exc:  # the gateway sends the batch to the next instance
+                await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+                raise
+            return spb.ClientReplies(frames=[r.SerializeToString() for r in replies])
 
     async def InboxHeads(self, request: spb.InboxHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.InboxHeadsReply:

@@ -1,7 +1,7 @@
 """Server-made appends go to the conversation's owner (cluster only).
 
 Gateways route a request to the owner of its conversation, or of its user
-(gateway/links.py); but a request also makes events for *other* users (a
+(im/client.py); but a request also makes events for *other* users (a
 friend request, a read receipt, an invitation), and each lands in that
 user's event conversation ("u:<user>"), which the ring gives to the
 instance serving that user. Appending it here would take that

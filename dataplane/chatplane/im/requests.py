@@ -9,7 +9,7 @@ the gateway, and a remote im (gRPC) forwards bytes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
@@ -17,7 +17,8 @@ from google.protobuf.message import DecodeError
 from chatplane.im import social
 from chatplane.im.leases import NotOwner
 from chatplane.protocol import bounds, wire
-from chatplane.protocol.errors import SPECS, ErrorCode, ProtocolError
+from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.protocol.wire import error_frame
 from chatplane.storage.base import AppendResult, StorageUnavailable
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
@@ -35,12 +36,6 @@ def handles(kind: str) -> Callable[[Handler], Handler]:
         return fn
 
     return register
-
-
-def error_frame(request_id: int, code: ErrorCode, message: str) -> pb.Frame:
-    spec = SPECS[code]
-    return pb.Frame(id=request_id, error=pb.Error(code=int(code), message=message,
-                                                  retriable=spec.retriable, fatal=False))
 
 
 def admit(request: spb.ClientRequest, limits: bounds.Bounds) -> pb.Frame:
@@ -76,6 +71,33 @@ async def handle(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -
         return error_frame(frame.id, exc.code, exc.message)
     reply.id = frame.id
     return reply
+
+
+async def handle_sends(im: ImService, user_id: str, device_id: str,
+                       frames: Sequence[pb.Frame]) -> list[pb.Frame]:
+    """One device's sends, in its cid order, each sequenced after the one
+    before it was stored: so they take seqs in that order however the
+    storage schedules concurrent appends. After a retriable failure (cid c)
+    the later sends are refused unsent with the same code, so that the
+    device's resend from c cannot land behind them. A frame that failed
+    admission (an Error frame) is its own reply; only sends are served."""
+    replies: list[pb.Frame] = []
+    for i, frame in enumerate(frames):
+        kind = frame.WhichOneof("body")
+        if kind == "error":
+            reply = frame
+        elif kind != "send":
+            reply = error_frame(frame.id, ErrorCode.INVALID_ARGUMENT, f"{kind} is not a send")
+        else:
+            reply = await handle(im, user_id, device_id, frame)
+        replies.append(reply)
+        if reply.WhichOneof("body") == "error" and reply.error.retriable:
+            code = ErrorCode(reply.error.code)
+            cid = frame.send.cid
+            replies += [error_frame(later.id, code, f"after failed send cid {cid}; resend from it")
+                        for later in frames[i + 1:]]
+            break
+    return replies
 
 
 @handles("send")

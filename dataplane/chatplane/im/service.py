@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from chatplane.delivery.dedup import CidAllocator
-from chatplane.gateway.pacing import UserRates
 from chatplane.im import requests
 from chatplane.im.groups import Groups
 from chatplane.im.hotcache import HotCache
@@ -25,6 +24,7 @@ from chatplane.im.leases import Leases, NotOwner
 from chatplane.im.social import Social
 from chatplane.protocol.bounds import Bounds
 from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.rates import UserRates
 from chatplane.settings import Abuse, Limits
 from chatplane.settings import Social as SocialSettings
 from chatplane.storage.base import (
@@ -62,9 +62,15 @@ def _unavailable(exc: Exception) -> ProtocolError:
 
 
 class Deliverer(Protocol):
-    """Where sequenced inbox entries go: the state tier (in process or remote)."""
+    """Where sequenced messages go: the state tier (in process, state/service.py,
+    or remote, state/client.py)."""
 
-    def deliver(self, items: Iterable[InboxItem]) -> int: ...
+    def deliver(self, items: Iterable[InboxItem]) -> int:
+        """Inbox entries, for every connected device of their users."""
+
+    def deliver_group(self, conversation_id: str, members: Sequence[str],
+                      message: StoredMessage) -> None:
+        """A large group's message (no inbox entries), for its online members."""
 
 
 class Owners(Protocol):
@@ -227,9 +233,8 @@ class ImService:
         if result.inbox:
             self.state.deliver(result.inbox)
         if group_members:
-            deliver_group = getattr(self.state, "deliver_group", None)
-            if deliver_group is not None:
-                deliver_group(result.message.conversation_id, group_members, result.message)
+            self.state.deliver_group(result.message.conversation_id, group_members,
+                                     result.message)
 
     def is_large(self, members: Sequence[str]) -> bool:
         return len(members) > self.social_settings.large_group_threshold
@@ -347,6 +352,12 @@ class ImService:
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
         """A client request frame in, its reply (or Error) frame out."""
         return await requests.handle(self, user_id, device_id, frame)
+
+    async def handle_sends(self, user_id: str, device_id: str,
+                           frames: Sequence[pb.Frame]) -> list[pb.Frame]:
+        """One device's send frames into one conversation, in cid order: the
+        replies, in the same order (im/requests.py, `handle_sends`)."""
+        return await requests.handle_sends(self, user_id, device_id, frames)
 
     async def sync(self, user_id: str, after_seq: int, limit: int) -> tuple[list[InboxItem], int]:
         limit = max(1, min(limit or self.limits.max_sync_page, self.limits.max_sync_page))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chatplane.protocol.errors import ErrorCode, ProtocolError
-from chatplane.storage.base import ID_PATTERN, valid_id
+from chatplane.protocol.records import ID_PATTERN, valid_id
 
 if TYPE_CHECKING:
     from chatplane.settings import Limits
@@ -44,6 +44,8 @@ MAX_GROUP_NAME_CHARS = 128
 MAX_USERS_PER_OP = 1000  # members of one GroupCreate / user_ids of one GroupOp
 MAX_SYNC_CURSORS = 10_000  # large-group cursors in one SyncRequest
 MAX_HEADS_PER_CALL = 10_000  # ids in one Im.InboxHeads / Im.GroupHeads call
+# sends of one device per Im.HandleSends call (the gateway batches at most this many)
+MAX_SENDS_PER_CALL = 256
 MAX_MESSAGE_ID_BYTES = 64
 MAX_DEVICE_BYTES = 256  # a device as im sees it: a client's, or an instance's event device
 MAX_EVENT_PAYLOAD_BYTES = 64 * 1024
@@ -288,6 +290,8 @@ def problem(kind: str, body: Any, bounds: Bounds) -> str | None:
 # the im tier's server like a client's frame at the gateway.
 CALL_RULES: dict[str, tuple[Rule, ...]] = {
     "handle": (Text("user_id", MAX_ID_BYTES), Text("device_id", MAX_DEVICE_BYTES)),
+    "handle_sends": (Text("user_id", MAX_ID_BYTES), Text("device_id", MAX_DEVICE_BYTES),
+                     Repeated("frames", MAX_SENDS_PER_CALL, ())),
     "append_event": (UserId("user_id"), Text("device", MAX_DEVICE_BYTES), Int("cid", low=1),
                      Text("message_id", MAX_MESSAGE_ID_BYTES), Int("sent_at_ms"),
                      Text("content_type", MAX_CONTENT_TYPE_BYTES),

@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 from chatplane.protocol.bounds import MAX_ID_BYTES, MAX_USERS_PER_OP, BoundsError
-from chatplane.storage.base import ID_PATTERN, valid_id
+from chatplane.protocol.records import ID_PATTERN, valid_id
 
 MAX_TTL_S = 30 * 86400  # a token's lifetime
 MAX_DISPLAY_NAME_CHARS = 128

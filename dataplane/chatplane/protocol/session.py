@@ -43,6 +43,7 @@ class Request:
     id: int
     kind: str  # the Frame oneof name: "login", "send", "sync" ...
     body: PbMessage
+    frame: pb.Frame  # the whole frame `body` is part of: passed on to im as it came
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,7 @@ class ServerSession:
                           force_close=True)
                 return []
             self.phase = Phase.LOGGING_IN
-            return [Request(frame.id, kind, frame.login)]
+            return [Request(frame.id, kind, frame.login, frame)]
         if self.phase is Phase.LOGGING_IN and len(self._held) < MAX_HELD_DURING_LOGIN:
             self._held.append(frame)  # pipelined behind the login: served once it is accepted
             return []
@@ -138,7 +139,7 @@ class ServerSession:
         if out_of_bounds is not None:  # at the edge: im and storage never see the value
             self.error(frame.id, ErrorCode.INVALID_ARGUMENT, out_of_bounds)
             return []
-        return [Request(frame.id, kind, body)]
+        return [Request(frame.id, kind, body, frame)]
 
     def _take_token(self, now_ms: float) -> bool:
         elapsed = max(0.0, now_ms - self._tokens_at) / 1000.0

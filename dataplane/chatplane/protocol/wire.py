@@ -1,27 +1,24 @@
-"""Storage records to wire frames, built once per message where possible."""
+"""Records to wire frames, built once per message where possible; the
+Error frame of a refused request."""
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
 
-from chatplane.storage.base import InboxItem, StoredMessage
+from chatplane.protocol.errors import SPECS, ErrorCode
+from chatplane.protocol.records import InboxItem, StoredMessage, to_pb
 from chatplane.v1 import frames_pb2 as pb
 
+message = to_pb  # a record as the wire's Message (protocol/records.py)
 
-def message(m: StoredMessage) -> pb.Message:
-    return pb.Message(
-        conversation_id=m.conversation_id,
-        seq=m.seq,
-        message_id=m.message_id,
-        sender=m.sender,
-        sender_device=m.sender_device,
-        cid=m.cid,
-        text=m.text,
-        payload=m.payload,
-        content_type=m.content_type,
-        sent_at_ms=m.sent_at_ms,
-    )
+
+def error_frame(request_id: int, code: ErrorCode, message: str) -> pb.Frame:
+    """The reply refusing request `request_id` (never fatal: the connection
+    stays; a fatal error goes through the session)."""
+    spec = SPECS[code]
+    return pb.Frame(id=request_id, error=pb.Error(code=int(code), message=message,
+                                                  retriable=spec.retriable, fatal=False))
 
 
 def inbox_entry(item: InboxItem) -> pb.InboxEntry:

@@ -21,9 +21,10 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from chatplane import peerlist
+from chatplane.peerlist import Peer
 from chatplane.protocol import bounds
-from chatplane.regions import hello, peerlist
-from chatplane.regions.peerlist import Peer
+from chatplane.regions import hello
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
 from chatplane.settings import Settings

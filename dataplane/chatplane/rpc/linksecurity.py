@@ -27,8 +27,8 @@ from typing import Any
 
 import grpc
 
+from chatplane import peerlist
 from chatplane.auth import ADMIN_SECRET_FILE, read_or_create_secret
-from chatplane.regions import peerlist
 from chatplane.rpc import callers
 from chatplane.settings import Settings
 

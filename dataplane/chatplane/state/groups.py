@@ -1,12 +1,15 @@
-"""Large-group fan-out (read diffusion) to the devices connected here.
+"""Large-group fan-out (read diffusion): the one pacing path of `up` and of a
+cluster's state tier.
 
 One `GroupBatcher` paces each group (delivery/fanout.py); each flush is encoded
-once and the same bytes go to every online member's devices, written by the
-group writer thread when there is one (`writer`, gateway/bulk.py: the loop
-only lends the sockets). At most one
-fan-out runs per group at a time, and it holds the event loop for at most
-`slice_ms` at a stretch (the clock is read every `CHECK_EVERY` members), so
-a 1:1 message waits for at most one slice per hop, however large the group.
+once and handed to the `GroupSink` with the member list: in `up` the gateway
+in process (gateway/service.py `push_group`: it alone holds the devices and
+their sockets, and writes through its group writer thread), in a cluster the
+relay to the gateways (state/relay.py), whose `GroupPush` reaches the same
+`push_group`. At most one fan-out runs per group at a time, and it holds the
+event loop for at most `slice_ms` at a stretch (the sink looks at the flush's
+`TimeSlice` every few members), so a 1:1 message waits for at most one slice
+per hop, however large the group.
 Messages that come while a flush is being pushed wait for one batch after
 it, and after a fan-out whose slices took C of CPU in all (not the time
 others ran between them; the writer thread's CPU counts) the group's next flush waits at least
@@ -23,12 +26,11 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from chatplane.delivery.fanout import Flush, GroupBatcher
-from chatplane.gateway.bulk import BulkWriter, Handoff
 from chatplane.metrics import Histogram
 from chatplane.protocol import wire
 from chatplane.settings import Supervision
@@ -37,13 +39,17 @@ from chatplane.storage.base import StoredMessage
 from chatplane.supervision import Supervisor
 
 log = logging.getLogger("chatplane.state.groups")
-CHECK_EVERY = 16  # members pushed between two looks at the clock (~0.2 ms)
 
 
-class RawLink(Protocol):
-    def push_raw(self, payload: bytes, handoff: Handoff | None = None) -> None:
-        """Queue an already encoded frame for this device (or lend its
-        socket to the group writer through `handoff`)."""
+class GroupSink(Protocol):
+    """Where a paced flush goes: the devices of the listed users, wherever
+    they are connected."""
+
+    async def push_group(self, conversation_id: str, head_seq: int, payload: bytes,
+                         user_ids: Sequence[str], clock: TimeSlice | None = None) -> int:
+        """Write the frame to every device of `user_ids` (the group's head is
+        `head_seq`), pausing when `clock`'s slice is used up and waiting
+        through `clock.wait`; returns how many device pushes were made."""
 
 
 @dataclass
@@ -56,11 +62,10 @@ class _Group:
 
 
 class GroupFanout:
-    def __init__(self, links_of: Callable[[str], Iterable[RawLink]], *, interval_ms: float = 100,
-                 max_messages: int = 200, slice_ms: float = DEFAULT_SLICE_MS, max_share: float = 1.0,
-                 writer: BulkWriter | None = None) -> None:
-        self.links_of = links_of
-        self.writer = writer  # None: the event loop writes every frame itself
+    def __init__(self, sink: GroupSink | None, *, interval_ms: float = 100,
+                 max_messages: int = 200, slice_ms: float = DEFAULT_SLICE_MS,
+                 max_share: float = 1.0) -> None:
+        self.sink = sink  # None: set before the first offer (the sink may be made later)
         self.interval_ms = interval_ms
         self.max_messages = max_messages
         self.slice_ms = slice_ms
@@ -148,42 +153,21 @@ class GroupFanout:
             flush = group.flushes.popleft()
             started = loop.time()
             payload = wire.group_push_frame(conversation_id, flush.messages, flush.head_seq)
-            clock: TimeSlice | None = None
+            clock = TimeSlice(self.slice_ms)
             try:
-                clock = await self._fan(conversation_id, flush.head_seq, payload, group.members)
+                assert self.sink is not None, "a GroupFanout offered messages before its sink"
+                self.frames_pushed += await self.sink.push_group(
+                    conversation_id, flush.head_seq, payload, group.members, clock)
             except Exception:  # the group's next flushes must still go out
                 log.exception("group %s: fan-out failed", conversation_id)
             spent_ms = (loop.time() - started) * 1000
             self.fanout_ms.observe(spent_ms)
-            self.held_ms.observe(spent_ms if clock is None else clock.held() * 1000)
+            self.held_ms.observe(clock.held() * 1000)
             # the share is of the CPU: time the machine took the process off
             # it mid-slice was nobody's in this process; the writer thread's counts
-            cost_ms = spent_ms if clock is None else clock.cpu() * 1000
+            cost_ms = clock.cpu() * 1000
             self.cpu_ms.observe(cost_ms)
             group.batcher.interval_ms = max(self.interval_ms, cost_ms / self.max_share)
         group.worker = None
         self._arm(conversation_id, group)  # what came meanwhile: one batch, when due
         self._forget_if_idle(conversation_id, group)
-
-    async def _fan(self, conversation_id: str, head_seq: int, payload: bytes,
-                   members: Sequence[str]) -> TimeSlice | None:
-        """Write one flush's frame to every online member's devices here (the
-        state tier of a cluster relays it to gateways instead: state/relay.py).
-        Returns its slices' clock (None: not measured, then the flush's wall
-        time counts)."""
-        clock = TimeSlice(self.slice_ms)
-        links_of = self.links_of
-        handoff = Handoff(self.writer, clock)
-        pushed = 0
-        for start in range(0, len(members), CHECK_EVERY):
-            for user in members[start:start + CHECK_EVERY]:
-                for link in links_of(user):
-                    try:
-                        link.push_raw(payload, handoff)
-                        pushed += 1
-                    except Exception:  # one broken connection must not stop the group
-                        log.exception("group push failed")
-            await handoff.step()  # whatever else is ready runs when the slice is used up
-        await handoff.finish()
-        self.frames_pushed += pushed
-        return clock

@@ -3,9 +3,10 @@
 The im that stored a large group's message hands it, with the member list, to
 the state instance that owns the conversation on the ring of state instances
 (`State.DeliverGroup`), so one instance paces the group with the same
-`GroupFanout` rules as `chatplane up` (state/groups.py). Per flush, the frame
-is encoded once and each gateway gets one `Gateway.GroupPush` with the users
-to write it to, found one of two ways:
+`GroupFanout` as `chatplane up` (state/groups.py): the relay is its sink.
+Per flush, the frame is encoded once and each gateway gets one
+`Gateway.GroupPush` with the users to write it to (the gateway's
+`push_group`, the one `up` calls in process), found one of two ways:
 - with few gateways (up to `broadcast_max_gateways`, 16), every gateway gets
   the whole member list and writes to the members connected there: a
   10,000-member list is ~150 KB and a few ms of a gateway's time, far less
@@ -14,8 +15,8 @@ to write it to, found one of two ways:
 - with more, the members' routes are read from Redis (one script call per
   `LOOKUP_BATCH` users, yielding between calls) and each gateway gets only
   its users, so the bytes sent do not grow with the number of gateways.
-The flush's time includes all of it, so a group whose fan-out is slow
-batches more instead of taking more of the process.
+The flush's CPU here (not the time waiting for Redis or gateways) paces the
+group, as the slices of `up`'s fan-out do.
 
 A flush that is lost (this instance killed with it queued, Redis unreadable,
 a gateway push failing) is not retried here: the gateway's head check of
@@ -37,6 +38,7 @@ from chatplane import tracing
 from chatplane.registry.instances import CachedInstances
 from chatplane.registry.routes import Routes
 from chatplane.rpc.peers import Peers
+from chatplane.slicing import TimeSlice
 from chatplane.state.groups import GroupFanout
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
@@ -50,7 +52,7 @@ class GroupRelay(GroupFanout):
     def __init__(self, routes: Routes, gateways: CachedInstances, peers: Peers, *,
                  interval_ms: float = 100, max_messages: int = 200, max_share: float = 1.0,
                  broadcast_max_gateways: int = BROADCAST_MAX_GATEWAYS) -> None:
-        super().__init__(lambda user: (), interval_ms=interval_ms, max_messages=max_messages,
+        super().__init__(self, interval_ms=interval_ms, max_messages=max_messages,
                          max_share=max_share)
         self.routes = routes
         self.gateways = gateways
@@ -60,46 +62,52 @@ class GroupRelay(GroupFanout):
         self.lost_flushes = 0  # routes unreadable: left to the head check
         self.failed_pushes = 0  # GroupPush calls to a gateway that failed
 
-    async def _users_by_gateway(self, members: Sequence[str]) -> dict[str, list[str]]:
+    async def _users_by_gateway(self, members: Sequence[str],
+                                clock: TimeSlice) -> dict[str, list[str]]:
         by_gateway: dict[str, list[str]] = defaultdict(list)
         for start in range(0, len(members), LOOKUP_BATCH):
-            found = await self.routes.users_by_gateway(members[start:start + LOOKUP_BATCH])
+            found = await clock.wait(
+                self.routes.users_by_gateway(members[start:start + LOOKUP_BATCH]))
             for gateway_id, users in found.items():
                 by_gateway[gateway_id] += users
         return by_gateway
 
-    async def _fan(self, conversation_id: str, head_seq: int, payload: bytes,
-                   members: Sequence[str]) -> None:
+    async def push_group(self, conversation_id: str, head_seq: int, payload: bytes,
+                         user_ids: Sequence[str], clock: TimeSlice | None = None) -> int:
+        """The sink of this instance's `GroupFanout`: one `GroupPush` per
+        gateway; returns the device pushes the gateways made."""
+        clock = clock or TimeSlice()
         self.flushes += 1
         try:
-            live = await self.gateways.get()
+            live = await clock.wait(self.gateways.get())
             if len(live) <= self.broadcast_max_gateways:
-                everyone = list(members)  # shared, read only
+                everyone = list(user_ids)  # shared, read only
                 by_gateway = {gateway_id: everyone for gateway_id in live}
             else:
-                by_gateway = await self._users_by_gateway(members)
+                by_gateway = await self._users_by_gateway(user_ids, clock)
                 if any(g not in live for g in by_gateway):
                     self.gateways.invalidate()  # a gateway that just started: read again once
-                    live = await self.gateways.get()
+                    live = await clock.wait(self.gateways.get())
         except (RedisError, OSError) as exc:
             self.lost_flushes += 1
             log.warning("group %s: registry unreadable, flush up to %d left to the head check: %s",
                         conversation_id, head_seq, exc)
-            return
-        await asyncio.gather(*(
+            return 0
+        pushed = await clock.wait(asyncio.gather(*(
             self._push(gateway_id, live.get(gateway_id, {}).get("grpc", ""), spb.GroupPushRequest(
                 conversation_id=conversation_id, head_seq=head_seq, frame=payload, user_ids=users))
-            for gateway_id, users in by_gateway.items()))
+            for gateway_id, users in by_gateway.items())))
+        return sum(pushed)
 
-    async def _push(self, gateway_id: str, address: str, request: spb.GroupPushRequest) -> None:
+    async def _push(self, gateway_id: str, address: str, request: spb.GroupPushRequest) -> int:
         if not address:
             self.failed_pushes += 1  # its TTL passed: dead or partitioned
-            return
+            return 0
         try:
             reply = await sgrpc.GatewayStub(self.peers.channel(address, "gateway")).GroupPush(
                 request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
         except grpc.aio.AioRpcError as exc:
             self.failed_pushes += 1
             log.warning("group push to gateway %s failed: %s", gateway_id, exc.code().name)
-            return
-        self.frames_pushed += reply.pushed
+            return 0
+        return int(reply.pushed)

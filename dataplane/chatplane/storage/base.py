@@ -15,13 +15,16 @@ the original result instead of a second message.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-# User and device ids: what an app's backend can name safely in URLs and keys.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+# The message records and the id rule are shared with the wire and the
+# tiers (protocol/records.py); storage's callers keep importing them here.
+from chatplane.protocol.records import ID_PATTERN as ID_PATTERN
+from chatplane.protocol.records import InboxItem as InboxItem
+from chatplane.protocol.records import StoredMessage as StoredMessage
+from chatplane.protocol.records import valid_id as valid_id
 
 DIRECT = "direct"
 GROUP = "group"
@@ -52,10 +55,6 @@ class Fenced(StorageError):
     written; the caller must stop sequencing the conversation."""
 
 
-def valid_id(value: str) -> bool:
-    return bool(ID_PATTERN.match(value))
-
-
 def direct_conversation_id(a: str, b: str) -> str:
     """The one 1:1 conversation between two users, whichever opens it."""
     lo, hi = sorted((a, b))
@@ -64,27 +63,6 @@ def direct_conversation_id(a: str, b: str) -> str:
 
 def events_conversation_id(user_id: str) -> str:
     return f"u:{user_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    conversation_id: str
-    seq: int
-    message_id: str
-    sender: str
-    sender_device: str
-    cid: int
-    text: str
-    sent_at_ms: int
-    payload: bytes = b""
-    content_type: str = "text"
-
-
-@dataclass(frozen=True, slots=True)
-class InboxItem:
-    user_id: str
-    inbox_seq: int
-    message: StoredMessage
 
 
 @dataclass(frozen=True, slots=True)

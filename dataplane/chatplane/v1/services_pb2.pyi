@@ -31,6 +31,22 @@ class ClientReply(_message.Message):
     frame: bytes
     def __init__(self, frame: _Optional[bytes] = ...) -> None: ...
 
+class ClientRequests(_message.Message):
+    __slots__ = ("user_id", "device_id", "frames")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    device_id: str
+    frames: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., frames: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ClientReplies(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, frames: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class InboxHeadsRequest(_message.Message):
     __slots__ = ("user_ids",)
     USER_IDS_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class ImStub:
                 request_serializer=chatplane_dot_v1_dot_services__pb2.AppendEventRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.AppendEventReply.FromString,
                 _registered_method=True)
+        self.HandleSends = channel.unary_unary(
+                '/chatplane.v1.Im/HandleSends',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.ClientRequests.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.ClientReplies.FromString,
+                _registered_method=True)
 
 
 class ImServicer:
@@ -83,6 +88,14 @@ class ImServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandleSends(self, request, context):
+        """One device's sends into one conversation, in its cid order: sequenced in
+        that order; after a retriable failure the later ones are refused unsent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +118,11 @@ def add_ImServicer_to_server(servicer, server):
                     servicer.AppendEvent,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.AppendEventRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.AppendEventReply.SerializeToString,
+            ),
+            'HandleSends': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandleSends,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.ClientRequests.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.ClientReplies.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +233,33 @@ class Im:
             '/chatplane.v1.Im/AppendEvent',
             chatplane_dot_v1_dot_services__pb2.AppendEventRequest.SerializeToString,
             chatplane_dot_v1_dot_services__pb2.AppendEventReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandleSends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Im/HandleSends',
+            chatplane_dot_v1_dot_services__pb2.ClientRequests.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.ClientReplies.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,6 +12,11 @@ gateway drops what it already pushed). What is given up (state and Redis
 both down for long) still reaches clients: the gateway's head check sees the
 inbox head move past what it pushed and sends the device a `SyncHint`.
 
+`RemoteRegistry` is what a gateway tells state about its devices (the
+gateway's `Registry`): `register` completes before the login is answered;
+`unregister` is queued and sent in batches; `refresh` re-asserts every route
+(periodically, and at once after Redis lost them).
+
 `GroupOutbox` does the same for large groups (read diffusion: no inbox
 entries): `deliver_group` queues a group's message with its member list,
 and each round sends every queued group, its messages in seq order with one
@@ -25,17 +30,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
 from chatplane import tracing
 from chatplane.protocol import wire
+from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.rpc import convert
+from chatplane.rpc.batching import Coalescer
 from chatplane.rpc.peers import Peers, first_answer
 from chatplane.storage.base import InboxItem, StoredMessage
 from chatplane.supervision import Supervisor
@@ -43,7 +51,27 @@ from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
 T = TypeVar("T")
-log = logging.getLogger("chatplane.state.links")
+log = logging.getLogger("chatplane.state.client")
+# Links keep a monotonic open time; routes compare wall clocks across
+# gateways, so add this process's offset (fixed once: stable per connection).
+WALL_OFFSET_MS = time.time() * 1000 - time.monotonic() * 1000
+
+
+class Link(Protocol):
+    """A gateway's connection as a route: the device it serves, since when."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def device_id(self) -> str: ...
+
+    @property
+    def conn_id(self) -> str: ...
+
+    @property
+    def opened_ms(self) -> float:
+        """When the connection opened, on this process's monotonic clock."""
 
 
 class StateLinks:
@@ -276,3 +304,70 @@ class GroupOutbox:
             log.error("gave up delivering %d messages of %s after %d attempts: %s",
                       len(pending.messages), conversation_id, attempts, error)
         self.retried += max(0, attempts - 1)
+
+
+def opened_wall_ms(conn: Link) -> int:
+    return int(conn.opened_ms + WALL_OFFSET_MS)
+
+
+def _route(gateway_id: str, conn: Link) -> spb.Route:
+    return spb.Route(user_id=conn.user_id, device_id=conn.device_id, gateway_id=gateway_id,
+                     conn_id=conn.conn_id, opened_ms=opened_wall_ms(conn))
+
+
+class RemoteRegistry:
+    def __init__(self, links: StateLinks, gateway_id: str) -> None:
+        self.links = links
+        self.gateway_id = gateway_id
+        self._gone: list[spb.Route] = []
+        self._flush: asyncio.Task[None] | None = None
+        self.failures = 0
+        self._register: Coalescer[tuple[str, str, str, int], bool] = Coalescer(
+            self._register_batch)
+
+    async def _register_batch(self, keys: Sequence[tuple[str, str, str, int]]) -> dict[
+            tuple[str, str, str, int], bool]:
+        request = spb.RegisterRequest(routes=[
+            spb.Route(user_id=u, device_id=d, gateway_id=self.gateway_id, conn_id=c, opened_ms=o)
+            for u, d, c, o in keys])
+        await self._call_state("Register", request)
+        return dict.fromkeys(keys, True)
+
+    async def register(self, link: Link) -> None:
+        """Routes of logins arriving together go in one call. A route a newer
+        connection of the device holds is refused, and state kicks this one."""
+        try:
+            await self._register.get((link.user_id, link.device_id, link.conn_id,
+                                      opened_wall_ms(link)))
+        except grpc.aio.AioRpcError as exc:
+            self.failures += 1
+            raise ProtocolError(ErrorCode.UNAVAILABLE,
+                                f"state unavailable: {exc.code().name}") from exc
+
+    def unregister(self, link: Link) -> None:
+        self._gone.append(_route(self.gateway_id, link))
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.get_running_loop().create_task(self._send_gone())
+
+    async def _send_gone(self) -> None:
+        await asyncio.sleep(0.05)  # gather a batch (a drain closes many at once)
+        while self._gone:
+            batch, self._gone = self._gone[:1000], self._gone[1000:]
+            try:
+                await self._call_state("Unregister", spb.UnregisterRequest(routes=batch))
+            except grpc.aio.AioRpcError as exc:  # the routes expire by their TTL
+                self.failures += 1
+                log.warning("unregister of %d routes failed: %s", len(batch), exc.code().name)
+
+    async def refresh(self, conns: Sequence[Link]) -> None:
+        for start in range(0, len(conns), 1000):
+            request = spb.RegisterRequest(refresh=True, routes=[
+                _route(self.gateway_id, c) for c in conns[start:start + 1000] if c.user_id])
+            await self._call_state("Register", request)
+
+    async def _call_state(self, method: str, request: object) -> object:
+        async def call(stub: sgrpc.StateStub) -> object:
+            return await getattr(stub, method)(request, timeout=self.links.peers.deadline_s,
+                                               metadata=tracing.outgoing())
+
+        return await self.links.call(call, 2 * self.links.peers.deadline_s)
