@@ -167,6 +167,7 @@ class ClientSession:
         self.sends: SendQueue[pb.Send] = SendQueue()
         self.backoff = Backoff(max_s=backoff_max_s)
         self.heartbeat_s = heartbeat_s
+        self._heartbeat_fixed = heartbeat_s is not None  # else each LoginAck's
         self.ack_delay_s = ack_delay_s
         self.client_name = client_name
         self.rand = rand
@@ -238,8 +239,10 @@ class ClientSession:
         self.max_users_per_request = ack.max_users_per_request or self.max_users_per_request
         self._acked_sent = min(self.cursor.have, ack.inbox_head)
         self.user_id, self.device_id, self.inbox_head = ack.user_id, ack.device_id, ack.inbox_head
-        if self.heartbeat_s is None:
+        if not self._heartbeat_fixed and ack.heartbeat_interval_ms:
             self.heartbeat_s = max(ack.heartbeat_interval_ms / 1000, 0.5)
+        elif self.heartbeat_s is None:
+            self.heartbeat_s = 15.0  # a server that names none
         self.phase = Phase.ACTIVE
         self._up_since = now
         self._beat_due = now + self.heartbeat_s
