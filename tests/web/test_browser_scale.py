@@ -25,14 +25,24 @@ from tests.web.pages import CHROMIUM, PHONE, check_same_conversation, sign_in, s
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-async def large_group_traffic(url: str, signer: TokenSigner, texts: list[str],
-                              started: asyncio.Event | None = None) -> str:
+async def make_group(url: str, signer: TokenSigner) -> str:
+    """hal's group "big": fay and gus are strangers to hal, so invited."""
     client = Client(url, signer.mint("hal", "py"))
     await client.connect()
     try:
         group = await client.create_group("big", ["fay", "gus"])
-        await asyncio.gather(*(client.send_text(group, t) for t in texts))
+        assert sorted(client.last_invited) == ["fay", "gus"]
         return group
+    finally:
+        await client.close()
+
+
+async def large_group_traffic(url: str, signer: TokenSigner, group: str,
+                              texts: list[str]) -> None:
+    client = Client(url, signer.mint("hal", "py"))
+    await client.connect()
+    try:
+        await asyncio.gather(*(client.send_text(group, t) for t in texts))
     finally:
         await client.close()
 
@@ -43,8 +53,7 @@ def test_large_group_by_group_pushes(tmp_path: Path) -> None:
     inbox; both members' pages still show it once each and in order."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    server = ServerProcess(data_dir, tcp=False, env={"CHATPLANE_LARGE_GROUP_THRESHOLD": "2",
-                                                     "CHATPLANE_GROUP_ADD_REQUIRES_CONSENT": "0"})
+    server = ServerProcess(data_dir, tcp=False, env={"CHATPLANE_LARGE_GROUP_THRESHOLD": "2"})
     server.start()
     signer = TokenSigner.from_data_dir(data_dir)
     try:
@@ -55,11 +64,14 @@ def test_large_group_by_group_pushes(tmp_path: Path) -> None:
                 gus = sign_in(browser, server.url, "gus", signer.mint("gus", "web"), PHONE)
                 first = [f"burst {i}" for i in range(1, 41)]
                 with ThreadPoolExecutor(1) as pool:  # playwright's loop runs in this thread
-                    group = pool.submit(asyncio.run, large_group_traffic(
-                        server.url, signer, first)).result(30)
-                for device in (fay, gus):
-                    device.page.wait_for_selector(f'button[data-conversation="{group}"]')
-                    device.open_conversation(group)
+                    group = pool.submit(asyncio.run, make_group(server.url, signer)).result(30)
+                    for device in (fay, gus):  # both accept from the invitations view
+                        device.page.get_by_role("button", name="Join big").click()
+                        device.page.wait_for_selector(f'button[data-conversation="{group}"]')
+                    pool.submit(asyncio.run, large_group_traffic(
+                        server.url, signer, group, first)).result(30)
+                for device in (fay, gus):  # joining opened the group
+                    sync_api.expect(device.page.locator("#chat-title")).to_have_text("big")
                     device.wait_for_texts(first)
                 fay.send("fay here")
                 gus.send("gus here")

@@ -24,6 +24,12 @@ const social = new SocialPanels({
     c.name = peer;
     open(c.id);
   },
+  openGroup: (id, name) => {
+    const c = conversation(id);
+    c.kind = "group";
+    if (name) c.name = name;
+    open(id);
+  },
   activeGroup: () => (active && conversations.get(active)?.kind === "group" ? active : null),
 });
 const conversations = new Map<string, Conversation>();
@@ -118,6 +124,8 @@ function applyGroupEvent(c: Conversation, m: Message): void {
   else if (c.members && e.action === "KICK") c.members -= count;
   else if (c.members && e.action === "LEAVE") c.members -= 1;
   if (active === c.id && !$("members-panel").hidden) void social.refreshMembers();
+  // joined on another device of this user: its invitation is gone here too
+  if (e.action === "JOIN" && m.sender === client?.userId) void social.refreshInvitations();
   if (active === c.id) {
     $("chat-title").textContent = c.name;
     $("members").textContent = `group · ${c.members || "?"} members`;
@@ -140,9 +148,7 @@ function onEvent(m: Message): void {
     c.peerRead = Math.max(c.peerRead, event.receipt.read_seq);
     if (active === c.id) drawMessages(false);
   } else if (event.kind === "invitation") {
-    const c = conversation(event.invitation.conversation_id);
-    c.name = `${event.invitation.name} (invited by ${event.invitation.inviter})`;
-    drawList();
+    void social.refreshInvitations(); // not a member yet: no conversation until it joins
   }
 }
 
@@ -164,6 +170,7 @@ function onState(state: ConnectionState, detail?: string): void {
   if (state === "online") {
     void loadConversations();
     void social.refreshFriends();
+    void social.refreshInvitations();
   }
   if (state === "failed") {
     sessionStorage.removeItem(TOKEN_KEY);
@@ -359,12 +366,14 @@ function wire(): void {
     if (!client || !name) return;
     const reply = await client.request({ group_create: { name, members } });
     const c = conversation(reply.group_op_ack.conversation_id);
+    const invited = reply.group_op_ack.invited as string[];
     c.name = name;
     c.kind = "group";
-    c.members = members.length + 1;
+    c.members = members.length - invited.length + 1;
     ($("group-name") as HTMLInputElement).value = "";
     ($("group-members") as HTMLInputElement).value = "";
     open(c.id);
+    social.noteInvited(invited);
   });
   document.addEventListener("visibilitychange", () => {
     const c = active ? conversations.get(active) : undefined;
