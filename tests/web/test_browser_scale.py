@@ -137,7 +137,9 @@ SCROLL_FRAMES = """async () => {
 
 def test_ten_thousand_messages_stay_responsive(web_server: ServerProcess) -> None:
     """A new device syncs a conversation of 10,000 messages: each is delivered
-    once, and scrolling the list still draws frames quickly (reported)."""
+    once and listed in order, and the list is virtualized: the DOM holds a
+    window of rows wherever it is scrolled (scroll frame times are printed,
+    docs/benchmarks.md; not asserted: the machine is shared)."""
     signer = TokenSigner.from_data_dir(web_server.data_dir)
     count = 10_000
     began = time.monotonic()
@@ -153,14 +155,28 @@ def test_ten_thousand_messages_stay_responsive(web_server: ServerProcess) -> Non
             assert len(delivered) == len(set(delivered)) == count
             synced = time.monotonic()
             jon.open_conversation(conversation)
+            listed = jon.messages()  # also checks the rendered rows are a slice of it
+            assert [seq for seq, _ in listed] == list(range(1, count + 1))
             frames = jon.page.evaluate(SCROLL_FRAMES)
-            rendered = jon.page.eval_on_selector_all("#messages li", "items => items.length")
-            print(f"\n10,000 messages held; {rendered} rendered; scroll frame time "
-                  f"p50 {frames['p50']:.1f} ms, p95 {frames['p95']:.1f} ms, "
+            # the list is virtualized: wherever it is scrolled, the DOM holds
+            # a window of rows around the view, the right ones
+            rendered = []
+            for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+                jon.page.locator("#messages").evaluate(
+                    "(list, f) => { list.scrollTop = f * (list.scrollHeight - list.clientHeight); }",
+                    fraction)
+                jon.page.wait_for_timeout(100)  # the scroll handler renders on the next frame
+                rows = jon.page.eval_on_selector_all("#messages li[data-seq]",
+                                                     "items => items.map(li => +li.dataset.seq)")
+                assert rows == list(range(rows[0], rows[0] + len(rows))), rows
+                rendered.append(len(rows))
+                jon.messages()
+            assert rows[-1] == count  # at the bottom: the newest row
+            assert max(rendered) < 200, rendered
+            print(f"\n10,000 messages held; {max(rendered)} rows rendered at most; scroll frame "
+                  f"time p50 {frames['p50']:.1f} ms, p95 {frames['p95']:.1f} ms, "
                   f"max {frames['max']:.1f} ms; seeding {seeded - began:.1f} s, "
                   f"sign-in and sync {synced - seeded:.1f} s")
-            assert rendered < 1000  # a window of the list, not all of it
-            assert frames["p95"] < 100
         finally:
             browser.close()
 
