@@ -19,6 +19,8 @@ export interface Conversation {
   sorted: { size: number; seqs: number[] }; // the seqs in order, kept while size holds
 }
 
+// one formatter for every row (toLocaleTimeString would build one per call)
+const TIME = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
 
 export function describe(m: Message): string {
@@ -95,7 +97,7 @@ function messageRow(c: Conversation, m: Message, mine: string,
   const when = document.createElement("time");
   when.className = "when";
   when.dateTime = new Date(m.sentAtMs).toISOString();
-  when.textContent = new Date(m.sentAtMs).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  when.textContent = TIME.format(m.sentAtMs);
   li.append(text, when);
   if (m.sender === mine && !system) {
     li.tabIndex = 0;
