@@ -239,3 +239,19 @@ def test_any_bytes_from_the_server_end_cleanly_or_are_taken(data: bytes) -> None
         assert isinstance(event, (core.Delivered, core.Reply, core.SendDone, core.SyncNeeded,
                                   core.PullNeeded, core.Ended))
     session.data_to_send()
+
+
+def test_the_docs_example_runs_as_written() -> None:
+    """docs/client.md, "The sans-I/O core": its example prints what it says."""
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "client.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", page, re.S)[-1]
+    assert "clientsession" in example
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(example, "client.md", "exec"), {})
+    assert out.getvalue().splitlines() == ["['LoggedIn', 'SyncNeeded']", "['hi']", "1"]
