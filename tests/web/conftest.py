@@ -12,10 +12,9 @@ from tests.support.server import ServerProcess
 
 @pytest.fixture(scope="module")
 def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # the web app has no invitations view yet (docs/web-client.md): groups made in the page
-    # add their members at once, as `abuse.group_add_requires_consent=0` allows
-    proc = ServerProcess(tmp_path_factory.mktemp("web"), tcp=False,
-                         env={"CHATPLANE_GROUP_ADD_REQUIRES_CONSENT": "0"})
+    # group add consent stays on (the default): strangers added to a group
+    # get an invitation, which the page's invitations view accepts or declines
+    proc = ServerProcess(tmp_path_factory.mktemp("web"), tcp=False)
     proc.start()
     yield proc
     proc.stop()

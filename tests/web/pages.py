@@ -1,6 +1,6 @@
 """The web app driven through Playwright: Debian's Chromium (never a browser
 download), one browser context per device, and what a page shows read back
-from its DOM: the open conversation's messages as (seq, text), in page order."""
+from it: the open conversation's messages as (seq, text), in page order."""
 
 from __future__ import annotations
 
@@ -27,11 +27,18 @@ class Device:
     page: Page
 
     def messages(self) -> list[tuple[int, str]]:
-        """The open conversation as the page shows it (delivered messages only)."""
-        rows: list[list[str]] = self.page.eval_on_selector_all(
+        """The open conversation as the page lists it (delivered messages only).
+        The list is virtualized: its DOM holds the rows in view, which must be
+        a contiguous slice of what it lists, in the same order."""
+        listed = [(int(seq), text) for seq, text in self.page.evaluate("window.chatplane.listed()")]
+        rows = [(int(seq), text) for seq, text in self.page.eval_on_selector_all(
             "#messages li[data-seq]",
-            "items => items.map(li => [li.dataset.seq, li.querySelector('.text').textContent])")
-        return [(int(seq), text) for seq, text in rows]
+            "items => items.map(li => [li.dataset.seq, li.querySelector('.text').textContent])")]
+        if rows:
+            start = next((i for i, row in enumerate(listed) if row == rows[0]), -1)
+            assert start >= 0 and listed[start:start + len(rows)] == rows, \
+                f"{self.name}: rendered rows {rows} are not a slice of the list"
+        return listed
 
     def delivered(self) -> list[str]:
         """Every message the SDK handed to the page since it loaded, in order."""
@@ -50,11 +57,10 @@ class Device:
         expect(self.page.locator("#status")).to_have_text("Online", timeout=timeout_ms)
 
     def wait_for_texts(self, texts: list[str], timeout_ms: float = 15_000) -> None:
-        """Until every text is shown (delivered, not pending)."""
+        """Until every text is listed (delivered, not pending)."""
         self.page.wait_for_function(
             """texts => {
-                const shown = new Set([...document.querySelectorAll('#messages li[data-seq] .text')]
-                    .map(e => e.textContent));
+                const shown = new Set(window.chatplane.listed().map(([, text]) => text));
                 return texts.every(t => shown.has(t));
             }""", arg=texts, timeout=timeout_ms)
 

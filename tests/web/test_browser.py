@@ -152,20 +152,42 @@ def test_history_pages_on_scroll_up_and_a_group_made_in_the_page(
             dave.page.locator("#back").click()
             sync_api.expect(row.locator(".unread")).to_have_count(0)
 
-            # a group made in the page reaches another member's page
+            # a group made in the page: strangers are invited, not added
+            # (the server asks consent); erin joins from her invitations
             erin = sign_in(browser, web_server.url, "erin", signer.mint("erin", "web"))
             dave.page.fill("#group-name", "trio")
             dave.page.fill("#group-members", "erin, carol")
             dave.page.press("#group-members", "Enter")
             sync_api.expect(dave.page.locator("#chat-title")).to_have_text("trio")
+            sync_api.expect(dave.page.locator("#receipts")).to_contain_text("Invited erin, carol")
+            invitation = erin.page.locator("#invitation-list li", has_text="trio")
+            sync_api.expect(invitation).to_contain_text("from dave")
+            erin.page.screenshot(path=str(IMG / "web-invitation.png"))
+            erin.page.get_by_role("button", name="Join trio").click()
+            sync_api.expect(erin.page.locator("#chat-title")).to_have_text("trio")
+            sync_api.expect(erin.page.locator("#invitations")).to_be_hidden()
             dave.send("welcome to trio")
-            group_row = erin.page.locator("#conversations button .name", has_text="trio")
-            group_row.click()
             erin.wait_for_texts(["welcome to trio"])
             erin.send("thanks dave")
             dave.wait_for_texts(["thanks dave"])
-            assert erin.messages() == dave.messages()
-            assert [t for _, t in erin.messages()][-2:] == ["welcome to trio", "thanks dave"]
+            shown = erin.messages()
+            assert dave.messages()[-len(shown):] == shown  # the same seqs, since erin joined
+            assert [t for _, t in shown][-2:] == ["welcome to trio", "thanks dave"]
+
+            # declined, an invitation goes away and erin never joins
+            dave.page.locator("#back").click()  # the phone shows the list again
+            dave.page.fill("#group-name", "quartet")
+            dave.page.fill("#group-members", "erin")
+            dave.page.press("#group-members", "Enter")
+            sync_api.expect(dave.page.locator("#chat-title")).to_have_text("quartet")
+            erin.page.get_by_role("button", name="Decline quartet").click()
+            sync_api.expect(erin.page.locator("#invitations")).to_be_hidden()
+            sync_api.expect(erin.page.locator("#conversations button .name",
+                                              has_text="quartet")).to_have_count(0)
+            dave.page.get_by_role("button", name="Members").click()
+            sync_api.expect(dave.page.locator('#member-list li[data-user="dave"]')).to_be_visible()
+            sync_api.expect(dave.page.locator('#member-list li[data-user="erin"]')).to_have_count(0)
+            erin.page.locator("#conversations button .name", has_text="trio").click()
             erin.page.screenshot(path=str(IMG / "web-group.png"))
         finally:
             browser.close()

@@ -25,14 +25,24 @@ from tests.web.pages import CHROMIUM, PHONE, check_same_conversation, sign_in, s
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-async def large_group_traffic(url: str, signer: TokenSigner, texts: list[str],
-                              started: asyncio.Event | None = None) -> str:
+async def make_group(url: str, signer: TokenSigner) -> str:
+    """hal's group "big": fay and gus are strangers to hal, so invited."""
     client = Client(url, signer.mint("hal", "py"))
     await client.connect()
     try:
         group = await client.create_group("big", ["fay", "gus"])
-        await asyncio.gather(*(client.send_text(group, t) for t in texts))
+        assert sorted(client.last_invited) == ["fay", "gus"]
         return group
+    finally:
+        await client.close()
+
+
+async def large_group_traffic(url: str, signer: TokenSigner, group: str,
+                              texts: list[str]) -> None:
+    client = Client(url, signer.mint("hal", "py"))
+    await client.connect()
+    try:
+        await asyncio.gather(*(client.send_text(group, t) for t in texts))
     finally:
         await client.close()
 
@@ -43,8 +53,7 @@ def test_large_group_by_group_pushes(tmp_path: Path) -> None:
     inbox; both members' pages still show it once each and in order."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    server = ServerProcess(data_dir, tcp=False, env={"CHATPLANE_LARGE_GROUP_THRESHOLD": "2",
-                                                     "CHATPLANE_GROUP_ADD_REQUIRES_CONSENT": "0"})
+    server = ServerProcess(data_dir, tcp=False, env={"CHATPLANE_LARGE_GROUP_THRESHOLD": "2"})
     server.start()
     signer = TokenSigner.from_data_dir(data_dir)
     try:
@@ -55,20 +64,28 @@ def test_large_group_by_group_pushes(tmp_path: Path) -> None:
                 gus = sign_in(browser, server.url, "gus", signer.mint("gus", "web"), PHONE)
                 first = [f"burst {i}" for i in range(1, 41)]
                 with ThreadPoolExecutor(1) as pool:  # playwright's loop runs in this thread
-                    group = pool.submit(asyncio.run, large_group_traffic(
-                        server.url, signer, first)).result(30)
-                for device in (fay, gus):
-                    device.page.wait_for_selector(f'button[data-conversation="{group}"]')
-                    device.open_conversation(group)
+                    group = pool.submit(asyncio.run, make_group(server.url, signer)).result(30)
+                    for device in (fay, gus):  # both accept from the invitations view
+                        device.page.get_by_role("button", name="Join big").click()
+                        device.page.wait_for_selector(f'button[data-conversation="{group}"]',
+                                                      state="attached")
+                    pool.submit(asyncio.run, large_group_traffic(
+                        server.url, signer, group, first)).result(30)
+                for device in (fay, gus):  # joining opened the group
+                    sync_api.expect(device.page.locator("#chat-title")).to_have_text("big")
                     device.wait_for_texts(first)
                 fay.send("fay here")
                 gus.send("gus here")
                 sent = [*first, "fay here", "gus here"]
                 for device in (fay, gus):
                     device.wait_for_texts(sent)
+                # each member sees the group from its own JOIN on (gus joined
+                # after fay), every seq once and in order
                 shown = fay.messages()
-                assert gus.messages() == shown
-                assert [seq for seq, _ in shown] == list(range(1, len(shown) + 1))
+                later = gus.messages()
+                assert later and shown[-len(later):] == later
+                assert [seq for seq, _ in shown] == list(range(shown[0][0],
+                                                                shown[0][0] + len(shown)))
                 assert sorted(t for _, t in shown if t in sent) == sorted(sent)
                 for device in (fay, gus):
                     delivered = device.delivered()
@@ -120,7 +137,9 @@ SCROLL_FRAMES = """async () => {
 
 def test_ten_thousand_messages_stay_responsive(web_server: ServerProcess) -> None:
     """A new device syncs a conversation of 10,000 messages: each is delivered
-    once, and scrolling the list still draws frames quickly (reported)."""
+    once and listed in order, and the list is virtualized: the DOM holds a
+    window of rows wherever it is scrolled (scroll frame times are printed,
+    docs/benchmarks.md; not asserted: the machine is shared)."""
     signer = TokenSigner.from_data_dir(web_server.data_dir)
     count = 10_000
     began = time.monotonic()
@@ -136,14 +155,28 @@ def test_ten_thousand_messages_stay_responsive(web_server: ServerProcess) -> Non
             assert len(delivered) == len(set(delivered)) == count
             synced = time.monotonic()
             jon.open_conversation(conversation)
+            listed = jon.messages()  # also checks the rendered rows are a slice of it
+            assert [seq for seq, _ in listed] == list(range(1, count + 1))
             frames = jon.page.evaluate(SCROLL_FRAMES)
-            rendered = jon.page.eval_on_selector_all("#messages li", "items => items.length")
-            print(f"\n10,000 messages held; {rendered} rendered; scroll frame time "
-                  f"p50 {frames['p50']:.1f} ms, p95 {frames['p95']:.1f} ms, "
+            # the list is virtualized: wherever it is scrolled, the DOM holds
+            # a window of rows around the view, the right ones
+            rendered = []
+            for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+                jon.page.locator("#messages").evaluate(
+                    "(list, f) => { list.scrollTop = f * (list.scrollHeight - list.clientHeight); }",
+                    fraction)
+                jon.page.wait_for_timeout(100)  # the scroll handler renders on the next frame
+                rows = jon.page.eval_on_selector_all("#messages li[data-seq]",
+                                                     "items => items.map(li => +li.dataset.seq)")
+                assert rows == list(range(rows[0], rows[0] + len(rows))), rows
+                rendered.append(len(rows))
+                jon.messages()
+            assert rows[-1] == count  # at the bottom: the newest row
+            assert max(rendered) < 200, rendered
+            print(f"\n10,000 messages held; {max(rendered)} rows rendered at most; scroll frame "
+                  f"time p50 {frames['p50']:.1f} ms, p95 {frames['p95']:.1f} ms, "
                   f"max {frames['max']:.1f} ms; seeding {seeded - began:.1f} s, "
                   f"sign-in and sync {synced - seeded:.1f} s")
-            assert rendered < 1000  # a window of the list, not all of it
-            assert frames["p95"] < 100
         finally:
             browser.close()
 

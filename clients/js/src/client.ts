@@ -1,11 +1,12 @@
-// The browser/node client: a WebSocket to the gateway, login with the stored
-// inbox cursor, sync of the delta, live pushes acked cumulatively, sends with
-// increasing cids resent after a reconnect until acked, heartbeats, and
-// reconnect with backoff. The rules are in delivery.ts; this is the I/O.
-import { decodeFrame, encodeFrame, type Frame } from "./codec.js";
+// The browser/node client: only I/O over the sans-I/O core (core.ts): a
+// WebSocket to the gateway, timers, promises, the cursor store, and the sync
+// and history pulls the core asks for. The core holds the protocol and the
+// delivery rules (login and resume, request ids, pending sends by cid, acks,
+// heartbeats, backoff).
+import type { Frame } from "./codec.js";
+import { ClientCore, TERMINAL, type CoreEvent } from "./core.js";
 import { groupPushMessages, LinkClosed, RequestError, toMessage, type ConnectionState,
   type Message, type SendAck } from "./messages.js";
-import { Backoff, CidAllocator, ConversationOrder, InboxCursor, resumeCursor } from "./delivery.js";
 import { MemoryCursorStore, type CursorStore } from "./store.js";
 
 export interface ClientOptions {
@@ -23,16 +24,7 @@ export interface ClientOptions {
 export { groupPushMessages, LinkClosed, RequestError, toMessage };
 export type { ConnectionState, Message, SendAck };
 
-// Errors after which reconnecting cannot help (docs/protocol.md, error codes).
-const TERMINAL = new Set([5, 6, 13, 17]);
-const ACK_DELAY_MS = 10;
 const SYNC_PAGE = 500;
-
-interface Pending {
-  send: Frame;
-  resolve: (ack: SendAck) => void;
-  reject: (error: Error) => void;
-}
 
 interface Waiting {
   resolve: (frame: Frame) => void;
@@ -40,41 +32,31 @@ interface Waiting {
 }
 
 export class ChatClient {
-  userId = "";
-  deviceId = "";
-  inboxHead = 0;
   state: ConnectionState = "connecting";
   reconnects = 0;
-  storeResets = 0;
   /** Frames of each kind received, for diagnostics (e.g. `group_push`). */
   readonly received = new Map<string, number>();
-  private cursor = new InboxCursor<Message>(0);
-  private order = new ConversationOrder<Message>();
-  private pulling = false;
-  private storeId = "";
+  private core: ClientCore;
   private readonly store: CursorStore;
-  private readonly cids = new CidAllocator();
-  private readonly backoff = new Backoff();
-  private readonly pending = new Map<number, Pending>();
+  private readonly pending = new Map<number, { resolve: (a: SendAck) => void;
+                                               reject: (e: Error) => void }>();
   private waiting = new Map<number, Waiting>();
   private socket: WebSocket | null = null;
-  private online = false;
   private closed = false;
-  private nextId = 1;
-  private ackedSent = 0;
-  private ackTimer: ReturnType<typeof setTimeout> | null = null;
-  private heartbeatTimer: ReturnType<typeof setInterval> | null = null;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private timerAt = 0;
+  private pulling = false;
   private syncing = false;
   private resync = false;
-  private lastFrameAt = 0;
-  private heartbeatMs = 15_000;
   private logins = 0;
+  private savedHave = -1;
   private firstLogin: Promise<void>;
   private resolveFirstLogin!: () => void;
   private rejectFirstLogin!: (error: Error) => void;
 
   constructor(private readonly options: ClientOptions) {
     this.store = options.store ?? new MemoryCursorStore();
+    this.core = new ClientCore({ clientName: options.clientName });
     this.firstLogin = new Promise((resolve, reject) => {
       this.resolveFirstLogin = resolve;
       this.rejectFirstLogin = reject;
@@ -84,14 +66,30 @@ export class ChatClient {
   /** Connect; resolves after the first login is accepted. */
   async start(): Promise<void> {
     const saved = await this.store.load();
-    this.cursor = new InboxCursor<Message>(saved.have);
-    this.storeId = saved.storeId;
+    this.core = new ClientCore({ have: saved.have, storeId: saved.storeId,
+                                 clientName: this.options.clientName });
     void this.connect();
     return this.firstLogin;
   }
 
   get have(): number {
-    return this.cursor.have;
+    return this.core.cursor.have;
+  }
+
+  get userId(): string {
+    return this.core.userId;
+  }
+
+  get deviceId(): string {
+    return this.core.deviceId;
+  }
+
+  get inboxHead(): number {
+    return this.core.inboxHead;
+  }
+
+  get storeResets(): number {
+    return this.core.storeResets;
   }
 
   close(): void {
@@ -102,11 +100,10 @@ export class ChatClient {
 
   /** Send a text; resolves with the server's ack once the message is durable. */
   send(conversationId: string, text: string, contentType = ""): Promise<SendAck> {
-    const cid = this.cids.next();
     return new Promise((resolve, reject) => {
-      const send = { conversation_id: conversationId, cid, text, content_type: contentType };
-      this.pending.set(cid, { send, resolve, reject });
-      if (this.online) this.transmit(cid);
+      const cid = this.core.send(conversationId, text, performance.now(), contentType);
+      this.pending.set(cid, { resolve, reject });
+      this.process();
     });
   }
 
@@ -116,13 +113,99 @@ export class ChatClient {
 
   /** A request frame (one body, e.g. `{history: {...}}`); resolves with the reply. */
   request(frame: Frame): Promise<Frame> {
-    const socket = this.socket;
-    if (!this.online || socket === null) return Promise.reject(new LinkClosed("not connected"));
-    const id = this.nextId++;
+    if (this.core.phase !== "active" || this.socket === null) {
+      return Promise.reject(new LinkClosed("not connected"));
+    }
     return new Promise((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject });
-      socket.send(encodeFrame({ ...frame, id }));
+      this.waiting.set(this.core.request(frame), { resolve, reject });
+      this.process();
     });
+  }
+
+  // -- the core's output --------------------------------------------------------
+
+  /** Send what the core queued, act on its events, arm the timer. */
+  private process(): void {
+    const socket = this.socket;
+    for (const data of this.core.dataToSend()) {
+      if (socket !== null && socket.readyState === 1) socket.send(data);
+    }
+    for (const event of this.core.eventsReceived()) this.handle(event);
+    this.arm();
+  }
+
+  private handle(event: CoreEvent): void {
+    switch (event.type) {
+      case "logged_in":
+        this.logins += 1;
+        if (this.logins > 1) this.reconnects += 1;
+        this.saveCursor();
+        this.setState("online");
+        this.resolveFirstLogin();
+        break;
+      case "delivered":
+        for (const message of event.messages) this.options.onMessage?.(message);
+        break;
+      case "reply": {
+        const w = this.waiting.get(event.requestId);
+        this.waiting.delete(event.requestId);
+        if (event.error !== null) w?.reject(event.error);
+        else w?.resolve(event.frame);
+        break;
+      }
+      case "send_done": {
+        const p = this.pending.get(event.cid);
+        this.pending.delete(event.cid);
+        if (event.error !== null) p?.reject(event.error);
+        else if (event.ack !== null) p?.resolve(event.ack);
+        break;
+      }
+      case "sync":
+        this.startSync();
+        break;
+      case "pull":
+        this.startPulls();
+        break;
+      case "inflate": {
+        const push = event.push;
+        void groupPushMessages(push).then((messages) => {
+          this.core.acceptGroup(push.conversation_id, push.head_seq, messages, 0);
+          this.process();
+        });
+        break;
+      }
+      case "ended":
+        if (event.error !== null && TERMINAL.has(event.error.code)) this.fail(event.error);
+        this.socket?.close();
+        break;
+    }
+  }
+
+  private arm(): void {
+    const due = this.core.nextDue();
+    if (due === null || (this.timer !== null && this.timerAt <= due)) return;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timerAt = due;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.core.tick(performance.now());
+      this.process();
+      this.saveCursor();
+    }, Math.max(0, due - performance.now()));
+  }
+
+  private saveCursor(): void {
+    if (this.core.cursor.have === this.savedHave) return;
+    this.savedHave = this.core.cursor.have;
+    void this.store.save({ have: this.core.cursor.have, storeId: this.core.storeId });
+  }
+
+  private fail(error: RequestError): void {
+    this.closed = true;
+    this.setState("failed", error.message);
+    this.rejectFirstLogin(error);
+    for (const p of this.pending.values()) p.reject(error);
+    this.pending.clear();
   }
 
   // -- the connection ---------------------------------------------------------
@@ -152,175 +235,39 @@ export class ChatClient {
     const socket = new Socket(url);
     socket.binaryType = "arraybuffer";
     this.socket = socket;
-    let upSince = 0;
-    let reconnectDelayMs: number | null = null;
-    let terminal: RequestError | null = null;
-    const loginId = this.nextId++;
     socket.onopen = () => {
-      // the token travels only in this frame: never in a URL
-      socket.send(encodeFrame({ id: loginId, login: {
-        protocol_version: 1, token: this.options.token, inbox_seq: this.cursor.have,
-        store_id: this.storeId, client_name: this.options.clientName ?? "chatplane-js" } }));
+      if (socket !== this.socket) return;
+      this.core.login(this.options.token, performance.now());
+      this.process();
     };
     socket.onmessage = (event: MessageEvent) => {
       if (socket !== this.socket) return;
-      this.lastFrameAt = Date.now();
-      const frame = decodeFrame(new Uint8Array(event.data as ArrayBuffer));
-      const kind = frame.body ?? "";
+      const data = new Uint8Array(event.data as ArrayBuffer);
+      this.core.receive(data, performance.now());
+      const kind = this.core.lastKind;
       this.received.set(kind, (this.received.get(kind) ?? 0) + 1);
-      if (frame.id === loginId && frame.body === "login_ack") {
-        upSince = Date.now();
-        this.loggedIn(frame.login_ack);
-      } else if (frame.body === "error" && (frame.id === loginId || !frame.id)
-                 && (frame.id === loginId || frame.error.fatal)) {
-        // a refused login, or the server closing the connection (e.g.
-        // SESSION_REPLACED: another connection of this device took over)
-        const { code, message, retriable } = frame.error;
-        if (TERMINAL.has(code)) terminal = new RequestError(code, message, retriable);
-        socket.close();
-      } else if (frame.body === "reconnect") {
-        reconnectDelayMs = frame.reconnect.delay_ms;
-        socket.close();
-      } else {
-        this.dispatchFrame(frame, socket);
-      }
+      this.process();
     };
     socket.onclose = () => {
       if (socket !== this.socket) return;
       this.lost();
-      if (terminal !== null) {
-        this.closed = true;
-        this.setState("failed", terminal.message);
-        this.rejectFirstLogin(terminal);
-        for (const p of this.pending.values()) p.reject(terminal);
-        this.pending.clear();
-        return;
-      }
       if (this.closed) return;
-      if (upSince && Date.now() - upSince > 2000) this.backoff.reset();
-      const delay = reconnectDelayMs !== null
-        ? reconnectDelayMs * (1 + Math.random()) : this.backoff.nextDelayMs();
+      const delay = this.core.connectionLost(performance.now());
       this.setState("reconnecting");
       setTimeout(() => void this.connect(), delay);
     };
   }
 
-  private loggedIn(ack: Frame): void {
-    const resumed = resumeCursor(this.cursor.have, this.storeId, ack.store_id, ack.inbox_head);
-    if (resumed.have !== this.cursor.have) {
-      this.cursor = new InboxCursor<Message>(resumed.have);
-      this.order = new ConversationOrder<Message>();
-      this.storeResets += 1;
-    }
-    this.storeId = resumed.store;
-    void this.store.save({ have: this.cursor.have, storeId: this.storeId });
-    this.userId = ack.user_id;
-    this.deviceId = ack.device_id;
-    this.inboxHead = ack.inbox_head;
-    this.ackedSent = Math.min(this.cursor.have, ack.inbox_head);
-    this.heartbeatMs = Math.max(ack.heartbeat_interval_ms || 15_000, 500);
-    this.logins += 1;
-    if (this.logins > 1) this.reconnects += 1;
-    this.online = true;
-    this.setState("online");
-    this.resolveFirstLogin();
-    this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs);
-    for (const cid of [...this.pending.keys()].sort((a, b) => a - b)) this.transmit(cid);
-    this.startSync();
-  }
-
   private lost(): void {
-    this.online = false;
-    if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
-    if (this.ackTimer !== null) clearTimeout(this.ackTimer);
-    this.heartbeatTimer = this.ackTimer = null;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
     const waiting = this.waiting;
     this.waiting = new Map();
     for (const w of waiting.values()) w.reject(new LinkClosed("connection lost"));
     this.syncing = false;
   }
 
-  private heartbeat(): void {
-    if (Date.now() - this.lastFrameAt > 3 * this.heartbeatMs) {
-      this.socket?.close(); // the server is silent: reconnect
-      return;
-    }
-    this.socket?.send(encodeFrame({ heartbeat: { client_time_ms: Date.now() } }));
-  }
-
-  private dispatchFrame(frame: Frame, socket: WebSocket): void {
-    const kind = frame.body;
-    if (kind === "push") {
-      this.accept(frame.push.entries);
-    } else if (kind === "group_push") {
-      const push = frame.group_push;
-      void groupPushMessages(push).then((messages) =>
-        this.acceptGroup(push.conversation_id, push.head_seq, messages, 0));
-    } else if (kind === "sync_hint") {
-      this.startSync();
-    } else if (frame.id && this.waiting.has(frame.id)) {
-      const w = this.waiting.get(frame.id)!;
-      this.waiting.delete(frame.id);
-      if (kind === "error") {
-        w.reject(new RequestError(frame.error.code, frame.error.message, frame.error.retriable));
-      } else {
-        w.resolve(frame);
-      }
-      if (kind === "error" && frame.error.fatal) socket.close();
-    } else if (kind === "error" && frame.error.fatal) {
-      socket.close();
-    }
-  }
-
-  private transmit(cid: number): void {
-    const entry = this.pending.get(cid);
-    if (entry === undefined) return;
-    this.request({ send: entry.send }).then((reply) => {
-      const ack = reply.send_ack;
-      this.pending.delete(cid);
-      entry.resolve({ conversationId: ack.conversation_id, seq: ack.seq,
-                      messageId: ack.message_id, cid: ack.cid, duplicate: ack.duplicate });
-    }, (error: Error) => {
-      if (error instanceof RequestError && !error.retriable) {
-        this.pending.delete(cid);
-        entry.reject(error);
-      } else if (error instanceof RequestError) {
-        // retriable: same cid, a little later
-        setTimeout(() => { if (this.online) this.transmit(cid); }, 50 + Math.random() * 200);
-      }
-      // LinkClosed: resent after the next login, same cid
-    });
-  }
-
-  private accept(entries: Frame[]): void {
-    for (const entry of entries) {
-      for (const message of this.cursor.accept(entry.inbox_seq,
-                                               toMessage(entry.message, entry.inbox_seq))) {
-        this.emit(this.order.offer(message.conversationId, message.seq, message, true));
-      }
-    }
-    if (this.cursor.have > this.ackedSent && this.ackTimer === null) {
-      // acks are cumulative: one per ACK_DELAY_MS covers every push since
-      this.ackTimer = setTimeout(() => this.sendAck(), ACK_DELAY_MS);
-    }
-    if (this.cursor.gap) this.startSync();
-  }
-
-  private emit(messages: Message[]): void {
-    for (const message of messages) this.options.onMessage?.(message);
-    if (this.order.wants.size > 0) this.startPulls();
-  }
-
-  /** Large-group messages (a GroupPush or a sync delta: not from the inbox). */
-  private acceptGroup(conversationId: string, headSeq: number, messages: Frame[],
-                      joinedSeq: number): void {
-    if (joinedSeq) this.emit(this.order.start(conversationId, joinedSeq - 1));
-    for (const m of messages) {
-      this.emit(this.order.offer(conversationId, m.seq, toMessage(m), false));
-    }
-    this.order.sawHead(conversationId, headSeq);
-    if (this.order.wants.size > 0) this.startPulls();
-  }
+  // -- sync and pulls -----------------------------------------------------------
 
   private startPulls(): void {
     if (this.pulling) return;
@@ -330,23 +277,14 @@ export class ChatClient {
 
   /** Fill per-conversation gaps from history, one conversation at a time. */
   private async pull(): Promise<void> {
-    while (this.order.wants.size > 0) {
-      const [conversationId, after] = this.order.wants.entries().next().value as [string, number];
+    while (this.core.order.wants.size > 0) {
+      const [conversationId, after] =
+        this.core.order.wants.entries().next().value as [string, number];
       const reply = await this.request({ history: { conversation_id: conversationId,
                                                     after_seq: after, limit: 200 } });
-      const pulled = (reply.history_response.messages as Frame[])
-        .map((m): [number, Message] => [m.seq, toMessage(m)]);
-      this.emit(this.order.pulled(conversationId, pulled));
+      this.core.acceptPulled(conversationId, reply.history_response.messages as Frame[]);
+      this.process();
     }
-  }
-
-  private sendAck(): void {
-    this.ackTimer = null;
-    const have = this.cursor.have;
-    if (!this.online || have <= this.ackedSent) return;
-    this.ackedSent = have;
-    this.socket?.send(encodeFrame({ push_ack: { inbox_seq: have } }));
-    void this.store.save({ have, storeId: this.storeId });
   }
 
   private startSync(): void {
@@ -362,17 +300,15 @@ export class ChatClient {
   private async sync(): Promise<void> {
     for (;;) {
       this.resync = false;
-      const conversations = [...this.order.large].filter((c) => this.order.last.has(c))
-        .map((c) => ({ conversation_id: c, seq: this.order.last.get(c) }));
-      const reply = await this.request({ sync: { after_inbox_seq: this.cursor.have,
+      const order = this.core.order;
+      const conversations = [...order.large].filter((c) => order.last.has(c))
+        .map((c) => ({ conversation_id: c, seq: order.last.get(c) }));
+      const reply = await this.request({ sync: { after_inbox_seq: this.core.cursor.have,
                                                  limit: SYNC_PAGE, conversations } });
       const response = reply.sync_response;
-      this.inboxHead = Math.max(this.inboxHead, response.inbox_head);
-      this.accept(response.entries);
-      for (const group of response.groups as Frame[]) {
-        this.acceptGroup(group.conversation_id, group.head_seq, group.messages, group.joined_seq);
-      }
-      if (!response.has_more && !this.resync && !this.cursor.gap) return;
+      this.core.acceptSync(response, performance.now());
+      this.process();
+      if (!response.has_more && !this.resync && !this.core.cursor.gap) return;
       if (response.entries.length === 0) await new Promise((r) => setTimeout(r, 50));
     }
   }

@@ -205,3 +205,62 @@ export class Backoff {
     this.attempt = 0;
   }
 }
+
+/** What became of a send once the server answered (SendQueue.answered). */
+export type SendOutcome = "acked" | "refused" | "retry" | "stale";
+
+/**
+ * The sends a device has not seen acked, by cid (chatplane.delivery.sends):
+ * out in cid order, at most `maxInflight` at once, again with the same cid
+ * after a reconnect; after a retriable refusal nothing more goes out until
+ * `pausedUntil` (the server takes sends again from the refused cid).
+ */
+export class SendQueue<T> {
+  readonly pending = new Map<number, T>(); // insertion order is cid order
+  readonly inflight = new Set<number>();
+  pausedUntil: number | null = null;
+
+  constructor(public maxInflight = 128) {}
+
+  get size(): number {
+    return this.pending.size;
+  }
+
+  add(cid: number, body: T): void {
+    this.pending.set(cid, body);
+  }
+
+  /** The cids to transmit now, in order (marked in flight). */
+  due(now: number): number[] {
+    if (this.pausedUntil !== null) {
+      if (now < this.pausedUntil) return [];
+      this.pausedUntil = null;
+    }
+    const out: number[] = [];
+    for (const cid of this.pending.keys()) {
+      if (this.inflight.size >= this.maxInflight) break;
+      if (!this.inflight.has(cid)) {
+        this.inflight.add(cid);
+        out.push(cid);
+      }
+    }
+    return out;
+  }
+
+  answered(cid: number, ok: boolean, retriable: boolean, now: number, pause: number): SendOutcome {
+    this.inflight.delete(cid);
+    if (!this.pending.has(cid)) return "stale";
+    if (ok || !retriable) {
+      this.pending.delete(cid);
+      return ok ? "acked" : "refused";
+    }
+    if (this.pausedUntil === null) this.pausedUntil = now + pause;
+    return "retry";
+  }
+
+  /** A new connection: everything pending goes again, same cids. */
+  reconnected(): void {
+    this.inflight.clear();
+    this.pausedUntil = null;
+  }
+}

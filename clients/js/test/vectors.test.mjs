@@ -3,7 +3,8 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
-import { ConversationOrder, InboxCursor, resumeCursor } from "../dist/chatplane.js";
+import { ClientCore, ConversationOrder, decodeFrame, encodeFrame, InboxCursor, resumeCursor }
+  from "../dist/chatplane.js";
 
 const vectors = (name) =>
   JSON.parse(readFileSync(new URL(`../../../tests/vectors/${name}`, import.meta.url), "utf8")).cases;
@@ -42,5 +43,56 @@ for (const c of vectors("conversation_order.json")) {
       assert.deepEqual(Object.fromEntries(order.wants), step.wants, JSON.stringify(step));
     }
     if (c.duplicates !== undefined) assert.equal(order.duplicates, c.duplicates);
+  });
+}
+
+// `expected` is a subset of `actual`; scalars compare as text.
+function matches(expected, actual) {
+  if (expected !== null && typeof expected === "object") {
+    return actual !== null && typeof actual === "object"
+      && Object.entries(expected).every(([k, v]) => k in actual && matches(v, actual[k]));
+  }
+  return String(expected) === String(actual);
+}
+
+function describe(event, cids) {
+  switch (event.type) {
+    case "logged_in": return event.storeReset ? "logged_in:reset" : "logged_in";
+    case "sync": return "sync";
+    case "pull": return "pull";
+    case "delivered": return `delivered:${event.messages.map((m) => m.seq).join(",")}`;
+    case "reply": return event.error === null ? `reply:${event.requestId}`
+      : `reply:${event.requestId}:error:${event.error.code}:${event.error.retriable}`;
+    case "send_done": return event.error === null
+      ? `send_done:${cids.indexOf(event.cid)}:ack:${event.ack.seq}`
+      : `send_done:${cids.indexOf(event.cid)}:error:${event.error.code}`;
+    case "ended": return event.error === null ? "ended" : `ended:${event.error.code}`;
+    default: return event.type;
+  }
+}
+
+// The session vectors are in seconds; the JS core counts milliseconds.
+for (const c of vectors("session.json")) {
+  test(`client core: ${c.name}`, () => {
+    const core = new ClientCore({ have: c.have, storeId: c.store, random: () => 0.5 });
+    const cids = [];
+    for (const step of c.steps) {
+      const now = step.now * 1000;
+      if (step.op === "login") core.login("tok", now);
+      else if (step.op === "in") core.receive(encodeFrame(step.frame), now);
+      else if (step.op === "send") cids.push(core.send("d:a:b", step.text, now));
+      else if (step.op === "request") core.request(step.frame);
+      else if (step.op === "tick") core.tick(now);
+      else {
+        assert.equal(step.op, "lost");
+        const delay = core.connectionLost(now);
+        assert.ok(Math.abs(delay - step.delay * 1000) < 1e-6, `${delay} ${JSON.stringify(step)}`);
+      }
+      const out = core.dataToSend().map((d) => decodeFrame(d));
+      assert.equal(out.length, step.out.length, JSON.stringify({ step, out }));
+      step.out.forEach((e, i) => assert.ok(matches(e, out[i]), JSON.stringify({ step, got: out[i] })));
+      assert.deepEqual(core.eventsReceived().map((e) => describe(e, cids)), step.events,
+                       JSON.stringify(step));
+    }
   });
 }

@@ -5,15 +5,15 @@
 // so the page shows each message once and in inbox order.
 import { TabClient, decodeEvent, decodeGroupEvent, defaultCursorStore, type ConnectionState,
   type Frame, type Message } from "../src/index.js";
-import { atBottom, describe, renderList, renderMessages, type Conversation } from "./render.js";
+import { describe, renderList, renderMessages, seqsOf, type Conversation } from "./render.js";
 import { SocialPanels } from "./social.js";
+import { VirtualList, type Anchor } from "./virtual.js";
 
 const TOKEN_KEY = "chatplane.token";
 const PAGE = 50;
-// The list renders at most this many of the newest messages (more as you
-// scroll up), so a conversation of 10,000 stays cheap to redraw.
-const WINDOW = 150;
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
+// the open conversation, virtualized: only the rows in view are in the DOM
+const messageList = new VirtualList($("messages"));
 
 let client: TabClient | null = null;
 const social = new SocialPanels({
@@ -23,6 +23,12 @@ const social = new SocialPanels({
     const c = conversation(reply.open_direct_ack.conversation_id);
     c.name = peer;
     open(c.id);
+  },
+  openGroup: (id, name) => {
+    const c = conversation(id);
+    c.kind = "group";
+    if (name) c.name = name;
+    open(id);
   },
   activeGroup: () => (active && conversations.get(active)?.kind === "group" ? active : null),
 });
@@ -38,6 +44,12 @@ const delivered: string[] = [];
   state: () => client?.state,
   received: () => Object.fromEntries(client?.leader?.received ?? []),
   leads: () => client?.isLeader ?? false,
+  // the open conversation as its list holds it, [seq, text] in order (the DOM
+  // has only the rows in view: tests check those are a slice of this)
+  listed: () => {
+    const c = active ? conversations.get(active) : undefined;
+    return c ? seqsOf(c).map((seq) => [seq, describe(c.messages.get(seq)!)]) : [];
+  },
   drop: () => (client?.leader as unknown as { socket: WebSocket | null })?.socket?.close(),
 };
 
@@ -56,7 +68,7 @@ function conversation(id: string): Conversation {
   if (c === undefined) {
     c = { id, kind: id.startsWith("g:") ? "group" : "direct", name: id, last: null, unread: 0,
           readSeq: 0, headSeq: 0, members: 0, messages: new Map(), hasOlder: true, peerRead: 0,
-          shown: WINDOW };
+          sorted: { size: 0, seqs: [] } };
     if (id.startsWith("d:") && client) {
       c.name = id.slice(2).split(":").find((u) => u !== client!.userId) ?? id;
     }
@@ -86,11 +98,12 @@ function onMessage(m: Message): void {
   } else if (m.seq > c.readSeq) {
     c.unread += 1;
   }
-  if (active === c.id && !atBottom()) c.shown += 1; // reading above: keep the view still
+  if (active === c.id && !mine) announced = `${m.sender}: ${describe(m)}`;
   scheduleRender();
 }
 
 let renderQueued = false;
+let announced = ""; // the newest incoming message of the open conversation, for screen readers
 
 /** Redraw once per frame however many messages arrived in it. */
 function scheduleRender(): void {
@@ -99,7 +112,11 @@ function scheduleRender(): void {
   requestAnimationFrame(() => {
     renderQueued = false;
     drawList();
-    drawMessages(false);
+    drawMessages("follow");
+    if (announced) { // once per frame, not once per message of a sync
+      $("announce").textContent = announced;
+      announced = "";
+    }
   });
 }
 
@@ -118,6 +135,8 @@ function applyGroupEvent(c: Conversation, m: Message): void {
   else if (c.members && e.action === "KICK") c.members -= count;
   else if (c.members && e.action === "LEAVE") c.members -= 1;
   if (active === c.id && !$("members-panel").hidden) void social.refreshMembers();
+  // joined on another device of this user: its invitation is gone here too
+  if (e.action === "JOIN" && m.sender === client?.userId) void social.refreshInvitations();
   if (active === c.id) {
     $("chat-title").textContent = c.name;
     $("members").textContent = `group · ${c.members || "?"} members`;
@@ -138,11 +157,9 @@ function onEvent(m: Message): void {
   } else if (event.kind === "receipt") {
     const c = conversation(event.receipt.conversation_id);
     c.peerRead = Math.max(c.peerRead, event.receipt.read_seq);
-    if (active === c.id) drawMessages(false);
+    if (active === c.id) drawMessages("follow");
   } else if (event.kind === "invitation") {
-    const c = conversation(event.invitation.conversation_id);
-    c.name = `${event.invitation.name} (invited by ${event.invitation.inviter})`;
-    drawList();
+    void social.refreshInvitations(); // not a member yet: no conversation until it joins
   }
 }
 
@@ -164,6 +181,7 @@ function onState(state: ConnectionState, detail?: string): void {
   if (state === "online") {
     void loadConversations();
     void social.refreshFriends();
+    void social.refreshInvitations();
   }
   if (state === "failed") {
     sessionStorage.removeItem(TOKEN_KEY);
@@ -219,9 +237,8 @@ async function loadOlder(c: Conversation, newest = false): Promise<void> {
       }
     }
     if (!newest || seqs.length === 0) c.hasOlder = page.has_more;
-    if (!newest) c.shown += page.messages.length;
     c.headSeq = Math.max(c.headSeq, page.head_seq);
-    if (active === c.id) drawMessages(newest, !newest);
+    if (active === c.id) drawMessages(newest ? "bottom" : "follow");
   } finally {
     loadingOlder = false;
   }
@@ -241,7 +258,7 @@ function open(id: string): void {
   ($("send") as HTMLButtonElement).disabled = false;
   markRead(c);
   drawList();
-  drawMessages(true);
+  drawMessages("bottom");
   void loadOlder(c, true).then(() => markRead(c));
   $("text").focus();
 }
@@ -252,13 +269,13 @@ function drawList(): void {
   renderList(conversations.values(), active, open);
 }
 
-function drawMessages(stickToBottom: boolean, keepOffset = false): void {
+function drawMessages(anchor: Anchor): void {
   const c = active ? conversations.get(active) : undefined;
   if (!c) return;
-  const pending = [...pendingSends.values()].filter((v) => v.startsWith(`${c.id}\u0000`))
-    .map((v) => v.slice(c.id.length + 1));
-  renderMessages(c, client?.userId ?? "", pending, (seq) => void social.showReceipts(c.id, seq),
-                 stickToBottom, keepOffset);
+  const pending = [...pendingSends.entries()].filter(([, v]) => v.startsWith(`${c.id}\u0000`))
+    .map(([pid, v]): [number, string] => [pid, v.slice(c.id.length + 1)]);
+  renderMessages(messageList, c, client?.userId ?? "", pending,
+                 (seq) => void social.showReceipts(c.id, seq), anchor);
 }
 
 // -- sign in and out ------------------------------------------------------------
@@ -323,23 +340,17 @@ function wire(): void {
     const pid = ++pendingCounter;
     const target = active;
     pendingSends.set(pid, `${target}\u0000${text}`);
-    drawMessages(true);
+    drawMessages("bottom");
     client.send(target, text).then(() => undefined, (error: Error) => {
       $("signin-error").textContent = error.message;
     }).finally(() => {
       pendingSends.delete(pid);
-      if (active === target) drawMessages(false);
+      if (active === target) drawMessages("follow");
     });
   });
   $("messages").addEventListener("scroll", () => {
     const c = active ? conversations.get(active) : undefined;
-    if (!c || $("messages").scrollTop >= 60) return;
-    if (c.messages.size > c.shown) { // held already: render more of it
-      c.shown += 100;
-      drawMessages(false, true);
-    } else {
-      void loadOlder(c);
-    }
+    if (c && c.hasOlder && $("messages").scrollTop < 60) void loadOlder(c); // near the top
   });
   $("new-direct").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -359,12 +370,14 @@ function wire(): void {
     if (!client || !name) return;
     const reply = await client.request({ group_create: { name, members } });
     const c = conversation(reply.group_op_ack.conversation_id);
+    const invited = reply.group_op_ack.invited as string[];
     c.name = name;
     c.kind = "group";
-    c.members = members.length + 1;
+    c.members = members.length - invited.length + 1;
     ($("group-name") as HTMLInputElement).value = "";
     ($("group-members") as HTMLInputElement).value = "";
     open(c.id);
+    social.noteInvited(invited);
   });
   document.addEventListener("visibilitychange", () => {
     const c = active ? conversations.get(active) : undefined;

@@ -1,7 +1,8 @@
 // Drawing the web app's lists: conversations (last message, unread badge)
-// and the open conversation's messages (a window of the newest, in seq order,
-// with read marks). Pure DOM from the state app.ts keeps.
+// and the open conversation's messages (in seq order, with read marks, in a
+// virtualized list: virtual.ts). Pure DOM from the state app.ts keeps.
 import { decodeGroupEvent, type Message } from "../src/index.js";
+import type { Anchor, Row, VirtualList } from "./virtual.js";
 
 export interface Conversation {
   id: string;
@@ -15,9 +16,11 @@ export interface Conversation {
   messages: Map<number, Message>;
   hasOlder: boolean;
   peerRead: number;
-  shown: number; // how many of the newest messages the list renders
+  sorted: { size: number; seqs: number[] }; // the seqs in order, kept while size holds
 }
 
+// one formatter for every row (toLocaleTimeString would build one per call)
+const TIME = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
 
 export function describe(m: Message): string {
@@ -34,9 +37,12 @@ export function describe(m: Message): string {
   return m.text;
 }
 
-export function atBottom(): boolean {
-  const list = $("messages");
-  return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+/** The conversation's seqs in order (sorted again only when it grew). */
+export function seqsOf(c: Conversation): number[] {
+  if (c.sorted.size !== c.messages.size) {
+    c.sorted = { size: c.messages.size, seqs: [...c.messages.keys()].sort((a, b) => a - b) };
+  }
+  return c.sorted.seqs;
 }
 
 export function renderList(conversations: Iterable<Conversation>, active: string | null,
@@ -72,56 +78,58 @@ export function renderList(conversations: Iterable<Conversation>, active: string
   }));
 }
 
-export function renderMessages(c: Conversation, mine: string, pending: string[],
-                               onOwn: (seq: number) => void,
-                               stickToBottom: boolean, keepOffset: boolean): void {
-  const list = $("messages");
-  const follow = atBottom();
-  const fromBottom = list.scrollHeight - list.scrollTop;
-  const sorted = [...c.messages.values()].sort((a, b) => a.seq - b.seq);
-  const items = sorted.slice(Math.max(0, sorted.length - c.shown)).map((m) => {
-    const li = document.createElement("li");
-    li.dataset.seq = String(m.seq);
-    li.dataset.id = m.messageId;
-    const system = m.contentType.startsWith("system/");
-    li.className = system ? "system" : m.sender === mine ? "mine" : "theirs";
-    if (!system && m.sender !== mine && c.kind === "group") {
-      const from = document.createElement("span");
-      from.className = "from";
-      from.textContent = m.sender;
-      li.append(from);
-    }
-    const text = document.createElement("span");
-    text.className = "text";
-    text.textContent = describe(m);
-    const when = document.createElement("time");
-    when.className = "when";
-    when.dateTime = new Date(m.sentAtMs).toISOString();
-    when.textContent = new Date(m.sentAtMs).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    li.append(text, when);
-    if (m.sender === mine && !system) {
-      li.tabIndex = 0;
-      li.title = "Who has read this";
-      const show = () => onOwn(m.seq);
-      li.addEventListener("click", show);
-      li.addEventListener("keydown", (e) => { if (e.key === "Enter") show(); });
-    }
-    if (m.sender === mine && c.kind === "direct" && m.seq <= c.peerRead) {
-      const receipt = document.createElement("span");
-      receipt.className = "receipt";
-      receipt.textContent = "✓✓";
-      receipt.title = "read";
-      li.append(receipt);
-    }
-    return li;
-  });
-  for (const text of pending) { // sent, not acked yet: shown greyed
-    const li = document.createElement("li");
-    li.className = "mine pending";
-    li.textContent = text;
-    items.push(li);
+function messageRow(c: Conversation, m: Message, mine: string,
+                    onOwn: (seq: number) => void): HTMLLIElement {
+  const li = document.createElement("li");
+  li.dataset.seq = String(m.seq);
+  li.dataset.id = m.messageId;
+  const system = m.contentType.startsWith("system/");
+  li.className = system ? "system" : m.sender === mine ? "mine" : "theirs";
+  if (!system && m.sender !== mine && c.kind === "group") {
+    const from = document.createElement("span");
+    from.className = "from";
+    from.textContent = m.sender;
+    li.append(from);
   }
-  list.replaceChildren(...items);
-  if (keepOffset) list.scrollTop = list.scrollHeight - fromBottom;
-  else if (stickToBottom || follow) list.scrollTop = list.scrollHeight;
+  const text = document.createElement("span");
+  text.className = "text";
+  text.textContent = describe(m);
+  const when = document.createElement("time");
+  when.className = "when";
+  when.dateTime = new Date(m.sentAtMs).toISOString();
+  when.textContent = TIME.format(m.sentAtMs);
+  li.append(text, when);
+  if (m.sender === mine && !system) {
+    li.tabIndex = 0;
+    li.title = "Who has read this";
+    const show = () => onOwn(m.seq);
+    li.addEventListener("click", show);
+    li.addEventListener("keydown", (e) => { if (e.key === "Enter") show(); });
+  }
+  if (m.sender === mine && c.kind === "direct" && m.seq <= c.peerRead) {
+    const receipt = document.createElement("span");
+    receipt.className = "receipt";
+    receipt.textContent = "✓✓";
+    receipt.title = "read";
+    li.append(receipt);
+  }
+  return li;
+}
+
+/** The open conversation into the virtual list: every message it holds, then
+ * the sends not acked yet (greyed). Rows are built only when rendered. */
+export function renderMessages(list: VirtualList, c: Conversation, mine: string,
+                               pending: [number, string][], onOwn: (seq: number) => void,
+                               anchor: Anchor): void {
+  const rows: Row[] = seqsOf(c).map((seq) => ({
+    key: String(seq), build: () => messageRow(c, c.messages.get(seq)!, mine, onOwn) }));
+  for (const [pid, text] of pending) {
+    rows.push({ key: `pending-${pid}`, build: () => {
+      const li = document.createElement("li");
+      li.className = "mine pending";
+      li.textContent = text;
+      return li;
+    } });
+  }
+  list.update(rows, anchor);
 }

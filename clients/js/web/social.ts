@@ -1,4 +1,5 @@
-// The web app's social screens: friends and requests in the sidebar, a
+// The web app's social screens: friends and requests in the sidebar, group
+// invitations (join or decline: nobody is put in a group without consent), a
 // group's members with roles (add, kick, make admin, leave), and who has read
 // one of your messages. Every change goes through protocol requests; the
 // resulting events (event/friend, system/group) refresh what is shown.
@@ -7,6 +8,7 @@ import type { Frame, TabClient } from "../src/index.js";
 export interface SocialContext {
   client: () => TabClient | null;
   openDirect: (peer: string) => Promise<void>;
+  openGroup: (conversationId: string, name: string) => void;
   activeGroup: () => string | null;
 }
 
@@ -63,6 +65,30 @@ export class SocialPanels {
       ...(r.outgoing as Frame[]).map((f) => person(`${f.user_id} (asked)`)));
   }
 
+  /** Pending group invitations, each with Join and Decline. */
+  async refreshInvitations(): Promise<void> {
+    const reply = await this.ask({ invitations: {} });
+    if (!reply) return;
+    const invitations = reply.invitations_response.invitations as Frame[];
+    const answer = (invitation: Frame, action: "JOIN" | "DECLINE_INVITATION") => async () => {
+      const done = await this.ask({ group_op: { conversation_id: invitation.conversation_id,
+                                                action } });
+      await this.refreshInvitations();
+      if (done && action === "JOIN") {
+        this.ctx.openGroup(invitation.conversation_id, invitation.name);
+      }
+    };
+    $("invitation-list").replaceChildren(...invitations.map((i) => {
+      const name = i.name || i.conversation_id;
+      const li = person(`${name} (from ${i.inviter})`,
+        button("Join", `Join ${name}`, answer(i, "JOIN")),
+        button("Decline", `Decline ${name}`, answer(i, "DECLINE_INVITATION")));
+      li.dataset.conversation = i.conversation_id;
+      return li;
+    }));
+    $("invitations").hidden = invitations.length === 0;
+  }
+
   async refreshMembers(): Promise<void> {
     const group = this.ctx.activeGroup();
     if (!group) return;
@@ -91,6 +117,13 @@ export class SocialPanels {
       return person(m.user_id, ...actions);
     }));
     $("add-member").hidden = !manages;
+  }
+
+  /** Say who got an invitation instead of being added (not your friends). */
+  noteInvited(invited: string[]): void {
+    if (invited.length === 0) return;
+    $("receipts").textContent =
+      `Invited ${invited.join(", ")}: they join when they accept (not your friends yet)`;
   }
 
   /** Who of the conversation has read message `seq`. */
@@ -126,7 +159,9 @@ export class SocialPanels {
       const user = input.value.trim();
       if (!group || !user) return;
       input.value = "";
-      await this.ask({ group_op: { conversation_id: group, action: "ADD", user_ids: [user] } });
+      const reply = await this.ask({ group_op: { conversation_id: group, action: "ADD",
+                                                 user_ids: [user] } });
+      if (reply) this.noteInvited(reply.group_op_ack.invited as string[]);
       await this.refreshMembers();
     });
     $("leave-group").addEventListener("click", async () => {

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from chatplane.auth import Identity, TokenError
 from chatplane.delivery.acks import DownlinkWindow, Verdict
+from chatplane.delivery.sync import resume_cursor
 from chatplane.gateway.pacing import SendGate
 from chatplane.gateway.uplink import Uplink
 from chatplane.protocol import wire
@@ -183,10 +184,10 @@ class Connection:
         self.conn_id = self.gateway.new_conn_id()
         delivery = self.gateway.settings.delivery
         store_id = self.gateway.im.store_id
-        # a cursor counted in another store (wiped, or restored from
-        # elsewhere) means nothing here: the device starts over from 0
-        claimed = (0 if login.store_id and store_id and login.store_id != store_id
-                   else login.inbox_seq)
+        # the device's own resume decision (delivery.sync.resume_cursor): a
+        # cursor counted in another store (wiped, or restored from elsewhere),
+        # or past the head, means nothing here: the device starts over from 0
+        claimed, _ = resume_cursor(login.inbox_seq, login.store_id, store_id, head)
         self.window = DownlinkWindow(
             # a device that claims more than exists (the store lost history)
             # is pushed everything past the real head
