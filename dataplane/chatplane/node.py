@@ -209,7 +209,7 @@ class Node:
     def _metrics_text(self) -> str:
         return (self.gateway.metrics.render() + self.storage.metrics_text()
                 + self.state.groups.render_metrics() + self.prober.metrics()
-                + self.supervisor.metrics_text()
+                + self.supervisor.metrics_text() + self.im.hot.metrics_text()
                 + (self.certs.metrics() if self.certs is not None else ""))
 
     async def _drain(self, request: web.Request) -> web.Response:

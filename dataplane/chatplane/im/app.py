@@ -201,7 +201,7 @@ class ImApp:
             kind = "gauge" if name.endswith("depth") else "counter"
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
         return ("\n".join(lines) + "\n" + self.storage.metrics_text() + self.prober.metrics()
-                + self.supervisor.metrics_text())
+                + self.supervisor.metrics_text() + self.im.hot.metrics_text())
 
     def _services(self, grpc_server: grpc.aio.Server) -> None:
         """The client-request API for the gateways and the cross-region link for peers."""
