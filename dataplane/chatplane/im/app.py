@@ -37,6 +37,7 @@ from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.links import DeliveryOutbox, StateLinks
+from chatplane.storage import archiving
 from chatplane.storage.base import Revocation, SendRequest, events_conversation_id
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
@@ -213,6 +214,7 @@ class ImApp:
         host = serving.advertised_host(self.settings)
         await self.storage.open()
         self.supervisor.check("storage", self.storage.health)
+        archiving.supervise(self.storage, self.supervisor)
         self.outbox.start(self.supervisor)
         self._grpc, port = await serving.start_grpc(server.host, links.grpc_port, self._services,
                                                      self.security)
