@@ -217,7 +217,7 @@ class Archiver:
             await self.rows.stub(batch)
             report.messages += len(batch)
             report.segments += 1
-            report.raw_bytes += sum(len(m.text.encode()) + len(m.payload) for m in batch)
+            report.raw_bytes += len(segments.records(batch))  # what zstd was given
             report.stored_bytes += len(data)
             through = batch[-1].seq
 
@@ -234,11 +234,12 @@ class Archiver:
 
 
 async def run_forever(archiver: Archiver, interval_s: float) -> None:
-    """The background task: one pass per interval (a failure is the supervisor's)."""
+    """The background task: one pass per interval, the first one interval after
+    start (a restart does not add a pass); a failure is the supervisor's."""
     while True:
+        await asyncio.sleep(interval_s)
         report = await archiver.run_once()
         if report.messages or report.expired:
             log.info("archive: %d messages into %d segments (%d -> %d bytes), %d expired",
                      report.messages, report.segments, report.raw_bytes, report.stored_bytes,
                      report.expired)
-        await asyncio.sleep(interval_s)

@@ -28,7 +28,7 @@ import zstandard
 
 from chatplane.storage.base import StoredMessage
 
-ZSTD_LEVEL = 6  # a background job: a little more CPU than the default 3 for fewer bytes
+ZSTD_LEVEL = 3  # zstd's default: 6 gave 0.4% fewer bytes for 1.6x the time (docs/benchmarks.md)
 
 
 class SegmentStore(Protocol):
@@ -90,11 +90,16 @@ async def entries(store: SegmentStore, conversation_id: str) -> list[Entry]:
 
 
 def encode(messages: list[StoredMessage]) -> bytes:
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(records(messages))
+
+
+def records(messages: list[StoredMessage]) -> bytes:
+    """The segment's content before compression: one JSON array per message."""
     lines = [json.dumps([m.seq, m.message_id, m.sender, m.sender_device, m.cid, m.text,
                          m.sent_at_ms, base64.b64encode(m.payload).decode(), m.content_type],
                         ensure_ascii=False, separators=(",", ":"))
              for m in messages]
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress("\n".join(lines).encode())
+    return "\n".join(lines).encode()
 
 
 def decode(conversation_id: str, data: bytes) -> list[StoredMessage]:
