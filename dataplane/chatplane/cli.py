@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     from chatplane.storage import archiving
     archiving.register(storage_sub)
 
-    for module in ("chatplane.client.chat", "chatplane.bench", "chatplane.tiers"):
+    for module in ("chatplane.client.chat", "chatplane.bench", "chatplane.tiers",
+                   "chatplane.planning.capacity"):
         try:
             registrar = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

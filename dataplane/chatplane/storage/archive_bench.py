@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -71,6 +72,7 @@ async def run(conversations: int, messages: int, reads: int, seed: int) -> dict[
                     text=text, message_id=f"{rng.getrandbits(64):016x}", sent_at_ms=i * 1000),
                     (a, b))
         hot = await pages(storage, ids, messages, reads, rng)
+        table_bytes = await asyncio.to_thread(_table_bytes, root / "chat.db")
         store = DirSegments(root / "archive")
         rows = SqliteRows(root / "chat.db")
         archiver = Archiver(ArchivedStorage(storage, store), rows, store, Archive())
@@ -87,9 +89,23 @@ async def run(conversations: int, messages: int, reads: int, seed: int) -> dict[
             "record_bytes": report.raw_bytes, "segment_bytes": report.stored_bytes,
             "compression_ratio": round(report.raw_bytes / max(report.stored_bytes, 1), 2),
             "segment_bytes_per_message": round(report.stored_bytes / max(report.messages, 1), 1),
-            "archive_s": round(took, 2), "page_ms_hot": round(hot * 1000, 3),
+            "archive_s": round(took, 2),
+            "hot_bytes_per_message": round(table_bytes["messages"] / (conversations * messages), 1),
+            "inbox_bytes_per_entry": round(table_bytes["inbox"] / (2 * conversations * messages), 1),
+            "page_ms_hot": round(hot * 1000, 3),
             "page_ms_archive_cold": round(cold * 1000, 3),
             "page_ms_archive_warm": round(warm * 1000, 3)}
+
+
+def _table_bytes(path: Path) -> dict[str, int]:
+    """Bytes of pages per table and its indexes (SQLite's dbstat)."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT s.name, m.tbl_name, sum(s.pgsize) FROM dbstat s JOIN"
+                          " sqlite_master m ON m.name = s.name GROUP BY s.name").fetchall()
+    out: dict[str, int] = {}
+    for _, table, size in rows:
+        out[table] = out.get(table, 0) + int(size)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
