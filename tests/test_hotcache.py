@@ -32,3 +32,40 @@ def test_a_gap_restarts_the_run_and_size_is_bounded() -> None:
     for seq in range(1, 11):
         cache.add(msg("b", seq))
     assert len(cache) <= 10 and cache.after("a", 6, 10) is None  # "a" was evicted first
+
+
+def test_a_one_off_scan_does_not_evict_a_hot_conversation() -> None:
+    cache = HotCache(max_messages=200)
+    for seq in range(1, 51):  # a busy group: 50 messages, each read back
+        cache.add(msg("hot", seq))
+        cache.after("hot", seq - 1, 10)
+    for i in range(1000):  # a broadcast: one message into each of 1,000 events conversations
+        cache.add(msg(f"u:{i}", 1))
+    got = cache.after("hot", 0, 100)
+    assert got is not None and [m.seq for m in got] == list(range(1, 51))
+    assert len(cache) <= 200 and cache.rejections > 0
+
+
+def test_hits_misses_and_evictions_are_exposed() -> None:
+    cache = HotCache(max_messages=10)
+    for i in range(30):
+        for _ in range(3):
+            cache.add(msg(f"c{i}", cache.head(f"c{i}") + 1))
+    cache.after("c29", 0, 5)
+    cache.after("nowhere", 0, 5)
+    text = cache.metrics_text()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if not line.startswith("#")}
+    assert values["chatplane_im_hot_misses_total"] == cache.misses >= 1
+    assert values["chatplane_im_hot_evictions_total"] + values[
+        "chatplane_im_hot_rejections_total"] > 0
+    assert values["chatplane_im_hot_messages"] == len(cache) <= 10
+
+
+def test_the_chosen_policy_beats_lru_on_a_skewed_workload() -> None:
+    from chatplane.im import hotspots
+
+    requests = hotspots.zipf_requests(10_000, 1.1, 100_000, seed=7)
+    rates = {name: hotspots.measure(name, 100, requests, 2_000, 200)["zipf_hit_rate"]
+             for name in ("lru", "wtinylfu")}
+    assert rates["wtinylfu"] > rates["lru"]

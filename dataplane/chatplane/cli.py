@@ -291,8 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_storage_migrate)
     from chatplane.storage import backup as storage_backup
     storage_backup.register(storage_sub)
+    from chatplane.storage import archiving
+    archiving.register(storage_sub)
 
-    for module in ("chatplane.client.chat", "chatplane.bench", "chatplane.tiers"):
+    for module in ("chatplane.client.chat", "chatplane.bench", "chatplane.tiers",
+                   "chatplane.planning.capacity"):
         try:
             registrar = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -49,6 +49,7 @@ from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.settings import Settings
 from chatplane.state.service import StateService
+from chatplane.storage import archiving
 from chatplane.storage.base import Revocation, Storage
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
@@ -209,7 +210,7 @@ class Node:
     def _metrics_text(self) -> str:
         return (self.gateway.metrics.render() + self.storage.metrics_text()
                 + self.state.groups.render_metrics() + self.prober.metrics()
-                + self.supervisor.metrics_text()
+                + self.supervisor.metrics_text() + self.im.hot.metrics_text()
                 + (self.certs.metrics() if self.certs is not None else ""))
 
     async def _drain(self, request: web.Request) -> web.Response:
@@ -231,6 +232,7 @@ class Node:
         tls = self.certs.context if self.certs is not None else None
         await self.storage.open()
         self.supervisor.check("storage", self.storage.health)
+        archiving.supervise(self.storage, self.supervisor)
         await self.revocation_watcher.start(self.supervisor)  # before any login is taken
         self._runner, self._http_server, port = await admission.start_public_http(
             self._app(), server.host, server.http_port, self.gateway.admission,

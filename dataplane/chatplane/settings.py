@@ -79,6 +79,19 @@ class Storage:
 
 
 @dataclass(frozen=True)
+class Archive:
+    """The cold tier (docs/storage.md, "Archive")."""
+
+    archive_after_days: float = 30.0  # messages older than this move to segments (0: never)
+    archive_dir: str = ""  # where segments go; "" = <data_dir>/archive (embedded storage only)
+    archive_interval_s: float = 3600.0  # between background runs
+    archive_segment_messages: int = 1000  # messages per segment at most
+    retention_days_direct: float = 0.0  # archived content deleted after this (0: kept)
+    retention_days_group: float = 0.0
+    retention_days_events: float = 0.0
+
+
+@dataclass(frozen=True)
 class Server:
     host: str = "127.0.0.1"
     http_port: int = 8080
@@ -187,6 +200,7 @@ class Settings:
     admin: Admin = field(default_factory=Admin)
     tls: Tls = field(default_factory=Tls)
     abuse: Abuse = field(default_factory=Abuse)
+    archive: Archive = field(default_factory=Archive)
 
 
 # Environment names that differ from CHATPLANE_<FIELD>.
@@ -339,9 +353,22 @@ def validate(s: Settings) -> None:
         problems.append(f"admin port {s.admin.port} out of range")
     elif s.admin.port > 0 and s.admin.port in (s.server.http_port, s.server.tcp_port):
         problems.append(f"admin port {s.admin.port} must differ from the public ports")
-    problems += _tls_problems(s.tls)
+    problems += _tls_problems(s.tls) + _archive_problems(s.archive)
     if problems:
         raise SettingsError("; ".join(problems))
+
+
+def _archive_problems(a: Archive) -> list[str]:
+    problems = []
+    if a.archive_after_days < 0 or a.archive_interval_s <= 0 or a.archive_segment_messages < 1:
+        problems.append("archive: archive_after_days must be >= 0, archive_interval_s > 0 and"
+                        " archive_segment_messages >= 1")
+    for kind in ("direct", "group", "events"):
+        days = getattr(a, f"retention_days_{kind}")
+        if days < 0 or (days and days < a.archive_after_days):
+            problems.append(f"archive: retention_days_{kind} must be 0 (kept) or at least"
+                            f" archive_after_days ({a.archive_after_days})")
+    return problems
 
 
 def _tls_problems(t: Tls) -> list[str]:

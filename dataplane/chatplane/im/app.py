@@ -37,6 +37,7 @@ from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.client import DeliveryOutbox, StateLinks
+from chatplane.storage import archiving
 from chatplane.storage.base import Revocation, SendRequest, events_conversation_id
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
@@ -218,7 +219,7 @@ class ImApp:
             kind = "gauge" if name.endswith("depth") else "counter"
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
         return ("\n".join(lines) + "\n" + self.storage.metrics_text() + self.prober.metrics()
-                + self.supervisor.metrics_text())
+                + self.supervisor.metrics_text() + self.im.hot.metrics_text())
 
     def _services(self, grpc_server: grpc.aio.Server) -> None:
         """The client-request API for the gateways and the cross-region link for peers."""
@@ -230,6 +231,7 @@ class ImApp:
         host = serving.advertised_host(self.settings)
         await self.storage.open()
         self.supervisor.check("storage", self.storage.health)
+        archiving.supervise(self.storage, self.supervisor)
         self.outbox.start(self.supervisor)
         self._grpc, port = await serving.start_grpc(server.host, links.grpc_port, self._services,
                                                      self.security)

@@ -3,14 +3,17 @@
 When 10,000 members of a group pull the same new messages, they read them
 from here, not from storage 10,000 times. Per conversation the cache holds a
 contiguous run of the latest messages (appends extend it; anything that does
-not follow the cached tail restarts it); conversations are evicted least
-recently used first, so the total stays under `max_messages`.
+not follow the cached tail restarts it). Which conversations stay is decided
+by W-TinyLFU admission (im/admission.py): hot conversations are kept, and a
+one-off scan (one message into each of many cold conversations) is refused
+entry instead of flushing them. The total stays under `max_messages`.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 
+from chatplane.im.admission import WTinyLfu
 from chatplane.storage.base import StoredMessage
 
 PER_CONVERSATION = 1000
@@ -19,40 +22,46 @@ PER_CONVERSATION = 1000
 class HotCache:
     def __init__(self, max_messages: int = 100_000) -> None:
         self.max_messages = max_messages
-        self._runs: OrderedDict[str, deque[StoredMessage]] = OrderedDict()
-        self._size = 0
+        self._runs: dict[str, deque[StoredMessage]] = {}
+        self._policy = WTinyLfu(max(max_messages, 1))
         self.hits = 0
         self.misses = 0
+
+    @property
+    def evictions(self) -> int:
+        return self._policy.evictions
+
+    @property
+    def rejections(self) -> int:
+        return self._policy.rejections
 
     def add(self, message: StoredMessage) -> None:
         if self.max_messages <= 0:
             return
-        run = self._runs.get(message.conversation_id)
+        conversation_id = message.conversation_id
+        self._policy.record(conversation_id)
+        run = self._runs.get(conversation_id)
         if run is None:
-            run = self._runs[message.conversation_id] = deque()
-        self._runs.move_to_end(message.conversation_id)
+            run = self._runs[conversation_id] = deque()
         if run and run[-1].seq + 1 != message.seq:
-            self._size -= len(run)
             run.clear()
         run.append(message)
-        self._size += 1
         if len(run) > PER_CONVERSATION:
             run.popleft()
-            self._size -= 1
-        while self._size > self.max_messages and self._runs:
-            _, oldest = self._runs.popitem(last=False)
-            self._size -= len(oldest)
+        for gone in self._policy.put(conversation_id, len(run)):
+            self._runs.pop(gone, None)
 
     def after(self, conversation_id: str, after_seq: int, limit: int,
               before_seq: int | None = None) -> list[StoredMessage] | None:
         """The oldest `limit` messages with seq > after_seq (and < before_seq),
         or None when the cache does not hold that whole range."""
+        if self.max_messages > 0:
+            self._policy.record(conversation_id)
         run = self._runs.get(conversation_id)
         if not run or run[0].seq > after_seq + 1:
             self.misses += 1
             return None
         self.hits += 1
-        self._runs.move_to_end(conversation_id)
         start = after_seq + 1 - run[0].seq
         upper = before_seq if before_seq is not None else run[-1].seq + 1
         out: list[StoredMessage] = []
@@ -68,9 +77,26 @@ class HotCache:
         return run[-1].seq if run else 0
 
     def forget(self, conversation_id: str) -> None:
-        run = self._runs.pop(conversation_id, None)
-        if run:
-            self._size -= len(run)
+        if self._runs.pop(conversation_id, None) is not None:
+            self._policy.remove(conversation_id)
 
     def __len__(self) -> int:
-        return self._size
+        return self._policy.weight
+
+    def metrics_text(self) -> str:
+        """Prometheus exposition of the hot tier's counters."""
+        lines: list[str] = []
+        for name, kind, help_text, value in (
+            ("chatplane_im_hot_hits_total", "counter", "history ranges served from memory",
+             self.hits),
+            ("chatplane_im_hot_misses_total", "counter", "history ranges read from storage",
+             self.misses),
+            ("chatplane_im_hot_evictions_total", "counter",
+             "conversations evicted from the hot tier", self.evictions),
+            ("chatplane_im_hot_rejections_total", "counter",
+             "newcomers refused by admission (colder than what they would evict)",
+             self.rejections),
+            ("chatplane_im_hot_messages", "gauge", "messages held in the hot tier", len(self)),
+        ):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Capacity planning: workload arithmetic over measured per-pod figures."""

@@ -1,0 +1,128 @@
+"""The cold tier measured: compression, bytes per message, history reads archive vs hot.
+
+    python3 -m chatplane.storage.archive_bench --conversations 20 --messages 2000
+
+Fills embedded storage in a temporary directory with chat-like messages
+(sentences drawn from a fixed vocabulary, ids and times as the im makes
+them), times history pages (50 messages after a random cursor) from hot
+rows, archives everything but each conversation's newest message, and times
+the same pages again, first with a cold segment cache (a fresh reader) and
+then warm. Prints one JSON object. Synthetic text compresses better than
+real chat with links and emoji would: read the ratio as an upper bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import cast
+
+from chatplane.settings import Archive
+from chatplane.storage.archive import DAY_MS, ArchivedStorage, Archiver
+from chatplane.storage.archive_rows import SqliteRows
+from chatplane.storage.archive_segments import DirSegments
+from chatplane.storage.base import SendRequest, Storage
+from chatplane.storage.sqlite import SqliteStorage
+
+WORDS = ("the meeting is moved to tomorrow at ten can you send me the file ok thanks "
+         "see you later did you see the game last night I will be late sorry lunch "
+         "where are we going sounds good let me check and get back to you").split()
+
+
+async def pages(storage: Storage, ids: list[str], n: int, count: int, rng: random.Random,
+                fresh: DirSegments | None = None) -> float:
+    """Median seconds per 50-message page after a random cursor (with `fresh`:
+    each page through a new reader, so its segment is read and decompressed)."""
+    times = []
+    inner = storage.inner if isinstance(storage, ArchivedStorage) else storage
+    for _ in range(count):
+        conversation_id = rng.choice(ids)
+        start = time.perf_counter()
+        if fresh is not None:
+            storage = cast(Storage, ArchivedStorage(inner, fresh))
+        got = await storage.history(conversation_id, after_seq=rng.randrange(n - 60), limit=50)
+        times.append(time.perf_counter() - start)
+        assert len(got) == 50
+    return statistics.median(times)
+
+
+async def run(conversations: int, messages: int, reads: int, seed: int) -> dict[str, object]:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory(prefix="chatplane-archive-bench-") as tmp:
+        root = Path(tmp)
+        storage = SqliteStorage(root / "chat.db", synchronous="NORMAL")
+        await storage.open()
+        ids = []
+        for c in range(conversations):
+            a, b = f"user{c}a", f"user{c}b"
+            cid = (await storage.ensure_direct(a, b, 0)).conversation_id
+            ids.append(cid)
+            for i in range(1, messages + 1):
+                text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 16)))
+                await storage.append(SendRequest(
+                    conversation_id=cid, sender=(a, b)[i % 2], sender_device="phone", cid=i,
+                    text=text, message_id=f"{rng.getrandbits(64):016x}", sent_at_ms=i * 1000),
+                    (a, b))
+        hot = await pages(storage, ids, messages, reads, rng)
+        table_bytes = await asyncio.to_thread(_table_bytes, root / "chat.db")
+        store = DirSegments(root / "archive")
+        rows = SqliteRows(root / "chat.db")
+        archiver = Archiver(ArchivedStorage(storage, store), rows, store, Archive())
+        start = time.perf_counter()
+        report = await archiver.run_once(now_ms=(messages + 1) * 1000 + 31 * DAY_MS)
+        took = time.perf_counter() - start
+        cold = await pages(storage, ids, messages, reads, rng, fresh=store)
+        warm_reader = ArchivedStorage(storage, store)
+        reader = cast(Storage, warm_reader)
+        await pages(reader, ids, messages, reads, rng)
+        warm = await pages(reader, ids, messages, reads, rng)
+        await storage.close()
+    return {"messages_archived": report.messages, "segments": report.segments,
+            "record_bytes": report.raw_bytes, "segment_bytes": report.stored_bytes,
+            "compression_ratio": round(report.raw_bytes / max(report.stored_bytes, 1), 2),
+            "segment_bytes_per_message": round(report.stored_bytes / max(report.messages, 1), 1),
+            "archive_s": round(took, 2),
+            "hot_bytes_per_message": round(table_bytes["messages"] / (conversations * messages), 1),
+            "inbox_bytes_per_entry": round(table_bytes["inbox"] / (2 * conversations * messages), 1),
+            "page_ms_hot": round(hot * 1000, 3),
+            "page_ms_archive_cold": round(cold * 1000, 3),
+            "page_ms_archive_warm": round(warm * 1000, 3)}
+
+
+def _table_bytes(path: Path) -> dict[str, int]:
+    """Bytes of pages per table and its indexes (SQLite's dbstat)."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT s.name, m.tbl_name, sum(s.pgsize) FROM dbstat s JOIN"
+                          " sqlite_master m ON m.name = s.name GROUP BY s.name").fetchall()
+    out: dict[str, int] = {}
+    for _, table, size in rows:
+        out[table] = out.get(table, 0) + int(size)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m chatplane.storage.archive_bench",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conversations", type=int, default=20)
+    parser.add_argument("--messages", type=int, default=2000, help="per conversation")
+    parser.add_argument("--reads", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.conversations < 1 or args.messages < 100 or args.reads < 1:
+        print("archive_bench: need --conversations >= 1, --messages >= 100, --reads >= 1",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(asyncio.run(run(args.conversations, args.messages, args.reads, args.seed))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
