@@ -57,6 +57,7 @@ from chatplane.storage.base import (
 )
 from chatplane.storage.sqlite_writer import (
     MESSAGE_COLUMNS,
+    AppendJob,
     Job,
     Writer,
     check_integrity,
@@ -387,15 +388,20 @@ class SqliteStorage(_SocialMethods):
                     loop.call_soon_threadsafe(settle, future, False, failure)
 
     def _commit_batch(self, writer: Writer, batch: list[Job]) -> None:
-        """One transaction for the batch, a savepoint per job: a job that
-        raises (anything: a StorageError, an int SQLite cannot hold, a bug)
-        fails alone. When the transaction itself fails, each job of a batch of
-        several is run again in its own transaction, so one bad job cannot
-        fail the good ones; only a fault of the store itself (busy, I/O,
-        disk full, corrupt: sqlite3.OperationalError, DatabaseError) fails all."""
+        """One transaction for the batch. First the fast path: no savepoints,
+        appends queue their rows and one `executemany` per table writes them.
+        If any job raises there, the transaction is rolled back and the batch
+        runs again with a savepoint per job, so a job that raises (anything:
+        a StorageError, an int SQLite cannot hold, a bug) fails alone. When the
+        transaction itself fails, each job of a batch of several is run again
+        in its own transaction, so one bad job cannot fail the good ones; only
+        a fault of the store itself (busy, I/O, disk full, corrupt:
+        sqlite3.OperationalError, DatabaseError) fails all."""
         began = time.perf_counter()
         try:
-            results = self._transaction(writer, batch)
+            results = self._fast_transaction(writer, batch)
+            if results is None:
+                results = self._transaction(writer, batch)
         except Exception as exc:
             rollback(writer)
             self._note(exc)
@@ -411,6 +417,31 @@ class SqliteStorage(_SocialMethods):
             self.commit_ms.observe((done - began) * 1000)
         for (_, future, loop, _), (ok, value) in zip(batch, results, strict=True):
             loop.call_soon_threadsafe(settle, future, ok, value)
+
+    def _fast_transaction(self, writer: Writer, batch: list[Job]) -> list[tuple[bool, Any]] | None:
+        """The batch without savepoints, append rows written in bulk; None
+        (and nothing written) when a job raised: the caller runs the batch
+        again job by job. A fault of the store itself propagates."""
+        results: list[tuple[bool, Any]] = []
+        writer.db.execute("BEGIN IMMEDIATE")
+        if self.shared:
+            writer.forget()
+        writer.deferring = True
+        try:
+            for fn, _, _, _ in batch:
+                if type(fn) is not AppendJob:
+                    writer.flush_rows()  # other jobs see every row before them
+                results.append((True, fn(writer)))
+            writer.flush_heads()
+        except Exception as exc:
+            if store_fault(exc):
+                raise
+            rollback(writer)
+            return None
+        finally:
+            writer.deferring = False
+        writer.db.execute("COMMIT")
+        return results
 
     def _transaction(self, writer: Writer, batch: list[Job]) -> list[tuple[bool, Any]]:
         results: list[tuple[bool, Any]] = []
@@ -540,8 +571,8 @@ class SqliteStorage(_SocialMethods):
         return epoch
 
     async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
-        recipients = tuple(recipients)
-        return await self._write(lambda writer: writer.append(request, recipients))
+        result: AppendResult = await self._write(AppendJob(request, tuple(recipients)))
+        return result
 
     async def inbox(self, user_id: str, after_seq: int, limit: int) -> list[InboxItem]:
         columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
