@@ -89,10 +89,9 @@ class Node:
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
         self.storage: Storage = make_storage(settings)
         self.certs: certs.ReloadingCert | None = None
-        self.group_writer = BulkWriter.configured(settings.social)
+        self.group_writer = BulkWriter.create()
         self.state = StateService(group_interval_ms=settings.social.group_push_interval_ms,
                                   group_max_messages=settings.social.group_push_max_messages,
-                                  group_max_share=settings.social.group_max_share,
                                   group_writer=self.group_writer)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
                             server_id=self.server_id, abuse=settings.abuse)
