@@ -379,6 +379,24 @@ def failure(exc: BaseException) -> StorageError:
     return StorageError(f"write refused: {type(exc).__name__}: {exc}")
 
 
+def settle_batch(batch: Sequence[Job], results: Sequence[tuple[bool, Any]]) -> None:
+    """Hand each job its result on its loop: one call into each loop per
+    batch (a wake-up of the loop each), not one per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for (_, future, loop, _), (ok, value) in zip(batch, results, strict=True):
+        by_loop.setdefault(loop, []).append((future, ok, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, items)
+        except RuntimeError:  # that loop is closed: nobody waits any more
+            pass
+
+
+def _settle_all(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in items:
+        settle(future, ok, value)
+
+
 def settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
     if future.done():
         return
