@@ -120,7 +120,7 @@ class Connection:
         one each. A closing session is written (and closed) at once."""
         if self.session.closed:
             self.flush_now()
-        elif not self._flushing:
+        elif not self._flushing and self.session.has_output:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self.flush_now)
 
