@@ -7,8 +7,9 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatplane.bench import beside, report
+from chatplane.bench import report
 from chatplane.bench.latency import LatencyHistogram, bucket_of, bucket_value
+from tests.tools import beside
 
 
 @given(st.integers(min_value=0, max_value=10**12))

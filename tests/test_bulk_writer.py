@@ -253,7 +253,7 @@ async def test_the_writer_sends_while_the_event_loop_holds_the_gil(
 
 async def test_an_idle_priority_writer_still_writes(
         server: tuple[int, asyncio.Queue[Sink]]) -> None:
-    """SCHED_IDLE (`social.group_writer_idle`): the thread runs when a core
+    """SCHED_IDLE (`BulkWriter.create(idle=True)`): the thread runs when a core
     would otherwise idle, and on a machine with idle time it writes as usual."""
     idle = BulkWriter.create(idle=True)
     assert idle is not None

@@ -92,8 +92,7 @@ class Node:
         self.storage: Storage = make_storage(settings)
         self.certs: certs.ReloadingCert | None = None
         self.state = StateService(group_interval_ms=settings.social.group_push_interval_ms,
-                                  group_max_messages=settings.social.group_push_max_messages,
-                                  group_max_share=settings.social.group_max_share)
+                                  group_max_messages=settings.social.group_push_max_messages)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
                             server_id=self.server_id, abuse=settings.abuse)
         self.redis = (registry.connect(settings.storage.redis_url, tls=settings.tls)
@@ -110,7 +109,7 @@ class Node:
         # gateway -> im (ImApi) and gateway -> state (Registry)
         self.gateway = Gateway(settings, self.im, LocalRoutes(self.mirror), self.signer,
                                self.server_id)
-        self.gateway.group_writer = BulkWriter.configured(settings.social)
+        self.gateway.group_writer = BulkWriter.create()
         self.state.downlink = self.gateway
         self.state.groups.supervisor = self.supervisor
         self.prober = region_links.prober_for(

@@ -48,10 +48,6 @@ class Social:
     max_group_members: int = 20_000
     group_push_interval_ms: int = 100  # a busy large group pushes one batch per interval
     group_push_max_messages: int = 200  # past this a batch becomes a "pull up to N" notice
-    group_max_share: float = 1.0  # of the process a busy large group's fan-out may take
-    group_writer: int = 1  # 1: large-group frames written by a thread outside the GIL (gateway/bulk.py)
-    group_writer_nice: int = 5  # that thread's priority below the event loop's (0-19)
-    group_writer_idle: int = 0  # 1: that thread runs SCHED_IDLE (when a core would idle); 0: at nice
     hot_cache_messages: int = 100_000  # recent messages kept in memory (0: off)
 
 
@@ -303,14 +299,6 @@ def validate(s: Settings) -> None:
                         " (protocol/jsonbounds.py)")
     if s.delivery.push_window < 1:
         problems.append("push_window must be at least 1")
-    if not 0 < s.social.group_max_share <= 1:
-        problems.append("group_max_share must be in (0, 1]")
-    if s.social.group_writer not in (0, 1):
-        problems.append("group_writer must be 0 or 1")
-    if not 0 <= s.social.group_writer_nice <= 19:
-        problems.append("group_writer_nice must be in 0..19")
-    if s.social.group_writer_idle not in (0, 1):
-        problems.append("group_writer_idle must be 0 or 1")
     if s.links.peer_probe_s <= 0 or s.links.peer_timeout_s <= 0:
         problems.append("peer_probe_s and peer_timeout_s must be positive")
     try:

@@ -111,19 +111,27 @@ async def test_a_message_that_never_comes_is_reported(large_server: ServerProces
 
 
 def test_beside_direct_with_a_bound_server(large_server: ServerProcess, tmp_path: Path) -> None:
-    """1:1 alone, beside the group and alone again on the group's server, and
-    alone and beside it on a second server that the group never touches."""
+    """The harness tests/tools/beside.py: 1:1 alone, beside the group and alone
+    again on the group's server, and alone and beside it on a second server
+    that the group never touches."""
     bound = ServerProcess(tmp_path / "bound")
     bound.start()
+    out = tmp_path / "beside.json"
     try:
-        result = bench(large_server, tmp_path, "--members", "200", "--interval-ms", "20",
-                       "--beside-direct", "--direct-pairs", "4", "--direct-rate", "40",
-                       "--direct-duration", "2", "--bound-url", bound.url,
-                       "--bound-data-dir", str(bound.data_dir))
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.tools.beside", "--url", large_server.url,
+             "--data-dir", str(large_server.data_dir), "--interval-ms", "20",
+             "--direct-pairs", "4", "--direct-rate", "40", "--direct-duration", "2",
+             "--bound-url", bound.url, "--bound-data-dir", str(bound.data_dir),
+             "--json", str(out), "--", "--crowd", "go", "--senders", "2", "--members", "200",
+             "--deadline", "60"],
+            capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         fanouts_on_bound = metric(bound, "chatplane_group_fanout_ms_count")
     finally:
         bound.stop()
-    direct = result["direct"]
+    direct = json.loads(out.read_text())
+    assert direct["group"]["members_not_clean"] == 0 and direct["group"]["missing_messages"] == 0
     phases = ("alone_before", "bound_alone", "beside_group", "beside_bound", "alone_after")
     for phase in phases:
         assert direct[phase]["clean"], (phase, direct[phase])
@@ -144,11 +152,11 @@ def test_beside_direct_with_a_bound_server(large_server: ServerProcess, tmp_path
 
 def test_a_bound_url_without_its_data_dir_is_refused(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "chatplane.cli", "bench", "group", "--url", "http://127.0.0.1:9",
-         "--data-dir", str(tmp_path), "--crowd", "go", "--beside-direct",
-         "--bound-url", "http://127.0.0.1:10"], capture_output=True, text=True, timeout=60)
+        [sys.executable, "-m", "tests.tools.beside", "--url", "http://127.0.0.1:9",
+         "--data-dir", str(tmp_path), "--bound-url", "http://127.0.0.1:10"],
+        capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "--bound-url needs --beside-direct and --bound-data-dir" in done.stderr
+    assert "--bound-url needs --bound-data-dir" in done.stderr
 
 
 def metric(server: ServerProcess, name: str, *, required: bool = False) -> float:

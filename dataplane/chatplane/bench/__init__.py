@@ -1,9 +1,10 @@
-"""`chatplane bench`: load generators that drive a running server through the SDK.
+"""`chatplane bench`: load generators that drive a running server.
 
 `register(subparsers)` adds the `bench` command; each workload is a
 subcommand whose `func` takes the parsed args and returns an exit code
-(0 when the run was clean): `direct` (W1, 1:1 chat between pairs, defined
-here and in `direct.py`), `group` (W2), `idle` (W3), `storm` and `handshakes`
+(0 when the run was clean): `direct` (W1, 1:1 chat between pairs: options
+here and in `ladder.py`, the run in `direct.py`, the lean client in
+`leanclient.py`), `group` (W2), `idle` (W3), `storm` and `handshakes`
 (TLS handshakes per second), each of those in its own module with an
 `add_parser(workloads)`.
 """
@@ -11,13 +12,6 @@ here and in `direct.py`), `group` (W2), `idle` (W3), `storm` and `handshakes`
 from __future__ import annotations
 
 import argparse
-import json
-import secrets
-import sys
-from typing import Any
-
-from chatplane.bench import report, scrape
-from chatplane.bench.direct import DirectConfig, SetupError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     direct = workloads.add_parser(
         "direct",
         help="W1: sender/receiver pairs of 1:1 chat at an offered rate",
-        description="W1: P sender/receiver pairs (one SDK client and one user per side) "
+        description="W1: P sender/receiver pairs (one client and one user per side: lean "
+        "raw-TCP clients by default, the SDK with --client sdk) "
         "offer R msgs/s in total for D seconds to a running server; prints progress, "
         "then latency (send call to receipt) and the delivery checker's verdict.",
     )
@@ -49,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="R: offered msgs/s, all pairs together (default 2000)",
     )
     direct.add_argument("--duration", type=float, default=20.0, help="D seconds (default 20)")
-    direct.add_argument("--transport", choices=("ws", "tcp"), default="ws")
+    direct.add_argument("--transport", choices=("ws", "tcp"), default=None,
+                        help="ws or tcp (default: tcp for the lean client, ws for the SDK)")
     direct.add_argument("--ca", default="", help="PEM CA to verify an https:// --url with "
                                                  "(TLS: wss:// or tcps://; default: system CAs)")
     direct.add_argument("--size", type=int, default=32, help="text bytes per message")
@@ -92,75 +88,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     direct.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
     direct.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
     direct.add_argument("--quiet", action="store_true", help="no progress lines")
-    direct.set_defaults(func=run_direct_command)
+    from chatplane.bench import group, handshakes, idle, ladder, storm
 
-    from chatplane.bench import group, handshakes, idle, storm
+    ladder.add_arguments(direct)
+    direct.set_defaults(func=ladder.run_direct_command)
 
     handshakes.add_parser(workloads)
     group.add_parser(workloads)
     idle.add_parser(workloads)
     storm.add_parser(workloads)
-
-
-def run_direct_command(args: argparse.Namespace) -> int:
-    from chatplane.bench import spread
-
-    if args.pairs < 1 or args.rate <= 0 or args.duration <= 0 or args.procs < 1:
-        print(
-            "bench direct: --pairs, --rate, --duration and --procs must be positive",
-            file=sys.stderr,
-        )
-        return 2
-    procs = min(args.procs, args.pairs)
-    cfg = DirectConfig(
-        pairs=args.pairs,
-        rate=args.rate,
-        duration=args.duration,
-        size=args.size,
-        window=max(1, args.window),
-        drain_timeout=args.drain_timeout,
-        devices=max(1, args.devices),
-        cut_every=max(0.0, args.cut_every),
-        cut_fraction=min(1.0, max(0.0, args.cut_fraction)),
-        metrics_url=scrape.admin_url(args.url, args.admin_url),
-        ca=args.ca,
-        user_prefix=f"w1{secrets.token_hex(3)}",  # fresh users: no history from earlier runs
-    )
-
-    def on_progress(snap: dict[str, Any]) -> None:
-        if not args.quiet:
-            report.print_progress(snap)
-
-    use_uvloop = not args.no_uvloop
-    try:
-        if procs == 1:
-            connector = spread.sdk_connector(args.url, args.data_dir, args.transport, args.ca)
-            result = spread.run_loop(spread.run_local(cfg, connector, on_progress), use_uvloop)
-        else:
-            result = spread.run_loop(
-                spread.run_spread(cfg, args.url, args.data_dir, args.transport, procs, use_uvloop),
-                use_uvloop,
-            )
-    except SetupError as exc:
-        print(f"bench direct: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        print(f"bench direct: {exc!r}", file=sys.stderr)
-        return 1
-    settings = {
-        "transport": args.transport,
-        "procs": procs,
-        "window": cfg.window,
-        "size": cfg.size,
-        "requested_duration_s": cfg.duration,
-        "uvloop": use_uvloop,
-        "cut_every_s": cfg.cut_every,
-        "tls": args.url.startswith("https://"),
-    }
-    pub = report.finish(result, settings)
-    print(report.table(pub))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(pub, fh, indent=2)
-            fh.write("\n")
-    return 0 if pub["clean"] else 1

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from chatplane.bench import scrape
+from chatplane.bench import procstat, scrape
 from chatplane.bench.latency import LatencyHistogram
 from chatplane.checker import DeliveryChecker
 
@@ -83,15 +83,19 @@ class DirectConfig:
     metrics_url: str = ""  # the server's base URL: read its CPU from /metrics around the run
     devices: int = 1  # devices per user; each must get every message (own sends too)
     ca: str = ""  # PEM CA to verify an https:// server with (else the system CAs)
+    server_pid: int = 0  # > 0: read the server's CPU from /proc/PID/stat, not /metrics
 
 
 async def _no_gate() -> None:
     return None
 
 
-async def server_cpu(url: str, ca: str = "") -> float | None:
-    """The CPU seconds of the process serving `url`, from its /metrics
-    (`chatplane_process_cpu_seconds_total`); None when not available."""
+async def server_cpu(url: str, ca: str = "", pid: int = 0) -> float | None:
+    """The CPU seconds of the server: from /proc/PID/stat when its PID is known,
+    else from `url`'s /metrics (`chatplane_process_cpu_seconds_total`); None
+    when neither is available."""
+    if pid > 0:
+        return procstat.cpu_seconds(pid)
     return (await scrape.read(url, ca)).get(CPU_METRIC) if url else None
 
 
@@ -126,7 +130,7 @@ class DirectRun:
         self.max_queue_delay_us = 0
         self.t_start = 0.0
         self.send_elapsed = 0.0
-        self.cpu_s = 0.0  # this process's CPU time while offering load
+        self.cpu_s = 0.0  # this process's CPU time, offering load to the last delivery
         self.loop_lag = LatencyHistogram()
         self.cuts = 0
         self.history_pages = self.history_failed = 0
@@ -211,7 +215,6 @@ class DirectRun:
         self.t_start = time.monotonic()
         end = self.t_start + self.cfg.duration
         issued = 0
-        cpu0 = time.process_time()
         while True:
             now = time.monotonic()
             if now >= end:
@@ -222,7 +225,6 @@ class DirectRun:
                 issued += 1
             await asyncio.sleep(0.001)
         self.send_elapsed = time.monotonic() - self.t_start
-        self.cpu_s = time.process_time() - cpu0
 
     async def _report_progress(self) -> None:
         """Each second a progress snapshot; meanwhile, every 5 ms, how late this
@@ -243,6 +245,7 @@ class DirectRun:
     def snapshot(self, rate: float) -> dict[str, Any]:
         return {
             "elapsed": round(time.monotonic() - self.t_start, 1) if self.t_start else 0.0,
+            "duration": self.cfg.duration,
             "sent": self.sent,
             "acked": self.acked,
             "delivered": self.delivered,
@@ -309,7 +312,9 @@ class DirectRun:
                 )
                 senders.extend(asyncio.create_task(self._send(p)) for _ in range(cfg.window))
             await start_gate()
-            cpu_before = await server_cpu(cfg.metrics_url, cfg.ca)
+            # the server's CPU over the offering window only (not setup, not history)
+            cpu_before = await server_cpu(cfg.metrics_url, cfg.ca, cfg.server_pid)
+            bench_cpu0 = time.process_time()
             progress = asyncio.create_task(self._report_progress())
             chaos = asyncio.create_task(self._cut()) if cfg.cut_every > 0 else None
             await self._pace()
@@ -326,11 +331,12 @@ class DirectRun:
                 _, pending = await asyncio.wait(senders, timeout=cfg.drain_timeout)
                 self.unacked = len(pending)
             await self._wait_delivered(deadline)
-            await self._check_history()
-            self.on_progress({**self.snapshot(0.0), "final": True})
-            cpu_after = await server_cpu(cfg.metrics_url, cfg.ca)
+            self.cpu_s = time.process_time() - bench_cpu0
+            cpu_after = await server_cpu(cfg.metrics_url, cfg.ca, cfg.server_pid)
             if cpu_before is not None and cpu_after is not None:
                 self.server_cpu_s = cpu_after - cpu_before
+            await self._check_history()
+            self.on_progress({**self.snapshot(0.0), "final": True})
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()
@@ -367,7 +373,7 @@ class DirectRun:
             "cuts": self.cuts,
             "history_pages": self.history_pages,
             "history_failed": self.history_failed,
-            "bench_cpu_s": round(self.cpu_s, 2),
+            "bench_cpu_s": round(self.cpu_s, 3),
             "server_cpu_s": None if self.server_cpu_s is None else round(self.server_cpu_s, 3),
             "bench_loop_lag": self.loop_lag.to_dict(),
             "errors": self.errors,

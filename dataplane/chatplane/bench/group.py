@@ -12,10 +12,10 @@ The members are either real SDK clients spread over P worker processes
 (`--crowd sdk`, `chatplane.bench.crowd`) or lean Go protocol clients
 (`--crowd go`, `chatplane.bench.crowdgo`), which cost the machine a small
 fraction of what the server spends on them, so the figures are the
-server's. `--beside-direct` also runs `bench direct` alone, beside the
-sending group, and alone again (`chatplane.bench.beside`); with `--bound-url`
-also against a second server the group never touches, alone and beside it:
-what the machine itself leaves a server while the group sends.
+server's. 1:1 latency beside the sending group (issue 6's must-hold) is
+measured by a harness outside the package, `python3 -m tests.tools.beside`,
+that runs this command and `bench direct` side by side; it waits for the
+"sending" line this command prints on stderr.
 
 Against `chatplane cluster up`, `--url` is the dispatch (ipconf) URL,
 `--admin-url` an im instance's admin URL (the admin API) and `--metrics-url`
@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
+import os
 import statistics
 import subprocess
 import sys
@@ -39,12 +39,10 @@ from typing import Any
 import aiohttp
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner
-from chatplane.bench import beside, crowdgo, scrape
+from chatplane.bench import crowdgo, scrape
 from chatplane.client import Client
 
 BATCH = 1000  # the admin API adds at most this many users per call
-WARMUP_S = 2.0  # --beside-direct: the group sends this long before 1:1 starts
-DIRECT_MARGIN_S = 10.0  # ... and goes on past bench direct's run (its setup and drain)
 
 
 def add_parser(workloads: argparse._SubParsersAction) -> None:
@@ -63,7 +61,7 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
     group.add_argument("--members", type=int, default=10_000, help="M (default 10000)")
     group.add_argument("--senders", type=int, default=5, help="S (default 5)")
     group.add_argument("--messages", type=int, default=None,
-                       help="K (default 20; with --beside-direct: enough to outlast bench direct)")
+                       help="K (default 20)")
     group.add_argument("--interval-ms", type=float, default=200.0,
                        help="between two sends (default 200; 0: each after the previous ack)")
     group.add_argument("--crowd", choices=("sdk", "go"), default="sdk",
@@ -74,8 +72,8 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
                        help="--crowd go: cores each worker may use (GOMAXPROCS, default 1)")
     group.add_argument("--crowd-nice", type=int, default=0, metavar="N",
                        help="run the Go crowd at this nice value (it stands for devices on other "
-                            "machines: with --beside-direct, 10 or more keeps it from taking CPU "
-                            "from the server and the 1:1 clients)")
+                            "machines: 10 or more keeps it from taking CPU from the server and "
+                            "any 1:1 clients beside it)")
     group.add_argument("--cut-every", type=float, default=0.0, metavar="S",
                        help="--crowd go, chaos: every S seconds cut some members' connections")
     group.add_argument("--cut-fraction", type=float, default=0.1, metavar="F",
@@ -83,16 +81,6 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
     group.add_argument("--deadline", type=float, default=120.0, help="seconds to wait")
     group.add_argument("--receipts", type=int, default=0, metavar="N",
                        help="then time N receipts() calls on the group (read/unread lists)")
-    group.add_argument("--beside-direct", action="store_true",
-                       help="run bench direct alone, beside the sending group, and alone again")
-    group.add_argument("--direct-pairs", type=int, default=20)
-    group.add_argument("--direct-rate", type=float, default=200.0)
-    group.add_argument("--direct-duration", type=float, default=15.0)
-    group.add_argument("--bound-url", default="", metavar="URL",
-                       help="with --beside-direct: a second server on this machine, not in the group; "
-                            "its 1:1 ratio beside the group is the machine's share of the server's")
-    group.add_argument("--bound-data-dir", default="", metavar="DIR",
-                       help="that server's data dir (its token key)")
     group.add_argument("--json", metavar="FILE")
     group.set_defaults(func=run_command)
 
@@ -177,21 +165,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"w2m{run_id}x"
     members = [f"{prefix}{i}" for i in range(args.members)]
     senders = [f"w2s{run_id}x{i}" for i in range(args.senders)]
-    plan = beside.DirectPlan(args.direct_pairs, args.direct_rate, args.direct_duration)
-    bound_url = args.bound_url.rstrip("/")
-    messages = args.messages
-    if messages is None:
-        messages = 20
-        if args.beside_direct and args.interval_ms:
-            runs = 2 if bound_url else 1
-            span = WARMUP_S + runs * (plan.duration + DIRECT_MARGIN_S)
-            messages = math.ceil(span * 1000 / args.interval_ms)
-    phases: dict[str, Any] = {}
+    messages = 20 if args.messages is None else args.messages
     async with aiohttp.ClientSession() as http:
-        if args.beside_direct:  # before the group exists: 1:1 "without the group"
-            phases["alone_before"] = await beside.run_direct(url, str(data_dir), plan)
-            if bound_url:
-                phases["bound_alone"] = await beside.run_direct(bound_url, args.bound_data_dir, plan)
         group, head = await _create_group(http, admin_url, auth, senders, members)
         signer = TokenSigner.from_data_dir(data_dir)
         clients = [Client(url, signer.mint(s, "bench")) for s in senders]
@@ -209,17 +184,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await w.stdout.readline()
         connect_s = time.monotonic() - started
         print(f"{args.members} members online in {connect_s:.1f} s", file=sys.stderr, flush=True)
-        load_before = beside.load_average()
+        load_before = load_average()
         before = await _metrics(http, metrics_url)
         print(f"sending {messages} messages", file=sys.stderr, flush=True)
         t0 = time.monotonic()
-        sending = asyncio.create_task(_send(clients, group, messages, args.interval_ms))
-        if args.beside_direct:
-            await asyncio.sleep(WARMUP_S)
-            phases["beside_group"] = await beside.run_direct(url, str(data_dir), plan)
-            if bound_url:
-                phases["beside_bound"] = await beside.run_direct(bound_url, args.bound_data_dir, plan)
-        sent = await sending
+        sent = await _send(clients, group, messages, args.interval_ms)
         send_s = time.monotonic() - t0
         outs = []
         for w in workers:
@@ -228,9 +197,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.wait_for(w.wait(), 30)
         elapsed = time.monotonic() - t0
         after = await _metrics(http, metrics_url)
-        load_after = beside.load_average()
-        if args.beside_direct:  # the members gone (the crowd exits after its report)
-            phases["alone_after"] = await beside.run_direct(url, str(data_dir), plan)
+        load_after = load_average()
         receipts_ms = []
         for i in range(args.receipts):
             seq = sorted(sent)[i % len(sent)]
@@ -282,9 +249,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "p99": round(sorted(receipts_ms)[int(0.99 * (len(receipts_ms) - 1))], 1) if receipts_ms else None,
         },
     }
-    if args.beside_direct:
-        result["direct"] = {"plan": vars(plan), **phases, **beside.verdict(phases)}
     return result
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _distribution(finite: list[float], latencies: list[float]) -> dict[str, Any]:
@@ -321,9 +290,6 @@ def run_command(args: argparse.Namespace) -> int:
     if args.cut_every and args.crowd != "go":
         print("bench group: --cut-every needs --crowd go", file=sys.stderr)
         return 2
-    if args.bound_url and not (args.beside_direct and args.bound_data_dir):
-        print("bench group: --bound-url needs --beside-direct and --bound-data-dir", file=sys.stderr)
-        return 2
     if args.crowd == "go":
         try:
             args.crowd_binary = crowdgo.binary()
@@ -336,7 +302,5 @@ def run_command(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(text)
     clean = result["members_not_clean"] == 0 and result["missing_messages"] == 0
-    if "direct" in result:
-        clean = clean and result["direct"]["all_clean"]
     print("result       " + ("CLEAN" if clean else "FAILED"))
     return 0 if clean else 1

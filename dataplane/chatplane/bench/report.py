@@ -102,6 +102,9 @@ def finish(result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
         round(server_cpu * 1e6 / acked) if server_cpu is not None and acked else None
     )
     out["bench_cpu_pct"] = round(100 * result.get("bench_cpu_s", 0) / duration) if duration else 0
+    out["bench_cpu_us_per_msg"] = (
+        round(result.get("bench_cpu_s", 0) * 1e6 / acked) if acked else None
+    )
     out["send_rate"] = round(result.get("sent", 0) / duration, 1) if duration else 0.0
     out["clean"] = bool(
         result.get("verdict", {}).get("ok")
@@ -136,13 +139,29 @@ def merge_snapshots(snaps: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "acked": sum(s.get("acked", 0) for s in snaps),
         "delivered": sum(s.get("delivered", 0) for s in snaps),
         "rate": sum(s.get("rate", 0) for s in snaps),
+        "duration": max((s.get("duration", 0) for s in snaps), default=0),
         "p99_us": hist.percentile(99),
         "final": bool(snaps) and all(s.get("final") for s in snaps),
     }
 
 
+BAR_WIDTH = 24
+
+
+def progress_bar(snap: dict[str, Any]) -> str:
+    """`[#######.........]  42%` over the offering window, then the progress line."""
+    duration = snap.get("duration") or 0
+    done = 1.0 if snap.get("final") or not duration else min(1.0, snap.get("elapsed", 0) / duration)
+    filled = round(done * BAR_WIDTH)
+    return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done:4.0%} " + progress_line(snap)
+
+
 def print_progress(snap: dict[str, Any], out: TextIO = sys.stderr) -> None:
-    out.write(progress_line(snap) + "\n")
+    """A bar redrawn in place on a terminal; one line per snapshot otherwise (logs, CI)."""
+    if out.isatty():
+        out.write("\r\033[K" + progress_bar(snap) + ("\n" if snap.get("final") else ""))
+    else:
+        out.write(progress_line(snap) + "\n")
     out.flush()
 
 
@@ -190,14 +209,16 @@ def table(pub: dict[str, Any]) -> str:
         (
             "bench cpu",
             f"{pub.get('bench_cpu_s')} s over the run, all bench processes "
-            f"({pub.get('bench_cpu_pct')}% of one core)",
+            f"({pub.get('bench_cpu_pct')}% of one core; "
+            f"{pub.get('bench_cpu_us_per_msg')} µs per acked message)",
         ),
         (
             "server cpu",
-            "not available (no chatplane_process_cpu_seconds_total at --url/metrics)"
+            "not available (no server PID seen in /proc, no CPU metric at its /metrics)"
             if pub.get("server_cpu_s") is None
-            else f"{pub['server_cpu_s']} s over the run "
-            f"({pub.get('server_cpu_us_per_msg')} µs per acked message, fixed costs included)",
+            else f"{pub['server_cpu_s']} s from the first send to the last delivery "
+            f"({pub.get('server_cpu_us_per_msg')} µs per acked message, fixed costs included; "
+            f"from {pub.get('server_cpu_source', '/metrics')})",
         ),
         (
             "history",

@@ -26,24 +26,40 @@ from chatplane.bench.direct import Connector, DirectConfig, DirectRun, Progress,
 T = TypeVar("T")
 
 
-def sdk_connector(url: str, data_dir: str, transport: str, ca: str = "") -> Connector:
-    """Clients of the real SDK, each with a token minted from the server's data dir."""
+def token_signer(data_dir: str) -> Any:
+    """The server's token signer, read from its data dir (SetupError if it cannot be)."""
     from pathlib import Path
 
     from chatplane.auth import TOKEN_KEY_FILE, TokenSigner
-    from chatplane.client import Client
 
     if not (Path(data_dir) / TOKEN_KEY_FILE).is_file():
         raise SetupError(f"no {TOKEN_KEY_FILE} in {data_dir}: give the server's --data-dir")
     try:
-        signer = TokenSigner.from_data_dir(data_dir)
+        return TokenSigner.from_data_dir(data_dir)
     except (OSError, ValueError) as exc:
         raise SetupError(f"cannot read the token key of {data_dir}: {exc}") from exc
+
+
+def sdk_connector(url: str, data_dir: str, transport: str, ca: str = "") -> Connector:
+    """Clients of the real SDK, each with a token minted from the server's data dir."""
+    from chatplane.client import Client
+
+    signer = token_signer(data_dir)
 
     def make(user: str, device: str) -> Any:
         return Client(url, signer.mint(user, device), transport=transport, ca=ca or None)
 
     return make
+
+
+def connector_for(spec: dict[str, Any]) -> Connector:
+    """The clients a run spec asks for: `lean` (raw TCP at spec["tcp"]) or the `sdk`."""
+    if spec.get("client", "sdk") == "lean":
+        from chatplane.bench.leanclient import lean_connector
+
+        host, port = spec["tcp"]
+        return lean_connector(host, int(port), spec["data_dir"])
+    return sdk_connector(spec["url"], spec["data_dir"], spec["transport"], spec.get("ca", ""))
 
 
 def run_loop(main: Coroutine[Any, Any, T], use_uvloop: bool = True) -> T:
@@ -82,19 +98,16 @@ def _slice(cfg: DirectConfig, index: int, count: int) -> DirectConfig:
 
 
 async def run_spread(
-    cfg: DirectConfig, url: str, data_dir: str, transport: str, procs: int, use_uvloop: bool
+    cfg: DirectConfig, base: dict[str, Any], procs: int, on_progress: Progress
 ) -> dict[str, Any]:
-    """Run W1 over `procs` worker processes and merge what they report."""
-    sdk_connector(url, data_dir, transport)  # a bad --data-dir fails here, once
+    """Run W1 over `procs` worker processes and merge what they report.
+
+    `base` is the run spec without its config: url, data_dir, transport,
+    client (and tcp for lean clients), uvloop."""
+    connector_for(base)  # a bad --data-dir fails here, once
     workers = []
     for i in range(procs):
-        spec = {
-            "url": url,
-            "data_dir": data_dir,
-            "transport": transport,
-            "uvloop": use_uvloop,
-            "config": dataclasses.asdict(_slice(cfg, i, procs)),
-        }
+        spec = {**base, "config": dataclasses.asdict(_slice(cfg, i, procs))}
         workers.append(
             await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -125,7 +138,7 @@ async def run_spread(
                 snaps[i] = msg["progress"]
                 if time.monotonic() - last_print >= 0.9 and len(snaps) == procs:
                     last_print = time.monotonic()
-                    report.print_progress(report.merge_snapshots(snaps.values()))
+                    on_progress(report.merge_snapshots(snaps.values()))
             elif "result" in msg:
                 results[i] = msg["result"]
 
@@ -167,7 +180,7 @@ def _emit(obj: dict[str, Any]) -> None:
 
 async def _worker(spec: dict[str, Any]) -> None:
     cfg = DirectConfig(**spec["config"])
-    connector = sdk_connector(spec["url"], spec["data_dir"], spec["transport"], cfg.ca)
+    connector = connector_for({**spec, "ca": cfg.ca})
 
     async def gate() -> None:
         _emit({"ready": cfg.pairs})

@@ -93,7 +93,7 @@ class GatewayApp:
             self.peers, parse_addrs(links.state_addrs),
             registry.CachedInstances(self.instances, "state", 1.0)), self.instance_id)
         self.gateway = Gateway(settings, self.im, self.routes, signer, self.instance_id)
-        self.gateway.group_writer = BulkWriter.configured(settings.social)
+        self.gateway.group_writer = BulkWriter.create()
         self.heads = HeadChecker(self.gateway, self.im.inbox_heads, links.head_check_s,
                                  self.im.group_heads)
         self.im.on_failover = self.heads.check_soon

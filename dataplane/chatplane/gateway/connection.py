@@ -51,7 +51,7 @@ def now_ms() -> float:
 
 
 class Connection:
-    __slots__ = ("_tasks", "conn_id", "device_id", "gateway", "groups", "peer", "sends",
+    __slots__ = ("_flushing", "_tasks", "conn_id", "device_id", "gateway", "groups", "peer", "sends",
                  "session", "token", "transport", "uplink", "user_id", "window")
 
     def __init__(self, gateway: Gateway, transport: Transport, peer: str = "") -> None:
@@ -68,6 +68,7 @@ class Connection:
         # a sync's GroupDelta); the head check compares it with the group's
         self.groups: dict[str, int] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
+        self._flushing = False  # a write of what the session queued is scheduled
         self.sends = SendGate(gateway.settings.abuse.max_inflight_sends)
         self.uplink: Uplink | None = None  # made at the first send (gateway/uplink.py)
 
@@ -119,6 +120,17 @@ class Connection:
                 task.cancel()
 
     def flush(self) -> None:
+        """Write what the session queued, once per loop turn: the replies,
+        pushes and echoes queued in one turn go out in one socket write, not
+        one each. A closing session is written (and closed) at once."""
+        if self.session.closed:
+            self.flush_now()
+        elif not self._flushing and self.session.has_output:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flushing = False
         out = self.session.data_to_send()
         if out:
             self.transport.write(out)
@@ -251,6 +263,8 @@ class Connection:
         when the transport can lend it; else it is written here."""
         if self.session.phase is not Phase.ACTIVE:
             return
+        if self._flushing:  # what the session queued goes first, in order
+            self.flush_now()
         self.session.frames_out += 1
         if handoff is not None and handoff.lending:
             item = self.transport.lend(payload)

@@ -10,6 +10,7 @@ only, DESIGN §4).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -48,16 +49,25 @@ class Social:
     def __init__(self, im: ImService) -> None:
         self.im = im
         self._relations: dict[tuple[str, str], tuple[float, Relation]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[Relation]] = {}
 
     async def _relation(self, user: str, other: str) -> Relation:
         now = time.monotonic()
-        cached = self._relations.get((user, other))
+        key = (user, other)
+        cached = self._relations.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        relation = await self.im.storage.relation(user, other)
+        # one read per expiry, shared by the sends in flight meanwhile (a
+        # device pipelines up to 32: each used to read on its own)
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = self._loading[key] = asyncio.ensure_future(self.im.storage.relation(*key))
+            loading.add_done_callback(
+                lambda done: self._loading.pop(key) if self._loading.get(key) is done else None)
+        relation = await asyncio.shield(loading)
         if len(self._relations) > 100_000:
             self._relations.clear()
-        self._relations[(user, other)] = (now + RELATION_TTL_S, relation)
+        self._relations[key] = (now + RELATION_TTL_S, relation)
         return relation
 
     # -- friends ---------------------------------------------------------------
@@ -115,8 +125,9 @@ class Social:
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
         finally:
-            self._relations.pop((user, other), None)
-            self._relations.pop((other, user), None)
+            for key in ((user, other), (other, user)):
+                self._relations.pop(key, None)
+                self._loading.pop(key, None)  # later sends read the new rows
         event = pb.Event(friend=pb.FriendEvent(action=action, actor=user, user_id=other,
                                                note=op.note if action == pb.REQUEST else ""))
         await self.im.emit(user, event)

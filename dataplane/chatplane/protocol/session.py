@@ -231,6 +231,11 @@ class ServerSession:
     def closed(self) -> bool:
         return self.phase is Phase.CLOSED
 
+    @property
+    def has_output(self) -> bool:
+        """Frames are queued for `data_to_send`."""
+        return bool(self._out)
+
     def data_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
         return out

@@ -42,8 +42,7 @@ class StateApp:
         self.servicer = StateServicer(
             Routes(self.redis), registry.CachedInstances(self.instances, "gateway", 1.0), self.peers,
             group_interval_ms=settings.social.group_push_interval_ms,
-            group_max_messages=settings.social.group_push_max_messages,
-            group_max_share=settings.social.group_max_share)
+            group_max_messages=settings.social.group_push_max_messages)
         self.grpc_address = ""
         self.base_url = ""
         self._grpc: grpc.aio.Server | None = None

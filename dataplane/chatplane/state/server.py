@@ -45,13 +45,12 @@ def _entries(routes: list[spb.Route]) -> list[RouteEntry]:
 
 class StateServicer(sgrpc.StateServicer):
     def __init__(self, routes: Routes, gateways: CachedInstances, peers: Peers, *,
-                 group_interval_ms: float = 100, group_max_messages: int = 200,
-                 group_max_share: float = 1.0) -> None:
+                 group_interval_ms: float = 100, group_max_messages: int = 200) -> None:
         self.routes = routes
         self.gateways = gateways
         self.peers = peers
         self.groups = GroupRelay(routes, gateways, peers, interval_ms=group_interval_ms,
-                                 max_messages=group_max_messages, max_share=group_max_share)
+                                 max_messages=group_max_messages)
         self.metrics = Metrics()
         self.deliver_latency = Histogram("chatplane_state_deliver_ms",
                                          "Deliver: routes lookup and gateway pushes")

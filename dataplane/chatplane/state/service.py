@@ -37,13 +37,12 @@ class Downlink(Protocol):
 
 
 class StateService:
-    def __init__(self, *, group_interval_ms: float = 100, group_max_messages: int = 200,
-                 group_max_share: float = 1.0) -> None:
+    def __init__(self, *, group_interval_ms: float = 100, group_max_messages: int = 200) -> None:
         # the gateway in process, once it exists (it is made after im, which
         # is given this service): until then there is no device to push to
         self.downlink: Downlink | None = None
         self.groups = GroupFanout(self, interval_ms=group_interval_ms,
-                                  max_messages=group_max_messages, max_share=group_max_share)
+                                  max_messages=group_max_messages)
 
     def deliver(self, items: Iterable[InboxItem]) -> int:
         """Route entries to every connected device of their users; returns

@@ -57,6 +57,7 @@ from chatplane.storage.base import (
 )
 from chatplane.storage.sqlite_writer import (
     MESSAGE_COLUMNS,
+    AppendJob,
     Job,
     Writer,
     check_integrity,
@@ -65,7 +66,7 @@ from chatplane.storage.sqlite_writer import (
     failure,
     message_from_row,
     rollback,
-    settle,
+    settle_batch,
     store_fault,
 )
 
@@ -285,7 +286,10 @@ class SqliteStorage(_SocialMethods):
         # with several im processes): heads are re-read in every transaction,
         # which holds SQLite's write lock, so they stay exact.
         self.shared = shared
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        # the writes of one loop turn go to the writer thread together (one
+        # wake-up of the thread per turn, not one per write)
+        self._jobs: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
+        self._turn: list[Job] = []
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
@@ -346,6 +350,7 @@ class SqliteStorage(_SocialMethods):
 
     async def close(self) -> None:
         if self._thread is not None:
+            self._submit()  # this turn's writes first
             self._jobs.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
             self._thread = None
@@ -364,17 +369,17 @@ class SqliteStorage(_SocialMethods):
             if first is None:
                 db.close()
                 return
-            batch = [first]
+            batch = first
             while len(batch) < MAX_BATCH:
                 try:
-                    job = self._jobs.get_nowait()
+                    jobs = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if job is None:
+                if jobs is None:
                     self._jobs.put(None)  # stop after this batch
                     break
-                batch.append(job)
-            self.oldest_in_batch = first[3]  # what the wedge check (health) times
+                batch.extend(jobs)
+            self.oldest_in_batch = batch[0][3]  # what the wedge check (health) times
             try:
                 self._commit_batch(writer, batch)
             except Exception as exc:
@@ -383,19 +388,23 @@ class SqliteStorage(_SocialMethods):
                 rollback(writer)
                 self.oldest_in_batch = 0.0
                 failure = StorageUnavailable(f"sqlite write failed: {type(exc).__name__}: {exc}")
-                for _, future, loop, _ in batch:
-                    loop.call_soon_threadsafe(settle, future, False, failure)
+                settle_batch(batch, [(False, failure)] * len(batch))
 
     def _commit_batch(self, writer: Writer, batch: list[Job]) -> None:
-        """One transaction for the batch, a savepoint per job: a job that
-        raises (anything: a StorageError, an int SQLite cannot hold, a bug)
-        fails alone. When the transaction itself fails, each job of a batch of
-        several is run again in its own transaction, so one bad job cannot
-        fail the good ones; only a fault of the store itself (busy, I/O,
-        disk full, corrupt: sqlite3.OperationalError, DatabaseError) fails all."""
+        """One transaction for the batch. First the fast path: no savepoints,
+        appends queue their rows and one `executemany` per table writes them.
+        If any job raises there, the transaction is rolled back and the batch
+        runs again with a savepoint per job, so a job that raises (anything:
+        a StorageError, an int SQLite cannot hold, a bug) fails alone. When the
+        transaction itself fails, each job of a batch of several is run again
+        in its own transaction, so one bad job cannot fail the good ones; only
+        a fault of the store itself (busy, I/O, disk full, corrupt:
+        sqlite3.OperationalError, DatabaseError) fails all."""
         began = time.perf_counter()
         try:
-            results = self._transaction(writer, batch)
+            results = self._fast_transaction(writer, batch)
+            if results is None:
+                results = self._transaction(writer, batch)
         except Exception as exc:
             rollback(writer)
             self._note(exc)
@@ -409,8 +418,32 @@ class SqliteStorage(_SocialMethods):
             for _, _, _, queued in batch:
                 self.write_wait_ms.observe((began - queued) * 1000)
             self.commit_ms.observe((done - began) * 1000)
-        for (_, future, loop, _), (ok, value) in zip(batch, results, strict=True):
-            loop.call_soon_threadsafe(settle, future, ok, value)
+        settle_batch(batch, results)
+
+    def _fast_transaction(self, writer: Writer, batch: list[Job]) -> list[tuple[bool, Any]] | None:
+        """The batch without savepoints, append rows written in bulk; None
+        (and nothing written) when a job raised: the caller runs the batch
+        again job by job. A fault of the store itself propagates."""
+        results: list[tuple[bool, Any]] = []
+        writer.db.execute("BEGIN IMMEDIATE")
+        if self.shared:
+            writer.forget()
+        writer.deferring = True
+        try:
+            for fn, _, _, _ in batch:
+                if type(fn) is not AppendJob:
+                    writer.flush_rows()  # other jobs see every row before them
+                results.append((True, fn(writer)))
+            writer.flush_heads()
+        except Exception as exc:
+            if store_fault(exc):
+                raise
+            rollback(writer)
+            return None
+        finally:
+            writer.deferring = False
+        writer.db.execute("COMMIT")
+        return results
 
     def _transaction(self, writer: Writer, batch: list[Job]) -> list[tuple[bool, Any]]:
         results: list[tuple[bool, Any]] = []
@@ -484,8 +517,15 @@ class SqliteStorage(_SocialMethods):
             raise StorageUnavailable("storage writer stopped")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((fn, future, loop, time.perf_counter()))
+        if not self._turn:
+            loop.call_soon(self._submit)
+        self._turn.append((fn, future, loop, time.perf_counter()))
         return await future
+
+    def _submit(self) -> None:
+        if self._turn:
+            jobs, self._turn = self._turn, []
+            self._jobs.put(jobs)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         reader = self._reader
@@ -540,8 +580,8 @@ class SqliteStorage(_SocialMethods):
         return epoch
 
     async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
-        recipients = tuple(recipients)
-        return await self._write(lambda writer: writer.append(request, recipients))
+        result: AppendResult = await self._write(AppendJob(request, tuple(recipients)))
+        return result
 
     async def inbox(self, user_id: str, after_seq: int, limit: int) -> list[InboxItem]:
         columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))

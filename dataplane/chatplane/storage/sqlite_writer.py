@@ -3,7 +3,11 @@
 `Writer` is owned by the writer thread only (storage/sqlite.py runs it): the
 conversation and inbox heads it caches, the head updates pending in the open
 transaction (written once per batch), and the write rules (fenced append,
-membership change, lease). The functions below decide what a failure costs:
+membership change, lease). While `deferring` (the batch's fast path), appends
+queue their message and inbox rows and `flush_rows` writes them with one
+`executemany` each; a highest-cid cache per (conversation, sender, device)
+spares the dedup lookup for a cid above every stored one (the usual send).
+The functions below decide what a failure costs:
 `failure` turns any exception into the StorageError its caller gets,
 `store_fault` tells a fault of the store itself (busy, I/O, full, corrupt)
 from a fault of one write, `rollback` ends a failed transaction and drops
@@ -31,6 +35,8 @@ from chatplane.storage.base import (
     StorageUnavailable,
     StoredMessage,
 )
+
+MAX_CID_CACHE = 100_000  # (conversation, sender, device) keys; cleared when full
 
 MESSAGE_COLUMNS = (
     "conversation_id, seq, message_id, sender, sender_device, cid, text, sent_at_ms,"
@@ -63,6 +69,13 @@ class Writer:
         self.dirty_convs: dict[str, tuple[int, int]] = {}
         self.dirty_reads: dict[tuple[str, str], int] = {}
         self.dirty_inbox: dict[str, int] = {}
+        self.deferring = False  # queue append rows for flush_rows (the batch fast path)
+        self.pending_messages: list[tuple[Any, ...]] = []
+        self.pending_inbox: list[tuple[str, int, str, int]] = []
+        self.pending_cids: dict[tuple[str, str, str, int], StoredMessage] = {}
+        # (conversation, sender, device) -> the highest cid stored: a higher
+        # cid cannot be a resend, so its dedup lookup is skipped
+        self.max_cids: dict[tuple[str, str, str], int] = {}
 
     def forget(self) -> None:
         """Drop cached heads (they are re-read), after writing the pending ones:
@@ -70,8 +83,24 @@ class Writer:
         self.flush_heads()
         self.conv_heads.clear()
         self.inbox_heads.clear()
+        self.max_cids.clear()  # shared: another process may have stored cids since
+
+    def flush_rows(self) -> None:
+        """Write the queued message and inbox rows, one statement each."""
+        if self.pending_messages:
+            self.db.executemany(
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self.pending_messages)
+            self.pending_messages.clear()
+            self.pending_cids.clear()
+        if self.pending_inbox:
+            self.db.executemany(
+                "INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq) VALUES (?, ?, ?, ?)",
+                self.pending_inbox)
+            self.pending_inbox.clear()
 
     def flush_heads(self) -> None:
+        self.flush_rows()  # a head never points past the rows written
         db = self.db
         if self.dirty_convs:
             db.executemany("UPDATE conversations SET head_seq = ?, last_activity_ms = ? WHERE id = ?",
@@ -129,6 +158,10 @@ class Writer:
 
     def discard(self) -> None:
         """The transaction rolled back: nothing pending is true any more."""
+        self.pending_messages.clear()
+        self.pending_inbox.clear()
+        self.pending_cids.clear()
+        self.max_cids.clear()
         self.dirty_convs.clear()
         self.dirty_reads.clear()
         self.dirty_inbox.clear()
@@ -175,17 +208,34 @@ class Writer:
             " RETURNING epoch", (conversation_id, owner)).fetchone()
         return int(row[0])
 
+    def stored_before(self, request: SendRequest) -> StoredMessage | None:
+        """The message this device already stored under this cid, if any."""
+        key = (request.conversation_id, request.sender, request.sender_device)
+        top = self.max_cids.get(key)
+        if top is None:
+            if len(self.max_cids) >= MAX_CID_CACHE:
+                self.max_cids.clear()
+            row = self.db.execute(
+                "SELECT max(cid) FROM messages WHERE conversation_id = ? AND sender = ?"
+                " AND sender_device = ?", key).fetchone()
+            top = self.max_cids[key] = row[0] or 0
+        if request.cid > top:
+            return None  # above every stored cid: new (the usual case, no lookup)
+        queued = self.pending_cids.get((*key, request.cid))
+        if queued is not None:
+            return queued
+        row = self.db.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender = ?"
+            " AND sender_device = ? AND cid = ?", (*key, request.cid)).fetchone()
+        return None if row is None else message_from_row(row)
+
     def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
         db = self.db
         self.check_fence(request)
         head = self.conv_head(request.conversation_id)
-        row = db.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender = ?"
-            " AND sender_device = ? AND cid = ?",
-            (request.conversation_id, request.sender, request.sender_device, request.cid),
-        ).fetchone()
-        if row is not None:
-            return AppendResult(message=message_from_row(row), duplicate=True)
+        earlier = self.stored_before(request)
+        if earlier is not None:
+            return AppendResult(message=earlier, duplicate=True)
         seq = head + 1
         message = StoredMessage(
             conversation_id=request.conversation_id,
@@ -199,14 +249,21 @@ class Writer:
             payload=request.payload,
             content_type=request.content_type,
         )
-        db.execute(
-            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                message.conversation_id, seq, message.message_id, message.sender,
-                message.sender_device, message.cid, message.text, message.sent_at_ms,
-                message.payload, message.content_type,
-            ),
+        row = (
+            message.conversation_id, seq, message.message_id, message.sender,
+            message.sender_device, message.cid, message.text, message.sent_at_ms,
+            message.payload, message.content_type,
         )
+        key = (request.conversation_id, request.sender, request.sender_device)
+        if self.deferring:
+            self.pending_messages.append(row)
+            self.pending_cids[(*key, request.cid)] = message
+        else:
+            db.execute(
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row)
+        if request.cid > self.max_cids.get(key, 0):
+            self.max_cids[key] = request.cid
         # heads, activity and the sender's read position are written once per
         # batch (flush_heads), not once per message
         self.dirty_convs[request.conversation_id] = (seq, request.sent_at_ms)
@@ -216,10 +273,13 @@ class Writer:
         items = []
         for user_id in recipients:
             inbox_seq = self.inbox_head(user_id) + 1
-            db.execute(
-                "INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq) VALUES (?, ?, ?, ?)",
-                (user_id, inbox_seq, request.conversation_id, seq),
-            )
+            entry = (user_id, inbox_seq, request.conversation_id, seq)
+            if self.deferring:
+                self.pending_inbox.append(entry)
+            else:
+                db.execute(
+                    "INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq) VALUES (?, ?, ?, ?)",
+                    entry)
             self.dirty_inbox[user_id] = inbox_seq
             self.inbox_heads[user_id] = inbox_seq
             items.append(InboxItem(user_id=user_id, inbox_seq=inbox_seq, message=message))
@@ -237,16 +297,27 @@ class Writer:
                 " last_activity_ms, name) VALUES (?, ?, '[]', 0, ?, ?, ?)",
                 (conversation_id, GROUP, now_ms, now_ms, change.name or ""))
         head = self.conv_head(conversation_id)  # raises ConversationNotFound
-        row = db.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender = ?"
-            " AND sender_device = ? AND cid = ?",
-            (conversation_id, event.sender, event.sender_device, event.cid)).fetchone()
-        if row is not None:
-            return AppendResult(message=message_from_row(row), duplicate=True)
+        earlier = self.stored_before(event)
+        if earlier is not None:
+            return AppendResult(message=earlier, duplicate=True)
         before = set(social.member_ids(db, conversation_id))
         social.apply_change(db, conversation_id, change, head + 1, now_ms)
         after = set(social.member_ids(db, conversation_id))
         return self.append(event, sorted(before | after) if recipients is None else recipients)
+
+
+class AppendJob:
+    """The writer job of one append: only these may run with their rows queued
+    (any other job of the batch sees the rows written first)."""
+
+    __slots__ = ("recipients", "request")
+
+    def __init__(self, request: SendRequest, recipients: Sequence[str]) -> None:
+        self.request = request
+        self.recipients = recipients
+
+    def __call__(self, writer: Writer) -> AppendResult:
+        return writer.append(self.request, self.recipients)
 
 
 # a write, its future and loop, and when it was queued (time.perf_counter())
@@ -306,6 +377,24 @@ def failure(exc: BaseException) -> StorageError:
     if isinstance(exc, sqlite3.Error) and store_fault(exc):
         return StorageUnavailable(f"sqlite write failed: {exc}")
     return StorageError(f"write refused: {type(exc).__name__}: {exc}")
+
+
+def settle_batch(batch: Sequence[Job], results: Sequence[tuple[bool, Any]]) -> None:
+    """Hand each job its result on its loop: one call into each loop per
+    batch (a wake-up of the loop each), not one per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for (_, future, loop, _), (ok, value) in zip(batch, results, strict=True):
+        by_loop.setdefault(loop, []).append((future, ok, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, items)
+        except RuntimeError:  # that loop is closed: nobody waits any more
+            pass
+
+
+def _settle_all(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in items:
+        settle(future, ok, value)
 
 
 def settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
