@@ -115,6 +115,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             user_id text, conversation_id text, inviter text, at_ms bigint,
             PRIMARY KEY (user_id, conversation_id))""",
     )),
+    Migration(6, "seq blocks: one row per sequence (conversation or inbox), compaction per table", (
+        # epoch: the conversation's lease (acquire); gen: raised each time a
+        # process starts writing the sequence; ts_base: that gen's write
+        # timestamp; reserved: the highest number any holder may write.
+        # Changed by conditional writes only (docs/storage.md, "Seq blocks").
+        """CREATE TABLE IF NOT EXISTS {ks}.sequencers (
+            key text PRIMARY KEY, epoch bigint, gen bigint, ts_base bigint, reserved bigint,
+            owner text) WITH compaction = {{'class': 'LeveledCompactionStrategy'}}""",
+        # Append-only, read newest first, written at timestamps near the wall
+        # clock (docs/storage.md, "Compaction"): time windows of one day.
+        "ALTER TABLE {ks}.messages WITH compaction = {{'class': 'TimeWindowCompactionStrategy',"
+        " 'compaction_window_unit': 'DAYS', 'compaction_window_size': '1'}}",
+        "ALTER TABLE {ks}.inbox WITH compaction = {{'class': 'TimeWindowCompactionStrategy',"
+        " 'compaction_window_unit': 'DAYS', 'compaction_window_size': '1'}}",
+        # Small rows rewritten in place and read on every append or sync.
+        "ALTER TABLE {ks}.conversation_heads WITH compaction = "
+        "{{'class': 'LeveledCompactionStrategy'}}",
+        "ALTER TABLE {ks}.inbox_heads WITH compaction = {{'class': 'LeveledCompactionStrategy'}}",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -90,6 +90,16 @@ class Statements:
     set_lease: PreparedStatement
     put_revocation: PreparedStatement
     select_revocations: PreparedStatement
+    select_sequence: PreparedStatement
+    sequences_in: PreparedStatement
+    take_sequence: PreparedStatement
+    extend_sequence: PreparedStatement
+    write_message: PreparedStatement
+    mark_done: PreparedStatement
+    seal_messages: PreparedStatement
+    write_inbox: PreparedStatement
+    seal_inbox: PreparedStatement
+    set_conversation_head: PreparedStatement
 
     @classmethod
     async def prepare(cls, db: cql.CqlSession, ks: str) -> Statements:
@@ -265,10 +275,45 @@ class Statements:
             "select_revocations": (
                 f"SELECT user_id, device_id, before_ms FROM {ks}.revocations"
                 " WHERE scope = 'all'", True),
+            # Seq blocks (scylla_seq.py): the sequence rows change only by
+            # conditional writes, once per block or per take, never per message.
+            "select_sequence": (
+                f"SELECT epoch, gen, ts_base, reserved FROM {ks}.sequencers WHERE key = ?", True),
+            "sequences_in": (
+                f"SELECT key, epoch, gen FROM {ks}.sequencers WHERE key IN ?", True),
+            "take_sequence": (
+                f"UPDATE {ks}.sequencers SET epoch = ?, gen = ?, ts_base = ?, reserved = ?,"
+                " owner = ? WHERE key = ? IF epoch = ? AND gen = ? AND reserved = ?", False),
+            "extend_sequence": (
+                f"UPDATE {ks}.sequencers SET reserved = ?, ts_base = ? WHERE key = ?"
+                " IF epoch = ? AND gen = ?", False),
+            # Plain writes at the holder's timestamp: a newer holder's seal
+            # (a range tombstone at a higher timestamp) shadows a stale one's.
+            "write_message": (
+                f"INSERT INTO {m} (conversation_id, bucket, seq, message_id, sender,"
+                " sender_device, cid, text, sent_at_ms, payload, content_type, recipients,"
+                " appended_at_ms, membership) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " USING TIMESTAMP ?", True),
+            "mark_done": (
+                f"UPDATE {m} USING TIMESTAMP ? SET fanned_out = true WHERE conversation_id = ?"
+                " AND bucket = ? AND seq = ?", True),
+            "seal_messages": (
+                f"DELETE FROM {m} USING TIMESTAMP ? WHERE conversation_id = ? AND bucket = ?"
+                " AND seq > ? AND seq <= ?", True),
+            "write_inbox": (
+                f"INSERT INTO {ks}.inbox (user_id, bucket, inbox_seq, conversation_id, seq,"
+                " added_at_ms) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", True),
+            "set_conversation_head": (
+                f"UPDATE {ks}.conversation_heads USING TIMESTAMP ? SET head_seq = ?"
+                " WHERE conversation_id = ?", True),
+            "seal_inbox": (
+                f"DELETE FROM {ks}.inbox USING TIMESTAMP ? WHERE user_id = ? AND bucket = ?"
+                " AND inbox_seq > ? AND inbox_seq <= ?", True),
         }
         names = [f.name for f in fields(cls)]
         prepared = await asyncio.gather(
-            *(db.prepare(queries[name][0], idempotent=queries[name][1]) for name in names))
+            *(db.prepare(queries[name][0], idempotent=queries[name][1], kind=name)
+              for name in names))
         return cls(**dict(zip(names, prepared, strict=True)))
 
 

@@ -1,0 +1,276 @@
+"""The ScyllaDB write path: a message and its inbox entries as plain writes.
+
+A message takes its seq from the conversation's `Holder` and each recipient's
+inbox_seq from that user's (scylla_seq.py), in memory; its rows (timeline,
+send log, head hint, the sender's read position, inbox entries) go out as one
+unlogged batch, one request (`BATCH_MAX` statements a batch; a large group
+sends several, a bounded number at a time). In this process appends to one
+conversation are serial (the caller holds its lock) and each user's inbox
+entries are written under the user's lock, in sorted order of users, so entry
+n of an inbox is durable before n+1 is handed out and no inbox has a hole.
+
+Fenced appends (a cluster: several processes share the keyspace) write in two
+steps and check the sequence rows after each, with one quorum read:
+1. the conversation's rows, then `Blocks.current` on the conversation: if it
+   was taken meanwhile the append raises Fenced (its rows may be sealed);
+2. the inbox entries, then `Blocks.current` on those inboxes: an inbox taken
+   meanwhile (another process appended to that user) is taken back and the
+   entries written again (or found, if they landed before the taker's read).
+Unfenced appends (`chatplane up`: this process is the only writer) skip the
+checks and send everything in one request.
+
+Any failure drops the holders involved: the next use takes them again, which
+seals whatever an unknown outcome may still leave behind. A message whose
+rows landed but whose inbox entries did not is finished by the next taker of
+the conversation (`recover`): the timeline row carries its recipients and is
+marked done (`fanned_out`) once everything is written, in the next append's
+batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from cassandra.query import PreparedStatement
+
+from chatplane.storage import cql
+from chatplane.storage.base import Fenced, InboxItem, StorageUnavailable, StoredMessage
+from chatplane.storage.scylla_heads import Heads
+from chatplane.storage.scylla_seq import Blocks, Holder, Taken
+from chatplane.storage.scylla_social import apply_change, decode_change
+from chatplane.storage.scylla_statements import Statements, message_from_row
+
+BATCH_MAX = 16  # statements per unlogged batch (Cassandra warns past 5 KB a batch)
+RECOVER_TAIL = 16  # messages checked for an unfinished fan-out when a conversation is taken
+SEND_ATTEMPTS = 3  # a batch whose answer was lost is sent again this often at most
+REDO_ATTEMPTS = 20  # two writers taking one inbox back and forth: one wins each round
+Item = tuple[PreparedStatement, tuple[Any, ...]]
+
+
+def conversation_key(conversation_id: str) -> str:
+    return f"c:{conversation_id}"
+
+
+def inbox_key(user_id: str) -> str:
+    return f"i:{user_id}"
+
+
+async def backoff() -> None:
+    """A random pause before taking back what another writer took, so two
+    writers contending for one sequence do not take it from each other forever."""
+    await asyncio.sleep(random.uniform(0.001, 0.02))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Appender:
+    def __init__(self, db: cql.CqlSession, st: Statements, heads: Heads, step: int) -> None:
+        self.db, self.st, self.heads = db, st, heads
+        self.blocks = Blocks(db, st, f"store-{uuid.uuid4().hex[:12]}", step)
+        self._unmarked: dict[str, int] = {}  # conversation -> its last seq, not marked done yet
+        # conversation -> message_id of an unfenced append cut short by a Taken
+        self.interrupted: dict[str, str] = {}
+
+    # -- holders -------------------------------------------------------------
+
+    async def take_conversation(self, conversation_id: str, *, raise_epoch: bool,
+                                epoch: int | None) -> Holder:
+        """Take the conversation's sequence (the caller holds its lock) and
+        finish whatever its previous holder left half done."""
+        heads = self.heads
+        self._unmarked.pop(conversation_id, None)
+        holder = await self.blocks.take(
+            conversation_key(conversation_id),
+            lambda: heads.data_head(heads.st.top_seq, conversation_id,
+                                    heads.st.conversation_hint, heads.message_bucket),
+            lambda top, reserved, ts: heads.seal_timeline(conversation_id, top, reserved, ts),
+            raise_epoch=raise_epoch, epoch=epoch)
+        await self._recover(conversation_id, holder)
+        return holder
+
+    async def conversation_holder(self, conversation_id: str, fence: int | None) -> Holder:
+        holder = self.blocks.get(conversation_key(conversation_id))
+        if holder is not None:
+            if fence is None or holder.epoch == fence:
+                return holder
+            if fence < holder.epoch:
+                raise Fenced(f"{conversation_id}: lease epoch {fence} is stale "
+                             f"(now {holder.epoch})")
+        return await self.take_conversation(conversation_id, raise_epoch=False, epoch=fence)
+
+    def drop_conversation(self, conversation_id: str) -> None:
+        self.blocks.drop(conversation_key(conversation_id))
+        self._unmarked.pop(conversation_id, None)
+
+    async def _inbox_holder(self, user: str) -> Holder:
+        """The user's inbox sequence (the caller holds the user's lock)."""
+        holder = self.blocks.get(inbox_key(user))
+        if holder is not None:
+            return holder
+        heads = self.heads
+        return await self.blocks.take(
+            inbox_key(user),
+            lambda: heads.data_head(heads.st.top_inbox, user, heads.st.inbox_hint,
+                                    heads.inbox_bucket),
+            lambda top, reserved, ts: heads.seal_inbox(user, top, reserved, ts),
+            raise_epoch=False, epoch=None)
+
+    # -- writing -------------------------------------------------------------
+
+    async def write(self, message: StoredMessage, holder: Holder, recipients: Sequence[str],
+                    appended_at: int, membership: str | None, *, verify: bool,
+                    fenced: bool) -> list[InboxItem]:
+        """Store a new message at holder's seq (allocated by the caller) with
+        one inbox entry per distinct recipient. verify: others may write the
+        same sequences (two steps, each checked); fenced: the append carries
+        a lease epoch (a conversation taken meanwhile raises Fenced, else
+        Taken)."""
+        st, heads = self.st, self.heads
+        seq, conversation_id = message.seq, message.conversation_id
+        rows: list[Item] = [
+            (st.write_message, (conversation_id, heads.message_bucket_of(seq), seq,
+                                message.message_id, message.sender, message.sender_device,
+                                message.cid, message.text, message.sent_at_ms, message.payload,
+                                message.content_type, list(recipients), appended_at, membership,
+                                holder.ts)),
+            self._send_row(message),
+            (st.set_conversation_hint, (holder.ts, seq, message.sent_at_ms, conversation_id)),
+            (st.set_read, (seq, seq, conversation_id, message.sender)),
+        ]
+        previous = self._unmarked.pop(conversation_id, None)
+        if previous is not None:  # its batch succeeded as a whole: it is finished
+            rows.append((st.mark_done, (holder.ts, conversation_id,
+                                        heads.message_bucket_of(previous), previous)))
+        inbox = await self._with_inboxes(message, holder, recipients, appended_at, rows,
+                                         verify=verify, resume=False, fenced=fenced)
+        self._unmarked[conversation_id] = seq
+        self.db.stats.appends += 1
+        return inbox
+
+    def _send_row(self, message: StoredMessage) -> Item:
+        return (self.st.insert_send, (
+            message.conversation_id, message.sender, message.sender_device,
+            message.cid // self.heads.cid_bucket, message.cid, message.seq))
+
+    async def _with_inboxes(self, message: StoredMessage, holder: Holder,
+                            recipients: Sequence[str], appended_at: int, rows: list[Item],
+                            *, verify: bool, resume: bool,
+                            fenced: bool = False) -> list[InboxItem]:
+        users = sorted(set(recipients))
+        async with contextlib.AsyncExitStack() as stack:
+            for user in users:  # sorted: two appends never wait on each other's users
+                await stack.enter_async_context(self.heads.inbox_lock(user))
+            try:
+                numbers = await self._write_locked(message, holder, users, appended_at, rows,
+                                                   verify=verify, resume=resume, fenced=fenced)
+            except BaseException:
+                for user in users:  # their next entry may be written or not: take again
+                    self.blocks.drop(inbox_key(user))
+                raise
+        return [InboxItem(user, numbers[user], message) for user in recipients]
+
+    async def _write_locked(self, message: StoredMessage, holder: Holder, users: list[str],
+                            appended_at: int, rows: list[Item], *, verify: bool,
+                            resume: bool, fenced: bool) -> dict[str, int]:
+        numbers: dict[str, int] = {}
+        pending, search = users, set(users) if resume else set()
+        if verify:  # step 1: the conversation's rows, while it is still ours
+            await self._send(rows)
+            rows = []
+            if await self.blocks.current([holder]):
+                self.drop_conversation(message.conversation_id)
+                what = f"{message.conversation_id}: taken over during an append"
+                raise Fenced(what) if fenced else Taken(what)
+        for _ in range(REDO_ATTEMPTS):
+            holders = dict(zip(pending, await cql.gather_bounded(
+                self._inbox_holder(user) for user in pending), strict=True))
+            for user in pending:
+                found = (await self.heads.find_entry(user, message, appended_at,
+                                                     holders[user].next - 1)
+                         if user in search else None)
+                if found is not None:
+                    numbers[user] = found
+                    continue
+                inbox = holders[user]
+                n = await self.blocks.allocate(inbox)
+                numbers[user] = n
+                rows.append((self.st.write_inbox, (user, self.heads.inbox_bucket_of(n), n,
+                                                   message.conversation_id, message.seq,
+                                                   _now_ms(), inbox.ts)))
+                if (n - 1) % self.heads.inbox_bucket == 0:  # it opens a bucket: move the hint
+                    rows.append((self.st.set_inbox_hint, (inbox.ts, n, user)))
+            await self._send(rows)
+            rows = []
+            if not verify:
+                return numbers
+            # step 2: entries written under a holder someone took meanwhile may
+            # be sealed: take the inbox back and write them again (or find them)
+            stale = await self.blocks.current(list(holders.values()))
+            if not stale:
+                return numbers
+            pending = [holder.key[2:] for holder in stale]
+            for user in pending:
+                self.blocks.drop(inbox_key(user))
+            search |= set(pending)
+            await backoff()
+        raise StorageUnavailable(f"inboxes of {message.conversation_id}#{message.seq} keep "
+                                 "being taken by other writers, retry")
+
+    async def _send(self, rows: list[Item]) -> None:
+        if not rows:
+            return
+        chunks = [rows[i:i + BATCH_MAX] for i in range(0, len(rows), BATCH_MAX)]
+        await cql.gather_bounded(self._send_chunk(chunk) for chunk in chunks)
+
+    async def _send_chunk(self, rows: list[Item]) -> None:
+        """Plain writes at fixed keys and timestamps: re-sending one whose
+        answer was lost writes the same cells again, nothing new."""
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                await self.db.run_batch(rows)
+                return
+            except StorageUnavailable:
+                if attempt == SEND_ATTEMPTS - 1:
+                    raise
+
+    async def finish(self, message: StoredMessage, holder: Holder) -> list[InboxItem]:
+        """The inbox entries of a stored message (found, or written now)."""
+        rows = await self.heads.read_message_rows(message.conversation_id, message.seq,
+                                                  serial=False)
+        if not rows:
+            raise StorageUnavailable(f"{message.conversation_id}#{message.seq} not readable")
+        return await self._with_inboxes(message, holder, list(rows[0]["recipients"] or ()),
+                                        int(rows[0]["appended_at_ms"] or 0), [],
+                                        verify=True, resume=True)
+
+    # -- recovery ------------------------------------------------------------
+
+    async def _recover(self, conversation_id: str, holder: Holder) -> None:
+        """Finish recent messages whose fan-out may have been cut short: their
+        send log entry and inbox entries (found, or written now), their
+        membership change, then mark them done."""
+        top = holder.next - 1
+        if top < 1:
+            return
+        for row in await self.heads.timeline_rows_down(conversation_id, top, RECOVER_TAIL):
+            if row["fanned_out"]:
+                continue
+            message = message_from_row(row)
+            await self._with_inboxes(message, holder, list(row["recipients"] or ()),
+                                     int(row["appended_at_ms"] or 0), [self._send_row(message)],
+                                     verify=False, resume=True)
+            if row["membership"]:
+                await apply_change(self.db, self.st, conversation_id,
+                                   decode_change(row["membership"]), message.seq,
+                                   message.sent_at_ms)
+            await self.db.run(self.st.mark_done, (holder.ts, conversation_id,
+                                                  self.heads.message_bucket_of(message.seq),
+                                                  message.seq))
