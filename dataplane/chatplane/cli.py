@@ -291,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_storage_migrate)
     from chatplane.storage import backup as storage_backup
     storage_backup.register(storage_sub)
+    from chatplane.storage import check as storage_check
+    storage_check.register(storage_sub)
 
     for module in ("chatplane.client.chat", "chatplane.bench", "chatplane.tiers"):
         try:

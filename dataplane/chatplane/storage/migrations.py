@@ -155,7 +155,7 @@ def replication_clause(replication: dict[str, str]) -> str:
     return "{" + ", ".join(items) + "}"
 
 
-def _same_replication(current: dict[str, str], wanted: dict[str, str]) -> bool:
+def same_replication(current: dict[str, str], wanted: dict[str, str]) -> bool:
     def norm(spec: dict[str, str]) -> dict[str, str]:
         out = {k: str(v) for k, v in spec.items()}
         out["class"] = out.get("class", "").rsplit(".", 1)[-1]
@@ -177,7 +177,7 @@ async def migrate(settings: cql.CqlSettings) -> list[int]:
             await db.run(f"CREATE KEYSPACE IF NOT EXISTS {keyspace} "
                          f"WITH replication = {clause} AND durable_writes = true",
                          timeout_s=DDL_TIMEOUT_S)
-        elif not _same_replication(dict(rows[0]["replication"]), wanted):
+        elif not same_replication(dict(rows[0]["replication"]), wanted):
             await db.run(f"ALTER KEYSPACE {keyspace} WITH replication = {clause}",
                          timeout_s=DDL_TIMEOUT_S)
         await db.run(f"""CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (

@@ -231,7 +231,8 @@ class ScyllaStorage(social.SocialMethods):
         conversation_id = request.conversation_id
         try:
             holder = await appender.conversation_holder(conversation_id, request.fence)
-            original = await heads.find_send(request)
+            original = (await heads.find_send(request) if await appender.maybe_sent(request)
+                        else None)
             if original is not None:
                 if appender.interrupted.pop(conversation_id, None) == request.message_id:
                     # ours, from the attempt a Taken cut short: finish and answer it
@@ -367,6 +368,7 @@ def cql_settings(settings: Settings) -> cql.CqlSettings:
     replication = config.cql_replication or "1"
     return cql.CqlSettings.parse(
         config.cql_hosts, keyspace=config.keyspace, consistency=config.cql_consistency,
+        serial_consistency=config.cql_serial_consistency,
         local_dc=config.cql_datacenter or None,
         replication=cql.parse_replication(replication),
         username=config.cql_username, password=config.cql_password,

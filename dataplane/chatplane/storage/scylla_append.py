@@ -40,7 +40,13 @@ from typing import Any
 from cassandra.query import PreparedStatement
 
 from chatplane.storage import cql
-from chatplane.storage.base import Fenced, InboxItem, StorageUnavailable, StoredMessage
+from chatplane.storage.base import (
+    Fenced,
+    InboxItem,
+    SendRequest,
+    StorageUnavailable,
+    StoredMessage,
+)
 from chatplane.storage.scylla_heads import Heads
 from chatplane.storage.scylla_seq import Blocks, Holder, Taken
 from chatplane.storage.scylla_social import apply_change, decode_change
@@ -49,6 +55,7 @@ from chatplane.storage.scylla_statements import Statements, message_from_row
 BATCH_MAX = 16  # statements per unlogged batch (Cassandra warns past 5 KB a batch)
 RECOVER_TAIL = 16  # messages checked for an unfinished fan-out when a conversation is taken
 SEND_ATTEMPTS = 3  # a batch whose answer was lost is sent again this often at most
+MAX_DEVICES = 10_000  # (sender, device) cid tops kept per conversation
 REDO_ATTEMPTS = 20  # two writers taking one inbox back and forth: one wins each round
 Item = tuple[PreparedStatement, tuple[Any, ...]]
 
@@ -78,6 +85,9 @@ class Appender:
         self._unmarked: dict[str, int] = {}  # conversation -> its last seq, not marked done yet
         # conversation -> message_id of an unfenced append cut short by a Taken
         self.interrupted: dict[str, str] = {}
+        # conversation -> (sender, device, cid bucket) -> the highest cid stored
+        # (read once per holder, then kept): see `maybe_sent`
+        self._cids: dict[str, dict[tuple[str, str, int], int]] = {}
 
     # -- holders -------------------------------------------------------------
 
@@ -87,6 +97,7 @@ class Appender:
         finish whatever its previous holder left half done."""
         heads = self.heads
         self._unmarked.pop(conversation_id, None)
+        self._cids.pop(conversation_id, None)
         holder = await self.blocks.take(
             conversation_key(conversation_id),
             lambda: heads.data_head(heads.st.top_seq, conversation_id,
@@ -109,6 +120,30 @@ class Appender:
     def drop_conversation(self, conversation_id: str) -> None:
         self.blocks.drop(conversation_key(conversation_id))
         self._unmarked.pop(conversation_id, None)
+        self._cids.pop(conversation_id, None)
+
+    async def maybe_sent(self, request: SendRequest) -> bool:
+        """False when (sender, device, cid) is surely new to the conversation,
+        so the send log need not be read: its cid is above the highest stored
+        for the device, read once after the take (recovery has written the
+        send log of whatever the previous holder left unfinished) and kept up
+        to date by this holder's appends. Devices number sends increasingly,
+        so only resends and reordered sends pay the read."""
+        key = (request.sender, request.sender_device, request.cid // self.heads.cid_bucket)
+        known = self._cids.setdefault(request.conversation_id, {})
+        top = known.get(key)
+        if top is None:
+            rows = await self.db.run(self.st.top_cid, (request.conversation_id, *key))
+            top = known[key] = int(rows[0]["cid"]) if rows else -1
+            if len(known) > MAX_DEVICES:
+                known.clear()
+        return request.cid <= top
+
+    def sent(self, message: StoredMessage) -> None:
+        key = (message.sender, message.sender_device, message.cid // self.heads.cid_bucket)
+        known = self._cids.setdefault(message.conversation_id, {})
+        if key in known:
+            known[key] = max(known[key], message.cid)
 
     async def _inbox_holder(self, user: str) -> Holder:
         """The user's inbox sequence (the caller holds the user's lock)."""
@@ -152,6 +187,7 @@ class Appender:
         inbox = await self._with_inboxes(message, holder, recipients, appended_at, rows,
                                          verify=verify, resume=False, fenced=fenced)
         self._unmarked[conversation_id] = seq
+        self.sent(message)
         self.db.stats.appends += 1
         return inbox
 

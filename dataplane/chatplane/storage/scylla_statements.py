@@ -100,6 +100,7 @@ class Statements:
     write_inbox: PreparedStatement
     seal_inbox: PreparedStatement
     set_conversation_head: PreparedStatement
+    top_cid: PreparedStatement
 
     @classmethod
     async def prepare(cls, db: cql.CqlSession, ks: str) -> Statements:
@@ -303,6 +304,9 @@ class Statements:
             "write_inbox": (
                 f"INSERT INTO {ks}.inbox (user_id, bucket, inbox_seq, conversation_id, seq,"
                 " added_at_ms) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", True),
+            "top_cid": (
+                f"SELECT cid FROM {ks}.sends WHERE conversation_id = ? AND sender = ?"
+                " AND sender_device = ? AND cid_bucket = ? ORDER BY cid DESC LIMIT 1", True),
             "set_conversation_head": (
                 f"UPDATE {ks}.conversation_heads USING TIMESTAMP ? SET head_seq = ?"
                 " WHERE conversation_id = ?", True),
