@@ -46,9 +46,11 @@ def cql_leases(cql_server: CqlService, keyspace: str) -> Callable[[Cluster, list
         cluster = CqlCluster(list(cql_server.hosts), port=cql_server.port)
         try:
             session = cluster.connect()
-            select = session.prepare(f"SELECT epoch, owner FROM {keyspace}.conversation_leases"
-                                     " WHERE conversation_id = ?")
-            found = {c: session.execute(select, (c,), timeout=10).one() for c in conversations}
+            # one row per sequence since schema 6 (docs/storage.md, "Seq blocks")
+            select = session.prepare(f"SELECT epoch, owner FROM {keyspace}.sequencers"
+                                     " WHERE key = ?")
+            found = {c: session.execute(select, (f"c:{c}",), timeout=10).one()
+                     for c in conversations}
             return {c: (int(r.epoch), str(r.owner)) for c, r in found.items() if r is not None}
         finally:
             cluster.shutdown()

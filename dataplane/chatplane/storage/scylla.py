@@ -277,7 +277,7 @@ class ScyllaStorage(social.SocialMethods):
         async with heads.conversation_state(conversation_id).lock:
             try:
                 holder = await appender.take_conversation(conversation_id, raise_epoch=True,
-                                                          epoch=None)
+                                                          epoch=None, owner=owner)
             except BaseException:
                 appender.drop_conversation(conversation_id)
                 raise

@@ -55,6 +55,7 @@ from chatplane.storage.scylla_statements import Statements, message_from_row
 BATCH_MAX = 16  # statements per unlogged batch (Cassandra warns past 5 KB a batch)
 RECOVER_TAIL = 16  # messages checked for an unfinished fan-out when a conversation is taken
 SEND_ATTEMPTS = 3  # a batch whose answer was lost is sent again this often at most
+MAX_OWNERS = 200_000
 MAX_DEVICES = 10_000  # (sender, device) cid tops kept per conversation
 REDO_ATTEMPTS = 20  # two writers taking one inbox back and forth: one wins each round
 Item = tuple[PreparedStatement, tuple[Any, ...]]
@@ -88,11 +89,12 @@ class Appender:
         # conversation -> (sender, device, cid bucket) -> the highest cid stored
         # (read once per holder, then kept): see `maybe_sent`
         self._cids: dict[str, dict[tuple[str, str, int], int]] = {}
+        self._owners: dict[str, str] = {}  # conversation -> the lease owner acquire named
 
     # -- holders -------------------------------------------------------------
 
     async def take_conversation(self, conversation_id: str, *, raise_epoch: bool,
-                                epoch: int | None) -> Holder:
+                                epoch: int | None, owner: str | None = None) -> Holder:
         """Take the conversation's sequence (the caller holds its lock) and
         finish whatever its previous holder left half done."""
         heads = self.heads
@@ -103,7 +105,12 @@ class Appender:
             lambda: heads.data_head(heads.st.top_seq, conversation_id,
                                     heads.st.conversation_hint, heads.message_bucket),
             lambda top, reserved, ts: heads.seal_timeline(conversation_id, top, reserved, ts),
-            raise_epoch=raise_epoch, epoch=epoch)
+            raise_epoch=raise_epoch, epoch=epoch,
+            owner=owner or self._owners.get(conversation_id))
+        if owner is not None:
+            if len(self._owners) > MAX_OWNERS:
+                self._owners.clear()
+            self._owners[conversation_id] = owner
         await self._recover(conversation_id, holder)
         return holder
 

@@ -104,9 +104,10 @@ class Blocks:
         return row["epoch"], row["gen"], row["ts_base"], row["reserved"]
 
     async def take(self, key: str, head: Head, seal: Seal, *, raise_epoch: bool,
-                   epoch: int | None) -> Holder:
+                   epoch: int | None, owner: str | None = None) -> Holder:
         """Hold `key` from now on. raise_epoch: a new lease (acquire); else keep
-        the row's epoch, which must be `epoch` when given (Fenced otherwise)."""
+        the row's epoch, which must be `epoch` when given (Fenced otherwise).
+        `owner` is recorded for operators (default: this store instance)."""
         self.drop(key)
         current = await self._read(key)
         for _ in range(MAX_ATTEMPTS):
@@ -121,7 +122,7 @@ class Blocks:
             reserved = self.step if old_reserved is None else old_reserved
             try:
                 rows = await self.db.run(self.st.take_sequence, (
-                    new_epoch, new_gen, ts_base, reserved, self.owner, key,
+                    new_epoch, new_gen, ts_base, reserved, owner or self.owner, key,
                     old_epoch, old_gen, old_reserved))
             except StorageUnavailable:
                 # Outcome unknown: a SERIAL read settles it (ts_base is ours alone).
