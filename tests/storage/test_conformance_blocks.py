@@ -136,3 +136,27 @@ async def test_a_stale_owners_late_writes_stay_invisible(backend: Backend) -> No
     page = await fresh.history(conv, after_seq=0)
     assert [(m.seq, m.sender) for m in page] == [(1, "alice"), (2, "bob")]
     assert (await fresh.conversation(conv)).head_seq == 2  # type: ignore[union-attr]
+
+
+async def test_concurrent_appends_and_resends_to_one_conversation(backend: Backend) -> None:
+    """Appends that arrive together (the CQL backend writes them as one batch)
+    and a resend of each among them: one message per cid, seqs 1..n in one
+    order, the resend answered with the original."""
+    import asyncio
+
+    storage = await backend.open()
+    conv = (await storage.ensure_direct(*PAIR, NOW)).conversation_id
+    count = 3 * SMALL_BLOCK + 1
+    requests = [send(conv, "alice" if n % 2 else "bob", n) for n in range(1, count + 1)]
+    results = await asyncio.gather(*(storage.append(r, PAIR) for r in requests + requests))
+    originals, resends = results[:count], results[count:]
+    assert sorted(r.message.seq for r in originals) == list(range(1, count + 1))
+    for first, again in zip(originals, resends, strict=True):
+        assert first.message == again.message
+        assert sorted((first.duplicate, again.duplicate)) == [False, True]
+    page = await storage.history(conv, limit=100)
+    assert {(m.sender, m.cid) for m in page} == {(r.sender, r.cid) for r in requests}
+    for user in PAIR:
+        inbox = await storage.inbox(user, 0, 1000)
+        assert [item.inbox_seq for item in inbox] == list(range(1, count + 1))
+        assert [item.message.seq for item in inbox] == list(range(1, count + 1))

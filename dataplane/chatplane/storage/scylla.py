@@ -23,7 +23,6 @@ the original.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -36,7 +35,6 @@ from chatplane.storage.base import (
     MEMBER,
     AppendResult,
     Conversation,
-    ConversationNotFound,
     InboxItem,
     MembershipChange,
     Revocation,
@@ -47,29 +45,14 @@ from chatplane.storage.base import (
     direct_conversation_id,
     events_conversation_id,
 )
-from chatplane.storage.scylla_append import Appender, backoff
+from chatplane.storage.scylla_append import Appender
+from chatplane.storage.scylla_flush import Flusher
 from chatplane.storage.scylla_heads import Heads
-from chatplane.storage.scylla_seq import Taken
 from chatplane.storage.scylla_statements import Statements, message_from_row
 
 if TYPE_CHECKING:
     from chatplane.settings import Settings
 
-
-
-MAX_TAKEN = 20  # an unfenced append taken over this many times in a row gives up
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _message_at(request: SendRequest, seq: int) -> StoredMessage:
-    return StoredMessage(
-        conversation_id=request.conversation_id, seq=seq, message_id=request.message_id,
-        sender=request.sender, sender_device=request.sender_device, cid=request.cid,
-        text=request.text, sent_at_ms=request.sent_at_ms, payload=request.payload,
-        content_type=request.content_type)
 
 
 class ScyllaStorage(social.SocialMethods):
@@ -87,6 +70,7 @@ class ScyllaStorage(social.SocialMethods):
         self._st: Statements | None = None
         self._heads: Heads | None = None
         self._appender: Appender | None = None
+        self._flusher: Flusher | None = None
         self._known: set[str] = set()
 
     async def open(self) -> None:
@@ -107,6 +91,7 @@ class ScyllaStorage(social.SocialMethods):
         self._heads = Heads(db, st, buckets["message_bucket"], buckets["inbox_bucket"],
                             buckets["cid_bucket"])
         self._appender = Appender(db, st, self._heads, self.settings.seq_block)
+        self._flusher = Flusher(self)
 
     async def close(self) -> None:
         db, self._db = self._db, None
@@ -213,60 +198,9 @@ class ScyllaStorage(social.SocialMethods):
 
     async def _sequence(self, request: SendRequest, recipients: Sequence[str] | None,
                         change: MembershipChange | None) -> AppendResult:
-        _, _, heads = self._parts()
-        async with heads.conversation_state(request.conversation_id).lock:
-            for _ in range(MAX_TAKEN):
-                try:
-                    return await self._sequence_locked(request, recipients, change)
-                except Taken:  # another writer took the conversation: take it back, look again
-                    await backoff()
-            raise StorageUnavailable(f"{request.conversation_id} keeps being taken by other "
-                                     "writers, retry")
-
-    async def _sequence_locked(self, request: SendRequest, recipients: Sequence[str] | None,
-                               change: MembershipChange | None) -> AppendResult:
-        db, st, heads = self._parts()
-        appender = self._appender
-        assert appender is not None
-        conversation_id = request.conversation_id
-        try:
-            holder = await appender.conversation_holder(conversation_id, request.fence)
-            original = (await heads.find_send(request) if await appender.maybe_sent(request)
-                        else None)
-            if original is not None:
-                if appender.interrupted.pop(conversation_id, None) == request.message_id:
-                    # ours, from the attempt a Taken cut short: finish and answer it
-                    inbox = await appender.finish(original, holder)
-                    return AppendResult(original, duplicate=False, inbox=tuple(inbox))
-                return AppendResult(original, duplicate=True)
-            if not await self._exists(conversation_id):
-                raise ConversationNotFound(conversation_id)
-            membership = None
-            if change is not None:
-                membership = social.encode_change(change)
-                if recipients is None:
-                    before = await social.member_ids(db, st, conversation_id)
-                    recipients = sorted(set(before) | set(social.members_after(before, change)))
-            users = list(recipients or ())
-            message = _message_at(request, await appender.blocks.allocate(holder))
-            try:
-                inbox = await appender.write(message, holder, users, _now_ms(), membership,
-                                             verify=not self.sole_writer or request.fence is not None,
-                                             fenced=request.fence is not None)
-            except Taken:
-                appender.interrupted[conversation_id] = request.message_id
-                raise
-            if change is not None:  # after the event is stored: a retry re-applies it
-                await social.apply_change(db, st, conversation_id, change, message.seq,
-                                          message.sent_at_ms)
-            return AppendResult(message, duplicate=False, inbox=tuple(inbox))
-        except ConversationNotFound:
-            raise
-        except BaseException:
-            # Unknown outcome: the next append takes the conversation again,
-            # sealing what this one may leave and finishing what it left.
-            appender.drop_conversation(conversation_id)
-            raise
+        if self._flusher is None:
+            raise StorageUnavailable("storage is not open")
+        return await self._flusher.submit(request, recipients, change)
 
     # -- sequencing leases (docs/storage.md, "Seq blocks and the fence") -------
 

@@ -1,10 +1,11 @@
-"""The ScyllaDB write path: a message and its inbox entries as plain writes.
+"""The ScyllaDB write path: messages and their inbox entries as plain writes.
 
-A message takes its seq from the conversation's `Holder` and each recipient's
-inbox_seq from that user's (scylla_seq.py), in memory; its rows (timeline,
-send log, head hint, the sender's read position, inbox entries) go out as one
-unlogged batch, one request (`BATCH_MAX` statements a batch; a large group
-sends several, a bounded number at a time). In this process appends to one
+A write stores up to `FLUSH_MAX` messages of one conversation (scylla_flush.py
+gathers them). Each takes its seq from the conversation's `Holder` and each
+recipient's inbox_seq from that user's (scylla_seq.py), in memory; the rows
+(timeline, send log, head hint, senders' read positions, inbox entries) go out
+as unlogged batches, one request for a 1:1 write, never splitting a
+partition's rows (`_send`). In this process appends to one
 conversation are serial (the caller holds its lock) and each user's inbox
 entries are written under the user's lock, in sorted order of users, so entry
 n of an inbox is durable before n+1 is handed out and no inbox has a hole.
@@ -16,14 +17,14 @@ steps and check the sequence rows after each, with one quorum read:
 2. the inbox entries, then `Blocks.current` on those inboxes: an inbox taken
    meanwhile (another process appended to that user) is taken back and the
    entries written again (or found, if they landed before the taker's read).
-Unfenced appends (`chatplane up`: this process is the only writer) skip the
-checks and send everything in one request.
+A sole writer's unfenced appends (`chatplane up`: this process is the only
+writer) skip the checks and send everything in one request.
 
 Any failure drops the holders involved: the next use takes them again, which
 seals whatever an unknown outcome may still leave behind. A message whose
 rows landed but whose inbox entries did not is finished by the next taker of
 the conversation (`recover`): the timeline row carries its recipients and is
-marked done (`fanned_out`) once everything is written, in the next append's
+marked done (`fanned_out`) once everything is written, in the conversation's next
 batch.
 """
 
@@ -52,8 +53,10 @@ from chatplane.storage.scylla_seq import Blocks, Holder, Taken
 from chatplane.storage.scylla_social import apply_change, decode_change
 from chatplane.storage.scylla_statements import Statements, message_from_row
 
-BATCH_MAX = 16  # statements per unlogged batch (Cassandra warns past 5 KB a batch)
-RECOVER_TAIL = 16  # messages checked for an unfinished fan-out when a conversation is taken
+BATCH_MAX = 64  # statements per unlogged batch
+BATCH_BYTES = 24_000  # a partition's rows above this go alone (the server refuses 50 KB batches)
+FLUSH_MAX = 16  # messages of one conversation written together
+RECOVER_TAIL = 2 * FLUSH_MAX  # messages checked for an unfinished fan-out on a take
 SEND_ATTEMPTS = 3  # a batch whose answer was lost is sent again this often at most
 MAX_OWNERS = 200_000
 MAX_DEVICES = 10_000  # (sender, device) cid tops kept per conversation
@@ -67,6 +70,11 @@ def conversation_key(conversation_id: str) -> str:
 
 def inbox_key(user_id: str) -> str:
     return f"i:{user_id}"
+
+
+def _size(rows: list[Item]) -> int:
+    return sum(len(value) for _, params in rows for value in params
+               if isinstance(value, str | bytes))
 
 
 async def backoff() -> None:
@@ -83,9 +91,10 @@ class Appender:
     def __init__(self, db: cql.CqlSession, st: Statements, heads: Heads, step: int) -> None:
         self.db, self.st, self.heads = db, st, heads
         self.blocks = Blocks(db, st, f"store-{uuid.uuid4().hex[:12]}", step)
-        self._unmarked: dict[str, int] = {}  # conversation -> its last seq, not marked done yet
-        # conversation -> message_id of an unfenced append cut short by a Taken
-        self.interrupted: dict[str, str] = {}
+        # conversation -> the seqs of its last batch, not marked done yet
+        self._unmarked: dict[str, list[int]] = {}
+        # conversation -> message_ids of unfenced appends cut short by a Taken
+        self.interrupted: dict[str, set[str]] = {}
         # conversation -> (sender, device, cid bucket) -> the highest cid stored
         # (read once per holder, then kept): see `maybe_sent`
         self._cids: dict[str, dict[tuple[str, str, int], int]] = {}
@@ -167,89 +176,102 @@ class Appender:
 
     # -- writing -------------------------------------------------------------
 
-    async def write(self, message: StoredMessage, holder: Holder, recipients: Sequence[str],
-                    appended_at: int, membership: str | None, *, verify: bool,
-                    fenced: bool) -> list[InboxItem]:
-        """Store a new message at holder's seq (allocated by the caller) with
-        one inbox entry per distinct recipient. verify: others may write the
-        same sequences (two steps, each checked); fenced: the append carries
-        a lease epoch (a conversation taken meanwhile raises Fenced, else
-        Taken)."""
+    async def write(self, batch: Sequence[tuple[StoredMessage, Sequence[str], str | None]],
+                    holder: Holder, appended_at: int, *, verify: bool,
+                    fenced: bool) -> list[list[InboxItem]]:
+        """Store new messages at consecutive seqs of holder (allocated by the
+        caller, all in one timeline bucket), each given with its recipients
+        and group change, with one inbox entry per distinct recipient.
+        verify: others may write the same sequences (two steps, each
+        checked); fenced: the appends carry a lease epoch (a conversation
+        taken meanwhile raises Fenced, else Taken)."""
         st, heads = self.st, self.heads
-        seq, conversation_id = message.seq, message.conversation_id
-        rows: list[Item] = [
-            (st.write_message, (conversation_id, heads.message_bucket_of(seq), seq,
-                                message.message_id, message.sender, message.sender_device,
-                                message.cid, message.text, message.sent_at_ms, message.payload,
-                                message.content_type, list(recipients), appended_at, membership,
-                                holder.ts)),
-            self._send_row(message),
-            (st.set_conversation_hint, (holder.ts, seq, message.sent_at_ms, conversation_id)),
-            (st.set_read, (seq, seq, conversation_id, message.sender)),
-        ]
-        previous = self._unmarked.pop(conversation_id, None)
-        if previous is not None:  # its batch succeeded as a whole: it is finished
+        conversation_id = batch[0][0].conversation_id
+        rows: list[Item] = []
+        for message, recipients, membership in batch:
+            seq = message.seq
+            rows += [
+                (st.write_message, (conversation_id, heads.message_bucket_of(seq), seq,
+                                    message.message_id, message.sender, message.sender_device,
+                                    message.cid, message.text, message.sent_at_ms,
+                                    message.payload, message.content_type, list(recipients),
+                                    appended_at, membership, holder.ts)),
+                self._send_row(message),
+                (st.set_read, (seq, seq, conversation_id, message.sender)),
+            ]
+        last = batch[-1][0]
+        rows.append((st.set_conversation_hint, (holder.ts, last.seq, last.sent_at_ms,
+                                                conversation_id)))
+        # the previous batch's messages: it succeeded as a whole, they are finished
+        for previous in self._unmarked.pop(conversation_id, ()):
             rows.append((st.mark_done, (holder.ts, conversation_id,
                                         heads.message_bucket_of(previous), previous)))
-        inbox = await self._with_inboxes(message, holder, recipients, appended_at, rows,
-                                         verify=verify, resume=False, fenced=fenced)
-        self._unmarked[conversation_id] = seq
-        self.sent(message)
-        self.db.stats.appends += 1
-        return inbox
+        inboxes = await self._with_inboxes([(m, r) for m, r, _ in batch], holder, appended_at,
+                                           rows, verify=verify, resume=False, fenced=fenced)
+        self._unmarked[conversation_id] = [message.seq for message, _, _ in batch]
+        for message, _, _ in batch:
+            self.sent(message)
+        self.db.stats.appends += len(batch)
+        return inboxes
 
     def _send_row(self, message: StoredMessage) -> Item:
         return (self.st.insert_send, (
             message.conversation_id, message.sender, message.sender_device,
             message.cid // self.heads.cid_bucket, message.cid, message.seq))
 
-    async def _with_inboxes(self, message: StoredMessage, holder: Holder,
-                            recipients: Sequence[str], appended_at: int, rows: list[Item],
+    async def _with_inboxes(self, batch: Sequence[tuple[StoredMessage, Sequence[str]]],
+                            holder: Holder, appended_at: int, rows: list[Item],
                             *, verify: bool, resume: bool,
-                            fenced: bool = False) -> list[InboxItem]:
-        users = sorted(set(recipients))
+                            fenced: bool = False) -> list[list[InboxItem]]:
+        users = sorted({user for _, recipients in batch for user in recipients})
         async with contextlib.AsyncExitStack() as stack:
             for user in users:  # sorted: two appends never wait on each other's users
                 await stack.enter_async_context(self.heads.inbox_lock(user))
             try:
-                numbers = await self._write_locked(message, holder, users, appended_at, rows,
+                numbers = await self._write_locked(batch, holder, users, appended_at, rows,
                                                    verify=verify, resume=resume, fenced=fenced)
             except BaseException:
                 for user in users:  # their next entry may be written or not: take again
                     self.blocks.drop(inbox_key(user))
                 raise
-        return [InboxItem(user, numbers[user], message) for user in recipients]
+        return [[InboxItem(user, numbers[(message.seq, user)], message) for user in recipients]
+                for message, recipients in batch]
 
-    async def _write_locked(self, message: StoredMessage, holder: Holder, users: list[str],
-                            appended_at: int, rows: list[Item], *, verify: bool,
-                            resume: bool, fenced: bool) -> dict[str, int]:
-        numbers: dict[str, int] = {}
+    async def _write_locked(self, batch: Sequence[tuple[StoredMessage, Sequence[str]]],
+                            holder: Holder, users: list[str], appended_at: int,
+                            rows: list[Item], *, verify: bool, resume: bool,
+                            fenced: bool) -> dict[tuple[int, str], int]:
+        numbers: dict[tuple[int, str], int] = {}
+        conversation_id = batch[0][0].conversation_id
         pending, search = users, set(users) if resume else set()
         if verify:  # step 1: the conversation's rows, while it is still ours
             await self._send(rows)
             rows = []
             if await self.blocks.current([holder]):
-                self.drop_conversation(message.conversation_id)
-                what = f"{message.conversation_id}: taken over during an append"
+                self.drop_conversation(conversation_id)
+                what = f"{conversation_id}: taken over during an append"
                 raise Fenced(what) if fenced else Taken(what)
         for _ in range(REDO_ATTEMPTS):
             holders = dict(zip(pending, await cql.gather_bounded(
                 self._inbox_holder(user) for user in pending), strict=True))
-            for user in pending:
-                found = (await self.heads.find_entry(user, message, appended_at,
-                                                     holders[user].next - 1)
-                         if user in search else None)
-                if found is not None:
-                    numbers[user] = found
-                    continue
-                inbox = holders[user]
-                n = await self.blocks.allocate(inbox)
-                numbers[user] = n
-                rows.append((self.st.write_inbox, (user, self.heads.inbox_bucket_of(n), n,
-                                                   message.conversation_id, message.seq,
-                                                   _now_ms(), inbox.ts)))
-                if (n - 1) % self.heads.inbox_bucket == 0:  # it opens a bucket: move the hint
-                    rows.append((self.st.set_inbox_hint, (inbox.ts, n, user)))
+            for message, recipients in batch:
+                for user in dict.fromkeys(recipients):
+                    if user not in holders:
+                        continue
+                    found = (await self.heads.find_entry(user, message, appended_at,
+                                                         holders[user].next - 1)
+                             if user in search else None)
+                    if found is not None:
+                        numbers[(message.seq, user)] = found
+                        continue
+                    inbox = holders[user]
+                    n = await self.blocks.allocate(inbox)
+                    numbers[(message.seq, user)] = n
+                    rows.append((self.st.write_inbox, (user, self.heads.inbox_bucket_of(n), n,
+                                                       conversation_id, message.seq, _now_ms(),
+                                                       inbox.ts)))
+                    if (n - 1) % self.heads.inbox_bucket == 0:  # it opens a bucket
+                        rows.append((self.st.set_inbox_hint, (inbox.ts, n, user)))
             await self._send(rows)
             rows = []
             if not verify:
@@ -264,14 +286,62 @@ class Appender:
                 self.blocks.drop(inbox_key(user))
             search |= set(pending)
             await backoff()
-        raise StorageUnavailable(f"inboxes of {message.conversation_id}#{message.seq} keep "
-                                 "being taken by other writers, retry")
+        raise StorageUnavailable(f"inboxes of {conversation_id} keep being taken by other "
+                                 "writers, retry")
 
     async def _send(self, rows: list[Item]) -> None:
+        """Send rows as unlogged batches that never split a partition's rows
+        (Cassandra applies one partition's part of a batch atomically, so a
+        timeline or an inbox never gets a later row without the earlier ones
+        of the same batch), large rows alone (under the server's batch size
+        limit). Rows of a partition that continue another partition of the
+        same timeline or inbox (a bucket boundary) go in a second round, after
+        the first partition's rows were acknowledged."""
         if not rows:
             return
-        chunks = [rows[i:i + BATCH_MAX] for i in range(0, len(rows), BATCH_MAX)]
-        await cql.gather_bounded(self._send_chunk(chunk) for chunk in chunks)
+        parts: dict[tuple[Any, ...], list[Item]] = {}
+        for row in rows:
+            parts.setdefault(self._partition(row), []).append(row)
+        first: list[list[Item]] = []
+        later: list[list[Item]] = []
+        for key, part in parts.items():
+            previous = (*key[:-1], key[-1] - 1) if isinstance(key[-1], int) else None
+            (later if previous in parts else first).append(part)
+        for round_parts in (first, later):
+            chunks: list[list[Item]] = []
+            current: list[Item] = []
+            for part in round_parts:
+                if _size(part) > BATCH_BYTES or len(current) + len(part) > BATCH_MAX:
+                    if current:
+                        chunks.append(current)
+                    current = []
+                if _size(part) > BATCH_BYTES:
+                    chunks += [[row] for row in part]  # alone: one statement is no batch
+                    continue
+                current += part
+            if current:
+                chunks.append(current)
+            await cql.gather_bounded(self._send_chunk(chunk) for chunk in chunks)
+
+    def _partition(self, row: Item) -> tuple[Any, ...]:
+        """The partition a row of the write path goes to: (table, key...)."""
+        statement, p = row
+        kind = self.db.kind_of(statement)[0]
+        if kind == "write_message":
+            return ("messages", p[0], p[1])
+        if kind == "mark_done":
+            return ("messages", p[1], p[2])
+        if kind == "write_inbox":
+            return ("inbox", p[0], p[1])
+        if kind == "insert_send":
+            return ("sends", *p[:4])
+        if kind == "set_read":
+            return ("reads", p[2])
+        if kind == "set_conversation_hint":
+            return ("conversation_heads", p[3])
+        if kind == "set_inbox_hint":
+            return ("inbox_heads", p[2])
+        return ("other", id(row))
 
     async def _send_chunk(self, rows: list[Item]) -> None:
         """Plain writes at fixed keys and timestamps: re-sending one whose
@@ -290,9 +360,10 @@ class Appender:
                                                   serial=False)
         if not rows:
             raise StorageUnavailable(f"{message.conversation_id}#{message.seq} not readable")
-        return await self._with_inboxes(message, holder, list(rows[0]["recipients"] or ()),
-                                        int(rows[0]["appended_at_ms"] or 0), [],
-                                        verify=True, resume=True)
+        found = await self._with_inboxes([(message, list(rows[0]["recipients"] or ()))], holder,
+                                         int(rows[0]["appended_at_ms"] or 0), [],
+                                         verify=True, resume=True)
+        return found[0]
 
     # -- recovery ------------------------------------------------------------
 
@@ -307,7 +378,7 @@ class Appender:
             if row["fanned_out"]:
                 continue
             message = message_from_row(row)
-            await self._with_inboxes(message, holder, list(row["recipients"] or ()),
+            await self._with_inboxes([(message, list(row["recipients"] or ()))], holder,
                                      int(row["appended_at_ms"] or 0), [self._send_row(message)],
                                      verify=False, resume=True)
             if row["membership"]:
