@@ -196,7 +196,7 @@ class Appender:
                                     message.cid, message.text, message.sent_at_ms,
                                     message.payload, message.content_type, list(recipients),
                                     appended_at, membership, holder.ts)),
-                self._send_row(message),
+                self._send_row(message, holder),
                 (st.set_read, (seq, seq, conversation_id, message.sender)),
             ]
         last = batch[-1][0]
@@ -214,10 +214,10 @@ class Appender:
         self.db.stats.appends += len(batch)
         return inboxes
 
-    def _send_row(self, message: StoredMessage) -> Item:
+    def _send_row(self, message: StoredMessage, holder: Holder) -> Item:
         return (self.st.insert_send, (
             message.conversation_id, message.sender, message.sender_device,
-            message.cid // self.heads.cid_bucket, message.cid, message.seq))
+            message.cid // self.heads.cid_bucket, message.cid, message.seq, holder.ts))
 
     async def _with_inboxes(self, batch: Sequence[tuple[StoredMessage, Sequence[str]]],
                             holder: Holder, appended_at: int, rows: list[Item],
@@ -379,7 +379,7 @@ class Appender:
                 continue
             message = message_from_row(row)
             await self._with_inboxes([(message, list(row["recipients"] or ()))], holder,
-                                     int(row["appended_at_ms"] or 0), [self._send_row(message)],
+                                     int(row["appended_at_ms"] or 0), [self._send_row(message, holder)],
                                      verify=False, resume=True)
             if row["membership"]:
                 await apply_change(self.db, self.st, conversation_id,

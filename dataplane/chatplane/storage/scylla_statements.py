@@ -202,9 +202,11 @@ class Statements:
             "timeline_desc": (
                 f"SELECT {MESSAGE_COLUMNS} FROM {m} WHERE conversation_id = ? AND bucket = ?"
                 " AND seq <= ? ORDER BY seq DESC LIMIT ?", True),
+            # At the holder's timestamp: a stale holder's entry (its message is
+            # sealed) never overwrites a newer holder's for the same cid.
             "insert_send": (
                 f"INSERT INTO {ks}.sends (conversation_id, sender, sender_device, cid_bucket,"
-                " cid, seq) VALUES (?, ?, ?, ?, ?, ?)", True),
+                " cid, seq) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", True),
             "select_send": (
                 f"SELECT seq FROM {ks}.sends WHERE conversation_id = ? AND sender = ?"
                 " AND sender_device = ? AND cid_bucket = ? AND cid = ?", True),
