@@ -156,6 +156,7 @@ class Appender:
         return request.cid <= top
 
     def sent(self, message: StoredMessage) -> None:
+        """The message's cid may be in the send log from now on."""
         key = (message.sender, message.sender_device, message.cid // self.heads.cid_bucket)
         known = self._cids.setdefault(message.conversation_id, {})
         if key in known:
@@ -206,11 +207,11 @@ class Appender:
         for previous in self._unmarked.pop(conversation_id, ()):
             rows.append((st.mark_done, (holder.ts, conversation_id,
                                         heads.message_bucket_of(previous), previous)))
+        for message, _, _ in batch:  # from now on they may be stored: resends read the log
+            self.sent(message)
         inboxes = await self._with_inboxes([(m, r) for m, r, _ in batch], holder, appended_at,
                                            rows, verify=verify, resume=False, fenced=fenced)
         self._unmarked[conversation_id] = [message.seq for message, _, _ in batch]
-        for message, _, _ in batch:
-            self.sent(message)
         self.db.stats.appends += len(batch)
         return inboxes
 

@@ -144,8 +144,8 @@ class Flusher:
             if original is not None:
                 if original.message_id in interrupted:
                     # ours, from the attempt a Taken cut short: finish and answer it
-                    interrupted.discard(original.message_id)
                     inbox = await appender.finish(original, holder)
+                    interrupted.discard(original.message_id)
                     pending.resolve(AppendResult(original, duplicate=False, inbox=tuple(inbox)))
                 else:
                     pending.resolve(AppendResult(original, duplicate=True))
