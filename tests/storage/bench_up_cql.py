@@ -66,9 +66,14 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
         assert cql is not None
         keyspace = f"bench_{uuid.uuid4().hex[:10]}"
         hosts = ",".join(cql.contact_points)
-        subprocess.run([sys.executable, "-m", "chatplane.cli", "storage", "migrate",
-                        "--cql-hosts", hosts, "--keyspace", keyspace], check=True,
-                       stdout=subprocess.DEVNULL)
+        for attempt in range(3):  # a node just started may time out its first Paxos rounds
+            migrated = subprocess.run([sys.executable, "-m", "chatplane.cli", "storage",
+                                       "migrate", "--cql-hosts", hosts, "--keyspace", keyspace],
+                                      stdout=subprocess.DEVNULL)
+            if migrated.returncode == 0:
+                break
+            if attempt == 2:
+                raise RuntimeError("storage migrate failed three times")
         cmd += ["--cql-hosts", hosts, "--keyspace", keyspace]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     admin = f"http://127.0.0.1:{admin_port}"

@@ -236,8 +236,9 @@ class CqlSession:
             kinds = getattr(statement, "chatplane_kinds", ["other"])
             return await self._execute(statement, None, timeout_s, "batch", False, kinds)
         else:
-            kind, conditional = (self.kind_of(statement) if isinstance(statement, Statement)
-                                 else ("ddl", False))
+            kind, conditional = (self.kind_of(statement)
+                                 if isinstance(statement, Statement | PreparedStatement)
+                                 else ("text", False))  # DDL, schema reads, migrations
         return await self._execute(statement, params, timeout_s, kind, conditional, [kind])
 
     async def _execute(self, statement: Any, params: Sequence[Any] | None,
