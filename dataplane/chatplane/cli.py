@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     storage_backup.register(storage_sub)
     from chatplane.storage import archiving
     archiving.register(storage_sub)
+    from chatplane.storage import check as storage_check
+    storage_check.register(storage_sub)
 
     for module in ("chatplane.client.chat", "chatplane.bench", "chatplane.tiers",
                    "chatplane.planning.capacity"):

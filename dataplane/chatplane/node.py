@@ -89,7 +89,7 @@ class Node:
         self.admin_secret = server.admin_secret or read_or_create_secret(
             data_dir / ADMIN_SECRET_FILE)
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
-        self.storage: Storage = make_storage(settings)
+        self.storage: Storage = make_storage(settings, sole_writer=True)  # one sequencer
         self.certs: certs.ReloadingCert | None = None
         self.state = StateService(group_interval_ms=settings.social.group_push_interval_ms,
                                   group_max_messages=settings.social.group_push_max_messages)

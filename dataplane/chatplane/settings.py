@@ -67,6 +67,7 @@ class Storage:
     cql_hosts: str = ""
     keyspace: str = "chatplane"
     cql_consistency: str = "LOCAL_QUORUM"
+    cql_serial_consistency: str = "LOCAL_SERIAL"  # SERIAL: conditional writes across regions
     cql_datacenter: str = ""
     cql_replication: str = ""  # "3", "dc1=3,dc2=3" or a JSON map; applied by `storage migrate`
     cql_username: str = ""

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # scylla-driver is an optional dependency
     from chatplane.storage.cql import CqlSettings
 
 SMALL_BUCKET = 4
+SMALL_BLOCK = 6  # seq blocks end inside buckets and cross them
 
 
 class Backend:
@@ -53,6 +54,7 @@ def scylla_settings(cql_server: CqlService, keyspace: str, **overrides: Any) -> 
     options: dict[str, Any] = {
         "hosts": cql_server.hosts, "port": cql_server.port, "keyspace": keyspace,
         "message_bucket": SMALL_BUCKET, "inbox_bucket": SMALL_BUCKET,
+        "seq_block": SMALL_BLOCK,
         "request_timeout_s": 10.0,
     }
     options.update(overrides)

@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -41,9 +42,10 @@ from cassandra.policies import (
     TokenAwarePolicy,
 )
 from cassandra.protocol import ErrorMessage
-from cassandra.query import PreparedStatement, Statement, dict_factory
+from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement, dict_factory
 
 from chatplane.storage.base import StorageError, StorageUnavailable
+from chatplane.storage.cql_metrics import CqlStats
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class CqlSettings:
     password: str = field(default="", repr=False)
     message_bucket: int = 1000
     inbox_bucket: int = 1000
+    seq_block: int = 1000  # numbers reserved per conditional write (docs/storage.md)
     tls_ca: str = ""  # set: TLS to every node, verified against this CA (CHATPLANE_CQL_TLS_CA)
     tls_cert: str = ""  # optional client certificate and key
     tls_key: str = ""
@@ -182,14 +185,40 @@ class CqlSession:
         self.session = session
         self.settings = settings
         self.serial = consistency_level(settings.serial_consistency)
+        self.stats = CqlStats()
+        self._kinds: dict[int, tuple[str, bool]] = {}  # id(prepared) -> (kind, conditional)
 
-    async def prepare(self, query: str, *, idempotent: bool = False) -> PreparedStatement:
+    async def prepare(self, query: str, *, idempotent: bool = False,
+                      kind: str = "") -> PreparedStatement:
         try:
             statement = await asyncio.to_thread(self.session.prepare, query)
         except DRIVER_ERRORS as exc:
             raise StorageError(f"cannot prepare CQL {query.split('(')[0]!r}: {exc}") from exc
         statement.is_idempotent = idempotent
+        # a lightweight transaction (Paxos): a write with IF ...
+        conditional = query.split()[0].upper() in ("INSERT", "UPDATE", "DELETE") and bool(
+            re.search(r"\sIF\s", query))
+        self._kinds[id(statement)] = (kind or query.split()[0].lower(), conditional)
         return statement
+
+    def kind_of(self, statement: Any) -> tuple[str, bool]:
+        return self._kinds.get(id(statement), ("other", False))
+
+    async def run_batch(self, items: Sequence[tuple[PreparedStatement, Sequence[Any]]],
+                        *, timeout_s: float | None = None) -> None:
+        """Plain writes in one unlogged batch (one request; one statement is
+        sent alone). Idempotent when all its statements are."""
+        if len(items) == 1:
+            await self.run(items[0][0], items[0][1], timeout_s=timeout_s)
+            return
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for statement, params in items:
+            batch.add(statement, params)
+        batch.is_idempotent = all(statement.is_idempotent for statement, _ in items)
+        # what it carries, for metrics (and for tests that inject faults by query text)
+        batch.chatplane_kinds = [self.kind_of(statement)[0] for statement, _ in items]
+        batch.chatplane_queries = " ; ".join(statement.query_string for statement, _ in items)
+        await self.run(batch, timeout_s=timeout_s)
 
     async def run(self, statement: Statement | str, params: Sequence[Any] | None = None,
                   *, serial_read: bool = False, timeout_s: float | None = None) -> list[Row]:
@@ -201,8 +230,24 @@ class CqlSession:
             bound.consistency_level = self.serial
             params = None if isinstance(statement, PreparedStatement) else params
             statement = bound
+            kind, _ = self.kind_of(getattr(bound, "prepared_statement", None))
+            kind, conditional = f"{kind}:serial", True  # a SERIAL read is a Paxos round too
+        elif isinstance(statement, BatchStatement):
+            kinds = getattr(statement, "chatplane_kinds", ["other"])
+            return await self._execute(statement, None, timeout_s, "batch", False, kinds)
+        else:
+            kind, conditional = (self.kind_of(statement)
+                                 if isinstance(statement, Statement | PreparedStatement)
+                                 else ("text", False))  # DDL, schema reads, migrations
+        return await self._execute(statement, params, timeout_s, kind, conditional, [kind])
+
+    async def _execute(self, statement: Any, params: Sequence[Any] | None,
+                       timeout_s: float | None, kind: str, conditional: bool,
+                       carried: list[str]) -> list[Row]:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[list[Row]] = loop.create_future()
+        started = time.perf_counter()
+        self.stats.carried(carried)
 
         def done(rows: list[Row]) -> None:
             loop.call_soon_threadsafe(_resolve, waiter, list(rows or ()), None)
@@ -210,15 +255,21 @@ class CqlSession:
         def failed(exc: BaseException) -> None:
             loop.call_soon_threadsafe(_resolve, waiter, None, exc)
 
+        failed_now = True
         try:
             future = self.session.execute_async(
                 statement, params, timeout=timeout_s or self.settings.request_timeout_s)
             future.add_callbacks(done, failed)
-            return await waiter
+            rows = await waiter
+            failed_now = False
+            return rows
         except RequestValidationException as exc:  # schema or query wrong: not retriable
             raise StorageError(f"CQL request rejected: {describe(exc)}") from exc
         except DRIVER_ERRORS as exc:
             raise StorageUnavailable(f"CQL request failed: {describe(exc)}") from exc
+        finally:
+            self.stats.request(kind, time.perf_counter() - started, conditional=conditional,
+                               failed=failed_now)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.cluster.shutdown)

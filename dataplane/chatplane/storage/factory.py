@@ -9,7 +9,9 @@ from chatplane.storage import archiving
 from chatplane.storage.base import Storage, StorageError
 
 
-def make_storage(settings: Settings) -> Storage:
+def make_storage(settings: Settings, *, sole_writer: bool = False) -> Storage:
+    """sole_writer: this process is the only one writing the store (`chatplane
+    up`); the CQL backend then skips the cross-process checks of its appends."""
     config = settings.storage
     if config.backend == "sqlite":
         from chatplane.storage.sqlite import SqliteStorage
@@ -22,5 +24,5 @@ def make_storage(settings: Settings) -> Storage:
             from chatplane.storage import scylla
         except ImportError as exc:
             raise StorageError(f"the scylla backend needs scylla-driver: {exc}") from exc
-        return archiving.wrap(settings, scylla.from_settings(settings))  # type: ignore[attr-defined]
+        return archiving.wrap(settings, scylla.from_settings(settings, sole_writer=sole_writer))  # type: ignore[attr-defined]
     raise StorageError(f"unknown storage backend {config.backend!r}")

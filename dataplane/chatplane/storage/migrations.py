@@ -115,6 +115,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             user_id text, conversation_id text, inviter text, at_ms bigint,
             PRIMARY KEY (user_id, conversation_id))""",
     )),
+    Migration(6, "seq blocks: one row per sequence (conversation or inbox), compaction per table", (
+        # epoch: the conversation's lease (acquire); gen: raised each time a
+        # process starts writing the sequence; ts_base: that gen's write
+        # timestamp; reserved: the highest number any holder may write.
+        # Changed by conditional writes only (docs/storage.md, "Seq blocks").
+        """CREATE TABLE IF NOT EXISTS {ks}.sequencers (
+            key text PRIMARY KEY, epoch bigint, gen bigint, ts_base bigint, reserved bigint,
+            owner text) WITH compaction = {{'class': 'LeveledCompactionStrategy'}}""",
+        # Append-only, read newest first, written at timestamps near the wall
+        # clock (docs/storage.md, "Compaction"): time windows of one day.
+        "ALTER TABLE {ks}.messages WITH compaction = {{'class': 'TimeWindowCompactionStrategy',"
+        " 'compaction_window_unit': 'DAYS', 'compaction_window_size': '1'}}",
+        "ALTER TABLE {ks}.inbox WITH compaction = {{'class': 'TimeWindowCompactionStrategy',"
+        " 'compaction_window_unit': 'DAYS', 'compaction_window_size': '1'}}",
+        # Small rows rewritten in place and read on every append or sync.
+        "ALTER TABLE {ks}.conversation_heads WITH compaction = "
+        "{{'class': 'LeveledCompactionStrategy'}}",
+        "ALTER TABLE {ks}.inbox_heads WITH compaction = {{'class': 'LeveledCompactionStrategy'}}",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -136,7 +155,7 @@ def replication_clause(replication: dict[str, str]) -> str:
     return "{" + ", ".join(items) + "}"
 
 
-def _same_replication(current: dict[str, str], wanted: dict[str, str]) -> bool:
+def same_replication(current: dict[str, str], wanted: dict[str, str]) -> bool:
     def norm(spec: dict[str, str]) -> dict[str, str]:
         out = {k: str(v) for k, v in spec.items()}
         out["class"] = out.get("class", "").rsplit(".", 1)[-1]
@@ -158,7 +177,7 @@ async def migrate(settings: cql.CqlSettings) -> list[int]:
             await db.run(f"CREATE KEYSPACE IF NOT EXISTS {keyspace} "
                          f"WITH replication = {clause} AND durable_writes = true",
                          timeout_s=DDL_TIMEOUT_S)
-        elif not _same_replication(dict(rows[0]["replication"]), wanted):
+        elif not same_replication(dict(rows[0]["replication"]), wanted):
             await db.run(f"ALTER KEYSPACE {keyspace} WITH replication = {clause}",
                          timeout_s=DDL_TIMEOUT_S)
         await db.run(f"""CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (

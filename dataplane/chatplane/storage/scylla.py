@@ -5,26 +5,24 @@ Layout (migrations.py): a conversation's timeline in partitions of
 bucket) holding references (conversation, seq) to the timeline; a send log
 (conversation, sender, device, cid bucket) -> seq for idempotent resends.
 
-Sequencing (docs/storage.md, "Sequence allocation"): the timeline row *is* the
-claim. Seq n is taken by `INSERT ... IF NOT EXISTS` of the message at n, a
-lightweight transaction, so two writers can never both own n, whoever they
-are and whatever Redis remembers. A writer that loses the race, or starts cold,
-reads the head back from the timeline with a SERIAL read. Inbox entries are
-claimed the same way per user. In this process, appends to one conversation
-and claims in one user's inbox are serialised by asyncio locks, so the
-conditional writes only ever contend across processes.
+Sequencing (docs/storage.md, "Seq blocks and the fence"): each conversation
+and each inbox is a sequence this process holds (scylla_seq.py): numbers come
+from memory, one conditional write reserves a block of them or takes the
+sequence over (sealing what a previous holder may still write), and messages
+are plain writes, batched (scylla_append.py). In this process appends to one
+conversation and entries in one user's inbox are serialised by asyncio locks.
 
 Atomicity without multi-partition transactions: the message row carries its
-recipients and is marked `fanned_out` last. Only a conversation's head message
-can be unfinished (appends to it are serial), and whoever next loads that
-conversation's head finishes it first (send log, inbox entries, mark), so a
-crash between the steps loses nothing and a resend finds the original.
+recipients and is marked `fanned_out` once the rest is written. Only a
+conversation's last message can be unfinished (appends to it are serial), and
+whoever next takes the conversation finishes it first (send log, inbox
+entries, mark), so a crash between the steps loses nothing and a resend finds
+the original.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -37,8 +35,6 @@ from chatplane.storage.base import (
     MEMBER,
     AppendResult,
     Conversation,
-    ConversationNotFound,
-    Fenced,
     InboxItem,
     MembershipChange,
     Revocation,
@@ -49,25 +45,14 @@ from chatplane.storage.base import (
     direct_conversation_id,
     events_conversation_id,
 )
+from chatplane.storage.scylla_append import Appender
+from chatplane.storage.scylla_flush import Flusher
 from chatplane.storage.scylla_heads import Heads
 from chatplane.storage.scylla_statements import Statements, message_from_row
 
 if TYPE_CHECKING:
     from chatplane.settings import Settings
 
-MAX_CLAIM_ATTEMPTS = 50
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _message_at(request: SendRequest, seq: int) -> StoredMessage:
-    return StoredMessage(
-        conversation_id=request.conversation_id, seq=seq, message_id=request.message_id,
-        sender=request.sender, sender_device=request.sender_device, cid=request.cid,
-        text=request.text, sent_at_ms=request.sent_at_ms, payload=request.payload,
-        content_type=request.content_type)
 
 
 class ScyllaStorage(social.SocialMethods):
@@ -76,11 +61,16 @@ class ScyllaStorage(social.SocialMethods):
     name = "scylla"
     store_id = ""  # set by open()
 
-    def __init__(self, settings: cql.CqlSettings) -> None:
+    def __init__(self, settings: cql.CqlSettings, *, sole_writer: bool = False) -> None:
         self.settings = settings
+        # sole_writer: unfenced appends come from this process alone (`chatplane
+        # up`), so they skip the checks (docs/storage.md, "Seq blocks and the fence").
+        self.sole_writer = sole_writer
         self._db: cql.CqlSession | None = None
         self._st: Statements | None = None
         self._heads: Heads | None = None
+        self._appender: Appender | None = None
+        self._flusher: Flusher | None = None
         self._known: set[str] = set()
 
     async def open(self) -> None:
@@ -100,6 +90,8 @@ class ScyllaStorage(social.SocialMethods):
         self._db, self._st = db, st
         self._heads = Heads(db, st, buckets["message_bucket"], buckets["inbox_bucket"],
                             buckets["cid_bucket"])
+        self._appender = Appender(db, st, self._heads, self.settings.seq_block)
+        self._flusher = Flusher(self)
 
     async def close(self) -> None:
         db, self._db = self._db, None
@@ -107,7 +99,8 @@ class ScyllaStorage(social.SocialMethods):
             await db.close()
 
     def metrics_text(self) -> str:
-        return ""  # the CQL server reports its own latencies
+        """What the write path costs (cql_metrics.py); the server reports the rest."""
+        return self._db.stats.render() if self._db is not None else ""
 
     def health(self) -> list[str]:
         return []  # a failing CQL call fails its request; the driver reconnects by itself
@@ -205,190 +198,24 @@ class ScyllaStorage(social.SocialMethods):
 
     async def _sequence(self, request: SendRequest, recipients: Sequence[str] | None,
                         change: MembershipChange | None) -> AppendResult:
-        db, st, heads = self._parts()
-        conversation_id = request.conversation_id
-        state = heads.conversation_state(conversation_id)
-        async with state.lock:
-            try:
-                if state.head is None:
-                    if request.fence is not None:  # a stale owner must not finish others' work
-                        await self._check_lease(conversation_id, request.fence)
-                    state.head = await heads.recover_conversation(conversation_id)
-                original = await heads.find_send(request)
-                if original is not None:
-                    return AppendResult(original, duplicate=True)
-                if not await self._exists(conversation_id):
-                    raise ConversationNotFound(conversation_id)
-                membership = None
-                if change is not None:
-                    membership = social.encode_change(change)
-                    if recipients is None:
-                        before = await social.member_ids(db, st, conversation_id)
-                        recipients = sorted(set(before) | set(social.members_after(before,
-                                                                                   change)))
-                users = list(recipients or ())
-                appended_at = _now_ms()
-                message = await self._claim_seq(request, users, appended_at, state.head,
-                                                membership)
-                state.head = message.seq
-                if change is not None:
-                    await social.apply_change(db, st, conversation_id, change, message.seq,
-                                              message.sent_at_ms)
-                _, inbox = await asyncio.gather(
-                    heads.record_send(message),
-                    heads.fan_out(message, users, appended_at, resume=False))
-                await heads.finish(message, inbox)
-                return AppendResult(message, duplicate=False, inbox=tuple(inbox))
-            except ConversationNotFound:
-                raise
-            except BaseException:
-                # Unknown outcome: the next append reloads the head from the
-                # timeline and finishes whatever this one left half done.
-                state.head = None
-                raise
+        if self._flusher is None:
+            raise StorageUnavailable("storage is not open")
+        return await self._flusher.submit(request, recipients, change)
 
-    async def _claim_seq(self, request: SendRequest, recipients: list[str],
-                         appended_at: int, head: int, membership: str | None) -> StoredMessage:
-        db, st, heads = self._parts()
-        seq = head + 1
-        for _ in range(MAX_CLAIM_ATTEMPTS):
-            message = _message_at(request, seq)
-            if request.fence is not None:
-                claimed = await self._claim_fenced(message, request.fence, recipients,
-                                                   appended_at, membership)
-                if claimed:
-                    return message
-                seq = await heads.conversation_head(message.conversation_id, serial=True) + 1
-                continue
-            params = (message.conversation_id, heads.message_bucket_of(seq), seq,
-                      message.message_id, message.sender, message.sender_device, message.cid,
-                      message.text, message.sent_at_ms, message.payload, message.content_type,
-                      recipients, appended_at, membership)
-            try:
-                rows = await db.run(st.insert_message, params)
-            except StorageUnavailable:
-                # Outcome unknown: a SERIAL read settles it (and completes our
-                # proposal if it was accepted but not yet committed).
-                rows = await heads.read_message_rows(message.conversation_id, seq, serial=True)
-                if not rows:
-                    continue  # not taken by anyone: try the same seq again
-                rows = [{"[applied]": False, **rows[0]}]
-            if rows and rows[0].get("[applied]"):
-                return message
-            existing = rows[0] if rows else {}
-            if (existing.get("sender"), existing.get("sender_device"), existing.get("cid")) == (
-                    message.sender, message.sender_device, message.cid):
-                return message_from_row(existing | {"conversation_id": message.conversation_id,
-                                                    "seq": seq})
-            # Another writer owns this conversation too (lease overlap): catch up.
-            seq = await heads.conversation_head(message.conversation_id, serial=True) + 1
-        raise StorageUnavailable(
-            f"could not claim a seq in {request.conversation_id} after {MAX_CLAIM_ATTEMPTS} "
-            "attempts (another writer keeps winning)")
-
-    async def _claim_fenced(self, message: StoredMessage, fence: int, recipients: list[str],
-                            appended_at: int, membership: str | None) -> bool:
-        """Claim the message's seq while the partition's fence is `fence`: True
-        when it is ours, False when another message holds the seq (catch up).
-        Raises Fenced when a newer epoch fences the partition."""
-        db, st, heads = self._parts()
-        conversation_id, seq = message.conversation_id, message.seq
-        bucket = heads.message_bucket_of(seq)
-        params = (message.message_id, message.sender, message.sender_device, message.cid,
-                  message.text, message.sent_at_ms, message.payload, message.content_type,
-                  recipients, appended_at, membership, conversation_id, bucket, seq, fence)
-        for _ in range(MAX_CLAIM_ATTEMPTS):
-            try:
-                rows = await db.run(st.claim_message_fenced, params)
-            except StorageUnavailable:
-                # Outcome unknown: a SERIAL read settles it (as in _claim_seq).
-                rows = await heads.read_message_rows(conversation_id, seq, serial=True)
-                if not rows:
-                    continue
-                return bool(rows[0]["message_id"] == message.message_id)
-            row = rows[0] if rows else {}
-            if row.get("[applied]"):
-                return True
-            if row.get("message_id") is not None:  # taken: ours (an earlier try) or not
-                return bool(row["message_id"] == message.message_id)
-            current = row.get("fence")
-            if current is not None and current > fence:
-                raise Fenced(f"{conversation_id}: lease epoch {fence} is stale (now {current})")
-            # A partition this epoch has not fenced yet: the next bucket.
-            await self._open_bucket(conversation_id, bucket, fence)
-        raise StorageUnavailable(f"could not claim {conversation_id}#{seq} under epoch {fence}")
-
-    # -- sequencing leases (docs/storage.md, "Fencing") -------------------------
+    # -- sequencing leases (docs/storage.md, "Seq blocks and the fence") -------
 
     async def acquire(self, conversation_id: str, owner: str) -> int:
         _, _, heads = self._parts()
-        state = heads.conversation_state(conversation_id)
-        async with state.lock:
-            state.head = None  # the next append reloads the head (and finishes it)
-            epoch = await self._raise_lease(conversation_id, owner)
-            await self._fence_head(conversation_id, epoch)
-            return epoch
-
-    async def _check_lease(self, conversation_id: str, epoch: int) -> None:
-        db, st, _ = self._parts()
-        rows = await db.run(st.select_lease, (conversation_id,), serial_read=True)
-        current = rows[0]["epoch"] if rows else None
-        if current != epoch:
-            raise Fenced(f"{conversation_id}: lease epoch {epoch} is stale (now {current})")
-
-    async def _raise_lease(self, conversation_id: str, owner: str) -> int:
-        db, st, _ = self._parts()
-        rows = await db.run(st.select_lease, (conversation_id,), serial_read=True)
-        current = rows[0]["epoch"] if rows else None
-        for _ in range(MAX_CLAIM_ATTEMPTS):
-            epoch = (current or 0) + 1
-            rows = await db.run(st.set_lease, (epoch, owner, conversation_id, current))
-            if rows and rows[0].get("[applied]"):
-                return epoch
-            current = rows[0].get("epoch") if rows else None
-        raise StorageUnavailable(f"could not take the lease of {conversation_id}")
-
-    async def _fence_head(self, conversation_id: str, epoch: int) -> None:
-        """Fence the partition the next seq goes to; again if the head moved
-        on past it meanwhile (an older owner still appending)."""
-        _, _, heads = self._parts()
-        for _ in range(MAX_CLAIM_ATTEMPTS):
-            head = await heads.conversation_head(conversation_id, serial=True)
-            bucket = heads.message_bucket_of(head + 1)
-            await self._raise_fence(conversation_id, bucket, epoch)
-            head = await heads.conversation_head(conversation_id, serial=True)
-            if heads.message_bucket_of(head + 1) == bucket:
-                return
-        raise StorageUnavailable(f"could not fence {conversation_id}")
-
-    async def _open_bucket(self, conversation_id: str, bucket: int, epoch: int) -> None:
-        """Carry the fence into the next partition, only from a full one that
-        this epoch fences: a stale writer cannot open a partition ahead of the
-        owner (acquire fenced the partition its head was in)."""
-        db, st, _ = self._parts()
-        rows = (await db.run(st.select_fence, (conversation_id, bucket - 1), serial_read=True)
-                if bucket > 0 else [])
-        previous = rows[0]["fence"] if rows else None
-        if previous != epoch:
-            raise Fenced(f"{conversation_id}: lease epoch {epoch} does not fence bucket "
-                         f"{bucket - 1} (it has {previous})")
-        await self._raise_fence(conversation_id, bucket, epoch)
-
-    async def _raise_fence(self, conversation_id: str, bucket: int, epoch: int) -> None:
-        """Set a partition's fence to `epoch` by compare-and-set, unless a newer
-        epoch is already there (Fenced)."""
-        db, st, _ = self._parts()
-        expected = None
-        for _ in range(MAX_CLAIM_ATTEMPTS):
-            rows = await db.run(st.set_fence, (epoch, conversation_id, bucket, expected))
-            row = rows[0] if rows else {}
-            current = row.get("fence")
-            if row.get("[applied]") or current == epoch:
-                return
-            if current is not None and current > epoch:
-                raise Fenced(f"{conversation_id}: lease epoch {epoch} is stale (now {current})")
-            expected = current
-        raise StorageUnavailable(f"could not fence {conversation_id} bucket {bucket}")
+        appender = self._appender
+        assert appender is not None
+        async with heads.conversation_state(conversation_id).lock:
+            try:
+                holder = await appender.take_conversation(conversation_id, raise_epoch=True,
+                                                          epoch=None, owner=owner)
+            except BaseException:
+                appender.drop_conversation(conversation_id)
+                raise
+            return holder.epoch
 
     # -- reads ---------------------------------------------------------------
 
@@ -475,12 +302,13 @@ def cql_settings(settings: Settings) -> cql.CqlSettings:
     replication = config.cql_replication or "1"
     return cql.CqlSettings.parse(
         config.cql_hosts, keyspace=config.keyspace, consistency=config.cql_consistency,
+        serial_consistency=config.cql_serial_consistency,
         local_dc=config.cql_datacenter or None,
         replication=cql.parse_replication(replication),
         username=config.cql_username, password=config.cql_password,
         tls_ca=settings.tls.cql_ca, tls_cert=settings.tls.cql_cert, tls_key=settings.tls.cql_key)
 
 
-def from_settings(settings: Settings) -> ScyllaStorage:
+def from_settings(settings: Settings, *, sole_writer: bool = False) -> ScyllaStorage:
     """The backend `chatplane.settings.Settings` describes (not opened yet)."""
-    return ScyllaStorage(cql_settings(settings))
+    return ScyllaStorage(cql_settings(settings), sole_writer=sole_writer)

@@ -1,31 +1,28 @@
-"""Heads, claims and bucketed reads for the ScyllaDB backend.
+"""Heads, seals and bucketed reads for the ScyllaDB backend.
 
-`Heads` knows where each conversation timeline and each user inbox ends, and
-how to extend them: it probes the head from the data (a hint row, then the
-top of the bucket it names and the buckets after it), claims the next inbox
-seq with a conditional insert, and finishes a message whose fan-out was cut
-short. It also pages through buckets for history and inbox reads. scylla.py
-holds the `Storage` methods built on it (and the seq claim).
+`Heads` knows where each conversation timeline and each user inbox ends: for
+readers it probes the head (a hint row, then the top of the bucket it names
+and the buckets after it); for a new holder of a sequence (scylla_seq.py) it
+finds the head from the data alone and seals what lies above it. It also
+pages through buckets for history and inbox reads, and finds a message's send
+log entry and inbox entries. scylla_append.py writes; scylla.py holds the
+`Storage` methods built on both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from chatplane.storage import cql
-from chatplane.storage.base import InboxItem, SendRequest, StorageUnavailable, StoredMessage
-from chatplane.storage.scylla_social import apply_change, decode_change
+from chatplane.storage.base import SendRequest, StoredMessage
 from chatplane.storage.scylla_statements import Statements, message_from_row
 
-MAX_CLAIM_ATTEMPTS = 50
 STATE_CACHE = 100_000
 RESUME_SCAN_SKEW_MS = 60_000  # clock skew tolerated when finding a half-done fan-out
-RECOVER_TAIL = 16  # messages checked for an unfinished fan-out when a head is loaded
 
 
 @dataclass
@@ -49,10 +46,6 @@ class _States(OrderedDict[str, HeadState]):
         else:
             self.move_to_end(key)
         return state
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Heads:
@@ -104,24 +97,55 @@ class Heads:
         hint = int(rows[0]["head"] or 0) if rows else 0
         return await self._probe(self.st.top_inbox, user_id, hint, self.inbox_bucket, serial)
 
-    async def recover_conversation(self, conversation_id: str) -> int:
-        """Load the head and finish any recent message left half done."""
-        head = await self.conversation_head(conversation_id, serial=True)
-        if head < 1:
+    async def data_head(self, top: Any, key: str, hint_statement: Any, size: int) -> int:
+        """The highest number actually stored (the hint only says where to
+        start looking: a stale holder may have moved it past sealed rows).
+        Walks down from the hinted bucket to the first non-empty one, then up
+        while buckets are full."""
+        rows = await self.db.run(hint_statement, (key,))
+        hint = int(next(iter(rows[0].values())) or 0) if rows else 0
+        bucket = (max(hint, 1) - 1) // size
+        found = None
+        while bucket >= 0 and found is None:
+            found = await self._top(top, key, bucket)
+            if found is None:
+                bucket -= 1
+        if found is None:
             return 0
-        for row in reversed(await self.timeline_rows_down(conversation_id, head, RECOVER_TAIL)):
-            if not row["fanned_out"]:
-                message = message_from_row(row)
-                if row["membership"]:
-                    await apply_change(self.db, self.st, conversation_id,
-                                       decode_change(row["membership"]), message.seq,
-                                       message.sent_at_ms)
-                _, inbox = await asyncio.gather(
-                    self.record_send(message),
-                    self.fan_out(message, list(row["recipients"] or ()),
-                                 int(row["appended_at_ms"] or 0), resume=True))
-                await self.finish(message, inbox)
-        return head
+        while found >= (bucket + 1) * size:
+            bucket += 1
+            above = await self._top(top, key, bucket)
+            if above is None:
+                break
+            found = above
+        return found
+
+    async def _top(self, top: Any, key: str, bucket: int) -> int | None:
+        rows = await self.db.run(top, (key, bucket))
+        value = next(iter(rows[0].values())) if rows else None
+        return None if value is None else int(value)  # None: empty, or only a static cell
+
+    async def seal_timeline(self, conversation_id: str, top: int, reserved: int,
+                            ts: int) -> None:
+        """Hide whatever an earlier holder wrote (or still will) above `top`, up
+        to its reservation: a range tombstone at `ts`, above its timestamps."""
+        items: list[tuple[Any, tuple[Any, ...]]] = [
+            (self.st.seal_messages, (ts, conversation_id, bucket, top, reserved))
+            for bucket in range(self.message_bucket_of(top + 1),
+                                     self.message_bucket_of(reserved) + 1)]
+        items.append((self.st.set_conversation_head, (ts + 1, top, conversation_id)))
+        await self.db.run_batch(items)
+
+    async def seal_inbox(self, user_id: str, top: int, reserved: int, ts: int) -> None:
+        items: list[tuple[Any, tuple[Any, ...]]] = [
+            (self.st.seal_inbox, (ts, user_id, bucket, top, reserved))
+            for bucket in range(self.inbox_bucket_of(top + 1),
+                                     self.inbox_bucket_of(reserved) + 1)]
+        items.append((self.st.set_inbox_hint, (ts + 1, top, user_id)))
+        await self.db.run_batch(items)
+
+    def inbox_lock(self, user_id: str) -> asyncio.Lock:
+        return self._inboxes.get_state(user_id).lock
 
     # -- messages ------------------------------------------------------------
 
@@ -140,88 +164,15 @@ class Heads:
             return None
         seq = int(rows[0]["seq"])
         found = await self.read_message_rows(request.conversation_id, seq, serial=False)
-        if not found:
-            raise StorageUnavailable(f"{request.conversation_id}#{seq} not readable now")
+        # A send log row whose message is not there (sealed: a stale holder
+        # wrote both) or is another's (the seq went to someone else) is no
+        # original: quorum reads see every message written before them.
+        if not found or (found[0]["sender"], found[0]["sender_device"], found[0]["cid"]) != (
+                request.sender, request.sender_device, request.cid):
+            return None
         return message_from_row(found[0])
 
-    async def record_send(self, message: StoredMessage) -> None:
-        await self.db.run(self.st.insert_send, (
-            message.conversation_id, message.sender, message.sender_device,
-            message.cid // self.cid_bucket, message.cid, message.seq))
-
-    async def finish(self, message: StoredMessage, inbox: Sequence[InboxItem]) -> None:
-        """Mark the message done (its send log entry and inbox entries are
-        written); advance the head hints and the activity time, and the
-        sender's read position (one's own message is read)."""
-        seq, conversation_id = message.seq, message.conversation_id
-        # An inbox hint only has to name the right bucket (the probe reads on
-        # from there), so it is written when an entry opens a bucket.
-        await asyncio.gather(
-            cql.gather_bounded(
-                self.db.run(self.st.set_inbox_hint, (item.inbox_seq, item.inbox_seq, item.user_id))
-                for item in {item.user_id: item for item in inbox}.values()
-                if (item.inbox_seq - 1) % self.inbox_bucket == 0),
-            self.db.run(self.st.mark_fanned_out,
-                        (conversation_id, self.message_bucket_of(seq), seq)),
-            self.db.run(self.st.set_conversation_hint,
-                        (seq, seq, message.sent_at_ms, conversation_id)),
-            self.db.run(self.st.set_read, (seq, seq, conversation_id, message.sender)))
-
-    # -- inboxes -------------------------------------------------------------
-
-    async def fan_out(self, message: StoredMessage, recipients: Sequence[str],
-                      appended_at: int, *, resume: bool) -> list[InboxItem]:
-        """One inbox entry per distinct recipient (in the order given). With
-        resume, an entry an interrupted attempt already made is reused."""
-        users = list(dict.fromkeys(recipients))
-        seqs = await cql.gather_bounded(
-            self._claim_inbox(user, message, appended_at, resume) for user in users)
-        by_user = dict(zip(users, seqs, strict=True))
-        return [InboxItem(user, by_user[user], message) for user in recipients]
-
-    async def _claim_inbox(self, user: str, message: StoredMessage, appended_at: int,
-                           resume: bool) -> int:
-        state = self._inboxes.get_state(user)
-        async with state.lock:
-            try:
-                if state.head is None:
-                    state.head = await self.inbox_head(user, serial=True)
-                if resume:
-                    found = await self._find_entry(user, message, appended_at, state.head)
-                    if found is not None:
-                        return found
-                return await self._claim_next(user, message, state)
-            except BaseException:
-                state.head = None
-                raise
-
-    async def _claim_next(self, user: str, message: StoredMessage, state: HeadState) -> int:
-        assert state.head is not None
-        n = state.head + 1
-        for _ in range(MAX_CLAIM_ATTEMPTS):
-            params = (user, self.inbox_bucket_of(n), n, message.conversation_id, message.seq,
-                      _now_ms())
-            try:
-                rows = await self.db.run(self.st.insert_inbox, params)
-            except StorageUnavailable:
-                rows = await self.db.run(self.st.select_inbox, params[:3], serial_read=True)
-                if not rows:
-                    continue
-                rows = [{"[applied]": False, **rows[0]}]
-            if rows and rows[0].get("[applied]"):
-                state.head = n
-                return n
-            existing = rows[0] if rows else {}
-            if (existing.get("conversation_id"), existing.get("seq")) == (
-                    message.conversation_id, message.seq):
-                state.head = n
-                return n
-            state.head = await self.inbox_head(user, serial=True)
-            n = state.head + 1
-        raise StorageUnavailable(f"could not claim an inbox entry for {user} after "
-                                 f"{MAX_CLAIM_ATTEMPTS} attempts")
-
-    async def _find_entry(self, user: str, message: StoredMessage, appended_at: int,
+    async def find_entry(self, user: str, message: StoredMessage, appended_at: int,
                           head: int) -> int | None:
         """An entry for `message` near the inbox's head, written by an attempt
         that was cut short; entries older than the append stop the search."""

@@ -1,9 +1,10 @@
 """The CQL statements of the ScyllaDB backend, prepared once at open().
 
 Each is marked idempotent or not for the driver's retry policy: plain writes
-at a fixed key may be re-sent; conditional inserts (the seq and inbox claims)
-are never re-sent by the driver, the backend settles their outcome itself
-(scylla_heads.py). Tables are created by migrations.py.
+at a fixed key (and timestamp) may be re-sent; conditional writes (sequence
+takes and block reservations) are never re-sent by the driver, the backend
+settles their outcome itself (scylla_seq.py). Tables are created by
+migrations.py.
 """
 
 from __future__ import annotations
@@ -38,17 +39,13 @@ class Statements:
     select_conversation: PreparedStatement
     conversation_hint: PreparedStatement
     set_conversation_hint: PreparedStatement
-    insert_message: PreparedStatement
     select_message: PreparedStatement
     messages_in: PreparedStatement
     top_seq: PreparedStatement
     timeline_range: PreparedStatement
     timeline_desc: PreparedStatement
-    mark_fanned_out: PreparedStatement
     insert_send: PreparedStatement
     select_send: PreparedStatement
-    insert_inbox: PreparedStatement
-    select_inbox: PreparedStatement
     inbox_after: PreparedStatement
     inbox_desc: PreparedStatement
     top_inbox: PreparedStatement
@@ -83,13 +80,19 @@ class Statements:
     put_user_invitation: PreparedStatement
     delete_user_invitation: PreparedStatement
     select_user_invitations: PreparedStatement
-    claim_message_fenced: PreparedStatement
-    select_fence: PreparedStatement
-    set_fence: PreparedStatement
-    select_lease: PreparedStatement
-    set_lease: PreparedStatement
     put_revocation: PreparedStatement
     select_revocations: PreparedStatement
+    select_sequence: PreparedStatement
+    sequences_in: PreparedStatement
+    take_sequence: PreparedStatement
+    extend_sequence: PreparedStatement
+    write_message: PreparedStatement
+    mark_done: PreparedStatement
+    seal_messages: PreparedStatement
+    write_inbox: PreparedStatement
+    seal_inbox: PreparedStatement
+    set_conversation_head: PreparedStatement
+    top_cid: PreparedStatement
 
     @classmethod
     async def prepare(cls, db: cql.CqlSession, ks: str) -> Statements:
@@ -184,30 +187,6 @@ class Statements:
             "select_user_invitations": (
                 f"SELECT conversation_id, inviter, at_ms FROM {ks}.user_invitations"
                 " WHERE user_id = ?", True),
-            "insert_message": (
-                f"INSERT INTO {m} (conversation_id, bucket, seq, message_id, sender,"
-                " sender_device, cid, text, sent_at_ms, payload, content_type, recipients,"
-                " appended_at_ms, membership) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " IF NOT EXISTS",
-                False),
-            # The fenced claim: seq n is taken only while the partition's
-            # fence (a static column) is the writer's lease epoch, in one LWT.
-            "claim_message_fenced": (
-                f"UPDATE {m} SET message_id = ?, sender = ?, sender_device = ?, cid = ?,"
-                " text = ?, sent_at_ms = ?, payload = ?, content_type = ?, recipients = ?,"
-                " appended_at_ms = ?, membership = ? WHERE conversation_id = ? AND bucket = ?"
-                " AND seq = ? IF fence = ? AND message_id = null",
-                False),
-            "select_fence": (
-                f"SELECT fence FROM {m} WHERE conversation_id = ? AND bucket = ? LIMIT 1", True),
-            "set_fence": (
-                f"UPDATE {m} SET fence = ? WHERE conversation_id = ? AND bucket = ? IF fence = ?",
-                False),
-            "select_lease": (
-                f"SELECT epoch FROM {ks}.conversation_leases WHERE conversation_id = ?", True),
-            "set_lease": (
-                f"UPDATE {ks}.conversation_leases SET epoch = ?, owner = ? WHERE conversation_id = ?"
-                " IF epoch = ?", False),
             "select_message": (
                 f"SELECT {MESSAGE_COLUMNS} FROM {m} WHERE conversation_id = ? AND bucket = ?"
                 " AND seq = ?", True),
@@ -223,21 +202,14 @@ class Statements:
             "timeline_desc": (
                 f"SELECT {MESSAGE_COLUMNS} FROM {m} WHERE conversation_id = ? AND bucket = ?"
                 " AND seq <= ? ORDER BY seq DESC LIMIT ?", True),
-            "mark_fanned_out": (
-                f"UPDATE {m} SET fanned_out = true WHERE conversation_id = ? AND bucket = ?"
-                " AND seq = ?", True),
+            # At the holder's timestamp: a stale holder's entry (its message is
+            # sealed) never overwrites a newer holder's for the same cid.
             "insert_send": (
                 f"INSERT INTO {ks}.sends (conversation_id, sender, sender_device, cid_bucket,"
-                " cid, seq) VALUES (?, ?, ?, ?, ?, ?)", True),
+                " cid, seq) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", True),
             "select_send": (
                 f"SELECT seq FROM {ks}.sends WHERE conversation_id = ? AND sender = ?"
                 " AND sender_device = ? AND cid_bucket = ? AND cid = ?", True),
-            "insert_inbox": (
-                f"INSERT INTO {ks}.inbox (user_id, bucket, inbox_seq, conversation_id, seq,"
-                " added_at_ms) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS", False),
-            "select_inbox": (
-                f"SELECT inbox_seq, conversation_id, seq, added_at_ms FROM {ks}.inbox"
-                " WHERE user_id = ? AND bucket = ? AND inbox_seq = ?", True),
             "inbox_after": (
                 f"SELECT inbox_seq, conversation_id, seq FROM {ks}.inbox WHERE user_id = ?"
                 " AND bucket = ? AND inbox_seq > ? LIMIT ?", True),
@@ -265,10 +237,48 @@ class Statements:
             "select_revocations": (
                 f"SELECT user_id, device_id, before_ms FROM {ks}.revocations"
                 " WHERE scope = 'all'", True),
+            # Seq blocks (scylla_seq.py): the sequence rows change only by
+            # conditional writes, once per block or per take, never per message.
+            "select_sequence": (
+                f"SELECT epoch, gen, ts_base, reserved FROM {ks}.sequencers WHERE key = ?", True),
+            "sequences_in": (
+                f"SELECT key, epoch, gen FROM {ks}.sequencers WHERE key IN ?", True),
+            "take_sequence": (
+                f"UPDATE {ks}.sequencers SET epoch = ?, gen = ?, ts_base = ?, reserved = ?,"
+                " owner = ? WHERE key = ? IF epoch = ? AND gen = ? AND reserved = ?", False),
+            "extend_sequence": (
+                f"UPDATE {ks}.sequencers SET reserved = ?, ts_base = ? WHERE key = ?"
+                " IF epoch = ? AND gen = ?", False),
+            # Plain writes at the holder's timestamp: a newer holder's seal
+            # (a range tombstone at a higher timestamp) shadows a stale one's.
+            "write_message": (
+                f"INSERT INTO {m} (conversation_id, bucket, seq, message_id, sender,"
+                " sender_device, cid, text, sent_at_ms, payload, content_type, recipients,"
+                " appended_at_ms, membership) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " USING TIMESTAMP ?", True),
+            "mark_done": (
+                f"UPDATE {m} USING TIMESTAMP ? SET fanned_out = true WHERE conversation_id = ?"
+                " AND bucket = ? AND seq = ?", True),
+            "seal_messages": (
+                f"DELETE FROM {m} USING TIMESTAMP ? WHERE conversation_id = ? AND bucket = ?"
+                " AND seq > ? AND seq <= ?", True),
+            "write_inbox": (
+                f"INSERT INTO {ks}.inbox (user_id, bucket, inbox_seq, conversation_id, seq,"
+                " added_at_ms) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", True),
+            "top_cid": (
+                f"SELECT cid FROM {ks}.sends WHERE conversation_id = ? AND sender = ?"
+                " AND sender_device = ? AND cid_bucket = ? ORDER BY cid DESC LIMIT 1", True),
+            "set_conversation_head": (
+                f"UPDATE {ks}.conversation_heads USING TIMESTAMP ? SET head_seq = ?"
+                " WHERE conversation_id = ?", True),
+            "seal_inbox": (
+                f"DELETE FROM {ks}.inbox USING TIMESTAMP ? WHERE user_id = ? AND bucket = ?"
+                " AND inbox_seq > ? AND inbox_seq <= ?", True),
         }
         names = [f.name for f in fields(cls)]
         prepared = await asyncio.gather(
-            *(db.prepare(queries[name][0], idempotent=queries[name][1]) for name in names))
+            *(db.prepare(queries[name][0], idempotent=queries[name][1], kind=name)
+              for name in names))
         return cls(**dict(zip(names, prepared, strict=True)))
 
 
