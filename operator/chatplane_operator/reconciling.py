@@ -43,6 +43,7 @@ class Outcome:
     found: bool = True
     rolling: bool = False  # a gateway rollout is under way: come back soon, not at resync
     certificates: dict[str, str] | None = None  # status.certificates (own CA only)
+    status: dict[str, Any] | None = None  # the status the pass computed
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
@@ -174,6 +175,7 @@ class Reconciler:
                                     migration=migration)
         if outcome.certificates is not None:
             new_status["certificates"] = outcome.certificates
+        outcome.status = new_status
         if new_status != (body.get("status") or {}):
             self.applier.patch_status(namespace, name, new_status)
         self._report(body, cluster, outcome)
