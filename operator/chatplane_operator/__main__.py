@@ -12,7 +12,7 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from chatplane_operator import handlers, metrics
+from chatplane_operator import handlers, logs, metrics
 from chatplane_operator.applying import Applier
 from chatplane_operator.peering import PeeringGate
 from chatplane_operator.podreading import HttpReader
@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how long a pass waits for the data plane's pods to answer (connection "
                         "counts, peer reports): one deadline for all of them at once")
     p.add_argument("--log-level", default=env("CHATPLANE_OPERATOR_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-format", default=env("CHATPLANE_OPERATOR_LOG_FORMAT", "text"),
+                   help="text, or json: one JSON object per line")
     p.add_argument("--peering", default=env("CHATPLANE_OPERATOR_PEERING", ""),
                    help="kopf peering object name: replicas elect one active operator; "
                         "default: standalone (one replica)")
@@ -67,8 +69,7 @@ def priority(explicit: int | None, pod_name: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     if args.log_level.upper() != "DEBUG":  # one "succeeded" line per watch event is noise
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

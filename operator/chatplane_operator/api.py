@@ -80,6 +80,9 @@ class Reason:
     GATEWAY_REPLACED = "GatewayReplaced"
     CERTIFICATE_ISSUED = "CertificateIssued"
     TOKEN_KEYS_ROTATED = "TokenKeysRotated"
+    MIGRATION_RUNNING = "MigrationRunning"
+    MIGRATION_FAILED = "MigrationFailed"
+    PODS_UNSCHEDULABLE = "PodsUnschedulable"
 
 
 class Message:
@@ -87,6 +90,10 @@ class Message:
 
     DUPLICATE_REGION = "region names must be unique within a ChatCluster"
     DUPLICATE_DATACENTER = "region datacenters must be unique within a ChatCluster"
+    DATACENTER_IMMUTABLE = (
+        "a region's datacenter cannot be changed: its keyspace replicas live in the old "
+        "one; add a region for the new datacenter instead"
+    )
     NO_REGION = "a ChatCluster needs at least one region"
     RENAMED_REGION = (
         "regions cannot be renamed in place: add the region under its new name, then "
@@ -494,6 +501,9 @@ def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
     if old is not None:
         if old.storage.keyspace != cluster.storage.keyspace:
             errors.append(Message.KEYSPACE_IMMUTABLE)
+        old_dcs = {r.name: r.datacenter for r in old.regions}
+        if any(old_dcs.get(r.name, r.datacenter) != r.datacenter for r in cluster.regions):
+            errors.append(Message.DATACENTER_IMMUTABLE)
         old_names = {r.name for r in old.regions}
         if len(old_names) == len(set(names)) and old_names != set(names):
             errors.append(Message.RENAMED_REGION)

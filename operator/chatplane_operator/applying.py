@@ -128,12 +128,16 @@ class Applier:
             raise
         return True
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
+    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete `namespace/name`; with `uid`, only that object: a newer one of the same
+        name (a StatefulSet pod re-created meanwhile) is left alone (the 409 is ignored)."""
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
         try:
-            self._call("DELETE", KINDS[kind].path(namespace, name),
-                       {"propagationPolicy": "Background"})
+            self._call("DELETE", KINDS[kind].path(namespace, name), options)
         except ApiError as exc:
-            if exc.status != 404:
+            if exc.status != 404 and not (uid and exc.status == 409):
                 raise
 
     def merge_patch(self, kind: str, namespace: str, name: str,

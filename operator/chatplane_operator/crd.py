@@ -133,13 +133,17 @@ def _region() -> Schema:
             _rule("self.replicationFactor >= 0 && self.replicationFactor <= 9",
                   api.Message.REPLICATION),
         ]}),
-    }, required=["name", "redis", "cql"])
+    }, required=["name", "redis", "cql"], **{"x-kubernetes-validations": [
+        _rule(f"{_DC.format('self')} == {_DC.format('oldSelf')}",
+              api.Message.DATACENTER_IMMUTABLE)]})
 
 
 def _spec() -> Schema:
     regions = {
         "type": "array", "description": "The regions; every region runs every tier.",
         "items": _region(), "maxItems": api.MAX_REGIONS,
+        # a list-map keyed by name: per-item transition rules compare a region with itself
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
         "x-kubernetes-validations": [
             _rule("size(self) >= 1", api.Message.NO_REGION),
             _rule("self.all(r, self.exists_one(o, o.name == r.name))",
@@ -406,7 +410,13 @@ def _status() -> Schema:
         "readyRegions": _str("Ready regions / regions."),
         "readyGateways": _str("Ready gateway pods / desired gateway pods."),
         "connections": _int("Live client connections, every region."),
-        "version": _str("The image version the spec asks for."),
+        "version": _str("The version(s) the ready pods run (their version label), comma "
+                        "separated during a rollout; empty while no pod is ready."),
+        "versions": {"type": "array", "description": "Ready pods per version they run.",
+                     "items": _obj("One version.", {
+                         "version": _str("The image version."),
+                         "readyPods": _int("Ready tier pods that run it."),
+                     })},
         "certificates": _obj("The certificates issued from the operator's CA (absent with "
                              "cert-manager or TLS off).", {
             "notAfter": _str("When the first of them expires.", format="date-time"),
@@ -415,7 +425,10 @@ def _status() -> Schema:
         }),
         "storage": _obj("The keyspace migration.", {
             "migrationJob": _str("Name of the current `chatplane storage migrate` Job."),
-            "migrated": {"type": "boolean", "description": "That Job has succeeded."},
+            "migrated": {"type": "boolean", "description": "That Job has succeeded (the "
+                         "tiers wait for it)."},
+            "failure": _str("Why that Job failed for good (its Failed condition's reason: "
+                            "message); the cluster is Degraded (MigrationFailed)."),
         }),
     })
 
@@ -428,7 +441,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Gateways", "type": "string", "jsonPath": ".status.readyGateways",
      "description": "Ready gateway pods / desired"},
     {"name": "Connections", "type": "integer", "jsonPath": ".status.connections"},
-    {"name": "Version", "type": "string", "jsonPath": ".spec.image.version"},
+    {"name": "Version", "type": "string", "jsonPath": ".status.version",
+     "description": "The version(s) the ready pods run"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

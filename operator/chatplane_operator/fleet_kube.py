@@ -10,8 +10,9 @@ Drain calls go to the pod's admin port (`ports.admin`) with the cluster's admin 
 
 - *draining* is the pod annotation `chatplane.dev/draining-since` (epoch seconds), written
   before the drain call, so the drain is followed and never started twice;
-- *replacing* is deleting the pod: the StatefulSet controller creates it again from the
-  current template, at the new revision;
+- *replacing* is deleting the pod, by uid: the StatefulSet controller creates it again from
+  the current template, at the new revision, under the same name; a pod already being
+  deleted counts as missing (its preStop drains it), never as one to replace again;
 - a new pod's readiness timeout counts from its `creationTimestamp`.
 
 The pods and their connection counts are the pass's reads (`podreading.RegionReads`):
@@ -78,6 +79,8 @@ class KubeFleet:
     async def gateways(self) -> list[drain.Gateway]:
         out = []
         for name, pod in sorted(self._pods.items()):
+            if pod["metadata"].get("deletionTimestamp"):
+                continue  # already going (its preStop drains it): missing, not to replace
             notes = pod["metadata"].get("annotations") or {}
             count = self.reads.connections.get(name)  # None: not running, or no answer
             since = notes.get(naming.DRAINING_SINCE)
@@ -106,7 +109,10 @@ class KubeFleet:
             log.warning("drain call to %s (%s) failed: %s", name, url, exc)
 
     async def replace(self, name: str, version: str) -> None:
-        await asyncio.to_thread(self.applier.delete, "Pod", self.cluster.namespace, name)
+        # By uid: the pod this pass read, never a newer one the StatefulSet made under the
+        # same name meanwhile (that happened on a real node: the new pod was deleted)
+        uid = self._pods.get(name, {}).get("metadata", {}).get("uid")
+        await asyncio.to_thread(self.applier.delete, "Pod", self.cluster.namespace, name, uid)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,11 +50,16 @@ class Runtime:
 
 
 ROLLOUT_POLL_S = 1.0  # while gateways drain, a pass this often follows them
+# The liveness probe fails when the oldest pass has waited this long: far beyond one pass
+# (each API call times out at 30 s), so only a wedged queue or worker restarts the pod.
+STALLED_S = 600.0
 
 
 async def _work(runtime: Runtime, key: Key) -> bool | float | None:
     gate = runtime.gate
-    if gate is not None and not await asyncio.to_thread(gate.active):
+    active = gate is None or await asyncio.to_thread(gate.active)
+    metrics.LEADER.set(1 if active else 0)
+    if not active:
         log.debug("paused in favour of a higher-priority peer: skip %s/%s", *key)
         return True  # come back after the resync interval
     try:
@@ -66,6 +71,8 @@ async def _work(runtime: Runtime, key: Key) -> bool | float | None:
     if not outcome.found:
         return None
     metrics.observe(outcome)
+    if outcome.status is not None:
+        metrics.observe_status(key[0], key[1], outcome.status)
     log.info("reconciled %s/%s in %.3fs: created %d updated %d deleted %d errors %s",
              key[0], key[1], outcome.seconds, outcome.created, outcome.updated,
              outcome.deleted, outcome.errors or "none")
@@ -119,6 +126,7 @@ def cluster_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_:
     if event.get("type") == "DELETED":
         runtime.queue.forget(key)
         runtime.reconciler.forget(*key)
+        metrics.forget(*key)
         runtime.known.discard(key)
         metrics.CLUSTERS.set(len(runtime.known))
         return
@@ -127,6 +135,21 @@ def cluster_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_:
     observed = (body.get("status") or {}).get("observedGeneration")
     if event.get("type") in (None, "ADDED") or observed != body.metadata.get("generation"):
         runtime.queue.poke(key)
+
+
+@kopf.on.probe(id="workqueue")
+def workqueue(memo: kopf.Memo, **_: Any) -> dict[str, float]:
+    """Liveness (kopf's endpoint answers 500 when a probe raises): the work queue moves."""
+    queue = _runtime(memo).queue
+    if queue is None:
+        return {"depth": 0, "oldestSeconds": 0.0}
+    depth, stalled = queue.depth(), queue.stalled_for()
+    metrics.QUEUE_DEPTH.set(depth)
+    metrics.QUEUE_STALLED.set(stalled)
+    if stalled > STALLED_S:
+        raise RuntimeError(f"work queue stalled: the oldest pass has waited {stalled:.0f}s "
+                           f"(more than {STALLED_S:.0f}s)")
+    return {"depth": depth, "oldestSeconds": round(stalled, 3)}
 
 
 def _child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

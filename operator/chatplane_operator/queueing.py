@@ -41,6 +41,7 @@ class WorkQueue:
         self._due: dict[Key, float] = {}
         self._failures: dict[Key, int] = {}
         self._running: set[Key] = set()
+        self._started: dict[Key, float] = {}  # running key -> when its pass started
         self._again: set[Key] = set()
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
@@ -63,6 +64,20 @@ class WorkQueue:
     def failures(self, key: Key) -> int:
         return self._failures.get(key, 0)
 
+    def depth(self, now: float | None = None) -> int:
+        """Keys running or due now (the work waiting on the workers)."""
+        now = time.monotonic() if now is None else now
+        return len(self._running) + sum(1 for k, when in self._due.items()
+                                        if when <= now and k not in self._running)
+
+    def stalled_for(self, now: float | None = None) -> float:
+        """Seconds the oldest work has waited: a pass running since, or a key overdue by
+        (0 when nothing is late). A healthy queue stays within one pass's time."""
+        now = time.monotonic() if now is None else now
+        late = [now - t for t in self._started.values()]
+        late += [now - when for k, when in self._due.items() if k not in self._running]
+        return max([0.0, *late])
+
     async def _run(self, key: Key) -> None:
         try:
             async with self._slots:
@@ -71,6 +86,7 @@ class WorkQueue:
                     ok = await self._work(key)
                 finally:
                     self._running.discard(key)
+                    self._started.pop(key, None)
                 if ok is None:
                     self.forget(key)
                     return
@@ -96,6 +112,7 @@ class WorkQueue:
                     if when <= now and key not in self._running:
                         del self._due[key]
                         self._running.add(key)
+                        self._started[key] = now  # waiting for a worker counts too
                         task = asyncio.create_task(self._run(key))
                         self._tasks.add(task)
                         task.add_done_callback(self._tasks.discard)

@@ -19,6 +19,7 @@ from chatplane_operator import (
     fleet_kube,
     issuing,
     podreading,
+    podstate,
     status,
     tokenkeys,
 )
@@ -42,6 +43,7 @@ class Outcome:
     found: bool = True
     rolling: bool = False  # a gateway rollout is under way: come back soon, not at resync
     certificates: dict[str, str] | None = None  # status.certificates (own CA only)
+    status: dict[str, Any] | None = None  # the status the pass computed
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
@@ -89,6 +91,9 @@ def _missing_refs(applier: Applier, cluster: api.ChatCluster, region: api.Region
     return None
 
 
+_WORKLOADS = ("Deployment", "StatefulSet")
+
+
 @dataclasses.dataclass
 class _Applied:
     """One region after the apply phase of a pass, before its data plane is read."""
@@ -110,6 +115,7 @@ class Reconciler:
         self.admin = admin or drain.GatewayAdmin()
         self.issuer = issuing.Issuer(applier)
         self._last_errors: dict[tuple[str, str], set[str]] = {}
+        self._last_stuck: dict[tuple[str, str, str], str] = {}  # unschedulable, per region
 
     def _event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
         try:
@@ -169,6 +175,7 @@ class Reconciler:
                                     migration=migration)
         if outcome.certificates is not None:
             new_status["certificates"] = outcome.certificates
+        outcome.status = new_status
         if new_status != (body.get("status") or {}):
             self.applier.patch_status(namespace, name, new_status)
         self._report(body, cluster, outcome)
@@ -194,34 +201,59 @@ class Reconciler:
             self._event(body, "Normal", R.CERTIFICATE_ISSUED, "; ".join(issued.done))
         desired: set[tuple[str, str]] = set()
         secrets: dict[str, dict[str, Any] | None] = {}
-        done = [self._apply_one(cluster, region, existing, desired, secrets, outcome)
+        # The tiers wait for the migration Job of this spec (see specs/jobs.py).
+        hold = not jobs.migrated(existing.get(("Job", jobs.migrate_job_name(cluster))))
+        done = [self._apply_one(cluster, region, existing, desired, secrets, outcome, hold)
                 for region in cluster.regions]
         # Every applied region's pods in one batch, under one deadline for the pass.
         reads = self.read(cluster, [d.region for d in done if d.error is None])
+        pods = self._pods(body, cluster)
         for d in done:
             got = reads.get(d.region.name) if d.error is None else None
             rollout = None
             if got is not None and d.gateway is not None:
                 rollout = self._roll(body, cluster, d.region, d.gateway, got, outcome)
             observations[d.region.name] = status.RegionObservation(
-                d.tiers, got.total if got else 0, d.error, rollout, got.peers if got else None)
+                d.tiers, got.total if got else 0, d.error, rollout, got.peers if got else None,
+                pods.get(d.region.name) if pods is not None else None)
         migration = self._apply_cluster_wide(cluster, existing, desired, observations, outcome)
         for key in set(existing) - desired:
             self.applier.delete(key[0], cluster.namespace, key[1])
             outcome.deleted += 1
         return migration
 
+    def _pods(self, body: dict[str, Any], cluster: api.ChatCluster,
+              ) -> dict[str, podstate.RegionPods] | None:
+        """The cluster's pods per region (one list per pass); a Warning Event when pods of
+        a region newly cannot be scheduled. None when they cannot be listed."""
+        try:
+            listed = self.applier.list("Pod", cluster.namespace,
+                                       f"{naming.CLUSTER_LABEL}={cluster.name}")
+        except ApiError as exc:
+            log.warning("cannot list the pods of %s: %s", cluster.name, exc)
+            return None
+        out = podstate.by_region(listed, cluster.regions)
+        key = (cluster.namespace, cluster.name)
+        for region in cluster.regions:
+            message = podstate.unschedulable_message(out[region.name], region)
+            if message and message != self._last_stuck.get((*key, region.name)):
+                self._event(body, "Warning", R.PODS_UNSCHEDULABLE,
+                            f"region {region.name}: {message}")
+            self._last_stuck[(*key, region.name)] = message
+        return out
+
     def _apply_one(self, cluster: api.ChatCluster, region: api.Region,
                    existing: dict[tuple[str, str], dict[str, Any]],
                    desired: set[tuple[str, str]], secrets: dict[str, dict[str, Any] | None],
-                   outcome: Outcome) -> _Applied:
-        """Apply one region's objects (unless a Secret it needs is missing)."""
+                   outcome: Outcome, hold: bool) -> _Applied:
+        """Apply one region's objects (unless a Secret it needs is missing); `hold`: the
+        workloads wait for the migration."""
         manifests = bundle.build_region(cluster, region)
         desired.update(_key(m) for m in manifests)
         error = _missing_refs(self.applier, cluster, region, secrets)
         applied: dict[str, dict[str, Any]] = {}
         if error is None:
-            error = self._apply_region(manifests, existing, applied, outcome)
+            error = self._apply_region(manifests, existing, applied, outcome, hold)
         if error is not None:
             outcome.ok = False
             outcome.errors.append(f"{error[0]}: region {region.name}: {error[1]}")
@@ -267,15 +299,27 @@ class Reconciler:
             outcome.errors.append(f"{error[0]}: cluster: {error[1]}")
             observations[first] = dataclasses.replace(observations[first], error=error)
             return None
-        name = jobs.migrate_job_name(cluster)
-        return {"migrationJob": name, "migrated": jobs.migrated(applied.get(jobs.COMPONENT))}
+        job = applied.get(jobs.COMPONENT)
+        out: dict[str, Any] = {"migrationJob": jobs.migrate_job_name(cluster),
+                               "migrated": jobs.migrated(job)}
+        failed = jobs.failure(job)
+        if failed is not None:  # a Warning Event, not a retry: the Job will not run again
+            out["failure"] = f"{failed[0]}: {failed[1]}"
+            outcome.errors.append(f"{R.MIGRATION_FAILED}: Job {out['migrationJob']}: "
+                                  f"{out['failure']}")
+        return out
 
     def _apply_region(self, manifests: list[dict[str, Any]],
                       existing: dict[tuple[str, str], dict[str, Any]],
                       applied: dict[str, dict[str, Any]], outcome: Outcome,
-                      ) -> tuple[str, str] | None:
+                      hold: bool = False) -> tuple[str, str] | None:
         for manifest in manifests:
             before = existing.get(_key(manifest))
+            if hold and manifest["kind"] in _WORKLOADS:
+                if before is not None:  # keeps the template it runs until the Job succeeds
+                    applied[manifest["metadata"]["labels"]["app.kubernetes.io/component"]] = before
+                    continue
+                manifest = jobs.gated(manifest)
             try:
                 after = self.applier.apply(manifest)
             except ApiError as exc:
@@ -307,6 +351,8 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         self._last_errors.pop((namespace, name), None)
+        for key in [k for k in self._last_stuck if k[:2] == (namespace, name)]:
+            del self._last_stuck[key]
 
 
 __all__ = ["KINDS", "Outcome", "Reconciler"]

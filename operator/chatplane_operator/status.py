@@ -3,7 +3,13 @@
 Conditions follow metav1.Condition (type, status, reason, message, lastTransitionTime,
 observedGeneration). Each region gets its own Available/Progressing/Degraded conditions and
 the cluster-level ones aggregate them (scylla-operator style); `Ready` is what
-`kubectl wait --for=condition=Ready` waits on.
+`kubectl wait --for=condition=Ready` waits on. A condition is `Unknown` when the operator
+cannot tell (a region it could not read, peers no data plane has reported on yet).
+
+The storage migration gates the tiers (specs/jobs.py): while its Job runs the cluster is
+Progressing (`MigrationRunning`) and not Ready; a Job that failed makes it Degraded
+(`MigrationFailed`, with the Job's reason and message). `status.version` is what the ready
+pods run (their version label), never the spec: several versions, during a rollout.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chatplane_operator import api, reachability
+from chatplane_operator import api, podstate, reachability
 from chatplane_operator.specs import config
 
 C = api.ConditionType
@@ -50,6 +56,7 @@ class RegionObservation:
     error: tuple[str, str] | None = None  # (reason, message) when reconciling failed
     rollout: Mapping[str, Any] | None = None  # the gateway drain rollout (fleet_kube)
     peers: reachability.RegionPeers | None = None  # what its im pods say of its peers
+    pods: podstate.RegionPods | None = None  # its pods as listed (None: not listed)
 
 
 def _now() -> str:
@@ -57,11 +64,12 @@ def _now() -> str:
 
 
 def condition(
-    ctype: str, ok: bool, reason: str, message: str, generation: int,
+    ctype: str, ok: bool | None, reason: str, message: str, generation: int,
     previous: Sequence[Mapping[str, Any]] = (), now: str | None = None,
 ) -> dict[str, Any]:
-    """A metav1.Condition that keeps its lastTransitionTime while its status holds."""
-    status = "True" if ok else "False"
+    """A metav1.Condition that keeps its lastTransitionTime while its status holds
+    (`ok` None: Unknown)."""
+    status = "Unknown" if ok is None else "True" if ok else "False"
     old = next((c for c in previous if c.get("type") == ctype), None)
     since = old["lastTransitionTime"] if old and old.get("status") == status else None
     return {
@@ -81,12 +89,20 @@ def _region_conditions(
     rollout = obs.rollout or {}
     if rollout.get("phase") not in (None, "Done") and "gateway" not in rolling:
         rolling.append("gateway")
-    available = not down and obs.error is None
+    available: bool | None = not down and obs.error is None
+    reason = R.AVAILABLE if available else R.UNAVAILABLE
+    message = "every tier has a ready pod"
+    if obs.error is not None:
+        message = obs.error[1]
+        if not obs.tiers:  # nothing could be read: the operator does not know
+            available, reason = None, obs.error[0]
+    elif down:
+        message = f"no ready pod in: {', '.join(down)}"
+        stuck = podstate.unschedulable_message(obs.pods, region)
+        if stuck:
+            reason, message = R.PODS_UNSCHEDULABLE, f"{message}; {stuck}"
     out = [
-        condition(C.AVAILABLE, available, R.AVAILABLE if available else R.UNAVAILABLE,
-                  "every tier has a ready pod" if available
-                  else f"no ready pod in: {', '.join(down) or 'n/a'}" if obs.error is None
-                  else obs.error[1], generation, previous, now),
+        condition(C.AVAILABLE, available, reason, message, generation, previous, now),
         condition(C.PROGRESSING, bool(rolling), R.ROLLING_OUT if rolling else R.UP_TO_DATE,
                   f"rolling out: {', '.join(rolling)}" if rolling else "every tier is up to date",
                   generation, previous, now),
@@ -103,8 +119,24 @@ def _region_conditions(
     return out
 
 
+def _status(conditions: Sequence[Mapping[str, Any]], ctype: str) -> str:
+    return next((str(c["status"]) for c in conditions if c["type"] == ctype), "Unknown")
+
+
 def _is(conditions: Sequence[Mapping[str, Any]], ctype: str) -> bool:
-    return any(c["type"] == ctype and c["status"] == "True" for c in conditions)
+    return _status(conditions, ctype) == "True"
+
+
+def _migration_gate(storage: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why the tiers wait for the storage migration (MigrationRunning: Progressing,
+    MigrationFailed: Degraded); None once it succeeded, or before any Job is known."""
+    job = storage.get("migrationJob")
+    if not job or storage.get("migrated"):
+        return None
+    if storage.get("failure"):
+        return (R.MIGRATION_FAILED, f"storage migration Job {job} failed: "
+                f"{storage['failure']}; every tier keeps the version it runs")
+    return R.MIGRATION_RUNNING, f"the tiers wait for the storage migration Job {job}"
 
 
 def region_ready(region: api.Region, obs: RegionObservation) -> bool:
@@ -153,6 +185,7 @@ def compute(
     prev = previous.get("conditions") or []
     degraded = [r for r in regions if _is(r["conditions"], C.DEGRADED)]
     unavailable = [r["name"] for r in regions if not _is(r["conditions"], C.AVAILABLE)]
+    unknown = [r["name"] for r in regions if _status(r["conditions"], C.AVAILABLE) == "Unknown"]
     progressing = [r["name"] for r in regions if _is(r["conditions"], C.PROGRESSING)]
     not_ready = [r["name"] for r in regions if not r["ready"]]
     deg_msg = "; ".join(
@@ -161,23 +194,36 @@ def compute(
     )
     deg_reason = (next(c["reason"] for c in degraded[0]["conditions"] if c["type"] == C.DEGRADED)
                   if len(degraded) == 1 else R.REGION_DEGRADED)
-    ready = not not_ready and not degraded and not progressing
+    storage = dict(migration) if migration is not None else dict(previous.get("storage") or {})
+    gate = _migration_gate(storage)
+    failed = gate is not None and gate[0] == R.MIGRATION_FAILED
+    waiting = gate is not None and not failed
+    ready = not not_ready and not degraded and not progressing and gate is None
+    if gate is not None and failed:
+        deg_reason, deg_msg = gate[0], "; ".join(m for m in (gate[1], deg_msg) if m)
+    rolling = f"rolling out in: {', '.join(progressing)}" if progressing else ""
+    prog = ((gate[0], "; ".join(m for m in (gate[1], rolling) if m))
+            if gate is not None and waiting  # the reason the tiers cannot go on
+            else (R.ROLLING_OUT, rolling) if progressing
+            else (R.UP_TO_DATE, "every region is up to date"))
+    not_ready_msg = (f"regions not ready: {', '.join(not_ready or progressing)}"
+                     if not_ready or progressing else gate[1] if gate else "")
+    # Unknown when every unavailable region is one the operator could not read
+    available: bool | None = None if unknown and len(unknown) == len(unavailable) \
+        else not unavailable
     conditions = [
-        condition(C.AVAILABLE, not unavailable, R.AVAILABLE if not unavailable else R.UNAVAILABLE,
+        condition(C.AVAILABLE, available, R.AVAILABLE if not unavailable else R.UNAVAILABLE,
                   "every region serves" if not unavailable
                   else f"regions not available: {', '.join(unavailable)}", gen, prev, now),
-        condition(C.PROGRESSING, bool(progressing),
-                  R.ROLLING_OUT if progressing else R.UP_TO_DATE,
-                  f"rolling out in: {', '.join(progressing)}" if progressing
-                  else "every region is up to date", gen, prev, now),
-        condition(C.DEGRADED, bool(degraded), deg_reason if degraded else R.AS_EXPECTED,
+        condition(C.PROGRESSING, bool(progressing) or waiting, prog[0], prog[1],
+                  gen, prev, now),
+        condition(C.DEGRADED, bool(degraded) or failed,
+                  deg_reason if degraded or failed else R.AS_EXPECTED,
                   deg_msg or "every region reconciled", gen, prev, now),
         condition(C.READY, ready, R.ALL_READY if ready else R.NOT_READY,
-                  "every tier of every region is ready" if ready
-                  else f"regions not ready: {', '.join(not_ready or progressing)}",
+                  "every tier of every region is ready" if ready else not_ready_msg,
                   gen, prev, now),
     ]
-    storage = dict(migration) if migration is not None else dict(previous.get("storage") or {})
     conditions.append(_replication(cluster, observations, storage, gen, prev, now))
     gateways_ready = sum(r["tiers"]["gateway"]["readyReplicas"] for r in regions)
     gateways_wanted = sum(r["tiers"]["gateway"]["replicas"] for r in regions)
@@ -188,7 +234,8 @@ def compute(
         "readyRegions": f"{ready_regions}/{len(regions)}",
         "readyGateways": f"{gateways_ready}/{gateways_wanted}",
         "connections": sum(int(r["connections"]) for r in regions),
-        "version": cluster.image.version,
+        **(podstate.versions_status([o.pods for o in observations.values()])
+           or {k: previous[k] for k in ("version", "versions") if k in previous}),
     }
     if storage:
         out["storage"] = storage
@@ -206,7 +253,7 @@ def _replication(cluster: api.ChatCluster, observations: Mapping[str, RegionObse
     """ReplicationReady: every region was applied with its full peer list (the ConfigMap's
     CHATPLANE_PEERS), the migration Job for the current keyspace map has succeeded, and
     every region's data plane reports every peer reachable (and answering as expected)."""
-    def cond(ok: bool, reason: str, message: str) -> dict[str, Any]:
+    def cond(ok: bool | None, reason: str, message: str) -> dict[str, Any]:
         return condition(C.REPLICATION_READY, ok, reason, message, gen, prev, now)
 
     unwired = [r.name for r in cluster.regions
@@ -226,7 +273,7 @@ def _replication(cluster: api.ChatCluster, observations: Mapping[str, RegionObse
         return cond(True, R.REPLICATION_WIRED, f"a single region without peers; {applied}")
     views = {name: observations[name].peers for name in expected}  # all observed: wired
     if not any(v is not None and v.answered for v in views.values()):
-        return cond(False, R.REPLICATION_WIRED,
+        return cond(None, R.REPLICATION_WIRED,  # Unknown: nothing says either way yet
                     f"every region lists its {count} peer(s); {applied}; no region's data "
                     "plane reports its peers yet")
     found = reachability.problems(expected, views)

@@ -39,6 +39,9 @@ PATHS: dict[str, tuple[str, str, bool]] = {  # kind -> (prefix, plural, namespac
     "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings", True),
     "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings", False),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    "ServiceMonitor": ("/apis/monitoring.coreos.com/v1", "servicemonitors", True),
+    "PodMonitor": ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
+    "PrometheusRule": ("/apis/monitoring.coreos.com/v1", "prometheusrules", True),
 }
 
 

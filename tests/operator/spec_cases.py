@@ -23,7 +23,6 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 
 INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
-    ("duplicate-region", lambda s: s["regions"].append(region("eu")), M.DUPLICATE_REGION),
     ("duplicate-dc", lambda s: s["regions"].append(region("ap", datacenter="eu")),
      M.DUPLICATE_DATACENTER),
     ("no-region", _set("regions", []), M.NO_REGION),

@@ -110,3 +110,37 @@ def test_signing_key_id_cannot_be_removed_once_set(kube: Kube, namespace: str) -
     api.validate(api.parse(rotated), api.parse(created))  # setting it is fine
     with pytest.raises(api.SpecError, match="cannot be removed once set"):
         api.validate(api.parse(created), api.parse(rotated))
+
+
+def test_regions_are_a_list_map_keyed_by_name(kube: Kube, namespace: str) -> None:
+    crd = kube.get("CustomResourceDefinition", None, "chatclusters.chatplane.dev")
+    regions = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"]["regions"]
+    assert (regions["x-kubernetes-list-type"], regions["x-kubernetes-list-map-keys"]) == (
+        "map", ["name"])
+    obj = cluster_body("dup", namespace, ("eu",))
+    del obj["metadata"]["uid"], obj["metadata"]["generation"]
+    obj["spec"]["regions"].append(region("eu"))
+    with pytest.raises(KubeError) as refused:
+        kube.create(obj)  # the list-map itself refuses a second "eu"
+    assert refused.value.status == 422 and "Duplicate value" in refused.value.message
+    with pytest.raises(api.SpecError) as local:
+        api.validate(api.parse(obj))
+    assert M.DUPLICATE_REGION in local.value.messages
+
+
+def test_a_regions_datacenter_cannot_change_in_place(kube: Kube, namespace: str) -> None:
+    created = _created(kube, namespace, "dc", ("eu", "us"))
+    moved = copy.deepcopy(created["spec"]["regions"])
+    moved[1]["datacenter"] = "us-west"
+    with pytest.raises(KubeError) as refused:
+        kube.merge_patch("ChatCluster", namespace, "dc", {"spec": {"regions": moved}})
+    assert M.DATACENTER_IMMUTABLE in refused.value.message
+    # the per-item rule follows the region by name, wherever it sits in the list
+    reordered = [created["spec"]["regions"][1], created["spec"]["regions"][0]]
+    updated = kube.merge_patch("ChatCluster", namespace, "dc", {"spec": {"regions": reordered}})
+    old = api.parse(created)
+    api.validate(api.parse(updated), old)
+    with pytest.raises(api.SpecError) as local:
+        api.validate(api.parse({**created, "spec": {**created["spec"], "regions": moved}}), old)
+    assert M.DATACENTER_IMMUTABLE in local.value.messages

@@ -8,8 +8,8 @@ import subprocess
 from typing import Any
 
 import pytest
-from conftest import OperatorProcess, mark_workloads_ready
-from kube_children import wait_reconciled
+from conftest import OperatorProcess, mark_workloads_ready, wait_until
+from kube_children import migrated_tiers, run_ready_pod, wait_reconciled
 from kube_client import Kube
 from kube_controlplane import ControlPlane
 
@@ -49,12 +49,18 @@ def test_kubectl_get_wait_explain_describe(
     header, row = table.splitlines()[:2]
     assert header.split() == ["NAME", "READY", "REGIONS", "GATEWAYS", "CONNECTIONS",
                               "VERSION", "AGE"]
-    assert row.split()[:6] == ["chat", "False", "0/2", "0/6", "0", "0.1.0"]
+    # no pod runs yet: no version (the column reads the pods, not the spec)
+    assert row.split()[:5] == ["chat", "False", "0/2", "0/6", "0"]
+    assert header.index("AGE") == row.index(row.split()[5])
+    migrated_tiers(kube, namespace, ("eu", "us"))
     mark_workloads_ready(kube, namespace, ("eu", "us"))
+    run_ready_pod(kube, namespace, "Deployment", "chat-eu-im", "chat-eu-im-0")
     out = kubectl(plane, "wait", "chatcluster/chat", "-n", namespace,
                   "--for=condition=Ready", "--timeout=30s", timeout=45)
     assert "condition met" in out
-    row = kubectl(plane, "get", "chatclusters", "-n", namespace).splitlines()[1]
+    row = wait_until(lambda: (r := kubectl(plane, "get", "chatclusters", "-n", namespace)
+                              .splitlines()[1]).split()[5] == "0.1.0" and r, 20,
+                     "the version of the running pod")
     assert row.split()[:6] == ["chat", "True", "2/2", "6/6", "0", "0.1.0"]
     explain = kubectl(plane, "explain", "chatcluster.spec.upgrade.drainRate")
     assert "Connections per second a draining gateway sends away" in explain

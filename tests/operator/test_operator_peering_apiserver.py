@@ -11,7 +11,7 @@ import kube_chart
 import kube_controlplane
 import pytest
 from conftest import OperatorProcess, wait_until
-from kube_children import cluster_status, wait_reconciled
+from kube_children import cluster_status, succeed_migration, wait_reconciled
 from kube_client import Kube
 
 from chatplane_operator import peering
@@ -53,6 +53,7 @@ def test_two_peered_replicas_one_works_then_the_other_takes_over(
         time.sleep(1.0)  # let it read the peering
         make_cluster(("eu",))
         wait_reconciled(kube, namespace, 1)
+        succeed_migration(kube, namespace)  # the tiers are held until then
         wait_until(lambda: cluster_status(kube, namespace).get("observedGeneration") == 1, 20,
                    "status")
         assert f"reconciled {namespace}/chat" in high.log()

@@ -6,6 +6,10 @@ import asyncio
 import itertools
 import time
 
+import kopf
+import pytest
+
+from chatplane_operator import handlers
 from chatplane_operator.queueing import Backoff, Key, WorkQueue
 
 A: Key = ("ns", "a")
@@ -96,3 +100,46 @@ async def test_success_comes_back_after_resync_and_gone_is_forgotten() -> None:
 def test_backoff_is_capped() -> None:
     backoff = Backoff(first=1, factor=2, cap=10)
     assert [backoff.delay(n) for n in (1, 2, 3, 4, 5, 6)] == [1, 2, 4, 8, 10, 10]
+
+
+async def test_a_wedged_pass_shows_as_a_stalled_queue() -> None:
+    release = asyncio.Event()
+
+    done: set[Key] = set()
+
+    async def work(key: Key) -> bool:
+        if key == A:
+            await release.wait()  # wedged until released
+        done.add(key)
+        return True
+
+    queue = WorkQueue(work, resync=60, debounce=0.01)
+    queue.poke(A)
+    queue.poke(B)
+    task = asyncio.create_task(queue.serve())
+    while B not in done:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    assert queue.depth() == 1  # A runs; B ran and is not due again for 60 s
+    assert queue.stalled_for() >= 0.3
+    assert queue.stalled_for(time.monotonic() + 700) > 600  # what the liveness probe sees
+    release.set()
+    while A not in done:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert queue.depth() == 0 and queue.stalled_for() == 0.0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_liveness_probe_fails_on_a_stalled_queue() -> None:
+    async def work(key: Key) -> bool:
+        return True
+
+    queue = WorkQueue(work, resync=60)
+    runtime = handlers.Runtime(reconciler=None, queue=queue)  # type: ignore[arg-type]
+    memo = kopf.Memo(runtime=runtime)
+    assert handlers.workqueue(memo=memo) == {"depth": 0, "oldestSeconds": 0.0}
+    queue.poke(A, delay=-(handlers.STALLED_S + 5))  # overdue that long: nothing serves it
+    with pytest.raises(RuntimeError, match="work queue stalled"):
+        handlers.workqueue(memo=memo)

@@ -18,6 +18,7 @@ from kube_children import (
     cluster_status,
     condition,
     expected_count,
+    migrated_tiers,
     wait_reconciled,
 )
 from kube_client import Kube
@@ -71,9 +72,11 @@ def test_scaling_one_tier_patches_only_that_tier(
     kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
 ) -> None:
     make_cluster(("eu", "us"))
-    before = wait_reconciled(kube, namespace, 2)
-    wait_until(lambda: cluster_status(kube, namespace).get("observedGeneration") == 1, 20,
-               "status of generation 1")
+    wait_reconciled(kube, namespace, 2)
+    migrated_tiers(kube, namespace, ("eu", "us"))  # the tiers are held until then
+    wait_until(lambda: cluster_status(kube, namespace).get("storage", {}).get("migrated"), 20,
+               "status: migrated")
+    before = children(kube, namespace)
     cluster = kube.get("ChatCluster", namespace, "chat")
     regions = cluster["spec"]["regions"]
     regions[0]["tiers"]["im"]["replicas"] = 5
@@ -94,6 +97,7 @@ def test_deleted_or_edited_child_is_repaired(
 ) -> None:
     make_cluster(("eu",))
     before = wait_reconciled(kube, namespace, 1)
+    migrated_tiers(kube, namespace, ("eu",))
     kube.delete("Service", namespace, "chat-eu-ipconf")
     kube.merge_patch("Deployment", namespace, "chat-eu-state", {"spec": {"replicas": 7}})
     kube.delete("ConfigMap", namespace, "chat-eu-config")
@@ -144,6 +148,13 @@ def test_status_reports_conditions_and_region_figures(
     assert condition(status, "Ready")["status"] == "False"
     assert condition(status, "Degraded")["status"] == "False"
     assert status["readyRegions"] == "0/2"
+    # the im tier (it reads the schema) is created with no pod until the migration succeeds
+    waiting = condition(status, "Progressing")
+    assert (waiting["status"], waiting["reason"]) == ("True", "MigrationRunning")
+    assert status["storage"]["migrationJob"] in waiting["message"]
+    assert kube.get("Deployment", namespace, "chat-eu-im")["spec"]["replicas"] == 0
+    assert kube.get("Deployment", namespace, "chat-eu-state")["spec"]["replicas"] == 2
+    migrated_tiers(kube, namespace, ("eu", "us"))
     # No kubelet or controllers here: play their part by writing workload status.
     mark_workloads_ready(kube, namespace, ("eu", "us"))
     status = wait_until(lambda: condition(cluster_status(kube, namespace), "Ready")

@@ -2,7 +2,7 @@
 map through the migration Job, `ReplicationReady`, and the CEL rule that refuses removing
 a region that still holds replicas. No Job controller runs here: the test marks a Job
 succeeded itself. No im pod runs either, so `ReplicationReady` stops at "wired"
-(`ReplicationWired`, False): whether regions reach each other is for
+(`ReplicationWired`, Unknown): whether regions reach each other is for
 test_operator_reachability_apiserver.py, with real data-plane processes."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_adding_a_region_rewires_every_region_and_the_keyspace(
     _succeed(kube, namespace, first)
     wired = wait_until(lambda: _replication(kube, namespace).get("reason") == "ReplicationWired"
                        and _replication(kube, namespace), 20, "wired")
-    assert wired["status"] == "False"  # no data plane reports its peers here
+    assert wired["status"] == "Unknown"  # no data plane reports its peers here
     assert "every region lists its 2 peer(s)" in wired["message"]
     for name in ("eu", "us"):
         config = _config(kube, namespace, name)

@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 from conftest import OperatorProcess, mark_workloads_ready, wait_until
-from kube_children import cluster_status, condition, wait_reconciled
+from kube_children import (
+    cluster_status,
+    condition,
+    migrated_tiers,
+    succeed_migration,
+    wait_reconciled,
+)
 from kube_client import Kube
 from kube_gateways import FakeDrainEndpoint, GatewayPods
 
@@ -52,11 +58,15 @@ def _start(kube: Kube, namespace: str, make_cluster: Any, endpoint: FakeDrainEnd
         "upgrade": {"drainRate": RATE, "drainDeadlineSeconds": 30,
                     "readyTimeoutSeconds": ready_timeout}}))
     wait_reconciled(kube, namespace, 1)
+    migrated_tiers(kube, namespace, ("eu",))
     mark_workloads_ready(kube, namespace, ("eu",))
 
 
-def _bump(kube: Kube, namespace: str, version: str) -> None:
+def _bump(kube: Kube, namespace: str, version: str, migrate: bool = True) -> None:
+    """A new version; its storage migration Job succeeds unless `migrate` is False."""
     kube.merge_patch("ChatCluster", namespace, "chat", {"spec": {"image": {"version": version}}})
+    if migrate:
+        succeed_migration(kube, namespace)
 
 
 def test_version_bump_drains_and_replaces_gateways_in_order(
@@ -70,14 +80,19 @@ def test_version_bump_drains_and_replaces_gateways_in_order(
                           and _rollout(kube, namespace), 20, "the first revision is settled")
         assert done["gatewaysUpdated"] == "3/3" and done["revision"] == old
         assert endpoint.posts == []  # nothing to drain: every pod runs the revision
+        assert wait_until(lambda: cluster_status(kube, namespace).get("version"), 20,
+                          "the version the pods run") == "0.1.0"
         _bump(kube, namespace, "0.2.0")
         new = wait_until(lambda: pods.revision() != old and pods.revision(), 20, "new template")
         assert new.startswith("0.2.0-")
         seen: list[dict[str, Any]] = []
+        versions: list[str] = []
 
         def finished() -> bool:
-            rollout = _rollout(kube, namespace)
+            st = cluster_status(kube, namespace)
+            rollout = dict((st.get("regions") or [{}])[0].get("rollout") or {})
             seen.append(rollout)
+            versions.append(str(st.get("version")))
             return rollout.get("revision") == new and rollout.get("phase") == "Done"
 
         wait_until(finished, 60, "the rollout to 0.2.0")
@@ -91,6 +106,12 @@ def test_version_bump_drains_and_replaces_gateways_in_order(
     assert {r["draining"] for r in draining} == {f"{STS}-2", f"{STS}-1", f"{STS}-0"}
     assert any(0 < r["connectionsLeft"] <= CONNECTIONS for r in draining)
     assert {r["gatewaysUpdated"] for r in seen} >= {"0/3", "1/3", "2/3", "3/3"}
+    # status.version follows the ready pods: both versions mid-rollout, then the new one
+    assert "0.1.0, 0.2.0" in versions
+    assert wait_until(lambda: cluster_status(kube, namespace).get("version") == "0.2.0", 20,
+                      "the new version only")
+    assert {v["version"]: v["readyPods"] for v in cluster_status(kube, namespace)["versions"]
+            } == {"0.2.0": 3}
     # the drain call carried the policy; one Event per pod drained and replaced
     assert endpoint.posts == [{"rate": RATE, "deadline_s": 30}] * 3
     # every call (drains and counts) carried the admin secret of the generated Secret
@@ -170,3 +191,62 @@ def test_an_operator_restart_mid_drain_follows_that_drain(
         assert len(replaced) == 3 and all("(drained," in m for m in replaced), replaced
     finally:
         slow.close()
+
+
+def _job_failed(kube: Kube, namespace: str, job: str) -> None:
+    """Play the Job controller: the Job gave up."""
+    kube.merge_patch("Job", namespace, job, {"status": {
+        "failed": 7, "startTime": "2026-01-01T00:00:00Z", "conditions": [
+            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
+             "message": "Job has reached the specified backoff limit"},
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+             "message": "Job has reached the specified backoff limit"}]}}, sub="status")
+
+
+def test_the_tiers_wait_for_the_migration_and_a_failed_one_degrades(
+    kube: Kube, namespace: str, operator: OperatorProcess, make_cluster: Any,
+    endpoint: FakeDrainEndpoint,
+) -> None:
+    """A new version's pods start only once its storage migration Job has succeeded; a Job
+    that fails for good leaves every tier at the version it runs and says why (Degraded)."""
+    _start(kube, namespace, make_cluster, endpoint)
+    with GatewayPods(kube, namespace, STS, endpoint) as pods:
+        old = pods.revision()
+        templates = {t: kube.get("Deployment", namespace, f"chat-eu-{t}")["spec"]["template"]
+                     for t in ("ipconf", "state", "im")}
+        _bump(kube, namespace, "0.5.0", migrate=False)
+        st = wait_until(lambda: condition(cluster_status(kube, namespace), "Progressing")
+                        .get("reason") == "MigrationRunning" and cluster_status(kube, namespace),
+                        20, "Progressing: the migration runs")
+        job = st["storage"]["migrationJob"]
+        assert job in condition(st, "Progressing")["message"]
+        assert condition(st, "Ready")["status"] == "False"
+        assert condition(st, "Degraded")["status"] == "False"
+        time.sleep(2)  # several passes: still nothing of 0.5.0 anywhere
+        assert pods.revision() == old
+        for tier, template in templates.items():
+            assert kube.get("Deployment", namespace, f"chat-eu-{tier}")["spec"]["template"] \
+                == template, tier
+        assert not [n for n, rev in pods.created if rev.startswith("0.5.0-")]
+
+        _job_failed(kube, namespace, job)
+        st = wait_until(lambda: condition(cluster_status(kube, namespace), "Degraded")
+                        .get("reason") == "MigrationFailed" and cluster_status(kube, namespace),
+                        20, "Degraded: the migration failed")
+        degraded = condition(st, "Degraded")
+        assert degraded["status"] == "True"
+        assert (f"storage migration Job {job} failed: BackoffLimitExceeded: Job has reached "
+                "the specified backoff limit") in degraded["message"]
+        assert st["storage"]["failure"].startswith("BackoffLimitExceeded: ")
+        assert st["version"] == "0.1.0"  # the pods that serve are the old ones
+        assert pods.revision() == old
+        warned = _events(kube, namespace, "MigrationFailed")
+        assert warned and job in warned[0]
+
+        # fixed (here: the version bumped again) and migrated: the rollout goes on
+        _bump(kube, namespace, "0.5.1")
+        wait_until(lambda: _rollout(kube, namespace).get("phase") == "Done"
+                   and _rollout(kube, namespace).get("targetVersion") == "0.5.1", 60,
+                   "the rollout to 0.5.1")
+    wait_until(lambda: condition(cluster_status(kube, namespace), "Degraded")["status"]
+               == "False", 20, "Degraded cleared")

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import OperatorProcess, mark_workloads_ready, wait_until
-from kube_children import cluster_status, wait_reconciled
+from kube_children import cluster_status, migrated_tiers, wait_reconciled
 from kube_client import Kube
 
 from chatplane_operator import certificates, tokenkeys
@@ -134,6 +134,7 @@ def test_token_key_rotation_adds_then_signs_then_drops(
     make_cluster(("eu",), mutate=lambda o: o["spec"].update(
         {"auth": {"signingKeyId": "k1", "tokenTTLSeconds": 3600}}))
     wait_reconciled(kube, namespace, 1)
+    migrated_tiers(kube, namespace, ("eu",))  # the pods roll only once it has run
     kids, rendered = wait_until(lambda: _keys(kube, namespace)[0] and _keys(kube, namespace),
                                 20, "the token key Secret")
     assert kids == ["k0", "k1"]  # k1 verifies everywhere first; k0 still signs

@@ -260,3 +260,19 @@ def test_the_data_plane_reads_the_peer_list_the_operator_writes(body: dict[str, 
         assert [(p.name, p.endpoint, p.datacenter) for p in peers] == [
             (p["name"], p["endpoint"], p["datacenter"]) for p in config.peers(cluster, region)]
         assert data["CHATPLANE_CLUSTER"] == f"{cluster.namespace}/{cluster.name}"
+
+
+def test_until_migrated_the_schema_tiers_are_created_without_pods(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    region = cluster.regions[0]
+    im = workloads.build_deployment(cluster, region, "im")
+    state = workloads.build_deployment(cluster, region, "state")
+    assert jobs.gated(im)["spec"]["replicas"] == 0
+    assert jobs.gated(im)["spec"]["template"] == im["spec"]["template"]
+    assert im["spec"]["replicas"] > 0  # the builder's output is not changed
+    assert jobs.gated(state) == state
+    job = jobs.build_migrate_job(cluster)
+    assert jobs.failure(job) is None and not jobs.migrated(job)
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True",
+                                     "reason": "DeadlineExceeded", "message": "too slow"}]}
+    assert jobs.failure(job) == ("DeadlineExceeded", "too slow")

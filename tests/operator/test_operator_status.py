@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from chatplane_operator import api, reachability, status
+from chatplane_operator import api, podstate, reachability, status
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:05:00Z"
@@ -52,7 +52,7 @@ def test_replication_ready_needs_every_region_wired_and_the_map_migrated(
     done = status.compute(cluster, obs, pending, now=LATER,
                           migration={"migrationJob": "j", "migrated": True})
     wired = cond(done, "ReplicationReady")  # wired, but no data plane says it reaches them
-    assert (wired["status"], wired["reason"]) == ("False", "ReplicationWired")
+    assert (wired["status"], wired["reason"]) == ("Unknown", "ReplicationWired")
     assert "every region lists its 2 peer(s)" in wired["message"]
     assert "no region's data plane reports its peers yet" in wired["message"]
     obs["us"] = status.RegionObservation({}, error=("SecretNotFound", "no redis"))
@@ -203,3 +203,89 @@ def test_a_peer_listed_by_only_some_pods_is_not_seen_yet() -> None:
     assert found == [("missing", "eu → ap: not listed by every im pod yet")]
     assert reachability.status_rows(["ap"], view)[0]["state"] == "NotListed"
     assert view.seen("sa") is None and view.answered == ("a", "b")
+
+
+def _pod(name: str, region: str, tier: str, version: str, ready: bool = True,
+         unschedulable: str = "") -> dict[str, Any]:
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if unschedulable:
+        conditions = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                       "message": unschedulable}]
+    return {"metadata": {"name": name, "labels": {
+        "chatplane.dev/region": region, "app.kubernetes.io/component": tier,
+        "app.kubernetes.io/version": version}},
+        "status": {"phase": "Pending" if unschedulable else "Running",
+                   "conditions": conditions}}
+
+
+def test_version_is_what_the_ready_pods_run(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)  # the spec asks for 0.1.0
+    pods = [_pod("g0", "eu", "gateway", "0.1.0"), _pod("g1", "eu", "gateway", "0.2.0"),
+            _pod("g2", "eu", "gateway", "0.2.0", ready=False),
+            _pod("i0", "us", "im", "0.2.0"), _pod("m0", "eu", "migrate", "0.3.0")]
+    listed = podstate.by_region(pods, cluster.regions)
+    obs = {r.name: status.RegionObservation(ready_tiers(cluster, r), pods=listed[r.name])
+           for r in cluster.regions}
+    st = status.compute(cluster, obs, now=NOW)
+    assert st["version"] == "0.1.0, 0.2.0"  # mid-rollout; not the Job's, not the spec's
+    assert st["versions"] == [{"version": "0.1.0", "readyPods": 1},
+                              {"version": "0.2.0", "readyPods": 2}]
+    none_ready = {r.name: status.RegionObservation({}, pods=podstate.RegionPods())
+                  for r in cluster.regions}
+    assert status.compute(cluster, none_ready, now=NOW)["version"] == ""
+    # pods not listed this pass: the last known versions stay
+    unread = {r.name: status.RegionObservation(ready_tiers(cluster, r)) for r in cluster.regions}
+    assert status.compute(cluster, unread, st, now=LATER)["version"] == "0.1.0, 0.2.0"
+
+
+def test_pods_the_scheduler_cannot_place_are_named_with_the_label_to_set(
+    body: dict[str, Any],
+) -> None:
+    cluster = api.parse(body)
+    why = "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    listed = podstate.by_region([_pod("chat-eu-im-1", "eu", "im", "0.1.0", unschedulable=why),
+                                 _pod("chat-eu-im-2", "eu", "im", "0.1.0", unschedulable=why)],
+                                cluster.regions)
+    tiers = dict(ready_tiers(cluster, cluster.regions[0]))
+    tiers["im"] = status.WorkloadState(replicas=2, ready=0, updated=2, up_to_date=True)
+    obs = {"eu": status.RegionObservation(tiers, pods=listed["eu"]),
+           "us": status.RegionObservation(ready_tiers(cluster, cluster.regions[1]))}
+    eu = status.compute(cluster, obs, now=NOW)["regions"][0]
+    available = cond(eu, "Available")
+    assert (available["status"], available["reason"]) == ("False", "PodsUnschedulable")
+    assert f"chat-eu-im-1: {why} and 1 more" in available["message"]
+    assert "topology.kubernetes.io/region=eu" in available["message"]
+
+
+def test_migration_gates_ready_and_a_failed_job_degrades(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    obs = {r.name: status.RegionObservation(ready_tiers(cluster, r)) for r in cluster.regions}
+    running = status.compute(cluster, obs, now=NOW,
+                             migration={"migrationJob": "chat-migrate-1", "migrated": False})
+    assert (cond(running, "Progressing")["status"], cond(running, "Progressing")["reason"]) \
+        == ("True", "MigrationRunning")
+    assert cond(running, "Ready")["status"] == "False"
+    assert "chat-migrate-1" in cond(running, "Ready")["message"]
+    assert cond(running, "Degraded")["status"] == "False"
+    failed = status.compute(cluster, obs, running, now=LATER, migration={
+        "migrationJob": "chat-migrate-1", "migrated": False,
+        "failure": "BackoffLimitExceeded: Job has reached the specified backoff limit"})
+    degraded = cond(failed, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "MigrationFailed")
+    assert degraded["message"].startswith("storage migration Job chat-migrate-1 failed: "
+                                          "BackoffLimitExceeded: Job has reached")
+    assert cond(failed, "Ready")["status"] == "False"
+    done = status.compute(cluster, obs, failed, now=LATER,
+                          migration={"migrationJob": "chat-migrate-2", "migrated": True})
+    assert cond(done, "Ready")["status"] == "True"
+    assert cond(done, "Degraded")["status"] == "False"
+
+
+def test_a_region_that_could_not_be_read_is_unknown(body: dict[str, Any]) -> None:
+    cluster = api.parse(body)
+    obs = {r.name: status.RegionObservation({}, error=("ApplyFailed", "503: unavailable"))
+           for r in cluster.regions}
+    st = status.compute(cluster, obs, now=NOW)
+    assert cond(st["regions"][0], "Available")["status"] == "Unknown"
+    assert cond(st, "Available")["status"] == "Unknown"
+    assert cond(st, "Degraded")["status"] == "True"

@@ -5,6 +5,12 @@ carries a digest of what it migrates to (image version, keyspace, replication ma
 version or a changed replication factor yields a new Job (Job templates are immutable) and
 the reconciler prunes the old one. No TTL: a Job deleted by a TTL would be re-created, and
 the migration re-run, by the next pass.
+
+The Job gates the tiers: until it has succeeded, the reconciler leaves every existing
+workload at the template it runs and creates the tiers that read the schema
+(`SCHEMA_TIERS`) with no replicas (`gated()`), so no pod of a new version serves on a schema
+that was not migrated for it. A Job that failed for good (its `Failed` condition) is
+`failure()`: the cluster turns Degraded with the Job's reason and message.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from chatplane_operator import api
 from chatplane_operator.specs import certs, config, naming, pods
 
 COMPONENT = "migrate"
+# The tiers that open the CQL keyspace (and refuse one whose schema is behind).
+SCHEMA_TIERS: frozenset[str] = frozenset({"im"})
 
 
 def migrate_job_name(cluster: api.ChatCluster) -> str:
@@ -72,3 +80,22 @@ def build_migrate_job(cluster: api.ChatCluster) -> dict[str, Any]:
 
 def migrated(job: dict[str, Any] | None) -> bool:
     return bool(job and int((job.get("status") or {}).get("succeeded") or 0) >= 1)
+
+
+def failure(job: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(reason, message) of a Job that failed for good (BackoffLimitExceeded,
+    DeadlineExceeded, ...); None while it runs, succeeded, or does not exist."""
+    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return (str(cond.get("reason") or "Failed"),
+                    str(cond.get("message") or "the Job failed"))
+    return None
+
+
+def gated(manifest: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` (a workload to be created while the migration has not succeeded) as it
+    may be created: a tier of `SCHEMA_TIERS` with 0 replicas, any other unchanged."""
+    component = manifest["metadata"]["labels"].get("app.kubernetes.io/component")
+    if component not in SCHEMA_TIERS:
+        return manifest
+    return {**manifest, "spec": {**manifest["spec"], "replicas": 0}}
