@@ -9,6 +9,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from chatplane.auth import TokenSigner
@@ -68,6 +69,9 @@ def test_storage_archive_by_hand(data_dir: Path, signer: TokenSigner) -> None:
         asyncio.run(chat())
     finally:
         server.stop()
+    # --after-days below is one second: let every message grow that old (a
+    # quick run archived none of them)
+    time.sleep(1.5)
     run = [sys.executable, "-m", "chatplane.cli", "storage", "archive", "--data-dir",
            str(data_dir)]
     done = subprocess.run([*run, "--after-days", str(1 / 86_400)], capture_output=True,
