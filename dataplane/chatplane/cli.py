@@ -214,15 +214,8 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 def cmd_storage_migrate(args: argparse.Namespace) -> int:
     """Create or upgrade the CQL keyspace and schema (a Kubernetes Job runs it)."""
-    overrides: dict[str, Any] = {"backend": "scylla"}
-    for name in ("cql_hosts", "keyspace", "cql_replication"):
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
     try:
-        settings = settings_mod.load({"storage": overrides})
-        if not settings.storage.cql_hosts:
-            raise SettingsError("storage migrate needs --cql-hosts or CHATPLANE_CQL_HOSTS")
+        settings = settings_mod.load_cql(args, "storage migrate")
         from chatplane.storage import migrations, scylla
 
         applied = asyncio.run(migrations.migrate(scylla.cql_settings(settings)))

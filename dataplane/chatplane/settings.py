@@ -378,3 +378,18 @@ def _tls_problems(t: Tls) -> list[str]:
         if f.name != "links_secret" and path and not os.access(path, os.R_OK):
             problems.append(f"tls: {env_name('tls', f.name)}={path!r} is not a readable file")
     return problems
+
+
+def load_cql(args: Any, command: str) -> Settings:
+    """The settings of a storage command aimed at the CQL keyspace (`storage
+    migrate`, `storage check`): the scylla backend, with the command line's
+    hosts, keyspace and replication over the environment's."""
+    overrides: dict[str, Any] = {"backend": "scylla"}
+    for name in ("cql_hosts", "keyspace", "cql_replication"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    settings = load({"storage": overrides})
+    if not settings.storage.cql_hosts:
+        raise SettingsError(f"{command} needs --cql-hosts or CHATPLANE_CQL_HOSTS")
+    return settings

@@ -30,6 +30,8 @@ BATCH_DELAY_S = 0.05  # logins arriving together share one pipeline
 
 
 class RoutedLink(Protocol):
+    """A gateway's connection as a route: the device it serves, since when."""
+
     @property
     def user_id(self) -> str: ...
 

@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -42,6 +42,7 @@ from chatplane import tracing
 from chatplane.protocol import wire
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.registry.instances import CachedInstances, LiveRing
+from chatplane.registry.mirror import RoutedLink
 from chatplane.rpc import convert
 from chatplane.rpc.batching import Coalescer
 from chatplane.rpc.peers import Peers, first_answer
@@ -57,21 +58,9 @@ log = logging.getLogger("chatplane.state.client")
 WALL_OFFSET_MS = time.time() * 1000 - time.monotonic() * 1000
 
 
-class Link(Protocol):
-    """A gateway's connection as a route: the device it serves, since when."""
-
-    @property
-    def user_id(self) -> str: ...
-
-    @property
-    def device_id(self) -> str: ...
-
-    @property
-    def conn_id(self) -> str: ...
-
-    @property
-    def opened_ms(self) -> float:
-        """When the connection opened, on this process's monotonic clock."""
+# A gateway's connection as a route: the device it serves, since when (its
+# open time on this process's monotonic clock).
+Link = RoutedLink
 
 
 class StateLinks:

@@ -84,15 +84,8 @@ def _describe(replication: dict[str, str]) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {"backend": "scylla"}
-    for name in ("cql_hosts", "keyspace", "cql_replication"):
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
     try:
-        settings = settings_mod.load({"storage": overrides})
-        if not settings.storage.cql_hosts:
-            raise SettingsError("storage check needs --cql-hosts or CHATPLANE_CQL_HOSTS")
+        settings = settings_mod.load_cql(args, "storage check")
         from chatplane.storage import scylla
 
         lines, wrong = asyncio.run(inspect(scylla.cql_settings(settings)))
