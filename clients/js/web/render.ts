@@ -16,6 +16,7 @@ export interface Conversation {
   messages: Map<number, Message>;
   hasOlder: boolean;
   peerRead: number;
+  dissolved: boolean; // a group its owner dissolved: nothing more can be sent
   sorted: { size: number; seqs: number[] }; // the seqs in order, kept while size holds
 }
 
