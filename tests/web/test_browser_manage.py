@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 skip_unless_ready()
 
-from tests.web.pages import CHROMIUM, PHONE, Device, sign_in, sync_api  # noqa: E402
+from tests.web.pages import CHROMIUM, IMG, PHONE, Device, sign_in, sync_api  # noqa: E402
 
 expect = sync_api.expect
 
@@ -75,6 +75,8 @@ def test_rename_then_dissolve_a_group_on_every_members_page(web_server: ServerPr
             expect(pam.page.get_by_role("button", name="Dissolve the group…")).to_be_focused()
             pam.page.keyboard.press("Enter")
             expect(confirm).to_be_focused()
+            IMG.mkdir(parents=True, exist_ok=True)
+            pam.page.screenshot(path=str(IMG / "web-dissolve.png"))
             pam.page.keyboard.press("Enter")
             for member in (pam, quin):
                 expect(member.page.locator("#members")).to_have_text("group · dissolved")
@@ -119,6 +121,8 @@ def test_block_refuses_the_blocked_users_send_until_unblocked(web_server: Server
             expect(refused).to_contain_text("blocked")
             expect(sue.page.locator("#messages li.pending")).to_have_count(0)
             assert "are you there?" not in [text for _, text in sue.messages()]
+            IMG.mkdir(parents=True, exist_ok=True)
+            sue.page.screenshot(path=str(IMG / "web-blocked.png"))
 
             rod.page.get_by_role("button", name="Unblock sue").click()
             expect(blocked.locator("li")).to_have_count(0)
