@@ -5,7 +5,8 @@
 // so the page shows each message once and in inbox order.
 import { TabClient, decodeEvent, decodeGroupEvent, defaultCursorStore, type ConnectionState,
   type Frame, type Message } from "../src/index.js";
-import { describe, renderList, renderMessages, seqsOf, type Conversation } from "./render.js";
+import { describe, renderList, renderMessages, seqsOf, showChat, type Conversation }
+  from "./render.js";
 import { refusal, SocialPanels } from "./social.js";
 import { VirtualList, type Anchor } from "./virtual.js";
 
@@ -141,22 +142,6 @@ function applyGroupEvent(c: Conversation, m: Message): void {
   if (active === c.id) showChat(c);
 }
 
-/** The open conversation's title, size, and whether one can still send. */
-function showChat(c: Conversation): void {
-  $("chat-title").textContent = c.name;
-  const group = c.kind === "group";
-  $("members").textContent = !group ? ""
-    : c.dissolved ? "group · dissolved" : `group · ${c.members || "?"} members`;
-  $("members-toggle").hidden = !group || c.dissolved;
-  if (c.dissolved) {
-    $("members-panel").hidden = true;
-    $("members-toggle").setAttribute("aria-expanded", "false");
-  }
-  const text = $("text") as HTMLInputElement;
-  text.disabled = c.dissolved;
-  text.placeholder = c.dissolved ? "This group was dissolved" : "Message";
-  ($("send") as HTMLButtonElement).disabled = c.dissolved;
-}
 
 function onEvent(m: Message): void {
   const event = decodeEvent(m.payload);
