@@ -5,8 +5,9 @@
 // so the page shows each message once and in inbox order.
 import { TabClient, decodeEvent, decodeGroupEvent, defaultCursorStore, type ConnectionState,
   type Frame, type Message } from "../src/index.js";
-import { describe, renderList, renderMessages, seqsOf, type Conversation } from "./render.js";
-import { SocialPanels } from "./social.js";
+import { describe, renderList, renderMessages, seqsOf, showChat, type Conversation }
+  from "./render.js";
+import { refusal, SocialPanels } from "./social.js";
 import { VirtualList, type Anchor } from "./virtual.js";
 
 const TOKEN_KEY = "chatplane.token";
@@ -68,7 +69,7 @@ function conversation(id: string): Conversation {
   if (c === undefined) {
     c = { id, kind: id.startsWith("g:") ? "group" : "direct", name: id, last: null, unread: 0,
           readSeq: 0, headSeq: 0, members: 0, messages: new Map(), hasOlder: true, peerRead: 0,
-          sorted: { size: 0, seqs: [] } };
+          dissolved: false, sorted: { size: 0, seqs: [] } };
     if (id.startsWith("d:") && client) {
       c.name = id.slice(2).split(":").find((u) => u !== client!.userId) ?? id;
     }
@@ -134,14 +135,13 @@ function applyGroupEvent(c: Conversation, m: Message): void {
   else if (c.members && e.action === "JOIN") c.members += 1;
   else if (c.members && e.action === "KICK") c.members -= count;
   else if (c.members && e.action === "LEAVE") c.members -= 1;
+  if (e.action === "DISSOLVE") c.dissolved = true;
   if (active === c.id && !$("members-panel").hidden) void social.refreshMembers();
   // joined on another device of this user: its invitation is gone here too
   if (e.action === "JOIN" && m.sender === client?.userId) void social.refreshInvitations();
-  if (active === c.id) {
-    $("chat-title").textContent = c.name;
-    $("members").textContent = `group · ${c.members || "?"} members`;
-  }
+  if (active === c.id) showChat(c);
 }
+
 
 function onEvent(m: Message): void {
   const event = decodeEvent(m.payload);
@@ -248,14 +248,11 @@ function open(id: string): void {
   const c = conversation(id);
   active = id;
   $("app").classList.add("in-chat");
-  $("chat-title").textContent = c.name;
-  $("members").textContent = c.kind === "group" ? `group · ${c.members || "?"} members` : "";
-  $("members-toggle").hidden = c.kind !== "group";
   $("members-panel").hidden = true;
   $("members-toggle").setAttribute("aria-expanded", "false");
   $("receipts").textContent = "";
-  ($("text") as HTMLInputElement).disabled = false;
-  ($("send") as HTMLButtonElement).disabled = false;
+  $("chat-error").textContent = "";
+  showChat(c);
   markRead(c);
   drawList();
   drawMessages("bottom");
@@ -337,12 +334,14 @@ function wire(): void {
     const text = input.value;
     if (!text.trim() || !client || !active) return;
     input.value = "";
+    $("chat-error").textContent = "";
     const pid = ++pendingCounter;
     const target = active;
     pendingSends.set(pid, `${target}\u0000${text}`);
     drawMessages("bottom");
     client.send(target, text).then(() => undefined, (error: Error) => {
-      $("signin-error").textContent = error.message;
+      // a refused send (blocked, not a member, dissolved) is said where it was typed
+      if (active === target) $("chat-error").textContent = `Not sent (${refusal(error)})`;
     }).finally(() => {
       pendingSends.delete(pid);
       if (active === target) drawMessages("follow");

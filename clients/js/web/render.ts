@@ -1,6 +1,7 @@
 // Drawing the web app's lists: conversations (last message, unread badge)
 // and the open conversation's messages (in seq order, with read marks, in a
-// virtualized list: virtual.ts). Pure DOM from the state app.ts keeps.
+// virtualized list: virtual.ts), and its header (a dissolved group takes no
+// more sends). Pure DOM from the state app.ts keeps.
 import { decodeGroupEvent, type Message } from "../src/index.js";
 import type { Anchor, Row, VirtualList } from "./virtual.js";
 
@@ -16,6 +17,7 @@ export interface Conversation {
   messages: Map<number, Message>;
   hasOlder: boolean;
   peerRead: number;
+  dissolved: boolean; // a group its owner dissolved: nothing more can be sent
   sorted: { size: number; seqs: number[] }; // the seqs in order, kept while size holds
 }
 
@@ -132,4 +134,21 @@ export function renderMessages(list: VirtualList, c: Conversation, mine: string,
     } });
   }
   list.update(rows, anchor);
+}
+
+/** The open conversation's title, size, and whether one can still send. */
+export function showChat(c: Conversation): void {
+  $("chat-title").textContent = c.name;
+  const group = c.kind === "group";
+  $("members").textContent = !group ? ""
+    : c.dissolved ? "group · dissolved" : `group · ${c.members || "?"} members`;
+  $("members-toggle").hidden = !group || c.dissolved;
+  if (c.dissolved) {
+    $("members-panel").hidden = true;
+    $("members-toggle").setAttribute("aria-expanded", "false");
+  }
+  const text = $("text") as HTMLInputElement;
+  text.disabled = c.dissolved;
+  text.placeholder = c.dissolved ? "This group was dissolved" : "Message";
+  ($("send") as HTMLButtonElement).disabled = c.dissolved;
 }

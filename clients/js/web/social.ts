@@ -1,9 +1,11 @@
-// The web app's social screens: friends and requests in the sidebar, group
-// invitations (join or decline: nobody is put in a group without consent), a
-// group's members with roles (add, kick, make admin, leave), and who has read
-// one of your messages. Every change goes through protocol requests; the
-// resulting events (event/friend, system/group) refresh what is shown.
-import type { Frame, TabClient } from "../src/index.js";
+// The web app's social screens: friends and requests in the sidebar, blocked
+// users (block, unblock), group invitations (join or decline: nobody is put in
+// a group without consent), a group's members with roles (add, kick, make
+// admin, rename, leave; the owner dissolves), and who has read one of your
+// messages. Every change goes through protocol requests; the resulting events
+// (event/friend, system/group) refresh what is shown on every device. A
+// refusal is shown in an alert next to what was refused.
+import { RequestError, type Frame, type TabClient } from "../src/index.js";
 
 export interface SocialContext {
   client: () => TabClient | null;
@@ -13,6 +15,17 @@ export interface SocialContext {
 }
 
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
+
+// the protocol's error codes a user can cause here, in words (protocol.md)
+const REFUSALS: Record<number, string> = { 7: "too fast, try again", 8: "not allowed",
+  9: "not found", 10: "invalid", 18: "blocked" };
+
+/** A refused request in words: the reason, then the server's message. */
+export function refusal(error: unknown): string {
+  const message = (error as Error).message;
+  const reason = error instanceof RequestError ? REFUSALS[error.code] : undefined;
+  return reason ? `${reason}: ${message}` : message;
+}
 
 function button(label: string, name: string, onClick: () => void): HTMLButtonElement {
   const b = document.createElement("button");
@@ -36,15 +49,22 @@ function person(who: string, ...extra: HTMLElement[]): HTMLLIElement {
 export class SocialPanels {
   constructor(private readonly ctx: SocialContext) {}
 
-  private async ask(frame: Frame): Promise<Frame | null> {
+  /** A request; a refusal is shown in the alert `errors` names. */
+  private async ask(frame: Frame, errors = "chat-error"): Promise<Frame | null> {
     const client = this.ctx.client();
     if (!client) return null;
     try {
       return await client.request(frame);
     } catch (error) {
-      $("receipts").textContent = (error as Error).message;
+      $(errors).textContent = `Refused (${refusal(error)})`;
       return null;
     }
+  }
+
+  /** What the user asked for: the last refusal shown there goes first. */
+  private async act(frame: Frame, errors = "chat-error"): Promise<Frame | null> {
+    $(errors).textContent = "";
+    return this.ask(frame, errors);
   }
 
   async refreshFriends(): Promise<void> {
@@ -52,17 +72,24 @@ export class SocialPanels {
     if (!reply) return;
     const r = reply.friends_response;
     const friendOp = (action: string, user: string) => async () => {
-      await this.ask({ friend_op: { action, user_id: user } });
+      await this.act({ friend_op: { action, user_id: user } }, "friends-error");
       await this.refreshFriends();
     };
+    const block = (user: string) => button("Block", `Block ${user}`, friendOp("BLOCK", user));
     $("friend-requests").replaceChildren(...(r.incoming as Frame[]).map((f) => person(
       `${f.user_id} wants to be friends`,
       button("Accept", `Accept ${f.user_id}`, friendOp("ACCEPT", f.user_id)),
-      button("Decline", `Decline ${f.user_id}`, friendOp("DECLINE", f.user_id)))));
+      button("Decline", `Decline ${f.user_id}`, friendOp("DECLINE", f.user_id)),
+      block(f.user_id))));
     $("friend-list").replaceChildren(
       ...(r.friends as Frame[]).map((f) => person(f.user_id,
-        button("Chat", `Chat with ${f.user_id}`, () => void this.ctx.openDirect(f.user_id)))),
+        button("Chat", `Chat with ${f.user_id}`, () => void this.ctx.openDirect(f.user_id)),
+        block(f.user_id))),
       ...(r.outgoing as Frame[]).map((f) => person(`${f.user_id} (asked)`)));
+    // blocked users can neither message nor befriend this user until unblocked
+    $("blocked-list").replaceChildren(...(r.blocked as Frame[]).map((f) => person(
+      `${f.user_id} (blocked)`,
+      button("Unblock", `Unblock ${f.user_id}`, friendOp("UNBLOCK", f.user_id)))));
   }
 
   /** Pending group invitations, each with Join and Decline. */
@@ -117,6 +144,16 @@ export class SocialPanels {
       return person(m.user_id, ...actions);
     }));
     $("add-member").hidden = !manages;
+    $("rename-group").hidden = !manages; // owners and admins rename
+    $("dissolve-group").hidden = myRole !== "owner"; // only the owner dissolves
+    if (myRole !== "owner") this.confirmDissolve(false);
+  }
+
+  /** Show or hide the dissolve confirmation (a second, deliberate step). */
+  private confirmDissolve(show: boolean): void {
+    $("dissolve-confirm").hidden = !show;
+    $("dissolve-group").setAttribute("aria-expanded", String(show));
+    if (show) $("dissolve-yes").focus();
   }
 
   /** Say who got an invitation instead of being added (not your friends). */
@@ -143,7 +180,7 @@ export class SocialPanels {
       const user = input.value.trim();
       if (!user) return;
       input.value = "";
-      await this.ask({ friend_op: { action: "REQUEST", user_id: user } });
+      await this.act({ friend_op: { action: "REQUEST", user_id: user } }, "friends-error");
       await this.refreshFriends();
     });
     $("members-toggle").addEventListener("click", () => {
@@ -159,14 +196,40 @@ export class SocialPanels {
       const user = input.value.trim();
       if (!group || !user) return;
       input.value = "";
-      const reply = await this.ask({ group_op: { conversation_id: group, action: "ADD",
+      const reply = await this.act({ group_op: { conversation_id: group, action: "ADD",
                                                  user_ids: [user] } });
       if (reply) this.noteInvited(reply.group_op_ack.invited as string[]);
       await this.refreshMembers();
     });
     $("leave-group").addEventListener("click", async () => {
       const group = this.ctx.activeGroup();
-      if (group) await this.ask({ group_op: { conversation_id: group, action: "LEAVE" } });
+      if (group) await this.act({ group_op: { conversation_id: group, action: "LEAVE" } });
+    });
+    $("rename-group").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const group = this.ctx.activeGroup();
+      const input = $("new-group-name") as HTMLInputElement;
+      const name = input.value.trim();
+      if (!group || !name) return;
+      // the RENAME system message retitles the group on every member's page
+      const reply = await this.act({ group_op: { conversation_id: group, action: "RENAME", name } });
+      if (reply) input.value = "";
+    });
+    $("dissolve-group").addEventListener("click", () =>
+      this.confirmDissolve($("dissolve-confirm").hidden));
+    const cancel = () => {
+      this.confirmDissolve(false);
+      $("dissolve-group").focus();
+    };
+    $("dissolve-no").addEventListener("click", cancel);
+    $("dissolve-confirm").addEventListener("keydown", (event) => {
+      if (event.key === "Escape") cancel();
+    });
+    $("dissolve-yes").addEventListener("click", async () => {
+      const group = this.ctx.activeGroup();
+      this.confirmDissolve(false);
+      // the DISSOLVE system message closes the group on every member's page
+      if (group) await this.act({ group_op: { conversation_id: group, action: "DISSOLVE" } });
     });
   }
 }
