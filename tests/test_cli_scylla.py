@@ -203,3 +203,5 @@ async def test_storage_outage_is_a_retriable_error_then_resumes(cql_server: CqlS
         await alice.close()
         await bob.close()
         server.stop()
+        # the CQL server is shared by the session: never leave it killed
+        await asyncio.to_thread(cql_server.start)

@@ -235,6 +235,8 @@ async def test_storage_fault_fails_sends_then_recovers(cql_server: CqlService,
         assert [i.message.seq for i in await storage.inbox("bob", 0, 10)] == [1, 2, 3, 4]
     finally:
         await storage.close()
+        # the CQL server is shared by the session: never leave it killed
+        await asyncio.to_thread(cql_server.start)
 
 
 def test_direct_ids_match_base() -> None:
