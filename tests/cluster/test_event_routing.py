@@ -187,17 +187,8 @@ async def test_social_traffic_across_ims_keeps_leases_in_place(cluster: Cluster)
     await social_round(pairs, guest, group, direct, 2)
     await social_round(pairs, guest, group, direct, 3)
     steady = leases(cluster)
-    if cluster.storage == "sqlite":
-        assert steady == warm, f"leases moved: before {warm}, after {steady}"
-        assert all(fenced == 0 for _, fenced in steady.values()), steady
-    else:
-        # Known regression of the block sequencing (schema 6): two ims that
-        # both write one user's inbox take its sequence from each other, and
-        # under this traffic an append now and then gives up and its
-        # conversation's lease moves (docs/storage.md, "Two writers of one
-        # inbox"). Delivery stays exact (the checker below); the leases do not
-        # stay in place yet, so only print them.
-        print(f"CQL leases: before {warm}, after {steady}")
+    assert steady == warm, f"leases moved: before {warm}, after {steady}"
+    assert all(fenced == 0 for _, fenced in steady.values()), steady
     assert metric(cluster, "im-1", FORWARDED) > 0 and metric(cluster, "im-2", FORWARDED) > 0
     if cluster.storage == "sqlite":  # each im process reports its own SQLite writer's commits
         assert all(metric(cluster, im, "chatplane_storage_commit_ms_count") > 0 for im in IMS)
