@@ -258,13 +258,15 @@ async def test_cql_server_killed_under_traffic_loses_nothing_acked(cql_server: C
             assert sum(checker.acks_by_sender.values()) <= acked_at_kill + 4 * 2 * 5
             await asyncio.to_thread(cql_server.start)
 
-        results = await asyncio.gather(killer(), *(
+        chaos = asyncio.create_task(killer())
+        seqs = await asyncio.wait_for(asyncio.gather(*(
             send_many(device, conversation, per_sender, device.user, in_flight=5)
-            for conversation, pair in pairs for device in pair))
+            for conversation, pair in pairs for device in pair)), 300)
+        await chaos
         assert refused_while_down and refused_while_down[0] > 0, "no send was refused"
-        for (conversation, _), seqs in zip(pairs, zip(results[1::2], results[2::2],
-                                                       strict=True), strict=True):
-            assert sorted(seqs[0] + seqs[1]) == list(range(1, 2 * per_sender + 1)), conversation
+        for i, (conversation, _) in enumerate(pairs):
+            both = seqs[2 * i] + seqs[2 * i + 1]
+            assert sorted(both) == list(range(1, 2 * per_sender + 1)), conversation
         await wait_until_received(devices, 2 * per_sender, timeout_s=90)
         verdict = checker.verdict()
         assert verdict.ok, verdict.summary()
