@@ -61,7 +61,8 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
     admin_port = free_port()
     env = dict(os.environ)
     cmd = [sys.executable, "-m", "chatplane.cli", "up", "--data-dir", data_dir,
-           "--port", str(port), "--admin-port", str(admin_port), "--storage", backend]
+           "--port", str(port), "--tcp-port", str(free_port()), "--admin-port",
+           str(admin_port), "--storage", backend]  # the lean generator speaks raw TCP
     if backend == "scylla":
         assert cql is not None
         keyspace = f"bench_{uuid.uuid4().hex[:10]}"
@@ -88,6 +89,9 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
                         "--duration", str(args.duration), "--quiet", "--json", str(out)],
                        timeout=args.duration + 120, stdout=subprocess.DEVNULL)
         after = counters(admin)
+        if not out.exists():
+            raise SystemExit(f"bench direct wrote no result ({backend} at {rate}/s): "
+                             "see its error above")
         pub = json.loads(out.read_text())
     finally:
         server.terminate()
