@@ -349,7 +349,7 @@ class Appender:
         answer was lost writes the same cells again, nothing new."""
         for attempt in range(SEND_ATTEMPTS):
             try:
-                await self.db.run_batch(rows)
+                await self.db.write(rows)
                 return
             except StorageUnavailable:
                 if attempt == SEND_ATTEMPTS - 1:
