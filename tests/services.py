@@ -174,6 +174,11 @@ class CqlService:
     def contact_points(self) -> list[str]:
         return [f"{host}:{self.port}" for host in self.hosts]
 
+    @property
+    def pid(self) -> int | None:
+        """The node's process (the JVM: the launcher execs it), None if not running here."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> None:
         if self.external or self._proc is not None:
             if self.external:

@@ -43,6 +43,12 @@ def counters(admin: str) -> dict[str, float]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (/proc/PID/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_ready(admin: str, deadline_s: float = 60.0) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
@@ -81,6 +87,8 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
     try:
         wait_ready(admin)
         before = counters(admin)
+        node_pid = cql.pid if cql is not None and backend == "scylla" else None
+        node_before = cpu_seconds(node_pid) if node_pid else 0.0
         out = Path(data_dir) / "w1.json"
         began = time.time()
         subprocess.run([sys.executable, "-m", "chatplane.cli", "bench", "direct",
@@ -89,6 +97,7 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
                         "--duration", str(args.duration), "--quiet", "--json", str(out)],
                        timeout=args.duration + 120, stdout=subprocess.DEVNULL)
         after = counters(admin)
+        node_cpu = cpu_seconds(node_pid) - node_before if node_pid else None
         if not out.exists():
             raise SystemExit(f"bench direct wrote no result ({backend} at {rate}/s): "
                              "see its error above")
@@ -110,6 +119,9 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
         "clean": pub.get("clean"), "kept_up": pub.get("kept_up"), "acked": pub.get("acked"),
         "p50_ms": latency.get("p50_ms"), "p99_ms": latency.get("p99_ms"),
         "server_cpu_us_per_msg": pub.get("server_cpu_us_per_msg"),
+        # the CQL node's own CPU over the bench run, per acked message
+        "node_cpu_us_per_msg": (round(node_cpu * 1e6 / pub["acked"])
+                                if node_cpu is not None and pub.get("acked") else None),
         "requests_per_msg": per_message("chatplane_cql_requests_total"),
         "statements_per_msg": per_message("chatplane_cql_statements_total"),
         "conditional_per_msg": per_message("chatplane_cql_conditional_total"),
