@@ -46,6 +46,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chatplane.bench.direct import SetupError
+
 CHROMIUM = os.environ.get("CHATPLANE_CHROMIUM", "/usr/bin/chromium")
 SEND_DEVICES = 4  # the sender's devices sending at once while seeding
 SEND_WINDOW = 200  # sends in flight per device while seeding
@@ -54,10 +56,6 @@ READY = re.compile(r"chatplane ready at (\S+)")
 
 Say = Callable[[str], None]
 T = TypeVar("T")
-
-
-class SetupError(RuntimeError):
-    """The run could not start: no browser, no server, a bad data dir."""
 
 
 def load_average() -> list[float]:
@@ -245,7 +243,7 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"server        {result['url']} ({result['server']}; Chromium {machine.get('chromium')})"]
     if paint is not None:
         lines.append(f"first paint   median {paint['median_ms']:.0f} ms, min {paint['min_ms']:.0f}, "
-                     f"max {paint['max_ms']:.0f} ({paint['loads']} fresh contexts)")
+                     f"max {paint['max_ms']:.0f} ({paint['loads']} loads, a fresh context each)")
     lines += [f"asset         {path}  {s['bytes']:,} B, gzip -9 {s['gzip_bytes']:,} B"
               for path, s in result.get("assets", {}).items()]
     if held is not None:

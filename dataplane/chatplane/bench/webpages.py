@@ -18,7 +18,10 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 DESKTOP = {"width": 1100, "height": 720}
 
-FIRST_PAINT = "() => performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
+# Probes are functions, never bare expressions: Playwright polls an expression
+# with eval, which the page's Content-Security-Policy refuses.
+PAINTED = "() => performance.getEntriesByName('first-contentful-paint').length > 0"
+FIRST_PAINT = "() => performance.getEntriesByName('first-contentful-paint')[0].startTime"
 
 # Scrolls the open conversation up 40 px per frame for 120 frames and returns
 # the time between frames (ms): what a person scrolling would see stutter.
@@ -146,7 +149,7 @@ def first_paint(browser: Browser, base_url: str, timeout_ms: float = 30_000) -> 
 
         page.on("response", on_response)
         page.goto("/")
-        page.wait_for_function(f"({FIRST_PAINT})() !== null", timeout=timeout_ms)
+        page.wait_for_function(PAINTED, timeout=timeout_ms)
         return float(page.evaluate(FIRST_PAINT)), loaded
     finally:
         context.close()
