@@ -44,9 +44,14 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chatplane.bench.direct import SetupError
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+    from chatplane.auth import TokenSigner
 
 CHROMIUM = os.environ.get("CHATPLANE_CHROMIUM", "/usr/bin/chromium")
 SEND_DEVICES = 4  # the sender's devices sending at once while seeding
@@ -90,7 +95,7 @@ def own_server(timeout_s: float = 60.0) -> Iterator[tuple[str, str]]:
                     proc.wait(5)
 
 
-async def seed(url: str, signer: Any, sender: str, receiver: str, count: int) -> str:
+async def seed(url: str, signer: TokenSigner, sender: str, receiver: str, count: int) -> str:
     """`count` messages from `sender` to `receiver` (texts m0, m1, ...), sent
     from SEND_DEVICES devices at once with SEND_WINDOW sends in flight each;
     returns the conversation's id."""
@@ -132,7 +137,7 @@ def asset_sizes(urls: list[str]) -> dict[str, dict[str, int]]:
     return sizes
 
 
-def paints(browser: Any, url: str, loads: int, say: Say) -> tuple[dict[str, Any], list[str]]:
+def paints(browser: Browser, url: str, loads: int, say: Say) -> tuple[dict[str, Any], list[str]]:
     """First contentful paint of `/` over `loads` fresh contexts, and the URLs
     the first load fetched."""
     from chatplane.bench import webpages
@@ -148,7 +153,7 @@ def paints(browser: Any, url: str, loads: int, say: Say) -> tuple[dict[str, Any]
             "max_ms": max(times), "all_ms": times}, fetched
 
 
-def hold_conversation(browser: Any, url: str, signer: Any, conversation: str, receiver: str,
+def hold_conversation(browser: Browser, url: str, signer: TokenSigner, conversation: str, receiver: str,
                       count: int, timeout_s: float, say: Say) -> dict[str, Any]:
     """The receiver signs in on a new device, holds the whole conversation and
     scrolls it: what the page holds, the DOM's rows, the times."""

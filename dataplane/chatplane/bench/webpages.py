@@ -12,9 +12,8 @@ has in the DOM. Importing this module needs the playwright package
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, Response, expect
 
 DESKTOP = {"width": 1100, "height": 720}
 
@@ -143,7 +142,7 @@ def first_paint(browser: Browser, base_url: str, timeout_ms: float = 30_000) -> 
         page = context.new_page()
         loaded: list[str] = []
 
-        def on_response(response: Any) -> None:
+        def on_response(response: Response) -> None:
             if response.ok and response.url.startswith(base_url):
                 loaded.append(response.url)
 
