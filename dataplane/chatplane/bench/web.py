@@ -70,14 +70,17 @@ def load_average() -> list[float]:
 @contextlib.contextmanager
 def own_server(timeout_s: float = 60.0) -> Iterator[tuple[str, str]]:
     """A `chatplane up` on a temp data dir and any free port: (its URL, the
-    data dir); SIGTERM at the end, then the data dir goes."""
+    data dir); SIGTERM at the end, then the data dir goes. Its per-user send
+    rate is lifted: seeding sends from one user, which the default (100/s)
+    would pace to 100 s for 10,000 messages; nothing measured depends on it."""
     with tempfile.TemporaryDirectory(prefix="chatplane-bench-web-") as tmp:
         data_dir = Path(tmp) / "data"
         log_path = Path(tmp) / "up.log"
         with log_path.open("w") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "chatplane.cli", "up", "--data-dir", str(data_dir),
-                 "--port", "0"], stdout=log, stderr=subprocess.STDOUT, text=True)
+                 "--port", "0"], stdout=log, stderr=subprocess.STDOUT, text=True,
+                env={**os.environ, "CHATPLANE_SEND_RATE_PER_USER_S": "100000"})
         try:
             deadline = time.monotonic() + timeout_s
             while (found := READY.search(log_path.read_text())) is None:
