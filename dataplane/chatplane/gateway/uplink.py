@@ -118,6 +118,6 @@ class Uplink:
                 assert isinstance(request.body, pb.Send)
                 conn.sends.block(request.body.cid, now)
             conn.session.send(reply)
-            conn.gateway.metrics.send_latency.observe(now - started)
+            conn.gateway.metrics.send_latency.observe((now - started) * 0.001)  # ms -> s
             conn.sends.done()
         conn.flush()

@@ -13,6 +13,7 @@ import socket
 import grpc
 from aiohttp import web
 
+from chatplane import metrics
 from chatplane.registry import instances as registry
 from chatplane.registry.routes import Routes
 from chatplane.rpc import serving
@@ -56,9 +57,6 @@ class StateApp:
     def _ready(self) -> bool:
         return self.publisher is not None and self.publisher.healthy and self.supervisor.ready()
 
-    def _metrics(self) -> str:
-        return self.servicer.render_metrics() + self.supervisor.metrics_text()
-
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links
         host = serving.advertised_host(self.settings)
@@ -71,7 +69,9 @@ class StateApp:
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
         self.base_url = f"http://{host}:{http_port}"
         self._admin_runner, admin_port = await start_admin(
-            probes_app(self._ready, self._metrics, self.supervisor.details), self.settings)
+            probes_app(self._ready, metrics.registry(self.servicer.families,
+                                                 self.supervisor.families),
+                       self.supervisor.details), self.settings)
         self.admin_url = f"http://{host}:{admin_port}"
         self.publisher = serving.Publisher(
             self.instances, self.kind, self.instance_id,

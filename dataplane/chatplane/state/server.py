@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 
 import grpc
+from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
 from chatplane import tracing
-from chatplane.metrics import Histogram, Metrics
+from chatplane.metrics import Histogram, Readings
 from chatplane.registry.instances import CachedInstances
 from chatplane.registry.routes import RouteEntry, Routes
 from chatplane.rpc import convert
@@ -51,24 +53,27 @@ class StateServicer(sgrpc.StateServicer):
         self.peers = peers
         self.groups = GroupRelay(routes, gateways, peers, interval_ms=group_interval_ms,
                                  max_messages=group_max_messages)
-        self.metrics = Metrics()
-        self.deliver_latency = Histogram("chatplane_state_deliver_ms",
+        self.metrics = Readings()
+        self.pushed = 0
+        self.metrics.counter("chatplane_pushed_total", "inbox entries pushed to devices",
+                             lambda: self.pushed)
+        self.deliver_latency = Histogram("chatplane_state_deliver_seconds",
                                          "Deliver: routes lookup and gateway pushes")
         self.unreachable = 0
         self.redis_errors = 0
-        self.metrics.gauge("chatplane_state_unreachable_total",
+        self.metrics.counter("chatplane_state_unreachable_total",
                            "device pushes whose gateway did not answer", lambda: self.unreachable)
-        self.metrics.gauge("chatplane_state_redis_errors_total", "failed Redis calls",
+        self.metrics.counter("chatplane_state_redis_errors_total", "failed Redis calls",
                            lambda: self.redis_errors)
         self.group_messages = 0
-        self.metrics.gauge("chatplane_state_group_messages_total",
+        self.metrics.counter("chatplane_state_group_messages_total",
                            "large-group messages accepted for fan-out", lambda: self.group_messages)
-        self.metrics.gauge("chatplane_state_group_flushes_total", "large-group flushes relayed",
+        self.metrics.counter("chatplane_state_group_flushes_total", "large-group flushes relayed",
                            lambda: self.groups.flushes)
-        self.metrics.gauge("chatplane_state_group_pushes_total",
+        self.metrics.counter("chatplane_state_group_pushes_total",
                            "large-group device pushes gateways accepted",
                            lambda: self.groups.frames_pushed)
-        self.metrics.gauge("chatplane_state_group_failed_pushes_total",
+        self.metrics.counter("chatplane_state_group_failed_pushes_total",
                            "large-group GroupPush calls to a gateway that failed",
                            lambda: self.groups.failed_pushes)
 
@@ -140,8 +145,8 @@ class StateServicer(sgrpc.StateServicer):
             pushed = sum(n for n, _ in results)
             unreachable = sum(u for _, u in results)
             self.unreachable += unreachable
-            self.metrics.pushed += pushed
-            self.deliver_latency.observe((asyncio.get_running_loop().time() - started) * 1000)
+            self.pushed += pushed
+            self.deliver_latency.observe(asyncio.get_running_loop().time() - started)
             return spb.DeliverReply(pushed=pushed, unreachable=unreachable)
 
     async def DeliverGroup(self, request: spb.DeliverGroupRequest,
@@ -194,6 +199,7 @@ class StateServicer(sgrpc.StateServicer):
             except grpc.aio.AioRpcError as exc:
                 log.warning("kick on gateway %s failed: %s", gateway_id, exc.code().name)
 
-    def render_metrics(self) -> str:
-        return (self.metrics.render() + "\n".join(self.deliver_latency.render()) + "\n"
-                + "\n".join(self.groups.fanout_ms.render()) + "\n")
+    def families(self) -> Iterator[Metric]:
+        yield from self.metrics.families()
+        yield self.deliver_latency.family()
+        yield from self.groups.families()
