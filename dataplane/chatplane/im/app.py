@@ -63,7 +63,7 @@ class ImServicer(sgrpc.ImServicer):
 
     async def Handle(self, request: spb.ClientRequest,
                      context: grpc.aio.ServicerContext) -> spb.ClientReply:
-        with tracing.serving("im.Handle", context.invocation_metadata()):
+        with tracing.serving("im.Handle"):
             frame = requests.admit(request, self.im.bounds)
             if frame.WhichOneof("body") == "error":
                 return spb.ClientReply(frame=frame.SerializeToString())
@@ -79,7 +79,7 @@ class ImServicer(sgrpc.ImServicer):
         """A gateway's batch of one device's sends, in cid order: handled in
         that order (a resend of the whole batch, after a failover, is
         answered with the original acks of what was already stored)."""
-        with tracing.serving("im.HandleSends", context.invocation_metadata()):
+        with tracing.serving("im.HandleSends"):
             await _refuse_out_of_bounds(context, "handle_sends", request)
             frames = [requests.admit(spb.ClientRequest(user_id=request.user_id,
                                                        device_id=request.device_id, frame=f),
@@ -93,7 +93,7 @@ class ImServicer(sgrpc.ImServicer):
 
     async def InboxHeads(self, request: spb.InboxHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.InboxHeadsReply:
-        with tracing.serving("im.InboxHeads", context.invocation_metadata()):
+        with tracing.serving("im.InboxHeads"):
             await _refuse_out_of_bounds(context, "inbox_heads", request)
             users = list(dict.fromkeys(request.user_ids))
             try:
@@ -106,7 +106,7 @@ class ImServicer(sgrpc.ImServicer):
 
     async def GroupHeads(self, request: spb.GroupHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.GroupHeadsReply:
-        with tracing.serving("im.GroupHeads", context.invocation_metadata()):
+        with tracing.serving("im.GroupHeads"):
             await _refuse_out_of_bounds(context, "group_heads", request)
             try:
                 heads = await self.im.group_heads(list(request.conversation_ids))
@@ -120,7 +120,7 @@ class ImServicer(sgrpc.ImServicer):
         """An event another instance made for a user whose event conversation
         this one owns (im/forward.py); appended here whatever this instance's
         ring says, so a forward never bounces."""
-        with tracing.serving("im.AppendEvent", context.invocation_metadata()):
+        with tracing.serving("im.AppendEvent"):
             out_of_bounds = bounds.call_problem("append_event", request)
             if out_of_bounds is not None or not request.content_type.startswith("event/"):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,

@@ -74,7 +74,7 @@ class RemoteIm:
         with tracing.span("gateway.request", kind=kind):
             try:
                 reply: spb.ClientReply = await self._call(key, lambda stub: stub.Handle(
-                    request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
+                    request, timeout=self.peers.deadline_s))
             except grpc.aio.AioRpcError as exc:
                 code = ErrorCode.UNAVAILABLE if retriable(exc) else ErrorCode.INTERNAL
                 return error_frame(frame.id, code, f"im unavailable, retry: {exc.code().name}")
@@ -93,7 +93,7 @@ class RemoteIm:
             try:
                 reply: spb.ClientReplies = await self._call(
                     ring_key(conversation_id), lambda stub: stub.HandleSends(
-                        request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
+                        request, timeout=self.peers.deadline_s))
             except grpc.aio.AioRpcError as exc:
                 code = ErrorCode.UNAVAILABLE if retriable(exc) else ErrorCode.INTERNAL
                 return [error_frame(f.id, code, f"im unavailable, retry: {exc.code().name}")
@@ -115,7 +115,7 @@ class RemoteIm:
             return {}
         request = spb.InboxHeadsRequest(user_ids=list(user_ids))
         reply: spb.InboxHeadsReply = await self._read(user_ids[0], lambda stub: stub.InboxHeads(
-            request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
+            request, timeout=self.peers.deadline_s))
         if reply.store_id:
             self.store_id = reply.store_id  # every im answers for the same storage
         return dict(reply.heads)
@@ -126,7 +126,7 @@ class RemoteIm:
             return {}
         request = spb.GroupHeadsRequest(conversation_ids=list(conversation_ids))
         reply: spb.GroupHeadsReply = await self._read(conversation_ids[0], lambda stub: stub.GroupHeads(
-            request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
+            request, timeout=self.peers.deadline_s))
         return dict(reply.heads)
 
     async def inbox_head(self, user_id: str) -> int:

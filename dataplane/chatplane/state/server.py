@@ -83,7 +83,7 @@ class StateServicer(sgrpc.StateServicer):
 
     async def Register(self, request: spb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> spb.RegisterReply:
-        with tracing.serving("state.Register", context.invocation_metadata()):
+        with tracing.serving("state.Register"):
             entries = _entries(list(request.routes))
             try:
                 if request.refresh:
@@ -105,7 +105,7 @@ class StateServicer(sgrpc.StateServicer):
 
     async def Unregister(self, request: spb.UnregisterRequest,
                          context: grpc.aio.ServicerContext) -> spb.UnregisterReply:
-        with tracing.serving("state.Unregister", context.invocation_metadata()):
+        with tracing.serving("state.Unregister"):
             try:
                 await self.routes.unregister(_entries(list(request.routes)))
             except (RedisError, OSError) as exc:
@@ -124,7 +124,7 @@ class StateServicer(sgrpc.StateServicer):
 
     async def Deliver(self, request: spb.DeliverRequest,
                       context: grpc.aio.ServicerContext) -> spb.DeliverReply:
-        with tracing.serving("state.Deliver", context.invocation_metadata()):
+        with tracing.serving("state.Deliver"):
             started = asyncio.get_running_loop().time()
             by_user: dict[str, list[spb.Delivery]] = defaultdict(list)
             for d in request.deliveries:
@@ -151,7 +151,7 @@ class StateServicer(sgrpc.StateServicer):
 
     async def DeliverGroup(self, request: spb.DeliverGroupRequest,
                            context: grpc.aio.ServicerContext) -> spb.DeliverGroupReply:
-        with tracing.serving("state.DeliverGroup", context.invocation_metadata()):
+        with tracing.serving("state.DeliverGroup"):
             accepted = 0
             for group in request.groups:
                 members = list(group.members)
@@ -174,8 +174,7 @@ class StateServicer(sgrpc.StateServicer):
             return 0, len(push.deliveries)  # its TTL passed: dead or partitioned
         stub = sgrpc.GatewayStub(self.peers.channel(address, "gateway"))
         try:
-            reply = await stub.Push(push, timeout=self.peers.deadline_s,
-                                    metadata=tracing.outgoing())
+            reply = await stub.Push(push, timeout=self.peers.deadline_s)
         except grpc.aio.AioRpcError as exc:
             log.warning("push to gateway %s failed: %s", gateway_id, exc.code().name)
             return 0, len(push.deliveries)
@@ -195,7 +194,7 @@ class StateServicer(sgrpc.StateServicer):
                           conn_id=r.conn_id) for r in entries])
             try:
                 await sgrpc.GatewayStub(self.peers.channel(address, "gateway")).Kick(
-                    request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
+                    request, timeout=self.peers.deadline_s)
             except grpc.aio.AioRpcError as exc:
                 log.warning("kick on gateway %s failed: %s", gateway_id, exc.code().name)
 

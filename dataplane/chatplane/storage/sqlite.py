@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from prometheus_client.metrics_core import Metric
 
-from chatplane import metrics
+from chatplane import metrics, tracing
 from chatplane.metrics import Histogram
 from chatplane.storage import sqlite_social as social
 from chatplane.storage.base import (
@@ -529,7 +529,8 @@ class SqliteStorage(_SocialMethods):
         if not self._turn:
             loop.call_soon(self._submit)
         self._turn.append((fn, future, loop, time.perf_counter()))
-        return await future
+        with tracing.db_span("sqlite", "write", self.path.name):  # queued, committed
+            return await future
 
     def _submit(self) -> None:
         if self._turn:
@@ -541,7 +542,9 @@ class SqliteStorage(_SocialMethods):
         if reader is None:
             raise StorageUnavailable("storage is closed")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn, reader)
+            with tracing.db_span("sqlite", "read", self.path.name):
+                return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn,
+                                                                        reader)
         except sqlite3.Error as exc:
             if corrupt(exc):
                 self.corruption = str(exc)
