@@ -284,6 +284,7 @@ class SqliteStorage(_SocialMethods):
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise StorageError(f"sqlite synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
+        self._span_target = self.path.name  # of the storage spans (tracing.db_span)
         self.synchronous = synchronous.upper()
         # shared: other processes write this file too (`chatplane cluster up`
         # with several im processes): heads are re-read in every transaction,
@@ -529,7 +530,7 @@ class SqliteStorage(_SocialMethods):
         if not self._turn:
             loop.call_soon(self._submit)
         self._turn.append((fn, future, loop, time.perf_counter()))
-        with tracing.db_span("sqlite", "write", self.path.name):  # queued, committed
+        with tracing.db_span("sqlite", "write", self._span_target):  # queued, committed
             return await future
 
     def _submit(self) -> None:
@@ -542,7 +543,7 @@ class SqliteStorage(_SocialMethods):
         if reader is None:
             raise StorageUnavailable("storage is closed")
         try:
-            with tracing.db_span("sqlite", "read", self.path.name):
+            with tracing.db_span("sqlite", "read", self._span_target):
                 return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn,
                                                                         reader)
         except sqlite3.Error as exc:
