@@ -62,20 +62,20 @@ class StateServicer(sgrpc.StateServicer):
         self.unreachable = 0
         self.redis_errors = 0
         self.metrics.counter("chatplane_state_unreachable_total",
-                           "device pushes whose gateway did not answer", lambda: self.unreachable)
+                             "device pushes whose gateway did not answer", lambda: self.unreachable)
         self.metrics.counter("chatplane_state_redis_errors_total", "failed Redis calls",
-                           lambda: self.redis_errors)
+                             lambda: self.redis_errors)
         self.group_messages = 0
         self.metrics.counter("chatplane_state_group_messages_total",
-                           "large-group messages accepted for fan-out", lambda: self.group_messages)
+                             "large-group messages accepted for fan-out", lambda: self.group_messages)
         self.metrics.counter("chatplane_state_group_flushes_total", "large-group flushes relayed",
-                           lambda: self.groups.flushes)
+                             lambda: self.groups.flushes)
         self.metrics.counter("chatplane_state_group_pushes_total",
-                           "large-group device pushes gateways accepted",
-                           lambda: self.groups.frames_pushed)
+                             "large-group device pushes gateways accepted",
+                             lambda: self.groups.frames_pushed)
         self.metrics.counter("chatplane_state_group_failed_pushes_total",
-                           "large-group GroupPush calls to a gateway that failed",
-                           lambda: self.groups.failed_pushes)
+                             "large-group GroupPush calls to a gateway that failed",
+                             lambda: self.groups.failed_pushes)
 
     async def _redis_failed(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
         self.redis_errors += 1
