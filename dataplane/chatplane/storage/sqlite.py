@@ -507,8 +507,9 @@ class SqliteStorage(_SocialMethods):
 
     def families(self) -> Iterator[Metric]:
         with self._metrics_lock:  # a histogram the writer thread is updating: a snapshot
-            yield self.write_wait.family()
-            yield self.commit.family()
+            wait, commit = self.write_wait.family(), self.commit.family()
+        yield wait
+        yield commit
         yield metrics.counter("chatplane_storage_writer_errors_total",
                               "SQLite writer jobs or transactions that failed with an exception"
                               " (the writer went on)", self.writer_errors)
