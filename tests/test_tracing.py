@@ -17,9 +17,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, set_span_in_context
 
+from chatplane import settings as settings_mod
 from chatplane import tracing
+from chatplane.client import Client
 from chatplane.im.app import ImServicer
 from chatplane.im.service import ImService
+from chatplane.node import Node
 from chatplane.registry.instances import CachedInstances, Instances
 from chatplane.registry.routes import Routes
 from chatplane.rpc import serving
@@ -168,3 +171,27 @@ async def test_json_log_lines_carry_the_span_ids(exporter: InMemorySpanExporter)
     (span,) = exporter.get_finished_spans()
     assert inside["trace_id"] == format(span.context.trace_id, "032x")
     assert inside["span_id"] == format(span.context.span_id, "016x")
+
+
+async def test_up_traces_a_clients_sends_into_storage(exporter: InMemorySpanExporter,
+                                                      tmp_path: Path) -> None:
+    settings = settings_mod.load({"server": {"http_port": 0},
+                                  "storage": {"data_dir": str(tmp_path)}}, environ={})
+    node = Node(settings)
+    await node.start()
+    try:
+        ann = Client(node.base_url, node.signer.mint("ann", "phone", 600))
+        await ann.connect()
+        conversation = await ann.direct("bob")
+        await ann.send_text(conversation, "traced")
+        await ann.close()
+    finally:
+        await node.stop()
+    spans = list(exporter.get_finished_spans())
+    sends = [s for s in spans if s.name == "gateway.sends"]
+    assert sends and all(s.parent is None for s in sends)  # a request is a trace's root
+    stored = [s for s in spans if s.attributes.get("db.system.name") == "sqlite"
+              and "gateway.sends" in ancestors(s, spans)]
+    assert stored, [s.name for s in spans]
+    opened = [s for s in spans if s.name == "gateway.request"]
+    assert {s.attributes.get("kind") for s in opened} >= {"open_direct"}
