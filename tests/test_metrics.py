@@ -4,17 +4,24 @@ official parsers read it, and `chatplane up` shows every tier's figures once."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatplane import metrics
+from chatplane import settings as settings_mod
 from chatplane.auth import TokenSigner
 from chatplane.client import Client
+from chatplane.gateway.app import GatewayApp
+from chatplane.im.app import ImApp
+from chatplane.ipconf.app import IpconfApp
+from chatplane.state.app import StateApp
 from tests.support import prom
 from tests.support.server import ServerProcess
 
@@ -39,6 +46,28 @@ def test_a_name_two_parts_export_is_refused_at_registration() -> None:
     metrics.registry(first.families)  # alone: fine
     with pytest.raises(ValueError, match="chatplane_twice"):
         metrics.registry(first.families, second.families)
+
+
+async def test_each_cluster_tier_exports_its_figures_once_in_base_units(tmp_path: Path) -> None:
+    # the Redis URL is never dialed: the apps are built, not started
+    settings = settings_mod.load({"storage": {"data_dir": str(tmp_path),
+                                              "redis_url": "redis://127.0.0.1:1/0"}}, environ={})
+    gateway, im, state, ipconf = (GatewayApp(settings), ImApp(settings), StateApp(settings),
+                                  IpconfApp(settings))
+    await im.storage.open()  # im's registry is made once its storage is open (start())
+    try:
+        expected = {gateway: "chatplane_send_latency_seconds", im: "chatplane_im_sent",
+                    state: "chatplane_state_deliver_seconds", ipconf: "chatplane_dispatch_requests"}
+        for app, name in expected.items():
+            text = generate_latest(app.metrics_registry()).decode()
+            names = [f.name for f in text_string_to_metric_families(text)]
+            assert len(names) == len(set(names)), app.kind
+            assert name in names and "chatplane_task_failures" in names, (app.kind, names)
+            assert not [n for n in names if re.search(r"_ms($|_)", n)], app.kind
+    finally:
+        await im.storage.close()
+        for app in (gateway, im, state, ipconf):
+            await app.redis.aclose()
 
 
 @pytest.mark.slow

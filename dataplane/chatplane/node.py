@@ -26,6 +26,7 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from chatplane import certs, metrics
@@ -145,16 +146,19 @@ class Node:
         app.add_routes(webapp.routes(self.signer if self.settings.server.dev_login else None))
         return app
 
+    def metrics_registry(self) -> CollectorRegistry:
+        """Every tier's figures, once (the registry refuses a name two parts export)."""
+        return metrics.registry(
+            self.gateway.metrics.families, self.im.families, self.state.groups.families,
+            self.storage.families, self.prober.families, certs.families_of(self.certs),
+            self.supervisor.families)
+
     def _admin_app(self) -> web.Application:
         """The admin port (rpc/adminport.py)."""
         app = web.Application(client_max_size=1024 * 1024)
         app.add_routes([
             *serving.probe_routes(self._ready, self._probe_details),
-            # every tier's figures, once: the registry refuses a name two parts export
-            *serving.metrics_routes(metrics.registry(
-                self.gateway.metrics.families, self.im.families, self.state.groups.families,
-                self.storage.families, self.prober.families, certs.families_of(self.certs),
-                self.supervisor.families)),
+            *serving.metrics_routes(self.metrics_registry()),
             web.post("/admin/drain", self._drain),
             web.get("/admin/drain", self._drain_status),
             *self.prober.routes(),

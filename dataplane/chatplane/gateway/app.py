@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from chatplane import certs, metrics, revocations
@@ -138,6 +139,11 @@ class GatewayApp:
         yield metrics.counter("chatplane_route_failures_total", "failed route calls to state",
                               self.routes.failures)
 
+    def metrics_registry(self) -> CollectorRegistry:
+        """What /metrics shows (once the certificate is loaded, in start())."""
+        return metrics.registry(self._families, self.gateway.metrics.families,
+                                certs.families_of(self.certs), self.supervisor.families)
+
     async def _lost_routes(self) -> None:
         """Redis lost its keys (or was unreachable): put our routes back, then
         look for pushes that found no route meanwhile."""
@@ -203,10 +209,7 @@ class GatewayApp:
         admin.add_routes([web.post("/admin/drain", self._drain_handler),
                           web.get("/admin/drain", self._drain_status),
                           *serving.probe_routes(self._ready, self._detail),
-                          *serving.metrics_routes(metrics.registry(
-                              self._families, self.gateway.metrics.families,
-                              certs.families_of(self.certs),
-                              self.supervisor.families))])
+                          *serving.metrics_routes(self.metrics_registry())])
         self._admin_runner, admin_port = await start_admin(admin, self.settings)
         self.admin_url = f"http://{host}:{admin_port}"
         self.ws_url = server.advertise_url or f"{'wss' if tls else 'ws'}://{host}:{http_port}/ws"

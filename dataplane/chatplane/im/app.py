@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
@@ -214,6 +215,11 @@ class ImApp:
         yield metrics.gauge("chatplane_im_group_outbox_depth",
                             "large-group messages waiting for state", self.outbox.groups.depth)
 
+    def metrics_registry(self) -> CollectorRegistry:
+        """What /metrics shows (once the storage is open, in start())."""
+        return metrics.registry(self._families, self.im.families, self.storage.families,
+                                self.prober.families, self.supervisor.families)
+
     def _services(self, grpc_server: grpc.aio.Server) -> None:
         """The client-request API for the gateways and the cross-region link for peers."""
         sgrpc.add_ImServicer_to_server(self.servicer, grpc_server)
@@ -237,9 +243,8 @@ class ImApp:
         self.base_url = f"http://{host}:{http_port}"
         admin = web.Application(client_max_size=1024 * 1024)
         admin.add_routes([*serving.probe_routes(self._ready, self._details),
-                          *serving.metrics_routes(metrics.registry(
-                              self._families, self.im.families, self.storage.families,
-                              self.prober.families, self.supervisor.families)), *self.prober.routes()])
+                          *serving.metrics_routes(self.metrics_registry()),
+                          *self.prober.routes()])
         admin.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im,
                                   audit=self.audit, on_revoked=self._revoked).routes())
         self._admin_runner, admin_port = await start_admin(admin, self.settings)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from chatplane import certs, metrics
@@ -87,6 +88,11 @@ class IpconfApp:
                               "failed registry reads", self.cache.failures)
         yield metrics.gauge("chatplane_dispatch_gateways", "gateways known", self.cache.known)
 
+    def metrics_registry(self) -> CollectorRegistry:
+        """What /metrics shows (once the certificate is loaded, in start())."""
+        return metrics.registry(self._families, certs.families_of(self.certs),
+                                self.supervisor.families)
+
     async def start(self) -> None:
         server = self.settings.server
         app = web.Application()
@@ -100,9 +106,7 @@ class IpconfApp:
         host = serving.advertised_host(self.settings)
         self.base_url = f"{'https' if tls else 'http'}://{host}:{port}"
         self._admin_runner, admin_port = await start_admin(
-            probes_app(self._ready, metrics.registry(self._families, certs.families_of(self.certs),
-                                                 self.supervisor.families),
-                       self.supervisor.details), self.settings)
+            probes_app(self._ready, self.metrics_registry(), self.supervisor.details), self.settings)
         self.admin_url = f"http://{host}:{admin_port}"
 
     def ready_line(self) -> str:
