@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from chatplane.bench import scrape
 from tests.services import CqlService, free_port
 
 COUNTERS = ("chatplane_cql_requests_total", "chatplane_cql_statements_total",
@@ -34,12 +34,12 @@ def counters(admin: str) -> dict[str, float]:
     """The counters above (summed), and requests by statement kind ("kind:...")."""
     text = urllib.request.urlopen(f"{admin}/metrics", timeout=10).read().decode()
     out = dict.fromkeys(COUNTERS, 0.0)
-    for line in text.splitlines():
-        match = re.match(r'^(\w+)(?:\{kind="([^"]*)"\})? ([0-9.e+-]+)$', line)
-        if match and match.group(1) in out:
-            out[match.group(1)] += float(match.group(3))
-            if match.group(1) == "chatplane_cql_requests_total":
-                out[f"kind:{match.group(2)}"] = float(match.group(3))
+    for key, value in scrape.parse(text).items():
+        name, _, labels = key.partition("{")
+        if name in out:
+            out[name] += value
+            if name == "chatplane_cql_requests_total":
+                out["kind:" + labels.removeprefix('kind="').removesuffix('"}')] = value
     return out
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import grpc
 
-from chatplane import tracing
 from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
 from chatplane.rpc.peers import Peers
@@ -76,7 +75,7 @@ class ImRing:
         for address in ahead:
             try:
                 await sgrpc.ImStub(self.peers.channel(address, "im")).AppendEvent(
-                    rpc, timeout=self.peers.deadline_s / 4, metadata=tracing.outgoing())
+                    rpc, timeout=self.peers.deadline_s / 4)
             except grpc.aio.AioRpcError:
                 continue  # dead, stalled or refusing: the next one, or here
             self.forwarded += 1

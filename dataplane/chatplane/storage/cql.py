@@ -44,6 +44,7 @@ from cassandra.policies import (
 from cassandra.protocol import ErrorMessage
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement, dict_factory
 
+from chatplane import tracing
 from chatplane.storage.base import StorageError, StorageUnavailable
 from chatplane.storage.cql_metrics import CqlStats
 
@@ -324,10 +325,11 @@ class CqlSession:
 
         failed_now = True
         try:
-            future = self.session.execute_async(
-                statement, params, timeout=timeout_s or self.settings.request_timeout_s)
-            future.add_callbacks(done, failed)
-            rows = await waiter
+            with tracing.db_span("cassandra", kind, self.settings.keyspace):
+                future = self.session.execute_async(
+                    statement, params, timeout=timeout_s or self.settings.request_timeout_s)
+                future.add_callbacks(done, failed)
+                rows = await waiter
             failed_now = False
             return rows
         except RequestValidationException as exc:  # schema or query wrong: not retriable
