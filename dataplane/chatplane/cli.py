@@ -315,7 +315,16 @@ def _token_revoke_args(argv: list[str]) -> list[str] | None:
     return argv[i + 2:] if argv[i:i + 2] == ["token", "revoke"] else None
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM ends the process until a command installs its own handler (a gateway's drain,
+    # a tier's clean stop, once it serves). In a container the process is PID 1, which
+    # ignores any signal it has no handler for: a gateway container the kubelet had just
+    # restarted when its pod was deleted sat out the whole grace period while starting.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     revoke = _token_revoke_args(sys.argv[1:] if argv is None else argv)
     if revoke is not None:
         return cmd_token_revoke(revoke)

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import time
@@ -30,13 +29,11 @@ from pathlib import Path
 import pytest
 
 from chatplane.auth import TokenSigner
-from tests.node import host_services
-from tests.node.kube_node import CACHE, NODE_IP, ROOT, Kubectl
+from tests.node.kube_node import NODE_IP, Kubectl
 from tests.node.test_node_up_pod import _chat_exactly_once
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
-HELM = CACHE / "kube" / "bin" / "helm"
 NAMESPACE = "chat"
 READY_TIMEOUT_S = 300.0
 REGION_LABEL = "topology.kubernetes.io/region"
@@ -63,29 +60,6 @@ spec:
         hosts: ["{cql}"]
         replicationFactor: 1
 """
-
-
-@pytest.fixture(scope="module")
-def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    workdir = tmp_path_factory.mktemp("node-backing")
-    with host_services.host_redis(workdir) as redis_url, host_services.host_cql(workdir) as cql:
-        yield redis_url, cql
-
-
-@pytest.fixture
-def operator_release(node: Kubectl) -> Iterator[None]:
-    if not HELM.exists():
-        pytest.skip("helm not built: run scripts/setup/30-kube.sh")
-    env = {**os.environ, "KUBECONFIG": str(node.kubeconfig)}
-    subprocess.run([str(HELM), "upgrade", "--install", "chatplane", str(ROOT / "charts" / "chatplane"),
-                    "-n", "chatplane-system", "--create-namespace",
-                    "--set", "image.pullPolicy=Never", "--wait", "--timeout", "180s"],
-                   check=True, env=env, capture_output=True, timeout=240)
-    try:
-        yield
-    finally:
-        subprocess.run([str(HELM), "uninstall", "chatplane", "-n", "chatplane-system"],
-                       check=False, env=env, capture_output=True, timeout=120)
 
 
 def _unschedulable(node: Kubectl) -> str:
