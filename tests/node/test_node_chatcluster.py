@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,7 +67,7 @@ def _unschedulable(node: Kubectl) -> str:
     """The region's Available message while it says PodsUnschedulable, else ''."""
     regions = node.get("chatcluster", "chat", "-n", NAMESPACE).get("status", {}).get(
         "regions") or [{}]
-    available = next((c for c in regions[0].get("conditions") or []
+    available: dict[str, Any] = next((c for c in regions[0].get("conditions") or []
                       if c["type"] == "Available"), {})
     return str(available.get("message", "")) if available.get(
         "reason") == "PodsUnschedulable" else ""

@@ -48,12 +48,10 @@ import pytest
 from chatplane.auth import TokenSigner
 from chatplane.bench.idle import connect_all, heartbeats
 from chatplane.bench.rawclient import Dispatcher, RawClient
-from chatplane.client import Client
 from tests.cluster.conftest import Chat
 from tests.drain.test_drain_rollout_processes import LoginMeter, chat_until
 from tests.node.kube_node import NODE_IP, STATE, Kubectl
 from tests.node.test_node_chatcluster import NAMESPACE, REGION_LABEL, _diagnose, _dispatch_ws
-from tests.support.traffic import Device
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
@@ -168,28 +166,6 @@ class Live:
         assert not behind, f"{moved}: {len(behind)} raw clients not logged in again"
 
 
-class TlsChat(Chat):
-    """`Chat` with its SDK devices on WSS, verified against the cluster's CA."""
-
-    async def open_tls(self, dispatch_url: str, signer: TokenSigner, ca: str, pairs: int,
-                       tag: str) -> None:
-        for i in range(pairs):
-            a, b = f"{tag}a{i}", f"{tag}b{i}"
-            made = []
-            for user, device in ((a, "phone"), (b, "phone"), (b, "tablet")):
-                client = Client(dispatch_url, signer.mint(user, device), ca=ca)
-                await client.connect()
-                d = Device(client, user, device, self.checker)
-                d.start()
-                made.append(d)
-            conv = await made[0].client.direct(b)
-            self.checker.add_member(conv, a)
-            self.checker.add_member(conv, b)
-            self.devices += made
-            self.senders += [(made[0], conv), (made[1], conv)]
-            self.seqs[conv] = []
-
-
 @contextlib.asynccontextmanager
 async def _traffic(live: Live) -> AsyncIterator[None]:
     """The SDK devices chat while the block runs; the last round is acked when it ends (so
@@ -267,8 +243,8 @@ async def _running(node: Kubectl, redis_url: str, cql: str, tmp_path: Path
         raw, dispatcher, took = await connect_all(dispatch_url, signer, CLIENTS, 100.0, "idle",
                                                   timeout_s=300, ssl=context)
         print(f"\n{CLIENTS} raw TLS clients logged in in {took:.1f}s")
-        chat = TlsChat()
-        await chat.open_tls(dispatch_url, signer, str(ca), pairs=3, tag="r")
+        chat = Chat()
+        await chat.open_at(dispatch_url, signer, pairs=3, tag="r", ca=str(ca))
         live = Live(node, dispatch_url, signer, str(ca), chat, raw, dispatcher)
         try:
             yield live
