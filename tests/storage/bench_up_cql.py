@@ -1,11 +1,6 @@
 """`chatplane up --storage scylla` against SQLite, rung by rung, in one run.
 
     python -m tests.storage.bench_up_cql --rates 250,500,1000 --pairs 20 --duration 15
-    python -m tests.storage.bench_up_cql --rates 300 --pairs 50 --warmup 20 --duration 60
-
---warmup S first runs the same pairs for S seconds and counts from after it:
-the steady state, where every sequence is already taken (the bench's users
-and conversations keep their names from run to run).
 
 Starts a one-node Cassandra (scripts/cql/run-cassandra, as the tests do), then
 for each rate and backend a fresh `chatplane up` (a new keyspace or data dir)
@@ -65,15 +60,6 @@ def wait_ready(admin: str, deadline_s: float = 60.0) -> None:
     raise RuntimeError("server not ready")
 
 
-def direct(port: int, data_dir: str, pairs: int, rate: int, duration: int,
-           out: Path) -> None:
-    subprocess.run([sys.executable, "-m", "chatplane.cli", "bench", "direct",
-                    "--url", f"http://127.0.0.1:{port}", "--data-dir", data_dir,
-                    "--pairs", str(pairs), "--rate", str(rate),
-                    "--duration", str(duration), "--quiet", "--json", str(out)],
-                   timeout=duration + 120, stdout=subprocess.DEVNULL)
-
-
 def one_run(backend: str, rate: int, args: argparse.Namespace,
                   cql: CqlService | None) -> dict[str, Any]:
     data_dir = tempfile.mkdtemp(prefix=f"up-{backend}-")
@@ -100,14 +86,16 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
     admin = f"http://127.0.0.1:{admin_port}"
     try:
         wait_ready(admin)
-        if args.warmup:
-            direct(port, data_dir, args.pairs, rate, args.warmup, Path(data_dir) / "warm.json")
         before = counters(admin)
         node_pid = cql.pid if cql is not None and backend == "scylla" else None
         node_before = cpu_seconds(node_pid) if node_pid else 0.0
         out = Path(data_dir) / "w1.json"
         began = time.time()
-        direct(port, data_dir, args.pairs, rate, args.duration, out)
+        subprocess.run([sys.executable, "-m", "chatplane.cli", "bench", "direct",
+                        "--url", f"http://127.0.0.1:{port}", "--data-dir", data_dir,
+                        "--pairs", str(args.pairs), "--rate", str(rate),
+                        "--duration", str(args.duration), "--quiet", "--json", str(out)],
+                       timeout=args.duration + 120, stdout=subprocess.DEVNULL)
         after = counters(admin)
         node_cpu = cpu_seconds(node_pid) - node_before if node_pid else None
         if not out.exists():
@@ -128,7 +116,6 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
 
     return {
         "backend": backend, "rate": rate, "pairs": args.pairs, "duration_s": args.duration,
-        "warmup_s": args.warmup,
         "clean": pub.get("clean"), "kept_up": pub.get("kept_up"), "acked": pub.get("acked"),
         "p50_ms": latency.get("p50_ms"), "p99_ms": latency.get("p99_ms"),
         "server_cpu_us_per_msg": pub.get("server_cpu_us_per_msg"),
@@ -152,8 +139,6 @@ def main() -> None:
     parser.add_argument("--rates", default="250,500,1000")
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--duration", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=0,
-                        help="seconds of the same traffic first, not counted")
     parser.add_argument("--backends", default="scylla,sqlite")
     args = parser.parse_args()
     backends = args.backends.split(",")
