@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 from pathlib import Path
 
@@ -73,7 +74,9 @@ class Node:
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
         self.storage: Storage = make_storage(settings, sole_writer=True)  # one sequencer
         self.certs: certs.ReloadingCert | None = None
-        self.state = StateService(MemoryRoutes(), self.server_id,
+        # the routes' one gateway cannot die without them: they need no TTL,
+        # and nothing refreshes them (unregister removes each)
+        self.state = StateService(MemoryRoutes(ttl_s=math.inf), self.server_id,
                                   group_interval_ms=settings.social.group_push_interval_ms,
                                   group_max_messages=settings.social.group_push_max_messages)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,

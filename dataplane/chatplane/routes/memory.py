@@ -3,8 +3,9 @@
 The twin of redis.py, kept by the same rule (`base.decide`) and proven alike
 by one conformance suite: a user's routes expire `ttl_s` after their last
 write, as a Redis hash with a TTL does (looked at when read, and swept by a
-refresh). Nothing here yields to the event loop, so calls made in order
-apply in order.
+refresh); `math.inf` when they live in the process of their one gateway.
+Nothing here yields to the event loop, so calls made in order apply in
+order.
 """
 
 from __future__ import annotations
