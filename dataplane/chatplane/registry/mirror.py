@@ -1,8 +1,8 @@
 """One process's own device routes, mirrored into Redis (`chatplane up`).
 
-`chatplane up` keeps its routes in memory: one process holds every
-connection, so memory is the authority and nothing in `up` reads the mirror
-back. With a Redis URL it also writes them to the `cp:route:<uid>` hashes
+`chatplane up` keeps its routes in memory (its state tier's `MemoryRoutes`):
+one process holds every connection, so memory is the authority and nothing
+in `up` reads the mirror back. With a Redis URL it also writes them to the `cp:route:<uid>` hashes
 that the cluster's state tier keeps (routes/redis.py), so presence and
 tooling that read the registry see an `up` node like any gateway.
 
