@@ -99,6 +99,9 @@ class Server:
     token_secret: str = ""  # empty: the data dir's key file
     admin_secret: str = ""  # empty: the data dir's secret file
     advertise_url: str = ""  # the ws URL dispatch hands out; derived when empty
+    # host:port dispatch hands out for the raw TCP port (tcps:// prefixed with TLS); derived
+    # from the listen address when empty
+    advertise_tcp: str = ""
     dev_login: int = 0  # 1: the web app offers a token for any user id (loopback hosts only)
 
 
@@ -206,6 +209,7 @@ class Settings:
 ENV_ALIASES = {
     ("server", "http_port"): "CHATPLANE_HTTP_PORT",
     ("server", "advertise_url"): "CHATPLANE_GATEWAY_ADVERTISE_URL",
+    ("server", "advertise_tcp"): "CHATPLANE_GATEWAY_ADVERTISE_TCP",
     ("storage", "backend"): "CHATPLANE_STORAGE",
     ("drain", "rate"): "CHATPLANE_DRAIN_RATE",
     ("drain", "deadline_s"): "CHATPLANE_DRAIN_DEADLINE_S",

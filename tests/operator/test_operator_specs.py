@@ -116,6 +116,9 @@ def test_env_contract(body: dict[str, Any]) -> None:
     env = {e["name"]: e for e in gateway["env"]}
     assert env["CHATPLANE_GATEWAY_ADVERTISE_URL"]["value"] == (
         "wss://$(POD_NAME).chat-eu-gateway.chat.svc:8080/ws")  # TLS is on by default
+    # the raw TCP endpoint likewise (the pod IP would be outside the certificate)
+    assert env["CHATPLANE_GATEWAY_ADVERTISE_TCP"]["value"] == (
+        "$(POD_NAME).chat-eu-gateway.chat.svc:8081")
     assert env["CHATPLANE_SERVER_ID"]["value"] == "$(POD_NAME)"
     assert env["CHATPLANE_GRPC_ADVERTISE_HOST"]["value"] == "$(POD_IP)"
     names = [e["name"] for e in gateway["env"]]

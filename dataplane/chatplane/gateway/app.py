@@ -219,8 +219,9 @@ class GatewayApp:
                 ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None,
                 backlog=admission.LISTEN_BACKLOG)
             tcp_host, tcp_port = self._tcp.sockets[0].getsockname()[:2]
-            public = serving.reachable_host(tcp_host, self.settings)
-            self.tcp_address = f"{'tcps://' if tls else ''}{public}:{tcp_port}"
+            public = server.advertise_tcp or (
+                f"{serving.reachable_host(tcp_host, self.settings)}:{tcp_port}")
+            self.tcp_address = f"{'tcps://' if tls else ''}{public}"
         self.gateway.start(self.supervisor)
         self.heads.start(self.supervisor)
         self.publisher = serving.Publisher(self.instances, self.kind, self.instance_id,

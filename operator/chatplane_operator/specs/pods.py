@@ -82,6 +82,13 @@ def _advertise_url(cluster: api.ChatCluster, region: api.Region) -> str:
     return f"{scheme}://$(POD_NAME).{headless}.{cluster.namespace}.svc:{cluster.ports.http}/ws"
 
 
+def _advertise_tcp(cluster: api.ChatCluster, region: api.Region) -> str:
+    if region.gateway.advertise_tcp:
+        return region.gateway.advertise_tcp
+    headless = naming.tier_name(cluster, region, "gateway")
+    return f"$(POD_NAME).{headless}.{cluster.namespace}.svc:{cluster.ports.tcp}"
+
+
 def _env(cluster: api.ChatCluster, region: api.Region, tier: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -93,6 +100,8 @@ def _env(cluster: api.ChatCluster, region: api.Region, tier: str) -> list[dict[s
     if tier == "gateway":
         env.append({"name": "CHATPLANE_GATEWAY_ADVERTISE_URL",
                     "value": _advertise_url(cluster, region)})
+        env.append({"name": "CHATPLANE_GATEWAY_ADVERTISE_TCP",
+                    "value": _advertise_tcp(cluster, region)})
     return (env + config.secret_env(cluster, region)
             + certs.env(certs.mounts(cluster, region, tier)))
 
