@@ -200,7 +200,13 @@ def cmd_drain(args: argparse.Namespace) -> int:
         print(json.dumps(status))
         while args.wait and status.get("connections", 0):
             time.sleep(0.5)
-            status = admin_call(url, secret)
+            try:
+                status = admin_call(url, secret)
+            except urllib.error.HTTPError:
+                raise
+            except (urllib.error.URLError, OSError) as exc:
+                # a drained gateway exits (unless drain.exit_when_empty=0): gone is empty
+                status = {"draining": True, "connections": 0, "gone": str(exc)}
         if args.wait:
             print(json.dumps(status))
     except urllib.error.HTTPError as exc:

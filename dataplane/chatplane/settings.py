@@ -56,6 +56,10 @@ class Drain:
     rate: float = 500.0  # connections told to reconnect per second
     deadline_s: float = 60.0
     reconnect_delay_ms: int = 200
+    # 0: a drained gateway stays (empty, not ready) until SIGTERM. In a pod the preStop hook
+    # (`chatplane drain --wait`) must return before the process exits, and a container that
+    # exits by itself is restarted in place, serving again until its pod is deleted.
+    exit_when_empty: int = 1
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,7 @@ ENV_ALIASES = {
     ("storage", "backend"): "CHATPLANE_STORAGE",
     ("drain", "rate"): "CHATPLANE_DRAIN_RATE",
     ("drain", "deadline_s"): "CHATPLANE_DRAIN_DEADLINE_S",
+    ("drain", "exit_when_empty"): "CHATPLANE_DRAIN_EXIT_WHEN_EMPTY",
     ("tokens", "keys"): "CHATPLANE_TOKEN_KEYS",
     ("tokens", "keys_file"): "CHATPLANE_TOKEN_KEYS_FILE",
     ("admin", "port"): "CHATPLANE_ADMIN_PORT",
@@ -288,6 +293,8 @@ def validate(s: Settings) -> None:
         problems.append(f"tcp port {s.server.tcp_port} out of range")
     if s.server.dev_login not in (0, 1):
         problems.append("dev_login must be 0 or 1")
+    if s.drain.exit_when_empty not in (0, 1):
+        problems.append("drain.exit_when_empty must be 0 or 1")
     if s.server.dev_login and s.server.host not in ("127.0.0.1", "localhost", "::1"):
         problems.append(f"dev_login signs tokens for anyone: loopback hosts only, not {s.server.host!r}")
     if s.storage.backend not in ("sqlite", "scylla"):

@@ -11,7 +11,9 @@ The public HTTP port serves `/ws` and health; the admin port (rpc/adminport.py)
 Drain (`POST /admin/drain` with the admin secret, or SIGTERM): readiness turns false and the
 registry entry says draining at once (dispatch stops listing it), clients get
 `Reconnect` at the drain rate with jitter, and the process exits when empty
-or at the deadline.
+or at the deadline. With `drain.exit_when_empty=0` (the operator's pods) a drained gateway
+stays, empty and not ready, until SIGTERM: the kubelet sends it once the preStop hook
+(`chatplane drain --wait`) has returned, and the hook must not outlive its container.
 """
 
 from __future__ import annotations
@@ -114,6 +116,9 @@ class GatewayApp:
         self._http: asyncio.AbstractServer | None = None
         self._refresher: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()  # set when a drain has emptied the gateway
+        self._may_exit = asyncio.Event()  # set: exit once drained (SIGTERM sets it too)
+        if settings.drain.exit_when_empty:
+            self._may_exit.set()
         self.supervisor = Supervisor(settings.supervision)
         self.certs: certs.ReloadingCert | None = None
 
@@ -180,9 +185,15 @@ class GatewayApp:
 
         async def exit_when_empty() -> None:
             await self.gateway.wait_drained()
+            await self._may_exit.wait()
             self.finished.set()
 
         asyncio.get_running_loop().create_task(exit_when_empty())
+
+    def terminate(self) -> None:
+        """SIGTERM: drain (unless draining already), then exit once empty."""
+        self._may_exit.set()
+        self.drain()
 
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links

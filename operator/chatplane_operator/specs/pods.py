@@ -102,6 +102,10 @@ def _env(cluster: api.ChatCluster, region: api.Region, tier: str) -> list[dict[s
                     "value": _advertise_url(cluster, region)})
         env.append({"name": "CHATPLANE_GATEWAY_ADVERTISE_TCP",
                     "value": _advertise_tcp(cluster, region)})
+        # A drained gateway waits for the kubelet's SIGTERM: exiting by itself would kill
+        # the preStop hook still running in it (FailedPreStopHook), and the container would
+        # be restarted in place, serving again, before the operator deletes its pod.
+        env.append({"name": "CHATPLANE_DRAIN_EXIT_WHEN_EMPTY", "value": "0"})
     return (env + config.secret_env(cluster, region)
             + certs.env(certs.mounts(cluster, region, tier)))
 
