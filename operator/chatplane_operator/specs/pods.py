@@ -139,8 +139,9 @@ def container(cluster: api.ChatCluster, region: api.Region, tier: str) -> dict[s
     }
     if tier == "gateway":
         # CHATPLANE_ADMIN_SECRET is in the env: the drain call carries it
-        drain = ["chatplane", "drain", "--url", f"http://127.0.0.1:{cluster.ports.admin}",
-                 "--wait"]
+        # stdlib only (chatplane.drainhook): `chatplane drain` would load the whole CLI
+        drain = ["python3", "-m", "chatplane.drainhook", "--url",
+                 f"http://127.0.0.1:{cluster.ports.admin}", "--wait"]
         out["lifecycle"] = {"preStop": {"exec": {"command": drain}}}
     return out
 
