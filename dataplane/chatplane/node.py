@@ -237,8 +237,9 @@ class Node:
                 ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None,
                 backlog=admission.LISTEN_BACKLOG)
             tcp_host, tcp_port = self._tcp_server.sockets[0].getsockname()[:2]
-            tcp_public = serving.reachable_host(tcp_host, self.settings)
-            self.tcp_address = f"{'tcps://' if tls else ''}{tcp_public}:{tcp_port}"
+            tcp_public = server.advertise_tcp or (
+                f"{serving.reachable_host(tcp_host, self.settings)}:{tcp_port}")
+            self.tcp_address = f"{'tcps://' if tls else ''}{tcp_public}"
         if self.prober.links:
             await self._start_region_link()
         self.gateway.start(self.supervisor)

@@ -20,7 +20,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from chatplane.auth import TokenSigner
@@ -329,22 +329,29 @@ class Gateway:
 
     # -- drain ------------------------------------------------------------
 
-    def drain(self, rate: float, deadline_s: float) -> None:
+    def drain(self, rate: float, deadline_s: float,
+              announce: Callable[[], Awaitable[None]] | None = None) -> None:
         """Stop taking logins and move every client elsewhere at `rate`
-        connections per second (with jitter), finishing by `deadline_s`."""
+        connections per second (with jitter), finishing by `deadline_s`.
+        `announce` runs first: until dispatch knows the gateway drains, it may
+        hand it to the very clients sent away (see GatewayApp.drain)."""
         if self._drain_task is not None and not self._drain_task.done():
             return
         self.draining = True
-        self._drain_task = asyncio.get_running_loop().create_task(self._drain(rate, deadline_s))
+        self._drain_task = asyncio.get_running_loop().create_task(
+            self._drain(rate, deadline_s, announce))
 
-    async def _drain(self, rate: float, deadline_s: float) -> None:
+    async def _drain(self, rate: float, deadline_s: float,
+                     announce: Callable[[], Awaitable[None]] | None) -> None:
         # Paced by schedule, not by summed sleeps: each connection goes one
         # slot (1/rate, +- half a slot of jitter) after the previous one's
         # slot, so slow steps do not lower the rate; but a stall earns no
         # credit (the schedule never lags now by more than half a slot), so
         # the loop never catches up in a burst above the rate.
+        deadline = time.monotonic() + deadline_s
+        if announce is not None:
+            await announce()
         start = time.monotonic()
-        deadline = start + deadline_s
         delay_ms = self.settings.drain.reconnect_delay_ms
         slot = 1.0 / rate
         due = start
