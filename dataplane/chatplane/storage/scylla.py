@@ -23,7 +23,7 @@ the original.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from chatplane.storage import cql, migrations
@@ -184,23 +184,38 @@ class ScyllaStorage(social.SocialMethods):
 
     # -- append --------------------------------------------------------------
 
-    async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
-        return await self._sequence(request, recipients, None)
+    async def append(self, request: SendRequest, recipients: Sequence[str],
+                     inboxes: Collection[str] | None = None) -> AppendResult:
+        return await self._sequence(request, recipients, None, inboxes)
 
     async def apply_membership(self, conversation_id: str, change: MembershipChange,
                                event: SendRequest,
-                               recipients: Sequence[str] | None = None) -> AppendResult:
+                               recipients: Sequence[str] | None = None,
+                               inboxes: Collection[str] | None = None) -> AppendResult:
         if event.conversation_id != conversation_id:
             raise StorageError(f"event for {event.conversation_id} applied to {conversation_id}")
         if change.create:
             await self._create(conversation_id, GROUP, event.sent_at_ms, ())
-        return await self._sequence(event, recipients, change)
+        return await self._sequence(event, recipients, change, inboxes)
 
     async def _sequence(self, request: SendRequest, recipients: Sequence[str] | None,
-                        change: MembershipChange | None) -> AppendResult:
+                        change: MembershipChange | None,
+                        inboxes: Collection[str] | None) -> AppendResult:
         if self._flusher is None:
             raise StorageUnavailable("storage is not open")
-        return await self._flusher.submit(request, recipients, change)
+        return await self._flusher.submit(request, recipients, change,
+                                          None if inboxes is None else frozenset(inboxes))
+
+    async def fan_out(self, conversation_id: str,
+                      entries: Sequence[tuple[int, Sequence[str]]]) -> list[InboxItem]:
+        appender = self._appender
+        if appender is None:
+            raise StorageUnavailable("storage is not open")
+        return await appender.fan_out(conversation_id, entries, verify=not self.sole_writer)
+
+    async def fanned_out(self, conversation_id: str, seqs: Sequence[int]) -> None:
+        if self._appender is not None:
+            self._appender.finished(conversation_id, seqs)
 
     # -- sequencing leases (docs/storage.md, "Seq blocks and the fence") -------
 

@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -171,11 +171,13 @@ class _SocialMethods:
 
     async def apply_membership(self, conversation_id: str, change: MembershipChange,
                                event: SendRequest,
-                               recipients: Sequence[str] | None = None) -> AppendResult:
+                               recipients: Sequence[str] | None = None,
+                               inboxes: Collection[str] | None = None) -> AppendResult:
         chosen = None if recipients is None else tuple(recipients)
+        local = None if inboxes is None else frozenset(inboxes)
         result: AppendResult = await self._write(
             lambda writer: writer.apply_membership(conversation_id, change, event,
-                                                   event.sent_at_ms, chosen))
+                                                   event.sent_at_ms, chosen, local))
         return result
 
     async def members(self, conversation_id: str) -> list[Member]:
@@ -579,9 +581,23 @@ class SqliteStorage(_SocialMethods):
         epoch: int = await self._write(lambda writer: writer.acquire(conversation_id, owner))
         return epoch
 
-    async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
-        result: AppendResult = await self._write(AppendJob(request, tuple(recipients)))
+    async def append(self, request: SendRequest, recipients: Sequence[str],
+                     inboxes: Collection[str] | None = None) -> AppendResult:
+        result: AppendResult = await self._write(AppendJob(
+            request, tuple(recipients), None if inboxes is None else frozenset(inboxes)))
         return result
+
+    async def fan_out(self, conversation_id: str,
+                      entries: Sequence[tuple[int, Sequence[str]]]) -> list[InboxItem]:
+        chosen = [(seq, tuple(users)) for seq, users in entries]
+        items: list[InboxItem] = await self._write(
+            lambda writer: writer.fan_out(conversation_id, chosen))
+        return items
+
+    async def fanned_out(self, conversation_id: str, seqs: Sequence[int]) -> None:
+        """Nothing to record: an append's own entries commit with it, and a
+        message whose fan-out an instance left unfinished is finished by the
+        sender's resend (im/inboxes.py)."""
 
     async def inbox(self, user_id: str, after_seq: int, limit: int) -> list[InboxItem]:
         columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
