@@ -33,6 +33,9 @@ class CqlStats:
         self.batch_sizes = [0] * (len(BATCH_BUCKETS) + 1)
         self.batch_sum = 0
         self.appends = 0
+        # sequences taken (scylla_seq.py), by kind: "conversation" or "inbox";
+        # inbox takes stay near zero while each inbox has one writer (im/inboxes.py)
+        self.takes: Counter[str] = Counter()
 
     def request(self, kind: str, seconds: float, *, conditional: bool, failed: bool) -> None:
         with self._lock:
@@ -44,6 +47,10 @@ class CqlStats:
             self.latency_sum[kind] = self.latency_sum.get(kind, 0.0) + seconds
             counts = self.latency_buckets.setdefault(kind, [0] * (len(BUCKETS) + 1))
             counts[_slot(BUCKETS, seconds)] += 1
+
+    def took(self, sequence: str) -> None:
+        with self._lock:
+            self.takes[sequence] += 1
 
     def carried(self, kinds: list[str]) -> None:
         """The statements of one request (one, or a batch's)."""
@@ -77,6 +84,11 @@ class CqlStats:
                 "# HELP chatplane_storage_appends_total Messages stored (appends and group events)",
                 "# TYPE chatplane_storage_appends_total counter",
                 f"chatplane_storage_appends_total {self.appends}",
+                "# HELP chatplane_cql_sequence_takes_total Sequences taken by this process"
+                " (a conditional write and a seal each), by sequence kind",
+                "# TYPE chatplane_cql_sequence_takes_total counter",
+                *(f'chatplane_cql_sequence_takes_total{{sequence="{k}"}} {v}'
+                  for k, v in sorted(self.takes.items())),
                 "# HELP chatplane_cql_request_seconds Driver latency of CQL requests, by kind",
                 "# TYPE chatplane_cql_request_seconds histogram",
             ]
