@@ -109,8 +109,12 @@ class Inboxes:
 
     def _leave(self, conversation_id: str, queue: Queue) -> None:
         queue.users -= 1
-        if not queue.users and not queue.tickets and not queue.debt:
-            self._queues.pop(conversation_id, None)
+        self._drop_if_idle(conversation_id, queue)
+
+    def _drop_if_idle(self, conversation_id: str, queue: Queue) -> None:
+        if (not queue.users and not queue.tickets and not queue.debt
+                and self._queues.get(conversation_id) is queue):
+            del self._queues[conversation_id]
 
     def ticket(self, queue: Queue, recipients: Sequence[str], remote: Collection[str], *,
                group_change: bool) -> tuple[Ticket, frozenset[str]]:
@@ -161,8 +165,7 @@ class Inboxes:
                     queue.tickets.popleft()
         finally:
             queue.runner = None
-            if not queue.users and not queue.tickets and not queue.debt:
-                self._queues.pop(conversation_id, None)
+            self._drop_if_idle(conversation_id, queue)
 
     async def _fan_out_batch(self, conversation_id: str, queue: Queue,
                              batch: list[Ticket]) -> None:

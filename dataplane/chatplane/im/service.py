@@ -198,13 +198,18 @@ class ImService:
             async def attempt(fence: int | None) -> AppendResult:
                 ticket, now = inboxes.ticket(queue, recipients, remote, group_change=group_change)
                 tickets.append(ticket)
-                try:
-                    result = await call(fence, now)
-                except BaseException:
-                    inboxes.appended(conversation_id, queue, ticket, None, recipients)
-                    raise
-                inboxes.appended(conversation_id, queue, ticket, result, recipients)
-                return result
+                # Started in ticket order (tasks run in the order they were
+                # made, each straight into storage's queue); its outcome goes to
+                # the ticket even if this caller stops waiting (storage goes on).
+                append = asyncio.ensure_future(call(fence, now))
+
+                def settle(done: asyncio.Future[AppendResult]) -> None:
+                    failed = done.cancelled() or done.exception() is not None
+                    inboxes.appended(conversation_id, queue, ticket,
+                                     None if failed else done.result(), recipients)
+
+                append.add_done_callback(settle)
+                return await asyncio.shield(append)
 
             result = await self.sequenced(conversation_id, attempt, take_back=take_back)
             await asyncio.shield(tickets[-1].done)  # StorageUnavailable: the resend finishes it
