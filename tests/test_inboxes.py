@@ -183,3 +183,19 @@ async def test_a_failed_fan_out_fails_its_senders_and_is_finished_first(
     # the resend of the failed one finds its message and its entry: nothing twice
     again = await send(im1, 1)
     assert again.duplicate and await inbox(im2, "bob") == [1, 2]
+
+
+async def test_the_next_owner_finishes_what_its_previous_owner_left(cluster: Cluster) -> None:
+    ring, im1, im2, _, pushed2 = cluster
+    # im-1 stored message 1 with alice's entry, then died before bob's owner wrote his
+    request = SendRequest(conversation_id="d:alice:bob", sender="alice", sender_device="phone",
+                          cid=1, text="m1", message_id="m1", sent_at_ms=1)
+    left = await im1.storage.append(request, PAIR, inboxes={"alice"})
+    assert left.owed == ("bob",)
+    ring.owner["alice"] = "im-2"  # the ring gives everyone to the survivor
+    im2.leases.enabled = True  # (a cluster's ims take leases: the take recovers)
+    await send(im2, 2)
+    assert await inbox(im2, "bob") == [1, 2]
+    assert await inbox(im2, "alice") == [1, 2]
+    assert im2.inboxes is not None and im2.inboxes.recovered == 1
+    assert [i.message.seq for i in pushed2.items if i.user_id == "bob"][:1] == [1]

@@ -134,3 +134,20 @@ async def test_a_taker_finishes_a_fan_out_left_unfinished(backend: Backend) -> N
     # and the late fan-out of the first owner's request finds it
     await second.fan_out(conv, [(1, ["bob"])])
     assert await refs(second, "bob") == [(1, conv, 1)]
+
+
+async def test_unfinished_names_what_is_owed_until_fanned_out(storage: Storage) -> None:
+    conv = (await storage.ensure_direct(*PAIR, NOW)).conversation_id
+    await storage.append(send(conv, "alice", 1), PAIR)
+    owed = await storage.append(send(conv, "alice", 2), PAIR, inboxes={"alice"})
+    left = dict(await storage.unfinished(conv))
+    assert "bob" in left[owed.message.seq]
+    # the new owner's pass: fan out what is named, then mark it
+    for seq, users in await storage.unfinished(conv):
+        await storage.fan_out(conv, [(seq, users)])
+    await storage.fanned_out(conv, [seq for seq, _ in await storage.unfinished(conv)])
+    await storage.append(send(conv, "alice", 3), PAIR)
+    assert owed.message.seq not in dict(await storage.unfinished(conv))
+    # nothing twice, nothing missing, in order
+    assert await refs(storage, "bob") == [(1, conv, 1), (2, conv, 2), (3, conv, 3)]
+    assert await refs(storage, "alice") == [(1, conv, 1), (2, conv, 2), (3, conv, 3)]

@@ -84,6 +84,7 @@ class Inboxes:
         self.ring = ring
         self.state = state
         self._queues: dict[str, Queue] = {}
+        self.recovered = 0  # messages fanned out again after taking their conversation
 
     async def remote(self, users: Iterable[str]) -> dict[str, str]:
         """user -> owner address, for the users whose inboxes another instance writes."""
@@ -219,6 +220,16 @@ class Inboxes:
                 merged.setdefault(seq, set()).update(group)
             await self.fan_out_here(conversation_id, [(seq, sorted(group))
                                                       for seq, group in sorted(merged.items())])
+
+    async def recover(self, conversation_id: str) -> None:
+        """This instance just took the conversation's lease: fan out again
+        what its previous owner may have left unfinished (idempotent), before
+        this one appends, so those entries come first in every inbox."""
+        left = await self.storage.unfinished(conversation_id)
+        if left:
+            await self.fan_out(conversation_id, left)
+            await self.storage.fanned_out(conversation_id, [seq for seq, _ in left])
+            self.recovered += len(left)
 
     async def fan_out_here(self, conversation_id: str,
                            entries: Sequence[tuple[int, Sequence[str]]]) -> int:

@@ -121,12 +121,13 @@ class ImService:
         self._member_lists: dict[str, list[Member]] = {}
         self.hot = HotCache(self.social_settings.hot_cache_messages)
         self._event_cids = CidAllocator()
-        # fenced: one of several im instances (docs/cluster.md, "Ownership")
-        self.leases = Leases(storage, server_id, self._forget_conversation, enabled=fenced)
         # in a cluster, events for users served elsewhere go to their owner,
         # and so do a message's inbox entries for them (im/inboxes.py)
         self.owners = owners
         self.inboxes = Inboxes(storage, owners, state) if owners is not None else None
+        # fenced: one of several im instances (docs/cluster.md, "Ownership")
+        self.leases = Leases(storage, server_id, self._forget_conversation, enabled=fenced,
+                             recover=self.inboxes.recover if self.inboxes is not None else None)
         self.sent = 0
         self.duplicates = 0
 

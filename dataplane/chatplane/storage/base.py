@@ -228,6 +228,13 @@ class Storage(Protocol):
         """Every recipient of these messages has its entry: they are finished
         (a taker of the conversation need not look at them)."""
 
+    async def unfinished(self, conversation_id: str) -> list[tuple[int, tuple[str, ...]]]:
+        """(seq, users) ascending, covering every message of the conversation
+        stored with entries owed and not `fanned_out` yet (the users owed, or
+        more): the conversation's new owner fans them out again before its
+        first append. It may name recent messages that are finished (CQL: a
+        done mark waits for the next batch); fanning out finds their entries."""
+
     async def inbox(self, user_id: str, after_seq: int, limit: int) -> list[InboxItem]:
         """Inbox entries with inbox_seq > after_seq, ascending, at most limit."""
 

@@ -45,7 +45,7 @@ from chatplane.storage.base import (
     direct_conversation_id,
     events_conversation_id,
 )
-from chatplane.storage.scylla_append import Appender
+from chatplane.storage.scylla_append import RECOVER_TAIL, Appender
 from chatplane.storage.scylla_flush import Flusher
 from chatplane.storage.scylla_heads import Heads
 from chatplane.storage.scylla_statements import Statements, message_from_row
@@ -216,6 +216,23 @@ class ScyllaStorage(social.SocialMethods):
     async def fanned_out(self, conversation_id: str, seqs: Sequence[int]) -> None:
         if self._appender is not None:
             self._appender.finished(conversation_id, seqs)
+
+    async def unfinished(self, conversation_id: str) -> list[tuple[int, tuple[str, ...]]]:
+        """The newest messages without their done mark (a take's recovery
+        finished and marked the older ones; these may just wait for the next
+        batch's mark): fanning them out again finds their entries."""
+        _, _, heads = self._parts()
+        appender = self._appender
+        assert appender is not None
+        async with heads.conversation_state(conversation_id).lock:
+            try:
+                holder = await appender.conversation_holder(conversation_id, None)
+            except BaseException:
+                appender.drop_conversation(conversation_id)
+                raise
+        rows = await heads.timeline_rows_down(conversation_id, holder.next - 1, RECOVER_TAIL)
+        return [(int(row["seq"]), tuple(row["recipients"] or ())) for row in rows
+                if not row["fanned_out"] and row["recipients"]]
 
     # -- sequencing leases (docs/storage.md, "Seq blocks and the fence") -------
 

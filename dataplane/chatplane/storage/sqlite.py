@@ -116,6 +116,15 @@ CREATE TABLE IF NOT EXISTS leases (
     epoch INTEGER NOT NULL,
     owner TEXT NOT NULL
 ) WITHOUT ROWID;
+-- Messages whose inbox entries other instances still owe (a cluster's one
+-- writer per inbox, im/inboxes.py), until `fanned_out`: the conversation's
+-- next owner finishes them. New without a version bump, like revocations.
+CREATE TABLE IF NOT EXISTS fanouts (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    users TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY,
     display_name TEXT NOT NULL,
@@ -595,9 +604,22 @@ class SqliteStorage(_SocialMethods):
         return items
 
     async def fanned_out(self, conversation_id: str, seqs: Sequence[int]) -> None:
-        """Nothing to record: an append's own entries commit with it, and a
-        message whose fan-out an instance left unfinished is finished by the
-        sender's resend (im/inboxes.py)."""
+        done = [(conversation_id, seq) for seq in seqs]
+
+        def forget(writer: Writer) -> None:
+            writer.db.executemany("DELETE FROM fanouts WHERE conversation_id = ? AND seq = ?",
+                                  done)
+
+        if done:
+            await self._write(forget)
+
+    async def unfinished(self, conversation_id: str) -> list[tuple[int, tuple[str, ...]]]:
+        def read(db: sqlite3.Connection) -> list[tuple[int, tuple[str, ...]]]:
+            rows = db.execute("SELECT seq, users FROM fanouts WHERE conversation_id = ?"
+                              " ORDER BY seq", (conversation_id,)).fetchall()
+            return [(int(seq), tuple(json.loads(users))) for seq, users in rows]
+
+        return await self._read(read)
 
     async def inbox(self, user_id: str, after_seq: int, limit: int) -> list[InboxItem]:
         columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))

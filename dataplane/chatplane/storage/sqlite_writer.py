@@ -17,6 +17,7 @@ what the writer cached, and `check_integrity` refuses a damaged file.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -274,6 +275,9 @@ class Writer:
         items = [self.add_entry(user_id, message) for user_id in recipients
                  if inboxes is None or user_id in inboxes]
         owed = () if inboxes is None else tuple(u for u in recipients if u not in inboxes)
+        if owed:  # with the message: the next owner finishes it if this one cannot
+            self.db.execute("INSERT INTO fanouts (conversation_id, seq, users) VALUES (?, ?, ?)",
+                            (message.conversation_id, seq, json.dumps(owed)))
         return AppendResult(message=message, duplicate=False, inbox=tuple(items), owed=owed)
 
     def add_entry(self, user_id: str, message: StoredMessage) -> InboxItem:
