@@ -33,7 +33,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from chatplane.storage.base import AppendResult, InboxItem, Storage, StorageError, StorageUnavailable
+from chatplane.storage.base import AppendResult, InboxItem, Storage, StorageUnavailable
 
 log = logging.getLogger("chatplane.im.inboxes")
 
@@ -180,7 +180,7 @@ class Inboxes:
                 await self.fan_out(conversation_id, sorted(owed.items()))
                 await self.storage.fanned_out(conversation_id, sorted(owed))
                 queue.debt.clear()
-            except StorageError as exc:
+            except Exception as exc:  # storage, or the ring's lookups: the same retry
                 log.warning("fan-out of %s failed, left to the next batch and resends: %s",
                             conversation_id, exc)
                 error = StorageUnavailable(f"fan-out of {conversation_id} failed, retry: {exc}")
