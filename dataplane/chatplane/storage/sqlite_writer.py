@@ -37,6 +37,7 @@ from chatplane.storage.base import (
     StoredMessage,
 )
 
+FIND_BACK = 10_000  # inbox entries fan_out looks back for one written before
 MAX_CID_CACHE = 100_000  # (conversation, sender, device) keys; cleared when full
 
 MESSAGE_COLUMNS = (
@@ -306,11 +307,14 @@ class Writer:
                 raise StorageError(f"{conversation_id}#{seq} is not stored")
             message = message_from_row(row)
             for user_id in dict.fromkeys(users):
-                # a scan of the user's own inbox rows (primary key prefix): this
-                # runs only in a cluster, for users another instance appended to
+                # a range of the user's newest rows (primary key): an entry
+                # written before lies near the head; one older than that is
+                # written again (a duplicate entry, which clients drop)
                 found = self.db.execute(
-                    "SELECT inbox_seq FROM inbox WHERE user_id = ? AND conversation_id = ?"
-                    " AND seq = ?", (user_id, conversation_id, seq)).fetchone()
+                    "SELECT inbox_seq FROM inbox WHERE user_id = ? AND inbox_seq > ?"
+                    " AND conversation_id = ? AND seq = ?",
+                    (user_id, self.inbox_head(user_id) - FIND_BACK, conversation_id,
+                     seq)).fetchone()
                 items.append(InboxItem(user_id, int(found[0]), message) if found is not None
                              else self.add_entry(user_id, message))
         return items
