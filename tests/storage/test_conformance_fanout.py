@@ -151,3 +151,12 @@ async def test_unfinished_names_what_is_owed_until_fanned_out(storage: Storage) 
     # nothing twice, nothing missing, in order
     assert await refs(storage, "bob") == [(1, conv, 1), (2, conv, 2), (3, conv, 3)]
     assert await refs(storage, "alice") == [(1, conv, 1), (2, conv, 2), (3, conv, 3)]
+
+
+async def test_fan_out_skips_a_seq_that_is_not_stored(storage: Storage) -> None:
+    conv = (await storage.ensure_direct(*PAIR, NOW)).conversation_id
+    await storage.append(send(conv, "alice", 1), PAIR, inboxes={"alice"})
+    # a seq that is gone (or never was) has nothing to fan out: no error, no entry
+    items = await storage.fan_out(conv, [(1, ["bob"]), (7, ["bob"])])
+    assert [(i.user_id, i.message.seq) for i in items] == [("bob", 1)]
+    assert await refs(storage, "bob") == [(1, conv, 1)]
