@@ -33,6 +33,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from chatplane.protocol.bounds import MAX_FANOUT_ENTRIES
 from chatplane.storage.base import AppendResult, InboxItem, Storage, StorageUnavailable
 
 log = logging.getLogger("chatplane.im.inboxes")
@@ -209,7 +210,7 @@ class Inboxes:
             for address in sorted({owners[user] for user in group if user in owners}):
                 by_owner.setdefault(address, []).append(
                     (seq, sorted(user for user in group if owners.get(user) == address)))
-        answers = await asyncio.gather(*(self.ring.fan_out(address, conversation_id, part)
+        answers = await asyncio.gather(*(self._ask(address, conversation_id, part)
                                          for address, part in by_owner.items()))
         for part, answered in zip(by_owner.values(), answers, strict=True):
             if not answered:  # written here, taking those inboxes: correct, and counted
@@ -220,6 +221,16 @@ class Inboxes:
                 merged.setdefault(seq, set()).update(group)
             await self.fan_out_here(conversation_id, [(seq, sorted(group))
                                                       for seq, group in sorted(merged.items())])
+
+    async def _ask(self, address: str, conversation_id: str,
+                   entries: Sequence[tuple[int, Sequence[str]]]) -> bool:
+        """One owner's entries, in calls within the call's bound (a debt can
+        grow past one), in order; False from the first one not answered."""
+        for i in range(0, len(entries), MAX_FANOUT_ENTRIES):
+            if not await self.ring.fan_out(address, conversation_id,
+                                           entries[i:i + MAX_FANOUT_ENTRIES]):
+                return False
+        return True
 
     async def recover(self, conversation_id: str) -> None:
         """This instance just took the conversation's lease: fan out again
