@@ -15,9 +15,10 @@ Taking a lease drops what this instance cached about the conversation
 (members, spans, recent messages): another instance may have changed it
 meanwhile; then, before the first append, the previous owner's unfinished
 fan-outs are finished (`recover`, im/inboxes.py), so their entries precede
-the new owner's in every inbox. Losing one (a Fenced append) drops the lease; the refused request
-is answered with `NotOwner`, which the im tier's gRPC server turns into
-UNAVAILABLE so the gateway retries it on the next instance of the ring.
+the new owner's in every inbox. Losing one (a Fenced append) drops the
+lease; the refused request is answered with `NotOwner`, which the im tier's
+gRPC server turns into UNAVAILABLE so the gateway retries it on the next
+instance of the ring.
 
 `chatplane up` runs one sequencer over its own storage: it holds every lease
 and appends unfenced (`enabled=False`), at no cost.
