@@ -15,7 +15,13 @@ import dataclasses
 
 import pytest
 
-from chatplane.storage.base import OWNER, MembershipChange, SendRequest, Storage
+from chatplane.storage.base import (
+    OWNER,
+    MembershipChange,
+    SendRequest,
+    Storage,
+    StorageUnavailable,
+)
 from tests.storage.conftest import Backend
 from tests.storage.test_conformance import NOW, send
 
@@ -153,10 +159,11 @@ async def test_unfinished_names_what_is_owed_until_fanned_out(storage: Storage) 
     assert await refs(storage, "alice") == [(1, conv, 1), (2, conv, 2), (3, conv, 3)]
 
 
-async def test_fan_out_skips_a_seq_that_is_not_stored(storage: Storage) -> None:
+async def test_fan_out_of_a_seq_not_stored_is_retriable(storage: Storage) -> None:
     conv = (await storage.ensure_direct(*PAIR, NOW)).conversation_id
     await storage.append(send(conv, "alice", 1), PAIR, inboxes={"alice"})
-    # a seq that is gone (or never was) has nothing to fan out: no error, no entry
-    items = await storage.fan_out(conv, [(1, ["bob"]), (7, ["bob"])])
-    assert [(i.user_id, i.message.seq) for i in items] == [("bob", 1)]
+    # never "nothing to do": an acked message must not lose its entry to a read
+    with pytest.raises(StorageUnavailable):
+        await storage.fan_out(conv, [(1, ["bob"]), (7, ["bob"])])
+    await storage.fan_out(conv, [(1, ["bob"])])
     assert await refs(storage, "bob") == [(1, conv, 1)]

@@ -221,9 +221,9 @@ class Storage(Protocol):
                       entries: Sequence[tuple[int, Sequence[str]]]) -> list[InboxItem]:
         """The inbox entries of stored messages, (seq, users) ascending by
         seq: found when written before, else written now, each inbox's in seq
-        order; a seq no longer stored (retention) is skipped. Idempotent.
-        Raises StorageUnavailable (the entries before the failure may be
-        written: a retry finds them)."""
+        order. Idempotent. Raises StorageUnavailable, also for a seq it cannot
+        read (the entries before it may be written: a retry finds them); an
+        unseen message is never taken for one with nothing to fan out."""
 
     async def fanned_out(self, conversation_id: str, seqs: Sequence[int]) -> None:
         """Every recipient of these messages has its entry: they are finished

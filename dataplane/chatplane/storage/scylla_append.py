@@ -381,8 +381,8 @@ class Appender:
         appended_at: int | None = None
         for seq, users in sorted(entries, key=lambda entry: entry[0]):
             rows = await self.heads.read_message_rows(conversation_id, seq, serial=False)
-            if not rows:  # gone (retention; a quorum read sees every acked message)
-                continue
+            if not rows:  # unseen (or gone): retriable, never skipped as done
+                raise StorageUnavailable(f"{conversation_id}#{seq} not readable")
             batch.append((message_from_row(rows[0]), list(dict.fromkeys(users))))
             at = int(rows[0]["appended_at_ms"] or 0)
             appended_at = at if appended_at is None else min(appended_at, at)

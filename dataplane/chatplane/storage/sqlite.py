@@ -615,8 +615,11 @@ class SqliteStorage(_SocialMethods):
 
     async def unfinished(self, conversation_id: str) -> list[tuple[int, tuple[str, ...]]]:
         def read(db: sqlite3.Connection) -> list[tuple[int, tuple[str, ...]]]:
-            rows = db.execute("SELECT seq, users FROM fanouts WHERE conversation_id = ?"
-                              " ORDER BY seq", (conversation_id,)).fetchall()
+            # messages gone since (retention) have nothing left to fan out
+            rows = db.execute("SELECT f.seq, f.users FROM fanouts f JOIN messages m"
+                              " ON m.conversation_id = f.conversation_id AND m.seq = f.seq"
+                              " WHERE f.conversation_id = ? ORDER BY f.seq",
+                              (conversation_id,)).fetchall()
             return [(int(seq), tuple(json.loads(users))) for seq, users in rows]
 
         return await self._read(read)

@@ -303,8 +303,8 @@ class Writer:
             row = self.db.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE"
                                   " conversation_id = ? AND seq = ?",
                                   (conversation_id, seq)).fetchone()
-            if row is None:  # gone (retention): nothing to fan out, nothing to wait for
-                continue
+            if row is None:  # never taken for "done": the caller retries, or gives up loudly
+                raise StorageUnavailable(f"{conversation_id}#{seq} is not stored")
             message = message_from_row(row)
             for user_id in dict.fromkeys(users):
                 # a range of the user's newest rows (primary key): an entry
