@@ -66,10 +66,21 @@ def _stop_leftovers() -> None:
         _stop_process(proc, timeout_s=5.0)
 
 
+# The server is exec'd by a shell that leaves a watchdog behind: when this
+# test process is gone (pytest killed with -9, or CI cancelled), atexit never
+# runs, so the watchdog kills the server (a JVM left running would hold 1 GB
+# and a core for the next run). It polls every 2 s and exits with the server.
+_WATCHDOG = ('parent=$1; shift; '
+             '(while kill -0 "$parent" 2>/dev/null; do '
+             'kill -0 $$ 2>/dev/null || exit 0; sleep 2; done; kill -9 $$) & '
+             'exec "$@"')
+
+
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            ["sh", "-c", _WATCHDOG, "watchdog", str(os.getpid()), *args],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     _running.add(proc)
@@ -162,6 +173,11 @@ class CqlService:
     @property
     def contact_points(self) -> list[str]:
         return [f"{host}:{self.port}" for host in self.hosts]
+
+    @property
+    def pid(self) -> int | None:
+        """The node's process (the JVM: the launcher execs it), None if not running here."""
+        return self._proc.pid if self._proc is not None else None
 
     def start(self) -> None:
         if self.external or self._proc is not None:

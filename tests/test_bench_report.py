@@ -105,10 +105,15 @@ def test_progress_line_and_snapshot_merge() -> None:
 
 
 def test_storage_means_over_a_run() -> None:
-    before = {"chatplane_storage_commit_ms_sum": 10.0, "chatplane_storage_commit_ms_count": 4.0,
-              "chatplane_storage_write_wait_ms_sum": 3.0, "chatplane_storage_write_wait_ms_count": 6.0}
-    after = {"chatplane_storage_commit_ms_sum": 40.0, "chatplane_storage_commit_ms_count": 14.0,
-             "chatplane_storage_write_wait_ms_sum": 3.0, "chatplane_storage_write_wait_ms_count": 6.0}
+    # /metrics has seconds; the means are reported in milliseconds
+    before = {"chatplane_storage_commit_seconds_sum": 0.010,
+              "chatplane_storage_commit_seconds_count": 4.0,
+              "chatplane_storage_write_wait_seconds_sum": 0.003,
+              "chatplane_storage_write_wait_seconds_count": 6.0}
+    after = {"chatplane_storage_commit_seconds_sum": 0.040,
+             "chatplane_storage_commit_seconds_count": 14.0,
+             "chatplane_storage_write_wait_seconds_sum": 0.003,
+             "chatplane_storage_write_wait_seconds_count": 6.0}
     assert beside.storage_means(before, after) == {
         "server_storage_write_wait_ms_mean": None,  # no write in the run
         "server_storage_commit_ms_mean": 3.0,

@@ -13,6 +13,7 @@ import pytest
 
 from chatplane import certs
 from chatplane.settings import SettingsError
+from tests.support import prom
 from tests.support.certs import TestCa
 
 
@@ -36,8 +37,9 @@ def test_a_half_written_renewal_keeps_the_old_pair_until_it_is_complete(tmp_path
     _replace(renewed.key, live.key)
     assert reloading.check(now=4e9)
     assert reloading._current is not first and reloading.reloads == 1
-    assert "chatplane_tls_cert_reloads_total 1" in reloading.metrics()
-    assert "chatplane_tls_cert_reload_failures_total 1" in reloading.metrics()
+    figures = prom.of(reloading.families)
+    assert figures["chatplane_tls_cert_reloads_total"] == 1
+    assert figures["chatplane_tls_cert_reload_failures_total"] == 1
 
 
 def test_checks_are_at_most_once_a_second(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chatplane.im.hotcache import HotCache
 from chatplane.storage.base import StoredMessage
+from tests.support import prom
 
 
 def msg(conversation_id: str, seq: int) -> StoredMessage:
@@ -53,9 +54,7 @@ def test_hits_misses_and_evictions_are_exposed() -> None:
             cache.add(msg(f"c{i}", cache.head(f"c{i}") + 1))
     cache.after("c29", 0, 5)
     cache.after("nowhere", 0, 5)
-    text = cache.metrics_text()
-    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-              if not line.startswith("#")}
+    values = prom.of(cache.families)
     assert values["chatplane_im_hot_misses_total"] == cache.misses >= 1
     assert values["chatplane_im_hot_evictions_total"] + values[
         "chatplane_im_hot_rejections_total"] > 0

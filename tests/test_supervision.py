@@ -16,12 +16,11 @@ from chatplane import settings as settings_mod
 from chatplane.node import Node
 from chatplane.settings import Supervision
 from chatplane.supervision import Supervisor, serve_until
+from tests.support import prom
 
 
-def counter(text: str, task: str) -> int:
-    (line,) = [line for line in text.splitlines()
-               if line.startswith(f'chatplane_task_failures_total{{task="{task}"}} ')]
-    return int(line.split()[-1])
+def counter(text: str, task: str) -> float:
+    return prom.samples(text)[f'chatplane_task_failures_total{{task="{task}"}}']
 
 
 async def test_a_failing_task_is_logged_counted_shown_and_restarted(
@@ -46,7 +45,7 @@ async def test_a_failing_task_is_logged_counted_shown_and_restarted(
         assert not supervisor.ready()
         await asyncio.wait_for(resumed.wait(), 5)
     assert runs == 3 and supervisor.ready() and supervisor.problems() == []
-    assert counter(supervisor.metrics_text(), "flaky-loop") == 2
+    assert counter(prom.exposition(supervisor.families), "flaky-loop") == 2
     failures = [r for r in caplog.records if "flaky-loop failed" in r.getMessage()]
     assert len(failures) == 2 and all(r.exc_info for r in failures)  # with the traceback
     assert not supervisor.fatal_line
@@ -65,7 +64,7 @@ async def test_a_task_that_keeps_failing_makes_the_process_give_up() -> None:
     line = await asyncio.wait_for(supervisor.fatal(), 5)
     assert line == ("task broken-loop failed 3 times within 30 s; giving up"
                     " (task broken-loop failed: OSError: cannot reach anything)")
-    assert counter(supervisor.metrics_text(), "broken-loop") == 3
+    assert counter(prom.exposition(supervisor.families), "broken-loop") == 3
     assert supervisor.problems() == [line]
     await supervisor.stop()
 

@@ -15,7 +15,11 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Iterator
 
+from prometheus_client.metrics_core import Metric
+
+from chatplane import metrics
 from chatplane.settings import SettingsError
 
 log = logging.getLogger("chatplane.tls")
@@ -87,14 +91,16 @@ class ReloadingCert:
         self.failures += 1
         log.warning("TLS certificate not reloaded (the previous one stays): %s", why)
 
-    def metrics(self) -> str:
-        return (
-            "# HELP chatplane_tls_cert_reloads_total client-facing certificate reloads\n"
-            "# TYPE chatplane_tls_cert_reloads_total counter\n"
-            f"chatplane_tls_cert_reloads_total {self.reloads}\n"
-            "# HELP chatplane_tls_cert_reload_failures_total reloads that failed (old cert kept)\n"
-            "# TYPE chatplane_tls_cert_reload_failures_total counter\n"
-            f"chatplane_tls_cert_reload_failures_total {self.failures}\n")
+    def families(self) -> Iterator[Metric]:
+        yield metrics.counter("chatplane_tls_cert_reloads_total",
+                              "client-facing certificate reloads", self.reloads)
+        yield metrics.counter("chatplane_tls_cert_reload_failures_total",
+                              "reloads that failed (old cert kept)", self.failures)
+
+
+def families_of(cert: ReloadingCert | None) -> metrics.Source:
+    """The reload figures of a client-facing certificate; none without one."""
+    return cert.families if cert is not None else tuple
 
 
 def from_settings(cert: str, key: str) -> ReloadingCert | None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
+import os
 import signal
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
-from chatplane import interpreter, supervision
+from chatplane import interpreter, supervision, tracing
 from chatplane import settings as settings_mod
 from chatplane.settings import SettingsError
 from chatplane.storage.base import StorageError
@@ -84,6 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"chatplane: bad configuration: {exc}", file=sys.stderr)
         return 2
+    tracing.setup("up", settings.links.otlp_endpoint, ratio=settings.links.trace_sample_ratio)
     interpreter.prepare()
     private_files(settings.storage.data_dir)
     if settings.server.dev_login:
@@ -95,7 +96,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 def admin_secret(args: argparse.Namespace) -> str:
     """--admin-secret, else CHATPLANE_ADMIN_SECRET, else the data dir's secret
     file (--data-dir, else CHATPLANE_DATA_DIR, else ./chatplane-data); "" if none."""
-    import os
     from pathlib import Path
 
     from chatplane.auth import ADMIN_SECRET_FILE
@@ -229,7 +229,11 @@ def cmd_storage_migrate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatplane", description=__doc__)
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-level", default=os.environ.get("CHATPLANE_LOG_LEVEL", "WARNING"),
+                        help="DEBUG, INFO, WARNING (default), ERROR (CHATPLANE_LOG_LEVEL)")
+    parser.add_argument("--log-format", default=os.environ.get("CHATPLANE_LOG_FORMAT", ""),
+                        help="text, or json: one JSON object per line (CHATPLANE_LOG_FORMAT; "
+                             "default json for the tier processes, text otherwise)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run every tier in one process")
@@ -311,13 +315,27 @@ def _token_revoke_args(argv: list[str]) -> list[str] | None:
     return argv[i + 2:] if argv[i:i + 2] == ["token", "revoke"] else None
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM ends the process until a command installs its own handler (a gateway's drain,
+    # a tier's clean stop, once it serves). In a container the process is PID 1, which
+    # ignores any signal it has no handler for: a gateway container the kubelet had just
+    # restarted when its pod was deleted sat out the whole grace period while starting.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     revoke = _token_revoke_args(sys.argv[1:] if argv is None else argv)
     if revoke is not None:
         return cmd_token_revoke(revoke)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    tier = getattr(args, "tier", "")  # a tier process runs in a pod: a log pipeline reads it
+    fmt = args.log_format or ("json" if tier else "text")
+    if fmt not in tracing.LOG_FORMATS:
+        print(f"chatplane: --log-format (CHATPLANE_LOG_FORMAT) must be text or json, not {fmt!r}",
+              file=sys.stderr)
+        return 2
+    tracing.configure_logging(tier or args.command, args.log_level, fmt)
     return int(args.func(args) or 0)
 
 

@@ -114,6 +114,8 @@ class Links:
     registry_ttl_s: float = 3.0  # an instance silent this long is dead
     head_check_s: float = 30.0  # gateway: compare connected devices' inbox heads (0: off)
     otlp_endpoint: str = ""  # OTLP/gRPC collector; empty: no trace export
+    # share of requests traced (parent-based: a traced caller's calls are traced)
+    trace_sample_ratio: float = 1.0
     peers: str = ""  # JSON [{name, endpoint, datacenter}]: the other regions (peerlist.py)
     peer_probe_s: float = 2.0  # how often each peer gets a Hello
     peer_timeout_s: float = 1.0  # the deadline of one Hello
@@ -300,6 +302,8 @@ def validate(s: Settings) -> None:
                         " (protocol/jsonbounds.py)")
     if s.delivery.push_window < 1:
         problems.append("push_window must be at least 1")
+    if not 0 <= s.links.trace_sample_ratio <= 1:
+        problems.append(f"trace_sample_ratio must be in [0, 1], not {s.links.trace_sample_ratio}")
     if s.links.peer_probe_s <= 0 or s.links.peer_timeout_s <= 0:
         problems.append("peer_probe_s and peer_timeout_s must be positive")
     try:

@@ -25,8 +25,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from chatplane.settings import Supervision
 
@@ -142,11 +145,12 @@ class Supervisor:
         """For the /readyz body: `problems` lists each failed or wedged part."""
         return {"problems": self.problems()}
 
-    def metrics_text(self) -> str:
-        lines = [f"# HELP {METRIC} supervised tasks that raised (each was restarted"
-                 " unless the process gave up)", f"# TYPE {METRIC} counter"]
-        lines += [f'{METRIC}{{task="{e.name}"}} {e.total}' for e in self._entries.values()]
-        return "\n".join(lines) + "\n"
+    def families(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(METRIC, "supervised tasks that raised (each was restarted"
+                                     " unless the process gave up)", labels=["task"])
+        for entry in self._entries.values():
+            family.add_metric([entry.name], entry.total)
+        yield family
 
 
 async def serve_until(stop: asyncio.Event, supervisor: Supervisor) -> str:

@@ -3,7 +3,8 @@
 
 Every tier is configured by the `CHATPLANE_*` environment (the names the
 operator sets) and the common flags; it prints one line with `ready` and its
-addresses once it serves, logs JSON lines with the trace id on stderr, and
+addresses once it serves, logs JSON lines with the trace id on stderr (unless
+`--log-format text`), and
 stops cleanly on SIGINT. SIGTERM stops the other tiers at once and makes a
 gateway drain first (readiness false, paced Reconnects, exit when empty or
 at the drain deadline).
@@ -105,8 +106,7 @@ def cmd_tier(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"chatplane: bad configuration: {exc}", file=sys.stderr)
         return 2
-    tracing.configure_logging(args.tier, args.log_level)
-    tracing.setup(args.tier, settings.links.otlp_endpoint)
+    tracing.setup(args.tier, settings.links.otlp_endpoint, ratio=settings.links.trace_sample_ratio)
     interpreter.prepare()
     private_files(settings.storage.data_dir)
     return asyncio.run(_serve(args.tier, settings))

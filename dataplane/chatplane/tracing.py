@@ -1,12 +1,19 @@
 """Traces and structured logs for every tier.
 
 OpenTelemetry spans are made, and exported over OTLP/gRPC, only when an
-endpoint is set (`CHATPLANE_OTLP_ENDPOINT`): a span costs about 0.1 ms of
-CPU, a tenth of a message's path. Log lines carry the trace id when there
-is one. The context crosses gRPC hops in the call
-metadata (W3C `traceparent`): `outgoing()` gives the metadata for a call,
-`serving(name, context)` opens the server span under the caller's span.
-Without the opentelemetry packages everything here is a no-op.
+endpoint is set (`CHATPLANE_OTLP_ENDPOINT`): with none, nothing is
+instrumented and a `span()` is a shared no-op, so a send pays nothing for
+tracing. Once set up, the instrumentation libraries trace every gRPC call
+between tiers (client and server interceptors, which carry the W3C
+`traceparent` in the call metadata) and every Redis command; the storage
+backends open a span per SQLite job or CQL request (`db_span`: the
+instrumentations for sqlite3 and Cassandra pin another OpenTelemetry
+release). A share of requests is traced (`CHATPLANE_TRACE_SAMPLE_RATIO`,
+parent-based: a traced request is traced in every tier it crosses); a call
+made outside any request (a registry heartbeat) starts no trace.
+
+Log lines are text or one JSON object per line (`--log-format`,
+`CHATPLANE_LOG_FORMAT`), with the trace and span ids of the current span.
 """
 
 from __future__ import annotations
@@ -15,81 +22,147 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-try:
-    from opentelemetry import propagate, trace
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-except ImportError:  # optional dependency
-    trace = None  # type: ignore[assignment]
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
 
-_enabled = False
-_tracer: Any = None
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+_NOOP: contextlib.nullcontext[None] = contextlib.nullcontext()
+_provider: TracerProvider | None = None
+_tracer: trace.Tracer | None = None
+_instrumentors: list[Any] = []
 
 
-def setup(service: str, endpoint: str = "", exporter: Any = None) -> None:
-    """Install the tracer provider for this process (once). Spans go to the
-    OTLP `endpoint` when set, and to `exporter` (a SpanExporter) when given."""
-    global _enabled, _tracer
-    if trace is None or _enabled or not (endpoint or exporter is not None):
-        return
-    provider = TracerProvider(resource=Resource.create({"service.name": f"chatplane-{service}"}))
+class RequestRoots(Sampler):
+    """Which spans with no parent start a trace: `ratio` of the requests, and no
+    client call (a Redis command or gRPC call made outside a request: heartbeats,
+    registry refreshes would otherwise make most of the traces)."""
+
+    def __init__(self, ratio: float) -> None:
+        self.ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
+                      kind: SpanKind | None = None, attributes: Attributes = None,
+                      links: Sequence[Link] | None = None, trace_state: Any = None,
+                      ) -> SamplingResult:
+        if kind == SpanKind.CLIENT:
+            return SamplingResult(Decision.DROP)
+        return self.ratio.should_sample(parent_context, trace_id, name, kind, attributes,
+                                        links, trace_state)
+
+    def get_description(self) -> str:
+        return f"RequestRoots{{{self.ratio.get_description()}}}"
+
+
+def sampler(ratio: float) -> Sampler:
+    """Parent-based: a span whose caller was traced is traced, one whose caller was
+    not is not; a root per RequestRoots."""
+    return ParentBased(root=RequestRoots(ratio))
+
+
+def setup(service: str, endpoint: str = "", exporter: SpanExporter | None = None,
+          ratio: float = 1.0) -> bool:
+    """Trace this process (once): spans go to the OTLP `endpoint` when set, and to
+    `exporter` when given; gRPC and Redis calls are instrumented. False (and nothing
+    done) without either, or when already set up."""
+    global _provider, _tracer
+    if _provider is not None or not (endpoint or exporter is not None):
+        return False
+    from opentelemetry.instrumentation.grpc import (
+        GrpcAioInstrumentorClient,
+        GrpcAioInstrumentorServer,
+    )
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": f"chatplane-{service}"}),
+                              sampler=sampler(ratio))
     if exporter is not None:
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint,
                                                                         insecure=True)))
-    trace.set_tracer_provider(provider)
-    _tracer = provider.get_tracer("chatplane")
-    _enabled = True
+    # the provider is passed, never made global: a test process sets up and stops again
+    for instrumentor in (GrpcAioInstrumentorClient(), GrpcAioInstrumentorServer(),
+                         RedisInstrumentor()):
+        instrumentor.instrument(tracer_provider=provider)
+        _instrumentors.append(instrumentor)
+    _provider, _tracer = provider, provider.get_tracer("chatplane")
+    return True
 
 
-@contextlib.contextmanager
-def span(name: str, **attributes: str | int) -> Iterator[None]:
-    if not _enabled:
-        yield
-        return
-    with _tracer.start_as_current_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes):
-        yield
+def stop() -> None:
+    """Undo `setup`: flush the spans, remove the instrumentation."""
+    global _provider, _tracer
+    while _instrumentors:
+        _instrumentors.pop().uninstrument()
+    if _provider is not None:
+        _provider.shutdown()
+    _provider = _tracer = None
 
 
-def outgoing() -> list[tuple[str, str]]:
-    """gRPC metadata carrying the current trace context."""
-    if not _enabled:
-        return []
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return list(carrier.items())
+def enabled() -> bool:
+    return _tracer is not None
 
 
-@contextlib.contextmanager
-def serving(name: str, metadata: Sequence[Any] | None) -> Iterator[None]:
-    """A server span, child of the caller's span when its metadata carries one."""
-    if not _enabled:
-        yield
-        return
-    carrier = {str(m[0]): str(m[1]) for m in (metadata or ())}
-    ctx = propagate.extract(carrier)
-    with _tracer.start_as_current_span(name, context=ctx, kind=trace.SpanKind.SERVER):
-        yield
+def span(name: str, **attributes: str | int) -> contextlib.AbstractContextManager[Any]:
+    """An internal span under the current one (a no-op when tracing is off)."""
+    if _tracer is None:
+        return _NOOP
+    return _tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+
+
+def serving(name: str) -> contextlib.AbstractContextManager[Any]:
+    """The handler's span, under the server span the gRPC instrumentation opened with
+    the caller's context."""
+    return span(name)
+
+
+def db_span(system: str, operation: str, namespace: str = ""
+            ) -> contextlib.AbstractContextManager[Any]:
+    """A storage call as a client span with the database semantic conventions; only
+    under a traced request (RequestRoots)."""
+    if _tracer is None:
+        return _NOOP
+    attributes = {"db.system.name": system, "db.operation.name": operation}
+    if namespace:
+        attributes["db.namespace"] = namespace
+    return _tracer.start_as_current_span(f"{operation} {namespace or system}",
+                                         kind=SpanKind.CLIENT, attributes=attributes)
+
+
+def current_ids() -> tuple[str, str]:
+    """(trace id, span id) of the current span, hex; ("", "") outside one."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return "", ""
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
 def current_trace_id() -> str:
-    if not _enabled:
-        return ""
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+    return current_ids()[0]
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, trace id."""
+    """One JSON object per line: ts, level, service, logger, msg, and trace_id and
+    span_id inside a span, exc with a traceback (the operator's fields too)."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -104,17 +177,19 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        trace_id = current_trace_id()
+        trace_id, span_id = current_ids()
         if trace_id:
-            entry["trace_id"] = trace_id
+            entry["trace_id"], entry["span_id"] = trace_id, span_id
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def configure_logging(service: str, level: str) -> None:
+def configure_logging(service: str, level: str, fmt: str = "json") -> None:
+    """Root logging on stderr at `level`, `fmt` one of LOG_FORMATS (checked by the caller)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(JsonFormatter(service) if fmt == "json"
+                         else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

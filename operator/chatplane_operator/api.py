@@ -265,6 +265,7 @@ class Ports:
 @dataclasses.dataclass(frozen=True)
 class Observability:
     otlp_endpoint: str = ""
+    trace_sample_ratio: float = 1.0  # share of requests traced (CHATPLANE_TRACE_SAMPLE_RATIO)
     metrics: bool = True
 
 
@@ -405,6 +406,8 @@ def parse(body: Mapping[str, Any]) -> ChatCluster:
         ),
         observability=Observability(
             otlp_endpoint=str(_get(obs, "otlpEndpoint", "")),
+            trace_sample_ratio=float(_get(obs, "traceSampleRatio",
+                                          Observability.trace_sample_ratio)),
             metrics=bool(_get(_get(obs, "metrics", {}), "enabled", True)),
         ),
         token_secret=_ref(_get(spec, "auth", {}).get("tokenSecretRef"), "token"),

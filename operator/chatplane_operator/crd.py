@@ -243,6 +243,11 @@ def _spec() -> Schema:
         "networkPolicy": _network_policy(),
         "observability": _obj("Traces and metrics.", {
             "otlpEndpoint": _str("OpenTelemetry OTLP endpoint; empty: no traces."),
+            "traceSampleRatio": {
+                "type": "number", "minimum": 0, "maximum": 1,
+                "default": api.Observability.trace_sample_ratio,
+                "description": "Share of requests traced (parent-based: a traced request is "
+                               "traced in every tier it crosses)."},
             "metrics": _obj("Prometheus scraping.", {
                 "enabled": {"type": "boolean", "default": True,
                             "description": "Annotate pods for Prometheus scraping."},

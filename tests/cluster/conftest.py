@@ -14,6 +14,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
 from chatplane.cluster import Cluster
@@ -89,12 +90,17 @@ class Chat:
         self.seqs: dict[str, list[int]] = {}
 
     async def open(self, cluster: Cluster, pairs: int, tag: str) -> None:
-        signer = cluster.signer
+        await self.open_at(cluster.dispatch_url, cluster.signer, pairs, tag)
+
+    async def open_at(self, dispatch_url: str, signer: TokenSigner, pairs: int, tag: str,
+                      ca: str | None = None) -> None:
+        """`open` through any dispatch URL (`ca`: the CA a WSS gateway's certificate
+        chains to)."""
         for i in range(pairs):
             a, b = f"{tag}a{i}", f"{tag}b{i}"
             made = []
             for user, device in ((a, "phone"), (b, "phone"), (b, "tablet")):
-                client = Client(cluster.dispatch_url, signer.mint(user, device))
+                client = Client(dispatch_url, signer.mint(user, device), ca=ca)
                 await client.connect()
                 d = Device(client, user, device, self.checker)
                 d.start()

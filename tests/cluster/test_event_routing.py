@@ -209,7 +209,7 @@ async def test_social_traffic_across_ims_keeps_leases_in_place(cluster: Cluster)
     # the group (im-1's) reaches the second users' inboxes through their owner
     assert metric(cluster, "im-1", FANNED) > 0
     if cluster.storage == "sqlite":  # each im process reports its own SQLite writer's commits
-        assert all(metric(cluster, im, "chatplane_storage_commit_ms_count") > 0 for im in IMS)
+        assert all(metric(cluster, im, "chatplane_storage_commit_seconds_count") > 0 for im in IMS)
     await settle(list(users.values()), 30)
     for a, b in pairs:  # stored once each: 4 rounds of request, accept, remove
         for user in (a, b):

@@ -164,19 +164,28 @@ async def test_trace_context_crosses_the_grpc_hop(tmp_path: Path,
                 reply = await sgrpc.ImStub(channel).Handle(
                     spb.ClientRequest(user_id="alice", device_id="p",
                                       frame=frame.SerializeToString()),
-                    timeout=5, metadata=tracing.outgoing())
+                    timeout=5)
                 line = tracing.JsonFormatter("gateway").format(
                     logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None))
         assert pb.Frame.FromString(reply.frame).open_direct_ack.conversation_id
-        spans = {s.name: s for s in exporter.get_finished_spans()}
-        server_span, client_span = spans["im.Handle"], spans["gateway.request"]
-        assert format(server_span.context.trace_id, "032x") == client_trace
-        assert server_span.parent is not None
-        assert server_span.parent.span_id == client_span.context.span_id
+        finished = exporter.get_finished_spans()
+        spans = {s.name: s for s in finished}
+        by_id = {s.context.span_id: s for s in finished}
+        handler, request = spans["im.Handle"], spans["gateway.request"]
+        assert format(handler.context.trace_id, "032x") == client_trace
+        # im.Handle <- the gRPC server span <- the gRPC client span <- gateway.request
+        chain = []
+        span = handler
+        while span.parent is not None:
+            span = by_id[span.parent.span_id]
+            chain.append(span)
+        assert [s.kind.name for s in chain] == ["SERVER", "CLIENT", "INTERNAL"]
+        assert chain[-1] is request and chain[0].name == "/chatplane.v1.Im/Handle"
         assert json.loads(line)["trace_id"] == client_trace
     finally:
         await server.stop(None)
         await storage.close()
+        tracing.stop()
 
 
 async def test_coalescer_batches_concurrent_calls_and_shares_errors() -> None:

@@ -127,7 +127,7 @@ def test_beside_direct_with_a_bound_server(large_server: ServerProcess, tmp_path
              "--deadline", "60"],
             capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        fanouts_on_bound = metric(bound, "chatplane_group_fanout_ms_count")
+        fanouts_on_bound = metric(bound, "chatplane_group_fanout_seconds_count")
     finally:
         bound.stop()
     direct = json.loads(out.read_text())
@@ -146,7 +146,7 @@ def test_beside_direct_with_a_bound_server(large_server: ServerProcess, tmp_path
         direct["beside_bound"]["p99_ms"] / direct["bound_alone"]["p99_ms"], 2)
     assert direct["all_clean"]
     # the group's server flushed the group; the bound server had no part in it
-    assert metric(large_server, "chatplane_group_fanout_ms_count", required=True) > 0
+    assert metric(large_server, "chatplane_group_fanout_seconds_count", required=True) > 0
     assert fanouts_on_bound == 0
 
 

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import time
@@ -26,17 +25,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chatplane.auth import TokenSigner
-from tests.node import host_services
-from tests.node.kube_node import CACHE, NODE_IP, ROOT, Kubectl
+from tests.node.kube_node import NODE_IP, Kubectl
 from tests.node.test_node_up_pod import _chat_exactly_once
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
-HELM = CACHE / "kube" / "bin" / "helm"
 NAMESPACE = "chat"
 READY_TIMEOUT_S = 300.0
 REGION_LABEL = "topology.kubernetes.io/region"
@@ -65,34 +63,11 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    workdir = tmp_path_factory.mktemp("node-backing")
-    with host_services.host_redis(workdir) as redis_url, host_services.host_cql(workdir) as cql:
-        yield redis_url, cql
-
-
-@pytest.fixture
-def operator_release(node: Kubectl) -> Iterator[None]:
-    if not HELM.exists():
-        pytest.skip("helm not built: run scripts/setup/30-kube.sh")
-    env = {**os.environ, "KUBECONFIG": str(node.kubeconfig)}
-    subprocess.run([str(HELM), "upgrade", "--install", "chatplane", str(ROOT / "charts" / "chatplane"),
-                    "-n", "chatplane-system", "--create-namespace",
-                    "--set", "image.pullPolicy=Never", "--wait", "--timeout", "180s"],
-                   check=True, env=env, capture_output=True, timeout=240)
-    try:
-        yield
-    finally:
-        subprocess.run([str(HELM), "uninstall", "chatplane", "-n", "chatplane-system"],
-                       check=False, env=env, capture_output=True, timeout=120)
-
-
 def _unschedulable(node: Kubectl) -> str:
     """The region's Available message while it says PodsUnschedulable, else ''."""
     regions = node.get("chatcluster", "chat", "-n", NAMESPACE).get("status", {}).get(
         "regions") or [{}]
-    available = next((c for c in regions[0].get("conditions") or []
+    available: dict[str, Any] = next((c for c in regions[0].get("conditions") or []
                       if c["type"] == "Available"), {})
     return str(available.get("message", "")) if available.get(
         "reason") == "PodsUnschedulable" else ""

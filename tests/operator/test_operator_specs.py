@@ -217,10 +217,11 @@ def test_every_setting_is_one_the_data_plane_reads(body: dict[str, Any]) -> None
              for section in dataclasses.fields(tree)
              for f in dataclasses.fields(getattr(tree, section.name))}
     body["spec"]["storage"] = {"credentialsSecretRef": {"name": "scylla-auth"}}
-    body["spec"]["observability"] = {"otlpEndpoint": "http://otel:4317"}
+    body["spec"]["observability"] = {"otlpEndpoint": "http://otel:4317", "traceSampleRatio": 0.1}
     cluster = api.parse(body)
     region = cluster.regions[0]
     ours = set(config.config_data(cluster, region))
+    assert config.config_data(cluster, region)["CHATPLANE_TRACE_SAMPLE_RATIO"] == "0.1"
     for tier in api.TIERS:
         ours |= {e["name"] for e in pods.container(cluster, region, tier)["env"]
                  if e["name"].startswith("CHATPLANE_")}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from chatplane.bench import scrape
 from tests.services import CqlService, free_port
 
 COUNTERS = ("chatplane_cql_requests_total", "chatplane_cql_statements_total",
@@ -34,13 +34,19 @@ def counters(admin: str) -> dict[str, float]:
     """The counters above (summed), and requests by statement kind ("kind:...")."""
     text = urllib.request.urlopen(f"{admin}/metrics", timeout=10).read().decode()
     out = dict.fromkeys(COUNTERS, 0.0)
-    for line in text.splitlines():
-        match = re.match(r'^(\w+)(?:\{kind="([^"]*)"\})? ([0-9.e+-]+)$', line)
-        if match and match.group(1) in out:
-            out[match.group(1)] += float(match.group(3))
-            if match.group(1) == "chatplane_cql_requests_total":
-                out[f"kind:{match.group(2)}"] = float(match.group(3))
+    for key, value in scrape.parse(text).items():
+        name, _, labels = key.partition("{")
+        if name in out:
+            out[name] += value
+            if name == "chatplane_cql_requests_total":
+                out["kind:" + labels.removeprefix('kind="').removesuffix('"}')] = value
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (/proc/PID/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_ready(admin: str, deadline_s: float = 60.0) -> None:
@@ -61,7 +67,8 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
     admin_port = free_port()
     env = dict(os.environ)
     cmd = [sys.executable, "-m", "chatplane.cli", "up", "--data-dir", data_dir,
-           "--port", str(port), "--admin-port", str(admin_port), "--storage", backend]
+           "--port", str(port), "--tcp-port", str(free_port()), "--admin-port",
+           str(admin_port), "--storage", backend]  # the lean generator speaks raw TCP
     if backend == "scylla":
         assert cql is not None
         keyspace = f"bench_{uuid.uuid4().hex[:10]}"
@@ -80,6 +87,8 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
     try:
         wait_ready(admin)
         before = counters(admin)
+        node_pid = cql.pid if cql is not None and backend == "scylla" else None
+        node_before = cpu_seconds(node_pid) if node_pid else 0.0
         out = Path(data_dir) / "w1.json"
         began = time.time()
         subprocess.run([sys.executable, "-m", "chatplane.cli", "bench", "direct",
@@ -88,6 +97,10 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
                         "--duration", str(args.duration), "--quiet", "--json", str(out)],
                        timeout=args.duration + 120, stdout=subprocess.DEVNULL)
         after = counters(admin)
+        node_cpu = cpu_seconds(node_pid) - node_before if node_pid else None
+        if not out.exists():
+            raise SystemExit(f"bench direct wrote no result ({backend} at {rate}/s): "
+                             "see its error above")
         pub = json.loads(out.read_text())
     finally:
         server.terminate()
@@ -106,6 +119,9 @@ def one_run(backend: str, rate: int, args: argparse.Namespace,
         "clean": pub.get("clean"), "kept_up": pub.get("kept_up"), "acked": pub.get("acked"),
         "p50_ms": latency.get("p50_ms"), "p99_ms": latency.get("p99_ms"),
         "server_cpu_us_per_msg": pub.get("server_cpu_us_per_msg"),
+        # the CQL node's own CPU over the bench run, per acked message
+        "node_cpu_us_per_msg": (round(node_cpu * 1e6 / pub["acked"])
+                                if node_cpu is not None and pub.get("acked") else None),
         "requests_per_msg": per_message("chatplane_cql_requests_total"),
         "statements_per_msg": per_message("chatplane_cql_statements_total"),
         "conditional_per_msg": per_message("chatplane_cql_conditional_total"),

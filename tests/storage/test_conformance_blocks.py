@@ -18,6 +18,7 @@ import pytest
 from chatplane.storage.base import Fenced, SendRequest, Storage
 from tests.storage.conftest import SMALL_BLOCK, Backend
 from tests.storage.test_conformance import NOW, send, seqs
+from tests.support import prom
 
 PAIR = ("alice", "bob")
 
@@ -27,12 +28,9 @@ def fenced(request: SendRequest, epoch: int) -> SendRequest:
 
 
 def metric(storage: Storage, name: str) -> float:
-    """The sum of a counter's samples in the backend's metrics text."""
-    total = 0.0
-    for line in storage.metrics_text().splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    """The sum of a counter's samples in the backend's figures."""
+    return sum(value for key, value in prom.of(storage.families).items()
+               if key == name or key.startswith(name + "{"))
 
 
 async def inbox_seqs(storage: Storage, user: str) -> list[int]:

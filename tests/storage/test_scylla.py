@@ -313,3 +313,39 @@ async def test_a_failed_append_is_finished_by_the_resend(cql_server: CqlService,
         assert nxt.message.seq == 2 and [i.inbox_seq for i in nxt.inbox] == [2, 2]
     finally:
         await storage.close()
+
+
+async def test_writes_made_meanwhile_share_requests(cql_server: CqlService,
+                                                    keyspace: str) -> None:
+    """`CqlSession.write`: writes made while others are on the wire go out
+    together (fewer requests than callers, none over the batch limit), every
+    caller's rows land, and a combined request that fails fails each caller
+    in it (none is told its rows landed)."""
+    settings = scylla_settings(cql_server, keyspace)
+    await migrations.migrate(settings)
+    storage = await opened(settings)
+    try:
+        db, st = storage._db, storage._st
+        assert db is not None and st is not None
+        before = db.stats.requests["batch"]
+        await asyncio.gather(*(db.write([(st.set_read, (i, i, f"d:c{i}", user))
+                                         for user in ("u", "v")]) for i in range(1, 201)))
+        requests = db.stats.requests["batch"] - before
+        # 400 statements: never more than BATCH_MAX in one request
+        assert -(-400 // cql.BATCH_MAX) <= requests < 200, requests
+        for i in (1, 77, 200):
+            for user in ("u", "v"):
+                rows = await db.run(st.select_read, (f"d:c{i}", user))
+                assert rows == [{"read_seq": i}]
+        # a write whose values do not bind fails its combined request: the
+        # callers sharing it are told so too, and none of their rows is claimed
+        good = [db.write([(st.set_read, (9, 9, f"d:x{i}", "u"))]) for i in range(3)]
+        bad = db.write([(st.set_read, ("not a number", 9, "d:x9", "u"))])
+        outcomes = await asyncio.gather(*good, bad, return_exceptions=True)
+        assert isinstance(outcomes[-1], Exception), outcomes
+        assert all(isinstance(o, Exception) for o in outcomes), outcomes
+        await db.write([(st.set_read, (9, 9, "d:x0", "u"))])  # the next write goes through
+        assert await db.run(st.select_read, ("d:x0", "u")) == [{"read_seq": 9}]
+    finally:
+        await storage.close()
+

@@ -17,6 +17,7 @@ import pytest
 
 from chatplane.storage.base import SendRequest, StorageError, StorageUnavailable
 from chatplane.storage.sqlite import SqliteStorage
+from tests.support import prom
 
 TOO_BIG = 2**64 - 1  # no SQLite INTEGER holds it
 
@@ -58,7 +59,7 @@ async def test_an_overflowing_write_fails_alone_and_the_writer_goes_on(tmp_path:
         assert [i.inbox_seq for i in await storage.inbox("bob", 0, 100)] == list(range(1, 23))
         assert storage.health() == []
         assert storage.writer_errors == 2
-        assert "chatplane_storage_writer_errors_total 2" in storage.metrics_text()
+        assert prom.of(storage.families)["chatplane_storage_writer_errors_total"] == 2
     finally:
         await storage.close()
     # and what was acked is on disk

@@ -43,7 +43,7 @@ from chatplane.bench import scrape
 
 # the server's SQLite writer (on /metrics): how long a write waited for its
 # group commit, and how long the commits took, averaged over each run
-STORAGE_HISTOGRAMS = ("chatplane_storage_write_wait_ms", "chatplane_storage_commit_ms")
+STORAGE_HISTOGRAMS = ("chatplane_storage_write_wait_seconds", "chatplane_storage_commit_seconds")
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,9 @@ def load_average() -> list[float]:
 
 
 def storage_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
-    return {"server_" + name.removeprefix("chatplane_") + "_mean": scrape.mean(before, after, name, 3)
-            for name in STORAGE_HISTOGRAMS}
+    # in seconds on /metrics; the comparison keeps milliseconds
+    return {"server_" + name.removeprefix("chatplane_").removesuffix("_seconds") + "_ms_mean":
+            scrape.mean(before, after, name, 3, scale=1000) for name in STORAGE_HISTOGRAMS}
 
 
 async def run_direct(url: str, data_dir: str, plan: DirectPlan) -> dict[str, Any]:

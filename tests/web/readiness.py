@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = os.environ.get("CHATPLANE_CHROMIUM", "/usr/bin/chromium")
+from chatplane.bench.web import CHROMIUM
+
 APP = Path(__file__).resolve().parents[2] / "dataplane/chatplane/web/static/app.js"
 
 

@@ -4,9 +4,10 @@
 subcommand whose `func` takes the parsed args and returns an exit code
 (0 when the run was clean): `direct` (W1, 1:1 chat between pairs: options
 here and in `ladder.py`, the run in `direct.py`, the lean client in
-`leanclient.py`), `group` (W2), `idle` (W3), `storm` and `handshakes`
-(TLS handshakes per second), each of those in its own module with an
-`add_parser(workloads)`.
+`leanclient.py`), `group` (W2), `idle` (W3), `storm`, `handshakes`
+(TLS handshakes per second) and `web` (the web app in Chromium: first
+paint, bundle size, a 10,000-message tab), each of those in its own module
+with an `add_parser(workloads)`.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     direct.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
     direct.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
     direct.add_argument("--quiet", action="store_true", help="no progress lines")
-    from chatplane.bench import group, handshakes, idle, ladder, storm
+    from chatplane.bench import group, handshakes, idle, ladder, storm, web
 
     ladder.add_arguments(direct)
     direct.set_defaults(func=ladder.run_direct_command)
@@ -97,3 +98,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_parser(workloads)
     idle.add_parser(workloads)
     storm.add_parser(workloads)
+    web.add_parser(workloads)

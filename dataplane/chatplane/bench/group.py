@@ -20,7 +20,7 @@ that runs this command and `bench direct` side by side; it waits for the
 Against `chatplane cluster up`, `--url` is the dispatch (ipconf) URL,
 `--admin-url` an im instance's admin URL (the admin API) and `--metrics-url`
 the admin URL of the process whose /metrics is read (the state instance: its
-`chatplane_group_fanout_ms` is the cluster's fan-out per flush).
+`chatplane_group_fanout_seconds` is the cluster's fan-out per flush).
 """
 
 from __future__ import annotations
@@ -234,10 +234,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_rss_mib": round(after.get("chatplane_process_rss_bytes", 0) / 2**20, 1),
         # the server's own part: from a flush's start to the frame queued for
         # the last member (the rest of last_member_ms is the network and clients)
-        "server_fanout_ms_mean": scrape.mean(before, after, "chatplane_group_fanout_ms"),
-        "server_fanout_held_ms_mean": scrape.mean(before, after, "chatplane_group_fanout_held_ms"),
-        "server_fanout_cpu_ms_mean": scrape.mean(before, after, "chatplane_group_fanout_cpu_ms"),
-        "server_fanouts": scrape.delta(before, after, "chatplane_group_fanout_ms_count"),
+        # the histograms are in seconds; the report keeps milliseconds
+        "server_fanout_ms_mean": scrape.mean(before, after, "chatplane_group_fanout_seconds",
+                                             scale=1000),
+        "server_fanout_held_ms_mean": scrape.mean(
+            before, after, "chatplane_group_fanout_held_seconds", scale=1000),
+        "server_fanout_cpu_ms_mean": scrape.mean(before, after,
+                                                 "chatplane_group_fanout_cpu_seconds", scale=1000),
+        "server_fanouts": scrape.delta(before, after, "chatplane_group_fanout_seconds_count"),
         # sockets the group writer thread wrote, and those the loop took back from it
         "server_writer_sockets": scrape.delta(before, after, "chatplane_group_writer_sockets_total"),
         "server_writer_reclaimed": scrape.delta(before, after, "chatplane_group_writer_reclaimed_total"),

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import secrets
+import ssl as ssl_
 import sys
 import time
 import urllib.request
@@ -53,9 +54,10 @@ async def gateway_urls(dispatch_url: str) -> dict[str, str]:
 
 
 async def connect_all(
-    dispatch_url: str, signer: TokenSigner, count: int, rate: float, prefix: str, timeout_s: float
+    dispatch_url: str, signer: TokenSigner, count: int, rate: float, prefix: str, timeout_s: float,
+    ssl: ssl_.SSLContext | None = None,
 ) -> tuple[list[RawClient], Dispatcher, float]:
-    dispatcher = Dispatcher(dispatch_url)
+    dispatcher = Dispatcher(dispatch_url, ssl)
     clients = [
         RawClient(dispatcher, f"{prefix}{i}", signer.mint(f"{prefix}{i}", "idle")) for i in range(count)
     ]

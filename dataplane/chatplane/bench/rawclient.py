@@ -6,7 +6,8 @@ Protocol on raw TCP: dispatch, connect, Login with its inbox cursor, then it
 answers pushes with acks, heartbeats when asked by `heartbeat()`, and on a
 `Reconnect` frame or a lost connection goes through dispatch again (with the
 server's delay plus jitter, or a jittered backoff). `resumed` is set at each
-LoginAck; `logins` counts them.
+LoginAck; `logins` counts them. A `tcps://` endpoint is reached over TLS with the
+dispatcher's `ssl` context.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import ssl as ssl_
 import time
 import urllib.parse
 from typing import cast
@@ -27,8 +29,9 @@ from chatplane.v1 import frames_pb2 as pb
 class Dispatcher:
     """One shared HTTP session for every client's dispatch call."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ssl: ssl_.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
+        self.ssl = ssl
         self.http: aiohttp.ClientSession | None = None
 
     async def endpoints(self, uid: str) -> list[dict[str, str]]:
@@ -93,11 +96,16 @@ class RawClient(asyncio.Protocol):
         if not endpoints:
             raise LookupError("no gateway")
         endpoint = endpoints[0]
-        host, _, port = endpoint["tcp"].rpartition(":")
+        address = endpoint["tcp"]
+        tls = address.startswith("tcps://")
+        if tls and self.dispatcher.ssl is None:
+            raise LookupError(f"{address}: TLS endpoint, and the dispatcher has no ssl context")
+        host, _, port = address.removeprefix("tcps://").rpartition(":")
         self._lost.clear()
         self._reader = frames.FrameReader()
         loop = asyncio.get_running_loop()
-        await asyncio.wait_for(loop.create_connection(lambda: self, host, int(port)), 10)
+        await asyncio.wait_for(loop.create_connection(
+            lambda: self, host, int(port), ssl=self.dispatcher.ssl if tls else None), 10)
         self.gateway = endpoint.get("gateway_id", "")
         self._send(
             pb.Frame(id=1, login=pb.Login(protocol_version=1, token=self.token, inbox_seq=self.inbox_seq))

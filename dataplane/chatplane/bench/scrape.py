@@ -7,6 +7,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from chatplane.client.links import tls_context
 
@@ -26,15 +27,14 @@ def admin_url(url: str, given: str = "") -> str:
 
 
 def parse(text: str) -> dict[str, float]:
-    """Prometheus text -> {name (with its labels, if any): value}."""
+    """Prometheus text -> {sample name with its labels, if any: value}, read by
+    prometheus_client's parser: `chatplane_cql_requests_total{kind="append"}`,
+    `chatplane_send_latency_seconds_count`."""
     found = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                found[name] = float(value)
-            except ValueError:
-                pass
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            found[f"{sample.name}{{{labels}}}" if labels else sample.name] = float(sample.value)
     return found
 
 
@@ -55,8 +55,9 @@ def delta(before: dict[str, float], after: dict[str, float], name: str) -> float
 
 
 def mean(before: dict[str, float], after: dict[str, float], histogram: str,
-         ndigits: int = 1) -> float | None:
-    """A histogram's mean over what it observed between the two reads (None: nothing)."""
+         ndigits: int = 1, scale: float = 1.0) -> float | None:
+    """A histogram's mean over what it observed between the two reads, times `scale`
+    (1000: a histogram in seconds, reported in ms); None: nothing observed."""
     count = delta(before, after, f"{histogram}_count")
     total = delta(before, after, f"{histogram}_sum")
-    return round(total / count, ndigits) if count > 0 else None
+    return round(total * scale / count, ndigits) if count > 0 else None

@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 
-from chatplane import certs, revocations
+from chatplane import certs, metrics, revocations
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.gateway import admission, drainapi, webapp
 from chatplane.gateway.bulk import BulkWriter
@@ -125,25 +128,21 @@ class GatewayApp:
     def _detail(self) -> dict[str, object]:
         return {"draining": self.gateway.draining, **self.supervisor.details()}
 
-    def _metrics(self) -> str:
-        g = self.gateway
-        extra = [
-            ("chatplane_head_check_hints_total", "counter", "SyncHints sent by the head check",
-             self.heads.hints),
-            ("chatplane_head_check_group_hints_total", "counter",
-             "SyncHints sent for a large group's head", self.heads.group_hints),
-            ("chatplane_im_failovers_total", "counter", "requests retried on another im",
-             self.im.failovers),
-            ("chatplane_route_failures_total", "counter", "failed route calls to state",
-             self.routes.failures),
-            ("chatplane_unacked_connections", "gauge", "connections with unacked pushes",
-             len(g.retransmitting)),
-        ]
-        lines = [g.metrics.render().rstrip("\n")]
-        for name, kind, help_text, value in extra:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        tls = self.certs.metrics() if self.certs is not None else ""
-        return "\n".join(lines) + "\n" + tls + self.supervisor.metrics_text()
+    def _families(self) -> Iterator[Metric]:
+        """What only a cluster gateway counts (its calls to im and state)."""
+        yield metrics.counter("chatplane_head_check_hints_total",
+                              "SyncHints sent by the head check", self.heads.hints)
+        yield metrics.counter("chatplane_head_check_group_hints_total",
+                              "SyncHints sent for a large group's head", self.heads.group_hints)
+        yield metrics.counter("chatplane_im_failovers_total", "requests retried on another im",
+                              self.im.failovers)
+        yield metrics.counter("chatplane_route_failures_total", "failed route calls to state",
+                              self.routes.failures)
+
+    def metrics_registry(self) -> CollectorRegistry:
+        """What /metrics shows (once the certificate is loaded, in start())."""
+        return metrics.registry(self._families, self.gateway.metrics.families,
+                                certs.families_of(self.certs), self.supervisor.families)
 
     async def _lost_routes(self) -> None:
         """Redis lost its keys (or was unreachable): put our routes back, then
@@ -210,7 +209,7 @@ class GatewayApp:
         admin.add_routes([web.post("/admin/drain", self._drain_handler),
                           web.get("/admin/drain", self._drain_status),
                           *serving.probe_routes(self._ready, self._detail),
-                          *serving.metrics_routes(self._metrics)])
+                          *serving.metrics_routes(self.metrics_registry())])
         self._admin_runner, admin_port = await start_admin(admin, self.settings)
         self.admin_url = f"http://{host}:{admin_port}"
         self.ws_url = server.advertise_url or f"{'wss' if tls else 'ws'}://{host}:{http_port}/ws"

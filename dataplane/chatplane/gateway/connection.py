@@ -13,6 +13,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from chatplane import tracing
 from chatplane.auth import Identity, TokenError
 from chatplane.delivery.acks import DownlinkWindow, Verdict
 from chatplane.delivery.sync import resume_cursor
@@ -234,7 +235,9 @@ class Connection:
             self._handle(pipelined)
 
     async def _answer(self, request: Request) -> pb.Frame:
-        return await self.gateway.im.handle(self.user_id, self.device_id, request.frame)
+        # a client's request starts its trace here, in `up` and in a cluster gateway alike
+        with tracing.span("gateway.request", kind=request.kind):
+            return await self.gateway.im.handle(self.user_id, self.device_id, request.frame)
 
     # -- the state tier's side (DeviceLink) ----------------------------------
 

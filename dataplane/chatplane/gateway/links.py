@@ -29,13 +29,13 @@ class GatewayServicer(sgrpc.GatewayServicer):
 
     async def Push(self, request: spb.PushRequest,
                    context: grpc.aio.ServicerContext) -> spb.PushReply:
-        with tracing.serving("gateway.Push", context.invocation_metadata()):
+        with tracing.serving("gateway.Push"):
             items = [convert.inbox_item(d) for d in request.deliveries]
             return spb.PushReply(pushed=self.gateway.push_entries(items))
 
     async def GroupPush(self, request: spb.GroupPushRequest,
                         context: grpc.aio.ServicerContext) -> spb.GroupPushReply:
-        with tracing.serving("gateway.GroupPush", context.invocation_metadata()):
+        with tracing.serving("gateway.GroupPush"):
             pushed = await self.gateway.push_group(request.conversation_id, request.head_seq,
                                                    request.frame, list(request.user_ids))
             return spb.GroupPushReply(pushed=pushed)

@@ -118,37 +118,39 @@ class Gateway:
         self.metrics = Metrics()
         self.metrics.gauge("chatplane_connections", "open client connections",
                            lambda: len(self.connections))
-        self.metrics.gauge("chatplane_connections_refused_total",
-                           "sockets refused at accept by the connection caps",
-                           lambda: self.admission.refused)
-        self.metrics.gauge("chatplane_header_timeouts_total",
-                           "HTTP sockets closed for not sending a request head in time",
-                           lambda: self.admission.timed_out)
-        self.metrics.gauge("chatplane_sends_rate_limited_total",
-                           "sends refused by the per-user send rate",
-                           lambda: self.user_rates.refused)
+        self.metrics.counter("chatplane_connections_refused_total",
+                             "sockets refused at accept by the connection caps",
+                             lambda: self.admission.refused)
+        self.metrics.counter("chatplane_header_timeouts_total",
+                             "HTTP sockets closed for not sending a request head in time",
+                             lambda: self.admission.timed_out)
+        self.metrics.counter("chatplane_sends_rate_limited_total",
+                             "sends refused by the per-user send rate",
+                             lambda: self.user_rates.refused)
         self.metrics.gauge("chatplane_draining", "1 while the gateway drains",
                            lambda: 1 if self.draining else 0)
+        self.metrics.gauge("chatplane_unacked_connections", "connections with unacked pushes",
+                           lambda: len(self.retransmitting))
         self.group_pushed = 0  # large-group pushes from the state tier (cluster)
-        self.metrics.gauge("chatplane_group_pushed_total",
-                           "large-group frames pushed to devices from the state tier",
-                           lambda: self.group_pushed)
-        self.metrics.gauge("chatplane_group_writer_sockets_total",
-                           "large-group frames the group writer thread wrote (gateway/bulk.py)",
-                           lambda: self.group_writer.sockets_written if self.group_writer else 0)
-        self.metrics.gauge("chatplane_group_writer_failed_total",
-                           "sockets that failed under the group writer (their connections closed)",
-                           lambda: self.group_writer.sockets_failed if self.group_writer else 0)
-        self.metrics.gauge("chatplane_group_writer_reclaimed_total",
-                           "lent sockets taken back from a group writer that had not got to them"
-                           " in time (the event loop wrote their frames)",
-                           lambda: self.group_writer.sockets_reclaimed if self.group_writer else 0)
-        self.metrics.gauge("chatplane_sessions_expired_total",
-                           "live sessions closed because their token expired",
-                           lambda: self.sessions_expired)
-        self.metrics.gauge("chatplane_sessions_revoked_total",
-                           "live sessions closed because their token was revoked",
-                           lambda: self.sessions_revoked)
+        self.metrics.counter("chatplane_group_pushed_total",
+                             "large-group frames pushed to devices from the state tier",
+                             lambda: self.group_pushed)
+        self.metrics.counter("chatplane_group_writer_sockets_total",
+                             "large-group frames the group writer thread wrote (gateway/bulk.py)",
+                             lambda: self.group_writer.sockets_written if self.group_writer else 0)
+        self.metrics.counter("chatplane_group_writer_failed_total",
+                             "sockets that failed under the group writer (their connections closed)",
+                             lambda: self.group_writer.sockets_failed if self.group_writer else 0)
+        self.metrics.counter("chatplane_group_writer_reclaimed_total",
+                             "lent sockets taken back from a group writer that had not got to them"
+                             " in time (the event loop wrote their frames)",
+                             lambda: self.group_writer.sockets_reclaimed if self.group_writer else 0)
+        self.metrics.counter("chatplane_sessions_expired_total",
+                             "live sessions closed because their token expired",
+                             lambda: self.sessions_expired)
+        self.metrics.counter("chatplane_sessions_revoked_total",
+                             "live sessions closed because their token was revoked",
+                             lambda: self.sessions_revoked)
         self.log = logging.getLogger("chatplane.gateway")
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None

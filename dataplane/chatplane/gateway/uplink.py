@@ -25,6 +25,7 @@ import collections
 import time
 from typing import TYPE_CHECKING
 
+from chatplane import tracing
 from chatplane.protocol.bounds import MAX_SENDS_PER_CALL
 from chatplane.protocol.errors import ErrorCode
 from chatplane.protocol.session import Request
@@ -72,8 +73,9 @@ class Uplink:
                 started = _now_ms()
                 frames = [r.frame for r in batch]
                 try:
-                    replies = await conn.gateway.im.handle_sends(conn.user_id, conn.device_id,
-                                                                 frames)
+                    with tracing.span("gateway.sends", count=len(frames)):
+                        replies = await conn.gateway.im.handle_sends(conn.user_id,
+                                                                     conn.device_id, frames)
                 except Exception as exc:  # a bug must cost these sends, not the connection
                     conn.gateway.log.exception("sends failed")
                     for request in batch:
@@ -118,6 +120,6 @@ class Uplink:
                 assert isinstance(request.body, pb.Send)
                 conn.sends.block(request.body.cid, now)
             conn.session.send(reply)
-            conn.gateway.metrics.send_latency.observe(now - started)
+            conn.gateway.metrics.send_latency.observe((now - started) * 0.001)  # ms -> s
             conn.sends.done()
         conn.flush()

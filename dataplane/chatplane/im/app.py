@@ -14,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
-from chatplane import revocations, tracing
+from chatplane import metrics, revocations, tracing
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.im import requests
 from chatplane.im.admin import AdminApi
@@ -61,7 +64,7 @@ class ImServicer(sgrpc.ImServicer):
 
     async def Handle(self, request: spb.ClientRequest,
                      context: grpc.aio.ServicerContext) -> spb.ClientReply:
-        with tracing.serving("im.Handle", context.invocation_metadata()):
+        with tracing.serving("im.Handle"):
             frame = requests.admit(request, self.im.bounds)
             if frame.WhichOneof("body") == "error":
                 return spb.ClientReply(frame=frame.SerializeToString())
@@ -77,7 +80,7 @@ class ImServicer(sgrpc.ImServicer):
         """A gateway's batch of one device's sends, in cid order: handled in
         that order (a resend of the whole batch, after a failover, is
         answered with the original acks of what was already stored)."""
-        with tracing.serving("im.HandleSends", context.invocation_metadata()):
+        with tracing.serving("im.HandleSends"):
             await _refuse_out_of_bounds(context, "handle_sends", request)
             frames = [requests.admit(spb.ClientRequest(user_id=request.user_id,
                                                        device_id=request.device_id, frame=f),
@@ -91,7 +94,7 @@ class ImServicer(sgrpc.ImServicer):
 
     async def InboxHeads(self, request: spb.InboxHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.InboxHeadsReply:
-        with tracing.serving("im.InboxHeads", context.invocation_metadata()):
+        with tracing.serving("im.InboxHeads"):
             await _refuse_out_of_bounds(context, "inbox_heads", request)
             users = list(dict.fromkeys(request.user_ids))
             try:
@@ -104,7 +107,7 @@ class ImServicer(sgrpc.ImServicer):
 
     async def GroupHeads(self, request: spb.GroupHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.GroupHeadsReply:
-        with tracing.serving("im.GroupHeads", context.invocation_metadata()):
+        with tracing.serving("im.GroupHeads"):
             await _refuse_out_of_bounds(context, "group_heads", request)
             try:
                 heads = await self.im.group_heads(list(request.conversation_ids))
@@ -118,7 +121,7 @@ class ImServicer(sgrpc.ImServicer):
         """An event another instance made for a user whose event conversation
         this one owns (im/forward.py); appended here whatever this instance's
         ring says, so a forward never bounces."""
-        with tracing.serving("im.AppendEvent", context.invocation_metadata()):
+        with tracing.serving("im.AppendEvent"):
             out_of_bounds = bounds.call_problem("append_event", request)
             if out_of_bounds is not None or not request.content_type.startswith("event/"):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -141,7 +144,7 @@ class ImServicer(sgrpc.ImServicer):
         """Inbox entries of another instance's messages for users whose
         inboxes this one writes (im/inboxes.py); written whatever this
         instance's ring says, so a fan-out never bounces."""
-        with tracing.serving("im.FanOut", context.invocation_metadata()):
+        with tracing.serving("im.FanOut"):
             out_of_bounds = bounds.call_problem("fan_out", request)
             if out_of_bounds is not None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
@@ -211,20 +214,12 @@ class ImApp:
     def _details(self) -> dict[str, object]:
         return {**self.prober.summary(), **self.supervisor.details()}
 
-    def _metrics(self) -> str:
-        lines = []
+    def _families(self) -> Iterator[Metric]:
+        """What only a cluster im counts: its outbox to state and its ring of owners."""
         for name, help_text, value in (
-            ("chatplane_im_sent_total", "messages stored", self.im.sent),
-            ("chatplane_im_duplicates_total", "resends answered with the original ack",
-             self.im.duplicates),
             ("chatplane_im_delivered_total", "inbox entries handed to state", self.outbox.sent),
             ("chatplane_im_deliver_retries_total", "Deliver calls retried", self.outbox.retried),
             ("chatplane_im_deliver_given_up_total", "entries left to sync", self.outbox.given_up),
-            ("chatplane_im_outbox_depth", "entries waiting for state", self.outbox.depth),
-            ("chatplane_im_leases_taken_total", "conversation leases taken",
-             self.im.leases.acquired),
-            ("chatplane_im_appends_fenced_total", "appends refused: lease taken over",
-             self.im.leases.lost),
             ("chatplane_im_events_forwarded_total",
              "events appended by their conversation's owner at this instance's request",
              self.ring.forwarded),
@@ -241,13 +236,17 @@ class ImApp:
              self.outbox.groups.sent),
             ("chatplane_im_group_given_up_total", "large-group messages left to the head check",
              self.outbox.groups.given_up),
-            ("chatplane_im_group_outbox_depth", "large-group messages waiting for state",
-             self.outbox.groups.depth),
         ):
-            kind = "gauge" if name.endswith("depth") else "counter"
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return ("\n".join(lines) + "\n" + self.storage.metrics_text() + self.prober.metrics()
-                + self.supervisor.metrics_text() + self.im.hot.metrics_text())
+            yield metrics.counter(name, help_text, value)
+        yield metrics.gauge("chatplane_im_outbox_depth", "entries waiting for state",
+                            self.outbox.depth)
+        yield metrics.gauge("chatplane_im_group_outbox_depth",
+                            "large-group messages waiting for state", self.outbox.groups.depth)
+
+    def metrics_registry(self) -> CollectorRegistry:
+        """What /metrics shows (once the storage is open, in start())."""
+        return metrics.registry(self._families, self.im.families, self.storage.families,
+                                self.prober.families, self.supervisor.families)
 
     def _services(self, grpc_server: grpc.aio.Server) -> None:
         """The client-request API for the gateways and the cross-region link for peers."""
@@ -272,7 +271,8 @@ class ImApp:
         self.base_url = f"http://{host}:{http_port}"
         admin = web.Application(client_max_size=1024 * 1024)
         admin.add_routes([*serving.probe_routes(self._ready, self._details),
-                          *serving.metrics_routes(self._metrics), *self.prober.routes()])
+                          *serving.metrics_routes(self.metrics_registry()),
+                          *self.prober.routes()])
         admin.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im,
                                   audit=self.audit, on_revoked=self._revoked).routes())
         self._admin_runner, admin_port = await start_admin(admin, self.settings)

@@ -16,7 +16,6 @@ from typing import TypeVar
 
 import grpc
 
-from chatplane import tracing
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.wire import error_frame
 from chatplane.registry.instances import CachedInstances, LiveRing
@@ -71,13 +70,12 @@ class RemoteIm:
                else user_id)
         request = spb.ClientRequest(user_id=user_id, device_id=device_id,
                                     frame=frame.SerializeToString())
-        with tracing.span("gateway.request", kind=kind):
-            try:
-                reply: spb.ClientReply = await self._call(key, lambda stub: stub.Handle(
-                    request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
-            except grpc.aio.AioRpcError as exc:
-                code = ErrorCode.UNAVAILABLE if retriable(exc) else ErrorCode.INTERNAL
-                return error_frame(frame.id, code, f"im unavailable, retry: {exc.code().name}")
+        try:
+            reply: spb.ClientReply = await self._call(key, lambda stub: stub.Handle(
+                request, timeout=self.peers.deadline_s))
+        except grpc.aio.AioRpcError as exc:
+            code = ErrorCode.UNAVAILABLE if retriable(exc) else ErrorCode.INTERNAL
+            return error_frame(frame.id, code, f"im unavailable, retry: {exc.code().name}")
         return pb.Frame.FromString(reply.frame)
 
     async def handle_sends(self, user_id: str, device_id: str,
@@ -89,15 +87,14 @@ class RemoteIm:
         conversation_id = frames[0].send.conversation_id
         request = spb.ClientRequests(user_id=user_id, device_id=device_id,
                                      frames=[f.SerializeToString() for f in frames])
-        with tracing.span("gateway.sends", count=len(frames)):
-            try:
-                reply: spb.ClientReplies = await self._call(
-                    ring_key(conversation_id), lambda stub: stub.HandleSends(
-                        request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
-            except grpc.aio.AioRpcError as exc:
-                code = ErrorCode.UNAVAILABLE if retriable(exc) else ErrorCode.INTERNAL
-                return [error_frame(f.id, code, f"im unavailable, retry: {exc.code().name}")
-                        for f in frames]
+        try:
+            reply: spb.ClientReplies = await self._call(
+                ring_key(conversation_id), lambda stub: stub.HandleSends(
+                    request, timeout=self.peers.deadline_s))
+        except grpc.aio.AioRpcError as exc:
+            code = ErrorCode.UNAVAILABLE if retriable(exc) else ErrorCode.INTERNAL
+            return [error_frame(f.id, code, f"im unavailable, retry: {exc.code().name}")
+                    for f in frames]
         if len(reply.frames) != len(frames):
             return [error_frame(f.id, ErrorCode.INTERNAL, "im answered another number of sends")
                     for f in frames]
@@ -115,7 +112,7 @@ class RemoteIm:
             return {}
         request = spb.InboxHeadsRequest(user_ids=list(user_ids))
         reply: spb.InboxHeadsReply = await self._read(user_ids[0], lambda stub: stub.InboxHeads(
-            request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
+            request, timeout=self.peers.deadline_s))
         if reply.store_id:
             self.store_id = reply.store_id  # every im answers for the same storage
         return dict(reply.heads)
@@ -126,7 +123,7 @@ class RemoteIm:
             return {}
         request = spb.GroupHeadsRequest(conversation_ids=list(conversation_ids))
         reply: spb.GroupHeadsReply = await self._read(conversation_ids[0], lambda stub: stub.GroupHeads(
-            request, timeout=self.peers.deadline_s, metadata=tracing.outgoing()))
+            request, timeout=self.peers.deadline_s))
         return dict(reply.heads)
 
     async def inbox_head(self, user_id: str) -> int:

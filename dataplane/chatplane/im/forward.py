@@ -33,7 +33,6 @@ from collections.abc import Iterable, Sequence
 
 import grpc
 
-from chatplane import tracing
 from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
 from chatplane.rpc.peers import Peers
@@ -86,7 +85,7 @@ class ImRing:
         for address in ahead:
             try:
                 await sgrpc.ImStub(self.peers.channel(address, "im")).AppendEvent(
-                    rpc, timeout=self.peers.deadline_s / 4, metadata=tracing.outgoing())
+                    rpc, timeout=self.peers.deadline_s / 4)
             except grpc.aio.AioRpcError:
                 continue  # dead, stalled or refusing: the next one, or here
             self.forwarded += 1
@@ -118,7 +117,7 @@ class ImRing:
             spb.FanOutEntry(seq=seq, user_ids=list(users)) for seq, users in entries])
         try:
             await sgrpc.ImStub(self.peers.channel(address, "im")).FanOut(
-                rpc, timeout=self.peers.deadline_s / 4, metadata=tracing.outgoing())
+                rpc, timeout=self.peers.deadline_s / 4)
         except grpc.aio.AioRpcError:
             self.fan_outs_kept += 1
             return False

@@ -12,7 +12,11 @@ entry instead of flushing them. The total stays under `max_messages`.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 
+from prometheus_client.metrics_core import Metric
+
+from chatplane import metrics
 from chatplane.im.admission import WTinyLfu
 from chatplane.storage.base import StoredMessage
 
@@ -83,20 +87,15 @@ class HotCache:
     def __len__(self) -> int:
         return self._policy.weight
 
-    def metrics_text(self) -> str:
-        """Prometheus exposition of the hot tier's counters."""
-        lines: list[str] = []
-        for name, kind, help_text, value in (
-            ("chatplane_im_hot_hits_total", "counter", "history ranges served from memory",
-             self.hits),
-            ("chatplane_im_hot_misses_total", "counter", "history ranges read from storage",
-             self.misses),
-            ("chatplane_im_hot_evictions_total", "counter",
-             "conversations evicted from the hot tier", self.evictions),
-            ("chatplane_im_hot_rejections_total", "counter",
-             "newcomers refused by admission (colder than what they would evict)",
-             self.rejections),
-            ("chatplane_im_hot_messages", "gauge", "messages held in the hot tier", len(self)),
-        ):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+    def families(self) -> Iterator[Metric]:
+        """The hot tier's counters, for /metrics."""
+        yield metrics.counter("chatplane_im_hot_hits_total", "history ranges served from memory",
+                              self.hits)
+        yield metrics.counter("chatplane_im_hot_misses_total", "history ranges read from storage",
+                              self.misses)
+        yield metrics.counter("chatplane_im_hot_evictions_total",
+                              "conversations evicted from the hot tier", self.evictions)
+        yield metrics.counter("chatplane_im_hot_rejections_total",
+                              "newcomers refused by admission (colder than what they would evict)",
+                              self.rejections)
+        yield metrics.gauge("chatplane_im_hot_messages", "messages held in the hot tier", len(self))

@@ -13,9 +13,12 @@ import dataclasses
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from typing import Protocol
 
+from prometheus_client.metrics_core import Metric
+
+from chatplane import metrics
 from chatplane.delivery.dedup import CidAllocator
 from chatplane.im import requests
 from chatplane.im.groups import Groups
@@ -130,6 +133,17 @@ class ImService:
                              recover=self.inboxes.recover if self.inboxes is not None else None)
         self.sent = 0
         self.duplicates = 0
+
+    def families(self) -> Iterator[Metric]:
+        """The service's counters and its hot tier's, for /metrics (cluster im and `up`)."""
+        yield metrics.counter("chatplane_im_sent_total", "messages stored", self.sent)
+        yield metrics.counter("chatplane_im_duplicates_total",
+                              "resends answered with the original ack", self.duplicates)
+        yield metrics.counter("chatplane_im_leases_taken_total", "conversation leases taken",
+                              self.leases.acquired)
+        yield metrics.counter("chatplane_im_appends_fenced_total",
+                              "appends refused: lease taken over", self.leases.lost)
+        yield from self.hot.families()
 
     async def conversation(self, conversation_id: str, *, fresh: bool = False) -> Conversation:
         """A conversation with its members; cached (members change only through

@@ -39,9 +39,9 @@ def relation_pb(user_id: str, r: Relation) -> pb.Relation:
                        updated_at_ms=r.updated_at_ms)
 
 
-# How long a relation read on the send path is trusted. Changes made through
-# this process invalidate at once; this bounds how long a change made through
-# another im instance takes to apply to sends here.
+# How long a relation read on the send path is trusted in a cluster. Changes
+# made through this process invalidate at once; this bounds how long a change
+# made through another im instance takes to apply to sends here.
 RELATION_TTL_S = 2.0
 
 
@@ -55,7 +55,9 @@ class Social:
         now = time.monotonic()
         key = (user, other)
         cached = self._relations.get(key)
-        if cached is not None and cached[0] > now:
+        # alone (`chatplane up`: no ring of other instances), every change
+        # goes through this process and invalidates at once: no expiry
+        if cached is not None and (cached[0] > now or self.im.owners is None):
             return cached[1]
         # one read per expiry, shared by the sends in flight meanwhile (a
         # device pipelines up to 32: each used to read on its own)

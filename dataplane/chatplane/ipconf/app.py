@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 
-from chatplane import certs
+from chatplane import certs, metrics
 from chatplane.ipconf.dispatch import GatewayInfo, make_handler
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
@@ -79,17 +81,17 @@ class IpconfApp:
     def _ready(self) -> bool:
         return (self.cache.known > 0 or self.cache.failures == 0) and self.supervisor.ready()
 
-    def _metrics(self) -> str:
-        lines = []
-        for name, kind, text, value in (
-            ("chatplane_dispatch_requests_total", "counter", "dispatch requests",
-             self.directory.requests),
-            ("chatplane_dispatch_registry_failures_total", "counter", "failed registry reads",
-             self.cache.failures),
-            ("chatplane_dispatch_gateways", "gauge", "gateways known", self.cache.known),
-        ):
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+    def _families(self) -> Iterator[Metric]:
+        yield metrics.counter("chatplane_dispatch_requests_total", "dispatch requests",
+                              self.directory.requests)
+        yield metrics.counter("chatplane_dispatch_registry_failures_total",
+                              "failed registry reads", self.cache.failures)
+        yield metrics.gauge("chatplane_dispatch_gateways", "gateways known", self.cache.known)
+
+    def metrics_registry(self) -> CollectorRegistry:
+        """What /metrics shows (once the certificate is loaded, in start())."""
+        return metrics.registry(self._families, certs.families_of(self.certs),
+                                self.supervisor.families)
 
     async def start(self) -> None:
         server = self.settings.server
@@ -104,7 +106,7 @@ class IpconfApp:
         host = serving.advertised_host(self.settings)
         self.base_url = f"{'https' if tls else 'http'}://{host}:{port}"
         self._admin_runner, admin_port = await start_admin(
-            probes_app(self._ready, self._metrics, self.supervisor.details), self.settings)
+            probes_app(self._ready, self.metrics_registry(), self.supervisor.details), self.settings)
         self.admin_url = f"http://{host}:{admin_port}"
 
     def ready_line(self) -> str:

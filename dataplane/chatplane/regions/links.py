@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from aiohttp import web
+from prometheus_client.metrics_core import Metric
 
-from chatplane import peerlist
+from chatplane import metrics, peerlist
 from chatplane.peerlist import Peer
 from chatplane.protocol import bounds
 from chatplane.regions import hello
@@ -186,24 +188,24 @@ class PeerProber:
         """For /readyz: peer name -> whether it answers as expected."""
         return {"peers": {name: link.ok for name, link in self.links.items()}}
 
-    def metrics(self) -> str:
-        lines: list[str] = []
-        for name, kind, help_text, read in (
-            ("chatplane_peer_reachable", "gauge", "1 when the peer's last Hello answered",
+    def families(self) -> Iterator[Metric]:
+        """Per peer: reachable, answering as expected, round trip, last answer."""
+        links = list(self.links.values())
+        for kind, name, help_text, read in (
+            ("gauge", "chatplane_peer_reachable", "1 when the peer's last Hello answered",
              lambda k: int(k.reachable)),
-            ("chatplane_peer_ok", "gauge",
+            ("gauge", "chatplane_peer_ok",
              "1 when the peer answered as the expected region, protocol and token key",
              lambda k: int(k.ok)),
-            ("chatplane_peer_rtt_seconds", "gauge", "round trip of the last answered Hello",
-             lambda k: k.rtt_s if k.reachable and k.rtt_s is not None else "NaN"),
-            ("chatplane_peer_last_ok_timestamp_seconds", "gauge",
+            ("gauge", "chatplane_peer_rtt_seconds", "round trip of the last answered Hello",
+             lambda k: k.rtt_s if k.reachable and k.rtt_s is not None else math.nan),
+            ("gauge", "chatplane_peer_last_ok_timestamp_seconds",
              "wall clock of the last answered Hello (0: never)", lambda k: k.last_ok or 0),
-            ("chatplane_peer_probe_failures_total", "counter", "Hellos that failed",
+            ("counter", "chatplane_peer_probe_failures_total", "Hellos that failed",
              lambda k: k.failures),
         ):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-            lines += [f'{name}{{peer="{k.peer.name}"}} {read(k)}' for k in self.links.values()]
-        return "\n".join(lines) + "\n" if lines and self.links else ""
+            yield metrics.labelled(kind, name, help_text, "peer",
+                                   {k.peer.name: read(k) for k in links})
 
     def routes(self) -> list[web.RouteDef]:
         async def peers(request: web.Request) -> web.Response:

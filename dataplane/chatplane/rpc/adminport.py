@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from chatplane.rpc import serving
 from chatplane.settings import Settings, admin_port
@@ -106,9 +107,9 @@ async def start_admin(app: web.Application, settings: Settings) -> tuple[web.App
     return runner, int(runner.addresses[0][1])
 
 
-def probes_app(ready: Callable[[], bool], metrics: Callable[[], str],
+def probes_app(ready: Callable[[], bool], registry: CollectorRegistry,
                detail: Callable[[], Mapping[str, object]] | None = None) -> web.Application:
     """The admin app of a tier with no admin endpoints of its own (state, ipconf)."""
     app = web.Application()
-    app.add_routes([*serving.probe_routes(ready, detail), *serving.metrics_routes(metrics)])
+    app.add_routes([*serving.probe_routes(ready, detail), *serving.metrics_routes(registry)])
     return app

@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
+from chatplane import metrics
 from chatplane.registry.instances import Instances
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.settings import Settings
@@ -64,26 +66,6 @@ async def start_grpc(host: str, port: int, register: Callable[[grpc.aio.Server],
     return server, bound
 
 
-def process_metrics() -> str:
-    """RSS and CPU of this process, Prometheus text (Linux /proc)."""
-    import os
-    import resource
-
-    try:
-        with open("/proc/self/statm") as fh:
-            rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return (
-        "# HELP chatplane_process_rss_bytes resident memory\n"
-        "# TYPE chatplane_process_rss_bytes gauge\n"
-        f"chatplane_process_rss_bytes {rss}\n"
-        "# HELP chatplane_process_cpu_seconds_total user+system CPU\n"
-        "# TYPE chatplane_process_cpu_seconds_total counter\n"
-        f"chatplane_process_cpu_seconds_total {usage.ru_utime + usage.ru_stime:.3f}\n")
-
-
 def probe_routes(ready: Callable[[], bool],
                  detail: Callable[[], Mapping[str, object]] | None = None) -> list[web.RouteDef]:
     async def healthz(request: web.Request) -> web.Response:
@@ -97,11 +79,11 @@ def probe_routes(ready: Callable[[], bool],
     return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
 
 
-def metrics_routes(metrics: Callable[[], str]) -> list[web.RouteDef]:
-    """`/metrics`: for the admin port only."""
+def metrics_routes(registry: CollectorRegistry) -> list[web.RouteDef]:
+    """`/metrics` of `registry` (metrics.registry()): for the admin port only."""
     async def metrics_handler(request: web.Request) -> web.Response:
-        return web.Response(text=metrics() + process_metrics(), content_type="text/plain",
-                            charset="utf-8")
+        body, content_type = metrics.exposition(registry, request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     return [web.get("/metrics", metrics_handler)]
 

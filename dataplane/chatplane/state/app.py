@@ -12,7 +12,9 @@ import socket
 
 import grpc
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from chatplane import metrics
 from chatplane.registry import instances as registry
 from chatplane.registry.routes import Routes
 from chatplane.rpc import serving
@@ -56,8 +58,8 @@ class StateApp:
     def _ready(self) -> bool:
         return self.publisher is not None and self.publisher.healthy and self.supervisor.ready()
 
-    def _metrics(self) -> str:
-        return self.servicer.render_metrics() + self.supervisor.metrics_text()
+    def metrics_registry(self) -> CollectorRegistry:
+        return metrics.registry(self.servicer.families, self.supervisor.families)
 
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links
@@ -71,7 +73,8 @@ class StateApp:
         self._runner, http_port = await serving.start_http(app, server.host, server.http_port)
         self.base_url = f"http://{host}:{http_port}"
         self._admin_runner, admin_port = await start_admin(
-            probes_app(self._ready, self._metrics, self.supervisor.details), self.settings)
+            probes_app(self._ready, self.metrics_registry(), self.supervisor.details),
+            self.settings)
         self.admin_url = f"http://{host}:{admin_port}"
         self.publisher = serving.Publisher(
             self.instances, self.kind, self.instance_id,

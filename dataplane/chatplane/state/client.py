@@ -195,7 +195,7 @@ class DeliveryOutbox:
         async def deliver(stub: sgrpc.StateStub) -> spb.DeliverReply:
             with tracing.span("im.deliver", entries=len(batch)):
                 reply: spb.DeliverReply = await stub.Deliver(
-                    request, timeout=self.links.peers.deadline_s, metadata=tracing.outgoing())
+                    request, timeout=self.links.peers.deadline_s)
             return reply
 
         attempts, error = await self.links.call_until(deliver, self.give_up_s)
@@ -281,7 +281,7 @@ class GroupOutbox:
         async def deliver(stub: sgrpc.StateStub) -> spb.DeliverGroupReply:
             with tracing.span("im.deliver_group", messages=len(pending.messages)):
                 reply: spb.DeliverGroupReply = await stub.DeliverGroup(
-                    request, timeout=self.links.peers.deadline_s, metadata=tracing.outgoing())
+                    request, timeout=self.links.peers.deadline_s)
             return reply
 
         # a group that gives up is repaired by the gateways' head check
@@ -356,7 +356,6 @@ class RemoteRegistry:
 
     async def _call_state(self, method: str, request: object) -> object:
         async def call(stub: sgrpc.StateStub) -> object:
-            return await getattr(stub, method)(request, timeout=self.links.peers.deadline_s,
-                                               metadata=tracing.outgoing())
+            return await getattr(stub, method)(request, timeout=self.links.peers.deadline_s)
 
         return await self.links.call(call, 2 * self.links.peers.deadline_s)

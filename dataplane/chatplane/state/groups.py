@@ -26,9 +26,11 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from prometheus_client.metrics_core import Metric
 
 from chatplane.delivery.fanout import Flush, GroupBatcher
 from chatplane.metrics import Histogram
@@ -76,16 +78,17 @@ class GroupFanout:
         self.supervisor = Supervisor(Supervision())
         self.frames_pushed = 0
         # from a flush's start until its frame is queued for the last member
-        self.fanout_ms = Histogram("chatplane_group_fanout_ms",
-                                   "large-group flush: time to queue the frame for every member")
-        self.held_ms = Histogram("chatplane_group_fanout_held_ms",
-                                 "large-group flush: time its slices held the event loop")
-        self.cpu_ms = Histogram("chatplane_group_fanout_cpu_ms",
-                                "large-group flush: CPU time of its slices (paces the group)")
+        self.fanout = Histogram("chatplane_group_fanout_seconds",
+                                "large-group flush: time to queue the frame for every member")
+        self.held = Histogram("chatplane_group_fanout_held_seconds",
+                              "large-group flush: time its slices held the event loop")
+        self.cpu = Histogram("chatplane_group_fanout_cpu_seconds",
+                             "large-group flush: CPU time of its slices (paces the group)")
 
-    def render_metrics(self) -> str:
-        return "\n".join(self.fanout_ms.render() + self.held_ms.render()
-                         + self.cpu_ms.render()) + "\n"
+    def families(self) -> Iterator[Metric]:
+        yield self.fanout.family()
+        yield self.held.family()
+        yield self.cpu.family()
 
     def offer(self, conversation_id: str, members: Sequence[str], message: StoredMessage) -> None:
         group = self._groups.get(conversation_id)
@@ -160,14 +163,13 @@ class GroupFanout:
                     conversation_id, flush.head_seq, payload, group.members, clock)
             except Exception:  # the group's next flushes must still go out
                 log.exception("group %s: fan-out failed", conversation_id)
-            spent_ms = (loop.time() - started) * 1000
-            self.fanout_ms.observe(spent_ms)
-            self.held_ms.observe(clock.held() * 1000)
+            self.fanout.observe(loop.time() - started)
+            self.held.observe(clock.held())
             # the share is of the CPU: time the machine took the process off
             # it mid-slice was nobody's in this process; the writer thread's counts
-            cost_ms = clock.cpu() * 1000
-            self.cpu_ms.observe(cost_ms)
-            group.batcher.interval_ms = max(self.interval_ms, cost_ms / self.max_share)
+            cost_s = clock.cpu()
+            self.cpu.observe(cost_s)
+            group.batcher.interval_ms = max(self.interval_ms, cost_s * 1000 / self.max_share)
         group.worker = None
         self._arm(conversation_id, group)  # what came meanwhile: one batch, when due
         self._forget_if_idle(conversation_id, group)

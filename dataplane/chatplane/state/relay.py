@@ -34,7 +34,6 @@ from collections.abc import Sequence
 import grpc
 from redis.exceptions import RedisError
 
-from chatplane import tracing
 from chatplane.registry.instances import CachedInstances
 from chatplane.registry.routes import Routes
 from chatplane.rpc.peers import Peers
@@ -105,7 +104,7 @@ class GroupRelay(GroupFanout):
             return 0
         try:
             reply = await sgrpc.GatewayStub(self.peers.channel(address, "gateway")).GroupPush(
-                request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
+                request, timeout=self.peers.deadline_s)
         except grpc.aio.AioRpcError as exc:
             self.failed_pushes += 1
             log.warning("group push to gateway %s failed: %s", gateway_id, exc.code().name)

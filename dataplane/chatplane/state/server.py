@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 
 import grpc
+from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
 from chatplane import tracing
-from chatplane.metrics import Histogram, Metrics
+from chatplane.metrics import Histogram, Readings
 from chatplane.registry.instances import CachedInstances
 from chatplane.registry.routes import RouteEntry, Routes
 from chatplane.rpc import convert
@@ -51,26 +53,29 @@ class StateServicer(sgrpc.StateServicer):
         self.peers = peers
         self.groups = GroupRelay(routes, gateways, peers, interval_ms=group_interval_ms,
                                  max_messages=group_max_messages)
-        self.metrics = Metrics()
-        self.deliver_latency = Histogram("chatplane_state_deliver_ms",
+        self.metrics = Readings()
+        self.pushed = 0
+        self.metrics.counter("chatplane_pushed_total", "inbox entries pushed to devices",
+                             lambda: self.pushed)
+        self.deliver_latency = Histogram("chatplane_state_deliver_seconds",
                                          "Deliver: routes lookup and gateway pushes")
         self.unreachable = 0
         self.redis_errors = 0
-        self.metrics.gauge("chatplane_state_unreachable_total",
-                           "device pushes whose gateway did not answer", lambda: self.unreachable)
-        self.metrics.gauge("chatplane_state_redis_errors_total", "failed Redis calls",
-                           lambda: self.redis_errors)
+        self.metrics.counter("chatplane_state_unreachable_total",
+                             "device pushes whose gateway did not answer", lambda: self.unreachable)
+        self.metrics.counter("chatplane_state_redis_errors_total", "failed Redis calls",
+                             lambda: self.redis_errors)
         self.group_messages = 0
-        self.metrics.gauge("chatplane_state_group_messages_total",
-                           "large-group messages accepted for fan-out", lambda: self.group_messages)
-        self.metrics.gauge("chatplane_state_group_flushes_total", "large-group flushes relayed",
-                           lambda: self.groups.flushes)
-        self.metrics.gauge("chatplane_state_group_pushes_total",
-                           "large-group device pushes gateways accepted",
-                           lambda: self.groups.frames_pushed)
-        self.metrics.gauge("chatplane_state_group_failed_pushes_total",
-                           "large-group GroupPush calls to a gateway that failed",
-                           lambda: self.groups.failed_pushes)
+        self.metrics.counter("chatplane_state_group_messages_total",
+                             "large-group messages accepted for fan-out", lambda: self.group_messages)
+        self.metrics.counter("chatplane_state_group_flushes_total", "large-group flushes relayed",
+                             lambda: self.groups.flushes)
+        self.metrics.counter("chatplane_state_group_pushes_total",
+                             "large-group device pushes gateways accepted",
+                             lambda: self.groups.frames_pushed)
+        self.metrics.counter("chatplane_state_group_failed_pushes_total",
+                             "large-group GroupPush calls to a gateway that failed",
+                             lambda: self.groups.failed_pushes)
 
     async def _redis_failed(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
         self.redis_errors += 1
@@ -78,7 +83,7 @@ class StateServicer(sgrpc.StateServicer):
 
     async def Register(self, request: spb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> spb.RegisterReply:
-        with tracing.serving("state.Register", context.invocation_metadata()):
+        with tracing.serving("state.Register"):
             entries = _entries(list(request.routes))
             try:
                 if request.refresh:
@@ -100,7 +105,7 @@ class StateServicer(sgrpc.StateServicer):
 
     async def Unregister(self, request: spb.UnregisterRequest,
                          context: grpc.aio.ServicerContext) -> spb.UnregisterReply:
-        with tracing.serving("state.Unregister", context.invocation_metadata()):
+        with tracing.serving("state.Unregister"):
             try:
                 await self.routes.unregister(_entries(list(request.routes)))
             except (RedisError, OSError) as exc:
@@ -119,7 +124,7 @@ class StateServicer(sgrpc.StateServicer):
 
     async def Deliver(self, request: spb.DeliverRequest,
                       context: grpc.aio.ServicerContext) -> spb.DeliverReply:
-        with tracing.serving("state.Deliver", context.invocation_metadata()):
+        with tracing.serving("state.Deliver"):
             started = asyncio.get_running_loop().time()
             by_user: dict[str, list[spb.Delivery]] = defaultdict(list)
             for d in request.deliveries:
@@ -140,13 +145,13 @@ class StateServicer(sgrpc.StateServicer):
             pushed = sum(n for n, _ in results)
             unreachable = sum(u for _, u in results)
             self.unreachable += unreachable
-            self.metrics.pushed += pushed
-            self.deliver_latency.observe((asyncio.get_running_loop().time() - started) * 1000)
+            self.pushed += pushed
+            self.deliver_latency.observe(asyncio.get_running_loop().time() - started)
             return spb.DeliverReply(pushed=pushed, unreachable=unreachable)
 
     async def DeliverGroup(self, request: spb.DeliverGroupRequest,
                            context: grpc.aio.ServicerContext) -> spb.DeliverGroupReply:
-        with tracing.serving("state.DeliverGroup", context.invocation_metadata()):
+        with tracing.serving("state.DeliverGroup"):
             accepted = 0
             for group in request.groups:
                 members = list(group.members)
@@ -169,8 +174,7 @@ class StateServicer(sgrpc.StateServicer):
             return 0, len(push.deliveries)  # its TTL passed: dead or partitioned
         stub = sgrpc.GatewayStub(self.peers.channel(address, "gateway"))
         try:
-            reply = await stub.Push(push, timeout=self.peers.deadline_s,
-                                    metadata=tracing.outgoing())
+            reply = await stub.Push(push, timeout=self.peers.deadline_s)
         except grpc.aio.AioRpcError as exc:
             log.warning("push to gateway %s failed: %s", gateway_id, exc.code().name)
             return 0, len(push.deliveries)
@@ -190,10 +194,11 @@ class StateServicer(sgrpc.StateServicer):
                           conn_id=r.conn_id) for r in entries])
             try:
                 await sgrpc.GatewayStub(self.peers.channel(address, "gateway")).Kick(
-                    request, timeout=self.peers.deadline_s, metadata=tracing.outgoing())
+                    request, timeout=self.peers.deadline_s)
             except grpc.aio.AioRpcError as exc:
                 log.warning("kick on gateway %s failed: %s", gateway_id, exc.code().name)
 
-    def render_metrics(self) -> str:
-        return (self.metrics.render() + "\n".join(self.deliver_latency.render()) + "\n"
-                + "\n".join(self.groups.fanout_ms.render()) + "\n")
+    def families(self) -> Iterator[Metric]:
+        yield from self.metrics.families()
+        yield self.deliver_latency.family()
+        yield from self.groups.families()

@@ -28,9 +28,12 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from prometheus_client.metrics_core import Metric
+
+from chatplane import metrics
 from chatplane.settings import Archive as ArchiveSettings
 from chatplane.storage import archive_segments as segments
 from chatplane.storage.archive_rows import ArchiveRows, is_stub
@@ -144,10 +147,10 @@ class ArchivedStorage:
             await self.archiver.rows.close()
         await self.inner.close()
 
-    def metrics_text(self) -> str:
-        name = "chatplane_archive_segment_reads_total"
-        return (str(self.inner.metrics_text()) + f"# HELP {name} archive segments read and"
-                f" decompressed\n# TYPE {name} counter\n{name} {self.archive_reads}\n")
+    def families(self) -> Iterator[Metric]:
+        yield from self.inner.families()
+        yield metrics.counter("chatplane_archive_segment_reads_total",
+                              "archive segments read and decompressed", self.archive_reads)
 
 
 @dataclasses.dataclass

@@ -15,9 +15,11 @@ the original result instead of a second message.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from prometheus_client.metrics_core import Metric
 
 # The message records and the id rule are shared with the wire and the
 # tiers (protocol/records.py); storage's callers keep importing them here.
@@ -185,8 +187,9 @@ class Storage(Protocol):
 
     async def close(self) -> None: ...
 
-    def metrics_text(self) -> str:
-        """Prometheus text for the backend's own figures ('' when it keeps none)."""
+    def families(self) -> Iterable[Metric]:
+        """The backend's own figures, for /metrics (chatplane.metrics; none when it keeps
+        none): read when scraped, never counted per call in prometheus_client."""
 
     def health(self) -> list[str]:
         """What keeps the store from serving now, one line each ([] when fine):

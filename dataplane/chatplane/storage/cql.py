@@ -44,6 +44,7 @@ from cassandra.policies import (
 from cassandra.protocol import ErrorMessage
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement, dict_factory
 
+from chatplane import tracing
 from chatplane.storage.base import StorageError, StorageUnavailable
 from chatplane.storage.cql_metrics import CqlStats
 
@@ -51,8 +52,15 @@ log = logging.getLogger(__name__)
 
 KEYSPACE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 Row = dict[str, Any]
+Item = tuple[PreparedStatement, Sequence[Any]]  # a prepared statement and its values
 T = TypeVar("T")
 IN_FLIGHT = 128  # requests one batch of related work keeps in flight
+BATCH_MAX = 64  # statements per unlogged batch
+BATCH_BYTES = 24_000  # values per batch, under the server's 50 KB refusal threshold
+# Combined write requests on the wire at once (`CqlSession.write`): beyond
+# this, writes wait and go together in the next ones, so the number of
+# requests per message falls as the load rises.
+WRITES_IN_FLIGHT = 32
 # Everything the driver raises: its own hierarchy is not rooted in one class.
 DRIVER_ERRORS = (DriverException, NoHostAvailable, ConnectionException, ErrorMessage, OSError)
 
@@ -187,6 +195,11 @@ class CqlSession:
         self.serial = consistency_level(settings.serial_consistency)
         self.stats = CqlStats()
         self._kinds: dict[int, tuple[str, bool]] = {}  # id(prepared) -> (kind, conditional)
+        # writes waiting for a combined request, and how many are on the wire
+        self._writes: list[tuple[Sequence[Item], asyncio.Future[None]]] = []
+        self._writing = 0
+        self._write_due = False
+        self._write_tasks: set[asyncio.Future[None]] = set()
 
     async def prepare(self, query: str, *, idempotent: bool = False,
                       kind: str = "") -> PreparedStatement:
@@ -204,7 +217,7 @@ class CqlSession:
     def kind_of(self, statement: Any) -> tuple[str, bool]:
         return self._kinds.get(id(statement), ("other", False))
 
-    async def run_batch(self, items: Sequence[tuple[PreparedStatement, Sequence[Any]]],
+    async def run_batch(self, items: Sequence[Item],
                         *, timeout_s: float | None = None) -> None:
         """Plain writes in one unlogged batch (one request; one statement is
         sent alone). Idempotent when all its statements are."""
@@ -219,6 +232,61 @@ class CqlSession:
         batch.chatplane_kinds = [self.kind_of(statement)[0] for statement, _ in items]
         batch.chatplane_queries = " ; ".join(statement.query_string for statement, _ in items)
         await self.run(batch, timeout_s=timeout_s)
+
+    async def write(self, items: Sequence[Item]) -> None:
+        """Plain, idempotent writes that may share one unlogged batch with the
+        writes other callers make meanwhile (the driver's cost is per request,
+        not per statement: at 1,000 messages a second one request per message
+        is most of a core). A caller's items always travel together in one
+        batch, so a partition's rows among them are applied together; the
+        caller learns that batch's outcome. Writes go out on the next loop
+        turn, at most WRITES_IN_FLIGHT requests at once: under load they wait
+        and combine, idle they go alone."""
+        if not items:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writes.append((items, done))
+        self._schedule_writes()
+        await done
+
+    def _schedule_writes(self) -> None:
+        if self._writes and not self._write_due and self._writing < WRITES_IN_FLIGHT:
+            self._write_due = True
+            asyncio.get_running_loop().call_soon(self._send_writes)
+
+    def _send_writes(self) -> None:
+        self._write_due = False
+        while self._writes and self._writing < WRITES_IN_FLIGHT:
+            taken: list[tuple[Sequence[Item], asyncio.Future[None]]] = []
+            statements = size = 0
+            while self._writes:
+                items, _ = self._writes[0]
+                grown = statements + len(items), size + approximate_size(items)
+                if taken and (grown[0] > BATCH_MAX or grown[1] > BATCH_BYTES):
+                    break
+                taken.append(self._writes.pop(0))
+                statements, size = grown
+            self._writing += 1
+            task = asyncio.get_running_loop().create_task(self._write_together(taken))
+            self._write_tasks.add(task)
+            task.add_done_callback(self._write_tasks.discard)
+
+    async def _write_together(self, taken: list[tuple[Sequence[Item], asyncio.Future[None]]]
+                              ) -> None:
+        failure: BaseException | None = None
+        try:
+            await self.run_batch([item for items, _ in taken for item in items])
+        except BaseException as exc:  # the callers' to raise (cancelled: at close)
+            failure = exc
+        finally:
+            self._writing -= 1
+            for _, done in taken:
+                if not done.done():
+                    if failure is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(failure)
+            self._schedule_writes()
 
     async def run(self, statement: Statement | str, params: Sequence[Any] | None = None,
                   *, serial_read: bool = False, timeout_s: float | None = None) -> list[Row]:
@@ -257,10 +325,11 @@ class CqlSession:
 
         failed_now = True
         try:
-            future = self.session.execute_async(
-                statement, params, timeout=timeout_s or self.settings.request_timeout_s)
-            future.add_callbacks(done, failed)
-            rows = await waiter
+            with tracing.db_span("cassandra", kind, self.settings.keyspace):
+                future = self.session.execute_async(
+                    statement, params, timeout=timeout_s or self.settings.request_timeout_s)
+                future.add_callbacks(done, failed)
+                rows = await waiter
             failed_now = False
             return rows
         except RequestValidationException as exc:  # schema or query wrong: not retriable
@@ -273,6 +342,12 @@ class CqlSession:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.cluster.shutdown)
+
+
+def approximate_size(items: Sequence[Item]) -> int:
+    """The bytes of a write's text and blob values (what a batch limit counts)."""
+    return sum(len(value) for _, params in items for value in params
+               if isinstance(value, str | bytes))
 
 
 async def gather_bounded(jobs: Iterable[Awaitable[T]], limit: int = IN_FLIGHT) -> list[T]:

@@ -1,4 +1,4 @@
-"""What the CQL write path costs, counted by the session (Prometheus text).
+"""What the CQL write path costs, counted by the session (for /metrics).
 
 Every request the backend sends is counted by statement kind (the name it was
 prepared under in scylla_statements.py, or "batch" / "ddl"), with its driver
@@ -13,10 +13,15 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from chatplane import metrics
+
 # Upper bounds (seconds) of the latency histogram: CQL requests take from
 # well under a millisecond (a local write) to the request timeout.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)
 
 
 class CqlStats:
@@ -60,46 +65,36 @@ class CqlStats:
                 self.batch_sizes[_slot(BATCH_BUCKETS, len(kinds))] += 1
                 self.batch_sum += len(kinds)
 
-    def render(self) -> str:
+    def families(self) -> list[Metric]:
         with self._lock:
-            lines = [
-                "# HELP chatplane_cql_requests_total CQL requests sent, by statement kind",
-                "# TYPE chatplane_cql_requests_total counter",
-                *(f'chatplane_cql_requests_total{{kind="{k}"}} {v}'
-                  for k, v in sorted(self.requests.items())),
-                "# HELP chatplane_cql_statements_total CQL statements sent (batched ones"
-                " included), by kind",
-                "# TYPE chatplane_cql_statements_total counter",
-                *(f'chatplane_cql_statements_total{{kind="{k}"}} {v}'
-                  for k, v in sorted(self.statements.items())),
-                "# HELP chatplane_cql_conditional_total Paxos rounds (conditional writes, SERIAL"
-                " reads), by kind",
-                "# TYPE chatplane_cql_conditional_total counter",
-                *(f'chatplane_cql_conditional_total{{kind="{k}"}} {v}'
-                  for k, v in sorted(self.conditional.items())),
-                "# HELP chatplane_cql_errors_total CQL requests that failed, by kind",
-                "# TYPE chatplane_cql_errors_total counter",
-                *(f'chatplane_cql_errors_total{{kind="{k}"}} {v}'
-                  for k, v in sorted(self.errors.items())),
-                "# HELP chatplane_storage_appends_total Messages stored (appends and group events)",
-                "# TYPE chatplane_storage_appends_total counter",
-                f"chatplane_storage_appends_total {self.appends}",
-                "# HELP chatplane_cql_sequence_takes_total Sequences taken by this process"
-                " (a conditional write and a seal each), by sequence kind",
-                "# TYPE chatplane_cql_sequence_takes_total counter",
-                *(f'chatplane_cql_sequence_takes_total{{sequence="{k}"}} {v}'
-                  for k, v in sorted(self.takes.items())),
-                "# HELP chatplane_cql_request_seconds Driver latency of CQL requests, by kind",
-                "# TYPE chatplane_cql_request_seconds histogram",
+            found: list[Metric] = [
+                metrics.labelled("counter", "chatplane_cql_requests_total",
+                                 "CQL requests sent, by statement kind", "kind", self.requests),
+                metrics.labelled("counter", "chatplane_cql_statements_total",
+                                 "CQL statements sent (batched ones included), by kind", "kind",
+                                 self.statements),
+                metrics.labelled("counter", "chatplane_cql_conditional_total",
+                                 "Paxos rounds (conditional writes, SERIAL reads), by kind",
+                                 "kind", self.conditional),
+                metrics.labelled("counter", "chatplane_cql_errors_total",
+                                 "CQL requests that failed, by kind", "kind", self.errors),
+                metrics.counter("chatplane_storage_appends_total",
+                                "Messages stored (appends and group events)", self.appends),
+                metrics.labelled("counter", "chatplane_cql_sequence_takes_total",
+                                 "Sequences taken by this process (a conditional write and a"
+                                 " seal each), by sequence kind", "sequence", self.takes),
             ]
+            latency = HistogramMetricFamily("chatplane_cql_request_seconds",
+                                            "Driver latency of CQL requests, by kind",
+                                            labels=["kind"])
             for kind, counts in sorted(self.latency_buckets.items()):
-                lines += _histogram("chatplane_cql_request_seconds", counts, BUCKETS,
-                                    self.latency_sum[kind], f'kind="{kind}"')
-            lines += ["# HELP chatplane_cql_batch_statements Statements per CQL batch",
-                      "# TYPE chatplane_cql_batch_statements histogram"]
-            lines += _histogram("chatplane_cql_batch_statements", self.batch_sizes,
-                                BATCH_BUCKETS, self.batch_sum, "")
-        return "\n".join(lines) + "\n"
+                latency.add_metric([kind], metrics.cumulative(BUCKETS, counts),
+                                   self.latency_sum[kind])
+            batches = HistogramMetricFamily(
+                "chatplane_cql_batch_statements", "Statements per CQL batch",
+                buckets=metrics.cumulative(BATCH_BUCKETS, self.batch_sizes),
+                sum_value=self.batch_sum)
+        return [*found, latency, batches]
 
 
 def _slot(bounds: tuple[float, ...], value: float) -> int:
@@ -107,17 +102,3 @@ def _slot(bounds: tuple[float, ...], value: float) -> int:
         if value <= bound:
             return i
     return len(bounds)
-
-
-def _histogram(name: str, counts: list[int], bounds: tuple[float, ...], total: float,
-               labels: str) -> list[str]:
-    sep = "," if labels else ""
-    out, running = [], 0
-    for bound, count in zip(bounds, counts, strict=False):
-        running += count
-        out.append(f'{name}_bucket{{{labels}{sep}le="{bound:g}"}} {running}')
-    running += counts[-1]
-    out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {running}')
-    suffix = f"{{{labels}}}" if labels else ""
-    out += [f"{name}_sum{suffix} {total:g}", f"{name}_count{suffix} {running}"]
-    return out

@@ -23,8 +23,10 @@ the original.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
+
+from prometheus_client.metrics_core import Metric
 
 from chatplane.storage import cql, migrations
 from chatplane.storage import scylla_social as social
@@ -98,9 +100,9 @@ class ScyllaStorage(social.SocialMethods):
         if db is not None:
             await db.close()
 
-    def metrics_text(self) -> str:
+    def families(self) -> Iterable[Metric]:
         """What the write path costs (cql_metrics.py); the server reports the rest."""
-        return self._db.stats.render() if self._db is not None else ""
+        return self._db.stats.families() if self._db is not None else ()
 
     def health(self) -> list[str]:
         return []  # a failing CQL call fails its request; the driver reconnects by itself

@@ -48,13 +48,12 @@ from chatplane.storage.base import (
     StorageUnavailable,
     StoredMessage,
 )
+from chatplane.storage.cql import BATCH_BYTES, BATCH_MAX, approximate_size
 from chatplane.storage.scylla_heads import Heads
 from chatplane.storage.scylla_seq import Blocks, Holder, Taken
 from chatplane.storage.scylla_social import apply_change, decode_change
 from chatplane.storage.scylla_statements import Statements, message_from_row
 
-BATCH_MAX = 64  # statements per unlogged batch
-BATCH_BYTES = 24_000  # a partition's rows above this go alone (the server refuses 50 KB batches)
 FLUSH_MAX = 16  # messages of one conversation written together
 RECOVER_TAIL = 2 * FLUSH_MAX  # messages checked for an unfinished fan-out on a take
 SEND_ATTEMPTS = 3  # a batch whose answer was lost is sent again this often at most
@@ -70,11 +69,6 @@ def conversation_key(conversation_id: str) -> str:
 
 def inbox_key(user_id: str) -> str:
     return f"i:{user_id}"
-
-
-def _size(rows: list[Item]) -> int:
-    return sum(len(value) for _, params in rows for value in params
-               if isinstance(value, str | bytes))
 
 
 async def backoff() -> None:
@@ -318,11 +312,11 @@ class Appender:
             chunks: list[list[Item]] = []
             current: list[Item] = []
             for part in round_parts:
-                if _size(part) > BATCH_BYTES or len(current) + len(part) > BATCH_MAX:
+                if approximate_size(part) > BATCH_BYTES or len(current) + len(part) > BATCH_MAX:
                     if current:
                         chunks.append(current)
                     current = []
-                if _size(part) > BATCH_BYTES:
+                if approximate_size(part) > BATCH_BYTES:
                     chunks += [[row] for row in part]  # alone: one statement is no batch
                     continue
                 current += part
@@ -355,7 +349,7 @@ class Appender:
         answer was lost writes the same cells again, nothing new."""
         for attempt in range(SEND_ATTEMPTS):
             try:
-                await self.db.run_batch(rows)
+                await self.db.write(rows)
                 return
             except StorageUnavailable:
                 if attempt == SEND_ATTEMPTS - 1:

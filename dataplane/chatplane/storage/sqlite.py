@@ -28,11 +28,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client.metrics_core import Metric
+
+from chatplane import metrics, tracing
 from chatplane.metrics import Histogram
 from chatplane.storage import sqlite_social as social
 from chatplane.storage.base import (
@@ -292,6 +295,7 @@ class SqliteStorage(_SocialMethods):
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise StorageError(f"sqlite synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
+        self._span_target = self.path.name  # of the storage spans (tracing.db_span)
         self.synchronous = synchronous.upper()
         # shared: other processes write this file too (`chatplane cluster up`
         # with several im processes): heads are re-read in every transaction,
@@ -307,11 +311,11 @@ class SqliteStorage(_SocialMethods):
         # filled by the writer thread, read by /metrics on the loop: under a lock,
         # so a scrape never sees a histogram half updated
         self._metrics_lock = threading.Lock()
-        self.write_wait_ms = Histogram(
-            "chatplane_storage_write_wait_ms",
+        self.write_wait = Histogram(
+            "chatplane_storage_write_wait_seconds",
             "a write queued until its group commit began (SQLite writer thread)")
-        self.commit_ms = Histogram(
-            "chatplane_storage_commit_ms",
+        self.commit = Histogram(
+            "chatplane_storage_commit_seconds",
             "a group commit: its statements and the fsync'd COMMIT (SQLite writer thread)")
         self.writer_errors = 0  # transactions or jobs that failed with an exception
         self.oldest_in_batch = 0.0  # perf_counter() its oldest job was queued; 0: idle
@@ -427,8 +431,8 @@ class SqliteStorage(_SocialMethods):
         self.oldest_in_batch = 0.0  # before any caller hears back: health() is current
         with self._metrics_lock:
             for _, _, _, queued in batch:
-                self.write_wait_ms.observe((began - queued) * 1000)
-            self.commit_ms.observe((done - began) * 1000)
+                self.write_wait.observe(began - queued)
+            self.commit.observe(done - began)
         settle_batch(batch, results)
 
     def _fast_transaction(self, writer: Writer, batch: list[Job]) -> list[tuple[bool, Any]] | None:
@@ -512,14 +516,21 @@ class SqliteStorage(_SocialMethods):
             problems.append(f"storage corrupt: {self.corruption}")
         return problems
 
-    def metrics_text(self) -> str:
-        errors = "chatplane_storage_writer_errors_total"
-        with self._metrics_lock:
-            lines = self.write_wait_ms.render() + self.commit_ms.render()
-        lines += [f"# HELP {errors} SQLite writer jobs or transactions that failed with an"
-                  " exception (the writer went on)", f"# TYPE {errors} counter",
-                  f"{errors} {self.writer_errors}"]
-        return "\n".join(lines) + "\n"
+    def families(self) -> Iterator[Metric]:
+        with self._metrics_lock:  # a histogram the writer thread is updating: a snapshot
+            wait, commit = self.write_wait.family(), self.commit.family()
+        yield wait
+        yield commit
+        yield metrics.counter("chatplane_storage_writer_errors_total",
+                              "SQLite writer jobs or transactions that failed with an exception"
+                              " (the writer went on)", self.writer_errors)
+        oldest = self.oldest_in_batch
+        wedged = bool(oldest) and time.perf_counter() - oldest > self.wedge_s
+        alive = self._thread is not None and self._thread.is_alive()
+        yield metrics.gauge("chatplane_storage_writer_up",
+                            "1 while the SQLite writer thread runs and keeps up (0: stopped, "
+                            "closed, or its oldest job waits past the wedge limit)",
+                            1 if alive and not wedged else 0)
 
     async def _write(self, fn: Callable[[Writer], T]) -> T:
         if self._thread is None:
@@ -531,7 +542,8 @@ class SqliteStorage(_SocialMethods):
         if not self._turn:
             loop.call_soon(self._submit)
         self._turn.append((fn, future, loop, time.perf_counter()))
-        return await future
+        with tracing.db_span("sqlite", "write", self._span_target):  # queued, committed
+            return await future
 
     def _submit(self) -> None:
         if self._turn:
@@ -543,7 +555,9 @@ class SqliteStorage(_SocialMethods):
         if reader is None:
             raise StorageUnavailable("storage is closed")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn, reader)
+            with tracing.db_span("sqlite", "read", self._span_target):
+                return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn,
+                                                                        reader)
         except sqlite3.Error as exc:
             if corrupt(exc):
                 self.corruption = str(exc)

@@ -80,6 +80,7 @@ def config_data(cluster: api.ChatCluster, region: api.Region) -> dict[str, str]:
     }
     if cluster.observability.otlp_endpoint:
         data["CHATPLANE_OTLP_ENDPOINT"] = cluster.observability.otlp_endpoint
+        data["CHATPLANE_TRACE_SAMPLE_RATIO"] = str(cluster.observability.trace_sample_ratio)
     data["CHATPLANE_ADMIN_PORT"] = str(cluster.ports.admin)
     return data
 
