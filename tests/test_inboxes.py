@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -76,7 +76,8 @@ class RingView:
         return {u: self.ring.owner[u] for u in users if self.ring.owner[u] != self.me}
 
     async def fan_out(self, address: str, conversation_id: str,
-                      entries: Sequence[tuple[int, Sequence[str]]]) -> bool:
+                      entries: Sequence[tuple[int, Sequence[str]]],
+                      fresh: Collection[int]) -> bool:
         self.ring.calls.append((address, [seq for seq, _ in entries]))
         await asyncio.sleep(random.uniform(0, self.ring.delay_s))
         if self.ring.silent:
@@ -84,7 +85,7 @@ class RingView:
             return False
         inboxes = self.ring.services[address].inboxes
         assert inboxes is not None
-        await inboxes.fan_out_here(conversation_id, entries)
+        await inboxes.fan_out_here(conversation_id, entries, fresh)
         return True
 
 

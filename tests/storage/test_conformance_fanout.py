@@ -62,6 +62,21 @@ async def test_fan_out_is_idempotent(storage: Storage) -> None:
     assert await refs(storage, "alice") == [(1, conv, 2)]
 
 
+async def test_fresh_entries_are_written_in_order_and_found_by_a_later_retry(
+        storage: Storage) -> None:
+    """`fresh` seqs (never asked for before) are written without a look; a
+    retry of them (not fresh) finds those entries instead of adding more."""
+    conv = (await storage.ensure_direct(*PAIR, NOW)).conversation_id
+    for cid in range(1, 7):  # across inbox buckets on CQL
+        await storage.append(send(conv, "alice", cid), PAIR, inboxes={"alice"})
+    first = await storage.fan_out(conv, [(seq, ["bob"]) for seq in range(1, 7)],
+                                  fresh=range(1, 7))
+    assert [(i.inbox_seq, i.message.seq) for i in first] == [(n, n) for n in range(1, 7)]
+    retried = await storage.fan_out(conv, [(seq, ["bob"]) for seq in range(4, 7)])
+    assert [(i.inbox_seq, i.message.seq) for i in retried] == [(n, n) for n in range(4, 7)]
+    assert [seq for _, _, seq in await refs(storage, "bob")] == list(range(1, 7))
+
+
 async def test_fan_out_writes_each_inbox_in_seq_order(storage: Storage) -> None:
     conv = (await storage.ensure_direct(*PAIR, NOW)).conversation_id
     for cid in range(1, 10):  # across inbox buckets on CQL

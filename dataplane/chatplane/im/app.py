@@ -154,9 +154,10 @@ class ImServicer(sgrpc.ImServicer):
                 raise AssertionError("abort raises")
             try:
                 written = await inboxes.fan_out_here(request.conversation_id, [
-                    (entry.seq, list(entry.user_ids)) for entry in request.entries])
-            except StorageError as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+                    (entry.seq, list(entry.user_ids)) for entry in request.entries],
+                    {entry.seq for entry in request.entries if entry.fresh})
+            except StorageError as exc:  # not UNAVAILABLE: the caller must not write around
+                await context.abort(grpc.StatusCode.ABORTED, str(exc))
                 raise
             return spb.FanOutReply(written=written)
 

@@ -22,21 +22,25 @@ local append after a forward whose reply was lost, stores the event once.
 
 The same ring names each user's inbox writer (the owner of "u:<user>"): a
 message's entries for users served elsewhere are written by their owner
-(`Im.FanOut`, im/inboxes.py), asked once, with no next instance: an owner
-that does not answer is written around here (a take of the inbox, counted
-in `fan_outs_kept`).
+(`Im.FanOut`, im/inboxes.py), asked once, with no next instance. An owner
+that cannot be reached (gone: the connection is refused) is written around
+here, a take of each of its inboxes, counted in `fan_outs_kept`. An owner
+that is slow, or whose storage refused, is not: writing around a live owner
+takes its inboxes, its next write takes them back, and under load each take
+makes the next call slower still (lease ping-pong). Its entries stay owed
+and the senders get a retriable error, until it answers or the ring drops it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import grpc
 
 from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
 from chatplane.rpc.peers import Peers
-from chatplane.storage.base import SendRequest, events_conversation_id
+from chatplane.storage.base import SendRequest, StorageUnavailable, events_conversation_id
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
@@ -109,16 +113,22 @@ class ImRing:
         return out
 
     async def fan_out(self, address: str, conversation_id: str,
-                      entries: Sequence[tuple[int, Sequence[str]]]) -> bool:
+                      entries: Sequence[tuple[int, Sequence[str]]],
+                      fresh: Collection[int]) -> bool:
         """Ask the instance at `address` to write (or find) these inbox
-        entries and deliver them. False: it did not answer in time or
-        refused (the caller writes them itself)."""
+        entries and deliver them. False: it cannot be reached (the caller
+        writes them itself). StorageUnavailable: it is slow or refused (they
+        stay owed)."""
         rpc = spb.FanOutRequest(conversation_id=conversation_id, entries=[
-            spb.FanOutEntry(seq=seq, user_ids=list(users)) for seq, users in entries])
+            spb.FanOutEntry(seq=seq, user_ids=list(users), fresh=seq in fresh)
+            for seq, users in entries])
         try:
             await sgrpc.ImStub(self.peers.channel(address, "im")).FanOut(
-                rpc, timeout=self.peers.deadline_s / 4)
-        except grpc.aio.AioRpcError:
+                rpc, timeout=self.peers.deadline_s / 2)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise StorageUnavailable(
+                    f"the inbox owner at {address} did not fan out ({exc.code().name})") from exc
             self.fan_outs_kept += 1
             return False
         self.fan_outs_forwarded += 1

@@ -49,7 +49,8 @@ class InboxRing(Protocol):
     async def inbox_owners(self, users: Iterable[str]) -> dict[str, str]: ...
 
     async def fan_out(self, address: str, conversation_id: str,
-                      entries: Sequence[tuple[int, Sequence[str]]]) -> bool: ...
+                      entries: Sequence[tuple[int, Sequence[str]]],
+                      fresh: Collection[int]) -> bool: ...
 
 
 class Delivery(Protocol):
@@ -66,6 +67,7 @@ class Ticket:
     owed: tuple[str, ...] = ()
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # appended, or failed
     failed: bool = False
+    fresh: bool = False  # its entries were never asked for before (not a duplicate)
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -146,7 +148,7 @@ class Inboxes:
             # whether the original fan-out finished is unknown: do it again
             ticket.seq, ticket.owed = result.message.seq, tuple(recipients)
         else:
-            ticket.seq, ticket.owed = result.message.seq, result.owed
+            ticket.seq, ticket.owed, ticket.fresh = result.message.seq, result.owed, True
         ticket.settled.set()
         if queue.runner is None:
             queue.runner = asyncio.get_running_loop().create_task(self._run(conversation_id, queue))
@@ -172,13 +174,17 @@ class Inboxes:
     async def _fan_out_batch(self, conversation_id: str, queue: Queue,
                              batch: list[Ticket]) -> None:
         owed: dict[int, set[str]] = {seq: set(users) for seq, users in queue.debt.items()}
+        fresh = set()
         for ticket in batch:
             if not ticket.failed and ticket.owed:
                 owed.setdefault(ticket.seq, set()).update(ticket.owed)
+                if ticket.fresh:
+                    fresh.add(ticket.seq)
+        fresh -= queue.debt.keys()  # asked before, and failed: look for what it wrote
         error: BaseException | None = None
         if owed:
             try:
-                await self.fan_out(conversation_id, sorted(owed.items()))
+                await self.fan_out(conversation_id, sorted(owed.items()), fresh)
                 await self.storage.fanned_out(conversation_id, sorted(owed))
                 queue.debt.clear()
             except Exception as exc:  # storage, or the ring's lookups: the same retry
@@ -196,9 +202,11 @@ class Inboxes:
             _settle(ticket, error if not ticket.failed else None)
 
     async def fan_out(self, conversation_id: str,
-                      entries: Sequence[tuple[int, Collection[str]]]) -> None:
+                      entries: Sequence[tuple[int, Collection[str]]],
+                      fresh: Collection[int] = frozenset()) -> None:
         """Entries (seq ascending) written by their inboxes' owners, or here
-        for an owner that does not answer; each owner's in one call."""
+        for an owner that cannot be reached; each owner's in one call. `fresh`:
+        the seqs nobody was asked for before (written without a look)."""
         users = {user for _, group in entries for user in group}
         owners = await self.remote(users)
         by_owner: dict[str, list[tuple[int, list[str]]]] = {}
@@ -210,25 +218,28 @@ class Inboxes:
             for address in sorted({owners[user] for user in group if user in owners}):
                 by_owner.setdefault(address, []).append(
                     (seq, sorted(user for user in group if owners.get(user) == address)))
-        answers = await asyncio.gather(*(self._ask(address, conversation_id, part)
+        answers = await asyncio.gather(*(self._ask(address, conversation_id, part, fresh)
                                          for address, part in by_owner.items()))
+        asked = set()
         for part, answered in zip(by_owner.values(), answers, strict=True):
             if not answered:  # written here, taking those inboxes: correct, and counted
                 here += part
+                asked |= {seq for seq, _ in part}  # the owner may have written some
         if here:
             merged: dict[int, set[str]] = {}
             for seq, group in here:
                 merged.setdefault(seq, set()).update(group)
             await self.fan_out_here(conversation_id, [(seq, sorted(group))
-                                                      for seq, group in sorted(merged.items())])
+                                                      for seq, group in sorted(merged.items())],
+                                    frozenset(fresh) - asked)
 
     async def _ask(self, address: str, conversation_id: str,
-                   entries: Sequence[tuple[int, Sequence[str]]]) -> bool:
+                   entries: Sequence[tuple[int, Sequence[str]]], fresh: Collection[int]) -> bool:
         """One owner's entries, in calls within the call's bound (a debt can
         grow past one), in order; False from the first one not answered."""
         for i in range(0, len(entries), MAX_FANOUT_ENTRIES):
             if not await self.ring.fan_out(address, conversation_id,
-                                           entries[i:i + MAX_FANOUT_ENTRIES]):
+                                           entries[i:i + MAX_FANOUT_ENTRIES], fresh):
                 return False
         return True
 
@@ -243,10 +254,11 @@ class Inboxes:
             self.recovered += len(left)
 
     async def fan_out_here(self, conversation_id: str,
-                           entries: Sequence[tuple[int, Sequence[str]]]) -> int:
+                           entries: Sequence[tuple[int, Sequence[str]]],
+                           fresh: Collection[int] = frozenset()) -> int:
         """Write (or find) entries under this instance's inbox holders and
         deliver them; the number of entries."""
-        items = await self.storage.fan_out(conversation_id, entries)
+        items = await self.storage.fan_out(conversation_id, entries, fresh)
         if items:
             self.state.deliver(items)
         return len(items)

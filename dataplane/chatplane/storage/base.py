@@ -221,12 +221,16 @@ class Storage(Protocol):
         `fanned_out`: a later taker of the conversation may finish it."""
 
     async def fan_out(self, conversation_id: str,
-                      entries: Sequence[tuple[int, Sequence[str]]]) -> list[InboxItem]:
+                      entries: Sequence[tuple[int, Sequence[str]]],
+                      fresh: Collection[int] = ()) -> list[InboxItem]:
         """The inbox entries of stored messages, (seq, users) ascending by
         seq: found when written before, else written now, each inbox's in seq
-        order. Idempotent. Raises StorageUnavailable, also for a seq it cannot
-        read (the entries before it may be written: a retry finds them); an
-        unseen message is never taken for one with nothing to fan out."""
+        order. Idempotent, except for the seqs in `fresh`: entries nobody was
+        asked for before, written without looking for an earlier one (the
+        look is a read per entry; on CQL a scan of the inbox's recent rows).
+        Raises StorageUnavailable, also for a seq it cannot read (the entries
+        before it may be written: a retry finds them); an unseen message is
+        never taken for one with nothing to fan out."""
 
     async def fanned_out(self, conversation_id: str, seqs: Sequence[int]) -> None:
         """Every recipient of these messages has its entry: they are finished

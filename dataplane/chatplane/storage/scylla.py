@@ -209,11 +209,13 @@ class ScyllaStorage(social.SocialMethods):
                                           None if inboxes is None else frozenset(inboxes))
 
     async def fan_out(self, conversation_id: str,
-                      entries: Sequence[tuple[int, Sequence[str]]]) -> list[InboxItem]:
+                      entries: Sequence[tuple[int, Sequence[str]]],
+                      fresh: Collection[int] = ()) -> list[InboxItem]:
         appender = self._appender
         if appender is None:
             raise StorageUnavailable("storage is not open")
-        return await appender.fan_out(conversation_id, entries, verify=not self.sole_writer)
+        return await appender.fan_out(conversation_id, entries, verify=not self.sole_writer,
+                                      fresh=frozenset(fresh))
 
     async def fanned_out(self, conversation_id: str, seqs: Sequence[int]) -> None:
         if self._appender is not None:

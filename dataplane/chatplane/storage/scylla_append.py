@@ -222,15 +222,16 @@ class Appender:
 
     async def _with_inboxes(self, batch: Sequence[tuple[StoredMessage, Sequence[str]]],
                             holder: Holder | None, appended_at: int, rows: list[Item],
-                            *, verify: bool, resume: bool,
-                            fenced: bool = False) -> list[list[InboxItem]]:
+                            *, verify: bool, resume: bool, fenced: bool = False,
+                            fresh: frozenset[int] = frozenset()) -> list[list[InboxItem]]:
         users = sorted({user for _, recipients in batch for user in recipients})
         async with contextlib.AsyncExitStack() as stack:
             for user in users:  # sorted: two appends never wait on each other's users
                 await stack.enter_async_context(self.heads.inbox_lock(user))
             try:
                 numbers = await self._write_locked(batch, holder, users, appended_at, rows,
-                                                   verify=verify, resume=resume, fenced=fenced)
+                                                   verify=verify, resume=resume, fenced=fenced,
+                                                   fresh=fresh)
             except BaseException:
                 for user in users:  # their next entry may be written or not: take again
                     self.blocks.drop(inbox_key(user))
@@ -241,7 +242,7 @@ class Appender:
     async def _write_locked(self, batch: Sequence[tuple[StoredMessage, Sequence[str]]],
                             holder: Holder | None, users: list[str], appended_at: int,
                             rows: list[Item], *, verify: bool, resume: bool,
-                            fenced: bool) -> dict[tuple[int, str], int]:
+                            fenced: bool, fresh: frozenset[int]) -> dict[tuple[int, str], int]:
         numbers: dict[tuple[int, str], int] = {}
         conversation_id = batch[0][0].conversation_id
         pending, search = users, set(users) if resume else set()
@@ -261,7 +262,7 @@ class Appender:
                         continue
                     found = (await self.heads.find_entry(user, message, appended_at,
                                                          holders[user].next - 1)
-                             if user in search else None)
+                             if user in search and message.seq not in fresh else None)
                     if found is not None:
                         numbers[(message.seq, user)] = found
                         continue
@@ -286,6 +287,7 @@ class Appender:
             for user in pending:
                 self.blocks.drop(inbox_key(user))
             search |= set(pending)
+            fresh = frozenset()  # this attempt may have written them: look from now on
             await backoff()
         raise StorageUnavailable(f"inboxes of {conversation_id} keep being taken by other "
                                  "writers, retry")
@@ -367,14 +369,18 @@ class Appender:
         return found[0]
 
     async def fan_out(self, conversation_id: str, entries: Sequence[tuple[int, Sequence[str]]],
-                      *, verify: bool) -> list[InboxItem]:
+                      *, verify: bool, fresh: frozenset[int] = frozenset()) -> list[InboxItem]:
         """Storage.fan_out: the entries of stored messages for the given users,
         found or written under this process's holders of their inboxes (no
-        hold on the conversation: its owner asked for them)."""
+        hold on the conversation: its owner asked for them); the seqs in
+        `fresh` are written without looking for an earlier attempt's entry."""
+        ordered = sorted(entries, key=lambda entry: entry[0])
+        read = await cql.gather_bounded(
+            self.heads.read_message_rows(conversation_id, seq, serial=False)
+            for seq, _ in ordered)
         batch: list[tuple[StoredMessage, Sequence[str]]] = []
         appended_at: int | None = None
-        for seq, users in sorted(entries, key=lambda entry: entry[0]):
-            rows = await self.heads.read_message_rows(conversation_id, seq, serial=False)
+        for (seq, users), rows in zip(ordered, read, strict=True):
             if not rows:  # unseen (or gone): retriable, never skipped as done
                 raise StorageUnavailable(f"{conversation_id}#{seq} not readable")
             batch.append((message_from_row(rows[0]), list(dict.fromkeys(users))))
@@ -383,7 +389,7 @@ class Appender:
         if not batch:
             return []
         found = await self._with_inboxes(batch, None, appended_at or 0, [], verify=verify,
-                                         resume=True)
+                                         resume=True, fresh=fresh)
         return [item for items in found for item in items]
 
     def finished(self, conversation_id: str, seqs: Sequence[int]) -> None:

@@ -611,10 +611,12 @@ class SqliteStorage(_SocialMethods):
         return result
 
     async def fan_out(self, conversation_id: str,
-                      entries: Sequence[tuple[int, Sequence[str]]]) -> list[InboxItem]:
+                      entries: Sequence[tuple[int, Sequence[str]]],
+                      fresh: Collection[int] = ()) -> list[InboxItem]:
         chosen = [(seq, tuple(users)) for seq, users in entries]
+        new = frozenset(fresh)
         items: list[InboxItem] = await self._write(
-            lambda writer: writer.fan_out(conversation_id, chosen))
+            lambda writer: writer.fan_out(conversation_id, chosen, new))
         return items
 
     async def fanned_out(self, conversation_id: str, seqs: Sequence[int]) -> None:

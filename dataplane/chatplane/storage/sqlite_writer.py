@@ -295,8 +295,8 @@ class Writer:
         self.inbox_heads[user_id] = inbox_seq
         return InboxItem(user_id=user_id, inbox_seq=inbox_seq, message=message)
 
-    def fan_out(self, conversation_id: str,
-                entries: Sequence[tuple[int, Sequence[str]]]) -> list[InboxItem]:
+    def fan_out(self, conversation_id: str, entries: Sequence[tuple[int, Sequence[str]]],
+                fresh: Collection[int] = frozenset()) -> list[InboxItem]:
         """Storage.fan_out: each (seq, user) entry found, or added."""
         items = []
         for seq, users in sorted(entries, key=lambda entry: entry[0]):
@@ -310,7 +310,7 @@ class Writer:
                 # a range of the user's newest rows (primary key): an entry
                 # written before lies near the head; one older than that is
                 # written again (a duplicate entry, which clients drop)
-                found = self.db.execute(
+                found = None if seq in fresh else self.db.execute(
                     "SELECT inbox_seq FROM inbox WHERE user_id = ? AND inbox_seq > ?"
                     " AND conversation_id = ? AND seq = ?",
                     (user_id, self.inbox_head(user_id) - FIND_BACK, conversation_id,

@@ -114,12 +114,14 @@ class AppendEventReply(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class FanOutEntry(_message.Message):
-    __slots__ = ("seq", "user_ids")
+    __slots__ = ("seq", "user_ids", "fresh")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    FRESH_FIELD_NUMBER: _ClassVar[int]
     seq: int
     user_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, seq: _Optional[int] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    fresh: bool
+    def __init__(self, seq: _Optional[int] = ..., user_ids: _Optional[_Iterable[str]] = ..., fresh: _Optional[bool] = ...) -> None: ...
 
 class FanOutRequest(_message.Message):
     __slots__ = ("conversation_id", "entries")
