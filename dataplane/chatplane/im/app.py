@@ -152,14 +152,24 @@ class ImServicer(sgrpc.ImServicer):
             if inboxes is None:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not in a cluster")
                 raise AssertionError("abort raises")
+            # Finished even when the caller stops waiting: its retry then finds
+            # the entries instead of starting over (and being cut short again).
+            work = asyncio.ensure_future(inboxes.fan_out_here(request.conversation_id, [
+                (entry.seq, list(entry.user_ids)) for entry in request.entries],
+                {entry.seq for entry in request.entries if entry.fresh}))
+            work.add_done_callback(_outcome_seen)
             try:
-                written = await inboxes.fan_out_here(request.conversation_id, [
-                    (entry.seq, list(entry.user_ids)) for entry in request.entries],
-                    {entry.seq for entry in request.entries if entry.fresh})
+                written = await asyncio.shield(work)
             except StorageError as exc:  # not UNAVAILABLE: the caller must not write around
                 await context.abort(grpc.StatusCode.ABORTED, str(exc))
                 raise
             return spb.FanOutReply(written=written)
+
+
+def _outcome_seen(done: asyncio.Future[int]) -> None:
+    """A fan-out whose caller left: its failure is the caller's retry's to meet."""
+    if not done.cancelled():
+        done.exception()
 
 
 class ImApp:

@@ -124,7 +124,7 @@ class ImRing:
             for seq, users in entries])
         try:
             await sgrpc.ImStub(self.peers.channel(address, "im")).FanOut(
-                rpc, timeout=self.peers.deadline_s / 2)
+                rpc, timeout=self.peers.deadline_s)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise StorageUnavailable(

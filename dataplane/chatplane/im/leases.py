@@ -77,8 +77,13 @@ class Leases:
         if taking is None:
             taking = asyncio.ensure_future(self._take(conversation_id))
             self._taking[conversation_id] = taking
-            taking.add_done_callback(lambda _: self._taking.pop(conversation_id, None))
+            taking.add_done_callback(lambda done: self._took(conversation_id, done))
         return await asyncio.shield(taking), True
+
+    def _took(self, conversation_id: str, done: asyncio.Future[int]) -> None:
+        self._taking.pop(conversation_id, None)
+        if not done.cancelled():
+            done.exception()  # its waiters got it (or all left: the next send retries)
 
     async def _take(self, conversation_id: str) -> int:
         epoch = await self.storage.acquire(conversation_id, self.owner)
