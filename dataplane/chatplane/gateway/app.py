@@ -37,7 +37,7 @@ from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
 from chatplane.im.client import RemoteIm
 from chatplane.registry import instances as registry
-from chatplane.registry.routes import ROUTE_REFRESH_S
+from chatplane.routes.base import ROUTE_REFRESH_S
 from chatplane.rpc import serving
 from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.rpc.linksecurity import LinkSecurity

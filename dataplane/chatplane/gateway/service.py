@@ -34,6 +34,7 @@ from chatplane.protocol import bounds
 from chatplane.protocol.errors import ErrorCode
 from chatplane.protocol.session import SessionLimits
 from chatplane.revocations import RevocationList
+from chatplane.routes import base as routing
 from chatplane.settings import Settings
 from chatplane.slicing import TimeSlice
 from chatplane.storage.base import ANY, InboxItem, Revocation
@@ -225,15 +226,17 @@ class Gateway:
     def attach(self, conn: Connection) -> None:
         """Index a connection that is logging in; an older connection of the
         same device here is replaced (kicked). A login that finishes late on
-        a connection older than the device's current one is kicked instead."""
+        a connection older than the device's current one is kicked instead:
+        the rule the routes keep (routes/base.py), for this gateway's own."""
         devices = self.users.setdefault(conn.user_id, {})
         previous = devices.get(conn.device_id)
-        if previous is not None and previous is not conn and previous.opened_ms > conn.opened_ms:
-            conn.kick("the device logged in on a newer connection")
-            return
-        devices[conn.device_id] = conn
-        if previous is not None and previous is not conn:
-            previous.kick("the device logged in on another connection")
+        if previous is None or previous is conn:
+            devices[conn.device_id] = conn
+        elif routing.takes_route(previous.opened_ms, conn.opened_ms, login=True):
+            devices[conn.device_id] = conn
+            previous.kick(routing.REPLACED)
+        else:
+            conn.kick(routing.REFUSED)
 
     def _detach(self, conn: Connection) -> bool:
         """Drop `conn` from the device index; False when it was not its
