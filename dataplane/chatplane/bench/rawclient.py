@@ -7,7 +7,9 @@ answers pushes with acks, heartbeats when asked by `heartbeat()`, and on a
 `Reconnect` frame or a lost connection goes through dispatch again (with the
 server's delay plus jitter, or a jittered backoff). `resumed` is set at each
 LoginAck; `logins` counts them. A `tcps://` endpoint is reached over TLS with the
-dispatcher's `ssl` context.
+dispatcher's `ssl` context. `WsRawClient` is the same over WebSocket (W3 with
+`--transport ws`), on aiohttp's client: heavier on the generator's side, the
+same on the server's.
 """
 
 from __future__ import annotations

@@ -197,7 +197,8 @@ class GuardedHttp(asyncio.Protocol):
         """Write `answer` (the 101), then give the socket to `take(ip)`'s
         protocol, which owns the admission count of `ip` from now on (it
         calls `Admission.release`); aiohttp's handler is told the connection
-        is lost and lets go of everything it held for it."""
+        is lost and lets go of everything it held for it. Bytes a client
+        sent before the answer (RFC 6455 forbids it) go with aiohttp."""
         transport, lent = self.transport, self._lent
         if transport is None or lent is None or not self.admitted or transport.is_closing():
             raise ConnectionResetError("the socket is closed")

@@ -106,18 +106,18 @@ class WebSocketProtocol(asyncio.Protocol):
             self.close(exc.code, exc.reason)
             return
         for opcode, payload in messages:
+            if opcode == websocket.CLOSE:
+                self._closed_by_peer(payload)
+                return
+            if self.closing or conn.session.closed:
+                continue  # only the peer's close matters now
             if opcode == websocket.BINARY:
-                if not self.closing and not conn.session.closed:
-                    conn.on_payload(payload)  # a session that ends closes us (flush_now)
+                conn.on_payload(payload)  # a session that ends closes us (flush_now)
             elif opcode == websocket.TEXT:
                 conn.on_protocol_error(
                     ProtocolError(ErrorCode.BAD_FRAME, "text messages are not frames; send binary"))
-            elif opcode == websocket.PING:
-                if self.out is not None and not self.closing:
-                    self.out.write(websocket.control_frame(websocket.PONG, payload))
-            elif opcode == websocket.CLOSE:
-                self._closed_by_peer(payload)
-                return
+            elif opcode == websocket.PING and self.out is not None:
+                self.out.write(websocket.control_frame(websocket.PONG, payload))
 
     def _closed_by_peer(self, payload: bytes) -> None:
         if self.out is None:
