@@ -24,7 +24,8 @@ from chatplane.im.app import ImServicer
 from chatplane.im.service import ImService
 from chatplane.node import Node
 from chatplane.registry.instances import CachedInstances, Instances
-from chatplane.registry.routes import Routes
+from chatplane.routes.memory import MemoryRoutes
+from chatplane.routes.redis import RedisRoutes
 from chatplane.rpc import serving
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
@@ -69,8 +70,8 @@ async def test_storage_and_redis_calls_of_a_traced_request_are_its_children(
         exporter: InMemorySpanExporter, redis_client: aioredis.Redis, tmp_path: Path) -> None:
     storage = SqliteStorage(tmp_path / "t.db")
     await storage.open()
-    im = ImServicer(ImService(storage, StateService(), Limits()))
-    state = StateServicer(Routes(redis_client),
+    im = ImServicer(ImService(storage, StateService(MemoryRoutes(), "gw"), Limits()))
+    state = StateServicer(RedisRoutes(redis_client),
                           CachedInstances(Instances(redis_client, 3.0), "gateway", 1.0),
                           Peers(2.0, LinkSecurity("state", secret="s")))
     server, port = await serving.start_grpc(

@@ -17,8 +17,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from chatplane import interpreter, supervision, tracing
+from chatplane import drainhook, interpreter, supervision, tracing
 from chatplane import settings as settings_mod
+from chatplane.drainhook import admin_call, http_error
 from chatplane.settings import SettingsError
 from chatplane.storage.base import StorageError
 from chatplane.storage.files import private_files
@@ -112,24 +113,6 @@ def admin_secret(args: argparse.Namespace) -> str:
         return ""
 
 
-def admin_call(url: str, secret: str, method: str = "GET",
-               body: dict[str, Any] | None = None) -> Any:
-    """One admin API call (JSON in, JSON out); raises urllib.error.URLError."""
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode() if body is not None else None, method=method,
-        headers={"Content-Type": "application/json",
-                 **({"Authorization": f"Bearer {secret}"} if secret else {})})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
-
-
-def _http_error(exc: urllib.error.HTTPError) -> str:
-    try:
-        return f"{exc.code} {json.loads(exc.read()).get('error', '')}"
-    except (ValueError, OSError, AttributeError):
-        return str(exc)
-
-
 def cmd_token_revoke(argv: list[str]) -> int:
     """`chatplane token revoke --user U [--device D] [--before T] | --before T`."""
     p = argparse.ArgumentParser(
@@ -159,7 +142,7 @@ def cmd_token_revoke(argv: list[str]) -> int:
         result = admin_call(args.url.rstrip("/") + "/v1/admin/revocations", admin_secret(args),
                             "POST", body)
     except urllib.error.HTTPError as exc:
-        print(f"chatplane: revoke refused: {_http_error(exc)}", file=sys.stderr)
+        print(f"chatplane: revoke refused: {http_error(exc)}", file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"chatplane: revoke failed: {exc}", file=sys.stderr)
@@ -186,30 +169,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_drain(args: argparse.Namespace) -> int:
     """Start a gateway's paced drain; with --wait, return once it is empty."""
-    import time
-
-    body: dict[str, float] = {}
-    if args.rate is not None:
-        body["rate"] = args.rate
-    if args.deadline is not None:
-        body["deadline_s"] = args.deadline
-    secret = admin_secret(args)
-    url = args.url.rstrip("/") + "/admin/drain"
-    try:
-        status = admin_call(url, secret, "POST", body)
-        print(json.dumps(status))
-        while args.wait and status.get("connections", 0):
-            time.sleep(0.5)
-            status = admin_call(url, secret)
-        if args.wait:
-            print(json.dumps(status))
-    except urllib.error.HTTPError as exc:
-        print(f"chatplane: drain refused: {_http_error(exc)}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"chatplane: drain failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return drainhook.drain(args.url, admin_secret(args), args.rate, args.deadline, args.wait)
 
 
 def cmd_storage_migrate(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 from pathlib import Path
 
@@ -34,7 +35,6 @@ from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.gateway import admission, drainapi, webapp
 from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.bulk import BulkWriter
-from chatplane.gateway.connection import Connection
 from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
 from chatplane.im.admin import AdminApi
@@ -43,8 +43,9 @@ from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, make_handler
 from chatplane.regions import links as region_links
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
-from chatplane.registry.routes import Routes
 from chatplane.revocations import RevocationWatcher
+from chatplane.routes.memory import MemoryRoutes
+from chatplane.routes.redis import RedisRoutes
 from chatplane.rpc import serving
 from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.rpc.linksecurity import LinkSecurity
@@ -60,25 +61,6 @@ log = logging.getLogger("chatplane.node")
 GATEWAY_KIND = "gateway"  # the registry kind dispatch ranks (cp:gateway:<id>)
 
 
-class LocalRoutes:
-    """The gateway's registry in `up`: every device is on the gateway in
-    process, which keeps its own device index, so a route needs writing
-    only to Redis, when there is one (`mirror`: for the tools and peers
-    that look there). The gateway registers a connection once it is its
-    device's current one, and unregisters only that one."""
-
-    def __init__(self, mirror: RouteMirror | None) -> None:
-        self.mirror = mirror
-
-    async def register(self, link: Connection) -> None:
-        if self.mirror is not None:
-            self.mirror.added(link)
-
-    def unregister(self, link: Connection) -> None:
-        if self.mirror is not None:
-            self.mirror.removed(link)
-
-
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -92,7 +74,10 @@ class Node:
         self.server_id = server.server_id or f"{socket.gethostname()}-{server.region}"
         self.storage: Storage = make_storage(settings, sole_writer=True)  # one sequencer
         self.certs: certs.ReloadingCert | None = None
-        self.state = StateService(group_interval_ms=settings.social.group_push_interval_ms,
+        # the routes' one gateway cannot die without them: they need no TTL,
+        # and nothing refreshes them (unregister removes each)
+        self.state = StateService(MemoryRoutes(ttl_s=math.inf), self.server_id,
+                                  group_interval_ms=settings.social.group_push_interval_ms,
                                   group_max_messages=settings.social.group_push_max_messages)
         self.im = ImService(self.storage, self.state, settings.limits, social=settings.social,
                             server_id=self.server_id, abuse=settings.abuse)
@@ -103,13 +88,13 @@ class Node:
         self.publisher: serving.Publisher | None = None
         self.cpu = CpuLoad()
         if self.redis is not None:
-            self.mirror = RouteMirror(Routes(self.redis), self.server_id,
+            self.mirror = RouteMirror(RedisRoutes(self.redis), self.server_id,
                                       lambda: list(self.gateway.connections))
+            self.state.mirror = self.mirror
         # the tiers wired in process through the interfaces gRPC carries in a
         # cluster: im -> state (Deliverer), state -> gateway (Downlink),
         # gateway -> im (ImApi) and gateway -> state (Registry)
-        self.gateway = Gateway(settings, self.im, LocalRoutes(self.mirror), self.signer,
-                               self.server_id)
+        self.gateway = Gateway(settings, self.im, self.state, self.signer, self.server_id)
         self.gateway.group_writer = BulkWriter.create()
         self.state.downlink = self.gateway
         self.state.groups.supervisor = self.supervisor
@@ -252,8 +237,9 @@ class Node:
                 ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None,
                 backlog=admission.LISTEN_BACKLOG)
             tcp_host, tcp_port = self._tcp_server.sockets[0].getsockname()[:2]
-            tcp_public = serving.reachable_host(tcp_host, self.settings)
-            self.tcp_address = f"{'tcps://' if tls else ''}{tcp_public}:{tcp_port}"
+            tcp_public = server.advertise_tcp or (
+                f"{serving.reachable_host(tcp_host, self.settings)}:{tcp_port}")
+            self.tcp_address = f"{'tcps://' if tls else ''}{tcp_public}"
         if self.prober.links:
             await self._start_region_link()
         self.gateway.start(self.supervisor)

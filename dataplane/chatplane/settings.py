@@ -56,6 +56,10 @@ class Drain:
     rate: float = 500.0  # connections told to reconnect per second
     deadline_s: float = 60.0
     reconnect_delay_ms: int = 200
+    # 0: a drained gateway stays (empty, not ready) until SIGTERM. In a pod the preStop hook
+    # (`chatplane drain --wait`) must return before the process exits, and a container that
+    # exits by itself is restarted in place, serving again until its pod is deleted.
+    exit_when_empty: int = 1
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,9 @@ class Server:
     token_secret: str = ""  # empty: the data dir's key file
     admin_secret: str = ""  # empty: the data dir's secret file
     advertise_url: str = ""  # the ws URL dispatch hands out; derived when empty
+    # host:port dispatch hands out for the raw TCP port (tcps:// prefixed with TLS); derived
+    # from the listen address when empty
+    advertise_tcp: str = ""
     dev_login: int = 0  # 1: the web app offers a token for any user id (loopback hosts only)
 
 
@@ -206,9 +213,11 @@ class Settings:
 ENV_ALIASES = {
     ("server", "http_port"): "CHATPLANE_HTTP_PORT",
     ("server", "advertise_url"): "CHATPLANE_GATEWAY_ADVERTISE_URL",
+    ("server", "advertise_tcp"): "CHATPLANE_GATEWAY_ADVERTISE_TCP",
     ("storage", "backend"): "CHATPLANE_STORAGE",
     ("drain", "rate"): "CHATPLANE_DRAIN_RATE",
     ("drain", "deadline_s"): "CHATPLANE_DRAIN_DEADLINE_S",
+    ("drain", "exit_when_empty"): "CHATPLANE_DRAIN_EXIT_WHEN_EMPTY",
     ("tokens", "keys"): "CHATPLANE_TOKEN_KEYS",
     ("tokens", "keys_file"): "CHATPLANE_TOKEN_KEYS_FILE",
     ("admin", "port"): "CHATPLANE_ADMIN_PORT",
@@ -284,6 +293,8 @@ def validate(s: Settings) -> None:
         problems.append(f"tcp port {s.server.tcp_port} out of range")
     if s.server.dev_login not in (0, 1):
         problems.append("dev_login must be 0 or 1")
+    if s.drain.exit_when_empty not in (0, 1):
+        problems.append("drain.exit_when_empty must be 0 or 1")
     if s.server.dev_login and s.server.host not in ("127.0.0.1", "localhost", "::1"):
         problems.append(f"dev_login signs tokens for anyone: loopback hosts only, not {s.server.host!r}")
     if s.storage.backend not in ("sqlite", "scylla"):

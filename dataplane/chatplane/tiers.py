@@ -63,7 +63,7 @@ async def _serve(kind: str, settings: settings_mod.Settings) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     finished: asyncio.Event | None = getattr(app, "finished", None)
     if finished is not None:  # a gateway: SIGTERM drains, then exits
-        loop.add_signal_handler(signal.SIGTERM, app.drain)  # type: ignore[attr-defined]
+        loop.add_signal_handler(signal.SIGTERM, app.terminate)  # type: ignore[attr-defined]
     else:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
     print(app.ready_line(), flush=True)

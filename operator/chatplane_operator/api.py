@@ -183,6 +183,7 @@ class GatewayExposure:
     type: str = "LoadBalancer"
     annotations: dict[str, str] = dataclasses.field(default_factory=dict)
     advertise_url: str = ""  # empty: the pod's DNS name behind the headless Service
+    advertise_tcp: str = ""  # host:port; empty: the pod's DNS name and the TCP port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,6 +344,7 @@ def _region(d: Mapping[str, Any]) -> Region:
             type=str(_get(expose, "type", GatewayExposure.type)),
             annotations=dict(_get(expose, "annotations", {})),
             advertise_url=str(_get(gw, "advertiseURL", "")),
+            advertise_tcp=str(_get(gw, "advertiseTCP", "")),
         ),
         redis=redis or SecretKeyRef(name="", key="url"),
         cql=Cql(

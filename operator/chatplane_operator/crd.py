@@ -119,6 +119,11 @@ def _region() -> Schema:
             "advertiseURL": _str("WebSocket URL that ipconf hands to clients for a gateway pod; "
                                  "$(POD_NAME) expands to the pod name. Default: the pod's DNS "
                                  "name behind the headless Service.", maxLength=512),
+            "advertiseTCP": _str("host:port that ipconf hands to clients for a gateway pod's "
+                                 "raw TCP port (tcps:// when TLS is on); $(POD_NAME) expands "
+                                 "to the pod name. Default: the pod's DNS name behind the "
+                                 "headless Service and the TCP port.", maxLength=512,
+                                 pattern=r"^[^/:]+:[0-9]{1,5}$"),
         }, default={}),
         "redis": _obj("This region's Redis.", {
             "urlSecretRef": _secret_ref("Secret key holding the redis:// URL.", "url"),

@@ -3,8 +3,10 @@ the real CQL server, real Redis):
 friend requests, read receipts, invitations and group changes between users
 that different im instances serve. Group changes go to the group's owner on
 the ring, events for another user to the owner of that user's event
-conversation (`Im.AppendEvent`), so once every conversation's lease has been
-taken, more of the same traffic takes none and no append is fenced; every
+conversation (`Im.AppendEvent`), and a message's inbox entries for users
+served elsewhere to their owner (`Im.FanOut`: one writer per inbox), so once
+every conversation's lease has been taken, more of the same traffic takes
+none, no append is fenced, and (CQL) no inbox sequence is taken; every
 device gets every event once and in order, also when one im is killed -9 in
 the middle, and no event is stored twice by a retried forward."""
 
@@ -29,6 +31,9 @@ TAKEN = "chatplane_im_leases_taken_total"
 FENCED = "chatplane_im_appends_fenced_total"
 FORWARDED = "chatplane_im_events_forwarded_total"
 KEPT = "chatplane_im_events_kept_total"
+FANNED = "chatplane_im_fan_outs_forwarded_total"
+FAN_KEPT = "chatplane_im_fan_outs_kept_total"
+INBOX_TAKES = 'chatplane_cql_sequence_takes_total{sequence="inbox"}'
 IMS = ("im-1", "im-2")
 
 
@@ -76,6 +81,17 @@ def served_by(ring: HashRing, instance: str, count: int, tag: str) -> list[str]:
 
 def leases(cluster: Cluster) -> dict[str, tuple[float, float]]:
     return {im: (metric(cluster, im, TAKEN), metric(cluster, im, FENCED)) for im in IMS}
+
+
+def inboxes(cluster: Cluster) -> dict[str, tuple[float, float]]:
+    """Per im: (inbox sequences taken (CQL; 0 before the first), fan-outs
+    written around an owner that did not answer)."""
+    def takes(im: str) -> float:
+        try:
+            return metric(cluster, im, INBOX_TAKES)
+        except AssertionError:  # none yet, or SQLite (no inbox sequences to take)
+            return 0.0
+    return {im: (takes(im), metric(cluster, im, FAN_KEPT)) for im in IMS}
 
 
 async def settle(users: list[User], timeout_s: float) -> None:
@@ -133,12 +149,7 @@ async def social_round(pairs: list[tuple[User, User]], guest: User, group: str,
     await guest.client.leave(group)
 
 
-# CQL is skipped: with block sequencing (schema 6) two ims take one user's inbox
-# sequence from each other, leases move under this traffic, and one CI run saw
-# a friend request answered "not a friend" (docs/storage.md, "Two writers of
-# one inbox"): the open problem of issue 20, not hidden.
-@pytest.fixture(params=["sqlite", pytest.param("scylla", marks=[pytest.mark.cql, pytest.mark.skip(
-    reason="block sequencing on CQL: two ims taking one inbox move leases (docs/storage.md)")])])
+@pytest.fixture(params=["sqlite", pytest.param("scylla", marks=pytest.mark.cql)])
 async def cluster(request: pytest.FixtureRequest, make_cluster: ClusterFactory) -> Cluster:
     # a longer RPC deadline: a slow call must not fail over (that moves a lease);
     # the group is made of strangers, added at once: this counts every event a
@@ -183,13 +194,20 @@ async def test_social_traffic_across_ims_keeps_leases_in_place(cluster: Cluster)
         user.watched.add(group)
 
     await social_round(pairs, guest, group, direct, 1)  # every lease taken once
-    warm = leases(cluster)
+    warm, warm_inboxes = leases(cluster), inboxes(cluster)
     await social_round(pairs, guest, group, direct, 2)
     await social_round(pairs, guest, group, direct, 3)
-    steady = leases(cluster)
+    steady, steady_inboxes = leases(cluster), inboxes(cluster)
+    print(f"{cluster.storage}: leases (taken, fenced) {steady}; inboxes (taken, fan-outs "
+          f"kept) after round 1 {warm_inboxes}, after round 3 {steady_inboxes}")
     assert steady == warm, f"leases moved: before {warm}, after {steady}"
     assert all(fenced == 0 for _, fenced in steady.values()), steady
+    # one writer per inbox: no inbox changed hands, no owner was written around
+    assert steady_inboxes == warm_inboxes, f"inboxes moved: {warm_inboxes} -> {steady_inboxes}"
+    assert all(kept == 0 for _, kept in steady_inboxes.values()), steady_inboxes
     assert metric(cluster, "im-1", FORWARDED) > 0 and metric(cluster, "im-2", FORWARDED) > 0
+    # the group (im-1's) reaches the second users' inboxes through their owner
+    assert metric(cluster, "im-1", FANNED) > 0
     if cluster.storage == "sqlite":  # each im process reports its own SQLite writer's commits
         assert all(metric(cluster, im, "chatplane_storage_commit_seconds_count") > 0 for im in IMS)
     await settle(list(users.values()), 30)

@@ -13,7 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from chatplane.registry.instances import CachedInstances, Instances
-from chatplane.registry.routes import RouteEntry, Routes
+from chatplane.routes.base import RouteEntry
+from chatplane.routes.redis import RedisRoutes
 from chatplane.rpc import serving
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
@@ -58,7 +59,7 @@ async def test_each_gateway_gets_the_flush_for_its_members(
         await instances.publish("gateway", name, {"grpc": f"127.0.0.1:{port}"})
     members = [f"u{i}" for i in range(2500)]  # more than one route-reading batch
     online = {"gw-1": set(members[:1000]) | {"u1500"}, "gw-2": set(members[1000:1501])}
-    routes = Routes(client)
+    routes = RedisRoutes(client)
     for name, users in online.items():
         await routes.register([RouteEntry(u, "tablet" if name == "gw-2" else "phone", name,
                                            f"c-{u}", 1) for u in sorted(users)])

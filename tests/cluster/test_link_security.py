@@ -16,6 +16,7 @@ from chatplane.auth import TokenSigner
 from chatplane.im.app import ImServicer
 from chatplane.im.service import ImService
 from chatplane.regions import links as region_links
+from chatplane.routes.memory import MemoryRoutes
 from chatplane.rpc import serving
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import CHANNEL_OPTIONS
@@ -55,7 +56,7 @@ async def _code(call: object) -> grpc.StatusCode:
 async def im_register(tmp_path: Path) -> AsyncIterator[Register]:
     storage = SqliteStorage(tmp_path / "im.db")
     await storage.open()
-    servicer = ImServicer(ImService(storage, StateService(), Limits()))
+    servicer = ImServicer(ImService(storage, StateService(MemoryRoutes(), "gw"), Limits()))
     yield lambda s: sgrpc.add_ImServicer_to_server(servicer, s)
     await storage.close()
 

@@ -1,5 +1,5 @@
 """The pieces under the cluster, each against the real thing: instance
-registry and device routes on a real Redis, the hash ring, the SQLite
+registry on a real Redis (device routes: tests/routes/), the hash ring, the SQLite
 shared-mode fence that keeps seqs unique with two writers, and trace
 context across a real gRPC hop."""
 
@@ -21,7 +21,7 @@ from chatplane.im.service import ImService
 from chatplane.protocol.errors import ErrorCode
 from chatplane.registry.instances import Instances
 from chatplane.registry.ring import HashRing
-from chatplane.registry.routes import RouteEntry, Routes
+from chatplane.routes.memory import MemoryRoutes
 from chatplane.rpc import serving
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.settings import Limits
@@ -46,57 +46,6 @@ async def test_instances_expire_and_report_a_lost_key(client: aioredis.Redis) ->
     assert set(await instances.live("gateway")) == {"gw-2"}  # gw-1 stopped refreshing
     await client.flushall()  # Redis restarted empty
     assert await instances.publish("gateway", "gw-2", {"ws": "ws://b/ws"}) is False
-
-
-@pytest.mark.redis
-async def test_routes_replace_kick_and_never_steal(client: aioredis.Redis) -> None:
-    routes = Routes(client)
-    old = RouteEntry("u", "phone", "gw-1", "c1")
-    new = RouteEntry("u", "phone", "gw-2", "c9")
-    assert await routes.register([old]) == [None]
-    assert await routes.register([new]) == [old]  # the caller kicks old
-    await routes.refresh([old])  # gw-1's periodic refresh must not take it back
-    assert (await routes.lookup(["u"]))["u"] == [new]
-    await routes.unregister([old])  # the old connection closing erases nothing
-    assert (await routes.lookup(["u"]))["u"] == [new]
-    await routes.unregister([new])
-    assert await routes.lookup(["u"]) == {}
-    await routes.refresh([new])  # after a Redis loss, refresh puts it back
-    assert (await routes.lookup(["u"]))["u"] == [new]
-
-
-@pytest.mark.redis
-async def test_a_late_login_on_an_older_connection_keeps_no_route(client: aioredis.Redis) -> None:
-    """The newer connection keeps the device, whichever login finishes last."""
-    routes = Routes(client)
-    newer = RouteEntry("u", "phone", "gw-2", "c9", opened_ms=2_000)
-    older = RouteEntry("u", "phone", "gw-1", "c1", opened_ms=1_000)
-    assert await routes.register([newer]) == [None]
-    assert await routes.register([older]) == [older]  # refused: the caller kicks it
-    assert (await routes.lookup(["u"]))["u"] == [newer]
-    await routes.refresh([older])
-    await routes.unregister([older])
-    assert (await routes.lookup(["u"]))["u"] == [newer]
-    newest = RouteEntry("u", "phone", "gw-1", "c2", opened_ms=3_000)
-    assert await routes.register([newest]) == [newer]  # a newer one still replaces
-    await client.delete("cp:route:u")  # Redis lost the routes; both gateways refresh
-    await routes.refresh([newest])
-    await routes.refresh([older])
-    assert (await routes.lookup(["u"]))["u"] == [newest]
-    await client.delete("cp:route:u")
-    await routes.refresh([older])
-    await routes.refresh([newest])  # takes the device back from the older connection
-    assert (await routes.lookup(["u"]))["u"] == [newest]
-
-
-@pytest.mark.redis
-async def test_racing_registrations_leave_the_newest_connection(client: aioredis.Redis) -> None:
-    routes = Routes(client)
-    entries = [RouteEntry("r", "phone", f"gw-{i % 3}", f"c{i}", opened_ms=1_000 + i)
-               for i in range(40)]
-    shuffled = entries[::-1][::2] + entries[::2]  # newest first, then interleaved
-    await asyncio.gather(*(routes.register([e]) for e in shuffled))
-    assert (await routes.lookup(["r"]))["r"] == [entries[-1]]
 
 
 def test_ring_moves_only_the_keys_of_the_member_that_changed() -> None:
@@ -151,7 +100,7 @@ async def test_trace_context_crosses_the_grpc_hop(tmp_path: Path,
     tracing.setup("test", exporter=exporter)
     storage = SqliteStorage(tmp_path / "t.db")
     await storage.open()
-    servicer = ImServicer(ImService(storage, StateService(), Limits()))
+    servicer = ImServicer(ImService(storage, StateService(MemoryRoutes(), "gw"), Limits()))
     server, port = await serving.start_grpc(
         "127.0.0.1", 0, lambda s: sgrpc.add_ImServicer_to_server(servicer, s),
         LinkSecurity("im", secret="s"))

@@ -1,6 +1,8 @@
-"""Fixtures for the node tests: one real single-node cluster per session (kube_node), a
-namespace per test, deleted afterwards, Redis and Cassandra as host processes per module
-(`backing`), and the chart installed with the operator from the image (`operator_release`)."""
+"""Fixtures for the node tests, each made once per session (they take minutes here): the
+real single-node cluster (kube_node), Redis and Cassandra as host processes (`backing`), the
+chart installed with the operator from the image (`operator_release`) and the ChatCluster
+the chatcluster and rollout tests share (`chat_cluster`, tests/node/chatcluster.py); a
+namespace per test for the rest (`node_namespace`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.node import host_services, kube_node
+from tests.node import chatcluster, host_services, kube_node
 from tests.node.kube_node import CACHE, ROOT, Kubectl
 
 HELM = CACHE / "kube" / "bin" / "helm"
@@ -36,7 +38,7 @@ def node_namespace(node: Kubectl) -> Iterator[str]:
         node.run("delete", "namespace", name, "--wait=false")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(the Redis URL, the CQL contact point) the pods use."""
     workdir = tmp_path_factory.mktemp("node-backing")
@@ -44,7 +46,7 @@ def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
         yield redis_url, cql
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def operator_release(node: Kubectl) -> Iterator[None]:
     if not HELM.exists():
         pytest.skip("helm not built: run scripts/setup/30-kube.sh")
@@ -58,3 +60,11 @@ def operator_release(node: Kubectl) -> Iterator[None]:
     finally:
         subprocess.run([str(HELM), "uninstall", "chatplane", "-n", "chatplane-system"],
                        check=False, env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def chat_cluster(node: Kubectl, backing: tuple[str, str], operator_release: None,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[chatcluster.Deployed]:
+    redis_url, cql = backing
+    with chatcluster.deployed(node, redis_url, cql, tmp_path_factory.mktemp("chat")) as live:
+        yield live

@@ -71,11 +71,14 @@ def test_an_advertised_ip_is_an_ip_san_clients_verify(body: dict[str, Any],
                                                       tmp_path: Path) -> None:
     """advertiseURL wss://10.244.0.1:32598/ws (a NodePort, a load balancer's IP): TLS
     clients match an IP only against IP SANs, so the client certificate carries it as one."""
-    body["spec"]["regions"][0]["gateway"] = {"advertiseURL": "wss://10.244.0.1:32598/ws"}
+    body["spec"]["regions"][0]["gateway"] = {"advertiseURL": "wss://10.244.0.1:32598/ws",
+                                             "advertiseTCP": "10.244.0.2:32599"}
     cluster = api.parse(body)
     eu = cluster.regions[0]
     wanted = certs.client_identity(cluster, eu)
-    assert "10.244.0.1" in wanted.dns_names
+    assert {"10.244.0.1", "10.244.0.2"} <= set(wanted.dns_names)  # advertiseURL's, -TCP's
+    env = {e["name"]: e.get("value") for e in pods.container(cluster, eu, "gateway")["env"]}
+    assert env["CHATPLANE_GATEWAY_ADVERTISE_TCP"] == "10.244.0.2:32599"
     ca = certificates.make_ca("ca", NOW)
     issued = certificates.issue(ca, wanted, NOW, DAY)
     client = certificates.issue(ca, certs.tier_identity(cluster, eu, "ipconf"), NOW, DAY)
@@ -84,7 +87,7 @@ def test_an_advertised_ip_is_an_ip_san_clients_verify(body: dict[str, Any],
     body["spec"]["tls"] = {"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}
     spec = next(s for s in certs.wanted_certs(api.parse(body)) if s.role == "client")
     certificate = certs.build_certificate(api.parse(body), spec)["spec"]
-    assert certificate["ipAddresses"] == ["10.244.0.1"]
+    assert certificate["ipAddresses"] == ["10.244.0.1", "10.244.0.2"]
     assert "10.244.0.1" not in certificate["dnsNames"]
 
 

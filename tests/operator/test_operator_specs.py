@@ -69,7 +69,8 @@ def test_gateways_drain_before_they_go(body: dict[str, Any]) -> None:
     pod = sts["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 120 + pods.DRAIN_MARGIN_S
     hook = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
-    assert hook == ["chatplane", "drain", "--url", "http://127.0.0.1:9091", "--wait"]
+    assert hook == ["python3", "-m", "chatplane.drainhook", "--url", "http://127.0.0.1:9091",
+                    "--wait"]
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["CHATPLANE_ADMIN_SECRET"]["valueFrom"]["secretKeyRef"] == {
         "name": "chat-generated", "key": "admin"}  # the hook's drain call carries it
@@ -116,6 +117,9 @@ def test_env_contract(body: dict[str, Any]) -> None:
     env = {e["name"]: e for e in gateway["env"]}
     assert env["CHATPLANE_GATEWAY_ADVERTISE_URL"]["value"] == (
         "wss://$(POD_NAME).chat-eu-gateway.chat.svc:8080/ws")  # TLS is on by default
+    # the raw TCP endpoint likewise (the pod IP would be outside the certificate)
+    assert env["CHATPLANE_GATEWAY_ADVERTISE_TCP"]["value"] == (
+        "$(POD_NAME).chat-eu-gateway.chat.svc:8081")
     assert env["CHATPLANE_SERVER_ID"]["value"] == "$(POD_NAME)"
     assert env["CHATPLANE_GRPC_ADVERTISE_HOST"]["value"] == "$(POD_IP)"
     names = [e["name"] for e in gateway["env"]]

@@ -9,6 +9,7 @@ from typing import Any, cast
 from chatplane.auth import TokenSigner
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.service import Gateway
+from chatplane.routes.memory import MemoryRoutes
 from chatplane.settings import Settings
 from chatplane.state.service import StateService
 
@@ -37,7 +38,7 @@ def fanout_to(devices: dict[str, Any], *, writer: BulkWriter | None = None,
     gateway.group_writer = writer
     for user, device in devices.items():
         gateway.users[user] = {"d": device}
-    state = StateService(group_interval_ms=groups.get("interval_ms", 100))
+    state = StateService(MemoryRoutes(), "test", group_interval_ms=groups.get("interval_ms", 100))
     state.groups.slice_ms = groups.get("slice_ms", state.groups.slice_ms)
     state.downlink = gateway
     return state

@@ -120,7 +120,16 @@ class RawClient(asyncio.Protocol):
         self._send(
             pb.Frame(id=1, login=pb.Login(protocol_version=1, token=self.token, inbox_seq=self.inbox_seq))
         )
-        await asyncio.wait_for(self.resumed.wait(), 15)
+        # a refused login (a draining gateway) closes the connection: back off from then,
+        # not after the whole login timeout
+        waits = [asyncio.ensure_future(self.resumed.wait()), asyncio.ensure_future(self._lost.wait())]
+        try:
+            await asyncio.wait(waits, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if not self.resumed.is_set():
+            raise ConnectionError("login refused or timed out")
 
     def _send(self, frame: pb.Frame) -> None:
         if self._transport is not None and not self._transport.is_closing():

@@ -10,7 +10,9 @@ prefix on the TCP address (`tcps://host:port`; a bare `host:port` is plain TCP).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
 import ssl
 import urllib.parse
 from collections import deque
@@ -142,7 +144,15 @@ TLS_TCP = "tcps://"
 
 
 def tls_context(ca: str | None = None) -> ssl.SSLContext:
-    """What the SDK verifies servers with: the system CAs, or only `ca` (a PEM file)."""
+    """What the SDK verifies servers with: the system CAs, or only `ca` (a PEM file).
+    One context per CA file version, shared by every client of the process: loading
+    the system CAs costs tens of milliseconds of CPU, and a crowd of 2,500 clients
+    made one each, blocking its event loop for minutes."""
+    return _context(ca, os.stat(ca).st_mtime_ns if ca else 0)
+
+
+@functools.lru_cache(maxsize=16)
+def _context(ca: str | None, version: int) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
 
 

@@ -11,7 +11,9 @@ The public HTTP port serves `/ws` and health; the admin port (rpc/adminport.py)
 Drain (`POST /admin/drain` with the admin secret, or SIGTERM): readiness turns false and the
 registry entry says draining at once (dispatch stops listing it), clients get
 `Reconnect` at the drain rate with jitter, and the process exits when empty
-or at the deadline.
+or at the deadline. With `drain.exit_when_empty=0` (the operator's pods) a drained gateway
+stays, empty and not ready, until SIGTERM: the kubelet sends it once the preStop hook
+(`chatplane drain --wait`) has returned, and the hook must not outlive its container.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
 from chatplane.im.client import RemoteIm
 from chatplane.registry import instances as registry
-from chatplane.registry.routes import ROUTE_REFRESH_S
+from chatplane.routes.base import ROUTE_REFRESH_S
 from chatplane.rpc import serving
 from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.rpc.linksecurity import LinkSecurity
@@ -114,6 +116,9 @@ class GatewayApp:
         self._http: asyncio.AbstractServer | None = None
         self._refresher: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()  # set when a drain has emptied the gateway
+        self._may_exit = asyncio.Event()  # set: exit once drained (SIGTERM sets it too)
+        if settings.drain.exit_when_empty:
+            self._may_exit.set()
         self.supervisor = Supervisor(settings.supervision)
         self.certs: certs.ReloadingCert | None = None
 
@@ -174,15 +179,28 @@ class GatewayApp:
         if self.gateway.draining:
             return
         self.gateway.drain(rate or self.settings.drain.rate,
-                           deadline_s or self.settings.drain.deadline_s)
-        if self.publisher is not None:
-            self.publisher.poke()  # tell dispatch now, not at the next refresh
+                           deadline_s or self.settings.drain.deadline_s, self._announce_drain)
 
         async def exit_when_empty() -> None:
             await self.gateway.wait_drained()
+            await self._may_exit.wait()
             self.finished.set()
 
         asyncio.get_running_loop().create_task(exit_when_empty())
+
+    async def _announce_drain(self) -> None:
+        """Publish the draining flag now and wait until every ipconf has read it. A client
+        sent away earlier is handed this gateway again (it looks least loaded as it
+        empties), is refused, backs off and logs in later on top of the paced ones: the
+        busiest second went to twice the drain rate on a real node."""
+        if self.publisher is not None:
+            await self.publisher.publish_now()
+        await asyncio.sleep(registry.DISPATCH_MAX_AGE_S)
+
+    def terminate(self) -> None:
+        """SIGTERM: drain (unless draining already), then exit once empty."""
+        self._may_exit.set()
+        self.drain()
 
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links
@@ -219,8 +237,9 @@ class GatewayApp:
                 ssl_handshake_timeout=self.settings.abuse.header_timeout_s if tls else None,
                 backlog=admission.LISTEN_BACKLOG)
             tcp_host, tcp_port = self._tcp.sockets[0].getsockname()[:2]
-            public = serving.reachable_host(tcp_host, self.settings)
-            self.tcp_address = f"{'tcps://' if tls else ''}{public}:{tcp_port}"
+            public = server.advertise_tcp or (
+                f"{serving.reachable_host(tcp_host, self.settings)}:{tcp_port}")
+            self.tcp_address = f"{'tcps://' if tls else ''}{public}"
         self.gateway.start(self.supervisor)
         self.heads.start(self.supervisor)
         self.publisher = serving.Publisher(self.instances, self.kind, self.instance_id,

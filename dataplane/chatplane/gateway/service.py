@@ -20,7 +20,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from chatplane.auth import TokenSigner
@@ -34,6 +34,7 @@ from chatplane.protocol import bounds
 from chatplane.protocol.errors import ErrorCode
 from chatplane.protocol.session import SessionLimits
 from chatplane.revocations import RevocationList
+from chatplane.routes import base as routing
 from chatplane.settings import Settings
 from chatplane.slicing import TimeSlice
 from chatplane.storage.base import ANY, InboxItem, Revocation
@@ -225,15 +226,17 @@ class Gateway:
     def attach(self, conn: Connection) -> None:
         """Index a connection that is logging in; an older connection of the
         same device here is replaced (kicked). A login that finishes late on
-        a connection older than the device's current one is kicked instead."""
+        a connection older than the device's current one is kicked instead:
+        the rule the routes keep (routes/base.py), for this gateway's own."""
         devices = self.users.setdefault(conn.user_id, {})
         previous = devices.get(conn.device_id)
-        if previous is not None and previous is not conn and previous.opened_ms > conn.opened_ms:
-            conn.kick("the device logged in on a newer connection")
-            return
-        devices[conn.device_id] = conn
-        if previous is not None and previous is not conn:
-            previous.kick("the device logged in on another connection")
+        if previous is None or previous is conn:
+            devices[conn.device_id] = conn
+        elif routing.takes_route(previous.opened_ms, conn.opened_ms, login=True):
+            devices[conn.device_id] = conn
+            previous.kick(routing.REPLACED)
+        else:
+            conn.kick(routing.REFUSED)
 
     def _detach(self, conn: Connection) -> bool:
         """Drop `conn` from the device index; False when it was not its
@@ -326,22 +329,29 @@ class Gateway:
 
     # -- drain ------------------------------------------------------------
 
-    def drain(self, rate: float, deadline_s: float) -> None:
+    def drain(self, rate: float, deadline_s: float,
+              announce: Callable[[], Awaitable[None]] | None = None) -> None:
         """Stop taking logins and move every client elsewhere at `rate`
-        connections per second (with jitter), finishing by `deadline_s`."""
+        connections per second (with jitter), finishing by `deadline_s`.
+        `announce` runs first: until dispatch knows the gateway drains, it may
+        hand it to the very clients sent away (see GatewayApp.drain)."""
         if self._drain_task is not None and not self._drain_task.done():
             return
         self.draining = True
-        self._drain_task = asyncio.get_running_loop().create_task(self._drain(rate, deadline_s))
+        self._drain_task = asyncio.get_running_loop().create_task(
+            self._drain(rate, deadline_s, announce))
 
-    async def _drain(self, rate: float, deadline_s: float) -> None:
+    async def _drain(self, rate: float, deadline_s: float,
+                     announce: Callable[[], Awaitable[None]] | None) -> None:
         # Paced by schedule, not by summed sleeps: each connection goes one
         # slot (1/rate, +- half a slot of jitter) after the previous one's
         # slot, so slow steps do not lower the rate; but a stall earns no
         # credit (the schedule never lags now by more than half a slot), so
         # the loop never catches up in a burst above the rate.
+        deadline = time.monotonic() + deadline_s
+        if announce is not None:
+            await announce()
         start = time.monotonic()
-        deadline = start + deadline_s
         delay_ms = self.settings.drain.reconnect_delay_ms
         slot = 1.0 / rate
         due = start

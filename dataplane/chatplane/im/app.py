@@ -41,7 +41,7 @@ from chatplane.rpc.peers import Peers, parse_addrs
 from chatplane.settings import Settings
 from chatplane.state.client import DeliveryOutbox, StateLinks
 from chatplane.storage import archiving
-from chatplane.storage.base import Revocation, SendRequest, events_conversation_id
+from chatplane.storage.base import Revocation, SendRequest, StorageError, events_conversation_id
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
 from chatplane.v1 import services_pb2 as spb
@@ -139,6 +139,39 @@ class ImServicer(sgrpc.ImServicer):
             return spb.AppendEventReply(seq=result.message.seq, duplicate=result.duplicate)
 
 
+    async def FanOut(self, request: spb.FanOutRequest,
+                     context: grpc.aio.ServicerContext) -> spb.FanOutReply:
+        """Inbox entries of another instance's messages for users whose
+        inboxes this one writes (im/inboxes.py); written whatever this
+        instance's ring says, so a fan-out never bounces."""
+        with tracing.serving("im.FanOut"):
+            out_of_bounds = bounds.call_problem("fan_out", request)
+            if out_of_bounds is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+            inboxes = self.im.inboxes
+            if inboxes is None:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not in a cluster")
+                raise AssertionError("abort raises")
+            # Finished even when the caller stops waiting: its retry then finds
+            # the entries instead of starting over (and being cut short again).
+            work = asyncio.ensure_future(inboxes.fan_out_here(request.conversation_id, [
+                (entry.seq, list(entry.user_ids)) for entry in request.entries],
+                {entry.seq for entry in request.entries if entry.fresh}))
+            work.add_done_callback(_outcome_seen)
+            try:
+                written = await asyncio.shield(work)
+            except StorageError as exc:  # not UNAVAILABLE: the caller must not write around
+                await context.abort(grpc.StatusCode.ABORTED, str(exc))
+                raise
+            return spb.FanOutReply(written=written)
+
+
+def _outcome_seen(done: asyncio.Future[int]) -> None:
+    """A fan-out whose caller left: its failure is the caller's retry's to meet."""
+    if not done.cancelled():
+        done.exception()
+
+
 class ImApp:
     kind = "im"
 
@@ -204,6 +237,12 @@ class ImApp:
             ("chatplane_im_events_kept_total",
              "events for a conversation owned elsewhere appended here (its owner did not answer)",
              self.ring.kept),
+            ("chatplane_im_fan_outs_forwarded_total",
+             "inbox fan-outs written by the inboxes' owner at this instance's request (calls)",
+             self.ring.fan_outs_forwarded),
+            ("chatplane_im_fan_outs_kept_total",
+             "inbox fan-outs written here: their inboxes' owner did not answer (calls)",
+             self.ring.fan_outs_kept),
             ("chatplane_im_group_delivered_total", "large-group messages handed to state",
              self.outbox.groups.sent),
             ("chatplane_im_group_given_up_total", "large-group messages left to the head check",

@@ -19,16 +19,28 @@ them (a dead owner refuses at once; a stalled one costs one lease move).
 The maker's (device, cid, message_id) travel with the event, and storage
 appends are idempotent on (sender, device, cid): a retried forward, or the
 local append after a forward whose reply was lost, stores the event once.
+
+The same ring names each user's inbox writer (the owner of "u:<user>"): a
+message's entries for users served elsewhere are written by their owner
+(`Im.FanOut`, im/inboxes.py), asked once, with no next instance. An owner
+that cannot be reached (gone: the connection is refused) is written around
+here, a take of each of its inboxes, counted in `fan_outs_kept`. An owner
+that is slow, or whose storage refused, is not: writing around a live owner
+takes its inboxes, its next write takes them back, and under load each take
+makes the next call slower still (lease ping-pong). Its entries stay owed
+and the senders get a retriable error, until it answers or the ring drops it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
 
 import grpc
 
 from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
 from chatplane.rpc.peers import Peers
-from chatplane.storage.base import SendRequest
+from chatplane.storage.base import SendRequest, StorageUnavailable, events_conversation_id
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
@@ -42,6 +54,8 @@ class ImRing:
         self.ring = LiveRing((), registry)
         self.forwarded = 0  # events appended by their owner at this instance's request
         self.kept = 0  # events appended here: no owner before this one answered
+        self.fan_outs_forwarded = 0  # FanOut calls their inbox owner answered
+        self.fan_outs_kept = 0  # inbox owners that did not answer: written here
 
     async def _ahead(self, conversation_id: str) -> list[str]:
         """Addresses of the instances before this one in the key's ring order
@@ -82,3 +96,40 @@ class ImRing:
             return True
         self.kept += 1
         return False
+
+    async def inbox_owners(self, users: Iterable[str]) -> dict[str, str]:
+        """user -> address of the instance that sequences the user's inbox,
+        for the users another instance owns (absent: this one, or this
+        instance is not on the ring yet and writes everything itself)."""
+        await self.ring.owners("")  # refreshes the ring (cached for a second)
+        if self.instance_id not in self.ring.members:
+            return {}
+        out = {}
+        for user in users:
+            owners = self.ring.ring.owners(ring_key(events_conversation_id(user)))
+            owner = owners[0] if owners else self.instance_id
+            if owner != self.instance_id and owner in self.ring.addresses:
+                out[user] = self.ring.addresses[owner]
+        return out
+
+    async def fan_out(self, address: str, conversation_id: str,
+                      entries: Sequence[tuple[int, Sequence[str]]],
+                      fresh: Collection[int]) -> bool:
+        """Ask the instance at `address` to write (or find) these inbox
+        entries and deliver them. False: it cannot be reached (the caller
+        writes them itself). StorageUnavailable: it is slow or refused (they
+        stay owed)."""
+        rpc = spb.FanOutRequest(conversation_id=conversation_id, entries=[
+            spb.FanOutEntry(seq=seq, user_ids=list(users), fresh=seq in fresh)
+            for seq, users in entries])
+        try:
+            await sgrpc.ImStub(self.peers.channel(address, "im")).FanOut(
+                rpc, timeout=self.peers.deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise StorageUnavailable(
+                    f"the inbox owner at {address} did not fan out ({exc.code().name})") from exc
+            self.fan_outs_kept += 1
+            return False
+        self.fan_outs_forwarded += 1
+        return True

@@ -232,10 +232,11 @@ class Groups:
         large = self.im.is_large(tuple(after))
         recipients = sorted(affected) if large else None
         try:
-            result = await self.im.sequenced(
-                conversation_id, lambda fence: self.im.storage.apply_membership(
+            result = await self.im.appended(
+                conversation_id, recipients or sorted(set(before) | after),
+                lambda fence, inboxes: self.im.storage.apply_membership(
                     conversation_id, change, dataclasses.replace(request, fence=fence),
-                    recipients), take_back=True)
+                    recipients, inboxes), take_back=True, group_change=True)
         except ConversationNotFound as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {conversation_id!r}") from exc
         except StorageUnavailable as exc:

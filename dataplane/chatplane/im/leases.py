@@ -13,9 +13,12 @@ out.
 
 Taking a lease drops what this instance cached about the conversation
 (members, spans, recent messages): another instance may have changed it
-meanwhile. Losing one (a Fenced append) drops the lease; the refused request
-is answered with `NotOwner`, which the im tier's gRPC server turns into
-UNAVAILABLE so the gateway retries it on the next instance of the ring.
+meanwhile; then, before the first append, the previous owner's unfinished
+fan-outs are finished (`recover`, im/inboxes.py), so their entries precede
+the new owner's in every inbox. Losing one (a Fenced append) drops the
+lease; the refused request is answered with `NotOwner`, which the im tier's
+gRPC server turns into UNAVAILABLE so the gateway retries it on the next
+instance of the ring.
 
 `chatplane up` runs one sequencer over its own storage: it holds every lease
 and appends unfenced (`enabled=False`), at no cost.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from chatplane.protocol.errors import ErrorCode, ProtocolError
@@ -49,10 +52,12 @@ class LeaseStore(Protocol):
 
 class Leases:
     def __init__(self, storage: LeaseStore, owner: str, forget: Callable[[str], None],
-                 enabled: bool = True) -> None:
+                 enabled: bool = True,
+                 recover: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.storage = storage
         self.owner = owner
         self.forget = forget  # drops this instance's cached state of a conversation
+        self.recover = recover  # finishes what the previous owner left (raises: no lease)
         self.enabled = enabled
         self._held: OrderedDict[str, int] = OrderedDict()
         self._taking: dict[str, asyncio.Future[int]] = {}  # one acquire at a time each
@@ -72,12 +77,19 @@ class Leases:
         if taking is None:
             taking = asyncio.ensure_future(self._take(conversation_id))
             self._taking[conversation_id] = taking
-            taking.add_done_callback(lambda _: self._taking.pop(conversation_id, None))
+            taking.add_done_callback(lambda done: self._took(conversation_id, done))
         return await asyncio.shield(taking), True
+
+    def _took(self, conversation_id: str, done: asyncio.Future[int]) -> None:
+        self._taking.pop(conversation_id, None)
+        if not done.cancelled():
+            done.exception()  # its waiters got it (or all left: the next send retries)
 
     async def _take(self, conversation_id: str) -> int:
         epoch = await self.storage.acquire(conversation_id, self.owner)
         self.forget(conversation_id)  # before sequencing: another owner may have changed it
+        if self.recover is not None:
+            await self.recover(conversation_id)
         self._held[conversation_id] = epoch
         while len(self._held) > MAX_HELD:
             self._held.popitem(last=False)

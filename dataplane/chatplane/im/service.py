@@ -13,7 +13,7 @@ import dataclasses
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from prometheus_client.metrics_core import Metric
@@ -23,6 +23,7 @@ from chatplane.delivery.dedup import CidAllocator
 from chatplane.im import requests
 from chatplane.im.groups import Groups
 from chatplane.im.hotcache import HotCache
+from chatplane.im.inboxes import Inboxes, InboxRing, Ticket
 from chatplane.im.leases import Leases, NotOwner
 from chatplane.im.social import Social
 from chatplane.protocol.bounds import Bounds
@@ -76,7 +77,7 @@ class Deliverer(Protocol):
         """A large group's message (no inbox entries), for its online members."""
 
 
-class Owners(Protocol):
+class Owners(InboxRing, Protocol):
     """The im ring as this instance sees it (cluster only; im/forward.py)."""
 
     async def owns(self, conversation_id: str) -> bool: ...
@@ -123,10 +124,13 @@ class ImService:
         self._member_lists: dict[str, list[Member]] = {}
         self.hot = HotCache(self.social_settings.hot_cache_messages)
         self._event_cids = CidAllocator()
-        # fenced: one of several im instances (docs/cluster.md, "Ownership")
-        self.leases = Leases(storage, server_id, self._forget_conversation, enabled=fenced)
-        # in a cluster, events for users served elsewhere go to their owner
+        # in a cluster, events for users served elsewhere go to their owner,
+        # and so do a message's inbox entries for them (im/inboxes.py)
         self.owners = owners
+        self.inboxes = Inboxes(storage, owners, state) if owners is not None else None
+        # fenced: one of several im instances (docs/cluster.md, "Ownership")
+        self.leases = Leases(storage, server_id, self._forget_conversation, enabled=fenced,
+                             recover=self.inboxes.recover if self.inboxes is not None else None)
         self.sent = 0
         self.duplicates = 0
 
@@ -188,6 +192,45 @@ class ImService:
                 if not take_back:
                     raise refused from exc
         raise refused
+
+    async def appended(self, conversation_id: str, recipients: Sequence[str],
+                       call: Callable[[int | None, Collection[str] | None], Awaitable[AppendResult]],
+                       *, take_back: bool, group_change: bool = False) -> AppendResult:
+        """`call(fence, inboxes)` under this instance's lease (`sequenced`),
+        then, in a cluster, the entries of recipients whose inboxes other
+        instances write, by them (im/inboxes.py); returns once every entry
+        is durable. `recipients`: those this instance knows of (storage may
+        add a group change's; they are owed too)."""
+        inboxes = self.inboxes
+        if inboxes is None or not (recipients or group_change):  # one process, or no entries
+            return await self.sequenced(conversation_id, lambda fence: call(fence, None),
+                                        take_back=take_back)
+        remote = await inboxes.remote(recipients)
+        queue = await inboxes.enter(conversation_id)
+        try:
+            tickets: list[Ticket] = []
+
+            async def attempt(fence: int | None) -> AppendResult:
+                ticket, now = inboxes.ticket(queue, recipients, remote, group_change=group_change)
+                tickets.append(ticket)
+                # Started in ticket order (tasks run in the order they were
+                # made, each straight into storage's queue); its outcome goes to
+                # the ticket even if this caller stops waiting (storage goes on).
+                append = asyncio.ensure_future(call(fence, now))
+
+                def settle(done: asyncio.Future[AppendResult]) -> None:
+                    failed = done.cancelled() or done.exception() is not None
+                    inboxes.appended(conversation_id, queue, ticket,
+                                     None if failed else done.result(), recipients)
+
+                append.add_done_callback(settle)
+                return await asyncio.shield(append)
+
+            result = await self.sequenced(conversation_id, attempt, take_back=take_back)
+            await asyncio.shield(tickets[-1].done)  # StorageUnavailable: the resend finishes it
+            return result
+        finally:
+            inboxes.leave(conversation_id, queue)
 
     def is_member(self, conversation: Conversation, user_id: str) -> bool:
         """`user_id in conversation.members`, without scanning 10,000 ids at
@@ -354,8 +397,9 @@ class ImService:
         try:
             # a large group is read-diffused: the timeline only, no inbox entries
             recipients = () if large else conversation.members
-            result = await self.sequenced(conversation_id, lambda fence: self.storage.append(
-                dataclasses.replace(request, fence=fence), recipients), take_back=False)
+            result = await self.appended(conversation_id, recipients, lambda fence, inboxes: (
+                self.storage.append(dataclasses.replace(request, fence=fence), recipients,
+                                    inboxes)), take_back=False)
         except ConversationNotFound as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from exc
         except StorageUnavailable as exc:

@@ -69,7 +69,8 @@ class IpconfApp:
                                       timeout_s=settings.links.rpc_deadline_s / 2,
                                       tls=settings.tls)
         instances = registry.Instances(self.redis, settings.links.registry_ttl_s)
-        self.cache = registry.CachedInstances(instances, "gateway", 1.0)
+        self.cache = registry.CachedInstances(instances, "gateway",
+                                              registry.DISPATCH_MAX_AGE_S)
         self.directory = RedisDirectory(self.cache)
         self.base_url = ""
         self._runner: web.AppRunner | None = None

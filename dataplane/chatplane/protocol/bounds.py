@@ -46,6 +46,7 @@ MAX_SYNC_CURSORS = 10_000  # large-group cursors in one SyncRequest
 MAX_HEADS_PER_CALL = 10_000  # ids in one Im.InboxHeads / Im.GroupHeads call
 # sends of one device per Im.HandleSends call (the gateway batches at most this many)
 MAX_SENDS_PER_CALL = 256
+MAX_FANOUT_ENTRIES = 256  # messages in one Im.FanOut call
 MAX_MESSAGE_ID_BYTES = 64
 MAX_DEVICE_BYTES = 256  # a device as im sees it: a client's, or an instance's event device
 MAX_EVENT_PAYLOAD_BYTES = 64 * 1024
@@ -297,6 +298,11 @@ CALL_RULES: dict[str, tuple[Rule, ...]] = {
                      Text("content_type", MAX_CONTENT_TYPE_BYTES),
                      Text("payload", MAX_EVENT_PAYLOAD_BYTES)),
     "inbox_heads": (UserIds("user_ids", MAX_HEADS_PER_CALL),),
+    # im -> im: a batch of one conversation's messages (im/inboxes.py: 64 at
+    # most), each with the users of a group (10,000+ members) owned there
+    "fan_out": (ConversationId("conversation_id"),
+                Repeated("entries", MAX_FANOUT_ENTRIES,
+                         (Int("seq", low=1), UserIds("user_ids", MAX_HEADS_PER_CALL)))),
     "group_heads": (Repeated("conversation_ids", MAX_HEADS_PER_CALL, ()),),
     "hello": (Text("region", MAX_REGION_BYTES), Text("cluster", MAX_REGION_BYTES),
               Text("nonce", MAX_NONCE_BYTES)),

@@ -28,6 +28,10 @@ from chatplane.settings import Tls
 
 log = logging.getLogger("chatplane.registry")
 
+# How old ipconf's list of gateways may be (its CachedInstances' max age). A draining
+# gateway waits this long after publishing its draining flag before it sends anyone away.
+DISPATCH_MAX_AGE_S = 1.0
+
 
 def instance_key(kind: str, instance_id: str) -> str:
     return f"cp:{kind}:{instance_id}"

@@ -1,9 +1,9 @@
 """One process's own device routes, mirrored into Redis (`chatplane up`).
 
-`chatplane up` keeps its routes in memory: one process holds every
-connection, so memory is the authority and nothing in `up` reads the mirror
-back. With a Redis URL it also writes them to the `cp:route:<uid>` hashes
-that the cluster's state tier keeps (registry/routes.py), so presence and
+`chatplane up` keeps its routes in memory (its state tier's `MemoryRoutes`):
+one process holds every connection, so memory is the authority and nothing
+in `up` reads the mirror back. With a Redis URL it also writes them to the `cp:route:<uid>` hashes
+that the cluster's state tier keeps (routes/redis.py), so presence and
 tooling that read the registry see an `up` node like any gateway.
 
 The mirror is never in the login path: writes are batched in the background,
@@ -21,7 +21,7 @@ from typing import Protocol
 
 from redis.exceptions import RedisError
 
-from chatplane.registry.routes import ROUTE_REFRESH_S, RouteEntry, Routes
+from chatplane.routes.base import ROUTE_REFRESH_S, RouteEntry, Routes
 from chatplane.supervision import Supervisor
 
 log = logging.getLogger("chatplane.registry")
@@ -97,7 +97,7 @@ class RouteMirror:
         periodically so they outlive their TTL)."""
         entries = [self._entry(link) for link in self.live() if link.user_id]
         for start in range(0, len(entries), 1000):
-            await self.routes.register(entries[start:start + 1000])
+            await self.routes.refresh(entries[start:start + 1000])
 
     def start(self, supervisor: Supervisor) -> None:
         self._refresher = supervisor.spawn("route-mirror-refresh", self._refresh_forever)

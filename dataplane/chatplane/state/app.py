@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from chatplane import metrics
 from chatplane.registry import instances as registry
-from chatplane.registry.routes import Routes
+from chatplane.routes.redis import RedisRoutes
 from chatplane.rpc import serving
 from chatplane.rpc.adminport import probes_app, start_admin
 from chatplane.rpc.linksecurity import LinkSecurity
@@ -42,7 +42,7 @@ class StateApp:
         self.security = LinkSecurity.from_settings(settings, "state")
         self.peers = Peers(links.rpc_deadline_s, self.security)
         self.servicer = StateServicer(
-            Routes(self.redis), registry.CachedInstances(self.instances, "gateway", 1.0), self.peers,
+            RedisRoutes(self.redis), registry.CachedInstances(self.instances, "gateway", 1.0), self.peers,
             group_interval_ms=settings.social.group_push_interval_ms,
             group_max_messages=settings.social.group_push_max_messages)
         self.grpc_address = ""

@@ -35,7 +35,7 @@ import grpc
 from redis.exceptions import RedisError
 
 from chatplane.registry.instances import CachedInstances
-from chatplane.registry.routes import Routes
+from chatplane.routes.base import Routes
 from chatplane.rpc.peers import Peers
 from chatplane.slicing import TimeSlice
 from chatplane.state.groups import GroupFanout

@@ -1,7 +1,7 @@
 """The state tier's gRPC service: routes, presence, and downlink routing.
 
 State keeps no connection state in its own memory: routes live in Redis
-(`registry.routes`), so any state instance serves any request, and one that
+(`routes/redis.py`), so any state instance serves any request, and one that
 is killed costs nothing but the calls in flight — their callers retry on
 another instance (every call here is idempotent).
 
@@ -30,7 +30,8 @@ from redis.exceptions import RedisError
 from chatplane import tracing
 from chatplane.metrics import Histogram, Readings
 from chatplane.registry.instances import CachedInstances
-from chatplane.registry.routes import RouteEntry, Routes
+from chatplane.routes import base as routing
+from chatplane.routes.base import RouteEntry, Routes
 from chatplane.rpc import convert
 from chatplane.rpc.peers import Peers
 from chatplane.state.relay import GroupRelay
@@ -98,9 +99,9 @@ class StateServicer(sgrpc.StateServicer):
             old = [k for k, e in zip(kicked, entries, strict=True) if k is not None and k != e]
             refused = [k for k, e in zip(kicked, entries, strict=True) if k == e]
             if old:
-                await self._kick(old, "the device logged in on another connection")
+                await self._kick(old, routing.REPLACED)
             if refused:
-                await self._kick(refused, "the device logged in on a newer connection")
+                await self._kick(refused, routing.REFUSED)
             return spb.RegisterReply()
 
     async def Unregister(self, request: spb.UnregisterRequest,

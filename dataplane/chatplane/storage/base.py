@@ -15,7 +15,7 @@ the original result instead of a second message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -90,9 +90,12 @@ class SendRequest:
 class AppendResult:
     message: StoredMessage
     duplicate: bool
-    # One entry per recipient, in the order given; empty for a duplicate (the
-    # original append already delivered them).
+    # One entry per recipient written now, in the order given; empty for a
+    # duplicate (the original append already delivered them).
     inbox: tuple[InboxItem, ...] = ()
+    # Recipients whose entries were not written (not among `inboxes`): the
+    # caller has them written by `fan_out`, then calls `fanned_out`.
+    owed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,13 +206,42 @@ class Storage(Protocol):
         From then on an append fenced with an older epoch raises Fenced.
         Works before the conversation exists (a group about to be created)."""
 
-    async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
+    async def append(self, request: SendRequest, recipients: Sequence[str],
+                     inboxes: Collection[str] | None = None) -> AppendResult:
         """Sequence and store one message, and append it to each recipient's
         inbox, atomically. Recipients are distinct user ids (callers pass each
         once). Idempotent on (conversation, sender, device, cid). With
         `request.fence`, the seq is claimed only while that epoch is the
         conversation's lease epoch, in the same transaction (or LWT) as the
-        claim. Raises ConversationNotFound, StorageUnavailable, Fenced."""
+        claim. Raises ConversationNotFound, StorageUnavailable, Fenced.
+
+        `inboxes`: write entries now only for the recipients in it (in a
+        cluster, the users whose inboxes this instance sequences); the others
+        are returned as `owed`. The message stays unfinished until
+        `fanned_out`: a later taker of the conversation may finish it."""
+
+    async def fan_out(self, conversation_id: str,
+                      entries: Sequence[tuple[int, Sequence[str]]],
+                      fresh: Collection[int] = ()) -> list[InboxItem]:
+        """The inbox entries of stored messages, (seq, users) ascending by
+        seq: found when written before, else written now, each inbox's in seq
+        order. Idempotent, except for the seqs in `fresh`: entries nobody was
+        asked for before, written without looking for an earlier one (the
+        look is a read per entry; on CQL a scan of the inbox's recent rows).
+        Raises StorageUnavailable, also for a seq it cannot read (the entries
+        before it may be written: a retry finds them); an unseen message is
+        never taken for one with nothing to fan out."""
+
+    async def fanned_out(self, conversation_id: str, seqs: Sequence[int]) -> None:
+        """Every recipient of these messages has its entry: they are finished
+        (a taker of the conversation need not look at them)."""
+
+    async def unfinished(self, conversation_id: str) -> list[tuple[int, tuple[str, ...]]]:
+        """(seq, users) ascending, covering every message of the conversation
+        stored with entries owed and not `fanned_out` yet (the users owed, or
+        more): the conversation's new owner fans them out again before its
+        first append. It may name recent messages that are finished (CQL: a
+        done mark waits for the next batch); fanning out finds their entries."""
 
     async def inbox(self, user_id: str, after_seq: int, limit: int) -> list[InboxItem]:
         """Inbox entries with inbox_seq > after_seq, ascending, at most limit."""
@@ -238,10 +270,12 @@ class Storage(Protocol):
 
     async def apply_membership(self, conversation_id: str, change: MembershipChange,
                                event: SendRequest,
-                               recipients: Sequence[str] | None = None) -> AppendResult:
+                               recipients: Sequence[str] | None = None,
+                               inboxes: Collection[str] | None = None) -> AppendResult:
         """Apply a group change and append `event` (a system message) atomically.
         The event goes to the inboxes of `recipients`, by default the members
-        before and after the change (a removed member sees its removal).
+        before and after the change (a removed member sees its removal);
+        `inboxes` as in append (recipients not in it are `owed`).
         Idempotent on the event's cid like append. Raises ConversationNotFound
         (no such group, unless change.create)."""
 

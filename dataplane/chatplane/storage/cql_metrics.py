@@ -38,6 +38,9 @@ class CqlStats:
         self.batch_sizes = [0] * (len(BATCH_BUCKETS) + 1)
         self.batch_sum = 0
         self.appends = 0
+        # sequences taken (scylla_seq.py), by kind: "conversation" or "inbox";
+        # inbox takes stay near zero while each inbox has one writer (im/inboxes.py)
+        self.takes: Counter[str] = Counter()
 
     def request(self, kind: str, seconds: float, *, conditional: bool, failed: bool) -> None:
         with self._lock:
@@ -49,6 +52,10 @@ class CqlStats:
             self.latency_sum[kind] = self.latency_sum.get(kind, 0.0) + seconds
             counts = self.latency_buckets.setdefault(kind, [0] * (len(BUCKETS) + 1))
             counts[_slot(BUCKETS, seconds)] += 1
+
+    def took(self, sequence: str) -> None:
+        with self._lock:
+            self.takes[sequence] += 1
 
     def carried(self, kinds: list[str]) -> None:
         """The statements of one request (one, or a batch's)."""
@@ -73,6 +80,9 @@ class CqlStats:
                                  "CQL requests that failed, by kind", "kind", self.errors),
                 metrics.counter("chatplane_storage_appends_total",
                                 "Messages stored (appends and group events)", self.appends),
+                metrics.labelled("counter", "chatplane_cql_sequence_takes_total",
+                                 "Sequences taken by this process (a conditional write and a"
+                                 " seal each), by sequence kind", "sequence", self.takes),
             ]
             latency = HistogramMetricFamily("chatplane_cql_request_seconds",
                                             "Driver latency of CQL requests, by kind",

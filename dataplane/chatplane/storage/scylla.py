@@ -23,7 +23,7 @@ the original.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import Metric
@@ -47,7 +47,7 @@ from chatplane.storage.base import (
     direct_conversation_id,
     events_conversation_id,
 )
-from chatplane.storage.scylla_append import Appender
+from chatplane.storage.scylla_append import RECOVER_TAIL, Appender
 from chatplane.storage.scylla_flush import Flusher
 from chatplane.storage.scylla_heads import Heads
 from chatplane.storage.scylla_statements import Statements, message_from_row
@@ -186,23 +186,57 @@ class ScyllaStorage(social.SocialMethods):
 
     # -- append --------------------------------------------------------------
 
-    async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
-        return await self._sequence(request, recipients, None)
+    async def append(self, request: SendRequest, recipients: Sequence[str],
+                     inboxes: Collection[str] | None = None) -> AppendResult:
+        return await self._sequence(request, recipients, None, inboxes)
 
     async def apply_membership(self, conversation_id: str, change: MembershipChange,
                                event: SendRequest,
-                               recipients: Sequence[str] | None = None) -> AppendResult:
+                               recipients: Sequence[str] | None = None,
+                               inboxes: Collection[str] | None = None) -> AppendResult:
         if event.conversation_id != conversation_id:
             raise StorageError(f"event for {event.conversation_id} applied to {conversation_id}")
         if change.create:
             await self._create(conversation_id, GROUP, event.sent_at_ms, ())
-        return await self._sequence(event, recipients, change)
+        return await self._sequence(event, recipients, change, inboxes)
 
     async def _sequence(self, request: SendRequest, recipients: Sequence[str] | None,
-                        change: MembershipChange | None) -> AppendResult:
+                        change: MembershipChange | None,
+                        inboxes: Collection[str] | None) -> AppendResult:
         if self._flusher is None:
             raise StorageUnavailable("storage is not open")
-        return await self._flusher.submit(request, recipients, change)
+        return await self._flusher.submit(request, recipients, change,
+                                          None if inboxes is None else frozenset(inboxes))
+
+    async def fan_out(self, conversation_id: str,
+                      entries: Sequence[tuple[int, Sequence[str]]],
+                      fresh: Collection[int] = ()) -> list[InboxItem]:
+        appender = self._appender
+        if appender is None:
+            raise StorageUnavailable("storage is not open")
+        return await appender.fan_out(conversation_id, entries, verify=not self.sole_writer,
+                                      fresh=frozenset(fresh))
+
+    async def fanned_out(self, conversation_id: str, seqs: Sequence[int]) -> None:
+        if self._appender is not None:
+            self._appender.finished(conversation_id, seqs)
+
+    async def unfinished(self, conversation_id: str) -> list[tuple[int, tuple[str, ...]]]:
+        """The newest messages without their done mark (a take's recovery
+        finished and marked the older ones; these may just wait for the next
+        batch's mark): fanning them out again finds their entries."""
+        _, _, heads = self._parts()
+        appender = self._appender
+        assert appender is not None
+        async with heads.conversation_state(conversation_id).lock:
+            try:
+                holder = await appender.conversation_holder(conversation_id, None)
+            except BaseException:
+                appender.drop_conversation(conversation_id)
+                raise
+        rows = await heads.timeline_rows_down(conversation_id, holder.next - 1, RECOVER_TAIL)
+        return [(int(row["seq"]), tuple(row["recipients"] or ())) for row in rows
+                if not row["fanned_out"] and row["recipients"]]
 
     # -- sequencing leases (docs/storage.md, "Seq blocks and the fence") -------
 

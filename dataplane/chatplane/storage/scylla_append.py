@@ -171,19 +171,22 @@ class Appender:
 
     # -- writing -------------------------------------------------------------
 
-    async def write(self, batch: Sequence[tuple[StoredMessage, Sequence[str], str | None]],
+    async def write(self, batch: Sequence[tuple[StoredMessage, Sequence[str], Sequence[str],
+                                                str | None]],
                     holder: Holder, appended_at: int, *, verify: bool,
                     fenced: bool) -> list[list[InboxItem]]:
         """Store new messages at consecutive seqs of holder (allocated by the
         caller, all in one timeline bucket), each given with its recipients
-        and group change, with one inbox entry per distinct recipient.
+        (all recorded in its row), the recipients to write entries for now,
+        and its group change. A message whose entries are not all written is
+        left unfinished until `finished` (or the next taker's recovery).
         verify: others may write the same sequences (two steps, each
         checked); fenced: the appends carry a lease epoch (a conversation
         taken meanwhile raises Fenced, else Taken)."""
         st, heads = self.st, self.heads
         conversation_id = batch[0][0].conversation_id
         rows: list[Item] = []
-        for message, recipients, membership in batch:
+        for message, recipients, _, membership in batch:
             seq = message.seq
             rows += [
                 (st.write_message, (conversation_id, heads.message_bucket_of(seq), seq,
@@ -201,11 +204,14 @@ class Appender:
         for previous in self._unmarked.pop(conversation_id, ()):
             rows.append((st.mark_done, (holder.ts, conversation_id,
                                         heads.message_bucket_of(previous), previous)))
-        for message, _, _ in batch:  # from now on they may be stored: resends read the log
+        for message, _, _, _ in batch:  # from now on they may be stored: resends read the log
             self.sent(message)
-        inboxes = await self._with_inboxes([(m, r) for m, r, _ in batch], holder, appended_at,
+        inboxes = await self._with_inboxes([(m, w) for m, _, w, _ in batch], holder, appended_at,
                                            rows, verify=verify, resume=False, fenced=fenced)
-        self._unmarked[conversation_id] = [message.seq for message, _, _ in batch]
+        # done in the next batch; those with entries owed elsewhere once `finished`
+        self._unmarked.setdefault(conversation_id, []).extend(
+            message.seq for message, recipients, written, _ in batch
+            if len(written) == len(recipients))
         self.db.stats.appends += len(batch)
         return inboxes
 
@@ -215,16 +221,17 @@ class Appender:
             message.cid // self.heads.cid_bucket, message.cid, message.seq, holder.ts))
 
     async def _with_inboxes(self, batch: Sequence[tuple[StoredMessage, Sequence[str]]],
-                            holder: Holder, appended_at: int, rows: list[Item],
-                            *, verify: bool, resume: bool,
-                            fenced: bool = False) -> list[list[InboxItem]]:
+                            holder: Holder | None, appended_at: int, rows: list[Item],
+                            *, verify: bool, resume: bool, fenced: bool = False,
+                            fresh: frozenset[int] = frozenset()) -> list[list[InboxItem]]:
         users = sorted({user for _, recipients in batch for user in recipients})
         async with contextlib.AsyncExitStack() as stack:
             for user in users:  # sorted: two appends never wait on each other's users
                 await stack.enter_async_context(self.heads.inbox_lock(user))
             try:
                 numbers = await self._write_locked(batch, holder, users, appended_at, rows,
-                                                   verify=verify, resume=resume, fenced=fenced)
+                                                   verify=verify, resume=resume, fenced=fenced,
+                                                   fresh=fresh)
             except BaseException:
                 for user in users:  # their next entry may be written or not: take again
                     self.blocks.drop(inbox_key(user))
@@ -233,13 +240,13 @@ class Appender:
                 for message, recipients in batch]
 
     async def _write_locked(self, batch: Sequence[tuple[StoredMessage, Sequence[str]]],
-                            holder: Holder, users: list[str], appended_at: int,
+                            holder: Holder | None, users: list[str], appended_at: int,
                             rows: list[Item], *, verify: bool, resume: bool,
-                            fenced: bool) -> dict[tuple[int, str], int]:
+                            fenced: bool, fresh: frozenset[int]) -> dict[tuple[int, str], int]:
         numbers: dict[tuple[int, str], int] = {}
         conversation_id = batch[0][0].conversation_id
         pending, search = users, set(users) if resume else set()
-        if verify:  # step 1: the conversation's rows, while it is still ours
+        if verify and holder is not None:  # step 1: the conversation's rows, while it is still ours
             await self._send(rows)
             rows = []
             if await self.blocks.current([holder]):
@@ -255,7 +262,7 @@ class Appender:
                         continue
                     found = (await self.heads.find_entry(user, message, appended_at,
                                                          holders[user].next - 1)
-                             if user in search else None)
+                             if user in search and message.seq not in fresh else None)
                     if found is not None:
                         numbers[(message.seq, user)] = found
                         continue
@@ -280,6 +287,7 @@ class Appender:
             for user in pending:
                 self.blocks.drop(inbox_key(user))
             search |= set(pending)
+            fresh = frozenset()  # this attempt may have written them: look from now on
             await backoff()
         raise StorageUnavailable(f"inboxes of {conversation_id} keep being taken by other "
                                  "writers, retry")
@@ -359,6 +367,35 @@ class Appender:
                                          int(rows[0]["appended_at_ms"] or 0), [],
                                          verify=True, resume=True)
         return found[0]
+
+    async def fan_out(self, conversation_id: str, entries: Sequence[tuple[int, Sequence[str]]],
+                      *, verify: bool, fresh: frozenset[int] = frozenset()) -> list[InboxItem]:
+        """Storage.fan_out: the entries of stored messages for the given users,
+        found or written under this process's holders of their inboxes (no
+        hold on the conversation: its owner asked for them); the seqs in
+        `fresh` are written without looking for an earlier attempt's entry."""
+        ordered = sorted(entries, key=lambda entry: entry[0])
+        read = await cql.gather_bounded(
+            self.heads.read_message_rows(conversation_id, seq, serial=False)
+            for seq, _ in ordered)
+        batch: list[tuple[StoredMessage, Sequence[str]]] = []
+        appended_at: int | None = None
+        for (seq, users), rows in zip(ordered, read, strict=True):
+            if not rows:  # unseen (or gone): retriable, never skipped as done
+                raise StorageUnavailable(f"{conversation_id}#{seq} not readable")
+            batch.append((message_from_row(rows[0]), list(dict.fromkeys(users))))
+            at = int(rows[0]["appended_at_ms"] or 0)
+            appended_at = at if appended_at is None else min(appended_at, at)
+        if not batch:
+            return []
+        found = await self._with_inboxes(batch, None, appended_at or 0, [], verify=verify,
+                                         resume=True, fresh=fresh)
+        return [item for items in found for item in items]
+
+    def finished(self, conversation_id: str, seqs: Sequence[int]) -> None:
+        """Storage.fanned_out: marked done with the conversation's next batch
+        (lost with a failed batch: the next taker looks at them again)."""
+        self._unmarked.setdefault(conversation_id, []).extend(seqs)
 
     # -- recovery ------------------------------------------------------------
 

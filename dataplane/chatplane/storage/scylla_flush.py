@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,7 @@ class Pending:
     request: SendRequest
     recipients: Sequence[str] | None
     change: MembershipChange | None
+    inboxes: Collection[str] | None = None  # None: every recipient's entry now
     waiter: asyncio.Future[AppendResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -71,8 +72,9 @@ class Flusher:
         self._running: dict[str, asyncio.Future[None]] = {}
 
     async def submit(self, request: SendRequest, recipients: Sequence[str] | None,
-                     change: MembershipChange | None) -> AppendResult:
-        pending = Pending(request, recipients, change)
+                     change: MembershipChange | None,
+                     inboxes: Collection[str] | None = None) -> AppendResult:
+        pending = Pending(request, recipients, change, inboxes)
         conversation_id = request.conversation_id
         self._queues.setdefault(conversation_id, []).append(pending)
         if conversation_id not in self._running:
@@ -168,7 +170,10 @@ class Flusher:
                     before = await social.member_ids(db, st, conversation_id)
                     recipients = sorted(set(before) | set(social.members_after(
                         before, pending.change)))
-            batch.append((_message_at(pending.request, first + offset), list(recipients or ()),
+            everyone = list(recipients or ())
+            written = everyone if pending.inboxes is None else [
+                user for user in everyone if user in pending.inboxes]
+            batch.append((_message_at(pending.request, first + offset), everyone, written,
                           membership))
         try:
             inboxes = await appender.write(batch, holder, int(time.time() * 1000),
@@ -176,13 +181,16 @@ class Flusher:
                                            fenced=fence is not None)
         except Taken:
             appender.interrupted.setdefault(conversation_id, set()).update(
-                message.message_id for message, _, _ in batch)
+                message.message_id for message, _, _, _ in batch)
             raise
-        for pending, (message, _, _), inbox in zip(todo, batch, inboxes, strict=True):
+        for pending, (message, everyone, written, _), inbox in zip(todo, batch, inboxes,
+                                                                   strict=True):
             if pending.change is not None:  # after the event is stored: a retry re-applies it
                 await social.apply_change(db, st, conversation_id, pending.change, message.seq,
                                           message.sent_at_ms)
-            pending.resolve(AppendResult(message, duplicate=False, inbox=tuple(inbox)))
+            owed = tuple(user for user in everyone if user not in written)
+            pending.resolve(AppendResult(message, duplicate=False, inbox=tuple(inbox),
+                                         owed=owed))
             key = (message.sender, message.sender_device, message.cid)
             for follower in followers.get(key, ()):
                 follower.resolve(AppendResult(message, duplicate=True))

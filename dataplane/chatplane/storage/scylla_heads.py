@@ -22,6 +22,10 @@ from chatplane.storage.base import SendRequest, StoredMessage
 from chatplane.storage.scylla_statements import Statements, message_from_row
 
 STATE_CACHE = 100_000
+# Range tombstones per request of a seal: a block spans many small buckets
+# (a block of 1,000 over buckets of 4 is 250 partitions), and one batch over
+# hundreds of partitions times out on a busy node, failing the take.
+SEAL_PARTITIONS = 16
 RESUME_SCAN_SKEW_MS = 60_000  # clock skew tolerated when finding a half-done fan-out
 
 
@@ -134,7 +138,7 @@ class Heads:
             for bucket in range(self.message_bucket_of(top + 1),
                                      self.message_bucket_of(reserved) + 1)]
         items.append((self.st.set_conversation_head, (ts + 1, top, conversation_id)))
-        await self.db.run_batch(items)
+        await self._seal(items)
 
     async def seal_inbox(self, user_id: str, top: int, reserved: int, ts: int) -> None:
         items: list[tuple[Any, tuple[Any, ...]]] = [
@@ -142,7 +146,14 @@ class Heads:
             for bucket in range(self.inbox_bucket_of(top + 1),
                                      self.inbox_bucket_of(reserved) + 1)]
         items.append((self.st.set_inbox_hint, (ts + 1, top, user_id)))
-        await self.db.run_batch(items)
+        await self._seal(items)
+
+    async def _seal(self, items: list[tuple[Any, tuple[Any, ...]]]) -> None:
+        """A seal's tombstones (at one fixed timestamp: a resent or repeated
+        chunk writes the same tombstone) in requests of SEAL_PARTITIONS,
+        concurrently; the take waits for all of them."""
+        await cql.gather_bounded(self.db.run_batch(items[i:i + SEAL_PARTITIONS])
+                                 for i in range(0, len(items), SEAL_PARTITIONS))
 
     def inbox_lock(self, user_id: str) -> asyncio.Lock:
         return self._inboxes.get_state(user_id).lock

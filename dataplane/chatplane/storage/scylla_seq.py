@@ -139,6 +139,7 @@ class Blocks:
         else:
             raise StorageUnavailable(f"could not take {key} (others keep taking it)")
         self.takes += 1
+        self.db.stats.took("inbox" if key.startswith("i:") else "conversation")
         top = await head()
         if old_reserved is not None and old_reserved > top:
             await seal(top, old_reserved, ts_base)

@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,6 +119,15 @@ CREATE TABLE IF NOT EXISTS leases (
     epoch INTEGER NOT NULL,
     owner TEXT NOT NULL
 ) WITHOUT ROWID;
+-- Messages whose inbox entries other instances still owe (a cluster's one
+-- writer per inbox, im/inboxes.py), until `fanned_out`: the conversation's
+-- next owner finishes them. New without a version bump, like revocations.
+CREATE TABLE IF NOT EXISTS fanouts (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    users TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY,
     display_name TEXT NOT NULL,
@@ -174,11 +183,13 @@ class _SocialMethods:
 
     async def apply_membership(self, conversation_id: str, change: MembershipChange,
                                event: SendRequest,
-                               recipients: Sequence[str] | None = None) -> AppendResult:
+                               recipients: Sequence[str] | None = None,
+                               inboxes: Collection[str] | None = None) -> AppendResult:
         chosen = None if recipients is None else tuple(recipients)
+        local = None if inboxes is None else frozenset(inboxes)
         result: AppendResult = await self._write(
             lambda writer: writer.apply_membership(conversation_id, change, event,
-                                                   event.sent_at_ms, chosen))
+                                                   event.sent_at_ms, chosen, local))
         return result
 
     async def members(self, conversation_id: str) -> list[Member]:
@@ -593,9 +604,41 @@ class SqliteStorage(_SocialMethods):
         epoch: int = await self._write(lambda writer: writer.acquire(conversation_id, owner))
         return epoch
 
-    async def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
-        result: AppendResult = await self._write(AppendJob(request, tuple(recipients)))
+    async def append(self, request: SendRequest, recipients: Sequence[str],
+                     inboxes: Collection[str] | None = None) -> AppendResult:
+        result: AppendResult = await self._write(AppendJob(
+            request, tuple(recipients), None if inboxes is None else frozenset(inboxes)))
         return result
+
+    async def fan_out(self, conversation_id: str,
+                      entries: Sequence[tuple[int, Sequence[str]]],
+                      fresh: Collection[int] = ()) -> list[InboxItem]:
+        chosen = [(seq, tuple(users)) for seq, users in entries]
+        new = frozenset(fresh)
+        items: list[InboxItem] = await self._write(
+            lambda writer: writer.fan_out(conversation_id, chosen, new))
+        return items
+
+    async def fanned_out(self, conversation_id: str, seqs: Sequence[int]) -> None:
+        done = [(conversation_id, seq) for seq in seqs]
+
+        def forget(writer: Writer) -> None:
+            writer.db.executemany("DELETE FROM fanouts WHERE conversation_id = ? AND seq = ?",
+                                  done)
+
+        if done:
+            await self._write(forget)
+
+    async def unfinished(self, conversation_id: str) -> list[tuple[int, tuple[str, ...]]]:
+        def read(db: sqlite3.Connection) -> list[tuple[int, tuple[str, ...]]]:
+            # messages gone since (retention) have nothing left to fan out
+            rows = db.execute("SELECT f.seq, f.users FROM fanouts f JOIN messages m"
+                              " ON m.conversation_id = f.conversation_id AND m.seq = f.seq"
+                              " WHERE f.conversation_id = ? ORDER BY f.seq",
+                              (conversation_id,)).fetchall()
+            return [(int(seq), tuple(json.loads(users))) for seq, users in rows]
+
+        return await self._read(read)
 
     async def inbox(self, user_id: str, after_seq: int, limit: int) -> list[InboxItem]:
         columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))

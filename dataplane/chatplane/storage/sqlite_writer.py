@@ -17,8 +17,9 @@ what the writer cached, and `check_integrity` refuses a damaged file.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from chatplane.storage.base import (
     StoredMessage,
 )
 
+FIND_BACK = 10_000  # inbox entries fan_out looks back for one written before
 MAX_CID_CACHE = 100_000  # (conversation, sender, device) keys; cleared when full
 
 MESSAGE_COLUMNS = (
@@ -229,7 +231,8 @@ class Writer:
             " AND sender_device = ? AND cid = ?", (*key, request.cid)).fetchone()
         return None if row is None else message_from_row(row)
 
-    def append(self, request: SendRequest, recipients: Sequence[str]) -> AppendResult:
+    def append(self, request: SendRequest, recipients: Sequence[str],
+               inboxes: Collection[str] | None = None) -> AppendResult:
         db = self.db
         self.check_fence(request)
         head = self.conv_head(request.conversation_id)
@@ -270,25 +273,57 @@ class Writer:
         # one's own message is read by definition: it never counts as unread
         self.dirty_reads[(request.sender, request.conversation_id)] = seq
         self.conv_heads[request.conversation_id] = seq
+        items = [self.add_entry(user_id, message) for user_id in recipients
+                 if inboxes is None or user_id in inboxes]
+        owed = () if inboxes is None else tuple(u for u in recipients if u not in inboxes)
+        if owed:  # with the message: the next owner finishes it if this one cannot
+            self.db.execute("INSERT INTO fanouts (conversation_id, seq, users) VALUES (?, ?, ?)",
+                            (message.conversation_id, seq, json.dumps(owed)))
+        return AppendResult(message=message, duplicate=False, inbox=tuple(items), owed=owed)
+
+    def add_entry(self, user_id: str, message: StoredMessage) -> InboxItem:
+        """The user's next inbox entry, referencing `message`."""
+        inbox_seq = self.inbox_head(user_id) + 1
+        entry = (user_id, inbox_seq, message.conversation_id, message.seq)
+        if self.deferring:
+            self.pending_inbox.append(entry)
+        else:
+            self.db.execute(
+                "INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq) VALUES (?, ?, ?, ?)",
+                entry)
+        self.dirty_inbox[user_id] = inbox_seq
+        self.inbox_heads[user_id] = inbox_seq
+        return InboxItem(user_id=user_id, inbox_seq=inbox_seq, message=message)
+
+    def fan_out(self, conversation_id: str, entries: Sequence[tuple[int, Sequence[str]]],
+                fresh: Collection[int] = frozenset()) -> list[InboxItem]:
+        """Storage.fan_out: each (seq, user) entry found, or added."""
         items = []
-        for user_id in recipients:
-            inbox_seq = self.inbox_head(user_id) + 1
-            entry = (user_id, inbox_seq, request.conversation_id, seq)
-            if self.deferring:
-                self.pending_inbox.append(entry)
-            else:
-                db.execute(
-                    "INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq) VALUES (?, ?, ?, ?)",
-                    entry)
-            self.dirty_inbox[user_id] = inbox_seq
-            self.inbox_heads[user_id] = inbox_seq
-            items.append(InboxItem(user_id=user_id, inbox_seq=inbox_seq, message=message))
-        return AppendResult(message=message, duplicate=False, inbox=tuple(items))
+        for seq, users in sorted(entries, key=lambda entry: entry[0]):
+            row = self.db.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE"
+                                  " conversation_id = ? AND seq = ?",
+                                  (conversation_id, seq)).fetchone()
+            if row is None:  # never taken for "done": the caller retries, or gives up loudly
+                raise StorageUnavailable(f"{conversation_id}#{seq} is not stored")
+            message = message_from_row(row)
+            for user_id in dict.fromkeys(users):
+                # a range of the user's newest rows (primary key): an entry
+                # written before lies near the head; one older than that is
+                # written again (a duplicate entry, which clients drop)
+                found = None if seq in fresh else self.db.execute(
+                    "SELECT inbox_seq FROM inbox WHERE user_id = ? AND inbox_seq > ?"
+                    " AND conversation_id = ? AND seq = ?",
+                    (user_id, self.inbox_head(user_id) - FIND_BACK, conversation_id,
+                     seq)).fetchone()
+                items.append(InboxItem(user_id, int(found[0]), message) if found is not None
+                             else self.add_entry(user_id, message))
+        return items
 
 
     def apply_membership(self, conversation_id: str, change: MembershipChange,
                          event: SendRequest, now_ms: int,
-                         recipients: Sequence[str] | None) -> AppendResult:
+                         recipients: Sequence[str] | None,
+                         inboxes: Collection[str] | None = None) -> AppendResult:
         db = self.db
         self.check_fence(event)
         if change.create:
@@ -303,21 +338,24 @@ class Writer:
         before = set(social.member_ids(db, conversation_id))
         social.apply_change(db, conversation_id, change, head + 1, now_ms)
         after = set(social.member_ids(db, conversation_id))
-        return self.append(event, sorted(before | after) if recipients is None else recipients)
+        return self.append(event, sorted(before | after) if recipients is None else recipients,
+                           inboxes)
 
 
 class AppendJob:
     """The writer job of one append: only these may run with their rows queued
     (any other job of the batch sees the rows written first)."""
 
-    __slots__ = ("recipients", "request")
+    __slots__ = ("inboxes", "recipients", "request")
 
-    def __init__(self, request: SendRequest, recipients: Sequence[str]) -> None:
+    def __init__(self, request: SendRequest, recipients: Sequence[str],
+                 inboxes: Collection[str] | None = None) -> None:
         self.request = request
         self.recipients = recipients
+        self.inboxes = inboxes
 
     def __call__(self, writer: Writer) -> AppendResult:
-        return writer.append(self.request, self.recipients)
+        return writer.append(self.request, self.recipients, self.inboxes)
 
 
 # a write, its future and loop, and when it was queued (time.perf_counter())

@@ -113,6 +113,30 @@ class AppendEventReply(_message.Message):
     duplicate: bool
     def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
+class FanOutEntry(_message.Message):
+    __slots__ = ("seq", "user_ids", "fresh")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    FRESH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    fresh: bool
+    def __init__(self, seq: _Optional[int] = ..., user_ids: _Optional[_Iterable[str]] = ..., fresh: _Optional[bool] = ...) -> None: ...
+
+class FanOutRequest(_message.Message):
+    __slots__ = ("conversation_id", "entries")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    entries: _containers.RepeatedCompositeFieldContainer[FanOutEntry]
+    def __init__(self, conversation_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[FanOutEntry, _Mapping]]] = ...) -> None: ...
+
+class FanOutReply(_message.Message):
+    __slots__ = ("written",)
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    written: int
+    def __init__(self, written: _Optional[int] = ...) -> None: ...
+
 class Route(_message.Message):
     __slots__ = ("user_id", "device_id", "gateway_id", "conn_id", "opened_ms")
     USER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class ImStub:
                 request_serializer=chatplane_dot_v1_dot_services__pb2.AppendEventRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.AppendEventReply.FromString,
                 _registered_method=True)
+        self.FanOut = channel.unary_unary(
+                '/chatplane.v1.Im/FanOut',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.FanOutRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutReply.FromString,
+                _registered_method=True)
         self.HandleSends = channel.unary_unary(
                 '/chatplane.v1.Im/HandleSends',
                 request_serializer=chatplane_dot_v1_dot_services__pb2.ClientRequests.SerializeToString,
@@ -83,6 +88,12 @@ class ImServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AppendEvent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FanOut(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,6 +129,11 @@ def add_ImServicer_to_server(servicer, server):
                     servicer.AppendEvent,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.AppendEventRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.AppendEventReply.SerializeToString,
+            ),
+            'FanOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.FanOut,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.FanOutReply.SerializeToString,
             ),
             'HandleSends': grpc.unary_unary_rpc_method_handler(
                     servicer.HandleSends,
@@ -233,6 +249,33 @@ class Im:
             '/chatplane.v1.Im/AppendEvent',
             chatplane_dot_v1_dot_services__pb2.AppendEventRequest.SerializeToString,
             chatplane_dot_v1_dot_services__pb2.AppendEventReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FanOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Im/FanOut',
+            chatplane_dot_v1_dot_services__pb2.FanOutRequest.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.FanOutReply.FromString,
             options,
             channel_credentials,
             insecure,

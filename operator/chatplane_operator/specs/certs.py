@@ -69,13 +69,16 @@ def tier_identity(cluster: api.ChatCluster, region: api.Region, tier: str) -> Wa
 
 def client_identity(cluster: api.ChatCluster, region: api.Region) -> Wanted:
     """What clients dial: the public Service, the pods' DNS names (the default advertised
-    URL) and the advertised URL's host (`$(POD_NAME)` becomes a wildcard; an IP address
-    becomes an IP SAN when issued, certificates.split_names)."""
+    URL and TCP endpoint) and the hosts of advertiseURL and advertiseTCP (`$(POD_NAME)`
+    becomes a wildcard; an IP address becomes an IP SAN when issued,
+    certificates.split_names)."""
     public = f"{naming.gateway_public_name(cluster, region)}.{cluster.namespace}.svc"
     pods = naming.service_host(cluster, region, "gateway")
     names = [*_service_names(public), f"*.{pods}", f"*.{pods}.cluster.local"]
-    if region.gateway.advertise_url:
-        host = urllib.parse.urlsplit(region.gateway.advertise_url).hostname or ""
+    advertised = [region.gateway.advertise_url,
+                  f"tcp://{region.gateway.advertise_tcp}" if region.gateway.advertise_tcp else ""]
+    for url in filter(None, advertised):
+        host = urllib.parse.urlsplit(url).hostname or ""
         host = host.replace("$(pod_name)", "*")
         if host and host not in names:
             names.append(host)

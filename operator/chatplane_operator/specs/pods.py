@@ -82,6 +82,13 @@ def _advertise_url(cluster: api.ChatCluster, region: api.Region) -> str:
     return f"{scheme}://$(POD_NAME).{headless}.{cluster.namespace}.svc:{cluster.ports.http}/ws"
 
 
+def _advertise_tcp(cluster: api.ChatCluster, region: api.Region) -> str:
+    if region.gateway.advertise_tcp:
+        return region.gateway.advertise_tcp
+    headless = naming.tier_name(cluster, region, "gateway")
+    return f"$(POD_NAME).{headless}.{cluster.namespace}.svc:{cluster.ports.tcp}"
+
+
 def _env(cluster: api.ChatCluster, region: api.Region, tier: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -93,6 +100,12 @@ def _env(cluster: api.ChatCluster, region: api.Region, tier: str) -> list[dict[s
     if tier == "gateway":
         env.append({"name": "CHATPLANE_GATEWAY_ADVERTISE_URL",
                     "value": _advertise_url(cluster, region)})
+        env.append({"name": "CHATPLANE_GATEWAY_ADVERTISE_TCP",
+                    "value": _advertise_tcp(cluster, region)})
+        # A drained gateway waits for the kubelet's SIGTERM: exiting by itself would kill
+        # the preStop hook still running in it (FailedPreStopHook), and the container would
+        # be restarted in place, serving again, before the operator deletes its pod.
+        env.append({"name": "CHATPLANE_DRAIN_EXIT_WHEN_EMPTY", "value": "0"})
     return (env + config.secret_env(cluster, region)
             + certs.env(certs.mounts(cluster, region, tier)))
 
@@ -126,8 +139,9 @@ def container(cluster: api.ChatCluster, region: api.Region, tier: str) -> dict[s
     }
     if tier == "gateway":
         # CHATPLANE_ADMIN_SECRET is in the env: the drain call carries it
-        drain = ["chatplane", "drain", "--url", f"http://127.0.0.1:{cluster.ports.admin}",
-                 "--wait"]
+        # stdlib only (chatplane.drainhook): `chatplane drain` would load the whole CLI
+        drain = ["python3", "-m", "chatplane.drainhook", "--url",
+                 f"http://127.0.0.1:{cluster.ports.admin}", "--wait"]
         out["lifecycle"] = {"preStop": {"exec": {"command": drain}}}
     return out
 

@@ -1,0 +1,1 @@
+"""The `Routes` conformance suite: one behaviour, both route stores."""
