@@ -121,3 +121,24 @@ def test_unmask_is_its_own_inverse() -> None:
     assert masked == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
     assert ws.unmask(mask, masked) == data
     assert ws.unmask(mask, b"") == b""
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=20))
+def test_any_bytes_give_messages_or_one_close_code_never_a_crash(chunks: list[bytes]) -> None:
+    """Whatever a client sends: whole messages within the bound, or WsError
+    with a close code (and the reader stays broken); nothing else escapes, and
+    what the reader holds never exceeds one frame's header and payload bound."""
+    limit = 64
+    reader = ws.WsReader(limit)
+    failed: ws.WsError | None = None
+    for chunk in chunks:
+        try:
+            for opcode, payload in reader.feed_data(chunk):
+                assert opcode in (ws.BINARY, ws.TEXT, ws.CLOSE, ws.PING, ws.PONG)
+                assert len(payload) <= max(limit, 125)
+        except ws.WsError as exc:
+            assert exc.code in (ws.PROTOCOL_ERROR, ws.MESSAGE_TOO_BIG)
+            if failed is not None:
+                assert exc is failed  # broken for good: the same error again
+            failed = exc
+        assert len(reader._buffer) <= 14 + max(limit, 125) + 300  # a header, a payload, a chunk
