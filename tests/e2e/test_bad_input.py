@@ -59,7 +59,7 @@ def login_frame(token: str, request_id: int = 1) -> bytes:
 async def read_frames(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0) -> tuple[
         list[pb.Frame], bool]:
     """Frames until the server closes or goes quiet; (frames, closed)."""
-    frames = []
+    frames: list[pb.Frame] = []
     while True:
         try:
             msg = await ws.receive(timeout)
@@ -226,4 +226,42 @@ async def test_websocket_pings_are_answered_and_close_frames_closed(
             assert msg.type is aiohttp.WSMsgType.PONG and msg.data == b"are you there"
             await socket.close()
             assert socket.closed
+            assert socket.close_code == aiohttp.WSCloseCode.OK
+
+
+async def test_websocket_text_and_oversized_messages(strict_server: ServerProcess,
+                                                     strict_signer: TokenSigner) -> None:
+    """The gateway serves an upgraded socket itself (protocol/websocket.py):
+    a text message is a fatal BAD_FRAME error, and a message over twice the
+    frame limit closes the socket with 1009 before it is buffered."""
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(strict_server.url + "/ws") as socket:
+            await socket.send_bytes(login_frame(strict_signer.mint("tia")))
+            await socket.send_str("hello")
+            frames, closed = await read_frames(socket)
+            assert errors(frames) == [ErrorCode.BAD_FRAME] and closed
+        async with http.ws_connect(strict_server.url + "/ws") as socket:
+            await socket.send_bytes(b"\x00" * (2 * 4096 + 1))
+            frames, closed = await read_frames(socket)
+            assert frames == [] and closed
+            assert socket.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+
+
+async def test_bad_upgrade_is_refused_and_a_kept_alive_connection_upgrades(
+        strict_server: ServerProcess, strict_signer: TokenSigner) -> None:
+    """A bad upgrade request gets 400 from aiohttp; an upgrade on a connection
+    that already served a request (as the SDK's session reuses its dispatch
+    call's) is handed over to the gateway like a fresh one."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        async with http.get(strict_server.url + "/ws", headers={
+                "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "bad"}) as response:
+            assert response.status == 400
+        async with http.get(strict_server.url + "/healthz") as response:
+            assert response.status == 200
+        async with http.ws_connect(strict_server.url + "/ws") as socket:
+            await socket.send_bytes(login_frame(strict_signer.mint("uma")))
+            msg = await socket.receive(5)
+            assert pb.Frame.FromString(msg.data).WhichOneof("body") == "login_ack"
+            await socket.close()
             assert socket.close_code == aiohttp.WSCloseCode.OK

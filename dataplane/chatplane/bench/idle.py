@@ -1,6 +1,7 @@
 """`chatplane bench idle` (W3): C idle authenticated connections.
 
-Connects C lean clients (`rawclient.RawClient`, raw TCP, each its own user)
+Connects C lean clients (`rawclient.RawClient`, raw TCP, or with
+`--transport ws` `rawclient.WsRawClient`, WebSocket; each its own user)
 through dispatch at a set pace, holds them with heartbeats, and reports the
 time to connect (per connection: dispatch + TCP + login, p50/p99/max, and
 for all) and the gateways' resident memory per connection: the growth of
@@ -22,7 +23,7 @@ import urllib.request
 from typing import Any
 
 from chatplane.auth import TokenSigner
-from chatplane.bench.rawclient import Dispatcher, RawClient
+from chatplane.bench.rawclient import Dispatcher, RawClient, WsRawClient
 from chatplane.bench.scrape import admin_url, parse
 from chatplane.bench.spread import run_loop
 
@@ -55,11 +56,12 @@ async def gateway_urls(dispatch_url: str) -> dict[str, str]:
 
 async def connect_all(
     dispatch_url: str, signer: TokenSigner, count: int, rate: float, prefix: str, timeout_s: float,
-    ssl: ssl_.SSLContext | None = None,
+    ssl: ssl_.SSLContext | None = None, transport: str = "tcp",
 ) -> tuple[list[RawClient], Dispatcher, float]:
     dispatcher = Dispatcher(dispatch_url, ssl)
+    kind = WsRawClient if transport == "ws" else RawClient
     clients = [
-        RawClient(dispatcher, f"{prefix}{i}", signer.mint(f"{prefix}{i}", "idle")) for i in range(count)
+        kind(dispatcher, f"{prefix}{i}", signer.mint(f"{prefix}{i}", "idle")) for i in range(count)
     ]
     began = time.monotonic()
     for i, client in enumerate(clients):
@@ -83,7 +85,8 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     gateways = await gateway_urls(args.url)
     before = {g: scrape(u) for g, u in gateways.items()}
     clients, dispatcher, took = await connect_all(
-        args.url, signer, args.connections, args.rate, f"w3{secrets.token_hex(3)}-", args.timeout
+        args.url, signer, args.connections, args.rate, f"w3{secrets.token_hex(3)}-", args.timeout,
+        transport=args.transport,
     )
     beat = asyncio.get_running_loop().create_task(heartbeats(clients))
     await asyncio.sleep(args.hold)
@@ -105,6 +108,7 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     times = [c.connect_ms for c in clients]
     result = {
         "connections": len(clients),
+        "transport": args.transport,
         "offered_rate": args.rate,
         "connect_all_s": round(took, 2),
         "connect_ms": {
@@ -142,6 +146,8 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
     idle.add_argument("--data-dir", required=True, help="where the token key is")
     idle.add_argument("--connections", type=int, default=10_000)
     idle.add_argument("--rate", type=float, default=1000.0, help="connects per second")
+    idle.add_argument("--transport", choices=("tcp", "ws"), default="tcp",
+                      help="raw TCP (default) or WebSocket")
     idle.add_argument("--hold", type=float, default=5.0, help="seconds held before measuring")
     idle.add_argument("--timeout", type=float, default=120.0)
     idle.add_argument("--json", metavar="FILE")

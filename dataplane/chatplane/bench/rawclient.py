@@ -7,18 +7,22 @@ answers pushes with acks, heartbeats when asked by `heartbeat()`, and on a
 `Reconnect` frame or a lost connection goes through dispatch again (with the
 server's delay plus jitter, or a jittered backoff). `resumed` is set at each
 LoginAck; `logins` counts them. A `tcps://` endpoint is reached over TLS with the
-dispatcher's `ssl` context.
+dispatcher's `ssl` context. `WsRawClient` is the same over WebSocket (W3 with
+`--transport ws`), on aiohttp's client: heavier on the generator's side, the
+same on the server's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import ssl as ssl_
 import time
 import urllib.parse
-from typing import cast
+from collections.abc import Coroutine
+from typing import Any, cast
 
 import aiohttp
 
@@ -34,15 +38,21 @@ class Dispatcher:
         self.ssl = ssl
         self.http: aiohttp.ClientSession | None = None
 
-    async def endpoints(self, uid: str) -> list[dict[str, str]]:
+    def session(self) -> aiohttp.ClientSession:
         if self.http is None:
             self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        return self.http
+
+    async def endpoints(self, uid: str, kind: str = "tcp",
+                        http: aiohttp.ClientSession | None = None) -> list[dict[str, str]]:
+        """The gateways dispatch ranks for `uid` that offer a `kind` ("tcp"
+        or "ws") address (asked on `http`, default the shared session)."""
         query = urllib.parse.urlencode({"uid": uid})
-        async with self.http.get(
+        async with (http or self.session()).get(
             f"{self.url}/v1/dispatch?{query}", timeout=aiohttp.ClientTimeout(total=10)
         ) as response:
             body = json.loads(await response.text())
-        return [e for e in body.get("endpoints", []) if e.get("tcp")]
+        return [e for e in body.get("endpoints", []) if e.get(kind)]
 
     async def close(self) -> None:
         if self.http is not None:
@@ -161,28 +171,100 @@ class RawClient(asyncio.Protocol):
             self.drop()
             return
         for payload in payloads:
-            frame = pb.Frame.FromString(payload)
-            kind = frame.WhichOneof("body")
-            if kind == "login_ack":
-                self.inbox_seq = max(self.inbox_seq, frame.login_ack.inbox_head)
-                self.logins += 1
-                self.resumed.set()
-                waiting, self._login_waiters = self._login_waiters, []
-                for count, future in waiting:
-                    if self.logins > count:
-                        if not future.done():
-                            future.set_result(None)
-                    else:
-                        self._login_waiters.append((count, future))
-            elif kind == "push" and frame.push.entries:
-                self.inbox_seq = max(self.inbox_seq, frame.push.entries[-1].inbox_seq)
-                self._send(pb.Frame(push_ack=pb.PushAck(inbox_seq=self.inbox_seq)))
-            elif kind == "reconnect":
-                self._delay_ms = frame.reconnect.delay_ms
-                self.drop()
-            elif kind == "error" and frame.error.fatal:
-                self.drop()
+            self._on_payload(payload)
+
+    def _on_payload(self, payload: bytes) -> None:
+        frame = pb.Frame.FromString(payload)
+        kind = frame.WhichOneof("body")
+        if kind == "login_ack":
+            self.inbox_seq = max(self.inbox_seq, frame.login_ack.inbox_head)
+            self.logins += 1
+            self.resumed.set()
+            waiting, self._login_waiters = self._login_waiters, []
+            for count, future in waiting:
+                if self.logins > count:
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    self._login_waiters.append((count, future))
+        elif kind == "push" and frame.push.entries:
+            self.inbox_seq = max(self.inbox_seq, frame.push.entries[-1].inbox_seq)
+            self._send(pb.Frame(push_ack=pb.PushAck(inbox_seq=self.inbox_seq)))
+        elif kind == "reconnect":
+            self._delay_ms = frame.reconnect.delay_ms
+            self.drop()
+        elif kind == "error" and frame.error.fatal:
+            self.drop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._lost.set()
+
+
+class WsRawClient(RawClient):
+    """The same lean client over WebSocket: aiohttp's client on a session of
+    its own, like the SDK, so the upgrade may reuse the connection its
+    dispatch call was made on."""
+
+    def __init__(self, dispatcher: Dispatcher, user: str, token: str) -> None:
+        super().__init__(dispatcher, user, token)
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._sends: set[asyncio.Task[None]] = set()  # sends and closes under way
+
+    async def _connect(self) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        endpoints = await self.dispatcher.endpoints(self.user, "ws", self._http)
+        if not endpoints:
+            raise LookupError("no gateway")
+        endpoint = endpoints[0]
+        self._lost.clear()
+        ws = await asyncio.wait_for(self._http.ws_connect(
+            endpoint["ws"], ssl=self.dispatcher.ssl or True, max_msg_size=0), 10)
+        self._ws = ws
+        self.gateway = endpoint.get("gateway_id", "")
+        reading = asyncio.get_running_loop().create_task(self._read(ws))
+        self._send(
+            pb.Frame(id=1, login=pb.Login(protocol_version=1, token=self.token, inbox_seq=self.inbox_seq))
+        )
+        try:
+            await asyncio.wait_for(self.resumed.wait(), 15)
+        except BaseException:
+            reading.cancel()
+            raise
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.BINARY:
+                    self._on_payload(msg.data)
+        finally:
+            self._ws = None
+            self._lost.set()
+
+    def _spawn(self, step: Coroutine[Any, Any, Any]) -> None:
+        async def quietly() -> None:
+            with contextlib.suppress(ConnectionError):  # the read loop sees the loss
+                await step
+        task = asyncio.get_running_loop().create_task(quietly())
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    def _send(self, frame: pb.Frame) -> None:
+        if self._ws is not None and not self._ws.closed:
+            self._spawn(self._ws.send_bytes(frames.encode(frame)))
+
+    def drop(self) -> None:
+        if self._ws is not None:
+            self._spawn(self._ws.close())
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._ws is not None:
+            await self._ws.close()
+        self._lost.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()

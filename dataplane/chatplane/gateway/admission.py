@@ -13,6 +13,13 @@ complete within the header timeout (a silent socket, or one that drips its
 headers a byte at a time). aiohttp's own keep-alive timer, set to the same
 bound, closes a connection that idles between requests; a WebSocket, once
 upgraded, is the session's business (login deadline, heartbeats).
+
+aiohttp sees the socket through a `HandlerTransport`, so that the gateway
+can take it back: `GuardedHttp.hand_over` (called by the `/ws` route once
+the upgrade is accepted) writes the 101, gives the socket to the gateway's
+own WebSocket protocol and tells aiohttp's handler the connection is gone.
+The handler, its parser, the request and both of its tasks are then
+garbage; the socket stays open.
 """
 
 from __future__ import annotations
@@ -122,6 +129,43 @@ def refusal_response(reason: str) -> bytes:
             + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
+class HandlerTransport:
+    """The socket as aiohttp's handler sees it: the real transport, until the
+    socket is handed over; then closed, as far as aiohttp can tell (it may
+    neither write to nor close a socket that is no longer its own)."""
+
+    __slots__ = ("guard", "real")
+
+    def __init__(self, real: asyncio.Transport, guard: GuardedHttp) -> None:
+        self.real: asyncio.Transport | None = real
+        self.guard = guard
+
+    def __getattr__(self, name: str) -> Any:
+        # everything else a transport has (get_extra_info, pause_reading, ...)
+        if self.real is None:
+            raise ConnectionResetError("the socket was handed over")
+        return getattr(self.real, name)
+
+    def is_closing(self) -> bool:
+        return self.real is None or self.real.is_closing()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.real is not None:
+            self.real.write(data)
+
+    def writelines(self, lines: Any) -> None:
+        if self.real is not None:
+            self.real.writelines(lines)
+
+    def close(self) -> None:
+        if self.real is not None:
+            self.real.close()
+
+    def abort(self) -> None:
+        if self.real is not None:
+            self.real.abort()
+
+
 class GuardedHttp(asyncio.Protocol):
     """aiohttp's request handler behind the caps and the header timeout."""
 
@@ -132,6 +176,7 @@ class GuardedHttp(asyncio.Protocol):
         self.ip = ""
         self.admitted = False
         self.transport: asyncio.Transport | None = None
+        self._lent: HandlerTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -145,7 +190,31 @@ class GuardedHttp(asyncio.Protocol):
         self.admitted = True
         self._timer = asyncio.get_running_loop().call_later(self.header_timeout_s,
                                                             self._header_deadline)
-        self.handler.connection_made(transport)
+        self._lent = HandlerTransport(self.transport, self)
+        self.handler.connection_made(self._lent)
+
+    def hand_over(self, answer: bytes, take: Callable[[str], asyncio.Protocol]) -> None:
+        """Write `answer` (the 101), then give the socket to `take(ip)`'s
+        protocol, which owns the admission count of `ip` from now on (it
+        calls `Admission.release`); aiohttp's handler is told the connection
+        is lost and lets go of everything it held for it. Bytes a client
+        sent before the answer (RFC 6455 forbids it) go with aiohttp."""
+        transport, lent = self.transport, self._lent
+        if transport is None or lent is None or not self.admitted or transport.is_closing():
+            raise ConnectionResetError("the socket is closed")
+        lent.real = None
+        self.admitted, self.transport, self._lent = False, None, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport.write(answer)
+        protocol = take(self.ip)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if not transport.is_reading():  # aiohttp may have paused it (bytes sent before the 101)
+            transport.resume_reading()
+        handler, self.handler = self.handler, None
+        handler.connection_lost(None)
 
     def _header_deadline(self) -> None:
         self._timer = None

@@ -1,47 +1,31 @@
-"""The two ways bytes reach a Connection: WebSocket (aiohttp) and raw TCP.
+"""The two ways bytes reach a Connection: WebSocket and raw TCP.
 
-Both are thin: cut the stream into frame payloads, hand them over, write what
-the connection queued. Neither knows the protocol.
+Both are asyncio protocols on the socket, and thin: cut the stream into
+frame payloads, hand them over, write what the connection queued. Neither
+knows the chatplane protocol. aiohttp only answers a WebSocket's upgrade
+request; the gateway serves the socket from then on (protocol/websocket.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Callable
 from typing import cast
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
 
 from chatplane.gateway import admission
 from chatplane.gateway.bulk import Lent, SocketLender
 from chatplane.gateway.connection import Connection
 from chatplane.gateway.service import Gateway
-from chatplane.protocol import frames
+from chatplane.protocol import frames, websocket
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.v1 import frames_pb2 as pb
 
 # A peer that lets this much pile up unread is dropped (it resumes with sync).
 MAX_WRITE_BUFFER = 8 * 1024 * 1024
-
-_WS_LEN1 = struct.Struct("!BB")
-_WS_LEN2 = struct.Struct("!BBH")
-_WS_LEN3 = struct.Struct("!BBQ")
-
-
-def ws_control_frame(opcode: int, data: bytes) -> bytes:
-    """An unmasked, final control frame (at most 125 bytes of data)."""
-    return _WS_LEN1.pack(opcode, len(data)) + data
-
-
-def ws_binary_frame(payload: bytes) -> bytes:
-    """An unmasked, final, binary WebSocket frame (server to client)."""
-    n = len(payload)
-    if n < 126:
-        return _WS_LEN1.pack(0x82, n) + payload
-    if n < 65536:
-        return _WS_LEN2.pack(0x82, 126, n) + payload
-    return _WS_LEN3.pack(0x82, 127, n) + payload
+# How long a close frame waits for the peer's own before the socket is closed.
+WS_CLOSE_TIMEOUT_S = 5.0
 
 
 class _Shared:
@@ -59,101 +43,133 @@ class _Shared:
         return self.framed
 
 
-_ws_framed = _Shared(ws_binary_frame)
+_ws_framed = _Shared(websocket.binary_frame)
 _tcp_framed = _Shared(frames.prefix)
 
 
-class WebSocketTransport:
-    """Frames go straight to the socket's transport, in order, with no task
-    per write. aiohttp writes nothing on its own (pings and a client's
-    close are answered here: `autoping=False`, `autoclose=False`), so the
-    socket can be lent to the group writer like a raw TCP one
-    (gateway/bulk.py); the close handshake, the one async part, waits until
-    it is given back."""
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    """`GET /ws`: answer the upgrade, then take the socket from aiohttp (the
+    request, its parser and tasks would cost ~13 KiB per idle connection;
+    docs/benchmarks.md, W3) and serve it with a `WebSocketProtocol`."""
+    gateway: Gateway = request.app[GATEWAY]
+    try:
+        answer = websocket.accept(request.headers)
+    except websocket.HandshakeError as exc:
+        return web.Response(status=400, text=str(exc))
+    lent = request.transport
+    if not isinstance(lent, admission.HandlerTransport):
+        return web.Response(status=500, text="this listener cannot hand a socket over")
+    try:
+        lent.guard.hand_over(answer, lambda ip: WebSocketProtocol(gateway, ip))
+    except ConnectionError:
+        pass
+    # never written: aiohttp was told the connection is gone
+    return web.Response(status=101)
 
-    __slots__ = ("_closer", "out", "ws")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
-        self.ws = ws
+class WebSocketProtocol(asyncio.Protocol):
+    """An upgraded WebSocket, served like a raw TCP socket (`TcpFrameProtocol`):
+    each binary message is one frame. Frames go straight to the transport,
+    in order, with no task per write, and the socket can be lent to the
+    group writer (gateway/bulk.py). Pings are answered, a client's close
+    is answered and the socket closed; a close of ours waits for the
+    client's answer for `WS_CLOSE_TIMEOUT_S` at most."""
+
+    __slots__ = ("_timer", "closing", "conn", "gateway", "ip", "out", "reader")
+
+    def __init__(self, gateway: Gateway, ip: str) -> None:
+        self.gateway = gateway
+        max_bytes = gateway.settings.limits.max_frame_bytes
+        # messages over twice the limit close the socket (1009); between the
+        # limit and that, the codec answers FRAME_TOO_LARGE with an Error frame
+        self.reader = websocket.WsReader(2 * max_bytes)
+        self.ip = ip  # counted in the gateway's admission (handed over by GuardedHttp)
+        self.out: SocketLender | None = None
+        self.conn: Connection | None = None
+        self.closing = False  # our close frame is written (or queued)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transport is not an asyncio.Transport subclass
-        self.out = (SocketLender(cast(asyncio.Transport, transport), MAX_WRITE_BUFFER)
-                    if transport is not None else None)
-        self._closer: asyncio.Task[None] | None = None
+        self.out = SocketLender(cast(asyncio.Transport, transport), MAX_WRITE_BUFFER)
+        peer = transport.get_extra_info("peername")
+        self.conn = Connection(self.gateway, self, peer=str(peer[0] if isinstance(peer, tuple) else peer))
+        self.gateway.opened(self.conn)
 
-    def write(self, payloads: list[bytes]) -> None:
-        if self.out is None or self._closer is not None:
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None:
             return
-        self.out.write(_ws_framed(payloads[0]) if len(payloads) == 1
-                       else b"".join(ws_binary_frame(p) for p in payloads))
+        try:
+            messages = self.reader.feed_data(data)
+        except websocket.WsError as exc:
+            self.close(exc.code, exc.reason)
+            return
+        for opcode, payload in messages:
+            if opcode == websocket.CLOSE:
+                self._closed_by_peer(payload)
+                return
+            if self.closing or conn.session.closed:
+                continue  # only the peer's close matters now
+            if opcode == websocket.BINARY:
+                conn.on_payload(payload)  # a session that ends closes us (flush_now)
+            elif opcode == websocket.TEXT:
+                conn.on_protocol_error(
+                    ProtocolError(ErrorCode.BAD_FRAME, "text messages are not frames; send binary"))
+            elif opcode == websocket.PING and self.out is not None:
+                self.out.write(websocket.control_frame(websocket.PONG, payload))
+
+    def _closed_by_peer(self, payload: bytes) -> None:
+        if self.out is None:
+            return
+        if not self.closing:  # answer it: OK, or the error in its payload
+            try:
+                websocket.close_code(payload)
+                self.closing = True
+                self.out.write(websocket.close_frame(websocket.NORMAL))
+            except websocket.WsError as exc:
+                self.closing = True
+                self.out.write(websocket.close_frame(exc.code, exc.reason))
+        self.out.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.ip:
+            self.gateway.admission.release(self.ip)
+            self.ip = ""
+        if self.conn is not None:
+            self.conn.on_closed()
+        if self.out is not None:
+            self.out.lost()
+
+    def _close_timeout(self) -> None:
+        self._timer = None
+        if self.out is not None and self.out.transport is not None:
+            self.out.transport.abort()
+
+    # Transport interface for the Connection
+    def write(self, payloads: list[bytes]) -> None:
+        if self.out is not None and not self.closing:
+            self.out.write(_ws_framed(payloads[0]) if len(payloads) == 1
+                           else b"".join(websocket.binary_frame(p) for p in payloads))
 
     def lend(self, payload: bytes) -> Lent | None:
         """The socket for the group writer, with `payload` framed, when
         nothing is queued on it (else None: write it instead)."""
-        if self.out is None or self._closer is not None:
+        if self.out is None or self.closing:
             return None
         return self.out.lend(_ws_framed(payload))
 
-    def pong(self, data: bytes) -> None:
-        if self.out is not None and self._closer is None:
-            self.out.write(ws_control_frame(0x8A, data))
-
-    def close(self, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
-        """Close the WebSocket (`code`: the server's reason; a client's close
-        is answered with OK)."""
-        if self._closer is None:
-            self._closer = asyncio.get_running_loop().create_task(self._close(code))
-
-    async def drain(self) -> None:
-        """Wait for the close handshake, if one started (before the handler ends)."""
-        if self._closer is not None:
-            await asyncio.shield(self._closer)
-
-    async def _close(self, code: int) -> None:
-        if self.out is not None:  # aiohttp writes the close frame itself
-            await self.out.returned()
-        try:
-            if not self.ws.closed:
-                await self.ws.close(code=code)
-        except (ConnectionError, RuntimeError):
-            pass
-
-
-async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    gateway: Gateway = request.app[GATEWAY]
-    max_bytes = gateway.settings.limits.max_frame_bytes
-    # aiohttp refuses (close 1009) what is over twice the limit; between the
-    # limit and that, our codec answers FRAME_TOO_LARGE with an Error frame.
-    # autoping and autoclose off: aiohttp would write pongs and close replies
-    # itself, possibly into the middle of a frame the group writer is sending
-    ws = web.WebSocketResponse(max_msg_size=2 * max_bytes, compress=False, autoping=False,
-                               autoclose=False)
-    await ws.prepare(request)
-    transport = WebSocketTransport(ws, request.transport)
-    conn = Connection(gateway, transport, peer=str(request.remote))
-    gateway.opened(conn)
-    try:
-        async for msg in ws:
-            if msg.type is WSMsgType.BINARY:
-                conn.on_payload(msg.data)
-            elif msg.type is WSMsgType.TEXT:
-                conn.on_protocol_error(
-                    ProtocolError(ErrorCode.BAD_FRAME, "text messages are not frames; send binary")
-                )
-            elif msg.type is WSMsgType.PING:
-                transport.pong(msg.data)
-            elif msg.type is WSMsgType.PONG:
-                pass
-            else:
-                if msg.type is WSMsgType.CLOSE:  # answered once the socket is not lent
-                    transport.close(WSCloseCode.OK)
-                break
-            if conn.session.closed:
-                break
-    finally:
-        conn.on_closed()
-        if not ws.closed:
-            await transport.drain()
-    return ws
+    def close(self, code: int = websocket.POLICY_VIOLATION, reason: str = "") -> None:
+        """Send a close frame (`code`: the server's reason), after what is
+        queued; the socket closes on the client's answer, or at the timeout."""
+        if self.out is None or self.closing:
+            return
+        self.closing = True
+        self.out.write(websocket.close_frame(code, reason))
+        self._timer = asyncio.get_running_loop().call_later(WS_CLOSE_TIMEOUT_S, self._close_timeout)
 
 
 class TcpFrameProtocol(asyncio.Protocol):
