@@ -67,7 +67,29 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     return web.Response(status=101)
 
 
-class WebSocketProtocol(asyncio.Protocol):
+class _GatewaySocket(asyncio.Protocol):
+    """What both socket protocols hold: the admission slot of the peer's
+    address, the socket's writer, and its connection."""
+
+    __slots__ = ("conn", "gateway", "ip", "out")
+
+    def __init__(self, gateway: Gateway, ip: str = "") -> None:
+        self.gateway = gateway
+        self.ip = ip  # counted in the gateway's admission while set
+        self.out: SocketLender | None = None
+        self.conn: Connection | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ip:
+            self.gateway.admission.release(self.ip)
+            self.ip = ""
+        if self.conn is not None:
+            self.conn.on_closed()
+        if self.out is not None:
+            self.out.lost()
+
+
+class WebSocketProtocol(_GatewaySocket):
     """An upgraded WebSocket, served like a raw TCP socket (`TcpFrameProtocol`):
     each binary message is one frame. Frames go straight to the transport,
     in order, with no task per write, and the socket can be lent to the
@@ -75,17 +97,15 @@ class WebSocketProtocol(asyncio.Protocol):
     is answered and the socket closed; a close of ours waits for the
     client's answer for `WS_CLOSE_TIMEOUT_S` at most."""
 
-    __slots__ = ("_timer", "closing", "conn", "gateway", "ip", "out", "reader")
+    __slots__ = ("_timer", "closing", "reader")
 
     def __init__(self, gateway: Gateway, ip: str) -> None:
-        self.gateway = gateway
+        # ip: counted in the gateway's admission (handed over by GuardedHttp)
+        super().__init__(gateway, ip)
         max_bytes = gateway.settings.limits.max_frame_bytes
         # messages over twice the limit close the socket (1009); between the
         # limit and that, the codec answers FRAME_TOO_LARGE with an Error frame
         self.reader = websocket.WsReader(2 * max_bytes)
-        self.ip = ip  # counted in the gateway's admission (handed over by GuardedHttp)
-        self.out: SocketLender | None = None
-        self.conn: Connection | None = None
         self.closing = False  # our close frame is written (or queued)
         self._timer: asyncio.TimerHandle | None = None
 
@@ -136,13 +156,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.ip:
-            self.gateway.admission.release(self.ip)
-            self.ip = ""
-        if self.conn is not None:
-            self.conn.on_closed()
-        if self.out is not None:
-            self.out.lost()
+        super().connection_lost(exc)
 
     def _close_timeout(self) -> None:
         self._timer = None
@@ -172,15 +186,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self._timer = asyncio.get_running_loop().call_later(WS_CLOSE_TIMEOUT_S, self._close_timeout)
 
 
-class TcpFrameProtocol(asyncio.Protocol):
+class TcpFrameProtocol(_GatewaySocket):
     """Raw TCP: 4-byte big-endian length, then the frame."""
 
     def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+        super().__init__(gateway)
         self.reader = frames.FrameReader(gateway.settings.limits.max_frame_bytes)
-        self.out: SocketLender | None = None
-        self.conn: Connection | None = None
-        self.ip = ""  # counted in the gateway's admission while set
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ip = admission.peer_ip(transport)
@@ -211,15 +222,6 @@ class TcpFrameProtocol(asyncio.Protocol):
             conn.on_payload(payload)
             if conn.session.closed:
                 return
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.ip:
-            self.gateway.admission.release(self.ip)
-            self.ip = ""
-        if self.conn is not None:
-            self.conn.on_closed()
-        if self.out is not None:
-            self.out.lost()
 
     # Transport interface for the Connection
     def write(self, payloads: list[bytes]) -> None:

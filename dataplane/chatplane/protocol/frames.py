@@ -66,11 +66,7 @@ class FrameReader:
         next(self._parser)
 
     def _read_exact(self, n: int) -> Generator[None, None, bytes]:
-        while len(self._buffer) < n:
-            yield
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        return data
+        return read_exact(self._buffer, n)
 
     def _parse(self) -> Generator[None, None, None]:
         while True:
@@ -98,3 +94,13 @@ class FrameReader:
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+
+def read_exact(buffer: bytearray, n: int) -> Generator[None, None, bytes]:
+    """For a push parser (a generator fed by `send`): wait until `buffer` holds
+    `n` bytes, then take them off its front."""
+    while len(buffer) < n:
+        yield
+    data = bytes(buffer[:n])
+    del buffer[:n]
+    return data

@@ -22,6 +22,8 @@ import hashlib
 import struct
 from collections.abc import Generator, Mapping
 
+from chatplane.protocol.frames import read_exact
+
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -151,11 +153,7 @@ class WsReader:
         return ready
 
     def _read_exact(self, n: int) -> Generator[None, None, bytes]:
-        while len(self._buffer) < n:
-            yield
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        return data
+        return read_exact(self._buffer, n)
 
     def _parse(self) -> Generator[None, None, None]:
         fragments: list[bytes] = []
