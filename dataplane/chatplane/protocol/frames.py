@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Generator
+from typing import ClassVar, Generic, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -50,23 +51,61 @@ def decode(data: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame
     return frame
 
 
-class FrameReader:
-    """Cuts a TCP byte stream into frame payloads (length prefix removed).
+Item = TypeVar("Item")
 
-    `feed_data` returns the payloads completed by these bytes. After an error
-    the reader is broken for good: the connection must close.
-    """
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
+class PushParser(Generic[Item]):
+    """A byte stream cut into items by `_parse`, a generator that waits for
+    bytes with `_read_exact` and appends what it completes to `_ready`.
+    `feed_data` returns the items completed by these bytes. After an error
+    (`failure`) the parser is broken for good: the connection must close."""
+
+    __slots__ = ("_buffer", "_error", "_parser", "_ready")
+    failure: ClassVar[type[Exception]] = ProtocolError
+
+    def __init__(self) -> None:
         self._buffer = bytearray()
-        self._ready: list[bytes] = []
-        self._error: ProtocolError | None = None
+        self._ready: list[Item] = []
+        self._error: Exception | None = None
         self._parser = self._parse()
         next(self._parser)
 
+    def _parse(self) -> Generator[None, None, None]:
+        raise NotImplementedError
+
     def _read_exact(self, n: int) -> Generator[None, None, bytes]:
-        return read_exact(self._buffer, n)
+        while len(self._buffer) < n:
+            yield
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    def feed_data(self, data: bytes) -> list[Item]:
+        if self._error is not None:
+            raise self._error
+        self._buffer += data
+        try:
+            self._parser.send(None)
+        except self.failure as exc:
+            self._error = exc
+            self._ready.clear()
+            raise
+        ready, self._ready = self._ready, []
+        return ready
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+
+class FrameReader(PushParser[bytes]):
+    """Cuts a TCP byte stream into frame payloads (length prefix removed)."""
+
+    __slots__ = ("max_frame_bytes",)
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        super().__init__()
 
     def _parse(self) -> Generator[None, None, None]:
         while True:
@@ -78,29 +117,3 @@ class FrameReader:
                 )
             payload = yield from self._read_exact(length)
             self._ready.append(payload)  # not before the yield: feed_data swaps the list
-
-    def feed_data(self, data: bytes) -> list[bytes]:
-        if self._error is not None:
-            raise self._error
-        self._buffer += data
-        try:
-            self._parser.send(None)
-        except ProtocolError as exc:
-            self._error = exc
-            raise
-        ready, self._ready = self._ready, []
-        return ready
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
-
-def read_exact(buffer: bytearray, n: int) -> Generator[None, None, bytes]:
-    """For a push parser (a generator fed by `send`): wait until `buffer` holds
-    `n` bytes, then take them off its front."""
-    while len(buffer) < n:
-        yield
-    data = bytes(buffer[:n])
-    del buffer[:n]
-    return data

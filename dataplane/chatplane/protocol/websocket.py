@@ -22,7 +22,7 @@ import hashlib
 import struct
 from collections.abc import Generator, Mapping
 
-from chatplane.protocol.frames import read_exact
+from chatplane.protocol.frames import PushParser
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -125,35 +125,16 @@ def unmask(mask: bytes, data: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ key).to_bytes(n, "big")
 
 
-class WsReader:
+class WsReader(PushParser[tuple[int, bytes]]):
     """Cuts a client's byte stream into whole messages; `max_message_bytes`
     bounds a message (all its fragments together): over it, MESSAGE_TOO_BIG."""
 
-    __slots__ = ("_buffer", "_error", "_parser", "_ready", "max_message_bytes")
+    __slots__ = ("max_message_bytes",)
+    failure = WsError
 
     def __init__(self, max_message_bytes: int) -> None:
         self.max_message_bytes = max_message_bytes
-        self._buffer = bytearray()
-        self._ready: list[tuple[int, bytes]] = []
-        self._error: WsError | None = None
-        self._parser = self._parse()
-        next(self._parser)
-
-    def feed_data(self, data: bytes) -> list[tuple[int, bytes]]:
-        if self._error is not None:
-            raise self._error
-        self._buffer += data
-        try:
-            self._parser.send(None)
-        except WsError as exc:
-            self._error = exc
-            self._ready.clear()
-            raise
-        ready, self._ready = self._ready, []
-        return ready
-
-    def _read_exact(self, n: int) -> Generator[None, None, bytes]:
-        return read_exact(self._buffer, n)
+        super().__init__()
 
     def _parse(self) -> Generator[None, None, None]:
         fragments: list[bytes] = []
