@@ -29,7 +29,7 @@ from kube_gateways import FakeDrainEndpoint, GatewayPods
 pytestmark = pytest.mark.kube
 
 STS = "chat-eu-gateway"
-CONNECTIONS = 20  # per draining pod, sent away at RATE/s by the fake endpoint
+CONNECTIONS = 80  # per draining pod, sent away at RATE/s (2 s) by the fake endpoint
 RATE = 40
 
 

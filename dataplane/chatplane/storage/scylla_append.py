@@ -71,10 +71,16 @@ def inbox_key(user_id: str) -> str:
     return f"i:{user_id}"
 
 
-async def backoff() -> None:
-    """A random pause before taking back what another writer took, so two
-    writers contending for one sequence do not take it from each other forever."""
-    await asyncio.sleep(random.uniform(0.001, 0.02))
+BACKOFF_FIRST_S = 0.02
+BACKOFF_MAX_S = 0.5
+
+
+async def backoff(attempt: int) -> None:
+    """A random pause before taking back what another writer took, doubling per attempt:
+    a take (Paxos and a seal) lasts longer than a short pause, so two writers pausing
+    briefly would keep taking the sequence from each other mid-write; growing pauses
+    let one finish."""
+    await asyncio.sleep(random.uniform(0.001, min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** attempt)))
 
 
 def _now_ms() -> int:
@@ -253,7 +259,7 @@ class Appender:
                 self.drop_conversation(conversation_id)
                 what = f"{conversation_id}: taken over during an append"
                 raise Fenced(what) if fenced else Taken(what)
-        for _ in range(REDO_ATTEMPTS):
+        for attempt in range(REDO_ATTEMPTS):
             holders = dict(zip(pending, await cql.gather_bounded(
                 self._inbox_holder(user) for user in pending), strict=True))
             for message, recipients in batch:
@@ -288,7 +294,7 @@ class Appender:
                 self.blocks.drop(inbox_key(user))
             search |= set(pending)
             fresh = frozenset()  # this attempt may have written them: look from now on
-            await backoff()
+            await backoff(attempt)
         raise StorageUnavailable(f"inboxes of {conversation_id} keep being taken by other "
                                  "writers, retry")
 

@@ -104,7 +104,7 @@ class Flusher:
         appender = self.storage._appender
         assert appender is not None
         try:
-            for _ in range(MAX_TAKEN):
+            for attempt in range(MAX_TAKEN):
                 try:
                     while True:  # a bucket boundary splits a batch in two
                         left = [p for p in take if not p.waiter.done()]
@@ -112,7 +112,7 @@ class Flusher:
                             return
                         await self._write(conversation_id, left)
                 except Taken:  # another writer took the conversation: take it back, look again
-                    await backoff()
+                    await backoff(attempt)
             raise StorageUnavailable(f"{conversation_id} keeps being taken by other writers, "
                                      "retry")
         except BaseException as exc:
