@@ -13,6 +13,29 @@ from tests.support.server import ServerProcess
 
 pytest_plugins = ["tests.services"]  # real Redis and CQL servers
 
+# Groups that must run in one worker under pytest-xdist (`scripts/test` runs `-n 2 --dist
+# loadgroup`), sent first because they are the longest: the CQL tests share one Cassandra,
+# which some of them kill and restart; the node tests share one single-node cluster.
+FIRST_GROUPS = ("node", "cql")
+
+
+def _group(item: pytest.Item) -> str:
+    if item.get_closest_marker("node") is not None:
+        return "node"
+    if "cql_server" in getattr(item, "fixturenames", ()):
+        return "cql"
+    return item.nodeid.split("::")[0]  # a file: its module fixtures start once
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("dist", "no") != "loadgroup" or not config.getoption("numprocesses", 0):
+        return
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    # stable: the order within a group stays the collection order
+    items.sort(key=lambda it: FIRST_GROUPS.index(g) if (g := _group(it)) in FIRST_GROUPS
+               else len(FIRST_GROUPS))
+
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:

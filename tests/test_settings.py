@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import fields
@@ -29,7 +30,8 @@ def test_bad_values_fail(environ: dict[str, str]) -> None:
 def test_bad_configuration_is_one_line_at_start(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "chatplane.cli", "up", "--data-dir", str(tmp_path)],
-        env={"CHATPLANE_MAX_FRAME_BYTES": "12", "PATH": "/usr/bin:/bin"},
+        env={"CHATPLANE_MAX_FRAME_BYTES": "12", "PATH": "/usr/bin:/bin",
+             "PYTHONPATH": os.environ.get("PYTHONPATH", "")},  # the tree under test
         capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0

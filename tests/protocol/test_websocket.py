@@ -84,7 +84,8 @@ def test_fragments_come_out_whole_with_controls_between() -> None:
     (client_frame(ws.BINARY, b"x" * 101), ws.MESSAGE_TOO_BIG),
     (client_frame(ws.BINARY, b"x" * 60, fin=False) + client_frame(ws.CONTINUATION, b"y" * 41),
      ws.MESSAGE_TOO_BIG),
-])
+], ids=["unmasked", "rsv1", "reserved-opcode", "fragmented-ping", "long-ping",
+        "lone-continuation", "data-inside-a-message", "too-big", "too-big-in-fragments"])
 def test_violations_name_their_close_code(stream: bytes, code: int) -> None:
     reader = ws.WsReader(100)
     with pytest.raises(ws.WsError) as caught:

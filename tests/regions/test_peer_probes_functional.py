@@ -5,6 +5,7 @@ signs tokens with another key from one that does not answer."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -134,7 +135,8 @@ def test_a_bad_peer_list_stops_the_start_with_one_line(tmp_path: Path, peers: st
                                                        says: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "chatplane.cli", "up", "--data-dir", str(tmp_path), "--port", "0"],
-        env={"CHATPLANE_REGION": "eu", "CHATPLANE_PEERS": peers, "PATH": "/usr/bin:/bin"},
+        env={"CHATPLANE_REGION": "eu", "CHATPLANE_PEERS": peers, "PATH": "/usr/bin:/bin",
+             "PYTHONPATH": os.environ.get("PYTHONPATH", "")},  # the tree under test
         capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
