@@ -126,6 +126,9 @@ class Links:
     peers: str = ""  # JSON [{name, endpoint, datacenter}]: the other regions (peerlist.py)
     peer_probe_s: float = 2.0  # how often each peer gets a Hello
     peer_timeout_s: float = 1.0  # the deadline of one Hello
+    # im: caches of members, relations and settings are trusted only while the
+    # invalidation stream was read within this (the staleness bound, docs/caches.md)
+    cache_bound_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,8 @@ def validate(s: Settings) -> None:
         problems.append("push_window must be at least 1")
     if not 0 <= s.links.trace_sample_ratio <= 1:
         problems.append(f"trace_sample_ratio must be in [0, 1], not {s.links.trace_sample_ratio}")
+    if not 0.05 <= s.links.cache_bound_s <= 60:
+        problems.append(f"cache_bound_s must be in [0.05, 60], not {s.links.cache_bound_s}")
     if s.links.peer_probe_s <= 0 or s.links.peer_timeout_s <= 0:
         problems.append("peer_probe_s and peer_timeout_s must be positive")
     try:
