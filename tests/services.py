@@ -1,4 +1,5 @@
-"""Real backing services for tests: a redis-server and a CQL server (Cassandra).
+"""Real backing services for tests: a redis-server, a CQL server (Cassandra) and
+an S3-compatible server (SeaweedFS).
 
 A pytest plugin (tests/conftest.py loads it with `pytest_plugins`). Two
 session-scoped fixtures start the real servers on 127.0.0.1, on free ports,
@@ -7,17 +8,23 @@ with their data in a temporary folder, and stop them at the end:
 - `redis_server` -> RedisService (`.url`; `.restart_empty()` loses everything,
   as a crashed Redis without persistence does);
 - `cql_server` -> CqlService (`.hosts`, `.port`; `.stop()` / `.start()` keep
-  the data, for storage-fault tests).
+  the data, for storage-fault tests);
+- `s3_server` -> S3Service (`.endpoint`, `.bucket`, `.access_key`,
+  `.secret_key`): SeaweedFS's `weed server -s3` built by
+  scripts/setup/50-seaweedfs.sh, one bucket made, signatures checked.
 
 Environment variables point them at external servers instead (nothing is
 started then): CHATPLANE_TEST_REDIS_URL=redis://host:port/db and
 CHATPLANE_TEST_CQL_HOSTS=host[:port][,host...]. Tests that use them are marked
-`@pytest.mark.redis` / `@pytest.mark.cql`. Every wait here is bounded.
+`@pytest.mark.redis` / `@pytest.mark.cql` / `@pytest.mark.s3`. Every wait here
+is bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -30,11 +37,16 @@ from pathlib import Path
 
 import pytest
 
+from chatplane.storage.archive_s3 import S3Segments
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN_CASSANDRA = ROOT / "scripts" / "cql" / "run-cassandra"
 REDIS_START_TIMEOUT_S = 15.0
 CQL_START_TIMEOUT_S = float(os.environ.get("CHATPLANE_TEST_CQL_START_TIMEOUT", "180"))
 STOP_TIMEOUT_S = 30.0
+S3_START_TIMEOUT_S = 60.0
+WEED = Path(os.environ.get("CHATPLANE_CACHE", Path.home() / ".cache" / "chatplane")) / \
+    "seaweedfs" / "bin" / "weed"
 
 _running: set[subprocess.Popen[bytes]] = set()
 
@@ -267,6 +279,85 @@ def redis_server() -> Iterator[RedisService]:
         return
     workdir = Path(tempfile.mkdtemp(prefix="chatplane-redis-"))
     service = RedisService(workdir)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class S3Service:
+    """SeaweedFS (master, volume, filer and S3 gateway in one `weed server`) on
+    loopback, with one identity whose keys every request must be signed with."""
+
+    bucket = "chatplane-test"
+    access_key = "chatplane-test-key"
+    secret_key = "chatplane-test-secret"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if not WEED.exists():
+            pytest.fail(f"{WEED} is missing: run scripts/setup/50-seaweedfs.sh")
+        config = self.workdir / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "chatplane", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}]}]}))
+        data = self.workdir / "data"
+        data.mkdir(exist_ok=True)
+        # every port chosen here: the defaults (and their +10000 gRPC ports) may be taken
+        ports = {name: free_port() for name in ("master", "volume", "filer")}
+        args = [str(WEED), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
+                f"-master.port={ports['master']}", f"-master.port.grpc={free_port()}",
+                "-master.volumeSizeLimitMB=64", f"-volume.port={ports['volume']}",
+                f"-volume.port.grpc={free_port()}", "-volume.max=16",
+                "-volume.preStopSeconds=0",  # its default waits 10 s at SIGTERM
+                "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={free_port()}",
+                "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={free_port()}",
+                "-s3.port.iceberg=0", f"-s3.config={config}"]
+        self._proc = _spawn(args, self.workdir / "weed.log")
+        deadline = time.monotonic() + S3_START_TIMEOUT_S
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                pytest.fail(f"weed exited at start:\n{_tail(self.workdir / 'weed.log')}")
+            try:
+                asyncio.run(self._make_bucket())
+                return
+            except Exception as exc:  # not up yet: refused, or 5xx while the filer starts
+                last = exc
+                time.sleep(0.3)
+        self.stop()
+        pytest.fail(f"SeaweedFS S3 did not answer within {S3_START_TIMEOUT_S}s: {last!r}\n"
+                    f"{_tail(self.workdir / 'weed.log')}")
+
+    def segments(self, prefix: str = "") -> S3Segments:
+        return S3Segments(self.endpoint, self.bucket, access_key=self.access_key,
+                          secret_key=self.secret_key, prefix=prefix)
+
+    async def _make_bucket(self) -> None:
+        store = self.segments()
+        try:
+            await store.create_bucket()
+            await store.check()
+        finally:
+            await store.close()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop_process(self._proc, timeout_s=2.0)  # throwaway data: no need to wait long
+            self._proc = None
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Service]:
+    workdir = Path(tempfile.mkdtemp(prefix="chatplane-s3-"))
+    service = S3Service(workdir)
     service.start()
     try:
         yield service

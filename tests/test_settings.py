@@ -27,6 +27,23 @@ def test_bad_values_fail(environ: dict[str, str]) -> None:
         load(environ=environ)
 
 
+@pytest.mark.parametrize(("environ", "names"), [
+    ({"CHATPLANE_ARCHIVE_S3_ENDPOINT": "s3.example.com", "CHATPLANE_ARCHIVE_S3_BUCKET": "b-1",
+      "CHATPLANE_ARCHIVE_S3_ACCESS_KEY": "k", "CHATPLANE_ARCHIVE_S3_SECRET_KEY": "s"},
+     "archive_s3_endpoint"),
+    ({"CHATPLANE_ARCHIVE_S3_ENDPOINT": "http://127.0.0.1:8333",
+      "CHATPLANE_ARCHIVE_S3_BUCKET": "Bad_Bucket", "CHATPLANE_ARCHIVE_S3_ACCESS_KEY": "k",
+      "CHATPLANE_ARCHIVE_S3_SECRET_KEY": "s"}, "archive_s3_bucket"),
+    ({"CHATPLANE_ARCHIVE_S3_ENDPOINT": "https://s3.example.com",
+      "CHATPLANE_ARCHIVE_S3_BUCKET": "archive"}, "archive_s3_access_key"),
+    ({"CHATPLANE_ARCHIVE_S3_BUCKET": "archive"}, "without archive_s3_endpoint"),
+])
+def test_bad_archive_object_storage_is_one_line(environ: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        load(environ=environ)
+    assert names in str(err.value) and "\n" not in str(err.value)
+
+
 def test_bad_configuration_is_one_line_at_start(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "chatplane.cli", "up", "--data-dir", str(tmp_path)],

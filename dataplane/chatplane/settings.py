@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
+import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -90,6 +92,14 @@ class Archive:
     retention_days_direct: float = 0.0  # archived content deleted after this (0: kept)
     retention_days_group: float = 0.0
     retention_days_events: float = 0.0
+    # segments on S3-compatible object storage instead of a directory (production):
+    # the endpoint (http(s)://host[:port]), a bucket that exists, static keys
+    archive_s3_endpoint: str = ""
+    archive_s3_bucket: str = ""
+    archive_s3_region: str = "us-east-1"
+    archive_s3_prefix: str = ""  # object names start with this (one bucket, several clusters)
+    archive_s3_access_key: str = ""
+    archive_s3_secret_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,9 @@ class Links:
     peers: str = ""  # JSON [{name, endpoint, datacenter}]: the other regions (peerlist.py)
     peer_probe_s: float = 2.0  # how often each peer gets a Hello
     peer_timeout_s: float = 1.0  # the deadline of one Hello
+    # im: caches of members, relations and settings are trusted only while the
+    # invalidation stream was read within this (the staleness bound, docs/caches.md)
+    cache_bound_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -315,6 +328,8 @@ def validate(s: Settings) -> None:
         problems.append("push_window must be at least 1")
     if not 0 <= s.links.trace_sample_ratio <= 1:
         problems.append(f"trace_sample_ratio must be in [0, 1], not {s.links.trace_sample_ratio}")
+    if not 0.05 <= s.links.cache_bound_s <= 60:
+        problems.append(f"cache_bound_s must be in [0.05, 60], not {s.links.cache_bound_s}")
     if s.links.peer_probe_s <= 0 or s.links.peer_timeout_s <= 0:
         problems.append("peer_probe_s and peer_timeout_s must be positive")
     try:
@@ -372,6 +387,29 @@ def _archive_problems(a: Archive) -> list[str]:
         if days < 0 or (days and days < a.archive_after_days):
             problems.append(f"archive: retention_days_{kind} must be 0 (kept) or at least"
                             f" archive_after_days ({a.archive_after_days})")
+    return problems + _s3_problems(a)
+
+
+def _s3_problems(a: Archive) -> list[str]:
+    if not a.archive_s3_endpoint:
+        stray = [f.name for f in fields(a) if f.name.startswith("archive_s3_")
+                 and f.name != "archive_s3_region" and getattr(a, f.name)]
+        return [f"archive: {', '.join(stray)} set without archive_s3_endpoint"] if stray else []
+    problems = []
+    endpoint = urllib.parse.urlsplit(a.archive_s3_endpoint)
+    if endpoint.scheme not in ("http", "https") or not endpoint.hostname or (
+            endpoint.path not in ("", "/")) or endpoint.query or endpoint.username:
+        problems.append(f"archive: archive_s3_endpoint must be http(s)://host[:port], not"
+                        f" {a.archive_s3_endpoint!r}")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", a.archive_s3_bucket):
+        problems.append(f"archive: archive_s3_bucket must be an S3 bucket name (3-63 of a-z"
+                        f" 0-9 . -), not {a.archive_s3_bucket!r}")
+    if not (a.archive_s3_access_key and a.archive_s3_secret_key):
+        problems.append("archive: set both archive_s3_access_key and archive_s3_secret_key")
+    if a.archive_dir:
+        problems.append("archive: archive_dir and archive_s3_endpoint exclude each other")
+    if not re.fullmatch(r"[a-z0-9-]{1,40}", a.archive_s3_region):
+        problems.append(f"archive: archive_s3_region {a.archive_s3_region!r} is not a region")
     return problems
 
 

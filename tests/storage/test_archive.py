@@ -6,7 +6,8 @@ and a segment size, records every read a client can make (history pages in
 both directions, inbox walks in small pages) before archiving, archives, and
 asserts that the same reads return the same messages afterwards, while the
 backend itself now holds stubs for the archived seqs. Runs against SQLite
-and, marked `cql`, the real CQL server.
+and, marked `cql`, the real CQL server; with segments in a directory and,
+marked `s3`, in a bucket of a real S3-compatible server (SeaweedFS).
 """
 
 from __future__ import annotations
@@ -24,12 +25,21 @@ from hypothesis import strategies as st
 from chatplane.settings import Archive
 from chatplane.storage.archive import DAY_MS, EXPIRED_TYPE, ArchivedStorage, Archiver
 from chatplane.storage.archive_rows import ArchiveRows, CqlRows, SqliteRows, is_stub
-from chatplane.storage.archive_segments import DirSegments
+from chatplane.storage.archive_segments import DirSegments, SegmentStore
 from chatplane.storage.base import SendRequest, Storage, StoredMessage
 from tests.storage.conftest import give_back_keyspace, scylla_settings, take_keyspace
 
 NOW = 1_700_000_000_000
 Opener = Callable[[], Awaitable[tuple[Storage, ArchiveRows]]]
+StoreMaker = Callable[[str], SegmentStore]  # a fresh, empty place for segments, by tag
+
+
+@pytest.fixture(params=["dir", pytest.param("s3", marks=pytest.mark.s3)])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
+    if request.param == "dir":
+        return lambda tag: DirSegments(tmp_path / f"archive-{tag}")
+    s3_server = request.getfixturevalue("s3_server")
+    return lambda tag: s3_server.segments(prefix=f"test-{tag}/")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("scylla", marks=pytest.mark.cql)])
@@ -95,7 +105,7 @@ messages_strategy = st.lists(st.tuples(st.text(max_size=40), st.binary(max_size=
 @settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(bodies=messages_strategy, data=st.data())
-def test_archived_history_reads_exactly_as_before(opener: Opener, tmp_path: Path,
+def test_archived_history_reads_exactly_as_before(opener: Opener, make_store: StoreMaker,
                                                    bodies: list[tuple[str, bytes]],
                                                    data: st.DataObject) -> None:
     n = len(bodies)
@@ -106,7 +116,7 @@ def test_archived_history_reads_exactly_as_before(opener: Opener, tmp_path: Path
                                            st.integers(1, n + 2)), min_size=1, max_size=6))
     tag = uuid.uuid4().hex[:8]
     users = (f"a{tag}", f"b{tag}")
-    store = DirSegments(tmp_path / f"archive-{tag}")
+    store = make_store(tag)
 
     async def scenario() -> None:
         storage, rows = await opener()
@@ -132,19 +142,20 @@ def test_archived_history_reads_exactly_as_before(opener: Opener, tmp_path: Path
             assert await reads(fresh, cid, users, n, queries, page) == before
         finally:
             await rows.close()
+            await store.close()
             await storage.close()
 
     asyncio.run(scenario())
 
 
-def test_retention_leaves_tombstones_in_place(tmp_path: Path) -> None:
+def test_retention_leaves_tombstones_in_place(tmp_path: Path, make_store: StoreMaker) -> None:
     from chatplane.storage.sqlite import SqliteStorage
 
     async def scenario() -> list[StoredMessage]:
         storage = SqliteStorage(tmp_path / "chat.db")
         await storage.open()
         rows = SqliteRows(tmp_path / "chat.db")
-        store = DirSegments(tmp_path / "archive")
+        store = make_store(uuid.uuid4().hex[:8])
         try:
             cid = (await storage.ensure_direct("a", "b", NOW)).conversation_id
             for i in range(1, 11):
@@ -159,6 +170,7 @@ def test_retention_leaves_tombstones_in_place(tmp_path: Path) -> None:
             assert report.expired == 3
             return await archived.history(cid, after_seq=0, limit=20)
         finally:
+            await store.close()
             await storage.close()
 
     got = asyncio.run(scenario())
@@ -166,3 +178,33 @@ def test_retention_leaves_tombstones_in_place(tmp_path: Path) -> None:
     assert [m.content_type == EXPIRED_TYPE for m in got] == [True] * 3 + [False] * 7
     assert [m.text for m in got[3:]] == [f"t{i}" for i in range(4, 11)]
     assert all(not m.text for m in got[:3])
+
+
+@pytest.mark.s3
+async def test_s3_requests_are_signed_and_a_wrong_key_is_refused(s3_server: Any) -> None:
+    """SeaweedFS checks every signature: the right keys work, a wrong secret
+    is a retriable StorageUnavailable (never a silent miss), and listing
+    pages through more keys than one page holds."""
+    from chatplane.storage.archive_s3 import S3Segments
+    from chatplane.storage.base import StorageUnavailable
+
+    good = s3_server.segments(prefix=f"sig-{uuid.uuid4().hex[:8]}/")
+    bad = S3Segments(s3_server.endpoint, s3_server.bucket, access_key=s3_server.access_key,
+                     secret_key="not-the-secret", prefix=good.prefix)
+    try:
+        names = [f"seg/ab/{i:03d}" for i in range(1, 1101)]  # above S3's 1,000 per page
+        await asyncio.gather(*(good.put(n, n.encode()) for n in names[:20]))
+        for n in names[20:]:
+            await good.put(n, b"")
+        assert sorted(await good.names("seg/ab/")) == sorted(names)
+        assert await good.get(names[0]) == names[0].encode()
+        assert await good.get("seg/ab/none") is None
+        await good.delete(names[0])
+        assert await good.get(names[0]) is None
+        with pytest.raises(StorageUnavailable, match="403"):
+            await bad.put("seg/ab/x", b"x")
+        with pytest.raises(StorageUnavailable):
+            await bad.names("seg/")
+    finally:
+        await good.close()
+        await bad.close()

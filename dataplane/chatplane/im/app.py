@@ -28,6 +28,7 @@ from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.im import requests
 from chatplane.im.admin import AdminApi
 from chatplane.im.forward import ImRing
+from chatplane.im.invalidation import Invalidations
 from chatplane.im.leases import NotOwner
 from chatplane.im.service import ImService
 from chatplane.protocol import bounds
@@ -198,10 +199,17 @@ class ImApp:
         # the same ring the gateways route by (the live im instances in Redis)
         self.ring = ImRing(self.instance_id, self.peers,
                            registry.CachedInstances(self.instances, "im", 1.0))
+        # its own client: the reader's blocking reads last a third of the bound
+        self.invalidation_redis = registry.connect(
+            settings.storage.redis_url, timeout_s=max(links.rpc_deadline_s / 2,
+                                                      links.cache_bound_s / 3 + 1.0),
+            tls=settings.tls)
+        self.invalidations = Invalidations(self.invalidation_redis,
+                                           bound_s=links.cache_bound_s)
         self.im = ImService(self.storage, self.outbox, settings.limits,
                             social=settings.social, server_id=self.instance_id, fenced=True,
                             owners=self.ring,
-                            abuse=settings.abuse)
+                            abuse=settings.abuse, versions=self.invalidations)
         self.servicer = ImServicer(self.im)
         self.prober = region_links.prober_for(settings, self.instance_id, self.signer.peer_proof,
                                               self.security)
@@ -271,6 +279,7 @@ class ImApp:
         self.supervisor.check("storage", self.storage.health)
         archiving.supervise(self.storage, self.supervisor)
         self.outbox.start(self.supervisor)
+        self.supervisor.spawn("invalidations", self.invalidations.run)
         self._grpc, port = await serving.start_grpc(server.host, links.grpc_port, self._services,
                                                      self.security)
         self.grpc_address = f"{host}:{port}"
@@ -311,6 +320,7 @@ class ImApp:
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         await self.outbox.stop()
+        self.invalidations.stop()
         await self.revocation_mirror.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -321,3 +331,4 @@ class ImApp:
         await self.supervisor.stop()
         await self.storage.close()
         await self.redis.aclose()
+        await self.invalidation_redis.aclose()

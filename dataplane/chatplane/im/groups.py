@@ -231,12 +231,17 @@ class Groups:
         # learn where they start or stop); the others pull it like messages.
         large = self.im.is_large(tuple(after))
         recipients = sorted(affected) if large else None
+        # every instance's cached members (or name, dissolved) of the group
+        # go before the write and again after it (im/invalidation.py)
+        only_settings = not (change.add or change.remove or change.roles)
         try:
-            result = await self.im.appended(
-                conversation_id, recipients or sorted(set(before) | after),
-                lambda fence, inboxes: self.im.storage.apply_membership(
-                    conversation_id, change, dataclasses.replace(request, fence=fence),
-                    recipients, inboxes), take_back=True, group_change=True)
+            async with self.im.changing("settings" if only_settings else "members",
+                                        conversation_id):
+                result = await self.im.appended(
+                    conversation_id, recipients or sorted(set(before) | after),
+                    lambda fence, inboxes: self.im.storage.apply_membership(
+                        conversation_id, change, dataclasses.replace(request, fence=fence),
+                        recipients, inboxes), take_back=True, group_change=True)
         except ConversationNotFound as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {conversation_id!r}") from exc
         except StorageUnavailable as exc:

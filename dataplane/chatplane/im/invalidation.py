@@ -22,6 +22,11 @@ docs/benchmarks.md), and at the latest `bound_s` after it if the
 announcement is lost to an instance (Redis unreachable, reader stalled),
 because that instance stops using its caches. Time-to-live fallbacks on
 entries are not needed.
+
+`chatplane up` runs one im: `LocalInvalidations` drops at once in process,
+with no Redis. Both are a `Versions` (what `ImService` uses). A change made
+through this instance drops its own entries when announced, not when read
+back, so the instance that made a change never serves its old state.
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
+from prometheus_client.metrics_core import Metric
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
+
+from chatplane import metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,93 @@ KEPT = 100_000  # announcements the stream keeps (approximately): minutes of cha
 def _position(stream_id: str) -> tuple[int, int]:
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def pair_key(a: str, b: str) -> str:
+    """The "relation" key of two users: one for both directions."""
+    return f"{a}|{b}" if a <= b else f"{b}|{a}"
+
+
+class Unannounced(Exception):
+    """A change could not be announced: it must not be made (retriable)."""
+
+
+class Versions(Protocol):
+    """What the im's caches need (im/service.py, im/social.py): a stamp for
+    an entry loaded now, whether an entry may be used, announcements around
+    a change, and callbacks that drop entries."""
+
+    def on(self, kind: str, drop: Callable[[str], None], flush: Callable[[], None]) -> None: ...
+
+    def stamp(self) -> str: ...
+
+    def valid(self, kind: str, key: str, stamp: str) -> bool: ...
+
+    async def begin(self, kind: str, key: str) -> None: ...
+
+    async def end(self, kind: str, key: str) -> None: ...
+
+    def families(self) -> Iterator[Metric]: ...
+
+
+def _split(stamp: str) -> tuple[int, tuple[int, int]]:
+    """(flush generation, stream position) of a stamp "<generation>:<id>"."""
+    generation, _, position = stamp.partition(":")
+    return int(generation), _position(position)
+
+
+class LocalInvalidations:
+    """One im instance (`chatplane up`): every change goes through this
+    process, so it drops at once and versions are a counter; no Redis."""
+
+    def __init__(self) -> None:
+        self._version = 0
+        self._floor = 0  # stamps below: refused (drops before it were forgotten)
+        self._last_drop: dict[tuple[str, str], int] = {}
+        self._pending: dict[tuple[str, str], int] = {}  # changes in flight per key
+        self._drops: dict[str, Callable[[str], None]] = {}
+        self.applied_count = 0
+
+    def on(self, kind: str, drop: Callable[[str], None], flush: Callable[[], None]) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        self._drops[kind] = drop
+
+    def stamp(self) -> str:
+        return str(self._version)
+
+    def valid(self, kind: str, key: str, stamp: str) -> bool:
+        if self._pending.get((kind, key)) or int(stamp) < self._floor:
+            return False
+        return self._last_drop.get((kind, key), 0) <= int(stamp)
+
+    def _drop(self, kind: str, key: str) -> None:
+        self._version += 1
+        self.applied_count += 1
+        if len(self._last_drop) > 4 * KEPT:  # forget them: what was loaded before is refused
+            self._last_drop.clear()
+            self._floor = self._version
+        self._last_drop[(kind, key)] = self._version
+        drop = self._drops.get(kind)
+        if drop is not None:
+            drop(key)
+
+    async def begin(self, kind: str, key: str) -> None:
+        self._pending[(kind, key)] = self._pending.get((kind, key), 0) + 1
+        self._drop(kind, key)
+
+    async def end(self, kind: str, key: str) -> None:
+        left = self._pending.get((kind, key), 0) - 1
+        if left > 0:
+            self._pending[(kind, key)] = left
+        else:
+            self._pending.pop((kind, key), None)
+        self._drop(kind, key)
+
+    def families(self) -> Iterator[Metric]:
+        yield metrics.counter("chatplane_im_invalidations_read_total",
+                              "cache invalidations applied (announcements read)",
+                              self.applied_count)
 
 
 class Invalidations:
@@ -65,6 +160,7 @@ class Invalidations:
         self._drops: dict[str, Callable[[str], None]] = {}
         self._flushes: list[Callable[[], None]] = []
         self.applied_count = 0
+        self.announced = 0
         self._running = False
         self._started = False
         self.flushes = 0
@@ -79,17 +175,28 @@ class Invalidations:
     # -- writers ----------------------------------------------------------------
 
     async def begin(self, kind: str, key: str) -> None:
-        """Before the storage write; raises RedisError/OSError if not announced."""
-        await self._announce(kind, key, "begin")
+        """Before the storage write; raises Unannounced if Redis did not take it."""
+        try:
+            await self._announce(kind, key, "begin")
+        except (RedisError, OSError) as exc:
+            raise Unannounced(f"cache invalidation not announced: {exc}") from exc
 
     async def end(self, kind: str, key: str) -> None:
-        """After it; retried by the caller's error handling (begin's window
-        expires after bound_s anyway)."""
-        await self._announce(kind, key, "end")
+        """After it, whatever it did; a failure is logged (begin's window
+        expires after bound_s, and every instance reads storage until then)."""
+        try:
+            await self._announce(kind, key, "end")
+        except (RedisError, OSError) as exc:
+            log.warning("end of a change to %s %s not announced (its key stays uncached"
+                        " for %.1f s): %s", kind, key, self.bound_s, exc)
 
     async def _announce(self, kind: str, key: str, step: str) -> None:
-        await self.redis.xadd(STREAM, {"kind": kind, "key": key, "step": step,
-                                       "origin": self.origin}, maxlen=KEPT, approximate=True)
+        stream_id: Any = await self.redis.xadd(
+            STREAM, {"kind": kind, "key": key, "step": step, "origin": self.origin},
+            maxlen=KEPT, approximate=True)
+        self.announced += 1
+        # this instance's own entries go now (the reader applies it again later)
+        self._note(kind, key, step, _position(_as_str(stream_id)))
 
     # -- readers ----------------------------------------------------------------
 
@@ -97,12 +204,14 @@ class Invalidations:
         return self.clock() - self._caught_up_at <= self.bound_s
 
     def stamp(self) -> str:
-        """The version to store with an entry loaded now."""
-        return self._applied
+        """The version to store with an entry loaded now: the flush generation
+        and the stream position (an entry from before a flush is refused)."""
+        return f"{self.flushes}:{self._applied}"
 
     def valid(self, kind: str, key: str, stamp: str) -> bool:
         """May an entry of `kind` for `key`, loaded at `stamp`, be used now?"""
-        if not self.fresh():
+        generation, position = _split(stamp)
+        if not self.fresh() or generation != self.flushes:
             return False
         until = self._pending.get((kind, key))
         if until is not None:
@@ -110,7 +219,27 @@ class Invalidations:
                 return False
             del self._pending[(kind, key)]
         dropped = self._last_drop.get((kind, key))
-        return dropped is None or dropped <= _position(stamp)
+        return dropped is None or dropped <= position
+
+    def lag_s(self) -> float:
+        """How long ago the reader was last caught up (inf: never)."""
+        return self.clock() - self._caught_up_at
+
+    def families(self) -> Iterator[Metric]:
+        lag = self.lag_s()
+        yield metrics.gauge("chatplane_im_invalidation_lag_seconds",
+                            "since the invalidation reader was last caught up (caches are"
+                            " untrusted above the bound)", lag if lag != float("inf") else -1.0)
+        yield metrics.gauge("chatplane_im_invalidation_bound_seconds",
+                            "the staleness bound of the im's caches", self.bound_s)
+        yield metrics.counter("chatplane_im_invalidations_read_total",
+                              "cache invalidations applied (announcements read)",
+                              self.applied_count)
+        yield metrics.counter("chatplane_im_invalidations_announced_total",
+                              "changes announced by this instance (begin and end)",
+                              self.announced)
+        yield metrics.counter("chatplane_im_invalidation_flushes_total",
+                              "every cache dropped: announcements missed for good", self.flushes)
 
     async def _info(self) -> tuple[int, int, str]:
         """The stream's (entries ever added, length, last id), zeros if none."""
@@ -183,11 +312,16 @@ class Invalidations:
         self.applied_count += 1
         if kind not in KINDS:
             return
-        position = _position(stream_id)
-        self._last_drop[(kind, key)] = position
-        if len(self._last_drop) > 4 * KEPT:  # forget old drops: entries loaded since are newer
-            self._last_drop = {k: v for k, v in self._last_drop.items() if v >= position}
-        if fields.get("step") == "begin":
+        if len(self._last_drop) > 4 * KEPT:  # forget old drops: a new generation
+            self.flush()
+        self._note(kind, key, fields.get("step", ""), _position(stream_id))
+
+    def _note(self, kind: str, key: str, step: str, position: tuple[int, int]) -> None:
+        """Drop `kind`'s entries for `key`, announced at `position`."""
+        previous = self._last_drop.get((kind, key))
+        if previous is None or previous < position:
+            self._last_drop[(kind, key)] = position
+        if step == "begin":
             self._pending[(kind, key)] = self.clock() + self.bound_s
         else:
             self._pending.pop((kind, key), None)

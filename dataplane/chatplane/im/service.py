@@ -9,11 +9,20 @@ resend of an acked cid gets the original ack and delivers nothing twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from typing import Protocol
 
 from prometheus_client.metrics_core import Metric
@@ -24,6 +33,7 @@ from chatplane.im import requests
 from chatplane.im.groups import Groups
 from chatplane.im.hotcache import HotCache
 from chatplane.im.inboxes import Inboxes, InboxRing, Ticket
+from chatplane.im.invalidation import LocalInvalidations, Unannounced, Versions
 from chatplane.im.leases import Leases, NotOwner
 from chatplane.im.social import Social
 from chatplane.protocol.bounds import Bounds
@@ -97,8 +107,13 @@ class ImService:
         fenced: bool = False,
         owners: Owners | None = None,
         abuse: Abuse | None = None,
+        versions: Versions | None = None,
     ) -> None:
         self.storage = storage
+        # versions of what is cached of membership, relations and conversation
+        # settings: one process drops at once; a cluster reads a Redis stream
+        # (im/invalidation.py, docs/caches.md)
+        self.versions: Versions = versions or LocalInvalidations()
         self.state = state
         self.limits = limits
         self.bounds = Bounds.from_limits(limits)  # what a request field may hold
@@ -114,14 +129,16 @@ class ImService:
         # idempotent on (sender, device, cid): a device name unique to this
         # process keeps two instances' cids from ever colliding.
         self.event_device = f"{server_id}-{uuid.uuid4().hex[:8]}"
-        self.social = Social(self)
-        self.groups = Groups(self)
-        self._conversations: dict[str, Conversation] = {}
+        self._conversations: dict[str, tuple[str, Conversation]] = {}  # (stamp, conversation)
         # big groups' members as a set, keyed by the members tuple it was made from
         self._member_sets: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
         self._events_ready: set[str] = set()
-        self._spans: dict[tuple[str, str], tuple[int, int]] = {}
-        self._member_lists: dict[str, list[Member]] = {}
+        self._spans: dict[tuple[str, str], tuple[str, tuple[int, int]]] = {}
+        self._member_lists: dict[str, tuple[str, list[Member]]] = {}
+        self.versions.on("members", self.forget_members, self._forget_all)
+        self.versions.on("settings", self.forget_members, self._forget_all)
+        self.social = Social(self)
+        self.groups = Groups(self)
         self.hot = HotCache(self.social_settings.hot_cache_messages)
         self._event_cids = CidAllocator()
         # in a cluster, events for users served elsewhere go to their owner,
@@ -144,19 +161,37 @@ class ImService:
         yield metrics.counter("chatplane_im_appends_fenced_total",
                               "appends refused: lease taken over", self.leases.lost)
         yield from self.hot.families()
+        yield from self.versions.families()
+
+    def _conversation_valid(self, conversation_id: str, stamp: str) -> bool:
+        return (self.versions.valid("members", conversation_id, stamp)
+                and self.versions.valid("settings", conversation_id, stamp))
+
+    def cached_conversation(self, conversation_id: str) -> Conversation | None:
+        """The cached entry, if its version is still good (im/invalidation.py)."""
+        cached = self._conversations.get(conversation_id)
+        if cached is None or not self._conversation_valid(conversation_id, cached[0]):
+            return None
+        return cached[1]
+
+    def _cache_conversation(self, stamp: str, conversation: Conversation) -> None:
+        if len(self._conversations) > 200_000:
+            self._conversations.clear()
+        self._conversations[conversation.conversation_id] = (stamp, conversation)
 
     async def conversation(self, conversation_id: str, *, fresh: bool = False) -> Conversation:
-        """A conversation with its members; cached (members change only through
-        this service, which forgets the entry), re-read when `fresh`."""
-        conversation = None if fresh else self._conversations.get(conversation_id)
+        """A conversation with its members; cached, versioned against changes
+        made through any instance (im/invalidation.py), re-read when `fresh`."""
+        conversation = None if fresh else self.cached_conversation(conversation_id)
         if conversation is None:
+            stamp = self.versions.stamp()  # before the read: a change during it voids it
             try:
                 conversation = await self.storage.conversation(conversation_id)
             except StorageUnavailable as exc:
                 raise _unavailable(exc) from exc
             if conversation is None:
                 raise ProtocolError(ErrorCode.NOT_FOUND, f"no conversation {conversation_id!r}")
-            self._conversations[conversation_id] = conversation
+            self._cache_conversation(stamp, conversation)
         return conversation
 
     def _forget_conversation(self, conversation_id: str) -> None:
@@ -166,6 +201,27 @@ class ImService:
         if not conversation_id.startswith(("d:", "u:")):  # spans are kept for groups only
             for key in [k for k in self._spans if k[1] == conversation_id]:
                 del self._spans[key]
+
+    @contextlib.asynccontextmanager
+    async def changing(self, kind: str, key: str) -> AsyncIterator[None]:
+        """Around a storage write that changes what instances cache: announced
+        before it (refused, retriable, if that cannot be) and after it,
+        whatever it did (im/invalidation.py)."""
+        try:
+            await self.versions.begin(kind, key)
+        except Unannounced as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"{exc}; retry") from exc
+        try:
+            yield
+        finally:
+            await self.versions.end(kind, key)
+
+    def _forget_all(self) -> None:
+        """Announcements were missed for good (im/invalidation.py, `flush`)."""
+        self._conversations.clear()
+        self._member_lists.clear()
+        self._member_sets.clear()
+        self._spans.clear()
 
     async def hold(self, conversation_id: str) -> tuple[int | None, bool]:
         """This instance's lease of the conversation (taken if needed):
@@ -253,12 +309,14 @@ class ImService:
 
     async def member_list(self, conversation_id: str) -> list[Member]:
         """Members with roles and join seqs, cached like `conversation`."""
-        members = self._member_lists.get(conversation_id)
-        if members is None:
-            members = await self.storage.members(conversation_id)
-            if len(self._member_lists) > 1000:
-                self._member_lists.clear()
-            self._member_lists[conversation_id] = members
+        cached = self._member_lists.get(conversation_id)
+        if cached is not None and self.versions.valid("members", conversation_id, cached[0]):
+            return cached[1]
+        stamp = self.versions.stamp()
+        members = await self.storage.members(conversation_id)
+        if len(self._member_lists) > 1000:
+            self._member_lists.clear()
+        self._member_lists[conversation_id] = (stamp, members)
         return members
 
     async def require_member(self, user_id: str, conversation_id: str, *,
@@ -348,11 +406,12 @@ class ImService:
             relation = await self.storage.relation(user_id, peer_user_id)
             if not relation.friend:
                 raise ProtocolError(ErrorCode.FORBIDDEN, f"{user_id} and {peer_user_id} are not friends")
+        stamp = self.versions.stamp()
         try:
             conversation = await self.storage.ensure_direct(user_id, peer_user_id, self.clock_ms())
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
-        self._conversations[conversation.conversation_id] = conversation
+        self._cache_conversation(stamp, conversation)
         return conversation
 
     async def send(
@@ -463,15 +522,19 @@ class ImService:
                 raise _not_member(user_id, conversation_id)
             return 1, 0
         key = (user_id, conversation_id)
-        span = self._spans.get(key)
-        if span is None:
+        cached = self._spans.get(key)
+        if cached is not None and self.versions.valid("members", conversation_id, cached[0]):
+            span = cached[1]
+        else:
+            stamp = self.versions.stamp()
             try:
-                span = await self.storage.membership_span(user_id, conversation_id)
+                found = await self.storage.membership_span(user_id, conversation_id)
             except StorageUnavailable as exc:
                 raise _unavailable(exc) from exc
-            if span is None:
+            if found is None:
                 raise _not_member(user_id, conversation_id)
-            self._spans[key] = span
+            span = found
+            self._spans[key] = (stamp, span)
             while len(self._spans) > 200_000:
                 self._spans.pop(next(iter(self._spans)))
         joined, left = span
@@ -506,8 +569,8 @@ class ImService:
             before = min(before or highest + 1, highest + 1)
         head = self.hot.head(conversation_id)
         cached = self._conversations.get(conversation_id)
-        if cached is not None:
-            head = max(head, cached.head_seq)
+        if cached is not None:  # a lower bound of the head: any version will do
+            head = max(head, cached[1].head_seq)
         if after_seq:  # oldest first from a cursor: what clients pull to fill gaps
             messages = await self._page_after(conversation_id, max(after_seq, lowest - 1),
                                               limit + 1, before)

@@ -11,10 +11,10 @@ only, DESIGN §4).
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from chatplane.im.invalidation import pair_key
 from chatplane.protocol.bounds import MAX_NOTE_CHARS as MAX_NOTE
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.storage.base import (
@@ -39,37 +39,50 @@ def relation_pb(user_id: str, r: Relation) -> pb.Relation:
                        updated_at_ms=r.updated_at_ms)
 
 
-# How long a relation read on the send path is trusted in a cluster. Changes
-# made through this process invalidate at once; this bounds how long a change
-# made through another im instance takes to apply to sends here.
-RELATION_TTL_S = 2.0
-
-
 class Social:
     def __init__(self, im: ImService) -> None:
         self.im = im
-        self._relations: dict[tuple[str, str], tuple[float, Relation]] = {}
-        self._loading: dict[tuple[str, str], asyncio.Future[Relation]] = {}
+        # (user, other) -> (stamp, relation): versioned like the im's other
+        # caches (im/invalidation.py), so a change made through any instance
+        # applies to sends here once announced, within the bound if not
+        self._relations: dict[tuple[str, str], tuple[str, Relation]] = {}
+        self._loading: dict[tuple[str, str], tuple[str, asyncio.Future[Relation]]] = {}
+        im.versions.on("relation", self._forget_pair, self._forget_all)
+
+    def _forget_pair(self, key: str) -> None:
+        a, _, b = key.partition("|")
+        for pair in ((a, b), (b, a)):
+            self._relations.pop(pair, None)
+            self._loading.pop(pair, None)  # later sends read the new rows
+
+    def _forget_all(self) -> None:
+        self._relations.clear()
+        self._loading.clear()
+
+    def _loaded(self, key: tuple[str, str], done: asyncio.Future[Relation]) -> None:
+        loading = self._loading.get(key)
+        if loading is not None and loading[1] is done:
+            del self._loading[key]
 
     async def _relation(self, user: str, other: str) -> Relation:
-        now = time.monotonic()
         key = (user, other)
+        versions = self.im.versions
         cached = self._relations.get(key)
-        # alone (`chatplane up`: no ring of other instances), every change
-        # goes through this process and invalidates at once: no expiry
-        if cached is not None and (cached[0] > now or self.im.owners is None):
+        if cached is not None and versions.valid("relation", pair_key(user, other), cached[0]):
             return cached[1]
-        # one read per expiry, shared by the sends in flight meanwhile (a
+        # one read per miss, shared by the sends in flight meanwhile (a
         # device pipelines up to 32: each used to read on its own)
         loading = self._loading.get(key)
-        if loading is None:
-            loading = self._loading[key] = asyncio.ensure_future(self.im.storage.relation(*key))
-            loading.add_done_callback(
-                lambda done: self._loading.pop(key) if self._loading.get(key) is done else None)
-        relation = await asyncio.shield(loading)
+        if loading is None or not versions.valid("relation", pair_key(user, other), loading[0]):
+            stamp = versions.stamp()  # before the read: a change during it voids it
+            read: asyncio.Future[Relation] = asyncio.ensure_future(self.im.storage.relation(*key))
+            loading = self._loading[key] = (stamp, read)
+            read.add_done_callback(lambda done: self._loaded(key, done))
+        stamp, read = loading
+        relation = await asyncio.shield(read)
         if len(self._relations) > 100_000:
             self._relations.clear()
-        self._relations[key] = (now + RELATION_TTL_S, relation)
+        self._relations[key] = (stamp, relation)
         return relation
 
     # -- friends ---------------------------------------------------------------
@@ -123,13 +136,10 @@ class Social:
         else:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "unknown friend action")
         try:
-            await storage.put_relations([(user, other, mine), (other, user, theirs)])
+            async with self.im.changing("relation", pair_key(user, other)):
+                await storage.put_relations([(user, other, mine), (other, user, theirs)])
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
-        finally:
-            for key in ((user, other), (other, user)):
-                self._relations.pop(key, None)
-                self._loading.pop(key, None)  # later sends read the new rows
         event = pb.Event(friend=pb.FriendEvent(action=action, actor=user, user_id=other,
                                                note=op.note if action == pb.REQUEST else ""))
         await self.im.emit(user, event)

@@ -142,9 +142,18 @@ class ArchivedStorage:
         self._decoded.move_to_end(name)
         return decoded
 
+    async def open(self) -> None:
+        await self.inner.open()
+        try:
+            await self.store.check()  # a missing bucket fails the start, not the first read
+        except BaseException:
+            await self.store.close()
+            raise
+
     async def close(self) -> None:
         if self.archiver is not None:
             await self.archiver.rows.close()
+        await self.store.close()
         await self.inner.close()
 
     def families(self) -> Iterator[Metric]:

@@ -1,13 +1,16 @@
 """The cold tier measured: compression, bytes per message, history reads archive vs hot.
 
     python3 -m chatplane.storage.archive_bench --conversations 20 --messages 2000
+    python3 -m chatplane.storage.archive_bench --s3   # segments in CHATPLANE_ARCHIVE_S3_*'s bucket
 
 Fills embedded storage in a temporary directory with chat-like messages
 (sentences drawn from a fixed vocabulary, ids and times as the im makes
 them), times history pages (50 messages after a random cursor) from hot
 rows, archives everything but each conversation's newest message, and times
 the same pages again, first with a cold segment cache (a fresh reader) and
-then warm. Prints one JSON object. Synthetic text compresses better than
+then warm. With `--s3` the segments go to the bucket the CHATPLANE_ARCHIVE_S3_*
+settings name (under a prefix of the run's own, deleted after). Prints one
+JSON object. Synthetic text compresses better than
 real chat with links and emoji would: read the ratio as an upper bound.
 """
 
@@ -25,10 +28,12 @@ import time
 from pathlib import Path
 from typing import cast
 
+from chatplane import settings as settings_mod
 from chatplane.settings import Archive
 from chatplane.storage.archive import DAY_MS, ArchivedStorage, Archiver
 from chatplane.storage.archive_rows import SqliteRows
-from chatplane.storage.archive_segments import DirSegments
+from chatplane.storage.archive_s3 import S3Segments
+from chatplane.storage.archive_segments import DirSegments, SegmentStore
 from chatplane.storage.base import SendRequest, Storage
 from chatplane.storage.sqlite import SqliteStorage
 
@@ -38,7 +43,7 @@ WORDS = ("the meeting is moved to tomorrow at ten can you send me the file ok th
 
 
 async def pages(storage: Storage, ids: list[str], n: int, count: int, rng: random.Random,
-                fresh: DirSegments | None = None) -> float:
+                fresh: SegmentStore | None = None) -> float:
     """Median seconds per 50-message page after a random cursor (with `fresh`:
     each page through a new reader, so its segment is read and decompressed)."""
     times = []
@@ -54,7 +59,18 @@ async def pages(storage: Storage, ids: list[str], n: int, count: int, rng: rando
     return statistics.median(times)
 
 
-async def run(conversations: int, messages: int, reads: int, seed: int) -> dict[str, object]:
+def _s3_store(tag: str) -> S3Segments:
+    config = settings_mod.load().archive
+    if not config.archive_s3_endpoint:
+        raise settings_mod.SettingsError("--s3 needs CHATPLANE_ARCHIVE_S3_ENDPOINT (and the"
+                                         " bucket and keys)")
+    store = S3Segments.from_settings(config)
+    store.prefix = f"{config.archive_s3_prefix}archive-bench-{tag}/"
+    return store
+
+
+async def run(conversations: int, messages: int, reads: int, seed: int,
+              s3: bool = False) -> dict[str, object]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="chatplane-archive-bench-") as tmp:
         root = Path(tmp)
@@ -73,7 +89,8 @@ async def run(conversations: int, messages: int, reads: int, seed: int) -> dict[
                     (a, b))
         hot = await pages(storage, ids, messages, reads, rng)
         table_bytes = await asyncio.to_thread(_table_bytes, root / "chat.db")
-        store = DirSegments(root / "archive")
+        store: SegmentStore = (_s3_store(f"{rng.getrandbits(32):08x}") if s3
+                               else DirSegments(root / "archive"))
         rows = SqliteRows(root / "chat.db")
         archiver = Archiver(ArchivedStorage(storage, store), rows, store, Archive())
         start = time.perf_counter()
@@ -84,8 +101,13 @@ async def run(conversations: int, messages: int, reads: int, seed: int) -> dict[
         reader = cast(Storage, warm_reader)
         await pages(reader, ids, messages, reads, rng)
         warm = await pages(reader, ids, messages, reads, rng)
+        if s3:  # a bucket is not a temporary directory
+            for name in await store.names(""):
+                await store.delete(name)
+        await store.close()
         await storage.close()
-    return {"messages_archived": report.messages, "segments": report.segments,
+    return {"segments_in": "s3" if s3 else "dir",
+            "messages_archived": report.messages, "segments": report.segments,
             "record_bytes": report.raw_bytes, "segment_bytes": report.stored_bytes,
             "compression_ratio": round(report.raw_bytes / max(report.stored_bytes, 1), 2),
             "segment_bytes_per_message": round(report.stored_bytes / max(report.messages, 1), 1),
@@ -115,12 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=2000, help="per conversation")
     parser.add_argument("--reads", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--s3", action="store_true",
+                        help="segments in the bucket CHATPLANE_ARCHIVE_S3_* names")
     args = parser.parse_args(argv)
     if args.conversations < 1 or args.messages < 100 or args.reads < 1:
         print("archive_bench: need --conversations >= 1, --messages >= 100, --reads >= 1",
               file=sys.stderr)
         return 2
-    print(json.dumps(asyncio.run(run(args.conversations, args.messages, args.reads, args.seed))))
+    try:
+        result = asyncio.run(run(args.conversations, args.messages, args.reads, args.seed,
+                                 args.s3))
+    except settings_mod.SettingsError as exc:
+        print(f"archive_bench: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
     return 0
 
 

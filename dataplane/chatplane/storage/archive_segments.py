@@ -11,7 +11,8 @@ knows those seqs were archived and then expired.
 
 `SegmentStore` is what the archive needs of a place to keep files;
 `DirSegments` keeps them under a directory (the data dir for `up`), written
-to a temporary name, fsynced and renamed.
+to a temporary name, fsynced and renamed; `S3Segments`
+(storage/archive_s3.py) keeps them in an S3-compatible bucket.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ class SegmentStore(Protocol):
     async def names(self, prefix: str) -> list[str]: ...
 
     async def delete(self, name: str) -> None: ...
+
+    async def check(self) -> None:
+        """At start: raise StorageUnavailable if the place cannot be used."""
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, order=True)
@@ -162,3 +168,9 @@ class DirSegments:
 
     async def delete(self, name: str) -> None:
         await asyncio.to_thread(self._path(name).unlink, True)
+
+    async def check(self) -> None:
+        """Nothing to check: the directory is made at the first write."""
+
+    async def close(self) -> None:
+        """Nothing to close."""

@@ -2,7 +2,8 @@
 
 `wrap(settings, storage)` puts `ArchivedStorage` around the backend the
 settings name when archiving is on (embedded storage: segments under
-<data_dir>/archive; CQL: only with `archive_dir` set). `supervise` starts
+<data_dir>/archive; CQL: only with `archive_dir` set; either: in an S3 bucket
+when `archive_s3_endpoint` is set). `supervise` starts
 the archiver as a supervised task of the process that owns the storage (`up`,
 each im). `chatplane storage archive` runs one pass by hand and prints what
 it did as one JSON line.
@@ -19,23 +20,36 @@ from pathlib import Path
 from typing import cast
 
 from chatplane import settings as settings_mod
+from chatplane.settings import Archive as ArchiveSettings
 from chatplane.settings import Settings, SettingsError
 from chatplane.storage.archive import ArchivedStorage, Archiver, run_forever
 from chatplane.storage.archive_rows import ArchiveRows, CqlRows, SqliteRows
-from chatplane.storage.archive_segments import DirSegments
+from chatplane.storage.archive_s3 import S3Segments
+from chatplane.storage.archive_segments import DirSegments, SegmentStore
 from chatplane.storage.base import Storage, StorageError
 from chatplane.supervision import Supervisor
 
 
-def _parts(settings: Settings) -> tuple[ArchiveRows, DirSegments] | None:
+def _segments(config: ArchiveSettings, default_dir: Path | None) -> SegmentStore | None:
+    """Where segments go: the S3 bucket when an endpoint is set, else the directory."""
+    if config.archive_s3_endpoint:
+        return S3Segments.from_settings(config)
+    if config.archive_dir:
+        return DirSegments(Path(config.archive_dir))
+    return DirSegments(default_dir) if default_dir is not None else None
+
+
+def _parts(settings: Settings) -> tuple[ArchiveRows, SegmentStore] | None:
     config, storage = settings.archive, settings.storage
     if storage.backend == "sqlite":
-        root = Path(config.archive_dir or Path(storage.data_dir) / "archive")
-        return SqliteRows(Path(storage.data_dir) / "chatplane.db"), DirSegments(root)
-    if storage.backend == "scylla" and config.archive_dir:
+        store = _segments(config, Path(storage.data_dir) / "archive")
+        assert store is not None
+        return SqliteRows(Path(storage.data_dir) / "chatplane.db"), store
+    store = _segments(config, None)  # CQL: only where segments are told to go
+    if storage.backend == "scylla" and store is not None:
         from chatplane.storage import scylla
 
-        return CqlRows(scylla.cql_settings(settings)), DirSegments(Path(config.archive_dir))
+        return CqlRows(scylla.cql_settings(settings)), store
     return None
 
 
@@ -65,12 +79,12 @@ async def _archive_once(settings: Settings) -> dict[str, int]:
     storage = make_storage(settings)
     if not isinstance(storage, ArchivedStorage) or storage.archiver is None:
         raise SettingsError("archiving is off: set CHATPLANE_ARCHIVE_AFTER_DAYS > 0 (and"
-                            " CHATPLANE_ARCHIVE_DIR with the scylla backend)")
+                            " CHATPLANE_ARCHIVE_DIR or CHATPLANE_ARCHIVE_S3_ENDPOINT with the"
+                            " scylla backend)")
     await storage.open()
     try:
         report = await storage.archiver.run_once()
     finally:
-        await storage.archiver.rows.close()
         await storage.close()
     return dataclasses.asdict(report)
 
