@@ -1,5 +1,5 @@
 """Real backing services for tests: a redis-server, a CQL server (Cassandra) and
-an S3-compatible server (SeaweedFS).
+an S3-compatible server (S3Proxy).
 
 A pytest plugin (tests/conftest.py loads it with `pytest_plugins`). Two
 session-scoped fixtures start the real servers on 127.0.0.1, on free ports,
@@ -10,8 +10,8 @@ with their data in a temporary folder, and stop them at the end:
 - `cql_server` -> CqlService (`.hosts`, `.port`; `.stop()` / `.start()` keep
   the data, for storage-fault tests);
 - `s3_server` -> S3Service (`.endpoint`, `.bucket`, `.access_key`,
-  `.secret_key`): SeaweedFS's `weed server -s3` built by
-  scripts/setup/50-seaweedfs.sh, one bucket made, signatures checked.
+  `.secret_key`): S3Proxy on its filesystem backend, fetched by
+  scripts/setup/50-s3proxy.sh, one bucket made, signatures checked.
 
 Environment variables point them at external servers instead (nothing is
 started then): CHATPLANE_TEST_REDIS_URL=redis://host:port/db and
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import os
 import shutil
 import signal
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+from chatplane.cluster import free_port
 from chatplane.storage.archive_s3 import S3Segments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,17 +45,10 @@ REDIS_START_TIMEOUT_S = 15.0
 CQL_START_TIMEOUT_S = float(os.environ.get("CHATPLANE_TEST_CQL_START_TIMEOUT", "180"))
 STOP_TIMEOUT_S = 30.0
 S3_START_TIMEOUT_S = 60.0
-WEED = Path(os.environ.get("CHATPLANE_CACHE", Path.home() / ".cache" / "chatplane")) / \
-    "seaweedfs" / "bin" / "weed"
+S3PROXY = Path(os.environ.get("CHATPLANE_CACHE", Path.home() / ".cache" / "chatplane")) / \
+    "s3proxy" / "s3proxy.jar"
 
 _running: set[subprocess.Popen[bytes]] = set()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -288,8 +281,8 @@ def redis_server() -> Iterator[RedisService]:
 
 
 class S3Service:
-    """SeaweedFS (master, volume, filer and S3 gateway in one `weed server`) on
-    loopback, with one identity whose keys every request must be signed with."""
+    """S3Proxy (a real S3-compatible server; here on its filesystem backend) on loopback,
+    with one identity whose keys every request must be signed with (v2 or v4)."""
 
     bucket = "chatplane-test"
     access_key = "chatplane-test-key"
@@ -302,39 +295,36 @@ class S3Service:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        if not WEED.exists():
-            pytest.fail(f"{WEED} is missing: run scripts/setup/50-seaweedfs.sh")
-        config = self.workdir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "chatplane", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}]}]}))
+        if not S3PROXY.exists():
+            pytest.fail(f"{S3PROXY} is missing: run scripts/setup/50-s3proxy.sh")
         data = self.workdir / "data"
         data.mkdir(exist_ok=True)
-        # every port chosen here: the defaults (and their +10000 gRPC ports) may be taken
-        ports = {name: free_port() for name in ("master", "volume", "filer")}
-        args = [str(WEED), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
-                f"-master.port={ports['master']}", f"-master.port.grpc={free_port()}",
-                "-master.volumeSizeLimitMB=64", f"-volume.port={ports['volume']}",
-                f"-volume.port.grpc={free_port()}", "-volume.max=16",
-                "-volume.preStopSeconds=0",  # its default waits 10 s at SIGTERM
-                "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={free_port()}",
-                "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={free_port()}",
-                "-s3.port.iceberg=0", f"-s3.config={config}"]
-        self._proc = _spawn(args, self.workdir / "weed.log")
+        properties = self.workdir / "s3proxy.properties"
+        properties.write_text("\n".join([
+            f"s3proxy.endpoint={self.endpoint}",
+            "s3proxy.authorization=aws-v2-or-v4",
+            f"s3proxy.identity={self.access_key}",
+            f"s3proxy.credential={self.secret_key}",
+            "jclouds.provider=filesystem",
+            f"jclouds.filesystem.basedir={data}", ""]))
+        java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get(
+            "JAVA_HOME") else "java"
+        self._proc = _spawn([java, "-Xmx256m", "-jar", str(S3PROXY), "--properties",
+                             str(properties)], self.workdir / "s3proxy.log")
         deadline = time.monotonic() + S3_START_TIMEOUT_S
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                pytest.fail(f"weed exited at start:\n{_tail(self.workdir / 'weed.log')}")
+                pytest.fail(f"s3proxy exited at start:\n{_tail(self.workdir / 's3proxy.log')}")
             try:
                 asyncio.run(self._make_bucket())
                 return
-            except Exception as exc:  # not up yet: refused, or 5xx while the filer starts
+            except Exception as exc:  # not up yet: refused while the JVM starts
                 last = exc
-                time.sleep(0.3)
+                time.sleep(0.2)
         self.stop()
-        pytest.fail(f"SeaweedFS S3 did not answer within {S3_START_TIMEOUT_S}s: {last!r}\n"
-                    f"{_tail(self.workdir / 'weed.log')}")
+        pytest.fail(f"S3Proxy did not answer within {S3_START_TIMEOUT_S}s: {last!r}\n"
+                    f"{_tail(self.workdir / 's3proxy.log')}")
 
     def segments(self, prefix: str = "") -> S3Segments:
         return S3Segments(self.endpoint, self.bucket, access_key=self.access_key,

@@ -1,7 +1,7 @@
 """The cold tier in `chatplane up`: the supervised archiver moves old messages
 into segments while the server runs, and clients read the same history; the
 `chatplane storage archive` subcommand runs a pass by hand. Segments go to the
-data dir and, marked `s3`, to a bucket of a real SeaweedFS (the settings
+data dir and, marked `s3`, to a bucket of a real S3Proxy (the settings
 production uses: CHATPLANE_ARCHIVE_S3_*)."""
 
 from __future__ import annotations

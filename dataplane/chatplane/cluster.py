@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,17 +28,38 @@ from pathlib import Path
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 
 _handed_out: set[int] = set()
+# Ports handed out come from below the kernel's ephemeral range: an outgoing connection
+# takes its local port from that range, and could take one handed out here before the
+# server it is meant for binds it ("address already in use" at start). Above 15000 (out
+# of the way of fixed service ports) and below 30000 (Kubernetes' NodePort range).
+PORTS_LOW, PORTS_HIGH = 15000, 30000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
     """A loopback port nothing listens on now, never the same one twice here."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _handed_out:
+    high = min(PORTS_HIGH, _ephemeral_low())
+    for _ in range(1000):
+        port = random.randrange(PORTS_LOW, high)
+        if port not in _handed_out and _bindable(port):
             _handed_out.add(port)
             return port
+    raise RuntimeError(f"no free loopback port in {PORTS_LOW}..{high}")
 
 
 def free_port_pair() -> int:
@@ -45,15 +67,9 @@ def free_port_pair() -> int:
     laid out as `chatplane up`'s (admin = HTTP + 1), which the benches assume."""
     while True:
         port = free_port()
-        if port + 1 in _handed_out or port + 1 > 65535:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        _handed_out.add(port + 1)
-        return port
+        if port + 1 not in _handed_out and _bindable(port + 1):
+            _handed_out.add(port + 1)
+            return port
 
 
 @dataclass

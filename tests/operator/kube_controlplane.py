@@ -15,7 +15,6 @@ import ipaddress
 import os
 import secrets
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -27,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from chatplane.cluster import free_port
 
 START_TIMEOUT_S = 90.0
 # The operator runs as the ServiceAccount the chart creates (release "chatplane" in this
@@ -49,12 +50,6 @@ def find_binary(name: str) -> str | None:
     if candidate.exists():
         return str(candidate)
     return shutil.which(name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _key() -> rsa.RSAPrivateKey:

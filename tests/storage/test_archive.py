@@ -7,7 +7,7 @@ both directions, inbox walks in small pages) before archiving, archives, and
 asserts that the same reads return the same messages afterwards, while the
 backend itself now holds stubs for the archived seqs. Runs against SQLite
 and, marked `cql`, the real CQL server; with segments in a directory and,
-marked `s3`, in a bucket of a real S3-compatible server (SeaweedFS).
+marked `s3`, in a bucket of a real S3-compatible server (S3Proxy).
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def test_retention_leaves_tombstones_in_place(tmp_path: Path, make_store: StoreM
 
 @pytest.mark.s3
 async def test_s3_requests_are_signed_and_a_wrong_key_is_refused(s3_server: Any) -> None:
-    """SeaweedFS checks every signature: the right keys work, a wrong secret
+    """S3Proxy checks every signature: the right keys work, a wrong secret
     is a retriable StorageUnavailable (never a silent miss), and listing
     pages through more keys than one page holds."""
     from chatplane.storage.archive_s3 import S3Segments

@@ -5,31 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_pair() -> int:
-    """A free port P with P + 1 free too: HTTP and admin port, as `chatplane up`
-    lays them out (the benches find /metrics at port + 1)."""
-    while True:
-        port = free_port()
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
+from chatplane.cluster import free_port, free_port_pair  # one port picker for every test
 
 
 class ServerProcess:
