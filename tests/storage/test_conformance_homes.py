@@ -3,7 +3,8 @@
 Same `backend` fixture as test_conformance.py (SQLite and ScyllaDB): `offer_home`
 keeps the first offer, lets its region confirm it, lets a higher epoch replace it,
 and settles two regions proposing at once the same way in every store (the name
-that sorts first wins an unconfirmed tie, never a confirmed one)."""
+that sorts first wins an unconfirmed tie; a confirmed row yields only to a higher
+epoch)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,5 @@ def test_the_rule_is_a_total_order_at_one_epoch() -> None:
     assert home_replaces(b, a) and not home_replaces(a, b)
     assert not home_replaces(Home("us", 3, True), a)
     assert home_replaces(None, a) and home_replaces(Home("eu", 3), Home("eu", 3, True))
+    # a confirmed home (every store took it) replaces a proposal that lost
+    assert home_replaces(a, Home("us", 3, True))

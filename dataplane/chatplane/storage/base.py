@@ -177,15 +177,16 @@ class Home:
 def home_replaces(existing: Home | None, offered: Home) -> bool:
     """Whether a store keeps `offered` over its `existing` row (`Storage.offer_home`):
     a higher epoch always; at the same epoch, the same region only to confirm it, and
-    another region only over an unconfirmed row and when its name sorts first, so two
-    regions proposing at once end with the same winner in every store."""
+    another region only over an unconfirmed row, when its name sorts first (so two
+    regions proposing at once end with the same winner in every store) or when it is
+    confirmed (every store took it: the unconfirmed row is a proposal that lost)."""
     if existing is None or offered.epoch > existing.epoch:
         return True
     if offered.epoch < existing.epoch:
         return False
     if offered.region == existing.region:
         return offered.confirmed and not existing.confirmed
-    return not existing.confirmed and offered.region < existing.region
+    return not existing.confirmed and (offered.confirmed or offered.region < existing.region)
 
 
 ANY = "*"  # a revocation's user_id or device_id that matches every one
