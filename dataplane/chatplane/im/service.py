@@ -85,6 +85,16 @@ class Owners(InboxRing, Protocol):
     async def append_event(self, request: SendRequest) -> bool: ...
 
 
+class HomeRouter(Protocol):
+    """Home regions (regions/homes.py): where a conversation is sequenced."""
+
+    async def sequence_elsewhere(self, request: SendRequest) -> AppendResult | None:
+        """None when this region sequences the send, else the home region's ack."""
+
+    def committed(self) -> None:
+        """A message of a homed conversation was sequenced here."""
+
+
 class ImService:
     def __init__(
         self,
@@ -133,6 +143,9 @@ class ImService:
                              recover=self.inboxes.recover if self.inboxes is not None else None)
         self.sent = 0
         self.duplicates = 0
+        # several regions (`up` with peers): sends of conversations homed elsewhere
+        # go there (regions/homes.py); None: this process sequences everything
+        self.homes: HomeRouter | None = None
 
     def families(self) -> Iterator[Metric]:
         """The service's counters and its hot tier's, for /metrics (cluster im and `up`)."""
@@ -393,6 +406,10 @@ class ImService:
             payload=payload,
             content_type=content_type or "text",
         )
+        if self.homes is not None:
+            forwarded = await self.homes.sequence_elsewhere(request)
+            if forwarded is not None:  # stored by the home; delivered here by replication
+                return forwarded
         large = conversation.kind == GROUP and self.is_large(conversation.members)
         try:
             # a large group is read-diffused: the timeline only, no inbox entries
@@ -405,7 +422,17 @@ class ImService:
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
         self.deliver(result, conversation.members if large else ())
+        if self.homes is not None and not result.duplicate:
+            self.homes.committed()
         return result
+
+    def replicated(self, messages: Sequence[StoredMessage], items: Sequence[InboxItem]) -> None:
+        """Another region's messages, just stored here (regions/replication.py): into
+        the hot tier, and their inbox entries to this region's devices."""
+        for message in messages:
+            self.hot.add(message)
+        if items:
+            self.state.deliver(items)
 
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
         """A client request frame in, its reply (or Error) frame out."""
