@@ -154,7 +154,8 @@ async def test_a_cut_link_loses_nothing_acked_and_converges(
 ) -> None:
     """alice sends from eu (the home) all along; us is stopped (SIGSTOP) for a while,
     then killed and restarted on its store: bob's device in us ends up with every
-    acked message once and in order, and us's replication resumes from its cursor."""
+    acked message once and in order, and us's replication resumes from its cursor.
+    Then the same to the home while bob's sends are forwarded to it."""
     eu, us = regions
     checker = DeliveryChecker()
     alice = await _device(eu, "alice", "a", checker)
@@ -192,6 +193,24 @@ async def test_a_cut_link_loses_nothing_acked_and_converges(
         # the restarted us went on from the cursor in its store, not from the log's start
         assert view["entries_applied"] < 95, view
         assert _replication(eu, "us")["reconnects"] >= 1  # eu saw the cut too
+
+        # now the home is cut while bob sends from us: stopped (the forwards wait), then
+        # killed and restarted (they fail UNAVAILABLE, the SDK resends each cid)
+        assert eu.proc is not None
+        bob_sends = asyncio.ensure_future(_paced(bob, conversation, 30, 0.05))
+        await asyncio.sleep(0.3)
+        os.kill(eu.proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(1.0)
+        os.kill(eu.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(0.3)
+        eu.kill()
+        await asyncio.sleep(0.3)
+        eu.start()
+        await asyncio.wait_for(bob_sends, 30)
+        await wait_until_received(devices, 125, 25)
+        verdict = checker.verdict()
+        assert verdict.acked == 125 and verdict.ok, verdict.summary()
+        assert bob.client.send_retries >= 1  # some sends did meet the killed home
     finally:
         await _stop_all(devices)
 
