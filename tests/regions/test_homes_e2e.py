@@ -7,6 +7,7 @@ also through a stopped (SIGSTOP) and a killed and restarted region."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -36,13 +37,17 @@ def regions(tmp_path: Path) -> Iterator[tuple[RegionProcess, RegionProcess]]:
     us.start()
     try:
         for me, other in ((eu, us), (us, eu)):
-            wait_for(lambda m=me, o=other: m.peers()[o.name]["ok"], 20, f"{me.name} sees {other.name}")
+            wait_for(functools.partial(_sees, me, other.name), 20, f"{me.name} sees {other.name}")
         yield eu, us
     finally:
         for region in (eu, us):
             if region.proc is not None and region.proc.poll() is None:
                 os.kill(region.proc.pid, signal.SIGCONT)
             region.stop()
+
+
+def _sees(region: RegionProcess, peer: str) -> bool:
+    return bool(region.peers()[peer]["ok"])
 
 
 async def _device(region: RegionProcess, user: str, device: str,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chatplane.storage.base import CONVERSATION_HOME, Home, LogEntry, StorageError
+from chatplane.storage.base import CONVERSATION_HOME, Home, StorageError
 from chatplane.storage.sqlite import SqliteStorage
 from tests.storage.test_conformance import send
 
@@ -28,13 +28,18 @@ async def test_the_log_holds_homed_messages_and_applies_once(tmp_path: Path) -> 
     eu, us = await _store(tmp_path / "eu.db"), await _store(tmp_path / "us.db")
     try:
         await eu.ensure_direct("alice", "bob", NOW_MS)
-        await eu.append(send("d:alice:bob", "alice", 1, "before any home"), ("alice", "bob"))
+        await eu.append(send(CONVERSATION, "alice", 1, "before any home"), ("alice", "bob"))
+        # a conversation without a home row is not logged (a group, an event stream)
+        assert (await eu.log_after(0, 100, "eu"))[0] == []
+        await eu.offer_home(CONVERSATION_HOME, CONVERSATION, Home("eu", 1))
+        # confirmed: what the chat held before joins the log, ahead of what follows
         await eu.offer_home(CONVERSATION_HOME, CONVERSATION, Home("eu", 1, True))
         for cid in range(2, 6):
             await eu.append(send(CONVERSATION, "alice", cid, f"m{cid}"), ("alice", "bob"))
-        # a conversation without a home row is not logged (a group, an event stream)
+        await eu.ensure_direct("carol", "dave", NOW_MS)
+        await eu.append(send("d:carol:dave", "carol", 1, "no home"), ("carol", "dave"))
         entries, scanned, head = await eu.log_after(0, 100, "eu")
-        assert [(e.message.seq, e.epoch) for e in entries] == [(2, 1), (3, 1), (4, 1), (5, 1)]
+        assert [(e.message.seq, e.epoch) for e in entries] == [(n, 1) for n in range(1, 6)]
         assert scanned == head == entries[-1].lsn
         assert (await eu.log_after(0, 100, "us"))[0] == []  # homed in eu, not us
         first, to, _ = await eu.log_after(0, 2, "eu")
@@ -42,21 +47,21 @@ async def test_the_log_holds_homed_messages_and_applies_once(tmp_path: Path) -> 
 
         await us.ensure_direct("alice", "bob", NOW_MS)
         await us.offer_home(CONVERSATION_HOME, CONVERSATION, Home("eu", 1, True))
-        # us misses seq 1 (stored before the home): a hole is refused, nothing written
+        # an entry that would leave a hole (seq 1 missing here) is refused, nothing written
         with pytest.raises(StorageError):
-            await us.apply_log("eu", entries, scanned, {CONVERSATION: ("alice", "bob")})
+            await us.apply_log("eu", entries[1:], scanned, {CONVERSATION: ("alice", "bob")})
         assert await us.log_cursor("eu") == 0 and await us.history(CONVERSATION) == []
-        seq1 = (await eu.history(CONVERSATION, after_seq=0, limit=1))[0]
-        with_first = [LogEntry(0, 1, seq1), *entries]
-        items = await us.apply_log("eu", with_first, scanned, {CONVERSATION: ("alice", "bob")})
+        items = await us.apply_log("eu", entries, scanned, {CONVERSATION: ("alice", "bob")})
         assert [(i.user_id, i.inbox_seq, i.message.seq) for i in items if i.user_id == "bob"] == [
             ("bob", n, n) for n in range(1, 6)]
         assert await us.log_cursor("eu") == scanned
         # the same batch again (a stream reopened from an older cursor): nothing new
-        assert await us.apply_log("eu", with_first, scanned, {CONVERSATION: ("alice", "bob")}) == []
+        assert await us.apply_log("eu", entries, scanned, {CONVERSATION: ("alice", "bob")}) == []
         assert await us.inbox_head("bob") == 5
         mine = [m.message_id for m in await eu.history(CONVERSATION)]
         assert [m.message_id for m in await us.history(CONVERSATION)] == mine
+        # an entry applied here is never served from here: us does not home the chat
+        assert (await us.log_after(0, 100, "us"))[0] == []
     finally:
         await eu.close()
         await us.close()

@@ -39,6 +39,7 @@ from chatplane import metrics, tracing
 from chatplane.metrics import Histogram
 from chatplane.storage import sqlite_social as social
 from chatplane.storage.base import (
+    CONVERSATION_HOME,
     DIRECT,
     EVENTS,
     GROUP,
@@ -773,6 +774,14 @@ class SqliteStorage(_SocialMethods):
                 "INSERT OR REPLACE INTO homes (kind, key, region, epoch, confirmed)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (kind, key, offered.region, offered.epoch, int(offered.confirmed)))
+            if (kind == CONVERSATION_HOME and offered.confirmed
+                    and (existing is None or not existing.confirmed)):
+                # messages stored before the conversation had a home (a chat older than
+                # its regions' link) join the log now, ahead of the home's next ones
+                writer.flush_rows()
+                writer.db.execute(
+                    "INSERT INTO region_log (conversation_id, seq) SELECT conversation_id, seq"
+                    " FROM messages WHERE conversation_id = ? ORDER BY seq", (key,))
             return offered
 
         home: Home = await self._write(offer)
