@@ -224,11 +224,8 @@ class Node:
             self.sequencing.replication.start(self.supervisor)
 
     async def _home_send(self, request: SendRequest) -> AppendResult:
-        """A send forwarded by another region to this conversation's home: the 1:1
-        chat is created here on its first one, then sent like a local client's."""
-        _, a, b = request.conversation_id.split(":", 2)
-        if request.sender in (a, b):
-            await self.im.open_direct(request.sender, b if request.sender == a else a)
+        """A send forwarded by another region to this conversation's home, sent like
+        a local client's (the 1:1 chat is created here by its first one)."""
         return await self.im.send(request.sender, request.sender_device,
                                   request.conversation_id, request.cid, request.text,
                                   request.payload, request.content_type)

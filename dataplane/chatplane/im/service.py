@@ -368,6 +368,15 @@ class ImService:
         self._conversations[conversation.conversation_id] = conversation
         return conversation
 
+    async def _direct_here(self, user_id: str, conversation_id: str) -> None:
+        """Several regions: a 1:1 chat begun in another region (opened there, or
+        forwarded here to its home) exists here from its member's first send, as if
+        the member had opened it here; its messages arrive by replication."""
+        parts = conversation_id.split(":")
+        if (len(parts) == 3 and parts[0] == "d" and user_id in parts[1:]
+                and conversation_id not in self._conversations):
+            await self.open_direct(user_id, parts[2] if user_id == parts[1] else parts[1])
+
     async def send(
         self,
         user_id: str,
@@ -386,6 +395,8 @@ class ImService:
             )
         if content_type.startswith(("system/", "event/")):
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "system/ and event/ types are reserved")
+        if self.homes is not None:
+            await self._direct_here(user_id, conversation_id)
         conversation = await self.require_member(user_id, conversation_id)
         if (await self.hold(conversation_id))[1]:  # just taken: read it again, fresh
             conversation = await self.require_member(user_id, conversation_id)
