@@ -37,6 +37,7 @@ from chatplane.storage.base import (
     Home,
     SendRequest,
     Storage,
+    StorageUnavailable,
 )
 from chatplane.v1 import regions_pb2 as rpb
 from chatplane.v1 import regions_pb2_grpc as rgrpc
@@ -173,6 +174,12 @@ class Homes:
         caller sequences it), else the ack of the home it was forwarded to."""
         if not homed(request.conversation_id):
             return None
+        try:
+            return await self._sequence_elsewhere(request)
+        except StorageUnavailable as exc:
+            raise _unavailable(f"storage unavailable, retry: {exc}") from exc
+
+    async def _sequence_elsewhere(self, request: SendRequest) -> AppendResult | None:
         for _ in range(MAX_REDIRECTS):
             home = await self.of(CONVERSATION_HOME, request.conversation_id)
             if home.region == self.region:
@@ -222,6 +229,9 @@ class Homes:
                 content_type=request.content_type))
         except ProtocolError as exc:
             return rpb.ForwardedAck(error_code=exc.code, error=exc.message)
+        except StorageUnavailable as exc:
+            return rpb.ForwardedAck(error_code=ErrorCode.UNAVAILABLE,
+                                    error=f"storage unavailable, retry: {exc}")
         self.served += 1
         return rpb.ForwardedAck(message=to_pb(result.message), duplicate=result.duplicate)
 
