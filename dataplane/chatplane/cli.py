@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sync", choices=("FULL", "NORMAL"), help="SQLite durability (default FULL)")
     up.add_argument("--region", help="this region's name (CHATPLANE_REGION, default local)")
     up.add_argument("--peers", help='peer regions, JSON [{"name", "endpoint", "datacenter"}] '
-                                    "(CHATPLANE_PEERS); with peers, up serves Region.Hello")
+                                    "(CHATPLANE_PEERS); with peers, up serves the Region link (on "
+                                    "SQLite: 1:1 chats' homes, forwarding, replication)")
     up.add_argument("--grpc-port", type=int,
                     help="cross-region gRPC port, used with --peers (CHATPLANE_GRPC_PORT, 9090)")
     up.add_argument("--tls-cert", help="PEM certificate: HTTPS/WSS and TCP+TLS (CHATPLANE_TLS_CERT); "

@@ -7,8 +7,10 @@ admin API, metrics, drain and `/v1/peers` (rpc/adminport.py); raw TCP has
 its own. Token revocations are read from storage every half
 `session_check_s` and close the sessions they revoke.
 With peers listed (`CHATPLANE_PEERS`) it also serves the cross-region link
-(`Region.Hello`) on the gRPC port and probes every peer; without, no gRPC port
-is opened (many single-machine nodes may share a host).
+(`Region`) on the gRPC port and probes every peer; on SQLite the link also places
+1:1 chats' home regions, forwards sends to them and follows each peer's replicated
+log (regions/homes.py, regions/replication.py). Without peers, no gRPC port is
+opened (many single-machine nodes may share a host).
 
 With a Redis URL the node also publishes itself in the registry the cluster
 tiers use (`cp:gateway:<id>`: addresses, connections, load, draining) and
@@ -41,6 +43,8 @@ from chatplane.im.admin import AdminApi
 from chatplane.im.service import ImService
 from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, make_handler
 from chatplane.regions import links as region_links
+from chatplane.regions.homes import Homes
+from chatplane.regions.replication import Replication
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
 from chatplane.revocations import RevocationWatcher
@@ -52,7 +56,13 @@ from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.settings import Settings
 from chatplane.state.service import StateService
 from chatplane.storage import archiving
-from chatplane.storage.base import Revocation, Storage
+from chatplane.storage.base import (
+    AppendResult,
+    ReplicatedLog,
+    Revocation,
+    SendRequest,
+    Storage,
+)
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
 
@@ -100,6 +110,15 @@ class Node:
         self.state.groups.supervisor = self.supervisor
         self.prober = region_links.prober_for(
             settings, self.server_id, self.signer.peer_proof, self.security)
+        self.sequencing: region_links.Sequencing | None = None
+        if self.prober.links and isinstance(self.storage, ReplicatedLog):
+            # several regions on embedded stores: homes, forwarding, replication
+            homes = Homes(server.region, self.storage, list(self.prober.links),
+                          self.prober.channel)
+            replication = Replication(homes, self.storage, self.im.replicated)
+            self.sequencing = region_links.Sequencing(homes, replication, self._home_send)
+            self.im.homes = homes
+            self.prober.extra = replication.report
         self.revocation_watcher = RevocationWatcher(
             self.gateway.revocations, self.storage.revocations,
             settings.tokens.session_check_s / 2, self.gateway.apply_revocations)
@@ -136,7 +155,8 @@ class Node:
         return metrics.registry(
             self.gateway.metrics.families, self.im.families, self.state.groups.families,
             self.storage.families, self.prober.families, certs.families_of(self.certs),
-            self.supervisor.families)
+            self.supervisor.families,
+            *([self.sequencing.replication.families] if self.sequencing else []))
 
     def _admin_app(self) -> web.Application:
         """The admin port (rpc/adminport.py)."""
@@ -192,12 +212,23 @@ class Node:
         self.mirror.start(self.supervisor)
 
     async def _start_region_link(self) -> None:
-        """Serve `Region.Hello` on the gRPC port, then probe every peer."""
+        """Serve the `Region` service on the gRPC port, then probe every peer (and
+        follow each peer's replicated log)."""
         self._grpc, port = await serving.start_grpc(
             self.settings.server.host, self.settings.links.grpc_port,
-            lambda server: region_links.add_to_server(self.prober, server), self.security)
+            lambda server: region_links.add_to_server(self.prober, server, self.sequencing),
+            self.security)
         self.grpc_address = f"{serving.advertised_host(self.settings)}:{port}"
         self.prober.start(self.supervisor)
+        if self.sequencing is not None:
+            self.sequencing.replication.start(self.supervisor)
+
+    async def _home_send(self, request: SendRequest) -> AppendResult:
+        """A send forwarded by another region to this conversation's home, sent like
+        a local client's (the 1:1 chat is created here by its first one)."""
+        return await self.im.send(request.sender, request.sender_device,
+                                  request.conversation_id, request.cid, request.text,
+                                  request.payload, request.content_type)
 
     async def _drain(self, request: web.Request) -> web.Response:
         asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain,
@@ -257,6 +288,9 @@ class Node:
         await self.gateway.stop()
         await self.revocation_watcher.stop()
         await self.prober.stop()
+        if self.sequencing is not None:
+            await self.sequencing.replication.stop()
+            await self.sequencing.homes.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         if self.publisher is not None:

@@ -95,6 +95,16 @@ class Owners(InboxRing, Protocol):
     async def append_event(self, request: SendRequest) -> bool: ...
 
 
+class HomeRouter(Protocol):
+    """Home regions (regions/homes.py): where a conversation is sequenced."""
+
+    async def sequence_elsewhere(self, request: SendRequest) -> AppendResult | None:
+        """None when this region sequences the send, else the home region's ack."""
+
+    def committed(self) -> None:
+        """A message of a homed conversation was sequenced here."""
+
+
 class ImService:
     def __init__(
         self,
@@ -150,6 +160,9 @@ class ImService:
                              recover=self.inboxes.recover if self.inboxes is not None else None)
         self.sent = 0
         self.duplicates = 0
+        # several regions (`up` with peers): sends of conversations homed elsewhere
+        # go there (regions/homes.py); None: this process sequences everything
+        self.homes: HomeRouter | None = None
 
     def families(self) -> Iterator[Metric]:
         """The service's counters and its hot tier's, for /metrics (cluster im and `up`)."""
@@ -414,6 +427,15 @@ class ImService:
         self._cache_conversation(stamp, conversation)
         return conversation
 
+    async def _direct_here(self, user_id: str, conversation_id: str) -> None:
+        """Several regions: a 1:1 chat begun in another region (opened there, or
+        forwarded here to its home) exists here from its member's first send, as if
+        the member had opened it here; its messages arrive by replication."""
+        parts = conversation_id.split(":")
+        if (len(parts) == 3 and parts[0] == "d" and user_id in parts[1:]
+                and conversation_id not in self._conversations):
+            await self.open_direct(user_id, parts[2] if user_id == parts[1] else parts[1])
+
     async def send(
         self,
         user_id: str,
@@ -432,6 +454,8 @@ class ImService:
             )
         if content_type.startswith(("system/", "event/")):
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "system/ and event/ types are reserved")
+        if self.homes is not None:
+            await self._direct_here(user_id, conversation_id)
         conversation = await self.require_member(user_id, conversation_id)
         if (await self.hold(conversation_id))[1]:  # just taken: read it again, fresh
             conversation = await self.require_member(user_id, conversation_id)
@@ -452,6 +476,10 @@ class ImService:
             payload=payload,
             content_type=content_type or "text",
         )
+        if self.homes is not None:
+            forwarded = await self.homes.sequence_elsewhere(request)
+            if forwarded is not None:  # stored by the home; delivered here by replication
+                return forwarded
         large = conversation.kind == GROUP and self.is_large(conversation.members)
         try:
             # a large group is read-diffused: the timeline only, no inbox entries
@@ -464,7 +492,17 @@ class ImService:
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
         self.deliver(result, conversation.members if large else ())
+        if self.homes is not None and not result.duplicate:
+            self.homes.committed()
         return result
+
+    def replicated(self, messages: Sequence[StoredMessage], items: Sequence[InboxItem]) -> None:
+        """Another region's messages, just stored here (regions/replication.py): into
+        the hot tier, and their inbox entries to this region's devices."""
+        for message in messages:
+            self.hot.add(message)
+        if items:
+            self.state.deliver(items)
 
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
         """A client request frame in, its reply (or Error) frame out."""

@@ -306,6 +306,12 @@ CALL_RULES: dict[str, tuple[Rule, ...]] = {
     "group_heads": (Repeated("conversation_ids", MAX_HEADS_PER_CALL, ()),),
     "hello": (Text("region", MAX_REGION_BYTES), Text("cluster", MAX_REGION_BYTES),
               Text("nonce", MAX_NONCE_BYTES)),
+    # region -> region (regions/homes.py): a home offer, a forwarded client send
+    "offer_home": (Text("region", MAX_REGION_BYTES), Text("kind", MAX_REGION_BYTES),
+                   ConversationId("key"), Text("home", MAX_REGION_BYTES)),
+    "forwarded_send": (Text("region", MAX_REGION_BYTES), UserId("user_id"),
+                       Text("device_id", MAX_DEVICE_BYTES), ConversationId("conversation_id"),
+                       Int("cid", low=1), Text("content_type", MAX_CONTENT_TYPE_BYTES)),
 }
 
 

@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,8 @@ from chatplane import metrics, peerlist
 from chatplane.peerlist import Peer
 from chatplane.protocol import bounds
 from chatplane.regions import hello
+from chatplane.regions.homes import Homes, LocalSend
+from chatplane.regions.replication import Replication
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
 from chatplane.settings import Settings
@@ -100,10 +102,50 @@ class PeerLink:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Sequencing:
+    """What the link carries besides Hello, where the store keeps a replicated log:
+    home placement, forwarded sends (sequenced by `send`) and the log."""
+
+    homes: Homes
+    replication: Replication
+    send: LocalSend
+
+
 class RegionServicer(rgrpc.RegionServicer):
-    def __init__(self, me: Identity, prober: PeerProber) -> None:
+    def __init__(self, me: Identity, prober: PeerProber,
+                 sequencing: Sequencing | None = None) -> None:
         self.me = me
         self.prober = prober
+        self.sequencing = sequencing
+
+    async def _sequencing(self, context: grpc.aio.ServicerContext) -> Sequencing:
+        if self.sequencing is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                f"region {self.me.region} keeps no replicated log")
+        assert self.sequencing is not None
+        return self.sequencing
+
+    async def OfferHome(self, request: rpb.HomeOffer,
+                        context: grpc.aio.ServicerContext) -> rpb.HomeRow:
+        out_of_bounds = bounds.call_problem("offer_home", request)
+        if out_of_bounds is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        return await (await self._sequencing(context)).homes.offered(request)
+
+    async def Send(self, request: rpb.ForwardedSend,
+                   context: grpc.aio.ServicerContext) -> rpb.ForwardedAck:
+        out_of_bounds = bounds.call_problem("forwarded_send", request)
+        if out_of_bounds is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        sequencing = await self._sequencing(context)
+        return await sequencing.homes.serve_send(request, sequencing.send)
+
+    async def Replicate(self, request: rpb.ReplicateRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.LogBatch]:
+        sequencing = await self._sequencing(context)
+        async for batch in sequencing.replication.serve(request):
+            yield batch
 
     async def Hello(self, request: rpb.HelloRequest,
                     context: grpc.aio.ServicerContext) -> rpb.HelloReply:
@@ -128,6 +170,12 @@ class PeerProber:
         self.timeout_s = timeout_s
         self._channels = Peers(timeout_s, security.for_peer_regions(me.region))
         self._tasks: list[asyncio.Task[None]] = []
+        # per peer, what else /v1/peers shows of it (replication)
+        self.extra: Callable[[], dict[str, dict[str, Any]]] = dict
+
+    def channel(self, name: str) -> grpc.aio.Channel:
+        """The channel to peer region `name` (shared by every call of the link)."""
+        return self._channels.channel(self.links[name].peer.endpoint, "im")
 
     def heard(self, region: str) -> None:
         link = self.links.get(region)
@@ -135,7 +183,7 @@ class PeerProber:
             link.heard_at = time.time()
 
     async def probe(self, link: PeerLink) -> None:
-        stub = rgrpc.RegionStub(self._channels.channel(link.peer.endpoint, "im"))
+        stub = rgrpc.RegionStub(self.channel(link.peer.name))
         nonce = hello.new_nonce()
         request = rpb.HelloRequest(region=self.me.region, cluster=self.me.cluster,
                                    protocol=hello.PROTOCOL, nonce=nonce)
@@ -179,10 +227,13 @@ class PeerProber:
 
     def report(self) -> dict[str, Any]:
         now = time.time()
+        extra = self.extra()
         return {"region": self.me.region, "cluster": self.me.cluster,
                 "protocol": hello.PROTOCOL, "server_id": self.me.server_id,
                 "interval_s": self.interval_s,
-                "peers": [link.view(now) for link in self.links.values()]}
+                "peers": [{**link.view(now), **({"replication": extra[name]}
+                                                 if name in extra else {})}
+                          for name, link in self.links.items()]}
 
     def summary(self) -> dict[str, Any]:
         """For /readyz: peer name -> whether it answers as expected."""
@@ -223,5 +274,6 @@ def prober_for(settings: Settings, server_id: str, prove: hello.Prover,
                       security)
 
 
-def add_to_server(prober: PeerProber, server: grpc.aio.Server) -> None:
-    rgrpc.add_RegionServicer_to_server(RegionServicer(prober.me, prober), server)
+def add_to_server(prober: PeerProber, server: grpc.aio.Server,
+                  sequencing: Sequencing | None = None) -> None:
+    rgrpc.add_RegionServicer_to_server(RegionServicer(prober.me, prober, sequencing), server)

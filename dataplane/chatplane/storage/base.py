@@ -156,6 +156,39 @@ class ConversationSummary:
     last_message: StoredMessage | None
 
 
+# What a home region sequences (docs/architecture.md, "Regions"): a conversation's seq,
+# or a user's inbox_seq.
+CONVERSATION_HOME = "conversation"
+USER_HOME = "user"
+HOME_KINDS = (CONVERSATION_HOME, USER_HOME)
+
+
+@dataclass(frozen=True, slots=True)
+class Home:
+    """The region that sequences a conversation (or a user's inbox), at `epoch`.
+    A region proposes itself unconfirmed, and sequences only once every peer has
+    taken the proposal and it is `confirmed` (regions/homes.py)."""
+
+    region: str
+    epoch: int
+    confirmed: bool = False
+
+
+def home_replaces(existing: Home | None, offered: Home) -> bool:
+    """Whether a store keeps `offered` over its `existing` row (`Storage.offer_home`):
+    a higher epoch always; at the same epoch, the same region only to confirm it, and
+    another region only over an unconfirmed row, when its name sorts first (so two
+    regions proposing at once end with the same winner in every store) or when it is
+    confirmed (every store took it: the unconfirmed row is a proposal that lost)."""
+    if existing is None or offered.epoch > existing.epoch:
+        return True
+    if offered.epoch < existing.epoch:
+        return False
+    if offered.region == existing.region:
+        return offered.confirmed and not existing.confirmed
+    return not existing.confirmed and (offered.confirmed or offered.region < existing.region)
+
+
 ANY = "*"  # a revocation's user_id or device_id that matches every one
 
 
@@ -332,3 +365,45 @@ class Storage(Protocol):
 
     async def revocations(self) -> list[Revocation]:
         """Every stored revocation (few: one row per revoked user or device)."""
+
+    # -- home regions (docs/architecture.md, "Regions") -------------------------
+
+    async def home(self, kind: str, key: str) -> Home | None:
+        """The home region of a conversation or a user's inbox (`kind`: one of
+        HOME_KINDS) as this store knows it; None when none was offered yet."""
+
+    async def offer_home(self, kind: str, key: str, offered: Home) -> Home:
+        """Keep `offered` if `home_replaces` the stored row (atomically: SQLite's
+        transaction, a CQL conditional write), and return the row now stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One message of a home region's replicated log, at log position `lsn`."""
+
+    lsn: int
+    epoch: int  # the home epoch it was sequenced under
+    message: StoredMessage
+
+
+@runtime_checkable
+class ReplicatedLog(Protocol):
+    """The embedded store's replicated log (docs/architecture.md, "Regions"): what a
+    home region sequenced, in commit order, read by peers from a position they keep
+    in their own store, and applied there idempotently by (conversation, seq).
+    SQLite only: a multi-datacenter keyspace replicates its data itself."""
+
+    async def log_after(self, after: int, limit: int, region: str) -> tuple[list[LogEntry], int, int]:
+        """(entries, scanned_to, head): the log's entries after position `after` (at most
+        `limit` positions looked at) of conversations whose confirmed home is `region`,
+        ascending; the last position looked at (the reader's next `after`); the newest."""
+
+    async def log_cursor(self, peer: str) -> int:
+        """The log position of `peer` applied here last (0: none)."""
+
+    async def apply_log(self, peer: str, entries: Sequence[LogEntry], scanned_to: int,
+                        recipients: dict[str, tuple[str, ...]]) -> list[InboxItem]:
+        """Store `peer`'s entries (each conversation's next seq; one stored before is
+        skipped; a hole raises StorageError and writes nothing) with inbox entries for
+        `recipients[conversation]`, and move the peer's cursor to `scanned_to`, in one
+        transaction. Returns the inbox entries written, for live delivery."""

@@ -134,6 +134,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         "{{'class': 'LeveledCompactionStrategy'}}",
         "ALTER TABLE {ks}.inbox_heads WITH compaction = {{'class': 'LeveledCompactionStrategy'}}",
     )),
+    Migration(7, "home regions: who sequences a conversation or a user's inbox", (
+        # Changed by conditional writes only (Storage.offer_home); kind is
+        # 'conversation' or 'user' (docs/architecture.md, "Regions").
+        """CREATE TABLE IF NOT EXISTS {ks}.homes (
+            kind text, key text, region text, epoch bigint, confirmed boolean,
+            PRIMARY KEY ((kind, key)))""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -37,6 +37,7 @@ from chatplane.storage.base import (
     MEMBER,
     AppendResult,
     Conversation,
+    Home,
     InboxItem,
     MembershipChange,
     Revocation,
@@ -46,6 +47,7 @@ from chatplane.storage.base import (
     StoredMessage,
     direct_conversation_id,
     events_conversation_id,
+    home_replaces,
 )
 from chatplane.storage.scylla_append import RECOVER_TAIL, Appender
 from chatplane.storage.scylla_flush import Flusher
@@ -320,6 +322,34 @@ class ScyllaStorage(social.SocialMethods):
         db, st, _ = self._parts()
         rows = await db.run(st.select_revocations, ())
         return [Revocation(r["user_id"], r["device_id"], r["before_ms"]) for r in rows]
+
+    # -- home regions ----------------------------------------------------------
+
+    async def home(self, kind: str, key: str) -> Home | None:
+        db, st, _ = self._parts()
+        rows = await db.run(st.select_home, (kind, key), serial_read=True)
+        return _home(rows[0]) if rows else None
+
+    async def offer_home(self, kind: str, key: str, offered: Home) -> Home:
+        """A compare-and-set loop: each round reads what the last conditional
+        write found and offers again against exactly that row."""
+        db, st, _ = self._parts()
+        rows = await db.run(st.insert_home, (kind, key, offered.region, offered.epoch,
+                                             offered.confirmed))
+        for _ in range(16):
+            if rows[0].get("[applied]"):
+                return offered
+            existing = _home(rows[0])
+            if not home_replaces(existing, offered):
+                return existing
+            rows = await db.run(st.update_home, (
+                offered.region, offered.epoch, offered.confirmed, kind, key,
+                existing.region, existing.epoch, existing.confirmed))
+        raise StorageUnavailable(f"home of {kind} {key!r} kept changing under offer_home")
+
+
+def _home(row: cql.Row) -> Home:
+    return Home(row["region"], int(row["epoch"]), bool(row["confirmed"]))
 
 
 async def open_storage(settings: cql.CqlSettings) -> ScyllaStorage:

@@ -82,6 +82,9 @@ class Statements:
     select_user_invitations: PreparedStatement
     put_revocation: PreparedStatement
     select_revocations: PreparedStatement
+    select_home: PreparedStatement
+    insert_home: PreparedStatement
+    update_home: PreparedStatement
     select_sequence: PreparedStatement
     sequences_in: PreparedStatement
     take_sequence: PreparedStatement
@@ -237,6 +240,17 @@ class Statements:
             "select_revocations": (
                 f"SELECT user_id, device_id, before_ms FROM {ks}.revocations"
                 " WHERE scope = 'all'", True),
+            # Home regions: changed by conditional writes only (offer_home).
+            "select_home": (
+                f"SELECT region, epoch, confirmed FROM {ks}.homes WHERE kind = ? AND key = ?",
+                True),
+            "insert_home": (
+                f"INSERT INTO {ks}.homes (kind, key, region, epoch, confirmed)"
+                " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS", False),
+            "update_home": (
+                f"UPDATE {ks}.homes SET region = ?, epoch = ?, confirmed = ?"
+                " WHERE kind = ? AND key = ? IF region = ? AND epoch = ? AND confirmed = ?",
+                False),
             # Seq blocks (scylla_seq.py): the sequence rows change only by
             # conditional writes, once per block or per take, never per message.
             "select_sequence": (

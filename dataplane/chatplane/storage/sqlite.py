@@ -39,6 +39,7 @@ from chatplane import metrics, tracing
 from chatplane.metrics import Histogram
 from chatplane.storage import sqlite_social as social
 from chatplane.storage.base import (
+    CONVERSATION_HOME,
     DIRECT,
     EVENTS,
     GROUP,
@@ -46,7 +47,9 @@ from chatplane.storage.base import (
     Conversation,
     ConversationNotFound,
     ConversationSummary,
+    Home,
     InboxItem,
+    LogEntry,
     Member,
     MembershipChange,
     Relation,
@@ -57,6 +60,7 @@ from chatplane.storage.base import (
     StoredMessage,
     direct_conversation_id,
     events_conversation_id,
+    home_replaces,
 )
 from chatplane.storage.sqlite_writer import (
     MESSAGE_COLUMNS,
@@ -140,6 +144,34 @@ CREATE TABLE IF NOT EXISTS revocations (
     device_id TEXT NOT NULL,
     before_ms INTEGER NOT NULL,
     PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
+-- Home regions (docs/architecture.md, "Regions"): who sequences a conversation
+-- ('conversation') or a user's inbox ('user'), changed by offer_home only.
+CREATE TABLE IF NOT EXISTS homes (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    region TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    confirmed INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+-- The replicated log (ReplicatedLog): every message stored in a conversation that
+-- has a home row, in commit order (the trigger runs in the append's transaction).
+-- Peers read the entries homed here; `region_cursors` is where this store's reading
+-- of each peer's log stands, moved in the transaction that applies it.
+CREATE TABLE IF NOT EXISTS region_log (
+    lsn INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS region_log_messages AFTER INSERT ON messages
+    WHEN EXISTS (SELECT 1 FROM homes WHERE kind = 'conversation' AND key = new.conversation_id)
+    BEGIN
+        INSERT INTO region_log (conversation_id, seq) VALUES (new.conversation_id, new.seq);
+    END;
+CREATE TABLE IF NOT EXISTS region_cursors (
+    peer TEXT PRIMARY KEY,
+    lsn INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -724,3 +756,90 @@ class SqliteStorage(_SocialMethods):
 
         return await self._read(read)
 
+    # -- home regions ----------------------------------------------------------
+
+    async def home(self, kind: str, key: str) -> Home | None:
+        def read(db: sqlite3.Connection) -> Home | None:
+            return _home(db, kind, key)
+
+        return await self._read(read)
+
+    async def offer_home(self, kind: str, key: str, offered: Home) -> Home:
+        def offer(writer: Writer) -> Home:
+            existing = _home(writer.db, kind, key)
+            if not home_replaces(existing, offered):
+                assert existing is not None
+                return existing
+            writer.db.execute(
+                "INSERT OR REPLACE INTO homes (kind, key, region, epoch, confirmed)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (kind, key, offered.region, offered.epoch, int(offered.confirmed)))
+            if (kind == CONVERSATION_HOME and offered.confirmed
+                    and (existing is None or not existing.confirmed)):
+                # messages stored before the conversation had a home (a chat older than
+                # its regions' link) join the log now, ahead of the home's next ones
+                writer.flush_rows()
+                writer.db.execute(
+                    "INSERT INTO region_log (conversation_id, seq) SELECT conversation_id, seq"
+                    " FROM messages WHERE conversation_id = ? ORDER BY seq", (key,))
+            return offered
+
+        home: Home = await self._write(offer)
+        return home
+
+    # -- the replicated log (ReplicatedLog) -----------------------------------
+
+    async def log_after(self, after: int, limit: int,
+                        region: str) -> tuple[list[LogEntry], int, int]:
+        def read(db: sqlite3.Connection) -> tuple[list[LogEntry], int, int]:
+            head = db.execute("SELECT coalesce(max(lsn), 0) FROM region_log").fetchone()[0]
+            positions = db.execute(
+                "SELECT lsn FROM region_log WHERE lsn > ? ORDER BY lsn LIMIT ?",
+                (after, limit)).fetchall()
+            if not positions:
+                return [], after, int(head)
+            last = int(positions[-1][0])
+            rows = db.execute(
+                f"SELECT l.lsn, h.epoch, {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}"
+                " FROM region_log l JOIN homes h ON h.kind = 'conversation'"
+                " AND h.key = l.conversation_id AND h.region = ? AND h.confirmed = 1"
+                " JOIN messages m ON m.conversation_id = l.conversation_id AND m.seq = l.seq"
+                " WHERE l.lsn > ? AND l.lsn <= ? ORDER BY l.lsn",
+                (region, after, last)).fetchall()
+            entries = [LogEntry(int(r[0]), int(r[1]), message_from_row(r[2:])) for r in rows]
+            return entries, last, int(head)
+
+        return await self._read(read)
+
+    async def log_cursor(self, peer: str) -> int:
+        def read(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT lsn FROM region_cursors WHERE peer = ?", (peer,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._read(read)
+
+    async def apply_log(self, peer: str, entries: Sequence[LogEntry], scanned_to: int,
+                        recipients: dict[str, tuple[str, ...]]) -> list[InboxItem]:
+        def apply(writer: Writer) -> list[InboxItem]:
+            row = writer.db.execute("SELECT lsn FROM region_cursors WHERE peer = ?",
+                                    (peer,)).fetchone()
+            if row is not None and int(row[0]) >= scanned_to:
+                return []  # applied before (a batch read twice)
+            items: list[InboxItem] = []
+            for entry in entries:
+                message = entry.message
+                items += writer.apply_replicated(
+                    message, recipients.get(message.conversation_id, ()))
+            writer.db.execute(
+                "INSERT INTO region_cursors (peer, lsn) VALUES (?, ?)"
+                " ON CONFLICT (peer) DO UPDATE SET lsn = excluded.lsn", (peer, scanned_to))
+            return items
+
+        items: list[InboxItem] = await self._write(apply)
+        return items
+
+
+def _home(db: sqlite3.Connection, kind: str, key: str) -> Home | None:
+    row = db.execute("SELECT region, epoch, confirmed FROM homes WHERE kind = ? AND key = ?",
+                     (kind, key)).fetchone()
+    return None if row is None else Home(row[0], row[1], bool(row[2]))

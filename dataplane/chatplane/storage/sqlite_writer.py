@@ -295,6 +295,33 @@ class Writer:
         self.inbox_heads[user_id] = inbox_seq
         return InboxItem(user_id=user_id, inbox_seq=inbox_seq, message=message)
 
+    def apply_replicated(self, message: StoredMessage,
+                         recipients: Sequence[str]) -> list[InboxItem]:
+        """A peer home's message at its own seq (ReplicatedLog.apply_log): nothing
+        when stored before, StorageError for a hole (this store misses earlier seqs)."""
+        head = self.conv_head(message.conversation_id)
+        if message.seq <= head:
+            return []
+        if message.seq != head + 1:
+            raise StorageError(f"{message.conversation_id}: replicated seq {message.seq}"
+                               f" after head {head} would leave a hole")
+        row = (message.conversation_id, message.seq, message.message_id, message.sender,
+               message.sender_device, message.cid, message.text, message.sent_at_ms,
+               message.payload, message.content_type)
+        if self.deferring:
+            self.pending_messages.append(row)
+        else:
+            self.db.execute(
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row)
+        key = (message.conversation_id, message.sender, message.sender_device)
+        if message.cid > self.max_cids.get(key, 0):
+            self.max_cids[key] = message.cid
+        self.dirty_convs[message.conversation_id] = (message.seq, message.sent_at_ms)
+        self.dirty_reads[(message.sender, message.conversation_id)] = message.seq
+        self.conv_heads[message.conversation_id] = message.seq
+        return [self.add_entry(user_id, message) for user_id in recipients]
+
     def fan_out(self, conversation_id: str, entries: Sequence[tuple[int, Sequence[str]]],
                 fresh: Collection[int] = frozenset()) -> list[InboxItem]:
         """Storage.fan_out: each (seq, user) entry found, or added."""

@@ -1,6 +1,9 @@
+from chatplane.v1 import frames_pb2 as _frames_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -29,3 +32,91 @@ class HelloReply(_message.Message):
     key_proof: bytes
     server_id: str
     def __init__(self, region: _Optional[str] = ..., cluster: _Optional[str] = ..., protocol: _Optional[int] = ..., key_proof: _Optional[bytes] = ..., server_id: _Optional[str] = ...) -> None: ...
+
+class HomeOffer(_message.Message):
+    __slots__ = ("region", "kind", "key", "home", "epoch", "confirmed")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    kind: str
+    key: str
+    home: str
+    epoch: int
+    confirmed: bool
+    def __init__(self, region: _Optional[str] = ..., kind: _Optional[str] = ..., key: _Optional[str] = ..., home: _Optional[str] = ..., epoch: _Optional[int] = ..., confirmed: _Optional[bool] = ...) -> None: ...
+
+class HomeRow(_message.Message):
+    __slots__ = ("home", "epoch", "confirmed")
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    home: str
+    epoch: int
+    confirmed: bool
+    def __init__(self, home: _Optional[str] = ..., epoch: _Optional[int] = ..., confirmed: _Optional[bool] = ...) -> None: ...
+
+class ForwardedSend(_message.Message):
+    __slots__ = ("region", "user_id", "device_id", "conversation_id", "cid", "text", "payload", "content_type")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    user_id: str
+    device_id: str
+    conversation_id: str
+    cid: int
+    text: str
+    payload: bytes
+    content_type: str
+    def __init__(self, region: _Optional[str] = ..., user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., cid: _Optional[int] = ..., text: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class ForwardedAck(_message.Message):
+    __slots__ = ("message", "duplicate", "error_code", "error", "not_home")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    NOT_HOME_FIELD_NUMBER: _ClassVar[int]
+    message: _frames_pb2.Message
+    duplicate: bool
+    error_code: int
+    error: str
+    not_home: HomeRow
+    def __init__(self, message: _Optional[_Union[_frames_pb2.Message, _Mapping]] = ..., duplicate: _Optional[bool] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., not_home: _Optional[_Union[HomeRow, _Mapping]] = ...) -> None: ...
+
+class ReplicateRequest(_message.Message):
+    __slots__ = ("region", "after")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    after: int
+    def __init__(self, region: _Optional[str] = ..., after: _Optional[int] = ...) -> None: ...
+
+class LogEntry(_message.Message):
+    __slots__ = ("lsn", "epoch", "message")
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    lsn: int
+    epoch: int
+    message: _frames_pb2.Message
+    def __init__(self, lsn: _Optional[int] = ..., epoch: _Optional[int] = ..., message: _Optional[_Union[_frames_pb2.Message, _Mapping]] = ...) -> None: ...
+
+class LogBatch(_message.Message):
+    __slots__ = ("entries", "scanned_to", "head")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_TO_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
+    scanned_to: int
+    head: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., scanned_to: _Optional[int] = ..., head: _Optional[int] = ...) -> None: ...

@@ -39,12 +39,45 @@ class RegionStub:
                 request_serializer=chatplane_dot_v1_dot_regions__pb2.HelloRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_regions__pb2.HelloReply.FromString,
                 _registered_method=True)
+        self.OfferHome = channel.unary_unary(
+                '/chatplane.v1.Region/OfferHome',
+                request_serializer=chatplane_dot_v1_dot_regions__pb2.HomeOffer.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_regions__pb2.HomeRow.FromString,
+                _registered_method=True)
+        self.Send = channel.unary_unary(
+                '/chatplane.v1.Region/Send',
+                request_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedSend.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedAck.FromString,
+                _registered_method=True)
+        self.Replicate = channel.unary_stream(
+                '/chatplane.v1.Region/Replicate',
+                request_serializer=chatplane_dot_v1_dot_regions__pb2.ReplicateRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_regions__pb2.LogBatch.FromString,
+                _registered_method=True)
 
 
 class RegionServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Hello(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OfferHome(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Send(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Replicate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +90,21 @@ def add_RegionServicer_to_server(servicer, server):
                     servicer.Hello,
                     request_deserializer=chatplane_dot_v1_dot_regions__pb2.HelloRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_regions__pb2.HelloReply.SerializeToString,
+            ),
+            'OfferHome': grpc.unary_unary_rpc_method_handler(
+                    servicer.OfferHome,
+                    request_deserializer=chatplane_dot_v1_dot_regions__pb2.HomeOffer.FromString,
+                    response_serializer=chatplane_dot_v1_dot_regions__pb2.HomeRow.SerializeToString,
+            ),
+            'Send': grpc.unary_unary_rpc_method_handler(
+                    servicer.Send,
+                    request_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedSend.FromString,
+                    response_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedAck.SerializeToString,
+            ),
+            'Replicate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Replicate,
+                    request_deserializer=chatplane_dot_v1_dot_regions__pb2.ReplicateRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_regions__pb2.LogBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +134,87 @@ class Region:
             '/chatplane.v1.Region/Hello',
             chatplane_dot_v1_dot_regions__pb2.HelloRequest.SerializeToString,
             chatplane_dot_v1_dot_regions__pb2.HelloReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OfferHome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Region/OfferHome',
+            chatplane_dot_v1_dot_regions__pb2.HomeOffer.SerializeToString,
+            chatplane_dot_v1_dot_regions__pb2.HomeRow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Send(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Region/Send',
+            chatplane_dot_v1_dot_regions__pb2.ForwardedSend.SerializeToString,
+            chatplane_dot_v1_dot_regions__pb2.ForwardedAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Replicate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatplane.v1.Region/Replicate',
+            chatplane_dot_v1_dot_regions__pb2.ReplicateRequest.SerializeToString,
+            chatplane_dot_v1_dot_regions__pb2.LogBatch.FromString,
             options,
             channel_credentials,
             insecure,

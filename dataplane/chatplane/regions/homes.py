@@ -1,0 +1,241 @@
+"""Home regions (DESIGN §5, docs/architecture.md "Regions"): the one region that
+sequences a conversation, where it is placed, and the forwarding of sends to it.
+
+Placement: the first region that needs a home for a conversation proposes itself (epoch
+1, unconfirmed) in its own store, then offers the proposal to every peer's store
+(`Region.OfferHome`). Each store keeps one row by the same total rule
+(`storage.base.home_replaces`: an unconfirmed tie at one epoch goes to the region whose
+name sorts first), so two regions proposing at once end with one winner everywhere. A
+region sequences only under a **confirmed** row of its own, which it writes once every
+peer holds its proposal; then it tells the peers (best effort: a peer that still holds
+the proposal forwards to the proposer, which answers from its confirmed row). A peer that
+does not answer blocks only *new* homes (UNAVAILABLE, retried by the client): a region
+keeps sequencing the conversations it already homes, alone.
+
+Forwarding: a send into a conversation homed elsewhere goes to the home as
+`Region.Send`, idempotent by (sender, device, cid) like a client's resend, and its ack
+comes back to the device from the region it is connected to. The device's own copy,
+like every member's, arrives by replication (regions/replication.py).
+
+This slice homes 1:1 conversations only; groups, event conversations and user inboxes
+are still sequenced by the region that writes them (documented as not built).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.protocol.records import from_pb, to_pb
+from chatplane.storage.base import (
+    CONVERSATION_HOME,
+    AppendResult,
+    Home,
+    SendRequest,
+    Storage,
+    StorageUnavailable,
+)
+from chatplane.v1 import regions_pb2 as rpb
+from chatplane.v1 import regions_pb2_grpc as rgrpc
+
+log = logging.getLogger("chatplane.regions")
+
+PLACEMENT_EPOCH = 1  # a home move (not built) raises it
+FORWARD_TIMEOUT_S = 10.0  # a forwarded send: the home's append, under load, plus the link
+OFFER_TIMEOUT_S = 5.0
+MAX_REDIRECTS = 3  # "not the home, X is": re-resolve at most this often per send
+
+Channels = Callable[[str], grpc.aio.Channel]  # peer region name -> its channel
+# The home's own sequencing of a forwarded send (`ImService.send`, via the node).
+LocalSend = Callable[[SendRequest], Awaitable[AppendResult]]
+
+
+def homed(conversation_id: str) -> bool:
+    """Whether this slice gives the conversation a home region: 1:1 chats."""
+    return conversation_id.startswith("d:")
+
+
+def _row(home: Home) -> rpb.HomeRow:
+    return rpb.HomeRow(home=home.region, epoch=home.epoch, confirmed=home.confirmed)
+
+
+def _home(row: rpb.HomeRow) -> Home:
+    return Home(row.home, row.epoch, row.confirmed)
+
+
+def _unavailable(what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.UNAVAILABLE, what)
+
+
+class Homes:
+    """This region's view of home regions, placement and forwarding."""
+
+    def __init__(self, region: str, storage: Storage, peers: list[str], channels: Channels,
+                 ) -> None:
+        self.region = region
+        self.storage = storage
+        self.peers = peers
+        self.channels = channels
+        self._confirmed: dict[tuple[str, str], Home] = {}  # confirmed rows never change here
+        self._claims: dict[tuple[str, str], asyncio.Future[Home]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        # replaced at every home commit: the log's readers wait on the current one
+        self.changed = asyncio.Event()
+        self.forwarded = 0
+        self.served = 0
+        self.placed = 0
+
+    def committed(self) -> None:
+        """A message was sequenced here as home: wake the log's readers."""
+        event, self.changed = self.changed, asyncio.Event()
+        event.set()
+
+    # -- where a conversation is sequenced ------------------------------------
+
+    async def of(self, kind: str, key: str) -> Home:
+        """The home as this region knows it, placed here when it has none. A row of
+        another region may be its unconfirmed proposal: it settles that itself."""
+        cached = self._confirmed.get((kind, key))
+        if cached is not None:
+            return cached
+        row = await self.storage.home(kind, key)
+        if row is not None and (row.confirmed or row.region != self.region):
+            return self._remember(kind, key, row)
+        claim = self._claims.get((kind, key))
+        if claim is None:  # one claim at a time per key in this process
+            claim = asyncio.ensure_future(self._claim(kind, key))
+            self._claims[(kind, key)] = claim
+            claim.add_done_callback(lambda _: self._claims.pop((kind, key), None))
+        return await asyncio.shield(claim)
+
+    def _remember(self, kind: str, key: str, row: Home) -> Home:
+        if row.confirmed:
+            self._confirmed[(kind, key)] = row
+        return row
+
+    async def learn(self, kind: str, key: str, row: Home) -> Home:
+        """A row another region holds (a refusal, a replicated entry): kept here when
+        it replaces ours by the same rule every store follows."""
+        return self._remember(kind, key, await self.storage.offer_home(kind, key, row))
+
+    async def _claim(self, kind: str, key: str) -> Home:
+        mine = Home(self.region, PLACEMENT_EPOCH)
+        row = await self.storage.offer_home(kind, key, mine)
+        if row.region != self.region or row.confirmed:
+            return self._remember(kind, key, row)
+        answers = await asyncio.gather(*(self._offer(peer, kind, key, mine)
+                                         for peer in self.peers), return_exceptions=True)
+        for peer, answer in zip(self.peers, answers, strict=True):
+            if isinstance(answer, BaseException):
+                raise _unavailable(f"cannot place the home of {key!r}: region {peer} does not"
+                                   f" answer ({answer})") from None
+        for answer in answers:
+            assert isinstance(answer, Home)
+            if (answer.region, answer.epoch) != (mine.region, mine.epoch):
+                return await self.learn(kind, key, answer)  # it beats ours everywhere
+        confirmed = Home(self.region, PLACEMENT_EPOCH, True)
+        row = self._remember(kind, key, await self.storage.offer_home(kind, key, confirmed))
+        if row == confirmed:
+            self.placed += 1
+            log.info("home of %s %s placed here (epoch %d)", kind, key, confirmed.epoch)
+            for peer in self.peers:  # best effort: forwarding settles a peer that missed it
+                task = asyncio.ensure_future(self._tell(peer, kind, key, confirmed))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        return row
+
+    async def _offer(self, peer: str, kind: str, key: str, offered: Home) -> Home:
+        stub = rgrpc.RegionStub(self.channels(peer))
+        reply = await stub.OfferHome(rpb.HomeOffer(
+            region=self.region, kind=kind, key=key, home=offered.region, epoch=offered.epoch,
+            confirmed=offered.confirmed), timeout=OFFER_TIMEOUT_S)
+        return _home(reply)
+
+    async def _tell(self, peer: str, kind: str, key: str, confirmed: Home) -> None:
+        try:
+            await self._offer(peer, kind, key, confirmed)
+        except grpc.aio.AioRpcError as exc:
+            log.info("peer %s did not hear that %s is homed here: %s", peer, key, exc.code().name)
+
+    async def offered(self, request: rpb.HomeOffer) -> rpb.HomeRow:
+        """`Region.OfferHome` on this side: this store's row after the offer."""
+        row = await self.learn(request.kind, request.key,
+                               Home(request.home, request.epoch, request.confirmed))
+        return _row(row)
+
+    # -- sends ----------------------------------------------------------------
+
+    async def sequence_elsewhere(self, request: SendRequest) -> AppendResult | None:
+        """A client's send: None when this region is the conversation's home (the
+        caller sequences it), else the ack of the home it was forwarded to."""
+        if not homed(request.conversation_id):
+            return None
+        try:
+            return await self._sequence_elsewhere(request)
+        except StorageUnavailable as exc:
+            raise _unavailable(f"storage unavailable, retry: {exc}") from exc
+
+    async def _sequence_elsewhere(self, request: SendRequest) -> AppendResult | None:
+        for _ in range(MAX_REDIRECTS):
+            home = await self.of(CONVERSATION_HOME, request.conversation_id)
+            if home.region == self.region:
+                if home.confirmed:
+                    return None
+                raise _unavailable(f"home of {request.conversation_id!r} not settled yet")
+            result = await self._forward(home.region, request)
+            if result is not None:
+                return result
+        raise _unavailable(f"home of {request.conversation_id!r} keeps moving")
+
+    async def _forward(self, region: str, request: SendRequest) -> AppendResult | None:
+        """The home's ack, or None when it says another region is the home (learnt)."""
+        stub = rgrpc.RegionStub(self.channels(region))
+        try:
+            reply = await stub.Send(rpb.ForwardedSend(
+                region=self.region, user_id=request.sender, device_id=request.sender_device,
+                conversation_id=request.conversation_id, cid=request.cid, text=request.text,
+                payload=request.payload, content_type=request.content_type),
+                timeout=FORWARD_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise _unavailable(f"home region {region} of {request.conversation_id!r}"
+                               f" unreachable: {exc.code().name}") from exc
+        if reply.HasField("not_home"):
+            await self.learn(CONVERSATION_HOME, request.conversation_id, _home(reply.not_home))
+            return None
+        if reply.error_code:
+            raise ProtocolError(ErrorCode(reply.error_code), reply.error)
+        self.forwarded += 1
+        return AppendResult(message=from_pb(reply.message), duplicate=reply.duplicate)
+
+    async def serve_send(self, request: rpb.ForwardedSend, send: LocalSend) -> rpb.ForwardedAck:
+        """`Region.Send` on this side: sequenced here when this region is the home."""
+        if not homed(request.conversation_id):
+            return rpb.ForwardedAck(error_code=ErrorCode.INVALID_ARGUMENT,
+                                    error=f"{request.conversation_id!r} has no home region")
+        try:
+            home = await self.of(CONVERSATION_HOME, request.conversation_id)
+            if home.region != self.region:
+                return rpb.ForwardedAck(not_home=_row(home))
+            if not home.confirmed:
+                raise _unavailable(f"home of {request.conversation_id!r} not settled yet")
+            result = await send(SendRequest(
+                conversation_id=request.conversation_id, sender=request.user_id,
+                sender_device=request.device_id, cid=request.cid, text=request.text,
+                message_id="", sent_at_ms=0, payload=request.payload,
+                content_type=request.content_type))
+        except ProtocolError as exc:
+            return rpb.ForwardedAck(error_code=exc.code, error=exc.message)
+        except StorageUnavailable as exc:
+            return rpb.ForwardedAck(error_code=ErrorCode.UNAVAILABLE,
+                                    error=f"storage unavailable, retry: {exc}")
+        self.served += 1
+        return rpb.ForwardedAck(message=to_pb(result.message), duplicate=result.duplicate)
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)

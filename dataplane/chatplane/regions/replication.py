@@ -1,0 +1,224 @@
+"""Replication between regions (DESIGN §5, docs/architecture.md "Regions"): what a home
+region sequenced reaches every peer once and in order, through the embedded store's
+replicated log (`storage.base.ReplicatedLog`).
+
+Each region pulls each peer's log (`Region.Replicate`, a stream): the peer sends the
+entries of the conversations it homes, in log order, from the position this region
+applied last; this region applies each batch in one transaction that also moves its
+cursor for that peer (`apply_log`: by (conversation, seq), a seq stored before is
+skipped), then pushes the new inbox entries to its own connected devices. A cut link (a
+stopped or restarted peer, a lost connection, a stream silent past `STALL_S`) is
+reopened from the cursor in storage, so nothing is applied twice or skipped.
+
+What an SRE sees: per peer in `/v1/peers` (`replication`: applied position, the peer's
+head, lag in log positions, last batch, entries applied, last error) and as
+`chatplane_region_replication_*{peer}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from prometheus_client.metrics_core import Metric
+
+from chatplane import metrics
+from chatplane.protocol.records import from_pb, to_pb
+from chatplane.regions.homes import Homes
+from chatplane.storage.base import (
+    CONVERSATION_HOME,
+    Home,
+    InboxItem,
+    LogEntry,
+    ReplicatedLog,
+    Storage,
+    StorageError,
+    StoredMessage,
+)
+from chatplane.supervision import Supervisor
+from chatplane.v1 import regions_pb2 as rpb
+from chatplane.v1 import regions_pb2_grpc as rgrpc
+
+log = logging.getLogger("chatplane.regions")
+
+BATCH = 256  # log positions per batch
+HEARTBEAT_S = 1.0  # a caught-up stream says so this often (and carries the head)
+STALL_S = 3.0  # no batch (not even a heartbeat) for this long: reopen the stream
+RETRY_S = 0.2
+
+# Applied entries go to this region's devices and caches (ImService.replicated).
+Applied = Callable[[Sequence[StoredMessage], Sequence[InboxItem]], None]
+
+
+@dataclass
+class PeerReplication:
+    """How this region's copy of one peer's log stands."""
+
+    applied_to: int = 0  # the peer's log position applied here (durable in storage)
+    peer_head: int = 0  # the peer's newest log position, as it last said
+    entries: int = 0  # entries applied since start
+    batches: int = 0
+    last_batch_at: float | None = None
+    connected: bool = False
+    reconnects: int = 0
+    error: str = ""
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.peer_head - self.applied_to)
+
+    def view(self, now: float) -> dict[str, Any]:
+        return {"applied_to": self.applied_to, "peer_head": self.peer_head, "lag": self.lag,
+                "connected": self.connected, "entries_applied": self.entries,
+                "last_batch_s_ago": (None if self.last_batch_at is None
+                                     else round(now - self.last_batch_at, 3)),
+                "reconnects": self.reconnects, "error": self.error}
+
+
+def _log_of(storage: Storage) -> ReplicatedLog:
+    if not isinstance(storage, ReplicatedLog):
+        raise StorageError(f"the {storage.name} backend keeps no replicated log: cross-region"
+                           " replication runs on the embedded store (docs/architecture.md)")
+    return storage
+
+
+class Replication:
+    """Serves this region's log to its peers and applies each peer's log here."""
+
+    def __init__(self, homes: Homes, storage: Storage, applied: Applied) -> None:
+        self.homes = homes
+        self.storage = storage
+        self.log = _log_of(storage)
+        self.applied = applied
+        self.peers = {name: PeerReplication() for name in homes.peers}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- the serving side (Region.Replicate) ---------------------------------
+
+    async def serve(self, request: rpb.ReplicateRequest) -> AsyncIterator[rpb.LogBatch]:
+        after = request.after
+        while True:
+            changed = self.homes.changed  # taken before reading: no commit is missed
+            entries, scanned_to, head = await self.log.log_after(after, BATCH, self.homes.region)
+            if scanned_to > after:
+                yield rpb.LogBatch(entries=[
+                    rpb.LogEntry(lsn=e.lsn, epoch=e.epoch, message=to_pb(e.message))
+                    for e in entries], scanned_to=scanned_to, head=head)
+                after = scanned_to
+                continue
+            try:
+                await asyncio.wait_for(changed.wait(), HEARTBEAT_S)
+            except TimeoutError:
+                yield rpb.LogBatch(scanned_to=after, head=head)
+
+    # -- the applying side ---------------------------------------------------
+
+    def start(self, supervisor: Supervisor) -> None:
+        self._tasks = [supervisor.spawn(f"replicate:{name}", functools.partial(self._run, name))
+                       for name in self.peers]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _run(self, peer: str) -> None:
+        state = self.peers[peer]
+        while True:
+            try:
+                await self._follow(peer, state)
+            except (grpc.aio.AioRpcError, StorageError, TimeoutError) as exc:
+                error = (f"{exc.code().name}: {exc.details()}"
+                         if isinstance(exc, grpc.aio.AioRpcError) else f"{type(exc).__name__}: {exc}")
+                if error != state.error:
+                    log.warning("replication from %s stopped: %s", peer, error)
+                state.error = error
+            except Exception as exc:  # a dead loop would stop replication silently
+                log.exception("replication from %s failed", peer)
+                state.error = f"failed: {exc!r}"
+            state.connected = False
+            state.reconnects += 1
+            await asyncio.sleep(RETRY_S)
+
+    async def _follow(self, peer: str, state: PeerReplication) -> None:
+        state.applied_to = await self.log.log_cursor(peer)
+        stub = rgrpc.RegionStub(self.homes.channels(peer))
+        call = stub.Replicate(rpb.ReplicateRequest(region=self.homes.region,
+                                                   after=state.applied_to))
+        try:
+            stream = call.__aiter__()
+            while True:
+                batch = await asyncio.wait_for(stream.__anext__(), STALL_S)
+                state.connected, state.error = True, ""
+                state.peer_head = batch.head
+                state.batches += 1
+                state.last_batch_at = time.time()
+                if batch.scanned_to > state.applied_to:
+                    await self._apply(peer, state, batch)
+        except StopAsyncIteration:
+            return
+        finally:
+            call.cancel()
+
+    async def _apply(self, peer: str, state: PeerReplication, batch: rpb.LogBatch) -> None:
+        entries = [LogEntry(e.lsn, e.epoch, from_pb(e.message)) for e in batch.entries]
+        recipients: dict[str, tuple[str, ...]] = {}
+        for entry in entries:
+            conversation_id = entry.message.conversation_id
+            if conversation_id in recipients:
+                continue
+            await self.homes.learn(CONVERSATION_HOME, conversation_id,
+                                   Home(peer, entry.epoch, True))
+            recipients[conversation_id] = await self._members(conversation_id, entry.message)
+        items = await self.log.apply_log(peer, entries, batch.scanned_to, recipients)
+        state.applied_to = batch.scanned_to
+        state.entries += len(entries)
+        if entries:
+            self.applied([e.message for e in entries], items)
+
+    async def _members(self, conversation_id: str, message: StoredMessage) -> tuple[str, ...]:
+        """The recipients here: the members of the 1:1 chat, created on its first entry."""
+        conversation = await self.storage.conversation(conversation_id)
+        if conversation is None:
+            _, a, b = conversation_id.split(":", 2)
+            conversation = await self.storage.ensure_direct(a, b, message.sent_at_ms)
+        return conversation.members
+
+    # -- what an SRE sees ------------------------------------------------------
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        return {name: state.view(now) for name, state in self.peers.items()}
+
+    def families(self) -> Iterator[Metric]:
+        states = self.peers
+        for kind, name, help_text, read in (
+            ("gauge", "chatplane_region_replication_lag_entries",
+             "the peer's log positions not applied here yet", lambda s: s.lag),
+            ("gauge", "chatplane_region_replication_connected",
+             "1 while the stream of the peer's log is open", lambda s: int(s.connected)),
+            ("gauge", "chatplane_region_replication_last_batch_timestamp_seconds",
+             "wall clock of the last batch (or heartbeat) from the peer",
+             lambda s: s.last_batch_at or math.nan),
+            ("counter", "chatplane_region_replication_applied_total",
+             "the peer's messages applied here", lambda s: s.entries),
+        ):
+            yield metrics.labelled(kind, name, help_text, "peer",
+                                   {peer: read(s) for peer, s in states.items()})
+        yield metrics.counter("chatplane_region_sends_forwarded_total",
+                              "sends forwarded to their conversation's home region",
+                              self.homes.forwarded)
+        yield metrics.counter("chatplane_region_sends_served_total",
+                              "sends forwarded here by other regions and sequenced here",
+                              self.homes.served)
+        yield metrics.counter("chatplane_region_homes_placed_total",
+                              "conversations whose home was placed in this region",
+                              self.homes.placed)

@@ -1,0 +1,237 @@
+"""Two real `chatplane up` regions on loopback, each with its own SQLite store, driven
+through the SDK and judged by the delivery checker: 1:1 chats homed in one region
+(the first sender's), sends forwarded from the other, and every message replicated to
+the other region's store and pushed to its devices, exactly once and in one order;
+also through a stopped (SIGSTOP) and a killed and restarted region."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatplane.auth import TokenSigner
+from chatplane.checker import DeliveryChecker
+from chatplane.client import Client
+from tests.support.regions import SHARED_KEY, RegionProcess, peer_each_other, wait_for
+from tests.support.traffic import Device, send_many, wait_until_received
+
+pytestmark = pytest.mark.slow
+
+signer = TokenSigner(SHARED_KEY)
+
+
+@pytest.fixture
+def regions(tmp_path: Path) -> Iterator[tuple[RegionProcess, RegionProcess]]:
+    eu = RegionProcess(tmp_path / "eu", "eu")
+    us = RegionProcess(tmp_path / "us", "us")
+    peer_each_other(eu, us)
+    eu.start()
+    us.start()
+    try:
+        for me, other in ((eu, us), (us, eu)):
+            wait_for(functools.partial(_sees, me, other.name), 20, f"{me.name} sees {other.name}")
+        yield eu, us
+    finally:
+        for region in (eu, us):
+            if region.proc is not None and region.proc.poll() is None:
+                os.kill(region.proc.pid, signal.SIGCONT)
+            region.stop()
+
+
+def _sees(region: RegionProcess, peer: str) -> bool:
+    return bool(region.peers()[peer]["ok"])
+
+
+async def _device(region: RegionProcess, user: str, device: str,
+                  checker: DeliveryChecker) -> Device:
+    client = Client(region.url, signer.mint(user, device), request_timeout_s=20)
+    await client.connect()
+    dev = Device(client, user, device, checker)
+    dev.start()
+    return dev
+
+
+def _replication(region: RegionProcess, peer: str) -> dict[str, Any]:
+    view: dict[str, Any] = region.peers()[peer]["replication"]
+    return view
+
+
+def _metric(region: RegionProcess, name: str, peer: str = "") -> float:
+    status, text = region.get("/metrics")
+    assert status == 200
+    label = f'{{peer="{peer}"}}' if peer else ""
+    line = next(x for x in text.splitlines() if x.startswith(f"{name}{label} "))
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def _stop_all(devices: list[Device]) -> None:
+    for device in devices:
+        await device.stop()
+
+
+async def test_one_to_one_across_regions_once_and_in_one_order(
+    regions: tuple[RegionProcess, RegionProcess],
+) -> None:
+    """alice in eu (and a second device in us), bob in us: the first send homes the
+    chat in eu; then all three devices send at once from both regions."""
+    eu, us = regions
+    checker = DeliveryChecker()
+    a_eu = await _device(eu, "alice", "a-eu", checker)
+    a_us = await _device(us, "alice", "a-us", checker)
+    b_us = await _device(us, "bob", "b-us", checker)
+    devices = [a_eu, a_us, b_us]
+    try:
+        conversation = await a_eu.client.direct("bob")
+        assert await b_us.client.direct("alice") == conversation
+        for user in ("alice", "bob"):
+            checker.add_member(conversation, user)
+        await send_many(a_eu, conversation, 1, "first")  # places the home in eu
+        await asyncio.wait_for(asyncio.gather(
+            send_many(a_eu, conversation, 40, "a-eu"),
+            send_many(a_us, conversation, 30, "a-us"),
+            send_many(b_us, conversation, 40, "b-us")), 30)
+        await wait_until_received(devices, 111, 20)
+        for device in devices:
+            device.judge()
+        verdict = checker.verdict()
+        assert verdict.acked == 111 and verdict.ok, verdict.summary()
+        orders = {tuple(d.order(conversation)) for d in devices}
+        assert len(orders) == 1  # one order on every device, in both regions
+        # us's own store holds the chat: history from us is the same, contiguous
+        history = await b_us.client.history(conversation, limit=200)
+        assert [m.seq for m in history] == list(range(1, 112))
+        assert [m.message_id for m in history] == list(orders.pop())
+        # sends from us were forwarded to eu, which sequenced all of them
+        assert _metric(us, "chatplane_region_sends_forwarded_total") == 70
+        assert _metric(eu, "chatplane_region_sends_served_total") == 70
+        assert _metric(eu, "chatplane_region_homes_placed_total") == 1
+        seen = wait_for(lambda: (r := _replication(us, "eu"))["lag"] == 0 and r, 10, "no lag")
+        assert seen["connected"] and seen["entries_applied"] == 111
+        assert _metric(us, "chatplane_region_replication_applied_total", "eu") == 111
+        assert _metric(us, "chatplane_region_replication_lag_entries", "eu") == 0
+    finally:
+        await _stop_all(devices)
+
+
+async def test_two_regions_opening_a_chat_at_once_agree_on_one_home(
+    regions: tuple[RegionProcess, RegionProcess],
+) -> None:
+    """Both users send their first message at the same moment, each in its own region
+    (the one in us without opening the chat there first): one home wins in both stores,
+    and the chats keep one order."""
+    eu, us = regions
+    checker = DeliveryChecker()
+    pairs = [(f"e{i}", f"u{i}") for i in range(6)]
+    devices: list[Device] = []
+    try:
+        sends = []
+        for left, right in pairs:
+            d_eu = await _device(eu, left, "d", checker)
+            d_us = await _device(us, right, "d", checker)
+            devices += [d_eu, d_us]
+            # only eu's side opens the chat: us's first send creates it there
+            conversation = await d_eu.client.direct(right)
+            checker.add_member(conversation, left)
+            checker.add_member(conversation, right)
+            sends += [send_many(d_eu, conversation, 15, "eu"), send_many(d_us, conversation, 15, "us")]
+        await asyncio.wait_for(asyncio.gather(*sends), 30)
+        await wait_until_received(devices, 30, 20)
+        for device in devices:
+            device.judge()
+        verdict = checker.verdict()
+        assert verdict.acked == 6 * 30 and verdict.ok, verdict.summary()
+        placed = (_metric(eu, "chatplane_region_homes_placed_total")
+                  + _metric(us, "chatplane_region_homes_placed_total"))
+        assert placed == 6  # one home per chat, never two
+    finally:
+        await _stop_all(devices)
+
+
+async def test_a_cut_link_loses_nothing_acked_and_converges(
+    regions: tuple[RegionProcess, RegionProcess],
+) -> None:
+    """alice sends from eu (the home) all along; us is stopped (SIGSTOP) for a while,
+    then killed and restarted on its store: bob's device in us ends up with every
+    acked message once and in order, and us's replication resumes from its cursor.
+    Then the same to the home while bob's sends are forwarded to it."""
+    eu, us = regions
+    checker = DeliveryChecker()
+    alice = await _device(eu, "alice", "a", checker)
+    bob = await _device(us, "bob", "b", checker)
+    devices = [alice, bob]
+    try:
+        conversation = await alice.client.direct("bob")
+        await bob.client.direct("alice")
+        checker.add_member(conversation, "alice")
+        checker.add_member(conversation, "bob")
+        sending = asyncio.ensure_future(_paced(alice, conversation, 90, 0.05))
+        await asyncio.sleep(0.6)
+        assert us.proc is not None
+        os.kill(us.proc.pid, signal.SIGSTOP)  # the link hangs: eu keeps acking
+        await asyncio.sleep(1.5)
+        os.kill(us.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(0.6)
+        us.kill()  # kill -9, then back on its store and ports
+        await asyncio.sleep(0.5)
+        us.start()
+        await asyncio.wait_for(sending, 30)
+        # bob's client reconnects by itself and syncs from us's store
+        await wait_until_received(devices, 90, 25)
+        for device in devices:
+            device.judge()
+        verdict = checker.verdict()
+        assert verdict.acked == 90 and verdict.ok, verdict.summary()
+        # bob answers from us after the restart: forwarded to eu, delivered in both
+        await send_many(bob, conversation, 5, "back")
+        await wait_until_received(devices, 95, 15)
+        verdict = checker.verdict()
+        assert verdict.acked == 95 and verdict.ok, verdict.summary()
+        view = wait_for(lambda: (r := _replication(us, "eu"))["lag"] == 0 and r, 10, "caught up")
+        assert view["connected"]
+        # the restarted us went on from the cursor in its store, not from the log's start
+        assert view["entries_applied"] < 95, view
+        assert _replication(eu, "us")["reconnects"] >= 1  # eu saw the cut too
+
+        # now the home is cut while bob sends from us: stopped (the forwards wait), then
+        # killed and restarted (they fail UNAVAILABLE, the SDK resends each cid)
+        assert eu.proc is not None
+        bob_sends = asyncio.ensure_future(_paced(bob, conversation, 30, 0.05))
+        await asyncio.sleep(0.3)
+        os.kill(eu.proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(1.0)
+        os.kill(eu.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(0.3)
+        eu.kill()
+        await asyncio.sleep(0.3)
+        eu.start()
+        await asyncio.wait_for(bob_sends, 30)
+        await wait_until_received(devices, 125, 25)
+        verdict = checker.verdict()
+        assert verdict.acked == 125 and verdict.ok, verdict.summary()
+        assert bob.client.send_retries >= 1  # some sends did meet the killed home
+    finally:
+        await _stop_all(devices)
+
+
+async def _paced(device: Device, conversation: str, count: int, pause_s: float) -> None:
+    for i in range(count):
+        await send_many(device, conversation, 1, f"paced-{i}")
+        await asyncio.sleep(pause_s)
+
+
+def test_a_region_shows_its_replication_per_peer(
+    regions: tuple[RegionProcess, RegionProcess],
+) -> None:
+    eu, _ = regions
+    view = wait_for(lambda: (r := _replication(eu, "us"))["connected"] and r, 10, "connected")
+    assert set(view) >= {"applied_to", "peer_head", "lag", "last_batch_s_ago", "error"}
+    status, text = eu.get("/v1/peers")
+    assert status == 200 and json.loads(text)["region"] == "eu"
