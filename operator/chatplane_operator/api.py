@@ -234,10 +234,34 @@ class CqlCredentials:
 
 
 @dataclasses.dataclass(frozen=True)
+class ArchiveS3:
+    """The bucket the cold archive's segments go to (pods have no disk that lasts)."""
+    endpoint: str
+    bucket: str
+    credentials: str  # the Secret holding the access key and the secret key
+    access_key_key: str = "accessKey"
+    secret_key_key: str = "secretKey"
+    region: str = "us-east-1"
+    prefix: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Archive:
+    """The cold tier (docs/storage.md, "Archive"): off unless `storage.archive` is set."""
+    s3: ArchiveS3
+    after_days: float = 30.0
+    interval_seconds: int = 3600
+    retention_days_direct: float = 0.0  # 0: archived content is kept
+    retention_days_group: float = 0.0
+    retention_days_events: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Storage:
     keyspace: str = "chatplane"
     consistency: str = "LOCAL_QUORUM"
     credentials: CqlCredentials | None = None
+    archive: Archive | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,6 +378,30 @@ def _region(d: Mapping[str, Any]) -> Region:
     )
 
 
+def _archive(d: Mapping[str, Any] | None) -> Archive | None:
+    if not d:
+        return None
+    s3 = _get(d, "s3", {})
+    creds = _get(s3, "credentialsSecretRef", {})
+    retention = _get(d, "retentionDays", {})
+    return Archive(
+        s3=ArchiveS3(
+            endpoint=str(_get(s3, "endpoint", "")),
+            bucket=str(_get(s3, "bucket", "")),
+            credentials=str(_get(creds, "name", "")),
+            access_key_key=str(_get(creds, "accessKeyKey", ArchiveS3.access_key_key)),
+            secret_key_key=str(_get(creds, "secretKeyKey", ArchiveS3.secret_key_key)),
+            region=str(_get(s3, "region", ArchiveS3.region)),
+            prefix=str(_get(s3, "prefix", ArchiveS3.prefix)),
+        ),
+        after_days=float(_get(d, "afterDays", Archive.after_days)),
+        interval_seconds=int(_get(d, "intervalSeconds", Archive.interval_seconds)),
+        retention_days_direct=float(_get(retention, "direct", 0)),
+        retention_days_group=float(_get(retention, "group", 0)),
+        retention_days_events=float(_get(retention, "events", 0)),
+    )
+
+
 def parse(body: Mapping[str, Any]) -> ChatCluster:
     """Parse a ChatCluster object (as the apiserver returns it) and fill in the defaults."""
     meta = body.get("metadata", {})
@@ -385,6 +433,7 @@ def parse(body: Mapping[str, Any]) -> ChatCluster:
                 username_key=str(_get(creds, "usernameKey", "username")),
                 password_key=str(_get(creds, "passwordKey", "password")),
             ) if creds else None,
+            archive=_archive(storage.get("archive")),
         ),
         limits=Limits(
             large_group_threshold=int(_get(limits, "largeGroupThreshold", 500)),

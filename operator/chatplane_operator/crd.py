@@ -68,6 +68,43 @@ def _secret_ref(description: str, default_key: str) -> Schema:
     }, required=["name"])
 
 
+def _days(description: str, default: float) -> Schema:
+    return {"type": "number", "minimum": 0, "maximum": 36500, "default": default,
+            "description": description}
+
+
+def _archive() -> Schema:
+    return _obj("The cold archive: messages older than afterDays are compacted into "
+                "compressed segments in an S3-compatible bucket (docs/storage.md, "
+                "\"Archive\"). Absent: nothing is archived.", {
+        "afterDays": _days("Messages older than this are archived (0: never).",
+                           api.Archive.after_days),
+        "intervalSeconds": _int("Between two archiving runs of each im pod.",
+                                api.Archive.interval_seconds, minimum=60, maximum=604800),
+        "retentionDays": _obj("Archived content is deleted after this many days, per kind "
+                              "of conversation (0: kept).", {
+            "direct": _days("1:1 chats.", 0),
+            "group": _days("Groups.", 0),
+            "events": _days("Event conversations.", 0),
+        }, default={}),
+        "s3": _obj("The bucket (it must exist; the im pods list it at start).", {
+            "endpoint": _str("http(s)://host[:port] of the S3-compatible service.",
+                             pattern="^https?://[^/?#]+$", maxLength=253),
+            "bucket": _str("Bucket name.", pattern="^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
+            "region": _str("Signing region.", default=api.ArchiveS3.region, maxLength=63),
+            "prefix": _str("Object names start with it (several clusters, one bucket).",
+                           default="", maxLength=200),
+            "credentialsSecretRef": _obj("Secret with the static keys.", {
+                "name": _str("Secret name.", maxLength=253),
+                "accessKeyKey": _str("Key of the access key id.",
+                                     default=api.ArchiveS3.access_key_key),
+                "secretKeyKey": _str("Key of the secret access key.",
+                                     default=api.ArchiveS3.secret_key_key),
+            }, required=["name"]),
+        }, required=["endpoint", "bucket", "credentialsSecretRef"]),
+    }, required=["s3"])
+
+
 _QUANTITIES: Schema = {
     "type": "object",
     "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [
@@ -181,6 +218,7 @@ def _spec() -> Schema:
                 "usernameKey": _str("Key of the user name.", default="username"),
                 "passwordKey": _str("Key of the password.", default="password"),
             }, required=["name"]),
+            "archive": _archive(),
         }, default={}),
         "peers": _peers(),
         "auth": _obj("Token signing. Without tokenSecretRef a Secret is generated once.", {

@@ -144,3 +144,27 @@ def test_a_regions_datacenter_cannot_change_in_place(kube: Kube, namespace: str)
     with pytest.raises(api.SpecError) as local:
         api.validate(api.parse({**created, "spec": {**created["spec"], "regions": moved}}), old)
     assert M.DATACENTER_IMMUTABLE in local.value.messages
+
+
+def test_an_archive_bucket_is_defaulted_checked_and_parsed(kube: Kube, namespace: str) -> None:
+    obj = cluster_body("archive", namespace, ("eu",))
+    del obj["metadata"]["uid"], obj["metadata"]["generation"]
+    obj["spec"]["storage"] = {"archive": {"s3": {
+        "endpoint": "https://s3.eu.example", "bucket": "chat-archive",
+        "credentialsSecretRef": {"name": "archive-keys"}}}}
+    for bad, where in ((("bucket", "Chat_Archive"), "spec.storage.archive.s3.bucket"),
+                       (("endpoint", "s3.eu.example"), "spec.storage.archive.s3.endpoint")):
+        wrong = copy.deepcopy(obj)
+        wrong["metadata"]["name"] = "archive-bad"
+        wrong["spec"]["storage"]["archive"]["s3"][bad[0]] = bad[1]
+        with pytest.raises(KubeError) as refused:
+            kube.create(wrong)
+        assert refused.value.status == 422 and where in refused.value.message
+    created = kube.create(obj)
+    archive = created["spec"]["storage"]["archive"]
+    assert archive["afterDays"] == 30 and archive["intervalSeconds"] == 3600
+    assert archive["retentionDays"] == {"direct": 0, "group": 0, "events": 0}
+    assert archive["s3"]["credentialsSecretRef"] == {
+        "name": "archive-keys", "accessKeyKey": "accessKey", "secretKeyKey": "secretKey"}
+    # the Python defaults agree with the apiserver's
+    assert api.parse(created).storage.archive == api.parse(obj).storage.archive

@@ -212,6 +212,37 @@ PENDING_IN_DATA_PLANE = {"CHATPLANE_CQL_REPLICATION",
                          "CHATPLANE_CQL_USERNAME", "CHATPLANE_CQL_PASSWORD"}
 
 
+ARCHIVE = {"afterDays": 7, "retentionDays": {"group": 365},
+           "s3": {"endpoint": "https://s3.eu.example", "bucket": "chat-archive",
+                  "prefix": "prod/", "credentialsSecretRef": {"name": "archive-keys"}}}
+
+
+def test_the_archive_goes_to_the_bucket_with_keys_from_a_secret(body: dict[str, Any]) -> None:
+    settings = pytest.importorskip("chatplane.settings")
+    plain = api.parse(body)
+    assert not any(k.startswith(("CHATPLANE_ARCHIVE", "CHATPLANE_RETENTION"))
+                   for k in config.config_data(plain, plain.regions[0]))  # off unless asked
+    body["spec"]["storage"] = {"archive": ARCHIVE}
+    cluster = api.parse(body)
+    region = cluster.regions[0]
+    refs = config.secret_refs(cluster, region)
+    assert refs["CHATPLANE_ARCHIVE_S3_ACCESS_KEY"] == api.SecretKeyRef("archive-keys", "accessKey")
+    assert refs["CHATPLANE_ARCHIVE_S3_SECRET_KEY"] == api.SecretKeyRef("archive-keys", "secretKey")
+    assert api.SecretKeyRef("archive-keys", "secretKey") in config.user_secret_refs(cluster, region)
+    assert config.config_hash(cluster, region) != config.config_hash(plain, plain.regions[0])
+    # what a pod gets is a configuration the data plane accepts, and means what the spec says
+    env = {**config.config_data(cluster, region), "CHATPLANE_ARCHIVE_S3_ACCESS_KEY": "AK",
+           "CHATPLANE_ARCHIVE_S3_SECRET_KEY": "SK"}
+    archive = settings.load(environ=env).archive
+    assert (archive.archive_s3_endpoint, archive.archive_s3_bucket, archive.archive_s3_prefix,
+            archive.archive_s3_region) == ("https://s3.eu.example", "chat-archive", "prod/",
+                                           "us-east-1")
+    assert (archive.archive_after_days, archive.archive_interval_s) == (7, 3600)
+    assert (archive.retention_days_direct, archive.retention_days_group,
+            archive.retention_days_events) == (0, 365, 0)
+    assert (archive.archive_s3_access_key, archive.archive_s3_secret_key) == ("AK", "SK")
+
+
 def test_every_setting_is_one_the_data_plane_reads(body: dict[str, Any]) -> None:
     settings = pytest.importorskip("chatplane.settings")
     import dataclasses
@@ -220,7 +251,8 @@ def test_every_setting_is_one_the_data_plane_reads(body: dict[str, Any]) -> None
     known = {settings.env_name(section.name, f.name)
              for section in dataclasses.fields(tree)
              for f in dataclasses.fields(getattr(tree, section.name))}
-    body["spec"]["storage"] = {"credentialsSecretRef": {"name": "scylla-auth"}}
+    body["spec"]["storage"] = {"credentialsSecretRef": {"name": "scylla-auth"},
+                               "archive": ARCHIVE}
     body["spec"]["observability"] = {"otlpEndpoint": "http://otel:4317", "traceSampleRatio": 0.1}
     cluster = api.parse(body)
     region = cluster.regions[0]

@@ -81,6 +81,19 @@ def config_data(cluster: api.ChatCluster, region: api.Region) -> dict[str, str]:
     if cluster.observability.otlp_endpoint:
         data["CHATPLANE_OTLP_ENDPOINT"] = cluster.observability.otlp_endpoint
         data["CHATPLANE_TRACE_SAMPLE_RATIO"] = str(cluster.observability.trace_sample_ratio)
+    archive = cluster.storage.archive
+    if archive is not None:
+        data.update({
+            "CHATPLANE_ARCHIVE_AFTER_DAYS": f"{archive.after_days:g}",
+            "CHATPLANE_ARCHIVE_INTERVAL_S": str(archive.interval_seconds),
+            "CHATPLANE_RETENTION_DAYS_DIRECT": f"{archive.retention_days_direct:g}",
+            "CHATPLANE_RETENTION_DAYS_GROUP": f"{archive.retention_days_group:g}",
+            "CHATPLANE_RETENTION_DAYS_EVENTS": f"{archive.retention_days_events:g}",
+            "CHATPLANE_ARCHIVE_S3_ENDPOINT": archive.s3.endpoint,
+            "CHATPLANE_ARCHIVE_S3_BUCKET": archive.s3.bucket,
+            "CHATPLANE_ARCHIVE_S3_REGION": archive.s3.region,
+            "CHATPLANE_ARCHIVE_S3_PREFIX": archive.s3.prefix,
+        })
     data["CHATPLANE_ADMIN_PORT"] = str(cluster.ports.admin)
     return data
 
@@ -118,6 +131,13 @@ def secret_refs(cluster: api.ChatCluster, region: api.Region) -> dict[str, api.S
     if creds is not None:
         refs["CHATPLANE_CQL_USERNAME"] = api.SecretKeyRef(creds.name, creds.username_key)
         refs["CHATPLANE_CQL_PASSWORD"] = api.SecretKeyRef(creds.name, creds.password_key)
+    archive = cluster.storage.archive
+    if archive is not None:
+        s3 = archive.s3
+        refs["CHATPLANE_ARCHIVE_S3_ACCESS_KEY"] = api.SecretKeyRef(s3.credentials,
+                                                                   s3.access_key_key)
+        refs["CHATPLANE_ARCHIVE_S3_SECRET_KEY"] = api.SecretKeyRef(s3.credentials,
+                                                                   s3.secret_key_key)
     return refs
 
 
