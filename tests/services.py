@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -31,8 +32,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -264,20 +266,36 @@ def _parse_hosts(value: str) -> tuple[tuple[str, ...], int]:
     return tuple(hosts), port
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisService]:
-    external = os.environ.get("CHATPLANE_TEST_REDIS_URL")
-    if external:
-        yield RedisService(None, external_url=external)
-        return
-    workdir = Path(tempfile.mkdtemp(prefix="chatplane-redis-"))
-    service = RedisService(workdir)
+class _Server(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+_Service = TypeVar("_Service", bound=_Server)
+
+
+@contextlib.contextmanager
+def _started(make: Callable[[Path], _Service], prefix: str) -> Iterator[_Service]:
+    """A server with its data in a fresh temporary folder, stopped and removed after."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    service = make(workdir)
     service.start()
     try:
         yield service
     finally:
         service.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisService]:
+    external = os.environ.get("CHATPLANE_TEST_REDIS_URL")
+    if external:
+        yield RedisService(None, external_url=external)
+        return
+    with _started(RedisService, "chatplane-redis-") as service:
+        yield service
 
 
 class S3Service:
@@ -346,14 +364,8 @@ class S3Service:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Service]:
-    workdir = Path(tempfile.mkdtemp(prefix="chatplane-s3-"))
-    service = S3Service(workdir)
-    service.start()
-    try:
+    with _started(S3Service, "chatplane-s3-") as service:
         yield service
-    finally:
-        service.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -364,11 +376,5 @@ def cql_server() -> Iterator[CqlService]:
         service.start()
         yield service
         return
-    workdir = Path(tempfile.mkdtemp(prefix="chatplane-cql-"))
-    service = CqlService(workdir)
-    service.start()
-    try:
+    with _started(CqlService, "chatplane-cql-") as service:
         yield service
-    finally:
-        service.stop()
-        shutil.rmtree(workdir, ignore_errors=True)

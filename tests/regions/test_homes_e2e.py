@@ -20,7 +20,7 @@ import pytest
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
-from tests.support.regions import SHARED_KEY, RegionProcess, peer_each_other, wait_for
+from tests.support.regions import SHARED_KEY, RegionProcess, two_regions, wait_for
 from tests.support.traffic import Device, send_many, wait_until_received
 
 pytestmark = pytest.mark.slow
@@ -30,20 +30,10 @@ signer = TokenSigner(SHARED_KEY)
 
 @pytest.fixture
 def regions(tmp_path: Path) -> Iterator[tuple[RegionProcess, RegionProcess]]:
-    eu = RegionProcess(tmp_path / "eu", "eu")
-    us = RegionProcess(tmp_path / "us", "us")
-    peer_each_other(eu, us)
-    eu.start()
-    us.start()
-    try:
+    with two_regions(tmp_path) as (eu, us):
         for me, other in ((eu, us), (us, eu)):
             wait_for(functools.partial(_sees, me, other.name), 20, f"{me.name} sees {other.name}")
         yield eu, us
-    finally:
-        for region in (eu, us):
-            if region.proc is not None and region.proc.poll() is None:
-                os.kill(region.proc.pid, signal.SIGCONT)
-            region.stop()
 
 
 def _sees(region: RegionProcess, peer: str) -> bool:

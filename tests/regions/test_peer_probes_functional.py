@@ -14,23 +14,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.regions import RegionProcess, peer_each_other, wait_for
+from tests.support.regions import RegionProcess, two_regions, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def regions(tmp_path: Path) -> Iterator[tuple[RegionProcess, RegionProcess]]:
-    eu = RegionProcess(tmp_path / "eu", "eu")
-    us = RegionProcess(tmp_path / "us", "us")
-    peer_each_other(eu, us)
-    eu.start()
-    us.start()
-    try:
-        yield eu, us
-    finally:
-        eu.stop()
-        us.stop()
+    with two_regions(tmp_path) as pair:
+        yield pair
 
 
 def _seen(region: RegionProcess, peer: str) -> dict[str, Any] | None:

@@ -4,11 +4,14 @@ what each reports on `GET /v1/peers`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,24 @@ def peer_each_other(*regions: RegionProcess) -> None:
         region.set_peers([{"name": other.name, "endpoint": other.endpoint,
                            "datacenter": f"dc-{other.name}"}
                           for other in regions if other is not region])
+
+
+@contextlib.contextmanager
+def two_regions(base: Path) -> Iterator[tuple[RegionProcess, RegionProcess]]:
+    """eu and us, each a `chatplane up` peered with the other, started; stopped at the end
+    (continued first, if a test left one stopped with SIGSTOP)."""
+    eu = RegionProcess(base / "eu", "eu")
+    us = RegionProcess(base / "us", "us")
+    peer_each_other(eu, us)
+    eu.start()
+    us.start()
+    try:
+        yield eu, us
+    finally:
+        for region in (eu, us):
+            if region.proc is not None and region.proc.poll() is None:
+                os.kill(region.proc.pid, signal.SIGCONT)
+            region.stop()
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
