@@ -33,7 +33,7 @@ RATE = float(os.environ.get("CHATPLANE_DRAIN_BENCH_RATE", "100"))
 
 
 class LoginMeter:
-    """Samples the clients' login counters; the busiest one-second window of logins."""
+    """Samples the clients' login counters; the busiest window of logins."""
 
     def __init__(self, clients: list[RawClient]) -> None:
         self.clients = clients
@@ -44,14 +44,15 @@ class LoginMeter:
             self.samples.append((time.monotonic(), sum(c.logins for c in self.clients)))
             await asyncio.sleep(0.05)
 
-    def peak_per_second(self) -> int:
+    def peak_per_second(self, window_s: float = 1.0) -> float:
+        """Logins per second over the busiest `window_s` seconds."""
         peak = 0
         for i, (t0, n0) in enumerate(self.samples):
             for t1, n1 in self.samples[i:]:
-                if t1 - t0 > 1.0:
+                if t1 - t0 > window_s:
                     break
                 peak = max(peak, n1 - n0)
-        return peak
+        return peak / window_s
 
     def total(self) -> int:
         return self.samples[-1][1] - self.samples[0][1] if self.samples else 0
