@@ -31,6 +31,7 @@ import grpc
 
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.records import from_pb, to_pb
+from chatplane.regions.durability import Durability
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     AppendResult,
@@ -75,8 +76,9 @@ class Homes:
     """This region's view of home regions, placement and forwarding."""
 
     def __init__(self, region: str, storage: Storage, peers: list[str], channels: Channels,
-                 ) -> None:
+                 durability: Durability | None = None) -> None:
         self.region = region
+        self.durability = durability  # None: acked on local durability (no log)
         self.storage = storage
         self.peers = peers
         self.channels = channels
@@ -93,6 +95,12 @@ class Homes:
         """A message was sequenced here as home: wake the log's readers."""
         event, self.changed = self.changed, asyncio.Event()
         event.set()
+
+    async def settle(self, conversation_id: str) -> None:
+        """A send sequenced here as home (new or a resend's duplicate): returns when
+        it may be acked under the durability mode (regions/durability.py)."""
+        if self.durability is not None and homed(conversation_id):
+            await self.durability.settle(conversation_id)
 
     # -- where a conversation is sequenced ------------------------------------
 
