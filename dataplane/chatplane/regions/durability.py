@@ -114,10 +114,12 @@ class Durability:
             heapq.heappush(self._waiters, (position, next(self._order), future))
             try:
                 await asyncio.wait_for(future, self.timeout_s)
-            except TimeoutError:
-                self.unconfirmed += 1
+            except (TimeoutError, asyncio.CancelledError) as exc:
                 self._waiters = [w for w in self._waiters if w[2] is not future]
                 heapq.heapify(self._waiters)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                self.unconfirmed += 1
                 raise ProtocolError(
                     ErrorCode.UNAVAILABLE,
                     f"no other region confirmed the message of {conversation_id!r} within"

@@ -125,6 +125,10 @@ class Homes:
             self._confirmed[(kind, key)] = row
         return row
 
+    def known(self, kind: str, key: str) -> Home | None:
+        """The confirmed row this process already holds (no storage read)."""
+        return self._confirmed.get((kind, key))
+
     async def learn(self, kind: str, key: str, row: Home) -> Home:
         """A row another region holds (a refusal, a replicated entry): kept here when
         it replaces ours by the same rule every store follows."""

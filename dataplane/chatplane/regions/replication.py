@@ -214,8 +214,10 @@ class Replication:
             conversation_id = entry.message.conversation_id
             if conversation_id in recipients:
                 continue
-            await self.homes.learn(CONVERSATION_HOME, conversation_id,
-                                   Home(peer, entry.epoch, True))
+            row = Home(peer, entry.epoch, True)
+            if self.homes.known(CONVERSATION_HOME, conversation_id) != row:
+                # stored once: a write per batch would sit in every sync ack's path
+                await self.homes.learn(CONVERSATION_HOME, conversation_id, row)
             recipients[conversation_id] = await self._members(conversation_id, entry.message)
         items = await self.log.apply_log(peer, entries, batch.scanned_to, recipients)
         state.applied_to = batch.scanned_to
