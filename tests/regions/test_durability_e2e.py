@@ -201,6 +201,7 @@ async def test_sync_send_waits_for_a_stopped_peer_then_goes_through_once(tmp_pat
             assert peer["lag"] == 0
             confirmations = eu.peers()["us"]["replication"]["confirmations"]
             assert confirmations["durability"] == "sync" and confirmations["confirmed_to"] >= 2
+            assert _metric(eu, "chatplane_region_sync_wait_seconds_count") >= 2  # both acks
             verdict = checker.verdict()
             assert verdict.ok and verdict.acked == 2, verdict.summary()
         finally:

@@ -9,8 +9,9 @@ name sorts first), so two regions proposing at once end with one winner everywhe
 region sequences only under a **confirmed** row of its own, which it writes once every
 peer holds its proposal; then it tells the peers (best effort: a peer that still holds
 the proposal forwards to the proposer, which answers from its confirmed row). A peer that
-does not answer blocks only *new* homes (UNAVAILABLE, retried by the client): a region
-keeps sequencing the conversations it already homes, alone.
+does not answer blocks *new* homes (UNAVAILABLE, retried by the client): a region keeps
+sequencing the conversations it already homes (alone in `async` durability; in `sync`
+each ack also waits for a peer to apply it, regions/durability.py).
 
 Forwarding: a send into a conversation homed elsewhere goes to the home as
 `Region.Send`, idempotent by (sender, device, cid) like a client's resend, and its ack
