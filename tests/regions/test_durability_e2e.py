@@ -102,15 +102,17 @@ async def _send_until_dead(device: Device, conversation: str, limit: int,
 
 
 async def _kill_home_under_traffic(base: Path, mode: str) -> tuple[int, int, DeliveryChecker]:
-    """kill -9 of eu (the home) while its devices send; returns (acked, acked but missing
-    from us's store, the checker of what us's devices received)."""
+    """kill -9 of eu (the home) while devices in both regions send; returns (acked, acked
+    but missing from us's store, the checker of what us's devices received)."""
     with _regions(base, mode) as (eu, us):
         checker = DeliveryChecker()
         senders, readers, chats = await _pairs(eu, us, checker)
         acked: list[tuple[str, int, str]] = []  # (conversation, seq, message id)
         try:
-            traffic = [asyncio.ensure_future(_send_until_dead(a, c, 150, acked))
-                       for a, c in zip(senders, chats, strict=True)]
+            # eu's devices send at the home, us's are forwarded to it (Region.Send)
+            traffic = [asyncio.ensure_future(_send_until_dead(d, c, limit, acked))
+                       for pair, limit in ((senders, 120), (readers, 40))
+                       for d, c in zip(pair, chats, strict=True)]
             await asyncio.sleep(1.5)
             eu.kill()  # kill -9 under traffic
             await asyncio.wait_for(asyncio.gather(*traffic), 10)
