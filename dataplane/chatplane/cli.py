@@ -37,6 +37,7 @@ def _up_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("cql_hosts", storage, "cql_hosts"), ("keyspace", storage, "keyspace"),
         ("redis_url", storage, "redis_url"), ("sync", storage, "sqlite_synchronous"),
         ("region", server, "region"), ("peers", links, "peers"), ("grpc_port", links, "grpc_port"),
+        ("durability", links, "region_durability"),
         ("admin_port", admin, "port"),
         ("tls_cert", tls, "cert"), ("tls_key", tls, "key"),
         ("dev_login", server, "dev_login"),
@@ -214,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "SQLite: 1:1 chats' homes, forwarding, replication)")
     up.add_argument("--grpc-port", type=int,
                     help="cross-region gRPC port, used with --peers (CHATPLANE_GRPC_PORT, 9090)")
+    up.add_argument("--durability", choices=("sync", "async"),
+                    help="with --peers: sync (default) acks a 1:1 chat's send once another "
+                         "region applied it, async on the home's own disk "
+                         "(CHATPLANE_REGION_DURABILITY; bound CHATPLANE_REGION_SYNC_TIMEOUT_S, 3)")
     up.add_argument("--tls-cert", help="PEM certificate: HTTPS/WSS and TCP+TLS (CHATPLANE_TLS_CERT); "
                                        "reloaded when the file changes")
     up.add_argument("--tls-key", help="its PEM private key (CHATPLANE_TLS_KEY)")

@@ -43,6 +43,7 @@ from chatplane.im.admin import AdminApi
 from chatplane.im.service import ImService
 from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, make_handler
 from chatplane.regions import links as region_links
+from chatplane.regions.durability import Durability
 from chatplane.regions.homes import Homes
 from chatplane.regions.replication import Replication
 from chatplane.registry import instances as registry
@@ -114,7 +115,10 @@ class Node:
         if self.prober.links and isinstance(self.storage, ReplicatedLog):
             # several regions on embedded stores: homes, forwarding, replication
             homes = Homes(server.region, self.storage, list(self.prober.links),
-                          self.prober.channel)
+                          self.prober.channel, Durability.of(
+                              settings.links.region_durability,
+                              settings.links.region_sync_timeout_s, self.storage,
+                              list(self.prober.links)))
             replication = Replication(homes, self.storage, self.im.replicated)
             self.sequencing = region_links.Sequencing(homes, replication, self._home_send)
             self.im.homes = homes

@@ -136,6 +136,10 @@ class Links:
     peers: str = ""  # JSON [{name, endpoint, datacenter}]: the other regions (peerlist.py)
     peer_probe_s: float = 2.0  # how often each peer gets a Hello
     peer_timeout_s: float = 1.0  # the deadline of one Hello
+    # with peers: "sync" acks a homed chat's send once another region applied it,
+    # "async" on the home's local durability (docs/architecture.md, "Durability modes")
+    region_durability: str = "sync"
+    region_sync_timeout_s: float = 3.0  # sync: no peer confirmed within this -> UNAVAILABLE
     # im: caches of members, relations and settings are trusted only while the
     # invalidation stream was read within this (the staleness bound, docs/caches.md)
     cache_bound_s: float = 2.0
@@ -332,6 +336,12 @@ def validate(s: Settings) -> None:
         problems.append(f"cache_bound_s must be in [0.05, 60], not {s.links.cache_bound_s}")
     if s.links.peer_probe_s <= 0 or s.links.peer_timeout_s <= 0:
         problems.append("peer_probe_s and peer_timeout_s must be positive")
+    if s.links.region_durability not in ("sync", "async"):
+        problems.append("CHATPLANE_REGION_DURABILITY must be sync or async, not"
+                        f" {s.links.region_durability!r}")
+    if not 0.1 <= s.links.region_sync_timeout_s <= 60:
+        problems.append("CHATPLANE_REGION_SYNC_TIMEOUT_S must be in [0.1, 60], not"
+                        f" {s.links.region_sync_timeout_s}")
     try:
         peerlist.parse(s.links.peers, s.server.region)
     except peerlist.PeerListError as exc:

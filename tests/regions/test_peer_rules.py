@@ -4,12 +4,17 @@ what a Hello reply says about a peer (no sockets)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from chatplane import peerlist
 from chatplane.auth import TokenSigner
 from chatplane.regions import hello
+from chatplane.settings import SettingsError, load
 
 
 def test_the_operators_peer_list_parses() -> None:
@@ -61,3 +66,23 @@ def test_a_hello_from_the_wrong_region_or_protocol_is_not_ok() -> None:
                                 f"speaks peer protocol {hello.PROTOCOL + 1}, this region "
                                 f"{hello.PROTOCOL}")
 
+
+
+@pytest.mark.parametrize(("environ", "says"), [
+    ({"CHATPLANE_REGION_DURABILITY": "quorum"},
+     "CHATPLANE_REGION_DURABILITY must be sync or async, not 'quorum'"),
+    ({"CHATPLANE_REGION_SYNC_TIMEOUT_S": "0"}, "CHATPLANE_REGION_SYNC_TIMEOUT_S must be in"),
+])
+def test_a_bad_durability_mode_stops_the_start_with_one_line(
+    tmp_path: Path, environ: dict[str, str], says: str,
+) -> None:
+    assert load(environ={}).links.region_durability == "sync"  # the default
+    with pytest.raises(SettingsError) as err:
+        load(environ=environ)
+    assert says in str(err.value)
+    result = subprocess.run(
+        [sys.executable, "-m", "chatplane.cli", "up", "--data-dir", str(tmp_path)],
+        env={**environ, "PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr

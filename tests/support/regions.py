@@ -77,11 +77,13 @@ def peer_each_other(*regions: RegionProcess) -> None:
 
 
 @contextlib.contextmanager
-def two_regions(base: Path) -> Iterator[tuple[RegionProcess, RegionProcess]]:
-    """eu and us, each a `chatplane up` peered with the other, started; stopped at the end
-    (continued first, if a test left one stopped with SIGSTOP)."""
-    eu = RegionProcess(base / "eu", "eu")
-    us = RegionProcess(base / "us", "us")
+def two_regions(base: Path, env: dict[str, str] | None = None,
+                ) -> Iterator[tuple[RegionProcess, RegionProcess]]:
+    """eu and us, each a `chatplane up` peered with the other (with `env` added to
+    both), started; stopped at the end (continued first, if a test left one stopped
+    with SIGSTOP)."""
+    eu = RegionProcess(base / "eu", "eu", env=env)
+    us = RegionProcess(base / "us", "us", env=env)
     peer_each_other(eu, us)
     eu.start()
     us.start()

@@ -104,6 +104,10 @@ class HomeRouter(Protocol):
     def committed(self) -> None:
         """A message of a homed conversation was sequenced here."""
 
+    async def settle(self, conversation_id: str) -> None:
+        """Return once a send sequenced here may be acked (sync durability: another
+        region applied it); UNAVAILABLE, retriable, when none did in time."""
+
 
 class ImService:
     def __init__(
@@ -492,8 +496,11 @@ class ImService:
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
         self.deliver(result, conversation.members if large else ())
-        if self.homes is not None and not result.duplicate:
-            self.homes.committed()
+        if self.homes is not None:
+            if not result.duplicate:
+                self.homes.committed()
+            # a resend's duplicate waits too: its original may never have been confirmed
+            await self.homes.settle(conversation_id)
         return result
 
     def replicated(self, messages: Sequence[StoredMessage], items: Sequence[InboxItem]) -> None:

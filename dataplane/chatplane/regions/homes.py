@@ -9,8 +9,9 @@ name sorts first), so two regions proposing at once end with one winner everywhe
 region sequences only under a **confirmed** row of its own, which it writes once every
 peer holds its proposal; then it tells the peers (best effort: a peer that still holds
 the proposal forwards to the proposer, which answers from its confirmed row). A peer that
-does not answer blocks only *new* homes (UNAVAILABLE, retried by the client): a region
-keeps sequencing the conversations it already homes, alone.
+does not answer blocks *new* homes (UNAVAILABLE, retried by the client): a region keeps
+sequencing the conversations it already homes (alone in `async` durability; in `sync`
+each ack also waits for a peer to apply it, regions/durability.py).
 
 Forwarding: a send into a conversation homed elsewhere goes to the home as
 `Region.Send`, idempotent by (sender, device, cid) like a client's resend, and its ack
@@ -31,6 +32,7 @@ import grpc
 
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.records import from_pb, to_pb
+from chatplane.regions.durability import Durability
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     AppendResult,
@@ -75,8 +77,9 @@ class Homes:
     """This region's view of home regions, placement and forwarding."""
 
     def __init__(self, region: str, storage: Storage, peers: list[str], channels: Channels,
-                 ) -> None:
+                 durability: Durability | None = None) -> None:
         self.region = region
+        self.durability = durability  # None: acked on local durability (no log)
         self.storage = storage
         self.peers = peers
         self.channels = channels
@@ -93,6 +96,12 @@ class Homes:
         """A message was sequenced here as home: wake the log's readers."""
         event, self.changed = self.changed, asyncio.Event()
         event.set()
+
+    async def settle(self, conversation_id: str) -> None:
+        """A send sequenced here as home (new or a resend's duplicate): returns when
+        it may be acked under the durability mode (regions/durability.py)."""
+        if self.durability is not None and homed(conversation_id):
+            await self.durability.settle(conversation_id)
 
     # -- where a conversation is sequenced ------------------------------------
 
@@ -116,6 +125,10 @@ class Homes:
         if row.confirmed:
             self._confirmed[(kind, key)] = row
         return row
+
+    def known(self, kind: str, key: str) -> Home | None:
+        """The confirmed row this process already holds (no storage read)."""
+        return self._confirmed.get((kind, key))
 
     async def learn(self, kind: str, key: str, row: Home) -> Home:
         """A row another region holds (a refusal, a replicated entry): kept here when

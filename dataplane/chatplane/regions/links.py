@@ -147,6 +147,10 @@ class RegionServicer(rgrpc.RegionServicer):
         async for batch in sequencing.replication.serve(request):
             yield batch
 
+    async def Applied(self, request: rpb.AppliedRequest,
+                      context: grpc.aio.ServicerContext) -> rpb.AppliedReply:
+        return (await self._sequencing(context)).replication.applied_by(request)
+
     async def Hello(self, request: rpb.HelloRequest,
                     context: grpc.aio.ServicerContext) -> rpb.HelloReply:
         out_of_bounds = bounds.call_problem("hello", request)

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -52,6 +52,7 @@ BATCH = 256  # log positions per batch
 HEARTBEAT_S = 1.0  # a caught-up stream says so this often (and carries the head)
 STALL_S = 3.0  # no batch (not even a heartbeat) for this long: reopen the stream
 RETRY_S = 0.2
+TELL_TIMEOUT_S = 2.0  # one Region.Applied call
 
 # Applied entries go to this region's devices and caches (ImService.replicated).
 Applied = Callable[[Sequence[StoredMessage], Sequence[InboxItem]], None]
@@ -69,6 +70,8 @@ class PeerReplication:
     connected: bool = False
     reconnects: int = 0
     error: str = ""
+    # set when applied_to moved: the peer is told (Region.Applied, its sync acks wait on it)
+    moved: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def lag(self) -> int:
@@ -104,9 +107,14 @@ class Replication:
 
     async def serve(self, request: rpb.ReplicateRequest) -> AsyncIterator[rpb.LogBatch]:
         after = request.after
+        durability = self.homes.durability
+        if durability is not None:  # the reader's cursor is in its store: applied there
+            durability.applied(request.region, after)
         while True:
             changed = self.homes.changed  # taken before reading: no commit is missed
             entries, scanned_to, head = await self.log.log_after(after, BATCH, self.homes.region)
+            if durability is not None:
+                durability.note_head(head)
             if scanned_to > after:
                 yield rpb.LogBatch(entries=[
                     rpb.LogEntry(lsn=e.lsn, epoch=e.epoch, message=to_pb(e.message))
@@ -120,9 +128,17 @@ class Replication:
 
     # -- the applying side ---------------------------------------------------
 
+    def applied_by(self, request: rpb.AppliedRequest) -> rpb.AppliedReply:
+        """`Region.Applied` on this side: a peer applied our log up to a position."""
+        if self.homes.durability is not None:
+            self.homes.durability.applied(request.region, request.applied_to)
+        return rpb.AppliedReply()
+
     def start(self, supervisor: Supervisor) -> None:
         self._tasks = [supervisor.spawn(f"replicate:{name}", functools.partial(self._run, name))
                        for name in self.peers]
+        self._tasks += [supervisor.spawn(f"applied:{name}", functools.partial(self._tell, name))
+                        for name in self.peers]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -147,6 +163,29 @@ class Replication:
             state.connected = False
             state.reconnects += 1
             await asyncio.sleep(RETRY_S)
+
+    async def _tell(self, peer: str) -> None:
+        """Tells `peer` how far its log is applied here (`Region.Applied`), after each
+        applied batch: the newest position only, so a slow link coalesces reports."""
+        state = self.peers[peer]
+        stub = rgrpc.RegionStub(self.homes.channels(peer))
+        told = 0
+        while True:
+            await state.moved.wait()
+            state.moved.clear()
+            position = state.applied_to
+            if position <= told:
+                continue
+            try:
+                await stub.Applied(rpb.AppliedRequest(region=self.homes.region,
+                                                      applied_to=position), timeout=TELL_TIMEOUT_S)
+                told = position
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                    log.warning("peer %s does not take Region.Applied: not told", peer)
+                    return
+                await asyncio.sleep(RETRY_S)
+                state.moved.set()  # tell it again
 
     async def _follow(self, peer: str, state: PeerReplication) -> None:
         state.applied_to = await self.log.log_cursor(peer)
@@ -175,11 +214,14 @@ class Replication:
             conversation_id = entry.message.conversation_id
             if conversation_id in recipients:
                 continue
-            await self.homes.learn(CONVERSATION_HOME, conversation_id,
-                                   Home(peer, entry.epoch, True))
+            row = Home(peer, entry.epoch, True)
+            if self.homes.known(CONVERSATION_HOME, conversation_id) != row:
+                # stored once: a write per batch would sit in every sync ack's path
+                await self.homes.learn(CONVERSATION_HOME, conversation_id, row)
             recipients[conversation_id] = await self._members(conversation_id, entry.message)
         items = await self.log.apply_log(peer, entries, batch.scanned_to, recipients)
         state.applied_to = batch.scanned_to
+        state.moved.set()
         state.entries += len(entries)
         if entries:
             self.applied([e.message for e in entries], items)
@@ -195,8 +237,13 @@ class Replication:
     # -- what an SRE sees ------------------------------------------------------
 
     def report(self) -> dict[str, dict[str, Any]]:
+        """Per peer: how its log is applied here and, under `confirmations`, how far it
+        said it applied ours (what this region's sync acks wait on)."""
         now = time.time()
-        return {name: state.view(now) for name, state in self.peers.items()}
+        durability = self.homes.durability
+        mine = durability.report() if durability is not None else {}
+        return {name: {**state.view(now), **({"confirmations": mine[name]} if name in mine else {})}
+                for name, state in self.peers.items()}
 
     def families(self) -> Iterator[Metric]:
         states = self.peers
@@ -222,3 +269,5 @@ class Replication:
         yield metrics.counter("chatplane_region_homes_placed_total",
                               "conversations whose home was placed in this region",
                               self.homes.placed)
+        if self.homes.durability is not None:
+            yield from self.homes.durability.families()

@@ -401,6 +401,10 @@ class ReplicatedLog(Protocol):
     async def log_cursor(self, peer: str) -> int:
         """The log position of `peer` applied here last (0: none)."""
 
+    async def log_head(self) -> int:
+        """This store's newest log position (0: empty): every message committed
+        before the call is at or below it (`sync` durability waits for a peer past it)."""
+
     async def apply_log(self, peer: str, entries: Sequence[LogEntry], scanned_to: int,
                         recipients: dict[str, tuple[str, ...]]) -> list[InboxItem]:
         """Store `peer`'s entries (each conversation's next seq; one stored before is

@@ -811,6 +811,12 @@ class SqliteStorage(_SocialMethods):
 
         return await self._read(read)
 
+    async def log_head(self) -> int:
+        def read(db: sqlite3.Connection) -> int:
+            return int(db.execute("SELECT coalesce(max(lsn), 0) FROM region_log").fetchone()[0])
+
+        return await self._read(read)
+
     async def log_cursor(self, peer: str) -> int:
         def read(db: sqlite3.Connection) -> int:
             row = db.execute("SELECT lsn FROM region_cursors WHERE peer = ?", (peer,)).fetchone()

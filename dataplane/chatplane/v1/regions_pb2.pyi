@@ -120,3 +120,15 @@ class LogBatch(_message.Message):
     scanned_to: int
     head: int
     def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., scanned_to: _Optional[int] = ..., head: _Optional[int] = ...) -> None: ...
+
+class AppliedRequest(_message.Message):
+    __slots__ = ("region", "applied_to")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_TO_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    applied_to: int
+    def __init__(self, region: _Optional[str] = ..., applied_to: _Optional[int] = ...) -> None: ...
+
+class AppliedReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

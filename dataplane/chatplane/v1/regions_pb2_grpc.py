@@ -54,6 +54,11 @@ class RegionStub:
                 request_serializer=chatplane_dot_v1_dot_regions__pb2.ReplicateRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_regions__pb2.LogBatch.FromString,
                 _registered_method=True)
+        self.Applied = channel.unary_unary(
+                '/chatplane.v1.Region/Applied',
+                request_serializer=chatplane_dot_v1_dot_regions__pb2.AppliedRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_regions__pb2.AppliedReply.FromString,
+                _registered_method=True)
 
 
 class RegionServicer:
@@ -83,6 +88,12 @@ class RegionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Applied(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +116,11 @@ def add_RegionServicer_to_server(servicer, server):
                     servicer.Replicate,
                     request_deserializer=chatplane_dot_v1_dot_regions__pb2.ReplicateRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_regions__pb2.LogBatch.SerializeToString,
+            ),
+            'Applied': grpc.unary_unary_rpc_method_handler(
+                    servicer.Applied,
+                    request_deserializer=chatplane_dot_v1_dot_regions__pb2.AppliedRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_regions__pb2.AppliedReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +231,33 @@ class Region:
             '/chatplane.v1.Region/Replicate',
             chatplane_dot_v1_dot_regions__pb2.ReplicateRequest.SerializeToString,
             chatplane_dot_v1_dot_regions__pb2.LogBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Applied(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Region/Applied',
+            chatplane_dot_v1_dot_regions__pb2.AppliedRequest.SerializeToString,
+            chatplane_dot_v1_dot_regions__pb2.AppliedReply.FromString,
             options,
             channel_credentials,
             insecure,
