@@ -17,11 +17,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import pytest
 
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
+from chatplane.v1 import regions_pb2 as rpb
+from chatplane.v1 import regions_pb2_grpc
 from tests.support.regions import SHARED_KEY, RegionProcess, two_regions, wait_for
 from tests.support.traffic import Device, send_many
 
@@ -178,6 +181,15 @@ async def test_sync_send_waits_for_a_stopped_peer_then_goes_through_once(tmp_pat
             await send_many(alice, conversation, 1, "home")  # homed in eu, confirmed by us
             assert us.proc is not None
             os.kill(us.proc.pid, signal.SIGSTOP)
+            # a confirmation past eu's log (on the plaintext link anyone who reaches it can
+            # call as us) is refused and confirms nothing: the send below still waits
+            async with grpc.aio.insecure_channel(eu.endpoint) as channel:
+                stub = regions_pb2_grpc.RegionStub(channel)
+                for claim in (10**9, 2**64 - 1):
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await stub.Applied(rpb.AppliedRequest(region="us", applied_to=claim),
+                                           timeout=5, metadata=(("x-chatplane-role", "region.us"),))
+                    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, claim
             started = time.monotonic()
             sending = asyncio.ensure_future(alice.client.send_text(conversation, "held"))
             await _until(lambda: _metric(eu, "chatplane_region_sync_unconfirmed_total") >= 1,

@@ -77,22 +77,27 @@ class Durability:
         """The highest position some peer applied: every entry up to it is in two stores."""
         return max((p.applied_to for p in self.peers.values()), default=0)
 
-    def applied(self, peer: str, position: int) -> None:
+    async def applied(self, peer: str, position: int) -> bool:
         """`peer` durably applied this region's log up to `position` (Region.Applied, or
-        the cursor a Replicate stream opens from). Lower than known: ignored."""
+        the cursor a Replicate stream opens from). Lower than known: ignored. Past this
+        region's log head: refused (False), since no peer can have applied what was never
+        written, and believing it would ack sends no other region holds."""
         state = self.peers.get(peer)
         if state is None:
-            return
+            return True
+        if position > max(self.head_seen, 0) and position > await self.log.log_head():
+            return False
         state.reports += 1
         state.last_at = time.time()
         if position <= state.applied_to:
-            return
+            return True
         state.applied_to = position
         waiters = self._waiters
         while waiters and waiters[0][0] <= position:
             _, _, future = heapq.heappop(waiters)
             if not future.done():
                 future.set_result(None)
+        return True
 
     def note_head(self, head: int) -> None:
         """This region's log head, as a Replicate stream last read it (for the view)."""

@@ -28,7 +28,7 @@ from chatplane.peerlist import Peer
 from chatplane.protocol import bounds
 from chatplane.regions import hello
 from chatplane.regions.homes import Homes, LocalSend
-from chatplane.regions.replication import Replication
+from chatplane.regions.replication import BeyondLog, Replication
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
 from chatplane.settings import Settings
@@ -143,13 +143,26 @@ class RegionServicer(rgrpc.RegionServicer):
 
     async def Replicate(self, request: rpb.ReplicateRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.LogBatch]:
+        out_of_bounds = bounds.call_problem("replicate", request)
+        if out_of_bounds is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
         sequencing = await self._sequencing(context)
-        async for batch in sequencing.replication.serve(request):
-            yield batch
+        try:
+            async for batch in sequencing.replication.serve(request):
+                yield batch
+        except BeyondLog as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def Applied(self, request: rpb.AppliedRequest,
                       context: grpc.aio.ServicerContext) -> rpb.AppliedReply:
-        return (await self._sequencing(context)).replication.applied_by(request)
+        out_of_bounds = bounds.call_problem("applied", request)
+        if out_of_bounds is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        try:
+            return await (await self._sequencing(context)).replication.applied_by(request)
+        except BeyondLog as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # abort raises; this keeps the type checker sure of it
 
     async def Hello(self, request: rpb.HelloRequest,
                     context: grpc.aio.ServicerContext) -> rpb.HelloReply:

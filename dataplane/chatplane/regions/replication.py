@@ -58,6 +58,10 @@ TELL_TIMEOUT_S = 2.0  # one Region.Applied call
 Applied = Callable[[Sequence[StoredMessage], Sequence[InboxItem]], None]
 
 
+class BeyondLog(ValueError):
+    """A peer names a position of this region's log that was never written."""
+
+
 @dataclass
 class PeerReplication:
     """How this region's copy of one peer's log stands."""
@@ -109,7 +113,8 @@ class Replication:
         after = request.after
         durability = self.homes.durability
         if durability is not None:  # the reader's cursor is in its store: applied there
-            durability.applied(request.region, after)
+            if not await durability.applied(request.region, after):
+                raise BeyondLog(f"after {after} is past this region's log")
         while True:
             changed = self.homes.changed  # taken before reading: no commit is missed
             entries, scanned_to, head = await self.log.log_after(after, BATCH, self.homes.region)
@@ -128,10 +133,12 @@ class Replication:
 
     # -- the applying side ---------------------------------------------------
 
-    def applied_by(self, request: rpb.AppliedRequest) -> rpb.AppliedReply:
+    async def applied_by(self, request: rpb.AppliedRequest) -> rpb.AppliedReply:
         """`Region.Applied` on this side: a peer applied our log up to a position."""
-        if self.homes.durability is not None:
-            self.homes.durability.applied(request.region, request.applied_to)
+        durability = self.homes.durability
+        if durability is not None and not await durability.applied(request.region,
+                                                                   request.applied_to):
+            raise BeyondLog(f"applied_to {request.applied_to} is past this region's log")
         return rpb.AppliedReply()
 
     def start(self, supervisor: Supervisor) -> None:
