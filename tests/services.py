@@ -38,7 +38,7 @@ from typing import Protocol, TypeVar
 
 import pytest
 
-from chatplane.cluster import free_port
+from chatplane.cluster import free_port, watched
 from chatplane.storage.archive_s3 import S3Segments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,16 +77,10 @@ def _stop_leftovers() -> None:
 # test process is gone (pytest killed with -9, or CI cancelled), atexit never
 # runs, so the watchdog kills the server (a JVM left running would hold 1 GB
 # and a core for the next run). It polls every 2 s and exits with the server.
-_WATCHDOG = ('parent=$1; shift; '
-             '(while kill -0 "$parent" 2>/dev/null; do '
-             'kill -0 $$ 2>/dev/null || exit 0; sleep 2; done; kill -9 $$) & '
-             'exec "$@"')
-
-
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            ["sh", "-c", _WATCHDOG, "watchdog", str(os.getpid()), *args],
+            watched(args),
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

@@ -28,6 +28,20 @@ from pathlib import Path
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 
 _handed_out: set[int] = set()
+# A member's command runs under a watchdog: a subshell that kills it once this process
+# is gone (`cluster up` or a test killed with -9 left every member running). `exec`
+# makes the member the process Popen returns, so kill(), terminate() and its pid are its
+# own; the subshell keeps no stdio, so the member's output ends when the member does.
+_WATCHDOG = ('parent=$1; shift; '
+             '(while kill -0 "$parent" 2>/dev/null; do '
+             'kill -0 $$ 2>/dev/null || exit 0; sleep 2; done; kill -9 $$) '
+             '</dev/null >/dev/null 2>&1 & '
+             'exec "$@"')
+
+
+def watched(args: list[str]) -> list[str]:
+    """`args` as a command that is killed when this process dies."""
+    return ["sh", "-c", _WATCHDOG, "watchdog", str(os.getpid()), *args]
 # Ports handed out come from below the kernel's ephemeral range: an outgoing connection
 # takes its local port from that range, and could take one handed out here before the
 # server it is meant for binds it ("address already in use" at start). Above 15000 (out
@@ -140,8 +154,8 @@ class Cluster:
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         log = (self.logs / "redis.log").open("ab")
         self._redis = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+            watched([binary, "--bind", "127.0.0.1", "--port", str(self.redis_port),
+                     "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -183,7 +197,7 @@ class Cluster:
         m.ready.clear()
         out = (self.logs / f"{name}.log").open("ab")
         m.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatplane.cli", "--log-level", "WARNING", m.kind],
+            watched([sys.executable, "-m", "chatplane.cli", "--log-level", "WARNING", m.kind]),
             stdout=subprocess.PIPE, stderr=out, stdin=subprocess.DEVNULL, env=self._env(m),
             start_new_session=True)
 
