@@ -38,8 +38,9 @@ from typing import Protocol, TypeVar
 
 import pytest
 
-from chatplane.cluster import free_port, watched
+from chatplane.cluster import free_port
 from chatplane.storage.archive_s3 import S3Segments
+from chatplane.supervision import watched
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_CASSANDRA = ROOT / "scripts" / "cql" / "run-cassandra"

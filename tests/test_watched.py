@@ -1,5 +1,5 @@
-"""`chatplane.cluster.watched`: what `cluster up` and the test fixtures start dies with the
-process that started it, even killed with -9, and is itself the process Popen returns."""
+"""`chatplane.supervision.watched`: what `cluster up`, the group bench and the test fixtures
+start dies with the process that started it, even killed with -9, and is itself the process Popen returns."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 PARENT = """
 import subprocess, sys, time
-from chatplane.cluster import watched
+from chatplane.supervision import watched
 child = subprocess.Popen(watched(["sleep", "60"]), stdout=subprocess.PIPE)
 print(child.pid, flush=True)
 time.sleep(60)
@@ -46,7 +46,7 @@ def test_a_watched_command_dies_with_its_parent() -> None:
 
 
 def test_a_watched_command_ends_its_output_when_it_exits() -> None:
-    from chatplane.cluster import watched
+    from chatplane.supervision import watched
 
     started = time.monotonic()
     out = subprocess.run(watched(["echo", "ready"]), capture_output=True, timeout=10)

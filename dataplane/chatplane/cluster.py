@@ -26,22 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
+from chatplane.supervision import watched
 
 _handed_out: set[int] = set()
-# A member's command runs under a watchdog: a subshell that kills it once this process
-# is gone (`cluster up` or a test killed with -9 left every member running). `exec`
-# makes the member the process Popen returns, so kill(), terminate() and its pid are its
-# own; the subshell keeps no stdio, so the member's output ends when the member does.
-_WATCHDOG = ('parent=$1; shift; '
-             '(while kill -0 "$parent" 2>/dev/null; do '
-             'kill -0 $$ 2>/dev/null || exit 0; sleep 2; done; kill -9 $$) '
-             '</dev/null >/dev/null 2>&1 & '
-             'exec "$@"')
-
-
-def watched(args: list[str]) -> list[str]:
-    """`args` as a command that is killed when this process dies."""
-    return ["sh", "-c", _WATCHDOG, "watchdog", str(os.getpid()), *args]
 # Ports handed out come from below the kernel's ephemeral range: an outgoing connection
 # takes its local port from that range, and could take one handed out here before the
 # server it is meant for binds it ("address already in use" at start). Above 15000 (out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -161,3 +162,19 @@ async def serve_until(stop: asyncio.Event, supervisor: Supervisor) -> str:
     for task in pending:
         task.cancel()
     return failing.result() if failing in done else ""
+
+
+# A child process under a watchdog: a subshell that kills it once this process is gone
+# (`cluster up`, a bench or a test killed with -9 left its children running for hours).
+# `exec` makes the command the process Popen returns, so kill(), terminate() and its pid
+# are its own; the subshell keeps no stdio, so the command's output ends when it does.
+_WATCHDOG = ('parent=$1; shift; '
+             '(while kill -0 "$parent" 2>/dev/null; do '
+             'kill -0 $$ 2>/dev/null || exit 0; sleep 2; done; kill -9 $$) '
+             '</dev/null >/dev/null 2>&1 & '
+             'exec "$@"')
+
+
+def watched(args: list[str]) -> list[str]:
+    """`args` as a command that is killed when this process dies."""
+    return ["sh", "-c", _WATCHDOG, "watchdog", str(os.getpid()), *args]

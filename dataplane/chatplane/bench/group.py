@@ -41,6 +41,7 @@ import aiohttp
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner
 from chatplane.bench import crowdgo, scrape
 from chatplane.client import Client
+from chatplane.supervision import watched
 
 BATCH = 1000  # the admin API adds at most this many users per call
 
@@ -122,10 +123,10 @@ async def _start_crowd(args: argparse.Namespace, url: str, members: list[str], p
                                                args.cut_fraction, args.crowd_nice))
         else:
             first = int(chunk[0].rsplit("x", 1)[1])
-            workers.append(await asyncio.create_subprocess_exec(
+            workers.append(await asyncio.create_subprocess_exec(*watched([
                 sys.executable, "-m", "chatplane.bench.crowd", url, str(args.data_dir),
                 str(first), str(len(chunk)), group, str(expect), str(deadline_s), prefix,
-                transport, stdout=subprocess.PIPE, limit=crowdgo.RESULT_LIMIT))
+                transport]), stdout=subprocess.PIPE, limit=crowdgo.RESULT_LIMIT))
     return workers
 
 
