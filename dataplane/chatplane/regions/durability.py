@@ -85,7 +85,7 @@ class Durability:
         state = self.peers.get(peer)
         if state is None:
             return True
-        if position > max(self.head_seen, 0) and position > await self.log.log_head():
+        if position > self.head_seen and position > await self.log.log_head():
             return False
         state.reports += 1
         state.last_at = time.time()
