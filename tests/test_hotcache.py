@@ -62,9 +62,9 @@ def test_hits_misses_and_evictions_are_exposed() -> None:
 
 
 def test_the_chosen_policy_beats_lru_on_a_skewed_workload() -> None:
-    from chatplane.im import hotspots
+    from chatplane.bench import hotcache
 
-    requests = hotspots.zipf_requests(10_000, 1.1, 100_000, seed=7)
-    rates = {name: hotspots.measure(name, 100, requests, 2_000, 200)["zipf_hit_rate"]
+    requests = hotcache.zipf_requests(10_000, 1.1, 100_000, seed=7)
+    rates = {name: hotcache.measure(name, 100, requests, 2_000, 200)["zipf_hit_rate"]
              for name in ("lru", "wtinylfu")}
     assert rates["wtinylfu"] > rates["lru"]

@@ -300,8 +300,10 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         cluster.start()
         gws = ",".join(cluster.members[n].url for n in cluster.names("gateway"))
         admins = ",".join(f"{m.name}={m.admin_url}" for m in cluster.members.values())
+        ims = ",".join(f"127.0.0.1:{cluster.members[n].grpc_port}" for n in cluster.names("im"))
         print(f"chatplane cluster ready dispatch={cluster.dispatch_url} gateways={gws} "
               f"im={len(cluster.names('im'))} state={len(cluster.names('state'))} "
+              f"im_grpc={ims} "
               f"redis={cluster.redis_url} data={cluster.data_dir} logs={cluster.logs} "
               f"admin={admins}", flush=True)
         restarts: dict[str, float] = {}

@@ -5,8 +5,11 @@ subcommand whose `func` takes the parsed args and returns an exit code
 (0 when the run was clean): `direct` (W1, 1:1 chat between pairs: options
 here and in `ladder.py`, the run in `direct.py`, the lean client in
 `leanclient.py`), `group` (W2), `idle` (W3), `storm`, `handshakes`
-(TLS handshakes per second) and `web` (the web app in Chromium: first
-paint, bundle size, a 10,000-message tab), each of those in its own module
+(TLS handshakes per second), `web` (the web app in Chromium: first
+paint, bundle size, a 10,000-message tab) and the storage tiers' three:
+`hotcache` (the hot tier's policy against LRU, simulated), `archive` (the
+cold archive on embedded storage or S3) and `invalidation` (a change on one
+im instance until every other honours it), each of those in its own module
 with an `add_parser(workloads)`.
 """
 
@@ -89,7 +92,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     direct.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
     direct.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
     direct.add_argument("--quiet", action="store_true", help="no progress lines")
-    from chatplane.bench import group, handshakes, idle, ladder, storm, web
+    from chatplane.bench import (
+        archive,
+        group,
+        handshakes,
+        hotcache,
+        idle,
+        invalidation,
+        ladder,
+        storm,
+        web,
+    )
 
     ladder.add_arguments(direct)
     direct.set_defaults(func=ladder.run_direct_command)
@@ -99,3 +112,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     idle.add_parser(workloads)
     storm.add_parser(workloads)
     web.add_parser(workloads)
+    hotcache.add_parser(workloads)
+    archive.add_parser(workloads)
+    invalidation.add_parser(workloads)

@@ -1,7 +1,7 @@
 """Which conversations the hot tier keeps: W-TinyLFU admission over weighted entries.
 
-Chosen by measurement (docs/benchmarks.md, "Issue 18"; `python3 -m
-chatplane.im.hotspots`): on Zipf(1.1) over 100,000 conversations it keeps
+Chosen by measurement (docs/benchmarks.md, "Storage tiers (issue 18)";
+`chatplane bench hotcache`): on Zipf(1.1) over 100,000 conversations it keeps
 more of the hot set than LRU and than a HotRing-style per-bucket counter
 policy, and a one-off scan (a broadcast that touches every user's events
 conversation once) cannot flush the hot set, because a newcomer enters the

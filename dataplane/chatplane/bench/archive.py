@@ -1,7 +1,8 @@
-"""The cold tier measured: compression, bytes per message, history reads archive vs hot.
+"""`chatplane bench archive`: the cold tier measured (compression, bytes per
+message, history reads from the archive against hot rows).
 
-    python3 -m chatplane.storage.archive_bench --conversations 20 --messages 2000
-    python3 -m chatplane.storage.archive_bench --s3   # segments in CHATPLANE_ARCHIVE_S3_*'s bucket
+    chatplane bench archive --conversations 20 --messages 2000
+    chatplane bench archive --s3   # segments in CHATPLANE_ARCHIVE_S3_*'s bucket
 
 Fills embedded storage in a temporary directory with chat-like messages
 (sentences drawn from a fixed vocabulary, ids and times as the im makes
@@ -55,7 +56,8 @@ async def pages(storage: Storage, ids: list[str], n: int, count: int, rng: rando
             storage = cast(Storage, ArchivedStorage(inner, fresh))
         got = await storage.history(conversation_id, after_seq=rng.randrange(n - 60), limit=50)
         times.append(time.perf_counter() - start)
-        assert len(got) == 50
+        if len(got) != 50:
+            raise RuntimeError(f"a page of {len(got)} messages from {conversation_id}, not 50")
     return statistics.median(times)
 
 
@@ -130,29 +132,29 @@ def _table_bytes(path: Path) -> dict[str, int]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m chatplane.storage.archive_bench",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--conversations", type=int, default=20)
-    parser.add_argument("--messages", type=int, default=2000, help="per conversation")
-    parser.add_argument("--reads", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--s3", action="store_true",
-                        help="segments in the bucket CHATPLANE_ARCHIVE_S3_* names")
-    args = parser.parse_args(argv)
+def add_parser(workloads: argparse._SubParsersAction) -> None:
+    p = workloads.add_parser("archive", help="the cold archive: compression, bytes per message, "
+                             "history pages from segments against hot rows (embedded storage)",
+                             description=__doc__.split("\n\n")[0])
+    p.add_argument("--conversations", type=int, default=20)
+    p.add_argument("--messages", type=int, default=2000, help="per conversation")
+    p.add_argument("--reads", type=int, default=200, help="pages timed per phase")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--s3", action="store_true",
+                   help="segments in the bucket CHATPLANE_ARCHIVE_S3_* names")
+    p.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
     if args.conversations < 1 or args.messages < 100 or args.reads < 1:
-        print("archive_bench: need --conversations >= 1, --messages >= 100, --reads >= 1",
-              file=sys.stderr)
+        print("chatplane bench archive: need --conversations >= 1, --messages >= 100, "
+              "--reads >= 1", file=sys.stderr)
         return 2
     try:
         result = asyncio.run(run(args.conversations, args.messages, args.reads, args.seed,
                                  args.s3))
     except settings_mod.SettingsError as exc:
-        print(f"archive_bench: {exc}", file=sys.stderr)
+        print(f"chatplane bench archive: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,7 @@
-"""Hot-spot policies compared on a skewed workload: the measurement behind im/admission.py.
+"""`chatplane bench hotcache`: hot-spot policies compared on a skewed workload
+(the measurement behind im/admission.py).
 
-    python3 -m chatplane.im.hotspots --conversations 100000 --cache 1000 --requests 1000000
+    chatplane bench hotcache --conversations 100000 --cache 1000 --requests 1000000
 
 Each request touches one conversation drawn from Zipf(s) (rank k with
 probability proportional to k^-s); a hit is a request whose conversation is
@@ -138,30 +139,30 @@ def measure(name: str, capacity: int, requests: list[str], scan_every: int,
             "evictions": policy.evictions}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m chatplane.im.hotspots",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--conversations", type=int, default=100_000)
-    parser.add_argument("--cache", type=int, default=1_000, help="conversations held")
-    parser.add_argument("--requests", type=int, default=1_000_000)
-    parser.add_argument("--zipf", type=float, default=1.1, help="the exponent s")
-    parser.add_argument("--scan-every", type=int, default=0)
-    parser.add_argument("--scan-length", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--policies", default=",".join(POLICIES))
-    args = parser.parse_args(argv)
+def add_parser(workloads: argparse._SubParsersAction) -> None:
+    p = workloads.add_parser("hotcache", help="hit rates of the hot tier's policy against LRU "
+                             "on a Zipf workload (a simulation: no server)",
+                             description=__doc__.split("\n\n")[0])
+    p.add_argument("--conversations", type=int, default=100_000)
+    p.add_argument("--cache", type=int, default=1_000, help="conversations held")
+    p.add_argument("--requests", type=int, default=1_000_000)
+    p.add_argument("--zipf", type=float, default=1.1, help="the exponent s")
+    p.add_argument("--scan-every", type=int, default=0)
+    p.add_argument("--scan-length", type=int, default=0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--policies", default=",".join(POLICIES))
+    p.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
     names = args.policies.split(",")
     unknown = [n for n in names if n not in POLICIES]
     if unknown or args.cache < 1 or args.conversations < 1 or args.requests < 1 or args.zipf <= 0:
-        print("hotspots: need --cache, --conversations, --requests >= 1, --zipf > 0 and "
-              f"policies among {', '.join(POLICIES)}", file=sys.stderr)
+        print("chatplane bench hotcache: need --cache, --conversations, --requests >= 1, "
+              f"--zipf > 0 and policies among {', '.join(POLICIES)}", file=sys.stderr)
         return 2
     requests = zipf_requests(args.conversations, args.zipf, args.requests, args.seed)
     for name in names:
         print(json.dumps(measure(name, args.cache, requests, args.scan_every, args.scan_length)),
               flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
