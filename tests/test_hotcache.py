@@ -68,3 +68,31 @@ def test_the_chosen_policy_beats_lru_on_a_skewed_workload() -> None:
     rates = {name: hotcache.measure(name, 100, requests, 2_000, 200)["zipf_hit_rate"]
              for name in ("lru", "wtinylfu")}
     assert rates["wtinylfu"] > rates["lru"]
+
+
+def test_a_hot_group_stays_in_the_conversation_cache_through_a_scan() -> None:
+    """Conversations and member lists are under the same admission
+    (im/membercache.py): a 10,000-member group read at every send stays while
+    20,000 cold 1:1 chats are looked up once each; member ids stay bounded."""
+    from chatplane.im.membercache import MemberCache
+
+    cache: MemberCache[str] = MemberCache("conversation", capacity_ids=30_000)
+    always = lambda _: True  # noqa: E731
+    for _ in range(50):
+        if cache.get("g:big", always) is None:
+            cache.put("g:big", "the group", member_ids=10_000)
+    for i in range(20_000):
+        if cache.get(f"d:{i}", always) is None:
+            cache.put(f"d:{i}", "a chat", member_ids=2)
+    assert cache.get("g:big", always) == "the group"
+    assert cache.member_ids <= 30_000 and len(cache) < 20_000
+    assert cache.get("g:big", lambda _: False) is None  # a stale version is a miss
+    cache.pop("g:big")
+    assert cache.peek("g:big") is None
+    values = prom.of(cache.families)
+    assert values["chatplane_im_conversation_cache_hits_total"] == cache.hits >= 50
+    assert values["chatplane_im_conversation_cache_misses_total"] == cache.misses >= 20_000
+    assert values["chatplane_im_conversation_cache_evictions_total"] + values[
+        "chatplane_im_conversation_cache_rejections_total"] > 0
+    assert values["chatplane_im_conversation_cache_member_ids"] == cache.member_ids
+

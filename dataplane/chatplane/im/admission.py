@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-_SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5)
+_SEEDS = _S0, _S1, _S2, _S3 = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                               0x27D4EB2F165667C5)
 _MASK64 = (1 << 64) - 1
+_HALVE = bytes(count >> 1 for count in range(256))
 
 
 class FrequencySketch:
@@ -36,27 +38,42 @@ class FrequencySketch:
         self._sample = 10 * width
         self._added = 0
 
-    def _slots(self, key: str) -> list[int]:
+    def _slots(self, key: str) -> tuple[int, int, int, int]:
         h = hash(key) & _MASK64
-        return [((h * seed) & _MASK64) >> 40 & self._mask for seed in _SEEDS]
+        m = self._mask
+        return (((h * _S0) & _MASK64) >> 40 & m, ((h * _S1) & _MASK64) >> 40 & m,
+                ((h * _S2) & _MASK64) >> 40 & m, ((h * _S3) & _MASK64) >> 40 & m)
 
     def increment(self, key: str) -> None:
+        # unrolled: this runs on every send and history read
+        a, b, c, d = self._slots(key)
+        r0, r1, r2, r3 = self._rows
         grew = False
-        for row, slot in zip(self._rows, self._slots(key), strict=True):
-            if row[slot] < 15:
-                row[slot] += 1
-                grew = True
+        if r0[a] < 15:
+            r0[a] += 1
+            grew = True
+        if r1[b] < 15:
+            r1[b] += 1
+            grew = True
+        if r2[c] < 15:
+            r2[c] += 1
+            grew = True
+        if r3[d] < 15:
+            r3[d] += 1
+            grew = True
         if grew:
             self._added += 1
             if self._added >= self._sample:
                 self._age()
 
     def frequency(self, key: str) -> int:
-        return min(row[slot] for row, slot in zip(self._rows, self._slots(key), strict=True))
+        a, b, c, d = self._slots(key)
+        r0, r1, r2, r3 = self._rows
+        return min(r0[a], r1[b], r2[c], r3[d])
 
     def _age(self) -> None:
-        for row in self._rows:
-            row[:] = bytes(count >> 1 for count in row)
+        for row in self._rows:  # in C: a Python loop over a wide sketch stalls the loop
+            row[:] = row.translate(_HALVE)
         self._added //= 2
 
 

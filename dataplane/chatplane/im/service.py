@@ -35,6 +35,7 @@ from chatplane.im.hotcache import HotCache
 from chatplane.im.inboxes import Inboxes, InboxRing, Ticket
 from chatplane.im.invalidation import LocalInvalidations, Unannounced, Versions
 from chatplane.im.leases import Leases, NotOwner
+from chatplane.im.membercache import MemberCache
 from chatplane.im.social import Social
 from chatplane.protocol.bounds import Bounds
 from chatplane.protocol.errors import ErrorCode, ProtocolError
@@ -60,6 +61,10 @@ from chatplane.storage.base import (
 )
 from chatplane.v1 import frames_pb2 as pb
 
+# member ids the caches of conversations and of member lists (with roles) hold:
+# about 660,000 1:1 chats, or 200 groups of 10,000
+CONVERSATION_CACHE_IDS = 2_000_000
+MEMBER_LIST_CACHE_IDS = 200_000
 SCAN_MEMBERS = 64  # above: membership is looked up in a set (ImService.is_member)
 
 
@@ -143,12 +148,15 @@ class ImService:
         # idempotent on (sender, device, cid): a device name unique to this
         # process keeps two instances' cids from ever colliding.
         self.event_device = f"{server_id}-{uuid.uuid4().hex[:8]}"
-        self._conversations: dict[str, tuple[str, Conversation]] = {}  # (stamp, conversation)
+        # (stamp, conversation) and (stamp, members), hot ones kept (im/membercache.py)
+        self._conversations: MemberCache[tuple[str, Conversation]] = MemberCache(
+            "conversation", CONVERSATION_CACHE_IDS)
         # big groups' members as a set, keyed by the members tuple it was made from
         self._member_sets: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
         self._events_ready: set[str] = set()
         self._spans: dict[tuple[str, str], tuple[str, tuple[int, int]]] = {}
-        self._member_lists: dict[str, tuple[str, list[Member]]] = {}
+        self._member_lists: MemberCache[tuple[str, list[Member]]] = MemberCache(
+            "member_list", MEMBER_LIST_CACHE_IDS)
         self.versions.on("members", self.forget_members, self._forget_all)
         self.versions.on("settings", self.forget_members, self._forget_all)
         self.social = Social(self)
@@ -178,6 +186,8 @@ class ImService:
         yield metrics.counter("chatplane_im_appends_fenced_total",
                               "appends refused: lease taken over", self.leases.lost)
         yield from self.hot.families()
+        yield from self._conversations.families()
+        yield from self._member_lists.families()
         yield from self.versions.families()
 
     def _conversation_valid(self, conversation_id: str, stamp: str) -> bool:
@@ -186,15 +196,13 @@ class ImService:
 
     def cached_conversation(self, conversation_id: str) -> Conversation | None:
         """The cached entry, if its version is still good (im/invalidation.py)."""
-        cached = self._conversations.get(conversation_id)
-        if cached is None or not self._conversation_valid(conversation_id, cached[0]):
-            return None
-        return cached[1]
+        cached = self._conversations.get(
+            conversation_id, lambda entry: self._conversation_valid(conversation_id, entry[0]))
+        return None if cached is None else cached[1]
 
     def _cache_conversation(self, stamp: str, conversation: Conversation) -> None:
-        if len(self._conversations) > 200_000:
-            self._conversations.clear()
-        self._conversations[conversation.conversation_id] = (stamp, conversation)
+        self._conversations.put(conversation.conversation_id, (stamp, conversation),
+                                len(conversation.members))
 
     async def conversation(self, conversation_id: str, *, fresh: bool = False) -> Conversation:
         """A conversation with its members; cached, versioned against changes
@@ -320,20 +328,19 @@ class ImService:
         return user_id in cached[1]
 
     def forget_members(self, conversation_id: str) -> None:
-        self._conversations.pop(conversation_id, None)
-        self._member_lists.pop(conversation_id, None)
+        self._conversations.pop(conversation_id)
+        self._member_lists.pop(conversation_id)
         self._member_sets.pop(conversation_id, None)
 
     async def member_list(self, conversation_id: str) -> list[Member]:
         """Members with roles and join seqs, cached like `conversation`."""
-        cached = self._member_lists.get(conversation_id)
-        if cached is not None and self.versions.valid("members", conversation_id, cached[0]):
+        cached = self._member_lists.get(
+            conversation_id, lambda entry: self.versions.valid("members", conversation_id, entry[0]))
+        if cached is not None:
             return cached[1]
         stamp = self.versions.stamp()
         members = await self.storage.members(conversation_id)
-        if len(self._member_lists) > 1000:
-            self._member_lists.clear()
-        self._member_lists[conversation_id] = (stamp, members)
+        self._member_lists.put(conversation_id, (stamp, members), len(members))
         return members
 
     async def require_member(self, user_id: str, conversation_id: str, *,
@@ -437,7 +444,7 @@ class ImService:
         the member had opened it here; its messages arrive by replication."""
         parts = conversation_id.split(":")
         if (len(parts) == 3 and parts[0] == "d" and user_id in parts[1:]
-                and conversation_id not in self._conversations):
+                and self._conversations.peek(conversation_id) is None):
             await self.open_direct(user_id, parts[2] if user_id == parts[1] else parts[1])
 
     async def send(
@@ -613,7 +620,7 @@ class ImService:
         if highest:
             before = min(before or highest + 1, highest + 1)
         head = self.hot.head(conversation_id)
-        cached = self._conversations.get(conversation_id)
+        cached = self._conversations.peek(conversation_id)
         if cached is not None:  # a lower bound of the head: any version will do
             head = max(head, cached[1].head_seq)
         if after_seq:  # oldest first from a cursor: what clients pull to fill gaps
