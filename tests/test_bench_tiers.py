@@ -3,7 +3,7 @@ person runs them (docs/benchmarks.md, "Storage tiers"): small runs print the
 figures the page records, the archive bench also with its segments in a real
 S3-compatible server, and bad input is refused in one line.
 (`bench invalidation` runs against real im processes in
-tests/cluster/test_invalidation_processes.py.)"""
+tests/cluster/test_invalidation_processes.py; here only what it refuses.)"""
 
 from __future__ import annotations
 
@@ -94,3 +94,21 @@ def test_archive_on_s3_without_an_endpoint_is_refused_in_one_line() -> None:
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("chatplane bench archive: --s3 needs")
     assert done.stderr.count("\n") == 1
+
+
+def test_invalidation_refuses_a_data_dir_without_the_deployments_key(tmp_path: Any) -> None:
+    done = _bench("invalidation", "--im", "127.0.0.1:1", "--im", "127.0.0.1:2",
+                  "--data-dir", str(tmp_path), env={"CHATPLANE_ADMIN_SECRET": ""})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("chatplane bench invalidation: no admin.secret in")
+    assert list(tmp_path.iterdir()) == []  # it made up no key
+
+
+def test_invalidation_needs_two_instances_and_says_so_when_one_is_down(tmp_path: Any) -> None:
+    done = _bench("invalidation", "--im", "127.0.0.1:1", "--data-dir", str(tmp_path))
+    assert done.returncode == 2 and "need two or more --im" in done.stderr
+    env = {"CHATPLANE_ADMIN_SECRET": "s" * 32}
+    done = _bench("invalidation", "--im", "127.0.0.1:1", "--im", "127.0.0.1:2",
+                  "--data-dir", str(tmp_path), env=env)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("chatplane bench invalidation: ")

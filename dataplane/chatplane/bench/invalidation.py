@@ -2,7 +2,7 @@
 other instance honouring it (docs/caches.md).
 
     chatplane cluster up --ims 3 --data-dir ./c     # prints im_grpc=H:P,H:P,H:P
-    chatplane bench invalidation --im H:P --im H:P --im H:P --data-dir ./c
+    chatplane bench invalidation --im H:P --im H:P --im H:P --data-dir ./c/data
 
 Calls the im instances over gRPC as a gateway does (the role credential is
 derived from the deployment's admin secret, found as the members find it:
@@ -29,10 +29,12 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
 from chatplane import settings as settings_mod
+from chatplane.auth import ADMIN_SECRET_FILE
 from chatplane.protocol.errors import ErrorCode
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.v1 import frames_pb2 as pb
@@ -186,8 +188,20 @@ def run_command(args: argparse.Namespace) -> int:
     except settings_mod.SettingsError as exc:
         print(f"chatplane bench invalidation: {exc}", file=sys.stderr)
         return 2
+    keyed = (settings.tls.grpc_ca or settings.tls.links_secret or settings.server.admin_secret
+             or (Path(args.data_dir) / ADMIN_SECRET_FILE).exists())
+    if not keyed:  # a key made up here would only be refused by every call
+        print(f"chatplane bench invalidation: no {ADMIN_SECRET_FILE} in {args.data_dir} (the "
+              "deployment's data dir, `data=` in `cluster up`'s line) and no "
+              "CHATPLANE_ADMIN_SECRET", file=sys.stderr)
+        return 2
     security = LinkSecurity.from_settings(settings, "gateway")
-    run = asyncio.run(measure(args.im, security, args.changes, args.poll_ms / 1000,
-                              args.timeout))
+    try:
+        run = asyncio.run(measure(args.im, security, args.changes, args.poll_ms / 1000,
+                                  args.timeout))
+    except (grpc.aio.AioRpcError, RuntimeError) as exc:
+        detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+        print(f"chatplane bench invalidation: {detail}", file=sys.stderr)
+        return 1
     print(json.dumps(report(run, len(args.im), args.changes)), flush=True)
     return 1 if run.late else 0
