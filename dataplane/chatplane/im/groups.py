@@ -14,6 +14,12 @@ Each change is a system message in the group's own timeline (content_type
 "system/group", payload a GroupEvent), written atomically with the change, so
 every member's devices see membership in order with the messages, and a member
 sees exactly the messages from its join up to its leave.
+
+Several regions (regions/homes.py): a group is homed in the region that creates it;
+a client's change made in another region is forwarded to the home, which checks it
+against the member list it sequences; every other region replays it from the group's
+replicated log (regions/groupchanges.py). The admin API changes a group only in its
+home region (elsewhere it answers 400 naming the home).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import TYPE_CHECKING
 from chatplane.protocol.bounds import MAX_GROUP_NAME_CHARS as MAX_NAME
 from chatplane.protocol.bounds import MAX_USERS_PER_OP
 from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.regions.groupchanges import SYSTEM_GROUP
 from chatplane.storage.base import (
     ADMIN,
     GROUP,
@@ -43,8 +50,6 @@ from chatplane.v1 import frames_pb2 as pb
 
 if TYPE_CHECKING:
     from chatplane.im.service import ImService
-
-SYSTEM_GROUP = "system/group"
 
 
 class Groups:
@@ -65,7 +70,10 @@ class Groups:
                                   add=((user, OWNER), *((m, MEMBER) for m in added)))
         event = pb.GroupEvent(action=pb.GROUP_ACTION_UNSPECIFIED, actor=user, user_ids=added,
                               name=name)
-        result = await self._apply(await self.im.new_group_id(), user, device, change, event)
+        conversation_id = await self.im.new_group_id()
+        if self.im.homes is not None:  # before its first entry, so the log carries it
+            await self.im.homes.place_here(conversation_id)
+        result = await self._apply(conversation_id, user, device, change, event)
         await self._invite(result.message.conversation_id, invited, user, name)
         return result, invited
 
@@ -122,6 +130,37 @@ class Groups:
             response.invitations.add(conversation_id=conversation_id, inviter=inviter,
                                      name=conversation.extra.get("name", ""), at_ms=at_ms)
         return response
+
+    async def handle_op(self, user: str, device: str, op: pb.GroupOp) -> pb.GroupOpAck:
+        """A client's GroupOp: applied here, or forwarded to the group's home region
+        (which calls this again, as the home)."""
+        homes = self.im.homes
+        if homes is not None and await self._known(op.conversation_id):
+            forwarded = await homes.group_op_elsewhere(user, device, op)
+            if forwarded is not None:
+                return forwarded
+        result: AppendResult | None
+        invited: list[str] = []
+        if op.action == pb.JOIN:
+            result = await self.join(user, device, op.conversation_id)
+        elif op.action == pb.DECLINE_INVITATION:
+            await self.decline(user, op.conversation_id)
+            result = None
+        else:
+            result, invited = await self.op(user, device, op)
+        return pb.GroupOpAck(conversation_id=op.conversation_id,
+                             seq=result.message.seq if result else 0, invited=invited)
+
+    async def _known(self, conversation_id: str) -> bool:
+        """Whether this region's store has the conversation (unknown ones are refused
+        here as ever, never given a home)."""
+        try:
+            await self.im.conversation(conversation_id)
+        except ProtocolError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                return False
+            raise
+        return True
 
     async def op(self, user: str, device: str,
                  op: pb.GroupOp) -> tuple[AppendResult | None, list[str]]:
@@ -249,6 +288,11 @@ class Groups:
         self.im.forget_members(conversation_id)
         self.im.forget_spans(conversation_id, affected)
         self.im.deliver(result, tuple(sorted(after - affected)) if large else ())
+        homes = self.im.homes
+        if homes is not None:  # sequenced here as the group's home: acked like a send
+            if not result.duplicate:
+                homes.committed()
+            await homes.settle(conversation_id)
         return result
 
     async def admin_change(self, conversation_id: str, add: list[str], remove: list[str],
@@ -257,6 +301,11 @@ class Groups:
         conversation = await self.im.conversation(conversation_id, fresh=True)
         if conversation.kind != GROUP:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {conversation_id!r}")
+        home = None if self.im.homes is None else await self.im.homes.elsewhere(conversation_id)
+        if home is not None:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT,
+                                f"group {conversation_id!r} is homed in region {home}: change"
+                                " it through that region's admin API")
         roles = {m.user_id: m.role for m in await self.im.storage.members(conversation_id)}
         owner = next((u for u, r in roles.items() if r == OWNER), "")
         new = [u for u in _check_users(add, exclude="") if u not in roles]

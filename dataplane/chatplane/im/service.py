@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import Metric
 from chatplane import metrics
 from chatplane.delivery.dedup import CidAllocator
 from chatplane.im import requests
-from chatplane.im.groups import Groups
+from chatplane.im.groups import SYSTEM_GROUP, Groups
 from chatplane.im.hotcache import HotCache
 from chatplane.im.inboxes import Inboxes, InboxRing, Ticket
 from chatplane.im.invalidation import LocalInvalidations, Unannounced, Versions
@@ -107,6 +107,16 @@ class HomeRouter(Protocol):
     async def settle(self, conversation_id: str) -> None:
         """Return once a send sequenced here may be acked (sync durability: another
         region applied it); UNAVAILABLE, retriable, when none did in time."""
+
+    async def place_here(self, conversation_id: str) -> None:
+        """A new group, made here under a fresh id: homed in this region."""
+
+    async def group_op_elsewhere(self, user_id: str, device_id: str,
+                                 op: pb.GroupOp) -> pb.GroupOpAck | None:
+        """None when this region applies the group change, else the home region's ack."""
+
+    async def elsewhere(self, conversation_id: str) -> str | None:
+        """The home region when it is another region's."""
 
 
 class ImService:
@@ -507,6 +517,10 @@ class ImService:
         """Another region's messages, just stored here (regions/replication.py): into
         the hot tier, and their inbox entries to this region's devices."""
         for message in messages:
+            if message.content_type == SYSTEM_GROUP:  # a replayed change: members moved
+                self.forget_members(message.conversation_id)
+                for key in [k for k in self._spans if k[1] == message.conversation_id]:
+                    del self._spans[key]
             self.hot.add(message)
         if items:
             self.state.deliver(items)

@@ -27,7 +27,7 @@ from chatplane import metrics, peerlist
 from chatplane.peerlist import Peer
 from chatplane.protocol import bounds
 from chatplane.regions import hello
-from chatplane.regions.homes import Homes, LocalSend
+from chatplane.regions.homes import Homes, LocalGroupOp, LocalSend
 from chatplane.regions.replication import BeyondLog, Replication
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
@@ -105,11 +105,13 @@ class PeerLink:
 @dataclass(frozen=True, slots=True)
 class Sequencing:
     """What the link carries besides Hello, where the store keeps a replicated log:
-    home placement, forwarded sends (sequenced by `send`) and the log."""
+    home placement, forwarded sends (sequenced by `send`), forwarded group changes
+    (applied by `group_op`) and the log."""
 
     homes: Homes
     replication: Replication
     send: LocalSend
+    group_op: LocalGroupOp
 
 
 class RegionServicer(rgrpc.RegionServicer):
@@ -140,6 +142,15 @@ class RegionServicer(rgrpc.RegionServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
         sequencing = await self._sequencing(context)
         return await sequencing.homes.serve_send(request, sequencing.send)
+
+    async def GroupOp(self, request: rpb.ForwardedGroupOp,
+                      context: grpc.aio.ServicerContext) -> rpb.ForwardedGroupAck:
+        out_of_bounds = (bounds.call_problem("forwarded_group_op", request)
+                         or bounds.problem("group_op", request.op, bounds.Bounds()))
+        if out_of_bounds is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        sequencing = await self._sequencing(context)
+        return await sequencing.homes.serve_group_op(request, sequencing.group_op)
 
     async def Replicate(self, request: rpb.ReplicateRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.LogBatch]:
