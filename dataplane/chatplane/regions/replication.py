@@ -286,8 +286,14 @@ class Replication:
         yield metrics.counter("chatplane_region_sends_served_total",
                               "sends forwarded here by other regions and sequenced here",
                               self.homes.served)
+        yield metrics.counter("chatplane_region_group_changes_forwarded_total",
+                              "client group changes forwarded to their group's home region",
+                              self.homes.ops_forwarded)
+        yield metrics.counter("chatplane_region_group_changes_served_total",
+                              "group changes forwarded here by other regions and applied here",
+                              self.homes.ops_served)
         yield metrics.counter("chatplane_region_homes_placed_total",
-                              "conversations whose home was placed in this region",
+                              "conversations (1:1 chats, groups) whose home was placed here",
                               self.homes.placed)
         if self.homes.durability is not None:
             yield from self.homes.durability.families()

@@ -1,0 +1,188 @@
+"""Groups across two real `chatplane up` regions on loopback, each with its own SQLite
+store, driven through the SDK and judged by the delivery checker: a group is homed in
+the region that creates it; sends and membership changes made in the other region are
+forwarded there, sequenced once, and replicated back, so members' devices in both
+regions receive every message exactly once and in one order, and a change made in one
+region (a kick, a dissolve) binds sends in the other."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chatplane.auth import TokenSigner
+from chatplane.checker import DeliveryChecker
+from chatplane.client import Client
+from chatplane.protocol.errors import ErrorCode, RequestError
+from tests.support.regions import SHARED_KEY, RegionProcess, two_regions, wait_for
+from tests.support.traffic import Device, send_many, wait_until_received
+
+pytestmark = pytest.mark.slow
+
+signer = TokenSigner(SHARED_KEY)
+NO_CONSENT = {"CHATPLANE_GROUP_ADD_REQUIRES_CONSENT": "0"}  # members are added, not invited
+
+
+@pytest.fixture
+def regions(tmp_path: Path) -> Iterator[tuple[RegionProcess, RegionProcess]]:
+    with two_regions(tmp_path, NO_CONSENT) as (eu, us):
+        for me, other in ((eu, us), (us, eu)):
+            wait_for(functools.partial(lambda r, p: r.peers()[p]["ok"], me, other.name), 20,
+                     f"{me.name} sees {other.name}")
+        yield eu, us
+
+
+async def _device(region: RegionProcess, user: str, device: str,
+                  checker: DeliveryChecker) -> Device:
+    client = Client(region.url, signer.mint(user, device), request_timeout_s=20)
+    await client.connect()
+    # receipts judged at the end: a group's creation arrives before the test knows its id
+    dev = Device(client, user, device, checker, defer=True)
+    dev.start()
+    return dev
+
+
+def _metric(region: RegionProcess, name: str) -> float:
+    status, text = region.get("/metrics")
+    assert status == 200
+    line = next(x for x in text.splitlines() if x.startswith(f"{name} "))
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def _stop_all(devices: list[Device]) -> None:
+    for device in devices:
+        await device.stop()
+
+
+async def _refused(coroutine: object) -> RequestError:
+    try:
+        await coroutine  # type: ignore[misc]
+    except RequestError as exc:
+        return exc
+    raise AssertionError("the request went through")
+
+
+async def test_two_groups_sent_to_from_both_regions_once_and_in_one_order(
+    regions: tuple[RegionProcess, RegionProcess],
+) -> None:
+    """One group made in eu, one in us, the same four users in each (alice with a device
+    in both regions): every device sends into both groups at once; each group has one
+    order on every device in both regions, and each region's store the same timeline."""
+    eu, us = regions
+    checker = DeliveryChecker()
+    devices = [await _device(eu, "alice", "a-eu", checker),
+               await _device(eu, "carol", "c-eu", checker),
+               await _device(us, "alice", "a-us", checker),
+               await _device(us, "bob", "b-us", checker),
+               await _device(us, "dave", "d-us", checker)]
+    a_eu, c_eu, a_us, b_us, d_us = devices
+    try:
+        homed_eu = await a_eu.client.create_group("eu's", ["bob", "carol", "dave"])
+        homed_us = await b_us.client.create_group("us's", ["alice", "carol", "dave"])
+        for group in (homed_eu, homed_us):
+            for user in ("alice", "bob", "carol", "dave"):
+                checker.add_member(group, user)
+        # both creations reach every device (replicated to the other region first)
+        await wait_until_received(devices, 2, 20)
+        counts = {a_eu: 25, c_eu: 25, a_us: 15, b_us: 25, d_us: 25}
+        await asyncio.wait_for(asyncio.gather(*(
+            send_many(device, group, count, f"{device.device}-{group[-4:]}")
+            for device, count in counts.items() for group in (homed_eu, homed_us))), 60)
+        sent = sum(counts.values())
+        await wait_until_received(devices, 2 + 2 * sent, 30)
+        for device in devices:
+            device.judge()
+        verdict = checker.verdict()
+        assert verdict.acked == 2 * sent and verdict.ok, verdict.summary()
+        for group in (homed_eu, homed_us):
+            orders = {tuple(d.order(group)) for d in devices}
+            assert len(orders) == 1, group  # one order on every device, in both regions
+            order = list(orders.pop())
+            for device in (a_eu, b_us):  # each region's own store: the same timeline
+                history = await device.client.history(group, limit=200)
+                assert [m.seq for m in history] == list(range(1, sent + 2))
+                assert [m.message_id for m in history] == order
+        # each region forwarded its devices' sends into the other's group, nothing else
+        from_us = counts[a_us] + counts[b_us] + counts[d_us]
+        assert _metric(us, "chatplane_region_sends_forwarded_total") == from_us
+        assert _metric(eu, "chatplane_region_sends_served_total") == from_us
+        assert _metric(eu, "chatplane_region_sends_forwarded_total") == sent - from_us
+        assert _metric(eu, "chatplane_region_homes_placed_total") == 1
+        assert _metric(us, "chatplane_region_homes_placed_total") == 1
+    finally:
+        await _stop_all(devices)
+
+
+async def test_changes_made_in_the_other_region_bind_the_home(
+    regions: tuple[RegionProcess, RegionProcess],
+) -> None:
+    """A group homed in eu: bob, an admin connected in us, kicks carol (connected in eu)
+    and dave (in us), renames it and adds erin; each change is forwarded to eu, and the
+    kicked members' sends are refused in both regions. Then alice dissolves it from her
+    device in us, and nobody can send any more. The member lists agree everywhere."""
+    eu, us = regions
+    checker = DeliveryChecker()
+    devices = [await _device(eu, "alice", "a-eu", checker),
+               await _device(eu, "carol", "c-eu", checker),
+               await _device(us, "alice", "a-us", checker),
+               await _device(us, "bob", "b-us", checker),
+               await _device(us, "dave", "d-us", checker)]
+    a_eu, c_eu, a_us, b_us, d_us = devices
+    try:
+        group = await a_eu.client.create_group("g", ["bob", "carol", "dave"])
+        await wait_until_received(devices, 1, 20)
+        await a_eu.client.set_role(group, "bob", "admin")
+        await wait_until_received([b_us], 2, 20)  # us knows bob is an admin
+        # made in us, forwarded to eu: the seqs are eu's
+        kicked_carol = await b_us.client.kick(group, "carol")
+        assert kicked_carol == 3
+        # carol, connected to the home, is refused there at once
+        refused = await _refused(c_eu.client.send_text(group, "still here?"))
+        assert refused.code == ErrorCode.FORBIDDEN, refused
+        assert await b_us.client.kick(group, "dave") == 4
+        # dave, in us, is refused (by us's replicated list, or by eu if us lags)
+        refused = await _refused(d_us.client.send_text(group, "me too?"))
+        assert refused.code == ErrorCode.FORBIDDEN, refused
+        assert await b_us.client.rename_group(group, "renamed") == 5
+        assert await b_us.client.add_members(group, ["erin"]) == 6
+        ack = await a_us.client.send_text(group, "after the changes")
+        assert ack.seq == 7
+        await wait_until_received([a_eu, a_us, b_us], 7, 20)
+
+        def members(region: RegionProcess) -> list[tuple[str, str]]:
+            request = urllib.request.Request(
+                f"{region.admin_url}/v1/admin/groups/{group}/members",
+                headers={"Authorization": f"Bearer {region.admin_secret}"})
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return [(m["user_id"], m["role"]) for m in json.loads(reply.read())["members"]]
+
+        expected = [("alice", "owner"), ("bob", "admin"), ("erin", "member")]
+        assert members(eu) == expected
+        assert wait_for(lambda: members(us) == expected and expected, 10, "us's members")
+        names = {(await d.client.conversations())[0].name for d in (a_eu, b_us)}
+        assert names == {"renamed"}
+        # the admin API changes a group only in its home: us names eu
+        request = urllib.request.Request(
+            f"{us.admin_url}/v1/admin/groups/{group}/members", method="POST",
+            data=json.dumps({"remove": ["erin"]}).encode(),
+            headers={"Authorization": f"Bearer {us.admin_secret}",
+                     "Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refusal:
+            urllib.request.urlopen(request, timeout=5)
+        assert refusal.value.code == 400 and "region eu" in refusal.value.read().decode()
+
+        assert await a_us.client.dissolve_group(group) == 8
+        for device in (a_eu, b_us):
+            refused = await _refused(device.client.send_text(group, "anyone?"))
+            assert refused.code == ErrorCode.FORBIDDEN, refused
+        assert _metric(us, "chatplane_region_group_changes_forwarded_total") == 5
+        assert _metric(eu, "chatplane_region_group_changes_served_total") == 5
+    finally:
+        await _stop_all(devices)
