@@ -186,3 +186,70 @@ async def test_changes_made_in_the_other_region_bind_the_home(
         assert _metric(eu, "chatplane_region_group_changes_served_total") == 5
     finally:
         await _stop_all(devices)
+
+
+async def _send_until_dead(device: Device, group: str, limit: int,
+                           acked: dict[int, str]) -> None:
+    """Sends one after the other until the home dies (a send with no ack in 3 s)."""
+    for i in range(limit):
+        try:
+            ack = await asyncio.wait_for(device.client.send_text(group, f"t-{i}"), 3)
+        except Exception:  # the region is gone: what was acked is what counts
+            return
+        device.checker.record_ack(device.user, device.device, ack.conversation_id, ack.seq,
+                                  ack.message_id, cid=ack.cid)
+        acked[ack.seq] = ack.message_id
+
+
+async def _timeline(device: Device, group: str) -> dict[int, str]:
+    """The group's whole timeline in the device's region's store, page by page."""
+    stored: dict[int, str] = {}
+    before = None  # newest page first, then older ones
+    while True:
+        page = await device.client.history(group, before_seq=before, limit=200)
+        if not page:
+            return stored
+        stored.update((m.seq, m.message_id) for m in page)
+        before = page[0].seq
+
+
+async def test_sync_kill_minus_9_of_a_groups_home_loses_nothing_acked(tmp_path: Path) -> None:
+    """A group homed in eu, members in both regions all sending (us's forwarded to eu):
+    eu is killed with -9 under that traffic. In `sync` (the default) every acked group
+    message is in us's store and reached us's devices, once and in order."""
+    with two_regions(tmp_path, {**NO_CONSENT, "CHATPLANE_REGION_SYNC_TIMEOUT_S": "1"}) as (
+            eu, us):
+        for me, other in ((eu, us), (us, eu)):
+            wait_for(functools.partial(lambda r, p: r.peers()[p]["ok"], me, other.name), 20,
+                     f"{me.name} sees {other.name}")
+        checker = DeliveryChecker()
+        senders = [await _device(eu, f"a{i}", "d", DeliveryChecker()) for i in range(3)]
+        readers = [await _device(us, f"b{i}", "d", checker) for i in range(3)]
+        acked: dict[int, str] = {}
+        try:
+            group = await senders[0].client.create_group(
+                "g", [d.user for d in senders[1:] + readers])
+            for device in senders + readers:
+                checker.add_member(group, device.user)
+                device.checker = checker  # acks of eu's devices are judged; receipts not
+            await wait_until_received(readers, 1, 20)
+            traffic = [asyncio.ensure_future(_send_until_dead(d, group, limit, acked))
+                       for devices, limit in ((senders, 400), (readers, 150)) for d in devices]
+            await asyncio.sleep(1.5)
+            eu.kill()  # kill -9 under traffic
+            await asyncio.wait_for(asyncio.gather(*traffic), 15)
+            assert len(acked) > 20, "too little traffic before the kill"
+            print(f"\nsync: kill -9 of a group's home: acked={len(acked)}")
+            stored = await _timeline(readers[0], group)  # us's own store
+            assert {seq: stored.get(seq) for seq in acked} == acked
+            assert sorted(stored) == list(range(1, len(stored) + 1))  # no hole
+            await wait_until_received(readers, 1 + len(acked), 10)
+            for device in readers:
+                device.judge()
+                device.checker.check_history(device.user, device.device, group,
+                                             sorted(stored.items()))
+            verdict = checker.verdict()
+            assert verdict.ok, verdict.summary()
+        finally:
+            for device in senders + readers:
+                await device.stop()
