@@ -75,7 +75,26 @@ async def test_two_groups_sent_to_from_both_regions_once_and_in_one_order(
     """One group made in eu, one in us, the same four users in each (alice with a device
     in both regions): every device sends into both groups at once; each group has one
     order on every device in both regions, and each region's store the same timeline."""
-    eu, us = regions
+    devices = await _two_groups(*regions)
+    assert all(m.inbox_seq for d in devices for m in d.received)  # write diffusion
+
+
+async def test_large_groups_sent_to_from_both_regions_once_and_in_one_order(
+    tmp_path: Path,
+) -> None:
+    """The same with both groups over the large-group threshold (read diffusion: no
+    inbox entries, the members online in each region are pushed each message)."""
+    with two_regions(tmp_path, {**NO_CONSENT, "CHATPLANE_LARGE_GROUP_THRESHOLD": "2"}) as (
+            eu, us):
+        for me, other in ((eu, us), (us, eu)):
+            wait_for(functools.partial(lambda r, p: r.peers()[p]["ok"], me, other.name), 20,
+                     f"{me.name} sees {other.name}")
+        devices = await _two_groups(eu, us)
+        # they came as pushes of the group, not as inbox entries, in both regions
+        assert all(not m.inbox_seq for d in devices for m in d.received if m.content_type == "text")
+
+
+async def _two_groups(eu: RegionProcess, us: RegionProcess) -> list[Device]:
     checker = DeliveryChecker()
     devices = [await _device(eu, "alice", "a-eu", checker),
                await _device(eu, "carol", "c-eu", checker),
@@ -116,6 +135,7 @@ async def test_two_groups_sent_to_from_both_regions_once_and_in_one_order(
         assert _metric(eu, "chatplane_region_sends_forwarded_total") == sent - from_us
         assert _metric(eu, "chatplane_region_homes_placed_total") == 1
         assert _metric(us, "chatplane_region_homes_placed_total") == 1
+        return devices
     finally:
         await _stop_all(devices)
 

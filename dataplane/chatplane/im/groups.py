@@ -28,12 +28,13 @@ import asyncio
 import dataclasses
 import time
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from chatplane.protocol.bounds import MAX_GROUP_NAME_CHARS as MAX_NAME
 from chatplane.protocol.bounds import MAX_USERS_PER_OP
 from chatplane.protocol.errors import ErrorCode, ProtocolError
-from chatplane.regions.groupchanges import SYSTEM_GROUP
+from chatplane.regions.groupchanges import SYSTEM_GROUP, change_of
 from chatplane.storage.base import (
     ADMIN,
     GROUP,
@@ -44,6 +45,7 @@ from chatplane.storage.base import (
     MembershipChange,
     SendRequest,
     StorageUnavailable,
+    StoredMessage,
     valid_id,
 )
 from chatplane.v1 import frames_pb2 as pb
@@ -294,6 +296,34 @@ class Groups:
                 homes.committed()
             await homes.settle(conversation_id)
         return result
+
+    async def replicated_large(self, messages: Sequence[StoredMessage]) -> None:
+        """A batch of groups' messages replicated here (in seq order per group): a large
+        group's (read diffusion: no inbox entries, but for the users a change adds or
+        removes) pushed to its members online here, as its home pushes them. A member
+        whose membership changed within the batch is pushed only what follows its last
+        change (it syncs the rest within its span), so nobody is pushed outside it."""
+        by_group: dict[str, list[StoredMessage]] = {}
+        for message in messages:
+            if message.conversation_id.startswith("g:"):
+                by_group.setdefault(message.conversation_id, []).append(message)
+        for conversation_id, batch in by_group.items():
+            try:
+                conversation = await self.im.conversation(conversation_id)
+            except ProtocolError:
+                continue  # storage unavailable: these members sync instead
+            if not self.im.is_large(conversation.members):
+                continue
+            last_change, changed = 0, set()
+            for message in batch:
+                change = change_of(message)
+                if change is not None:
+                    last_change = message.seq
+                    changed |= {u for u, _ in change.add} | set(change.remove)
+            steady = [u for u in conversation.members if u not in changed]
+            for message in batch:
+                members = conversation.members if message.seq > last_change else steady
+                self.im.state.deliver_group(conversation_id, members, message)
 
     async def admin_change(self, conversation_id: str, add: list[str], remove: list[str],
                            dissolve: bool = False) -> AppendResult | None:

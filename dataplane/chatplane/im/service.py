@@ -513,9 +513,11 @@ class ImService:
             await self.homes.settle(conversation_id)
         return result
 
-    def replicated(self, messages: Sequence[StoredMessage], items: Sequence[InboxItem]) -> None:
+    async def replicated(self, messages: Sequence[StoredMessage],
+                         items: Sequence[InboxItem]) -> None:
         """Another region's messages, just stored here (regions/replication.py): into
-        the hot tier, and their inbox entries to this region's devices."""
+        the hot tier, their inbox entries to this region's devices, and large groups'
+        messages to their members online here."""
         for message in messages:
             if message.content_type == SYSTEM_GROUP:  # a replayed change: members moved
                 self.forget_members(message.conversation_id)
@@ -524,6 +526,7 @@ class ImService:
             self.hot.add(message)
         if items:
             self.state.deliver(items)
+        await self.groups.replicated_large(messages)
 
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
         """A client request frame in, its reply (or Error) frame out."""

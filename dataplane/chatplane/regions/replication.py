@@ -23,7 +23,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +58,7 @@ RETRY_S = 0.2
 TELL_TIMEOUT_S = 2.0  # one Region.Applied call
 
 # Applied entries go to this region's devices and caches (ImService.replicated).
-Applied = Callable[[Sequence[StoredMessage], Sequence[InboxItem]], None]
+Applied = Callable[[Sequence[StoredMessage], Sequence[InboxItem]], Awaitable[None]]
 
 
 class BeyondLog(ValueError):
@@ -244,7 +244,7 @@ class Replication:
         state.moved.set()
         state.entries += len(entries)
         if entries:
-            self.applied([e.message for e in entries], items)
+            await self.applied([e.message for e in entries], items)
 
     async def _members(self, conversation_id: str, message: StoredMessage) -> tuple[str, ...]:
         """The recipients here: the members of the 1:1 chat, created on its first entry."""
