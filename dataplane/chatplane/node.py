@@ -123,7 +123,8 @@ class Node:
             replication = Replication(homes, self.storage, self.im.replicated,
                                       settings.social.large_group_threshold)
             self.sequencing = region_links.Sequencing(homes, replication, self._home_send,
-                                                      self.im.groups.handle_op)
+                                                      self.im.groups.handle_op,
+                                                      self.im.groups.admin_change)
             self.im.homes = homes
             self.prober.extra = replication.report
         self.revocation_watcher = RevocationWatcher(

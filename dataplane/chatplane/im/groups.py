@@ -18,8 +18,8 @@ sees exactly the messages from its join up to its leave.
 Several regions (regions/homes.py): a group is homed in the region that creates it;
 a client's change made in another region is forwarded to the home, which checks it
 against the member list it sequences; every other region replays it from the group's
-replicated log (regions/groupchanges.py). The admin API changes a group only in its
-home region (elsewhere it answers 400 naming the home).
+replicated log (regions/groupchanges.py). The admin API's changes are forwarded the
+same way.
 """
 
 from __future__ import annotations
@@ -326,16 +326,22 @@ class Groups:
                 self.im.state.deliver_group(conversation_id, members, message)
 
     async def admin_change(self, conversation_id: str, add: list[str], remove: list[str],
-                           dissolve: bool = False) -> AppendResult | None:
-        """The admin API's changes: no role checks; recorded as done by the owner."""
+                           dissolve: bool = False) -> int:
+        """The admin API's changes: no role checks; recorded as done by the owner, here
+        or by the group's home region. The seq of the last change recorded (0: none)."""
         conversation = await self.im.conversation(conversation_id, fresh=True)
         if conversation.kind != GROUP:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {conversation_id!r}")
-        home = None if self.im.homes is None else await self.im.homes.elsewhere(conversation_id)
-        if home is not None:
-            raise ProtocolError(ErrorCode.INVALID_ARGUMENT,
-                                f"group {conversation_id!r} is homed in region {home}: change"
-                                " it through that region's admin API")
+        if self.im.homes is not None:
+            seq = await self.im.homes.admin_change_elsewhere(conversation_id, add, remove,
+                                                             dissolve)
+            if seq is not None:
+                return seq
+        result = await self._admin_change(conversation_id, add, remove, dissolve)
+        return result.message.seq if result is not None else 0
+
+    async def _admin_change(self, conversation_id: str, add: list[str], remove: list[str],
+                            dissolve: bool) -> AppendResult | None:
         roles = {m.user_id: m.role for m in await self.im.storage.members(conversation_id)}
         owner = next((u for u, r in roles.items() if r == OWNER), "")
         new = [u for u in _check_users(add, exclude="") if u not in roles]

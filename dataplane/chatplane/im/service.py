@@ -115,8 +115,9 @@ class HomeRouter(Protocol):
                                  op: pb.GroupOp) -> pb.GroupOpAck | None:
         """None when this region applies the group change, else the home region's ack."""
 
-    async def elsewhere(self, conversation_id: str) -> str | None:
-        """The home region when it is another region's."""
+    async def admin_change_elsewhere(self, conversation_id: str, add: list[str],
+                                     remove: list[str], dissolve: bool) -> int | None:
+        """None when this region applies the admin API's change, else the home's seq."""
 
 
 class ImService:

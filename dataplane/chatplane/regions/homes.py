@@ -21,8 +21,9 @@ like every member's, arrives by replication (regions/replication.py).
 Groups are homed where they are created (`place_here`: a fresh id no other region
 knows, so no offer round), and a client's change to a group homed elsewhere (add,
 kick, leave, rename, roles, dissolve, invite, join, decline) is forwarded to the home as
-`Region.GroupOp`: the home checks it against the member list it sequences, and every
-region replays it from the group's log (regions/groupchanges.py). Event conversations
+`Region.GroupOp`, an admin API change as `Region.AdminGroupChange`: the home checks it
+against the member list it sequences, and every region replays it from the group's log
+(regions/groupchanges.py). Event conversations
 and user inboxes are still sequenced by the region that writes them (not built).
 """
 
@@ -63,6 +64,10 @@ Channels = Callable[[str], grpc.aio.Channel]  # peer region name -> its channel
 LocalSend = Callable[[SendRequest], Awaitable[AppendResult]]
 # The home's own handling of a forwarded group change (`Groups.handle_op`): its ack.
 LocalGroupOp = Callable[[str, str, pb.GroupOp], Awaitable[pb.GroupOpAck]]
+# ... and of a forwarded admin API change (`Groups.admin_change`): the last change's seq.
+LocalAdminChange = Callable[[str, list[str], list[str], bool], Awaitable[int]]
+# One forwarding call to the home, on its stub.
+GroupCall = Callable[[rgrpc.RegionStub], Awaitable[rpb.ForwardedGroupAck]]
 
 
 def homed(conversation_id: str) -> bool:
@@ -286,52 +291,55 @@ class Homes:
 
     # -- group changes --------------------------------------------------------
 
-    async def elsewhere(self, conversation_id: str) -> str | None:
-        """The home region of a conversation homed in another region (None: here, or
-        a conversation without a home)."""
-        if not homed(conversation_id):
-            return None
-        try:
-            home = await self.of(CONVERSATION_HOME, conversation_id)
-        except StorageUnavailable as exc:
-            raise _unavailable(f"storage unavailable, retry: {exc}") from exc
-        return None if home.region == self.region else home.region
-
     async def group_op_elsewhere(self, user_id: str, device_id: str,
                                  op: pb.GroupOp) -> pb.GroupOpAck | None:
         """A client's change to a group: None when this region is its home (the caller
         applies it), else the ack of the home it was forwarded to. The change itself,
         like every member's view of it, arrives here by replication."""
-        if not homed(op.conversation_id):
+        request = rpb.ForwardedGroupOp(region=self.region, user_id=user_id,
+                                       device_id=device_id, op=op)
+        return await self._group_elsewhere(op.conversation_id, lambda stub: stub.GroupOp(
+            request, timeout=FORWARD_TIMEOUT_S))
+
+    async def admin_change_elsewhere(self, conversation_id: str, add: list[str],
+                                     remove: list[str], dissolve: bool) -> int | None:
+        """The admin API's change to a group: None when this region is its home, else
+        the seq of the last change the home recorded (0: none)."""
+        request = rpb.ForwardedAdminChange(region=self.region, conversation_id=conversation_id,
+                                           add=add, remove=remove, dissolve=dissolve)
+        ack = await self._group_elsewhere(conversation_id, lambda stub: stub.AdminGroupChange(
+            request, timeout=FORWARD_TIMEOUT_S))
+        return None if ack is None else ack.seq
+
+    async def _group_elsewhere(self, conversation_id: str, call: GroupCall,
+                               ) -> pb.GroupOpAck | None:
+        if not homed(conversation_id):
             return None
         try:
-            return await self._at_home(op.conversation_id, lambda region: self._forward_op(
-                region, user_id, device_id, op))
+            return await self._at_home(conversation_id, lambda region: self._forward_group(
+                region, conversation_id, call))
         except StorageUnavailable as exc:
             raise _unavailable(f"storage unavailable, retry: {exc}") from exc
 
-    async def _forward_op(self, region: str, user_id: str, device_id: str,
-                          op: pb.GroupOp) -> pb.GroupOpAck | None:
-        stub = rgrpc.RegionStub(self.channels(region))
+    async def _forward_group(self, region: str, conversation_id: str,
+                             call: GroupCall) -> pb.GroupOpAck | None:
         try:
-            reply = await stub.GroupOp(rpb.ForwardedGroupOp(
-                region=self.region, user_id=user_id, device_id=device_id, op=op),
-                timeout=FORWARD_TIMEOUT_S)
+            reply = await call(rgrpc.RegionStub(self.channels(region)))
         except grpc.aio.AioRpcError as exc:
-            raise _unavailable(f"home region {region} of {op.conversation_id!r}"
+            raise _unavailable(f"home region {region} of {conversation_id!r}"
                                f" unreachable: {exc.code().name}") from exc
         if reply.HasField("not_home"):
-            await self.learn(CONVERSATION_HOME, op.conversation_id, _home(reply.not_home))
+            await self.learn(CONVERSATION_HOME, conversation_id, _home(reply.not_home))
             return None
         if reply.error_code:
             raise ProtocolError(ErrorCode(reply.error_code), reply.error)
         self.ops_forwarded += 1
         return reply.ack
 
-    async def serve_group_op(self, request: rpb.ForwardedGroupOp,
-                             apply: LocalGroupOp) -> rpb.ForwardedGroupAck:
-        """`Region.GroupOp` on this side: applied here when this region is the home."""
-        conversation_id = request.op.conversation_id
+    async def serve_group(self, conversation_id: str,
+                          apply: Callable[[], Awaitable[pb.GroupOpAck]]) -> rpb.ForwardedGroupAck:
+        """`Region.GroupOp` or `Region.AdminGroupChange` on this side: `apply()`d here
+        when this region is the group's home."""
         if not homed(conversation_id):
             return rpb.ForwardedGroupAck(error_code=ErrorCode.INVALID_ARGUMENT,
                                          error=f"{conversation_id!r} has no home region")
@@ -341,7 +349,7 @@ class Homes:
                 return rpb.ForwardedGroupAck(not_home=_row(home))
             if not home.confirmed:
                 raise _unavailable(f"home of {conversation_id!r} not settled yet")
-            ack = await apply(request.user_id, request.device_id, request.op)
+            ack = await apply()
         except ProtocolError as exc:
             return rpb.ForwardedGroupAck(error_code=exc.code, error=exc.message)
         except StorageUnavailable as exc:

@@ -27,12 +27,13 @@ from chatplane import metrics, peerlist
 from chatplane.peerlist import Peer
 from chatplane.protocol import bounds
 from chatplane.regions import hello
-from chatplane.regions.homes import Homes, LocalGroupOp, LocalSend
+from chatplane.regions.homes import Homes, LocalAdminChange, LocalGroupOp, LocalSend
 from chatplane.regions.replication import BeyondLog, Replication
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
 from chatplane.settings import Settings
 from chatplane.supervision import Supervisor
+from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import regions_pb2 as rpb
 from chatplane.v1 import regions_pb2_grpc as rgrpc
 
@@ -106,12 +107,13 @@ class PeerLink:
 class Sequencing:
     """What the link carries besides Hello, where the store keeps a replicated log:
     home placement, forwarded sends (sequenced by `send`), forwarded group changes
-    (applied by `group_op`) and the log."""
+    (applied by `group_op`, and `admin_change` for the admin API's) and the log."""
 
     homes: Homes
     replication: Replication
     send: LocalSend
     group_op: LocalGroupOp
+    admin_change: LocalAdminChange
 
 
 class RegionServicer(rgrpc.RegionServicer):
@@ -150,7 +152,22 @@ class RegionServicer(rgrpc.RegionServicer):
         if out_of_bounds is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
         sequencing = await self._sequencing(context)
-        return await sequencing.homes.serve_group_op(request, sequencing.group_op)
+        return await sequencing.homes.serve_group(request.op.conversation_id, lambda: (
+            sequencing.group_op(request.user_id, request.device_id, request.op)))
+
+    async def AdminGroupChange(self, request: rpb.ForwardedAdminChange,
+                               context: grpc.aio.ServicerContext) -> rpb.ForwardedGroupAck:
+        out_of_bounds = bounds.call_problem("forwarded_admin_change", request)
+        if out_of_bounds is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        sequencing = await self._sequencing(context)
+
+        async def apply() -> pb.GroupOpAck:
+            seq = await sequencing.admin_change(request.conversation_id, list(request.add),
+                                                list(request.remove), request.dissolve)
+            return pb.GroupOpAck(conversation_id=request.conversation_id, seq=seq)
+
+        return await sequencing.homes.serve_group(request.conversation_id, apply)
 
     async def Replicate(self, request: rpb.ReplicateRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.LogBatch]:

@@ -117,6 +117,20 @@ class ForwardedGroupAck(_message.Message):
     not_home: HomeRow
     def __init__(self, ack: _Optional[_Union[_frames_pb2.GroupOpAck, _Mapping]] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., not_home: _Optional[_Union[HomeRow, _Mapping]] = ...) -> None: ...
 
+class ForwardedAdminChange(_message.Message):
+    __slots__ = ("region", "conversation_id", "add", "remove", "dissolve")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    DISSOLVE_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    conversation_id: str
+    add: _containers.RepeatedScalarFieldContainer[str]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    dissolve: bool
+    def __init__(self, region: _Optional[str] = ..., conversation_id: _Optional[str] = ..., add: _Optional[_Iterable[str]] = ..., remove: _Optional[_Iterable[str]] = ..., dissolve: _Optional[bool] = ...) -> None: ...
+
 class ReplicateRequest(_message.Message):
     __slots__ = ("region", "after")
     REGION_FIELD_NUMBER: _ClassVar[int]
