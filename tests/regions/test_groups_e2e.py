@@ -172,7 +172,10 @@ async def test_changes_made_in_the_other_region_bind_the_home(
         group = await a_eu.client.create_group("g", ["bob", "carol", "dave"])
         await wait_until_received(devices, 1, 20)
         await a_eu.client.set_role(group, "bob", "admin")
-        await wait_until_received([b_us], 2, 20)  # us knows bob is an admin
+        await wait_until_received([b_us, d_us], 2, 20)  # us knows bob is an admin
+        # a plain member's kick, made in us, is refused by the home's role check
+        refused = await _refused(d_us.client.kick(group, "bob"))
+        assert refused.code == ErrorCode.FORBIDDEN and "may not kick" in refused.message, refused
         # made in us, forwarded to eu: the seqs are eu's
         kicked_carol = await b_us.client.kick(group, "carol")
         assert kicked_carol == 3
