@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--region", help="this region's name (CHATPLANE_REGION, default local)")
     up.add_argument("--peers", help='peer regions, JSON [{"name", "endpoint", "datacenter"}] '
                                     "(CHATPLANE_PEERS); with peers, up serves the Region link (on "
-                                    "SQLite: 1:1 chats' homes, forwarding, replication)")
+                                    "SQLite: 1:1 chats' and groups' homes, forwarding, replication)")
     up.add_argument("--grpc-port", type=int,
                     help="cross-region gRPC port, used with --peers (CHATPLANE_GRPC_PORT, 9090)")
     up.add_argument("--durability", choices=("sync", "async"),

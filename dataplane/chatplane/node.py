@@ -8,8 +8,9 @@ its own. Token revocations are read from storage every half
 `session_check_s` and close the sessions they revoke.
 With peers listed (`CHATPLANE_PEERS`) it also serves the cross-region link
 (`Region`) on the gRPC port and probes every peer; on SQLite the link also places
-1:1 chats' home regions, forwards sends to them and follows each peer's replicated
-log (regions/homes.py, regions/replication.py). Without peers, no gRPC port is
+1:1 chats' and groups' home regions, forwards sends to them and follows each peer's replicated
+log (regions/homes.py, regions/replication.py); groups are homed where they are made,
+and changes to them made elsewhere are forwarded to that home too. Without peers, no gRPC port is
 opened (many single-machine nodes may share a host).
 
 With a Redis URL the node also publishes itself in the registry the cluster
@@ -119,8 +120,11 @@ class Node:
                               settings.links.region_durability,
                               settings.links.region_sync_timeout_s, self.storage,
                               list(self.prober.links)))
-            replication = Replication(homes, self.storage, self.im.replicated)
-            self.sequencing = region_links.Sequencing(homes, replication, self._home_send)
+            replication = Replication(homes, self.storage, self.im.replicated,
+                                      settings.social.large_group_threshold)
+            self.sequencing = region_links.Sequencing(homes, replication, self._home_send,
+                                                      self.im.groups.handle_op,
+                                                      self.im.groups.admin_change)
             self.im.homes = homes
             self.prober.extra = replication.report
         self.revocation_watcher = RevocationWatcher(

@@ -10,12 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from chatplane.storage.base import CONVERSATION_HOME, Home, StorageError
+from chatplane.regions.groupchanges import SYSTEM_GROUP, change_of
+from chatplane.storage.base import (
+    ADMIN,
+    CONVERSATION_HOME,
+    MEMBER,
+    OWNER,
+    Home,
+    MembershipChange,
+    SendRequest,
+    StorageError,
+)
 from chatplane.storage.sqlite import SqliteStorage
+from chatplane.v1 import frames_pb2 as pb
 from tests.storage.test_conformance import send
 
 NOW_MS = 1_790_000_000_000
 CONVERSATION = "d:alice:bob"
+GROUP_ID = "g:replayed"
 
 
 async def _store(path: Path) -> SqliteStorage:
@@ -85,3 +97,57 @@ async def test_the_cursor_survives_a_restart(tmp_path: Path) -> None:
     finally:
         await again.close()
         await eu.close()
+
+
+def _group_event(sender: str, cid: int, event: pb.GroupEvent) -> SendRequest:
+    return send(GROUP_ID, sender, cid, payload=event.SerializeToString(),
+                content_type=SYSTEM_GROUP)
+
+
+async def test_a_group_is_replayed_from_its_log(tmp_path: Path) -> None:
+    """The home makes a group, adds, kicks and renames, with messages between; the
+    other store, which never had the group, ends with the same members, roles, name,
+    timeline and membership spans, and inbox entries for the members at each seq."""
+    eu, us = await _store(tmp_path / "eu.db"), await _store(tmp_path / "us.db")
+    try:
+        await eu.offer_home(CONVERSATION_HOME, GROUP_ID, Home("eu", 1, True))
+        await eu.apply_membership(GROUP_ID, MembershipChange(
+            create=True, name="g", add=(("alice", OWNER), ("bob", MEMBER))), _group_event(
+                "alice", 1, pb.GroupEvent(actor="alice", user_ids=["bob"], name="g")))
+        await eu.append(send(GROUP_ID, "alice", 2, "one"), ("alice", "bob"))
+        await eu.apply_membership(GROUP_ID, MembershipChange(add=(("carol", MEMBER),)),
+                                  _group_event("alice", 3, pb.GroupEvent(
+                                      action=pb.ADD, actor="alice", user_ids=["carol"])))
+        await eu.apply_membership(GROUP_ID, MembershipChange(remove=("bob",)), _group_event(
+            "alice", 4, pb.GroupEvent(action=pb.KICK, actor="alice", user_ids=["bob"])))
+        await eu.append(send(GROUP_ID, "carol", 5, "two"), ("alice", "carol"))
+        await eu.apply_membership(GROUP_ID, MembershipChange(roles=(("carol", OWNER),
+                                                                    ("alice", ADMIN))),
+                                  _group_event("alice", 6, pb.GroupEvent(
+                                      action=pb.SET_ROLE, actor="alice", user_ids=["carol"],
+                                      role=OWNER)))
+        await eu.apply_membership(GROUP_ID, MembershipChange(name="renamed"), _group_event(
+            "carol", 7, pb.GroupEvent(action=pb.RENAME, actor="carol", name="renamed")))
+        entries, scanned, _ = await eu.log_after(0, 100, "eu")
+        assert [e.message.seq for e in entries] == list(range(1, 8))
+
+        await us.offer_home(CONVERSATION_HOME, GROUP_ID, Home("eu", 1, True))
+        changes = {e.lsn: c for e in entries if (c := change_of(e.message)) is not None}
+        items = await us.apply_log("eu", entries, scanned, {}, changes, large_above=500)
+        assert await us.apply_log("eu", entries, scanned, {}, changes, 500) == []  # once
+        assert await us.members(GROUP_ID) == await eu.members(GROUP_ID)
+        mine, theirs = await eu.conversation(GROUP_ID), await us.conversation(GROUP_ID)
+        assert mine is not None and theirs is not None
+        assert (theirs.kind, theirs.members, theirs.extra, theirs.head_seq) == (
+            mine.kind, mine.members, mine.extra, mine.head_seq)
+        for user in ("alice", "bob", "carol"):
+            assert await us.membership_span(user, GROUP_ID) == await eu.membership_span(
+                user, GROUP_ID)
+            got = [i.message.seq for i in items if i.user_id == user]
+            assert got == [i.message.seq for i in await eu.inbox(user, 0, 100)], user
+        # bob sees up to his removal, carol from her addition
+        assert [i.message.seq for i in items if i.user_id == "bob"] == [1, 2, 3, 4]
+        assert [i.message.seq for i in items if i.user_id == "carol"] == [3, 4, 5, 6, 7]
+    finally:
+        await eu.close()
+        await us.close()

@@ -211,12 +211,11 @@ class AdminApi:
         add, remove = jsonbounds.user_ids(body, "add"), jsonbounds.user_ids(body, "remove")
         request[AUDIT_TARGET] = {"group_id": self._group_id(request),
                                  "add": add[:20], "remove": remove[:20]}
-        result = await self.im.groups.admin_change(self._group_id(request), add, remove)
-        return web.json_response({"seq": result.message.seq if result else 0})
+        seq = await self.im.groups.admin_change(self._group_id(request), add, remove)
+        return web.json_response({"seq": seq})
 
     async def dissolve_group(self, request: web.Request) -> web.StreamResponse:
         assert self.im is not None
         request[AUDIT_TARGET] = {"group_id": self._group_id(request)}
-        result = await self.im.groups.admin_change(self._group_id(request), [], [],
-                                                   dissolve=True)
-        return web.json_response({"seq": result.message.seq if result else 0})
+        seq = await self.im.groups.admin_change(self._group_id(request), [], [], dissolve=True)
+        return web.json_response({"seq": seq})

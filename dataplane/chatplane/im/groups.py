@@ -14,6 +14,12 @@ Each change is a system message in the group's own timeline (content_type
 "system/group", payload a GroupEvent), written atomically with the change, so
 every member's devices see membership in order with the messages, and a member
 sees exactly the messages from its join up to its leave.
+
+Several regions (regions/homes.py): a group is homed in the region that creates it;
+a client's change made in another region is forwarded to the home, which checks it
+against the member list it sequences; every other region replays it from the group's
+replicated log (regions/groupchanges.py). The admin API's changes are forwarded the
+same way.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import asyncio
 import dataclasses
 import time
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from chatplane.protocol.bounds import MAX_GROUP_NAME_CHARS as MAX_NAME
 from chatplane.protocol.bounds import MAX_USERS_PER_OP
 from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.regions.groupchanges import SYSTEM_GROUP, change_of
 from chatplane.storage.base import (
     ADMIN,
     GROUP,
@@ -37,14 +45,13 @@ from chatplane.storage.base import (
     MembershipChange,
     SendRequest,
     StorageUnavailable,
+    StoredMessage,
     valid_id,
 )
 from chatplane.v1 import frames_pb2 as pb
 
 if TYPE_CHECKING:
     from chatplane.im.service import ImService
-
-SYSTEM_GROUP = "system/group"
 
 
 class Groups:
@@ -65,7 +72,10 @@ class Groups:
                                   add=((user, OWNER), *((m, MEMBER) for m in added)))
         event = pb.GroupEvent(action=pb.GROUP_ACTION_UNSPECIFIED, actor=user, user_ids=added,
                               name=name)
-        result = await self._apply(await self.im.new_group_id(), user, device, change, event)
+        conversation_id = await self.im.new_group_id()
+        if self.im.homes is not None:  # before its first entry, so the log carries it
+            await self.im.homes.place_here(conversation_id)
+        result = await self._apply(conversation_id, user, device, change, event)
         await self._invite(result.message.conversation_id, invited, user, name)
         return result, invited
 
@@ -122,6 +132,37 @@ class Groups:
             response.invitations.add(conversation_id=conversation_id, inviter=inviter,
                                      name=conversation.extra.get("name", ""), at_ms=at_ms)
         return response
+
+    async def handle_op(self, user: str, device: str, op: pb.GroupOp) -> pb.GroupOpAck:
+        """A client's GroupOp: applied here, or forwarded to the group's home region
+        (which calls this again, as the home)."""
+        homes = self.im.homes
+        if homes is not None and await self._known(op.conversation_id):
+            forwarded = await homes.group_op_elsewhere(user, device, op)
+            if forwarded is not None:
+                return forwarded
+        result: AppendResult | None
+        invited: list[str] = []
+        if op.action == pb.JOIN:
+            result = await self.join(user, device, op.conversation_id)
+        elif op.action == pb.DECLINE_INVITATION:
+            await self.decline(user, op.conversation_id)
+            result = None
+        else:
+            result, invited = await self.op(user, device, op)
+        return pb.GroupOpAck(conversation_id=op.conversation_id,
+                             seq=result.message.seq if result else 0, invited=invited)
+
+    async def _known(self, conversation_id: str) -> bool:
+        """Whether this region's store has the conversation (unknown ones are refused
+        here as ever, never given a home)."""
+        try:
+            await self.im.conversation(conversation_id)
+        except ProtocolError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                return False
+            raise
+        return True
 
     async def op(self, user: str, device: str,
                  op: pb.GroupOp) -> tuple[AppendResult | None, list[str]]:
@@ -249,14 +290,58 @@ class Groups:
         self.im.forget_members(conversation_id)
         self.im.forget_spans(conversation_id, affected)
         self.im.deliver(result, tuple(sorted(after - affected)) if large else ())
+        homes = self.im.homes
+        if homes is not None:  # sequenced here as the group's home: acked like a send
+            if not result.duplicate:
+                homes.committed()
+            await homes.settle(conversation_id)
         return result
 
+    async def replicated_large(self, messages: Sequence[StoredMessage]) -> None:
+        """A batch of groups' messages replicated here (in seq order per group): a large
+        group's (read diffusion: no inbox entries, but for the users a change adds or
+        removes) pushed to its members online here, as its home pushes them. A member
+        whose membership changed within the batch is pushed only what follows its last
+        change (it syncs the rest within its span), so nobody is pushed outside it."""
+        by_group: dict[str, list[StoredMessage]] = {}
+        for message in messages:
+            if message.conversation_id.startswith("g:"):
+                by_group.setdefault(message.conversation_id, []).append(message)
+        for conversation_id, batch in by_group.items():
+            try:
+                conversation = await self.im.conversation(conversation_id)
+            except ProtocolError:
+                continue  # storage unavailable: these members sync instead
+            if not self.im.is_large(conversation.members):
+                continue
+            last_change, changed = 0, set()
+            for message in batch:
+                change = change_of(message)
+                if change is not None:
+                    last_change = message.seq
+                    changed |= {u for u, _ in change.add} | set(change.remove)
+            steady = [u for u in conversation.members if u not in changed]
+            for message in batch:
+                members = conversation.members if message.seq > last_change else steady
+                self.im.state.deliver_group(conversation_id, members, message)
+
     async def admin_change(self, conversation_id: str, add: list[str], remove: list[str],
-                           dissolve: bool = False) -> AppendResult | None:
-        """The admin API's changes: no role checks; recorded as done by the owner."""
+                           dissolve: bool = False) -> int:
+        """The admin API's changes: no role checks; recorded as done by the owner, here
+        or by the group's home region. The seq of the last change recorded (0: none)."""
         conversation = await self.im.conversation(conversation_id, fresh=True)
         if conversation.kind != GROUP:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {conversation_id!r}")
+        if self.im.homes is not None:
+            seq = await self.im.homes.admin_change_elsewhere(conversation_id, add, remove,
+                                                             dissolve)
+            if seq is not None:
+                return seq
+        result = await self._admin_change(conversation_id, add, remove, dissolve)
+        return result.message.seq if result is not None else 0
+
+    async def _admin_change(self, conversation_id: str, add: list[str], remove: list[str],
+                            dissolve: bool) -> AppendResult | None:
         roles = {m.user_id: m.role for m in await self.im.storage.members(conversation_id)}
         owner = next((u for u, r in roles.items() if r == OWNER), "")
         new = [u for u in _check_users(add, exclude="") if u not in roles]

@@ -19,7 +19,7 @@ from chatplane.im.leases import NotOwner
 from chatplane.protocol import bounds, wire
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.wire import error_frame
-from chatplane.storage.base import AppendResult, StorageUnavailable
+from chatplane.storage.base import StorageUnavailable
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 
@@ -167,19 +167,7 @@ async def group_create(im: ImService, user_id: str, device_id: str, frame: pb.Fr
 
 @handles("group_op")
 async def group_op(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
-    body = frame.group_op
-    result: AppendResult | None
-    invited: list[str] = []
-    if body.action == pb.JOIN:
-        result = await im.groups.join(user_id, device_id, body.conversation_id)
-    elif body.action == pb.DECLINE_INVITATION:
-        await im.groups.decline(user_id, body.conversation_id)
-        result = None
-    else:
-        result, invited = await im.groups.op(user_id, device_id, body)
-    return pb.Frame(group_op_ack=pb.GroupOpAck(
-        conversation_id=body.conversation_id, seq=result.message.seq if result else 0,
-        invited=invited))
+    return pb.Frame(group_op_ack=await im.groups.handle_op(user_id, device_id, frame.group_op))
 
 
 @handles("invitations")

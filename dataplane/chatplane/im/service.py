@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import Metric
 from chatplane import metrics
 from chatplane.delivery.dedup import CidAllocator
 from chatplane.im import requests
-from chatplane.im.groups import Groups
+from chatplane.im.groups import SYSTEM_GROUP, Groups
 from chatplane.im.hotcache import HotCache
 from chatplane.im.inboxes import Inboxes, InboxRing, Ticket
 from chatplane.im.invalidation import LocalInvalidations, Unannounced, Versions
@@ -112,6 +112,17 @@ class HomeRouter(Protocol):
     async def settle(self, conversation_id: str) -> None:
         """Return once a send sequenced here may be acked (sync durability: another
         region applied it); UNAVAILABLE, retriable, when none did in time."""
+
+    async def place_here(self, conversation_id: str) -> None:
+        """A new group, made here under a fresh id: homed in this region."""
+
+    async def group_op_elsewhere(self, user_id: str, device_id: str,
+                                 op: pb.GroupOp) -> pb.GroupOpAck | None:
+        """None when this region applies the group change, else the home region's ack."""
+
+    async def admin_change_elsewhere(self, conversation_id: str, add: list[str],
+                                     remove: list[str], dissolve: bool) -> int | None:
+        """None when this region applies the admin API's change, else the home's seq."""
 
 
 class ImService:
@@ -510,13 +521,20 @@ class ImService:
             await self.homes.settle(conversation_id)
         return result
 
-    def replicated(self, messages: Sequence[StoredMessage], items: Sequence[InboxItem]) -> None:
+    async def replicated(self, messages: Sequence[StoredMessage],
+                         items: Sequence[InboxItem]) -> None:
         """Another region's messages, just stored here (regions/replication.py): into
-        the hot tier, and their inbox entries to this region's devices."""
+        the hot tier, their inbox entries to this region's devices, and large groups'
+        messages to their members online here."""
         for message in messages:
+            if message.content_type == SYSTEM_GROUP:  # a replayed change: members moved
+                self.forget_members(message.conversation_id)
+                for key in [k for k in self._spans if k[1] == message.conversation_id]:
+                    del self._spans[key]
             self.hot.add(message)
         if items:
             self.state.deliver(items)
+        await self.groups.replicated_large(messages)
 
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
         """A client request frame in, its reply (or Error) frame out."""

@@ -312,6 +312,12 @@ CALL_RULES: dict[str, tuple[Rule, ...]] = {
     "forwarded_send": (Text("region", MAX_REGION_BYTES), UserId("user_id"),
                        Text("device_id", MAX_DEVICE_BYTES), ConversationId("conversation_id"),
                        Int("cid", low=1), Text("content_type", MAX_CONTENT_TYPE_BYTES)),
+    # a forwarded group change: its `op` is checked as a client's group_op frame
+    "forwarded_group_op": (Text("region", MAX_REGION_BYTES), UserId("user_id"),
+                           Text("device_id", MAX_DEVICE_BYTES)),
+    "forwarded_admin_change": (Text("region", MAX_REGION_BYTES),
+                               ConversationId("conversation_id"), UserIds("add"),
+                               UserIds("remove")),
     # region -> region (regions/replication.py): a follower's cursor in this region's log
     # (past the log's head is refused there: nothing can have been applied beyond it)
     "replicate": (Text("region", MAX_REGION_BYTES), Int("after", low=0)),

@@ -18,8 +18,13 @@ Forwarding: a send into a conversation homed elsewhere goes to the home as
 comes back to the device from the region it is connected to. The device's own copy,
 like every member's, arrives by replication (regions/replication.py).
 
-This slice homes 1:1 conversations only; groups, event conversations and user inboxes
-are still sequenced by the region that writes them (documented as not built).
+Groups are homed where they are created (`place_here`: a fresh id no other region
+knows, so no offer round), and a client's change to a group homed elsewhere (add,
+kick, leave, rename, roles, dissolve, invite, join, decline) is forwarded to the home as
+`Region.GroupOp`, an admin API change as `Region.AdminGroupChange`: the home checks it
+against the member list it sequences, and every region replays it from the group's log
+(regions/groupchanges.py). Event conversations
+and user inboxes are still sequenced by the region that writes them (not built).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 
@@ -41,6 +47,7 @@ from chatplane.storage.base import (
     Storage,
     StorageUnavailable,
 )
+from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import regions_pb2 as rpb
 from chatplane.v1 import regions_pb2_grpc as rgrpc
 
@@ -51,14 +58,21 @@ FORWARD_TIMEOUT_S = 10.0  # a forwarded send: the home's append, under load, plu
 OFFER_TIMEOUT_S = 5.0
 MAX_REDIRECTS = 3  # "not the home, X is": re-resolve at most this often per send
 
+T = TypeVar("T")
 Channels = Callable[[str], grpc.aio.Channel]  # peer region name -> its channel
 # The home's own sequencing of a forwarded send (`ImService.send`, via the node).
 LocalSend = Callable[[SendRequest], Awaitable[AppendResult]]
+# The home's own handling of a forwarded group change (`Groups.handle_op`): its ack.
+LocalGroupOp = Callable[[str, str, pb.GroupOp], Awaitable[pb.GroupOpAck]]
+# ... and of a forwarded admin API change (`Groups.admin_change`): the last change's seq.
+LocalAdminChange = Callable[[str, list[str], list[str], bool], Awaitable[int]]
+# One forwarding call to the home, on its stub.
+GroupCall = Callable[[rgrpc.RegionStub], Awaitable[rpb.ForwardedGroupAck]]
 
 
 def homed(conversation_id: str) -> bool:
-    """Whether this slice gives the conversation a home region: 1:1 chats."""
-    return conversation_id.startswith("d:")
+    """Whether the conversation has a home region: 1:1 chats and groups."""
+    return conversation_id.startswith(("d:", "g:"))
 
 
 def _row(home: Home) -> rpb.HomeRow:
@@ -90,6 +104,8 @@ class Homes:
         self.changed = asyncio.Event()
         self.forwarded = 0
         self.served = 0
+        self.ops_forwarded = 0  # group changes forwarded to their group's home
+        self.ops_served = 0
         self.placed = 0
 
     def committed(self) -> None:
@@ -135,6 +151,26 @@ class Homes:
         it replaces ours by the same rule every store follows."""
         return self._remember(kind, key, await self.storage.offer_home(kind, key, row))
 
+    async def place_here(self, conversation_id: str) -> None:
+        """A conversation made here under a fresh id (a new group): homed here at once,
+        confirmed. No other region knows the id, so none can hold a row for it; peers
+        learn the row from its first log entry (and are told, best effort)."""
+        try:
+            row = await self.learn(CONVERSATION_HOME, conversation_id,
+                                   Home(self.region, PLACEMENT_EPOCH, True))
+        except StorageUnavailable as exc:
+            raise _unavailable(f"storage unavailable, retry: {exc}") from exc
+        if row.region != self.region:  # cannot happen for a fresh id: never sequence it
+            raise _unavailable(f"{conversation_id!r} is already homed in {row.region}")
+        self.placed += 1
+        for peer in self.peers:
+            self._spawn(self._tell(peer, CONVERSATION_HOME, conversation_id, row))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _claim(self, kind: str, key: str) -> Home:
         mine = Home(self.region, PLACEMENT_EPOCH)
         row = await self.storage.offer_home(kind, key, mine)
@@ -156,9 +192,7 @@ class Homes:
             self.placed += 1
             log.info("home of %s %s placed here (epoch %d)", kind, key, confirmed.epoch)
             for peer in self.peers:  # best effort: forwarding settles a peer that missed it
-                task = asyncio.ensure_future(self._tell(peer, kind, key, confirmed))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._spawn(self._tell(peer, kind, key, confirmed))
         return row
 
     async def _offer(self, peer: str, kind: str, key: str, offered: Home) -> Home:
@@ -193,16 +227,23 @@ class Homes:
             raise _unavailable(f"storage unavailable, retry: {exc}") from exc
 
     async def _sequence_elsewhere(self, request: SendRequest) -> AppendResult | None:
+        return await self._at_home(request.conversation_id,
+                                   lambda region: self._forward(region, request))
+
+    async def _at_home(self, conversation_id: str,
+                       forward: Callable[[str], Awaitable[T | None]]) -> T | None:
+        """None when this region is the home, else what `forward(home)` answered; a
+        forward answers None when the callee named another home (learnt: tried next)."""
         for _ in range(MAX_REDIRECTS):
-            home = await self.of(CONVERSATION_HOME, request.conversation_id)
+            home = await self.of(CONVERSATION_HOME, conversation_id)
             if home.region == self.region:
                 if home.confirmed:
                     return None
-                raise _unavailable(f"home of {request.conversation_id!r} not settled yet")
-            result = await self._forward(home.region, request)
+                raise _unavailable(f"home of {conversation_id!r} not settled yet")
+            result = await forward(home.region)
             if result is not None:
                 return result
-        raise _unavailable(f"home of {request.conversation_id!r} keeps moving")
+        raise _unavailable(f"home of {conversation_id!r} keeps moving")
 
     async def _forward(self, region: str, request: SendRequest) -> AppendResult | None:
         """The home's ack, or None when it says another region is the home (learnt)."""
@@ -247,6 +288,75 @@ class Homes:
                                     error=f"storage unavailable, retry: {exc}")
         self.served += 1
         return rpb.ForwardedAck(message=to_pb(result.message), duplicate=result.duplicate)
+
+    # -- group changes --------------------------------------------------------
+
+    async def group_op_elsewhere(self, user_id: str, device_id: str,
+                                 op: pb.GroupOp) -> pb.GroupOpAck | None:
+        """A client's change to a group: None when this region is its home (the caller
+        applies it), else the ack of the home it was forwarded to. The change itself,
+        like every member's view of it, arrives here by replication."""
+        request = rpb.ForwardedGroupOp(region=self.region, user_id=user_id,
+                                       device_id=device_id, op=op)
+        return await self._group_elsewhere(op.conversation_id, lambda stub: stub.GroupOp(
+            request, timeout=FORWARD_TIMEOUT_S))
+
+    async def admin_change_elsewhere(self, conversation_id: str, add: list[str],
+                                     remove: list[str], dissolve: bool) -> int | None:
+        """The admin API's change to a group: None when this region is its home, else
+        the seq of the last change the home recorded (0: none)."""
+        request = rpb.ForwardedAdminChange(region=self.region, conversation_id=conversation_id,
+                                           add=add, remove=remove, dissolve=dissolve)
+        ack = await self._group_elsewhere(conversation_id, lambda stub: stub.AdminGroupChange(
+            request, timeout=FORWARD_TIMEOUT_S))
+        return None if ack is None else ack.seq
+
+    async def _group_elsewhere(self, conversation_id: str, call: GroupCall,
+                               ) -> pb.GroupOpAck | None:
+        if not homed(conversation_id):
+            return None
+        try:
+            return await self._at_home(conversation_id, lambda region: self._forward_group(
+                region, conversation_id, call))
+        except StorageUnavailable as exc:
+            raise _unavailable(f"storage unavailable, retry: {exc}") from exc
+
+    async def _forward_group(self, region: str, conversation_id: str,
+                             call: GroupCall) -> pb.GroupOpAck | None:
+        try:
+            reply = await call(rgrpc.RegionStub(self.channels(region)))
+        except grpc.aio.AioRpcError as exc:
+            raise _unavailable(f"home region {region} of {conversation_id!r}"
+                               f" unreachable: {exc.code().name}") from exc
+        if reply.HasField("not_home"):
+            await self.learn(CONVERSATION_HOME, conversation_id, _home(reply.not_home))
+            return None
+        if reply.error_code:
+            raise ProtocolError(ErrorCode(reply.error_code), reply.error)
+        self.ops_forwarded += 1
+        return reply.ack
+
+    async def serve_group(self, conversation_id: str,
+                          apply: Callable[[], Awaitable[pb.GroupOpAck]]) -> rpb.ForwardedGroupAck:
+        """`Region.GroupOp` or `Region.AdminGroupChange` on this side: `apply()`d here
+        when this region is the group's home."""
+        if not homed(conversation_id):
+            return rpb.ForwardedGroupAck(error_code=ErrorCode.INVALID_ARGUMENT,
+                                         error=f"{conversation_id!r} has no home region")
+        try:
+            home = await self.of(CONVERSATION_HOME, conversation_id)
+            if home.region != self.region:
+                return rpb.ForwardedGroupAck(not_home=_row(home))
+            if not home.confirmed:
+                raise _unavailable(f"home of {conversation_id!r} not settled yet")
+            ack = await apply()
+        except ProtocolError as exc:
+            return rpb.ForwardedGroupAck(error_code=exc.code, error=exc.message)
+        except StorageUnavailable as exc:
+            return rpb.ForwardedGroupAck(error_code=ErrorCode.UNAVAILABLE,
+                                         error=f"storage unavailable, retry: {exc}")
+        self.ops_served += 1
+        return rpb.ForwardedGroupAck(ack=ack)
 
     async def stop(self) -> None:
         for task in list(self._background):

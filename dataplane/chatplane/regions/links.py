@@ -27,12 +27,13 @@ from chatplane import metrics, peerlist
 from chatplane.peerlist import Peer
 from chatplane.protocol import bounds
 from chatplane.regions import hello
-from chatplane.regions.homes import Homes, LocalSend
+from chatplane.regions.homes import Homes, LocalAdminChange, LocalGroupOp, LocalSend
 from chatplane.regions.replication import BeyondLog, Replication
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
 from chatplane.settings import Settings
 from chatplane.supervision import Supervisor
+from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import regions_pb2 as rpb
 from chatplane.v1 import regions_pb2_grpc as rgrpc
 
@@ -105,11 +106,14 @@ class PeerLink:
 @dataclass(frozen=True, slots=True)
 class Sequencing:
     """What the link carries besides Hello, where the store keeps a replicated log:
-    home placement, forwarded sends (sequenced by `send`) and the log."""
+    home placement, forwarded sends (sequenced by `send`), forwarded group changes
+    (applied by `group_op`, and `admin_change` for the admin API's) and the log."""
 
     homes: Homes
     replication: Replication
     send: LocalSend
+    group_op: LocalGroupOp
+    admin_change: LocalAdminChange
 
 
 class RegionServicer(rgrpc.RegionServicer):
@@ -140,6 +144,30 @@ class RegionServicer(rgrpc.RegionServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
         sequencing = await self._sequencing(context)
         return await sequencing.homes.serve_send(request, sequencing.send)
+
+    async def GroupOp(self, request: rpb.ForwardedGroupOp,
+                      context: grpc.aio.ServicerContext) -> rpb.ForwardedGroupAck:
+        out_of_bounds = (bounds.call_problem("forwarded_group_op", request)
+                         or bounds.problem("group_op", request.op, bounds.Bounds()))
+        if out_of_bounds is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        sequencing = await self._sequencing(context)
+        return await sequencing.homes.serve_group(request.op.conversation_id, lambda: (
+            sequencing.group_op(request.user_id, request.device_id, request.op)))
+
+    async def AdminGroupChange(self, request: rpb.ForwardedAdminChange,
+                               context: grpc.aio.ServicerContext) -> rpb.ForwardedGroupAck:
+        out_of_bounds = bounds.call_problem("forwarded_admin_change", request)
+        if out_of_bounds is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        sequencing = await self._sequencing(context)
+
+        async def apply() -> pb.GroupOpAck:
+            seq = await sequencing.admin_change(request.conversation_id, list(request.add),
+                                                list(request.remove), request.dissolve)
+            return pb.GroupOpAck(conversation_id=request.conversation_id, seq=seq)
+
+        return await sequencing.homes.serve_group(request.conversation_id, apply)
 
     async def Replicate(self, request: rpb.ReplicateRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.LogBatch]:

@@ -6,7 +6,8 @@ Each region pulls each peer's log (`Region.Replicate`, a stream): the peer sends
 entries of the conversations it homes, in log order, from the position this region
 applied last; this region applies each batch in one transaction that also moves its
 cursor for that peer (`apply_log`: by (conversation, seq), a seq stored before is
-skipped), then pushes the new inbox entries to its own connected devices. A cut link (a
+skipped; a group's change events replay its membership changes at their seqs,
+regions/groupchanges.py), then pushes the new inbox entries to its own connected devices. A cut link (a
 stopped or restarted peer, a lost connection, a stream silent past `STALL_S`) is
 reopened from the cursor in storage, so nothing is applied twice or skipped.
 
@@ -22,7 +23,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +32,14 @@ from prometheus_client.metrics_core import Metric
 
 from chatplane import metrics
 from chatplane.protocol.records import from_pb, to_pb
+from chatplane.regions.groupchanges import change_of
 from chatplane.regions.homes import Homes
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     Home,
     InboxItem,
     LogEntry,
+    MembershipChange,
     ReplicatedLog,
     Storage,
     StorageError,
@@ -55,7 +58,7 @@ RETRY_S = 0.2
 TELL_TIMEOUT_S = 2.0  # one Region.Applied call
 
 # Applied entries go to this region's devices and caches (ImService.replicated).
-Applied = Callable[[Sequence[StoredMessage], Sequence[InboxItem]], None]
+Applied = Callable[[Sequence[StoredMessage], Sequence[InboxItem]], Awaitable[None]]
 
 
 class BeyondLog(ValueError):
@@ -99,11 +102,13 @@ def _log_of(storage: Storage) -> ReplicatedLog:
 class Replication:
     """Serves this region's log to its peers and applies each peer's log here."""
 
-    def __init__(self, homes: Homes, storage: Storage, applied: Applied) -> None:
+    def __init__(self, homes: Homes, storage: Storage, applied: Applied,
+                 large_above: int | None = None) -> None:
         self.homes = homes
         self.storage = storage
         self.log = _log_of(storage)
         self.applied = applied
+        self.large_above = large_above  # social.large_group_threshold: read diffusion above
         self.peers = {name: PeerReplication() for name in homes.peers}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -216,22 +221,30 @@ class Replication:
 
     async def _apply(self, peer: str, state: PeerReplication, batch: rpb.LogBatch) -> None:
         entries = [LogEntry(e.lsn, e.epoch, from_pb(e.message)) for e in batch.entries]
-        recipients: dict[str, tuple[str, ...]] = {}
+        recipients: dict[str, tuple[str, ...]] = {}  # 1:1 chats'; groups' come from storage
+        changes: dict[int, MembershipChange] = {}
+        seen: set[str] = set()
         for entry in entries:
             conversation_id = entry.message.conversation_id
-            if conversation_id in recipients:
+            change = change_of(entry.message)
+            if change is not None:
+                changes[entry.lsn] = change
+            if conversation_id in seen:
                 continue
+            seen.add(conversation_id)
             row = Home(peer, entry.epoch, True)
             if self.homes.known(CONVERSATION_HOME, conversation_id) != row:
                 # stored once: a write per batch would sit in every sync ack's path
                 await self.homes.learn(CONVERSATION_HOME, conversation_id, row)
-            recipients[conversation_id] = await self._members(conversation_id, entry.message)
-        items = await self.log.apply_log(peer, entries, batch.scanned_to, recipients)
+            if conversation_id.startswith("d:"):
+                recipients[conversation_id] = await self._members(conversation_id, entry.message)
+        items = await self.log.apply_log(peer, entries, batch.scanned_to, recipients, changes,
+                                         self.large_above)
         state.applied_to = batch.scanned_to
         state.moved.set()
         state.entries += len(entries)
         if entries:
-            self.applied([e.message for e in entries], items)
+            await self.applied([e.message for e in entries], items)
 
     async def _members(self, conversation_id: str, message: StoredMessage) -> tuple[str, ...]:
         """The recipients here: the members of the 1:1 chat, created on its first entry."""
@@ -273,8 +286,14 @@ class Replication:
         yield metrics.counter("chatplane_region_sends_served_total",
                               "sends forwarded here by other regions and sequenced here",
                               self.homes.served)
+        yield metrics.counter("chatplane_region_group_changes_forwarded_total",
+                              "client group changes forwarded to their group's home region",
+                              self.homes.ops_forwarded)
+        yield metrics.counter("chatplane_region_group_changes_served_total",
+                              "group changes forwarded here by other regions and applied here",
+                              self.homes.ops_served)
         yield metrics.counter("chatplane_region_homes_placed_total",
-                              "conversations whose home was placed in this region",
+                              "conversations (1:1 chats, groups) whose home was placed here",
                               self.homes.placed)
         if self.homes.durability is not None:
             yield from self.homes.durability.families()

@@ -15,7 +15,7 @@ the original result instead of a second message.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -406,8 +406,14 @@ class ReplicatedLog(Protocol):
         before the call is at or below it (`sync` durability waits for a peer past it)."""
 
     async def apply_log(self, peer: str, entries: Sequence[LogEntry], scanned_to: int,
-                        recipients: dict[str, tuple[str, ...]]) -> list[InboxItem]:
+                        recipients: dict[str, tuple[str, ...]],
+                        changes: Mapping[int, MembershipChange] | None = None,
+                        large_above: int | None = None) -> list[InboxItem]:
         """Store `peer`'s entries (each conversation's next seq; one stored before is
         skipped; a hole raises StorageError and writes nothing) with inbox entries for
         `recipients[conversation]`, and move the peer's cursor to `scanned_to`, in one
-        transaction. Returns the inbox entries written, for live delivery."""
+        transaction. A conversation not in `recipients` is a group: `changes[lsn]` (its
+        change events) is applied with its entry, at its seq (a creation makes the
+        group), and each entry goes to the members before and after it, as the home
+        wrote it; in a group over `large_above` members (None: no bound) only to those a
+        change adds or removes (read diffusion). Returns the inbox entries written."""

@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -825,7 +825,11 @@ class SqliteStorage(_SocialMethods):
         return await self._read(read)
 
     async def apply_log(self, peer: str, entries: Sequence[LogEntry], scanned_to: int,
-                        recipients: dict[str, tuple[str, ...]]) -> list[InboxItem]:
+                        recipients: dict[str, tuple[str, ...]],
+                        changes: Mapping[int, MembershipChange] | None = None,
+                        large_above: int | None = None) -> list[InboxItem]:
+        changed = changes or {}
+
         def apply(writer: Writer) -> list[InboxItem]:
             row = writer.db.execute("SELECT lsn FROM region_cursors WHERE peer = ?",
                                     (peer,)).fetchone()
@@ -834,8 +838,11 @@ class SqliteStorage(_SocialMethods):
             items: list[InboxItem] = []
             for entry in entries:
                 message = entry.message
-                items += writer.apply_replicated(
-                    message, recipients.get(message.conversation_id, ()))
+                if message.conversation_id in recipients:
+                    items += writer.apply_replicated(message, recipients[message.conversation_id])
+                else:
+                    items += writer.apply_replicated_group(message, changed.get(entry.lsn),
+                                                           large_above)
             writer.db.execute(
                 "INSERT INTO region_cursors (peer, lsn) VALUES (?, ?)"
                 " ON CONFLICT (peer) DO UPDATE SET lsn = excluded.lsn", (peer, scanned_to))

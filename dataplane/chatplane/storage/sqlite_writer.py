@@ -322,6 +322,40 @@ class Writer:
         self.conv_heads[message.conversation_id] = message.seq
         return [self.add_entry(user_id, message) for user_id in recipients]
 
+    def apply_replicated_group(self, message: StoredMessage, change: MembershipChange | None,
+                               large_above: int | None) -> list[InboxItem]:
+        """A peer home's group message (ReplicatedLog.apply_log): its change first, at
+        its seq (the creation makes the group), then the message with the entries the
+        home wrote: the members before and after it, or in a large group only those the
+        change adds or removes. Nothing when stored before; a hole raises StorageError."""
+        conversation_id = message.conversation_id
+        if change is not None and change.create:
+            self.db.execute(
+                "INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms,"
+                " last_activity_ms, name) VALUES (?, ?, '[]', 0, ?, ?, ?)",
+                (conversation_id, GROUP, message.sent_at_ms, message.sent_at_ms,
+                 change.name or ""))
+        try:
+            head = self.conv_head(conversation_id)
+        except ConversationNotFound:  # its creation was never applied here
+            raise StorageError(f"{conversation_id}: replicated seq {message.seq} of a group"
+                               " this store never had") from None
+        if message.seq <= head:
+            return []
+        if message.seq != head + 1:
+            raise StorageError(f"{conversation_id}: replicated seq {message.seq}"
+                               f" after head {head} would leave a hole")
+        before = set(social.member_ids(self.db, conversation_id))
+        after = before
+        affected: set[str] = set()
+        if change is not None:
+            social.apply_change(self.db, conversation_id, change, message.seq,
+                                message.sent_at_ms)
+            after = set(social.member_ids(self.db, conversation_id))
+            affected = {u for u, _ in change.add} | set(change.remove)
+        large = large_above is not None and len(after) > large_above
+        return self.apply_replicated(message, sorted(affected if large else before | after))
+
     def fan_out(self, conversation_id: str, entries: Sequence[tuple[int, Sequence[str]]],
                 fresh: Collection[int] = frozenset()) -> list[InboxItem]:
         """Storage.fan_out: each (seq, user) entry found, or added."""

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from chatplane.v1 import frames_pb2 as chatplane_dot_v1_dot_frames__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatplane/v1/regions.proto\x12\x0c\x63hatplane.v1\x1a\x19\x63hatplane/v1/frames.proto\"P\n\x0cHelloRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"e\n\nHelloReply\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x11\n\tkey_proof\x18\x04 \x01(\x0c\x12\x11\n\tserver_id\x18\x05 \x01(\t\"f\n\tHomeOffer\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0c\n\x04home\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\x11\n\tconfirmed\x18\x06 \x01(\x08\"9\n\x07HomeRow\x12\x0c\n\x04home\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\tconfirmed\x18\x03 \x01(\x08\"\x9e\x01\n\rForwardedSend\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x0b\n\x03\x63id\x18\x05 \x01(\x04\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x08 \x01(\t\"\x95\x01\n\x0c\x46orwardedAck\x12&\n\x07message\x18\x01 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\r\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x08not_home\x18\x05 \x01(\x0b\x32\x15.chatplane.v1.HomeRow\"1\n\x10ReplicateRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\"N\n\x08LogEntry\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x07message\x18\x03 \x01(\x0b\x32\x15.chatplane.v1.Message\"U\n\x08LogBatch\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.chatplane.v1.LogEntry\x12\x12\n\nscanned_to\x18\x02 \x01(\x04\x12\x0c\n\x04head\x18\x03 \x01(\x04\"4\n\x0e\x41ppliedRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x12\n\napplied_to\x18\x02 \x01(\x04\"\x0e\n\x0c\x41ppliedReply2\xd1\x02\n\x06Region\x12=\n\x05Hello\x12\x1a.chatplane.v1.HelloRequest\x1a\x18.chatplane.v1.HelloReply\x12;\n\tOfferHome\x12\x17.chatplane.v1.HomeOffer\x1a\x15.chatplane.v1.HomeRow\x12?\n\x04Send\x12\x1b.chatplane.v1.ForwardedSend\x1a\x1a.chatplane.v1.ForwardedAck\x12\x45\n\tReplicate\x12\x1e.chatplane.v1.ReplicateRequest\x1a\x16.chatplane.v1.LogBatch0\x01\x12\x43\n\x07\x41pplied\x12\x1c.chatplane.v1.AppliedRequest\x1a\x1a.chatplane.v1.AppliedReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatplane/v1/regions.proto\x12\x0c\x63hatplane.v1\x1a\x19\x63hatplane/v1/frames.proto\"P\n\x0cHelloRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"e\n\nHelloReply\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x11\n\tkey_proof\x18\x04 \x01(\x0c\x12\x11\n\tserver_id\x18\x05 \x01(\t\"f\n\tHomeOffer\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0c\n\x04home\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\x11\n\tconfirmed\x18\x06 \x01(\x08\"9\n\x07HomeRow\x12\x0c\n\x04home\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\tconfirmed\x18\x03 \x01(\x08\"\x9e\x01\n\rForwardedSend\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x0b\n\x03\x63id\x18\x05 \x01(\x04\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x08 \x01(\t\"\x95\x01\n\x0c\x46orwardedAck\x12&\n\x07message\x18\x01 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\r\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x08not_home\x18\x05 \x01(\x0b\x32\x15.chatplane.v1.HomeRow\"i\n\x10\x46orwardedGroupOp\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12!\n\x02op\x18\x04 \x01(\x0b\x32\x15.chatplane.v1.GroupOp\"\x86\x01\n\x11\x46orwardedGroupAck\x12%\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x18.chatplane.v1.GroupOpAck\x12\x12\n\nerror_code\x18\x02 \x01(\r\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\'\n\x08not_home\x18\x04 \x01(\x0b\x32\x15.chatplane.v1.HomeRow\"n\n\x14\x46orwardedAdminChange\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x0b\n\x03\x61\x64\x64\x18\x03 \x03(\t\x12\x0e\n\x06remove\x18\x04 \x03(\t\x12\x10\n\x08\x64issolve\x18\x05 \x01(\x08\"1\n\x10ReplicateRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\"N\n\x08LogEntry\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x07message\x18\x03 \x01(\x0b\x32\x15.chatplane.v1.Message\"U\n\x08LogBatch\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.chatplane.v1.LogEntry\x12\x12\n\nscanned_to\x18\x02 \x01(\x04\x12\x0c\n\x04head\x18\x03 \x01(\x04\"4\n\x0e\x41ppliedRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x12\n\napplied_to\x18\x02 \x01(\x04\"\x0e\n\x0c\x41ppliedReply2\xf6\x03\n\x06Region\x12=\n\x05Hello\x12\x1a.chatplane.v1.HelloRequest\x1a\x18.chatplane.v1.HelloReply\x12;\n\tOfferHome\x12\x17.chatplane.v1.HomeOffer\x1a\x15.chatplane.v1.HomeRow\x12?\n\x04Send\x12\x1b.chatplane.v1.ForwardedSend\x1a\x1a.chatplane.v1.ForwardedAck\x12J\n\x07GroupOp\x12\x1e.chatplane.v1.ForwardedGroupOp\x1a\x1f.chatplane.v1.ForwardedGroupAck\x12W\n\x10\x41\x64minGroupChange\x12\".chatplane.v1.ForwardedAdminChange\x1a\x1f.chatplane.v1.ForwardedGroupAck\x12\x45\n\tReplicate\x12\x1e.chatplane.v1.ReplicateRequest\x1a\x16.chatplane.v1.LogBatch0\x01\x12\x43\n\x07\x41pplied\x12\x1c.chatplane.v1.AppliedRequest\x1a\x1a.chatplane.v1.AppliedReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,16 +44,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORWARDEDSEND']._serialized_end=578
   _globals['_FORWARDEDACK']._serialized_start=581
   _globals['_FORWARDEDACK']._serialized_end=730
-  _globals['_REPLICATEREQUEST']._serialized_start=732
-  _globals['_REPLICATEREQUEST']._serialized_end=781
-  _globals['_LOGENTRY']._serialized_start=783
-  _globals['_LOGENTRY']._serialized_end=861
-  _globals['_LOGBATCH']._serialized_start=863
-  _globals['_LOGBATCH']._serialized_end=948
-  _globals['_APPLIEDREQUEST']._serialized_start=950
-  _globals['_APPLIEDREQUEST']._serialized_end=1002
-  _globals['_APPLIEDREPLY']._serialized_start=1004
-  _globals['_APPLIEDREPLY']._serialized_end=1018
-  _globals['_REGION']._serialized_start=1021
-  _globals['_REGION']._serialized_end=1358
+  _globals['_FORWARDEDGROUPOP']._serialized_start=732
+  _globals['_FORWARDEDGROUPOP']._serialized_end=837
+  _globals['_FORWARDEDGROUPACK']._serialized_start=840
+  _globals['_FORWARDEDGROUPACK']._serialized_end=974
+  _globals['_FORWARDEDADMINCHANGE']._serialized_start=976
+  _globals['_FORWARDEDADMINCHANGE']._serialized_end=1086
+  _globals['_REPLICATEREQUEST']._serialized_start=1088
+  _globals['_REPLICATEREQUEST']._serialized_end=1137
+  _globals['_LOGENTRY']._serialized_start=1139
+  _globals['_LOGENTRY']._serialized_end=1217
+  _globals['_LOGBATCH']._serialized_start=1219
+  _globals['_LOGBATCH']._serialized_end=1304
+  _globals['_APPLIEDREQUEST']._serialized_start=1306
+  _globals['_APPLIEDREQUEST']._serialized_end=1358
+  _globals['_APPLIEDREPLY']._serialized_start=1360
+  _globals['_APPLIEDREPLY']._serialized_end=1374
+  _globals['_REGION']._serialized_start=1377
+  _globals['_REGION']._serialized_end=1879
 # @@protoc_insertion_point(module_scope)

@@ -93,6 +93,44 @@ class ForwardedAck(_message.Message):
     not_home: HomeRow
     def __init__(self, message: _Optional[_Union[_frames_pb2.Message, _Mapping]] = ..., duplicate: _Optional[bool] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., not_home: _Optional[_Union[HomeRow, _Mapping]] = ...) -> None: ...
 
+class ForwardedGroupOp(_message.Message):
+    __slots__ = ("region", "user_id", "device_id", "op")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    user_id: str
+    device_id: str
+    op: _frames_pb2.GroupOp
+    def __init__(self, region: _Optional[str] = ..., user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., op: _Optional[_Union[_frames_pb2.GroupOp, _Mapping]] = ...) -> None: ...
+
+class ForwardedGroupAck(_message.Message):
+    __slots__ = ("ack", "error_code", "error", "not_home")
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    NOT_HOME_FIELD_NUMBER: _ClassVar[int]
+    ack: _frames_pb2.GroupOpAck
+    error_code: int
+    error: str
+    not_home: HomeRow
+    def __init__(self, ack: _Optional[_Union[_frames_pb2.GroupOpAck, _Mapping]] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., not_home: _Optional[_Union[HomeRow, _Mapping]] = ...) -> None: ...
+
+class ForwardedAdminChange(_message.Message):
+    __slots__ = ("region", "conversation_id", "add", "remove", "dissolve")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    DISSOLVE_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    conversation_id: str
+    add: _containers.RepeatedScalarFieldContainer[str]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    dissolve: bool
+    def __init__(self, region: _Optional[str] = ..., conversation_id: _Optional[str] = ..., add: _Optional[_Iterable[str]] = ..., remove: _Optional[_Iterable[str]] = ..., dissolve: _Optional[bool] = ...) -> None: ...
+
 class ReplicateRequest(_message.Message):
     __slots__ = ("region", "after")
     REGION_FIELD_NUMBER: _ClassVar[int]

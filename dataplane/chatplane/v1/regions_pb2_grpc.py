@@ -49,6 +49,16 @@ class RegionStub:
                 request_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedSend.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedAck.FromString,
                 _registered_method=True)
+        self.GroupOp = channel.unary_unary(
+                '/chatplane.v1.Region/GroupOp',
+                request_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedGroupOp.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedGroupAck.FromString,
+                _registered_method=True)
+        self.AdminGroupChange = channel.unary_unary(
+                '/chatplane.v1.Region/AdminGroupChange',
+                request_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedAdminChange.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedGroupAck.FromString,
+                _registered_method=True)
         self.Replicate = channel.unary_stream(
                 '/chatplane.v1.Region/Replicate',
                 request_serializer=chatplane_dot_v1_dot_regions__pb2.ReplicateRequest.SerializeToString,
@@ -77,6 +87,18 @@ class RegionServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Send(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GroupOp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdminGroupChange(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +133,16 @@ def add_RegionServicer_to_server(servicer, server):
                     servicer.Send,
                     request_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedSend.FromString,
                     response_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedAck.SerializeToString,
+            ),
+            'GroupOp': grpc.unary_unary_rpc_method_handler(
+                    servicer.GroupOp,
+                    request_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedGroupOp.FromString,
+                    response_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedGroupAck.SerializeToString,
+            ),
+            'AdminGroupChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdminGroupChange,
+                    request_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedAdminChange.FromString,
+                    response_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedGroupAck.SerializeToString,
             ),
             'Replicate': grpc.unary_stream_rpc_method_handler(
                     servicer.Replicate,
@@ -204,6 +236,60 @@ class Region:
             '/chatplane.v1.Region/Send',
             chatplane_dot_v1_dot_regions__pb2.ForwardedSend.SerializeToString,
             chatplane_dot_v1_dot_regions__pb2.ForwardedAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GroupOp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Region/GroupOp',
+            chatplane_dot_v1_dot_regions__pb2.ForwardedGroupOp.SerializeToString,
+            chatplane_dot_v1_dot_regions__pb2.ForwardedGroupAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdminGroupChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Region/AdminGroupChange',
+            chatplane_dot_v1_dot_regions__pb2.ForwardedAdminChange.SerializeToString,
+            chatplane_dot_v1_dot_regions__pb2.ForwardedGroupAck.FromString,
             options,
             channel_credentials,
             insecure,
