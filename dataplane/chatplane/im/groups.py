@@ -294,7 +294,7 @@ class Groups:
         if homes is not None:  # sequenced here as the group's home: acked like a send
             if not result.duplicate:
                 homes.committed()
-            await homes.settle(conversation_id)
+            await homes.settle(conversation_id, result.log_position)
         return result
 
     async def replicated_large(self, messages: Sequence[StoredMessage]) -> None:

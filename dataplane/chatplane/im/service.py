@@ -109,9 +109,10 @@ class HomeRouter(Protocol):
     def committed(self) -> None:
         """A message of a homed conversation was sequenced here."""
 
-    async def settle(self, conversation_id: str) -> None:
-        """Return once a send sequenced here may be acked (sync durability: another
-        region applied it); UNAVAILABLE, retriable, when none did in time."""
+    async def settle(self, conversation_id: str, log_position: int) -> None:
+        """Return once a send sequenced here, at `log_position` of the replicated log
+        (`AppendResult.log_position`), may be acked (sync durability: another region
+        applied it); UNAVAILABLE, retriable, when none did in time."""
 
     async def place_here(self, conversation_id: str) -> None:
         """A new group, made here under a fresh id: homed in this region."""
@@ -518,7 +519,7 @@ class ImService:
             if not result.duplicate:
                 self.homes.committed()
             # a resend's duplicate waits too: its original may never have been confirmed
-            await self.homes.settle(conversation_id)
+            await self.homes.settle(conversation_id, result.log_position)
         return result
 
     async def replicated(self, messages: Sequence[StoredMessage],

@@ -103,16 +103,19 @@ class Durability:
         """This region's log head, as a Replicate stream last read it (for the view)."""
         self.head_seen = max(self.head_seen, head)
 
-    async def settle(self, conversation_id: str) -> None:
-        """In `sync`, return once a peer applied every log entry committed so far (the
-        caller's message among them); UNAVAILABLE after `timeout_s`."""
+    async def settle(self, conversation_id: str, position: int) -> None:
+        """In `sync`, return once a peer applied this region's log up to `position`
+        (the append's own: `AppendResult.log_position`, at or past its entry; 0, not
+        known: the head is read); UNAVAILABLE after `timeout_s`."""
         if self.mode != SYNC or not self.peers:
             return
         started = time.monotonic()
-        try:
-            position = await self.log.log_head()
-        except StorageUnavailable as exc:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, f"storage unavailable, retry: {exc}") from exc
+        if position <= 0:
+            try:
+                position = await self.log.log_head()
+            except StorageUnavailable as exc:
+                raise ProtocolError(ErrorCode.UNAVAILABLE,
+                                    f"storage unavailable, retry: {exc}") from exc
         self.head_seen = max(self.head_seen, position)
         if position > self.confirmed_to:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -57,6 +58,9 @@ PLACEMENT_EPOCH = 1  # a home move (not built) raises it
 FORWARD_TIMEOUT_S = 10.0  # a forwarded send: the home's append, under load, plus the link
 OFFER_TIMEOUT_S = 5.0
 MAX_REDIRECTS = 3  # "not the home, X is": re-resolve at most this often per send
+# confirmed rows kept in memory (an LRU over what the `homes` table holds, ~200 bytes
+# each): a miss costs one storage read, so only the working set needs to fit
+CONFIRMED_CACHE = 65_536
 
 T = TypeVar("T")
 Channels = Callable[[str], grpc.aio.Channel]  # peer region name -> its channel
@@ -97,7 +101,11 @@ class Homes:
         self.storage = storage
         self.peers = peers
         self.channels = channels
-        self._confirmed: dict[tuple[str, str], Home] = {}  # confirmed rows never change here
+        # confirmed rows (they never change here): spares a storage read per send to
+        # find the home, and the apply side a home write per replicated batch. A cache
+        # of the `homes` table, bounded: the least recently used row goes first.
+        self._confirmed: OrderedDict[tuple[str, str], Home] = OrderedDict()
+        self.confirmed_cache = CONFIRMED_CACHE
         self._claims: dict[tuple[str, str], asyncio.Future[Home]] = {}
         self._background: set[asyncio.Task[None]] = set()
         # replaced at every home commit: the log's readers wait on the current one
@@ -113,18 +121,19 @@ class Homes:
         event, self.changed = self.changed, asyncio.Event()
         event.set()
 
-    async def settle(self, conversation_id: str) -> None:
-        """A send sequenced here as home (new or a resend's duplicate): returns when
-        it may be acked under the durability mode (regions/durability.py)."""
+    async def settle(self, conversation_id: str, log_position: int) -> None:
+        """A send sequenced here as home (new or a resend's duplicate), its append at
+        `log_position` of the log: returns when it may be acked under the durability
+        mode (regions/durability.py)."""
         if self.durability is not None and homed(conversation_id):
-            await self.durability.settle(conversation_id)
+            await self.durability.settle(conversation_id, log_position)
 
     # -- where a conversation is sequenced ------------------------------------
 
     async def of(self, kind: str, key: str) -> Home:
         """The home as this region knows it, placed here when it has none. A row of
         another region may be its unconfirmed proposal: it settles that itself."""
-        cached = self._confirmed.get((kind, key))
+        cached = self.known(kind, key)
         if cached is not None:
             return cached
         row = await self.storage.home(kind, key)
@@ -139,12 +148,30 @@ class Homes:
 
     def _remember(self, kind: str, key: str, row: Home) -> Home:
         if row.confirmed:
-            self._confirmed[(kind, key)] = row
+            cache = self._confirmed
+            cache[(kind, key)] = row
+            cache.move_to_end((kind, key))
+            while len(cache) > self.confirmed_cache:
+                cache.popitem(last=False)
         return row
 
     def known(self, kind: str, key: str) -> Home | None:
-        """The confirmed row this process already holds (no storage read)."""
-        return self._confirmed.get((kind, key))
+        """The confirmed row this process holds in memory (no storage read; None
+        also when it was evicted: `stored` reads it back)."""
+        row = self._confirmed.get((kind, key))
+        if row is not None:
+            self._confirmed.move_to_end((kind, key))
+        return row
+
+    async def stored(self, kind: str, key: str) -> Home | None:
+        """The row as this store holds it: from memory, else read (and cached when
+        confirmed). Never places a home."""
+        row = self.known(kind, key)
+        if row is None:
+            row = await self.storage.home(kind, key)
+            if row is not None:
+                self._remember(kind, key, row)
+        return row
 
     async def learn(self, kind: str, key: str, row: Home) -> Home:
         """A row another region holds (a refusal, a replicated entry): kept here when

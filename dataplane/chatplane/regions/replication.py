@@ -233,7 +233,7 @@ class Replication:
                 continue
             seen.add(conversation_id)
             row = Home(peer, entry.epoch, True)
-            if self.homes.known(CONVERSATION_HOME, conversation_id) != row:
+            if await self.homes.stored(CONVERSATION_HOME, conversation_id) != row:
                 # stored once: a write per batch would sit in every sync ack's path
                 await self.homes.learn(CONVERSATION_HOME, conversation_id, row)
             if conversation_id.startswith("d:"):

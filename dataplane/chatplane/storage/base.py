@@ -47,6 +47,16 @@ class StorageUnavailable(StorageError):
     outcome is unknown and a retry with the same cid is safe)."""
 
 
+class LogTrimmed(StorageError):
+    """A read of the replicated log from a position already trimmed (every peer had
+    applied it): the reader would miss entries, so it must resync another way."""
+
+    def __init__(self, after: int, trimmed_to: int) -> None:
+        super().__init__(f"log position {after} was trimmed (entries up to {trimmed_to}"
+                         " are gone): the reader must resync from a snapshot")
+        self.after, self.trimmed_to = after, trimmed_to
+
+
 class ConversationNotFound(StorageError):
     pass
 
@@ -96,6 +106,10 @@ class AppendResult:
     # Recipients whose entries were not written (not among `inboxes`): the
     # caller has them written by `fan_out`, then calls `fanned_out`.
     owed: tuple[str, ...] = ()
+    # The replicated log's head as the append's transaction committed (ReplicatedLog:
+    # at or past the message's own entry, or its original's for a duplicate; the
+    # position `sync` durability waits for a peer to pass). 0: no log.
+    log_position: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +400,19 @@ class LogEntry:
     message: StoredMessage
 
 
+@dataclass(frozen=True, slots=True)
+class LogExtent:
+    """What the replicated log retains: the positions after `trimmed_to` up to `head`
+    (positions are dense: AUTOINCREMENT, a rolled-back append takes none)."""
+
+    trimmed_to: int  # every position at or below it is deleted (0: none)
+    head: int  # the newest position (0: empty)
+
+    @property
+    def retained(self) -> int:
+        return max(0, self.head - self.trimmed_to)
+
+
 @runtime_checkable
 class ReplicatedLog(Protocol):
     """The embedded store's replicated log (docs/architecture.md, "Regions"): what a
@@ -396,7 +423,8 @@ class ReplicatedLog(Protocol):
     async def log_after(self, after: int, limit: int, region: str) -> tuple[list[LogEntry], int, int]:
         """(entries, scanned_to, head): the log's entries after position `after` (at most
         `limit` positions looked at) of conversations whose confirmed home is `region`,
-        ascending; the last position looked at (the reader's next `after`); the newest."""
+        ascending; the last position looked at (the reader's next `after`); the newest.
+        LogTrimmed when positions after `after` were trimmed."""
 
     async def log_cursor(self, peer: str) -> int:
         """The log position of `peer` applied here last (0: none)."""
@@ -404,6 +432,14 @@ class ReplicatedLog(Protocol):
     async def log_head(self) -> int:
         """This store's newest log position (0: empty): every message committed
         before the call is at or below it (`sync` durability waits for a peer past it)."""
+
+    async def log_extent(self) -> LogExtent:
+        """What the log retains now."""
+
+    async def trim_log(self, upto: int, limit: int) -> LogExtent:
+        """Delete the entries at or below `upto` (never past the head), at most `limit`
+        positions in one transaction, and remember how far: a read from below it
+        raises LogTrimmed. Returns what the log retains after."""
 
     async def apply_log(self, peer: str, entries: Sequence[LogEntry], scanned_to: int,
                         recipients: dict[str, tuple[str, ...]],

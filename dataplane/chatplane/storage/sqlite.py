@@ -50,6 +50,8 @@ from chatplane.storage.base import (
     Home,
     InboxItem,
     LogEntry,
+    LogExtent,
+    LogTrimmed,
     Member,
     MembershipChange,
     Relation,
@@ -71,7 +73,9 @@ from chatplane.storage.sqlite_writer import (
     corrupt,
     damaged,
     failure,
+    log_head,
     message_from_row,
+    positioned,
     rollback,
     settle_batch,
     store_fault,
@@ -173,6 +177,11 @@ CREATE TABLE IF NOT EXISTS region_cursors (
     peer TEXT PRIMARY KEY,
     lsn INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- How far the log was trimmed (trim_log: entries every peer applied): one row.
+CREATE TABLE IF NOT EXISTS region_log_trimmed (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    lsn INTEGER NOT NULL
+);
 """
 
 def _conversation(db: sqlite3.Connection, row: Sequence[Any]) -> Conversation:
@@ -489,6 +498,7 @@ class SqliteStorage(_SocialMethods):
             return None
         finally:
             writer.deferring = False
+        results = positioned(writer, results)
         writer.db.execute("COMMIT")
         return results
 
@@ -514,6 +524,7 @@ class SqliteStorage(_SocialMethods):
                                 type(exc).__name__, exc)
                 results.append((False, failure(exc)))
         writer.flush_heads()
+        results = positioned(writer, results)
         writer.db.execute("COMMIT")
         return results
 
@@ -792,12 +803,17 @@ class SqliteStorage(_SocialMethods):
     async def log_after(self, after: int, limit: int,
                         region: str) -> tuple[list[LogEntry], int, int]:
         def read(db: sqlite3.Connection) -> tuple[list[LogEntry], int, int]:
-            head = db.execute("SELECT coalesce(max(lsn), 0) FROM region_log").fetchone()[0]
+            head = log_head(db)
             positions = db.execute(
                 "SELECT lsn FROM region_log WHERE lsn > ? ORDER BY lsn LIMIT ?",
                 (after, limit)).fetchall()
+            # read after the entries: a trim that had not passed `after` by now
+            # deleted none of what was read
+            trimmed_to = _trimmed_to(db)
+            if after < trimmed_to:
+                raise LogTrimmed(after, trimmed_to)
             if not positions:
-                return [], after, int(head)
+                return [], after, head
             last = int(positions[-1][0])
             rows = db.execute(
                 f"SELECT l.lsn, h.epoch, {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}"
@@ -807,15 +823,32 @@ class SqliteStorage(_SocialMethods):
                 " WHERE l.lsn > ? AND l.lsn <= ? ORDER BY l.lsn",
                 (region, after, last)).fetchall()
             entries = [LogEntry(int(r[0]), int(r[1]), message_from_row(r[2:])) for r in rows]
-            return entries, last, int(head)
+            return entries, last, head
 
         return await self._read(read)
 
     async def log_head(self) -> int:
-        def read(db: sqlite3.Connection) -> int:
-            return int(db.execute("SELECT coalesce(max(lsn), 0) FROM region_log").fetchone()[0])
+        return await self._read(log_head)
 
-        return await self._read(read)
+    async def log_extent(self) -> LogExtent:
+        return await self._read(lambda db: LogExtent(_trimmed_to(db), log_head(db)))
+
+    async def trim_log(self, upto: int, limit: int) -> LogExtent:
+        def trim(writer: Writer) -> LogExtent:
+            db = writer.db
+            head = log_head(db)
+            trimmed_to = _trimmed_to(db)
+            # by position range (the primary key): `limit` positions, not a scan
+            new = min(upto, head, trimmed_to + limit)
+            if new <= trimmed_to:
+                return LogExtent(trimmed_to, head)
+            db.execute("DELETE FROM region_log WHERE lsn > ? AND lsn <= ?", (trimmed_to, new))
+            db.execute("INSERT INTO region_log_trimmed (one, lsn) VALUES (1, ?)"
+                       " ON CONFLICT (one) DO UPDATE SET lsn = excluded.lsn", (new,))
+            return LogExtent(new, head)
+
+        extent: LogExtent = await self._write(trim)
+        return extent
 
     async def log_cursor(self, peer: str) -> int:
         def read(db: sqlite3.Connection) -> int:
@@ -850,6 +883,11 @@ class SqliteStorage(_SocialMethods):
 
         items: list[InboxItem] = await self._write(apply)
         return items
+
+
+def _trimmed_to(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT lsn FROM region_log_trimmed WHERE one = 1").fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _home(db: sqlite3.Connection, kind: str, key: str) -> Home | None:

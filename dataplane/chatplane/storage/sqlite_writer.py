@@ -17,6 +17,7 @@ what the writer cached, and `check_integrity` refuses a damaged file.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
@@ -476,6 +477,25 @@ def failure(exc: BaseException) -> StorageError:
     if isinstance(exc, sqlite3.Error) and store_fault(exc):
         return StorageUnavailable(f"sqlite write failed: {exc}")
     return StorageError(f"write refused: {type(exc).__name__}: {exc}")
+
+
+def log_head(db: sqlite3.Connection) -> int:
+    """The replicated log's newest position: AUTOINCREMENT's counter, which a trim
+    (deleting every entry) does not lower, unlike max(lsn)."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'region_log'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def positioned(writer: Writer, results: list[tuple[bool, Any]]) -> list[tuple[bool, Any]]:
+    """The batch's append results with the log head of their transaction (read once
+    per batch, before COMMIT): a homed message's entry was written by the trigger in
+    this transaction, so its position is at or below it, and the send's `sync` ack
+    waits for it without a read of its own."""
+    if not any(ok and type(value) is AppendResult for ok, value in results):
+        return results
+    head = log_head(writer.db)
+    return [(ok, dataclasses.replace(value, log_position=head))
+            if ok and type(value) is AppendResult else (ok, value) for ok, value in results]
 
 
 def settle_batch(batch: Sequence[Job], results: Sequence[tuple[bool, Any]]) -> None:
