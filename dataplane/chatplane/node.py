@@ -127,6 +127,7 @@ class Node:
                                                       self.im.groups.admin_change)
             self.im.homes = homes
             self.prober.extra = replication.report
+            self.prober.extra_region = replication.log_report
         self.revocation_watcher = RevocationWatcher(
             self.gateway.revocations, self.storage.revocations,
             settings.tokens.session_check_s / 2, self.gateway.apply_revocations)

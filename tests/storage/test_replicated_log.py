@@ -6,6 +6,7 @@ transaction, so a batch applied twice or a reopened store changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from chatplane.storage.base import (
     MEMBER,
     OWNER,
     Home,
+    LogExtent,
+    LogTrimmed,
     MembershipChange,
     SendRequest,
     StorageError,
@@ -97,6 +100,69 @@ async def test_the_cursor_survives_a_restart(tmp_path: Path) -> None:
     finally:
         await again.close()
         await eu.close()
+
+
+async def test_an_append_knows_its_log_position(tmp_path: Path) -> None:
+    """What a sync ack waits for comes with the append (no read of the head after it):
+    at or past the message's own entry, a duplicate's at or past its original's."""
+    eu = await _store(tmp_path / "eu.db")
+    try:
+        await eu.ensure_direct("alice", "bob", NOW_MS)
+        unhomed = await eu.append(send(CONVERSATION, "alice", 1, "before any home"), ("bob",))
+        assert unhomed.log_position == 0  # nothing logged yet
+        await eu.offer_home(CONVERSATION_HOME, CONVERSATION, Home("eu", 1, True))
+        positions = []
+        for cid in range(2, 5):
+            result = await eu.append(send(CONVERSATION, "alice", cid), ("alice", "bob"))
+            entries, _, head = await eu.log_after(0, 100, "eu")
+            assert result.log_position == head == entries[-1].lsn
+            positions.append(result.log_position)
+        assert positions == sorted(set(positions))
+        again = await eu.append(send(CONVERSATION, "alice", 2), ("alice", "bob"))
+        assert again.duplicate and again.log_position >= positions[0]
+        # appends sharing a writer batch: each at or past its own entry
+        results = await asyncio.gather(*(eu.append(send(CONVERSATION, "bob", cid), ("alice",))
+                                         for cid in range(1, 21)))
+        entries, _, _ = await eu.log_after(0, 100, "eu")
+        lsn = {e.message.seq: e.lsn for e in entries}
+        assert all(r.log_position >= lsn[r.message.seq] for r in results)
+    finally:
+        await eu.close()
+
+
+async def test_trimming_deletes_applied_entries_and_refuses_reads_below(tmp_path: Path) -> None:
+    """trim_log deletes at most `limit` positions a call, never past the head (which a
+    trim of everything does not lower); a read from a trimmed position raises
+    LogTrimmed instead of serving a hole; the trim point survives a reopen."""
+    eu = await _store(tmp_path / "eu.db")
+    try:
+        await eu.ensure_direct("alice", "bob", NOW_MS)
+        await eu.offer_home(CONVERSATION_HOME, CONVERSATION, Home("eu", 1, True))
+        for cid in range(1, 11):
+            await eu.append(send(CONVERSATION, "alice", cid), ("alice", "bob"))
+        assert await eu.log_extent() == LogExtent(0, 10)
+        assert (await eu.trim_log(8, 3)) == LogExtent(3, 10)  # bounded batch
+        assert (await eu.trim_log(8, 100)) == LogExtent(8, 10)
+        assert (await eu.log_extent()).retained == 2
+        with pytest.raises(LogTrimmed) as refused:
+            await eu.log_after(5, 100, "eu")
+        assert refused.value.trimmed_to == 8
+        entries, scanned, head = await eu.log_after(8, 100, "eu")
+        assert [e.message.seq for e in entries] == [9, 10] and scanned == head == 10
+        assert await eu.trim_log(50, 100) == LogExtent(10, 10)  # never past the head
+        assert await eu.log_head() == 10  # an empty log keeps its head
+        assert await eu.log_after(10, 100, "eu") == ([], 10, 10)
+        result = await eu.append(send(CONVERSATION, "alice", 11), ("alice", "bob"))
+        assert result.log_position == 11  # positions go on after a full trim
+    finally:
+        await eu.close()
+    again = await _store(tmp_path / "eu.db")
+    try:
+        assert await again.log_extent() == LogExtent(10, 11)
+        with pytest.raises(LogTrimmed):
+            await again.log_after(0, 100, "eu")
+    finally:
+        await again.close()
 
 
 def _group_event(sender: str, cid: int, event: pb.GroupEvent) -> SendRequest:

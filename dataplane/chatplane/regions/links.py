@@ -32,6 +32,7 @@ from chatplane.regions.replication import BeyondLog, Replication
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
 from chatplane.settings import Settings
+from chatplane.storage.base import LogTrimmed
 from chatplane.supervision import Supervisor
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import regions_pb2 as rpb
@@ -180,6 +181,8 @@ class RegionServicer(rgrpc.RegionServicer):
                 yield batch
         except BeyondLog as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except LogTrimmed as exc:  # the reader would miss entries: it must resync
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
     async def Applied(self, request: rpb.AppliedRequest,
                       context: grpc.aio.ServicerContext) -> rpb.AppliedReply:
@@ -217,6 +220,8 @@ class PeerProber:
         self._tasks: list[asyncio.Task[None]] = []
         # per peer, what else /v1/peers shows of it (replication)
         self.extra: Callable[[], dict[str, dict[str, Any]]] = dict
+        # what else /v1/peers shows of this region (its replicated log)
+        self.extra_region: Callable[[], dict[str, Any]] = dict
 
     def channel(self, name: str) -> grpc.aio.Channel:
         """The channel to peer region `name` (shared by every call of the link)."""
@@ -275,7 +280,7 @@ class PeerProber:
         extra = self.extra()
         return {"region": self.me.region, "cluster": self.me.cluster,
                 "protocol": hello.PROTOCOL, "server_id": self.me.server_id,
-                "interval_s": self.interval_s,
+                "interval_s": self.interval_s, **self.extra_region(),
                 "peers": [{**link.view(now), **({"replication": extra[name]}
                                                  if name in extra else {})}
                           for name, link in self.links.items()]}

@@ -12,8 +12,10 @@ stopped or restarted peer, a lost connection, a stream silent past `STALL_S`) is
 reopened from the cursor in storage, so nothing is applied twice or skipped.
 
 What an SRE sees: per peer in `/v1/peers` (`replication`: applied position, the peer's
-head, lag in log positions, last batch, entries applied, last error) and as
-`chatplane_region_replication_*{peer}`.
+head, lag in log positions, last batch, entries applied, last error, whether the peer
+trimmed its log past this region's cursor) and as `chatplane_region_replication_*{peer}`;
+this region's own log (retained entries, trimmed position, who holds the trim back:
+regions/trimming.py) under `log` and as `chatplane_region_log_*`.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ from chatplane import metrics
 from chatplane.protocol.records import from_pb, to_pb
 from chatplane.regions.groupchanges import change_of
 from chatplane.regions.homes import Homes
+from chatplane.regions.trimming import Trimming
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     Home,
     InboxItem,
     LogEntry,
+    LogTrimmed,
     MembershipChange,
     ReplicatedLog,
     Storage,
@@ -55,6 +59,7 @@ BATCH = 256  # log positions per batch
 HEARTBEAT_S = 1.0  # a caught-up stream says so this often (and carries the head)
 STALL_S = 3.0  # no batch (not even a heartbeat) for this long: reopen the stream
 RETRY_S = 0.2
+TRIMMED_RETRY_S = 5.0  # the peer trimmed past our cursor: only a resync helps, ask rarely
 TELL_TIMEOUT_S = 2.0  # one Region.Applied call
 
 # Applied entries go to this region's devices and caches (ImService.replicated).
@@ -77,6 +82,9 @@ class PeerReplication:
     connected: bool = False
     reconnects: int = 0
     error: str = ""
+    # the peer trimmed its log past our cursor (FAILED_PRECONDITION): entries are
+    # missing here and only a resync from a snapshot (not built) brings them
+    trimmed: bool = False
     # set when applied_to moved: the peer is told (Region.Applied, its sync acks wait on it)
     moved: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -89,7 +97,8 @@ class PeerReplication:
                 "connected": self.connected, "entries_applied": self.entries,
                 "last_batch_s_ago": (None if self.last_batch_at is None
                                      else round(now - self.last_batch_at, 3)),
-                "reconnects": self.reconnects, "error": self.error}
+                "reconnects": self.reconnects, "error": self.error,
+                "trimmed_past_cursor": self.trimmed}
 
 
 def _log_of(storage: Storage) -> ReplicatedLog:
@@ -110,6 +119,8 @@ class Replication:
         self.applied = applied
         self.large_above = large_above  # social.large_group_threshold: read diffusion above
         self.peers = {name: PeerReplication() for name in homes.peers}
+        self.trimming = (None if homes.durability is None
+                         else Trimming(self.log, homes.durability))
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- the serving side (Region.Replicate) ---------------------------------
@@ -122,7 +133,13 @@ class Replication:
                 raise BeyondLog(f"after {after} is past this region's log")
         while True:
             changed = self.homes.changed  # taken before reading: no commit is missed
-            entries, scanned_to, head = await self.log.log_after(after, BATCH, self.homes.region)
+            try:
+                entries, scanned_to, head = await self.log.log_after(after, BATCH,
+                                                                     self.homes.region)
+            except LogTrimmed:
+                if self.trimming is not None:
+                    self.trimming.refuse(request.region)
+                raise
             if durability is not None:
                 durability.note_head(head)
             if scanned_to > after:
@@ -151,6 +168,8 @@ class Replication:
                        for name in self.peers]
         self._tasks += [supervisor.spawn(f"applied:{name}", functools.partial(self._tell, name))
                         for name in self.peers]
+        if self.trimming is not None:
+            self._tasks.append(supervisor.spawn("region-log-trim", self.trimming.run))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -166,9 +185,16 @@ class Replication:
             except (grpc.aio.AioRpcError, StorageError, TimeoutError) as exc:
                 error = (f"{exc.code().name}: {exc.details()}"
                          if isinstance(exc, grpc.aio.AioRpcError) else f"{type(exc).__name__}: {exc}")
+                trimmed = (isinstance(exc, grpc.aio.AioRpcError)
+                           and exc.code() is grpc.StatusCode.FAILED_PRECONDITION)
                 if error != state.error:
-                    log.warning("replication from %s stopped: %s", peer, error)
+                    (log.error if trimmed else log.warning)(
+                        "replication from %s stopped: %s", peer, error)
                 state.error = error
+                if trimmed:
+                    state.trimmed = True
+                    state.connected = False
+                    await asyncio.sleep(TRIMMED_RETRY_S)
             except Exception as exc:  # a dead loop would stop replication silently
                 log.exception("replication from %s failed", peer)
                 state.error = f"failed: {exc!r}"
@@ -208,7 +234,7 @@ class Replication:
             stream = call.__aiter__()
             while True:
                 batch = await asyncio.wait_for(stream.__anext__(), STALL_S)
-                state.connected, state.error = True, ""
+                state.connected, state.error, state.trimmed = True, "", False
                 state.peer_head = batch.head
                 state.batches += 1
                 state.last_batch_at = time.time()
@@ -265,6 +291,10 @@ class Replication:
         return {name: {**state.view(now), **({"confirmations": mine[name]} if name in mine else {})}
                 for name, state in self.peers.items()}
 
+    def log_report(self) -> dict[str, Any]:
+        """This region's own log, for `/v1/peers` ("log")."""
+        return {} if self.trimming is None else {"log": self.trimming.report()}
+
     def families(self) -> Iterator[Metric]:
         states = self.peers
         for kind, name, help_text, read in (
@@ -277,6 +307,9 @@ class Replication:
              lambda s: s.last_batch_at or math.nan),
             ("counter", "chatplane_region_replication_applied_total",
              "the peer's messages applied here", lambda s: s.entries),
+            ("gauge", "chatplane_region_replication_trimmed",
+             "1 while the peer refuses our cursor: it trimmed its log past it (resync needed)",
+             lambda s: int(s.trimmed)),
         ):
             yield metrics.labelled(kind, name, help_text, "peer",
                                    {peer: read(s) for peer, s in states.items()})
@@ -297,3 +330,5 @@ class Replication:
                               self.homes.placed)
         if self.homes.durability is not None:
             yield from self.homes.durability.families()
+        if self.trimming is not None:
+            yield from self.trimming.families()
