@@ -53,7 +53,7 @@ class Trimming:
     def held_by(self) -> list[str]:
         """The peers holding the trim back: those at the floor, while the log goes on."""
         floor = self.floor()
-        if floor >= max(self.extent.head, self.durability.head_seen):
+        if floor >= self.current().head:
             return []
         return sorted(name for name, p in self.durability.peers.items() if p.applied_to == floor)
 
@@ -91,8 +91,14 @@ class Trimming:
 
     # -- what an SRE sees ------------------------------------------------------
 
-    def report(self) -> dict[str, Any]:
+    def current(self) -> LogExtent:
+        """The extent as of the last trim pass (at most TRIM_EVERY_S old), with the
+        newest head a send or a peer's read saw since."""
         extent = self.extent
+        return LogExtent(extent.trimmed_to, max(extent.head, self.durability.head_seen))
+
+    def report(self) -> dict[str, Any]:
+        extent = self.current()
         return {"head": extent.head, "trimmed_to": extent.trimmed_to,
                 "entries": extent.retained,
                 "oldest_retained": extent.trimmed_to + 1 if extent.retained else None,
@@ -101,7 +107,7 @@ class Trimming:
                 "error": self.error}
 
     def families(self) -> Iterator[Metric]:
-        extent = self.extent
+        extent = self.current()
         yield metrics.gauge("chatplane_region_log_entries",
                             "entries this region's replicated log retains (not yet applied by"
                             " every peer)", extent.retained)
