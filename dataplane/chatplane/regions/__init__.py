@@ -2,4 +2,5 @@
 with `Region.Hello`; on embedded stores, 1:1 chats and groups have a home region that
 sequences them, other regions forward sends and group changes there and follow its
 replicated log (homes.py, replication.py, groupchanges.py), acked per durability mode
-(durability.py), the log trimmed once every peer applied it (trimming.py). User inboxes, event conversations and failover are not built yet."""
+(durability.py), the log trimmed once every peer applied it (trimming.py). User
+inboxes, event conversations and failover are not built yet."""
