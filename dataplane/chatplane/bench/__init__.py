@@ -38,7 +38,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     direct.add_argument("--admin-url", default="",
                         help="its admin port, for /metrics (default: --url's port + 1)")
     direct.add_argument(
-        "--data-dir", required=True, help="the server's data dir (tokens are minted with its key)"
+        "--data-dir", required=True,
+        help="the server's data dir (tokens are minted with its key; CHATPLANE_TOKEN_SECRET "
+        "or CHATPLANE_TOKEN_KEYS in the environment win, as for the server)",
+    )
+    direct.add_argument(
+        "--receiver-url", default="",
+        help="across regions: the receivers log in at this server (another region peered "
+        "with --url's, sharing its token key: give it as CHATPLANE_TOKEN_SECRET); "
+        "default: --url",
+    )
+    direct.add_argument(
+        "--receiver-admin-url", default="",
+        help="its admin port, where the replication lag is sampled from /metrics "
+        "(default: --receiver-url's port + 1)",
     )
     direct.add_argument("--pairs", type=int, default=100, help="P (default 100)")
     direct.add_argument(

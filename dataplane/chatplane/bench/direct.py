@@ -10,6 +10,12 @@ message. Every client, the sending one too, consumes its `messages()` stream
 into the `DeliveryChecker`; the receiver side also records the latency from the
 send call (a monotonic timestamp carried in the text) to receipt.
 
+Across regions (`--receiver-url`), the receiving side's clients connect to
+another region's server: the latency is then the send call in one region to the
+receipt in the other, and the receiving region's replication lag
+(`chatplane_region_replication_lag_entries` at its /metrics) is sampled every
+`LAG_SAMPLE_S` while load is offered and drained.
+
 Options: several devices per user (each a client that must get every
 message), chaos (abruptly cut a random share of the connections every so many
 seconds while load is offered), and the server's CPU read from its /metrics
@@ -41,6 +47,8 @@ DEVICE = "bench"
 _STOP = -1  # queue sentinel: the sender loop exits
 CPU_METRIC = "chatplane_process_cpu_seconds_total"
 HISTORY_PAGE = 50  # messages per conversation pulled back at the end
+LAG_METRIC = "chatplane_region_replication_lag_entries"
+LAG_SAMPLE_S = 0.25  # a /metrics read of the receiving region this often
 
 
 class SetupError(RuntimeError):
@@ -84,6 +92,7 @@ class DirectConfig:
     devices: int = 1  # devices per user; each must get every message (own sends too)
     ca: str = ""  # PEM CA to verify an https:// server with (else the system CAs)
     server_pid: int = 0  # > 0: read the server's CPU from /proc/PID/stat, not /metrics
+    lag_metrics_url: str = ""  # the receiving region's admin URL: sample its replication lag
 
 
 async def _no_gate() -> None:
@@ -116,9 +125,12 @@ class _Pair:
 class DirectRun:
     """State of one W1 run in this process; `run()` returns its result dict."""
 
-    def __init__(self, config: DirectConfig, connect: Connector, on_progress: Progress) -> None:
+    def __init__(self, config: DirectConfig, connect: Connector, on_progress: Progress,
+                 receive_connect: Connector | None = None) -> None:
         self.cfg = config
         self.connector = connect
+        # the receiving side's clients: another region's server, or the same as the senders'
+        self.receive_connector = receive_connect or connect
         self.on_progress = on_progress
         self.checker = DeliveryChecker()
         self.hist = LatencyHistogram()  # send call -> receipt at the receiving side
@@ -137,6 +149,7 @@ class DirectRun:
         self.server_cpu_s: float | None = None
         self.pad = "x" * max(0, config.size - 24)
         self.errors: list[str] = []
+        self.lag_samples: list[float] = []  # the receiving region's replication lag, entries
 
     # -- setup ---------------------------------------------------------------
     async def _connect_pair(self, i: int, gate: asyncio.Semaphore) -> _Pair:
@@ -147,7 +160,8 @@ class DirectRun:
             for k in range(max(1, self.cfg.devices)):
                 device = DEVICE if k == 0 else f"{DEVICE}{k}"
                 for user, is_receiver in ((s_user, False), (r_user, True)):
-                    client = self.connector(user, device)
+                    make = self.receive_connector if is_receiver else self.connector
+                    client = make(user, device)
                     self.clients.append(client)
                     devices.append((user, device, client, is_receiver))
             await asyncio.gather(*(d[2].connect() for d in devices))
@@ -265,6 +279,24 @@ class DirectRun:
                 client.abort_connection()
                 self.cuts += 1
 
+    async def _sample_lag(self) -> None:
+        """The receiving region's replication lag, summed over its peers, every
+        LAG_SAMPLE_S (a read that fails or lacks the metric is skipped)."""
+        while True:
+            found = await scrape.read(self.cfg.lag_metrics_url, self.cfg.ca)
+            values = [v for k, v in found.items() if k.split("{", 1)[0] == LAG_METRIC]
+            if values:
+                self.lag_samples.append(sum(values))
+            await asyncio.sleep(LAG_SAMPLE_S)
+
+    def lag_summary(self) -> dict[str, Any] | None:
+        if not self.lag_samples:
+            return None
+        ordered = sorted(self.lag_samples)
+        p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        return {"samples": len(ordered), "max": ordered[-1], "p99": p99,
+                "mean": round(sum(ordered) / len(ordered), 2)}
+
     async def _check_history(self) -> None:
         """Roaming: each receiver pulls the last page of its conversation, which
         must hold exactly what was acked and delivered at those seqs."""
@@ -297,6 +329,7 @@ class DirectRun:
         receivers: list[asyncio.Task[None]] = []
         senders: list[asyncio.Task[None]] = []
         progress: asyncio.Task[None] | None = None
+        sampler: asyncio.Task[None] | None = None
         thresholds = gc.get_threshold()
         try:
             await self._connect_all()
@@ -317,6 +350,8 @@ class DirectRun:
             bench_cpu0 = time.process_time()
             progress = asyncio.create_task(self._report_progress())
             chaos = asyncio.create_task(self._cut()) if cfg.cut_every > 0 else None
+            if cfg.lag_metrics_url:
+                sampler = asyncio.create_task(self._sample_lag())
             await self._pace()
             if chaos is not None:
                 chaos.cancel()
@@ -331,6 +366,8 @@ class DirectRun:
                 _, pending = await asyncio.wait(senders, timeout=cfg.drain_timeout)
                 self.unacked = len(pending)
             await self._wait_delivered(deadline)
+            if sampler is not None:
+                sampler.cancel()
             self.cpu_s = time.process_time() - bench_cpu0
             cpu_after = await server_cpu(cfg.metrics_url, cfg.ca, cfg.server_pid)
             if cpu_before is not None and cpu_after is not None:
@@ -340,7 +377,7 @@ class DirectRun:
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()
-            for task in [*senders, *receivers, *([progress] if progress else [])]:
+            for task in [*senders, *receivers, *(t for t in (progress, sampler) if t)]:
                 task.cancel()
             for task in [*senders, *receivers]:
                 with contextlib.suppress(BaseException):
@@ -377,6 +414,7 @@ class DirectRun:
             "server_cpu_s": None if self.server_cpu_s is None else round(self.server_cpu_s, 3),
             "bench_loop_lag": self.loop_lag.to_dict(),
             "errors": self.errors,
+            "replication_lag": self.lag_summary(),
             "latency": self.hist.to_dict(),
             "ack_latency": self.ack_hist.to_dict(),
             "verdict": verdict.to_dict(),

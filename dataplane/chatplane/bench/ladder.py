@@ -72,11 +72,14 @@ async def _base_spec(args: argparse.Namespace, transport: str) -> dict[str, Any]
         "client": args.client,
         "uvloop": not args.no_uvloop,
         "ca": args.ca,
+        "receiver_url": args.receiver_url,
     }
     if args.client == "lean":
         from chatplane.bench.leanclient import tcp_endpoint
 
         spec["tcp"] = list(await tcp_endpoint(args.url))
+        if args.receiver_url:
+            spec["receiver_tcp"] = list(await tcp_endpoint(args.receiver_url))
     return spec
 
 
@@ -92,7 +95,10 @@ def _one_run(
     use_uvloop = bool(spec["uvloop"])
     if procs == 1:
         connector = spread.connector_for(spec)
-        return spread.run_loop(spread.run_local(cfg, connector, on_progress), use_uvloop)
+        receive = spread.connector_for(spec, receiving=True)
+        return spread.run_loop(
+            spread.run_local(cfg, connector, on_progress, receive_connector=receive), use_uvloop
+        )
     return spread.run_loop(spread.run_spread(cfg, spec, procs, on_progress), use_uvloop)
 
 
@@ -153,6 +159,7 @@ def run_direct_command(args: argparse.Namespace) -> int:
         "cut_every_s": max(0.0, args.cut_every),
         "tls": args.url.startswith("https://"),
         "server_cpu_source": f"/proc/{pid}/stat" if pid else "/metrics",
+        "receiver_url": args.receiver_url or args.url,
     }
     rungs: list[dict[str, Any]] = []
     for rate in rates:
@@ -169,6 +176,10 @@ def run_direct_command(args: argparse.Namespace) -> int:
             metrics_url=scrape.admin_url(args.url, args.admin_url),
             ca=args.ca,
             server_pid=pid,
+            lag_metrics_url=(
+                scrape.admin_url(args.receiver_url, args.receiver_admin_url)
+                if args.receiver_url else ""
+            ),
             user_prefix=f"w1{secrets.token_hex(3)}",  # fresh users: no history from earlier runs
         )
         try:

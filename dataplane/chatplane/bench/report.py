@@ -67,6 +67,8 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out["duration_s"] = max(p.get("duration_s", 0) for p in parts)
     out["max_queue_delay_us"] = max(p.get("max_queue_delay_us", 0) for p in parts)
     out["errors"] = [e for p in parts for e in p.get("errors", [])][:10]
+    lags = [p["replication_lag"] for p in parts if p.get("replication_lag")]
+    out["replication_lag"] = lags[0] if lags else None  # only the first slice samples it
     out["latency"] = merge_latency(p.get("latency", {}) for p in parts).to_dict()
     out["ack_latency"] = merge_latency(p.get("ack_latency", {}) for p in parts).to_dict()
     out["bench_loop_lag"] = merge_latency(p.get("bench_loop_lag", {}) for p in parts).to_dict()
@@ -204,6 +206,14 @@ def table(pub: dict[str, Any]) -> str:
             "bench lag",
             f"event loop woke late by p99 {pub['bench_loop_lag_ms']['p99_ms']} ms, "
             f"max {pub['bench_loop_lag_ms']['max_ms']} ms (machine noise + bench load)",
+        ),
+        (
+            "repl lag",
+            "not sampled (no --receiver-url, or no lag metric at its /metrics)"
+            if not pub.get("replication_lag")
+            else f"max={pub['replication_lag']['max']:g} p99={pub['replication_lag']['p99']:g} "
+            f"mean={pub['replication_lag']['mean']:g} entries over "
+            f"{pub['replication_lag']['samples']} samples of the receiving region's /metrics",
         ),
         ("reconnects", f"{pub.get('reconnects')} (connections cut by the bench: {pub.get('cuts', 0)})"),
         (

@@ -27,13 +27,25 @@ T = TypeVar("T")
 
 
 def token_signer(data_dir: str) -> Any:
-    """The server's token signer, read from its data dir (SetupError if it cannot be)."""
+    """The server's token signer, as `chatplane token` finds it: the key set of the
+    environment (CHATPLANE_TOKEN_KEYS_FILE, CHATPLANE_TOKEN_KEYS, CHATPLANE_TOKEN_SECRET:
+    what peer regions share, so one signer mints for every region), else the key file
+    in the server's data dir (SetupError if it cannot be read)."""
     from pathlib import Path
 
+    from chatplane import settings as settings_mod
     from chatplane.auth import TOKEN_KEY_FILE, TokenSigner
 
+    try:
+        settings = settings_mod.load({"storage": {"data_dir": data_dir}})
+        configured = settings.tokens.keys_file or settings.tokens.keys or settings.server.token_secret
+        if configured:
+            return TokenSigner.configured(settings)
+    except (settings_mod.SettingsError, OSError, ValueError) as exc:
+        raise SetupError(f"cannot read the token keys of the environment: {exc}") from exc
     if not (Path(data_dir) / TOKEN_KEY_FILE).is_file():
-        raise SetupError(f"no {TOKEN_KEY_FILE} in {data_dir}: give the server's --data-dir")
+        raise SetupError(f"no {TOKEN_KEY_FILE} in {data_dir}: give the server's --data-dir "
+                         "(or its CHATPLANE_TOKEN_SECRET in the environment)")
     try:
         return TokenSigner.from_data_dir(data_dir)
     except (OSError, ValueError) as exc:
@@ -52,14 +64,18 @@ def sdk_connector(url: str, data_dir: str, transport: str, ca: str = "") -> Conn
     return make
 
 
-def connector_for(spec: dict[str, Any]) -> Connector:
-    """The clients a run spec asks for: `lean` (raw TCP at spec["tcp"]) or the `sdk`."""
+def connector_for(spec: dict[str, Any], receiving: bool = False) -> Connector:
+    """The clients a run spec asks for: `lean` (raw TCP at spec["tcp"]) or the `sdk`;
+    `receiving`: the receiving side's, at spec["receiver_url"] (and "receiver_tcp")
+    when the spec names another region's server."""
+    across = receiving and bool(spec.get("receiver_url"))
     if spec.get("client", "sdk") == "lean":
         from chatplane.bench.leanclient import lean_connector
 
-        host, port = spec["tcp"]
+        host, port = spec["receiver_tcp" if across else "tcp"]
         return lean_connector(host, int(port), spec["data_dir"])
-    return sdk_connector(spec["url"], spec["data_dir"], spec["transport"], spec.get("ca", ""))
+    url = spec["receiver_url"] if across else spec["url"]
+    return sdk_connector(url, spec["data_dir"], spec["transport"], spec.get("ca", ""))
 
 
 def run_loop(main: Coroutine[Any, Any, T], use_uvloop: bool = True) -> T:
@@ -79,8 +95,9 @@ async def run_local(
     connector: Connector,
     on_progress: Progress,
     start_gate: Callable[[], Awaitable[None]] | None = None,
+    receive_connector: Connector | None = None,
 ) -> dict[str, Any]:
-    run = DirectRun(cfg, connector, on_progress)
+    run = DirectRun(cfg, connector, on_progress, receive_connector)
     if start_gate is None:
         return await run.run()
     return await run.run(start_gate)
@@ -94,6 +111,7 @@ def _slice(cfg: DirectConfig, index: int, count: int) -> DirectConfig:
         rate=cfg.rate * pairs / cfg.pairs,
         user_prefix=f"{cfg.user_prefix}p{index}",
         metrics_url=cfg.metrics_url if index == 0 else "",  # one reading, not one per slice
+        lag_metrics_url=cfg.lag_metrics_url if index == 0 else "",
     )
 
 
@@ -188,7 +206,8 @@ async def _worker(spec: dict[str, Any]) -> None:
         if line.strip() != "go":
             raise RuntimeError("bench worker: no go from the parent")
 
-    result = await run_local(cfg, connector, lambda snap: _emit({"progress": snap}), gate)
+    receive = connector_for({**spec, "ca": cfg.ca}, receiving=True)
+    result = await run_local(cfg, connector, lambda snap: _emit({"progress": snap}), gate, receive)
     _emit({"result": result})
 
 
