@@ -9,6 +9,7 @@ the gateway, and a remote im (gRPC) forwards bytes.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,11 @@ from chatplane.v1 import services_pb2 as spb
 
 if TYPE_CHECKING:
     from chatplane.im.service import ImService
+
+# while set (a list), `ImService.send` leaves the durability wait of what it
+# sequenced as home to its caller (`handle_sends`): (conversation, log position)
+SETTLE_LATER: contextvars.ContextVar[list[tuple[str, int]] | None] = contextvars.ContextVar(
+    "settle_later", default=None)
 
 Handler = Callable[["ImService", str, str, pb.Frame], Awaitable[pb.Frame]]
 HANDLERS: dict[str, Handler] = {}
@@ -82,21 +88,33 @@ async def handle_sends(im: ImService, user_id: str, device_id: str,
     device's resend from c cannot land behind them. A frame that failed
     admission (an Error frame) is its own reply; only sends are served."""
     replies: list[pb.Frame] = []
-    for i, frame in enumerate(frames):
-        kind = frame.WhichOneof("body")
-        if kind == "error":
-            reply = frame
-        elif kind != "send":
-            reply = error_frame(frame.id, ErrorCode.INVALID_ARGUMENT, f"{kind} is not a send")
-        else:
-            reply = await handle(im, user_id, device_id, frame)
-        replies.append(reply)
-        if reply.WhichOneof("body") == "error" and reply.error.retriable:
-            code = ErrorCode(reply.error.code)
-            cid = frame.send.cid
-            replies += [error_frame(later.id, code, f"after failed send cid {cid}; resend from it")
-                        for later in frames[i + 1:]]
-            break
+    appended: list[tuple[str, int]] = []
+    deferring = SETTLE_LATER.set(appended)
+    try:
+        for i, frame in enumerate(frames):
+            kind = frame.WhichOneof("body")
+            if kind == "error":
+                reply = frame
+            elif kind != "send":
+                reply = error_frame(frame.id, ErrorCode.INVALID_ARGUMENT, f"{kind} is not a send")
+            else:
+                reply = await handle(im, user_id, device_id, frame)
+            replies.append(reply)
+            if reply.WhichOneof("body") == "error" and reply.error.retriable:
+                code = ErrorCode(reply.error.code)
+                cid = frame.send.cid
+                replies += [error_frame(later.id, code,
+                                        f"after failed send cid {cid}; resend from it")
+                            for later in frames[i + 1:]]
+                break
+    finally:
+        SETTLE_LATER.reset(deferring)
+    if appended:  # sync durability: one wait for the batch
+        try:
+            await im.settle(appended)
+        except ProtocolError as exc:  # stored, not confirmed: the device resends them all
+            replies = [error_frame(reply.id, exc.code, exc.message)
+                       if reply.WhichOneof("body") == "send_ack" else reply for reply in replies]
     return replies
 
 

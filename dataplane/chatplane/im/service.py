@@ -519,8 +519,24 @@ class ImService:
             if not result.duplicate:
                 self.homes.committed()
             # a resend's duplicate waits too: its original may never have been confirmed
-            await self.homes.settle(conversation_id, result.log_position)
+            batch = requests.SETTLE_LATER.get()
+            if batch is not None:  # im/requests.py's handle_sends settles them at once
+                batch.append((conversation_id, result.log_position))
+            else:
+                await self.homes.settle(conversation_id, result.log_position)
         return result
+
+    async def settle(self, appended: Sequence[tuple[str, int]]) -> None:
+        """Sends appended here as home, deferred by requests.SETTLE_LATER: once settled at
+        the furthest log position of each conversation (so one device's pipelined
+        sends wait one cross-region round trip in sync, not one each)."""
+        if self.homes is None:
+            return
+        furthest: dict[str, int] = {}
+        for conversation_id, position in appended:
+            furthest[conversation_id] = max(furthest.get(conversation_id, 0), position)
+        for conversation_id, position in furthest.items():
+            await self.homes.settle(conversation_id, position)
 
     async def replicated(self, messages: Sequence[StoredMessage],
                          items: Sequence[InboxItem]) -> None:
