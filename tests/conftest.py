@@ -23,7 +23,9 @@ FIRST_GROUPS = ("node", "cql")
 def _group(item: pytest.Item) -> str:
     if item.get_closest_marker("node") is not None:
         return "node"
-    if "cql_server" in getattr(item, "fixturenames", ()):
+    # the CQL server's tests, also those that take it through a parametrized fixture
+    # (their scylla param is marked cql) rather than by name
+    if "cql_server" in getattr(item, "fixturenames", ()) or item.get_closest_marker("cql"):
         return "cql"
     return item.nodeid.split("::")[0]  # a file: its module fixtures start once
 
