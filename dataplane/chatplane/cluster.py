@@ -84,6 +84,7 @@ class Member:
     admin_port: int = 0  # admin API, /metrics, /admin/drain (rpc/adminport.py)
     proc: subprocess.Popen[bytes] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+    log_from: int = 0  # where this start's output begins in its log (appended across starts)
 
     @property
     def url(self) -> str:
@@ -110,6 +111,7 @@ class Cluster:
         self._redis: subprocess.Popen[bytes] | None = None
         self.extra_env = env or {}
         self.storage = storage
+        self.ipconf_fixed = bool(ipconf_port)  # --port: the one address the user was told
         self.members: dict[str, Member] = {}
         plan = [("state", states), ("im", ims), ("gateway", gateways), ("ipconf", 1)]
         for kind, count in plan:
@@ -183,6 +185,7 @@ class Cluster:
         m = self.members[name]
         m.ready.clear()
         out = (self.logs / f"{name}.log").open("ab")
+        m.log_from = out.tell()
         m.proc = subprocess.Popen(
             watched([sys.executable, "-m", "chatplane.cli", "--log-level", "WARNING", m.kind]),
             stdout=subprocess.PIPE, stderr=out, stdin=subprocess.DEVNULL, env=self._env(m),
@@ -201,10 +204,13 @@ class Cluster:
             self.wait_ready([name], wait_s)
 
     def _moved(self, m: Member) -> bool:
-        """A port of `m` was taken meanwhile (a client's ephemeral port):
-        give it new ones and start it again, once."""
-        log = (self.logs / f"{m.name}.log").read_text(errors="replace")
-        if "address already in use" not in log[-500:] or m.kind == "ipconf":
+        """A port of `m` was taken meanwhile (a client's ephemeral port, or
+        another process handing out ports, e.g. a second test worker): give it
+        new ones and start it again, once (ipconf too, unless --port fixed it)."""
+        with (self.logs / f"{m.name}.log").open("rb") as log:
+            log.seek(m.log_from)  # this start's output (a traceback may follow the error)
+            said = log.read().decode(errors="replace")
+        if "address already in use" not in said or (m.kind == "ipconf" and self.ipconf_fixed):
             return False
         m.http_port = free_port_pair()
         m.grpc_port = free_port() if m.grpc_port else 0

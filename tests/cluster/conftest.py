@@ -71,6 +71,40 @@ def connections(cluster: Cluster, name: str) -> int:
     return int(get_json(cluster.members[name].admin_url + "/admin/drain")["connections"])  # type: ignore[call-overload]
 
 
+async def connect_spread(cluster: Cluster, make: Callable[[], Client],
+                         timeout_s: float = 30.0) -> Client:
+    """A client from `make`, connected through dispatch to a gateway that has
+    the fewest connections, for tests whose devices must be on every gateway.
+    Dispatch places a client before its first login at random, and away from
+    a gateway whose CPU reads busier (a machine's load, or the gateway's own
+    first logins, can do that for a second): so a client that lands where
+    enough are already is closed and a new one made (never a reconnect),
+    until the deadline, after which it stays where it landed."""
+    names = cluster.names("gateway")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+
+    async def counts(total: int) -> dict[str, int]:
+        """Connections per gateway, once they add up to `total` (a login is
+        counted, a close is gone)."""
+        while True:
+            found = {g: connections(cluster, g) for g in names}
+            if sum(found.values()) == total or loop.time() > deadline + 10:
+                return found
+            await asyncio.sleep(0.05)
+
+    before = await counts(sum(connections(cluster, g) for g in names))
+    while True:
+        client = make()
+        await client.connect()
+        after = await counts(sum(before.values()) + 1)
+        landed = [g for g in names if after[g] > before[g]]
+        if (landed and before[landed[0]] == min(before.values())) or loop.time() > deadline:
+            return client
+        await client.close()
+        await counts(sum(before.values()))
+
+
 def metric(cluster: Cluster, name: str, metric_name: str) -> float:
     with urllib.request.urlopen(cluster.members[name].admin_url + "/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():

@@ -7,6 +7,7 @@ check of large groups; a kill -9 of a gateway costs nothing but a resume."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
@@ -14,7 +15,7 @@ from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
 from chatplane.cluster import Cluster
 from chatplane.registry.ring import HashRing
-from tests.cluster.conftest import ClusterFactory, connections, metric
+from tests.cluster.conftest import ClusterFactory, connect_spread, connections, metric
 from tests.support.social import befriend
 from tests.support.traffic import Device, send_many
 
@@ -29,9 +30,9 @@ async def _online(cluster: Cluster, checker: DeliveryChecker, users: list[str],
     for i, user in enumerate(users):
         for name in ("phone", "tablet")[:devices_of]:
             # TCP devices take the group writer's path (gateway/bulk.py), WebSocket the loop's
-            client = Client(cluster.dispatch_url, cluster.signer.mint(user, name),
-                            transport=("ws", "tcp")[i % 2])
-            await client.connect()
+            client = await connect_spread(cluster, functools.partial(
+                Client, cluster.dispatch_url, cluster.signer.mint(user, name),
+                transport=("ws", "tcp")[i % 2]))
             device = Device(client, user, name, checker, defer=True)
             device.start()
             made.append(device)

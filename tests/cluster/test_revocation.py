@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 import redis
 
+from chatplane import revocations
 from chatplane.client import Client
 from chatplane.protocol.errors import ErrorCode, RequestError
 from tests.cluster.conftest import ClusterFactory
@@ -53,8 +54,14 @@ async def test_a_revoked_device_is_closed_by_the_gateway_tier(
         if message.seq == ack.seq:
             break
     # Redis loses everything; gateways started afterwards still refuse the token
-    redis.Redis.from_url(redis_server.url).flushall()
-    await asyncio.sleep(3.5)  # the im tier copies storage back every session_check_s / 2
+    copy = redis.Redis.from_url(redis_server.url)
+    copy.flushall()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not copy.hlen(revocations.REDIS_KEY):  # copied back every session_check_s / 2
+        assert loop.time() < deadline, "the im tier did not copy the revocations back"
+        await asyncio.sleep(0.1)
+    copy.close()
     for name in cluster.names("gateway"):
         cluster.kill(name)
         cluster.start_member(name)

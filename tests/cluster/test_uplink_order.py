@@ -14,8 +14,8 @@ SENDERS, ROUNDS, WINDOW = 8, 6, 32
 
 
 async def test_pipelined_sends_keep_cid_order(make_cluster: ClusterFactory) -> None:
-    # the tests' 1 s call deadline is about failover; 32 sends on a cold im
-    # took longer at load 12 and came back "retry", which is not what this tests
+    # nothing fails here: a longer RPC deadline than the cluster tests' 1 s, so that a
+    # loaded machine (two test workers) answers these 256 sends late, not "retry"
     cluster = make_cluster(env={"CHATPLANE_RPC_DEADLINE_S": "5"})
     checker = DeliveryChecker()
     await pipeline_into_fresh_conversations(cluster.members["gw-1"].tcp_port, cluster.signer,

@@ -51,10 +51,19 @@ def operator_release(node: Kubectl) -> Iterator[None]:
     if not HELM.exists():
         pytest.skip("helm not built: run scripts/setup/30-kube.sh")
     env = {**os.environ, "KUBECONFIG": str(node.kubeconfig)}
-    subprocess.run([str(HELM), "upgrade", "--install", "chatplane", str(ROOT / "charts" / "chatplane"),
-                    "-n", "chatplane-system", "--create-namespace",
-                    "--set", "image.pullPolicy=Never", "--wait", "--timeout", "180s"],
-                   check=True, env=env, capture_output=True, timeout=240)
+    done = subprocess.run([str(HELM), "upgrade", "--install", "chatplane",
+                           str(ROOT / "charts" / "chatplane"), "-n", "chatplane-system",
+                           "--create-namespace", "--set", "image.pullPolicy=Never", "--wait",
+                           "--timeout", "180s"], env=env, capture_output=True, text=True,
+                          timeout=240)
+    if done.returncode != 0:  # say why: the operator pod's state and events
+        try:
+            seen = (node.run("get", "pods", "-n", "chatplane-system", "-o", "wide")
+                    + node.run("get", "events", "-n", "chatplane-system",
+                               "--sort-by=.lastTimestamp")[-3000:])
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            seen = str(exc)
+        pytest.fail(f"helm install failed: {done.stderr.strip()[-2000:]}\n{seen}")
     try:
         yield
     finally:

@@ -79,7 +79,7 @@ def test_three_devices_chat_through_drops_and_reloads(web_server: ServerProcess)
             bob.wait_for_texts(sent)
 
             bob2.context.set_offline(False)
-            bob2.wait_online(timeout_ms=20_000)
+            bob2.wait_online(timeout_ms=30_000)  # its backoff may be at 10 s by now
             bob2.wait_for_texts(sent)
             check_same_conversation([alice, bob, bob2], sent)
 

@@ -51,7 +51,18 @@ const delivered: string[] = [];
     const c = active ? conversations.get(active) : undefined;
     return c ? seqsOf(c).map((seq) => [seq, describe(c.messages.get(seq)!)]) : [];
   },
-  drop: () => (client?.leader as unknown as { socket: WebSocket | null })?.socket?.close(),
+  // The connection lost as a network drop loses it: the SDK learns of it at once. A plain
+  // close() waits for the server's closing reply, which an offline page never reads once
+  // anything arrived after it went offline (Chromium then waits a minute for it).
+  drop: () => {
+    const socket = (client?.leader as unknown as { socket: WebSocket | null })?.socket;
+    if (!socket) return;
+    const lost = socket.onclose;
+    socket.onclose = null;
+    socket.onmessage = null;
+    socket.close();
+    lost?.call(socket, new CloseEvent("close", { wasClean: false }));
+  },
 };
 
 function tokenIdentity(token: string): { user: string; device: string } {
