@@ -22,10 +22,9 @@ import pytest
 
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
-from chatplane.client import Client
 from chatplane.v1 import regions_pb2 as rpb
 from chatplane.v1 import regions_pb2_grpc
-from tests.support.regions import SHARED_KEY, RegionProcess, two_regions, wait_for
+from tests.support.regions import SHARED_KEY, RegionProcess, region_device, two_regions, wait_for
 from tests.support.traffic import Device, send_many
 
 pytestmark = pytest.mark.slow
@@ -61,13 +60,7 @@ async def _until(check: Callable[[], object], timeout_s: float, what: str) -> No
         await asyncio.sleep(0.05)
 
 
-async def _device(region: RegionProcess, user: str, device: str, checker: DeliveryChecker,
-                  timeout_s: float = 20) -> Device:
-    client = Client(region.url, signer.mint(user, device), request_timeout_s=timeout_s)
-    await client.connect()
-    dev = Device(client, user, device, checker)
-    dev.start()
-    return dev
+_device = region_device
 
 
 async def _pairs(eu: RegionProcess, us: RegionProcess, checker: DeliveryChecker,

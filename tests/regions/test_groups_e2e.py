@@ -19,9 +19,8 @@ import pytest
 
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
-from chatplane.client import Client
 from chatplane.protocol.errors import ErrorCode, RequestError
-from tests.support.regions import SHARED_KEY, RegionProcess, two_regions, wait_for
+from tests.support.regions import SHARED_KEY, RegionProcess, region_device, two_regions, wait_for
 from tests.support.traffic import Device, send_many, wait_until_received
 
 pytestmark = pytest.mark.slow
@@ -39,14 +38,8 @@ def regions(tmp_path: Path) -> Iterator[tuple[RegionProcess, RegionProcess]]:
         yield eu, us
 
 
-async def _device(region: RegionProcess, user: str, device: str,
-                  checker: DeliveryChecker) -> Device:
-    client = Client(region.url, signer.mint(user, device), request_timeout_s=20)
-    await client.connect()
-    # receipts judged at the end: a group's creation arrives before the test knows its id
-    dev = Device(client, user, device, checker, defer=True)
-    dev.start()
-    return dev
+# receipts judged at the end: a group's creation arrives before the test knows its id
+_device = functools.partial(region_device, defer=True)
 
 
 def _metric(region: RegionProcess, name: str) -> float:

@@ -19,8 +19,7 @@ import pytest
 
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
-from chatplane.client import Client
-from tests.support.regions import SHARED_KEY, RegionProcess, two_regions, wait_for
+from tests.support.regions import SHARED_KEY, RegionProcess, region_device, two_regions, wait_for
 from tests.support.traffic import Device, send_many, wait_until_received
 
 pytestmark = pytest.mark.slow
@@ -40,13 +39,7 @@ def _sees(region: RegionProcess, peer: str) -> bool:
     return bool(region.peers()[peer]["ok"])
 
 
-async def _device(region: RegionProcess, user: str, device: str,
-                  checker: DeliveryChecker) -> Device:
-    client = Client(region.url, signer.mint(user, device), request_timeout_s=20)
-    await client.connect()
-    dev = Device(client, user, device, checker)
-    dev.start()
-    return dev
+_device = region_device
 
 
 def _replication(region: RegionProcess, peer: str) -> dict[str, Any]:

@@ -22,8 +22,7 @@ import pytest
 
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
-from chatplane.client import Client
-from tests.support.regions import SHARED_KEY, RegionProcess, two_regions, wait_for
+from tests.support.regions import SHARED_KEY, RegionProcess, region_device, two_regions, wait_for
 from tests.support.traffic import Device, send_many
 
 pytestmark = pytest.mark.slow
@@ -74,13 +73,7 @@ def _all_trimmed(region: RegionProcess, head: int = 1) -> dict[str, Any] | None:
     return log if log["head"] >= head and log["entries"] == 0 else None
 
 
-async def _device(region: RegionProcess, user: str, device: str,
-                  checker: DeliveryChecker) -> Device:
-    client = Client(region.url, signer.mint(user, device), request_timeout_s=20)
-    await client.connect()
-    dev = Device(client, user, device, checker)
-    dev.start()
-    return dev
+_device = region_device
 
 
 async def _chat(a: Device, b: Device, checker: DeliveryChecker) -> str:

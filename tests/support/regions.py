@@ -15,7 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from chatplane.auth import TokenSigner
+from chatplane.checker import DeliveryChecker
+from chatplane.client import Client
 from tests.support.server import ServerProcess, free_port
+from tests.support.traffic import Device
 
 SHARED_KEY = "a-token-key-every-region-shares"
 FAST_PROBES = {"CHATPLANE_PEER_PROBE_S": "0.2", "CHATPLANE_PEER_TIMEOUT_S": "0.5"}
@@ -106,3 +110,16 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
             return last
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+async def region_device(region: RegionProcess, user: str, device: str,
+                        checker: DeliveryChecker, *, timeout_s: float = 20.0,
+                        defer: bool = False) -> Device:
+    """An SDK device of `user` logged in at `region` with a token of the shared key,
+    started (its receipts go to `checker`; `defer`: judged at the end)."""
+    client = Client(region.url, TokenSigner(SHARED_KEY).mint(user, device),
+                    request_timeout_s=timeout_s)
+    await client.connect()
+    dev = Device(client, user, device, checker, defer=defer)
+    dev.start()
+    return dev
