@@ -11,7 +11,7 @@ import grpc
 
 from chatplane.regions.durability import Durability
 from chatplane.regions.homes import Homes
-from chatplane.regions.trimming import Trimming
+from chatplane.regions.trimming import NOT_A_PEER, Trimming
 from chatplane.storage.base import CONVERSATION_HOME, Home, LogExtent
 from chatplane.storage.sqlite import SqliteStorage
 from tests.storage.test_conformance import send
@@ -49,6 +49,10 @@ async def test_every_peer_must_confirm_before_an_entry_is_trimmed(tmp_path: Path
         # no peer at all: nothing says the entries are anywhere else
         alone = Trimming(storage, Durability.of("async", 1.0, storage, []))
         assert alone.floor() == 0
+        # refused reads are counted per configured peer; any other name under one key
+        for name in ("us", "us", *(f"forged-{i}" for i in range(100))):
+            trimming.refuse(name)
+        assert trimming.report()["refused_reads"] == {"us": 2, NOT_A_PEER: 100}
     finally:
         await storage.close()
 

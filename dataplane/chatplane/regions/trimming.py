@@ -32,6 +32,7 @@ log = logging.getLogger("chatplane.regions")
 
 TRIM_EVERY_S = 1.0  # how often the floor is looked at
 TRIM_BATCH = 10_000  # log positions deleted per transaction (the writer serves sends between)
+NOT_A_PEER = "(not a configured peer)"  # where refused reads of other callers are counted
 
 
 @dataclass
@@ -58,7 +59,10 @@ class Trimming:
         return sorted(name for name, p in self.durability.peers.items() if p.applied_to == floor)
 
     def refuse(self, region: str) -> None:
-        """A reader asked for positions already trimmed."""
+        """A reader asked for positions already trimmed (counted per configured peer;
+        any other name a caller gives goes under one key, so callers cannot grow it)."""
+        if region not in self.durability.peers:
+            region = NOT_A_PEER
         if region not in self.refused:
             log.error("region %s asked for log positions trimmed here (up to %d): it must"
                       " resync from a snapshot", region, self.extent.trimmed_to)
