@@ -115,9 +115,10 @@ async def test_orchestrator_upgrades_every_gateway_without_loss(
           f"peak {peak} logins/s at rate {RATE:g}, events: {outcome.events}")
     assert peak <= RATE * 1.3 + 10, f"{peak} logins in one second at a rate of {RATE}"
     assert meter.total() >= 0.9 * moved - len(chat.devices)
-    # total time: about connections / rate (plus three gateway restarts)
+    # total time: about connections / rate, plus three gateway restarts (up to 10 s
+    # each with two test workers on two cores: 21.6 s for 4.1 s of drain once at 5 s)
     expected = moved / RATE
-    assert 0.7 * expected <= outcome.seconds <= expected + 3 * 5, (
+    assert 0.7 * expected <= outcome.seconds <= expected + 3 * 10, (
         f"{moved} connections at {RATE}/s took {outcome.seconds:.1f}s")
     beat.cancel()
     await chat.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sqlite3
 import time
@@ -46,6 +47,10 @@ class FuzzRun:
     # -- lifecycle --------------------------------------------------------------
 
     def start(self) -> None:
+        # what earlier tests in this worker left for the collector (aiohttp's "Unclosed
+        # client session" is logged at ERROR when one is collected) is collected now,
+        # before this run's own errors are watched
+        gc.collect()
         logging.getLogger().addHandler(self.errors)
         self.loop.set_exception_handler(self.errors.loop_exception)
         self.loop.run_until_complete(self._start())
