@@ -39,6 +39,7 @@ from chatplane.rpc import serving
 from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers, parse_addrs
+from chatplane.rpc.serving import refuse_out_of_bounds
 from chatplane.settings import Settings
 from chatplane.state.client import DeliveryOutbox, StateLinks
 from chatplane.storage import archiving
@@ -49,14 +50,6 @@ from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
 log = logging.getLogger("chatplane.im")
-
-
-async def _refuse_out_of_bounds(context: grpc.aio.ServicerContext, call: str,
-                                request: object) -> None:
-    """Abort a call whose fields are out of bounds (protocol/bounds.py)."""
-    out_of_bounds = bounds.call_problem(call, request)
-    if out_of_bounds is not None:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
 
 
 class ImServicer(sgrpc.ImServicer):
@@ -82,7 +75,7 @@ class ImServicer(sgrpc.ImServicer):
         that order (a resend of the whole batch, after a failover, is
         answered with the original acks of what was already stored)."""
         with tracing.serving("im.HandleSends"):
-            await _refuse_out_of_bounds(context, "handle_sends", request)
+            await refuse_out_of_bounds(context, "handle_sends", request)
             frames = [requests.admit(spb.ClientRequest(user_id=request.user_id,
                                                        device_id=request.device_id, frame=f),
                                      self.im.bounds) for f in request.frames]
@@ -96,7 +89,7 @@ class ImServicer(sgrpc.ImServicer):
     async def InboxHeads(self, request: spb.InboxHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.InboxHeadsReply:
         with tracing.serving("im.InboxHeads"):
-            await _refuse_out_of_bounds(context, "inbox_heads", request)
+            await refuse_out_of_bounds(context, "inbox_heads", request)
             users = list(dict.fromkeys(request.user_ids))
             try:
                 heads = await asyncio.gather(*(self.im.inbox_head(u) for u in users))
@@ -109,7 +102,7 @@ class ImServicer(sgrpc.ImServicer):
     async def GroupHeads(self, request: spb.GroupHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.GroupHeadsReply:
         with tracing.serving("im.GroupHeads"):
-            await _refuse_out_of_bounds(context, "group_heads", request)
+            await refuse_out_of_bounds(context, "group_heads", request)
             try:
                 heads = await self.im.group_heads(list(request.conversation_ids))
             except ProtocolError as exc:
@@ -146,9 +139,7 @@ class ImServicer(sgrpc.ImServicer):
         inboxes this one writes (im/inboxes.py); written whatever this
         instance's ring says, so a fan-out never bounces."""
         with tracing.serving("im.FanOut"):
-            out_of_bounds = bounds.call_problem("fan_out", request)
-            if out_of_bounds is not None:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+            await refuse_out_of_bounds(context, "fan_out", request)
             inboxes = self.im.inboxes
             if inboxes is None:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not in a cluster")

@@ -31,6 +31,7 @@ from chatplane.regions.homes import Homes, LocalAdminChange, LocalGroupOp, Local
 from chatplane.regions.replication import BeyondLog, Replication
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
+from chatplane.rpc.serving import refuse_out_of_bounds
 from chatplane.settings import Settings
 from chatplane.storage.base import LogTrimmed
 from chatplane.supervision import Supervisor
@@ -133,34 +134,26 @@ class RegionServicer(rgrpc.RegionServicer):
 
     async def OfferHome(self, request: rpb.HomeOffer,
                         context: grpc.aio.ServicerContext) -> rpb.HomeRow:
-        out_of_bounds = bounds.call_problem("offer_home", request)
-        if out_of_bounds is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        await refuse_out_of_bounds(context, "offer_home", request)
         return await (await self._sequencing(context)).homes.offered(request)
 
     async def Send(self, request: rpb.ForwardedSend,
                    context: grpc.aio.ServicerContext) -> rpb.ForwardedAck:
-        out_of_bounds = bounds.call_problem("forwarded_send", request)
-        if out_of_bounds is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        await refuse_out_of_bounds(context, "forwarded_send", request)
         sequencing = await self._sequencing(context)
         return await sequencing.homes.serve_send(request, sequencing.send)
 
     async def GroupOp(self, request: rpb.ForwardedGroupOp,
                       context: grpc.aio.ServicerContext) -> rpb.ForwardedGroupAck:
-        out_of_bounds = (bounds.call_problem("forwarded_group_op", request)
-                         or bounds.problem("group_op", request.op, bounds.Bounds()))
-        if out_of_bounds is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        await refuse_out_of_bounds(context, "forwarded_group_op", request,
+                                   bounds.problem("group_op", request.op, bounds.Bounds()))
         sequencing = await self._sequencing(context)
         return await sequencing.homes.serve_group(request.op.conversation_id, lambda: (
             sequencing.group_op(request.user_id, request.device_id, request.op)))
 
     async def AdminGroupChange(self, request: rpb.ForwardedAdminChange,
                                context: grpc.aio.ServicerContext) -> rpb.ForwardedGroupAck:
-        out_of_bounds = bounds.call_problem("forwarded_admin_change", request)
-        if out_of_bounds is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        await refuse_out_of_bounds(context, "forwarded_admin_change", request)
         sequencing = await self._sequencing(context)
 
         async def apply() -> pb.GroupOpAck:
@@ -172,9 +165,7 @@ class RegionServicer(rgrpc.RegionServicer):
 
     async def Replicate(self, request: rpb.ReplicateRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.LogBatch]:
-        out_of_bounds = bounds.call_problem("replicate", request)
-        if out_of_bounds is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        await refuse_out_of_bounds(context, "replicate", request)
         sequencing = await self._sequencing(context)
         try:
             async for batch in sequencing.replication.serve(request):
@@ -186,9 +177,7 @@ class RegionServicer(rgrpc.RegionServicer):
 
     async def Applied(self, request: rpb.AppliedRequest,
                       context: grpc.aio.ServicerContext) -> rpb.AppliedReply:
-        out_of_bounds = bounds.call_problem("applied", request)
-        if out_of_bounds is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        await refuse_out_of_bounds(context, "applied", request)
         try:
             return await (await self._sequencing(context)).replication.applied_by(request)
         except BeyondLog as exc:
@@ -197,9 +186,7 @@ class RegionServicer(rgrpc.RegionServicer):
 
     async def Hello(self, request: rpb.HelloRequest,
                     context: grpc.aio.ServicerContext) -> rpb.HelloReply:
-        out_of_bounds = bounds.call_problem("hello", request)
-        if out_of_bounds is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, out_of_bounds)
+        await refuse_out_of_bounds(context, "hello", request)
         self.prober.heard(request.region)
         return rpb.HelloReply(
             region=self.me.region, cluster=self.me.cluster, protocol=hello.PROTOCOL,

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from chatplane import metrics
+from chatplane.protocol import bounds
 from chatplane.registry.instances import Instances
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.settings import Settings
@@ -165,3 +166,12 @@ class Publisher:
                 await self.instances.remove(self.kind, self.instance_id)
             except (RedisError, OSError):
                 pass
+
+
+async def refuse_out_of_bounds(context: grpc.aio.ServicerContext, call: str,
+                               request: object, also: str | None = None) -> None:
+    """Abort a call whose fields are out of bounds (protocol/bounds.py) with
+    INVALID_ARGUMENT; `also`: another problem found by the caller's own check."""
+    problem = bounds.call_problem(call, request) or also
+    if problem is not None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
