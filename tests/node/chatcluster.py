@@ -107,7 +107,13 @@ def diagnose(node: Kubectl) -> str:
         with contextlib.suppress(RuntimeError):
             out.append(node.run("logs", "-n", NAMESPACE, "chat-eu-gateway-0", "--tail=30",
                                 *args))
-    return "\n".join(out)[-12000:]
+    # the im pods too: a gateway's login or send that times out waits on one of them
+    with contextlib.suppress(RuntimeError):
+        for pod in node.get("pods", "-n", NAMESPACE, "-l",
+                            "app.kubernetes.io/component=im")["items"]:
+            name = pod["metadata"]["name"]
+            out.append(f"--- {name}\n" + node.run("logs", "-n", NAMESPACE, name, "--tail=40"))
+    return "\n".join(out)[-24000:]
 
 
 def dispatch(base_url: str) -> list[dict[str, str]]:

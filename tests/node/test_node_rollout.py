@@ -144,7 +144,16 @@ async def _traffic(live: Live) -> AsyncIterator[None]:
         yield
     finally:
         stop.set()
-        await asyncio.wait_for(task, 120)
+        try:
+            await asyncio.wait_for(task, 120)
+        except TimeoutError:
+            stuck = [f"{d.user}/{d.device}: {len(d.client._pending)} pending, "
+                     f"connected={d.client._connected.is_set()}, "
+                     f"reconnects={d.client.reconnects}" for d in live.chat.devices
+                     if d.client._pending]
+            raise AssertionError(
+                f"the last round of sends not acked in 120s: {stuck}\n"
+                + await asyncio.to_thread(diagnose, live.node)) from None
 
 
 async def _until(what: str, timeout_s: float, check: Any, node: Kubectl) -> None:
