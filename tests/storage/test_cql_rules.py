@@ -4,6 +4,8 @@ policy's decisions, replication clauses, group-change encoding, buckets."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 
 import pytest
 
@@ -100,3 +102,26 @@ async def test_gather_bounded_caps_jobs_in_flight() -> None:
 
     assert await cql.gather_bounded((job(n) for n in range(50)), limit=7) == list(range(50))
     assert peak == 7
+
+
+async def test_gather_bounded_cancelled_leaves_no_job_unawaited() -> None:
+    """A caller's deadline cancels the jobs still queued at the gate: they are closed,
+    not left for the collector to report as 'never awaited' (seen in an im pod's log)."""
+    started = 0
+
+    async def job() -> None:
+        nonlocal started
+        started += 1
+        await asyncio.sleep(10)
+
+    caller = asyncio.get_running_loop().create_task(
+        cql.gather_bounded((job() for _ in range(20)), limit=3))
+    await asyncio.sleep(0.05)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        gc.collect()
+    assert started == 3
+    assert not [w for w in seen if "never awaited" in str(w.message)], seen

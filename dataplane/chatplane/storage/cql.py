@@ -356,8 +356,14 @@ async def gather_bounded(jobs: Iterable[Awaitable[T]], limit: int = IN_FLIGHT) -
     gate = asyncio.Semaphore(limit)
 
     async def one(job: Awaitable[T]) -> T:
-        async with gate:
-            return await job
+        try:
+            async with gate:
+                return await job
+        finally:
+            # cancelled while queued at the gate (the caller's deadline): the job was
+            # never started; close it, or it is reported as "never awaited"
+            if asyncio.iscoroutine(job):
+                job.close()
 
     return list(await asyncio.gather(*(one(job) for job in jobs)))
 
