@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 
 import kopf
 import pytest
@@ -55,10 +56,13 @@ async def test_a_key_never_runs_twice_at_once_and_reruns_after_a_poke() -> None:
     queue = WorkQueue(work, resync=60, debounce=0.01)
     queue.poke(A)
     task = asyncio.create_task(queue.serve())
-    await asyncio.sleep(0.05)
-    queue.poke(A)  # while running: coalesced into one more pass
+    # poke while the first pass runs (waited for, not slept for: a loaded machine may
+    # start it late): both pokes coalesce into one more pass
+    await _until(lambda: A in active)
     queue.poke(A)
-    await asyncio.sleep(0.4)
+    queue.poke(A)
+    await _until(lambda: runs == 2 and not active)
+    await asyncio.sleep(0.3)  # a third pass would start within the debounce
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert overlaps == 0
@@ -143,3 +147,10 @@ async def test_the_liveness_probe_fails_on_a_stalled_queue() -> None:
     queue.poke(A, delay=-(handlers.STALLED_S + 5))  # overdue that long: nothing serves it
     with pytest.raises(RuntimeError, match="work queue stalled"):
         handlers.workqueue(memo=memo)
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "not in time"
+        await asyncio.sleep(0.005)
