@@ -1,4 +1,4 @@
-"""One writer per inbox (im/inboxes.py), through `ImService.appended` on a real
+"""One writer per inbox (im/inboxes.py), through `Sequencer.appended` on a real
 SQLite store shared by two im services, as `cluster up` shares it. The ring
 between them is in process (an `InboxRing` whose fan-out calls the other
 service, with delays, silences and failures on demand), so each test sets
@@ -83,7 +83,7 @@ class RingView:
         if self.ring.silent:
             self.kept += 1
             return False
-        inboxes = self.ring.services[address].inboxes
+        inboxes = self.ring.services[address].sequencer.inboxes
         assert inboxes is not None
         await inboxes.fan_out_here(conversation_id, entries, fresh)
         return True
@@ -112,8 +112,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 async def send(im: ImService, cid: int, conversation_id: str = "d:alice:bob") -> AppendResult:
     request = SendRequest(conversation_id=conversation_id, sender="alice", sender_device="phone",
                           cid=cid, text=f"m{cid}", message_id=f"m{cid}", sent_at_ms=cid)
-    return await im.appended(conversation_id, PAIR, lambda fence, inboxes: im.storage.append(
-        request, PAIR, inboxes), take_back=False)
+    return await im.sequencer.appended(conversation_id, PAIR, lambda fence, inboxes: (
+        im.storage.append(request, PAIR, inboxes)), take_back=False)
 
 
 async def inbox(im: ImService, user: str) -> list[int]:
@@ -140,9 +140,9 @@ async def test_an_owner_that_does_not_answer_is_written_around(cluster: Cluster)
     ring.silent = True
     await asyncio.gather(*(send(im1, cid) for cid in range(1, 11)))
     assert await inbox(im2, "bob") == list(range(1, 11))
-    # bob's entries delivered from here (alice's go with the append: `ImService.deliver`)
+    # bob's entries delivered from here (alice's go with the append: `Sequencer.deliver`)
     assert sorted(i.message.seq for i in pushed1.items if i.user_id == "bob") == list(range(1, 11))
-    view = im1.owners
+    view = im1.sequencer.owners
     assert isinstance(view, RingView) and view.kept > 0
 
 
@@ -160,7 +160,7 @@ async def test_a_user_moving_here_mid_stream_keeps_its_order(cluster: Cluster) -
 async def test_a_failed_fan_out_fails_its_senders_and_is_finished_first(
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     ring, im1, im2, _, _ = cluster
-    inboxes = im2.inboxes
+    inboxes = im2.sequencer.inboxes
     assert inboxes is not None
     real = inboxes.fan_out_here
 
@@ -170,7 +170,7 @@ async def test_a_failed_fan_out_fails_its_senders_and_is_finished_first(
     monkeypatch.setattr(inboxes, "fan_out_here", broken)
     ring.silent = False
     # bob's owner fails and so does im-1's own attempt: the store refuses bob
-    im1_inboxes = im1.inboxes
+    im1_inboxes = im1.sequencer.inboxes
     assert im1_inboxes is not None
     monkeypatch.setattr(im1_inboxes, "fan_out_here", broken)
     with pytest.raises(StorageUnavailable):
@@ -194,9 +194,9 @@ async def test_the_next_owner_finishes_what_its_previous_owner_left(cluster: Clu
     left = await im1.storage.append(request, PAIR, inboxes={"alice"})
     assert left.owed == ("bob",)
     ring.owner["alice"] = "im-2"  # the ring gives everyone to the survivor
-    im2.leases.enabled = True  # (a cluster's ims take leases: the take recovers)
+    im2.sequencer.leases.enabled = True  # (a cluster's ims take leases: the take recovers)
     await send(im2, 2)
     assert await inbox(im2, "bob") == [1, 2]
     assert await inbox(im2, "alice") == [1, 2]
-    assert im2.inboxes is not None and im2.inboxes.recovered == 1
+    assert im2.sequencer.inboxes is not None and im2.sequencer.inboxes.recovered == 1
     assert [i.message.seq for i in pushed2.items if i.user_id == "bob"][:1] == [1]

@@ -1,6 +1,7 @@
 """The tier boundaries hold as import-linter contracts (.importlinter), and
 the contracts do fail when a tier imports another, when a tier's client
-imports its tier's insides, when a layer imports one above it, or when a
+imports its tier's insides, when the im's reads import its sequencing (or
+membership what sits on it), when a layer imports one above it, or when a
 sans-I/O core imports I/O: each case is a copy of the package with one
 import added, judged by the real `lint-imports`."""
 
@@ -42,6 +43,8 @@ def test_the_contracts_hold() -> None:
     ("im/client.py", "from chatplane.im import service as _im",
      "A tier's client imports nothing else of its tier"),
     ("storage/base.py", "from chatplane.im import service as _im", "Layers"),
+    ("im/reads.py", "from chatplane.im import sequencing as _sequencing", "The im by job"),
+    ("im/membership.py", "from chatplane.im import reads as _reads", "The im by job"),
     ("protocol/wire.py", "import asyncio as _asyncio", "The sans-I/O cores import no I/O"),
     ("delivery/acks.py", "from chatplane.storage import sqlite as _sqlite", "Layers"),
 ])

@@ -120,12 +120,12 @@ class Node:
                               settings.links.region_durability,
                               settings.links.region_sync_timeout_s, self.storage,
                               list(self.prober.links)))
-            replication = Replication(homes, self.storage, self.im.replicated,
+            replication = Replication(homes, self.storage, self.im.sequencer.replicated,
                                       settings.social.large_group_threshold)
             self.sequencing = region_links.Sequencing(homes, replication, self._home_send,
                                                       self.im.groups.handle_op,
                                                       self.im.groups.admin_change)
-            self.im.homes = homes
+            self.im.sequencer.homes = homes
             self.prober.extra = replication.report
             self.prober.extra_region = replication.log_report
         self.revocation_watcher = RevocationWatcher(
@@ -177,7 +177,7 @@ class Node:
             web.get("/admin/drain", self._drain_status),
             *self.prober.routes(),
         ])
-        app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im,
+        app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im.groups,
                                 audit=self.audit, on_revoked=self._revoked).routes())
         return app
 
@@ -235,9 +235,9 @@ class Node:
     async def _home_send(self, request: SendRequest) -> AppendResult:
         """A send forwarded by another region to this conversation's home, sent like
         a local client's (the 1:1 chat is created here by its first one)."""
-        return await self.im.send(request.sender, request.sender_device,
-                                  request.conversation_id, request.cid, request.text,
-                                  request.payload, request.content_type)
+        return await self.im.sequencer.send(request.sender, request.sender_device,
+                                            request.conversation_id, request.cid, request.text,
+                                            request.payload, request.content_type)
 
     async def _drain(self, request: web.Request) -> web.Response:
         asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain,

@@ -78,8 +78,8 @@ async def test_authorization(server: ServerProcess, signer: TokenSigner) -> None
 async def test_membership_of_a_group_above_the_scan_limit(server: ServerProcess,
                                                            signer: TokenSigner) -> None:
     """A group of more than `SCAN_MEMBERS` is checked through a set of its
-    members (ImService.is_member): it must follow joins and removals."""
-    from chatplane.im.service import SCAN_MEMBERS
+    members (Membership.is_member): it must follow joins and removals."""
+    from chatplane.im.membership import SCAN_MEMBERS
 
     others = [f"crowd{i}" for i in range(SCAN_MEMBERS + 36)]
     owner, last, stranger = [await connect(server, signer, u) for u in ("oona", others[-1], "sid")]

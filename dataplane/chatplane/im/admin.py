@@ -35,7 +35,7 @@ from chatplane.rpc.adminport import ADMIN_CREDENTIAL, AuditLog, credential
 from chatplane.storage.base import ANY, Revocation, Storage, StorageUnavailable, valid_id
 
 if TYPE_CHECKING:
-    from chatplane.im.service import ImService
+    from chatplane.im.groups import Groups
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Revoked = Callable[[Revocation], Awaitable[None]]
@@ -48,12 +48,12 @@ def _error(status: int, text: str) -> web.Response:
 
 class AdminApi:
     def __init__(self, storage: Storage, signer: TokenSigner, admin_secret: str,
-                 im: ImService | None = None, *, audit: AuditLog | None = None,
+                 groups: Groups | None = None, *, audit: AuditLog | None = None,
                  on_revoked: Revoked | None = None) -> None:
         self.storage = storage
         self.signer = signer
         self.admin_secret = admin_secret
-        self.im = im
+        self.groups = groups  # None: no group routes (the admin API without an im)
         self.audit = audit or AuditLog()
         self.on_revoked = on_revoked  # tell the revocation's readers now (gateways, Redis)
 
@@ -65,7 +65,7 @@ class AdminApi:
             web.post("/v1/admin/revocations", self._guard(self.revoke, "token.revoke")),
             web.get("/v1/admin/revocations", self._guard(self.list_revocations)),
         ]
-        if self.im is not None:
+        if self.groups is not None:
             routes += [
                 web.post("/v1/admin/groups", self._guard(self.create_group, "group.create")),
                 web.get("/v1/admin/groups/{group_id}/members", self._guard(self.group_members)),
@@ -187,18 +187,18 @@ class AdminApi:
     # -- groups ----------------------------------------------------------------
 
     async def create_group(self, request: web.Request) -> web.StreamResponse:
-        assert self.im is not None
+        assert self.groups is not None
         body = await self._json(request)
         owner = jsonbounds.user_id(body, "owner")
         name = jsonbounds.string(body, "name", MAX_GROUP_NAME_CHARS, "")
         members = jsonbounds.user_ids(body, "members")
         request[AUDIT_TARGET] = {"owner": owner, "name": name, "members": len(members)}
-        result, _ = await self.im.groups.create(owner, "admin-api", name, members, by_admin=True)
+        result, _ = await self.groups.create(owner, "admin-api", name, members, by_admin=True)
         return web.json_response({"conversation_id": result.message.conversation_id,
                                   "seq": result.message.seq}, status=201)
 
     async def group_members(self, request: web.Request) -> web.StreamResponse:
-        assert self.im is not None
+        assert self.groups is not None
         members = await self.storage.members(self._group_id(request))
         if not members:
             return _error(404, "no such group")
@@ -206,16 +206,16 @@ class AdminApi:
             {"user_id": m.user_id, "role": m.role, "joined_seq": m.joined_seq} for m in members]})
 
     async def change_members(self, request: web.Request) -> web.StreamResponse:
-        assert self.im is not None
+        assert self.groups is not None
         body = await self._json(request)
         add, remove = jsonbounds.user_ids(body, "add"), jsonbounds.user_ids(body, "remove")
         request[AUDIT_TARGET] = {"group_id": self._group_id(request),
                                  "add": add[:20], "remove": remove[:20]}
-        seq = await self.im.groups.admin_change(self._group_id(request), add, remove)
+        seq = await self.groups.admin_change(self._group_id(request), add, remove)
         return web.json_response({"seq": seq})
 
     async def dissolve_group(self, request: web.Request) -> web.StreamResponse:
-        assert self.im is not None
+        assert self.groups is not None
         request[AUDIT_TARGET] = {"group_id": self._group_id(request)}
-        seq = await self.im.groups.admin_change(self._group_id(request), [], [], dissolve=True)
+        seq = await self.groups.admin_change(self._group_id(request), [], [], dissolve=True)
         return web.json_response({"seq": seq})

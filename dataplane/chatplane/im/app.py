@@ -92,19 +92,19 @@ class ImServicer(sgrpc.ImServicer):
             await refuse_out_of_bounds(context, "inbox_heads", request)
             users = list(dict.fromkeys(request.user_ids))
             try:
-                heads = await asyncio.gather(*(self.im.inbox_head(u) for u in users))
+                heads = await asyncio.gather(*(self.im.reads.inbox_head(u) for u in users))
             except ProtocolError as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
                 raise
             return spb.InboxHeadsReply(heads=dict(zip(users, heads, strict=True)),
-                                       store_id=self.im.store_id)
+                                       store_id=self.im.reads.store_id)
 
     async def GroupHeads(self, request: spb.GroupHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.GroupHeadsReply:
         with tracing.serving("im.GroupHeads"):
             await refuse_out_of_bounds(context, "group_heads", request)
             try:
-                heads = await self.im.group_heads(list(request.conversation_ids))
+                heads = await self.im.reads.group_heads(list(request.conversation_ids))
             except ProtocolError as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
                 raise
@@ -126,7 +126,7 @@ class ImServicer(sgrpc.ImServicer):
                 message_id=request.message_id, sent_at_ms=request.sent_at_ms,
                 payload=request.payload, content_type=request.content_type)
             try:
-                result = await self.im.append_event(event)
+                result = await self.im.sequencer.append_event(event)
             except ProtocolError as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
                 raise
@@ -140,7 +140,7 @@ class ImServicer(sgrpc.ImServicer):
         instance's ring says, so a fan-out never bounces."""
         with tracing.serving("im.FanOut"):
             await refuse_out_of_bounds(context, "fan_out", request)
-            inboxes = self.im.inboxes
+            inboxes = self.im.sequencer.inboxes
             if inboxes is None:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not in a cluster")
                 raise AssertionError("abort raises")
@@ -284,7 +284,7 @@ class ImApp:
         admin.add_routes([*serving.probe_routes(self._ready, self._details),
                           *serving.metrics_routes(self.metrics_registry()),
                           *self.prober.routes()])
-        admin.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im,
+        admin.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im.groups,
                                   audit=self.audit, on_revoked=self._revoked).routes())
         self._admin_runner, admin_port = await start_admin(admin, self.settings)
         self.admin_url = f"http://{host}:{admin_port}"

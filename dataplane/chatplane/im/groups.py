@@ -28,13 +28,16 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from chatplane.im.membership import Membership
+from chatplane.im.sequencing import Sequencer
 from chatplane.protocol.bounds import MAX_GROUP_NAME_CHARS as MAX_NAME
-from chatplane.protocol.bounds import MAX_USERS_PER_OP
+from chatplane.protocol.bounds import MAX_USERS_PER_OP, Bounds
 from chatplane.protocol.errors import ErrorCode, ProtocolError
-from chatplane.regions.groupchanges import SYSTEM_GROUP, change_of
+from chatplane.rates import UserRates
+from chatplane.regions.groupchanges import SYSTEM_GROUP
+from chatplane.settings import Abuse
+from chatplane.settings import Social as SocialSettings
 from chatplane.storage.base import (
     ADMIN,
     GROUP,
@@ -44,19 +47,25 @@ from chatplane.storage.base import (
     ConversationNotFound,
     MembershipChange,
     SendRequest,
+    Storage,
     StorageUnavailable,
-    StoredMessage,
     valid_id,
 )
 from chatplane.v1 import frames_pb2 as pb
 
-if TYPE_CHECKING:
-    from chatplane.im.service import ImService
-
 
 class Groups:
-    def __init__(self, im: ImService) -> None:
-        self.im = im
+    def __init__(self, sequencer: Sequencer, membership: Membership, storage: Storage,
+                 social: SocialSettings, abuse: Abuse, bounds: Bounds) -> None:
+        self.sequencer = sequencer
+        self.membership = membership
+        self.storage = storage
+        self.social = social
+        self.bounds = bounds
+        # abuse.group_add_requires_consent: non-friends added to a group are invited
+        self.group_consent = bool(abuse.group_add_requires_consent)
+        # group invitations per inviter, per process (docs/operations.md, "Abuse limits")
+        self.invite_rates = UserRates(abuse.invite_rate_per_user_s, abuse.invite_burst_per_user)
 
     async def create(self, user: str, device: str, name: str, members: list[str],
                      by_admin: bool = False) -> tuple[AppendResult, list[str]]:
@@ -64,7 +73,7 @@ class Groups:
         the admin API creates it)."""
         _check_name(name)
         others = _check_users(members, exclude=user)
-        if len(others) + 1 > self.im.social_settings.max_group_members:
+        if len(others) + 1 > self.social.max_group_members:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "too many members")
         added, invited = (others, []) if by_admin else await self._consenting(user, others)
         self._charge_invitations(user, invited)
@@ -72,9 +81,10 @@ class Groups:
                                   add=((user, OWNER), *((m, MEMBER) for m in added)))
         event = pb.GroupEvent(action=pb.GROUP_ACTION_UNSPECIFIED, actor=user, user_ids=added,
                               name=name)
-        conversation_id = await self.im.new_group_id()
-        if self.im.homes is not None:  # before its first entry, so the log carries it
-            await self.im.homes.place_here(conversation_id)
+        conversation_id = await self.sequencer.new_group_id()
+        homes = self.sequencer.homes
+        if homes is not None:  # before its first entry, so the log carries it
+            await homes.place_here(conversation_id)
         result = await self._apply(conversation_id, user, device, change, event)
         await self._invite(result.message.conversation_id, invited, user, name)
         return result, invited
@@ -82,18 +92,18 @@ class Groups:
     async def _consenting(self, user: str, targets: list[str]) -> tuple[list[str], list[str]]:
         """(added, invited): with consent required, only the user's friends
         are added; the others get an invitation."""
-        if not self.im.group_consent or not targets:
+        if not self.group_consent or not targets:
             return targets, []
-        friends = {other for other, r in await self.im.storage.relations(user) if r.friend}
+        friends = {other for other, r in await self.storage.relations(user) if r.friend}
         return ([t for t in targets if t in friends], [t for t in targets if t not in friends])
 
     def _charge_invitations(self, inviter: str, targets: list[str]) -> None:
         """Take the invitations from the inviter's budget before anything is
         done, or refuse the whole request (RATE_LIMITED, retriable)."""
-        if targets and not self.im.invite_rates.take(inviter, time.monotonic() * 1000.0,
+        if targets and not self.invite_rates.take(inviter, time.monotonic() * 1000.0,
                                                      len(targets)):
             raise ProtocolError(ErrorCode.RATE_LIMITED,
-                                f"over {self.im.invite_rates.rate_per_s:g} group invitations/s"
+                                f"over {self.invite_rates.rate_per_s:g} group invitations/s"
                                 " for this user; retry later")
 
     async def _invite(self, conversation_id: str, targets: list[str], inviter: str,
@@ -102,12 +112,12 @@ class Groups:
         target who blocks the inviter is skipped without telling the inviter."""
         if not targets:
             return
-        blocking = {t for t in targets if (await self.im.storage.relation(t, inviter)).blocked}
-        now = self.im.clock_ms()
+        blocking = {t for t in targets if (await self.storage.relation(t, inviter)).blocked}
+        now = self.sequencer.clock_ms()
 
         async def one(target: str) -> None:
-            await self.im.storage.put_invitation(conversation_id, target, inviter, now)
-            await self.im.emit(target, pb.Event(invitation=pb.InvitationEvent(
+            await self.storage.put_invitation(conversation_id, target, inviter, now)
+            await self.sequencer.emit(target, pb.Event(invitation=pb.InvitationEvent(
                 conversation_id=conversation_id, inviter=inviter, name=name)))
 
         try:  # together: the SQLite writer commits them in a few groups
@@ -116,15 +126,15 @@ class Groups:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
 
     async def decline(self, user: str, conversation_id: str) -> None:
-        if await self.im.storage.take_invitation(conversation_id, user) is None:
+        if await self.storage.take_invitation(conversation_id, user) is None:
             raise ProtocolError(ErrorCode.NOT_FOUND,
                                 f"{user} has no invitation to {conversation_id!r}")
 
     async def invitations(self, user: str) -> pb.InvitationsResponse:
         response = pb.InvitationsResponse()
-        for conversation_id, inviter, at_ms in await self.im.storage.invitations(user):
+        for conversation_id, inviter, at_ms in await self.storage.invitations(user):
             try:
-                conversation = await self.im.conversation(conversation_id)
+                conversation = await self.membership.conversation(conversation_id)
             except ConversationNotFound:
                 continue
             if conversation.extra.get("dissolved"):
@@ -136,7 +146,7 @@ class Groups:
     async def handle_op(self, user: str, device: str, op: pb.GroupOp) -> pb.GroupOpAck:
         """A client's GroupOp: applied here, or forwarded to the group's home region
         (which calls this again, as the home)."""
-        homes = self.im.homes
+        homes = self.sequencer.homes
         if homes is not None and await self._known(op.conversation_id):
             forwarded = await homes.group_op_elsewhere(user, device, op)
             if forwarded is not None:
@@ -157,7 +167,7 @@ class Groups:
         """Whether this region's store has the conversation (unknown ones are refused
         here as ever, never given a home)."""
         try:
-            await self.im.conversation(conversation_id)
+            await self.membership.conversation(conversation_id)
         except ProtocolError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
                 return False
@@ -168,14 +178,14 @@ class Groups:
                  op: pb.GroupOp) -> tuple[AppendResult | None, list[str]]:
         """The change (None: nothing to record), and who was invited."""
         conversation_id = op.conversation_id
-        conversation = await self.im.require_member(user, conversation_id)
-        if (await self.im.hold(conversation_id))[1]:  # just taken: roles may have changed
-            conversation = await self.im.require_member(user, conversation_id)
+        conversation = await self.membership.require_member(user, conversation_id)
+        if (await self.sequencer.hold(conversation_id))[1]:  # just taken: roles may have changed
+            conversation = await self.membership.require_member(user, conversation_id)
         if conversation.kind != GROUP:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"{conversation_id!r} is not a group")
         if conversation.extra.get("dissolved"):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"group {conversation_id!r} is dissolved")
-        roles = {m.user_id: m.role for m in await self.im.member_list(conversation_id)}
+        roles = {m.user_id: m.role for m in await self.membership.member_list(conversation_id)}
         mine = roles.get(user, "")
         manager = mine in (OWNER, ADMIN)
         action = op.action
@@ -183,7 +193,7 @@ class Groups:
         event = pb.GroupEvent(action=action, actor=user, user_ids=targets)
         invited: list[str] = []
         if action == pb.INVITE:
-            if not (manager or self.im.social_settings.members_can_invite):
+            if not (manager or self.social.members_can_invite):
                 raise _forbidden(user, "invite")
             invited = [t for t in targets if t not in roles]
             self._charge_invitations(user, invited)
@@ -193,7 +203,7 @@ class Groups:
             if not manager:
                 raise _forbidden(user, "add members")
             new = [t for t in targets if t not in roles]
-            if len(roles) + len(new) > self.im.social_settings.max_group_members:
+            if len(roles) + len(new) > self.social.max_group_members:
                 raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "too many members")
             new, invited = await self._consenting(user, new)
             self._charge_invitations(user, invited)
@@ -247,7 +257,7 @@ class Groups:
 
     async def join(self, user: str, device: str, conversation_id: str) -> AppendResult:
         """Accept an invitation (the only way in that a member does not grant)."""
-        inviter = await self.im.storage.take_invitation(conversation_id, user)
+        inviter = await self.storage.take_invitation(conversation_id, user)
         if inviter is None:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} has no invitation to {conversation_id!r}")
         event = pb.GroupEvent(action=pb.JOIN, actor=user, user_ids=[user])
@@ -256,85 +266,58 @@ class Groups:
 
     async def _apply(self, conversation_id: str, user: str, device: str,
                      change: MembershipChange, event: pb.GroupEvent) -> AppendResult:
+        sequencer, membership = self.sequencer, self.membership
         request = SendRequest(
-            conversation_id=conversation_id, sender=user, sender_device=self.im.event_device,
-            cid=self.im.next_event_cid(), text="", message_id=uuid.uuid4().hex,
-            sent_at_ms=self.im.clock_ms(), payload=event.SerializeToString(),
+            conversation_id=conversation_id, sender=user, sender_device=sequencer.event_device,
+            cid=sequencer.next_event_cid(), text="", message_id=uuid.uuid4().hex,
+            sent_at_ms=sequencer.clock_ms(), payload=event.SerializeToString(),
             content_type=SYSTEM_GROUP)
         affected = {u for u, _ in change.add} | set(change.remove)
-        await self.im.hold(conversation_id)  # taking it drops what is cached of the group
+        await sequencer.hold(conversation_id)  # taking it drops what is cached of the group
         before: tuple[str, ...] = ()
         if not change.create:
-            before = (await self.im.conversation(conversation_id, fresh=True)).members
+            before = (await membership.conversation(conversation_id, fresh=True)).members
         after = (set(before) | {u for u, _ in change.add}) - set(change.remove)
         # A large group (counted after the change) is read-diffused: only the
         # users whose membership changed get the event in their inbox (so they
         # learn where they start or stop); the others pull it like messages.
-        large = self.im.is_large(tuple(after))
+        large = sequencer.is_large(tuple(after))
         recipients = sorted(affected) if large else None
         # every instance's cached members (or name, dissolved) of the group
         # go before the write and again after it (im/invalidation.py)
         only_settings = not (change.add or change.remove or change.roles)
         try:
-            async with self.im.changing("settings" if only_settings else "members",
-                                        conversation_id):
-                result = await self.im.appended(
+            async with membership.changing("settings" if only_settings else "members",
+                                           conversation_id):
+                result = await sequencer.appended(
                     conversation_id, recipients or sorted(set(before) | after),
-                    lambda fence, inboxes: self.im.storage.apply_membership(
+                    lambda fence, inboxes: self.storage.apply_membership(
                         conversation_id, change, dataclasses.replace(request, fence=fence),
                         recipients, inboxes), take_back=True, group_change=True)
         except ConversationNotFound as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {conversation_id!r}") from exc
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
-        self.im.forget_members(conversation_id)
-        self.im.forget_spans(conversation_id, affected)
-        self.im.deliver(result, tuple(sorted(after - affected)) if large else ())
-        homes = self.im.homes
+        membership.forget_members(conversation_id)
+        membership.forget_spans(conversation_id, affected)
+        sequencer.deliver(result, tuple(sorted(after - affected)) if large else ())
+        homes = sequencer.homes
         if homes is not None:  # sequenced here as the group's home: acked like a send
             if not result.duplicate:
                 homes.committed()
             await homes.settle(conversation_id, result.log_position)
         return result
 
-    async def replicated_large(self, messages: Sequence[StoredMessage]) -> None:
-        """A batch of groups' messages replicated here (in seq order per group): a large
-        group's (read diffusion: no inbox entries, but for the users a change adds or
-        removes) pushed to its members online here, as its home pushes them. A member
-        whose membership changed within the batch is pushed only what follows its last
-        change (it syncs the rest within its span), so nobody is pushed outside it."""
-        by_group: dict[str, list[StoredMessage]] = {}
-        for message in messages:
-            if message.conversation_id.startswith("g:"):
-                by_group.setdefault(message.conversation_id, []).append(message)
-        for conversation_id, batch in by_group.items():
-            try:
-                conversation = await self.im.conversation(conversation_id)
-            except ProtocolError:
-                continue  # storage unavailable: these members sync instead
-            if not self.im.is_large(conversation.members):
-                continue
-            last_change, changed = 0, set()
-            for message in batch:
-                change = change_of(message)
-                if change is not None:
-                    last_change = message.seq
-                    changed |= {u for u, _ in change.add} | set(change.remove)
-            steady = [u for u in conversation.members if u not in changed]
-            for message in batch:
-                members = conversation.members if message.seq > last_change else steady
-                self.im.state.deliver_group(conversation_id, members, message)
-
     async def admin_change(self, conversation_id: str, add: list[str], remove: list[str],
                            dissolve: bool = False) -> int:
         """The admin API's changes: no role checks; recorded as done by the owner, here
         or by the group's home region. The seq of the last change recorded (0: none)."""
-        conversation = await self.im.conversation(conversation_id, fresh=True)
+        conversation = await self.membership.conversation(conversation_id, fresh=True)
         if conversation.kind != GROUP:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {conversation_id!r}")
-        if self.im.homes is not None:
-            seq = await self.im.homes.admin_change_elsewhere(conversation_id, add, remove,
-                                                             dissolve)
+        homes = self.sequencer.homes
+        if homes is not None:
+            seq = await homes.admin_change_elsewhere(conversation_id, add, remove, dissolve)
             if seq is not None:
                 return seq
         result = await self._admin_change(conversation_id, add, remove, dissolve)
@@ -342,7 +325,7 @@ class Groups:
 
     async def _admin_change(self, conversation_id: str, add: list[str], remove: list[str],
                             dissolve: bool) -> AppendResult | None:
-        roles = {m.user_id: m.role for m in await self.im.storage.members(conversation_id)}
+        roles = {m.user_id: m.role for m in await self.storage.members(conversation_id)}
         owner = next((u for u, r in roles.items() if r == OWNER), "")
         new = [u for u in _check_users(add, exclude="") if u not in roles]
         gone = [u for u in _check_users(remove, exclude="") if u in roles and u != owner]
@@ -364,9 +347,9 @@ class Groups:
 
     async def members(self, user: str, conversation_id: str, after: str,
                       limit: int) -> pb.MembersResponse:
-        await self.im.require_member(user, conversation_id)
-        limit = max(1, min(limit or 500, self.im.bounds.max_members_page))
-        members = await self.im.member_list(conversation_id)
+        await self.membership.require_member(user, conversation_id)
+        limit = max(1, min(limit or 500, self.bounds.max_members_page))
+        members = await self.membership.member_list(conversation_id)
         page = [m for m in members if m.user_id > after]
         return pb.MembersResponse(
             members=[pb.Member(user_id=m.user_id, role=m.role, joined_seq=m.joined_seq)

@@ -24,7 +24,7 @@ because that instance stops using its caches. Time-to-live fallbacks on
 entries are not needed.
 
 `chatplane up` runs one im: `LocalInvalidations` drops at once in process,
-with no Redis. Both are a `Versions` (what `ImService` uses). A change made
+with no Redis. Both are a `Versions` (what the im's caches use). A change made
 through this instance drops its own entries when announced, not when read
 back, so the instance that made a change never serves its old state.
 """
@@ -66,7 +66,7 @@ class Unannounced(Exception):
 
 
 class Versions(Protocol):
-    """What the im's caches need (im/service.py, im/social.py): a stamp for
+    """What the im's caches need (im/membership.py, im/social.py): a stamp for
     an entry loaded now, whether an entry may be used, announcements around
     a change, and callbacks that drop entries."""
 

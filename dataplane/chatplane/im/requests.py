@@ -9,7 +9,6 @@ the gateway, and a remote im (gRPC) forwards bytes.
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from google.protobuf.message import DecodeError
 
 from chatplane.im import social
 from chatplane.im.leases import NotOwner
+from chatplane.im.sequencing import SETTLE_LATER
 from chatplane.protocol import bounds, wire
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.wire import error_frame
@@ -26,11 +26,6 @@ from chatplane.v1 import services_pb2 as spb
 
 if TYPE_CHECKING:
     from chatplane.im.service import ImService
-
-# while set (a list), `ImService.send` leaves the durability wait of what it
-# sequenced as home to its caller (`handle_sends`): (conversation, log position)
-SETTLE_LATER: contextvars.ContextVar[list[tuple[str, int]] | None] = contextvars.ContextVar(
-    "settle_later", default=None)
 
 Handler = Callable[["ImService", str, str, pb.Frame], Awaitable[pb.Frame]]
 HANDLERS: dict[str, Handler] = {}
@@ -111,7 +106,7 @@ async def handle_sends(im: ImService, user_id: str, device_id: str,
         SETTLE_LATER.reset(deferring)
     if appended:  # sync durability: one wait for the batch
         try:
-            await im.settle(appended)
+            await im.sequencer.settle(appended)
         except ProtocolError as exc:  # stored, not confirmed: the device resends them all
             replies = [error_frame(reply.id, exc.code, exc.message)
                        if reply.WhichOneof("body") == "send_ack" else reply for reply in replies]
@@ -121,7 +116,7 @@ async def handle_sends(im: ImService, user_id: str, device_id: str,
 @handles("send")
 async def send(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
     body = frame.send
-    result = await im.send(user_id, device_id, body.conversation_id, body.cid, body.text,
+    result = await im.sequencer.send(user_id, device_id, body.conversation_id, body.cid, body.text,
                            body.payload, body.content_type)
     m = result.message
     return pb.Frame(send_ack=pb.SendAck(
@@ -133,12 +128,12 @@ async def send(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> 
 async def sync(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
     body = frame.sync
     limit = max(1, min(body.limit or im.limits.max_sync_page, im.limits.max_sync_page))
-    items, head = await im.sync(user_id, body.after_inbox_seq, limit)
+    items, head = await im.reads.sync(user_id, body.after_inbox_seq, limit)
     response = pb.SyncResponse(entries=[wire.inbox_entry(item) for item in items[:limit]],
                                inbox_head=head, has_more=len(items) > limit)
     if not response.has_more:  # the last inbox page also brings the large groups' deltas
         cursors = {c.conversation_id: c.seq for c in body.conversations}
-        for conversation_id, group_head, joined, page, more in await im.group_deltas(
+        for conversation_id, group_head, joined, page, more in await im.reads.group_deltas(
                 user_id, cursors):
             response.groups.add(conversation_id=conversation_id, head_seq=group_head,
                                 joined_seq=joined, messages=[wire.message(m) for m in page],
@@ -149,7 +144,7 @@ async def sync(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> 
 @handles("history")
 async def history(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
     body = frame.history
-    messages, head, has_more = await im.history(user_id, body.conversation_id, body.before_seq,
+    messages, head, has_more = await im.reads.history(user_id, body.conversation_id, body.before_seq,
                                                 body.after_seq, body.limit)
     return pb.Frame(history_response=pb.HistoryResponse(
         conversation_id=body.conversation_id, messages=[wire.message(m) for m in messages],
@@ -158,7 +153,7 @@ async def history(im: ImService, user_id: str, device_id: str, frame: pb.Frame) 
 
 @handles("open_direct")
 async def open_direct(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
-    conversation = await im.open_direct(user_id, frame.open_direct.peer_user_id)
+    conversation = await im.membership.open_direct(user_id, frame.open_direct.peer_user_id)
     return pb.Frame(open_direct_ack=pb.OpenDirectAck(
         conversation_id=conversation.conversation_id, head_seq=conversation.head_seq))
 
@@ -231,6 +226,6 @@ async def mark_read(im: ImService, user_id: str, device_id: str, frame: pb.Frame
 @handles("receipts")
 async def receipts(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
     body = frame.receipts
-    await im.conversation(body.conversation_id, fresh=True)  # current head for the seq check
+    await im.membership.conversation(body.conversation_id, fresh=True)  # current head for the seq check
     return pb.Frame(receipts_response=await im.social.receipts(
         user_id, body.conversation_id, body.seq, body.after_user_id, body.limit))

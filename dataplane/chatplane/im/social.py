@@ -11,26 +11,34 @@ only, DESIGN §4).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from chatplane.im.invalidation import pair_key
+from chatplane.im.invalidation import Versions, pair_key
+from chatplane.im.membership import Membership
 from chatplane.protocol.bounds import MAX_NOTE_CHARS as MAX_NOTE
+from chatplane.protocol.bounds import Bounds
 from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.settings import Social as SocialSettings
 from chatplane.storage.base import (
     DIRECT,
     EVENTS,
     GROUP,
     Conversation,
     Relation,
+    Storage,
     StorageUnavailable,
     valid_id,
 )
 from chatplane.v1 import frames_pb2 as pb
 
-if TYPE_CHECKING:
-    from chatplane.im.service import ImService
 
+class Events(Protocol):
+    """Where a user's events are appended (im/sequencing.py, `Sequencer.emit`)."""
+
+    async def emit(self, user_id: str, event: pb.Event,
+                   once: tuple[str, int] | None = None) -> None: ...
 
 
 def relation_pb(user_id: str, r: Relation) -> pb.Relation:
@@ -39,15 +47,19 @@ def relation_pb(user_id: str, r: Relation) -> pb.Relation:
                        updated_at_ms=r.updated_at_ms)
 
 
-class Social:
-    def __init__(self, im: ImService) -> None:
-        self.im = im
+class Relations:
+    """Who may write to whom in a 1:1 chat, from relations cached for sends."""
+
+    def __init__(self, storage: Storage, versions: Versions, social: SocialSettings) -> None:
+        self.storage = storage
+        self.versions = versions
+        self.social = social
         # (user, other) -> (stamp, relation): versioned like the im's other
         # caches (im/invalidation.py), so a change made through any instance
         # applies to sends here once announced, within the bound if not
         self._relations: dict[tuple[str, str], tuple[str, Relation]] = {}
         self._loading: dict[tuple[str, str], tuple[str, asyncio.Future[Relation]]] = {}
-        im.versions.on("relation", self._forget_pair, self._forget_all)
+        versions.on("relation", self._forget_pair, self._forget_all)
 
     def _forget_pair(self, key: str) -> None:
         a, _, b = key.partition("|")
@@ -66,7 +78,7 @@ class Social:
 
     async def _relation(self, user: str, other: str) -> Relation:
         key = (user, other)
-        versions = self.im.versions
+        versions = self.versions
         cached = self._relations.get(key)
         if cached is not None and versions.valid("relation", pair_key(user, other), cached[0]):
             return cached[1]
@@ -75,7 +87,7 @@ class Social:
         loading = self._loading.get(key)
         if loading is None or not versions.valid("relation", pair_key(user, other), loading[0]):
             stamp = versions.stamp()  # before the read: a change during it voids it
-            read: asyncio.Future[Relation] = asyncio.ensure_future(self.im.storage.relation(*key))
+            read: asyncio.Future[Relation] = asyncio.ensure_future(self.storage.relation(*key))
             loading = self._loading[key] = (stamp, read)
             read.add_done_callback(lambda done: self._loaded(key, done))
         stamp, read = loading
@@ -85,6 +97,34 @@ class Social:
         self._relations[key] = (stamp, relation)
         return relation
 
+    async def check_direct_allowed(self, user: str, conversation_id: str,
+                                   members: tuple[str, ...]) -> None:
+        """Blocks, and the friendship policy, for a send to a 1:1 conversation."""
+        others = [m for m in members if m != user]
+        if not others:
+            return
+        other = others[0]
+        try:
+            mine = await self._relation(user, other)
+            theirs = await self._relation(other, user)
+        except StorageUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+        if theirs.blocked or mine.blocked:
+            raise ProtocolError(ErrorCode.BLOCKED, f"{user} and {other} block each other")
+        if self.social.direct_requires_friendship and not mine.friend:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} and {other} are not friends")
+
+
+class Social:
+    def __init__(self, storage: Storage, membership: Membership, events: Events,
+                 social: SocialSettings, bounds: Bounds, clock_ms: Callable[[], int]) -> None:
+        self.storage = storage
+        self.membership = membership
+        self.events = events
+        self.social = social
+        self.bounds = bounds
+        self.clock_ms = clock_ms
+
     # -- friends ---------------------------------------------------------------
 
     async def friend_op(self, user: str, op: pb.FriendOp) -> Relation:
@@ -93,13 +133,13 @@ class Social:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"invalid user id {other!r}")
         if len(op.note) > MAX_NOTE:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"note over {MAX_NOTE} characters")
-        storage = self.im.storage
+        storage = self.storage
         try:
             mine = await storage.relation(user, other)
             theirs = await storage.relation(other, user)
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
-        now = self.im.clock_ms()
+        now = self.clock_ms()
         action = op.action
         notify_other = True
         if action == pb.REQUEST:
@@ -136,23 +176,23 @@ class Social:
         else:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "unknown friend action")
         try:
-            async with self.im.changing("relation", pair_key(user, other)):
+            async with self.membership.changing("relation", pair_key(user, other)):
                 await storage.put_relations([(user, other, mine), (other, user, theirs)])
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
         event = pb.Event(friend=pb.FriendEvent(action=action, actor=user, user_id=other,
                                                note=op.note if action == pb.REQUEST else ""))
-        await self.im.emit(user, event)
+        await self.events.emit(user, event)
         if notify_other:
             if op.action == pb.BLOCK:
                 event = pb.Event(friend=pb.FriendEvent(action=pb.REMOVE, actor=user, user_id=other))
-            await self.im.emit(other, event)
+            await self.events.emit(other, event)
         return mine
 
     async def friends(self, user: str) -> pb.FriendsResponse:
         response = pb.FriendsResponse()
         try:
-            rows = await self.im.storage.relations(user)
+            rows = await self.storage.relations(user)
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
         for other, r in rows:
@@ -167,27 +207,10 @@ class Social:
                 response.blocked.append(item)
         return response
 
-    async def check_direct_allowed(self, user: str, conversation_id: str,
-                                   members: tuple[str, ...]) -> None:
-        """Blocks, and the friendship policy, for a send to a 1:1 conversation."""
-        others = [m for m in members if m != user]
-        if not others:
-            return
-        other = others[0]
-        try:
-            mine = await self._relation(user, other)
-            theirs = await self._relation(other, user)
-        except StorageUnavailable as exc:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
-        if theirs.blocked or mine.blocked:
-            raise ProtocolError(ErrorCode.BLOCKED, f"{user} and {other} block each other")
-        if self.im.social_settings.direct_requires_friendship and not mine.friend:
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"{user} and {other} are not friends")
-
     # -- read state ----------------------------------------------------------
 
     async def mark_read(self, user: str, conversation_id: str, seq: int) -> int:
-        conversation = await self.im.require_member(user, conversation_id)
+        conversation = await self.membership.require_member(user, conversation_id)
         if conversation.kind == EVENTS:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "events are not marked read")
         try:
@@ -196,11 +219,11 @@ class Social:
             # between them the client's retry emits them again and storage
             # keeps one of each. (Position first, a retry would find nothing
             # to do and the events would be lost.)
-            previous, target = await self.im.storage.mark_read(user, conversation_id, seq,
-                                                               dry_run=True)
+            previous, target = await self.storage.mark_read(user, conversation_id, seq,
+                                                            dry_run=True)
             if target > previous:
                 await self._emit_read(user, conversation, previous, target)
-            _, current = await self.im.storage.mark_read(user, conversation_id, seq)
+            _, current = await self.storage.mark_read(user, conversation_id, seq)
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
         return current
@@ -208,25 +231,25 @@ class Social:
     async def _emit_read(self, user: str, conversation: Conversation, previous: int,
                          target: int) -> None:
         conversation_id = conversation.conversation_id
-        await self.im.emit(user, pb.Event(read=pb.ReadEvent(conversation_id=conversation_id,
-                                                            read_seq=target)),
-                           once=(f"read/{conversation_id}", target))
-        small = len(conversation.members) <= self.im.social_settings.large_group_threshold
+        await self.events.emit(user, pb.Event(read=pb.ReadEvent(conversation_id=conversation_id,
+                                                                read_seq=target)),
+                               once=(f"read/{conversation_id}", target))
+        small = len(conversation.members) <= self.social.large_group_threshold
         if conversation.kind in (DIRECT, GROUP) and small:
             senders = await self._senders_between(conversation_id, previous, target, user)
             receipt = pb.Event(receipt=pb.ReceiptEvent(conversation_id=conversation_id,
                                                        reader=user, read_seq=target))
             for sender in sorted(senders):
-                await self.im.emit(sender, receipt,
-                                   once=(f"receipt/{conversation_id}/{user}", target))
+                await self.events.emit(sender, receipt,
+                                       once=(f"receipt/{conversation_id}/{user}", target))
 
     async def _senders_between(self, conversation_id: str, after: int, upto: int,
                                reader: str) -> set[str]:
         senders: set[str] = set()
         cursor = after
         while cursor < upto:
-            page = await self.im.storage.history(conversation_id, after_seq=cursor,
-                                                 before_seq=upto + 1, limit=500)
+            page = await self.storage.history(conversation_id, after_seq=cursor,
+                                              before_seq=upto + 1, limit=500)
             if not page:
                 break
             senders.update(m.sender for m in page if not m.content_type.startswith("system/"))
@@ -236,16 +259,16 @@ class Social:
 
     async def receipts(self, user: str, conversation_id: str, seq: int, after_user: str,
                        limit: int) -> pb.ReceiptsResponse:
-        conversation = await self.im.require_member(user, conversation_id)
+        conversation = await self.membership.require_member(user, conversation_id)
         if not 0 < seq <= conversation.head_seq:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT,
                                 f"seq {seq} outside 1..{conversation.head_seq}")
-        limit = max(1, min(limit or 1000, self.im.bounds.max_receipts_page))
+        limit = max(1, min(limit or 1000, self.bounds.max_receipts_page))
         try:
-            (message,) = await self.im.storage.history(conversation_id, after_seq=seq - 1,
-                                                       before_seq=seq + 1, limit=1)
-            members = await self.im.member_list(conversation_id)
-            positions = await self.im.storage.read_positions(conversation_id)
+            (message,) = await self.storage.history(conversation_id, after_seq=seq - 1,
+                                                    before_seq=seq + 1, limit=1)
+            members = await self.membership.member_list(conversation_id)
+            positions = await self.storage.read_positions(conversation_id)
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
         candidates = [m for m in members

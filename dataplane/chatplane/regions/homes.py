@@ -64,7 +64,7 @@ CONFIRMED_CACHE = 65_536
 
 T = TypeVar("T")
 Channels = Callable[[str], grpc.aio.Channel]  # peer region name -> its channel
-# The home's own sequencing of a forwarded send (`ImService.send`, via the node).
+# The home's own sequencing of a forwarded send (`Sequencer.send`, via the node).
 LocalSend = Callable[[SendRequest], Awaitable[AppendResult]]
 # The home's own handling of a forwarded group change (`Groups.handle_op`): its ack.
 LocalGroupOp = Callable[[str, str, pb.GroupOp], Awaitable[pb.GroupOpAck]]

@@ -62,7 +62,7 @@ RETRY_S = 0.2
 TRIMMED_RETRY_S = 5.0  # the peer trimmed past our cursor: only a resync helps, ask rarely
 TELL_TIMEOUT_S = 2.0  # one Region.Applied call
 
-# Applied entries go to this region's devices and caches (ImService.replicated).
+# Applied entries go to this region's devices and caches (`Sequencer.replicated`).
 Applied = Callable[[Sequence[StoredMessage], Sequence[InboxItem]], Awaitable[None]]
 
 

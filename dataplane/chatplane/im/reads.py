@@ -1,0 +1,157 @@
+"""Reads: what a user may fetch, from its inbox and from conversations' timelines.
+
+Sync pages a user's inbox (and the large groups' deltas, which have no inbox
+entries); history pages a conversation within the seqs the user may see
+(`visible_range`); the head checks answer the gateways. Nothing here writes:
+the hot tier (im/hotcache.py), which sequencing fills, serves what it holds,
+storage the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from chatplane.im.hotcache import HotCache
+from chatplane.im.membership import Membership, not_member, unavailable
+from chatplane.settings import Limits
+from chatplane.settings import Social as SocialSettings
+from chatplane.storage.base import (
+    GROUP,
+    InboxItem,
+    Storage,
+    StorageUnavailable,
+    StoredMessage,
+)
+
+
+class Reads:
+    def __init__(self, storage: Storage, membership: Membership, hot: HotCache, limits: Limits,
+                 social: SocialSettings) -> None:
+        self.storage = storage
+        self.membership = membership
+        self.hot = hot
+        self.limits = limits
+        self.social = social
+
+    @property
+    def store_id(self) -> str:
+        """The storage's id (LoginAck.store_id): inbox seqs count in it."""
+        return self.storage.store_id
+
+    async def sync(self, user_id: str, after_seq: int, limit: int) -> tuple[list[InboxItem], int]:
+        limit = max(1, min(limit or self.limits.max_sync_page, self.limits.max_sync_page))
+        try:
+            items = await self.storage.inbox(user_id, after_seq, limit + 1)
+            head = await self.storage.inbox_head(user_id)
+        except StorageUnavailable as exc:
+            raise unavailable(exc) from exc
+        return items, head
+
+    async def inbox_head(self, user_id: str) -> int:
+        try:
+            return await self.storage.inbox_head(user_id)
+        except StorageUnavailable as exc:
+            raise unavailable(exc) from exc
+
+    async def group_heads(self, conversation_ids: Sequence[str]) -> dict[str, int]:
+        """Each conversation's highest seq (the gateways' head check of large
+        groups); absent conversations count 0."""
+        async def head(conversation_id: str) -> int:
+            newest = await self.storage.history(conversation_id, before_seq=None, after_seq=None,
+                                                limit=1)
+            return max(self.hot.head(conversation_id), newest[-1].seq if newest else 0)
+
+        ids = list(dict.fromkeys(conversation_ids))
+        try:
+            found = await asyncio.gather(*(head(c) for c in ids))
+        except StorageUnavailable as exc:
+            raise unavailable(exc) from exc
+        return dict(zip(ids, found, strict=True))
+
+    async def visible_range(self, user_id: str, conversation_id: str) -> tuple[int, int]:
+        """The seqs the user may read: (lowest, highest or 0 for "up to the
+        head"). Group members see from their join; former members up to their
+        leave (so a removed member can still fetch what it missed before the
+        removal); strangers nothing (FORBIDDEN)."""
+        membership = self.membership
+        conversation = await membership.conversation_or_forbidden(user_id, conversation_id)
+        if conversation.kind != GROUP:
+            if not membership.is_member(conversation, user_id):
+                raise not_member(user_id, conversation_id)
+            return 1, 0
+        span = await membership.span(user_id, conversation_id)
+        if span is None:
+            raise not_member(user_id, conversation_id)
+        joined, left = span
+        if left == 0 and not membership.is_member(conversation, user_id):
+            raise not_member(user_id, conversation_id)
+        return max(joined, 1), left
+
+    async def history(
+        self,
+        user_id: str,
+        conversation_id: str,
+        before_seq: int,
+        after_seq: int,
+        limit: int,
+    ) -> tuple[list[StoredMessage], int, bool]:
+        lowest, highest = await self.visible_range(user_id, conversation_id)
+        limit = max(1, min(limit or 50, self.limits.max_history_page))
+        before = before_seq or None
+        if highest:
+            before = min(before or highest + 1, highest + 1)
+        head = self.hot.head(conversation_id)
+        cached = self.membership.peek(conversation_id)
+        if cached is not None:  # a lower bound of the head: any version will do
+            head = max(head, cached.head_seq)
+        if after_seq:  # oldest first from a cursor: what clients pull to fill gaps
+            messages = await self._page_after(conversation_id, max(after_seq, lowest - 1),
+                                              limit + 1, before)
+            has_more = len(messages) > limit
+            return messages[:limit], max(head, messages[-1].seq if messages else 0), has_more
+        try:  # newest first below `before`, above the floor
+            messages = await self.storage.history(conversation_id, before_seq=before,
+                                                  after_seq=None, limit=limit + 1)
+        except StorageUnavailable as exc:
+            raise unavailable(exc) from exc
+        has_more = len(messages) > limit
+        if has_more:
+            messages = messages[1:]
+        if lowest > 1 and messages and messages[0].seq <= lowest:
+            messages = [m for m in messages if m.seq >= lowest]
+            has_more = False
+        return messages, max(head, messages[-1].seq if messages else 0), has_more
+
+    async def _page_after(self, conversation_id: str, after: int, limit: int,
+                          before: int | None) -> list[StoredMessage]:
+        messages = self.hot.after(conversation_id, after, limit, before)
+        if messages:
+            return messages
+        try:  # a miss, or empty, which may mean "appended by another instance"
+            return await self.storage.history(conversation_id, before_seq=before, after_seq=after,
+                                              limit=limit)
+        except StorageUnavailable as exc:
+            raise unavailable(exc) from exc
+
+    async def group_deltas(self, user_id: str,
+                           cursors: dict[str, int]) -> list[tuple[str, int, int, list[StoredMessage], bool]]:
+        """For sync: each large group of the user with the messages after the
+        client's cursor (or after joining), a bounded page each."""
+        try:
+            groups = await self.storage.large_groups_of(user_id,
+                                                      self.social.large_group_threshold)
+        except StorageUnavailable as exc:
+            raise unavailable(exc) from exc
+        deltas = []
+        budget = self.limits.max_sync_page
+        for conversation_id, head, joined in groups:
+            after = max(cursors.get(conversation_id, 0), joined - 1)
+            page: list[StoredMessage] = []
+            if after < head and budget > 0:
+                page = await self._page_after(conversation_id, after,
+                                              min(budget, self.limits.max_history_page), None)
+                budget -= len(page)
+            last = page[-1].seq if page else after
+            deltas.append((conversation_id, head, joined, page, last < head))
+        return deltas
