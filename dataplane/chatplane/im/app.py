@@ -32,7 +32,8 @@ from chatplane.im.invalidation import Invalidations
 from chatplane.im.leases import NotOwner
 from chatplane.im.service import ImService
 from chatplane.protocol import bounds
-from chatplane.protocol.errors import ProtocolError
+from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.protocol.wire import error_frame
 from chatplane.regions import links as region_links
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
@@ -85,6 +86,35 @@ class ImServicer(sgrpc.ImServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
                 raise
             return spb.ClientReplies(frames=[r.SerializeToString() for r in replies])
+
+    async def HandleSendLanes(self, request: spb.SendLanes,
+                              context: grpc.aio.ServicerContext) -> spb.SendLanesReply:
+        """The lanes a gateway queued for this instance meanwhile (one call
+        instead of one per lane), each handled as by HandleSends, side by
+        side: order is owed within a lane only."""
+        with tracing.serving("im.HandleSendLanes"):
+            await refuse_out_of_bounds(context, "handle_send_lanes", request)
+            lanes = await asyncio.gather(*(self._lane(lane) for lane in request.lanes))
+            return spb.SendLanesReply(lanes=lanes)
+
+    async def _lane(self, lane: spb.ClientRequests) -> spb.ClientReplies:
+        """One lane's replies; `not_handled` when this instance does not own
+        its conversation (the gateway sends it again to the next owner, as
+        after HandleSends' UNAVAILABLE). A lane that fails here (a bug) is
+        answered INTERNAL, as HandleSends' gateway would answer it; the
+        other lanes of the call are not."""
+        frames = [requests.admit(spb.ClientRequest(user_id=lane.user_id,
+                                                   device_id=lane.device_id, frame=f),
+                                 self.im.bounds) for f in lane.frames]
+        try:
+            replies = await self.im.handle_sends(lane.user_id, lane.device_id, frames)
+        except NotOwner as exc:
+            return spb.ClientReplies(not_handled=exc.message)
+        except Exception as exc:
+            log.exception("a lane of sends failed")
+            replies = [error_frame(f.id, ErrorCode.INTERNAL,
+                                   f"internal error: {type(exc).__name__}") for f in frames]
+        return spb.ClientReplies(frames=[r.SerializeToString() for r in replies])
 
     async def InboxHeads(self, request: spb.InboxHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.InboxHeadsReply:

@@ -7,15 +7,29 @@ retriable failure to the next one on the ring: ownership moves with the
 first failed call, before the dead instance's registry TTL passes. The
 request frame is forwarded as bytes; a device's sends into one conversation
 go in one ordered call (`handle_sends`, gateway/uplink.py).
+
+A gRPC call costs far more CPU than the send it carries (docs/benchmarks.md,
+"`cluster up`: CPU per message per tier"), and a gateway has a lane per
+device and conversation, so the lanes bound for one im instance share calls
+(`Im.HandleSendLanes`): up to `LANE_CALLS` calls in flight per instance, and
+the lanes that come meanwhile wait for one of them to return and go
+together. An idle gateway's lane goes at once, alone. A lane the call could
+not handle (its instance does not own the conversation, or the call failed
+retriably) goes again alone to the next instance on the ring, within the
+same deadline, as after a failed `HandleSends`; an instance without
+`HandleSendLanes` (an earlier version, during a rollout) gets `HandleSends`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
 
+from chatplane.protocol.bounds import MAX_LANES_PER_CALL
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.wire import error_frame
 from chatplane.registry.instances import CachedInstances, LiveRing
@@ -31,6 +45,11 @@ T = TypeVar("T")
 # what the owner caches of, the one conversation they name. The others go to
 # the user's owner, which also owns the user's event conversation.
 BY_CONVERSATION = frozenset({"send", "history", "group_op", "members", "receipts"})
+LANE_CALLS = 2  # HandleSendLanes calls in flight per im instance; more lanes wait and go together
+LANE_CALL_BYTES = 1024 * 1024  # sends' bytes in one call (gRPC's default limit is 4 MiB)
+log = logging.getLogger("chatplane.im.client")
+# a lane queued for one instance, and where its replies go (None: send it alone)
+_Queued = tuple[spb.ClientRequests, "asyncio.Future[spb.ClientReplies | None]"]
 
 
 class RemoteIm:
@@ -43,15 +62,26 @@ class RemoteIm:
         self.store_id = ""  # learnt from the heads replies (a login asks for its head first)
         self.on_failover: Callable[[], None] | None = None
         self._heads: Coalescer[str, int] = Coalescer(self.inbox_heads)  # logins in a storm
+        self._lanes: dict[str, list[_Queued]] = {}  # im address -> lanes waiting for a call
+        self._lane_calls: dict[str, int] = {}  # im address -> HandleSendLanes calls in flight
+        self._no_lanes: set[str] = set()  # instances that answered UNIMPLEMENTED
+        self.lane_calls = 0  # HandleSendLanes calls made
+        self._lane_tasks: set[asyncio.Task[None]] = set()
 
     async def _owners(self, key: str) -> list[str]:
         return [address for _, address in await self.ring.owners(key)]
 
-    async def _call(self, key: str, invoke: Callable[[sgrpc.ImStub], Awaitable[T]]) -> T:
+    async def _call(self, key: str, invoke: Callable[[sgrpc.ImStub], Awaitable[T]], *,
+                    owner_failed: bool = False, total_s: float | None = None) -> T:
         """`invoke` on the owner of `key`, or on the next ones on the ring
-        after a retriable failure (each move counted as a failover)."""
+        after a retriable failure (each move counted as a failover);
+        `owner_failed`: the owner already failed this request (a shared
+        call), so start with the next one."""
         owners = await self._owners(key)  # (an empty registry is read again once)
         tried = 0
+        if owner_failed and len(owners) > 1:
+            owners = owners[1:] + owners[:1]
+            tried = 1
 
         async def one(address: str) -> T:
             nonlocal tried
@@ -60,9 +90,10 @@ class RemoteIm:
                 self.failovers += 1
                 if self.on_failover is not None:
                     self.on_failover()
-            return await invoke(sgrpc.ImStub(self.peers.channel(address, "im")))
+            return await invoke(self.peers.stub(address, "im", sgrpc.ImStub))
 
-        return await first_answer(owners, one, 2 * self.peers.deadline_s)
+        return await first_answer(owners, one, 2 * self.peers.deadline_s if total_s is None
+                                  else total_s)
 
     async def handle(self, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
         kind = frame.WhichOneof("body") or ""
@@ -87,23 +118,95 @@ class RemoteIm:
         conversation_id = frames[0].send.conversation_id
         request = spb.ClientRequests(user_id=user_id, device_id=device_id,
                                      frames=[f.SerializeToString() for f in frames])
+        key = ring_key(conversation_id)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        owners = await self._owners(key)
+        owner_failed = False
+        if owners and owners[0] not in self._no_lanes:
+            shared = await self._queue_lane(owners[0], request)
+            if shared is not None:
+                return self._replies(frames, shared)
+            owner_failed = owners[0] not in self._no_lanes  # (else: it has no HandleSendLanes)
         try:
             reply: spb.ClientReplies = await self._call(
-                ring_key(conversation_id), lambda stub: stub.HandleSends(
-                    request, timeout=self.peers.deadline_s))
+                key, lambda stub: stub.HandleSends(request, timeout=self.peers.deadline_s),
+                owner_failed=owner_failed,
+                total_s=max(0.0, 2 * self.peers.deadline_s - (loop.time() - started)))
         except grpc.aio.AioRpcError as exc:
             code = ErrorCode.UNAVAILABLE if retriable(exc) else ErrorCode.INTERNAL
             return [error_frame(f.id, code, f"im unavailable, retry: {exc.code().name}")
                     for f in frames]
+        return self._replies(frames, reply)
+
+    @staticmethod
+    def _replies(frames: Sequence[pb.Frame], reply: spb.ClientReplies) -> list[pb.Frame]:
         if len(reply.frames) != len(frames):
             return [error_frame(f.id, ErrorCode.INTERNAL, "im answered another number of sends")
                     for f in frames]
         return [pb.Frame.FromString(r) for r in reply.frames]
 
+    async def _queue_lane(self, address: str,
+                          lane: spb.ClientRequests) -> spb.ClientReplies | None:
+        """`lane` in a HandleSendLanes call to `address`, with the lanes
+        queued for it meanwhile; None when that call did not handle it."""
+        future: asyncio.Future[spb.ClientReplies | None] = (
+            asyncio.get_running_loop().create_future())
+        self._lanes.setdefault(address, []).append((lane, future))
+        if self._lane_calls.get(address, 0) < LANE_CALLS:
+            self._lane_calls[address] = self._lane_calls.get(address, 0) + 1
+            task = asyncio.get_running_loop().create_task(self._send_lanes(address))
+            self._lane_tasks.add(task)
+            task.add_done_callback(self._lane_tasks.discard)
+        return await future
+
+    async def _send_lanes(self, address: str) -> None:
+        """Calls to `address` until no lane waits for one."""
+        try:
+            while self._lanes.get(address):
+                queued = self._lanes[address]
+                batch: list[_Queued] = []
+                size = 0
+                while queued and len(batch) < MAX_LANES_PER_CALL and size < LANE_CALL_BYTES:
+                    lane, future = queued.pop(0)
+                    if not future.done():  # (its sender stopped waiting: never sent)
+                        batch.append((lane, future))
+                        size += lane.ByteSize()
+                if not queued:
+                    del self._lanes[address]
+                if batch:
+                    await self._call_lanes(address, batch)
+        finally:
+            self._lane_calls[address] -= 1
+            if not self._lane_calls[address]:  # (cancelled: what waits goes alone)
+                for _, future in self._lanes.pop(address, []):
+                    if not future.done():
+                        future.set_result(None)
+
+    async def _call_lanes(self, address: str, batch: list[_Queued]) -> None:
+        answers: list[spb.ClientReplies | None] = [None] * len(batch)
+        try:
+            self.lane_calls += 1
+            reply: spb.SendLanesReply = await self.peers.stub(
+                address, "im", sgrpc.ImStub).HandleSendLanes(
+                    spb.SendLanes(lanes=[lane for lane, _ in batch]),
+                    timeout=self.peers.deadline_s)
+            if len(reply.lanes) == len(batch):
+                answers = [None if r.not_handled else r for r in reply.lanes]
+        except grpc.aio.AioRpcError as exc:  # every lane goes again alone
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self._no_lanes.add(address)
+        except Exception:  # a bug must cost one more call per lane, not the lanes
+            log.exception("HandleSendLanes to %s failed", address)
+        finally:  # (cancelled too: no lane is left waiting)
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if not future.done():
+                    future.set_result(answer)
+
     async def _read(self, key: str, call: Callable[[sgrpc.ImStub], Awaitable[T]]) -> T:
         """A read-only call on the owner of `key`, or the next ones on the ring."""
         async def one(address: str) -> T:
-            return await call(sgrpc.ImStub(self.peers.channel(address, "im")))
+            return await call(self.peers.stub(address, "im", sgrpc.ImStub))
 
         return await first_answer(await self._owners(key), one, 2 * self.peers.deadline_s)
 

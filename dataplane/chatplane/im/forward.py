@@ -88,7 +88,7 @@ class ImRing:
 
         for address in ahead:
             try:
-                await sgrpc.ImStub(self.peers.channel(address, "im")).AppendEvent(
+                await self.peers.stub(address, "im", sgrpc.ImStub).AppendEvent(
                     rpc, timeout=self.peers.deadline_s / 4)
             except grpc.aio.AioRpcError:
                 continue  # dead, stalled or refusing: the next one, or here
@@ -123,7 +123,7 @@ class ImRing:
             spb.FanOutEntry(seq=seq, user_ids=list(users), fresh=seq in fresh)
             for seq, users in entries])
         try:
-            await sgrpc.ImStub(self.peers.channel(address, "im")).FanOut(
+            await self.peers.stub(address, "im", sgrpc.ImStub).FanOut(
                 rpc, timeout=self.peers.deadline_s)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:

@@ -46,6 +46,7 @@ MAX_SYNC_CURSORS = 10_000  # large-group cursors in one SyncRequest
 MAX_HEADS_PER_CALL = 10_000  # ids in one Im.InboxHeads / Im.GroupHeads call
 # sends of one device per Im.HandleSends call (the gateway batches at most this many)
 MAX_SENDS_PER_CALL = 256
+MAX_LANES_PER_CALL = 64  # lanes (a device's sends into one conversation) in one Im.HandleSendLanes
 MAX_FANOUT_ENTRIES = 256  # messages in one Im.FanOut call
 MAX_MESSAGE_ID_BYTES = 64
 MAX_DEVICE_BYTES = 256  # a device as im sees it: a client's, or an instance's event device
@@ -293,6 +294,9 @@ CALL_RULES: dict[str, tuple[Rule, ...]] = {
     "handle": (Text("user_id", MAX_ID_BYTES), Text("device_id", MAX_DEVICE_BYTES)),
     "handle_sends": (Text("user_id", MAX_ID_BYTES), Text("device_id", MAX_DEVICE_BYTES),
                      Repeated("frames", MAX_SENDS_PER_CALL, ())),
+    "handle_send_lanes": (Repeated("lanes", MAX_LANES_PER_CALL, (
+        Text("user_id", MAX_ID_BYTES), Text("device_id", MAX_DEVICE_BYTES),
+        Repeated("frames", MAX_SENDS_PER_CALL, ()))),),
     "append_event": (UserId("user_id"), Text("device", MAX_DEVICE_BYTES), Int("cid", low=1),
                      Text("message_id", MAX_MESSAGE_ID_BYTES), Int("sent_at_ms"),
                      Text("content_type", MAX_CONTENT_TYPE_BYTES),

@@ -42,10 +42,24 @@ class ClientRequests(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., frames: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ClientReplies(_message.Message):
-    __slots__ = ("frames",)
+    __slots__ = ("frames", "not_handled")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
+    NOT_HANDLED_FIELD_NUMBER: _ClassVar[int]
     frames: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, frames: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    not_handled: str
+    def __init__(self, frames: _Optional[_Iterable[bytes]] = ..., not_handled: _Optional[str] = ...) -> None: ...
+
+class SendLanes(_message.Message):
+    __slots__ = ("lanes",)
+    LANES_FIELD_NUMBER: _ClassVar[int]
+    lanes: _containers.RepeatedCompositeFieldContainer[ClientRequests]
+    def __init__(self, lanes: _Optional[_Iterable[_Union[ClientRequests, _Mapping]]] = ...) -> None: ...
+
+class SendLanesReply(_message.Message):
+    __slots__ = ("lanes",)
+    LANES_FIELD_NUMBER: _ClassVar[int]
+    lanes: _containers.RepeatedCompositeFieldContainer[ClientReplies]
+    def __init__(self, lanes: _Optional[_Iterable[_Union[ClientReplies, _Mapping]]] = ...) -> None: ...
 
 class InboxHeadsRequest(_message.Message):
     __slots__ = ("user_ids",)

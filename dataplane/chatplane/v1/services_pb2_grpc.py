@@ -64,6 +64,11 @@ class ImStub:
                 request_serializer=chatplane_dot_v1_dot_services__pb2.ClientRequests.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.ClientReplies.FromString,
                 _registered_method=True)
+        self.HandleSendLanes = channel.unary_unary(
+                '/chatplane.v1.Im/HandleSendLanes',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.SendLanes.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.SendLanesReply.FromString,
+                _registered_method=True)
 
 
 class ImServicer:
@@ -107,6 +112,14 @@ class ImServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandleSendLanes(self, request, context):
+        """Lanes of different devices or conversations, each handled as by
+        HandleSends and side by side (order is owed within a lane only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +152,11 @@ def add_ImServicer_to_server(servicer, server):
                     servicer.HandleSends,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.ClientRequests.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.ClientReplies.SerializeToString,
+            ),
+            'HandleSendLanes': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandleSendLanes,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.SendLanes.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.SendLanesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +321,33 @@ class Im:
             '/chatplane.v1.Im/HandleSends',
             chatplane_dot_v1_dot_services__pb2.ClientRequests.SerializeToString,
             chatplane_dot_v1_dot_services__pb2.ClientReplies.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandleSendLanes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Im/HandleSendLanes',
+            chatplane_dot_v1_dot_services__pb2.SendLanes.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.SendLanesReply.FromString,
             options,
             channel_credentials,
             insecure,
