@@ -20,11 +20,15 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 TIERS = ["gateway", "im", "state", "ipconf", "redis-server"]
 
 
-async def test_bench_direct_reports_cpu_per_tier_of_a_cluster(tmp_path: Path) -> None:
-    up = subprocess.Popen(
-        [sys.executable, "-m", "chatplane.cli", "cluster", "up", "--data-dir", str(tmp_path),
+def _cluster_up(data_dir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "chatplane.cli", "cluster", "up", "--data-dir", str(data_dir),
          "--gateways", "2", "--ims", "2", "--states", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+async def test_bench_direct_reports_cpu_per_tier_of_a_cluster(tmp_path: Path) -> None:
+    up = _cluster_up(tmp_path)
     try:
         assert up.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(up.stdout.readline), 60)

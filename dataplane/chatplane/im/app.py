@@ -28,6 +28,7 @@ from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.im import requests
 from chatplane.im.admin import AdminApi
 from chatplane.im.forward import ImRing
+from chatplane.im.inboxes import Inboxes
 from chatplane.im.invalidation import Invalidations
 from chatplane.im.leases import NotOwner
 from chatplane.im.service import ImService
@@ -170,22 +171,41 @@ class ImServicer(sgrpc.ImServicer):
         instance's ring says, so a fan-out never bounces."""
         with tracing.serving("im.FanOut"):
             await refuse_out_of_bounds(context, "fan_out", request)
-            inboxes = self.im.inboxes
-            if inboxes is None:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not in a cluster")
-                raise AssertionError("abort raises")
-            # Finished even when the caller stops waiting: its retry then finds
-            # the entries instead of starting over (and being cut short again).
-            work = asyncio.ensure_future(inboxes.fan_out_here(request.conversation_id, [
-                (entry.seq, list(entry.user_ids)) for entry in request.entries],
-                {entry.seq for entry in request.entries if entry.fresh}))
-            work.add_done_callback(_outcome_seen)
-            try:
-                written = await asyncio.shield(work)
-            except StorageError as exc:  # not UNAVAILABLE: the caller must not write around
-                await context.abort(grpc.StatusCode.ABORTED, str(exc))
-                raise
-            return spb.FanOutReply(written=written)
+            inboxes = await self._inboxes(context)
+            reply = await self._fan_out(inboxes, request)
+            if reply.failed:  # not UNAVAILABLE: the caller must not write around
+                await context.abort(grpc.StatusCode.ABORTED, reply.failed)
+            return reply
+
+    async def FanOutMany(self, request: spb.FanOutRequests,
+                         context: grpc.aio.ServicerContext) -> spb.FanOutReplies:
+        """Several conversations' fan-outs (im/forward.py gathers what it has
+        for this instance meanwhile), each as by FanOut, side by side."""
+        with tracing.serving("im.FanOutMany"):
+            await refuse_out_of_bounds(context, "fan_out_many", request)
+            inboxes = await self._inboxes(context)
+            replies = await asyncio.gather(*(self._fan_out(inboxes, r) for r in request.requests))
+            return spb.FanOutReplies(replies=replies)
+
+    async def _inboxes(self, context: grpc.aio.ServicerContext) -> Inboxes:
+        if self.im.inboxes is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not in a cluster")
+            raise AssertionError("abort raises")
+        return self.im.inboxes
+
+    @staticmethod
+    async def _fan_out(inboxes: Inboxes, request: spb.FanOutRequest) -> spb.FanOutReply:
+        """One conversation's entries written (or found) here; `failed`: storage refused."""
+        # Finished even when the caller stops waiting: its retry then finds
+        # the entries instead of starting over (and being cut short again).
+        work = asyncio.ensure_future(inboxes.fan_out_here(request.conversation_id, [
+            (entry.seq, list(entry.user_ids)) for entry in request.entries],
+            {entry.seq for entry in request.entries if entry.fresh}))
+        work.add_done_callback(_outcome_seen)
+        try:
+            return spb.FanOutReply(written=await asyncio.shield(work))
+        except StorageError as exc:
+            return spb.FanOutReply(failed=str(exc) or type(exc).__name__)
 
 
 def _outcome_seen(done: asyncio.Future[int]) -> None:
@@ -267,10 +287,13 @@ class ImApp:
              "events for a conversation owned elsewhere appended here (its owner did not answer)",
              self.ring.kept),
             ("chatplane_im_fan_outs_forwarded_total",
-             "inbox fan-outs written by the inboxes' owner at this instance's request (calls)",
-             self.ring.fan_outs_forwarded),
+             "inbox fan-outs (one conversation's batch) written by the inboxes' owner at this "
+             "instance's request", self.ring.fan_outs_forwarded),
+            ("chatplane_im_fan_out_calls_total",
+             "Im.FanOutMany calls made (each carries the fan-outs queued for one owner meanwhile)",
+             self.ring.fan_out_calls),
             ("chatplane_im_fan_outs_kept_total",
-             "inbox fan-outs written here: their inboxes' owner did not answer (calls)",
+             "inbox fan-outs written here: their inboxes' owner did not answer",
              self.ring.fan_outs_kept),
             ("chatplane_im_group_delivered_total", "large-group messages handed to state",
              self.outbox.groups.sent),

@@ -34,7 +34,7 @@ from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.wire import error_frame
 from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
-from chatplane.rpc.batching import Coalescer
+from chatplane.rpc.batching import Coalescer, SharedCalls
 from chatplane.rpc.peers import Peers, first_answer, retriable
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
@@ -48,8 +48,6 @@ BY_CONVERSATION = frozenset({"send", "history", "group_op", "members", "receipts
 LANE_CALLS = 2  # HandleSendLanes calls in flight per im instance; more lanes wait and go together
 LANE_CALL_BYTES = 1024 * 1024  # sends' bytes in one call (gRPC's default limit is 4 MiB)
 log = logging.getLogger("chatplane.im.client")
-# a lane queued for one instance, and where its replies go (None: send it alone)
-_Queued = tuple[spb.ClientRequests, "asyncio.Future[spb.ClientReplies | None]"]
 
 
 class RemoteIm:
@@ -62,11 +60,10 @@ class RemoteIm:
         self.store_id = ""  # learnt from the heads replies (a login asks for its head first)
         self.on_failover: Callable[[], None] | None = None
         self._heads: Coalescer[str, int] = Coalescer(self.inbox_heads)  # logins in a storm
-        self._lanes: dict[str, list[_Queued]] = {}  # im address -> lanes waiting for a call
-        self._lane_calls: dict[str, int] = {}  # im address -> HandleSendLanes calls in flight
+        self._lanes: SharedCalls[spb.ClientRequests, spb.ClientReplies] = SharedCalls(
+            self._send_lanes, spb.ClientRequests.ByteSize, in_flight=LANE_CALLS,
+            max_batch=MAX_LANES_PER_CALL, max_bytes=LANE_CALL_BYTES)
         self._no_lanes: set[str] = set()  # instances that answered UNIMPLEMENTED
-        self.lane_calls = 0  # HandleSendLanes calls made
-        self._lane_tasks: set[asyncio.Task[None]] = set()
 
     async def _owners(self, key: str) -> list[str]:
         return [address for _, address in await self.ring.owners(key)]
@@ -150,58 +147,25 @@ class RemoteIm:
                           lane: spb.ClientRequests) -> spb.ClientReplies | None:
         """`lane` in a HandleSendLanes call to `address`, with the lanes
         queued for it meanwhile; None when that call did not handle it."""
-        future: asyncio.Future[spb.ClientReplies | None] = (
-            asyncio.get_running_loop().create_future())
-        self._lanes.setdefault(address, []).append((lane, future))
-        if self._lane_calls.get(address, 0) < LANE_CALLS:
-            self._lane_calls[address] = self._lane_calls.get(address, 0) + 1
-            task = asyncio.get_running_loop().create_task(self._send_lanes(address))
-            self._lane_tasks.add(task)
-            task.add_done_callback(self._lane_tasks.discard)
-        return await future
-
-    async def _send_lanes(self, address: str) -> None:
-        """Calls to `address` until no lane waits for one."""
-        try:
-            while self._lanes.get(address):
-                queued = self._lanes[address]
-                batch: list[_Queued] = []
-                size = 0
-                while queued and len(batch) < MAX_LANES_PER_CALL and size < LANE_CALL_BYTES:
-                    lane, future = queued.pop(0)
-                    if not future.done():  # (its sender stopped waiting: never sent)
-                        batch.append((lane, future))
-                        size += lane.ByteSize()
-                if not queued:
-                    del self._lanes[address]
-                if batch:
-                    await self._call_lanes(address, batch)
-        finally:
-            self._lane_calls[address] -= 1
-            if not self._lane_calls[address]:  # (cancelled: what waits goes alone)
-                for _, future in self._lanes.pop(address, []):
-                    if not future.done():
-                        future.set_result(None)
-
-    async def _call_lanes(self, address: str, batch: list[_Queued]) -> None:
-        answers: list[spb.ClientReplies | None] = [None] * len(batch)
-        try:
-            self.lane_calls += 1
-            reply: spb.SendLanesReply = await self.peers.stub(
-                address, "im", sgrpc.ImStub).HandleSendLanes(
-                    spb.SendLanes(lanes=[lane for lane, _ in batch]),
-                    timeout=self.peers.deadline_s)
-            if len(reply.lanes) == len(batch):
-                answers = [None if r.not_handled else r for r in reply.lanes]
-        except grpc.aio.AioRpcError as exc:  # every lane goes again alone
+        try:  # (waiting for a call and the call: one deadline, as HandleSends')
+            reply = await asyncio.wait_for(self._lanes.ask(address, lane), self.peers.deadline_s)
+        except TimeoutError:
+            return None
+        except grpc.aio.AioRpcError as exc:  # it goes again alone
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self._no_lanes.add(address)
-        except Exception:  # a bug must cost one more call per lane, not the lanes
+            return None
+        except Exception:  # a bug must cost one more call, not the lane
             log.exception("HandleSendLanes to %s failed", address)
-        finally:  # (cancelled too: no lane is left waiting)
-            for (_, future), answer in zip(batch, answers, strict=True):
-                if not future.done():
-                    future.set_result(answer)
+            return None
+        return None if reply.not_handled else reply
+
+    async def _send_lanes(self, address: str,
+                          lanes: list[spb.ClientRequests]) -> list[spb.ClientReplies]:
+        reply: spb.SendLanesReply = await self.peers.stub(
+            address, "im", sgrpc.ImStub).HandleSendLanes(
+                spb.SendLanes(lanes=lanes), timeout=self.peers.deadline_s)
+        return list(reply.lanes)
 
     async def _read(self, key: str, call: Callable[[sgrpc.ImStub], Awaitable[T]]) -> T:
         """A read-only call on the owner of `key`, or the next ones on the ring."""
@@ -209,6 +173,11 @@ class RemoteIm:
             return await call(self.peers.stub(address, "im", sgrpc.ImStub))
 
         return await first_answer(await self._owners(key), one, 2 * self.peers.deadline_s)
+
+    @property
+    def lane_calls(self) -> int:
+        """HandleSendLanes calls made."""
+        return self._lanes.calls
 
     async def inbox_heads(self, user_ids: Sequence[str]) -> dict[str, int]:
         if not user_ids:

@@ -146,10 +146,24 @@ class FanOutRequest(_message.Message):
     def __init__(self, conversation_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[FanOutEntry, _Mapping]]] = ...) -> None: ...
 
 class FanOutReply(_message.Message):
-    __slots__ = ("written",)
+    __slots__ = ("written", "failed")
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     written: int
-    def __init__(self, written: _Optional[int] = ...) -> None: ...
+    failed: str
+    def __init__(self, written: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
+
+class FanOutRequests(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[FanOutRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[FanOutRequest, _Mapping]]] = ...) -> None: ...
+
+class FanOutReplies(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[FanOutReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[FanOutReply, _Mapping]]] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("user_id", "device_id", "gateway_id", "conn_id", "opened_ms")

@@ -59,6 +59,11 @@ class ImStub:
                 request_serializer=chatplane_dot_v1_dot_services__pb2.FanOutRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutReply.FromString,
                 _registered_method=True)
+        self.FanOutMany = channel.unary_unary(
+                '/chatplane.v1.Im/FanOutMany',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.FanOutRequests.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutReplies.FromString,
+                _registered_method=True)
         self.HandleSends = channel.unary_unary(
                 '/chatplane.v1.Im/HandleSends',
                 request_serializer=chatplane_dot_v1_dot_services__pb2.ClientRequests.SerializeToString,
@@ -100,6 +105,13 @@ class ImServicer:
 
     def FanOut(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FanOutMany(self, request, context):
+        """Fan-outs of several conversations, each handled as by FanOut, side by side.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -147,6 +159,11 @@ def add_ImServicer_to_server(servicer, server):
                     servicer.FanOut,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.FanOutReply.SerializeToString,
+            ),
+            'FanOutMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.FanOutMany,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutRequests.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.FanOutReplies.SerializeToString,
             ),
             'HandleSends': grpc.unary_unary_rpc_method_handler(
                     servicer.HandleSends,
@@ -294,6 +311,33 @@ class Im:
             '/chatplane.v1.Im/FanOut',
             chatplane_dot_v1_dot_services__pb2.FanOutRequest.SerializeToString,
             chatplane_dot_v1_dot_services__pb2.FanOutReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FanOutMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Im/FanOutMany',
+            chatplane_dot_v1_dot_services__pb2.FanOutRequests.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.FanOutReplies.FromString,
             options,
             channel_credentials,
             insecure,
