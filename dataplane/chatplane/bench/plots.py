@@ -95,11 +95,12 @@ def ladder_figure(plt: Any, rungs: list[dict[str, Any]], path: Path, p99_limit_m
 def cpu_figure(plt: Any, rungs: list[dict[str, Any]], path: Path) -> None:
     offered = [r.get("offered_rate", 0) for r in rungs]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("server_cpu_us_per_msg", "server"), ("bench_cpu_us_per_msg", "bench")):
+    tiers = dict.fromkeys(t for r in rungs for t in (r.get("tier_cpu_us_per_msg") or {}).get("tiers", {}))
+    server = "server (sum of the tiers)" if tiers else "server"
+    for key, label in (("server_cpu_us_per_msg", server), ("bench_cpu_us_per_msg", "bench")):
         points = [(o, r[key]) for o, r in zip(offered, rungs, strict=True) if r.get(key)]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=label)
-    tiers = dict.fromkeys(t for r in rungs for t in (r.get("tier_cpu_us_per_msg") or {}).get("tiers", {}))
     for tier in tiers:
         points = [(o, r["tier_cpu_us_per_msg"]["tiers"][tier]) for o, r in zip(offered, rungs, strict=True)
                   if tier in (r.get("tier_cpu_us_per_msg") or {}).get("tiers", {})]
