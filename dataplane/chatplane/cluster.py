@@ -8,11 +8,17 @@ tests and benchmarks drive: `kill(name)` is kill -9, `start_member(name)`
 brings it back, `terminate(name)` sends SIGTERM (a gateway drains).
 `cluster up` starts a member that exits again (a drained gateway exits by
 design, like a pod being replaced) and stops everything on Ctrl-C.
+
+While it runs, `<workdir>/cluster.json` names every process (each member's
+tier, PID and ports, and Redis's): `chatplane bench direct --cluster
+<workdir>` reads it to report CPU per message per tier. It is rewritten when
+a member starts again (a new PID) and removed at stop.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -34,6 +40,7 @@ _handed_out: set[int] = set()
 # server it is meant for binds it ("address already in use" at start). Above 15000 (out
 # of the way of fixed service ports) and below 30000 (Kubernetes' NodePort range).
 PORTS_LOW, PORTS_HIGH = 15000, 30000
+STATE_FILE = "cluster.json"  # in the workdir: what runs there (bench direct --cluster)
 
 
 def _ephemeral_low() -> int:
@@ -113,6 +120,7 @@ class Cluster:
         self.storage = storage
         self.ipconf_fixed = bool(ipconf_port)  # --port: the one address the user was told
         self.members: dict[str, Member] = {}
+        self._state_lock = threading.Lock()
         plan = [("state", states), ("im", ims), ("gateway", gateways), ("ipconf", 1)]
         for kind, count in plan:
             for i in range(1, count + 1):
@@ -152,6 +160,7 @@ class Cluster:
                 with socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
+                        self.write_state()
                         return
             except OSError:
                 time.sleep(0.05)
@@ -200,6 +209,7 @@ class Cluster:
                     member.ready.set()
 
         threading.Thread(target=pump, args=(m.proc, m), daemon=True).start()
+        self.write_state()
         if wait_s is not None:
             self.wait_ready([name], wait_s)
 
@@ -267,7 +277,31 @@ class Cluster:
             self.start_member(name, wait_s=None)
         self.wait_ready(rest, timeout_s)
 
+    def state(self) -> dict[str, object]:
+        """What runs here, as `cluster.json` holds it."""
+        redis_pid = self._redis.pid if self._redis is not None else 0
+        return {
+            "dispatch": self.dispatch_url,
+            "data_dir": str(self.data_dir),
+            "redis": {"url": self.redis_url, "pid": redis_pid},
+            "members": [
+                {"name": m.name, "tier": m.kind, "pid": m.proc.pid if m.proc is not None else 0,
+                 "url": m.url, "admin_url": m.admin_url, "grpc_port": m.grpc_port,
+                 "tcp_port": m.tcp_port}
+                for m in self.members.values()
+            ],
+        }
+
+    def write_state(self) -> None:
+        """(Re)write `cluster.json` whole: a reader never sees half of it."""
+        path = self.workdir / STATE_FILE
+        partial = path.with_suffix(".json.partial")
+        with self._state_lock:
+            partial.write_text(json.dumps(self.state(), indent=2) + "\n")
+            partial.replace(path)
+
     def stop(self) -> None:
+        (self.workdir / STATE_FILE).unlink(missing_ok=True)
         for m in self.members.values():
             if m.alive:
                 assert m.proc is not None

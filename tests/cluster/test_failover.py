@@ -10,7 +10,7 @@ import asyncio
 import pytest
 import redis
 
-from chatplane.registry.ring import HashRing
+from chatplane.registry.ring import HashRing, ring_key
 from tests.cluster.conftest import Chat, ClusterFactory, connections, get_json, metric
 from tests.services import RedisService
 
@@ -46,7 +46,7 @@ async def test_kill_9_one_of_two_im(make_cluster: ClusterFactory) -> None:
     chat = Chat()
     await chat.open(cluster, pairs=4, tag="i")
     ring = HashRing(cluster.names("im"))
-    owned = [c for c in chat.seqs if ring.owner(c) == "im-1"]
+    owned = [c for c in chat.seqs if ring.owner(ring_key(c)) == "im-1"]
     assert owned, "the test needs a conversation that im-1 sequences"
     at_kill: dict[str, int] = {}
 

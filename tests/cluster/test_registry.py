@@ -160,6 +160,49 @@ async def test_coalescer_batches_concurrent_calls_and_shares_errors() -> None:
     assert all(isinstance(r, RuntimeError) for r in results)
 
 
+async def test_shared_calls_send_at_once_when_idle_and_together_when_busy() -> None:
+    from chatplane.rpc.batching import SharedCalls
+
+    calls: list[list[str]] = []
+    release = asyncio.Event()
+    fail = False
+
+    async def call(address: str, requests: list[str]) -> list[str]:
+        calls.append(list(requests))
+        await release.wait()
+        if fail:
+            raise RuntimeError(f"{address} down")
+        return [f"{address}:{r}" for r in requests]
+
+    async def turns() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    shared: SharedCalls[str, str] = SharedCalls(call, len, in_flight=2, max_batch=3)
+    first = asyncio.ensure_future(shared.ask("im-1", "a"))
+    await turns()
+    second = asyncio.ensure_future(shared.ask("im-1", "b"))
+    await turns()
+    assert calls == [["a"], ["b"]]  # fewer than 2 in flight: each goes at once, alone
+    waiting = [asyncio.ensure_future(shared.ask("im-1", r)) for r in "cdef"]
+    left = asyncio.ensure_future(shared.ask("im-1", "g"))
+    other = asyncio.ensure_future(shared.ask("im-2", "z"))  # another address: its own calls
+    await turns()
+    left.cancel()  # its caller stopped waiting: it is never sent
+    await turns()
+    assert calls == [["a"], ["b"], ["z"]]
+    release.set()
+    assert await asyncio.gather(first, second, *waiting, other) == [
+        "im-1:a", "im-1:b", "im-1:c", "im-1:d", "im-1:e", "im-1:f", "im-2:z"]
+    # the ones that waited went together, at most 3 a call, in the order asked
+    assert calls[3:] == [["c", "d", "e"], ["f"]]
+    assert shared.calls == 5
+    fail = True
+    results = await asyncio.gather(*(shared.ask("im-1", r) for r in "xyz"),
+                                   return_exceptions=True)
+    assert [str(r) for r in results] == ["im-1 down"] * 3  # a call's error is each one's
+
+
 async def _frame(ws: aiohttp.ClientWebSocketResponse, timeout_s: float = 5) -> pb.Frame:
     message = await ws.receive(timeout=timeout_s)
     assert message.type == aiohttp.WSMsgType.BINARY, message

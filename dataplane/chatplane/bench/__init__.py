@@ -34,13 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "offer R msgs/s in total for D seconds to a running server; prints progress, "
         "then latency (send call to receipt) and the delivery checker's verdict.",
     )
-    direct.add_argument("--url", required=True, help="the server's base URL (http://H:P)")
+    direct.add_argument("--url", default="",
+                        help="the server's base URL (http://H:P; with --cluster: its dispatch)")
     direct.add_argument("--admin-url", default="",
                         help="its admin port, for /metrics (default: --url's port + 1)")
     direct.add_argument(
-        "--data-dir", required=True,
+        "--data-dir", default="",
         help="the server's data dir (tokens are minted with its key; CHATPLANE_TOKEN_SECRET "
-        "or CHATPLANE_TOKEN_KEYS in the environment win, as for the server)",
+        "or CHATPLANE_TOKEN_KEYS in the environment win, as for the server; with --cluster: "
+        "the cluster's)",
     )
     direct.add_argument(
         "--receiver-url", default="",

@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from chatplane.bench import procstat, scrape
+from chatplane.bench import procstat, scrape, tiercpu
 from chatplane.bench.latency import LatencyHistogram
 from chatplane.checker import DeliveryChecker
 
@@ -93,6 +93,8 @@ class DirectConfig:
     ca: str = ""  # PEM CA to verify an https:// server with (else the system CAs)
     server_pid: int = 0  # > 0: read the server's CPU from /proc/PID/stat, not /metrics
     lag_metrics_url: str = ""  # the receiving region's admin URL: sample its replication lag
+    # a cluster's processes (name -> PID, bench/tiercpu.py): CPU per process, summed as the server's
+    cpu_pids: dict[str, int] = field(default_factory=dict)
 
 
 async def _no_gate() -> None:
@@ -147,6 +149,7 @@ class DirectRun:
         self.cuts = 0
         self.history_pages = self.history_failed = 0
         self.server_cpu_s: float | None = None
+        self.processes_cpu_s: dict[str, float] = {}  # per cluster process (cfg.cpu_pids)
         self.pad = "x" * max(0, config.size - 24)
         self.errors: list[str] = []
         self.lag_samples: list[float] = []  # the receiving region's replication lag, entries
@@ -347,6 +350,7 @@ class DirectRun:
             await start_gate()
             # the server's CPU over the offering window only (not setup, not history)
             cpu_before = await server_cpu(cfg.metrics_url, cfg.ca, cfg.server_pid)
+            procs_before = tiercpu.read(cfg.cpu_pids)
             bench_cpu0 = time.process_time()
             progress = asyncio.create_task(self._report_progress())
             chaos = asyncio.create_task(self._cut()) if cfg.cut_every > 0 else None
@@ -370,7 +374,10 @@ class DirectRun:
                 sampler.cancel()
             self.cpu_s = time.process_time() - bench_cpu0
             cpu_after = await server_cpu(cfg.metrics_url, cfg.ca, cfg.server_pid)
-            if cpu_before is not None and cpu_after is not None:
+            if cfg.cpu_pids:
+                self.processes_cpu_s = tiercpu.spent(procs_before, tiercpu.read(cfg.cpu_pids))
+                self.server_cpu_s = sum(self.processes_cpu_s.values())
+            elif cpu_before is not None and cpu_after is not None:
                 self.server_cpu_s = cpu_after - cpu_before
             await self._check_history()
             self.on_progress({**self.snapshot(0.0), "final": True})
@@ -412,6 +419,7 @@ class DirectRun:
             "history_failed": self.history_failed,
             "bench_cpu_s": round(self.cpu_s, 3),
             "server_cpu_s": None if self.server_cpu_s is None else round(self.server_cpu_s, 3),
+            "processes_cpu_s": self.processes_cpu_s,
             "bench_loop_lag": self.loop_lag.to_dict(),
             "errors": self.errors,
             "replication_lag": self.lag_summary(),

@@ -4,7 +4,9 @@ This module turns the parsed command line into runs: it picks the clients
 (`lean`, the raw TCP generator of `leanclient.py`, by default; `sdk` for
 WebSocket and for chaos runs, whose reconnects are what they test), finds the
 server's PID for the /proc CPU figure, runs one rate or each rung of
-`--ladder` (fresh users per rung), prints the table per run and a ladder
+`--ladder` (fresh users per rung), or, with `--cluster DIR` (a `cluster up`
+deployment), reads every process's CPU and reports it per tier
+(`tiercpu.py`); prints the table per run and a ladder
 summary, names the highest clean rate (clean verdict, kept up, p99 under
 `--p99-limit-ms`), and writes the plots with `--plots DIR` (`plots.py`).
 """
@@ -18,7 +20,7 @@ import sys
 import urllib.parse
 from typing import Any
 
-from chatplane.bench import procstat, report, scrape
+from chatplane.bench import procstat, report, scrape, tiercpu
 from chatplane.bench.direct import DirectConfig, SetupError
 
 
@@ -44,6 +46,23 @@ def _server_pid(args: argparse.Namespace) -> int:
     if parsed.hostname in ("127.0.0.1", "localhost", "::1") and parsed.port:
         return procstat.listener_pid(parsed.port) or 0
     return 0
+
+
+def _cluster(args: argparse.Namespace) -> tiercpu.Deployment | None:
+    """With --cluster: its processes, and --url / --data-dir from it unless given."""
+    if not args.cluster:
+        if not args.url or not args.data_dir:
+            raise UsageError("--url and --data-dir are required (or --cluster DIR)")
+        return None
+    if args.server_pid:
+        raise UsageError("--server-pid and --cluster both name the server's processes")
+    try:
+        found = tiercpu.load(args.cluster)
+    except tiercpu.NoCluster as exc:
+        raise UsageError(str(exc)) from exc
+    args.url = args.url or found.dispatch
+    args.data_dir = args.data_dir or found.data_dir
+    return found
 
 
 def _check(args: argparse.Namespace) -> str:
@@ -136,6 +155,7 @@ def run_direct_command(args: argparse.Namespace) -> int:
     import asyncio
 
     try:
+        deployment = _cluster(args)
         transport = _check(args)
         rates = _rates(args.ladder) if args.ladder else [args.rate]
     except UsageError as exc:
@@ -146,7 +166,7 @@ def run_direct_command(args: argparse.Namespace) -> int:
     except SetupError as exc:
         print(f"bench direct: {exc}", file=sys.stderr)
         return 1
-    pid = _server_pid(args)
+    pid = 0 if deployment is not None else _server_pid(args)
     procs = min(args.procs, args.pairs)
     settings = {
         "transport": transport,
@@ -158,9 +178,14 @@ def run_direct_command(args: argparse.Namespace) -> int:
         "uvloop": not args.no_uvloop,
         "cut_every_s": max(0.0, args.cut_every),
         "tls": args.url.startswith("https://"),
-        "server_cpu_source": f"/proc/{pid}/stat" if pid else "/metrics",
+        "server_cpu_source": (
+            f"/proc/PID/stat of the {len(deployment.pids)} processes in {args.cluster}"
+            if deployment is not None else f"/proc/{pid}/stat" if pid else "/metrics"),
         "receiver_url": args.receiver_url or args.url,
     }
+    if deployment is not None:
+        settings["cpu_tiers"] = deployment.tiers
+        settings["cpu_pids"] = deployment.pids
     rungs: list[dict[str, Any]] = []
     for rate in rates:
         cfg = DirectConfig(
@@ -173,9 +198,10 @@ def run_direct_command(args: argparse.Namespace) -> int:
             devices=max(1, args.devices),
             cut_every=max(0.0, args.cut_every),
             cut_fraction=min(1.0, max(0.0, args.cut_fraction)),
-            metrics_url=scrape.admin_url(args.url, args.admin_url),
+            metrics_url="" if deployment is not None else scrape.admin_url(args.url, args.admin_url),
             ca=args.ca,
             server_pid=pid,
+            cpu_pids=deployment.pids if deployment is not None else {},
             lag_metrics_url=(
                 scrape.admin_url(args.receiver_url, args.receiver_admin_url)
                 if args.receiver_url else ""
@@ -232,6 +258,10 @@ def add_arguments(direct: argparse.ArgumentParser) -> None:
     direct.add_argument("--server-pid", type=int, default=0,
                         help="read the server's CPU from /proc/PID (default: the local "
                         "process listening on --url's port, else its /metrics)")
+    direct.add_argument("--cluster", default="", metavar="DIR",
+                        help="a `chatplane cluster up --data-dir DIR` deployment: read the CPU "
+                        "of each of its processes (from DIR/cluster.json) and report it per "
+                        "tier; --url and --data-dir default to its dispatch and data dir")
     direct.add_argument("--ladder", default="", metavar="R1,R2,...",
                         help="run each rate in turn (fresh users each) and name the highest "
                         "clean one")

@@ -8,7 +8,8 @@ histogram in `latency_buckets`) and writes:
   curve (x: percentile on a log scale of 1/(1-p), so the tail shows; y: ms);
 - `w1-ladder.png`: achieved rate and p50/p99 latency against the offered rate,
   with the p99 limit a clean rung must stay under;
-- `w1-cpu.png`: server and bench CPU per message (µs) against the offered rate.
+- `w1-cpu.png`: server and bench CPU per message (µs) against the offered rate
+  (through `--cluster`: the server's is the sum, and each tier has its line).
 
 matplotlib is an optional dependency (`pip install 'chatplane[bench]'`); it is
 imported here only, with the headless Agg backend.
@@ -94,10 +95,16 @@ def ladder_figure(plt: Any, rungs: list[dict[str, Any]], path: Path, p99_limit_m
 def cpu_figure(plt: Any, rungs: list[dict[str, Any]], path: Path) -> None:
     offered = [r.get("offered_rate", 0) for r in rungs]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("server_cpu_us_per_msg", "server"), ("bench_cpu_us_per_msg", "bench")):
+    tiers = dict.fromkeys(t for r in rungs for t in (r.get("tier_cpu_us_per_msg") or {}).get("tiers", {}))
+    server = "server (sum of the tiers)" if tiers else "server"
+    for key, label in (("server_cpu_us_per_msg", server), ("bench_cpu_us_per_msg", "bench")):
         points = [(o, r[key]) for o, r in zip(offered, rungs, strict=True) if r.get(key)]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    for tier in tiers:
+        points = [(o, r["tier_cpu_us_per_msg"]["tiers"][tier]) for o, r in zip(offered, rungs, strict=True)
+                  if tier in (r.get("tier_cpu_us_per_msg") or {}).get("tiers", {})]
+        ax.plot(*zip(*points, strict=True), marker=".", ls="--", label=tier)
     ax.set_xlabel("offered msgs/s")
     ax.set_ylabel("CPU µs per acked message")
     ax.set_ylim(bottom=0)

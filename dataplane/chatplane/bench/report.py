@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from chatplane.bench import tiercpu
 from chatplane.bench.latency import LatencyHistogram
 from chatplane.checker import KINDS
 
@@ -64,6 +65,8 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out["devices_per_user"] = parts[0].get("devices_per_user", 1)
     cpus = [p["server_cpu_s"] for p in parts if p.get("server_cpu_s") is not None]
     out["server_cpu_s"] = cpus[0] if cpus else None  # only the first slice reads it
+    out["processes_cpu_s"] = next((p["processes_cpu_s"] for p in parts
+                                   if p.get("processes_cpu_s")), {})
     out["duration_s"] = max(p.get("duration_s", 0) for p in parts)
     out["max_queue_delay_us"] = max(p.get("max_queue_delay_us", 0) for p in parts)
     out["errors"] = [e for p in parts for e in p.get("errors", [])][:10]
@@ -103,6 +106,9 @@ def finish(result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     out["server_cpu_us_per_msg"] = (
         round(server_cpu * 1e6 / acked) if server_cpu is not None and acked else None
     )
+    if result.get("processes_cpu_s"):
+        out["tier_cpu_us_per_msg"] = tiercpu.per_message(
+            result["processes_cpu_s"], settings.get("cpu_tiers", {}), acked)
     out["bench_cpu_pct"] = round(100 * result.get("bench_cpu_s", 0) / duration) if duration else 0
     out["bench_cpu_us_per_msg"] = (
         round(result.get("bench_cpu_s", 0) * 1e6 / acked) if acked else None
@@ -248,6 +254,9 @@ def table(pub: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    tiers = tiercpu.table(pub)
+    if tiers:
+        lines.append(tiers)
     for err in pub.get("errors", []):
         lines.append(f"{'error'.ljust(width)}  {err}")
     for dev in pub.get("verdict", {}).get("failed_devices", [])[:5]:

@@ -112,6 +112,7 @@ def _slice(cfg: DirectConfig, index: int, count: int) -> DirectConfig:
         user_prefix=f"{cfg.user_prefix}p{index}",
         metrics_url=cfg.metrics_url if index == 0 else "",  # one reading, not one per slice
         lag_metrics_url=cfg.lag_metrics_url if index == 0 else "",
+        cpu_pids=cfg.cpu_pids if index == 0 else {},
     )
 
 

@@ -141,6 +141,9 @@ class GatewayApp:
                               "SyncHints sent for a large group's head", self.heads.group_hints)
         yield metrics.counter("chatplane_im_failovers_total", "requests retried on another im",
                               self.im.failovers)
+        yield metrics.counter("chatplane_im_send_lane_calls_total",
+                              "Im.HandleSendLanes calls (each carries the lanes queued meanwhile)",
+                              self.im.lane_calls)
         yield metrics.counter("chatplane_route_failures_total", "failed route calls to state",
                               self.routes.failures)
 

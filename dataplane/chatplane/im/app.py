@@ -28,11 +28,13 @@ from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.im import requests
 from chatplane.im.admin import AdminApi
 from chatplane.im.forward import ImRing
+from chatplane.im.inboxes import Inboxes
 from chatplane.im.invalidation import Invalidations
 from chatplane.im.leases import NotOwner
 from chatplane.im.service import ImService
 from chatplane.protocol import bounds
-from chatplane.protocol.errors import ProtocolError
+from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.protocol.wire import error_frame
 from chatplane.regions import links as region_links
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
@@ -85,6 +87,35 @@ class ImServicer(sgrpc.ImServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
                 raise
             return spb.ClientReplies(frames=[r.SerializeToString() for r in replies])
+
+    async def HandleSendLanes(self, request: spb.SendLanes,
+                              context: grpc.aio.ServicerContext) -> spb.SendLanesReply:
+        """The lanes a gateway queued for this instance meanwhile (one call
+        instead of one per lane), each handled as by HandleSends, side by
+        side: order is owed within a lane only."""
+        with tracing.serving("im.HandleSendLanes"):
+            await refuse_out_of_bounds(context, "handle_send_lanes", request)
+            lanes = await asyncio.gather(*(self._lane(lane) for lane in request.lanes))
+            return spb.SendLanesReply(lanes=lanes)
+
+    async def _lane(self, lane: spb.ClientRequests) -> spb.ClientReplies:
+        """One lane's replies; `not_handled` when this instance does not own
+        its conversation (the gateway sends it again to the next owner, as
+        after HandleSends' UNAVAILABLE). A lane that fails here (a bug) is
+        answered INTERNAL, as HandleSends' gateway would answer it; the
+        other lanes of the call are not."""
+        frames = [requests.admit(spb.ClientRequest(user_id=lane.user_id,
+                                                   device_id=lane.device_id, frame=f),
+                                 self.im.bounds) for f in lane.frames]
+        try:
+            replies = await self.im.handle_sends(lane.user_id, lane.device_id, frames)
+        except NotOwner as exc:
+            return spb.ClientReplies(not_handled=exc.message)
+        except Exception as exc:
+            log.exception("a lane of sends failed")
+            replies = [error_frame(f.id, ErrorCode.INTERNAL,
+                                   f"internal error: {type(exc).__name__}") for f in frames]
+        return spb.ClientReplies(frames=[r.SerializeToString() for r in replies])
 
     async def InboxHeads(self, request: spb.InboxHeadsRequest,
                          context: grpc.aio.ServicerContext) -> spb.InboxHeadsReply:
@@ -140,22 +171,42 @@ class ImServicer(sgrpc.ImServicer):
         instance's ring says, so a fan-out never bounces."""
         with tracing.serving("im.FanOut"):
             await refuse_out_of_bounds(context, "fan_out", request)
-            inboxes = self.im.sequencer.inboxes
-            if inboxes is None:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not in a cluster")
-                raise AssertionError("abort raises")
-            # Finished even when the caller stops waiting: its retry then finds
-            # the entries instead of starting over (and being cut short again).
-            work = asyncio.ensure_future(inboxes.fan_out_here(request.conversation_id, [
-                (entry.seq, list(entry.user_ids)) for entry in request.entries],
-                {entry.seq for entry in request.entries if entry.fresh}))
-            work.add_done_callback(_outcome_seen)
-            try:
-                written = await asyncio.shield(work)
-            except StorageError as exc:  # not UNAVAILABLE: the caller must not write around
-                await context.abort(grpc.StatusCode.ABORTED, str(exc))
-                raise
-            return spb.FanOutReply(written=written)
+            inboxes = await self._inboxes(context)
+            reply = await self._fan_out(inboxes, request)
+            if reply.failed:  # not UNAVAILABLE: the caller must not write around
+                await context.abort(grpc.StatusCode.ABORTED, reply.failed)
+            return reply
+
+    async def FanOutMany(self, request: spb.FanOutRequests,
+                         context: grpc.aio.ServicerContext) -> spb.FanOutReplies:
+        """Several conversations' fan-outs (im/forward.py gathers what it has
+        for this instance meanwhile), each as by FanOut, side by side."""
+        with tracing.serving("im.FanOutMany"):
+            await refuse_out_of_bounds(context, "fan_out_many", request)
+            inboxes = await self._inboxes(context)
+            replies = await asyncio.gather(*(self._fan_out(inboxes, r) for r in request.requests))
+            return spb.FanOutReplies(replies=replies)
+
+    async def _inboxes(self, context: grpc.aio.ServicerContext) -> Inboxes:
+        inboxes = self.im.sequencer.inboxes
+        if inboxes is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not in a cluster")
+            raise AssertionError("abort raises")
+        return inboxes
+
+    @staticmethod
+    async def _fan_out(inboxes: Inboxes, request: spb.FanOutRequest) -> spb.FanOutReply:
+        """One conversation's entries written (or found) here; `failed`: storage refused."""
+        # Finished even when the caller stops waiting: its retry then finds
+        # the entries instead of starting over (and being cut short again).
+        work = asyncio.ensure_future(inboxes.fan_out_here(request.conversation_id, [
+            (entry.seq, list(entry.user_ids)) for entry in request.entries],
+            {entry.seq for entry in request.entries if entry.fresh}))
+        work.add_done_callback(_outcome_seen)
+        try:
+            return spb.FanOutReply(written=await asyncio.shield(work))
+        except StorageError as exc:
+            return spb.FanOutReply(failed=str(exc) or type(exc).__name__)
 
 
 def _outcome_seen(done: asyncio.Future[int]) -> None:
@@ -237,10 +288,13 @@ class ImApp:
              "events for a conversation owned elsewhere appended here (its owner did not answer)",
              self.ring.kept),
             ("chatplane_im_fan_outs_forwarded_total",
-             "inbox fan-outs written by the inboxes' owner at this instance's request (calls)",
-             self.ring.fan_outs_forwarded),
+             "inbox fan-outs (one conversation's batch) written by the inboxes' owner at this "
+             "instance's request", self.ring.fan_outs_forwarded),
+            ("chatplane_im_fan_out_calls_total",
+             "Im.FanOutMany calls made (each carries the fan-outs queued for one owner meanwhile)",
+             self.ring.fan_out_calls),
             ("chatplane_im_fan_outs_kept_total",
-             "inbox fan-outs written here: their inboxes' owner did not answer (calls)",
+             "inbox fan-outs written here: their inboxes' owner did not answer",
              self.ring.fan_outs_kept),
             ("chatplane_im_group_delivered_total", "large-group messages handed to state",
              self.outbox.groups.sent),

@@ -29,16 +29,22 @@ that is slow, or whose storage refused, is not: writing around a live owner
 takes its inboxes, its next write takes them back, and under load each take
 makes the next call slower still (lease ping-pong). Its entries stay owed
 and the senders get a retriable error, until it answers or the ring drops it.
+The fan-outs of different conversations bound for one owner share calls
+(`Im.FanOutMany`, rpc/batching.py `SharedCalls`; each conversation's answer
+is its own), with `Im.FanOut` for an owner of an earlier version.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Iterable, Sequence
 
 import grpc
 
+from chatplane.protocol.bounds import MAX_FANOUTS_PER_CALL
 from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
+from chatplane.rpc.batching import SharedCalls
 from chatplane.rpc.peers import Peers
 from chatplane.storage.base import SendRequest, StorageUnavailable, events_conversation_id
 from chatplane.v1 import services_pb2 as spb
@@ -56,6 +62,10 @@ class ImRing:
         self.kept = 0  # events appended here: no owner before this one answered
         self.fan_outs_forwarded = 0  # FanOut calls their inbox owner answered
         self.fan_outs_kept = 0  # inbox owners that did not answer: written here
+        # the fan-outs of different conversations to one owner share calls
+        self._shared: SharedCalls[spb.FanOutRequest, spb.FanOutReply] = SharedCalls(
+            self._fan_out_many, spb.FanOutRequest.ByteSize, max_batch=MAX_FANOUTS_PER_CALL)
+        self._no_many: set[str] = set()  # owners that answered FanOutMany UNIMPLEMENTED
 
     async def _ahead(self, conversation_id: str) -> list[str]:
         """Addresses of the instances before this one in the key's ring order
@@ -88,7 +98,7 @@ class ImRing:
 
         for address in ahead:
             try:
-                await sgrpc.ImStub(self.peers.channel(address, "im")).AppendEvent(
+                await self.peers.stub(address, "im", sgrpc.ImStub).AppendEvent(
                     rpc, timeout=self.peers.deadline_s / 4)
             except grpc.aio.AioRpcError:
                 continue  # dead, stalled or refusing: the next one, or here
@@ -123,9 +133,23 @@ class ImRing:
             spb.FanOutEntry(seq=seq, user_ids=list(users), fresh=seq in fresh)
             for seq, users in entries])
         try:
-            await sgrpc.ImStub(self.peers.channel(address, "im")).FanOut(
-                rpc, timeout=self.peers.deadline_s)
+            if address in self._no_many:  # an instance of an earlier version
+                await self.peers.stub(address, "im", sgrpc.ImStub).FanOut(
+                    rpc, timeout=self.peers.deadline_s)
+            else:
+                try:  # (waiting for a call and the call: one deadline, as FanOut's)
+                    reply = await asyncio.wait_for(self._shared.ask(address, rpc),
+                                                   self.peers.deadline_s)
+                except TimeoutError as exc:
+                    raise StorageUnavailable(
+                        f"the inbox owner at {address} did not fan out in time") from exc
+                if reply.failed:
+                    raise StorageUnavailable(
+                        f"the inbox owner at {address} did not fan out: {reply.failed}")
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED and address not in self._no_many:
+                self._no_many.add(address)
+                return await self.fan_out(address, conversation_id, entries, fresh)
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise StorageUnavailable(
                     f"the inbox owner at {address} did not fan out ({exc.code().name})") from exc
@@ -133,3 +157,14 @@ class ImRing:
             return False
         self.fan_outs_forwarded += 1
         return True
+
+    @property
+    def fan_out_calls(self) -> int:
+        """Im.FanOutMany calls made."""
+        return self._shared.calls
+
+    async def _fan_out_many(self, address: str,
+                            requests: list[spb.FanOutRequest]) -> list[spb.FanOutReply]:
+        reply: spb.FanOutReplies = await self.peers.stub(address, "im", sgrpc.ImStub).FanOutMany(
+            spb.FanOutRequests(requests=requests), timeout=self.peers.deadline_s)
+        return list(reply.replies)

@@ -46,7 +46,9 @@ MAX_SYNC_CURSORS = 10_000  # large-group cursors in one SyncRequest
 MAX_HEADS_PER_CALL = 10_000  # ids in one Im.InboxHeads / Im.GroupHeads call
 # sends of one device per Im.HandleSends call (the gateway batches at most this many)
 MAX_SENDS_PER_CALL = 256
+MAX_LANES_PER_CALL = 64  # lanes (a device's sends into one conversation) in one Im.HandleSendLanes
 MAX_FANOUT_ENTRIES = 256  # messages in one Im.FanOut call
+MAX_FANOUTS_PER_CALL = 64  # conversations in one Im.FanOutMany call
 MAX_MESSAGE_ID_BYTES = 64
 MAX_DEVICE_BYTES = 256  # a device as im sees it: a client's, or an instance's event device
 MAX_EVENT_PAYLOAD_BYTES = 64 * 1024
@@ -293,6 +295,9 @@ CALL_RULES: dict[str, tuple[Rule, ...]] = {
     "handle": (Text("user_id", MAX_ID_BYTES), Text("device_id", MAX_DEVICE_BYTES)),
     "handle_sends": (Text("user_id", MAX_ID_BYTES), Text("device_id", MAX_DEVICE_BYTES),
                      Repeated("frames", MAX_SENDS_PER_CALL, ())),
+    "handle_send_lanes": (Repeated("lanes", MAX_LANES_PER_CALL, (
+        Text("user_id", MAX_ID_BYTES), Text("device_id", MAX_DEVICE_BYTES),
+        Repeated("frames", MAX_SENDS_PER_CALL, ()))),),
     "append_event": (UserId("user_id"), Text("device", MAX_DEVICE_BYTES), Int("cid", low=1),
                      Text("message_id", MAX_MESSAGE_ID_BYTES), Int("sent_at_ms"),
                      Text("content_type", MAX_CONTENT_TYPE_BYTES),
@@ -303,6 +308,10 @@ CALL_RULES: dict[str, tuple[Rule, ...]] = {
     "fan_out": (ConversationId("conversation_id"),
                 Repeated("entries", MAX_FANOUT_ENTRIES,
                          (Int("seq", low=1), UserIds("user_ids", MAX_HEADS_PER_CALL)))),
+    "fan_out_many": (Repeated("requests", MAX_FANOUTS_PER_CALL, (
+        ConversationId("conversation_id"),
+        Repeated("entries", MAX_FANOUT_ENTRIES,
+                 (Int("seq", low=1), UserIds("user_ids", MAX_HEADS_PER_CALL))))),),
     "group_heads": (Repeated("conversation_ids", MAX_HEADS_PER_CALL, ()),),
     "hello": (Text("region", MAX_REGION_BYTES), Text("cluster", MAX_REGION_BYTES),
               Text("nonce", MAX_NONCE_BYTES)),

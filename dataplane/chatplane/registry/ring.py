@@ -26,8 +26,17 @@ def _point(text: str) -> int:
 def ring_key(conversation_id: str) -> str:
     """A conversation's key on the ring. A user's event conversation
     ("u:<user>") goes with the user: the instance serving the user's requests
-    owns it, so the events those requests make for the user stay local."""
-    return conversation_id[2:] if conversation_id.startswith("u:") else conversation_id
+    owns it, so the events those requests make for the user stay local. A
+    1:1 conversation ("d:<lo>:<hi>") goes with its first member: that
+    instance also writes the member's inbox (im/inboxes.py), so a message
+    has one of its two inbox entries written where it is sequenced, and
+    needs no `Im.FanOut` call when the other member's inbox is there too
+    (with two instances, half the messages instead of three in four)."""
+    if conversation_id.startswith("u:"):
+        return conversation_id[2:]
+    if conversation_id.startswith("d:"):
+        return conversation_id[2:].partition(":")[0]
+    return conversation_id
 
 
 class HashRing:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 
 from chatplane.rpc.linksecurity import CertWatch, LinkSecurity
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 RETRIABLE = frozenset({
     grpc.StatusCode.UNAVAILABLE,
@@ -58,6 +59,8 @@ class Peers:
         self.security = security
         self._watch = CertWatch(security)
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # a stub makes a callable per method of its service (tens of µs): one per channel
+        self._stubs: dict[tuple[str, Callable[[grpc.aio.Channel], object]], object] = {}
         self._retiring: dict[asyncio.Task[None], list[grpc.aio.Channel]] = {}
 
     def channel(self, address: str, dials: str) -> grpc.aio.Channel:
@@ -67,11 +70,20 @@ class Peers:
             self.security = fresh
             self._retire(list(self._channels.values()))
             self._channels = {}
+            self._stubs = {}
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = self.security.open_channel(
                 address, dials, CHANNEL_OPTIONS)
         return channel
+
+    def stub(self, address: str, dials: str, kind: Callable[[grpc.aio.Channel], S]) -> S:
+        """A `kind` stub (e.g. `ImStub`) on the channel to `address`, reused."""
+        channel = self.channel(address, dials)  # (new channels drop the stubs made before)
+        found = self._stubs.get((address, kind))
+        if found is None:
+            found = self._stubs[(address, kind)] = kind(channel)
+        return cast(S, found)
 
     def _retire(self, channels: list[grpc.aio.Channel]) -> None:
         """Close the channels of the previous certificate once their calls are done."""
@@ -86,6 +98,7 @@ class Peers:
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
+        self._stubs = {}
         for task, old in list(self._retiring.items()):
             task.cancel()
             channels += old

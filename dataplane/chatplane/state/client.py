@@ -91,7 +91,7 @@ class StateLinks:
             addresses = await self.addresses()
 
         async def one(address: str) -> T:
-            return await fn(sgrpc.StateStub(self.peers.channel(address, "state")))
+            return await fn(self.peers.stub(address, "state", sgrpc.StateStub))
 
         return await first_answer(addresses, one, total_s)
 
@@ -99,7 +99,7 @@ class StateLinks:
                          total_s: float) -> T:
         """Call the owner of `key`, and the next ones on the ring if it fails."""
         async def one(address: str) -> T:
-            return await fn(sgrpc.StateStub(self.peers.channel(address, "state")))
+            return await fn(self.peers.stub(address, "state", sgrpc.StateStub))
 
         return await first_answer(await self.owners(key), one, total_s)
 

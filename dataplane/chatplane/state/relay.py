@@ -103,7 +103,7 @@ class GroupRelay(GroupFanout):
             self.failed_pushes += 1  # its TTL passed: dead or partitioned
             return 0
         try:
-            reply = await sgrpc.GatewayStub(self.peers.channel(address, "gateway")).GroupPush(
+            reply = await self.peers.stub(address, "gateway", sgrpc.GatewayStub).GroupPush(
                 request, timeout=self.peers.deadline_s)
         except grpc.aio.AioRpcError as exc:
             self.failed_pushes += 1

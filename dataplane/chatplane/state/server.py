@@ -173,7 +173,7 @@ class StateServicer(sgrpc.StateServicer):
                     push: spb.PushRequest) -> tuple[int, int]:
         if not address:
             return 0, len(push.deliveries)  # its TTL passed: dead or partitioned
-        stub = sgrpc.GatewayStub(self.peers.channel(address, "gateway"))
+        stub = self.peers.stub(address, "gateway", sgrpc.GatewayStub)
         try:
             reply = await stub.Push(push, timeout=self.peers.deadline_s)
         except grpc.aio.AioRpcError as exc:
@@ -194,7 +194,7 @@ class StateServicer(sgrpc.StateServicer):
                 spb.Route(user_id=r.user_id, device_id=r.device_id, gateway_id=r.gateway_id,
                           conn_id=r.conn_id) for r in entries])
             try:
-                await sgrpc.GatewayStub(self.peers.channel(address, "gateway")).Kick(
+                await self.peers.stub(address, "gateway", sgrpc.GatewayStub).Kick(
                     request, timeout=self.peers.deadline_s)
             except grpc.aio.AioRpcError as exc:
                 log.warning("kick on gateway %s failed: %s", gateway_id, exc.code().name)

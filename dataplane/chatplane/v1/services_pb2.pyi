@@ -42,10 +42,24 @@ class ClientRequests(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., frames: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ClientReplies(_message.Message):
-    __slots__ = ("frames",)
+    __slots__ = ("frames", "not_handled")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
+    NOT_HANDLED_FIELD_NUMBER: _ClassVar[int]
     frames: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, frames: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    not_handled: str
+    def __init__(self, frames: _Optional[_Iterable[bytes]] = ..., not_handled: _Optional[str] = ...) -> None: ...
+
+class SendLanes(_message.Message):
+    __slots__ = ("lanes",)
+    LANES_FIELD_NUMBER: _ClassVar[int]
+    lanes: _containers.RepeatedCompositeFieldContainer[ClientRequests]
+    def __init__(self, lanes: _Optional[_Iterable[_Union[ClientRequests, _Mapping]]] = ...) -> None: ...
+
+class SendLanesReply(_message.Message):
+    __slots__ = ("lanes",)
+    LANES_FIELD_NUMBER: _ClassVar[int]
+    lanes: _containers.RepeatedCompositeFieldContainer[ClientReplies]
+    def __init__(self, lanes: _Optional[_Iterable[_Union[ClientReplies, _Mapping]]] = ...) -> None: ...
 
 class InboxHeadsRequest(_message.Message):
     __slots__ = ("user_ids",)
@@ -132,10 +146,24 @@ class FanOutRequest(_message.Message):
     def __init__(self, conversation_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[FanOutEntry, _Mapping]]] = ...) -> None: ...
 
 class FanOutReply(_message.Message):
-    __slots__ = ("written",)
+    __slots__ = ("written", "failed")
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     written: int
-    def __init__(self, written: _Optional[int] = ...) -> None: ...
+    failed: str
+    def __init__(self, written: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
+
+class FanOutRequests(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[FanOutRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[FanOutRequest, _Mapping]]] = ...) -> None: ...
+
+class FanOutReplies(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[FanOutReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[FanOutReply, _Mapping]]] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("user_id", "device_id", "gateway_id", "conn_id", "opened_ms")

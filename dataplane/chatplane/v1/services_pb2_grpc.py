@@ -59,10 +59,20 @@ class ImStub:
                 request_serializer=chatplane_dot_v1_dot_services__pb2.FanOutRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutReply.FromString,
                 _registered_method=True)
+        self.FanOutMany = channel.unary_unary(
+                '/chatplane.v1.Im/FanOutMany',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.FanOutRequests.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutReplies.FromString,
+                _registered_method=True)
         self.HandleSends = channel.unary_unary(
                 '/chatplane.v1.Im/HandleSends',
                 request_serializer=chatplane_dot_v1_dot_services__pb2.ClientRequests.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.ClientReplies.FromString,
+                _registered_method=True)
+        self.HandleSendLanes = channel.unary_unary(
+                '/chatplane.v1.Im/HandleSendLanes',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.SendLanes.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.SendLanesReply.FromString,
                 _registered_method=True)
 
 
@@ -99,9 +109,24 @@ class ImServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FanOutMany(self, request, context):
+        """Fan-outs of several conversations, each handled as by FanOut, side by side.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def HandleSends(self, request, context):
         """One device's sends into one conversation, in its cid order: sequenced in
         that order; after a retriable failure the later ones are refused unsent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HandleSendLanes(self, request, context):
+        """Lanes of different devices or conversations, each handled as by
+        HandleSends and side by side (order is owed within a lane only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,10 +160,20 @@ def add_ImServicer_to_server(servicer, server):
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.FanOutReply.SerializeToString,
             ),
+            'FanOutMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.FanOutMany,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutRequests.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.FanOutReplies.SerializeToString,
+            ),
             'HandleSends': grpc.unary_unary_rpc_method_handler(
                     servicer.HandleSends,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.ClientRequests.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.ClientReplies.SerializeToString,
+            ),
+            'HandleSendLanes': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandleSendLanes,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.SendLanes.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.SendLanesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -287,6 +322,33 @@ class Im:
             _registered_method=True)
 
     @staticmethod
+    def FanOutMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Im/FanOutMany',
+            chatplane_dot_v1_dot_services__pb2.FanOutRequests.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.FanOutReplies.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def HandleSends(request,
             target,
             options=(),
@@ -303,6 +365,33 @@ class Im:
             '/chatplane.v1.Im/HandleSends',
             chatplane_dot_v1_dot_services__pb2.ClientRequests.SerializeToString,
             chatplane_dot_v1_dot_services__pb2.ClientReplies.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandleSendLanes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Im/HandleSendLanes',
+            chatplane_dot_v1_dot_services__pb2.SendLanes.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.SendLanesReply.FromString,
             options,
             channel_credentials,
             insecure,
