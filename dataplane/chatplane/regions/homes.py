@@ -54,7 +54,7 @@ from chatplane.v1 import regions_pb2_grpc as rgrpc
 
 log = logging.getLogger("chatplane.regions")
 
-PLACEMENT_EPOCH = 1  # a home move (not built) raises it
+PLACEMENT_EPOCH = 1  # a failover raises it (regions/failover.py)
 FORWARD_TIMEOUT_S = 10.0  # a forwarded send: the home's append, under load, plus the link
 OFFER_TIMEOUT_S = 5.0
 MAX_REDIRECTS = 3  # "not the home, X is": re-resolve at most this often per send
@@ -107,6 +107,10 @@ class Homes:
         self._confirmed: OrderedDict[tuple[str, str], Home] = OrderedDict()
         self.confirmed_cache = CONFIRMED_CACHE
         self._claims: dict[tuple[str, str], asyncio.Future[Home]] = {}
+        # peers lost for good (regions/failover.py): their homes were taken over here,
+        # and they are not asked before this region sequences its own homes
+        self.lost: set[str] = set()
+        self.verified = 0  # own rows read from storage and checked with the peers
         self._background: set[asyncio.Task[None]] = set()
         # replaced at every home commit: the log's readers wait on the current one
         self.changed = asyncio.Event()
@@ -137,6 +141,8 @@ class Homes:
         if cached is not None:
             return cached
         row = await self.storage.home(kind, key)
+        if row is not None and row.confirmed and row.region == self.region:
+            return self._remember(kind, key, await self._verify(kind, key, row))
         if row is not None and (row.confirmed or row.region != self.region):
             return self._remember(kind, key, row)
         claim = self._claims.get((kind, key))
@@ -145,6 +151,33 @@ class Homes:
             self._claims[(kind, key)] = claim
             claim.add_done_callback(lambda _: self._claims.pop((kind, key), None))
         return await asyncio.shield(claim)
+
+    async def _verify(self, kind: str, key: str, row: Home) -> Home:
+        """Our own confirmed row, as storage holds it, before this process sequences
+        under it: a peer may have taken the home over while this region was away
+        (failover), so every peer not lost is offered it and answers its row; a
+        higher one is learnt (the home moved). The cache then spares the check."""
+        live = [peer for peer in self.peers if peer not in self.lost]
+        answers = await asyncio.gather(*(self._offer(peer, kind, key, row) for peer in live),
+                                       return_exceptions=True)
+        for peer, answer in zip(live, answers, strict=True):
+            if isinstance(answer, BaseException):
+                raise _unavailable(f"cannot check the home of {key!r} with region {peer}"
+                                   f" ({answer})") from None
+        self.verified += 1
+        for answer in answers:
+            assert isinstance(answer, Home)
+            if answer != row:
+                learnt = await self.learn(kind, key, answer)
+                if learnt != row:
+                    log.info("home of %s %s moved to %s (epoch %d) while this region was away",
+                             kind, key, learnt.region, learnt.epoch)
+                    return learnt
+        return row
+
+    def forget_cached(self) -> None:
+        """Drop the cached rows (a takeover changed them in storage)."""
+        self._confirmed.clear()
 
     def _remember(self, kind: str, key: str, row: Home) -> Home:
         if row.confirmed:
@@ -203,9 +236,10 @@ class Homes:
         row = await self.storage.offer_home(kind, key, mine)
         if row.region != self.region or row.confirmed:
             return self._remember(kind, key, row)
+        live = [peer for peer in self.peers if peer not in self.lost]
         answers = await asyncio.gather(*(self._offer(peer, kind, key, mine)
-                                         for peer in self.peers), return_exceptions=True)
-        for peer, answer in zip(self.peers, answers, strict=True):
+                                         for peer in live), return_exceptions=True)
+        for peer, answer in zip(live, answers, strict=True):
             if isinstance(answer, BaseException):
                 raise _unavailable(f"cannot place the home of {key!r}: region {peer} does not"
                                    f" answer ({answer})") from None
