@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker, Verdict
@@ -47,7 +48,7 @@ class FailoverRun:
     histories_equal: bool  # eu's store (after its return) and us's hold the same messages
     forwarded_by_eu: int  # sends eu's clients made after its return, forwarded to us
     sequenced_by_eu: int  # ... and sequenced by eu itself (must be 0)
-    takeover: dict[str, object] = field(default_factory=dict)  # us's /v1/peers failover
+    takeover: dict[str, Any] = field(default_factory=dict)  # us's /v1/peers failover
 
 
 def _regions(base: Path, env: dict[str, str]) -> tuple[RegionProcess, RegionProcess]:
@@ -66,6 +67,10 @@ async def _device(urls: Sequence[str], user: str, checker: DeliveryChecker,
     device = Device(client, user, device_id, checker)
     device.start()
     return device
+
+
+def _sees(region: RegionProcess, peer: str) -> bool:
+    return bool(region.peers()[peer]["ok"])
 
 
 def _metric(region: RegionProcess, name: str) -> float:
@@ -93,7 +98,7 @@ async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
     devices: list[Device] = []
     try:
         for me, other in ((eu, us), (us, eu)):
-            await asyncio.to_thread(wait_for, lambda m=me, o=other: m.peers()[o.name]["ok"], 20,
+            await asyncio.to_thread(wait_for, functools.partial(_sees, me, other.name), 20,
                                     f"{me.name} sees {other.name}")
         checker = DeliveryChecker()
         chats = []
