@@ -131,6 +131,13 @@ class Homes:
         mode (regions/durability.py)."""
         if self.durability is not None and homed(conversation_id):
             await self.durability.settle(conversation_id, log_position)
+            # the home moved while the send waited (a peer took it over, and told us
+            # before it confirmed the entry): the message is superseded, never acked;
+            # the client's resend goes to the new home
+            row = await self.stored(CONVERSATION_HOME, conversation_id)
+            if row is not None and row.region != self.region:
+                raise _unavailable(f"the home of {conversation_id!r} moved to region"
+                                   f" {row.region} (failover): resend")
 
     # -- where a conversation is sequenced ------------------------------------
 
@@ -262,6 +269,13 @@ class Homes:
             region=self.region, kind=kind, key=key, home=offered.region, epoch=offered.epoch,
             confirmed=offered.confirmed), timeout=OFFER_TIMEOUT_S)
         return _home(reply)
+
+    async def correct(self, peer: str, kind: str, key: str, row: Home) -> None:
+        """Tell `peer`, which serves entries of `key` under an epoch it lost, the row
+        held here (raises when it cannot be told: the caller does not confirm them)."""
+        answer = await self._offer(peer, kind, key, row)
+        if answer != row:
+            log.warning("peer %s keeps %s for %s %s over %s", peer, answer, kind, key, row)
 
     async def _tell(self, peer: str, kind: str, key: str, confirmed: Home) -> None:
         try:

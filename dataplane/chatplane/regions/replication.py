@@ -266,7 +266,10 @@ class Replication:
                 held = await self.homes.learn(CONVERSATION_HOME, conversation_id, row)
             if held.region != peer:
                 # a higher epoch is held here: the peer lost this home (failover) and
-                # serves what it sequenced under the old one, never acked in sync
+                # serves what it sequenced under the old one. It learns the new home
+                # before the cursor passes these entries (and Region.Applied confirms
+                # them), so it never acks them: the raise retries the batch.
+                await self.homes.correct(peer, CONVERSATION_HOME, conversation_id, held)
                 stale.add(conversation_id)
                 self.stale_skipped += 1
                 continue
