@@ -134,7 +134,10 @@ class Homes:
             # the home moved while the send waited (a peer took it over, and told us
             # before it confirmed the entry): the message is superseded, never acked;
             # the client's resend goes to the new home
-            row = await self.stored(CONVERSATION_HOME, conversation_id)
+            try:
+                row = await self.stored(CONVERSATION_HOME, conversation_id)
+            except StorageUnavailable as exc:
+                raise _unavailable(f"storage unavailable, retry: {exc}") from exc
             if row is not None and row.region != self.region:
                 raise _unavailable(f"the home of {conversation_id!r} moved to region"
                                    f" {row.region} (failover): resend")

@@ -443,8 +443,8 @@ class ReplicatedLog(Protocol):
 
     async def take_over_homes(self, lost: str, region: str) -> int:
         """Failover: every conversation homed in region `lost` is homed in `region`
-        at its epoch + 1, confirmed (one transaction; returns how many). The region
-        that takes over and the lost one, when it learns of it, run the same rule."""
+        at its epoch + 1, confirmed (one transaction; returns how many), so this
+        store's row beats the lost region's in every store (`home_replaces`)."""
 
     async def apply_log(self, peer: str, entries: Sequence[LogEntry], scanned_to: int,
                         recipients: dict[str, tuple[str, ...]],
