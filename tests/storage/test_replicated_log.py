@@ -227,7 +227,7 @@ async def test_a_takeover_raises_the_epoch_and_supersedes_what_the_lost_home_kep
     messages; when eu applies us's log it replaces them, seq for seq, including a row
     that holds the cid a device resent to us (sequenced afresh there)."""
     eu, us = await _store(tmp_path / "eu.db"), await _store(tmp_path / "us.db")
-    members = {CONVERSATION: ("alice", "bob")}
+    members: dict[str, tuple[str, ...]] = {CONVERSATION: ("alice", "bob")}
     try:
         for store in (eu, us):
             await store.ensure_direct("alice", "bob", NOW_MS)
