@@ -80,7 +80,7 @@ def _metric(region: RegionProcess, name: str) -> float:
                if line.startswith(f"{name} ") or line.startswith(f"{name}{{"))
 
 
-async def _history(device: Device, conversation: str) -> list[Message]:
+async def history_of(device: Device, conversation: str) -> list[Message]:
     out: list[Message] = []
     while True:
         page = await device.client.history(conversation, after_seq=out[-1].seq if out else 0,
@@ -167,8 +167,8 @@ async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
         for i, device in enumerate(late):
             async def same(chat: str = chats[2 * i], dev: Device = devices[2 * i + 1],
                            here: Device = device) -> bool:
-                theirs = [(m.seq, m.message_id) for m in await _history(dev, chat)]
-                ours = [(m.seq, m.message_id) for m in await _history(here, chat)]
+                theirs = [(m.seq, m.message_id) for m in await history_of(dev, chat)]
+                ours = [(m.seq, m.message_id) for m in await history_of(here, chat)]
                 return theirs == ours
 
             for _ in range(100):

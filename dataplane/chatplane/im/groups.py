@@ -289,8 +289,13 @@ class Groups:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
         self.im.forget_members(conversation_id)
         self.im.forget_spans(conversation_id, affected)
-        self.im.deliver(result, tuple(sorted(after - affected)) if large else ())
         homes = self.im.homes
+        online = tuple(sorted(after - affected)) if large else ()
+        if homes is None or result.duplicate:
+            self.im.deliver(result, online)
+        else:  # pushed once it may be acked, like a send (im/service.py)
+            homes.deliver_when_confirmed(conversation_id, result.log_position,
+                                         lambda: self.im.deliver(result, online))
         if homes is not None:  # sequenced here as the group's home: acked like a send
             if not result.duplicate:
                 homes.committed()

@@ -116,6 +116,28 @@ class Durability:
                     self.degraded += 1
                     future.set_result(None)
 
+    @property
+    def waits(self) -> bool:
+        """Whether sends of homed chats wait for a peer (sync, with peers)."""
+        return self.mode == SYNC and bool(self.peers)
+
+    async def confirmed(self, position: int) -> None:
+        """Return once a peer applied this region's log up to `position`, or every peer
+        is lost: unbounded, unlike `settle` (a send refused for want of confirmation is
+        still pushed to this region's devices once it is confirmed)."""
+        if position <= 0:
+            position = await self.log.log_head()
+        if position <= self.confirmed_to or self.lost.issuperset(self.peers):
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (position, next(self._order), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            self._waiters = [w for w in self._waiters if w[2] is not future]
+            heapq.heapify(self._waiters)
+            raise
+
     def note_head(self, head: int) -> None:
         """This region's log head, as a Replicate stream last read it (for the view)."""
         self.head_seen = max(self.head_seen, head)

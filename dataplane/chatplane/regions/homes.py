@@ -142,6 +142,31 @@ class Homes:
                 raise _unavailable(f"the home of {conversation_id!r} moved to region"
                                    f" {row.region} (failover): resend")
 
+    def deliver_when_confirmed(self, conversation_id: str, log_position: int,
+                               deliver: Callable[[], None]) -> None:
+        """Push a message sequenced here as home to this region's devices (`deliver`)
+        once it may be acked, never before: in `sync`, once a peer applied it. A
+        message pushed before would be seen by devices although the home could die
+        with it unreplicated, and the region taking over would give its seq to another
+        message (docs/architecture.md, "Failover"). Not pushed at all when the home
+        moved meanwhile (it is superseded)."""
+        durability = self.durability
+        if durability is None or not durability.waits or not homed(conversation_id):
+            deliver()
+            return
+        self._spawn(self._deliver_confirmed(durability, conversation_id, log_position, deliver))
+
+    async def _deliver_confirmed(self, durability: Durability, conversation_id: str,
+                                 log_position: int, deliver: Callable[[], None]) -> None:
+        try:
+            await durability.confirmed(log_position)
+            row = await self.stored(CONVERSATION_HOME, conversation_id)
+        except StorageUnavailable as exc:  # the devices find it by their next sync
+            log.info("push of a message of %s skipped: %s", conversation_id, exc)
+            return
+        if row is None or row.region == self.region:
+            deliver()
+
     # -- where a conversation is sequenced ------------------------------------
 
     async def of(self, kind: str, key: str) -> Home:
