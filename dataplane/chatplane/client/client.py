@@ -446,6 +446,11 @@ class Client(SocialApi):
         assert self._http is not None
         endpoints = await dispatch(self._http, url, self.user_id, self.tls)
         last: Exception | None = None
+        # another region's gateway (a fallback) may offer only the other transport
+        usable = [e for e in endpoints if e.get("tcp" if self.transport == "tcp" else "ws")]
+        if not usable and endpoints:
+            last = LinkClosed(f"no gateway offers {self.transport}")
+        endpoints = usable
         if url.startswith("https://"):  # no downgrade: the token goes to the gateway
             if any(not _is_tls(e, self.transport) for e in endpoints):
                 last = LinkClosed("refused a plain-text gateway offered by an https dispatch")
