@@ -90,6 +90,11 @@ def test_a_hello_from_the_wrong_region_or_protocol_is_not_ok() -> None:
     ({"CHATPLANE_REGION_DURABILITY": "quorum"},
      "CHATPLANE_REGION_DURABILITY must be sync or async, not 'quorum'"),
     ({"CHATPLANE_REGION_SYNC_TIMEOUT_S": "0"}, "CHATPLANE_REGION_SYNC_TIMEOUT_S must be in"),
+    # failover must not fire before a probe could have failed: above probe + timeout
+    ({"CHATPLANE_FAILOVER_AFTER_S": "2.5"}, "CHATPLANE_FAILOVER_AFTER_S must be 0 (off) or"
+     " above peer_probe_s + peer_timeout_s and at most 3600, not 2.5"),
+    ({"CHATPLANE_PEERS": '[{"name": "us", "endpoint": "h:1", "ws": "http://us/ws"}]'},
+     "CHATPLANE_PEERS: entry 0 (us): ws 'http://us/ws' is not a ws:// or wss:// URL"),
 ])
 def test_a_bad_durability_mode_stops_the_start_with_one_line(
     tmp_path: Path, environ: dict[str, str], says: str,
