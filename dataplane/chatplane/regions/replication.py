@@ -341,6 +341,10 @@ class Replication:
         yield metrics.counter("chatplane_region_group_changes_served_total",
                               "group changes forwarded here by other regions and applied here",
                               self.homes.ops_served)
+        yield metrics.counter("chatplane_region_homes_verified_total",
+                              "own homes read from storage and checked with the peers before"
+                              " sequencing under them (a peer may have taken them over)",
+                              self.homes.verified)
         yield metrics.counter("chatplane_region_homes_placed_total",
                               "conversations (1:1 chats, groups) whose home was placed here",
                               self.homes.placed)
