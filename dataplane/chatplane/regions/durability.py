@@ -121,22 +121,18 @@ class Durability:
         """Whether sends of homed chats wait for a peer (sync, with peers)."""
         return self.mode == SYNC and bool(self.peers)
 
-    async def confirmed(self, position: int) -> None:
-        """Return once a peer applied this region's log up to `position`, or every peer
-        is lost: unbounded, unlike `settle` (a send refused for want of confirmation is
-        still pushed to this region's devices once it is confirmed)."""
-        if position <= 0:
-            position = await self.log.log_head()
-        if position <= self.confirmed_to or self.lost.issuperset(self.peers):
-            return
+    def waiter(self, position: int) -> asyncio.Future[None]:
+        """A future done once a peer applied this region's log up to `position` (> 0),
+        or every peer is lost: unbounded, unlike `settle` (a send refused for want of
+        confirmation is still pushed to this region's devices once it is confirmed).
+        Registered now, so it is done before any wait registered after it for the
+        same position (a push goes out before the sender's ack)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (position, next(self._order), future))
-        try:
-            await future
-        except asyncio.CancelledError:
-            self._waiters = [w for w in self._waiters if w[2] is not future]
-            heapq.heapify(self._waiters)
-            raise
+        if position <= self.confirmed_to or self.lost.issuperset(self.peers):
+            future.set_result(None)
+        else:
+            heapq.heappush(self._waiters, (position, next(self._order), future))
+        return future
 
     def note_head(self, head: int) -> None:
         """This region's log head, as a Replicate stream last read it (for the view)."""

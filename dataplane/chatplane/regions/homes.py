@@ -149,23 +149,33 @@ class Homes:
         message pushed before would be seen by devices although the home could die
         with it unreplicated, and the region taking over would give its seq to another
         message (docs/architecture.md, "Failover"). Not pushed at all when the home
-        moved meanwhile (it is superseded)."""
+        moved meanwhile (it is superseded). The wait is registered before the sender's
+        (`settle`), so the push still goes out before the ack."""
         durability = self.durability
-        if durability is None or not durability.waits or not homed(conversation_id):
+        if (durability is None or not durability.waits or not homed(conversation_id)
+                or log_position <= 0):
             deliver()
             return
-        self._spawn(self._deliver_confirmed(durability, conversation_id, log_position, deliver))
-
-    async def _deliver_confirmed(self, durability: Durability, conversation_id: str,
-                                 log_position: int, deliver: Callable[[], None]) -> None:
-        try:
-            await durability.confirmed(log_position)
-            row = await self.stored(CONVERSATION_HOME, conversation_id)
-        except StorageUnavailable as exc:  # the devices find it by their next sync
-            log.info("push of a message of %s skipped: %s", conversation_id, exc)
+        waiter = durability.waiter(log_position)
+        if waiter.done():  # every peer lost: acked alone, pushed at once
+            self._deliver_if_home(conversation_id, self.known(CONVERSATION_HOME,
+                                                              conversation_id), deliver)
             return
+        self._spawn(self._deliver_confirmed(waiter, conversation_id, deliver))
+
+    async def _deliver_confirmed(self, waiter: asyncio.Future[None], conversation_id: str,
+                                 deliver: Callable[[], None]) -> None:
+        await waiter
+        row = self.known(CONVERSATION_HOME, conversation_id)  # cached: no storage read
+        self._deliver_if_home(conversation_id, row, deliver)
+
+    def _deliver_if_home(self, conversation_id: str, row: Home | None,
+                         deliver: Callable[[], None]) -> None:
         if row is None or row.region == self.region:
             deliver()
+        else:
+            log.info("%s moved to %s: a message sequenced here before is not pushed",
+                     conversation_id, row.region)
 
     # -- where a conversation is sequenced ------------------------------------
 
