@@ -42,9 +42,10 @@ from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
 from chatplane.im.admin import AdminApi
 from chatplane.im.service import ImService
-from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, make_handler
+from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, fallbacks_of, make_handler
 from chatplane.regions import links as region_links
 from chatplane.regions.durability import Durability
+from chatplane.regions.failover import Failover
 from chatplane.regions.homes import Homes
 from chatplane.regions.replication import Replication
 from chatplane.registry import instances as registry
@@ -121,7 +122,9 @@ class Node:
                               settings.links.region_sync_timeout_s, self.storage,
                               list(self.prober.links)))
             replication = Replication(homes, self.storage, self.im.sequencer.replicated,
-                                      settings.social.large_group_threshold)
+                                      settings.social.large_group_threshold, Failover(
+                                          homes, self.storage, self.prober.links,
+                                          settings.links.failover_after_s, homes.durability))
             self.sequencing = region_links.Sequencing(homes, replication, self._home_send,
                                                       self.im.groups.handle_op,
                                                       self.im.groups.admin_change)
@@ -153,7 +156,8 @@ class Node:
         directory = LocalDirectory(self._local_gateways)
         app.add_routes([
             web.get("/ws", websocket_handler),
-            web.get("/v1/dispatch", make_handler(directory)),
+            web.get("/v1/dispatch", make_handler(directory, fallbacks_of(
+                self.settings.links.peers, self.settings.server.region))),
             *serving.probe_routes(self._ready, self._probe_details),
         ])
         app.add_routes(webapp.routes(self.signer if self.settings.server.dev_login else None))

@@ -1,14 +1,20 @@
-"""The peer list: `CHATPLANE_PEERS`, a JSON list of `{name, endpoint, datacenter}` (the
-format the operator writes, `chatplane_operator.specs.config.peers`). Pure: parsing and
+"""The peer list: `CHATPLANE_PEERS`, a JSON list of `{name, endpoint, datacenter, ws, tcp}`
+(the format the operator writes, `chatplane_operator.specs.config.peers`; `ws` and `tcp`,
+the peer region's public gateway addresses, are optional: dispatch offers them to clients
+after this region's own gateways, docs/architecture.md "Failover"). Pure: parsing and
 its one-line errors, nothing else."""
 
 from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,62})$")
+MAX_PEERS = 16  # regions of one deployment, not a fleet: a longer list is a mistake
+MAX_URL = 512  # a public gateway address clients are sent to
+TLS_TCP = "tcps://"  # client/links.py's prefix of a TLS TCP gateway
 
 
 class PeerListError(ValueError):
@@ -20,6 +26,16 @@ class Peer:
     name: str  # the peer region's name (what it answers as in Hello)
     endpoint: str  # host:port of its cross-region gRPC endpoint (its im tier)
     datacenter: str = ""
+    ws: str = ""  # its public WebSocket gateway URL (ws:// or wss://), "" when not given
+    tcp: str = ""  # its public TCP gateway (host:port, tcps://host:port for TLS), or ""
+
+    @property
+    def gateway(self) -> dict[str, str] | None:
+        """The peer's public gateway as a dispatch endpoint (None: none given)."""
+        if not self.ws and not self.tcp:
+            return None
+        return {"gateway_id": f"region:{self.name}", "ws": self.ws, "tcp": self.tcp,
+                "region": self.name}
 
 
 def _endpoint(text: str, where: str) -> str:
@@ -41,7 +57,32 @@ def _entry(item: object, index: int) -> Peer:
     datacenter = item.get("datacenter", "")
     if not isinstance(datacenter, str):
         raise PeerListError(f"{where} ({name}): datacenter must be a string")
-    return Peer(name, _endpoint(endpoint, f"{where} ({name})"), datacenter)
+    return Peer(name, _endpoint(endpoint, f"{where} ({name})"), datacenter,
+                _ws(item.get("ws", ""), f"{where} ({name})"),
+                _tcp(item.get("tcp", ""), f"{where} ({name})"))
+
+
+def _ws(value: object, where: str) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_URL:
+        raise PeerListError(f"{where}: ws must be a URL of at most {MAX_URL} characters")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise PeerListError(f"{where}: ws {value!r} is not a ws:// or wss:// URL")
+    return value
+
+
+def _tcp(value: object, where: str) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_URL:
+        raise PeerListError(f"{where}: tcp must be host:port of at most {MAX_URL} characters")
+    try:
+        _endpoint(value.removeprefix(TLS_TCP), where)
+    except PeerListError:
+        raise PeerListError(f"{where}: tcp {value!r} is not host:port") from None
+    return value
 
 
 def parse(text: str, own_region: str = "") -> list[Peer]:
@@ -54,6 +95,8 @@ def parse(text: str, own_region: str = "") -> list[Peer]:
         raise PeerListError(f"not JSON ({exc.args[0]})") from None
     if not isinstance(items, list):
         raise PeerListError("expected a JSON list of {name, endpoint, datacenter}")
+    if len(items) > MAX_PEERS:
+        raise PeerListError(f"{len(items)} peers listed, at most {MAX_PEERS}")
     peers = [_entry(item, i) for i, item in enumerate(items)]
     seen: set[str] = set()
     for peer in peers:

@@ -140,6 +140,9 @@ class Links:
     # "async" on the home's local durability (docs/architecture.md, "Durability modes")
     region_durability: str = "sync"
     region_sync_timeout_s: float = 3.0  # sync: no peer confirmed within this -> UNAVAILABLE
+    # a peer region unanswering this long is lost: its homes are taken over here
+    # (docs/architecture.md, "Failover"); 0: never (homes wait for their region)
+    failover_after_s: float = 5.0
     # im: caches of members, relations and settings are trusted only while the
     # invalidation stream was read within this (the staleness bound, docs/caches.md)
     cache_bound_s: float = 2.0
@@ -342,6 +345,10 @@ def validate(s: Settings) -> None:
     if not 0.1 <= s.links.region_sync_timeout_s <= 60:
         problems.append("CHATPLANE_REGION_SYNC_TIMEOUT_S must be in [0.1, 60], not"
                         f" {s.links.region_sync_timeout_s}")
+    if s.links.failover_after_s != 0 and not (
+            s.links.peer_probe_s + s.links.peer_timeout_s < s.links.failover_after_s <= 3600):
+        problems.append("CHATPLANE_FAILOVER_AFTER_S must be 0 (off) or above peer_probe_s +"
+                        f" peer_timeout_s and at most 3600, not {s.links.failover_after_s}")
     try:
         peerlist.parse(s.links.peers, s.server.region)
     except peerlist.PeerListError as exc:

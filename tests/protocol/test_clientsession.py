@@ -77,6 +77,30 @@ def test_the_resume_decision_at_login(ack_store: str, head: int, reset: bool) ->
     assert (session.store_id, session.store_resets) == (ack_store, int(reset))
 
 
+@pytest.mark.parametrize("ack_region,kept", [("us", {"d:a:b": 7, "g:x": 3}), ("eu", {}),
+                                             ("", {})])
+def test_a_move_to_another_region_keeps_what_was_delivered_of_chats(
+        ack_region: str, kept: dict[str, int]) -> None:
+    """Failover: another region's store resyncs the inbox from 0, but 1:1 chats' and
+    groups' seqs are common to every region, so what was delivered of them is not
+    handed out again; events' seqs are per store. The same region with another store
+    is a wiped store: everything starts over."""
+    session = core.ClientSession(resume={"store_id": "s1", "region": "eu", "inbox_seq": 5,
+                                         "conversations": {"d:a:b": 7, "g:x": 3, "u:a": 9}})
+    session.login("t", 0.0)
+    [login] = frames_out(session)
+    feed(session, pb.Frame(id=login.id, login_ack=pb.LoginAck(
+        inbox_head=9, store_id="s2", region=ack_region, heartbeat_interval_ms=1000)))
+    assert session.cursor.have == 0 and session.store_resets == 1
+    assert session.order.last == kept
+    assert session.position()["region"] == (ack_region or "eu")
+    session.events_received()
+    session.accept_sync(pb.SyncResponse(entries=[entry(1, 7), entry(2, 8)], inbox_head=2), 0.0)
+    delivered = session.events_received()
+    seqs = [m.seq for e in delivered if isinstance(e, core.Delivered) for m in e.messages]
+    assert seqs == ([8] if kept else [7, 8])
+
+
 def test_a_refused_login_ends_with_its_error() -> None:
     session = core.ClientSession()
     session.login("bad", 0.0)

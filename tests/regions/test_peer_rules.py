@@ -13,6 +13,7 @@ import pytest
 
 from chatplane import peerlist
 from chatplane.auth import TokenSigner
+from chatplane.ipconf.dispatch import fallbacks_of
 from chatplane.regions import hello
 from chatplane.settings import SettingsError, load
 
@@ -35,11 +36,28 @@ def test_the_operators_peer_list_parses() -> None:
     ('[{"name": "us", "endpoint": "h:1"}, {"name": "us", "endpoint": "h:2"}]',
      "'us' is listed twice"),
     ('["h:1"]', "entry 0: expected an object"),
+    ('[{"name": "us", "endpoint": "h:1", "ws": "https://us/ws"}]',
+     "entry 0 (us): ws 'https://us/ws' is not a ws:// or wss:// URL"),
+    ('[{"name": "us", "endpoint": "h:1", "tcp": "us"}]', "entry 0 (us): tcp 'us' is not host:port"),
+    ('[{"name": "us", "endpoint": "h:1", "ws": "wss://' + "x" * 600 + '"}]',
+     "ws must be a URL of at most 512 characters"),
+    (json.dumps([{"name": f"r{i}", "endpoint": "h:1"} for i in range(17)]),
+     "17 peers listed, at most 16"),
 ])
 def test_bad_peer_lists_name_the_entry(text: str, says: str) -> None:
     with pytest.raises(peerlist.PeerListError) as exc:
         peerlist.parse(text, "eu")
     assert says in str(exc.value)
+
+
+def test_peers_public_gateways_follow_ours_in_dispatch() -> None:
+    """Failover: the peer list's `ws`/`tcp` are what dispatch offers after this
+    region's own gateways (ipconf/dispatch.py); a peer without them offers none."""
+    text = json.dumps([{"name": "us", "endpoint": "im.us:9090", "ws": "wss://chat.us/ws",
+                        "tcp": "tcps://chat.us:9443"},
+                       {"name": "ap", "endpoint": "im.ap:9090"}])
+    assert fallbacks_of(text, "eu") == [{"gateway_id": "region:us", "ws": "wss://chat.us/ws",
+                                         "tcp": "tcps://chat.us:9443", "region": "us"}]
 
 
 def test_a_hello_proves_the_key_without_sending_it() -> None:
@@ -72,6 +90,11 @@ def test_a_hello_from_the_wrong_region_or_protocol_is_not_ok() -> None:
     ({"CHATPLANE_REGION_DURABILITY": "quorum"},
      "CHATPLANE_REGION_DURABILITY must be sync or async, not 'quorum'"),
     ({"CHATPLANE_REGION_SYNC_TIMEOUT_S": "0"}, "CHATPLANE_REGION_SYNC_TIMEOUT_S must be in"),
+    # failover must not fire before a probe could have failed: above probe + timeout
+    ({"CHATPLANE_FAILOVER_AFTER_S": "2.5"}, "CHATPLANE_FAILOVER_AFTER_S must be 0 (off) or"
+     " above peer_probe_s + peer_timeout_s and at most 3600, not 2.5"),
+    ({"CHATPLANE_PEERS": '[{"name": "us", "endpoint": "h:1", "ws": "http://us/ws"}]'},
+     "CHATPLANE_PEERS: entry 0 (us): ws 'http://us/ws' is not a ws:// or wss:// URL"),
 ])
 def test_a_bad_durability_mode_stops_the_start_with_one_line(
     tmp_path: Path, environ: dict[str, str], says: str,

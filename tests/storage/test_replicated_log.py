@@ -7,6 +7,7 @@ transaction, so a batch applied twice or a reopened store changes nothing."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,50 @@ async def test_a_group_is_replayed_from_its_log(tmp_path: Path) -> None:
         # bob sees up to his removal, carol from her addition
         assert [i.message.seq for i in items if i.user_id == "bob"] == [1, 2, 3, 4]
         assert [i.message.seq for i in items if i.user_id == "carol"] == [3, 4, 5, 6, 7]
+    finally:
+        await eu.close()
+        await us.close()
+
+
+async def test_a_takeover_raises_the_epoch_and_supersedes_what_the_lost_home_kept(
+        tmp_path: Path) -> None:
+    """Failover (docs/architecture.md): us takes over eu's homes at epoch + 1. What eu
+    sequenced and never replicated (never acked in sync) holds seqs us gives to other
+    messages; when eu applies us's log it replaces them, seq for seq, including a row
+    that holds the cid a device resent to us (sequenced afresh there)."""
+    eu, us = await _store(tmp_path / "eu.db"), await _store(tmp_path / "us.db")
+    members: dict[str, tuple[str, ...]] = {CONVERSATION: ("alice", "bob")}
+    try:
+        for store in (eu, us):
+            await store.ensure_direct("alice", "bob", NOW_MS)
+            await store.offer_home(CONVERSATION_HOME, CONVERSATION, Home("eu", 1, True))
+        for cid in (1, 2):
+            await eu.append(send(CONVERSATION, "alice", cid), members[CONVERSATION])
+        entries, scanned, _ = await eu.log_after(0, 100, "eu")
+        await us.apply_log("eu", entries, scanned, members)
+        # eu sequences two more (seq 3: bob's cid 5, seq 4: alice's cid 3), then dies
+        await eu.append(send(CONVERSATION, "bob", 5), members[CONVERSATION])
+        await eu.append(send(CONVERSATION, "alice", 3), members[CONVERSATION])
+
+        assert await us.take_over_homes("eu", "us") == 1
+        assert await us.home(CONVERSATION_HOME, CONVERSATION) == Home("us", 2, True)
+        # alice resends cid 3 to us (a new message id: sequenced afresh), then bob cid 5
+        for sender, cid in (("alice", 3), ("bob", 5)):
+            await us.append(replace(send(CONVERSATION, sender, cid), message_id=f"us-{cid}"),
+                            members[CONVERSATION])
+        entries, scanned, _ = await us.log_after(0, 100, "us")
+        assert {e.epoch for e in entries} == {2}  # served under the raised epoch
+
+        # eu is back: it learns the home (a higher epoch replaces its own row) ...
+        assert await eu.offer_home(CONVERSATION_HOME, CONVERSATION,
+                                   Home("us", 2, True)) == Home("us", 2, True)
+        assert (await eu.log_after(0, 100, "eu"))[0] == []  # ... and serves none of it
+        await eu.apply_log("us", entries, scanned, members)
+        theirs = [(m.seq, m.message_id) for m in await us.history(CONVERSATION)]
+        assert [(m.seq, m.message_id) for m in await eu.history(CONVERSATION)] == theirs
+        assert theirs[2:] == [(3, "us-3"), (4, "us-5")]
+        # the same takeover run twice changes nothing more (no row of eu is left)
+        assert await us.take_over_homes("eu", "us") == 0
     finally:
         await eu.close()
         await us.close()

@@ -10,8 +10,10 @@ import { groupPushMessages, LinkClosed, RequestError, toMessage, type Connection
 import { MemoryCursorStore, type CursorStore } from "./store.js";
 
 export interface ClientOptions {
-  /** Base URL of a gateway or of `chatplane up` (http[s]://host:port). */
-  url: string;
+  /** Base URL of a gateway or of `chatplane up` (http[s]://host:port), or one per
+   * region: a connection that fails before its login is accepted moves to the next
+   * (docs/client.md, "Failover across regions"). */
+  url: string | string[];
   token: string;
   store?: CursorStore;
   clientName?: string;
@@ -42,6 +44,7 @@ export class ChatClient {
                                                reject: (e: Error) => void }>();
   private waiting = new Map<number, Waiting>();
   private socket: WebSocket | null = null;
+  private urlIndex = 0; // the entry URL in use (options.url, one per region)
   private closed = false;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private timerAt = 0;
@@ -215,8 +218,19 @@ export class ChatClient {
     this.options.onState?.(state, detail);
   }
 
+  /** The entry URL in use (the last that worked, or the next to try). */
+  get url(): string {
+    const urls = typeof this.options.url === "string" ? [this.options.url] : this.options.url;
+    return urls[this.urlIndex % urls.length];
+  }
+
+  private nextUrl(): void {
+    const count = typeof this.options.url === "string" ? 1 : this.options.url.length;
+    this.urlIndex = (this.urlIndex + 1) % count;
+  }
+
   private async endpoint(): Promise<string> {
-    const base = this.options.url.replace(/\/$/, "");
+    const base = this.url.replace(/\/$/, "");
     try {
       const reply = await fetch(`${base}/v1/dispatch?uid=${encodeURIComponent(this.userId)}`);
       const body = await reply.json() as { endpoints?: { ws?: string }[] };
@@ -235,6 +249,7 @@ export class ChatClient {
     const socket = new Socket(url);
     socket.binaryType = "arraybuffer";
     this.socket = socket;
+    let loggedIn = false;
     socket.onopen = () => {
       if (socket !== this.socket) return;
       this.core.login(this.options.token, performance.now());
@@ -244,6 +259,7 @@ export class ChatClient {
       if (socket !== this.socket) return;
       const data = new Uint8Array(event.data as ArrayBuffer);
       this.core.receive(data, performance.now());
+      loggedIn ||= this.core.phase === "active";
       const kind = this.core.lastKind;
       this.received.set(kind, (this.received.get(kind) ?? 0) + 1);
       this.process();
@@ -252,6 +268,7 @@ export class ChatClient {
       if (socket !== this.socket) return;
       this.lost();
       if (this.closed) return;
+      if (!loggedIn) this.nextUrl(); // that region did not take us: the next URL
       const delay = this.core.connectionLost(performance.now());
       this.setState("reconnecting");
       setTimeout(() => void this.connect(), delay);

@@ -38,10 +38,15 @@ export interface CoreOptions {
   cids?: CidAllocator;
 }
 
+// Conversations whose seqs are the same in every region (1:1 chats, groups: one
+// home sequences each); inbox and event seqs are per store.
+const COMMON_SEQS = ["d:", "g:"];
+
 export class ClientCore {
   cursor: InboxCursor<Message>;
   order = new ConversationOrder<Message>();
   storeId: string;
+  region = ""; // the region of that store (LoginAck.region)
   readonly sends = new SendQueue<Frame>();
   readonly cids: CidAllocator;
   readonly backoff: Backoff;
@@ -113,15 +118,33 @@ export class ClientCore {
     return delay;
   }
 
+  /** What survives an inbox resync from 0: in another region (failover), what was
+   * delivered of 1:1 chats and groups (their seqs are common to every region), so
+   * the new store's copies are not delivered again; in the same region (a wiped
+   * store) nothing (docs/client.md, "Failover across regions"). */
+  private orderAfterReset(region: string): ConversationOrder<Message> {
+    const order = new ConversationOrder<Message>();
+    if (this.region && region && region !== this.region) {
+      for (const [c, seq] of this.order.last) {
+        if (COMMON_SEQS.some((p) => c.startsWith(p))) order.last.set(c, seq);
+      }
+      for (const c of this.order.large) {
+        if (COMMON_SEQS.some((p) => c.startsWith(p))) order.large.add(c);
+      }
+    }
+    return order;
+  }
+
   private loggedIn(ack: Frame, now: number): void {
     const resumed = resumeCursor(this.cursor.have, this.storeId, ack.store_id, ack.inbox_head);
     const reset = resumed.have !== this.cursor.have;
     if (reset) { // another store, or less than the device holds: start over
       this.cursor = new InboxCursor<Message>(resumed.have);
-      this.order = new ConversationOrder<Message>();
+      this.order = this.orderAfterReset(ack.region ?? "");
       this.storeResets += 1;
     }
     this.storeId = resumed.store;
+    this.region = ack.region || this.region;
     this.serverMaxFrame = ack.max_frame_bytes || this.serverMaxFrame;
     this.sends.maxInflight = ack.max_inflight_sends || this.sends.maxInflight;
     this.ackedSent = Math.min(this.cursor.have, ack.inbox_head);

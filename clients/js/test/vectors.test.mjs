@@ -96,3 +96,29 @@ for (const c of vectors("session.json")) {
     }
   });
 }
+
+test("a move to another region keeps what was delivered of chats (Python: test_a_move_to_another_region_keeps_what_was_delivered_of_chats)", () => {
+  for (const [region, kept] of [["us", true], ["eu", false]]) {
+    const core = new ClientCore({ random: () => 0.5 });
+    const login = (store, head) => {
+      core.login("tok", 0);
+      const [frame] = core.dataToSend().map(decodeFrame);
+      core.receive(encodeFrame({ id: frame.id, login_ack: {
+        inbox_head: head, store_id: store, region: store === "s1" ? "eu" : region,
+        heartbeat_interval_ms: 1000 } }), 0);
+      core.eventsReceived();
+    };
+    const entry = (inbox, seq) => ({ inbox_seq: inbox, message: {
+      conversation_id: "d:a:b", seq, message_id: `m${seq}`, text: `t${seq}` } });
+    const delivered = () => core.eventsReceived().filter((e) => e.type === "delivered")
+      .flatMap((e) => e.messages.map((m) => m.seq));
+    login("s1", 0);
+    core.acceptSync({ entries: [entry(1, 1), entry(2, 2)], inbox_head: 2, groups: [] }, 0);
+    assert.deepEqual(delivered(), [1, 2]);
+    core.connectionLost(1);
+    login("s2", 3);  // failover: another store, resync from 0
+    assert.equal(core.cursor.have, 0);
+    core.acceptSync({ entries: [entry(1, 1), entry(2, 2), entry(3, 3)], inbox_head: 3, groups: [] }, 0);
+    assert.deepEqual(delivered(), kept ? [3] : [1, 2, 3], region);
+  }
+});

@@ -1,5 +1,8 @@
 """The asyncio client SDK: `Client(url, token)` or
 `Client(url, token_provider=fetch)` (client/tokens.py: fresh tokens before expiry).
+`url` may be a list of entry URLs, one per region (`Client([url_eu, url_us], token)`):
+a connection asks them in order, starting with the one that worked last, and moves to
+the next when one's dispatch or every gateway it names fails (docs/sdk.md, failover).
 
 Only I/O lives here: dispatch, links, futures and timers. The protocol and the
 delivery rules (login and the resume decision, request ids, pending sends by
@@ -17,7 +20,7 @@ import logging
 import random
 import ssl as ssl_lib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -49,8 +52,8 @@ class _Connection:
 
 
 class Client(SocialApi):
-    def __init__(self, url: str, token: str = "", *, token_provider: TokenProvider | None = None,
-                 transport: str = "ws", inbox_seq: int = 0,
+    def __init__(self, url: str | Sequence[str], token: str = "", *,
+                 token_provider: TokenProvider | None = None, transport: str = "ws", inbox_seq: int = 0,
                  max_frame_bytes: int = 64 * 1024, heartbeat_s: float | None = None,
                  backoff_max_s: float = 10.0, sync_page: int = 500,
                  http: aiohttp.ClientSession | None = None,
@@ -58,7 +61,11 @@ class Client(SocialApi):
                  ca: str | None = None, ssl: ssl_lib.SSLContext | None = None) -> None:
         if transport not in ("ws", "tcp"):
             raise ValueError("transport must be 'ws' or 'tcp'")
-        self.url = url
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls or not all(isinstance(u, str) and u for u in urls):
+            raise ValueError("url must be a URL or a non-empty list of URLs")
+        self.urls = urls
+        self._url_index = 0  # the entry URL that worked last: asked first
         self.tokens = TokenSource(token, token_provider)
         # TLS (https://, wss://, tcps://) always verifies: `ssl` as given, else only
         # `ca` (a PEM file), else the system CAs
@@ -90,6 +97,11 @@ class Client(SocialApi):
         self._first_login: asyncio.Future[None] | None = None
 
     # -- what the core knows -----------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The entry URL the client uses now (the last that worked)."""
+        return self.urls[self._url_index]
 
     @property
     def token(self) -> str:
@@ -409,10 +421,37 @@ class Client(SocialApi):
             await asyncio.sleep(self._core.connection_lost(loop.time()))
 
     async def _open(self) -> _Connection:
+        """A logged-in connection through the entry URLs in order, from the one that
+        worked last (several: one per region, so a lost region's clients move on)."""
+        failures: list[str] = []
+        count = len(self.urls)
+        for step in range(count):
+            index = (self._url_index + step) % count
+            try:
+                conn = await self._open_at(self.urls[index])
+            except (ssl_lib.SSLCertVerificationError, aiohttp.ClientConnectorCertificateError):
+                raise  # a server we cannot verify: not a region that is down
+            except (TimeoutError, OSError, aiohttp.ClientError, LinkClosed) as exc:
+                if count == 1:
+                    raise
+                failures.append(f"{self.urls[index]}: {exc}")
+                continue
+            if index != self._url_index:
+                log.info("connected through %s (after %s)", self.urls[index], "; ".join(failures))
+            self._url_index = index
+            return conn
+        raise LinkClosed("no entry URL reachable: " + "; ".join(failures))
+
+    async def _open_at(self, url: str) -> _Connection:
         assert self._http is not None
-        endpoints = await dispatch(self._http, self.url, self.user_id, self.tls)
+        endpoints = await dispatch(self._http, url, self.user_id, self.tls)
         last: Exception | None = None
-        if self.url.startswith("https://"):  # no downgrade: the token goes to the gateway
+        # another region's gateway (a fallback) may offer only the other transport
+        usable = [e for e in endpoints if e.get("tcp" if self.transport == "tcp" else "ws")]
+        if not usable and endpoints:
+            last = LinkClosed(f"no gateway offers {self.transport}")
+        endpoints = usable
+        if url.startswith("https://"):  # no downgrade: the token goes to the gateway
             if any(not _is_tls(e, self.transport) for e in endpoints):
                 last = LinkClosed("refused a plain-text gateway offered by an https dispatch")
             endpoints = [e for e in endpoints if _is_tls(e, self.transport)]

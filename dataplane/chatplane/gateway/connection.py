@@ -226,6 +226,7 @@ class Connection:
                 device_id=identity.device_id,
                 inbox_head=head,
                 store_id=store_id,
+                region=self.gateway.settings.server.region,
                 server_id=self.gateway.server_id,
                 max_inflight_sends=self.gateway.settings.abuse.max_inflight_sends,
             ),

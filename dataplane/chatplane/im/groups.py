@@ -300,8 +300,13 @@ class Groups:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
         membership.forget_members(conversation_id)
         membership.forget_spans(conversation_id, affected)
-        sequencer.deliver(result, tuple(sorted(after - affected)) if large else ())
         homes = sequencer.homes
+        online = tuple(sorted(after - affected)) if large else ()
+        if homes is None or result.duplicate:
+            sequencer.deliver(result, online)
+        else:  # pushed once it may be acked, like a send (im/sequencing.py)
+            homes.deliver_when_confirmed(conversation_id, result.log_position,
+                                         lambda: sequencer.deliver(result, online))
         if homes is not None:  # sequenced here as the group's home: acked like a send
             if not result.duplicate:
                 homes.committed()

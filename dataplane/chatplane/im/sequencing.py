@@ -93,6 +93,11 @@ class HomeRouter(Protocol):
         (`AppendResult.log_position`), may be acked (sync durability: another region
         applied it); UNAVAILABLE, retriable, when none did in time."""
 
+    def deliver_when_confirmed(self, conversation_id: str, log_position: int,
+                               deliver: Callable[[], None]) -> None:
+        """Run `deliver` (the push to this region's devices) once the message sequenced
+        here may be acked, never before (sync: a peer applied it)."""
+
     async def place_here(self, conversation_id: str) -> None:
         """A new group, made here under a fresh id: homed in this region."""
 
@@ -368,7 +373,11 @@ class Sequencer:
             raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from exc
         except StorageUnavailable as exc:
             raise unavailable(exc) from exc
-        self.deliver(result, conversation.members if large else ())
+        if self.homes is None or result.duplicate:
+            self.deliver(result, conversation.members if large else ())
+        else:  # pushed once it may be acked (sync: in another region too)
+            self.homes.deliver_when_confirmed(conversation_id, result.log_position, lambda: (
+                self.deliver(result, conversation.members if large else ())))
         if self.homes is not None:
             if not result.duplicate:
                 self.homes.committed()

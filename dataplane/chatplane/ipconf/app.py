@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from chatplane import certs, metrics
-from chatplane.ipconf.dispatch import GatewayInfo, make_handler
+from chatplane.ipconf.dispatch import GatewayInfo, fallbacks_of, make_handler
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
 from chatplane.rpc.adminport import probes_app, start_admin
@@ -97,7 +97,8 @@ class IpconfApp:
     async def start(self) -> None:
         server = self.settings.server
         app = web.Application()
-        app.add_routes([web.get("/v1/dispatch", make_handler(self.directory))])
+        app.add_routes([web.get("/v1/dispatch", make_handler(self.directory, fallbacks_of(
+            self.settings.links.peers, server.region)))])
         app.add_routes(serving.probe_routes(self._ready, self.supervisor.details))
         # dispatch over HTTPS too: a rewritten answer could send clients' tokens elsewhere
         self.certs = certs.from_settings(self.settings.tls.cert, self.settings.tls.key)

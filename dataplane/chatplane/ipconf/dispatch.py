@@ -2,7 +2,11 @@
 
 Clients always start here, so the fleet can grow, shrink and drain without
 clients knowing addresses. A `GatewayDirectory` says which gateways exist and
-how loaded they are; `rank` orders them (pure, so it is tested alone).
+how loaded they are; `rank` orders them (pure, so it is tested alone). Other
+regions' public gateways (the peer list's `ws`/`tcp`) follow this region's own,
+as fallbacks: a client whose gateways here all fail tries them next, and one
+whose region is lost keeps them from its last answer (docs/architecture.md
+"Failover").
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from chatplane import peerlist
 from chatplane.storage.base import valid_id
 
 
@@ -56,21 +61,31 @@ class LocalDirectory:
         return self._read()
 
 
-def make_handler(directory: GatewayDirectory) -> Callable[[web.Request], Awaitable[web.Response]]:
+def make_handler(directory: GatewayDirectory, fallbacks: Sequence[dict[str, str]] = (),
+                 ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`fallbacks`: other regions' gateways (`peerlist.Peer.gateway`), listed after ours."""
+
     async def dispatch(request: web.Request) -> web.Response:
         uid = request.query.get("uid", "")
         if uid and not valid_id(uid):
             return web.json_response({"error": "invalid uid"}, status=400)
         # No uid (a client before its first login): spread at random instead.
         ranked = rank(await directory.gateways(), uid or secrets.token_hex(4))
-        if not ranked:
+        if not ranked and not fallbacks:
             return web.json_response({"error": "no gateway available", "endpoints": []},
                                      status=503)
         return web.json_response({
             "endpoints": [
                 {"gateway_id": g.gateway_id, "ws": g.ws_url, "tcp": g.tcp_address}
                 for g in ranked
-            ]
+            ] + [dict(f) for f in fallbacks]
         })
 
     return dispatch
+
+
+def fallbacks_of(peers_json: str, own_region: str) -> list[dict[str, str]]:
+    """The peer regions' public gateways, in the peer list's order (validated at
+    start by `settings.load`)."""
+    return [g for g in (p.gateway for p in peerlist.parse(peers_json, own_region))
+            if g is not None]

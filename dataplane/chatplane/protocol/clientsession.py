@@ -46,6 +46,9 @@ log = logging.getLogger("chatplane.client")
 
 ACK_DELAY_S = 0.01  # pushes gathered before one cumulative ack covers them all
 STAYED_UP_S = 2.0  # a connection up this long starts the backoff over
+# conversations whose seqs are the same in every region (1:1 chats, groups: one home
+# sequences each); an inbox's seqs and events' are per store
+COMMON_SEQS = ("d:", "g:")
 # Errors after which reconnecting cannot help.
 TERMINAL = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.TOKEN_EXPIRED, ErrorCode.SESSION_REPLACED,
                       ErrorCode.UNSUPPORTED_VERSION, ErrorCode.TOKEN_REVOKED})
@@ -80,8 +83,10 @@ class ClientSession:
         self.cursor: InboxCursor[Message] = InboxCursor(inbox_seq)
         self.order: ConversationOrder[Message] = ConversationOrder()
         self.store_id = ""  # the server store the cursor counts in (LoginAck.store_id)
+        self.region = ""  # the region of that store (LoginAck.region)
         if resume:  # what position() returned before: continue without replays
             self.store_id = str(resume.get("store_id", ""))
+            self.region = str(resume.get("region", ""))
             self.cursor = InboxCursor(int(resume.get("inbox_seq", inbox_seq)))
             self.order.last.update({c: int(s) for c, s in resume.get("conversations", {}).items()})
             self.order.large.update(resume.get("large", ()))
@@ -153,9 +158,10 @@ class ClientSession:
                         "in (%s, at %d): resyncing from 0", ack.store_id or "?", ack.inbox_head,
                         self.store_id or "?", self.cursor.have)
             self.cursor = InboxCursor(0)
-            self.order = ConversationOrder()
+            self.order = self._order_after_reset(ack.region)
             self.store_resets += 1
         self.store_id = store
+        self.region = ack.region or self.region
         self.server_max_frame = ack.max_frame_bytes or self.server_max_frame
         self.sends.max_inflight = ack.max_inflight_sends or self.sends.max_inflight
         self.max_users_per_request = ack.max_users_per_request or self.max_users_per_request
@@ -368,6 +374,19 @@ class ClientSession:
     def _queue(self, frame: pb.Frame) -> None:
         self._out.append(frame.SerializeToString())
 
+    def _order_after_reset(self, region: str) -> ConversationOrder[Message]:
+        """What survives an inbox resync from 0. In another region (failover): what
+        was delivered of 1:1 chats and groups, whose seqs one home sequences for every
+        region, so the new store's copies of them are not handed out a second time;
+        the rest (events: seqs per store) starts over. In the same region the store was
+        wiped or replaced: its seqs may restart, so everything starts over."""
+        order: ConversationOrder[Message] = ConversationOrder()
+        if self.region and region and region != self.region:
+            order.last.update({c: s for c, s in self.order.last.items()
+                               if c.startswith(COMMON_SEQS)})
+            order.large.update(c for c in self.order.large if c.startswith(COMMON_SEQS))
+        return order
+
     def data_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
         return out
@@ -378,5 +397,5 @@ class ClientSession:
 
     def position(self) -> dict[str, Any]:
         """What this device has delivered (see Client.position)."""
-        return {"store_id": self.store_id, "inbox_seq": self.cursor.have,
+        return {"store_id": self.store_id, "region": self.region, "inbox_seq": self.cursor.have,
                 "conversations": dict(self.order.last), "large": sorted(self.order.large)}

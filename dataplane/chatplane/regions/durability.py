@@ -11,6 +11,10 @@ sends of homed chats fail (retriably) until one returns.
 
 `async`: acked on this region's local durability, as before; a region lost before a peer
 read its log loses what it acked in that window (the lag of `/v1/peers`).
+
+A peer declared lost (regions/failover.py) no longer counts: when every peer is lost,
+`sync` falls back to local durability (`degraded`), so a lone survivor keeps acking;
+what it acks then is in its store only until a peer is back and applies it.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ class Durability:
         "sync durability: a send's wait for a peer region to apply it", WAIT_BUCKETS))
     unconfirmed: int = 0  # sends failed UNAVAILABLE: no peer confirmed in time
     head_seen: int = 0  # this region's newest log position known here
+    lost: set[str] = field(default_factory=set)  # peers taken over (regions/failover.py)
+    degraded: int = 0  # sync sends acked on local durability: every peer was lost
     _waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
     _order: Iterator[int] = field(default_factory=itertools.count)
 
@@ -99,6 +105,35 @@ class Durability:
                 future.set_result(None)
         return True
 
+    def lose(self, peer: str) -> None:
+        """`peer` is lost: no longer waited for. With none left, the sends waiting
+        now are acked on local durability."""
+        self.lost.add(peer)
+        if self.lost.issuperset(self.peers):
+            waiters, self._waiters = self._waiters, []
+            for _, _, future in waiters:
+                if not future.done():
+                    self.degraded += 1
+                    future.set_result(None)
+
+    @property
+    def waits(self) -> bool:
+        """Whether sends of homed chats wait for a peer (sync, with peers)."""
+        return self.mode == SYNC and bool(self.peers)
+
+    def waiter(self, position: int) -> asyncio.Future[None]:
+        """A future done once a peer applied this region's log up to `position` (> 0),
+        or every peer is lost: unbounded, unlike `settle` (a send refused for want of
+        confirmation is still pushed to this region's devices once it is confirmed).
+        Registered now, so it is done before any wait registered after it for the
+        same position (a push goes out before the sender's ack)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if position <= self.confirmed_to or self.lost.issuperset(self.peers):
+            future.set_result(None)
+        else:
+            heapq.heappush(self._waiters, (position, next(self._order), future))
+        return future
+
     def note_head(self, head: int) -> None:
         """This region's log head, as a Replicate stream last read it (for the view)."""
         self.head_seen = max(self.head_seen, head)
@@ -108,6 +143,9 @@ class Durability:
         (the append's own: `AppendResult.log_position`, at or past its entry; 0, not
         known: the head is read); UNAVAILABLE after `timeout_s`."""
         if self.mode != SYNC or not self.peers:
+            return
+        if self.lost.issuperset(self.peers):  # a lone survivor: local durability
+            self.degraded += 1
             return
         started = time.monotonic()
         if position <= 0:
@@ -139,7 +177,8 @@ class Durability:
 
     def report(self) -> dict[str, dict[str, Any]]:
         now = time.time()
-        return {name: {"durability": self.mode, **state.view(now, self.head_seen)}
+        return {name: {"durability": self.mode, "lost": name in self.lost,
+                       **state.view(now, self.head_seen)}
                 for name, state in self.peers.items()}
 
     def families(self) -> Iterator[Metric]:
@@ -147,6 +186,9 @@ class Durability:
         yield metrics.counter("chatplane_region_sync_unconfirmed_total",
                               "sends failed UNAVAILABLE in sync durability: no peer region"
                               " applied them in time (retried by the client)", self.unconfirmed)
+        yield metrics.counter("chatplane_region_sync_degraded_total",
+                              "sync sends acked on local durability: every peer region was"
+                              " lost (taken over, regions/failover.py)", self.degraded)
         yield metrics.labelled("gauge", "chatplane_region_confirmed_position",
                                "this region's log position the peer said it applied", "peer",
                                {name: s.applied_to for name, s in self.peers.items()})

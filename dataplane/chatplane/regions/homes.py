@@ -54,7 +54,7 @@ from chatplane.v1 import regions_pb2_grpc as rgrpc
 
 log = logging.getLogger("chatplane.regions")
 
-PLACEMENT_EPOCH = 1  # a home move (not built) raises it
+PLACEMENT_EPOCH = 1  # a failover raises it (regions/failover.py)
 FORWARD_TIMEOUT_S = 10.0  # a forwarded send: the home's append, under load, plus the link
 OFFER_TIMEOUT_S = 5.0
 MAX_REDIRECTS = 3  # "not the home, X is": re-resolve at most this often per send
@@ -107,6 +107,10 @@ class Homes:
         self._confirmed: OrderedDict[tuple[str, str], Home] = OrderedDict()
         self.confirmed_cache = CONFIRMED_CACHE
         self._claims: dict[tuple[str, str], asyncio.Future[Home]] = {}
+        # peers lost for good (regions/failover.py): their homes were taken over here,
+        # and they are not asked before this region sequences its own homes
+        self.lost: set[str] = set()
+        self.verified = 0  # own rows read from storage and checked with the peers
         self._background: set[asyncio.Task[None]] = set()
         # replaced at every home commit: the log's readers wait on the current one
         self.changed = asyncio.Event()
@@ -127,6 +131,51 @@ class Homes:
         mode (regions/durability.py)."""
         if self.durability is not None and homed(conversation_id):
             await self.durability.settle(conversation_id, log_position)
+            # the home moved while the send waited (a peer took it over, and told us
+            # before it confirmed the entry): the message is superseded, never acked;
+            # the client's resend goes to the new home
+            try:
+                row = await self.stored(CONVERSATION_HOME, conversation_id)
+            except StorageUnavailable as exc:
+                raise _unavailable(f"storage unavailable, retry: {exc}") from exc
+            if row is not None and row.region != self.region:
+                raise _unavailable(f"the home of {conversation_id!r} moved to region"
+                                   f" {row.region} (failover): resend")
+
+    def deliver_when_confirmed(self, conversation_id: str, log_position: int,
+                               deliver: Callable[[], None]) -> None:
+        """Push a message sequenced here as home to this region's devices (`deliver`)
+        once it may be acked, never before: in `sync`, once a peer applied it. A
+        message pushed before would be seen by devices although the home could die
+        with it unreplicated, and the region taking over would give its seq to another
+        message (docs/architecture.md, "Failover"). Not pushed at all when the home
+        moved meanwhile (it is superseded). The wait is registered before the sender's
+        (`settle`), so the push still goes out before the ack."""
+        durability = self.durability
+        if (durability is None or not durability.waits or not homed(conversation_id)
+                or log_position <= 0):
+            deliver()
+            return
+        waiter = durability.waiter(log_position)
+        if waiter.done():  # every peer lost: acked alone, pushed at once
+            self._deliver_if_home(conversation_id, self.known(CONVERSATION_HOME,
+                                                              conversation_id), deliver)
+            return
+        self._spawn(self._deliver_confirmed(waiter, conversation_id, deliver))
+
+    async def _deliver_confirmed(self, waiter: asyncio.Future[None], conversation_id: str,
+                                 deliver: Callable[[], None]) -> None:
+        await waiter
+        row = self.known(CONVERSATION_HOME, conversation_id)  # cached: no storage read
+        self._deliver_if_home(conversation_id, row, deliver)
+
+    def _deliver_if_home(self, conversation_id: str, row: Home | None,
+                         deliver: Callable[[], None]) -> None:
+        if row is None or row.region == self.region:
+            deliver()
+        else:
+            log.info("%s moved to %s: a message sequenced here before is not pushed",
+                     conversation_id, row.region)
 
     # -- where a conversation is sequenced ------------------------------------
 
@@ -137,6 +186,8 @@ class Homes:
         if cached is not None:
             return cached
         row = await self.storage.home(kind, key)
+        if row is not None and row.confirmed and row.region == self.region:
+            return self._remember(kind, key, await self._verify(kind, key, row))
         if row is not None and (row.confirmed or row.region != self.region):
             return self._remember(kind, key, row)
         claim = self._claims.get((kind, key))
@@ -145,6 +196,33 @@ class Homes:
             self._claims[(kind, key)] = claim
             claim.add_done_callback(lambda _: self._claims.pop((kind, key), None))
         return await asyncio.shield(claim)
+
+    async def _verify(self, kind: str, key: str, row: Home) -> Home:
+        """Our own confirmed row, as storage holds it, before this process sequences
+        under it: a peer may have taken the home over while this region was away
+        (failover), so every peer not lost is offered it and answers its row; a
+        higher one is learnt (the home moved). The cache then spares the check."""
+        live = [peer for peer in self.peers if peer not in self.lost]
+        answers = await asyncio.gather(*(self._offer(peer, kind, key, row) for peer in live),
+                                       return_exceptions=True)
+        for peer, answer in zip(live, answers, strict=True):
+            if isinstance(answer, BaseException):
+                raise _unavailable(f"cannot check the home of {key!r} with region {peer}"
+                                   f" ({answer})") from None
+        self.verified += 1
+        for answer in answers:
+            assert isinstance(answer, Home)
+            if answer != row:
+                learnt = await self.learn(kind, key, answer)
+                if learnt != row:
+                    log.info("home of %s %s moved to %s (epoch %d) while this region was away",
+                             kind, key, learnt.region, learnt.epoch)
+                    return learnt
+        return row
+
+    def forget_cached(self) -> None:
+        """Drop the cached rows (a takeover changed them in storage)."""
+        self._confirmed.clear()
 
     def _remember(self, kind: str, key: str, row: Home) -> Home:
         if row.confirmed:
@@ -203,9 +281,10 @@ class Homes:
         row = await self.storage.offer_home(kind, key, mine)
         if row.region != self.region or row.confirmed:
             return self._remember(kind, key, row)
+        live = [peer for peer in self.peers if peer not in self.lost]
         answers = await asyncio.gather(*(self._offer(peer, kind, key, mine)
-                                         for peer in self.peers), return_exceptions=True)
-        for peer, answer in zip(self.peers, answers, strict=True):
+                                         for peer in live), return_exceptions=True)
+        for peer, answer in zip(live, answers, strict=True):
             if isinstance(answer, BaseException):
                 raise _unavailable(f"cannot place the home of {key!r}: region {peer} does not"
                                    f" answer ({answer})") from None
@@ -228,6 +307,13 @@ class Homes:
             region=self.region, kind=kind, key=key, home=offered.region, epoch=offered.epoch,
             confirmed=offered.confirmed), timeout=OFFER_TIMEOUT_S)
         return _home(reply)
+
+    async def correct(self, peer: str, kind: str, key: str, row: Home) -> None:
+        """Tell `peer`, which serves entries of `key` under an epoch it lost, the row
+        held here (raises when it cannot be told: the caller does not confirm them)."""
+        answer = await self._offer(peer, kind, key, row)
+        if answer != row:
+            log.warning("peer %s keeps %s for %s %s over %s", peer, answer, kind, key, row)
 
     async def _tell(self, peer: str, kind: str, key: str, confirmed: Home) -> None:
         try:

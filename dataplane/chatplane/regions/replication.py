@@ -34,6 +34,7 @@ from prometheus_client.metrics_core import Metric
 
 from chatplane import metrics
 from chatplane.protocol.records import from_pb, to_pb
+from chatplane.regions.failover import Failover
 from chatplane.regions.groupchanges import change_of
 from chatplane.regions.homes import Homes
 from chatplane.regions.trimming import Trimming
@@ -43,7 +44,6 @@ from chatplane.storage.base import (
     InboxItem,
     LogEntry,
     LogTrimmed,
-    MembershipChange,
     ReplicatedLog,
     Storage,
     StorageError,
@@ -112,7 +112,7 @@ class Replication:
     """Serves this region's log to its peers and applies each peer's log here."""
 
     def __init__(self, homes: Homes, storage: Storage, applied: Applied,
-                 large_above: int | None = None) -> None:
+                 large_above: int | None = None, failover: Failover | None = None) -> None:
         self.homes = homes
         self.storage = storage
         self.log = _log_of(storage)
@@ -122,6 +122,8 @@ class Replication:
         self.trimming = (None if homes.durability is None
                          else Trimming(self.log, homes.durability))
         self._tasks: list[asyncio.Task[None]] = []
+        self.stale_skipped = 0  # a peer's entries of a home it lost, not applied
+        self.failover = failover  # takes over a lost peer's homes (regions/failover.py)
 
     # -- the serving side (Region.Replicate) ---------------------------------
 
@@ -170,6 +172,8 @@ class Replication:
                         for name in self.peers]
         if self.trimming is not None:
             self._tasks.append(supervisor.spawn("region-log-trim", self.trimming.run))
+        if self.failover is not None:
+            self._tasks.append(supervisor.spawn("region-failover", self.failover.run))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -248,22 +252,33 @@ class Replication:
     async def _apply(self, peer: str, state: PeerReplication, batch: rpb.LogBatch) -> None:
         entries = [LogEntry(e.lsn, e.epoch, from_pb(e.message)) for e in batch.entries]
         recipients: dict[str, tuple[str, ...]] = {}  # 1:1 chats'; groups' come from storage
-        changes: dict[int, MembershipChange] = {}
         seen: set[str] = set()
+        stale: set[str] = set()
         for entry in entries:
             conversation_id = entry.message.conversation_id
-            change = change_of(entry.message)
-            if change is not None:
-                changes[entry.lsn] = change
             if conversation_id in seen:
                 continue
             seen.add(conversation_id)
             row = Home(peer, entry.epoch, True)
-            if await self.homes.stored(CONVERSATION_HOME, conversation_id) != row:
+            held = await self.homes.stored(CONVERSATION_HOME, conversation_id)
+            if held != row:
                 # stored once: a write per batch would sit in every sync ack's path
-                await self.homes.learn(CONVERSATION_HOME, conversation_id, row)
+                held = await self.homes.learn(CONVERSATION_HOME, conversation_id, row)
+            if held.region != peer:
+                # a higher epoch is held here: the peer lost this home (failover) and
+                # serves what it sequenced under the old one. It learns the new home
+                # before the cursor passes these entries (and Region.Applied confirms
+                # them), so it never acks them: the raise retries the batch.
+                await self.homes.correct(peer, CONVERSATION_HOME, conversation_id, held)
+                stale.add(conversation_id)
+                self.stale_skipped += 1
+                continue
             if conversation_id.startswith("d:"):
                 recipients[conversation_id] = await self._members(conversation_id, entry.message)
+        if stale:
+            entries = [e for e in entries if e.message.conversation_id not in stale]
+        changes = {e.lsn: change for e in entries
+                   if (change := change_of(e.message)) is not None}
         items = await self.log.apply_log(peer, entries, batch.scanned_to, recipients, changes,
                                          self.large_above)
         state.applied_to = batch.scanned_to
@@ -293,7 +308,8 @@ class Replication:
 
     def log_report(self) -> dict[str, Any]:
         """This region's own log, for `/v1/peers` ("log")."""
-        return {} if self.trimming is None else {"log": self.trimming.report()}
+        return {**({} if self.trimming is None else {"log": self.trimming.report()}),
+                **({} if self.failover is None else self.failover.report())}
 
     def families(self) -> Iterator[Metric]:
         states = self.peers
@@ -325,6 +341,10 @@ class Replication:
         yield metrics.counter("chatplane_region_group_changes_served_total",
                               "group changes forwarded here by other regions and applied here",
                               self.homes.ops_served)
+        yield metrics.counter("chatplane_region_homes_verified_total",
+                              "own homes read from storage and checked with the peers before"
+                              " sequencing under them (a peer may have taken them over)",
+                              self.homes.verified)
         yield metrics.counter("chatplane_region_homes_placed_total",
                               "conversations (1:1 chats, groups) whose home was placed here",
                               self.homes.placed)
@@ -332,3 +352,9 @@ class Replication:
             yield from self.homes.durability.families()
         if self.trimming is not None:
             yield from self.trimming.families()
+        if self.failover is not None:
+            yield from self.failover.families()
+        yield metrics.counter("chatplane_region_stale_entries_skipped_total",
+                              "conversations of a peer's batch not applied: the peer served"
+                              " them under a home epoch it no longer holds",
+                              self.stale_skipped)

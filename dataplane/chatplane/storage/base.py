@@ -441,12 +441,19 @@ class ReplicatedLog(Protocol):
         positions in one transaction, and remember how far: a read from below it
         raises LogTrimmed. Returns what the log retains after."""
 
+    async def take_over_homes(self, lost: str, region: str) -> int:
+        """Failover: every conversation homed in region `lost` is homed in `region`
+        at its epoch + 1, confirmed (one transaction; returns how many), so this
+        store's row beats the lost region's in every store (`home_replaces`)."""
+
     async def apply_log(self, peer: str, entries: Sequence[LogEntry], scanned_to: int,
                         recipients: dict[str, tuple[str, ...]],
                         changes: Mapping[int, MembershipChange] | None = None,
                         large_above: int | None = None) -> list[InboxItem]:
         """Store `peer`'s entries (each conversation's next seq; one stored before is
-        skipped; a hole raises StorageError and writes nothing) with inbox entries for
+        skipped, unless the entry's epoch is past the first and the stored one is
+        another message: a lost home's, replaced; a hole raises StorageError and
+        writes nothing) with inbox entries for
         `recipients[conversation]`, and move the peer's cursor to `scanned_to`, in one
         transaction. A conversation not in `recipients` is a group: `changes[lsn]` (its
         change events) is applied with its entry, at its seq (a creation makes the

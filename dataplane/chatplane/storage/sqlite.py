@@ -798,6 +798,16 @@ class SqliteStorage(_SocialMethods):
         home: Home = await self._write(offer)
         return home
 
+    async def take_over_homes(self, lost: str, region: str) -> int:
+        def take(writer: Writer) -> int:
+            cursor = writer.db.execute(
+                "UPDATE homes SET region = ?, epoch = epoch + 1, confirmed = 1"
+                " WHERE kind = 'conversation' AND region = ?", (region, lost))
+            return int(cursor.rowcount)
+
+        taken: int = await self._write(take)
+        return taken
+
     # -- the replicated log (ReplicatedLog) -----------------------------------
 
     async def log_after(self, after: int, limit: int,
@@ -871,11 +881,15 @@ class SqliteStorage(_SocialMethods):
             items: list[InboxItem] = []
             for entry in entries:
                 message = entry.message
+                # a home past the first epoch took over from a lost one: its history
+                # replaces what the lost home sequenced here and never replicated
+                supersede = entry.epoch > 1
                 if message.conversation_id in recipients:
-                    items += writer.apply_replicated(message, recipients[message.conversation_id])
+                    items += writer.apply_replicated(message, recipients[message.conversation_id],
+                                                     supersede)
                 else:
                     items += writer.apply_replicated_group(message, changed.get(entry.lsn),
-                                                           large_above)
+                                                           large_above, supersede)
             writer.db.execute(
                 "INSERT INTO region_cursors (peer, lsn) VALUES (?, ?)"
                 " ON CONFLICT (peer) DO UPDATE SET lsn = excluded.lsn", (peer, scanned_to))

@@ -79,6 +79,7 @@ class Writer:
         # (conversation, sender, device) -> the highest cid stored: a higher
         # cid cannot be a resend, so its dedup lookup is skipped
         self.max_cids: dict[tuple[str, str, str], int] = {}
+        self.superseded = 0  # messages of a lost home replaced by the new home's
 
     def forget(self) -> None:
         """Drop cached heads (they are re-read), after writing the pending ones:
@@ -296,12 +297,17 @@ class Writer:
         self.inbox_heads[user_id] = inbox_seq
         return InboxItem(user_id=user_id, inbox_seq=inbox_seq, message=message)
 
-    def apply_replicated(self, message: StoredMessage,
-                         recipients: Sequence[str]) -> list[InboxItem]:
+    def apply_replicated(self, message: StoredMessage, recipients: Sequence[str],
+                         supersede: bool = False) -> list[InboxItem]:
         """A peer home's message at its own seq (ReplicatedLog.apply_log): nothing
-        when stored before, StorageError for a hole (this store misses earlier seqs)."""
+        when stored before, StorageError for a hole (this store misses earlier seqs).
+        `supersede` (an entry of a home that took over, epoch raised): a different
+        message stored here at that seq, sequenced by a lost home and never
+        replicated (so never acked in sync), is replaced by the home's."""
         head = self.conv_head(message.conversation_id)
         if message.seq <= head:
+            if supersede:
+                self._supersede(message)
             return []
         if message.seq != head + 1:
             raise StorageError(f"{message.conversation_id}: replicated seq {message.seq}"
@@ -323,8 +329,31 @@ class Writer:
         self.conv_heads[message.conversation_id] = message.seq
         return [self.add_entry(user_id, message) for user_id in recipients]
 
+    def _supersede(self, message: StoredMessage) -> None:
+        """Put the home's `message` at its seq in place of another one stored there (its
+        inbox entries, which name (conversation, seq), then read the home's)."""
+        self.flush_rows()  # a row queued in this batch is read like a stored one
+        row = self.db.execute("SELECT message_id FROM messages WHERE conversation_id = ?"
+                              " AND seq = ?", (message.conversation_id, message.seq)).fetchone()
+        if row is not None and row[0] == message.message_id:
+            return  # the usual case: the same message
+        # the superseded row, and one of the lost home's holding this cid at another
+        # seq (the device's resend, which the new home sequenced afresh)
+        self.db.execute(
+            "DELETE FROM messages WHERE conversation_id = ? AND (seq = ? OR (sender = ?"
+            " AND sender_device = ? AND cid = ?))",
+            (message.conversation_id, message.seq, message.sender, message.sender_device,
+             message.cid))
+        self.db.execute(
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message.conversation_id, message.seq, message.message_id, message.sender,
+             message.sender_device, message.cid, message.text, message.sent_at_ms,
+             message.payload, message.content_type))
+        self.superseded += 1
+
     def apply_replicated_group(self, message: StoredMessage, change: MembershipChange | None,
-                               large_above: int | None) -> list[InboxItem]:
+                               large_above: int | None,
+                               supersede: bool = False) -> list[InboxItem]:
         """A peer home's group message (ReplicatedLog.apply_log): its change first, at
         its seq (the creation makes the group), then the message with the entries the
         home wrote: the members before and after it, or in a large group only those the
@@ -342,6 +371,8 @@ class Writer:
             raise StorageError(f"{conversation_id}: replicated seq {message.seq} of a group"
                                " this store never had") from None
         if message.seq <= head:
+            if supersede and change is None:  # a change superseded: not replayed (a limit)
+                self._supersede(message)
             return []
         if message.seq != head + 1:
             raise StorageError(f"{conversation_id}: replicated seq {message.seq}"

@@ -138,7 +138,7 @@ class Login(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., token: _Optional[str] = ..., inbox_seq: _Optional[int] = ..., client_name: _Optional[str] = ..., store_id: _Optional[str] = ...) -> None: ...
 
 class LoginAck(_message.Message):
-    __slots__ = ("user_id", "device_id", "inbox_head", "heartbeat_interval_ms", "max_frame_bytes", "server_id", "max_inflight_sends", "store_id", "max_users_per_request")
+    __slots__ = ("user_id", "device_id", "inbox_head", "heartbeat_interval_ms", "max_frame_bytes", "server_id", "max_inflight_sends", "store_id", "region", "max_users_per_request")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     INBOX_HEAD_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,7 @@ class LoginAck(_message.Message):
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_INFLIGHT_SENDS_FIELD_NUMBER: _ClassVar[int]
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     MAX_USERS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     device_id: str
@@ -156,8 +157,9 @@ class LoginAck(_message.Message):
     server_id: str
     max_inflight_sends: int
     store_id: str
+    region: str
     max_users_per_request: int
-    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., inbox_head: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., server_id: _Optional[str] = ..., max_inflight_sends: _Optional[int] = ..., store_id: _Optional[str] = ..., max_users_per_request: _Optional[int] = ...) -> None: ...
+    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., inbox_head: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., server_id: _Optional[str] = ..., max_inflight_sends: _Optional[int] = ..., store_id: _Optional[str] = ..., region: _Optional[str] = ..., max_users_per_request: _Optional[int] = ...) -> None: ...
 
 class Send(_message.Message):
     __slots__ = ("conversation_id", "cid", "text", "payload", "content_type")
