@@ -19,8 +19,7 @@ import pytest
 
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
-from chatplane.client import Client
-from tests.support.regions import SHARED_KEY, RegionProcess, two_regions, wait_for
+from tests.support.regions import SHARED_KEY, RegionProcess, region_device, sees, two_regions, wait_for
 from tests.support.traffic import Device
 from tests.tools.failoverbench import history_of, run_failover
 
@@ -56,19 +55,19 @@ async def test_a_frozen_home_taken_over_learns_it_and_its_unconfirmed_sends_are_
            "CHATPLANE_REGION_SYNC_TIMEOUT_S": "1"}
     with two_regions(tmp_path, env) as (eu, us):
         for me, other in ((eu, us), (us, eu)):
-            await asyncio.to_thread(wait_for, functools.partial(_sees, me, other.name), 20,
+            await asyncio.to_thread(wait_for, functools.partial(sees, me, other.name), 20,
                                     f"{me.name} sees {other.name}")
         checker = DeliveryChecker()
         devices: list[Device] = []
         chats = []
         try:
             for i in range(3):
-                placer = await _connect(eu, f"p{i}", DeliveryChecker())
+                placer = await region_device(eu, f"p{i}", "d", DeliveryChecker(), timeout_s=30)
                 chat = await placer.client.direct(f"u{i}")
                 await placer.client.send_text(chat, "home")  # homes the chat in eu
                 await placer.stop()
                 for user in (f"p{i}", f"u{i}"):  # both members connected to us from now on
-                    device = await _connect(us, user, checker, "us")
+                    device = await region_device(us, user, "us", checker, timeout_s=30)
                     devices.append(device)
                     chats.append(chat)
                     checker.add_member(chat, user)
@@ -105,7 +104,7 @@ async def test_a_frozen_home_taken_over_learns_it_and_its_unconfirmed_sends_are_
             # eu learnt the new home of every chat and holds us's history, seq for seq
             for i in range(3):
                 there = devices[2 * i]
-                reader = await _connect(eu, f"p{i}", DeliveryChecker(), "eu-reader")
+                reader = await region_device(eu, f"p{i}", "eu-reader", DeliveryChecker(), timeout_s=30)
                 try:
                     for _ in range(100):
                         theirs = [(m.seq, m.message_id) for m in await history_of(there, chats[2 * i])]
@@ -123,19 +122,6 @@ async def test_a_frozen_home_taken_over_learns_it_and_its_unconfirmed_sends_are_
         finally:
             for device in devices:
                 await device.stop()
-
-
-async def _connect(region: RegionProcess, user: str, checker: DeliveryChecker,
-                   device_id: str = "d") -> Device:
-    client = Client(region.url, signer.mint(user, device_id), request_timeout_s=30)
-    await client.connect()
-    device = Device(client, user, device_id, checker)
-    device.start()
-    return device
-
-
-def _sees(region: RegionProcess, peer: str) -> bool:
-    return bool(region.peers()[peer]["ok"])
 
 
 def _lost(region: RegionProcess) -> bool:

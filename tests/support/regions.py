@@ -11,7 +11,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +112,21 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
-async def region_device(region: RegionProcess, user: str, device: str,
+async def region_device(where: RegionProcess | Sequence[str], user: str, device: str,
                         checker: DeliveryChecker, *, timeout_s: float = 20.0,
                         defer: bool = False) -> Device:
-    """An SDK device of `user` logged in at `region` with a token of the shared key,
-    started (its receipts go to `checker`; `defer`: judged at the end)."""
-    client = Client(region.url, TokenSigner(SHARED_KEY).mint(user, device),
+    """An SDK device of `user` logged in at a region (or given entry URLs, tried in
+    order: failover) with a token of the shared key, started (its receipts go to
+    `checker`; `defer`: judged at the end)."""
+    urls = [where.url] if isinstance(where, RegionProcess) else list(where)
+    client = Client(urls, TokenSigner(SHARED_KEY).mint(user, device),
                     request_timeout_s=timeout_s)
     await client.connect()
     dev = Device(client, user, device, checker, defer=defer)
     dev.start()
     return dev
+
+
+def sees(region: RegionProcess, peer: str) -> bool:
+    """`region`'s probes find `peer` answering (/v1/peers)."""
+    return bool(region.peers()[peer]["ok"])

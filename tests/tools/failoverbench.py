@@ -23,16 +23,14 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker, Verdict
-from chatplane.client import Client
 from chatplane.protocol.clientsession import Message
-from tests.support.regions import SHARED_KEY, RegionProcess, wait_for
+from tests.support.regions import SHARED_KEY, RegionProcess, region_device, sees, wait_for
 from tests.support.traffic import Device
 
 signer = TokenSigner(SHARED_KEY)
@@ -60,19 +58,6 @@ def _regions(base: Path, env: dict[str, str]) -> tuple[RegionProcess, RegionProc
     return eu, us
 
 
-async def _device(urls: Sequence[str], user: str, checker: DeliveryChecker,
-                  device_id: str = "d") -> Device:
-    client = Client(list(urls), signer.mint(user, device_id), request_timeout_s=30)
-    await client.connect()
-    device = Device(client, user, device_id, checker)
-    device.start()
-    return device
-
-
-def _sees(region: RegionProcess, peer: str) -> bool:
-    return bool(region.peers()[peer]["ok"])
-
-
 def _metric(region: RegionProcess, name: str) -> float:
     status, text = region.get("/metrics")
     assert status == 200, text
@@ -98,13 +83,13 @@ async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
     devices: list[Device] = []
     try:
         for me, other in ((eu, us), (us, eu)):
-            await asyncio.to_thread(wait_for, functools.partial(_sees, me, other.name), 20,
+            await asyncio.to_thread(wait_for, functools.partial(sees, me, other.name), 20,
                                     f"{me.name} sees {other.name}")
         checker = DeliveryChecker()
         chats = []
         for i in range(pairs):
-            a = await _device([eu.url, us.url], f"a{i}", checker)
-            b = await _device([us.url, eu.url], f"b{i}", checker)
+            a = await region_device([eu.url, us.url], f"a{i}", "d", checker, timeout_s=30)
+            b = await region_device([us.url, eu.url], f"b{i}", "d", checker, timeout_s=30)
             chat = await a.client.direct(f"b{i}")
             assert await b.client.direct(f"a{i}") == chat
             checker.add_member(chat, f"a{i}")
@@ -155,7 +140,7 @@ async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
         served = _metric(us, "chatplane_region_sends_served_total")
         late = []
         for i in range(pairs):
-            late.append(await _device([eu.url], f"a{i}", DeliveryChecker(), "late"))
+            late.append(await region_device([eu.url], f"a{i}", "late", DeliveryChecker(), timeout_s=30))
         for i, device in enumerate(late):
             ack = await asyncio.wait_for(device.client.send_text(chats[2 * i], "back"), 30)
             checker.record_ack(f"a{i}", "late", chats[2 * i], ack.seq, ack.message_id)
