@@ -64,13 +64,24 @@ async def connect_all(
         kind(dispatcher, f"{prefix}{i}", signer.mint(f"{prefix}{i}", "idle")) for i in range(count)
     ]
     began = time.monotonic()
-    for i, client in enumerate(clients):
-        client.start()
-        lag = began + (i + 1) / rate - time.monotonic()
-        if lag > 0:
-            await asyncio.sleep(lag)
-    await asyncio.wait_for(asyncio.gather(*(c.resumed.wait() for c in clients)), timeout_s)
+    try:
+        for i, client in enumerate(clients):
+            client.start()
+            lag = began + (i + 1) / rate - time.monotonic()
+            if lag > 0:
+                await asyncio.sleep(lag)
+        await asyncio.wait_for(asyncio.gather(*(c.resumed.wait() for c in clients)), timeout_s)
+    except BaseException:
+        await close_all(clients, dispatcher)
+        raise
     return clients, dispatcher, time.monotonic() - began
+
+
+async def close_all(clients: list[RawClient], dispatcher: Dispatcher) -> None:
+    """Every client stopped for good (its retry loop too) and the dispatcher closed: a
+    client left to the loop's shutdown kept retrying a dead server once, for 100 minutes."""
+    await asyncio.gather(*(c.close() for c in clients))
+    await dispatcher.close()
 
 
 async def heartbeats(clients: list[RawClient], every_s: float = 10.0) -> None:
@@ -88,10 +99,21 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
         args.url, signer, args.connections, args.rate, f"w3{secrets.token_hex(3)}-", args.timeout,
         transport=args.transport,
     )
+    try:
+        return await _hold_and_measure(args, clients, gateways, before, took)
+    finally:
+        await close_all(clients, dispatcher)
+
+
+async def _hold_and_measure(args: argparse.Namespace, clients: list[RawClient],
+                            gateways: dict[str, str], before: dict[str, dict[str, float]],
+                            took: float) -> dict[str, Any]:
     beat = asyncio.get_running_loop().create_task(heartbeats(clients))
-    await asyncio.sleep(args.hold)
+    try:
+        await asyncio.sleep(args.hold)
+    finally:
+        beat.cancel()
     after = {g: scrape(u) for g, u in gateways.items()}
-    beat.cancel()
     per_gateway = {}
     for g in gateways:
         gained = after[g]["chatplane_connections"] - before[g]["chatplane_connections"]
@@ -119,8 +141,6 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
         "rss_per_conn_kib": round(grown_all / gained_all / 1024, 2) if gained_all else None,
         "gateways": per_gateway,
     }
-    await asyncio.gather(*(c.close() for c in clients))
-    await dispatcher.close()
     return result
 
 
