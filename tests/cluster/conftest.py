@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -178,3 +180,11 @@ class Chat:
     async def close(self) -> None:
         for d in self.devices:
             await d.stop()
+
+
+def cluster_up_process(data_dir: Path, gateways: int, ims: int) -> subprocess.Popen[str]:
+    """`chatplane cluster up` as a process (one state), its output on stdout."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "chatplane.cli", "cluster", "up", "--data-dir", str(data_dir),
+         "--gateways", str(gateways), "--ims", str(ims), "--states", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

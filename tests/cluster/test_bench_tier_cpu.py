@@ -15,20 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.conftest import cluster_up_process
+
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 TIERS = ["gateway", "im", "state", "ipconf", "redis-server"]
 
 
-def _cluster_up(data_dir: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chatplane.cli", "cluster", "up", "--data-dir", str(data_dir),
-         "--gateways", "2", "--ims", "2", "--states", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 async def test_bench_direct_reports_cpu_per_tier_of_a_cluster(tmp_path: Path) -> None:
-    up = _cluster_up(tmp_path)
+    up = cluster_up_process(tmp_path, 2, 2)
     try:
         assert up.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(up.stdout.readline), 60)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from chatplane.auth import TokenSigner
 from chatplane.client import Client
+from tests.cluster.conftest import cluster_up_process
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -27,15 +27,8 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def _cluster_up(data_dir: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chatplane.cli", "cluster", "up", "--data-dir", str(data_dir),
-         "--gateways", "1", "--ims", "1", "--states", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 async def test_cluster_up_serves_and_stops_everything(tmp_path: Path) -> None:
-    proc = _cluster_up(tmp_path)
+    proc = cluster_up_process(tmp_path, 1, 1)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
