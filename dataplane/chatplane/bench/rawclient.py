@@ -66,6 +66,8 @@ class RawClient(asyncio.Protocol):
         self.token = token
         self.inbox_seq = 0
         self.logins = 0
+        self.synced = 0  # inbox entries pulled after a SyncHint (a push lost on the way)
+        self._syncing = False
         self.gateway = ""
         self.resumed = asyncio.Event()
         self.connect_ms = 0.0
@@ -190,14 +192,33 @@ class RawClient(asyncio.Protocol):
         elif kind == "push" and frame.push.entries:
             self.inbox_seq = max(self.inbox_seq, frame.push.entries[-1].inbox_seq)
             self._send(pb.Frame(push_ack=pb.PushAck(inbox_seq=self.inbox_seq)))
+        elif kind == "sync_hint" and frame.sync_hint.inbox_head > self.inbox_seq:
+            # Pushes are best effort between the tiers; the gateway's head check tells a
+            # device what it missed, and the device pulls it (as the SDK does).
+            self._sync()
+        elif kind == "sync_response":
+            self._syncing = False
+            entries = frame.sync_response.entries
+            if entries:
+                self.synced += len(entries)
+                self.inbox_seq = max(self.inbox_seq, entries[-1].inbox_seq)
+            if frame.sync_response.has_more:
+                self._sync()
         elif kind == "reconnect":
             self._delay_ms = frame.reconnect.delay_ms
             self.drop()
         elif kind == "error" and frame.error.fatal:
             self.drop()
 
+    def _sync(self) -> None:
+        if not self._syncing:
+            self._syncing = True
+            self._send(pb.Frame(id=2, sync=pb.SyncRequest(after_inbox_seq=self.inbox_seq,
+                                                            limit=256)))
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._syncing = False
         self._lost.set()
 
 
