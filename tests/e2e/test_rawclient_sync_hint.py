@@ -1,7 +1,8 @@
 """The bench's raw client pulls what a SyncHint says it missed, as the SDK does: against a
 real `chatplane up` whose push window is 4, a raw client that stops reading while 12
 messages are sent to it overflows its window; once it reads again it gets the pushes the
-window held and a SyncHint, syncs, and ends at the last message's inbox entry."""
+window held and a SyncHint, syncs, and ends at the last message's inbox entry. It counts
+why each of its connections ended (the node rollout test prints them)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,10 @@ async def test_raw_client_syncs_after_a_sync_hint(small_window_server: ServerPro
             await asyncio.sleep(0.1)
         assert raw.inbox_seq == MESSAGES, raw.inbox_seq
         assert raw.synced > 0, "everything came by push: the window never overflowed"
+        # and it says why a connection ended: cut here, then resumed
+        raw.drop()
+        await asyncio.wait_for(raw.logged_in_more_than(1), 10)
+        assert dict(raw.ends) == {"dropped here": 1}, raw.ends
     finally:
         await dave.close()
         await raw.close()

@@ -21,6 +21,7 @@ import random
 import ssl as ssl_
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, cast
 
@@ -67,6 +68,10 @@ class RawClient(asyncio.Protocol):
         self.inbox_seq = 0
         self.logins = 0
         self.synced = 0  # inbox entries pulled after a SyncHint (a push lost on the way)
+        # why each connection ended: "reconnect: <reason>", "error: <code>", or "lost"
+        # (closed without a word: the server's sweep, a dead pod, the network)
+        self.ends: Counter[str] = Counter()
+        self._told = ""
         self._syncing = False
         self.gateway = ""
         self.resumed = asyncio.Event()
@@ -150,6 +155,7 @@ class RawClient(asyncio.Protocol):
 
     def drop(self) -> None:
         """Cut the connection (as a network failure would); it resumes by itself."""
+        self._told = self._told or "dropped here"
         if self._transport is not None:
             self._transport.abort()
 
@@ -206,8 +212,10 @@ class RawClient(asyncio.Protocol):
                 self._sync()
         elif kind == "reconnect":
             self._delay_ms = frame.reconnect.delay_ms
+            self._told = f"reconnect: {frame.reconnect.reason}"
             self.drop()
         elif kind == "error" and frame.error.fatal:
+            self._told = f"error: {frame.error.code}"
             self.drop()
 
     def _sync(self) -> None:
@@ -217,6 +225,9 @@ class RawClient(asyncio.Protocol):
                                                             limit=256)))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.ends[self._told or "lost"] += 1
+        self._told = ""
         self._transport = None
         self._syncing = False
         self._lost.set()
