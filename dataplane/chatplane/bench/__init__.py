@@ -108,6 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     direct.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
     direct.add_argument("--quiet", action="store_true", help="no progress lines")
     from chatplane.bench import (
+        apply,
         archive,
         group,
         handshakes,
@@ -115,6 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         idle,
         invalidation,
         ladder,
+        rollout,
         storm,
         web,
     )
@@ -126,6 +128,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_parser(workloads)
     idle.add_parser(workloads)
     storm.add_parser(workloads)
+    rollout.add_parser(workloads)
+    apply.add_parser(workloads)
     web.add_parser(workloads)
     hotcache.add_parser(workloads)
     archive.add_parser(workloads)

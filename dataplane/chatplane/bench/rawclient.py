@@ -73,7 +73,8 @@ class RawClient(asyncio.Protocol):
         self.ends: Counter[str] = Counter()
         self._told = ""
         self._syncing = False
-        self.gateway = ""
+        self.gateway = ""  # the gateway dispatch named
+        self.server = ""  # the one the last login landed on (its LoginAck's server_id)
         self.resumed = asyncio.Event()
         self.connect_ms = 0.0
         self.closed = False
@@ -186,6 +187,7 @@ class RawClient(asyncio.Protocol):
         kind = frame.WhichOneof("body")
         if kind == "login_ack":
             self.inbox_seq = max(self.inbox_seq, frame.login_ack.inbox_head)
+            self.server = frame.login_ack.server_id
             self.logins += 1
             self.resumed.set()
             waiting, self._login_waiters = self._login_waiters, []

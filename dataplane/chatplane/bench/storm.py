@@ -30,10 +30,11 @@ from chatplane.client import Client
 
 
 class Pair:
-    def __init__(self, url: str, signer: TokenSigner, prefix: str, i: int, checker: DeliveryChecker) -> None:
+    def __init__(self, url: str, signer: TokenSigner, prefix: str, i: int, checker: DeliveryChecker,
+                 ca: str | None = None) -> None:
         self.a, self.b = f"{prefix}a{i}", f"{prefix}b{i}"
-        self.sender = Client(url, signer.mint(self.a, "phone"))
-        self.receiver = Client(url, signer.mint(self.b, "phone"))
+        self.sender = Client(url, signer.mint(self.a, "phone"), ca=ca)
+        self.receiver = Client(url, signer.mint(self.b, "phone"), ca=ca)
         self.checker = checker
         self.conv = ""
         self.acked = 0
