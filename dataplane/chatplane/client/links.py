@@ -60,10 +60,12 @@ class WebSocketLink:
         await self.ws.close()
 
     def abort(self) -> None:
-        transport = self.ws._response.connection.transport if (
-            self.ws._response.connection is not None) else None
+        response = self.ws._response
+        transport = response.connection.transport if response.connection is not None else None
         if transport is not None:
             transport.abort()
+        # hands the dead connection back to aiohttp, which otherwise reports it unclosed
+        response.close()
 
 
 class _TcpFrames(asyncio.Protocol):
