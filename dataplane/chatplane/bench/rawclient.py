@@ -152,13 +152,20 @@ class RawClient(asyncio.Protocol):
         await future
 
     def heartbeat(self) -> None:
-        self._send(pb.Frame(heartbeat=pb.Heartbeat(client_time_ms=int(time.time() * 1000))))
+        if self.resumed.is_set():  # before the LoginAck it is NOT_LOGGED_IN, fatal
+            self._send(pb.Frame(heartbeat=pb.Heartbeat(client_time_ms=int(time.time() * 1000))))
 
     def drop(self) -> None:
         """Cut the connection (as a network failure would); it resumes by itself."""
         self._told = self._told or "dropped here"
         if self._transport is not None:
             self._transport.abort()
+
+    def _leave(self) -> None:
+        """Close as told by the server: gracefully (an abort of a TLS transport in the
+        middle of its reads made uvloop log 'Fatal error on SSL protocol' by the hundred)."""
+        if self._transport is not None:
+            self._transport.close()
 
     async def close(self) -> None:
         self.closed = True
@@ -215,10 +222,10 @@ class RawClient(asyncio.Protocol):
         elif kind == "reconnect":
             self._delay_ms = frame.reconnect.delay_ms
             self._told = f"reconnect: {frame.reconnect.reason}"
-            self.drop()
+            self._leave()
         elif kind == "error" and frame.error.fatal:
             self._told = f"error: {frame.error.code}"
-            self.drop()
+            self._leave()
 
     def _sync(self) -> None:
         if not self._syncing:
@@ -292,6 +299,9 @@ class WsRawClient(RawClient):
     def drop(self) -> None:
         if self._ws is not None:
             self._spawn(self._ws.close())
+
+    def _leave(self) -> None:
+        self.drop()  # a WebSocket close is graceful already
 
     async def close(self) -> None:
         self.closed = True
