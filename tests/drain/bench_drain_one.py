@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 from chatplane.bench.idle import connect_all, heartbeats
+from chatplane.bench.rollout import LoginRate
 from chatplane.cluster import Cluster
 from chatplane_operator import drain
 from tests.cluster.conftest import FAST, Chat
 from tests.drain.fleet_cluster import ClusterFleet
-from tests.drain.test_drain_rollout_processes import LoginMeter, chat_until
+from tests.drain.test_drain_rollout_processes import chat_until
 
 
 async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
@@ -41,7 +42,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         fleet = ClusterFleet(cluster, "v1")
         fleet.names = ["gw-1"]
         policy = drain.Policy(rate=args.rate, deadline_s=120, ready_timeout_s=60)
-        meter = LoginMeter(idle)
+        meter = LoginRate(idle, every_s=0.05)
         stop = asyncio.Event()
         tasks = [asyncio.get_running_loop().create_task(meter.run(stop)),
                  asyncio.get_running_loop().create_task(chat_until(chat, stop))]
@@ -65,7 +66,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             "on_gateway": fleet.connections_at_drain.get("gw-1"),
             "drain_s": drained_s, "rollout_s": round(took, 1),
             "all_back_s": round(back_s, 1), "not_back": sum(c.logins < 2 for c in idle),
-            "peak_logins_per_s": meter.peak_per_second(), "logins": meter.total(),
+            "peak_logins_per_s": meter.peak_per_second(window_s=1.0), "logins": meter.total(),
             "lost_dup_reordered_ok": verdict.ok, "verdict": verdict.summary(),
         }
         beat.cancel()

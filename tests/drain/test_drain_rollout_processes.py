@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import pytest
 
 from chatplane.bench.idle import connect_all, heartbeats
-from chatplane.bench.rawclient import RawClient
+from chatplane.bench.rollout import LoginRate
 from chatplane_operator import drain
 from tests.cluster.conftest import Chat, ClusterFactory
 from tests.drain.fleet_cluster import ClusterFleet
@@ -30,32 +29,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 CLIENTS = int(os.environ.get("CHATPLANE_DRAIN_BENCH_CLIENTS", "300"))
 RATE = float(os.environ.get("CHATPLANE_DRAIN_BENCH_RATE", "100"))
-
-
-class LoginMeter:
-    """Samples the clients' login counters; the busiest window of logins."""
-
-    def __init__(self, clients: list[RawClient]) -> None:
-        self.clients = clients
-        self.samples: list[tuple[float, int]] = []
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self.samples.append((time.monotonic(), sum(c.logins for c in self.clients)))
-            await asyncio.sleep(0.05)
-
-    def peak_per_second(self, window_s: float = 1.0) -> float:
-        """Logins per second over the busiest `window_s` seconds."""
-        peak = 0
-        for i, (t0, n0) in enumerate(self.samples):
-            for t1, n1 in self.samples[i:]:
-                if t1 - t0 > window_s:
-                    break
-                peak = max(peak, n1 - n0)
-        return peak / window_s
-
-    def total(self) -> int:
-        return self.samples[-1][1] - self.samples[0][1] if self.samples else 0
 
 
 async def chat_until(chat: Chat, stop: asyncio.Event) -> None:
@@ -78,7 +51,7 @@ async def test_orchestrator_upgrades_every_gateway_without_loss(
     fleet = ClusterFleet(cluster, "v1")
     policy = drain.Policy(rate=RATE, deadline_s=60, max_unavailable=1, ready_timeout_s=30)
     orchestrator = drain.Orchestrator(fleet, "v2", policy)
-    meter = LoginMeter(idle)
+    meter = LoginRate(idle, every_s=0.05)
     stop = asyncio.Event()
     background = [asyncio.get_running_loop().create_task(meter.run(stop)),
                   asyncio.get_running_loop().create_task(chat_until(chat, stop))]
@@ -110,7 +83,7 @@ async def test_orchestrator_upgrades_every_gateway_without_loss(
     chat.assert_clean()
     # the reconnect load: the rate plus jitter, never a burst
     moved = sum(fleet.connections_at_drain.values())
-    peak = meter.peak_per_second()
+    peak = meter.peak_per_second(window_s=1.0)
     print(f"\nrollout of 3 gateways: {moved} connections moved in {outcome.seconds:.1f}s, "
           f"peak {peak} logins/s at rate {RATE:g}, events: {outcome.events}")
     assert peak <= RATE * 1.3 + 10, f"{peak} logins in one second at a rate of {RATE}"

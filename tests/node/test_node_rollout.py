@@ -44,8 +44,9 @@ import pytest
 
 from chatplane.bench.idle import connect_all, heartbeats
 from chatplane.bench.rawclient import Dispatcher, RawClient
+from chatplane.bench.rollout import LoginRate
 from tests.cluster.conftest import Chat
-from tests.drain.test_drain_rollout_processes import LoginMeter, chat_until
+from tests.drain.test_drain_rollout_processes import chat_until
 from tests.node.chatcluster import (
     BUILT,
     GATEWAYS,
@@ -235,7 +236,7 @@ async def test_gateway_rollout_operator_restart_and_pod_delete_lose_nothing(
         node: Kubectl, chat_cluster: Deployed) -> None:
     async with _running(chat_cluster) as live:
         stop = asyncio.Event()
-        meter = LoginMeter(live.raw)
+        meter = LoginRate(live.raw, every_s=0.05)
         watch = PodWatch(node)
         loop = asyncio.get_running_loop()
         background = [loop.create_task(meter.run(stop)), loop.create_task(watch.run(stop)),
@@ -253,7 +254,7 @@ async def test_gateway_rollout_operator_restart_and_pod_delete_lose_nothing(
             print(f"why the raw clients' connections ended in the rollout: {dict(_ends(live))}")
             print(f"rollout of {GATEWAYS} gateways holding {CLIENTS} raw + "
                   f"{len(live.chat.devices)} SDK clients, the operator restarted: "
-                  f"{seconds:.1f}s at drainRate {RATE}, peak {meter.peak_per_second()} "
+                  f"{seconds:.1f}s at drainRate {RATE}, peak {meter.peak_per_second(window_s=1.0)} "
                   f"logins/s; {replaced}")
             # the peak is not asserted here: a version bump rolls every tier at once
             # (ipconf too); phase 2, where only the gateway moves, asserts the pacing

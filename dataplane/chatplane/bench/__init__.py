@@ -4,7 +4,8 @@
 subcommand whose `func` takes the parsed args and returns an exit code
 (0 when the run was clean): `direct` (W1, 1:1 chat between pairs: options
 here and in `ladder.py`, the run in `direct.py`, the lean client in
-`leanclient.py`), `group` (W2), `idle` (W3), `storm`, `handshakes`
+`leanclient.py`), `group` (W2), `idle` (W3), `storm`, `rollout` and `apply`
+(a deployed ChatCluster, through kubectl: `kube.py`), `handshakes`
 (TLS handshakes per second), `web` (the web app in Chromium: first
 paint, bundle size, a 10,000-message tab) and the storage tiers' three:
 `hotcache` (the hot tier's policy against LRU, simulated), `archive` (the

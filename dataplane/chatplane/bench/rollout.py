@@ -51,17 +51,19 @@ def rolled_to(pods: list[dict[str, Any]], version: str, old: set[str], replicas:
 
 @dataclass
 class LoginRate:
-    """Logins of the raw clients, sampled four times a second: the busiest window."""
+    """The raw clients' logins, sampled every `every_s`: the busiest window of them."""
 
     clients: list[RawClient]
+    every_s: float = 0.25
     samples: list[tuple[float, int]] = field(default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.samples.append((time.monotonic(), sum(c.logins for c in self.clients)))
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(self.every_s)
 
     def peak_per_second(self, window_s: float = 2.0) -> float:
+        """Logins per second over the busiest `window_s` seconds."""
         best = 0.0
         start = 0
         for t, count in self.samples:
@@ -69,6 +71,9 @@ class LoginRate:
                 start += 1
             best = max(best, (count - self.samples[start][1]) / window_s)
         return best
+
+    def total(self) -> int:
+        return self.samples[-1][1] - self.samples[0][1] if self.samples else 0
 
 
 def _dispatch_url(kube: Kubectl, cluster: dict[str, Any]) -> str:
