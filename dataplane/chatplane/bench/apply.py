@@ -78,7 +78,7 @@ def run_apply_command(args: argparse.Namespace) -> int:
         manifest = Path(args.manifest).read_text(encoding="utf-8")
         result = run_loop(run_apply(args, manifest))
     except (OSError, TimeoutError, RuntimeError, ValueError) as exc:
-        print(f"bench apply: {exc}", file=sys.stderr)
+        print(f"bench apply: {exc!r}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
     if args.json:

@@ -70,7 +70,13 @@ async def connect_all(
             lag = began + (i + 1) / rate - time.monotonic()
             if lag > 0:
                 await asyncio.sleep(lag)
-        await asyncio.wait_for(asyncio.gather(*(c.resumed.wait() for c in clients)), timeout_s)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.resumed.wait() for c in clients)),
+                                   timeout_s)
+        except TimeoutError:
+            behind = sum(1 for c in clients if not c.resumed.is_set())
+            raise TimeoutError(f"{behind} of {count} clients not logged in after "
+                               f"{timeout_s:.0f}s") from None
     except BaseException:
         await close_all(clients, dispatcher)
         raise

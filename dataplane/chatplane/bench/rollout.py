@@ -209,7 +209,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     try:
         result = run_loop(run_rollout(args))  # uvloop: the crowd costs less
     except (OSError, TimeoutError, RuntimeError, ValueError) as exc:
-        print(f"bench rollout: {exc}", file=sys.stderr)
+        print(f"bench rollout: {exc!r}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
     if args.json:
