@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from chatplane.bench.kube import Kubectl, pods_of, ready, until
+from chatplane.bench.report import emit
 from chatplane.bench.spread import run_loop
 
 TIERS = ("ipconf", "gateway", "im", "state")
@@ -80,10 +80,7 @@ def run_apply_command(args: argparse.Namespace) -> int:
     except (OSError, TimeoutError, RuntimeError, ValueError) as exc:
         print(f"bench apply: {exc!r}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2)
+    emit(result, args.json)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import secrets
 import ssl as ssl_
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 
 from chatplane.auth import TokenSigner
 from chatplane.bench.rawclient import Dispatcher, RawClient, WsRawClient
+from chatplane.bench.report import emit
 from chatplane.bench.scrape import admin_url, parse
 from chatplane.bench.spread import run_loop
 
@@ -159,10 +159,7 @@ def run_idle_command(args: argparse.Namespace) -> int:
     except (OSError, TimeoutError, KeyError) as exc:
         print(f"bench idle: {exc!r}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2)
+    emit(result, args.json)
     return 0
 
 

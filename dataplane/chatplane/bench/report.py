@@ -7,6 +7,7 @@ latency histograms merge, verdicts add up (clean only if every part is clean).
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -265,3 +266,11 @@ def table(pub: dict[str, Any]) -> str:
             + "; ".join(dev.get("samples", []))
         )
     return "\n".join(lines)
+
+
+def emit(result: dict[str, Any], json_path: str | None) -> None:
+    """Print a bench's result as JSON, and write it to `json_path` too when given."""
+    print(json.dumps(result, indent=2))
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)

@@ -36,6 +36,7 @@ from chatplane.auth import TokenSigner
 from chatplane.bench.idle import close_all, connect_all, heartbeats
 from chatplane.bench.kube import Kubectl, pods_of, ready, until
 from chatplane.bench.rawclient import RawClient
+from chatplane.bench.report import emit
 from chatplane.bench.spread import run_loop
 from chatplane.bench.storm import Pair
 from chatplane.checker import DeliveryChecker
@@ -211,10 +212,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     except (OSError, TimeoutError, RuntimeError, ValueError) as exc:
         print(f"bench rollout: {exc!r}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2)
+    emit(result, args.json)
     return 0 if result["chat_clean"] else 1
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner
 from chatplane.bench.idle import connect_all, heartbeats
 from chatplane.bench.rawclient import RawClient
+from chatplane.bench.report import emit
 from chatplane.bench.spread import run_loop
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
@@ -169,10 +170,7 @@ def run_storm_command(args: argparse.Namespace) -> int:
     except (OSError, TimeoutError) as exc:
         print(f"bench storm: {exc!r}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2)
+    emit(result, args.json)
     return 0 if result["chat_clean"] else 1
 
 
