@@ -1,5 +1,6 @@
 """Failover of a whole region (docs/architecture.md, "Failover"; docs/benchmarks.md,
-"Regions: failover"): two `chatplane up` regions in `sync` durability, chats homed in eu
+"Regions: failover"): two `chatplane up` regions in `sync` durability sharing a failover
+witness (`chatplane witness`, which grants us the takeover once eu's lease expired), chats homed in eu
 between a user connected to eu and one connected to us, every device sending one message
 after the other; kill -9 of eu; the clients (the SDK given both regions' URLs) move to
 us, which takes over eu's homes once eu has been silent for CHATPLANE_FAILOVER_AFTER_S,
@@ -30,7 +31,14 @@ from typing import Any
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker, Verdict
 from chatplane.protocol.clientsession import Message
-from tests.support.regions import SHARED_KEY, RegionProcess, region_device, sees, wait_for
+from tests.support.regions import (
+    SHARED_KEY,
+    RegionProcess,
+    WitnessProcess,
+    region_device,
+    sees,
+    wait_for,
+)
 from tests.support.traffic import Device
 
 signer = TokenSigner(SHARED_KEY)
@@ -50,6 +58,7 @@ class FailoverRun:
 
 
 def _regions(base: Path, env: dict[str, str]) -> tuple[RegionProcess, RegionProcess]:
+    """eu and us, each given the other's gateway as dispatch's fallback (and `env`)."""
     eu = RegionProcess(base / "eu", "eu", env=env)
     us = RegionProcess(base / "us", "us", env=env)
     for me, other in ((eu, us), (us, eu)):  # the peer's public gateway: dispatch's fallback
@@ -77,7 +86,10 @@ async def history_of(device: Device, conversation: str) -> list[Message]:
 
 async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
                        env: dict[str, str] | None = None) -> FailoverRun:
-    eu, us = _regions(base, {"CHATPLANE_REGION_DURABILITY": "sync", **(env or {})})
+    witness = WitnessProcess(base / "witness")
+    eu, us = _regions(base, {"CHATPLANE_REGION_DURABILITY": "sync",
+                             "CHATPLANE_FAILOVER_WITNESS": witness.endpoint, **(env or {})})
+    witness.start()
     eu.start()
     us.start()
     devices: list[Device] = []
@@ -172,6 +184,7 @@ async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
             await device.stop()
         for region in (eu, us):
             region.stop()
+        witness.stop()
 
 
 def main() -> None:
