@@ -1,0 +1,248 @@
+"""The failover witness with real processes (docs/architecture.md, "Failover" and
+"Split brain"): two `chatplane up` regions in `sync` durability and a `chatplane
+witness`, every link through a proxy that can cut it. Devices in both regions send
+into chats homed in both.
+
+- A partition of the region link (both still reach the witness): neither side is
+  granted a takeover; each acks its own homes alone (the witness records it alone),
+  sends across the cut wait; once healed both stores hold the same messages seq for
+  seq and the checker is clean for everything acked.
+- The witness unreachable while the regions are fine: nothing changes for chat.
+- eu cut from both us and the witness: eu stops acking (no lease, no peer); us is
+  granted eu's homes and acks them; once healed eu learns it was taken over,
+  catches up, is lifted by us, and the stores converge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatplane.checker import DeliveryChecker
+from tests.support.regions import RegionProcess, region_device, wait_for, witnessed_regions
+from tests.support.traffic import Device
+from tests.tools.failoverbench import history_of
+
+pytestmark = pytest.mark.slow
+
+DETECT_S = 3.0  # CHATPLANE_FAILOVER_AFTER_S: a lease of 1.5 s, renewed every 0.5 s
+ENV = {"CHATPLANE_REGION_DURABILITY": "sync", "CHATPLANE_FAILOVER_AFTER_S": str(DETECT_S),
+       "CHATPLANE_REGION_SYNC_TIMEOUT_S": "1"}
+PAIRS = 4  # chats 0, 1 homed in eu; 2, 3 in us
+
+
+def failover(region: RegionProcess) -> dict[str, Any]:
+    status, text = region.get("/v1/peers")
+    assert status == 200, text
+    return dict(json.loads(text)["failover"])
+
+
+def metric(region: RegionProcess, name: str) -> float:
+    status, text = region.get("/metrics")
+    assert status == 200, text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith((f"{name} ", f"{name}{{")))
+
+
+@dataclass
+class Traffic:
+    """a{i} connected to eu, b{i} to us, one chat each, every device sending."""
+
+    eu: RegionProcess
+    us: RegionProcess
+    checker: DeliveryChecker = field(default_factory=DeliveryChecker)
+    devices: list[Device] = field(default_factory=list)
+    chats: list[str] = field(default_factory=list)
+    acks: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, region)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        for i in range(PAIRS):
+            a = await region_device(self.eu, f"a{i}", "d", self.checker, timeout_s=60)
+            b = await region_device(self.us, f"b{i}", "d", self.checker, timeout_s=60)
+            chat = await a.client.direct(f"b{i}")
+            for user in (f"a{i}", f"b{i}"):
+                self.checker.add_member(chat, user)
+            placer = a if i < PAIRS // 2 else b  # the first send places the home
+            ack = await placer.client.send_text(chat, "home")
+            self.checker.record_ack(placer.user, placer.device, chat, ack.seq, ack.message_id,
+                                    cid=ack.cid)
+            self.devices += [a, b]
+            self.chats += [chat, chat]
+        self.tasks = [asyncio.ensure_future(self._send(d, c, "eu" if d.user[0] == "a" else "us"))
+                      for d, c in zip(self.devices, self.chats, strict=True)]
+
+    async def _send(self, device: Device, chat: str, region: str) -> None:
+        i = 0
+        while not self.stop.is_set():
+            ack = await device.client.send_text(chat, f"{device.user}-{i}")
+            self.checker.record_ack(device.user, device.device, chat, ack.seq, ack.message_id,
+                                    cid=ack.cid)
+            self.acks.append((time.monotonic(), region))
+            i += 1
+            await asyncio.sleep(0.05)
+
+    def acked(self, region: str, since: float, until: float = float("inf")) -> int:
+        return sum(1 for t, r in self.acks if r == region and since <= t < until)
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 90)
+
+    async def converged(self) -> None:
+        """Each chat's history, read from eu's store and from us's, seq for seq the
+        same; then every device judged (the checker: nothing acked lost or twice, one
+        message per seq everywhere)."""
+        for i in range(PAIRS):
+            chat = self.chats[2 * i]
+            readers = [await region_device(self.eu, f"a{i}", "eu-reader", DeliveryChecker()),
+                       await region_device(self.us, f"b{i}", "us-reader", DeliveryChecker())]
+            try:
+                for _ in range(150):
+                    eu_rows, us_rows = [[(m.seq, m.message_id) for m in
+                                         await history_of(r, chat)] for r in readers]
+                    if eu_rows == us_rows:
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError(f"the stores differ on {chat}:\n eu {eu_rows[-5:]}"
+                                         f"\n us {us_rows[-5:]}")
+                assert [s for s, _ in eu_rows] == list(range(1, len(eu_rows) + 1)), chat
+            finally:
+                for reader in readers:
+                    await reader.stop()
+        for _ in range(100):  # the last acks' deliveries
+            verdict = self.checker.verdict()
+            if verdict.ok:
+                break
+            await asyncio.sleep(0.1)
+        assert verdict.ok, verdict.summary()
+
+    async def close(self) -> None:
+        self.stop.set()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for device in self.devices:
+            await device.stop()
+
+
+@asynccontextmanager
+async def traffic_between(eu: RegionProcess, us: RegionProcess) -> AsyncIterator[Traffic]:
+    for me in (eu, us):
+        await asyncio.to_thread(wait_for, lambda me=me: failover(me)["witness"]["held"]
+                                and all(p["ok"] for p in me.peers().values()), 20,
+                                f"{me.name} holds its lease and sees its peer")
+    traffic = Traffic(eu, us)
+    try:
+        await traffic.start()
+        yield traffic
+    finally:
+        await traffic.close()
+
+
+async def test_a_partition_between_regions_grants_no_takeover_and_the_stores_converge(
+        tmp_path: Path) -> None:
+    async with witnessed_regions(tmp_path, ENV) as (eu, us, witness, cuts), \
+            traffic_between(eu, us) as traffic:
+        await asyncio.sleep(1.5)
+        cut_at = time.monotonic()
+        cuts.partition()
+        await asyncio.sleep(DETECT_S + 4.0)
+        during = {r.name: failover(r) for r in (eu, us)}
+        healed_at = time.monotonic()
+        cuts.heal()
+        await asyncio.to_thread(wait_for, lambda: not any(
+            failover(r)["witness"]["alone"] or failover(r)["silent"] for r in (eu, us)), 30,
+            "both regions see each other and cleared their alone records")
+        await asyncio.sleep(1.0)
+        await traffic.finish()
+        await traffic.converged()
+        # at most one side takes over: here neither, both leases held throughout
+        assert witness.granted() == [], witness.granted()
+        assert not any(failover(r)["takeovers"] or failover(r)["lost"] for r in (eu, us))
+        for name, view in during.items():
+            assert view["silent"] and view["acking_alone"], (name, view)
+            assert view["witness"]["alone"] and view["witness"]["held"], (name, view)
+            assert view["witness"]["last_refusal"]["granted"] is False, (name, view)
+        # each side went on acking its own homes alone while cut
+        alone_eu = traffic.acked("eu", cut_at + DETECT_S + 0.5, healed_at)
+        alone_us = traffic.acked("us", cut_at + DETECT_S + 0.5, healed_at)
+        assert alone_eu > 10 and alone_us > 10, (alone_eu, alone_us)
+        assert metric(eu, "chatplane_region_sync_degraded_total") > 0
+        assert metric(us, "chatplane_region_sync_degraded_total") > 0
+        print(f"\npartition: {traffic.checker.verdict().acked} acked; alone eu {alone_eu},"
+              f" us {alone_us}; refusals: {during['eu']['witness']['last_refusal']['reason']!r}")
+
+
+async def test_an_unreachable_witness_changes_nothing_for_chat(tmp_path: Path) -> None:
+    async with witnessed_regions(tmp_path, ENV) as (eu, us, witness, cuts), \
+            traffic_between(eu, us) as traffic:
+        await asyncio.sleep(1.0)
+        cut_at = time.monotonic()
+        cuts.eu_witness.block()
+        cuts.us_witness.block()
+        await asyncio.sleep(DETECT_S + 3.0)
+        during = {r.name: failover(r) for r in (eu, us)}
+        back_at = time.monotonic()
+        cuts.heal()
+        await asyncio.to_thread(wait_for, lambda: all(failover(r)["witness"]["held"]
+                                                      for r in (eu, us)), 10, "leases again")
+        await traffic.finish()
+        await traffic.converged()
+        for name, view in during.items():
+            assert not view["witness"]["held"] and view["witness"]["failures"] > 0, (name, view)
+            assert not view["silent"] and not view["lost"] and not view["takeovers"], view
+        assert traffic.acked("eu", cut_at, back_at) > 20
+        assert traffic.acked("us", cut_at, back_at) > 20
+        for region in (eu, us):
+            assert metric(region, "chatplane_region_sync_degraded_total") == 0
+            assert metric(region, "chatplane_region_sync_unconfirmed_total") == 0
+            assert metric(region, "chatplane_region_witness_renewal_failures_total") > 0
+        assert witness.granted() == []
+
+
+async def test_a_region_cut_from_its_peer_and_the_witness_stops_acking_and_is_taken_over(
+        tmp_path: Path) -> None:
+    async with witnessed_regions(tmp_path, ENV) as (eu, us, witness, cuts), \
+            traffic_between(eu, us) as traffic:
+        await asyncio.sleep(1.5)
+        cut_at = time.monotonic()
+        cuts.eu_witness.block()
+        cuts.partition()
+        await asyncio.to_thread(wait_for, lambda: failover(us)["lost"] == ["eu"], DETECT_S + 10,
+                                "us is granted eu's homes")
+        await asyncio.sleep(3.0)  # us acks every chat; eu acks none
+        during = {r.name: failover(r) for r in (eu, us)}
+        healed_at = time.monotonic()
+        cuts.heal()
+        # eu learns it was taken over, catches up; us clears its alone record and lifts eu
+        await asyncio.to_thread(wait_for, lambda: failover(eu)["witness"]["held"]
+                                and not failover(us)["witness"]["alone"], 30,
+                                "eu lifted: it renews its lease again")
+        await asyncio.sleep(1.0)
+        await traffic.finish()
+        await traffic.converged()
+        # eu acked nothing after its last possible peer confirmation, and nothing alone
+        late_eu = traffic.acked("eu", cut_at + 1.0 + 0.5, healed_at)
+        assert late_eu == 0, late_eu
+        assert metric(eu, "chatplane_region_sync_degraded_total") == 0
+        assert metric(eu, "chatplane_region_sync_unconfirmed_total") > 0  # refused, resent
+        assert during["eu"]["silent"] == ["us"] and not during["eu"]["acking_alone"]
+        assert not during["eu"]["witness"]["held"] and not during["eu"]["lost"]
+        assert during["us"]["acking_alone"] and during["us"]["takeovers"][0]["peer"] == "eu"
+        assert traffic.acked("us", cut_at + DETECT_S + 2.0, healed_at) > 10
+        assert len(witness.granted()) == 1, witness.granted()
+        assert failover(eu)["witness"]["refusals"] >= 1  # told "taken over by us"
+        assert metric(eu, "chatplane_region_homes_taken_over_total") == 0
+        print(f"\nisolated eu: {traffic.checker.verdict().acked} acked; us took over"
+              f" {during['us']['takeovers'][0]['homes']} homes")
