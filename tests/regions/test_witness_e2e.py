@@ -11,6 +11,7 @@ into chats homed in both.
 - eu cut from both us and the witness: eu stops acking (no lease, no peer); us is
   granted eu's homes and acks them; once healed eu learns it was taken over,
   catches up, is lifted by us, and the stores converge.
+- No witness: failover is off, and the start says why in one line.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from typing import Any
 import pytest
 
 from chatplane.checker import DeliveryChecker
-from tests.support.regions import RegionProcess, region_device, wait_for, witnessed_regions
+from tests.support.regions import (
+    RegionProcess,
+    region_device,
+    sees,
+    two_regions,
+    wait_for,
+    witnessed_regions,
+)
 from tests.support.traffic import Device
 from tests.tools.failoverbench import history_of
 
@@ -246,3 +254,15 @@ async def test_a_region_cut_from_its_peer_and_the_witness_stops_acking_and_is_ta
         assert metric(eu, "chatplane_region_homes_taken_over_total") == 0
         print(f"\nisolated eu: {traffic.checker.verdict().acked} acked; us took over"
               f" {during['us']['takeovers'][0]['homes']} homes")
+
+
+async def test_without_a_witness_failover_is_off_and_the_start_says_why(tmp_path: Path) -> None:
+    with two_regions(tmp_path, ENV) as (eu, us):
+        await asyncio.to_thread(wait_for, lambda: sees(eu, "us") and sees(us, "eu"), 20,
+                                "the regions see each other")
+        view = failover(eu)
+        assert not view["enabled"] and view["witness"] is None
+        assert "no failover witness (CHATPLANE_FAILOVER_WITNESS)" in view["off_because"]
+        lines = [line for line in eu.output if "automatic failover is off" in line]
+        assert len(lines) == 1 and "cannot tell a partition" in lines[0], eu.output
+        assert metric(eu, "chatplane_region_witness_lease_held") == 0  # not exported
