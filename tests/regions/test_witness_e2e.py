@@ -17,6 +17,7 @@ into chats homed in both.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -144,11 +145,16 @@ class Traffic:
             await device.stop()
 
 
+def settled(region: RegionProcess) -> bool:
+    """The region holds its lease and its peer answers."""
+    return bool(failover(region)["witness"]["held"]
+                and all(p["ok"] for p in region.peers().values()))
+
+
 @asynccontextmanager
 async def traffic_between(eu: RegionProcess, us: RegionProcess) -> AsyncIterator[Traffic]:
     for me in (eu, us):
-        await asyncio.to_thread(wait_for, lambda me=me: failover(me)["witness"]["held"]
-                                and all(p["ok"] for p in me.peers().values()), 20,
+        await asyncio.to_thread(wait_for, functools.partial(settled, me), 20,
                                 f"{me.name} holds its lease and sees its peer")
     traffic = Traffic(eu, us)
     try:

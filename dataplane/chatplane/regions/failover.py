@@ -148,10 +148,14 @@ class Failover:
         every = witness.lease.ttl_s / RENEWALS_PER_TTL
         while True:
             started = time.monotonic()
-            if await witness.renew():
-                self.homes.forget_cached()  # taken over: check each home with the peers
-            if self.durability is not None:
-                self.durability.release_alone()
+            try:
+                if await witness.renew():
+                    self.homes.forget_cached()  # taken over: check each home with the peers
+                if self.durability is not None:
+                    self.durability.release_alone()
+            except Exception as exc:  # a dead loop would end the lease for good
+                log.exception("witness renewal failed")
+                witness.lease.failed(f"renewal failed: {exc!r}")
             await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
 
     async def _watch(self) -> None:
@@ -160,6 +164,8 @@ class Failover:
                 await self.check(time.time())
             except StorageError as exc:  # retried at the next check
                 log.warning("failover check failed: %s", exc)
+            except Exception:  # a dead loop would stop failover silently
+                log.exception("failover check failed")
             await asyncio.sleep(CHECK_S)
 
     def silent_for(self, link: Probed, now: float) -> float:

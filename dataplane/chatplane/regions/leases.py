@@ -132,6 +132,8 @@ class WitnessLink:
     async def renew(self) -> bool:
         """One renewal (with the current alone wish); True when cached homes may be stale."""
         sent_at = time.monotonic()
+        if self.wish is Wish.CLEAR:  # no ack alone from now on, whatever the answer
+            self.lease.alone = False
         try:
             reply = await self._stub().Lease(wpb.LeaseRequest(
                 region=self.region, ttl_ms=int(self.lease.ttl_s * 1000),
