@@ -12,6 +12,7 @@ into chats homed in both.
   granted eu's homes and acks them; once healed eu learns it was taken over,
   catches up, is lifted by us, and the stores converge.
 - No witness: failover is off, and the start says why in one line.
+- The witness answers a region only about itself.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from chatplane.checker import DeliveryChecker
+from chatplane.v1 import witness_pb2 as wpb
+from chatplane.v1 import witness_pb2_grpc as wgrpc
 from tests.support.regions import (
     RegionProcess,
+    WitnessProcess,
     region_device,
     sees,
     two_regions,
@@ -272,3 +277,28 @@ async def test_without_a_witness_failover_is_off_and_the_start_says_why(tmp_path
         lines = [line for line in eu.output if "automatic failover is off" in line]
         assert len(lines) == 1 and "cannot tell a partition" in lines[0], eu.output
         assert metric(eu, "chatplane_region_witness_lease_held") == 0  # not exported
+
+
+async def test_the_witness_answers_a_region_only_about_itself(tmp_path: Path) -> None:
+    witness = WitnessProcess(tmp_path / "witness")
+    await asyncio.to_thread(witness.start)
+    try:
+        async with grpc.aio.insecure_channel(witness.endpoint) as channel:
+            stub = wgrpc.WitnessStub(channel)
+            as_us = (("x-chatplane-role", "region.us"),)
+            reply = await stub.Lease(wpb.LeaseRequest(region="us", ttl_ms=1500),
+                                     metadata=as_us, timeout=5)
+            assert reply.held and not reply.alone
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Takeover(wpb.TakeoverRequest(region="eu", lost="us"),
+                                    metadata=as_us, timeout=5)
+            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Lease(wpb.LeaseRequest(region="us", ttl_ms=1500), timeout=5)
+            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            granted = await stub.Takeover(wpb.TakeoverRequest(region="us", lost="eu"),
+                                          metadata=as_us, timeout=5)
+            assert granted.granted and granted.grant == 1  # eu never held a lease
+            await asyncio.to_thread(wait_for, witness.granted, 5, "the grant logged")
+    finally:
+        await asyncio.to_thread(witness.stop)

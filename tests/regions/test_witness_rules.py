@@ -1,9 +1,13 @@
 """The failover witness's grant rule and the region's view of its lease, without sockets
-(regions/witnessing.py, regions/leases.py; docs/architecture.md, "Failover")."""
+(regions/witnessing.py, regions/leases.py; docs/architecture.md, "Failover"), and the
+witness's SQLite records across a restart."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from chatplane.regions.leases import DRIFT, Lease
+from chatplane.regions.witness import WitnessStore
 from chatplane.regions.witnessing import Grants, Record, Wish
 from chatplane.v1 import witness_pb2 as wpb
 
@@ -111,3 +115,23 @@ def test_a_refusal_ends_the_lease_at_once_and_a_new_takeover_marks_homes_stale()
     assert lease.held(1.5) and not lease.taken_by
     # taken over and lifted again while this region never heard the refusal
     assert lease.answered(wpb.LeaseReply(held=True, taken_grant=7), sent_at=2.0)
+
+
+def test_a_restarted_witness_reads_its_records_back_and_never_grants_twice(
+        tmp_path: Path) -> None:
+    store = WitnessStore(tmp_path / "witness.db")
+    grants = store.load(now=0.0)
+    for region in ("eu", "us"):
+        store.save(grants, grants.renew(region, TTL, Wish.KEEP, 0.0).changed)
+    answer = grants.take_over("us", "eu", 5.0)
+    store.save(grants, answer.changed)
+    store.close()
+
+    store = WitnessStore(tmp_path / "witness.db")  # a restart: only the file survives
+    again = store.load(now=100.0)
+    store.close()
+    assert again.grants == 1 and again.records["eu"].taken_by == "us"
+    assert again.records["us"].alone and again.records["eu"].ttl_s == TTL
+    assert not again.take_over("eu", "us", 200.0).granted  # eu was taken: refused
+    assert not again.renew("eu", TTL, Wish.KEEP, 200.0).held
+    assert again.take_over("us", "eu", 200.0).grant == answer.grant  # the same grant
