@@ -12,7 +12,8 @@ into chats homed in both.
   granted eu's homes and acks them; once healed eu learns it was taken over,
   catches up, is lifted by us, and the stores converge.
 - No witness: failover is off, and the start says why in one line.
-- The witness answers a region only about itself.
+- The witness answers a region only about itself, and over mTLS when the regions'
+  link has it.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ import pytest
 from chatplane.checker import DeliveryChecker
 from chatplane.v1 import witness_pb2 as wpb
 from chatplane.v1 import witness_pb2_grpc as wgrpc
+from tests.support.certs import TestCa
 from tests.support.regions import (
     RegionProcess,
     WitnessProcess,
+    peer_each_other,
     region_device,
     sees,
     two_regions,
@@ -301,4 +304,38 @@ async def test_the_witness_answers_a_region_only_about_itself(tmp_path: Path) ->
             assert granted.granted and granted.grant == 1  # eu never held a lease
             await asyncio.to_thread(wait_for, witness.granted, 5, "the grant logged")
     finally:
+        await asyncio.to_thread(witness.stop)
+
+
+async def test_regions_hold_their_leases_over_mutual_tls(tmp_path: Path) -> None:
+    """The witness link reuses the Region link's mTLS: a region dials it with its
+    cross-region certificate (`region.<name>`) and checks the witness's for `witness`."""
+    ca = TestCa(tmp_path / "pki", "ca")
+
+    def tls(role: str, *dns: str) -> dict[str, str]:
+        pair = ca.issue(role, dns=(role, *dns), file_stem="-".join((role, *dns)))
+        return {"CHATPLANE_GRPC_TLS_CA": str(ca.path), "CHATPLANE_GRPC_TLS_CERT": str(pair.cert),
+                "CHATPLANE_GRPC_TLS_KEY": str(pair.key)}
+
+    witness = WitnessProcess(tmp_path / "witness", env=tls("witness"))
+    regions = [RegionProcess(tmp_path / name, name, env={
+        **ENV, **tls("im", f"region.{name}"), "CHATPLANE_FAILOVER_WITNESS": witness.endpoint})
+        for name in ("eu", "us")]
+    peer_each_other(*regions)
+    await asyncio.to_thread(witness.start)
+    try:
+        for region in regions:
+            await asyncio.to_thread(region.start)
+        for region in regions:
+            await asyncio.to_thread(wait_for, functools.partial(settled, region), 20,
+                                    f"{region.name} holds its lease over mTLS")
+        async with grpc.aio.insecure_channel(witness.endpoint) as channel:  # no certificate
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await wgrpc.WitnessStub(channel).Lease(
+                    wpb.LeaseRequest(region="eu", ttl_ms=1500),
+                    metadata=(("x-chatplane-role", "region.eu"),), timeout=3)
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        for region in regions:
+            await asyncio.to_thread(region.stop)
         await asyncio.to_thread(witness.stop)

@@ -81,9 +81,10 @@ class RegionProcess(ServerProcess):
 class WitnessProcess:
     """`chatplane witness` on loopback, its state in `data_dir` (kept across restarts)."""
 
-    def __init__(self, data_dir: Path, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
 
@@ -95,7 +96,7 @@ class WitnessProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chatplane.cli", "--log-level", "INFO", "witness",
              "--grpc-port", str(self.port), "--data-dir", str(self.data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env)
         ready = threading.Event()
 
         def pump(proc: subprocess.Popen[str]) -> None:
