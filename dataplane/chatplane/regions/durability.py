@@ -83,11 +83,12 @@ class Durability:
         "sync durability: a send's wait for a peer region to apply it", WAIT_BUCKETS))
     unconfirmed: int = 0  # sends failed UNAVAILABLE: no peer confirmed in time
     head_seen: int = 0  # this region's newest log position known here
-    lost: set[str] = field(default_factory=set)  # peers taken over (regions/failover.py)
+    # peers silent past the detection time (regions/failover.py): not waited for
+    lost: set[str] = field(default_factory=set)
     degraded: int = 0  # sync sends acked on local durability: every peer was lost
     # whether acking alone is allowed now (the witness lease, regions/leases.py)
     may_ack_alone: Callable[[], bool] = field(default_factory=lambda: _never)
-    # async: whether acking at all is allowed now (regions/failover.py `fence`)
+    # async: whether acking at all is allowed now (Failover.may_ack_unconfirmed)
     may_ack_unconfirmed: Callable[[], bool] = field(default_factory=lambda: _always)
     fenced: int = 0  # async sends refused: neither the lease nor the peer vouched
     _waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
@@ -226,7 +227,8 @@ class Durability:
                               " applied them in time (retried by the client)", self.unconfirmed)
         yield metrics.counter("chatplane_region_sync_degraded_total",
                               "sync sends acked on local durability: every peer region was"
-                              " lost and the failover witness let this region ack alone", self.degraded)
+                              " lost and the failover witness let this region ack alone",
+                              self.degraded)
         yield metrics.counter("chatplane_region_async_fenced_total",
                               "async sends refused: neither the witness lease nor a recent"
                               " answer of the peer vouched that no takeover of this region"
