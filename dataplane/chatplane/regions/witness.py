@@ -170,6 +170,8 @@ def cmd_witness(args: argparse.Namespace) -> int:
         overrides["storage"]["data_dir"] = args.data_dir
     try:
         settings = settings_mod.load(overrides)
+        if not 0 < settings.links.grpc_port < 65536:
+            raise SettingsError(f"grpc port {settings.links.grpc_port} out of range")
     except SettingsError as exc:
         print(f"chatplane: bad configuration: {exc}", file=sys.stderr)
         return 2
