@@ -339,3 +339,32 @@ async def test_regions_hold_their_leases_over_mutual_tls(tmp_path: Path) -> None
         for region in regions:
             await asyncio.to_thread(region.stop)
         await asyncio.to_thread(witness.stop)
+
+
+async def test_in_async_a_region_cut_from_its_peer_and_the_witness_stops_acking(
+        tmp_path: Path) -> None:
+    """async acks on local durability, but only while the lease holds or the peer
+    answered recently enough that it cannot have declared this region lost: past that
+    horizon an isolated eu acks nothing (so it never acks beside us, which takes over).
+    What eu acked before the horizon and us never got is async's documented loss window:
+    the checker is not asked here."""
+    env = {**ENV, "CHATPLANE_REGION_DURABILITY": "async"}
+    async with witnessed_regions(tmp_path, env) as (eu, us, witness, cuts), \
+            traffic_between(eu, us) as traffic:
+        await asyncio.sleep(1.5)
+        cut_at = time.monotonic()
+        cuts.eu_witness.block()
+        cuts.partition()
+        await asyncio.to_thread(wait_for, lambda: failover(us)["lost"] == ["eu"], DETECT_S + 10,
+                                "us is granted eu's homes")
+        await asyncio.sleep(2.0)
+        healed_at = time.monotonic()
+        cuts.heal()
+        await asyncio.to_thread(wait_for, lambda: failover(eu)["witness"]["held"], 30,
+                                "eu lifted")
+        # the horizon: the last peer answer (sent before the cut) + the detection time
+        assert traffic.acked("eu", cut_at + DETECT_S, healed_at) == 0
+        assert traffic.acked("eu", cut_at - 1.0, cut_at) > 5  # it did ack before
+        assert metric(eu, "chatplane_region_async_fenced_total") > 0
+        assert traffic.acked("us", cut_at + DETECT_S + 1.0, healed_at) > 10
+        assert len(witness.granted()) == 1
