@@ -48,10 +48,15 @@ async def test_kill_of_the_home_region_fails_over_and_the_region_returns_as_a_fo
     # the kill), plus the clients' reconnect and resend, within the target
     assert DETECT_S - 0.5 <= run.failover_s <= 10.0, run.failover_s
     assert run.verdict.ok, run.verdict.summary()
-    assert run.takeover["lost"] == ["eu"] and run.takeover["takeovers"][0]["homes"] >= 4, run.takeover
-    assert run.takeover["takeovers"][0]["grant"] == 1, run.takeover  # the witness's first
+    # the kill's takeover is the last (a region slow to start may have been taken over,
+    # with no homes, and lifted before the traffic began)
+    takeover = run.takeover["takeovers"][-1]
+    assert run.takeover["lost"] == ["eu"] and takeover["homes"] >= 4, run.takeover
+    assert run.grants[-1].endswith(f"granted us the takeover of eu (grant {takeover['grant']})"), (
+        run.grants, run.takeover)
     assert run.histories_equal
-    assert run.forwarded_by_eu == 4 and run.sequenced_by_eu == 0
+    assert run.late_regions == ["eu"] * 4, run  # each late send made through eu
+    assert run.forwarded_by_eu == 4 and run.sequenced_by_eu == 0, run
 
 
 async def test_a_frozen_home_taken_over_learns_it_and_its_unconfirmed_sends_are_superseded(

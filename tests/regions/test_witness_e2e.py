@@ -153,6 +153,11 @@ class Traffic:
             await device.stop()
 
 
+def takeovers(*regions: RegionProcess) -> dict[str, int]:
+    """How many takeovers each region made so far."""
+    return {r.name: len(failover(r)["takeovers"]) for r in regions}
+
+
 def settled(region: RegionProcess) -> bool:
     """The region holds its lease and its peer answers."""
     return bool(failover(region)["witness"]["held"]
@@ -177,6 +182,8 @@ async def test_a_partition_between_regions_grants_no_takeover_and_the_stores_con
     async with witnessed_regions(tmp_path, ENV) as (eu, us, witness, cuts), \
             traffic_between(eu, us) as traffic:
         await asyncio.sleep(1.5)
+        # a region slow to start may have been taken over (no homes yet), then lifted
+        grants, taken = len(witness.granted()), takeovers(eu, us)
         cut_at = time.monotonic()
         cuts.partition()
         await asyncio.sleep(DETECT_S + 4.0)
@@ -190,8 +197,9 @@ async def test_a_partition_between_regions_grants_no_takeover_and_the_stores_con
         await traffic.finish()
         await traffic.converged()
         # at most one side takes over: here neither, both leases held throughout
-        assert witness.granted() == [], witness.granted()
-        assert not any(failover(r)["takeovers"] or failover(r)["lost"] for r in (eu, us))
+        assert witness.granted()[grants:] == [], witness.granted()
+        assert takeovers(eu, us) == taken
+        assert not any(failover(r)["lost"] for r in (eu, us))
         for name, view in during.items():
             assert view["silent"] and view["acking_alone"], (name, view)
             assert view["witness"]["alone"] and view["witness"]["held"], (name, view)
@@ -210,6 +218,8 @@ async def test_an_unreachable_witness_changes_nothing_for_chat(tmp_path: Path) -
     async with witnessed_regions(tmp_path, ENV) as (eu, us, witness, cuts), \
             traffic_between(eu, us) as traffic:
         await asyncio.sleep(1.0)
+        # a region slow to start may have been taken over (no homes yet), then lifted
+        grants, taken = len(witness.granted()), takeovers(eu, us)
         cut_at = time.monotonic()
         cuts.eu_witness.block()
         cuts.us_witness.block()
@@ -223,14 +233,15 @@ async def test_an_unreachable_witness_changes_nothing_for_chat(tmp_path: Path) -
         await traffic.converged()
         for name, view in during.items():
             assert not view["witness"]["held"] and view["witness"]["failures"] > 0, (name, view)
-            assert not view["silent"] and not view["lost"] and not view["takeovers"], view
+            assert not view["silent"] and not view["lost"], view
+            assert len(view["takeovers"]) == taken[name], view
         assert traffic.acked("eu", cut_at, back_at) > 20
         assert traffic.acked("us", cut_at, back_at) > 20
         for region in (eu, us):
             assert metric(region, "chatplane_region_sync_degraded_total") == 0
             assert metric(region, "chatplane_region_sync_unconfirmed_total") == 0
             assert metric(region, "chatplane_region_witness_renewal_failures_total") > 0
-        assert witness.granted() == []
+        assert witness.granted()[grants:] == [], witness.granted()
 
 
 async def test_a_region_cut_from_its_peer_and_the_witness_stops_acking_and_is_taken_over(
@@ -238,6 +249,7 @@ async def test_a_region_cut_from_its_peer_and_the_witness_stops_acking_and_is_ta
     async with witnessed_regions(tmp_path, ENV) as (eu, us, witness, cuts), \
             traffic_between(eu, us) as traffic:
         await asyncio.sleep(1.5)
+        grants = len(witness.granted())  # a region slow to start may have been taken over
         cut_at = time.monotonic()
         cuts.eu_witness.block()
         cuts.partition()
@@ -261,13 +273,16 @@ async def test_a_region_cut_from_its_peer_and_the_witness_stops_acking_and_is_ta
         assert metric(eu, "chatplane_region_sync_unconfirmed_total") > 0  # refused, resent
         assert during["eu"]["silent"] == ["us"] and not during["eu"]["acking_alone"]
         assert not during["eu"]["witness"]["held"] and not during["eu"]["lost"]
-        assert during["us"]["acking_alone"] and during["us"]["takeovers"][0]["peer"] == "eu"
+        assert during["us"]["acking_alone"] and during["us"]["takeovers"][-1]["peer"] == "eu"
         assert traffic.acked("us", cut_at + DETECT_S + 2.0, healed_at) > 10
-        assert len(witness.granted()) == 1, witness.granted()
-        assert failover(eu)["witness"]["refusals"] >= 1  # told "taken over by us"
+        new_grants = witness.granted()[grants:]
+        assert len(new_grants) == 1, witness.granted()
+        # eu learnt it was taken over: refused "taken over by us", or (when us lifted it
+        # before eu's first renewal after the heal) told the grant by its lifted lease
+        assert failover(eu)["witness"]["taken_grant"] == during["us"]["takeovers"][-1]["grant"]
         assert metric(eu, "chatplane_region_homes_taken_over_total") == 0
         print(f"\nisolated eu: {traffic.checker.verdict().acked} acked; us took over"
-              f" {during['us']['takeovers'][0]['homes']} homes")
+              f" {during['us']['takeovers'][-1]['homes']} homes")
 
 
 async def test_without_a_witness_failover_is_off_and_the_start_says_why(tmp_path: Path) -> None:
@@ -352,6 +367,7 @@ async def test_in_async_a_region_cut_from_its_peer_and_the_witness_stops_acking(
     async with witnessed_regions(tmp_path, env) as (eu, us, witness, cuts), \
             traffic_between(eu, us) as traffic:
         await asyncio.sleep(1.5)
+        grants = len(witness.granted())  # a region slow to start may have been taken over
         cut_at = time.monotonic()
         cuts.eu_witness.block()
         cuts.partition()
@@ -363,8 +379,10 @@ async def test_in_async_a_region_cut_from_its_peer_and_the_witness_stops_acking(
         await asyncio.to_thread(wait_for, lambda: failover(eu)["witness"]["held"], 30,
                                 "eu lifted")
         # the horizon: the last peer answer (sent before the cut) + the detection time
-        assert traffic.acked("eu", cut_at + DETECT_S, healed_at) == 0
+        late = [round(t - cut_at, 2) for t, r in traffic.acks
+                if r == "eu" and cut_at + DETECT_S <= t < healed_at]
+        assert late == [], (late, failover(eu))
         assert traffic.acked("eu", cut_at - 1.0, cut_at) > 5  # it did ack before
         assert metric(eu, "chatplane_region_async_fenced_total") > 0
         assert traffic.acked("us", cut_at + DETECT_S + 1.0, healed_at) > 10
-        assert len(witness.granted()) == 1
+        assert len(witness.granted()[grants:]) == 1, witness.granted()

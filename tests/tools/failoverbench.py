@@ -55,6 +55,8 @@ class FailoverRun:
     forwarded_by_eu: int  # sends eu's clients made after its return, forwarded to us
     sequenced_by_eu: int  # ... and sequenced by eu itself (must be 0)
     takeover: dict[str, Any] = field(default_factory=dict)  # us's /v1/peers failover
+    grants: list[str] = field(default_factory=list)  # the witness's grants (its log lines)
+    late_regions: list[str] = field(default_factory=list)  # where the late devices were
 
 
 def _regions(base: Path, env: dict[str, str]) -> tuple[RegionProcess, RegionProcess]:
@@ -67,6 +69,23 @@ def _regions(base: Path, env: dict[str, str]) -> tuple[RegionProcess, RegionProc
     return eu, us
 
 
+async def _device_in(region: RegionProcess, user: str, device: str) -> Device:
+    """A device given only `region`'s URL, logged in there. Its dispatch also names the
+    peer's gateway (the failover fallback), which a loaded machine's slow connect to
+    the region's own gateway can make it use: then it connects again."""
+    for _ in range(5):
+        dev = await region_device([region.url], user, device, DeliveryChecker(), timeout_s=30)
+        if dev.client.position()["region"] == region.name:
+            return dev
+        await dev.stop()
+    raise AssertionError(f"{user}/{device} could not log in to {region.name}'s own gateway")
+
+
+def _holds_lease(region: RegionProcess) -> bool:
+    witness = json.loads(region.get("/v1/peers")[1])["failover"]["witness"]
+    return bool(witness and witness["held"])
+
+
 def _metric(region: RegionProcess, name: str) -> float:
     status, text = region.get("/metrics")
     assert status == 200, text
@@ -75,12 +94,15 @@ def _metric(region: RegionProcess, name: str) -> float:
 
 
 async def history_of(device: Device, conversation: str) -> list[Message]:
+    """The whole history, oldest first. Paged back from the newest: a history request
+    without a cursor (`after_seq` 0) answers the newest page, so paging forward from 0
+    read only the newest 200 messages of a longer chat."""
     out: list[Message] = []
     while True:
-        page = await device.client.history(conversation, after_seq=out[-1].seq if out else 0,
+        page = await device.client.history(conversation, before_seq=out[0].seq if out else None,
                                            limit=200)
-        out += page
-        if len(page) < 200:
+        out[:0] = page
+        if len(page) < 200 or out[0].seq <= 1:
             return out
 
 
@@ -97,6 +119,9 @@ async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
         for me, other in ((eu, us), (us, eu)):
             await asyncio.to_thread(wait_for, functools.partial(sees, me, other.name), 20,
                                     f"{me.name} sees {other.name}")
+        for me in (eu, us):  # one slow to start may be taken over (no homes) until lifted
+            await asyncio.to_thread(wait_for, functools.partial(_holds_lease, me), 20,
+                                    f"{me.name} holds its witness lease")
         checker = DeliveryChecker()
         chats = []
         for i in range(pairs):
@@ -150,12 +175,11 @@ async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
         # eu's own clients now: their sends go to the home us holds, never sequenced in eu
         forwarded = _metric(eu, "chatplane_region_sends_forwarded_total")
         served = _metric(us, "chatplane_region_sends_served_total")
-        late = []
-        for i in range(pairs):
-            late.append(await region_device([eu.url], f"a{i}", "late", DeliveryChecker(), timeout_s=30))
+        late = [await _device_in(eu, f"a{i}", "late") for i in range(pairs)]
         for i, device in enumerate(late):
             ack = await asyncio.wait_for(device.client.send_text(chats[2 * i], "back"), 30)
             checker.record_ack(f"a{i}", "late", chats[2 * i], ack.seq, ack.message_id)
+        late_regions = [device.client.position()["region"] for device in late]
         forwarded_by_eu = int(_metric(eu, "chatplane_region_sends_forwarded_total") - forwarded)
         sequenced_by_eu = pairs - int(_metric(us, "chatplane_region_sends_served_total") - served)
 
@@ -178,7 +202,8 @@ async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
         for device in late:
             await device.stop()
         return FailoverRun(failover_s, acked_before, acked_after, checker.verdict(), equal,
-                           forwarded_by_eu, sequenced_by_eu, takeover)
+                           forwarded_by_eu, sequenced_by_eu, takeover, witness.granted(),
+                           late_regions)
     finally:
         for device in devices:
             await device.stop()

@@ -88,6 +88,8 @@ class Lease:
                 "expires_in_s": round(max(0.0, self.valid_until - now), 3) if self.held(now)
                 else 0.0,
                 "ttl_s": self.ttl_s, "alone": self.alone, "taken_by": self.taken_by,
+                # the grant that last took this region over (0: never), also once lifted
+                "taken_grant": self.taken_grant or 0,
                 "renewals": self.renewals, "refusals": self.refusals, "failures": self.failures,
                 "error": self.error,
                 "answered_s_ago": (None if self.last_answer_at is None
