@@ -35,6 +35,10 @@ class ChaosProxy:
         except OSError:
             writer.transport.abort()
             return
+        if self.blocked:  # blocked while connecting upstream: cut_all did not see it
+            writer.transport.abort()
+            up_writer.transport.abort()
+            return
         pair = (writer, up_writer)
         self._pairs.add(pair)
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer),
