@@ -198,9 +198,9 @@ def two_regions(base: Path, env: dict[str, str] | None = None,
     eu = RegionProcess(base / "eu", "eu", env=env)
     us = RegionProcess(base / "us", "us", env=env)
     peer_each_other(eu, us)
-    eu.start()
-    us.start()
-    try:
+    try:  # a start that fails stops the region already started too
+        eu.start()
+        us.start()
         yield eu, us
     finally:
         for region in (eu, us):

@@ -111,11 +111,11 @@ async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
     witness = WitnessProcess(base / "witness")
     eu, us = _regions(base, {"CHATPLANE_REGION_DURABILITY": "sync",
                              "CHATPLANE_FAILOVER_WITNESS": witness.endpoint, **(env or {})})
-    witness.start()
-    eu.start()
-    us.start()
     devices: list[Device] = []
-    try:
+    try:  # a start that fails stops what was started
+        witness.start()
+        eu.start()
+        us.start()
         for me, other in ((eu, us), (us, eu)):
             await asyncio.to_thread(wait_for, functools.partial(sees, me, other.name), 20,
                                     f"{me.name} sees {other.name}")
