@@ -31,7 +31,9 @@ makes the next call slower still (lease ping-pong). Its entries stay owed
 and the senders get a retriable error, until it answers or the ring drops it.
 The fan-outs of different conversations bound for one owner share calls
 (`Im.FanOutMany`, rpc/batching.py `SharedCalls`; each conversation's answer
-is its own), with `Im.FanOut` for an owner of an earlier version.
+is its own), as batches on one long-lived stream per owner
+(`Im.FanOutManyStream`, rpc/streams.py), with `Im.FanOutMany` and then
+`Im.FanOut` for an owner of an earlier version.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
 from chatplane.rpc.batching import SharedCalls
 from chatplane.rpc.peers import Peers
+from chatplane.rpc.streams import Streams
 from chatplane.storage.base import SendRequest, StorageUnavailable, events_conversation_id
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
@@ -66,6 +69,9 @@ class ImRing:
         self._shared: SharedCalls[spb.FanOutRequest, spb.FanOutReply] = SharedCalls(
             self._fan_out_many, spb.FanOutRequest.ByteSize, max_batch=MAX_FANOUTS_PER_CALL)
         self._no_many: set[str] = set()  # owners that answered FanOutMany UNIMPLEMENTED
+        self.fan_out_streams: Streams[spb.FanOutRequests, spb.FanOutReplies, sgrpc.ImStub] = (
+            Streams(peers, "im", "Im.FanOutMany", sgrpc.ImStub,
+                    lambda stub: stub.FanOutManyStream, lambda stub: stub.FanOutMany))
 
     async def _ahead(self, conversation_id: str) -> list[str]:
         """Addresses of the instances before this one in the key's ring order
@@ -165,6 +171,6 @@ class ImRing:
 
     async def _fan_out_many(self, address: str,
                             requests: list[spb.FanOutRequest]) -> list[spb.FanOutReply]:
-        reply: spb.FanOutReplies = await self.peers.stub(address, "im", sgrpc.ImStub).FanOutMany(
-            spb.FanOutRequests(requests=requests), timeout=self.peers.deadline_s)
+        reply = await self.fan_out_streams.call(
+            address, spb.FanOutRequests(requests=requests), self.peers.deadline_s)
         return list(reply.replies)
