@@ -50,14 +50,16 @@ class ClientReplies(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[bytes]] = ..., not_handled: _Optional[str] = ...) -> None: ...
 
 class SendLanes(_message.Message):
-    __slots__ = ("lanes", "stream_id", "stream_timeout_ms")
+    __slots__ = ("lanes", "stream_id", "stream_timeout_ms", "stream_trace")
     LANES_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TRACE_FIELD_NUMBER: _ClassVar[int]
     lanes: _containers.RepeatedCompositeFieldContainer[ClientRequests]
     stream_id: int
     stream_timeout_ms: int
-    def __init__(self, lanes: _Optional[_Iterable[_Union[ClientRequests, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ...) -> None: ...
+    stream_trace: str
+    def __init__(self, lanes: _Optional[_Iterable[_Union[ClientRequests, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ..., stream_trace: _Optional[str] = ...) -> None: ...
 
 class SendLanesReply(_message.Message):
     __slots__ = ("lanes", "stream_id", "stream_code", "stream_details")
@@ -164,14 +166,16 @@ class FanOutReply(_message.Message):
     def __init__(self, written: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
 
 class FanOutRequests(_message.Message):
-    __slots__ = ("requests", "stream_id", "stream_timeout_ms")
+    __slots__ = ("requests", "stream_id", "stream_timeout_ms", "stream_trace")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TRACE_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[FanOutRequest]
     stream_id: int
     stream_timeout_ms: int
-    def __init__(self, requests: _Optional[_Iterable[_Union[FanOutRequest, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ...) -> None: ...
+    stream_trace: str
+    def __init__(self, requests: _Optional[_Iterable[_Union[FanOutRequest, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ..., stream_trace: _Optional[str] = ...) -> None: ...
 
 class FanOutReplies(_message.Message):
     __slots__ = ("replies", "stream_id", "stream_code", "stream_details")
@@ -222,14 +226,16 @@ class UnregisterReply(_message.Message):
     def __init__(self) -> None: ...
 
 class DeliverRequest(_message.Message):
-    __slots__ = ("deliveries", "stream_id", "stream_timeout_ms")
+    __slots__ = ("deliveries", "stream_id", "stream_timeout_ms", "stream_trace")
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TRACE_FIELD_NUMBER: _ClassVar[int]
     deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
     stream_id: int
     stream_timeout_ms: int
-    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ...) -> None: ...
+    stream_trace: str
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ..., stream_trace: _Optional[str] = ...) -> None: ...
 
 class DeliverReply(_message.Message):
     __slots__ = ("pushed", "unreachable", "stream_id", "stream_code", "stream_details")
@@ -287,14 +293,16 @@ class PresenceReply(_message.Message):
     def __init__(self, devices: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("deliveries", "stream_id", "stream_timeout_ms")
+    __slots__ = ("deliveries", "stream_id", "stream_timeout_ms", "stream_trace")
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TRACE_FIELD_NUMBER: _ClassVar[int]
     deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
     stream_id: int
     stream_timeout_ms: int
-    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ...) -> None: ...
+    stream_trace: str
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ..., stream_trace: _Optional[str] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("pushed", "stream_id", "stream_code", "stream_details")
