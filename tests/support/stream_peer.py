@@ -46,8 +46,10 @@ class Peer(sgrpc.GatewayServicer):
         return await streams.answer_unary(context, self.handle, request)
 
     async def PushStream(self, requests: AsyncIterator[spb.PushRequest],
-                         context: grpc.aio.ServicerContext) -> None:
-        await streams.serve(requests, context, self.handle, spb.PushReply)
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[spb.PushReply]:
+        async with streams.serving(requests, self.handle, spb.PushReply) as answers:
+            async for answer in answers:
+                yield answer
 
 
 async def main() -> None:

@@ -34,9 +34,11 @@ class GatewayServicer(sgrpc.GatewayServicer):
         return await self._push(request)
 
     async def PushStream(self, requests: AsyncIterator[spb.PushRequest],
-                         context: grpc.aio.ServicerContext) -> None:
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[spb.PushReply]:
         """Push's batches on one stream per state instance (rpc/streams.py)."""
-        await streams.serve(requests, context, self._push, spb.PushReply)
+        async with streams.serving(requests, self._push, spb.PushReply) as answers:
+            async for answer in answers:
+                yield answer
 
     async def _push(self, request: spb.PushRequest) -> spb.PushReply:
         with tracing.serving("gateway.Push"):

@@ -96,9 +96,11 @@ class ImServicer(sgrpc.ImServicer):
         return await streams.answer_unary(context, self._send_lanes, request)
 
     async def HandleSendLanesStream(self, requests: AsyncIterator[spb.SendLanes],
-                                    context: grpc.aio.ServicerContext) -> None:
+                                    context: grpc.aio.ServicerContext) -> AsyncIterator[spb.SendLanesReply]:
         """HandleSendLanes' batches on one stream per gateway (rpc/streams.py)."""
-        await streams.serve(requests, context, self._send_lanes, spb.SendLanesReply)
+        async with streams.serving(requests, self._send_lanes, spb.SendLanesReply) as answers:
+            async for answer in answers:
+                yield answer
 
     async def _send_lanes(self, request: spb.SendLanes) -> spb.SendLanesReply:
         with tracing.serving("im.HandleSendLanes"):
@@ -192,9 +194,11 @@ class ImServicer(sgrpc.ImServicer):
         return await streams.answer_unary(context, self._fan_out_many, request)
 
     async def FanOutManyStream(self, requests: AsyncIterator[spb.FanOutRequests],
-                               context: grpc.aio.ServicerContext) -> None:
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[spb.FanOutReplies]:
         """FanOutMany's batches on one stream per im instance (rpc/streams.py)."""
-        await streams.serve(requests, context, self._fan_out_many, spb.FanOutReplies)
+        async with streams.serving(requests, self._fan_out_many, spb.FanOutReplies) as answers:
+            async for answer in answers:
+                yield answer
 
     async def _fan_out_many(self, request: spb.FanOutRequests) -> spb.FanOutReplies:
         with tracing.serving("im.FanOutMany"):

@@ -18,10 +18,11 @@ with mTLS (docs/cluster.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,13 +203,15 @@ class CallerGate(grpc.aio.ServerInterceptor):
 
     def _wrap_stream(self, method: str,
                      handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """A stream's handler behind the check, made once per method (the
-        handler writes its answers itself: a coroutine, not a generator)."""
+        """A stream's handler behind the check, made once per method (an async
+        generator, as the tiers' stream methods are: rpc/streams.py)."""
         inner = handler.stream_stream
 
-        async def gated(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        async def gated(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await self._check(method, context)
-            await inner(requests, context)
+            async with contextlib.aclosing(inner(requests, context)) as answers:
+                async for answer in answers:
+                    yield answer
 
         return grpc.stream_stream_rpc_method_handler(
             gated, request_deserializer=handler.request_deserializer,

@@ -15,6 +15,8 @@ What a caller sees is what the unary call would give it:
 - UNAVAILABLE when the stream breaks before its answer (the peer died or
   stopped); the next call opens a new stream;
 - RESOURCE_EXHAUSTED when `max_queued` batches already wait to be written.
+A traced batch carries its caller's traceparent (`stream_trace`): the
+stream's own metadata carries only the trace of whoever opened it.
 Order between batches is not kept (nor is it between unary calls made side
 by side): a caller that owes order waits for one answer before the next.
 
@@ -33,15 +35,16 @@ channel's and the server's (16 MiB).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from prometheus_client.metrics_core import Metric
 
-from chatplane import metrics
+from chatplane import metrics, tracing
 from chatplane.rpc.peers import Peers
 
 log = logging.getLogger("chatplane.rpc.streams")
@@ -62,6 +65,7 @@ class Asked(Protocol):
 
     stream_id: int
     stream_timeout_ms: int
+    stream_trace: str
 
 
 class Answered(Protocol):
@@ -148,6 +152,8 @@ class Streams(Generic[Q, A, S]):
         self._next_id += 1
         stream_id = request.stream_id = self._next_id
         request.stream_timeout_ms = max(1, int(timeout_s * 1000))
+        if tracing.enabled():  # (the stream's metadata carries its opener's trace only)
+            request.stream_trace = tracing.carrier()
         future: asyncio.Future[A] = loop.create_future()
         link.queue.append((stream_id, request, future))
         link.waiting[stream_id] = future
@@ -170,6 +176,7 @@ class Streams(Generic[Q, A, S]):
     async def _unary(self, address: str, request: Q, timeout_s: float) -> A:
         request.stream_id = 0
         request.stream_timeout_ms = 0
+        request.stream_trace = ""
         self.unary_calls += 1
         method = self.unary(self.peers.stub(address, self.dials, self.kind))
         answer: A = await method(request, timeout=timeout_s)
@@ -311,12 +318,14 @@ async def answer_unary(context: grpc.aio.ServicerContext, handle: Callable[[Q], 
         raise
 
 
-async def serve(requests: AsyncIterator[Q], context: grpc.aio.ServicerContext,
-                handle: Callable[[Q], Awaitable[A]], blank: Callable[[], A], *,
-                running: int = MAX_RUNNING) -> None:
+async def serve(requests: AsyncIterator[Q], handle: Callable[[Q], Awaitable[A]],
+                blank: Callable[[], A], *, running: int = MAX_RUNNING
+                ) -> AsyncGenerator[A, None]:
     """The serving side of a stream: each batch run by `handle` side by side
     (at most `running` at once), each answered with its `stream_id` when done;
-    `blank()` makes an answer that carries a failure's status only."""
+    `blank()` makes an answer that carries a failure's status only. The
+    servicer's method yields what this yields (an async generator, as gRPC
+    and its tracing interceptor expect of a streaming handler): `serving`."""
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(running)
     answers: asyncio.Queue[A | None] = asyncio.Queue()
@@ -325,13 +334,14 @@ async def serve(requests: AsyncIterator[Q], context: grpc.aio.ServicerContext,
     async def one(request: Q) -> None:
         timeout_s = request.stream_timeout_ms / 1000 if request.stream_timeout_ms else None
         try:
-            async with asyncio.timeout(timeout_s):
-                answer = await handle(request)
+            with tracing.continued(request.stream_trace):
+                async with asyncio.timeout(timeout_s):
+                    answer = await handle(request)
         except BatchFailed as exc:
             answer = _status(blank(), exc.code, exc.details)
         except TimeoutError:
             answer = _status(blank(), grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-        except Exception as exc:  # as a unary handler's bug: INTERNAL, and logged
+        except Exception as exc:  # a bug: UNKNOWN, as gRPC ends a unary call, and logged
             log.exception("a batch failed")
             answer = _status(blank(), grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}")
         answer.stream_id = request.stream_id
@@ -352,7 +362,7 @@ async def serve(requests: AsyncIterator[Q], context: grpc.aio.ServicerContext,
     reader = loop.create_task(read())
     try:
         while (answer := await answers.get()) is not None:
-            await context.write(answer)
+            yield answer
             slots.release()
         await reader
     finally:
@@ -365,3 +375,13 @@ def _status(answer: A, code: grpc.StatusCode, details: str) -> A:
     answer.stream_code = code.value[0]
     answer.stream_details = details
     return answer
+
+
+
+def serving(requests: AsyncIterator[Q], handle: Callable[[Q], Awaitable[A]],
+            blank: Callable[[], A]) -> contextlib.aclosing[AsyncGenerator[A, None]]:
+    """`serve`'s answers, for a servicer's stream method to yield
+    (`async with serving(...) as answers: async for a in answers: yield a`):
+    closed with the stream whichever way it ends, which cancels its batches'
+    work, as a unary call's is cancelled."""
+    return contextlib.aclosing(serve(requests, handle, blank))

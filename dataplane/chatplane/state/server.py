@@ -138,9 +138,11 @@ class StateServicer(sgrpc.StateServicer):
         return await streams.answer_unary(context, self._deliver, request)
 
     async def DeliverStream(self, requests: AsyncIterator[spb.DeliverRequest],
-                            context: grpc.aio.ServicerContext) -> None:
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[spb.DeliverReply]:
         """Deliver's batches on one stream per im instance (rpc/streams.py)."""
-        await streams.serve(requests, context, self._deliver, spb.DeliverReply)
+        async with streams.serving(requests, self._deliver, spb.DeliverReply) as answers:
+            async for answer in answers:
+                yield answer
 
     async def _deliver(self, request: spb.DeliverRequest) -> spb.DeliverReply:
         with tracing.serving("state.Deliver"):
