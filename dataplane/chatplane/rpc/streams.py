@@ -235,6 +235,8 @@ class Streams(Generic[Q, A, S]):
             error = rpc_error(grpc.StatusCode.UNAVAILABLE, f"{self.name}: {exc!r}")
         finally:
             link.broken = True
+            if self._links.get(address) is link:  # (a peer gone for good leaves nothing)
+                del self._links[address]
             writer.cancel()
             if not link.call.done():
                 link.call.cancel()
