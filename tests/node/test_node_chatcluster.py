@@ -75,11 +75,13 @@ async def _raw_tls_chat(base: str, live: Deployed) -> None:
         await dave.connect()
         conversation = await dave.direct("carol")
         await asyncio.wait_for(dave.send_text(conversation, "over tcps"), 10)
-        for _ in range(100):  # its inbox cursor moves with the push it acks
+        # its inbox cursor moves with the push it acks, or with the sync a SyncHint starts
+        # when the push was lost between the tiers (a cold CI at load 27 lost one)
+        for _ in range(300):
             if raw.inbox_seq >= 1:
                 break
             await asyncio.sleep(0.1)
-        assert raw.inbox_seq >= 1, "the raw TLS client got no push"
+        assert raw.inbox_seq >= 1, "the raw TLS client got nothing in 30 s"
         assert raw.logins == 1
     finally:
         await dave.close()

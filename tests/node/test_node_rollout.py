@@ -35,6 +35,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -249,6 +250,7 @@ async def test_gateway_rollout_operator_restart_and_pod_delete_lose_nothing(
             assert len(_operator_pods(node)) == 1
             replaced = await asyncio.to_thread(_events, node, "GatewayReplaced")
             await live.settle_clean("rollout with an operator restart")
+            print(f"why the raw clients' connections ended in the rollout: {dict(_ends(live))}")
             print(f"rollout of {GATEWAYS} gateways holding {CLIENTS} raw + "
                   f"{len(live.chat.devices)} SDK clients, the operator restarted: "
                   f"{seconds:.1f}s at drainRate {RATE}, peak {meter.peak_per_second()} "
@@ -265,6 +267,7 @@ async def test_gateway_rollout_operator_restart_and_pod_delete_lose_nothing(
             held = await asyncio.to_thread(_connections, node, pod) - len(live.chat.devices)
             assert held > 0, held
             logins = sum(c.logins for c in live.raw)
+            ends_before = _ends(live)
             meter.samples.clear()
             started = time.monotonic()
             node.run("delete", "pod", "-n", NAMESPACE, victim, "--wait=false")
@@ -273,6 +276,8 @@ async def test_gateway_rollout_operator_restart_and_pod_delete_lose_nothing(
                              lambda: _victim_back(node, victim, old_uid), node)
             await live.settle_clean("hand-deleted pod")
             moved = sum(c.logins for c in live.raw) - logins
+            ends = _ends(live) - ends_before
+            print(f"why the raw clients' connections ended meanwhile: {dict(ends)}")
             # over 2 s: on this loaded machine a client stalled for half a second logs in
             # together with the next ones, which the gateway's pacing cannot prevent
             peak = meter.peak_per_second(window_s=2.0)
@@ -285,6 +290,11 @@ async def test_gateway_rollout_operator_restart_and_pod_delete_lose_nothing(
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+
+
+def _ends(live: Live) -> Counter[str]:
+    """Why the raw clients' connections ended so far, summed over the clients."""
+    return sum((c.ends for c in live.raw), Counter())
 
 
 def _connections(node: Kubectl, pod: dict[str, Any]) -> int:

@@ -16,7 +16,9 @@ from conftest import cluster_body
 from chatplane_operator import api, certificates, tokenkeys
 from chatplane_operator.specs import bundle, certs, config, netpol, pods, services
 
-NOW = datetime.datetime(2026, 12, 6, tzinfo=datetime.UTC)
+# the handshakes below check validity against the real clock: certificates issued a fixed
+# day expired the day after (this test failed on 2026-12-07)
+NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0) - datetime.timedelta(hours=1)
 DAY = datetime.timedelta(days=1)
 
 

@@ -21,6 +21,7 @@ import random
 import ssl as ssl_
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, cast
 
@@ -66,6 +67,12 @@ class RawClient(asyncio.Protocol):
         self.token = token
         self.inbox_seq = 0
         self.logins = 0
+        self.synced = 0  # inbox entries pulled after a SyncHint (a push lost on the way)
+        # why each connection ended: "reconnect: <reason>", "error: <code>", or "lost"
+        # (closed without a word: the server's sweep, a dead pod, the network)
+        self.ends: Counter[str] = Counter()
+        self._told = ""
+        self._syncing = False
         self.gateway = ""
         self.resumed = asyncio.Event()
         self.connect_ms = 0.0
@@ -148,6 +155,7 @@ class RawClient(asyncio.Protocol):
 
     def drop(self) -> None:
         """Cut the connection (as a network failure would); it resumes by itself."""
+        self._told = self._told or "dropped here"
         if self._transport is not None:
             self._transport.abort()
 
@@ -190,14 +198,38 @@ class RawClient(asyncio.Protocol):
         elif kind == "push" and frame.push.entries:
             self.inbox_seq = max(self.inbox_seq, frame.push.entries[-1].inbox_seq)
             self._send(pb.Frame(push_ack=pb.PushAck(inbox_seq=self.inbox_seq)))
+        elif kind == "sync_hint" and frame.sync_hint.inbox_head > self.inbox_seq:
+            # Pushes are best effort between the tiers; the gateway's head check tells a
+            # device what it missed, and the device pulls it (as the SDK does).
+            self._sync()
+        elif kind == "sync_response":
+            self._syncing = False
+            entries = frame.sync_response.entries
+            if entries:
+                self.synced += len(entries)
+                self.inbox_seq = max(self.inbox_seq, entries[-1].inbox_seq)
+            if frame.sync_response.has_more:
+                self._sync()
         elif kind == "reconnect":
             self._delay_ms = frame.reconnect.delay_ms
+            self._told = f"reconnect: {frame.reconnect.reason}"
             self.drop()
         elif kind == "error" and frame.error.fatal:
+            self._told = f"error: {frame.error.code}"
             self.drop()
 
+    def _sync(self) -> None:
+        if not self._syncing:
+            self._syncing = True
+            self._send(pb.Frame(id=2, sync=pb.SyncRequest(after_inbox_seq=self.inbox_seq,
+                                                            limit=256)))
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.ends[self._told or "lost"] += 1
+        self._told = ""
         self._transport = None
+        self._syncing = False
         self._lost.set()
 
 
