@@ -47,7 +47,7 @@ class Peer(sgrpc.GatewayServicer):
 
     async def PushStream(self, requests: AsyncIterator[spb.PushRequest],
                          context: grpc.aio.ServicerContext) -> AsyncIterator[spb.PushReply]:
-        async with streams.serving(requests, self.handle, spb.PushReply) as answers:
+        async with streams.serving(requests, context, self.handle, spb.PushReply) as answers:
             async for answer in answers:
                 yield answer
 

@@ -36,7 +36,7 @@ class GatewayServicer(sgrpc.GatewayServicer):
     async def PushStream(self, requests: AsyncIterator[spb.PushRequest],
                          context: grpc.aio.ServicerContext) -> AsyncIterator[spb.PushReply]:
         """Push's batches on one stream per state instance (rpc/streams.py)."""
-        async with streams.serving(requests, self._push, spb.PushReply) as answers:
+        async with streams.serving(requests, context, self._push, spb.PushReply) as answers:
             async for answer in answers:
                 yield answer
 

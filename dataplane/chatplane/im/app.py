@@ -98,7 +98,7 @@ class ImServicer(sgrpc.ImServicer):
     async def HandleSendLanesStream(self, requests: AsyncIterator[spb.SendLanes],
                                     context: grpc.aio.ServicerContext) -> AsyncIterator[spb.SendLanesReply]:
         """HandleSendLanes' batches on one stream per gateway (rpc/streams.py)."""
-        async with streams.serving(requests, self._send_lanes, spb.SendLanesReply) as answers:
+        async with streams.serving(requests, context, self._send_lanes, spb.SendLanesReply) as answers:
             async for answer in answers:
                 yield answer
 
@@ -196,7 +196,7 @@ class ImServicer(sgrpc.ImServicer):
     async def FanOutManyStream(self, requests: AsyncIterator[spb.FanOutRequests],
                                context: grpc.aio.ServicerContext) -> AsyncIterator[spb.FanOutReplies]:
         """FanOutMany's batches on one stream per im instance (rpc/streams.py)."""
-        async with streams.serving(requests, self._fan_out_many, spb.FanOutReplies) as answers:
+        async with streams.serving(requests, context, self._fan_out_many, spb.FanOutReplies) as answers:
             async for answer in answers:
                 yield answer
 

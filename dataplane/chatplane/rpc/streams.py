@@ -20,6 +20,15 @@ stream's own metadata carries only the trace of whoever opened it.
 Order between batches is not kept (nor is it between unary calls made side
 by side): a caller that owes order waits for one answer before the next.
 
+A stream carries no batch before the peer has accepted it: the serving side
+sends its headers with `ACCEPTED` at once, and the writer waits for them. A
+peer that ends the stream instead (its status alone, "trailers-only": no such
+method, or the caller gate refused it) has then read nothing, and its status
+reaches the callers as it is. Writing sooner races that status: grpc aio
+replaces the status of a call whose write fails after the peer ended it by
+INTERNAL "Internal error from Core" (grpc/grpc#36066), which would turn a
+refusal into a broken stream and hide UNIMPLEMENTED from the fallback.
+
 A peer that answers the stream UNIMPLEMENTED (an earlier version, during a
 rollout) gets the unary method for `UNARY_FOR_S`, then the stream is tried
 again; the batches that stream carried never ran and go unary at once. A new
@@ -53,6 +62,9 @@ MAX_QUEUED = 256  # batches waiting to be written to one peer
 MAX_RUNNING = 64  # batches of one stream running at once on the serving side
 UNARY_FOR_S = 60.0  # a peer without the stream method: unary calls this long, then try again
 CODES = {code.value[0]: code for code in grpc.StatusCode}
+# The serving side's headers: the stream was let through and its batches run.
+ACCEPTED_KEY = "x-chatplane-stream"
+ACCEPTED = ((ACCEPTED_KEY, "accepted"),)
 # A stream that ends this way lost its peer: its unanswered batches fail as a
 # unary call to a peer that went away does.
 BROKEN = frozenset({grpc.StatusCode.OK, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
@@ -263,8 +275,12 @@ class Streams(Generic[Q, A, S]):
         link.queue.clear()
 
     async def _write(self, link: _Link[Q, A]) -> None:
-        """The one writer of a stream (gRPC allows one write at a time)."""
+        """The one writer of a stream (gRPC allows one write at a time); it
+        writes once the peer has accepted the stream (see the module's docstring)."""
         try:
+            headers = await link.call.initial_metadata()
+            if not any(key == ACCEPTED_KEY for key, _ in headers or ()):
+                return  # ended by the peer's status alone: the reader reads it
             while True:
                 await link.wake.wait()
                 link.wake.clear()
@@ -320,14 +336,16 @@ async def answer_unary(context: grpc.aio.ServicerContext, handle: Callable[[Q], 
         raise
 
 
-async def serve(requests: AsyncIterator[Q], handle: Callable[[Q], Awaitable[A]],
-                blank: Callable[[], A], *, running: int = MAX_RUNNING
-                ) -> AsyncGenerator[A, None]:
-    """The serving side of a stream: each batch run by `handle` side by side
-    (at most `running` at once), each answered with its `stream_id` when done;
-    `blank()` makes an answer that carries a failure's status only. The
+async def serve(requests: AsyncIterator[Q], context: grpc.aio.ServicerContext,
+                handle: Callable[[Q], Awaitable[A]], blank: Callable[[], A], *,
+                running: int = MAX_RUNNING) -> AsyncGenerator[A, None]:
+    """The serving side of a stream: accepted at once (`ACCEPTED`, the
+    headers the caller waits for), then each batch run by `handle` side by
+    side (at most `running` at once), each answered with its `stream_id` when
+    done; `blank()` makes an answer that carries a failure's status only. The
     servicer's method yields what this yields (an async generator, as gRPC
     and its tracing interceptor expect of a streaming handler): `serving`."""
+    await context.send_initial_metadata(ACCEPTED)
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(running)
     answers: asyncio.Queue[A | None] = asyncio.Queue()
@@ -380,10 +398,12 @@ def _status(answer: A, code: grpc.StatusCode, details: str) -> A:
 
 
 
-def serving(requests: AsyncIterator[Q], handle: Callable[[Q], Awaitable[A]],
+def serving(requests: AsyncIterator[Q], context: grpc.aio.ServicerContext,
+            handle: Callable[[Q], Awaitable[A]],
             blank: Callable[[], A]) -> contextlib.aclosing[AsyncGenerator[A, None]]:
     """`serve`'s answers, for a servicer's stream method to yield
-    (`async with serving(...) as answers: async for a in answers: yield a`):
+    (`async with serving(requests, context, ...) as answers: async for a in
+    answers: yield a`):
     closed with the stream whichever way it ends, which cancels its batches'
     work, as a unary call's is cancelled."""
-    return contextlib.aclosing(serve(requests, handle, blank))
+    return contextlib.aclosing(serve(requests, context, handle, blank))

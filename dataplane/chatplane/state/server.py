@@ -140,7 +140,7 @@ class StateServicer(sgrpc.StateServicer):
     async def DeliverStream(self, requests: AsyncIterator[spb.DeliverRequest],
                             context: grpc.aio.ServicerContext) -> AsyncIterator[spb.DeliverReply]:
         """Deliver's batches on one stream per im instance (rpc/streams.py)."""
-        async with streams.serving(requests, self._deliver, spb.DeliverReply) as answers:
+        async with streams.serving(requests, context, self._deliver, spb.DeliverReply) as answers:
             async for answer in answers:
                 yield answer
 
