@@ -20,6 +20,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from chatplane import settings as settings_mod
 from chatplane import tracing
 from chatplane.client import Client
+from chatplane.gateway.client import RemoteGateways
 from chatplane.im.app import ImServicer
 from chatplane.im.service import ImService
 from chatplane.node import Node
@@ -71,9 +72,10 @@ async def test_storage_and_redis_calls_of_a_traced_request_are_its_children(
     storage = SqliteStorage(tmp_path / "t.db")
     await storage.open()
     im = ImServicer(ImService(storage, StateService(MemoryRoutes(), "gw"), Limits()))
+    peers = Peers(2.0, LinkSecurity("state", secret="s"))
     state = StateServicer(RedisRoutes(redis_client),
                           CachedInstances(Instances(redis_client, 3.0), "gateway", 1.0),
-                          Peers(2.0, LinkSecurity("state", secret="s")))
+                          peers, RemoteGateways(peers).push)
     server, port = await serving.start_grpc(
         "127.0.0.1", 0, lambda s: (sgrpc.add_ImServicer_to_server(im, s),
                                    sgrpc.add_StateServicer_to_server(state, s)),

@@ -1,5 +1,5 @@
 """The `chatplane` command: `up`, `token` (mint; `token revoke`), `chat`,
-`bench`, `drain`, `storage` (`migrate`, `backup`, `restore`).
+`bench`, `drain`, `storage` (`migrate`, `backup`, `restore`), `witness`.
 
 Bad configuration ends with one line on stderr and exit code 2, never a
 traceback.
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage_check.register(storage_sub)
 
     for module in ("chatplane.client.chat", "chatplane.bench", "chatplane.tiers",
-                   "chatplane.planning.capacity"):
+                   "chatplane.planning.capacity", "chatplane.regions.witness"):
         try:
             registrar = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

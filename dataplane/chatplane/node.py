@@ -45,8 +45,9 @@ from chatplane.im.service import ImService
 from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, fallbacks_of, make_handler
 from chatplane.regions import links as region_links
 from chatplane.regions.durability import Durability
-from chatplane.regions.failover import Failover
+from chatplane.regions.failover import Failover, lease_ttl
 from chatplane.regions.homes import Homes
+from chatplane.regions.leases import Lease, WitnessLink
 from chatplane.regions.replication import Replication
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
@@ -124,7 +125,8 @@ class Node:
             replication = Replication(homes, self.storage, self.im.sequencer.replicated,
                                       settings.social.large_group_threshold, Failover(
                                           homes, self.storage, self.prober.links,
-                                          settings.links.failover_after_s, homes.durability))
+                                          settings.links.failover_after_s, homes.durability,
+                                          self._witness()))
             self.sequencing = region_links.Sequencing(homes, replication, self._home_send,
                                                       self.im.groups.handle_op,
                                                       self.im.groups.admin_change)
@@ -145,6 +147,15 @@ class Node:
         self._tcp_server: asyncio.AbstractServer | None = None
         self._http_server: asyncio.AbstractServer | None = None
         self.ready = False
+
+    def _witness(self) -> WitnessLink | None:
+        """The failover witness link (regions/leases.py), over the Region link's security."""
+        links = self.settings.links
+        if not links.failover_witness or links.failover_after_s <= 0:
+            return None
+        ttl = lease_ttl(links.failover_after_s)
+        return WitnessLink(self.settings.server.region, links.failover_witness, Lease(ttl),
+                           min(links.peer_timeout_s, ttl / 3), self.security)
 
     def _ready(self) -> bool:
         return self.ready and not self.gateway.draining and self.supervisor.ready()

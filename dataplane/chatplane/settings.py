@@ -140,9 +140,12 @@ class Links:
     # "async" on the home's local durability (docs/architecture.md, "Durability modes")
     region_durability: str = "sync"
     region_sync_timeout_s: float = 3.0  # sync: no peer confirmed within this -> UNAVAILABLE
-    # a peer region unanswering this long is lost: its homes are taken over here
-    # (docs/architecture.md, "Failover"); 0: never (homes wait for their region)
+    # a peer region unanswering this long is lost: its homes are taken over here when the
+    # failover witness grants it (docs/architecture.md, "Failover"); 0: never
     failover_after_s: float = 5.0
+    # host:port of the failover witness (`chatplane witness`) both regions reach; empty:
+    # failover is off (two regions alone cannot tell a partition from a loss)
+    failover_witness: str = ""
     # im: caches of members, relations and settings are trusted only while the
     # invalidation stream was read within this (the staleness bound, docs/caches.md)
     cache_bound_s: float = 2.0
@@ -349,6 +352,11 @@ def validate(s: Settings) -> None:
             s.links.peer_probe_s + s.links.peer_timeout_s < s.links.failover_after_s <= 3600):
         problems.append("CHATPLANE_FAILOVER_AFTER_S must be 0 (off) or above peer_probe_s +"
                         f" peer_timeout_s and at most 3600, not {s.links.failover_after_s}")
+    if s.links.failover_witness:
+        host, _, port = s.links.failover_witness.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or len(host) > 512:
+            problems.append("CHATPLANE_FAILOVER_WITNESS must be host:port, not"
+                            f" {s.links.failover_witness!r}")
     try:
         peerlist.parse(s.links.peers, s.server.region)
     except peerlist.PeerListError as exc:

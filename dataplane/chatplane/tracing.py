@@ -22,9 +22,10 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -38,6 +39,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
 LOG_FORMATS = ("text", "json")
@@ -146,6 +148,33 @@ def db_span(system: str, operation: str, namespace: str = ""
         attributes["db.namespace"] = namespace
     return _tracer.start_as_current_span(f"{operation} {namespace or system}",
                                          kind=SpanKind.CLIENT, attributes=attributes)
+
+
+def carrier() -> str:
+    """The current span's W3C traceparent, for a message on a long-lived
+    stream (rpc/streams.py), whose call metadata carries only the trace of
+    whoever opened it; "" untraced."""
+    if _tracer is None:
+        return ""
+    found: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(found)
+    return found.get("traceparent", "")
+
+
+@contextlib.contextmanager
+def _attached(ctx: Context) -> Iterator[None]:
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def continued(traceparent: str) -> contextlib.AbstractContextManager[Any]:
+    """Work done for a message that carried `carrier()`: under its caller's span."""
+    if _tracer is None or not traceparent:
+        return _NOOP
+    return _attached(TraceContextTextMapPropagator().extract({"traceparent": traceparent}))
 
 
 def current_ids() -> tuple[str, str]:

@@ -95,6 +95,10 @@ def test_a_hello_from_the_wrong_region_or_protocol_is_not_ok() -> None:
      " above peer_probe_s + peer_timeout_s and at most 3600, not 2.5"),
     ({"CHATPLANE_PEERS": '[{"name": "us", "endpoint": "h:1", "ws": "http://us/ws"}]'},
      "CHATPLANE_PEERS: entry 0 (us): ws 'http://us/ws' is not a ws:// or wss:// URL"),
+    ({"CHATPLANE_FAILOVER_WITNESS": "witness.example.com"},
+     "CHATPLANE_FAILOVER_WITNESS must be host:port, not 'witness.example.com'"),
+    ({"CHATPLANE_FAILOVER_WITNESS": "w:99999"},
+     "CHATPLANE_FAILOVER_WITNESS must be host:port, not 'w:99999'"),
 ])
 def test_a_bad_durability_mode_stops_the_start_with_one_line(
     tmp_path: Path, environ: dict[str, str], says: str,

@@ -13,6 +13,7 @@ class ChaosProxy:
         self.target = (target_host, target_port)
         self.port = 0
         self.cuts = 0
+        self.blocked = False  # refuse every new connection (a partition), see block()
         self._server: asyncio.AbstractServer | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -26,10 +27,17 @@ class ChaosProxy:
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self.blocked:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
+            return
+        if self.blocked:  # blocked while connecting upstream: cut_all did not see it
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         pair = (writer, up_writer)
         self._pairs.add(pair)
@@ -60,6 +68,14 @@ class ChaosProxy:
             b.transport.abort()
         self.cuts += 1
         return len(pairs)
+
+    def block(self) -> int:
+        """A partition: cut every connection and refuse new ones until `unblock`."""
+        self.blocked = True
+        return self.cut_all()
+
+    def unblock(self) -> None:
+        self.blocked = False
 
     async def stop(self) -> None:
         self.cut_all()

@@ -4,20 +4,25 @@ what each reports on `GET /v1/peers`."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
+from tests.support.proxy import ChaosProxy
 from tests.support.server import ServerProcess, free_port
 from tests.support.traffic import Device
 
@@ -73,6 +78,110 @@ class RegionProcess(ServerProcess):
         return {p["name"]: p for p in json.loads(text)["peers"]}
 
 
+class WitnessProcess:
+    """`chatplane witness` on loopback, its state in `data_dir` (kept across restarts)."""
+
+    def __init__(self, data_dir: Path, port: int = 0, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chatplane.cli", "--log-level", "INFO", "witness",
+             "--grpc-port", str(self.port), "--data-dir", str(self.data_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env)
+        ready = threading.Event()
+
+        def pump(proc: subprocess.Popen[str]) -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self.output.append(line.rstrip())
+                if "ready" in line:
+                    ready.set()
+
+        threading.Thread(target=pump, args=(self.proc,), daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while not ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("chatplane witness did not get ready:\n"
+                                   + "\n".join(self.output))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def granted(self) -> list[str]:
+        """The grants it logged ("granted us the takeover of eu (grant 1)")."""
+        return [line for line in self.output if "granted" in line]
+
+
+class Cuts:
+    """Proxies on every link of two regions and their witness, each blockable: eu's
+    and us's calls to each other (`eu_us`: eu dials us through it), and each one's
+    calls to the witness."""
+
+    def __init__(self, eu: RegionProcess, us: RegionProcess, witness: WitnessProcess) -> None:
+        self.eu_us = ChaosProxy("127.0.0.1", us.grpc_port)
+        self.us_eu = ChaosProxy("127.0.0.1", eu.grpc_port)
+        self.eu_witness = ChaosProxy("127.0.0.1", witness.port)
+        self.us_witness = ChaosProxy("127.0.0.1", witness.port)
+
+    def all(self) -> list[ChaosProxy]:
+        return [self.eu_us, self.us_eu, self.eu_witness, self.us_witness]
+
+    def partition(self) -> None:
+        """Cut the region link both ways (both still reach the witness)."""
+        self.eu_us.block()
+        self.us_eu.block()
+
+    def heal(self) -> None:
+        for proxy in self.all():
+            proxy.unblock()
+
+
+@contextlib.asynccontextmanager
+async def witnessed_regions(base: Path, env: dict[str, str] | None = None,
+                            ) -> AsyncIterator[tuple[RegionProcess, RegionProcess,
+                                                     WitnessProcess, Cuts]]:
+    """eu and us peered through proxies, each reaching a witness through its own proxy
+    (`CHATPLANE_FAILOVER_WITNESS`), started; all stopped at the end."""
+    witness = WitnessProcess(base / "witness")
+    eu = RegionProcess(base / "eu", "eu", env=env)
+    us = RegionProcess(base / "us", "us", env=env)
+    cuts = Cuts(eu, us, witness)
+    for proxy in cuts.all():
+        await proxy.start()
+    for me, link, to_witness, other in ((eu, cuts.eu_us, cuts.eu_witness, us),
+                                        (us, cuts.us_eu, cuts.us_witness, eu)):
+        me.set_peers([{"name": other.name, "endpoint": f"127.0.0.1:{link.port}"}])
+        me.env["CHATPLANE_FAILOVER_WITNESS"] = f"127.0.0.1:{to_witness.port}"
+    try:
+        await asyncio.to_thread(witness.start)
+        await asyncio.gather(asyncio.to_thread(eu.start), asyncio.to_thread(us.start))
+        yield eu, us, witness, cuts
+    finally:
+        for region in (eu, us):
+            if region.proc is not None and region.proc.poll() is None:
+                os.kill(region.proc.pid, signal.SIGCONT)
+            await asyncio.to_thread(region.stop)
+        await asyncio.to_thread(witness.stop)
+        for proxy in cuts.all():
+            await proxy.stop()
+
+
 def peer_each_other(*regions: RegionProcess) -> None:
     for region in regions:
         region.set_peers([{"name": other.name, "endpoint": other.endpoint,
@@ -89,9 +198,9 @@ def two_regions(base: Path, env: dict[str, str] | None = None,
     eu = RegionProcess(base / "eu", "eu", env=env)
     us = RegionProcess(base / "us", "us", env=env)
     peer_each_other(eu, us)
-    eu.start()
-    us.start()
-    try:
+    try:  # a start that fails stops the region already started too
+        eu.start()
+        us.start()
         yield eu, us
     finally:
         for region in (eu, us):

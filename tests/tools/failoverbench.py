@@ -1,5 +1,6 @@
 """Failover of a whole region (docs/architecture.md, "Failover"; docs/benchmarks.md,
-"Regions: failover"): two `chatplane up` regions in `sync` durability, chats homed in eu
+"Regions: failover"): two `chatplane up` regions in `sync` durability sharing a failover
+witness (`chatplane witness`, which grants us the takeover once eu's lease expired), chats homed in eu
 between a user connected to eu and one connected to us, every device sending one message
 after the other; kill -9 of eu; the clients (the SDK given both regions' URLs) move to
 us, which takes over eu's homes once eu has been silent for CHATPLANE_FAILOVER_AFTER_S,
@@ -30,7 +31,14 @@ from typing import Any
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker, Verdict
 from chatplane.protocol.clientsession import Message
-from tests.support.regions import SHARED_KEY, RegionProcess, region_device, sees, wait_for
+from tests.support.regions import (
+    SHARED_KEY,
+    RegionProcess,
+    WitnessProcess,
+    region_device,
+    sees,
+    wait_for,
+)
 from tests.support.traffic import Device
 
 signer = TokenSigner(SHARED_KEY)
@@ -47,15 +55,35 @@ class FailoverRun:
     forwarded_by_eu: int  # sends eu's clients made after its return, forwarded to us
     sequenced_by_eu: int  # ... and sequenced by eu itself (must be 0)
     takeover: dict[str, Any] = field(default_factory=dict)  # us's /v1/peers failover
+    grants: list[str] = field(default_factory=list)  # the witness's grants (its log lines)
+    late_regions: list[str] = field(default_factory=list)  # where the late devices were
 
 
 def _regions(base: Path, env: dict[str, str]) -> tuple[RegionProcess, RegionProcess]:
+    """eu and us, each given the other's gateway as dispatch's fallback (and `env`)."""
     eu = RegionProcess(base / "eu", "eu", env=env)
     us = RegionProcess(base / "us", "us", env=env)
     for me, other in ((eu, us), (us, eu)):  # the peer's public gateway: dispatch's fallback
         me.set_peers([{"name": other.name, "endpoint": other.endpoint,
                        "ws": f"ws://{other.host}:{other.port}/ws"}])
     return eu, us
+
+
+async def _device_in(region: RegionProcess, user: str, device: str) -> Device:
+    """A device given only `region`'s URL, logged in there. Its dispatch also names the
+    peer's gateway (the failover fallback), which a loaded machine's slow connect to
+    the region's own gateway can make it use: then it connects again."""
+    for _ in range(5):
+        dev = await region_device([region.url], user, device, DeliveryChecker(), timeout_s=30)
+        if dev.client.position()["region"] == region.name:
+            return dev
+        await dev.stop()
+    raise AssertionError(f"{user}/{device} could not log in to {region.name}'s own gateway")
+
+
+def _holds_lease(region: RegionProcess) -> bool:
+    witness = json.loads(region.get("/v1/peers")[1])["failover"]["witness"]
+    return bool(witness and witness["held"])
 
 
 def _metric(region: RegionProcess, name: str) -> float:
@@ -66,25 +94,34 @@ def _metric(region: RegionProcess, name: str) -> float:
 
 
 async def history_of(device: Device, conversation: str) -> list[Message]:
+    """The whole history, oldest first. Paged back from the newest: a history request
+    without a cursor (`after_seq` 0) answers the newest page, so paging forward from 0
+    read only the newest 200 messages of a longer chat."""
     out: list[Message] = []
     while True:
-        page = await device.client.history(conversation, after_seq=out[-1].seq if out else 0,
+        page = await device.client.history(conversation, before_seq=out[0].seq if out else None,
                                            limit=200)
-        out += page
-        if len(page) < 200:
+        out[:0] = page
+        if len(page) < 200 or out[0].seq <= 1:
             return out
 
 
 async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
                        env: dict[str, str] | None = None) -> FailoverRun:
-    eu, us = _regions(base, {"CHATPLANE_REGION_DURABILITY": "sync", **(env or {})})
-    eu.start()
-    us.start()
+    witness = WitnessProcess(base / "witness")
+    eu, us = _regions(base, {"CHATPLANE_REGION_DURABILITY": "sync",
+                             "CHATPLANE_FAILOVER_WITNESS": witness.endpoint, **(env or {})})
     devices: list[Device] = []
-    try:
+    try:  # a start that fails stops what was started
+        witness.start()
+        eu.start()
+        us.start()
         for me, other in ((eu, us), (us, eu)):
             await asyncio.to_thread(wait_for, functools.partial(sees, me, other.name), 20,
                                     f"{me.name} sees {other.name}")
+        for me in (eu, us):  # one slow to start may be taken over (no homes) until lifted
+            await asyncio.to_thread(wait_for, functools.partial(_holds_lease, me), 20,
+                                    f"{me.name} holds its witness lease")
         checker = DeliveryChecker()
         chats = []
         for i in range(pairs):
@@ -138,12 +175,11 @@ async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
         # eu's own clients now: their sends go to the home us holds, never sequenced in eu
         forwarded = _metric(eu, "chatplane_region_sends_forwarded_total")
         served = _metric(us, "chatplane_region_sends_served_total")
-        late = []
-        for i in range(pairs):
-            late.append(await region_device([eu.url], f"a{i}", "late", DeliveryChecker(), timeout_s=30))
+        late = [await _device_in(eu, f"a{i}", "late") for i in range(pairs)]
         for i, device in enumerate(late):
             ack = await asyncio.wait_for(device.client.send_text(chats[2 * i], "back"), 30)
             checker.record_ack(f"a{i}", "late", chats[2 * i], ack.seq, ack.message_id)
+        late_regions = [device.client.position()["region"] for device in late]
         forwarded_by_eu = int(_metric(eu, "chatplane_region_sends_forwarded_total") - forwarded)
         sequenced_by_eu = pairs - int(_metric(us, "chatplane_region_sends_served_total") - served)
 
@@ -166,12 +202,14 @@ async def run_failover(base: Path, *, pairs: int = 4, after_kill_s: float = 6.0,
         for device in late:
             await device.stop()
         return FailoverRun(failover_s, acked_before, acked_after, checker.verdict(), equal,
-                           forwarded_by_eu, sequenced_by_eu, takeover)
+                           forwarded_by_eu, sequenced_by_eu, takeover, witness.granted(),
+                           late_regions)
     finally:
         for device in devices:
             await device.stop()
         for region in (eu, us):
             region.stop()
+        witness.stop()
 
 
 def main() -> None:

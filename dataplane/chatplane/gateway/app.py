@@ -144,6 +144,7 @@ class GatewayApp:
         yield metrics.counter("chatplane_im_send_lane_calls_total",
                               "Im.HandleSendLanes calls (each carries the lanes queued meanwhile)",
                               self.im.lane_calls)
+        yield from self.im.lane_streams.families("chatplane_im_send_lane")
         yield metrics.counter("chatplane_route_failures_total", "failed route calls to state",
                               self.routes.failures)
 
@@ -277,6 +278,7 @@ class GatewayApp:
         self.audit.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
+        await self.im.lane_streams.close()
         await self.peers.close()
         await self.supervisor.stop()
         await self.redis.aclose()

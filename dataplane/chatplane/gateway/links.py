@@ -5,17 +5,19 @@
 retried Push is harmless); `GroupPush` writes one large-group frame to the
 devices of the users it lists (a repeat is dropped by the client, by seq);
 `Kick` closes a connection another login replaced. The gateway's own calls
-to the other tiers are their clients: im/client.py and state/client.py.
+to the other tiers are their clients: im/client.py and state/client.py;
+state's pushes come through gateway/client.py, mostly on `PushStream`.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
 
 from chatplane import tracing
-from chatplane.rpc import convert
+from chatplane.rpc import convert, streams
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
@@ -29,6 +31,16 @@ class GatewayServicer(sgrpc.GatewayServicer):
 
     async def Push(self, request: spb.PushRequest,
                    context: grpc.aio.ServicerContext) -> spb.PushReply:
+        return await self._push(request)
+
+    async def PushStream(self, requests: AsyncIterator[spb.PushRequest],
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[spb.PushReply]:
+        """Push's batches on one stream per state instance (rpc/streams.py)."""
+        async with streams.serving(requests, context, self._push, spb.PushReply) as answers:
+            async for answer in answers:
+                yield answer
+
+    async def _push(self, request: spb.PushRequest) -> spb.PushReply:
         with tracing.serving("gateway.Push"):
             items = [convert.inbox_item(d) for d in request.deliveries]
             return spb.PushReply(pushed=self.gateway.push_entries(items))

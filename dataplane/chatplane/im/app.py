@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -37,7 +37,7 @@ from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.wire import error_frame
 from chatplane.regions import links as region_links
 from chatplane.registry import instances as registry
-from chatplane.rpc import serving
+from chatplane.rpc import serving, streams
 from chatplane.rpc.adminport import AuditLog, start_admin
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers, parse_addrs
@@ -93,8 +93,18 @@ class ImServicer(sgrpc.ImServicer):
         """The lanes a gateway queued for this instance meanwhile (one call
         instead of one per lane), each handled as by HandleSends, side by
         side: order is owed within a lane only."""
+        return await streams.answer_unary(context, self._send_lanes, request)
+
+    async def HandleSendLanesStream(self, requests: AsyncIterator[spb.SendLanes],
+                                    context: grpc.aio.ServicerContext) -> AsyncIterator[spb.SendLanesReply]:
+        """HandleSendLanes' batches on one stream per gateway (rpc/streams.py)."""
+        async with streams.serving(requests, context, self._send_lanes, spb.SendLanesReply) as answers:
+            async for answer in answers:
+                yield answer
+
+    async def _send_lanes(self, request: spb.SendLanes) -> spb.SendLanesReply:
         with tracing.serving("im.HandleSendLanes"):
-            await refuse_out_of_bounds(context, "handle_send_lanes", request)
+            _refuse_out_of_bounds("handle_send_lanes", request)
             lanes = await asyncio.gather(*(self._lane(lane) for lane in request.lanes))
             return spb.SendLanesReply(lanes=lanes)
 
@@ -181,9 +191,21 @@ class ImServicer(sgrpc.ImServicer):
                          context: grpc.aio.ServicerContext) -> spb.FanOutReplies:
         """Several conversations' fan-outs (im/forward.py gathers what it has
         for this instance meanwhile), each as by FanOut, side by side."""
+        return await streams.answer_unary(context, self._fan_out_many, request)
+
+    async def FanOutManyStream(self, requests: AsyncIterator[spb.FanOutRequests],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[spb.FanOutReplies]:
+        """FanOutMany's batches on one stream per im instance (rpc/streams.py)."""
+        async with streams.serving(requests, context, self._fan_out_many, spb.FanOutReplies) as answers:
+            async for answer in answers:
+                yield answer
+
+    async def _fan_out_many(self, request: spb.FanOutRequests) -> spb.FanOutReplies:
         with tracing.serving("im.FanOutMany"):
-            await refuse_out_of_bounds(context, "fan_out_many", request)
-            inboxes = await self._inboxes(context)
+            _refuse_out_of_bounds("fan_out_many", request)
+            inboxes = self.im.sequencer.inboxes
+            if inboxes is None:
+                raise streams.BatchFailed(grpc.StatusCode.FAILED_PRECONDITION, "not in a cluster")
             replies = await asyncio.gather(*(self._fan_out(inboxes, r) for r in request.requests))
             return spb.FanOutReplies(replies=replies)
 
@@ -207,6 +229,14 @@ class ImServicer(sgrpc.ImServicer):
             return spb.FanOutReply(written=await asyncio.shield(work))
         except StorageError as exc:
             return spb.FanOutReply(failed=str(exc) or type(exc).__name__)
+
+
+def _refuse_out_of_bounds(call: str, request: object) -> None:
+    """A batch whose fields are out of bounds fails INVALID_ARGUMENT (as
+    rpc/serving.py's refuse_out_of_bounds ends a unary call)."""
+    problem = bounds.call_problem(call, request)
+    if problem is not None:
+        raise streams.BatchFailed(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
 
 def _outcome_seen(done: asyncio.Future[int]) -> None:
@@ -296,12 +326,17 @@ class ImApp:
             ("chatplane_im_fan_outs_kept_total",
              "inbox fan-outs written here: their inboxes' owner did not answer",
              self.ring.fan_outs_kept),
+            ("chatplane_im_fan_outs_asked_again_total",
+             "inbox fan-outs asked again of their owner after UNAVAILABLE (they may have run)",
+             self.ring.fan_outs_asked_again),
             ("chatplane_im_group_delivered_total", "large-group messages handed to state",
              self.outbox.groups.sent),
             ("chatplane_im_group_given_up_total", "large-group messages left to the head check",
              self.outbox.groups.given_up),
         ):
             yield metrics.counter(name, help_text, value)
+        yield from self.ring.fan_out_streams.families("chatplane_im_fan_out")
+        yield from self.outbox.links.delivers.families("chatplane_im_deliver")
         yield metrics.gauge("chatplane_im_outbox_depth", "entries waiting for state",
                             self.outbox.depth)
         yield metrics.gauge("chatplane_im_group_outbox_depth",
@@ -372,6 +407,7 @@ class ImApp:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         self.audit.close()
+        await self.ring.fan_out_streams.close()
         await self.peers.close()
         await self.supervisor.stop()
         await self.storage.close()

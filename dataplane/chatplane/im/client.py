@@ -18,6 +18,9 @@ not handle (its instance does not own the conversation, or the call failed
 retriably) goes again alone to the next instance on the ring, within the
 same deadline, as after a failed `HandleSends`; an instance without
 `HandleSendLanes` (an earlier version, during a rollout) gets `HandleSends`.
+The calls go as batches on one long-lived stream per instance
+(`Im.HandleSendLanesStream`, rpc/streams.py), which fail as the unary call
+would; an instance without the stream gets `HandleSendLanes`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
 from chatplane.rpc.batching import Coalescer, SharedCalls
 from chatplane.rpc.peers import Peers, first_answer, retriable
+from chatplane.rpc.streams import Streams
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
@@ -64,6 +68,9 @@ class RemoteIm:
             self._send_lanes, spb.ClientRequests.ByteSize, in_flight=LANE_CALLS,
             max_batch=MAX_LANES_PER_CALL, max_bytes=LANE_CALL_BYTES)
         self._no_lanes: set[str] = set()  # instances that answered UNIMPLEMENTED
+        self.lane_streams: Streams[spb.SendLanes, spb.SendLanesReply, sgrpc.ImStub] = Streams(
+            peers, "im", "Im.HandleSendLanes", sgrpc.ImStub,
+            lambda stub: stub.HandleSendLanesStream, lambda stub: stub.HandleSendLanes)
 
     async def _owners(self, key: str) -> list[str]:
         return [address for _, address in await self.ring.owners(key)]
@@ -162,9 +169,8 @@ class RemoteIm:
 
     async def _send_lanes(self, address: str,
                           lanes: list[spb.ClientRequests]) -> list[spb.ClientReplies]:
-        reply: spb.SendLanesReply = await self.peers.stub(
-            address, "im", sgrpc.ImStub).HandleSendLanes(
-                spb.SendLanes(lanes=lanes), timeout=self.peers.deadline_s)
+        reply = await self.lane_streams.call(address, spb.SendLanes(lanes=lanes),
+                                             self.peers.deadline_s)
         return list(reply.lanes)
 
     async def _read(self, key: str, call: Callable[[sgrpc.ImStub], Awaitable[T]]) -> T:

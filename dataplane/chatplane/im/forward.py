@@ -22,16 +22,26 @@ local append after a forward whose reply was lost, stores the event once.
 
 The same ring names each user's inbox writer (the owner of "u:<user>"): a
 message's entries for users served elsewhere are written by their owner
-(`Im.FanOut`, im/inboxes.py), asked once, with no next instance. An owner
-that cannot be reached (gone: the connection is refused) is written around
-here, a take of each of its inboxes, counted in `fan_outs_kept`. An owner
-that is slow, or whose storage refused, is not: writing around a live owner
-takes its inboxes, its next write takes them back, and under load each take
-makes the next call slower still (lease ping-pong). Its entries stay owed
-and the senders get a retriable error, until it answers or the ring drops it.
+(`Im.FanOut`, im/inboxes.py), with no next instance. An owner that cannot
+be reached (gone: the connection is refused) is written around here, a take
+of each of its inboxes, counted in `fan_outs_kept`. UNAVAILABLE does not
+prove that: a call whose connection or stream broke after it was sent may
+have been applied (the owner finishes a fan-out whose caller left), and a
+write here beside the owner's write that does not look (`fresh`) would be a
+second entry of the message in the inbox. So an UNAVAILABLE call is asked
+again of the owner once (`fan_outs_asked_again`), on a new stream, without
+`fresh`: the owner finishes the first call's write first and then finds its
+entries (im/inboxes.py). Only an owner that does not answer that either is
+written around. An owner that is slow, or whose storage refused, is not:
+writing around a live owner takes its inboxes, its next write takes them
+back, and under load each take makes the next call slower still (lease
+ping-pong). Its entries stay owed and the senders get a retriable error,
+until it answers or the ring drops it.
 The fan-outs of different conversations bound for one owner share calls
 (`Im.FanOutMany`, rpc/batching.py `SharedCalls`; each conversation's answer
-is its own), with `Im.FanOut` for an owner of an earlier version.
+is its own), as batches on one long-lived stream per owner
+(`Im.FanOutManyStream`, rpc/streams.py), with `Im.FanOutMany` and then
+`Im.FanOut` for an owner of an earlier version.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
 from chatplane.rpc.batching import SharedCalls
 from chatplane.rpc.peers import Peers
+from chatplane.rpc.streams import Streams
 from chatplane.storage.base import SendRequest, StorageUnavailable, events_conversation_id
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
@@ -62,10 +73,14 @@ class ImRing:
         self.kept = 0  # events appended here: no owner before this one answered
         self.fan_outs_forwarded = 0  # FanOut calls their inbox owner answered
         self.fan_outs_kept = 0  # inbox owners that did not answer: written here
+        self.fan_outs_asked_again = 0  # UNAVAILABLE calls asked again (they may have run)
         # the fan-outs of different conversations to one owner share calls
         self._shared: SharedCalls[spb.FanOutRequest, spb.FanOutReply] = SharedCalls(
             self._fan_out_many, spb.FanOutRequest.ByteSize, max_batch=MAX_FANOUTS_PER_CALL)
         self._no_many: set[str] = set()  # owners that answered FanOutMany UNIMPLEMENTED
+        self.fan_out_streams: Streams[spb.FanOutRequests, spb.FanOutReplies, sgrpc.ImStub] = (
+            Streams(peers, "im", "Im.FanOutMany", sgrpc.ImStub,
+                    lambda stub: stub.FanOutManyStream, lambda stub: stub.FanOutMany))
 
     async def _ahead(self, conversation_id: str) -> list[str]:
         """Addresses of the instances before this one in the key's ring order
@@ -124,11 +139,11 @@ class ImRing:
 
     async def fan_out(self, address: str, conversation_id: str,
                       entries: Sequence[tuple[int, Sequence[str]]],
-                      fresh: Collection[int]) -> bool:
+                      fresh: Collection[int], *, again: bool = False) -> bool:
         """Ask the instance at `address` to write (or find) these inbox
-        entries and deliver them. False: it cannot be reached (the caller
-        writes them itself). StorageUnavailable: it is slow or refused (they
-        stay owed)."""
+        entries and deliver them. False: it cannot be reached, asked twice
+        (the caller writes them itself, looking for what it wrote).
+        StorageUnavailable: it is slow or refused (they stay owed)."""
         rpc = spb.FanOutRequest(conversation_id=conversation_id, entries=[
             spb.FanOutEntry(seq=seq, user_ids=list(users), fresh=seq in fresh)
             for seq, users in entries])
@@ -149,10 +164,13 @@ class ImRing:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED and address not in self._no_many:
                 self._no_many.add(address)
-                return await self.fan_out(address, conversation_id, entries, fresh)
+                return await self.fan_out(address, conversation_id, entries, fresh, again=again)
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise StorageUnavailable(
                     f"the inbox owner at {address} did not fan out ({exc.code().name})") from exc
+            if not again:  # it may have run: the owner looks this time (see the docstring)
+                self.fan_outs_asked_again += 1
+                return await self.fan_out(address, conversation_id, entries, (), again=True)
             self.fan_outs_kept += 1
             return False
         self.fan_outs_forwarded += 1
@@ -165,6 +183,6 @@ class ImRing:
 
     async def _fan_out_many(self, address: str,
                             requests: list[spb.FanOutRequest]) -> list[spb.FanOutReply]:
-        reply: spb.FanOutReplies = await self.peers.stub(address, "im", sgrpc.ImStub).FanOutMany(
-            spb.FanOutRequests(requests=requests), timeout=self.peers.deadline_s)
+        reply = await self.fan_out_streams.call(
+            address, spb.FanOutRequests(requests=requests), self.peers.deadline_s)
         return list(reply.replies)

@@ -87,6 +87,7 @@ class Inboxes:
         self.ring = ring
         self.state = state
         self._queues: dict[str, Queue] = {}
+        self._here: dict[str, _Turn] = {}  # conversation -> its writes here, in turn
         self.recovered = 0  # messages fanned out again after taking their conversation
 
     async def remote(self, users: Iterable[str]) -> dict[str, str]:
@@ -257,11 +258,32 @@ class Inboxes:
                            entries: Sequence[tuple[int, Sequence[str]]],
                            fresh: Collection[int] = frozenset()) -> int:
         """Write (or find) entries under this instance's inbox holders and
-        deliver them; the number of entries."""
-        items = await self.storage.fan_out(conversation_id, entries, fresh)
+        deliver them; the number of entries. One conversation's run one at a
+        time: a call asked again after its first try broke (im/forward.py)
+        looks for the entries once the first try's write, which may not look
+        (`fresh`), is done, so it finds them instead of writing them twice."""
+        turn = self._here.get(conversation_id)
+        if turn is None:
+            turn = self._here[conversation_id] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                items = await self.storage.fan_out(conversation_id, entries, fresh)
+        finally:
+            turn.users -= 1
+            if not turn.users and self._here.get(conversation_id) is turn:
+                del self._here[conversation_id]
         if items:
             self.state.deliver(items)
         return len(items)
+
+
+@dataclass(eq=False)
+class _Turn:
+    """One conversation's writes here (`Inboxes.fan_out_here`), in turn."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 def _settle(ticket: Ticket, error: BaseException | None) -> None:

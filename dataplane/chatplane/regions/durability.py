@@ -12,9 +12,16 @@ sends of homed chats fail (retriably) until one returns.
 `async`: acked on this region's local durability, as before; a region lost before a peer
 read its log loses what it acked in that window (the lag of `/v1/peers`).
 
-A peer declared lost (regions/failover.py) no longer counts: when every peer is lost,
-`sync` falls back to local durability (`degraded`), so a lone survivor keeps acking;
-what it acks then is in its store only until a peer is back and applies it.
+A peer declared lost (regions/failover.py: silent past the detection time) no longer
+counts: when every peer is lost **and** the failover witness lets this region ack alone
+(`may_ack_alone`: it holds its lease and the witness durably records it alone, so no
+region can be granted a takeover of it meanwhile), `sync` falls back to local
+durability (`degraded`), so a lone survivor keeps acking; what it acks then is in its
+store only until a peer is back and applies it. Without that permission a send waits
+for a confirmation as usual and is refused UNAVAILABLE after `timeout_s`.
+In `async`, with failover on, a send is acked only while `may_ack_unconfirmed` (the
+lease holds, or the peer answered recently enough that it cannot have taken this
+region over): a region cut from its peer and the witness stops acking.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +44,14 @@ from chatplane.storage.base import ReplicatedLog, StorageUnavailable
 SYNC, ASYNC = "sync", "async"
 # waits of a sync ack: loopback is a few ms, a cross-continent link ~100 ms
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def _never() -> bool:
+    return False
+
+
+def _always() -> bool:
+    return True
 
 
 @dataclass
@@ -68,8 +83,14 @@ class Durability:
         "sync durability: a send's wait for a peer region to apply it", WAIT_BUCKETS))
     unconfirmed: int = 0  # sends failed UNAVAILABLE: no peer confirmed in time
     head_seen: int = 0  # this region's newest log position known here
-    lost: set[str] = field(default_factory=set)  # peers taken over (regions/failover.py)
+    # peers silent past the detection time (regions/failover.py): not waited for
+    lost: set[str] = field(default_factory=set)
     degraded: int = 0  # sync sends acked on local durability: every peer was lost
+    # whether acking alone is allowed now (the witness lease, regions/leases.py)
+    may_ack_alone: Callable[[], bool] = field(default_factory=lambda: _never)
+    # async: whether acking at all is allowed now (Failover.may_ack_unconfirmed)
+    may_ack_unconfirmed: Callable[[], bool] = field(default_factory=lambda: _always)
+    fenced: int = 0  # async sends refused: neither the lease nor the peer vouched
     _waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
     _order: Iterator[int] = field(default_factory=itertools.count)
 
@@ -105,16 +126,26 @@ class Durability:
                 future.set_result(None)
         return True
 
+    @property
+    def alone(self) -> bool:
+        """Every peer is lost and the witness lets this region ack on its own store."""
+        return bool(self.peers) and self.lost.issuperset(self.peers) and self.may_ack_alone()
+
     def lose(self, peer: str) -> None:
-        """`peer` is lost: no longer waited for. With none left, the sends waiting
-        now are acked on local durability."""
+        """`peer` is lost: no longer waited for. With none left and acking alone
+        allowed, the sends waiting now are acked on local durability."""
         self.lost.add(peer)
-        if self.lost.issuperset(self.peers):
-            waiters, self._waiters = self._waiters, []
-            for _, _, future in waiters:
-                if not future.done():
-                    self.degraded += 1
-                    future.set_result(None)
+        self.release_alone()
+
+    def release_alone(self) -> None:
+        """Acking alone is allowed (now): the waiting sends are acked."""
+        if not self._waiters or not self.alone:
+            return
+        waiters, self._waiters = self._waiters, []
+        for _, _, future in waiters:
+            if not future.done():
+                self.degraded += 1
+                future.set_result(None)
 
     @property
     def waits(self) -> bool:
@@ -128,7 +159,7 @@ class Durability:
         Registered now, so it is done before any wait registered after it for the
         same position (a push goes out before the sender's ack)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if position <= self.confirmed_to or self.lost.issuperset(self.peers):
+        if position <= self.confirmed_to or self.alone:
             future.set_result(None)
         else:
             heapq.heappush(self._waiters, (position, next(self._order), future))
@@ -142,9 +173,17 @@ class Durability:
         """In `sync`, return once a peer applied this region's log up to `position`
         (the append's own: `AppendResult.log_position`, at or past its entry; 0, not
         known: the head is read); UNAVAILABLE after `timeout_s`."""
-        if self.mode != SYNC or not self.peers:
+        if not self.peers:
             return
-        if self.lost.issuperset(self.peers):  # a lone survivor: local durability
+        if self.mode != SYNC:
+            if not self.may_ack_unconfirmed():
+                self.fenced += 1
+                raise ProtocolError(
+                    ErrorCode.UNAVAILABLE,
+                    f"{conversation_id!r}: this region reaches neither its peers nor the"
+                    " failover witness (async durability): not acked here, resend")
+            return
+        if self.alone:  # a lone survivor the witness vouches for: local durability
             self.degraded += 1
             return
         started = time.monotonic()
@@ -188,7 +227,12 @@ class Durability:
                               " applied them in time (retried by the client)", self.unconfirmed)
         yield metrics.counter("chatplane_region_sync_degraded_total",
                               "sync sends acked on local durability: every peer region was"
-                              " lost (taken over, regions/failover.py)", self.degraded)
+                              " lost and the failover witness let this region ack alone",
+                              self.degraded)
+        yield metrics.counter("chatplane_region_async_fenced_total",
+                              "async sends refused: neither the witness lease nor a recent"
+                              " answer of the peer vouched that no takeover of this region"
+                              " could be granted", self.fenced)
         yield metrics.labelled("gauge", "chatplane_region_confirmed_position",
                                "this region's log position the peer said it applied", "peer",
                                {name: s.applied_to for name, s in self.peers.items()})

@@ -62,6 +62,7 @@ class PeerLink:
     answered_as: tuple[str, str, int, str] = ("", "", 0, "")  # region, cluster, protocol, id
     error: str = "not probed yet"
     last_ok: float | None = None
+    ok_sent_at: float | None = None  # when the last answered Hello was sent
     last_probe: float | None = None
     rtt_s: float | None = None
     probes: int = 0
@@ -78,6 +79,7 @@ class PeerLink:
         self.answered_as = (reply.region, reply.cluster, reply.protocol, reply.server_id)
         self.error = "; ".join(verdict.problems)
         self.last_ok = now
+        self.ok_sent_at = self.last_probe  # set as this probe began
 
     def failed(self, error: str) -> None:
         if self.reachable or error != self.error:

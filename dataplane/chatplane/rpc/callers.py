@@ -18,10 +18,11 @@ with mTLS (docs/cluster.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,28 +166,53 @@ class CallerGate(grpc.aio.ServerInterceptor):
         if gated is not None:
             return gated
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # unknown method (gRPC answers UNIMPLEMENTED); no streams here
-        gated = self._gated[method] = self._wrap(method, handler)
+        if handler is None:
+            return handler  # unknown method (gRPC answers UNIMPLEMENTED)
+        if handler.unary_unary is not None:
+            gated = self._gated[method] = self._wrap(method, handler)
+        elif handler.stream_stream is not None:  # the tiers' batch streams (rpc/streams.py)
+            gated = self._gated[method] = self._wrap_stream(method, handler)
+        else:
+            return handler  # a server stream (Region.Replicate): not gated here, as before
         return gated
+
+    async def _check(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        """Abort the call unless the table allows its caller."""
+        who = self.identities(context)
+        if not who:
+            self._refuse(method, "no identity", context)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                f"{method}: caller has no tier identity")
+        if not allowed(method, who, self.peers):
+            names = ", ".join(sorted(who))
+            self._refuse(method, names, context)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{method}: not allowed for {names}")
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The method's handler behind the check (made once per method)."""
         inner = handler.unary_unary
 
         async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            who = self.identities(context)
-            if not who:
-                self._refuse(method, "no identity", context)
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                    f"{method}: caller has no tier identity")
-            if not allowed(method, who, self.peers):
-                names = ", ".join(sorted(who))
-                self._refuse(method, names, context)
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"{method}: not allowed for {names}")
+            await self._check(method, context)
             return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
+            gated, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+    def _wrap_stream(self, method: str,
+                     handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """A stream's handler behind the check, made once per method (an async
+        generator, as the tiers' stream methods are: rpc/streams.py)."""
+        inner = handler.stream_stream
+
+        async def gated(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self._check(method, context)
+            async with contextlib.aclosing(inner(requests, context)) as answers:
+                async for answer in answers:
+                    yield answer
+
+        return grpc.stream_stream_rpc_method_handler(
             gated, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)

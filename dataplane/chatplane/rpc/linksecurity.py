@@ -170,6 +170,11 @@ class LinkSecurity:
         return replace(self, role=f"{callers.REGION_PREFIX}{region}", ca=self.peer_ca,
                        dials_region=region)
 
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What a stream call carries to prove the caller's role (the channel's
+        interceptor adds it to unary calls only); nothing with TLS."""
+        return () if self.tls else callers.role_metadata(self.role, self.secret)
+
     def open_channel(self, address: str, dials: str,
                      options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
         """A channel to a `dials` role (`im`, `state`, `gateway`)."""

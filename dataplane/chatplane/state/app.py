@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from chatplane import metrics
+from chatplane.gateway.client import RemoteGateways
 from chatplane.registry import instances as registry
 from chatplane.routes.redis import RedisRoutes
 from chatplane.rpc import serving
@@ -41,8 +42,10 @@ class StateApp:
         self.instances = registry.Instances(self.redis, links.registry_ttl_s)
         self.security = LinkSecurity.from_settings(settings, "state")
         self.peers = Peers(links.rpc_deadline_s, self.security)
+        self.gateway_links = RemoteGateways(self.peers)
         self.servicer = StateServicer(
             RedisRoutes(self.redis), registry.CachedInstances(self.instances, "gateway", 1.0), self.peers,
+            self.gateway_links.push,
             group_interval_ms=settings.social.group_push_interval_ms,
             group_max_messages=settings.social.group_push_max_messages)
         self.grpc_address = ""
@@ -59,7 +62,8 @@ class StateApp:
         return self.publisher is not None and self.publisher.healthy and self.supervisor.ready()
 
     def metrics_registry(self) -> CollectorRegistry:
-        return metrics.registry(self.servicer.families, self.supervisor.families)
+        return metrics.registry(self.servicer.families, self.gateway_links.families,
+                                self.supervisor.families)
 
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links
@@ -95,5 +99,6 @@ class StateApp:
         await self.supervisor.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        await self.gateway_links.close()
         await self.peers.close()
         await self.redis.aclose()

@@ -7,7 +7,9 @@ the Redis registry) and makes a call on the first that answers.
 (`deliver`, the same call as the in-process `StateService.deliver`). It sends
 them to state in batches, one batch in flight, in the order they were
 stored, and retries a batch on another instance until one accepts it or
-`give_up_s` passes: delivery im -> state -> gateway is at least once (the
+`give_up_s` passes. The batches go on one long-lived stream per state
+instance (`State.DeliverStream`, rpc/streams.py; `Deliver` for an instance
+of an earlier version), failing as the unary call would: delivery im -> state -> gateway is at least once (the
 gateway drops what it already pushed). What is given up (state and Redis
 both down for long) still reaches clients: the gateway's head check sees the
 inbox head move past what it pushed and sends the device a `SyncHint`.
@@ -46,6 +48,7 @@ from chatplane.registry.mirror import RoutedLink
 from chatplane.rpc import convert
 from chatplane.rpc.batching import Coalescer
 from chatplane.rpc.peers import Peers, first_answer
+from chatplane.rpc.streams import Streams
 from chatplane.storage.base import InboxItem, StoredMessage
 from chatplane.supervision import Supervisor
 from chatplane.v1 import services_pb2 as spb
@@ -69,6 +72,9 @@ class StateLinks:
         self.static = static
         self.registry = registry
         self.ring = LiveRing(static, registry)
+        self.delivers: Streams[spb.DeliverRequest, spb.DeliverReply, sgrpc.StateStub] = Streams(
+            peers, "state", "State.Deliver", sgrpc.StateStub,
+            lambda stub: stub.DeliverStream, lambda stub: stub.Deliver)
 
     async def owners(self, key: str) -> list[str]:
         """Addresses in ring order from the owner of `key`."""
@@ -85,25 +91,25 @@ class StateLinks:
         return found
 
     async def call(self, fn: Callable[[sgrpc.StateStub], Awaitable[T]], total_s: float) -> T:
+        return await self.call_at(lambda address: fn(self.stub(address)), total_s)
+
+    def stub(self, address: str) -> sgrpc.StateStub:
+        return self.peers.stub(address, "state", sgrpc.StateStub)
+
+    async def call_at(self, fn: Callable[[str], Awaitable[T]], total_s: float) -> T:
+        """`fn(address)` on the first instance that answers."""
         addresses = await self.addresses()
         if not addresses and self.registry is not None:
             self.registry.invalidate()
             addresses = await self.addresses()
+        return await first_answer(addresses, fn, total_s)
 
-        async def one(address: str) -> T:
-            return await fn(self.peers.stub(address, "state", sgrpc.StateStub))
-
-        return await first_answer(addresses, one, total_s)
-
-    async def call_keyed(self, key: str, fn: Callable[[sgrpc.StateStub], Awaitable[T]],
+    async def call_keyed(self, key: str, fn: Callable[[str], Awaitable[T]],
                          total_s: float) -> T:
-        """Call the owner of `key`, and the next ones on the ring if it fails."""
-        async def one(address: str) -> T:
-            return await fn(self.peers.stub(address, "state", sgrpc.StateStub))
+        """`fn(address)` on the owner of `key`, and the next ones on the ring if it fails."""
+        return await first_answer(await self.owners(key), fn, total_s)
 
-        return await first_answer(await self.owners(key), one, total_s)
-
-    async def call_until(self, fn: Callable[[sgrpc.StateStub], Awaitable[T]], give_up_s: float,
+    async def call_until(self, fn: Callable[[str], Awaitable[T]], give_up_s: float,
                          key: str | None = None) -> tuple[int, Exception | None]:
         """An outbox's at-least-once call: retried on gRPC failures until one
         attempt succeeds or `give_up_s` passes (to the owner of `key` and the
@@ -111,10 +117,10 @@ class StateLinks:
         were made and the error it gave up on (None: delivered)."""
         attempts = 0
 
-        async def counted(stub: sgrpc.StateStub) -> T:
+        async def counted(address: str) -> T:
             nonlocal attempts
             attempts += 1
-            return await fn(stub)
+            return await fn(address)
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + give_up_s
@@ -124,7 +130,7 @@ class StateLinks:
             total_s = min(deadline - loop.time(), 4 * self.peers.deadline_s)
             try:
                 if key is None:
-                    await self.call(counted, total_s)
+                    await self.call_at(counted, total_s)
                 else:
                     await self.call_keyed(key, counted, total_s)
                 return attempts, None
@@ -179,6 +185,7 @@ class DeliveryOutbox:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self.links.delivers.close()
 
     async def _run(self) -> None:
         while True:
@@ -192,11 +199,10 @@ class DeliveryOutbox:
     async def _send(self, batch: list[InboxItem]) -> None:
         request = spb.DeliverRequest(deliveries=convert.deliveries(batch))
 
-        async def deliver(stub: sgrpc.StateStub) -> spb.DeliverReply:
+        async def deliver(address: str) -> spb.DeliverReply:
             with tracing.span("im.deliver", entries=len(batch)):
-                reply: spb.DeliverReply = await stub.Deliver(
-                    request, timeout=self.links.peers.deadline_s)
-            return reply
+                return await self.links.delivers.call(address, request,
+                                                      self.links.peers.deadline_s)
 
         attempts, error = await self.links.call_until(deliver, self.give_up_s)
         if error is None:
@@ -278,9 +284,9 @@ class GroupOutbox:
             conversation_id=conversation_id, members=list(pending.members),
             messages=[wire.message(m) for m in pending.messages])])
 
-        async def deliver(stub: sgrpc.StateStub) -> spb.DeliverGroupReply:
+        async def deliver(address: str) -> spb.DeliverGroupReply:
             with tracing.span("im.deliver_group", messages=len(pending.messages)):
-                reply: spb.DeliverGroupReply = await stub.DeliverGroup(
+                reply: spb.DeliverGroupReply = await self.links.stub(address).DeliverGroup(
                     request, timeout=self.links.peers.deadline_s)
             return reply
 

@@ -11,6 +11,11 @@ gateway that does not answer is counted `unreachable`: its clients resume
 through dispatch and sync. When Redis cannot be read the call fails
 UNAVAILABLE, and the im's outbox retries it.
 
+Deliver comes as batches on one long-lived stream per im instance
+(`DeliverStream`, rpc/streams.py) or as a unary call (an im of an earlier
+version), and its pushes go the same way to each gateway (`push`, the
+gateway tier's client: gateway/client.py).
+
 DeliverGroup: a large group's messages (read diffusion), queued for the
 group's paced fan-out to the gateways (`GroupRelay`, state/relay.py); the
 call returns once they are queued.
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 from prometheus_client.metrics_core import Metric
@@ -32,7 +37,7 @@ from chatplane.metrics import Histogram, Readings
 from chatplane.registry.instances import CachedInstances
 from chatplane.routes import base as routing
 from chatplane.routes.base import RouteEntry, Routes
-from chatplane.rpc import convert
+from chatplane.rpc import convert, streams
 from chatplane.rpc.peers import Peers
 from chatplane.state.relay import GroupRelay
 from chatplane.v1 import services_pb2 as spb
@@ -46,12 +51,17 @@ def _entries(routes: list[spb.Route]) -> list[RouteEntry]:
             for r in routes]
 
 
+# A Push to the gateway at an address, within a deadline (gateway/client.py).
+Pusher = Callable[[str, spb.PushRequest, float], Awaitable[spb.PushReply]]
+
+
 class StateServicer(sgrpc.StateServicer):
-    def __init__(self, routes: Routes, gateways: CachedInstances, peers: Peers, *,
+    def __init__(self, routes: Routes, gateways: CachedInstances, peers: Peers, push: Pusher, *,
                  group_interval_ms: float = 100, group_max_messages: int = 200) -> None:
         self.routes = routes
         self.gateways = gateways
         self.peers = peers
+        self.push = push
         self.groups = GroupRelay(routes, gateways, peers, interval_ms=group_interval_ms,
                                  max_messages=group_max_messages)
         self.metrics = Readings()
@@ -125,6 +135,16 @@ class StateServicer(sgrpc.StateServicer):
 
     async def Deliver(self, request: spb.DeliverRequest,
                       context: grpc.aio.ServicerContext) -> spb.DeliverReply:
+        return await streams.answer_unary(context, self._deliver, request)
+
+    async def DeliverStream(self, requests: AsyncIterator[spb.DeliverRequest],
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[spb.DeliverReply]:
+        """Deliver's batches on one stream per im instance (rpc/streams.py)."""
+        async with streams.serving(requests, context, self._deliver, spb.DeliverReply) as answers:
+            async for answer in answers:
+                yield answer
+
+    async def _deliver(self, request: spb.DeliverRequest) -> spb.DeliverReply:
         with tracing.serving("state.Deliver"):
             started = asyncio.get_running_loop().time()
             by_user: dict[str, list[spb.Delivery]] = defaultdict(list)
@@ -133,8 +153,9 @@ class StateServicer(sgrpc.StateServicer):
             try:
                 found = await self.routes.lookup(list(by_user))
             except (RedisError, OSError) as exc:
-                await self._redis_failed(context, exc)
-                raise
+                self.redis_errors += 1
+                raise streams.BatchFailed(grpc.StatusCode.UNAVAILABLE,
+                                          f"route store unavailable: {exc}") from exc
             per_gateway: dict[str, spb.PushRequest] = defaultdict(spb.PushRequest)
             for uid, routes in found.items():
                 for gateway_id in {r.gateway_id for r in routes}:
@@ -173,9 +194,8 @@ class StateServicer(sgrpc.StateServicer):
                     push: spb.PushRequest) -> tuple[int, int]:
         if not address:
             return 0, len(push.deliveries)  # its TTL passed: dead or partitioned
-        stub = self.peers.stub(address, "gateway", sgrpc.GatewayStub)
         try:
-            reply = await stub.Push(push, timeout=self.peers.deadline_s)
+            reply = await self.push(address, push, self.peers.deadline_s)
         except grpc.aio.AioRpcError as exc:
             log.warning("push to gateway %s failed: %s", gateway_id, exc.code().name)
             return 0, len(push.deliveries)

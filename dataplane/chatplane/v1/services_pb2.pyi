@@ -50,16 +50,28 @@ class ClientReplies(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[bytes]] = ..., not_handled: _Optional[str] = ...) -> None: ...
 
 class SendLanes(_message.Message):
-    __slots__ = ("lanes",)
+    __slots__ = ("lanes", "stream_id", "stream_timeout_ms", "stream_trace")
     LANES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TRACE_FIELD_NUMBER: _ClassVar[int]
     lanes: _containers.RepeatedCompositeFieldContainer[ClientRequests]
-    def __init__(self, lanes: _Optional[_Iterable[_Union[ClientRequests, _Mapping]]] = ...) -> None: ...
+    stream_id: int
+    stream_timeout_ms: int
+    stream_trace: str
+    def __init__(self, lanes: _Optional[_Iterable[_Union[ClientRequests, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ..., stream_trace: _Optional[str] = ...) -> None: ...
 
 class SendLanesReply(_message.Message):
-    __slots__ = ("lanes",)
+    __slots__ = ("lanes", "stream_id", "stream_code", "stream_details")
     LANES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CODE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_DETAILS_FIELD_NUMBER: _ClassVar[int]
     lanes: _containers.RepeatedCompositeFieldContainer[ClientReplies]
-    def __init__(self, lanes: _Optional[_Iterable[_Union[ClientReplies, _Mapping]]] = ...) -> None: ...
+    stream_id: int
+    stream_code: int
+    stream_details: str
+    def __init__(self, lanes: _Optional[_Iterable[_Union[ClientReplies, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_code: _Optional[int] = ..., stream_details: _Optional[str] = ...) -> None: ...
 
 class InboxHeadsRequest(_message.Message):
     __slots__ = ("user_ids",)
@@ -154,16 +166,28 @@ class FanOutReply(_message.Message):
     def __init__(self, written: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
 
 class FanOutRequests(_message.Message):
-    __slots__ = ("requests",)
+    __slots__ = ("requests", "stream_id", "stream_timeout_ms", "stream_trace")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TRACE_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[FanOutRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[FanOutRequest, _Mapping]]] = ...) -> None: ...
+    stream_id: int
+    stream_timeout_ms: int
+    stream_trace: str
+    def __init__(self, requests: _Optional[_Iterable[_Union[FanOutRequest, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ..., stream_trace: _Optional[str] = ...) -> None: ...
 
 class FanOutReplies(_message.Message):
-    __slots__ = ("replies",)
+    __slots__ = ("replies", "stream_id", "stream_code", "stream_details")
     REPLIES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CODE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_DETAILS_FIELD_NUMBER: _ClassVar[int]
     replies: _containers.RepeatedCompositeFieldContainer[FanOutReply]
-    def __init__(self, replies: _Optional[_Iterable[_Union[FanOutReply, _Mapping]]] = ...) -> None: ...
+    stream_id: int
+    stream_code: int
+    stream_details: str
+    def __init__(self, replies: _Optional[_Iterable[_Union[FanOutReply, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_code: _Optional[int] = ..., stream_details: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("user_id", "device_id", "gateway_id", "conn_id", "opened_ms")
@@ -202,18 +226,30 @@ class UnregisterReply(_message.Message):
     def __init__(self) -> None: ...
 
 class DeliverRequest(_message.Message):
-    __slots__ = ("deliveries",)
+    __slots__ = ("deliveries", "stream_id", "stream_timeout_ms", "stream_trace")
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TRACE_FIELD_NUMBER: _ClassVar[int]
     deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
-    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ...) -> None: ...
+    stream_id: int
+    stream_timeout_ms: int
+    stream_trace: str
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ..., stream_trace: _Optional[str] = ...) -> None: ...
 
 class DeliverReply(_message.Message):
-    __slots__ = ("pushed", "unreachable")
+    __slots__ = ("pushed", "unreachable", "stream_id", "stream_code", "stream_details")
     PUSHED_FIELD_NUMBER: _ClassVar[int]
     UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CODE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_DETAILS_FIELD_NUMBER: _ClassVar[int]
     pushed: int
     unreachable: int
-    def __init__(self, pushed: _Optional[int] = ..., unreachable: _Optional[int] = ...) -> None: ...
+    stream_id: int
+    stream_code: int
+    stream_details: str
+    def __init__(self, pushed: _Optional[int] = ..., unreachable: _Optional[int] = ..., stream_id: _Optional[int] = ..., stream_code: _Optional[int] = ..., stream_details: _Optional[str] = ...) -> None: ...
 
 class GroupDelivery(_message.Message):
     __slots__ = ("conversation_id", "messages", "members")
@@ -257,16 +293,28 @@ class PresenceReply(_message.Message):
     def __init__(self, devices: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("deliveries",)
+    __slots__ = ("deliveries", "stream_id", "stream_timeout_ms", "stream_trace")
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TRACE_FIELD_NUMBER: _ClassVar[int]
     deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
-    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ...) -> None: ...
+    stream_id: int
+    stream_timeout_ms: int
+    stream_trace: str
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., stream_id: _Optional[int] = ..., stream_timeout_ms: _Optional[int] = ..., stream_trace: _Optional[str] = ...) -> None: ...
 
 class PushReply(_message.Message):
-    __slots__ = ("pushed",)
+    __slots__ = ("pushed", "stream_id", "stream_code", "stream_details")
     PUSHED_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CODE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_DETAILS_FIELD_NUMBER: _ClassVar[int]
     pushed: int
-    def __init__(self, pushed: _Optional[int] = ...) -> None: ...
+    stream_id: int
+    stream_code: int
+    stream_details: str
+    def __init__(self, pushed: _Optional[int] = ..., stream_id: _Optional[int] = ..., stream_code: _Optional[int] = ..., stream_details: _Optional[str] = ...) -> None: ...
 
 class GroupPushRequest(_message.Message):
     __slots__ = ("conversation_id", "head_seq", "frame", "user_ids")

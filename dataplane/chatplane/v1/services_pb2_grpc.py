@@ -74,6 +74,16 @@ class ImStub:
                 request_serializer=chatplane_dot_v1_dot_services__pb2.SendLanes.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.SendLanesReply.FromString,
                 _registered_method=True)
+        self.HandleSendLanesStream = channel.stream_stream(
+                '/chatplane.v1.Im/HandleSendLanesStream',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.SendLanes.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.SendLanesReply.FromString,
+                _registered_method=True)
+        self.FanOutManyStream = channel.stream_stream(
+                '/chatplane.v1.Im/FanOutManyStream',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.FanOutRequests.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutReplies.FromString,
+                _registered_method=True)
 
 
 class ImServicer:
@@ -132,6 +142,21 @@ class ImServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandleSendLanesStream(self, request_iterator, context):
+        """The same two on one long-lived stream per caller (rpc/streams.py): each
+        batch tagged with its stream_id, answered out of order, as its unary
+        call would answer it. A caller that gets UNIMPLEMENTED uses the unary one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FanOutManyStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +199,16 @@ def add_ImServicer_to_server(servicer, server):
                     servicer.HandleSendLanes,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.SendLanes.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.SendLanesReply.SerializeToString,
+            ),
+            'HandleSendLanesStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.HandleSendLanesStream,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.SendLanes.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.SendLanesReply.SerializeToString,
+            ),
+            'FanOutManyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.FanOutManyStream,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.FanOutRequests.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.FanOutReplies.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +437,60 @@ class Im:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def HandleSendLanesStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chatplane.v1.Im/HandleSendLanesStream',
+            chatplane_dot_v1_dot_services__pb2.SendLanes.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.SendLanesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FanOutManyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chatplane.v1.Im/FanOutManyStream',
+            chatplane_dot_v1_dot_services__pb2.FanOutRequests.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.FanOutReplies.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class StateStub:
     """Missing associated documentation comment in .proto file."""
@@ -436,6 +525,11 @@ class StateStub:
                 '/chatplane.v1.State/Presence',
                 request_serializer=chatplane_dot_v1_dot_services__pb2.PresenceRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.PresenceReply.FromString,
+                _registered_method=True)
+        self.DeliverStream = channel.stream_stream(
+                '/chatplane.v1.State/DeliverStream',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.DeliverRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.DeliverReply.FromString,
                 _registered_method=True)
 
 
@@ -472,6 +566,13 @@ class StateServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverStream(self, request_iterator, context):
+        """Deliver on one long-lived stream per caller (as Im.HandleSendLanesStream).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StateServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -499,6 +600,11 @@ def add_StateServicer_to_server(servicer, server):
                     servicer.Presence,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.PresenceRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.PresenceReply.SerializeToString,
+            ),
+            'DeliverStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DeliverStream,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.DeliverRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.DeliverReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -646,6 +752,33 @@ class State:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def DeliverStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chatplane.v1.State/DeliverStream',
+            chatplane_dot_v1_dot_services__pb2.DeliverRequest.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.DeliverReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class GatewayStub:
     """Missing associated documentation comment in .proto file."""
@@ -671,6 +804,11 @@ class GatewayStub:
                 request_serializer=chatplane_dot_v1_dot_services__pb2.KickRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_services__pb2.KickReply.FromString,
                 _registered_method=True)
+        self.PushStream = channel.stream_stream(
+                '/chatplane.v1.Gateway/PushStream',
+                request_serializer=chatplane_dot_v1_dot_services__pb2.PushRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_services__pb2.PushReply.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -694,6 +832,13 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushStream(self, request_iterator, context):
+        """Push on one long-lived stream per caller (as Im.HandleSendLanesStream).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -711,6 +856,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Kick,
                     request_deserializer=chatplane_dot_v1_dot_services__pb2.KickRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_services__pb2.KickReply.SerializeToString,
+            ),
+            'PushStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PushStream,
+                    request_deserializer=chatplane_dot_v1_dot_services__pb2.PushRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_services__pb2.PushReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -794,6 +944,33 @@ class Gateway:
             '/chatplane.v1.Gateway/Kick',
             chatplane_dot_v1_dot_services__pb2.KickRequest.SerializeToString,
             chatplane_dot_v1_dot_services__pb2.KickReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chatplane.v1.Gateway/PushStream',
+            chatplane_dot_v1_dot_services__pb2.PushRequest.SerializeToString,
+            chatplane_dot_v1_dot_services__pb2.PushReply.FromString,
             options,
             channel_credentials,
             insecure,
