@@ -36,6 +36,7 @@ from chatplane.v1 import witness_pb2 as wpb
 from chatplane.v1 import witness_pb2_grpc as wgrpc
 from tests.support.certs import TestCa
 from tests.support.regions import (
+    Cuts,
     RegionProcess,
     WitnessProcess,
     peer_each_other,
@@ -246,17 +247,25 @@ async def test_an_unreachable_witness_changes_nothing_for_chat(tmp_path: Path) -
         assert witness.granted()[grants:] == [], witness.granted()
 
 
+async def cut_eu_off(us: RegionProcess, witness: WitnessProcess, cuts: Cuts
+                     ) -> tuple[int, float]:
+    """Once the chat runs, eu cut from us and from the witness, until us is granted eu's
+    homes; (the grants logged before the cut, when it was cut)."""
+    await asyncio.sleep(1.5)
+    grants = len(witness.granted())  # a region slow to start may have been taken over
+    cut_at = time.monotonic()
+    cuts.eu_witness.block()
+    cuts.partition()
+    await asyncio.to_thread(wait_for, lambda: failover(us)["lost"] == ["eu"], DETECT_S + 10,
+                            "us is granted eu's homes")
+    return grants, cut_at
+
+
 async def test_a_region_cut_from_its_peer_and_the_witness_stops_acking_and_is_taken_over(
         tmp_path: Path) -> None:
     async with witnessed_regions(tmp_path, ENV) as (eu, us, witness, cuts), \
             traffic_between(eu, us) as traffic:
-        await asyncio.sleep(1.5)
-        grants = len(witness.granted())  # a region slow to start may have been taken over
-        cut_at = time.monotonic()
-        cuts.eu_witness.block()
-        cuts.partition()
-        await asyncio.to_thread(wait_for, lambda: failover(us)["lost"] == ["eu"], DETECT_S + 10,
-                                "us is granted eu's homes")
+        grants, cut_at = await cut_eu_off(us, witness, cuts)
         await asyncio.sleep(3.0)  # us acks every chat; eu acks none
         during = {r.name: failover(r) for r in (eu, us)}
         healed_at = time.monotonic()
@@ -368,13 +377,7 @@ async def test_in_async_a_region_cut_from_its_peer_and_the_witness_stops_acking(
     env = {**ENV, "CHATPLANE_REGION_DURABILITY": "async"}
     async with witnessed_regions(tmp_path, env) as (eu, us, witness, cuts), \
             traffic_between(eu, us) as traffic:
-        await asyncio.sleep(1.5)
-        grants = len(witness.granted())  # a region slow to start may have been taken over
-        cut_at = time.monotonic()
-        cuts.eu_witness.block()
-        cuts.partition()
-        await asyncio.to_thread(wait_for, lambda: failover(us)["lost"] == ["eu"], DETECT_S + 10,
-                                "us is granted eu's homes")
+        grants, cut_at = await cut_eu_off(us, witness, cuts)
         await asyncio.sleep(2.0)
         healed_at = time.monotonic()
         cuts.heal()

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import grpc
 
-from chatplane.rpc import serving, streams
+from chatplane.rpc import streams
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
+from tests.support.stream_peer import serve_for_a_test
 
 
 class Owner(sgrpc.ImServicer):
@@ -63,14 +64,8 @@ async def main() -> None:
     parser.add_argument("--cut-first", action="store_true")
     args = parser.parse_args()
     owner = Owner(args.log, args.cut_first)
-    server, port = await serving.start_grpc(
-        "127.0.0.1", args.port, lambda s: sgrpc.add_ImServicer_to_server(owner, s),
-        LinkSecurity("im", secret=args.secret))
-    print(f"ready port={port}", flush=True)
-    try:
-        await asyncio.sleep(120)  # a test's peer never outlives it by much
-    finally:
-        await server.stop(None)
+    await serve_for_a_test(args.port, lambda s: sgrpc.add_ImServicer_to_server(owner, s),
+                           LinkSecurity("im", secret=args.secret))
 
 
 if __name__ == "__main__":

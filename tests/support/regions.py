@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +22,7 @@ from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
 from tests.support.proxy import ChaosProxy
-from tests.support.server import ServerProcess, free_port
+from tests.support.server import ServerProcess, free_port, start_until_ready, stop_process
 from tests.support.traffic import Device
 
 SHARED_KEY = "a-token-key-every-region-shares"
@@ -93,35 +92,14 @@ class WitnessProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = start_until_ready(
             [sys.executable, "-m", "chatplane.cli", "--log-level", "INFO", "witness",
              "--grpc-port", str(self.port), "--data-dir", str(self.data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env)
-        ready = threading.Event()
-
-        def pump(proc: subprocess.Popen[str]) -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                self.output.append(line.rstrip())
-                if "ready" in line:
-                    ready.set()
-
-        threading.Thread(target=pump, args=(self.proc,), daemon=True).start()
-        deadline = time.monotonic() + timeout_s
-        while not ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("chatplane witness did not get ready:\n"
-                                   + "\n".join(self.output))
+            self.env, self.output, timeout_s, "chatplane witness")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, 10)
 
     def granted(self) -> list[str]:
         """The grants it logged ("granted us the takeover of eu (grant 1)")."""

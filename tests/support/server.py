@@ -14,6 +14,43 @@ from pathlib import Path
 from chatplane.cluster import free_port, free_port_pair  # one port picker for every test
 
 
+def stop_process(proc: subprocess.Popen[str], timeout_s: float = 15.0) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout_s`; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+def start_until_ready(args: list[str], env: dict[str, str], output: list[str],
+                      timeout_s: float, what: str) -> subprocess.Popen[str]:
+    """Start `args`, its output lines appended to `output` as they come, and return once
+    it prints its ready line; stop it (SIGTERM, then SIGKILL) and raise with its output
+    if it exits first or `timeout_s` passes."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line.rstrip())
+            if "ready" in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not ready.wait(0.05):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"{what} did not get ready:\n" + "\n".join(output))
+    return proc
+
+
 class ServerProcess:
     def __init__(self, data_dir: Path, *, tcp: bool = True, env: dict[str, str] | None = None,
                  extra_args: list[str] | None = None) -> None:
@@ -43,23 +80,7 @@ class ServerProcess:
                 "--port", str(self.port), *self.extra_args]
         if self.tcp_port:
             args += ["--tcp-port", str(self.tcp_port)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=self.env)
-        ready = threading.Event()
-
-        def pump(proc: subprocess.Popen[str]) -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                self.output.append(line.rstrip())
-                if "ready" in line:
-                    ready.set()
-
-        threading.Thread(target=pump, args=(self.proc,), daemon=True).start()
-        deadline = time.monotonic() + timeout_s
-        while not ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("chatplane up did not get ready:\n" + "\n".join(self.output))
+        self.proc = start_until_ready(args, self.env, self.output, timeout_s, "chatplane up")
 
     def kill(self) -> None:
         """kill -9: no cleanup, no flush."""
@@ -68,13 +89,4 @@ class ServerProcess:
             self.proc.wait(10)
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return None if self.proc is None else stop_process(self.proc, timeout_s)

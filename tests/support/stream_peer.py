@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -70,11 +70,17 @@ async def main() -> None:
                 peer.Push, request_deserializer=spb.PushRequest.FromString,
                 response_serializer=spb.PushReply.SerializeToString)}),))
 
-    server, port = await serving.start_grpc("127.0.0.1", args.port, register,
-                                            LinkSecurity("gateway", secret=args.secret))
+    await serve_for_a_test(args.port, register, LinkSecurity("gateway", secret=args.secret))
+
+
+async def serve_for_a_test(port: int, register: Callable[[grpc.aio.Server], None],
+                           security: LinkSecurity) -> None:
+    """A test's gRPC peer: serve, say `ready port=P`, and stop by itself after 120 s (a
+    test's peer never outlives it by much)."""
+    server, port = await serving.start_grpc("127.0.0.1", port, register, security)
     print(f"ready port={port}", flush=True)
     try:
-        await asyncio.sleep(120)  # a test's peer never outlives it by much
+        await asyncio.sleep(120)
     finally:
         await server.stop(None)
 
