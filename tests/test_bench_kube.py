@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from chatplane.bench.apply import pod_start
+from chatplane.bench.apply import image_size, pod_start
 from chatplane.bench.rollout import LoginRate, rolled_to
 
 
@@ -48,3 +48,12 @@ def test_the_busiest_window_of_logins() -> None:
     meter.samples = [(0.0, 0), (1.0, 10), (2.0, 20), (3.0, 120), (4.0, 130), (10.0, 140)]
     assert meter.peak_per_second(2.0) == 55.0  # 20 → 130 between t=2 and t=4
     assert meter.peak_per_second(1.0) == 100.0
+
+
+def test_the_image_size_is_what_a_node_that_holds_it_reports() -> None:
+    nodes: list[dict[str, Any]] = [{"status": {"images": [
+        {"names": ["chatplane.local/pause:1"], "sizeBytes": 1000},
+        {"names": ["ghcr.io/chatplane/chatplane:0.1.0", "sha256:ab"], "sizeBytes": 371720192},
+    ]}}, {"status": {}}]
+    assert image_size(nodes, "ghcr.io/chatplane/chatplane:0.1.0") == 371720192
+    assert image_size(nodes, "ghcr.io/chatplane/chatplane:0.2.0") is None

@@ -4,7 +4,8 @@ Run where `kubectl` reaches the Kubernetes cluster (with the chart installed). A
 manifest, waits for the ChatCluster's `Ready` condition, and reports the time, then per tier
 how long its pods took to start, from the pods' own status: scheduled → Ready (image, volume
 and container start, the process's start, its readiness probe) and container started →
-Ready (the process alone). The cluster is left running (`bench rollout` can follow).
+Ready (the process alone); and the size of the image they run, as the node reports it.
+The cluster is left running (`bench rollout` can follow).
 """
 
 from __future__ import annotations
@@ -62,6 +63,26 @@ def starts_by_tier(kube: Kubectl, cluster: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def image_size(nodes: list[dict[str, Any]], image: str) -> int | None:
+    """The bytes of `image` as a node that holds it reports it (`status.images`: what
+    the kubelet pulled or was given, unpacked), None if no node lists it."""
+    for node in nodes:
+        for held in node.get("status", {}).get("images") or []:
+            if image in held.get("names", []):
+                return int(held["sizeBytes"])
+    return None
+
+
+def image_of(kube: Kubectl, cluster: str) -> dict[str, Any]:
+    """The image the cluster's gateways run, and its size on the node."""
+    pods = pods_of(kube, cluster, "gateway")
+    if not pods:
+        return {}
+    image = pods[0]["spec"]["containers"][0]["image"]
+    size = image_size(list(kube.get("nodes")["items"]), image)
+    return {"name": image, "mib": round(size / 2**20, 1) if size is not None else None}
+
+
 async def run_apply(args: argparse.Namespace, manifest: str) -> dict[str, Any]:
     kube = Kubectl(args.namespace, args.kubeconfig)
     began = time.monotonic()
@@ -70,7 +91,8 @@ async def run_apply(args: argparse.Namespace, manifest: str) -> dict[str, Any]:
     ready_s = time.monotonic() - began
     status = kube.get("chatcluster", name).get("status", {})
     return {"cluster": f"{args.namespace}/{name}", "version": status.get("version"),
-            "apply_to_ready_s": round(ready_s, 1), "pod_start": starts_by_tier(kube, name)}
+            "apply_to_ready_s": round(ready_s, 1), "pod_start": starts_by_tier(kube, name),
+            "image": image_of(kube, name)}
 
 
 def run_apply_command(args: argparse.Namespace) -> int:
