@@ -24,8 +24,10 @@ TIMEOUT_S = 2.0
 # login deadlines are looked at once a second in one-second buckets (up to
 # ~2 s late, docs/operations.md); then a loaded 2-core machine. The times are
 # taken from the attacker's side, whose loop runs late under 5,000 sockets:
-# they come out shorter than the server's own, never longer.
-SLACK_S = 3.5
+# they come out shorter than the server's own, never longer. A loaded CI machine
+# made it 6.3 s once; the bound stays well below the 10 s defaults, so it still
+# shows the configured 2 s is what closes them.
+SLACK_S = 5.0
 ATTACKERS = 5000
 ATTACKER_IP = "127.0.0.2"  # per-address accounting apart from the clients' 127.0.0.1
 

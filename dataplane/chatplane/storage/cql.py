@@ -340,8 +340,18 @@ class CqlSession:
             self.stats.request(kind, time.perf_counter() - started, conditional=conditional,
                                failed=failed_now)
 
-    async def close(self) -> None:
-        await asyncio.to_thread(self.cluster.shutdown)
+    async def close(self, *, quiet: bool = False) -> None:
+        """Shut the driver down. `quiet` (after a failed start, which the caller
+        reports in one line): the driver's reactor warns when its thread takes
+        over 5 s to join (a loaded machine), which says nothing to act on."""
+        reactors = [logging.getLogger(name) for name in REACTOR_LOGGERS] if quiet else []
+        for logger in reactors:
+            logger.addFilter(_drop_all)
+        try:
+            await asyncio.to_thread(self.cluster.shutdown)
+        finally:
+            for logger in reactors:
+                logger.removeFilter(_drop_all)
 
 
 def approximate_size(items: Sequence[Item]) -> int:
@@ -392,6 +402,7 @@ def describe(exc: BaseException) -> str:
 
 
 QUIET_WHILE_CONNECTING = ("cassandra.cluster", "cassandra.connection", "cassandra.pool")
+REACTOR_LOGGERS = ("cassandra.io.libevreactor", "cassandra.io.asyncorereactor")
 
 
 def ssl_context(settings: CqlSettings) -> ssl.SSLContext | None:

@@ -86,10 +86,10 @@ class ScyllaStorage(social.SocialMethods):
             st = await Statements.prepare(db, keyspace)
             self.store_id = await migrations.store_id(db, keyspace)
         except StorageUnavailable as exc:
-            await db.close()
+            await db.close(quiet=True)
             raise StorageError(f"CQL cluster {self.settings.hosts} unusable: {exc}") from exc
         except BaseException:
-            await db.close()
+            await db.close(quiet=True)
             raise
         self._db, self._st = db, st
         self._heads = Heads(db, st, buckets["message_bucket"], buckets["inbox_bucket"],
