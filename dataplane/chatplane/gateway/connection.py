@@ -242,7 +242,9 @@ class Connection:
 
     # -- the state tier's side (DeviceLink) ----------------------------------
 
-    def push(self, items: Sequence[InboxItem]) -> None:
+    def push(self, items: Sequence[InboxItem], encoded: wire.Encoded | None = None) -> None:
+        """New inbox entries of this device's user (`encoded`: the messages'
+        bytes, shared by the pushes of one delivery; protocol/wire.py)."""
         window = self.window
         if window is None or self.session.phase is not Phase.ACTIVE:
             return
@@ -255,7 +257,7 @@ class Connection:
             elif verdict is Verdict.SYNC_HINT:
                 self.session.send(pb.Frame(sync_hint=pb.SyncHint(inbox_head=item.inbox_seq)))
         if ready:
-            self.session.send_bytes(wire.push_frame(ready))
+            self.session.send_bytes(wire.push_frame(ready, encoded))
             self.gateway.retransmitting.add(self)
             self.gateway.metrics.pushed += len(ready)
         self.flush()

@@ -30,7 +30,7 @@ from chatplane.gateway.connection import Connection, now_ms
 from chatplane.gateway.deadlines import DeadlineBuckets
 from chatplane.gateway.pacing import UserRates
 from chatplane.metrics import Metrics
-from chatplane.protocol import bounds
+from chatplane.protocol import bounds, wire
 from chatplane.protocol.errors import ErrorCode
 from chatplane.protocol.session import SessionLimits
 from chatplane.revocations import RevocationList
@@ -253,9 +253,10 @@ class Gateway:
         """Entries from the state tier: push each to every device of its user
         connected here. Returns how many device pushes were queued."""
         pushed = 0
+        encoded: wire.Encoded = {}  # each message encoded once for all its pushes
         for item in items:
             for conn in tuple(self.users.get(item.user_id, {}).values()):
-                conn.push((item,))
+                conn.push((item,), encoded)
                 pushed += 1
         return pushed
 

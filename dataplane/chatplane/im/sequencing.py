@@ -190,7 +190,7 @@ class Sequencer:
         instance took the lease): with take_back, take it again and retry
         (server-made entries, which any instance may write); else NotOwner
         (a client's send, which the gateway retries on the new owner)."""
-        refused = NotOwner(conversation_id)
+        refused: NotOwner | None = None  # made only when refused: a send pays no exception
         for _ in range(3):
             fence, _ = await self.hold(conversation_id)
             try:
@@ -199,7 +199,7 @@ class Sequencer:
                 refused = self.leases.lose(conversation_id, fence)
                 if not take_back:
                     raise refused from exc
-        raise refused
+        raise refused or NotOwner(conversation_id)
 
     async def appended(self, conversation_id: str, recipients: Sequence[str],
                        call: Callable[[int | None, Collection[str] | None], Awaitable[AppendResult]],
