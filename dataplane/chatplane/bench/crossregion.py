@@ -26,6 +26,7 @@ device of every phase; the exit code is 0 when every phase was clean.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 import tempfile
@@ -39,6 +40,8 @@ from chatplane.bench import peerlag, procstat, report, scrape
 from chatplane.bench.direct import Connector, DirectConfig, DirectRun, SetupError
 
 PHASES = ("local", "replicated", "forwarded", "lag")
+# where the token keys of running regions may come from (as `chatplane token` reads them)
+KEY_VARIABLES = ("CHATPLANE_TOKEN_SECRET", "CHATPLANE_TOKEN_KEYS", "CHATPLANE_TOKEN_KEYS_FILE")
 
 
 @dataclass
@@ -189,7 +192,7 @@ def _pointed_at(args: argparse.Namespace, phases: list[str]) -> dict[str, dict[s
     from chatplane.bench.leanclient import tcp_endpoint
     from chatplane.bench.spread import token_signer
 
-    signer = token_signer(args.data_dir)
+    signer = token_signer(args.data_dir or ".")  # the environment's key set wins
     regions, reports = [], []
     for url, given in ((args.url, args.admin_url), (args.peer_url, args.peer_admin_url)):
         admin = scrape.admin_url(url, given)
@@ -242,10 +245,12 @@ def run_command(args: argparse.Namespace) -> int:
         print("chatplane bench regions: --pairs, --lag-pairs, --rate, --lag-rate and "
               "--duration must be positive, --rtt-ms not negative", file=sys.stderr)
         return 2
-    if bool(args.url) != bool(args.peer_url) or (args.url and (args.rtt_ms or not args.data_dir)):
-        print("chatplane bench regions: give --url and --peer-url (and --data-dir, for the "
-              "token key) of two running regions, or neither (the bench starts two); "
-              "--rtt-ms needs the regions the bench starts", file=sys.stderr)
+    keyed = args.data_dir or any(os.environ.get(k) for k in KEY_VARIABLES)
+    if bool(args.url) != bool(args.peer_url) or (args.url and (args.rtt_ms or not keyed)):
+        print("chatplane bench regions: give --url and --peer-url of two running regions "
+              "(and their shared token key: CHATPLANE_TOKEN_SECRET or --data-dir), or neither "
+              "(the bench starts two); --rtt-ms needs the regions the bench starts",
+              file=sys.stderr)
         return 2
     if not args.url and not set(args.durability.split(",")) <= {"sync", "async"}:
         print("chatplane bench regions: --durability takes sync, async or both", file=sys.stderr)
@@ -286,7 +291,8 @@ def add_parser(workloads: argparse._SubParsersAction) -> None:
     p.add_argument("--admin-url", default="", help="A's admin port (default: --url's port + 1)")
     p.add_argument("--peer-admin-url", default="", help="B's admin port (default: port + 1)")
     p.add_argument("--data-dir", default="", help="with --url: a data dir whose token key "
-                   "both regions share (CHATPLANE_TOKEN_SECRET in the environment wins)")
+                   "both regions share (not needed with CHATPLANE_TOKEN_SECRET or "
+                   "CHATPLANE_TOKEN_KEYS[_FILE] in the environment, which win)")
     p.add_argument("--rtt-ms", type=float, default=0.0, help="round-trip time injected on "
                    "the cross-region link of the regions the bench starts (a delay proxy "
                    "each way, RTT/2 each; default 0: no proxy)")
