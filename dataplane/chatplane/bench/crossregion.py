@@ -97,6 +97,10 @@ def run_phase(phase: str, t: Target, args: argparse.Namespace) -> dict[str, Any]
         if not args.quiet:
             report.print_progress(snap)
 
+    if not args.quiet:
+        print(f"{t.durability} {phase}: senders in {send_in.name}, receivers in "
+              f"{receive_in.name}, homed in {home.name}, {cfg.rate:g} msgs/s over {cfg.pairs} "
+              f"pairs for {cfg.duration:g} s", file=sys.stderr, flush=True)
     pids = {r.name: r.pid for r in (t.a, t.b) if r.pid}
     cpu0 = {name: procstat.cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
     load = procstat.loadavg()
