@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -32,52 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
+from chatplane.ports import free_port, free_port_pair
 from chatplane.supervision import watched
 
-_handed_out: set[int] = set()
-# Ports handed out come from below the kernel's ephemeral range: an outgoing connection
-# takes its local port from that range, and could take one handed out here before the
-# server it is meant for binds it ("address already in use" at start). Above 15000 (out
-# of the way of fixed service ports) and below 30000 (Kubernetes' NodePort range).
-PORTS_LOW, PORTS_HIGH = 15000, 30000
 STATE_FILE = "cluster.json"  # in the workdir: what runs there (bench direct --cluster)
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now, never the same one twice here."""
-    high = min(PORTS_HIGH, _ephemeral_low())
-    for _ in range(1000):
-        port = random.randrange(PORTS_LOW, high)
-        if port not in _handed_out and _bindable(port):
-            _handed_out.add(port)
-            return port
-    raise RuntimeError(f"no free loopback port in {PORTS_LOW}..{high}")
-
-
-def free_port_pair() -> int:
-    """A free port P whose P + 1 is free too: a member's HTTP and admin ports,
-    laid out as `chatplane up`'s (admin = HTTP + 1), which the benches assume."""
-    while True:
-        port = free_port()
-        if port + 1 not in _handed_out and _bindable(port + 1):
-            _handed_out.add(port + 1)
-            return port
 
 
 @dataclass

@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from chatplane.auth import TokenSigner
+from chatplane.bench.failover import history_of, run_failover
 from chatplane.checker import DeliveryChecker
 from tests.support.regions import (
+    FAST_PROBES,
     SHARED_KEY,
     RegionProcess,
     WitnessProcess,
@@ -31,7 +33,6 @@ from tests.support.regions import (
     wait_for,
 )
 from tests.support.traffic import Device
-from tests.tools.failoverbench import history_of, run_failover
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ signer = TokenSigner(SHARED_KEY)
 async def test_kill_of_the_home_region_fails_over_and_the_region_returns_as_a_follower(
         tmp_path: Path) -> None:
     run = await run_failover(tmp_path, after_kill_s=4.0,
-                             env={"CHATPLANE_FAILOVER_AFTER_S": str(DETECT_S)})
+                             env={**FAST_PROBES, "CHATPLANE_FAILOVER_AFTER_S": str(DETECT_S)})
     assert run.acked_before > 20 and run.acked_after > 20, run
     # detection (counted from the last answered Hello, up to one probe interval before
     # the kill), plus the clients' reconnect and resend, within the target
@@ -127,8 +128,8 @@ async def test_a_frozen_home_taken_over_learns_it_and_its_unconfirmed_sends_are_
                 reader = await region_device(eu, f"p{i}", "eu-reader", DeliveryChecker(), timeout_s=30)
                 try:
                     for _ in range(100):
-                        theirs = [(m.seq, m.message_id) for m in await history_of(there, chats[2 * i])]
-                        ours = [(m.seq, m.message_id) for m in await history_of(reader, chats[2 * i])]
+                        theirs = [(m.seq, m.message_id) for m in await history_of(there.client, chats[2 * i])]
+                        ours = [(m.seq, m.message_id) for m in await history_of(reader.client, chats[2 * i])]
                         if theirs == ours:
                             break
                         await asyncio.sleep(0.1)

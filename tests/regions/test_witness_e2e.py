@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 import pytest
 
+from chatplane.bench.failover import history_of
 from chatplane.checker import DeliveryChecker
 from chatplane.v1 import witness_pb2 as wpb
 from chatplane.v1 import witness_pb2_grpc as wgrpc
@@ -47,7 +48,6 @@ from tests.support.regions import (
     witnessed_regions,
 )
 from tests.support.traffic import Device
-from tests.tools.failoverbench import history_of
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ class Traffic:
             try:
                 for _ in range(150):
                     eu_rows, us_rows = [[(m.seq, m.message_id) for m in
-                                         await history_of(r, chat)] for r in readers]
+                                         await history_of(r.client, chat)] for r in readers]
                     if eu_rows == us_rows:
                         break
                     await asyncio.sleep(0.1)

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from chatplane.cluster import free_port, free_port_pair  # one port picker for every test
+from chatplane.ports import free_port, free_port_pair  # one port picker for every test
 
 
 def stop_process(proc: subprocess.Popen[str], timeout_s: float = 15.0) -> int | None:

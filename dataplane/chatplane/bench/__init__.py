@@ -10,8 +10,12 @@ here and in `ladder.py`, the run in `direct.py`, the lean client in
 paint, bundle size, a 10,000-message tab) and the storage tiers' three:
 `hotcache` (the hot tier's policy against LRU, simulated), `archive` (the
 cold archive on embedded storage or S3) and `invalidation` (a change on one
-im instance until every other honours it), each of those in its own module
-with an `add_parser(workloads)`.
+im instance until every other honours it), and the two of regions: `regions`
+(cross-region latency, forwarding, durability modes and replication lag:
+`crossregion.py`) and `failover` (kill -9 of a region under traffic:
+`failover.py`), both on two regions they start themselves
+(`localregions.py`), `regions` on two running ones too; each of those in its
+own module with an `add_parser(workloads)`.
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from chatplane.bench import (
         apply,
         archive,
+        crossregion,
+        failover,
         group,
         handshakes,
         hotcache,
@@ -135,3 +141,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     hotcache.add_parser(workloads)
     archive.add_parser(workloads)
     invalidation.add_parser(workloads)
+    crossregion.add_parser(workloads)
+    failover.add_parser(workloads)

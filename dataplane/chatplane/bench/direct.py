@@ -95,6 +95,9 @@ class DirectConfig:
     lag_metrics_url: str = ""  # the receiving region's admin URL: sample its replication lag
     # a cluster's processes (name -> PID, bench/tiercpu.py): CPU per process, summed as the server's
     cpu_pids: dict[str, int] = field(default_factory=dict)
+    # across regions: the receiver opens each chat and sends first ("home"), so the chat is
+    # homed in the receivers' region and every timed send is forwarded there (bench regions)
+    home_at_receiver: bool = False
 
 
 async def _no_gate() -> None:
@@ -153,6 +156,7 @@ class DirectRun:
         self.pad = "x" * max(0, config.size - 24)
         self.errors: list[str] = []
         self.lag_samples: list[float] = []  # the receiving region's replication lag, entries
+        self.homing = 0  # "home" messages the receivers sent first (home_at_receiver)
 
     # -- setup ---------------------------------------------------------------
     async def _connect_pair(self, i: int, gate: asyncio.Semaphore) -> _Pair:
@@ -169,10 +173,16 @@ class DirectRun:
                     devices.append((user, device, client, is_receiver))
             await asyncio.gather(*(d[2].connect() for d in devices))
             sender, receiver = devices[0][2], devices[1][2]
+            home = None
+            if self.cfg.home_at_receiver:  # the first send places the home
+                home = await receiver.send_text(await receiver.direct(s_user), "home")
+                self.homing += 1
             conv = await sender.direct(r_user)
         for user, device, _, _ in devices:
             self.checker.add_member(conv, user)
             self.checker.add_device(user, device)
+        if home is not None:
+            self.checker.record_ack(r_user, DEVICE, home.conversation_id, home.seq, home.message_id)
         return _Pair(i, s_user, r_user, sender, receiver, conv, devices=devices)
 
     async def _connect_all(self) -> None:
@@ -321,7 +331,7 @@ class DirectRun:
 
     async def _wait_delivered(self, deadline: float) -> None:
         while time.monotonic() < deadline:
-            want = self.acked * max(1, self.cfg.devices)
+            want = (self.acked + self.homing) * max(1, self.cfg.devices)
             if self.delivered >= want and self.echoed >= want:
                 return
             await asyncio.sleep(0.05)

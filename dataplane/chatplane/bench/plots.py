@@ -11,6 +11,9 @@ histogram in `latency_buckets`) and writes:
 - `w1-cpu.png`: server and bench CPU per message (µs) against the offered rate
   (through `--cluster`: the server's is the sum, and each tier has its line).
 
+`write_latency` draws the first of these for any labelled runs (`bench regions`:
+one curve per durability mode and phase).
+
 matplotlib is an optional dependency (`pip install 'chatplane[bench]'`); it is
 imported here only, with the headless Agg backend.
 """
@@ -43,10 +46,11 @@ def _pyplot() -> Any:
 
 
 def _label(rung: dict[str, Any]) -> str:
-    return f"{rung.get('offered_rate', 0):,.0f} msgs/s"
+    return rung.get("label") or f"{rung.get('offered_rate', 0):,.0f} msgs/s"
 
 
-def latency_figure(plt: Any, rungs: list[dict[str, Any]], path: Path) -> None:
+def latency_figure(plt: Any, rungs: list[dict[str, Any]], path: Path,
+                   title: str = "W1 latency distribution") -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     xs = [1 / (1 - p / 100) for p in PERCENTILES]
     for rung in rungs:
@@ -59,7 +63,7 @@ def latency_figure(plt: Any, rungs: list[dict[str, Any]], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xticks(xs, [f"p{p:g}" for p in PERCENTILES], fontsize=8)
     ax.set_ylabel("latency, send call to receipt (ms)")
-    ax.set_title("W1 latency distribution")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -126,3 +130,12 @@ def write_all(rungs: list[dict[str, Any]], directory: str, p99_limit_ms: float =
     ladder_figure(plt, rungs, paths[1], p99_limit_ms)
     cpu_figure(plt, rungs, paths[2])
     return [str(p) for p in paths]
+
+
+def write_latency(runs: list[dict[str, Any]], directory: str, name: str, title: str) -> str:
+    """One latency plot of several runs (each labelled by its `label`); its path."""
+    plt = _pyplot()
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    latency_figure(plt, runs, out / name, title)
+    return str(out / name)

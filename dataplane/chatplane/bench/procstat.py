@@ -18,6 +18,15 @@ _TICK = os.sysconf("SC_CLK_TCK")
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's `st` column
 
 
+def loadavg() -> str:
+    """The machine's load average over 1, 5 and 15 minutes ("2.01 3.40 5.12"), which
+    the benches print beside their figures: the machine is shared."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return ""
+
+
 def cpu_seconds(pid: int) -> float | None:
     """utime + stime of `pid` (all its threads), in seconds; None if gone."""
     try:

@@ -1,13 +1,13 @@
-"""The measurement-only delay proxy (tests/tools/delayproxy.py): every chunk arrives
-at least D ms after it was sent, each way, and the bytes come out in the order they
-went in (here through an echo server behind the proxy)."""
+"""The bench's delay proxy (chatplane/bench/delayproxy.py, `bench regions --rtt-ms`):
+every chunk arrives at least D ms after it was sent, each way, and the bytes come out
+in the order they went in (here through an echo server behind the proxy)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from tests.tools.delayproxy import DelayProxy
+from chatplane.bench.delayproxy import DelayProxy
 
 DELAY_MS = 40
 

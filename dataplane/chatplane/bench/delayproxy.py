@@ -1,15 +1,16 @@
 """A TCP proxy that delays every chunk by D ms each way: injected round-trip time
 for measurements (this kernel has no sch_netem, so `tc qdisc ... netem` fails).
 
-Not part of the product. Each accepted connection gets one connection to the
-target; each direction is a reader that stamps every chunk it reads with
-`now + D` and a writer that sends the chunks in that order once their time has
-come, so order is kept per direction and a connection's round trip grows by
-2 D. The queue between them is bounded (`MAX_CHUNKS`): a slow side pushes back
-on the reader instead of buffering without end. The proxy exits by itself after
-`--max-seconds`.
+A bench tool only: `chatplane bench regions --rtt-ms` starts one per direction on
+the cross-region link of the regions it starts; nothing that serves chat uses it.
+Each accepted connection gets one connection to the target; each direction
+is a reader that stamps every chunk it reads with `now + D` and a writer that
+sends the chunks in that order once their time has come, so order is kept per
+direction and a connection's round trip grows by 2 D. The queue between them
+is bounded (`MAX_CHUNKS`): a slow side pushes back on the reader instead of
+buffering without end. The proxy exits by itself after `--max-seconds`.
 
-    python3 -m tests.tools.delayproxy --listen 127.0.0.1:19191 \\
+    python3 -m chatplane.bench.delayproxy --listen 127.0.0.1:19191 \\
         --target 127.0.0.1:9191 --delay-ms 25 --max-seconds 300
 """
 
