@@ -26,6 +26,7 @@ import asyncio
 import logging
 import math
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,14 @@ from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
 from chatplane.im.admin import AdminApi
 from chatplane.im.service import ImService
-from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, fallbacks_of, make_handler
+from chatplane.ipconf.dispatch import (
+    GatewayInfo,
+    LocalDirectory,
+    PeerHealth,
+    by_health,
+    fallbacks_of,
+    make_handler,
+)
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions import links as region_links
 from chatplane.regions.durability import Durability
@@ -172,12 +180,23 @@ class Node:
         directory = LocalDirectory(self._local_gateways)
         app.add_routes([
             web.get("/ws", websocket_handler),
-            web.get("/v1/dispatch", make_handler(directory, fallbacks_of(
-                self.settings.links.peers, self.settings.server.region))),
+            web.get("/v1/dispatch", make_handler(directory, self._fallbacks())),
             *serving.probe_routes(self._ready, self._probe_details),
         ])
         app.add_routes(webapp.routes(self.signer if self.settings.server.dev_login else None))
         return app
+
+    def _fallbacks(self) -> Callable[[], list[dict[str, str]]]:
+        """The peer regions' gateways for dispatch, ordered by what the probes say now
+        (the nearest region this one reaches first)."""
+        gateways = fallbacks_of(self.settings.links.peers, self.settings.server.region)
+
+        def ordered() -> list[dict[str, str]]:
+            return by_health(gateways, {name: PeerHealth(link.ok, link.rtt_s)
+                                        for name, link in self.prober.links.items()
+                                        if link.verdict is not None or link.failures})
+
+        return ordered
 
     def metrics_registry(self) -> CollectorRegistry:
         """Every tier's figures, once (the registry refuses a name two parts export)."""
