@@ -204,7 +204,8 @@ class Node:
             self.gateway.metrics.families, self.im.families, self.state.groups.families,
             self.storage.families, self.prober.families, certs.families_of(self.certs),
             self.supervisor.families,
-            *([self.sequencing.replication.families] if self.sequencing else []))
+            *([self.sequencing.replication.families, self.sequencing.moves.families]
+              if self.sequencing else []))
 
     def _admin_app(self) -> web.Application:
         """The admin port (rpc/adminport.py)."""

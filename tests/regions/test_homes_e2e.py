@@ -292,6 +292,8 @@ async def test_an_admin_call_moves_a_chats_home_under_traffic_and_back(
         assert (back["home"], back["epoch"], back["moved_from"]) == ("eu", 3, "us")
         await asyncio.wait_for(sending, 60)
         assert served_in_us > 0  # alice's sends were forwarded to us while it was home
+        assert _metric(us, "chatplane_region_homes_moved_here_total") == 1
+        assert _metric(eu, "chatplane_region_homes_handed_off_total") == 1
 
         again = await asyncio.to_thread(_move_home, eu, conversation, "eu")
         assert again == (200, {"conversation_id": conversation, "home": "eu", "epoch": 3,

@@ -33,12 +33,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from prometheus_client.metrics_core import Metric
 
+from chatplane import metrics
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions.homes import MOVE_HOLD_S, Homes, homed
 from chatplane.storage.base import CONVERSATION_HOME, Home, ReplicatedLog, Storage
@@ -163,11 +165,11 @@ class Moves:
         if time.monotonic() >= started + MOVE_HOLD_S / 2:  # the old home may resume soon
             raise _refused(ErrorCode.UNAVAILABLE, "the move took too long: given up")
         taken = Home(self.homes.region, row.epoch + 1, True)
+        self.homes.resume(conversation_id)  # a hand-off of it from here before: over
         stored = await self.homes.learn(CONVERSATION_HOME, conversation_id, taken)
         if stored != taken:
             raise _refused(ErrorCode.UNAVAILABLE, f"this store keeps home {stored.region}"
                            f" epoch {stored.epoch} for {conversation_id!r}: retry")
-        self.homes.resume(conversation_id)  # a hand-off of it from here before: over
         return taken
 
     async def _tell(self, conversation_id: str, taken: Home) -> set[str]:
@@ -198,6 +200,14 @@ class Moves:
         except grpc.aio.AioRpcError as exc:
             log.warning("region %s was not told the move of %s is over: %s", old,
                         conversation_id, exc.code().name)
+
+    def families(self) -> Iterator[Metric]:
+        yield metrics.counter("chatplane_region_homes_moved_here_total",
+                              "conversations whose home an admin call moved to this region",
+                              self.moved_here)
+        yield metrics.counter("chatplane_region_homes_handed_off_total",
+                              "conversations this region stopped sequencing for an admin move"
+                              " (taken by another region, or given up)", self.handed_off)
 
     def _answer(self, conversation_id: str, row: Home, *, moved: bool,
                 **extra: Any) -> dict[str, Any]:
