@@ -130,6 +130,7 @@ class Moves:
                            f" did not hand it off: {exc.code().name}") from exc
         theirs = Home(reply.home.home, reply.home.epoch, reply.home.confirmed)
         if theirs != row:  # it holds another row (a move or failover meanwhile)
+            await self._resume(stub, old, conversation_id)  # it may have stopped for it
             if theirs.region:
                 await homes.learn(CONVERSATION_HOME, conversation_id, theirs)
             raise _refused(ErrorCode.UNAVAILABLE, f"region {old} holds home {theirs.region}"
