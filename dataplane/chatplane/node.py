@@ -26,7 +26,9 @@ import asyncio
 import logging
 import math
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -42,12 +44,21 @@ from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
 from chatplane.im.admin import AdminApi
 from chatplane.im.service import ImService
-from chatplane.ipconf.dispatch import GatewayInfo, LocalDirectory, fallbacks_of, make_handler
+from chatplane.ipconf.dispatch import (
+    GatewayInfo,
+    LocalDirectory,
+    PeerHealth,
+    by_health,
+    fallbacks_of,
+    make_handler,
+)
+from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions import links as region_links
 from chatplane.regions.durability import Durability
 from chatplane.regions.failover import Failover, lease_ttl
 from chatplane.regions.homes import Homes
 from chatplane.regions.leases import Lease, WitnessLink
+from chatplane.regions.moving import Moves
 from chatplane.regions.replication import Replication
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
@@ -127,9 +138,11 @@ class Node:
                                           homes, self.storage, self.prober.links,
                                           settings.links.failover_after_s, homes.durability,
                                           self._witness()))
+            moves = Moves(homes, self.storage, self.storage,
+                          lambda peer: replication.peers[peer].applied_to)
             self.sequencing = region_links.Sequencing(homes, replication, self._home_send,
                                                       self.im.groups.handle_op,
-                                                      self.im.groups.admin_change)
+                                                      self.im.groups.admin_change, moves)
             self.im.sequencer.homes = homes
             self.prober.extra = replication.report
             self.prober.extra_region = replication.log_report
@@ -167,12 +180,23 @@ class Node:
         directory = LocalDirectory(self._local_gateways)
         app.add_routes([
             web.get("/ws", websocket_handler),
-            web.get("/v1/dispatch", make_handler(directory, fallbacks_of(
-                self.settings.links.peers, self.settings.server.region))),
+            web.get("/v1/dispatch", make_handler(directory, self._fallbacks())),
             *serving.probe_routes(self._ready, self._probe_details),
         ])
         app.add_routes(webapp.routes(self.signer if self.settings.server.dev_login else None))
         return app
+
+    def _fallbacks(self) -> Callable[[], list[dict[str, str]]]:
+        """The peer regions' gateways for dispatch, ordered by what the probes say now
+        (the nearest region this one reaches first)."""
+        gateways = fallbacks_of(self.settings.links.peers, self.settings.server.region)
+
+        def ordered() -> list[dict[str, str]]:
+            return by_health(gateways, {name: PeerHealth(link.ok, link.rtt_s)
+                                        for name, link in self.prober.links.items()
+                                        if link.verdict is not None or link.failures})
+
+        return ordered
 
     def metrics_registry(self) -> CollectorRegistry:
         """Every tier's figures, once (the registry refuses a name two parts export)."""
@@ -180,7 +204,8 @@ class Node:
             self.gateway.metrics.families, self.im.families, self.state.groups.families,
             self.storage.families, self.prober.families, certs.families_of(self.certs),
             self.supervisor.families,
-            *([self.sequencing.replication.families] if self.sequencing else []))
+            *([self.sequencing.replication.families, self.sequencing.moves.families]
+              if self.sequencing else []))
 
     def _admin_app(self) -> web.Application:
         """The admin port (rpc/adminport.py)."""
@@ -193,8 +218,21 @@ class Node:
             *self.prober.routes(),
         ])
         app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im.groups,
-                                audit=self.audit, on_revoked=self._revoked).routes())
+                                audit=self.audit, on_revoked=self._revoked,
+                                move_home=self._move_home if self.sequencing else None,
+                                ).routes())
         return app
+
+    async def _move_home(self, conversation_id: str, region: str) -> dict[str, Any]:
+        """The admin API's home move (regions/moving.py), made on the region that takes
+        the home: it waits for the old home's log, so it runs where that is applied."""
+        assert self.sequencing is not None
+        me = self.settings.server.region
+        if region != me:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT,
+                                f"field region: make this call on region {region}'s admin"
+                                f" port (the region that takes the home), not on {me}'s")
+        return await self.sequencing.moves.move_here(conversation_id)
 
     async def _revoked(self, revocation: Revocation) -> None:
         """A revocation made here closes its sessions now, not at the next poll."""

@@ -70,6 +70,8 @@ class Reason:
     RECOVERED = "Recovered"
     ROLLOUT_PAUSED = "RolloutPaused"
     REPLICATION_WIRED = "ReplicationWired"
+    REPLICATION_IN_SYNC = "ReplicationInSync"
+    REPLICATION_LAGGING = "ReplicationLagging"
     MIGRATION_PENDING = "MigrationPending"
     REGION_NOT_WIRED = "RegionNotWired"
     PEERS_REACHABLE = "PeersReachable"
@@ -138,6 +140,10 @@ class Message:
         "would stop verifying; rotate to another id instead"
     )
     PEER_CIDR = "peers[].cidrs must be IP networks in CIDR form, e.g. 10.8.0.0/16"
+    REPLICATION_BOUNDS = (
+        "replication.maxLagEntries must be >= 0 and replication.maxSilenceSeconds between "
+        "2 and 3600"
+    )
     REMOVED_WITH_REPLICAS = (
         "a region or peer cannot be removed while the keyspace keeps replicas in its "
         "datacenter: set its replicationFactor to 0 first, wait until status.storage.migrated "
@@ -295,6 +301,17 @@ class Observability:
 
 
 @dataclasses.dataclass(frozen=True)
+class Replication:
+    """When `ReplicationReady` holds: the most a region may trail a peer's replicated log
+    (docs/operator.md, "Replication across regions and clusters")."""
+
+    max_lag_entries: int = 1000  # the peer's log positions not applied yet
+    # the longest without a batch from the peer: a healthy stream carries one (or a
+    # heartbeat) every second and is reopened after 3 s of silence
+    max_silence_seconds: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
 class ChatCluster:
     """A parsed ChatCluster: metadata the builders need plus the defaulted spec."""
 
@@ -314,6 +331,7 @@ class ChatCluster:
     tls: Tls = dataclasses.field(default_factory=Tls)
     network_policy: NetworkPolicy = dataclasses.field(default_factory=NetworkPolicy)
     auth: Auth = dataclasses.field(default_factory=Auth)
+    replication: Replication = dataclasses.field(default_factory=Replication)
     # Not from the spec: the token key ids the key Secret holds now, first signs (filled in
     # by the reconciler; they go into the config hash, so a key change rolls the pods).
     token_kids: tuple[str, ...] = ()
@@ -470,7 +488,14 @@ def parse(body: Mapping[str, Any]) -> ChatCluster:
         tls=apisecurity.parse_tls(_get(spec, "tls", {})),
         network_policy=apisecurity.parse_network_policy(_get(spec, "networkPolicy", {})),
         auth=apisecurity.parse_auth(_get(spec, "auth", {})),
+        replication=_replication(_get(spec, "replication", {})),
     )
+
+
+def _replication(d: Mapping[str, Any]) -> Replication:
+    return Replication(
+        max_lag_entries=int(_get(d, "maxLagEntries", Replication.max_lag_entries)),
+        max_silence_seconds=int(_get(d, "maxSilenceSeconds", Replication.max_silence_seconds)))
 
 
 def _peer_errors(cluster: ChatCluster) -> list[str]:
@@ -548,6 +573,9 @@ def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
             errors.append(Message.REPLICATION)
     errors += _peer_errors(cluster)
     errors += _security_errors(cluster)
+    bounds = cluster.replication
+    if bounds.max_lag_entries < 0 or not 2 <= bounds.max_silence_seconds <= 3600:
+        errors.append(Message.REPLICATION_BOUNDS)
     if cluster.upgrade.drain_rate <= 0:
         errors.append(Message.DRAIN_RATE)
     if not 1 <= cluster.upgrade.drain_deadline_seconds <= 3600:

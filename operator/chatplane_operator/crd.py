@@ -221,6 +221,18 @@ def _spec() -> Schema:
             "archive": _archive(),
         }, default={}),
         "peers": _peers(),
+        "replication": _obj("When ReplicationReady holds: how far behind a region may apply "
+                            "a peer's replicated log (reported by data planes that replicate "
+                            "their own log; a multi-datacenter keyspace replicates in the "
+                            "database).", {
+            "maxLagEntries": _int("Most log positions of a peer not yet applied in a region.",
+                                  api.Replication.max_lag_entries),
+            "maxSilenceSeconds": _int("Longest a region may go without a batch (or heartbeat) "
+                                      "of a peer's log; a healthy stream brings one every "
+                                      "second.", api.Replication.max_silence_seconds),
+        }, default={}, **{"x-kubernetes-validations": [
+            _rule("self.maxLagEntries >= 0 && self.maxSilenceSeconds >= 2 && "
+                  "self.maxSilenceSeconds <= 3600", api.Message.REPLICATION_BOUNDS)]}),
         "auth": _obj("Token signing. Without tokenSecretRef a Secret is generated once.", {
             "tokenSecretRef": _secret_ref("Secret key holding the token signing key, shared by "
                                           "every region.", "token"),
@@ -448,6 +460,22 @@ def _status() -> Schema:
                               "protocol or token key) or NotListed (pods on an older list).",
                               enum=["Reachable", "Unreachable", "Mismatch", "NotListed"]),
                 "message": _str("The error, with the im pod that saw it."),
+                "replication": _obj(
+                    "How far behind the region applies the peer's log (the im pod furthest "
+                    "behind); absent where the keyspace replicates.", {
+                        "state": _str("InSync, Lagging (over maxLagEntries), Stalled (no "
+                                      "batch for maxSilenceSeconds) or Trimmed (the peer "
+                                      "trimmed its log past what was applied).",
+                                      enum=["InSync", "Lagging", "Stalled", "Trimmed"]),
+                        "lag": _int("The peer's log positions not applied yet."),
+                        "appliedTo": _int("The peer's log position applied.", format="int64"),
+                        "peerHead": _int("The peer's newest log position, as it last said.",
+                                         format="int64"),
+                        "connected": {"type": "boolean",
+                                      "description": "The stream of the peer's log is open."},
+                        "lastBatchSecondsAgo": _int("Seconds since the last batch or "
+                                                    "heartbeat."),
+                    }),
             })},
     })
     return _obj("Observed state, written by the operator.", {

@@ -8,6 +8,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from chatplane_operator import api, lags
+
 OK, MISMATCH, UNREACHABLE = "ok", "mismatch", "unreachable"
 MISSING = "missing"  # a region without a report, or a peer not (yet) in every pod's list
 _WORSE = {OK: 0, MISMATCH: 1, UNREACHABLE: 2}
@@ -35,6 +37,9 @@ class RegionPeers:
     answered: tuple[str, ...] = ()  # pods that reported
     silent: tuple[str, ...] = ()  # "pod: why", pods that did not
     peers: Mapping[str, PeerSeen] = dataclasses.field(default_factory=dict)
+    # how far behind this region applies each peer's log (only where the data plane
+    # replicates its own log: lags.py)
+    lags: Mapping[str, lags.PeerLag] = dataclasses.field(default_factory=dict)
 
     def seen(self, peer: str) -> PeerSeen | None:
         """None: no answering pod lists this peer (a pod not yet rolled to the new list)."""
@@ -54,6 +59,7 @@ def summarize(reports: Sequence[PodReport]) -> RegionPeers:
     (it runs an older peer list: `RegionPeers.seen` then says None if no pod lists it)."""
     answered, silent = [], []
     peers: dict[str, PeerSeen] = {}
+    behind: dict[str, lags.PeerLag] = {}
     listed: dict[str, int] = {}
     for report in reports:
         views = (report.body or {}).get("peers")
@@ -65,6 +71,9 @@ def summarize(reports: Sequence[PodReport]) -> RegionPeers:
             if not isinstance(view, Mapping) or "name" not in view:
                 continue
             name, seen = str(view["name"]), _state(view)
+            lag = lags.of_view(view.get("replication"), report.pod)
+            if lag is not None:
+                behind[name] = lags.worse(behind.get(name), lag)
             listed[name] = listed.get(name, 0) + 1
             if seen.state != OK:
                 seen = PeerSeen(seen.state, f"{seen.detail} (pod {report.pod})")
@@ -74,7 +83,7 @@ def summarize(reports: Sequence[PodReport]) -> RegionPeers:
     for name, count in listed.items():  # listed by some answering pods only
         if count < len(answered) and peers[name].state == OK:
             peers[name] = PeerSeen(MISSING, "not listed by every im pod yet")
-    return RegionPeers(tuple(answered), tuple(silent), peers)
+    return RegionPeers(tuple(answered), tuple(silent), peers, behind)
 
 
 SEVERITY = (UNREACHABLE, MISMATCH, MISSING)
@@ -106,15 +115,21 @@ STATUS_STATES = {OK: "Reachable", UNREACHABLE: "Unreachable", MISMATCH: "Mismatc
                  MISSING: "NotListed"}
 
 
-def status_rows(peers: Sequence[str], view: RegionPeers) -> list[dict[str, str]]:
-    """`status.regions[].peers`: what the region's im pods say of each peer it should see."""
-    rows = []
+def status_rows(peers: Sequence[str], view: RegionPeers,
+                bounds: api.Replication) -> list[dict[str, Any]]:
+    """`status.regions[].peers`: what the region's im pods say of each peer it should see
+    (and, where they replicate its log, how far behind: `replication`)."""
+    rows: list[dict[str, Any]] = []
     for peer in peers:
         seen = view.seen(peer)
         if seen is None:
             rows.append({"name": peer, "state": "NotListed",
                          "message": "no im pod lists this peer yet"})
-        else:
-            rows.append({"name": peer, "state": STATUS_STATES[seen.state],
-                         "message": seen.detail})
+            continue
+        row: dict[str, Any] = {"name": peer, "state": STATUS_STATES[seen.state],
+                               "message": seen.detail}
+        lag = view.lags.get(peer)
+        if lag is not None:
+            row["replication"] = lags.status_row(lag, bounds)
+        rows.append(row)
     return rows

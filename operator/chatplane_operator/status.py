@@ -19,7 +19,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chatplane_operator import api, podstate, reachability
+from chatplane_operator import api, lags, podstate, reachability
 from chatplane_operator.specs import config
 
 C = api.ConditionType
@@ -179,7 +179,8 @@ def compute(
             "conditions": conds,
             **({"rollout": dict(obs.rollout)} if obs.rollout is not None else {}),
             **({"peers": reachability.status_rows(
-                [p["name"] for p in config.peers(cluster, region)], obs.peers)}
+                [p["name"] for p in config.peers(cluster, region)], obs.peers,
+                cluster.replication)}
                if obs.peers is not None and obs.peers.answered else {}),
         })
     prev = previous.get("conditions") or []
@@ -251,8 +252,10 @@ def _replication(cluster: api.ChatCluster, observations: Mapping[str, RegionObse
                  storage: Mapping[str, Any], gen: int, prev: Sequence[Mapping[str, Any]],
                  now: str | None) -> dict[str, Any]:
     """ReplicationReady: every region was applied with its full peer list (the ConfigMap's
-    CHATPLANE_PEERS), the migration Job for the current keyspace map has succeeded, and
-    every region's data plane reports every peer reachable (and answering as expected)."""
+    CHATPLANE_PEERS), the migration Job for the current keyspace map has succeeded, every
+    region's data plane reports every peer reachable (and answering as expected), and
+    applies every peer's replicated log within `spec.replication` (where it replicates
+    one: lags.py)."""
     def cond(ok: bool | None, reason: str, message: str) -> dict[str, Any]:
         return condition(C.REPLICATION_READY, ok, reason, message, gen, prev, now)
 
@@ -277,7 +280,17 @@ def _replication(cluster: api.ChatCluster, observations: Mapping[str, RegionObse
                     f"every region lists its {count} peer(s); {applied}; no region's data "
                     "plane reports its peers yet")
     found = reachability.problems(expected, views)
-    if found:
-        return cond(False, _PEER_REASONS[found[0][0]], "; ".join(m for _, m in found))
-    return cond(True, R.PEERS_REACHABLE,
-                f"every region's data plane reaches its {count} peer(s); {applied}")
+    behind = lags.problems(expected, {n: v.lags for n, v in views.items() if v is not None},
+                           cluster.replication)
+    if found:  # an unreachable peer first: its lag only says since when
+        return cond(False, _PEER_REASONS[found[0][0]], "; ".join([m for _, m in found] + behind))
+    if behind:
+        return cond(False, R.REPLICATION_LAGGING, "; ".join(behind))
+    reached = f"every region's data plane reaches its {count} peer(s)"
+    if not any(v is not None and v.lags for v in views.values()):
+        # the keyspace carries the data between datacenters: no log of ours to judge
+        return cond(True, R.PEERS_REACHABLE, f"{reached}; {applied}")
+    bounds = cluster.replication
+    return cond(True, R.REPLICATION_IN_SYNC,
+                f"{reached} and applies their logs within {bounds.max_lag_entries} entries "
+                f"and {bounds.max_silence_seconds} s; {applied}")

@@ -189,7 +189,7 @@ def test_a_region_without_a_report_or_an_older_peer_list_is_missing(body: dict[s
     views = {"eu": reachability.summarize([_report("eu-im-0", us=UP)]), "us": silent}
     missing = _replication_with(body, views)
     assert (missing["status"], missing["reason"]) == ("False", "PeerReportMissing")
-    assert reachability.status_rows(["us", "ap"], views["eu"])[1] == {
+    assert reachability.status_rows(["us", "ap"], views["eu"], api.Replication())[1] == {
         "name": "ap", "state": "NotListed", "message": "no im pod lists this peer yet"}
     assert missing["message"] == ("eu → ap: not in its peer list yet; "
                                   "us: no peer report (us-im-0: timed out)")
@@ -201,8 +201,77 @@ def test_a_peer_listed_by_only_some_pods_is_not_seen_yet() -> None:
     assert view.seen("ap") == reachability.PeerSeen("missing", "not listed by every im pod yet")
     found = reachability.problems({"eu": ["us", "ap"]}, {"eu": view})
     assert found == [("missing", "eu → ap: not listed by every im pod yet")]
-    assert reachability.status_rows(["ap"], view)[0]["state"] == "NotListed"
+    assert reachability.status_rows(["ap"], view, api.Replication())[0]["state"] == "NotListed"
     assert view.seen("sa") is None and view.answered == ("a", "b")
+
+
+def _replicating(lag: int = 0, ago: float | None = 0.4, trimmed: bool = False,
+                 error: str = "") -> dict[str, Any]:
+    """A reachable peer whose log the pod applies (`/v1/peers` of `chatplane up`)."""
+    return {**UP, "replication": {
+        "applied_to": 500, "peer_head": 500 + lag, "lag": lag, "connected": ago is not None,
+        "entries_applied": 500, "last_batch_s_ago": ago, "reconnects": 0, "error": error,
+        "trimmed_past_cursor": trimmed}}
+
+
+def test_replication_ready_when_every_region_applies_every_peers_log_within_bounds(
+    body: dict[str, Any],
+) -> None:
+    views = {"eu": reachability.summarize([_report("eu-im-0", us=_replicating(12), ap=UP)]),
+             "us": reachability.summarize([_report("us-im-0", eu=_replicating(), ap=UP)])}
+    ready = _replication_with(body, views)
+    assert (ready["status"], ready["reason"]) == ("True", "ReplicationInSync")
+    assert ("every region's data plane reaches its 2 peer(s) and applies their logs within "
+            "1000 entries and 10 s") in ready["message"]
+    eu = next(r for r in _status_with(body, views)["regions"] if r["name"] == "eu")
+    assert eu["peers"][0]["replication"] == {"state": "InSync", "lag": 12, "appliedTo": 500,
+                                             "peerHead": 512, "connected": True,
+                                             "lastBatchSecondsAgo": 0}
+    assert "replication" not in eu["peers"][1]  # ap: the keyspace replicates, no log lag
+
+
+def test_a_lagging_peer_makes_replication_not_ready_naming_region_peer_and_lag(
+    body: dict[str, Any],
+) -> None:
+    views = {"eu": reachability.summarize([_report("eu-im-0", us=_replicating(3), ap=UP),
+                                           _report("eu-im-1", us=_replicating(1500), ap=UP)]),
+             "us": reachability.summarize([_report("us-im-0", eu=_replicating(), ap=UP)])}
+    lagging = _replication_with(body, views)
+    assert (lagging["status"], lagging["reason"]) == ("False", "ReplicationLagging")
+    assert lagging["message"] == "eu ← us: lag 1500 entries (max 1000) (pod eu-im-1)"
+    body["spec"]["replication"] = {"maxLagEntries": 2000}
+    assert _replication_with(body, views)["status"] == "True"  # the bound is the spec's
+
+
+def test_a_silent_or_trimmed_stream_is_not_ready_even_with_no_lag(body: dict[str, Any]) -> None:
+    stalled = {"eu": reachability.summarize([_report(
+                   "eu-im-0", us=_replicating(0, 42.5, error="UNAVAILABLE: reset"), ap=UP)]),
+               "us": reachability.summarize([_report("us-im-0", eu=_replicating(0, None),
+                                                     ap=UP)])}
+    down = _replication_with(body, stalled)
+    assert (down["status"], down["reason"]) == ("False", "ReplicationLagging")
+    assert down["message"] == (
+        "eu ← us: lag 0 entries, last batch 42.5 s ago (max 10 s), UNAVAILABLE: reset "
+        "(pod eu-im-0); us ← eu: lag 0 entries, no batch yet (max 10 s) (pod us-im-0)")
+    rows = {r["name"]: r["peers"][0]["replication"]["state"]
+            for r in _status_with(body, stalled)["regions"]}
+    assert rows == {"eu": "Stalled", "us": "Stalled"}
+    trimmed = {"eu": reachability.summarize([_report("eu-im-0", us=_replicating(9, 0.2, True),
+                                                     ap=UP)]),
+               "us": reachability.summarize([_report("us-im-0", eu=_replicating(), ap=UP)])}
+    assert "eu ← us: the peer trimmed its log past position 500" in _replication_with(
+        body, trimmed)["message"]
+
+
+def test_an_unreachable_peer_is_named_first_with_the_lag_after(body: dict[str, Any]) -> None:
+    cut = {**DOWN, "replication": _replicating(0, 30.0)["replication"]}
+    views = {"eu": reachability.summarize([_report("eu-im-0", us=cut, ap=UP)]),
+             "us": reachability.summarize([_report("us-im-0", eu=_replicating(), ap=UP)])}
+    down = _replication_with(body, views)
+    assert (down["status"], down["reason"]) == ("False", "PeerUnreachable")
+    assert down["message"] == ("eu → us: UNAVAILABLE: connection refused (pod eu-im-0); "
+                               "eu ← us: lag 0 entries, last batch 30.0 s ago (max 10 s) "
+                               "(pod eu-im-0)")
 
 
 def _pod(name: str, region: str, tier: str, version: str, ready: bool = True,

@@ -11,6 +11,9 @@ import functools
 import json
 import os
 import signal
+import sqlite3
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,13 @@ import pytest
 
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
-from tests.support.regions import SHARED_KEY, RegionProcess, region_device, two_regions, wait_for
+from tests.support.regions import (
+    SHARED_KEY,
+    RegionProcess,
+    region_device,
+    two_regions,
+    wait_for,
+)
 from tests.support.traffic import Device, send_many, wait_until_received
 
 pytestmark = pytest.mark.slow
@@ -209,6 +218,150 @@ async def _paced(device: Device, conversation: str, count: int, pause_s: float) 
     for i in range(count):
         await send_many(device, conversation, 1, f"paced-{i}")
         await asyncio.sleep(pause_s)
+
+
+def _move_home(region: RegionProcess, conversation: str, to: str) -> tuple[int, dict[str, Any]]:
+    """POST /v1/admin/conversations/{id}/home on `region`'s admin port."""
+    request = urllib.request.Request(
+        f"{region.admin_url}/v1/admin/conversations/{conversation}/home",
+        data=json.dumps({"region": to}).encode(), method="POST",
+        headers={"Authorization": f"Bearer {region.admin_secret}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def _history(device: Device, conversation: str) -> list[tuple[int, str]]:
+    page = await device.client.history(conversation, limit=200)
+    device.checker.check_history(device.user, device.device, conversation,
+                                 [(m.seq, m.message_id) for m in page])
+    return [(m.seq, m.message_id) for m in page]
+
+
+@pytest.fixture(params=["sync", "async"])
+def durable_regions(request: pytest.FixtureRequest,
+                    tmp_path: Path) -> Iterator[tuple[RegionProcess, RegionProcess]]:
+    """eu and us in either durability mode (async: the old home acks what the new
+    one may not have applied yet, so only the hand-off keeps seqs apart)."""
+    with two_regions(tmp_path, {"CHATPLANE_REGION_DURABILITY": request.param}) as (eu, us):
+        for me, other in ((eu, us), (us, eu)):
+            wait_for(functools.partial(_sees, me, other.name), 20, f"{me.name} sees {other.name}")
+        yield eu, us
+
+
+async def test_an_admin_call_moves_a_chats_home_under_traffic_and_back(
+    durable_regions: tuple[RegionProcess, RegionProcess],
+) -> None:
+    """alice (eu) and bob (us) send all along; the chat is homed in eu (alice's first
+    send). The admin call on us moves its home to us while both send, then the call on
+    eu moves it back: every send is acked once, no seq names two messages in either
+    region's store, and after each move the new home sequences (sends from it are no
+    longer forwarded)."""
+    eu, us = durable_regions
+    checker = DeliveryChecker()
+    alice = await _device(eu, "alice", "a", checker)
+    bob = await _device(us, "bob", "b", checker)
+    devices = [alice, bob]
+    devices_sending: list[asyncio.Future[Any]] = []
+    try:
+        conversation = await alice.client.direct("bob")
+        await bob.client.direct("alice")
+        checker.add_member(conversation, "alice")
+        checker.add_member(conversation, "bob")
+        await send_many(alice, conversation, 1, "first")  # homed in eu
+        status, body = await asyncio.to_thread(_move_home, eu, conversation, "us")
+        assert status == 400 and "make this call on region us's admin port" in body["error"]
+
+        sending = asyncio.gather(_paced(alice, conversation, 60, 0.02),
+                                 _paced(bob, conversation, 60, 0.02))
+        devices_sending.append(sending)
+        await asyncio.sleep(0.5)
+        forwarded_before = _metric(us, "chatplane_region_sends_forwarded_total")
+        status, moved = await asyncio.to_thread(_move_home, us, conversation, "us")
+        assert status == 200, moved
+        assert (moved["home"], moved["epoch"], moved["moved"]) == ("us", 2, True)
+        assert moved["moved_from"] == "eu"
+        await asyncio.sleep(0.5)  # bob's sends now sequenced in us, alice's forwarded there
+        assert _metric(us, "chatplane_region_sends_forwarded_total") == forwarded_before \
+            or not sending.done()
+        served_in_us = _metric(us, "chatplane_region_sends_served_total")
+        status, back = await asyncio.to_thread(_move_home, eu, conversation, "eu")
+        assert status == 200, back
+        assert (back["home"], back["epoch"], back["moved_from"]) == ("eu", 3, "us")
+        await asyncio.wait_for(sending, 60)
+        assert served_in_us > 0  # alice's sends were forwarded to us while it was home
+        assert _metric(us, "chatplane_region_homes_moved_here_total") == 1
+        assert _metric(eu, "chatplane_region_homes_handed_off_total") == 1
+
+        again = await asyncio.to_thread(_move_home, eu, conversation, "eu")
+        assert again == (200, {"conversation_id": conversation, "home": "eu", "epoch": 3,
+                               "moved": False})
+        await send_many(bob, conversation, 5, "after")  # sends go on after the moves
+        await wait_until_received(devices, 126, 25)
+        for device in devices:
+            device.judge()
+        in_eu = await _history(alice, conversation)
+        in_us = await _history(bob, conversation)
+        assert [seq for seq, _ in in_eu] == list(range(1, 127))
+        assert in_us == in_eu  # one message per seq, the same in both regions' stores
+        verdict = checker.verdict()
+        assert verdict.acked == 126 and verdict.ok, verdict.summary()
+    finally:
+        for sending in devices_sending:
+            sending.cancel()
+        await asyncio.gather(*devices_sending, return_exceptions=True)
+        await _stop_all(devices)
+
+
+async def test_sends_the_old_home_sequenced_as_it_handed_off_are_never_acked_there(
+    tmp_path: Path,
+) -> None:
+    """async durability: alice's sends are in flight in eu (the home) when the move
+    starts: eu's store is stuck (the test holds its SQLite write lock), so they commit
+    only after eu handed off at its log head. us takes the home without them (past the
+    head), so eu must not ack them: the SDK resends each, and us sequences it. Acked
+    there, their seqs would be given again by us."""
+    with two_regions(tmp_path, {"CHATPLANE_REGION_DURABILITY": "async"}) as (eu, us):
+        wait_for(functools.partial(_sees, us, "eu"), 20, "us sees eu")
+        checker = DeliveryChecker()
+        alice = await _device(eu, "alice", "a", checker)
+        bob = await _device(us, "bob", "b", checker)
+        devices = [alice, bob]
+        try:
+            conversation = await alice.client.direct("bob")
+            await bob.client.direct("alice")
+            checker.add_member(conversation, "alice")
+            checker.add_member(conversation, "bob")
+            await send_many(alice, conversation, 1, "first")  # homed in eu
+            await wait_until_received(devices, 1, 10)
+            store = sqlite3.connect(tmp_path / "eu" / "chatplane.db", timeout=10,
+                                    isolation_level=None)
+            store.execute("BEGIN IMMEDIATE")
+            try:
+                in_flight = asyncio.ensure_future(send_many(alice, conversation, 4, "held"))
+                await asyncio.sleep(0.3)  # past eu's home check, waiting on its store
+                moving = asyncio.ensure_future(asyncio.to_thread(_move_home, us, conversation,
+                                                                 "us"))
+                await asyncio.sleep(1.5)
+            finally:
+                store.execute("ROLLBACK")
+                store.close()
+            status, moved = await asyncio.wait_for(moving, 20)
+            assert status == 200 and moved["home"] == "us", moved
+            await asyncio.wait_for(in_flight, 30)
+            assert alice.client.send_retries >= 1  # refused by eu, resent, sequenced by us
+            await send_many(bob, conversation, 5, "in-us")
+            await wait_until_received(devices, 10, 20)
+            in_eu = await _history(alice, conversation)
+            in_us = await _history(bob, conversation)
+            assert [seq for seq, _ in in_us] == list(range(1, 11))
+            assert in_us == in_eu
+            verdict = checker.verdict()
+            assert verdict.acked == 10 and verdict.ok, verdict.summary()
+        finally:
+            await _stop_all(devices)
 
 
 def test_a_region_shows_its_replication_per_peer(

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.regions import RegionProcess, two_regions, wait_for
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +135,32 @@ def test_a_bad_peer_list_stops_the_start_with_one_line(tmp_path: Path, peers: st
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "CHATPLANE_PEERS" in result.stderr and says in result.stderr
+
+
+def test_dispatch_offers_the_region_it_reaches_before_one_it_cannot(tmp_path: Path) -> None:
+    """eu lists ap first and us second, each with a public gateway; ap does not answer
+    (nothing listens at its endpoint), us does: eu's dispatch offers us's gateway
+    before ap's, and ap's still (a client may reach it when eu cannot)."""
+    eu = RegionProcess(tmp_path / "eu", "eu")
+    us = RegionProcess(tmp_path / "us", "us")
+    dead = free_port()
+    eu.set_peers([{"name": "ap", "endpoint": f"127.0.0.1:{dead}", "ws": "ws://ap.example/ws"},
+                  {"name": "us", "endpoint": us.endpoint, "ws": "ws://us.example/ws"}])
+    us.set_peers([{"name": "eu", "endpoint": eu.endpoint}])
+    try:
+        us.start()
+        eu.start()
+        wait_for(lambda: _seen(eu, "us") and _unreachable(eu, "ap"), 20, "us up, ap down")
+
+        def fallbacks() -> list[str]:
+            with urllib.request.urlopen(f"{eu.url}/v1/dispatch?uid=alice", timeout=5) as resp:
+                endpoints = json.loads(resp.read())["endpoints"]
+            return [e["gateway_id"] for e in endpoints if e["gateway_id"].startswith("region:")]
+
+        assert fallbacks() == ["region:us", "region:ap"]
+        us.kill()
+        wait_for(lambda: _unreachable(eu, "us"), 20, "us down")
+        assert fallbacks() == ["region:ap", "region:us"]  # neither answers: the list's order
+    finally:
+        eu.stop()
+        us.stop()

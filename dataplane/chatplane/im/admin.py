@@ -9,6 +9,8 @@
     DELETE /v1/admin/groups/{id}                                    -> 200 {"seq"} (dissolves)
     POST /v1/admin/revocations      {"user_id"?, "device_id"?, "before"?} -> 200 revocation
     GET  /v1/admin/revocations                                      -> 200 {"revocations": [...]}
+    POST /v1/admin/conversations/{id}/home {"region"}  -> 200 {"conversation_id", "home",
+                                    "epoch", "moved", ...} (several regions; on that region)
 
 Served on the admin port only (rpc/adminport.py). Errors are JSON
 `{"error": text}` with 400 (bad input: the text names the field, "field
@@ -28,7 +30,11 @@ from aiohttp import web
 
 from chatplane.auth import TokenSigner
 from chatplane.protocol import jsonbounds
-from chatplane.protocol.bounds import MAX_CONVERSATION_ID_BYTES, MAX_GROUP_NAME_CHARS
+from chatplane.protocol.bounds import (
+    MAX_CONVERSATION_ID_BYTES,
+    MAX_GROUP_NAME_CHARS,
+    MAX_REGION_BYTES,
+)
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.revocations import parse_before
 from chatplane.rpc.adminport import ADMIN_CREDENTIAL, AuditLog, credential
@@ -39,6 +45,8 @@ if TYPE_CHECKING:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Revoked = Callable[[Revocation], Awaitable[None]]
+# Moves a conversation's home to a region (regions/moving.py, through the node): its answer.
+MoveHome = Callable[[str, str], Awaitable[dict[str, Any]]]
 AUDIT_TARGET = "audit_target"  # request key: what a handler acted on, for the audit line
 
 
@@ -49,13 +57,14 @@ def _error(status: int, text: str) -> web.Response:
 class AdminApi:
     def __init__(self, storage: Storage, signer: TokenSigner, admin_secret: str,
                  groups: Groups | None = None, *, audit: AuditLog | None = None,
-                 on_revoked: Revoked | None = None) -> None:
+                 on_revoked: Revoked | None = None, move_home: MoveHome | None = None) -> None:
         self.storage = storage
         self.signer = signer
         self.admin_secret = admin_secret
         self.groups = groups  # None: no group routes (the admin API without an im)
         self.audit = audit or AuditLog()
         self.on_revoked = on_revoked  # tell the revocation's readers now (gateways, Redis)
+        self.move_home = move_home  # None: one region, nothing to move
 
     def routes(self) -> list[web.RouteDef]:
         routes = [
@@ -74,6 +83,9 @@ class AdminApi:
                 web.delete("/v1/admin/groups/{group_id}",
                            self._guard(self.dissolve_group, "group.dissolve")),
             ]
+        if self.move_home is not None:
+            routes.append(web.post("/v1/admin/conversations/{conversation_id}/home",
+                                   self._guard(self.move, "home.move")))
         return routes
 
     def _guard(self, handler: Handler, action: str = "") -> Handler:
@@ -121,6 +133,16 @@ class AdminApi:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT,
                                 f"field group_id: 1 .. {MAX_CONVERSATION_ID_BYTES} bytes")
         return group_id
+
+    async def move(self, request: web.Request) -> web.StreamResponse:
+        assert self.move_home is not None
+        conversation_id = request.match_info["conversation_id"]
+        if not 0 < len(conversation_id.encode()) <= MAX_CONVERSATION_ID_BYTES:
+            raise ProtocolError(ErrorCode.INVALID_ARGUMENT,
+                                f"field conversation_id: 1 .. {MAX_CONVERSATION_ID_BYTES} bytes")
+        region = jsonbounds.string(await self._json(request), "region", MAX_REGION_BYTES)
+        request[AUDIT_TARGET] = {"conversation_id": conversation_id, "region": region}
+        return web.json_response(await self.move_home(conversation_id, region))
 
     async def create_user(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)

@@ -97,8 +97,10 @@ class IpconfApp:
     async def start(self) -> None:
         server = self.settings.server
         app = web.Application()
-        app.add_routes([web.get("/v1/dispatch", make_handler(self.directory, fallbacks_of(
-            self.settings.links.peers, server.region)))])
+        # ipconf probes no peer: the peer list's order
+        fallbacks = fallbacks_of(self.settings.links.peers, server.region)
+        app.add_routes([web.get("/v1/dispatch", make_handler(self.directory,
+                                                             lambda: fallbacks))])
         app.add_routes(serving.probe_routes(self._ready, self.supervisor.details))
         # dispatch over HTTPS too: a rewritten answer could send clients' tokens elsewhere
         self.certs = certs.from_settings(self.settings.tls.cert, self.settings.tls.key)

@@ -6,14 +6,17 @@ how loaded they are; `rank` orders them (pure, so it is tested alone). Other
 regions' public gateways (the peer list's `ws`/`tcp`) follow this region's own,
 as fallbacks: a client whose gateways here all fail tries them next, and one
 whose region is lost keeps them from its last answer (docs/architecture.md
-"Failover").
+"Failover"). Where this process probes its peers (`chatplane up`), the fallbacks are
+ordered by what the probes say (`by_health`): the regions it reaches first, the nearest
+(round trip) first; one it cannot reach comes last, still listed, since a client may
+reach it when this region does not.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,9 +64,39 @@ class LocalDirectory:
         return self._read()
 
 
-def make_handler(directory: GatewayDirectory, fallbacks: Sequence[dict[str, str]] = (),
+Fallbacks = Callable[[], Sequence[dict[str, str]]]
+RTT_STEP_S = 0.010  # round trips within one step are "as near": the list's order decides
+
+
+@dataclass(frozen=True, slots=True)
+class PeerHealth:
+    """How this region's probes see a peer region (regions/links.py)."""
+
+    ok: bool  # its last Hello answered, as the expected region with the same key
+    rtt_s: float | None = None  # that Hello's round trip
+
+
+def by_health(fallbacks: Sequence[dict[str, str]],
+              health: Mapping[str, PeerHealth]) -> list[dict[str, str]]:
+    """The peer regions' gateways, those this region reaches first (nearest first, in
+    RTT_STEP_S steps, then the peer list's order), then those not probed yet, then
+    those it cannot reach. Pure."""
+    def key(item: tuple[int, dict[str, str]]) -> tuple[int, int, int]:
+        index, gateway = item
+        seen = health.get(gateway.get("region", ""))
+        if seen is None:
+            return (1, 0, index)
+        if not seen.ok:
+            return (2, 0, index)
+        return (0, int((seen.rtt_s or 0.0) / RTT_STEP_S), index)
+
+    return [gateway for _, gateway in sorted(enumerate(fallbacks), key=key)]
+
+
+def make_handler(directory: GatewayDirectory, fallbacks: Fallbacks = tuple,
                  ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """`fallbacks`: other regions' gateways (`peerlist.Peer.gateway`), listed after ours."""
+    """`fallbacks()`: other regions' gateways (`peerlist.Peer.gateway`), listed after
+    ours, in the order they are returned, read at each request."""
 
     async def dispatch(request: web.Request) -> web.Response:
         uid = request.query.get("uid", "")
@@ -71,14 +104,15 @@ def make_handler(directory: GatewayDirectory, fallbacks: Sequence[dict[str, str]
             return web.json_response({"error": "invalid uid"}, status=400)
         # No uid (a client before its first login): spread at random instead.
         ranked = rank(await directory.gateways(), uid or secrets.token_hex(4))
-        if not ranked and not fallbacks:
+        others = fallbacks()
+        if not ranked and not others:
             return web.json_response({"error": "no gateway available", "endpoints": []},
                                      status=503)
         return web.json_response({
             "endpoints": [
                 {"gateway_id": g.gateway_id, "ws": g.ws_url, "tcp": g.tcp_address}
                 for g in ranked
-            ] + [dict(f) for f in fallbacks]
+            ] + [dict(f) for f in others]
         })
 
     return dispatch

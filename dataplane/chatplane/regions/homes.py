@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -57,6 +59,9 @@ log = logging.getLogger("chatplane.regions")
 PLACEMENT_EPOCH = 1  # a failover raises it (regions/failover.py)
 FORWARD_TIMEOUT_S = 10.0  # a forwarded send: the home's append, under load, plus the link
 OFFER_TIMEOUT_S = 5.0
+# a home handed off by an admin move (regions/moving.py) and not taken within this
+# stops refusing; it then checks its row with the peers before sequencing again
+MOVE_HOLD_S = 30.0
 MAX_REDIRECTS = 3  # "not the home, X is": re-resolve at most this often per send
 # confirmed rows kept in memory (an LRU over what the `homes` table holds, ~200 bytes
 # each): a miss costs one storage read, so only the working set needs to fit
@@ -72,6 +77,15 @@ LocalGroupOp = Callable[[str, str, pb.GroupOp], Awaitable[pb.GroupOpAck]]
 LocalAdminChange = Callable[[str, list[str], list[str], bool], Awaitable[int]]
 # One forwarding call to the home, on its stub.
 GroupCall = Callable[[rgrpc.RegionStub], Awaitable[rpb.ForwardedGroupAck]]
+
+
+@dataclass
+class HandOff:
+    """A home this region is handing off (an admin move, regions/moving.py)."""
+
+    until: float  # monotonic: no longer refusing sends after this
+    head: int = 0  # the log head read once sends stopped (0: not read yet)
+    open: bool = True  # refusing sends; closed: given up or timed out, not yet re-checked
 
 
 def homed(conversation_id: str) -> bool:
@@ -119,6 +133,8 @@ class Homes:
         self.ops_forwarded = 0  # group changes forwarded to their group's home
         self.ops_served = 0
         self.placed = 0
+        # homes an admin move is taking away (regions/moving.py), by conversation
+        self._handing_off: dict[str, HandOff] = {}
 
     def committed(self) -> None:
         """A message was sequenced here as home: wake the log's readers."""
@@ -131,6 +147,8 @@ class Homes:
         mode (regions/durability.py)."""
         if self.durability is not None and homed(conversation_id):
             await self.durability.settle(conversation_id, log_position)
+            if self.moved_past(conversation_id, log_position):
+                raise _unavailable(f"the home of {conversation_id!r} is moving: resend")
             # the home moved while the send waited (a peer took it over, and told us
             # before it confirmed the entry): the message is superseded, never acked;
             # the client's resend goes to the new home
@@ -152,6 +170,8 @@ class Homes:
         moved meanwhile (it is superseded). The wait is registered before the sender's
         (`settle`), so the push still goes out before the ack."""
         durability = self.durability
+        if self.moved_past(conversation_id, log_position):
+            return  # sequenced after an admin move began: the new home may reuse its seq
         if (durability is None or not durability.waits or not homed(conversation_id)
                 or log_position <= 0):
             deliver()
@@ -161,11 +181,13 @@ class Homes:
             self._deliver_if_home(conversation_id, self.known(CONVERSATION_HOME,
                                                               conversation_id), deliver)
             return
-        self._spawn(self._deliver_confirmed(waiter, conversation_id, deliver))
+        self._spawn(self._deliver_confirmed(waiter, conversation_id, log_position, deliver))
 
     async def _deliver_confirmed(self, waiter: asyncio.Future[None], conversation_id: str,
-                                 deliver: Callable[[], None]) -> None:
+                                 log_position: int, deliver: Callable[[], None]) -> None:
         await waiter
+        if self.moved_past(conversation_id, log_position):
+            return
         row = self.known(CONVERSATION_HOME, conversation_id)  # cached: no storage read
         self._deliver_if_home(conversation_id, row, deliver)
 
@@ -183,11 +205,18 @@ class Homes:
         """The home as this region knows it, placed here when it has none. A row of
         another region may be its unconfirmed proposal: it settles that itself."""
         cached = self.known(kind, key)
-        if cached is not None:
+        held = self._handing_off.get(key) if kind == CONVERSATION_HOME else None
+        rechecked = held is not None and not held.open  # a move that was not finished
+        if cached is not None and not rechecked:
             return cached
         row = await self.storage.home(kind, key)
         if row is not None and row.confirmed and row.region == self.region:
-            return self._remember(kind, key, await self._verify(kind, key, row))
+            verified = await self._verify(kind, key, row)
+            if rechecked:  # home here again, or the row that moved it is held here now
+                self._handing_off.pop(key, None)
+            return self._remember(kind, key, verified)
+        if rechecked:  # the new home's row is held here: sends go there
+            self._handing_off.pop(key, None)
         if row is not None and (row.confirmed or row.region != self.region):
             return self._remember(kind, key, row)
         claim = self._claims.get((kind, key))
@@ -350,6 +379,8 @@ class Homes:
         for _ in range(MAX_REDIRECTS):
             home = await self.of(CONVERSATION_HOME, conversation_id)
             if home.region == self.region:
+                if self.moving(conversation_id):
+                    raise _unavailable(f"the home of {conversation_id!r} is moving: retry")
                 if home.confirmed:
                     return None
                 raise _unavailable(f"home of {conversation_id!r} not settled yet")
@@ -387,6 +418,8 @@ class Homes:
             home = await self.of(CONVERSATION_HOME, request.conversation_id)
             if home.region != self.region:
                 return rpb.ForwardedAck(not_home=_row(home))
+            if self.moving(request.conversation_id):
+                raise _unavailable(f"the home of {request.conversation_id!r} is moving: retry")
             if not home.confirmed:
                 raise _unavailable(f"home of {request.conversation_id!r} not settled yet")
             result = await send(SendRequest(
@@ -460,6 +493,8 @@ class Homes:
             home = await self.of(CONVERSATION_HOME, conversation_id)
             if home.region != self.region:
                 return rpb.ForwardedGroupAck(not_home=_row(home))
+            if self.moving(conversation_id):
+                raise _unavailable(f"the home of {conversation_id!r} is moving: retry")
             if not home.confirmed:
                 raise _unavailable(f"home of {conversation_id!r} not settled yet")
             ack = await apply()
@@ -470,6 +505,50 @@ class Homes:
                                          error=f"storage unavailable, retry: {exc}")
         self.ops_served += 1
         return rpb.ForwardedGroupAck(ack=ack)
+
+    # -- admin moves (regions/moving.py) ---------------------------------------
+
+    def hand_off(self, conversation_id: str) -> None:
+        """Stop sequencing `conversation_id` here: an admin move takes it elsewhere. New
+        sends are refused (UNAVAILABLE, retried by the client) until `resume` or
+        MOVE_HOLD_S, and what is sequenced after `handed_off_at` is neither acked nor
+        pushed here (the new home does not apply it) until the row is checked again."""
+        self._handing_off[conversation_id] = HandOff(time.monotonic() + MOVE_HOLD_S)
+
+    def handed_off_at(self, conversation_id: str, log_head: int) -> None:
+        """The log head read after `hand_off`: everything at or below it was sequenced
+        before, and the new home applies it before it takes the home."""
+        held = self._handing_off.get(conversation_id)
+        if held is not None:
+            held.head = log_head
+
+    def resume(self, conversation_id: str) -> None:
+        """The move is over (the new home holds the row, or it gave up): sequence under
+        whatever row this store holds."""
+        self._handing_off.pop(conversation_id, None)
+        self._confirmed.pop((CONVERSATION_HOME, conversation_id), None)
+
+    def moving(self, conversation_id: str) -> bool:
+        """Sends of `conversation_id` are refused here while this region holds its
+        home (a move is under way). A move not finished in MOVE_HOLD_S closes: the next
+        send checks the row with the peers first (`of`: the new home may have taken it
+        without this region hearing)."""
+        held = self._handing_off.get(conversation_id)
+        if held is None or not held.open:
+            return False
+        if time.monotonic() >= held.until:
+            log.warning("the move of %s's home was not finished in %.0fs: its row is checked"
+                        " with the peers before it is sequenced here again", conversation_id,
+                        MOVE_HOLD_S)
+            held.open = False
+            self._confirmed.pop((CONVERSATION_HOME, conversation_id), None)
+            return True  # this send too: its retry reads the row and checks it first
+        return True
+
+    def moved_past(self, conversation_id: str, log_position: int) -> bool:
+        """Sequenced here after an admin move began (or before its head was read)."""
+        held = self._handing_off.get(conversation_id)
+        return held is not None and (held.head == 0 or log_position > held.head)
 
     async def stop(self) -> None:
         for task in list(self._background):

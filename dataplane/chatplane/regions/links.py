@@ -28,6 +28,7 @@ from chatplane.peerlist import Peer
 from chatplane.protocol import bounds
 from chatplane.regions import hello
 from chatplane.regions.homes import Homes, LocalAdminChange, LocalGroupOp, LocalSend
+from chatplane.regions.moving import Moves
 from chatplane.regions.replication import BeyondLog, Replication
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
@@ -118,6 +119,7 @@ class Sequencing:
     send: LocalSend
     group_op: LocalGroupOp
     admin_change: LocalAdminChange
+    moves: Moves
 
 
 class RegionServicer(rgrpc.RegionServicer):
@@ -185,6 +187,11 @@ class RegionServicer(rgrpc.RegionServicer):
         except BeyondLog as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # abort raises; this keeps the type checker sure of it
+
+    async def HandOff(self, request: rpb.HandOffRequest,
+                      context: grpc.aio.ServicerContext) -> rpb.HandOffReply:
+        await refuse_out_of_bounds(context, "hand_off", request)
+        return await (await self._sequencing(context)).moves.hand_off(request)
 
     async def Hello(self, request: rpb.HelloRequest,
                     context: grpc.aio.ServicerContext) -> rpb.HelloReply:

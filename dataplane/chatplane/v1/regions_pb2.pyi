@@ -170,3 +170,25 @@ class AppliedRequest(_message.Message):
 class AppliedReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class HandOffRequest(_message.Message):
+    __slots__ = ("region", "kind", "key", "resume")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    kind: str
+    key: str
+    resume: bool
+    def __init__(self, region: _Optional[str] = ..., kind: _Optional[str] = ..., key: _Optional[str] = ..., resume: _Optional[bool] = ...) -> None: ...
+
+class HandOffReply(_message.Message):
+    __slots__ = ("home", "log_head", "head_seq")
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    LOG_HEAD_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    home: HomeRow
+    log_head: int
+    head_seq: int
+    def __init__(self, home: _Optional[_Union[HomeRow, _Mapping]] = ..., log_head: _Optional[int] = ..., head_seq: _Optional[int] = ...) -> None: ...

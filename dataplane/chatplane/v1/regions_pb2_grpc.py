@@ -69,6 +69,11 @@ class RegionStub:
                 request_serializer=chatplane_dot_v1_dot_regions__pb2.AppliedRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_regions__pb2.AppliedReply.FromString,
                 _registered_method=True)
+        self.HandOff = channel.unary_unary(
+                '/chatplane.v1.Region/HandOff',
+                request_serializer=chatplane_dot_v1_dot_regions__pb2.HandOffRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_regions__pb2.HandOffReply.FromString,
+                _registered_method=True)
 
 
 class RegionServicer:
@@ -116,6 +121,12 @@ class RegionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandOff(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +164,11 @@ def add_RegionServicer_to_server(servicer, server):
                     servicer.Applied,
                     request_deserializer=chatplane_dot_v1_dot_regions__pb2.AppliedRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_regions__pb2.AppliedReply.SerializeToString,
+            ),
+            'HandOff': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandOff,
+                    request_deserializer=chatplane_dot_v1_dot_regions__pb2.HandOffRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_regions__pb2.HandOffReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +360,33 @@ class Region:
             '/chatplane.v1.Region/Applied',
             chatplane_dot_v1_dot_regions__pb2.AppliedRequest.SerializeToString,
             chatplane_dot_v1_dot_regions__pb2.AppliedReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandOff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Region/HandOff',
+            chatplane_dot_v1_dot_regions__pb2.HandOffRequest.SerializeToString,
+            chatplane_dot_v1_dot_regions__pb2.HandOffReply.FromString,
             options,
             channel_credentials,
             insecure,
