@@ -43,6 +43,7 @@ from chatplane.storage.base import (
     DIRECT,
     EVENTS,
     GROUP,
+    USER_HOME,
     AppendResult,
     Conversation,
     ConversationNotFound,
@@ -183,6 +184,27 @@ CREATE TABLE IF NOT EXISTS region_log_trimmed (
     lsn INTEGER NOT NULL
 );
 """
+
+# Run after the columns exist (`_add_log_columns`): inbox entries of users that have a
+# home row join the log too (user homes, docs/architecture.md "Regions"), as
+# (user_id, inbox_seq) naming (conversation_id, seq); a message's entry has user_id ''.
+INBOX_LOG = """
+CREATE TRIGGER IF NOT EXISTS region_log_inbox AFTER INSERT ON inbox
+    WHEN EXISTS (SELECT 1 FROM homes WHERE kind = 'user' AND key = new.user_id)
+    BEGIN
+        INSERT INTO region_log (conversation_id, seq, user_id, inbox_seq)
+            VALUES (new.conversation_id, new.seq, new.user_id, new.inbox_seq);
+    END;
+"""
+
+
+def _add_log_columns(db: sqlite3.Connection) -> None:
+    """The log's inbox columns, new without a version bump (a store made before them)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(region_log)")}
+    if "user_id" not in columns:
+        db.execute("ALTER TABLE region_log ADD COLUMN user_id TEXT NOT NULL DEFAULT ''")
+    if "inbox_seq" not in columns:
+        db.execute("ALTER TABLE region_log ADD COLUMN inbox_seq INTEGER NOT NULL DEFAULT 0")
 
 def _conversation(db: sqlite3.Connection, row: Sequence[Any]) -> Conversation:
     extra = json.loads(row[5])
@@ -330,6 +352,8 @@ class SqliteStorage(_SocialMethods):
 
     name = "sqlite"
     store_id = ""  # set by open()
+    # the region served (ReplicatedLog.region): inbox entries only for users homed in it
+    region = ""
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", shared: bool = False,
                  wedge_s: float = 10.0) -> None:
@@ -376,6 +400,8 @@ class SqliteStorage(_SocialMethods):
             writer_db = self._connect()
             check_integrity(writer_db, self.path)
             writer_db.executescript(SCHEMA)
+            _add_log_columns(writer_db)
+            writer_db.executescript(INBOX_LOG)
             writer_db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                               (str(SCHEMA_VERSION),))
             row = writer_db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -419,7 +445,7 @@ class SqliteStorage(_SocialMethods):
     # -- the writer thread -------------------------------------------------
 
     def _run_writer(self, db: sqlite3.Connection) -> None:
-        writer = Writer(db)
+        writer = Writer(db, lambda: self.region)
         while True:
             first = self._jobs.get()
             if first is None:
@@ -785,6 +811,8 @@ class SqliteStorage(_SocialMethods):
                 "INSERT OR REPLACE INTO homes (kind, key, region, epoch, confirmed)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (kind, key, offered.region, offered.epoch, int(offered.confirmed)))
+            if kind == USER_HOME:
+                writer.user_homes.pop(key, None)
             if (kind == CONVERSATION_HOME and offered.confirmed
                     and (existing is None or not existing.confirmed)):
                 # messages stored before the conversation had a home (a chat older than
@@ -802,7 +830,8 @@ class SqliteStorage(_SocialMethods):
         def take(writer: Writer) -> int:
             cursor = writer.db.execute(
                 "UPDATE homes SET region = ?, epoch = epoch + 1, confirmed = 1"
-                " WHERE kind = 'conversation' AND region = ?", (region, lost))
+                " WHERE region = ?", (region, lost))  # conversations and users
+            writer.user_homes.clear()
             return int(cursor.rowcount)
 
         taken: int = await self._write(take)
@@ -825,14 +854,19 @@ class SqliteStorage(_SocialMethods):
             if not positions:
                 return [], after, head
             last = int(positions[-1][0])
+            # a message's entry under its conversation's home row, an inbox entry under
+            # its user's (the primary key, looked up per entry)
             rows = db.execute(
-                f"SELECT l.lsn, h.epoch, {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}"
-                " FROM region_log l JOIN homes h ON h.kind = 'conversation'"
-                " AND h.key = l.conversation_id AND h.region = ? AND h.confirmed = 1"
+                f"SELECT l.lsn, h.epoch, l.user_id, l.inbox_seq,"
+                f" {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}"
+                " FROM region_log l JOIN homes h"
+                " ON h.kind = CASE l.user_id WHEN '' THEN 'conversation' ELSE 'user' END"
+                " AND h.key = CASE l.user_id WHEN '' THEN l.conversation_id ELSE l.user_id END"
+                " AND h.region = ? AND h.confirmed = 1"
                 " JOIN messages m ON m.conversation_id = l.conversation_id AND m.seq = l.seq"
                 " WHERE l.lsn > ? AND l.lsn <= ? ORDER BY l.lsn",
                 (region, after, last)).fetchall()
-            entries = [LogEntry(int(r[0]), int(r[1]), message_from_row(r[2:])) for r in rows]
+            entries = [_log_entry(r) for r in rows]
             return entries, last, head
 
         return await self._read(read)
@@ -884,7 +918,12 @@ class SqliteStorage(_SocialMethods):
                 # a home past the first epoch took over from a lost one: its history
                 # replaces what the lost home sequenced here and never replicated
                 supersede = entry.epoch > 1
-                if message.conversation_id in recipients:
+                if entry.inbox_user:
+                    item = writer.apply_inbox_entry(entry.inbox_user, entry.inbox_seq,
+                                                    message.conversation_id, message.seq)
+                    if item is not None:
+                        items.append(item)
+                elif message.conversation_id in recipients:
                     items += writer.apply_replicated(message, recipients[message.conversation_id],
                                                      supersede)
                 else:
@@ -897,6 +936,16 @@ class SqliteStorage(_SocialMethods):
 
         items: list[InboxItem] = await self._write(apply)
         return items
+
+
+def _log_entry(row: Sequence[Any]) -> LogEntry:
+    message = message_from_row(row[4:])
+    if row[2]:  # an inbox entry: the message is named, not shipped
+        message = StoredMessage(conversation_id=message.conversation_id, seq=message.seq,
+                                message_id="", sender="", sender_device="", cid=0, text="",
+                                sent_at_ms=0)
+        return LogEntry(int(row[0]), int(row[1]), message, str(row[2]), int(row[3]))
+    return LogEntry(int(row[0]), int(row[1]), message)
 
 
 def _trimmed_to(db: sqlite3.Connection) -> int:

@@ -65,8 +65,13 @@ def message_from_row(row: Sequence[Any]) -> StoredMessage:
 class Writer:
     """State owned by the writer thread only."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, region_of: Callable[[], str] = str) -> None:
         self.db = db
+        # the region this store serves (ReplicatedLog.region; "": regions not linked)
+        self.region_of = region_of
+        # user -> the region of its home row (None: no row): every home write runs on
+        # this thread (offer_home, take_over_homes), which keeps it exact
+        self.user_homes: dict[str, str | None] = {}
         self.conv_heads: dict[str, int] = {}
         self.inbox_heads: dict[str, int] = {}
         self.dirty_convs: dict[str, tuple[int, int]] = {}
@@ -88,6 +93,7 @@ class Writer:
         self.conv_heads.clear()
         self.inbox_heads.clear()
         self.max_cids.clear()  # shared: another process may have stored cids since
+        self.user_homes.clear()
 
     def flush_rows(self) -> None:
         """Write the queued message and inbox rows, one statement each."""
@@ -171,6 +177,23 @@ class Writer:
         self.dirty_inbox.clear()
         self.conv_heads.clear()
         self.inbox_heads.clear()
+        self.user_homes.clear()
+
+    def homed_here(self, user_id: str) -> bool:
+        """Whether this store writes the user's inbox entries: always when regions are
+        not linked; else when the user is homed in this region, or has no home row yet
+        (the im tier places it before it appends: regions/homes.py, `Homes.users`)."""
+        region = self.region_of()
+        if not region:
+            return True
+        if user_id not in self.user_homes:
+            if len(self.user_homes) >= MAX_CID_CACHE:
+                self.user_homes.clear()
+            row = self.db.execute("SELECT region FROM homes WHERE kind = 'user' AND key = ?",
+                                  (user_id,)).fetchone()
+            self.user_homes[user_id] = None if row is None else str(row[0])
+        home = self.user_homes[user_id]
+        return home is None or home == region
 
     def conv_head(self, conversation_id: str) -> int:
         head = self.conv_heads.get(conversation_id)
@@ -276,7 +299,7 @@ class Writer:
         self.dirty_reads[(request.sender, request.conversation_id)] = seq
         self.conv_heads[request.conversation_id] = seq
         items = [self.add_entry(user_id, message) for user_id in recipients
-                 if inboxes is None or user_id in inboxes]
+                 if (inboxes is None or user_id in inboxes) and self.homed_here(user_id)]
         owed = () if inboxes is None else tuple(u for u in recipients if u not in inboxes)
         if owed:  # with the message: the next owner finishes it if this one cannot
             self.db.execute("INSERT INTO fanouts (conversation_id, seq, users) VALUES (?, ?, ?)",
@@ -327,7 +350,41 @@ class Writer:
         self.dirty_convs[message.conversation_id] = (message.seq, message.sent_at_ms)
         self.dirty_reads[(message.sender, message.conversation_id)] = message.seq
         self.conv_heads[message.conversation_id] = message.seq
-        return [self.add_entry(user_id, message) for user_id in recipients]
+        return [self.add_entry(user_id, message) for user_id in recipients
+                if self.homed_here(user_id)]
+
+    def apply_inbox_entry(self, user_id: str, inbox_seq: int, conversation_id: str,
+                          seq: int) -> InboxItem | None:
+        """The user's home's inbox entry (ReplicatedLog.apply_log): stored at its
+        inbox_seq, the home's replacing another entry stored there (the home's sequence
+        is the user's); None when stored before. StorageError for a hole, or for a
+        message this store does not hold yet (another region's, not applied here yet:
+        the batch is tried again, never stored as an entry nobody can read)."""
+        self.flush_rows()  # rows queued in this batch are read like stored ones
+        row = self.db.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE"
+                              " conversation_id = ? AND seq = ?",
+                              (conversation_id, seq)).fetchone()
+        if row is None:
+            raise StorageError(f"inbox entry {user_id}#{inbox_seq} names"
+                               f" {conversation_id}#{seq}, not stored here yet")
+        head = self.inbox_head(user_id)
+        if inbox_seq <= head:
+            stored = self.db.execute("SELECT conversation_id, seq FROM inbox WHERE user_id = ?"
+                                     " AND inbox_seq = ?", (user_id, inbox_seq)).fetchone()
+            if stored is not None and (stored[0], int(stored[1])) == (conversation_id, seq):
+                return None
+            self.db.execute("INSERT OR REPLACE INTO inbox (user_id, inbox_seq, conversation_id,"
+                            " seq) VALUES (?, ?, ?, ?)", (user_id, inbox_seq, conversation_id, seq))
+            self.superseded += 1
+            return InboxItem(user_id, inbox_seq, message_from_row(row))
+        if inbox_seq != head + 1:
+            raise StorageError(f"inbox entry {user_id}#{inbox_seq} after head {head}"
+                               " would leave a hole")
+        self.db.execute("INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq)"
+                        " VALUES (?, ?, ?, ?)", (user_id, inbox_seq, conversation_id, seq))
+        self.dirty_inbox[user_id] = inbox_seq
+        self.inbox_heads[user_id] = inbox_seq
+        return InboxItem(user_id, inbox_seq, message_from_row(row))
 
     def _supersede(self, message: StoredMessage) -> None:
         """Put the home's `message` at its seq in place of another one stored there (its
