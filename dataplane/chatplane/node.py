@@ -136,7 +136,7 @@ class Node:
             self.im.sequencer.homes = homes
             # user homes: this store writes the inbox entries of the users homed here,
             # and the linked regions share one inbox sequence per user
-            self.storage.region = server.region
+            self.storage.serve_region(server.region)
             self.im.reads.shared_inboxes = shared_inboxes_id(
                 server.cluster, [server.region, *self.prober.links])
             self.prober.extra = replication.report

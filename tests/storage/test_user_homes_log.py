@@ -22,7 +22,7 @@ HOMES = {"alice": Home("eu", 1, True), "bob": Home("us", 1, True)}
 async def _region(path: Path, name: str) -> SqliteStorage:
     storage = SqliteStorage(path)
     await storage.open()
-    storage.region = name
+    storage.serve_region(name)
     await storage.ensure_direct("alice", "bob", NOW_MS)
     await storage.offer_home(CONVERSATION_HOME, CONVERSATION, Home("eu", 1, True))
     for user, home in HOMES.items():

@@ -425,12 +425,12 @@ class ReplicatedLog(Protocol):
     SQLite only: a multi-datacenter keyspace replicates its data itself.
 
     With user homes, a user's inbox entries are written only in the user's home region
-    (`region`, set when regions are linked; "": every inbox is written here) and reach
+    (`serve_region`; until it is called every inbox is written here) and reach
     the others through its log as (user, inbox_seq) entries."""
 
-    # the region this store serves: inbox entries are written only for users homed in it
-    # (or with no home row); "" when regions are not linked
-    region: str
+    def serve_region(self, region: str) -> None:
+        """Regions are linked and this store serves `region`: from now on it writes
+        inbox entries only for users homed in it (or with no home row yet)."""
 
     async def log_after(self, after: int, limit: int, region: str) -> tuple[list[LogEntry], int, int]:
         """(entries, scanned_to, head): the log's entries after position `after` (at most

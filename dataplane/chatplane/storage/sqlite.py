@@ -839,6 +839,9 @@ class SqliteStorage(_SocialMethods):
 
     # -- the replicated log (ReplicatedLog) -----------------------------------
 
+    def serve_region(self, region: str) -> None:
+        self.region = region  # read by the writer thread at each inbox entry
+
     async def log_after(self, after: int, limit: int,
                         region: str) -> tuple[list[LogEntry], int, int]:
         def read(db: sqlite3.Connection) -> tuple[list[LogEntry], int, int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -37,6 +38,8 @@ from chatplane.storage.base import (
     StorageUnavailable,
     StoredMessage,
 )
+
+log = logging.getLogger("chatplane.storage.sqlite")
 
 FIND_BACK = 10_000  # inbox entries fan_out looks back for one written before
 MAX_CID_CACHE = 100_000  # (conversation, sender, device) keys; cleared when full
@@ -373,6 +376,9 @@ class Writer:
                                      " AND inbox_seq = ?", (user_id, inbox_seq)).fetchone()
             if stored is not None and (stored[0], int(stored[1])) == (conversation_id, seq):
                 return None
+            log.warning("inbox entry %s#%d: %s replaced by its home's %s#%d", user_id,
+                        inbox_seq, "none" if stored is None else f"{stored[0]}#{stored[1]}",
+                        conversation_id, seq)
             self.db.execute("INSERT OR REPLACE INTO inbox (user_id, inbox_seq, conversation_id,"
                             " seq) VALUES (?, ?, ?, ?)", (user_id, inbox_seq, conversation_id, seq))
             self.superseded += 1
