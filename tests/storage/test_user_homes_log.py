@@ -89,13 +89,27 @@ async def test_an_inbox_entry_is_never_applied_past_a_hole(tmp_path: Path) -> No
         await us.close()
 
 
-async def test_a_takeover_moves_user_homes_too(tmp_path: Path) -> None:
-    us = await _region(tmp_path / "us.db", "us")
+async def test_a_takeover_moves_user_homes_and_writes_what_the_lost_home_owed(
+    tmp_path: Path,
+) -> None:
+    """us stores two messages for alice, homed in eu; eu ships alice's entry for the
+    first only, then is lost: the takeover writes the second's (owed) after it."""
+    eu, us = await _region(tmp_path / "eu.db", "eu"), await _region(tmp_path / "us.db", "us")
     try:
+        for cid in (1, 2):
+            result = await eu.append(send(CONVERSATION, "alice", cid, f"m{cid}"),
+                                     ("alice", "bob"))
+        entries, _, _ = await eu.log_after(0, 100, "eu")
+        shipped = [e for e in entries if not e.inbox_user or e.inbox_seq == 1]
+        await us.apply_log("eu", shipped, shipped[-1].lsn, {CONVERSATION: ("alice", "bob")})
+        assert await _inbox(us, "alice") == [(1, CONVERSATION, 1)]
         assert await us.take_over_homes("eu", "us") == 2  # the chat and alice
         assert await us.home(USER_HOME, "alice") == Home("us", 2, True)
+        assert await _inbox(us, "alice") == [(1, CONVERSATION, 1), (2, CONVERSATION, 2)]
         # from then on this store writes alice's entries
         result = await us.append(send(CONVERSATION, "bob", 1, "after"), ("alice", "bob"))
-        assert sorted(i.user_id for i in result.inbox) == ["alice", "bob"]
+        assert sorted((i.user_id, i.inbox_seq) for i in result.inbox) == [("alice", 3),
+                                                                           ("bob", 3)]
     finally:
+        await eu.close()
         await us.close()

@@ -9,6 +9,7 @@ with a SyncRequest from `have`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
@@ -160,8 +161,10 @@ def shared_inboxes_id(cluster: str, regions: Sequence[str]) -> str:
     """The store id (LoginAck.store_id) every region of a set linked with user homes
     answers: a user's inbox seqs are common to them (docs/architecture.md, "User
     homes"), so a device moving between them keeps its cursor. Another set of regions
-    (one added or removed) is another id: its devices start over, as for another store."""
-    return f"{SHARED_INBOXES}{cluster}/{','.join(sorted(regions))}"
+    (one added or removed) is another id: its devices start over, as for another store.
+    A digest, so it stays within Login.store_id's bound (64 bytes)."""
+    named = "\n".join([cluster, *sorted(regions)]).encode()
+    return SHARED_INBOXES + hashlib.sha256(named).hexdigest()[:32]
 
 
 def shared_inboxes(store_id: str) -> bool:

@@ -31,8 +31,9 @@ entries: a region that stores a message (committed here, or applied from a peer'
 writes entries only for the members it homes (`storage.base.ReplicatedLog.region`), and
 the others' entries reach it through their home's log as (user, inbox_seq) entries, so a
 user's inbox seqs name the same messages in every region. `users` settles the homes of a
-message's recipients before it is stored (placing here those that have none). Event
-conversations are still sequenced by the region that writes them (not built).
+message's recipients before it is stored (placing here those that have none). A user's
+event conversation ("u:<user>") is homed with the user: an event emitted elsewhere is
+forwarded to the user's home (`event_elsewhere`).
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ STALL_S = 3.0  # no batch (not even a heartbeat) for this long: reopen the strea
 RETRY_S = 0.2
 TRIMMED_RETRY_S = 5.0  # the peer trimmed past our cursor: only a resync helps, ask rarely
 TELL_TIMEOUT_S = 2.0  # one Region.Applied call
+SETTLED_GROUPS = 65_536  # groups remembered as having their members' homes settled
 
 # Applied entries go to this region's devices and caches (`Sequencer.replicated`).
 Applied = Callable[[Sequence[StoredMessage], Sequence[InboxItem]], Awaitable[None]]
@@ -128,6 +129,9 @@ class Replication:
                          else Trimming(self.log, homes.durability))
         self._tasks: list[asyncio.Task[None]] = []
         self.stale_skipped = 0  # a peer's entries of a home it lost, not applied
+        # groups whose members' homes were settled here (user homes): after that only
+        # the users a change adds need settling
+        self._settled_groups: set[str] = set()
         self.failover = failover  # takes over a lost peer's homes (regions/failover.py)
 
     # -- the serving side (Region.Replicate) ---------------------------------
@@ -297,10 +301,14 @@ class Replication:
                    if (change := change_of(e.message)) is not None}
         # the recipients' homes settled first: this store writes the entries of the
         # users homed here, their homes' logs bring the others'
+        users, groups = await self._recipients(messages, recipients, changes)
         try:
-            await self.homes.users(await self._recipients(messages, recipients, changes))
+            await self.homes.users(users)
         except ProtocolError as exc:  # a home not settled (a peer silent): the batch again
             raise StorageError(f"inbox homes not settled: {exc.message}") from exc
+        if len(self._settled_groups) + len(groups) > SETTLED_GROUPS:
+            self._settled_groups.clear()
+        self._settled_groups |= groups
         items = await self.log.apply_log(peer, entries, batch.scanned_to, recipients, changes,
                                          self.large_above)
         state.applied_to = batch.scanned_to
@@ -335,10 +343,11 @@ class Replication:
 
     async def _recipients(self, messages: Sequence[LogEntry],
                           direct: dict[str, tuple[str, ...]],
-                          changes: dict[int, MembershipChange]) -> set[str]:
+                          changes: dict[int, MembershipChange]) -> tuple[set[str], set[str]]:
         """Who may get an inbox entry from these messages: 1:1 chats' members, groups'
         members (a large group's: only those its changes add or remove) and the users
-        the batch's changes add."""
+        the batch's changes add; and the groups whose members were read (once settled,
+        a group's later members join by changes, which every batch looks at)."""
         users = {user for members in direct.values() for user in members}
         groups: set[str] = set()
         for entry in messages:
@@ -346,13 +355,14 @@ class Replication:
             change = changes.get(entry.lsn)
             if change is not None:
                 users |= {user for user, _ in change.add} | set(change.remove)
-            if conversation_id in direct or conversation_id in groups:
+            if (conversation_id in direct or conversation_id in groups
+                    or conversation_id in self._settled_groups):
                 continue
             groups.add(conversation_id)
             members = [m.user_id for m in await self.storage.members(conversation_id)]
             if self.large_above is None or len(members) <= self.large_above:
                 users.update(members)
-        return users
+        return users, groups
 
     async def _members(self, conversation_id: str, message: StoredMessage) -> tuple[str, ...]:
         """The recipients here: the members of the 1:1 chat, created on its first entry."""

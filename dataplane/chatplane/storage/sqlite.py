@@ -178,6 +178,15 @@ CREATE TABLE IF NOT EXISTS region_cursors (
     peer TEXT PRIMARY KEY,
     lsn INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- User homes: inbox entries this store did not write because the user is homed in
+-- another region, until that home's entry arrives (apply_log); a takeover of the
+-- user writes the ones still owed (the lost home wrote them and never shipped them).
+CREATE TABLE IF NOT EXISTS inbox_owed (
+    user_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, conversation_id, seq)
+) WITHOUT ROWID;
 -- How far the log was trimmed (trim_log: entries every peer applied): one row.
 CREATE TABLE IF NOT EXISTS region_log_trimmed (
     one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -828,10 +837,13 @@ class SqliteStorage(_SocialMethods):
 
     async def take_over_homes(self, lost: str, region: str) -> int:
         def take(writer: Writer) -> int:
+            users = [str(row[0]) for row in writer.db.execute(
+                "SELECT key FROM homes WHERE kind = 'user' AND region = ?", (lost,))]
             cursor = writer.db.execute(
                 "UPDATE homes SET region = ?, epoch = epoch + 1, confirmed = 1"
                 " WHERE region = ?", (region, lost))  # conversations and users
             writer.user_homes.clear()
+            writer.write_owed(users)  # homed here now: what the lost home never shipped
             return int(cursor.rowcount)
 
         taken: int = await self._write(take)

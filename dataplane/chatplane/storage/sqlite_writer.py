@@ -301,8 +301,8 @@ class Writer:
         # one's own message is read by definition: it never counts as unread
         self.dirty_reads[(request.sender, request.conversation_id)] = seq
         self.conv_heads[request.conversation_id] = seq
-        items = [self.add_entry(user_id, message) for user_id in recipients
-                 if (inboxes is None or user_id in inboxes) and self.homed_here(user_id)]
+        items = [self.add_entry(user_id, message) for user_id in
+                 self.written_here(message, recipients) if inboxes is None or user_id in inboxes]
         owed = () if inboxes is None else tuple(u for u in recipients if u not in inboxes)
         if owed:  # with the message: the next owner finishes it if this one cannot
             self.db.execute("INSERT INTO fanouts (conversation_id, seq, users) VALUES (?, ?, ?)",
@@ -353,8 +353,39 @@ class Writer:
         self.dirty_convs[message.conversation_id] = (message.seq, message.sent_at_ms)
         self.dirty_reads[(message.sender, message.conversation_id)] = message.seq
         self.conv_heads[message.conversation_id] = message.seq
-        return [self.add_entry(user_id, message) for user_id in recipients
-                if self.homed_here(user_id)]
+        return [self.add_entry(user_id, message)
+                for user_id in self.written_here(message, recipients)]
+
+    def written_here(self, message: StoredMessage, recipients: Sequence[str]) -> list[str]:
+        """The recipients whose entries this store writes (homed here); the others'
+        are owed by their homes until their entries arrive (`inbox_owed`)."""
+        mine = []
+        for user_id in recipients:
+            if self.homed_here(user_id):
+                mine.append(user_id)
+            else:
+                self.db.execute("INSERT OR IGNORE INTO inbox_owed (user_id, conversation_id,"
+                                " seq) VALUES (?, ?, ?)",
+                                (user_id, message.conversation_id, message.seq))
+        return mine
+
+    def write_owed(self, users: Sequence[str]) -> int:
+        """A takeover made these users homed here: the entries their lost home owed
+        (never shipped), written now, each conversation's in seq order; how many."""
+        self.flush_rows()
+        written = 0
+        for user_id in users:
+            columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
+            rows = self.db.execute(
+                f"SELECT {columns} FROM inbox_owed o JOIN messages m"
+                " ON m.conversation_id = o.conversation_id AND m.seq = o.seq"
+                " WHERE o.user_id = ? ORDER BY o.conversation_id, o.seq", (user_id,)).fetchall()
+            for row in rows:
+                self.add_entry(user_id, message_from_row(row))
+            written += len(rows)
+            self.db.execute("DELETE FROM inbox_owed WHERE user_id = ?", (user_id,))
+        self.flush_rows()
+        return written
 
     def apply_inbox_entry(self, user_id: str, inbox_seq: int, conversation_id: str,
                           seq: int) -> InboxItem | None:
@@ -370,6 +401,9 @@ class Writer:
         if row is None:
             raise StorageError(f"inbox entry {user_id}#{inbox_seq} names"
                                f" {conversation_id}#{seq}, not stored here yet")
+        # the home wrote it: no longer owed here
+        self.db.execute("DELETE FROM inbox_owed WHERE user_id = ? AND conversation_id = ?"
+                        " AND seq = ?", (user_id, conversation_id, seq))
         head = self.inbox_head(user_id)
         if inbox_seq <= head:
             stored = self.db.execute("SELECT conversation_id, seq FROM inbox WHERE user_id = ?"
