@@ -18,6 +18,7 @@ import pytest
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
+from chatplane.client.social import Event
 from tests.support.regions import (
     SHARED_KEY,
     Cuts,
@@ -196,3 +197,40 @@ async def test_a_device_moving_region_keeps_its_inbox_cursor(regions: Regions) -
         assert position["store_id"].startswith("regions/")
     finally:
         await _stop_all(devices)
+
+
+async def _next_event(client: Client, kind: str) -> Event:
+    async def find() -> Event:
+        async for event in client.events():
+            if event.kind == kind:
+                return event
+        raise AssertionError("events ended")
+
+    return await asyncio.wait_for(find(), 30)
+
+
+async def test_an_event_reaches_its_users_devices_in_both_regions(regions: Regions) -> None:
+    """bob, in us, asks alice (homed in eu) to be friends: her event is forwarded to eu,
+    appended there, and reaches her devices in both regions at one inbox_seq."""
+    eu, us, _, _ = regions
+    mint = TokenSigner(SHARED_KEY).mint
+    clients = []
+    try:
+        for where, user, device in ((eu, "alice", "a-eu"), (us, "bob", "b-us"),
+                                    (us, "alice", "a-us")):
+            client = Client([where.url], mint(user, device), request_timeout_s=20)
+            await client.connect()
+            clients.append(client)
+            if device == "a-eu":
+                await _placed(eu, 1)
+        alice_eu, bob, alice_us = clients
+        await bob.add_friend("alice", "hello from us")
+        seen = [await _next_event(client, "friend") for client in (alice_eu, alice_us)]
+        assert [e.detail["actor"] for e in seen] == ["bob", "bob"]
+        assert seen[0].message.inbox_seq == seen[1].message.inbox_seq > 0
+        assert seen[0].message.message_id == seen[1].message.message_id
+        await asyncio.to_thread(wait_for, lambda: _caught_up(eu, us), 30, "caught up")
+        assert _inboxes(eu, ["alice", "bob"]) == _inboxes(us, ["alice", "bob"])
+    finally:
+        for client in clients:
+            await client.close()
