@@ -118,15 +118,22 @@ async def test_inbox_seqs_are_common_to_both_regions_through_a_cut(regions: Regi
         await wait_until_received(devices, 1, 30)  # the group's creation, everywhere
 
         async def cut_and_heal() -> None:
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(0.5)
             cuts.partition()  # both still reach the witness: no home moves
             await asyncio.sleep(1.5)
             cuts.heal()
 
-        sends = [send_many(d, chat, 12, f"{d.device}-chat", in_flight=2)
-                 for d in devices if d.user != "carol"]
-        sends += [send_many(d, group, 12, f"{d.device}-group", in_flight=2) for d in devices]
-        await asyncio.gather(cut_and_heal(), *sends)
+        async def paced(device: Device, conversation: str, tag: str) -> None:
+            for i in range(12):
+                await send_many(device, conversation, 1, f"{device.device}-{tag}-{i}")
+                await asyncio.sleep(0.15)
+
+        sends = [paced(d, chat, "chat") for d in devices if d.user != "carol"]
+        sends += [paced(d, group, "group") for d in devices]
+        traffic = asyncio.gather(*sends)
+        await cut_and_heal()
+        assert not traffic.done()  # the cut fell in the middle of the traffic
+        await traffic
         in_chat = 1 + 4 * 12
         in_group = 1 + 6 * 12
         await wait_until_received([d for d in devices if d.user != "carol"],
