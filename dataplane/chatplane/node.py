@@ -23,9 +23,11 @@ nothing but the registry entries, which come back by themselves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import socket
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from redis.exceptions import RedisError
 
 from chatplane import certs, metrics
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
+from chatplane.delivery.sync import shared_inboxes_id
 from chatplane.gateway import admission, drainapi, webapp
 from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.bulk import BulkWriter
@@ -56,7 +59,7 @@ from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions import links as region_links
 from chatplane.regions.durability import Durability
 from chatplane.regions.failover import Failover, lease_ttl
-from chatplane.regions.homes import Homes
+from chatplane.regions.homes import Homes, events_user
 from chatplane.regions.leases import Lease, WitnessLink
 from chatplane.regions.moving import Moves
 from chatplane.regions.replication import Replication
@@ -144,6 +147,11 @@ class Node:
                                                       self.im.groups.handle_op,
                                                       self.im.groups.admin_change, moves)
             self.im.sequencer.homes = homes
+            # user homes: this store writes the inbox entries of the users homed here,
+            # and the linked regions share one inbox sequence per user
+            self.storage.serve_region(server.region)
+            self.im.reads.shared_inboxes = shared_inboxes_id(
+                server.cluster, [server.region, *self.prober.links])
             self.prober.extra = replication.report
             self.prober.extra_region = replication.log_report
         self.revocation_watcher = RevocationWatcher(
@@ -287,7 +295,11 @@ class Node:
 
     async def _home_send(self, request: SendRequest) -> AppendResult:
         """A send forwarded by another region to this conversation's home, sent like
-        a local client's (the 1:1 chat is created here by its first one)."""
+        a local client's (the 1:1 chat is created here by its first one); an event of
+        a user homed here is appended like one emitted here."""
+        if events_user(request.conversation_id):
+            return await self.im.sequencer.append_event(dataclasses.replace(
+                request, message_id=uuid.uuid4().hex, sent_at_ms=self.im.sequencer.clock_ms()))
         return await self.im.sequencer.send(request.sender, request.sender_device,
                                             request.conversation_id, request.cid, request.text,
                                             request.payload, request.content_type)

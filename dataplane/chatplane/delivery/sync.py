@@ -9,6 +9,8 @@ with a SyncRequest from `have`.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -150,6 +152,23 @@ class ConversationOrder(Generic[T]):
             if last >= self.heads.get(conversation_id, 0):
                 self.wants.pop(conversation_id, None)  # caught up: nothing to pull
         return out
+
+
+SHARED_INBOXES = "regions/"  # prefix of the id of an inbox sequence linked regions share
+
+
+def shared_inboxes_id(cluster: str, regions: Sequence[str]) -> str:
+    """The store id (LoginAck.store_id) every region of a set linked with user homes
+    answers: a user's inbox seqs are common to them (docs/architecture.md, "User
+    homes"), so a device moving between them keeps its cursor. Another set of regions
+    (one added or removed) is another id: its devices start over, as for another store.
+    A digest, so it stays within Login.store_id's bound (64 bytes)."""
+    named = "\n".join([cluster, *sorted(regions)]).encode()
+    return SHARED_INBOXES + hashlib.sha256(named).hexdigest()[:32]
+
+
+def shared_inboxes(store_id: str) -> bool:
+    return store_id.startswith(SHARED_INBOXES)
 
 
 def resume_cursor(have: int, held_store: str, ack_store: str, inbox_head: int) -> tuple[int, str]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from chatplane import tracing
 from chatplane.auth import Identity, TokenError
 from chatplane.delivery.acks import DownlinkWindow, Verdict
-from chatplane.delivery.sync import resume_cursor
+from chatplane.delivery.sync import resume_cursor, shared_inboxes
 from chatplane.gateway.pacing import SendGate
 from chatplane.gateway.uplink import Uplink
 from chatplane.protocol import wire
@@ -200,6 +200,11 @@ class Connection:
         # the device's own resume decision (delivery.sync.resume_cursor): a
         # cursor counted in another store (wiped, or restored from elsewhere),
         # or past the head, means nothing here: the device starts over from 0
+        if login.store_id == store_id and shared_inboxes(store_id):
+            # an inbox sequence linked regions share (user homes): a cursor past this
+            # region's copy was counted at the user's home, and what lies between is on
+            # its way here by replication; the device holds it, so nothing is pushed twice
+            head = max(head, login.inbox_seq)
         claimed, _ = resume_cursor(login.inbox_seq, login.store_id, store_id, head)
         self.window = DownlinkWindow(
             # a device that claims more than exists (the store lost history)

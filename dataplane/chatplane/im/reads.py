@@ -33,11 +33,15 @@ class Reads:
         self.hot = hot
         self.limits = limits
         self.social = social
+        # regions linked with user homes: the id of the inbox sequence they share
+        # (delivery.sync.shared_inboxes_id), which LoginAck names instead of the store's
+        self.shared_inboxes = ""
 
     @property
     def store_id(self) -> str:
-        """The storage's id (LoginAck.store_id): inbox seqs count in it."""
-        return self.storage.store_id
+        """The id inbox seqs count in (LoginAck.store_id): the storage's, or the one
+        the linked regions share (user homes make a user's inbox seqs common)."""
+        return self.shared_inboxes or self.storage.store_id
 
     async def sync(self, user_id: str, after_seq: int, limit: int) -> tuple[list[InboxItem], int]:
         limit = max(1, min(limit or self.limits.max_sync_page, self.limits.max_sync_page))

@@ -101,6 +101,17 @@ class HomeRouter(Protocol):
     async def place_here(self, conversation_id: str) -> None:
         """A new group, made here under a fresh id: homed in this region."""
 
+    async def users(self, users: Iterable[str]) -> None:
+        """The users' homes settled before a message for them is stored: storage writes
+        inbox entries only for the users homed in this region."""
+
+    def login(self, user_id: str) -> None:
+        """A device of the user logged in here: its home placed here if it has none."""
+
+    async def event_elsewhere(self, request: SendRequest) -> AppendResult | None:
+        """None when this region homes the event's user (it appends it), else the ack
+        of the user's home region it was forwarded to."""
+
     async def group_op_elsewhere(self, user_id: str, device_id: str,
                                  op: pb.GroupOp) -> pb.GroupOpAck | None:
         """None when this region applies the group change, else the home region's ack."""
@@ -209,6 +220,8 @@ class Sequencer:
         instances write, by them (im/inboxes.py); returns once every entry
         is durable. `recipients`: those this instance knows of (storage may
         add a group change's; they are owed too)."""
+        if self.homes is not None and recipients:  # who writes each inbox (user homes)
+            await self.homes.users(recipients)
         inboxes = self.inboxes
         if inboxes is None or not (recipients or group_change):  # one process, or no entries
             return await self.sequenced(conversation_id, lambda fence: call(fence, None),
@@ -289,11 +302,17 @@ class Sequencer:
             if user_id not in self._events_ready:
                 await self.storage.ensure_events(user_id, self.clock_ms())
                 self._events_ready.add(user_id)
+            if self.homes is not None:  # the user's home appends it (user homes)
+                forwarded = await self.homes.event_elsewhere(request)
+                if forwarded is not None:
+                    return forwarded
             result = await self.sequenced(request.conversation_id, lambda fence: self.storage.append(
                 dataclasses.replace(request, fence=fence), (user_id,)), take_back=True)
         except StorageUnavailable as exc:
             raise unavailable(exc) from exc
         self.deliver(result)
+        if self.homes is not None and not result.duplicate:
+            self.homes.committed()  # in the log (homed with its user): wake its readers
         return result
 
     async def new_group_id(self) -> str:

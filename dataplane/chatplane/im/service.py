@@ -90,6 +90,10 @@ class ImService:
         return await requests.handle_sends(self, user_id, device_id, frames)
 
     async def inbox_head(self, user_id: str) -> int:
+        """The user's inbox head (a login asks it first: with regions linked, the user's
+        home is placed here then if it has none)."""
+        if self.sequencer.homes is not None:
+            self.sequencer.homes.login(user_id)
         return await self.reads.inbox_head(user_id)
 
     @property

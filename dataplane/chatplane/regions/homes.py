@@ -23,8 +23,17 @@ knows, so no offer round), and a client's change to a group homed elsewhere (add
 kick, leave, rename, roles, dissolve, invite, join, decline) is forwarded to the home as
 `Region.GroupOp`, an admin API change as `Region.AdminGroupChange`: the home checks it
 against the member list it sequences, and every region replays it from the group's log
-(regions/groupchanges.py). Event conversations
-and user inboxes are still sequenced by the region that writes them (not built).
+(regions/groupchanges.py).
+
+User homes: every user's inbox sequence (`inbox_seq`) has a home region too (kind
+`user`, placed and moved by the same rule), which alone writes the user's inbox
+entries: a region that stores a message (committed here, or applied from a peer's log)
+writes entries only for the members it homes (`storage.base.ReplicatedLog.region`), and
+the others' entries reach it through their home's log as (user, inbox_seq) entries, so a
+user's inbox seqs name the same messages in every region. `users` settles the homes of a
+message's recipients before it is stored (placing here those that have none). A user's
+event conversation ("u:<user>") is homed with the user: an event emitted elsewhere is
+forwarded to the user's home (`event_elsewhere`).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -44,6 +53,7 @@ from chatplane.protocol.records import from_pb, to_pb
 from chatplane.regions.durability import Durability
 from chatplane.storage.base import (
     CONVERSATION_HOME,
+    USER_HOME,
     AppendResult,
     Home,
     SendRequest,
@@ -63,6 +73,10 @@ OFFER_TIMEOUT_S = 5.0
 # stops refusing; it then checks its row with the peers before sequencing again
 MOVE_HOLD_S = 30.0
 MAX_REDIRECTS = 3  # "not the home, X is": re-resolve at most this often per send
+# another region's unconfirmed proposal for a user's home: looked at again this often
+# (it confirms within its offer round) before the store is written
+SETTLE_TRIES = 20
+SETTLE_PAUSE_S = 0.05
 # confirmed rows kept in memory (an LRU over what the `homes` table holds, ~200 bytes
 # each): a miss costs one storage read, so only the working set needs to fit
 CONFIRMED_CACHE = 65_536
@@ -91,6 +105,12 @@ class HandOff:
 def homed(conversation_id: str) -> bool:
     """Whether the conversation has a home region: 1:1 chats and groups."""
     return conversation_id.startswith(("d:", "g:"))
+
+
+def events_user(conversation_id: str) -> str:
+    """The user of an event conversation "u:<user>" ("" for any other): it is homed
+    with the user's inbox."""
+    return conversation_id[2:] if conversation_id.startswith("u:") else ""
 
 
 def _row(home: Home) -> rpb.HomeRow:
@@ -132,7 +152,8 @@ class Homes:
         self.served = 0
         self.ops_forwarded = 0  # group changes forwarded to their group's home
         self.ops_served = 0
-        self.placed = 0
+        self.placed = 0  # conversations homed here by placement
+        self.users_placed = 0  # users' inboxes homed here by placement
         # homes an admin move is taking away (regions/moving.py), by conversation
         self._handing_off: dict[str, HandOff] = {}
 
@@ -249,6 +270,63 @@ class Homes:
                     return learnt
         return row
 
+    async def users(self, users: Iterable[str]) -> None:
+        """The homes of `users` settled (confirmed rows in this store; placed here when
+        they have none) before a message for them is stored: the store writes the
+        entries of those homed here only. UNAVAILABLE when a home cannot be settled (a
+        peer does not answer a new placement): the append is not made, and retried."""
+        unknown = [user for user in dict.fromkeys(users) if self.known(USER_HOME, user) is None]
+        if not unknown:
+            return
+        try:
+            await asyncio.gather(*(self.user_home(user) for user in unknown))
+        except StorageUnavailable as exc:
+            raise _unavailable(f"storage unavailable, retry: {exc}") from exc
+
+    def login(self, user_id: str) -> None:
+        """A device of the user logged in here: its home is placed here if it has none
+        (in the background, best effort: a login never waits for a peer; the first inbox
+        entry for the user settles it otherwise)."""
+        if self.known(USER_HOME, user_id) is None:
+            self._spawn(self._settle_quietly(user_id))
+
+    async def _settle_quietly(self, user_id: str) -> None:
+        try:
+            await self.users((user_id,))
+        except (ProtocolError, StorageUnavailable) as exc:
+            log.info("home of user %s not settled at login: %s", user_id, exc)
+
+    async def event_elsewhere(self, request: SendRequest) -> AppendResult | None:
+        """An event for a user ("u:<user>", friends, reads, invitations): None when this
+        region homes the user (its event conversation is then homed here too, at the
+        user's epoch, so the event and its inbox entry replicate like a message), else
+        the ack of the user's home it was forwarded to (`Region.Send`)."""
+        user_id = events_user(request.conversation_id)
+        try:
+            for _ in range(MAX_REDIRECTS):
+                home = await self.user_home(user_id)
+                if home.region == self.region:
+                    row = Home(self.region, home.epoch, True)
+                    if self.known(CONVERSATION_HOME, request.conversation_id) != row:
+                        await self.learn(CONVERSATION_HOME, request.conversation_id, row)
+                    return None
+                result = await self._forward(home.region, request, USER_HOME, user_id)
+                if result is not None:
+                    return result
+        except StorageUnavailable as exc:
+            raise _unavailable(f"storage unavailable, retry: {exc}") from exc
+        raise _unavailable(f"home of user {user_id!r} keeps moving")
+
+    async def user_home(self, user_id: str) -> Home:
+        """The user's confirmed home (placed here when it has none): the region whose
+        log carries the user's inbox entries."""
+        for _ in range(SETTLE_TRIES):
+            row = await self.of(USER_HOME, user_id)
+            if row.confirmed:
+                return row
+            await asyncio.sleep(SETTLE_PAUSE_S)  # another region's proposal in flight
+        raise _unavailable(f"home of user {user_id!r} not settled yet")
+
     def forget_cached(self) -> None:
         """Drop the cached rows (a takeover changed them in storage)."""
         self._confirmed.clear()
@@ -324,7 +402,10 @@ class Homes:
         confirmed = Home(self.region, PLACEMENT_EPOCH, True)
         row = self._remember(kind, key, await self.storage.offer_home(kind, key, confirmed))
         if row == confirmed:
-            self.placed += 1
+            if kind == CONVERSATION_HOME:
+                self.placed += 1
+            else:
+                self.users_placed += 1
             log.info("home of %s %s placed here (epoch %d)", kind, key, confirmed.epoch)
             for peer in self.peers:  # best effort: forwarding settles a peer that missed it
                 self._spawn(self._tell(peer, kind, key, confirmed))
@@ -369,8 +450,8 @@ class Homes:
             raise _unavailable(f"storage unavailable, retry: {exc}") from exc
 
     async def _sequence_elsewhere(self, request: SendRequest) -> AppendResult | None:
-        return await self._at_home(request.conversation_id,
-                                   lambda region: self._forward(region, request))
+        return await self._at_home(request.conversation_id, lambda region: self._forward(
+            region, request, CONVERSATION_HOME, request.conversation_id))
 
     async def _at_home(self, conversation_id: str,
                        forward: Callable[[str], Awaitable[T | None]]) -> T | None:
@@ -389,8 +470,10 @@ class Homes:
                 return result
         raise _unavailable(f"home of {conversation_id!r} keeps moving")
 
-    async def _forward(self, region: str, request: SendRequest) -> AppendResult | None:
-        """The home's ack, or None when it says another region is the home (learnt)."""
+    async def _forward(self, region: str, request: SendRequest, kind: str,
+                       key: str) -> AppendResult | None:
+        """The home's ack, or None when it says another region is the home of `key`
+        (learnt)."""
         stub = rgrpc.RegionStub(self.channels(region))
         try:
             reply = await stub.Send(rpb.ForwardedSend(
@@ -402,7 +485,7 @@ class Homes:
             raise _unavailable(f"home region {region} of {request.conversation_id!r}"
                                f" unreachable: {exc.code().name}") from exc
         if reply.HasField("not_home"):
-            await self.learn(CONVERSATION_HOME, request.conversation_id, _home(reply.not_home))
+            await self.learn(kind, key, _home(reply.not_home))
             return None
         if reply.error_code:
             raise ProtocolError(ErrorCode(reply.error_code), reply.error)
@@ -410,12 +493,15 @@ class Homes:
         return AppendResult(message=from_pb(reply.message), duplicate=reply.duplicate)
 
     async def serve_send(self, request: rpb.ForwardedSend, send: LocalSend) -> rpb.ForwardedAck:
-        """`Region.Send` on this side: sequenced here when this region is the home."""
-        if not homed(request.conversation_id):
+        """`Region.Send` on this side: sequenced here when this region is the home (of
+        the conversation; of the user, for an event of the user's)."""
+        event_of = events_user(request.conversation_id)
+        if not homed(request.conversation_id) and event_of != request.user_id:
             return rpb.ForwardedAck(error_code=ErrorCode.INVALID_ARGUMENT,
                                     error=f"{request.conversation_id!r} has no home region")
         try:
-            home = await self.of(CONVERSATION_HOME, request.conversation_id)
+            home = await (self.user_home(event_of) if event_of else
+                          self.of(CONVERSATION_HOME, request.conversation_id))
             if home.region != self.region:
                 return rpb.ForwardedAck(not_home=_row(home))
             if self.moving(request.conversation_id):

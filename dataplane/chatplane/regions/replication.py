@@ -33,17 +33,20 @@ import grpc
 from prometheus_client.metrics_core import Metric
 
 from chatplane import metrics
+from chatplane.protocol.errors import ProtocolError
 from chatplane.protocol.records import from_pb, to_pb
 from chatplane.regions.failover import Failover
 from chatplane.regions.groupchanges import change_of
-from chatplane.regions.homes import Homes
+from chatplane.regions.homes import Homes, events_user
 from chatplane.regions.trimming import Trimming
 from chatplane.storage.base import (
     CONVERSATION_HOME,
+    USER_HOME,
     Home,
     InboxItem,
     LogEntry,
     LogTrimmed,
+    MembershipChange,
     ReplicatedLog,
     Storage,
     StorageError,
@@ -61,6 +64,7 @@ STALL_S = 3.0  # no batch (not even a heartbeat) for this long: reopen the strea
 RETRY_S = 0.2
 TRIMMED_RETRY_S = 5.0  # the peer trimmed past our cursor: only a resync helps, ask rarely
 TELL_TIMEOUT_S = 2.0  # one Region.Applied call
+SETTLED_GROUPS = 65_536  # groups remembered as having their members' homes settled
 
 # Applied entries go to this region's devices and caches (`Sequencer.replicated`).
 Applied = Callable[[Sequence[StoredMessage], Sequence[InboxItem]], Awaitable[None]]
@@ -76,7 +80,8 @@ class PeerReplication:
 
     applied_to: int = 0  # the peer's log position applied here (durable in storage)
     peer_head: int = 0  # the peer's newest log position, as it last said
-    entries: int = 0  # entries applied since start
+    entries: int = 0  # messages applied since start
+    inbox_entries: int = 0  # inbox entries of users the peer homes, applied since start
     batches: int = 0
     last_batch_at: float | None = None
     connected: bool = False
@@ -95,6 +100,7 @@ class PeerReplication:
     def view(self, now: float) -> dict[str, Any]:
         return {"applied_to": self.applied_to, "peer_head": self.peer_head, "lag": self.lag,
                 "connected": self.connected, "entries_applied": self.entries,
+                "inbox_entries_applied": self.inbox_entries,
                 "last_batch_s_ago": (None if self.last_batch_at is None
                                      else round(now - self.last_batch_at, 3)),
                 "reconnects": self.reconnects, "error": self.error,
@@ -123,6 +129,9 @@ class Replication:
                          else Trimming(self.log, homes.durability))
         self._tasks: list[asyncio.Task[None]] = []
         self.stale_skipped = 0  # a peer's entries of a home it lost, not applied
+        # groups whose members' homes were settled here (user homes): after that only
+        # the users a change adds need settling
+        self._settled_groups: set[str] = set()
         self.failover = failover  # takes over a lost peer's homes (regions/failover.py)
 
     # -- the serving side (Region.Replicate) ---------------------------------
@@ -146,7 +155,8 @@ class Replication:
                 durability.note_head(head)
             if scanned_to > after:
                 yield rpb.LogBatch(entries=[
-                    rpb.LogEntry(lsn=e.lsn, epoch=e.epoch, message=to_pb(e.message))
+                    rpb.LogEntry(lsn=e.lsn, epoch=e.epoch, message=to_pb(e.message),
+                                 inbox_user=e.inbox_user, inbox_seq=e.inbox_seq)
                     for e in entries], scanned_to=scanned_to, head=head)
                 after = scanned_to
                 continue
@@ -250,11 +260,15 @@ class Replication:
             call.cancel()
 
     async def _apply(self, peer: str, state: PeerReplication, batch: rpb.LogBatch) -> None:
-        entries = [LogEntry(e.lsn, e.epoch, from_pb(e.message)) for e in batch.entries]
+        entries = [LogEntry(e.lsn, e.epoch, from_pb(e.message), e.inbox_user, e.inbox_seq)
+                   for e in batch.entries]
         recipients: dict[str, tuple[str, ...]] = {}  # 1:1 chats'; groups' come from storage
         seen: set[str] = set()
         stale: set[str] = set()
+        stale_users = await self._stale_users(peer, [e for e in entries if e.inbox_user])
         for entry in entries:
+            if entry.inbox_user:
+                continue
             conversation_id = entry.message.conversation_id
             if conversation_id in seen:
                 continue
@@ -275,17 +289,80 @@ class Replication:
                 continue
             if conversation_id.startswith("d:"):
                 recipients[conversation_id] = await self._members(conversation_id, entry.message)
-        if stale:
-            entries = [e for e in entries if e.message.conversation_id not in stale]
-        changes = {e.lsn: change for e in entries
+            elif user := events_user(conversation_id):
+                # an event of a user the peer homes: stored here, its inbox entry follows
+                await self.storage.ensure_events(user, entry.message.sent_at_ms)
+                recipients[conversation_id] = ()
+        if stale or stale_users:
+            entries = [e for e in entries if not (e.inbox_user in stale_users if e.inbox_user
+                                                  else e.message.conversation_id in stale)]
+        messages = [e for e in entries if not e.inbox_user]
+        changes = {e.lsn: change for e in messages
                    if (change := change_of(e.message)) is not None}
+        # the recipients' homes settled first: this store writes the entries of the
+        # users homed here, their homes' logs bring the others'
+        users, groups = await self._recipients(messages, recipients, changes)
+        try:
+            await self.homes.users(users)
+        except ProtocolError as exc:  # a home not settled (a peer silent): the batch again
+            raise StorageError(f"inbox homes not settled: {exc.message}") from exc
+        if len(self._settled_groups) + len(groups) > SETTLED_GROUPS:
+            self._settled_groups.clear()
+        self._settled_groups |= groups
         items = await self.log.apply_log(peer, entries, batch.scanned_to, recipients, changes,
                                          self.large_above)
         state.applied_to = batch.scanned_to
         state.moved.set()
-        state.entries += len(entries)
+        state.entries += len(messages)
+        state.inbox_entries += len(entries) - len(messages)
+        if items:
+            self.homes.committed()  # entries of users homed here: our log's readers want them
         if entries:
-            await self.applied([e.message for e in entries], items)
+            await self.applied([e.message for e in messages], items)
+
+    async def _stale_users(self, peer: str, entries: Sequence[LogEntry]) -> set[str]:
+        """The users of a batch's inbox entries whose home this store holds at a higher
+        epoch than the peer served them under (it lost the home: failover); the peer is
+        told first, as for conversations. The others' rows are learnt."""
+        stale: set[str] = set()
+        seen: set[str] = set()
+        for entry in entries:
+            user = entry.inbox_user
+            if user in seen:
+                continue
+            seen.add(user)
+            row = Home(peer, entry.epoch, True)
+            held = await self.homes.stored(USER_HOME, user)
+            if held != row:
+                held = await self.homes.learn(USER_HOME, user, row)
+            if held.region != peer:
+                await self.homes.correct(peer, USER_HOME, user, held)
+                stale.add(user)
+                self.stale_skipped += 1
+        return stale
+
+    async def _recipients(self, messages: Sequence[LogEntry],
+                          direct: dict[str, tuple[str, ...]],
+                          changes: dict[int, MembershipChange]) -> tuple[set[str], set[str]]:
+        """Who may get an inbox entry from these messages: 1:1 chats' members, groups'
+        members (a large group's: only those its changes add or remove) and the users
+        the batch's changes add; and the groups whose members were read (once settled,
+        a group's later members join by changes, which every batch looks at)."""
+        users = {user for members in direct.values() for user in members}
+        groups: set[str] = set()
+        for entry in messages:
+            conversation_id = entry.message.conversation_id
+            change = changes.get(entry.lsn)
+            if change is not None:
+                users |= {user for user, _ in change.add} | set(change.remove)
+            if (conversation_id in direct or conversation_id in groups
+                    or conversation_id in self._settled_groups):
+                continue
+            groups.add(conversation_id)
+            members = [m.user_id for m in await self.storage.members(conversation_id)]
+            if self.large_above is None or len(members) <= self.large_above:
+                users.update(members)
+        return users, groups
 
     async def _members(self, conversation_id: str, message: StoredMessage) -> tuple[str, ...]:
         """The recipients here: the members of the 1:1 chat, created on its first entry."""
@@ -323,6 +400,8 @@ class Replication:
              lambda s: s.last_batch_at or math.nan),
             ("counter", "chatplane_region_replication_applied_total",
              "the peer's messages applied here", lambda s: s.entries),
+            ("counter", "chatplane_region_replication_inbox_applied_total",
+             "inbox entries of the users the peer homes, applied here", lambda s: s.inbox_entries),
             ("gauge", "chatplane_region_replication_trimmed",
              "1 while the peer refuses our cursor: it trimmed its log past it (resync needed)",
              lambda s: int(s.trimmed)),
@@ -348,6 +427,8 @@ class Replication:
         yield metrics.counter("chatplane_region_homes_placed_total",
                               "conversations (1:1 chats, groups) whose home was placed here",
                               self.homes.placed)
+        yield metrics.counter("chatplane_region_user_homes_placed_total",
+                              "users whose inbox home was placed here", self.homes.users_placed)
         if self.homes.durability is not None:
             yield from self.homes.durability.families()
         if self.trimming is not None:

@@ -398,6 +398,10 @@ class LogEntry:
     lsn: int
     epoch: int  # the home epoch it was sequenced under
     message: StoredMessage
+    # An inbox entry of a user homed in the log's region: (inbox_user, inbox_seq) names
+    # `message` (its conversation_id and seq: the rest is left empty on the link).
+    inbox_user: str = ""
+    inbox_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,7 +422,15 @@ class ReplicatedLog(Protocol):
     """The embedded store's replicated log (docs/architecture.md, "Regions"): what a
     home region sequenced, in commit order, read by peers from a position they keep
     in their own store, and applied there idempotently by (conversation, seq).
-    SQLite only: a multi-datacenter keyspace replicates its data itself."""
+    SQLite only: a multi-datacenter keyspace replicates its data itself.
+
+    With user homes, a user's inbox entries are written only in the user's home region
+    (`serve_region`; until it is called every inbox is written here) and reach
+    the others through its log as (user, inbox_seq) entries."""
+
+    def serve_region(self, region: str) -> None:
+        """Regions are linked and this store serves `region`: from now on it writes
+        inbox entries only for users homed in it (or with no home row yet)."""
 
     async def log_after(self, after: int, limit: int, region: str) -> tuple[list[LogEntry], int, int]:
         """(entries, scanned_to, head): the log's entries after position `after` (at most
@@ -442,7 +454,7 @@ class ReplicatedLog(Protocol):
         raises LogTrimmed. Returns what the log retains after."""
 
     async def take_over_homes(self, lost: str, region: str) -> int:
-        """Failover: every conversation homed in region `lost` is homed in `region`
+        """Failover: every conversation and user homed in region `lost` is homed in `region`
         at its epoch + 1, confirmed (one transaction; returns how many), so this
         store's row beats the lost region's in every store (`home_replaces`)."""
 
@@ -459,4 +471,9 @@ class ReplicatedLog(Protocol):
         change events) is applied with its entry, at its seq (a creation makes the
         group), and each entry goes to the members before and after it, as the home
         wrote it; in a group over `large_above` members (None: no bound) only to those a
-        change adds or removes (read diffusion). Returns the inbox entries written."""
+        change adds or removes (read diffusion). Entries of users homed in another region
+        are not written here (their home's log brings them). An inbox entry of the log
+        (`inbox_user` set) is stored at its (user, inbox_seq), the home's one replacing
+        another stored there, skipped when stored before; one past the user's head + 1,
+        or naming a message not stored here, raises StorageError (no hole). Returns the
+        inbox entries written."""

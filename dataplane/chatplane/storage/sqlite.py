@@ -43,6 +43,7 @@ from chatplane.storage.base import (
     DIRECT,
     EVENTS,
     GROUP,
+    USER_HOME,
     AppendResult,
     Conversation,
     ConversationNotFound,
@@ -177,12 +178,42 @@ CREATE TABLE IF NOT EXISTS region_cursors (
     peer TEXT PRIMARY KEY,
     lsn INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- User homes: inbox entries this store did not write because the user is homed in
+-- another region, until that home's entry arrives (apply_log); a takeover of the
+-- user writes the ones still owed (the lost home wrote them and never shipped them).
+CREATE TABLE IF NOT EXISTS inbox_owed (
+    user_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, conversation_id, seq)
+) WITHOUT ROWID;
 -- How far the log was trimmed (trim_log: entries every peer applied): one row.
 CREATE TABLE IF NOT EXISTS region_log_trimmed (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     lsn INTEGER NOT NULL
 );
 """
+
+# Run after the columns exist (`_add_log_columns`): inbox entries of users that have a
+# home row join the log too (user homes, docs/architecture.md "Regions"), as
+# (user_id, inbox_seq) naming (conversation_id, seq); a message's entry has user_id ''.
+INBOX_LOG = """
+CREATE TRIGGER IF NOT EXISTS region_log_inbox AFTER INSERT ON inbox
+    WHEN EXISTS (SELECT 1 FROM homes WHERE kind = 'user' AND key = new.user_id)
+    BEGIN
+        INSERT INTO region_log (conversation_id, seq, user_id, inbox_seq)
+            VALUES (new.conversation_id, new.seq, new.user_id, new.inbox_seq);
+    END;
+"""
+
+
+def _add_log_columns(db: sqlite3.Connection) -> None:
+    """The log's inbox columns, new without a version bump (a store made before them)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(region_log)")}
+    if "user_id" not in columns:
+        db.execute("ALTER TABLE region_log ADD COLUMN user_id TEXT NOT NULL DEFAULT ''")
+    if "inbox_seq" not in columns:
+        db.execute("ALTER TABLE region_log ADD COLUMN inbox_seq INTEGER NOT NULL DEFAULT 0")
 
 def _conversation(db: sqlite3.Connection, row: Sequence[Any]) -> Conversation:
     extra = json.loads(row[5])
@@ -330,6 +361,8 @@ class SqliteStorage(_SocialMethods):
 
     name = "sqlite"
     store_id = ""  # set by open()
+    # the region served (ReplicatedLog.region): inbox entries only for users homed in it
+    region = ""
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", shared: bool = False,
                  wedge_s: float = 10.0) -> None:
@@ -376,6 +409,8 @@ class SqliteStorage(_SocialMethods):
             writer_db = self._connect()
             check_integrity(writer_db, self.path)
             writer_db.executescript(SCHEMA)
+            _add_log_columns(writer_db)
+            writer_db.executescript(INBOX_LOG)
             writer_db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                               (str(SCHEMA_VERSION),))
             row = writer_db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -419,7 +454,7 @@ class SqliteStorage(_SocialMethods):
     # -- the writer thread -------------------------------------------------
 
     def _run_writer(self, db: sqlite3.Connection) -> None:
-        writer = Writer(db)
+        writer = Writer(db, lambda: self.region)
         while True:
             first = self._jobs.get()
             if first is None:
@@ -785,6 +820,8 @@ class SqliteStorage(_SocialMethods):
                 "INSERT OR REPLACE INTO homes (kind, key, region, epoch, confirmed)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (kind, key, offered.region, offered.epoch, int(offered.confirmed)))
+            if kind == USER_HOME:
+                writer.user_homes.pop(key, None)
             if (kind == CONVERSATION_HOME and offered.confirmed
                     and (existing is None or not existing.confirmed)):
                 # messages stored before the conversation had a home (a chat older than
@@ -800,15 +837,22 @@ class SqliteStorage(_SocialMethods):
 
     async def take_over_homes(self, lost: str, region: str) -> int:
         def take(writer: Writer) -> int:
+            users = [str(row[0]) for row in writer.db.execute(
+                "SELECT key FROM homes WHERE kind = 'user' AND region = ?", (lost,))]
             cursor = writer.db.execute(
                 "UPDATE homes SET region = ?, epoch = epoch + 1, confirmed = 1"
-                " WHERE kind = 'conversation' AND region = ?", (region, lost))
+                " WHERE region = ?", (region, lost))  # conversations and users
+            writer.user_homes.clear()
+            writer.write_owed(users)  # homed here now: what the lost home never shipped
             return int(cursor.rowcount)
 
         taken: int = await self._write(take)
         return taken
 
     # -- the replicated log (ReplicatedLog) -----------------------------------
+
+    def serve_region(self, region: str) -> None:
+        self.region = region  # read by the writer thread at each inbox entry
 
     async def log_after(self, after: int, limit: int,
                         region: str) -> tuple[list[LogEntry], int, int]:
@@ -825,14 +869,19 @@ class SqliteStorage(_SocialMethods):
             if not positions:
                 return [], after, head
             last = int(positions[-1][0])
+            # a message's entry under its conversation's home row, an inbox entry under
+            # its user's (the primary key, looked up per entry)
             rows = db.execute(
-                f"SELECT l.lsn, h.epoch, {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}"
-                " FROM region_log l JOIN homes h ON h.kind = 'conversation'"
-                " AND h.key = l.conversation_id AND h.region = ? AND h.confirmed = 1"
+                f"SELECT l.lsn, h.epoch, l.user_id, l.inbox_seq,"
+                f" {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}"
+                " FROM region_log l JOIN homes h"
+                " ON h.kind = CASE l.user_id WHEN '' THEN 'conversation' ELSE 'user' END"
+                " AND h.key = CASE l.user_id WHEN '' THEN l.conversation_id ELSE l.user_id END"
+                " AND h.region = ? AND h.confirmed = 1"
                 " JOIN messages m ON m.conversation_id = l.conversation_id AND m.seq = l.seq"
                 " WHERE l.lsn > ? AND l.lsn <= ? ORDER BY l.lsn",
                 (region, after, last)).fetchall()
-            entries = [LogEntry(int(r[0]), int(r[1]), message_from_row(r[2:])) for r in rows]
+            entries = [_log_entry(r) for r in rows]
             return entries, last, head
 
         return await self._read(read)
@@ -884,7 +933,12 @@ class SqliteStorage(_SocialMethods):
                 # a home past the first epoch took over from a lost one: its history
                 # replaces what the lost home sequenced here and never replicated
                 supersede = entry.epoch > 1
-                if message.conversation_id in recipients:
+                if entry.inbox_user:
+                    item = writer.apply_inbox_entry(entry.inbox_user, entry.inbox_seq,
+                                                    message.conversation_id, message.seq)
+                    if item is not None:
+                        items.append(item)
+                elif message.conversation_id in recipients:
                     items += writer.apply_replicated(message, recipients[message.conversation_id],
                                                      supersede)
                 else:
@@ -897,6 +951,16 @@ class SqliteStorage(_SocialMethods):
 
         items: list[InboxItem] = await self._write(apply)
         return items
+
+
+def _log_entry(row: Sequence[Any]) -> LogEntry:
+    message = message_from_row(row[4:])
+    if row[2]:  # an inbox entry: the message is named, not shipped
+        message = StoredMessage(conversation_id=message.conversation_id, seq=message.seq,
+                                message_id="", sender="", sender_device="", cid=0, text="",
+                                sent_at_ms=0)
+        return LogEntry(int(row[0]), int(row[1]), message, str(row[2]), int(row[3]))
+    return LogEntry(int(row[0]), int(row[1]), message)
 
 
 def _trimmed_to(db: sqlite3.Connection) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -37,6 +38,8 @@ from chatplane.storage.base import (
     StorageUnavailable,
     StoredMessage,
 )
+
+log = logging.getLogger("chatplane.storage.sqlite")
 
 FIND_BACK = 10_000  # inbox entries fan_out looks back for one written before
 MAX_CID_CACHE = 100_000  # (conversation, sender, device) keys; cleared when full
@@ -65,8 +68,13 @@ def message_from_row(row: Sequence[Any]) -> StoredMessage:
 class Writer:
     """State owned by the writer thread only."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, region_of: Callable[[], str] = str) -> None:
         self.db = db
+        # the region this store serves (ReplicatedLog.region; "": regions not linked)
+        self.region_of = region_of
+        # user -> the region of its home row (None: no row): every home write runs on
+        # this thread (offer_home, take_over_homes), which keeps it exact
+        self.user_homes: dict[str, str | None] = {}
         self.conv_heads: dict[str, int] = {}
         self.inbox_heads: dict[str, int] = {}
         self.dirty_convs: dict[str, tuple[int, int]] = {}
@@ -88,6 +96,7 @@ class Writer:
         self.conv_heads.clear()
         self.inbox_heads.clear()
         self.max_cids.clear()  # shared: another process may have stored cids since
+        self.user_homes.clear()
 
     def flush_rows(self) -> None:
         """Write the queued message and inbox rows, one statement each."""
@@ -171,6 +180,23 @@ class Writer:
         self.dirty_inbox.clear()
         self.conv_heads.clear()
         self.inbox_heads.clear()
+        self.user_homes.clear()
+
+    def homed_here(self, user_id: str) -> bool:
+        """Whether this store writes the user's inbox entries: always when regions are
+        not linked; else when the user is homed in this region, or has no home row yet
+        (the im tier places it before it appends: regions/homes.py, `Homes.users`)."""
+        region = self.region_of()
+        if not region:
+            return True
+        if user_id not in self.user_homes:
+            if len(self.user_homes) >= MAX_CID_CACHE:
+                self.user_homes.clear()
+            row = self.db.execute("SELECT region FROM homes WHERE kind = 'user' AND key = ?",
+                                  (user_id,)).fetchone()
+            self.user_homes[user_id] = None if row is None else str(row[0])
+        home = self.user_homes[user_id]
+        return home is None or home == region
 
     def conv_head(self, conversation_id: str) -> int:
         head = self.conv_heads.get(conversation_id)
@@ -275,8 +301,8 @@ class Writer:
         # one's own message is read by definition: it never counts as unread
         self.dirty_reads[(request.sender, request.conversation_id)] = seq
         self.conv_heads[request.conversation_id] = seq
-        items = [self.add_entry(user_id, message) for user_id in recipients
-                 if inboxes is None or user_id in inboxes]
+        items = [self.add_entry(user_id, message) for user_id in
+                 self.written_here(message, recipients) if inboxes is None or user_id in inboxes]
         owed = () if inboxes is None else tuple(u for u in recipients if u not in inboxes)
         if owed:  # with the message: the next owner finishes it if this one cannot
             self.db.execute("INSERT INTO fanouts (conversation_id, seq, users) VALUES (?, ?, ?)",
@@ -327,7 +353,78 @@ class Writer:
         self.dirty_convs[message.conversation_id] = (message.seq, message.sent_at_ms)
         self.dirty_reads[(message.sender, message.conversation_id)] = message.seq
         self.conv_heads[message.conversation_id] = message.seq
-        return [self.add_entry(user_id, message) for user_id in recipients]
+        return [self.add_entry(user_id, message)
+                for user_id in self.written_here(message, recipients)]
+
+    def written_here(self, message: StoredMessage, recipients: Sequence[str]) -> list[str]:
+        """The recipients whose entries this store writes (homed here); the others'
+        are owed by their homes until their entries arrive (`inbox_owed`)."""
+        mine = []
+        for user_id in recipients:
+            if self.homed_here(user_id):
+                mine.append(user_id)
+            else:
+                self.db.execute("INSERT OR IGNORE INTO inbox_owed (user_id, conversation_id,"
+                                " seq) VALUES (?, ?, ?)",
+                                (user_id, message.conversation_id, message.seq))
+        return mine
+
+    def write_owed(self, users: Sequence[str]) -> int:
+        """A takeover made these users homed here: the entries their lost home owed
+        (never shipped), written now, each conversation's in seq order; how many."""
+        self.flush_rows()
+        written = 0
+        for user_id in users:
+            columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
+            rows = self.db.execute(
+                f"SELECT {columns} FROM inbox_owed o JOIN messages m"
+                " ON m.conversation_id = o.conversation_id AND m.seq = o.seq"
+                " WHERE o.user_id = ? ORDER BY o.conversation_id, o.seq", (user_id,)).fetchall()
+            for row in rows:
+                self.add_entry(user_id, message_from_row(row))
+            written += len(rows)
+            self.db.execute("DELETE FROM inbox_owed WHERE user_id = ?", (user_id,))
+        self.flush_rows()
+        return written
+
+    def apply_inbox_entry(self, user_id: str, inbox_seq: int, conversation_id: str,
+                          seq: int) -> InboxItem | None:
+        """The user's home's inbox entry (ReplicatedLog.apply_log): stored at its
+        inbox_seq, the home's replacing another entry stored there (the home's sequence
+        is the user's); None when stored before. StorageError for a hole, or for a
+        message this store does not hold yet (another region's, not applied here yet:
+        the batch is tried again, never stored as an entry nobody can read)."""
+        self.flush_rows()  # rows queued in this batch are read like stored ones
+        row = self.db.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE"
+                              " conversation_id = ? AND seq = ?",
+                              (conversation_id, seq)).fetchone()
+        if row is None:
+            raise StorageError(f"inbox entry {user_id}#{inbox_seq} names"
+                               f" {conversation_id}#{seq}, not stored here yet")
+        # the home wrote it: no longer owed here
+        self.db.execute("DELETE FROM inbox_owed WHERE user_id = ? AND conversation_id = ?"
+                        " AND seq = ?", (user_id, conversation_id, seq))
+        head = self.inbox_head(user_id)
+        if inbox_seq <= head:
+            stored = self.db.execute("SELECT conversation_id, seq FROM inbox WHERE user_id = ?"
+                                     " AND inbox_seq = ?", (user_id, inbox_seq)).fetchone()
+            if stored is not None and (stored[0], int(stored[1])) == (conversation_id, seq):
+                return None
+            log.warning("inbox entry %s#%d: %s replaced by its home's %s#%d", user_id,
+                        inbox_seq, "none" if stored is None else f"{stored[0]}#{stored[1]}",
+                        conversation_id, seq)
+            self.db.execute("INSERT OR REPLACE INTO inbox (user_id, inbox_seq, conversation_id,"
+                            " seq) VALUES (?, ?, ?, ?)", (user_id, inbox_seq, conversation_id, seq))
+            self.superseded += 1
+            return InboxItem(user_id, inbox_seq, message_from_row(row))
+        if inbox_seq != head + 1:
+            raise StorageError(f"inbox entry {user_id}#{inbox_seq} after head {head}"
+                               " would leave a hole")
+        self.db.execute("INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq)"
+                        " VALUES (?, ?, ?, ?)", (user_id, inbox_seq, conversation_id, seq))
+        self.dirty_inbox[user_id] = inbox_seq
+        self.inbox_heads[user_id] = inbox_seq
+        return InboxItem(user_id, inbox_seq, message_from_row(row))
 
     def _supersede(self, message: StoredMessage) -> None:
         """Put the home's `message` at its seq in place of another one stored there (its

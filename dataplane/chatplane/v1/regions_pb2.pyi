@@ -140,14 +140,18 @@ class ReplicateRequest(_message.Message):
     def __init__(self, region: _Optional[str] = ..., after: _Optional[int] = ...) -> None: ...
 
 class LogEntry(_message.Message):
-    __slots__ = ("lsn", "epoch", "message")
+    __slots__ = ("lsn", "epoch", "message", "inbox_user", "inbox_seq")
     LSN_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    INBOX_USER_FIELD_NUMBER: _ClassVar[int]
+    INBOX_SEQ_FIELD_NUMBER: _ClassVar[int]
     lsn: int
     epoch: int
     message: _frames_pb2.Message
-    def __init__(self, lsn: _Optional[int] = ..., epoch: _Optional[int] = ..., message: _Optional[_Union[_frames_pb2.Message, _Mapping]] = ...) -> None: ...
+    inbox_user: str
+    inbox_seq: int
+    def __init__(self, lsn: _Optional[int] = ..., epoch: _Optional[int] = ..., message: _Optional[_Union[_frames_pb2.Message, _Mapping]] = ..., inbox_user: _Optional[str] = ..., inbox_seq: _Optional[int] = ...) -> None: ...
 
 class LogBatch(_message.Message):
     __slots__ = ("entries", "scanned_to", "head")
