@@ -273,19 +273,8 @@ class Replication:
             if conversation_id in seen:
                 continue
             seen.add(conversation_id)
-            row = Home(peer, entry.epoch, True)
-            held = await self.homes.stored(CONVERSATION_HOME, conversation_id)
-            if held != row:
-                # stored once: a write per batch would sit in every sync ack's path
-                held = await self.homes.learn(CONVERSATION_HOME, conversation_id, row)
-            if held.region != peer:
-                # a higher epoch is held here: the peer lost this home (failover) and
-                # serves what it sequenced under the old one. It learns the new home
-                # before the cursor passes these entries (and Region.Applied confirms
-                # them), so it never acks them: the raise retries the batch.
-                await self.homes.correct(peer, CONVERSATION_HOME, conversation_id, held)
+            if await self._lost_by(peer, CONVERSATION_HOME, conversation_id, entry.epoch):
                 stale.add(conversation_id)
-                self.stale_skipped += 1
                 continue
             if conversation_id.startswith("d:"):
                 recipients[conversation_id] = await self._members(conversation_id, entry.message)
@@ -331,15 +320,26 @@ class Replication:
             if user in seen:
                 continue
             seen.add(user)
-            row = Home(peer, entry.epoch, True)
-            held = await self.homes.stored(USER_HOME, user)
-            if held != row:
-                held = await self.homes.learn(USER_HOME, user, row)
-            if held.region != peer:
-                await self.homes.correct(peer, USER_HOME, user, held)
+            if await self._lost_by(peer, USER_HOME, user, entry.epoch):
                 stale.add(user)
-                self.stale_skipped += 1
         return stale
+
+    async def _lost_by(self, peer: str, kind: str, key: str, epoch: int) -> bool:
+        """Whether the peer served `key`'s entries under a home it no longer holds. The
+        peer's row at the entry's epoch is learnt here (stored once: a write per batch
+        would sit in every sync ack's path). A higher epoch held here means the peer
+        lost this home (failover) and serves what it sequenced under the old one: it is
+        told the new home before the cursor passes these entries (and Region.Applied
+        confirms them), so it never acks them."""
+        row = Home(peer, epoch, True)
+        held = await self.homes.stored(kind, key)
+        if held != row:
+            held = await self.homes.learn(kind, key, row)
+        if held.region == peer:
+            return False
+        await self.homes.correct(peer, kind, key, held)
+        self.stale_skipped += 1
+        return True
 
     async def _recipients(self, messages: Sequence[LogEntry],
                           direct: dict[str, tuple[str, ...]],
