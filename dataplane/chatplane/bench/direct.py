@@ -59,6 +59,9 @@ class ChatClient(Protocol):
     """The part of `chatplane.client.Client` the bench drives."""
 
     reconnects: int
+    # second inbox entries of a message, dropped by the per-conversation rule
+    # (docs/protocol.md); the SDK drops them too but does not count them apart
+    duplicate_entries: int
 
     async def connect(self) -> None: ...
     async def direct(self, user_id: str) -> str: ...
@@ -424,6 +427,7 @@ class DirectRun:
             "echoed": self.echoed,
             "max_queue_delay_us": self.max_queue_delay_us,
             "reconnects": reconnects,
+            "duplicate_entries": sum(c.duplicate_entries for c in self.clients),
             "cuts": self.cuts,
             "history_pages": self.history_pages,
             "history_failed": self.history_failed,

@@ -10,7 +10,11 @@ HistoryRequest) and does per loop turn what the SDK does per frame:
 - outgoing frames are buffered and written with one `transport.write` per
   loop turn (`call_soon` flush), the cumulative PushAck included;
 - incoming bytes are cut into frames by a plain loop over a bytearray, and
-  pushed messages are handed to `messages()` from a deque without a task hop.
+  pushed messages are handed to `messages()` from a deque without a task hop;
+- the client's two rules (docs/protocol.md): an entry at or below the inbox
+  cursor is dropped, and so is one naming a (conversation, seq) already
+  delivered (a second inbox entry of one message, counted in
+  `duplicate_entries`: the report shows them).
 
 It keeps the `ChatClient` shape that `DirectRun` drives (`direct.py`), so the
 checker, the pacing and the report are the same for both clients. It does not
@@ -43,6 +47,8 @@ class LeanClient(asyncio.Protocol):
         self.host, self.port, self.token = host, port, token
         self.reconnects = 0  # never: the field is part of the ChatClient shape
         self.inbox_seq = 0
+        self.duplicate_entries = 0  # inbox entries of a message already delivered
+        self._last_seq: dict[str, int] = {}  # conversation -> last seq delivered
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._out: list[bytes] = []
@@ -156,7 +162,12 @@ class LeanClient(asyncio.Protocol):
                 for entry in frame.push.entries:
                     if entry.inbox_seq > self.inbox_seq:
                         self.inbox_seq = entry.inbox_seq
-                        self._inbox.append(entry.message)
+                        message = entry.message
+                        if message.seq <= self._last_seq.get(message.conversation_id, 0):
+                            self.duplicate_entries += 1
+                            continue
+                        self._last_seq[message.conversation_id] = message.seq
+                        self._inbox.append(message)
                 pushed = True
             elif frame.id in self._waiting:
                 future = self._waiting.pop(frame.id)

@@ -26,6 +26,7 @@ _SUMMED = (
     "delivered",
     "echoed",
     "reconnects",
+    "duplicate_entries",
     "cuts",
     "history_pages",
     "history_failed",
@@ -223,6 +224,12 @@ def table(pub: dict[str, Any]) -> str:
             f"{pub['replication_lag']['samples']} samples of the receiving region's /metrics",
         ),
         ("reconnects", f"{pub.get('reconnects')} (connections cut by the bench: {pub.get('cuts', 0)})"),
+        (
+            "dup entries",
+            f"{pub.get('duplicate_entries', 0)} inbox entries named a message the device already"
+            " had, dropped by the client's per-conversation rule (docs/protocol.md); with"
+            " the SDK this also counts overlaps of its own history pulls",
+        ),
         (
             "bench cpu",
             f"{pub.get('bench_cpu_s')} s over the run, all bench processes "

@@ -131,6 +131,12 @@ class Client(SocialApi):
         return self._core.heartbeat_s
 
     @property
+    def duplicate_entries(self) -> int:
+        """Messages dropped because this device had delivered them already (a second
+        inbox entry of one message, or an overlap of its own history pulls)."""
+        return self._core.order.duplicates
+
+    @property
     def store_resets(self) -> int:
         """Times the server's history was found behind this device."""
         return self._core.store_resets
