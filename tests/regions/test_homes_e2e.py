@@ -51,6 +51,21 @@ def _sees(region: RegionProcess, peer: str) -> bool:
 _device = region_device
 
 
+async def _alice_and_bob(eu: RegionProcess, us: RegionProcess, checker: DeliveryChecker,
+                         devices: list[Device]) -> tuple[Device, Device, str]:
+    """alice's device in eu and bob's in us (added to `devices`, for the caller's
+    cleanup), and their 1:1 chat, both of them members in the checker."""
+    alice = await _device(eu, "alice", "a", checker)
+    devices.append(alice)
+    bob = await _device(us, "bob", "b", checker)
+    devices.append(bob)
+    conversation = await alice.client.direct("bob")
+    await bob.client.direct("alice")
+    checker.add_member(conversation, "alice")
+    checker.add_member(conversation, "bob")
+    return alice, bob, conversation
+
+
 def _replication(region: RegionProcess, peer: str) -> dict[str, Any]:
     view: dict[str, Any] = region.peers()[peer]["replication"]
     return view
@@ -156,14 +171,9 @@ async def test_a_cut_link_loses_nothing_acked_and_converges(
     Then the same to the home while bob's sends are forwarded to it."""
     eu, us = regions
     checker = DeliveryChecker()
-    alice = await _device(eu, "alice", "a", checker)
-    bob = await _device(us, "bob", "b", checker)
-    devices = [alice, bob]
+    devices: list[Device] = []
     try:
-        conversation = await alice.client.direct("bob")
-        await bob.client.direct("alice")
-        checker.add_member(conversation, "alice")
-        checker.add_member(conversation, "bob")
+        alice, bob, conversation = await _alice_and_bob(eu, us, checker, devices)
         sending = asyncio.ensure_future(_paced(alice, conversation, 90, 0.05))
         await asyncio.sleep(0.6)
         assert us.proc is not None
@@ -261,15 +271,10 @@ async def test_an_admin_call_moves_a_chats_home_under_traffic_and_back(
     longer forwarded)."""
     eu, us = durable_regions
     checker = DeliveryChecker()
-    alice = await _device(eu, "alice", "a", checker)
-    bob = await _device(us, "bob", "b", checker)
-    devices = [alice, bob]
+    devices: list[Device] = []
     devices_sending: list[asyncio.Future[Any]] = []
     try:
-        conversation = await alice.client.direct("bob")
-        await bob.client.direct("alice")
-        checker.add_member(conversation, "alice")
-        checker.add_member(conversation, "bob")
+        alice, bob, conversation = await _alice_and_bob(eu, us, checker, devices)
         await send_many(alice, conversation, 1, "first")  # homed in eu
         status, body = await asyncio.to_thread(_move_home, eu, conversation, "us")
         assert status == 400 and "make this call on region us's admin port" in body["error"]
@@ -326,14 +331,9 @@ async def test_sends_the_old_home_sequenced_as_it_handed_off_are_never_acked_the
     with two_regions(tmp_path, {"CHATPLANE_REGION_DURABILITY": "async"}) as (eu, us):
         wait_for(functools.partial(_sees, us, "eu"), 20, "us sees eu")
         checker = DeliveryChecker()
-        alice = await _device(eu, "alice", "a", checker)
-        bob = await _device(us, "bob", "b", checker)
-        devices = [alice, bob]
+        devices: list[Device] = []
         try:
-            conversation = await alice.client.direct("bob")
-            await bob.client.direct("alice")
-            checker.add_member(conversation, "alice")
-            checker.add_member(conversation, "bob")
+            alice, bob, conversation = await _alice_and_bob(eu, us, checker, devices)
             await send_many(alice, conversation, 1, "first")  # homed in eu
             await wait_until_received(devices, 1, 10)
             store = sqlite3.connect(tmp_path / "eu" / "chatplane.db", timeout=10,
