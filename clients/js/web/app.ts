@@ -79,7 +79,7 @@ function conversation(id: string): Conversation {
   let c = conversations.get(id);
   if (c === undefined) {
     c = { id, kind: id.startsWith("g:") ? "group" : "direct", name: id, last: null, unread: 0,
-          readSeq: 0, headSeq: 0, members: 0, messages: new Map(), hasOlder: true, peerRead: 0,
+          countedTo: 0, readSeq: 0, headSeq: 0, members: 0, messages: new Map(), hasOlder: true, peerRead: 0,
           dissolved: false, sorted: { size: 0, seqs: [] } };
     if (id.startsWith("d:") && client) {
       c.name = id.slice(2).split(":").find((u) => u !== client!.userId) ?? id;
@@ -107,7 +107,9 @@ function onMessage(m: Message): void {
     c.readSeq = Math.max(c.readSeq, m.seq);
   } else if (active === c.id && document.visibilityState === "visible") {
     markRead(c);
-  } else if (m.seq > c.readSeq) {
+  } else if (m.seq > c.readSeq && m.seq > c.countedTo) {
+    // a message the list's count already holds (its sync came after the list) is not
+    // counted twice
     c.unread += 1;
   }
   if (active === c.id && !mine) announced = `${m.sender}: ${describe(m)}`;
@@ -210,6 +212,7 @@ async function loadConversations(): Promise<void> {
     c.kind = s.kind || c.kind;
     c.name = s.name || c.name;
     c.unread = s.unread;
+    c.countedTo = Math.max(c.countedTo, s.head_seq);
     c.readSeq = s.read_seq;
     c.headSeq = Math.max(c.headSeq, s.head_seq);
     c.members = s.members;

@@ -11,6 +11,7 @@ export interface Conversation {
   name: string;
   last: Message | null;
   unread: number;
+  countedTo: number; // the server's unread count (conversation list) covers seqs up to here
   readSeq: number;
   headSeq: number;
   members: number;
