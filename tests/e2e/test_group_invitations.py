@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 
 from chatplane.auth import TokenSigner
-from chatplane.client import Client, ErrorCode, Event, RequestError
+from chatplane.client import Client, ErrorCode, RequestError
 from tests.support.server import ServerProcess
 from tests.support.social import admin_group, befriend
+from tests.support.traffic import next_event
 
 pytestmark = pytest.mark.slow
 
@@ -33,16 +34,6 @@ async def connect(server: ServerProcess, signer: TokenSigner, user: str,
     client = Client(server.url, signer.mint(user, device))
     await client.connect()
     return client
-
-
-async def next_event(client: Client, kind: str) -> Event:
-    async def find() -> Event:
-        async for event in client.events():
-            if event.kind == kind:
-                return event
-        raise AssertionError("events ended")
-
-    return await asyncio.wait_for(find(), 10)
 
 
 async def refused(code: ErrorCode, call: object) -> None:

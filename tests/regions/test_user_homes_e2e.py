@@ -18,7 +18,6 @@ import pytest
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
-from chatplane.client.social import Event
 from tests.support.regions import (
     SHARED_KEY,
     Cuts,
@@ -29,7 +28,7 @@ from tests.support.regions import (
     wait_for,
     witnessed_regions,
 )
-from tests.support.traffic import Device, send_many, wait_until_received
+from tests.support.traffic import Device, next_event, send_many, wait_until_received
 
 pytestmark = pytest.mark.slow
 
@@ -206,16 +205,6 @@ async def test_a_device_moving_region_keeps_its_inbox_cursor(regions: Regions) -
         await _stop_all(devices)
 
 
-async def _next_event(client: Client, kind: str) -> Event:
-    async def find() -> Event:
-        async for event in client.events():
-            if event.kind == kind:
-                return event
-        raise AssertionError("events ended")
-
-    return await asyncio.wait_for(find(), 30)
-
-
 async def test_an_event_reaches_its_users_devices_in_both_regions(regions: Regions) -> None:
     """bob, in us, asks alice (homed in eu) to be friends: her event is forwarded to eu,
     appended there, and reaches her devices in both regions at one inbox_seq."""
@@ -232,7 +221,7 @@ async def test_an_event_reaches_its_users_devices_in_both_regions(regions: Regio
                 await _placed(eu, 1)
         alice_eu, bob, alice_us = clients
         await bob.add_friend("alice", "hello from us")
-        seen = [await _next_event(client, "friend") for client in (alice_eu, alice_us)]
+        seen = [await next_event(client, "friend", timeout_s=30) for client in (alice_eu, alice_us)]
         assert [e.detail["actor"] for e in seen] == ["bob", "bob"]
         assert seen[0].message.inbox_seq == seen[1].message.inbox_seq > 0
         assert seen[0].message.message_id == seen[1].message.message_id

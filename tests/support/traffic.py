@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 
 from chatplane.checker import DeliveryChecker
-from chatplane.client import Client, Message
+from chatplane.client import Client, Event, Message
 from chatplane.protocol.errors import RequestError
 
 
@@ -97,3 +97,14 @@ async def ended(client: Client, timeout_s: float) -> RequestError:
         raise AssertionError("the client ended without an error")
 
     return await asyncio.wait_for(drain(), timeout_s)
+
+
+async def next_event(client: Client, kind: str, timeout_s: float = 10) -> Event:
+    """The client's next event of `kind` (others are passed over), within `timeout_s`."""
+    async def find() -> Event:
+        async for event in client.events():
+            if event.kind == kind:
+                return event
+        raise AssertionError("events ended")
+
+    return await asyncio.wait_for(find(), timeout_s)
