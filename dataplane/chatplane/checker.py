@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MAX_SAMPLES = 5
+SUMMARY_SAMPLES = 5  # named in a failed summary
 
 
 class SeqRanges:
@@ -165,6 +166,8 @@ class Verdict:
     received: int
     same_order: bool
     totals: dict[str, int]
+    # conflicts between acks (two message ids acked at one seq), which no device owns
+    ack_samples: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -177,6 +180,7 @@ class Verdict:
             "received": self.received,
             "same_order": self.same_order,
             **self.totals,
+            "ack_samples": self.ack_samples,
             "failed_devices": [asdict(d) for d in self.devices if not d.ok],
             "devices": len(self.devices),
         }
@@ -184,10 +188,14 @@ class Verdict:
     def summary(self) -> str:
         state = "CLEAN" if self.ok else "FAILED"
         kinds = " ".join(f"{k}={self.totals[k]}" for k in KINDS)
-        return (
+        line = (
             f"{state}: acked={self.acked} received={self.received} {kinds} "
             f"same_order={'yes' if self.same_order else 'NO'} devices={len(self.devices)}"
         )
+        # what failed, named: a count alone does not say where to look
+        samples = self.ack_samples[:SUMMARY_SAMPLES] + [
+            f"{d.user}/{d.device}: {s}" for d in self.devices if not d.ok for s in d.samples]
+        return "\n  ".join([line, *samples[:SUMMARY_SAMPLES]])
 
     @classmethod
     def merge(cls, parts: Iterable[Verdict]) -> Verdict:
@@ -196,14 +204,16 @@ class Verdict:
         acked = received = 0
         same = True
         totals = dict.fromkeys(KINDS, 0)
+        ack_samples: list[str] = []
         for part in parts:
             devices.extend(part.devices)
+            ack_samples.extend(part.ack_samples[:MAX_SAMPLES - len(ack_samples)])
             acked += part.acked
             received += part.received
             same = same and part.same_order
             for k in KINDS:
                 totals[k] += part.totals.get(k, 0)
-        return cls(devices, acked, received, same, totals)
+        return cls(devices, acked, received, same, totals, ack_samples)
 
 
 class _Stream:
@@ -227,6 +237,7 @@ class DeliveryChecker:
         self._acked: dict[str, SeqRanges] = defaultdict(SeqRanges)  # conv -> seqs
         self._ids: dict[str, dict[int, str]] = defaultdict(dict)  # conv -> seq -> id
         self._ack_conflicts = 0
+        self._ack_samples: list[str] = []
         self.acks_by_sender: dict[str, int] = defaultdict(int)
         # (sender, device, conversation) -> cid -> seq, for acks recorded with a cid
         self._sent: dict[tuple[str, str, str], dict[int, int]] = defaultdict(dict)
@@ -255,6 +266,9 @@ class DeliveryChecker:
         known = ids.setdefault(seq, message_id)
         if known != message_id:
             self._ack_conflicts += 1
+            if len(self._ack_samples) < MAX_SAMPLES:
+                self._ack_samples.append(f"ack conflict {conversation_id}#{seq}: {message_id}"
+                                         f" acked to {sender}/{sender_device} != {known}")
         self._acked[conversation_id].add(seq)
 
     def record_receipt(self, user: str, device: str, conversation_id: str, seq: int, message_id: str) -> None:
@@ -361,4 +375,5 @@ class DeliveryChecker:
         totals["conflicting"] += self._ack_conflicts
         same_order = totals["reordered"] == 0 and totals["conflicting"] == 0
         acked_total = sum(len(r) for r in self._acked.values())
-        return Verdict(devices, acked_total, received, same_order, totals)
+        return Verdict(devices, acked_total, received, same_order, totals,
+                       list(self._ack_samples))
