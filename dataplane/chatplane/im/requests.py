@@ -9,6 +9,7 @@ the gateway, and a remote im (gRPC) forwards bytes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from chatplane.protocol import bounds, wire
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.wire import error_frame
 from chatplane.storage.base import StorageUnavailable
+from chatplane.storage.pipelining import PIPELINED, PipelinedSend
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 
@@ -77,31 +79,19 @@ async def handle(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -
 async def handle_sends(im: ImService, user_id: str, device_id: str,
                        frames: Sequence[pb.Frame]) -> list[pb.Frame]:
     """One device's sends, in its cid order, each sequenced after the one
-    before it was stored: so they take seqs in that order however the
-    storage schedules concurrent appends. After a retriable failure (cid c)
-    the later sends are refused unsent with the same code, so that the
-    device's resend from c cannot land behind them. A frame that failed
-    admission (an Error frame) is its own reply; only sends are served."""
-    replies: list[pb.Frame] = []
+    before it: so they take seqs in that order however the storage schedules
+    concurrent appends. A send starts once the one before it was stored, or
+    only queued where the storage stores in queue order (SQLite's writer:
+    storage/pipelining.py), so a lane's sends share one commit instead of
+    paying one each. After a retriable failure (cid c) the later sends are
+    refused with the same code (those not started are never stored; a later
+    one the storage refuses as c failed), so that the device's resend from c
+    cannot land behind them. A frame that failed admission (an Error frame)
+    is its own reply; only sends are served."""
     appended: list[tuple[str, int]] = []
     deferring = SETTLE_LATER.set(appended)
     try:
-        for i, frame in enumerate(frames):
-            kind = frame.WhichOneof("body")
-            if kind == "error":
-                reply = frame
-            elif kind != "send":
-                reply = error_frame(frame.id, ErrorCode.INVALID_ARGUMENT, f"{kind} is not a send")
-            else:
-                reply = await handle(im, user_id, device_id, frame)
-            replies.append(reply)
-            if reply.WhichOneof("body") == "error" and reply.error.retriable:
-                code = ErrorCode(reply.error.code)
-                cid = frame.send.cid
-                replies += [error_frame(later.id, code,
-                                        f"after failed send cid {cid}; resend from it")
-                            for later in frames[i + 1:]]
-                break
+        replies = await _sends_in_order(im, user_id, device_id, frames)
     finally:
         SETTLE_LATER.reset(deferring)
     if appended:  # sync durability: one wait for the batch
@@ -111,6 +101,65 @@ async def handle_sends(im: ImService, user_id: str, device_id: str,
             replies = [error_frame(reply.id, exc.code, exc.message)
                        if reply.WhichOneof("body") == "send_ack" else reply for reply in replies]
     return replies
+
+
+async def _sends_in_order(im: ImService, user_id: str, device_id: str,
+                          frames: Sequence[pb.Frame]) -> list[pb.Frame]:
+    loop = asyncio.get_running_loop()
+    started: list[pb.Frame | asyncio.Task[pb.Frame]] = []
+    after: object = None  # the previous send's storage ticket
+    for frame in frames:
+        kind = frame.WhichOneof("body")
+        if kind == "error":
+            started.append(frame)
+            if _retriable(frame):
+                break
+            continue
+        if kind != "send":
+            started.append(error_frame(frame.id, ErrorCode.INVALID_ARGUMENT, f"{kind} is not a send"))
+            continue
+        if len(frames) == 1:  # nothing to pipeline
+            started.append(await handle(im, user_id, device_id, frame))
+            break
+        body = frame.send
+        send = PipelinedSend(body.conversation_id, user_id, device_id, body.cid,
+                             loop.create_future(), after)
+        token = PIPELINED.set(send)
+        try:  # the task runs in a copy of this context: its append sees `send`
+            task = loop.create_task(handle(im, user_id, device_id, frame))
+        finally:
+            PIPELINED.reset(token)
+        task.add_done_callback(send.finished)
+        started.append(task)
+        await send.queued  # queued in order, or finished
+        if send.ticket is not None:
+            after = send.ticket
+        if task.done() and (task.cancelled() or task.exception() is not None
+                            or _retriable(task.result())):
+            break  # the rest are refused below (or the failure raised), unsent
+    replies: list[pb.Frame] = []
+    failure: BaseException | None = None
+    for item in started:  # every task awaited, even after a failure: none is left behind
+        if isinstance(item, pb.Frame):
+            replies.append(item)
+            continue
+        try:
+            replies.append(await item)
+        except BaseException as exc:  # NotOwner, a bug: raised once every task ended
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    for i, (frame, reply) in enumerate(zip(frames, replies, strict=False)):
+        if _retriable(reply):
+            code = ErrorCode(reply.error.code)
+            return replies[:i + 1] + [
+                error_frame(later.id, code, f"after failed send cid {frame.send.cid}; resend from it")
+                for later in frames[i + 1:]]
+    return replies
+
+
+def _retriable(reply: pb.Frame) -> bool:
+    return reply.WhichOneof("body") == "error" and reply.error.retriable
 
 
 @handles("send")

@@ -65,6 +65,7 @@ from chatplane.storage.base import (
     events_conversation_id,
     home_replaces,
 )
+from chatplane.storage.pipelining import pipelined
 from chatplane.storage.sqlite_writer import (
     MESSAGE_COLUMNS,
     AppendJob,
@@ -75,6 +76,7 @@ from chatplane.storage.sqlite_writer import (
     damaged,
     failure,
     log_head,
+    mark_failed,
     message_from_row,
     positioned,
     rollback,
@@ -479,6 +481,7 @@ class SqliteStorage(_SocialMethods):
                 rollback(writer)
                 self.oldest_in_batch = 0.0
                 failure = StorageUnavailable(f"sqlite write failed: {type(exc).__name__}: {exc}")
+                mark_failed(batch, [(False, failure)] * len(batch))
                 settle_batch(batch, [(False, failure)] * len(batch))
 
     def _commit_batch(self, writer: Writer, batch: list[Job]) -> None:
@@ -509,6 +512,7 @@ class SqliteStorage(_SocialMethods):
             for _, _, _, queued in batch:
                 self.write_wait.observe(began - queued)
             self.commit.observe(done - began)
+        mark_failed(batch, results)
         settle_batch(batch, results)
 
     def _fast_transaction(self, writer: Writer, batch: list[Job]) -> list[tuple[bool, Any]] | None:
@@ -569,6 +573,7 @@ class SqliteStorage(_SocialMethods):
         except Exception as exc:
             rollback(writer)
             self._note(exc)
+            mark_failed([job], [(False, exc)])  # before the jobs after it run
             return False, failure(exc)
 
     def _note(self, exc: Exception) -> None:
@@ -611,6 +616,13 @@ class SqliteStorage(_SocialMethods):
                             1 if alive and not wedged else 0)
 
     async def _write(self, fn: Callable[[Writer], T]) -> T:
+        future = self._queue(fn)
+        with tracing.db_span("sqlite", "write", self._span_target):  # queued, committed
+            return await future
+
+    def _queue(self, fn: Callable[[Writer], T]) -> asyncio.Future[T]:
+        """Queue a write behind every write queued before it; its future is done once
+        its transaction committed (or failed)."""
         if self._thread is None:
             raise StorageUnavailable("storage is closed")
         if not self._thread.is_alive():  # never queue a write nobody will take
@@ -620,8 +632,7 @@ class SqliteStorage(_SocialMethods):
         if not self._turn:
             loop.call_soon(self._submit)
         self._turn.append((fn, future, loop, time.perf_counter()))
-        with tracing.db_span("sqlite", "write", self._span_target):  # queued, committed
-            return await future
+        return future
 
     def _submit(self) -> None:
         if self._turn:
@@ -684,8 +695,18 @@ class SqliteStorage(_SocialMethods):
 
     async def append(self, request: SendRequest, recipients: Sequence[str],
                      inboxes: Collection[str] | None = None) -> AppendResult:
-        result: AppendResult = await self._write(AppendJob(
-            request, tuple(recipients), None if inboxes is None else frozenset(inboxes)))
+        job = AppendJob(request, tuple(recipients), None if inboxes is None else frozenset(inboxes))
+        send = pipelined(request)
+        if send is None:
+            result: AppendResult = await self._write(job)
+            return result
+        # one writer runs the jobs in the order they were queued: the device's next
+        # send may start now (storage/pipelining.py)
+        job.after = send.after if isinstance(send.after, AppendJob) else None
+        future = self._queue(job)
+        send.mark_queued(job)
+        with tracing.db_span("sqlite", "write", self._span_target):
+            result = await future
         return result
 
     async def fan_out(self, conversation_id: str,

@@ -534,18 +534,41 @@ class Writer:
 
 class AppendJob:
     """The writer job of one append: only these may run with their rows queued
-    (any other job of the batch sees the rows written first)."""
+    (any other job of the batch sees the rows written first). `after`: the job of
+    the device's previous pipelined send into the conversation (storage/pipelining.py),
+    which runs before this one; when its latest attempt did not store it, this one is
+    refused unstored. `failed`: this job's latest attempt did not store it (the writer
+    thread alone reads and writes it)."""
 
-    __slots__ = ("inboxes", "recipients", "request")
+    __slots__ = ("after", "failed", "inboxes", "recipients", "request")
 
     def __init__(self, request: SendRequest, recipients: Sequence[str],
-                 inboxes: Collection[str] | None = None) -> None:
+                 inboxes: Collection[str] | None = None,
+                 after: AppendJob | None = None) -> None:
         self.request = request
         self.recipients = recipients
         self.inboxes = inboxes
+        self.after = after
+        self.failed = False
 
     def __call__(self, writer: Writer) -> AppendResult:
-        return writer.append(self.request, self.recipients, self.inboxes)
+        after = self.after
+        if after is not None and after.failed:
+            self.failed = True
+            raise StorageUnavailable(f"cid {after.request.cid} of this device was not stored:"
+                                     " resend from it")
+        self.failed = True  # until it returns
+        result = writer.append(self.request, self.recipients, self.inboxes)
+        self.failed = False
+        return result
+
+
+def mark_failed(batch: Sequence[Job], results: Sequence[tuple[bool, Any]]) -> None:
+    """The appends a batch did not store, as their pipelined successors will see them
+    (a commit that failed after the job returned included)."""
+    for (fn, _, _, _), (ok, _) in zip(batch, results, strict=True):
+        if not ok and type(fn) is AppendJob:
+            fn.failed = True
 
 
 # a write, its future and loop, and when it was queued (time.perf_counter())
