@@ -17,7 +17,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -39,6 +39,7 @@ pytestmark = pytest.mark.slow
 
 Regions = tuple[RegionProcess, RegionProcess, WitnessProcess, Cuts]
 mint = TokenSigner(SHARED_KEY).mint
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -163,11 +164,11 @@ async def test_a_request_made_in_one_region_is_accepted_in_the_other(
     eu, us, _, cuts = regions
 
     async def befriend() -> None:
-        await devices["bob@us"].add_friend("alice", "hi from us")
+        await _retried(lambda: devices["bob@us"].add_friend("alice", "hi from us"))
         for name in ("alice@eu", "alice@us"):  # the request reached eu, and us back
             await _wait_listed(devices[name], "incoming", "bob")
         await asyncio.sleep(0.5)  # the cut falls here
-        relation = await devices["alice@eu"].accept_friend("bob")
+        relation = await _retried(lambda: devices["alice@eu"].accept_friend("bob"))
         assert relation.friend
 
     await _through_a_cut(cuts, befriend)
@@ -209,7 +210,7 @@ async def test_a_block_made_in_one_region_refuses_sends_in_the_other(
 
     async def block() -> None:
         await asyncio.sleep(0.5)  # the cut is on
-        relation = await devices["bob@us"].block("alice")
+        relation = await _retried(lambda: devices["bob@us"].block("alice"))
         assert relation.blocked
 
     await _through_a_cut(cuts, block)
@@ -233,9 +234,9 @@ async def test_the_consent_rule_at_a_groups_home_reads_a_friendship_made_elsewhe
     group = await devices["carol@eu"].create_group("eu-group", [])  # homed in eu
 
     async def befriend() -> None:
-        await devices["carol@us"].add_friend("dave")
+        await _retried(lambda: devices["carol@us"].add_friend("dave"))
         await asyncio.sleep(0.5)  # the cut is on: the accept waits for eu to apply it
-        await devices["dave@us"].accept_friend("carol")
+        await _retried(lambda: devices["dave@us"].accept_friend("carol"))
 
     await _through_a_cut(cuts, befriend)
     await devices["carol@us"].add_members(group, ["dave", "alice"])
@@ -261,8 +262,7 @@ async def test_read_positions_set_in_one_region_are_seen_in_the_other(
     async def read() -> None:
         await _wait_head(devices["alice@us"], chat, 10)
         await asyncio.sleep(0.5)  # the cut is on
-        # refused (UNAVAILABLE) while her home is cut off; the SDK's retries of a quick
-        # refusal end before the link heals, so the app retries as well
+        # refused (UNAVAILABLE) while her home is cut off: retried
         assert await _retried(lambda: devices["alice@us"].mark_read(chat, 6)) == 6
         await asyncio.to_thread(wait_for, lambda: _read_seq(eu, "alice", chat) == 6, 30,
                                 "alice's read in us seen in eu")
@@ -281,7 +281,10 @@ async def test_read_positions_set_in_one_region_are_seen_in_the_other(
         assert receipts.read == ["alice"], name
 
 
-async def _retried(call: Callable[[], Awaitable[int]], timeout_s: float = 30) -> int:
+async def _retried(call: Callable[[], Awaitable[T]], timeout_s: float = 30) -> T:
+    """`call` until it is not refused retriably: the SDK's own retries of a quick
+    refusal (a forward to a home cut off) end before the link heals, so the app
+    retries as well."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
