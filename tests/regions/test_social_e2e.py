@@ -190,6 +190,23 @@ async def test_a_request_made_in_one_region_is_accepted_in_the_other(
     assert told[0].message.inbox_seq == told[1].message.inbox_seq
 
 
+async def test_requests_racing_from_both_regions_make_one_friendship(
+        regions: Regions, devices: Devices) -> None:
+    """carol (from eu) and dave (from us) ask each other at the same moment: their pair
+    is decided in us (carol's home), one request after the other, so the second is the
+    accept, and both stores and all four devices hold the friendship."""
+    eu, us, _, _ = regions
+    await asyncio.gather(devices["carol@eu"].add_friend("dave"),
+                         devices["dave@us"].add_friend("carol"))
+    await asyncio.to_thread(wait_for, lambda: _caught_up(eu, us), 30, "caught up")
+    assert _relations(eu) == _relations(us)
+    assert [r[:7] for r in _relations(eu)] == [("carol", "dave", 1, 0, 0, "", 0),
+                                               ("dave", "carol", 1, 0, 0, "", 0)]
+    for name, other in (("carol@eu", "dave"), ("carol@us", "dave"), ("dave@eu", "carol"),
+                        ("dave@us", "carol")):
+        assert (await _friends(devices[name]))["friends"] == [other], name
+
+
 async def _wait_listed(client: Client, kind: str, user: str, timeout_s: float = 30) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
