@@ -149,7 +149,9 @@ class Node:
                           lambda peer: replication.peers[peer].applied_to)
             # friends decided by one region per pair, reads merged everywhere
             social = SocialHomes(homes, self.storage, self._relation_changing,
-                                 self.im.sequencer.clock_ms, f"{self.server_id}-relations")
+                                 self.im.sequencer.clock_ms, f"{self.server_id}-relations",
+                                 lambda peer: (replication.peers[peer].applied_to
+                                               if peer in replication.peers else None))
             replication.social = social
             self.sequencing = region_links.Sequencing(homes, replication, self._home_send,
                                                       self.im.groups.handle_op,

@@ -165,6 +165,8 @@ async def test_a_request_made_in_one_region_is_accepted_in_the_other(
 
     async def befriend() -> None:
         await _retried(lambda: devices["bob@us"].add_friend("alice", "hi from us"))
+        # decided in eu, answered once us applied it: bob reads it back here at once
+        assert (await _friends(devices["bob@us"]))["outgoing"] == ["alice"]
         for name in ("alice@eu", "alice@us"):  # the request reached eu, and us back
             await _wait_listed(devices[name], "incoming", "bob")
         await asyncio.sleep(0.5)  # the cut falls here

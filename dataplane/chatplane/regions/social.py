@@ -26,8 +26,10 @@ again from the same cursor and its effects are rewritten identically.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Protocol, runtime_checkable
@@ -62,6 +64,13 @@ READ_EVENT = "event/read"  # a user's read event (im/social.py `Social.mark_read
 Rows = Sequence[tuple[str, str, Relation]]  # (user, other, the user's row about other)
 # The decider's own handling of a friend change (`Social.decide_friend_op`).
 LocalFriendOp = Callable[[str, pb.FriendOp], Awaitable[Relation]]
+# How far this region applied a peer's log (regions/replication.py `PeerReplication`;
+# None: not a peer whose log is followed here).
+AppliedTo = Callable[[str], int | None]
+# a change decided elsewhere is answered once this region applied it (the device reads
+# it back here), or after this long (the link cut meanwhile: it arrives later)
+READ_BACK_S = 5.0
+READ_BACK_POLL_S = 0.02
 # Around a write of a pair's rows: the im's relation caches dropped (im/social.py).
 Changing = Callable[[str, str], AbstractAsyncContextManager[None]]
 
@@ -81,6 +90,8 @@ class SocialStore(Protocol):
 
     async def merge_reads(self, reads: Sequence[tuple[str, str, int]]) -> None:
         """Each (user, conversation, read_seq) kept when higher than the stored one."""
+
+    async def log_head(self) -> int: ...
 
 
 def decider(user: str, other: str) -> str:
@@ -136,8 +147,9 @@ class SocialHomes:
     and read events on this region's store."""
 
     def __init__(self, homes: Homes, store: SocialStore, changing: Changing,
-                 clock_ms: Callable[[], int], device: str) -> None:
+                 clock_ms: Callable[[], int], device: str, applied_to: AppliedTo) -> None:
         self.homes = homes
+        self.applied_to = applied_to
         self.store = store
         self.changing = changing
         self.clock_ms = clock_ms
@@ -184,7 +196,20 @@ class SocialHomes:
         if reply.error_code:
             raise ProtocolError(ErrorCode(reply.error_code), reply.error)
         self.forwarded += 1
+        await self._read_back(region, reply.log_position)
         return _relation(reply.relation)
+
+    async def _read_back(self, region: str, position: int) -> None:
+        """Wait (bounded) until this region applied `region`'s log to `position`, so the
+        device that made the change reads it back here (in `sync` with two regions the
+        decider's ack already implies it; in `async`, or from a third region, it may not)."""
+        deadline = time.monotonic() + READ_BACK_S
+        while (applied := self.applied_to(region)) is not None and applied < position:
+            if time.monotonic() >= deadline:
+                log.info("a friend change decided in %s is not applied here yet (at %d of %d)",
+                         region, applied, position)
+                return
+            await asyncio.sleep(READ_BACK_POLL_S)
 
     async def serve_friend_op(self, request: rpb.ForwardedFriendOp,
                               decide: LocalFriendOp) -> rpb.ForwardedFriendAck:
@@ -197,13 +222,15 @@ class SocialHomes:
                 return rpb.ForwardedFriendAck(not_home=rpb.HomeRow(
                     home=home.region, epoch=home.epoch, confirmed=home.confirmed))
             relation = await decide(request.user_id, request.op)
+            position = await self.store.log_head()  # at or past the change's record
         except ProtocolError as exc:
             return rpb.ForwardedFriendAck(error_code=exc.code, error=exc.message)
         except StorageUnavailable as exc:
             return rpb.ForwardedFriendAck(error_code=ErrorCode.UNAVAILABLE,
                                           error=f"storage unavailable, retry: {exc}")
         self.served += 1
-        return rpb.ForwardedFriendAck(relation=_relation_pb(request.op.user_id, relation))
+        return rpb.ForwardedFriendAck(relation=_relation_pb(request.op.user_id, relation),
+                                      log_position=position)
 
     async def record(self, user: str, other: str, rows: Rows) -> int:
         """The decider's write: the pair's rows and their record, one transaction, in

@@ -144,16 +144,18 @@ class ForwardedFriendOp(_message.Message):
     def __init__(self, region: _Optional[str] = ..., user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., op: _Optional[_Union[_frames_pb2.FriendOp, _Mapping]] = ...) -> None: ...
 
 class ForwardedFriendAck(_message.Message):
-    __slots__ = ("relation", "error_code", "error", "not_home")
+    __slots__ = ("relation", "error_code", "error", "not_home", "log_position")
     RELATION_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     NOT_HOME_FIELD_NUMBER: _ClassVar[int]
+    LOG_POSITION_FIELD_NUMBER: _ClassVar[int]
     relation: _frames_pb2.Relation
     error_code: int
     error: str
     not_home: HomeRow
-    def __init__(self, relation: _Optional[_Union[_frames_pb2.Relation, _Mapping]] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., not_home: _Optional[_Union[HomeRow, _Mapping]] = ...) -> None: ...
+    log_position: int
+    def __init__(self, relation: _Optional[_Union[_frames_pb2.Relation, _Mapping]] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., not_home: _Optional[_Union[HomeRow, _Mapping]] = ..., log_position: _Optional[int] = ...) -> None: ...
 
 class ReplicateRequest(_message.Message):
     __slots__ = ("region", "after")
