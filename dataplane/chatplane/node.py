@@ -29,6 +29,7 @@ import math
 import socket
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
 from chatplane.im.admin import AdminApi
+from chatplane.im.invalidation import pair_key
 from chatplane.im.service import ImService
 from chatplane.ipconf.dispatch import (
     GatewayInfo,
@@ -63,6 +65,7 @@ from chatplane.regions.homes import Homes, events_user
 from chatplane.regions.leases import Lease, WitnessLink
 from chatplane.regions.moving import Moves
 from chatplane.regions.replication import Replication
+from chatplane.regions.social import SocialHomes, SocialStore
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
 from chatplane.revocations import RevocationWatcher
@@ -129,7 +132,8 @@ class Node:
         self.prober = region_links.prober_for(
             settings, self.server_id, self.signer.peer_proof, self.security)
         self.sequencing: region_links.Sequencing | None = None
-        if self.prober.links and isinstance(self.storage, ReplicatedLog):
+        if (self.prober.links and isinstance(self.storage, ReplicatedLog)
+                and isinstance(self.storage, SocialStore)):
             # several regions on embedded stores: homes, forwarding, replication
             homes = Homes(server.region, self.storage, list(self.prober.links),
                           self.prober.channel, Durability.of(
@@ -143,10 +147,18 @@ class Node:
                                           self._witness()))
             moves = Moves(homes, self.storage, self.storage,
                           lambda peer: replication.peers[peer].applied_to)
+            # friends decided by one region per pair, reads merged everywhere
+            social = SocialHomes(homes, self.storage, self._relation_changing,
+                                 self.im.sequencer.clock_ms, f"{self.server_id}-relations",
+                                 lambda peer: (replication.peers[peer].applied_to
+                                               if peer in replication.peers else None))
+            replication.social = social
             self.sequencing = region_links.Sequencing(homes, replication, self._home_send,
                                                       self.im.groups.handle_op,
-                                                      self.im.groups.admin_change, moves)
+                                                      self.im.groups.admin_change, moves,
+                                                      social, self.im.social.decide_friend_op)
             self.im.sequencer.homes = homes
+            self.im.social.regions = social
             # user homes: this store writes the inbox entries of the users homed here,
             # and the linked regions share one inbox sequence per user
             self.storage.serve_region(server.region)
@@ -298,11 +310,19 @@ class Node:
         a local client's (the 1:1 chat is created here by its first one); an event of
         a user homed here is appended like one emitted here."""
         if events_user(request.conversation_id):
-            return await self.im.sequencer.append_event(dataclasses.replace(
+            result = await self.im.sequencer.append_event(dataclasses.replace(
                 request, message_id=uuid.uuid4().hex, sent_at_ms=self.im.sequencer.clock_ms()))
+            if self.sequencing is not None:  # a read made elsewhere: the position here too
+                await self.sequencing.social.apply([result.message])
+            return result
         return await self.im.sequencer.send(request.sender, request.sender_device,
                                             request.conversation_id, request.cid, request.text,
                                             request.payload, request.content_type)
+
+    def _relation_changing(self, user: str, other: str) -> AbstractAsyncContextManager[None]:
+        """Around a write of a pair's rows applied from another region: the relation
+        caches of sends here drop the pair."""
+        return self.im.membership.changing("relation", pair_key(user, other))
 
     async def _drain(self, request: web.Request) -> web.Response:
         asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain,

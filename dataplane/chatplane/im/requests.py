@@ -209,7 +209,7 @@ async def open_direct(im: ImService, user_id: str, device_id: str, frame: pb.Fra
 
 @handles("friend_op")
 async def friend_op(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
-    relation = await im.social.friend_op(user_id, frame.friend_op)
+    relation = await im.social.friend_op(user_id, frame.friend_op, device_id)
     return pb.Frame(friend_op_ack=pb.FriendOpAck(
         relation=social.relation_pb(frame.friend_op.user_id, relation)))
 

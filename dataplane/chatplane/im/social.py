@@ -11,7 +11,7 @@ only, DESIGN §4).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -39,6 +39,23 @@ class Events(Protocol):
 
     async def emit(self, user_id: str, event: pb.Event,
                    once: tuple[str, int] | None = None) -> None: ...
+
+
+class SocialRegions(Protocol):
+    """Several regions (regions/social.py `SocialHomes`): where a pair's friend changes
+    are decided, and how the deciding region writes them so that they replicate."""
+
+    async def friend_op_elsewhere(self, user: str, device: str,
+                                  op: pb.FriendOp) -> Relation | None:
+        """None when this region decides the change, else the deciding home's answer."""
+
+    async def record(self, user: str, other: str,
+                     rows: Sequence[tuple[str, str, Relation]]) -> int:
+        """Write the pair's rows with their replicated record; its log position."""
+
+    async def settle(self, user: str, other: str, position: int) -> None:
+        """Return once the record at `position` may be acked (sync: another region
+        applied it); UNAVAILABLE, retriable, when no region did in time."""
 
 
 def relation_pb(user_id: str, r: Relation) -> pb.Relation:
@@ -124,15 +141,43 @@ class Social:
         self.social = social
         self.bounds = bounds
         self.clock_ms = clock_ms
+        # several regions: a pair's changes are decided by one region (None: here)
+        self.regions: SocialRegions | None = None
+        # one change of a pair at a time here: a request and an accept that race are
+        # decided one after the other (the second sees the first's rows)
+        self._pairs: dict[str, tuple[asyncio.Lock, int]] = {}  # with its users
 
     # -- friends ---------------------------------------------------------------
 
-    async def friend_op(self, user: str, op: pb.FriendOp) -> Relation:
+    async def friend_op(self, user: str, op: pb.FriendOp, device: str = "") -> Relation:
         other = op.user_id
         if not valid_id(other) or other == user:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"invalid user id {other!r}")
         if len(op.note) > MAX_NOTE:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, f"note over {MAX_NOTE} characters")
+        if self.regions is not None:
+            forwarded = await self.regions.friend_op_elsewhere(user, device, op)
+            if forwarded is not None:  # decided by the pair's home; here by replication
+                return forwarded
+        return await self.decide_friend_op(user, op)
+
+    async def decide_friend_op(self, user: str, op: pb.FriendOp) -> Relation:
+        """The change decided here, against this store's rows of the pair."""
+        key = pair_key(user, op.user_id)
+        lock, users = self._pairs.get(key) or (asyncio.Lock(), 0)
+        self._pairs[key] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._decide(user, op)
+        finally:
+            lock, users = self._pairs[key]
+            if users == 1:
+                del self._pairs[key]
+            else:
+                self._pairs[key] = (lock, users - 1)
+
+    async def _decide(self, user: str, op: pb.FriendOp) -> Relation:
+        other = op.user_id
         storage = self.storage
         try:
             mine = await storage.relation(user, other)
@@ -146,13 +191,15 @@ class Social:
             if mine.blocked or theirs.blocked:
                 raise ProtocolError(ErrorCode.BLOCKED, f"{user} and {other} block each other")
             if mine.friend:
-                return mine
+                return await self._unchanged(user, other, mine, theirs)
             if mine.request_received:  # they asked first: this is an accept
                 action = pb.ACCEPT
                 mine, theirs = _friends(mine, theirs, now)
             else:
                 mine = replace(mine, request_sent=True, note=op.note, updated_at_ms=now)
                 theirs = replace(theirs, request_received=True, note=op.note, updated_at_ms=now)
+        elif action == pb.ACCEPT and mine.friend:  # a resend after a lost reply
+            return await self._unchanged(user, other, mine, theirs)
         elif action in (pb.ACCEPT, pb.DECLINE):
             if not mine.request_received:
                 raise ProtocolError(ErrorCode.NOT_FOUND, f"no friend request from {other}")
@@ -175,9 +222,14 @@ class Social:
             notify_other = False
         else:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT, "unknown friend action")
+        position = 0
         try:
             async with self.membership.changing("relation", pair_key(user, other)):
-                await storage.put_relations([(user, other, mine), (other, user, theirs)])
+                rows = [(user, other, mine), (other, user, theirs)]
+                if self.regions is not None:  # with a record every region applies
+                    position = await self.regions.record(user, other, rows)
+                else:
+                    await storage.put_relations(rows)
         except StorageUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
         event = pb.Event(friend=pb.FriendEvent(action=action, actor=user, user_id=other,
@@ -187,6 +239,20 @@ class Social:
             if op.action == pb.BLOCK:
                 event = pb.Event(friend=pb.FriendEvent(action=pb.REMOVE, actor=user, user_id=other))
             await self.events.emit(other, event)
+        if self.regions is not None:  # the events first: the change is made, acked or not
+            await self.regions.settle(user, other, position)
+        return mine
+
+    async def _unchanged(self, user: str, other: str, mine: Relation,
+                         theirs: Relation) -> Relation:
+        """A change that finds its result already there (a resend): answered as it
+        stands; with regions, once the rows are in another region too (they are
+        recorded again, and the answer waits like the original's)."""
+        if self.regions is not None:
+            async with self.membership.changing("relation", pair_key(user, other)):
+                position = await self.regions.record(
+                    user, other, [(user, other, mine), (other, user, theirs)])
+            await self.regions.settle(user, other, position)
         return mine
 
     async def friends(self, user: str) -> pb.FriendsResponse:

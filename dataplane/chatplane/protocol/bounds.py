@@ -324,6 +324,9 @@ CALL_RULES: dict[str, tuple[Rule, ...]] = {
     # a forwarded group change: its `op` is checked as a client's group_op frame
     "forwarded_group_op": (Text("region", MAX_REGION_BYTES), UserId("user_id"),
                            Text("device_id", MAX_DEVICE_BYTES)),
+    # a forwarded friend change: its `op` is checked as a client's friend_op frame
+    "forwarded_friend_op": (Text("region", MAX_REGION_BYTES), UserId("user_id"),
+                            Text("device_id", MAX_DEVICE_BYTES)),
     "forwarded_admin_change": (Text("region", MAX_REGION_BYTES),
                                ConversationId("conversation_id"), UserIds("add"),
                                UserIds("remove")),

@@ -30,6 +30,7 @@ from chatplane.regions import hello
 from chatplane.regions.homes import Homes, LocalAdminChange, LocalGroupOp, LocalSend
 from chatplane.regions.moving import Moves
 from chatplane.regions.replication import BeyondLog, Replication
+from chatplane.regions.social import LocalFriendOp, SocialHomes
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
 from chatplane.rpc.serving import refuse_out_of_bounds
@@ -120,6 +121,8 @@ class Sequencing:
     group_op: LocalGroupOp
     admin_change: LocalAdminChange
     moves: Moves
+    social: SocialHomes
+    friend_op: LocalFriendOp  # the deciding home's own handling of a forwarded change
 
 
 class RegionServicer(rgrpc.RegionServicer):
@@ -166,6 +169,13 @@ class RegionServicer(rgrpc.RegionServicer):
             return pb.GroupOpAck(conversation_id=request.conversation_id, seq=seq)
 
         return await sequencing.homes.serve_group(request.conversation_id, apply)
+
+    async def FriendOp(self, request: rpb.ForwardedFriendOp,
+                       context: grpc.aio.ServicerContext) -> rpb.ForwardedFriendAck:
+        await refuse_out_of_bounds(context, "forwarded_friend_op", request,
+                                   bounds.problem("friend_op", request.op, bounds.Bounds()))
+        sequencing = await self._sequencing(context)
+        return await sequencing.social.serve_friend_op(request, sequencing.friend_op)
 
     async def Replicate(self, request: rpb.ReplicateRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.LogBatch]:

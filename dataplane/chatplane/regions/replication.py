@@ -38,6 +38,7 @@ from chatplane.protocol.records import from_pb, to_pb
 from chatplane.regions.failover import Failover
 from chatplane.regions.groupchanges import change_of
 from chatplane.regions.homes import Homes, events_user
+from chatplane.regions.social import SocialHomes, is_relations_log
 from chatplane.regions.trimming import Trimming
 from chatplane.storage.base import (
     CONVERSATION_HOME,
@@ -133,6 +134,7 @@ class Replication:
         # the users a change adds need settling
         self._settled_groups: set[str] = set()
         self.failover = failover  # takes over a lost peer's homes (regions/failover.py)
+        self.social: SocialHomes | None = None  # friends and reads (regions/social.py)
 
     # -- the serving side (Region.Replicate) ---------------------------------
 
@@ -278,6 +280,8 @@ class Replication:
                 continue
             if conversation_id.startswith("d:"):
                 recipients[conversation_id] = await self._members(conversation_id, entry.message)
+            elif is_relations_log(conversation_id):  # friend records: read by no client
+                recipients[conversation_id] = ()
             elif user := events_user(conversation_id):
                 # an event of a user the peer homes: stored here, its inbox entry follows
                 await self.storage.ensure_events(user, entry.message.sent_at_ms)
@@ -298,6 +302,8 @@ class Replication:
         if len(self._settled_groups) + len(groups) > SETTLED_GROUPS:
             self._settled_groups.clear()
         self._settled_groups |= groups
+        if self.social is not None:  # friends and reads first: idempotent if re-applied
+            await self.social.apply([e.message for e in messages])
         items = await self.log.apply_log(peer, entries, batch.scanned_to, recipients, changes,
                                          self.large_above)
         state.applied_to = batch.scanned_to
@@ -435,6 +441,8 @@ class Replication:
             yield from self.trimming.families()
         if self.failover is not None:
             yield from self.failover.families()
+        if self.social is not None:
+            yield from self.social.families()
         yield metrics.counter("chatplane_region_stale_entries_skipped_total",
                               "conversations of a peer's batch not applied: the peer served"
                               " them under a home epoch it no longer holds",

@@ -328,6 +328,36 @@ class _SocialMethods:
         rows = list(changes)
         await self._write(lambda writer: social.put_relations(writer.db, rows))
 
+    # -- friends and reads across regions (regions/social.py `SocialStore`) ------
+
+    async def record_relations(self, request: SendRequest,
+                               changes: Sequence[tuple[str, str, Relation]]) -> AppendResult:
+        rows = list(changes)
+
+        def record(writer: Writer) -> AppendResult:
+            social.ensure_relations_log(writer.db, request.conversation_id, request.sent_at_ms)
+            result = writer.append(request, ())
+            if not result.duplicate:  # the rows with their record: one transaction
+                social.put_relations(writer.db, rows)
+            return result
+
+        result: AppendResult = await self._write(record)
+        return result
+
+    async def ensure_relations_log(self, conversation_id: str, now_ms: int) -> None:
+        await self._write(lambda writer: social.ensure_relations_log(writer.db, conversation_id,
+                                                                     now_ms))
+
+    async def merge_reads(self, reads: Sequence[tuple[str, str, int]]) -> None:
+        rows = list(reads)
+
+        def merge(writer: Writer) -> None:
+            writer.flush_heads()  # pending own-send positions first: max() keeps the higher
+            social.merge_reads(writer.db, rows)
+
+        if rows:
+            await self._write(merge)
+
     async def relations(self, user_id: str) -> list[tuple[str, Relation]]:
         result: list[tuple[str, Relation]] = await self._read(
             lambda db: social.relations(db, user_id))

@@ -214,3 +214,22 @@ def relations(db: sqlite3.Connection, user: str) -> list[tuple[str, Relation]]:
             for row in db.execute(
                 "SELECT other, friend, request_sent, request_received, note, blocked,"
                 " updated_at_ms FROM relations WHERE user_id = ? ORDER BY other", (user,))]
+
+
+def ensure_relations_log(db: sqlite3.Connection, conversation_id: str, now_ms: int) -> None:
+    """The timeline that carries a home region's friend changes to its peers
+    (regions/social.py): a conversation with no members, so no client reads it and
+    no inbox entry names it; its home row puts it in the replicated log."""
+    db.execute("INSERT OR IGNORE INTO conversations (id, kind, members, head_seq, created_at_ms,"
+               " last_activity_ms) VALUES (?, ?, '[]', 0, ?, ?)",
+               (conversation_id, EVENTS, now_ms, now_ms))
+
+
+def merge_reads(db: sqlite3.Connection, reads: Sequence[tuple[str, str, int]]) -> None:
+    """Read positions another region recorded (user, conversation, read_seq): each
+    kept when higher (a position only moves forward, so merging is idempotent and
+    order-free). A row not here yet (its conversation not replicated yet) is made with
+    the position; the membership that arrives later keeps it."""
+    db.executemany(
+        "INSERT INTO user_conversations (user_id, conversation_id, read_seq) VALUES (?,?,?)"
+        " ON CONFLICT DO UPDATE SET read_seq = max(read_seq, excluded.read_seq)", reads)

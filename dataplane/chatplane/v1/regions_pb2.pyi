@@ -131,6 +131,32 @@ class ForwardedAdminChange(_message.Message):
     dissolve: bool
     def __init__(self, region: _Optional[str] = ..., conversation_id: _Optional[str] = ..., add: _Optional[_Iterable[str]] = ..., remove: _Optional[_Iterable[str]] = ..., dissolve: _Optional[bool] = ...) -> None: ...
 
+class ForwardedFriendOp(_message.Message):
+    __slots__ = ("region", "user_id", "device_id", "op")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    user_id: str
+    device_id: str
+    op: _frames_pb2.FriendOp
+    def __init__(self, region: _Optional[str] = ..., user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., op: _Optional[_Union[_frames_pb2.FriendOp, _Mapping]] = ...) -> None: ...
+
+class ForwardedFriendAck(_message.Message):
+    __slots__ = ("relation", "error_code", "error", "not_home", "log_position")
+    RELATION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    NOT_HOME_FIELD_NUMBER: _ClassVar[int]
+    LOG_POSITION_FIELD_NUMBER: _ClassVar[int]
+    relation: _frames_pb2.Relation
+    error_code: int
+    error: str
+    not_home: HomeRow
+    log_position: int
+    def __init__(self, relation: _Optional[_Union[_frames_pb2.Relation, _Mapping]] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ..., not_home: _Optional[_Union[HomeRow, _Mapping]] = ..., log_position: _Optional[int] = ...) -> None: ...
+
 class ReplicateRequest(_message.Message):
     __slots__ = ("region", "after")
     REGION_FIELD_NUMBER: _ClassVar[int]

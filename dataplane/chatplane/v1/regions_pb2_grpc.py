@@ -59,6 +59,11 @@ class RegionStub:
                 request_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedAdminChange.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedGroupAck.FromString,
                 _registered_method=True)
+        self.FriendOp = channel.unary_unary(
+                '/chatplane.v1.Region/FriendOp',
+                request_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedFriendOp.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedFriendAck.FromString,
+                _registered_method=True)
         self.Replicate = channel.unary_stream(
                 '/chatplane.v1.Region/Replicate',
                 request_serializer=chatplane_dot_v1_dot_regions__pb2.ReplicateRequest.SerializeToString,
@@ -109,6 +114,12 @@ class RegionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FriendOp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Replicate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -154,6 +165,11 @@ def add_RegionServicer_to_server(servicer, server):
                     servicer.AdminGroupChange,
                     request_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedAdminChange.FromString,
                     response_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedGroupAck.SerializeToString,
+            ),
+            'FriendOp': grpc.unary_unary_rpc_method_handler(
+                    servicer.FriendOp,
+                    request_deserializer=chatplane_dot_v1_dot_regions__pb2.ForwardedFriendOp.FromString,
+                    response_serializer=chatplane_dot_v1_dot_regions__pb2.ForwardedFriendAck.SerializeToString,
             ),
             'Replicate': grpc.unary_stream_rpc_method_handler(
                     servicer.Replicate,
@@ -306,6 +322,33 @@ class Region:
             '/chatplane.v1.Region/AdminGroupChange',
             chatplane_dot_v1_dot_regions__pb2.ForwardedAdminChange.SerializeToString,
             chatplane_dot_v1_dot_regions__pb2.ForwardedGroupAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FriendOp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Region/FriendOp',
+            chatplane_dot_v1_dot_regions__pb2.ForwardedFriendOp.SerializeToString,
+            chatplane_dot_v1_dot_regions__pb2.ForwardedFriendAck.FromString,
             options,
             channel_credentials,
             insecure,
