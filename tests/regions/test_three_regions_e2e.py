@@ -9,6 +9,8 @@ every seq."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -41,6 +43,10 @@ def _metric(region: RegionProcess, name: str) -> float:
     return 0.0 if line is None else float(line.rsplit(" ", 1)[1])
 
 
+def _placed(region: RegionProcess, users: int) -> bool:
+    return _metric(region, "chatplane_region_user_homes_placed_total") >= users
+
+
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     async with three_regions(tmp_path, NO_CONSENT) as linked:
@@ -57,8 +63,8 @@ async def _devices(mesh: Mesh, checker: DeliveryChecker) -> dict[tuple[str, str]
                                                     checker, defer=True, timeout_s=30)
         region = mesh.regions[home]
         placed = sum(1 for h in USERS.values() if h == home)
-        await asyncio.to_thread(wait_for, lambda r=region, n=placed: _metric(
-            r, "chatplane_region_user_homes_placed_total") >= n, 20, f"{user} homed in {home}")
+        await asyncio.to_thread(wait_for, functools.partial(_placed, region, placed), 20,
+                                f"{user} homed in {home}")
     for user in USERS:
         for name in NAMES:
             if (user, name) not in devices:
@@ -140,3 +146,119 @@ async def test_three_regions_deliver_every_message_once_in_one_order_through_a_c
     finally:
         for device in devices.values():
             await device.stop()
+
+
+DETECT_S = 3.0  # CHATPLANE_FAILOVER_AFTER_S here (default 5 s)
+FAILOVER = {**NO_CONSENT, "CHATPLANE_REGION_DURABILITY": "sync",
+            "CHATPLANE_FAILOVER_AFTER_S": str(DETECT_S), "CHATPLANE_REGION_SYNC_TIMEOUT_S": "1"}
+
+
+def _failover(region: RegionProcess) -> dict[str, object]:
+    status, text = region.get("/v1/peers")
+    assert status == 200, text
+    report: dict[str, object] = json.loads(text)["failover"]
+    return report
+
+
+async def test_kill_of_a_home_region_with_two_survivors_the_one_holding_most_takes_over(
+        tmp_path: Path) -> None:
+    """eu homes three 1:1 chats and a group (and its users); their devices are in all
+    three regions (eu's with every region's URL), all sending in `sync`. The us-eu link
+    is cut, so eu's acks are confirmed by ap alone and us falls behind on eu's log
+    (us, which no longer hears eu, asks to take eu over: ap, which still hears it,
+    refuses the fence); then eu is killed with -9. ap, which holds the most of eu's
+    log, takes eu over (the witness grants once), after logging again what us lacks;
+    us does not. The clients move, sends are acked again, the checker is clean (nothing
+    acked lost, no seq naming two messages); eu restarted converges with both and
+    sequences none of the chats it lost."""
+    async with three_regions(tmp_path, FAILOVER, witness=True) as mesh:
+        await mesh.all_see_each_other()
+        eu, us, ap = (mesh.regions[name] for name in NAMES)
+        urls = [eu.url, us.url, ap.url]
+        checker = DeliveryChecker()
+        devices: list[Device] = []
+        sending: list[tuple[Device, list[str]]] = []
+        try:
+            movers = []
+            for i in range(3):  # p_i's home is eu (first login there), q_i's is ap
+                movers.append(await region_device(urls, f"p{i}", "mover", checker,
+                                                  defer=True, timeout_s=30))
+            await asyncio.to_thread(wait_for, functools.partial(_placed, eu, 3), 20,
+                                    "p0-p2 homed in eu")
+            devices += movers
+            chats = []
+            for i, mover in enumerate(movers):
+                chat = await mover.client.direct(f"q{i}")
+                await send_many(mover, chat, 1, "home")  # homes the chat in eu
+                chats.append(chat)
+                checker.add_member(chat, f"p{i}")
+                checker.add_member(chat, f"q{i}")
+            group = await movers[0].client.create_group(
+                "eu-group", ["p1", "p2", "q0", "q1", "q2"])  # homed in eu
+            for user in ("p0", "p1", "p2", "q0", "q1", "q2"):
+                checker.add_member(group, user)
+            for i in range(3):
+                for where in (ap, us):
+                    device = await region_device(where, f"q{i}", f"q{i}-{where.name}", checker,
+                                                 defer=True, timeout_s=30)
+                    devices.append(device)
+                    sending.append((device, [chats[i], group]))
+                sending.append((movers[i], [chats[i], group]))
+            await wait_until_received(devices, 2, 60)  # its chat's first send and the group
+            stop = asyncio.Event()
+
+            async def send(device: Device, conversations: list[str]) -> None:
+                i = 0
+                while not stop.is_set():
+                    conversation = conversations[i % len(conversations)]
+                    await send_many(device, conversation, 1, f"{device.device}-{i}")
+                    i += 1
+                    await asyncio.sleep(0.1)
+
+            traffic = [asyncio.ensure_future(send(d, c)) for d, c in sending]
+            await asyncio.sleep(1.5)
+            mesh.cut("us", "eu")  # eu's sync acks now need ap's confirmation
+            await asyncio.sleep(DETECT_S + 1.5)  # us asks for eu; ap still hears it
+            assert not _failover(us)["lost"] and not _failover(ap)["lost"]
+            assert "refused the fence" in str(_failover(us)["last_not_taken"]), _failover(us)
+            acked_at_kill = checker.verdict().acked
+            eu.kill()
+            await asyncio.to_thread(wait_for, lambda: _failover(ap)["lost"] == ["eu"],
+                                    DETECT_S + 15, "ap takes eu over")
+            await asyncio.to_thread(wait_for, lambda: _failover(us)["taken_by_others"]
+                                    == {"eu": "ap"}, 10, "us is told ap took eu over")
+            assert not _failover(us)["lost"] or _failover(us)["lost"] == ["eu"]
+            assert len(mesh.witness.granted() if mesh.witness else []) == 1
+            await asyncio.sleep(4.0)
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*traffic), 90)
+            mesh.heal()
+            await asyncio.to_thread(eu.start)  # on its store: it lost its homes
+            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 60, "every log applied")
+            late = await region_device(eu, "p0", "late-eu", checker, defer=True, timeout_s=30)
+            devices.append(late)
+            await send_many(late, chats[0], 2, "late")  # forwarded to ap, not sequenced in eu
+            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 60, "every log applied")
+            await asyncio.sleep(1.0)
+            for device in devices:
+                device.judge()
+            verdict = checker.verdict()
+            assert verdict.ok, verdict.summary()
+            assert verdict.acked > acked_at_kill + 30, (acked_at_kill, verdict.summary())
+            held = {name: messages_of(region) for name, region in mesh.regions.items()}
+            for conversation in (*chats, group):
+                assert held["eu"].get(conversation) == held["us"].get(conversation) == \
+                    held["ap"].get(conversation), conversation
+            assert _metric(eu, "chatplane_region_sends_forwarded_total") >= 2
+            print(f"\nthree-region failover: {verdict.acked} acked ({acked_at_kill} before the"
+                  f" kill); ap: {_failover(ap)['takeovers']}")
+            for region in (us, ap):
+                print("\n".join(f"{region.name} | {line}" for line in region.output
+                                if "takeover" in line or "took over" in line
+                                or "fence" in line))
+        except BaseException:
+            print(report(mesh))
+            raise
+        finally:
+            for device in devices:
+                await device.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sqlite3
@@ -46,7 +47,7 @@ class Mesh:
         for me in self.regions.values():
             for other in self.regions:
                 if other != me.name:
-                    await asyncio.to_thread(wait_for, lambda m=me, o=other: sees(m, o),
+                    await asyncio.to_thread(wait_for, functools.partial(sees, me, other),
                                             timeout_s, f"{me.name} sees {other}")
 
 
