@@ -3,16 +3,17 @@
 the homes it held only when the failover witness grants it (regions/leases.py,
 regions/witnessing.py), and acks alone only while the witness lets it.
 
-Two regions alone cannot tell a partition from a loss, so without a witness
+Regions alone cannot tell a partition from a loss, so without a witness
 (`CHATPLANE_FAILOVER_WITNESS`) failover is off: homes wait for their region.
 
 The takeover is one storage transaction (`ReplicatedLog.take_over_homes`): every
 conversation homed in the lost region is homed here at its epoch + 1, confirmed, so a
 store that meets both rows keeps ours (`storage.base.home_replaces`). This region then
 sequences those chats from its own copy of their history: in `sync` durability every
-message the lost region acked was applied here first (two regions: this is the only
-other one) unless the lost region acked alone, and the witness grants no takeover of a
-region it records alone, so the next seq given here follows every acked one. What the
+message the lost region acked was applied by another region first (two regions: this
+one; more: the fence round below) unless the lost region acked alone, and the witness
+grants no takeover of a region it records alone, so the next seq given here follows
+every acked one. What the
 lost region sequenced and no peer applied was never acked; it stays in the lost region's
 store, where the new home's messages at those seqs supersede it once it is back
 (`apply_log`), and a peer never applies it (regions/replication.py skips a home's
@@ -26,9 +27,13 @@ everything acked alone, this region clears its alone record, which also lifts th
 regions it took over. A region told by the witness that it was taken over drops its
 cached homes: it checks each with its peers before sequencing under it (`Homes._verify`).
 
-Automatic takeover runs with exactly one peer (two regions). With more, the region
-that takes over would need every message acked by any survivor, and a `sync` ack
-needs only one of them: choosing the survivor that holds the most is not built.
+With more than one peer a `sync` ack needed only one of them, so before asking the
+witness this region fences every other region's copy of the lost region's log and
+takes over only when it holds the most of every home (regions/fencing.py); its takeover
+transaction first logs again what the others lack, and it tells them the takeover,
+after which they count the lost region as lost too (`fences.taken_elsewhere`) and ask
+nothing of it. A takeover needs every other region to answer: with one more lost or
+cut off, nothing moves.
 """
 
 from __future__ import annotations

@@ -104,33 +104,41 @@ class Fences:
     applied_to: Callable[[str], int] = field(default_factory=lambda: _nothing_applied)
     taken_elsewhere: dict[str, str] = field(default_factory=dict)  # lost -> its taker
     fenced: int = 0  # fences granted to askers
-    _until: dict[str, float] = field(default_factory=dict)  # peer -> monotonic end
+    # fenced peer -> the region holding the fence (an asker, or this one) -> its end
+    _until: dict[str, dict[str, float]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _told: dict[str, int] = field(default_factory=dict)  # lost -> the grant told here
 
     def holds(self, peer: str) -> bool:
-        """Whether `peer`'s log must not be applied now."""
-        until = self._until.get(peer)
-        if until is None:
+        """Whether `peer`'s log must not be applied now (some fence on it holds)."""
+        holders = self._until.get(peer)
+        if not holders:
             return False
-        if time.monotonic() < until:
-            return True
-        del self._until[peer]
-        log.warning("the fence on region %s's log lapsed: no takeover was told", peer)
-        return False
+        now = time.monotonic()
+        for holder, until in list(holders.items()):
+            if now >= until:
+                del holders[holder]
+                log.warning("the fence %s held on region %s's log lapsed: no takeover was"
+                            " told", holder, peer)
+        return bool(holders)
 
     def lock(self, peer: str) -> asyncio.Lock:
         """Held around each applied batch of `peer`'s log: a fence waits for it."""
         return self._locks.setdefault(peer, asyncio.Lock())
 
-    async def hold(self, peer: str) -> int:
-        """Fence `peer`'s log here; returns the cursor once no batch is in flight."""
-        self._until[peer] = time.monotonic() + FENCE_HOLD_S
+    async def hold(self, peer: str, holder: str) -> int:
+        """Fence `peer`'s log here for `holder`; returns the cursor once no batch is
+        in flight."""
+        self._until.setdefault(peer, {})[holder] = time.monotonic() + FENCE_HOLD_S
         async with self.lock(peer):
             return self.applied_to(peer)
 
-    def release(self, peer: str) -> None:
-        self._until.pop(peer, None)
+    def release(self, peer: str, holder: str | None = None) -> None:
+        """Lift `holder`'s fence on `peer` (None: every fence on it)."""
+        if holder is None:
+            self._until.pop(peer, None)
+        else:
+            self._until.get(peer, {}).pop(holder, None)
 
     # -- the callee's side (Region.Fence) ----------------------------------------
 
@@ -139,7 +147,7 @@ class Fences:
         if lost == self.homes.region or lost not in self.homes.peers:
             return rpb.FenceReply(reason=f"{lost!r} is not a peer of {self.homes.region}")
         if request.lift:
-            self.release(lost)
+            self.release(lost, asker)
             return rpb.FenceReply()
         if request.grant:
             await self.taken(lost, asker, int(request.grant))
@@ -151,7 +159,7 @@ class Fences:
         silent = self.silent_for(lost)
         if silent < self.after_s:
             return rpb.FenceReply(reason=f"region {self.homes.region} still hears {lost}")
-        cursor = await self.hold(lost)
+        cursor = await self.hold(lost, asker)
         self.fenced += 1
         heads = await self.log.home_heads(lost)
         log.warning("region %s is taking over %s: its log is fenced here for %.0fs (applied"
@@ -184,7 +192,7 @@ class Fences:
         """Fence `lost`'s log here and in every other region; a Gathered when this
         region holds the most of every home, else why not (every fence then lifted)."""
         started = time.monotonic()
-        await self.hold(lost)
+        await self.hold(lost, self.homes.region)
         replies = await asyncio.gather(*(self._call(peer, rpb.FenceRequest(
             region=self.homes.region, lost=lost)) for peer in others), return_exceptions=True)
         why = ""
@@ -206,7 +214,7 @@ class Fences:
         return why
 
     async def lift(self, lost: str, others: list[str]) -> None:
-        self.release(lost)
+        self.release(lost, self.homes.region)
         await asyncio.gather(*(self._call(peer, rpb.FenceRequest(
             region=self.homes.region, lost=lost, lift=True)) for peer in others),
             return_exceptions=True)
