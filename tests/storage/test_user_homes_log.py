@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chatplane.storage.base import CONVERSATION_HOME, USER_HOME, Home, StorageError
+from chatplane.storage.base import CONVERSATION_HOME, USER_HOME, Home, LogBlocked, StorageError
 from chatplane.storage.sqlite import SqliteStorage
 from tests.storage.test_conformance import send
 
@@ -84,6 +84,35 @@ async def test_an_inbox_entry_is_never_applied_past_a_hole(tmp_path: Path) -> No
         with pytest.raises(StorageError, match="hole"):
             await us.apply_log("eu", alices[1:], scanned, {})
         assert await us.inbox_head("alice") == 0
+    finally:
+        await eu.close()
+        await us.close()
+
+
+async def test_a_batch_is_stored_up_to_an_entry_naming_a_message_not_stored_yet(
+        tmp_path: Path) -> None:
+    """Three regions: an inbox entry may name a message of a third region's log not
+    applied here yet. The batch is stored up to that entry (the cursor just before
+    it) rather than not at all, so a third log waiting on this batch's messages moves
+    on; the rest is applied once the message is there."""
+    eu, us = await _region(tmp_path / "eu.db", "eu"), await _region(tmp_path / "us.db", "us")
+    try:
+        for cid in (1, 2):
+            await eu.append(send(CONVERSATION, "alice", cid, f"m{cid}"), ("alice", "bob"))
+        entries, scanned, _ = await eu.log_after(0, 100, "eu")
+        first, alice1, second, alice2 = entries
+        with pytest.raises(LogBlocked, match="names d:alice:bob#2, not stored here yet") as info:
+            await us.apply_log("eu", [first, alice1, alice2], scanned,
+                               {CONVERSATION: ("alice", "bob")})
+        assert info.value.applied_to == alice2.lsn - 1
+        assert await us.log_cursor("eu") == alice2.lsn - 1
+        assert sorted((i.user_id, i.inbox_seq) for i in info.value.items) == [
+            ("alice", 1), ("bob", 1)]
+        assert await _inbox(us, "alice") == [(1, CONVERSATION, 1)]
+        # read again from the cursor, with the message this time
+        await us.apply_log("eu", [second, alice2], scanned, {CONVERSATION: ("alice", "bob")})
+        assert await _inbox(us, "alice") == [(1, CONVERSATION, 1), (2, CONVERSATION, 2)]
+        assert await us.log_cursor("eu") == scanned
     finally:
         await eu.close()
         await us.close()

@@ -337,6 +337,8 @@ CALL_RULES: dict[str, tuple[Rule, ...]] = {
     # region -> region (regions/moving.py): an admin move of a home
     "hand_off": (Text("region", MAX_REGION_BYTES), Text("kind", MAX_REGION_BYTES),
                  ConversationId("key")),
+    # region -> region (regions/fencing.py): a takeover of a lost region with three or more
+    "fence": (Text("region", MAX_REGION_BYTES), Text("lost", MAX_REGION_BYTES)),
 }
 
 

@@ -3,16 +3,17 @@
 the homes it held only when the failover witness grants it (regions/leases.py,
 regions/witnessing.py), and acks alone only while the witness lets it.
 
-Two regions alone cannot tell a partition from a loss, so without a witness
+Regions alone cannot tell a partition from a loss, so without a witness
 (`CHATPLANE_FAILOVER_WITNESS`) failover is off: homes wait for their region.
 
 The takeover is one storage transaction (`ReplicatedLog.take_over_homes`): every
 conversation homed in the lost region is homed here at its epoch + 1, confirmed, so a
 store that meets both rows keeps ours (`storage.base.home_replaces`). This region then
 sequences those chats from its own copy of their history: in `sync` durability every
-message the lost region acked was applied here first (two regions: this is the only
-other one) unless the lost region acked alone, and the witness grants no takeover of a
-region it records alone, so the next seq given here follows every acked one. What the
+message the lost region acked was applied by another region first (two regions: this
+one; more: the fence round below) unless the lost region acked alone, and the witness
+grants no takeover of a region it records alone, so the next seq given here follows
+every acked one. What the
 lost region sequenced and no peer applied was never acked; it stays in the lost region's
 store, where the new home's messages at those seqs supersede it once it is back
 (`apply_log`), and a peer never applies it (regions/replication.py skips a home's
@@ -26,9 +27,13 @@ everything acked alone, this region clears its alone record, which also lifts th
 regions it took over. A region told by the witness that it was taken over drops its
 cached homes: it checks each with its peers before sequencing under it (`Homes._verify`).
 
-Automatic takeover runs with exactly one peer (two regions). With more, the region
-that takes over would need every message acked by any survivor, and a `sync` ack
-needs only one of them: choosing the survivor that holds the most is not built.
+With more than one peer a `sync` ack needed only one of them, so before asking the
+witness this region fences every other region's copy of the lost region's log and
+takes over only when it holds the most of every home (regions/fencing.py); its takeover
+transaction first logs again what the others lack, and it tells them the takeover,
+after which they count the lost region as lost too (`fences.taken_elsewhere`) and ask
+nothing of it. A takeover needs every other region to answer: with one more lost or
+cut off, nothing moves.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from prometheus_client.metrics_core import Metric
 
 from chatplane import metrics
 from chatplane.regions.durability import Durability
+from chatplane.regions.fencing import Fences, Gathered
 from chatplane.regions.homes import Homes
 from chatplane.regions.leases import DRIFT, WitnessLink
 from chatplane.regions.witnessing import Wish
@@ -111,20 +117,25 @@ class Failover:
     homes_taken: int = 0
     _clear_head: int | None = None  # this region's log head when it stopped acking alone
     _next_ask: float = 0.0
+    # lost peer -> (the grant, the other regions not told of our takeover yet)
+    _untold: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
+    last_not_taken: str = ""  # why the last fence round led to no takeover
+    fences: Fences = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fences = Fences(self.homes, self.log, lambda peer: self.silent_for(
+            self.links[peer], time.time()), self.after_s)
 
     @property
     def enabled(self) -> bool:
-        return self.after_s > 0 and len(self.links) == 1 and self.witness is not None
+        return self.after_s > 0 and bool(self.links) and self.witness is not None
 
     def off_because(self) -> str:
         """Why failover is off ("" when on)."""
         if self.after_s <= 0:
             return "CHATPLANE_FAILOVER_AFTER_S is 0"
-        if len(self.links) > 1:
-            return (f"it is built for two regions, {len(self.links)} peers are listed"
-                    " (docs/architecture.md, Failover)")
         if self.witness is None:
-            return ("no failover witness (CHATPLANE_FAILOVER_WITNESS): two regions alone"
+            return ("no failover witness (CHATPLANE_FAILOVER_WITNESS): regions alone"
                     " cannot tell a partition from a region's loss")
         return ""
 
@@ -176,7 +187,8 @@ class Failover:
         durability = self.durability
         for name, link in self.links.items():
             if link.reachable:
-                if name in self.homes.lost or (durability and name in durability.lost):
+                if (name in self.homes.lost or (durability and name in durability.lost)
+                        or name in self.fences.taken_elsewhere):
                     self._returned(name, now)
                 continue
             silent = self.silent_for(link, now)
@@ -186,13 +198,38 @@ class Failover:
                 log.warning("region %s silent for %.1fs: lost; acks here go on alone only"
                             " while the witness lets this region", name, silent)
                 durability.lose(name)
-            if name not in self.homes.lost and time.monotonic() >= self._next_ask:
+            if (name not in self.homes.lost and name not in self.fences.taken_elsewhere
+                    and time.monotonic() >= self._next_ask):
                 assert self.witness is not None
                 self._next_ask = time.monotonic() + self.witness.lease.ttl_s / RENEWALS_PER_TTL
-                grant = await self.witness.take_over(name)
-                if grant:
-                    await self._take_over(name, silent, now, grant)
+                await self._try_take_over(name, silent, now)
+        for name, (grant, untold) in list(self._untold.items()):
+            if name in self.homes.lost:
+                self._untold[name] = (grant, await self.fences.tell(name, untold, grant))
+            if not self._untold[name][1] or name not in self.homes.lost:
+                del self._untold[name]
         await self._wish()
+
+    async def _try_take_over(self, lost: str, silent: float, now: float) -> None:
+        """With other regions than `lost`, first fence them and check this region holds
+        the most of `lost`'s homes (regions/fencing.py); then ask the witness."""
+        assert self.witness is not None
+        others = [name for name in self.links if name != lost]
+        gathered = None
+        if others:
+            outcome = await self.fences.gather(lost, others)
+            if isinstance(outcome, str):
+                if outcome != self.last_not_taken:
+                    log.warning("no takeover of %s from here: %s", lost, outcome)
+                self.last_not_taken = outcome
+                return
+            gathered = outcome
+        grant = await self.witness.take_over(lost)
+        if gathered is not None and (not grant or gathered.late(time.monotonic())):
+            await self.fences.lift(lost, others)  # asked again at a later check
+            return
+        if grant:
+            await self._take_over(lost, silent, now, grant, gathered)
 
     async def _wish(self) -> None:
         """What the next renewal asks of the witness's alone record: set while every
@@ -225,14 +262,21 @@ class Failover:
                    and now - link.ok_sent_at < self.after_s * (1 - DRIFT) - CHECK_S
                    for link in self.links.values())
 
-    async def _take_over(self, peer: str, silent: float, now: float, grant: int) -> None:
+    async def _take_over(self, peer: str, silent: float, now: float, grant: int,
+                         gathered: Gathered | None = None) -> None:
         # a storage failure raises before anything changed here: the next check retries
         # (the witness answers the same grant again)
-        taken = await self.log.take_over_homes(peer, self.homes.region)
+        taken = await self.log.take_over_homes(
+            peer, self.homes.region, None if gathered is None else gathered.behind)
         self.homes.forget_cached()
         self.homes.lost.add(peer)
         if self.durability is not None:
             self.durability.lose(peer)
+        self.fences.release(peer)  # its entries of these homes are stale here from now on
+        if gathered is not None:
+            untold = await self.fences.tell(peer, gathered.others, grant)
+            if untold:
+                self._untold[peer] = (grant, untold)
         self.homes_taken += taken
         self.takeovers.append(Takeover(peer, now, silent, taken, grant))
         del self.takeovers[:-16]
@@ -241,6 +285,7 @@ class Failover:
 
     def _returned(self, peer: str, now: float) -> None:
         self.homes.lost.discard(peer)
+        self.fences.returned(peer)
         if self.durability is not None:
             self.durability.lost.discard(peer)
         for takeover in reversed(self.takeovers):
@@ -259,11 +304,14 @@ class Failover:
             "silent": sorted(durability.lost) if durability is not None else [],
             "acking_alone": durability is not None and durability.alone,
             "witness": None if self.witness is None else self.witness.view(),
+            "taken_by_others": dict(self.fences.taken_elsewhere),
+            "fences_granted": self.fences.fenced, "last_not_taken": self.last_not_taken,
             "takeovers": [t.view(now) for t in self.takeovers]}}
 
     def families(self) -> Iterator[Metric]:
         yield metrics.labelled("gauge", "chatplane_region_peer_lost",
-                               "1 while the peer region is lost and its homes are held here",
+                               "1 while the peer region is lost and its homes were taken over"
+                               " (here, or by another region that told this one)",
                                "peer", {name: int(name in self.homes.lost) for name in self.links})
         yield metrics.counter("chatplane_region_homes_taken_over_total",
                               "conversations whose home was taken over from a lost region",

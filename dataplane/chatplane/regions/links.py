@@ -203,6 +203,16 @@ class RegionServicer(rgrpc.RegionServicer):
         await refuse_out_of_bounds(context, "hand_off", request)
         return await (await self._sequencing(context)).moves.hand_off(request)
 
+    async def Fence(self, request: rpb.FenceRequest,
+                    context: grpc.aio.ServicerContext) -> rpb.FenceReply:
+        await refuse_out_of_bounds(context, "fence", request)
+        fences = (await self._sequencing(context)).replication.fences
+        if fences is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                f"region {self.me.region} runs no failover")
+        assert fences is not None
+        return await fences.serve(request)
+
     async def Hello(self, request: rpb.HelloRequest,
                     context: grpc.aio.ServicerContext) -> rpb.HelloReply:
         await refuse_out_of_bounds(context, "hello", request)

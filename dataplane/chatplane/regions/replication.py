@@ -36,6 +36,7 @@ from chatplane import metrics
 from chatplane.protocol.errors import ProtocolError
 from chatplane.protocol.records import from_pb, to_pb
 from chatplane.regions.failover import Failover
+from chatplane.regions.fencing import Fences
 from chatplane.regions.groupchanges import change_of
 from chatplane.regions.homes import Homes, events_user
 from chatplane.regions.social import SocialHomes, is_relations_log
@@ -45,6 +46,7 @@ from chatplane.storage.base import (
     USER_HOME,
     Home,
     InboxItem,
+    LogBlocked,
     LogEntry,
     LogTrimmed,
     MembershipChange,
@@ -135,6 +137,8 @@ class Replication:
         self._settled_groups: set[str] = set()
         self.failover = failover  # takes over a lost peer's homes (regions/failover.py)
         self.social: SocialHomes | None = None  # friends and reads (regions/social.py)
+        if failover is not None:  # a fence answers the cursor of the fenced peer's log
+            failover.fences.applied_to = lambda peer: self.peers[peer].applied_to
 
     # -- the serving side (Region.Replicate) ---------------------------------
 
@@ -261,7 +265,25 @@ class Replication:
         finally:
             call.cancel()
 
+    @property
+    def fences(self) -> Fences | None:
+        return None if self.failover is None else self.failover.fences
+
     async def _apply(self, peer: str, state: PeerReplication, batch: rpb.LogBatch) -> None:
+        """One batch of `peer`'s log, unless a takeover of `peer` fenced its log here
+        (regions/fencing.py: a fence waits for the batch in flight)."""
+        fences = self.fences
+        if fences is None:
+            await self._apply_batch(peer, state, batch)
+            return
+        async with fences.lock(peer):
+            if fences.holds(peer):
+                raise StorageError(f"region {peer}'s log is fenced here: a takeover of it"
+                                   " is under way")
+            await self._apply_batch(peer, state, batch)
+
+    async def _apply_batch(self, peer: str, state: PeerReplication,
+                           batch: rpb.LogBatch) -> None:
         entries = [LogEntry(e.lsn, e.epoch, from_pb(e.message), e.inbox_user, e.inbox_seq)
                    for e in batch.entries]
         recipients: dict[str, tuple[str, ...]] = {}  # 1:1 chats'; groups' come from storage
@@ -304,9 +326,16 @@ class Replication:
         self._settled_groups |= groups
         if self.social is not None:  # friends and reads first: idempotent if re-applied
             await self.social.apply([e.message for e in messages])
-        items = await self.log.apply_log(peer, entries, batch.scanned_to, recipients, changes,
-                                         self.large_above)
-        state.applied_to = batch.scanned_to
+        blocked: LogBlocked | None = None
+        try:
+            items = await self.log.apply_log(peer, entries, batch.scanned_to, recipients,
+                                             changes, self.large_above)
+            applied_to = batch.scanned_to
+        except LogBlocked as exc:  # stored up to a third region's message: the rest again
+            blocked, items, applied_to = exc, exc.items, exc.applied_to
+            entries = [e for e in entries if e.lsn <= applied_to]
+            messages = [e for e in messages if e.lsn <= applied_to]
+        state.applied_to = applied_to
         state.moved.set()
         state.entries += len(messages)
         state.inbox_entries += len(entries) - len(messages)
@@ -314,6 +343,8 @@ class Replication:
             self.homes.committed()  # entries of users homed here: our log's readers want them
         if entries:
             await self.applied([e.message for e in messages], items)
+        if blocked is not None:
+            raise blocked  # the stream reopens from the cursor
 
     async def _stale_users(self, peer: str, entries: Sequence[LogEntry]) -> set[str]:
         """The users of a batch's inbox entries whose home this store holds at a higher

@@ -57,6 +57,22 @@ class LogTrimmed(StorageError):
         self.after, self.trimmed_to = after, trimmed_to
 
 
+class NotStoredYet(StorageError):
+    """A replicated inbox entry names a message this store does not hold yet: another
+    region's, whose log has not brought it here yet."""
+
+
+class LogBlocked(StorageError):
+    """`apply_log` stored a batch only up to `applied_to` (the peer's cursor moved
+    there, `items` are the inbox entries written): the next entry names a message of a
+    third region's log not stored here yet. The rest is read again; never waiting for
+    the whole batch keeps two logs whose batches name each other's messages moving."""
+
+    def __init__(self, reason: str, items: list[InboxItem], applied_to: int) -> None:
+        super().__init__(reason)
+        self.items, self.applied_to = items, applied_to
+
+
 class ConversationNotFound(StorageError):
     pass
 
@@ -453,10 +469,20 @@ class ReplicatedLog(Protocol):
         positions in one transaction, and remember how far: a read from below it
         raises LogTrimmed. Returns what the log retains after."""
 
-    async def take_over_homes(self, lost: str, region: str) -> int:
+    async def take_over_homes(self, lost: str, region: str,
+                              behind: Mapping[tuple[str, str], int] | None = None) -> int:
         """Failover: every conversation and user homed in region `lost` is homed in `region`
         at its epoch + 1, confirmed (one transaction; returns how many), so this
-        store's row beats the lost region's in every store (`home_replaces`)."""
+        store's row beats the lost region's in every store (`home_replaces`). With
+        `behind` (three regions or more: the least another survivor holds of each
+        (kind, key), 0 when absent), what this store holds past it is logged again first,
+        at new positions, so the survivors reading this log get it before the next seq
+        given here. The entries a lost home owed are written only when `region` is the
+        one this store serves (the taker's store, not one told of the takeover)."""
+
+    async def home_heads(self, region: str) -> list[tuple[str, str, int]]:
+        """(kind, key, head) of every conversation and user homed in `region` in this
+        store: the newest seq stored, or the newest inbox_seq (0: none)."""
 
     async def apply_log(self, peer: str, entries: Sequence[LogEntry], scanned_to: int,
                         recipients: dict[str, tuple[str, ...]],
@@ -474,6 +500,9 @@ class ReplicatedLog(Protocol):
         change adds or removes (read diffusion). Entries of users homed in another region
         are not written here (their home's log brings them). An inbox entry of the log
         (`inbox_user` set) is stored at its (user, inbox_seq), the home's one replacing
-        another stored there, skipped when stored before; one past the user's head + 1,
-        or naming a message not stored here, raises StorageError (no hole). Returns the
-        inbox entries written."""
+        another stored there, skipped when stored before; one past the user's head + 1
+        raises StorageError (no hole). An inbox entry naming a message not stored here
+        yet (a third region's) ends the batch there: what precedes it is stored with
+        the cursor moved to the position before it, and LogBlocked raised after the
+        commit (a first entry that cannot be stored raises NotStoredYet, storing
+        nothing). Returns the inbox entries written."""

@@ -50,11 +50,13 @@ from chatplane.storage.base import (
     ConversationSummary,
     Home,
     InboxItem,
+    LogBlocked,
     LogEntry,
     LogExtent,
     LogTrimmed,
     Member,
     MembershipChange,
+    NotStoredYet,
     Relation,
     Revocation,
     SendRequest,
@@ -886,19 +888,38 @@ class SqliteStorage(_SocialMethods):
         home: Home = await self._write(offer)
         return home
 
-    async def take_over_homes(self, lost: str, region: str) -> int:
+    async def take_over_homes(self, lost: str, region: str,
+                              behind: Mapping[tuple[str, str], int] | None = None) -> int:
         def take(writer: Writer) -> int:
-            users = [str(row[0]) for row in writer.db.execute(
-                "SELECT key FROM homes WHERE kind = 'user' AND region = ?", (lost,))]
-            cursor = writer.db.execute(
+            db = writer.db
+            rows = [(str(kind), str(key)) for kind, key in db.execute(
+                "SELECT kind, key FROM homes WHERE region = ?", (lost,))]
+            if behind is not None:
+                writer.flush_rows()
+                _relog(db, rows, behind)
+            cursor = db.execute(
                 "UPDATE homes SET region = ?, epoch = epoch + 1, confirmed = 1"
                 " WHERE region = ?", (region, lost))  # conversations and users
             writer.user_homes.clear()
-            writer.write_owed(users)  # homed here now: what the lost home never shipped
+            if not self.region or region == self.region:
+                # homed here now: what the lost home never shipped (a store told of a
+                # takeover by another region writes none: the taker does)
+                writer.write_owed([key for kind, key in rows if kind == USER_HOME])
             return int(cursor.rowcount)
 
         taken: int = await self._write(take)
         return taken
+
+    async def home_heads(self, region: str) -> list[tuple[str, str, int]]:
+        def read(db: sqlite3.Connection) -> list[tuple[str, str, int]]:
+            return [(str(kind), str(key), int(head)) for kind, key, head in db.execute(
+                "SELECT h.kind, h.key, CASE h.kind WHEN 'user'"
+                " THEN (SELECT COALESCE(MAX(inbox_seq), 0) FROM inbox WHERE user_id = h.key)"
+                " ELSE (SELECT COALESCE(MAX(seq), 0) FROM messages"
+                " WHERE conversation_id = h.key) END"
+                " FROM homes h WHERE h.region = ?", (region,))]
+
+        return await self._read(read)
 
     # -- the replicated log (ReplicatedLog) -----------------------------------
 
@@ -973,20 +994,29 @@ class SqliteStorage(_SocialMethods):
                         large_above: int | None = None) -> list[InboxItem]:
         changed = changes or {}
 
-        def apply(writer: Writer) -> list[InboxItem]:
+        def apply(writer: Writer) -> tuple[list[InboxItem], str, int]:
             row = writer.db.execute("SELECT lsn FROM region_cursors WHERE peer = ?",
                                     (peer,)).fetchone()
             if row is not None and int(row[0]) >= scanned_to:
-                return []  # applied before (a batch read twice)
+                return [], "", scanned_to  # applied before (a batch read twice)
             items: list[InboxItem] = []
-            for entry in entries:
+            applied_to, blocked = scanned_to, ""
+            for index, entry in enumerate(entries):
                 message = entry.message
                 # a home past the first epoch took over from a lost one: its history
                 # replaces what the lost home sequenced here and never replicated
                 supersede = entry.epoch > 1
                 if entry.inbox_user:
-                    item = writer.apply_inbox_entry(entry.inbox_user, entry.inbox_seq,
-                                                    message.conversation_id, message.seq)
+                    try:
+                        item = writer.apply_inbox_entry(entry.inbox_user, entry.inbox_seq,
+                                                        message.conversation_id, message.seq)
+                    except NotStoredYet as exc:
+                        if index == 0:
+                            raise
+                        # what precedes it is stored: a third region's log waiting on
+                        # one of these messages can move on
+                        applied_to, blocked = entry.lsn - 1, str(exc)
+                        break
                     if item is not None:
                         items.append(item)
                 elif message.conversation_id in recipients:
@@ -997,10 +1027,12 @@ class SqliteStorage(_SocialMethods):
                                                            large_above, supersede)
             writer.db.execute(
                 "INSERT INTO region_cursors (peer, lsn) VALUES (?, ?)"
-                " ON CONFLICT (peer) DO UPDATE SET lsn = excluded.lsn", (peer, scanned_to))
-            return items
+                " ON CONFLICT (peer) DO UPDATE SET lsn = excluded.lsn", (peer, applied_to))
+            return items, blocked, applied_to
 
-        items: list[InboxItem] = await self._write(apply)
+        items, blocked, applied_to = await self._write(apply)
+        if blocked:
+            raise LogBlocked(blocked, items, applied_to)
         return items
 
 
@@ -1012,6 +1044,25 @@ def _log_entry(row: Sequence[Any]) -> LogEntry:
                                 sent_at_ms=0)
         return LogEntry(int(row[0]), int(row[1]), message, str(row[2]), int(row[3]))
     return LogEntry(int(row[0]), int(row[1]), message)
+
+
+def _relog(db: sqlite3.Connection, rows: Sequence[tuple[str, str]],
+           behind: Mapping[tuple[str, str], int]) -> None:
+    """Log again, at new positions, what this store holds of `rows` past `behind` (what
+    another region holds of each; 0 when absent): messages first, each conversation's
+    in seq order, then inbox entries, each user's in inbox_seq order (a message before
+    the entries that name it)."""
+    for kind, key in rows:
+        if kind == CONVERSATION_HOME:
+            db.execute("INSERT INTO region_log (conversation_id, seq) SELECT conversation_id,"
+                       " seq FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq",
+                       (key, behind.get((kind, key), 0)))
+    for kind, key in rows:
+        if kind == USER_HOME:
+            db.execute("INSERT INTO region_log (conversation_id, seq, user_id, inbox_seq)"
+                       " SELECT conversation_id, seq, user_id, inbox_seq FROM inbox"
+                       " WHERE user_id = ? AND inbox_seq > ? ORDER BY inbox_seq",
+                       (key, behind.get((kind, key), 0)))
 
 
 def _trimmed_to(db: sqlite3.Connection) -> int:

@@ -33,6 +33,7 @@ from chatplane.storage.base import (
     Fenced,
     InboxItem,
     MembershipChange,
+    NotStoredYet,
     SendRequest,
     StorageError,
     StorageUnavailable,
@@ -398,8 +399,8 @@ class Writer:
         row = self.db.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE"
                               " conversation_id = ? AND seq = ?",
                               (conversation_id, seq)).fetchone()
-        if row is None:
-            raise StorageError(f"inbox entry {user_id}#{inbox_seq} names"
+        if row is None:  # before any write: the batch may stop here (LogBlocked)
+            raise NotStoredYet(f"inbox entry {user_id}#{inbox_seq} names"
                                f" {conversation_id}#{seq}, not stored here yet")
         # the home wrote it: no longer owed here
         self.db.execute("DELETE FROM inbox_owed WHERE user_id = ? AND conversation_id = ?"

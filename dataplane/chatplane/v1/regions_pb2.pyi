@@ -222,3 +222,39 @@ class HandOffReply(_message.Message):
     log_head: int
     head_seq: int
     def __init__(self, home: _Optional[_Union[HomeRow, _Mapping]] = ..., log_head: _Optional[int] = ..., head_seq: _Optional[int] = ...) -> None: ...
+
+class FenceRequest(_message.Message):
+    __slots__ = ("region", "lost", "grant", "lift")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    LIFT_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    lost: str
+    grant: int
+    lift: bool
+    def __init__(self, region: _Optional[str] = ..., lost: _Optional[str] = ..., grant: _Optional[int] = ..., lift: _Optional[bool] = ...) -> None: ...
+
+class HomeHead(_message.Message):
+    __slots__ = ("kind", "key", "head")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    key: str
+    head: int
+    def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ..., head: _Optional[int] = ...) -> None: ...
+
+class FenceReply(_message.Message):
+    __slots__ = ("fenced", "reason", "applied_to", "heads", "taken_by")
+    FENCED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_TO_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    TAKEN_BY_FIELD_NUMBER: _ClassVar[int]
+    fenced: bool
+    reason: str
+    applied_to: int
+    heads: _containers.RepeatedCompositeFieldContainer[HomeHead]
+    taken_by: str
+    def __init__(self, fenced: _Optional[bool] = ..., reason: _Optional[str] = ..., applied_to: _Optional[int] = ..., heads: _Optional[_Iterable[_Union[HomeHead, _Mapping]]] = ..., taken_by: _Optional[str] = ...) -> None: ...

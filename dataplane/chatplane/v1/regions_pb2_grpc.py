@@ -79,6 +79,11 @@ class RegionStub:
                 request_serializer=chatplane_dot_v1_dot_regions__pb2.HandOffRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_regions__pb2.HandOffReply.FromString,
                 _registered_method=True)
+        self.Fence = channel.unary_unary(
+                '/chatplane.v1.Region/Fence',
+                request_serializer=chatplane_dot_v1_dot_regions__pb2.FenceRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_regions__pb2.FenceReply.FromString,
+                _registered_method=True)
 
 
 class RegionServicer:
@@ -138,6 +143,12 @@ class RegionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fence(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +196,11 @@ def add_RegionServicer_to_server(servicer, server):
                     servicer.HandOff,
                     request_deserializer=chatplane_dot_v1_dot_regions__pb2.HandOffRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_regions__pb2.HandOffReply.SerializeToString,
+            ),
+            'Fence': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fence,
+                    request_deserializer=chatplane_dot_v1_dot_regions__pb2.FenceRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_regions__pb2.FenceReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +446,33 @@ class Region:
             '/chatplane.v1.Region/HandOff',
             chatplane_dot_v1_dot_regions__pb2.HandOffRequest.SerializeToString,
             chatplane_dot_v1_dot_regions__pb2.HandOffReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.Region/Fence',
+            chatplane_dot_v1_dot_regions__pb2.FenceRequest.SerializeToString,
+            chatplane_dot_v1_dot_regions__pb2.FenceReply.FromString,
             options,
             channel_credentials,
             insecure,
