@@ -1,0 +1,284 @@
+"""The first "Must hold" of issue 17 at its own scale, with real processes: two
+`chatplane up` regions in `sync` durability (the default) and a failover witness, every
+link through a proxy that can cut it. 50 users, 25 homed in each region (their first
+login), each with 3 devices spread over both regions; one 50-member group homed in eu
+and 25 1:1 chats, homed alternately in eu and us. Every device sends into its chat and
+the group at a bounded rate while the region link is cut and healed four times, each
+cut falling in the middle of the traffic. Then: every device got every acked message
+exactly once and in one order (the delivery checker), and both regions' stores hold
+the same messages seq for seq and the same (user, inbox_seq) entries
+(docs/architecture.md, "Regions" and "User homes")."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from chatplane.auth import TokenSigner
+from chatplane.checker import DeliveryChecker
+from chatplane.client import Client
+from tests.support.regions import (
+    SHARED_KEY,
+    Cuts,
+    RegionProcess,
+    sees,
+    wait_for,
+    witnessed_regions,
+)
+from tests.support.traffic import Device
+
+pytestmark = pytest.mark.slow
+
+USERS = 50  # m00..m49: even ones homed in eu, odd ones in us
+NO_CONSENT = {"CHATPLANE_GROUP_ADD_REQUIRES_CONSENT": "0"}  # members are added, not invited
+CUTS_S = (1.0, 2.0, 1.5, 2.0)  # each below the sync timeout (3 s) and the detection (5 s)
+BETWEEN_CUTS_S = 2.5
+SEND_EVERY_S = 1.5  # per device: 150 devices, about 100 sends/s offered in all
+GROUP_EVERY = 5  # a device's every 5th send goes to the group, the others to its chat
+
+
+def user(n: int) -> str:
+    return f"m{n:02d}"
+
+
+def home_of(n: int) -> str:
+    return "eu" if n % 2 == 0 else "us"
+
+
+def device_regions(n: int) -> list[str]:
+    """Where user n's three devices connect: two at home and one away, or one at home
+    and two away (alternating by pairs of users); the first is always at home, so the
+    user's first login places its home there."""
+    home, away = ("eu", "us") if home_of(n) == "eu" else ("us", "eu")
+    return [home, home, away] if n % 4 < 2 else [home, away, away]
+
+
+def chat_home(k: int) -> str:
+    """Chat k (between m{2k}, homed in eu, and m{2k+1}, homed in us) is homed where its
+    first send is made: eu for even k, us for odd k (from m{2k}'s device there)."""
+    return "eu" if k % 2 == 0 else "us"
+
+
+@dataclass
+class Mesh:
+    regions: dict[str, RegionProcess]
+    checker: DeliveryChecker = field(default_factory=DeliveryChecker)
+    devices: list[Device] = field(default_factory=list)
+    chat_of: dict[str, str] = field(default_factory=dict)  # user -> its 1:1 chat
+    group: str = ""
+    # per send: (the conversation, started, acked) on the monotonic clock
+    sends: list[tuple[str, float, float]] = field(default_factory=list)
+
+    def of(self, n: int) -> list[Device]:
+        return [d for d in self.devices if d.user == user(n)]
+
+    async def connect(self, http: aiohttp.ClientSession, n: int, i: int, region: str) -> Device:
+        client = Client([self.regions[region].url],
+                        TokenSigner(SHARED_KEY).mint(user(n), f"d{i}-{region}"),
+                        http=http, request_timeout_s=60)
+        await client.connect(timeout_s=30)
+        # receipts judged at the end: the group's creation arrives before its id is known
+        device = Device(client, user(n), f"d{i}-{region}", self.checker, defer=True)
+        device.start()
+        self.devices.append(device)
+        return device
+
+    async def send(self, device: Device, conversation: str, text: str) -> None:
+        started = time.monotonic()
+        ack = await device.client.send_text(conversation, text)
+        self.sends.append((conversation, started, time.monotonic()))
+        self.checker.record_ack(device.user, device.device, ack.conversation_id, ack.seq,
+                                ack.message_id, cid=ack.cid)
+
+    async def paced(self, device: Device, offset: int, stop: asyncio.Event) -> None:
+        """One send in flight at a time, one every SEND_EVERY_S (staggered by `offset`)."""
+        await asyncio.sleep(SEND_EVERY_S * (offset % 30) / 30)
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            to_group = (i + offset) % GROUP_EVERY == 0
+            conversation = self.group if to_group else self.chat_of[device.user]
+            began = time.monotonic()
+            await self.send(device, conversation, f"{device.device}-{i}")
+            await asyncio.sleep(max(0.0, SEND_EVERY_S - (time.monotonic() - began)))
+
+
+def _db(region: RegionProcess) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{region.data_dir / 'chatplane.db'}?mode=ro", uri=True)
+
+
+def _homes(region: RegionProcess, kind: str) -> dict[str, tuple[str, bool]]:
+    """The region's `homes` rows of `kind`: key -> (region, confirmed)."""
+    db = _db(region)
+    try:
+        return {k: (r, bool(c)) for k, r, c in db.execute(
+            "SELECT key, region, confirmed FROM homes WHERE kind = ?", (kind,))}
+    finally:
+        db.close()
+
+
+def _stored(region: RegionProcess, conversations: list[str], users: list[str],
+            ) -> tuple[dict[str, list[tuple[int, str]]], dict[str, list[tuple[int, str, int]]]]:
+    """What the region's store holds: each conversation's (seq, message_id), and each
+    user's inbox (inbox_seq, conversation, seq)."""
+    db = _db(region)
+    try:
+        messages = {c: [(int(s), str(m)) for s, m in db.execute(
+            "SELECT seq, message_id FROM messages WHERE conversation_id = ? ORDER BY seq", (c,))]
+            for c in conversations}
+        inboxes = {u: [(int(n), str(c), int(s)) for n, c, s in db.execute(
+            "SELECT inbox_seq, conversation_id, seq FROM inbox WHERE user_id = ?"
+            " ORDER BY inbox_seq", (u,))] for u in users}
+        return messages, inboxes
+    finally:
+        db.close()
+
+
+def _caught_up(eu: RegionProcess, us: RegionProcess) -> bool:
+    return all(r.peers()[p]["replication"]["lag"] == 0
+               and r.peers()[p]["replication"]["connected"]
+               for r, p in ((eu, "us"), (us, "eu")))
+
+
+async def _cut_repeatedly(cuts: Cuts, windows: list[tuple[float, float]]) -> None:
+    for cut_s in CUTS_S:
+        await asyncio.sleep(BETWEEN_CUTS_S)
+        began = time.monotonic()
+        cuts.partition()  # both still reach the witness: no home moves
+        await asyncio.sleep(cut_s)
+        cuts.heal()
+        windows.append((began, time.monotonic()))
+    await asyncio.sleep(BETWEEN_CUTS_S)
+
+
+async def _all_received(mesh: Mesh, expected: dict[str, int], timeout_s: float) -> None:
+    """Until each device received what its conversations' acks add up to."""
+    deadline = time.monotonic() + timeout_s
+    for device in mesh.devices:
+        want = expected[mesh.group] + expected[mesh.chat_of[device.user]]
+        while len(device.received) < want:
+            if time.monotonic() > deadline:
+                short = [f"{d.user}/{d.device}={len(d.received)}" for d in mesh.devices
+                         if len(d.received) < expected[mesh.group]
+                         + expected[mesh.chat_of[d.user]]]
+                raise AssertionError(f"timed out; short: {short[:10]} ({len(short)} devices)")
+            await asyncio.sleep(0.1)
+
+
+async def test_fifty_users_three_devices_each_through_repeated_cuts(tmp_path: Path) -> None:
+    """25 users homed in each region, 3 devices each over both, a 50-member group and
+    25 1:1 chats homed in both regions, all sending through four cuts of the link."""
+    # one HTTP session for the 150 clients; unbounded: each websocket holds a connection
+    async with witnessed_regions(tmp_path, NO_CONSENT) as (eu, us, _, cuts), \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        for me, other in ((eu, us), (us, eu)):
+            await asyncio.to_thread(wait_for, lambda m=me, o=other: sees(m, o.name), 20,
+                                    f"{me.name} sees {other.name}")
+        mesh = Mesh({"eu": eu, "us": us})
+        users = [user(n) for n in range(USERS)]
+        gate = asyncio.Semaphore(8)  # logins at once (a 2-core machine)
+
+        async def connect(n: int, i: int) -> None:
+            async with gate:
+                await mesh.connect(http, n, i, device_regions(n)[i])
+
+        try:
+            # homes: each user's first login (at home) places it there
+            await asyncio.gather(*(connect(n, 0) for n in range(USERS)))
+            want = {u: (home_of(n), True) for n, u in enumerate(users)}
+            for region in (eu, us):
+                await asyncio.to_thread(wait_for, lambda r=region: _homes(r, "user") == want,
+                                        30, f"the users' homes in {region.name}'s store")
+            await asyncio.gather(*(connect(n, i) for n in range(USERS) for i in (1, 2)))
+            assert len(mesh.devices) == 3 * USERS
+            assert sum(d.client.position()["region"] == "eu" for d in mesh.devices) == 75
+
+            # the group, created in eu by m00 (homed in eu): homed in eu
+            creator = next(d for d in mesh.of(0) if d.device.endswith("-eu"))
+            mesh.group = await creator.client.create_group("fifty", users[1:])
+            for u in users:
+                mesh.checker.add_member(mesh.group, u)
+            # the chats: m{2k} opens it and sends first from its device in chat_home(k)
+            for k in range(USERS // 2):
+                left, right = mesh.of(2 * k), mesh.of(2 * k + 1)
+                opener = next(d for d in left if d.device.endswith(f"-{chat_home(k)}"))
+                chat = await opener.client.direct(user(2 * k + 1))
+                assert await right[0].client.direct(user(2 * k)) == chat
+                for u in (user(2 * k), user(2 * k + 1)):
+                    mesh.chat_of[u] = chat
+                    mesh.checker.add_member(chat, u)
+                await mesh.send(opener, chat, "first")  # places the chat's home
+            chats = [mesh.chat_of[user(2 * k)] for k in range(USERS // 2)]
+            homed = {mesh.group: "eu"} | {c: chat_home(k) for k, c in enumerate(chats)}
+            for region in (eu, us):
+                await asyncio.to_thread(wait_for, lambda r=region: {
+                    c: h for c, (h, ok) in _homes(r, "conversation").items()
+                    if c in homed and ok} == homed, 30,
+                    f"the conversations' homes in {region.name}'s store")
+
+            # traffic through four cuts
+            stop = asyncio.Event()
+            senders = [asyncio.ensure_future(mesh.paced(d, j, stop))
+                       for j, d in enumerate(mesh.devices)]
+            windows: list[tuple[float, float]] = []
+            began = time.monotonic()
+            await _cut_repeatedly(cuts, windows)
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*senders), 60)
+            traffic_s = time.monotonic() - began
+            resumed = []  # per cut: from the heal to the first ack after it
+            for cut_at, healed_at in windows:  # each cut fell in the middle of the traffic
+                before = sum(1 for _, _, acked in mesh.sends if cut_at - 1.0 <= acked < cut_at)
+                # in flight while cut: waiting for a confirmation the cut holds up
+                during = sum(1 for _, sent, acked in mesh.sends
+                             if sent < healed_at and acked > cut_at)
+                after = [acked for _, _, acked in mesh.sends
+                         if healed_at <= acked < healed_at + BETWEEN_CUTS_S]
+                assert before > 10 and during > 10 and len(after) > 10, (
+                    before, during, len(after))
+                resumed.append(round(min(after) - healed_at, 2))
+
+            # every device: every acked message of its conversations, once, in one order
+            expected = {c: sum(1 for x, _, _ in mesh.sends if x == c) for c in chats}
+            expected[mesh.group] = 1 + sum(1 for x, _, _ in mesh.sends if x == mesh.group)
+            await _all_received(mesh, expected, 90)
+            await asyncio.sleep(0.5)  # a second copy of anything would come now
+            for device in mesh.devices:
+                device.judge()
+            verdict = mesh.checker.verdict()
+            assert verdict.acked == len(mesh.sends) and verdict.ok, verdict.summary()
+            for conversation in [mesh.group, *chats]:
+                orders = {tuple(d.order(conversation)) for d in mesh.devices
+                          if d.order(conversation)}
+                assert len(orders) == 1, conversation
+            assert not any(d.client.store_resets for d in mesh.devices)
+
+            # both stores: the same messages seq for seq, the same inboxes
+            await asyncio.to_thread(wait_for, lambda: _caught_up(eu, us), 60, "caught up")
+            held_eu, held_us = _stored(eu, [mesh.group, *chats], users), _stored(
+                us, [mesh.group, *chats], users)
+            assert held_eu[0] == held_us[0]
+            for conversation, rows in held_eu[0].items():
+                assert [s for s, _ in rows] == list(range(1, expected[conversation] + 1))
+            assert held_eu[1] == held_us[1]
+            for n, u in enumerate(users):
+                inbox = held_eu[1][u]
+                assert [x for x, _, _ in inbox] == list(range(1, len(inbox) + 1)), u
+                assert len(inbox) == expected[mesh.group] + expected[mesh.chat_of[u]], u
+            resent = sum(d.client.send_retries for d in mesh.devices)
+            dropped = sum(d.client.duplicate_entries for d in mesh.devices)
+            print(f"\nmesh: {len(mesh.sends)} acked in {traffic_s:.1f} s"
+                  f" ({expected[mesh.group]} in the group), {verdict.received} received;"
+                  f" cuts {[round(b - a, 1) for a, b in windows]} s, acks again {resumed} s"
+                  f" after each heal; {resent} resent, {dropped} second copies dropped"
+                  " by the SDK")
+        finally:
+            for device in mesh.devices:
+                await device.stop()
