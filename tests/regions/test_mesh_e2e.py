@@ -12,6 +12,7 @@ the same messages seq for seq and the same (user, inbox_seq) entries
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import sqlite3
 import time
@@ -114,14 +115,16 @@ def _db(region: RegionProcess) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{region.data_dir / 'chatplane.db'}?mode=ro", uri=True)
 
 
-def _homes(region: RegionProcess, kind: str) -> dict[str, tuple[str, bool]]:
-    """The region's `homes` rows of `kind`: key -> (region, confirmed)."""
+def _homed(region: RegionProcess, kind: str, want: dict[str, str]) -> bool:
+    """The region's store holds a confirmed `homes` row of `kind` for each key of `want`,
+    in the region named there."""
     db = _db(region)
     try:
-        return {k: (r, bool(c)) for k, r, c in db.execute(
-            "SELECT key, region, confirmed FROM homes WHERE kind = ?", (kind,))}
+        rows = {k: r for k, r in db.execute(
+            "SELECT key, region FROM homes WHERE kind = ? AND confirmed", (kind,))}
     finally:
         db.close()
+    return {k: rows.get(k) for k in want} == want
 
 
 def _stored(region: RegionProcess, conversations: list[str], users: list[str],
@@ -147,6 +150,51 @@ def _caught_up(eu: RegionProcess, us: RegionProcess) -> bool:
                for r, p in ((eu, "us"), (us, "eu")))
 
 
+async def _place(mesh: Mesh, http: aiohttp.ClientSession) -> list[str]:
+    """Every user's devices logged in (the first at home, placing the user's home
+    there), the group made in eu, each chat's first message sent where it is homed;
+    each home checked in both stores. Returns the chats."""
+    eu, us = mesh.regions["eu"], mesh.regions["us"]
+    users = [user(n) for n in range(USERS)]
+    gate = asyncio.Semaphore(8)  # logins at once (a 2-core machine)
+
+    async def connect(n: int, i: int) -> None:
+        async with gate:
+            await mesh.connect(http, n, i, device_regions(n)[i])
+
+    await asyncio.gather(*(connect(n, 0) for n in range(USERS)))
+    want = {u: home_of(n) for n, u in enumerate(users)}
+    for region in (eu, us):
+        await asyncio.to_thread(wait_for, functools.partial(_homed, region, "user", want), 30,
+                                f"the users' homes in {region.name}'s store")
+    await asyncio.gather(*(connect(n, i) for n in range(USERS) for i in (1, 2)))
+    assert len(mesh.devices) == 3 * USERS
+    assert sum(d.client.position()["region"] == "eu" for d in mesh.devices) == 75
+
+    # the group, created in eu by m00 (homed in eu): homed in eu
+    creator = next(d for d in mesh.of(0) if d.device.endswith("-eu"))
+    mesh.group = await creator.client.create_group("fifty", users[1:])
+    for u in users:
+        mesh.checker.add_member(mesh.group, u)
+    # the chats: m{2k} opens it and sends first from its device in chat_home(k)
+    for k in range(USERS // 2):
+        left, right = mesh.of(2 * k), mesh.of(2 * k + 1)
+        opener = next(d for d in left if d.device.endswith(f"-{chat_home(k)}"))
+        chat = await opener.client.direct(user(2 * k + 1))
+        assert await right[0].client.direct(user(2 * k)) == chat
+        for u in (user(2 * k), user(2 * k + 1)):
+            mesh.chat_of[u] = chat
+            mesh.checker.add_member(chat, u)
+        await mesh.send(opener, chat, "first")  # places the chat's home
+    chats = [mesh.chat_of[user(2 * k)] for k in range(USERS // 2)]
+    homed = {mesh.group: "eu"} | {c: chat_home(k) for k, c in enumerate(chats)}
+    for region in (eu, us):
+        await asyncio.to_thread(wait_for, functools.partial(
+            _homed, region, "conversation", homed), 30,
+            f"the conversations' homes in {region.name}'s store")
+    return chats
+
+
 async def _cut_repeatedly(cuts: Cuts, windows: list[tuple[float, float]]) -> None:
     for cut_s in CUTS_S:
         await asyncio.sleep(BETWEEN_CUTS_S)
@@ -158,18 +206,48 @@ async def _cut_repeatedly(cuts: Cuts, windows: list[tuple[float, float]]) -> Non
     await asyncio.sleep(BETWEEN_CUTS_S)
 
 
+def _mid_traffic(mesh: Mesh, windows: list[tuple[float, float]]) -> list[float]:
+    """Each cut fell in the middle of the traffic: acks in the second before it, sends
+    in flight across it (in `sync` none is acked until a peer confirms it, so they wait
+    for the heal), acks after it. Returns, per cut, the heal to the first ack after it."""
+    resumed = []
+    for cut_at, healed_at in windows:
+        before = sum(1 for _, _, acked in mesh.sends if cut_at - 1.0 <= acked < cut_at)
+        across = sum(1 for _, sent, acked in mesh.sends if sent < healed_at and acked > cut_at)
+        after = [acked for _, _, acked in mesh.sends
+                 if healed_at <= acked < healed_at + BETWEEN_CUTS_S]
+        assert before > 10 and across > 10 and len(after) > 10, (before, across, len(after))
+        resumed.append(round(min(after) - healed_at, 2))
+    return resumed
+
+
 async def _all_received(mesh: Mesh, expected: dict[str, int], timeout_s: float) -> None:
     """Until each device received what its conversations' acks add up to."""
+    def short() -> list[str]:
+        return [f"{d.user}/{d.device}={len(d.received)}" for d in mesh.devices
+                if len(d.received) < expected[mesh.group] + expected[mesh.chat_of[d.user]]]
+
     deadline = time.monotonic() + timeout_s
-    for device in mesh.devices:
-        want = expected[mesh.group] + expected[mesh.chat_of[device.user]]
-        while len(device.received) < want:
-            if time.monotonic() > deadline:
-                short = [f"{d.user}/{d.device}={len(d.received)}" for d in mesh.devices
-                         if len(d.received) < expected[mesh.group]
-                         + expected[mesh.chat_of[d.user]]]
-                raise AssertionError(f"timed out; short: {short[:10]} ({len(short)} devices)")
-            await asyncio.sleep(0.1)
+    while missing := short():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; short: {missing[:10]} ({len(missing)} devices)")
+        await asyncio.sleep(0.1)
+
+
+def _same_stores(mesh: Mesh, expected: dict[str, int]) -> None:
+    """Both stores: each conversation's messages seq for seq (contiguous, every acked
+    one), each user's inbox entry for entry (contiguous, one per message)."""
+    users = [user(n) for n in range(USERS)]
+    (eu_messages, eu_inboxes), (us_messages, us_inboxes) = (
+        _stored(mesh.regions[r], list(expected), users) for r in ("eu", "us"))
+    assert eu_messages == us_messages
+    for conversation, rows in eu_messages.items():
+        assert [s for s, _ in rows] == list(range(1, expected[conversation] + 1)), conversation
+    assert eu_inboxes == us_inboxes
+    for u in users:
+        inbox = eu_inboxes[u]
+        assert [n for n, _, _ in inbox] == list(range(1, len(inbox) + 1)), u
+        assert len(inbox) == expected[mesh.group] + expected[mesh.chat_of[u]], u
 
 
 async def test_fifty_users_three_devices_each_through_repeated_cuts(tmp_path: Path) -> None:
@@ -179,71 +257,27 @@ async def test_fifty_users_three_devices_each_through_repeated_cuts(tmp_path: Pa
     async with witnessed_regions(tmp_path, NO_CONSENT) as (eu, us, _, cuts), \
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         for me, other in ((eu, us), (us, eu)):
-            await asyncio.to_thread(wait_for, lambda m=me, o=other: sees(m, o.name), 20,
+            await asyncio.to_thread(wait_for, functools.partial(sees, me, other.name), 20,
                                     f"{me.name} sees {other.name}")
         mesh = Mesh({"eu": eu, "us": us})
-        users = [user(n) for n in range(USERS)]
-        gate = asyncio.Semaphore(8)  # logins at once (a 2-core machine)
-
-        async def connect(n: int, i: int) -> None:
-            async with gate:
-                await mesh.connect(http, n, i, device_regions(n)[i])
-
+        senders: list[asyncio.Future[None]] = []
         try:
-            # homes: each user's first login (at home) places it there
-            await asyncio.gather(*(connect(n, 0) for n in range(USERS)))
-            want = {u: (home_of(n), True) for n, u in enumerate(users)}
-            for region in (eu, us):
-                await asyncio.to_thread(wait_for, lambda r=region: _homes(r, "user") == want,
-                                        30, f"the users' homes in {region.name}'s store")
-            await asyncio.gather(*(connect(n, i) for n in range(USERS) for i in (1, 2)))
-            assert len(mesh.devices) == 3 * USERS
-            assert sum(d.client.position()["region"] == "eu" for d in mesh.devices) == 75
-
-            # the group, created in eu by m00 (homed in eu): homed in eu
-            creator = next(d for d in mesh.of(0) if d.device.endswith("-eu"))
-            mesh.group = await creator.client.create_group("fifty", users[1:])
-            for u in users:
-                mesh.checker.add_member(mesh.group, u)
-            # the chats: m{2k} opens it and sends first from its device in chat_home(k)
-            for k in range(USERS // 2):
-                left, right = mesh.of(2 * k), mesh.of(2 * k + 1)
-                opener = next(d for d in left if d.device.endswith(f"-{chat_home(k)}"))
-                chat = await opener.client.direct(user(2 * k + 1))
-                assert await right[0].client.direct(user(2 * k)) == chat
-                for u in (user(2 * k), user(2 * k + 1)):
-                    mesh.chat_of[u] = chat
-                    mesh.checker.add_member(chat, u)
-                await mesh.send(opener, chat, "first")  # places the chat's home
-            chats = [mesh.chat_of[user(2 * k)] for k in range(USERS // 2)]
-            homed = {mesh.group: "eu"} | {c: chat_home(k) for k, c in enumerate(chats)}
-            for region in (eu, us):
-                await asyncio.to_thread(wait_for, lambda r=region: {
-                    c: h for c, (h, ok) in _homes(r, "conversation").items()
-                    if c in homed and ok} == homed, 30,
-                    f"the conversations' homes in {region.name}'s store")
-
-            # traffic through four cuts
+            chats = await _place(mesh, http)
             stop = asyncio.Event()
-            senders = [asyncio.ensure_future(mesh.paced(d, j, stop))
-                       for j, d in enumerate(mesh.devices)]
+            senders += [asyncio.ensure_future(mesh.paced(d, j, stop))
+                        for j, d in enumerate(mesh.devices)]
             windows: list[tuple[float, float]] = []
             began = time.monotonic()
             await _cut_repeatedly(cuts, windows)
             stop.set()
-            await asyncio.wait_for(asyncio.gather(*senders), 60)
+            done, stuck = await asyncio.wait(senders, timeout=60)
+            assert not stuck, (f"{len(stuck)} devices wait for an ack 60 s on; eu's view of us:"
+                               f" {eu.peers()['us']['replication']}, us's of eu:"
+                               f" {us.peers()['eu']['replication']}")
+            for sender in done:
+                sender.result()
             traffic_s = time.monotonic() - began
-            resumed = []  # per cut: from the heal to the first ack after it
-            for cut_at, healed_at in windows:  # each cut fell in the middle of the traffic
-                before = sum(1 for _, _, acked in mesh.sends if cut_at - 1.0 <= acked < cut_at)
-                # in flight while cut: waiting for a confirmation the cut holds up
-                during = sum(1 for _, sent, acked in mesh.sends
-                             if sent < healed_at and acked > cut_at)
-                after = [acked for _, _, acked in mesh.sends
-                         if healed_at <= acked < healed_at + BETWEEN_CUTS_S]
-                assert before > 10 and during > 10 and len(after) > 10, (
-                    before, during, len(after))
-                resumed.append(round(min(after) - healed_at, 2))
+            resumed = _mid_traffic(mesh, windows)
 
             # every device: every acked message of its conversations, once, in one order
             expected = {c: sum(1 for x, _, _ in mesh.sends if x == c) for c in chats}
@@ -254,31 +288,24 @@ async def test_fifty_users_three_devices_each_through_repeated_cuts(tmp_path: Pa
                 device.judge()
             verdict = mesh.checker.verdict()
             assert verdict.acked == len(mesh.sends) and verdict.ok, verdict.summary()
-            for conversation in [mesh.group, *chats]:
+            for conversation in expected:
                 orders = {tuple(d.order(conversation)) for d in mesh.devices
                           if d.order(conversation)}
                 assert len(orders) == 1, conversation
             assert not any(d.client.store_resets for d in mesh.devices)
 
-            # both stores: the same messages seq for seq, the same inboxes
             await asyncio.to_thread(wait_for, lambda: _caught_up(eu, us), 60, "caught up")
-            held_eu, held_us = _stored(eu, [mesh.group, *chats], users), _stored(
-                us, [mesh.group, *chats], users)
-            assert held_eu[0] == held_us[0]
-            for conversation, rows in held_eu[0].items():
-                assert [s for s, _ in rows] == list(range(1, expected[conversation] + 1))
-            assert held_eu[1] == held_us[1]
-            for n, u in enumerate(users):
-                inbox = held_eu[1][u]
-                assert [x for x, _, _ in inbox] == list(range(1, len(inbox) + 1)), u
-                assert len(inbox) == expected[mesh.group] + expected[mesh.chat_of[u]], u
+            _same_stores(mesh, expected)
+            while_cut = sum(1 for _, _, acked in mesh.sends
+                            if any(a <= acked < b for a, b in windows))
             resent = sum(d.client.send_retries for d in mesh.devices)
             dropped = sum(d.client.duplicate_entries for d in mesh.devices)
-            print(f"\nmesh: {len(mesh.sends)} acked in {traffic_s:.1f} s"
-                  f" ({expected[mesh.group]} in the group), {verdict.received} received;"
+            print(f"\nmesh: {len(mesh.sends)} acked in {traffic_s:.1f} s ({expected[mesh.group]}"
+                  f" in the group, {while_cut} while cut), {verdict.received} received;"
                   f" cuts {[round(b - a, 1) for a, b in windows]} s, acks again {resumed} s"
-                  f" after each heal; {resent} resent, {dropped} second copies dropped"
-                  " by the SDK")
+                  f" after each heal; {resent} resends, {dropped} second copies the SDK dropped")
         finally:
+            for sender in senders:
+                sender.cancel()
             for device in mesh.devices:
                 await device.stop()
