@@ -7,7 +7,8 @@ the old home must stop first and the new home must catch up before it takes over
 
 1. The new home calls `Region.HandOff` on the old one, which stops sequencing the
    conversation (sends are refused UNAVAILABLE: clients retry) and answers its row and
-   its log head read after it stopped; what it sequenced before is at or below it.
+   its log head read after it stopped (once the other peers applied it, below); what it
+   sequenced before is at or below it.
 2. The new home waits until it applied the old home's log to that head
    (regions/replication.py), and checks it holds the conversation's newest seq.
 3. It writes its row at the old epoch + 1, confirmed (`storage.base.home_replaces`:
@@ -23,9 +24,10 @@ given up (the old home resumes), and the old home refuses sends for at most
 new home that took over without the old one hearing is found then. The new home takes
 over only within half that hold, measured from before it asked.
 
-Built for two regions, like failover: with more, a third region might not have applied
-the old home's log to its head yet, and would then read the rest from the new home's
-log, which serves only what was sequenced after the move.
+With more than two regions the old home answers the hand-off only once every other
+live peer applied its log to the head (`Region.Applied`): once the row moves, its log
+no longer serves them the conversation, and the new home's log serves only what was
+sequenced after the move, so a third region short of the head would keep a hole.
 """
 
 from __future__ import annotations
