@@ -132,8 +132,9 @@ async def test_a_move_with_three_regions_waits_for_the_third_and_redirects_it(
     """eu homes alice's chat with carol (ap); ap cannot read eu's log (its link to eu is
     cut) while alice sends. The call on us to take the home is refused: ap lacks eu's
     history below the hand-off head, and once the row moved eu's log would no longer
-    serve it. Healed, the move succeeds under alice's traffic; carol's sends from ap then
-    go to us (not eu), and the three stores hold the same message at every seq."""
+    serve it. Healed, the move succeeds while alice (eu) and carol (ap) send; carol's
+    sends from ap then go to us (not eu), and the three stores hold the same message at
+    every seq."""
     async with three_regions(tmp_path) as mesh:
         await mesh.all_see_each_other()
         eu, us, ap = (mesh.regions[name] for name in ("eu", "us", "ap"))
@@ -158,11 +159,13 @@ async def test_a_move_with_three_regions_waits_for_the_third_and_redirects_it(
             mesh.heal()
             await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
 
-            traffic = asyncio.ensure_future(_paced(alice, conversation, 20, 0.05))
+            traffic = asyncio.gather(_paced(alice, conversation, 20, 0.05),
+                                     _paced(carol, conversation, 10, 0.1))
             await asyncio.sleep(0.3)
             status, moved = await asyncio.to_thread(move_home, us, conversation, "us")
             assert status == 200, moved
             assert (moved["home"], moved["epoch"], moved["moved_from"]) == ("us", 2, "eu")
+            assert not traffic.done()  # the move fell in the middle of both sending
             await asyncio.wait_for(traffic, 60)
             served_in_eu = _metric(eu, "chatplane_region_sends_served_total")
             served_in_us = _metric(us, "chatplane_region_sends_served_total")
@@ -170,7 +173,7 @@ async def test_a_move_with_three_regions_waits_for_the_third_and_redirects_it(
             assert _metric(eu, "chatplane_region_sends_served_total") == served_in_eu
             assert _metric(us, "chatplane_region_sends_served_total") >= served_in_us + 5
 
-            total = 1 + 6 + 2 + 20 + 5
+            total = 1 + 6 + 2 + 20 + 10 + 5
             try:
                 await wait_until_received(devices, total, 30)
             except AssertionError:
