@@ -26,6 +26,7 @@ from prometheus_client.metrics_core import Metric
 from chatplane import metrics, peerlist
 from chatplane.peerlist import Peer
 from chatplane.protocol import bounds
+from chatplane.protocol.errors import ProtocolError
 from chatplane.regions import hello
 from chatplane.regions.homes import Homes, LocalAdminChange, LocalGroupOp, LocalSend
 from chatplane.regions.moving import Moves
@@ -201,7 +202,11 @@ class RegionServicer(rgrpc.RegionServicer):
     async def HandOff(self, request: rpb.HandOffRequest,
                       context: grpc.aio.ServicerContext) -> rpb.HandOffReply:
         await refuse_out_of_bounds(context, "hand_off", request)
-        return await (await self._sequencing(context)).moves.hand_off(request)
+        try:
+            return await (await self._sequencing(context)).moves.hand_off(request)
+        except ProtocolError as exc:  # not handed off (a peer behind): the caller gives up
+            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+            raise
 
     async def Fence(self, request: rpb.FenceRequest,
                     context: grpc.aio.ServicerContext) -> rpb.FenceReply:

@@ -1,0 +1,191 @@
+"""Admin moves of a conversation's home (docs/architecture.md, "Moving a home") where the
+new home is behind: real `chatplane up` regions, the SDK and the delivery checker.
+
+The new home may give out seq n+1 only once it holds seq n and every seq before it: it
+waits until it applied the old home's log to the head the old home handed off at. With
+two regions the new home is held behind (the test holds its SQLite write lock, so it
+cannot apply anything) while the old home acks sends (`async`); with three, the third
+region must hold that history too before the home moves, since the old home's log stops
+serving it the chat once the row moved."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatplane.checker import DeliveryChecker
+from tests.support.regions import (
+    RegionProcess,
+    region_device,
+    sees,
+    two_regions,
+    wait_for,
+)
+from tests.support.three_regions import caught_up, messages_of, report, three_regions
+from tests.support.traffic import Device, send_many, wait_until_received
+
+pytestmark = pytest.mark.slow
+
+HOLD_S = 2.0  # how long the new home cannot apply anything
+
+
+def move_home(region: RegionProcess, conversation: str, to: str) -> tuple[int, dict[str, Any]]:
+    """POST /v1/admin/conversations/{id}/home on `region`'s admin port."""
+    request = urllib.request.Request(
+        f"{region.admin_url}/v1/admin/conversations/{conversation}/home",
+        data=json.dumps({"region": to}).encode(), method="POST",
+        headers={"Authorization": f"Bearer {region.admin_secret}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def _history(device: Device, conversation: str) -> list[tuple[int, str]]:
+    page = await device.client.history(conversation, limit=200)
+    device.checker.check_history(device.user, device.device, conversation,
+                                 [(m.seq, m.message_id) for m in page])
+    return [(m.seq, m.message_id) for m in page]
+
+
+async def _stop_all(devices: list[Device]) -> None:
+    for device in devices:
+        await device.stop()
+
+
+async def test_the_new_home_takes_the_home_only_once_it_caught_up(tmp_path: Path) -> None:
+    """async durability: eu (the home) acks alice's sends while us cannot apply eu's log
+    (its store is held), then the admin call on us moves the home: us must wait until it
+    applied eu's log to the head eu handed off at, then take the home. Every seq names
+    one message in both stores and every send is acked once. Taken at once, us would
+    find itself behind (the move given up) or, worse, give eu's seqs again."""
+    with two_regions(tmp_path, {"CHATPLANE_REGION_DURABILITY": "async"}) as (eu, us):
+        for me, other in ((eu, us), (us, eu)):
+            wait_for(functools.partial(sees, me, other.name), 20, f"{me.name} sees {other.name}")
+        checker = DeliveryChecker()
+        devices: list[Device] = []
+        try:
+            alice = await region_device(eu, "alice", "a", checker)
+            devices.append(alice)
+            bob = await region_device(us, "bob", "b", checker)
+            devices.append(bob)
+            conversation = await alice.client.direct("bob")
+            checker.add_member(conversation, "alice")
+            checker.add_member(conversation, "bob")
+            await send_many(alice, conversation, 1, "first")  # homed in eu
+            await wait_until_received(devices, 1, 10)
+            store = sqlite3.connect(tmp_path / "us" / "chatplane.db", timeout=10,
+                                    isolation_level=None)
+            store.execute("BEGIN IMMEDIATE")  # us applies nothing from here
+            try:
+                await send_many(alice, conversation, 8, "behind")  # acked by eu alone
+                moving = asyncio.ensure_future(asyncio.to_thread(move_home, us, conversation,
+                                                                 "us"))
+                await asyncio.sleep(HOLD_S)
+                assert not moving.done()  # the move waits for us to catch up
+            finally:
+                store.execute("ROLLBACK")
+                store.close()
+            status, moved = await asyncio.wait_for(moving, 20)
+            assert status == 200, moved
+            assert (moved["home"], moved["epoch"], moved["moved_from"]) == ("us", 2, "eu")
+            assert moved["took_s"] >= HOLD_S - 0.5
+            await asyncio.gather(send_many(bob, conversation, 5, "in-us"),
+                                 send_many(alice, conversation, 5, "forwarded"))
+            await wait_until_received(devices, 19, 20)
+            for device in devices:
+                device.judge()
+            in_eu = await _history(alice, conversation)
+            in_us = await _history(bob, conversation)
+            assert [seq for seq, _ in in_us] == list(range(1, 20))
+            assert in_us == in_eu  # one message per seq, the same in both stores
+            verdict = checker.verdict()
+            assert verdict.acked == 19 and verdict.ok, verdict.summary()
+        finally:
+            await _stop_all(devices)
+
+
+def _metric(region: RegionProcess, name: str) -> float:
+    status, text = region.get("/metrics")
+    assert status == 200
+    line = next((x for x in text.splitlines() if x.startswith(f"{name} ")), None)
+    return 0.0 if line is None else float(line.rsplit(" ", 1)[1])
+
+
+async def _paced(device: Device, conversation: str, count: int, pause_s: float) -> None:
+    for i in range(count):
+        await send_many(device, conversation, 1, f"paced-{i}")
+        await asyncio.sleep(pause_s)
+
+
+async def test_a_move_with_three_regions_waits_for_the_third_and_redirects_it(
+        tmp_path: Path) -> None:
+    """eu homes alice's chat with carol (ap); ap cannot read eu's log (its link to eu is
+    cut) while alice sends. The call on us to take the home is refused: ap lacks eu's
+    history below the hand-off head, and once the row moved eu's log would no longer
+    serve it. Healed, the move succeeds while alice (eu) and carol (ap) send; carol's
+    sends from ap then go to us (not eu), and the three stores hold the same message at
+    every seq."""
+    async with three_regions(tmp_path) as mesh:
+        await mesh.all_see_each_other()
+        eu, us, ap = (mesh.regions[name] for name in ("eu", "us", "ap"))
+        checker = DeliveryChecker()
+        devices: list[Device] = []
+        try:
+            alice = await region_device(eu, "alice", "a", checker, timeout_s=30)
+            devices.append(alice)
+            carol = await region_device(ap, "carol", "c", checker, timeout_s=30)
+            devices.append(carol)
+            conversation = await alice.client.direct("carol")
+            checker.add_member(conversation, "alice")
+            checker.add_member(conversation, "carol")
+            await send_many(alice, conversation, 1, "first")  # homed in eu
+            await wait_until_received(devices, 1, 20)
+
+            mesh.links[("ap", "eu")].block()  # ap reads nothing of eu's log
+            await send_many(alice, conversation, 6, "ap-behind")  # confirmed by us
+            status, refused = await asyncio.to_thread(move_home, us, conversation, "us")
+            assert status == 503 and "region ap did not apply" in refused["error"], refused
+            await send_many(alice, conversation, 2, "still-eu")  # eu sequences it again
+            mesh.heal()
+            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
+
+            traffic = asyncio.gather(_paced(alice, conversation, 20, 0.05),
+                                     _paced(carol, conversation, 10, 0.1))
+            await asyncio.sleep(0.3)
+            status, moved = await asyncio.to_thread(move_home, us, conversation, "us")
+            assert status == 200, moved
+            assert (moved["home"], moved["epoch"], moved["moved_from"]) == ("us", 2, "eu")
+            assert not traffic.done()  # the move fell in the middle of both sending
+            await asyncio.wait_for(traffic, 60)
+            served_in_eu = _metric(eu, "chatplane_region_sends_served_total")
+            served_in_us = _metric(us, "chatplane_region_sends_served_total")
+            await send_many(carol, conversation, 5, "from-ap")  # forwarded to us
+            assert _metric(eu, "chatplane_region_sends_served_total") == served_in_eu
+            assert _metric(us, "chatplane_region_sends_served_total") >= served_in_us + 5
+
+            total = 1 + 6 + 2 + 20 + 10 + 5
+            try:
+                await wait_until_received(devices, total, 30)
+            except AssertionError:
+                print(report(mesh))
+                raise
+            for device in devices:
+                device.judge()
+            verdict = checker.verdict()
+            assert verdict.acked == total and verdict.ok, verdict.summary()
+            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
+            held = [messages_of(region).get(conversation) for region in (eu, us, ap)]
+            assert [seq for seq, _ in held[0] or []] == list(range(1, total + 1))
+            assert held[0] == held[1] == held[2]  # one message per seq in every store
+        finally:
+            await _stop_all(devices)
