@@ -210,6 +210,13 @@ class Homes:
         if self.moved_past(conversation_id, log_position):
             return
         row = self.known(CONVERSATION_HOME, conversation_id)  # cached: no storage read
+        if row is None:  # evicted, or dropped by a takeover (forget_cached): read back,
+            try:  # never assumed ours, or a superseded message would be pushed
+                row = await self.stored(CONVERSATION_HOME, conversation_id)
+            except StorageUnavailable:
+                log.warning("%s: home not readable: a message sequenced here is not pushed"
+                            " (devices sync it)", conversation_id)
+                return
         self._deliver_if_home(conversation_id, row, deliver)
 
     def _deliver_if_home(self, conversation_id: str, row: Home | None,
