@@ -34,6 +34,7 @@ from chatplane.im.leases import Leases, NotOwner
 from chatplane.im.membership import Membership, unavailable
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions.groupchanges import SYSTEM_GROUP, change_of
+from chatplane.regions.unconfirmed import Unconfirmed
 from chatplane.settings import Limits
 from chatplane.settings import Social as SocialSettings
 from chatplane.storage.base import (
@@ -169,6 +170,8 @@ class Sequencer:
         # several regions (`up` with peers): sends of conversations homed elsewhere
         # go there (regions/homes.py); None: this process sequences everything
         self.homes: HomeRouter | None = None
+        # what was sequenced here as home and no peer confirmed: reads stop below it
+        self.unconfirmed: Unconfirmed | None = None
 
     def families(self) -> Iterator[Metric]:
         yield metrics.counter("chatplane_im_sent_total", "messages stored", self.sent)
@@ -394,7 +397,9 @@ class Sequencer:
             raise unavailable(exc) from exc
         if self.homes is None or result.duplicate:
             self.deliver(result, conversation.members if large else ())
-        else:  # pushed once it may be acked (sync: in another region too)
+        else:  # pushed once it may be acked (sync: in another region too), read then too
+            if self.unconfirmed is not None:
+                self.unconfirmed.appended(result)
             self.homes.deliver_when_confirmed(conversation_id, result.log_position, lambda: (
                 self.deliver(result, conversation.members if large else ())))
         if self.homes is not None:
