@@ -53,6 +53,7 @@ class Unconfirmed:
         self._pending: dict[tuple[str, str], deque[tuple[int, int]]] = {}
         self._by_position: list[tuple[int, str, str]] = []  # heap: what to prune first
         self._seeded: asyncio.Task[None] | None = None
+        self._ready = False  # rebuilt from the log: reads no longer wait
 
     @property
     def active(self) -> bool:
@@ -100,7 +101,7 @@ class Unconfirmed:
 
     async def ready(self) -> None:
         """The index holds what the log retained at this process's start (once)."""
-        if not self.active:
+        if not self.active or self._ready:
             return
         if self._seeded is None:
             self._seeded = asyncio.ensure_future(self._seed())
@@ -113,10 +114,14 @@ class Unconfirmed:
             seeded = 0
             while after < head:
                 try:
-                    entries, after, _ = await self.log.log_after(after, SEED_PAGE, self.region)
+                    entries, scanned, _ = await self.log.log_after(after, SEED_PAGE,
+                                                                   self.region)
                 except LogTrimmed as trimmed:  # trimmed meanwhile: confirmed by every peer
                     after = trimmed.trimmed_to
                     continue
+                if scanned <= after:  # nothing past it after all
+                    break
+                after = scanned
                 for entry in entries:
                     if entry.lsn > head:
                         break
@@ -126,6 +131,7 @@ class Unconfirmed:
                         self._add(CONVERSATION, entry.message.conversation_id, entry.lsn,
                                   entry.message.seq)
                     seeded += 1
+            self._ready = True
             log.info("reads wait for a peer's confirmation of %d logged entries (to position"
                      " %d) read at start", seeded, head)
         except StorageUnavailable:
