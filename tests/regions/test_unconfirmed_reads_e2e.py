@@ -20,7 +20,7 @@ import pytest
 
 from chatplane.bench.failover import history_of
 from chatplane.checker import DeliveryChecker
-from tests.regions.test_witness_e2e import DETECT_S, ENV, failover, settled
+from tests.regions.test_witness_e2e import DETECT_S, ENV, failover, metric, settled
 from tests.support.regions import region_device, wait_for, witnessed_regions
 from tests.support.traffic import Device
 
@@ -69,7 +69,9 @@ async def test_a_home_cut_off_serves_no_unconfirmed_message_to_sync_or_history(
                 checker.record_ack("a", "d1", chat, ack.seq, ack.message_id, cid=ack.cid)
 
             resend = asyncio.ensure_future(send_unconfirmed())
-            await asyncio.sleep(0.5)  # stored in eu at seq 2, waiting for a peer
+            # stored in eu at seq 2: refused once for want of a confirmation (resent)
+            await asyncio.to_thread(wait_for, lambda: metric(
+                eu, "chatplane_region_sync_unconfirmed_total") >= 1, 10, "eu refused the send")
             reader = await region_device(eu, "a", "d2", checker, timeout_s=60)  # login sync
             devices.append(reader)
             read_on_eu = await judge_history(checker, reader, chat, "d2-history")

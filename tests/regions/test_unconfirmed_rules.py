@@ -6,6 +6,7 @@ a peer confirms it."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from chatplane.regions.durability import ASYNC, SYNC, Durability
@@ -109,5 +110,32 @@ async def test_after_a_restart_what_the_log_retains_waits_for_a_peer(tmp_path: P
         index.appended(await append(storage, 5))  # a send after the start joins in order
         await durability.applied("us", results[-1].log_position)  # the peer's stream opens
         assert index.seq_cap(CHAT) == 4
+    finally:
+        await storage.close()
+
+
+async def test_a_read_waits_for_the_appends_in_flight_when_its_query_returned(
+        tmp_path: Path) -> None:
+    """A read's query may see a row whose append has not been indexed yet: the read asks
+    its caps only once the appends begun before its query returned are indexed."""
+    storage = await homed_store(tmp_path / "eu.db")
+    try:
+        index = Unconfirmed("eu", Durability.of(SYNC, 1.0, storage, ["us"]), storage)
+        await index.ready()
+        ticket = index.begin()
+        result = await append(storage, 1)  # stored: a read's query would see it now
+        read = asyncio.ensure_future(index.settled())
+        await asyncio.sleep(0.05)
+        assert not read.done() and index.seq_cap(CHAT) is None
+        index.appended(result)
+        index.end(ticket)
+        await asyncio.wait_for(read, 1)
+        assert index.seq_cap(CHAT) == 0
+        earlier = index.begin()
+        second_read = asyncio.ensure_future(index.settled())
+        await asyncio.sleep(0.01)  # the read waits for `earlier`
+        index.begin()  # begun after that read's query returned: not waited for
+        index.end(earlier)
+        await asyncio.wait_for(second_read, 1)
     finally:
         await storage.close()

@@ -304,9 +304,7 @@ class Groups:
         online = tuple(sorted(after - affected)) if large else ()
         if homes is None or result.duplicate:
             sequencer.deliver(result, online)
-        else:  # pushed once it may be acked, like a send (im/sequencing.py), read then too
-            if sequencer.unconfirmed is not None:
-                sequencer.unconfirmed.appended(result)
+        else:  # pushed once it may be acked, like a send (im/sequencing.py)
             homes.deliver_when_confirmed(conversation_id, result.log_position,
                                          lambda: sequencer.deliver(result, online))
         if homes is not None:  # sequenced here as the group's home: acked like a send

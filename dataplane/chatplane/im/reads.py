@@ -60,6 +60,7 @@ class Reads:
             await unconfirmed.ready()
         except StorageUnavailable as exc:
             raise unavailable(exc) from exc
+        await unconfirmed.settled()  # called after the read's query: its rows are indexed
         return unconfirmed
 
     async def _seq_cap(self, conversation_id: str) -> int | None:
@@ -147,6 +148,7 @@ class Reads:
         if after_seq:  # oldest first from a cursor: what clients pull to fill gaps
             messages = await self._page_after(conversation_id, max(after_seq, lowest - 1),
                                               limit + 1, before)
+            messages, head = await self._below_cap(conversation_id, messages, head)
             has_more = len(messages) > limit
             return messages[:limit], max(head, messages[-1].seq if messages else 0), has_more
         try:  # newest first below `before`, above the floor
@@ -157,10 +159,20 @@ class Reads:
         has_more = len(messages) > limit
         if has_more:
             messages = messages[1:]
+        messages, head = await self._below_cap(conversation_id, messages, head)
         if lowest > 1 and messages and messages[0].seq <= lowest:
             messages = [m for m in messages if m.seq >= lowest]
             has_more = False
         return messages, max(head, messages[-1].seq if messages else 0), has_more
+
+    async def _below_cap(self, conversation_id: str, messages: list[StoredMessage],
+                         head: int) -> tuple[list[StoredMessage], int]:
+        """A page read from the store without what was appended unconfirmed meanwhile
+        (the cap asked before the query did not know it yet)."""
+        cap = await self._seq_cap(conversation_id)
+        if cap is None:
+            return messages, head
+        return [m for m in messages if m.seq <= cap], min(head, cap)
 
     async def _page_after(self, conversation_id: str, after: int, limit: int,
                           before: int | None) -> list[StoredMessage]:
@@ -194,6 +206,7 @@ class Reads:
                 page = await self._page_after(conversation_id, after,
                                               min(budget, self.limits.max_history_page),
                                               None if cap is None else cap + 1)
+                page, head = await self._below_cap(conversation_id, page, head)
                 budget -= len(page)
             last = page[-1].seq if page else after
             deltas.append((conversation_id, head, joined, page, last < head))

@@ -80,6 +80,23 @@ class Owners(InboxRing, Protocol):
     async def append_event(self, request: SendRequest) -> bool: ...
 
 
+def _indexed(unconfirmed: Unconfirmed, call: Callable[
+        [int | None, Collection[str] | None], Awaitable[AppendResult]]) -> Callable[
+        [int | None, Collection[str] | None], Awaitable[AppendResult]]:
+    """`call` (an append as home) with its result indexed as unconfirmed the moment
+    storage returns it, and tracked while in flight, so a read whose query saw its row
+    waits for the index (sync durability: reads serve nothing unconfirmed)."""
+    async def append(fence: int | None, inboxes: Collection[str] | None) -> AppendResult:
+        ticket = unconfirmed.begin()
+        try:
+            result = await call(fence, inboxes)
+            unconfirmed.appended(result)
+            return result
+        finally:
+            unconfirmed.end(ticket)
+    return append
+
+
 class HomeRouter(Protocol):
     """Home regions (regions/homes.py): where a conversation is sequenced."""
 
@@ -223,6 +240,9 @@ class Sequencer:
         instances write, by them (im/inboxes.py); returns once every entry
         is durable. `recipients`: those this instance knows of (storage may
         add a group change's; they are owed too)."""
+        unconfirmed = self.unconfirmed
+        if unconfirmed is not None and unconfirmed.active:
+            call = _indexed(unconfirmed, call)
         if self.homes is not None and recipients:  # who writes each inbox (user homes)
             await self.homes.users(recipients)
         inboxes = self.inboxes
@@ -397,9 +417,7 @@ class Sequencer:
             raise unavailable(exc) from exc
         if self.homes is None or result.duplicate:
             self.deliver(result, conversation.members if large else ())
-        else:  # pushed once it may be acked (sync: in another region too), read then too
-            if self.unconfirmed is not None:
-                self.unconfirmed.appended(result)
+        else:  # pushed once it may be acked (sync: in another region too)
             self.homes.deliver_when_confirmed(conversation_id, result.log_position, lambda: (
                 self.deliver(result, conversation.members if large else ())))
         if self.homes is not None:

@@ -54,11 +54,38 @@ class Unconfirmed:
         self._by_position: list[tuple[int, str, str]] = []  # heap: what to prune first
         self._seeded: asyncio.Task[None] | None = None
         self._ready = False  # rebuilt from the log: reads no longer wait
+        # appends in flight (tickets): a read waits for those begun before its query
+        # returned, since the query may hold their rows before `appended` indexed them
+        self._issued = 0
+        self._open: set[int] = set()
+        self._ended = asyncio.Event()
 
     @property
     def active(self) -> bool:
         """Reads are capped only in `sync` with peers: nothing to do otherwise."""
         return self.durability.waits
+
+    def begin(self) -> int:
+        """An append as home starts: its ticket for `end` (0: nothing to track)."""
+        if not self.active:
+            return 0
+        self._issued += 1
+        self._open.add(self._issued)
+        return self._issued
+
+    def end(self, ticket: int) -> None:
+        """The append of `ticket` is indexed (`appended`) or failed."""
+        if ticket:
+            self._open.discard(ticket)
+            event, self._ended = self._ended, asyncio.Event()
+            event.set()
+
+    async def settled(self) -> None:
+        """Return once every append begun before now is indexed or failed: called
+        after a read's storage query, before its caps are asked."""
+        upto = self._issued
+        while self._open and min(self._open) <= upto:
+            await self._ended.wait()
 
     def appended(self, result: AppendResult) -> None:
         """A message sequenced here as home (not a duplicate), and the inbox entries its
