@@ -160,7 +160,7 @@ class Node:
                                                       social, self.im.social.decide_friend_op)
             self.im.sequencer.homes = homes
             # sync: reads serve nothing sequenced here that no peer confirmed yet
-            unconfirmed = Unconfirmed(server.region, durability, self.storage, homes)
+            unconfirmed = Unconfirmed(server.region, durability, self.storage)
             self.im.sequencer.unconfirmed = self.im.reads.unconfirmed = unconfirmed
             self.im.social.regions = social
             # user homes: this store writes the inbox entries of the users homed here,

@@ -7,11 +7,9 @@ a peer confirms it."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from pathlib import Path
 
 from chatplane.regions.durability import ASYNC, SYNC, Durability
-from chatplane.regions.homes import Homes
 from chatplane.regions.unconfirmed import Unconfirmed
 from chatplane.storage.base import CONVERSATION_HOME, AppendResult, Home, InboxItem
 from chatplane.storage.sqlite import SqliteStorage
@@ -32,14 +30,6 @@ async def homed_store(path: Path) -> SqliteStorage:
     return storage
 
 
-async def homes_of(storage: SqliteStorage) -> Homes:
-    """eu's homes, the chat's row read (as a send would have): no peer link needed, the
-    index reads rows, it never places one."""
-    homes = Homes("eu", storage, ["us"], channels=None)  # type: ignore[arg-type]
-    await homes.stored(CONVERSATION_HOME, CHAT)
-    return homes
-
-
 async def append(storage: SqliteStorage, cid: int) -> AppendResult:
     return await storage.append(send(CHAT, "alice", cid, f"m{cid}"), ("alice", "bob"))
 
@@ -49,7 +39,7 @@ async def test_reads_stop_below_the_first_unconfirmed_until_a_peer_confirms(
     storage = await homed_store(tmp_path / "eu.db")
     try:
         durability = Durability.of(SYNC, 1.0, storage, ["us"])
-        index = Unconfirmed("eu", durability, storage, await homes_of(storage))
+        index = Unconfirmed("eu", durability, storage)
         await index.ready()
         first, second = await append(storage, 1), await append(storage, 2)
         for result in (first, second):
@@ -61,9 +51,7 @@ async def test_reads_stop_below_the_first_unconfirmed_until_a_peer_confirms(
         await durability.applied("us", first.log_position)
         assert index.seq_cap(CHAT) == 1  # seq 2 still waits
         await durability.applied("us", second.log_position)
-        assert index.seq_cap(CHAT) is None
-        await asyncio.sleep(0.1)  # the users' rows (none: no home placed) read from storage
-        assert index.view() == {"conversations": 0, "inboxes": 0}
+        assert index.seq_cap(CHAT) is None and index.view() == {"conversations": 0, "inboxes": 0}
         # a duplicate (a resend) adds nothing; acking alone lifts every cap
         third = await append(storage, 3)
         index.appended(third)
@@ -80,7 +68,7 @@ async def test_an_inbox_page_is_cut_before_its_first_unconfirmed_entry(tmp_path:
     storage = await homed_store(tmp_path / "eu.db")
     try:
         durability = Durability.of(SYNC, 1.0, storage, ["us"])
-        index = Unconfirmed("eu", durability, storage, await homes_of(storage))
+        index = Unconfirmed("eu", durability, storage)
         confirmed = await append(storage, 1)
         await durability.applied("us", confirmed.log_position)
         unconfirmed = await append(storage, 2)
@@ -102,7 +90,7 @@ async def test_async_and_regions_without_peers_cap_nothing(tmp_path: Path) -> No
     try:
         for durability in (Durability.of(ASYNC, 1.0, storage, ["us"]),
                            Durability.of(SYNC, 1.0, storage, [])):
-            index = Unconfirmed("eu", durability, storage, await homes_of(storage))
+            index = Unconfirmed("eu", durability, storage)
             await index.ready()
             index.appended(await append(storage, 1))
             assert not index.active and index.seq_cap(CHAT) is None
@@ -116,8 +104,7 @@ async def test_after_a_restart_what_the_log_retains_waits_for_a_peer(tmp_path: P
         results = [await append(storage, cid) for cid in range(1, 5)]
         await storage.trim_log(results[1].log_position, 100)  # every peer applied 1 and 2
         durability = Durability.of(SYNC, 1.0, storage, ["us"])
-        # a new process: nothing in memory
-        index = Unconfirmed("eu", durability, storage, await homes_of(storage))
+        index = Unconfirmed("eu", durability, storage)  # a new process: nothing in memory
         await index.ready()
         assert index.seq_cap(CHAT) == 2
         index.appended(await append(storage, 5))  # a send after the start joins in order
@@ -133,8 +120,7 @@ async def test_a_read_waits_for_the_appends_in_flight_when_its_query_returned(
     its caps only once the appends begun before its query returned are indexed."""
     storage = await homed_store(tmp_path / "eu.db")
     try:
-        index = Unconfirmed("eu", Durability.of(SYNC, 1.0, storage, ["us"]), storage,
-                            await homes_of(storage))
+        index = Unconfirmed("eu", Durability.of(SYNC, 1.0, storage, ["us"]), storage)
         await index.ready()
         ticket = index.begin()
         result = await append(storage, 1)  # stored: a read's query would see it now
@@ -151,29 +137,5 @@ async def test_a_read_waits_for_the_appends_in_flight_when_its_query_returned(
         index.begin()  # begun after that read's query returned: not waited for
         index.end(earlier)
         await asyncio.wait_for(second_read, 1)
-    finally:
-        await storage.close()
-
-
-async def test_a_confirmation_after_a_takeover_releases_nothing_until_replaced(
-        tmp_path: Path) -> None:
-    """us took the chat over: it skips eu's entries of it and its cursor passes them
-    (a confirmation), while eu's store still holds them at seqs us gives to other
-    messages; they stay held back until us's entries replace them."""
-    storage = await homed_store(tmp_path / "eu.db")
-    try:
-        durability = Durability.of(SYNC, 1.0, storage, ["us"])
-        homes = await homes_of(storage)
-        index = Unconfirmed("eu", durability, storage, homes)
-        result = await append(storage, 1)
-        index.appended(result)
-        await storage.take_over_homes("eu", "us")
-        homes.forget_cached()
-        await durability.applied("us", result.log_position)
-        assert index.seq_cap(CHAT) == 0
-        await asyncio.sleep(0.1)  # the row read from storage: homed in us now
-        assert index.seq_cap(CHAT) == 0
-        index.replaced([replace(result.message, message_id="us-1")], [])
-        assert index.seq_cap(CHAT) is None
     finally:
         await storage.close()

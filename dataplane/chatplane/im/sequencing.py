@@ -450,8 +450,6 @@ class Sequencer:
         """Another region's messages, just stored here (regions/replication.py): into
         the hot tier, their inbox entries to this region's devices, and large groups'
         messages to their members online here."""
-        if self.unconfirmed is not None:  # a new home's entries replacing ours: readable
-            self.unconfirmed.replaced(messages, items)
         for message in messages:
             if message.content_type == SYSTEM_GROUP:  # a replayed change: members moved
                 self.membership.forget_members(message.conversation_id)

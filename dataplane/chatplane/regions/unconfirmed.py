@@ -26,22 +26,18 @@ from collections import deque
 from collections.abc import Sequence
 
 from chatplane.regions.durability import Durability
-from chatplane.regions.homes import Homes, homed
+from chatplane.regions.homes import homed
 from chatplane.storage.base import (
-    CONVERSATION_HOME,
-    USER_HOME,
     AppendResult,
     InboxItem,
     LogTrimmed,
     ReplicatedLog,
     StorageUnavailable,
-    StoredMessage,
 )
 
 log = logging.getLogger(__name__)
 
 CONVERSATION, INBOX = "c", "u"
-HOME_KIND = {CONVERSATION: CONVERSATION_HOME, INBOX: USER_HOME}
 SEED_PAGE = 10_000  # log positions read per query when rebuilding after a start
 
 
@@ -49,15 +45,10 @@ class Unconfirmed:
     """Per conversation and per user, the (log position, seq) of what this region
     sequenced as home past every peer's confirmation, oldest first."""
 
-    def __init__(self, region: str, durability: Durability, log: ReplicatedLog,
-                 homes: Homes) -> None:
+    def __init__(self, region: str, durability: Durability, log: ReplicatedLog) -> None:
         self.region = region
         self.durability = durability
         self.log = log
-        self.homes = homes
-        # keys confirmed past some entries whose home row is not known in memory: read
-        self._checking: set[tuple[str, str]] = set()
-        self._background: set[asyncio.Task[None]] = set()
         # (kind, key) -> deque of (log position, seq or inbox_seq), ascending
         self._pending: dict[tuple[str, str], deque[tuple[int, int]]] = {}
         self._by_position: list[tuple[int, str, str]] = []  # heap: what to prune first
@@ -129,58 +120,11 @@ class Unconfirmed:
         heap = self._by_position
         while heap and heap[0][0] <= confirmed:
             _, kind, key = heapq.heappop(heap)
-            # A peer's confirmation counts only while this region is the home: a peer
-            # that took it over skips our entries and its cursor passes them (confirms
-            # them) while our store still holds them, until its own entries at those
-            # seqs replace them (`replaced`)
-            row = self.homes.known(HOME_KIND[kind], key)
-            if row is None:
-                self._check(kind, key)
-            elif row.region == self.region:
-                self._release(kind, key, confirmed)
-
-    def _release(self, kind: str, key: str, confirmed: int) -> None:
-        entries = self._pending.get((kind, key))
-        while entries and entries[0][0] <= confirmed:
-            entries.popleft()
-        if entries is not None and not entries:
-            del self._pending[(kind, key)]
-
-    def _check(self, kind: str, key: str) -> None:
-        """The home row of `key` read from storage (not cached: a takeover dropped the
-        cache), then its confirmed entries released if it is still homed here."""
-        if (kind, key) in self._checking:
-            return
-        self._checking.add((kind, key))
-
-        async def check() -> None:
-            try:
-                row = await self.homes.stored(HOME_KIND[kind], key)
-                if row is None or row.region == self.region:
-                    self._release(kind, key, self.durability.confirmed_to)
-            except StorageUnavailable:
-                heapq.heappush(self._by_position, (0, kind, key))  # asked again next time
-            finally:
-                self._checking.discard((kind, key))
-
-        task = asyncio.ensure_future(check())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def replaced(self, messages: Sequence[StoredMessage], items: Sequence[InboxItem]) -> None:
-        """Another region's entries just stored here (the home that took a chat or a user
-        over): they replaced ours at the same seqs and inbox_seqs, which reads may serve."""
-        if not self._pending:
-            return
-        for kind, key, number in ([(CONVERSATION, m.conversation_id, m.seq) for m in messages]
-                                  + [(INBOX, i.user_id, i.inbox_seq) for i in items]):
             entries = self._pending.get((kind, key))
-            if entries and any(n == number for _, n in entries):
-                kept = [e for e in entries if e[1] != number]
-                entries.clear()
-                entries.extend(kept)
-                if not entries:
-                    del self._pending[(kind, key)]
+            while entries and entries[0][0] <= confirmed:
+                entries.popleft()
+            if entries is not None and not entries:
+                del self._pending[(kind, key)]
 
     async def ready(self) -> None:
         """The index holds what the log retained at this process's start (once)."""
