@@ -8,6 +8,11 @@ the sender logs in on eu (its login syncs the inbox) and pulls the chat's histor
 takes eu over and acks another message at seq n. Before the fix the second device held
 the unconfirmed message at seq n from those reads: the checker saw one seq naming two
 messages (and the device's inbox cursor then dropped us's entry at the same inbox_seq).
+
+Known to fail about 1 run in 9 still, on a/d1 after the heal: us confirms eu's entry it
+skipped before its own entry replaces it in eu's store, and the sender's device pulls
+the gap its resend's ack opens from eu in that window (docs/architecture.md, "Durability
+modes", the limit left).
 """
 
 from __future__ import annotations
