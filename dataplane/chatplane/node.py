@@ -66,6 +66,7 @@ from chatplane.regions.leases import Lease, WitnessLink
 from chatplane.regions.moving import Moves
 from chatplane.regions.replication import Replication
 from chatplane.regions.social import SocialHomes, SocialStore
+from chatplane.regions.unconfirmed import Unconfirmed
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
 from chatplane.revocations import RevocationWatcher
@@ -135,11 +136,11 @@ class Node:
         if (self.prober.links and isinstance(self.storage, ReplicatedLog)
                 and isinstance(self.storage, SocialStore)):
             # several regions on embedded stores: homes, forwarding, replication
+            durability = Durability.of(settings.links.region_durability,
+                                       settings.links.region_sync_timeout_s, self.storage,
+                                       list(self.prober.links))
             homes = Homes(server.region, self.storage, list(self.prober.links),
-                          self.prober.channel, Durability.of(
-                              settings.links.region_durability,
-                              settings.links.region_sync_timeout_s, self.storage,
-                              list(self.prober.links)))
+                          self.prober.channel, durability)
             replication = Replication(homes, self.storage, self.im.sequencer.replicated,
                                       settings.social.large_group_threshold, Failover(
                                           homes, self.storage, self.prober.links,
@@ -158,6 +159,9 @@ class Node:
                                                       self.im.groups.admin_change, moves,
                                                       social, self.im.social.decide_friend_op)
             self.im.sequencer.homes = homes
+            # sync: reads serve nothing sequenced here that no peer confirmed yet
+            unconfirmed = Unconfirmed(server.region, durability, self.storage)
+            self.im.sequencer.unconfirmed = self.im.reads.unconfirmed = unconfirmed
             self.im.social.regions = social
             # user homes: this store writes the inbox entries of the users homed here,
             # and the linked regions share one inbox sequence per user

@@ -34,6 +34,7 @@ from chatplane.im.leases import Leases, NotOwner
 from chatplane.im.membership import Membership, unavailable
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions.groupchanges import SYSTEM_GROUP, change_of
+from chatplane.regions.unconfirmed import Unconfirmed
 from chatplane.settings import Limits
 from chatplane.settings import Social as SocialSettings
 from chatplane.storage.base import (
@@ -77,6 +78,23 @@ class Owners(InboxRing, Protocol):
     async def owns(self, conversation_id: str) -> bool: ...
 
     async def append_event(self, request: SendRequest) -> bool: ...
+
+
+def _indexed(unconfirmed: Unconfirmed, call: Callable[
+        [int | None, Collection[str] | None], Awaitable[AppendResult]]) -> Callable[
+        [int | None, Collection[str] | None], Awaitable[AppendResult]]:
+    """`call` (an append as home) with its result indexed as unconfirmed the moment
+    storage returns it, and tracked while in flight, so a read whose query saw its row
+    waits for the index (sync durability: reads serve nothing unconfirmed)."""
+    async def append(fence: int | None, inboxes: Collection[str] | None) -> AppendResult:
+        ticket = unconfirmed.begin()
+        try:
+            result = await call(fence, inboxes)
+            unconfirmed.appended(result)
+            return result
+        finally:
+            unconfirmed.end(ticket)
+    return append
 
 
 class HomeRouter(Protocol):
@@ -169,6 +187,8 @@ class Sequencer:
         # several regions (`up` with peers): sends of conversations homed elsewhere
         # go there (regions/homes.py); None: this process sequences everything
         self.homes: HomeRouter | None = None
+        # what was sequenced here as home and no peer confirmed: reads stop below it
+        self.unconfirmed: Unconfirmed | None = None
 
     def families(self) -> Iterator[Metric]:
         yield metrics.counter("chatplane_im_sent_total", "messages stored", self.sent)
@@ -220,6 +240,9 @@ class Sequencer:
         instances write, by them (im/inboxes.py); returns once every entry
         is durable. `recipients`: those this instance knows of (storage may
         add a group change's; they are owed too)."""
+        unconfirmed = self.unconfirmed
+        if unconfirmed is not None and unconfirmed.active:
+            call = _indexed(unconfirmed, call)
         if self.homes is not None and recipients:  # who writes each inbox (user homes)
             await self.homes.users(recipients)
         inboxes = self.inboxes
