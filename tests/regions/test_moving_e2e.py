@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import sqlite3
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from chatplane.checker import DeliveryChecker
 from tests.support.regions import (
     RegionProcess,
+    judged_history,
+    move_home,
     region_device,
     sees,
     two_regions,
@@ -33,26 +31,6 @@ from tests.support.traffic import Device, send_many, wait_until_received
 pytestmark = pytest.mark.slow
 
 HOLD_S = 2.0  # how long the new home cannot apply anything
-
-
-def move_home(region: RegionProcess, conversation: str, to: str) -> tuple[int, dict[str, Any]]:
-    """POST /v1/admin/conversations/{id}/home on `region`'s admin port."""
-    request = urllib.request.Request(
-        f"{region.admin_url}/v1/admin/conversations/{conversation}/home",
-        data=json.dumps({"region": to}).encode(), method="POST",
-        headers={"Authorization": f"Bearer {region.admin_secret}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-async def _history(device: Device, conversation: str) -> list[tuple[int, str]]:
-    page = await device.client.history(conversation, limit=200)
-    device.checker.check_history(device.user, device.device, conversation,
-                                 [(m.seq, m.message_id) for m in page])
-    return [(m.seq, m.message_id) for m in page]
 
 
 async def _stop_all(devices: list[Device]) -> None:
@@ -102,8 +80,8 @@ async def test_the_new_home_takes_the_home_only_once_it_caught_up(tmp_path: Path
             await wait_until_received(devices, 19, 20)
             for device in devices:
                 device.judge()
-            in_eu = await _history(alice, conversation)
-            in_us = await _history(bob, conversation)
+            in_eu = await judged_history(alice, conversation)
+            in_us = await judged_history(bob, conversation)
             assert [seq for seq, _ in in_us] == list(range(1, 20))
             assert in_us == in_eu  # one message per seq, the same in both stores
             verdict = checker.verdict()
