@@ -111,7 +111,7 @@ class IpconfApp:
         if probes.fallbacks:
             self.supervisor.spawn("peer-gateway-probes", probes.run)
         app.add_routes([web.get("/v1/dispatch", make_handler(
-            self.directory, lambda: by_health(probes.fallbacks, probes.seen())))])
+            self.directory, lambda: by_health(probes.fallbacks, probes.health)))])
         app.add_routes(serving.probe_routes(self._ready, self.supervisor.details))
         # dispatch over HTTPS too: a rewritten answer could send clients' tokens elsewhere
         self.certs = certs.from_settings(self.settings.tls.cert, self.settings.tls.key)

@@ -16,7 +16,7 @@ import asyncio
 import ssl
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import aiohttp
 
@@ -50,9 +50,6 @@ class GatewayProbes:
         self._unverified = ssl.create_default_context()
         self._unverified.check_hostname = False
         self._unverified.verify_mode = ssl.CERT_NONE
-
-    def seen(self) -> Mapping[str, PeerHealth]:
-        return self.health
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)

@@ -113,11 +113,13 @@ def events_user(conversation_id: str) -> str:
     return conversation_id[2:] if conversation_id.startswith("u:") else ""
 
 
-def _row(home: Home) -> rpb.HomeRow:
+def home_row(home: Home) -> rpb.HomeRow:
+    """A home as the link carries it."""
     return rpb.HomeRow(home=home.region, epoch=home.epoch, confirmed=home.confirmed)
 
 
-def _home(row: rpb.HomeRow) -> Home:
+def home_of(row: rpb.HomeRow) -> Home:
+    """A home as the link carried it."""
     return Home(row.home, row.epoch, row.confirmed)
 
 
@@ -423,7 +425,7 @@ class Homes:
         reply = await stub.OfferHome(rpb.HomeOffer(
             region=self.region, kind=kind, key=key, home=offered.region, epoch=offered.epoch,
             confirmed=offered.confirmed), timeout=OFFER_TIMEOUT_S)
-        return _home(reply)
+        return home_of(reply)
 
     async def correct(self, peer: str, kind: str, key: str, row: Home) -> None:
         """Tell `peer`, which serves entries of `key` under an epoch it lost, the row
@@ -442,7 +444,7 @@ class Homes:
         """`Region.OfferHome` on this side: this store's row after the offer."""
         row = await self.learn(request.kind, request.key,
                                Home(request.home, request.epoch, request.confirmed))
-        return _row(row)
+        return home_row(row)
 
     # -- sends ----------------------------------------------------------------
 
@@ -492,7 +494,7 @@ class Homes:
             raise _unavailable(f"home region {region} of {request.conversation_id!r}"
                                f" unreachable: {exc.code().name}") from exc
         if reply.HasField("not_home"):
-            await self.learn(kind, key, _home(reply.not_home))
+            await self.learn(kind, key, home_of(reply.not_home))
             return None
         if reply.error_code:
             raise ProtocolError(ErrorCode(reply.error_code), reply.error)
@@ -510,7 +512,7 @@ class Homes:
             home = await (self.user_home(event_of) if event_of else
                           self.of(CONVERSATION_HOME, request.conversation_id))
             if home.region != self.region:
-                return rpb.ForwardedAck(not_home=_row(home))
+                return rpb.ForwardedAck(not_home=home_row(home))
             if self.moving(request.conversation_id):
                 raise _unavailable(f"the home of {request.conversation_id!r} is moving: retry")
             if not home.confirmed:
@@ -568,7 +570,7 @@ class Homes:
             raise _unavailable(f"home region {region} of {conversation_id!r}"
                                f" unreachable: {exc.code().name}") from exc
         if reply.HasField("not_home"):
-            await self.learn(CONVERSATION_HOME, conversation_id, _home(reply.not_home))
+            await self.learn(CONVERSATION_HOME, conversation_id, home_of(reply.not_home))
             return None
         if reply.error_code:
             raise ProtocolError(ErrorCode(reply.error_code), reply.error)
@@ -585,7 +587,7 @@ class Homes:
         try:
             home = await self.of(CONVERSATION_HOME, conversation_id)
             if home.region != self.region:
-                return rpb.ForwardedGroupAck(not_home=_row(home))
+                return rpb.ForwardedGroupAck(not_home=home_row(home))
             if self.moving(conversation_id):
                 raise _unavailable(f"the home of {conversation_id!r} is moving: retry")
             if not home.confirmed:

@@ -44,7 +44,7 @@ from prometheus_client.metrics_core import Metric
 
 from chatplane import metrics
 from chatplane.protocol.errors import ErrorCode, ProtocolError
-from chatplane.regions.homes import MOVE_HOLD_S, Homes, homed
+from chatplane.regions.homes import MOVE_HOLD_S, Homes, home_of, home_row, homed
 from chatplane.storage.base import CONVERSATION_HOME, Home, ReplicatedLog, Storage
 from chatplane.v1 import regions_pb2 as rpb
 from chatplane.v1 import regions_pb2_grpc as rgrpc
@@ -58,8 +58,7 @@ POLL_S = 0.05
 
 
 def _row(home: Home | None) -> rpb.HomeRow:
-    return rpb.HomeRow() if home is None else rpb.HomeRow(
-        home=home.region, epoch=home.epoch, confirmed=home.confirmed)
+    return rpb.HomeRow() if home is None else home_row(home)
 
 
 def _refused(code: ErrorCode, message: str) -> ProtocolError:
@@ -158,7 +157,7 @@ class Moves:
             await self._resume(stub, old, conversation_id)
             raise _refused(ErrorCode.UNAVAILABLE, f"home region {old} of {conversation_id!r}"
                            f" did not hand it off: {exc.code().name} {exc.details()}") from exc
-        theirs = Home(reply.home.home, reply.home.epoch, reply.home.confirmed)
+        theirs = home_of(reply.home)
         if theirs != row:  # it holds another row (a move or failover meanwhile)
             await self._resume(stub, old, conversation_id)  # it may have stopped for it
             if theirs.region:
@@ -219,7 +218,7 @@ class Moves:
                 log.warning("peer %s did not hear that %s moved here: %s", peer,
                             conversation_id, exc.code().name)
                 continue
-            if Home(answer.home, answer.epoch, answer.confirmed) == taken:
+            if home_of(answer) == taken:
                 holding.add(peer)
         return holding
 

@@ -40,7 +40,14 @@ from prometheus_client.metrics_core import Metric
 from chatplane import metrics
 from chatplane.delivery.dedup import CidAllocator
 from chatplane.protocol.errors import ErrorCode, ProtocolError
-from chatplane.regions.homes import FORWARD_TIMEOUT_S, MAX_REDIRECTS, Homes, events_user
+from chatplane.regions.homes import (
+    FORWARD_TIMEOUT_S,
+    MAX_REDIRECTS,
+    Homes,
+    events_user,
+    home_of,
+    home_row,
+)
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     USER_HOME,
@@ -191,7 +198,7 @@ class SocialHomes:
                                f" {exc.code().name}") from exc
         if reply.HasField("not_home"):
             row = reply.not_home
-            await self.homes.learn(USER_HOME, first, Home(row.home, row.epoch, row.confirmed))
+            await self.homes.learn(USER_HOME, first, home_of(row))
             return None
         if reply.error_code:
             raise ProtocolError(ErrorCode(reply.error_code), reply.error)
@@ -219,8 +226,7 @@ class SocialHomes:
         try:
             home = await self.homes.user_home(first)
             if home.region != self.homes.region:
-                return rpb.ForwardedFriendAck(not_home=rpb.HomeRow(
-                    home=home.region, epoch=home.epoch, confirmed=home.confirmed))
+                return rpb.ForwardedFriendAck(not_home=home_row(home))
             relation = await decide(request.user_id, request.op)
             position = await self.store.log_head()  # at or past the change's record
         except ProtocolError as exc:
