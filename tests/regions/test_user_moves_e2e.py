@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
+from chatplane.client import Client
 from tests.support.regions import (
+    SHARED_KEY,
     RegionProcess,
     caught_up,
     move_user_home,
@@ -24,7 +27,7 @@ from tests.support.regions import (
     two_regions,
     wait_for,
 )
-from tests.support.traffic import Device, send_many, wait_until_received
+from tests.support.traffic import Device, next_event, send_many, wait_until_received
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +61,17 @@ def _inbox(region: RegionProcess, user: str) -> list[tuple[int, str, int]]:
         return [(int(n), str(c), int(s)) for n, c, s in db.execute(
             "SELECT inbox_seq, conversation_id, seq FROM inbox WHERE user_id = ?"
             " ORDER BY inbox_seq", (user,))]
+    finally:
+        db.close()
+
+
+def _timeline(region: RegionProcess, conversation: str) -> list[tuple[int, str]]:
+    """A conversation as the region's store holds it: (seq, message id)."""
+    db = sqlite3.connect(f"file:{region.data_dir / 'chatplane.db'}?mode=ro", uri=True)
+    try:
+        return [(int(s), str(m)) for s, m in db.execute(
+            "SELECT seq, message_id FROM messages WHERE conversation_id = ? ORDER BY seq",
+            (conversation,))]
     finally:
         db.close()
 
@@ -166,3 +180,52 @@ async def test_an_admin_call_moves_a_users_home_under_traffic_and_back(
             await asyncio.gather(sending, return_exceptions=True)
         for device in devices:
             await device.stop()
+
+
+async def test_the_users_events_and_friend_records_move_with_the_home(
+    regions: tuple[RegionProcess, RegionProcess],
+) -> None:
+    """alice's events (`u:alice`) and the friend records of the pairs she decides
+    (`r:alice`: she sorts first) are sequenced by her home: bob's request is decided
+    and told in eu, carol's in us once alice's home moved there, dave's in eu again
+    once it moved back. Each event reaches her clients in both regions at one
+    inbox_seq, and both stores hold the same timelines and inbox, with no gap."""
+    eu, us = regions
+    mint = TokenSigner(SHARED_KEY).mint
+    clients: dict[str, Client] = {}
+    try:
+        for name, where in (("alice-eu", eu), ("bob", us), ("carol", eu), ("dave", us),
+                            ("alice-us", us)):
+            client = Client([where.url], mint(name.split("-")[0], name), request_timeout_s=20)
+            await client.connect()
+            clients[name] = client
+            if name == "alice-eu":
+                await asyncio.to_thread(_placed, eu, 1)  # alice is homed in eu
+        alice = (clients["alice-eu"], clients["alice-us"])
+
+        async def told(asker: str) -> int:
+            await clients[asker].add_friend("alice", f"hello from {asker}")
+            seen = [await next_event(client, "friend", timeout_s=30) for client in alice]
+            assert [e.detail["actor"] for e in seen] == [asker, asker]
+            assert seen[0].message.message_id == seen[1].message.message_id
+            assert seen[0].message.inbox_seq == seen[1].message.inbox_seq
+            return seen[0].message.inbox_seq
+
+        inbox_seqs = [await told("bob")]  # decided and told in eu
+        status, moved = await asyncio.to_thread(move_user_home, us, "alice", "us")
+        assert (status, moved["home"], moved["epoch"]) == (200, "us", 2), moved
+        inbox_seqs.append(await told("carol"))  # in us now
+        status, back = await asyncio.to_thread(move_user_home, eu, "alice", "eu")
+        assert (status, back["home"], back["epoch"]) == (200, "eu", 3), back
+        inbox_seqs.append(await told("dave"))
+        assert inbox_seqs == [1, 2, 3]
+        await asyncio.to_thread(wait_for, lambda: caught_up(eu, us), 30, "caught up")
+        for timeline in ("u:alice", "r:alice"):
+            held = _timeline(eu, timeline)
+            assert [seq for seq, _ in held] == [1, 2, 3], timeline
+            assert _timeline(us, timeline) == held, timeline
+        assert [n for n, _, _ in _inbox(eu, "alice")] == [1, 2, 3]
+        assert _inbox(eu, "alice") == _inbox(us, "alice")
+    finally:
+        for client in clients.values():
+            await client.close()

@@ -223,10 +223,9 @@ class UserMoves:
         except BaseException:
             await self._resume(stub, old, user)
             raise
+        homes.forget_user(user)  # the rows cached before the take: read back, as stored now
         for kind, key in ((USER_HOME, user), *((CONVERSATION_HOME, t) for t in timelines(user))):
-            if await homes.stored(kind, key) is not None:  # cached rows: as stored now
-                homes.forget_user(user)
-                await homes.learn(kind, key, taken)
+            await homes.stored(kind, key)
         if items:
             homes.committed()  # the owed entries are in the log: the peers' readers want them
             await self.deliver((), items)
