@@ -692,9 +692,6 @@ class Homes:
         if held is not None:
             held.head = log_head
 
-    def user_moving(self, user_id: str) -> bool:
-        return user_id in self._users_handing_off
-
     def release_user(self, user_id: str) -> None:
         """The user's move is over: its rows are read again from storage."""
         self._users_handing_off.pop(user_id, None)
