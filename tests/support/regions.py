@@ -221,8 +221,17 @@ def sees(region: RegionProcess, peer: str) -> bool:
 
 def move_home(region: RegionProcess, conversation: str, to: str) -> tuple[int, dict[str, Any]]:
     """POST /v1/admin/conversations/{id}/home on `region`'s admin port."""
+    return _post_home(region, f"conversations/{conversation}", to)
+
+
+def move_user_home(region: RegionProcess, user: str, to: str) -> tuple[int, dict[str, Any]]:
+    """POST /v1/admin/users/{id}/home on `region`'s admin port."""
+    return _post_home(region, f"users/{user}", to)
+
+
+def _post_home(region: RegionProcess, what: str, to: str) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
-        f"{region.admin_url}/v1/admin/conversations/{conversation}/home",
+        f"{region.admin_url}/v1/admin/{what}/home",
         data=json.dumps({"region": to}).encode(), method="POST",
         headers={"Authorization": f"Bearer {region.admin_secret}"})
     try:

@@ -130,6 +130,10 @@ class HomeRouter(Protocol):
         """None when this region homes the event's user (it appends it), else the ack
         of the user's home region it was forwarded to."""
 
+    async def timeline_settled(self, conversation_id: str, log_position: int) -> None:
+        """An event appended here as its user's home: UNAVAILABLE (not acked) when the
+        user's home was moving away as it was sequenced (an admin move)."""
+
     async def group_op_elsewhere(self, user_id: str, device_id: str,
                                  op: pb.GroupOp) -> pb.GroupOpAck | None:
         """None when this region applies the group change, else the home region's ack."""
@@ -334,8 +338,10 @@ class Sequencer:
         except StorageUnavailable as exc:
             raise unavailable(exc) from exc
         self.deliver(result)
-        if self.homes is not None and not result.duplicate:
-            self.homes.committed()  # in the log (homed with its user): wake its readers
+        if self.homes is not None:
+            if not result.duplicate:
+                self.homes.committed()  # in the log (homed with its user): wake its readers
+            await self.homes.timeline_settled(request.conversation_id, result.log_position)
         return result
 
     async def new_group_id(self) -> str:

@@ -113,6 +113,12 @@ def events_user(conversation_id: str) -> str:
     return conversation_id[2:] if conversation_id.startswith("u:") else ""
 
 
+def timeline_user(conversation_id: str) -> str:
+    """The user a timeline is homed with: its events ("u:<user>") or its relations
+    records ("r:<user>", regions/social.py); "" for any other conversation."""
+    return conversation_id[2:] if conversation_id.startswith(("u:", "r:")) else ""
+
+
 def home_row(home: Home) -> rpb.HomeRow:
     """A home as the link carries it."""
     return rpb.HomeRow(home=home.region, epoch=home.epoch, confirmed=home.confirmed)
@@ -158,6 +164,9 @@ class Homes:
         self.users_placed = 0  # users' inboxes homed here by placement
         # homes an admin move is taking away (regions/moving.py), by conversation
         self._handing_off: dict[str, HandOff] = {}
+        # users' homes an admin move is taking away (regions/user_moves.py), by user:
+        # their events and relations records are refused meanwhile
+        self._users_handing_off: dict[str, HandOff] = {}
 
     def committed(self) -> None:
         """A message was sequenced here as home: wake the log's readers."""
@@ -315,6 +324,8 @@ class Homes:
             for _ in range(MAX_REDIRECTS):
                 home = await self.user_home(user_id)
                 if home.region == self.region:
+                    if self.moving(request.conversation_id):
+                        raise _unavailable(f"the home of user {user_id!r} is moving: retry")
                     row = Home(self.region, home.epoch, True)
                     if self.known(CONVERSATION_HOME, request.conversation_id) != row:
                         await self.learn(CONVERSATION_HOME, request.conversation_id, row)
@@ -627,7 +638,11 @@ class Homes:
         """Sends of `conversation_id` are refused here while this region holds its
         home (a move is under way). A move not finished in MOVE_HOLD_S closes: the next
         send checks the row with the peers first (`of`: the new home may have taken it
-        without this region hearing)."""
+        without this region hearing). A user's timelines (events, relations records)
+        are refused while the user's home is moving (`hold_user`)."""
+        user = timeline_user(conversation_id)
+        if user and user in self._users_handing_off:
+            return True
         held = self._handing_off.get(conversation_id)
         if held is None or not held.open:
             return False
@@ -641,9 +656,52 @@ class Homes:
         return True
 
     def moved_past(self, conversation_id: str, log_position: int) -> bool:
-        """Sequenced here after an admin move began (or before its head was read)."""
-        held = self._handing_off.get(conversation_id)
+        """Sequenced here after an admin move began (or before its head was read): of
+        the conversation, or of the user whose timeline it is."""
+        user = timeline_user(conversation_id)
+        held = (self._users_handing_off.get(user) if user
+                else self._handing_off.get(conversation_id))
         return held is not None and (held.head == 0 or log_position > held.head)
+
+    async def timeline_settled(self, conversation_id: str, log_position: int) -> None:
+        """An event appended here as its user's home, at `log_position`: UNAVAILABLE
+        (never acked: the new home does not apply it) when the user's home was being
+        moved away as it was sequenced, or has moved."""
+        user = timeline_user(conversation_id)
+        if not user:
+            return
+        if self.moved_past(conversation_id, log_position):
+            raise _unavailable(f"the home of user {user!r} is moving: resend")
+        try:
+            row = await self.stored(USER_HOME, user)
+        except StorageUnavailable as exc:
+            raise _unavailable(f"storage unavailable, retry: {exc}") from exc
+        if row is not None and row.region != self.region:
+            raise _unavailable(f"the home of user {user!r} moved to region {row.region}:"
+                               " resend")
+
+    # -- admin moves of users' homes (regions/user_moves.py) --------------------
+
+    def hold_user(self, user_id: str) -> None:
+        """An admin move takes the user's home elsewhere: its timelines' appends are
+        refused (`moving`), and what they sequence after `user_held_at` is never acked."""
+        self._users_handing_off[user_id] = HandOff(time.monotonic() + MOVE_HOLD_S)
+
+    def user_held_at(self, user_id: str, log_head: int) -> None:
+        held = self._users_handing_off.get(user_id)
+        if held is not None:
+            held.head = log_head
+
+    def release_user(self, user_id: str) -> None:
+        """The user's move is over: its rows are read again from storage."""
+        self._users_handing_off.pop(user_id, None)
+        self.forget_user(user_id)
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop the cached rows of the user and its timelines (a move changed them)."""
+        for kind, key in ((USER_HOME, user_id), (CONVERSATION_HOME, f"u:{user_id}"),
+                          (CONVERSATION_HOME, f"r:{user_id}")):
+            self._confirmed.pop((kind, key), None)
 
     async def stop(self) -> None:
         for task in list(self._background):

@@ -248,6 +248,8 @@ class SocialHomes:
             home = await self.homes.user_home(first)
             if home.region != self.homes.region:
                 raise _unavailable(f"the home of user {first!r} moved to {home.region}: retry")
+            if self.homes.moving(conversation_id):  # an admin move of the user's home
+                raise _unavailable(f"the home of user {first!r} is moving: retry")
             row = Home(self.homes.region, home.epoch, True)
             if self.homes.known(CONVERSATION_HOME, conversation_id) != row:
                 await self.homes.learn(CONVERSATION_HOME, conversation_id, row)
@@ -264,8 +266,11 @@ class SocialHomes:
         """Once the record at `position` may be acked: in `sync`, a peer applied it
         (regions/durability.py); UNAVAILABLE after the sync timeout (the change is made
         here and replicates when a peer reads the log; the client's resend finds it)."""
+        conversation_id = relations_log(decider(user, other))
         if self.homes.durability is not None:
-            await self.homes.durability.settle(relations_log(decider(user, other)), position)
+            await self.homes.durability.settle(conversation_id, position)
+        # recorded as the first user's home was moving away: the new home skips it
+        await self.homes.timeline_settled(conversation_id, position)
 
     def families(self) -> Iterator[Metric]:
         for name, help_text, value in (
