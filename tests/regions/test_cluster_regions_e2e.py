@@ -45,10 +45,10 @@ PAUSE_S = 0.05  # between a device's sends: the traffic spans the cut and the ki
 class Region:
     """One region: its cluster and the proxies its peer dials it through (one per im)."""
 
-    def __init__(self, base: Path, name: str) -> None:
+    def __init__(self, base: Path, name: str, durability: str) -> None:
         self.name = name
         self.cluster = Cluster(base / name, gateways=1, ims=2, states=1, env={
-            **ENV, "CHATPLANE_REGION": name, "CHATPLANE_REGION_DURABILITY": "async"})
+            **ENV, "CHATPLANE_REGION": name, "CHATPLANE_REGION_DURABILITY": durability})
         self.proxies = [ChaosProxy("127.0.0.1", self.cluster.members[im].grpc_port)
                         for im in self.cluster.names("im")]
 
@@ -73,8 +73,8 @@ class Region:
 
 
 @contextlib.asynccontextmanager
-async def peered(base: Path) -> AsyncIterator[tuple[Region, Region]]:
-    eu, us = Region(base, "eu"), Region(base, "us")
+async def peered(base: Path, durability: str) -> AsyncIterator[tuple[Region, Region]]:
+    eu, us = Region(base, "eu", durability), Region(base, "us", durability)
     for proxy in [*eu.proxies, *us.proxies]:
         await proxy.start()
     for me, other in ((eu, us), (us, eu)):
@@ -170,9 +170,12 @@ class Traffic:
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("durability", ["sync", "async"])
 async def test_two_clusters_chat_through_a_cut_and_a_kill_of_the_pullers_im(
-        tmp_path: Path) -> None:
-    async with peered(tmp_path) as (eu, us):
+        tmp_path: Path, durability: str) -> None:
+    """In `sync` (the default) an ack waits for the other region to apply the message,
+    whichever of its ims hears the confirmation; in `async` it does not."""
+    async with peered(tmp_path, durability) as (eu, us):
         traffic = Traffic({"eu": eu, "us": us})
         try:
             # each user's first device logs in at home, which places the user's home there
@@ -264,7 +267,7 @@ async def test_two_clusters_chat_through_a_cut_and_a_kill_of_the_pullers_im(
                 assert [n for n, _, _ in entries] == sorted({n for n, _, _ in entries}), user
                 assert len(entries) == expected[group] + (
                     expected[chat] if user in ("ann", "bob") else 0), user
-            print(f"\ncluster regions: {traffic.acks} acked in"
+            print(f"\ncluster regions ({durability}): {traffic.acks} acked in"
                   f" {time.monotonic() - began:.1f} s, jobs {victim} -> {survivor[0]},"
                   f" {sum(d.client.send_retries for d in traffic.devices)} resends")
         finally:

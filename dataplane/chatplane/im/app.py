@@ -35,6 +35,7 @@ from chatplane import metrics, revocations, tracing
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
 from chatplane.im import regionwiring, requests
 from chatplane.im.admin import AdminApi
+from chatplane.im.confirmations import SharedConfirmations
 from chatplane.im.forward import ImRing
 from chatplane.im.inboxes import Inboxes
 from chatplane.im.invalidation import Invalidations
@@ -309,6 +310,7 @@ class ImApp:
         self.sequencing: region_links.Sequencing | None = None
         self.region_jobs: RegionJobs | None = None
         self._jobs_task: asyncio.Task[None] | None = None
+        self.confirmations: SharedConfirmations | None = None
         if self.prober.links and regionwiring.linkable(self.storage):
             self._link_regions()
         # storage -> Redis `cp:revocations`, which the gateways poll (revocations.py)
@@ -327,12 +329,7 @@ class ImApp:
 
     def _link_regions(self) -> None:
         """The region link over the shared store (docs/cluster.md, "Regions")."""
-        links = self.settings.links
-        if links.region_durability != "async":
-            raise ValueError("the im tier links regions in async durability only"
-                             " (CHATPLANE_REGION_DURABILITY=async): sync acks across the ims"
-                             " of a cluster are not built yet (docs/cluster.md, \"Regions\")")
-        if links.failover_witness:
+        if self.settings.links.failover_witness:
             raise ValueError("failover between clusters is not built yet: leave"
                              " CHATPLANE_FAILOVER_WITNESS empty (docs/cluster.md, \"Regions\")")
         sequencing = self.sequencing = regionwiring.link(
@@ -341,6 +338,10 @@ class ImApp:
         self.region_jobs = RegionJobs(
             self.settings.server.region, self.ring, self.storage,
             lambda: sequencing.replication.start(self.supervisor), sequencing.replication.stop)
+        durability = sequencing.homes.durability
+        if durability is not None and durability.waits:  # sync: what one im hears, all do
+            self.confirmations = SharedConfirmations(self.redis, self.settings.server.region,
+                                                     durability)
         log_report = self.prober.extra_region
         jobs = self.region_jobs
         self.prober.extra_region = lambda: {**log_report(), **jobs.report()}
@@ -459,6 +460,8 @@ class ImApp:
         await self.publisher.begin(self.supervisor)
         if self.region_jobs is not None:
             self._jobs_task = self.supervisor.spawn("region-jobs", self.region_jobs.run)
+        if self.confirmations is not None:
+            self.supervisor.spawn("region-confirmations", self.confirmations.run)
 
     async def _revoked(self, revocation: Revocation) -> None:
         """Tell the gateways now (they poll Redis), not at the next mirror round."""
