@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import sqlite3
 import time
@@ -40,6 +39,13 @@ ENV = {**FAST, **FAST_PROBES, "CHATPLANE_TOKEN_SECRET": SHARED_KEY,
 DEVICES = {"ann": ["eu", "us"], "bob": ["us", "eu"], "cat": ["eu"], "dan": ["us"]}
 SENDS = 30  # per device and conversation, one in flight per device
 PAUSE_S = 0.05  # between a device's sends: the traffic spans the cut and the kill
+QUICK_S = 2.0  # a send once all is settled: acked well within the sync timeout (3 s)
+
+
+def conversations_of(device: Device, chat: str, group: str) -> list[str]:
+    """What a device sends into: ann and bob their chat and the group, the others the
+    group."""
+    return [chat, group] if device.user in ("ann", "bob") else [group]
 
 
 class Region:
@@ -211,10 +217,9 @@ async def test_two_clusters_chat_through_a_cut_and_a_kill_of_the_pullers_im(
             assert len(jobs_before) == 1, jobs_before
 
             began = time.monotonic()
-            senders = [asyncio.ensure_future(traffic.run(
-                d, [chat, group] if d.user in ("ann", "bob") else [group]))
-                for d in traffic.devices]
-            total = sum(SENDS * (2 if d.user in ("ann", "bob") else 1) for d in traffic.devices)
+            senders = [asyncio.ensure_future(traffic.run(d, conversations_of(d, chat, group)))
+                       for d in traffic.devices]
+            total = sum(SENDS * len(conversations_of(d, chat, group)) for d in traffic.devices)
             # a cut of the cross-region link, mid-traffic: forwarded sends fail and are
             # resent, the pullers reconnect once it heals
             await traffic.until_acks(total // 5, 30)
@@ -235,10 +240,20 @@ async def test_two_clusters_chat_through_a_cut_and_a_kill_of_the_pullers_im(
             for sender in done:
                 sender.result()
             assert traffic.acks == total + 1 and traffic.acks > at_kill
+            # once settled, a send is acked without a wait for the sync timeout: the
+            # peer's confirmation reaches the im holding it, whichever im it called
+            for device in traffic.devices:
+                for conversation in conversations_of(device, chat, group):
+                    started, retries = time.monotonic(), device.client.send_retries
+                    await traffic.send(device, conversation, f"{device.device}-settled")
+                    took = time.monotonic() - started
+                    assert took < QUICK_S and device.client.send_retries == retries, (
+                        f"{device.device} into {conversation}: {took:.2f} s")
+                    total += 1
 
             # every device: every message of its conversations once, in one order
-            want_of = {d.device: sum(traffic.acked[c] for c in ([chat, group] if d.user in (
-                "ann", "bob") else [group])) for d in traffic.devices}
+            want_of = {d.device: sum(traffic.acked[c] for c in conversations_of(d, chat, group))
+                       for d in traffic.devices}
             await asyncio.to_thread(wait_for, lambda: all(
                 len(d.received) >= want_of[d.device] for d in traffic.devices), 30,
                 "every device got every message")
