@@ -195,6 +195,17 @@ async def test_two_clusters_chat_through_a_cut_and_a_kill_of_the_pullers_im(
             for user, where in DEVICES.items():
                 for region in where[1:]:
                     await traffic.connect(user, region)
+            # friend requests made in us of pairs decided in eu (the first name's home,
+            # regions/social.py): forwarded there, and read back at once in us, whichever
+            # us im took them (each im knows how far eu's log is applied in us)
+            for asker, asked in (("dan", "cat"), ("dan", "ann"), ("bob", "ann")):
+                device = traffic.device(asker, "us")
+                started = time.monotonic()
+                await device.client.add_friend(asked)
+                took = time.monotonic() - started
+                requests = await device.client.friend_requests()
+                assert asked in [r.user_id for r in requests["outgoing"]], requests
+                assert took < QUICK_S, f"{asker} -> {asked}: {took:.2f} s"
             # a 1:1 chat opened and first written in eu (homed there), a group made in us
             ann, bob = traffic.device("ann", "eu"), traffic.device("bob", "us")
             chat = await ann.client.direct("bob")

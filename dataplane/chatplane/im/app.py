@@ -20,6 +20,7 @@ message. Without the embedded store, the link only answers `Hello`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -458,8 +459,11 @@ class ImApp:
             self.instances, self.kind, self.instance_id,
             lambda: {"grpc": self.grpc_address, "http": self.base_url})
         await self.publisher.begin(self.supervisor)
-        if self.region_jobs is not None:
-            self._jobs_task = self.supervisor.spawn("region-jobs", self.region_jobs.run)
+        jobs, linked = self.region_jobs, self.sequencing
+        if jobs is not None and linked is not None:  # regions linked (docs/cluster.md)
+            self._jobs_task = self.supervisor.spawn("region-jobs", jobs.run)
+            self.supervisor.spawn("region-cursors", functools.partial(
+                jobs.follow_cursors, linked.replication.peers, linked.replication.log))
         if self.confirmations is not None:
             self.supervisor.spawn("region-confirmations", self.confirmations.run)
 

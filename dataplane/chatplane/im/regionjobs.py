@@ -11,7 +11,10 @@ same conditional write as a conversation's lease, im/leases.py): the `leases` ta
 names the im that runs them and how often they moved (the epoch). A killed im leaves
 the ring once its registry entry expires (`registry_ttl_s`), and the next owner takes
 the lease and starts them, each puller from the cursor the store holds for its peer.
-An im that sees the ring give the key to another stops its jobs.
+An im that sees the ring give the key to another stops its jobs. The others read
+each peer's cursor from the store instead (`follow_cursors`), so what asks how far a
+peer's log is applied in this region (a friend change's read-back, regions/social.py;
+`/v1/peers`) sees the pullers' progress on every im.
 
 While two ims' rings disagree (a second at most, their registry caches) both may run
 them: harmless, since a batch is applied in one transaction that moves the peer's
@@ -27,11 +30,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from chatplane.im.leases import LeaseStore
-from chatplane.storage.base import StorageError
+from chatplane.regions.replication import PeerReplication
+from chatplane.storage.base import ReplicatedLog, StorageError
 
 log = logging.getLogger("chatplane.im")
 
 CHECK_S = 0.5  # how often the ring is looked at (its registry view is cached 1 s)
+CURSOR_S = 0.05  # how often an im without the jobs reads the peers' cursors
 
 
 class Ring(Protocol):
@@ -88,6 +93,19 @@ class RegionJobs:
             except StorageError as exc:  # the lease not taken: the next round
                 log.warning("region jobs: lease of %s not taken: %s", self.key, exc)
             await asyncio.sleep(self.check_s)
+
+    async def follow_cursors(self, peers: dict[str, PeerReplication],
+                             log_: ReplicatedLog) -> None:
+        """While the jobs run elsewhere: each peer's applied position as the store
+        holds it (the pullers' im moves it with every batch)."""
+        while True:
+            if not self.running:
+                try:
+                    for peer, state in peers.items():
+                        state.applied_to = max(state.applied_to, await log_.log_cursor(peer))
+                except StorageError as exc:
+                    log.debug("cursors not read: %s", exc)
+            await asyncio.sleep(CURSOR_S)
 
     async def stop(self) -> None:
         if self.running:
