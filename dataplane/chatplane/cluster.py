@@ -76,6 +76,7 @@ class Cluster:
         self.extra_env = env or {}
         self.storage = storage
         self.ipconf_fixed = bool(ipconf_port)  # --port: the one address the user was told
+        self.grpc_fixed = bool(grpc_port)  # --grpc-port: what the peer regions were told
         self.members: dict[str, Member] = {}
         self._state_lock = threading.Lock()
         plan = [("state", states), ("im", ims), ("gateway", gateways), ("ipconf", 1)]
@@ -183,11 +184,13 @@ class Cluster:
     def _moved(self, m: Member) -> bool:
         """A port of `m` was taken meanwhile (a client's ephemeral port, or
         another process handing out ports, e.g. a second test worker): give it
-        new ones and start it again, once (ipconf too, unless --port fixed it)."""
+        new ones and start it again, once (ipconf and the ims too, unless --port or
+        --grpc-port fixed the ports peers were told)."""
         with (self.logs / f"{m.name}.log").open("rb") as log:
             log.seek(m.log_from)  # this start's output (a traceback may follow the error)
             said = log.read().decode(errors="replace")
-        if "address already in use" not in said or (m.kind == "ipconf" and self.ipconf_fixed):
+        fixed = (m.kind == "ipconf" and self.ipconf_fixed) or (m.kind == "im" and self.grpc_fixed)
+        if "address already in use" not in said.lower() or fixed:  # (gRPC says "Address")
             return False
         m.http_port = free_port_pair()
         m.grpc_port = free_port() if m.grpc_port else 0
