@@ -9,7 +9,8 @@ its own. Token revocations are read from storage every half
 With peers listed (`CHATPLANE_PEERS`) it also serves the cross-region link
 (`Region`) on the gRPC port and probes every peer; on SQLite the link also places
 1:1 chats' and groups' home regions, forwards sends to them and follows each peer's replicated
-log (regions/homes.py, regions/replication.py); groups are homed where they are made,
+log (regions/homes.py, regions/replication.py, wired by im/regionwiring.py, as the
+cluster's im tier wires them); groups are homed where they are made,
 and changes to them made elsewhere are forwarded to that home too. Without peers, no gRPC port is
 opened (many single-machine nodes may share a host).
 
