@@ -41,8 +41,8 @@ class Peer:
                 "region": self.name}
 
 
-def _endpoint(text: str, where: str) -> str:
-    if "," in text:  # a cluster's ims, each serving the link (rpc/peers.py dials them all)
+def _endpoint(text: str, where: str, several: bool = False) -> str:
+    if several and "," in text:  # a cluster's ims, each serving the link (rpc/peers.py)
         for one in text.split(","):
             host = one.rpartition(":")[0]
             if not IPV4.match(host):
@@ -68,7 +68,7 @@ def _entry(item: object, index: int) -> Peer:
     datacenter = item.get("datacenter", "")
     if not isinstance(datacenter, str):
         raise PeerListError(f"{where} ({name}): datacenter must be a string")
-    return Peer(name, _endpoint(endpoint, f"{where} ({name})"), datacenter,
+    return Peer(name, _endpoint(endpoint, f"{where} ({name})", several=True), datacenter,
                 _ws(item.get("ws", ""), f"{where} ({name})"),
                 _tcp(item.get("tcp", ""), f"{where} ({name})"))
 
