@@ -26,7 +26,7 @@ from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
 from chatplane.cluster import Cluster
-from chatplane.registry.ring import HashRing
+from chatplane.registry.ring import HashRing, ring_key
 from tests.cluster.conftest import FAST
 from tests.support.proxy import ChaosProxy
 from tests.support.regions import FAST_PROBES, SHARED_KEY, wait_for
@@ -176,6 +176,38 @@ async def friend_request_read_back(us: Region) -> None:
         await client.close()
 
 
+async def a_member_added_in_us_sends_in_eu(eu: Region, us: Region, traffic: Traffic) -> None:
+    """A group homed in us whose member list an eu im cached (its owner on eu's ring,
+    not the im applying us's log, which forgets what it applies): bob adds cat in us,
+    and once the change is applied in eu, cat's send from eu is taken there and
+    forwarded to the home (a member missing from a cached list is looked up again)."""
+    jobs = await eu.jobs_im("eu's jobs im, after the restart")
+    ring = HashRing(eu.cluster.names("im"))
+    bob_us, bob_eu = traffic.device("bob", "us"), traffic.device("bob", "eu")
+    for _ in range(20):  # a fresh id each: one whose eu owner is not the jobs im
+        late = await bob_us.client.create_group("late", ["dan"])
+        if ring.owner(ring_key(late)) != jobs:
+            break
+    else:
+        raise AssertionError("no group owned by the other eu im")
+    await asyncio.to_thread(wait_for, lambda: bool(stored(eu, [late])[0][late]), 20,
+                            "the group in eu")
+    await bob_eu.client.send_text(late, "from eu")  # the eu owner caches its members
+    await bob_us.client.add_members(late, ["cat"])
+
+    def cat_in_eu() -> bool:
+        db = eu.db()
+        try:
+            return db.execute("SELECT 1 FROM members WHERE conversation_id = ? AND"
+                              " user_id = 'cat'", (late,)).fetchone() is not None
+        finally:
+            db.close()
+
+    await asyncio.to_thread(wait_for, cat_in_eu, 20, "cat a member in eu's store")
+    ack = await traffic.device("cat", "eu").client.send_text(late, "cat from eu")
+    assert ack.seq > 0
+
+
 class Traffic:
     def __init__(self, regions: dict[str, Region]) -> None:
         self.regions = regions
@@ -322,6 +354,9 @@ async def test_two_clusters_chat_through_a_cut_and_a_kill_of_the_pullers_im(
                 assert [n for n, _, _ in entries] == sorted({n for n, _, _ in entries}), user
                 assert len(entries) == expected[group] + (
                     expected[chat] if user in ("ann", "bob") else 0), user
+            # the killed im back: eu's jobs on one im again, a later change of a group
+            await asyncio.to_thread(eu.cluster.start_member, victim)
+            await a_member_added_in_us_sends_in_eu(eu, us, traffic)
             print(f"\ncluster regions ({durability}): {traffic.acks} acked in"
                   f" {time.monotonic() - began:.1f} s, jobs {victim} -> {survivor[0]},"
                   f" {sum(d.client.send_retries for d in traffic.devices)} resends")
