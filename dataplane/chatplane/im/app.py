@@ -47,6 +47,7 @@ from chatplane.protocol import bounds
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.wire import error_frame
 from chatplane.regions import links as region_links
+from chatplane.regions.homes import FORWARD_TIMEOUT_S
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving, streams
 from chatplane.rpc.adminport import AuditLog, start_admin
@@ -74,6 +75,9 @@ log = logging.getLogger("chatplane.im")
 # regions linked: how often a peer's `Region.Replicate` stream served here looks for
 # entries the region's other ims committed to the shared store
 LOG_POLL_S = 0.05
+# a send forwarded here by another region, at its owner: within the forwarding region's
+# own deadline (regions/homes.py), past a sync ack's wait for a confirmation
+OWNER_TIMEOUT_S = FORWARD_TIMEOUT_S / 2
 
 
 class ImServicer(sgrpc.ImServicer):
@@ -354,7 +358,7 @@ class ImApp:
         async def send(request: SendRequest) -> AppendResult:
             if request.conversation_id.startswith("u:"):  # an event: appended here
                 return await local(request)
-            reply = await self.ring.send_at_owner(request)
+            reply = await self.ring.send_at_owner(request, OWNER_TIMEOUT_S)
             if reply is None:
                 return await local(request)
             kind = reply.WhichOneof("body")

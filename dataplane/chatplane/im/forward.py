@@ -52,6 +52,7 @@ from collections.abc import Collection, Iterable, Sequence
 import grpc
 
 from chatplane.protocol.bounds import MAX_FANOUTS_PER_CALL
+from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
 from chatplane.rpc.batching import SharedCalls
@@ -128,13 +129,15 @@ class ImRing:
         self.kept += 1
         return False
 
-    async def send_at_owner(self, request: SendRequest) -> pb.Frame | None:
+    async def send_at_owner(self, request: SendRequest, timeout_s: float) -> pb.Frame | None:
         """A send another region forwarded to this region's home (`Region.Send`, which
         any im may serve), handled by its conversation's owner (`Im.Handle`, as a
         gateway sends it), so the conversation's lease stays where the ring puts it.
         The owner's reply frame (a SendAck or an Error); None: this instance owns it,
         or no instance before it answered (the caller sequences it here: the fence
-        keeps that safe)."""
+        keeps that safe). An owner that does not answer within `timeout_s` (the send
+        may wait for another region's confirmation, `sync`) is not written around: the
+        send fails UNAVAILABLE and the region that forwarded it retries."""
         frame = pb.Frame(id=1, send=pb.Send(
             conversation_id=request.conversation_id, cid=request.cid, text=request.text,
             payload=request.payload, content_type=request.content_type))
@@ -143,9 +146,13 @@ class ImRing:
         for address in await self._ahead(request.conversation_id):
             try:
                 reply = await self.peers.stub(address, "im", sgrpc.ImStub).Handle(
-                    rpc, timeout=self.peers.deadline_s)
-            except grpc.aio.AioRpcError:
-                continue  # dead, stalled or not the owner any more: the next one, or here
+                    rpc, timeout=timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                    continue  # dead, or not the owner any more: the next one, or here
+                raise ProtocolError(ErrorCode.UNAVAILABLE, f"the owner of"
+                                    f" {request.conversation_id!r} did not answer"
+                                    f" ({exc.code().name}): resend") from exc
             self.sends_forwarded += 1
             return pb.Frame.FromString(reply.frame)
         return None
