@@ -66,7 +66,7 @@ class Member:
 class Cluster:
     def __init__(self, workdir: Path, *, gateways: int = 2, ims: int = 2, states: int = 1,
                  storage: str = "sqlite", redis_url: str = "", ipconf_port: int = 0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, grpc_port: int = 0) -> None:
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.logs = self.workdir / "logs"
@@ -76,18 +76,29 @@ class Cluster:
         self.extra_env = env or {}
         self.storage = storage
         self.ipconf_fixed = bool(ipconf_port)  # --port: the one address the user was told
+        self.grpc_fixed = bool(grpc_port)  # --grpc-port: what the peer regions were told
         self.members: dict[str, Member] = {}
         self._state_lock = threading.Lock()
         plan = [("state", states), ("im", ims), ("gateway", gateways), ("ipconf", 1)]
+        # grpc_port: the ims' gRPC ports are grpc_port, grpc_port + 1, ... (a peer region
+        # lists them as this region's endpoint: docs/cluster.md, "Regions")
+        fixed_grpc = iter(range(grpc_port, grpc_port + ims)) if grpc_port else None
         for kind, count in plan:
             for i in range(1, count + 1):
                 name = {"gateway": f"gw-{i}", "ipconf": "ipconf"}.get(kind, f"{kind}-{i}")
                 fixed = kind == "ipconf" and ipconf_port  # --port: its admin port is any free one
                 port = ipconf_port if fixed else free_port_pair()
+                grpc = (next(fixed_grpc) if fixed_grpc is not None and kind == "im"
+                        else free_port() if kind != "ipconf" else 0)
                 self.members[name] = Member(
-                    name, kind, {}, port, grpc_port=free_port() if kind != "ipconf" else 0,
+                    name, kind, {}, port, grpc_port=grpc,
                     tcp_port=free_port() if kind == "gateway" else 0,
                     admin_port=free_port() if fixed else port + 1)
+
+    @property
+    def region_endpoint(self) -> str:
+        """What a peer region lists as this region's endpoint: every im's gRPC address."""
+        return ",".join(f"127.0.0.1:{self.members[n].grpc_port}" for n in self.names("im"))
 
     @property
     def dispatch_url(self) -> str:
@@ -173,11 +184,13 @@ class Cluster:
     def _moved(self, m: Member) -> bool:
         """A port of `m` was taken meanwhile (a client's ephemeral port, or
         another process handing out ports, e.g. a second test worker): give it
-        new ones and start it again, once (ipconf too, unless --port fixed it)."""
+        new ones and start it again, once (ipconf and the ims too, unless --port or
+        --grpc-port fixed the ports peers were told)."""
         with (self.logs / f"{m.name}.log").open("rb") as log:
             log.seek(m.log_from)  # this start's output (a traceback may follow the error)
             said = log.read().decode(errors="replace")
-        if "address already in use" not in said or (m.kind == "ipconf" and self.ipconf_fixed):
+        fixed = (m.kind == "ipconf" and self.ipconf_fixed) or (m.kind == "im" and self.grpc_fixed)
+        if "address already in use" not in said.lower() or fixed:  # (gRPC says "Address")
             return False
         m.http_port = free_port_pair()
         m.grpc_port = free_port() if m.grpc_port else 0
@@ -288,8 +301,13 @@ class Cluster:
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     workdir = Path(args.data_dir).resolve()
+    env = {name: value for name, value in (
+        ("CHATPLANE_REGION", args.region), ("CHATPLANE_PEERS", args.peers),
+        ("CHATPLANE_REGION_DURABILITY", args.durability or ("async" if args.peers else None)),
+    ) if value}
     cluster = Cluster(workdir, gateways=args.gateways, ims=args.ims, states=args.states,
-                      storage=args.storage, redis_url=args.redis_url or "", ipconf_port=args.port)
+                      storage=args.storage, redis_url=args.redis_url or "", ipconf_port=args.port,
+                      env=env, grpc_port=args.grpc_port or 0)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -300,7 +318,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         ims = ",".join(f"127.0.0.1:{cluster.members[n].grpc_port}" for n in cluster.names("im"))
         print(f"chatplane cluster ready dispatch={cluster.dispatch_url} gateways={gws} "
               f"im={len(cluster.names('im'))} state={len(cluster.names('state'))} "
-              f"im_grpc={ims} "
+              f"im_grpc={ims} region={args.region or 'local'} "
               f"redis={cluster.redis_url} data={cluster.data_dir} logs={cluster.logs} "
               f"admin={admins}", flush=True)
         restarts: dict[str, float] = {}
@@ -337,4 +355,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--redis-url", help="use this Redis instead of starting one")
     up.add_argument("--port", type=int, default=0, help="ipconf (dispatch) port; 0 = any")
     up.add_argument("--data-dir", default="./chatplane-cluster", help="data, keys and logs")
+    # a region of several (docs/cluster.md, "Regions"): named as `chatplane up` names them
+    up.add_argument("--region", help="this region's name (CHATPLANE_REGION, default local)")
+    up.add_argument("--peers", help='peer regions, JSON [{"name", "endpoint"}]; a peer '
+                                    "cluster's endpoint lists its ims: "
+                                    '"127.0.0.1:P,127.0.0.1:P+1" (CHATPLANE_PEERS)')
+    up.add_argument("--grpc-port", type=int,
+                    help="the first im's gRPC port, the others' follow (default: any free)")
+    up.add_argument("--durability", choices=("sync", "async"),
+                    help="with --peers: async (the default here; sync is not built for a "
+                         "cluster yet)")
     up.set_defaults(func=cmd_cluster_up)

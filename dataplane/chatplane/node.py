@@ -9,7 +9,8 @@ its own. Token revocations are read from storage every half
 With peers listed (`CHATPLANE_PEERS`) it also serves the cross-region link
 (`Region`) on the gRPC port and probes every peer; on SQLite the link also places
 1:1 chats' and groups' home regions, forwards sends to them and follows each peer's replicated
-log (regions/homes.py, regions/replication.py); groups are homed where they are made,
+log (regions/homes.py, regions/replication.py, wired by im/regionwiring.py, as the
+cluster's im tier wires them); groups are homed where they are made,
 and changes to them made elsewhere are forwarded to that home too. Without peers, no gRPC port is
 opened (many single-machine nodes may share a host).
 
@@ -23,13 +24,10 @@ nothing but the registry entries, which come back by themselves.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import socket
-import uuid
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +38,13 @@ from redis.exceptions import RedisError
 
 from chatplane import certs, metrics
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.delivery.sync import shared_inboxes_id
 from chatplane.gateway import admission, drainapi, webapp
 from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
+from chatplane.im import regionwiring
 from chatplane.im.admin import AdminApi
-from chatplane.im.invalidation import pair_key
 from chatplane.im.service import ImService
 from chatplane.ipconf.dispatch import (
     GatewayInfo,
@@ -59,15 +56,8 @@ from chatplane.ipconf.dispatch import (
 )
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions import links as region_links
-from chatplane.regions.durability import Durability
-from chatplane.regions.failover import Failover, lease_ttl
-from chatplane.regions.homes import Homes, events_user
+from chatplane.regions.failover import lease_ttl
 from chatplane.regions.leases import Lease, WitnessLink
-from chatplane.regions.moving import Moves
-from chatplane.regions.replication import Replication
-from chatplane.regions.social import SocialHomes, SocialStore
-from chatplane.regions.unconfirmed import Unconfirmed
-from chatplane.regions.user_moves import UserMoves, UserMoveStore
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
 from chatplane.revocations import RevocationWatcher
@@ -80,10 +70,7 @@ from chatplane.settings import Settings
 from chatplane.state.service import StateService
 from chatplane.storage import archiving
 from chatplane.storage.base import (
-    AppendResult,
-    ReplicatedLog,
     Revocation,
-    SendRequest,
     Storage,
 )
 from chatplane.storage.factory import make_storage
@@ -134,49 +121,11 @@ class Node:
         self.prober = region_links.prober_for(
             settings, self.server_id, self.signer.peer_proof, self.security)
         self.sequencing: region_links.Sequencing | None = None
-        if (self.prober.links and isinstance(self.storage, ReplicatedLog)
-                and isinstance(self.storage, SocialStore)):
+        if self.prober.links and regionwiring.linkable(self.storage):
             # several regions on embedded stores: homes, forwarding, replication
-            durability = Durability.of(settings.links.region_durability,
-                                       settings.links.region_sync_timeout_s, self.storage,
-                                       list(self.prober.links))
-            homes = Homes(server.region, self.storage, list(self.prober.links),
-                          self.prober.channel, durability)
-            replication = Replication(homes, self.storage, self.im.sequencer.replicated,
-                                      settings.social.large_group_threshold, Failover(
-                                          homes, self.storage, self.prober.links,
-                                          settings.links.failover_after_s, homes.durability,
-                                          self._witness()))
-            moves = Moves(homes, self.storage, self.storage,
-                          lambda peer: replication.peers[peer].applied_to)
-            # friends decided by one region per pair, reads merged everywhere
-            social = SocialHomes(homes, self.storage, self._relation_changing,
-                                 self.im.sequencer.clock_ms, f"{self.server_id}-relations",
-                                 lambda peer: (replication.peers[peer].applied_to
-                                               if peer in replication.peers else None))
-            replication.social = social
-            # admin moves of users' homes (their inboxes, events and relations records)
-            user_moves = (UserMoves(homes, self.storage,
-                                    lambda peer: replication.peers[peer].applied_to,
-                                    self.im.sequencer.replicated)
-                          if isinstance(self.storage, UserMoveStore) else None)
-            self.sequencing = region_links.Sequencing(homes, replication, self._home_send,
-                                                      self.im.groups.handle_op,
-                                                      self.im.groups.admin_change, moves,
-                                                      social, self.im.social.decide_friend_op,
-                                                      user_moves)
-            self.im.sequencer.homes = homes
-            # sync: reads serve nothing sequenced here that no peer confirmed yet
-            unconfirmed = Unconfirmed(server.region, durability, self.storage)
-            self.im.sequencer.unconfirmed = self.im.reads.unconfirmed = unconfirmed
-            self.im.social.regions = social
-            # user homes: this store writes the inbox entries of the users homed here,
-            # and the linked regions share one inbox sequence per user
-            self.storage.serve_region(server.region)
-            self.im.reads.shared_inboxes = shared_inboxes_id(
-                server.cluster, [server.region, *self.prober.links])
-            self.prober.extra = replication.report
-            self.prober.extra_region = replication.log_report
+            self.sequencing = regionwiring.link(settings, self.storage, self.im, self.prober,
+                                                self.server_id, self._witness(),
+                                                sole_writer=True)
         self.revocation_watcher = RevocationWatcher(
             self.gateway.revocations, self.storage.revocations,
             settings.tokens.session_check_s / 2, self.gateway.apply_revocations)
@@ -329,25 +278,6 @@ class Node:
         self.prober.start(self.supervisor)
         if self.sequencing is not None:
             self.sequencing.replication.start(self.supervisor)
-
-    async def _home_send(self, request: SendRequest) -> AppendResult:
-        """A send forwarded by another region to this conversation's home, sent like
-        a local client's (the 1:1 chat is created here by its first one); an event of
-        a user homed here is appended like one emitted here."""
-        if events_user(request.conversation_id):
-            result = await self.im.sequencer.append_event(dataclasses.replace(
-                request, message_id=uuid.uuid4().hex, sent_at_ms=self.im.sequencer.clock_ms()))
-            if self.sequencing is not None:  # a read made elsewhere: the position here too
-                await self.sequencing.social.apply([result.message])
-            return result
-        return await self.im.sequencer.send(request.sender, request.sender_device,
-                                            request.conversation_id, request.cid, request.text,
-                                            request.payload, request.content_type)
-
-    def _relation_changing(self, user: str, other: str) -> AbstractAsyncContextManager[None]:
-        """Around a write of a pair's rows applied from another region: the relation
-        caches of sends here drop the pair."""
-        return self.im.membership.changing("relation", pair_key(user, other))
 
     async def _drain(self, request: web.Request) -> web.Response:
         asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain,

@@ -11,6 +11,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
+IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,62})$")
 MAX_PEERS = 16  # regions of one deployment, not a fleet: a longer list is a mistake
 MAX_URL = 512  # a public gateway address clients are sent to
@@ -24,7 +25,9 @@ class PeerListError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Peer:
     name: str  # the peer region's name (what it answers as in Hello)
-    endpoint: str  # host:port of its cross-region gRPC endpoint (its im tier)
+    # host:port of its cross-region gRPC endpoint (its im tier), or several IPv4
+    # host:port joined by commas (each im of a cluster region: calls go to a live one)
+    endpoint: str
     datacenter: str = ""
     ws: str = ""  # its public WebSocket gateway URL (ws:// or wss://), "" when not given
     tcp: str = ""  # its public TCP gateway (host:port, tcps://host:port for TLS), or ""
@@ -38,7 +41,15 @@ class Peer:
                 "region": self.name}
 
 
-def _endpoint(text: str, where: str) -> str:
+def _endpoint(text: str, where: str, several: bool = False) -> str:
+    if several and "," in text:  # a cluster's ims, each serving the link (rpc/peers.py)
+        for one in text.split(","):
+            host = one.rpartition(":")[0]
+            if not IPV4.match(host):
+                raise PeerListError(f"{where}: endpoint {text!r}: a list of addresses takes"
+                                    f" IPv4 host:port entries only, not {one!r}")
+            _endpoint(one, where)
+        return text
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise PeerListError(f"{where}: endpoint {text!r} is not host:port")
@@ -57,7 +68,7 @@ def _entry(item: object, index: int) -> Peer:
     datacenter = item.get("datacenter", "")
     if not isinstance(datacenter, str):
         raise PeerListError(f"{where} ({name}): datacenter must be a string")
-    return Peer(name, _endpoint(endpoint, f"{where} ({name})"), datacenter,
+    return Peer(name, _endpoint(endpoint, f"{where} ({name})", several=True), datacenter,
                 _ws(item.get("ws", ""), f"{where} ({name})"),
                 _tcp(item.get("tcp", ""), f"{where} ({name})"))
 

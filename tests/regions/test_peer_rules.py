@@ -29,7 +29,17 @@ def test_the_operators_peer_list_parses() -> None:
     assert peerlist.parse("", "eu") == [] and peerlist.parse("[]", "eu") == []
 
 
+def test_a_cluster_regions_endpoint_lists_its_ims() -> None:
+    """A peer that is a cluster (docs/cluster.md, "Regions"): one IPv4 address per im."""
+    text = json.dumps([{"name": "us", "endpoint": "127.0.0.1:7200,127.0.0.1:7201"}])
+    assert peerlist.parse(text, "eu") == [peerlist.Peer("us", "127.0.0.1:7200,127.0.0.1:7201")]
+
+
 @pytest.mark.parametrize("text, says", [
+    ('[{"name": "us", "endpoint": "im-1.us:1,im-2.us:1"}]',
+     "a list of addresses takes IPv4 host:port entries only, not 'im-1.us:1'"),
+    ('[{"name": "us", "endpoint": "127.0.0.1:1,127.0.0.1:0"}]',
+     "endpoint '127.0.0.1:0' is not host:port"),
     ('[{"name": "us", "endpoint": "h:0"}]', "endpoint 'h:0' is not host:port"),
     ('[{"name": "us"}]', "entry 0 (us): endpoint missing"),
     ('[{"endpoint": "h:1"}]', "entry 0: name None is not a region name"),

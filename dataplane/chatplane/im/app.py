@@ -2,16 +2,25 @@
 
 A gRPC server with the client-request API (`Im.Handle`: a request frame in,
 the reply frame out — the gateway forwards bytes) and `Im.InboxHeads` (the
-gateways' head check), `Region.Hello` for peer regions (`chatplane.regions`), the
-admin API, probes and `GET /v1/peers` on HTTP, a `DeliveryOutbox`
-towards state, and its entry in the Redis registry (`cp:im:<id>`), from
-which gateways build the hash ring that says which instance owns which
-conversation.
+gateways' head check), the cross-region link `Region` for peer regions
+(`chatplane.regions`), the admin API, probes and `GET /v1/peers` on HTTP, a
+`DeliveryOutbox` towards state, and its entry in the Redis registry
+(`cp:im:<id>`), from which gateways build the hash ring that says which
+instance owns which conversation.
+
+With peers and the embedded store (every im of the region on one SQLite file,
+`CHATPLANE_SQLITE_SHARED=1`), every im serves the whole link, as `chatplane up`
+does (im/regionwiring.py): homes, forwarding, the replicated log. A send another
+region forwards here goes to its conversation's owner on the ring; the jobs that
+must run once per region (the pullers of the peers' logs) run on one im
+(im/regionjobs.py); what they apply reaches devices through state like any
+message. Without the embedded store, the link only answers `Hello`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -25,17 +34,20 @@ from redis.exceptions import RedisError
 
 from chatplane import metrics, revocations, tracing
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.im import requests
+from chatplane.im import regionwiring, requests
 from chatplane.im.admin import AdminApi
+from chatplane.im.confirmations import SharedConfirmations
 from chatplane.im.forward import ImRing
 from chatplane.im.inboxes import Inboxes
 from chatplane.im.invalidation import Invalidations
 from chatplane.im.leases import NotOwner
+from chatplane.im.regionjobs import RegionJobs
 from chatplane.im.service import ImService
 from chatplane.protocol import bounds
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.wire import error_frame
 from chatplane.regions import links as region_links
+from chatplane.regions.homes import FORWARD_TIMEOUT_S
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving, streams
 from chatplane.rpc.adminport import AuditLog, start_admin
@@ -45,13 +57,27 @@ from chatplane.rpc.serving import refuse_out_of_bounds
 from chatplane.settings import Settings
 from chatplane.state.client import DeliveryOutbox, StateLinks
 from chatplane.storage import archiving
-from chatplane.storage.base import Revocation, SendRequest, StorageError, events_conversation_id
+from chatplane.storage.base import (
+    AppendResult,
+    Revocation,
+    SendRequest,
+    StorageError,
+    StoredMessage,
+    events_conversation_id,
+)
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
 log = logging.getLogger("chatplane.im")
+
+# regions linked: how often a peer's `Region.Replicate` stream served here looks for
+# entries the region's other ims committed to the shared store
+LOG_POLL_S = 0.05
+# a send forwarded here by another region, at its owner: within the forwarding region's
+# own deadline (regions/homes.py), past a sync ack's wait for a confirmation
+OWNER_TIMEOUT_S = FORWARD_TIMEOUT_S / 2
 
 
 class ImServicer(sgrpc.ImServicer):
@@ -133,7 +159,8 @@ class ImServicer(sgrpc.ImServicer):
             await refuse_out_of_bounds(context, "inbox_heads", request)
             users = list(dict.fromkeys(request.user_ids))
             try:
-                heads = await asyncio.gather(*(self.im.reads.inbox_head(u) for u in users))
+                # (regions linked: a login places its user's home here if it has none)
+                heads = await asyncio.gather(*(self.im.inbox_head(u) for u in users))
             except ProtocolError as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
                 raise
@@ -285,6 +312,12 @@ class ImApp:
         self.servicer = ImServicer(self.im)
         self.prober = region_links.prober_for(settings, self.instance_id, self.signer.peer_proof,
                                               self.security)
+        self.sequencing: region_links.Sequencing | None = None
+        self.region_jobs: RegionJobs | None = None
+        self._jobs_task: asyncio.Task[None] | None = None
+        self.confirmations: SharedConfirmations | None = None
+        if self.prober.links and regionwiring.linkable(self.storage):
+            self._link_regions()
         # storage -> Redis `cp:revocations`, which the gateways poll (revocations.py)
         self.revocation_mirror = revocations.RevocationWatcher(
             revocations.RevocationList(), self.storage.revocations,
@@ -298,6 +331,49 @@ class ImApp:
         self._admin_runner: web.AppRunner | None = None
         self.publisher: serving.Publisher | None = None
         self.supervisor = Supervisor(settings.supervision)
+
+    def _link_regions(self) -> None:
+        """The region link over the shared store (docs/cluster.md, "Regions")."""
+        if self.settings.links.failover_witness:
+            raise ValueError("failover between clusters is not built yet: leave"
+                             " CHATPLANE_FAILOVER_WITNESS empty (docs/cluster.md, \"Regions\")")
+        sequencing = self.sequencing = regionwiring.link(
+            self.settings, self.storage, self.im, self.prober, self.instance_id, None,
+            via=self._at_owner, poll_s=LOG_POLL_S)
+        self.region_jobs = RegionJobs(
+            self.settings.server.region, self.ring, self.storage,
+            lambda: sequencing.replication.start(self.supervisor), sequencing.replication.stop)
+        durability = sequencing.homes.durability
+        if durability is not None and durability.waits:  # sync: what one im hears, all do
+            self.confirmations = SharedConfirmations(self.redis, self.settings.server.region,
+                                                     durability)
+        log_report = self.prober.extra_region
+        jobs = self.region_jobs
+        self.prober.extra_region = lambda: {**log_report(), **jobs.report()}
+
+    def _at_owner(self, local: regionwiring.HomeSend) -> regionwiring.HomeSend:
+        """A send another region forwarded here: to its conversation's owner on the
+        ring (im/forward.py, `send_at_owner`); here when this im owns it (or no owner
+        before it answers)."""
+        async def send(request: SendRequest) -> AppendResult:
+            if request.conversation_id.startswith("u:"):  # an event: appended here
+                return await local(request)
+            reply = await self.ring.send_at_owner(request, OWNER_TIMEOUT_S)
+            if reply is None:
+                return await local(request)
+            kind = reply.WhichOneof("body")
+            if kind == "error":
+                raise ProtocolError(ErrorCode(reply.error.code), reply.error.message)
+            if kind != "send_ack":
+                raise ProtocolError(ErrorCode.INTERNAL, f"the owner answered {kind}")
+            ack = reply.send_ack
+            return AppendResult(message=StoredMessage(
+                conversation_id=ack.conversation_id, seq=ack.seq, message_id=ack.message_id,
+                sender=request.sender, sender_device=request.sender_device, cid=ack.cid,
+                text=request.text, sent_at_ms=ack.sent_at_ms, payload=request.payload,
+                content_type=request.content_type or "text"), duplicate=ack.duplicate)
+
+        return send
 
     def _ready(self) -> bool:
         return self.publisher is not None and self.publisher.healthy and self.supervisor.ready()
@@ -329,6 +405,9 @@ class ImApp:
             ("chatplane_im_fan_outs_asked_again_total",
              "inbox fan-outs asked again of their owner after UNAVAILABLE (they may have run)",
              self.ring.fan_outs_asked_again),
+            ("chatplane_im_region_sends_to_owner_total",
+             "sends forwarded here by other regions and handed to their conversation's owner",
+             self.ring.sends_forwarded),
             ("chatplane_im_group_delivered_total", "large-group messages handed to state",
              self.outbox.groups.sent),
             ("chatplane_im_group_given_up_total", "large-group messages left to the head check",
@@ -344,13 +423,16 @@ class ImApp:
 
     def metrics_registry(self) -> CollectorRegistry:
         """What /metrics shows (once the storage is open, in start())."""
+        linked = self.sequencing
         return metrics.registry(self._families, self.im.families, self.storage.families,
-                                self.prober.families, self.supervisor.families)
+                                self.prober.families, self.supervisor.families,
+                                *([linked.replication.families, linked.moves.families]
+                                  if linked is not None else []))
 
     def _services(self, grpc_server: grpc.aio.Server) -> None:
         """The client-request API for the gateways and the cross-region link for peers."""
         sgrpc.add_ImServicer_to_server(self.servicer, grpc_server)
-        region_links.add_to_server(self.prober, grpc_server)
+        region_links.add_to_server(self.prober, grpc_server, self.sequencing)
 
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links
@@ -381,6 +463,13 @@ class ImApp:
             self.instances, self.kind, self.instance_id,
             lambda: {"grpc": self.grpc_address, "http": self.base_url})
         await self.publisher.begin(self.supervisor)
+        jobs, linked = self.region_jobs, self.sequencing
+        if jobs is not None and linked is not None:  # regions linked (docs/cluster.md)
+            self._jobs_task = self.supervisor.spawn("region-jobs", jobs.run)
+            self.supervisor.spawn("region-cursors", functools.partial(
+                jobs.follow_cursors, linked.replication.peers, linked.replication.log))
+        if self.confirmations is not None:
+            self.supervisor.spawn("region-confirmations", self.confirmations.run)
 
     async def _revoked(self, revocation: Revocation) -> None:
         """Tell the gateways now (they poll Redis), not at the next mirror round."""
@@ -397,6 +486,13 @@ class ImApp:
         if self.publisher is not None:
             await self.publisher.stop()  # leave the ring first: gateways move on
         await self.prober.stop()
+        if self._jobs_task is not None:
+            self._jobs_task.cancel()
+            await asyncio.gather(self._jobs_task, return_exceptions=True)
+        if self.region_jobs is not None:
+            await self.region_jobs.stop()
+        if self.sequencing is not None:
+            await self.sequencing.homes.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         await self.outbox.stop()

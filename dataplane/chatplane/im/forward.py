@@ -52,12 +52,14 @@ from collections.abc import Collection, Iterable, Sequence
 import grpc
 
 from chatplane.protocol.bounds import MAX_FANOUTS_PER_CALL
+from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.registry.instances import CachedInstances, LiveRing
 from chatplane.registry.ring import ring_key
 from chatplane.rpc.batching import SharedCalls
 from chatplane.rpc.peers import Peers
 from chatplane.rpc.streams import Streams
 from chatplane.storage.base import SendRequest, StorageUnavailable, events_conversation_id
+from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import services_pb2 as spb
 from chatplane.v1 import services_pb2_grpc as sgrpc
 
@@ -74,6 +76,7 @@ class ImRing:
         self.fan_outs_forwarded = 0  # FanOut calls their inbox owner answered
         self.fan_outs_kept = 0  # inbox owners that did not answer: written here
         self.fan_outs_asked_again = 0  # UNAVAILABLE calls asked again (they may have run)
+        self.sends_forwarded = 0  # other regions' sends handed to their owner here
         # the fan-outs of different conversations to one owner share calls
         self._shared: SharedCalls[spb.FanOutRequest, spb.FanOutReply] = SharedCalls(
             self._fan_out_many, spb.FanOutRequest.ByteSize, max_batch=MAX_FANOUTS_PER_CALL)
@@ -98,6 +101,10 @@ class ImRing:
         ahead = await self._ahead(conversation_id)
         return not ahead or self.instance_id not in self.ring.members
 
+    def on_ring(self) -> bool:
+        """Whether this instance is on the ring as last read (its registry entry seen)."""
+        return self.instance_id in self.ring.members
+
     async def append_event(self, request: SendRequest) -> bool:
         """Have the owner of `request`'s event conversation append it. False:
         this instance owns it, or no instance before it answered in time;
@@ -121,6 +128,34 @@ class ImRing:
             return True
         self.kept += 1
         return False
+
+    async def send_at_owner(self, request: SendRequest, timeout_s: float) -> pb.Frame | None:
+        """A send another region forwarded to this region's home (`Region.Send`, which
+        any im may serve), handled by its conversation's owner (`Im.Handle`, as a
+        gateway sends it), so the conversation's lease stays where the ring puts it.
+        The owner's reply frame (a SendAck or an Error); None: this instance owns it,
+        or no instance before it answered (the caller sequences it here: the fence
+        keeps that safe). An owner that does not answer within `timeout_s` (the send
+        may wait for another region's confirmation, `sync`) is not written around: the
+        send fails UNAVAILABLE and the region that forwarded it retries."""
+        frame = pb.Frame(id=1, send=pb.Send(
+            conversation_id=request.conversation_id, cid=request.cid, text=request.text,
+            payload=request.payload, content_type=request.content_type))
+        rpc = spb.ClientRequest(user_id=request.sender, device_id=request.sender_device,
+                                frame=frame.SerializeToString())
+        for address in await self._ahead(request.conversation_id):
+            try:
+                reply = await self.peers.stub(address, "im", sgrpc.ImStub).Handle(
+                    rpc, timeout=timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                    continue  # dead, or not the owner any more: the next one, or here
+                raise ProtocolError(ErrorCode.UNAVAILABLE, f"the owner of"
+                                    f" {request.conversation_id!r} did not answer"
+                                    f" ({exc.code().name}): resend") from exc
+            self.sends_forwarded += 1
+            return pb.Frame.FromString(reply.frame)
+        return None
 
     async def inbox_owners(self, users: Iterable[str]) -> dict[str, str]:
         """user -> address of the instance that sequences the user's inbox,

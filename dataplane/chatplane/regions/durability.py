@@ -91,6 +91,8 @@ class Durability:
     # async: whether acking at all is allowed now (Failover.may_ack_unconfirmed)
     may_ack_unconfirmed: Callable[[], bool] = field(default_factory=lambda: _always)
     fenced: int = 0  # async sends refused: neither the lease nor the peer vouched
+    # told of each confirmation taken here (a cluster's ims share them: im/confirmations.py)
+    on_confirmed: Callable[[str, int], None] | None = None
     _waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
     _order: Iterator[int] = field(default_factory=itertools.count)
 
@@ -104,11 +106,13 @@ class Durability:
         """The highest position some peer applied: every entry up to it is in two stores."""
         return max((p.applied_to for p in self.peers.values()), default=0)
 
-    async def applied(self, peer: str, position: int) -> bool:
+    async def applied(self, peer: str, position: int, *, relay: bool = True) -> bool:
         """`peer` durably applied this region's log up to `position` (Region.Applied, or
         the cursor a Replicate stream opens from). Lower than known: ignored. Past this
         region's log head: refused (False), since no peer can have applied what was never
-        written, and believing it would ack sends no other region holds."""
+        written, and believing it would ack sends no other region holds. `relay`: a
+        confirmation taken here, passed on to `on_confirmed` (False: one passed on by
+        another process)."""
         state = self.peers.get(peer)
         if state is None:
             return True
@@ -119,6 +123,8 @@ class Durability:
         if position <= state.applied_to:
             return True
         state.applied_to = position
+        if relay and self.on_confirmed is not None:
+            self.on_confirmed(peer, position)
         waiters = self._waiters
         while waiters and waiters[0][0] <= position:
             _, _, future = heapq.heappop(waiters)

@@ -121,8 +121,12 @@ class Replication:
     """Serves this region's log to its peers and applies each peer's log here."""
 
     def __init__(self, homes: Homes, storage: Storage, applied: Applied,
-                 large_above: int | None = None, failover: Failover | None = None) -> None:
+                 large_above: int | None = None, failover: Failover | None = None,
+                 poll_s: float = HEARTBEAT_S) -> None:
         self.homes = homes
+        # a caught-up stream reads the log again this often: commits of other processes
+        # on the same store (a cluster's other ims) wake no event here
+        self.poll_s = min(poll_s, HEARTBEAT_S)
         self.storage = storage
         self.log = _log_of(storage)
         self.applied = applied
@@ -148,6 +152,7 @@ class Replication:
         if durability is not None:  # the reader's cursor is in its store: applied there
             if not await durability.applied(request.region, after):
                 raise BeyondLog(f"after {after} is past this region's log")
+        said = time.monotonic()  # when the stream last carried something
         while True:
             changed = self.homes.changed  # taken before reading: no commit is missed
             try:
@@ -164,12 +169,14 @@ class Replication:
                     rpb.LogEntry(lsn=e.lsn, epoch=e.epoch, message=to_pb(e.message),
                                  inbox_user=e.inbox_user, inbox_seq=e.inbox_seq)
                     for e in entries], scanned_to=scanned_to, head=head)
-                after = scanned_to
+                after, said = scanned_to, time.monotonic()
                 continue
             try:
-                await asyncio.wait_for(changed.wait(), HEARTBEAT_S)
+                await asyncio.wait_for(changed.wait(), self.poll_s)
             except TimeoutError:
-                yield rpb.LogBatch(scanned_to=after, head=head)
+                if time.monotonic() - said >= HEARTBEAT_S - self.poll_s / 2:
+                    yield rpb.LogBatch(scanned_to=after, head=head)
+                    said = time.monotonic()
 
     # -- the applying side ---------------------------------------------------
 

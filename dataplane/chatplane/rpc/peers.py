@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -40,6 +40,15 @@ CHANNEL_OPTIONS = [
 
 
 RETIRE_AFTER_S = 30.0  # longer than any call's deadline
+
+
+def _target(address: str) -> tuple[str, list[tuple[str, Any]]]:
+    """The channel target and options of `address`: one host:port, or several IPv4
+    host:port joined by commas (a peer region's ims, peerlist.py), each call sent to
+    one that is up (round robin: a dead one is skipped while it reconnects)."""
+    if "," not in address:
+        return address, CHANNEL_OPTIONS
+    return f"ipv4:{address}", [*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
 
 
 def parse_addrs(text: str) -> list[str]:
@@ -73,8 +82,9 @@ class Peers:
             self._stubs = {}
         channel = self._channels.get(address)
         if channel is None:
+            target, options = _target(address)
             channel = self._channels[address] = self.security.open_channel(
-                address, dials, CHANNEL_OPTIONS)
+                target, dials, options)
         return channel
 
     def stub(self, address: str, dials: str, kind: Callable[[grpc.aio.Channel], S]) -> S:

@@ -503,7 +503,9 @@ class Writer:
             if row is None:  # never taken for "done": the caller retries, or gives up loudly
                 raise StorageUnavailable(f"{conversation_id}#{seq} is not stored")
             message = message_from_row(row)
-            for user_id in dict.fromkeys(users):
+            # regions linked: only the users homed here (the append that owed these
+            # noted the others' as owed; their homes' logs bring their entries)
+            for user_id in [u for u in dict.fromkeys(users) if self.homed_here(u)]:
                 # a range of the user's newest rows (primary key): an entry
                 # written before lies near the head; one older than that is
                 # written again (a duplicate entry, which clients drop)
