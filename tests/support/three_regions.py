@@ -103,6 +103,18 @@ def messages_of(region: RegionProcess) -> dict[str, list[tuple[int, str]]]:
         db.close()
 
 
+def inboxes_of(region: RegionProcess, users: list[str]) -> dict[str, list[tuple[int, str, int]]]:
+    """Each user's inbox as the region's store holds it: (inbox_seq, conversation, seq)
+    in inbox_seq order."""
+    db = sqlite3.connect(f"file:{region.data_dir / 'chatplane.db'}?mode=ro", uri=True)
+    try:
+        return {user: [(int(n), str(c), int(s)) for n, c, s in db.execute(
+            "SELECT inbox_seq, conversation_id, seq FROM inbox WHERE user_id = ?"
+            " ORDER BY inbox_seq", (user,))] for user in users}
+    finally:
+        db.close()
+
+
 def caught_up(mesh: Mesh) -> bool:
     """Every region has applied every other region's log to its head."""
     for region in mesh.regions.values():
