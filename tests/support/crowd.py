@@ -14,7 +14,7 @@ import itertools
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -339,7 +339,8 @@ def _stored(region: RegionProcess, conversations: list[str], users: list[str],
         db.close()
 
 
-def _first_difference(these: list[tuple[object, ...]], those: list[tuple[object, ...]]) -> str:
+def _first_difference(these: Sequence[tuple[object, ...]], those: Sequence[tuple[object, ...]],
+                      ) -> str:
     for i, (this, that) in enumerate(zip(these, those, strict=False)):
         if this != that:
             return f"row {i} is {this}, not {that}"
