@@ -172,6 +172,16 @@ async def _pipelined(device: Device, group: str, stop: asyncio.Event,
     await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
 
 
+async def _until_each_acked(devices: list[Device], sends: list[tuple[str, float, float]],
+                            since: float, count: int, timeout_s: float, what: str) -> None:
+    """Until each device had `count` sends acked that it started at `since` or later."""
+    deadline = time.monotonic() + timeout_s
+    while short := {d.device: n for d in devices if (n := sum(
+            1 for x, sent, _ in sends if x == d.device and sent >= since)) < count}:
+        assert time.monotonic() < deadline, f"{what}, within {timeout_s} s: {short} acked"
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("link", [("us", "ap"), ("eu", "ap")], ids=["home-link", "other-link"])
 async def test_three_regions_sending_into_one_group_at_once_one_order_through_a_cut(
         mesh: Mesh, link: tuple[str, str]) -> None:
@@ -196,20 +206,24 @@ async def test_three_regions_sending_into_one_group_at_once_one_order_through_a_
         stop = asyncio.Event()
         sends: list[tuple[str, float, float]] = []
         traffic = asyncio.gather(*(_pipelined(d, group, stop, sends) for d in everyone))
-        await asyncio.sleep(1.0)
+        began = time.monotonic()
+        # every device's sends acked, from all three regions at once, then the cut
+        await _until_each_acked(everyone, sends, began, 3, 30, "before the cut")
         cut_at = time.monotonic()
         assert mesh.cut(*link) >= 2  # at least each side's replication stream
         await asyncio.sleep(2.0)  # below the sync timeout (3 s): acks wait, or are resent
         mesh.heal()
         healed_at = time.monotonic()
-        await asyncio.sleep(1.5)
+        try:  # and every device's sends acked again, started after the heal
+            await _until_each_acked(everyone, sends, healed_at, 3, 30, "after the heal")
+        except AssertionError:
+            print(report(mesh))
+            raise
         stop.set()
         assert not traffic.done()
         await asyncio.wait_for(traffic, 60)
         across = sum(1 for _, sent, acked in sends if sent < healed_at and acked > cut_at)
         assert across > 10, across  # the cut fell in the middle of the traffic
-        by_device = {d.device: sum(1 for x, _, _ in sends if x == d.device) for d in everyone}
-        assert min(by_device.values()) >= 10, by_device  # all nine sent, from all three regions
 
         total = 1 + len(sends)
         try:

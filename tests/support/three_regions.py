@@ -19,6 +19,7 @@ from tests.support.proxy import ChaosProxy
 from tests.support.regions import RegionProcess, WitnessProcess, sees, wait_for
 
 NAMES = ("eu", "us", "ap")
+START_S = 60.0  # for each region to get ready
 
 
 @dataclass
@@ -75,7 +76,8 @@ async def three_regions(base: Path, env: dict[str, str] | None = None, *,
     try:
         if mesh.witness is not None:
             await asyncio.to_thread(mesh.witness.start)
-        await asyncio.gather(*(asyncio.to_thread(r.start) for r in regions.values()))
+        # three starting at once on a loaded 2-core machine took more than the usual 20 s
+        await asyncio.gather(*(asyncio.to_thread(r.start, START_S) for r in regions.values()))
         yield mesh
     finally:
         for region in regions.values():
