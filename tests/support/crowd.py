@@ -87,6 +87,7 @@ class Crowd:
     group: str = ""
     # per send: (the conversation, started, acked) on the monotonic clock
     sends: list[tuple[str, float, float]] = field(default_factory=list)
+    homes: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> key -> region
 
     @property
     def users(self) -> list[str]:
@@ -136,8 +137,8 @@ class Crowd:
                 await self.connect(http, n, i, layout.device_regions(n)[i])
 
         await asyncio.gather(*(connect(n, 0) for n in range(layout.users)))
-        await self._homed_everywhere(
-            "user", {layout.user(n): layout.home_of(n) for n in range(layout.users)})
+        self.homes["user"] = {layout.user(n): layout.home_of(n) for n in range(layout.users)}
+        await self._homed_everywhere("user", self.homes["user"])
         await asyncio.gather(*(connect(n, i) for n in range(layout.users) for i in (1, 2)))
         spread = Counter(r for n in range(layout.users) for r in layout.device_regions(n))
         assert Counter(d.client.position()["region"] for d in self.devices) == spread
@@ -158,8 +159,9 @@ class Crowd:
                 self.checker.add_member(chat, user)
             await self.send(opener, chat, "first")  # places the chat's home
             chats.append(chat)
-        await self._homed_everywhere("conversation", {self.group: first} | {
-            c: layout.chat_home(k) for k, c in enumerate(chats)})
+        self.homes["conversation"] = {self.group: first} | {
+            c: layout.chat_home(k) for k, c in enumerate(chats)}
+        await self._homed_everywhere("conversation", self.homes["conversation"])
         return chats
 
     async def _homed_everywhere(self, kind: str, want: dict[str, str]) -> None:
@@ -288,6 +290,8 @@ class Crowd:
             await asyncio.to_thread(wait_for, lambda: caught_up(*self.regions.values()), 60,
                                     "every region caught up with every other")
             self.same_stores(expected)
+            for kind, placed in self.homes.items():  # no cut moved a home
+                await self._homed_everywhere(kind, placed)
             while_cut = sum(1 for _, _, acked in self.sends
                             if any(a <= acked < b for a, b in windows))
             resent = sum(d.client.send_retries for d in self.devices)
