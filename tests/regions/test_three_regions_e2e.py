@@ -182,19 +182,22 @@ async def _until_each_acked(devices: list[Device], sends: list[tuple[str, float,
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("link", [("us", "ap"), ("eu", "ap")], ids=["home-link", "other-link"])
+@pytest.mark.parametrize("links", [(("us", "ap"),), (("eu", "ap"),), (("us", "eu"), ("us", "ap"))],
+                         ids=["home-link", "other-link", "home-alone"])
 async def test_three_regions_sending_into_one_group_at_once_one_order_through_a_cut(
-        mesh: Mesh, link: tuple[str, str]) -> None:
+        mesh: Mesh, links: tuple[tuple[str, str], ...]) -> None:
     """alice homed in eu, bob in us, carol in ap, each with a device in every region; a
     group of the three homed in us (bob creates it there). All nine devices send into it
     at once, each with IN_FLIGHT sends in flight under its own cids, while one link is
     cut mid-traffic and healed: us-ap, the home's (ap's sends forwarded to us are
     refused and resent, ap applies us's log after the heal, us's acks are confirmed by
     eu alone), or eu-ap (carol's inbox entries, written by ap, reach eu only after the
-    heal, and alice's reach ap so). One order everywhere: the checker clean (no loss,
-    duplicate, gap or reorder on any device, each device's seqs rising with its cids),
-    every device holding the same order, and the three stores the same message at every
-    seq, 1 to the last, and the same inbox entries for each user."""
+    heal, and alice's reach ap so), or both of us's (the home alone: the sends it
+    sequences wait for a confirmation until the heal, the others' are resent). One
+    order everywhere: the checker clean (no loss, duplicate, gap or reorder on any
+    device, each device's seqs rising with its cids), every device holding the same
+    order, and the three stores the same message at every seq, 1 to the last, and the
+    same inbox entries for each user."""
     checker = DeliveryChecker()
     devices = await _devices(mesh, checker)
     try:
@@ -210,7 +213,8 @@ async def test_three_regions_sending_into_one_group_at_once_one_order_through_a_
         # every device's sends acked, from all three regions at once, then the cut
         await _until_each_acked(everyone, sends, began, 3, 30, "before the cut")
         cut_at = time.monotonic()
-        assert mesh.cut(*link) >= 2  # at least each side's replication stream
+        for link in links:
+            assert mesh.cut(*link) >= 2  # at least each side's replication stream
         await asyncio.sleep(2.0)  # below the sync timeout (3 s): acks wait, or are resent
         mesh.heal()
         healed_at = time.monotonic()
@@ -249,7 +253,8 @@ async def test_three_regions_sending_into_one_group_at_once_one_order_through_a_
         for user, inbox in inboxes["eu"].items():
             assert [s for _, c, s in inbox if c == group] == list(range(1, total + 1)), user
         resent = sum(d.client.send_retries for d in everyone)
-        print(f"\none group, {len(everyone)} devices in three regions, {link[0]}-{link[1]} cut:"
+        cut = " and ".join(f"{a}-{b}" for a, b in links)
+        print(f"\none group, {len(everyone)} devices in three regions, {cut} cut:"
               f" {total} messages ({across} in flight across the cut), {resent} resends")
     finally:
         for device in devices.values():
