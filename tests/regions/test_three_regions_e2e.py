@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tests.support.three_regions import (
     NAMES,
     Mesh,
     caught_up,
+    inboxes_of,
     messages_of,
     report,
     three_regions,
@@ -143,6 +145,117 @@ async def test_three_regions_deliver_every_message_once_in_one_order_through_a_c
         for name in ("eu", "ap"):  # us homes the group and bob's chat with carol
             assert _metric(mesh.regions[name], "chatplane_region_homes_placed_total") >= 1
         assert _metric(mesh.regions["us"], "chatplane_region_homes_placed_total") >= 1
+    finally:
+        for device in devices.values():
+            await device.stop()
+
+
+IN_FLIGHT = 4  # sends of one device not acked yet, at most (its cids in order)
+
+
+async def _pipelined(device: Device, group: str, stop: asyncio.Event,
+                     sends: list[tuple[str, float, float]]) -> None:
+    """Sends into `group` until `stop`, IN_FLIGHT at a time, each acked one recorded
+    with its cid (the checker checks that the seqs rise with the cids) and as
+    (device, started, acked) in `sends`."""
+    async def lane() -> None:
+        i = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            ack = await device.client.send_text(group, f"{device.device}-{i}")
+            sends.append((device.device, started, time.monotonic()))
+            device.checker.record_ack(device.user, device.device, ack.conversation_id,
+                                      ack.seq, ack.message_id, cid=ack.cid)
+            i += 1
+            await asyncio.sleep(0.02)
+
+    await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
+
+
+async def _until_each_acked(devices: list[Device], sends: list[tuple[str, float, float]],
+                            since: float, count: int, timeout_s: float, what: str) -> None:
+    """Until each device had `count` sends acked that it started at `since` or later."""
+    deadline = time.monotonic() + timeout_s
+    while short := {d.device: n for d in devices if (n := sum(
+            1 for x, sent, _ in sends if x == d.device and sent >= since)) < count}:
+        assert time.monotonic() < deadline, f"{what}, within {timeout_s} s: {short} acked"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("links", [(("us", "ap"),), (("eu", "ap"),), (("us", "eu"), ("us", "ap"))],
+                         ids=["home-link", "other-link", "home-alone"])
+async def test_three_regions_sending_into_one_group_at_once_one_order_through_a_cut(
+        mesh: Mesh, links: tuple[tuple[str, str], ...]) -> None:
+    """alice homed in eu, bob in us, carol in ap, each with a device in every region; a
+    group of the three homed in us (bob creates it there). All nine devices send into it
+    at once, each with IN_FLIGHT sends in flight under its own cids, while one link is
+    cut mid-traffic and healed: us-ap, the home's (ap's sends forwarded to us are
+    refused and resent, ap applies us's log after the heal, us's acks are confirmed by
+    eu alone), or eu-ap (carol's inbox entries, written by ap, reach eu only after the
+    heal, and alice's reach ap so), or both of us's (the home alone: the sends it
+    sequences wait for a confirmation until the heal, the others' are resent). One
+    order everywhere: the checker clean (no loss, duplicate, gap or reorder on any
+    device, each device's seqs rising with its cids), every device holding the same
+    order, and the three stores the same message at every seq, 1 to the last, and the
+    same inbox entries for each user."""
+    checker = DeliveryChecker()
+    devices = await _devices(mesh, checker)
+    try:
+        group = await devices[("bob", "us")].client.create_group("at-once", ["alice", "carol"])
+        for user in USERS:
+            checker.add_member(group, user)
+        everyone = list(devices.values())
+        await wait_until_received(everyone, 1, 30)  # the group's creation
+        stop = asyncio.Event()
+        sends: list[tuple[str, float, float]] = []
+        traffic = asyncio.gather(*(_pipelined(d, group, stop, sends) for d in everyone))
+        began = time.monotonic()
+        # every device's sends acked, from all three regions at once, then the cut
+        await _until_each_acked(everyone, sends, began, 3, 30, "before the cut")
+        cut_at = time.monotonic()
+        for link in links:
+            assert mesh.cut(*link) >= 2  # at least each side's replication stream
+        await asyncio.sleep(2.0)  # below the sync timeout (3 s): acks wait, or are resent
+        mesh.heal()
+        healed_at = time.monotonic()
+        try:  # and every device's sends acked again, started after the heal
+            await _until_each_acked(everyone, sends, healed_at, 3, 30, "after the heal")
+        except AssertionError:
+            print(report(mesh))
+            raise
+        stop.set()
+        assert not traffic.done()
+        await asyncio.wait_for(traffic, 60)
+        across = sum(1 for _, sent, acked in sends if sent < healed_at and acked > cut_at)
+        assert across > 10, across  # the cut fell in the middle of the traffic
+
+        total = 1 + len(sends)
+        try:
+            await wait_until_received(everyone, total, 60)
+        except AssertionError:
+            print(report(mesh))
+            raise
+        await asyncio.sleep(0.5)  # a second copy of anything would come now
+        for device in everyone:
+            device.judge()
+        verdict = checker.verdict()
+        assert verdict.acked == len(sends) and verdict.ok, verdict.summary()  # all but the creation
+        orders = {tuple(d.order(group)) for d in everyone}
+        assert len(orders) == 1  # one order on every device, in every region
+        order = orders.pop()
+        await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 60, "every log applied")
+        held = {name: messages_of(region).get(group) for name, region in mesh.regions.items()}
+        for name, rows in held.items():  # no gap, no second message at a seq, in any store
+            assert rows is not None and [seq for seq, _ in rows] == list(range(1, total + 1)), name
+            assert tuple(message for _, message in rows) == order, name
+        inboxes = {name: inboxes_of(region, list(USERS)) for name, region in mesh.regions.items()}
+        assert inboxes["eu"] == inboxes["us"] == inboxes["ap"]
+        for user, inbox in inboxes["eu"].items():
+            assert [s for _, c, s in inbox if c == group] == list(range(1, total + 1)), user
+        resent = sum(d.client.send_retries for d in everyone)
+        cut = " and ".join(f"{a}-{b}" for a, b in links)
+        print(f"\none group, {len(everyone)} devices in three regions, {cut} cut:"
+              f" {total} messages ({across} in flight across the cut), {resent} resends")
     finally:
         for device in devices.values():
             await device.stop()

@@ -250,8 +250,12 @@ async def judged_history(device: Device, conversation: str) -> list[tuple[int, s
     return [(m.seq, m.message_id) for m in page]
 
 
-def caught_up(eu: RegionProcess, us: RegionProcess) -> bool:
-    """Each of two regions applied the other's log to its head, connected."""
-    return all(r.peers()[p]["replication"]["lag"] == 0
-               and r.peers()[p]["replication"]["connected"]
-               for r, p in ((eu, us.name), (us, eu.name)))
+def caught_up(*regions: RegionProcess) -> bool:
+    """Each of the regions applied every other one's log to its head, connected."""
+    for region in regions:
+        peers = region.peers()
+        if not all(peers[other.name]["replication"]["lag"] == 0
+                   and peers[other.name]["replication"]["connected"]
+                   for other in regions if other is not region):
+            return False
+    return True

@@ -19,6 +19,7 @@ from tests.support.proxy import ChaosProxy
 from tests.support.regions import RegionProcess, WitnessProcess, sees, wait_for
 
 NAMES = ("eu", "us", "ap")
+START_S = 60.0  # for each region to get ready
 
 
 @dataclass
@@ -75,7 +76,8 @@ async def three_regions(base: Path, env: dict[str, str] | None = None, *,
     try:
         if mesh.witness is not None:
             await asyncio.to_thread(mesh.witness.start)
-        await asyncio.gather(*(asyncio.to_thread(r.start) for r in regions.values()))
+        # three starting at once on a loaded 2-core machine took more than the usual 20 s
+        await asyncio.gather(*(asyncio.to_thread(r.start, START_S) for r in regions.values()))
         yield mesh
     finally:
         for region in regions.values():
@@ -99,6 +101,18 @@ def messages_of(region: RegionProcess) -> dict[str, list[tuple[int, str]]]:
                 " ORDER BY conversation_id, seq"):
             held.setdefault(str(conversation), []).append((int(seq), str(message_id)))
         return held
+    finally:
+        db.close()
+
+
+def inboxes_of(region: RegionProcess, users: list[str]) -> dict[str, list[tuple[int, str, int]]]:
+    """Each user's inbox as the region's store holds it: (inbox_seq, conversation, seq)
+    in inbox_seq order."""
+    db = sqlite3.connect(f"file:{region.data_dir / 'chatplane.db'}?mode=ro", uri=True)
+    try:
+        return {user: [(int(n), str(c), int(s)) for n, c, s in db.execute(
+            "SELECT inbox_seq, conversation_id, seq FROM inbox WHERE user_id = ?"
+            " ORDER BY inbox_seq", (user,))] for user in users}
     finally:
         db.close()
 
