@@ -6,7 +6,8 @@ waits until it applied the old home's log to the head the old home handed off at
 two regions the new home is held behind (the test holds its SQLite write lock, so it
 cannot apply anything) while the old home acks sends (`async`); with three, the third
 region must hold that history too before the home moves, since the old home's log stops
-serving it the chat once the row moved."""
+serving it the chat once the row moved, and must never get what the old home sequenced
+past that head (a send in flight there as it stopped), which the new home does not hold."""
 
 from __future__ import annotations
 
