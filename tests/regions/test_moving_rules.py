@@ -8,6 +8,7 @@ test, tests/regions/test_moving_e2e.py, shows what a third region did with it.)"
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -17,7 +18,14 @@ import pytest
 from chatplane.regions import homes as homes_module
 from chatplane.regions.homes import Homes
 from chatplane.regions.replication import Replication
-from chatplane.storage.base import CONVERSATION_HOME, Home, InboxItem, StoredMessage
+from chatplane.storage.base import (
+    CONVERSATION_HOME,
+    USER_HOME,
+    Home,
+    InboxItem,
+    LogEntry,
+    StoredMessage,
+)
 from chatplane.storage.sqlite import SqliteStorage
 from chatplane.v1 import regions_pb2 as rpb
 from tests.storage.test_conformance import send
@@ -118,6 +126,34 @@ async def test_a_hand_off_nobody_ends_is_checked_and_the_log_goes_on(
         batch = await _next(stream, past - 1)
         assert _seqs(batch) == [3] and not homes.moving(CHAT)
         await stream.aclose()
+    finally:
+        await homes.stop()
+        await storage.close()
+
+
+async def test_an_inbox_entry_is_served_while_a_supersede_took_its_message_away(
+        tmp_path: Path) -> None:
+    """eu sequenced two sends past its hand-off head: alice's at seq 3, carol's at 4
+    (alice, homed in eu, has an inbox entry for each). us took the chat and sequenced
+    carol's resend at seq 3: applied in eu it replaces alice's send at 3 and, by its
+    cid, carol's at 4, so eu holds no message at 4 until us's seq 4 arrives. alice's
+    entry for seq 4 names (chat, 4), which a reader resolves in its own store: it is
+    served all the same (it was dropped while the position moved past it, a hole in
+    alice's inbox in every other region for good: seen in the three-region move test,
+    held back until just that moment)."""
+    storage, homes, _ = await _eu(tmp_path, 2)
+    try:
+        await storage.offer_home(USER_HOME, "alice", Home("eu", 1, True))
+        await storage.append(send(CHAT, "alice", 3), ("alice",))
+        await storage.append(send(CHAT, "carol", 1), ("alice",))
+        await storage.offer_home(CONVERSATION_HOME, CHAT, Home("us", 2, True))
+        resend = dataclasses.replace(
+            (await storage.history(CHAT, after_seq=3, limit=1))[0], seq=3, message_id="carol-resent-in-us")
+        await storage.apply_log("us", [LogEntry(1, 2, resend)], 1, {CHAT: ("alice", "carol")})
+        assert [m.seq for m in await storage.history(CHAT, after_seq=0)] == [1, 2, 3]  # 4 is gone
+        entries, _, _ = await storage.log_after(0, 100, "eu")
+        assert [(e.inbox_user, e.inbox_seq, e.message.seq) for e in entries] == [
+            ("alice", 1, 3), ("alice", 2, 4)]
     finally:
         await homes.stop()
         await storage.close()
