@@ -4,8 +4,10 @@ new home is behind: real `chatplane up` regions, the SDK and the delivery checke
 The new home may give out seq n+1 only once it holds seq n and every seq before it: it
 waits until it applied the old home's log to the head the old home handed off at. With
 two regions the new home is held behind (the test holds its SQLite write lock, so it
-cannot apply anything) while the old home acks sends (`async`). (Moves with three
-regions are refused for now: docs/architecture.md, "Moving a home".)"""
+cannot apply anything) while the old home acks sends (`async`); with three, the third
+region must hold that history too before the home moves, since the old home's log stops
+serving it the chat once the row moved, and must never get what the old home sequenced
+past that head (a send in flight there as it stopped), which the new home does not hold."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from tests.support.regions import (
     two_regions,
     wait_for,
 )
+from tests.support.three_regions import caught_up, messages_of, report, three_regions
 from tests.support.traffic import Device, send_many, wait_until_received
 
 pytestmark = pytest.mark.slow
@@ -101,3 +104,147 @@ async def _paced(device: Device, conversation: str, count: int, pause_s: float) 
     for i in range(count):
         await send_many(device, conversation, 1, f"paced-{i}")
         await asyncio.sleep(pause_s)
+
+
+async def test_a_move_with_three_regions_waits_for_the_third_and_redirects_it(
+        tmp_path: Path) -> None:
+    """eu homes alice's chat with carol (ap); ap cannot read eu's log (its link to eu is
+    cut) while alice sends. The call on us to take the home is refused: ap lacks eu's
+    history below the hand-off head, and once the row moved eu's log would no longer
+    serve it. Healed, the move succeeds while alice (eu) and carol (ap) send; carol's
+    sends from ap then go to us (not eu), and the three stores hold the same message at
+    every seq."""
+    async with three_regions(tmp_path) as mesh:
+        await mesh.all_see_each_other()
+        eu, us, ap = (mesh.regions[name] for name in ("eu", "us", "ap"))
+        checker = DeliveryChecker()
+        devices: list[Device] = []
+        try:
+            alice = await region_device(eu, "alice", "a", checker, timeout_s=30)
+            devices.append(alice)
+            carol = await region_device(ap, "carol", "c", checker, timeout_s=30)
+            devices.append(carol)
+            conversation = await alice.client.direct("carol")
+            checker.add_member(conversation, "alice")
+            checker.add_member(conversation, "carol")
+            await send_many(alice, conversation, 1, "first")  # homed in eu
+            await wait_until_received(devices, 1, 20)
+
+            mesh.links[("ap", "eu")].block()  # ap reads nothing of eu's log
+            await send_many(alice, conversation, 6, "ap-behind")  # confirmed by us
+            status, refused = await asyncio.to_thread(move_home, us, conversation, "us")
+            assert status == 503 and "region ap did not apply" in refused["error"], refused
+            await send_many(alice, conversation, 2, "still-eu")  # eu sequences it again
+            mesh.heal()
+            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
+
+            traffic = asyncio.gather(_paced(alice, conversation, 20, 0.05),
+                                     _paced(carol, conversation, 10, 0.1))
+            await asyncio.sleep(0.3)
+            status, moved = await asyncio.to_thread(move_home, us, conversation, "us")
+            assert status == 200, moved
+            assert (moved["home"], moved["epoch"], moved["moved_from"]) == ("us", 2, "eu")
+            assert not traffic.done()  # the move fell in the middle of both sending
+            await asyncio.wait_for(traffic, 60)
+            served_in_eu = _metric(eu, "chatplane_region_sends_served_total")
+            served_in_us = _metric(us, "chatplane_region_sends_served_total")
+            await send_many(carol, conversation, 5, "from-ap")  # forwarded to us
+            assert _metric(eu, "chatplane_region_sends_served_total") == served_in_eu
+            assert _metric(us, "chatplane_region_sends_served_total") >= served_in_us + 5
+
+            total = 1 + 6 + 2 + 20 + 10 + 5
+            try:
+                await wait_until_received(devices, total, 30)
+            except AssertionError:
+                print(report(mesh))
+                raise
+            for device in devices:
+                device.judge()
+            verdict = checker.verdict()
+            assert verdict.acked == total and verdict.ok, verdict.summary()
+            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
+            held = [messages_of(region).get(conversation) for region in (eu, us, ap)]
+            assert [seq for seq, _ in held[0] or []] == list(range(1, total + 1))
+            assert held[0] == held[1] == held[2]  # one message per seq in every store
+        finally:
+            await _stop_all(devices)
+
+
+async def test_what_the_old_home_sequenced_past_its_hand_off_reaches_no_third_region(
+        tmp_path: Path) -> None:
+    """sync durability, three regions: alice's sends are in flight in eu (the home; the
+    test holds its SQLite write lock) when the call on us moves the chat; us cannot
+    write its row yet (its store is held too) and its calls to eu and ap are cut. eu,
+    released, commits alice's sends past the head it handed off at, under its own row:
+    us takes the chat without them, so ap must not get them from eu's log. Applied
+    there, carol would be pushed messages at the seqs us gives next (a seq naming two
+    messages: issue 17's 'ack conflict d:alice:carol#13'). Then us takes the chat
+    (telling nobody), the links heal, alice's device in us sends, eu learns the move
+    from us's log and forwards alice's resends to us."""
+    async with three_regions(tmp_path) as mesh:
+        await mesh.all_see_each_other()
+        eu, us, ap = (mesh.regions[name] for name in ("eu", "us", "ap"))
+        checker = DeliveryChecker()
+        devices: list[Device] = []
+        try:
+            alice = await region_device(eu, "alice", "a", checker, timeout_s=30)
+            devices.append(alice)
+            carol = await region_device(ap, "carol", "c", checker, timeout_s=30)
+            devices.append(carol)
+            alice_in_us = await region_device(us, "alice", "u", checker, timeout_s=30)
+            devices.append(alice_in_us)
+            conversation = await alice.client.direct("carol")
+            checker.add_member(conversation, "alice")
+            checker.add_member(conversation, "carol")
+            await send_many(alice, conversation, 1, "first")  # homed in eu
+            await wait_until_received(devices, 1, 20)
+            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
+
+            # both locks are released within SQLite's 5 s busy timeout of the writes
+            held_eu, held_us = (sqlite3.connect(tmp_path / name / "chatplane.db", timeout=10,
+                                                isolation_level=None) for name in ("eu", "us"))
+            try:
+                held_eu.execute("BEGIN IMMEDIATE")
+                held_us.execute("BEGIN IMMEDIATE")
+                in_flight = asyncio.ensure_future(send_many(alice, conversation, 3, "held"))
+                await asyncio.sleep(0.3)  # past eu's home check, waiting on its store
+                moving = asyncio.ensure_future(asyncio.to_thread(move_home, us, conversation,
+                                                                 "us"))
+                await asyncio.sleep(1.0)  # handed off; us waits on its store to take
+                assert not moving.done()
+                mesh.links[("us", "eu")].block()  # us's row is offered to nobody
+                mesh.links[("us", "ap")].block()
+                held_eu.execute("ROLLBACK")  # eu commits alice's sends past the head
+                await asyncio.to_thread(  # the first at least (the others may be refused)
+                    wait_for, lambda: len(messages_of(eu)[conversation]) > 1, 4,
+                    "eu committed a held send")
+                await asyncio.sleep(1.0)  # ap reads eu's log meanwhile (its link is up)
+                assert [seq for seq, _ in messages_of(ap)[conversation]] == [1], report(mesh)
+                held_us.execute("ROLLBACK")
+            finally:
+                for store in (held_eu, held_us):
+                    if store.in_transaction:
+                        store.execute("ROLLBACK")
+                    store.close()
+            status, moved = await asyncio.wait_for(moving, 30)
+            assert status == 200 and moved["home"] == "us", moved
+
+            mesh.heal()
+            await send_many(alice_in_us, conversation, 3, "in-us")  # us gives seqs 2..4
+            await asyncio.wait_for(in_flight, 60)  # refused by eu, resent, sequenced by us
+            total = 1 + 3 + 3
+            try:
+                await wait_until_received(devices, total, 30)
+            except AssertionError:
+                print(report(mesh))
+                raise
+            for device in devices:
+                device.judge()
+            verdict = checker.verdict()
+            assert verdict.acked == total and verdict.ok, verdict.summary()
+            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
+            held = [messages_of(region).get(conversation) for region in (eu, us, ap)]
+            assert [seq for seq, _ in held[1] or []] == list(range(1, total + 1))
+            assert held[0] == held[1] == held[2]  # one message per seq in every store
+        finally:
+            await _stop_all(devices)

@@ -42,7 +42,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -56,6 +56,7 @@ from chatplane.storage.base import (
     USER_HOME,
     AppendResult,
     Home,
+    LogEntry,
     SendRequest,
     Storage,
     StorageUnavailable,
@@ -72,6 +73,7 @@ OFFER_TIMEOUT_S = 5.0
 # a home handed off by an admin move (regions/moving.py) and not taken within this
 # stops refusing; it then checks its row with the peers before sequencing again
 MOVE_HOLD_S = 30.0
+RECHECK_PAUSE_S = 1.0  # a hand-off past MOVE_HOLD_S whose row a peer did not confirm
 MAX_REDIRECTS = 3  # "not the home, X is": re-resolve at most this often per send
 # another region's unconfirmed proposal for a user's home: looked at again this often
 # (it confirms within its offer round) before the store is written
@@ -100,6 +102,7 @@ class HandOff:
     until: float  # monotonic: no longer refusing sends after this
     head: int = 0  # the log head read once sends stopped (0: not read yet)
     open: bool = True  # refusing sends; closed: given up or timed out, not yet re-checked
+    rechecking: bool = False  # the row is being checked with the peers (`held_back`)
 
 
 def homed(conversation_id: str) -> bool:
@@ -627,12 +630,14 @@ class Homes:
         held = self._handing_off.get(conversation_id)
         if held is not None:
             held.head = log_head
+            self.committed()  # the log's readers: what is at or below the head may go
 
     def resume(self, conversation_id: str) -> None:
         """The move is over (the new home holds the row, or it gave up): sequence under
         whatever row this store holds."""
         self._handing_off.pop(conversation_id, None)
         self._confirmed.pop((CONVERSATION_HOME, conversation_id), None)
+        self.committed()  # the log's readers: what `held_back` held may go (or is gone)
 
     def moving(self, conversation_id: str) -> bool:
         """Sends of `conversation_id` are refused here while this region holds its
@@ -702,6 +707,42 @@ class Homes:
         for kind, key in ((USER_HOME, user_id), (CONVERSATION_HOME, f"u:{user_id}"),
                           (CONVERSATION_HOME, f"r:{user_id}")):
             self._confirmed.pop((kind, key), None)
+
+    def held_back(self, entries: Sequence[LogEntry]) -> int | None:
+        """The log position of the first of `entries` (this region's log, read for a
+        peer) that was sequenced here past an admin move's hand-off head while the move
+        is not over: the log is served to no peer from there until it is. The new home
+        takes the chat without it (it applied the log to the head only), so a third
+        region that applied and pushed it would hold another message at a seq the new
+        home gives out (issue 17). Once the new home's row is held here the log serves
+        none of the chat's entries; a move given up serves them as they are. A hand-off
+        past MOVE_HOLD_S is checked with the peers first (`of`), as a send would."""
+        if not self._handing_off:
+            return None
+        for entry in entries:
+            conversation_id = entry.message.conversation_id
+            # chats only: a user's timelines move between two regions alone (user_moves)
+            if (not entry.inbox_user and not timeline_user(conversation_id)
+                    and self.moved_past(conversation_id, entry.lsn)):
+                held = self._handing_off[conversation_id]
+                self.moving(conversation_id)  # closes a hand-off past MOVE_HOLD_S
+                if not held.open and not held.rechecking:
+                    held.rechecking = True
+                    self._spawn(self._recheck(conversation_id, held))
+                return entry.lsn
+        return None
+
+    async def _recheck(self, conversation_id: str, held: HandOff) -> None:
+        try:
+            await self.of(CONVERSATION_HOME, conversation_id)  # drops the hand-off
+        except (ProtocolError, StorageUnavailable) as exc:
+            log.info("the home of %s is not checked with the peers yet: %s", conversation_id,
+                     exc)
+            await asyncio.sleep(RECHECK_PAUSE_S)  # asked again at the next read past it
+            return
+        finally:
+            held.rechecking = False
+        self.committed()  # the log's readers: served, or not the home's any more
 
     async def stop(self) -> None:
         for task in list(self._background):

@@ -17,12 +17,14 @@ the old home must stop first and the new home must catch up before it takes over
 
 A send the old home was sequencing as it stopped lands past that head: the new home
 does not apply it (regions/replication.py skips a home's entries under an epoch it no
-longer holds) and the old home neither acks nor pushes it (`Homes.moved_past`); the
-device's resend reaches the new home. Each step has a deadline: a move not finished is
-given up (the old home resumes), and the old home refuses sends for at most
-`homes.MOVE_HOLD_S`, then checks its row with the peers before it sequences again, so a
-new home that took over without the old one hearing is found then. The new home takes
-over only within half that hold, measured from before it asked.
+longer holds), the old home neither acks nor pushes it (`Homes.moved_past`) nor serves
+it to any peer until the move is over (`Homes.held_back`: a third region would push it
+at a seq the new home gives out); the device's resend reaches the new home. Each step
+has a deadline: a move not finished is given up (the old home resumes), and the old
+home refuses sends for at most `homes.MOVE_HOLD_S`, then checks its row with the peers
+before it sequences again, so a new home that took over without the old one hearing is
+found then. The new home takes over only within half that hold, measured from before
+it asked.
 
 With more than two regions the old home answers the hand-off only once every other
 live peer applied its log to the head (`Region.Applied`): once the row moves, its log
@@ -139,12 +141,10 @@ class Moves:
         if not row.confirmed:
             raise _refused(ErrorCode.UNAVAILABLE,
                            f"the home of {conversation_id!r} is not settled yet: retry")
-        if len(homes.peers) != 1 or row.region not in homes.peers:
-            # three regions: a move under traffic was seen to ack two messages at one seq
-            # (test_moving_e2e, a clean-clone CI run, session 16): refused until explained
+        if row.region not in homes.peers:
             raise _refused(ErrorCode.INVALID_ARGUMENT,
-                           "moving a home is built for two regions (docs/architecture.md,"
-                           " \"Moving a home\")")
+                           f"the home of {conversation_id!r} is region {row.region},"
+                           " not a peer of this region")
         old = row.region
         started = time.monotonic()
         stub = rgrpc.RegionStub(homes.channels(old))

@@ -164,6 +164,10 @@ class Replication:
                 raise
             if durability is not None:
                 durability.note_head(head)
+            held = self.homes.held_back(entries)
+            if held is not None:  # past an admin move's hand-off head: not served yet
+                entries = [e for e in entries if e.lsn < held]
+                scanned_to = held - 1
             if scanned_to > after:
                 yield rpb.LogBatch(entries=[
                     rpb.LogEntry(lsn=e.lsn, epoch=e.epoch, message=to_pb(e.message),

@@ -943,16 +943,21 @@ class SqliteStorage(_SocialMethods, _UserMoveMethods):
                 return [], after, head
             last = int(positions[-1][0])
             # a message's entry under its conversation's home row, an inbox entry under
-            # its user's (the primary key, looked up per entry)
+            # its user's (the primary key, looked up per entry). An inbox entry names
+            # (conversation, seq), which the reader resolves in its own store: served
+            # even while no message is stored here at that seq (a lost home's message
+            # replaced by a supersede, its own at that seq not applied yet), never dropped
             rows = db.execute(
-                f"SELECT l.lsn, h.epoch, l.user_id, l.inbox_seq,"
-                f" {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}"
+                f"SELECT l.lsn, h.epoch, l.user_id, l.inbox_seq, l.conversation_id, l.seq,"
+                f" {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(',')[2:])}"
                 " FROM region_log l JOIN homes h"
                 " ON h.kind = CASE l.user_id WHEN '' THEN 'conversation' ELSE 'user' END"
                 " AND h.key = CASE l.user_id WHEN '' THEN l.conversation_id ELSE l.user_id END"
                 " AND h.region = ? AND h.confirmed = 1"
-                " JOIN messages m ON m.conversation_id = l.conversation_id AND m.seq = l.seq"
-                " WHERE l.lsn > ? AND l.lsn <= ? ORDER BY l.lsn",
+                " LEFT JOIN messages m ON m.conversation_id = l.conversation_id"
+                " AND m.seq = l.seq"
+                " WHERE l.lsn > ? AND l.lsn <= ? AND (l.user_id != '' OR m.seq IS NOT NULL)"
+                " ORDER BY l.lsn",
                 (region, after, last)).fetchall()
             entries = [_log_entry(r) for r in rows]
             return entries, last, head
@@ -1038,13 +1043,11 @@ class SqliteStorage(_SocialMethods, _UserMoveMethods):
 
 
 def _log_entry(row: Sequence[Any]) -> LogEntry:
-    message = message_from_row(row[4:])
     if row[2]:  # an inbox entry: the message is named, not shipped
-        message = StoredMessage(conversation_id=message.conversation_id, seq=message.seq,
-                                message_id="", sender="", sender_device="", cid=0, text="",
-                                sent_at_ms=0)
+        message = StoredMessage(conversation_id=row[4], seq=row[5], message_id="", sender="",
+                                sender_device="", cid=0, text="", sent_at_ms=0)
         return LogEntry(int(row[0]), int(row[1]), message, str(row[2]), int(row[3]))
-    return LogEntry(int(row[0]), int(row[1]), message)
+    return LogEntry(int(row[0]), int(row[1]), message_from_row(row[4:]))
 
 
 def _relog(db: sqlite3.Connection, rows: Sequence[tuple[str, str]],
