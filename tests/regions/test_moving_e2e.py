@@ -106,6 +106,26 @@ async def _paced(device: Device, conversation: str, count: int, pause_s: float) 
         await asyncio.sleep(pause_s)
 
 
+async def _alice_and_carol(eu: RegionProcess, ap: RegionProcess, checker: DeliveryChecker,
+                           devices: list[Device], also_in: RegionProcess | None = None,
+                           ) -> tuple[Device, Device, str]:
+    """alice's device in eu, carol's in ap (and, with `also_in`, a second device of
+    alice there, last in `devices`), their chat homed in eu by alice's first send, which
+    every device got."""
+    alice = await region_device(eu, "alice", "a", checker, timeout_s=30)
+    devices.append(alice)
+    carol = await region_device(ap, "carol", "c", checker, timeout_s=30)
+    devices.append(carol)
+    if also_in is not None:
+        devices.append(await region_device(also_in, "alice", "u", checker, timeout_s=30))
+    conversation = await alice.client.direct("carol")
+    checker.add_member(conversation, "alice")
+    checker.add_member(conversation, "carol")
+    await send_many(alice, conversation, 1, "first")  # homed in eu
+    await wait_until_received(devices, 1, 20)
+    return alice, carol, conversation
+
+
 async def test_a_move_with_three_regions_waits_for_the_third_and_redirects_it(
         tmp_path: Path) -> None:
     """eu homes alice's chat with carol (ap); ap cannot read eu's log (its link to eu is
@@ -120,15 +140,7 @@ async def test_a_move_with_three_regions_waits_for_the_third_and_redirects_it(
         checker = DeliveryChecker()
         devices: list[Device] = []
         try:
-            alice = await region_device(eu, "alice", "a", checker, timeout_s=30)
-            devices.append(alice)
-            carol = await region_device(ap, "carol", "c", checker, timeout_s=30)
-            devices.append(carol)
-            conversation = await alice.client.direct("carol")
-            checker.add_member(conversation, "alice")
-            checker.add_member(conversation, "carol")
-            await send_many(alice, conversation, 1, "first")  # homed in eu
-            await wait_until_received(devices, 1, 20)
+            alice, carol, conversation = await _alice_and_carol(eu, ap, checker, devices)
 
             mesh.links[("ap", "eu")].block()  # ap reads nothing of eu's log
             await send_many(alice, conversation, 6, "ap-behind")  # confirmed by us
@@ -187,17 +199,9 @@ async def test_what_the_old_home_sequenced_past_its_hand_off_reaches_no_third_re
         checker = DeliveryChecker()
         devices: list[Device] = []
         try:
-            alice = await region_device(eu, "alice", "a", checker, timeout_s=30)
-            devices.append(alice)
-            carol = await region_device(ap, "carol", "c", checker, timeout_s=30)
-            devices.append(carol)
-            alice_in_us = await region_device(us, "alice", "u", checker, timeout_s=30)
-            devices.append(alice_in_us)
-            conversation = await alice.client.direct("carol")
-            checker.add_member(conversation, "alice")
-            checker.add_member(conversation, "carol")
-            await send_many(alice, conversation, 1, "first")  # homed in eu
-            await wait_until_received(devices, 1, 20)
+            alice, _carol, conversation = await _alice_and_carol(
+                eu, ap, checker, devices, also_in=us)
+            alice_in_us = devices[-1]
             await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
 
             # both locks are released within SQLite's 5 s busy timeout of the writes
