@@ -289,13 +289,16 @@ class CqlSession:
             self._schedule_writes()
 
     async def run(self, statement: Statement | str, params: Sequence[Any] | None = None,
-                  *, serial_read: bool = False, timeout_s: float | None = None) -> list[Row]:
+                  *, serial_read: bool = False, across_datacenters: bool = False,
+                  timeout_s: float | None = None) -> list[Row]:
         """Execute and return all rows (statements here are bounded by LIMIT,
-        so paging is off). Any driver failure becomes StorageUnavailable."""
+        so paging is off). Any driver failure becomes StorageUnavailable.
+        across_datacenters: the serial read is at SERIAL whatever the settings say
+        (rows every region decides on at once: homes)."""
         if serial_read:
             bound: Any = (statement.bind(params or ()) if isinstance(statement, PreparedStatement)
                           else statement)
-            bound.consistency_level = self.serial
+            bound.consistency_level = ConsistencyLevel.SERIAL if across_datacenters else self.serial
             params = None if isinstance(statement, PreparedStatement) else params
             statement = bound
             kind, _ = self.kind_of(getattr(bound, "prepared_statement", None))

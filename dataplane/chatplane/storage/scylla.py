@@ -327,7 +327,8 @@ class ScyllaStorage(social.SocialMethods):
 
     async def home(self, kind: str, key: str) -> Home | None:
         db, st, _ = self._parts()
-        rows = await db.run(st.select_home, (kind, key), serial_read=True)
+        rows = await db.run(st.select_home, (kind, key), serial_read=True,
+                            across_datacenters=True)
         return _home(rows[0]) if rows else None
 
     async def offer_home(self, kind: str, key: str, offered: Home) -> Home:

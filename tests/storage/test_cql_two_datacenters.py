@@ -1,0 +1,150 @@
+"""Two regions on one multi-datacenter keyspace (docs/architecture.md, "Regions on CQL").
+
+Real processes: two Cassandra nodes of one cluster, `dc1` on 127.0.0.1 and `dc2` on
+127.0.0.2 (tests/services.py `TwoDatacenterCql`), one keyspace with a replica in each
+(NetworkTopologyStrategy dc1=1, dc2=1), and one `ScyllaStorage` per datacenter as each
+region's `chatplane up` opens it (`local_dc`: its own datacenter's coordinators).
+
+- A home is decided once for the whole keyspace: `offer_home` runs its Paxos round at
+  `SERIAL` (every datacenter's replicas), whatever `cql_serial_consistency` says, so two
+  regions offering at once get one answer. At `LOCAL_SERIAL` each datacenter's replica
+  decides alone and both regions may be told they hold the home.
+- What the database replicates: the message, inbox and member rows a region writes at
+  `LOCAL_QUORUM` are read from the other datacenter's replica once Cassandra has copied
+  them (no link involved); with `EACH_QUORUM` they are there when the write returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatplane.storage.base import (
+    CONVERSATION_HOME,
+    Home,
+    SendRequest,
+    Storage,
+    StorageUnavailable,
+)
+from tests.services import TwoDatacenterCql
+
+pytestmark = pytest.mark.cql
+
+REPLICATION = {"class": "NetworkTopologyStrategy", "dc1": "1", "dc2": "1"}
+
+
+@pytest.fixture(scope="module")
+def two_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoDatacenterCql]:
+    cluster = TwoDatacenterCql(tmp_path_factory.mktemp("two-dc"))
+    cluster.start()
+    print(f"two datacenters up in {cluster.last_start_s:.1f} s")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _settings(cluster: TwoDatacenterCql, dc: str, keyspace: str, **overrides: Any) -> Any:
+    from chatplane.storage.cql import CqlSettings
+
+    address = dict(cluster.DATACENTERS)[dc]
+    options: dict[str, Any] = {"hosts": (address,), "port": cluster.port, "keyspace": keyspace,
+                               "local_dc": dc, "replication": REPLICATION,
+                               "request_timeout_s": 10.0}
+    options.update(overrides)
+    return CqlSettings(**options)
+
+
+@pytest.fixture
+async def regions(two_dc: TwoDatacenterCql) -> AsyncIterator[tuple[Storage, Storage]]:
+    """(dc1's store, dc2's store) on a fresh keyspace."""
+    import uuid
+
+    from chatplane.storage import migrations
+    from chatplane.storage.scylla import ScyllaStorage
+
+    keyspace = f"t_{uuid.uuid4().hex[:16]}"
+    await migrations.migrate(_settings(two_dc, "dc1", keyspace))
+    stores = [ScyllaStorage(_settings(two_dc, dc, keyspace), sole_writer=True)
+              for dc in ("dc1", "dc2")]
+    for store in stores:
+        await store.open()
+    try:
+        yield stores[0], stores[1]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_the_keyspace_has_a_replica_in_each_datacenter(
+        regions: tuple[Storage, Storage]) -> None:
+    from chatplane.storage.scylla import ScyllaStorage
+
+    eu, us = regions
+    assert isinstance(eu, ScyllaStorage) and isinstance(us, ScyllaStorage)
+    assert eu.store_id == us.store_id  # one keyspace, not two stores
+
+
+async def test_two_regions_offering_a_home_at_once_get_one_answer(
+        regions: tuple[Storage, Storage]) -> None:
+    """Each region offers itself, confirmed, for the same chats at the same moment:
+    a confirmed row yields to nothing but a higher epoch, so exactly one offer may
+    win per chat and both regions must be told the same winner."""
+    eu, us = regions
+    keys = [f"d:a{i}:b{i}" for i in range(20)]
+    answers = await asyncio.gather(*(
+        asyncio.gather(_offer(eu, key, Home("eu", 1, True)), _offer(us, key, Home("us", 1, True)))
+        for key in keys))
+    split = [key for key, (in_eu, in_us) in zip(keys, answers, strict=True) if in_eu != in_us]
+    assert split == [], f"both regions told they hold the home of {len(split)} chats"
+    for key, (winner, _) in zip(keys, answers, strict=True):
+        assert await eu.home(CONVERSATION_HOME, key) == winner
+        assert await us.home(CONVERSATION_HOME, key) == winner
+
+
+async def _offer(store: Storage, key: str, home: Home) -> Home:
+    """offer_home as a region uses it: a Paxos round that timed out (contention, a
+    slow replica) has an unknown outcome and is offered again (the send that needed
+    the home fails UNAVAILABLE and the client resends); offering again is safe, the
+    answer is the row the compare-and-set found."""
+    for _ in range(5):
+        try:
+            return await store.offer_home(CONVERSATION_HOME, key, home)
+        except StorageUnavailable:
+            await asyncio.sleep(0.2)
+    return await store.offer_home(CONVERSATION_HOME, key, home)
+
+
+async def test_rows_written_in_one_datacenter_are_read_in_the_other(
+        regions: tuple[Storage, Storage]) -> None:
+    """What the database replicates: the message, its inbox entries and the members."""
+    eu, us = regions
+    conversation = await eu.ensure_direct("alice", "bob", 1)
+    request = SendRequest(conversation.conversation_id, "alice", "phone", 1, "hello",
+                          "m-1", 2)
+    result = await eu.append(request, ["alice", "bob"])
+    deadline = time.monotonic() + 10.0
+    while not await us.history(conversation.conversation_id):
+        assert time.monotonic() < deadline, "the message never reached dc2"
+        await asyncio.sleep(0.05)
+    [copied] = await us.history(conversation.conversation_id)
+    assert (copied.seq, copied.text, copied.sender) == (result.message.seq, "hello", "alice")
+    [entry] = await us.inbox("bob", 0, 10)
+    assert (entry.message.conversation_id, entry.message.seq) == (
+        conversation.conversation_id, copied.seq)
+    again = await us.conversation(conversation.conversation_id)
+    assert again is not None and sorted(again.members) == ["alice", "bob"]
+
+
+def test_the_cluster_is_two_processes(two_dc: TwoDatacenterCql, tmp_path: Path) -> None:
+    """The nodes answer on their own addresses (nothing of the shared test node)."""
+    import socket
+
+    for address in two_dc.hosts:
+        with socket.create_connection((address, two_dc.port), timeout=2.0):
+            pass
