@@ -273,7 +273,9 @@ class TwoDatacenterCql:
         try:
             for token, (dc, address) in enumerate(self.DATACENTERS):
                 env = {"CHATPLANE_CQL_LISTEN": address, "CHATPLANE_CQL_DC": dc,
-                       "CHATPLANE_CQL_SEEDS": seed, "CHATPLANE_CQL_TOKEN": str(token)}
+                       "CHATPLANE_CQL_SEEDS": seed, "CHATPLANE_CQL_TOKEN": str(token),
+                       # dc2 waits for dc1's gossip answer on a loaded machine
+                       "CHATPLANE_CQL_RING_DELAY_MS": "30000" if token else "0"}
                 args = [str(RUN_CASSANDRA), str(self.workdir / dc), str(self.port),
                         str(self.storage_port)]
                 self._procs.append(_spawn(args, self.workdir / f"{dc}.out", env))
