@@ -263,6 +263,11 @@ class TwoDatacenterCql:
     def hosts(self) -> tuple[str, ...]:
         return tuple(address for _, address in self.DATACENTERS)
 
+    def pid(self, dc: str) -> int:
+        """The node's JVM (run-cassandra execs it)."""
+        index = [name for name, _ in self.DATACENTERS].index(dc)
+        return self._procs[index].pid
+
     def start(self) -> None:
         """dc1 first (the seed), dc2 once dc1 serves: the nodes run with ring_delay_ms=0,
         and a node seen in gossip before it holds tokens is dropped at once as a "fat

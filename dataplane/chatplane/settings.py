@@ -74,6 +74,8 @@ class Storage:
     keyspace: str = "chatplane"
     cql_consistency: str = "LOCAL_QUORUM"
     cql_serial_consistency: str = "LOCAL_SERIAL"  # SERIAL: conditional writes across regions
+    # plain writes only, "" = cql_consistency; EACH_QUORUM: in every datacenter before the ack
+    cql_write_consistency: str = ""
     cql_datacenter: str = ""
     cql_replication: str = ""  # "3", "dc1=3,dc2=3" or a JSON map; applied by `storage migrate`
     cql_username: str = ""

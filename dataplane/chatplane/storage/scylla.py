@@ -370,6 +370,7 @@ def cql_settings(settings: Settings) -> cql.CqlSettings:
     return cql.CqlSettings.parse(
         config.cql_hosts, keyspace=config.keyspace, consistency=config.cql_consistency,
         serial_consistency=config.cql_serial_consistency,
+        write_consistency=config.cql_write_consistency,
         local_dc=config.cql_datacenter or None,
         replication=cql.parse_replication(replication),
         username=config.cql_username, password=config.cql_password,
