@@ -66,6 +66,8 @@ from chatplane.regions.leases import Lease, WitnessLink
 from chatplane.regions.moving import Moves
 from chatplane.regions.replication import Replication
 from chatplane.regions.social import SocialHomes, SocialStore
+from chatplane.regions.unconfirmed import Unconfirmed
+from chatplane.regions.user_moves import UserMoves, UserMoveStore
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
 from chatplane.revocations import RevocationWatcher
@@ -135,11 +137,11 @@ class Node:
         if (self.prober.links and isinstance(self.storage, ReplicatedLog)
                 and isinstance(self.storage, SocialStore)):
             # several regions on embedded stores: homes, forwarding, replication
+            durability = Durability.of(settings.links.region_durability,
+                                       settings.links.region_sync_timeout_s, self.storage,
+                                       list(self.prober.links))
             homes = Homes(server.region, self.storage, list(self.prober.links),
-                          self.prober.channel, Durability.of(
-                              settings.links.region_durability,
-                              settings.links.region_sync_timeout_s, self.storage,
-                              list(self.prober.links)))
+                          self.prober.channel, durability)
             replication = Replication(homes, self.storage, self.im.sequencer.replicated,
                                       settings.social.large_group_threshold, Failover(
                                           homes, self.storage, self.prober.links,
@@ -153,11 +155,20 @@ class Node:
                                  lambda peer: (replication.peers[peer].applied_to
                                                if peer in replication.peers else None))
             replication.social = social
+            # admin moves of users' homes (their inboxes, events and relations records)
+            user_moves = (UserMoves(homes, self.storage,
+                                    lambda peer: replication.peers[peer].applied_to,
+                                    self.im.sequencer.replicated)
+                          if isinstance(self.storage, UserMoveStore) else None)
             self.sequencing = region_links.Sequencing(homes, replication, self._home_send,
                                                       self.im.groups.handle_op,
                                                       self.im.groups.admin_change, moves,
-                                                      social, self.im.social.decide_friend_op)
+                                                      social, self.im.social.decide_friend_op,
+                                                      user_moves)
             self.im.sequencer.homes = homes
+            # sync: reads serve nothing sequenced here that no peer confirmed yet
+            unconfirmed = Unconfirmed(server.region, durability, self.storage)
+            self.im.sequencer.unconfirmed = self.im.reads.unconfirmed = unconfirmed
             self.im.social.regions = social
             # user homes: this store writes the inbox entries of the users homed here,
             # and the linked regions share one inbox sequence per user
@@ -225,7 +236,9 @@ class Node:
             self.storage.families, self.prober.families, certs.families_of(self.certs),
             self.supervisor.families,
             *([self.sequencing.replication.families, self.sequencing.moves.families]
-              if self.sequencing else []))
+              if self.sequencing else []),
+            *([self.sequencing.user_moves.families]
+              if self.sequencing and self.sequencing.user_moves else []))
 
     def _admin_app(self) -> web.Application:
         """The admin port (rpc/adminport.py)."""
@@ -240,6 +253,8 @@ class Node:
         app.add_routes(AdminApi(self.storage, self.signer, self.admin_secret, self.im.groups,
                                 audit=self.audit, on_revoked=self._revoked,
                                 move_home=self._move_home if self.sequencing else None,
+                                move_user_home=(self._move_user_home if self.sequencing
+                                                and self.sequencing.user_moves else None),
                                 ).routes())
         return app
 
@@ -247,12 +262,22 @@ class Node:
         """The admin API's home move (regions/moving.py), made on the region that takes
         the home: it waits for the old home's log, so it runs where that is applied."""
         assert self.sequencing is not None
+        self._on_region(region)
+        return await self.sequencing.moves.move_here(conversation_id)
+
+    async def _move_user_home(self, user_id: str, region: str) -> dict[str, Any]:
+        """The admin API's move of a user's home (regions/user_moves.py), made on the
+        region that takes it, like a conversation's."""
+        assert self.sequencing is not None and self.sequencing.user_moves is not None
+        self._on_region(region)
+        return await self.sequencing.user_moves.move_here(user_id)
+
+    def _on_region(self, region: str) -> None:
         me = self.settings.server.region
         if region != me:
             raise ProtocolError(ErrorCode.INVALID_ARGUMENT,
                                 f"field region: make this call on region {region}'s admin"
                                 f" port (the region that takes the home), not on {me}'s")
-        return await self.sequencing.moves.move_here(conversation_id)
 
     async def _revoked(self, revocation: Revocation) -> None:
         """A revocation made here closes its sessions now, not at the next poll."""
@@ -385,6 +410,8 @@ class Node:
         if self.sequencing is not None:
             await self.sequencing.replication.stop()
             await self.sequencing.homes.stop()
+            if self.sequencing.user_moves is not None:
+                self.sequencing.user_moves.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         if self.publisher is not None:

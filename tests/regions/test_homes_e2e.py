@@ -12,8 +12,6 @@ import json
 import os
 import signal
 import sqlite3
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,8 @@ from chatplane.checker import DeliveryChecker
 from tests.support.regions import (
     SHARED_KEY,
     RegionProcess,
+    judged_history,
+    move_home,
     region_device,
     two_regions,
     wait_for,
@@ -230,24 +230,15 @@ async def _paced(device: Device, conversation: str, count: int, pause_s: float) 
         await asyncio.sleep(pause_s)
 
 
-def _move_home(region: RegionProcess, conversation: str, to: str) -> tuple[int, dict[str, Any]]:
-    """POST /v1/admin/conversations/{id}/home on `region`'s admin port."""
-    request = urllib.request.Request(
-        f"{region.admin_url}/v1/admin/conversations/{conversation}/home",
-        data=json.dumps({"region": to}).encode(), method="POST",
-        headers={"Authorization": f"Bearer {region.admin_secret}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-async def _history(device: Device, conversation: str) -> list[tuple[int, str]]:
-    page = await device.client.history(conversation, limit=200)
-    device.checker.check_history(device.user, device.device, conversation,
-                                 [(m.seq, m.message_id) for m in page])
-    return [(m.seq, m.message_id) for m in page]
+async def _paced_until(device: Device, conversation: str, stop: asyncio.Event,
+                       pause_s: float) -> int:
+    """One acked send after another until `stop` is set; returns how many."""
+    sent = 0
+    while not stop.is_set():
+        await send_many(device, conversation, 1, f"paced-{sent}")
+        sent += 1
+        await asyncio.sleep(pause_s)
+    return sent
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -276,43 +267,51 @@ async def test_an_admin_call_moves_a_chats_home_under_traffic_and_back(
     try:
         alice, bob, conversation = await _alice_and_bob(eu, us, checker, devices)
         await send_many(alice, conversation, 1, "first")  # homed in eu
-        status, body = await asyncio.to_thread(_move_home, eu, conversation, "us")
+        status, body = await asyncio.to_thread(move_home, eu, conversation, "us")
         assert status == 400 and "make this call on region us's admin port" in body["error"]
 
-        sending = asyncio.gather(_paced(alice, conversation, 60, 0.02),
-                                 _paced(bob, conversation, 60, 0.02))
+        stop = asyncio.Event()
+        sending = asyncio.gather(_paced_until(alice, conversation, stop, 0.02),
+                                 _paced_until(bob, conversation, stop, 0.02))
         devices_sending.append(sending)
         await asyncio.sleep(0.5)
-        forwarded_before = _metric(us, "chatplane_region_sends_forwarded_total")
-        status, moved = await asyncio.to_thread(_move_home, us, conversation, "us")
+        status, moved = await asyncio.to_thread(move_home, us, conversation, "us")
         assert status == 200, moved
         assert (moved["home"], moved["epoch"], moved["moved"]) == ("us", 2, True)
         assert moved["moved_from"] == "eu"
-        await asyncio.sleep(0.5)  # bob's sends now sequenced in us, alice's forwarded there
-        assert _metric(us, "chatplane_region_sends_forwarded_total") == forwarded_before \
-            or not sending.done()
-        served_in_us = _metric(us, "chatplane_region_sends_served_total")
-        status, back = await asyncio.to_thread(_move_home, eu, conversation, "eu")
+        # bob's sends now sequenced in us, alice's forwarded there and served by us
+        served = functools.partial(_metric, us, "chatplane_region_sends_served_total")
+        await asyncio.to_thread(wait_for, lambda: served() > 0, 20,
+                                "us serves alice's forwarded sends while it is home")
+        forwarded_by_us, served_so_far = (
+            _metric(us, "chatplane_region_sends_forwarded_total"), served())
+        await asyncio.to_thread(wait_for, lambda: served() >= served_so_far + 3, 20,
+                                "us serves more of alice's sends")
+        # meanwhile bob sent too, and none of his sends left us: us is the home
+        assert _metric(us, "chatplane_region_sends_forwarded_total") == forwarded_by_us
+        status, back = await asyncio.to_thread(move_home, eu, conversation, "eu")
         assert status == 200, back
         assert (back["home"], back["epoch"], back["moved_from"]) == ("eu", 3, "us")
-        await asyncio.wait_for(sending, 60)
-        assert served_in_us > 0  # alice's sends were forwarded to us while it was home
+        await asyncio.sleep(0.3)  # some sends after the move back, then the senders stop
+        stop.set()
+        sent = sum(await asyncio.wait_for(sending, 60))
         assert _metric(us, "chatplane_region_homes_moved_here_total") == 1
         assert _metric(eu, "chatplane_region_homes_handed_off_total") == 1
 
-        again = await asyncio.to_thread(_move_home, eu, conversation, "eu")
+        again = await asyncio.to_thread(move_home, eu, conversation, "eu")
         assert again == (200, {"conversation_id": conversation, "home": "eu", "epoch": 3,
                                "moved": False})
         await send_many(bob, conversation, 5, "after")  # sends go on after the moves
-        await wait_until_received(devices, 126, 25)
+        total = 1 + sent + 5
+        await wait_until_received(devices, total, 25)
         for device in devices:
             device.judge()
-        in_eu = await _history(alice, conversation)
-        in_us = await _history(bob, conversation)
-        assert [seq for seq, _ in in_eu] == list(range(1, 127))
+        in_eu = await judged_history(alice, conversation)
+        in_us = await judged_history(bob, conversation)
+        assert [seq for seq, _ in in_eu] == list(range(1, total + 1))
         assert in_us == in_eu  # one message per seq, the same in both regions' stores
         verdict = checker.verdict()
-        assert verdict.acked == 126 and verdict.ok, verdict.summary()
+        assert verdict.acked == total and verdict.ok, verdict.summary()
     finally:
         for sending in devices_sending:
             sending.cancel()
@@ -342,7 +341,7 @@ async def test_sends_the_old_home_sequenced_as_it_handed_off_are_never_acked_the
             try:
                 in_flight = asyncio.ensure_future(send_many(alice, conversation, 4, "held"))
                 await asyncio.sleep(0.3)  # past eu's home check, waiting on its store
-                moving = asyncio.ensure_future(asyncio.to_thread(_move_home, us, conversation,
+                moving = asyncio.ensure_future(asyncio.to_thread(move_home, us, conversation,
                                                                  "us"))
                 await asyncio.sleep(1.5)
             finally:
@@ -354,8 +353,8 @@ async def test_sends_the_old_home_sequenced_as_it_handed_off_are_never_acked_the
             assert alice.client.send_retries >= 1  # refused by eu, resent, sequenced by us
             await send_many(bob, conversation, 5, "in-us")
             await wait_until_received(devices, 10, 20)
-            in_eu = await _history(alice, conversation)
-            in_us = await _history(bob, conversation)
+            in_eu = await judged_history(alice, conversation)
+            in_us = await judged_history(bob, conversation)
             assert [seq for seq, _ in in_us] == list(range(1, 11))
             assert in_us == in_eu
             verdict = checker.verdict()

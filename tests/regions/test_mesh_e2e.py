@@ -29,6 +29,7 @@ from tests.support.regions import (
     SHARED_KEY,
     Cuts,
     RegionProcess,
+    caught_up,
     sees,
     wait_for,
     witnessed_regions,
@@ -144,12 +145,6 @@ def _stored(region: RegionProcess, conversations: list[str], users: list[str],
         return messages, inboxes
     finally:
         db.close()
-
-
-def _caught_up(eu: RegionProcess, us: RegionProcess) -> bool:
-    return all(r.peers()[p]["replication"]["lag"] == 0
-               and r.peers()[p]["replication"]["connected"]
-               for r, p in ((eu, "us"), (us, "eu")))
 
 
 async def _place(mesh: Mesh, http: aiohttp.ClientSession) -> list[str]:
@@ -306,7 +301,7 @@ async def test_fifty_users_three_devices_each_through_repeated_cuts(tmp_path: Pa
                 assert len(orders) == 1, conversation
             assert not any(d.client.store_resets for d in mesh.devices)
 
-            await asyncio.to_thread(wait_for, lambda: _caught_up(eu, us), 60, "caught up")
+            await asyncio.to_thread(wait_for, lambda: caught_up(eu, us), 60, "caught up")
             _same_stores(mesh, expected)
             while_cut = sum(1 for _, _, acked in mesh.sends
                             if any(a <= acked < b for a, b in windows))

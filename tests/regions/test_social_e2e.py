@@ -29,6 +29,7 @@ from tests.support.regions import (
     Cuts,
     RegionProcess,
     WitnessProcess,
+    caught_up,
     sees,
     wait_for,
     witnessed_regions,
@@ -78,12 +79,6 @@ def _read_seq(region: RegionProcess, user: str, conversation_id: str) -> int:
     rows = _read_store(region, "SELECT read_seq FROM user_conversations WHERE user_id = ? AND"
                        " conversation_id = ?", user, conversation_id)
     return int(rows[0][0]) if rows else 0
-
-
-def _caught_up(eu: RegionProcess, us: RegionProcess) -> bool:
-    return all(r.peers()[p]["replication"]["lag"] == 0
-               and r.peers()[p]["replication"]["connected"]
-               for r, p in ((eu, "us"), (us, "eu")))
 
 
 class Devices:
@@ -174,7 +169,7 @@ async def test_a_request_made_in_one_region_is_accepted_in_the_other(
         assert relation.friend
 
     await _through_a_cut(cuts, befriend)
-    await asyncio.to_thread(wait_for, lambda: _caught_up(eu, us), 30, "caught up")
+    await asyncio.to_thread(wait_for, lambda: caught_up(eu, us), 30, "caught up")
     rows = _relations(eu)
     assert rows == _relations(us)
     assert [r[:7] for r in rows] == [("alice", "bob", 1, 0, 0, "", 0),
@@ -200,7 +195,7 @@ async def test_requests_racing_from_both_regions_make_one_friendship(
     eu, us, _, _ = regions
     await asyncio.gather(devices["carol@eu"].add_friend("dave"),
                          devices["dave@us"].add_friend("carol"))
-    await asyncio.to_thread(wait_for, lambda: _caught_up(eu, us), 30, "caught up")
+    await asyncio.to_thread(wait_for, lambda: caught_up(eu, us), 30, "caught up")
     assert _relations(eu) == _relations(us)
     assert [r[:7] for r in _relations(eu)] == [("carol", "dave", 1, 0, 0, "", 0),
                                                ("dave", "carol", 1, 0, 0, "", 0)]
@@ -239,7 +234,7 @@ async def test_a_block_made_in_one_region_refuses_sends_in_the_other(
         assert refused.value.code == ErrorCode.BLOCKED, name
     assert await _friends(devices["bob@eu"]) == {
         "friends": [], "incoming": [], "outgoing": [], "blocked": ["alice"]}
-    await asyncio.to_thread(wait_for, lambda: _caught_up(eu, us), 30, "caught up")
+    await asyncio.to_thread(wait_for, lambda: caught_up(eu, us), 30, "caught up")
     assert _relations(eu) == _relations(us)
     assert [m.text for m in await devices["bob@eu"].history(chat)] == ["before", "hello"]
 
@@ -263,7 +258,7 @@ async def test_the_consent_rule_at_a_groups_home_reads_a_friendship_made_elsewhe
     assert members == ["carol", "dave"]  # alice, no friend of carol's, was invited
     invitation = await next_event(devices["alice@eu"], "invitation", timeout_s=30)
     assert invitation.detail["conversation_id"] == group
-    await asyncio.to_thread(wait_for, lambda: _caught_up(eu, us), 30, "caught up")
+    await asyncio.to_thread(wait_for, lambda: caught_up(eu, us), 30, "caught up")
     assert _relations(eu) == _relations(us)
 
 

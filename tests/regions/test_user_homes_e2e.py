@@ -23,6 +23,7 @@ from tests.support.regions import (
     Cuts,
     RegionProcess,
     WitnessProcess,
+    caught_up,
     region_device,
     sees,
     wait_for,
@@ -71,12 +72,6 @@ def _inboxes(region: RegionProcess, users: list[str]) -> dict[str, list[tuple[in
             " ORDER BY inbox_seq", (user,))] for user in users}
     finally:
         db.close()
-
-
-def _caught_up(eu: RegionProcess, us: RegionProcess) -> bool:
-    return all(r.peers()[p]["replication"]["lag"] == 0
-               and r.peers()[p]["replication"]["connected"]
-               for r, p in ((eu, "us"), (us, "eu")))
 
 
 def _inbox_map(device: Device) -> dict[int, tuple[str, int]]:
@@ -150,7 +145,7 @@ async def test_inbox_seqs_are_common_to_both_regions_through_a_cut(regions: Regi
             assert _inbox_map(here) == _inbox_map(there), here.user
             assert sorted(_inbox_map(here)) == list(range(1, len(_inbox_map(here)) + 1))
         # and both stores: the same (user, inbox_seq) -> (conversation, seq)
-        await asyncio.to_thread(wait_for, lambda: _caught_up(eu, us), 30, "caught up")
+        await asyncio.to_thread(wait_for, lambda: caught_up(eu, us), 30, "caught up")
         users = ["alice", "bob", "carol"]
         held_eu, held_us = _inboxes(eu, users), _inboxes(us, users)
         assert held_eu == held_us
@@ -225,7 +220,7 @@ async def test_an_event_reaches_its_users_devices_in_both_regions(regions: Regio
         assert [e.detail["actor"] for e in seen] == ["bob", "bob"]
         assert seen[0].message.inbox_seq == seen[1].message.inbox_seq > 0
         assert seen[0].message.message_id == seen[1].message.message_id
-        await asyncio.to_thread(wait_for, lambda: _caught_up(eu, us), 30, "caught up")
+        await asyncio.to_thread(wait_for, lambda: caught_up(eu, us), 30, "caught up")
         assert _inboxes(eu, ["alice", "bob"]) == _inboxes(us, ["alice", "bob"])
     finally:
         for client in clients:

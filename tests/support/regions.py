@@ -217,3 +217,41 @@ async def region_device(where: RegionProcess | Sequence[str], user: str, device:
 def sees(region: RegionProcess, peer: str) -> bool:
     """`region`'s probes find `peer` answering (/v1/peers)."""
     return bool(region.peers()[peer]["ok"])
+
+
+def move_home(region: RegionProcess, conversation: str, to: str) -> tuple[int, dict[str, Any]]:
+    """POST /v1/admin/conversations/{id}/home on `region`'s admin port."""
+    return _post_home(region, f"conversations/{conversation}", to)
+
+
+def move_user_home(region: RegionProcess, user: str, to: str) -> tuple[int, dict[str, Any]]:
+    """POST /v1/admin/users/{id}/home on `region`'s admin port."""
+    return _post_home(region, f"users/{user}", to)
+
+
+def _post_home(region: RegionProcess, what: str, to: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"{region.admin_url}/v1/admin/{what}/home",
+        data=json.dumps({"region": to}).encode(), method="POST",
+        headers={"Authorization": f"Bearer {region.admin_secret}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def judged_history(device: Device, conversation: str) -> list[tuple[int, str]]:
+    """The conversation's last 200 messages as (seq, message id), judged by the
+    device's checker as a history page."""
+    page = await device.client.history(conversation, limit=200)
+    device.checker.check_history(device.user, device.device, conversation,
+                                 [(m.seq, m.message_id) for m in page])
+    return [(m.seq, m.message_id) for m in page]
+
+
+def caught_up(eu: RegionProcess, us: RegionProcess) -> bool:
+    """Each of two regions applied the other's log to its head, connected."""
+    return all(r.peers()[p]["replication"]["lag"] == 0
+               and r.peers()[p]["replication"]["connected"]
+               for r, p in ((eu, us.name), (us, eu.name)))

@@ -74,6 +74,8 @@ def _s3_store(tag: str) -> S3Segments:
 async def run(conversations: int, messages: int, reads: int, seed: int,
               s3: bool = False) -> dict[str, object]:
     rng = random.Random(seed)
+    # a bad bucket configuration fails before the minutes of writing, not after them
+    bucket = _s3_store(f"{random.getrandbits(32):08x}") if s3 else None
     with tempfile.TemporaryDirectory(prefix="chatplane-archive-bench-") as tmp:
         root = Path(tmp)
         storage = SqliteStorage(root / "chat.db", synchronous="NORMAL")
@@ -91,8 +93,7 @@ async def run(conversations: int, messages: int, reads: int, seed: int,
                     (a, b))
         hot = await pages(storage, ids, messages, reads, rng)
         table_bytes = await asyncio.to_thread(_table_bytes, root / "chat.db")
-        store: SegmentStore = (_s3_store(f"{rng.getrandbits(32):08x}") if s3
-                               else DirSegments(root / "archive"))
+        store: SegmentStore = bucket if bucket is not None else DirSegments(root / "archive")
         rows = SqliteRows(root / "chat.db")
         archiver = Archiver(ArchivedStorage(storage, store), rows, store, Archive())
         start = time.perf_counter()

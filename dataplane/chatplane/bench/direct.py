@@ -428,6 +428,8 @@ class DirectRun:
             "max_queue_delay_us": self.max_queue_delay_us,
             "reconnects": reconnects,
             "duplicate_entries": sum(c.duplicate_entries for c in self.clients),
+            # the lean client's sync pulls after a gap or a SyncHint (the SDK's are its own)
+            "synced_entries": sum(getattr(c, "synced", 0) for c in self.clients),
             "cuts": self.cuts,
             "history_pages": self.history_pages,
             "history_failed": self.history_failed,

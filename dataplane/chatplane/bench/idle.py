@@ -111,12 +111,23 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
         await close_all(clients, dispatcher)
 
 
+async def _hold(clients: list[RawClient], hold_s: float) -> None:
+    """Hold the connections `hold_s` seconds; a connection lost meanwhile (a server that
+    died or dropped it) ends the run at once: the memory figure would count it."""
+    deadline = time.monotonic() + hold_s
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, 0.5))
+        lost = sum(1 for c in clients if not c.resumed.is_set())
+        if lost:
+            raise ConnectionError(f"{lost} of {len(clients)} connections lost during the hold")
+
+
 async def _hold_and_measure(args: argparse.Namespace, clients: list[RawClient],
                             gateways: dict[str, str], before: dict[str, dict[str, float]],
                             took: float) -> dict[str, Any]:
     beat = asyncio.get_running_loop().create_task(heartbeats(clients))
     try:
-        await asyncio.sleep(args.hold)
+        await _hold(clients, args.hold)
     finally:
         beat.cancel()
     after = {g: scrape(u) for g, u in gateways.items()}

@@ -14,7 +14,12 @@ HistoryRequest) and does per loop turn what the SDK does per frame:
 - the client's two rules (docs/protocol.md): an entry at or below the inbox
   cursor is dropped, and so is one naming a (conversation, seq) already
   delivered (a second inbox entry of one message, counted in
-  `duplicate_entries`: the report shows them).
+  `duplicate_entries`: the report shows them);
+- and the repair the SDK makes: an entry past a gap in the inbox (a push lost
+  between the tiers) is not taken; the client pulls from its cursor with a
+  `SyncRequest` instead (counted in `synced`), as it does on a `SyncHint` whose
+  head is past its cursor. Without it a lost push would be acked over and
+  counted lost by the checker though storage holds it.
 
 It keeps the `ChatClient` shape that `DirectRun` drives (`direct.py`), so the
 checker, the pacing and the report are the same for both clients. It does not
@@ -34,6 +39,7 @@ from chatplane.protocol import frames
 from chatplane.v1 import frames_pb2 as pb
 
 _LENGTH = struct.Struct(">I")
+_SYNC_ID = 2**63  # the frame id of this client's sync requests (its requests count from 1)
 
 
 class LeanClosed(ConnectionError):
@@ -48,6 +54,8 @@ class LeanClient(asyncio.Protocol):
         self.reconnects = 0  # never: the field is part of the ChatClient shape
         self.inbox_seq = 0
         self.duplicate_entries = 0  # inbox entries of a message already delivered
+        self.synced = 0  # inbox entries taken from sync pages (a gap or a SyncHint)
+        self._syncing = False
         self._last_seq: dict[str, int] = {}  # conversation -> last seq delivered
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -159,16 +167,18 @@ class LeanClient(asyncio.Protocol):
             pos += 4 + length
             kind = frame.WhichOneof("body")
             if kind == "push":
-                for entry in frame.push.entries:
-                    if entry.inbox_seq > self.inbox_seq:
-                        self.inbox_seq = entry.inbox_seq
-                        message = entry.message
-                        if message.seq <= self._last_seq.get(message.conversation_id, 0):
-                            self.duplicate_entries += 1
-                            continue
-                        self._last_seq[message.conversation_id] = message.seq
-                        self._inbox.append(message)
-                pushed = True
+                pushed = self._take(frame.push.entries) or pushed
+            elif kind == "sync_response" and frame.id == _SYNC_ID:
+                self._syncing = False
+                taken = self._take(frame.sync_response.entries, synced=True)
+                pushed = taken or pushed
+                if frame.sync_response.has_more:
+                    self._sync()
+            elif kind == "error" and frame.id == _SYNC_ID:
+                self._syncing = False  # the next gap or SyncHint asks again
+            elif kind == "sync_hint":
+                if frame.sync_hint.inbox_head > self.inbox_seq:
+                    self._sync()
             elif frame.id in self._waiting:
                 future = self._waiting.pop(frame.id)
                 if kind == "error":
@@ -181,6 +191,34 @@ class LeanClient(asyncio.Protocol):
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
+
+    def _take(self, entries: Any, synced: bool = False) -> bool:
+        """Deliver `entries` in inbox order up to the first gap (then pull from the
+        cursor); True when the cursor moved."""
+        moved = False
+        for entry in entries:
+            if entry.inbox_seq <= self.inbox_seq:
+                continue
+            if entry.inbox_seq > self.inbox_seq + 1:  # a push lost on the way: pull it
+                self._sync()
+                break
+            self.inbox_seq = entry.inbox_seq
+            moved = True
+            if synced:
+                self.synced += 1
+            message = entry.message
+            if message.seq <= self._last_seq.get(message.conversation_id, 0):
+                self.duplicate_entries += 1
+                continue
+            self._last_seq[message.conversation_id] = message.seq
+            self._inbox.append(message)
+        return moved
+
+    def _sync(self) -> None:
+        if not self._syncing and self._transport is not None:
+            self._syncing = True
+            self._write(pb.Frame(id=_SYNC_ID, sync=pb.SyncRequest(
+                after_inbox_seq=self.inbox_seq, limit=256)))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

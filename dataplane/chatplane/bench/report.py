@@ -231,6 +231,11 @@ def table(pub: dict[str, Any]) -> str:
             " the SDK this also counts overlaps of its own history pulls",
         ),
         (
+            "synced",
+            f"{pub.get('synced_entries', 0)} inbox entries pulled by the lean clients after a"
+            " gap in their inbox or a SyncHint (pushes lost between the tiers)",
+        ),
+        (
             "bench cpu",
             f"{pub.get('bench_cpu_s')} s over the run, all bench processes "
             f"({pub.get('bench_cpu_pct')}% of one core; "

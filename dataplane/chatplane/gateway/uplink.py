@@ -5,7 +5,8 @@ seqs they get must follow the cids (DESIGN §3). Calls made side by side
 overtake each other, over gRPC and inside im, so the sends of one connection
 into one conversation go through a lane: one call to im at a time carrying
 every send queued meanwhile, in arrival order (`ImApi.handle_sends`; im
-sequences a batch in its order, one send stored before the next starts).
+sequences a batch in its order: a send starts once the one before it is stored, or
+queued where storage keeps queue order, storage/pipelining.py).
 Lanes of different conversations run side by side: order is only owed
 within a conversation.
 

@@ -11,6 +11,8 @@
     GET  /v1/admin/revocations                                      -> 200 {"revocations": [...]}
     POST /v1/admin/conversations/{id}/home {"region"}  -> 200 {"conversation_id", "home",
                                     "epoch", "moved", ...} (several regions; on that region)
+    POST /v1/admin/users/{user_id}/home {"region"}     -> 200 {"user_id", "home", "epoch",
+                                    "moved", ...} (the user's inbox; likewise)
 
 Served on the admin port only (rpc/adminport.py). Errors are JSON
 `{"error": text}` with 400 (bad input: the text names the field, "field
@@ -57,7 +59,8 @@ def _error(status: int, text: str) -> web.Response:
 class AdminApi:
     def __init__(self, storage: Storage, signer: TokenSigner, admin_secret: str,
                  groups: Groups | None = None, *, audit: AuditLog | None = None,
-                 on_revoked: Revoked | None = None, move_home: MoveHome | None = None) -> None:
+                 on_revoked: Revoked | None = None, move_home: MoveHome | None = None,
+                 move_user_home: MoveHome | None = None) -> None:
         self.storage = storage
         self.signer = signer
         self.admin_secret = admin_secret
@@ -65,6 +68,7 @@ class AdminApi:
         self.audit = audit or AuditLog()
         self.on_revoked = on_revoked  # tell the revocation's readers now (gateways, Redis)
         self.move_home = move_home  # None: one region, nothing to move
+        self.move_user_home = move_user_home  # the same for users' homes (their inboxes)
 
     def routes(self) -> list[web.RouteDef]:
         routes = [
@@ -86,6 +90,9 @@ class AdminApi:
         if self.move_home is not None:
             routes.append(web.post("/v1/admin/conversations/{conversation_id}/home",
                                    self._guard(self.move, "home.move")))
+        if self.move_user_home is not None:
+            routes.append(web.post("/v1/admin/users/{user_id}/home",
+                                   self._guard(self.move_user, "home.move_user")))
         return routes
 
     def _guard(self, handler: Handler, action: str = "") -> Handler:
@@ -143,6 +150,15 @@ class AdminApi:
         region = jsonbounds.string(await self._json(request), "region", MAX_REGION_BYTES)
         request[AUDIT_TARGET] = {"conversation_id": conversation_id, "region": region}
         return web.json_response(await self.move_home(conversation_id, region))
+
+    async def move_user(self, request: web.Request) -> web.StreamResponse:
+        assert self.move_user_home is not None
+        user_id = request.match_info["user_id"]
+        if not valid_id(user_id):
+            return _error(400, "field user_id: 1-64 of A-Z a-z 0-9 _ . @ -")
+        region = jsonbounds.string(await self._json(request), "region", MAX_REGION_BYTES)
+        request[AUDIT_TARGET] = {"user_id": user_id, "region": region}
+        return web.json_response(await self.move_user_home(user_id, region))
 
     async def create_user(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)

@@ -253,6 +253,7 @@ async def conversations(im: ImService, user_id: str, device_id: str, frame: pb.F
         rows = await im.storage.conversations_of(user_id, limit + 1, before)
     except StorageUnavailable as exc:
         raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+    rows = await im.reads.conversations(rows)  # nothing unconfirmed (sync durability)
     response = pb.ConversationsResponse(has_more=len(rows) > limit)
     for row in rows[:limit]:
         item = response.conversations.add(

@@ -34,6 +34,7 @@ from chatplane.im.leases import Leases, NotOwner
 from chatplane.im.membership import Membership, unavailable
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions.groupchanges import SYSTEM_GROUP, change_of
+from chatplane.regions.unconfirmed import Unconfirmed
 from chatplane.settings import Limits
 from chatplane.settings import Social as SocialSettings
 from chatplane.storage.base import (
@@ -79,6 +80,23 @@ class Owners(InboxRing, Protocol):
     async def append_event(self, request: SendRequest) -> bool: ...
 
 
+def _indexed(unconfirmed: Unconfirmed, call: Callable[
+        [int | None, Collection[str] | None], Awaitable[AppendResult]]) -> Callable[
+        [int | None, Collection[str] | None], Awaitable[AppendResult]]:
+    """`call` (an append as home) with its result indexed as unconfirmed the moment
+    storage returns it, and tracked while in flight, so a read whose query saw its row
+    waits for the index (sync durability: reads serve nothing unconfirmed)."""
+    async def append(fence: int | None, inboxes: Collection[str] | None) -> AppendResult:
+        ticket = unconfirmed.begin()
+        try:
+            result = await call(fence, inboxes)
+            unconfirmed.appended(result)
+            return result
+        finally:
+            unconfirmed.end(ticket)
+    return append
+
+
 class HomeRouter(Protocol):
     """Home regions (regions/homes.py): where a conversation is sequenced."""
 
@@ -111,6 +129,10 @@ class HomeRouter(Protocol):
     async def event_elsewhere(self, request: SendRequest) -> AppendResult | None:
         """None when this region homes the event's user (it appends it), else the ack
         of the user's home region it was forwarded to."""
+
+    async def timeline_settled(self, conversation_id: str, log_position: int) -> None:
+        """An event appended here as its user's home: UNAVAILABLE (not acked) when the
+        user's home was moving away as it was sequenced (an admin move)."""
 
     async def group_op_elsewhere(self, user_id: str, device_id: str,
                                  op: pb.GroupOp) -> pb.GroupOpAck | None:
@@ -169,6 +191,8 @@ class Sequencer:
         # several regions (`up` with peers): sends of conversations homed elsewhere
         # go there (regions/homes.py); None: this process sequences everything
         self.homes: HomeRouter | None = None
+        # what was sequenced here as home and no peer confirmed: reads stop below it
+        self.unconfirmed: Unconfirmed | None = None
 
     def families(self) -> Iterator[Metric]:
         yield metrics.counter("chatplane_im_sent_total", "messages stored", self.sent)
@@ -220,6 +244,9 @@ class Sequencer:
         instances write, by them (im/inboxes.py); returns once every entry
         is durable. `recipients`: those this instance knows of (storage may
         add a group change's; they are owed too)."""
+        unconfirmed = self.unconfirmed
+        if unconfirmed is not None and unconfirmed.active:
+            call = _indexed(unconfirmed, call)
         if self.homes is not None and recipients:  # who writes each inbox (user homes)
             await self.homes.users(recipients)
         inboxes = self.inboxes
@@ -311,8 +338,10 @@ class Sequencer:
         except StorageUnavailable as exc:
             raise unavailable(exc) from exc
         self.deliver(result)
-        if self.homes is not None and not result.duplicate:
-            self.homes.committed()  # in the log (homed with its user): wake its readers
+        if self.homes is not None:
+            if not result.duplicate:
+                self.homes.committed()  # in the log (homed with its user): wake its readers
+            await self.homes.timeline_settled(request.conversation_id, result.log_position)
         return result
 
     async def new_group_id(self) -> str:

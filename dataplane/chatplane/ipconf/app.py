@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from chatplane import certs, metrics
-from chatplane.ipconf.dispatch import GatewayInfo, fallbacks_of, make_handler
+from chatplane.ipconf.dispatch import GatewayInfo, by_health, fallbacks_of, make_handler
+from chatplane.ipconf.probes import GatewayProbes
 from chatplane.registry import instances as registry
 from chatplane.rpc import serving
 from chatplane.rpc.adminport import probes_app, start_admin
@@ -74,7 +75,10 @@ class IpconfApp:
         self.directory = RedisDirectory(self.cache)
         self.base_url = ""
         self._runner: web.AppRunner | None = None
-        self.supervisor = Supervisor(settings.supervision)  # nothing long-lived here yet
+        self.supervisor = Supervisor(settings.supervision)
+        # the peer regions' public gateways, probed: dispatch lists them by health
+        self.probes = GatewayProbes(fallbacks_of(settings.links.peers, settings.server.region),
+                                    settings.links.peer_probe_s, settings.links.peer_timeout_s)
         self._admin_runner: web.AppRunner | None = None
         self.admin_url = ""
         self.certs: certs.ReloadingCert | None = None
@@ -88,6 +92,12 @@ class IpconfApp:
         yield metrics.counter("chatplane_dispatch_registry_failures_total",
                               "failed registry reads", self.cache.failures)
         yield metrics.gauge("chatplane_dispatch_gateways", "gateways known", self.cache.known)
+        yield metrics.counter("chatplane_dispatch_peer_probes_total",
+                              "probes of the peer regions' public gateways (GET /readyz)",
+                              self.probes.probes)
+        yield metrics.counter("chatplane_dispatch_peer_probe_failures_total",
+                              "peer gateway probes that failed (the region is listed last)",
+                              self.probes.failures)
 
     def metrics_registry(self) -> CollectorRegistry:
         """What /metrics shows (once the certificate is loaded, in start())."""
@@ -97,10 +107,11 @@ class IpconfApp:
     async def start(self) -> None:
         server = self.settings.server
         app = web.Application()
-        # ipconf probes no peer: the peer list's order
-        fallbacks = fallbacks_of(self.settings.links.peers, server.region)
-        app.add_routes([web.get("/v1/dispatch", make_handler(self.directory,
-                                                             lambda: fallbacks))])
+        probes = self.probes
+        if probes.fallbacks:
+            self.supervisor.spawn("peer-gateway-probes", probes.run)
+        app.add_routes([web.get("/v1/dispatch", make_handler(
+            self.directory, lambda: by_health(probes.fallbacks, probes.health)))])
         app.add_routes(serving.probe_routes(self._ready, self.supervisor.details))
         # dispatch over HTTPS too: a rewritten answer could send clients' tokens elsewhere
         self.certs = certs.from_settings(self.settings.tls.cert, self.settings.tls.key)
@@ -118,6 +129,7 @@ class IpconfApp:
                 f" admin={self.admin_url}")
 
     async def stop(self) -> None:
+        await self.supervisor.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._admin_runner is not None:

@@ -6,10 +6,11 @@ how loaded they are; `rank` orders them (pure, so it is tested alone). Other
 regions' public gateways (the peer list's `ws`/`tcp`) follow this region's own,
 as fallbacks: a client whose gateways here all fail tries them next, and one
 whose region is lost keeps them from its last answer (docs/architecture.md
-"Failover"). Where this process probes its peers (`chatplane up`), the fallbacks are
-ordered by what the probes say (`by_health`): the regions it reaches first, the nearest
-(round trip) first; one it cannot reach comes last, still listed, since a client may
-reach it when this region does not.
+"Failover"). The fallbacks are ordered by what probes say (`by_health`): the regions
+reached first, the nearest (round trip) first; one not reached comes last, still listed,
+since a client may reach it when this region does not. `chatplane up` reads its region
+link's Hellos; the `chatplane ipconf` tier probes the peers' public gateways
+(ipconf/probes.py).
 """
 
 from __future__ import annotations

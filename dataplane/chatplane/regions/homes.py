@@ -113,11 +113,19 @@ def events_user(conversation_id: str) -> str:
     return conversation_id[2:] if conversation_id.startswith("u:") else ""
 
 
-def _row(home: Home) -> rpb.HomeRow:
+def timeline_user(conversation_id: str) -> str:
+    """The user a timeline is homed with: its events ("u:<user>") or its relations
+    records ("r:<user>", regions/social.py); "" for any other conversation."""
+    return conversation_id[2:] if conversation_id.startswith(("u:", "r:")) else ""
+
+
+def home_row(home: Home) -> rpb.HomeRow:
+    """A home as the link carries it."""
     return rpb.HomeRow(home=home.region, epoch=home.epoch, confirmed=home.confirmed)
 
 
-def _home(row: rpb.HomeRow) -> Home:
+def home_of(row: rpb.HomeRow) -> Home:
+    """A home as the link carried it."""
     return Home(row.home, row.epoch, row.confirmed)
 
 
@@ -156,6 +164,9 @@ class Homes:
         self.users_placed = 0  # users' inboxes homed here by placement
         # homes an admin move is taking away (regions/moving.py), by conversation
         self._handing_off: dict[str, HandOff] = {}
+        # users' homes an admin move is taking away (regions/user_moves.py), by user:
+        # their events and relations records are refused meanwhile
+        self._users_handing_off: dict[str, HandOff] = {}
 
     def committed(self) -> None:
         """A message was sequenced here as home: wake the log's readers."""
@@ -210,6 +221,13 @@ class Homes:
         if self.moved_past(conversation_id, log_position):
             return
         row = self.known(CONVERSATION_HOME, conversation_id)  # cached: no storage read
+        if row is None:  # evicted, or dropped by a takeover (forget_cached): read back,
+            try:  # never assumed ours, or a superseded message would be pushed
+                row = await self.stored(CONVERSATION_HOME, conversation_id)
+            except StorageUnavailable:
+                log.warning("%s: home not readable: a message sequenced here is not pushed"
+                            " (devices sync it)", conversation_id)
+                return
         self._deliver_if_home(conversation_id, row, deliver)
 
     def _deliver_if_home(self, conversation_id: str, row: Home | None,
@@ -306,6 +324,8 @@ class Homes:
             for _ in range(MAX_REDIRECTS):
                 home = await self.user_home(user_id)
                 if home.region == self.region:
+                    if self.moving(request.conversation_id):
+                        raise _unavailable(f"the home of user {user_id!r} is moving: retry")
                     row = Home(self.region, home.epoch, True)
                     if self.known(CONVERSATION_HOME, request.conversation_id) != row:
                         await self.learn(CONVERSATION_HOME, request.conversation_id, row)
@@ -416,7 +436,7 @@ class Homes:
         reply = await stub.OfferHome(rpb.HomeOffer(
             region=self.region, kind=kind, key=key, home=offered.region, epoch=offered.epoch,
             confirmed=offered.confirmed), timeout=OFFER_TIMEOUT_S)
-        return _home(reply)
+        return home_of(reply)
 
     async def correct(self, peer: str, kind: str, key: str, row: Home) -> None:
         """Tell `peer`, which serves entries of `key` under an epoch it lost, the row
@@ -435,7 +455,7 @@ class Homes:
         """`Region.OfferHome` on this side: this store's row after the offer."""
         row = await self.learn(request.kind, request.key,
                                Home(request.home, request.epoch, request.confirmed))
-        return _row(row)
+        return home_row(row)
 
     # -- sends ----------------------------------------------------------------
 
@@ -485,7 +505,7 @@ class Homes:
             raise _unavailable(f"home region {region} of {request.conversation_id!r}"
                                f" unreachable: {exc.code().name}") from exc
         if reply.HasField("not_home"):
-            await self.learn(kind, key, _home(reply.not_home))
+            await self.learn(kind, key, home_of(reply.not_home))
             return None
         if reply.error_code:
             raise ProtocolError(ErrorCode(reply.error_code), reply.error)
@@ -503,7 +523,7 @@ class Homes:
             home = await (self.user_home(event_of) if event_of else
                           self.of(CONVERSATION_HOME, request.conversation_id))
             if home.region != self.region:
-                return rpb.ForwardedAck(not_home=_row(home))
+                return rpb.ForwardedAck(not_home=home_row(home))
             if self.moving(request.conversation_id):
                 raise _unavailable(f"the home of {request.conversation_id!r} is moving: retry")
             if not home.confirmed:
@@ -561,7 +581,7 @@ class Homes:
             raise _unavailable(f"home region {region} of {conversation_id!r}"
                                f" unreachable: {exc.code().name}") from exc
         if reply.HasField("not_home"):
-            await self.learn(CONVERSATION_HOME, conversation_id, _home(reply.not_home))
+            await self.learn(CONVERSATION_HOME, conversation_id, home_of(reply.not_home))
             return None
         if reply.error_code:
             raise ProtocolError(ErrorCode(reply.error_code), reply.error)
@@ -578,7 +598,7 @@ class Homes:
         try:
             home = await self.of(CONVERSATION_HOME, conversation_id)
             if home.region != self.region:
-                return rpb.ForwardedGroupAck(not_home=_row(home))
+                return rpb.ForwardedGroupAck(not_home=home_row(home))
             if self.moving(conversation_id):
                 raise _unavailable(f"the home of {conversation_id!r} is moving: retry")
             if not home.confirmed:
@@ -618,7 +638,11 @@ class Homes:
         """Sends of `conversation_id` are refused here while this region holds its
         home (a move is under way). A move not finished in MOVE_HOLD_S closes: the next
         send checks the row with the peers first (`of`: the new home may have taken it
-        without this region hearing)."""
+        without this region hearing). A user's timelines (events, relations records)
+        are refused while the user's home is moving (`hold_user`)."""
+        user = timeline_user(conversation_id)
+        if user and user in self._users_handing_off:
+            return True
         held = self._handing_off.get(conversation_id)
         if held is None or not held.open:
             return False
@@ -632,9 +656,52 @@ class Homes:
         return True
 
     def moved_past(self, conversation_id: str, log_position: int) -> bool:
-        """Sequenced here after an admin move began (or before its head was read)."""
-        held = self._handing_off.get(conversation_id)
+        """Sequenced here after an admin move began (or before its head was read): of
+        the conversation, or of the user whose timeline it is."""
+        user = timeline_user(conversation_id)
+        held = (self._users_handing_off.get(user) if user
+                else self._handing_off.get(conversation_id))
         return held is not None and (held.head == 0 or log_position > held.head)
+
+    async def timeline_settled(self, conversation_id: str, log_position: int) -> None:
+        """An event appended here as its user's home, at `log_position`: UNAVAILABLE
+        (never acked: the new home does not apply it) when the user's home was being
+        moved away as it was sequenced, or has moved."""
+        user = timeline_user(conversation_id)
+        if not user:
+            return
+        if self.moved_past(conversation_id, log_position):
+            raise _unavailable(f"the home of user {user!r} is moving: resend")
+        try:
+            row = await self.stored(USER_HOME, user)
+        except StorageUnavailable as exc:
+            raise _unavailable(f"storage unavailable, retry: {exc}") from exc
+        if row is not None and row.region != self.region:
+            raise _unavailable(f"the home of user {user!r} moved to region {row.region}:"
+                               " resend")
+
+    # -- admin moves of users' homes (regions/user_moves.py) --------------------
+
+    def hold_user(self, user_id: str) -> None:
+        """An admin move takes the user's home elsewhere: its timelines' appends are
+        refused (`moving`), and what they sequence after `user_held_at` is never acked."""
+        self._users_handing_off[user_id] = HandOff(time.monotonic() + MOVE_HOLD_S)
+
+    def user_held_at(self, user_id: str, log_head: int) -> None:
+        held = self._users_handing_off.get(user_id)
+        if held is not None:
+            held.head = log_head
+
+    def release_user(self, user_id: str) -> None:
+        """The user's move is over: its rows are read again from storage."""
+        self._users_handing_off.pop(user_id, None)
+        self.forget_user(user_id)
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop the cached rows of the user and its timelines (a move changed them)."""
+        for kind, key in ((USER_HOME, user_id), (CONVERSATION_HOME, f"u:{user_id}"),
+                          (CONVERSATION_HOME, f"r:{user_id}")):
+            self._confirmed.pop((kind, key), None)
 
     async def stop(self) -> None:
         for task in list(self._background):

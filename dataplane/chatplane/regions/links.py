@@ -26,16 +26,18 @@ from prometheus_client.metrics_core import Metric
 from chatplane import metrics, peerlist
 from chatplane.peerlist import Peer
 from chatplane.protocol import bounds
+from chatplane.protocol.errors import ProtocolError
 from chatplane.regions import hello
 from chatplane.regions.homes import Homes, LocalAdminChange, LocalGroupOp, LocalSend
 from chatplane.regions.moving import Moves
 from chatplane.regions.replication import BeyondLog, Replication
 from chatplane.regions.social import LocalFriendOp, SocialHomes
+from chatplane.regions.user_moves import UserMoves
 from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.rpc.peers import Peers
 from chatplane.rpc.serving import refuse_out_of_bounds
 from chatplane.settings import Settings
-from chatplane.storage.base import LogTrimmed
+from chatplane.storage.base import USER_HOME, LogTrimmed
 from chatplane.supervision import Supervisor
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import regions_pb2 as rpb
@@ -123,6 +125,7 @@ class Sequencing:
     moves: Moves
     social: SocialHomes
     friend_op: LocalFriendOp  # the deciding home's own handling of a forwarded change
+    user_moves: UserMoves | None = None  # admin moves of users' homes (the embedded store)
 
 
 class RegionServicer(rgrpc.RegionServicer):
@@ -201,7 +204,18 @@ class RegionServicer(rgrpc.RegionServicer):
     async def HandOff(self, request: rpb.HandOffRequest,
                       context: grpc.aio.ServicerContext) -> rpb.HandOffReply:
         await refuse_out_of_bounds(context, "hand_off", request)
-        return await (await self._sequencing(context)).moves.hand_off(request)
+        sequencing = await self._sequencing(context)
+        try:
+            if request.kind == USER_HOME:
+                if sequencing.user_moves is None:
+                    await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                        f"region {self.me.region} moves no user homes")
+                assert sequencing.user_moves is not None
+                return await sequencing.user_moves.hand_off(request)
+            return await sequencing.moves.hand_off(request)
+        except ProtocolError as exc:  # not handed off (a peer behind): the caller gives up
+            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+            raise
 
     async def Fence(self, request: rpb.FenceRequest,
                     context: grpc.aio.ServicerContext) -> rpb.FenceReply:

@@ -40,7 +40,14 @@ from prometheus_client.metrics_core import Metric
 from chatplane import metrics
 from chatplane.delivery.dedup import CidAllocator
 from chatplane.protocol.errors import ErrorCode, ProtocolError
-from chatplane.regions.homes import FORWARD_TIMEOUT_S, MAX_REDIRECTS, Homes, events_user
+from chatplane.regions.homes import (
+    FORWARD_TIMEOUT_S,
+    MAX_REDIRECTS,
+    Homes,
+    events_user,
+    home_of,
+    home_row,
+)
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     USER_HOME,
@@ -191,7 +198,7 @@ class SocialHomes:
                                f" {exc.code().name}") from exc
         if reply.HasField("not_home"):
             row = reply.not_home
-            await self.homes.learn(USER_HOME, first, Home(row.home, row.epoch, row.confirmed))
+            await self.homes.learn(USER_HOME, first, home_of(row))
             return None
         if reply.error_code:
             raise ProtocolError(ErrorCode(reply.error_code), reply.error)
@@ -219,8 +226,7 @@ class SocialHomes:
         try:
             home = await self.homes.user_home(first)
             if home.region != self.homes.region:
-                return rpb.ForwardedFriendAck(not_home=rpb.HomeRow(
-                    home=home.region, epoch=home.epoch, confirmed=home.confirmed))
+                return rpb.ForwardedFriendAck(not_home=home_row(home))
             relation = await decide(request.user_id, request.op)
             position = await self.store.log_head()  # at or past the change's record
         except ProtocolError as exc:
@@ -242,6 +248,8 @@ class SocialHomes:
             home = await self.homes.user_home(first)
             if home.region != self.homes.region:
                 raise _unavailable(f"the home of user {first!r} moved to {home.region}: retry")
+            if self.homes.moving(conversation_id):  # an admin move of the user's home
+                raise _unavailable(f"the home of user {first!r} is moving: retry")
             row = Home(self.homes.region, home.epoch, True)
             if self.homes.known(CONVERSATION_HOME, conversation_id) != row:
                 await self.homes.learn(CONVERSATION_HOME, conversation_id, row)
@@ -258,8 +266,11 @@ class SocialHomes:
         """Once the record at `position` may be acked: in `sync`, a peer applied it
         (regions/durability.py); UNAVAILABLE after the sync timeout (the change is made
         here and replicates when a peer reads the log; the client's resend finds it)."""
+        conversation_id = relations_log(decider(user, other))
         if self.homes.durability is not None:
-            await self.homes.durability.settle(relations_log(decider(user, other)), position)
+            await self.homes.durability.settle(conversation_id, position)
+        # recorded as the first user's home was moving away: the new home skips it
+        await self.homes.timeline_settled(conversation_id, position)
 
     def families(self) -> Iterator[Metric]:
         for name, help_text, value in (

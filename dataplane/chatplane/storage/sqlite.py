@@ -68,6 +68,7 @@ from chatplane.storage.base import (
     home_replaces,
 )
 from chatplane.storage.pipelining import pipelined
+from chatplane.storage.sqlite_moves import _UserMoveMethods
 from chatplane.storage.sqlite_writer import (
     MESSAGE_COLUMNS,
     AppendJob,
@@ -389,7 +390,7 @@ class _SocialMethods:
         return rows
 
 
-class SqliteStorage(_SocialMethods):
+class SqliteStorage(_SocialMethods, _UserMoveMethods):
     """The embedded backend. `synchronous` is SQLite's PRAGMA: FULL survives
     power loss; NORMAL survives a process crash (kill -9) and is faster."""
 

@@ -76,6 +76,10 @@ class Writer:
         # user -> the region of its home row (None: no row): every home write runs on
         # this thread (offer_home, take_over_homes), which keeps it exact
         self.user_homes: dict[str, str | None] = {}
+        # users whose inbox an admin move is taking away (regions/user_moves.py): their
+        # entries are recorded owed, not written, until the move is over (kept across a
+        # rolled-back transaction: only the move's own jobs change it)
+        self.held_inboxes: set[str] = set()
         self.conv_heads: dict[str, int] = {}
         self.inbox_heads: dict[str, int] = {}
         self.dirty_convs: dict[str, tuple[int, int]] = {}
@@ -186,10 +190,13 @@ class Writer:
     def homed_here(self, user_id: str) -> bool:
         """Whether this store writes the user's inbox entries: always when regions are
         not linked; else when the user is homed in this region, or has no home row yet
-        (the im tier places it before it appends: regions/homes.py, `Homes.users`)."""
+        (the im tier places it before it appends: regions/homes.py, `Homes.users`);
+        never while an admin move holds the user's inbox (`held_inboxes`)."""
         region = self.region_of()
         if not region:
             return True
+        if user_id in self.held_inboxes:
+            return False
         if user_id not in self.user_homes:
             if len(self.user_homes) >= MAX_CID_CACHE:
                 self.user_homes.clear()
@@ -370,20 +377,19 @@ class Writer:
                                 (user_id, message.conversation_id, message.seq))
         return mine
 
-    def write_owed(self, users: Sequence[str]) -> int:
-        """A takeover made these users homed here: the entries their lost home owed
-        (never shipped), written now, each conversation's in seq order; how many."""
+    def write_owed(self, users: Sequence[str]) -> list[InboxItem]:
+        """A takeover or an admin move made these users homed here (or a move given up
+        left them here): the entries owed (their old home never wrote or shipped them),
+        written now, each conversation's in seq order."""
         self.flush_rows()
-        written = 0
+        written: list[InboxItem] = []
         for user_id in users:
             columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
             rows = self.db.execute(
                 f"SELECT {columns} FROM inbox_owed o JOIN messages m"
                 " ON m.conversation_id = o.conversation_id AND m.seq = o.seq"
                 " WHERE o.user_id = ? ORDER BY o.conversation_id, o.seq", (user_id,)).fetchall()
-            for row in rows:
-                self.add_entry(user_id, message_from_row(row))
-            written += len(rows)
+            written += [self.add_entry(user_id, message_from_row(row)) for row in rows]
             self.db.execute("DELETE FROM inbox_owed WHERE user_id = ?", (user_id,))
         self.flush_rows()
         return written
