@@ -64,6 +64,7 @@ from chatplane.regions.failover import Failover, lease_ttl
 from chatplane.regions.homes import Homes, events_user
 from chatplane.regions.leases import Lease, WitnessLink
 from chatplane.regions.moving import Moves
+from chatplane.regions.notices import NoticeFollower, NoticeLog
 from chatplane.regions.replication import Replication
 from chatplane.regions.social import SocialHomes, SocialStore
 from chatplane.regions.unconfirmed import Unconfirmed
@@ -84,6 +85,7 @@ from chatplane.storage.base import (
     ReplicatedLog,
     Revocation,
     SendRequest,
+    SharedKeyspace,
     Storage,
 )
 from chatplane.storage.factory import make_storage
@@ -134,6 +136,7 @@ class Node:
         self.prober = region_links.prober_for(
             settings, self.server_id, self.signer.peer_proof, self.security)
         self.sequencing: region_links.Sequencing | None = None
+        self.shared: region_links.SharedSequencing | None = None  # regions on one keyspace
         if (self.prober.links and isinstance(self.storage, ReplicatedLog)
                 and isinstance(self.storage, SocialStore)):
             # several regions on embedded stores: homes, forwarding, replication
@@ -177,6 +180,8 @@ class Node:
                 server.cluster, [server.region, *self.prober.links])
             self.prober.extra = replication.report
             self.prober.extra_region = replication.log_report
+        elif self.prober.links and isinstance(self.storage, SharedKeyspace):
+            self.shared = self._shared_keyspace()
         self.revocation_watcher = RevocationWatcher(
             self.gateway.revocations, self.storage.revocations,
             settings.tokens.session_check_s / 2, self.gateway.apply_revocations)
@@ -191,6 +196,28 @@ class Node:
         self._tcp_server: asyncio.AbstractServer | None = None
         self._http_server: asyncio.AbstractServer | None = None
         self.ready = False
+
+    def _shared_keyspace(self) -> region_links.SharedSequencing:
+        """Regions on one CQL keyspace (docs/architecture.md, "Regions on CQL"): homes
+        decided by the shared `homes` row at SERIAL (no offer round: no peers to ask),
+        sends and group changes forwarded to the home, the home's notices followed."""
+        assert isinstance(self.storage, SharedKeyspace)
+        region, links = self.settings.server.region, self.settings.links
+        homes = Homes(region, self.storage, [], self.prober.channel)
+        homes.notices = NoticeLog()
+        follower = NoticeFollower(region, list(self.prober.links), self.prober.channel,
+                                  homes.users_here, self.storage.fan_out,
+                                  self.im.sequencer.replicated)
+        self.storage.serve_users(homes.users_here)  # each region writes its users' entries
+        self.im.sequencer.homes = homes
+        self.prober.extra = follower.report
+        if links.failover_after_s > 0 or links.failover_witness:
+            log.warning("failover is off on a shared CQL keyspace: this region takes over no"
+                        " homes (moving a lost region's homes needs a third datacenter,"
+                        " docs/architecture.md \"Regions on CQL\")")
+        return region_links.SharedSequencing(homes, self._home_send, self.im.groups.handle_op,
+                                             self.im.groups.admin_change, homes.notices,
+                                             follower)
 
     def _witness(self) -> WitnessLink | None:
         """The failover witness link (regions/leases.py), over the Region link's security."""
@@ -238,7 +265,8 @@ class Node:
             *([self.sequencing.replication.families, self.sequencing.moves.families]
               if self.sequencing else []),
             *([self.sequencing.user_moves.families]
-              if self.sequencing and self.sequencing.user_moves else []))
+              if self.sequencing and self.sequencing.user_moves else []),
+            *([self.shared.follower.families] if self.shared else []))
 
     def _admin_app(self) -> web.Application:
         """The admin port (rpc/adminport.py)."""
@@ -323,12 +351,15 @@ class Node:
         follow each peer's replicated log)."""
         self._grpc, port = await serving.start_grpc(
             self.settings.server.host, self.settings.links.grpc_port,
-            lambda server: region_links.add_to_server(self.prober, server, self.sequencing),
+            lambda server: region_links.add_to_server(self.prober, server, self.sequencing,
+                                                      self.shared),
             self.security)
         self.grpc_address = f"{serving.advertised_host(self.settings)}:{port}"
         self.prober.start(self.supervisor)
         if self.sequencing is not None:
             self.sequencing.replication.start(self.supervisor)
+        if self.shared is not None:
+            self.shared.follower.start(self.supervisor)
 
     async def _home_send(self, request: SendRequest) -> AppendResult:
         """A send forwarded by another region to this conversation's home, sent like
@@ -412,6 +443,9 @@ class Node:
             await self.sequencing.homes.stop()
             if self.sequencing.user_moves is not None:
                 self.sequencing.user_moves.stop()
+        if self.shared is not None:
+            await self.shared.follower.stop()
+            await self.shared.homes.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         if self.publisher is not None:

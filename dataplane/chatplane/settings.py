@@ -460,6 +460,20 @@ def _tls_problems(t: Tls) -> list[str]:
     return problems
 
 
+def up_problem(s: Settings) -> str | None:
+    """What `chatplane up` refuses beyond `validate`: regions on one CQL keyspace in
+    `sync` durability ack a message once its writes are in every datacenter, so the
+    write level must say so (docs/architecture.md, "Regions on CQL")."""
+    if s.storage.backend != "scylla" or s.links.peers.strip() in ("", "[]"):
+        return None
+    level = (s.storage.cql_write_consistency or s.storage.cql_consistency).upper()
+    if s.links.region_durability == "sync" and level != "EACH_QUORUM":
+        return ("CHATPLANE_REGION_DURABILITY=sync on a CQL keyspace shared by regions needs"
+                f" CHATPLANE_CQL_WRITE_CONSISTENCY=EACH_QUORUM, not {level} (or durability"
+                " async: acked once written in this region's datacenter)")
+    return None
+
+
 def load_cql(args: Any, command: str) -> Settings:
     """The settings of a storage command aimed at the CQL keyspace (`storage
     migrate`, `storage check`): the scylla backend, with the command line's

@@ -123,6 +123,13 @@ class HomeRouter(Protocol):
         """The users' homes settled before a message for them is stored: storage writes
         inbox entries only for the users homed in this region."""
 
+    async def inboxes_here(self, recipients: Sequence[str]) -> list[str] | None:
+        """The recipients whose entries this region writes as it stores the message
+        (a shared keyspace: those it homes), None: every one (the store decides)."""
+
+    def stored_here(self, result: AppendResult) -> None:
+        """A message stored here as home: on a shared keyspace the peers are told."""
+
     def login(self, user_id: str) -> None:
         """A device of the user logged in here: its home placed here if it has none."""
 
@@ -247,12 +254,17 @@ class Sequencer:
         unconfirmed = self.unconfirmed
         if unconfirmed is not None and unconfirmed.active:
             call = _indexed(unconfirmed, call)
+        here: list[str] | None = None  # the entries this region writes (None: all)
         if self.homes is not None and recipients:  # who writes each inbox (user homes)
             await self.homes.users(recipients)
+            here = await self.homes.inboxes_here(recipients)
         inboxes = self.inboxes
         if inboxes is None or not (recipients or group_change):  # one process, or no entries
-            return await self.sequenced(conversation_id, lambda fence: call(fence, None),
-                                        take_back=take_back)
+            result = await self.sequenced(conversation_id, lambda fence: call(fence, here),
+                                          take_back=take_back)
+            if self.homes is not None:  # a shared keyspace: the peers are told
+                self.homes.stored_here(result)
+            return result
         remote = await inboxes.remote(recipients)
         queue = await inboxes.enter(conversation_id)
         try:

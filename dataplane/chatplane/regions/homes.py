@@ -42,7 +42,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -51,6 +51,7 @@ import grpc
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.records import from_pb, to_pb
 from chatplane.regions.durability import Durability
+from chatplane.regions.notices import NoticeLog
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     USER_HOME,
@@ -167,6 +168,36 @@ class Homes:
         # users' homes an admin move is taking away (regions/user_moves.py), by user:
         # their events and relations records are refused meanwhile
         self._users_handing_off: dict[str, HandOff] = {}
+        # a keyspace shared by the regions (regions/notices.py): the database copies
+        # the rows, the peers are told what was committed here; None: a replicated log
+        self.notices: NoticeLog | None = None
+
+    # -- a shared keyspace (regions/notices.py) --------------------------------
+
+    async def inboxes_here(self, recipients: Sequence[str]) -> list[str] | None:
+        """The recipients whose inbox entries this region writes as it stores a
+        message: on a shared keyspace those it homes (settled by `users` before); None
+        (every one: the store itself keeps to its users, `serve_region`) otherwise."""
+        if self.notices is None:
+            return None
+        return await self.users_here(recipients)
+
+    async def users_here(self, users: Sequence[str]) -> list[str]:
+        """The users among `users` homed in this region (their rows as stored)."""
+        rows = await asyncio.gather(*(self.stored(USER_HOME, user) for user in users))
+        return [user for user, row in zip(users, rows, strict=True)
+                if row is not None and row.confirmed and row.region == self.region]
+
+    def stored_here(self, result: AppendResult) -> None:
+        """A message stored here as its conversation's home: on a shared keyspace, the
+        peers are told, with the recipients whose entries were not written here."""
+        notices = self.notices
+        if notices is None or result.duplicate or not result.owed:
+            return
+        message = result.message
+        row = self.known(CONVERSATION_HOME, message.conversation_id)
+        notices.add(message.conversation_id, row.epoch if row is not None else PLACEMENT_EPOCH,
+                    message.seq, message.seq, result.owed)
 
     def committed(self) -> None:
         """A message was sequenced here as home: wake the log's readers."""

@@ -23,7 +23,7 @@ the original.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import Metric
@@ -76,6 +76,15 @@ class ScyllaStorage(social.SocialMethods):
         self._appender: Appender | None = None
         self._flusher: Flusher | None = None
         self._known: set[str] = set()
+        self._users_here: Callable[[Sequence[str]], Awaitable[list[str]]] | None = None
+
+    def serve_users(self, users_here: Callable[[Sequence[str]], Awaitable[list[str]]]) -> None:
+        """Regions share this keyspace (docs/architecture.md, "Regions on CQL"): the
+        entries a take's recovery writes again are those of the users `users_here`
+        keeps (this region's); the others' are their home region's to write."""
+        self._users_here = users_here
+        if self._appender is not None:
+            self._appender.users_here = users_here
 
     async def open(self) -> None:
         keyspace = cql.check_keyspace_name(self.settings.keyspace)
@@ -95,6 +104,7 @@ class ScyllaStorage(social.SocialMethods):
         self._heads = Heads(db, st, buckets["message_bucket"], buckets["inbox_bucket"],
                             buckets["cid_bucket"])
         self._appender = Appender(db, st, self._heads, self.settings.seq_block)
+        self._appender.users_here = self._users_here
         self._flusher = Flusher(self)
 
     async def close(self) -> None:
