@@ -266,7 +266,8 @@ class Node:
               if self.sequencing else []),
             *([self.sequencing.user_moves.families]
               if self.sequencing and self.sequencing.user_moves else []),
-            *([self.shared.follower.families] if self.shared else []))
+            *([self.shared.follower.families, self.shared.homes.families]
+              if self.shared else []))
 
     def _admin_app(self) -> web.Application:
         """The admin port (rpc/adminport.py)."""

@@ -44,20 +44,28 @@ def two_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoDatacenterCq
         cluster.stop()
 
 
-def _migrate(cluster: TwoDatacenterCql, keyspace: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "chatplane.cli", "storage", "migrate", "--cql-hosts",
-         f"127.0.0.1:{cluster.port}", "--keyspace", keyspace, "--cql-replication",
-         "dc1=1,dc2=1"], capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
+async def _migrate(cluster: TwoDatacenterCql, keyspace: str) -> None:
+    """The keyspace with a replica in each datacenter (as `chatplane storage migrate
+    --cql-replication dc1=1,dc2=1` makes it), with a long request timeout: the JVMs
+    pause for seconds on this loaded machine."""
+    from chatplane.storage import migrations
+    from chatplane.storage.cql import CqlSettings
+
+    settings = CqlSettings(hosts=("127.0.0.1",), port=cluster.port, keyspace=keyspace,
+                           local_dc="dc1", request_timeout_s=60.0,
+                           replication={"class": "NetworkTopologyStrategy", "dc1": "1",
+                                        "dc2": "1"})
+    await migrations.migrate(settings)
 
 
 class Link:
     """eu and us, each dialing the other through its own proxy."""
 
-    def __init__(self, eu: RegionProcess, us: RegionProcess) -> None:
+    def __init__(self, eu: RegionProcess, us: RegionProcess, cluster: TwoDatacenterCql,
+                 keyspace: str) -> None:
         self.eu_us = ChaosProxy("127.0.0.1", us.grpc_port)
         self.us_eu = ChaosProxy("127.0.0.1", eu.grpc_port)
+        self.cluster, self.keyspace = cluster, keyspace
 
     def cut(self) -> None:
         self.eu_us.block()
@@ -72,15 +80,16 @@ class Link:
 async def regions(two_dc: TwoDatacenterCql, tmp_path: Path,
                   ) -> AsyncIterator[tuple[RegionProcess, RegionProcess, Link]]:
     keyspace = f"r_{uuid.uuid4().hex[:12]}"
-    await asyncio.to_thread(_migrate, two_dc, keyspace)
+    await _migrate(two_dc, keyspace)
     made = {}
     for name, (dc, address) in zip(("eu", "us"), two_dc.DATACENTERS, strict=True):
         made[name] = RegionProcess(tmp_path / name, name, env={
             "CHATPLANE_STORAGE": "scylla", "CHATPLANE_CQL_HOSTS": f"{address}:{two_dc.port}",
             "CHATPLANE_KEYSPACE": keyspace, "CHATPLANE_CQL_DATACENTER": dc,
-            "CHATPLANE_CQL_WRITE_CONSISTENCY": "EACH_QUORUM"})
+            "CHATPLANE_CQL_WRITE_CONSISTENCY": "EACH_QUORUM",
+            "CHATPLANE_GROUP_ADD_REQUIRES_CONSENT": "0"})  # members added, not invited
     eu, us = made["eu"], made["us"]
-    link = Link(eu, us)
+    link = Link(eu, us, two_dc, keyspace)
     for proxy in (link.eu_us, link.us_eu):
         await proxy.start()
     eu.set_peers([{"name": "us", "endpoint": f"127.0.0.1:{link.eu_us.port}"}])
@@ -116,6 +125,34 @@ async def _until_received(devices: list[Device], expected: dict[str, dict[str, i
         await asyncio.sleep(0.1)
 
 
+async def _inboxes(link: Link, dc: str, users: list[str],
+                   conversations: list[str]) -> tuple[dict[str, list[tuple[str, int]]],
+                                                      dict[str, int]]:
+    """Each user's inbox entries (conversation, seq) in inbox_seq order, as datacenter
+    `dc` holds them, and the conversations' heads there."""
+    from chatplane.storage.cql import CqlSettings
+    from chatplane.storage.scylla import ScyllaStorage
+
+    store = ScyllaStorage(CqlSettings(hosts=(dict(link.cluster.DATACENTERS)[dc],),
+                                      port=link.cluster.port, keyspace=link.keyspace,
+                                      local_dc=dc, request_timeout_s=60.0))
+    await store.open()
+    try:
+        inboxes = {}
+        for user in users:
+            items = await store.inbox(user, 0, 1000)
+            assert [i.inbox_seq for i in items] == list(range(1, len(items) + 1)), user
+            inboxes[user] = [(i.message.conversation_id, i.message.seq) for i in items]
+        heads = {}
+        for conversation in conversations:
+            found = await store.conversation(conversation)
+            assert found is not None
+            heads[conversation] = found.head_seq
+        return inboxes, heads
+    finally:
+        await store.close()
+
+
 def _notices(region: RegionProcess, peer: str) -> dict[str, Any]:
     view: dict[str, Any] = region.peers()[peer]["replication"]
     return view
@@ -140,7 +177,8 @@ async def test_chats_across_two_datacenters_are_pushed_once_in_order_through_a_c
     devices: list[Device] = []
     try:
         for region, user in ((eu, "alice"), (eu, "dave"), (us, "bob"), (us, "carol")):
-            devices.append(await region_device(region, user, "d", checker, timeout_s=30))
+            devices.append(await region_device(region, user, "d", checker, timeout_s=30,
+                                               defer=True))
         alice, _dave, bob, carol = devices
         direct = await alice.client.direct("bob")
         assert await bob.client.direct("alice") == direct
@@ -186,6 +224,10 @@ async def test_chats_across_two_datacenters_are_pushed_once_in_order_through_a_c
         assert [d.client.reconnects for d in devices] == [0, 0, 0, 0]
         # bob's sends were forwarded to the 1:1 chat's home; each region wrote its own
         # users' entries of the other's messages from the notices, and caught up
+        # (one forwarded ack per send: a resend after a cut reply is answered once)
+        assert _metric(us, "chatplane_region_sends_forwarded_total") == 25  # bob's 1:1
+        assert _metric(eu, "chatplane_region_sends_forwarded_total") == 50  # alice's, dave's
+        assert _metric(eu, "chatplane_region_sends_served_total") >= 25
         assert _metric(us, "chatplane_region_notice_entries_written_total", "eu") > 0
         assert _metric(eu, "chatplane_region_notice_entries_written_total", "us") > 0
         for region, peer in ((us, "eu"), (eu, "us")):
@@ -193,9 +235,28 @@ async def test_chats_across_two_datacenters_are_pushed_once_in_order_through_a_c
                             and v["connected"] and v, 15, "caught up")
             assert view["mode"] == "notices" and view["lost"] == 0
             assert view["reconnects"] >= 1  # the cut reopened the stream from its cursor
+            print(f"{region.name} following {peer}: {view}")
+        # every user's inbox, in its home's datacenter, names every message of its chats
+        # once, in seq order (the other region's messages' entries from the notices)
+        for dc, users in (("dc1", ["alice", "dave"]), ("dc2", ["bob", "carol"])):
+            inboxes, heads = await _inboxes(link, dc, users, [direct, group])
+            for user in users:
+                chats = [direct, group] if user in ("alice", "bob") else [group]
+                for conversation in chats:
+                    seqs = [seq for c, seq in inboxes[user] if c == conversation]
+                    wrong = [(i, seq) for i, seq in enumerate(seqs, 1) if seq != i][:5]
+                    assert seqs == list(range(1, heads[conversation] + 1)), (
+                        f"{user}'s inbox in {dc}, {conversation}: missing"
+                        f" {sorted(set(range(1, heads[conversation] + 1)) - set(seqs))},"
+                        f" out of order or twice {wrong}")
         # history from the other region's datacenter: the same rows
         history = await bob.client.history(direct, limit=200)
         assert [m.seq for m in history] == list(range(1, direct_total + 1))
+    except BaseException:
+        for region in (eu, us):
+            print(f"--- {region.name}", *region.output[-80:], sep="\n")
+            print(region.get("/v1/peers"))
+        raise
     finally:
         for device in devices:
             await device.stop()
