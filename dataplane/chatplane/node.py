@@ -10,8 +10,11 @@ With peers listed (`CHATPLANE_PEERS`) it also serves the cross-region link
 (`Region`) on the gRPC port and probes every peer; on SQLite the link also places
 1:1 chats' and groups' home regions, forwards sends to them and follows each peer's replicated
 log (regions/homes.py, regions/replication.py); groups are homed where they are made,
-and changes to them made elsewhere are forwarded to that home too. Without peers, no gRPC port is
-opened (many single-machine nodes may share a host).
+and changes to them made elsewhere are forwarded to that home too. On a CQL keyspace
+shared by the regions (two datacenters) the database copies the rows: homes come from the
+shared `homes` row, sends are forwarded the same way, and each home's notices tell the
+other region which entries to write and push (regions/notices.py). Without peers, no gRPC
+port is opened (many single-machine nodes may share a host).
 
 With a Redis URL the node also publishes itself in the registry the cluster
 tiers use (`cp:gateway:<id>`: addresses, connections, load, draining) and
