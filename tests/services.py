@@ -78,12 +78,13 @@ def _stop_leftovers() -> None:
 # test process is gone (pytest killed with -9, or CI cancelled), atexit never
 # runs, so the watchdog kills the server (a JVM left running would hold 1 GB
 # and a core for the next run). It polls every 2 s and exits with the server.
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], log: Path,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         proc = subprocess.Popen(
             watched(args),
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, env={**os.environ, **env} if env else None,
         )
     _running.add(proc)
     return proc
@@ -241,6 +242,89 @@ class CqlService:
                 pass
             _stop_process(self._proc)
             self._proc = None
+
+
+class TwoDatacenterCql:
+    """Two Cassandra nodes of one cluster in two datacenters on loopback, `dc1` on
+    127.0.0.1 and `dc2` on 127.0.0.2 (GossipingPropertyFileSnitch), both on one CQL
+    port: a keyspace with a replica in each is what two regions share on CQL
+    (docs/architecture.md, "Regions on CQL"). Started side by side (about 20 s on
+    2 cores, about 1 GB of memory each); never the shared test node's ports or dirs."""
+
+    DATACENTERS = (("dc1", "127.0.0.1"), ("dc2", "127.0.0.2"))
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port, self.storage_port = free_port(), free_port()
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self.last_start_s = 0.0
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(address for _, address in self.DATACENTERS)
+
+    def pid(self, dc: str) -> int:
+        """The node's JVM (run-cassandra execs it)."""
+        index = [name for name, _ in self.DATACENTERS].index(dc)
+        return self._procs[index].pid
+
+    def start(self) -> None:
+        """dc1 first (the seed), dc2 once dc1 serves: the nodes run with ring_delay_ms=0,
+        and a node seen in gossip before it holds tokens is dropped at once as a "fat
+        client" (started side by side, each dropped the other and they never met)."""
+        began = time.monotonic()
+        deadline = began + CQL_START_TIMEOUT_S
+        seed = f"{self.DATACENTERS[0][1]}:{self.storage_port}"
+        try:
+            for token, (dc, address) in enumerate(self.DATACENTERS):
+                env = {"CHATPLANE_CQL_LISTEN": address, "CHATPLANE_CQL_DC": dc,
+                       "CHATPLANE_CQL_SEEDS": seed, "CHATPLANE_CQL_TOKEN": str(token),
+                       # dc2 waits for dc1's gossip answer on a loaded machine
+                       "CHATPLANE_CQL_RING_DELAY_MS": "30000" if token else "0"}
+                args = [str(RUN_CASSANDRA), str(self.workdir / dc), str(self.port),
+                        str(self.storage_port)]
+                self._procs.append(_spawn(args, self.workdir / f"{dc}.out", env))
+                self._wait_peers(deadline, token)
+        except BaseException:
+            self.stop()
+            raise
+        self.last_start_s = time.monotonic() - began
+
+    def _wait_peers(self, deadline: float, peers: int) -> None:
+        """Until every node started answers CQL and lists `peers` other nodes."""
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import WhiteListRoundRobinPolicy
+
+        error: Exception | str | None = None
+        while time.monotonic() < deadline:
+            for (dc, _), proc in zip(self.DATACENTERS, self._procs, strict=False):
+                if proc.poll() is not None:
+                    pytest.fail(f"Cassandra {dc} exited at start:\n"
+                                f"{_tail(self.workdir / f'{dc}.out')}")
+            seen, error = [], None
+            for _, address in self.DATACENTERS[:len(self._procs)]:
+                only = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([address]))
+                cluster = Cluster([address], port=self.port, connect_timeout=3.0,
+                                  control_connection_timeout=3.0,
+                                  execution_profiles={EXEC_PROFILE_DEFAULT: only})
+                try:
+                    rows = cluster.connect().execute("SELECT peer FROM system.peers_v2",
+                                                     timeout=10.0)
+                    seen.append(len(list(rows)))
+                except Exception as exc:  # still starting
+                    error = exc
+                finally:
+                    cluster.shutdown()
+            if seen == [peers] * len(self._procs):
+                return
+            error = error or f"other nodes seen by each: {seen}"
+            time.sleep(1.0)
+        pytest.fail(f"no two-datacenter CQL cluster on {self.hosts} in time: {error}")
+
+    def stop(self) -> None:
+        for proc in self._procs:
+            _stop_process(proc)
+        self._procs.clear()
 
 
 def _parse_hosts(value: str) -> tuple[tuple[str, ...], int]:

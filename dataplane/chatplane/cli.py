@@ -83,6 +83,9 @@ async def _run_up(settings: settings_mod.Settings) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     try:
         settings = settings_mod.load(_up_overrides(args))
+        problem = settings_mod.up_problem(settings)
+        if problem is not None:
+            raise SettingsError(problem)
     except SettingsError as exc:
         print(f"chatplane: bad configuration: {exc}", file=sys.stderr)
         return 2

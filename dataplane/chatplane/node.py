@@ -11,8 +11,11 @@ With peers listed (`CHATPLANE_PEERS`) it also serves the cross-region link
 1:1 chats' and groups' home regions, forwards sends to them and follows each peer's replicated
 log (regions/homes.py, regions/replication.py, wired by im/regionwiring.py, as the
 cluster's im tier wires them); groups are homed where they are made,
-and changes to them made elsewhere are forwarded to that home too. Without peers, no gRPC port is
-opened (many single-machine nodes may share a host).
+and changes to them made elsewhere are forwarded to that home too. On a CQL keyspace
+shared by the regions (two datacenters) the database copies the rows: homes come from the
+shared `homes` row, sends are forwarded the same way, and each home's notices tell the
+other region which entries to write and push (regions/notices.py). Without peers, no gRPC
+port is opened (many single-machine nodes may share a host).
 
 With a Redis URL the node also publishes itself in the registry the cluster
 tiers use (`cp:gateway:<id>`: addresses, connections, load, draining) and
@@ -57,7 +60,9 @@ from chatplane.ipconf.dispatch import (
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions import links as region_links
 from chatplane.regions.failover import lease_ttl
+from chatplane.regions.homes import Homes
 from chatplane.regions.leases import Lease, WitnessLink
+from chatplane.regions.notices import NoticeFollower, NoticeLog
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
 from chatplane.revocations import RevocationWatcher
@@ -71,6 +76,7 @@ from chatplane.state.service import StateService
 from chatplane.storage import archiving
 from chatplane.storage.base import (
     Revocation,
+    SharedKeyspace,
     Storage,
 )
 from chatplane.storage.factory import make_storage
@@ -121,11 +127,14 @@ class Node:
         self.prober = region_links.prober_for(
             settings, self.server_id, self.signer.peer_proof, self.security)
         self.sequencing: region_links.Sequencing | None = None
+        self.shared: region_links.SharedSequencing | None = None  # regions on one keyspace
         if self.prober.links and regionwiring.linkable(self.storage):
             # several regions on embedded stores: homes, forwarding, replication
             self.sequencing = regionwiring.link(settings, self.storage, self.im, self.prober,
                                                 self.server_id, self._witness(),
                                                 sole_writer=True)
+        elif self.prober.links and isinstance(self.storage, SharedKeyspace):
+            self.shared = self._shared_keyspace()
         self.revocation_watcher = RevocationWatcher(
             self.gateway.revocations, self.storage.revocations,
             settings.tokens.session_check_s / 2, self.gateway.apply_revocations)
@@ -140,6 +149,29 @@ class Node:
         self._tcp_server: asyncio.AbstractServer | None = None
         self._http_server: asyncio.AbstractServer | None = None
         self.ready = False
+
+    def _shared_keyspace(self) -> region_links.SharedSequencing:
+        """Regions on one CQL keyspace (docs/architecture.md, "Regions on CQL"): homes
+        decided by the shared `homes` row at SERIAL (no offer round: no peers to ask),
+        sends and group changes forwarded to the home, the home's notices followed."""
+        assert isinstance(self.storage, SharedKeyspace)
+        region, links = self.settings.server.region, self.settings.links
+        homes = Homes(region, self.storage, [], self.prober.channel)
+        homes.notices = NoticeLog()
+        follower = NoticeFollower(region, list(self.prober.links), self.prober.channel,
+                                  homes.users_here, self.storage.fan_out,
+                                  self.im.sequencer.replicated)
+        self.storage.serve_users(homes.users_here)  # each region writes its users' entries
+        self.im.sequencer.homes = homes
+        self.prober.extra = follower.report
+        if links.failover_after_s > 0 or links.failover_witness:
+            log.warning("failover is off on a shared CQL keyspace: this region takes over no"
+                        " homes (moving a lost region's homes needs a third datacenter,"
+                        " docs/architecture.md \"Regions on CQL\")")
+        return region_links.SharedSequencing(homes, regionwiring.local_home_send(self.im, None),
+                                             self.im.groups.handle_op,
+                                             self.im.groups.admin_change, homes.notices,
+                                             follower)
 
     def _witness(self) -> WitnessLink | None:
         """The failover witness link (regions/leases.py), over the Region link's security."""
@@ -187,7 +219,9 @@ class Node:
             *([self.sequencing.replication.families, self.sequencing.moves.families]
               if self.sequencing else []),
             *([self.sequencing.user_moves.families]
-              if self.sequencing and self.sequencing.user_moves else []))
+              if self.sequencing and self.sequencing.user_moves else []),
+            *([self.shared.follower.families, self.shared.homes.families]
+              if self.shared else []))
 
     def _admin_app(self) -> web.Application:
         """The admin port (rpc/adminport.py)."""
@@ -272,12 +306,15 @@ class Node:
         follow each peer's replicated log)."""
         self._grpc, port = await serving.start_grpc(
             self.settings.server.host, self.settings.links.grpc_port,
-            lambda server: region_links.add_to_server(self.prober, server, self.sequencing),
+            lambda server: region_links.add_to_server(self.prober, server, self.sequencing,
+                                                      self.shared),
             self.security)
         self.grpc_address = f"{serving.advertised_host(self.settings)}:{port}"
         self.prober.start(self.supervisor)
         if self.sequencing is not None:
             self.sequencing.replication.start(self.supervisor)
+        if self.shared is not None:
+            self.shared.follower.start(self.supervisor)
 
     async def _drain(self, request: web.Request) -> web.Response:
         asked = await drainapi.drain_request(request, self.admin_secret, self.settings.drain,
@@ -342,6 +379,9 @@ class Node:
             await self.sequencing.homes.stop()
             if self.sequencing.user_moves is not None:
                 self.sequencing.user_moves.stop()
+        if self.shared is not None:
+            await self.shared.follower.stop()
+            await self.shared.homes.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         if self.publisher is not None:

@@ -74,6 +74,8 @@ class Storage:
     keyspace: str = "chatplane"
     cql_consistency: str = "LOCAL_QUORUM"
     cql_serial_consistency: str = "LOCAL_SERIAL"  # SERIAL: conditional writes across regions
+    # plain writes only, "" = cql_consistency; EACH_QUORUM: in every datacenter before the ack
+    cql_write_consistency: str = ""
     cql_datacenter: str = ""
     cql_replication: str = ""  # "3", "dc1=3,dc2=3" or a JSON map; applied by `storage migrate`
     cql_username: str = ""
@@ -456,6 +458,20 @@ def _tls_problems(t: Tls) -> list[str]:
         if f.name != "links_secret" and path and not os.access(path, os.R_OK):
             problems.append(f"tls: {env_name('tls', f.name)}={path!r} is not a readable file")
     return problems
+
+
+def up_problem(s: Settings) -> str | None:
+    """What `chatplane up` refuses beyond `validate`: regions on one CQL keyspace in
+    `sync` durability ack a message once its writes are in every datacenter, so the
+    write level must say so (docs/architecture.md, "Regions on CQL")."""
+    if s.storage.backend != "scylla" or s.links.peers.strip() in ("", "[]"):
+        return None
+    level = (s.storage.cql_write_consistency or s.storage.cql_consistency).upper()
+    if s.links.region_durability == "sync" and level != "EACH_QUORUM":
+        return ("CHATPLANE_REGION_DURABILITY=sync on a CQL keyspace shared by regions needs"
+                f" CHATPLANE_CQL_WRITE_CONSISTENCY=EACH_QUORUM, not {level} (or durability"
+                " async: acked once written in this region's datacenter)")
+    return None
 
 
 def load_cql(args: Any, command: str) -> Settings:

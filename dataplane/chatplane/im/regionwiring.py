@@ -45,15 +45,17 @@ def linkable(storage: Storage) -> bool:
     return isinstance(storage, ReplicatedLog) and isinstance(storage, SocialStore)
 
 
-def local_home_send(im: ImService, social: SocialHomes) -> HomeSend:
+def local_home_send(im: ImService, social: SocialHomes | None) -> HomeSend:
     """A send forwarded by another region to this conversation's home, sent like a
     local client's (the 1:1 chat is created here by its first one); an event of a user
-    homed here is appended like one emitted here."""
+    homed here is appended like one emitted here (and, where reads are homed, `social`,
+    a read made elsewhere moves the position here too)."""
     async def send(request: SendRequest) -> AppendResult:
         if events_user(request.conversation_id):
             result = await im.sequencer.append_event(dataclasses.replace(
                 request, message_id=uuid.uuid4().hex, sent_at_ms=im.sequencer.clock_ms()))
-            await social.apply([result.message])  # a read made elsewhere: its position here too
+            if social is not None:
+                await social.apply([result.message])
             return result
         return await im.sequencer.send(request.sender, request.sender_device,
                                        request.conversation_id, request.cid, request.text,

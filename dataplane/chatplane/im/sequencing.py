@@ -97,6 +97,12 @@ def _indexed(unconfirmed: Unconfirmed, call: Callable[
     return append
 
 
+def _consume(task: asyncio.Future[AppendResult]) -> None:
+    """A shielded append whose caller left: its failure is the resend's to see."""
+    if not task.cancelled():
+        task.exception()
+
+
 class HomeRouter(Protocol):
     """Home regions (regions/homes.py): where a conversation is sequenced."""
 
@@ -122,6 +128,15 @@ class HomeRouter(Protocol):
     async def users(self, users: Iterable[str]) -> None:
         """The users' homes settled before a message for them is stored: storage writes
         inbox entries only for the users homed in this region."""
+
+    async def inboxes_here(self, recipients: Sequence[str]) -> list[str] | None:
+        """The recipients whose entries this region writes as it stores the message
+        (a shared keyspace: those it homes), None: every one (the store decides)."""
+
+    def stored_here(self, result: AppendResult, recipients: Sequence[str],
+                    here: Sequence[str] | None) -> None:
+        """A message stored here as home (or a duplicate's original): on a shared
+        keyspace the peers are told of the `recipients` not `here`."""
 
     def login(self, user_id: str) -> None:
         """A device of the user logged in here: its home placed here if it has none."""
@@ -247,12 +262,29 @@ class Sequencer:
         unconfirmed = self.unconfirmed
         if unconfirmed is not None and unconfirmed.active:
             call = _indexed(unconfirmed, call)
+        here: list[str] | None = None  # the entries this region writes (None: all)
         if self.homes is not None and recipients:  # who writes each inbox (user homes)
             await self.homes.users(recipients)
+            here = await self.homes.inboxes_here(recipients)
         inboxes = self.inboxes
         if inboxes is None or not (recipients or group_change):  # one process, or no entries
-            return await self.sequenced(conversation_id, lambda fence: call(fence, None),
-                                        take_back=take_back)
+            homes = self.homes
+            if homes is None:
+                return await self.sequenced(conversation_id, lambda fence: call(fence, None),
+                                            take_back=take_back)
+
+            async def stored() -> AppendResult:
+                result = await self.sequenced(conversation_id, lambda fence: call(fence, here),
+                                              take_back=take_back)
+                homes.stored_here(result, recipients, here)  # a shared keyspace: told
+                return result
+
+            # the peers are told even when the caller goes (a forwarded send's handler
+            # cancelled by a cut link): the append goes on in storage regardless, and a
+            # notice made only at the resend would put the entry out of seq order
+            task = asyncio.ensure_future(stored())
+            task.add_done_callback(_consume)
+            return await asyncio.shield(task)
         remote = await inboxes.remote(recipients)
         queue = await inboxes.enter(conversation_id)
         try:

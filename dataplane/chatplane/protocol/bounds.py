@@ -334,6 +334,9 @@ CALL_RULES: dict[str, tuple[Rule, ...]] = {
     # (past the log's head is refused there: nothing can have been applied beyond it)
     "replicate": (Text("region", MAX_REGION_BYTES), Int("after", low=0)),
     "applied": (Text("region", MAX_REGION_BYTES), Int("applied_to", low=0)),
+    # region -> region (regions/notices.py): a follower's cursor in this region's notices
+    "notify": (Text("region", MAX_REGION_BYTES), Int("after", low=0),
+               Text("stream", MAX_REGION_BYTES)),
     # region -> region (regions/moving.py): an admin move of a home
     "hand_off": (Text("region", MAX_REGION_BYTES), Text("kind", MAX_REGION_BYTES),
                  ConversationId("key")),

@@ -42,15 +42,18 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+from prometheus_client.metrics_core import Metric
 
+from chatplane import metrics
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.records import from_pb, to_pb
 from chatplane.regions.durability import Durability
+from chatplane.regions.notices import NoticeLog
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     USER_HOME,
@@ -170,6 +173,45 @@ class Homes:
         # users' homes an admin move is taking away (regions/user_moves.py), by user:
         # their events and relations records are refused meanwhile
         self._users_handing_off: dict[str, HandOff] = {}
+        # a keyspace shared by the regions (regions/notices.py): the database copies
+        # the rows, the peers are told what was committed here; None: a replicated log
+        self.notices: NoticeLog | None = None
+
+    # -- a shared keyspace (regions/notices.py) --------------------------------
+
+    async def inboxes_here(self, recipients: Sequence[str]) -> list[str] | None:
+        """The recipients whose inbox entries this region writes as it stores a
+        message: on a shared keyspace those it homes (settled by `users` before); None
+        (every one: the store itself keeps to its users, `serve_region`) otherwise."""
+        if self.notices is None:
+            return None
+        return await self.users_here(recipients)
+
+    async def users_here(self, users: Sequence[str]) -> list[str]:
+        """The users among `users` homed in this region (their rows as stored)."""
+        rows = await asyncio.gather(*(self.stored(USER_HOME, user) for user in users))
+        return [user for user, row in zip(users, rows, strict=True)
+                if row is not None and row.confirmed and row.region == self.region]
+
+    def stored_here(self, result: AppendResult, recipients: Sequence[str],
+                    here: Sequence[str] | None) -> None:
+        """A message stored here as its conversation's home: on a shared keyspace the
+        peers are told, with the recipients whose entries were not written here. A
+        duplicate is told again (the peer finds the entries it wrote): its original's
+        notice may never have been made (a forwarded send's handler cancelled by a cut
+        link after the append, before the notice; or an append refused after its rows
+        landed), and its resend is the only moment left to make it."""
+        notices = self.notices
+        if notices is None:
+            return
+        owed = (tuple(user for user in recipients if here is None or user not in here)
+                if result.duplicate else result.owed)
+        if not owed:
+            return
+        message = result.message
+        row = self.known(CONVERSATION_HOME, message.conversation_id)
+        notices.add(message.conversation_id, row.epoch if row is not None else PLACEMENT_EPOCH,
+                    message.seq, message.seq, owed)
 
     def committed(self) -> None:
         """A message was sequenced here as home: wake the log's readers."""
@@ -743,6 +785,30 @@ class Homes:
         finally:
             held.rechecking = False
         self.committed()  # the log's readers: served, or not the home's any more
+
+    def families(self) -> Iterator[Metric]:
+        """What this region forwarded, served and placed (counters)."""
+        yield metrics.counter("chatplane_region_sends_forwarded_total",
+                              "sends forwarded to their conversation's home region",
+                              self.forwarded)
+        yield metrics.counter("chatplane_region_sends_served_total",
+                              "sends forwarded here by other regions and sequenced here",
+                              self.served)
+        yield metrics.counter("chatplane_region_group_changes_forwarded_total",
+                              "client group changes forwarded to their group's home region",
+                              self.ops_forwarded)
+        yield metrics.counter("chatplane_region_group_changes_served_total",
+                              "group changes forwarded here by other regions and applied here",
+                              self.ops_served)
+        yield metrics.counter("chatplane_region_homes_verified_total",
+                              "own homes read from storage and checked with the peers before"
+                              " sequencing under them (a peer may have taken them over)",
+                              self.verified)
+        yield metrics.counter("chatplane_region_homes_placed_total",
+                              "conversations (1:1 chats, groups) whose home was placed here",
+                              self.placed)
+        yield metrics.counter("chatplane_region_user_homes_placed_total",
+                              "users whose inbox home was placed here", self.users_placed)
 
     async def stop(self) -> None:
         for task in list(self._background):

@@ -30,6 +30,7 @@ from chatplane.protocol.errors import ProtocolError
 from chatplane.regions import hello
 from chatplane.regions.homes import Homes, LocalAdminChange, LocalGroupOp, LocalSend
 from chatplane.regions.moving import Moves
+from chatplane.regions.notices import NoticeFollower, NoticeLog
 from chatplane.regions.replication import BeyondLog, Replication
 from chatplane.regions.social import LocalFriendOp, SocialHomes
 from chatplane.regions.user_moves import UserMoves
@@ -128,12 +129,46 @@ class Sequencing:
     user_moves: UserMoves | None = None  # admin moves of users' homes (the embedded store)
 
 
+@dataclass(frozen=True, slots=True)
+class SharedSequencing:
+    """What the link carries on a keyspace the regions share (CQL, regions/notices.py):
+    forwarded sends and group changes to the home, and the home's notices; no home
+    offers (the shared `homes` row decides) and no log (the database copies rows)."""
+
+    homes: Homes
+    send: LocalSend
+    group_op: LocalGroupOp
+    admin_change: LocalAdminChange
+    notices: NoticeLog
+    follower: NoticeFollower
+
+
+Forwarding = Sequencing | SharedSequencing
+
+
 class RegionServicer(rgrpc.RegionServicer):
     def __init__(self, me: Identity, prober: PeerProber,
-                 sequencing: Sequencing | None = None) -> None:
+                 sequencing: Sequencing | None = None,
+                 shared: SharedSequencing | None = None) -> None:
         self.me = me
         self.prober = prober
         self.sequencing = sequencing
+        self.shared = shared
+
+    async def _forwarding(self, context: grpc.aio.ServicerContext) -> Forwarding:
+        if self.shared is not None:
+            return self.shared
+        return await self._sequencing(context)
+
+    async def Notify(self, request: rpb.NotifyRequest,
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.NoticeBatch]:
+        await refuse_out_of_bounds(context, "notify", request)
+        if self.shared is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                f"region {self.me.region} shares no keyspace")
+        assert self.shared is not None
+        async for batch in self.shared.notices.serve(request):
+            yield batch
 
     async def _sequencing(self, context: grpc.aio.ServicerContext) -> Sequencing:
         if self.sequencing is None:
@@ -150,21 +185,21 @@ class RegionServicer(rgrpc.RegionServicer):
     async def Send(self, request: rpb.ForwardedSend,
                    context: grpc.aio.ServicerContext) -> rpb.ForwardedAck:
         await refuse_out_of_bounds(context, "forwarded_send", request)
-        sequencing = await self._sequencing(context)
+        sequencing = await self._forwarding(context)
         return await sequencing.homes.serve_send(request, sequencing.send)
 
     async def GroupOp(self, request: rpb.ForwardedGroupOp,
                       context: grpc.aio.ServicerContext) -> rpb.ForwardedGroupAck:
         await refuse_out_of_bounds(context, "forwarded_group_op", request,
                                    bounds.problem("group_op", request.op, bounds.Bounds()))
-        sequencing = await self._sequencing(context)
+        sequencing = await self._forwarding(context)
         return await sequencing.homes.serve_group(request.op.conversation_id, lambda: (
             sequencing.group_op(request.user_id, request.device_id, request.op)))
 
     async def AdminGroupChange(self, request: rpb.ForwardedAdminChange,
                                context: grpc.aio.ServicerContext) -> rpb.ForwardedGroupAck:
         await refuse_out_of_bounds(context, "forwarded_admin_change", request)
-        sequencing = await self._sequencing(context)
+        sequencing = await self._forwarding(context)
 
         async def apply() -> pb.GroupOpAck:
             seq = await sequencing.admin_change(request.conversation_id, list(request.add),
@@ -355,5 +390,7 @@ def prober_for(settings: Settings, server_id: str, prove: hello.Prover,
 
 
 def add_to_server(prober: PeerProber, server: grpc.aio.Server,
-                  sequencing: Sequencing | None = None) -> None:
-    rgrpc.add_RegionServicer_to_server(RegionServicer(prober.me, prober, sequencing), server)
+                  sequencing: Sequencing | None = None,
+                  shared: SharedSequencing | None = None) -> None:
+    rgrpc.add_RegionServicer_to_server(RegionServicer(prober.me, prober, sequencing, shared),
+                                       server)

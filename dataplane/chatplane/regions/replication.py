@@ -456,27 +456,7 @@ class Replication:
         ):
             yield metrics.labelled(kind, name, help_text, "peer",
                                    {peer: read(s) for peer, s in states.items()})
-        yield metrics.counter("chatplane_region_sends_forwarded_total",
-                              "sends forwarded to their conversation's home region",
-                              self.homes.forwarded)
-        yield metrics.counter("chatplane_region_sends_served_total",
-                              "sends forwarded here by other regions and sequenced here",
-                              self.homes.served)
-        yield metrics.counter("chatplane_region_group_changes_forwarded_total",
-                              "client group changes forwarded to their group's home region",
-                              self.homes.ops_forwarded)
-        yield metrics.counter("chatplane_region_group_changes_served_total",
-                              "group changes forwarded here by other regions and applied here",
-                              self.homes.ops_served)
-        yield metrics.counter("chatplane_region_homes_verified_total",
-                              "own homes read from storage and checked with the peers before"
-                              " sequencing under them (a peer may have taken them over)",
-                              self.homes.verified)
-        yield metrics.counter("chatplane_region_homes_placed_total",
-                              "conversations (1:1 chats, groups) whose home was placed here",
-                              self.homes.placed)
-        yield metrics.counter("chatplane_region_user_homes_placed_total",
-                              "users whose inbox home was placed here", self.homes.users_placed)
+        yield from self.homes.families()
         if self.homes.durability is not None:
             yield from self.homes.durability.families()
         if self.trimming is not None:

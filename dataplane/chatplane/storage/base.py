@@ -15,7 +15,7 @@ the original result instead of a second message.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -230,6 +230,16 @@ class Revocation:
     user_id: str
     device_id: str
     before_ms: int
+
+
+@runtime_checkable
+class SharedKeyspace(Protocol):
+    """A store several regions share (CQL: two datacenters of one keyspace; the
+    database copies the rows): each region writes the inbox entries of its own users
+    only (docs/architecture.md, "Regions on CQL")."""
+
+    def serve_users(self, users_here: Callable[[Sequence[str]], Awaitable[list[str]]]) -> None:
+        """The recipients whose entries this process may write, as `users_here` keeps."""
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ from chatplane.storage.base import StorageError
 
 # statement kind -> (what it is, which setting's level it runs at)
 LEVELS = (
-    ("plain writes (messages, inbox entries, heads, send log)", "consistency"),
+    ("plain writes (messages, inbox entries, heads, send log)", "write_consistency"),
     ("reads (history, inbox, heads, lease checks)", "consistency"),
     ("conditional writes: seq block reservations and takes (Paxos)", "serial_consistency"),
     ("commit of a conditional write", "consistency"),
@@ -71,7 +71,8 @@ async def inspect(cql_settings: Any) -> tuple[list[str], list[str]]:
         lines.append(f"seq block        {cql_settings.seq_block} numbers a conditional write")
         lines.append("consistency")
         for what, setting in LEVELS:
-            lines.append(f"  {getattr(cql_settings, setting):<13} {what}")
+            level = getattr(cql_settings, setting) or cql_settings.consistency
+            lines.append(f"  {level:<13} {what}")
     finally:
         await db.close()
     return lines, wrong

@@ -81,6 +81,10 @@ class CqlSettings:
     keyspace: str = "chatplane"
     consistency: str = "LOCAL_QUORUM"
     serial_consistency: str = "LOCAL_SERIAL"
+    # plain writes (not reads, not Paxos rounds); "" = `consistency`. EACH_QUORUM: a
+    # quorum in every datacenter before a write returns (Cassandra takes it for writes
+    # only, so it cannot be `consistency`): docs/architecture.md, "Regions on CQL"
+    write_consistency: str = ""
     local_dc: str | None = None
     replication: Mapping[str, str] = field(
         default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": "1"}
@@ -193,6 +197,7 @@ class CqlSession:
         self.session = session
         self.settings = settings
         self.serial = consistency_level(settings.serial_consistency)
+        self.write_level = write_level(settings)
         self.stats = CqlStats()
         self._kinds: dict[int, tuple[str, bool]] = {}  # id(prepared) -> (kind, conditional)
         # writes waiting for a combined request, and how many are on the wire
@@ -209,8 +214,10 @@ class CqlSession:
             raise StorageError(f"cannot prepare CQL {query.split('(')[0]!r}: {exc}") from exc
         statement.is_idempotent = idempotent
         # a lightweight transaction (Paxos): a write with IF ...
-        conditional = query.split()[0].upper() in ("INSERT", "UPDATE", "DELETE") and bool(
-            re.search(r"\sIF\s", query))
+        writes = query.split()[0].upper() in ("INSERT", "UPDATE", "DELETE")
+        conditional = writes and bool(re.search(r"\sIF\s", query))
+        if writes and not conditional and self.write_level is not None:
+            statement.consistency_level = self.write_level
         self._kinds[id(statement)] = (kind or query.split()[0].lower(), conditional)
         return statement
 
@@ -225,6 +232,8 @@ class CqlSession:
             await self.run(items[0][0], items[0][1], timeout_s=timeout_s)
             return
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        if self.write_level is not None:
+            batch.consistency_level = self.write_level
         for statement, params in items:
             batch.add(statement, params)
         batch.is_idempotent = all(statement.is_idempotent for statement, _ in items)
@@ -289,13 +298,16 @@ class CqlSession:
             self._schedule_writes()
 
     async def run(self, statement: Statement | str, params: Sequence[Any] | None = None,
-                  *, serial_read: bool = False, timeout_s: float | None = None) -> list[Row]:
+                  *, serial_read: bool = False, across_datacenters: bool = False,
+                  timeout_s: float | None = None) -> list[Row]:
         """Execute and return all rows (statements here are bounded by LIMIT,
-        so paging is off). Any driver failure becomes StorageUnavailable."""
+        so paging is off). Any driver failure becomes StorageUnavailable.
+        across_datacenters: the serial read is at SERIAL whatever the settings say
+        (rows every region decides on at once: homes)."""
         if serial_read:
             bound: Any = (statement.bind(params or ()) if isinstance(statement, PreparedStatement)
                           else statement)
-            bound.consistency_level = self.serial
+            bound.consistency_level = ConsistencyLevel.SERIAL if across_datacenters else self.serial
             params = None if isinstance(statement, PreparedStatement) else params
             statement = bound
             kind, _ = self.kind_of(getattr(bound, "prepared_statement", None))
@@ -426,8 +438,19 @@ def _drop_all(record: logging.LogRecord) -> bool:
     return False
 
 
+def write_level(settings: CqlSettings) -> int | None:
+    """The plain writes' level when it differs from `consistency` (None: the same)."""
+    if not settings.write_consistency:
+        return None
+    level = consistency_level(settings.write_consistency)
+    if level in (ConsistencyLevel.SERIAL, ConsistencyLevel.LOCAL_SERIAL):
+        raise StorageError(f"write consistency cannot be {settings.write_consistency!r}")
+    return level
+
+
 def _build_cluster(settings: CqlSettings) -> Cluster:
     level = consistency_level(settings.consistency)
+    write_level(settings)  # a bad name fails at start, with one line
     serial = consistency_level(settings.serial_consistency)
     if serial not in (ConsistencyLevel.SERIAL, ConsistencyLevel.LOCAL_SERIAL):
         raise StorageError(f"serial consistency must be SERIAL or LOCAL_SERIAL, "

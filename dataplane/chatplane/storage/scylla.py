@@ -23,7 +23,7 @@ the original.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import Metric
@@ -76,6 +76,15 @@ class ScyllaStorage(social.SocialMethods):
         self._appender: Appender | None = None
         self._flusher: Flusher | None = None
         self._known: set[str] = set()
+        self._users_here: Callable[[Sequence[str]], Awaitable[list[str]]] | None = None
+
+    def serve_users(self, users_here: Callable[[Sequence[str]], Awaitable[list[str]]]) -> None:
+        """Regions share this keyspace (docs/architecture.md, "Regions on CQL"): the
+        entries a take's recovery writes again are those of the users `users_here`
+        keeps (this region's); the others' are their home region's to write."""
+        self._users_here = users_here
+        if self._appender is not None:
+            self._appender.users_here = users_here
 
     async def open(self) -> None:
         keyspace = cql.check_keyspace_name(self.settings.keyspace)
@@ -95,6 +104,7 @@ class ScyllaStorage(social.SocialMethods):
         self._heads = Heads(db, st, buckets["message_bucket"], buckets["inbox_bucket"],
                             buckets["cid_bucket"])
         self._appender = Appender(db, st, self._heads, self.settings.seq_block)
+        self._appender.users_here = self._users_here
         self._flusher = Flusher(self)
 
     async def close(self) -> None:
@@ -327,7 +337,8 @@ class ScyllaStorage(social.SocialMethods):
 
     async def home(self, kind: str, key: str) -> Home | None:
         db, st, _ = self._parts()
-        rows = await db.run(st.select_home, (kind, key), serial_read=True)
+        rows = await db.run(st.select_home, (kind, key), serial_read=True,
+                            across_datacenters=True)
         return _home(rows[0]) if rows else None
 
     async def offer_home(self, kind: str, key: str, offered: Home) -> Home:
@@ -369,6 +380,7 @@ def cql_settings(settings: Settings) -> cql.CqlSettings:
     return cql.CqlSettings.parse(
         config.cql_hosts, keyspace=config.keyspace, consistency=config.cql_consistency,
         serial_consistency=config.cql_serial_consistency,
+        write_consistency=config.cql_write_consistency,
         local_dc=config.cql_datacenter or None,
         replication=cql.parse_replication(replication),
         username=config.cql_username, password=config.cql_password,

@@ -35,7 +35,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from cassandra.query import PreparedStatement
@@ -99,6 +99,9 @@ class Appender:
         # (read once per holder, then kept): see `maybe_sent`
         self._cids: dict[str, dict[tuple[str, str, int], int]] = {}
         self._owners: dict[str, str] = {}  # conversation -> the lease owner acquire named
+        # regions on one keyspace (ScyllaStorage.serve_users): the recipients whose
+        # entries this process may write (those its region homes); None: every one
+        self.users_here: Callable[[Sequence[str]], Awaitable[list[str]]] | None = None
 
     # -- holders -------------------------------------------------------------
 
@@ -416,7 +419,10 @@ class Appender:
             if row["fanned_out"]:
                 continue
             message = message_from_row(row)
-            await self._with_inboxes([(message, list(row["recipients"] or ()))], holder,
+            recipients = list(row["recipients"] or ())
+            if self.users_here is not None:  # another region writes its users' entries
+                recipients = await self.users_here(recipients)
+            await self._with_inboxes([(message, recipients)], holder,
                                      int(row["appended_at_ms"] or 0), [self._send_row(message, holder)],
                                      verify=False, resume=True)
             if row["membership"]:

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass, fields
 from typing import Any
 
+from cassandra import ConsistencyLevel
 from cassandra.query import PreparedStatement
 
 from chatplane.storage import cql
@@ -293,6 +294,14 @@ class Statements:
         prepared = await asyncio.gather(
             *(db.prepare(queries[name][0], idempotent=queries[name][1], kind=name)
               for name in names))
-        return cls(**dict(zip(names, prepared, strict=True)))
+        statements = cls(**dict(zip(names, prepared, strict=True)))
+        # A home is decided once for every region sharing the keyspace (a replica per
+        # datacenter): its Paxos round spans every datacenter, whatever the settings'
+        # serial consistency (LOCAL_SERIAL would let each datacenter decide alone).
+        # Homes change rarely (placement, moves, failover): the cross-datacenter round
+        # trip is paid per chat, not per message (docs/architecture.md, "Regions on CQL").
+        for statement in (statements.insert_home, statements.update_home):
+            statement.serial_consistency_level = ConsistencyLevel.SERIAL
+        return statements
 
 

@@ -258,3 +258,41 @@ class FenceReply(_message.Message):
     heads: _containers.RepeatedCompositeFieldContainer[HomeHead]
     taken_by: str
     def __init__(self, fenced: _Optional[bool] = ..., reason: _Optional[str] = ..., applied_to: _Optional[int] = ..., heads: _Optional[_Iterable[_Union[HomeHead, _Mapping]]] = ..., taken_by: _Optional[str] = ...) -> None: ...
+
+class NotifyRequest(_message.Message):
+    __slots__ = ("region", "after", "stream")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    after: int
+    stream: str
+    def __init__(self, region: _Optional[str] = ..., after: _Optional[int] = ..., stream: _Optional[str] = ...) -> None: ...
+
+class Notice(_message.Message):
+    __slots__ = ("position", "conversation_id", "epoch", "first_seq", "last_seq", "recipients")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENTS_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    conversation_id: str
+    epoch: int
+    first_seq: int
+    last_seq: int
+    recipients: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, position: _Optional[int] = ..., conversation_id: _Optional[str] = ..., epoch: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., recipients: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NoticeBatch(_message.Message):
+    __slots__ = ("notices", "head", "stream", "first")
+    NOTICES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    notices: _containers.RepeatedCompositeFieldContainer[Notice]
+    head: int
+    stream: str
+    first: int
+    def __init__(self, notices: _Optional[_Iterable[_Union[Notice, _Mapping]]] = ..., head: _Optional[int] = ..., stream: _Optional[str] = ..., first: _Optional[int] = ...) -> None: ...

@@ -84,6 +84,11 @@ class RegionStub:
                 request_serializer=chatplane_dot_v1_dot_regions__pb2.FenceRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_regions__pb2.FenceReply.FromString,
                 _registered_method=True)
+        self.Notify = channel.unary_stream(
+                '/chatplane.v1.Region/Notify',
+                request_serializer=chatplane_dot_v1_dot_regions__pb2.NotifyRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_regions__pb2.NoticeBatch.FromString,
+                _registered_method=True)
 
 
 class RegionServicer:
@@ -149,6 +154,12 @@ class RegionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Notify(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +212,11 @@ def add_RegionServicer_to_server(servicer, server):
                     servicer.Fence,
                     request_deserializer=chatplane_dot_v1_dot_regions__pb2.FenceRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_regions__pb2.FenceReply.SerializeToString,
+            ),
+            'Notify': grpc.unary_stream_rpc_method_handler(
+                    servicer.Notify,
+                    request_deserializer=chatplane_dot_v1_dot_regions__pb2.NotifyRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_regions__pb2.NoticeBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +489,33 @@ class Region:
             '/chatplane.v1.Region/Fence',
             chatplane_dot_v1_dot_regions__pb2.FenceRequest.SerializeToString,
             chatplane_dot_v1_dot_regions__pb2.FenceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Notify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatplane.v1.Region/Notify',
+            chatplane_dot_v1_dot_regions__pb2.NotifyRequest.SerializeToString,
+            chatplane_dot_v1_dot_regions__pb2.NoticeBatch.FromString,
             options,
             channel_credentials,
             insecure,
