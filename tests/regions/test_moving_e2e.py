@@ -28,7 +28,7 @@ from tests.support.regions import (
     two_regions,
     wait_for,
 )
-from tests.support.three_regions import caught_up, messages_of, report, three_regions
+from tests.support.three_regions import Mesh, caught_up, messages_of, report, three_regions
 from tests.support.traffic import Device, send_many, wait_until_received
 
 pytestmark = pytest.mark.slow
@@ -106,6 +106,25 @@ async def _paced(device: Device, conversation: str, count: int, pause_s: float) 
         await asyncio.sleep(pause_s)
 
 
+async def _judged_everywhere(mesh: Mesh, devices: list[Device], checker: DeliveryChecker,
+                             conversation: str, total: int) -> None:
+    """Every device got the `total` acked messages once and in order, and once every log
+    is applied the three stores hold one message at each seq 1..total, the same."""
+    try:
+        await wait_until_received(devices, total, 30)
+    except AssertionError:
+        print(report(mesh))
+        raise
+    for device in devices:
+        device.judge()
+    verdict = checker.verdict()
+    assert verdict.acked == total and verdict.ok, verdict.summary()
+    await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
+    held = [messages_of(mesh.regions[name]).get(conversation) for name in ("eu", "us", "ap")]
+    assert [seq for seq, _ in held[1] or []] == list(range(1, total + 1))
+    assert held[0] == held[1] == held[2]  # one message per seq in every store
+
+
 async def _alice_and_carol(eu: RegionProcess, ap: RegionProcess, checker: DeliveryChecker,
                            devices: list[Device], also_in: RegionProcess | None = None,
                            ) -> tuple[Device, Device, str]:
@@ -164,20 +183,8 @@ async def test_a_move_with_three_regions_waits_for_the_third_and_redirects_it(
             assert _metric(eu, "chatplane_region_sends_served_total") == served_in_eu
             assert _metric(us, "chatplane_region_sends_served_total") >= served_in_us + 5
 
-            total = 1 + 6 + 2 + 20 + 10 + 5
-            try:
-                await wait_until_received(devices, total, 30)
-            except AssertionError:
-                print(report(mesh))
-                raise
-            for device in devices:
-                device.judge()
-            verdict = checker.verdict()
-            assert verdict.acked == total and verdict.ok, verdict.summary()
-            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
-            held = [messages_of(region).get(conversation) for region in (eu, us, ap)]
-            assert [seq for seq, _ in held[0] or []] == list(range(1, total + 1))
-            assert held[0] == held[1] == held[2]  # one message per seq in every store
+            await _judged_everywhere(mesh, devices, checker, conversation,
+                                     1 + 6 + 2 + 20 + 10 + 5)
         finally:
             await _stop_all(devices)
 
@@ -236,19 +243,6 @@ async def test_what_the_old_home_sequenced_past_its_hand_off_reaches_no_third_re
             mesh.heal()
             await send_many(alice_in_us, conversation, 3, "in-us")  # us gives seqs 2..4
             await asyncio.wait_for(in_flight, 60)  # refused by eu, resent, sequenced by us
-            total = 1 + 3 + 3
-            try:
-                await wait_until_received(devices, total, 30)
-            except AssertionError:
-                print(report(mesh))
-                raise
-            for device in devices:
-                device.judge()
-            verdict = checker.verdict()
-            assert verdict.acked == total and verdict.ok, verdict.summary()
-            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
-            held = [messages_of(region).get(conversation) for region in (eu, us, ap)]
-            assert [seq for seq, _ in held[1] or []] == list(range(1, total + 1))
-            assert held[0] == held[1] == held[2]  # one message per seq in every store
+            await _judged_everywhere(mesh, devices, checker, conversation, 1 + 3 + 3)
         finally:
             await _stop_all(devices)
