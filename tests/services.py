@@ -448,6 +448,20 @@ def s3_server() -> Iterator[S3Service]:
 
 
 @pytest.fixture(scope="session")
+def two_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoDatacenterCql]:
+    """One pair of JVMs (two datacenters) for every module that needs it: they take
+    30-180 s to start here. Each test makes a keyspace of its own; a test that freezes
+    a node (SIGSTOP) thaws it before it ends."""
+    cluster = TwoDatacenterCql(tmp_path_factory.mktemp("two-dc"))
+    cluster.start()
+    print(f"two datacenters up in {cluster.last_start_s:.1f} s")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def cql_server() -> Iterator[CqlService]:
     external = os.environ.get("CHATPLANE_TEST_CQL_HOSTS")
     if external:

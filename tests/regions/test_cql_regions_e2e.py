@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +26,10 @@ import pytest
 from chatplane.checker import DeliveryChecker
 from tests.services import TwoDatacenterCql
 from tests.support.proxy import ChaosProxy
-from tests.support.regions import RegionProcess, region_device, wait_for
+from tests.support.regions import RegionProcess, metric, region_device, wait_for
 from tests.support.traffic import Device, send_many
 
 pytestmark = [pytest.mark.cql, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def two_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoDatacenterCql]:
-    """One pair of JVMs for the module (they take 30-180 s to start here)."""
-    cluster = TwoDatacenterCql(tmp_path_factory.mktemp("two-dc"))
-    cluster.start()
-    print(f"two datacenters up in {cluster.last_start_s:.1f} s")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 async def _migrate(cluster: TwoDatacenterCql, keyspace: str) -> None:
@@ -158,14 +146,6 @@ def _notices(region: RegionProcess, peer: str) -> dict[str, Any]:
     return view
 
 
-def _metric(region: RegionProcess, name: str, peer: str = "") -> float:
-    status, text = region.get("/metrics")
-    assert status == 200
-    label = f'{{peer="{peer}"}}' if peer else ""
-    line = next(x for x in text.splitlines() if x.startswith(f"{name}{label} "))
-    return float(line.rsplit(" ", 1)[1])
-
-
 async def test_chats_across_two_datacenters_are_pushed_once_in_order_through_a_cut(
     regions: tuple[RegionProcess, RegionProcess, Link],
 ) -> None:
@@ -225,11 +205,11 @@ async def test_chats_across_two_datacenters_are_pushed_once_in_order_through_a_c
         # bob's sends were forwarded to the 1:1 chat's home; each region wrote its own
         # users' entries of the other's messages from the notices, and caught up
         # (one forwarded ack per send: a resend after a cut reply is answered once)
-        assert _metric(us, "chatplane_region_sends_forwarded_total") == 25  # bob's 1:1
-        assert _metric(eu, "chatplane_region_sends_forwarded_total") == 50  # alice's, dave's
-        assert _metric(eu, "chatplane_region_sends_served_total") >= 25
-        assert _metric(us, "chatplane_region_notice_entries_written_total", "eu") > 0
-        assert _metric(eu, "chatplane_region_notice_entries_written_total", "us") > 0
+        assert metric(us, "chatplane_region_sends_forwarded_total") == 25  # bob's 1:1
+        assert metric(eu, "chatplane_region_sends_forwarded_total") == 50  # alice's, dave's
+        assert metric(eu, "chatplane_region_sends_served_total") >= 25
+        assert metric(us, "chatplane_region_notice_entries_written_total", "eu") > 0
+        assert metric(eu, "chatplane_region_notice_entries_written_total", "us") > 0
         for region, peer in ((us, "eu"), (eu, "us")):
             view = wait_for(lambda r=region, p=peer: (v := _notices(r, p))["lag"] == 0
                             and v["connected"] and v, 15, "caught up")

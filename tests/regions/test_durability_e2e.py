@@ -24,7 +24,7 @@ from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.v1 import regions_pb2 as rpb
 from chatplane.v1 import regions_pb2_grpc
-from tests.support.regions import SHARED_KEY, RegionProcess, region_device, two_regions, wait_for
+from tests.support.regions import SHARED_KEY, RegionProcess, metric, region_device, two_regions, wait_for
 from tests.support.traffic import Device, send_many
 
 pytestmark = pytest.mark.slow
@@ -48,13 +48,6 @@ def _regions(base: Path, mode: str) -> Iterator[tuple[RegionProcess, RegionProce
             wait_for(functools.partial(lambda r, p: r.peers()[p]["ok"], me, other.name), 20,
                      f"{me.name} sees {other.name}")
         yield eu, us
-
-
-def _metric(region: RegionProcess, name: str) -> float:
-    status, text = region.get("/metrics")
-    assert status == 200
-    line = next(x for x in text.splitlines() if x.startswith(f"{name} "))
-    return float(line.rsplit(" ", 1)[1])
 
 
 async def _until(check: Callable[[], object], timeout_s: float, what: str) -> None:
@@ -191,7 +184,7 @@ async def test_sync_send_waits_for_a_stopped_peer_then_goes_through_once(tmp_pat
                     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, claim
             started = time.monotonic()
             sending = asyncio.ensure_future(alice.client.send_text(conversation, "held"))
-            await _until(lambda: _metric(eu, "chatplane_region_sync_unconfirmed_total") >= 1,
+            await _until(lambda: metric(eu, "chatplane_region_sync_unconfirmed_total") >= 1,
                          BOUND_S + 2, "a send refused for lack of confirmation")
             refused_after = time.monotonic() - started
             await asyncio.sleep(1.0)
@@ -215,7 +208,7 @@ async def test_sync_send_waits_for_a_stopped_peer_then_goes_through_once(tmp_pat
             await _until(lambda: us.peers()["eu"]["replication"]["lag"] == 0, 10, "caught up")
             confirmations = eu.peers()["us"]["replication"]["confirmations"]
             assert confirmations["durability"] == "sync" and confirmations["confirmed_to"] >= 2
-            assert _metric(eu, "chatplane_region_sync_wait_seconds_count") >= 2  # both acks
+            assert metric(eu, "chatplane_region_sync_wait_seconds_count") >= 2  # both acks
             verdict = checker.verdict()
             assert verdict.ok and verdict.acked == 2, verdict.summary()
         finally:

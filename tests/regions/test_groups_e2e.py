@@ -20,7 +20,7 @@ import pytest
 from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.protocol.errors import ErrorCode, RequestError
-from tests.support.regions import SHARED_KEY, RegionProcess, region_device, two_regions, wait_for
+from tests.support.regions import SHARED_KEY, RegionProcess, metric, region_device, two_regions, wait_for
 from tests.support.traffic import Device, send_many, wait_until_received
 
 pytestmark = pytest.mark.slow
@@ -40,13 +40,6 @@ def regions(tmp_path: Path) -> Iterator[tuple[RegionProcess, RegionProcess]]:
 
 # receipts judged at the end: a group's creation arrives before the test knows its id
 _device = functools.partial(region_device, defer=True)
-
-
-def _metric(region: RegionProcess, name: str) -> float:
-    status, text = region.get("/metrics")
-    assert status == 200
-    line = next(x for x in text.splitlines() if x.startswith(f"{name} "))
-    return float(line.rsplit(" ", 1)[1])
 
 
 async def _stop_all(devices: list[Device]) -> None:
@@ -135,11 +128,11 @@ async def _two_groups(eu: RegionProcess, us: RegionProcess) -> list[Device]:
                 assert [m.message_id for m in history] == order
         # each region forwarded its devices' sends into the other's group, nothing else
         from_us = counts[a_us] + counts[b_us] + counts[d_us]
-        assert _metric(us, "chatplane_region_sends_forwarded_total") == from_us
-        assert _metric(eu, "chatplane_region_sends_served_total") == from_us
-        assert _metric(eu, "chatplane_region_sends_forwarded_total") == sent - from_us
-        assert _metric(eu, "chatplane_region_homes_placed_total") == 1
-        assert _metric(us, "chatplane_region_homes_placed_total") == 1
+        assert metric(us, "chatplane_region_sends_forwarded_total") == from_us
+        assert metric(eu, "chatplane_region_sends_served_total") == from_us
+        assert metric(eu, "chatplane_region_sends_forwarded_total") == sent - from_us
+        assert metric(eu, "chatplane_region_homes_placed_total") == 1
+        assert metric(us, "chatplane_region_homes_placed_total") == 1
         return devices
     finally:
         await _stop_all(devices)
@@ -208,8 +201,8 @@ async def test_changes_made_in_the_other_region_bind_the_home(
         for device in (a_eu, b_us):
             refused = await _refused(device.client.send_text(group, "anyone?"))
             assert refused.code == ErrorCode.FORBIDDEN, refused
-        assert _metric(us, "chatplane_region_group_changes_forwarded_total") == 6
-        assert _metric(eu, "chatplane_region_group_changes_served_total") == 6
+        assert metric(us, "chatplane_region_group_changes_forwarded_total") == 6
+        assert metric(eu, "chatplane_region_group_changes_served_total") == 6
     finally:
         await _stop_all(devices)
 

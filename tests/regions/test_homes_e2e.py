@@ -24,6 +24,7 @@ from tests.support.regions import (
     SHARED_KEY,
     RegionProcess,
     judged_history,
+    metric,
     move_home,
     region_device,
     two_regions,
@@ -71,14 +72,6 @@ def _replication(region: RegionProcess, peer: str) -> dict[str, Any]:
     return view
 
 
-def _metric(region: RegionProcess, name: str, peer: str = "") -> float:
-    status, text = region.get("/metrics")
-    assert status == 200
-    label = f'{{peer="{peer}"}}' if peer else ""
-    line = next(x for x in text.splitlines() if x.startswith(f"{name}{label} "))
-    return float(line.rsplit(" ", 1)[1])
-
-
 async def _stop_all(devices: list[Device]) -> None:
     for device in devices:
         await device.stop()
@@ -117,13 +110,13 @@ async def test_one_to_one_across_regions_once_and_in_one_order(
         assert [m.seq for m in history] == list(range(1, 112))
         assert [m.message_id for m in history] == list(orders.pop())
         # sends from us were forwarded to eu, which sequenced all of them
-        assert _metric(us, "chatplane_region_sends_forwarded_total") == 70
-        assert _metric(eu, "chatplane_region_sends_served_total") == 70
-        assert _metric(eu, "chatplane_region_homes_placed_total") == 1
+        assert metric(us, "chatplane_region_sends_forwarded_total") == 70
+        assert metric(eu, "chatplane_region_sends_served_total") == 70
+        assert metric(eu, "chatplane_region_homes_placed_total") == 1
         seen = wait_for(lambda: (r := _replication(us, "eu"))["lag"] == 0 and r, 10, "no lag")
         assert seen["connected"] and seen["entries_applied"] == 111
-        assert _metric(us, "chatplane_region_replication_applied_total", "eu") == 111
-        assert _metric(us, "chatplane_region_replication_lag_entries", "eu") == 0
+        assert metric(us, "chatplane_region_replication_applied_total", "eu") == 111
+        assert metric(us, "chatplane_region_replication_lag_entries", "eu") == 0
     finally:
         await _stop_all(devices)
 
@@ -155,8 +148,8 @@ async def test_two_regions_opening_a_chat_at_once_agree_on_one_home(
             device.judge()
         verdict = checker.verdict()
         assert verdict.acked == 6 * 30 and verdict.ok, verdict.summary()
-        placed = (_metric(eu, "chatplane_region_homes_placed_total")
-                  + _metric(us, "chatplane_region_homes_placed_total"))
+        placed = (metric(eu, "chatplane_region_homes_placed_total")
+                  + metric(us, "chatplane_region_homes_placed_total"))
         assert placed == 6  # one home per chat, never two
     finally:
         await _stop_all(devices)
@@ -280,23 +273,23 @@ async def test_an_admin_call_moves_a_chats_home_under_traffic_and_back(
         assert (moved["home"], moved["epoch"], moved["moved"]) == ("us", 2, True)
         assert moved["moved_from"] == "eu"
         # bob's sends now sequenced in us, alice's forwarded there and served by us
-        served = functools.partial(_metric, us, "chatplane_region_sends_served_total")
+        served = functools.partial(metric, us, "chatplane_region_sends_served_total")
         await asyncio.to_thread(wait_for, lambda: served() > 0, 20,
                                 "us serves alice's forwarded sends while it is home")
         forwarded_by_us, served_so_far = (
-            _metric(us, "chatplane_region_sends_forwarded_total"), served())
+            metric(us, "chatplane_region_sends_forwarded_total"), served())
         await asyncio.to_thread(wait_for, lambda: served() >= served_so_far + 3, 20,
                                 "us serves more of alice's sends")
         # meanwhile bob sent too, and none of his sends left us: us is the home
-        assert _metric(us, "chatplane_region_sends_forwarded_total") == forwarded_by_us
+        assert metric(us, "chatplane_region_sends_forwarded_total") == forwarded_by_us
         status, back = await asyncio.to_thread(move_home, eu, conversation, "eu")
         assert status == 200, back
         assert (back["home"], back["epoch"], back["moved_from"]) == ("eu", 3, "us")
         await asyncio.sleep(0.3)  # some sends after the move back, then the senders stop
         stop.set()
         sent = sum(await asyncio.wait_for(sending, 60))
-        assert _metric(us, "chatplane_region_homes_moved_here_total") == 1
-        assert _metric(eu, "chatplane_region_homes_handed_off_total") == 1
+        assert metric(us, "chatplane_region_homes_moved_here_total") == 1
+        assert metric(eu, "chatplane_region_homes_handed_off_total") == 1
 
         again = await asyncio.to_thread(move_home, eu, conversation, "eu")
         assert again == (200, {"conversation_id": conversation, "home": "eu", "epoch": 3,

@@ -23,7 +23,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +41,6 @@ from tests.services import TwoDatacenterCql
 pytestmark = pytest.mark.cql
 
 REPLICATION = {"class": "NetworkTopologyStrategy", "dc1": "1", "dc2": "1"}
-
-
-@pytest.fixture(scope="module")
-def two_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoDatacenterCql]:
-    cluster = TwoDatacenterCql(tmp_path_factory.mktemp("two-dc"))
-    cluster.start()
-    print(f"two datacenters up in {cluster.last_start_s:.1f} s")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def _settings(cluster: TwoDatacenterCql, dc: str, keyspace: str, **overrides: Any) -> Any:

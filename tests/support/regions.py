@@ -187,6 +187,15 @@ def two_regions(base: Path, env: dict[str, str] | None = None,
             region.stop()
 
 
+def metric(region: RegionProcess, name: str, peer: str = "") -> float:
+    """A metric's value on `region`'s /metrics (of `peer`'s series when given)."""
+    status, text = region.get("/metrics")
+    assert status == 200
+    label = f'{{peer="{peer}"}}' if peer else ""
+    line = next(x for x in text.splitlines() if x.startswith(f"{name}{label} "))
+    return float(line.rsplit(" ", 1)[1])
+
+
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
     """Poll until `check` returns something truthy (no timing is asserted)."""
     deadline = time.monotonic() + timeout_s
