@@ -30,6 +30,7 @@ PLURAL = "chatclusters"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 TIERS: tuple[str, ...] = ("ipconf", "gateway", "state", "im")
+DURABILITIES: tuple[str, ...] = ("sync", "async")
 CONSISTENCIES: tuple[str, ...] = (
     "ONE", "TWO", "THREE", "QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL", "LOCAL_ONE",
 )
@@ -140,6 +141,7 @@ class Message:
         "would stop verifying; rotate to another id instead"
     )
     PEER_CIDR = "peers[].cidrs must be IP networks in CIDR form, e.g. 10.8.0.0/16"
+    DURABILITY = "replication.durability must be sync or async"
     REPLICATION_BOUNDS = (
         "replication.maxLagEntries must be >= 0 and replication.maxSilenceSeconds between "
         "2 and 3600"
@@ -309,6 +311,9 @@ class Replication:
     # the longest without a batch from the peer: a healthy stream carries one (or a
     # heartbeat) every second and is reopened after 3 s of silence
     max_silence_seconds: int = 10
+    # when a send is acked: "sync" once it is durable in its home region and one more,
+    # "async" on the home's local durability (docs/architecture.md, "Durability modes")
+    durability: str = "sync"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -495,7 +500,8 @@ def parse(body: Mapping[str, Any]) -> ChatCluster:
 def _replication(d: Mapping[str, Any]) -> Replication:
     return Replication(
         max_lag_entries=int(_get(d, "maxLagEntries", Replication.max_lag_entries)),
-        max_silence_seconds=int(_get(d, "maxSilenceSeconds", Replication.max_silence_seconds)))
+        max_silence_seconds=int(_get(d, "maxSilenceSeconds", Replication.max_silence_seconds)),
+        durability=str(_get(d, "durability", Replication.durability)))
 
 
 def _peer_errors(cluster: ChatCluster) -> list[str]:
@@ -576,6 +582,8 @@ def validate(cluster: ChatCluster, old: ChatCluster | None = None) -> None:
     bounds = cluster.replication
     if bounds.max_lag_entries < 0 or not 2 <= bounds.max_silence_seconds <= 3600:
         errors.append(Message.REPLICATION_BOUNDS)
+    if bounds.durability not in DURABILITIES:
+        errors.append(Message.DURABILITY)
     if cluster.upgrade.drain_rate <= 0:
         errors.append(Message.DRAIN_RATE)
     if not 1 <= cluster.upgrade.drain_deadline_seconds <= 3600:

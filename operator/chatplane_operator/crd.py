@@ -230,6 +230,12 @@ def _spec() -> Schema:
             "maxSilenceSeconds": _int("Longest a region may go without a batch (or heartbeat) "
                                       "of a peer's log; a healthy stream brings one every "
                                       "second.", api.Replication.max_silence_seconds),
+            "durability": _str("When a send is acked: sync once it is durable in its home "
+                               "region and in one more (losing a region loses nothing acked; "
+                               "on the shared keyspace the data plane writes at EACH_QUORUM), "
+                               "async on the home's local durability (a lost region loses what "
+                               "it had not replicated yet).", enum=list(api.DURABILITIES),
+                               default=api.Replication.durability),
         }, default={}, **{"x-kubernetes-validations": [
             _rule("self.maxLagEntries >= 0 && self.maxSilenceSeconds >= 2 && "
                   "self.maxSilenceSeconds <= 3600", api.Message.REPLICATION_BOUNDS)]}),

@@ -313,3 +313,39 @@ def test_until_migrated_the_schema_tiers_are_created_without_pods(body: dict[str
     job["status"] = {"conditions": [{"type": "Failed", "status": "True",
                                      "reason": "DeadlineExceeded", "message": "too slow"}]}
     assert jobs.failure(job) == ("DeadlineExceeded", "too slow")
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_the_data_plane_starts_on_the_durability_the_operator_writes(
+        body: dict[str, Any], durability: str) -> None:
+    """Regions on one keyspace in `sync` ack once a send's writes are in every datacenter:
+    the data plane refuses to start on another write level (settings.up_problem), so the
+    operator must write EACH_QUORUM with it; `async` needs no such level."""
+    settings = pytest.importorskip("chatplane.settings")
+    body["spec"]["replication"] = {"durability": durability}
+    cluster = api.parse(body)
+    api.validate(cluster)
+    assert len(cluster.regions) > 1  # regions peer each other on the shared keyspace
+    for region in cluster.regions:
+        data = config.config_data(cluster, region)
+        env = {k: v for k, v in data.items() if k not in PENDING_IN_DATA_PLANE}
+        plane = settings.load(environ=env)
+        assert plane.links.region_durability == durability
+        assert settings.up_problem(plane) is None, settings.up_problem(plane)
+        level = data.get("CHATPLANE_CQL_WRITE_CONSISTENCY", data["CHATPLANE_CQL_CONSISTENCY"])
+        assert (level == "EACH_QUORUM") == (durability == "sync")
+
+
+def test_one_region_without_peers_writes_at_its_own_level(body: dict[str, Any]) -> None:
+    body["spec"]["regions"] = body["spec"]["regions"][:1]
+    cluster = api.parse(body)
+    api.validate(cluster)
+    data = config.config_data(cluster, cluster.regions[0])
+    assert data["CHATPLANE_REGION_DURABILITY"] == "sync"
+    assert "CHATPLANE_CQL_WRITE_CONSISTENCY" not in data  # nothing to replicate to
+
+
+def test_an_unknown_durability_is_refused(body: dict[str, Any]) -> None:
+    body["spec"]["replication"] = {"durability": "eventually"}
+    with pytest.raises(api.SpecError, match="durability must be sync or async"):
+        api.validate(api.parse(body))

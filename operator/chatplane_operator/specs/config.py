@@ -77,7 +77,12 @@ def config_data(cluster: api.ChatCluster, region: api.Region) -> dict[str, str]:
         "CHATPLANE_DRAIN_RATE": str(cluster.upgrade.drain_rate),
         "CHATPLANE_DRAIN_DEADLINE_S": str(cluster.upgrade.drain_deadline_seconds),
         "CHATPLANE_PEERS": json.dumps(peers(cluster, region), sort_keys=True),
+        "CHATPLANE_REGION_DURABILITY": cluster.replication.durability,
     }
+    if cluster.replication.durability == "sync" and peers(cluster, region):
+        # regions on one keyspace ack a `sync` send once its writes are in every
+        # datacenter: the data plane refuses to start on any other write level
+        data["CHATPLANE_CQL_WRITE_CONSISTENCY"] = "EACH_QUORUM"
     if cluster.observability.otlp_endpoint:
         data["CHATPLANE_OTLP_ENDPOINT"] = cluster.observability.otlp_endpoint
         data["CHATPLANE_TRACE_SAMPLE_RATIO"] = str(cluster.observability.trace_sample_ratio)
