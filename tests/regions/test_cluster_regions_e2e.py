@@ -26,6 +26,7 @@ from chatplane.auth import TokenSigner
 from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
 from chatplane.cluster import Cluster
+from chatplane.im.regionjobs import jobs_key
 from chatplane.registry.ring import HashRing, ring_key
 from tests.cluster.conftest import FAST
 from tests.support.proxy import ChaosProxy
@@ -75,12 +76,20 @@ class Region:
         return [im for im in self.cluster.names("im") if self.cluster.members[im].alive
                 and self.peers(im)["jobs"]["here"]]
 
+    def jobs_owner(self) -> str | None:
+        """The im the ring of the live ims gives the region's jobs (im/regionjobs.py)."""
+        live = [im for im in self.cluster.names("im") if self.cluster.members[im].alive]
+        return HashRing(live).owner(ring_key(jobs_key(self.name)))
+
     async def jobs_im(self, what: str) -> str:
-        """The one im that runs the region's jobs (two may for a moment, while their
-        rings disagree: after a start or a death)."""
+        """The im that runs the region's jobs once they are where the ring of the live
+        ims puts them, and on no other. (One im found running them is not enough: after
+        a start or a restart of the ring's owner, the im that ran them meanwhile may
+        still run them for a second or so, alone, before it sees the owner and hands them
+        back.)"""
         found = await asyncio.to_thread(
-            wait_for, lambda: (lambda at: at if len(at) == 1 else None)(self.jobs_at()), 20,
-            what)
+            wait_for, lambda: (lambda at: at if at == [self.jobs_owner()] else None)(
+                self.jobs_at()), 20, what)
         return str(found[0])
 
     def db(self) -> sqlite3.Connection:
@@ -178,34 +187,47 @@ async def friend_request_read_back(us: Region) -> None:
 
 async def a_member_added_in_us_sends_in_eu(eu: Region, us: Region, traffic: Traffic) -> None:
     """A group homed in us whose member list an eu im cached (its owner on eu's ring,
-    not the im applying us's log, which forgets what it applies): bob adds cat in us,
-    and once the change is applied in eu, cat's send from eu is taken there and
-    forwarded to the home (a member missing from a cached list is looked up again)."""
-    jobs = await eu.jobs_im("eu's jobs im, after the restart")
+    not the im applying us's log, which forgets what it applies): its maker adds cat in
+    us, and once the change is applied in eu, cat's send from eu is taken there and
+    forwarded to the home (a member missing from a cached list is looked up again).
+
+    A new group's id is one its maker's im owns on us's ring (im/sequencing.py,
+    `new_group_id`), and the two rings have the same names: so the maker is a user whose
+    us im is not eu's jobs im (bob's is the im the ring gives eu's jobs, once they are
+    back on the restarted im)."""
+    jobs = await eu.jobs_im("eu's jobs back on the restarted im")
     ring = HashRing(eu.cluster.names("im"))
-    bob_us, bob_eu = traffic.device("bob", "us"), traffic.device("bob", "eu")
-    for _ in range(20):  # a fresh id each: one whose eu owner is not the jobs im
-        late = await bob_us.client.create_group("late", ["dan"])
-        if ring.owner(ring_key(late)) != jobs:
-            break
-    else:
-        raise AssertionError("no group owned by the other eu im")
-    await asyncio.to_thread(wait_for, lambda: bool(stored(eu, [late])[0][late]), 20,
-                            "the group in eu")
-    await bob_eu.client.send_text(late, "from eu")  # the eu owner caches its members
-    await bob_us.client.add_members(late, ["cat"])
+    maker_id = next(u for u in (f"gus{i}" for i in range(1000))
+                    if HashRing(us.cluster.names("im")).owner(u) != jobs)
+    maker = Client(us.cluster.dispatch_url, TokenSigner(SHARED_KEY).mint(maker_id, "phone"),
+                   request_timeout_s=30)
+    await maker.connect(timeout_s=30)
+    try:
+        for region in (eu, us):
+            await asyncio.to_thread(wait_for, lambda r=region: (  # type: ignore[misc]
+                homes(r, "user").get(maker_id) == "us"), 20,
+                f"{maker_id}'s home in {region.name}'s store")
+        late = await maker.create_group("late", ["bob", "dan"])
+        assert ring.owner(ring_key(late)) != jobs, (late, jobs)
+        await asyncio.to_thread(wait_for, lambda: bool(stored(eu, [late])[0][late]), 20,
+                                "the group in eu")
+        # the eu owner caches its members
+        await traffic.device("bob", "eu").client.send_text(late, "from eu")
+        await maker.add_members(late, ["cat"])
 
-    def cat_in_eu() -> bool:
-        db = eu.db()
-        try:
-            return db.execute("SELECT 1 FROM members WHERE conversation_id = ? AND"
-                              " user_id = 'cat'", (late,)).fetchone() is not None
-        finally:
-            db.close()
+        def cat_in_eu() -> bool:
+            db = eu.db()
+            try:
+                return db.execute("SELECT 1 FROM members WHERE conversation_id = ? AND"
+                                  " user_id = 'cat'", (late,)).fetchone() is not None
+            finally:
+                db.close()
 
-    await asyncio.to_thread(wait_for, cat_in_eu, 20, "cat a member in eu's store")
-    ack = await traffic.device("cat", "eu").client.send_text(late, "cat from eu")
-    assert ack.seq > 0
+        await asyncio.to_thread(wait_for, cat_in_eu, 20, "cat a member in eu's store")
+        ack = await traffic.device("cat", "eu").client.send_text(late, "cat from eu")
+        assert ack.seq > 0
+    finally:
+        await maker.close()
 
 
 class Traffic:

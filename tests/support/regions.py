@@ -27,6 +27,9 @@ from tests.support.traffic import Device
 
 SHARED_KEY = "a-token-key-every-region-shares"
 FAST_PROBES = {"CHATPLANE_PEER_PROBE_S": "0.2", "CHATPLANE_PEER_TIMEOUT_S": "0.5"}
+# for a region (or witness) to get ready: one `chatplane up` alone took 15-20 s at load
+# 21 on the 2-core machine, so the usual 20 s failed region tests before they began
+START_S = 60.0
 
 
 class RegionProcess(ServerProcess):
@@ -55,6 +58,9 @@ class RegionProcess(ServerProcess):
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+    def start(self, timeout_s: float = START_S) -> None:
+        super().start(timeout_s)
 
     def set_peers(self, peers: list[dict[str, str]]) -> None:
         self.env["CHATPLANE_PEERS"] = json.dumps(peers)
@@ -91,7 +97,7 @@ class WitnessProcess:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 20.0) -> None:
+    def start(self, timeout_s: float = START_S) -> None:
         self.proc = start_until_ready(
             [sys.executable, "-m", "chatplane.cli", "--log-level", "INFO", "witness",
              "--grpc-port", str(self.port), "--data-dir", str(self.data_dir)],

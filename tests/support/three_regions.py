@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.proxy import ChaosProxy
-from tests.support.regions import RegionProcess, WitnessProcess, sees, wait_for
+from tests.support.regions import START_S, RegionProcess, WitnessProcess, sees, wait_for
 
 NAMES = ("eu", "us", "ap")
-START_S = 60.0  # for each region to get ready
 
 
 @dataclass
