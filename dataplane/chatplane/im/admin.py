@@ -38,6 +38,7 @@ from chatplane.protocol.bounds import (
     MAX_REGION_BYTES,
 )
 from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.regions.moving import MoveConflict
 from chatplane.revocations import parse_before
 from chatplane.rpc.adminport import ADMIN_CREDENTIAL, AuditLog, credential
 from chatplane.storage.base import ANY, Revocation, Storage, StorageUnavailable, valid_id
@@ -108,6 +109,8 @@ class AdminApi:
                 response = await handler(request)
             except StorageUnavailable as exc:
                 response = _error(503, f"storage unavailable: {exc}")
+            except MoveConflict as exc:  # another move of the home is under way
+                response = _error(409, exc.message)
             except ProtocolError as exc:
                 status = {ErrorCode.NOT_FOUND: 404, ErrorCode.FORBIDDEN: 404,
                           ErrorCode.UNAVAILABLE: 503}.get(exc.code, 400)

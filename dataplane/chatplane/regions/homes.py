@@ -106,6 +106,7 @@ class HandOff:
     head: int = 0  # the log head read once sends stopped (0: not read yet)
     open: bool = True  # refusing sends; closed: given up or timed out, not yet re-checked
     rechecking: bool = False  # the row is being checked with the peers (`held_back`)
+    to: str = ""  # the region taking it: only its call resumes it (`resume`)
 
 
 def homed(conversation_id: str) -> bool:
@@ -500,6 +501,12 @@ class Homes:
         """`Region.OfferHome` on this side: this store's row after the offer."""
         row = await self.learn(request.kind, request.key,
                                Home(request.home, request.epoch, request.confirmed))
+        if (request.kind == CONVERSATION_HOME and row.confirmed and row.region != self.region
+                and self._handing_off.pop(request.key, None) is not None):
+            # the move is over here: the log serves none of the chat's entries under the
+            # new row, so nothing is held back for it, and another move from here is not
+            # kept waiting on this one's offers to the other peers (issue 17)
+            self.committed()
         return home_row(row)
 
     # -- sends ----------------------------------------------------------------
@@ -659,12 +666,20 @@ class Homes:
 
     # -- admin moves (regions/moving.py) ---------------------------------------
 
-    def hand_off(self, conversation_id: str) -> None:
+    def hand_off(self, conversation_id: str, to: str = "") -> None:
         """Stop sequencing `conversation_id` here: an admin move takes it elsewhere. New
         sends are refused (UNAVAILABLE, retried by the client) until `resume` or
         MOVE_HOLD_S, and what is sequenced after `handed_off_at` is neither acked nor
         pushed here (the new home does not apply it) until the row is checked again."""
-        self._handing_off[conversation_id] = HandOff(time.monotonic() + MOVE_HOLD_S)
+        self._handing_off[conversation_id] = HandOff(time.monotonic() + MOVE_HOLD_S, to=to)
+
+    def handing_off_to(self, conversation_id: str) -> str | None:
+        """The region an open hand-off of `conversation_id` goes to (None: none open,
+        or past MOVE_HOLD_S)."""
+        held = self._handing_off.get(conversation_id)
+        if held is None or not held.open or time.monotonic() >= held.until:
+            return None
+        return held.to
 
     def handed_off_at(self, conversation_id: str, log_head: int) -> None:
         """The log head read after `hand_off`: everything at or below it was sequenced
@@ -674,9 +689,13 @@ class Homes:
             held.head = log_head
             self.committed()  # the log's readers: what is at or below the head may go
 
-    def resume(self, conversation_id: str) -> None:
+    def resume(self, conversation_id: str, by: str | None = None) -> None:
         """The move is over (the new home holds the row, or it gave up): sequence under
-        whatever row this store holds."""
+        whatever row this store holds. `by`: the region whose move is over; a hand-off
+        to another region is not its to end (a move refused as another was under way)."""
+        held = self._handing_off.get(conversation_id)
+        if by is not None and held is not None and held.to and held.to != by:
+            return
         self._handing_off.pop(conversation_id, None)
         self._confirmed.pop((CONVERSATION_HOME, conversation_id), None)
         self.committed()  # the log's readers: what `held_back` held may go (or is gone)

@@ -38,7 +38,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -67,6 +67,15 @@ def _refused(code: ErrorCode, message: str) -> ProtocolError:
     return ProtocolError(code, message)
 
 
+class MoveConflict(ProtocolError):
+    """A move refused because another move of the same home is under way (the admin
+    API answers 409; Region.HandOff aborts ABORTED): retry once that one is over. Two
+    moves of one home at once would both take it at the same epoch."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, message)
+
+
 @dataclass
 class Moves:
     """Both sides of an admin move: `move_here` on the new home, `hand_off` on the old."""
@@ -77,15 +86,22 @@ class Moves:
     applied_to: Callable[[str], int]  # peer -> how far its log is applied here
     moved_here: int = 0
     handed_off: int = 0
+    # conversations this region is taking (one move of a home at a time from here)
+    under_way: set[str] = field(default_factory=set)
 
     # -- the old home's side (Region.HandOff) -----------------------------------
 
     async def hand_off(self, request: rpb.HandOffRequest) -> rpb.HandOffReply:
         key = request.key
         if request.resume:
-            self.homes.resume(key)
+            self.homes.resume(key, by=request.region)
             return rpb.HandOffReply(home=_row(await self.homes.stored(CONVERSATION_HOME, key)))
-        self.homes.hand_off(key)  # first: what is sequenced from now on is past the head
+        under_way = self.homes.handing_off_to(key)
+        if under_way is not None and under_way != request.region:
+            raise MoveConflict(f"the home of {key!r} is being moved to region {under_way}:"
+                               " retry once that move is over")
+        # first: what is sequenced from now on is past the head
+        self.homes.hand_off(key, request.region)
         row = await self.homes.stored(CONVERSATION_HOME, key)
         if row is None or row.region != self.homes.region or not row.confirmed:
             self.homes.resume(key)  # not ours to hand off: the caller learns the row
@@ -145,6 +161,17 @@ class Moves:
             raise _refused(ErrorCode.INVALID_ARGUMENT,
                            f"the home of {conversation_id!r} is region {row.region},"
                            " not a peer of this region")
+        if conversation_id in self.under_way:
+            raise MoveConflict(f"a move of {conversation_id!r} to region {me} is under way:"
+                               " retry once it is over")
+        self.under_way.add(conversation_id)
+        try:
+            return await self._move(conversation_id, row)
+        finally:
+            self.under_way.discard(conversation_id)
+
+    async def _move(self, conversation_id: str, row: Home) -> dict[str, Any]:
+        homes, me = self.homes, self.homes.region
         old = row.region
         started = time.monotonic()
         stub = rgrpc.RegionStub(homes.channels(old))
@@ -153,6 +180,8 @@ class Moves:
                 region=me, kind=CONVERSATION_HOME, key=conversation_id),
                 timeout=HAND_OFF_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.ABORTED:  # another move of it: not ours to end
+                raise MoveConflict(str(exc.details())) from exc
             # it may have stopped: told to resume (else it does after MOVE_HOLD_S)
             await self._resume(stub, old, conversation_id)
             raise _refused(ErrorCode.UNAVAILABLE, f"home region {old} of {conversation_id!r}"
@@ -169,7 +198,7 @@ class Moves:
         except BaseException:
             await self._resume(stub, old, conversation_id)
             raise
-        holding = await self._tell(conversation_id, taken)
+        holding = await self._tell(conversation_id, taken, old)
         if old in holding:
             await self._resume(stub, old, conversation_id)
         # else the old home refuses it until MOVE_HOLD_S, then checks with the peers
@@ -202,12 +231,14 @@ class Moves:
                            f" epoch {stored.epoch} for {conversation_id!r}: retry")
         return taken
 
-    async def _tell(self, conversation_id: str, taken: Home) -> set[str]:
+    async def _tell(self, conversation_id: str, taken: Home, old: str) -> set[str]:
         """Every peer is offered the new row; returns those that hold it. Best effort:
         the old home checks its row with the peers before it sequences again, and
         replication carries the row to the others."""
         holding = set()
-        for peer in self.homes.peers:
+        # the old home first: holding the row, it ends its hand-off (nothing of the chat
+        # is held back from its log any more) without waiting for the others' answers
+        for peer in sorted(self.homes.peers, key=lambda peer: peer != old):
             stub = rgrpc.RegionStub(self.homes.channels(peer))
             try:
                 answer = await stub.OfferHome(rpb.HomeOffer(
