@@ -17,9 +17,9 @@
 Served on the admin port only (rpc/adminport.py). Errors are JSON
 `{"error": text}` with 400 (bad input: the text names the field, "field
 ttl_s: an integer in 1 .. 2592000, not true"; the bounds are
-protocol/jsonbounds.py's), 401 (no or wrong secret), 404, 503 (storage
-unavailable). Every call that changes something, and every refused call, is
-written to the audit log.
+protocol/jsonbounds.py's), 401 (no or wrong secret), 404, 409 (a home move while
+another move of the same home is under way), 503 (storage unavailable). Every call
+that changes something, and every refused call, is written to the audit log.
 """
 
 from __future__ import annotations

@@ -748,20 +748,28 @@ class Homes:
 
     # -- admin moves of users' homes (regions/user_moves.py) --------------------
 
-    def hold_user(self, user_id: str) -> None:
-        """An admin move takes the user's home elsewhere: its timelines' appends are
-        refused (`moving`), and what they sequence after `user_held_at` is never acked."""
-        self._users_handing_off[user_id] = HandOff(time.monotonic() + MOVE_HOLD_S)
+    def hold_user(self, user_id: str, to: str = "") -> None:
+        """An admin move takes the user's home elsewhere (to region `to`): its
+        timelines' appends are refused (`moving`), and what they sequence after
+        `user_held_at` is never acked nor served to a peer (`held_back`)."""
+        self._users_handing_off[user_id] = HandOff(time.monotonic() + MOVE_HOLD_S, to=to)
+
+    def user_handing_off_to(self, user_id: str) -> str | None:
+        """The region an open hand-off of the user's home goes to (None: none)."""
+        held = self._users_handing_off.get(user_id)
+        return None if held is None else held.to
 
     def user_held_at(self, user_id: str, log_head: int) -> None:
         held = self._users_handing_off.get(user_id)
         if held is not None:
             held.head = log_head
+            self.committed()  # the log's readers: the timelines at or below it may go
 
     def release_user(self, user_id: str) -> None:
         """The user's move is over: its rows are read again from storage."""
         self._users_handing_off.pop(user_id, None)
         self.forget_user(user_id)
+        self.committed()  # the log's readers: what `held_back` held may go (or is gone)
 
     def forget_user(self, user_id: str) -> None:
         """Drop the cached rows of the user and its timelines (a move changed them)."""
@@ -777,14 +785,21 @@ class Homes:
         region that applied and pushed it would hold another message at a seq the new
         home gives out (issue 17). Once the new home's row is held here the log serves
         none of the chat's entries; a move given up serves them as they are. A hand-off
-        past MOVE_HOLD_S is checked with the peers first (`of`), as a send would."""
-        if not self._handing_off:
+        past MOVE_HOLD_S is checked with the peers first (`of`), as a send would. The
+        same for a user's timelines (`u:`, `r:`) past a user move's head (user_moves)."""
+        if not self._handing_off and not self._users_handing_off:
             return None
         for entry in entries:
             conversation_id = entry.message.conversation_id
-            # chats only: a user's timelines move between two regions alone (user_moves)
-            if (not entry.inbox_user and not timeline_user(conversation_id)
-                    and self.moved_past(conversation_id, entry.lsn)):
+            if entry.inbox_user:  # a held user's inbox gets no entry here past the head
+                continue
+            if timeline_user(conversation_id):
+                # a user's events past its move's head: held until the move is over
+                # (`release_user`, by the new home's call or the hold's watchdog)
+                if self.moved_past(conversation_id, entry.lsn):
+                    return entry.lsn
+                continue
+            if self.moved_past(conversation_id, entry.lsn):
                 held = self._handing_off[conversation_id]
                 self.moving(conversation_id)  # closes a hand-off past MOVE_HOLD_S
                 if not held.open and not held.rechecking:

@@ -30,6 +30,12 @@ With more than two regions the old home answers the hand-off only once every oth
 live peer applied its log to the head (`Region.Applied`): once the row moves, its log
 no longer serves them the conversation, and the new home's log serves only what was
 sequenced after the move, so a third region short of the head would keep a hole.
+
+Moves of different conversations may run at once. Two moves of one conversation would
+both take it at the same epoch: the second is refused (`MoveConflict`, 409) while the
+first is under way, by the new home if it is taking it already, by the old home if it
+is handing it off to another region; a hand-off is resumed only by the region it goes
+to, so the refused caller's clean-up leaves the first move alone.
 """
 
 from __future__ import annotations
@@ -76,6 +82,26 @@ class MoveConflict(ProtocolError):
         super().__init__(ErrorCode.UNAVAILABLE, message)
 
 
+async def others_apply(homes: Homes, new_home: str, head: int) -> list[str]:
+    """The old home's wait, in a chat's move and in a user's (regions/user_moves.py):
+    until every live peer but the new home applied this region's log to `head` (they
+    tell it with Region.Applied); returns those that did not in time. Once the row
+    moves, this region's log no longer serves them the conversation (or the user's
+    inbox entries: it serves only the homes it holds), and the new home's log starts
+    after the move: what they lack below the head would be a hole for good."""
+    durability = homes.durability
+    others = [peer for peer in homes.peers if peer != new_home and peer not in homes.lost]
+    if durability is None or not others:
+        return []
+    deadline = time.monotonic() + THIRD_PEERS_S
+    while True:
+        behind = [peer for peer in others if peer not in durability.peers
+                  or durability.peers[peer].applied_to < head]
+        if not behind or time.monotonic() >= deadline:
+            return behind
+        await asyncio.sleep(POLL_S)
+
+
 @dataclass
 class Moves:
     """Both sides of an admin move: `move_here` on the new home, `hand_off` on the old."""
@@ -112,7 +138,7 @@ class Moves:
         head = await self.log.log_head()
         self.homes.handed_off_at(key, head)
         self.handed_off += 1
-        behind = await self._others_apply(request.region, head)
+        behind = await others_apply(self.homes, request.region, head)
         if behind:
             self.homes.resume(key)
             raise _refused(ErrorCode.UNAVAILABLE, f"region {', '.join(behind)} did not apply"
@@ -121,25 +147,6 @@ class Moves:
         log.info("handing the home of %s off to %s (log head %d)", key, request.region, head)
         return rpb.HandOffReply(home=_row(row), log_head=head,
                                 head_seq=0 if conversation is None else conversation.head_seq)
-
-    async def _others_apply(self, new_home: str, head: int) -> list[str]:
-        """Waits until every live peer but the new home applied this region's log to
-        `head` (they tell it with Region.Applied); returns those that did not in time.
-        Once the row moves, this region's log no longer serves them the conversation
-        (it serves only the homes it holds), and the new home's log starts after the
-        move: what they lack below the head would be a hole for good."""
-        durability = self.homes.durability
-        others = [peer for peer in self.homes.peers
-                  if peer != new_home and peer not in self.homes.lost]
-        if durability is None or not others:
-            return []
-        deadline = time.monotonic() + THIRD_PEERS_S
-        while True:
-            behind = [peer for peer in others if peer not in durability.peers
-                      or durability.peers[peer].applied_to < head]
-            if not behind or time.monotonic() >= deadline:
-                return behind
-            await asyncio.sleep(POLL_S)
 
     # -- the new home's side (the admin API) ------------------------------------
 
