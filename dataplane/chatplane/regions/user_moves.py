@@ -13,7 +13,11 @@ their home's entry arrives through its log. So a move has the chat move's three 
    message stored there records the user's entry as owed, as for a user homed
    elsewhere; senders are not refused) and refuses the user's events and relations
    records (`Homes.hold_user`), then answers its log head and the user's inbox head,
-   read after the hold: every entry it wrote is at or below that head.
+   read after the hold: every entry it wrote is at or below that head. With more than
+   two regions it answers only once every other live peer applied its log to that
+   head (`moving.others_apply`): once the row moves its log serves them the user's
+   entries no more. The user's events sequenced there past the head are served to no
+   peer until the move is over (`Homes.held_back`).
 2. **Catch-up.** The new home waits until it applied the old home's log to that head,
    so it holds every entry the old home wrote.
 3. **Take.** In one transaction (`take_user_home`) the new home checks it holds the
@@ -30,7 +34,8 @@ Given up (the old home does not answer, the catch-up takes more than 10 s, the i
 is short), the old home is told to resume: it writes the entries owed during the hold
 (`release_inbox`), in the order it stored them per conversation, and goes on. It holds
 for at most `homes.MOVE_HOLD_S`, then checks its row with the peers before it writes
-the user's entries again; the new home takes only within half that hold.
+the user's entries again; the new home takes only within half that hold. A second
+move of the same user while one is under way is refused (`MoveConflict`, 409).
 """
 
 from __future__ import annotations
