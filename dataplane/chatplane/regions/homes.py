@@ -501,11 +501,10 @@ class Homes:
         """`Region.OfferHome` on this side: this store's row after the offer."""
         row = await self.learn(request.kind, request.key,
                                Home(request.home, request.epoch, request.confirmed))
-        if (request.kind == CONVERSATION_HOME and row.confirmed and row.region != self.region
-                and self._handing_off.pop(request.key, None) is not None):
-            # the move is over here: the log serves none of the chat's entries under the
-            # new row, so nothing is held back for it, and another move from here is not
-            # kept waiting on this one's offers to the other peers (issue 17)
+        if request.kind == CONVERSATION_HOME and request.key in self._handing_off:
+            # a move of it from here is over: its log serves none of the chat's entries
+            # under the new row (nothing held back for it from now on), so another move
+            # from here does not wait on this one's offers to the other peers
             self.committed()
         return home_row(row)
 

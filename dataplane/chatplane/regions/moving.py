@@ -243,8 +243,8 @@ class Moves:
         the old home checks its row with the peers before it sequences again, and
         replication carries the row to the others."""
         holding = set()
-        # the old home first: holding the row, it ends its hand-off (nothing of the chat
-        # is held back from its log any more) without waiting for the others' answers
+        # the old home first: holding the row, its log holds nothing of the chat back any
+        # more (it serves none of it), without waiting for the others' answers
         for peer in sorted(self.homes.peers, key=lambda peer: peer != old):
             stub = rgrpc.RegionStub(self.homes.channels(peer))
             try:
