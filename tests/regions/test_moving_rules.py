@@ -19,6 +19,7 @@ from chatplane.regions import homes as homes_module
 from chatplane.regions.homes import Homes
 from chatplane.regions.moving import MoveConflict, Moves
 from chatplane.regions.replication import Replication
+from chatplane.regions.user_moves import UserMoves
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     USER_HOME,
@@ -215,5 +216,31 @@ async def test_a_users_events_past_its_moves_head_are_served_once_the_move_is_ov
             (events, 2)]
         await stream.aclose()
     finally:
+        await homes.stop()
+        await storage.close()
+
+
+async def test_a_second_move_of_one_user_is_refused_and_leaves_the_first_alone(
+        tmp_path: Path) -> None:
+    """The same for a user's home: eu holds alice for us; ap's hand-off is refused
+    (MoveConflict) and ap's resume leaves the hold; us's lifts it."""
+    storage, homes, _ = await _eu(tmp_path, 0)
+    moves = UserMoves(homes, storage, lambda peer: 0, _applied)
+    events = "u:alice"
+    try:
+        await storage.offer_home(USER_HOME, "alice", Home("eu", 1, True))
+        reply = await moves.hand_off(rpb.HandOffRequest(region="us", kind=USER_HOME,
+                                                        key="alice"))
+        assert reply.home.home == "eu" and homes.moving(events)
+        with pytest.raises(MoveConflict, match="being moved to region us"):
+            await moves.hand_off(rpb.HandOffRequest(region="ap", kind=USER_HOME, key="alice"))
+        await moves.hand_off(rpb.HandOffRequest(region="ap", kind=USER_HOME, key="alice",
+                                                resume=True))
+        assert homes.moving(events)  # still held for us
+        await moves.hand_off(rpb.HandOffRequest(region="us", kind=USER_HOME, key="alice",
+                                                resume=True))
+        assert not homes.moving(events)
+    finally:
+        moves.stop()
         await homes.stop()
         await storage.close()
