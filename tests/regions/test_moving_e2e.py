@@ -15,6 +15,7 @@ import asyncio
 import functools
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,9 @@ from tests.support.regions import (
     sees,
     two_regions,
     wait_for,
+)
+from tests.support.regions import (
+    caught_up as applied_both_ways,
 )
 from tests.support.three_regions import Mesh, caught_up, messages_of, report, three_regions
 from tests.support.traffic import Device, send_many, wait_until_received
@@ -244,5 +248,168 @@ async def test_what_the_old_home_sequenced_past_its_hand_off_reaches_no_third_re
             await send_many(alice_in_us, conversation, 3, "in-us")  # us gives seqs 2..4
             await asyncio.wait_for(in_flight, 60)  # refused by eu, resent, sequenced by us
             await _judged_everywhere(mesh, devices, checker, conversation, 1 + 3 + 3)
+        finally:
+            await _stop_all(devices)
+
+
+# -- moves at once (issue 17: two moves of different chats both succeed; two moves of one
+# chat are serialized: the second is refused 409 while the first is under way) ----------
+
+async def _chat(first: Device, other: Device, checker: DeliveryChecker) -> str:
+    """`first`'s 1:1 chat with `other`, homed in `first`'s region by its first send."""
+    conversation = await first.client.direct(other.user)
+    checker.add_member(conversation, first.user)
+    checker.add_member(conversation, other.user)
+    await send_many(first, conversation, 1, "first")
+    return conversation
+
+
+async def _all_received(expected: dict[Device, int], timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while any(len(device.received) < count for device, count in expected.items()):
+        if loop.time() > deadline:
+            raise AssertionError("timed out: received " + ", ".join(
+                f"{d.user}/{d.device}={len(d.received)} of {n}" for d, n in expected.items()))
+        await asyncio.sleep(0.05)
+
+
+def _same_in_every_store(regions: list[RegionProcess], totals: dict[str, int]) -> None:
+    """Every store holds one message at each seq 1..total of each chat, the same."""
+    held = [messages_of(region) for region in regions]
+    for conversation, total in totals.items():
+        first = held[0].get(conversation)
+        assert [seq for seq, _ in first or []] == list(range(1, total + 1)), conversation
+        assert all(store.get(conversation) == first for store in held[1:]), conversation
+
+
+async def _moved_at_once(moves: list[tuple[RegionProcess, str]]) -> list[tuple[int, Any]]:
+    """The admin calls, each on the region that takes the chat, all at once."""
+    return list(await asyncio.gather(*(asyncio.to_thread(move_home, region, chat, region.name)
+                                       for region, chat in moves)))
+
+
+async def test_two_regions_move_chats_both_ways_at_once_under_traffic(tmp_path: Path) -> None:
+    """sync durability, two regions: two chats homed in eu move to us and one homed in us
+    moves to eu, the three admin calls at once while both sides of every chat send. Each
+    move succeeds (a move's held entry no longer times another move out), every device
+    gets every message once and in order, both stores hold the same message at each seq."""
+    with two_regions(tmp_path) as (eu, us):
+        for me, other in ((eu, us), (us, eu)):
+            wait_for(functools.partial(sees, me, other.name), 20, f"{me.name} sees {other.name}")
+        checker = DeliveryChecker()
+        devices: list[Device] = []
+        try:
+            for region, user in ((eu, "alice"), (us, "bob"), (eu, "carol"), (us, "dave")):
+                devices.append(await region_device(region, user, user[0], checker,
+                                                   timeout_s=30))
+            alice, bob, carol, dave = devices
+            one = await _chat(alice, bob, checker)  # eu
+            two = await _chat(carol, dave, checker)  # eu
+            three = await _chat(dave, alice, checker)  # us
+            sends = [(alice, one, 15), (bob, one, 10), (carol, two, 15), (dave, two, 10),
+                     (dave, three, 15), (alice, three, 10)]
+            traffic = asyncio.gather(*(_paced(d, c, n, 0.05) for d, c, n in sends))
+            await asyncio.sleep(0.3)
+            answers = await _moved_at_once([(us, one), (us, two), (eu, three)])
+            assert [status for status, _ in answers] == [200, 200, 200], answers
+            assert [a["home"] for _, a in answers] == ["us", "us", "eu"], answers
+            assert not traffic.done()  # the moves fell in the middle of the sends
+            await asyncio.wait_for(traffic, 60)
+            totals = {one: 26, two: 26, three: 26}
+            await _all_received({alice: 52, bob: 26, carol: 26, dave: 52}, 30)
+            for device in devices:
+                device.judge()
+            verdict = checker.verdict()
+            assert verdict.acked == 78 and verdict.ok, verdict.summary()
+            await asyncio.to_thread(wait_for, lambda: applied_both_ways(eu, us), 30, "logs applied")
+            _same_in_every_store([eu, us], totals)
+        finally:
+            await _stop_all(devices)
+
+
+async def test_three_regions_move_three_chats_at_once_under_traffic(tmp_path: Path) -> None:
+    """sync durability, three regions: alice's chat with carol (eu) moves to us, bob's
+    with carol (us) to ap and alice's with bob (eu) to ap, the three admin calls at once
+    while every member sends. Each succeeds; the checker is clean and the three stores
+    hold the same message at each seq of each chat."""
+    async with three_regions(tmp_path) as mesh:
+        await mesh.all_see_each_other()
+        eu, us, ap = (mesh.regions[name] for name in ("eu", "us", "ap"))
+        checker = DeliveryChecker()
+        devices: list[Device] = []
+        try:
+            for region, user in ((eu, "alice"), (us, "bob"), (ap, "carol")):
+                devices.append(await region_device(region, user, user[0], checker,
+                                                   timeout_s=30))
+            alice, bob, carol = devices
+            one = await _chat(alice, carol, checker)  # eu
+            two = await _chat(bob, carol, checker)  # us
+            three = await _chat(alice, bob, checker)  # eu
+            sends = [(alice, one, 12), (carol, one, 8), (bob, two, 12), (carol, two, 8),
+                     (alice, three, 12), (bob, three, 8)]
+            traffic = asyncio.gather(*(_paced(d, c, n, 0.05) for d, c, n in sends))
+            await asyncio.sleep(0.3)
+            answers = await _moved_at_once([(us, one), (ap, two), (ap, three)])
+            assert [status for status, _ in answers] == [200, 200, 200], (answers, report(mesh))
+            assert not traffic.done()
+            await asyncio.wait_for(traffic, 60)
+            try:
+                await _all_received({alice: 42, bob: 42, carol: 42}, 30)
+            except AssertionError:
+                print(report(mesh))
+                raise
+            for device in devices:
+                device.judge()
+            verdict = checker.verdict()
+            assert verdict.acked == 63 and verdict.ok, verdict.summary()
+            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
+            _same_in_every_store([eu, us, ap], {one: 21, two: 21, three: 21})
+        finally:
+            await _stop_all(devices)
+
+
+async def test_one_chat_moved_twice_at_once_is_refused_409_until_the_first_is_over(
+        tmp_path: Path) -> None:
+    """Three regions: the move of alice's chat with carol (eu) to us is under way (us
+    cannot take it yet: its store is held) when the calls to move it to ap, and to us
+    again, come: both are refused 409 (the home is being moved), neither stops nor
+    resumes the first, which then succeeds at epoch 2; a move to ap after it takes the
+    chat from us at epoch 3. Alice and carol send throughout; the checker is clean."""
+    async with three_regions(tmp_path) as mesh:
+        await mesh.all_see_each_other()
+        eu, us, ap = (mesh.regions[name] for name in ("eu", "us", "ap"))
+        checker = DeliveryChecker()
+        devices: list[Device] = []
+        try:
+            alice, carol, conversation = await _alice_and_carol(eu, ap, checker, devices)
+            await asyncio.to_thread(wait_for, lambda: caught_up(mesh), 30, "every log applied")
+            traffic = asyncio.gather(_paced(alice, conversation, 20, 0.1),
+                                     _paced(carol, conversation, 15, 0.15))
+            held_us = sqlite3.connect(tmp_path / "us" / "chatplane.db", timeout=10,
+                                      isolation_level=None)
+            try:
+                held_us.execute("BEGIN IMMEDIATE")  # us applies nothing: its move waits
+                first = asyncio.ensure_future(asyncio.to_thread(move_home, us, conversation,
+                                                                "us"))
+                await asyncio.sleep(0.5)  # eu handed it off to us
+                assert not first.done()
+                status, to_ap = await asyncio.to_thread(move_home, ap, conversation, "ap")
+                assert status == 409 and "being moved to region us" in to_ap["error"], to_ap
+                status, again = await asyncio.to_thread(move_home, us, conversation, "us")
+                assert status == 409 and "under way" in again["error"], again
+                await asyncio.sleep(1.0)
+                assert not first.done()
+            finally:
+                held_us.execute("ROLLBACK")
+                held_us.close()
+            status, moved = await asyncio.wait_for(first, 30)
+            assert status == 200, moved
+            assert (moved["home"], moved["epoch"], moved["moved_from"]) == ("us", 2, "eu")
+            status, moved = await asyncio.to_thread(move_home, ap, conversation, "ap")
+            assert status == 200, moved
+            assert (moved["home"], moved["epoch"], moved["moved_from"]) == ("ap", 3, "us")
+            await asyncio.wait_for(traffic, 60)
+            await _judged_everywhere(mesh, devices, checker, conversation, 1 + 20 + 15)
         finally:
             await _stop_all(devices)

@@ -17,7 +17,9 @@ import pytest
 
 from chatplane.regions import homes as homes_module
 from chatplane.regions.homes import Homes
+from chatplane.regions.moving import MoveConflict, Moves
 from chatplane.regions.replication import Replication
+from chatplane.regions.user_moves import UserMoves
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     USER_HOME,
@@ -155,5 +157,90 @@ async def test_an_inbox_entry_is_served_while_a_supersede_took_its_message_away(
         assert [(e.inbox_user, e.inbox_seq, e.message.seq) for e in entries] == [
             ("alice", 1, 3), ("alice", 2, 4)]
     finally:
+        await homes.stop()
+        await storage.close()
+
+
+async def test_a_second_move_of_one_chat_is_refused_and_leaves_the_first_alone(
+        tmp_path: Path) -> None:
+    """eu hands CHAT off to us; ap's hand-off of it is refused (MoveConflict: 409 on the
+    admin API) and ap's clean-up (`resume`) does not end us's hand-off; us's does. Before
+    the refusal ap's hand-off replaced us's and ap's resume ended the move under us."""
+    storage, homes, _ = await _eu(tmp_path, 2)
+    moves = Moves(homes, storage, storage, lambda peer: 0)
+    try:
+        reply = await moves.hand_off(rpb.HandOffRequest(region="us", kind=CONVERSATION_HOME,
+                                                        key=CHAT))
+        assert reply.home.home == "eu" and reply.log_head == await storage.log_head()
+        with pytest.raises(MoveConflict, match="being moved to region us"):
+            await moves.hand_off(rpb.HandOffRequest(region="ap", kind=CONVERSATION_HOME,
+                                                    key=CHAT))
+        await moves.hand_off(rpb.HandOffRequest(region="ap", kind=CONVERSATION_HOME, key=CHAT,
+                                                resume=True))
+        assert homes.moving(CHAT)  # still handed off to us
+        await moves.hand_off(rpb.HandOffRequest(region="us", kind=CONVERSATION_HOME, key=CHAT,
+                                                resume=True))
+        assert not homes.moving(CHAT)
+    finally:
+        await homes.stop()
+        await storage.close()
+
+
+async def test_a_users_events_past_its_moves_head_are_served_once_the_move_is_over(
+        tmp_path: Path) -> None:
+    """alice's home (and her events' timeline, u:alice) moves from eu: an event eu
+    sequenced past the head it held her at (in flight as it held) is served to no peer
+    while the move is under way (a third region would push it at a seq the new home
+    gives out); given up, it is served as it is."""
+    storage, homes, replication = await _eu(tmp_path, 2)
+    events = "u:alice"
+    try:
+        await storage.offer_home(USER_HOME, "alice", Home("eu", 1, True))
+        await storage.ensure_events("alice", NOW_MS)
+        await storage.offer_home(CONVERSATION_HOME, events, Home("eu", 1, True))
+        await storage.append(send(events, "alice", 1), ())
+        homes.hold_user("alice", "us")
+        homes.user_held_at("alice", await storage.log_head())
+        past = (await storage.append(send(events, "alice", 2), ())).log_position
+        assert homes.moved_past(events, past)
+        stream = replication.serve(rpb.ReplicateRequest(region="ap", after=0)).__aiter__()
+        batch = await _next(stream, 0)
+        assert batch.scanned_to == past - 1
+        assert [e.message.conversation_id for e in batch.entries] == [CHAT, CHAT, events]
+        waiting = asyncio.ensure_future(_next(stream, past - 1))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # held
+        homes.release_user("alice")  # given up: eu is still her home
+        batch = await asyncio.wait_for(waiting, 2)
+        assert [(e.message.conversation_id, e.message.seq) for e in batch.entries] == [
+            (events, 2)]
+        await stream.aclose()
+    finally:
+        await homes.stop()
+        await storage.close()
+
+
+async def test_a_second_move_of_one_user_is_refused_and_leaves_the_first_alone(
+        tmp_path: Path) -> None:
+    """The same for a user's home: eu holds alice for us; ap's hand-off is refused
+    (MoveConflict) and ap's resume leaves the hold; us's lifts it."""
+    storage, homes, _ = await _eu(tmp_path, 0)
+    moves = UserMoves(homes, storage, lambda peer: 0, _applied)
+    events = "u:alice"
+    try:
+        await storage.offer_home(USER_HOME, "alice", Home("eu", 1, True))
+        reply = await moves.hand_off(rpb.HandOffRequest(region="us", kind=USER_HOME,
+                                                        key="alice"))
+        assert reply.home.home == "eu" and homes.moving(events)
+        with pytest.raises(MoveConflict, match="being moved to region us"):
+            await moves.hand_off(rpb.HandOffRequest(region="ap", kind=USER_HOME, key="alice"))
+        await moves.hand_off(rpb.HandOffRequest(region="ap", kind=USER_HOME, key="alice",
+                                                resume=True))
+        assert homes.moving(events)  # still held for us
+        await moves.hand_off(rpb.HandOffRequest(region="us", kind=USER_HOME, key="alice",
+                                                resume=True))
+        assert not homes.moving(events)
+    finally:
+        moves.stop()
         await homes.stop()
         await storage.close()

@@ -17,9 +17,9 @@
 Served on the admin port only (rpc/adminport.py). Errors are JSON
 `{"error": text}` with 400 (bad input: the text names the field, "field
 ttl_s: an integer in 1 .. 2592000, not true"; the bounds are
-protocol/jsonbounds.py's), 401 (no or wrong secret), 404, 503 (storage
-unavailable). Every call that changes something, and every refused call, is
-written to the audit log.
+protocol/jsonbounds.py's), 401 (no or wrong secret), 404, 409 (a home move while
+another move of the same home is under way), 503 (storage unavailable). Every call
+that changes something, and every refused call, is written to the audit log.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from chatplane.protocol.bounds import (
     MAX_REGION_BYTES,
 )
 from chatplane.protocol.errors import ErrorCode, ProtocolError
+from chatplane.regions.moving import MoveConflict
 from chatplane.revocations import parse_before
 from chatplane.rpc.adminport import ADMIN_CREDENTIAL, AuditLog, credential
 from chatplane.storage.base import ANY, Revocation, Storage, StorageUnavailable, valid_id
@@ -108,6 +109,8 @@ class AdminApi:
                 response = await handler(request)
             except StorageUnavailable as exc:
                 response = _error(503, f"storage unavailable: {exc}")
+            except MoveConflict as exc:  # another move of the home is under way
+                response = _error(409, exc.message)
             except ProtocolError as exc:
                 status = {ErrorCode.NOT_FOUND: 404, ErrorCode.FORBIDDEN: 404,
                           ErrorCode.UNAVAILABLE: 503}.get(exc.code, 400)

@@ -106,6 +106,7 @@ class HandOff:
     head: int = 0  # the log head read once sends stopped (0: not read yet)
     open: bool = True  # refusing sends; closed: given up or timed out, not yet re-checked
     rechecking: bool = False  # the row is being checked with the peers (`held_back`)
+    to: str = ""  # the region taking it: only its call resumes it (`resume`)
 
 
 def homed(conversation_id: str) -> bool:
@@ -500,6 +501,11 @@ class Homes:
         """`Region.OfferHome` on this side: this store's row after the offer."""
         row = await self.learn(request.kind, request.key,
                                Home(request.home, request.epoch, request.confirmed))
+        if request.kind == CONVERSATION_HOME and request.key in self._handing_off:
+            # a move of it from here is over: its log serves none of the chat's entries
+            # under the new row (nothing held back for it from now on), so another move
+            # from here does not wait on this one's offers to the other peers
+            self.committed()
         return home_row(row)
 
     # -- sends ----------------------------------------------------------------
@@ -659,12 +665,20 @@ class Homes:
 
     # -- admin moves (regions/moving.py) ---------------------------------------
 
-    def hand_off(self, conversation_id: str) -> None:
+    def hand_off(self, conversation_id: str, to: str = "") -> None:
         """Stop sequencing `conversation_id` here: an admin move takes it elsewhere. New
         sends are refused (UNAVAILABLE, retried by the client) until `resume` or
         MOVE_HOLD_S, and what is sequenced after `handed_off_at` is neither acked nor
         pushed here (the new home does not apply it) until the row is checked again."""
-        self._handing_off[conversation_id] = HandOff(time.monotonic() + MOVE_HOLD_S)
+        self._handing_off[conversation_id] = HandOff(time.monotonic() + MOVE_HOLD_S, to=to)
+
+    def handing_off_to(self, conversation_id: str) -> str | None:
+        """The region an open hand-off of `conversation_id` goes to (None: none open,
+        or past MOVE_HOLD_S)."""
+        held = self._handing_off.get(conversation_id)
+        if held is None or not held.open or time.monotonic() >= held.until:
+            return None
+        return held.to
 
     def handed_off_at(self, conversation_id: str, log_head: int) -> None:
         """The log head read after `hand_off`: everything at or below it was sequenced
@@ -674,9 +688,13 @@ class Homes:
             held.head = log_head
             self.committed()  # the log's readers: what is at or below the head may go
 
-    def resume(self, conversation_id: str) -> None:
+    def resume(self, conversation_id: str, by: str | None = None) -> None:
         """The move is over (the new home holds the row, or it gave up): sequence under
-        whatever row this store holds."""
+        whatever row this store holds. `by`: the region whose move is over; a hand-off
+        to another region is not its to end (a move refused as another was under way)."""
+        held = self._handing_off.get(conversation_id)
+        if by is not None and held is not None and held.to and held.to != by:
+            return
         self._handing_off.pop(conversation_id, None)
         self._confirmed.pop((CONVERSATION_HOME, conversation_id), None)
         self.committed()  # the log's readers: what `held_back` held may go (or is gone)
@@ -729,20 +747,28 @@ class Homes:
 
     # -- admin moves of users' homes (regions/user_moves.py) --------------------
 
-    def hold_user(self, user_id: str) -> None:
-        """An admin move takes the user's home elsewhere: its timelines' appends are
-        refused (`moving`), and what they sequence after `user_held_at` is never acked."""
-        self._users_handing_off[user_id] = HandOff(time.monotonic() + MOVE_HOLD_S)
+    def hold_user(self, user_id: str, to: str = "") -> None:
+        """An admin move takes the user's home elsewhere (to region `to`): its
+        timelines' appends are refused (`moving`), and what they sequence after
+        `user_held_at` is never acked nor served to a peer (`held_back`)."""
+        self._users_handing_off[user_id] = HandOff(time.monotonic() + MOVE_HOLD_S, to=to)
+
+    def user_handing_off_to(self, user_id: str) -> str | None:
+        """The region an open hand-off of the user's home goes to (None: none)."""
+        held = self._users_handing_off.get(user_id)
+        return None if held is None else held.to
 
     def user_held_at(self, user_id: str, log_head: int) -> None:
         held = self._users_handing_off.get(user_id)
         if held is not None:
             held.head = log_head
+            self.committed()  # the log's readers: the timelines at or below it may go
 
     def release_user(self, user_id: str) -> None:
         """The user's move is over: its rows are read again from storage."""
         self._users_handing_off.pop(user_id, None)
         self.forget_user(user_id)
+        self.committed()  # the log's readers: what `held_back` held may go (or is gone)
 
     def forget_user(self, user_id: str) -> None:
         """Drop the cached rows of the user and its timelines (a move changed them)."""
@@ -758,14 +784,21 @@ class Homes:
         region that applied and pushed it would hold another message at a seq the new
         home gives out (issue 17). Once the new home's row is held here the log serves
         none of the chat's entries; a move given up serves them as they are. A hand-off
-        past MOVE_HOLD_S is checked with the peers first (`of`), as a send would."""
-        if not self._handing_off:
+        past MOVE_HOLD_S is checked with the peers first (`of`), as a send would. The
+        same for a user's timelines (`u:`, `r:`) past a user move's head (user_moves)."""
+        if not self._handing_off and not self._users_handing_off:
             return None
         for entry in entries:
             conversation_id = entry.message.conversation_id
-            # chats only: a user's timelines move between two regions alone (user_moves)
-            if (not entry.inbox_user and not timeline_user(conversation_id)
-                    and self.moved_past(conversation_id, entry.lsn)):
+            if entry.inbox_user:  # a held user's inbox gets no entry here past the head
+                continue
+            if timeline_user(conversation_id):
+                # a user's events past its move's head: held until the move is over
+                # (`release_user`, by the new home's call or the hold's watchdog)
+                if self.moved_past(conversation_id, entry.lsn):
+                    return entry.lsn
+                continue
+            if self.moved_past(conversation_id, entry.lsn):
                 held = self._handing_off[conversation_id]
                 self.moving(conversation_id)  # closes a hand-off past MOVE_HOLD_S
                 if not held.open and not held.rechecking:

@@ -29,7 +29,7 @@ from chatplane.protocol import bounds
 from chatplane.protocol.errors import ProtocolError
 from chatplane.regions import hello
 from chatplane.regions.homes import Homes, LocalAdminChange, LocalGroupOp, LocalSend
-from chatplane.regions.moving import Moves
+from chatplane.regions.moving import MoveConflict, Moves
 from chatplane.regions.notices import NoticeFollower, NoticeLog
 from chatplane.regions.replication import BeyondLog, Replication
 from chatplane.regions.social import LocalFriendOp, SocialHomes
@@ -248,6 +248,9 @@ class RegionServicer(rgrpc.RegionServicer):
                 assert sequencing.user_moves is not None
                 return await sequencing.user_moves.hand_off(request)
             return await sequencing.moves.hand_off(request)
+        except MoveConflict as exc:  # another region's move of it is under way
+            await context.abort(grpc.StatusCode.ABORTED, exc.message)
+            raise
         except ProtocolError as exc:  # not handed off (a peer behind): the caller gives up
             await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
             raise

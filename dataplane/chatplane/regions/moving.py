@@ -30,6 +30,12 @@ With more than two regions the old home answers the hand-off only once every oth
 live peer applied its log to the head (`Region.Applied`): once the row moves, its log
 no longer serves them the conversation, and the new home's log serves only what was
 sequenced after the move, so a third region short of the head would keep a hole.
+
+Moves of different conversations may run at once. Two moves of one conversation would
+both take it at the same epoch: the second is refused (`MoveConflict`, 409) while the
+first is under way, by the new home if it is taking it already, by the old home if it
+is handing it off to another region; a hand-off is resumed only by the region it goes
+to, so the refused caller's clean-up leaves the first move alone.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -67,6 +73,35 @@ def _refused(code: ErrorCode, message: str) -> ProtocolError:
     return ProtocolError(code, message)
 
 
+class MoveConflict(ProtocolError):
+    """A move refused because another move of the same home is under way (the admin
+    API answers 409; Region.HandOff aborts ABORTED): retry once that one is over. Two
+    moves of one home at once would both take it at the same epoch."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, message)
+
+
+async def others_apply(homes: Homes, new_home: str, head: int) -> list[str]:
+    """The old home's wait, in a chat's move and in a user's (regions/user_moves.py):
+    until every live peer but the new home applied this region's log to `head` (they
+    tell it with Region.Applied); returns those that did not in time. Once the row
+    moves, this region's log no longer serves them the conversation (or the user's
+    inbox entries: it serves only the homes it holds), and the new home's log starts
+    after the move: what they lack below the head would be a hole for good."""
+    durability = homes.durability
+    others = [peer for peer in homes.peers if peer != new_home and peer not in homes.lost]
+    if durability is None or not others:
+        return []
+    deadline = time.monotonic() + THIRD_PEERS_S
+    while True:
+        behind = [peer for peer in others if peer not in durability.peers
+                  or durability.peers[peer].applied_to < head]
+        if not behind or time.monotonic() >= deadline:
+            return behind
+        await asyncio.sleep(POLL_S)
+
+
 @dataclass
 class Moves:
     """Both sides of an admin move: `move_here` on the new home, `hand_off` on the old."""
@@ -77,15 +112,22 @@ class Moves:
     applied_to: Callable[[str], int]  # peer -> how far its log is applied here
     moved_here: int = 0
     handed_off: int = 0
+    # conversations this region is taking (one move of a home at a time from here)
+    under_way: set[str] = field(default_factory=set)
 
     # -- the old home's side (Region.HandOff) -----------------------------------
 
     async def hand_off(self, request: rpb.HandOffRequest) -> rpb.HandOffReply:
         key = request.key
         if request.resume:
-            self.homes.resume(key)
+            self.homes.resume(key, by=request.region)
             return rpb.HandOffReply(home=_row(await self.homes.stored(CONVERSATION_HOME, key)))
-        self.homes.hand_off(key)  # first: what is sequenced from now on is past the head
+        under_way = self.homes.handing_off_to(key)
+        if under_way is not None and under_way != request.region:
+            raise MoveConflict(f"the home of {key!r} is being moved to region {under_way}:"
+                               " retry once that move is over")
+        # first: what is sequenced from now on is past the head
+        self.homes.hand_off(key, request.region)
         row = await self.homes.stored(CONVERSATION_HOME, key)
         if row is None or row.region != self.homes.region or not row.confirmed:
             self.homes.resume(key)  # not ours to hand off: the caller learns the row
@@ -96,7 +138,7 @@ class Moves:
         head = await self.log.log_head()
         self.homes.handed_off_at(key, head)
         self.handed_off += 1
-        behind = await self._others_apply(request.region, head)
+        behind = await others_apply(self.homes, request.region, head)
         if behind:
             self.homes.resume(key)
             raise _refused(ErrorCode.UNAVAILABLE, f"region {', '.join(behind)} did not apply"
@@ -105,25 +147,6 @@ class Moves:
         log.info("handing the home of %s off to %s (log head %d)", key, request.region, head)
         return rpb.HandOffReply(home=_row(row), log_head=head,
                                 head_seq=0 if conversation is None else conversation.head_seq)
-
-    async def _others_apply(self, new_home: str, head: int) -> list[str]:
-        """Waits until every live peer but the new home applied this region's log to
-        `head` (they tell it with Region.Applied); returns those that did not in time.
-        Once the row moves, this region's log no longer serves them the conversation
-        (it serves only the homes it holds), and the new home's log starts after the
-        move: what they lack below the head would be a hole for good."""
-        durability = self.homes.durability
-        others = [peer for peer in self.homes.peers
-                  if peer != new_home and peer not in self.homes.lost]
-        if durability is None or not others:
-            return []
-        deadline = time.monotonic() + THIRD_PEERS_S
-        while True:
-            behind = [peer for peer in others if peer not in durability.peers
-                      or durability.peers[peer].applied_to < head]
-            if not behind or time.monotonic() >= deadline:
-                return behind
-            await asyncio.sleep(POLL_S)
 
     # -- the new home's side (the admin API) ------------------------------------
 
@@ -145,6 +168,17 @@ class Moves:
             raise _refused(ErrorCode.INVALID_ARGUMENT,
                            f"the home of {conversation_id!r} is region {row.region},"
                            " not a peer of this region")
+        if conversation_id in self.under_way:
+            raise MoveConflict(f"a move of {conversation_id!r} to region {me} is under way:"
+                               " retry once it is over")
+        self.under_way.add(conversation_id)
+        try:
+            return await self._move(conversation_id, row)
+        finally:
+            self.under_way.discard(conversation_id)
+
+    async def _move(self, conversation_id: str, row: Home) -> dict[str, Any]:
+        homes, me = self.homes, self.homes.region
         old = row.region
         started = time.monotonic()
         stub = rgrpc.RegionStub(homes.channels(old))
@@ -153,6 +187,8 @@ class Moves:
                 region=me, kind=CONVERSATION_HOME, key=conversation_id),
                 timeout=HAND_OFF_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.ABORTED:  # another move of it: not ours to end
+                raise MoveConflict(str(exc.details())) from exc
             # it may have stopped: told to resume (else it does after MOVE_HOLD_S)
             await self._resume(stub, old, conversation_id)
             raise _refused(ErrorCode.UNAVAILABLE, f"home region {old} of {conversation_id!r}"
@@ -169,7 +205,7 @@ class Moves:
         except BaseException:
             await self._resume(stub, old, conversation_id)
             raise
-        holding = await self._tell(conversation_id, taken)
+        holding = await self._tell(conversation_id, taken, old)
         if old in holding:
             await self._resume(stub, old, conversation_id)
         # else the old home refuses it until MOVE_HOLD_S, then checks with the peers
@@ -202,12 +238,14 @@ class Moves:
                            f" epoch {stored.epoch} for {conversation_id!r}: retry")
         return taken
 
-    async def _tell(self, conversation_id: str, taken: Home) -> set[str]:
+    async def _tell(self, conversation_id: str, taken: Home, old: str) -> set[str]:
         """Every peer is offered the new row; returns those that hold it. Best effort:
         the old home checks its row with the peers before it sequences again, and
         replication carries the row to the others."""
         holding = set()
-        for peer in self.homes.peers:
+        # the old home first: holding the row, its log holds nothing of the chat back any
+        # more (it serves none of it), without waiting for the others' answers
+        for peer in sorted(self.homes.peers, key=lambda peer: peer != old):
             stub = rgrpc.RegionStub(self.homes.channels(peer))
             try:
                 answer = await stub.OfferHome(rpb.HomeOffer(

@@ -13,7 +13,11 @@ their home's entry arrives through its log. So a move has the chat move's three 
    message stored there records the user's entry as owed, as for a user homed
    elsewhere; senders are not refused) and refuses the user's events and relations
    records (`Homes.hold_user`), then answers its log head and the user's inbox head,
-   read after the hold: every entry it wrote is at or below that head.
+   read after the hold: every entry it wrote is at or below that head. With more than
+   two regions it answers only once every other live peer applied its log to that
+   head (`moving.others_apply`): once the row moves its log serves them the user's
+   entries no more. The user's events sequenced there past the head are served to no
+   peer until the move is over (`Homes.held_back`).
 2. **Catch-up.** The new home waits until it applied the old home's log to that head,
    so it holds every entry the old home wrote.
 3. **Take.** In one transaction (`take_user_home`) the new home checks it holds the
@@ -30,7 +34,8 @@ Given up (the old home does not answer, the catch-up takes more than 10 s, the i
 is short), the old home is told to resume: it writes the entries owed during the hold
 (`release_inbox`), in the order it stored them per conversation, and goes on. It holds
 for at most `homes.MOVE_HOLD_S`, then checks its row with the peers before it writes
-the user's entries again; the new home takes only within half that hold.
+the user's entries again; the new home takes only within half that hold. A second
+move of the same user while one is under way is refused (`MoveConflict`, 409).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from prometheus_client.metrics_core import Metric
 from chatplane import metrics
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions.homes import MOVE_HOLD_S, Homes, home_of, home_row
+from chatplane.regions.moving import THIRD_PEERS_S, MoveConflict, others_apply
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     USER_HOME,
@@ -108,15 +114,24 @@ class UserMoves:
     moved_here: int = 0
     handed_off: int = 0
     _watchdogs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # users this region is taking (one move of a home at a time from here)
+    under_way: set[str] = field(default_factory=set)
 
     # -- the old home's side (Region.HandOff, kind "user") ----------------------
 
     async def hand_off(self, request: rpb.HandOffRequest) -> rpb.HandOffReply:
         user = request.key
         if request.resume:
-            await self._release(user)
+            under_way = self.homes.user_handing_off_to(user)
+            if not under_way or under_way == request.region:  # else not the caller's move
+                await self._release(user)
             return rpb.HandOffReply(home=self._row(await self.homes.stored(USER_HOME, user)))
-        self.homes.hold_user(user)  # first: events sequenced from now on are past the head
+        under_way = self.homes.user_handing_off_to(user)
+        if under_way is not None and under_way != request.region:
+            raise MoveConflict(f"the home of user {user!r} is being moved to region"
+                               f" {under_way}: retry once that move is over")
+        # first: events sequenced from now on are past the head
+        self.homes.hold_user(user, request.region)
         row = await self.homes.stored(USER_HOME, user)
         if row is None or row.region != self.homes.region or not row.confirmed:
             self.homes.release_user(user)  # not ours: the caller learns the row
@@ -129,6 +144,14 @@ class UserMoves:
         self.homes.user_held_at(user, head)
         self.handed_off += 1
         self._watch(user)
+        # a third region must hold every entry of the user's at or below the head
+        # before the row moves: this log then serves it the user's entries no more
+        behind = await others_apply(self.homes, request.region, head)
+        if behind:
+            await self._release(user)
+            raise _refused(ErrorCode.UNAVAILABLE, f"region {', '.join(behind)} did not apply"
+                           f" this region's log to {head} in {THIRD_PEERS_S:.0f}s: not handed"
+                           " off")
         log.info("handing the home of user %s off to %s (log head %d, inbox head %d)", user,
                  request.region, head, inbox_head)
         return rpb.HandOffReply(home=home_row(row), log_head=head, head_seq=inbox_head)
@@ -176,10 +199,26 @@ class UserMoves:
                 if attempt == 19:
                     raise
                 await asyncio.sleep(RELEASE_RETRY_S)
+        await self._timelines_follow(user)
         self.homes.release_user(user)
         if items:
             self.homes.committed()  # in the log: the peers' readers want them
             await self.deliver((), items)
+
+    async def _timelines_follow(self, user: str) -> None:
+        """The user's row here is another region's now (the move is over): its
+        timelines' rows held here follow it, so this log serves none of what they
+        sequenced past the head, even when the new home's offers of them were lost."""
+        try:
+            row = await self.homes.stored(USER_HOME, user)
+            if row is None or row.region == self.homes.region or not row.confirmed:
+                return
+            for timeline in timelines(user):
+                held = await self.homes.stored(CONVERSATION_HOME, timeline)
+                if held is not None and held.region == self.homes.region:
+                    await self.homes.learn(CONVERSATION_HOME, timeline, row)
+        except StorageUnavailable as exc:
+            log.warning("user %s: its timelines' rows not moved here (%s)", user, exc)
 
     # -- the new home's side (the admin API) ------------------------------------
 
@@ -197,10 +236,21 @@ class UserMoves:
         if not row.confirmed:
             raise _refused(ErrorCode.UNAVAILABLE, f"the home of user {user!r} is not settled"
                            " yet: retry")
-        if len(homes.peers) != 1 or row.region not in homes.peers:
+        if row.region not in homes.peers:
             raise _refused(ErrorCode.INVALID_ARGUMENT,
-                           "moving a user's home is built for two regions (docs/architecture.md,"
-                           " \"Moving a user's home\")")
+                           f"the home of user {user!r} is region {row.region}, not a peer of"
+                           " this region")
+        if user in self.under_way:
+            raise MoveConflict(f"a move of user {user!r} to region {me} is under way: retry"
+                               " once it is over")
+        self.under_way.add(user)
+        try:
+            return await self._move(user, row)
+        finally:
+            self.under_way.discard(user)
+
+    async def _move(self, user: str, row: Home) -> dict[str, Any]:
+        homes, me = self.homes, self.homes.region
         old = row.region
         started = time.monotonic()
         stub = rgrpc.RegionStub(homes.channels(old))
@@ -208,6 +258,8 @@ class UserMoves:
             reply = await stub.HandOff(rpb.HandOffRequest(region=me, kind=USER_HOME, key=user),
                                        timeout=HAND_OFF_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.ABORTED:  # another move of the user: not ours
+                raise MoveConflict(str(exc.details())) from exc
             await self._resume(stub, old, user)  # it may have stopped
             raise _refused(ErrorCode.UNAVAILABLE, f"home region {old} of user {user!r} did not"
                            f" hand it off: {exc.code().name} {exc.details()}") from exc
@@ -229,7 +281,7 @@ class UserMoves:
         if items:
             homes.committed()  # the owed entries are in the log: the peers' readers want them
             await self.deliver((), items)
-        holding = await self._tell(user, taken)
+        holding = await self._tell(user, taken, old)
         if old in holding:
             await self._resume(stub, old, user)
         self.moved_here += 1
@@ -261,13 +313,13 @@ class UserMoves:
                            f" epoch {stored.epoch} for user {user!r}: retry")
         return taken, items
 
-    async def _tell(self, user: str, taken: Home) -> set[str]:
+    async def _tell(self, user: str, taken: Home, old: str) -> set[str]:
         """Every peer is offered the new rows (the user's, its timelines'); returns
         those that hold the user's. Best effort: the old home checks its row with the
         peers before it writes the user's inbox again, and the new home's log carries
         the row to the others."""
         holding = set()
-        for peer in self.homes.peers:
+        for peer in sorted(self.homes.peers, key=lambda peer: peer != old):  # the old first
             try:
                 if await self._offer(peer, user, taken) == taken:
                     holding.add(peer)
