@@ -52,7 +52,7 @@ def now_ms() -> float:
 
 
 class Connection:
-    __slots__ = ("_flushing", "_tasks", "conn_id", "device_id", "gateway", "groups", "peer", "sends",
+    __slots__ = ("_flushing", "_loop", "_tasks", "conn_id", "device_id", "gateway", "groups", "peer", "sends",
                  "session", "token", "transport", "uplink", "user_id", "window")
 
     def __init__(self, gateway: Gateway, transport: Transport, peer: str = "") -> None:
@@ -70,6 +70,8 @@ class Connection:
         self.groups: dict[str, int] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
         self._flushing = False  # a write of what the session queued is scheduled
+        # asked once: asyncio.get_running_loop() costs a getpid() per call (CPython 3.11)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.sends = SendGate(gateway.settings.abuse.max_inflight_sends)
         self.uplink: Uplink | None = None  # made at the first send (gateway/uplink.py)
 
@@ -80,29 +82,30 @@ class Connection:
     # -- transport side ------------------------------------------------------
 
     def on_payload(self, payload: bytes) -> None:
-        for request in self.session.receive(payload, now_ms()):
-            self._handle(request)
+        now = now_ms()  # one clock read per frame
+        for request in self.session.receive(payload, now):
+            self._handle(request, now)
         self.flush()
 
-    def _handle(self, request: Request) -> None:
-        if request.kind == "push_ack":
-            assert isinstance(request.body, pb.PushAck)
-            if self.window is not None:
-                self.window.ack(request.body.inbox_seq)
-                if not self.window.unacked:
+    def _handle(self, request: Request, now: float | None = None) -> None:
+        kind = request.kind
+        if kind == "push_ack":
+            window = self.window
+            if window is not None:
+                window.ack(request.frame.push_ack.inbox_seq)
+                if not window.unacked:
                     self.gateway.retransmitting.discard(self)
-        elif request.kind == "send":
-            assert isinstance(request.body, pb.Send)
+        elif kind == "send":
             try:  # decided here, in arrival order (docs: gateway/pacing.py)
-                self.sends.admit(request.body.cid, self.user_id, self.gateway.user_rates,
-                                 now_ms())
+                self.sends.admit(request.frame.send.cid, self.user_id, self.gateway.user_rates,
+                                 now_ms() if now is None else now)
             except ProtocolError as exc:
                 self.session.error(request.id, exc.code, exc.message)
                 return
             if self.uplink is None:
                 self.uplink = Uplink(self)
             self.uplink.submit(request)  # in cid order per conversation
-        elif request.kind in WRITES and not self.gateway.user_rates.take(self.user_id, now_ms()):
+        elif kind in WRITES and not self.gateway.user_rates.take(self.user_id, now_ms()):
             self.session.error(request.id, ErrorCode.RATE_LIMITED,
                                "over the user's write rate; retry later")
         else:
@@ -124,11 +127,19 @@ class Connection:
         """Write what the session queued, once per loop turn: the replies,
         pushes and echoes queued in one turn go out in one socket write, not
         one each. A closing session is written (and closed) at once."""
-        if self.session.closed:
+        if self._flushing:
+            if self.session.closed:
+                self.flush_now()
+            return
+        session = self.session
+        if session.closed:
             self.flush_now()
-        elif not self._flushing and self.session.has_output:
+        elif session.has_output:
             self._flushing = True
-            asyncio.get_running_loop().call_soon(self.flush_now)
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush_now)
 
     def flush_now(self) -> None:
         self._flushing = False
@@ -145,7 +156,10 @@ class Connection:
         """Run `work` as a task of this connection (cancelled when it closes)."""
         if self._tasks is None:
             self._tasks = set()
-        task = asyncio.get_running_loop().create_task(work)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

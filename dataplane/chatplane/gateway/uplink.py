@@ -55,8 +55,7 @@ class Uplink:
     def submit(self, request: Request) -> None:
         """Queue an admitted send behind the connection's earlier sends into
         the same conversation."""
-        assert isinstance(request.body, pb.Send)
-        conversation_id = request.body.conversation_id
+        conversation_id = request.frame.send.conversation_id
         lane = self.lanes.get(conversation_id)
         if lane is not None:
             lane.append(request)  # the lane's task takes it with the next batch
@@ -100,15 +99,15 @@ class Uplink:
         refused = False
         while lane and len(batch) < MAX_SENDS_PER_CALL and size < MAX_BATCH_BYTES:
             request = lane.popleft()
-            assert isinstance(request.body, pb.Send)
-            refusal = conn.sends.after_refused(request.body.cid, now)
+            send = request.frame.send
+            refusal = conn.sends.after_refused(send.cid, now)
             if refusal is not None:
                 conn.session.error(request.id, refusal.code, refusal.message)
                 conn.sends.done()
                 refused = True
                 continue
             batch.append(request)
-            size += request.body.ByteSize()
+            size += send.ByteSize()
         if refused:
             conn.flush()
         return batch
@@ -116,11 +115,12 @@ class Uplink:
     def _answer(self, batch: list[Request], replies: list[pb.Frame], started: float) -> None:
         conn = self.conn
         now = _now_ms()
+        session, sends = conn.session, conn.sends
+        observe, latency = conn.gateway.metrics.send_latency.observe, (now - started) * 0.001  # s
         for request, reply in zip(batch, replies, strict=True):
-            if reply.WhichOneof("body") == "error" and reply.error.retriable:
-                assert isinstance(request.body, pb.Send)
-                conn.sends.block(request.body.cid, now)
-            conn.session.send(reply)
-            conn.gateway.metrics.send_latency.observe((now - started) * 0.001)  # ms -> s
-            conn.sends.done()
+            if reply.HasField("error") and reply.error.retriable:
+                conn.sends.block(request.frame.send.cid, now)
+            session.send(reply)
+            observe(latency)
+            sends.done()
         conn.flush()

@@ -110,9 +110,11 @@ class LocalInvalidations:
         return str(self._version)
 
     def valid(self, kind: str, key: str, stamp: str) -> bool:
-        if self._pending.get((kind, key)) or int(stamp) < self._floor:
+        entry = (kind, key)
+        if self._pending.get(entry):
             return False
-        return self._last_drop.get((kind, key), 0) <= int(stamp)
+        version = int(stamp)
+        return version >= self._floor and self._last_drop.get(entry, 0) <= version
 
     def _drop(self, kind: str, key: str) -> None:
         self._version += 1

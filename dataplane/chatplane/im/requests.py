@@ -66,6 +66,13 @@ async def handle(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -
     handler = HANDLERS.get(kind or "")
     if handler is None:
         return error_frame(frame.id, ErrorCode.UNKNOWN_FRAME, f"{kind} is not served by im")
+    return await _answered(handler, im, user_id, device_id, frame)
+
+
+async def _answered(handler: Handler, im: ImService, user_id: str, device_id: str,
+                    frame: pb.Frame) -> pb.Frame:
+    """The reply of `handler` to `frame`, with the request's id (an Error frame
+    when it refuses)."""
     try:
         reply = await handler(im, user_id, device_id, frame)
     except NotOwner:
@@ -88,6 +95,8 @@ async def handle_sends(im: ImService, user_id: str, device_id: str,
     one the storage refuses as c failed), so that the device's resend from c
     cannot land behind them. A frame that failed admission (an Error frame)
     is its own reply; only sends are served."""
+    if im.sequencer.homes is None:  # one region: nothing to settle (sequencing.py)
+        return await _sends_in_order(im, user_id, device_id, frames)
     appended: list[tuple[str, int]] = []
     deferring = SETTLE_LATER.set(appended)
     try:
@@ -105,7 +114,7 @@ async def handle_sends(im: ImService, user_id: str, device_id: str,
 
 async def _sends_in_order(im: ImService, user_id: str, device_id: str,
                           frames: Sequence[pb.Frame]) -> list[pb.Frame]:
-    loop = asyncio.get_running_loop()
+    loop: asyncio.AbstractEventLoop | None = None  # asked only to pipeline (a getpid each)
     started: list[pb.Frame | asyncio.Task[pb.Frame]] = []
     after: object = None  # the previous send's storage ticket
     for frame in frames:
@@ -118,22 +127,24 @@ async def _sends_in_order(im: ImService, user_id: str, device_id: str,
         if kind != "send":
             started.append(error_frame(frame.id, ErrorCode.INVALID_ARGUMENT, f"{kind} is not a send"))
             continue
-        if len(frames) == 1:  # nothing to pipeline
-            started.append(await handle(im, user_id, device_id, frame))
+        if len(frames) == 1:  # nothing to pipeline (and its kind is known: no second dispatch)
+            started.append(await _answered(send, im, user_id, device_id, frame))
             break
         body = frame.send
-        send = PipelinedSend(body.conversation_id, user_id, device_id, body.cid,
-                             loop.create_future(), after)
-        token = PIPELINED.set(send)
-        try:  # the task runs in a copy of this context: its append sees `send`
-            task = loop.create_task(handle(im, user_id, device_id, frame))
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        pipelined = PipelinedSend(body.conversation_id, user_id, device_id, body.cid,
+                                  loop.create_future(), after)
+        token = PIPELINED.set(pipelined)
+        try:  # the task runs in a copy of this context: its append sees `pipelined`
+            task = loop.create_task(_answered(send, im, user_id, device_id, frame))
         finally:
             PIPELINED.reset(token)
-        task.add_done_callback(send.finished)
+        task.add_done_callback(pipelined.finished)
         started.append(task)
-        await send.queued  # queued in order, or finished
-        if send.ticket is not None:
-            after = send.ticket
+        await pipelined.queued  # queued in order, or finished
+        if pipelined.ticket is not None:
+            after = pipelined.ticket
         if task.done() and (task.cancelled() or task.exception() is not None
                             or _retriable(task.result())):
             break  # the rest are refused below (or the failure raised), unsent
@@ -150,7 +161,7 @@ async def _sends_in_order(im: ImService, user_id: str, device_id: str,
     if failure is not None:
         raise failure
     for i, (frame, reply) in enumerate(zip(frames, replies, strict=False)):
-        if _retriable(reply):
+        if reply.HasField("error") and reply.error.retriable:
             code = ErrorCode(reply.error.code)
             return replies[:i + 1] + [
                 error_frame(later.id, code, f"after failed send cid {frame.send.cid}; resend from it")

@@ -143,7 +143,11 @@ class Text:
 
     def check(self, value: Any, bounds: Bounds) -> str | None:
         high = self.high if isinstance(self.high, int) else getattr(bounds, self.high)
-        size = len(value) if self.chars or isinstance(value, bytes) else len(value.encode())
+        size = len(value)
+        if size * 4 <= high:  # fits whatever it holds: UTF-8 takes at most 4 bytes a character
+            return None
+        if not self.chars and not isinstance(value, bytes):
+            size = len(value.encode())
         unit = "characters" if self.chars else "bytes"
         return f"{size} {unit}, over {high}" if size > high else None
 
@@ -176,6 +180,8 @@ class ConversationId:
     def check(self, value: Any, bounds: Bounds) -> str | None:
         if value == "":
             return None if self.optional else "empty"
+        if len(value) * 4 <= MAX_CONVERSATION_ID_BYTES:  # fits, however it is encoded
+            return None
         size = len(value.encode())
         return f"{size} bytes, over {MAX_CONVERSATION_ID_BYTES}" if size > MAX_CONVERSATION_ID_BYTES else None
 

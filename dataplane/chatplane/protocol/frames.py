@@ -37,6 +37,11 @@ def prefix(body: bytes) -> bytes:
 
 def decode(data: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:
     """One frame from one WebSocket message (or one TCP payload)."""
+    return decode_kind(data, max_frame_bytes)[0]
+
+
+def decode_kind(data: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> tuple[Frame, str]:
+    """`decode`, with the name of the frame's body ("send", "login" ...)."""
     if len(data) > max_frame_bytes:
         raise ProtocolError(
             ErrorCode.FRAME_TOO_LARGE, f"frame of {len(data)} bytes over the {max_frame_bytes} limit"
@@ -46,9 +51,10 @@ def decode(data: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame
         frame.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"undecodable frame: {exc}") from exc
-    if frame.WhichOneof("body") is None:
+    kind = frame.WhichOneof("body")
+    if kind is None:
         raise ProtocolError(ErrorCode.UNKNOWN_FRAME, "frame has no known body")
-    return frame
+    return frame, kind
 
 
 Item = TypeVar("Item")
@@ -99,7 +105,11 @@ class PushParser(Generic[Item]):
 
 
 class FrameReader(PushParser[bytes]):
-    """Cuts a TCP byte stream into frame payloads (length prefix removed)."""
+    """Cuts a TCP byte stream into frame payloads (length prefix removed).
+
+    Whole frames are cut straight from the buffer, one slice each, with no
+    generator step per length and payload: this runs for every frame a
+    client sends (docs/benchmarks.md, "The loop thread's Python steps")."""
 
     __slots__ = ("max_frame_bytes",)
 
@@ -108,12 +118,35 @@ class FrameReader(PushParser[bytes]):
         super().__init__()
 
     def _parse(self) -> Generator[None, None, None]:
-        while True:
-            (length,) = LENGTH.unpack((yield from self._read_exact(4)))
+        yield  # unused: feed_data cuts the frames itself
+
+    def feed_data(self, data: bytes) -> list[bytes]:
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            view: bytes | bytearray = buffer
+        else:
+            view = data  # the common case: whole frames in one read, nothing held
+        end = len(view)
+        start = 0
+        ready: list[bytes] = []
+        while end - start >= 4:
+            (length,) = LENGTH.unpack_from(view, start)
             if length > self.max_frame_bytes:
-                raise ProtocolError(
+                self._error = ProtocolError(
                     ErrorCode.FRAME_TOO_LARGE,
                     f"frame of {length} bytes over the {self.max_frame_bytes} limit",
                 )
-            payload = yield from self._read_exact(length)
-            self._ready.append(payload)  # not before the yield: feed_data swaps the list
+                buffer.clear()
+                raise self._error
+            if end - start - 4 < length:
+                break
+            ready.append(bytes(view[start + 4:start + 4 + length]))
+            start += 4 + length
+        if view is buffer:
+            del buffer[:start]
+        elif start < end:
+            buffer += data[start:] if start else data
+        return ready

@@ -64,6 +64,8 @@ class ServerSession:
     def __init__(self, limits: SessionLimits, now_ms: float) -> None:
         self.limits = limits
         self.phase = Phase.AWAITING_LOGIN
+        # phase is CLOSED: a plain attribute, read several times per frame
+        self.closed = False
         self.opened_ms = now_ms
         self.last_seen_ms = now_ms
         self.user_id = ""
@@ -81,12 +83,12 @@ class ServerSession:
 
     def receive(self, payload: bytes, now_ms: float) -> list[Request]:
         """One frame's bytes from the transport (a WS message, a TCP payload)."""
-        if self.phase is Phase.CLOSED:
+        if self.closed:
             return []
         self.last_seen_ms = now_ms
         self.frames_in += 1
         try:
-            frame = frames.decode(payload, self.limits.max_frame_bytes)
+            frame, kind = frames.decode_kind(payload, self.limits.max_frame_bytes)
         except ProtocolError as exc:
             self.fail(0, exc)
             return []
@@ -99,8 +101,6 @@ class ServerSession:
                 self.error(frame.id, ErrorCode.RATE_LIMITED, "over the frame rate limit; retry later")
             return []
         self._refusals = 0
-        kind = frame.WhichOneof("body")
-        assert kind is not None  # decode() refuses empty frames
         return self._dispatch(frame, kind)
 
     def _dispatch(self, frame: pb.Frame, kind: str) -> list[Request]:
@@ -199,13 +199,13 @@ class ServerSession:
     # -- output --------------------------------------------------------------
 
     def send(self, frame: pb.Frame) -> None:
-        if self.phase is Phase.CLOSED:
+        if self.closed:
             return
         self._out.append(frame.SerializeToString())
         self.frames_out += 1
 
     def send_bytes(self, payload: bytes) -> None:
-        if self.phase is not Phase.CLOSED:
+        if not self.closed:
             self._out.append(payload)
             self.frames_out += 1
 
@@ -222,14 +222,11 @@ class ServerSession:
             code=int(exc.code), message=exc.message, retriable=spec.retriable, fatal=fatal)))
         if fatal:
             self.close_code = exc.code
-            self.phase = Phase.CLOSED
+            self.close()
 
     def close(self) -> None:
         self.phase = Phase.CLOSED
-
-    @property
-    def closed(self) -> bool:
-        return self.phase is Phase.CLOSED
+        self.closed = True
 
     @property
     def has_output(self) -> bool:

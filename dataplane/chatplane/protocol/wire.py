@@ -25,7 +25,12 @@ def inbox_entry(item: InboxItem) -> pb.InboxEntry:
     return pb.InboxEntry(inbox_seq=item.inbox_seq, message=message(item.message))
 
 
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 0x80:  # most lengths and small seqs: no buffer to build
+        return _ONE_BYTE[n]
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
