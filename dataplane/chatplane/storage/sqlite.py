@@ -86,11 +86,17 @@ from chatplane.storage.sqlite_writer import (
     settle_batch,
     store_fault,
 )
+from chatplane.storage.sqlite_writer import (
+    inbox_head as sqlite_inbox_head,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("chatplane.storage.sqlite")
 
-SCHEMA_VERSION = 2
+# 3: a user's inbox head is its newest inbox row (the inbox_heads table, one row
+# rewritten per recipient of every message, is gone); a build that knows 2 would
+# read a stale head from it, so it refuses a store at 3
+SCHEMA_VERSION = 3
 MAX_BATCH = 512
 
 SCHEMA = """
@@ -125,7 +131,6 @@ CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER NOT NULL,
     PRIMARY KEY (user_id, inbox_seq)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS inbox_heads (user_id TEXT PRIMARY KEY, head INTEGER NOT NULL);
 -- The sequencing lease of a conversation (docs/architecture.md, "Ownership"):
 -- a fenced append runs only while its epoch is the row's.
 CREATE TABLE IF NOT EXISTS leases (
@@ -457,6 +462,7 @@ class SqliteStorage(_SocialMethods, _UserMoveMethods):
                 )
             writer_db.execute("BEGIN IMMEDIATE")
             social.migrate_to_v2(writer_db)  # idempotent: also completes a fresh v2 database
+            writer_db.execute("DROP TABLE IF EXISTS inbox_heads")  # v3: heads from the inbox
             writer_db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                               (str(SCHEMA_VERSION),))
             writer_db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)",
@@ -788,8 +794,7 @@ class SqliteStorage(_SocialMethods, _UserMoveMethods):
 
     async def inbox_head(self, user_id: str) -> int:
         def read(db: sqlite3.Connection) -> int:
-            row = db.execute("SELECT head FROM inbox_heads WHERE user_id = ?", (user_id,)).fetchone()
-            return int(row[0]) if row else 0
+            return sqlite_inbox_head(db, user_id)
 
         return await self._read(read)
 

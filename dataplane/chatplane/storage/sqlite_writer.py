@@ -84,7 +84,6 @@ class Writer:
         self.inbox_heads: dict[str, int] = {}
         self.dirty_convs: dict[str, tuple[int, int]] = {}
         self.dirty_reads: dict[tuple[str, str], int] = {}
-        self.dirty_inbox: dict[str, int] = {}
         self.deferring = False  # queue append rows for flush_rows (the batch fast path)
         self.pending_messages: list[tuple[Any, ...]] = []
         self.pending_inbox: list[tuple[str, int, str, int]] = []
@@ -130,18 +129,14 @@ class Writer:
                 " conversation_id = ? AND read_seq < ?",
                 [(seq, user, cid, seq) for (user, cid), seq in self.dirty_reads.items()])
             self.dirty_reads.clear()
-        if self.dirty_inbox:
-            db.executemany("INSERT INTO inbox_heads (user_id, head) VALUES (?, ?)"
-                           " ON CONFLICT (user_id) DO UPDATE SET head = excluded.head",
-                           list(self.dirty_inbox.items()))
-            self.dirty_inbox.clear()
 
     def after_failed_job(self) -> None:
         """A job was rolled back to its savepoint, maybe half way: the head
         marks it left point at rows that are gone, and a head kept from them
         would leave a gap in the seqs. Each mark whose row is gone is taken
         again from the rows that stay (earlier jobs of this transaction
-        included); then the marks are written and the cached heads forgotten."""
+        included); then the marks are written and the cached heads forgotten
+        (an inbox head is read again from the inbox rows that stay)."""
         db = self.db
         for conversation_id, (seq, _) in list(self.dirty_convs.items()):
             if not _exists(db, "messages", "conversation_id", conversation_id, "seq", seq):
@@ -154,16 +149,6 @@ class Writer:
                     del self.dirty_convs[conversation_id]
                 else:
                     self.dirty_convs[conversation_id] = (int(row[0]), int(row[1]))
-        for user_id, inbox_seq in list(self.dirty_inbox.items()):
-            if not _exists(db, "inbox", "user_id", user_id, "inbox_seq", inbox_seq):
-                row = db.execute(
-                    "SELECT max(inbox_seq) FROM inbox WHERE user_id = ? AND inbox_seq >"
-                    " coalesce((SELECT head FROM inbox_heads WHERE user_id = ?), 0)",
-                    (user_id, user_id)).fetchone()
-                if row[0] is None:
-                    del self.dirty_inbox[user_id]
-                else:
-                    self.dirty_inbox[user_id] = int(row[0])
         for (user_id, conversation_id), seq in list(self.dirty_reads.items()):
             if not _exists(db, "messages", "conversation_id", conversation_id, "seq", seq):
                 row = db.execute("SELECT max(seq) FROM messages WHERE conversation_id = ?"
@@ -182,7 +167,6 @@ class Writer:
         self.max_cids.clear()
         self.dirty_convs.clear()
         self.dirty_reads.clear()
-        self.dirty_inbox.clear()
         self.conv_heads.clear()
         self.inbox_heads.clear()
         self.user_homes.clear()
@@ -220,10 +204,7 @@ class Writer:
     def inbox_head(self, user_id: str) -> int:
         head = self.inbox_heads.get(user_id)
         if head is None:
-            row = self.db.execute(
-                "SELECT head FROM inbox_heads WHERE user_id = ?", (user_id,)
-            ).fetchone()
-            head = self.inbox_heads[user_id] = row[0] if row else 0
+            head = self.inbox_heads[user_id] = inbox_head(self.db, user_id)
         return head
 
     def check_fence(self, request: SendRequest) -> None:
@@ -327,7 +308,6 @@ class Writer:
             self.db.execute(
                 "INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq) VALUES (?, ?, ?, ?)",
                 entry)
-        self.dirty_inbox[user_id] = inbox_seq
         self.inbox_heads[user_id] = inbox_seq
         return InboxItem(user_id=user_id, inbox_seq=inbox_seq, message=message)
 
@@ -367,6 +347,8 @@ class Writer:
     def written_here(self, message: StoredMessage, recipients: Sequence[str]) -> list[str]:
         """The recipients whose entries this store writes (homed here); the others'
         are owed by their homes until their entries arrive (`inbox_owed`)."""
+        if not self.region_of():  # regions not linked: every entry is written here
+            return list(recipients)
         mine = []
         for user_id in recipients:
             if self.homed_here(user_id):
@@ -429,7 +411,6 @@ class Writer:
                                " would leave a hole")
         self.db.execute("INSERT INTO inbox (user_id, inbox_seq, conversation_id, seq)"
                         " VALUES (?, ?, ?, ?)", (user_id, inbox_seq, conversation_id, seq))
-        self.dirty_inbox[user_id] = inbox_seq
         self.inbox_heads[user_id] = inbox_seq
         return InboxItem(user_id, inbox_seq, message_from_row(row))
 
@@ -585,6 +566,14 @@ Job = tuple[Callable[[Writer], Any], asyncio.Future[Any], asyncio.AbstractEventL
 
 
 
+def inbox_head(db: sqlite3.Connection, user_id: str) -> int:
+    """The user's newest inbox_seq (0: none). Entries are never deleted, so it is the
+    head; read from the primary key's last entry for the user, it costs no row written
+    per entry (schema 3 dropped the inbox_heads table's upsert per recipient)."""
+    row = db.execute("SELECT max(inbox_seq) FROM inbox WHERE user_id = ?", (user_id,)).fetchone()
+    return int(row[0] or 0)
+
+
 def _exists(db: sqlite3.Connection, table: str, key: str, key_value: str, seq_column: str,
             seq: int) -> bool:
     return db.execute(f"SELECT 1 FROM {table} WHERE {key} = ? AND {seq_column} = ?",
@@ -654,6 +643,8 @@ def positioned(writer: Writer, results: list[tuple[bool, Any]]) -> list[tuple[bo
     if not any(ok and type(value) is AppendResult for ok, value in results):
         return results
     head = log_head(writer.db)
+    if not head:  # no log (regions not linked): every position stays 0, as appended
+        return results
     return [(ok, dataclasses.replace(value, log_position=head))
             if ok and type(value) is AppendResult else (ok, value) for ok, value in results]
 
