@@ -370,10 +370,13 @@ class ImApp:
             self.settings, self.storage, self.im, self.prober,
             RedisNotices(self.redis, region), fan_out=sharedwiring.owners_fan_out(self.im),
             cursors=RedisCursors(self.redis, region), via=self._at_owner)
-        self.region_jobs = RegionJobs(region, self.ring, self.storage,
-                                      lambda: shared.follower.start(self.supervisor),
-                                      shared.follower.stop)
-        self.prober.extra_region = self.region_jobs.report
+        jobs = self.region_jobs = RegionJobs(region, self.ring, self.storage,
+                                             lambda: shared.follower.start(self.supervisor),
+                                             shared.follower.stop)
+        self.prober.extra_region = jobs.report
+        # /v1/peers' `replication` (what the operator's ReplicationReady judges): the
+        # following im's view only; the others' idle followers would read as stalled
+        self.prober.extra = lambda: shared.follower.report() if jobs.running else {}
 
     def _at_owner(self, local: regionwiring.HomeSend) -> regionwiring.HomeSend:
         """A send another region forwarded here: to its conversation's owner on the
