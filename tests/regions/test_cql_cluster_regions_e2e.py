@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from chatplane.cluster import Cluster
+from chatplane.storage.base import StorageUnavailable
 from tests.cluster.conftest import FAST
 from tests.regions.test_cluster_regions_e2e import (
     DEVICES,
@@ -84,7 +85,14 @@ class Region:
 @contextlib.asynccontextmanager
 async def peered(base: Path, two_dc: TwoDatacenterCql) -> AsyncIterator[tuple[Region, Region]]:
     keyspace = f"c_{uuid.uuid4().hex[:12]}"
-    await _migrate(two_dc, keyspace)
+    for attempt in range(3):  # a pair just started may time a Paxos round out
+        try:
+            await _migrate(two_dc, keyspace)
+            break
+        except StorageUnavailable:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(5)
     (dc1, a1), (dc2, a2) = two_dc.DATACENTERS
     eu = Region(base, "eu", dc1, a1, two_dc.port, keyspace)
     us = Region(base, "us", dc2, a2, two_dc.port, keyspace)
