@@ -363,6 +363,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--grpc-port", type=int,
                     help="the first im's gRPC port, the others' follow (default: any free)")
     up.add_argument("--durability", choices=("sync", "async"),
-                    help="with --peers: async (the default here; sync is not built for a "
-                         "cluster yet)")
+                    help="with --peers: async (the default here); sync on a CQL keyspace "
+                         "shared by the regions needs CHATPLANE_CQL_WRITE_CONSISTENCY="
+                         "EACH_QUORUM (docs/cluster.md, \"Regions on CQL\")")
     up.set_defaults(func=cmd_cluster_up)

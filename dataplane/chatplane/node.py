@@ -46,7 +46,7 @@ from chatplane.gateway.app import CpuLoad, registry_fields
 from chatplane.gateway.bulk import BulkWriter
 from chatplane.gateway.service import Gateway
 from chatplane.gateway.transports import GATEWAY, TcpFrameProtocol, websocket_handler
-from chatplane.im import regionwiring
+from chatplane.im import regionwiring, sharedwiring
 from chatplane.im.admin import AdminApi
 from chatplane.im.service import ImService
 from chatplane.ipconf.dispatch import (
@@ -60,9 +60,8 @@ from chatplane.ipconf.dispatch import (
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions import links as region_links
 from chatplane.regions.failover import lease_ttl
-from chatplane.regions.homes import Homes
 from chatplane.regions.leases import Lease, WitnessLink
-from chatplane.regions.notices import NoticeFollower, NoticeLog
+from chatplane.regions.notices import NoticeLog
 from chatplane.registry import instances as registry
 from chatplane.registry.mirror import RouteMirror
 from chatplane.revocations import RevocationWatcher
@@ -74,11 +73,7 @@ from chatplane.rpc.linksecurity import LinkSecurity
 from chatplane.settings import Settings
 from chatplane.state.service import StateService
 from chatplane.storage import archiving
-from chatplane.storage.base import (
-    Revocation,
-    SharedKeyspace,
-    Storage,
-)
+from chatplane.storage.base import Revocation, Storage
 from chatplane.storage.factory import make_storage
 from chatplane.supervision import Supervisor
 
@@ -133,8 +128,10 @@ class Node:
             self.sequencing = regionwiring.link(settings, self.storage, self.im, self.prober,
                                                 self.server_id, self._witness(),
                                                 sole_writer=True)
-        elif self.prober.links and isinstance(self.storage, SharedKeyspace):
-            self.shared = self._shared_keyspace()
+        elif self.prober.links and sharedwiring.shared(self.storage):
+            # regions on one CQL keyspace: the notices in this process's memory
+            self.shared = sharedwiring.link(settings, self.storage, self.im, self.prober,
+                                            NoticeLog())
         self.revocation_watcher = RevocationWatcher(
             self.gateway.revocations, self.storage.revocations,
             settings.tokens.session_check_s / 2, self.gateway.apply_revocations)
@@ -149,29 +146,6 @@ class Node:
         self._tcp_server: asyncio.AbstractServer | None = None
         self._http_server: asyncio.AbstractServer | None = None
         self.ready = False
-
-    def _shared_keyspace(self) -> region_links.SharedSequencing:
-        """Regions on one CQL keyspace (docs/architecture.md, "Regions on CQL"): homes
-        decided by the shared `homes` row at SERIAL (no offer round: no peers to ask),
-        sends and group changes forwarded to the home, the home's notices followed."""
-        assert isinstance(self.storage, SharedKeyspace)
-        region, links = self.settings.server.region, self.settings.links
-        homes = Homes(region, self.storage, [], self.prober.channel)
-        homes.notices = NoticeLog()
-        follower = NoticeFollower(region, list(self.prober.links), self.prober.channel,
-                                  homes.users_here, self.storage.fan_out,
-                                  self.im.sequencer.replicated)
-        self.storage.serve_users(homes.users_here)  # each region writes its users' entries
-        self.im.sequencer.homes = homes
-        self.prober.extra = follower.report
-        if links.failover_after_s > 0 or links.failover_witness:
-            log.warning("failover is off on a shared CQL keyspace: this region takes over no"
-                        " homes (moving a lost region's homes needs a third datacenter,"
-                        " docs/architecture.md \"Regions on CQL\")")
-        return region_links.SharedSequencing(homes, regionwiring.local_home_send(self.im, None),
-                                             self.im.groups.handle_op,
-                                             self.im.groups.admin_change, homes.notices,
-                                             follower)
 
     def _witness(self) -> WitnessLink | None:
         """The failover witness link (regions/leases.py), over the Region link's security."""

@@ -103,6 +103,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def cmd_tier(args: argparse.Namespace) -> int:
     try:
         settings = settings_mod.load(_overrides(args))
+        # an im of a region on a shared CQL keyspace: sync needs EACH_QUORUM, as up's
+        problem = settings_mod.up_problem(settings) if args.tier == "im" else None
+        if problem is not None:
+            raise SettingsError(problem)
     except SettingsError as exc:
         print(f"chatplane: bad configuration: {exc}", file=sys.stderr)
         return 2

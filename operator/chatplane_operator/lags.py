@@ -3,9 +3,11 @@
 whether that is within the ChatCluster's bounds (`spec.replication`). Pure: the pods'
 `replication` sections in, one `PeerLag` per peer and the problems out.
 
-Only a data plane that replicates its own log (`chatplane up` on the embedded store)
-reports `replication`; on a multi-datacenter keyspace the database carries the data, the
-link only forwards, and there is no log lag to judge (`ReplicationReady` then says so).
+A data plane that replicates its own log (the embedded store) reports its pullers'
+`replication`; on a multi-datacenter keyspace the database carries the data and the
+section is the notice follower's (regions/notices.py: `lag` in notices, the same
+fields but `trimmed_past_cursor`), reported by the one im pod that follows the peer
+(im/regionjobs.py; the others report none), so the same rules judge it.
 """
 
 from __future__ import annotations

@@ -358,3 +358,31 @@ def test_a_region_that_could_not_be_read_is_unknown(body: dict[str, Any]) -> Non
     assert cond(st["regions"][0], "Available")["status"] == "Unknown"
     assert cond(st, "Available")["status"] == "Unknown"
     assert cond(st, "Degraded")["status"] == "True"
+
+
+def _following(lag: int, ago: float | None) -> dict[str, Any]:
+    """A reachable peer whose notices the pod follows (a cluster region on a shared CQL
+    keyspace: the one im that follows reports `replication`, regions/notices.py)."""
+    from chatplane.regions.notices import FollowedPeer
+
+    peer = FollowedPeer("us", stream="s1", applied_to=40, peer_head=40 + lag, connected=True,
+                        last_batch_at=None if ago is None else 1000.0 - ago)
+    return {**UP, "replication": peer.view(1000.0)}
+
+
+def test_a_cql_cluster_region_is_judged_by_its_notice_follower(body: dict[str, Any]) -> None:
+    """eu's two im pods: the follower reports the notice lag, the other pod nothing (an
+    idle follower would read as stalled); ReplicationReady follows the notice lag."""
+    def views(lag: int, ago: float | None) -> dict[str, reachability.RegionPeers | None]:
+        return {"eu": reachability.summarize([_report("eu-im-0", us=_following(lag, ago), ap=UP),
+                                              _report("eu-im-1", us=UP, ap=UP)]),
+                "us": reachability.summarize([_report("us-im-0", eu=_following(0, 0.5),
+                                                      ap=UP)])}
+
+    ready = _replication_with(body, views(3, 0.5))
+    assert (ready["status"], ready["reason"]) == ("True", "ReplicationInSync")
+    lagging = _replication_with(body, views(1500, 0.5))
+    assert lagging["message"] == "eu ← us: lag 1500 entries (max 1000) (pod eu-im-0)"
+    stalled = _replication_with(body, views(0, 30.0))
+    assert (stalled["status"], stalled["reason"]) == ("False", "ReplicationLagging")
+    assert "last batch 30.0 s ago" in stalled["message"]

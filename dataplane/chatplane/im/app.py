@@ -14,7 +14,11 @@ does (im/regionwiring.py): homes, forwarding, the replicated log. A send another
 region forwards here goes to its conversation's owner on the ring; the jobs that
 must run once per region (the pullers of the peers' logs) run on one im
 (im/regionjobs.py); what they apply reaches devices through state like any
-message. Without the embedded store, the link only answers `Hello`.
+message. On a CQL keyspace the regions share (two datacenters), every im serves the
+link the same way (im/sharedwiring.py): homes from the shared row, forwarding to the
+owner, and the notices of what it sequences, kept in the region's Redis
+(im/sharednotices.py) so any im answers a peer's `Notify`; one im follows each peer's
+notices (im/regionjobs.py). Without either store, the link only answers `Hello`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from redis.exceptions import RedisError
 
 from chatplane import metrics, revocations, tracing
 from chatplane.auth import ADMIN_SECRET_FILE, TokenSigner, read_or_create_secret
-from chatplane.im import regionwiring, requests
+from chatplane.im import regionwiring, requests, sharedwiring
 from chatplane.im.admin import AdminApi
 from chatplane.im.confirmations import SharedConfirmations
 from chatplane.im.forward import ImRing
@@ -43,6 +47,7 @@ from chatplane.im.invalidation import Invalidations
 from chatplane.im.leases import NotOwner
 from chatplane.im.regionjobs import RegionJobs
 from chatplane.im.service import ImService
+from chatplane.im.sharednotices import RedisCursors, RedisNotices
 from chatplane.protocol import bounds
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.wire import error_frame
@@ -316,8 +321,11 @@ class ImApp:
         self.region_jobs: RegionJobs | None = None
         self._jobs_task: asyncio.Task[None] | None = None
         self.confirmations: SharedConfirmations | None = None
+        self.shared: region_links.SharedSequencing | None = None
         if self.prober.links and regionwiring.linkable(self.storage):
             self._link_regions()
+        elif self.prober.links and sharedwiring.shared(self.storage):
+            self._link_shared()
         # storage -> Redis `cp:revocations`, which the gateways poll (revocations.py)
         self.revocation_mirror = revocations.RevocationWatcher(
             revocations.RevocationList(), self.storage.revocations,
@@ -350,6 +358,25 @@ class ImApp:
         log_report = self.prober.extra_region
         jobs = self.region_jobs
         self.prober.extra_region = lambda: {**log_report(), **jobs.report()}
+
+    def _link_shared(self) -> None:
+        """The region link over a keyspace the regions share (docs/cluster.md, "Regions
+        on CQL"): the notices in the region's Redis, one im following the peers'."""
+        if self.settings.links.failover_witness:
+            raise ValueError("failover between clusters is not built yet: leave"
+                             " CHATPLANE_FAILOVER_WITNESS empty (docs/cluster.md, \"Regions\")")
+        region = self.settings.server.region
+        shared = self.shared = sharedwiring.link(
+            self.settings, self.storage, self.im, self.prober,
+            RedisNotices(self.redis, region), fan_out=sharedwiring.owners_fan_out(self.im),
+            cursors=RedisCursors(self.redis, region), via=self._at_owner)
+        jobs = self.region_jobs = RegionJobs(region, self.ring, self.storage,
+                                             lambda: shared.follower.start(self.supervisor),
+                                             shared.follower.stop)
+        self.prober.extra_region = jobs.report
+        # /v1/peers' `replication` (what the operator's ReplicationReady judges): the
+        # following im's view only; the others' idle followers would read as stalled
+        self.prober.extra = lambda: shared.follower.report() if jobs.running else {}
 
     def _at_owner(self, local: regionwiring.HomeSend) -> regionwiring.HomeSend:
         """A send another region forwarded here: to its conversation's owner on the
@@ -427,12 +454,14 @@ class ImApp:
         return metrics.registry(self._families, self.im.families, self.storage.families,
                                 self.prober.families, self.supervisor.families,
                                 *([linked.replication.families, linked.moves.families]
-                                  if linked is not None else []))
+                                  if linked is not None else []),
+                                *([self.shared.follower.families, self.shared.homes.families]
+                                  if self.shared is not None else []))
 
     def _services(self, grpc_server: grpc.aio.Server) -> None:
         """The client-request API for the gateways and the cross-region link for peers."""
         sgrpc.add_ImServicer_to_server(self.servicer, grpc_server)
-        region_links.add_to_server(self.prober, grpc_server, self.sequencing)
+        region_links.add_to_server(self.prober, grpc_server, self.sequencing, self.shared)
 
     async def start(self) -> None:
         server, links = self.settings.server, self.settings.links
@@ -470,6 +499,8 @@ class ImApp:
                 jobs.follow_cursors, linked.replication.peers, linked.replication.log))
         if self.confirmations is not None:
             self.supervisor.spawn("region-confirmations", self.confirmations.run)
+        if jobs is not None and self.shared is not None:  # one im follows the notices
+            self._jobs_task = self.supervisor.spawn("region-jobs", jobs.run)
 
     async def _revoked(self, revocation: Revocation) -> None:
         """Tell the gateways now (they poll Redis), not at the next mirror round."""
@@ -493,6 +524,8 @@ class ImApp:
             await self.region_jobs.stop()
         if self.sequencing is not None:
             await self.sequencing.homes.stop()
+        if self.shared is not None:
+            await self.shared.homes.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         await self.outbox.stop()

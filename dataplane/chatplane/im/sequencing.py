@@ -144,6 +144,9 @@ class HomeRouter(Protocol):
         """A message stored here as home (or a duplicate's original): on a shared
         keyspace the peers are told of the `recipients` not `here`."""
 
+    async def told(self) -> None:
+        """Returns once the notices `stored_here` made are kept (before the ack)."""
+
     def login(self, user_id: str) -> None:
         """A device of the user logged in here: its home placed here if it has none."""
 
@@ -285,6 +288,7 @@ class Sequencer:
                 result = await self.sequenced(conversation_id, lambda fence: call(fence, here),
                                               take_back=take_back)
                 homes.stored_here(result, recipients, here)  # a shared keyspace: told
+                await homes.told()
                 return result
 
             # the peers are told even when the caller goes (a forwarded send's handler
@@ -293,23 +297,39 @@ class Sequencer:
             task = asyncio.ensure_future(stored())
             task.add_done_callback(_consume)
             return await asyncio.shield(task)
-        remote = await inboxes.remote(recipients)
+        router = self.homes
+        # a keyspace shared by regions (a cluster per region on CQL): the entries of
+        # the users homed here only, written here by their inboxes' owners; the peer
+        # regions are told of the others (regions/notices.py)
+        writes = list(recipients) if here is None else list(here)
+        remote = await inboxes.remote(writes)
         queue = await inboxes.enter(conversation_id)
         try:
             tickets: list[Ticket] = []
 
+            async def appended_and_told(fence: int | None,
+                                        now: Collection[str] | None) -> AppendResult:
+                result = await call(fence, now)
+                if here is None or router is None:
+                    return result
+                router.stored_here(result, recipients, here)
+                await router.told()  # before the ack, as its inbox entries
+                mine = frozenset(here)
+                return dataclasses.replace(result, owed=tuple(u for u in result.owed
+                                                              if u in mine))
+
             async def attempt(fence: int | None) -> AppendResult:
-                ticket, now = inboxes.ticket(queue, recipients, remote, group_change=group_change)
+                ticket, now = inboxes.ticket(queue, writes, remote, group_change=group_change)
                 tickets.append(ticket)
                 # Started in ticket order (tasks run in the order they were
                 # made, each straight into storage's queue); its outcome goes to
                 # the ticket even if this caller stops waiting (storage goes on).
-                append = asyncio.ensure_future(call(fence, now))
+                append = asyncio.ensure_future(appended_and_told(fence, now))
 
                 def settle(done: asyncio.Future[AppendResult]) -> None:
                     failed = done.cancelled() or done.exception() is not None
                     inboxes.appended(conversation_id, queue, ticket,
-                                     None if failed else done.result(), recipients)
+                                     None if failed else done.result(), writes)
 
                 append.add_done_callback(settle)
                 return await asyncio.shield(append)

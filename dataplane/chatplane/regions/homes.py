@@ -53,7 +53,7 @@ from chatplane import metrics
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.protocol.records import from_pb, to_pb
 from chatplane.regions.durability import Durability
-from chatplane.regions.notices import NoticeLog
+from chatplane.regions.notices import Notices
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     USER_HOME,
@@ -176,7 +176,7 @@ class Homes:
         self._users_handing_off: dict[str, HandOff] = {}
         # a keyspace shared by the regions (regions/notices.py): the database copies
         # the rows, the peers are told what was committed here; None: a replicated log
-        self.notices: NoticeLog | None = None
+        self.notices: Notices | None = None
 
     # -- a shared keyspace (regions/notices.py) --------------------------------
 
@@ -213,6 +213,12 @@ class Homes:
         row = self.known(CONVERSATION_HOME, message.conversation_id)
         notices.add(message.conversation_id, row.epoch if row is not None else PLACEMENT_EPOCH,
                     message.seq, message.seq, owed)
+
+    async def told(self) -> None:
+        """Returns once the notices made so far are kept (a cluster's Redis, im/
+        sharednotices.py): a send is acked only after its notice can reach the peers."""
+        if self.notices is not None:
+            await self.notices.flushed()
 
     def committed(self) -> None:
         """A message was sequenced here as home: wake the log's readers."""

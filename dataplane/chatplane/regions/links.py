@@ -30,7 +30,7 @@ from chatplane.protocol.errors import ProtocolError
 from chatplane.regions import hello
 from chatplane.regions.homes import Homes, LocalAdminChange, LocalGroupOp, LocalSend
 from chatplane.regions.moving import MoveConflict, Moves
-from chatplane.regions.notices import NoticeFollower, NoticeLog
+from chatplane.regions.notices import NoticeFollower, Notices
 from chatplane.regions.replication import BeyondLog, Replication
 from chatplane.regions.social import LocalFriendOp, SocialHomes
 from chatplane.regions.user_moves import UserMoves
@@ -139,7 +139,7 @@ class SharedSequencing:
     send: LocalSend
     group_op: LocalGroupOp
     admin_change: LocalAdminChange
-    notices: NoticeLog
+    notices: Notices
     follower: NoticeFollower
 
 

@@ -16,6 +16,9 @@ pushed to the devices connected here through the normal delivery path.
 The log lives in memory, under a stream id drawn at start: a cursor of another stream
 (the home restarted) or older than what is kept starts from the oldest notice kept,
 and what was lost with the process is counted (`lost`), not recovered (not built).
+A cluster per region keeps it in the region's Redis instead (im/sharednotices.py):
+every im of the region adds to it and serves it, and the follower's cursor is kept
+there too (`NoticeCursors`), so another im resumes it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from prometheus_client.metrics_core import Metric
@@ -56,6 +59,28 @@ FanOut = Callable[[str, Sequence[tuple[int, Sequence[str]]]], Awaitable[list[Inb
 Push = Callable[[Sequence[StoredMessage], Sequence[InboxItem]], Awaitable[None]]
 
 
+class Notices(Protocol):
+    """What this region committed as home, for its peers: `add` in commit order,
+    `flushed` once what was added is kept (before the send is acked), `serve` for
+    `Region.Notify`."""
+
+    def add(self, conversation_id: str, epoch: int, first_seq: int, last_seq: int,
+            recipients: Sequence[str]) -> None: ...
+
+    async def flushed(self) -> None: ...
+
+    def serve(self, request: rpb.NotifyRequest) -> AsyncIterator[rpb.NoticeBatch]: ...
+
+
+class NoticeCursors(Protocol):
+    """Where a follower keeps its cursor in each peer's notices (stream, position), so
+    the im that takes the following over resumes it (a cluster: the region's Redis)."""
+
+    async def load(self, peer: str) -> tuple[str, int]: ...
+
+    async def save(self, peer: str, stream: str, position: int) -> None: ...
+
+
 class NoticeLog:
     """What this region committed as home, for its peers (in memory, bounded)."""
 
@@ -76,6 +101,9 @@ class NoticeLog:
             self._notices.popleft()
         event, self._changed = self._changed, asyncio.Event()
         event.set()
+
+    async def flushed(self) -> None:
+        """Kept as soon as added (in memory: lost with the process)."""
 
     @property
     def first(self) -> int:
@@ -141,8 +169,9 @@ class NoticeFollower:
 
     def __init__(self, region: str, peers: Sequence[str],
                  channels: Callable[[str], grpc.aio.Channel], users_here: UsersHere,
-                 fan_out: FanOut, push: Push) -> None:
+                 fan_out: FanOut, push: Push, cursors: NoticeCursors | None = None) -> None:
         self.region = region
+        self.cursors = cursors
         self.peers = {name: FollowedPeer(name) for name in peers}
         self.channels = channels
         self.users_here = users_here
@@ -161,10 +190,16 @@ class NoticeFollower:
         self._tasks = []
 
     async def _follow(self, peer: FollowedPeer) -> None:
+        loaded = self.cursors is None
         while True:
             try:
+                if not loaded and self.cursors is not None:  # resume where the last one was
+                    stream, position = await self.cursors.load(peer.name)
+                    if stream and (stream != peer.stream or position > peer.applied_to):
+                        peer.stream, peer.applied_to = stream, position
+                    loaded = True
                 await self._stream(peer)
-            except (grpc.aio.AioRpcError, StorageUnavailable, TimeoutError) as exc:
+            except (grpc.aio.AioRpcError, StorageUnavailable, TimeoutError, OSError) as exc:
                 peer.error = (f"{exc.code().name}: {exc.details()}"
                               if isinstance(exc, grpc.aio.AioRpcError) else repr(exc))
             except Exception as exc:  # a dead loop would freeze the cursor silently
@@ -197,7 +232,10 @@ class NoticeFollower:
                     peer.applied_to = batch.first - 1
                 peer.connected, peer.error = True, ""
                 peer.peer_head, peer.last_batch_at = batch.head, time.time()
+                saved = peer.applied_to
                 await self._apply(peer, batch.notices)
+                if self.cursors is not None and (peer.applied_to != saved or not batch.notices):
+                    await self.cursors.save(peer.name, peer.stream, peer.applied_to)
         finally:
             call.cancel()
 
