@@ -44,6 +44,7 @@ from chatplane.storage import cql
 from chatplane.storage.base import (
     Fenced,
     InboxItem,
+    Recovered,
     SendRequest,
     StorageUnavailable,
     StoredMessage,
@@ -102,6 +103,7 @@ class Appender:
         # regions on one keyspace (ScyllaStorage.serve_users): the recipients whose
         # entries this process may write (those its region homes); None: every one
         self.users_here: Callable[[Sequence[str]], Awaitable[list[str]]] | None = None
+        self.recovered: Recovered | None = None  # told of what `_redo` finished
 
     # -- holders -------------------------------------------------------------
 
@@ -460,3 +462,5 @@ class Appender:
         await self.db.run(self.st.mark_done, (holder.ts, conversation_id,
                                               self.heads.message_bucket_of(message.seq),
                                               message.seq))
+        if self.recovered is not None:  # the peers told now, before any later seq
+            self.recovered(message, list(row["recipients"] or ()), recipients)
