@@ -35,7 +35,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from cassandra.query import PreparedStatement
@@ -425,28 +425,36 @@ class Appender:
             if not row["fanned_out"]:
                 await self._redo(conversation_id, row, holder)
 
-    async def confirm(self, row: dict[str, Any], holder: Holder) -> None:
-        """A duplicate's original (its timeline row, read in this datacenter) is
-        durable at the write level before the resend is answered: a message not
-        marked done may come from an append refused after some of its rows landed
-        (at EACH_QUORUM: in this datacenter only), so it is finished now. Marked
-        done (or this holder's last batch, which succeeded): it is durable."""
+    async def confirm(self, row: dict[str, Any], holder: Holder,
+                      inboxes: Collection[str] | None, *, verify: bool, fenced: bool) -> None:
+        """A duplicate's original (its timeline row, read in this datacenter) is at
+        the write level before the resend is answered. Marked done, or in this
+        holder's last batch (which succeeded): it is. Else it may come from an append
+        refused after some of its rows landed (at EACH_QUORUM: in this datacenter
+        only; a take's recovery rewrites such a message, this covers whatever did not
+        go through one): its rows, and the entries the resend would write
+        (`inboxes`, None: all), are written again. Not marked done: entries owed to
+        other writers may still be missing. verify, fenced: as `write`'s."""
         conversation_id = row["conversation_id"]
         if row["fanned_out"] or row["seq"] in self._unmarked.get(conversation_id, ()):
             return
-        await self._redo(conversation_id, row, holder)
+        everyone = list(row["recipients"] or ())
+        await self._rewrite(conversation_id, row, holder, everyone if inboxes is None else
+                            [user for user in everyone if user in inboxes],
+                            verify=verify, fenced=fenced)
+        if row["membership"]:  # applied again: idempotent, as recovery does
+            await apply_change(self.db, self.st, conversation_id,
+                               decode_change(row["membership"]), row["seq"], row["sent_at_ms"])
 
-    async def _redo(self, conversation_id: str, row: dict[str, Any], holder: Holder) -> None:
-        """Write a stored message's rows again at the write level, the message row,
-        its send log entry and its inbox entries (found, or written now), apply its
-        membership change, then mark it done. Its rows may be in this datacenter
-        only (a write refused at EACH_QUORUM after some replicas took it, with no
-        hinted handoff to copy them): rewritten, they are in every datacenter the
-        write level names once this returns."""
+    async def _rewrite(self, conversation_id: str, row: dict[str, Any], holder: Holder,
+                       recipients: Sequence[str], *, verify: bool = False,
+                       fenced: bool = False) -> None:
+        """Write a stored message's rows again at the write level: the message row, its
+        send log entry and the inbox entries of `recipients` (found, or written now).
+        They may be in this datacenter only (a write refused at EACH_QUORUM after some
+        replicas took it, with no hinted handoff to copy them): rewritten, they are in
+        every datacenter the write level names once this returns."""
         message = message_from_row(row)
-        recipients = list(row["recipients"] or ())
-        if self.users_here is not None:  # another region writes its users' entries
-            recipients = await self.users_here(recipients)
         appended_at = int(row["appended_at_ms"] or 0)
         rows = [(self.st.write_message, (
                     conversation_id, self.heads.message_bucket_of(message.seq), message.seq,
@@ -454,8 +462,18 @@ class Appender:
                     message.text, message.sent_at_ms, message.payload, message.content_type,
                     list(row["recipients"] or ()), appended_at, row["membership"], holder.ts)),
                 self._send_row(message, holder)]
-        await self._with_inboxes([(message, recipients)], holder, appended_at, rows,
-                                 verify=False, resume=True, rewrite=True)
+        await self._with_inboxes([(message, list(recipients))], holder, appended_at, rows,
+                                 verify=verify, resume=True, fenced=fenced, rewrite=True)
+
+    async def _redo(self, conversation_id: str, row: dict[str, Any], holder: Holder) -> None:
+        """Finish a message an append may have left half done: its rows rewritten
+        (`_rewrite`, the entries of the recipients this region writes), its
+        membership change applied, then marked done, and the peers told."""
+        message = message_from_row(row)
+        recipients = list(row["recipients"] or ())
+        if self.users_here is not None:  # another region writes its users' entries
+            recipients = await self.users_here(recipients)
+        await self._rewrite(conversation_id, row, holder, recipients)
         if row["membership"]:
             await apply_change(self.db, self.st, conversation_id,
                                decode_change(row["membership"]), message.seq, message.sent_at_ms)

@@ -133,6 +133,7 @@ class Flusher:
         assert appender is not None
         fence = left[0].request.fence
         holder = await appender.conversation_holder(conversation_id, fence)
+        verify = not storage.sole_writer or fence is not None
         todo: list[Pending] = []
         followers: dict[tuple[str, str, int], list[Pending]] = {}
         interrupted = appender.interrupted.get(conversation_id, set())
@@ -152,7 +153,8 @@ class Flusher:
                     interrupted.discard(original.message_id)
                     pending.resolve(AppendResult(original, duplicate=False, inbox=tuple(inbox)))
                 else:  # answered once its rows are in every datacenter `sync` names
-                    await appender.confirm(row, holder)
+                    await appender.confirm(row, holder, pending.inboxes, verify=verify,
+                                           fenced=fence is not None)
                     pending.resolve(AppendResult(original, duplicate=True))
                 continue
             followers[key] = []
@@ -180,7 +182,7 @@ class Flusher:
                           membership))
         try:
             inboxes = await appender.write(batch, holder, int(time.time() * 1000),
-                                           verify=not storage.sole_writer or fence is not None,
+                                           verify=verify,
                                            fenced=fence is not None)
         except Taken:
             appender.interrupted.setdefault(conversation_id, set()).update(
