@@ -25,7 +25,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,13 +229,20 @@ async def test_a_sync_duplicate_is_acked_once_the_other_datacenter_holds_it(
     the message, its send log entry and the recipient's inbox entry. (Before, the
     duplicate was answered from dc1's copy at once: dc2 held only the cells written
     after it was back, the message with no text and no inbox entry, since the test
-    nodes run without hinted handoff.)"""
+    nodes run without hinted handoff.) The take that finished it told the region's
+    notices of it once (`serve_users`' `recovered`), before the resend's answer."""
     from chatplane.storage.scylla import ScyllaStorage
 
     each = ScyllaStorage(_settings(two_dc, "dc1", keyspace, request_timeout_s=5.0,
                                    write_consistency="EACH_QUORUM"), sole_writer=True)
     remote = ScyllaStorage(_settings(two_dc, "dc2", keyspace, consistency="LOCAL_ONE"),
                            sole_writer=True)
+    told: list[tuple[int, list[str]]] = []
+
+    async def everyone(users: Sequence[str]) -> list[str]:
+        return list(users)
+
+    each.serve_users(everyone, lambda message, _, here: told.append((message.seq, list(here))))
     for store in (each, remote):
         await store.open()
     try:
@@ -256,6 +263,7 @@ async def test_a_sync_duplicate_is_acked_once_the_other_datacenter_holds_it(
                 assert time.monotonic() < deadline, "dc2 never took writes again"
                 await asyncio.sleep(0.5)
         assert result.duplicate, "the refused append left no rows in dc1 (not the case tested)"
+        assert told == [(result.message.seq, ["erin", "frank"])]
         copied = [m for m in await remote.history(chat.conversation_id)
                   if m.seq == result.message.seq]
         assert [(m.text, m.message_id, m.cid) for m in copied] == [("kept", "m-k", 1)]
