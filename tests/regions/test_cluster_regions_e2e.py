@@ -210,7 +210,7 @@ async def a_member_added_in_us_sends_in_eu(eu: Region, us: Region, traffic: Traf
                 homes(r, "user").get(maker_id) == "us"), 20,
                 f"{maker_id}'s home in {region.name}'s store")
         cid = next(c for c in range(1, 1000)
-                   if ring.owner(ring_key(keyed_group_id(maker_id, "phone", c))) != jobs)
+                   if ring.owner(ring_key(keyed_group_id(maker_id, "phone", c, "us"))) != jobs)
         late = (await maker._request(pb.Frame(group_create=pb.GroupCreate(
             name="late", members=["bob", "dan"], cid=cid)))).group_op_ack.conversation_id
         assert ring.owner(ring_key(late)) != jobs, (late, jobs)
