@@ -27,7 +27,9 @@ from chatplane.checker import DeliveryChecker
 from chatplane.client import Client
 from chatplane.cluster import Cluster
 from chatplane.im.regionjobs import jobs_key
+from chatplane.im.sequencing import keyed_group_id
 from chatplane.registry.ring import HashRing, ring_key
+from chatplane.v1 import frames_pb2 as pb
 from tests.cluster.conftest import FAST
 from tests.support.proxy import ChaosProxy
 from tests.support.regions import FAST_PROBES, SHARED_KEY, wait_for
@@ -191,9 +193,9 @@ async def a_member_added_in_us_sends_in_eu(eu: Region, us: Region, traffic: Traf
     us, and once the change is applied in eu, cat's send from eu is taken there and
     forwarded to the home (a member missing from a cached list is looked up again).
 
-    A new group's id is one its maker's im owns on us's ring (im/sequencing.py,
-    `new_group_id`), and the two rings have the same names: so the maker is a user whose
-    us im is not eu's jobs im (bob's is the im the ring gives eu's jobs, once they are
+    A new group's id is derived from its create's key (im/sequencing.py,
+    `keyed_group_id`): so the create's cid is one whose group id eu's ring does not
+    give to eu's jobs im (bob's is the im the ring gives eu's jobs, once they are
     back on the restarted im)."""
     jobs = await eu.jobs_im("eu's jobs back on the restarted im")
     ring = HashRing(eu.cluster.names("im"))
@@ -207,7 +209,10 @@ async def a_member_added_in_us_sends_in_eu(eu: Region, us: Region, traffic: Traf
             await asyncio.to_thread(wait_for, lambda r=region: (  # type: ignore[misc]
                 homes(r, "user").get(maker_id) == "us"), 20,
                 f"{maker_id}'s home in {region.name}'s store")
-        late = await maker.create_group("late", ["bob", "dan"])
+        cid = next(c for c in range(1, 1000)
+                   if ring.owner(ring_key(keyed_group_id(maker_id, "phone", c, "us"))) != jobs)
+        late = (await maker._request(pb.Frame(group_create=pb.GroupCreate(
+            name="late", members=["bob", "dan"], cid=cid)))).group_op_ack.conversation_id
         assert ring.owner(ring_key(late)) != jobs, (late, jobs)
         await asyncio.to_thread(wait_for, lambda: bool(stored(eu, [late])[0][late]), 20,
                                 "the group in eu")

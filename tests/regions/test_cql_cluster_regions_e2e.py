@@ -39,7 +39,9 @@ from tests.support.proxy import ChaosProxy
 from tests.support.regions import wait_for
 from tests.support.traffic import Device
 
-pytestmark = [pytest.mark.cql, pytest.mark.redis, pytest.mark.slow]
+# the first test of a worker to ask for `two_dc` waits for the pair of JVMs too (~85 s
+# quiet, minutes on a loaded machine), on top of two clusters and ~40 s of traffic
+pytestmark = [pytest.mark.cql, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 class Region:

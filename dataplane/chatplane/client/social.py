@@ -5,6 +5,7 @@ change (docs/client.md). Mixed into `Client`; every call is one request frame.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -183,8 +184,10 @@ class SocialApi:
         server allows adding anyone. A long member list goes in several
         requests (the first creates, the others add)."""
         chunks = self._user_chunks(members) or [[]]
-        reply = await self._request(pb.Frame(group_create=pb.GroupCreate(name=name,
-                                                                         members=chunks[0])))
+        # the create's key: every resend of this request makes (or finds) one group
+        cid = secrets.randbits(63) or 1
+        reply = await self._request(pb.Frame(group_create=pb.GroupCreate(
+            name=name, members=chunks[0], cid=cid)))
         conversation_id = reply.group_op_ack.conversation_id
         invited = list(reply.group_op_ack.invited)
         for chunk in chunks[1:]:

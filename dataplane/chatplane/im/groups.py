@@ -53,6 +53,9 @@ from chatplane.storage.base import (
 )
 from chatplane.v1 import frames_pb2 as pb
 
+# the device a keyed create's first entry (and its invitations) is stored under
+CREATE_DEVICE = "group-create"
+
 
 class Groups:
     def __init__(self, sequencer: Sequencer, membership: Membership, storage: Storage,
@@ -68,9 +71,12 @@ class Groups:
         self.invite_rates = UserRates(abuse.invite_rate_per_user_s, abuse.invite_burst_per_user)
 
     async def create(self, user: str, device: str, name: str, members: list[str],
-                     by_admin: bool = False) -> tuple[AppendResult, list[str]]:
+                     by_admin: bool = False, cid: int = 0) -> tuple[AppendResult, list[str]]:
         """The new group, and who was invited rather than added (nobody when
-        the admin API creates it)."""
+        the admin API creates it). With the client's key (cid > 0) the create is
+        idempotent: its id, its first entry's key and its invitations' keys come
+        from (user, device, cid), so a repeat stores nothing new and answers the
+        same group (docs/protocol.md, "Friends, groups, receipts")."""
         _check_name(name)
         others = _check_users(members, exclude=user)
         if len(others) + 1 > self.social.max_group_members:
@@ -81,12 +87,16 @@ class Groups:
                                   add=((user, OWNER), *((m, MEMBER) for m in added)))
         event = pb.GroupEvent(action=pb.GROUP_ACTION_UNSPECIFIED, actor=user, user_ids=added,
                               name=name)
-        conversation_id = await self.sequencer.new_group_id()
+        key = (user, device, cid) if cid > 0 else None
+        conversation_id = await self.sequencer.new_group_id(key)
         homes = self.sequencer.homes
         if homes is not None:  # before its first entry, so the log carries it
             await homes.place_here(conversation_id)
-        result = await self._apply(conversation_id, user, device, change, event)
-        await self._invite(result.message.conversation_id, invited, user, name)
+        # keyed: the group's first entry is the only one under (user, CREATE_DEVICE, 1)
+        once = (CREATE_DEVICE, 1) if key is not None else None
+        result = await self._apply(conversation_id, user, device, change, event, once)
+        await self._invite(result.message.conversation_id, invited, user, name,
+                           keyed=key is not None)
         return result, invited
 
     async def _consenting(self, user: str, targets: list[str]) -> tuple[list[str], list[str]]:
@@ -107,9 +117,12 @@ class Groups:
                                 " for this user; retry later")
 
     async def _invite(self, conversation_id: str, targets: list[str], inviter: str,
-                      name: str) -> None:
+                      name: str, keyed: bool = False) -> None:
         """A pending invitation and an "event/invitation" for each target; a
-        target who blocks the inviter is skipped without telling the inviter."""
+        target who blocks the inviter is skipped without telling the inviter.
+        keyed (a keyed create): each event under a key of the group's, so a
+        repeated create invites nobody twice."""
+        once = (f"{CREATE_DEVICE}:{conversation_id}", 1) if keyed else None
         if not targets:
             return
         blocking = {t for t in targets if (await self.storage.relation(t, inviter)).blocked}
@@ -118,7 +131,7 @@ class Groups:
         async def one(target: str) -> None:
             await self.storage.put_invitation(conversation_id, target, inviter, now)
             await self.sequencer.emit(target, pb.Event(invitation=pb.InvitationEvent(
-                conversation_id=conversation_id, inviter=inviter, name=name)))
+                conversation_id=conversation_id, inviter=inviter, name=name)), once)
 
         try:  # together: the SQLite writer commits them in a few groups
             await asyncio.gather(*(one(t) for t in targets if t not in blocking))
@@ -265,11 +278,14 @@ class Groups:
                                  MembershipChange(add=((user, MEMBER),)), event)
 
     async def _apply(self, conversation_id: str, user: str, device: str,
-                     change: MembershipChange, event: pb.GroupEvent) -> AppendResult:
+                     change: MembershipChange, event: pb.GroupEvent,
+                     once: tuple[str, int] | None = None) -> AppendResult:
         sequencer, membership = self.sequencer, self.membership
+        event_device, event_cid = (once if once is not None
+                                   else (sequencer.event_device, sequencer.next_event_cid()))
         request = SendRequest(
-            conversation_id=conversation_id, sender=user, sender_device=sequencer.event_device,
-            cid=sequencer.next_event_cid(), text="", message_id=uuid.uuid4().hex,
+            conversation_id=conversation_id, sender=user, sender_device=event_device,
+            cid=event_cid, text="", message_id=uuid.uuid4().hex,
             sent_at_ms=sequencer.clock_ms(), payload=event.SerializeToString(),
             content_type=SYSTEM_GROUP)
         affected = {u for u, _ in change.add} | set(change.remove)

@@ -233,7 +233,8 @@ async def friends(im: ImService, user_id: str, device_id: str, frame: pb.Frame) 
 @handles("group_create")
 async def group_create(im: ImService, user_id: str, device_id: str, frame: pb.Frame) -> pb.Frame:
     body = frame.group_create
-    result, invited = await im.groups.create(user_id, device_id, body.name, list(body.members))
+    result, invited = await im.groups.create(user_id, device_id, body.name, list(body.members),
+                                             cid=body.cid)
     return pb.Frame(group_op_ack=pb.GroupOpAck(
         conversation_id=result.message.conversation_id, seq=result.message.seq, invited=invited))
 

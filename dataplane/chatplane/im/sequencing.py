@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import hashlib
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
@@ -111,6 +112,8 @@ def _consume(task: asyncio.Future[AppendResult]) -> None:
 
 class HomeRouter(Protocol):
     """Home regions (regions/homes.py): where a conversation is sequenced."""
+
+    region: str  # this region's name
 
     async def sequence_elsewhere(self, request: SendRequest) -> AppendResult | None:
         """None when this region sequences the send, else the home region's ack."""
@@ -404,9 +407,16 @@ class Sequencer:
             await self.homes.timeline_settled(request.conversation_id, result.log_position)
         return result
 
-    async def new_group_id(self) -> str:
+    async def new_group_id(self, key: tuple[str, str, int] | None = None) -> str:
         """A fresh group id that this instance owns on the ring, so the group's
-        first changes need no lease move (two tries on average with 2 ims)."""
+        first changes need no lease move (two tries on average with 2 ims).
+        With the create's key (user, device, cid) the id is that key's, whoever
+        owns it: a resend or the gateway's retry on another instance finds the
+        same group (the one that creates it takes the lease; the owner takes it
+        back at the group's next change)."""
+        if key is not None:  # (per region: a resend in another region is another create,
+            # never one group homed in two regions that each placed it)
+            return keyed_group_id(*key, self.homes.region if self.homes is not None else "")
         conversation_id = f"g:{uuid.uuid4().hex}"
         for _ in range(64):
             if self.owners is None or await self.owners.owns(conversation_id):
@@ -553,3 +563,11 @@ class Sequencer:
             for message in batch:
                 members = conversation.members if message.seq > last_change else steady
                 self.state.deliver_group(conversation_id, members, message)
+
+
+def keyed_group_id(user_id: str, device_id: str, cid: int, region: str = "") -> str:
+    """The id of the group a create with this key makes in `region` ("": one
+    region): the same on every instance and every resend, of the shape of a
+    fresh one ("g:" and 32 hex)."""
+    key = f"{user_id}\0{device_id}\0{cid}\0{region}".encode()
+    return f"g:{hashlib.sha256(key).hexdigest()[:32]}"

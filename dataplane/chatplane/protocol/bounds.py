@@ -269,7 +269,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "friend_op": (OneOf("action", FRIEND_ACTIONS, "REQUEST .. UNBLOCK (1-6)"), UserId("user_id"),
                   Text("note", MAX_NOTE_CHARS, chars=True)),
     "friends": (),
-    "group_create": (Text("name", MAX_GROUP_NAME_CHARS, chars=True), UserIds("members")),
+    "group_create": (Text("name", MAX_GROUP_NAME_CHARS, chars=True), UserIds("members"),
+                     Int("cid")),  # 0: no idempotency key
     "group_op": (ConversationId("conversation_id"),
                  OneOf("action", GROUP_ACTIONS, "INVITE .. DECLINE_INVITATION (1-9)"), UserIds("user_ids"),
                  OneOf("role", ROLES, '"", "owner", "admin", "member"'),

@@ -428,12 +428,14 @@ class FriendsResponse(_message.Message):
     def __init__(self, friends: _Optional[_Iterable[_Union[Relation, _Mapping]]] = ..., incoming: _Optional[_Iterable[_Union[Relation, _Mapping]]] = ..., outgoing: _Optional[_Iterable[_Union[Relation, _Mapping]]] = ..., blocked: _Optional[_Iterable[_Union[Relation, _Mapping]]] = ...) -> None: ...
 
 class GroupCreate(_message.Message):
-    __slots__ = ("name", "members")
+    __slots__ = ("name", "members", "cid")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    CID_FIELD_NUMBER: _ClassVar[int]
     name: str
     members: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
+    cid: int
+    def __init__(self, name: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., cid: _Optional[int] = ...) -> None: ...
 
 class GroupOp(_message.Message):
     __slots__ = ("conversation_id", "action", "user_ids", "role", "name")
