@@ -249,7 +249,7 @@ async def test_two_clusters_on_two_datacenters_through_a_cut_and_a_kill_of_the_f
                     break
                 await asyncio.sleep(0.2)
             assert dc1 == dc2
-            late = 0  # entries after a later seq's (a duplicate's notice: docs/architecture.md)
+            late = 0  # entries after a later seq's (a late notice: docs/cluster.md)
             for user, entries in dc1.items():
                 mine = [c for c in expected if c == group or user in ("ann", "bob")]
                 for conversation in mine:

@@ -15,6 +15,8 @@ region's `chatplane up` opens it (`local_dc`: its own datacenter's coordinators)
 - `sync` on CQL writes at `EACH_QUORUM` (`cql_write_consistency`): a write returns only
   once the other datacenter holds it, so with that datacenter frozen it fails (and a
   `LOCAL_QUORUM` write does not), and once it is back the write is readable there at once.
+  A refused write's resend, answered as a duplicate, is acked only once its original's
+  rows are written again at `EACH_QUORUM`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,9 +202,8 @@ async def test_sync_writes_wait_for_the_other_datacenter(
                 await asyncio.wait_for(each.append(sync_send, ["carol", "dave"]), 30.0)
         finally:
             os.kill(two_dc.pid("dc2"), signal.SIGCONT)
-        # back: a new send returns once dc2 holds it, so dc2 reads it at once. (Not the
-        # resend of the refused one: it is answered as a duplicate from dc1's copy, and
-        # dc2 may hold only part of the original: docs/architecture.md, "Regions on CQL")
+        # back: a new send returns once dc2 holds it, so dc2 reads it at once (the
+        # resend of the refused one: the next test)
         later = SendRequest(sync_chat.conversation_id, "carol", "phone", 2, "sync 2", "m-2", 3)
         deadline = time.monotonic() + 30.0
         while True:
@@ -217,6 +218,65 @@ async def test_sync_writes_wait_for_the_other_datacenter(
         assert [m.text for m in copied] == ["sync 2"]
     finally:
         for store in (local, each, remote):
+            await store.close()
+
+
+async def test_a_sync_duplicate_is_acked_once_the_other_datacenter_holds_it(
+        two_dc: TwoDatacenterCql, keyspace: str) -> None:
+    """An append refused at EACH_QUORUM (dc2 frozen) after its rows landed in dc1: the
+    resend finds it there (a duplicate), and its ack comes only once its rows are
+    written again at EACH_QUORUM, so dc2, read at LOCAL_ONE right after the ack, holds
+    the message, its send log entry and the recipient's inbox entry. (Before, the
+    duplicate was answered from dc1's copy at once: dc2 held only the cells written
+    after it was back, the message with no text and no inbox entry, since the test
+    nodes run without hinted handoff.) The take that finished it told the region's
+    notices of it once (`serve_users`' `recovered`), before the resend's answer."""
+    from chatplane.storage.scylla import ScyllaStorage
+
+    each = ScyllaStorage(_settings(two_dc, "dc1", keyspace, request_timeout_s=5.0,
+                                   write_consistency="EACH_QUORUM"), sole_writer=True)
+    remote = ScyllaStorage(_settings(two_dc, "dc2", keyspace, consistency="LOCAL_ONE"),
+                           sole_writer=True)
+    told: list[tuple[int, list[str]]] = []
+
+    async def everyone(users: Sequence[str]) -> list[str]:
+        return list(users)
+
+    each.serve_users(everyone, lambda message, _, here: told.append((message.seq, list(here))))
+    for store in (each, remote):
+        await store.open()
+    try:
+        chat = await each.ensure_direct("erin", "frank", 1)
+        send = SendRequest(chat.conversation_id, "erin", "phone", 1, "kept", "m-k", 2)
+        os.kill(two_dc.pid("dc2"), signal.SIGSTOP)
+        try:  # at once: dc2 is not marked down yet, so dc1 takes the rows and times out
+            with pytest.raises(StorageUnavailable):
+                await asyncio.wait_for(each.append(send, ["erin", "frank"]), 30.0)
+        finally:
+            os.kill(two_dc.pid("dc2"), signal.SIGCONT)
+        deadline = time.monotonic() + 30.0
+        while True:  # the client's resend, until dc2 takes writes again
+            try:
+                result = await each.append(send, ["erin", "frank"])
+                break
+            except StorageUnavailable:
+                assert time.monotonic() < deadline, "dc2 never took writes again"
+                await asyncio.sleep(0.5)
+        assert result.duplicate, "the refused append left no rows in dc1 (not the case tested)"
+        # (a write re-sent after a lost answer repeats a list's elements: set)
+        assert [(seq, sorted(set(here))) for seq, here in told] == [
+            (result.message.seq, ["erin", "frank"])]
+        copied = [m for m in await remote.history(chat.conversation_id)
+                  if m.seq == result.message.seq]
+        assert [(m.text, m.message_id, m.cid) for m in copied] == [("kept", "m-k", 1)]
+        entries = [(e.message.conversation_id, e.message.seq)
+                   for e in await remote.inbox("frank", 0, 10)]
+        assert entries == [(chat.conversation_id, result.message.seq)]
+        _, _, heads = remote._parts()
+        logged = await heads.find_send(send)  # dc2's send log names it
+        assert logged is not None and logged.seq == result.message.seq
+    finally:
+        for store in (each, remote):
             await store.close()
 
 

@@ -61,7 +61,8 @@ def link(settings: Settings, storage: Storage, im: ImService,
     homes.notices = notices
     follower = NoticeFollower(region, list(prober.links), prober.channel, homes.users_here,
                               fan_out or storage.fan_out, im.sequencer.replicated, cursors)
-    storage.serve_users(homes.users_here)  # each region writes its users' entries
+    # each region writes its users' entries; a take's recovered message is noticed
+    storage.serve_users(homes.users_here, homes.recovered)
     im.sequencer.homes = homes
     prober.extra = follower.report
     if links.failover_after_s > 0 or links.failover_witness:

@@ -63,6 +63,7 @@ from chatplane.storage.base import (
     SendRequest,
     Storage,
     StorageUnavailable,
+    StoredMessage,
 )
 from chatplane.v1 import frames_pb2 as pb
 from chatplane.v1 import regions_pb2 as rpb
@@ -213,6 +214,14 @@ class Homes:
         row = self.known(CONVERSATION_HOME, message.conversation_id)
         notices.add(message.conversation_id, row.epoch if row is not None else PLACEMENT_EPOCH,
                     message.seq, message.seq, owed)
+
+    def recovered(self, message: StoredMessage, recipients: Sequence[str],
+                  here: Sequence[str]) -> None:
+        """A message a take finished (storage's recovery: an append refused after its
+        rows landed) is told at once, before the conversation's next seqs are: told
+        only by its resend, its entries would land after later ones in the peers'
+        users' inboxes."""
+        self.stored_here(AppendResult(message, duplicate=True), recipients, here)
 
     async def told(self) -> None:
         """Returns once the notices made so far are kept (a cluster's Redis, im/

@@ -232,14 +232,22 @@ class Revocation:
     before_ms: int
 
 
+Recovered = Callable[[StoredMessage, Sequence[str], Sequence[str]], None]
+
+
 @runtime_checkable
 class SharedKeyspace(Protocol):
     """A store several regions share (CQL: two datacenters of one keyspace; the
     database copies the rows): each region writes the inbox entries of its own users
     only (docs/architecture.md, "Regions on CQL")."""
 
-    def serve_users(self, users_here: Callable[[Sequence[str]], Awaitable[list[str]]]) -> None:
-        """The recipients whose entries this process may write, as `users_here` keeps."""
+    def serve_users(self, users_here: Callable[[Sequence[str]], Awaitable[list[str]]],
+                    recovered: Recovered | None = None) -> None:
+        """The recipients whose entries this process may write, as `users_here` keeps;
+        `recovered(message, recipients, here)` is called when a take finishes a message
+        an earlier append left half done (its rows rewritten, its entries for `here`
+        written), before anything later is appended to its conversation: the peers are
+        told of it in seq order."""
 
 
 @runtime_checkable

@@ -40,6 +40,7 @@ from chatplane.storage.base import (
     Home,
     InboxItem,
     MembershipChange,
+    Recovered,
     Revocation,
     SendRequest,
     StorageError,
@@ -77,14 +78,16 @@ class ScyllaStorage(social.SocialMethods):
         self._flusher: Flusher | None = None
         self._known: set[str] = set()
         self._users_here: Callable[[Sequence[str]], Awaitable[list[str]]] | None = None
+        self._recovered: Recovered | None = None
 
-    def serve_users(self, users_here: Callable[[Sequence[str]], Awaitable[list[str]]]) -> None:
+    def serve_users(self, users_here: Callable[[Sequence[str]], Awaitable[list[str]]],
+                    recovered: Recovered | None = None) -> None:
         """Regions share this keyspace (docs/architecture.md, "Regions on CQL"): the
         entries a take's recovery writes again are those of the users `users_here`
         keeps (this region's); the others' are their home region's to write."""
-        self._users_here = users_here
+        self._users_here, self._recovered = users_here, recovered
         if self._appender is not None:
-            self._appender.users_here = users_here
+            self._appender.users_here, self._appender.recovered = users_here, recovered
 
     async def open(self) -> None:
         keyspace = cql.check_keyspace_name(self.settings.keyspace)
@@ -104,7 +107,7 @@ class ScyllaStorage(social.SocialMethods):
         self._heads = Heads(db, st, buckets["message_bucket"], buckets["inbox_bucket"],
                             buckets["cid_bucket"])
         self._appender = Appender(db, st, self._heads, self.settings.seq_block)
-        self._appender.users_here = self._users_here
+        self._appender.users_here, self._appender.recovered = self._users_here, self._recovered
         self._flusher = Flusher(self)
 
     async def close(self) -> None:

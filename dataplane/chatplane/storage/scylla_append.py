@@ -35,7 +35,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from cassandra.query import PreparedStatement
@@ -44,6 +44,7 @@ from chatplane.storage import cql
 from chatplane.storage.base import (
     Fenced,
     InboxItem,
+    Recovered,
     SendRequest,
     StorageUnavailable,
     StoredMessage,
@@ -102,6 +103,7 @@ class Appender:
         # regions on one keyspace (ScyllaStorage.serve_users): the recipients whose
         # entries this process may write (those its region homes); None: every one
         self.users_here: Callable[[Sequence[str]], Awaitable[list[str]]] | None = None
+        self.recovered: Recovered | None = None  # told of what `_redo` finished
 
     # -- holders -------------------------------------------------------------
 
@@ -232,7 +234,8 @@ class Appender:
     async def _with_inboxes(self, batch: Sequence[tuple[StoredMessage, Sequence[str]]],
                             holder: Holder | None, appended_at: int, rows: list[Item],
                             *, verify: bool, resume: bool, fenced: bool = False,
-                            fresh: frozenset[int] = frozenset()) -> list[list[InboxItem]]:
+                            fresh: frozenset[int] = frozenset(),
+                            rewrite: bool = False) -> list[list[InboxItem]]:
         users = sorted({user for _, recipients in batch for user in recipients})
         async with contextlib.AsyncExitStack() as stack:
             for user in users:  # sorted: two appends never wait on each other's users
@@ -240,7 +243,7 @@ class Appender:
             try:
                 numbers = await self._write_locked(batch, holder, users, appended_at, rows,
                                                    verify=verify, resume=resume, fenced=fenced,
-                                                   fresh=fresh)
+                                                   fresh=fresh, rewrite=rewrite)
             except BaseException:
                 for user in users:  # their next entry may be written or not: take again
                     self.blocks.drop(inbox_key(user))
@@ -251,7 +254,8 @@ class Appender:
     async def _write_locked(self, batch: Sequence[tuple[StoredMessage, Sequence[str]]],
                             holder: Holder | None, users: list[str], appended_at: int,
                             rows: list[Item], *, verify: bool, resume: bool,
-                            fenced: bool, fresh: frozenset[int]) -> dict[tuple[int, str], int]:
+                            fenced: bool, fresh: frozenset[int],
+                            rewrite: bool) -> dict[tuple[int, str], int]:
         numbers: dict[tuple[int, str], int] = {}
         conversation_id = batch[0][0].conversation_id
         pending, search = users, set(users) if resume else set()
@@ -272,10 +276,14 @@ class Appender:
                     found = (await self.heads.find_entry(user, message, appended_at,
                                                          holders[user].next - 1)
                              if user in search and message.seq not in fresh else None)
+                    inbox = holders[user]
                     if found is not None:
                         numbers[(message.seq, user)] = found
+                        if rewrite:  # it may be in this datacenter only: again, at our level
+                            rows.append((self.st.write_inbox, (
+                                user, self.heads.inbox_bucket_of(found), found, conversation_id,
+                                message.seq, _now_ms(), inbox.ts)))
                         continue
-                    inbox = holders[user]
                     n = await self.blocks.allocate(inbox)
                     numbers[(message.seq, user)] = n
                     rows.append((self.st.write_inbox, (user, self.heads.inbox_bucket_of(n), n,
@@ -409,26 +417,68 @@ class Appender:
     # -- recovery ------------------------------------------------------------
 
     async def _recover(self, conversation_id: str, holder: Holder) -> None:
-        """Finish recent messages whose fan-out may have been cut short: their
-        send log entry and inbox entries (found, or written now), their
-        membership change, then mark them done."""
+        """Finish recent messages whose fan-out may have been cut short."""
         top = holder.next - 1
         if top < 1:
             return
         for row in await self.heads.timeline_rows_down(conversation_id, top, RECOVER_TAIL):
-            if row["fanned_out"]:
-                continue
-            message = message_from_row(row)
-            recipients = list(row["recipients"] or ())
-            if self.users_here is not None:  # another region writes its users' entries
-                recipients = await self.users_here(recipients)
-            await self._with_inboxes([(message, recipients)], holder,
-                                     int(row["appended_at_ms"] or 0), [self._send_row(message, holder)],
-                                     verify=False, resume=True)
-            if row["membership"]:
-                await apply_change(self.db, self.st, conversation_id,
-                                   decode_change(row["membership"]), message.seq,
-                                   message.sent_at_ms)
-            await self.db.run(self.st.mark_done, (holder.ts, conversation_id,
-                                                  self.heads.message_bucket_of(message.seq),
-                                                  message.seq))
+            if not row["fanned_out"]:
+                await self._redo(conversation_id, row, holder)
+
+    async def confirm(self, row: dict[str, Any], holder: Holder,
+                      inboxes: Collection[str] | None, *, verify: bool, fenced: bool) -> None:
+        """A duplicate's original (its timeline row, read in this datacenter) is at
+        the write level before the resend is answered. Marked done, or in this
+        holder's last batch (which succeeded): it is. Else it may come from an append
+        refused after some of its rows landed (at EACH_QUORUM: in this datacenter
+        only; a take's recovery rewrites such a message, this covers whatever did not
+        go through one): its rows, and the entries the resend would write
+        (`inboxes`, None: all), are written again. Not marked done: entries owed to
+        other writers may still be missing. verify, fenced: as `write`'s."""
+        conversation_id = row["conversation_id"]
+        if row["fanned_out"] or row["seq"] in self._unmarked.get(conversation_id, ()):
+            return
+        everyone = list(row["recipients"] or ())
+        await self._rewrite(conversation_id, row, holder, everyone if inboxes is None else
+                            [user for user in everyone if user in inboxes],
+                            verify=verify, fenced=fenced)
+        if row["membership"]:  # applied again: idempotent, as recovery does
+            await apply_change(self.db, self.st, conversation_id,
+                               decode_change(row["membership"]), row["seq"], row["sent_at_ms"])
+
+    async def _rewrite(self, conversation_id: str, row: dict[str, Any], holder: Holder,
+                       recipients: Sequence[str], *, verify: bool = False,
+                       fenced: bool = False) -> None:
+        """Write a stored message's rows again at the write level: the message row, its
+        send log entry and the inbox entries of `recipients` (found, or written now).
+        They may be in this datacenter only (a write refused at EACH_QUORUM after some
+        replicas took it, with no hinted handoff to copy them): rewritten, they are in
+        every datacenter the write level names once this returns."""
+        message = message_from_row(row)
+        appended_at = int(row["appended_at_ms"] or 0)
+        rows = [(self.st.write_message, (
+                    conversation_id, self.heads.message_bucket_of(message.seq), message.seq,
+                    message.message_id, message.sender, message.sender_device, message.cid,
+                    message.text, message.sent_at_ms, message.payload, message.content_type,
+                    list(row["recipients"] or ()), appended_at, row["membership"], holder.ts)),
+                self._send_row(message, holder)]
+        await self._with_inboxes([(message, list(recipients))], holder, appended_at, rows,
+                                 verify=verify, resume=True, fenced=fenced, rewrite=True)
+
+    async def _redo(self, conversation_id: str, row: dict[str, Any], holder: Holder) -> None:
+        """Finish a message an append may have left half done: its rows rewritten
+        (`_rewrite`, the entries of the recipients this region writes), its
+        membership change applied, then marked done, and the peers told."""
+        message = message_from_row(row)
+        recipients = list(row["recipients"] or ())
+        if self.users_here is not None:  # another region writes its users' entries
+            recipients = await self.users_here(recipients)
+        await self._rewrite(conversation_id, row, holder, recipients)
+        if row["membership"]:
+            await apply_change(self.db, self.st, conversation_id,
+                               decode_change(row["membership"]), message.seq, message.sent_at_ms)
+        await self.db.run(self.st.mark_done, (holder.ts, conversation_id,
+                                              self.heads.message_bucket_of(message.seq),
+                                              message.seq))
+        if self.recovered is not None:  # the peers told now, before any later seq
+            self.recovered(message, list(row["recipients"] or ()), recipients)

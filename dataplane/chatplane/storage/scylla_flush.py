@@ -32,6 +32,7 @@ from chatplane.storage.base import (
 )
 from chatplane.storage.scylla_append import FLUSH_MAX, backoff
 from chatplane.storage.scylla_seq import Taken
+from chatplane.storage.scylla_statements import message_from_row
 
 if TYPE_CHECKING:
     from chatplane.storage.scylla import ScyllaStorage
@@ -132,6 +133,7 @@ class Flusher:
         assert appender is not None
         fence = left[0].request.fence
         holder = await appender.conversation_holder(conversation_id, fence)
+        verify = not storage.sole_writer or fence is not None
         todo: list[Pending] = []
         followers: dict[tuple[str, str, int], list[Pending]] = {}
         interrupted = appender.interrupted.get(conversation_id, set())
@@ -141,15 +143,18 @@ class Flusher:
             if key in followers:  # the same send twice in one batch: one message
                 followers[key].append(pending)
                 continue
-            original = (await heads.find_send(request) if await appender.maybe_sent(request)
-                        else None)
-            if original is not None:
+            row = (await heads.find_send_row(request) if await appender.maybe_sent(request)
+                   else None)
+            if row is not None:
+                original = message_from_row(row)
                 if original.message_id in interrupted:
                     # ours, from the attempt a Taken cut short: finish and answer it
                     inbox = await appender.finish(original, holder)
                     interrupted.discard(original.message_id)
                     pending.resolve(AppendResult(original, duplicate=False, inbox=tuple(inbox)))
-                else:
+                else:  # answered once its rows are in every datacenter `sync` names
+                    await appender.confirm(row, holder, pending.inboxes, verify=verify,
+                                           fenced=fence is not None)
                     pending.resolve(AppendResult(original, duplicate=True))
                 continue
             followers[key] = []
@@ -177,7 +182,7 @@ class Flusher:
                           membership))
         try:
             inboxes = await appender.write(batch, holder, int(time.time() * 1000),
-                                           verify=not storage.sole_writer or fence is not None,
+                                           verify=verify,
                                            fenced=fence is not None)
         except Taken:
             appender.interrupted.setdefault(conversation_id, set()).update(

@@ -168,6 +168,12 @@ class Heads:
 
     async def find_send(self, request: SendRequest) -> StoredMessage | None:
         """The message an earlier send with the same (sender, device, cid) made."""
+        row = await self.find_send_row(request)
+        return None if row is None else message_from_row(row)
+
+    async def find_send_row(self, request: SendRequest) -> dict[str, Any] | None:
+        """The timeline row of that message (with `fanned_out`), read in this
+        datacenter."""
         rows = await self.db.run(self.st.select_send, (
             request.conversation_id, request.sender, request.sender_device,
             request.cid // self.cid_bucket, request.cid))
@@ -181,7 +187,7 @@ class Heads:
         if not found or (found[0]["sender"], found[0]["sender_device"], found[0]["cid"]) != (
                 request.sender, request.sender_device, request.cid):
             return None
-        return message_from_row(found[0])
+        return found[0]
 
     async def find_entry(self, user: str, message: StoredMessage, appended_at: int,
                           head: int) -> int | None:
