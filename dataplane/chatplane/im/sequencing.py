@@ -61,11 +61,11 @@ SETTLE_LATER: contextvars.ContextVar[list[tuple[str, int]] | None] = contextvars
     "settle_later", default=None)
 
 
-
 def _fenced(request: SendRequest, fence: int | None) -> SendRequest:
     """`request` fenced with `fence`: itself when unfenced (one process: no
     copy per send; dataclasses.replace costs a getattr per field)."""
     return request if fence is request.fence else dataclasses.replace(request, fence=fence)
+
 
 class Deliverer(Protocol):
     """Where sequenced messages go: the state tier (in process, state/service.py,

@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,33 @@ class MoveConflict(ProtocolError):
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.UNAVAILABLE, message)
+
+
+async def guarded_move(homes: Homes, under_way: set[str], key: str, row: Home | None,
+                       what: str, answer: Callable[[Home], dict[str, Any]],
+                       move: Callable[[Home], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """What a chat's and a user's move check before taking `key`'s home here (`what`
+    names it in the errors): known, settled, a peer's, no other move of it under way
+    here (MoveConflict); then `move`, marked under way while it runs."""
+    me = homes.region
+    if row is None:
+        raise _refused(ErrorCode.NOT_FOUND, f"no home is known for {what}")
+    if row.region == me and row.confirmed:
+        return answer(row)
+    if not row.confirmed:
+        raise _refused(ErrorCode.UNAVAILABLE, f"the home of {what} is not settled yet: retry")
+    if row.region not in homes.peers:
+        raise _refused(ErrorCode.INVALID_ARGUMENT, f"the home of {what} is region"
+                       f" {row.region}, not a peer of this region")
+    if key in under_way:
+        raise MoveConflict(f"a move of {what} to region {me} is under way: retry once it"
+                           " is over")
+    under_way.add(key)
+    try:
+        return await move(row)
+    finally:
+        under_way.discard(key)
+
 
 
 async def others_apply(homes: Homes, new_home: str, head: int) -> list[str]:
@@ -152,30 +179,15 @@ class Moves:
 
     async def move_here(self, conversation_id: str) -> dict[str, Any]:
         """Take the home of `conversation_id` here; what the admin API answers."""
-        homes, me = self.homes, self.homes.region
+        homes = self.homes
         if not homed(conversation_id):
             raise _refused(ErrorCode.INVALID_ARGUMENT,
                            f"field conversation_id: {conversation_id!r} has no home region")
         row = await homes.stored(CONVERSATION_HOME, conversation_id)
-        if row is None:
-            raise _refused(ErrorCode.NOT_FOUND, f"no home is known for {conversation_id!r}")
-        if row.region == me and row.confirmed:
-            return self._answer(conversation_id, row, moved=False)
-        if not row.confirmed:
-            raise _refused(ErrorCode.UNAVAILABLE,
-                           f"the home of {conversation_id!r} is not settled yet: retry")
-        if row.region not in homes.peers:
-            raise _refused(ErrorCode.INVALID_ARGUMENT,
-                           f"the home of {conversation_id!r} is region {row.region},"
-                           " not a peer of this region")
-        if conversation_id in self.under_way:
-            raise MoveConflict(f"a move of {conversation_id!r} to region {me} is under way:"
-                               " retry once it is over")
-        self.under_way.add(conversation_id)
-        try:
-            return await self._move(conversation_id, row)
-        finally:
-            self.under_way.discard(conversation_id)
+        return await guarded_move(homes, self.under_way, conversation_id, row,
+                                  repr(conversation_id),
+                                  lambda held: self._answer(conversation_id, held, moved=False),
+                                  lambda held: self._move(conversation_id, held))
 
     async def _move(self, conversation_id: str, row: Home) -> dict[str, Any]:
         homes, me = self.homes, self.homes.region

@@ -53,7 +53,7 @@ from prometheus_client.metrics_core import Metric
 from chatplane import metrics
 from chatplane.protocol.errors import ErrorCode, ProtocolError
 from chatplane.regions.homes import MOVE_HOLD_S, Homes, home_of, home_row
-from chatplane.regions.moving import THIRD_PEERS_S, MoveConflict, others_apply
+from chatplane.regions.moving import THIRD_PEERS_S, MoveConflict, guarded_move, others_apply
 from chatplane.storage.base import (
     CONVERSATION_HOME,
     USER_HOME,
@@ -224,30 +224,14 @@ class UserMoves:
 
     async def move_here(self, user: str) -> dict[str, Any]:
         """Take the home of `user`'s inbox here; what the admin API answers."""
-        homes, me = self.homes, self.homes.region
+        homes = self.homes
         if not valid_id(user):
             raise _refused(ErrorCode.INVALID_ARGUMENT,
                            "field user_id: 1-64 of A-Z a-z 0-9 _ . @ -")
         row = await homes.stored(USER_HOME, user)
-        if row is None:
-            raise _refused(ErrorCode.NOT_FOUND, f"no home is known for user {user!r}")
-        if row.region == me and row.confirmed:
-            return self._answer(user, row, moved=False)
-        if not row.confirmed:
-            raise _refused(ErrorCode.UNAVAILABLE, f"the home of user {user!r} is not settled"
-                           " yet: retry")
-        if row.region not in homes.peers:
-            raise _refused(ErrorCode.INVALID_ARGUMENT,
-                           f"the home of user {user!r} is region {row.region}, not a peer of"
-                           " this region")
-        if user in self.under_way:
-            raise MoveConflict(f"a move of user {user!r} to region {me} is under way: retry"
-                               " once it is over")
-        self.under_way.add(user)
-        try:
-            return await self._move(user, row)
-        finally:
-            self.under_way.discard(user)
+        return await guarded_move(homes, self.under_way, user, row, f"user {user!r}",
+                                  lambda held: self._answer(user, held, moved=False),
+                                  lambda held: self._move(user, held))
 
     async def _move(self, user: str, row: Home) -> dict[str, Any]:
         homes, me = self.homes, self.homes.region
